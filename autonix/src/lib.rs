@@ -1,0 +1,1 @@
+//! autonix: placeholder until its issue lands.

@@ -1,0 +1,1 @@
+//! cache: placeholder until its issue lands.

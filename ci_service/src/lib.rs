@@ -1,0 +1,1 @@
+//! ci_service: placeholder until its issue lands.

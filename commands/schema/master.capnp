@@ -1,0 +1,113 @@
+# The Master interface: what the control plane serves (TCP, default
+# 127.0.0.1:7000) to CI (publishState), workers (register, getAssignment,
+# pushData) and the CLI (status, getWorker).
+@0xe7b3a5d91c4f2e03;
+
+using Common = import "common.capnp";
+using Worker = import "worker.capnp".Worker;
+
+# What one worker must run: the specs placed on it for a generation.
+struct Assignment {
+  workerId @0 :Text;
+  generation @1 :UInt64;
+  commit @2 :Text;
+  vms @3 :List(Common.VmSpec);
+}
+
+struct WorkerRegistration {
+  workerId @0 :Text;
+  address @1 :Text;
+  capacity @2 :Common.Resources;
+  labels @3 :List(Common.Label);
+}
+
+enum Drift {
+  converged @0;                     # observed hash equals desired
+  pending @1;                       # desired, not yet observed
+  drifted @2;                       # observed hash differs from desired
+  orphaned @3;                      # observed but not desired
+  failed @4;                        # the VM failed on its worker
+}
+
+struct VmPlacement {
+  name @0 :Text;
+  workerId @1 :Text;                # "" when unplaced
+  desiredHash @2 :Text;
+  observedHash @3 :Text;            # "" when not observed
+  state @4 :Common.VmState;
+  drift @5 :Drift;
+  metrics @6 :Common.VmMetrics;
+  vmId @7 :Text;
+}
+
+struct Unplaced {
+  name @0 :Text;
+  reason @1 :Text;
+}
+
+struct WorkerHealth {
+  workerId @0 :Text;
+  address @1 :Text;
+  healthy @2 :Bool;
+  lastSeenMsAgo @3 :UInt64;
+  capacity @4 :Common.Resources;
+  allocated @5 :Common.Resources;
+  observedGeneration @6 :UInt64;
+  vmCount @7 :UInt32;
+  labels @8 :List(Common.Label);
+  metrics @9 :Common.WorkerMetrics;
+}
+
+struct ClusterStatus {
+  active @0 :Common.Generation;     # number 0 when nothing was published
+  convergencePercent @1 :Float64;
+  vms @2 :List(VmPlacement);
+  workers @3 :List(WorkerHealth);
+  unplaced @4 :List(Unplaced);
+}
+
+struct PublishOutcome {
+  generation @0 :UInt64;
+  noop @1 :Bool;                    # same generation and intentHash as the active one
+  placed @2 :UInt32;
+  unplaced @3 :List(Unplaced);
+}
+
+interface Master {
+  publishState @0 (commit :Text, generation :UInt64, intentHash :Text,
+                   vmSpecs :List(Common.VmSpec))
+      -> (result :Common.Result(PublishOutcome));
+
+  # A worker registers with its capability; calls re-registering the same id
+  # from the same address replace the old capability.
+  registerWorker @1 (registration :WorkerRegistration, worker :Worker)
+      -> (result :Common.Result(Common.Empty));
+
+  # Long-poll: answers at once when the worker's assignment is newer than
+  # lastSeenGeneration (or changed since), otherwise when it changes or after
+  # the server's timeout (then `changed` is false).
+  getAssignment @2 (workerId :Text, lastSeenGeneration :UInt64, lastSeenRevision :UInt64)
+      -> (result :Common.Result(AssignmentReply));
+
+  pushData @3 (workerId :Text, observedGeneration :UInt64,
+               runningVms :List(Common.RunningVm), metrics :Common.WorkerMetrics)
+      -> (result :Common.Result(Common.Empty));
+
+  getClusterStatus @4 () -> (status :ClusterStatus);
+
+  getWorker @5 (workerId :Text) -> (result :Common.Result(WorkerRef));
+
+  listGenerations @6 () -> (generations :List(Common.Generation));
+}
+
+struct AssignmentReply {
+  changed @0 :Bool;
+  assignment @1 :Assignment;
+  # Bumped whenever this worker's assignment changes within a generation
+  # (rescheduling after a worker failure); the worker echoes it back.
+  revision @2 :UInt64;
+}
+
+struct WorkerRef {
+  worker @0 :Worker;
+}

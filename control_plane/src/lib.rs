@@ -1,0 +1,1 @@
+//! control_plane: placeholder until its issue lands.

@@ -1,0 +1,1 @@
+//! repo_outils: placeholder until its issue lands.

@@ -1,0 +1,1 @@
+//! repohub: placeholder until its issue lands.

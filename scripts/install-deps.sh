@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system packages Procurator's build, demo and tests need.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+
+need=()
+command -v capnp >/dev/null 2>&1 || need+=(capnproto)
+command -v nix >/dev/null 2>&1 || need+=(nix-bin)
+command -v git >/dev/null 2>&1 || need+=(git)
+if [ "${PCR_SKIP_BROWSER:-0}" != 1 ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+command -v cargo-nextest >/dev/null 2>&1 || command -v cargo >/dev/null 2>&1 || {
+  echo "install-deps: a Rust toolchain (cargo) is required" >&2; exit 1; }
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,1 @@
+//! worker: placeholder until its issue lands.
