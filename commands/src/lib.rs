@@ -9,3 +9,8 @@ pub mod worker_capnp {
 pub mod master_capnp {
     include!(concat!(env!("OUT_DIR"), "/master_capnp.rs"));
 }
+
+pub mod convert;
+pub mod rpc;
+pub mod telemetry;
+pub mod types;

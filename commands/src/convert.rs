@@ -1,0 +1,334 @@
+//! Conversions between Cap'n Proto readers/builders and the domain types.
+//!
+//! Server impls call `*_from_capnp` on every incoming reader so that a
+//! malformed message becomes one clear error at the edge, and `*_to_capnp`
+//! to fill results. Nothing else in the workspace walks capnp readers of
+//! these structs.
+
+use std::collections::BTreeMap;
+
+use crate::common_capnp::{self, ErrorCode as CapnpErrorCode};
+use crate::types::{
+    Labels, SpecError, VmId, VmMetrics, VmName, VmSpec, VmSpecFields, VmState, VmStatus, Resources,
+};
+
+/// Why a message could not be turned into a domain value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("malformed message")]
+    Capnp(#[from] capnp::Error),
+    #[error("text field is not UTF-8")]
+    Utf8(#[from] std::str::Utf8Error),
+    #[error("invalid value")]
+    Spec(#[from] SpecError),
+    #[error("enum value {0} is unknown to this version")]
+    UnknownEnum(u16),
+    #[error("list has {len} entries, more than the {max} allowed")]
+    TooLong { len: u32, max: u32 },
+}
+
+impl ConvertError {
+    /// One line with the whole cause chain, for an RPC error message.
+    pub fn to_message(&self) -> String {
+        match self {
+            ConvertError::Capnp(e) => format!("malformed message: {}", e.extra),
+            ConvertError::Utf8(e) => format!("text field is not UTF-8: {e}"),
+            ConvertError::Spec(e) => format!("invalid value: {e}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Reads a text field as an owned String.
+pub fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ConvertError> {
+    Ok(r?.to_str()?.to_owned())
+}
+
+/// The most list entries any request may carry (specs per generation, VMs
+/// per report); a larger list is refused before it is walked.
+pub const MAX_LIST: u32 = 100_000;
+
+pub fn check_len(len: u32, max: u32) -> Result<(), ConvertError> {
+    if len > max { Err(ConvertError::TooLong { len, max }) } else { Ok(()) }
+}
+
+pub fn labels_to_capnp(labels: &Labels, mut b: capnp::struct_list::Builder<'_, common_capnp::label::Owned>) {
+    for (i, (k, v)) in labels.iter().enumerate() {
+        let mut l = b.reborrow().get(i as u32);
+        l.set_key(k);
+        l.set_value(v);
+    }
+}
+
+pub fn labels_from_capnp(
+    r: capnp::struct_list::Reader<'_, common_capnp::label::Owned>,
+) -> Result<Labels, ConvertError> {
+    check_len(r.len(), crate::types::MAX_LABELS as u32)?;
+    let mut out = BTreeMap::new();
+    for l in r.iter() {
+        out.insert(text(l.get_key())?, text(l.get_value())?);
+    }
+    Ok(out)
+}
+
+pub fn vm_spec_to_capnp(spec: &VmSpec, mut b: common_capnp::vm_spec::Builder<'_>) {
+    b.set_name(spec.name().as_str());
+    b.set_toplevel(spec.toplevel().as_str());
+    b.set_kernel_path(spec.kernel_path().as_str());
+    b.set_initrd_path(spec.initrd_path().map_or("", |p| p.as_str()));
+    b.set_disk_image_path(spec.disk_image_path().map_or("", |p| p.as_str()));
+    b.set_cmdline(spec.cmdline());
+    b.set_cpu(spec.cpu());
+    b.set_memory_mb(spec.memory_mb());
+    let domains = spec.network_allowed_domains();
+    let mut d = b.reborrow().init_network_allowed_domains(domains.len() as u32);
+    for (i, dom) in domains.iter().enumerate() {
+        d.set(i as u32, dom);
+    }
+    b.set_content_hash(spec.content_hash());
+    labels_to_capnp(spec.labels(), b.init_labels(spec.labels().len() as u32));
+}
+
+pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec, ConvertError> {
+    let domains_r = r.get_network_allowed_domains()?;
+    check_len(domains_r.len(), crate::types::MAX_DOMAINS as u32)?;
+    let mut domains = Vec::with_capacity(domains_r.len() as usize);
+    for d in domains_r.iter() {
+        domains.push(d?.to_str()?.to_owned());
+    }
+    Ok(VmSpec::new(VmSpecFields {
+        name: text(r.get_name())?,
+        toplevel: text(r.get_toplevel())?,
+        kernel_path: text(r.get_kernel_path())?,
+        initrd_path: text(r.get_initrd_path())?,
+        disk_image_path: text(r.get_disk_image_path())?,
+        cmdline: text(r.get_cmdline())?,
+        cpu: r.get_cpu(),
+        memory_mb: r.get_memory_mb(),
+        network_allowed_domains: domains,
+        content_hash: text(r.get_content_hash())?,
+        labels: labels_from_capnp(r.get_labels()?)?,
+    })?)
+}
+
+pub fn vm_specs_from_capnp(
+    r: capnp::struct_list::Reader<'_, common_capnp::vm_spec::Owned>,
+) -> Result<Vec<VmSpec>, ConvertError> {
+    check_len(r.len(), MAX_LIST)?;
+    r.iter().map(vm_spec_from_capnp).collect()
+}
+
+pub fn vm_state_to_capnp(s: VmState) -> common_capnp::VmState {
+    match s {
+        VmState::Creating => common_capnp::VmState::Creating,
+        VmState::Running => common_capnp::VmState::Running,
+        VmState::Paused => common_capnp::VmState::Paused,
+        VmState::Stopping => common_capnp::VmState::Stopping,
+        VmState::Failed => common_capnp::VmState::Failed,
+        VmState::Stopped => common_capnp::VmState::Stopped,
+    }
+}
+
+pub fn vm_state_from_capnp(s: common_capnp::VmState) -> VmState {
+    match s {
+        common_capnp::VmState::Creating => VmState::Creating,
+        common_capnp::VmState::Running => VmState::Running,
+        common_capnp::VmState::Paused => VmState::Paused,
+        common_capnp::VmState::Stopping => VmState::Stopping,
+        common_capnp::VmState::Failed => VmState::Failed,
+        common_capnp::VmState::Stopped => VmState::Stopped,
+    }
+}
+
+pub fn vm_status_to_capnp(s: &VmStatus, mut b: common_capnp::vm_status::Builder<'_>) {
+    b.set_id(s.id.as_str());
+    b.set_name(s.name.as_str());
+    b.set_content_hash(&s.content_hash);
+    b.set_state(vm_state_to_capnp(s.state));
+    b.set_pid(s.pid.unwrap_or(0));
+    b.set_error(&s.error);
+    b.set_created_at_ms(s.created_at_ms);
+    b.set_cpu(s.cpu);
+    b.set_memory_mb(s.memory_mb);
+}
+
+pub fn vm_status_from_capnp(r: common_capnp::vm_status::Reader<'_>) -> Result<VmStatus, ConvertError> {
+    let state = r.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?;
+    Ok(VmStatus {
+        id: text(r.get_id())?.parse::<VmId>()?,
+        name: text(r.get_name())?.parse::<VmName>()?,
+        content_hash: text(r.get_content_hash())?,
+        state: vm_state_from_capnp(state),
+        pid: Some(r.get_pid()).filter(|p| *p != 0),
+        error: text(r.get_error())?,
+        created_at_ms: r.get_created_at_ms(),
+        cpu: r.get_cpu(),
+        memory_mb: r.get_memory_mb(),
+    })
+}
+
+pub fn vm_metrics_to_capnp(m: &VmMetrics, mut b: common_capnp::vm_metrics::Builder<'_>) {
+    b.set_cpu_percent(m.cpu_percent);
+    b.set_rss_bytes(m.rss_bytes);
+    b.set_disk_read_bytes(m.disk_read_bytes);
+    b.set_disk_write_bytes(m.disk_write_bytes);
+    b.set_net_rx_bytes(m.net_rx_bytes);
+    b.set_net_tx_bytes(m.net_tx_bytes);
+}
+
+pub fn vm_metrics_from_capnp(r: common_capnp::vm_metrics::Reader<'_>) -> VmMetrics {
+    VmMetrics {
+        cpu_percent: r.get_cpu_percent(),
+        rss_bytes: r.get_rss_bytes(),
+        disk_read_bytes: r.get_disk_read_bytes(),
+        disk_write_bytes: r.get_disk_write_bytes(),
+        net_rx_bytes: r.get_net_rx_bytes(),
+        net_tx_bytes: r.get_net_tx_bytes(),
+    }
+}
+
+pub fn resources_to_capnp(r: Resources, mut b: common_capnp::resources::Builder<'_>) {
+    b.set_cpu(r.cpu);
+    b.set_memory_mb(r.memory_mb);
+}
+
+pub fn resources_from_capnp(r: common_capnp::resources::Reader<'_>) -> Resources {
+    Resources { cpu: r.get_cpu(), memory_mb: r.get_memory_mb() }
+}
+
+/// The error half of `Result(Ok)` as plain data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RpcFailure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Mirrors `common.capnp`'s ErrorCode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    Unavailable,
+    PermissionDenied,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorCode::InvalidArgument => "invalid argument",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::AlreadyExists => "already exists",
+            ErrorCode::FailedPrecondition => "failed precondition",
+            ErrorCode::Internal => "internal error",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::PermissionDenied => "permission denied",
+        })
+    }
+}
+
+impl RpcFailure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RpcFailure { code, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+}
+
+impl From<ConvertError> for RpcFailure {
+    fn from(e: ConvertError) -> Self {
+        RpcFailure::invalid(e.to_message())
+    }
+}
+
+fn code_to_capnp(c: ErrorCode) -> CapnpErrorCode {
+    match c {
+        ErrorCode::InvalidArgument => CapnpErrorCode::InvalidArgument,
+        ErrorCode::NotFound => CapnpErrorCode::NotFound,
+        ErrorCode::AlreadyExists => CapnpErrorCode::AlreadyExists,
+        ErrorCode::FailedPrecondition => CapnpErrorCode::FailedPrecondition,
+        ErrorCode::Internal => CapnpErrorCode::Internal,
+        ErrorCode::Unavailable => CapnpErrorCode::Unavailable,
+        ErrorCode::PermissionDenied => CapnpErrorCode::PermissionDenied,
+    }
+}
+
+fn code_from_capnp(c: CapnpErrorCode) -> ErrorCode {
+    match c {
+        CapnpErrorCode::InvalidArgument => ErrorCode::InvalidArgument,
+        CapnpErrorCode::NotFound => ErrorCode::NotFound,
+        CapnpErrorCode::AlreadyExists => ErrorCode::AlreadyExists,
+        CapnpErrorCode::FailedPrecondition => ErrorCode::FailedPrecondition,
+        CapnpErrorCode::Internal => ErrorCode::Internal,
+        CapnpErrorCode::Unavailable => ErrorCode::Unavailable,
+        CapnpErrorCode::PermissionDenied => ErrorCode::PermissionDenied,
+    }
+}
+
+pub fn error_to_capnp(e: &RpcFailure, mut b: common_capnp::error::Builder<'_>) {
+    b.set_code(code_to_capnp(e.code));
+    b.set_message(&e.message);
+}
+
+pub fn error_from_capnp(r: common_capnp::error::Reader<'_>) -> Result<RpcFailure, ConvertError> {
+    let code = r.get_code().map(code_from_capnp).unwrap_or(ErrorCode::Internal);
+    Ok(RpcFailure { code, message: text(r.get_message())? })
+}
+
+/// Reads a `Result(Ok)`: `Ok(Ok(reader))` on success, `Ok(Err(failure))`
+/// when the server answered with an error as data.
+pub fn result_from_capnp<'a, T>(
+    r: common_capnp::result::Reader<'a, T>,
+) -> Result<Result<<T as capnp::traits::Owned>::Reader<'a>, RpcFailure>, ConvertError>
+where
+    T: capnp::traits::Owned,
+{
+    match r.which().map_err(|e| ConvertError::UnknownEnum(e.0))? {
+        common_capnp::result::Which::Ok(ok) => Ok(Ok(ok?)),
+        common_capnp::result::Which::Err(err) => Ok(Err(error_from_capnp(err?)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_capnp() {
+        let mut labels = BTreeMap::new();
+        labels.insert("group".to_owned(), "web".to_owned());
+        let spec = VmSpec::new(VmSpecFields {
+            name: "web-0".into(),
+            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+            initrd_path: String::new(),
+            disk_image_path: "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-disk".into(),
+            cmdline: "console=ttyS0".into(),
+            cpu: 2,
+            memory_mb: 512,
+            network_allowed_domains: vec!["example.com".into()],
+            content_hash: "h1".into(),
+            labels,
+        })
+        .unwrap();
+        let mut msg = capnp::message::Builder::new_default();
+        vm_spec_to_capnp(&spec, msg.init_root());
+        let r = msg.get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>().unwrap();
+        assert_eq!(vm_spec_from_capnp(r).unwrap(), spec);
+    }
+
+    #[test]
+    fn invalid_capnp_spec_is_refused_with_field() {
+        let mut msg = capnp::message::Builder::new_default();
+        let mut b = msg.init_root::<common_capnp::vm_spec::Builder<'_>>();
+        b.set_name("ok");
+        b.set_toplevel("/etc");
+        let r = msg.get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>().unwrap();
+        let err = vm_spec_from_capnp(r).unwrap_err().to_message();
+        assert!(err.contains("toplevel"), "{err}");
+    }
+}

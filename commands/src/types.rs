@@ -1,0 +1,599 @@
+//! Validated domain types that cross the wire: VM specs and typed ids.
+//!
+//! Everything that enters the system (Nix's JSON, a Cap'n Proto reader, a
+//! CLI argument) is parsed into these types at the edge, so code behind the
+//! edge never re-validates and never sees a malformed name or store path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused; the message names the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl SpecError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        SpecError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Upper bounds that keep a hostile spec from exhausting the worker.
+pub const MAX_CPU: u32 = 256;
+pub const MAX_MEMORY_MB: u64 = 4 * 1024 * 1024;
+pub const MAX_CMDLINE_LEN: usize = 4096;
+pub const MAX_DOMAINS: usize = 256;
+pub const MAX_LABELS: usize = 64;
+const STORE_DIR: &str = "/nix/store/";
+const NIX32_ALPHABET: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+macro_rules! string_newtype {
+    ($(#[$m:meta])* $name:ident, $validate:expr, $what:literal) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = SpecError;
+            fn try_from(s: String) -> Result<Self, SpecError> {
+                let check: fn(&str) -> Result<(), String> = $validate;
+                check(&s).map_err(|reason| SpecError::invalid($what, format!("{s:?} {reason}")))?;
+                Ok($name(s))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = SpecError;
+            fn from_str(s: &str) -> Result<Self, SpecError> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// A VM's name within a generation: a DNS label, so it can be a hostname.
+    VmName,
+    |s| if is_dns_label(s) { Ok(()) } else {
+        Err("is not a DNS label (1-63 chars of a-z, 0-9, '-', not starting or ending with '-')".into())
+    },
+    "name"
+);
+
+string_newtype!(
+    /// A worker's id: what it registers as and what assignments are keyed by.
+    WorkerId,
+    |s| {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && s.as_bytes()[0].is_ascii_alphanumeric();
+        if ok { Ok(()) } else {
+            Err("is not a worker id (1-63 chars of A-Z, a-z, 0-9, '-', '_', '.', starting alphanumeric)".into())
+        }
+    },
+    "worker id"
+);
+
+string_newtype!(
+    /// The id a worker gives a VM it creates: a UUID (v7, so ids sort by
+    /// creation time), lowercase hyphenated.
+    VmId,
+    |s| {
+        let b = s.as_bytes();
+        let ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => *c == b'-',
+                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+            });
+        if ok { Ok(()) } else { Err("is not a VM id (a lowercase hyphenated UUID)".into()) }
+    },
+    "vm id"
+);
+
+string_newtype!(
+    /// An absolute path inside the Nix store: `/nix/store/<32 nix32>-<name>`,
+    /// optionally followed by a relative path inside it (a kernel file in a
+    /// kernel package). Never contains `..` or empty components.
+    StorePath,
+    validate_store_path,
+    "store path"
+);
+
+fn validate_store_path(s: &str) -> Result<(), String> {
+    let rest = s.strip_prefix(STORE_DIR).ok_or("is not under /nix/store/")?;
+    let mut parts = rest.split('/');
+    let base = parts.next().unwrap_or_default();
+    let (hash, name) = base.split_at_checked(32).ok_or("has no 32-character hash part")?;
+    if !hash.chars().all(|c| NIX32_ALPHABET.contains(c)) {
+        return Err("has a hash part that is not Nix base32".into());
+    }
+    let name = name.strip_prefix('-').ok_or("lacks the '-' after the hash part")?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 211
+        && !name.starts_with('.')
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
+    if !name_ok {
+        return Err("has an invalid name part".into());
+    }
+    for p in parts {
+        if p.is_empty() || p == "." || p == ".." {
+            return Err("has an empty, '.' or '..' component".into());
+        }
+    }
+    Ok(())
+}
+
+impl StorePath {
+    /// The top-level store path this path lies in (`/nix/store/<hash>-<name>`),
+    /// i.e. what `nix copy` must fetch.
+    pub fn store_root(&self) -> &str {
+        let end = self.0[STORE_DIR.len()..].find('/').map_or(self.0.len(), |i| STORE_DIR.len() + i);
+        &self.0[..end]
+    }
+
+    /// The 32-character hash part, the key of a narinfo.
+    pub fn hash_part(&self) -> &str {
+        &self.0[STORE_DIR.len()..STORE_DIR.len() + 32]
+    }
+}
+
+impl VmId {
+    /// A fresh, time-ordered id.
+    pub fn new_v7() -> Self {
+        VmId(uuid::Uuid::now_v7().hyphenated().to_string())
+    }
+}
+
+/// The JSON shape Nix writes, before validation. Unknown fields are refused
+/// so that a typo in a Nix module is an error, not a silently ignored knob.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawVmSpec {
+    name: String,
+    toplevel: String,
+    kernel_path: String,
+    #[serde(default)]
+    initrd_path: String,
+    #[serde(default)]
+    disk_image_path: String,
+    #[serde(default)]
+    cmdline: String,
+    cpu: u32,
+    memory_mb: u64,
+    #[serde(default)]
+    network_allowed_domains: Vec<String>,
+    content_hash: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// What one VM boots and needs: the contract between Nix, CI, the control
+/// plane and the worker. Constructed only through validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawVmSpec", into = "RawVmSpec")]
+pub struct VmSpec {
+    name: VmName,
+    toplevel: StorePath,
+    kernel_path: StorePath,
+    initrd_path: Option<StorePath>,
+    disk_image_path: Option<StorePath>,
+    cmdline: String,
+    cpu: u32,
+    memory_mb: u64,
+    network_allowed_domains: Vec<String>,
+    content_hash: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Unvalidated fields, for building a spec in code (tests, conversions).
+#[derive(Debug, Clone, Default)]
+pub struct VmSpecFields {
+    pub name: String,
+    pub toplevel: String,
+    pub kernel_path: String,
+    pub initrd_path: String,
+    pub disk_image_path: String,
+    pub cmdline: String,
+    pub cpu: u32,
+    pub memory_mb: u64,
+    pub network_allowed_domains: Vec<String>,
+    pub content_hash: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn optional_store_path(field: &str, s: String) -> Result<Option<StorePath>, SpecError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    StorePath::try_from(s).map(Some).map_err(|e| rename_field(e, field))
+}
+
+fn rename_field(e: SpecError, field: &str) -> SpecError {
+    match e {
+        SpecError::Invalid { reason, .. } => SpecError::invalid(field, reason),
+    }
+}
+
+fn is_domain(d: &str) -> bool {
+    let d = d.strip_prefix("*.").unwrap_or(d);
+    d.len() <= 253 && d.split('.').count() >= 1 && d.split('.').all(|l| {
+        let l = l.to_ascii_lowercase();
+        is_dns_label(&l)
+    })
+}
+
+impl VmSpec {
+    /// Validates every field; the error names the first one that is wrong.
+    pub fn new(f: VmSpecFields) -> Result<Self, SpecError> {
+        let name = VmName::try_from(f.name)?;
+        if f.toplevel.is_empty() {
+            return Err(SpecError::invalid("toplevel", "is empty"));
+        }
+        let toplevel = StorePath::try_from(f.toplevel).map_err(|e| rename_field(e, "toplevel"))?;
+        if f.kernel_path.is_empty() {
+            return Err(SpecError::invalid("kernelPath", "is empty"));
+        }
+        let kernel_path =
+            StorePath::try_from(f.kernel_path).map_err(|e| rename_field(e, "kernelPath"))?;
+        let initrd_path = optional_store_path("initrdPath", f.initrd_path)?;
+        let disk_image_path = optional_store_path("diskImagePath", f.disk_image_path)?;
+        if f.cmdline.len() > MAX_CMDLINE_LEN || f.cmdline.contains('\0') {
+            return Err(SpecError::invalid(
+                "cmdline",
+                format!("must be at most {MAX_CMDLINE_LEN} bytes without NUL"),
+            ));
+        }
+        if f.cpu == 0 || f.cpu > MAX_CPU {
+            return Err(SpecError::invalid("cpu", format!("must be 1..={MAX_CPU}, got {}", f.cpu)));
+        }
+        if f.memory_mb == 0 || f.memory_mb > MAX_MEMORY_MB {
+            return Err(SpecError::invalid(
+                "memoryMb",
+                format!("must be 1..={MAX_MEMORY_MB}, got {}", f.memory_mb),
+            ));
+        }
+        if f.network_allowed_domains.len() > MAX_DOMAINS {
+            return Err(SpecError::invalid(
+                "networkAllowedDomains",
+                format!("has more than {MAX_DOMAINS} entries"),
+            ));
+        }
+        if let Some(d) = f.network_allowed_domains.iter().find(|d| !is_domain(d)) {
+            return Err(SpecError::invalid("networkAllowedDomains", format!("{d:?} is not a domain name")));
+        }
+        let hash_ok = !f.content_hash.is_empty()
+            && f.content_hash.len() <= 128
+            && f.content_hash.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':'));
+        if !hash_ok {
+            return Err(SpecError::invalid(
+                "contentHash",
+                "must be 1-128 characters of A-Z, a-z, 0-9, '-', '_', ':'",
+            ));
+        }
+        if f.labels.len() > MAX_LABELS {
+            return Err(SpecError::invalid("labels", format!("has more than {MAX_LABELS} entries")));
+        }
+        for (k, v) in &f.labels {
+            let key_ok = !k.is_empty()
+                && k.len() <= 63
+                && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
+            if !key_ok {
+                return Err(SpecError::invalid("labels", format!("key {k:?} is not a label key")));
+            }
+            if v.len() > 253 || v.chars().any(char::is_control) {
+                return Err(SpecError::invalid("labels", format!("value of {k:?} is too long or has control characters")));
+            }
+        }
+        Ok(VmSpec {
+            name,
+            toplevel,
+            kernel_path,
+            initrd_path,
+            disk_image_path,
+            cmdline: f.cmdline,
+            cpu: f.cpu,
+            memory_mb: f.memory_mb,
+            network_allowed_domains: f.network_allowed_domains,
+            content_hash: f.content_hash,
+            labels: f.labels,
+        })
+    }
+
+    /// Parses the camelCase JSON Nix writes for one VM.
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    pub fn name(&self) -> &VmName {
+        &self.name
+    }
+    pub fn toplevel(&self) -> &StorePath {
+        &self.toplevel
+    }
+    pub fn kernel_path(&self) -> &StorePath {
+        &self.kernel_path
+    }
+    pub fn initrd_path(&self) -> Option<&StorePath> {
+        self.initrd_path.as_ref()
+    }
+    pub fn disk_image_path(&self) -> Option<&StorePath> {
+        self.disk_image_path.as_ref()
+    }
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_mb
+    }
+    pub fn network_allowed_domains(&self) -> &[String] {
+        &self.network_allowed_domains
+    }
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// Every top-level store path this VM boots from, deduplicated and
+    /// sorted: the closure roots a worker must have before starting it.
+    pub fn store_roots(&self) -> Vec<&str> {
+        let mut roots: Vec<&str> = [Some(&self.toplevel), Some(&self.kernel_path), self.initrd_path.as_ref(), self.disk_image_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(StorePath::store_root)
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        roots
+    }
+
+    /// Back to plain fields (for a builder or an edited copy in tests).
+    pub fn to_fields(&self) -> VmSpecFields {
+        VmSpecFields {
+            name: self.name.to_string(),
+            toplevel: self.toplevel.to_string(),
+            kernel_path: self.kernel_path.to_string(),
+            initrd_path: self.initrd_path.as_ref().map(ToString::to_string).unwrap_or_default(),
+            disk_image_path: self.disk_image_path.as_ref().map(ToString::to_string).unwrap_or_default(),
+            cmdline: self.cmdline.clone(),
+            cpu: self.cpu,
+            memory_mb: self.memory_mb,
+            network_allowed_domains: self.network_allowed_domains.clone(),
+            content_hash: self.content_hash.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl TryFrom<RawVmSpec> for VmSpec {
+    type Error = SpecError;
+    fn try_from(r: RawVmSpec) -> Result<Self, SpecError> {
+        VmSpec::new(VmSpecFields {
+            name: r.name,
+            toplevel: r.toplevel,
+            kernel_path: r.kernel_path,
+            initrd_path: r.initrd_path,
+            disk_image_path: r.disk_image_path,
+            cmdline: r.cmdline,
+            cpu: r.cpu,
+            memory_mb: r.memory_mb,
+            network_allowed_domains: r.network_allowed_domains,
+            content_hash: r.content_hash,
+            labels: r.labels,
+        })
+    }
+}
+
+impl From<VmSpec> for RawVmSpec {
+    fn from(s: VmSpec) -> RawVmSpec {
+        let f = s.to_fields();
+        RawVmSpec {
+            name: f.name,
+            toplevel: f.toplevel,
+            kernel_path: f.kernel_path,
+            initrd_path: f.initrd_path,
+            disk_image_path: f.disk_image_path,
+            cmdline: f.cmdline,
+            cpu: f.cpu,
+            memory_mb: f.memory_mb,
+            network_allowed_domains: f.network_allowed_domains,
+            content_hash: f.content_hash,
+            labels: f.labels,
+        }
+    }
+}
+
+/// A VM's lifecycle state as reported over RPC (the worker's state machine
+/// has more detail; this is what clients see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Creating,
+    Running,
+    Paused,
+    Stopping,
+    Failed,
+    Stopped,
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmState::Creating => "creating",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Stopping => "stopping",
+            VmState::Failed => "failed",
+            VmState::Stopped => "stopped",
+        })
+    }
+}
+
+/// cpu and memory, the two resources the scheduler accounts for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub cpu: u32,
+    pub memory_mb: u64,
+}
+
+/// Resource usage of one VM, sampled by its worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmMetrics {
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
+/// What a worker says about one of its VMs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmStatus {
+    pub id: VmId,
+    pub name: VmName,
+    pub content_hash: String,
+    pub state: VmState,
+    /// The CH process id; `None` when no process runs.
+    pub pid: Option<u32>,
+    /// Why the VM failed; empty unless `state` is `Failed`.
+    pub error: String,
+    pub created_at_ms: u64,
+    pub cpu: u32,
+    pub memory_mb: u64,
+}
+
+/// A label of a worker (placement constraint target).
+pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
+    const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
+
+    fn fields() -> VmSpecFields {
+        VmSpecFields {
+            name: "web-0".into(),
+            toplevel: TOP.into(),
+            kernel_path: KERNEL.into(),
+            cmdline: "console=ttyS0".into(),
+            cpu: 1,
+            memory_mb: 256,
+            content_hash: "abc123".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_spec_round_trips_through_json() {
+        let spec = VmSpec::new(fields()).unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"kernelPath\""), "{json}");
+        assert!(json.contains("\"memoryMb\":256"), "{json}");
+        assert_eq!(VmSpec::from_json(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn store_roots_strip_inner_paths_and_dedup() {
+        let mut f = fields();
+        f.disk_image_path = format!("{TOP}/disk.img");
+        let spec = VmSpec::new(f).unwrap();
+        assert_eq!(
+            spec.store_roots(),
+            vec!["/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system", "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1"]
+        );
+        assert_eq!(spec.kernel_path().hash_part(), "1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(fn(&mut VmSpecFields), &str)> = vec![
+            (|f| f.name = "Web_0".into(), "name"),
+            (|f| f.name = String::new(), "name"),
+            (|f| f.toplevel = String::new(), "toplevel: is empty"),
+            (|f| f.toplevel = "relative/path".into(), "toplevel"),
+            (|f| f.toplevel = "/nix/store/short-x".into(), "toplevel"),
+            (|f| f.kernel_path = format!("{TOP}/../etc/passwd"), "kernelPath"),
+            (|f| f.initrd_path = "/tmp/initrd".into(), "initrdPath"),
+            (|f| f.cpu = 0, "cpu: must be 1..="),
+            (|f| f.memory_mb = 0, "memoryMb: must be 1..="),
+            (|f| f.content_hash = String::new(), "contentHash"),
+            (|f| f.network_allowed_domains = vec!["not a domain".into()], "networkAllowedDomains"),
+            (|f| { f.labels.insert("bad key".into(), "v".into()); }, "labels"),
+        ];
+        for (mutate, want) in cases {
+            let mut f = fields();
+            mutate(&mut f);
+            let err = VmSpec::new(f).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn json_missing_and_unknown_fields_are_named() {
+        let err = VmSpec::from_json(r#"{"name":"a"}"#).unwrap_err().to_string();
+        assert!(err.contains("missing field `toplevel`"), "{err}");
+        let mut v = serde_json::to_value(VmSpec::new(fields()).unwrap()).unwrap();
+        v["memoryMB"] = 3.into();
+        let err = serde_json::from_value::<VmSpec>(v).unwrap_err().to_string();
+        assert!(err.contains("unknown field `memoryMB`"), "{err}");
+    }
+
+    #[test]
+    fn ids_validate() {
+        assert!("worker-1".parse::<WorkerId>().is_ok());
+        assert!("../etc".parse::<WorkerId>().is_err());
+        let id = VmId::new_v7();
+        assert_eq!(id.as_str().parse::<VmId>().unwrap(), id);
+        assert!("not-a-uuid".parse::<VmId>().is_err());
+    }
+}
