@@ -17,9 +17,12 @@ let
 
   isDnsLabel = s: isString s && match "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" s != null;
 
-  # "/nix/store/<32 chars>-name" optionally followed by a path inside it.
+  # "/nix/store/<32 nix32 chars>-<name>" optionally followed by a path
+  # inside it, without empty, "." or ".." components (the Rust StorePath rule).
   isStorePath = p:
-    isString p && match "${builtins.storeDir}/[0-9a-z]{32}-[^/]+(/.*)?" p != null;
+    isString p
+    && match "${builtins.storeDir}/[0123456789abcdfghijklmnpqrsvwxyz]{32}-[a-zA-Z0-9+_?=-][a-zA-Z0-9+._?=-]*(/[^/]+)*" p != null
+    && match ".*/\\.\\.?(/.*)?" p == null;
 
   isLabelKey = k: match "[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?" k != null;
   isLabelValue = v: isString v && match "([a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?)?" v != null;
@@ -75,16 +78,20 @@ let
       fail "${where}: initrdPath must be a store path or \"\", got ${show initrdPath}"
     else if diskImagePath != "" && !(isStorePath diskImagePath) then
       fail "${where}: diskImagePath must be a store path or \"\", got ${show diskImagePath}"
-    else if !(isString cmdline) then
-      fail "${where}: cmdline must be a string, got ${show cmdline}"
-    else if !(isInt cpu) || cpu < 1 || cpu > 4294967295 then
-      fail "${where}: cpu must be a positive integer, got ${show cpu}"
-    else if !(isInt memoryMb) || memoryMb < 1 then
-      fail "${where}: memoryMb must be a positive integer, got ${show memoryMb}"
+    else if !(isString cmdline) || builtins.stringLength cmdline > 4096 then
+      fail "${where}: cmdline must be a string of at most 4096 bytes"
+    else if !(isInt cpu) || cpu < 1 || cpu > 256 then
+      fail "${where}: cpu must be an integer between 1 and 256, got ${show cpu}"
+    else if !(isInt memoryMb) || memoryMb < 1 || memoryMb > 4194304 then
+      fail "${where}: memoryMb must be an integer between 1 and 4194304, got ${show memoryMb}"
     else if !(isList networkAllowedDomains) || !(all isString networkAllowedDomains) then
       fail "${where}: networkAllowedDomains must be a list of strings"
+    else if length networkAllowedDomains > 256 then
+      fail "${where}: networkAllowedDomains has more than 256 entries"
     else if !(isAttrs labels) then
       fail "${where}: labels must be an attribute set of strings, got ${show labels}"
+    else if length (attrNames labels) > 64 then
+      fail "${where}: labels has more than 64 entries"
     else if badLabel != [ ] then
       fail "${where}: label ${show (head badLabel)} = ${show labels.${head badLabel}} is not a valid label (key and value: letters, digits, '.', '_', '-', at most 63 characters)"
     else

@@ -1,0 +1,63 @@
+# NixOS module for repohub: the web UI and git hosting (smart HTTP). Bare
+# repositories and the SQLite database live in the state directory; git runs
+# as a child process, so it is on the unit's PATH. A static user owns the
+# repositories so they survive a change of unit settings.
+{ config, lib, pkgs, ... }:
+let
+  common = import ./service-common.nix { inherit lib; };
+  cfg = config.services.procurator.repohub;
+in
+{
+  options.services.procurator.repohub = common.commonOptions {
+    name = "repohub";
+    binary = "repohub";
+    defaultListen = "127.0.0.1:8080";
+  } // {
+    ciUrl = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "http://127.0.0.1:8090";
+      description = "ci_service URL the post-receive hook notifies. null: pushes trigger nothing.";
+    };
+    controlPlane = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Control plane address for the cluster page.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    users.users.procurator-repohub = {
+      isSystemUser = true;
+      group = "procurator-repohub";
+      home = "/var/lib/procurator-repohub";
+    };
+    users.groups.procurator-repohub = { };
+
+    systemd.services.procurator-repohub = {
+      description = "Procurator repohub (git hosting and web UI)";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      path = [ pkgs.git ];
+      environment = { RUST_LOG = cfg.logLevel; HOME = "/var/lib/procurator-repohub"; } // cfg.environment;
+      serviceConfig = common.hardening // {
+        ExecStart = common.execStart cfg.package "repohub"
+          ({
+            listen = cfg.listen;
+            log-json = cfg.logJson;
+            data-dir = "/var/lib/procurator-repohub";
+            ci-url = cfg.ciUrl;
+            control-plane = cfg.controlPlane;
+          } // cfg.settings)
+          cfg.extraArgs;
+        User = "procurator-repohub";
+        Group = "procurator-repohub";
+        StateDirectory = "procurator-repohub";
+        StateDirectoryMode = "0750";
+        Restart = "always";
+        RestartSec = 1;
+      };
+    };
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (common.portOf cfg.listen);
+  };
+}
