@@ -1,0 +1,477 @@
+//! Typed wrappers around the `nix` command (2.8, no daemon): evaluate,
+//! build, copy to and from a binary cache, query and verify paths. A `Nix`
+//! value holds the environment every call runs with (`NIX_CONF_DIR`,
+//! `XDG_CACHE_HOME`, an optional `--store` root that simulates another
+//! host), so callers never assemble command lines themselves.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::nixlog::Renderer;
+
+/// How many lines of nix's stderr an error keeps: the end is where nix
+/// says what failed; the beginning is progress chatter.
+const TAIL_LINES: usize = 40;
+const TAIL_BYTES: usize = 8 * 1024;
+
+/// What went wrong running nix. `stderr` is the tail of what nix printed,
+/// rendered to plain text (no ANSI, no internal-json).
+#[derive(Debug, thiserror::Error)]
+pub enum NixError {
+    #[error("cannot run {program}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("`{command}` failed ({status}):\n{stderr}")]
+    Failed { command: String, status: String, stderr: String },
+    #[error("`{command}` printed unexpected output: {detail}")]
+    Output { command: String, detail: String },
+    #[error("`{command}` did not finish within {secs}s")]
+    Timeout { command: String, secs: u64 },
+    #[error("paths are not valid in {store}: {paths:?}")]
+    Invalid { store: String, paths: Vec<String> },
+}
+
+impl NixError {
+    /// The tail of nix's stderr, when nix ran and failed.
+    pub fn stderr(&self) -> Option<&str> {
+        match self {
+            NixError::Failed { stderr, .. } => Some(stderr),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of `nix path-info --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathInfo {
+    pub path: String,
+    #[serde(default = "yes")]
+    pub valid: bool,
+    #[serde(default)]
+    pub nar_hash: Option<String>,
+    #[serde(default)]
+    pub nar_size: Option<u64>,
+    #[serde(default)]
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub signatures: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct BuildResult {
+    outputs: std::collections::BTreeMap<String, String>,
+}
+
+/// A callback that receives each human-readable line nix prints while it
+/// works (build output, "copying path …", errors), for a live job log.
+pub type LineSink<'a> = &'a mut (dyn FnMut(&str) + Send);
+
+/// The nix command with its environment. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Nix {
+    program: PathBuf,
+    conf_dir: Option<PathBuf>,
+    cache_home: Option<PathBuf>,
+    store_root: Option<PathBuf>,
+    options: Vec<(String, String)>,
+    timeout: Option<Duration>,
+}
+
+impl Default for Nix {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Nix {
+    /// `nix` from PATH with the process's own environment (the system
+    /// store, /etc/nix unless NIX_CONF_DIR is set).
+    pub fn new() -> Self {
+        Nix { program: "nix".into(), conf_dir: None, cache_home: None, store_root: None, options: Vec::new(), timeout: None }
+    }
+
+    /// Use another nix binary.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// Directory holding the `nix.conf` to use (replaces /etc/nix).
+    pub fn with_conf_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.conf_dir = Some(dir.into());
+        self
+    }
+
+    /// `XDG_CACHE_HOME`: where nix keeps its narinfo cache and flake
+    /// evaluation cache. Separate per test so answers are not shared.
+    pub fn with_cache_home(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_home = Some(dir.into());
+        self
+    }
+
+    /// A chroot store: paths are `/nix/store/…` logically and live under
+    /// `root/nix/store` (one per simulated host in tests).
+    pub fn with_store_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.store_root = Some(root.into());
+        self
+    }
+
+    /// An extra `--option NAME VALUE` on every call.
+    pub fn with_option(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.push((name.into(), value.into()));
+        self
+    }
+
+    /// Kills a call that runs longer than this.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn store_root(&self) -> Option<&Path> {
+        self.store_root.as_deref()
+    }
+
+    /// A human name of the store this value talks to, for messages.
+    pub fn store_name(&self) -> String {
+        self.store_root.as_ref().map_or_else(|| "the system store".to_owned(), |p| p.display().to_string())
+    }
+
+    /// `nix eval --json INSTALLABLE`, parsed.
+    pub async fn eval_json(&self, installable: &str) -> Result<serde_json::Value, NixError> {
+        let args: Vec<OsString> = vec!["eval".into(), "--json".into(), installable.into()];
+        let out = self.run(args, false, None).await?;
+        serde_json::from_slice(&out).map_err(|e| NixError::Output { command: self.describe(&["eval", installable]), detail: e.to_string() })
+    }
+
+    /// `nix build --json --no-link INSTALLABLE`: the output paths, in the
+    /// order nix lists them. Build output goes to `sink` as it happens.
+    pub async fn build(&self, installable: &str, sink: Option<LineSink<'_>>) -> Result<Vec<String>, NixError> {
+        let args: Vec<OsString> = ["build", "--json", "--no-link", "-L", "--log-format", "internal-json", installable]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let out = self.run(args, true, sink).await?;
+        let command = self.describe(&["build", installable]);
+        let results: Vec<BuildResult> =
+            serde_json::from_slice(&out).map_err(|e| NixError::Output { command: command.clone(), detail: e.to_string() })?;
+        let paths: Vec<String> = results.into_iter().flat_map(|r| r.outputs.into_values()).collect();
+        if paths.is_empty() {
+            return Err(NixError::Output { command, detail: "no output paths".into() });
+        }
+        Ok(paths)
+    }
+
+    /// `nix copy --to CACHE_URL PATHS` (with their closures), compressing
+    /// NARs as `compression` (`zstd`: xz costs ~30 s per 50 MiB here).
+    /// `netrc` holds the upload token for the cache's host.
+    pub async fn copy_to(
+        &self,
+        cache_url: &str,
+        paths: &[String],
+        compression: &str,
+        netrc: Option<&Path>,
+        sink: Option<LineSink<'_>>,
+    ) -> Result<(), NixError> {
+        let sep = if cache_url.contains('?') { '&' } else { '?' };
+        let mut args: Vec<OsString> = vec!["copy".into(), "--log-format".into(), "internal-json".into()];
+        if let Some(n) = netrc {
+            args.extend(["--option".into(), "netrc-file".into(), n.as_os_str().to_owned()]);
+        }
+        args.extend(["--to".into(), format!("{cache_url}{sep}compression={compression}").into()]);
+        args.extend(paths.iter().map(OsString::from));
+        self.run(args, true, sink).await.map(drop)
+    }
+
+    /// `nix copy --from CACHE_URL PATHS` into this value's store, accepting
+    /// only narinfos signed by `trusted_key` (`name:base64`).
+    pub async fn copy_from(
+        &self,
+        cache_url: &str,
+        paths: &[String],
+        trusted_key: &str,
+        sink: Option<LineSink<'_>>,
+    ) -> Result<(), NixError> {
+        let mut args: Vec<OsString> = vec![
+            "copy".into(),
+            "--log-format".into(),
+            "internal-json".into(),
+            "--option".into(),
+            "trusted-public-keys".into(),
+            trusted_key.into(),
+            "--option".into(),
+            "require-sigs".into(),
+            "true".into(),
+            "--from".into(),
+            cache_url.into(),
+        ];
+        if let Some(root) = &self.store_root {
+            args.extend(["--to".into(), root.as_os_str().to_owned()]);
+        }
+        args.extend(paths.iter().map(OsString::from));
+        // `--store` would also apply to `--from`'s source; `--to` is enough.
+        self.run_with_store(args, true, sink, false).await.map(drop)
+    }
+
+    /// `nix path-info --json PATHS` in this value's store. Invalid paths
+    /// come back with `valid == false`, not as an error.
+    pub async fn path_info(&self, paths: &[String]) -> Result<Vec<PathInfo>, NixError> {
+        let mut args: Vec<OsString> = vec!["path-info".into(), "--json".into()];
+        args.extend(paths.iter().map(OsString::from));
+        let out = self.run(args, false, None).await?;
+        serde_json::from_slice(&out)
+            .map_err(|e| NixError::Output { command: self.describe(&["path-info", "--json"]), detail: e.to_string() })
+    }
+
+    /// The subset of `paths` that is not valid in this value's store.
+    pub async fn missing_paths(&self, paths: &[String]) -> Result<Vec<String>, NixError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.path_info(paths).await?.into_iter().filter(|p| !p.valid).map(|p| p.path).collect())
+    }
+
+    /// `nix store verify PATHS`: contents match the recorded hashes.
+    /// Invalid paths are an error too.
+    pub async fn verify(&self, paths: &[String]) -> Result<(), NixError> {
+        let missing = self.missing_paths(paths).await?;
+        if !missing.is_empty() {
+            return Err(NixError::Invalid { store: self.store_name(), paths: missing });
+        }
+        let mut args: Vec<OsString> = vec!["store".into(), "verify".into(), "--no-trust".into()];
+        args.extend(paths.iter().map(OsString::from));
+        self.run(args, false, None).await.map(drop)
+    }
+
+    fn describe(&self, args: &[&str]) -> String {
+        let mut s = String::from("nix");
+        for a in args {
+            s.push(' ');
+            s.push_str(a);
+        }
+        if let Some(r) = &self.store_root {
+            s.push_str(&format!(" (store {})", r.display()));
+        }
+        s
+    }
+
+    async fn run(&self, args: Vec<OsString>, json_log: bool, sink: Option<LineSink<'_>>) -> Result<Vec<u8>, NixError> {
+        self.run_with_store(args, json_log, sink, true).await
+    }
+
+    /// Runs nix, streaming stderr through the internal-json renderer when
+    /// `json_log` is set, and returns stdout. On failure the error carries
+    /// the rendered tail of stderr.
+    async fn run_with_store(
+        &self,
+        mut args: Vec<OsString>,
+        json_log: bool,
+        mut sink: Option<LineSink<'_>>,
+        pass_store: bool,
+    ) -> Result<Vec<u8>, NixError> {
+        let shown: Vec<String> = args.iter().take(2).map(|a| a.to_string_lossy().into_owned()).collect();
+        let command = self.describe(&shown.iter().map(String::as_str).collect::<Vec<_>>());
+        if pass_store && let Some(root) = &self.store_root {
+            args.splice(1..1, ["--store".into(), root.as_os_str().to_owned()]);
+        }
+        for (k, v) in &self.options {
+            args.splice(1..1, [OsString::from("--option"), k.into(), v.into()]);
+        }
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        if let Some(d) = &self.conf_dir {
+            cmd.env("NIX_CONF_DIR", d);
+        }
+        if let Some(d) = &self.cache_home {
+            cmd.env("XDG_CACHE_HOME", d);
+        }
+        tracing::debug!(?args, "running nix");
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| NixError::Spawn { program: self.program.display().to_string(), source })?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        let work = async {
+            let read_out = async {
+                let mut buf = Vec::new();
+                let _ = stdout.read_to_end(&mut buf).await;
+                buf
+            };
+            let read_err = async {
+                let mut renderer = Renderer::new();
+                let mut tail: VecDeque<String> = VecDeque::new();
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let rendered = if json_log {
+                        renderer.render(&line)
+                    } else {
+                        Some(crate::nixlog::strip_ansi(&line))
+                    };
+                    let Some(text) = rendered else { continue };
+                    if let Some(s) = sink.as_mut() {
+                        s(&text);
+                    }
+                    tail.push_back(text);
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+                tail
+            };
+            let (out, tail) = tokio::join!(read_out, read_err);
+            let status = child.wait().await;
+            (out, tail, status)
+        };
+        let (out, tail, status) = match self.timeout {
+            Some(t) => tokio::time::timeout(t, work)
+                .await
+                .map_err(|_| NixError::Timeout { command: command.clone(), secs: t.as_secs() })?,
+            None => work.await,
+        };
+        let status = status.map_err(|source| NixError::Spawn { program: self.program.display().to_string(), source })?;
+        if status.success() {
+            return Ok(out);
+        }
+        let mut stderr = tail.into_iter().collect::<Vec<_>>().join("\n");
+        if stderr.len() > TAIL_BYTES {
+            let mut cut = stderr.len() - TAIL_BYTES;
+            while !stderr.is_char_boundary(cut) {
+                cut += 1;
+            }
+            stderr = format!("…{}", &stderr[cut..]);
+        }
+        Err(NixError::Failed { command, status: status.to_string(), stderr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::HermeticNix;
+
+    /// A flake with one good and one failing builtins-only derivation.
+    fn flake(dir: &Path, marker: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                r#"{{
+  outputs = {{ self }}: let
+    mk = name: script: derivation {{ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" script ]; }};
+    leaf = mk "leaf-{marker}" ''echo leaf > $out'';
+  in {{
+    value = {{ a = 1; b = [ "x" ]; }};
+    broken = throw "broken on purpose";
+    good = mk "top-{marker}" ''echo ${{leaf}} > $out'';
+    bad = mk "bad-{marker}" ''echo "about to fail" >&2; exit 3'';
+  }};
+}}"#
+            ),
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn eval_build_info_verify_and_errors() {
+        let h = HermeticNix::new().unwrap();
+        let nix = h.nix();
+        let dir = h.dir().join("flake");
+        // A marker per run keeps this test's store paths its own.
+        let marker = format!("{}", std::process::id());
+        flake(&dir, &marker);
+        let f = format!("path:{}", dir.display());
+
+        let v = nix.eval_json(&format!("{f}#value")).await.unwrap();
+        assert_eq!(v, serde_json::json!({"a": 1, "b": ["x"]}));
+
+        let err = nix.eval_json(&format!("{f}#broken")).await.unwrap_err();
+        assert!(err.stderr().unwrap().contains("broken on purpose"), "{err}");
+
+        let mut lines = Vec::new();
+        let mut sink = |l: &str| lines.push(l.to_owned());
+        let out = nix.build(&format!("{f}#good"), Some(&mut sink)).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].ends_with(&format!("-top-{marker}")), "{out:?}");
+
+        let info = nix.path_info(&out).await.unwrap();
+        assert!(info[0].valid);
+        assert_eq!(info[0].references.len(), 1, "{info:?}");
+        nix.verify(&out).await.unwrap();
+        let bogus = "/nix/store/00000000000000000000000000000000-nothing".to_owned();
+        assert_eq!(nix.missing_paths(&[bogus.clone()]).await.unwrap(), vec![bogus.clone()]);
+        assert!(matches!(nix.verify(&[bogus]).await, Err(NixError::Invalid { .. })));
+
+        let mut lines = Vec::new();
+        let mut sink = |l: &str| lines.push(l.to_owned());
+        let err = nix.build(&format!("{f}#bad"), Some(&mut sink)).await.unwrap_err();
+        let tail = err.stderr().unwrap();
+        assert!(tail.contains("about to fail"), "{tail}");
+        assert!(tail.contains("exit code 3"), "{tail}");
+        assert!(!tail.contains("@nix"), "rendered, not raw json: {tail}");
+        assert!(lines.iter().any(|l| l.contains("about to fail")), "{lines:?}");
+    }
+
+    /// copy_to a signed `file://` cache, then copy_from it into another
+    /// store root trusting only the right key (the cache crate's HTTP server
+    /// is exercised by the end-to-end test).
+    #[tokio::test]
+    async fn copy_to_and_from_a_signed_cache_into_a_store_root() {
+        let h = HermeticNix::new().unwrap();
+        let nix = h.nix();
+        let dir = h.dir().join("flake");
+        let marker = format!("copy{}", std::process::id());
+        flake(&dir, &marker);
+        let out = nix.build(&format!("path:{}#good", dir.display()), None).await.unwrap();
+
+        let (sk, pk) = (h.dir().join("sk"), h.dir().join("pk"));
+        let st = std::process::Command::new("nix-store")
+            .args(["--generate-binary-cache-key", "test-cache-1"])
+            .arg(&sk)
+            .arg(&pk)
+            .env("NIX_CONF_DIR", h.conf_dir())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let public = std::fs::read_to_string(&pk).unwrap();
+        let cache = format!("file://{}/bc", h.dir().display());
+        nix.copy_to(&format!("{cache}?secret-key={}", sk.display()), &out, "zstd", None, None).await.unwrap();
+        let narinfo_count = std::fs::read_dir(h.dir().join("bc")).unwrap().filter(|e| {
+            e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".narinfo")
+        }).count();
+        assert_eq!(narinfo_count, 2, "the path and its one reference");
+        let nar = std::fs::read_dir(h.dir().join("bc/nar")).unwrap().next().unwrap().unwrap();
+        assert!(nar.file_name().to_string_lossy().ends_with(".nar.zst"), "{:?}", nar.file_name());
+
+        // Wrong key: refused, nothing lands.
+        let host_b = h.nix().with_store_root(h.dir().join("host-b"));
+        let err = host_b.copy_from(&cache, &out, "other:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", None).await.unwrap_err();
+        assert!(err.stderr().unwrap().contains("signature"), "{err}");
+        assert_eq!(host_b.missing_paths(&out).await.unwrap(), out);
+
+        let host_a = h.nix().with_store_root(h.dir().join("host-a"));
+        assert_eq!(host_a.missing_paths(&out).await.unwrap(), out);
+        host_a.copy_from(&cache, &out, public.trim(), None).await.unwrap();
+        assert!(host_a.missing_paths(&out).await.unwrap().is_empty());
+        host_a.verify(&out).await.unwrap();
+        let file = h.dir().join("host-a").join(out[0].trim_start_matches('/'));
+        assert!(std::fs::read_to_string(file).unwrap().contains(&format!("leaf-{marker}")));
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let err = Nix::new().with_program("/nonexistent/nix").eval_json("x").await.unwrap_err();
+        assert!(matches!(err, NixError::Spawn { .. }), "{err}");
+    }
+}
