@@ -1,1 +1,91 @@
-//! cache: placeholder until its issue lands.
+//! Procurator's Nix binary cache: serves narinfo/NAR files over HTTP exactly
+//! as Nix's `http://` binary cache store expects, accepts the uploads that
+//! `nix copy --to` sends from holders of an upload token, checks them,
+//! signs narinfos with the cache's own key, and keeps an SQLite index for
+//! gc, pinning and `verify`.
+//!
+//! Other crates start one in-process with [`run`] on a bound listener.
+
+pub mod hash;
+pub mod index;
+pub mod metrics;
+pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod server;
+pub mod signing;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+pub use server::run;
+
+/// Default limit for one uploaded (compressed) NAR file: 8 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 << 30;
+
+/// Settings of a serving cache.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the index, NARs and narinfos live (created if missing).
+    pub data_dir: PathBuf,
+    /// Secret key file in Nix's format (`cache keygen` or `nix-store --generate-binary-cache-key`).
+    pub key_file: PathBuf,
+    /// Password expected in HTTP basic auth on writes; `None` disables uploads.
+    pub upload_token: Option<String>,
+    /// Largest accepted NAR file; larger uploads get 413 before their body is read.
+    pub max_upload_bytes: u64,
+    /// `Priority:` in `nix-cache-info` (lower wins among substituters).
+    pub priority: u32,
+    /// The Nix store directory served paths live in.
+    pub store_dir: String,
+}
+
+impl Config {
+    /// A config with defaults: no uploads, 8 GiB limit, priority 40, `/nix/store`.
+    pub fn new(data_dir: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            key_file: key_file.into(),
+            upload_token: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            priority: 40,
+            store_dir: "/nix/store".into(),
+        }
+    }
+
+    /// Enables uploads for holders of `token`.
+    pub fn with_upload_token(mut self, token: impl Into<String>) -> Self {
+        self.upload_token = Some(token.into());
+        self
+    }
+}
+
+/// Reads an upload token file (surrounding whitespace ignored; must not be empty).
+pub fn read_token_file(path: &Path) -> Result<String, Error> {
+    let t = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(Error::EmptyToken(path.display().to_string()));
+    }
+    Ok(t.to_owned())
+}
+
+/// Errors starting or running the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the signing key")]
+    Key(#[from] signing::KeyError),
+    #[error("opening the store")]
+    Store(#[from] store::StoreError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upload token file {0} is empty")]
+    EmptyToken(String),
+}

@@ -1,0 +1,354 @@
+//! `cache` binary: serve the binary cache, generate keys, and maintain the
+//! data dir (verify, gc, pins, ls, info).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cache::signing::SecretKey;
+use cache::store::Store;
+use cache::{Config, nar::EntryKind};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "cache", about = "Procurator's Nix binary cache server")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "CACHE_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct DataDir {
+    /// Directory holding the index, NARs and narinfos.
+    #[arg(long, env = "CACHE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The Nix store directory of the cached paths.
+    #[arg(long, env = "CACHE_STORE_DIR", default_value = "/nix/store")]
+    store_dir: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the cache over HTTP.
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:5000")]
+        listen: String,
+        /// Secret key file (Nix format) used to sign narinfos.
+        #[arg(long, env = "CACHE_KEY_FILE")]
+        key_file: PathBuf,
+        /// File holding the upload token (HTTP basic auth password); without it uploads are refused.
+        #[arg(long, env = "CACHE_UPLOAD_TOKEN_FILE")]
+        upload_token_file: Option<PathBuf>,
+        /// Largest accepted NAR upload in bytes.
+        #[arg(long, env = "CACHE_MAX_UPLOAD_BYTES", default_value_t = cache::DEFAULT_MAX_UPLOAD_BYTES)]
+        max_upload_bytes: u64,
+        /// Priority announced in nix-cache-info.
+        #[arg(long, env = "CACHE_PRIORITY", default_value_t = 40)]
+        priority: u32,
+        /// Also write the bound port to this file.
+        #[arg(long, env = "CACHE_PORT_FILE")]
+        port_file: Option<PathBuf>,
+    },
+    /// Generate a signing key pair: DIR/secret-key and DIR/public-key; prints the public key.
+    Keygen {
+        /// Key name, e.g. cache.example.org-1.
+        name: String,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Re-hash every stored path (FileHash/FileSize and, decompressed, NarHash/NarSize) and check narinfos.
+    Verify {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Secret key file, to check signatures too.
+        #[arg(long, env = "CACHE_KEY_FILE")]
+        key_file: Option<PathBuf>,
+        /// Move bad paths (and paths referencing them) to quarantine/ and drop them from the index.
+        #[arg(long)]
+        quarantine: bool,
+    },
+    /// Delete paths outside the closures of pins and of recent uploads (dry run unless --yes).
+    Gc {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Keep paths uploaded within this period: e.g. 30s, 15m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: Duration,
+        /// Actually delete.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Pin store paths (and their closures) under NAME, replacing what NAME pinned before.
+    Pin {
+        #[command(flatten)]
+        dir: DataDir,
+        name: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove pin NAME.
+    Unpin {
+        #[command(flatten)]
+        dir: DataDir,
+        name: String,
+    },
+    /// List pins.
+    Pins {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List the files of a stored path.
+    Ls {
+        #[command(flatten)]
+        dir: DataDir,
+        path: String,
+    },
+    /// Show a stored path's narinfo, upload time and pins.
+    Info {
+        #[command(flatten)]
+        dir: DataDir,
+        path: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| Duration::from_secs(n * mult))
+        .map_err(|_| format!("bad duration {s:?}"))
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json { b.json().init() } else { b.init() }
+}
+
+fn open(dir: &DataDir, key: Option<SecretKey>) -> Result<Store, Box<dyn std::error::Error>> {
+    Ok(Store::open(&dir.data_dir, &dir.store_dir, key)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match real_main(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cmd {
+        Cmd::Serve {
+            dir,
+            listen,
+            key_file,
+            upload_token_file,
+            max_upload_bytes,
+            priority,
+            port_file,
+        } => {
+            let mut config = Config::new(&dir.data_dir, key_file);
+            config.store_dir = dir.store_dir;
+            config.max_upload_bytes = max_upload_bytes;
+            config.priority = priority;
+            if let Some(f) = upload_token_file {
+                config.upload_token = Some(cache::read_token_file(&f)?);
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen).await?;
+                let addr = listener.local_addr()?;
+                if let Some(p) = port_file {
+                    std::fs::write(&p, format!("{}\n", addr.port()))?;
+                }
+                // Parsed by tests and scripts that start us on port 0.
+                println!("listening on {addr}");
+                std::io::stdout().flush()?;
+                let shutdown = CancellationToken::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    s.cancel();
+                });
+                cache::run(config, listener, shutdown).await?;
+                Ok::<_, Box<dyn std::error::Error>>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Keygen { name, out_dir } => {
+            let sk = SecretKey::generate(&name)?;
+            std::fs::create_dir_all(&out_dir)?;
+            write_private(&out_dir.join("secret-key"), &sk.to_nix_string())?;
+            std::fs::write(out_dir.join("public-key"), sk.public().to_nix_string())?;
+            println!("{}", sk.public().to_nix_string());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
+            dir,
+            key_file,
+            quarantine,
+        } => {
+            let key = key_file.map(|k| SecretKey::load(&k)).transpose()?;
+            let store = open(&dir, key)?;
+            let r = store.verify(quarantine)?;
+            for p in &r.problems {
+                println!("BAD {}: {}", p.subject, p.what);
+            }
+            for q in &r.quarantined {
+                println!("quarantined {q}");
+            }
+            println!(
+                "checked {} paths: {} problems, {} orphan NAR files (gc removes them)",
+                r.checked,
+                r.problems.len(),
+                r.orphan_nars
+            );
+            Ok(if r.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Gc { dir, grace, yes } => {
+            let store = open(&dir, None)?;
+            let r = store.gc(grace, yes)?;
+            let verb = if yes { "deleted" } else { "would delete" };
+            for p in &r.deleted {
+                println!("{verb} {}/{p}", dir.store_dir);
+            }
+            for n in &r.nar_files {
+                println!("{verb} nar/{n}");
+            }
+            for n in &r.orphan_narinfos {
+                println!("{verb} unindexed {n}");
+            }
+            println!(
+                "{} roots, {} paths kept, {} paths and {} NAR files ({} bytes) {verb}{}",
+                r.roots,
+                r.kept,
+                r.deleted.len(),
+                r.nar_files.len(),
+                r.freed_bytes,
+                if yes {
+                    ""
+                } else {
+                    " (dry run; --yes to delete)"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pin { dir, name, paths } => {
+            open(&dir, None)?.set_pin(&name, &paths)?;
+            println!("pinned {} paths as {name}", paths.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unpin { dir, name } => {
+            if open(&dir, None)?.delete_pin(&name)? {
+                println!("unpinned {name}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("no pin named {name}");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Cmd::Pins { dir } => {
+            for (name, path) in open(&dir, None)?.pins()? {
+                println!("{name}\t{path}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ls { dir, path } => {
+            for e in open(&dir, None)?.ls(&path)? {
+                let p = if e.path.is_empty() {
+                    ".".to_owned()
+                } else {
+                    e.path
+                };
+                match e.kind {
+                    EntryKind::Directory => println!("dr-xr-xr-x {:>12} {p}", 0),
+                    EntryKind::Regular { executable, size } => {
+                        println!(
+                            "{} {size:>12} {p}",
+                            if executable {
+                                "-r-xr-xr-x"
+                            } else {
+                                "-r--r--r--"
+                            }
+                        )
+                    }
+                    EntryKind::Symlink { target } => {
+                        println!("lrwxrwxrwx {:>12} {p} -> {target}", 0)
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Info { dir, path } => {
+            let store = open(&dir, None)?;
+            let row = store.lookup(&path)?;
+            print!("{}", row.narinfo);
+            println!("UploadedAt: {}", row.uploaded_at);
+            let full = format!("{}/{}", dir.store_dir, row.store_path);
+            for (name, p) in store.pins()? {
+                if p == full {
+                    println!("Pin: {name}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content.as_bytes())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,605 @@
+//! The HTTP side: routes of the Nix binary cache protocol (reads streamed
+//! from disk, uploads streamed to the store), the pin API for CI, metrics,
+//! and the accept loop with graceful shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::hash::is_hash_part;
+use crate::metrics::Metrics;
+use crate::signing::SecretKey;
+use crate::store::{Chunk, PutOutcome, Store, StoreError, UploadError, parse_nar_file_name};
+use crate::{Config, Error};
+
+type Body = BoxBody<Bytes, io::Error>;
+
+/// Shared state of one serving cache.
+struct State {
+    store: Arc<Store>,
+    metrics: Metrics,
+    token: Option<String>,
+    max_upload: u64,
+    cache_info: String,
+}
+
+/// Serves the cache on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish (up to 10 s).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let key = SecretKey::load(&config.key_file)?;
+    let store_dir = config.store_dir.clone();
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_dir, Some(key)))
+        .await
+        .map_err(|e| Error::Io {
+            context: "opening store".into(),
+            source: io::Error::other(e),
+        })??;
+    let cleaned = store.clean_tmp()?;
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed temp files of interrupted uploads");
+    }
+    let state = Arc::new(State {
+        cache_info: format!(
+            "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+            config.store_dir, config.priority
+        ),
+        store: Arc::new(store),
+        metrics: Metrics::default(),
+        token: config.upload_token.clone(),
+        max_upload: config.max_upload_bytes,
+    });
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, data_dir = %config.data_dir.display(), uploads = state.token.is_some(), "cache serving");
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| handle(state.clone(), req)),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("shutdown: gave up waiting for connections"),
+    }
+    tracing::info!("cache stopped");
+    Ok(())
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn text(status: u16, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(CONTENT_LENGTH, msg.len())
+        .body(full(msg))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+fn json(status: u16, v: &serde_json::Value) -> Response<Body> {
+    let body = v.to_string();
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len())
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (route, resp) = route(&state, req).await;
+    let status = resp.status().as_u16();
+    let len = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    state.metrics.request(
+        route,
+        method.as_str(),
+        status,
+        if method == Method::HEAD { 0 } else { len },
+    );
+    let elapsed_us = start.elapsed().as_micros() as u64;
+    if method == Method::PUT || method == Method::DELETE || status >= 500 {
+        tracing::info!(%method, %path, status, elapsed_us, "request");
+    } else {
+        tracing::debug!(%method, %path, status, elapsed_us, "request");
+    }
+    Ok(resp)
+}
+
+async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response<Body>) {
+    let path = req.uri().path().to_owned();
+    let m = req.method().clone();
+    let head = m == Method::HEAD;
+    let get = m == Method::GET || head;
+    if path == "/nix-cache-info" {
+        return (
+            "cache_info",
+            match m {
+                _ if get => file_like(
+                    state.cache_info.clone().into(),
+                    "text/x-nix-cache-info",
+                    head,
+                ),
+                Method::PUT => put_cache_info(state, req).await,
+                _ => text(405, "method not allowed"),
+            },
+        );
+    }
+    if path == "/metrics" && get {
+        let store = state.store.clone();
+        let paths = tokio::task::spawn_blocking(move || store.count_paths().ok())
+            .await
+            .ok()
+            .flatten();
+        return (
+            "metrics",
+            file_like(
+                state.metrics.render(paths).into(),
+                "text/plain; version=0.0.4",
+                head,
+            ),
+        );
+    }
+    if path == "/" && get {
+        return (
+            "root",
+            file_like(
+                Bytes::from_static(b"Procurator Nix binary cache\n"),
+                "text/plain",
+                head,
+            ),
+        );
+    }
+    if let Some(rest) = path.strip_prefix("/_pcr/pins") {
+        return ("pins", pins(state, req, rest).await);
+    }
+    if let Some(file) = path.strip_prefix("/nar/") {
+        let valid = parse_nar_file_name(file).is_some();
+        return (
+            "nar",
+            match m {
+                _ if get && valid => {
+                    serve_file(state.store.nar_path(file), "application/x-nix-nar", head).await
+                }
+                _ if get => text(404, "no such NAR"),
+                Method::PUT if valid => put_nar(state, file.to_owned(), req).await,
+                Method::PUT => upload_refused(state, &UploadError::BadNarName(file.to_owned())),
+                _ => text(405, "method not allowed"),
+            },
+        );
+    }
+    if let Some(hash) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(".narinfo"))
+        && is_hash_part(hash)
+    {
+        return (
+            "narinfo",
+            match m {
+                _ if get => {
+                    serve_small(state.store.narinfo_path(hash), "text/x-nix-narinfo", head).await
+                }
+                Method::PUT => put_narinfo(state, hash.to_owned(), req).await,
+                _ => text(405, "method not allowed"),
+            },
+        );
+    }
+    (
+        "other",
+        match m {
+            _ if get => text(404, "not found"),
+            Method::PUT => {
+                state.metrics.upload_failure("bad_path");
+                text(
+                    400,
+                    format!("{path} is not an upload target (only nar/<file> and <hash>.narinfo)"),
+                )
+            }
+            _ => text(405, "method not allowed"),
+        },
+    )
+}
+
+fn file_like(body: Bytes, content_type: &str, head: bool) -> Response<Body> {
+    let len = body.len();
+    Response::builder()
+        .header(CONTENT_TYPE, content_type)
+        .header(CONTENT_LENGTH, len)
+        .body(if head { full(Bytes::new()) } else { full(body) })
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// Small files (narinfo) are read whole: one blocking call instead of a stream.
+async fn serve_small(path: PathBuf, content_type: &str, head: bool) -> Response<Body> {
+    match tokio::fs::read(&path).await {
+        Ok(data) => file_like(data.into(), content_type, head),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => text(404, "not found"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "read failed");
+            text(500, "read failed")
+        }
+    }
+}
+
+/// NARs are streamed from disk as stored, with their exact length.
+async fn serve_file(path: PathBuf, content_type: &str, head: bool) -> Response<Body> {
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return text(404, "not found"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "open failed");
+            return text(500, "open failed");
+        }
+    };
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "stat failed");
+            return text(500, "stat failed");
+        }
+    };
+    let body = if head {
+        full(Bytes::new())
+    } else {
+        StreamBody::new(ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data)).boxed()
+    };
+    Response::builder()
+        .header(CONTENT_TYPE, content_type)
+        .header(CONTENT_LENGTH, len)
+        .body(body)
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// Checks HTTP basic auth; the password must equal the upload token.
+fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    let Some(token) = &state.token else {
+        state.metrics.upload_failure("uploads_disabled");
+        return Err(text(
+            403,
+            "uploads are disabled on this cache (no upload token configured)",
+        ));
+    };
+    let password = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|s| s.split_once(':').map(|(_, p)| p.to_owned()));
+    let (reason, msg) = match password {
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => return Ok(()),
+        Some(_) => ("wrong_token", "wrong upload token"),
+        None => (
+            "no_token",
+            "upload token required (HTTP basic auth; password = token)",
+        ),
+    };
+    state.metrics.upload_failure(reason);
+    let mut resp = text(401, msg);
+    resp.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Basic realm=\"cache\""),
+    );
+    Err(resp)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn upload_refused(state: &State, e: &UploadError) -> Response<Body> {
+    state.metrics.upload_failure(e.reason());
+    let status = e.status();
+    if status >= 500 {
+        tracing::error!(error = %e, source = ?std::error::Error::source(e), "upload failed");
+    } else {
+        tracing::warn!(reason = e.reason(), error = %e, "upload refused");
+    }
+    text(status, e.to_string())
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn read_small_body(
+    state: &State,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, Response<Body>> {
+    if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
+        return Err(upload_refused(state, &UploadError::TooLarge(limit as u64)));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(upload_refused(state, &UploadError::TooLarge(limit as u64)))
+        }
+        Err(_) => Err(upload_refused(state, &UploadError::Truncated)),
+    }
+}
+
+async fn put_cache_info(state: &State, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = authorize(state, req.headers()) {
+        return r;
+    }
+    let body = match read_small_body(state, req, 64 * 1024).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // We always serve our own nix-cache-info; accept a matching one so a
+    // client that PUTs it (after a 404 elsewhere) does not fail.
+    let want = format!("StoreDir: {}", state.store.store_dir());
+    if String::from_utf8_lossy(&body)
+        .lines()
+        .any(|l| l.trim() == want)
+    {
+        text(200, "ok")
+    } else {
+        state.metrics.upload_failure("bad_cache_info");
+        text(400, format!("this cache serves {want}"))
+    }
+}
+
+async fn put_nar(state: &State, file: String, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = authorize(state, req.headers()) {
+        return r;
+    }
+    // Refuse an oversized upload from its header alone: the body is never
+    // polled, so hyper never sends `100 Continue` and the client sends nothing.
+    if declared_length(req.headers()).is_some_and(|n| n > state.max_upload) {
+        return upload_refused(state, &UploadError::TooLarge(state.max_upload));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+    let store = state.store.clone();
+    let limit = state.max_upload;
+    let name = file.clone();
+    let writer = tokio::task::spawn_blocking(move || store.receive_nar(&name, rx, limit));
+    let mut body = req.into_body();
+    let mut received: u64 = 0;
+    let mut failure = None;
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = tx.send(Chunk::End).await;
+                break;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len() as u64;
+                    if received > limit {
+                        failure = Some(UploadError::TooLarge(limit));
+                        break;
+                    }
+                    // The writer stopped early (it refused the data): its error wins.
+                    if tx.send(Chunk::Data(data)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                failure = Some(UploadError::Truncated);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let result = match writer.await {
+        Ok(r) => r,
+        Err(e) => Err(UploadError::Io {
+            context: "upload writer".into(),
+            source: io::Error::other(e),
+        }),
+    };
+    match (failure, result) {
+        (Some(e), _) | (None, Err(e)) => upload_refused(state, &e),
+        (None, Ok(row)) => {
+            state
+                .metrics
+                .add("cache_uploads_total", "kind=\"nar\"".into(), 1);
+            state
+                .metrics
+                .add("cache_upload_bytes_total", String::new(), row.file_size);
+            tracing::info!(
+                file,
+                file_size = row.file_size,
+                nar_size = row.nar_size,
+                "NAR stored"
+            );
+            text(200, "stored")
+        }
+    }
+}
+
+async fn put_narinfo(state: &State, hash: String, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = authorize(state, req.headers()) {
+        return r;
+    }
+    let body = match read_small_body(state, req, 1 << 20).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let store = state.store.clone();
+    let h = hash.clone();
+    let result = tokio::task::spawn_blocking(move || store.put_narinfo(&h, &body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(UploadError::Io {
+                context: "narinfo writer".into(),
+                source: io::Error::other(e),
+            })
+        });
+    match result {
+        Ok(outcome) => {
+            state
+                .metrics
+                .add("cache_uploads_total", "kind=\"narinfo\"".into(), 1);
+            tracing::info!(hash, ?outcome, "narinfo stored");
+            text(
+                200,
+                if outcome == PutOutcome::Created {
+                    "stored"
+                } else {
+                    "already present"
+                },
+            )
+        }
+        Err(e) => upload_refused(state, &e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PinBody {
+    paths: Vec<String>,
+}
+
+async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    if let Err(r) = authorize(state, req.headers()) {
+        return r;
+    }
+    let store = state.store.clone();
+    let name = rest.strip_prefix('/').unwrap_or("").to_owned();
+    let store_err = |e: StoreError| match e {
+        StoreError::BadPinName(_) | StoreError::BadPath(_) => text(400, e.to_string()),
+        StoreError::NotFound(_) => text(400, e.to_string()),
+        other => {
+            tracing::error!(error = %other, source = ?std::error::Error::source(&other), "pin operation failed");
+            text(500, "pin operation failed")
+        }
+    };
+    let join_err = |e: tokio::task::JoinError| StoreError::Io {
+        context: "pin task".into(),
+        source: io::Error::other(e),
+    };
+    match (req.method().clone(), name.is_empty()) {
+        (Method::GET, true) => match tokio::task::spawn_blocking(move || store.pins())
+            .await
+            .map_err(join_err)
+            .and_then(|r| r)
+        {
+            Ok(pins) => {
+                let mut map = serde_json::Map::new();
+                for (n, p) in pins {
+                    map.entry(n)
+                        .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+                        .as_array_mut()
+                        .map(|a| a.push(p.into()));
+                }
+                json(200, &serde_json::json!({ "pins": map }))
+            }
+            Err(e) => store_err(e),
+        },
+        (Method::PUT, false) => {
+            let body = match read_small_body(state, req, 16 << 20).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let parsed: PinBody = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return text(
+                        400,
+                        format!("body must be {{\"paths\": [\"/nix/store/...\"]}}: {e}"),
+                    );
+                }
+            };
+            let n = parsed.paths.len();
+            let nm = name.clone();
+            match tokio::task::spawn_blocking(move || store.set_pin(&nm, &parsed.paths))
+                .await
+                .map_err(join_err)
+                .and_then(|r| r)
+            {
+                Ok(()) => {
+                    tracing::info!(pin = name, paths = n, "pinned");
+                    json(200, &serde_json::json!({ "name": name, "paths": n }))
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        (Method::DELETE, false) => {
+            let nm = name.clone();
+            match tokio::task::spawn_blocking(move || store.delete_pin(&nm))
+                .await
+                .map_err(join_err)
+                .and_then(|r| r)
+            {
+                Ok(true) => {
+                    tracing::info!(pin = name, "unpinned");
+                    json(200, &serde_json::json!({ "name": name, "deleted": true }))
+                }
+                Ok(false) => text(404, format!("no pin named {name}")),
+                Err(e) => store_err(e),
+            }
+        }
+        _ => text(
+            405,
+            "use PUT or DELETE /_pcr/pins/<name>, or GET /_pcr/pins",
+        ),
+    }
+}

@@ -1,0 +1,1083 @@
+//! The cache's storage: files under the data dir in the `file://` binary
+//! cache layout plus the SQLite index, and the rules that keep them
+//! consistent (a NAR is renamed into place before any narinfo names it; a
+//! narinfo file is written inside the same SQLite transaction that records
+//! it, after its references were checked).
+//!
+//! Layout of `<data dir>`:
+//! - `index.sqlite` — the index (see `index.rs`)
+//! - `store/<hash>.narinfo` — signed narinfo, served as is
+//! - `store/nar/<filehash>.nar[.zst|.xz]` — NAR files, served as uploaded
+//! - `tmp/` — uploads in progress (same filesystem, so rename is atomic)
+//! - `quarantine/` — what `verify --quarantine` moved aside
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::hash::{HashingWriter, Sha256Hash, StorePathName, is_hash_part};
+use crate::index::{self, IndexError, NarRow, PathRow};
+use crate::nar::{self, NarError};
+use crate::narinfo::{Compression, NarInfo, NarInfoError};
+use crate::nixbase32;
+use crate::signing::SecretKey;
+
+/// Errors of store operations other than uploads.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("index")]
+    Index(#[from] IndexError),
+    #[error("pin name {0:?} is invalid (use 1-128 of A-Z a-z 0-9 . _ -)")]
+    BadPinName(String),
+    #[error("{0}")]
+    BadPath(String),
+    #[error("not in the cache: {0}")]
+    NotFound(String),
+    #[error("reading NAR")]
+    Nar(#[from] NarError),
+}
+
+/// Why an upload was refused. Client mistakes map to 4xx; only our own
+/// I/O or index failures are 5xx (nix 2.8 hangs retrying a PUT after a 5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("invalid NAR file name {0:?} (expected nar/<52 base32 chars>.nar[.zst|.xz])")]
+    BadNarName(String),
+    #[error("compression {0} is not accepted (use none, zstd or xz)")]
+    UnsupportedCompression(&'static str),
+    #[error("upload exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("upload body ended early or was aborted")]
+    Truncated,
+    #[error("NAR content hashes to {actual}, but its name says {named}")]
+    FileHashMismatch { named: String, actual: String },
+    #[error("NAR does not decompress as {0}: {1}")]
+    Corrupt(&'static str, String),
+    #[error("narinfo is not UTF-8")]
+    NotUtf8,
+    #[error("bad narinfo: {0}")]
+    BadNarInfo(#[from] NarInfoError),
+    #[error("narinfo for {store_path} uploaded as {url_hash}.narinfo")]
+    HashPartMismatch {
+        store_path: String,
+        url_hash: String,
+    },
+    #[error("narinfo URL {0:?} must be nar/<filehash>.nar[.zst|.xz] matching its Compression")]
+    BadUrl(String),
+    #[error("NAR {0} has not been uploaded")]
+    MissingNar(String),
+    #[error("{field} mismatch: narinfo says {claimed}, uploaded NAR has {actual}")]
+    Mismatch {
+        field: &'static str,
+        claimed: String,
+        actual: String,
+    },
+    #[error("references not in the cache (upload them first): {0}")]
+    MissingReferences(String),
+    #[error("{0} is already stored with a different NarHash")]
+    Conflict(String),
+    #[error("storage failure: {context}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("index failure")]
+    Index(#[from] IndexError),
+    #[error("the cache has no signing key loaded")]
+    NoKey,
+}
+
+impl UploadError {
+    /// HTTP status for this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge(_) => 413,
+            Self::Conflict(_) => 409,
+            Self::Io { .. } | Self::Index(_) | Self::NoKey => 500,
+            _ => 400,
+        }
+    }
+
+    /// Short label for the `upload failures by reason` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadNarName(_) | Self::HashPartMismatch { .. } | Self::BadUrl(_) => "bad_path",
+            Self::UnsupportedCompression(_) => "unsupported_compression",
+            Self::TooLarge(_) => "too_large",
+            Self::Truncated => "truncated",
+            Self::FileHashMismatch { .. } => "file_hash_mismatch",
+            Self::Corrupt(..) => "corrupt_nar",
+            Self::NotUtf8 | Self::BadNarInfo(_) => "bad_narinfo",
+            Self::MissingNar(_) => "missing_nar",
+            Self::Mismatch {
+                field: "NarHash", ..
+            } => "nar_hash_mismatch",
+            Self::Mismatch {
+                field: "NarSize", ..
+            } => "nar_size_mismatch",
+            Self::Mismatch {
+                field: "FileSize", ..
+            } => "file_size_mismatch",
+            Self::Mismatch { .. } => "file_hash_mismatch",
+            Self::MissingReferences(_) => "missing_reference",
+            Self::Conflict(_) => "conflict",
+            Self::Io { .. } | Self::Index(_) | Self::NoKey => "internal",
+        }
+    }
+}
+
+/// An I/O error with what we were doing; converts into either error enum by `?`.
+struct IoCtx(String, io::Error);
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> IoCtx {
+    let context = context.into();
+    move |source| IoCtx(context, source)
+}
+
+impl From<IoCtx> for UploadError {
+    fn from(IoCtx(context, source): IoCtx) -> Self {
+        Self::Io { context, source }
+    }
+}
+
+impl From<IoCtx> for StoreError {
+    fn from(IoCtx(context, source): IoCtx) -> Self {
+        Self::Io { context, source }
+    }
+}
+
+/// A piece of an upload body handed from the HTTP task to the writer thread.
+pub enum Chunk {
+    Data(Bytes),
+    /// The body ended normally; without it the upload is discarded.
+    End,
+}
+
+/// Result of a narinfo upload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// An identical narinfo was already stored (concurrent or repeated push).
+    AlreadyPresent,
+}
+
+/// Checks a NAR file name (`<52 base32>.nar[.ext]`) and returns the hash it
+/// names and its compression.
+pub fn parse_nar_file_name(name: &str) -> Option<(Sha256Hash, Compression)> {
+    let (hash, _) = name.split_once(".nar")?;
+    let digest = nixbase32::decode::<32>(hash).ok()?;
+    let comp = Compression::from_file_name(name)?;
+    Some((Sha256Hash(digest), comp))
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes `data` to `dest` atomically: temp file in `tmp_dir`, fsync, rename, fsync dir.
+fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    sync_parent(dest)
+}
+
+fn sync_parent(p: &Path) -> io::Result<()> {
+    match p.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Decompresses into a hashing sink, so NarHash/NarSize are known when the
+/// upload ends.
+enum NarSink {
+    /// Uncompressed: the NAR is the file; its hash is the file hash.
+    Plain,
+    Zstd(zstd::stream::write::Decoder<'static, HashingWriter<io::Sink>>),
+    Xz(xz2::write::XzDecoder<HashingWriter<io::Sink>>),
+}
+
+/// Files, index and signing key of one cache.
+pub struct Store {
+    data_dir: PathBuf,
+    store_dir: String,
+    /// Needed to accept uploads and to check signatures; maintenance
+    /// commands (gc, pin, ls) run without it.
+    key: Option<SecretKey>,
+    conn: Mutex<Connection>,
+}
+
+/// What `gc` found or did.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub roots: usize,
+    pub kept: usize,
+    /// Store path base names deleted (or that would be).
+    pub deleted: Vec<String>,
+    /// NAR files deleted (or that would be), including orphans of aborted pushes.
+    pub nar_files: Vec<String>,
+    pub freed_bytes: u64,
+    /// narinfo files on disk with no index row.
+    pub orphan_narinfos: Vec<String>,
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Store path base name, or a file name for files outside the index.
+    pub subject: String,
+    pub what: String,
+}
+
+/// What `verify` found or did.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub problems: Vec<Problem>,
+    /// Store paths moved aside (bad ones and the paths that reference them).
+    pub quarantined: Vec<String>,
+    /// NAR files no narinfo uses (left by interrupted pushes; `gc` removes them).
+    pub orphan_nars: usize,
+}
+
+impl Store {
+    /// Opens the cache in `data_dir`, creating its layout.
+    pub fn open(
+        data_dir: &Path,
+        store_dir: &str,
+        key: Option<SecretKey>,
+    ) -> Result<Self, StoreError> {
+        for sub in ["store/nar", "tmp", "quarantine"] {
+            let d = data_dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        }
+        let conn = index::open(&data_dir.join("index.sqlite"))?;
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            store_dir: store_dir.to_owned(),
+            key,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The Nix store directory paths must lie in (normally `/nix/store`).
+    pub fn store_dir(&self) -> &str {
+        &self.store_dir
+    }
+
+    /// The signing key, when the store was opened with one.
+    pub fn key(&self) -> Option<&SecretKey> {
+        self.key.as_ref()
+    }
+
+    /// `<data dir>/store`, the `file://`-layout root that is served.
+    pub fn root(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    /// File of a narinfo.
+    pub fn narinfo_path(&self, hash_part: &str) -> PathBuf {
+        self.data_dir
+            .join("store")
+            .join(format!("{hash_part}.narinfo"))
+    }
+
+    /// File of a NAR.
+    pub fn nar_path(&self, file: &str) -> PathBuf {
+        self.data_dir.join("store/nar").join(file)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes leftovers of uploads interrupted by a previous crash. Called
+    /// when the server starts; one server per data dir.
+    pub fn clean_tmp(&self) -> Result<usize, StoreError> {
+        let dir = self.tmp_dir();
+        let mut n = 0;
+        for e in fs::read_dir(&dir).map_err(io_ctx(format!("listing {}", dir.display())))? {
+            let e = e.map_err(io_ctx("listing tmp"))?;
+            if fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Number of stored paths.
+    pub fn count_paths(&self) -> Result<u64, StoreError> {
+        Ok(index::count_paths(&self.conn())?)
+    }
+
+    /// Receives a NAR upload: writes it to a temp file while hashing it and,
+    /// decompressed, hashing the NAR; renames it into place only when its
+    /// content hash equals the hash in its name. Blocking; run off the runtime.
+    pub fn receive_nar(
+        &self,
+        file: &str,
+        mut rx: tokio::sync::mpsc::Receiver<Chunk>,
+        limit: u64,
+    ) -> Result<NarRow, UploadError> {
+        let (named, comp) =
+            parse_nar_file_name(file).ok_or_else(|| UploadError::BadNarName(file.to_owned()))?;
+        check_accepted(comp)?;
+        let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())
+            .map_err(io_ctx("creating temp file"))?;
+        let out = BufWriter::with_capacity(
+            1 << 20,
+            tmp.as_file().try_clone().map_err(io_ctx("temp file"))?,
+        );
+        let mut file_w = HashingWriter::new(out, limit);
+        // Decompressed NARs may be much larger than the upload limit, but not unboundedly.
+        let nar_limit = limit.saturating_mul(16);
+        let mut sink = match comp {
+            Compression::None => NarSink::Plain,
+            Compression::Zstd => NarSink::Zstd(
+                zstd::stream::write::Decoder::new(HashingWriter::new(io::sink(), nar_limit))
+                    .map_err(io_ctx("zstd decoder"))?,
+            ),
+            _ => NarSink::Xz(xz2::write::XzDecoder::new_multi_decoder(
+                HashingWriter::new(io::sink(), nar_limit),
+            )),
+        };
+        let corrupt = |e: io::Error| {
+            if e.kind() == io::ErrorKind::FileTooLarge {
+                UploadError::TooLarge(nar_limit)
+            } else {
+                UploadError::Corrupt(comp.as_str(), e.to_string())
+            }
+        };
+        let mut ended = false;
+        while let Some(chunk) = rx.blocking_recv() {
+            match chunk {
+                Chunk::Data(b) => {
+                    file_w.write_all(&b).map_err(|e| {
+                        if e.kind() == io::ErrorKind::FileTooLarge {
+                            UploadError::TooLarge(limit)
+                        } else {
+                            UploadError::Io {
+                                context: "writing temp file".into(),
+                                source: e,
+                            }
+                        }
+                    })?;
+                    match &mut sink {
+                        NarSink::Plain => {}
+                        NarSink::Zstd(d) => d.write_all(&b).map_err(corrupt)?,
+                        NarSink::Xz(d) => d.write_all(&b).map_err(corrupt)?,
+                    }
+                }
+                Chunk::End => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if !ended {
+            return Err(UploadError::Truncated);
+        }
+        let (file_hash, file_size, out) = file_w.finish();
+        let (nar_hash, nar_size) = match sink {
+            NarSink::Plain => (file_hash, file_size),
+            NarSink::Zstd(mut d) => {
+                d.flush().map_err(corrupt)?;
+                let (h, n, _) = d.into_inner().finish();
+                (h, n)
+            }
+            NarSink::Xz(mut d) => {
+                let (h, n, _) = d.finish().map_err(corrupt)?.finish();
+                (h, n)
+            }
+        };
+        if file_hash != named {
+            return Err(UploadError::FileHashMismatch {
+                named: named.to_base32(),
+                actual: file_hash.to_base32(),
+            });
+        }
+        out.into_inner().map_err(|e| UploadError::Io {
+            context: "flushing temp file".into(),
+            source: e.into_error(),
+        })?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_ctx("syncing temp file"))?;
+        let dest = self.nar_path(file);
+        // Identical concurrent uploads rename identical content onto the
+        // same name: the last rename wins and one copy remains.
+        tmp.persist(&dest).map_err(|e| UploadError::Io {
+            context: "renaming NAR".into(),
+            source: e.error,
+        })?;
+        sync_parent(&dest).map_err(io_ctx("syncing nar dir"))?;
+        let row = NarRow {
+            file: file.to_owned(),
+            file_hash: file_hash.to_string(),
+            file_size,
+            nar_hash: nar_hash.to_string(),
+            nar_size,
+            uploaded_at: now(),
+        };
+        index::upsert_nar(&self.conn(), &row)?;
+        Ok(row)
+    }
+
+    /// Measures a NAR file already on disk (one renamed into place just
+    /// before a crash, before its hashes were recorded).
+    fn measure_nar(&self, file: &str) -> Result<NarRow, UploadError> {
+        let (_, comp) =
+            parse_nar_file_name(file).ok_or_else(|| UploadError::BadNarName(file.to_owned()))?;
+        let m = measure_file(&self.nar_path(file), comp).map_err(|e| match e {
+            MeasureError::Io(source) => UploadError::Io {
+                context: format!("reading nar/{file}"),
+                source,
+            },
+            MeasureError::Nar(e) => UploadError::Corrupt(comp.as_str(), e.to_string()),
+        })?;
+        let row = NarRow {
+            file: file.to_owned(),
+            file_hash: m.file_hash.to_string(),
+            file_size: m.file_size,
+            nar_hash: m.nar_hash.to_string(),
+            nar_size: m.nar_size,
+            uploaded_at: now(),
+        };
+        index::upsert_nar(&self.conn(), &row)?;
+        Ok(row)
+    }
+
+    /// Accepts a narinfo upload for `hash_part` after checking it against
+    /// its uploaded NAR and the presence of its references, signs it with
+    /// the cache key and makes it visible.
+    pub fn put_narinfo(&self, hash_part: &str, body: &[u8]) -> Result<PutOutcome, UploadError> {
+        let text = std::str::from_utf8(body).map_err(|_| UploadError::NotUtf8)?;
+        let ni = NarInfo::parse(text, &self.store_dir)?;
+        if ni.store_path.hash_part() != hash_part {
+            return Err(UploadError::HashPartMismatch {
+                store_path: ni.store_path.to_string(),
+                url_hash: hash_part.to_owned(),
+            });
+        }
+        let file = ni
+            .url
+            .strip_prefix("nar/")
+            .filter(|f| parse_nar_file_name(f).is_some_and(|(_, c)| c == ni.compression))
+            .ok_or_else(|| UploadError::BadUrl(ni.url.clone()))?
+            .to_owned();
+        check_accepted(ni.compression)?;
+        let nar_file = self.nar_path(&file);
+        let recorded = index::get_nar(&self.conn(), &file)?;
+        let nar = match recorded {
+            Some(r) if nar_file.exists() => r,
+            _ if nar_file.exists() => self.measure_nar(&file)?,
+            _ => return Err(UploadError::MissingNar(ni.url.clone())),
+        };
+        let mismatch = |field, claimed: String, actual: &str| {
+            if claimed == actual {
+                Ok(())
+            } else {
+                Err(UploadError::Mismatch {
+                    field,
+                    claimed,
+                    actual: actual.to_owned(),
+                })
+            }
+        };
+        if let Some(h) = ni.file_hash {
+            mismatch("FileHash", h.to_string(), &nar.file_hash)?;
+        }
+        if let Some(n) = ni.file_size {
+            mismatch("FileSize", n.to_string(), &nar.file_size.to_string())?;
+        }
+        mismatch("NarHash", ni.nar_hash.to_string(), &nar.nar_hash)?;
+        mismatch(
+            "NarSize",
+            ni.nar_size.to_string(),
+            &nar.nar_size.to_string(),
+        )?;
+
+        let served = NarInfo {
+            file_hash: Some(
+                Sha256Hash::parse(&nar.file_hash).map_err(|e| UploadError::Io {
+                    context: "index holds a bad FileHash".into(),
+                    source: io::Error::other(e),
+                })?,
+            ),
+            file_size: Some(nar.file_size),
+            // Only the cache's own signature: pushers hold no signing key.
+            sigs: Vec::new(),
+            ..ni
+        };
+        let key = self.key.as_ref().ok_or(UploadError::NoKey)?;
+        let sig = key.sign(&served.fingerprint(&self.store_dir));
+        let served = NarInfo {
+            sigs: vec![sig],
+            ..served
+        };
+        let rendered = served.render(&self.store_dir);
+
+        let mut conn = self.conn();
+        // IMMEDIATE: take the write lock before checking references, so a
+        // concurrent `gc` (another process) cannot delete one in between.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(IndexError::from)?;
+        let dest = self.narinfo_path(hash_part);
+        if let Some(existing) = index::get_path(&tx, hash_part)? {
+            if existing.store_path == served.store_path.as_str()
+                && existing.nar_hash == served.nar_hash.to_string()
+            {
+                // Repair a narinfo file lost to a crash between commit and rename.
+                if !dest.exists() {
+                    write_atomic(&self.tmp_dir(), &dest, existing.narinfo.as_bytes())
+                        .map_err(io_ctx("writing narinfo"))?;
+                }
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            return Err(UploadError::Conflict(
+                served.store_path.full(&self.store_dir),
+            ));
+        }
+        let mut missing = Vec::new();
+        for r in &served.references {
+            if r != &served.store_path
+                && index::get_path(&tx, r.hash_part())?.is_none_or(|p| p.store_path != r.as_str())
+            {
+                missing.push(r.full(&self.store_dir));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(UploadError::MissingReferences(missing.join(" ")));
+        }
+        // gc removes NAR files under the same lock; check again now that we hold it.
+        if !nar_file.exists() {
+            return Err(UploadError::MissingNar(served.url.clone()));
+        }
+        let refs: Vec<&str> = served
+            .references
+            .iter()
+            .map(StorePathName::as_str)
+            .collect();
+        index::insert_path(
+            &tx,
+            &PathRow {
+                hash_part: hash_part.to_owned(),
+                store_path: served.store_path.to_string(),
+                url: served.url.clone(),
+                compression: served.compression.as_str().to_owned(),
+                file_hash: nar.file_hash.clone(),
+                file_size: nar.file_size,
+                nar_hash: nar.nar_hash.clone(),
+                nar_size: nar.nar_size,
+                refs: refs.join(" "),
+                narinfo: rendered.clone(),
+                uploaded_at: now(),
+            },
+        )?;
+        // The narinfo file is the commit marker clients see. It is written
+        // while the transaction holds the lock; a crash between rename and
+        // commit leaves a narinfo whose NAR exists but that the index lacks
+        // (verify reports it, gc removes it) — never a narinfo without its NAR.
+        write_atomic(&self.tmp_dir(), &dest, rendered.as_bytes())
+            .map_err(io_ctx("writing narinfo"))?;
+        if let Err(e) = tx.commit() {
+            let _ = fs::remove_file(&dest);
+            return Err(IndexError::from(e).into());
+        }
+        Ok(PutOutcome::Created)
+    }
+
+    /// Resolves `/nix/store/h-n`, `h-n` or `h` to the stored row.
+    pub fn lookup(&self, arg: &str) -> Result<PathRow, StoreError> {
+        let base = arg
+            .strip_prefix(&self.store_dir)
+            .map(|s| s.trim_start_matches('/'))
+            .unwrap_or(arg);
+        let hash = base
+            .get(..32)
+            .filter(|h| is_hash_part(h))
+            .ok_or_else(|| StoreError::BadPath(arg.to_owned()))?;
+        let row = index::get_path(&self.conn(), hash)?
+            .ok_or_else(|| StoreError::NotFound(arg.to_owned()))?;
+        if base.len() > 32 && row.store_path != base {
+            return Err(StoreError::NotFound(arg.to_owned()));
+        }
+        Ok(row)
+    }
+
+    /// Pins (replacing) `name` to the given full store paths, which must be
+    /// in the cache; their closures survive gc.
+    pub fn set_pin(&self, name: &str, paths: &[String]) -> Result<(), StoreError> {
+        check_pin_name(name)?;
+        let mut bases = Vec::new();
+        for p in paths {
+            let sp = StorePathName::from_full(p, &self.store_dir)
+                .map_err(|e| StoreError::BadPath(e.to_string()))?;
+            bases.push(sp);
+        }
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(IndexError::from)?;
+        let mut missing = Vec::new();
+        for b in &bases {
+            if index::get_path(&tx, b.hash_part())?.is_none_or(|r| r.store_path != b.as_str()) {
+                missing.push(b.full(&self.store_dir));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(StoreError::NotFound(missing.join(" ")));
+        }
+        let names: Vec<String> = bases.iter().map(ToString::to_string).collect();
+        index::set_pin(&tx, name, &names, now())?;
+        tx.commit().map_err(IndexError::from)?;
+        Ok(())
+    }
+
+    /// Removes pin `name`; false when there was none.
+    pub fn delete_pin(&self, name: &str) -> Result<bool, StoreError> {
+        check_pin_name(name)?;
+        Ok(index::delete_pin(&self.conn(), name)?)
+    }
+
+    /// All pins as (name, full store path).
+    pub fn pins(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let pins = index::all_pins(&self.conn())?;
+        Ok(pins
+            .into_iter()
+            .map(|(n, p)| (n, format!("{}/{p}", self.store_dir)))
+            .collect())
+    }
+
+    /// Deletes what is neither in the closure of a pinned path nor in the
+    /// closure of a path uploaded within `grace`; also NAR files no kept
+    /// narinfo uses (older than `grace`) and narinfo files the index lacks.
+    /// With `delete == false` only reports.
+    pub fn gc(&self, grace: Duration, delete: bool) -> Result<GcReport, StoreError> {
+        let mut conn = self.conn();
+        // The write lock is held for the whole collection, so no upload can
+        // add a reference to a victim or name a NAR file being removed.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(IndexError::from)?;
+        let rows = index::all_paths(&tx)?;
+        let by_name: HashMap<&str, &PathRow> =
+            rows.iter().map(|r| (r.store_path.as_str(), r)).collect();
+        let cutoff = now() - grace.as_secs() as i64;
+        let pins = index::all_pins(&tx)?;
+        let mut roots: BTreeSet<&str> = pins
+            .iter()
+            .map(|(_, p)| p.as_str())
+            .filter(|p| by_name.contains_key(p))
+            .collect();
+        roots.extend(
+            rows.iter()
+                .filter(|r| r.uploaded_at > cutoff)
+                .map(|r| r.store_path.as_str()),
+        );
+        let mut report = GcReport {
+            roots: roots.len(),
+            ..GcReport::default()
+        };
+        let mut keep: HashSet<&str> = HashSet::new();
+        let mut queue: VecDeque<&str> = roots.into_iter().collect();
+        while let Some(p) = queue.pop_front() {
+            if keep.insert(p)
+                && let Some(row) = by_name.get(p)
+            {
+                queue.extend(row.references().filter(|r| by_name.contains_key(r)));
+            }
+        }
+        report.kept = keep.len();
+        let victims: Vec<&PathRow> = rows
+            .iter()
+            .filter(|r| !keep.contains(r.store_path.as_str()))
+            .collect();
+        report.deleted = victims.iter().map(|r| r.store_path.clone()).collect();
+        let kept_urls: HashSet<&str> = rows
+            .iter()
+            .filter(|r| keep.contains(r.store_path.as_str()))
+            .map(|r| r.url.as_str())
+            .collect();
+        let known: HashSet<&str> = rows.iter().map(|r| r.hash_part.as_str()).collect();
+
+        let store = self.root();
+        let mut doomed_nars = Vec::new();
+        let nar_dir = store.join("nar");
+        for e in fs::read_dir(&nar_dir).map_err(io_ctx("listing nar dir"))? {
+            let e = e.map_err(io_ctx("listing nar dir"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if kept_urls.contains(format!("nar/{name}").as_str()) {
+                continue;
+            }
+            let meta = e.metadata().map_err(io_ctx("stat nar"))?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64);
+            if mtime.is_none_or(|m| m <= cutoff) {
+                report.freed_bytes += meta.len();
+                doomed_nars.push(name);
+            }
+        }
+        for e in fs::read_dir(&store).map_err(io_ctx("listing store dir"))? {
+            let e = e.map_err(io_ctx("listing store dir"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(h) = name.strip_suffix(".narinfo")
+                && !known.contains(h)
+            {
+                report.orphan_narinfos.push(name);
+            }
+        }
+        report.nar_files = doomed_nars.clone();
+        if !delete {
+            return Ok(report);
+        }
+        // Order: narinfo files first (stop serving), then rows, then NARs.
+        for v in &victims {
+            remove_if_exists(&self.narinfo_path(&v.hash_part))?;
+        }
+        for o in &report.orphan_narinfos {
+            remove_if_exists(&store.join(o))?;
+        }
+        for v in &victims {
+            index::delete_path(&tx, &v.hash_part)?;
+        }
+        for n in &doomed_nars {
+            remove_if_exists(&nar_dir.join(n))?;
+            index::delete_nar(&tx, n)?;
+        }
+        tx.commit().map_err(IndexError::from)?;
+        Ok(report)
+    }
+
+    /// Re-checks every stored path: narinfo file equals the index and
+    /// carries a valid signature by our key; the NAR file exists and its
+    /// FileHash/FileSize and, decompressed and parsed, NarHash/NarSize
+    /// match. With `quarantine`, bad paths and the paths whose closure
+    /// includes them are moved to `quarantine/` and dropped from the index.
+    pub fn verify(&self, quarantine: bool) -> Result<VerifyReport, StoreError> {
+        let rows = index::all_paths(&self.conn())?;
+        let public = self.key.as_ref().map(SecretKey::public);
+        let mut report = VerifyReport {
+            checked: rows.len(),
+            ..VerifyReport::default()
+        };
+        let mut bad: BTreeSet<String> = BTreeSet::new();
+        let mut problem = |report: &mut VerifyReport, subject: &str, what: String| {
+            report.problems.push(Problem {
+                subject: subject.to_owned(),
+                what,
+            });
+            bad.insert(subject.to_owned());
+        };
+        for row in &rows {
+            let subject = row.store_path.as_str();
+            match fs::read_to_string(self.narinfo_path(&row.hash_part)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    problem(&mut report, subject, "narinfo file missing".into())
+                }
+                Err(e) => problem(
+                    &mut report,
+                    subject,
+                    format!("narinfo file unreadable: {e}"),
+                ),
+                Ok(text) if text != row.narinfo => problem(
+                    &mut report,
+                    subject,
+                    "narinfo file differs from the index (tampered?)".into(),
+                ),
+                Ok(text) => match NarInfo::parse(&text, &self.store_dir) {
+                    Ok(ni) => {
+                        let fp = ni.fingerprint(&self.store_dir);
+                        if public
+                            .as_ref()
+                            .is_some_and(|k| !ni.sigs.iter().any(|s| k.verify(&fp, s)))
+                        {
+                            problem(
+                                &mut report,
+                                subject,
+                                "narinfo lacks a valid signature by the cache key".into(),
+                            );
+                        }
+                    }
+                    Err(e) => problem(&mut report, subject, format!("narinfo does not parse: {e}")),
+                },
+            }
+            let file = row.url.strip_prefix("nar/").unwrap_or(&row.url);
+            let Some((_, comp)) = parse_nar_file_name(file) else {
+                problem(&mut report, subject, format!("bad URL {}", row.url));
+                continue;
+            };
+            match measure_file(&self.nar_path(file), comp) {
+                Err(MeasureError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    problem(&mut report, subject, format!("NAR {} missing", row.url))
+                }
+                Err(e) => problem(&mut report, subject, format!("NAR {}: {e}", row.url)),
+                Ok(m) => {
+                    let checks = [
+                        ("FileHash", m.file_hash.to_string(), row.file_hash.clone()),
+                        (
+                            "FileSize",
+                            m.file_size.to_string(),
+                            row.file_size.to_string(),
+                        ),
+                        ("NarHash", m.nar_hash.to_string(), row.nar_hash.clone()),
+                        ("NarSize", m.nar_size.to_string(), row.nar_size.to_string()),
+                    ];
+                    for (field, actual, want) in checks {
+                        if actual != want {
+                            problem(
+                                &mut report,
+                                subject,
+                                format!("{field} is {actual}, index says {want}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let known: HashSet<&str> = rows.iter().map(|r| r.hash_part.as_str()).collect();
+        let urls: HashSet<&str> = rows.iter().map(|r| r.url.as_str()).collect();
+        for e in fs::read_dir(self.root()).map_err(io_ctx("listing store dir"))? {
+            let name = e
+                .map_err(io_ctx("listing store dir"))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if let Some(h) = name.strip_suffix(".narinfo")
+                && !known.contains(h)
+            {
+                report.problems.push(Problem {
+                    subject: name.clone(),
+                    what: "narinfo file not in the index".into(),
+                });
+            }
+        }
+        for e in fs::read_dir(self.root().join("nar")).map_err(io_ctx("listing nar dir"))? {
+            let name = e
+                .map_err(io_ctx("listing nar dir"))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if !urls.contains(format!("nar/{name}").as_str()) {
+                report.orphan_nars += 1;
+            }
+        }
+        if quarantine && !bad.is_empty() {
+            report.quarantined = self.quarantine(&rows, &bad)?;
+        }
+        Ok(report)
+    }
+
+    fn quarantine(
+        &self,
+        rows: &[PathRow],
+        bad: &BTreeSet<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        // Everything whose closure contains a bad path goes too: nix cannot
+        // copy a closure with a hole.
+        let mut doomed: BTreeSet<&str> = bad.iter().map(String::as_str).collect();
+        loop {
+            let before = doomed.len();
+            for r in rows {
+                if r.references()
+                    .any(|x| doomed.contains(x) && x != r.store_path)
+                {
+                    doomed.insert(r.store_path.as_str());
+                }
+            }
+            if doomed.len() == before {
+                break;
+            }
+        }
+        let dir = self.data_dir.join("quarantine").join(now().to_string());
+        fs::create_dir_all(dir.join("nar")).map_err(io_ctx("creating quarantine dir"))?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(IndexError::from)?;
+        let mut moved = Vec::new();
+        for r in rows
+            .iter()
+            .filter(|r| doomed.contains(r.store_path.as_str()))
+        {
+            let src = self.narinfo_path(&r.hash_part);
+            if src.exists() {
+                fs::rename(&src, dir.join(format!("{}.narinfo", r.hash_part)))
+                    .map_err(io_ctx("moving narinfo"))?;
+            }
+            index::delete_path(&tx, &r.hash_part)?;
+            if bad.contains(&r.store_path) && !index::url_in_use(&tx, &r.url)? {
+                let file = r.url.strip_prefix("nar/").unwrap_or(&r.url);
+                let nar = self.nar_path(file);
+                if nar.exists() {
+                    fs::rename(&nar, dir.join("nar").join(file)).map_err(io_ctx("moving NAR"))?;
+                }
+                index::delete_nar(&tx, file)?;
+            }
+            moved.push(r.store_path.clone());
+        }
+        tx.commit().map_err(IndexError::from)?;
+        Ok(moved)
+    }
+
+    /// Lists the files inside a stored path's NAR.
+    pub fn ls(&self, arg: &str) -> Result<Vec<nar::Entry>, StoreError> {
+        let row = self.lookup(arg)?;
+        let file = row.url.strip_prefix("nar/").unwrap_or(&row.url);
+        let comp = parse_nar_file_name(file)
+            .map(|(_, c)| c)
+            .ok_or_else(|| StoreError::BadPath(row.url.clone()))?;
+        let f =
+            fs::File::open(self.nar_path(file)).map_err(io_ctx(format!("opening {}", row.url)))?;
+        let r = decompressor(io::BufReader::new(f), comp).map_err(io_ctx("decompressing"))?;
+        Ok(nar::list(r)?)
+    }
+}
+
+fn check_accepted(c: Compression) -> Result<(), UploadError> {
+    match c {
+        Compression::None | Compression::Zstd | Compression::Xz => Ok(()),
+        other => Err(UploadError::UnsupportedCompression(other.as_str())),
+    }
+}
+
+fn check_pin_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadPinName(name.to_owned()))
+    }
+}
+
+fn remove_if_exists(p: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io {
+            context: format!("removing {}", p.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn decompressor<'a, R: io::BufRead + 'a>(
+    r: R,
+    comp: Compression,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match comp {
+        Compression::None => Box::new(r),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(r)),
+        other => {
+            return Err(io::Error::other(format!(
+                "cannot decompress {}",
+                other.as_str()
+            )));
+        }
+    })
+}
+
+/// Hashes read through it.
+struct HashingReader<R> {
+    inner: R,
+    w: HashingWriter<io::Sink>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl<R: io::BufRead> io::BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        if let Ok(buf) = self.inner.fill_buf() {
+            let _ = self.w.write_all(&buf[..amt]);
+        }
+        self.inner.consume(amt)
+    }
+}
+
+/// Hashes and sizes of a NAR file on disk.
+struct Measured {
+    file_hash: Sha256Hash,
+    file_size: u64,
+    nar_hash: Sha256Hash,
+    nar_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MeasureError {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Nar(NarError),
+}
+
+/// Reads a NAR file, decompresses it, parses the NAR (structure check) and
+/// returns both hashes.
+fn measure_file(path: &Path, comp: Compression) -> Result<Measured, MeasureError> {
+    let f = fs::File::open(path).map_err(MeasureError::Io)?;
+    let mut outer = HashingReader {
+        inner: io::BufReader::with_capacity(1 << 20, f),
+        w: HashingWriter::new(io::sink(), u64::MAX),
+    };
+    let (nar_hash, nar_size) = {
+        let dec = decompressor(&mut outer, comp).map_err(MeasureError::Io)?;
+        let mut inner = HashingReader {
+            inner: dec,
+            w: HashingWriter::new(io::sink(), u64::MAX),
+        };
+        nar::list(&mut inner).map_err(MeasureError::Nar)?;
+        let (h, n, _) = inner.w.finish();
+        (h, n)
+    };
+    // Trailing bytes after the compressed stream still count for FileHash.
+    io::copy(&mut outer, &mut io::sink()).map_err(MeasureError::Io)?;
+    let (file_hash, file_size, _) = outer.w.finish();
+    Ok(Measured {
+        file_hash,
+        file_size,
+        nar_hash,
+        nar_size,
+    })
+}
