@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Runs Procurator's Nix tests with Debian's nix, no nixpkgs, no network:
+#   parse     nix-instantiate --parse over every .nix file of the repository
+#   sync      example/hermetic/lib is a byte-identical copy of nix/lib's
+#             builtins-only files
+#   eval      nix/tests/eval.nix: shapes, defaults, the VmSpec contract
+#   errors    nix/tests/errors.nix: every validation error and its message
+#   hermetic  example/hermetic in a temp git repo: eval the specs and check
+#             them, build the closure, change one VM, break eval and build
+#
+#   nix/tests/run.sh              # every section
+#   nix/tests/run.sh eval errors  # some
+#
+# Each run uses its own NIX_CONF_DIR (design §9) and XDG_CACHE_HOME in a
+# temp dir, so it ignores /etc/nix and never talks to a substituter.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/pcr-nix-tests.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+mkdir -p "$work/conf" "$work/cache"
+echo '{"flakes":[],"version":2}' > "$work/registry.json"
+cat > "$work/conf/nix.conf" <<CONF
+build-users-group =
+sandbox = false
+extra-sandbox-paths = /bin /usr /lib /lib64
+substituters =
+experimental-features = nix-command flakes
+flake-registry = $work/registry.json
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0
+CONF
+export NIX_CONF_DIR="$work/conf" XDG_CACHE_HOME="$work/cache"
+unset NIX_PATH
+
+failures=0
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+pass() { echo "ok: $*"; }
+
+sections=("$@")
+[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval errors hermetic)
+
+# --- parse ------------------------------------------------------------------
+run_parse() {
+  local n=0 f
+  while IFS= read -r -d '' f; do
+    n=$((n + 1))
+    if ! out=$(nix-instantiate --parse "$f" 2>&1 >/dev/null); then
+      fail "parse ${f#"$repo"/}: $out"
+    fi
+  done < <(find "$repo" \( -name target -o -name .git -o -name node_modules \) -prune -o -name '*.nix' -type f -print0)
+  [ "$n" -gt 0 ] || fail "parse: no .nix files found under $repo"
+  pass "parse: $n .nix files"
+}
+
+# --- sync -------------------------------------------------------------------
+run_sync() {
+  local f
+  for f in profile.nix spec.nix cluster.nix pure.nix; do
+    if cmp -s "$repo/nix/lib/$f" "$repo/example/hermetic/lib/$f"; then
+      pass "sync: example/hermetic/lib/$f = nix/lib/$f"
+    else
+      fail "sync: example/hermetic/lib/$f differs from nix/lib/$f (cp nix/lib/$f example/hermetic/lib/)"
+    fi
+  done
+}
+
+# --- eval -------------------------------------------------------------------
+run_eval() {
+  local out
+  if ! out=$(nix-instantiate --eval --strict --json "$here/eval.nix" 2>&1); then
+    fail "eval: nix/tests/eval.nix did not evaluate: $out"
+    return
+  fi
+  case "$out" in
+    *'"failed":[]'*) pass "eval: $out" ;;
+    *) fail "eval: $out" ;;
+  esac
+}
+
+# --- errors -----------------------------------------------------------------
+# One process per case; cases run 4 at a time.
+check_error_case() {
+  local name=$1 msg=$2 err
+  if nix-instantiate --eval --strict -E "(import $here/errors.nix).\"$name\".expr" >/dev/null 2>"$work/err-$name"; then
+    echo "FAIL: errors: $name evaluated without an error (expected: $msg)" >&2
+    return 1
+  fi
+  if ! grep -qF -- "$msg" "$work/err-$name"; then
+    err=$(grep -m1 'error:' "$work/err-$name" || head -c 400 "$work/err-$name")
+    echo "FAIL: errors: $name: expected \"$msg\", got: $err" >&2
+    return 1
+  fi
+}
+run_errors() {
+  local cases name msg pids=() n=0 bad=0 pid
+  cases=$(nix eval --raw --impure --expr "
+    let e = import $here/errors.nix; in
+    builtins.concatStringsSep \"\" (map (n: n + \"\t\" + e.\${n}.msg + \"\n\") (builtins.attrNames e))")
+  while IFS=$'\t' read -r name msg; do
+    [ -n "$name" ] || continue
+    n=$((n + 1))
+    check_error_case "$name" "$msg" &
+    pids+=($!)
+    if [ ${#pids[@]} -ge 4 ]; then
+      wait "${pids[0]}" || bad=$((bad + 1))
+      pids=("${pids[@]:1}")
+    fi
+  done <<< "$cases"
+  for pid in "${pids[@]}"; do wait "$pid" || bad=$((bad + 1)); done
+  if [ "$bad" -gt 0 ]; then
+    fail "errors: $bad of $n cases"
+  else
+    pass "errors: $n cases fail with their message"
+  fi
+}
+
+# --- hermetic ---------------------------------------------------------------
+run_hermetic() {
+  local dir="$work/hermetic" out specs closure p root h1 h2 name
+  cp -r "$repo/example/hermetic" "$dir"
+  git -C "$dir" init -q
+  git -C "$dir" add -A
+  git -C "$dir" -c user.name=test -c user.email=test@localhost commit -qm "hermetic example"
+
+  if ! nix eval --json "$dir#procurator.vmSpecs" > "$work/specs.json" 2>"$work/eval.err"; then
+    fail "hermetic: nix eval of procurator.vmSpecs: $(cat "$work/eval.err")"
+    return
+  fi
+  if out=$(nix-instantiate --eval --strict --arg specsFile "$work/specs.json" "$here/check-specs.nix" 2>&1); then
+    pass "hermetic: $out valid VmSpecs"
+  else
+    fail "hermetic: spec JSON invalid: $out"
+  fi
+  for name in web-0 web-1 db-0; do
+    grep -q "\"name\":\"$name\"" "$work/specs.json" || fail "hermetic: no VM $name in $(cat "$work/specs.json")"
+  done
+
+  if ! out=$(nix build --json --no-link "$dir#procurator.closure" 2>&1); then
+    fail "hermetic: nix build of procurator.closure: $out"
+    return
+  fi
+  closure=$(nix eval --raw "$dir#procurator.closure.outPath")
+  nix-store -qR "$closure" > "$work/closure.txt"
+  specs=$(nix eval --raw --impure --expr "
+    builtins.concatStringsSep \"\n\" (builtins.concatMap
+      (s: builtins.filter (p: p != \"\") [ s.toplevel s.kernelPath s.initrdPath s.diskImagePath ])
+      (builtins.fromJSON (builtins.readFile $work/specs.json)))")
+  local missing=0
+  while IFS= read -r p; do
+    root=$(echo "$p" | cut -d/ -f1-4)
+    [ -e "$p" ] || { fail "hermetic: $p was not built"; missing=1; }
+    grep -qxF "$root" "$work/closure.txt" || { fail "hermetic: $root is not in the closure of $closure"; missing=1; }
+  done <<< "$specs"
+  [ "$missing" -eq 1 ] || pass "hermetic: closure $closure holds every spec path"
+
+  # Changing one line changes exactly one VM.
+  hash_of() { nix eval --raw "$dir#procurator.vmSpecs" --apply "l: (builtins.head (builtins.filter (s: s.name == \"$1\") l)).contentHash" 2>/dev/null; }
+  local before_web0 before_web1 before_db0
+  before_web0=$(hash_of web-0); before_web1=$(hash_of web-1); before_db0=$(hash_of db-0)
+  sed -i 's/hello from db v1/hello from db v2/' "$dir/vms.nix"
+  if [ "$(hash_of db-0)" != "$before_db0" ] && [ "$(hash_of web-0)" = "$before_web0" ] && [ "$(hash_of web-1)" = "$before_web1" ]; then
+    pass "hermetic: editing db's message changes db-0's contentHash only"
+  else
+    fail "hermetic: editing db's message did not change exactly db-0"
+  fi
+  if out=$(nix build --json --no-link "$dir#procurator.closure" 2>&1); then
+    pass "hermetic: the changed cluster builds"
+  else
+    fail "hermetic: the changed cluster does not build: $out"
+  fi
+
+  # An invalid setting is an evaluation error naming it.
+  cp "$dir/vms.nix" "$work/vms.nix.good"
+  sed -i '0,/cpu = 1;/s//cpu = 0;/' "$dir/vms.nix"
+  if out=$(nix eval --json "$dir#procurator.vmSpecs" 2>&1); then
+    fail "hermetic: cpu = 0 evaluated: $out"
+  else
+    case "$out" in
+      *"mkVmProfile: cpu must be an integer between 1 and 256, got 0"*) pass "hermetic: cpu = 0 is an evaluation error" ;;
+      *) fail "hermetic: cpu = 0 failed with an unexpected message: $out" ;;
+    esac
+  fi
+  cp "$work/vms.nix.good" "$dir/vms.nix"
+
+  # failBuild = true evaluates but fails to build.
+  sed -i '0,/failBuild = false;/s//failBuild = true;/' "$dir/vms.nix"
+  if ! nix eval --json "$dir#procurator.vmSpecs" >/dev/null 2>&1; then
+    fail "hermetic: failBuild = true should still evaluate"
+  elif out=$(nix build --json --no-link "$dir#procurator.closure" 2>&1); then
+    fail "hermetic: failBuild = true built"
+  else
+    case "$out" in
+      *"build failed on purpose"*) pass "hermetic: failBuild = true is a build failure" ;;
+      *) fail "hermetic: failBuild = true failed with an unexpected message: $out" ;;
+    esac
+  fi
+  cp "$work/vms.nix.good" "$dir/vms.nix"
+}
+
+start=$(date +%s)
+for s in "${sections[@]}"; do
+  case "$s" in
+    parse) run_parse ;;
+    sync) run_sync ;;
+    eval) run_eval ;;
+    errors) run_errors ;;
+    hermetic) run_hermetic ;;
+    *) fail "unknown section $s (parse sync eval errors hermetic)" ;;
+  esac
+done
+echo "nix tests: ${sections[*]}: $failures failure(s) in $(( $(date +%s) - start )) s"
+[ "$failures" -eq 0 ]
