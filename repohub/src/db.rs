@@ -1,0 +1,510 @@
+//! SQLite storage: versioned migrations and every query repohub runs.
+//!
+//! One connection behind a mutex: queries are short and local, so a pool
+//! would only add contention on the 2-core hosts this runs on. All SQL uses
+//! bound parameters; no string is ever spliced into a statement.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this binary knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+}
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, sessions, tokens, projects, members, repositories.
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE access_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at_ms INTEGER NOT NULL,
+        last_used_ms INTEGER
+    );
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL,
+        public INTEGER NOT NULL,
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role TEXT NOT NULL,
+        PRIMARY KEY (project_id, user_id)
+    );
+    CREATE TABLE repositories (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        UNIQUE (project_id, name)
+    );",
+    // 2: the outbox of push events waiting for (or delivered to) ci_service.
+    "CREATE TABLE push_events (
+        id INTEGER PRIMARY KEY,
+        repo_path TEXT NOT NULL,
+        ref_name TEXT NOT NULL,
+        old TEXT NOT NULL,
+        new TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error TEXT,
+        job_id INTEGER,
+        delivered_at_ms INTEGER
+    );
+    CREATE INDEX push_events_due ON push_events (delivered_at_ms, next_attempt_ms);",
+];
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub public: bool,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub last_used_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PushEvent {
+    pub id: i64,
+    pub repo_path: String,
+    pub ref_name: String,
+    pub old: String,
+    pub new: String,
+    pub attempts: i64,
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, DbError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&mut conn)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable:
+        // every statement is atomic on its own.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, DbError> {
+        Ok(self.lock().query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    // ---- users and sessions ----
+
+    pub fn create_user(&self, name: &str, password_hash: &str) -> Result<User, DbError> {
+        let c = self.lock();
+        let r = c.execute(
+            "INSERT INTO users (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3)",
+            params![name, password_hash, now_ms()],
+        );
+        match r {
+            Ok(_) => Ok(User { id: c.last_insert_rowid(), name: name.to_owned() }),
+            Err(e) if is_unique_violation(&e) => Err(DbError::Conflict("user")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn user_password(&self, name: &str) -> Result<Option<(User, String)>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, name, password_hash FROM users WHERE name = ?1",
+                params![name],
+                |r| Ok((User { id: r.get(0)?, name: r.get(1)? }, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>, DbError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT id, name FROM users WHERE name = ?1", params![name], |r| {
+                Ok(User { id: r.get(0)?, name: r.get(1)? })
+            })
+            .optional()?)
+    }
+
+    pub fn create_session(&self, token_hash: &str, user_id: i64, ttl_ms: i64) -> Result<(), DbError> {
+        let now = now_ms();
+        let c = self.lock();
+        c.execute("DELETE FROM sessions WHERE expires_at_ms < ?1", params![now])?;
+        c.execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![token_hash, user_id, now, now + ttl_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn session_user(&self, token_hash: &str) -> Result<Option<User>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
+                params![token_hash, now_ms()],
+                |r| Ok(User { id: r.get(0)?, name: r.get(1)? }),
+            )
+            .optional()?)
+    }
+
+    pub fn delete_session(&self, token_hash: &str) -> Result<(), DbError> {
+        self.lock().execute("DELETE FROM sessions WHERE token_hash = ?1", params![token_hash])?;
+        Ok(())
+    }
+
+    // ---- personal access tokens ----
+
+    pub fn create_token(&self, user_id: i64, name: &str, token_hash: &str) -> Result<i64, DbError> {
+        let c = self.lock();
+        c.execute(
+            "INSERT INTO access_tokens (user_id, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![user_id, name, token_hash, now_ms()],
+        )?;
+        Ok(c.last_insert_rowid())
+    }
+
+    pub fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT id, name, created_at_ms, last_used_ms FROM access_tokens WHERE user_id = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map(params![user_id], |r| {
+            Ok(TokenInfo { id: r.get(0)?, name: r.get(1)?, created_at_ms: r.get(2)?, last_used_ms: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, DbError> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM access_tokens WHERE id = ?1 AND user_id = ?2", params![id, user_id])?
+            > 0)
+    }
+
+    pub fn token_user(&self, token_hash: &str) -> Result<Option<User>, DbError> {
+        let c = self.lock();
+        let u = c
+            .query_row(
+                "SELECT u.id, u.name FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
+                params![token_hash],
+                |r| Ok(User { id: r.get(0)?, name: r.get(1)? }),
+            )
+            .optional()?;
+        if u.is_some() {
+            c.execute(
+                "UPDATE access_tokens SET last_used_ms = ?1 WHERE token_hash = ?2",
+                params![now_ms(), token_hash],
+            )?;
+        }
+        Ok(u)
+    }
+
+    // ---- projects, members, repositories ----
+
+    pub fn create_project(&self, name: &str, description: &str, public: bool, owner_id: i64) -> Result<i64, DbError> {
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        let r = tx.execute(
+            "INSERT INTO projects (name, description, public, owner_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, description, public, owner_id, now_ms()],
+        );
+        match r {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(DbError::Conflict("project")),
+            Err(e) => return Err(e.into()),
+        }
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO members (project_id, user_id, role) VALUES (?1, ?2, 'owner')",
+            params![id, owner_id],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn project(&self, name: &str) -> Result<Option<Project>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT p.id, p.name, p.description, p.public, u.name FROM projects p
+                 JOIN users u ON u.id = p.owner_id WHERE p.name = ?1",
+                params![name],
+                project_row,
+            )
+            .optional()?)
+    }
+
+    /// Projects the viewer may see: public ones and those they belong to.
+    pub fn visible_projects(&self, user_id: Option<i64>) -> Result<Vec<Project>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT p.id, p.name, p.description, p.public, u.name FROM projects p
+             JOIN users u ON u.id = p.owner_id
+             WHERE p.public = 1 OR EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id AND m.user_id = ?1)
+             ORDER BY p.name",
+        )?;
+        let rows = st.query_map(params![user_id.unwrap_or(-1)], project_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn role(&self, project_id: i64, user_id: i64) -> Result<Option<String>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT role FROM members WHERE project_id = ?1 AND user_id = ?2",
+                params![project_id, user_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn members(&self, project_id: i64) -> Result<Vec<(String, String)>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT u.name, m.role FROM members m JOIN users u ON u.id = m.user_id
+             WHERE m.project_id = ?1 ORDER BY u.name",
+        )?;
+        let rows = st.query_map(params![project_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn add_member(&self, project_id: i64, user_id: i64) -> Result<(), DbError> {
+        self.lock().execute(
+            "INSERT OR IGNORE INTO members (project_id, user_id, role) VALUES (?1, ?2, 'member')",
+            params![project_id, user_id],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_project(&self, project_id: i64) -> Result<(), DbError> {
+        self.lock().execute("DELETE FROM projects WHERE id = ?1", params![project_id])?;
+        Ok(())
+    }
+
+    pub fn create_repo(&self, project_id: i64, name: &str) -> Result<i64, DbError> {
+        let c = self.lock();
+        match c.execute(
+            "INSERT INTO repositories (project_id, name, created_at_ms) VALUES (?1, ?2, ?3)",
+            params![project_id, name, now_ms()],
+        ) {
+            Ok(_) => Ok(c.last_insert_rowid()),
+            Err(e) if is_unique_violation(&e) => Err(DbError::Conflict("repository")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn repos(&self, project_id: i64) -> Result<Vec<Repo>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare("SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name")?;
+        let rows = st.query_map(params![project_id], |r| Ok(Repo { id: r.get(0)?, name: r.get(1)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn repo(&self, project_id: i64, name: &str) -> Result<Option<Repo>, DbError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, name FROM repositories WHERE project_id = ?1 AND name = ?2",
+                params![project_id, name],
+                |r| Ok(Repo { id: r.get(0)?, name: r.get(1)? }),
+            )
+            .optional()?)
+    }
+
+    pub fn delete_repo(&self, repo_id: i64) -> Result<(), DbError> {
+        self.lock().execute("DELETE FROM repositories WHERE id = ?1", params![repo_id])?;
+        Ok(())
+    }
+
+    // ---- push events (outbox to ci_service) ----
+
+    pub fn enqueue_push(&self, repo_path: &str, ref_name: &str, old: &str, new: &str) -> Result<i64, DbError> {
+        let c = self.lock();
+        let now = now_ms();
+        c.execute(
+            "INSERT INTO push_events (repo_path, ref_name, old, new, received_at_ms, next_attempt_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![repo_path, ref_name, old, new, now],
+        )?;
+        Ok(c.last_insert_rowid())
+    }
+
+    pub fn due_pushes(&self, limit: i64) -> Result<Vec<PushEvent>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT id, repo_path, ref_name, old, new, attempts FROM push_events
+             WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![now_ms(), limit], |r| {
+            Ok(PushEvent {
+                id: r.get(0)?,
+                repo_path: r.get(1)?,
+                ref_name: r.get(2)?,
+                old: r.get(3)?,
+                new: r.get(4)?,
+                attempts: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn push_delivered(&self, id: i64, job_id: Option<i64>) -> Result<(), DbError> {
+        self.lock().execute(
+            "UPDATE push_events SET delivered_at_ms = ?1, job_id = ?2, attempts = attempts + 1, last_error = NULL
+             WHERE id = ?3",
+            params![now_ms(), job_id, id],
+        )?;
+        Ok(())
+    }
+
+    pub fn push_failed(&self, id: i64, error: &str, next_attempt_ms: i64) -> Result<(), DbError> {
+        self.lock().execute(
+            "UPDATE push_events SET attempts = attempts + 1, last_error = ?1, next_attempt_ms = ?2 WHERE id = ?3",
+            params![error, next_attempt_ms, id],
+        )?;
+        Ok(())
+    }
+
+    /// (pending, delivered) counts for a repository path, shown on its page.
+    pub fn push_counts(&self, repo_path: &str) -> Result<(i64, i64), DbError> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*) FILTER (WHERE delivered_at_ms IS NULL), COUNT(*) FILTER (WHERE delivered_at_ms IS NOT NULL)
+             FROM push_events WHERE repo_path = ?1",
+            params![repo_path],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+}
+
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, public: r.get(3)?, owner: r.get(4)? })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(DbError::TooNew { found, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        // user_version cannot be a bound parameter; the value is our own integer.
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let u = db.create_user("ann", "h").unwrap();
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.user_by_name("ann").unwrap().unwrap().id, u.id);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(Db::open(&path), Err(DbError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn sql_metacharacters_are_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.sqlite")).unwrap();
+        let evil = "x'); DROP TABLE users; --";
+        db.create_user(evil, "h").unwrap();
+        assert_eq!(db.user_by_name(evil).unwrap().unwrap().name, evil);
+        assert!(matches!(db.create_user(evil, "h"), Err(DbError::Conflict("user"))));
+        let uid = db.user_by_name(evil).unwrap().unwrap().id;
+        let pid = db.create_project("p", "'; DELETE FROM projects; --", true, uid).unwrap();
+        assert_eq!(db.project("p").unwrap().unwrap().id, pid);
+        assert_eq!(db.visible_projects(None).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,347 @@
+//! Bare repositories on disk (git2): creation with the post-receive hook,
+//! and the read-only views the pages show (branches, log, tree, blobs).
+//!
+//! Every lookup starts from a validated revision and validated path
+//! components (see `names`), and reads objects from the object database
+//! only, so a URL can never reach a file outside the repository. Blob sizes
+//! come from the object header before the content is loaded, so a 50 MB
+//! file costs a header read, not 50 MB of memory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use git2::{ObjectType, Oid, Repository, RepositoryInitOptions, Sort};
+
+use crate::names;
+
+/// Blobs above this are not shown inline (the page links to the raw file).
+pub const MAX_INLINE_BLOB: usize = 512 * 1024;
+/// README files above this are not rendered.
+pub const MAX_README: usize = 256 * 1024;
+pub const PAGE_SIZE: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git")]
+    Git(#[from] git2::Error),
+    #[error("writing the hook")]
+    Io(#[from] std::io::Error),
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    BadInput(#[from] names::NameError),
+}
+
+impl GitError {
+    fn from_lookup(e: git2::Error) -> Self {
+        if e.code() == git2::ErrorCode::NotFound { GitError::NotFound } else { GitError::Git(e) }
+    }
+}
+
+/// `<repos>/<project>/<repo>.git`
+pub fn repo_dir(repos_root: &Path, project: &str, repo: &str) -> PathBuf {
+    repos_root.join(project).join(format!("{repo}.git"))
+}
+
+/// Creates a bare repository with `main` as its default branch and the
+/// post-receive hook that spools push events into `spool`.
+pub fn create_bare(dir: &Path, spool: &Path) -> Result<(), GitError> {
+    let mut opts = RepositoryInitOptions::new();
+    opts.bare(true).initial_head("main").mkpath(true).no_reinit(true);
+    let repo = Repository::init_opts(dir, &opts)?;
+    let mut cfg = repo.config()?;
+    // Reachable over smart HTTP; pushes of non-fast-forwards are allowed
+    // (force-push is a user's decision), deletes too.
+    cfg.set_bool("http.receivepack", true)?;
+    install_hook(dir, spool)?;
+    Ok(())
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The hook only writes one file and exits 0: it never waits on the network
+/// and never fails the push. repohub's notifier picks the file up.
+pub fn install_hook(dir: &Path, spool: &Path) -> Result<(), GitError> {
+    let script = format!(
+        "#!/bin/sh\n\
+         # Installed by repohub: records pushed refs for delivery to ci_service.\n\
+         # Must never block or fail the push: write one spool file, exit 0.\n\
+         spool={spool}\n\
+         repo={repo}\n\
+         tmp=\"$spool/.tmp-$$-$(date +%s%N)\"\n\
+         {{ printf 'repo %s\\n' \"$repo\"; cat; }} > \"$tmp\" 2>/dev/null && mv \"$tmp\" \"$tmp.evt\" 2>/dev/null\n\
+         exit 0\n",
+        spool = sh_quote(&spool.to_string_lossy()),
+        repo = sh_quote(&dir.to_string_lossy()),
+    );
+    let path = dir.join("hooks").join("post-receive");
+    std::fs::create_dir_all(dir.join("hooks"))?;
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(script.as_bytes())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+pub fn open(dir: &Path) -> Result<Repository, GitError> {
+    Repository::open_bare(dir).map_err(GitError::from_lookup)
+}
+
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub id: String,
+    pub short: String,
+    pub summary: String,
+    pub message: String,
+    pub author: String,
+    pub time: String,
+    pub parents: Vec<String>,
+}
+
+fn commit_info(c: &git2::Commit<'_>) -> CommitInfo {
+    let id = c.id().to_string();
+    CommitInfo {
+        short: id[..10.min(id.len())].to_owned(),
+        id,
+        summary: String::from_utf8_lossy(c.summary_bytes().unwrap_or_default()).into_owned(),
+        message: String::from_utf8_lossy(c.message_bytes()).into_owned(),
+        author: String::from_utf8_lossy(c.author().name_bytes()).into_owned(),
+        time: format_time(c.time().seconds()),
+        parents: c.parent_ids().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// UTC `YYYY-MM-DD HH:MM` without a date library (civil-from-days).
+pub fn format_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
+#[derive(Debug, Clone)]
+pub struct Branch {
+    pub name: String,
+    pub commit: CommitInfo,
+}
+
+pub fn default_branch(repo: &Repository) -> Option<String> {
+    let head = repo.find_reference("HEAD").ok()?;
+    let target = head.symbolic_target()?;
+    target.strip_prefix("refs/heads/").map(str::to_owned)
+}
+
+pub fn is_empty(repo: &Repository) -> bool {
+    repo.is_empty().unwrap_or(true)
+}
+
+pub fn branches(repo: &Repository) -> Result<Vec<Branch>, GitError> {
+    let mut out = Vec::new();
+    for b in repo.branches(Some(git2::BranchType::Local))? {
+        let (b, _) = b?;
+        let Some(name) = b.name()?.map(str::to_owned) else { continue };
+        if let Ok(c) = b.get().peel_to_commit() {
+            out.push(Branch { name, commit: commit_info(&c) });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// A branch, tag or hex commit id to a commit.
+pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
+    names::validate_rev(rev)?;
+    for prefix in ["refs/heads/", "refs/tags/"] {
+        if let Ok(r) = repo.find_reference(&format!("{prefix}{rev}")) {
+            return Ok(r.peel_to_commit().map_err(GitError::from_lookup)?.id());
+        }
+    }
+    if rev.len() >= 4 && rev.len() <= 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let obj = repo.revparse_single(rev).map_err(GitError::from_lookup)?;
+        return Ok(obj.peel_to_commit().map_err(GitError::from_lookup)?.id());
+    }
+    Err(GitError::NotFound)
+}
+
+/// One page of history from `start`, newest first; `true` when more follow.
+pub fn log(repo: &Repository, start: Oid, page: usize) -> Result<(Vec<CommitInfo>, bool), GitError> {
+    let mut walk = repo.revwalk()?;
+    // Commit-time order like `git log`; TOPOLOGICAL would force a full walk.
+    walk.set_sorting(Sort::TIME)?;
+    walk.push(start)?;
+    let mut out = Vec::with_capacity(PAGE_SIZE);
+    let mut more = false;
+    for (i, oid) in walk.skip(page * PAGE_SIZE).enumerate() {
+        if i == PAGE_SIZE {
+            more = true;
+            break;
+        }
+        out.push(commit_info(&repo.find_commit(oid?)?));
+    }
+    Ok((out, more))
+}
+
+pub fn commit(repo: &Repository, id: Oid) -> Result<(CommitInfo, Vec<(char, String)>), GitError> {
+    let c = repo.find_commit(id).map_err(GitError::from_lookup)?;
+    let tree = c.tree()?;
+    let parent = c.parents().next().map(|p| p.tree()).transpose()?;
+    let diff = repo.diff_tree_to_tree(parent.as_ref(), Some(&tree), None)?;
+    let mut files = Vec::new();
+    for d in diff.deltas().take(1000) {
+        let status = match d.status() {
+            git2::Delta::Added => 'A',
+            git2::Delta::Deleted => 'D',
+            git2::Delta::Renamed => 'R',
+            _ => 'M',
+        };
+        let p = d.new_file().path().or(d.old_file().path()).map(|p| p.to_string_lossy().into_owned());
+        files.push((status, p.unwrap_or_default()));
+    }
+    Ok((commit_info(&c), files))
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+    pub is_link: bool,
+    pub size: Option<usize>,
+}
+
+#[derive(Debug)]
+pub enum Node {
+    Tree(Vec<Entry>),
+    Blob(Blob),
+}
+
+#[derive(Debug)]
+pub struct Blob {
+    pub size: usize,
+    /// `None` when too large to show inline or binary.
+    pub text: Option<String>,
+    pub binary: bool,
+}
+
+fn tree_at<'r>(repo: &'r Repository, commit: Oid, path: &[&str]) -> Result<git2::Object<'r>, GitError> {
+    let root = repo.find_commit(commit)?.tree()?;
+    if path.is_empty() {
+        return Ok(root.into_object());
+    }
+    let entry = root.get_path(Path::new(&path.join("/"))).map_err(GitError::from_lookup)?;
+    Ok(entry.to_object(repo)?)
+}
+
+/// What sits at `path` (validated components) in `commit`'s tree.
+pub fn node(repo: &Repository, commit: Oid, path: &str) -> Result<Node, GitError> {
+    let comps = names::tree_path(path)?;
+    let obj = tree_at(repo, commit, &comps)?;
+    match obj.kind() {
+        Some(ObjectType::Tree) => {
+            let tree = obj.peel_to_tree()?;
+            let odb = repo.odb()?;
+            let mut entries: Vec<Entry> = tree
+                .iter()
+                .map(|e| {
+                    let is_dir = e.kind() == Some(ObjectType::Tree);
+                    let size = if e.kind() == Some(ObjectType::Blob) {
+                        odb.read_header(e.id()).ok().map(|(s, _)| s)
+                    } else {
+                        None
+                    };
+                    Entry {
+                        name: String::from_utf8_lossy(e.name_bytes()).into_owned(),
+                        is_dir,
+                        is_link: e.filemode() == 0o120000,
+                        size,
+                    }
+                })
+                .collect();
+            entries.sort_by(|a, b| b.is_dir.cmp(&a.is_dir).then_with(|| a.name.cmp(&b.name)));
+            Ok(Node::Tree(entries))
+        }
+        Some(ObjectType::Blob) => Ok(Node::Blob(blob(repo, obj.id(), MAX_INLINE_BLOB)?)),
+        _ => Err(GitError::NotFound),
+    }
+}
+
+/// Reads a blob's text only when it is at most `limit` bytes and not binary.
+pub fn blob(repo: &Repository, id: Oid, limit: usize) -> Result<Blob, GitError> {
+    let (size, _) = repo.odb()?.read_header(id)?;
+    if size > limit {
+        return Ok(Blob { size, text: None, binary: false });
+    }
+    let b = repo.find_blob(id)?;
+    if b.is_binary() {
+        return Ok(Blob { size, text: None, binary: true });
+    }
+    Ok(Blob { size, text: Some(String::from_utf8_lossy(b.content()).into_owned()), binary: false })
+}
+
+/// The raw bytes of the blob at `path`, refusing above `limit`.
+pub fn raw(repo: &Repository, commit: Oid, path: &str, limit: usize) -> Result<Option<Vec<u8>>, GitError> {
+    let comps = names::tree_path(path)?;
+    let obj = tree_at(repo, commit, &comps)?;
+    if obj.kind() != Some(ObjectType::Blob) {
+        return Err(GitError::NotFound);
+    }
+    let (size, _) = repo.odb()?.read_header(obj.id())?;
+    if size > limit {
+        return Ok(None);
+    }
+    Ok(Some(repo.find_blob(obj.id())?.content().to_vec()))
+}
+
+/// The text of a small file at the root of `commit`, if present.
+pub fn root_file(repo: &Repository, commit: Oid, names: &[&str], limit: usize) -> Option<(String, String)> {
+    let tree = repo.find_commit(commit).ok()?.tree().ok()?;
+    for n in names {
+        let Some(e) = tree.get_name(n) else { continue };
+        if e.kind() != Some(ObjectType::Blob) {
+            continue;
+        }
+        if let Ok(Blob { text: Some(t), .. }) = blob(repo, e.id(), limit) {
+            return Some(((*n).to_owned(), t));
+        }
+    }
+    None
+}
+
+/// Whether `commit`'s root tree has an entry called `name`.
+pub fn has_root_entry(repo: &Repository, commit: Oid, name: &str) -> Result<bool, GitError> {
+    Ok(repo.find_commit(commit)?.tree()?.get_name(name).is_some())
+}
+
+/// Writes `commit`'s tree into `dest` (for autonix to scan).
+pub fn export_tree(repo: &Repository, commit: Oid, dest: &Path) -> Result<(), GitError> {
+    let tree = repo.find_commit(commit)?.tree()?;
+    let mut co = git2::build::CheckoutBuilder::new();
+    co.target_dir(dest).force();
+    repo.checkout_tree(tree.as_object(), Some(&mut co))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        assert_eq!(format_time(0), "1970-01-01 00:00");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13");
+    }
+
+    #[test]
+    fn hook_quotes_paths() {
+        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
+    }
+}

@@ -1,0 +1,95 @@
+//! The `repohub` binary: flags and environment to a `Config`, then `run`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "repohub", about = "Procurator's web UI and git host")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "REPOHUB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Directory for the SQLite database, bare repositories and the push spool.
+    #[arg(long, env = "REPOHUB_DATA_DIR", default_value = "./repohub-data")]
+    data_dir: PathBuf,
+    /// ci_service base URL.
+    #[arg(long, env = "REPOHUB_CI_URL")]
+    ci_url: Option<String>,
+    /// File holding the bearer secret for ci_service's push hook.
+    #[arg(long, env = "REPOHUB_CI_SECRET_FILE")]
+    ci_secret_file: Option<PathBuf>,
+    /// Control plane address (Cap'n Proto Master), host:port.
+    #[arg(long, env = "REPOHUB_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// The autonix executable (default: beside repohub, then PATH).
+    #[arg(long, env = "REPOHUB_AUTONIX")]
+    autonix: Option<PathBuf>,
+    /// Argon2id memory cost in KiB (default 19456, OWASP's minimum; lower only for tests).
+    #[arg(long, env = "REPOHUB_KDF_MEMORY_KIB", default_value_t = 19 * 1024)]
+    kdf_memory_kib: u32,
+    /// First retry delay for ci_service notifications, in milliseconds (doubles up to 60 s).
+    #[arg(long, env = "REPOHUB_RETRY_INITIAL_MS", default_value_t = 1000)]
+    retry_initial_ms: u64,
+    /// Mark cookies Secure (when served behind HTTPS).
+    #[arg(long, env = "REPOHUB_SECURE_COOKIES")]
+    secure_cookies: bool,
+    /// Log as JSON lines.
+    #[arg(long, env = "REPOHUB_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    commands::telemetry::init(args.log_json);
+    let secret = match &args.ci_secret_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(s) => Some(s.trim().to_owned()),
+            Err(e) => {
+                eprintln!("repohub: cannot read --ci-secret-file {}: {e}", p.display());
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let mut config = repohub::Config::new(args.data_dir);
+    config.ci_url = args.ci_url;
+    config.ci_secret = secret;
+    config.control_plane = args.control_plane;
+    config.autonix_bin = args.autonix;
+    config.kdf.memory_kib = args.kdf_memory_kib;
+    config.backoff.initial = Duration::from_millis(args.retry_initial_ms);
+    config.secure_cookies = args.secure_cookies;
+
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("repohub: cannot listen on {}: {e}", args.listen);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        token.cancel();
+    });
+    match repohub::run(config, listener, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("repohub: {}", repohub::ci::error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+

@@ -1,0 +1,159 @@
+//! Delivery of push events to ci_service: the post-receive hook drops one
+//! spool file per push; this task moves each file into the `push_events`
+//! table (the outbox) and POSTs due events to ci_service, retrying with
+//! exponential backoff while it is down. The push itself never waits on any
+//! of this.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ci::{CiClient, PushNotice};
+use crate::db::{Db, DbError, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("reading the spool directory")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_secs(1), max: Duration::from_secs(60) }
+    }
+}
+
+impl Backoff {
+    /// Delay before attempt `attempts + 1`: initial × 2^attempts, capped.
+    pub fn delay(&self, attempts: i64) -> Duration {
+        let factor = 1u32 << attempts.clamp(0, 16) as u32;
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+fn is_hex_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Parses one spool file: `repo <path>` then `<old> <new> <ref>` lines, as
+/// git feeds post-receive. Malformed lines are skipped.
+pub fn parse_spool(text: &str) -> Option<(String, Vec<(String, String, String)>)> {
+    let mut lines = text.lines();
+    let repo = lines.next()?.strip_prefix("repo ")?.to_owned();
+    let updates = lines
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (old, new, r) = (it.next()?, it.next()?, it.next()?);
+            (is_hex_id(old) && is_hex_id(new) && r.starts_with("refs/"))
+                .then(|| (old.to_owned(), new.to_owned(), r.to_owned()))
+        })
+        .collect();
+    Some((repo, updates))
+}
+
+/// Moves finished spool files (`*.evt`) into the outbox. A file is removed
+/// only after its rows are committed, so a crash can at worst deliver a
+/// push twice (ci_service supersedes duplicates), never lose it.
+pub fn drain_spool(spool: &Path, db: &Db) -> Result<usize, NotifyError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(spool)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "evt"))
+        .collect();
+    files.sort();
+    let mut n = 0;
+    for f in files {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "unreadable spool file");
+                continue;
+            }
+        };
+        if let Some((repo, updates)) = parse_spool(&text) {
+            for (old, new, r) in updates {
+                db.enqueue_push(&repo, &r, &old, &new)?;
+                n += 1;
+            }
+        }
+        std::fs::remove_file(&f)?;
+    }
+    Ok(n)
+}
+
+/// Delivers every due event once; failures are rescheduled.
+pub async fn deliver_due(db: &Db, ci: &CiClient, backoff: &Backoff) -> Result<usize, NotifyError> {
+    if !ci.configured() {
+        return Ok(0);
+    }
+    let mut delivered = 0;
+    for ev in db.due_pushes(50)? {
+        let notice = PushNotice { repo: &ev.repo_path, ref_name: &ev.ref_name, old: &ev.old, new: &ev.new };
+        match ci.notify_push(&notice).await {
+            Ok(job) => {
+                tracing::info!(event = ev.id, repo = %ev.repo_path, r#ref = %ev.ref_name, job_id = ?job, "push delivered to ci_service");
+                db.push_delivered(ev.id, job)?;
+                delivered += 1;
+            }
+            Err(e) => {
+                let next = now_ms() + backoff.delay(ev.attempts).as_millis() as i64;
+                tracing::warn!(event = ev.id, attempts = ev.attempts + 1, error = %e, "ci_service notification failed; will retry");
+                db.push_failed(ev.id, &e.to_string(), next)?;
+            }
+        }
+    }
+    Ok(delivered)
+}
+
+/// The background loop: drain the spool and deliver, every `tick`.
+pub async fn run(spool: PathBuf, db: Db, ci: CiClient, backoff: Backoff, tick: Duration, shutdown: CancellationToken) {
+    loop {
+        let d = db.clone();
+        let sp = spool.clone();
+        match tokio::task::spawn_blocking(move || drain_spool(&sp, &d)).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "draining the push spool failed"),
+            Err(e) => tracing::warn!(error = %e, "spool task failed"),
+            Ok(Ok(_)) => {}
+        }
+        if let Err(e) = deliver_due(&db, &ci, &backoff).await {
+            tracing::warn!(error = %e, "delivering push events failed");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) };
+        assert_eq!(b.delay(0), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(400));
+        assert_eq!(b.delay(40), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn spool_parsing_skips_garbage() {
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        let t = format!("repo /r/x.git\n{a} {b} refs/heads/main\nnonsense\n{a} zz refs/heads/x\n");
+        let (repo, ups) = parse_spool(&t).unwrap();
+        assert_eq!(repo, "/r/x.git");
+        assert_eq!(ups, vec![(a, b, "refs/heads/main".to_owned())]);
+        assert!(parse_spool("no header").is_none());
+    }
+}

@@ -1,0 +1,305 @@
+//! HTTP surface: the router, the viewer (session) extractor, CSRF and
+//! security headers, the error page, and helpers shared by the handlers in
+//! `account`, `project` and `repo`.
+
+mod account;
+mod pages;
+mod project;
+mod repo;
+
+use std::convert::Infallible;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::AppState;
+use crate::auth;
+use crate::db::{DbError, User};
+use crate::git::GitError;
+use crate::smart_http;
+
+pub const SESSION_COOKIE: &str = "rh_session";
+pub const CSRF_COOKIE: &str = "rh_csrf";
+pub const SESSION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Builds the whole application router on `state`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(project::index))
+        .route("/static/style.css", get(style_css))
+        .route("/static/live.js", get(live_js))
+        .route("/signup", get(account::signup_form).post(account::signup))
+        .route("/login", get(account::login_form).post(account::login))
+        .route("/logout", post(account::logout))
+        .route("/settings/tokens", get(account::tokens).post(account::create_token))
+        .route("/settings/tokens/{id}/delete", post(account::delete_token))
+        .route("/new", get(project::new_form).post(project::create))
+        .route("/{project}", get(project::show))
+        .route("/{project}/-/repos", post(repo::create))
+        .route("/{project}/-/members", post(project::add_member))
+        .route("/{project}/-/delete", get(project::delete_form).post(project::delete))
+        .route("/{project}/-/panel/ci", get(project::ci_panel))
+        .route("/{project}/-/panel/cluster", get(project::cluster_panel))
+        .route("/{project}/-/jobs/{id}", get(project::job))
+        .route("/{project}/-/jobs/{id}/log", get(project::job_log))
+        .route("/{project}/{repo}", get(repo::show))
+        .route("/{project}/{repo}/delete", get(repo::delete_form).post(repo::delete))
+        .route("/{project}/{repo}/autonix", post(repo::autonix))
+        .route("/{project}/{repo}/log/{rev}", get(repo::log))
+        .route("/{project}/{repo}/tree/{rev}", get(repo::tree_root))
+        .route("/{project}/{repo}/tree/{rev}/{*path}", get(repo::tree))
+        .route("/{project}/{repo}/raw/{rev}/{*path}", get(repo::raw))
+        .route("/{project}/{repo}/commit/{sha}", get(repo::commit))
+        .route("/{project}/{repo}/info/refs", get(smart_http::handle))
+        .route("/{project}/{repo}/git-upload-pack", post(smart_http::handle))
+        .route("/{project}/{repo}/git-receive-pack", post(smart_http::handle))
+        .fallback(|| async { WebError::NotFound })
+        .layer(from_fn_with_state(state.clone(), csrf_and_headers))
+        .with_state(state)
+}
+
+async fn style_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("../../static/style.css"),
+    )
+}
+
+async fn live_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("../../static/live.js"),
+    )
+}
+
+/// The CSRF token of this browser (double-submit cookie), put in request
+/// extensions by the middleware for forms to embed.
+#[derive(Clone)]
+struct CsrfToken(String);
+
+/// Gives every browser a CSRF cookie and every response the security
+/// headers: a CSP that allows only our own scripts and styles (so even an
+/// escaping bug could not run injected script), no sniffing, no framing.
+async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let existing = auth::cookie(req.headers(), CSRF_COOKIE).filter(|t| auth::looks_like_token(t)).map(str::to_owned);
+    let (token, fresh) = match existing {
+        Some(t) => (t, false),
+        None => (auth::new_token().unwrap_or_default(), true),
+    };
+    req.extensions_mut().insert(CsrfToken(token.clone()));
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if fresh && !token.is_empty() {
+        let secure = if st.secure_cookies { "; Secure" } else { "" };
+        if let Ok(v) = HeaderValue::from_str(&format!("{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}")) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    resp
+}
+
+/// Who is looking: the logged-in user (if any) and the CSRF token to embed.
+pub struct Viewer {
+    pub user: Option<User>,
+    pub csrf: String,
+    session_hash: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Infallible> {
+        let csrf = parts.extensions.get::<CsrfToken>().map(|c| c.0.clone()).unwrap_or_default();
+        let session_hash =
+            auth::cookie(&parts.headers, SESSION_COOKIE).filter(|t| auth::looks_like_token(t)).map(auth::sha256_hex);
+        let user = session_hash.as_deref().and_then(|h| st.db.session_user(h).ok().flatten());
+        Ok(Viewer { user, csrf, session_hash })
+    }
+}
+
+impl Viewer {
+    pub fn nav(&self) -> pages::Nav {
+        pages::Nav { user: self.user.as_ref().map(|u| u.name.clone()), csrf: self.csrf.clone() }
+    }
+
+    /// The form's token must equal this browser's CSRF cookie.
+    pub fn check_csrf(&self, form_token: &str) -> Result<(), WebError> {
+        if self.csrf.is_empty() || !auth::ct_eq(&self.csrf, form_token) {
+            return Err(WebError::Csrf);
+        }
+        Ok(())
+    }
+
+    pub fn require_user(&self) -> Result<&User, WebError> {
+        self.user.as_ref().ok_or(WebError::LoginRequired)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("page not found")]
+    NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("log in first")]
+    LoginRequired,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("invalid or missing CSRF token; reload the page and try again")]
+    Csrf,
+    #[error("payload too large: {0}")]
+    TooLarge(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DbError> for WebError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(what) => WebError::BadRequest(format!("{what} already exists")),
+            e => WebError::Internal(crate::ci::error_chain(&e)),
+        }
+    }
+}
+
+impl From<GitError> for WebError {
+    fn from(e: GitError) -> Self {
+        match e {
+            GitError::NotFound => WebError::NotFound,
+            GitError::BadInput(n) => WebError::BadRequest(n.to_string()),
+            e => WebError::Internal(crate::ci::error_chain(&e)),
+        }
+    }
+}
+
+impl From<auth::AuthError> for WebError {
+    fn from(e: auth::AuthError) -> Self {
+        WebError::Internal(e.to_string())
+    }
+}
+
+impl From<askama::Error> for WebError {
+    fn from(e: askama::Error) -> Self {
+        WebError::Internal(format!("template: {e}"))
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::LoginRequired => return Redirect::to("/login").into_response(),
+            WebError::Forbidden(_) | WebError::Csrf => StatusCode::FORBIDDEN,
+            WebError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WebError::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let page = pages::ErrorPage {
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            nav: pages::Nav::default(),
+            status: status.as_u16(),
+            message: self.to_string(),
+        };
+        match page.render() {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(_) => (status, self.to_string()).into_response(),
+        }
+    }
+}
+
+pub type WebResult = Result<Response, WebError>;
+
+pub fn render<T: Template>(t: &T) -> WebResult {
+    Ok(Html(t.render()?).into_response())
+}
+
+pub fn render_status<T: Template>(status: StatusCode, t: &T) -> WebResult {
+    Ok((status, Html(t.render()?)).into_response())
+}
+
+/// Runs blocking work (git2, argon2) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, WebError> + Send + 'static,
+) -> Result<T, WebError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| WebError::Internal(e.to_string()))?
+}
+
+/// Percent-encoding for one URL path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+pub fn enc(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Encodes each component of a slash-separated path.
+pub fn enc_path(p: &str) -> String {
+    p.split('/').map(enc).collect::<Vec<_>>().join("/")
+}
+
+/// `http://<host>` from the request's Host header, for clone URLs shown to
+/// the same client; anything odd falls back to localhost.
+pub fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+pub fn human_size(n: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+pub fn session_cookie(token: &str, secure: bool) -> String {
+    let s = if secure { "; Secure" } else { "" };
+    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{s}", SESSION_TTL_MS / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding() {
+        assert_eq!(enc("a b/<c>"), "a%20b%2F%3Cc%3E");
+        assert_eq!(enc_path("src/a b.rs"), "src/a%20b.rs");
+        assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(50 * 1024 * 1024), "50.0 MiB");
+    }
+
+    #[test]
+    fn base_url_refuses_odd_hosts() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert_eq!(base_url(&h), "http://127.0.0.1:8080");
+        h.insert(header::HOST, HeaderValue::from_static("evil\"><script>"));
+        assert_eq!(base_url(&h), "http://localhost");
+    }
+}

@@ -1,0 +1,243 @@
+//! Template structs: one per page, compiled against `templates/` by askama
+//! (a missing field or a typo is a build error). Askama escapes every
+//! `{{ }}` for HTML; only the sanitised README uses `|safe`.
+
+use askama::Template;
+
+use crate::ci::Job;
+use crate::cluster::ClusterView;
+use crate::db::Project;
+use crate::git::{Branch, CommitInfo};
+
+#[derive(Debug, Clone, Default)]
+pub struct Nav {
+    pub user: Option<String>,
+    pub csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub title: String,
+    pub nav: Nav,
+    pub status: u16,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+pub struct IndexPage {
+    pub title: String,
+    pub nav: Nav,
+    pub projects: Vec<Project>,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct AccountPage {
+    pub title: String,
+    pub nav: Nav,
+    pub action: &'static str,
+    pub signup: bool,
+    pub username: String,
+    pub error: Option<String>,
+}
+
+pub struct TokenRow {
+    pub id: i64,
+    pub name: String,
+    pub created: String,
+    pub last_used: String,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+pub struct TokensPage {
+    pub title: String,
+    pub nav: Nav,
+    pub tokens: Vec<TokenRow>,
+    pub new_token: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "new_project.html")]
+pub struct NewProjectPage {
+    pub title: String,
+    pub nav: Nav,
+    pub name: String,
+    pub description: String,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "confirm_delete.html")]
+pub struct ConfirmDeletePage {
+    pub title: String,
+    pub nav: Nav,
+    pub what: &'static str,
+    pub name: String,
+    pub action: String,
+    pub error: Option<String>,
+}
+
+pub struct JobRow {
+    pub id: i64,
+    pub repo: String,
+    pub branch: String,
+    pub commit: String,
+    pub state: String,
+    pub duration: String,
+    pub created: String,
+}
+
+#[derive(Default)]
+pub struct CiPanelData {
+    pub project: String,
+    pub error: Option<String>,
+    pub jobs: Vec<JobRow>,
+}
+
+#[derive(Default)]
+pub struct ClusterPanelData {
+    pub error: Option<String>,
+    pub view: ClusterView,
+}
+
+#[derive(Template)]
+#[template(path = "ci_panel.html")]
+pub struct CiPanel {
+    pub cip: CiPanelData,
+}
+
+#[derive(Template)]
+#[template(path = "cluster_panel.html")]
+pub struct ClusterPanel {
+    pub clp: ClusterPanelData,
+}
+
+pub struct RepoRow {
+    pub name: String,
+    pub clone_url: String,
+    pub pending: i64,
+}
+
+pub struct SpecRow {
+    pub name: String,
+    pub cpu: String,
+    pub memory: String,
+    pub hash: String,
+    pub toplevel: String,
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+pub struct ProjectPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: Project,
+    pub member: bool,
+    pub owner: bool,
+    pub repos: Vec<RepoRow>,
+    pub members: Vec<(String, String)>,
+    pub flake: Option<(String, String)>,
+    pub specs: Vec<SpecRow>,
+    pub specs_error: Option<String>,
+    pub cip: CiPanelData,
+    pub clp: ClusterPanelData,
+}
+
+#[derive(Template)]
+#[template(path = "repo.html")]
+pub struct RepoPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub repo: String,
+    pub clone_url: String,
+    pub empty: bool,
+    pub rev_enc: String,
+    /// (encoded name, branch)
+    pub branches: Vec<(String, Branch)>,
+    pub readme: Option<(String, String)>,
+    pub has_flake: bool,
+    pub member: bool,
+}
+
+#[derive(Template)]
+#[template(path = "log.html")]
+pub struct LogPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub repo: String,
+    pub rev: String,
+    pub commits: Vec<CommitInfo>,
+    pub page: usize,
+    pub more: bool,
+}
+
+pub struct EntryRow {
+    pub name: String,
+    pub href: String,
+    pub is_dir: bool,
+    pub size: String,
+}
+
+pub struct FileView {
+    pub size: String,
+    pub raw_href: String,
+    pub text: Option<String>,
+    pub binary: bool,
+}
+
+pub enum TreeContent {
+    Dir(Vec<EntryRow>),
+    File(FileView),
+}
+
+#[derive(Template)]
+#[template(path = "tree.html")]
+pub struct TreePage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub repo: String,
+    pub rev: String,
+    pub rev_enc: String,
+    /// (component, href)
+    pub crumbs: Vec<(String, String)>,
+    pub content: TreeContent,
+}
+
+#[derive(Template)]
+#[template(path = "commit.html")]
+pub struct CommitPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub repo: String,
+    pub c: CommitInfo,
+    pub files: Vec<(char, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+pub struct JobPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub repo_name: String,
+    pub job: Job,
+    pub log: String,
+}
+
+#[derive(Template)]
+#[template(path = "autonix.html")]
+pub struct AutonixPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub repo: String,
+    pub result: Result<String, String>,
+}

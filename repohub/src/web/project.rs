@@ -1,0 +1,402 @@
+//! Project pages: the list, creation, the project page with its flake,
+//! VM specs, CI and cluster panels, members, deletion, and CI job views.
+
+use axum::Form;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+
+use super::pages::{
+    CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage, JobRow,
+    NewProjectPage, ProjectPage, RepoRow, SpecRow,
+};
+use super::{Viewer, WebError, WebResult, base_url, blocking, render, render_status};
+use crate::AppState;
+use crate::ci::{Job, error_chain};
+use crate::db::Project;
+use crate::git;
+use crate::names;
+
+/// A project the viewer may see, and the viewer's role in it.
+pub struct ProjectCtx {
+    pub project: Project,
+    pub role: Option<String>,
+}
+
+impl ProjectCtx {
+    pub fn member(&self) -> bool {
+        self.role.is_some()
+    }
+
+    pub fn owner(&self) -> bool {
+        self.role.as_deref() == Some("owner")
+    }
+
+    pub fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
+        v.require_user()?;
+        if self.member() { Ok(()) } else { Err(WebError::Forbidden("only project members may do that".into())) }
+    }
+
+    pub fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
+        v.require_user()?;
+        if self.owner() { Ok(()) } else { Err(WebError::Forbidden("only the project owner may do that".into())) }
+    }
+}
+
+/// Private projects are invisible (404) to non-members.
+pub fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebError> {
+    names::validate_project_name(name).map_err(|_| WebError::NotFound)?;
+    let project = st.db.project(name)?.ok_or(WebError::NotFound)?;
+    let role = match &v.user {
+        Some(u) => st.db.role(project.id, u.id)?,
+        None => None,
+    };
+    if !project.public && role.is_none() {
+        return Err(WebError::NotFound);
+    }
+    Ok(ProjectCtx { project, role })
+}
+
+pub async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
+    let projects = st.db.visible_projects(v.user.as_ref().map(|u| u.id))?;
+    render(&IndexPage { title: "Projects".into(), nav: v.nav(), projects })
+}
+
+pub async fn new_form(v: Viewer) -> WebResult {
+    v.require_user()?;
+    render(&NewProjectPage { title: "New project".into(), nav: v.nav(), name: String::new(), description: String::new(), error: None })
+}
+
+#[derive(Deserialize)]
+pub struct NewProjectForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    public: Option<String>,
+}
+
+pub async fn create(State(st): State<AppState>, v: Viewer, Form(f): Form<NewProjectForm>) -> WebResult {
+    let user = v.require_user()?.clone();
+    v.check_csrf(&f.csrf)?;
+    let fail = |msg: String| {
+        render_status(
+            StatusCode::BAD_REQUEST,
+            &NewProjectPage {
+                title: "New project".into(),
+                nav: v.nav(),
+                name: f.name.clone(),
+                description: f.description.clone(),
+                error: Some(msg),
+            },
+        )
+    };
+    if let Err(e) = names::validate_project_name(&f.name) {
+        return fail(e.to_string());
+    }
+    if f.description.chars().count() > 500 {
+        return fail("description must be at most 500 characters".into());
+    }
+    match st.db.create_project(&f.name, f.description.trim(), f.public.is_some(), user.id) {
+        Ok(_) => {}
+        Err(crate::db::DbError::Conflict(_)) => return fail("a project with that name exists".into()),
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(st.repos_root.join(&f.name)).map_err(|e| WebError::Internal(e.to_string()))?;
+    tracing::info!(project = %f.name, owner = %user.name, "project created");
+    Ok(Redirect::to(&format!("/{}", f.name)).into_response())
+}
+
+fn job_row(j: &Job, repo_name: &str) -> JobRow {
+    JobRow {
+        id: j.id,
+        repo: repo_name.to_owned(),
+        branch: j.branch().to_owned(),
+        commit: j.short_commit().to_owned(),
+        state: j.state.clone(),
+        duration: j.duration(),
+        created: git::format_time(j.created_at_ms / 1000),
+    }
+}
+
+/// (repo name, absolute path) of each repository of the project.
+fn repo_paths(st: &AppState, p: &Project) -> Result<Vec<(String, String)>, WebError> {
+    Ok(st
+        .db
+        .repos(p.id)?
+        .into_iter()
+        .map(|r| {
+            let path = st.repo_dir(&p.name, &r.name).to_string_lossy().into_owned();
+            (r.name, path)
+        })
+        .collect())
+}
+
+/// Jobs of all the project's repositories, newest first.
+async fn project_jobs(st: &AppState, repos: &[(String, String)]) -> Result<Vec<(Job, String)>, String> {
+    if !st.ci.configured() {
+        return Err("not configured (start repohub with --ci-url)".into());
+    }
+    let calls = repos.iter().map(|(name, path)| async move {
+        st.ci.jobs(path, 20).await.map(|js| js.into_iter().map(|j| (j, name.clone())).collect::<Vec<_>>())
+    });
+    let mut all = Vec::new();
+    for r in futures::future::join_all(calls).await {
+        all.extend(r.map_err(|e| error_chain(&e))?);
+    }
+    all.sort_by(|a, b| b.0.created_at_ms.cmp(&a.0.created_at_ms).then(b.0.id.cmp(&a.0.id)));
+    all.truncate(20);
+    Ok(all)
+}
+
+fn ci_panel_data(project: &str, jobs: &Result<Vec<(Job, String)>, String>) -> CiPanelData {
+    match jobs {
+        Ok(js) => CiPanelData {
+            project: project.to_owned(),
+            error: None,
+            jobs: js.iter().map(|(j, r)| job_row(j, r)).collect(),
+        },
+        Err(e) => CiPanelData { project: project.to_owned(), error: Some(e.clone()), jobs: Vec::new() },
+    }
+}
+
+async fn cluster_panel_data(st: &AppState) -> ClusterPanelData {
+    match crate::cluster::fetch(st.control_plane.clone()).await {
+        Ok(view) => ClusterPanelData { error: None, view },
+        Err(e) => ClusterPanelData { error: Some(error_chain(&e)), view: Default::default() },
+    }
+}
+
+fn spec_rows(specs: &[serde_json::Value]) -> Vec<SpecRow> {
+    let s = |v: &serde_json::Value, k: &str| match v.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    specs
+        .iter()
+        .map(|v| SpecRow {
+            name: s(v, "name"),
+            cpu: s(v, "cpu"),
+            memory: format!("{} MiB", s(v, "memoryMb")),
+            hash: crate::cluster::short_hash(&s(v, "contentHash")),
+            toplevel: s(v, "toplevel"),
+        })
+        .collect()
+}
+
+pub async fn show(State(st): State<AppState>, v: Viewer, Path(name): Path<String>, headers: HeaderMap) -> WebResult {
+    let ctx = load(&st, &v, &name)?;
+    let p = ctx.project.clone();
+    let repos = repo_paths(&st, &p)?;
+    let base = base_url(&headers);
+    let mut rows = Vec::new();
+    for (r, path) in &repos {
+        let (pending, _) = st.db.push_counts(path)?;
+        rows.push(RepoRow { name: r.clone(), clone_url: format!("{base}/{}/{r}.git", p.name), pending });
+    }
+    // The flake: flake.nix at the head of the first repository that has one.
+    let dirs: Vec<(String, std::path::PathBuf)> =
+        repos.iter().map(|(n, path)| (n.clone(), std::path::PathBuf::from(path))).collect();
+    let flake = blocking(move || {
+        for (n, dir) in dirs {
+            let Ok(repo) = git::open(&dir) else { continue };
+            let Some(head) = git::default_branch(&repo).and_then(|b| git::resolve(&repo, &b).ok()) else { continue };
+            if let Some((_, text)) = git::root_file(&repo, head, &["flake.nix"], git::MAX_INLINE_BLOB) {
+                return Ok(Some((n, text)));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+
+    let (jobs, clp) = tokio::join!(project_jobs(&st, &repos), cluster_panel_data(&st));
+    // VM specs come from the newest succeeded job.
+    let (specs, specs_error) = match &jobs {
+        Err(e) => (Vec::new(), Some(format!("ci_service unavailable: {e}"))),
+        Ok(js) => match js.iter().find(|(j, _)| j.state == "succeeded") {
+            None => (Vec::new(), None),
+            Some((j, _)) => match st.ci.job(j.id).await {
+                Ok(full) => (spec_rows(&full.vm_specs), None),
+                Err(e) => (Vec::new(), Some(format!("ci_service unavailable: {}", error_chain(&e)))),
+            },
+        },
+    };
+    let page = ProjectPage {
+        title: p.name.clone(),
+        nav: v.nav(),
+        member: ctx.member(),
+        owner: ctx.owner(),
+        members: st.db.members(p.id)?,
+        repos: rows,
+        flake,
+        specs,
+        specs_error,
+        cip: ci_panel_data(&p.name, &jobs),
+        clp,
+        project: p,
+    };
+    render(&page)
+}
+
+pub async fn ci_panel(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> WebResult {
+    let ctx = load(&st, &v, &name)?;
+    let repos = repo_paths(&st, &ctx.project)?;
+    let jobs = project_jobs(&st, &repos).await;
+    render(&CiPanel { cip: ci_panel_data(&ctx.project.name, &jobs) })
+}
+
+pub async fn cluster_panel(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> WebResult {
+    load(&st, &v, &name)?;
+    render(&ClusterPanel { clp: cluster_panel_data(&st).await })
+}
+
+#[derive(Deserialize)]
+pub struct MemberForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+}
+
+pub async fn add_member(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path(name): Path<String>,
+    Form(f): Form<MemberForm>,
+) -> WebResult {
+    let ctx = load(&st, &v, &name)?;
+    ctx.require_owner(&v)?;
+    v.check_csrf(&f.csrf)?;
+    let user = st
+        .db
+        .user_by_name(f.username.trim())?
+        .ok_or_else(|| WebError::BadRequest("no user of that name".into()))?;
+    st.db.add_member(ctx.project.id, user.id)?;
+    Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
+}
+
+pub async fn delete_form(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> WebResult {
+    let ctx = load(&st, &v, &name)?;
+    ctx.require_owner(&v)?;
+    render(&ConfirmDeletePage {
+        title: format!("Delete {}", ctx.project.name),
+        nav: v.nav(),
+        what: "project",
+        action: format!("/{}/-/delete", ctx.project.name),
+        name: ctx.project.name,
+        error: None,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ConfirmForm {
+    #[serde(default)]
+    pub csrf: String,
+    #[serde(default)]
+    pub confirm: String,
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path(name): Path<String>,
+    Form(f): Form<ConfirmForm>,
+) -> WebResult {
+    let ctx = load(&st, &v, &name)?;
+    ctx.require_owner(&v)?;
+    v.check_csrf(&f.csrf)?;
+    if f.confirm != ctx.project.name {
+        return render_status(
+            StatusCode::BAD_REQUEST,
+            &ConfirmDeletePage {
+                title: format!("Delete {}", ctx.project.name),
+                nav: v.nav(),
+                what: "project",
+                action: format!("/{}/-/delete", ctx.project.name),
+                name: ctx.project.name.clone(),
+                error: Some("the name you typed does not match".into()),
+            },
+        );
+    }
+    st.db.delete_project(ctx.project.id)?;
+    // The name was validated (no separators, no ".."), so this stays inside repos_root.
+    let dir = st.repos_root.join(&ctx.project.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| WebError::Internal(format!("removing {}: {e}", dir.display())))?;
+    }
+    tracing::info!(project = %ctx.project.name, "project deleted");
+    Ok(Redirect::to("/").into_response())
+}
+
+/// A CI job, only if it belongs to one of this project's repositories.
+async fn project_job(st: &AppState, ctx: &ProjectCtx, id: i64) -> Result<(Job, String), WebError> {
+    let repos = repo_paths(st, &ctx.project)?;
+    let job = st.ci.job(id).await.map_err(|e| match e {
+        crate::ci::CiError::Status { status: 404, .. } => WebError::NotFound,
+        e => WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))),
+    })?;
+    let name = repos.into_iter().find(|(_, p)| *p == job.repo).map(|(n, _)| n).ok_or(WebError::NotFound)?;
+    Ok((job, name))
+}
+
+pub async fn job(State(st): State<AppState>, v: Viewer, Path((name, id)): Path<(String, i64)>) -> WebResult {
+    let ctx = load(&st, &v, &name)?;
+    let (job, repo_name) = project_job(&st, &ctx, id).await?;
+    // The log as it is now, so the page is complete without JavaScript.
+    let log = match st.ci.log(id, false).await {
+        Ok(resp) => {
+            match tokio::time::timeout(std::time::Duration::from_secs(3), resp.into_body().collect()).await {
+                Ok(Ok(b)) => {
+                    let b = b.to_bytes();
+                    let cut = b.len().saturating_sub(1024 * 1024);
+                    String::from_utf8_lossy(&b[cut..]).into_owned()
+                }
+                _ => "(log unavailable: read failed)".into(),
+            }
+        }
+        Err(e) => format!("(log unavailable: {})", error_chain(&e)),
+    };
+    render(&JobPage {
+        title: format!("Job #{id}"),
+        nav: v.nav(),
+        project: ctx.project.name.clone(),
+        repo_name,
+        job,
+        log,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct FollowQuery {
+    #[serde(default)]
+    follow: Option<String>,
+}
+
+/// Proxies ci_service's log, streamed as it grows when `follow=1`.
+pub async fn job_log(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path((name, id)): Path<(String, i64)>,
+    axum::extract::Query(q): axum::extract::Query<FollowQuery>,
+) -> Result<Response, WebError> {
+    let ctx = load(&st, &v, &name)?;
+    project_job(&st, &ctx, id).await?;
+    let follow = q.follow.as_deref() == Some("1");
+    let resp = st
+        .ci
+        .log(id, follow)
+        .await
+        .map_err(|e| WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))))?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+        Body::new(resp.into_body()),
+    )
+        .into_response())
+}

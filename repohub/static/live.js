@@ -1,0 +1,34 @@
+// repohub's only script: follows a running job's log and refreshes the CI
+// and cluster panels. Every page works without it. Text from the server is
+// inserted as text (log) or as our own server-escaped HTML (panels).
+(function () {
+  "use strict";
+  document.querySelectorAll("[data-refresh]").forEach(function (el) {
+    var url = el.getAttribute("data-refresh");
+    setInterval(function () {
+      fetch(url, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) { if (html !== null) { el.innerHTML = html; } })
+        .catch(function () {});
+    }, 3000);
+  });
+  var log = document.querySelector("[data-follow]");
+  if (log && window.fetch && window.TextDecoder) {
+    fetch(log.getAttribute("data-follow"), { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok || !r.body) { return; }
+      var reader = r.body.getReader();
+      var dec = new TextDecoder();
+      var first = true;
+      function pump() {
+        return reader.read().then(function (res) {
+          if (res.done) { return; }
+          if (first) { log.textContent = ""; first = false; }
+          log.textContent += dec.decode(res.value, { stream: true });
+          log.scrollTop = log.scrollHeight;
+          return pump();
+        });
+      }
+      return pump();
+    }).catch(function () {});
+  }
+})();
