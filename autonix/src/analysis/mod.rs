@@ -1,0 +1,459 @@
+//! Analysis: turns the walked tree into what the repository holds —
+//! projects (language, package manager, lockfile, toolchain version and where
+//! it came from, workspace members, build/run commands), CI files, container
+//! files and tasks. Never fails: malformed input becomes a warning.
+
+mod extras;
+mod go;
+mod java;
+mod node;
+mod python;
+mod ruby;
+mod rust;
+pub(crate) mod versions;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scan::{Tree, Warning, display, join};
+
+/// The languages autonix builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Rust,
+    Go,
+    Node,
+    Python,
+    Ruby,
+    Java,
+}
+
+impl Language {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Rust => "rust",
+            Language::Go => "go",
+            Language::Node => "node",
+            Language::Python => "python",
+            Language::Ruby => "ruby",
+            Language::Java => "java",
+        }
+    }
+}
+
+/// Everything `autonix scan` reports; the input of [`crate::plan()`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scan {
+    /// Base name of the scanned directory (used to name the flake).
+    pub name: String,
+    pub projects: Vec<Project>,
+    /// Manifests and directories that are not projects, with the reason.
+    pub ignored: Vec<Ignored>,
+    pub ci_files: Vec<CiFile>,
+    pub container_files: Vec<ContainerFile>,
+    pub tasks: Vec<Task>,
+    pub warnings: Vec<Warning>,
+}
+
+/// One buildable project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    /// Directory relative to the scanned root (`.` for the root).
+    pub path: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub language: Language,
+    pub package_manager: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_manager_version: Option<String>,
+    /// Manifest path relative to the root.
+    pub manifest: String,
+    /// Lockfile path relative to the root (a workspace member's lockfile is
+    /// the workspace's).
+    pub lockfile: Option<String>,
+    /// Lockfile format version where the builder depends on it (npm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockfile_version: Option<u32>,
+    pub toolchain_version: Option<String>,
+    /// Where `toolchain_version` came from: `file` or `file (field)`.
+    pub version_source: Option<String>,
+    /// Workspace member directories relative to the root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framework: Option<String>,
+    pub build: Option<String>,
+    pub run: Option<String>,
+    /// Executables the build produces (cargo bins, go mains, python scripts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binaries: Vec<String>,
+    /// Declared runtime dependencies, where the builder needs them by name
+    /// (Python and Ruby).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
+    /// PEP 517 build backends (Python).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_system: Vec<String>,
+    /// Vendored dependencies are in the tree (Go `vendor/`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub vendored: bool,
+    /// The enclosing project's path when this one sits inside another's tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested_in: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Ignored {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CiFile {
+    pub path: String,
+    pub system: String,
+    /// Job names, where the format has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerFile {
+    pub path: String,
+    /// `dockerfile` or `compose`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_images: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ComposeService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComposeService {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Build context relative to the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// File that defines the task, relative to the root.
+    pub file: String,
+    /// `make`, `just`, `task`, `npm` (package.json scripts) or `procfile`.
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// Shared state while analysing: the tree and the warnings being collected.
+pub(crate) struct Ctx<'a> {
+    pub tree: &'a Tree,
+    pub warnings: Vec<Warning>,
+}
+
+impl Ctx<'_> {
+    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Warning::new(path, message));
+    }
+
+    /// Text of `dir/name` if present and readable.
+    pub fn text(&self, dir: &str, name: &str) -> Option<&str> {
+        self.tree.text(dir, name)
+    }
+
+    pub fn has(&self, dir: &str, name: &str) -> bool {
+        self.tree.has(dir, name)
+    }
+
+    /// Parses a TOML file, turning syntax errors into a warning.
+    pub fn toml(&mut self, dir: &str, name: &str) -> Option<toml::Table> {
+        let text = self.text(dir, name)?;
+        match text.parse::<toml::Table>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let msg = format!("malformed TOML: {}", e.message());
+                self.warn(join(dir, name), msg);
+                None
+            }
+        }
+    }
+
+    pub fn json(&mut self, dir: &str, name: &str) -> Option<serde_json::Value> {
+        let text = self.text(dir, name)?;
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.warn(join(dir, name), format!("malformed JSON: {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn yaml(&mut self, dir: &str, name: &str) -> Option<serde_yaml_ng::Value> {
+        let text = self.text(dir, name)?;
+        match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.warn(join(dir, name), format!("malformed YAML: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Directories below `base` (exclusive) that contain `file`, matching
+    /// the member `patterns` (relative to `base`; `!` negates, as pnpm and
+    /// npm allow) and not under any `exclude` prefix.
+    pub fn expand_members(
+        &self,
+        base: &str,
+        patterns: &[String],
+        exclude: &[String],
+        file: &[&str],
+    ) -> Vec<String> {
+        let (neg, pos): (Vec<&String>, Vec<&String>) = patterns
+            .iter()
+            .partition(|p| p.trim_start().starts_with('!'));
+        let pos: Vec<String> = pos.iter().map(|p| crate::glob::under(base, p)).collect();
+        let neg: Vec<String> = neg
+            .iter()
+            .map(|p| crate::glob::under(base, p.trim_start().trim_start_matches('!')))
+            .collect();
+        let exclude: Vec<String> = exclude
+            .iter()
+            .map(|p| crate::glob::under(base, p))
+            .collect();
+        let mut out = Vec::new();
+        for (dir, files) in &self.tree.dirs {
+            if dir == base || !file.iter().any(|f| files.contains(*f)) {
+                continue;
+            }
+            if !pos.iter().any(|p| crate::glob::matches(p, dir)) {
+                continue;
+            }
+            if neg.iter().any(|p| crate::glob::matches(p, dir)) {
+                continue;
+            }
+            if exclude
+                .iter()
+                .any(|e| dir == e || dir.starts_with(&format!("{e}/")))
+            {
+                continue;
+            }
+            out.push(dir.clone());
+        }
+        out
+    }
+}
+
+/// Why a manifest found at `dir` is not a project, judging by its path.
+fn not_a_project(dir: &str) -> Option<&'static str> {
+    for comp in dir.split('/') {
+        match comp {
+            "vendor" | "third_party" | "third-party" | "thirdparty" | "external" | "extern" => {
+                return Some("vendored code");
+            }
+            "fixtures" | "fixture" | "__fixtures__" | "testdata" | "test-data" | "test_data"
+            | "tests" | "test" | "__tests__" | "spec" => return Some("test fixture"),
+            "examples" | "example" | "samples" | "sample" => return Some("example"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A language detector's view of one directory.
+pub(crate) struct Candidate {
+    pub project: Project,
+    /// Member directories this project claims (they are not projects).
+    pub claims: Vec<String>,
+    /// Version candidates from the manifest itself.
+    pub versions: Vec<versions::Candidate>,
+}
+
+/// Analyses a walked tree.
+pub fn analyse(tree: &Tree) -> Scan {
+    let mut ctx = Ctx {
+        tree,
+        warnings: tree.warnings.clone(),
+    };
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for dir in tree.dirs.keys() {
+        candidates.extend(rust::detect(&mut ctx, dir));
+        candidates.extend(go::detect(&mut ctx, dir));
+        candidates.extend(node::detect(&mut ctx, dir));
+        candidates.extend(python::detect(&mut ctx, dir));
+        candidates.extend(ruby::detect(&mut ctx, dir));
+        candidates.extend(java::detect(&mut ctx, dir));
+    }
+
+    // Members claimed by a workspace of the same language are part of it.
+    let mut claimed: BTreeSet<(Language, String)> = BTreeSet::new();
+    for c in &candidates {
+        for m in &c.claims {
+            claimed.insert((c.project.language, m.clone()));
+        }
+    }
+    let mut ignored: Vec<Ignored> = tree
+        .skipped_dirs
+        .iter()
+        .map(|d| Ignored {
+            path: d.clone(),
+            reason: "dependency or build output directory, not scanned".into(),
+        })
+        .collect();
+    let mut projects = Vec::new();
+    for c in candidates {
+        let key = (c.project.language, rel_dir(&c.project.path));
+        if claimed.contains(&key) {
+            continue;
+        }
+        // A workspace claimed by another workspace stays claimed, but a
+        // project that only sits below another is a project of its own.
+        if let Some(reason) = not_a_project(&key.1) {
+            ignored.push(Ignored {
+                path: c.project.manifest.clone(),
+                reason: reason.into(),
+            });
+            continue;
+        }
+        let mut project = c.project;
+        versions::resolve(&mut ctx, &mut project, c.versions);
+        projects.push(project);
+    }
+
+    // Nesting: the closest enclosing project directory.
+    let dirs: Vec<String> = projects.iter().map(|p| rel_dir(&p.path)).collect();
+    for p in &mut projects {
+        let me = rel_dir(&p.path);
+        p.nested_in = dirs
+            .iter()
+            .filter(|d| **d != me && (d.is_empty() || me.starts_with(&format!("{d}/"))))
+            .max_by_key(|d| d.len())
+            .map(|d| display(d));
+    }
+    extras::unique_names(&mut projects);
+
+    let tasks = extras::tasks(&mut ctx, &mut projects);
+    let ci_files = extras::ci_files(&mut ctx);
+    let container_files = extras::container_files(&mut ctx);
+
+    ignored.sort();
+    ignored.dedup();
+    let mut warnings = ctx.warnings;
+    warnings.sort();
+    warnings.dedup();
+    Scan {
+        name: tree
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into()),
+        projects,
+        ignored,
+        ci_files,
+        container_files,
+        tasks,
+        warnings,
+    }
+}
+
+/// `.` → `""`, others unchanged: the tree's directory keys.
+pub fn rel_dir(path: &str) -> String {
+    if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    }
+}
+
+/// Last path component of `dir`, or the fallback for the root.
+pub(crate) fn base_name(dir: &str, root_name: &str) -> String {
+    if dir.is_empty() {
+        root_name.to_string()
+    } else {
+        dir.rsplit('/').next().unwrap_or(dir).to_string()
+    }
+}
+
+/// A project skeleton with every optional field empty.
+pub(crate) fn new_project(
+    dir: &str,
+    name: String,
+    language: Language,
+    package_manager: &str,
+    manifest: &str,
+) -> Project {
+    Project {
+        path: display(dir),
+        name,
+        version: None,
+        language,
+        package_manager: package_manager.into(),
+        package_manager_version: None,
+        manifest: join(dir, manifest),
+        lockfile: None,
+        lockfile_version: None,
+        toolchain_version: None,
+        version_source: None,
+        members: Vec::new(),
+        default_members: Vec::new(),
+        framework: None,
+        build: None,
+        run: None,
+        binaries: Vec::new(),
+        dependencies: Vec::new(),
+        build_system: Vec::new(),
+        vendored: false,
+        nested_in: None,
+    }
+}
+
+/// Name of the scan root, for projects without a declared name.
+pub(crate) fn root_name(tree: &Tree) -> String {
+    tree.root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into())
+}
+
+/// String field from a TOML table by dotted path.
+pub(crate) fn toml_str<'a>(t: &'a toml::Table, path: &[&str]) -> Option<&'a str> {
+    toml_get(t, path)?.as_str()
+}
+
+pub(crate) fn toml_get<'a>(t: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (last, init) = path.split_last()?;
+    let mut cur = t;
+    for k in init {
+        cur = cur.get(*k)?.as_table()?;
+    }
+    cur.get(*last)
+}
+
+pub(crate) fn toml_strings(t: &toml::Table, path: &[&str]) -> Vec<String> {
+    toml_get(t, path)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}

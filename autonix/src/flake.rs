@@ -1,0 +1,604 @@
+//! flake.nix rendering: one package per planned project with nixpkgs'
+//! builder for its lockfile, a dev shell with every toolchain, and apps for
+//! the run commands. Templates are plain strings kept close to what a person
+//! would write by hand, so the output reads like a reviewed flake.
+
+use std::fmt::Write as _;
+
+use crate::plan::{Builder, Package, Plan, nix_path};
+
+/// A Nix string literal (`"…"`).
+pub fn nix_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '$' if chars.peek() == Some(&'{') => out.push_str("\\$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Text made safe for a Nix indented string (`''…''`).
+fn nix_indented(s: &str) -> String {
+    s.replace("''", "'''").replace("${", "''${")
+}
+
+/// Text made safe for an unquoted shell heredoc: nothing expands at build
+/// time, so `$PORT` in a Procfile command is read when the app runs.
+fn heredoc_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('$', "\\$")
+        .replace('`', "\\`")
+}
+
+/// One `let` binding of the packages set.
+struct Binding {
+    name: String,
+    comments: Vec<String>,
+    /// Expression; continuation lines are indented relative to the binding.
+    expr: String,
+}
+
+/// Lines of an attribute set body, two spaces deeper than its braces.
+#[derive(Default)]
+struct Attrs(Vec<String>);
+
+impl Attrs {
+    fn set(&mut self, key: &str, value: impl AsRef<str>) -> &mut Self {
+        self.0.push(format!("{key} = {};", value.as_ref()));
+        self
+    }
+    fn comment(&mut self, text: &str) -> &mut Self {
+        for line in text.lines() {
+            self.0.push(format!("# {line}"));
+        }
+        self
+    }
+    /// `key = ''` block with the given shell lines.
+    fn script(&mut self, key: &str, lines: &[String]) -> &mut Self {
+        self.0.push(format!("{key} = ''"));
+        for l in lines {
+            for sub in l.lines() {
+                self.0.push(if sub.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {sub}")
+                });
+            }
+        }
+        self.0.push("'';".into());
+        self
+    }
+    fn render(&self, open: &str, close: &str) -> String {
+        let mut s = format!("{open}\n");
+        for l in &self.0 {
+            if l.is_empty() {
+                s.push('\n');
+            } else {
+                let _ = writeln!(s, "  {l}");
+            }
+        }
+        s.push_str(close);
+        s
+    }
+}
+
+fn pkgs_attr(attr: &str) -> String {
+    format!("pkgs.{attr}")
+}
+
+/// Shell lines that install a launcher `$out/bin/<name>` which runs
+/// `line` (already escaped for the heredoc and the Nix string) from `dir`.
+fn launcher(name: &str, dir: &str, line: String, path: &[String]) -> Vec<String> {
+    let mut l = vec![
+        "mkdir -p $out/bin".to_string(),
+        format!("cat > $out/bin/{name} <<EOF"),
+        "#!${pkgs.runtimeShell}".to_string(),
+    ];
+    if !path.is_empty() {
+        l.push(format!(
+            "export PATH=${{lib.makeBinPath [ {} ]}}:\\$PATH",
+            path.join(" ")
+        ));
+    }
+    l.push(format!("cd {dir}"));
+    l.push(line);
+    l.push("EOF".into());
+    l.push(format!("chmod +x $out/bin/{name}"));
+    l
+}
+
+/// Copies the built tree to `$out/share/<attr>` and adds the launcher.
+fn install_tree(pkg: &Package, path: &[String]) -> Vec<String> {
+    let share = format!("$out/share/{}", pkg.attr);
+    let mut l = vec![
+        "runHook preInstall".to_string(),
+        format!("mkdir -p {share}"),
+        format!("cp -r . {share}"),
+    ];
+    if let Some(run) = &pkg.commands.run {
+        l.extend(launcher(&pkg.attr, &share, user_command(run), path));
+    }
+    l.push("runHook postInstall".into());
+    l
+}
+
+/// A command from the repository, run as written when the app starts.
+fn user_command(run: &str) -> String {
+    nix_indented(&heredoc_escape(run))
+}
+
+fn build_phase(cmd: &str) -> Vec<String> {
+    vec![
+        "runHook preBuild".into(),
+        cmd.into(),
+        "runHook postBuild".into(),
+    ]
+}
+
+fn common(a: &mut Attrs, pkg: &Package) {
+    a.set("pname", nix_str(&pkg.pname));
+    a.set("version", nix_str(&pkg.version));
+    a.set("src", &pkg.src);
+}
+
+fn placeholder_comment(a: &mut Attrs, pkg: &Package, attr: &str) {
+    if let Some(ph) = pkg.placeholders.iter().find(|p| p.attr.starts_with(attr)) {
+        a.comment(&format!("Placeholder: {}.", ph.how));
+    }
+}
+
+fn bindings(pkg: &Package) -> Vec<Binding> {
+    let tc = pkgs_attr(&pkg.toolchain.nix_attr);
+    let lock = pkg.options.lockfile.clone();
+    let mut a = Attrs::default();
+    let mut extra = Vec::new();
+    let mut comments = vec![format!(
+        "{} ({}, {}){}",
+        pkg.project,
+        pkg.language.as_str(),
+        pkg.package_manager,
+        match (&pkg.toolchain.version, &pkg.toolchain.version_source) {
+            (Some(v), Some(s)) => format!(": {} {v} from {s}", pkg.language.as_str()),
+            _ => String::new(),
+        }
+    )];
+    if let Some(n) = &pkg.toolchain.note {
+        comments.push(format!("Note: {n}."));
+    }
+    let expr = match pkg.builder {
+        Builder::RustPackage => {
+            common(&mut a, pkg);
+            match &lock {
+                Some(l) => {
+                    a.set("cargoLock.lockFile", l);
+                    a.comment("Git dependencies in Cargo.lock also need cargoLock.outputHashes.");
+                }
+                None => {
+                    placeholder_comment(&mut a, pkg, "cargoHash");
+                    a.set("cargoHash", "lib.fakeHash");
+                }
+            }
+            a.render("pkgs.rustPlatform.buildRustPackage {", "}")
+        }
+        Builder::GoModule => {
+            common(&mut a, pkg);
+            if let Some(m) = &pkg.options.mod_root {
+                a.set("modRoot", nix_str(m));
+                a.comment("buildGoModule ignores go.work; each module builds on its own.");
+                a.set("env.GOWORK", nix_str("off"));
+            }
+            if pkg.options.vendored {
+                a.comment("Dependencies are vendored in the tree.");
+                a.set("vendorHash", "null");
+            } else if pkg.options.no_dependencies {
+                a.comment("No go.sum: the module has no dependencies to fetch.");
+                a.set("vendorHash", "null");
+            } else {
+                placeholder_comment(&mut a, pkg, "vendorHash");
+                a.set("vendorHash", "lib.fakeHash");
+            }
+            if !pkg.options.sub_packages.is_empty() {
+                let subs: Vec<String> = pkg
+                    .options
+                    .sub_packages
+                    .iter()
+                    .map(|s| nix_str(s))
+                    .collect();
+                a.set("subPackages", format!("[ {} ]", subs.join(" ")));
+            }
+            let builder = if pkg.toolchain.nix_attr == "go" {
+                "pkgs.buildGoModule".to_string()
+            } else {
+                format!("(pkgs.buildGoModule.override {{ go = {tc}; }})")
+            };
+            a.render(&format!("{builder} {{"), "}")
+        }
+        Builder::NpmImportLock | Builder::NpmDepsHash => {
+            common(&mut a, pkg);
+            a.set("nodejs", &tc);
+            if pkg.builder == Builder::NpmImportLock {
+                a.comment("Dependencies come from package-lock.json itself: no hash to maintain.");
+                a.set(
+                    "npmDeps",
+                    format!("pkgs.importNpmLock {{ npmRoot = {}; }}", pkg.src),
+                );
+                a.set("npmConfigHook", "pkgs.importNpmLock.npmConfigHook");
+            } else {
+                placeholder_comment(&mut a, pkg, "npmDepsHash");
+                a.set("npmDepsHash", "lib.fakeHash");
+            }
+            if !pkg.options.build_script {
+                a.set("dontNpmBuild", "true");
+            }
+            if pkg.commands.run.is_some() {
+                a.script("installPhase", &install_tree(pkg, &[tc.clone()]));
+            }
+            a.render("pkgs.buildNpmPackage {", "}")
+        }
+        Builder::YarnClassic | Builder::YarnBerry => {
+            common(&mut a, pkg);
+            let lockfile = lock
+                .clone()
+                .unwrap_or_else(|| format!("{}/yarn.lock", pkg.src));
+            placeholder_comment(&mut a, pkg, "yarnOfflineCache");
+            if pkg.builder == Builder::YarnClassic {
+                a.set(
+                    "yarnOfflineCache",
+                    format!("pkgs.fetchYarnDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
+                );
+                a.set(
+                    "nativeBuildInputs",
+                    format!("[ pkgs.yarnConfigHook pkgs.yarnBuildHook {tc} ]"),
+                );
+                if !pkg.options.build_script {
+                    a.set("dontYarnBuild", "true");
+                }
+            } else {
+                a.set(
+                    "yarnOfflineCache",
+                    format!("pkgs.yarn-berry.fetchYarnBerryDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
+                );
+                a.set(
+                    "nativeBuildInputs",
+                    format!("[ {tc} pkgs.yarn-berry pkgs.yarn-berry.yarnBerryConfigHook ]"),
+                );
+                if pkg.options.build_script {
+                    a.script("buildPhase", &build_phase("yarn run build"));
+                }
+            }
+            a.script("installPhase", &install_tree(pkg, &[tc.clone()]));
+            a.render("pkgs.stdenv.mkDerivation {", "}")
+        }
+        Builder::Pnpm => {
+            common(&mut a, pkg);
+            let pnpm = pkg
+                .toolchain
+                .tools
+                .iter()
+                .find(|t| t.starts_with("pnpm"))
+                .map(|t| pkgs_attr(t))
+                .unwrap_or_else(|| "pkgs.pnpm".into());
+            placeholder_comment(&mut a, pkg, "pnpmDeps");
+            let mut deps = Attrs::default();
+            deps.set("pname", nix_str(&pkg.pname))
+                .set("version", nix_str(&pkg.version))
+                .set("src", &pkg.src)
+                .set("fetcherVersion", "2")
+                .set("hash", "lib.fakeHash");
+            a.set(
+                "pnpmDeps",
+                deps.render(&format!("{pnpm}.fetchDeps {{"), "}"),
+            );
+            a.set(
+                "nativeBuildInputs",
+                format!("[ {tc} {pnpm} {pnpm}.configHook ]"),
+            );
+            if pkg.options.build_script {
+                a.script("buildPhase", &build_phase("pnpm run build"));
+            }
+            a.script(
+                "installPhase",
+                &install_tree(pkg, &[tc.clone(), pnpm.clone()]),
+            );
+            a.render("pkgs.stdenv.mkDerivation {", "}")
+        }
+        Builder::Bun => {
+            let deps_name = format!("{}-node-modules", pkg.attr);
+            let mut d = Attrs::default();
+            d.set("pname", nix_str(&deps_name))
+                .set("version", nix_str(&pkg.version))
+                .set("src", &pkg.src)
+                .set("nativeBuildInputs", "[ pkgs.bun ]")
+                .set("dontConfigure", "true")
+                .script(
+                    "buildPhase",
+                    &["bun install --frozen-lockfile --no-progress".to_string()],
+                )
+                .script("installPhase", &["cp -r node_modules $out".to_string()])
+                .set("dontFixup", "true");
+            placeholder_comment(&mut d, pkg, "node_modules");
+            d.set("outputHash", "lib.fakeHash")
+                .set("outputHashMode", nix_str("recursive"));
+            extra.push(Binding {
+                name: deps_name.clone(),
+                comments: vec![format!(
+                    "{}: nixpkgs has no bun fetcher, so node_modules is a fixed-output derivation.",
+                    pkg.project
+                )],
+                expr: d.render("pkgs.stdenv.mkDerivation {", "}"),
+            });
+            common(&mut a, pkg);
+            a.set("nativeBuildInputs", "[ pkgs.bun ]");
+            a.script(
+                "configurePhase",
+                &[
+                    format!("cp -r ${{{deps_name}}} node_modules"),
+                    "chmod -R u+w node_modules".into(),
+                ],
+            );
+            if pkg.options.build_script {
+                a.script("buildPhase", &build_phase("bun run build"));
+            }
+            a.script("installPhase", &install_tree(pkg, &["pkgs.bun".into()]));
+            a.render("pkgs.stdenv.mkDerivation {", "}")
+        }
+        Builder::PythonApplication => {
+            let py = format!("{tc}.pkgs");
+            common(&mut a, pkg);
+            let list = |names: &[String]| {
+                if names.is_empty() {
+                    "[ ]".to_string()
+                } else {
+                    format!("with {py}; [ {} ]", names.join(" "))
+                }
+            };
+            if pkg.options.pyproject {
+                a.set("pyproject", "true");
+                a.set("build-system", list(&pkg.options.build_system));
+            } else {
+                a.comment("No pyproject.toml or setup.py: the source tree is installed as is.");
+                a.set("format", nix_str("other"));
+            }
+            if !pkg.options.dependencies.is_empty() {
+                a.comment(
+                    "Names follow nixpkgs' python packages; adjust any that differ from PyPI.",
+                );
+            }
+            a.set("dependencies", list(&pkg.options.dependencies));
+            let scripts = pkg.program.as_ref().is_some_and(|p| *p != pkg.attr);
+            if !pkg.options.pyproject {
+                a.script("installPhase", &install_tree(pkg, &[tc.clone()]));
+            } else if !scripts && let Some(run) = &pkg.commands.run {
+                let share = format!("$out/share/{}", pkg.attr);
+                let mut l = vec![format!("mkdir -p {share}"), format!("cp -r . {share}")];
+                l.extend(launcher(
+                    &pkg.attr,
+                    &share,
+                    user_command(run),
+                    &[tc.clone()],
+                ));
+                a.script("postInstall", &l);
+            }
+            a.render(&format!("{py}.buildPythonApplication {{"), "}")
+        }
+        Builder::BundlerEnv => {
+            let gems = format!("{}-gems", pkg.attr);
+            let mut g = Attrs::default();
+            g.set("name", nix_str(&gems)).set("ruby", &tc);
+            placeholder_comment(&mut g, pkg, "gemset.nix");
+            g.set("gemdir", &pkg.src);
+            extra.push(Binding {
+                name: gems.clone(),
+                comments: vec![format!(
+                    "{}: gems from Gemfile.lock (via gemset.nix).",
+                    pkg.project
+                )],
+                expr: g.render("pkgs.bundlerEnv {", "}"),
+            });
+            common(&mut a, pkg);
+            a.set("buildInputs", format!("[ {gems} {gems}.wrappedRuby ]"));
+            a.set("dontBuild", "true");
+            a.script(
+                "installPhase",
+                &install_tree(pkg, &[gems.clone(), format!("{gems}.wrappedRuby")]),
+            );
+            a.render("pkgs.stdenv.mkDerivation {", "}")
+        }
+        Builder::Maven => {
+            common(&mut a, pkg);
+            a.set("mvnJdk", &tc);
+            placeholder_comment(&mut a, pkg, "mvnHash");
+            a.set("mvnHash", "lib.fakeHash");
+            a.set("mvnParameters", nix_str("-DskipTests"));
+            a.script("installPhase", &java_install(pkg, &tc));
+            a.render("pkgs.maven.buildMavenPackage {", "}")
+        }
+        Builder::Gradle => {
+            common(&mut a, pkg);
+            a.set("nativeBuildInputs", format!("[ pkgs.gradle {tc} ]"));
+            placeholder_comment(&mut a, pkg, "deps.json");
+            let data = pkg
+                .inputs
+                .iter()
+                .find(|i| i.ends_with("deps.json"))
+                .map(|i| nix_path(i))
+                .unwrap_or_else(|| "./deps.json".into());
+            a.set(
+                "mitmCache",
+                format!(
+                    "pkgs.gradle.fetchDeps {{ pkg = finalAttrs.finalPackage; data = {data}; }}"
+                ),
+            );
+            a.set("__darwinAllowLocalNetworking", "true");
+            a.set("gradleBuildTask", nix_str("assemble"));
+            a.set(
+                "gradleFlags",
+                format!("[ \"-Dorg.gradle.java.home=${{{tc}}}\" ]"),
+            );
+            a.script("installPhase", &java_install(pkg, &tc));
+            a.render("pkgs.stdenv.mkDerivation (finalAttrs: {", "})")
+        }
+    };
+    extra.push(Binding {
+        name: pkg.attr.clone(),
+        comments,
+        expr,
+    });
+    extra
+}
+
+fn java_install(pkg: &Package, jdk: &str) -> Vec<String> {
+    let share = format!("$out/share/{}", pkg.attr);
+    let mut l = vec![
+        "runHook preInstall".to_string(),
+        format!("mkdir -p {share}"),
+    ];
+    match &pkg.options.jar {
+        Some(jar) => {
+            let base = jar.rsplit('/').next().unwrap_or(jar);
+            l.push(format!("cp {jar} {share}/"));
+            l.extend(launcher(
+                &pkg.attr,
+                &share,
+                format!("exec ${{{jdk}}}/bin/java -jar {share}/{base} \"\\$@\""),
+                &[],
+            ));
+        }
+        None => l.push(format!(
+            "cp -r target/*.jar build/libs/*.jar {share}/ 2>/dev/null || true"
+        )),
+    }
+    l.push("runHook postInstall".into());
+    l
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
+            if !line.is_empty() {
+                out.push_str(&pad);
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Renders the flake.
+pub fn generate(plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Generated by autonix for {}. Review it, then commit it.",
+        plan.name
+    );
+    if !plan.notes.is_empty() {
+        s.push_str("#\n# Before the first build:\n");
+        for n in &plan.notes {
+            let _ = writeln!(s, "# - {n}");
+        }
+    }
+    s.push_str("{\n");
+    let _ = writeln!(
+        s,
+        "  description = {};",
+        nix_str(&format!("{} (generated by autonix)", plan.name))
+    );
+    s.push('\n');
+    s.push_str("  inputs.nixpkgs.url = \"github:NixOS/nixpkgs/nixos-unstable\";\n\n");
+    s.push_str("  outputs =\n    { self, nixpkgs }:\n    let\n");
+    s.push_str("      systems = [ \"x86_64-linux\" \"aarch64-linux\" \"x86_64-darwin\" \"aarch64-darwin\" ];\n");
+    s.push_str("      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});\n");
+    s.push_str("    in\n    {\n");
+
+    // packages
+    s.push_str("      packages = forAllSystems (\n        system: pkgs:\n        let\n          lib = pkgs.lib;\n");
+    for pkg in &plan.packages {
+        for b in bindings(pkg) {
+            s.push('\n');
+            for c in &b.comments {
+                let _ = writeln!(s, "          # {c}");
+            }
+            let _ = writeln!(s, "          {} = {};", b.name, indent(&b.expr, 10));
+        }
+    }
+    s.push_str("        in\n        {\n");
+    let attrs: Vec<&str> = plan.packages.iter().map(|p| p.attr.as_str()).collect();
+    if !attrs.is_empty() {
+        let _ = writeln!(s, "          inherit {};", attrs.join(" "));
+    }
+    match attrs.as_slice() {
+        [] => {}
+        [one] => {
+            let _ = writeln!(s, "          default = {one};");
+        }
+        many => {
+            let _ = writeln!(
+                s,
+                "          default = pkgs.symlinkJoin {{\n            name = {};\n            paths = [ {} ];\n          }};",
+                nix_str(&plan.name),
+                many.join(" ")
+            );
+        }
+    }
+    s.push_str("        }\n      );\n\n");
+
+    // dev shells
+    s.push_str("      devShells = forAllSystems (\n        system: pkgs: {\n");
+    s.push_str("          # Every project's toolchain and package manager.\n");
+    s.push_str("          default = pkgs.mkShell {\n");
+    let tools: Vec<String> = plan.dev_shell.iter().map(|t| pkgs_attr(t)).collect();
+    let _ = writeln!(s, "            packages = [ {} ];", tools.join(" "));
+    s.push_str("          };\n");
+    for pkg in &plan.packages {
+        let _ = writeln!(
+            s,
+            "          {} = pkgs.mkShell {{ inputsFrom = [ self.packages.${{system}}.{} ]; }};",
+            pkg.attr, pkg.attr
+        );
+    }
+    s.push_str("        }\n      );\n\n");
+
+    // apps
+    s.push_str("      apps = forAllSystems (\n        system: pkgs: {\n");
+    for pkg in &plan.packages {
+        let Some(program) = &pkg.program else {
+            continue;
+        };
+        if let Some(run) = &pkg.commands.run {
+            let _ = writeln!(s, "          # {}", run.replace('\n', " "));
+        }
+        let _ = writeln!(
+            s,
+            "          {} = {{\n            type = \"app\";\n            program = \"${{self.packages.${{system}}.{}}}/bin/{}\";\n          }};",
+            pkg.attr, pkg.attr, program
+        );
+    }
+    s.push_str("        }\n      );\n    };\n}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(nix_str("a\"b${c}"), "\"a\\\"b\\${c}\"");
+        assert_eq!(nix_indented("x ${y} ''z''"), "x ''${y} '''z'''");
+        assert_eq!(
+            heredoc_escape("gunicorn --bind :$PORT"),
+            "gunicorn --bind :\\$PORT"
+        );
+    }
+}

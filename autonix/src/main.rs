@@ -1,0 +1,170 @@
+//! `autonix` CLI: `scan` (what is in a repository), `plan` (how each project
+//! builds) and `generate` (the flake.nix).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "autonix",
+    version,
+    about = "Detect a repository's stacks and write the flake that builds them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report the projects, CI files, container files and tasks found.
+    Scan {
+        path: PathBuf,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the build plan as JSON.
+    Plan { path: PathBuf },
+    /// Write the flake (to PATH/flake.nix unless -o is given; `-o -` prints it).
+    Generate {
+        path: PathBuf,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Overwrite an existing flake.nix.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Scan(#[from] autonix::ScanError),
+    #[error("{0} exists; pass --force to overwrite it")]
+    Exists(PathBuf),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("autonix: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Scan { path, json } => {
+            let scan = autonix::scan(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&scan)?);
+            } else {
+                print_summary(&scan);
+            }
+        }
+        Command::Plan { path } => {
+            let scan = autonix::scan(&path)?;
+            let plan = autonix::plan(&scan);
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        }
+        Command::Generate {
+            path,
+            output,
+            force,
+        } => {
+            let scan = autonix::scan(&path)?;
+            let plan = autonix::plan(&scan);
+            let text = autonix::generate(&plan);
+            let target = output.unwrap_or_else(|| path.join("flake.nix"));
+            if target == Path::new("-") {
+                print!("{text}");
+            } else {
+                if target.exists() && !force {
+                    return Err(CliError::Exists(target));
+                }
+                std::fs::write(&target, &text).map_err(|source| CliError::Write {
+                    path: target.clone(),
+                    source,
+                })?;
+                eprintln!(
+                    "wrote {} ({} packages)",
+                    target.display(),
+                    plan.packages.len()
+                );
+            }
+            for w in &scan.warnings {
+                eprintln!("warning: {}: {}", w.path, w.message);
+            }
+            if !plan.notes.is_empty() {
+                eprintln!("before the first build:");
+                for n in &plan.notes {
+                    eprintln!("  - {n}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(scan: &autonix::Scan) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}: {} project(s)", scan.name, scan.projects.len());
+    for p in &scan.projects {
+        let version = match (&p.toolchain_version, &p.version_source) {
+            (Some(v), Some(s)) => format!(" {} {v} (from {s})", p.language.as_str()),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {} {} [{}]{version}{}",
+            p.path,
+            p.language.as_str(),
+            p.package_manager,
+            p.lockfile.as_deref().unwrap_or("no lockfile"),
+            if p.members.is_empty() {
+                String::new()
+            } else {
+                format!(", {} members", p.members.len())
+            }
+        );
+        if let Some(r) = &p.run {
+            let _ = writeln!(out, "  {:<20} run: {r}", "");
+        }
+    }
+    for c in &scan.ci_files {
+        let _ = writeln!(out, "ci: {} ({})", c.path, c.system);
+    }
+    for c in &scan.container_files {
+        let _ = writeln!(out, "container: {} ({})", c.path, c.kind);
+    }
+    if !scan.tasks.is_empty() {
+        let _ = writeln!(out, "tasks: {}", scan.tasks.len());
+    }
+    for i in &scan.ignored {
+        let _ = writeln!(out, "ignored: {} ({})", i.path, i.reason);
+    }
+    for w in &scan.warnings {
+        let _ = writeln!(out, "warning: {}: {}", w.path, w.message);
+    }
+}
