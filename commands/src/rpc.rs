@@ -36,6 +36,19 @@ pub enum RpcError {
 /// RpcSystem whose bootstrap capability is `bootstrap`. Must run inside a
 /// `LocalSet`.
 pub async fn serve(listener: TcpListener, bootstrap: capnp::capability::Client, shutdown: CancellationToken) {
+    serve_per_connection(listener, move |_, _| bootstrap.clone(), shutdown).await;
+}
+
+/// Like [`serve`], but asks `make_bootstrap(connection_number, peer)` for
+/// each connection's bootstrap capability, so a server can tell its callers
+/// apart (the control plane binds a worker id to the connection that
+/// registered it). Connection numbers start at 1 and never repeat.
+pub async fn serve_per_connection(
+    listener: TcpListener,
+    mut make_bootstrap: impl FnMut(u64, SocketAddr) -> capnp::capability::Client,
+    shutdown: CancellationToken,
+) {
+    let mut next_conn: u64 = 0;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -58,7 +71,8 @@ pub async fn serve(listener: TcpListener, bootstrap: capnp::capability::Client, 
             rpc_twoparty_capnp::Side::Server,
             reader_options(),
         );
-        let system = RpcSystem::new(Box::new(network), Some(bootstrap.clone()));
+        next_conn += 1;
+        let system = RpcSystem::new(Box::new(network), Some(make_bootstrap(next_conn, peer)));
         let token = shutdown.clone();
         tokio::task::spawn_local(async move {
             tokio::select! {

@@ -1,1 +1,86 @@
-//! control_plane: placeholder until its issue lands.
+//! The control plane: serves `Master` (master.capnp) — holds the desired
+//! state of the active generation in memory, registers workers and tracks
+//! their health from heartbeats, places VMs with the deterministic
+//! scheduler, long-polls assignments to workers and reports cluster status.
+//!
+//! `run` is what `main` and the tests call: it serves on an already bound
+//! listener until `shutdown` fires. Everything runs on one thread inside a
+//! `LocalSet` (capnp objects are `!Send`); see `server`.
+
+pub mod client;
+pub mod model;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use commands::master_capnp::master;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{MasterImpl, Shared};
+use crate::state::{Settings, State};
+
+/// Runtime settings (from the command line in `main`).
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// How long `getAssignment` holds when there is nothing new.
+    pub long_poll_timeout: Duration,
+    /// A worker silent for longer is unhealthy; its VMs move.
+    pub heartbeat_timeout: Duration,
+    /// Assignments are withheld this long after start so workers can
+    /// re-register and report their VMs first.
+    pub startup_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            long_poll_timeout: Duration::from_secs(25),
+            heartbeat_timeout: Duration::from_secs(5),
+            startup_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves the Master interface on `listener` until `shutdown` is cancelled.
+/// Must be called inside a `tokio::task::LocalSet`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) {
+    let state = State::new(
+        Settings { heartbeat_timeout: config.heartbeat_timeout, startup_grace: config.startup_grace },
+        Instant::now(),
+        // Revisions of this run never collide with a previous run's.
+        commands::telemetry::now_ms().saturating_mul(1000),
+    );
+    let shared = Shared::new(state, config.long_poll_timeout);
+
+    // Health checks a few times per threshold, so a silent worker is noticed
+    // within ~1.25 × heartbeat_timeout.
+    let tick_every = (config.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    let ticker = {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::task::spawn_local(async move {
+            let mut interval = tokio::time::interval(tick_every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = interval.tick() => shared.tick(),
+                }
+            }
+        })
+    };
+
+    let make = {
+        let shared = shared.clone();
+        move |conn, peer| {
+            let client: master::Client = capnp_rpc::new_client(MasterImpl::new(Rc::clone(&shared), conn, peer));
+            client.client
+        }
+    };
+    commands::rpc::serve_per_connection(listener, make, shutdown).await;
+    let _ = ticker.await;
+}

@@ -1,0 +1,77 @@
+//! `control_plane` binary: parses flags, sets up logging, binds the listener
+//! and hands over to `control_plane::run` on a single-threaded LocalSet.
+
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "control_plane", about = "Procurator control plane (Master RPC server)")]
+struct Args {
+    /// Address to serve the Master interface on.
+    #[arg(long, env = "PCR_CONTROL_PLANE_LISTEN", default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// How long getAssignment waits for a change before answering "nothing new".
+    #[arg(long, env = "PCR_LONG_POLL_TIMEOUT_MS", default_value_t = 25_000)]
+    long_poll_timeout_ms: u64,
+    /// A worker without a heartbeat for this long is unhealthy; its VMs move.
+    #[arg(long, env = "PCR_HEARTBEAT_TIMEOUT_MS", default_value_t = 5_000)]
+    heartbeat_timeout_ms: u64,
+    /// After start, assignments are withheld this long so that workers can
+    /// re-register and report their VMs (default: the heartbeat timeout).
+    #[arg(long, env = "PCR_STARTUP_GRACE_MS")]
+    startup_grace_ms: Option<u64>,
+    /// Log JSON lines instead of human-readable ones.
+    #[arg(long, env = "PCR_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    commands::telemetry::init(args.log_json);
+    let config = control_plane::Config {
+        long_poll_timeout: Duration::from_millis(args.long_poll_timeout_ms),
+        heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+        startup_grace: Duration::from_millis(args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms)),
+    };
+    commands::rpc::block_on_local(async move {
+        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(args.listen.clone());
+        // Tests and scripts parse this line to learn the port.
+        println!("listening on {addr}");
+        tracing::info!(%addr, "control plane listening");
+        let shutdown = CancellationToken::new();
+        {
+            let shutdown = shutdown.clone();
+            tokio::task::spawn_local(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                shutdown.cancel();
+            });
+        }
+        control_plane::run(config, listener, shutdown).await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

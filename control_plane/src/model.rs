@@ -1,0 +1,354 @@
+//! Plain, serde-serializable views of what the Master interface carries
+//! (cluster status, assignments, publish outcomes), with their Cap'n Proto
+//! conversions in both directions. The server fills replies from these, the
+//! clients (`pcr`, `pcr-test`, the worker's reconciler) read replies into
+//! them, and `--json` prints them as they are.
+
+use serde::{Deserialize, Serialize};
+
+use commands::common_capnp;
+use commands::convert::{
+    self, ConvertError, check_len, labels_from_capnp, labels_to_capnp, resources_from_capnp, resources_to_capnp,
+    text, vm_metrics_from_capnp, vm_metrics_to_capnp, vm_spec_to_capnp, vm_specs_from_capnp, vm_state_from_capnp,
+    vm_state_to_capnp,
+};
+use commands::master_capnp;
+use commands::types::{Labels, Resources, VmMetrics, VmSpec, VmState};
+
+/// One published generation (the summary, not its specs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationView {
+    pub number: u64,
+    pub commit: String,
+    pub intent_hash: String,
+    pub vm_count: u32,
+    pub published_at_ms: u64,
+}
+
+/// How a desired VM compares with what its worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Drift {
+    Converged,
+    Pending,
+    Drifted,
+    Orphaned,
+    Failed,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Drift::Converged => "converged",
+            Drift::Pending => "pending",
+            Drift::Drifted => "drifted",
+            Drift::Orphaned => "orphaned",
+            Drift::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmPlacementView {
+    pub name: String,
+    /// Empty when the VM is not placed (or, for an orphan, the worker that runs it).
+    pub worker_id: String,
+    /// Empty for an orphan.
+    pub desired_hash: String,
+    /// Empty when the worker does not report it.
+    pub observed_hash: String,
+    /// `None` when the worker does not report it.
+    pub state: Option<VmState>,
+    pub drift: Drift,
+    pub metrics: VmMetrics,
+    pub vm_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnplacedView {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerMetricsView {
+    pub load_average: f64,
+    pub memory_used_mb: u64,
+    pub vm_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerHealthView {
+    pub worker_id: String,
+    pub address: String,
+    pub healthy: bool,
+    pub last_seen_ms_ago: u64,
+    pub capacity: Resources,
+    /// What the scheduler placed on it.
+    pub allocated: Resources,
+    pub observed_generation: u64,
+    /// VMs the worker reports running.
+    pub vm_count: u32,
+    pub labels: Labels,
+    pub metrics: WorkerMetricsView,
+}
+
+impl WorkerHealthView {
+    /// Capacity not yet allocated by the scheduler.
+    pub fn free(&self) -> Resources {
+        Resources {
+            cpu: self.capacity.cpu.saturating_sub(self.allocated.cpu),
+            memory_mb: self.capacity.memory_mb.saturating_sub(self.allocated.memory_mb),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatusView {
+    /// `None` until a generation is published.
+    pub active: Option<GenerationView>,
+    pub convergence_percent: f64,
+    pub vms: Vec<VmPlacementView>,
+    pub workers: Vec<WorkerHealthView>,
+    pub unplaced: Vec<UnplacedView>,
+}
+
+/// What one worker must run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentView {
+    /// False when a long-poll timed out with nothing new.
+    pub changed: bool,
+    pub worker_id: String,
+    pub generation: u64,
+    pub commit: String,
+    pub revision: u64,
+    pub vms: Vec<VmSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishOutcomeView {
+    pub generation: u64,
+    pub noop: bool,
+    pub placed: u32,
+    pub unplaced: Vec<UnplacedView>,
+}
+
+// ---- to capnp -------------------------------------------------------------
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+pub fn generation_to_capnp(g: &GenerationView, mut b: common_capnp::generation::Builder<'_>) {
+    b.set_number(g.number);
+    b.set_commit(&g.commit);
+    b.set_intent_hash(&g.intent_hash);
+    b.set_vm_count(g.vm_count);
+    b.set_published_at_ms(g.published_at_ms);
+}
+
+fn drift_to_capnp(d: Drift) -> master_capnp::Drift {
+    match d {
+        Drift::Converged => master_capnp::Drift::Converged,
+        Drift::Pending => master_capnp::Drift::Pending,
+        Drift::Drifted => master_capnp::Drift::Drifted,
+        Drift::Orphaned => master_capnp::Drift::Orphaned,
+        Drift::Failed => master_capnp::Drift::Failed,
+    }
+}
+
+fn drift_from_capnp(d: master_capnp::Drift) -> Drift {
+    match d {
+        master_capnp::Drift::Converged => Drift::Converged,
+        master_capnp::Drift::Pending => Drift::Pending,
+        master_capnp::Drift::Drifted => Drift::Drifted,
+        master_capnp::Drift::Orphaned => Drift::Orphaned,
+        master_capnp::Drift::Failed => Drift::Failed,
+    }
+}
+
+pub fn worker_metrics_to_capnp(m: &WorkerMetricsView, mut b: common_capnp::worker_metrics::Builder<'_>) {
+    b.set_load_average(m.load_average);
+    b.set_memory_used_mb(m.memory_used_mb);
+    b.set_vm_count(m.vm_count);
+}
+
+pub fn worker_metrics_from_capnp(r: common_capnp::worker_metrics::Reader<'_>) -> WorkerMetricsView {
+    WorkerMetricsView {
+        load_average: r.get_load_average(),
+        memory_used_mb: r.get_memory_used_mb(),
+        vm_count: r.get_vm_count(),
+    }
+}
+
+pub fn unplaced_to_capnp(u: &[UnplacedView], mut b: capnp::struct_list::Builder<'_, master_capnp::unplaced::Owned>) {
+    for (i, x) in u.iter().enumerate() {
+        let mut e = b.reborrow().get(len32(i));
+        e.set_name(&x.name);
+        e.set_reason(&x.reason);
+    }
+}
+
+fn unplaced_from_capnp(
+    r: capnp::struct_list::Reader<'_, master_capnp::unplaced::Owned>,
+) -> Result<Vec<UnplacedView>, ConvertError> {
+    check_len(r.len(), convert::MAX_LIST)?;
+    r.iter().map(|u| Ok(UnplacedView { name: text(u.get_name())?, reason: text(u.get_reason())? })).collect()
+}
+
+pub fn status_to_capnp(s: &ClusterStatusView, mut b: master_capnp::cluster_status::Builder<'_>) {
+    if let Some(g) = &s.active {
+        generation_to_capnp(g, b.reborrow().init_active());
+    }
+    b.set_convergence_percent(s.convergence_percent);
+    let mut vms = b.reborrow().init_vms(len32(s.vms.len()));
+    for (i, v) in s.vms.iter().enumerate() {
+        let mut e = vms.reborrow().get(len32(i));
+        e.set_name(&v.name);
+        e.set_worker_id(&v.worker_id);
+        e.set_desired_hash(&v.desired_hash);
+        e.set_observed_hash(&v.observed_hash);
+        e.set_state(vm_state_to_capnp(v.state.unwrap_or(VmState::Stopped)));
+        e.set_drift(drift_to_capnp(v.drift));
+        vm_metrics_to_capnp(&v.metrics, e.reborrow().init_metrics());
+        e.set_vm_id(&v.vm_id);
+    }
+    let mut ws = b.reborrow().init_workers(len32(s.workers.len()));
+    for (i, w) in s.workers.iter().enumerate() {
+        let mut e = ws.reborrow().get(len32(i));
+        e.set_worker_id(&w.worker_id);
+        e.set_address(&w.address);
+        e.set_healthy(w.healthy);
+        e.set_last_seen_ms_ago(w.last_seen_ms_ago);
+        resources_to_capnp(w.capacity, e.reborrow().init_capacity());
+        resources_to_capnp(w.allocated, e.reborrow().init_allocated());
+        e.set_observed_generation(w.observed_generation);
+        e.set_vm_count(w.vm_count);
+        labels_to_capnp(&w.labels, e.reborrow().init_labels(len32(w.labels.len())));
+        worker_metrics_to_capnp(&w.metrics, e.init_metrics());
+    }
+    unplaced_to_capnp(&s.unplaced, b.init_unplaced(len32(s.unplaced.len())));
+}
+
+pub fn assignment_to_capnp(a: &AssignmentView, mut b: master_capnp::assignment_reply::Builder<'_>) {
+    b.set_changed(a.changed);
+    b.set_revision(a.revision);
+    let mut asg = b.init_assignment();
+    asg.set_worker_id(&a.worker_id);
+    asg.set_generation(a.generation);
+    asg.set_commit(&a.commit);
+    let mut vms = asg.init_vms(len32(a.vms.len()));
+    for (i, s) in a.vms.iter().enumerate() {
+        vm_spec_to_capnp(s, vms.reborrow().get(len32(i)));
+    }
+}
+
+pub fn publish_outcome_to_capnp(o: &PublishOutcomeView, mut b: master_capnp::publish_outcome::Builder<'_>) {
+    b.set_generation(o.generation);
+    b.set_noop(o.noop);
+    b.set_placed(o.placed);
+    unplaced_to_capnp(&o.unplaced, b.init_unplaced(len32(o.unplaced.len())));
+}
+
+// ---- from capnp -----------------------------------------------------------
+
+fn generation_from_capnp(r: common_capnp::generation::Reader<'_>) -> Result<GenerationView, ConvertError> {
+    Ok(GenerationView {
+        number: r.get_number(),
+        commit: text(r.get_commit())?,
+        intent_hash: text(r.get_intent_hash())?,
+        vm_count: r.get_vm_count(),
+        published_at_ms: r.get_published_at_ms(),
+    })
+}
+
+pub fn generations_from_capnp(
+    r: capnp::struct_list::Reader<'_, common_capnp::generation::Owned>,
+) -> Result<Vec<GenerationView>, ConvertError> {
+    check_len(r.len(), convert::MAX_LIST)?;
+    r.iter().map(generation_from_capnp).collect()
+}
+
+pub fn status_from_capnp(r: master_capnp::cluster_status::Reader<'_>) -> Result<ClusterStatusView, ConvertError> {
+    let active = if r.has_active() {
+        Some(generation_from_capnp(r.get_active()?)?).filter(|g| g.number != 0)
+    } else {
+        None
+    };
+    let vms_r = r.get_vms()?;
+    check_len(vms_r.len(), convert::MAX_LIST)?;
+    let mut vms = Vec::with_capacity(vms_r.len() as usize);
+    for v in vms_r.iter() {
+        let observed_hash = text(v.get_observed_hash())?;
+        let state = if observed_hash.is_empty() {
+            None
+        } else {
+            Some(vm_state_from_capnp(v.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?))
+        };
+        vms.push(VmPlacementView {
+            name: text(v.get_name())?,
+            worker_id: text(v.get_worker_id())?,
+            desired_hash: text(v.get_desired_hash())?,
+            observed_hash,
+            state,
+            drift: drift_from_capnp(v.get_drift().map_err(|e| ConvertError::UnknownEnum(e.0))?),
+            metrics: vm_metrics_from_capnp(v.get_metrics()?),
+            vm_id: text(v.get_vm_id())?,
+        });
+    }
+    let ws_r = r.get_workers()?;
+    check_len(ws_r.len(), convert::MAX_LIST)?;
+    let mut workers = Vec::with_capacity(ws_r.len() as usize);
+    for w in ws_r.iter() {
+        workers.push(WorkerHealthView {
+            worker_id: text(w.get_worker_id())?,
+            address: text(w.get_address())?,
+            healthy: w.get_healthy(),
+            last_seen_ms_ago: w.get_last_seen_ms_ago(),
+            capacity: resources_from_capnp(w.get_capacity()?),
+            allocated: resources_from_capnp(w.get_allocated()?),
+            observed_generation: w.get_observed_generation(),
+            vm_count: w.get_vm_count(),
+            labels: labels_from_capnp(w.get_labels()?)?,
+            metrics: worker_metrics_from_capnp(w.get_metrics()?),
+        });
+    }
+    Ok(ClusterStatusView {
+        active,
+        convergence_percent: r.get_convergence_percent(),
+        vms,
+        workers,
+        unplaced: unplaced_from_capnp(r.get_unplaced()?)?,
+    })
+}
+
+pub fn assignment_from_capnp(r: master_capnp::assignment_reply::Reader<'_>) -> Result<AssignmentView, ConvertError> {
+    let a = r.get_assignment()?;
+    Ok(AssignmentView {
+        changed: r.get_changed(),
+        revision: r.get_revision(),
+        worker_id: text(a.get_worker_id())?,
+        generation: a.get_generation(),
+        commit: text(a.get_commit())?,
+        vms: vm_specs_from_capnp(a.get_vms()?)?,
+    })
+}
+
+pub fn publish_outcome_from_capnp(
+    r: master_capnp::publish_outcome::Reader<'_>,
+) -> Result<PublishOutcomeView, ConvertError> {
+    Ok(PublishOutcomeView {
+        generation: r.get_generation(),
+        noop: r.get_noop(),
+        placed: r.get_placed(),
+        unplaced: unplaced_from_capnp(r.get_unplaced()?)?,
+    })
+}

@@ -1,0 +1,431 @@
+//! The deterministic scheduler: a pure function of (desired specs, live
+//! workers with capacity and labels, previous placement) → placement plus
+//! the VMs that could not be placed, each with a reason.
+//!
+//! Determinism: the inputs are sorted before use (workers by id, VMs by
+//! group then name), every tie is broken by worker id, and nothing reads a
+//! clock, a random source or a `HashMap`'s iteration order. The same input
+//! gives the same output on any machine, whatever order the slices come in.
+//!
+//! Rules, in priority order:
+//! 1. Stability: a VM that was placed on a worker that is still live, still
+//!    satisfies the VM's label constraints and still has room keeps that
+//!    worker (even if its content hash changed: the worker replaces it in
+//!    place, and nothing else moves).
+//! 2. Label constraints: a spec label `placement.<key>=<value>` requires the
+//!    worker label `<key>=<value>`.
+//! 3. Capacity: the cpu and memory of the VMs placed on a worker never exceed
+//!    its capacity.
+//! 4. Spread: among the workers that qualify, a VM goes to the one holding
+//!    the fewest VMs of its group (label `group`, default: the name without a
+//!    trailing `-<digits>`), then the least loaded (highest of its cpu and
+//!    memory fractions), then the lowest worker id.
+//!
+//! Cost: each VM is placed by walking the workers in (load, id) order kept
+//! in a `BTreeSet`, stopping at the first one that qualifies with the
+//! lowest group count any worker can have; in the usual case that is the
+//! first or second worker, so placing N VMs is O(N log W).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use commands::types::{Labels, Resources, VmName, VmSpec, WorkerId};
+
+/// Spec label prefix for placement constraints: `placement.zone=a` means
+/// "only on workers labelled `zone=a`".
+pub const PLACEMENT_PREFIX: &str = "placement.";
+/// Spec label naming the spread group explicitly.
+pub const GROUP_LABEL: &str = "group";
+
+/// A live worker as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSlot {
+    pub id: WorkerId,
+    pub capacity: Resources,
+    pub labels: Labels,
+}
+
+/// The scheduler's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Where each placed VM goes.
+    pub assigned: BTreeMap<VmName, WorkerId>,
+    /// VMs that could not be placed, with a one-line reason.
+    pub unplaced: BTreeMap<VmName, String>,
+}
+
+impl Placement {
+    /// The VM names placed on `worker`, in name order.
+    pub fn on_worker<'a>(&'a self, worker: &'a WorkerId) -> impl Iterator<Item = &'a VmName> + 'a {
+        self.assigned.iter().filter(move |(_, w)| *w == worker).map(|(n, _)| n)
+    }
+}
+
+/// The spread group of a spec: its `group` label, or its name without a
+/// trailing `-<digits>` (`web-0`, `web-1` → `web`).
+pub fn group_of(spec: &VmSpec) -> &str {
+    if let Some(g) = spec.labels().get(GROUP_LABEL) {
+        return g;
+    }
+    let name = spec.name().as_str();
+    match name.rsplit_once('-') {
+        Some((base, digits)) if !base.is_empty() && !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+/// The (key, value) worker labels a spec requires, in key order.
+pub fn constraints_of(spec: &VmSpec) -> impl Iterator<Item = (&str, &str)> {
+    spec.labels()
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(PLACEMENT_PREFIX).map(|key| (key, v.as_str())))
+}
+
+fn satisfies(worker_labels: &Labels, spec: &VmSpec) -> bool {
+    constraints_of(spec).all(|(k, v)| worker_labels.get(k).is_some_and(|wv| wv == v))
+}
+
+/// Per-worker bookkeeping during one scheduling run.
+struct Slot<'a> {
+    worker: &'a WorkerSlot,
+    used_cpu: u64,
+    used_mem: u64,
+}
+
+impl Slot<'_> {
+    fn fits(&self, spec: &VmSpec) -> bool {
+        self.used_cpu + u64::from(spec.cpu()) <= u64::from(self.worker.capacity.cpu)
+            && self.used_mem + spec.memory_mb() <= self.worker.capacity.memory_mb
+    }
+
+    fn take(&mut self, spec: &VmSpec) {
+        self.used_cpu += u64::from(spec.cpu());
+        self.used_mem += spec.memory_mb();
+    }
+
+    /// Load in millionths: the higher of the cpu and memory fractions used.
+    /// Integer arithmetic so the ordering is exact on every machine.
+    fn load(&self) -> u64 {
+        let cap_cpu = u64::from(self.worker.capacity.cpu);
+        let cap_mem = self.worker.capacity.memory_mb;
+        if cap_cpu == 0 || cap_mem == 0 {
+            return u64::MAX;
+        }
+        let cpu = self.used_cpu.saturating_mul(1_000_000) / cap_cpu;
+        let mem = u64::try_from(u128::from(self.used_mem) * 1_000_000 / u128::from(cap_mem)).unwrap_or(u64::MAX);
+        cpu.max(mem)
+    }
+}
+
+/// Places `specs` on `workers`, keeping `previous` placements that still
+/// qualify. `workers` must hold only live (healthy) workers; duplicate
+/// worker ids or VM names are resolved by keeping the smallest by a full
+/// sort key (callers validate uniqueness; this only keeps the function total).
+pub fn schedule(specs: &[VmSpec], workers: &[WorkerSlot], previous: &BTreeMap<VmName, WorkerId>) -> Placement {
+    // Sorted, deduplicated views of the inputs.
+    // Full-key sorts, so even duplicates (which callers never pass) come
+    // out the same whatever the input order.
+    let mut sorted_workers: Vec<&WorkerSlot> = workers.iter().collect();
+    sorted_workers.sort_by(|a, b| {
+        (&a.id, a.capacity.cpu, a.capacity.memory_mb, &a.labels).cmp(&(&b.id, b.capacity.cpu, b.capacity.memory_mb, &b.labels))
+    });
+    sorted_workers.dedup_by(|a, b| a.id == b.id);
+    let mut slots: Vec<Slot<'_>> =
+        sorted_workers.iter().map(|w| Slot { worker: w, used_cpu: 0, used_mem: 0 }).collect();
+    let index_of: HashMap<&WorkerId, usize> = slots.iter().enumerate().map(|(i, s)| (&s.worker.id, i)).collect();
+
+    let mut sorted_specs: Vec<&VmSpec> = specs.iter().collect();
+    sorted_specs.sort_by(|a, b| {
+        (a.name(), a.cpu(), a.memory_mb(), a.labels(), a.content_hash())
+            .cmp(&(b.name(), b.cpu(), b.memory_mb(), b.labels(), b.content_hash()))
+    });
+    sorted_specs.dedup_by(|a, b| a.name() == b.name());
+
+    let mut out = Placement::default();
+    // Workers already holding each group after phase 1 (kept placements).
+    let mut kept_by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut pending: Vec<&VmSpec> = Vec::new();
+
+    // Phase 1: stability. Name order, so which of two kept VMs wins a
+    // worker that shrank is deterministic.
+    for spec in &sorted_specs {
+        let keep = previous
+            .get(spec.name())
+            .and_then(|w| index_of.get(w).copied())
+            .filter(|&i| satisfies(&slots[i].worker.labels, spec) && slots[i].fits(spec));
+        match keep {
+            Some(i) => {
+                slots[i].take(spec);
+                out.assigned.insert(spec.name().clone(), slots[i].worker.id.clone());
+                kept_by_group.entry(group_of(spec)).or_default().push(i);
+            }
+            None => pending.push(spec),
+        }
+    }
+
+    // Phase 2: everything else, one group at a time.
+    pending.sort_by(|a, b| group_of(a).cmp(group_of(b)).then_with(|| a.name().cmp(b.name())));
+    let mut by_load: BTreeSet<(u64, usize)> = slots.iter().enumerate().map(|(i, s)| (s.load(), i)).collect();
+
+    let mut start = 0;
+    while start < pending.len() {
+        let group = group_of(pending[start]);
+        let end = start + pending[start..].iter().take_while(|s| group_of(s) == group).count();
+
+        // How many VMs of this group each worker holds, and how many
+        // workers hold each count (hist[c]); a worker absent from `count`
+        // holds none. `floor` is the lowest count any worker has: a
+        // qualifying worker with that count cannot be beaten.
+        let mut count: HashMap<usize, u32> = HashMap::new();
+        for &i in kept_by_group.get(group).map(Vec::as_slice).unwrap_or_default() {
+            *count.entry(i).or_default() += 1;
+        }
+        let mut hist: BTreeMap<u32, usize> = BTreeMap::new();
+        for &c in count.values() {
+            *hist.entry(c).or_default() += 1;
+        }
+        let zero = slots.len() - count.len();
+        if zero > 0 {
+            hist.insert(0, zero);
+        }
+
+        for spec in &pending[start..end] {
+            let floor = hist.keys().next().copied().unwrap_or(0);
+            let mut best: Option<(u32, u64, usize)> = None;
+            for &(load, i) in &by_load {
+                let c = count.get(&i).copied().unwrap_or(0);
+                if best.is_some_and(|(bc, _, _)| bc <= c) {
+                    continue;
+                }
+                if !slots[i].fits(spec) || !satisfies(&slots[i].worker.labels, spec) {
+                    continue;
+                }
+                best = Some((c, load, i));
+                if c == floor {
+                    break;
+                }
+            }
+            match best {
+                Some((c, load, i)) => {
+                    by_load.remove(&(load, i));
+                    slots[i].take(spec);
+                    by_load.insert((slots[i].load(), i));
+                    count.insert(i, c + 1);
+                    if let Some(n) = hist.get_mut(&c) {
+                        *n -= 1;
+                        if *n == 0 {
+                            hist.remove(&c);
+                        }
+                    }
+                    *hist.entry(c + 1).or_default() += 1;
+                    out.assigned.insert(spec.name().clone(), slots[i].worker.id.clone());
+                }
+                None => {
+                    out.unplaced.insert(spec.name().clone(), unplaced_reason(spec, &slots));
+                }
+            }
+        }
+        start = end;
+    }
+    out
+}
+
+/// Why no worker qualified, naming the constraint or the shortfall.
+fn unplaced_reason(spec: &VmSpec, slots: &[Slot<'_>]) -> String {
+    if slots.is_empty() {
+        return "no healthy workers".to_owned();
+    }
+    let matching: Vec<&Slot<'_>> = slots.iter().filter(|s| satisfies(&s.worker.labels, spec)).collect();
+    if matching.is_empty() {
+        let wanted: Vec<String> = constraints_of(spec).map(|(k, v)| format!("{k}={v}")).collect();
+        return format!("no healthy worker has labels {}", wanted.join(","));
+    }
+    // The most free cpu and memory on any single qualifying worker.
+    let free_cpu = matching.iter().map(|s| u64::from(s.worker.capacity.cpu).saturating_sub(s.used_cpu)).max().unwrap_or(0);
+    let free_mem = matching.iter().map(|s| s.worker.capacity.memory_mb.saturating_sub(s.used_mem)).max().unwrap_or(0);
+    format!(
+        "insufficient capacity: needs {} cpu and {} MiB; the most free on a matching worker is {free_cpu} cpu and {free_mem} MiB ({} matching workers)",
+        spec.cpu(),
+        spec.memory_mb(),
+        matching.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commands::types::VmSpecFields;
+    use proptest::prelude::*;
+
+    fn spec(name: &str, cpu: u32, mem: u64, labels: &[(&str, &str)]) -> VmSpec {
+        VmSpec::new(VmSpecFields {
+            name: name.into(),
+            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+            cpu,
+            memory_mb: mem,
+            content_hash: format!("h-{name}"),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn worker(id: &str, cpu: u32, mem: u64, labels: &[(&str, &str)]) -> WorkerSlot {
+        WorkerSlot {
+            id: id.parse().unwrap(),
+            capacity: Resources { cpu, memory_mb: mem },
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        }
+    }
+
+    fn name(s: &str) -> VmName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn groups_come_from_label_or_name_suffix() {
+        assert_eq!(group_of(&spec("web-12", 1, 1, &[])), "web");
+        assert_eq!(group_of(&spec("web-a", 1, 1, &[])), "web-a");
+        assert_eq!(group_of(&spec("db", 1, 1, &[])), "db");
+        assert_eq!(group_of(&spec("x-1", 1, 1, &[("group", "g")])), "g");
+    }
+
+    #[test]
+    fn replicas_spread_across_workers() {
+        let specs: Vec<VmSpec> = (0..3).map(|i| spec(&format!("web-{i}"), 1, 128, &[])).collect();
+        let workers = [worker("a", 8, 8192, &[]), worker("b", 8, 8192, &[]), worker("c", 8, 8192, &[])];
+        let p = schedule(&specs, &workers, &BTreeMap::new());
+        let used: BTreeSet<&WorkerId> = p.assigned.values().collect();
+        assert_eq!(used.len(), 3, "{p:?}");
+        assert!(p.unplaced.is_empty());
+    }
+
+    #[test]
+    fn label_constraints_are_honoured_and_explained() {
+        let specs = [spec("db-0", 1, 128, &[("placement.disk", "ssd")]), spec("gpu-0", 1, 128, &[("placement.gpu", "yes")])];
+        let workers = [worker("a", 8, 8192, &[]), worker("b", 8, 8192, &[("disk", "ssd")])];
+        let p = schedule(&specs, &workers, &BTreeMap::new());
+        assert_eq!(p.assigned.get(&name("db-0")).map(WorkerId::as_str), Some("b"));
+        assert_eq!(p.unplaced.get(&name("gpu-0")).map(String::as_str), Some("no healthy worker has labels gpu=yes"));
+    }
+
+    #[test]
+    fn capacity_shortfall_is_explained() {
+        let specs = [spec("big", 16, 128, &[])];
+        let p = schedule(&specs, &[worker("a", 4, 8192, &[])], &BTreeMap::new());
+        let why = p.unplaced.get(&name("big")).unwrap();
+        assert!(why.starts_with("insufficient capacity: needs 16 cpu"), "{why}");
+        let p = schedule(&specs, &[], &BTreeMap::new());
+        assert_eq!(p.unplaced.get(&name("big")).unwrap(), "no healthy workers");
+    }
+
+    #[test]
+    fn vms_of_a_dead_worker_move_and_others_stay() {
+        let specs: Vec<VmSpec> = (0..6).map(|i| spec(&format!("app-{i}"), 1, 128, &[])).collect();
+        let all = [worker("a", 8, 8192, &[]), worker("b", 8, 8192, &[]), worker("c", 8, 8192, &[])];
+        let first = schedule(&specs, &all, &BTreeMap::new());
+        let second = schedule(&specs, &all[..2], &first.assigned);
+        for (vm, w) in &first.assigned {
+            if w.as_str() != "c" {
+                assert_eq!(second.assigned.get(vm), Some(w), "{vm} moved");
+            } else {
+                assert_ne!(second.assigned.get(vm).map(WorkerId::as_str), Some("c"));
+            }
+        }
+        assert_eq!(second.assigned.len(), 6);
+    }
+
+    fn arb_case() -> impl Strategy<Value = (Vec<VmSpec>, Vec<WorkerSlot>)> {
+        let specs = prop::collection::vec((0u8..6, 0u16..40, 1u32..5, 1u64..2048, prop::bool::ANY), 0..60).prop_map(|v| {
+            v.into_iter()
+                .map(|(g, n, cpu, mem, zoned)| {
+                    let labels: &[(&str, &str)] = if zoned { &[("placement.zone", "a")] } else { &[] };
+                    spec(&format!("g{g}-{n}"), cpu, mem, labels)
+                })
+                .collect::<Vec<_>>()
+        });
+        let workers = prop::collection::vec((0u8..30, 0u32..16, 0u64..8192, prop::bool::ANY), 0..12).prop_map(|v| {
+            v.into_iter()
+                .map(|(id, cpu, mem, zone_a)| {
+                    let labels: &[(&str, &str)] = if zone_a { &[("zone", "a")] } else { &[("zone", "b")] };
+                    worker(&format!("w{id}"), cpu, mem, labels)
+                })
+                // Unique ids, as the control plane guarantees.
+                .fold(Vec::<WorkerSlot>::new(), |mut acc, w| {
+                    if !acc.iter().any(|x| x.id == w.id) {
+                        acc.push(w);
+                    }
+                    acc
+                })
+        });
+        (specs, workers)
+    }
+
+    fn dedup_specs(mut specs: Vec<VmSpec>) -> Vec<VmSpec> {
+        specs.sort_by(|a, b| a.name().cmp(b.name()));
+        specs.dedup_by(|a, b| a.name() == b.name());
+        specs
+    }
+
+    proptest! {
+        #[test]
+        fn deterministic_whatever_the_input_order((specs, workers) in arb_case(), seed in 0usize..1000) {
+            let a = schedule(&specs, &workers, &BTreeMap::new());
+            let mut specs2 = specs.clone();
+            let mut workers2 = workers.clone();
+            let n = specs2.len().max(1);
+            specs2.rotate_left(seed % n);
+            specs2.reverse();
+            workers2.reverse();
+            let b = schedule(&specs2, &workers2, &BTreeMap::new());
+            prop_assert_eq!(&a, &b);
+            // And with a previous placement as input.
+            prop_assert_eq!(schedule(&specs, &workers, &a.assigned), schedule(&specs2, &workers2, &a.assigned));
+        }
+
+        #[test]
+        fn capacity_and_constraints_never_violated((specs, workers) in arb_case(), prev_seed in 0u8..30) {
+            // A hostile previous placement: everything on one worker.
+            let w = format!("w{prev_seed}").parse::<WorkerId>().unwrap();
+            let previous: BTreeMap<VmName, WorkerId> = specs.iter().map(|s| (s.name().clone(), w.clone())).collect();
+            let specs = dedup_specs(specs);
+            let p = schedule(&specs, &workers, &previous);
+            let mut first: BTreeMap<&WorkerId, &WorkerSlot> = BTreeMap::new();
+            for w in &workers { first.entry(&w.id).or_insert(w); }
+            let mut used: BTreeMap<&WorkerId, (u64, u64)> = BTreeMap::new();
+            for s in &specs {
+                let placed = p.assigned.get(s.name());
+                prop_assert!(placed.is_some() != p.unplaced.contains_key(s.name()), "{} both or neither", s.name());
+                if let Some(wid) = placed {
+                    let slot = first[wid];
+                    prop_assert!(satisfies(&slot.labels, s));
+                    let u = used.entry(wid).or_default();
+                    u.0 += u64::from(s.cpu());
+                    u.1 += s.memory_mb();
+                }
+            }
+            for (wid, (cpu, mem)) in used {
+                let cap = first[wid].capacity;
+                prop_assert!(cpu <= u64::from(cap.cpu) && mem <= cap.memory_mb, "{wid} over capacity");
+            }
+        }
+
+        #[test]
+        fn stable_under_unrelated_changes((specs, workers) in arb_case(), extra_mem in 1u64..512) {
+            let specs = dedup_specs(specs);
+            let first = schedule(&specs, &workers, &BTreeMap::new());
+            // An unrelated VM is added and another one's spec changes.
+            let mut changed = specs.clone();
+            changed.push(spec("unrelated-new", 1, extra_mem, &[]));
+            if let Some(s) = changed.first_mut() {
+                let mut f = s.to_fields();
+                f.content_hash = "changed".into();
+                *s = VmSpec::new(f).unwrap();
+            }
+            let second = schedule(&changed, &workers, &first.assigned);
+            for (vm, w) in &first.assigned {
+                prop_assert_eq!(second.assigned.get(vm), Some(w), "{} moved", vm);
+            }
+        }
+    }
+}
