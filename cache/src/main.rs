@@ -181,6 +181,9 @@ fn real_main(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             if let Some(f) = upload_token_file {
                 config.upload_token = Some(cache::read_token_file(&f)?);
             }
+            // Open the store (and clean up interrupted uploads) before
+            // announcing the address, so "listening" means ready.
+            let prepared = cache::server::prepare(config)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await?;
@@ -197,7 +200,7 @@ fn real_main(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     wait_for_signal().await;
                     s.cancel();
                 });
-                cache::run(config, listener, shutdown).await?;
+                cache::server::serve(prepared, listener, shutdown).await?;
                 Ok::<_, Box<dyn std::error::Error>>(())
             })?;
             Ok(ExitCode::SUCCESS)

@@ -39,22 +39,17 @@ struct State {
     cache_info: String,
 }
 
-/// Serves the cache on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish (up to 10 s).
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
+/// A cache whose key is loaded, store opened and leftovers of interrupted
+/// uploads removed: ready to serve.
+pub struct Prepared {
+    state: Arc<State>,
+    data_dir: PathBuf,
+}
+
+/// Loads the key, opens the store and cleans `tmp/`. Blocking.
+pub fn prepare(config: Config) -> Result<Prepared, Error> {
     let key = SecretKey::load(&config.key_file)?;
-    let store_dir = config.store_dir.clone();
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_dir, Some(key)))
-        .await
-        .map_err(|e| Error::Io {
-            context: "opening store".into(),
-            source: io::Error::other(e),
-        })??;
+    let store = Store::open(&config.data_dir, &config.store_dir, Some(key))?;
     let cleaned = store.clean_tmp()?;
     if cleaned > 0 {
         tracing::info!(cleaned, "removed temp files of interrupted uploads");
@@ -69,8 +64,37 @@ pub async fn run(
         token: config.upload_token.clone(),
         max_upload: config.max_upload_bytes,
     });
+    Ok(Prepared {
+        state,
+        data_dir: config.data_dir,
+    })
+}
+
+/// Serves the cache on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish (up to 10 s).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let prepared = tokio::task::spawn_blocking(move || prepare(config))
+        .await
+        .map_err(|e| Error::Io {
+            context: "opening store".into(),
+            source: io::Error::other(e),
+        })??;
+    serve(prepared, listener, shutdown).await
+}
+
+/// Serves a prepared cache (see [`run`]).
+pub async fn serve(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let Prepared { state, data_dir } = prepared;
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, data_dir = %config.data_dir.display(), uploads = state.token.is_some(), "cache serving");
+    tracing::info!(?addr, data_dir = %data_dir.display(), uploads = state.token.is_some(), "cache serving");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

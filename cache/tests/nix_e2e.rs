@@ -1,0 +1,450 @@
+//! End-to-end tests with Debian's real nix client against the real `cache`
+//! binary: push, pull with and without the right key, tampering, tokens,
+//! gc with pins, crash during upload, and signature compatibility.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn narinfo_file(env: &Env, store_path: &str) -> std::path::PathBuf {
+    let base = store_path.strip_prefix("/nix/store/").unwrap();
+    env.data_dir()
+        .join("store")
+        .join(format!("{}.narinfo", &base[..32]))
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn push_then_pull_with_right_key_and_refuse_wrong_key() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let top = env.build(&src, "chain.nix", &chain_expr("e2e", 64));
+    let paths = closure(&env, &src, &top);
+    assert_eq!(paths.len(), 3);
+    let server = Server::start(&env, &[]);
+
+    let start = Instant::now();
+    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
+    let push_time = start.elapsed();
+    assert!(out.status.success(), "push: {}", stderr(&out));
+    // 100-continue is answered at once: no 1 s stall per PUT.
+    assert!(
+        push_time < Duration::from_secs(2),
+        "push of 3 paths took {push_time:?}"
+    );
+    for p in &paths {
+        assert!(narinfo_file(&env, p).exists(), "{p} not stored");
+    }
+
+    // Pull into another store root trusting our key; nix verifies content and signatures.
+    let dst = env.path().join("dst");
+    let out = env.pull(&server.url(), &dst, &env.public_key(), &[&top]);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+    let mut verify = env.nix("nix");
+    verify
+        .args(["store", "verify", "-r", "--store"])
+        .arg(&dst)
+        .args(["--option", "trusted-public-keys", &env.public_key(), &top]);
+    let out = env.run(&mut verify, Duration::from_secs(30));
+    assert!(out.status.success(), "store verify: {}", stderr(&out));
+
+    // A client trusting another key refuses our paths.
+    let other = env.path().join("other-key");
+    let out = std::process::Command::new(BIN)
+        .args(["keygen", "other-1", "--out-dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let other_pk = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let dst2 = env.path().join("dst2");
+    let out = env.pull(&server.url(), &dst2, &other_pk, &[&top]);
+    assert!(!out.status.success(), "pull with a wrong key succeeded");
+    assert!(
+        stderr(&out).contains("lacks a valid signature"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Pushing again uploads nothing new and still succeeds.
+    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
+    assert!(out.status.success(), "re-push: {}", stderr(&out));
+
+    let (status, metrics) = http(&server.addr, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("cache_uploads_total{kind=\"narinfo\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cache_paths 3"), "{metrics}");
+
+    let out = cache_cmd(
+        &env,
+        &[
+            "verify",
+            "--key-file",
+            env.secret_key_file().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn xz_and_uncompressed_pushes_are_accepted() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let top = env.build(&src, "chain.nix", &chain_expr("comp", 16));
+    let server = Server::start(&env, &[]);
+    let out = env.push(&src, &format!("{}?compression=xz", server.url()), &[&top]);
+    assert!(out.status.success(), "xz push: {}", stderr(&out));
+    let text = std::fs::read_to_string(narinfo_file(&env, &top)).unwrap();
+    assert!(
+        text.contains("Compression: xz\n") && text.contains(".nar.xz\n"),
+        "{text}"
+    );
+    let dst = env.path().join("dst");
+    let out = env.pull(&server.url(), &dst, &env.public_key(), &[&top]);
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+
+    let env2 = Env::new();
+    let src2 = env2.path().join("src");
+    let top2 = env2.build(&src2, "chain.nix", &chain_expr("none", 16));
+    let server2 = Server::start(&env2, &[]);
+    let out = env2.push(
+        &src2,
+        &format!("{}?compression=none", server2.url()),
+        &[&top2],
+    );
+    assert!(out.status.success(), "none push: {}", stderr(&out));
+    let text = std::fs::read_to_string(narinfo_file(&env2, &top2)).unwrap();
+    assert!(text.contains("Compression: none\n"), "{text}");
+    let out = env2.pull(
+        &server2.url(),
+        &env2.path().join("dst"),
+        &env2.public_key(),
+        &[&top2],
+    );
+    assert!(out.status.success(), "pull: {}", stderr(&out));
+}
+
+#[test]
+fn tampered_narinfo_and_nar_are_refused_by_nix_and_reported_by_verify() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let top = env.build(&src, "chain.nix", &chain_expr("tamper", 32));
+    let paths = closure(&env, &src, &top);
+    let leaf = paths.iter().find(|p| p.contains("-leaf-")).unwrap().clone();
+    let server = Server::start(&env, &[]);
+    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
+    assert!(out.status.success(), "push: {}", stderr(&out));
+
+    // Tamper the top narinfo: claim another NarSize (the signature no longer matches).
+    let f = narinfo_file(&env, &top);
+    let text = std::fs::read_to_string(&f).unwrap();
+    let size_line = text
+        .lines()
+        .find(|l| l.starts_with("NarSize: "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(&f, text.replace(&size_line, "NarSize: 12345")).unwrap();
+    let out = env.pull(
+        &server.url(),
+        &env.path().join("dst-a"),
+        &env.public_key(),
+        &[&top],
+    );
+    assert!(
+        !out.status.success(),
+        "pull of a tampered narinfo succeeded"
+    );
+    // The untouched leaf still pulls: the cache as a whole is fine.
+    let out = env.pull(
+        &server.url(),
+        &env.path().join("dst-leaf"),
+        &env.public_key(),
+        &[&leaf],
+    );
+    assert!(out.status.success(), "pull of leaf: {}", stderr(&out));
+
+    // Tamper the leaf NAR: flip one byte of the compressed file.
+    let leaf_info = std::fs::read_to_string(narinfo_file(&env, &leaf)).unwrap();
+    let url = leaf_info
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap();
+    let nar = env.data_dir().join("store").join(url);
+    let mut bytes = std::fs::read(&nar).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&nar, &bytes).unwrap();
+    let out = env.pull(
+        &server.url(),
+        &env.path().join("dst-leaf2"),
+        &env.public_key(),
+        &[&leaf],
+    );
+    assert!(!out.status.success(), "pull of a tampered NAR succeeded");
+
+    let key = env.secret_key_file();
+    let out = cache_cmd(&env, &["verify", "--key-file", key.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let top_base = top.strip_prefix("/nix/store/").unwrap();
+    let leaf_base = leaf.strip_prefix("/nix/store/").unwrap();
+    assert!(
+        report.contains(&format!("BAD {top_base}: narinfo file differs")),
+        "{report}"
+    );
+    assert!(report.contains(&format!("BAD {leaf_base}: ")), "{report}");
+
+    // Quarantine moves the bad paths and everything that references them.
+    let out = cache_cmd(
+        &env,
+        &[
+            "verify",
+            "--quarantine",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(report.matches("quarantined ").count(), 3, "{report}");
+    let out = cache_cmd(&env, &["verify", "--key-file", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!narinfo_file(&env, &top).exists());
+}
+
+#[test]
+fn push_with_wrong_or_missing_token_fails_fast_and_stores_nothing() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let top = env.build(&src, "chain.nix", &chain_expr("token", 8));
+    let server = Server::start(&env, &[]);
+    for pw in ["wrong-token", ""] {
+        if pw.is_empty() {
+            std::fs::write(env.path().join("netrc"), "").unwrap();
+        } else {
+            env.set_netrc_password(pw);
+        }
+        let start = Instant::now();
+        let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
+        assert!(!out.status.success(), "push with token {pw:?} succeeded");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "push failure took {:?}",
+            start.elapsed()
+        );
+        assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    }
+    let stored: Vec<_> = std::fs::read_dir(env.data_dir().join("store/nar"))
+        .unwrap()
+        .collect();
+    assert!(stored.is_empty());
+    assert!(!narinfo_file(&env, &top).exists());
+}
+
+#[test]
+fn gc_keeps_pinned_closures_and_removes_the_rest() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let kept = env.build(&src, "kept.nix", &chain_expr("kept", 8));
+    let gone = env.build(&src, "gone.nix", &chain_expr("gone", 8));
+    let server = Server::start(&env, &[]);
+    let out = env.push(
+        &src,
+        &format!("{}?compression=zstd", server.url()),
+        &[&kept, &gone],
+    );
+    assert!(out.status.success(), "push: {}", stderr(&out));
+
+    // CI pins over HTTP with the upload token.
+    let body = format!(r#"{{"paths": ["{kept}"]}}"#);
+    assert_eq!(
+        http(
+            &server.addr,
+            "PUT",
+            "/_pcr/pins/gen-1",
+            None,
+            body.as_bytes()
+        )
+        .0,
+        401
+    );
+    let (status, resp) = http(
+        &server.addr,
+        "PUT",
+        "/_pcr/pins/gen-1",
+        Some(TOKEN),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let missing = r#"{"paths": ["/nix/store/00000000000000000000000000000000-nope"]}"#;
+    assert_eq!(
+        http(
+            &server.addr,
+            "PUT",
+            "/_pcr/pins/gen-2",
+            Some(TOKEN),
+            missing.as_bytes()
+        )
+        .0,
+        400
+    );
+
+    // Dry run by default.
+    let out = cache_cmd(&env, &["gc", "--grace", "0s"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("would delete") && text.contains("dry run"),
+        "{text}"
+    );
+    assert!(narinfo_file(&env, &gone).exists());
+
+    let out = cache_cmd(&env, &["gc", "--grace", "0s", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    for p in closure(&env, &src, &gone) {
+        assert!(!narinfo_file(&env, &p).exists(), "{p} survived gc: {text}");
+    }
+    for p in closure(&env, &src, &kept) {
+        assert!(narinfo_file(&env, &p).exists(), "{p} was collected: {text}");
+    }
+    let out = env.pull(
+        &server.url(),
+        &env.path().join("dst"),
+        &env.public_key(),
+        &[&kept],
+    );
+    assert!(out.status.success(), "pull after gc: {}", stderr(&out));
+    let out = cache_cmd(&env, &["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A grace period protects fresh uploads even when unpinned.
+    assert_eq!(
+        http(&server.addr, "DELETE", "/_pcr/pins/gen-1", Some(TOKEN), b"").0,
+        200
+    );
+    let out = cache_cmd(&env, &["gc", "--grace", "1h", "--yes"]);
+    assert!(out.status.success());
+    assert!(narinfo_file(&env, &kept).exists());
+
+    // CLI pin, then unpin and collect everything.
+    let out = cache_cmd(&env, &["pin", "cli-pin", &kept]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cache_cmd(&env, &["gc", "--grace", "0s", "--yes"]);
+    assert!(out.status.success());
+    assert!(narinfo_file(&env, &kept).exists());
+    assert!(cache_cmd(&env, &["unpin", "cli-pin"]).status.success());
+    assert!(
+        cache_cmd(&env, &["gc", "--grace", "0s", "--yes"])
+            .status
+            .success()
+    );
+    assert!(!narinfo_file(&env, &kept).exists());
+    assert_eq!(
+        std::fs::read_dir(env.data_dir().join("store/nar"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn crash_during_upload_leaves_nothing_half_stored() {
+    use std::io::Write;
+    let env = Env::new();
+    let mut server = Server::start(&env, &[]);
+    // Start a 64 MiB NAR upload, send part of it, then SIGKILL the server.
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    let name = format!("{}.nar", "1".repeat(52));
+    let head = format!(
+        "PUT /nar/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nAuthorization: Basic {}\r\n\r\n",
+        64 << 20,
+        {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(format!("ci:{TOKEN}"))
+        }
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&vec![7u8; 4 << 20]).unwrap();
+    // Wait until the partial upload reached the temp dir.
+    let tmp = env.data_dir().join("tmp");
+    let start = Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().next().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "upload never reached tmp/"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.kill();
+    assert_eq!(
+        std::fs::read_dir(env.data_dir().join("store/nar"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // Restart: the leftover temp file is removed; verify finds nothing wrong.
+    let _server = Server::start(&env, &[]);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    let out = cache_cmd(&env, &["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn our_signature_equals_nix_store_sign() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let top = env.build(&src, "chain.nix", &chain_expr("sig", 4));
+    let server = Server::start(&env, &[]);
+    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
+    assert!(out.status.success(), "push: {}", stderr(&out));
+    // nix signs the same path with the same key in the source store.
+    let mut sign = env.nix("nix");
+    sign.args(["store", "sign", "--store"])
+        .arg(&src)
+        .arg("--key-file")
+        .arg(env.secret_key_file())
+        .arg(&top);
+    assert!(env.run(&mut sign, Duration::from_secs(30)).status.success());
+    let mut info = env.nix("nix");
+    info.args(["path-info", "--json", "--store"])
+        .arg(&src)
+        .arg(&top);
+    let out = env.run(&mut info, Duration::from_secs(30));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nix_sig = v[0]["signatures"][0].as_str().unwrap().to_owned();
+    let ours = std::fs::read_to_string(narinfo_file(&env, &top)).unwrap();
+    assert!(
+        ours.contains(&format!("Sig: {nix_sig}\n")),
+        "nix: {nix_sig}\nours:\n{ours}"
+    );
+    // And our NAR dump / hash of the built output equals nix's NarHash.
+    let real = src.join(top.trim_start_matches('/'));
+    let mut nar = Vec::new();
+    cache::nar::dump(&real, &mut nar).unwrap();
+    let nix_hash = cache::hash::Sha256Hash::parse(v[0]["narHash"].as_str().unwrap()).unwrap();
+    assert_eq!(nix_hash, cache::hash::Sha256Hash::of(&nar));
+    assert_eq!(v[0]["narSize"].as_u64().unwrap(), nar.len() as u64);
+}
