@@ -98,12 +98,7 @@
 
       # The host network for every VM of the cluster: one slot per VM in name
       # order (stable as long as VMs are only appended).
-      hostVms = builtins.listToAttrs (nixpkgs.lib.imap0
-        (i: spec: {
-          inherit (spec) name;
-          value = { index = i; allowedDomains = spec.networkAllowedDomains; };
-        })
-        cluster.vmSpecs);
+      hostVms = procurator.lib.vmsFromSpecs cluster.vmSpecs;
     in
     {
       procurator = cluster.procurator;

@@ -15,90 +15,32 @@
 #
 # Allowlist entries follow dnsmasq's domain matching: "example.com" also
 # allows its subdomains; "*.example.com" is accepted and means the same.
-# Only IPv4 is forwarded; IPv6 from the VM network is dropped.
+# Only IPv4 is forwarded; IPv6 from the VM network is dropped. Addresses stay
+# in a VM's set until nftables is reloaded (dnsmasq restarts with it).
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption mkEnableOption mkIf types;
   cfg = config.procurator.host;
 
-  hex2 = n: lib.fixedWidthString 2 "0" (lib.toLower (lib.toHexString n));
-  hostAddress = "${cfg.subnetPrefix}.1";
+  # Names, addresses, dnsmasq lines and nftables rules are computed by the
+  # builtins-only nix/lib/network.nix (tested without nixpkgs).
+  net = (import ../lib/network.nix).hostNetwork {
+    inherit (cfg) bridge subnetPrefix;
+    vms = lib.mapAttrs (_: vm: { inherit (vm) index allowedDomains; }) cfg.vms;
+  };
 
-  vmModule = { name, config, ... }: {
+  vmModule = {
     options = {
       index = mkOption {
         type = types.ints.between 0 239;
-        description = "Slot of the VM on this host: fixes its TAP name, MAC and address. Unique per host.";
+        description = "Slot of the VM on this host: fixes its TAP (pcrtap<index>), MAC and address (.<index+10>). Unique per host.";
       };
       allowedDomains = mkOption {
-        type = types.listOf (types.strMatching "(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*");
+        type = types.listOf types.str;
         default = [ ];
-        description = "Domains the VM may reach (the vmSpec's networkAllowedDomains). Empty: no egress.";
-      };
-      tap = mkOption {
-        type = types.str;
-        default = "pcrtap${toString config.index}";
-        readOnly = true;
-        description = "TAP device of the VM.";
-      };
-      mac = mkOption {
-        type = types.str;
-        # 02: locally administered; 50:43:52 is "PCR".
-        default = "02:50:43:52:${hex2 (config.index / 256)}:${hex2 (lib.mod config.index 256)}";
-        description = "MAC address the VM's virtio-net device must use (its DHCP lease is bound to it).";
-      };
-      address = mkOption {
-        type = types.str;
-        default = "${cfg.subnetPrefix}.${toString (config.index + 10)}";
-        readOnly = true;
-        description = "IPv4 address the VM gets by DHCP.";
-      };
-      setName = mkOption {
-        type = types.str;
-        default = "allow_vm${toString config.index}";
-        readOnly = true;
-        internal = true;
+        description = "Domains the VM may reach (its vmSpec's networkAllowedDomains); subdomains included. Empty: no egress.";
       };
     };
-  };
-
-  vms = cfg.vms;
-  vmList = lib.attrValues vms;
-
-  # domain (without "*.") -> the sets of the VMs that allow it
-  domainSets = lib.foldl'
-    (acc: vm: lib.foldl'
-      (acc': d:
-        let dom = lib.removePrefix "*." d; in
-        acc' // { ${dom} = (acc'.${dom} or [ ]) ++ [ vm.setName ]; })
-      acc
-      vm.allowedDomains)
-    { }
-    vmList;
-
-  nftsetLines = lib.mapAttrsToList
-    (dom: sets: "/${dom}/" + lib.concatMapStringsSep "," (s: "4#inet#procurator#${s}") (lib.unique sets))
-    domainSets;
-
-  forwardRules = lib.concatMapStringsSep "\n" (vm: ''
-    iifname "${cfg.bridge}" ip saddr ${vm.address} ip daddr @${vm.setName} accept'') vmList;
-
-  setDecls = lib.concatMapStringsSep "\n" (vm: ''
-    set ${vm.setName} {
-      type ipv4_addr
-      comment "resolved addresses of ${lib.concatStringsSep " " vm.allowedDomains}"
-    }'') vmList;
-
-  antiSpoof = lib.concatMapStringsSep "\n" (vm: ''
-    iifname "${vm.tap}" ether saddr != ${vm.mac} drop
-    iifname "${vm.tap}" ether type ip ip saddr != { 0.0.0.0, ${vm.address} } drop
-    iifname "${vm.tap}" ether type arp arp saddr ip != { 0.0.0.0, ${vm.address} } drop
-    iifname "${vm.tap}" ether type ip6 drop'') vmList;
-
-  hostNetworkJson = builtins.toJSON {
-    inherit (cfg) bridge;
-    inherit hostAddress;
-    vms = lib.mapAttrs (_: vm: { inherit (vm) index tap mac address allowedDomains; }) vms;
   };
 in
 {
@@ -106,13 +48,13 @@ in
     enable = mkEnableOption "the Procurator VM network on this host (bridge, TAPs, NAT, DHCP/DNS, egress allowlists)";
 
     bridge = mkOption {
-      type = types.strMatching "[a-zA-Z0-9_-]{1,15}";
+      type = types.str;
       default = "pcrbr0";
       description = "Name of the bridge the VMs' TAP devices join.";
     };
 
     subnetPrefix = mkOption {
-      type = types.strMatching "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}";
+      type = types.str;
       default = "10.100.0";
       description = "First three octets of the VM /24: the host is .1, VM slot i is .(10+i).";
     };
@@ -140,35 +82,40 @@ in
     vms = mkOption {
       type = types.attrsOf (types.submodule vmModule);
       default = { };
-      example = lib.literalExpression ''{ web-0 = { index = 0; allowedDomains = [ "example.com" ]; }; }'';
+      example = lib.literalExpression ''
+        { web-0 = { index = 0; allowedDomains = [ "example.com" ]; }; }
+        # or, from a cluster: (import nix/lib/network.nix).vmsFromSpecs cluster.vmSpecs
+      '';
       description = "VMs this host can run, by VM name: network slot and egress allowlist.";
+    };
+
+    network = mkOption {
+      type = types.attrs;
+      readOnly = true;
+      description = "The computed network (hostNetwork's result): per-VM tap, mac, address; for other modules.";
     };
   };
 
   config = mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = lib.length (lib.unique (map (vm: vm.index) vmList)) == lib.length vmList;
-        message = "procurator.host.vms: every VM needs its own index";
-      }
-      {
-        assertion = config.networking.nftables.enable;
-        message = "procurator.host needs networking.nftables.enable (the egress allowlist is nftables)";
-      }
-    ];
+    procurator.host.network = net;
+
+    assertions = [{
+      assertion = config.networking.nftables.enable;
+      message = "procurator.host needs networking.nftables.enable (the egress allowlist is nftables)";
+    }];
 
     networking.nftables.enable = lib.mkDefault true;
 
-    networking.bridges.${cfg.bridge}.interfaces = map (vm: vm.tap) vmList;
+    networking.bridges.${cfg.bridge}.interfaces = net.taps;
     networking.interfaces = {
-      ${cfg.bridge}.ipv4.addresses = [{ address = hostAddress; prefixLength = 24; }];
+      ${cfg.bridge}.ipv4.addresses = [{ address = net.hostAddress; prefixLength = 24; }];
     } // lib.listToAttrs (map
-      (vm: lib.nameValuePair vm.tap {
+      (tap: lib.nameValuePair tap {
         virtual = true;
         virtualType = "tap";
         virtualOwner = cfg.tapOwner;
       })
-      vmList);
+      net.taps);
 
     networking.nat = mkIf (cfg.externalInterface != null) {
       enable = true;
@@ -177,7 +124,7 @@ in
     };
     boot.kernel.sysctl."net.ipv4.ip_forward" = 1;
 
-    # DHCP and DNS for the VMs, nothing else.
+    # DHCP and DNS for the VMs, nothing else on the host.
     networking.firewall.interfaces.${cfg.bridge} = {
       allowedUDPPorts = [ 53 67 ];
       allowedTCPPorts = [ 53 ];
@@ -194,47 +141,37 @@ in
         domain-needed = true;
         bogus-priv = true;
         dhcp-range = [ "${cfg.subnetPrefix}.0,static,255.255.255.0,12h" ];
-        dhcp-host = lib.mapAttrsToList (name: vm: "${vm.mac},${vm.address},${name}") vms;
-        dhcp-option = [ "option:router,${hostAddress}" "option:dns-server,${hostAddress}" ];
-        nftset = nftsetLines;
+        dhcp-host = net.dhcpHosts;
+        dhcp-option = [ "option:router,${net.hostAddress}" "option:dns-server,${net.hostAddress}" ];
+        nftset = net.nftsets;
       } // lib.optionalAttrs (cfg.upstreamDns != [ ]) {
         no-resolv = true;
         server = cfg.upstreamDns;
       };
     };
+    # The sets dnsmasq fills live in the nftables ruleset, so dnsmasq starts
+    # after it, and restarts with it: a reload empties the sets, and a fresh
+    # dnsmasq (empty cache) refills them on the VMs' next lookups.
     systemd.services.dnsmasq = {
       after = [ "nftables.service" ];
       wants = [ "nftables.service" ];
+      partOf = [ "nftables.service" ];
     };
 
     networking.nftables.tables = {
-      # Egress allowlist. Runs before NAT; any packet from the VM network that
-      # no rule accepts is dropped, including IPv6 and other VMs' addresses.
+      # Egress allowlist; runs before NAT. Anything from the VM network that
+      # no rule accepts is dropped, including IPv6 and spoofed addresses.
       procurator = {
         family = "inet";
-        content = ''
-          ${setDecls}
-
-          chain forward {
-            type filter hook forward priority filter - 1; policy accept;
-            ct state established,related accept
-          ${forwardRules}
-            iifname "${cfg.bridge}" counter drop
-          }
-        '';
+        content = net.inetTable;
       };
       # A VM may only send from its own MAC and address.
       procurator_antispoof = {
         family = "bridge";
-        content = ''
-          chain prerouting {
-            type filter hook prerouting priority filter; policy accept;
-          ${antiSpoof}
-          }
-        '';
+        content = net.bridgeTable;
       };
     };
 
-    environment.etc."procurator/host-network.json".text = hostNetworkJson;
+    environment.etc."procurator/host-network.json".text = net.json;
   };
 }

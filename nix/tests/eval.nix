@@ -42,6 +42,13 @@ let
       idle = { profile = { }; replicas = 0; };
     };
   };
+  net = lib.hostNetwork {
+    vms = {
+      web-0 = { index = 0; allowedDomains = [ "example.com" "*.pypi.org" "example.com" ]; };
+      py-0 = { index = 26; allowedDomains = [ "example.com" ]; };
+      db-0 = { index = 239; };
+    };
+  };
   c1 = twoGroups { web = "a"; db = "a"; idle = "a"; };
   c2 = twoGroups { web = "a"; db = "b"; idle = "a"; };
   hashes = c: builtins.listToAttrs (map (s: { inherit (s) name; value = s.contentHash; }) c.vmSpecs);
@@ -240,6 +247,63 @@ let
         vms.${"a" + builtins.substring 0 60 "0123456789012345678901234567890123456789012345678901234567890123"} = { profile = { }; replicas = 10; };
       }).vmSpecs;
       want = map (i: "a" + builtins.substring 0 60 "0123456789012345678901234567890123456789012345678901234567890123" + "-${toString i}") [ 0 1 2 3 4 5 6 7 8 9 ];
+    }
+
+    # --- host network ---
+    {
+      name = "hostNetwork slots: tap, mac, address, set";
+      got = net.vms;
+      want = {
+        web-0 = { index = 0; tap = "pcrtap0"; mac = "02:50:43:52:00:00"; address = "10.100.0.10"; setName = "allow_vm0"; allowedDomains = [ "*.pypi.org" "example.com" ]; };
+        db-0 = { index = 239; tap = "pcrtap239"; mac = "02:50:43:52:00:ef"; address = "10.100.0.249"; setName = "allow_vm239"; allowedDomains = [ ]; };
+        py-0 = { index = 26; tap = "pcrtap26"; mac = "02:50:43:52:00:1a"; address = "10.100.0.36"; setName = "allow_vm26"; allowedDomains = [ "example.com" ]; };
+      };
+    }
+    {
+      name = "hostNetwork dnsmasq: static leases and one nftset line per domain";
+      got = { inherit (net) dhcpHosts nftsets hostAddress taps; };
+      want = {
+        hostAddress = "10.100.0.1";
+        taps = [ "pcrtap239" "pcrtap26" "pcrtap0" ];
+        dhcpHosts = [ "02:50:43:52:00:ef,10.100.0.249,db-0" "02:50:43:52:00:1a,10.100.0.36,py-0" "02:50:43:52:00:00,10.100.0.10,web-0" ];
+        nftsets = [ "/example.com/4#inet#procurator#allow_vm26,4#inet#procurator#allow_vm0" "/pypi.org/4#inet#procurator#allow_vm0" ];
+      };
+    }
+    {
+      name = "hostNetwork forward chain: each VM only to its set, the rest dropped";
+      got = builtins.filter (l: match ".*(accept|drop).*" l != null) (builtins.filter builtins.isString (builtins.split "\n" net.inetTable));
+      want = [
+        "  type filter hook forward priority filter - 1; policy accept;"
+        "  ct state established,related accept"
+        "  iifname \"pcrbr0\" ip saddr 10.100.0.249 ip daddr @allow_vm239 accept"
+        "  iifname \"pcrbr0\" ip saddr 10.100.0.36 ip daddr @allow_vm26 accept"
+        "  iifname \"pcrbr0\" ip saddr 10.100.0.10 ip daddr @allow_vm0 accept"
+        "  iifname \"pcrbr0\" counter drop"
+      ];
+    }
+    {
+      name = "hostNetwork anti-spoofing per TAP";
+      got = builtins.length (builtins.filter (l: match ".*iifname \"pcrtap26\".*drop" l != null) (builtins.filter builtins.isString (builtins.split "\n" net.bridgeTable)));
+      want = 4;
+    }
+    {
+      name = "hostNetwork json for the worker";
+      got = (builtins.fromJSON net.json).vms.py-0;
+      want = { index = 26; tap = "pcrtap26"; mac = "02:50:43:52:00:1a"; address = "10.100.0.36"; allowedDomains = [ "example.com" ]; };
+    }
+    {
+      name = "vmsFromSpecs gives slots in spec order";
+      got = lib.vmsFromSpecs c1.vmSpecs;
+      want = {
+        db-0 = { index = 0; allowedDomains = [ ]; };
+        web-0 = { index = 1; allowedDomains = [ "example.com" ]; };
+        web-1 = { index = 2; allowedDomains = [ "example.com" ]; };
+      };
+    }
+    {
+      name = "hostNetwork with no VMs";
+      got = let n = lib.hostNetwork { bridge = "br1"; subnetPrefix = "192.168.7"; }; in [ n.hostAddress n.nftsets n.dhcpHosts ];
+      want = [ "192.168.7.1" [ ] [ ] ];
     }
   ];
 

@@ -5,6 +5,8 @@
 #             builtins-only files
 #   eval      nix/tests/eval.nix: shapes, defaults, the VmSpec contract
 #   errors    nix/tests/errors.nix: every validation error and its message
+#   nft       the host module's nftables ruleset passes `nft -c` (skipped
+#             when nftables is not installed)
 #   hermetic  example/hermetic in a temp git repo: eval the specs and check
 #             them, build the closure, change one VM, break eval and build
 #
@@ -40,7 +42,7 @@ fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 pass() { echo "ok: $*"; }
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval errors hermetic)
+[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval errors nft hermetic)
 
 # --- parse ------------------------------------------------------------------
 run_parse() {
@@ -114,6 +116,30 @@ run_errors() {
     fail "errors: $bad of $n cases"
   else
     pass "errors: $n cases fail with their message"
+  fi
+}
+
+# --- nft ---------------------------------------------------------------------
+# The host module's nftables ruleset (from nix/lib/network.nix) through
+# `nft -c` (parse and evaluate, nothing installed). Needs the nftables package;
+# without it the section reports a skip and does not count as a pass.
+run_nft() {
+  if ! command -v nft >/dev/null 2>&1; then
+    echo "skip: nft: nftables is not installed (apt-get install nftables)"
+    return
+  fi
+  nix eval --raw --impure --expr "
+    ((import $repo/nix/lib/network.nix).hostNetwork {
+      vms = {
+        web-0 = { index = 0; allowedDomains = [ \"example.com\" \"*.pypi.org\" ]; };
+        web-1 = { index = 1; allowedDomains = [ \"example.com\" ]; };
+        db-0 = { index = 239; };
+      };
+    }).ruleset" > "$work/ruleset.nft"
+  if out=$(nft -c -f "$work/ruleset.nft" 2>&1); then
+    pass "nft: the host ruleset passes nft -c"
+  else
+    fail "nft: the host ruleset is refused by nft -c: $out"
   fi
 }
 
@@ -207,8 +233,9 @@ for s in "${sections[@]}"; do
     sync) run_sync ;;
     eval) run_eval ;;
     errors) run_errors ;;
+    nft) run_nft ;;
     hermetic) run_hermetic ;;
-    *) fail "unknown section $s (parse sync eval errors hermetic)" ;;
+    *) fail "unknown section $s (parse sync eval errors nft hermetic)" ;;
   esac
 done
 echo "nix tests: ${sections[*]}: $failures failure(s) in $(( $(date +%s) - start )) s"
