@@ -330,6 +330,7 @@ async fn serve_file(path: PathBuf, content_type: &str, head: bool) -> Response<B
 }
 
 /// Checks HTTP basic auth; the password must equal the upload token.
+#[allow(clippy::result_large_err)] // the Err is the response itself, returned at once
 fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response<Body>> {
     let Some(token) = &state.token else {
         state.metrics.upload_failure("uploads_disabled");
@@ -569,10 +570,13 @@ async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Bod
             Ok(pins) => {
                 let mut map = serde_json::Map::new();
                 for (n, p) in pins {
-                    map.entry(n)
+                    if let Some(a) = map
+                        .entry(n)
                         .or_insert_with(|| serde_json::Value::Array(Vec::new()))
                         .as_array_mut()
-                        .map(|a| a.push(p.into()));
+                    {
+                        a.push(p.into());
+                    }
                 }
                 json(200, &serde_json::json!({ "pins": map }))
             }
