@@ -332,3 +332,140 @@ mod tests {
         assert!(err.contains("toplevel"), "{err}");
     }
 }
+
+pub fn worker_status_to_capnp(s: &crate::types::WorkerStatus, mut b: common_capnp::worker_status::Builder<'_>) {
+    b.set_worker_id(s.worker_id.as_str());
+    b.set_address(&s.address);
+    resources_to_capnp(s.capacity, b.reborrow().init_capacity());
+    resources_to_capnp(s.allocated, b.reborrow().init_allocated());
+    labels_to_capnp(&s.labels, b.reborrow().init_labels(s.labels.len() as u32));
+    b.set_vm_count(s.vm_count);
+    b.set_run_dir(&s.run_dir);
+    b.set_version(&s.version);
+    b.set_uptime_ms(s.uptime_ms);
+}
+
+pub fn worker_status_from_capnp(
+    r: common_capnp::worker_status::Reader<'_>,
+) -> Result<crate::types::WorkerStatus, ConvertError> {
+    Ok(crate::types::WorkerStatus {
+        worker_id: text(r.get_worker_id())?.parse()?,
+        address: text(r.get_address())?,
+        capacity: resources_from_capnp(r.get_capacity()?),
+        allocated: resources_from_capnp(r.get_allocated()?),
+        labels: labels_from_capnp(r.get_labels()?)?,
+        vm_count: r.get_vm_count(),
+        run_dir: text(r.get_run_dir())?,
+        version: text(r.get_version())?,
+        uptime_ms: r.get_uptime_ms(),
+    })
+}
+
+pub fn vm_details_to_capnp(d: &crate::types::VmDetails, mut b: crate::worker_capnp::vm_info::Builder<'_>) {
+    vm_status_to_capnp(&d.status, b.reborrow().init_status());
+    vm_spec_to_capnp(&d.spec, b.reborrow().init_spec());
+    vm_metrics_to_capnp(&d.metrics, b.reborrow().init_metrics());
+    b.set_ch_state(&d.ch_state);
+    b.set_socket_path(&d.socket_path);
+    b.set_serial_log_path(&d.serial_log_path);
+}
+
+pub fn vm_details_from_capnp(
+    r: crate::worker_capnp::vm_info::Reader<'_>,
+) -> Result<crate::types::VmDetails, ConvertError> {
+    Ok(crate::types::VmDetails {
+        status: vm_status_from_capnp(r.get_status()?)?,
+        spec: vm_spec_from_capnp(r.get_spec()?)?,
+        metrics: vm_metrics_from_capnp(r.get_metrics()?),
+        ch_state: text(r.get_ch_state())?,
+        socket_path: text(r.get_socket_path())?,
+        serial_log_path: text(r.get_serial_log_path())?,
+    })
+}
+
+pub fn log_tail_to_capnp(t: &crate::types::LogTail, mut b: crate::worker_capnp::log_tail::Builder<'_>) {
+    let mut lines = b.reborrow().init_lines(t.lines.len() as u32);
+    for (i, l) in t.lines.iter().enumerate() {
+        lines.set(i as u32, l);
+    }
+    b.set_truncated(t.truncated);
+}
+
+pub fn log_tail_from_capnp(r: crate::worker_capnp::log_tail::Reader<'_>) -> Result<crate::types::LogTail, ConvertError> {
+    let lines_r = r.get_lines()?;
+    check_len(lines_r.len(), MAX_LIST)?;
+    let mut lines = Vec::with_capacity(lines_r.len() as usize);
+    for l in lines_r.iter() {
+        lines.push(l?.to_str()?.to_owned());
+    }
+    Ok(crate::types::LogTail { lines, truncated: r.get_truncated() })
+}
+
+#[cfg(test)]
+mod worker_tests {
+    use super::*;
+    use crate::types::{LogTail, VmDetails, WorkerStatus};
+
+    #[test]
+    fn worker_status_round_trips() {
+        let mut labels = BTreeMap::new();
+        labels.insert("zone".to_owned(), "a".to_owned());
+        let s = WorkerStatus {
+            worker_id: "w-1".parse().unwrap(),
+            address: "127.0.0.1:6000".into(),
+            capacity: Resources { cpu: 8, memory_mb: 16384 },
+            allocated: Resources { cpu: 2, memory_mb: 512 },
+            labels,
+            vm_count: 2,
+            run_dir: "/run/pcr".into(),
+            version: "0.1.0".into(),
+            uptime_ms: 42,
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        worker_status_to_capnp(&s, msg.init_root());
+        let r = msg.get_root_as_reader::<common_capnp::worker_status::Reader<'_>>().unwrap();
+        assert_eq!(worker_status_from_capnp(r).unwrap(), s);
+    }
+
+    #[test]
+    fn vm_details_and_log_tail_round_trip() {
+        let spec = VmSpec::new(VmSpecFields {
+            name: "web-0".into(),
+            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+            cpu: 1,
+            memory_mb: 128,
+            content_hash: "h".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let d = VmDetails {
+            status: VmStatus {
+                id: VmId::new_v7(),
+                name: spec.name().clone(),
+                content_hash: "h".into(),
+                state: VmState::Paused,
+                pid: Some(7),
+                error: String::new(),
+                created_at_ms: 1,
+                cpu: 1,
+                memory_mb: 128,
+            },
+            spec,
+            metrics: VmMetrics { rss_bytes: 5, ..Default::default() },
+            ch_state: "Paused".into(),
+            socket_path: "/run/x.sock".into(),
+            serial_log_path: "/run/x-serial.log".into(),
+        };
+        let mut msg = capnp::message::Builder::new_default();
+        vm_details_to_capnp(&d, msg.init_root());
+        let r = msg.get_root_as_reader::<crate::worker_capnp::vm_info::Reader<'_>>().unwrap();
+        assert_eq!(vm_details_from_capnp(r).unwrap(), d);
+
+        let t = LogTail { lines: vec!["a".into(), "b".into()], truncated: true };
+        let mut msg = capnp::message::Builder::new_default();
+        log_tail_to_capnp(&t, msg.init_root());
+        let r = msg.get_root_as_reader::<crate::worker_capnp::log_tail::Reader<'_>>().unwrap();
+        assert_eq!(log_tail_from_capnp(r).unwrap(), t);
+    }
+}

@@ -597,3 +597,40 @@ mod tests {
         assert!("not-a-uuid".parse::<VmId>().is_err());
     }
 }
+
+/// What a worker says about itself (`Worker.read`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    pub worker_id: WorkerId,
+    pub address: String,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub labels: Labels,
+    pub vm_count: u32,
+    pub run_dir: String,
+    pub version: String,
+    pub uptime_ms: u64,
+}
+
+/// Everything a worker knows about one VM (`Worker.vmInfo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmDetails {
+    pub status: VmStatus,
+    pub spec: VmSpec,
+    pub metrics: VmMetrics,
+    /// The state cloud-hypervisor reports ("" when it could not be asked).
+    pub ch_state: String,
+    pub socket_path: String,
+    pub serial_log_path: String,
+}
+
+/// The end of a VM's serial console (`Worker.logs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogTail {
+    pub lines: Vec<String>,
+    /// Older lines exist beyond what was returned.
+    pub truncated: bool,
+}

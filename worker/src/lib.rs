@@ -1,1 +1,130 @@
-//! worker: placeholder until its issue lands.
+//! The Procurator worker: one cloud-hypervisor process per VM, managed
+//! through CH's REST API and served over Cap'n Proto (design §3).
+//!
+//! `run(config, listener, shutdown)` is the whole daemon; the `worker`
+//! binary is a thin clap wrapper around it and tests call it on port 0.
+//! Layers: `server::Server` (stateless RPC) → `node::CommandSender` →
+//! `node::Node` → `manager::VmManager<B>` (sole owner of VM state) →
+//! `vmm::VmmBackend` (`CloudHypervisorBackend` in production).
+
+pub mod disk;
+pub mod dto;
+pub mod manager;
+pub mod node;
+pub mod procfs;
+pub mod rundir;
+pub mod server;
+pub mod state;
+pub mod vmm;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::dto::{Labels, Resources, WorkerId};
+pub use crate::manager::{ManagerConfig, WorkerError};
+pub use crate::node::{CommandSender, Node};
+use crate::vmm::config::TapConfig;
+use crate::vmm::{ChBackendConfig, CloudHypervisorBackend};
+
+/// The crate version, reported by `Worker.read`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub worker_id: WorkerId,
+    /// What the worker reports as its address (default: the bound address).
+    pub advertise: Option<String>,
+    pub run_dir: PathBuf,
+    pub ch_binary: PathBuf,
+    /// Where `/nix/store/...` paths are on this host (`/` in production).
+    pub store_root: PathBuf,
+    pub capacity: Resources,
+    pub labels: Labels,
+    /// TAP NIC per VM; `None` unless the host module set up the network.
+    pub tap: Option<TapConfig>,
+    pub stop_vms_on_exit: bool,
+    pub socket_timeout: Duration,
+    pub api_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Binary cache to pull missing closures from (not implemented yet).
+    pub closure_source: Option<String>,
+}
+
+impl Config {
+    /// Defaults: capacity of this host, no labels, no TAP, VMs survive exit.
+    pub fn new(worker_id: WorkerId, run_dir: PathBuf, ch_binary: PathBuf) -> Self {
+        Config {
+            worker_id,
+            advertise: None,
+            run_dir,
+            ch_binary,
+            store_root: PathBuf::from("/"),
+            capacity: Resources {
+                cpu: procfs::host_cpus(),
+                memory_mb: procfs::host_memory_mb(),
+            },
+            labels: Labels::new(),
+            tap: None,
+            stop_vms_on_exit: false,
+            socket_timeout: Duration::from_secs(5),
+            api_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(3),
+            closure_source: None,
+        }
+    }
+}
+
+/// Serves the Worker interface on `listener` until `shutdown` fires. Adopts
+/// the VMs its run directory holds first. Runs its own `LocalSet` (capnp-rpc
+/// is `!Send`), so the returned future is `!Send`: await it directly or on a
+/// dedicated thread (`commands::rpc::block_on_local`).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let address = match &config.advertise {
+        Some(a) => a.clone(),
+        None => listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    };
+    let mut backend_config = ChBackendConfig::new(config.ch_binary.clone());
+    backend_config.store_root = config.store_root.clone();
+    backend_config.tap = config.tap.clone();
+    backend_config.socket_timeout = config.socket_timeout;
+    backend_config.api_timeout = config.api_timeout;
+    backend_config.closure_source = config.closure_source.clone();
+    let backend = CloudHypervisorBackend::new(backend_config);
+    let manager_config = ManagerConfig {
+        worker_id: config.worker_id.clone(),
+        address,
+        capacity: config.capacity,
+        labels: config.labels.clone(),
+        run_dir: config.run_dir.clone(),
+        store_root: config.store_root.clone(),
+        stop_vms_on_exit: config.stop_vms_on_exit,
+        shutdown_timeout: config.shutdown_timeout,
+        version: VERSION.to_owned(),
+    };
+    let node = Node::new(backend, manager_config)?;
+    let span = tracing::info_span!("worker", worker_id = %config.worker_id);
+    let _g = span.enter();
+    tracing::info!(run_dir = %config.run_dir.display(), ch = %config.ch_binary.display(), "worker starting");
+    drop(_g);
+    let client = server::Server::new(node.sender()).client();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let node_task = tokio::spawn(node.run(shutdown.clone()));
+            commands::rpc::serve(listener, client.client, shutdown).await;
+            let _ = node_task.await;
+        })
+        .await;
+    Ok(())
+}

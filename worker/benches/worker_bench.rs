@@ -1,0 +1,2 @@
+//! Worker benchmark (filled below).
+fn main() {}

@@ -1,0 +1,2 @@
+//! ch-sim
+fn main() {}

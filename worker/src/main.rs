@@ -1,0 +1,169 @@
+//! `worker` binary: flags and env, logging, signals; everything else is
+//! `worker::run`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use worker::dto::{Labels, Resources, WorkerId};
+use worker::vmm::config::TapConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "worker",
+    version,
+    about = "Procurator worker: runs VMs as cloud-hypervisor processes"
+)]
+struct Args {
+    /// Address to serve Cap'n Proto on (port 0 picks one).
+    #[arg(long, env = "WORKER_LISTEN", default_value = "127.0.0.1:6000")]
+    listen: String,
+    /// Address reported to clients and the control plane (default: the bound one).
+    #[arg(long, env = "WORKER_ADVERTISE")]
+    advertise: Option<String>,
+    /// The cloud-hypervisor binary (or ch-sim).
+    #[arg(long, env = "WORKER_CH_BINARY", default_value = "cloud-hypervisor")]
+    ch_binary: PathBuf,
+    /// Directory for sockets, records, serial logs and disk copies.
+    #[arg(long, env = "WORKER_RUN_DIR", default_value = "/run/procurator/worker")]
+    run_dir: PathBuf,
+    /// This worker's id (default: the host name).
+    #[arg(long, env = "WORKER_ID")]
+    worker_id: Option<String>,
+    /// vCPUs offered to VMs (default: the host's CPU count).
+    #[arg(long, env = "WORKER_CPU")]
+    cpu: Option<u32>,
+    /// Memory offered to VMs in MiB (default: the host's MemTotal).
+    #[arg(long, env = "WORKER_MEMORY_MB")]
+    memory_mb: Option<u64>,
+    /// A label k=v (repeatable; env: comma-separated).
+    #[arg(long = "label", env = "WORKER_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Where /nix/store paths are found (a store root like `nix copy --to DIR`).
+    #[arg(long, env = "WORKER_STORE_ROOT", default_value = "/")]
+    store_root: PathBuf,
+    /// Attach a TAP NIC named <prefix><id tail> per VM (hosts set up by the nix host module only).
+    #[arg(long, env = "WORKER_TAP_PREFIX")]
+    tap_prefix: Option<String>,
+    /// Stop every VM when the worker exits (default: leave them running for adoption).
+    #[arg(long, env = "WORKER_STOP_VMS_ON_EXIT")]
+    stop_vms_on_exit: bool,
+    /// How long a new cloud-hypervisor may take to open its API socket.
+    #[arg(long, env = "WORKER_SOCKET_TIMEOUT_MS", default_value_t = 5000)]
+    socket_timeout_ms: u64,
+    /// How long a delete waits for the guest's graceful shutdown.
+    #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value_t = 3000)]
+    shutdown_timeout_ms: u64,
+    /// Binary cache to fetch missing closures from (reserved; not implemented yet).
+    #[arg(long, env = "WORKER_CLOSURE_SOURCE")]
+    closure_source: Option<String>,
+    /// Log JSON lines instead of human-readable ones.
+    #[arg(long, env = "WORKER_LOG_JSON")]
+    log_json: bool,
+}
+
+fn parse_labels(raw: &[String]) -> Result<Labels, String> {
+    let mut labels = Labels::new();
+    for l in raw.iter().filter(|l| !l.is_empty()) {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| format!("label {l:?} is not k=v"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(labels)
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() { "worker".into() } else { id }
+}
+
+/// A worker holds a pidfd or pipe per child and a socket per call: lift the
+/// soft open-file limit to the hard one so a thousand VMs fit.
+fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    commands::telemetry::init(args.log_json);
+    match real_main(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(args: Args) -> Result<(), String> {
+    raise_nofile_limit();
+    let worker_id: WorkerId = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(default_worker_id)
+        .parse()
+        .map_err(|e| format!("--worker-id: {e}"))?;
+    let mut config = worker::Config::new(worker_id, args.run_dir.clone(), args.ch_binary.clone());
+    config.advertise = args.advertise.clone();
+    config.store_root = args.store_root.clone();
+    config.capacity = Resources {
+        cpu: args.cpu.unwrap_or(config.capacity.cpu),
+        memory_mb: args.memory_mb.unwrap_or(config.capacity.memory_mb),
+    };
+    config.labels = parse_labels(&args.labels).map_err(|e| format!("--label: {e}"))?;
+    config.tap = args.tap_prefix.clone().map(|prefix| TapConfig { prefix });
+    config.stop_vms_on_exit = args.stop_vms_on_exit;
+    config.socket_timeout = Duration::from_millis(args.socket_timeout_ms);
+    config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
+    config.closure_source = args.closure_source.clone();
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Tests and scripts wait for this line to know the port.
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        token.cancel();
+    });
+    worker::run(config, listener, shutdown)
+        .await
+        .map_err(|e| e.message())
+}

@@ -1,0 +1,835 @@
+//! `VmManager<B>`: the single owner of the VM table. It runs one loop that
+//! takes `Command`s from the RPC server (and later the reconciler) and
+//! `Event`s from its own sub-tasks; only this loop changes the table.
+//!
+//! Long I/O (prepare, disk copy, spawn, REST calls) runs in sub-tasks whose
+//! results come back as events, so one slow create never blocks a list or
+//! the delete of another VM. A create in progress is an entry in phase
+//! `Creating`; deleting it is refused until the create finishes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use commands::convert::ErrorCode;
+use commands::telemetry::now_ms;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::disk::{self, DiskError};
+use crate::dto::{
+    Labels, LogTail, Resources, VmDetails, VmId, VmMetrics, VmName, VmRecord, VmSpec, VmStatus,
+    WorkerId, WorkerStatus,
+};
+use crate::procfs;
+use crate::rundir::{self, RunDir, RunDirError};
+use crate::state::{InvalidTransition, VmEvent, VmPhase};
+use crate::vmm::config::{ChVmState, host_path};
+use crate::vmm::interface::{ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};
+
+/// Why a command failed; `code()` is what goes over the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no VM with id {0} on this worker")]
+    NotFound(VmId),
+    #[error("a VM named {name} already exists on this worker (id {id})")]
+    NameTaken { name: VmName, id: VmId },
+    #[error("VM {id}: {reason}")]
+    WrongState { id: VmId, reason: String },
+    #[error("{step} failed")]
+    Vmm {
+        step: &'static str,
+        #[source]
+        source: VmmError,
+    },
+    #[error("copying the disk image failed")]
+    Disk(#[from] DiskError),
+    #[error("run directory")]
+    RunDir(#[from] RunDirError),
+    #[error("cannot read the serial log {}", path.display())]
+    Logs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
+impl WorkerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WorkerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            WorkerError::NotFound(_) => ErrorCode::NotFound,
+            WorkerError::NameTaken { .. } => ErrorCode::AlreadyExists,
+            WorkerError::WrongState { .. } => ErrorCode::FailedPrecondition,
+            WorkerError::Disk(DiskError::Missing { .. }) => ErrorCode::FailedPrecondition,
+            WorkerError::Vmm {
+                source: VmmError::MissingStorePath { .. },
+                ..
+            } => ErrorCode::FailedPrecondition,
+            WorkerError::ShuttingDown => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    /// One line with the whole cause chain, for an RPC error or a log.
+    pub fn message(&self) -> String {
+        error_chain(self)
+    }
+
+    fn step(step: &'static str) -> impl FnOnce(VmmError) -> WorkerError {
+        move |source| WorkerError::Vmm { step, source }
+    }
+}
+
+/// `outer: inner: innermost`, skipping a source whose text the outer
+/// message already ends with.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.ends_with(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, WorkerError>>;
+
+/// What the RPC server and the reconciler ask of the manager.
+#[derive(Debug)]
+pub enum Command {
+    Read {
+        reply: Reply<WorkerStatus>,
+    },
+    ListVms {
+        reply: Reply<Vec<VmStatus>>,
+    },
+    CreateVm {
+        spec: VmSpec,
+        reply: Reply<VmStatus>,
+    },
+    DeleteVm {
+        id: VmId,
+        reply: Reply<()>,
+    },
+    VmInfo {
+        id: VmId,
+        reply: Reply<VmDetails>,
+    },
+    PauseVm {
+        id: VmId,
+        reply: Reply<VmStatus>,
+    },
+    ResumeVm {
+        id: VmId,
+        reply: Reply<VmStatus>,
+    },
+    Logs {
+        id: VmId,
+        lines: u32,
+        reply: Reply<LogTail>,
+    },
+}
+
+impl Command {
+    /// Answers the command with `ShuttingDown` (the manager is gone).
+    fn refuse(self) {
+        fn no<T>(reply: Reply<T>) {
+            let _ = reply.send(Err(WorkerError::ShuttingDown));
+        }
+        match self {
+            Command::Read { reply } => no(reply),
+            Command::ListVms { reply } => no(reply),
+            Command::CreateVm { reply, .. } => no(reply),
+            Command::DeleteVm { reply, .. } => no(reply),
+            Command::VmInfo { reply, .. } => no(reply),
+            Command::PauseVm { reply, .. } | Command::ResumeVm { reply, .. } => no(reply),
+            Command::Logs { reply, .. } => no(reply),
+        }
+    }
+}
+
+/// Results of the manager's sub-tasks.
+enum Event<B: VmmBackend> {
+    Created {
+        id: VmId,
+        result: Result<(B::Vmm, B::Process), WorkerError>,
+        reply: Reply<VmStatus>,
+    },
+    OpDone {
+        id: VmId,
+        event: VmEvent,
+        result: Result<(), VmmError>,
+        reply: Reply<VmStatus>,
+    },
+    Deleted {
+        id: VmId,
+        reply: Option<Reply<()>>,
+    },
+    Exited {
+        id: VmId,
+        instance: u64,
+        info: ExitInfo,
+    },
+}
+
+/// The static facts a manager reports and the knobs of its flows.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub worker_id: WorkerId,
+    pub address: String,
+    pub capacity: Resources,
+    pub labels: Labels,
+    pub run_dir: PathBuf,
+    /// Where `/nix/store/...` paths are on this host (`/` in production).
+    pub store_root: PathBuf,
+    /// Stop (and forget) every VM when the manager exits.
+    pub stop_vms_on_exit: bool,
+    /// How long a delete waits for the guest's `vm.shutdown`.
+    pub shutdown_timeout: Duration,
+    pub version: String,
+}
+
+struct Entry<B: VmmBackend> {
+    spec: VmSpec,
+    created_at_ms: u64,
+    phase: VmPhase,
+    error: String,
+    pid: Option<u32>,
+    vmm: Option<Arc<B::Vmm>>,
+    process: Option<Arc<B::Process>>,
+    /// Tells a stale exit event (of an earlier process) from a current one.
+    instance: u64,
+}
+
+pub struct VmManager<B: VmmBackend> {
+    backend: Arc<B>,
+    config: ManagerConfig,
+    run_dir: RunDir,
+    vms: BTreeMap<VmId, Entry<B>>,
+    names: HashMap<VmName, VmId>,
+    events_tx: mpsc::UnboundedSender<Event<B>>,
+    events_rx: mpsc::UnboundedReceiver<Event<B>>,
+    next_instance: u64,
+    started: Instant,
+}
+
+const DEFAULT_LOG_LINES: u32 = 100;
+const MAX_LOG_LINES: u32 = 10_000;
+/// Bound on the REST calls of a delete after the graceful shutdown.
+const STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<B: VmmBackend> VmManager<B> {
+    pub fn new(backend: B, config: ManagerConfig) -> Result<Self, WorkerError> {
+        let run_dir = RunDir::open(&config.run_dir)?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Ok(VmManager {
+            backend: Arc::new(backend),
+            config,
+            run_dir,
+            vms: BTreeMap::new(),
+            names: HashMap::new(),
+            events_tx,
+            events_rx,
+            next_instance: 0,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// Rebuilds the table from the run directory: VMs whose hypervisor still
+    /// answers are adopted as they are (no reboot); the files of dead or
+    /// half-created ones are removed.
+    pub async fn adopt_existing(&mut self) {
+        let ids = match self.run_dir.scan() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot scan the run directory");
+                return;
+            }
+        };
+        let backend = self.backend.clone();
+        let run_dir = self.run_dir.clone();
+        // Probe concurrently: each probe is one ping and one info call.
+        let probes = futures::stream::iter(ids.into_iter().map(|id| {
+            let backend = backend.clone();
+            let run_dir = run_dir.clone();
+            async move {
+                let paths = run_dir.paths(&id);
+                let record = run_dir.read_record(&id);
+                let adopted = match &record {
+                    Ok(_) if paths.socket.exists() => backend.adopt(&id, &paths).await,
+                    _ => Ok(None),
+                };
+                (id, paths, record, adopted)
+            }
+        }))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+        for (id, paths, record, adopted) in probes {
+            let span = tracing::info_span!("adopt", vm_id = %id);
+            let _g = span.enter();
+            match (record, adopted) {
+                (Ok(record), Ok(Some(a)))
+                    if matches!(a.info.state, ChVmState::Running | ChVmState::Paused) =>
+                {
+                    let phase = if a.info.state == ChVmState::Paused {
+                        VmPhase::Paused
+                    } else {
+                        VmPhase::Running
+                    };
+                    tracing::info!(pid = ?a.process.pid(), state = a.info.state.as_str(), "adopted a running VM");
+                    self.names.insert(record.spec.name().clone(), id.clone());
+                    self.vms.insert(
+                        id.clone(),
+                        Entry {
+                            spec: record.spec,
+                            created_at_ms: record.created_at_ms,
+                            phase,
+                            error: String::new(),
+                            pid: a.process.pid(),
+                            vmm: None,
+                            process: None,
+                            instance: 0,
+                        },
+                    );
+                    self.attach(&id, a.vmm, a.process);
+                }
+                (record, adopted) => {
+                    let why = match (&record, &adopted) {
+                        (Err(e), _) => format!("no usable record ({})", error_chain(e)),
+                        (_, Err(e)) => format!(
+                            "its hypervisor does not answer properly ({})",
+                            error_chain(e)
+                        ),
+                        (_, Ok(None)) => "its hypervisor is gone".to_owned(),
+                        (_, Ok(Some(a))) => {
+                            format!("it was never booted (state {})", a.info.state.as_str())
+                        }
+                    };
+                    tracing::info!(%why, "removing the files of a VM that cannot be adopted");
+                    if let Ok(Some(a)) = adopted {
+                        teardown(&a.vmm, &a.process).await;
+                    }
+                    let _ = &paths;
+                    self.run_dir.remove_vm_files(&id);
+                }
+            }
+        }
+    }
+
+    /// Serves commands until `shutdown` fires or every sender is gone, then
+    /// answers what is still queued with `ShuttingDown`.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+            }
+        }
+        commands.close();
+        while let Ok(cmd) = commands.try_recv() {
+            cmd.refuse();
+        }
+        if self.config.stop_vms_on_exit {
+            self.stop_all().await;
+        }
+        tracing::info!(vms = self.vms.len(), "VM manager stopped");
+    }
+
+    /// Deletes every VM (used with `--stop-vms-on-exit`).
+    async fn stop_all(&mut self) {
+        let timeout = self.config.shutdown_timeout;
+        let jobs: Vec<_> = std::mem::take(&mut self.vms)
+            .into_iter()
+            .map(|(id, e)| {
+                let run_dir = self.run_dir.clone();
+                async move { delete_flow::<B>(e.vmm, e.process, &run_dir, &id, timeout).await }
+            })
+            .collect();
+        futures::future::join_all(jobs).await;
+        self.names.clear();
+    }
+
+    fn status(&self, id: &VmId, e: &Entry<B>) -> VmStatus {
+        VmStatus {
+            id: id.clone(),
+            name: e.spec.name().clone(),
+            content_hash: e.spec.content_hash().to_owned(),
+            state: e.phase.public(),
+            pid: e.pid,
+            error: e.error.clone(),
+            created_at_ms: e.created_at_ms,
+            cpu: e.spec.cpu(),
+            memory_mb: e.spec.memory_mb(),
+        }
+    }
+
+    fn entry(&self, id: &VmId) -> Result<&Entry<B>, WorkerError> {
+        self.vms
+            .get(id)
+            .ok_or_else(|| WorkerError::NotFound(id.clone()))
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Read { reply } => {
+                let _ = reply.send(Ok(self.worker_status()));
+            }
+            Command::ListVms { reply } => {
+                let list = self.vms.iter().map(|(id, e)| self.status(id, e)).collect();
+                let _ = reply.send(Ok(list));
+            }
+            Command::CreateVm { spec, reply } => self.create(spec, reply),
+            Command::DeleteVm { id, reply } => self.delete(id, reply),
+            Command::PauseVm { id, reply } => self.op(id, VmEvent::Paused, reply),
+            Command::ResumeVm { id, reply } => self.op(id, VmEvent::Resumed, reply),
+            Command::VmInfo { id, reply } => self.info(id, reply),
+            Command::Logs { id, lines, reply } => self.logs(id, lines, reply),
+        }
+    }
+
+    fn worker_status(&self) -> WorkerStatus {
+        let mut allocated = Resources::default();
+        for e in self.vms.values().filter(|e| e.phase != VmPhase::Failed) {
+            allocated.cpu += e.spec.cpu();
+            allocated.memory_mb += e.spec.memory_mb();
+        }
+        WorkerStatus {
+            worker_id: self.config.worker_id.clone(),
+            address: self.config.address.clone(),
+            capacity: self.config.capacity,
+            allocated,
+            labels: self.config.labels.clone(),
+            vm_count: self.vms.len() as u32,
+            run_dir: self.config.run_dir.display().to_string(),
+            version: self.config.version.clone(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+
+    fn create(&mut self, spec: VmSpec, reply: Reply<VmStatus>) {
+        if let Some(id) = self.names.get(spec.name()) {
+            let _ = reply.send(Err(WorkerError::NameTaken {
+                name: spec.name().clone(),
+                id: id.clone(),
+            }));
+            return;
+        }
+        let id = VmId::new_v7();
+        let record = VmRecord {
+            id: id.clone(),
+            spec: spec.clone(),
+            created_at_ms: now_ms(),
+            worker_id: self.config.worker_id.clone(),
+        };
+        self.names.insert(spec.name().clone(), id.clone());
+        self.vms.insert(
+            id.clone(),
+            Entry {
+                spec,
+                created_at_ms: record.created_at_ms,
+                phase: VmPhase::Creating,
+                error: String::new(),
+                pid: None,
+                vmm: None,
+                process: None,
+                instance: 0,
+            },
+        );
+        let span = tracing::info_span!("create_vm", worker_id = %self.config.worker_id, vm_id = %id, name = %record.spec.name());
+        let backend = self.backend.clone();
+        let run_dir = self.run_dir.clone();
+        let store_root = self.config.store_root.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(
+            async move {
+                let result = create_flow(&*backend, &run_dir, &record, &store_root).await;
+                match &result {
+                    Ok(_) => tracing::info!("VM is running"),
+                    Err(e) => tracing::warn!(error = %e.message(), "create failed; everything it started was removed"),
+                }
+                if let Err(mpsc::error::SendError(ev)) = events.send(Event::Created { id, result, reply }) {
+                    // The manager is gone: nothing recorded this VM, so it
+                    // must not outlive the create.
+                    if let Event::Created { id, result: Ok((vmm, process)), .. } = ev {
+                        teardown(&vmm, &process).await;
+                        run_dir.remove_vm_files(&id);
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn delete(&mut self, id: VmId, reply: Reply<()>) {
+        let Some(e) = self.vms.get_mut(&id) else {
+            let _ = reply.send(Err(WorkerError::NotFound(id)));
+            return;
+        };
+        match e.phase.next(VmEvent::DeleteStarted) {
+            Ok(next) => e.phase = next,
+            Err(t) => {
+                let reason = match t.from {
+                    VmPhase::Creating => {
+                        "is still being created; delete it once the create has finished".to_owned()
+                    }
+                    VmPhase::Stopping => "is already being deleted".to_owned(),
+                    _ => t.to_string(),
+                };
+                let _ = reply.send(Err(WorkerError::WrongState { id, reason }));
+                return;
+            }
+        }
+        let (vmm, process) = (e.vmm.clone(), e.process.clone());
+        let run_dir = self.run_dir.clone();
+        let events = self.events_tx.clone();
+        let timeout = self.config.shutdown_timeout;
+        let span =
+            tracing::info_span!("delete_vm", worker_id = %self.config.worker_id, vm_id = %id);
+        tokio::spawn(
+            async move {
+                delete_flow::<B>(vmm, process, &run_dir, &id, timeout).await;
+                tracing::info!("VM deleted");
+                let _ = events.send(Event::Deleted {
+                    id,
+                    reply: Some(reply),
+                });
+            }
+            .instrument(span),
+        );
+    }
+
+    fn op(&mut self, id: VmId, event: VmEvent, reply: Reply<VmStatus>) {
+        let e = match self.entry(&id) {
+            Ok(e) => e,
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        if let Err(t) = e.phase.next(event) {
+            let _ = reply.send(Err(wrong_state(&id, t)));
+            return;
+        }
+        let Some(vmm) = e.vmm.clone() else {
+            let _ = reply.send(Err(WorkerError::WrongState {
+                id,
+                reason: "has no hypervisor".into(),
+            }));
+            return;
+        };
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = match event {
+                VmEvent::Paused => vmm.pause().await,
+                _ => vmm.resume().await,
+            };
+            let _ = events.send(Event::OpDone {
+                id,
+                event,
+                result,
+                reply,
+            });
+        });
+    }
+
+    fn info(&mut self, id: VmId, reply: Reply<VmDetails>) {
+        let e = match self.entry(&id) {
+            Ok(e) => e,
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        let paths = self.run_dir.paths(&id);
+        let mut details = VmDetails {
+            status: self.status(&id, e),
+            spec: e.spec.clone(),
+            metrics: VmMetrics::default(),
+            ch_state: String::new(),
+            socket_path: paths.socket.display().to_string(),
+            serial_log_path: paths.serial_log.display().to_string(),
+        };
+        let vmm = e
+            .vmm
+            .clone()
+            .filter(|_| matches!(e.phase, VmPhase::Running | VmPhase::Paused));
+        tokio::spawn(async move {
+            if let Some(vmm) = vmm {
+                if let Ok(Ok(info)) = tokio::time::timeout(STEP_TIMEOUT, vmm.info()).await {
+                    details.ch_state = info.state.as_str().to_owned();
+                }
+                if let Ok(Ok(counters)) = tokio::time::timeout(STEP_TIMEOUT, vmm.counters()).await {
+                    for (dev, c) in &counters {
+                        let get = |k: &str| c.get(k).copied().unwrap_or(0);
+                        if dev.starts_with("_net") {
+                            details.metrics.net_rx_bytes += get("rx_bytes");
+                            details.metrics.net_tx_bytes += get("tx_bytes");
+                        } else {
+                            details.metrics.disk_read_bytes += get("read_bytes");
+                            details.metrics.disk_write_bytes += get("write_bytes");
+                        }
+                    }
+                }
+            }
+            if let Some(pid) = details.status.pid {
+                details.metrics.rss_bytes = procfs::rss_bytes(pid);
+            }
+            let _ = reply.send(Ok(details));
+        });
+    }
+
+    fn logs(&mut self, id: VmId, lines: u32, reply: Reply<LogTail>) {
+        if let Err(err) = self.entry(&id) {
+            let _ = reply.send(Err(err));
+            return;
+        }
+        let path = self.run_dir.paths(&id).serial_log;
+        let n = if lines == 0 {
+            DEFAULT_LOG_LINES
+        } else {
+            lines.min(MAX_LOG_LINES)
+        } as usize;
+        tokio::task::spawn_blocking(move || {
+            let r = rundir::tail_lines(&path, n)
+                .map(|(lines, truncated)| LogTail { lines, truncated })
+                .map_err(|source| WorkerError::Logs { path, source });
+            let _ = reply.send(r);
+        });
+    }
+
+    /// Records a live hypervisor for `id` and watches its process.
+    fn attach(&mut self, id: &VmId, vmm: B::Vmm, process: B::Process) {
+        self.next_instance += 1;
+        let instance = self.next_instance;
+        let process = Arc::new(process);
+        if let Some(e) = self.vms.get_mut(id) {
+            e.pid = process.pid();
+            e.vmm = Some(Arc::new(vmm));
+            e.process = Some(process.clone());
+            e.instance = instance;
+        }
+        let events = self.events_tx.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let info = process.exited().await;
+            let _ = events.send(Event::Exited { id, instance, info });
+        });
+    }
+
+    fn on_event(&mut self, ev: Event<B>) {
+        match ev {
+            Event::Created { id, result, reply } => match result {
+                Ok((vmm, process)) => {
+                    self.attach(&id, vmm, process);
+                    let Some(e) = self.vms.get_mut(&id) else {
+                        return;
+                    };
+                    match e.phase.next(VmEvent::Booted) {
+                        Ok(p) => e.phase = p,
+                        Err(t) => {
+                            tracing::error!(vm_id = %id, error = %t, "impossible transition after create")
+                        }
+                    }
+                    let status = self.status(&id, &self.vms[&id]);
+                    let _ = reply.send(Ok(status));
+                }
+                Err(err) => {
+                    if let Some(e) = self.vms.remove(&id) {
+                        self.names.remove(e.spec.name());
+                    }
+                    let _ = reply.send(Err(err));
+                }
+            },
+            Event::OpDone {
+                id,
+                event,
+                result,
+                reply,
+            } => {
+                let r = match (result, self.vms.get_mut(&id)) {
+                    (_, None) => Err(WorkerError::NotFound(id.clone())),
+                    (Err(source), Some(_)) => Err(WorkerError::Vmm {
+                        step: if event == VmEvent::Paused {
+                            "pausing"
+                        } else {
+                            "resuming"
+                        },
+                        source,
+                    }),
+                    (Ok(()), Some(e)) => e
+                        .phase
+                        .next(event)
+                        .map(|p| e.phase = p)
+                        .map_err(|t| wrong_state(&id, t)),
+                };
+                let _ = reply.send(r.map(|()| self.status(&id, &self.vms[&id])));
+            }
+            Event::Deleted { id, reply } => {
+                if let Some(e) = self.vms.remove(&id) {
+                    self.names.remove(e.spec.name());
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Event::Exited { id, instance, info } => {
+                let Some(e) = self.vms.get_mut(&id) else {
+                    return;
+                };
+                if e.instance != instance {
+                    return;
+                }
+                if let Ok(next) = e.phase.next(VmEvent::Died) {
+                    if next == VmPhase::Failed && e.phase != VmPhase::Failed {
+                        e.error = format!("cloud-hypervisor {}", info.description);
+                        tracing::warn!(vm_id = %id, error = %e.error, "VM failed");
+                        e.pid = None;
+                        // CH leaves its socket behind when killed.
+                        if let Some(p) = &e.process {
+                            p.cleanup();
+                        }
+                    }
+                    e.phase = next;
+                }
+            }
+        }
+    }
+}
+
+fn wrong_state(id: &VmId, t: InvalidTransition) -> WorkerError {
+    WorkerError::WrongState {
+        id: id.clone(),
+        reason: format!("is {}; {t}", t.from),
+    }
+}
+
+/// prepare → disk copy → spawn → build_config → vm.create → vm.boot. On any
+/// failure everything started so far is stopped and removed.
+async fn create_flow<B: VmmBackend>(
+    backend: &B,
+    run_dir: &RunDir,
+    record: &VmRecord,
+    store_root: &std::path::Path,
+) -> Result<(B::Vmm, B::Process), WorkerError> {
+    let id = &record.id;
+    let spec = &record.spec;
+    let paths = run_dir.paths(id);
+    // The record comes first so that a crash at any later step leaves a
+    // file the next start finds and cleans up.
+    run_dir.write_record(record)?;
+    let result = async {
+        backend
+            .prepare(spec)
+            .await
+            .map_err(WorkerError::step("preparing the closure"))?;
+        if let Some(image) = spec.disk_image_path() {
+            let from = host_path(store_root, image.as_str());
+            let to = paths.disk.clone();
+            tokio::task::spawn_blocking(move || disk::writable_copy(&from, &to))
+                .await
+                .map_err(|e| DiskError::Copy {
+                    from: PathBuf::new(),
+                    to: PathBuf::new(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        let (vmm, process) = backend
+            .spawn(id, &paths)
+            .await
+            .map_err(WorkerError::step("starting cloud-hypervisor"))?;
+        let config = backend.build_config(id, spec, &paths);
+        let booted = async {
+            vmm.create(&config)
+                .await
+                .map_err(WorkerError::step("vm.create"))?;
+            vmm.boot().await.map_err(WorkerError::step("vm.boot"))
+        }
+        .await;
+        match booted {
+            Ok(()) => Ok((vmm, process)),
+            Err(e) => {
+                teardown(&vmm, &process).await;
+                Err(e)
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        run_dir.remove_vm_files(id);
+    }
+    result
+}
+
+/// Ends a hypervisor that must not keep running: kill, wait, remove its socket.
+async fn teardown<V: Vmm, P: VmmProcess>(_vmm: &V, process: &P) {
+    if process.try_exited().is_none() {
+        if let Err(e) = process.kill() {
+            tracing::warn!(error = %error_chain(&e), "kill failed");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), process.exited())
+            .await
+            .is_err()
+        {
+            tracing::error!(pid = ?process.pid(), "process survived SIGKILL for 5 s");
+        }
+    }
+    process.cleanup();
+}
+
+/// vm.shutdown (bounded) → vm.delete → vmm.shutdown → kill if still alive →
+/// remove socket and per-VM files. Never fails: whatever does not answer is
+/// killed.
+async fn delete_flow<B: VmmBackend>(
+    vmm: Option<Arc<B::Vmm>>,
+    process: Option<Arc<B::Process>>,
+    run_dir: &RunDir,
+    id: &VmId,
+    graceful: Duration,
+) {
+    if let (Some(vmm), Some(process)) = (&vmm, &process) {
+        if process.try_exited().is_none() {
+            if let Ok(Err(e)) = tokio::time::timeout(graceful, vmm.shutdown()).await {
+                tracing::debug!(error = %error_chain(&e), "vm.shutdown refused");
+            }
+            let _ = tokio::time::timeout(STEP_TIMEOUT, vmm.delete()).await;
+            let _ = tokio::time::timeout(STEP_TIMEOUT, vmm.shutdown_vmm()).await;
+            if tokio::time::timeout(Duration::from_secs(1), process.exited())
+                .await
+                .is_err()
+            {
+                tracing::warn!(pid = ?process.pid(), "hypervisor did not exit after vmm.shutdown; killing it");
+            }
+            teardown(&**vmm, &**process).await;
+        } else {
+            process.cleanup();
+        }
+    }
+    let run_dir = run_dir.clone();
+    let id = id.clone();
+    let _ = tokio::task::spawn_blocking(move || run_dir.remove_vm_files(&id)).await;
+}
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;

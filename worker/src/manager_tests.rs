@@ -1,0 +1,475 @@
+//! VmManager unit tests over the in-memory backend: every command, every
+//! state transition, and a failure injected at every step of a create
+//! leaving nothing behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use commands::convert::ErrorCode;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::dto::{VmSpecFields, VmState};
+use crate::node::{CommandSender, Node};
+use crate::vmm::memory::{Fault, MemoryBackend, Step};
+
+const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
+
+fn spec(name: &str) -> VmSpec {
+    VmSpec::new(VmSpecFields {
+        name: name.into(),
+        toplevel: TOP.into(),
+        kernel_path: format!("{TOP}/kernel"),
+        cmdline: "console=ttyS0".into(),
+        cpu: 1,
+        memory_mb: 128,
+        content_hash: format!("hash-{name}"),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {
+    ManagerConfig {
+        worker_id: "w1".parse().unwrap(),
+        address: "127.0.0.1:1".into(),
+        capacity: Resources {
+            cpu: 8,
+            memory_mb: 8192,
+        },
+        labels: Labels::new(),
+        run_dir: dir.join("run"),
+        store_root: dir.join("store"),
+        stop_vms_on_exit,
+        shutdown_timeout: Duration::from_millis(200),
+        version: "test".into(),
+    }
+}
+
+struct Running {
+    tx: CommandSender,
+    shutdown: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.join.await.unwrap();
+    }
+}
+
+fn start(backend: &MemoryBackend, dir: &Path, stop_vms_on_exit: bool) -> Running {
+    let node = Node::new(backend.clone(), config(dir, stop_vms_on_exit)).unwrap();
+    let tx = node.sender();
+    let shutdown = CancellationToken::new();
+    let join = tokio::spawn(node.run(shutdown.clone()));
+    Running { tx, shutdown, join }
+}
+
+/// Names of the files in the run directory.
+fn run_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn create_list_read_info_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+
+    let st = w.tx.create_vm(spec("web-0")).await.unwrap();
+    assert_eq!(st.state, VmState::Running);
+    assert_eq!(st.name.as_str(), "web-0");
+    assert_eq!(st.pid, backend.pid_of(&st.id));
+    assert_eq!((st.cpu, st.memory_mb), (1, 128));
+
+    let list = w.tx.list_vms().await.unwrap();
+    assert_eq!(list, vec![st.clone()]);
+    let ws = w.tx.read().await.unwrap();
+    assert_eq!(ws.vm_count, 1);
+    assert_eq!(
+        ws.allocated,
+        Resources {
+            cpu: 1,
+            memory_mb: 128
+        }
+    );
+    assert_eq!(
+        ws.capacity,
+        Resources {
+            cpu: 8,
+            memory_mb: 8192
+        }
+    );
+
+    let info = w.tx.vm_info(st.id.clone()).await.unwrap();
+    assert_eq!(info.ch_state, "Running");
+    assert_eq!(info.metrics.disk_read_bytes, 4096);
+    assert_eq!(info.spec, spec("web-0"));
+    assert!(
+        info.serial_log_path
+            .ends_with(&format!("{}-serial.log", st.id))
+    );
+
+    let logs = w.tx.logs(st.id.clone(), 0).await.unwrap();
+    assert_eq!(logs.lines, vec![format!("[mem] {} booted", st.id)]);
+
+    let id = st.id.clone();
+    let files = run_files(dir.path());
+    assert!(
+        files.contains(&format!("{id}.json")) && files.contains(&format!("{id}.sock")),
+        "{files:?}"
+    );
+
+    w.tx.delete_vm(id.clone()).await.unwrap();
+    assert!(w.tx.list_vms().await.unwrap().is_empty());
+    assert_eq!(backend.live(), 0);
+    assert!(
+        run_files(dir.path()).is_empty(),
+        "{:?}",
+        run_files(dir.path())
+    );
+    let err = w.tx.delete_vm(id).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn failure_at_every_create_step_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let keep = w.tx.create_vm(spec("keep")).await.unwrap();
+    let before = run_files(dir.path());
+
+    for (step, want) in [
+        (Step::Prepare, "preparing the closure failed"),
+        (Step::Spawn, "starting cloud-hypervisor failed"),
+        (Step::Create, "vm.create failed: vm.create answered 500"),
+        (
+            Step::Boot,
+            "vm.boot failed: vm.boot answered 500: Error from API: injected failure of vm.boot",
+        ),
+    ] {
+        backend.fault(step, Fault::Fail(500));
+        let err = w.tx.create_vm(spec("doomed")).await.unwrap_err();
+        assert!(
+            err.message().starts_with(want),
+            "{step:?}: {}",
+            err.message()
+        );
+        assert_eq!(err.code(), ErrorCode::Internal);
+        backend.clear_faults();
+        assert_eq!(
+            w.tx.list_vms().await.unwrap(),
+            vec![keep.clone()],
+            "{step:?}"
+        );
+        assert_eq!(backend.live(), 1, "{step:?}: no orphan process");
+        assert_eq!(run_files(dir.path()), before, "{step:?}: no orphan file");
+    }
+    // The name is free again and the survivor is untouched.
+    w.tx.create_vm(spec("doomed")).await.unwrap();
+    assert_eq!(
+        w.tx.vm_info(keep.id.clone()).await.unwrap().status.state,
+        VmState::Running
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn disk_image_is_copied_writable_and_removed_on_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let mut f = spec("disk").to_fields();
+    f.disk_image_path = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img/disk.raw".into();
+    let with_disk = VmSpec::new(f).unwrap();
+
+    let err = w.tx.create_vm(with_disk.clone()).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        ErrorCode::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img/disk.raw"),
+        "{}",
+        err.message()
+    );
+    assert!(run_files(dir.path()).is_empty());
+    assert_eq!(backend.live(), 0);
+
+    let img = dir
+        .path()
+        .join("store/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img");
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::write(img.join("disk.raw"), b"bootsector").unwrap();
+    let st = w.tx.create_vm(with_disk).await.unwrap();
+    let copy = dir.path().join("run").join(format!("{}.disk", st.id));
+    assert_eq!(std::fs::read(&copy).unwrap(), b"bootsector");
+    w.tx.delete_vm(st.id).await.unwrap();
+    assert!(!copy.exists());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_name_and_unknown_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let st = w.tx.create_vm(spec("a")).await.unwrap();
+    let err = w.tx.create_vm(spec("a")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::AlreadyExists);
+    assert_eq!(
+        err.message(),
+        format!("a VM named a already exists on this worker (id {})", st.id)
+    );
+    let ghost = VmId::new_v7();
+    for err in [
+        w.tx.delete_vm(ghost.clone()).await.unwrap_err(),
+        w.tx.pause_vm(ghost.clone()).await.unwrap_err(),
+        w.tx.resume_vm(ghost.clone()).await.unwrap_err(),
+        w.tx.vm_info(ghost.clone()).await.map(|_| ()).unwrap_err(),
+        w.tx.logs(ghost.clone(), 5).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(err.code(), ErrorCode::NotFound);
+        assert_eq!(
+            err.message(),
+            format!("no VM with id {ghost} on this worker")
+        );
+    }
+    assert_eq!(w.tx.list_vms().await.unwrap(), vec![st]);
+    assert_eq!(backend.live(), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn pause_resume_transitions_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let id = w.tx.create_vm(spec("p")).await.unwrap().id;
+
+    let err = w.tx.resume_vm(id.clone()).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        format!("VM {id}: is running; a running VM cannot be resumed")
+    );
+
+    assert_eq!(
+        w.tx.pause_vm(id.clone()).await.unwrap().state,
+        VmState::Paused
+    );
+    assert_eq!(w.tx.vm_info(id.clone()).await.unwrap().ch_state, "Paused");
+    let err = w.tx.pause_vm(id.clone()).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+    assert_eq!(
+        w.tx.resume_vm(id.clone()).await.unwrap().state,
+        VmState::Running
+    );
+
+    // The hypervisor refuses: the error carries its chain, state unchanged.
+    backend.fault(Step::Pause, Fault::Fail(500));
+    let err = w.tx.pause_vm(id.clone()).await.unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("pausing failed: vm.pause answered 500"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(w.tx.list_vms().await.unwrap()[0].state, VmState::Running);
+    backend.clear_faults();
+
+    // A paused VM can be deleted.
+    w.tx.pause_vm(id.clone()).await.unwrap();
+    w.tx.delete_vm(id).await.unwrap();
+    assert_eq!(backend.live(), 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn slow_create_does_not_block_others_and_cannot_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let other = w.tx.create_vm(spec("other")).await.unwrap();
+    backend.fault(Step::Boot, Fault::Delay(Duration::from_millis(600)));
+    let tx = w.tx.clone();
+    let slow = tokio::spawn(async move { tx.create_vm(spec("slow")).await });
+
+    // While it boots: it is listed as creating, the rest of the table works.
+    let creating = loop {
+        let list = w.tx.list_vms().await.unwrap();
+        if let Some(v) = list.iter().find(|v| v.name.as_str() == "slow") {
+            break v.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(creating.state, VmState::Creating);
+    let t = std::time::Instant::now();
+    let err = w.tx.delete_vm(creating.id.clone()).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+    assert!(
+        err.message().contains("is still being created"),
+        "{}",
+        err.message()
+    );
+    w.tx.pause_vm(other.id.clone()).await.unwrap();
+    w.tx.delete_vm(other.id.clone()).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "other VMs waited for the slow create"
+    );
+
+    let done = slow.await.unwrap().unwrap();
+    assert_eq!(done.state, VmState::Running);
+    w.tx.delete_vm(done.id).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn dead_process_marks_the_vm_failed_and_delete_cleans_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let a = w.tx.create_vm(spec("a")).await.unwrap();
+    let b = w.tx.create_vm(spec("b")).await.unwrap();
+    backend.crash(&a.id);
+    let t = std::time::Instant::now();
+    let failed = loop {
+        let st = w.tx.vm_info(a.id.clone()).await.unwrap().status;
+        if st.state == VmState::Failed {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "failure not noticed within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(failed.error, "cloud-hypervisor was killed by signal 9");
+    assert_eq!(failed.pid, None);
+    assert!(
+        !dir.path()
+            .join("run")
+            .join(format!("{}.sock", a.id))
+            .exists(),
+        "stale socket removed"
+    );
+    // Failed VMs hold no resources; the other VM is untouched.
+    assert_eq!(w.tx.read().await.unwrap().allocated.cpu, 1);
+    assert_eq!(
+        w.tx.vm_info(b.id.clone()).await.unwrap().status.state,
+        VmState::Running
+    );
+    let err = w.tx.pause_vm(a.id.clone()).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+
+    w.tx.delete_vm(a.id.clone()).await.unwrap();
+    assert_eq!(w.tx.list_vms().await.unwrap(), vec![b.clone()]);
+    assert!(
+        !run_files(dir.path())
+            .iter()
+            .any(|f| f.starts_with(a.id.as_str()))
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn delete_of_a_hung_hypervisor_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let a = w.tx.create_vm(spec("a")).await.unwrap();
+    backend.fault(Step::Shutdown, Fault::Hang);
+    backend.fault(Step::ShutdownVmm, Fault::Hang);
+    let t = std::time::Instant::now();
+    w.tx.delete_vm(a.id).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(6));
+    assert_eq!(backend.live(), 0, "killed");
+    assert!(run_files(dir.path()).is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn restart_adopts_live_vms_and_cleans_dead_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let a = w.tx.create_vm(spec("a")).await.unwrap();
+    let b = w.tx.create_vm(spec("b")).await.unwrap();
+    let c = w.tx.create_vm(spec("c")).await.unwrap();
+    let d = w.tx.create_vm(spec("d")).await.unwrap();
+    w.tx.pause_vm(b.id.clone()).await.unwrap();
+    w.stop().await;
+    assert_eq!(backend.live(), 4, "VMs outlive the worker");
+
+    backend.crash(&c.id); // died while no worker watched
+    backend.set_state(&d.id, None); // alive but never created: half a create
+    std::fs::write(dir.path().join("run").join(format!("{}.sock", c.id)), b"").unwrap();
+
+    let w = start(&backend, dir.path(), false);
+    let list = w.tx.list_vms().await.unwrap();
+    let got: Vec<_> = list
+        .iter()
+        .map(|v| (v.id.clone(), v.state, v.pid))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (a.id.clone(), VmState::Running, a.pid),
+            (b.id.clone(), VmState::Paused, b.pid)
+        ]
+    );
+    assert_eq!(backend.live(), 2, "the half-created one was stopped");
+    for gone in [&c.id, &d.id] {
+        assert!(
+            !run_files(dir.path())
+                .iter()
+                .any(|f| f.starts_with(gone.as_str())),
+            "{gone} files removed"
+        );
+    }
+    // Adopted VMs are fully managed: names are taken, exits are watched.
+    assert_eq!(
+        w.tx.create_vm(spec("a")).await.unwrap_err().code(),
+        ErrorCode::AlreadyExists
+    );
+    backend.crash(&a.id);
+    tokio::time::timeout(Duration::from_secs(1), async {
+        while w.tx.list_vms().await.unwrap()[0].state != VmState::Failed {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("adopted VM's death noticed");
+    w.tx.resume_vm(b.id.clone()).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn stop_vms_on_exit_stops_everything_and_late_commands_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), true);
+    w.tx.create_vm(spec("a")).await.unwrap();
+    w.tx.create_vm(spec("b")).await.unwrap();
+    let tx = w.tx.clone();
+    w.stop().await;
+    assert_eq!(backend.live(), 0);
+    assert!(run_files(dir.path()).is_empty());
+    let err = tx.list_vms().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+    assert_eq!(err.message(), "the worker is shutting down");
+}

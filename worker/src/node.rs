@@ -1,0 +1,116 @@
+//! `Node<B>`: owns the command channel's receiver and the VmManager, adopts
+//! what the run directory holds, then feeds the manager. Every source of
+//! commands (the RPC server now, the reconciler later) holds a clone of the
+//! same `CommandSender`, so all changes go through the one manager loop.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::dto::{LogTail, VmDetails, VmId, VmSpec, VmStatus, WorkerStatus};
+use crate::manager::{Command, ManagerConfig, Reply, VmManager, WorkerError};
+use crate::vmm::VmmBackend;
+
+/// Depth of the command queue: senders wait (backpressure) beyond it.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// Cloneable handle that turns calls into `Command`s with a oneshot reply.
+#[derive(Clone, Debug)]
+pub struct CommandSender {
+    tx: mpsc::Sender<Command>,
+}
+
+impl CommandSender {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, WorkerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| WorkerError::ShuttingDown)?;
+        rx.await.map_err(|_| WorkerError::ShuttingDown)?
+    }
+
+    pub async fn read(&self) -> Result<WorkerStatus, WorkerError> {
+        self.call(|reply| Command::Read { reply }).await
+    }
+    pub async fn list_vms(&self) -> Result<Vec<VmStatus>, WorkerError> {
+        self.call(|reply| Command::ListVms { reply }).await
+    }
+    pub async fn create_vm(&self, spec: VmSpec) -> Result<VmStatus, WorkerError> {
+        self.call(|reply| Command::CreateVm { spec, reply }).await
+    }
+    pub async fn delete_vm(&self, id: VmId) -> Result<(), WorkerError> {
+        self.call(|reply| Command::DeleteVm { id, reply }).await
+    }
+    pub async fn vm_info(&self, id: VmId) -> Result<VmDetails, WorkerError> {
+        self.call(|reply| Command::VmInfo { id, reply }).await
+    }
+    pub async fn pause_vm(&self, id: VmId) -> Result<VmStatus, WorkerError> {
+        self.call(|reply| Command::PauseVm { id, reply }).await
+    }
+    pub async fn resume_vm(&self, id: VmId) -> Result<VmStatus, WorkerError> {
+        self.call(|reply| Command::ResumeVm { id, reply }).await
+    }
+    pub async fn logs(&self, id: VmId, lines: u32) -> Result<LogTail, WorkerError> {
+        self.call(|reply| Command::Logs { id, lines, reply }).await
+    }
+}
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub struct Node<B: VmmBackend> {
+    manager: VmManager<B>,
+    commands: mpsc::Receiver<Command>,
+    sender: CommandSender,
+    tasks: Vec<Task>,
+}
+
+impl<B: VmmBackend> Node<B> {
+    pub fn new(backend: B, config: ManagerConfig) -> Result<Self, WorkerError> {
+        let manager = VmManager::new(backend, config)?;
+        let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        Ok(Node {
+            manager,
+            commands,
+            sender: CommandSender { tx },
+            tasks: Vec::new(),
+        })
+    }
+
+    pub fn sender(&self) -> CommandSender {
+        self.sender.clone()
+    }
+
+    /// Adds a task that runs beside the manager once `run` starts (the
+    /// reconciler's hook): it gets its own `CommandSender` and the shutdown
+    /// token, and must return when the token fires.
+    pub fn add_task<F, Fut>(&mut self, make: F, shutdown: &CancellationToken)
+    where
+        F: FnOnce(CommandSender, CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .push(Box::pin(make(self.sender.clone(), shutdown.clone())));
+    }
+
+    /// Adopts surviving VMs, then serves commands until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Node {
+            mut manager,
+            commands,
+            sender,
+            tasks,
+        } = self;
+        // Our own sender must not keep the channel open once every outside
+        // sender is gone.
+        drop(sender);
+        manager.adopt_existing().await;
+        let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+        manager.run(commands, shutdown).await;
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}

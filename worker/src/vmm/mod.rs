@@ -1,0 +1,12 @@
+//! Hypervisor seam: the traits (`interface`), CH's API types (`config`),
+//! the production cloud-hypervisor backend (`ch`) and, for unit tests, an
+//! in-memory backend (`memory`).
+
+pub mod ch;
+pub mod config;
+pub mod interface;
+#[cfg(test)]
+pub mod memory;
+
+pub use ch::{ChBackendConfig, CloudHypervisorBackend};
+pub use interface::{Adopted, ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};
