@@ -141,8 +141,13 @@ pub fn default_branch(repo: &Repository) -> Option<String> {
     target.strip_prefix("refs/heads/").map(str::to_owned)
 }
 
+/// No branch yet. (libgit2's `is_empty` only recognises an unborn
+/// `master`/init.defaultBranch, not our `main`.)
 pub fn is_empty(repo: &Repository) -> bool {
-    repo.is_empty().unwrap_or(true)
+    match repo.references_glob("refs/heads/*") {
+        Ok(mut refs) => refs.next().is_none(),
+        Err(_) => true,
+    }
 }
 
 pub fn branches(repo: &Repository) -> Result<Vec<Branch>, GitError> {

@@ -102,8 +102,8 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
             h.append(header::SET_COOKIE, v);
         }
     }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
+    // A handler's stricter policy (raw files: sandbox) wins.
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(
         HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),

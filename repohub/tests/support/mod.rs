@@ -1,0 +1,466 @@
+//! Shared test harness: an in-process app with a cookie-keeping client, a
+//! test ci_service (HTTP, the contract repohub codes against), a test
+//! control plane (a real Cap'n Proto `Master` on loopback), and git helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use repohub::{AppState, Config};
+
+pub const CI_SECRET: &str = "test-ci-secret";
+
+/// A repohub app on a temp data dir, with cheap argon2 parameters.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub state: AppState,
+    pub router: Router,
+}
+
+pub fn config(dir: &Path) -> Config {
+    let mut c = Config::new(dir.join("data"));
+    c.kdf = repohub::auth::KdfParams::insecure_for_tests();
+    c.backoff = repohub::notify::Backoff {
+        initial: std::time::Duration::from_millis(100),
+        max: std::time::Duration::from_millis(400),
+    };
+    c.notify_tick = std::time::Duration::from_millis(50);
+    c.autonix_bin = Some(dir.join("no-autonix-here"));
+    c
+}
+
+impl TestApp {
+    pub fn new(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        edit(&mut c);
+        let state = AppState::new(&c).unwrap();
+        let router = repohub::app(state.clone());
+        Self { dir, state, router }
+    }
+
+    pub fn client(&self) -> Client {
+        Client { router: self.router.clone(), cookies: BTreeMap::new() }
+    }
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn location(&self) -> &str {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// A browser-like client over `Router::oneshot`: keeps cookies, fills the
+/// CSRF field of forms from its cookie.
+#[derive(Clone)]
+pub struct Client {
+    router: Router,
+    pub cookies: BTreeMap<String, String>,
+}
+
+impl Client {
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    pub async fn send(&mut self, req: Request<Body>) -> Resp {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        for sc in resp.headers().get_all(header::SET_COOKIE) {
+            let s = sc.to_str().unwrap();
+            let (kv, attrs) = s.split_once(';').unwrap_or((s, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Resp {
+        let req = Request::get(path).header(header::COOKIE, self.cookie_header()).header(header::HOST, "repohub.test").body(Body::empty()).unwrap();
+        self.send(req).await
+    }
+
+    pub fn csrf(&self) -> String {
+        self.cookies.get("rh_csrf").cloned().unwrap_or_default()
+    }
+
+    /// POSTs a form; the CSRF field is added from the cookie (visit a page first).
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let csrf = self.csrf();
+        let mut all: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(path, &all).await
+    }
+
+    /// POSTs exactly these fields (for forged-CSRF tests).
+    pub async fn post_raw(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let body = serde_urlencoded(fields);
+        let req = Request::post(path)
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn signup(&mut self, name: &str, password: &str) -> Resp {
+        self.get("/signup").await;
+        self.post("/signup", &[("username", name), ("password", password)]).await
+    }
+
+    pub async fn create_project(&mut self, name: &str, public: bool) -> Resp {
+        self.get("/new").await;
+        let mut f = vec![("name", name), ("description", "test project")];
+        if public {
+            f.push(("public", "1"));
+        }
+        self.post("/new", &f).await
+    }
+
+    pub async fn create_repo(&mut self, project: &str, name: &str) -> Resp {
+        self.post(&format!("/{project}/-/repos"), &[("name", name)]).await
+    }
+
+    /// Creates a token on the tokens page and returns it.
+    pub async fn token(&mut self) -> String {
+        self.get("/settings/tokens").await;
+        let r = self.post("/settings/tokens", &[("name", "git")]).await;
+        let start = r.body.find("id=\"new-token\">").expect("token shown") + "id=\"new-token\">".len();
+        r.body[start..start + 43].to_owned()
+    }
+}
+
+fn serde_urlencoded(fields: &[(&str, &str)]) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+// ---------------------------------------------------------------- git
+
+/// Runs git with an isolated config and identity; panics with its output on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_cmd(dir, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .args(args)
+        .env("HOME", dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("GIT_AUTHOR_NAME", "Test <b>Author</b>")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com");
+    c
+}
+
+/// A fresh working repository with one commit of `files`, on `main`.
+pub fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathBuf {
+    let dir = parent.join(format!("work-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    for (name, content) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    git(&dir, &["add", "-A"]);
+    commit_at(&dir, message, 1_600_000_000);
+    dir
+}
+
+/// Commits the index (or nothing) with author and committer time `secs`, so
+/// history order does not depend on how fast the test runs.
+pub fn commit_at(dir: &Path, message: &str, secs: i64) {
+    let date = format!("@{secs} +0000");
+    let out = git_cmd(dir, &["commit", "-q", "--allow-empty", "-m", message])
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "commit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn rand_suffix() -> String {
+    static N: AtomicI64 = AtomicI64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+// ---------------------------------------------------------------- ci_service
+
+pub struct FakeCiState {
+    pub up: AtomicBool,
+    pub pushes: Mutex<Vec<Value>>,
+    pub jobs: Mutex<Vec<Value>>,
+    pub unauthorized: AtomicI64,
+    next_id: AtomicI64,
+}
+
+/// A test ci_service implementing the HTTP contract: push hook (bearer
+/// secret), job list, job detail with vm_specs, and a streamed log.
+pub struct FakeCi {
+    pub addr: SocketAddr,
+    pub state: Arc<FakeCiState>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for FakeCi {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+impl FakeCi {
+    pub async fn start() -> Self {
+        let state = Arc::new(FakeCiState {
+            up: AtomicBool::new(true),
+            pushes: Mutex::new(Vec::new()),
+            jobs: Mutex::new(Vec::new()),
+            unauthorized: AtomicI64::new(0),
+            next_id: AtomicI64::new(1),
+        });
+        let app = Router::new()
+            .route("/hooks/push", post(ci_push))
+            .route("/jobs", get(ci_jobs))
+            .route("/jobs/{id}", get(ci_job))
+            .route("/jobs/{id}/log", get(ci_log))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let t = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await }).await.unwrap();
+        });
+        Self { addr, state, shutdown }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn add_job(&self, repo: &str, state: &str) -> i64 {
+        let id = self.state.next_id.fetch_add(1, Ordering::SeqCst);
+        self.state.jobs.lock().unwrap().push(job_json(id, repo, "refs/heads/main", &"c".repeat(40), state));
+        id
+    }
+
+    pub fn pushes(&self) -> Vec<Value> {
+        self.state.pushes.lock().unwrap().clone()
+    }
+}
+
+fn job_json(id: i64, repo: &str, r: &str, commit: &str, state: &str) -> Value {
+    let now = now_ms();
+    json!({
+        "id": id, "repo": repo, "ref": r, "commit": commit, "state": state,
+        "created_at_ms": now, "started_at_ms": now, "finished_at_ms": if state == "running" { Value::Null } else { json!(now + 1500) },
+        "generation": if state == "succeeded" { json!(id) } else { Value::Null },
+        "error": if state == "failed" { json!("nix build failed: <b>boom</b>") } else { Value::Null },
+    })
+}
+
+async fn ci_push(State(s): State<Arc<FakeCiState>>, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    if !s.up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if auth != format!("Bearer {CI_SECRET}") {
+        s.unauthorized.fetch_add(1, Ordering::SeqCst);
+        return (StatusCode::UNAUTHORIZED, "bad secret").into_response();
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let id = s.next_id.fetch_add(1, Ordering::SeqCst);
+    let job = job_json(id, v["repo"].as_str().unwrap(), v["ref"].as_str().unwrap(), v["new"].as_str().unwrap(), "succeeded");
+    s.jobs.lock().unwrap().push(job);
+    s.pushes.lock().unwrap().push(v);
+    (StatusCode::ACCEPTED, axum::Json(json!({ "job_id": id }))).into_response()
+}
+
+async fn ci_jobs(State(s): State<Arc<FakeCiState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    if !s.up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    let repo = q.get("repo").cloned().unwrap_or_default();
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
+    let jobs: Vec<Value> = s.jobs.lock().unwrap().iter().rev().filter(|j| j["repo"] == repo.as_str()).take(limit).cloned().collect();
+    axum::Json(jobs).into_response()
+}
+
+async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
+    let found = s.jobs.lock().unwrap().iter().find(|j| j["id"] == id).cloned();
+    match found {
+        None => (StatusCode::NOT_FOUND, "no such job").into_response(),
+        Some(mut j) => {
+            if j["state"] == "succeeded" {
+                j["vm_specs"] = json!([{
+                    "name": "web-1", "toplevel": "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system",
+                    "kernelPath": "/nix/store/bbbb-kernel", "initrdPath": "", "diskImagePath": "",
+                    "cmdline": "console=ttyS0", "cpu": 2, "memoryMb": 512, "networkAllowedDomains": [],
+                    "contentHash": "0123456789abcdef0123", "labels": []
+                }]);
+            }
+            axum::Json(j).into_response()
+        }
+    }
+}
+
+async fn ci_log(UrlPath(id): UrlPath<i64>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let follow = q.get("follow").is_some_and(|f| f == "1");
+    let lines = vec![
+        format!("job {id}: evaluating flake\n"),
+        "building 1 derivation <script>alert(1)</script>\n".to_owned(),
+        "published generation\n".to_owned(),
+    ];
+    let stream = futures::stream::iter(lines).then(move |l| async move {
+        if follow {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(l))
+    });
+    ([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response()
+}
+
+use futures::StreamExt;
+
+// ---------------------------------------------------------------- control plane
+
+/// A real Cap'n Proto `Master` on loopback answering getClusterStatus with
+/// two VMs and two workers (one drifted VM, one unhealthy worker).
+pub struct FakeMaster {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeMaster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct MasterImpl;
+
+impl commands::master_capnp::master::Server for MasterImpl {
+    fn get_cluster_status(
+        self: capnp::capability::Rc<Self>,
+        _: commands::master_capnp::master::GetClusterStatusParams,
+        mut results: commands::master_capnp::master::GetClusterStatusResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let r = (|| -> Result<(), capnp::Error> {
+            let mut s = results.get().init_status();
+            {
+                let mut a = s.reborrow().init_active();
+                a.set_number(7);
+                a.set_commit("abcdef1234567890");
+            }
+            s.set_convergence_percent(50.0);
+            let mut vms = s.reborrow().init_vms(2);
+            for (i, (name, worker, obs, drift)) in [
+                ("web-1", "worker-a", "0123456789abcdef0123", commands::master_capnp::Drift::Converged),
+                ("db-<1>", "worker-b", "ffff", commands::master_capnp::Drift::Drifted),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut v = vms.reborrow().get(i as u32);
+                v.set_name(name);
+                v.set_worker_id(worker);
+                v.set_desired_hash("0123456789abcdef0123");
+                v.set_observed_hash(obs);
+                v.set_state(commands::common_capnp::VmState::Running);
+                v.set_drift(drift);
+                let mut m = v.init_metrics();
+                m.set_cpu_percent(12.5);
+                m.set_rss_bytes(64 * 1024 * 1024);
+            }
+            let mut ws = s.reborrow().init_workers(2);
+            for (i, (id, healthy)) in [("worker-a", true), ("worker-b", false)].into_iter().enumerate() {
+                let mut w = ws.reborrow().get(i as u32);
+                w.set_worker_id(id);
+                w.set_address("127.0.0.1:6000");
+                w.set_healthy(healthy);
+                w.set_last_seen_ms_ago(if healthy { 120 } else { 45_000 });
+                w.set_vm_count(1);
+                let mut c = w.reborrow().init_capacity();
+                c.set_cpu(8);
+                c.set_memory_mb(16384);
+            }
+            Ok(())
+        })();
+        std::future::ready(r)
+    }
+}
+
+impl FakeMaster {
+    pub fn start() -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            commands::rpc::block_on_local(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let client: commands::master_capnp::master::Client = capnp_rpc::new_client(MasterImpl);
+                commands::rpc::serve(listener, client.client, token).await;
+            });
+        });
+        Self { addr, shutdown, thread: Some(thread) }
+    }
+}
+
+/// A loopback port with nothing listening (bound then released).
+pub fn dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
