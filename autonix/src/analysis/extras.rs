@@ -330,13 +330,22 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
             let text = ctx.text(dir, name).unwrap_or("");
             let mut base_images = Vec::new();
             let mut exposed_ports = Vec::new();
+            // `FROM base` after `FROM x AS base` names a stage, not an image.
+            let mut stages: Vec<String> = Vec::new();
             for line in text.lines() {
                 let mut w = line.split_whitespace();
                 match w.next().map(|s| s.to_ascii_uppercase()).as_deref() {
                     Some("FROM") => {
-                        let img = w.find(|t| !t.starts_with("--")).unwrap_or("");
-                        if !img.is_empty() {
+                        let rest: Vec<&str> = w.filter(|t| !t.starts_with("--")).collect();
+                        let img = rest.first().copied().unwrap_or("");
+                        if !img.is_empty()
+                            && !stages.iter().any(|s| s.eq_ignore_ascii_case(img))
+                            && !base_images.iter().any(|b| b == img)
+                        {
                             base_images.push(img.to_string());
+                        }
+                        if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("as") {
+                            stages.push(rest[2].to_string());
                         }
                     }
                     Some("EXPOSE") => exposed_ports.extend(w.map(String::from)),

@@ -102,6 +102,8 @@ fn detect_mod(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project,
         claims: Vec::new(),
         versions,
+        excluded: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 
@@ -138,6 +140,8 @@ fn detect_work(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project,
         claims: members,
         versions,
+        excluded: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

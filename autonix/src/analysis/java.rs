@@ -4,7 +4,7 @@
 
 use super::versions::Candidate as Version;
 use super::{Candidate, Ctx, Language, base_name, new_project, root_name};
-use crate::scan::join;
+use crate::scan::{Warning, join};
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     if ctx.has(dir, "pom.xml") {
@@ -129,6 +129,8 @@ fn maven(ctx: &mut Ctx<'_>, dir: &str) -> Candidate {
         project,
         claims: members,
         versions,
+        excluded: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -207,6 +209,7 @@ fn gradle(ctx: &mut Ctx<'_>, dir: &str, manifest: &str) -> Candidate {
             .and_then(|l| quoted(l).into_iter().next());
     }
     let wrapper = ctx.has(dir, "gradlew");
+    let mut warnings = Vec::new();
     project.package_manager_version = None;
     let gradle_cmd = if wrapper { "./gradlew" } else { "gradle" };
     project.build = Some(format!("{gradle_cmd} build -x test"));
@@ -216,15 +219,17 @@ fn gradle(ctx: &mut Ctx<'_>, dir: &str, manifest: &str) -> Candidate {
     };
     project.run = Some(format!("java -jar build/libs/{jar}.jar"));
     if !wrapper {
-        ctx.warn(
+        warnings.push(Warning::new(
             &project.manifest,
             "no gradlew: the Gradle version is not pinned",
-        );
+        ));
     }
     Candidate {
         project,
         claims: members,
         versions,
+        excluded: Vec::new(),
+        warnings,
     }
 }
 

@@ -12,7 +12,7 @@ mod ruby;
 mod rust;
 pub(crate) mod versions;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -188,7 +188,13 @@ impl Ctx<'_> {
         match text.parse::<toml::Table>() {
             Ok(t) => Some(t),
             Err(e) => {
-                let msg = format!("malformed TOML: {}", e.message());
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                let msg = match line {
+                    Some(l) => format!("malformed TOML at line {l}: {}", e.message().trim()),
+                    None => format!("malformed TOML: {}", e.message().trim()),
+                };
                 self.warn(join(dir, name), msg);
                 None
             }
@@ -285,6 +291,11 @@ pub(crate) struct Candidate {
     pub claims: Vec<String>,
     /// Version candidates from the manifest itself.
     pub versions: Vec<versions::Candidate>,
+    /// Directories a workspace pattern explicitly leaves out (`!dir`).
+    pub excluded: Vec<String>,
+    /// Warnings that only matter if this turns out to be a project (not a
+    /// member, fixture or vendored copy).
+    pub warnings: Vec<Warning>,
 }
 
 /// Analyses a walked tree.
@@ -305,9 +316,13 @@ pub fn analyse(tree: &Tree) -> Scan {
 
     // Members claimed by a workspace of the same language are part of it.
     let mut claimed: BTreeSet<(Language, String)> = BTreeSet::new();
+    let mut excluded: BTreeMap<(Language, String), String> = BTreeMap::new();
     for c in &candidates {
         for m in &c.claims {
             claimed.insert((c.project.language, m.clone()));
+        }
+        for m in &c.excluded {
+            excluded.insert((c.project.language, m.clone()), c.project.manifest.clone());
         }
     }
     let mut ignored: Vec<Ignored> = tree
@@ -326,6 +341,13 @@ pub fn analyse(tree: &Tree) -> Scan {
         }
         // A workspace claimed by another workspace stays claimed, but a
         // project that only sits below another is a project of its own.
+        if let Some(ws) = excluded.get(&key) {
+            ignored.push(Ignored {
+                path: c.project.manifest.clone(),
+                reason: format!("excluded from the workspace in {ws}"),
+            });
+            continue;
+        }
         if let Some(reason) = not_a_project(&key.1) {
             ignored.push(Ignored {
                 path: c.project.manifest.clone(),
@@ -333,7 +355,19 @@ pub fn analyse(tree: &Tree) -> Scan {
             });
             continue;
         }
+        ctx.warnings.extend(c.warnings);
         let mut project = c.project;
+        if project.lockfile.is_none()
+            && matches!(
+                project.language,
+                Language::Rust | Language::Node | Language::Ruby
+            )
+        {
+            ctx.warn(
+                project.manifest.clone(),
+                "no lockfile: dependency versions are not pinned, the build is not reproducible",
+            );
+        }
         versions::resolve(&mut ctx, &mut project, c.versions);
         projects.push(project);
     }

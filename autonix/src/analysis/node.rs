@@ -66,8 +66,16 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         }
     }
     let is_workspace = !patterns.is_empty() || pnpm_ws;
+    let mut excluded = Vec::new();
     if is_workspace {
         project.members = ctx.expand_members(dir, &patterns, &[], &["package.json"]);
+        let negated: Vec<String> = patterns
+            .iter()
+            .filter_map(|p| p.trim().strip_prefix('!').map(String::from))
+            .collect();
+        if !negated.is_empty() {
+            excluded = ctx.expand_members(dir, &negated, &[], &["package.json"]);
+        }
     }
 
     // Package manager: the `packageManager` field (corepack enforces it),
@@ -151,6 +159,8 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project,
         claims,
         versions,
+        excluded,
+        warnings: Vec::new(),
     })
 }
 

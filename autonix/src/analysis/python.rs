@@ -56,10 +56,22 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
                 format!("{py_manifest} (tool.poetry.dependencies.python)"),
             ));
         }
+        // Workspace siblings (`[tool.uv.sources] x = { workspace = true }`)
+        // are built from the tree, not taken from nixpkgs.
+        let local: Vec<String> = toml_get(t, &["tool", "uv", "sources"])
+            .and_then(|v| v.as_table())
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, v)| v.get("workspace").and_then(|w| w.as_bool()) == Some(true))
+                    .map(|(k, _)| normalize_name(k))
+                    .collect()
+            })
+            .unwrap_or_default();
         deps.extend(
             toml_strings(t, &["project", "dependencies"])
                 .iter()
-                .filter_map(|d| req_name(d)),
+                .filter_map(|d| req_name(d))
+                .filter(|d| !local.contains(d)),
         );
         if let Some(pd) =
             toml_get(t, &["tool", "poetry", "dependencies"]).and_then(|v| v.as_table())
@@ -192,6 +204,8 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project,
         claims,
         versions,
+        excluded: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

@@ -57,11 +57,6 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
                 _ => {}
             }
         }
-    } else {
-        ctx.warn(
-            &project.manifest,
-            "no Gemfile.lock: gem versions are not pinned",
-        );
     }
     gems.sort();
     gems.dedup();
@@ -90,6 +85,8 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project,
         claims: Vec::new(),
         versions,
+        excluded: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

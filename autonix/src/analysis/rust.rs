@@ -29,6 +29,8 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
             project,
             claims: Vec::new(),
             versions: Vec::new(),
+            excluded: Vec::new(),
+            warnings: Vec::new(),
         });
     };
     let mut versions = Vec::new();
@@ -83,16 +85,12 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project.run = Some(format!("./target/release/{first}"));
     }
     project.binaries = bins;
-    if project.lockfile.is_none() {
-        ctx.warn(
-            project.manifest.clone(),
-            "no Cargo.lock: the build is not reproducible until one is committed",
-        );
-    }
     Some(Candidate {
         project,
         claims,
         versions,
+        excluded: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 
