@@ -1,1 +1,174 @@
-//! ci_service: placeholder until its issue lands.
+//! ci_service: receives push events, queues jobs in SQLite, evaluates and
+//! builds the pushed flake with nix, copies the closures to the project's
+//! binary cache and publishes the generation to the control plane.
+
+pub mod api;
+pub mod db;
+pub mod hook;
+pub mod http_client;
+pub mod publisher;
+pub mod runner;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use repo_outils::nix::Nix;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::publisher::Publisher;
+use crate::runner::{CacheTarget, Runner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot create {path}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the job database")]
+    Db(#[from] db::DbError),
+    #[error("invalid cache URL {0:?} (want http://host:port)")]
+    CacheUrl(String),
+    #[error("HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Everything `run` needs; `main` fills it from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Base URL of the binary cache (`http://127.0.0.1:PORT`).
+    pub cache_url: Option<String>,
+    /// Upload token of the cache (read from a file or the environment).
+    pub cache_token: Option<String>,
+    /// `host:port` of the control plane's Cap'n Proto endpoint.
+    pub control_plane: Option<String>,
+    /// `NIX_CONF_DIR` for every nix call (hermetic runs and tests).
+    pub nix_conf_dir: Option<PathBuf>,
+    /// Shared secret the push hook must present (`Authorization: Bearer`).
+    pub hook_secret: Option<String>,
+    /// Only pushes to this ref publish a generation; others are built.
+    pub deploy_ref: String,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            cache_url: None,
+            cache_token: None,
+            control_plane: None,
+            nix_conf_dir: None,
+            hook_secret: None,
+            deploy_ref: "refs/heads/main".into(),
+        }
+    }
+}
+
+/// The host part nix matches against `machine` in a netrc file.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// Serves the API on `listener` and runs jobs until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let dd = &config.data_dir;
+    for sub in ["", "logs", "work", "mirrors", "nix-cache"] {
+        let p = dd.join(sub);
+        std::fs::create_dir_all(&p).map_err(|source| ServiceError::DataDir { path: p, source })?;
+    }
+    let (db, requeued) = Db::open(&dd.join("ci.sqlite"))?;
+    if requeued > 0 {
+        tracing::warn!(requeued, "re-queued jobs a previous run left running");
+    }
+    let db = Arc::new(db);
+
+    let mut nix = Nix::new().with_cache_home(dd.join("nix-cache"));
+    if let Some(c) = &config.nix_conf_dir {
+        nix = nix.with_conf_dir(c);
+    }
+    let cache = match &config.cache_url {
+        None => None,
+        Some(url) => {
+            let url = url.trim_end_matches('/').to_owned();
+            let host = url_host(&url).ok_or_else(|| ServiceError::CacheUrl(url.clone()))?;
+            let netrc = match &config.cache_token {
+                Some(token) => {
+                    let p = dd.join("cache.netrc");
+                    repo_outils::nix::write_netrc(&p, &host, token).map_err(|source| {
+                        ServiceError::DataDir {
+                            path: p.clone(),
+                            source,
+                        }
+                    })?;
+                    Some(p)
+                }
+                None => None,
+            };
+            Some(CacheTarget {
+                url,
+                token: config.cache_token.clone(),
+                netrc,
+            })
+        }
+    };
+
+    let publisher = match &config.control_plane {
+        Some(addr) => Publisher::start(addr.clone(), db.clone(), shutdown.clone()),
+        None => Publisher::disabled(),
+    };
+    let wake = Arc::new(Notify::new());
+    let runner = Arc::new(Runner {
+        db: db.clone(),
+        nix,
+        data_dir: dd.clone(),
+        cache,
+        publisher: publisher.clone(),
+        deploy_ref: config.deploy_ref.clone(),
+        wake: wake.clone(),
+    });
+    let runner_task = tokio::spawn(runner.run(shutdown.clone()));
+
+    let app = api::router(api::AppState {
+        db,
+        data_dir: dd.clone(),
+        hook_secret: config.hook_secret.clone(),
+        wake,
+        publisher,
+    });
+    let token = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
+    shutdown.cancel();
+    let _ = runner_task.await;
+    served.map_err(ServiceError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn netrc_host_is_the_url_host() {
+        assert_eq!(
+            super::url_host("http://127.0.0.1:5000").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            super::url_host("http://cache.local/x").as_deref(),
+            Some("cache.local")
+        );
+        assert_eq!(super::url_host("ftp://x"), None);
+    }
+}

@@ -18,7 +18,11 @@ pub enum GitError {
     #[error("cannot fetch from {url}")]
     Fetch { url: String, source: git2::Error },
     #[error("revision {rev:?} not found in {repo}")]
-    RevNotFound { repo: PathBuf, rev: String, source: git2::Error },
+    RevNotFound {
+        repo: PathBuf,
+        rev: String,
+        source: git2::Error,
+    },
     #[error("{path:?} not found at {rev}")]
     PathNotFound { rev: String, path: String },
     #[error("{path:?} at {rev} is not a file")]
@@ -26,7 +30,10 @@ pub enum GitError {
     #[error("cannot read git objects of {rev}")]
     Object { rev: String, source: git2::Error },
     #[error("cannot write {path}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tree entry {0:?} has an unsafe name")]
     UnsafeName(String),
 }
@@ -46,7 +53,10 @@ pub struct CommitInfo {
 
 /// Opens an existing repository (bare or not).
 pub fn open(path: &Path) -> Result<Repository, GitError> {
-    Repository::open(path).map_err(|source| GitError::Open { path: path.to_owned(), source })
+    Repository::open(path).map_err(|source| GitError::Open {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Fetches every branch and tag of `url` (a URL or a local path) into the
@@ -56,16 +66,34 @@ pub fn fetch_mirror(url: &str, mirror: &Path) -> Result<Repository, GitError> {
     let repo = if mirror.join("HEAD").exists() {
         open(mirror)?
     } else {
-        fs::create_dir_all(mirror).map_err(|source| GitError::Io { path: mirror.to_owned(), source })?;
-        Repository::init_bare(mirror).map_err(|source| GitError::Init { path: mirror.to_owned(), source })?
+        fs::create_dir_all(mirror).map_err(|source| GitError::Io {
+            path: mirror.to_owned(),
+            source,
+        })?;
+        Repository::init_bare(mirror).map_err(|source| GitError::Init {
+            path: mirror.to_owned(),
+            source,
+        })?
     };
     {
-        let mut remote = repo.remote_anonymous(url).map_err(|source| GitError::Fetch { url: url.to_owned(), source })?;
+        let mut remote = repo
+            .remote_anonymous(url)
+            .map_err(|source| GitError::Fetch {
+                url: url.to_owned(),
+                source,
+            })?;
         let mut opts = FetchOptions::new();
         opts.download_tags(git2::AutotagOption::None);
         remote
-            .fetch(&["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], Some(&mut opts), None)
-            .map_err(|source| GitError::Fetch { url: url.to_owned(), source })?;
+            .fetch(
+                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                Some(&mut opts),
+                None,
+            )
+            .map_err(|source| GitError::Fetch {
+                url: url.to_owned(),
+                source,
+            })?;
     }
     Ok(repo)
 }
@@ -77,7 +105,11 @@ pub fn resolve(repo: &Repository, rev: &str) -> Result<String, GitError> {
 }
 
 fn find_commit<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Commit<'r>, GitError> {
-    let not_found = |source| GitError::RevNotFound { repo: repo.path().to_owned(), rev: rev.to_owned(), source };
+    let not_found = |source| GitError::RevNotFound {
+        repo: repo.path().to_owned(),
+        rev: rev.to_owned(),
+        source,
+    };
     let obj = match Oid::from_str(rev) {
         Ok(oid) if rev.len() == 40 => repo.find_object(oid, None).map_err(not_found)?,
         _ => repo.revparse_single(rev).map_err(not_found)?,
@@ -92,7 +124,10 @@ fn find_commit<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Commit<'r>, 
 pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<String, GitError> {
     let commit = find_commit(repo, rev)?;
     let id = commit.id().to_string();
-    let tree = commit.tree().map_err(|source| GitError::Object { rev: id.clone(), source })?;
+    let tree = commit.tree().map_err(|source| GitError::Object {
+        rev: id.clone(),
+        source,
+    })?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| GitError::Io { path, source }
@@ -103,7 +138,9 @@ pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<Stri
         let name = match entry.name() {
             Some(n) if !n.is_empty() && n != "." && n != ".." && !n.contains('/') => n,
             other => {
-                failure = Some(GitError::UnsafeName(other.unwrap_or("<non-utf8>").to_owned()));
+                failure = Some(GitError::UnsafeName(
+                    other.unwrap_or("<non-utf8>").to_owned(),
+                ));
                 return TreeWalkResult::Abort;
             }
         };
@@ -112,7 +149,12 @@ pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<Stri
             match entry.kind() {
                 Some(ObjectType::Tree) => fs::create_dir_all(&path).map_err(io(&path)),
                 Some(ObjectType::Blob) => {
-                    let blob = repo.find_blob(entry.id()).map_err(|source| GitError::Object { rev: id.clone(), source })?;
+                    let blob = repo
+                        .find_blob(entry.id())
+                        .map_err(|source| GitError::Object {
+                            rev: id.clone(),
+                            source,
+                        })?;
                     if entry.filemode() == 0o120000 {
                         let target = String::from_utf8_lossy(blob.content()).into_owned();
                         std::os::unix::fs::symlink(target, &path).map_err(io(&path))
@@ -120,7 +162,8 @@ pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<Stri
                         fs::write(&path, blob.content()).map_err(io(&path))?;
                         if entry.filemode() == 0o100755 {
                             use std::os::unix::fs::PermissionsExt;
-                            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io(&path))?;
+                            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                                .map_err(io(&path))?;
                         }
                         Ok(())
                     }
@@ -140,7 +183,10 @@ pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<Stri
     if let Some(e) = failure {
         return Err(e);
     }
-    walk.map_err(|source| GitError::Object { rev: id.clone(), source })?;
+    walk.map_err(|source| GitError::Object {
+        rev: id.clone(),
+        source,
+    })?;
     Ok(id)
 }
 
@@ -148,19 +194,34 @@ pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<Stri
 pub fn read_file_at(repo: &Repository, rev: &str, path: &str) -> Result<Vec<u8>, GitError> {
     let commit = find_commit(repo, rev)?;
     let id = commit.id().to_string();
-    let tree = commit.tree().map_err(|source| GitError::Object { rev: id.clone(), source })?;
+    let tree = commit.tree().map_err(|source| GitError::Object {
+        rev: id.clone(),
+        source,
+    })?;
     let entry = tree
         .get_path(Path::new(path))
-        .map_err(|_| GitError::PathNotFound { rev: id.clone(), path: path.to_owned() })?;
-    let obj = entry.to_object(repo).map_err(|source| GitError::Object { rev: id.clone(), source })?;
-    let blob = obj.as_blob().ok_or_else(|| GitError::NotAFile { rev: id.clone(), path: path.to_owned() })?;
+        .map_err(|_| GitError::PathNotFound {
+            rev: id.clone(),
+            path: path.to_owned(),
+        })?;
+    let obj = entry.to_object(repo).map_err(|source| GitError::Object {
+        rev: id.clone(),
+        source,
+    })?;
+    let blob = obj.as_blob().ok_or_else(|| GitError::NotAFile {
+        rev: id.clone(),
+        path: path.to_owned(),
+    })?;
     Ok(blob.content().to_vec())
 }
 
 /// Up to `limit` commits reachable from `rev`, newest first.
 pub fn log(repo: &Repository, rev: &str, limit: usize) -> Result<Vec<CommitInfo>, GitError> {
     let start = find_commit(repo, rev)?;
-    let obj_err = |source| GitError::Object { rev: rev.to_owned(), source };
+    let obj_err = |source| GitError::Object {
+        rev: rev.to_owned(),
+        source,
+    };
     let mut walk = repo.revwalk().map_err(obj_err)?;
     walk.set_sorting(git2::Sort::TIME).map_err(obj_err)?;
     walk.push(start.id()).map_err(obj_err)?;
@@ -200,12 +261,25 @@ mod tests {
             }
             idx.write().unwrap();
             let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
-            let parents: Vec<git2::Commit<'_>> =
-                repo.head().ok().and_then(|h| h.peel_to_commit().ok()).into_iter().collect();
+            let parents: Vec<git2::Commit<'_>> = repo
+                .head()
+                .ok()
+                .and_then(|h| h.peel_to_commit().ok())
+                .into_iter()
+                .collect();
             let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
-            repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents).unwrap().to_string()
+            repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents)
+                .unwrap()
+                .to_string()
         };
-        let c1 = commit(&repo, &[("flake.nix", "v1", 0o644), ("bin/run.sh", "#!/bin/sh", 0o755)], "first\n\nbody");
+        let c1 = commit(
+            &repo,
+            &[
+                ("flake.nix", "v1", 0o644),
+                ("bin/run.sh", "#!/bin/sh", 0o755),
+            ],
+            "first\n\nbody",
+        );
         let c2 = commit(&repo, &[("flake.nix", "v2", 0o644)], "second");
         (repo, c1, c2)
     }
@@ -224,16 +298,32 @@ mod tests {
         assert_eq!(checkout_commit(&mirror, &c1, &wd).unwrap(), c1);
         assert_eq!(fs::read_to_string(wd.join("flake.nix")).unwrap(), "v1");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(wd.join("bin/run.sh")).unwrap().permissions().mode() & 0o111, 0o111);
+        assert_eq!(
+            fs::metadata(wd.join("bin/run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o111,
+            0o111
+        );
         assert!(!wd.join(".git").exists());
 
         assert_eq!(read_file_at(&mirror, &c2, "flake.nix").unwrap(), b"v2");
         assert_eq!(read_file_at(&mirror, &c1, "flake.nix").unwrap(), b"v1");
-        assert!(matches!(read_file_at(&mirror, &c1, "nope"), Err(GitError::PathNotFound { .. })));
-        assert!(matches!(read_file_at(&mirror, &c1, "bin"), Err(GitError::NotAFile { .. })));
+        assert!(matches!(
+            read_file_at(&mirror, &c1, "nope"),
+            Err(GitError::PathNotFound { .. })
+        ));
+        assert!(matches!(
+            read_file_at(&mirror, &c1, "bin"),
+            Err(GitError::NotAFile { .. })
+        ));
 
         let history = log(&mirror, &c2, 10).unwrap();
-        assert_eq!(history.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![c2.clone(), c1.clone()]);
+        assert_eq!(
+            history.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            vec![c2.clone(), c1.clone()]
+        );
         assert_eq!(history[1].summary, "first");
         assert_eq!(history[0].author, "Test");
     }

@@ -26,9 +26,16 @@ const TAIL_BYTES: usize = 8 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum NixError {
     #[error("cannot run {program}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}):\n{stderr}")]
-    Failed { command: String, status: String, stderr: String },
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("`{command}` printed unexpected output: {detail}")]
     Output { command: String, detail: String },
     #[error("`{command}` did not finish within {secs}s")]
@@ -62,6 +69,21 @@ pub struct PathInfo {
     pub references: Vec<String>,
     #[serde(default)]
     pub signatures: Vec<String>,
+}
+
+/// Writes a netrc file giving `password` to `host`, mode 0600 (nix's
+/// `netrc-file` sends it as HTTP basic auth on every request to that host:
+/// how the cache's upload token reaches it without a command line).
+pub fn write_netrc(path: &Path, host: &str, password: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(format!("machine {host}\nlogin pcr\npassword {password}\n").as_bytes())
 }
 
 fn yes() -> bool {
@@ -98,7 +120,14 @@ impl Nix {
     /// `nix` from PATH with the process's own environment (the system
     /// store, /etc/nix unless NIX_CONF_DIR is set).
     pub fn new() -> Self {
-        Nix { program: "nix".into(), conf_dir: None, cache_home: None, store_root: None, options: Vec::new(), timeout: None }
+        Nix {
+            program: "nix".into(),
+            conf_dir: None,
+            cache_home: None,
+            store_root: None,
+            options: Vec::new(),
+            timeout: None,
+        }
     }
 
     /// Use another nix binary.
@@ -145,30 +174,57 @@ impl Nix {
 
     /// A human name of the store this value talks to, for messages.
     pub fn store_name(&self) -> String {
-        self.store_root.as_ref().map_or_else(|| "the system store".to_owned(), |p| p.display().to_string())
+        self.store_root.as_ref().map_or_else(
+            || "the system store".to_owned(),
+            |p| p.display().to_string(),
+        )
     }
 
     /// `nix eval --json INSTALLABLE`, parsed.
     pub async fn eval_json(&self, installable: &str) -> Result<serde_json::Value, NixError> {
         let args: Vec<OsString> = vec!["eval".into(), "--json".into(), installable.into()];
         let out = self.run(args, false, None).await?;
-        serde_json::from_slice(&out).map_err(|e| NixError::Output { command: self.describe(&["eval", installable]), detail: e.to_string() })
+        serde_json::from_slice(&out).map_err(|e| NixError::Output {
+            command: self.describe(&["eval", installable]),
+            detail: e.to_string(),
+        })
     }
 
     /// `nix build --json --no-link INSTALLABLE`: the output paths, in the
     /// order nix lists them. Build output goes to `sink` as it happens.
-    pub async fn build(&self, installable: &str, sink: Option<LineSink<'_>>) -> Result<Vec<String>, NixError> {
-        let args: Vec<OsString> = ["build", "--json", "--no-link", "-L", "--log-format", "internal-json", installable]
-            .into_iter()
-            .map(Into::into)
-            .collect();
+    pub async fn build(
+        &self,
+        installable: &str,
+        sink: Option<LineSink<'_>>,
+    ) -> Result<Vec<String>, NixError> {
+        let args: Vec<OsString> = [
+            "build",
+            "--json",
+            "--no-link",
+            "-L",
+            "--log-format",
+            "internal-json",
+            installable,
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
         let out = self.run(args, true, sink).await?;
         let command = self.describe(&["build", installable]);
         let results: Vec<BuildResult> =
-            serde_json::from_slice(&out).map_err(|e| NixError::Output { command: command.clone(), detail: e.to_string() })?;
-        let paths: Vec<String> = results.into_iter().flat_map(|r| r.outputs.into_values()).collect();
+            serde_json::from_slice(&out).map_err(|e| NixError::Output {
+                command: command.clone(),
+                detail: e.to_string(),
+            })?;
+        let paths: Vec<String> = results
+            .into_iter()
+            .flat_map(|r| r.outputs.into_values())
+            .collect();
         if paths.is_empty() {
-            return Err(NixError::Output { command, detail: "no output paths".into() });
+            return Err(NixError::Output {
+                command,
+                detail: "no output paths".into(),
+            });
         }
         Ok(paths)
     }
@@ -185,11 +241,19 @@ impl Nix {
         sink: Option<LineSink<'_>>,
     ) -> Result<(), NixError> {
         let sep = if cache_url.contains('?') { '&' } else { '?' };
-        let mut args: Vec<OsString> = vec!["copy".into(), "--log-format".into(), "internal-json".into()];
+        let mut args: Vec<OsString> =
+            vec!["copy".into(), "--log-format".into(), "internal-json".into()];
         if let Some(n) = netrc {
-            args.extend(["--option".into(), "netrc-file".into(), n.as_os_str().to_owned()]);
+            args.extend([
+                "--option".into(),
+                "netrc-file".into(),
+                n.as_os_str().to_owned(),
+            ]);
         }
-        args.extend(["--to".into(), format!("{cache_url}{sep}compression={compression}").into()]);
+        args.extend([
+            "--to".into(),
+            format!("{cache_url}{sep}compression={compression}").into(),
+        ]);
         args.extend(paths.iter().map(OsString::from));
         self.run(args, true, sink).await.map(drop)
     }
@@ -230,8 +294,10 @@ impl Nix {
         let mut args: Vec<OsString> = vec!["path-info".into(), "--json".into()];
         args.extend(paths.iter().map(OsString::from));
         let out = self.run(args, false, None).await?;
-        serde_json::from_slice(&out)
-            .map_err(|e| NixError::Output { command: self.describe(&["path-info", "--json"]), detail: e.to_string() })
+        serde_json::from_slice(&out).map_err(|e| NixError::Output {
+            command: self.describe(&["path-info", "--json"]),
+            detail: e.to_string(),
+        })
     }
 
     /// The subset of `paths` that is not valid in this value's store.
@@ -239,7 +305,13 @@ impl Nix {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.path_info(paths).await?.into_iter().filter(|p| !p.valid).map(|p| p.path).collect())
+        Ok(self
+            .path_info(paths)
+            .await?
+            .into_iter()
+            .filter(|p| !p.valid)
+            .map(|p| p.path)
+            .collect())
     }
 
     /// `nix store verify PATHS`: contents match the recorded hashes.
@@ -247,7 +319,10 @@ impl Nix {
     pub async fn verify(&self, paths: &[String]) -> Result<(), NixError> {
         let missing = self.missing_paths(paths).await?;
         if !missing.is_empty() {
-            return Err(NixError::Invalid { store: self.store_name(), paths: missing });
+            return Err(NixError::Invalid {
+                store: self.store_name(),
+                paths: missing,
+            });
         }
         let mut args: Vec<OsString> = vec!["store".into(), "verify".into(), "--no-trust".into()];
         args.extend(paths.iter().map(OsString::from));
@@ -266,7 +341,12 @@ impl Nix {
         s
     }
 
-    async fn run(&self, args: Vec<OsString>, json_log: bool, sink: Option<LineSink<'_>>) -> Result<Vec<u8>, NixError> {
+    async fn run(
+        &self,
+        args: Vec<OsString>,
+        json_log: bool,
+        sink: Option<LineSink<'_>>,
+    ) -> Result<Vec<u8>, NixError> {
         self.run_with_store(args, json_log, sink, true).await
     }
 
@@ -280,7 +360,11 @@ impl Nix {
         mut sink: Option<LineSink<'_>>,
         pass_store: bool,
     ) -> Result<Vec<u8>, NixError> {
-        let shown: Vec<String> = args.iter().take(2).map(|a| a.to_string_lossy().into_owned()).collect();
+        let shown: Vec<String> = args
+            .iter()
+            .take(2)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let command = self.describe(&shown.iter().map(String::as_str).collect::<Vec<_>>());
         if pass_store && let Some(root) = &self.store_root {
             args.splice(1..1, ["--store".into(), root.as_os_str().to_owned()]);
@@ -289,7 +373,11 @@ impl Nix {
             args.splice(1..1, [OsString::from("--option"), k.into(), v.into()]);
         }
         let mut cmd = Command::new(&self.program);
-        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         if let Some(d) = &self.conf_dir {
             cmd.env("NIX_CONF_DIR", d);
         }
@@ -297,9 +385,10 @@ impl Nix {
             cmd.env("XDG_CACHE_HOME", d);
         }
         tracing::debug!(?args, "running nix");
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| NixError::Spawn { program: self.program.display().to_string(), source })?;
+        let mut child = cmd.spawn().map_err(|source| NixError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        })?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -337,10 +426,16 @@ impl Nix {
         let (out, tail, status) = match self.timeout {
             Some(t) => tokio::time::timeout(t, work)
                 .await
-                .map_err(|_| NixError::Timeout { command: command.clone(), secs: t.as_secs() })?,
+                .map_err(|_| NixError::Timeout {
+                    command: command.clone(),
+                    secs: t.as_secs(),
+                })?,
             None => work.await,
         };
-        let status = status.map_err(|source| NixError::Spawn { program: self.program.display().to_string(), source })?;
+        let status = status.map_err(|source| NixError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        })?;
         if status.success() {
             return Ok(out);
         }
@@ -352,7 +447,11 @@ impl Nix {
             }
             stderr = format!("…{}", &stderr[cut..]);
         }
-        Err(NixError::Failed { command, status: status.to_string(), stderr })
+        Err(NixError::Failed {
+            command,
+            status: status.to_string(),
+            stderr,
+        })
     }
 }
 
@@ -401,7 +500,10 @@ mod tests {
 
         let mut lines = Vec::new();
         let mut sink = |l: &str| lines.push(l.to_owned());
-        let out = nix.build(&format!("{f}#good"), Some(&mut sink)).await.unwrap();
+        let out = nix
+            .build(&format!("{f}#good"), Some(&mut sink))
+            .await
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].ends_with(&format!("-top-{marker}")), "{out:?}");
 
@@ -410,17 +512,31 @@ mod tests {
         assert_eq!(info[0].references.len(), 1, "{info:?}");
         nix.verify(&out).await.unwrap();
         let bogus = "/nix/store/00000000000000000000000000000000-nothing".to_owned();
-        assert_eq!(nix.missing_paths(&[bogus.clone()]).await.unwrap(), vec![bogus.clone()]);
-        assert!(matches!(nix.verify(&[bogus]).await, Err(NixError::Invalid { .. })));
+        assert_eq!(
+            nix.missing_paths(std::slice::from_ref(&bogus))
+                .await
+                .unwrap(),
+            vec![bogus.clone()]
+        );
+        assert!(matches!(
+            nix.verify(&[bogus]).await,
+            Err(NixError::Invalid { .. })
+        ));
 
         let mut lines = Vec::new();
         let mut sink = |l: &str| lines.push(l.to_owned());
-        let err = nix.build(&format!("{f}#bad"), Some(&mut sink)).await.unwrap_err();
+        let err = nix
+            .build(&format!("{f}#bad"), Some(&mut sink))
+            .await
+            .unwrap_err();
         let tail = err.stderr().unwrap();
         assert!(tail.contains("about to fail"), "{tail}");
         assert!(tail.contains("exit code 3"), "{tail}");
         assert!(!tail.contains("@nix"), "rendered, not raw json: {tail}");
-        assert!(lines.iter().any(|l| l.contains("about to fail")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("about to fail")),
+            "{lines:?}"
+        );
     }
 
     /// copy_to a signed `file://` cache, then copy_from it into another
@@ -433,7 +549,10 @@ mod tests {
         let dir = h.dir().join("flake");
         let marker = format!("copy{}", std::process::id());
         flake(&dir, &marker);
-        let out = nix.build(&format!("path:{}#good", dir.display()), None).await.unwrap();
+        let out = nix
+            .build(&format!("path:{}#good", dir.display()), None)
+            .await
+            .unwrap();
 
         let (sk, pk) = (h.dir().join("sk"), h.dir().join("pk"));
         let st = std::process::Command::new("nix-store")
@@ -446,32 +565,74 @@ mod tests {
         assert!(st.success());
         let public = std::fs::read_to_string(&pk).unwrap();
         let cache = format!("file://{}/bc", h.dir().display());
-        nix.copy_to(&format!("{cache}?secret-key={}", sk.display()), &out, "zstd", None, None).await.unwrap();
-        let narinfo_count = std::fs::read_dir(h.dir().join("bc")).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".narinfo")
-        }).count();
+        nix.copy_to(
+            &format!("{cache}?secret-key={}", sk.display()),
+            &out,
+            "zstd",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        let narinfo_count = std::fs::read_dir(h.dir().join("bc"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".narinfo")
+            })
+            .count();
         assert_eq!(narinfo_count, 2, "the path and its one reference");
-        let nar = std::fs::read_dir(h.dir().join("bc/nar")).unwrap().next().unwrap().unwrap();
-        assert!(nar.file_name().to_string_lossy().ends_with(".nar.zst"), "{:?}", nar.file_name());
+        let nar = std::fs::read_dir(h.dir().join("bc/nar"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(
+            nar.file_name().to_string_lossy().ends_with(".nar.zst"),
+            "{:?}",
+            nar.file_name()
+        );
 
         // Wrong key: refused, nothing lands.
         let host_b = h.nix().with_store_root(h.dir().join("host-b"));
-        let err = host_b.copy_from(&cache, &out, "other:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", None).await.unwrap_err();
+        let err = host_b
+            .copy_from(
+                &cache,
+                &out,
+                "other:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                None,
+            )
+            .await
+            .unwrap_err();
         assert!(err.stderr().unwrap().contains("signature"), "{err}");
         assert_eq!(host_b.missing_paths(&out).await.unwrap(), out);
 
         let host_a = h.nix().with_store_root(h.dir().join("host-a"));
         assert_eq!(host_a.missing_paths(&out).await.unwrap(), out);
-        host_a.copy_from(&cache, &out, public.trim(), None).await.unwrap();
+        host_a
+            .copy_from(&cache, &out, public.trim(), None)
+            .await
+            .unwrap();
         assert!(host_a.missing_paths(&out).await.unwrap().is_empty());
         host_a.verify(&out).await.unwrap();
         let file = h.dir().join("host-a").join(out[0].trim_start_matches('/'));
-        assert!(std::fs::read_to_string(file).unwrap().contains(&format!("leaf-{marker}")));
+        assert!(
+            std::fs::read_to_string(file)
+                .unwrap()
+                .contains(&format!("leaf-{marker}"))
+        );
     }
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = Nix::new().with_program("/nonexistent/nix").eval_json("x").await.unwrap_err();
+        let err = Nix::new()
+            .with_program("/nonexistent/nix")
+            .eval_json("x")
+            .await
+            .unwrap_err();
         assert!(matches!(err, NixError::Spawn { .. }), "{err}");
     }
 }

@@ -145,8 +145,10 @@ impl Renderer {
             LogEvent::Msg { level, msg } if level <= 3 => Some(strip_ansi(&msg)),
             LogEvent::Msg { .. } => None,
             LogEvent::Start { id, kind, text, .. } => {
-                let shown = matches!(kind, activity::BUILD | activity::COPY_PATH | activity::SUBSTITUTE)
-                    && !text.is_empty();
+                let shown = matches!(
+                    kind,
+                    activity::BUILD | activity::COPY_PATH | activity::SUBSTITUTE
+                ) && !text.is_empty();
                 self.activities.insert(id, (kind, text.clone()));
                 shown.then(|| strip_ansi(&text))
             }
@@ -155,7 +157,12 @@ impl Renderer {
                 None
             }
             LogEvent::Result { id, kind, fields } => {
-                let num = |i: usize| fields.get(i).and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let num = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0)
+                };
                 match kind {
                     result::BUILD_LOG_LINE | result::POST_BUILD_LOG_LINE => {
                         let text = fields.first().and_then(|v| v.as_str()).unwrap_or_default();
@@ -164,7 +171,11 @@ impl Renderer {
                             .get(&id)
                             .map(|(_, t)| drv_name(t))
                             .unwrap_or_default();
-                        Some(if who.is_empty() { strip_ansi(text) } else { format!("{who}> {}", strip_ansi(text)) })
+                        Some(if who.is_empty() {
+                            strip_ansi(text)
+                        } else {
+                            format!("{who}> {}", strip_ansi(text))
+                        })
                     }
                     result::PROGRESS => {
                         match self.activities.get(&id).map(|(k, _)| *k) {
@@ -196,12 +207,16 @@ impl Renderer {
 
 /// `building '/nix/store/…-web-disk.img.drv'` → `web-disk.img`.
 fn drv_name(text: &str) -> String {
-    let Some(start) = text.find("/nix/store/") else { return String::new() };
+    let Some(start) = text.find("/nix/store/") else {
+        return String::new();
+    };
     let rest = &text[start + "/nix/store/".len()..];
     let end = rest.find(['\'', ' ']).unwrap_or(rest.len());
     let base = &rest[..end];
     let base = base.strip_suffix(".drv").unwrap_or(base);
-    base.split_once('-').map(|(_, n)| n.to_owned()).unwrap_or_default()
+    base.split_once('-')
+        .map(|(_, n)| n.to_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -209,18 +224,36 @@ mod tests {
     use super::*;
 
     // Lines recorded from `nix build --log-format internal-json -L` (2.8).
-    const START_BUILDS: &str = r#"@nix {"action":"start","id":1,"level":5,"parent":0,"text":"","type":104}"#;
+    const START_BUILDS: &str =
+        r#"@nix {"action":"start","id":1,"level":5,"parent":0,"text":"","type":104}"#;
     const START_BUILD: &str = r#"@nix {"action":"start","fields":["/nix/store/3r77v9zqi98h5pcc59d3qn7gi57z64gq-web-disk.img.drv","",1,1],"id":2,"level":3,"parent":0,"text":"building '/nix/store/3r77v9zqi98h5pcc59d3qn7gi57z64gq-web-disk.img.drv'","type":105}"#;
-    const LOG_LINE: &str = r#"@nix {"action":"result","fields":["build failed on purpose"],"id":2,"type":101}"#;
+    const LOG_LINE: &str =
+        r#"@nix {"action":"result","fields":["build failed on purpose"],"id":2,"type":101}"#;
     const PROGRESS: &str = r#"@nix {"action":"result","fields":[1,3,1,0],"id":1,"type":105}"#;
     const ERROR: &str = "@nix {\"action\":\"msg\",\"column\":null,\"file\":null,\"level\":0,\"line\":null,\"msg\":\"\\u001b[31;1merror:\\u001b[0m builder for '\\u001b[35;1m/nix/store/x.drv\\u001b[0m' failed with exit code 1\",\"raw_msg\":\"builder failed\"}";
 
     #[test]
     fn parses_each_action() {
-        assert!(matches!(parse_line(START_BUILD), Line::Event(LogEvent::Start { id: 2, kind: 105, .. })));
-        assert_eq!(parse_line(r#"@nix {"action":"stop","id":2}"#), Line::Event(LogEvent::Stop { id: 2 }));
-        assert!(matches!(parse_line(ERROR), Line::Event(LogEvent::Msg { level: 0, .. })));
-        assert_eq!(parse_line("warning: Git tree is dirty"), Line::Plain("warning: Git tree is dirty".into()));
+        assert!(matches!(
+            parse_line(START_BUILD),
+            Line::Event(LogEvent::Start {
+                id: 2,
+                kind: 105,
+                ..
+            })
+        ));
+        assert_eq!(
+            parse_line(r#"@nix {"action":"stop","id":2}"#),
+            Line::Event(LogEvent::Stop { id: 2 })
+        );
+        assert!(matches!(
+            parse_line(ERROR),
+            Line::Event(LogEvent::Msg { level: 0, .. })
+        ));
+        assert_eq!(
+            parse_line("warning: Git tree is dirty"),
+            Line::Plain("warning: Git tree is dirty".into())
+        );
         // Malformed JSON is kept as text, not lost.
         assert!(matches!(parse_line("@nix {broken"), Line::Plain(_)));
     }
@@ -233,7 +266,10 @@ mod tests {
             r.render(START_BUILD).as_deref(),
             Some("building '/nix/store/3r77v9zqi98h5pcc59d3qn7gi57z64gq-web-disk.img.drv'")
         );
-        assert_eq!(r.render(LOG_LINE).as_deref(), Some("web-disk.img> build failed on purpose"));
+        assert_eq!(
+            r.render(LOG_LINE).as_deref(),
+            Some("web-disk.img> build failed on purpose")
+        );
         assert_eq!(r.render(PROGRESS), None);
         assert_eq!(r.progress.builds_done, 1);
         assert_eq!(r.progress.builds_expected, 3);
@@ -241,6 +277,9 @@ mod tests {
             r.render(ERROR).as_deref(),
             Some("error: builder for '/nix/store/x.drv' failed with exit code 1")
         );
-        assert_eq!(r.render(r#"@nix {"action":"msg","level":5,"msg":"chatter"}"#), None);
+        assert_eq!(
+            r.render(r#"@nix {"action":"msg","level":5,"msg":"chatter"}"#),
+            None
+        );
     }
 }

@@ -50,13 +50,7 @@ pub fn write_nix_conf(conf_dir: &Path, extra: &str) -> io::Result<()> {
     std::fs::write(conf_dir.join("nix.conf"), nix_conf(&registry, extra))
 }
 
-/// Writes a netrc file giving `password` to `host` (nix's `netrc-file`
-/// sends it as HTTP basic auth on every request to that host).
-pub fn write_netrc(path: &Path, host: &str, password: &str) -> io::Result<()> {
-    std::fs::write(path, format!("machine {host}\nlogin pcr\npassword {password}\n"))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
+pub use crate::nix::write_netrc;
 
 /// A temp directory with `conf/nix.conf` and `cache/` (XDG_CACHE_HOME);
 /// removed when dropped.
@@ -94,12 +88,17 @@ impl HermeticNix {
 
     /// The environment a child process needs to use this configuration.
     pub fn env(&self) -> Vec<(&'static str, OsString)> {
-        vec![("NIX_CONF_DIR", self.conf_dir().into()), ("XDG_CACHE_HOME", self.cache_home().into())]
+        vec![
+            ("NIX_CONF_DIR", self.conf_dir().into()),
+            ("XDG_CACHE_HOME", self.cache_home().into()),
+        ]
     }
 
     /// A `Nix` using this configuration and the system store.
     pub fn nix(&self) -> Nix {
-        Nix::new().with_conf_dir(self.conf_dir()).with_cache_home(self.cache_home())
+        Nix::new()
+            .with_conf_dir(self.conf_dir())
+            .with_cache_home(self.cache_home())
     }
 }
 
@@ -111,7 +110,12 @@ mod tests {
     fn conf_has_the_settings_that_keep_nix_offline() {
         let h = HermeticNix::with_extra_conf("netrc-file = /x\n").unwrap();
         let conf = std::fs::read_to_string(h.conf_dir().join("nix.conf")).unwrap();
-        for line in ["substituters =\n", "sandbox = false\n", "experimental-features = nix-command flakes\n", "netrc-file = /x\n"] {
+        for line in [
+            "substituters =\n",
+            "sandbox = false\n",
+            "experimental-features = nix-command flakes\n",
+            "netrc-file = /x\n",
+        ] {
             assert!(conf.contains(line), "{line:?} missing from {conf}");
         }
         assert!(h.conf_dir().join("registry.json").exists());

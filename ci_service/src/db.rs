@@ -1,0 +1,422 @@
+//! The job queue and the generation history in SQLite: the only state
+//! ci_service keeps. Jobs move queued → running → succeeded | failed |
+//! superseded; generations are numbered monotonically here, which makes
+//! ci_service (i.e. Git) the source of the control plane's desired state.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the database {path}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database query failed")]
+    Query(#[from] rusqlite::Error),
+    #[error("stored JSON is malformed")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A job's state; the strings are the API's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Superseded,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> JobState {
+        match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "superseded" => JobState::Superseded,
+            _ => JobState::Failed,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Superseded
+        )
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub old: String,
+    pub commit: String,
+    pub state: JobState,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub generation: Option<i64>,
+    pub error: Option<String>,
+    /// Phase durations in ms (queue, fetch, eval, build, upload, publish).
+    pub timings: serde_json::Value,
+}
+
+/// One published (or publishable) generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub number: i64,
+    pub job_id: i64,
+    pub commit: String,
+    pub intent_hash: String,
+    pub closure: String,
+    pub created_at_ms: i64,
+    #[serde(skip)]
+    pub specs_json: String,
+}
+
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    git_ref TEXT NOT NULL,
+    old TEXT NOT NULL,
+    commit_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    generation INTEGER,
+    error TEXT,
+    vm_specs TEXT,
+    timings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE TABLE IF NOT EXISTS generations (
+    number INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    commit_id TEXT NOT NULL,
+    intent_hash TEXT NOT NULL,
+    specs_json TEXT NOT NULL,
+    closure TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+";
+
+const JOB_COLUMNS: &str = "id, repo, git_ref, old, commit_id, state, created_at_ms, started_at_ms, finished_at_ms, generation, error, timings";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let timings: String = r.get(11)?;
+    Ok(Job {
+        id: r.get(0)?,
+        repo: r.get(1)?,
+        git_ref: r.get(2)?,
+        old: r.get(3)?,
+        commit: r.get(4)?,
+        state: JobState::parse(&r.get::<_, String>(5)?),
+        created_at_ms: r.get(6)?,
+        started_at_ms: r.get(7)?,
+        finished_at_ms: r.get(8)?,
+        generation: r.get(9)?,
+        error: r.get(10)?,
+        timings: serde_json::from_str(&timings).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+fn now_ms() -> i64 {
+    commands::telemetry::now_ms() as i64
+}
+
+impl Db {
+    /// Opens (creating) the database and re-queues jobs a crash left
+    /// running, so they are built again from the start.
+    pub fn open(path: &Path) -> Result<(Db, usize), DbError> {
+        let conn = Connection::open(path).map_err(|source| DbError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let requeued = conn.execute(
+            "UPDATE jobs SET state = 'queued', started_at_ms = NULL WHERE state = 'running'",
+            [],
+        )?;
+        Ok((
+            Db {
+                conn: Mutex::new(conn),
+            },
+            requeued,
+        ))
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every
+        // change is one statement or a transaction), so poison is ignored.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a push; older queued jobs of the same repo and ref are
+    /// superseded (only the newest commit of a ref is worth building).
+    /// Returns the new id and how many jobs were superseded.
+    pub fn enqueue(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        old: &str,
+        commit: &str,
+    ) -> Result<(i64, usize), DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let superseded = tx.execute(
+            "UPDATE jobs SET state = 'superseded', finished_at_ms = ?1 WHERE repo = ?2 AND git_ref = ?3 AND state = 'queued'",
+            params![now, repo, git_ref],
+        )?;
+        tx.execute(
+            "INSERT INTO jobs (repo, git_ref, old, commit_id, state, created_at_ms) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
+            params![repo, git_ref, old, commit, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok((id, superseded))
+    }
+
+    /// Takes the oldest queued job and marks it running.
+    pub fn claim_next(&self) -> Result<Option<Job>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        tx.execute(
+            "UPDATE jobs SET state = 'running', started_at_ms = ?1 WHERE id = ?2",
+            params![now_ms(), id],
+        )?;
+        let job = tx.query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            job_from_row,
+        )?;
+        tx.commit()?;
+        Ok(Some(job))
+    }
+
+    pub fn job(&self, id: i64) -> Result<Option<Job>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The specs a succeeded job published, as stored JSON.
+    pub fn job_specs(&self, id: i64) -> Result<Option<serde_json::Value>, DbError> {
+        let s: Option<Option<String>> = self
+            .conn()
+            .query_row("SELECT vm_specs FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(match s.flatten() {
+            Some(s) => Some(serde_json::from_str(&s)?),
+            None => None,
+        })
+    }
+
+    /// Newest first, optionally for one repository.
+    pub fn jobs(&self, repo: Option<&str>, limit: u32) -> Result<Vec<Job>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR repo = ?1) ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![repo, limit], job_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_timings(&self, id: i64, timings: &serde_json::Value) -> Result<(), DbError> {
+        self.conn().execute(
+            "UPDATE jobs SET timings = ?1 WHERE id = ?2",
+            params![timings.to_string(), id],
+        )?;
+        Ok(())
+    }
+
+    pub fn fail(&self, id: i64, error: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "UPDATE jobs SET state = 'failed', error = ?1, finished_at_ms = ?2 WHERE id = ?3",
+            params![error, now_ms(), id],
+        )?;
+        Ok(())
+    }
+
+    /// A job that built and checked but publishes nothing (a ref that is
+    /// not deployed).
+    pub fn succeed_without_generation(&self, id: i64, specs_json: &str) -> Result<(), DbError> {
+        self.conn().execute(
+            "UPDATE jobs SET state = 'succeeded', vm_specs = ?1, finished_at_ms = ?2 WHERE id = ?3",
+            params![specs_json, now_ms(), id],
+        )?;
+        Ok(())
+    }
+
+    /// The number the next generation gets: one past both ours and the
+    /// control plane's (it may have been fed by hand with pcr-test).
+    pub fn next_generation(&self, remote_active: u64) -> Result<i64, DbError> {
+        let ours: Option<i64> =
+            self.conn()
+                .query_row("SELECT MAX(number) FROM generations", [], |r| r.get(0))?;
+        Ok(ours.unwrap_or(0).max(remote_active as i64) + 1)
+    }
+
+    /// Records the generation and marks its job succeeded, atomically.
+    pub fn record_generation(&self, g: &Generation) -> Result<(), DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO generations (number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![g.number, g.job_id, g.commit, g.intent_hash, g.specs_json, g.closure, g.created_at_ms],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET state = 'succeeded', generation = ?1, vm_specs = ?2, finished_at_ms = ?3 WHERE id = ?4",
+            params![g.number, g.specs_json, now_ms(), g.job_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest good generation: what the control plane must run.
+    pub fn latest_generation(&self) -> Result<Option<Generation>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms
+                 FROM generations ORDER BY number DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(Generation {
+                        number: r.get(0)?,
+                        job_id: r.get(1)?,
+                        commit: r.get(2)?,
+                        intent_hash: r.get(3)?,
+                        specs_json: r.get(4)?,
+                        closure: r.get(5)?,
+                        created_at_ms: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn generations(&self, limit: u32) -> Result<Vec<Generation>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms
+             FROM generations ORDER BY number DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(Generation {
+                number: r.get(0)?,
+                job_id: r.get(1)?,
+                commit: r.get(2)?,
+                intent_hash: r.get(3)?,
+                specs_json: r.get(4)?,
+                closure: r.get(5)?,
+                created_at_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supersede_claim_requeue_and_generations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ci.sqlite");
+        let (db, requeued) = Db::open(&path).unwrap();
+        assert_eq!(requeued, 0);
+        let (a, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        let (_other, s) = db.enqueue("/r", "refs/heads/dev", "0", "d1").unwrap();
+        assert_eq!(s, 0, "another ref is not superseded");
+        let (b, s) = db.enqueue("/r", "refs/heads/main", "c1", "c2").unwrap();
+        assert_eq!(s, 1);
+        assert_eq!(db.job(a).unwrap().unwrap().state, JobState::Superseded);
+        let claimed = db.claim_next().unwrap().unwrap();
+        assert_eq!(claimed.commit, "d1");
+        let claimed = db.claim_next().unwrap().unwrap();
+        assert_eq!((claimed.id, claimed.state), (b, JobState::Running));
+        assert!(db.claim_next().unwrap().is_none());
+        // A running job is not superseded by a newer push: it finishes.
+        let (_c, s) = db.enqueue("/r", "refs/heads/main", "c2", "c3").unwrap();
+        assert_eq!(s, 0);
+        assert_eq!(db.job(b).unwrap().unwrap().state, JobState::Running);
+        drop(db);
+
+        // A crash left `b` and `d1` running: both come back queued.
+        let (db, requeued) = Db::open(&path).unwrap();
+        assert_eq!(requeued, 2);
+        assert_eq!(db.job(b).unwrap().unwrap().state, JobState::Queued);
+
+        assert_eq!(db.next_generation(0).unwrap(), 1);
+        assert_eq!(
+            db.next_generation(7).unwrap(),
+            8,
+            "the control plane's number wins when larger"
+        );
+        let g = Generation {
+            number: 1,
+            job_id: b,
+            commit: "c2".into(),
+            intent_hash: "h".into(),
+            closure: "/nix/store/x".into(),
+            created_at_ms: 1,
+            specs_json: "[]".into(),
+        };
+        db.record_generation(&g).unwrap();
+        assert_eq!(db.next_generation(0).unwrap(), 2);
+        assert_eq!(db.latest_generation().unwrap().unwrap().commit, "c2");
+        let job = db.job(b).unwrap().unwrap();
+        assert_eq!((job.state, job.generation), (JobState::Succeeded, Some(1)));
+        assert_eq!(db.job_specs(b).unwrap().unwrap(), serde_json::json!([]));
+        let listed = db.jobs(Some("/r"), 10).unwrap();
+        assert!(listed.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        assert!(db.jobs(Some("/other"), 10).unwrap().is_empty());
+    }
+}

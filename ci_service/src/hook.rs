@@ -1,0 +1,195 @@
+//! The git side of the loop: `install-hook` writes a `post-receive` hook
+//! into a bare repository, and `notify` (what the hook runs) posts each
+//! pushed ref to ci_service. A hook never fails a push: when ci_service is
+//! down it prints a warning and the push stands (the next push, or a
+//! manual `ci_service notify`, builds it).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{0} is not a bare git repository (no HEAD or hooks/ there)")]
+    NotARepo(PathBuf),
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Quotes for a POSIX shell: single quotes, with embedded ones escaped.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Writes `<repo>/hooks/post-receive`, which runs `ci_binary notify` with
+/// the pushed refs on stdin. Returns the hook's path.
+pub fn install_hook(
+    repo: &Path,
+    url: &str,
+    secret_file: Option<&Path>,
+    ci_binary: &Path,
+) -> Result<PathBuf, HookError> {
+    let repo = repo
+        .canonicalize()
+        .map_err(|_| HookError::NotARepo(repo.to_owned()))?;
+    if !repo.join("HEAD").is_file() {
+        return Err(HookError::NotARepo(repo));
+    }
+    let hooks = repo.join("hooks");
+    std::fs::create_dir_all(&hooks).map_err(|source| HookError::Io {
+        path: hooks.clone(),
+        source,
+    })?;
+    let mut cmd = format!(
+        "{} notify --url {} --repo {}",
+        sh_quote(&ci_binary.display().to_string()),
+        sh_quote(url),
+        sh_quote(&repo.display().to_string())
+    );
+    if let Some(f) = secret_file {
+        let f = f.canonicalize().unwrap_or_else(|_| f.to_owned());
+        cmd.push_str(&format!(
+            " --secret-file {}",
+            sh_quote(&f.display().to_string())
+        ));
+    }
+    let script = format!(
+        "#!/bin/sh\n\
+         # Installed by `ci_service install-hook`: tells ci_service about every\n\
+         # pushed ref. Never fails the push (exit 0 whatever happens).\n\
+         if [ -x {bin} ]; then\n  {cmd} || true\n\
+         else\n  echo \"warning: ci_service binary {bin_plain} not found; push not built\" >&2\n\
+         fi\nexit 0\n",
+        bin = sh_quote(&ci_binary.display().to_string()),
+        bin_plain = ci_binary.display(),
+    );
+    let path = hooks.join("post-receive");
+    std::fs::write(&path, script).map_err(|source| HookError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        HookError::Io {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    Ok(path)
+}
+
+/// One line of post-receive's stdin: `<old> <new> <ref>`.
+pub fn parse_update(line: &str) -> Option<(String, String, String)> {
+    let mut it = line.split_whitespace();
+    let (old, new, r) = (it.next()?, it.next()?, it.next()?);
+    Some((old.to_owned(), new.to_owned(), r.to_owned()))
+}
+
+/// Posts every update read from `input` to `url`/hooks/push. Prints one
+/// line per ref to stderr (git shows it to the pusher as `remote: …`).
+/// Returns how many were accepted; failures are warnings, never errors.
+pub async fn notify(url: &str, repo: &str, secret: Option<&str>, input: impl BufRead) -> usize {
+    let endpoint = format!("{}/hooks/push", url.trim_end_matches('/'));
+    let mut accepted = 0;
+    for line in input.lines().map_while(Result::ok) {
+        let Some((old, new, r)) = parse_update(&line) else {
+            continue;
+        };
+        let body = serde_json::json!({ "repo": repo, "ref": r, "old": old, "new": new });
+        let mut headers = Vec::new();
+        if let Some(s) = secret {
+            headers.push((http::header::AUTHORIZATION, format!("Bearer {s}")));
+        }
+        let sent = crate::http_client::send(
+            http::Method::POST,
+            &endpoint,
+            &headers,
+            Some(("application/json".into(), body.to_string().into_bytes())),
+            Duration::from_secs(5),
+        )
+        .await;
+        match sent {
+            Ok((status, body)) if status.is_success() => {
+                accepted += 1;
+                let id = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("job_id").cloned())
+                    .unwrap_or_default();
+                if id.is_null() {
+                    eprintln!("ci_service: {r}: nothing to build");
+                } else {
+                    eprintln!("ci_service: {r} -> job {id} queued ({url}/jobs/{id}/log?follow=1)");
+                }
+            }
+            Ok((status, body)) => {
+                eprintln!(
+                    "warning: ci_service refused {r}: {status} {}",
+                    String::from_utf8_lossy(&body).trim()
+                );
+            }
+            Err(e) => {
+                eprintln!("warning: ci_service unreachable, {r} not built: {e}");
+            }
+        }
+    }
+    accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_parsing() {
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+        let z = "0".repeat(40);
+        let n = "a".repeat(40);
+        assert_eq!(
+            parse_update(&format!("{z} {n} refs/heads/main\n")),
+            Some((z.clone(), n.clone(), "refs/heads/main".into()))
+        );
+        assert_eq!(parse_update("garbage"), None);
+    }
+
+    #[test]
+    fn hook_is_installed_executable_and_refuses_non_repos() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            install_hook(tmp.path(), "http://x", None, Path::new("/bin/true")),
+            Err(HookError::NotARepo(_))
+        ));
+        git2::Repository::init_bare(tmp.path().join("r.git")).unwrap();
+        let p = install_hook(
+            &tmp.path().join("r.git"),
+            "http://127.0.0.1:1",
+            None,
+            Path::new("/bin/ci_service"),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("'/bin/ci_service' notify --url 'http://127.0.0.1:1' --repo '/"),
+            "{text}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o111,
+            0o111
+        );
+    }
+
+    #[tokio::test]
+    async fn notify_to_a_dead_service_only_warns() {
+        let n = notify(
+            "http://127.0.0.1:1",
+            "/r",
+            None,
+            format!("{} {} refs/heads/main\n", "0".repeat(40), "a".repeat(40)).as_bytes(),
+        )
+        .await;
+        assert_eq!(n, 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! ci_service binary: the CI server (default), plus `install-hook` (writes
+//! a bare repository's post-receive hook) and `notify` (what the hook runs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "ci_service",
+    version,
+    about = "Procurator CI: push -> nix build -> cache -> publish",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "CI_LISTEN", default_value = "127.0.0.1:7100")]
+    listen: SocketAddr,
+    /// Where the job database, logs, mirrors and work dirs live.
+    #[arg(long, env = "CI_DATA_DIR", default_value = ".state/ci")]
+    data_dir: PathBuf,
+    /// Binary cache base URL (closures are copied there, zstd).
+    #[arg(long, env = "CI_CACHE")]
+    cache: Option<String>,
+    /// File holding the cache's upload token.
+    #[arg(long, env = "CI_CACHE_TOKEN_FILE")]
+    cache_token_file: Option<PathBuf>,
+    /// The cache's upload token itself (environment only, never a flag:
+    /// command lines are visible to every user).
+    #[arg(
+        long = "cache-token-from-env-only",
+        env = "CI_CACHE_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    cache_token: Option<String>,
+    /// Control plane Cap'n Proto address (host:port).
+    #[arg(long, env = "CI_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// NIX_CONF_DIR for nix calls (hermetic runs); default: nix's own.
+    #[arg(long, env = "CI_NIX_CONF_DIR")]
+    nix_conf_dir: Option<PathBuf>,
+    /// File holding the shared secret push hooks must present.
+    #[arg(long, env = "CI_HOOK_SECRET_FILE")]
+    hook_secret_file: Option<PathBuf>,
+    /// Only pushes to this ref publish a generation (others are built).
+    #[arg(long, env = "CI_DEPLOY_REF", default_value = "refs/heads/main")]
+    deploy_ref: String,
+    /// Log JSON lines instead of human-readable ones.
+    #[arg(long, env = "CI_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the post-receive hook into a bare repository.
+    InstallHook {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:7100")]
+        url: String,
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Post pushed refs (`old new ref` lines on stdin) to ci_service.
+    Notify {
+        #[arg(long, default_value = "http://127.0.0.1:7100")]
+        url: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+}
+
+fn read_secret(path: &PathBuf) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::InstallHook {
+            repo,
+            url,
+            secret_file,
+        }) => {
+            let bin = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("ci_service"));
+            match ci_service::hook::install_hook(&repo, &url, secret_file.as_deref(), &bin) {
+                Ok(p) => {
+                    println!("installed {}", p.display());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Notify {
+            url,
+            repo,
+            secret_file,
+        }) => {
+            // Never fail the push: a bad secret file is a warning too.
+            let secret = secret_file
+                .as_ref()
+                .and_then(|f| read_secret(f).map_err(|e| eprintln!("warning: {e}")).ok());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(ci_service::hook::notify(
+                &url,
+                &repo,
+                secret.as_deref(),
+                std::io::stdin().lock(),
+            ));
+            std::process::ExitCode::SUCCESS
+        }
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(a: ServeArgs) -> std::process::ExitCode {
+    commands::telemetry::init(a.log_json);
+    let token = match (&a.cache_token_file, a.cache_token) {
+        (Some(f), _) => match read_secret(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        (None, t) => t,
+    };
+    let hook_secret = match a.hook_secret_file.as_ref().map(read_secret).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = ci_service::Config {
+        data_dir: a.data_dir,
+        cache_url: a.cache,
+        cache_token: token,
+        control_plane: a.control_plane,
+        nix_conf_dir: a.nix_conf_dir,
+        hook_secret,
+        deploy_ref: a.deploy_ref,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(a.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", a.listen);
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        println!("listening on {addr}");
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            s.cancel();
+        });
+        match ci_service::run(config, listener, shutdown).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                eprintln!("error: {msg}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,298 @@
+//! The connection to the control plane: publishes generations for the job
+//! runner and, every time the connection is (re)established, re-publishes
+//! the latest good generation, so a restarted control plane gets its
+//! desired state back from Git without anyone pushing.
+//!
+//! capnp-rpc clients are `!Send`, so the connection lives on its own thread
+//! with a current-thread runtime and a `LocalSet`; the rest of the service
+//! talks to it through a channel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use commands::convert::{result_from_capnp, vm_spec_to_capnp};
+use commands::master_capnp::master;
+use commands::types::VmSpec;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, Generation};
+
+/// How often a live connection is checked; bounds how long a restarted
+/// control plane waits for its desired state.
+const HEARTBEAT: Duration = Duration::from_millis(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Not connected, or the call broke: the generation will be published
+    /// when the connection comes back.
+    #[error("control plane unreachable: {0}")]
+    Unavailable(String),
+    /// The control plane answered and said no.
+    #[error("control plane refused generation: {0}")]
+    Refused(String),
+    #[error("stored specs of generation {number} are unreadable: {reason}")]
+    BadSpecs { number: i64, reason: String },
+}
+
+/// What the control plane answered to a publish.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub noop: bool,
+    pub placed: u32,
+    pub unplaced: Vec<(String, String)>,
+}
+
+struct Request {
+    generation: Generation,
+    reply: oneshot::Sender<Result<Published, PublishError>>,
+}
+
+/// Handle used by the job runner.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: Option<mpsc::Sender<Request>>,
+    connected: Arc<AtomicBool>,
+    remote_active: Arc<AtomicU64>,
+    republished: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// No control plane configured: publishing always reports unavailable.
+    pub fn disabled() -> Self {
+        Publisher {
+            tx: None,
+            connected: Arc::new(AtomicBool::new(false)),
+            remote_active: Arc::new(AtomicU64::new(0)),
+            republished: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Starts the connection thread for `addr`.
+    pub fn start(addr: String, db: Arc<Db>, shutdown: CancellationToken) -> Self {
+        let (tx, rx) = mpsc::channel(16);
+        let p = Publisher {
+            tx: Some(tx),
+            ..Self::disabled()
+        };
+        let state = p.clone();
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                commands::rpc::block_on_local(connection_loop(addr, db, rx, state, shutdown))
+            })
+            .expect("spawning the control-plane thread");
+        p
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The control plane's active generation when last seen (0 = none).
+    pub fn remote_active(&self) -> u64 {
+        self.remote_active.load(Ordering::SeqCst)
+    }
+
+    /// How many times the latest generation was re-published on connect.
+    pub fn republish_count(&self) -> u64 {
+        self.republished.load(Ordering::SeqCst)
+    }
+
+    pub async fn publish(&self, generation: Generation) -> Result<Published, PublishError> {
+        let Some(tx) = &self.tx else {
+            return Err(PublishError::Unavailable(
+                "no --control-plane configured".into(),
+            ));
+        };
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request { generation, reply })
+            .await
+            .map_err(|_| PublishError::Unavailable("publisher stopped".into()))?;
+        match tokio::time::timeout(CALL_TIMEOUT + CONNECT_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(PublishError::Unavailable("publisher stopped".into())),
+            Err(_) => Err(PublishError::Unavailable("publish timed out".into())),
+        }
+    }
+}
+
+async fn connection_loop(
+    addr: String,
+    db: Arc<Db>,
+    mut rx: mpsc::Receiver<Request>,
+    state: Publisher,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let conn = commands::rpc::connect::<master::Client>(&addr, CONNECT_TIMEOUT).await;
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "control plane not reachable");
+                // Answer publishes at once while down: the job records the
+                // generation and it goes out on the next connect.
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = &mut sleep => break,
+                        req = rx.recv() => match req {
+                            Some(r) => { let _ = r.reply.send(Err(PublishError::Unavailable(e.to_string()))); }
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let client = conn.client.clone();
+        // First call doubles as the connection check.
+        match active_generation(&client).await {
+            Ok(active) => state.remote_active.store(active, Ordering::SeqCst),
+            Err(e) => {
+                tracing::debug!(error = %e, "control plane connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        }
+        backoff = BACKOFF_MIN;
+        state.connected.store(true, Ordering::SeqCst);
+        tracing::info!(%addr, "connected to the control plane");
+
+        match db.latest_generation() {
+            Ok(Some(g)) => {
+                let number = g.number;
+                match publish_once(&client, &g).await {
+                    Ok(p) => {
+                        state.republished.fetch_add(1, Ordering::SeqCst);
+                        state
+                            .remote_active
+                            .fetch_max(number as u64, Ordering::SeqCst);
+                        tracing::info!(
+                            generation = number,
+                            noop = p.noop,
+                            "re-published the latest good generation"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(generation = number, error = %e, "re-publishing the latest generation failed")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the latest generation"),
+        }
+
+        let broken = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    conn.close().await;
+                    return;
+                }
+                req = rx.recv() => {
+                    let Some(req) = req else { return };
+                    let number = req.generation.number;
+                    let r = publish_once(&client, &req.generation).await;
+                    if r.is_ok() {
+                        state.remote_active.fetch_max(number as u64, Ordering::SeqCst);
+                    }
+                    let transport_failed = matches!(r, Err(PublishError::Unavailable(_)));
+                    let _ = req.reply.send(r);
+                    if transport_failed {
+                        break "publish call failed";
+                    }
+                }
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    match active_generation(&client).await {
+                        Ok(active) => { state.remote_active.store(active, Ordering::SeqCst); }
+                        Err(_) => break "heartbeat failed",
+                    }
+                }
+            }
+        };
+        state.connected.store(false, Ordering::SeqCst);
+        tracing::warn!(%addr, reason = broken, "lost the control plane; reconnecting");
+        drop(conn);
+    }
+}
+
+async fn active_generation(client: &master::Client) -> Result<u64, String> {
+    let call = client.list_generations_request().send().promise;
+    let reply = tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| "listGenerations timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let gens = reply
+        .get()
+        .and_then(|r| r.get_generations())
+        .map_err(|e| e.to_string())?;
+    Ok(gens.iter().map(|g| g.get_number()).max().unwrap_or(0))
+}
+
+async fn publish_once(client: &master::Client, g: &Generation) -> Result<Published, PublishError> {
+    let specs: Vec<VmSpec> =
+        serde_json::from_str(&g.specs_json).map_err(|e| PublishError::BadSpecs {
+            number: g.number,
+            reason: e.to_string(),
+        })?;
+    let mut req = client.publish_state_request();
+    {
+        let mut p = req.get();
+        p.set_commit(&g.commit);
+        p.set_generation(g.number as u64);
+        p.set_intent_hash(&g.intent_hash);
+        let mut list = p.init_vm_specs(specs.len() as u32);
+        for (i, s) in specs.iter().enumerate() {
+            vm_spec_to_capnp(s, list.reborrow().get(i as u32));
+        }
+    }
+    let reply = tokio::time::timeout(CALL_TIMEOUT, req.send().promise)
+        .await
+        .map_err(|_| PublishError::Unavailable("publishState timed out".into()))?
+        .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+    let result = reply
+        .get()
+        .and_then(|r| r.get_result())
+        .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+    match result_from_capnp(result).map_err(|e| PublishError::Unavailable(e.to_message()))? {
+        Ok(outcome) => {
+            let mut unplaced = Vec::new();
+            if let Ok(list) = outcome.get_unplaced() {
+                for u in list.iter() {
+                    let name = u
+                        .get_name()
+                        .ok()
+                        .and_then(|t| t.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let reason = u
+                        .get_reason()
+                        .ok()
+                        .and_then(|t| t.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    unplaced.push((name, reason));
+                }
+            }
+            Ok(Published {
+                noop: outcome.get_noop(),
+                placed: outcome.get_placed(),
+                unplaced,
+            })
+        }
+        Err(failure) => Err(PublishError::Refused(failure.to_string())),
+    }
+}

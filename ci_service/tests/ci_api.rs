@@ -1,0 +1,239 @@
+//! ci_service on its own (no cache, no control plane): real git pushes
+//! through the installed hook, real nix evaluation and builds, the HTTP
+//! API, supersession, failure logs, crash recovery.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn start_ci(h: &repo_outils::testing::HermeticNix, data: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("ci_service"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--nix-conf-dir")
+        .arg(h.conf_dir())
+        .args(extra);
+    Proc::spawn("ci_service", cmd)
+}
+
+#[test]
+fn push_builds_and_failures_are_explained() {
+    let h = repo_outils::testing::HermeticNix::new().unwrap();
+    let data = h.dir().join("ci");
+    let ci = start_ci(&h, &data, &[]);
+    let url = ci.url();
+    let repo = Repo::new(h.dir(), &url);
+
+    // A good push: the hook queues a job that evaluates and builds.
+    let (c1, out) = repo.push();
+    assert!(
+        out.contains("ci_service: refs/heads/main -> job"),
+        "hook output: {out}"
+    );
+    let id = job_for(&url, &c1);
+    let job = wait_job(&url, id, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&url, id));
+    assert_eq!(job["generation"], 1);
+    assert_eq!(job["ref"], "refs/heads/main");
+    let names: Vec<&str> = job["vm_specs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db-0", "web-0", "web-1"]);
+    for k in ["queue_ms", "fetch_ms", "eval_ms", "build_ms", "publish_ms"] {
+        assert!(
+            job["timings"][k].is_u64(),
+            "{k} missing: {}",
+            job["timings"]
+        );
+    }
+    let text = log(&url, id);
+    assert!(text.contains("evaluated 3 VM(s)"), "{text}");
+    assert!(text.contains("published when it connects"), "{text}");
+
+    // An evaluation error: the job fails, the log names the attribute and
+    // the reason, and no generation is made.
+    let (c2, _) = repo.change_and_push(
+        "cpu = 1;\n    memoryMb = 512;",
+        "cpu = 0;\n    memoryMb = 512;",
+        "bad cpu",
+    );
+    let id2 = job_for(&url, &c2);
+    let job = wait_job(&url, id2, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed");
+    assert!(job["generation"].is_null());
+    let err = job["error"].as_str().unwrap();
+    assert!(
+        err.contains("evaluating procurator.vmSpecs failed"),
+        "{err}"
+    );
+    assert!(err.contains("cpu"), "{err}");
+    assert!(log(&url, id2).contains("nothing was published"));
+
+    // A build failure: named derivation and its output in the log.
+    git(&repo.work, &["revert", "--no-edit", "HEAD"]);
+    let (c3, _) = repo.change_and_push(
+        "failBuild = false;",
+        "failBuild = true;",
+        "break the web image",
+    );
+    let id3 = job_for(&url, &c3);
+    let job = wait_job(&url, id3, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("building procurator.closure failed"),
+        "{job}"
+    );
+    let text = log(&url, id3);
+    assert!(text.contains("build failed on purpose"), "{text}");
+    assert!(text.contains("web-disk.img"), "{text}");
+
+    let gens = get_json(&format!("{url}/generations"));
+    assert_eq!(
+        gens.as_array().unwrap().len(),
+        1,
+        "failures made no generation: {gens}"
+    );
+    let jobs = get_json(&format!("{url}/jobs?limit=2"));
+    assert_eq!(jobs.as_array().unwrap().len(), 2);
+    assert_eq!(jobs[0]["id"], id3, "newest first");
+}
+
+#[test]
+fn api_validates_supersedes_and_follows_logs() {
+    let h = repo_outils::testing::HermeticNix::new().unwrap();
+    let secret = h.dir().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let data = h.dir().join("ci");
+    let ci = start_ci(&h, &data, &["--hook-secret-file", secret.to_str().unwrap()]);
+    let url = ci.url();
+    let push = |commit: &str, auth: Option<&str>| {
+        let headers: Vec<_> = auth
+            .map(|a| (http::header::AUTHORIZATION, a.to_owned()))
+            .into_iter()
+            .collect();
+        let body = serde_json::json!({"repo": "/nonexistent/repo.git", "ref": "refs/heads/main", "old": "0".repeat(40), "new": commit});
+        request(
+            http::Method::POST,
+            &format!("{url}/hooks/push"),
+            &headers,
+            Some(body),
+        )
+    };
+    assert_eq!(push(&"a".repeat(40), None).0, 401);
+    assert_eq!(push(&"a".repeat(40), Some("Bearer wrong")).0, 401);
+    assert_eq!(push("not-a-sha", Some("Bearer s3cret")).0, 400);
+    let (st, _) = push(&"0".repeat(40), Some("Bearer s3cret"));
+    assert_eq!(st, 200, "a deleted ref queues nothing");
+    assert_eq!(get(&format!("{url}/jobs/999")).0, 404);
+
+    // Three quick pushes: the runner takes the first (and fails to fetch a
+    // missing repo); of the two queued behind it, the older is superseded.
+    let ids: Vec<i64> = ["1", "2", "3"]
+        .iter()
+        .map(|c| {
+            let (st, body) = push(&c.repeat(40), Some("Bearer s3cret"));
+            assert_eq!(st, 202);
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let last = wait_job(&url, ids[2], Duration::from_secs(30));
+    assert_eq!(last["state"], "failed");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot fetch from /nonexistent/repo.git"),
+        "{last}"
+    );
+    let states: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            get_json(&format!("{url}/jobs/{id}"))["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // Which of the first two ran depends on timing (SQLite unit tests
+    // cover supersession exactly); none is left queued or running.
+    assert!(
+        states.iter().all(|s| s == "failed" || s == "superseded"),
+        "{states:?}"
+    );
+    assert_eq!(
+        states[0], "failed",
+        "the first push was already running: never superseded"
+    );
+
+    // Following the log of a finished job returns all of it and ends.
+    let (st, body) = get(&format!("{url}/jobs/{}/log?follow=1", ids[2]));
+    assert_eq!(st, 200);
+    assert!(
+        String::from_utf8_lossy(&body).contains("failed: git: cannot fetch"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[test]
+fn a_job_interrupted_by_a_crash_completes_after_restart() {
+    let h = repo_outils::testing::HermeticNix::new().unwrap();
+    let data = h.dir().join("ci");
+    let mut ci = start_ci(&h, &data, &[]);
+    let repo = Repo::new(h.dir(), &ci.url());
+    // A build that blocks until the test lets it go (the sandbox is off,
+    // so the builder sees the test's temp dir), unique to this test.
+    let gate = h.dir().join("gate");
+    let marker = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
+    let vms = repo.work.join("vms.nix");
+    let text = std::fs::read_to_string(&vms).unwrap().replacen(
+        "hello from web v1",
+        &format!("slow {marker}"),
+        1,
+    );
+    std::fs::write(&vms, text).unwrap();
+    let image = repo.work.join("image.nix");
+    let text = std::fs::read_to_string(&image).unwrap();
+    // Bounded (60 s) so a failed test leaves no builder spinning.
+    let wait = format!(
+        r#"n=0; while [ ! -e {} ] && [ $n -lt 1200 ]; do /bin/sleep 0.05; n=$((n+1)); done; echo "$content" > "$out""#,
+        gate.display()
+    );
+    let slow = text.replacen(r#"echo "$content" > "$out""#, &wait, 1);
+    assert_ne!(slow, text, "image.nix changed shape; update this test");
+    std::fs::write(&image, slow).unwrap();
+    git(&repo.work, &["commit", "-q", "-am", "slow build"]);
+    let (c, _) = repo.push();
+    let url = ci.url();
+    let id = job_for(&url, &c);
+    wait_for("the build to start", Duration::from_secs(30), || {
+        log(&url, id)
+            .contains("building procurator.closure")
+            .then_some(())
+    });
+    assert_eq!(get_json(&format!("{url}/jobs/{id}"))["state"], "running");
+    ci.kill();
+
+    // Restart on the same data dir (a new port): the job is re-queued and
+    // runs again from the start, and completes once the build may finish.
+    let ci2 = start_ci(&h, &data, &[]);
+    let url2 = ci2.url();
+    wait_for("the job to run again", Duration::from_secs(30), || {
+        (log(&url2, id).matches(&format!("job {id} for")).count() == 2).then_some(())
+    });
+    std::fs::write(&gate, "go").unwrap();
+    let job = wait_job(&ci2.url(), id, Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&ci2.url(), id));
+    assert_eq!(job["generation"], 1);
+}

@@ -1,0 +1,274 @@
+//! Helpers shared by ci_service's integration tests: find and spawn the
+//! workspace's real binaries (killed on drop), run real git, and talk to
+//! the HTTP API.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/debug` (or whichever profile dir holds this test's binary).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+/// A workspace binary by name; panics with a clear message when missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`)",
+        p.display()
+    );
+    p
+}
+
+/// A spawned service, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Proc {
+    /// Spawns `cmd` and waits for its `listening on ADDR` line on stdout.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        if std::env::var_os("PCR_TEST_VERBOSE").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = name.to_owned();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(a) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(a.trim().to_owned());
+                    sent = true;
+                }
+                if std::env::var_os("PCR_TEST_VERBOSE").is_some() {
+                    eprintln!("[{n}] {line}");
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("{name} did not print `listening on ADDR` within 30s ({status:?})");
+            }
+        };
+        Proc {
+            name: name.to_owned(),
+            child,
+            addr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL now (a crash), and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs git with a fixed identity; panics with its stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Copies a directory tree (files and dirs only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// The hermetic example flake in the repository.
+pub fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../example/hermetic")
+}
+
+/// A bare repository with ci_service's hook, and a work clone holding the
+/// hermetic example, committed but not pushed yet.
+pub struct Repo {
+    pub bare: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Repo {
+    pub fn new(root: &Path, ci_url: &str) -> Repo {
+        let bare = root.join("cluster.git");
+        let work = root.join("work");
+        std::fs::create_dir_all(&bare).unwrap();
+        git(&bare, &["init", "--bare", "-q", "-b", "main"]);
+        let st = Command::new(bin("ci_service"))
+            .args(["install-hook", "--repo"])
+            .arg(&bare)
+            .args(["--url", ci_url])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        copy_tree(&example_dir(), &work);
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "hermetic example"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Repo { bare, work }
+    }
+
+    /// Edits `vms.nix` by replacing `from` with `to`, commits and pushes;
+    /// returns the new commit and git's output (with the hook's lines).
+    pub fn change_and_push(&self, from: &str, to: &str, msg: &str) -> (String, String) {
+        let p = self.work.join("vms.nix");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "vms.nix lacks {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+        git(&self.work, &["commit", "-q", "-am", msg]);
+        self.push()
+    }
+
+    pub fn push(&self) -> (String, String) {
+        let out = git(&self.work, &["push", "-q", "origin", "main"]);
+        (self.head(), out)
+    }
+
+    pub fn head(&self) -> String {
+        git(&self.work, &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+}
+
+/// Blocking JSON GET (a fresh runtime per call keeps tests simple).
+pub fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) = get(url);
+    assert!(
+        status.is_success(),
+        "GET {url}: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e})"))
+}
+
+pub fn get(url: &str) -> (http::StatusCode, bytes::Bytes) {
+    request(http::Method::GET, url, &[], None)
+}
+
+pub fn request(
+    method: http::Method,
+    url: &str,
+    headers: &[(http::header::HeaderName, String)],
+    json: Option<serde_json::Value>,
+) -> (http::StatusCode, bytes::Bytes) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(ci_service::http_client::send(
+        method,
+        url,
+        headers,
+        json.map(|j| ("application/json".to_owned(), j.to_string().into_bytes())),
+        Duration::from_secs(60),
+    ))
+    .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics after `timeout`
+/// with `what` and the last value seen.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until job `id` is final and returns it.
+pub fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
+    wait_for(&format!("job {id} to finish"), timeout, || {
+        let j = get_json(&format!("{ci}/jobs/{id}"));
+        matches!(
+            j["state"].as_str(),
+            Some("succeeded" | "failed" | "superseded")
+        )
+        .then_some(j)
+    })
+}
+
+/// The job ci_service created for `commit`.
+pub fn job_for(ci: &str, commit: &str) -> i64 {
+    wait_for(
+        &format!("a job for {commit}"),
+        Duration::from_secs(10),
+        || {
+            let jobs = get_json(&format!("{ci}/jobs"));
+            jobs.as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["commit"] == commit)
+                .map(|j| j["id"].as_i64().unwrap())
+        },
+    )
+}
+
+pub fn log(ci: &str, id: i64) -> String {
+    String::from_utf8_lossy(&get(&format!("{ci}/jobs/{id}/log")).1).into_owned()
+}
