@@ -464,3 +464,67 @@ pub fn dead_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+// ---------------------------------------------------------------- real server
+
+/// `repohub::run` on a loopback port, stopped on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = repohub::run(config, listener, token).await {
+                panic!("repohub::run failed: {e:?}");
+            }
+        });
+        Self { addr, shutdown }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A clone URL carrying `user:token` as basic-auth credentials.
+    pub fn auth_url(&self, user: &str, token: &str, path: &str) -> String {
+        format!("http://{user}:{token}@{}{path}", self.addr)
+    }
+}
+
+/// Runs git off the async threads; returns (success, stdout+stderr).
+pub async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
+    let dir = dir.to_owned();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = git_cmd(&dir, &a).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls `f` every 50 ms until it is true or `secs` pass.
+pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    f()
+}
