@@ -1,0 +1,241 @@
+//! `pcr-test`: manual Master RPC for testing and debugging — publish a
+//! generation from spec files, read a worker's assignment, the cluster
+//! status, and call a worker through the control plane (`getWorker`).
+//! In production Git is the only write path; this tool bypasses it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use commands::convert::{vm_status_from_capnp, worker_status_from_capnp};
+use commands::types::VmSpec;
+use control_plane::client::MasterClient;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Parser)]
+#[command(name = "pcr-test", about = "Manual Master RPC (testing and debugging)")]
+struct Args {
+    /// The control plane's address.
+    #[arg(long, global = true, env = "PCR_CONTROL_PLANE", default_value = "127.0.0.1:7000")]
+    control_plane: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Publish a generation: the VmSpec JSON files given with --spec and/or
+    /// every *.json file in --specs DIR.
+    PublishState {
+        #[arg(long)]
+        commit: String,
+        #[arg(long)]
+        generation: u64,
+        /// Default: sha256 of the specs (sorted by name, as JSON).
+        #[arg(long)]
+        intent_hash: Option<String>,
+        #[arg(long = "spec")]
+        spec: Vec<PathBuf>,
+        #[arg(long)]
+        specs: Option<PathBuf>,
+    },
+    /// A worker's assignment (long-poll: waits while nothing is newer than
+    /// --last-generation/--last-revision).
+    GetAssignment {
+        worker: String,
+        #[arg(long, default_value_t = 0)]
+        last_generation: u64,
+        #[arg(long, default_value_t = 0)]
+        last_revision: u64,
+    },
+    /// The whole cluster status.
+    ClusterStatus,
+    /// Generations published since the control plane started.
+    Generations,
+    /// Call a worker through the control plane.
+    Worker {
+        worker: String,
+        #[command(subcommand)]
+        call: WorkerCall,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCall {
+    /// The worker's status.
+    Read,
+    /// The VMs the worker runs.
+    ListVms,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Spec { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Client(#[from] control_plane::client::ClientError),
+    #[error("worker call failed: {}", .0.extra)]
+    Capnp(#[from] capnp::Error),
+    #[error("malformed reply: {}", .0.to_message())]
+    Convert(#[from] commands::convert::ConvertError),
+    #[error(transparent)]
+    Refused(#[from] commands::convert::RpcFailure),
+}
+
+fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliError> {
+    let mut paths: Vec<PathBuf> = files.to_vec();
+    if let Some(dir) = dir {
+        let rd = std::fs::read_dir(dir).map_err(|source| CliError::Read { path: dir.to_owned(), source })?;
+        let mut found: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        found.sort();
+        paths.extend(found);
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).map_err(|source| CliError::Read { path: p.clone(), source })?;
+            VmSpec::from_json(&text).map_err(|source| CliError::Spec { path: p.clone(), source })
+        })
+        .collect()
+}
+
+/// sha256 over the specs sorted by name, as JSON: the same specs give the
+/// same intent, so re-publishing them is a no-op.
+fn intent_hash(specs: &[VmSpec]) -> String {
+    let mut sorted: Vec<&VmSpec> = specs.iter().collect();
+    sorted.sort_by(|a, b| a.name().cmp(b.name()));
+    let json = serde_json::to_vec(&sorted).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn real_main(args: Args) -> Result<(), CliError> {
+    let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
+    match args.command {
+        Cmd::PublishState { commit, generation, intent_hash: intent, spec, specs } => {
+            if spec.is_empty() && specs.is_none() {
+                return Err(CliError::Usage("give --spec FILE (repeatable) or --specs DIR".into()));
+            }
+            let list = load_specs(&spec, specs.as_deref())?;
+            let intent = intent.unwrap_or_else(|| intent_hash(&list));
+            let o = master.publish(&commit, generation, &intent, &list).await?;
+            if args.json {
+                print_json(&o);
+            } else {
+                let what = if o.noop { "unchanged (already active)" } else { "published" };
+                println!("generation {}: {what}; {} placed, {} unplaced", o.generation, o.placed, o.unplaced.len());
+                for u in &o.unplaced {
+                    println!("unplaced {}: {}", u.name, u.reason);
+                }
+            }
+        }
+        Cmd::GetAssignment { worker, last_generation, last_revision } => {
+            let a = master.get_assignment(&worker, last_generation, last_revision).await?;
+            if args.json {
+                print_json(&a);
+            } else {
+                println!(
+                    "worker {} generation {} revision {} changed {} ({} VMs)",
+                    a.worker_id,
+                    a.generation,
+                    a.revision,
+                    a.changed,
+                    a.vms.len()
+                );
+                for s in &a.vms {
+                    println!("{} {} cpu={} memoryMb={}", s.name(), s.content_hash(), s.cpu(), s.memory_mb());
+                }
+            }
+        }
+        Cmd::ClusterStatus => {
+            let s = master.status().await?;
+            if args.json {
+                print_json(&s);
+            } else {
+                match &s.active {
+                    Some(g) => println!("generation {} commit {} converged {:.0}%", g.number, g.commit, s.convergence_percent),
+                    None => println!("no generation published"),
+                }
+                for w in &s.workers {
+                    println!("worker {} {} healthy={} vms={}", w.worker_id, w.address, w.healthy, w.vm_count);
+                }
+                for v in &s.vms {
+                    println!("vm {} worker={} desired={} observed={} drift={}", v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift);
+                }
+                for u in &s.unplaced {
+                    println!("unplaced {}: {}", u.name, u.reason);
+                }
+            }
+        }
+        Cmd::Generations => {
+            let gens = master.generations().await?;
+            if args.json {
+                print_json(&gens);
+            } else {
+                for g in &gens {
+                    println!("{} {} {} vms={}", g.number, g.commit, g.intent_hash, g.vm_count);
+                }
+            }
+        }
+        Cmd::Worker { worker, call } => {
+            let w = master.worker(&worker).await?;
+            match call {
+                WorkerCall::Read => {
+                    let reply = w.read_request().send().promise.await?;
+                    let st = worker_status_from_capnp(reply.get()?.get_status()?)?;
+                    if args.json {
+                        print_json(&st);
+                    } else {
+                        println!(
+                            "worker {} {} vms={} cpu={} memoryMb={} version={}",
+                            st.worker_id, st.address, st.vm_count, st.capacity.cpu, st.capacity.memory_mb, st.version
+                        );
+                    }
+                }
+                WorkerCall::ListVms => {
+                    let reply = w.list_vms_request().send().promise.await?;
+                    let list = reply.get()?.get_vms()?;
+                    let vms = list.iter().map(vm_status_from_capnp).collect::<Result<Vec<_>, _>>()?;
+                    if args.json {
+                        print_json(&vms);
+                    } else {
+                        for v in &vms {
+                            println!("{} {} {} {} pid={}", v.id, v.name, v.content_hash, v.state, v.pid.unwrap_or(0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    master.close().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match commands::rpc::block_on_local(real_main(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pcr-test: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

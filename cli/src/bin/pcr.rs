@@ -1,0 +1,321 @@
+//! `pcr`: the read-only inspection tool — cluster status, workers, VMs and
+//! generations from the control plane, as aligned tables (colour only on a
+//! terminal) or `--json`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use control_plane::client::MasterClient;
+use control_plane::model::{ClusterStatusView, Drift, GenerationView};
+
+#[derive(Debug, Parser)]
+#[command(name = "pcr", about = "Inspect a Procurator cluster (read-only)")]
+struct Args {
+    /// The control plane's address.
+    #[arg(long, global = true, env = "PCR_CONTROL_PLANE", default_value = "127.0.0.1:7000")]
+    control_plane: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Active generation, convergence, worker health and what is unplaced.
+    Status,
+    /// Every worker with health and free resources.
+    Workers,
+    /// Every VM: placement, desired vs observed hash, drift, metrics.
+    Vms,
+    /// The active generation and the ones published before it.
+    Generation,
+}
+
+/// Colours, only when stdout is a terminal and NO_COLOR is unset.
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn detect() -> Self {
+        Style { on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+    }
+    fn paint(&self, s: &str, code: &str) -> String {
+        if self.on { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_owned() }
+    }
+    fn good(&self, s: &str) -> String {
+        self.paint(s, "32")
+    }
+    fn warn(&self, s: &str) -> String {
+        self.paint(s, "33")
+    }
+    fn bad(&self, s: &str) -> String {
+        self.paint(s, "31")
+    }
+    fn bold(&self, s: &str) -> String {
+        self.paint(s, "1")
+    }
+}
+
+/// Width of a cell as displayed: escape sequences take no room.
+fn visible_len(s: &str) -> usize {
+    let mut n = 0;
+    let mut in_esc = false;
+    for c in s.chars() {
+        match (in_esc, c) {
+            (false, '\x1b') => in_esc = true,
+            (true, 'm') => in_esc = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
+/// Left-aligned columns separated by two spaces; no trailing blanks.
+fn table(header: &[&str], rows: &[Vec<String>], style: &Style) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(visible_len(c));
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, c) in cells.iter().enumerate() {
+            out.push_str(c);
+            if i != last {
+                out.push_str(&" ".repeat(widths[i] - visible_len(c) + 2));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| style.bold(h)).collect(), &mut out);
+    for r in rows {
+        line(r.clone(), &mut out);
+    }
+    out
+}
+
+fn short(hash: &str) -> String {
+    let h = hash.strip_prefix("sha256:").unwrap_or(hash);
+    if h.is_empty() { "-".into() } else { h.chars().take(12).collect() }
+}
+
+fn age(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..120_000 => format!("{}s", ms / 1000),
+        120_000..7_200_000 => format!("{}m", ms / 60_000),
+        _ => format!("{}h", ms / 3_600_000),
+    }
+}
+
+fn drift_cell(d: Drift, style: &Style) -> String {
+    let s = d.to_string();
+    match d {
+        Drift::Converged => style.good(&s),
+        Drift::Pending => style.warn(&s),
+        Drift::Drifted | Drift::Orphaned | Drift::Failed => style.bad(&s),
+    }
+}
+
+fn render_status(s: &ClusterStatusView, style: &Style) -> String {
+    let mut out = String::new();
+    match &s.active {
+        Some(g) => {
+            let pct = format!("{:.1}%", s.convergence_percent);
+            let pct = if s.convergence_percent >= 100.0 { style.good(&pct) } else { style.warn(&pct) };
+            out.push_str(&format!("generation:  {} (commit {})\n", g.number, g.commit));
+            out.push_str(&format!("converged:   {pct}\n"));
+        }
+        None => out.push_str("generation:  none published\n"),
+    }
+    let healthy = s.workers.iter().filter(|w| w.healthy).count();
+    let ws = format!("{healthy}/{} healthy", s.workers.len());
+    out.push_str(&format!("workers:     {}\n", if healthy == s.workers.len() { style.good(&ws) } else { style.bad(&ws) }));
+    let count = |d: Drift| s.vms.iter().filter(|v| v.drift == d).count();
+    out.push_str(&format!(
+        "vms:         {} desired, {} converged, {} pending, {} drifted, {} failed, {} orphaned\n",
+        s.vms.iter().filter(|v| v.drift != Drift::Orphaned).count(),
+        count(Drift::Converged),
+        count(Drift::Pending),
+        count(Drift::Drifted),
+        count(Drift::Failed),
+        count(Drift::Orphaned),
+    ));
+    out.push_str(&format!("unplaced:    {}\n", s.unplaced.len()));
+    for u in &s.unplaced {
+        out.push_str(&format!("  {}: {}\n", style.bad(&u.name), u.reason));
+    }
+    out
+}
+
+fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
+    let rows: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| {
+            let free = w.free();
+            let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                w.worker_id.clone(),
+                w.address.clone(),
+                if w.healthy { style.good("healthy") } else { style.bad("unhealthy") },
+                age(w.last_seen_ms_ago),
+                format!("{}/{}", free.cpu, w.capacity.cpu),
+                format!("{}/{}", free.memory_mb, w.capacity.memory_mb),
+                w.vm_count.to_string(),
+                w.observed_generation.to_string(),
+                if labels.is_empty() { "-".into() } else { labels.join(",") },
+            ]
+        })
+        .collect();
+    table(&["WORKER", "ADDRESS", "HEALTH", "SEEN", "CPU FREE", "MEM FREE (MiB)", "VMS", "GEN", "LABELS"], &rows, style)
+}
+
+fn render_vms(s: &ClusterStatusView, style: &Style) -> String {
+    let rows: Vec<Vec<String>> = s
+        .vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                if v.worker_id.is_empty() { "-".into() } else { v.worker_id.clone() },
+                v.state.map_or("-".into(), |st| st.to_string()),
+                drift_cell(v.drift, style),
+                short(&v.desired_hash),
+                short(&v.observed_hash),
+                format!("{:.1}", v.metrics.cpu_percent),
+                format!("{:.1}", v.metrics.rss_bytes as f64 / (1024.0 * 1024.0)),
+            ]
+        })
+        .collect();
+    let mut out = table(&["NAME", "WORKER", "STATE", "DRIFT", "DESIRED", "OBSERVED", "CPU%", "RSS (MiB)"], &rows, style);
+    for u in &s.unplaced {
+        out.push_str(&format!("unplaced {}: {}\n", style.bad(&u.name), u.reason));
+    }
+    out
+}
+
+fn render_generations(active: Option<&GenerationView>, gens: &[GenerationView], style: &Style) -> String {
+    let now = commands::telemetry::now_ms();
+    let rows: Vec<Vec<String>> = gens
+        .iter()
+        .rev()
+        .map(|g| {
+            let is_active = active.is_some_and(|a| a.number == g.number);
+            vec![
+                if is_active { style.good(&format!("{} *", g.number)) } else { g.number.to_string() },
+                g.commit.clone(),
+                short(&g.intent_hash),
+                g.vm_count.to_string(),
+                format!("{} ago", age(now.saturating_sub(g.published_at_ms))),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no generation published\n".into();
+    }
+    table(&["GENERATION", "COMMIT", "INTENT", "VMS", "PUBLISHED"], &rows, style)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] control_plane::client::ClientError),
+}
+
+async fn real_main(args: Args) -> Result<String, CliError> {
+    let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
+    let style = Style::detect();
+    let json = |v: &dyn erased::Json| v.to_json();
+    let out = match args.command {
+        Cmd::Status => {
+            let s = master.status().await?;
+            if args.json {
+                json(&s)
+            } else {
+                render_status(&s, &style)
+            }
+        }
+        Cmd::Workers => {
+            let s = master.status().await?;
+            if args.json { json(&s.workers) } else { render_workers(&s, &style) }
+        }
+        Cmd::Vms => {
+            let s = master.status().await?;
+            if args.json {
+                json(&serde_json::json!({ "vms": s.vms, "unplaced": s.unplaced }))
+            } else {
+                render_vms(&s, &style)
+            }
+        }
+        Cmd::Generation => {
+            let s = master.status().await?;
+            let gens = master.generations().await?;
+            if args.json {
+                json(&serde_json::json!({ "active": s.active, "generations": gens }))
+            } else {
+                render_generations(s.active.as_ref(), &gens, &style)
+            }
+        }
+    };
+    master.close().await;
+    Ok(out)
+}
+
+/// `--json` printing for the few view types, without generic closures.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match commands::rpc::block_on_local(real_main(args)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pcr: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_ignore_colour_codes() {
+        let style = Style { on: true };
+        let rows = vec![vec!["a".into(), style.good("ok")], vec!["longer".into(), "x".into()]];
+        let t = table(&["N", "S"], &rows, &Style { on: false });
+        assert_eq!(t, "N       S\na       \u{1b}[32mok\u{1b}[0m\nlonger  x\n");
+        assert_eq!(visible_len(&style.bad("abc")), 3);
+    }
+
+    #[test]
+    fn ages_and_hashes_shorten() {
+        assert_eq!(age(999), "999ms");
+        assert_eq!(age(61_000), "61s");
+        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short(""), "-");
+    }
+}
