@@ -77,11 +77,14 @@ impl Attrs {
     }
     fn render(&self, open: &str, close: &str) -> String {
         let mut s = format!("{open}\n");
-        for l in &self.0 {
-            if l.is_empty() {
-                s.push('\n');
-            } else {
-                let _ = writeln!(s, "  {l}");
+        for entry in &self.0 {
+            // Multi-line values (nested sets) move in with their key.
+            for l in entry.split('\n') {
+                if l.is_empty() {
+                    s.push('\n');
+                } else {
+                    let _ = writeln!(s, "  {l}");
+                }
             }
         }
         s.push_str(close);
@@ -129,8 +132,14 @@ fn install_tree(pkg: &Package, path: &[String]) -> Vec<String> {
     l
 }
 
-/// A command from the repository, run as written when the app starts.
+/// A command from the repository, run as written when the app starts,
+/// minus the Python package manager's `… run` prefix: in the package the
+/// dependencies come from Nix, not from a virtualenv the manager would make.
 fn user_command(run: &str) -> String {
+    let run = ["uv run ", "poetry run ", "pdm run ", "pipenv run "]
+        .iter()
+        .find_map(|p| run.strip_prefix(p))
+        .unwrap_or(run);
     nix_indented(&heredoc_escape(run))
 }
 
@@ -347,6 +356,11 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
                 a.script("buildPhase", &build_phase("bun run build"));
             }
             a.script("installPhase", &install_tree(pkg, &["pkgs.bun".into()]));
+            a.comment(&format!(
+                "`nix build .#{}.nodeModules` builds only the dependencies.",
+                pkg.attr
+            ));
+            a.set("passthru.nodeModules", &deps_name);
             a.render("pkgs.stdenv.mkDerivation {", "}")
         }
         Builder::PythonApplication => {

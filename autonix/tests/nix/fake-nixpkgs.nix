@@ -46,12 +46,12 @@ let
 in
 plain [
   "rustc" "cargo" "clippy" "rustfmt" "rust-analyzer" "go" "go_1_20" "go_1_21" "go_1_22" "go_1_23"
-  "gopls" "nodejs" "nodejs_18" "nodejs_20" "nodejs_22" "yarn" "bun" "pnpm" "uv" "poetry" "pdm"
+  "gopls" "nodejs" "nodejs_18" "nodejs_20" "nodejs_22" "yarn" "bun" "uv" "poetry" "pdm"
   "pipenv" "ruby" "ruby_3_1" "ruby_3_2" "ruby_3_3" "bundix" "jdk" "jdk8" "jdk11" "jdk17" "jdk21"
   "yarnConfigHook" "yarnBuildHook" "runtimeShell"
 ]
 // lib.genAttrs [ "python3" "python310" "python311" "python312" "python313" ] python
-// lib.genAttrs [ "pnpm_8" "pnpm_9" "pnpm_10" ] (n: (pkg n) // {
+// lib.genAttrs [ "pnpm" "pnpm_8" "pnpm_9" "pnpm_10" ] (n: (pkg n) // {
   fetchDeps = builder "${n}.fetchDeps";
   configHook = pkg "${n}.configHook";
 })

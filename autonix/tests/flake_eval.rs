@@ -1,0 +1,493 @@
+//! Generated flakes, checked by the real nix client: every fixture's
+//! flake.nix must pass `nix-instantiate --parse`, and evaluating its outputs
+//! against tests/nix/fake-nixpkgs.nix (each builder returns its name and
+//! arguments) must call the expected builder with the expected arguments.
+//! The flake text itself is snapshotted in tests/snapshots/<fixture>.flake.nix.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use serde_json::{Value, json};
+
+const FAKE_HASH: &str = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// Generates the flake for a copy of `name`, parses and evaluates it.
+fn evaluate(name: &str) -> (Value, String) {
+    let (tmp, dir) = fixture_copy(name);
+    let out = autonix(&["generate", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flake = dir.join("flake.nix");
+    let text = std::fs::read_to_string(&flake).unwrap();
+
+    let parsed = nix(
+        tmp.path(),
+        "nix-instantiate",
+        &["--parse", flake.to_str().unwrap()],
+    );
+    assert!(
+        parsed.status.success(),
+        "{name}: flake.nix does not parse: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let eval_nix = crate_dir().join("tests/nix/eval.nix");
+    let eval = nix(
+        tmp.path(),
+        "nix-instantiate",
+        &[
+            "--eval",
+            "--strict",
+            "--json",
+            eval_nix.to_str().unwrap(),
+            "--arg",
+            "flake",
+            flake.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        eval.status.success(),
+        "{name}: evaluation against fake nixpkgs failed: {}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    (serde_json::from_slice(&eval.stdout).unwrap(), text)
+}
+
+/// Asserts `pointer → expected` pairs in the evaluated outputs.
+fn expect(name: &str, v: &Value, checks: &[(&str, Value)]) {
+    let mut errors = Vec::new();
+    for (ptr, want) in checks {
+        match v.pointer(ptr) {
+            Some(got) if got == want => {}
+            got => errors.push(format!(
+                "{ptr}: expected {want}, got {}",
+                got.map_or("nothing".into(), |g| g.to_string())
+            )),
+        }
+    }
+    assert!(errors.is_empty(), "{name}:\n{}", errors.join("\n"));
+}
+
+fn text_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{ptr} missing"))
+}
+
+fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "rust-workspace",
+        vec![
+            (
+                "/packages/rust-workspace/builder",
+                json!("rustPlatform.buildRustPackage"),
+            ),
+            ("/packages/rust-workspace/args/src", json!("path:./.")),
+            (
+                "/packages/rust-workspace/args/cargoLock/lockFile",
+                json!("path:./Cargo.lock"),
+            ),
+            ("/packages/rust-workspace/args/version", json!("0.3.0")),
+            (
+                "/packages/experimental/args/src",
+                json!("path:./crates/experimental"),
+            ),
+            ("/packages/experimental/args/cargoHash", json!(FAKE_HASH)),
+            ("/packages/default/builder", json!("symlinkJoin")),
+            ("/apps/rust-workspace/type", json!("app")),
+            (
+                "/devShells/default/args/packages",
+                json!([
+                    "pkgs:rustc",
+                    "pkgs:cargo",
+                    "pkgs:clippy",
+                    "pkgs:rustfmt",
+                    "pkgs:rust-analyzer"
+                ]),
+            ),
+        ],
+    );
+    m.insert(
+        "go-workspace",
+        vec![
+            ("/packages/go-workspace-api/builder", json!("buildGoModule")),
+            (
+                "/packages/go-workspace-api/override/go",
+                json!("pkgs:go_1_22"),
+            ),
+            ("/packages/go-workspace-api/args/src", json!("path:./.")),
+            ("/packages/go-workspace-api/args/modRoot", json!("api")),
+            ("/packages/go-workspace-api/args/env/GOWORK", json!("off")),
+            (
+                "/packages/go-workspace-api/args/vendorHash",
+                json!(FAKE_HASH),
+            ),
+            (
+                "/packages/go-workspace-worker/args/modRoot",
+                json!("worker"),
+            ),
+            ("/packages/legacy/args/vendorHash", Value::Null),
+            ("/packages/legacy/override/go", json!("pkgs:go_1_21")),
+            ("/packages/gen/args/vendorHash", Value::Null),
+            (
+                "/apps/go-workspace-worker/program",
+                json!("/nix/store/00000000000000000000000000000000-go-workspace-worker/bin/worker"),
+            ),
+        ],
+    );
+    m.insert(
+        "node-managers",
+        vec![
+            ("/packages/web/builder", json!("buildNpmPackage")),
+            ("/packages/web/args/nodejs", json!("pkgs:nodejs_20")),
+            ("/packages/web/args/npmDeps/builder", json!("importNpmLock")),
+            (
+                "/packages/web/args/npmDeps/args/npmRoot",
+                json!("path:./npm"),
+            ),
+            (
+                "/packages/web/args/npmConfigHook",
+                json!("pkgs:importNpmLock.npmConfigHook"),
+            ),
+            (
+                "/packages/legacy-admin/builder",
+                json!("stdenv.mkDerivation"),
+            ),
+            (
+                "/packages/legacy-admin/args/yarnOfflineCache/builder",
+                json!("fetchYarnDeps"),
+            ),
+            (
+                "/packages/legacy-admin/args/yarnOfflineCache/args/yarnLock",
+                json!("path:./yarn-classic/yarn.lock"),
+            ),
+            (
+                "/packages/legacy-admin/args/nativeBuildInputs",
+                json!([
+                    "pkgs:yarnConfigHook",
+                    "pkgs:yarnBuildHook",
+                    "pkgs:nodejs_18"
+                ]),
+            ),
+            (
+                "/packages/berry-mono/args/yarnOfflineCache/builder",
+                json!("yarn-berry.fetchYarnBerryDeps"),
+            ),
+            (
+                "/packages/berry-mono/args/yarnOfflineCache/args/hash",
+                json!(FAKE_HASH),
+            ),
+            (
+                "/packages/pnpm-mono/args/pnpmDeps/builder",
+                json!("pnpm_9.fetchDeps"),
+            ),
+            (
+                "/packages/pnpm-mono/args/pnpmDeps/args/src",
+                json!("path:./pnpm"),
+            ),
+            (
+                "/packages/pnpm-mono/args/nativeBuildInputs",
+                json!(["pkgs:nodejs_20", "pkgs:pnpm_9", "pkgs:pnpm_9.configHook"]),
+            ),
+            (
+                "/packages/edge-fn/args/nativeBuildInputs",
+                json!(["pkgs:bun"]),
+            ),
+            (
+                "/packages/edge-fn/args/passthru/nodeModules/args/outputHash",
+                json!(FAKE_HASH),
+            ),
+            (
+                "/packages/edge-fn/args/passthru/nodeModules/args/outputHashMode",
+                json!("recursive"),
+            ),
+            (
+                "/packages/edge-fn/args/passthru/nodeModules/args/buildPhase",
+                json!("bun install --frozen-lockfile --no-progress\n"),
+            ),
+        ],
+    );
+    m.insert(
+        "python-managers",
+        vec![
+            (
+                "/packages/orders-api/builder",
+                json!("python311.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/orders-api/args/pyproject", json!(true)),
+            (
+                "/packages/orders-api/args/build-system",
+                json!(["pkgs:python311.pkgs.poetry-core"]),
+            ),
+            (
+                "/packages/orders-api/args/dependencies",
+                json!(["pkgs:python311.pkgs.fastapi", "pkgs:python311.pkgs.uvicorn"]),
+            ),
+            (
+                "/packages/portal/args/dependencies",
+                json!(["pkgs:python3.pkgs.django", "pkgs:python3.pkgs.psycopg2"]),
+            ),
+            (
+                "/packages/pipenv/builder",
+                json!("python310.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/pipenv/args/format", json!("other")),
+            (
+                "/packages/reports/builder",
+                json!("python312.pkgs.buildPythonApplication"),
+            ),
+            (
+                "/packages/setuppy/args/build-system",
+                json!(["pkgs:python3.pkgs.setuptools"]),
+            ),
+            (
+                "/apps/orders-api/program",
+                json!("/nix/store/00000000000000000000000000000000-orders-api/bin/orders-api"),
+            ),
+        ],
+    );
+    m.insert(
+        "rails-monorepo",
+        vec![
+            (
+                "/packages/rails-monorepo/builder",
+                json!("stdenv.mkDerivation"),
+            ),
+            (
+                "/packages/rails-monorepo/args/buildInputs/0/builder",
+                json!("bundlerEnv"),
+            ),
+            (
+                "/packages/rails-monorepo/args/buildInputs/0/args/ruby",
+                json!("pkgs:ruby_3_2"),
+            ),
+            (
+                "/packages/rails-monorepo/args/buildInputs/0/args/gemdir",
+                json!("path:./."),
+            ),
+            ("/packages/storefront/args/src", json!("path:./frontend")),
+            (
+                "/packages/storefront/args/pnpmDeps/builder",
+                json!("pnpm.fetchDeps"),
+            ),
+            ("/packages/notifier/override/go", json!("pkgs:go_1_22")),
+            (
+                "/packages/app/args/yarnOfflineCache/args/yarnLock",
+                json!("path:./yarn.lock"),
+            ),
+        ],
+    );
+    m.insert(
+        "java-builds",
+        vec![
+            ("/packages/shop/builder", json!("maven.buildMavenPackage")),
+            ("/packages/shop/args/mvnJdk", json!("pkgs:jdk17")),
+            ("/packages/shop/args/mvnHash", json!(FAKE_HASH)),
+            ("/packages/inventory/builder", json!("stdenv.mkDerivation")),
+            (
+                "/packages/inventory/args/mitmCache/builder",
+                json!("gradle.fetchDeps"),
+            ),
+            (
+                "/packages/inventory/args/mitmCache/args/data",
+                json!("path:./gradle-wrapper/deps.json"),
+            ),
+            (
+                "/packages/inventory/args/mitmCache/args/pkg",
+                json!("pkgs:finalPackage"),
+            ),
+            (
+                "/packages/inventory/args/nativeBuildInputs",
+                json!(["pkgs:gradle", "pkgs:jdk21"]),
+            ),
+            (
+                "/packages/batch/args/nativeBuildInputs",
+                json!(["pkgs:gradle", "pkgs:jdk11"]),
+            ),
+        ],
+    );
+    m.insert(
+        "tool-versions",
+        vec![
+            (
+                "/packages/rs/builder",
+                json!("rustPlatform.buildRustPackage"),
+            ),
+            ("/packages/gosvc/override/go", json!("pkgs:go_1_22")),
+            ("/packages/js/args/nodejs", json!("pkgs:nodejs_20")),
+            ("/packages/mise-web/args/nodejs", json!("pkgs:nodejs_22")),
+            ("/packages/mise-web/args/npmDepsHash", json!(FAKE_HASH)),
+            (
+                "/packages/py/builder",
+                json!("python312.pkgs.buildPythonApplication"),
+            ),
+            (
+                "/packages/rb/args/buildInputs/0/args/ruby",
+                json!("pkgs:ruby_3_3"),
+            ),
+            ("/packages/jvm/args/mvnJdk", json!("pkgs:jdk21")),
+        ],
+    );
+    m.insert(
+        "broken",
+        vec![
+            (
+                "/packages/bad-toml/builder",
+                json!("rustPlatform.buildRustPackage"),
+            ),
+            (
+                "/packages/ws/args/pnpmDeps/builder",
+                json!("pnpm.fetchDeps"),
+            ),
+        ],
+    );
+    m
+}
+
+#[test]
+fn every_fixture_flake_parses_and_evaluates_to_the_expected_builders() {
+    let expectations = expectations();
+    let mut snapshot_errors = Vec::new();
+    for name in fixtures() {
+        let (v, text) = evaluate(&name);
+        let checks = expectations
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("no builder expectations for fixture {name}"));
+        expect(&name, &v, checks);
+        // Every package has a dev shell built from its inputs, and every app
+        // points into a package.
+        let packages = v["packages"].as_object().unwrap();
+        assert!(!packages.is_empty(), "{name}: no packages");
+        for attr in packages
+            .keys()
+            .filter(|k| *k != "default" && !k.ends_with("-node-modules"))
+        {
+            assert!(
+                v["devShells"].get(attr).is_some(),
+                "{name}: no dev shell for {attr}"
+            );
+        }
+        for (app, def) in v["apps"].as_object().unwrap() {
+            let program = def["program"].as_str().unwrap();
+            assert!(
+                program.contains(&format!(
+                    "-{}/bin/",
+                    v["packages"][app]["args"]["pname"].as_str().unwrap()
+                )),
+                "{name}: app {app} runs {program}"
+            );
+        }
+        if let Err(e) = check_snapshot(&format!("{name}.flake.nix"), &text) {
+            snapshot_errors.push(e);
+        }
+    }
+    assert!(
+        snapshot_errors.is_empty(),
+        "{}",
+        snapshot_errors.join("\n\n")
+    );
+}
+
+#[test]
+fn launchers_run_the_projects_run_command() {
+    let (v, _) = evaluate("python-managers");
+    // Procfile `web` wins, `$PORT` is read when the app starts, not at build.
+    let install = text_at(&v, "/packages/pip/args/installPhase");
+    assert!(
+        install.contains("gunicorn app:app --bind 0.0.0.0:\\$PORT"),
+        "{install}"
+    );
+    assert!(install.contains("cat > $out/bin/pip <<EOF"), "{install}");
+    // `uv run` is the dev-time runner; the package runs with Nix's python.
+    let post = text_at(&v, "/packages/portal/args/postInstall");
+    assert!(
+        post.contains("\npython manage.py runserver 0.0.0.0:8000\n"),
+        "{post}"
+    );
+    let (v, _) = evaluate("java-builds");
+    let install = text_at(&v, "/packages/shop/args/installPhase");
+    assert!(
+        install.contains("cp target/shop-1.0.0.jar $out/share/shop/"),
+        "{install}"
+    );
+    assert!(
+        install.contains("/nix/store/00000000000000000000000000000000-jdk17/bin/java -jar $out/share/shop/shop-1.0.0.jar"),
+        "{install}"
+    );
+}
+
+#[test]
+fn generate_refuses_to_overwrite_without_force() {
+    let (_tmp, dir) = fixture_copy("rust-workspace");
+    let flake = dir.join("flake.nix");
+    std::fs::write(&flake, "{ }\n").unwrap();
+    let out = autonix(&["generate", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&flake).unwrap(), "{ }\n");
+    let out = autonix(&["generate", dir.to_str().unwrap(), "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(&flake)
+            .unwrap()
+            .contains("buildRustPackage")
+    );
+    // -o writes elsewhere and leaves the tree alone.
+    let other = dir.parent().unwrap().join("elsewhere.nix");
+    let out = autonix(&[
+        "generate",
+        dir.to_str().unwrap(),
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(Path::new(&other).exists());
+}
+
+#[test]
+fn generate_tells_how_to_fill_placeholder_hashes() {
+    let (_tmp, dir) = fixture_copy("node-managers");
+    let out = autonix(&["generate", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "legacy-admin: yarnOfflineCache.hash is a placeholder; run `nix build .#legacy-admin`"
+        ),
+        "{stderr}"
+    );
+    let flake = std::fs::read_to_string(dir.join("flake.nix")).unwrap();
+    assert!(flake.contains("# Placeholder: run `nix build .#legacy-admin`"));
+    // importNpmLock needs no hash, so the npm project has no placeholder.
+    assert!(!stderr.contains("web: "), "{stderr}");
+}
+
+#[test]
+fn plan_cli_prints_builders_inputs_and_toolchains() {
+    let (_tmp, dir) = fixture_copy("rust-workspace");
+    let out = autonix(&["plan", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pkg = &plan["packages"][0];
+    assert_eq!(pkg["builder"], "rustPlatform.buildRustPackage");
+    assert_eq!(pkg["inputs"], json!(["Cargo.lock"]));
+    assert_eq!(pkg["commands"]["build"], "cargo build --release");
+    assert_eq!(pkg["toolchain"]["version"], "1.78.0");
+    assert_eq!(pkg["toolchain"]["version_source"], "rust-toolchain.toml");
+    assert!(
+        pkg["toolchain"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("rust-overlay")
+    );
+}
