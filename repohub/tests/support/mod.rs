@@ -3,6 +3,8 @@
 //! control plane (a real Cap'n Proto `Master` on loopback), and git helpers.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,158 @@
+//! Browser tests: headless Chromium (Debian's chromium + chromium-driver)
+//! against the real `repohub` binary, with a test ci_service and a real
+//! Cap'n Proto control plane in the test. Sign up, create a project and a
+//! repository, get a token, `git push` over HTTP, see the commit, the CI
+//! job (and its live log) and the cluster panel; then the control plane
+//! goes away and the panel says so. A screenshot of each page is kept
+//! under `target/test-artifacts/repohub/`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::webdriver::Driver;
+use support::{CI_SECRET, FakeCi, FakeMaster, dead_port, git_async, work_repo};
+
+struct Repohub {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Repohub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Repohub {
+    async fn start(dir: &std::path::Path, ci: &str, control_plane: &str) -> Self {
+        let secret = dir.join("ci-secret");
+        std::fs::write(&secret, format!("{CI_SECRET}\n")).unwrap();
+        let port = dead_port().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_repohub"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--ci-url", ci, "--control-plane", control_plane])
+            .arg("--ci-secret-file")
+            .arg(&secret)
+            // Cheap KDF and fast retries for the test only; defaults stay strong.
+            .args(["--kdf-memory-kib", "1024", "--retry-initial-ms", "100"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting repohub");
+        let me = Repohub { child, base: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "repohub did not start listening");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        me
+    }
+}
+
+fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+    target.join("test-artifacts").join("repohub")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ci = FakeCi::start().await;
+    let master = FakeMaster::start();
+    let hub = Repohub::start(dir.path(), &ci.url(), &master.addr.to_string()).await;
+    let driver = Driver::start().await;
+    let b = driver.session(artefacts()).await;
+    let url = |p: &str| format!("{}{p}", hub.base);
+
+    // Sign up.
+    b.goto(&url("/signup")).await;
+    b.screenshot("01-signup").await;
+    b.fill("#username", "ann").await;
+    b.fill("#password", "correct horse battery").await;
+    b.click("#submit").await;
+    b.wait_text("header", "ann", 10).await;
+    b.screenshot("02-home").await;
+
+    // Create a project and a repository.
+    b.goto(&url("/new")).await;
+    b.fill("#project-name", "shop").await;
+    b.fill("#project-description", "the <shop> project").await;
+    b.screenshot("03-new-project").await;
+    b.click("#create-project").await;
+    b.wait_text("h1", "shop", 10).await;
+    b.fill("#repo-name", "infra").await;
+    b.click("#create-repo").await;
+    b.find("#empty-repo", 10).await;
+    b.screenshot("04-empty-repo").await;
+
+    // A personal access token for git.
+    b.goto(&url("/settings/tokens")).await;
+    b.fill("#token-name", "laptop").await;
+    b.click("#create-token").await;
+    let token = b.text("#new-token").await.trim().to_owned();
+    assert_eq!(token.len(), 43, "{token:?}");
+    b.screenshot("05-token").await;
+
+    // git push over HTTP with that token.
+    let work = work_repo(
+        dir.path(),
+        &[
+            ("README.md", b"# Shop infra\n\nDeployed by **Procurator**.\n"),
+            ("flake.nix", b"{\n  outputs = { self }: { };\n}\n"),
+            ("src/app.py", b"print('hello')\n"),
+        ],
+        "Initial infra <commit>",
+    );
+    let push_url = format!("http://ann:{token}@{}/shop/infra.git", hub.base.trim_start_matches("http://"));
+    let (ok, out) = git_async(&work, &["push", &push_url, "main"]).await;
+    assert!(ok, "git push over HTTP: {out}");
+
+    // The commit in the log, the README and the files.
+    b.goto(&url("/shop/infra/log/main")).await;
+    b.wait_text("#commits", "Initial infra <commit>", 10).await;
+    b.screenshot("06-log").await;
+    b.goto(&url("/shop/infra")).await;
+    b.wait_text("#readme", "Deployed by Procurator.", 10).await;
+    b.screenshot("07-repo").await;
+    b.goto(&url("/shop/infra/tree/main/src")).await;
+    b.wait_text("#tree", "app.py", 10).await;
+    b.screenshot("08-tree").await;
+    b.goto(&url("/shop/infra/tree/main/src/app.py")).await;
+    b.wait_text("#blob", "print('hello')", 10).await;
+
+    // The project page: the flake, the CI job the push created (the panel
+    // refreshes itself), the VM specs and the cluster from the control plane.
+    b.goto(&url("/shop")).await;
+    b.wait_text("#flake", "outputs", 10).await;
+    b.wait_text("#ci-panel", "succeeded", 20).await;
+    b.wait_text("#cluster-vms", "web-1", 10).await;
+    b.wait_text("#cluster-workers", "unhealthy", 10).await;
+    let src = b.source().await;
+    assert!(src.contains("the &lt;shop&gt; project"), "description escaped");
+    assert_eq!(ci.pushes().len(), 1);
+    assert_eq!(ci.pushes()[0]["ref"], "refs/heads/main");
+    b.goto(&url("/shop")).await;
+    b.wait_text("#vm-specs", "web-1", 10).await;
+    b.screenshot("09-project").await;
+
+    // The job page follows the log live.
+    b.click("#ci-jobs a").await;
+    b.wait_text("#log", "published generation", 15).await;
+    b.screenshot("10-job").await;
+
+    // The control plane goes away: the panel says so, the rest still works.
+    drop(master);
+    b.goto(&url("/shop")).await;
+    b.wait_text("#cluster-panel", "control plane unavailable", 10).await;
+    b.wait_text("#ci-panel", "succeeded", 10).await;
+    b.screenshot("11-control-plane-down").await;
+    assert!(artefacts().join("11-control-plane-down.png").exists());
+}
