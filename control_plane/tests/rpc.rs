@@ -1,0 +1,188 @@
+//! The Master server over real loopback TCP: long-poll wake-up on publish,
+//! identity binding of worker ids to connections, refusal of bad input
+//! without state change, getWorker proxying, and rescheduling away from a
+//! silent worker.
+
+use std::time::{Duration, Instant};
+
+use capnp::capability::Rc as CapRc;
+use commands::convert::{ErrorCode, worker_status_from_capnp, worker_status_to_capnp};
+use commands::types::{Labels, Resources, VmSpec, VmSpecFields, WorkerStatus};
+use commands::worker_capnp::worker;
+use control_plane::client::{ClientError, MasterClient};
+use control_plane::model::WorkerMetricsView;
+use control_plane::state::Registration;
+use tokio_util::sync::CancellationToken;
+
+/// A Worker capability that answers `read` with its id, so the test can
+/// tell that getWorker reached the right worker through the master.
+struct EchoWorker {
+    id: String,
+}
+
+impl worker::Server for EchoWorker {
+    fn read(
+        self: CapRc<Self>,
+        _: worker::ReadParams,
+        mut results: worker::ReadResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let st = WorkerStatus {
+            worker_id: self.id.parse().unwrap(),
+            address: "echo".into(),
+            capacity: Resources::default(),
+            allocated: Resources::default(),
+            labels: Labels::new(),
+            vm_count: 0,
+            run_dir: String::new(),
+            version: "test".into(),
+            uptime_ms: 0,
+        };
+        worker_status_to_capnp(&st, results.get().init_status());
+        std::future::ready(Ok(()))
+    }
+}
+
+fn spec(name: &str, hash: &str) -> VmSpec {
+    VmSpec::new(VmSpecFields {
+        name: name.into(),
+        toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+        kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+        cpu: 1,
+        memory_mb: 128,
+        content_hash: hash.into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn reg(id: &str, addr: &str) -> Registration {
+    Registration {
+        worker_id: id.parse().unwrap(),
+        address: addr.into(),
+        capacity: Resources { cpu: 8, memory_mb: 4096 },
+        labels: Labels::new(),
+    }
+}
+
+fn code(e: ClientError) -> ErrorCode {
+    match e {
+        ClientError::Refused(f) => f.code,
+        other => panic!("expected an error as data, got {other}"),
+    }
+}
+
+async fn start(config: control_plane::Config) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    tokio::task::spawn_local(control_plane::run(config, listener, shutdown.clone()));
+    (addr, shutdown)
+}
+
+async fn connect(addr: &str) -> MasterClient {
+    MasterClient::connect(addr, Duration::from_secs(5)).await.unwrap()
+}
+
+#[test]
+fn master_over_loopback() {
+    commands::rpc::block_on_local(async {
+        let config = control_plane::Config {
+            long_poll_timeout: Duration::from_secs(3),
+            heartbeat_timeout: Duration::from_millis(600),
+            startup_grace: Duration::ZERO,
+        };
+        let (addr, shutdown) = start(config).await;
+        let w1 = connect(&addr).await;
+        let w2 = connect(&addr).await;
+        let intruder = connect(&addr).await;
+        let cli = connect(&addr).await;
+        let cap1: worker::Client = capnp_rpc::new_client(EchoWorker { id: "w1".into() });
+        let cap2: worker::Client = capnp_rpc::new_client(EchoWorker { id: "w2".into() });
+        w1.register(&reg("w1", "10.0.0.1:6000"), cap1.clone()).await.unwrap();
+
+        // Identity: another connection cannot take a live id or report for it.
+        let err = intruder.register(&reg("w1", "10.0.0.9:6000"), cap1.clone()).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::PermissionDenied);
+        let err = intruder.push_data("w1", 0, &[], &WorkerMetricsView::default()).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::PermissionDenied);
+        let err = cli.get_assignment("nobody", 0, 0).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::NotFound);
+        let err = cli.get_assignment("../etc", 0, 0).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::InvalidArgument);
+
+        // A long-poll that is waiting answers as soon as a generation is
+        // published, not after its timeout.
+        let poll = w1.get_assignment("w1", 0, 0);
+        let publish = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let t = Instant::now();
+            let o = cli.publish("c1", 1, "i1", &[spec("web-0", "a"), spec("web-1", "a")]).await.unwrap();
+            (o, t)
+        };
+        let (a, (outcome, published_at)) = tokio::join!(poll, publish);
+        let a = a.unwrap();
+        assert!(published_at.elapsed() < Duration::from_secs(1), "long-poll waited for its timeout");
+        assert!(a.changed && a.generation == 1 && a.vms.len() == 2, "{a:?}");
+        assert_eq!(outcome.placed, 2);
+
+        // Bad input is refused and changes nothing.
+        let err = cli.publish("c2", 2, "i2", &[spec("x", "a"), spec("x", "b")]).await.unwrap_err();
+        assert!(err.to_string().contains("duplicate VM name"), "{err}");
+        let err = cli.publish("c0", 0, "i0", &[]).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::InvalidArgument);
+        let err = cli.publish("c1", 1, "other", &[]).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::AlreadyExists);
+        {
+            // A spec that does not validate (raw builder: the client types
+            // cannot even express it).
+            let mut req = cli.raw().publish_state_request();
+            let mut p = req.get();
+            p.set_commit("c9");
+            p.set_generation(9);
+            p.set_intent_hash("i9");
+            let mut s = p.init_vm_specs(1).get(0);
+            s.set_name("evil");
+            s.set_toplevel("/etc/passwd");
+            let reply = req.send().promise.await.unwrap();
+            let r = commands::convert::result_from_capnp(reply.get().unwrap().get_result().unwrap()).unwrap();
+            let e = r.err().expect("refused");
+            assert!(e.message.contains("toplevel"), "{e}");
+        }
+        let repeat = cli.publish("c1", 1, "i1", &[]).await.unwrap();
+        assert!(repeat.noop);
+        let status = cli.status().await.unwrap();
+        assert_eq!(status.active.as_ref().map(|g| g.number), Some(1));
+        assert_eq!(status.vms.len(), 2);
+
+        // getWorker proxies to the capability the worker registered.
+        let proxied = cli.worker("w1").await.unwrap();
+        let reply = proxied.read_request().send().promise.await.unwrap();
+        let st = worker_status_from_capnp(reply.get().unwrap().get_status().unwrap()).unwrap();
+        assert_eq!(st.worker_id.as_str(), "w1");
+
+        // w2 joins and heartbeats; w1 falls silent and its VMs move to w2.
+        w2.register(&reg("w2", "10.0.0.2:6000"), cap2).await.unwrap();
+        let first = w2.get_assignment("w2", 0, 0).await.unwrap();
+        assert!(first.vms.is_empty(), "stable: nothing moved to the new worker");
+        let heartbeat = async {
+            for _ in 0..20 {
+                w2.push_data("w2", 1, &[], &WorkerMetricsView::default()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let moved = async {
+            let t = Instant::now();
+            let a = w2.get_assignment("w2", first.generation, first.revision).await.unwrap();
+            (a, t.elapsed())
+        };
+        let ((a, waited), ()) = tokio::join!(moved, heartbeat);
+        assert_eq!(a.vms.len(), 2, "{a:?}");
+        assert!(waited < Duration::from_millis(1500), "moved after {waited:?}");
+        let status = cli.status().await.unwrap();
+        let w1h = status.workers.iter().find(|w| w.worker_id == "w1").unwrap();
+        assert!(!w1h.healthy);
+        assert!(status.vms.iter().all(|v| v.worker_id == "w2"));
+
+        shutdown.cancel();
+    });
+}
