@@ -48,11 +48,14 @@
               # takes its hostname (the VM name, set at boot) as its id.
               # dnsmasq on the host resolves VM names (DHCP host names).
               controlPlane = "control-plane-0:7000";
+              labels = { nested = "true"; };
               listen = "0.0.0.0:6000";
               openFirewall = true;
             };
-            # Workers run nested VMs: give them /dev/kvm and room for disks.
+            # Workers run nested VMs: /dev/kvm, nix to pull closures, room
+            # for disk copies.
             boot.kernelModules = [ "kvm-intel" "kvm-amd" ];
+            nix.enable = true;
             procurator.guest.diskAdditionalSpace = "4096M";
           }
         ];
@@ -106,7 +109,9 @@
       packages.${system}.default = cluster.closure;
 
       # A host that runs the VMs: bridge, TAPs, NAT, dnsmasq and allowlists,
-      # plus the worker. Adjust the uplink, file systems and boot loader.
+      # plus the worker (its TAP prefix comes from the host module). The
+      # control plane VM is the first slot (control-plane-0: .10). Adjust the
+      # uplink, file systems and boot loader.
       nixosConfigurations.host = nixpkgs.lib.nixosSystem {
         inherit system;
         modules = [

@@ -34,7 +34,11 @@
         control-plane = withPackage ./modules/control-plane.nix "control-plane" "control-plane";
         ci-service = withPackage ./modules/ci-service.nix "ci-service" "ci-service";
         cache = withPackage ./modules/cache.nix "cache" "cache";
-        repohub = withPackage ./modules/repohub.nix "repohub" "repohub";
+        repohub = { lib, pkgs, ... }: {
+          imports = [ (withPackage ./modules/repohub.nix "repohub" "repohub") ];
+          config.services.procurator.repohub.autonix = lib.mkDefault
+            "${self.packages.${pkgs.stdenv.hostPlatform.system}.autonix}/bin/autonix";
+        };
         default = {
           imports = with self.nixosModules; [ host worker control-plane ci-service cache repohub ];
         };

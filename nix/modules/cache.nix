@@ -1,7 +1,7 @@
-# NixOS module for the Procurator binary cache (`cache`): serves and accepts
-# narinfo/NAR over HTTP and signs narinfos. The secret signing key and the
-# upload token are passed as systemd credentials (never in the store); the
-# NARs live in the state directory.
+# NixOS module for the Procurator binary cache (`cache serve`): serves and
+# accepts narinfo/NAR over HTTP and signs narinfos. The secret signing key
+# and the upload token are passed as systemd credentials (never in the
+# store); the index and NARs live in the state directory.
 { config, lib, pkgs, ... }:
 let
   common = import ./service-common.nix { inherit lib; };
@@ -15,12 +15,12 @@ in
   } // {
     secretKeyFile = lib.mkOption {
       type = lib.types.path;
-      description = "Signing key from `nix-store --generate-binary-cache-key NAME sk pk` (read as a systemd credential).";
+      description = "Signing key from `cache keygen` or `nix-store --generate-binary-cache-key NAME sk pk` (read as a systemd credential).";
     };
     uploadTokenFile = lib.mkOption {
       type = lib.types.nullOr lib.types.path;
       default = null;
-      description = "File holding the token uploaders must present. null: uploads are refused.";
+      description = "File holding the token uploaders (CI) present. null: uploads are refused.";
     };
   };
 
@@ -31,15 +31,17 @@ in
       after = [ "network.target" ];
       environment = { RUST_LOG = cfg.logLevel; } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart cfg.package "cache"
-          ({
+        ExecStart = common.execStart {
+          inherit (cfg) package extraArgs;
+          binary = "cache";
+          leading = lib.optional cfg.logJson "--log-json" ++ [ "serve" ];
+          settings = {
             listen = cfg.listen;
-            log-json = cfg.logJson;
             data-dir = "/var/lib/procurator-cache";
-            secret-key-file = "%d/secret-key";
+            key-file = "%d/secret-key";
             upload-token-file = if cfg.uploadTokenFile == null then null else "%d/upload-token";
-          } // cfg.settings)
-          cfg.extraArgs;
+          } // cfg.settings;
+        };
         DynamicUser = true;
         StateDirectory = "procurator-cache";
         StateDirectoryMode = "0700";

@@ -2,8 +2,8 @@
 # SQLite, evaluates and builds cluster flakes with nix, copies closures to
 # the cache and publishes generations to the control plane. Builds go
 # through the host's nix-daemon; the service's own nix client state (its
-# narinfo cache) lives in the state directory. The cache upload token is a
-# systemd credential.
+# narinfo cache) lives in the state directory. The cache upload token and
+# the push-hook secret are systemd credentials.
 { config, lib, pkgs, ... }:
 let
   common = import ./service-common.nix { inherit lib; };
@@ -13,12 +13,13 @@ in
   options.services.procurator.ci-service = common.commonOptions {
     name = "ci-service";
     binary = "ci_service";
-    defaultListen = "127.0.0.1:8090";
+    defaultListen = "127.0.0.1:7100";
   } // {
     cacheUrl = lib.mkOption {
-      type = lib.types.str;
+      type = lib.types.nullOr lib.types.str;
+      default = null;
       example = "http://127.0.0.1:5000";
-      description = "Binary cache closures are copied to.";
+      description = "Binary cache closures are copied to (null: closures stay local).";
     };
     cacheTokenFile = lib.mkOption {
       type = lib.types.nullOr lib.types.path;
@@ -26,9 +27,20 @@ in
       description = "File holding the cache upload token (read as a systemd credential).";
     };
     controlPlane = lib.mkOption {
-      type = lib.types.str;
+      type = lib.types.nullOr lib.types.str;
+      default = null;
       example = "127.0.0.1:7000";
-      description = "Control plane address generations are published to.";
+      description = "Control plane address generations are published to (null: build only).";
+    };
+    hookSecretFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "File holding the secret push hooks must present (read as a systemd credential).";
+    };
+    deployRef = lib.mkOption {
+      type = lib.types.str;
+      default = "refs/heads/main";
+      description = "Only pushes to this ref publish a generation; others are built.";
     };
     nixPackage = lib.mkOption {
       type = lib.types.package;
@@ -45,7 +57,7 @@ in
       home = "/var/lib/procurator-ci";
     };
     users.groups.procurator-ci = { };
-    # Builds go through the daemon; flakes must be enabled for the client.
+    # CI evaluates flakes through the daemon.
     nix.settings.experimental-features = [ "nix-command" "flakes" ];
 
     systemd.services.procurator-ci-service = {
@@ -60,23 +72,30 @@ in
         XDG_CACHE_HOME = "/var/lib/procurator-ci/cache";
       } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart cfg.package "ci_service"
-          ({
+        ExecStart = common.execStart {
+          inherit (cfg) package extraArgs;
+          binary = "ci_service";
+          settings = {
             listen = cfg.listen;
             log-json = cfg.logJson;
             data-dir = "/var/lib/procurator-ci";
-            cache-url = cfg.cacheUrl;
+            cache = cfg.cacheUrl;
             cache-token-file = if cfg.cacheTokenFile == null then null else "%d/cache-token";
             control-plane = cfg.controlPlane;
-          } // cfg.settings)
-          cfg.extraArgs;
+            hook-secret-file = if cfg.hookSecretFile == null then null else "%d/hook-secret";
+            deploy-ref = cfg.deployRef;
+          } // cfg.settings;
+        };
         User = "procurator-ci";
         Group = "procurator-ci";
         StateDirectory = "procurator-ci";
         StateDirectoryMode = "0750";
-        LoadCredential = lib.optional (cfg.cacheTokenFile != null) "cache-token:${cfg.cacheTokenFile}";
-        # Evaluation allocates a lot; nix's GC and builder need W^X off.
+        LoadCredential = lib.optional (cfg.cacheTokenFile != null) "cache-token:${cfg.cacheTokenFile}"
+          ++ lib.optional (cfg.hookSecretFile != null) "hook-secret:${cfg.hookSecretFile}";
+        # nix's evaluator (Boehm GC) needs writable+executable mappings, and
+        # nix raises its stack limit (setrlimit) at start.
         MemoryDenyWriteExecute = false;
+        SystemCallFilter = [ "@system-service" "~@privileged" ];
         Restart = "always";
         RestartSec = 1;
       };

@@ -13,10 +13,15 @@ in
     binary = "control_plane";
     defaultListen = "127.0.0.1:7000";
   } // {
-    workerTimeoutSecs = lib.mkOption {
+    heartbeatTimeoutMs = lib.mkOption {
       type = lib.types.ints.positive;
-      default = 15;
-      description = "Seconds without a heartbeat after which a worker is unhealthy and its VMs are rescheduled.";
+      default = 5000;
+      description = "A worker without a heartbeat for this long is unhealthy and its VMs are rescheduled.";
+    };
+    longPollTimeoutMs = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = 25000;
+      description = "How long getAssignment waits for a change before answering \"nothing new\".";
     };
   };
 
@@ -28,9 +33,16 @@ in
       wants = [ "network-online.target" ];
       environment = { RUST_LOG = cfg.logLevel; } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart cfg.package "control_plane"
-          ({ listen = cfg.listen; log-json = cfg.logJson; worker-timeout-secs = cfg.workerTimeoutSecs; } // cfg.settings)
-          cfg.extraArgs;
+        ExecStart = common.execStart {
+          inherit (cfg) package extraArgs;
+          binary = "control_plane";
+          settings = {
+            listen = cfg.listen;
+            log-json = cfg.logJson;
+            heartbeat-timeout-ms = cfg.heartbeatTimeoutMs;
+            long-poll-timeout-ms = cfg.longPollTimeoutMs;
+          } // cfg.settings;
+        };
         DynamicUser = true;
         Restart = "always";
         RestartSec = 1;

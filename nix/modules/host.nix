@@ -1,39 +1,46 @@
 # The Procurator host NixOS module: the network a worker's VMs live on.
 #
 #   - a bridge with the host's address on the VM subnet (a /24);
-#   - one persistent TAP per declared VM, attached to the bridge (the worker
-#     hands the TAP to Cloud Hypervisor; /etc/procurator/host-network.json
-#     maps VM names to TAP, MAC and address);
+#   - TAP devices: the worker (--tap-prefix, set by modules/worker.nix) has
+#     Cloud Hypervisor create one TAP per VM named <prefix><VM id tail>; a
+#     udev rule attaches every TAP with the prefix to the bridge;
 #   - NAT from the bridge to the uplink;
-#   - dnsmasq on the bridge: static DHCP leases (MAC -> address) and DNS;
+#   - dnsmasq on the bridge: DHCP (a fixed address per declared VM, matched
+#     by the hostname the guest sends, i.e. its VM name; a pool for others)
+#     and DNS;
 #   - per-VM egress allowlist by domain: dnsmasq puts the addresses it
 #     resolves for an allowed domain into that VM's nftables set, and the
-#     forward chain lets a VM reach only addresses in its set (plus the host's
-#     DNS). A VM with no allowed domains has no egress at all.
-#   - anti-spoofing on the bridge ports, so a VM cannot borrow another VM's
-#     address (and its allowlist).
+#     forward chain lets a VM reach only addresses in its set (plus the
+#     host's DNS). VMs with no allowed domains, and VMs not declared in
+#     `vms`, have no egress at all;
+#   - the bridge drops frames from VM TAPs with sources outside the subnet
+#     and all IPv6.
 #
 # Allowlist entries follow dnsmasq's domain matching: "example.com" also
 # allows its subdomains; "*.example.com" is accepted and means the same.
-# Only IPv4 is forwarded; IPv6 from the VM network is dropped. Addresses stay
-# in a VM's set until nftables is reloaded (dnsmasq restarts with it).
+# Addresses stay in a VM's set until nftables is reloaded (dnsmasq restarts
+# with it and refills the sets on the next lookups).
+#
+# Identity is the address: a guest with root that sets another declared
+# VM's address by hand gets that VM's allowlist (and an address conflict).
+# Stronger binding needs per-VM MAC/address pairs from the worker.
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption mkEnableOption mkIf types;
   cfg = config.procurator.host;
 
-  # Names, addresses, dnsmasq lines and nftables rules are computed by the
+  # Addresses, dnsmasq lines and nftables rules are computed by the
   # builtins-only nix/lib/network.nix (tested without nixpkgs).
   net = (import ../lib/network.nix).hostNetwork {
-    inherit (cfg) bridge subnetPrefix;
+    inherit (cfg) bridge tapPrefix subnetPrefix;
     vms = lib.mapAttrs (_: vm: { inherit (vm) index allowedDomains; }) cfg.vms;
   };
 
   vmModule = {
     options = {
       index = mkOption {
-        type = types.ints.between 0 239;
-        description = "Slot of the VM on this host: fixes its TAP (pcrtap<index>), MAC and address (.<index+10>). Unique per host.";
+        type = types.ints.between 0 89;
+        description = "Address slot of the VM: it gets .<index+10> of the subnet. Unique per host.";
       };
       allowedDomains = mkOption {
         type = types.listOf types.str;
@@ -42,6 +49,8 @@ let
       };
     };
   };
+
+  ip = "${pkgs.iproute2}/bin/ip";
 in
 {
   options.procurator.host = {
@@ -53,10 +62,16 @@ in
       description = "Name of the bridge the VMs' TAP devices join.";
     };
 
+    tapPrefix = mkOption {
+      type = types.str;
+      default = "pcrt";
+      description = "Prefix of the TAP devices the worker creates per VM (worker --tap-prefix); they join the bridge.";
+    };
+
     subnetPrefix = mkOption {
       type = types.str;
       default = "10.100.0";
-      description = "First three octets of the VM /24: the host is .1, VM slot i is .(10+i).";
+      description = "First three octets of the VM /24: the host is .1, declared VM slot i is .(10+i), others .100-.249.";
     };
 
     externalInterface = mkOption {
@@ -73,26 +88,20 @@ in
       description = "DNS servers dnsmasq forwards to. Empty: the host's /etc/resolv.conf.";
     };
 
-    tapOwner = mkOption {
-      type = types.str;
-      default = "root";
-      description = "User that may open the TAP devices (the user the worker runs Cloud Hypervisor as).";
-    };
-
     vms = mkOption {
       type = types.attrsOf (types.submodule vmModule);
       default = { };
       example = lib.literalExpression ''
         { web-0 = { index = 0; allowedDomains = [ "example.com" ]; }; }
-        # or, from a cluster: (import nix/lib/network.nix).vmsFromSpecs cluster.vmSpecs
+        # or, from a cluster: procurator.lib.vmsFromSpecs cluster.vmSpecs
       '';
-      description = "VMs this host can run, by VM name: network slot and egress allowlist.";
+      description = "VMs with a fixed address and an egress allowlist, by VM name.";
     };
 
     network = mkOption {
       type = types.attrs;
       readOnly = true;
-      description = "The computed network (hostNetwork's result): per-VM tap, mac, address; for other modules.";
+      description = "The computed network (hostNetwork's result), for other modules.";
     };
   };
 
@@ -106,16 +115,14 @@ in
 
     networking.nftables.enable = lib.mkDefault true;
 
-    networking.bridges.${cfg.bridge}.interfaces = net.taps;
-    networking.interfaces = {
-      ${cfg.bridge}.ipv4.addresses = [{ address = net.hostAddress; prefixLength = 24; }];
-    } // lib.listToAttrs (map
-      (tap: lib.nameValuePair tap {
-        virtual = true;
-        virtualType = "tap";
-        virtualOwner = cfg.tapOwner;
-      })
-      net.taps);
+    networking.bridges.${cfg.bridge}.interfaces = [ ];
+    networking.interfaces.${cfg.bridge}.ipv4.addresses = [{ address = net.hostAddress; prefixLength = 24; }];
+    boot.kernelModules = [ "tun" "bridge" ];
+
+    # TAPs appear when the worker starts a VM: put them on the bridge.
+    services.udev.extraRules = ''
+      ACTION=="add", SUBSYSTEM=="net", KERNEL=="${cfg.tapPrefix}*", RUN+="${ip} link set dev %k master ${cfg.bridge}", RUN+="${ip} link set dev %k up"
+    '';
 
     networking.nat = mkIf (cfg.externalInterface != null) {
       enable = true;
@@ -140,7 +147,7 @@ in
         bind-dynamic = true;
         domain-needed = true;
         bogus-priv = true;
-        dhcp-range = [ "${cfg.subnetPrefix}.0,static,255.255.255.0,12h" ];
+        dhcp-range = net.dhcpRanges;
         dhcp-host = net.dhcpHosts;
         dhcp-option = [ "option:router,${net.hostAddress}" "option:dns-server,${net.hostAddress}" ];
         nftset = net.nftsets;
@@ -160,12 +167,12 @@ in
 
     networking.nftables.tables = {
       # Egress allowlist; runs before NAT. Anything from the VM network that
-      # no rule accepts is dropped, including IPv6 and spoofed addresses.
+      # no rule accepts is dropped.
       procurator = {
         family = "inet";
         content = net.inetTable;
       };
-      # A VM may only send from its own MAC and address.
+      # VM TAPs may only send from the VM subnet, IPv4 only.
       procurator_antispoof = {
         family = "bridge";
         content = net.bridgeTable;

@@ -16,13 +16,29 @@ in
     ciUrl = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
       default = null;
-      example = "http://127.0.0.1:8090";
-      description = "ci_service URL the post-receive hook notifies. null: pushes trigger nothing.";
+      example = "http://127.0.0.1:7100";
+      description = "ci_service URL pushes are reported to. null: pushes trigger nothing.";
+    };
+    ciSecretFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "File holding the bearer secret of ci_service's push hook (read as a systemd credential).";
     };
     controlPlane = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
       default = null;
+      example = "127.0.0.1:7000";
       description = "Control plane address for the cluster page.";
+    };
+    autonix = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Path of the autonix executable (null: beside repohub, then PATH).";
+    };
+    secureCookies = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Mark session cookies Secure (set when served behind HTTPS).";
     };
   };
 
@@ -41,19 +57,25 @@ in
       path = [ pkgs.git ];
       environment = { RUST_LOG = cfg.logLevel; HOME = "/var/lib/procurator-repohub"; } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart cfg.package "repohub"
-          ({
+        ExecStart = common.execStart {
+          inherit (cfg) package extraArgs;
+          binary = "repohub";
+          settings = {
             listen = cfg.listen;
             log-json = cfg.logJson;
             data-dir = "/var/lib/procurator-repohub";
             ci-url = cfg.ciUrl;
+            ci-secret-file = if cfg.ciSecretFile == null then null else "%d/ci-secret";
             control-plane = cfg.controlPlane;
-          } // cfg.settings)
-          cfg.extraArgs;
+            autonix = cfg.autonix;
+            secure-cookies = cfg.secureCookies;
+          } // cfg.settings;
+        };
         User = "procurator-repohub";
         Group = "procurator-repohub";
         StateDirectory = "procurator-repohub";
         StateDirectoryMode = "0750";
+        LoadCredential = lib.optional (cfg.ciSecretFile != null) "ci-secret:${cfg.ciSecretFile}";
         Restart = "always";
         RestartSec = 1;
       };

@@ -22,8 +22,9 @@ rec {
         else [ "--${name}" (toString value) ])
       settings);
 
-  execStart = package: binary: settings: extraArgs:
-    lib.escapeShellArgs ([ "${package}/bin/${binary}" ] ++ toArgs settings ++ extraArgs);
+  # `leading`: words before the flags (a subcommand like `serve`).
+  execStart = { package, binary, leading ? [ ], settings, extraArgs }:
+    lib.escapeShellArgs ([ "${package}/bin/${binary}" ] ++ leading ++ toArgs settings ++ extraArgs);
 
   # Options every service module has.
   commonOptions = { name, binary, defaultListen }: {

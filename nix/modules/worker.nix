@@ -1,15 +1,16 @@
 # NixOS module for the Procurator worker: one Cloud Hypervisor process per
 # VM, reconciled to the control plane's assignment. It runs as root because
-# it opens /dev/kvm and TAP devices and adds closures to the Nix store
-# (`nix copy --from` the cache). KillMode=process and a preserved runtime
-# directory let CH processes and their API sockets outlive a worker restart:
-# the restarted worker adopts the running VMs instead of rebooting them.
-# Usually enabled together with `procurator.host` (modules/host.nix), whose
-# /etc/procurator/host-network.json tells the worker each VM's TAP and MAC.
+# it opens /dev/kvm, creates TAP devices and adds closures to the Nix store.
+# KillMode=process and a persistent run directory let CH processes and their
+# API sockets outlive a worker restart: the restarted worker adopts the
+# running VMs instead of rebooting them. With `procurator.host` enabled
+# (modules/host.nix) each VM gets a TAP on the host's VM bridge.
 { config, lib, pkgs, ... }:
 let
   common = import ./service-common.nix { inherit lib; };
   cfg = config.services.procurator.worker;
+  host = config.procurator.host or { enable = false; };
+  runDir = "/var/lib/procurator-worker";
 in
 {
   options.services.procurator.worker = common.commonOptions {
@@ -19,29 +20,35 @@ in
   } // {
     workerId = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
-      default = if config.networking.hostName != "" then config.networking.hostName else null;
-      defaultText = lib.literalExpression "config.networking.hostName (null when empty)";
-      description = "Id the worker registers with. null: the worker's own default (the machine's hostname at run time).";
+      default = null;
+      description = "Id the worker registers with. null: the machine's hostname at run time.";
+    };
+    advertise = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "10.0.0.5:6000";
+      description = "Address reported to the control plane and clients (null: the bound address).";
     };
     controlPlane = lib.mkOption {
-      type = lib.types.str;
+      type = lib.types.nullOr lib.types.str;
+      default = null;
       example = "10.0.0.2:7000";
-      description = "Control plane address.";
+      description = "Control plane address, passed as --control-plane (null: the flag is left out).";
     };
     cacheUrl = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
       default = null;
-      description = "Binary cache closures are pulled from (null: they must already be local).";
+      description = "Binary cache closures are pulled from (--closure-source; null: they must already be local).";
     };
     cpu = lib.mkOption {
       type = lib.types.nullOr lib.types.ints.positive;
       default = null;
-      description = "vCPUs offered to VMs (null: the worker's default from the host).";
+      description = "vCPUs offered to VMs (null: the host's CPU count).";
     };
     memoryMb = lib.mkOption {
       type = lib.types.nullOr lib.types.ints.positive;
       default = null;
-      description = "Memory in MiB offered to VMs (null: the worker's default from the host).";
+      description = "Memory in MiB offered to VMs (null: the host's MemTotal).";
     };
     labels = lib.mkOption {
       type = lib.types.attrsOf lib.types.str;
@@ -58,38 +65,42 @@ in
 
   config = lib.mkIf cfg.enable {
     boot.kernelModules = [ "tun" ];
-    virtualisation.libvirtd.enable = lib.mkDefault false;
 
     systemd.services.procurator-worker = {
       description = "Procurator worker (Cloud Hypervisor VMs)";
       wantedBy = [ "multi-user.target" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
       wants = [ "network-online.target" ];
-      path = [ cfg.cloudHypervisor config.nix.package pkgs.iproute2 ];
+      path = [ config.nix.package pkgs.iproute2 ];
       environment = {
         RUST_LOG = cfg.logLevel;
         XDG_CACHE_HOME = "/var/cache/procurator-worker";
       } // cfg.environment;
       serviceConfig = {
-        ExecStart = common.execStart cfg.package "worker"
-          ({
+        ExecStart = common.execStart {
+          inherit (cfg) package extraArgs;
+          binary = "worker";
+          settings = {
             listen = cfg.listen;
+            advertise = cfg.advertise;
             log-json = cfg.logJson;
             worker-id = cfg.workerId;
             control-plane = cfg.controlPlane;
-            cache-url = cfg.cacheUrl;
-            run-dir = "/run/procurator-worker";
-            state-dir = "/var/lib/procurator-worker";
+            closure-source = cfg.cacheUrl;
+            ch-binary = "${cfg.cloudHypervisor}/bin/cloud-hypervisor";
+            # Sockets, records, serial logs and per-VM disk copies: on disk,
+            # not tmpfs, and kept across restarts for adoption.
+            run-dir = runDir;
             cpu = cfg.cpu;
             memory-mb = cfg.memoryMb;
             label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
-          } // cfg.settings)
-          cfg.extraArgs;
+            tap-prefix = if host.enable then host.tapPrefix else null;
+          } // cfg.settings;
+        };
         # VMs outlive worker restarts (adoption, design §1).
         KillMode = "process";
-        RuntimeDirectory = "procurator-worker";
-        RuntimeDirectoryPreserve = "yes";
         StateDirectory = "procurator-worker";
+        StateDirectoryMode = "0700";
         CacheDirectory = "procurator-worker";
         Restart = "always";
         RestartSec = 1;

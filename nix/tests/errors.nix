@@ -110,14 +110,17 @@ in
 
   # --- hostNetwork ---
   net-bridge = { expr = net { bridge = "a-very-long-bridge-name"; }; msg = "hostNetwork: bridge must be an interface name"; };
+  net-tap-prefix = { expr = net { tapPrefix = "tap-"; }; msg = "hostNetwork: tapPrefix must be 1-8 of a-z, 0-9 starting with a letter, got \"tap-\""; };
+  net-tap-prefix-bridge = { expr = net { tapPrefix = "pcr"; }; msg = "hostNetwork: bridge \"pcrbr0\" must not start with tapPrefix \"pcr\""; };
+  net-from-specs-many = { expr = lib.vmsFromSpecs (builtins.genList (i: { name = "v-${toString i}"; networkAllowedDomains = [ ]; }) 91); msg = "vmsFromSpecs: 91 VMs, more than the 90 fixed addresses of a /24"; };
   net-prefix = { expr = net { subnetPrefix = "10.100"; }; msg = "hostNetwork: subnetPrefix must be three octets like \"10.100.0\", got \"10.100\""; };
   net-prefix-octet = { expr = net { subnetPrefix = "10.300.0"; }; msg = "subnetPrefix must be three octets"; };
   net-vms-type = { expr = net { vms = [ ]; }; msg = "hostNetwork: vms must be an attribute set of VMs, got a list"; };
   net-vm-name = { expr = net { vms.Web = { index = 0; }; }; msg = "hostNetwork: VM name \"Web\" is not a DNS label"; };
   net-vm-type = { expr = net { vms.web-0 = 0; }; msg = "hostNetwork: vms.web-0 must be an attribute set, got 0"; };
   net-vm-unknown = { expr = net { vms.web-0 = { index = 0; domains = [ ]; }; }; msg = "vms.web-0 has unknown attribute \"domains\""; };
-  net-index-missing = { expr = net { vms.web-0 = { }; }; msg = "vms.web-0.index must be an integer between 0 and 239, got null"; };
-  net-index-range = { expr = net { vms.web-0 = { index = 240; }; }; msg = "vms.web-0.index must be an integer between 0 and 239, got 240"; };
+  net-index-missing = { expr = net { vms.web-0 = { }; }; msg = "vms.web-0.index must be an integer between 0 and 89, got null"; };
+  net-index-range = { expr = net { vms.web-0 = { index = 90; }; }; msg = "vms.web-0.index must be an integer between 0 and 89, got 90"; };
   net-index-duplicate = { expr = net { vms = { web-0 = { index = 3; }; web-1 = { index = 3; }; }; }; msg = "hostNetwork: index 3 is used by more than one VM (web-0, web-1)"; };
   net-domains-type = { expr = net { vms.web-0 = { index = 0; allowedDomains = "example.com"; }; }; msg = "vms.web-0.allowedDomains must be a list"; };
   net-domain = { expr = net { vms.web-0 = { index = 0; allowedDomains = [ "Example.com" ]; }; }; msg = "vms.web-0.allowedDomains: \"Example.com\" is not a lowercase domain name"; };

@@ -46,7 +46,7 @@ let
     vms = {
       web-0 = { index = 0; allowedDomains = [ "example.com" "*.pypi.org" "example.com" ]; };
       py-0 = { index = 26; allowedDomains = [ "example.com" ]; };
-      db-0 = { index = 239; };
+      db-0 = { index = 89; };
     };
   };
   c1 = twoGroups { web = "a"; db = "a"; idle = "a"; };
@@ -251,21 +251,21 @@ let
 
     # --- host network ---
     {
-      name = "hostNetwork slots: tap, mac, address, set";
+      name = "hostNetwork slots: address and nftables set";
       got = net.vms;
       want = {
-        web-0 = { index = 0; tap = "pcrtap0"; mac = "02:50:43:52:00:00"; address = "10.100.0.10"; setName = "allow_vm0"; allowedDomains = [ "*.pypi.org" "example.com" ]; };
-        db-0 = { index = 239; tap = "pcrtap239"; mac = "02:50:43:52:00:ef"; address = "10.100.0.249"; setName = "allow_vm239"; allowedDomains = [ ]; };
-        py-0 = { index = 26; tap = "pcrtap26"; mac = "02:50:43:52:00:1a"; address = "10.100.0.36"; setName = "allow_vm26"; allowedDomains = [ "example.com" ]; };
+        web-0 = { index = 0; address = "10.100.0.10"; setName = "allow_vm0"; allowedDomains = [ "*.pypi.org" "example.com" ]; };
+        db-0 = { index = 89; address = "10.100.0.99"; setName = "allow_vm89"; allowedDomains = [ ]; };
+        py-0 = { index = 26; address = "10.100.0.36"; setName = "allow_vm26"; allowedDomains = [ "example.com" ]; };
       };
     }
     {
-      name = "hostNetwork dnsmasq: static leases and one nftset line per domain";
-      got = { inherit (net) dhcpHosts nftsets hostAddress taps; };
+      name = "hostNetwork dnsmasq: addresses by hostname, a pool for others, one nftset line per domain";
+      got = { inherit (net) dhcpHosts dhcpRanges nftsets hostAddress; };
       want = {
         hostAddress = "10.100.0.1";
-        taps = [ "pcrtap239" "pcrtap26" "pcrtap0" ];
-        dhcpHosts = [ "02:50:43:52:00:ef,10.100.0.249,db-0" "02:50:43:52:00:1a,10.100.0.36,py-0" "02:50:43:52:00:00,10.100.0.10,web-0" ];
+        dhcpHosts = [ "db-0,10.100.0.99" "py-0,10.100.0.36" "web-0,10.100.0.10" ];
+        dhcpRanges = [ "10.100.0.100,10.100.0.249,255.255.255.0,12h" ];
         nftsets = [ "/example.com/4#inet#procurator#allow_vm26,4#inet#procurator#allow_vm0" "/pypi.org/4#inet#procurator#allow_vm0" ];
       };
     }
@@ -275,21 +275,32 @@ let
       want = [
         "  type filter hook forward priority filter - 1; policy accept;"
         "  ct state established,related accept"
-        "  iifname \"pcrbr0\" ip saddr 10.100.0.249 ip daddr @allow_vm239 accept"
+        "  iifname \"pcrbr0\" ip saddr 10.100.0.99 ip daddr @allow_vm89 accept"
         "  iifname \"pcrbr0\" ip saddr 10.100.0.36 ip daddr @allow_vm26 accept"
         "  iifname \"pcrbr0\" ip saddr 10.100.0.10 ip daddr @allow_vm0 accept"
         "  iifname \"pcrbr0\" counter drop"
       ];
     }
     {
-      name = "hostNetwork anti-spoofing per TAP";
-      got = builtins.length (builtins.filter (l: match ".*iifname \"pcrtap26\".*drop" l != null) (builtins.filter builtins.isString (builtins.split "\n" net.bridgeTable)));
-      want = 4;
+      name = "hostNetwork bridge table: TAPs send only from the subnet, no IPv6";
+      got = builtins.filter (l: match ".*drop" l != null) (builtins.filter builtins.isString (builtins.split "\n" net.bridgeTable));
+      want = [
+        "  iifname \"pcrt*\" ether type ip ip saddr != { 0.0.0.0, 10.100.0.0/24 } drop"
+        "  iifname \"pcrt*\" ether type arp arp saddr ip != { 0.0.0.0, 10.100.0.0/24 } drop"
+        "  iifname \"pcrt*\" ether type ip6 drop"
+      ];
     }
     {
       name = "hostNetwork json for the worker";
-      got = (builtins.fromJSON net.json).vms.py-0;
-      want = { index = 26; tap = "pcrtap26"; mac = "02:50:43:52:00:1a"; address = "10.100.0.36"; allowedDomains = [ "example.com" ]; };
+      got = builtins.fromJSON net.json;
+      want = {
+        bridge = "pcrbr0"; tapPrefix = "pcrt"; hostAddress = "10.100.0.1";
+        vms = {
+          web-0 = { index = 0; address = "10.100.0.10"; allowedDomains = [ "*.pypi.org" "example.com" ]; };
+          db-0 = { index = 89; address = "10.100.0.99"; allowedDomains = [ ]; };
+          py-0 = { index = 26; address = "10.100.0.36"; allowedDomains = [ "example.com" ]; };
+        };
+      };
     }
     {
       name = "vmsFromSpecs gives slots in spec order";
@@ -301,9 +312,9 @@ let
       };
     }
     {
-      name = "hostNetwork with no VMs";
-      got = let n = lib.hostNetwork { bridge = "br1"; subnetPrefix = "192.168.7"; }; in [ n.hostAddress n.nftsets n.dhcpHosts ];
-      want = [ "192.168.7.1" [ ] [ ] ];
+      name = "hostNetwork with no VMs and other names";
+      got = let n = lib.hostNetwork { bridge = "br1"; tapPrefix = "vm"; subnetPrefix = "192.168.7"; }; in [ n.hostAddress n.nftsets n.dhcpHosts n.dhcpRanges ];
+      want = [ "192.168.7.1" [ ] [ ] [ "192.168.7.100,192.168.7.249,255.255.255.0,12h" ] ];
     }
   ];
 
