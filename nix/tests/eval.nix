@@ -49,6 +49,37 @@ let
       db-0 = { index = 89; };
     };
   };
+  # nix/flake.nix's outputs with a stand-in nixpkgs that has only what the
+  # lazily evaluated parts touch: checks the flake's shape and that its
+  # `lib` is this library, without nixpkgs.
+  flake = import ../flake.nix;
+  stubNixpkgs = {
+    lib.genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+    legacyPackages = { };
+    outPath = "/nonexistent-nixpkgs";
+  };
+  flakeOutputs = flake.outputs { self = flakeOutputs; nixpkgs = stubNixpkgs; };
+  # example/flake.nix (the reference cluster) with stand-ins for nixpkgs and
+  # NixOS: the image layer is replaced by fake paths, everything else (the
+  # cluster definition, profiles, limits, per-group modules, host slots) is
+  # the example's own and goes through the real validation.
+  fakeDrv = name: { type = "derivation"; inherit name; outPath = store name; };
+  refStubNixpkgs = {
+    legacyPackages.x86_64-linux.python3 = fakeDrv "python3";
+    lib.nixosSystem = args: { stubSystem = args; };
+  };
+  refStubProcurator = {
+    lib = lib // {
+      evalNixosCluster = args@{ modules, ... }:
+        lib.evalCluster ((removeAttrs args [ "modules" ]) // {
+          mkImage = a: builtins.seq (modules a.group) (fakeImage "ref" a);
+        });
+    };
+    nixosModules = builtins.listToAttrs (map (n: { name = n; value = { stubModule = n; }; })
+      [ "host" "guest" "worker" "control-plane" "ci-service" "cache" "repohub" ]);
+  };
+  refFlake = import ../../example/flake.nix;
+  refOutputs = refFlake.outputs { self = refOutputs; nixpkgs = refStubNixpkgs; procurator = refStubProcurator; };
   c1 = twoGroups { web = "a"; db = "a"; idle = "a"; };
   c2 = twoGroups { web = "a"; db = "b"; idle = "a"; };
   hashes = c: builtins.listToAttrs (map (s: { inherit (s) name; value = s.contentHash; }) c.vmSpecs);
@@ -315,6 +346,55 @@ let
       name = "hostNetwork with no VMs and other names";
       got = let n = lib.hostNetwork { bridge = "br1"; tapPrefix = "vm"; subnetPrefix = "192.168.7"; }; in [ n.hostAddress n.nftsets n.dhcpHosts n.dhcpRanges ];
       want = [ "192.168.7.1" [ ] [ ] [ "192.168.7.100,192.168.7.249,255.255.255.0,12h" ] ];
+    }
+
+    # --- nix/flake.nix ---
+    {
+      name = "flake outputs";
+      got = attrNames flakeOutputs;
+      want = [ "devShells" "lib" "nixosModules" "overlays" "packages" ];
+    }
+    {
+      name = "flake NixOS modules";
+      got = attrNames flakeOutputs.nixosModules;
+      want = [ "cache" "ci-service" "control-plane" "default" "guest" "host" "repohub" "worker" ];
+    }
+    {
+      name = "flake systems";
+      got = [ (attrNames flakeOutputs.packages) (attrNames flakeOutputs.devShells) ];
+      want = [ [ "aarch64-linux" "x86_64-linux" ] [ "aarch64-linux" "x86_64-linux" ] ];
+    }
+    {
+      name = "flake lib is the library";
+      got = [ (flakeOutputs.lib.mkVmProfile { cpu = 3; }).cpu (attrNames flakeOutputs.lib == attrNames lib) ];
+      want = [ 3 true ];
+    }
+    {
+      name = "flake inputs: only nixpkgs";
+      got = attrNames flake.inputs;
+      want = [ "nixpkgs" ];
+    }
+
+    # --- example/flake.nix ---
+    {
+      name = "reference cluster VMs";
+      got = map (s: [ s.name s.cpu s.memoryMb s.labels.role s.networkAllowedDomains ]) refOutputs.procurator.vmSpecs;
+      want = [
+        [ "control-plane-0" 2 1024 "control" [ ] ]
+        [ "py-0" 1 512 "app" [ "files.pythonhosted.org" "pypi.org" ] ]
+        [ "worker-0" 2 2048 "worker" [ ] ]
+        [ "worker-1" 2 2048 "worker" [ ] ]
+      ];
+    }
+    {
+      name = "reference cluster host slots (control plane first, as the host config assumes)";
+      got = (builtins.head (builtins.filter (m: m ? procurator) refOutputs.nixosConfigurations.host.stubSystem.modules)).procurator.host.vms.control-plane-0.index;
+      want = 0;
+    }
+    {
+      name = "reference cluster inputs";
+      got = [ (attrNames refFlake.inputs) refFlake.inputs.procurator.inputs.nixpkgs.follows ];
+      want = [ [ "nixpkgs" "procurator" ] "nixpkgs" ];
     }
   ];
 
