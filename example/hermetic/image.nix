@@ -4,6 +4,10 @@
 # "kernel" and an "initrd" shared by every group, a per-group "disk" holding
 # the profile's files, and a per-group "toplevel" that names the other three
 # (so they are its runtime references, like a real NixOS system's).
+#
+# Tests edit this file and vms.nix as text (ci_service's tests slow the disk
+# build down by replacing its one-line builder): keep the disk builder's
+# write on one line and the strings in vms.nix as they are.
 { system }:
 let
   inherit (builtins) attrNames concatStringsSep toJSON;
