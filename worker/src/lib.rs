@@ -50,8 +50,10 @@ pub struct Config {
     pub socket_timeout: Duration,
     pub api_timeout: Duration,
     pub shutdown_timeout: Duration,
-    /// Binary cache to pull missing closures from (not implemented yet).
+    /// Binary cache to pull missing closures from (`nix copy --from`).
     pub closure_source: Option<String>,
+    /// The cache's public key: the only signer pulled paths may have.
+    pub closure_public_key: Option<String>,
 }
 
 impl Config {
@@ -74,6 +76,7 @@ impl Config {
             api_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(3),
             closure_source: None,
+            closure_public_key: None,
         }
     }
 }
@@ -100,6 +103,7 @@ pub async fn run(
     backend_config.socket_timeout = config.socket_timeout;
     backend_config.api_timeout = config.api_timeout;
     backend_config.closure_source = config.closure_source.clone();
+    backend_config.closure_public_key = config.closure_public_key.clone();
     let backend = CloudHypervisorBackend::new(backend_config);
     let manager_config = ManagerConfig {
         worker_id: config.worker_id.clone(),

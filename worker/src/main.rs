@@ -42,7 +42,7 @@ struct Args {
     #[arg(long = "label", env = "WORKER_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
     /// Where /nix/store paths are found (a store root like `nix copy --to DIR`).
-    #[arg(long, env = "WORKER_STORE_ROOT", default_value = "/")]
+    #[arg(long, alias = "nix-store-root", env = "WORKER_STORE_ROOT", default_value = "/")]
     store_root: PathBuf,
     /// Attach a TAP NIC named <prefix><id tail> per VM (hosts set up by the nix host module only).
     #[arg(long, env = "WORKER_TAP_PREFIX")]
@@ -56,9 +56,12 @@ struct Args {
     /// How long a delete waits for the guest's graceful shutdown.
     #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value_t = 3000)]
     shutdown_timeout_ms: u64,
-    /// Binary cache to fetch missing closures from (reserved; not implemented yet).
-    #[arg(long, env = "WORKER_CLOSURE_SOURCE")]
+    /// Binary cache to pull missing closures from (`nix copy --from`).
+    #[arg(long, alias = "cache-url", env = "WORKER_CLOSURE_SOURCE")]
     closure_source: Option<String>,
+    /// The cache's public key (`name:base64`); pulled paths must carry its signature.
+    #[arg(long, env = "WORKER_CACHE_PUBLIC_KEY")]
+    cache_public_key: Option<String>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "WORKER_LOG_JSON")]
     log_json: bool,
@@ -138,6 +141,7 @@ async fn real_main(args: Args) -> Result<(), String> {
     config.socket_timeout = Duration::from_millis(args.socket_timeout_ms);
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
     config.closure_source = args.closure_source.clone();
+    config.closure_public_key = args.cache_public_key.clone();
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

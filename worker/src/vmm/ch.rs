@@ -37,9 +37,15 @@ pub struct ChBackendConfig {
     pub socket_timeout: Duration,
     /// Bound on each REST call.
     pub api_timeout: Duration,
-    /// Where `prepare` would fetch missing closures from (`nix copy --from`);
-    /// `None`: closures must already be local.
+    /// Binary cache `prepare` pulls missing closures from (`nix copy
+    /// --from`); `None`: closures must already be local.
     pub closure_source: Option<String>,
+    /// The only key whose signatures a pulled narinfo may carry
+    /// (`name:base64`, the cache's public key).
+    pub closure_public_key: Option<String>,
+    /// The nix command pulls run with (its environment: NIX_CONF_DIR,
+    /// XDG_CACHE_HOME); the store root is set from `store_root`.
+    pub nix: repo_outils::nix::Nix,
     /// How often an adopted (not our child) process is checked.
     pub adopted_poll: Duration,
 }
@@ -53,6 +59,8 @@ impl ChBackendConfig {
             socket_timeout: Duration::from_secs(5),
             api_timeout: Duration::from_secs(10),
             closure_source: None,
+            closure_public_key: None,
+            nix: repo_outils::nix::Nix::new(),
             adopted_poll: Duration::from_millis(250),
         }
     }
@@ -61,6 +69,9 @@ impl ChBackendConfig {
 pub struct CloudHypervisorBackend {
     config: ChBackendConfig,
     client: Client<UnixConnector, Full<Bytes>>,
+    /// Pulls run one at a time: a second VM needing the same closure waits
+    /// for the first pull, then finds its paths valid and pulls nothing.
+    pull_lock: tokio::sync::Mutex<()>,
 }
 
 impl CloudHypervisorBackend {
@@ -71,7 +82,11 @@ impl CloudHypervisorBackend {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(UnixConnector);
-        CloudHypervisorBackend { config, client }
+        CloudHypervisorBackend {
+            config,
+            client,
+            pull_lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// A client for a CH socket (also used by tests and the benchmark).
@@ -89,18 +104,45 @@ impl VmmBackend for CloudHypervisorBackend {
     type Process = ChProcess;
 
     async fn prepare(&self, spec: &VmSpec) -> Result<(), VmmError> {
-        for root in spec.store_roots() {
-            if !host_path(&self.config.store_root, root).exists() {
-                return Err(match &self.config.closure_source {
-                    None => VmmError::MissingStorePath {
-                        path: root.to_owned(),
-                    },
-                    Some(src) => VmmError::Prepare(format!(
-                        "fetching {root} from {src} is not implemented yet"
-                    )),
-                });
-            }
+        let absent = |roots: Vec<&str>| -> Vec<String> {
+            roots
+                .into_iter()
+                .filter(|r| !host_path(&self.config.store_root, r).exists())
+                .map(str::to_owned)
+                .collect()
+        };
+        // Fast path: everything is local (no nix call per VM).
+        if absent(spec.store_roots()).is_empty() {
+            return Ok(());
         }
+        let Some(src) = &self.config.closure_source else {
+            return Err(VmmError::MissingStorePath {
+                path: absent(spec.store_roots()).remove(0),
+            });
+        };
+        let Some(key) = &self.config.closure_public_key else {
+            return Err(VmmError::Prepare(format!(
+                "cannot pull from {src}: no cache public key configured (--cache-public-key)"
+            )));
+        };
+        let _one_pull_at_a_time = self.pull_lock.lock().await;
+        let mut nix = self.config.nix.clone();
+        if self.config.store_root != Path::new("/") {
+            nix = nix.with_store_root(&self.config.store_root);
+        }
+        // Ask nix (not the file system) which paths are valid: a path a
+        // concurrent pull just registered is skipped.
+        let missing = nix
+            .missing_paths(&absent(spec.store_roots()))
+            .await
+            .map_err(|e| VmmError::Prepare(format!("checking {}: {e}", nix.store_name())))?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(paths = ?missing, %src, "pulling closures");
+        nix.copy_from(src, &missing, key, None).await.map_err(|e| {
+            VmmError::Prepare(format!("pulling {} from {src}: {e}", missing.join(" ")))
+        })?;
         Ok(())
     }
 
