@@ -70,6 +70,7 @@ in
         RUST_LOG = cfg.logLevel;
         HOME = "/var/lib/procurator-ci";
         XDG_CACHE_HOME = "/var/lib/procurator-ci/cache";
+        NIX_REMOTE = "daemon";
       } // cfg.environment;
       serviceConfig = common.hardening // {
         ExecStart = common.execStart {

@@ -75,6 +75,8 @@ in
       environment = {
         RUST_LOG = cfg.logLevel;
         XDG_CACHE_HOME = "/var/cache/procurator-worker";
+        # Store writes (closures pulled from the cache) go through the daemon.
+        NIX_REMOTE = "daemon";
       } // cfg.environment;
       serviceConfig = {
         ExecStart = common.execStart {
