@@ -40,6 +40,12 @@ in
       default = null;
       description = "Binary cache closures are pulled from (--closure-source; null: they must already be local).";
     };
+    cachePublicKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "cache.example.org-1:AbC...=";
+      description = "The cache's public key (name:base64); pulled paths must carry its signature.";
+    };
     cpu = lib.mkOption {
       type = lib.types.nullOr lib.types.ints.positive;
       default = null;
@@ -89,6 +95,7 @@ in
             worker-id = cfg.workerId;
             control-plane = cfg.controlPlane;
             closure-source = cfg.cacheUrl;
+            cache-public-key = cfg.cachePublicKey;
             ch-binary = "${cfg.cloudHypervisor}/bin/cloud-hypervisor";
             # Sockets, records, serial logs and per-VM disk copies: on disk,
             # not tmpfs, and kept across restarts for adoption.
