@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The README's main command: from a fresh machine to VMs running from a
+# `git push`. Installs what is missing, builds, starts the binary cache, the
+# control plane, two workers and ci_service, creates a bare repository with
+# the CI hook from example/hermetic, pushes it and shows progress until every
+# VM runs. All state lives under .state/demo (wiped at each start); Ctrl-C
+# stops everything, VMs included.
+#
+# Environment knobs:
+#   PCR_DEMO_DIR            state directory (default: <repo>/.state/demo)
+#   PCR_DEMO_EXIT=1         stop everything once the VMs run (smoke test)
+#   PCR_DEMO_CH=PATH        force a VMM binary (cloud-hypervisor or ch-sim)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE=${PCR_DEMO_DIR:-$ROOT/.state/demo}
+BIN=$ROOT/target/debug
+CACHE_ADDR=127.0.0.1:5000
+CP_ADDR=127.0.0.1:7000
+CI_ADDR=127.0.0.1:7100
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  if [ ${#pids[@]} -gt 0 ]; then
+    say "stopping ${#pids[@]} processes"
+    # Reverse start order: CI first, the cache last. Workers stop their VMs
+    # (--stop-vms-on-exit).
+    for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+  fi
+  echo "state kept in $STATE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts "$name" with its output in logs/$name.log and waits for the
+# `listening on ADDR` line every service prints.
+start() {
+  local name=$1; shift
+  "$@" >"$STATE/logs/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 300); do
+    if grep -q '^listening on ' "$STATE/logs/$name.log" 2>/dev/null; then
+      printf '    %-14s %s (log: %s)\n' "$name" "$(grep -m1 '^listening on ' "$STATE/logs/$name.log" | cut -d' ' -f3)" "$STATE/logs/$name.log"
+      return 0
+    fi
+    kill -0 "${pids[-1]}" 2>/dev/null || { tail -20 "$STATE/logs/$name.log" >&2; die "$name exited at start"; }
+    sleep 0.1
+  done
+  die "$name did not start within 30 s (see $STATE/logs/$name.log)"
+}
+
+for addr in $CACHE_ADDR $CP_ADDR $CI_ADDR; do
+  if (exec 3<>/dev/tcp/${addr%:*}/${addr#*:}) 2>/dev/null; then
+    die "$addr is already in use (another demo running?); stop it first"
+  fi
+done
+
+say "installing missing system packages"
+PCR_SKIP_BROWSER=${PCR_SKIP_BROWSER:-1} "$ROOT/scripts/install-deps.sh"
+command -v curl >/dev/null || die "curl is needed to follow the CI log"
+
+say "building (cargo build --workspace --bins)"
+(cd "$ROOT" && cargo build --workspace --bins --quiet)
+
+say "fresh state in $STATE"
+rm -rf "$STATE"
+mkdir -p "$STATE"/{logs,nix,cache,repos,hosts}
+
+# Hermetic nix (design §9): no daemon, no substituters, no network.
+echo '{"flakes":[],"version":2}' >"$STATE/nix/registry.json"
+cat >"$STATE/nix/nix.conf" <<CONF
+build-users-group =
+sandbox = false
+extra-sandbox-paths = /bin /usr /lib /lib64
+substituters =
+experimental-features = nix-command flakes
+flake-registry = $STATE/nix/registry.json
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0
+CONF
+export NIX_CONF_DIR=$STATE/nix XDG_CACHE_HOME=$STATE/nix/xdg
+
+# Which VMM: real cloud-hypervisor with KVM, else the simulator, said plainly.
+if [ -n "${PCR_DEMO_CH:-}" ]; then
+  CH=$PCR_DEMO_CH
+elif command -v cloud-hypervisor >/dev/null && [ -w /dev/kvm ]; then
+  CH=$(command -v cloud-hypervisor)
+else
+  CH=$BIN/ch-sim
+fi
+if [ "$(basename "$CH")" = ch-sim ]; then
+  say "VMM: ch-sim, the cloud-hypervisor simulator (cloud-hypervisor or /dev/kvm not available): VMs are simulated"
+else
+  say "VMM: $CH with /dev/kvm"
+fi
+
+say "starting the cache, the control plane, two workers and ci_service"
+"$BIN/cache" keygen demo-cache-1 --out-dir "$STATE/cache/key" >/dev/null
+PUBLIC_KEY=$(cat "$STATE/cache/key/public-key")
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/cache/upload-token"
+chmod 600 "$STATE/cache/upload-token"
+start cache "$BIN/cache" serve --listen $CACHE_ADDR --data-dir "$STATE/cache/data" \
+  --key-file "$STATE/cache/key/secret-key" --upload-token-file "$STATE/cache/upload-token"
+start control_plane "$BIN/control_plane" --listen $CP_ADDR --startup-grace-ms 500
+for host in host-a host-b; do
+  start "worker-$host" "$BIN/worker" --listen 127.0.0.1:0 --worker-id $host \
+    --cpu 4 --memory-mb 4096 --ch-binary "$CH" \
+    --run-dir "$STATE/hosts/$host/run" --store-root "$STATE/hosts/$host/store" \
+    --closure-source "http://$CACHE_ADDR" --cache-public-key "$PUBLIC_KEY" \
+    --control-plane $CP_ADDR --stop-vms-on-exit
+done
+start ci_service "$BIN/ci_service" --listen $CI_ADDR --data-dir "$STATE/ci" \
+  --cache "http://$CACHE_ADDR" --cache-token-file "$STATE/cache/upload-token" \
+  --control-plane $CP_ADDR --nix-conf-dir "$STATE/nix"
+
+say "creating $STATE/repos/cluster.git with the CI hook, pushing example/hermetic"
+git init -q --bare -b main "$STATE/repos/cluster.git"
+"$BIN/ci_service" install-hook --repo "$STATE/repos/cluster.git" --url "http://$CI_ADDR" >/dev/null
+cp -r "$ROOT/example/hermetic" "$STATE/work"
+g() { git -C "$STATE/work" -c user.name=demo -c user.email=demo@localhost "$@"; }
+g init -q -b main
+g add -A
+g commit -q -m "hermetic example cluster"
+g remote add origin "$STATE/repos/cluster.git"
+g push origin main 2>&1 | sed 's/^/    /'
+
+say "CI job log (following)"
+job=$(curl -fsS "http://$CI_ADDR/jobs?limit=1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p' | head -1)
+[ -n "$job" ] || die "no CI job was created (see $STATE/logs/ci_service.log)"
+curl -fsSN "http://$CI_ADDR/jobs/$job/log?follow=1" | sed 's/^/    /'
+state=$(curl -fsS "http://$CI_ADDR/jobs/$job" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
+[ "$state" = succeeded ] || die "CI job $job $state"
+
+say "waiting for the workers to converge"
+for i in $(seq 600); do
+  json=$("$BIN/pcr" --control-plane $CP_ADDR --json status 2>/dev/null || true)
+  pct=$(printf '%s' "$json" | sed -n 's/.*"convergencePercent":\([0-9.]*\).*/\1/p')
+  printf '\r    convergence: %s%%   ' "${pct:-?}"
+  case "$pct" in 100|100.0) echo; break ;; esac
+  sleep 0.2
+done
+"$BIN/pcr" --control-plane $CP_ADDR status | sed 's/^/    /'
+
+cat <<NEXT
+
+Every VM runs. Try the loop yourself:
+
+  cd $STATE/work
+  sed -i 's/hello from db v1/hello from db v2/' vms.nix
+  git commit -am "db v2" && git push          # only db-0 is replaced
+
+  $BIN/pcr status                 # generation, convergence, VMs, workers
+  curl -s http://$CI_ADDR/jobs    # CI jobs; /jobs/N/log?follow=1 follows one
+  logs: $STATE/logs/
+
+Ctrl-C stops everything.
+NEXT
+
+if [ "${PCR_DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
+wait
