@@ -3,13 +3,19 @@
 //! the HTTP API.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `target/debug` (or whichever profile dir holds this test's binary).
+/// `target/debug` (or whichever profile dir holds this test's binary;
+/// `PCR_BIN_DIR` overrides it, e.g. for the release-built benchmark).
 pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PCR_BIN_DIR") {
+        return PathBuf::from(d);
+    }
     let exe = std::env::current_exe().expect("test exe path");
     // target/<profile>/deps/<test>-<hash>
     exe.parent()

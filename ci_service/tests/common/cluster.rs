@@ -1,0 +1,170 @@
+//! A whole cluster of real binaries for the end-to-end test and the
+//! benchmark: cache, control plane, two workers on ch-sim with their own
+//! store roots, ci_service wired to all of them.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use control_plane::client::MasterClient;
+use control_plane::model::ClusterStatusView;
+use repo_outils::testing::HermeticNix;
+
+use super::*;
+
+const TOKEN: &str = "e2e-upload-token";
+
+pub fn status(cp: &str) -> Option<ClusterStatusView> {
+    commands::rpc::block_on_local(async {
+        let c = MasterClient::connect(cp, Duration::from_secs(2))
+            .await
+            .ok()?;
+        let s = c.status().await.ok();
+        c.close().await;
+        s
+    })
+}
+
+/// Waits until generation `gen` is active, 100 % converged, every desired
+/// VM running; returns name → (vm id, worker id).
+pub fn wait_converged(
+    cp: &str,
+    generation: u64,
+    timeout: Duration,
+) -> BTreeMap<String, (String, String)> {
+    let mut last = None;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            &format!("generation {generation} to converge"),
+            timeout,
+            || {
+                let s = status(cp)?;
+                let ok = s.active.as_ref().is_some_and(|g| g.number == generation)
+                    && s.convergence_percent >= 100.0
+                    && !s.vms.is_empty()
+                    && s.vms
+                        .iter()
+                        .all(|v| v.state == Some(commands::types::VmState::Running));
+                let out = ok.then(|| {
+                    s.vms
+                        .iter()
+                        .map(|v| (v.name.clone(), (v.vm_id.clone(), v.worker_id.clone())))
+                        .collect()
+                });
+                last = Some(s);
+                out
+            },
+        )
+    }));
+    match r {
+        Ok(v) => v,
+        Err(_) => panic!("not converged to generation {generation}; last status: {last:#?}"),
+    }
+}
+
+pub struct Cluster {
+    pub h: HermeticNix,
+    pub cache: Proc,
+    pub cp: Proc,
+    pub workers: Vec<Proc>,
+    pub ci: Proc,
+    pub public_key: String,
+}
+
+pub fn host_root(h: &HermeticNix, id: &str) -> PathBuf {
+    h.dir().join("hosts").join(id)
+}
+
+pub fn start_control_plane(listen: &str) -> Proc {
+    let mut cmd = Command::new(bin("control_plane"));
+    cmd.args([
+        "--listen",
+        listen,
+        "--startup-grace-ms",
+        "300",
+        "--heartbeat-timeout-ms",
+        "3000",
+    ]);
+    Proc::spawn("control_plane", cmd)
+}
+
+pub fn start() -> Cluster {
+    let h = HermeticNix::new().unwrap();
+    let d = h.dir();
+    // Cache with a fresh key and upload token.
+    let st = Command::new(bin("cache"))
+        .args(["keygen", "e2e-cache-1", "--out-dir"])
+        .arg(d.join("key"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "cache keygen: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let public_key = std::fs::read_to_string(d.join("key/public-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).unwrap();
+    let mut cmd = Command::new(bin("cache"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(d.join("cache-data"))
+        .arg("--key-file")
+        .arg(d.join("key/secret-key"))
+        .arg("--upload-token-file")
+        .arg(d.join("token"));
+    let cache = Proc::spawn("cache", cmd);
+
+    let cp = start_control_plane("127.0.0.1:0");
+
+    let mut workers = Vec::new();
+    for id in ["host-a", "host-b"] {
+        let mut cmd = Command::new(bin("worker"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-id",
+            id,
+            "--cpu",
+            "4",
+            "--memory-mb",
+            "2048",
+        ])
+        .arg("--ch-binary")
+        .arg(bin("ch-sim"))
+        .arg("--run-dir")
+        .arg(d.join("run").join(id))
+        .arg("--store-root")
+        .arg(host_root(&h, id))
+        .args([
+            "--closure-source",
+            &cache.url(),
+            "--cache-public-key",
+            &public_key,
+        ])
+        .args(["--control-plane", &cp.addr])
+        .envs(h.env());
+        workers.push(Proc::spawn(id, cmd));
+    }
+
+    let mut cmd = Command::new(bin("ci_service"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(d.join("ci"))
+        .arg("--nix-conf-dir")
+        .arg(h.conf_dir())
+        .args(["--cache", &cache.url(), "--control-plane", &cp.addr])
+        .arg("--cache-token-file")
+        .arg(d.join("token"));
+    let ci = Proc::spawn("ci_service", cmd);
+    Cluster {
+        h,
+        cache,
+        cp,
+        workers,
+        ci,
+        public_key,
+    }
+}
