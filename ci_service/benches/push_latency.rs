@@ -40,13 +40,12 @@ fn main() {
         "hook", "queue", "fetch", "eval", "build", "upload", "publish", "converge", "total",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
-    let mut version = 1;
     for i in 0..n {
+        let version = i + 1;
         let (from, to) = (
             format!("hello from db v{version}"),
             format!("hello from db v{}", version + 1),
         );
-        version += 1;
         let t0 = Instant::now();
         let t0_ms = commands::telemetry::now_ms() as f64;
         let (commit, _) = repo.change_and_push(&from, &to, &format!("bench {i}"));
