@@ -1,1 +1,4 @@
-//! cli: placeholder until its issue lands.
+//! Shared code of Procurator's command-line tools (`pcr`, `pcr-test`,
+//! `pcr-worker-test`): output formatting and error reporting.
+
+pub mod output;

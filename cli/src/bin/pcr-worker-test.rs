@@ -1,0 +1,343 @@
+//! `pcr-worker-test`: manual Cap'n Proto calls to one worker, for testing
+//! and debugging (production changes go through Git). Human tables by
+//! default, `--json` for scripts; any error is one line on stderr and a
+//! non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use cli::output::{self, Table};
+use commands::convert::{self, RpcFailure};
+use commands::rpc;
+use commands::telemetry::now_ms;
+use commands::types::{VmId, VmSpec, VmStatus};
+use commands::worker_capnp::worker;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pcr-worker-test",
+    about = "Call a Procurator worker directly (testing and debugging)"
+)]
+struct Args {
+    /// The worker's Cap'n Proto address.
+    #[arg(
+        long,
+        global = true,
+        env = "PCR_WORKER_ADDR",
+        default_value = "127.0.0.1:6000"
+    )]
+    addr: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up connecting after this many seconds.
+    #[arg(long, global = true, default_value_t = 5)]
+    connect_timeout_secs: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The worker's id, capacity, allocation, labels and VM count.
+    Read,
+    /// Every VM on the worker.
+    ListVms,
+    /// Create a VM (or several) from the vmSpec JSON Nix writes (camelCase).
+    CreateVm {
+        /// A file with one spec object or a list of them ("-" for stdin).
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// Stop and remove a VM.
+    DeleteVm {
+        id: String,
+    },
+    /// Everything the worker knows about a VM.
+    Info {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// The end of a VM's serial console.
+    Logs {
+        id: String,
+        /// How many lines (0: the worker's default).
+        #[arg(short = 'n', long, default_value_t = 0)]
+        lines: u32,
+    },
+}
+
+/// Everything that can go wrong, each printed as one line.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Rpc(String),
+    #[error("{0}")]
+    Worker(RpcFailure),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<capnp::Error> for CliError {
+    fn from(e: capnp::Error) -> Self {
+        CliError::Rpc(format!("RPC failed: {}", e.extra))
+    }
+}
+
+impl From<convert::ConvertError> for CliError {
+    fn from(e: convert::ConvertError) -> Self {
+        CliError::Rpc(format!("bad answer from the worker: {}", e.to_message()))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match rpc::block_on_local(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => output::fail(e),
+    }
+}
+
+fn parse_id(s: &str) -> Result<VmId, CliError> {
+    s.parse().map_err(|e| CliError::Input(format!("{e}")))
+}
+
+/// Reads one spec or a list of specs; errors name the file and the field.
+fn read_specs(path: &PathBuf) -> Result<Vec<VmSpec>, CliError> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| CliError::Input(format!("cannot read stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| CliError::Input(format!("cannot read {}: {e}", path.display())))?
+    };
+    let bad =
+        |e: serde_json::Error| CliError::Input(format!("{}: invalid VM spec: {e}", path.display()));
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+    match value {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| serde_json::from_value::<VmSpec>(v).map_err(bad))
+            .collect(),
+        v => Ok(vec![serde_json::from_value::<VmSpec>(v).map_err(bad)?]),
+    }
+}
+
+fn vm_table(vms: &[VmStatus]) -> Table {
+    let now = now_ms();
+    let mut t = Table::new(&[
+        "ID", "NAME", "STATE", "PID", "CPU", "MEMORY", "AGE", "HASH", "ERROR",
+    ]);
+    for v in vms {
+        t.row([
+            v.id.to_string(),
+            v.name.to_string(),
+            v.state.to_string(),
+            v.pid.map_or("-".into(), |p| p.to_string()),
+            v.cpu.to_string(),
+            format!("{} MiB", v.memory_mb),
+            output::age(v.created_at_ms, now),
+            v.content_hash.clone(),
+            output::or_dash(&v.error),
+        ]);
+    }
+    t
+}
+
+async fn run(args: &Args) -> Result<(), CliError> {
+    // Validate local input before connecting, so bad input fails fast.
+    let specs = match &args.command {
+        Cmd::CreateVm { spec } => read_specs(spec)?,
+        _ => Vec::new(),
+    };
+    let conn =
+        rpc::connect::<worker::Client>(&args.addr, Duration::from_secs(args.connect_timeout_secs))
+            .await
+            .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
+    let w = &conn.client;
+    match &args.command {
+        Cmd::Read => {
+            let resp = w.read_request().send().promise.await?;
+            let s = convert::worker_status_from_capnp(resp.get()?.get_status()?)?;
+            if args.json {
+                output::print_json(&s);
+            } else {
+                let res =
+                    |r: commands::types::Resources| format!("{} vCPU, {} MiB", r.cpu, r.memory_mb);
+                output::print_str(&output::key_values(&[
+                    ("worker", s.worker_id.to_string()),
+                    ("address", s.address.clone()),
+                    ("version", s.version.clone()),
+                    ("uptime", output::duration_ms(s.uptime_ms)),
+                    ("capacity", res(s.capacity)),
+                    ("allocated", res(s.allocated)),
+                    ("vms", s.vm_count.to_string()),
+                    ("labels", output::labels(&s.labels)),
+                    ("run dir", s.run_dir.clone()),
+                ]));
+            }
+        }
+        Cmd::ListVms => {
+            let resp = w.list_vms_request().send().promise.await?;
+            let list = resp.get()?.get_vms()?;
+            let vms = list
+                .iter()
+                .map(convert::vm_status_from_capnp)
+                .collect::<Result<Vec<_>, _>>()?;
+            if args.json {
+                output::print_json(&vms);
+            } else if vms.is_empty() {
+                output::print_str("no VMs\n");
+            } else {
+                vm_table(&vms).print();
+            }
+        }
+        Cmd::CreateVm { .. } => {
+            let mut created = Vec::new();
+            let mut first_err = None;
+            for spec in &specs {
+                let mut req = w.create_vm_request();
+                convert::vm_spec_to_capnp(spec, req.get().init_spec());
+                let resp = req.send().promise.await?;
+                match convert::result_from_capnp(resp.get()?.get_result()?)? {
+                    Ok(st) => created.push(convert::vm_status_from_capnp(st)?),
+                    Err(f) => {
+                        // With several specs, say which one each error is about.
+                        let f = if specs.len() > 1 {
+                            let f = RpcFailure::new(
+                                f.code,
+                                format!("creating {}: {}", spec.name(), f.message),
+                            );
+                            eprintln!("error: {f}");
+                            f
+                        } else {
+                            f
+                        };
+                        first_err.get_or_insert(f);
+                    }
+                }
+            }
+            if args.json {
+                output::print_json(&created);
+            } else if !created.is_empty() {
+                vm_table(&created).print();
+            }
+            if let Some(f) = first_err {
+                return Err(CliError::Worker(f));
+            }
+        }
+        Cmd::DeleteVm { id } => {
+            let mut req = w.delete_vm_request();
+            req.get().set_id(parse_id(id)?.as_str());
+            let resp = req.send().promise.await?;
+            convert::result_from_capnp(resp.get()?.get_result()?)?.map_err(CliError::Worker)?;
+            if args.json {
+                output::print_json(&serde_json::json!({"deleted": id}));
+            } else {
+                output::print_str(&format!("deleted VM {id}\n"));
+            }
+        }
+        Cmd::Info { id } => {
+            let mut req = w.vm_info_request();
+            req.get().set_id(parse_id(id)?.as_str());
+            let resp = req.send().promise.await?;
+            let r =
+                convert::result_from_capnp(resp.get()?.get_result()?)?.map_err(CliError::Worker)?;
+            let d = convert::vm_details_from_capnp(r)?;
+            if args.json {
+                output::print_json(&d);
+            } else {
+                let s = &d.status;
+                let sp = &d.spec;
+                output::print_str(&output::key_values(&[
+                    ("id", s.id.to_string()),
+                    ("name", s.name.to_string()),
+                    ("state", s.state.to_string()),
+                    ("hypervisor state", output::or_dash(&d.ch_state)),
+                    ("pid", s.pid.map_or("-".into(), |p| p.to_string())),
+                    ("error", output::or_dash(&s.error)),
+                    ("age", output::age(s.created_at_ms, now_ms())),
+                    ("cpu", sp.cpu().to_string()),
+                    ("memory", format!("{} MiB", sp.memory_mb())),
+                    ("content hash", sp.content_hash().to_owned()),
+                    ("toplevel", sp.toplevel().to_string()),
+                    ("kernel", sp.kernel_path().to_string()),
+                    (
+                        "initrd",
+                        sp.initrd_path().map_or("-".into(), ToString::to_string),
+                    ),
+                    (
+                        "disk image",
+                        sp.disk_image_path().map_or("-".into(), ToString::to_string),
+                    ),
+                    ("cmdline", output::or_dash(sp.cmdline())),
+                    ("labels", output::labels(sp.labels())),
+                    ("rss", output::bytes(d.metrics.rss_bytes)),
+                    ("disk read", output::bytes(d.metrics.disk_read_bytes)),
+                    ("disk written", output::bytes(d.metrics.disk_write_bytes)),
+                    (
+                        "net rx/tx",
+                        format!(
+                            "{} / {}",
+                            output::bytes(d.metrics.net_rx_bytes),
+                            output::bytes(d.metrics.net_tx_bytes)
+                        ),
+                    ),
+                    ("api socket", d.socket_path.clone()),
+                    ("serial log", d.serial_log_path.clone()),
+                ]));
+            }
+        }
+        Cmd::Pause { id } | Cmd::Resume { id } => {
+            let vm = parse_id(id)?;
+            let resp = if matches!(args.command, Cmd::Pause { .. }) {
+                let mut req = w.pause_vm_request();
+                req.get().set_id(vm.as_str());
+                let resp = req.send().promise.await?;
+                let r = convert::result_from_capnp(resp.get()?.get_result()?)?
+                    .map_err(CliError::Worker)?;
+                convert::vm_status_from_capnp(r)?
+            } else {
+                let mut req = w.resume_vm_request();
+                req.get().set_id(vm.as_str());
+                let resp = req.send().promise.await?;
+                let r = convert::result_from_capnp(resp.get()?.get_result()?)?
+                    .map_err(CliError::Worker)?;
+                convert::vm_status_from_capnp(r)?
+            };
+            if args.json {
+                output::print_json(&resp);
+            } else {
+                output::print_str(&format!("VM {} is {}\n", resp.id, resp.state));
+            }
+        }
+        Cmd::Logs { id, lines } => {
+            let mut req = w.logs_request();
+            req.get().set_id(parse_id(id)?.as_str());
+            req.get().set_lines(*lines);
+            let resp = req.send().promise.await?;
+            let r =
+                convert::result_from_capnp(resp.get()?.get_result()?)?.map_err(CliError::Worker)?;
+            let tail = convert::log_tail_from_capnp(r)?;
+            if args.json {
+                output::print_json(&tail);
+            } else {
+                let mut s = String::new();
+                for l in &tail.lines {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+                output::print_str(&s);
+            }
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
