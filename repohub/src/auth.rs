@@ -31,14 +31,22 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
 impl KdfParams {
     /// Cheap parameters for tests only (still argon2id, still salted).
     pub fn insecure_for_tests() -> Self {
-        Self { memory_kib: 64, iterations: 1, parallelism: 1 }
+        Self {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
     }
 
     fn argon2(&self) -> Result<Argon2<'static>, AuthError> {
@@ -65,7 +73,8 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 pub fn hash_password(params: &KdfParams, password: &str) -> Result<String, AuthError> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()?).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let salt = SaltString::encode_b64(&random_bytes::<16>()?)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
     Ok(params
         .argon2()?
         .hash_password(password.as_bytes(), &salt)
@@ -77,7 +86,9 @@ pub fn hash_password(params: &KdfParams, password: &str) -> Result<String, AuthE
 /// default cost later keeps old hashes valid.
 pub fn verify_password(password: &str, stored: &str) -> bool {
     match PasswordHash::new(stored) {
-        Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
+        Ok(h) => Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -112,7 +123,9 @@ pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 /// (user, password) from `Authorization: Basic …`.
 pub fn basic_auth(headers: &http::HeaderMap) -> Option<(String, String)> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
     let raw = STANDARD.decode(b64.trim()).ok()?;
     let s = String::from_utf8(raw).ok()?;
     let (u, p) = s.split_once(':')?;
@@ -122,7 +135,9 @@ pub fn basic_auth(headers: &http::HeaderMap) -> Option<(String, String)> {
 /// Tokens we issue are exactly 43 URL-safe base64 chars; anything else is
 /// refused before touching the database.
 pub fn looks_like_token(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -157,10 +172,18 @@ mod tests {
     #[test]
     fn cookie_and_basic_parsing() {
         let mut h = http::HeaderMap::new();
-        h.insert(http::header::COOKIE, "a=1; rh_session=xyz; b=2".parse().unwrap());
+        h.insert(
+            http::header::COOKIE,
+            "a=1; rh_session=xyz; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, "rh_session"), Some("xyz"));
         assert_eq!(cookie(&h, "nope"), None);
-        h.insert(http::header::AUTHORIZATION, format!("Basic {}", STANDARD.encode("ann:tok:en")).parse().unwrap());
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Basic {}", STANDARD.encode("ann:tok:en"))
+                .parse()
+                .unwrap(),
+        );
         assert_eq!(basic_auth(&h), Some(("ann".into(), "tok:en".into())));
         assert!(ct_eq("abc", "abc") && !ct_eq("abc", "abd") && !ct_eq("abc", "ab"));
     }

@@ -64,7 +64,9 @@ impl Job {
     }
 
     pub fn branch(&self) -> &str {
-        self.ref_name.strip_prefix("refs/heads/").unwrap_or(&self.ref_name)
+        self.ref_name
+            .strip_prefix("refs/heads/")
+            .unwrap_or(&self.ref_name)
     }
 }
 
@@ -87,12 +89,17 @@ pub struct CiClient {
 impl CiClient {
     pub fn new(base: Option<String>, secret: Option<String>) -> Result<Self, CiError> {
         let base = base.map(|b| b.trim_end_matches('/').to_owned());
-        if let Some(b) = &base {
-            if !b.starts_with("http://") || b.parse::<http::Uri>().is_err() {
-                return Err(CiError::Url(b.clone()));
-            }
+        if let Some(b) = base
+            .as_ref()
+            .filter(|b| !b.starts_with("http://") || b.parse::<http::Uri>().is_err())
+        {
+            return Err(CiError::Url(b.clone()));
         }
-        Ok(Self { base, secret, http: Client::builder(TokioExecutor::new()).build_http() })
+        Ok(Self {
+            base,
+            secret,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        })
     }
 
     pub fn configured(&self) -> bool {
@@ -101,10 +108,15 @@ impl CiClient {
 
     fn url(&self, path: &str) -> Result<http::Uri, CiError> {
         let base = self.base.as_ref().ok_or(CiError::NotConfigured)?;
-        format!("{base}{path}").parse().map_err(|_| CiError::Url(format!("{base}{path}")))
+        format!("{base}{path}")
+            .parse()
+            .map_err(|_| CiError::Url(format!("{base}{path}")))
     }
 
-    async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, CiError> {
+    async fn send(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CiError> {
         match tokio::time::timeout(API_TIMEOUT, self.http.request(req)).await {
             Err(_) => Err(CiError::Timeout),
             Ok(Err(e)) => Err(CiError::Request(error_chain(&e))),
@@ -112,7 +124,10 @@ impl CiClient {
         }
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(&self, req: http::Request<Full<Bytes>>) -> Result<T, CiError> {
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<T, CiError> {
         let resp = self.send(req).await?;
         let status = resp.status();
         let body = tokio::time::timeout(API_TIMEOUT, resp.into_body().collect())
@@ -122,7 +137,10 @@ impl CiClient {
             .to_bytes();
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            return Err(CiError::Status { status: status.as_u16(), body: text });
+            return Err(CiError::Status {
+                status: status.as_u16(),
+                body: text,
+            });
         }
         serde_json::from_slice(&body).map_err(|e| CiError::Decode(e.to_string()))
     }
@@ -130,22 +148,30 @@ impl CiClient {
     /// `POST /hooks/push`; returns the job id ci_service assigned.
     pub async fn notify_push(&self, n: &PushNotice<'_>) -> Result<Option<i64>, CiError> {
         let body = serde_json::to_vec(n).map_err(|e| CiError::Decode(e.to_string()))?;
-        let mut req = http::Request::post(self.url("/hooks/push")?).header(http::header::CONTENT_TYPE, "application/json");
+        let mut req = http::Request::post(self.url("/hooks/push")?)
+            .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(s) = &self.secret {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {s}"));
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| CiError::Request(e.to_string()))?;
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| CiError::Request(e.to_string()))?;
         let v: serde_json::Value = self.json(req).await?;
         Ok(v.get("job_id").and_then(serde_json::Value::as_i64))
     }
 
     fn get(&self, path: &str) -> Result<http::Request<Full<Bytes>>, CiError> {
-        http::Request::get(self.url(path)?).body(Full::default()).map_err(|e| CiError::Request(e.to_string()))
+        http::Request::get(self.url(path)?)
+            .body(Full::default())
+            .map_err(|e| CiError::Request(e.to_string()))
     }
 
     pub async fn jobs(&self, repo: &str, limit: usize) -> Result<Vec<Job>, CiError> {
-        let q: String = percent_encoding::utf8_percent_encode(repo, percent_encoding::NON_ALPHANUMERIC).to_string();
-        self.json(self.get(&format!("/jobs?repo={q}&limit={limit}"))?).await
+        let q: String =
+            percent_encoding::utf8_percent_encode(repo, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        self.json(self.get(&format!("/jobs?repo={q}&limit={limit}"))?)
+            .await
     }
 
     pub async fn job(&self, id: i64) -> Result<Job, CiError> {
@@ -154,11 +180,22 @@ impl CiClient {
 
     /// The log response, streamed as it comes (`follow` keeps it open while
     /// the job runs). Only the connect and headers are bounded by a timeout.
-    pub async fn log(&self, id: i64, follow: bool) -> Result<hyper::Response<hyper::body::Incoming>, CiError> {
-        let path = if follow { format!("/jobs/{id}/log?follow=1") } else { format!("/jobs/{id}/log") };
+    pub async fn log(
+        &self,
+        id: i64,
+        follow: bool,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CiError> {
+        let path = if follow {
+            format!("/jobs/{id}/log?follow=1")
+        } else {
+            format!("/jobs/{id}/log")
+        };
         let resp = self.send(self.get(&path)?).await?;
         if !resp.status().is_success() {
-            return Err(CiError::Status { status: resp.status().as_u16(), body: String::new() });
+            return Err(CiError::Status {
+                status: resp.status().as_u16(),
+                body: String::new(),
+            });
         }
         Ok(resp)
     }

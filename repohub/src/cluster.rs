@@ -73,7 +73,10 @@ pub fn short_hash(h: &str) -> String {
 }
 
 fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> String {
-    r.ok().and_then(|t| t.to_str().ok()).unwrap_or("").to_owned()
+    r.ok()
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn vm_state(s: Result<common_capnp::VmState, capnp::NotInSchema>) -> &'static str {
@@ -144,7 +147,8 @@ pub fn view(s: master_capnp::cluster_status::Reader<'_>) -> Result<ClusterView, 
 }
 
 async fn fetch_local(addr: String) -> Result<ClusterView, ClusterError> {
-    let conn = commands::rpc::connect::<master_capnp::master::Client>(&addr, CONNECT_TIMEOUT).await?;
+    let conn =
+        commands::rpc::connect::<master_capnp::master::Client>(&addr, CONNECT_TIMEOUT).await?;
     let req = conn.client.get_cluster_status_request();
     let resp = tokio::time::timeout(CALL_TIMEOUT, req.send().promise)
         .await

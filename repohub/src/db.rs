@@ -144,7 +144,9 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate(&mut conn)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -154,7 +156,9 @@ impl Db {
     }
 
     pub fn schema_version(&self) -> Result<i64, DbError> {
-        Ok(self.lock().query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     // ---- users and sessions ----
@@ -166,7 +170,10 @@ impl Db {
             params![name, password_hash, now_ms()],
         );
         match r {
-            Ok(_) => Ok(User { id: c.last_insert_rowid(), name: name.to_owned() }),
+            Ok(_) => Ok(User {
+                id: c.last_insert_rowid(),
+                name: name.to_owned(),
+            }),
             Err(e) if is_unique_violation(&e) => Err(DbError::Conflict("user")),
             Err(e) => Err(e.into()),
         }
@@ -178,7 +185,15 @@ impl Db {
             .query_row(
                 "SELECT id, name, password_hash FROM users WHERE name = ?1",
                 params![name],
-                |r| Ok((User { id: r.get(0)?, name: r.get(1)? }, r.get(2)?)),
+                |r| {
+                    Ok((
+                        User {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                        },
+                        r.get(2)?,
+                    ))
+                },
             )
             .optional()?)
     }
@@ -186,16 +201,31 @@ impl Db {
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>, DbError> {
         Ok(self
             .lock()
-            .query_row("SELECT id, name FROM users WHERE name = ?1", params![name], |r| {
-                Ok(User { id: r.get(0)?, name: r.get(1)? })
-            })
+            .query_row(
+                "SELECT id, name FROM users WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
+            )
             .optional()?)
     }
 
-    pub fn create_session(&self, token_hash: &str, user_id: i64, ttl_ms: i64) -> Result<(), DbError> {
+    pub fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        ttl_ms: i64,
+    ) -> Result<(), DbError> {
         let now = now_ms();
         let c = self.lock();
-        c.execute("DELETE FROM sessions WHERE expires_at_ms < ?1", params![now])?;
+        c.execute(
+            "DELETE FROM sessions WHERE expires_at_ms < ?1",
+            params![now],
+        )?;
         c.execute(
             "INSERT INTO sessions (token_hash, user_id, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![token_hash, user_id, now, now + ttl_ms],
@@ -210,13 +240,21 @@ impl Db {
                 "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
                 params![token_hash, now_ms()],
-                |r| Ok(User { id: r.get(0)?, name: r.get(1)? }),
+                |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
             )
             .optional()?)
     }
 
     pub fn delete_session(&self, token_hash: &str) -> Result<(), DbError> {
-        self.lock().execute("DELETE FROM sessions WHERE token_hash = ?1", params![token_hash])?;
+        self.lock().execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            params![token_hash],
+        )?;
         Ok(())
     }
 
@@ -237,16 +275,21 @@ impl Db {
             "SELECT id, name, created_at_ms, last_used_ms FROM access_tokens WHERE user_id = ?1 ORDER BY id",
         )?;
         let rows = st.query_map(params![user_id], |r| {
-            Ok(TokenInfo { id: r.get(0)?, name: r.get(1)?, created_at_ms: r.get(2)?, last_used_ms: r.get(3)? })
+            Ok(TokenInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at_ms: r.get(2)?,
+                last_used_ms: r.get(3)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, DbError> {
-        Ok(self
-            .lock()
-            .execute("DELETE FROM access_tokens WHERE id = ?1 AND user_id = ?2", params![id, user_id])?
-            > 0)
+        Ok(self.lock().execute(
+            "DELETE FROM access_tokens WHERE id = ?1 AND user_id = ?2",
+            params![id, user_id],
+        )? > 0)
     }
 
     pub fn token_user(&self, token_hash: &str) -> Result<Option<User>, DbError> {
@@ -269,7 +312,13 @@ impl Db {
 
     // ---- projects, members, repositories ----
 
-    pub fn create_project(&self, name: &str, description: &str, public: bool, owner_id: i64) -> Result<i64, DbError> {
+    pub fn create_project(
+        &self,
+        name: &str,
+        description: &str,
+        public: bool,
+        owner_id: i64,
+    ) -> Result<i64, DbError> {
         let mut c = self.lock();
         let tx = c.transaction()?;
         let r = tx.execute(
@@ -345,7 +394,8 @@ impl Db {
     }
 
     pub fn delete_project(&self, project_id: i64) -> Result<(), DbError> {
-        self.lock().execute("DELETE FROM projects WHERE id = ?1", params![project_id])?;
+        self.lock()
+            .execute("DELETE FROM projects WHERE id = ?1", params![project_id])?;
         Ok(())
     }
 
@@ -363,8 +413,14 @@ impl Db {
 
     pub fn repos(&self, project_id: i64) -> Result<Vec<Repo>, DbError> {
         let c = self.lock();
-        let mut st = c.prepare("SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name")?;
-        let rows = st.query_map(params![project_id], |r| Ok(Repo { id: r.get(0)?, name: r.get(1)? }))?;
+        let mut st =
+            c.prepare("SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name")?;
+        let rows = st.query_map(params![project_id], |r| {
+            Ok(Repo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -374,19 +430,31 @@ impl Db {
             .query_row(
                 "SELECT id, name FROM repositories WHERE project_id = ?1 AND name = ?2",
                 params![project_id, name],
-                |r| Ok(Repo { id: r.get(0)?, name: r.get(1)? }),
+                |r| {
+                    Ok(Repo {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                    })
+                },
             )
             .optional()?)
     }
 
     pub fn delete_repo(&self, repo_id: i64) -> Result<(), DbError> {
-        self.lock().execute("DELETE FROM repositories WHERE id = ?1", params![repo_id])?;
+        self.lock()
+            .execute("DELETE FROM repositories WHERE id = ?1", params![repo_id])?;
         Ok(())
     }
 
     // ---- push events (outbox to ci_service) ----
 
-    pub fn enqueue_push(&self, repo_path: &str, ref_name: &str, old: &str, new: &str) -> Result<i64, DbError> {
+    pub fn enqueue_push(
+        &self,
+        repo_path: &str,
+        ref_name: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<i64, DbError> {
         let c = self.lock();
         let now = now_ms();
         c.execute(
@@ -445,7 +513,13 @@ impl Db {
 }
 
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
-    Ok(Project { id: r.get(0)?, name: r.get(1)?, description: r.get(2)?, public: r.get(3)?, owner: r.get(4)? })
+    Ok(Project {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        public: r.get(3)?,
+        owner: r.get(4)?,
+    })
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -491,7 +565,10 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
-        assert!(matches!(Db::open(&path), Err(DbError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Db::open(&path),
+            Err(DbError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]
@@ -501,9 +578,14 @@ mod tests {
         let evil = "x'); DROP TABLE users; --";
         db.create_user(evil, "h").unwrap();
         assert_eq!(db.user_by_name(evil).unwrap().unwrap().name, evil);
-        assert!(matches!(db.create_user(evil, "h"), Err(DbError::Conflict("user"))));
+        assert!(matches!(
+            db.create_user(evil, "h"),
+            Err(DbError::Conflict("user"))
+        ));
         let uid = db.user_by_name(evil).unwrap().unwrap().id;
-        let pid = db.create_project("p", "'; DELETE FROM projects; --", true, uid).unwrap();
+        let pid = db
+            .create_project("p", "'; DELETE FROM projects; --", true, uid)
+            .unwrap();
         assert_eq!(db.project("p").unwrap().unwrap().id, pid);
         assert_eq!(db.visible_projects(None).unwrap().len(), 1);
     }

@@ -34,7 +34,11 @@ pub enum GitError {
 
 impl GitError {
     fn from_lookup(e: git2::Error) -> Self {
-        if e.code() == git2::ErrorCode::NotFound { GitError::NotFound } else { GitError::Git(e) }
+        if e.code() == git2::ErrorCode::NotFound {
+            GitError::NotFound
+        } else {
+            GitError::Git(e)
+        }
     }
 }
 
@@ -47,7 +51,10 @@ pub fn repo_dir(repos_root: &Path, project: &str, repo: &str) -> PathBuf {
 /// post-receive hook that spools push events into `spool`.
 pub fn create_bare(dir: &Path, spool: &Path) -> Result<(), GitError> {
     let mut opts = RepositoryInitOptions::new();
-    opts.bare(true).initial_head("main").mkpath(true).no_reinit(true);
+    opts.bare(true)
+        .initial_head("main")
+        .mkpath(true)
+        .no_reinit(true);
     let repo = Repository::init_opts(dir, &opts)?;
     let mut cfg = repo.config()?;
     // Reachable over smart HTTP; pushes of non-fast-forwards are allowed
@@ -126,7 +133,11 @@ pub fn format_time(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -154,9 +165,14 @@ pub fn branches(repo: &Repository) -> Result<Vec<Branch>, GitError> {
     let mut out = Vec::new();
     for b in repo.branches(Some(git2::BranchType::Local))? {
         let (b, _) = b?;
-        let Some(name) = b.name()?.map(str::to_owned) else { continue };
+        let Some(name) = b.name()?.map(str::to_owned) else {
+            continue;
+        };
         if let Ok(c) = b.get().peel_to_commit() {
-            out.push(Branch { name, commit: commit_info(&c) });
+            out.push(Branch {
+                name,
+                commit: commit_info(&c),
+            });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -179,7 +195,11 @@ pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
 }
 
 /// One page of history from `start`, newest first; `true` when more follow.
-pub fn log(repo: &Repository, start: Oid, page: usize) -> Result<(Vec<CommitInfo>, bool), GitError> {
+pub fn log(
+    repo: &Repository,
+    start: Oid,
+    page: usize,
+) -> Result<(Vec<CommitInfo>, bool), GitError> {
     let mut walk = repo.revwalk()?;
     // Commit-time order like `git log`; TOPOLOGICAL would force a full walk.
     walk.set_sorting(Sort::TIME)?;
@@ -209,7 +229,11 @@ pub fn commit(repo: &Repository, id: Oid) -> Result<(CommitInfo, Vec<(char, Stri
             git2::Delta::Renamed => 'R',
             _ => 'M',
         };
-        let p = d.new_file().path().or(d.old_file().path()).map(|p| p.to_string_lossy().into_owned());
+        let p = d
+            .new_file()
+            .path()
+            .or(d.old_file().path())
+            .map(|p| p.to_string_lossy().into_owned());
         files.push((status, p.unwrap_or_default()));
     }
     Ok((commit_info(&c), files))
@@ -237,12 +261,18 @@ pub struct Blob {
     pub binary: bool,
 }
 
-fn tree_at<'r>(repo: &'r Repository, commit: Oid, path: &[&str]) -> Result<git2::Object<'r>, GitError> {
+fn tree_at<'r>(
+    repo: &'r Repository,
+    commit: Oid,
+    path: &[&str],
+) -> Result<git2::Object<'r>, GitError> {
     let root = repo.find_commit(commit)?.tree()?;
     if path.is_empty() {
         return Ok(root.into_object());
     }
-    let entry = root.get_path(Path::new(&path.join("/"))).map_err(GitError::from_lookup)?;
+    let entry = root
+        .get_path(Path::new(&path.join("/")))
+        .map_err(GitError::from_lookup)?;
     Ok(entry.to_object(repo)?)
 }
 
@@ -283,17 +313,34 @@ pub fn node(repo: &Repository, commit: Oid, path: &str) -> Result<Node, GitError
 pub fn blob(repo: &Repository, id: Oid, limit: usize) -> Result<Blob, GitError> {
     let (size, _) = repo.odb()?.read_header(id)?;
     if size > limit {
-        return Ok(Blob { size, text: None, binary: false });
+        return Ok(Blob {
+            size,
+            text: None,
+            binary: false,
+        });
     }
     let b = repo.find_blob(id)?;
     if b.is_binary() {
-        return Ok(Blob { size, text: None, binary: true });
+        return Ok(Blob {
+            size,
+            text: None,
+            binary: true,
+        });
     }
-    Ok(Blob { size, text: Some(String::from_utf8_lossy(b.content()).into_owned()), binary: false })
+    Ok(Blob {
+        size,
+        text: Some(String::from_utf8_lossy(b.content()).into_owned()),
+        binary: false,
+    })
 }
 
 /// The raw bytes of the blob at `path`, refusing above `limit`.
-pub fn raw(repo: &Repository, commit: Oid, path: &str, limit: usize) -> Result<Option<Vec<u8>>, GitError> {
+pub fn raw(
+    repo: &Repository,
+    commit: Oid,
+    path: &str,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, GitError> {
     let comps = names::tree_path(path)?;
     let obj = tree_at(repo, commit, &comps)?;
     if obj.kind() != Some(ObjectType::Blob) {
@@ -307,7 +354,12 @@ pub fn raw(repo: &Repository, commit: Oid, path: &str, limit: usize) -> Result<O
 }
 
 /// The text of a small file at the root of `commit`, if present.
-pub fn root_file(repo: &Repository, commit: Oid, names: &[&str], limit: usize) -> Option<(String, String)> {
+pub fn root_file(
+    repo: &Repository,
+    commit: Oid,
+    names: &[&str],
+    limit: usize,
+) -> Option<(String, String)> {
     let tree = repo.find_commit(commit).ok()?.tree().ok()?;
     for n in names {
         let Some(e) = tree.get_name(n) else { continue };

@@ -3,10 +3,10 @@
 //! notifications to ci_service, and pages for code, CI jobs and the cluster.
 
 pub mod auth;
-pub mod autonix;
 pub mod ci;
 pub mod cluster;
 pub mod db;
+pub mod flakegen;
 pub mod git;
 pub mod markdown;
 pub mod names;
@@ -52,8 +52,6 @@ pub struct Config {
     pub notify_tick: Duration,
     /// Adds `Secure` to cookies (set when served behind HTTPS).
     pub secure_cookies: bool,
-    /// The `autonix` executable, when not found beside repohub or on PATH.
-    pub autonix_bin: Option<PathBuf>,
 }
 
 impl Config {
@@ -67,7 +65,6 @@ impl Config {
             backoff: notify::Backoff::default(),
             notify_tick: Duration::from_millis(300),
             secure_cookies: false,
-            autonix_bin: None,
         }
     }
 }
@@ -84,14 +81,15 @@ pub struct AppState {
     pub kdf: auth::KdfParams,
     pub dummy_hash: Arc<String>,
     pub secure_cookies: bool,
-    pub autonix_bin: Option<PathBuf>,
 }
 
 impl AppState {
     pub fn new(config: &Config) -> Result<Self, RunError> {
-        let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| RunError::DataDir(p.to_owned(), e));
+        let mk =
+            |p: &Path| std::fs::create_dir_all(p).map_err(|e| RunError::DataDir(p.to_owned(), e));
         mk(&config.data_dir)?;
-        let data = std::fs::canonicalize(&config.data_dir).map_err(|e| RunError::DataDir(config.data_dir.clone(), e))?;
+        let data = std::fs::canonicalize(&config.data_dir)
+            .map_err(|e| RunError::DataDir(config.data_dir.clone(), e))?;
         let repos_root = data.join("repos");
         let spool = data.join("spool");
         mk(&repos_root)?;
@@ -106,7 +104,6 @@ impl AppState {
             kdf: config.kdf,
             dummy_hash: Arc::new(auth::dummy_hash(&config.kdf)),
             secure_cookies: config.secure_cookies,
-            autonix_bin: config.autonix_bin.clone(),
         })
     }
 
@@ -116,7 +113,11 @@ impl AppState {
 }
 
 /// Serves on `listener` until `shutdown`, with the notifier running beside.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
     let notifier = tokio::spawn(notify::run(
         state.spool.clone(),

@@ -24,9 +24,6 @@ struct Args {
     /// Control plane address (Cap'n Proto Master), host:port.
     #[arg(long, env = "REPOHUB_CONTROL_PLANE")]
     control_plane: Option<String>,
-    /// The autonix executable (default: beside repohub, then PATH).
-    #[arg(long, env = "REPOHUB_AUTONIX")]
-    autonix: Option<PathBuf>,
     /// Argon2id memory cost in KiB (default 19456, OWASP's minimum; lower only for tests).
     #[arg(long, env = "REPOHUB_KDF_MEMORY_KIB", default_value_t = 19 * 1024)]
     kdf_memory_kib: u32,
@@ -59,7 +56,6 @@ async fn main() -> std::process::ExitCode {
     config.ci_url = args.ci_url;
     config.ci_secret = secret;
     config.control_plane = args.control_plane;
-    config.autonix_bin = args.autonix;
     config.kdf.memory_kib = args.kdf_memory_kib;
     config.backoff.initial = Duration::from_millis(args.retry_initial_ms);
     config.secure_cookies = args.secure_cookies;
@@ -74,10 +70,11 @@ async fn main() -> std::process::ExitCode {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -92,4 +89,3 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
-

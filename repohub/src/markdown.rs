@@ -7,7 +7,10 @@ pub fn render(md: &str) -> String {
     let opts = Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_TASKLISTS;
     let mut out = String::with_capacity(md.len() * 3 / 2);
     html::push_html(&mut out, Parser::new_ext(md, opts));
-    ammonia::Builder::default().link_rel(Some("noopener noreferrer nofollow")).clean(&out).to_string()
+    ammonia::Builder::default()
+        .link_rel(Some("noopener noreferrer nofollow"))
+        .clean(&out)
+        .to_string()
 }
 
 #[cfg(test)]
@@ -16,7 +19,9 @@ mod tests {
 
     #[test]
     fn markdown_is_rendered_and_sanitised() {
-        let h = render("# Title\n\n<script>alert(1)</script>\n\n[x](javascript:alert(1)) <img src=x onerror=alert(1)>\n\n*ok*");
+        let h = render(
+            "# Title\n\n<script>alert(1)</script>\n\n[x](javascript:alert(1)) <img src=x onerror=alert(1)>\n\n*ok*",
+        );
         assert!(h.contains("<h1>Title</h1>"));
         assert!(h.contains("<em>ok</em>"));
         assert!(!h.contains("<script"));

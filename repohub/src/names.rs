@@ -5,7 +5,9 @@
 pub enum NameError {
     #[error("name must be 1 to 64 characters")]
     Length,
-    #[error("name may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit")]
+    #[error(
+        "name may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit"
+    )]
     Characters,
     #[error("name must not contain '..' or end with '.git' or '.lock'")]
     Dots,
@@ -19,7 +21,17 @@ pub enum NameError {
 
 /// Top-level URL segments the router owns; a project of that name would be
 /// unreachable.
-const RESERVED: &[&str] = &["login", "logout", "signup", "new", "settings", "static", "api", "health", "favicon.ico"];
+const RESERVED: &[&str] = &[
+    "login",
+    "logout",
+    "signup",
+    "new",
+    "settings",
+    "static",
+    "api",
+    "health",
+    "favicon.ico",
+];
 
 /// A name usable as a URL segment and a directory name: ASCII letters,
 /// digits, `.`, `_`, `-`; no path separators, no `..`, no HTML.
@@ -29,7 +41,9 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     }
     let first = name.as_bytes()[0];
     if !first.is_ascii_alphanumeric()
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
         return Err(NameError::Characters);
     }
@@ -78,8 +92,14 @@ pub fn validate_rev(rev: &str) -> Result<(), NameError> {
         || rev.contains("//")
         || rev.contains("@{")
         || rev.ends_with(".lock")
-        || rev.bytes().any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b));
-    if bad { Err(NameError::Revision) } else { Ok(()) }
+        || rev
+            .bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b));
+    if bad {
+        Err(NameError::Revision)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -91,10 +111,16 @@ mod tests {
         for ok in ["a", "web-app", "My_Proj.2"] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "a/b", "..", "a..b", "../etc", "<script>", "x.git", "-x", ".hidden", "a b", "a'b", "é"] {
+        for bad in [
+            "", "a/b", "..", "a..b", "../etc", "<script>", "x.git", "-x", ".hidden", "a b", "a'b",
+            "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
-        assert!(matches!(validate_project_name("Login"), Err(NameError::Reserved(_))));
+        assert!(matches!(
+            validate_project_name("Login"),
+            Err(NameError::Reserved(_))
+        ));
         assert!(validate_name(&"a".repeat(65)).is_err());
     }
 
@@ -102,7 +128,14 @@ mod tests {
     fn paths() {
         assert_eq!(tree_path("src/main.rs").unwrap(), vec!["src", "main.rs"]);
         assert_eq!(tree_path("").unwrap(), Vec::<&str>::new());
-        for bad in ["../etc/passwd", "a/../../b", "a//b", "./x", "a\\..\\b", "a\0b"] {
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "a//b",
+            "./x",
+            "a\\..\\b",
+            "a\0b",
+        ] {
             assert!(tree_path(bad).is_err(), "{bad:?}");
         }
     }
@@ -112,7 +145,9 @@ mod tests {
         for ok in ["main", "feature/x", "v1.0", "0123abcd"] {
             assert_eq!(validate_rev(ok), Ok(()), "{ok}");
         }
-        for bad in ["main~1", "HEAD^", "main@{1}", "a..b", "-x", "a:b", "", "x.lock"] {
+        for bad in [
+            "main~1", "HEAD^", "main@{1}", "a..b", "-x", "a:b", "", "x.lock",
+        ] {
             assert!(validate_rev(bad).is_err(), "{bad}");
         }
     }

@@ -28,7 +28,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_secs(1), max: Duration::from_secs(60) }
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
     }
 }
 
@@ -44,9 +47,12 @@ fn is_hex_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// (old, new, ref) of one updated ref.
+pub type RefUpdate = (String, String, String);
+
 /// Parses one spool file: `repo <path>` then `<old> <new> <ref>` lines, as
 /// git feeds post-receive. Malformed lines are skipped.
-pub fn parse_spool(text: &str) -> Option<(String, Vec<(String, String, String)>)> {
+pub fn parse_spool(text: &str) -> Option<(String, Vec<RefUpdate>)> {
     let mut lines = text.lines();
     let repo = lines.next()?.strip_prefix("repo ")?.to_owned();
     let updates = lines
@@ -97,7 +103,12 @@ pub async fn deliver_due(db: &Db, ci: &CiClient, backoff: &Backoff) -> Result<us
     }
     let mut delivered = 0;
     for ev in db.due_pushes(50)? {
-        let notice = PushNotice { repo: &ev.repo_path, ref_name: &ev.ref_name, old: &ev.old, new: &ev.new };
+        let notice = PushNotice {
+            repo: &ev.repo_path,
+            ref_name: &ev.ref_name,
+            old: &ev.old,
+            new: &ev.new,
+        };
         match ci.notify_push(&notice).await {
             Ok(job) => {
                 tracing::info!(event = ev.id, repo = %ev.repo_path, r#ref = %ev.ref_name, job_id = ?job, "push delivered to ci_service");
@@ -115,7 +126,14 @@ pub async fn deliver_due(db: &Db, ci: &CiClient, backoff: &Backoff) -> Result<us
 }
 
 /// The background loop: drain the spool and deliver, every `tick`.
-pub async fn run(spool: PathBuf, db: Db, ci: CiClient, backoff: Backoff, tick: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    spool: PathBuf,
+    db: Db,
+    ci: CiClient,
+    backoff: Backoff,
+    tick: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         let d = db.clone();
         let sp = spool.clone();
@@ -140,7 +158,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         assert_eq!(b.delay(0), Duration::from_millis(100));
         assert_eq!(b.delay(2), Duration::from_millis(400));
         assert_eq!(b.delay(40), Duration::from_secs(1));

@@ -48,7 +48,12 @@ pub async fn handle(
     RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
-    let tail = req.uri().path().rsplit_once(".git/").map(|(_, t)| t.to_owned()).unwrap_or_default();
+    let tail = req
+        .uri()
+        .path()
+        .rsplit_once(".git/")
+        .map(|(_, t)| t.to_owned())
+        .unwrap_or_default();
     let Some(repo) = repo_git.strip_suffix(".git") else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -56,7 +61,8 @@ pub async fn handle(
         return StatusCode::NOT_FOUND.into_response();
     }
     let query = query.unwrap_or_default();
-    let push = tail == "git-receive-pack" || (tail == "info/refs" && query.contains("service=git-receive-pack"));
+    let push = tail == "git-receive-pack"
+        || (tail == "info/refs" && query.contains("service=git-receive-pack"));
 
     // Who is asking: a personal access token as the basic-auth password.
     let user = match auth::basic_auth(req.headers()) {
@@ -90,7 +96,11 @@ pub async fn handle(
     if !exists {
         // Anonymous callers are asked for credentials so a private repo's
         // existence is not revealed and git prompts for a token.
-        return if user.is_none() { unauthorized("authentication required") } else { StatusCode::NOT_FOUND.into_response() };
+        return if user.is_none() {
+            unauthorized("authentication required")
+        } else {
+            StatusCode::NOT_FOUND.into_response()
+        };
     }
     if push && !member {
         return if user.is_none() {
@@ -102,7 +112,15 @@ pub async fn handle(
 
     let path_info = format!("/{project}/{repo}.git/{tail}");
     let remote_user = if member { user.map(|u| u.name) } else { None };
-    match run_backend(&st.repos_root, &path_info, &query, remote_user.as_deref(), req).await {
+    match run_backend(
+        &st.repos_root,
+        &path_info,
+        &query,
+        remote_user.as_deref(),
+        req,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "git http-backend failed");
@@ -119,11 +137,21 @@ async fn run_backend(
     req: Request,
 ) -> Result<Response, SmartHttpError> {
     let (parts, body) = req.into_parts();
-    let h = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let h = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
         .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -150,7 +178,11 @@ async fn run_backend(
     if !enc.is_empty() {
         cmd.env("HTTP_CONTENT_ENCODING", enc);
     }
-    if let Some(p) = parts.headers.get("git-protocol").and_then(|v| v.to_str().ok()) {
+    if let Some(p) = parts
+        .headers
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+    {
         cmd.env("GIT_PROTOCOL", p);
     }
     let mut child = cmd.spawn().map_err(SmartHttpError::Spawn)?;
@@ -203,18 +235,31 @@ async fn run_backend(
     let text = String::from_utf8_lossy(&head[..hdr_len]).into_owned();
     let mut builder = Response::builder().status(StatusCode::OK);
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         if k.eq_ignore_ascii_case("status") {
-            let code = v.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500);
-            builder = builder.status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
-        } else if let (Ok(name), Ok(val)) = (header::HeaderName::try_from(k.trim()), HeaderValue::from_str(v)) {
+            let code = v
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
+            builder = builder
+                .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        } else if let (Ok(name), Ok(val)) = (
+            header::HeaderName::try_from(k.trim()),
+            HeaderValue::from_str(v),
+        ) {
             builder = builder.header(name, val);
         }
     }
-    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(rest)) });
+    let first =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(rest)) });
     let stream = first.chain(ReaderStream::new(stdout));
-    builder.body(Body::from_stream(stream)).map_err(|_| SmartHttpError::Headers)
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(|_| SmartHttpError::Headers)
 }
 
 /// Index of the blank line ending CGI headers and the separator's length.

@@ -45,7 +45,10 @@ impl Repohub {
             .stdout(Stdio::null())
             .spawn()
             .expect("starting repohub");
-        let me = Repohub { child, base: format!("http://127.0.0.1:{port}") };
+        let me = Repohub {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "repohub did not start listening");
@@ -58,7 +61,11 @@ impl Repohub {
 fn artefacts() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("test-artifacts").join("repohub")
 }
 
@@ -105,13 +112,19 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     let work = work_repo(
         dir.path(),
         &[
-            ("README.md", b"# Shop infra\n\nDeployed by **Procurator**.\n"),
+            (
+                "README.md",
+                b"# Shop infra\n\nDeployed by **Procurator**.\n",
+            ),
             ("flake.nix", b"{\n  outputs = { self }: { };\n}\n"),
             ("src/app.py", b"print('hello')\n"),
         ],
         "Initial infra <commit>",
     );
-    let push_url = format!("http://ann:{token}@{}/shop/infra.git", hub.base.trim_start_matches("http://"));
+    let push_url = format!(
+        "http://ann:{token}@{}/shop/infra.git",
+        hub.base.trim_start_matches("http://")
+    );
     let (ok, out) = git_async(&work, &["push", &push_url, "main"]).await;
     assert!(ok, "git push over HTTP: {out}");
 
@@ -136,7 +149,10 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.wait_text("#cluster-vms", "web-1", 10).await;
     b.wait_text("#cluster-workers", "unhealthy", 10).await;
     let src = b.source().await;
-    assert!(src.contains("the &lt;shop&gt; project"), "description escaped");
+    assert!(
+        src.contains("the &lt;shop&gt; project"),
+        "description escaped"
+    );
     assert_eq!(ci.pushes().len(), 1);
     assert_eq!(ci.pushes()[0]["ref"], "refs/heads/main");
     b.goto(&url("/shop")).await;
@@ -151,7 +167,8 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     // The control plane goes away: the panel says so, the rest still works.
     drop(master);
     b.goto(&url("/shop")).await;
-    b.wait_text("#cluster-panel", "control plane unavailable", 10).await;
+    b.wait_text("#cluster-panel", "control plane unavailable", 10)
+        .await;
     b.wait_text("#ci-panel", "succeeded", 10).await;
     b.screenshot("11-control-plane-down").await;
     assert!(artefacts().join("11-control-plane-down.png").exists());

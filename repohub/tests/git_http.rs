@@ -8,7 +8,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{CI_SECRET, FakeCi, Server, TestApp, config, dead_port, eventually, git_async, work_repo};
+use support::{
+    CI_SECRET, FakeCi, Server, TestApp, config, dead_port, eventually, git_async, work_repo,
+};
 
 const PW: &str = "correct horse battery";
 
@@ -42,22 +44,53 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
     bob.signup("bob", PW).await;
     let bob_token = bob.token().await;
 
-    let work = work_repo(app.dir.path(), &[("README.md", b"# pushed over http\n"), ("flake.nix", b"{ outputs = _: {}; }\n")], "pushed over http");
-    let head = git_async(&work, &["rev-parse", "HEAD"]).await.1.trim().to_owned();
+    let work = work_repo(
+        app.dir.path(),
+        &[
+            ("README.md", b"# pushed over http\n"),
+            ("flake.nix", b"{ outputs = _: {}; }\n"),
+        ],
+        "pushed over http",
+    );
+    let head = git_async(&work, &["rev-parse", "HEAD"])
+        .await
+        .1
+        .trim()
+        .to_owned();
 
     // Anonymous, wrong-token and non-member pushes fail and change nothing.
     let (ok, out) = git_async(&work, &["push", &srv.url("/p/r.git"), "main"]).await;
     assert!(!ok, "anonymous push must fail: {out}");
     let bad = "A".repeat(43);
-    let (ok, out) = git_async(&work, &["push", &srv.auth_url("ann", &bad, "/p/r.git"), "main"]).await;
-    assert!(!ok && (out.contains("401") || out.contains("Authentication failed")), "{out}");
-    let (ok, out) = git_async(&work, &["push", &srv.auth_url("bob", &bob_token, "/p/r.git"), "main"]).await;
-    assert!(!ok && out.contains("403"), "non-member push must be refused: {out}");
-    assert!(repohub::git::is_empty(&repohub::git::open(&app.state.repo_dir("p", "r")).unwrap()));
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("ann", &bad, "/p/r.git"), "main"],
+    )
+    .await;
+    assert!(
+        !ok && (out.contains("401") || out.contains("Authentication failed")),
+        "{out}"
+    );
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("bob", &bob_token, "/p/r.git"), "main"],
+    )
+    .await;
+    assert!(
+        !ok && out.contains("403"),
+        "non-member push must be refused: {out}"
+    );
+    assert!(repohub::git::is_empty(
+        &repohub::git::open(&app.state.repo_dir("p", "r")).unwrap()
+    ));
 
     // A member with a token pushes; the hook is fast and the push succeeds.
     let t0 = Instant::now();
-    let (ok, out) = git_async(&work, &["push", &srv.auth_url("ann", &ann_token, "/p/r.git"), "main"]).await;
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("ann", &ann_token, "/p/r.git"), "main"],
+    )
+    .await;
     assert!(ok, "member push: {out}");
     assert!(t0.elapsed() < Duration::from_secs(10));
 
@@ -66,9 +99,15 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
     assert!(log.body.contains(&head[..10]) && log.body.contains("pushed over http"));
 
     // ci_service got (repo, ref, old, new) with the bearer secret.
-    assert!(eventually(10, || !ci.pushes().is_empty()).await, "no notification reached ci_service");
+    assert!(
+        eventually(10, || !ci.pushes().is_empty()).await,
+        "no notification reached ci_service"
+    );
     let p = &ci.pushes()[0];
-    assert_eq!(p["repo"], app.state.repo_dir("p", "r").to_string_lossy().as_ref());
+    assert_eq!(
+        p["repo"],
+        app.state.repo_dir("p", "r").to_string_lossy().as_ref()
+    );
     assert_eq!(p["ref"], "refs/heads/main");
     assert_eq!(p["old"], "0".repeat(40));
     assert_eq!(p["new"], head.as_str());
@@ -78,36 +117,94 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 
     // Anonymous clone of the public repository works.
     let dest = app.dir.path().join("anon-clone");
-    let (ok, out) = git_async(app.dir.path(), &["clone", "-q", &srv.url("/p/r.git"), dest.to_str().unwrap()]).await;
+    let (ok, out) = git_async(
+        app.dir.path(),
+        &["clone", "-q", &srv.url("/p/r.git"), dest.to_str().unwrap()],
+    )
+    .await;
     assert!(ok, "anonymous clone: {out}");
     assert!(dest.join("README.md").exists());
 
     // Private project: anonymous and non-member clones fail; the member's works.
     let work2 = work_repo(app.dir.path(), &[("a.txt", b"secret")], "secret");
-    let (ok, out) = git_async(&work2, &["push", &srv.auth_url("ann", &ann_token, "/s/hidden.git"), "main"]).await;
+    let (ok, out) = git_async(
+        &work2,
+        &[
+            "push",
+            &srv.auth_url("ann", &ann_token, "/s/hidden.git"),
+            "main",
+        ],
+    )
+    .await;
     assert!(ok, "{out}");
     let d2 = app.dir.path().join("c2");
-    let (ok, _) = git_async(app.dir.path(), &["clone", "-q", &srv.url("/s/hidden.git"), d2.to_str().unwrap()]).await;
+    let (ok, _) = git_async(
+        app.dir.path(),
+        &[
+            "clone",
+            "-q",
+            &srv.url("/s/hidden.git"),
+            d2.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert!(!ok, "anonymous clone of a private repo must fail");
-    let (ok, out) = git_async(app.dir.path(), &["clone", "-q", &srv.auth_url("bob", &bob_token, "/s/hidden.git"), d2.to_str().unwrap()]).await;
-    assert!(!ok && (out.contains("404") || out.contains("not found")), "{out}");
-    let (ok, out) = git_async(app.dir.path(), &["clone", "-q", &srv.auth_url("ann", &ann_token, "/s/hidden.git"), d2.to_str().unwrap()]).await;
+    let (ok, out) = git_async(
+        app.dir.path(),
+        &[
+            "clone",
+            "-q",
+            &srv.auth_url("bob", &bob_token, "/s/hidden.git"),
+            d2.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(
+        !ok && (out.contains("404") || out.contains("not found")),
+        "{out}"
+    );
+    let (ok, out) = git_async(
+        app.dir.path(),
+        &[
+            "clone",
+            "-q",
+            &srv.auth_url("ann", &ann_token, "/s/hidden.git"),
+            d2.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert!(ok, "{out}");
     assert_eq!(std::fs::read_to_string(d2.join("a.txt")).unwrap(), "secret");
 
     // Unknown repositories and hostile names.
     let d3 = app.dir.path().join("c3");
     for path in ["/p/nope.git", "/p/..%2F..%2Fs%2Fhidden.git", "/nope/r.git"] {
-        let (ok, _) = git_async(app.dir.path(), &["clone", "-q", &srv.auth_url("ann", &ann_token, path), d3.to_str().unwrap()]).await;
+        let (ok, _) = git_async(
+            app.dir.path(),
+            &[
+                "clone",
+                "-q",
+                &srv.auth_url("ann", &ann_token, path),
+                d3.to_str().unwrap(),
+            ],
+        )
+        .await;
         assert!(!ok, "{path}");
     }
-    assert_eq!(ci.state.unauthorized.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        ci.state
+            .unauthorized
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     let ci = FakeCi::start().await;
-    ci.state.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    ci.state
+        .up
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let url = ci.url();
     let (app, srv) = setup(|c| {
         c.ci_url = Some(url.clone());
@@ -121,19 +218,28 @@ async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     let token = ann.token().await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
     let t0 = Instant::now();
-    let (ok, out) = git_async(&work, &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"]).await;
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
+    )
+    .await;
     assert!(ok, "push must not fail while ci_service is down: {out}");
     assert!(t0.elapsed() < Duration::from_secs(10));
     let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
     // Queued, retried, not lost.
     assert!(
-        eventually(10, || app.state.db.due_pushes(10).map(|_| ()).is_ok() && pending_attempts(&app, &path) >= 2).await,
+        eventually(10, || app.state.db.due_pushes(10).map(|_| ()).is_ok()
+            && pending_attempts(&app, &path) >= 2)
+        .await,
         "the event should be retried while ci_service is down"
     );
     let page = ann.get("/p").await;
     assert!(page.body.contains("waiting for CI"));
     ci.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(eventually(10, || ci.pushes().len() == 1).await, "delivered after ci_service came back");
+    assert!(
+        eventually(10, || ci.pushes().len() == 1).await,
+        "delivered after ci_service came back"
+    );
     assert_eq!(app.state.db.push_counts(&path).unwrap(), (0, 1));
 }
 
@@ -157,7 +263,11 @@ async fn push_succeeds_when_ci_refuses_connections() {
     ann.create_repo("p", "r").await;
     let token = ann.token().await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
-    let (ok, out) = git_async(&work, &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"]).await;
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
+    )
+    .await;
     assert!(ok, "{out}");
     let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
     assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);

@@ -23,14 +23,25 @@ async fn signup_login_logout_and_session_cookie_flags() {
     let mut c = app.client();
     let r = c.get("/signup").await;
     assert_eq!(r.status, StatusCode::OK);
-    let set: Vec<_> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
-    assert!(set.iter().any(|s| s.starts_with("rh_csrf=") && s.contains("HttpOnly") && s.contains("SameSite=Strict")));
+    let set: Vec<_> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(set.iter().any(|s| s.starts_with("rh_csrf=")
+        && s.contains("HttpOnly")
+        && s.contains("SameSite=Strict")));
     assert!(r.body.contains("name=\"csrf\""));
 
-    let r = c.post("/signup", &[("username", "ann"), ("password", PW)]).await;
+    let r = c
+        .post("/signup", &[("username", "ann"), ("password", PW)])
+        .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     let sc = r.headers.get("set-cookie").unwrap().to_str().unwrap();
-    assert!(sc.starts_with("rh_session=") && sc.contains("HttpOnly") && sc.contains("SameSite=Lax"));
+    assert!(
+        sc.starts_with("rh_session=") && sc.contains("HttpOnly") && sc.contains("SameSite=Lax")
+    );
     let home = c.get("/").await;
     assert!(home.body.contains("ann") && home.body.contains("Log out"));
 
@@ -41,15 +52,24 @@ async fn signup_login_logout_and_session_cookie_flags() {
     // Duplicate name, short password, bad names.
     let mut d = app.client();
     d.get("/signup").await;
-    let r = d.post("/signup", &[("username", "ann"), ("password", PW)]).await;
+    let r = d
+        .post("/signup", &[("username", "ann"), ("password", PW)])
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body.contains("taken"));
-    let r = d.post("/signup", &[("username", "bob"), ("password", "short")]).await;
+    let r = d
+        .post("/signup", &[("username", "bob"), ("password", "short")])
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     for bad in ["a/b", "..", "<script>alert(1)</script>", "x' OR '1'='1"] {
-        let r = d.post("/signup", &[("username", bad), ("password", PW)]).await;
+        let r = d
+            .post("/signup", &[("username", bad), ("password", PW)])
+            .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
-        assert!(!r.body.contains("<script>alert(1)"), "name echoed unescaped");
+        assert!(
+            !r.body.contains("<script>alert(1)"),
+            "name echoed unescaped"
+        );
         assert!(app.state.db.user_by_name(bad).unwrap().is_none());
     }
 
@@ -58,11 +78,20 @@ async fn signup_login_logout_and_session_cookie_flags() {
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(!c.get("/").await.body.contains("Log out"));
     c.get("/login").await;
-    let r = c.post("/login", &[("username", "ann"), ("password", "wrong password")]).await;
+    let r = c
+        .post(
+            "/login",
+            &[("username", "ann"), ("password", "wrong password")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = c.post("/login", &[("username", "nobody' --"), ("password", PW)]).await;
+    let r = c
+        .post("/login", &[("username", "nobody' --"), ("password", PW)])
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = c.post("/login", &[("username", "ann"), ("password", PW)]).await;
+    let r = c
+        .post("/login", &[("username", "ann"), ("password", PW)])
+        .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(c.get("/").await.body.contains("Log out"));
 }
@@ -88,7 +117,11 @@ async fn forged_or_missing_csrf_is_refused_everywhere() {
         let r = c.post_raw(path, &forged).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "forged csrf on {path}");
         let r = c.post_raw(path, &fields).await;
-        assert!(r.status == StatusCode::FORBIDDEN || r.status == StatusCode::UNPROCESSABLE_ENTITY, "missing csrf on {path}: {}", r.status);
+        assert!(
+            r.status == StatusCode::FORBIDDEN || r.status == StatusCode::UNPROCESSABLE_ENTITY,
+            "missing csrf on {path}: {}",
+            r.status
+        );
     }
     // Nothing changed.
     assert!(app.state.db.project("forged").unwrap().is_none());
@@ -96,7 +129,12 @@ async fn forged_or_missing_csrf_is_refused_everywhere() {
     assert!(app.state.db.user_by_name("eve").unwrap().is_none());
     // A cookie-less client (another site's form) is refused too.
     let mut stranger = app.client();
-    let r = stranger.post_raw("/signup", &[("username", "eve"), ("password", PW), ("csrf", "")]).await;
+    let r = stranger
+        .post_raw(
+            "/signup",
+            &[("username", "eve"), ("password", PW), ("csrf", "")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(app.state.db.user_by_name("eve").unwrap().is_none());
 }
@@ -109,7 +147,16 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
     assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/web"));
     ann.create_project("secret", false).await;
     // Bad names: separators, dots, HTML, reserved, SQL.
-    for bad in ["a/b", "../x", "..", "<b>x</b>", "login", "x'; DROP TABLE projects; --", "a b", "r.git"] {
+    for bad in [
+        "a/b",
+        "../x",
+        "..",
+        "<b>x</b>",
+        "login",
+        "x'; DROP TABLE projects; --",
+        "a b",
+        "r.git",
+    ] {
         let r = ann.create_project(bad, true).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(!r.body.contains("<b>x</b>"));
@@ -117,7 +164,10 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
     assert_eq!(app.state.db.visible_projects(Some(1)).unwrap().len(), 2);
     assert!(!app.dir.path().join("data/x").exists());
     // Duplicate.
-    assert_eq!(ann.create_project("web", true).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        ann.create_project("web", true).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     let list = ann.get("/").await;
     assert!(list.body.contains("/web") && list.body.contains("/secret"));
@@ -135,12 +185,28 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
     assert!(!anon.get("/web").await.body.contains("Create repository"));
     // Non-owners cannot delete or add members.
     bob.get("/web").await;
-    assert_eq!(bob.post("/web/-/delete", &[("confirm", "web")]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        bob.post("/web/-/delete", &[("confirm", "web")])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(bob.get("/web/-/delete").await.status, StatusCode::FORBIDDEN);
-    assert_eq!(bob.post("/web/-/repos", &[("name", "x")]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        bob.post("/web/-/repos", &[("name", "x")]).await.status,
+        StatusCode::FORBIDDEN
+    );
     // Owner adds bob; then bob may create repositories.
-    assert_eq!(ann.post("/web/-/members", &[("username", "bob")]).await.status, StatusCode::SEE_OTHER);
-    assert_eq!(bob.post("/web/-/repos", &[("name", "bobs")]).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        ann.post("/web/-/members", &[("username", "bob")])
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        bob.post("/web/-/repos", &[("name", "bobs")]).await.status,
+        StatusCode::SEE_OTHER
+    );
 
     // Delete: wrong confirmation keeps it; right one removes row and directory.
     ann.create_repo("web", "app").await;
@@ -170,20 +236,45 @@ async fn repositories_create_view_delete_and_bad_names() {
     let hook = std::fs::read_to_string(dir.join("hooks/post-receive")).unwrap();
     assert!(hook.contains("exit 0"));
     let page = ann.get("/p/app").await;
-    assert!(page.body.contains("id=\"empty-repo\"") && page.body.contains("http://repohub.test/p/app.git"), "{}", page.body);
-    for bad in ["../../etc", "a/b", "<img src=x>", "x.git", "..", "'; DELETE FROM repositories; --"] {
+    assert!(
+        page.body.contains("id=\"empty-repo\"")
+            && page.body.contains("http://repohub.test/p/app.git"),
+        "{}",
+        page.body
+    );
+    for bad in [
+        "../../etc",
+        "a/b",
+        "<img src=x>",
+        "x.git",
+        "..",
+        "'; DELETE FROM repositories; --",
+    ] {
         let r = ann.create_repo("p", bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     assert_eq!(app.state.db.repos(1).unwrap().len(), 1);
-    assert_eq!(ann.create_repo("p", "app").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        ann.create_repo("p", "app").await.status,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(ann.get("/p/nope").await.status, StatusCode::NOT_FOUND);
     assert_eq!(ann.get("/p/..").await.status, StatusCode::NOT_FOUND);
 
     assert_eq!(ann.get("/p/app/delete").await.status, StatusCode::OK);
-    assert_eq!(ann.post("/p/app/delete", &[("confirm", "nope")]).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        ann.post("/p/app/delete", &[("confirm", "nope")])
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
     assert!(dir.exists());
-    assert_eq!(ann.post("/p/app/delete", &[("confirm", "app")]).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        ann.post("/p/app/delete", &[("confirm", "app")])
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
     assert!(!dir.exists());
     assert_eq!(ann.get("/p/app").await.status, StatusCode::NOT_FOUND);
 }
@@ -197,19 +288,48 @@ async fn tokens_create_list_revoke() {
     let mut ann = signed_up(&app, "ann").await;
     let t = ann.token().await;
     assert_eq!(t.len(), 43);
-    assert!(app.state.db.token_user(&repohub::auth::sha256_hex(&t)).unwrap().is_some());
+    assert!(
+        app.state
+            .db
+            .token_user(&repohub::auth::sha256_hex(&t))
+            .unwrap()
+            .is_some()
+    );
     let page = ann.get("/settings/tokens").await;
-    assert!(page.body.contains("git") && !page.body.contains(&t), "token must be shown once only");
-    let r = ann.post("/settings/tokens", &[("name", "<script>x</script>' OR 1=1 --")]).await;
+    assert!(
+        page.body.contains("git") && !page.body.contains(&t),
+        "token must be shown once only"
+    );
+    let r = ann
+        .post(
+            "/settings/tokens",
+            &[("name", "<script>x</script>' OR 1=1 --")],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("&#60;script&#62;x&#60;/script&#62;") && !r.body.contains("<script>x"));
-    assert_eq!(ann.post("/settings/tokens", &[("name", "")]).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        ann.post("/settings/tokens", &[("name", "")]).await.status,
+        StatusCode::BAD_REQUEST
+    );
     // Another user cannot revoke ann's token.
     let mut bob = signed_up(&app, "bob").await;
     bob.get("/settings/tokens").await;
-    assert_eq!(bob.post("/settings/tokens/1/delete", &[]).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(ann.post("/settings/tokens/1/delete", &[]).await.status, StatusCode::SEE_OTHER);
-    assert!(app.state.db.token_user(&repohub::auth::sha256_hex(&t)).unwrap().is_none());
+    assert_eq!(
+        bob.post("/settings/tokens/1/delete", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ann.post("/settings/tokens/1/delete", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert!(
+        app.state
+            .db
+            .token_user(&repohub::auth::sha256_hex(&t))
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Pushes a hostile history straight into the bare repository (file
@@ -227,14 +347,25 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     let files: Vec<(&str, &[u8])> = vec![
         ("README.md", readme),
         ("<img src=x onerror=alert(3)>.txt", b"hostile name"),
-        ("src/main.rs", b"fn main() { println!(\"<script>alert(4)</script>\"); }\n"),
+        (
+            "src/main.rs",
+            b"fn main() { println!(\"<script>alert(4)</script>\"); }\n",
+        ),
         ("page.html", b"<html><script>alert(5)</script></html>"),
         ("bin.dat", b"\x00\x01\x02\xff\xfe binary"),
         ("big.txt", &big),
     ];
-    let work = work_repo(app.dir.path(), &files, "first <script>alert('msg')</script>");
+    let work = work_repo(
+        app.dir.path(),
+        &files,
+        "first <script>alert('msg')</script>",
+    );
     for i in 0..55 {
-        commit_at(&work, &format!("commit {i} x' OR 1=1; --"), 1_600_000_001 + i);
+        commit_at(
+            &work,
+            &format!("commit {i} x' OR 1=1; --"),
+            1_600_000_001 + i,
+        );
     }
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
@@ -244,36 +375,70 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     assert!(page.body.contains("<h1>Hello</h1>") && page.body.contains("<strong>bold</strong>"));
     assert!(!page.body.contains("<script>alert"));
     assert!(!page.body.contains("javascript:") && !page.body.contains("onerror"));
-    assert!(page.body.contains("id=\"generate-flake\""), "no flake.nix so the button shows");
-    assert!(page.headers.get("content-security-policy").unwrap().to_str().unwrap().contains("script-src 'self'"));
+    assert!(
+        page.body.contains("id=\"generate-flake\""),
+        "no flake.nix so the button shows"
+    );
+    assert!(
+        page.headers
+            .get("content-security-policy")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
 
     // Log: paginated, messages escaped, SQL-ish text is just text.
     let log = ann.get("/p/r/log/main").await;
     assert_eq!(log.status, StatusCode::OK);
-    assert_eq!(log.body.matches("<tr><td><a href=\"/p/r/commit/").count(), 50);
+    assert_eq!(
+        log.body.matches("<tr><td><a href=\"/p/r/commit/").count(),
+        50
+    );
     assert!(log.body.contains("id=\"older\""));
-    assert!(log.body.contains("commit 54 x&#39; OR 1=1; --") || log.body.contains("commit 54 x&#x27; OR 1=1; --"));
+    assert!(
+        log.body.contains("commit 54 x&#39; OR 1=1; --")
+            || log.body.contains("commit 54 x&#x27; OR 1=1; --")
+    );
     let page2 = ann.get("/p/r/log/main?page=1").await;
     assert!(page2.body.contains("first &#60;script&#62;alert("));
     assert!(!page2.body.contains("<script>alert"));
     assert!(!page2.body.contains("id=\"older\"") && page2.body.contains("id=\"newer\""));
     assert_eq!(ann.get("/p/r/log/nope").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(ann.get("/p/r/log/main~1").await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(ann.get("/p/r/log/main?page=abc").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        ann.get("/p/r/log/main~1").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        ann.get("/p/r/log/main?page=abc").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // Tree: hostile file name escaped, link percent-encoded.
     let tree = ann.get("/p/r/tree/main").await;
     assert_eq!(tree.status, StatusCode::OK);
-    assert!(tree.body.contains("&#60;img src=x onerror=alert(3)&#62;.txt"));
+    assert!(
+        tree.body
+            .contains("&#60;img src=x onerror=alert(3)&#62;.txt")
+    );
     assert!(!tree.body.contains("<img src=x"));
-    assert!(tree.body.contains("%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E.txt"));
+    assert!(
+        tree.body
+            .contains("%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E.txt")
+    );
     assert!(tree.body.contains("50.0 MiB"));
     let sub = ann.get("/p/r/tree/main/src").await;
     assert!(sub.body.contains("main.rs"));
     let file = ann.get("/p/r/tree/main/src/main.rs").await;
-    assert!(file.body.contains("println!(&#34;&#60;script&#62;alert(4)&#60;/script&#62;&#34;)") || file.body.contains("&#60;script&#62;alert(4)"));
+    assert!(
+        file.body
+            .contains("println!(&#34;&#60;script&#62;alert(4)&#60;/script&#62;&#34;)")
+            || file.body.contains("&#60;script&#62;alert(4)")
+    );
     assert!(!file.body.contains("<script>alert(4)"));
-    let hostile = ann.get("/p/r/tree/main/%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E.txt").await;
+    let hostile = ann
+        .get("/p/r/tree/main/%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E.txt")
+        .await;
     assert_eq!(hostile.status, StatusCode::OK);
     assert!(hostile.body.contains("hostile name"));
 
@@ -296,17 +461,34 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
         "/p/r/raw/main/..%2Fconfig",
     ] {
         let r = ann.get(bad).await;
-        assert!(r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_FOUND, "{bad}: {}", r.status);
+        assert!(
+            r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_FOUND,
+            "{bad}: {}",
+            r.status
+        );
         assert!(!r.body.contains("root:"), "{bad}");
         assert!(!r.body.contains("repositoryformatversion"), "{bad}");
     }
-    assert_eq!(ann.get("/p/r/tree/main/missing.txt").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        ann.get("/p/r/tree/main/missing.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Raw: HTML served as text with a sandbox CSP, never as HTML.
     let raw = ann.get("/p/r/raw/main/page.html").await;
     assert_eq!(raw.status, StatusCode::OK);
-    assert!(raw.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
-    assert!(raw.headers["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    assert!(
+        raw.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert!(
+        raw.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("sandbox")
+    );
     assert_eq!(raw.headers["x-content-type-options"], "nosniff");
     let rawbin = ann.get("/p/r/raw/main/bin.dat").await;
     assert_eq!(rawbin.headers["content-type"], "application/octet-stream");
@@ -317,8 +499,16 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     assert_eq!(c.status, StatusCode::OK);
     assert!(c.body.contains("first &#60;script&#62;") && c.body.contains("README.md"));
     assert!(!c.body.contains("<b>Author"));
-    assert_eq!(ann.get("/p/r/commit/zzzz").await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(ann.get(&format!("/p/r/commit/{}", "0".repeat(40))).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        ann.get("/p/r/commit/zzzz").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        ann.get(&format!("/p/r/commit/{}", "0".repeat(40)))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
     let at = ann.get(&format!("/p/r/tree/{head}")).await;
     assert_eq!(at.status, StatusCode::OK);
 
@@ -339,7 +529,11 @@ async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
     ann.create_repo("p", "r").await;
     let page = ann.get("/p").await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("ci_service unavailable:"), "{}", page.body);
+    assert!(
+        page.body.contains("ci_service unavailable:"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("control plane unavailable:"));
     let ci = ann.get("/p/-/panel/ci").await;
     assert!(ci.body.contains("id=\"ci-unavailable\""));
@@ -353,7 +547,10 @@ async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
     c.create_project("q", true).await;
     let page = c.get("/q").await;
     assert!(page.body.contains("ci_service unavailable: not configured"));
-    assert!(page.body.contains("control plane unavailable: control plane is not configured"));
+    assert!(
+        page.body
+            .contains("control plane unavailable: control plane is not configured")
+    );
 }
 
 #[tokio::test]
@@ -369,25 +566,49 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
     let foreign = ci.add_job("/elsewhere/other.git", "succeeded");
 
     let page = ann.get("/p").await;
-    assert!(page.body.contains(&format!("/p/-/jobs/{ok}")) && page.body.contains(&format!("/p/-/jobs/{failed}")));
+    assert!(
+        page.body.contains(&format!("/p/-/jobs/{ok}"))
+            && page.body.contains(&format!("/p/-/jobs/{failed}"))
+    );
     assert!(!page.body.contains(&format!("/p/-/jobs/{foreign}\"")));
     assert!(page.body.contains("state-succeeded") && page.body.contains("1.5 s"));
-    assert!(page.body.contains("id=\"vm-specs\"") && page.body.contains("web-1") && page.body.contains("512 MiB"));
+    assert!(
+        page.body.contains("id=\"vm-specs\"")
+            && page.body.contains("web-1")
+            && page.body.contains("512 MiB")
+    );
     let panel = ann.get("/p/-/panel/ci").await;
     assert!(panel.body.contains("id=\"ci-jobs\"") && !panel.body.contains("<html"));
 
     let job = ann.get(&format!("/p/-/jobs/{failed}")).await;
     assert_eq!(job.status, StatusCode::OK);
-    assert!(job.body.contains("nix build failed: &#60;b&#62;boom&#60;/b&#62;"));
+    assert!(
+        job.body
+            .contains("nix build failed: &#60;b&#62;boom&#60;/b&#62;")
+    );
     assert!(job.body.contains("evaluating flake") && job.body.contains("&#60;script&#62;alert(1)"));
-    assert!(job.body.contains(&format!("data-follow=\"/p/-/jobs/{failed}/log?follow=1\"")));
+    assert!(
+        job.body
+            .contains(&format!("data-follow=\"/p/-/jobs/{failed}/log?follow=1\""))
+    );
     let log = ann.get(&format!("/p/-/jobs/{failed}/log?follow=1")).await;
     assert_eq!(log.status, StatusCode::OK);
-    assert!(log.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        log.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert!(log.body.contains("published generation"));
     // A job of another repository is not shown through this project.
-    assert_eq!(ann.get(&format!("/p/-/jobs/{foreign}")).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(ann.get(&format!("/p/-/jobs/{foreign}/log")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        ann.get(&format!("/p/-/jobs/{foreign}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ann.get(&format!("/p/-/jobs/{foreign}/log")).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(ann.get("/p/-/jobs/999").await.status, StatusCode::NOT_FOUND);
 }
 
@@ -400,31 +621,64 @@ async fn cluster_panel_from_a_real_capnp_master() {
     ann.create_project("p", true).await;
     let page = anon.get("/p").await;
     assert!(page.body.contains("id=\"cluster-vms\""), "{}", page.body);
-    assert!(page.body.contains("Generation <strong>7</strong>") && page.body.contains("converged 50%"));
+    assert!(
+        page.body.contains("Generation <strong>7</strong>") && page.body.contains("converged 50%")
+    );
     assert!(page.body.contains("web-1") && page.body.contains("db-&#60;1&#62;"));
     assert!(page.body.contains("state-drifted") && page.body.contains("0123456789ab"));
-    assert!(page.body.contains("worker-a") && page.body.contains("unhealthy") && page.body.contains("0/8"));
+    assert!(
+        page.body.contains("worker-a")
+            && page.body.contains("unhealthy")
+            && page.body.contains("0/8")
+    );
     let frag = anon.get("/p/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }
 
 #[tokio::test]
-async fn generate_flake_reports_autonix_unavailable_clearly() {
+async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
     let app = TestApp::new(|_| {});
     let mut ann = signed_up(&app, "ann").await;
     ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let work = work_repo(app.dir.path(), &[("Cargo.toml", b"[package]\nname = \"x\"\n")], "init");
-    git(&work, &["push", "-q", app.state.repo_dir("p", "r").to_str().unwrap(), "main"]);
-    ann.get("/p/r").await;
-    let r = ann.post("/p/r/autonix", &[]).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body.contains("id=\"autonix-error\"") && r.body.contains("autonix unavailable"));
-    // Anonymous visitors cannot run it.
+    ann.create_repo("p", "shop").await;
+    let files: Vec<(&str, &[u8])> = vec![
+        (
+            "Cargo.toml",
+            b"[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        ),
+        ("src/main.rs", b"fn main() {}\n"),
+        (
+            "package.json",
+            b"{\"name\": \"<script>alert(1)</script>\", \"version\": \"1.0.0\"}",
+        ),
+    ];
+    let work = work_repo(app.dir.path(), &files, "init");
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            app.state.repo_dir("p", "shop").to_str().unwrap(),
+            "main",
+        ],
+    );
+    let page = ann.get("/p/shop").await;
+    assert!(page.body.contains("id=\"generate-flake\""));
+    let r = ann.post("/p/shop/autonix", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("id=\"generated-flake\""), "{}", r.body);
+    assert!(r.body.contains("buildRustPackage") && r.body.contains("shop (generated by autonix)"));
+    assert!(!r.body.contains("<script>alert") && !r.body.contains("\"script>\""));
+    // Nothing was committed: the repository still has no flake.nix.
+    let again = ann.get("/p/shop").await;
+    assert!(again.body.contains("id=\"generate-flake\""));
+    // Anonymous visitors and forged forms cannot run it.
     let mut anon = app.client();
-    anon.get("/p/r").await;
-    let r = anon.post("/p/r/autonix", &[]).await;
+    anon.get("/p/shop").await;
+    let r = anon.post("/p/shop/autonix", &[]).await;
     assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/login"));
+    let r = ann.post_raw("/p/shop/autonix", &[("csrf", "x")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -435,10 +689,21 @@ async fn flake_panel_shows_flake_nix_escaped() {
     ann.create_repo("p", "infra").await;
     let flake = b"{ outputs = { self }: { cluster = \"<script>alert(1)</script>\"; }; }\n";
     let work = work_repo(app.dir.path(), &[("flake.nix", flake)], "flake");
-    git(&work, &["push", "-q", app.state.repo_dir("p", "infra").to_str().unwrap(), "main"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            app.state.repo_dir("p", "infra").to_str().unwrap(),
+            "main",
+        ],
+    );
     let page = ann.get("/p").await;
     assert!(page.body.contains("id=\"flake\""));
-    assert!(page.body.contains("cluster = &#34;&#60;script&#62;alert(1)&#60;/script&#62;&#34;"));
+    assert!(
+        page.body
+            .contains("cluster = &#34;&#60;script&#62;alert(1)&#60;/script&#62;&#34;")
+    );
     let repo = ann.get("/p/infra").await;
     assert!(!repo.body.contains("generate-flake"));
 }
@@ -449,7 +714,10 @@ async fn static_assets_security_headers_and_unknown_pages() {
     let mut c = app.client();
     let css = c.get("/static/style.css").await;
     assert_eq!(css.headers["content-type"], "text/css; charset=utf-8");
-    assert!(!css.body.contains("http://") && !css.body.contains("https://"), "no external resources");
+    assert!(
+        !css.body.contains("http://") && !css.body.contains("https://"),
+        "no external resources"
+    );
     let js = c.get("/static/live.js").await;
     assert!(js.body.contains("data-follow"));
     let home = c.get("/").await;

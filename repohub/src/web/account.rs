@@ -7,7 +7,9 @@ use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
 use super::pages::{AccountPage, TokenRow, TokensPage};
-use super::{SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, blocking, render, render_status};
+use super::{
+    SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, blocking, render, render_status,
+};
 use crate::AppState;
 use crate::auth;
 use crate::db::User;
@@ -55,22 +57,36 @@ pub async fn login_form(v: Viewer) -> WebResult {
 /// Starts a session and redirects home with the cookie set.
 fn logged_in(st: &AppState, user: &User) -> WebResult {
     let token = auth::new_token()?;
-    st.db.create_session(&auth::sha256_hex(&token), user.id, SESSION_TTL_MS)?;
+    st.db
+        .create_session(&auth::sha256_hex(&token), user.id, SESSION_TTL_MS)?;
     let mut resp = Redirect::to("/").into_response();
     let cookie = super::session_cookie(&token, st.secure_cookies);
-    resp.headers_mut()
-        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| WebError::Internal(e.to_string()))?);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| WebError::Internal(e.to_string()))?,
+    );
     Ok(resp)
 }
 
-pub async fn signup(State(st): State<AppState>, v: Viewer, Form(f): Form<CredentialsForm>) -> WebResult {
+pub async fn signup(
+    State(st): State<AppState>,
+    v: Viewer,
+    Form(f): Form<CredentialsForm>,
+) -> WebResult {
     v.check_csrf(&f.csrf)?;
-    let fail = |msg: String| render_status(StatusCode::BAD_REQUEST, &account_page(&v, true, &f.username, Some(msg)));
+    let fail = |msg: String| {
+        render_status(
+            StatusCode::BAD_REQUEST,
+            &account_page(&v, true, &f.username, Some(msg)),
+        )
+    };
     if let Err(e) = names::validate_name(&f.username) {
         return fail(e.to_string());
     }
     if f.password.chars().count() < MIN_PASSWORD || f.password.len() > MAX_PASSWORD {
-        return fail(format!("password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"));
+        return fail(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        ));
     }
     let kdf = st.kdf;
     let pw = f.password.clone();
@@ -84,19 +100,35 @@ pub async fn signup(State(st): State<AppState>, v: Viewer, Form(f): Form<Credent
     logged_in(&st, &user)
 }
 
-pub async fn login(State(st): State<AppState>, v: Viewer, Form(f): Form<CredentialsForm>) -> WebResult {
+pub async fn login(
+    State(st): State<AppState>,
+    v: Viewer,
+    Form(f): Form<CredentialsForm>,
+) -> WebResult {
     v.check_csrf(&f.csrf)?;
-    let found = if names::validate_name(&f.username).is_ok() { st.db.user_password(&f.username)? } else { None };
+    let found = if names::validate_name(&f.username).is_ok() {
+        st.db.user_password(&f.username)?
+    } else {
+        None
+    };
     // Verify against a dummy hash when the user is unknown so timing does
     // not tell which names exist.
-    let stored = found.as_ref().map(|(_, h)| h.clone()).unwrap_or_else(|| st.dummy_hash.as_ref().clone());
+    let stored = found
+        .as_ref()
+        .map(|(_, h)| h.clone())
+        .unwrap_or_else(|| st.dummy_hash.as_ref().clone());
     let pw = f.password.clone();
     let ok = blocking(move || Ok(auth::verify_password(&pw, &stored))).await?;
     match found {
         Some((user, _)) if ok => logged_in(&st, &user),
         _ => render_status(
             StatusCode::UNAUTHORIZED,
-            &account_page(&v, false, &f.username, Some("wrong user name or password".into())),
+            &account_page(
+                &v,
+                false,
+                &f.username,
+                Some("wrong user name or password".into()),
+            ),
         ),
     }
 }
@@ -115,13 +147,20 @@ pub async fn logout(State(st): State<AppState>, v: Viewer, Form(f): Form<CsrfOnl
     let mut resp = Redirect::to("/").into_response();
     resp.headers_mut().append(
         header::SET_COOKIE,
-        HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"))
-            .map_err(|e| WebError::Internal(e.to_string()))?,
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
+        ))
+        .map_err(|e| WebError::Internal(e.to_string()))?,
     );
     Ok(resp)
 }
 
-fn tokens_page(st: &AppState, v: &Viewer, new_token: Option<String>, error: Option<String>) -> Result<TokensPage, WebError> {
+fn tokens_page(
+    st: &AppState,
+    v: &Viewer,
+    new_token: Option<String>,
+    error: Option<String>,
+) -> Result<TokensPage, WebError> {
     let user = v.require_user()?;
     let tokens = st
         .db
@@ -131,10 +170,19 @@ fn tokens_page(st: &AppState, v: &Viewer, new_token: Option<String>, error: Opti
             id: t.id,
             name: t.name,
             created: format_time(t.created_at_ms / 1000),
-            last_used: t.last_used_ms.map(|m| format_time(m / 1000)).unwrap_or_else(|| "never".into()),
+            last_used: t
+                .last_used_ms
+                .map(|m| format_time(m / 1000))
+                .unwrap_or_else(|| "never".into()),
         })
         .collect();
-    Ok(TokensPage { title: "Tokens".into(), nav: v.nav(), tokens, new_token, error })
+    Ok(TokensPage {
+        title: "Tokens".into(),
+        nav: v.nav(),
+        tokens,
+        new_token,
+        error,
+    })
 }
 
 pub async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
@@ -149,16 +197,26 @@ pub struct TokenForm {
     name: String,
 }
 
-pub async fn create_token(State(st): State<AppState>, v: Viewer, Form(f): Form<TokenForm>) -> WebResult {
+pub async fn create_token(
+    State(st): State<AppState>,
+    v: Viewer,
+    Form(f): Form<TokenForm>,
+) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
     let name = f.name.trim();
     if name.is_empty() || name.chars().count() > 64 {
-        let page = tokens_page(&st, &v, None, Some("token name must be 1 to 64 characters".into()))?;
+        let page = tokens_page(
+            &st,
+            &v,
+            None,
+            Some("token name must be 1 to 64 characters".into()),
+        )?;
         return render_status(StatusCode::BAD_REQUEST, &page);
     }
     let token = auth::new_token()?;
-    st.db.create_token(user.id, name, &auth::sha256_hex(&token))?;
+    st.db
+        .create_token(user.id, name, &auth::sha256_hex(&token))?;
     render(&tokens_page(&st, &v, Some(token), None)?)
 }
 

@@ -38,19 +38,28 @@ pub fn app(state: AppState) -> Router {
         .route("/signup", get(account::signup_form).post(account::signup))
         .route("/login", get(account::login_form).post(account::login))
         .route("/logout", post(account::logout))
-        .route("/settings/tokens", get(account::tokens).post(account::create_token))
+        .route(
+            "/settings/tokens",
+            get(account::tokens).post(account::create_token),
+        )
         .route("/settings/tokens/{id}/delete", post(account::delete_token))
         .route("/new", get(project::new_form).post(project::create))
         .route("/{project}", get(project::show))
         .route("/{project}/-/repos", post(repo::create))
         .route("/{project}/-/members", post(project::add_member))
-        .route("/{project}/-/delete", get(project::delete_form).post(project::delete))
+        .route(
+            "/{project}/-/delete",
+            get(project::delete_form).post(project::delete),
+        )
         .route("/{project}/-/panel/ci", get(project::ci_panel))
         .route("/{project}/-/panel/cluster", get(project::cluster_panel))
         .route("/{project}/-/jobs/{id}", get(project::job))
         .route("/{project}/-/jobs/{id}/log", get(project::job_log))
         .route("/{project}/{repo}", get(repo::show))
-        .route("/{project}/{repo}/delete", get(repo::delete_form).post(repo::delete))
+        .route(
+            "/{project}/{repo}/delete",
+            get(repo::delete_form).post(repo::delete),
+        )
         .route("/{project}/{repo}/autonix", post(repo::autonix))
         .route("/{project}/{repo}/log/{rev}", get(repo::log))
         .route("/{project}/{repo}/tree/{rev}", get(repo::tree_root))
@@ -58,8 +67,14 @@ pub fn app(state: AppState) -> Router {
         .route("/{project}/{repo}/raw/{rev}/{*path}", get(repo::raw))
         .route("/{project}/{repo}/commit/{sha}", get(repo::commit))
         .route("/{project}/{repo}/info/refs", get(smart_http::handle))
-        .route("/{project}/{repo}/git-upload-pack", post(smart_http::handle))
-        .route("/{project}/{repo}/git-receive-pack", post(smart_http::handle))
+        .route(
+            "/{project}/{repo}/git-upload-pack",
+            post(smart_http::handle),
+        )
+        .route(
+            "/{project}/{repo}/git-receive-pack",
+            post(smart_http::handle),
+        )
         .fallback(|| async { WebError::NotFound })
         .layer(from_fn_with_state(state.clone(), csrf_and_headers))
         .with_state(state)
@@ -67,14 +82,20 @@ pub fn app(state: AppState) -> Router {
 
 async fn style_css() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
         include_str!("../../static/style.css"),
     )
 }
 
 async fn live_js() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
         include_str!("../../static/live.js"),
     )
 }
@@ -88,7 +109,9 @@ struct CsrfToken(String);
 /// headers: a CSP that allows only our own scripts and styles (so even an
 /// escaping bug could not run injected script), no sniffing, no framing.
 async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let existing = auth::cookie(req.headers(), CSRF_COOKIE).filter(|t| auth::looks_like_token(t)).map(str::to_owned);
+    let existing = auth::cookie(req.headers(), CSRF_COOKIE)
+        .filter(|t| auth::looks_like_token(t))
+        .map(str::to_owned);
     let (token, fresh) = match existing {
         Some(t) => (t, false),
         None => (auth::new_token().unwrap_or_default(), true),
@@ -98,7 +121,9 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
     let h = resp.headers_mut();
     if fresh && !token.is_empty() {
         let secure = if st.secure_cookies { "; Secure" } else { "" };
-        if let Ok(v) = HeaderValue::from_str(&format!("{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}")) {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        )) {
             h.append(header::SET_COOKIE, v);
         }
     }
@@ -108,9 +133,15 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     resp
 }
 
@@ -125,17 +156,31 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Infallible> {
-        let csrf = parts.extensions.get::<CsrfToken>().map(|c| c.0.clone()).unwrap_or_default();
-        let session_hash =
-            auth::cookie(&parts.headers, SESSION_COOKIE).filter(|t| auth::looks_like_token(t)).map(auth::sha256_hex);
-        let user = session_hash.as_deref().and_then(|h| st.db.session_user(h).ok().flatten());
-        Ok(Viewer { user, csrf, session_hash })
+        let csrf = parts
+            .extensions
+            .get::<CsrfToken>()
+            .map(|c| c.0.clone())
+            .unwrap_or_default();
+        let session_hash = auth::cookie(&parts.headers, SESSION_COOKIE)
+            .filter(|t| auth::looks_like_token(t))
+            .map(auth::sha256_hex);
+        let user = session_hash
+            .as_deref()
+            .and_then(|h| st.db.session_user(h).ok().flatten());
+        Ok(Viewer {
+            user,
+            csrf,
+            session_hash,
+        })
     }
 }
 
 impl Viewer {
     pub fn nav(&self) -> pages::Nav {
-        pages::Nav { user: self.user.as_ref().map(|u| u.name.clone()), csrf: self.csrf.clone() }
+        pages::Nav {
+            user: self.user.as_ref().map(|u| u.name.clone()),
+            csrf: self.csrf.clone(),
+        }
     }
 
     /// The form's token must equal this browser's CSRF cookie.
@@ -240,11 +285,17 @@ pub fn render_status<T: Template>(status: StatusCode, t: &T) -> WebResult {
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WebError> + Send + 'static,
 ) -> Result<T, WebError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| WebError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
 }
 
 /// Percent-encoding for one URL path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 pub fn enc(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
@@ -261,7 +312,11 @@ pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
         .unwrap_or("localhost");
     format!("http://{host}")
 }
@@ -274,12 +329,19 @@ pub fn human_size(n: usize) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 pub fn session_cookie(token: &str, secure: bool) -> String {
     let s = if secure { "; Secure" } else { "" };
-    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{s}", SESSION_TTL_MS / 1000)
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{s}",
+        SESSION_TTL_MS / 1000
+    )
 }
 
 #[cfg(test)]

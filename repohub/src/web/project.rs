@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::pages::{
-    CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage, JobRow,
-    NewProjectPage, ProjectPage, RepoRow, SpecRow,
+    CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage,
+    JobRow, NewProjectPage, ProjectPage, RepoRow, SpecRow,
 };
 use super::{Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
@@ -37,12 +37,24 @@ impl ProjectCtx {
 
     pub fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
         v.require_user()?;
-        if self.member() { Ok(()) } else { Err(WebError::Forbidden("only project members may do that".into())) }
+        if self.member() {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(
+                "only project members may do that".into(),
+            ))
+        }
     }
 
     pub fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
         v.require_user()?;
-        if self.owner() { Ok(()) } else { Err(WebError::Forbidden("only the project owner may do that".into())) }
+        if self.owner() {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(
+                "only the project owner may do that".into(),
+            ))
+        }
     }
 }
 
@@ -62,12 +74,22 @@ pub fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebErro
 
 pub async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
     let projects = st.db.visible_projects(v.user.as_ref().map(|u| u.id))?;
-    render(&IndexPage { title: "Projects".into(), nav: v.nav(), projects })
+    render(&IndexPage {
+        title: "Projects".into(),
+        nav: v.nav(),
+        projects,
+    })
 }
 
 pub async fn new_form(v: Viewer) -> WebResult {
     v.require_user()?;
-    render(&NewProjectPage { title: "New project".into(), nav: v.nav(), name: String::new(), description: String::new(), error: None })
+    render(&NewProjectPage {
+        title: "New project".into(),
+        nav: v.nav(),
+        name: String::new(),
+        description: String::new(),
+        error: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -82,7 +104,11 @@ pub struct NewProjectForm {
     public: Option<String>,
 }
 
-pub async fn create(State(st): State<AppState>, v: Viewer, Form(f): Form<NewProjectForm>) -> WebResult {
+pub async fn create(
+    State(st): State<AppState>,
+    v: Viewer,
+    Form(f): Form<NewProjectForm>,
+) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
     let fail = |msg: String| {
@@ -103,12 +129,18 @@ pub async fn create(State(st): State<AppState>, v: Viewer, Form(f): Form<NewProj
     if f.description.chars().count() > 500 {
         return fail("description must be at most 500 characters".into());
     }
-    match st.db.create_project(&f.name, f.description.trim(), f.public.is_some(), user.id) {
+    match st
+        .db
+        .create_project(&f.name, f.description.trim(), f.public.is_some(), user.id)
+    {
         Ok(_) => {}
-        Err(crate::db::DbError::Conflict(_)) => return fail("a project with that name exists".into()),
+        Err(crate::db::DbError::Conflict(_)) => {
+            return fail("a project with that name exists".into());
+        }
         Err(e) => return Err(e.into()),
     }
-    std::fs::create_dir_all(st.repos_root.join(&f.name)).map_err(|e| WebError::Internal(e.to_string()))?;
+    std::fs::create_dir_all(st.repos_root.join(&f.name))
+        .map_err(|e| WebError::Internal(e.to_string()))?;
     tracing::info!(project = %f.name, owner = %user.name, "project created");
     Ok(Redirect::to(&format!("/{}", f.name)).into_response())
 }
@@ -139,18 +171,29 @@ fn repo_paths(st: &AppState, p: &Project) -> Result<Vec<(String, String)>, WebEr
 }
 
 /// Jobs of all the project's repositories, newest first.
-async fn project_jobs(st: &AppState, repos: &[(String, String)]) -> Result<Vec<(Job, String)>, String> {
+async fn project_jobs(
+    st: &AppState,
+    repos: &[(String, String)],
+) -> Result<Vec<(Job, String)>, String> {
     if !st.ci.configured() {
         return Err("not configured (start repohub with --ci-url)".into());
     }
     let calls = repos.iter().map(|(name, path)| async move {
-        st.ci.jobs(path, 20).await.map(|js| js.into_iter().map(|j| (j, name.clone())).collect::<Vec<_>>())
+        st.ci.jobs(path, 20).await.map(|js| {
+            js.into_iter()
+                .map(|j| (j, name.clone()))
+                .collect::<Vec<_>>()
+        })
     });
     let mut all = Vec::new();
     for r in futures::future::join_all(calls).await {
         all.extend(r.map_err(|e| error_chain(&e))?);
     }
-    all.sort_by(|a, b| b.0.created_at_ms.cmp(&a.0.created_at_ms).then(b.0.id.cmp(&a.0.id)));
+    all.sort_by(|a, b| {
+        b.0.created_at_ms
+            .cmp(&a.0.created_at_ms)
+            .then(b.0.id.cmp(&a.0.id))
+    });
     all.truncate(20);
     Ok(all)
 }
@@ -162,14 +205,21 @@ fn ci_panel_data(project: &str, jobs: &Result<Vec<(Job, String)>, String>) -> Ci
             error: None,
             jobs: js.iter().map(|(j, r)| job_row(j, r)).collect(),
         },
-        Err(e) => CiPanelData { project: project.to_owned(), error: Some(e.clone()), jobs: Vec::new() },
+        Err(e) => CiPanelData {
+            project: project.to_owned(),
+            error: Some(e.clone()),
+            jobs: Vec::new(),
+        },
     }
 }
 
 async fn cluster_panel_data(st: &AppState) -> ClusterPanelData {
     match crate::cluster::fetch(st.control_plane.clone()).await {
         Ok(view) => ClusterPanelData { error: None, view },
-        Err(e) => ClusterPanelData { error: Some(error_chain(&e)), view: Default::default() },
+        Err(e) => ClusterPanelData {
+            error: Some(error_chain(&e)),
+            view: Default::default(),
+        },
     }
 }
 
@@ -191,7 +241,12 @@ fn spec_rows(specs: &[serde_json::Value]) -> Vec<SpecRow> {
         .collect()
 }
 
-pub async fn show(State(st): State<AppState>, v: Viewer, Path(name): Path<String>, headers: HeaderMap) -> WebResult {
+pub async fn show(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     let p = ctx.project.clone();
     let repos = repo_paths(&st, &p)?;
@@ -199,16 +254,27 @@ pub async fn show(State(st): State<AppState>, v: Viewer, Path(name): Path<String
     let mut rows = Vec::new();
     for (r, path) in &repos {
         let (pending, _) = st.db.push_counts(path)?;
-        rows.push(RepoRow { name: r.clone(), clone_url: format!("{base}/{}/{r}.git", p.name), pending });
+        rows.push(RepoRow {
+            name: r.clone(),
+            clone_url: format!("{base}/{}/{r}.git", p.name),
+            pending,
+        });
     }
     // The flake: flake.nix at the head of the first repository that has one.
-    let dirs: Vec<(String, std::path::PathBuf)> =
-        repos.iter().map(|(n, path)| (n.clone(), std::path::PathBuf::from(path))).collect();
+    let dirs: Vec<(String, std::path::PathBuf)> = repos
+        .iter()
+        .map(|(n, path)| (n.clone(), std::path::PathBuf::from(path)))
+        .collect();
     let flake = blocking(move || {
         for (n, dir) in dirs {
             let Ok(repo) = git::open(&dir) else { continue };
-            let Some(head) = git::default_branch(&repo).and_then(|b| git::resolve(&repo, &b).ok()) else { continue };
-            if let Some((_, text)) = git::root_file(&repo, head, &["flake.nix"], git::MAX_INLINE_BLOB) {
+            let Some(head) = git::default_branch(&repo).and_then(|b| git::resolve(&repo, &b).ok())
+            else {
+                continue;
+            };
+            if let Some((_, text)) =
+                git::root_file(&repo, head, &["flake.nix"], git::MAX_INLINE_BLOB)
+            {
                 return Ok(Some((n, text)));
             }
         }
@@ -224,7 +290,10 @@ pub async fn show(State(st): State<AppState>, v: Viewer, Path(name): Path<String
             None => (Vec::new(), None),
             Some((j, _)) => match st.ci.job(j.id).await {
                 Ok(full) => (spec_rows(&full.vm_specs), None),
-                Err(e) => (Vec::new(), Some(format!("ci_service unavailable: {}", error_chain(&e)))),
+                Err(e) => (
+                    Vec::new(),
+                    Some(format!("ci_service unavailable: {}", error_chain(&e))),
+                ),
             },
         },
     };
@@ -245,16 +314,28 @@ pub async fn show(State(st): State<AppState>, v: Viewer, Path(name): Path<String
     render(&page)
 }
 
-pub async fn ci_panel(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> WebResult {
+pub async fn ci_panel(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path(name): Path<String>,
+) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     let repos = repo_paths(&st, &ctx.project)?;
     let jobs = project_jobs(&st, &repos).await;
-    render(&CiPanel { cip: ci_panel_data(&ctx.project.name, &jobs) })
+    render(&CiPanel {
+        cip: ci_panel_data(&ctx.project.name, &jobs),
+    })
 }
 
-pub async fn cluster_panel(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> WebResult {
+pub async fn cluster_panel(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path(name): Path<String>,
+) -> WebResult {
     load(&st, &v, &name)?;
-    render(&ClusterPanel { clp: cluster_panel_data(&st).await })
+    render(&ClusterPanel {
+        clp: cluster_panel_data(&st).await,
+    })
 }
 
 #[derive(Deserialize)]
@@ -282,7 +363,11 @@ pub async fn add_member(
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
 
-pub async fn delete_form(State(st): State<AppState>, v: Viewer, Path(name): Path<String>) -> WebResult {
+pub async fn delete_form(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path(name): Path<String>,
+) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     ctx.require_owner(&v)?;
     render(&ConfirmDeletePage {
@@ -329,7 +414,8 @@ pub async fn delete(
     // The name was validated (no separators, no ".."), so this stays inside repos_root.
     let dir = st.repos_root.join(&ctx.project.name);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| WebError::Internal(format!("removing {}: {e}", dir.display())))?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| WebError::Internal(format!("removing {}: {e}", dir.display())))?;
     }
     tracing::info!(project = %ctx.project.name, "project deleted");
     Ok(Redirect::to("/").into_response())
@@ -342,17 +428,30 @@ async fn project_job(st: &AppState, ctx: &ProjectCtx, id: i64) -> Result<(Job, S
         crate::ci::CiError::Status { status: 404, .. } => WebError::NotFound,
         e => WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))),
     })?;
-    let name = repos.into_iter().find(|(_, p)| *p == job.repo).map(|(n, _)| n).ok_or(WebError::NotFound)?;
+    let name = repos
+        .into_iter()
+        .find(|(_, p)| *p == job.repo)
+        .map(|(n, _)| n)
+        .ok_or(WebError::NotFound)?;
     Ok((job, name))
 }
 
-pub async fn job(State(st): State<AppState>, v: Viewer, Path((name, id)): Path<(String, i64)>) -> WebResult {
+pub async fn job(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path((name, id)): Path<(String, i64)>,
+) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     let (job, repo_name) = project_job(&st, &ctx, id).await?;
     // The log as it is now, so the page is complete without JavaScript.
     let log = match st.ci.log(id, false).await {
         Ok(resp) => {
-            match tokio::time::timeout(std::time::Duration::from_secs(3), resp.into_body().collect()).await {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                resp.into_body().collect(),
+            )
+            .await
+            {
                 Ok(Ok(b)) => {
                     let b = b.to_bytes();
                     let cut = b.len().saturating_sub(1024 * 1024);
@@ -389,13 +488,14 @@ pub async fn job_log(
     let ctx = load(&st, &v, &name)?;
     project_job(&st, &ctx, id).await?;
     let follow = q.follow.as_deref() == Some("1");
-    let resp = st
-        .ci
-        .log(id, follow)
-        .await
-        .map_err(|e| WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))))?;
+    let resp = st.ci.log(id, follow).await.map_err(|e| {
+        WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e)))
+    })?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         Body::new(resp.into_body()),
     )
         .into_response())

@@ -9,9 +9,15 @@ use axum::response::{IntoResponse, Redirect};
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
-use super::pages::{AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, TreeContent, TreePage};
+use super::pages::{
+    AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, TreeContent,
+    TreePage,
+};
 use super::project::{ConfirmForm, ProjectCtx, load};
-use super::{Viewer, WebError, WebResult, base_url, blocking, enc, enc_path, human_size, render, render_status};
+use super::{
+    Viewer, WebError, WebResult, base_url, blocking, enc, enc_path, human_size, render,
+    render_status,
+};
 use crate::AppState;
 use crate::git;
 use crate::names;
@@ -20,10 +26,17 @@ use crate::names;
 const MAX_RAW: usize = 64 * 1024 * 1024;
 
 /// The project context and the repository's directory, if it exists.
-fn load_repo(st: &AppState, v: &Viewer, project: &str, repo: &str) -> Result<(ProjectCtx, PathBuf), WebError> {
+fn load_repo(
+    st: &AppState,
+    v: &Viewer,
+    project: &str,
+    repo: &str,
+) -> Result<(ProjectCtx, PathBuf), WebError> {
     let ctx = load(st, v, project)?;
     names::validate_name(repo).map_err(|_| WebError::NotFound)?;
-    st.db.repo(ctx.project.id, repo)?.ok_or(WebError::NotFound)?;
+    st.db
+        .repo(ctx.project.id, repo)?
+        .ok_or(WebError::NotFound)?;
     let dir = st.repo_dir(&ctx.project.name, repo);
     Ok((ctx, dir))
 }
@@ -78,8 +91,22 @@ pub async fn show(
             .or_else(|| branches.first().map(|b| b.name.clone()))
             .ok_or(WebError::NotFound)?;
         let oid = git::resolve(&r, &head)?;
-        let readme = git::root_file(&r, oid, &["README.md", "readme.md", "README", "README.txt"], git::MAX_README)
-            .map(|(n, t)| (n.clone(), if n.ends_with(".md") { crate::markdown::render(&t) } else { html_pre(&t) }));
+        let readme = git::root_file(
+            &r,
+            oid,
+            &["README.md", "readme.md", "README", "README.txt"],
+            git::MAX_README,
+        )
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                if n.ends_with(".md") {
+                    crate::markdown::render(&t)
+                } else {
+                    html_pre(&t)
+                },
+            )
+        });
         let has_flake = git::has_root_entry(&r, oid, "flake.nix")?;
         Ok(Some((head, branches, readme, has_flake)))
     })
@@ -118,7 +145,11 @@ pub async fn show(
 
 /// Plain-text README shown preformatted (escaped here since it goes through `|safe`).
 fn html_pre(t: &str) -> String {
-    let esc = t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let esc = t
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
     format!("<pre>{esc}</pre>")
 }
 
@@ -133,7 +164,11 @@ fn confirm_page(v: &Viewer, project: &str, repo: &str, error: Option<String>) ->
     }
 }
 
-pub async fn delete_form(State(st): State<AppState>, v: Viewer, Path((project, repo)): Path<(String, String)>) -> WebResult {
+pub async fn delete_form(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path((project, repo)): Path<(String, String)>,
+) -> WebResult {
     let (ctx, _) = load_repo(&st, &v, &project, &repo)?;
     ctx.require_owner(&v)?;
     render(&confirm_page(&v, &ctx.project.name, &repo, None))
@@ -149,13 +184,22 @@ pub async fn delete(
     ctx.require_owner(&v)?;
     v.check_csrf(&f.csrf)?;
     if f.confirm != repo {
-        let page = confirm_page(&v, &ctx.project.name, &repo, Some("the name you typed does not match".into()));
+        let page = confirm_page(
+            &v,
+            &ctx.project.name,
+            &repo,
+            Some("the name you typed does not match".into()),
+        );
         return render_status(StatusCode::BAD_REQUEST, &page);
     }
-    let r = st.db.repo(ctx.project.id, &repo)?.ok_or(WebError::NotFound)?;
+    let r = st
+        .db
+        .repo(ctx.project.id, &repo)?
+        .ok_or(WebError::NotFound)?;
     st.db.delete_repo(r.id)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| WebError::Internal(format!("removing {}: {e}", dir.display())))?;
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| WebError::Internal(format!("removing {}: {e}", dir.display())))?;
     }
     tracing::info!(project = %ctx.project.name, %repo, "repository deleted");
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
@@ -210,7 +254,14 @@ pub async fn tree(
     tree_page(st, v, project, repo, rev, path).await
 }
 
-async fn tree_page(State(st): State<AppState>, v: Viewer, project: String, repo: String, rev: String, path: String) -> WebResult {
+async fn tree_page(
+    State(st): State<AppState>,
+    v: Viewer,
+    project: String,
+    repo: String,
+    rev: String,
+    path: String,
+) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     // Validate before touching git: `..`, empty components and the like are
     // a bad request, not a lookup.
@@ -236,18 +287,29 @@ async fn tree_page(State(st): State<AppState>, v: Viewer, project: String, repo:
             acc.push('/');
         }
         acc.push_str(c);
-        crumbs.push((c.clone(), format!("{base}/tree/{rev_enc}/{}", enc_path(&acc))));
+        crumbs.push((
+            c.clone(),
+            format!("{base}/tree/{rev_enc}/{}", enc_path(&acc)),
+        ));
     }
     let content = match node {
         git::Node::Tree(entries) => TreeContent::Dir(
             entries
                 .into_iter()
                 .map(|e| {
-                    let full = if clean.is_empty() { e.name.clone() } else { format!("{clean}/{}", e.name) };
+                    let full = if clean.is_empty() {
+                        e.name.clone()
+                    } else {
+                        format!("{clean}/{}", e.name)
+                    };
                     EntryRow {
                         href: format!("{base}/tree/{rev_enc}/{}", enc_path(&full)),
                         is_dir: e.is_dir,
-                        size: if e.is_link { "symlink".into() } else { e.size.map(human_size).unwrap_or_default() },
+                        size: if e.is_link {
+                            "symlink".into()
+                        } else {
+                            e.size.map(human_size).unwrap_or_default()
+                        },
                         name: e.name,
                     }
                 })
@@ -261,7 +323,11 @@ async fn tree_page(State(st): State<AppState>, v: Viewer, project: String, repo:
         }),
     };
     render(&TreePage {
-        title: format!("{} · {}/{repo}", if clean.is_empty() { "Files" } else { &clean }, ctx.project.name),
+        title: format!(
+            "{} · {}/{repo}",
+            if clean.is_empty() { "Files" } else { &clean },
+            ctx.project.name
+        ),
         nav: v.nav(),
         project: ctx.project.name,
         repo,
@@ -287,11 +353,26 @@ pub async fn raw(
         Ok(git::raw(&r, oid, &path, MAX_RAW)?)
     })
     .await?
-    .ok_or_else(|| WebError::TooLarge(format!("files above {} are not served", human_size(MAX_RAW))))?;
+    .ok_or_else(|| {
+        WebError::TooLarge(format!(
+            "files above {} are not served",
+            human_size(MAX_RAW)
+        ))
+    })?;
     let text = std::str::from_utf8(&bytes).is_ok() && !bytes.contains(&0);
-    let ctype = if text { "text/plain; charset=utf-8" } else { "application/octet-stream" };
+    let ctype = if text {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
     Ok((
-        [(header::CONTENT_TYPE, ctype), (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'")],
+        [
+            (header::CONTENT_TYPE, ctype),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "sandbox; default-src 'none'",
+            ),
+        ],
         bytes,
     )
         .into_response())
@@ -304,7 +385,9 @@ pub async fn commit(
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     if sha.len() < 4 || sha.len() > 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(WebError::BadRequest("a commit id is 4 to 40 hex digits".into()));
+        return Err(WebError::BadRequest(
+            "a commit id is 4 to 40 hex digits".into(),
+        ));
     }
     let (c, files) = blocking(move || {
         let r = git::open(&dir)?;
@@ -339,7 +422,8 @@ pub async fn autonix(
     ctx.require_member(&v)?;
     v.check_csrf(&f.csrf)?;
     let tmp = tempfile::tempdir().map_err(|e| WebError::Internal(e.to_string()))?;
-    let dest = tmp.path().join("src");
+    // Named after the repository: autonix uses the directory name in the flake.
+    let dest = tmp.path().join(&repo);
     let d2 = dest.clone();
     blocking(move || {
         let r = git::open(&dir)?;
@@ -349,7 +433,9 @@ pub async fn autonix(
         Ok(git::export_tree(&r, oid, &d2)?)
     })
     .await?;
-    let result = crate::autonix::generate(st.autonix_bin.as_deref(), &dest).await.map_err(|e| crate::ci::error_chain(&e));
+    let result = crate::flakegen::generate(dest)
+        .await
+        .map_err(|e| crate::ci::error_chain(&e));
     render(&AutonixPage {
         title: format!("Generated flake · {}/{repo}", ctx.project.name),
         nav: v.nav(),

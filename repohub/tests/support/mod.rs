@@ -42,7 +42,6 @@ pub fn config(dir: &Path) -> Config {
         max: std::time::Duration::from_millis(400),
     };
     c.notify_tick = std::time::Duration::from_millis(50);
-    c.autonix_bin = Some(dir.join("no-autonix-here"));
     c
 }
 
@@ -57,7 +56,10 @@ impl TestApp {
     }
 
     pub fn client(&self) -> Client {
-        Client { router: self.router.clone(), cookies: BTreeMap::new() }
+        Client {
+            router: self.router.clone(),
+            cookies: BTreeMap::new(),
+        }
     }
 }
 
@@ -69,7 +71,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn location(&self) -> &str {
-        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -83,7 +88,11 @@ pub struct Client {
 
 impl Client {
     fn cookie_header(&self) -> String {
-        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     pub async fn send(&mut self, req: Request<Body>) -> Resp {
@@ -101,11 +110,19 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
     }
 
     pub async fn get(&mut self, path: &str) -> Resp {
-        let req = Request::get(path).header(header::COOKIE, self.cookie_header()).header(header::HOST, "repohub.test").body(Body::empty()).unwrap();
+        let req = Request::get(path)
+            .header(header::COOKIE, self.cookie_header())
+            .header(header::HOST, "repohub.test")
+            .body(Body::empty())
+            .unwrap();
         self.send(req).await
     }
 
@@ -134,7 +151,8 @@ impl Client {
 
     pub async fn signup(&mut self, name: &str, password: &str) -> Resp {
         self.get("/signup").await;
-        self.post("/signup", &[("username", name), ("password", password)]).await
+        self.post("/signup", &[("username", name), ("password", password)])
+            .await
     }
 
     pub async fn create_project(&mut self, name: &str, public: bool) -> Resp {
@@ -147,14 +165,16 @@ impl Client {
     }
 
     pub async fn create_repo(&mut self, project: &str, name: &str) -> Resp {
-        self.post(&format!("/{project}/-/repos"), &[("name", name)]).await
+        self.post(&format!("/{project}/-/repos"), &[("name", name)])
+            .await
     }
 
     /// Creates a token on the tokens page and returns it.
     pub async fn token(&mut self) -> String {
         self.get("/settings/tokens").await;
         let r = self.post("/settings/tokens", &[("name", "git")]).await;
-        let start = r.body.find("id=\"new-token\">").expect("token shown") + "id=\"new-token\">".len();
+        let start =
+            r.body.find("id=\"new-token\">").expect("token shown") + "id=\"new-token\">".len();
         r.body[start..start + 43].to_owned()
     }
 }
@@ -163,7 +183,13 @@ fn serde_urlencoded(fields: &[(&str, &str)]) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     fields
         .iter()
-        .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, NON_ALPHANUMERIC),
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            )
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -222,12 +248,20 @@ pub fn commit_at(dir: &Path, message: &str, secs: i64) {
         .env("GIT_COMMITTER_DATE", &date)
         .output()
         .unwrap();
-    assert!(out.status.success(), "commit: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "commit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn rand_suffix() -> String {
     static N: AtomicI64 = AtomicI64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 // ---------------------------------------------------------------- ci_service
@@ -255,7 +289,10 @@ impl Drop for FakeCi {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 impl FakeCi {
@@ -278,9 +315,16 @@ impl FakeCi {
         let shutdown = CancellationToken::new();
         let t = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move { t.cancelled().await }).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { t.cancelled().await })
+                .await
+                .unwrap();
         });
-        Self { addr, state, shutdown }
+        Self {
+            addr,
+            state,
+            shutdown,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -289,7 +333,13 @@ impl FakeCi {
 
     pub fn add_job(&self, repo: &str, state: &str) -> i64 {
         let id = self.state.next_id.fetch_add(1, Ordering::SeqCst);
-        self.state.jobs.lock().unwrap().push(job_json(id, repo, "refs/heads/main", &"c".repeat(40), state));
+        self.state.jobs.lock().unwrap().push(job_json(
+            id,
+            repo,
+            "refs/heads/main",
+            &"c".repeat(40),
+            state,
+        ));
         id
     }
 
@@ -308,35 +358,66 @@ fn job_json(id: i64, repo: &str, r: &str, commit: &str, state: &str) -> Value {
     })
 }
 
-async fn ci_push(State(s): State<Arc<FakeCiState>>, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+async fn ci_push(
+    State(s): State<Arc<FakeCiState>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if !s.up.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if auth != format!("Bearer {CI_SECRET}") {
         s.unauthorized.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::UNAUTHORIZED, "bad secret").into_response();
     }
     let v: Value = serde_json::from_slice(&body).unwrap();
     let id = s.next_id.fetch_add(1, Ordering::SeqCst);
-    let job = job_json(id, v["repo"].as_str().unwrap(), v["ref"].as_str().unwrap(), v["new"].as_str().unwrap(), "succeeded");
+    let job = job_json(
+        id,
+        v["repo"].as_str().unwrap(),
+        v["ref"].as_str().unwrap(),
+        v["new"].as_str().unwrap(),
+        "succeeded",
+    );
     s.jobs.lock().unwrap().push(job);
     s.pushes.lock().unwrap().push(v);
     (StatusCode::ACCEPTED, axum::Json(json!({ "job_id": id }))).into_response()
 }
 
-async fn ci_jobs(State(s): State<Arc<FakeCiState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn ci_jobs(
+    State(s): State<Arc<FakeCiState>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     if !s.up.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
     let repo = q.get("repo").cloned().unwrap_or_default();
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
-    let jobs: Vec<Value> = s.jobs.lock().unwrap().iter().rev().filter(|j| j["repo"] == repo.as_str()).take(limit).cloned().collect();
+    let jobs: Vec<Value> = s
+        .jobs
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|j| j["repo"] == repo.as_str())
+        .take(limit)
+        .cloned()
+        .collect();
     axum::Json(jobs).into_response()
 }
 
 async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
-    let found = s.jobs.lock().unwrap().iter().find(|j| j["id"] == id).cloned();
+    let found = s
+        .jobs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .cloned();
     match found {
         None => (StatusCode::NOT_FOUND, "no such job").into_response(),
         Some(mut j) => {
@@ -366,7 +447,11 @@ async fn ci_log(UrlPath(id): UrlPath<i64>, Query(q): Query<BTreeMap<String, Stri
         }
         Ok::<_, std::io::Error>(axum::body::Bytes::from(l))
     });
-    ([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 use futures::StreamExt;
@@ -398,49 +483,66 @@ impl commands::master_capnp::master::Server for MasterImpl {
         _: commands::master_capnp::master::GetClusterStatusParams,
         mut results: commands::master_capnp::master::GetClusterStatusResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        let r = (|| -> Result<(), capnp::Error> {
-            let mut s = results.get().init_status();
-            {
-                let mut a = s.reborrow().init_active();
-                a.set_number(7);
-                a.set_commit("abcdef1234567890");
-            }
-            s.set_convergence_percent(50.0);
-            let mut vms = s.reborrow().init_vms(2);
-            for (i, (name, worker, obs, drift)) in [
-                ("web-1", "worker-a", "0123456789abcdef0123", commands::master_capnp::Drift::Converged),
-                ("db-<1>", "worker-b", "ffff", commands::master_capnp::Drift::Drifted),
-            ]
+        std::future::ready(fill_status(results.get().init_status()))
+    }
+}
+
+fn fill_status(
+    mut s: commands::master_capnp::cluster_status::Builder<'_>,
+) -> Result<(), capnp::Error> {
+    {
+        {
+            let mut a = s.reborrow().init_active();
+            a.set_number(7);
+            a.set_commit("abcdef1234567890");
+        }
+        s.set_convergence_percent(50.0);
+        let mut vms = s.reborrow().init_vms(2);
+        for (i, (name, worker, obs, drift)) in [
+            (
+                "web-1",
+                "worker-a",
+                "0123456789abcdef0123",
+                commands::master_capnp::Drift::Converged,
+            ),
+            (
+                "db-<1>",
+                "worker-b",
+                "ffff",
+                commands::master_capnp::Drift::Drifted,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut v = vms.reborrow().get(i as u32);
+            v.set_name(name);
+            v.set_worker_id(worker);
+            v.set_desired_hash("0123456789abcdef0123");
+            v.set_observed_hash(obs);
+            v.set_state(commands::common_capnp::VmState::Running);
+            v.set_drift(drift);
+            let mut m = v.init_metrics();
+            m.set_cpu_percent(12.5);
+            m.set_rss_bytes(64 * 1024 * 1024);
+        }
+        let mut ws = s.reborrow().init_workers(2);
+        for (i, (id, healthy)) in [("worker-a", true), ("worker-b", false)]
             .into_iter()
             .enumerate()
-            {
-                let mut v = vms.reborrow().get(i as u32);
-                v.set_name(name);
-                v.set_worker_id(worker);
-                v.set_desired_hash("0123456789abcdef0123");
-                v.set_observed_hash(obs);
-                v.set_state(commands::common_capnp::VmState::Running);
-                v.set_drift(drift);
-                let mut m = v.init_metrics();
-                m.set_cpu_percent(12.5);
-                m.set_rss_bytes(64 * 1024 * 1024);
-            }
-            let mut ws = s.reborrow().init_workers(2);
-            for (i, (id, healthy)) in [("worker-a", true), ("worker-b", false)].into_iter().enumerate() {
-                let mut w = ws.reborrow().get(i as u32);
-                w.set_worker_id(id);
-                w.set_address("127.0.0.1:6000");
-                w.set_healthy(healthy);
-                w.set_last_seen_ms_ago(if healthy { 120 } else { 45_000 });
-                w.set_vm_count(1);
-                let mut c = w.reborrow().init_capacity();
-                c.set_cpu(8);
-                c.set_memory_mb(16384);
-            }
-            Ok(())
-        })();
-        std::future::ready(r)
+        {
+            let mut w = ws.reborrow().get(i as u32);
+            w.set_worker_id(id);
+            w.set_address("127.0.0.1:6000");
+            w.set_healthy(healthy);
+            w.set_last_seen_ms_ago(if healthy { 120 } else { 45_000 });
+            w.set_vm_count(1);
+            let mut c = w.reborrow().init_capacity();
+            c.set_cpu(8);
+            c.set_memory_mb(16384);
+        }
     }
+    Ok(())
 }
 
 impl FakeMaster {
@@ -453,11 +555,16 @@ impl FakeMaster {
         let thread = std::thread::spawn(move || {
             commands::rpc::block_on_local(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                let client: commands::master_capnp::master::Client = capnp_rpc::new_client(MasterImpl);
+                let client: commands::master_capnp::master::Client =
+                    capnp_rpc::new_client(MasterImpl);
                 commands::rpc::serve(listener, client.client, token).await;
             });
         });
-        Self { addr, shutdown, thread: Some(thread) }
+        Self {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -512,7 +619,11 @@ pub async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
     tokio::task::spawn_blocking(move || {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = git_cmd(&dir, &a).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     })
     .await

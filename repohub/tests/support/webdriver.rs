@@ -43,7 +43,10 @@ impl Drop for Session<'_> {
         let url = format!("{}/session/{}", self.d.base, self.id);
         let http = self.d.http.clone();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let req = http::Request::delete(url).body(Full::default()).unwrap();
                 let _ = tokio::time::timeout(Duration::from_secs(5), http.request(req)).await;
@@ -79,12 +82,16 @@ impl Driver {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(v) = d.call("GET", "/status", None).await {
-                if v["value"]["ready"] == true {
-                    break;
-                }
+            if d.call("GET", "/status", None)
+                .await
+                .is_ok_and(|v| v["value"]["ready"] == true)
+            {
+                break;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         d
@@ -104,7 +111,12 @@ impl Driver {
             .map_err(|_| format!("{method} {path} timed out"))?
             .map_err(|e| e.to_string())?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!("{method} {path}: {status} {}", v["value"]));
@@ -125,7 +137,10 @@ impl Driver {
                          format!("--user-data-dir={profile}")]
             }
         }}});
-        let v = self.call("POST", "/session", Some(caps)).await.expect("creating a chromium session");
+        let v = self
+            .call("POST", "/session", Some(caps))
+            .await
+            .expect("creating a chromium session");
         let id = v["value"]["sessionId"].as_str().unwrap().to_owned();
         Session { d: self, id, shots }
     }
@@ -134,7 +149,11 @@ impl Driver {
 impl Session<'_> {
     async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let p = format!("/session/{}{path}", self.id);
-        self.d.call(method, &p, body).await.unwrap_or_else(|e| panic!("webdriver: {e}"))["value"].clone()
+        self.d
+            .call(method, &p, body)
+            .await
+            .unwrap_or_else(|e| panic!("webdriver: {e}"))["value"]
+            .clone()
     }
 
     pub async fn goto(&self, url: &str) {
@@ -142,11 +161,19 @@ impl Session<'_> {
     }
 
     pub async fn current_url(&self) -> String {
-        self.cmd("GET", "/url", None).await.as_str().unwrap_or_default().to_owned()
+        self.cmd("GET", "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub async fn source(&self) -> String {
-        self.cmd("GET", "/source", None).await.as_str().unwrap_or_default().to_owned()
+        self.cmd("GET", "/source", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Waits up to `secs` for an element matching `css`.
@@ -154,17 +181,33 @@ impl Session<'_> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let p = format!("/session/{}/element", self.id);
-            if let Ok(v) = self.d.call("POST", &p, Some(json!({"using": "css selector", "value": css}))).await {
+            if let Ok(v) = self
+                .d
+                .call(
+                    "POST",
+                    &p,
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await
+            {
                 return v["value"][ELEMENT_KEY].as_str().unwrap().to_owned();
             }
-            assert!(Instant::now() < deadline, "no element {css:?} on {}", self.current_url().await);
+            assert!(
+                Instant::now() < deadline,
+                "no element {css:?} on {}",
+                self.current_url().await
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn text(&self, css: &str) -> String {
         let e = self.find(css, 10).await;
-        self.cmd("GET", &format!("/element/{e}/text"), None).await.as_str().unwrap_or_default().to_owned()
+        self.cmd("GET", &format!("/element/{e}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Waits until the text of `css` contains `needle`.
@@ -175,26 +218,38 @@ impl Session<'_> {
             if t.contains(needle) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "{css:?} never contained {needle:?}; last: {t:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{css:?} never contained {needle:?}; last: {t:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     pub async fn fill(&self, css: &str, text: &str) {
         let e = self.find(css, 10).await;
-        self.cmd("POST", &format!("/element/{e}/clear"), Some(json!({}))).await;
-        self.cmd("POST", &format!("/element/{e}/value"), Some(json!({ "text": text }))).await;
+        self.cmd("POST", &format!("/element/{e}/clear"), Some(json!({})))
+            .await;
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     pub async fn click(&self, css: &str) {
         let e = self.find(css, 10).await;
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({}))).await;
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
+            .await;
     }
 
     /// Saves a PNG of the viewport as `<shots>/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
         assert!(png.starts_with(b"\x89PNG"));
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
