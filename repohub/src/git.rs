@@ -55,11 +55,10 @@ pub fn create_bare(dir: &Path, spool: &Path) -> Result<(), GitError> {
         .initial_head("main")
         .mkpath(true)
         .no_reinit(true);
-    let repo = Repository::init_opts(dir, &opts)?;
-    let mut cfg = repo.config()?;
-    // Reachable over smart HTTP; pushes of non-fast-forwards are allowed
-    // (force-push is a user's decision), deletes too.
-    cfg.set_bool("http.receivepack", true)?;
+    // `http.receivepack` stays unset on purpose: http-backend then accepts
+    // pushes only when REMOTE_USER is set, which repohub does for
+    // authenticated members only (a second lock behind the Rust check).
+    Repository::init_opts(dir, &opts)?;
     install_hook(dir, spool)?;
     Ok(())
 }
