@@ -188,7 +188,8 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | "bitbucket-pipelines.yml"
         | ".drone.yml"
         | ".woodpecker.yml"
-        | "flake.nix" => Some(Content),
+        | "flake.nix"
+        | "setup.py" => Some(Content),
         "Cargo.lock"
         | "go.sum"
         | "go.work.sum"
@@ -201,11 +202,12 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | "poetry.lock"
         | "pdm.lock"
         | "Pipfile.lock" => Some(Head),
-        "bun.lockb" | "setup.py" | "manage.py" | "main.py" | "app.py" | "wsgi.py" | "main.go"
-        | "config.ru" | "gradlew" | "mvnw" | "server.js" | "index.js" | "main.rs"
-        | "modules.txt" | "default.nix" | "shell.nix" | "rails" | "next.config.js"
-        | "next.config.mjs" | "next.config.ts" | "vite.config.ts" | "vite.config.js"
-        | "deps.json" | "gemset.nix" => Some(Presence),
+        "bun.lockb" | "manage.py" | "main.py" | "app.py" | "wsgi.py" | "main.go" | "config.ru"
+        | "gradlew" | "mvnw" | "server.js" | "index.js" | "main.rs" | "modules.txt"
+        | "default.nix" | "shell.nix" | "rails" | "next.config.js" | "next.config.mjs"
+        | "next.config.ts" | "vite.config.ts" | "vite.config.js" | "deps.json" | "gemset.nix" => {
+            Some(Presence)
+        }
         _ => None,
     };
     if by_name.is_some() {

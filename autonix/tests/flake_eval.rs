@@ -243,8 +243,13 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                 json!("python312.pkgs.buildPythonApplication"),
             ),
             (
-                "/packages/setuppy/args/build-system",
+                "/packages/legacy-tool/args/build-system",
                 json!(["pkgs:python3.pkgs.setuptools"]),
+            ),
+            ("/packages/legacy-tool/args/version", json!("0.1")),
+            (
+                "/packages/legacy-tool/args/dependencies",
+                json!(["pkgs:python3.pkgs.click"]),
             ),
             (
                 "/apps/orders-api/program",

@@ -276,7 +276,7 @@ fn not_a_project(dir: &str) -> Option<&'static str> {
                 return Some("vendored code");
             }
             "fixtures" | "fixture" | "__fixtures__" | "testdata" | "test-data" | "test_data"
-            | "tests" | "test" | "__tests__" | "spec" => return Some("test fixture"),
+            | "tests" | "test" | "__tests__" | "spec" => return Some("test code or fixture"),
             "examples" | "example" | "samples" | "sample" => return Some("example"),
             _ => {}
         }

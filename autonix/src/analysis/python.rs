@@ -121,6 +121,30 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
             deps.extend(pk.keys().map(|k| normalize_name(k)));
         }
     }
+    if pyproject.is_none()
+        && let Some(setup) = ctx.text(dir, "setup.py")
+    {
+        // Literal keyword arguments only; computed ones stay unknown.
+        if let Some(n) = setup_kwarg(setup, "name") {
+            project.name = n;
+        }
+        if let Some(v) = setup_kwarg(setup, "version") {
+            project.version = Some(v);
+        }
+        if let Some(i) = setup.find("install_requires") {
+            let rest = &setup[i..];
+            if let (Some(a), Some(b)) = (rest.find('['), rest.find(']'))
+                && a < b
+            {
+                deps.extend(
+                    rest[a + 1..b]
+                        .split(',')
+                        .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\''))
+                        .filter_map(req_name),
+                );
+            }
+        }
+    }
     if let Some(req) = ctx.text(dir, "requirements.txt") {
         deps.extend(req.lines().filter_map(req_name));
     }
@@ -207,6 +231,26 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         excluded: Vec::new(),
         warnings: Vec::new(),
     })
+}
+
+/// `key="value"` (or single quotes) in a setup.py call.
+fn setup_kwarg(text: &str, key: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(i) = rest.find(key) {
+        let before_ok = i == 0
+            || !rest.as_bytes()[i - 1].is_ascii_alphanumeric() && rest.as_bytes()[i - 1] != b'_';
+        let after = rest[i + key.len()..].trim_start();
+        if before_ok && let Some(v) = after.strip_prefix('=') {
+            let v = v.trim_start();
+            if let Some(q) = v.chars().next().filter(|c| *c == '"' || *c == '\'')
+                && let Some(end) = v[1..].find(q)
+            {
+                return Some(v[1..1 + end].to_string());
+            }
+        }
+        rest = &rest[i + key.len()..];
+    }
+    None
 }
 
 fn has_dep(deps: &[String], name: &str) -> bool {

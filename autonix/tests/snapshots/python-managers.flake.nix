@@ -113,9 +113,9 @@
           };
 
           # setuppy (python, pip)
-          setuppy = pkgs.python3.pkgs.buildPythonApplication {
-            pname = "setuppy";
-            version = "0-unstable";
+          legacy-tool = pkgs.python3.pkgs.buildPythonApplication {
+            pname = "legacy-tool";
+            version = "0.1";
             src = ./setuppy;
             pyproject = true;
             build-system = with pkgs.python3.pkgs; [ setuptools ];
@@ -147,10 +147,10 @@
           };
         in
         {
-          inherit reports pip pipenv orders-api setuppy portal;
+          inherit reports pip pipenv orders-api legacy-tool portal;
           default = pkgs.symlinkJoin {
             name = "python-managers";
-            paths = [ reports pip pipenv orders-api setuppy portal ];
+            paths = [ reports pip pipenv orders-api legacy-tool portal ];
           };
         }
       );
@@ -165,7 +165,7 @@
           pip = pkgs.mkShell { inputsFrom = [ self.packages.${system}.pip ]; };
           pipenv = pkgs.mkShell { inputsFrom = [ self.packages.${system}.pipenv ]; };
           orders-api = pkgs.mkShell { inputsFrom = [ self.packages.${system}.orders-api ]; };
-          setuppy = pkgs.mkShell { inputsFrom = [ self.packages.${system}.setuppy ]; };
+          legacy-tool = pkgs.mkShell { inputsFrom = [ self.packages.${system}.legacy-tool ]; };
           portal = pkgs.mkShell { inputsFrom = [ self.packages.${system}.portal ]; };
         }
       );
