@@ -12,6 +12,7 @@ pub mod dto;
 pub mod manager;
 pub mod node;
 pub mod procfs;
+pub mod reconciler;
 pub mod rundir;
 pub mod server;
 pub mod state;
@@ -54,6 +55,10 @@ pub struct Config {
     pub closure_source: Option<String>,
     /// The cache's public key: the only signer pulled paths may have.
     pub closure_public_key: Option<String>,
+    /// The control plane to reconcile with; `None` keeps the worker manual.
+    pub control_plane: Option<String>,
+    /// How often the reconciler pushes observed state when nothing changes.
+    pub heartbeat_interval: Duration,
 }
 
 impl Config {
@@ -77,6 +82,8 @@ impl Config {
             shutdown_timeout: Duration::from_secs(3),
             closure_source: None,
             closure_public_key: None,
+            control_plane: None,
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }
@@ -116,6 +123,12 @@ pub async fn run(
         shutdown_timeout: config.shutdown_timeout,
         version: VERSION.to_owned(),
     };
+    let registration = control_plane::state::Registration {
+        worker_id: config.worker_id.clone(),
+        address: manager_config.address.clone(),
+        capacity: config.capacity,
+        labels: config.labels.clone(),
+    };
     let node = Node::new(backend, manager_config)?;
     let span = tracing::info_span!("worker", worker_id = %config.worker_id);
     let _g = span.enter();
@@ -125,8 +138,18 @@ pub async fn run(
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
+            // The reconciler is a second source of commands for the same
+            // manager; it needs the LocalSet (the Master client is !Send).
+            let reconciler = config.control_plane.clone().map(|cp| {
+                let mut rc = reconciler::ReconcilerConfig::new(cp, registration);
+                rc.heartbeat_interval = config.heartbeat_interval;
+                tokio::task::spawn_local(reconciler::run(rc, node.sender(), client.clone(), shutdown.clone()))
+            });
             let node_task = tokio::spawn(node.run(shutdown.clone()));
             commands::rpc::serve(listener, client.client, shutdown).await;
+            if let Some(r) = reconciler {
+                let _ = r.await;
+            }
             let _ = node_task.await;
         })
         .await;

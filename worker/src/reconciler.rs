@@ -1,0 +1,593 @@
+//! The reconciler: the worker's second source of commands (beside the RPC
+//! server), turned on by `--control-plane ADDR`. It registers with the
+//! control plane, long-polls its assignment, converges the VMs the
+//! `VmManager` runs to it through the same `CommandSender`, and pushes the
+//! observed state and metrics on change and on a heartbeat.
+//!
+//! Invariants:
+//! - VMs are identified by (name, contentHash): a new control plane handing
+//!   out the same assignment changes nothing, and nothing is deleted before
+//!   an assignment has been received (a control plane without a generation
+//!   never tells a worker to stop its VMs).
+//! - Replacement is make-before-break: the VM with the new hash is created
+//!   first and the old one is deleted once the new one runs. The manager
+//!   keeps names unique, so when it refuses the second instance the
+//!   reconciler falls back to stopping the old one first.
+//! - A failed VM is deleted and recreated with exponential backoff per
+//!   (name, hash), so a VM that cannot boot does not spin.
+//! - Losing the control plane stops nothing: the reconciler reconnects with
+//!   backoff and re-registers, and the VMs keep running meanwhile.
+//!
+//! Runs on the worker's `LocalSet` (the Master client is `!Send`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use commands::convert::ErrorCode;
+use commands::worker_capnp::worker;
+use control_plane::client::{ClientError, MasterClient};
+use control_plane::model::{AssignmentView, WorkerMetricsView};
+use control_plane::state::{ObservedVm, Registration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::dto::{VmId, VmMetrics, VmName, VmSpec, VmState, VmStatus};
+use crate::manager::WorkerError;
+use crate::node::CommandSender;
+
+/// Knobs of the reconciler (from the worker's command line).
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// The control plane's address, "host:port".
+    pub control_plane: String,
+    pub registration: Registration,
+    /// How often observed state is pushed when nothing changes; keep it well
+    /// under the control plane's heartbeat timeout.
+    pub heartbeat_interval: Duration,
+    /// First delay before recreating a failed VM; doubles per failure.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ReconcilerConfig {
+    pub fn new(control_plane: String, registration: Registration) -> Self {
+        ReconcilerConfig {
+            control_plane,
+            registration,
+            heartbeat_interval: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("control plane")]
+    Master(#[from] ClientError),
+    #[error("worker")]
+    Worker(#[from] WorkerError),
+    #[error("control plane did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One line with the cause chain, for logs.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+// ---- planning (pure) --------------------------------------------------------
+
+/// What one reconcile pass will do.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// VMs to delete first: undesired, duplicates, failed, replaced.
+    pub delete: Vec<(VmId, &'static str)>,
+    /// VMs to create, each with the ids of older instances of the same name
+    /// (the fallback deletes them if the manager refuses a second instance).
+    pub create: Vec<(VmSpec, Vec<VmId>)>,
+    /// The earliest time a create held back by backoff may be tried.
+    pub retry_at: Option<Instant>,
+}
+
+/// Per-(name, hash) failure count and the time the next create is allowed.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    entries: BTreeMap<(VmName, String), (u32, Instant)>,
+    /// Failed instances already counted (a VM is seen failed on every pass
+    /// until its delete completes).
+    counted: BTreeSet<VmId>,
+}
+
+impl Backoff {
+    fn allowed_at(&self, name: &VmName, hash: &str) -> Option<Instant> {
+        self.entries.get(&(name.clone(), hash.to_owned())).map(|(_, at)| *at)
+    }
+
+    fn failed(&mut self, name: &VmName, hash: &str, now: Instant, base: Duration, max: Duration) {
+        let e = self.entries.entry((name.clone(), hash.to_owned())).or_insert((0, now));
+        e.0 = e.0.saturating_add(1);
+        let delay = base.saturating_mul(1u32 << (e.0 - 1).min(16)).min(max);
+        e.1 = now + delay;
+    }
+
+    fn succeeded_long_enough(&mut self, name: &VmName, hash: &str) {
+        self.entries.remove(&(name.clone(), hash.to_owned()));
+    }
+}
+
+fn is_live(s: VmState) -> bool {
+    matches!(s, VmState::Creating | VmState::Running | VmState::Paused)
+}
+
+/// Diffs `desired` against `running` (the manager's list). Pure apart from
+/// bookkeeping in `backoff`, so the rules are unit-tested.
+pub fn plan(
+    desired: &[VmSpec],
+    running: &[VmStatus],
+    backoff: &mut Backoff,
+    now: Instant,
+    now_ms: u64,
+    cfg: (Duration, Duration),
+) -> Plan {
+    let mut out = Plan::default();
+    let wanted: BTreeMap<&VmName, &VmSpec> = desired.iter().map(|s| (s.name(), s)).collect();
+    let mut by_name: BTreeMap<&VmName, Vec<&VmStatus>> = BTreeMap::new();
+    for vm in running {
+        by_name.entry(&vm.name).or_default().push(vm);
+    }
+    // Oldest first, so the survivor among duplicates is stable.
+    for list in by_name.values_mut() {
+        list.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+    }
+    backoff.counted.retain(|id| running.iter().any(|v| v.id == *id));
+
+    for vm in running {
+        if vm.state != VmState::Stopping && !wanted.contains_key(&vm.name) {
+            out.delete.push((vm.id.clone(), "not in the assignment"));
+        }
+    }
+
+    for (name, spec) in &wanted {
+        let hash = spec.content_hash();
+        let instances = by_name.get(name).map(Vec::as_slice).unwrap_or_default();
+        let mut good = instances.iter().filter(|v| v.content_hash == hash && is_live(v.state));
+        let stale: Vec<&VmStatus> =
+            instances.iter().copied().filter(|v| v.content_hash != hash && v.state != VmState::Stopping).collect();
+        for v in instances.iter().filter(|v| v.content_hash == hash && v.state == VmState::Failed) {
+            if backoff.counted.insert(v.id.clone()) {
+                tracing::warn!(vm = %name, vm_id = %v.id, error = %v.error, "VM failed; recreating with backoff");
+                backoff.failed(name, hash, now, cfg.0, cfg.1);
+            }
+            out.delete.push((v.id.clone(), "failed"));
+        }
+        match good.next() {
+            Some(keep) => {
+                for dup in good {
+                    out.delete.push((dup.id.clone(), "duplicate"));
+                }
+                if matches!(keep.state, VmState::Running | VmState::Paused) {
+                    // The replacement runs: now the old instances go.
+                    for v in &stale {
+                        out.delete.push((v.id.clone(), "replaced"));
+                    }
+                    // Backoff ends once a VM has stayed up past the longest delay.
+                    if now_ms.saturating_sub(keep.created_at_ms) > cfg.1.as_millis() as u64 {
+                        backoff.succeeded_long_enough(name, hash);
+                    }
+                }
+            }
+            None => match backoff.allowed_at(name, hash).filter(|at| *at > now) {
+                Some(at) => out.retry_at = Some(out.retry_at.map_or(at, |r| r.min(at))),
+                None => out.create.push(((*spec).clone(), stale.iter().map(|v| v.id.clone()).collect())),
+            },
+        }
+    }
+    out
+}
+
+// ---- the running reconciler ---------------------------------------------
+
+struct Shared {
+    desired: RefCell<Option<AssignmentView>>,
+    /// Generation of the last assignment a pass fully converged to.
+    observed_generation: RefCell<u64>,
+    wake_reconcile: Notify,
+    wake_push: Notify,
+}
+
+/// Runs until `shutdown`: the connection loop (register, long-poll, push)
+/// and the reconcile loop. Must run inside a `LocalSet`.
+pub async fn run(config: ReconcilerConfig, sender: CommandSender, me: worker::Client, shutdown: CancellationToken) {
+    let shared = Rc::new(Shared {
+        desired: RefCell::new(None),
+        observed_generation: RefCell::new(0),
+        wake_reconcile: Notify::new(),
+        wake_push: Notify::new(),
+    });
+    let reconcile = reconcile_loop(&config, &shared, &sender, &shutdown);
+    let connect = connection_loop(&config, &shared, &sender, &me, &shutdown);
+    tokio::join!(reconcile, connect);
+}
+
+async fn reconcile_loop(cfg: &ReconcilerConfig, shared: &Shared, sender: &CommandSender, shutdown: &CancellationToken) {
+    let mut backoff = Backoff::default();
+    loop {
+        let desired = shared.desired.borrow().clone();
+        let mut wait = cfg.heartbeat_interval;
+        if let Some(a) = desired {
+            match pass(cfg, &a, sender, &mut backoff).await {
+                Ok((acted, retry_at, converged)) => {
+                    if converged {
+                        *shared.observed_generation.borrow_mut() = a.generation;
+                    }
+                    if acted {
+                        shared.wake_push.notify_one();
+                        continue;
+                    }
+                    if let Some(at) = retry_at {
+                        wait = wait.min(at.saturating_duration_since(Instant::now()));
+                    }
+                }
+                Err(WorkerError::ShuttingDown) => return,
+                Err(e) => tracing::warn!(error = %chain(&e), "reconcile pass failed"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = shared.wake_reconcile.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One pass: list, plan, delete, create. Returns (did anything succeed,
+/// when to retry a backed-off create, converged with nothing to do).
+async fn pass(
+    cfg: &ReconcilerConfig,
+    a: &AssignmentView,
+    sender: &CommandSender,
+    backoff: &mut Backoff,
+) -> Result<(bool, Option<Instant>, bool), WorkerError> {
+    let running = sender.list_vms().await?;
+    let p = plan(&a.vms, &running, backoff, Instant::now(), commands::telemetry::now_ms(), (cfg.backoff_base, cfg.backoff_max));
+    let converged = p.delete.is_empty() && p.create.is_empty() && p.retry_at.is_none();
+    let mut acted = false;
+
+    let deletes = p.delete.iter().map(|(id, why)| async move {
+        tracing::info!(vm_id = %id, reason = why, "reconcile: delete");
+        (id, sender.delete_vm(id.clone()).await)
+    });
+    for (id, r) in futures::future::join_all(deletes).await {
+        match r {
+            Ok(()) => acted = true,
+            Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
+            Err(e) => tracing::warn!(vm_id = %id, error = %chain(&e), "reconcile: delete failed"),
+        }
+    }
+
+    let creates = p.create.iter().map(|(spec, older)| async move {
+        tracing::info!(vm = %spec.name(), hash = spec.content_hash(), "reconcile: create");
+        let mut r = sender.create_vm(spec.clone()).await;
+        if matches!(&r, Err(e) if e.code() == ErrorCode::AlreadyExists) && !older.is_empty() {
+            // The manager keeps one VM per name: stop the old one first.
+            for id in older {
+                tracing::info!(vm_id = %id, vm = %spec.name(), "reconcile: delete before replace");
+                let _ = sender.delete_vm(id.clone()).await;
+            }
+            r = sender.create_vm(spec.clone()).await;
+        }
+        (spec, r)
+    });
+    for (spec, r) in futures::future::join_all(creates).await {
+        match r {
+            Ok(_) => acted = true,
+            Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
+            Err(e) => {
+                tracing::warn!(vm = %spec.name(), error = %chain(&e), "reconcile: create failed; backing off");
+                backoff.failed(spec.name(), spec.content_hash(), Instant::now(), cfg.backoff_base, cfg.backoff_max);
+            }
+        }
+    }
+    Ok((acted, p.retry_at, converged))
+}
+
+async fn connection_loop(
+    cfg: &ReconcilerConfig,
+    shared: &Shared,
+    sender: &CommandSender,
+    me: &worker::Client,
+    shutdown: &CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut last_seen = (0u64, 0u64);
+    let mut sampler = Sampler::default();
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = session(cfg, shared, sender, me, &mut last_seen, &mut sampler) => r,
+        };
+        if let Err(e) = result {
+            if matches!(e, ReconcileError::Worker(WorkerError::ShuttingDown)) {
+                return;
+            }
+            tracing::warn!(control_plane = %cfg.control_plane, error = %chain(&e), retry_ms = delay.as_millis() as u64,
+                "control plane session ended; reconnecting");
+        }
+        // A session that lasted resets the backoff.
+        if started.elapsed() > Duration::from_secs(10) {
+            delay = Duration::from_millis(100);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// How long a push may take before the control plane counts as gone.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ReconcileError> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ReconcileError::Timeout(d)),
+    }
+}
+
+async fn session(
+    cfg: &ReconcilerConfig,
+    shared: &Shared,
+    sender: &CommandSender,
+    me: &worker::Client,
+    last_seen: &mut (u64, u64),
+    sampler: &mut Sampler,
+) -> Result<(), ReconcileError> {
+    let client = with_timeout(CALL_TIMEOUT, MasterClient::connect(&cfg.control_plane, CALL_TIMEOUT)).await?;
+    with_timeout(CALL_TIMEOUT, client.register(&cfg.registration, me.clone())).await?;
+    tracing::info!(control_plane = %cfg.control_plane, "registered with the control plane");
+    let id = cfg.registration.worker_id.as_str();
+    // Report what runs right away: a restarted control plane adopts VMs
+    // where they are instead of placing them afresh.
+    push(&client, id, shared, sender, sampler).await?;
+
+    let poll = async {
+        loop {
+            // The server answers within its long-poll timeout; allow for a
+            // long one, but not forever.
+            let a = with_timeout(Duration::from_secs(120), client.get_assignment(id, last_seen.0, last_seen.1)).await?;
+            if a.changed {
+                tracing::info!(generation = a.generation, revision = a.revision, vms = a.vms.len(), "new assignment");
+                *last_seen = (a.generation, a.revision);
+                *shared.desired.borrow_mut() = Some(a);
+                shared.wake_reconcile.notify_one();
+            }
+        }
+    };
+    let heartbeat = async {
+        loop {
+            tokio::select! {
+                () = shared.wake_push.notified() => {}
+                () = tokio::time::sleep(cfg.heartbeat_interval) => {}
+            }
+            push(&client, id, shared, sender, sampler).await?;
+        }
+    };
+    let r: Result<(), ReconcileError> = tokio::select! {
+        r = poll => r,
+        r = heartbeat => r,
+    };
+    client.close().await;
+    r
+}
+
+async fn push(
+    client: &MasterClient,
+    id: &str,
+    shared: &Shared,
+    sender: &CommandSender,
+    sampler: &mut Sampler,
+) -> Result<(), ReconcileError> {
+    let vms = sender.list_vms().await?;
+    let mut running = Vec::with_capacity(vms.len());
+    for status in vms {
+        let metrics = sampler.metrics(sender, &status).await;
+        running.push(ObservedVm { status, metrics });
+    }
+    sampler.retain(&running);
+    let metrics = host_metrics(u32::try_from(running.len()).unwrap_or(u32::MAX));
+    let generation = *shared.observed_generation.borrow();
+    with_timeout(CALL_TIMEOUT, client.push_data(id, generation, &running, &metrics)).await
+}
+
+// ---- metrics ------------------------------------------------------------
+
+/// Per-VM metrics: counters and RSS from the manager (`vm.counters`,
+/// /proc/<pid>/status), CPU% from the CH process's /proc/<pid>/stat ticks
+/// between two samples.
+#[derive(Default)]
+struct Sampler {
+    last: BTreeMap<VmId, (u32, u64, Instant, VmMetrics)>,
+}
+
+/// USER_HZ: /proc reports CPU times in these ticks (100 on every Linux ABI).
+const TICKS_PER_SEC: f64 = 100.0;
+/// Metrics are refreshed at most this often; pushes in between reuse them.
+const METRICS_EVERY: Duration = Duration::from_millis(900);
+
+impl Sampler {
+    async fn metrics(&mut self, sender: &CommandSender, status: &VmStatus) -> VmMetrics {
+        let Some(pid) = status.pid else { return VmMetrics::default() };
+        let now = Instant::now();
+        if let Some((p, _, at, m)) = self.last.get(&status.id)
+            && *p == pid
+            && now.duration_since(*at) < METRICS_EVERY
+        {
+            return *m;
+        }
+        let mut m = match sender.vm_info(status.id.clone()).await {
+            Ok(d) => d.metrics,
+            Err(_) => VmMetrics::default(),
+        };
+        let ticks = cpu_ticks(pid).unwrap_or(0);
+        if let Some((p, t0, at, _)) = self.last.get(&status.id)
+            && *p == pid
+        {
+            let secs = now.duration_since(*at).as_secs_f64();
+            if secs > 0.0 {
+                m.cpu_percent = ticks.saturating_sub(*t0) as f64 / TICKS_PER_SEC / secs * 100.0;
+            }
+        }
+        self.last.insert(status.id.clone(), (pid, ticks, now, m));
+        m
+    }
+
+    fn retain(&mut self, running: &[ObservedVm]) {
+        self.last.retain(|id, _| running.iter().any(|v| v.status.id == *id));
+    }
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3, so field 14 is index 11.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn host_metrics(vm_count: u32) -> WorkerMetricsView {
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l[key.len()..].split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let used_kib = field("MemTotal:").saturating_sub(field("MemAvailable:"));
+    WorkerMetricsView { load_average, memory_used_mb: used_kib / 1024, vm_count }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dto::VmSpecFields;
+
+    const CFG: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
+    fn spec(name: &str, hash: &str) -> VmSpec {
+        VmSpec::new(VmSpecFields {
+            name: name.into(),
+            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+            cpu: 1,
+            memory_mb: 64,
+            content_hash: hash.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn vm(name: &str, hash: &str, state: VmState, created: u64) -> VmStatus {
+        VmStatus {
+            id: VmId::new_v7(),
+            name: name.parse().unwrap(),
+            content_hash: hash.into(),
+            state,
+            pid: Some(1),
+            error: String::new(),
+            created_at_ms: created,
+            cpu: 1,
+            memory_mb: 64,
+        }
+    }
+
+    #[test]
+    fn matching_vms_need_nothing() {
+        let mut b = Backoff::default();
+        let running = [vm("a", "h1", VmState::Running, 1), vm("b", "h2", VmState::Paused, 1)];
+        let p = plan(&[spec("a", "h1"), spec("b", "h2")], &running, &mut b, Instant::now(), 10, CFG);
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn creates_missing_and_deletes_undesired() {
+        let mut b = Backoff::default();
+        let running = [vm("old", "h", VmState::Running, 1), vm("gone", "h", VmState::Stopping, 1)];
+        let p = plan(&[spec("new", "h")], &running, &mut b, Instant::now(), 10, CFG);
+        assert_eq!(p.delete, vec![(running[0].id.clone(), "not in the assignment")]);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].0.name().as_str(), "new");
+    }
+
+    #[test]
+    fn replacement_creates_first_then_deletes_old() {
+        let mut b = Backoff::default();
+        let old = vm("web", "h1", VmState::Running, 1);
+        let p = plan(&[spec("web", "h2")], std::slice::from_ref(&old), &mut b, Instant::now(), 10, CFG);
+        assert!(p.delete.is_empty(), "old stays until the new one runs");
+        assert_eq!(p.create[0].1, vec![old.id.clone()]);
+        let new = vm("web", "h2", VmState::Running, 2);
+        let p = plan(&[spec("web", "h2")], &[old.clone(), new], &mut b, Instant::now(), 10, CFG);
+        assert_eq!(p.delete, vec![(old.id, "replaced")]);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn failed_vms_are_recreated_with_growing_backoff() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        let f1 = vm("web", "h", VmState::Failed, 1);
+        let p = plan(&[spec("web", "h")], std::slice::from_ref(&f1), &mut b, t, 10, CFG);
+        assert_eq!(p.delete, vec![(f1.id.clone(), "failed")]);
+        assert!(p.create.is_empty(), "first retry waits the base delay");
+        assert_eq!(p.retry_at, Some(t + CFG.0));
+        // Seen again on the next pass: not counted twice.
+        let p = plan(&[spec("web", "h")], std::slice::from_ref(&f1), &mut b, t, 10, CFG);
+        assert_eq!(p.retry_at, Some(t + CFG.0));
+        let later = t + CFG.0;
+        let p = plan(&[spec("web", "h")], &[], &mut b, later, 10, CFG);
+        assert_eq!(p.create.len(), 1);
+        // It fails again: the delay doubles.
+        let f2 = vm("web", "h", VmState::Failed, 2);
+        let p = plan(&[spec("web", "h")], &[f2], &mut b, later, 10, CFG);
+        assert_eq!(p.retry_at, Some(later + CFG.0 * 2));
+    }
+
+    #[test]
+    fn duplicates_keep_the_oldest() {
+        let mut b = Backoff::default();
+        let a = vm("web", "h", VmState::Running, 1);
+        let c = vm("web", "h", VmState::Running, 5);
+        let p = plan(&[spec("web", "h")], &[c.clone(), a], &mut b, Instant::now(), 10, CFG);
+        assert_eq!(p.delete, vec![(c.id, "duplicate")]);
+    }
+
+    #[test]
+    fn proc_readers_work_on_this_process() {
+        assert!(cpu_ticks(std::process::id()).is_some());
+        let m = host_metrics(3);
+        assert_eq!(m.vm_count, 3);
+        assert!(m.memory_used_mb > 0);
+    }
+}
