@@ -55,16 +55,11 @@ impl Table {
         let mut out = String::new();
         for r in std::iter::once(&self.headers).chain(&self.rows) {
             let mut line = String::new();
-            for i in 0..ncols {
+            for (i, width) in widths.iter().enumerate() {
                 let cell = r.get(i).map(String::as_str).unwrap_or("");
+                line.push_str(cell);
                 if i + 1 < ncols {
-                    line.push_str(cell);
-                    line.extend(std::iter::repeat_n(
-                        ' ',
-                        widths[i] - cell.chars().count() + 2,
-                    ));
-                } else {
-                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 2));
                 }
             }
             out.push_str(line.trim_end());

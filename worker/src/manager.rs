@@ -105,8 +105,10 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 pub type Reply<T> = oneshot::Sender<Result<T, WorkerError>>;
 
-/// What the RPC server and the reconciler ask of the manager.
+/// What the RPC server and the reconciler ask of the manager. (A create
+/// carries its whole spec; commands are queued briefly, so no boxing.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Read {
         reply: Reply<WorkerStatus>,
@@ -159,7 +161,9 @@ impl Command {
     }
 }
 
-/// Results of the manager's sub-tasks.
+/// Results of the manager's sub-tasks. Short-lived and few, so the size
+/// of the `Created` variant (it carries the new VM's handles) is fine.
+#[allow(clippy::large_enum_variant)]
 enum Event<B: VmmBackend> {
     Created {
         id: VmId,
@@ -468,13 +472,13 @@ impl<B: VmmBackend> VmManager<B> {
                     Ok(_) => tracing::info!("VM is running"),
                     Err(e) => tracing::warn!(error = %e.message(), "create failed; everything it started was removed"),
                 }
-                if let Err(mpsc::error::SendError(ev)) = events.send(Event::Created { id, result, reply }) {
-                    // The manager is gone: nothing recorded this VM, so it
-                    // must not outlive the create.
-                    if let Event::Created { id, result: Ok((vmm, process)), .. } = ev {
-                        teardown(&vmm, &process).await;
-                        run_dir.remove_vm_files(&id);
-                    }
+                // The manager is gone: nothing recorded this VM, so it must
+                // not outlive the create.
+                if let Err(mpsc::error::SendError(Event::Created { id, result: Ok((vmm, process)), .. })) =
+                    events.send(Event::Created { id, result, reply })
+                {
+                    teardown(&vmm, &process).await;
+                    run_dir.remove_vm_files(&id);
                 }
             }
             .instrument(span),

@@ -22,7 +22,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// Resident set size of `pid` in bytes (0 when unknown).
 pub fn rss_bytes(pid: u32) -> u64 {
-    read_kib_field(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0) * 1024
+    read_kib_field(format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0) * 1024
 }
 
 /// Host memory in MiB from /proc/meminfo.

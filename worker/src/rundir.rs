@@ -115,22 +115,20 @@ impl RunDir {
         for entry in std::fs::read_dir(&self.root).map_err(rerr)? {
             let name = entry.map_err(rerr)?.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.len() >= 36 {
-                if let Ok(id) = name[..36].parse::<VmId>() {
+            if name.len() >= 36
+                && let Ok(id) = name[..36].parse::<VmId>() {
                     ids.insert(id);
                 }
-            }
         }
         Ok(ids)
     }
 }
 
 pub fn remove_if_present(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
         }
-    }
 }
 
 /// The last `lines` lines of a text file, reading only its tail.

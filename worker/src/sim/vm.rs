@@ -465,9 +465,8 @@ impl Sim {
             mode,
             file: Some(file),
         }) = &parsed.serial
-        {
-            if mode == "File" {
-                if let Err(e) = std::fs::File::create(file) {
+            && mode == "File"
+                && let Err(e) = std::fs::File::create(file) {
                     let e = e.to_string();
                     return err(
                         500,
@@ -480,8 +479,6 @@ impl Sim {
                         ],
                     );
                 }
-            }
-        }
         let config: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let cmdline = parsed.payload.cmdline.clone().unwrap_or_default();
         self.vm = Some(Vm {
@@ -527,8 +524,8 @@ impl Sim {
                 ],
             );
         }
-        if let Some(initrd) = vm.config["payload"]["initramfs"].as_str() {
-            if std::fs::File::open(initrd).is_err() {
+        if let Some(initrd) = vm.config["payload"]["initramfs"].as_str()
+            && std::fs::File::open(initrd).is_err() {
                 return err(
                     500,
                     &[
@@ -539,7 +536,6 @@ impl Sim {
                     ],
                 );
             }
-        }
         for d in vm.disks() {
             if std::fs::OpenOptions::new()
                 .read(true)

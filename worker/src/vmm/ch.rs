@@ -518,7 +518,7 @@ impl VmmProcess for ChProcess {
     async fn exited(&self) -> ExitInfo {
         let mut rx = self.exit.clone();
         match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_else(|| unreachable_exit()),
+            Ok(v) => v.clone().unwrap_or_else(unreachable_exit),
             // The watcher is gone without a verdict (runtime shutting down).
             Err(_) => unreachable_exit(),
         }

@@ -75,11 +75,10 @@ pub fn kill_processes_mentioning(needle: &str) {
         if pid == std::process::id() {
             continue;
         }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(needle) {
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(needle) {
                 kill9(pid);
             }
-        }
     }
 }
 
