@@ -247,7 +247,10 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
                 a.set("dontNpmBuild", "true");
             }
             if pkg.commands.run.is_some() {
-                a.script("installPhase", &install_tree(pkg, &[tc.clone()]));
+                a.script(
+                    "installPhase",
+                    &install_tree(pkg, std::slice::from_ref(&tc)),
+                );
             }
             a.render("pkgs.buildNpmPackage {", "}")
         }
@@ -282,7 +285,10 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
                     a.script("buildPhase", &build_phase("yarn run build"));
                 }
             }
-            a.script("installPhase", &install_tree(pkg, &[tc.clone()]));
+            a.script(
+                "installPhase",
+                &install_tree(pkg, std::slice::from_ref(&tc)),
+            );
             a.render("pkgs.stdenv.mkDerivation {", "}")
         }
         Builder::Pnpm => {
@@ -388,7 +394,10 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
             a.set("dependencies", list(&pkg.options.dependencies));
             let scripts = pkg.program.as_ref().is_some_and(|p| *p != pkg.attr);
             if !pkg.options.pyproject {
-                a.script("installPhase", &install_tree(pkg, &[tc.clone()]));
+                a.script(
+                    "installPhase",
+                    &install_tree(pkg, std::slice::from_ref(&tc)),
+                );
             } else if !scripts && let Some(run) = &pkg.commands.run {
                 let share = format!("$out/share/{}", pkg.attr);
                 let mut l = vec![format!("mkdir -p {share}"), format!("cp -r . {share}")];
@@ -396,7 +405,7 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
                     &pkg.attr,
                     &share,
                     user_command(run),
-                    &[tc.clone()],
+                    std::slice::from_ref(&tc),
                 ));
                 a.script("postInstall", &l);
             }

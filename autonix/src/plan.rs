@@ -280,7 +280,7 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
                 .collect();
             if !cmds.is_empty() {
                 options.sub_packages = cmds;
-                if p.binaries.iter().any(|b| *b == p.name) {
+                if p.binaries.contains(&p.name) {
                     options.sub_packages.insert(0, ".".into());
                 }
             }

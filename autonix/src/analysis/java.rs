@@ -189,15 +189,14 @@ fn gradle(ctx: &mut Ctx<'_>, dir: &str, manifest: &str) -> Candidate {
         } else if let Some(line) = b
             .lines()
             .find(|l| l.trim_start().starts_with("sourceCompatibility"))
+            && let Some(v) = line.split('=').nth(1)
         {
-            if let Some(v) = line.split('=').nth(1) {
-                let v = v.trim().trim_matches(|c| c == '\'' || c == '"');
-                if !v.is_empty() {
-                    versions.push(Version::constraint(
-                        v,
-                        format!("{path} (sourceCompatibility)"),
-                    ));
-                }
+            let v = v.trim().trim_matches(|c| c == '\'' || c == '"');
+            if !v.is_empty() {
+                versions.push(Version::constraint(
+                    v,
+                    format!("{path} (sourceCompatibility)"),
+                ));
             }
         }
         if b.contains("org.springframework.boot") {
@@ -248,13 +247,13 @@ fn quoted(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
-        if c == '"' || c == '\'' {
-            if let Some(end) = s[i + 1..].find(c) {
-                out.push(s[i + 1..i + 1 + end].to_string());
-                // Skip past the closing quote.
-                for _ in 0..=end {
-                    chars.next();
-                }
+        if (c == '"' || c == '\'')
+            && let Some(end) = s[i + 1..].find(c)
+        {
+            out.push(s[i + 1..i + 1 + end].to_string());
+            // Skip past the closing quote.
+            for _ in 0..=end {
+                chars.next();
             }
         }
     }

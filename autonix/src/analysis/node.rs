@@ -60,10 +60,11 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         _ => Vec::new(),
     };
     let pnpm_ws = ctx.has(dir, "pnpm-workspace.yaml");
-    if pnpm_ws && let Some(y) = ctx.yaml(dir, "pnpm-workspace.yaml") {
-        if let Some(seq) = y.get("packages").and_then(|p| p.as_sequence()) {
-            patterns.extend(seq.iter().filter_map(|v| v.as_str().map(String::from)));
-        }
+    if pnpm_ws
+        && let Some(y) = ctx.yaml(dir, "pnpm-workspace.yaml")
+        && let Some(seq) = y.get("packages").and_then(|p| p.as_sequence())
+    {
+        patterns.extend(seq.iter().filter_map(|v| v.as_str().map(String::from)));
     }
     let is_workspace = !patterns.is_empty() || pnpm_ws;
     let mut excluded = Vec::new();
