@@ -273,13 +273,23 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
                     a.set("dontYarnBuild", "true");
                 }
             } else {
+                let berry = pkg
+                    .toolchain
+                    .tools
+                    .iter()
+                    .find(|t| t.starts_with("yarn-berry"))
+                    .map(|t| pkgs_attr(t))
+                    .unwrap_or_else(|| "pkgs.yarn-berry".into());
                 a.set(
                     "yarnOfflineCache",
-                    format!("pkgs.yarn-berry.fetchYarnBerryDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
+                    format!(
+                        "{berry}.fetchYarnBerryDeps {{ src = {}; hash = lib.fakeHash; }}",
+                        pkg.src
+                    ),
                 );
                 a.set(
                     "nativeBuildInputs",
-                    format!("[ {tc} pkgs.yarn-berry pkgs.yarn-berry.yarnBerryConfigHook ]"),
+                    format!("[ {tc} {berry} {berry}.yarnBerryConfigHook ]"),
                 );
                 if pkg.options.build_script {
                     a.script("buildPhase", &build_phase("yarn run build"));
@@ -305,15 +315,13 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
             deps.set("pname", nix_str(&pkg.pname))
                 .set("version", nix_str(&pkg.version))
                 .set("src", &pkg.src)
-                .set("fetcherVersion", "2")
+                .set("pnpm", &pnpm)
+                .set("fetcherVersion", "3")
                 .set("hash", "lib.fakeHash");
-            a.set(
-                "pnpmDeps",
-                deps.render(&format!("{pnpm}.fetchDeps {{"), "}"),
-            );
+            a.set("pnpmDeps", deps.render("pkgs.fetchPnpmDeps {", "}"));
             a.set(
                 "nativeBuildInputs",
-                format!("[ {tc} {pnpm} {pnpm}.configHook ]"),
+                format!("[ {tc} {pnpm} pkgs.pnpmConfigHook ]"),
             );
             if pkg.options.build_script {
                 a.script("buildPhase", &build_phase("pnpm run build"));

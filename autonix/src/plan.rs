@@ -26,7 +26,7 @@ pub enum Builder {
     YarnClassic,
     #[serde(rename = "stdenv.mkDerivation+yarn-berry.fetchYarnBerryDeps")]
     YarnBerry,
-    #[serde(rename = "stdenv.mkDerivation+pnpm.fetchDeps")]
+    #[serde(rename = "stdenv.mkDerivation+fetchPnpmDeps")]
     Pnpm,
     /// Bun has no nixpkgs fetcher: a fixed-output derivation runs `bun install`.
     #[serde(rename = "stdenv.mkDerivation+bun")]
@@ -498,11 +498,14 @@ fn toolchain(p: &Project) -> Toolchain {
         ),
     };
     let mut tools: Vec<String> = tools.into_iter().map(String::from).collect();
-    // pnpm's store format changes between majors: use the declared one.
-    if p.package_manager == "pnpm"
-        && let Some((m, _)) = p.package_manager_version.as_deref().and_then(major_minor)
-    {
-        tools = vec![format!("pnpm_{m}")];
+    // pnpm's lockfile and yarn berry's cache formats change between
+    // majors: use the declared one.
+    if let Some((m, _)) = p.package_manager_version.as_deref().and_then(major_minor) {
+        match p.package_manager.as_str() {
+            "pnpm" => tools = vec![format!("pnpm_{m}")],
+            "yarn-berry" if (3..=4).contains(&m) => tools = vec![format!("yarn-berry_{m}")],
+            _ => {}
+        }
     }
     Toolchain {
         language: p.language,

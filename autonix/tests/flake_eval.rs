@@ -177,7 +177,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/berry-mono/args/yarnOfflineCache/builder",
-                json!("yarn-berry.fetchYarnBerryDeps"),
+                json!("yarn-berry_4.fetchYarnBerryDeps"),
             ),
             (
                 "/packages/berry-mono/args/yarnOfflineCache/args/hash",
@@ -185,7 +185,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/pnpm-mono/args/pnpmDeps/builder",
-                json!("pnpm_9.fetchDeps"),
+                json!("fetchPnpmDeps"),
             ),
             (
                 "/packages/pnpm-mono/args/pnpmDeps/args/src",
@@ -193,7 +193,27 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/pnpm-mono/args/nativeBuildInputs",
-                json!(["pkgs:nodejs_20", "pkgs:pnpm_9", "pkgs:pnpm_9.configHook"]),
+                json!(["pkgs:nodejs_20", "pkgs:pnpm_9", "pkgs:pnpmConfigHook"]),
+            ),
+            (
+                "/packages/pnpm-mono/args/pnpmDeps/args/pnpm",
+                json!("pkgs:pnpm_9"),
+            ),
+            (
+                "/packages/pnpm-mono/args/pnpmDeps/args/fetcherVersion",
+                json!(3),
+            ),
+            (
+                "/packages/berry-mono/args/yarnOfflineCache/args/src",
+                json!("path:./yarn-berry"),
+            ),
+            (
+                "/packages/berry-mono/args/nativeBuildInputs",
+                json!([
+                    "pkgs:nodejs_20",
+                    "pkgs:yarn-berry_4",
+                    "pkgs:yarn-berry_4.yarnBerryConfigHook"
+                ]),
             ),
             (
                 "/packages/edge-fn/args/nativeBuildInputs",
@@ -279,7 +299,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ("/packages/storefront/args/src", json!("path:./frontend")),
             (
                 "/packages/storefront/args/pnpmDeps/builder",
-                json!("pnpm.fetchDeps"),
+                json!("fetchPnpmDeps"),
             ),
             ("/packages/notifier/override/go", json!("pkgs:go_1_22")),
             (
@@ -346,10 +366,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                 "/packages/bad-toml/builder",
                 json!("rustPlatform.buildRustPackage"),
             ),
-            (
-                "/packages/ws/args/pnpmDeps/builder",
-                json!("pnpm.fetchDeps"),
-            ),
+            ("/packages/ws/args/pnpmDeps/builder", json!("fetchPnpmDeps")),
         ],
     );
     m

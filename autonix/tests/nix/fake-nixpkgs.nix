@@ -51,9 +51,10 @@ plain [
   "yarnConfigHook" "yarnBuildHook" "runtimeShell"
 ]
 // lib.genAttrs [ "python3" "python310" "python311" "python312" "python313" ] python
-// lib.genAttrs [ "pnpm" "pnpm_8" "pnpm_9" "pnpm_10" ] (n: (pkg n) // {
-  fetchDeps = builder "${n}.fetchDeps";
-  configHook = pkg "${n}.configHook";
+// plain [ "pnpm" "pnpm_8" "pnpm_9" "pnpm_10" "pnpmConfigHook" ]
+// lib.genAttrs [ "yarn-berry" "yarn-berry_3" "yarn-berry_4" ] (n: (pkg n) // {
+  fetchYarnBerryDeps = builder "${n}.fetchYarnBerryDeps";
+  yarnBerryConfigHook = pkg "${n}.yarnBerryConfigHook";
 })
 // {
   inherit lib;
@@ -68,10 +69,7 @@ plain [
     npmConfigHook = pkg "importNpmLock.npmConfigHook";
   };
   fetchYarnDeps = builder "fetchYarnDeps";
-  yarn-berry = (pkg "yarn-berry") // {
-    fetchYarnBerryDeps = builder "yarn-berry.fetchYarnBerryDeps";
-    yarnBerryConfigHook = pkg "yarn-berry.yarnBerryConfigHook";
-  };
+  fetchPnpmDeps = builder "fetchPnpmDeps";
   bundlerEnv = args: (builder "bundlerEnv" args) // { wrappedRuby = pkg "${args.name}.wrappedRuby"; };
   maven = (pkg "maven") // { buildMavenPackage = builder "maven.buildMavenPackage"; };
   gradle = (pkg "gradle") // { fetchDeps = builder "gradle.fetchDeps"; };

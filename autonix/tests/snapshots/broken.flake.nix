@@ -75,14 +75,15 @@
             version = "0-unstable";
             src = ./bad-yaml;
             # Placeholder: run `nix build .#ws` and copy the hash printed after `got:` into flake.nix.
-            pnpmDeps = pkgs.pnpm.fetchDeps {
+            pnpmDeps = pkgs.fetchPnpmDeps {
               pname = "ws";
               version = "0-unstable";
               src = ./bad-yaml;
-              fetcherVersion = 2;
+              pnpm = pkgs.pnpm;
+              fetcherVersion = 3;
               hash = lib.fakeHash;
             };
-            nativeBuildInputs = [ pkgs.nodejs pkgs.pnpm pkgs.pnpm.configHook ];
+            nativeBuildInputs = [ pkgs.nodejs pkgs.pnpm pkgs.pnpmConfigHook ];
             installPhase = ''
               runHook preInstall
               mkdir -p $out/share/ws

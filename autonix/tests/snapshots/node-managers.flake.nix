@@ -105,14 +105,15 @@
             version = "0-unstable";
             src = ./pnpm;
             # Placeholder: run `nix build .#pnpm-mono` and copy the hash printed after `got:` into flake.nix.
-            pnpmDeps = pkgs.pnpm_9.fetchDeps {
+            pnpmDeps = pkgs.fetchPnpmDeps {
               pname = "pnpm-mono";
               version = "0-unstable";
               src = ./pnpm;
-              fetcherVersion = 2;
+              pnpm = pkgs.pnpm_9;
+              fetcherVersion = 3;
               hash = lib.fakeHash;
             };
-            nativeBuildInputs = [ pkgs.nodejs_20 pkgs.pnpm_9 pkgs.pnpm_9.configHook ];
+            nativeBuildInputs = [ pkgs.nodejs_20 pkgs.pnpm_9 pkgs.pnpmConfigHook ];
             buildPhase = ''
               runHook preBuild
               pnpm run build
@@ -132,8 +133,8 @@
             version = "0-unstable";
             src = ./yarn-berry;
             # Placeholder: run `nix build .#berry-mono` and copy the hash printed after `got:` into flake.nix.
-            yarnOfflineCache = pkgs.yarn-berry.fetchYarnBerryDeps { yarnLock = ./yarn-berry/yarn.lock; hash = lib.fakeHash; };
-            nativeBuildInputs = [ pkgs.nodejs_20 pkgs.yarn-berry pkgs.yarn-berry.yarnBerryConfigHook ];
+            yarnOfflineCache = pkgs.yarn-berry_4.fetchYarnBerryDeps { src = ./yarn-berry; hash = lib.fakeHash; };
+            nativeBuildInputs = [ pkgs.nodejs_20 pkgs.yarn-berry_4 pkgs.yarn-berry_4.yarnBerryConfigHook ];
             buildPhase = ''
               runHook preBuild
               yarn run build
@@ -192,7 +193,7 @@
         system: pkgs: {
           # Every project's toolchain and package manager.
           default = pkgs.mkShell {
-            packages = [ pkgs.nodejs pkgs.bun pkgs.nodejs_20 pkgs.pnpm_9 pkgs.yarn-berry pkgs.nodejs_18 pkgs.yarn ];
+            packages = [ pkgs.nodejs pkgs.bun pkgs.nodejs_20 pkgs.pnpm_9 pkgs.yarn-berry_4 pkgs.nodejs_18 pkgs.yarn ];
           };
           edge-fn = pkgs.mkShell { inputsFrom = [ self.packages.${system}.edge-fn ]; };
           web = pkgs.mkShell { inputsFrom = [ self.packages.${system}.web ]; };

@@ -74,14 +74,15 @@
             version = "0.4.0";
             src = ./frontend;
             # Placeholder: run `nix build .#storefront` and copy the hash printed after `got:` into flake.nix.
-            pnpmDeps = pkgs.pnpm.fetchDeps {
+            pnpmDeps = pkgs.fetchPnpmDeps {
               pname = "storefront";
               version = "0.4.0";
               src = ./frontend;
-              fetcherVersion = 2;
+              pnpm = pkgs.pnpm;
+              fetcherVersion = 3;
               hash = lib.fakeHash;
             };
-            nativeBuildInputs = [ pkgs.nodejs_20 pkgs.pnpm pkgs.pnpm.configHook ];
+            nativeBuildInputs = [ pkgs.nodejs_20 pkgs.pnpm pkgs.pnpmConfigHook ];
             buildPhase = ''
               runHook preBuild
               pnpm run build
