@@ -311,6 +311,11 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
     m.insert(
         "java-builds",
         vec![
+            ("/packages/billing/args/mvnJdk", json!("pkgs:jdk21")),
+            (
+                "/packages/orders/args/nativeBuildInputs",
+                json!(["pkgs:gradle", "pkgs:jdk"]),
+            ),
             ("/packages/shop/builder", json!("maven.buildMavenPackage")),
             ("/packages/shop/args/mvnJdk", json!("pkgs:jdk17")),
             ("/packages/shop/args/mvnHash", json!(FAKE_HASH)),
@@ -357,6 +362,20 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                 json!("pkgs:ruby_3_3"),
             ),
             ("/packages/jvm/args/mvnJdk", json!("pkgs:jdk21")),
+            (
+                "/packages/mise-rs/args/cargoLock/lockFile",
+                json!("path:./mise/rs/Cargo.lock"),
+            ),
+            ("/packages/mise-go/override/go", json!("pkgs:go_1_23")),
+            ("/packages/mise-jvm/args/mvnJdk", json!("pkgs:jdk17")),
+            (
+                "/packages/mise-py/builder",
+                json!("python313.pkgs.buildPythonApplication"),
+            ),
+            (
+                "/packages/mise-rb/args/buildInputs/0/args/ruby",
+                json!("pkgs:ruby_3_2"),
+            ),
         ],
     );
     m.insert(

@@ -1,7 +1,7 @@
 //! Everything around the projects: tasks (Makefile, justfile, Taskfile,
 //! package.json scripts, Procfile), CI definitions and container files.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_yaml_ng::Value as Yaml;
 
@@ -10,19 +10,38 @@ use super::{
 };
 use crate::scan::join;
 
-/// Gives every project a distinct name (`api`, `api-node`, `api-2`) so the
-/// flake's attribute names do not collide.
+/// Gives every project a distinct name so the flake's attribute names do
+/// not collide: of the projects sharing a name, the one nearest the root
+/// keeps it, the others are named after their path (`mise/py` → `mise-py`),
+/// then suffixed with their language or a number if still taken.
 pub(crate) fn unique_names(projects: &mut [Project]) {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for p in projects.iter() {
+        *count.entry(p.name.clone()).or_default() += 1;
+    }
+    let mut order: Vec<usize> = (0..projects.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            projects[i].path.matches('/').count(),
+            projects[i].path != ".",
+            projects[i].path.clone(),
+        )
+    });
     let mut seen = BTreeSet::new();
-    for p in projects.iter_mut() {
+    for i in order {
+        let p = &mut projects[i];
         let mut name = p.name.clone();
-        if seen.contains(&name) {
-            name = format!("{}-{}", p.name, p.language.as_str());
+        if seen.contains(&name) && count[&p.name] > 1 && p.path != "." {
+            name = p.path.replace('/', "-");
         }
-        let mut i = 2;
+        if seen.contains(&name) {
+            name = format!("{name}-{}", p.language.as_str());
+        }
+        let base = name.clone();
+        let mut n = 2;
         while seen.contains(&name) {
-            name = format!("{}-{i}", p.name);
-            i += 1;
+            name = format!("{base}-{n}");
+            n += 1;
         }
         seen.insert(name.clone());
         p.name = name;

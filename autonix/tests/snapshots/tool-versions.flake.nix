@@ -2,6 +2,8 @@
 #
 # Before the first build:
 # - jvm: mvnHash is a placeholder; run `nix build .#jvm` and copy the hash printed after `got:` into flake.nix
+# - mise-jvm: mvnHash is a placeholder; run `nix build .#mise-jvm` and copy the hash printed after `got:` into flake.nix
+# - mise-rb: gemset.nix is a placeholder; run `cd mise/rb && nix run nixpkgs#bundix -- -l` to write gemset.nix from Gemfile.lock
 # - mise-web: npmDepsHash is a placeholder; run `nix build .#mise-web` and copy the hash printed after `got:` into flake.nix
 # - rb: gemset.nix is a placeholder; run `cd rb && nix run nixpkgs#bundix -- -l` to write gemset.nix from Gemfile.lock
 # - rs: cargoHash is a placeholder; run `nix build .#rs` and copy the hash printed after `got:` into flake.nix
@@ -72,6 +74,88 @@
               cp -r target/*.jar build/libs/*.jar $out/share/jvm/ 2>/dev/null || true
               runHook postInstall
             '';
+          };
+
+          # mise/go (go, go): go 1.23.1 from mise/mise.toml (tools.go)
+          mise-go = (pkgs.buildGoModule.override { go = pkgs.go_1_23; }) {
+            pname = "mise-go";
+            version = "0-unstable";
+            src = ./mise/go;
+            # No go.sum: the module has no dependencies to fetch.
+            vendorHash = null;
+          };
+
+          # mise/jvm (java, maven): java 17 from mise/mise.toml (tools.java)
+          mise-jvm = pkgs.maven.buildMavenPackage {
+            pname = "mise-jvm";
+            version = "2.0";
+            src = ./mise/jvm;
+            mvnJdk = pkgs.jdk17;
+            # Placeholder: run `nix build .#mise-jvm` and copy the hash printed after `got:` into flake.nix.
+            mvnHash = lib.fakeHash;
+            mvnParameters = "-DskipTests";
+            installPhase = ''
+              runHook preInstall
+              mkdir -p $out/share/mise-jvm
+              cp target/mise-jvm-2.0.jar $out/share/mise-jvm/
+              mkdir -p $out/bin
+              cat > $out/bin/mise-jvm <<EOF
+              #!${pkgs.runtimeShell}
+              cd $out/share/mise-jvm
+              exec ${pkgs.jdk17}/bin/java -jar $out/share/mise-jvm/mise-jvm-2.0.jar "\$@"
+              EOF
+              chmod +x $out/bin/mise-jvm
+              runHook postInstall
+            '';
+          };
+
+          # mise/py (python, pip): python 3.13.0 from mise/mise.toml (tools.python)
+          mise-py = pkgs.python313.pkgs.buildPythonApplication {
+            pname = "mise-py";
+            version = "0-unstable";
+            src = ./mise/py;
+            # No pyproject.toml or setup.py: the source tree is installed as is.
+            format = "other";
+            # Names follow nixpkgs' python packages; adjust any that differ from PyPI.
+            dependencies = with pkgs.python313.pkgs; [ requests ];
+            installPhase = ''
+              runHook preInstall
+              mkdir -p $out/share/mise-py
+              cp -r . $out/share/mise-py
+              runHook postInstall
+            '';
+          };
+
+          # mise/rb: gems from Gemfile.lock (via gemset.nix).
+          mise-rb-gems = pkgs.bundlerEnv {
+            name = "mise-rb-gems";
+            ruby = pkgs.ruby_3_2;
+            # Placeholder: run `cd mise/rb && nix run nixpkgs#bundix -- -l` to write gemset.nix from Gemfile.lock.
+            gemdir = ./mise/rb;
+          };
+
+          # mise/rb (ruby, bundler): ruby 3.2 from mise/mise.toml (tools.ruby)
+          mise-rb = pkgs.stdenv.mkDerivation {
+            pname = "mise-rb";
+            version = "0-unstable";
+            src = ./mise/rb;
+            buildInputs = [ mise-rb-gems mise-rb-gems.wrappedRuby ];
+            dontBuild = true;
+            installPhase = ''
+              runHook preInstall
+              mkdir -p $out/share/mise-rb
+              cp -r . $out/share/mise-rb
+              runHook postInstall
+            '';
+          };
+
+          # mise/rs (rust, cargo): rust 1.79.0 from mise/mise.toml (tools.rust)
+          mise-rs = pkgs.rustPlatform.buildRustPackage {
+            pname = "mise-rs";
+            version = "0.1.0";
+            src = ./mise/rs;
+            cargoLock.lockFile = ./mise/rs/Cargo.lock;
+            # Git dependencies in Cargo.lock also need cargoLock.outputHashes.
           };
 
           # mise/web (node, npm): node 22.1.0 from mise/mise.toml (tools.node)
@@ -150,10 +234,10 @@
           };
         in
         {
-          inherit gosvc js jvm mise-web py rb rs;
+          inherit gosvc js jvm mise-go mise-jvm mise-py mise-rb mise-rs mise-web py rb rs;
           default = pkgs.symlinkJoin {
             name = "tool-versions";
-            paths = [ gosvc js jvm mise-web py rb rs ];
+            paths = [ gosvc js jvm mise-go mise-jvm mise-py mise-rb mise-rs mise-web py rb rs ];
           };
         }
       );
@@ -162,11 +246,16 @@
         system: pkgs: {
           # Every project's toolchain and package manager.
           default = pkgs.mkShell {
-            packages = [ pkgs.go_1_22 pkgs.gopls pkgs.nodejs_20 pkgs.jdk21 pkgs.maven pkgs.nodejs_22 pkgs.python312 pkgs.ruby_3_3 pkgs.bundix pkgs.rustc pkgs.cargo pkgs.clippy pkgs.rustfmt pkgs.rust-analyzer ];
+            packages = [ pkgs.go_1_22 pkgs.gopls pkgs.nodejs_20 pkgs.jdk21 pkgs.maven pkgs.go_1_23 pkgs.jdk17 pkgs.python313 pkgs.ruby_3_2 pkgs.bundix pkgs.rustc pkgs.cargo pkgs.clippy pkgs.rustfmt pkgs.rust-analyzer pkgs.nodejs_22 pkgs.python312 pkgs.ruby_3_3 ];
           };
           gosvc = pkgs.mkShell { inputsFrom = [ self.packages.${system}.gosvc ]; };
           js = pkgs.mkShell { inputsFrom = [ self.packages.${system}.js ]; };
           jvm = pkgs.mkShell { inputsFrom = [ self.packages.${system}.jvm ]; };
+          mise-go = pkgs.mkShell { inputsFrom = [ self.packages.${system}.mise-go ]; };
+          mise-jvm = pkgs.mkShell { inputsFrom = [ self.packages.${system}.mise-jvm ]; };
+          mise-py = pkgs.mkShell { inputsFrom = [ self.packages.${system}.mise-py ]; };
+          mise-rb = pkgs.mkShell { inputsFrom = [ self.packages.${system}.mise-rb ]; };
+          mise-rs = pkgs.mkShell { inputsFrom = [ self.packages.${system}.mise-rs ]; };
           mise-web = pkgs.mkShell { inputsFrom = [ self.packages.${system}.mise-web ]; };
           py = pkgs.mkShell { inputsFrom = [ self.packages.${system}.py ]; };
           rb = pkgs.mkShell { inputsFrom = [ self.packages.${system}.rb ]; };
@@ -185,6 +274,21 @@
           js = {
             type = "app";
             program = "${self.packages.${system}.js}/bin/js";
+          };
+          # ./bin/mise-go
+          mise-go = {
+            type = "app";
+            program = "${self.packages.${system}.mise-go}/bin/mise-go";
+          };
+          # java -jar target/mise-jvm-2.0.jar
+          mise-jvm = {
+            type = "app";
+            program = "${self.packages.${system}.mise-jvm}/bin/mise-jvm";
+          };
+          # ./target/release/mise-rs
+          mise-rs = {
+            type = "app";
+            program = "${self.packages.${system}.mise-rs}/bin/mise-rs";
           };
           # python main.py
           py = {
