@@ -272,3 +272,100 @@ mod tests {
         assert!(!same_version("1.2", "1.20"));
     }
 }
+
+#[cfg(test)]
+mod precedence {
+    use crate::scan::Tree;
+
+    /// Builds an in-memory tree from (path, text) pairs.
+    fn tree(files: &[(&str, &str)]) -> Tree {
+        let mut t = Tree {
+            root: "/repo".into(),
+            ..Tree::default()
+        };
+        t.dirs.entry(String::new()).or_default();
+        for (path, text) in files {
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+            t.dirs
+                .entry(dir.to_string())
+                .or_default()
+                .insert(name.to_string());
+            t.files.insert(path.to_string(), Some(text.to_string()));
+        }
+        t
+    }
+
+    fn node_version(files: &[(&str, &str)]) -> (Option<String>, Option<String>) {
+        let scan = crate::analysis::analyse(&tree(files));
+        let p = scan
+            .projects
+            .iter()
+            .find(|p| p.path == "web")
+            .expect("web project");
+        (p.toolchain_version.clone(), p.version_source.clone())
+    }
+
+    #[test]
+    fn manifest_pin_then_nearest_file_then_constraint() {
+        let pkg_volta = r#"{"name":"web","engines":{"node":">=16"},"volta":{"node":"21.1.0"}}"#;
+        let pkg = r#"{"name":"web","engines":{"node":">=16"}}"#;
+        let all = [
+            ("web/package.json", pkg_volta),
+            ("web/.nvmrc", "20\n"),
+            (".tool-versions", "nodejs 18.0.0\n"),
+            ("web/mise.toml", "[tools]\nnode = \"19\"\n"),
+        ];
+        assert_eq!(
+            node_version(&all),
+            (
+                Some("21.1.0".into()),
+                Some("web/package.json (volta.node)".into())
+            )
+        );
+        let mut files = all.to_vec();
+        files[0] = ("web/package.json", pkg);
+        // The language's own file beats mise in the same directory.
+        assert_eq!(
+            node_version(&files),
+            (Some("20".into()), Some("web/.nvmrc".into()))
+        );
+        files.remove(1);
+        // mise in the project dir beats .tool-versions at the root.
+        assert_eq!(
+            node_version(&files),
+            (Some("19".into()), Some("web/mise.toml (tools.node)".into()))
+        );
+        files.pop();
+        assert_eq!(
+            node_version(&files),
+            (Some("18.0.0".into()), Some(".tool-versions".into()))
+        );
+        files.pop();
+        assert_eq!(
+            node_version(&files),
+            (
+                Some(">=16".into()),
+                Some("web/package.json (engines.node)".into())
+            )
+        );
+    }
+
+    #[test]
+    fn nearer_version_file_wins_and_conflicts_are_warned() {
+        let files = [
+            ("web/package.json", r#"{"name":"web"}"#),
+            (".nvmrc", "18\n"),
+            ("web/.node-version", "v20.1.0\n"),
+        ];
+        let scan = crate::analysis::analyse(&tree(&files));
+        let p = &scan.projects[0];
+        assert_eq!(p.toolchain_version.as_deref(), Some("20.1.0"));
+        assert_eq!(p.version_source.as_deref(), Some("web/.node-version"));
+        assert!(
+            scan.warnings.iter().any(|w| w.message
+                == "node version 20.1.0 from web/.node-version overrides 18 from .nvmrc"),
+            "{:?}",
+            scan.warnings
+        );
+    }
+}
