@@ -462,7 +462,9 @@ impl State {
             }
             vms.push(view);
         }
-        for (id, w) in &self.workers {
+        // Orphans only from live workers: what a silent worker reported last
+        // is stale, and its VMs are being placed elsewhere.
+        for (id, w) in self.workers.iter().filter(|(_, w)| w.healthy) {
             for (i, o) in w.running.iter().enumerate() {
                 if claimed.get(id).is_some_and(|c| c[i]) {
                     continue;
