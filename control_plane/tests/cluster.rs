@@ -286,7 +286,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         .iter()
         .map(|w| (w["workerId"].as_str().unwrap(), w["healthy"].as_bool().unwrap()))
         .collect();
-    assert_eq!(health[victim.as_str()], false);
+    assert!(!health[victim.as_str()]);
     let workers_table = run("pcr", &cp, &["workers"]);
     assert!(workers_table.contains("unhealthy"), "{workers_table}");
     let before_restart = vms_by_name(&cp, &survivors);
