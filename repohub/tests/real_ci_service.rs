@@ -1,0 +1,119 @@
+//! End to end with the real ci_service (in process, hermetic nix): a push of
+//! the hermetic example flake through repohub's smart HTTP reaches
+//! ci_service through the hook and the notifier, ci_service evaluates and
+//! builds it, and repohub's project page shows the job, its log and the VM
+//! specs of that good build.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{CI_SECRET, Server, TestApp, config, git_async, work_repo};
+
+const PW: &str = "correct horse battery";
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
+    let nix = repo_outils::testing::HermeticNix::new().unwrap();
+    let mut ci_config = ci_service::Config::new(nix.dir().join("ci"));
+    ci_config.nix_conf_dir = Some(nix.conf_dir());
+    ci_config.hook_secret = Some(CI_SECRET.into());
+    let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ci_url = format!("http://{}", ci_listener.local_addr().unwrap());
+    let ci_stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(ci_service::run(ci_config, ci_listener, ci_stop.clone()));
+    let _stop = ci_stop.drop_guard();
+
+    let edit = |c: &mut repohub::Config| {
+        c.ci_url = Some(ci_url.clone());
+        c.ci_secret = Some(CI_SECRET.into());
+    };
+    let app = TestApp::new(edit);
+    let mut rc = config(app.dir.path());
+    edit(&mut rc);
+    let srv = Server::start(rc).await;
+
+    let mut ann = app.client();
+    ann.signup("ann", PW).await;
+    ann.create_project("demo", true).await;
+    ann.create_repo("demo", "cluster").await;
+    let token = ann.token().await;
+
+    let work = work_repo(app.dir.path(), &[(".keep", b"")], "empty start");
+    copy_tree(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../example/hermetic"),
+        &work,
+    );
+    let (ok, out) = git_async(&work, &["add", "-A"]).await;
+    assert!(ok, "{out}");
+    support::commit_at(&work, "hermetic example", 1_600_000_100);
+    let (ok, out) = git_async(
+        &work,
+        &[
+            "push",
+            &srv.auth_url("ann", &token, "/demo/cluster.git"),
+            "main",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    // Wait for the real job to finish, through repohub's own client.
+    let repo_path = app
+        .state
+        .repo_dir("demo", "cluster")
+        .to_string_lossy()
+        .into_owned();
+    let ci = repohub::ci::CiClient::new(Some(ci_url.clone()), None).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let job = loop {
+        let jobs = ci.jobs(&repo_path, 5).await.unwrap_or_default();
+        if let Some(j) = jobs
+            .first()
+            .filter(|j| matches!(j.state.as_str(), "succeeded" | "failed"))
+        {
+            break j.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished job for {repo_path}: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(job.ref_name, "refs/heads/main");
+    let full = ci.job(job.id).await.unwrap();
+    assert_eq!(job.state, "succeeded", "{full:?}");
+
+    let page = ann.get("/demo").await;
+    assert!(
+        page.body.contains(&format!("/demo/-/jobs/{}", job.id)),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("state-succeeded"));
+    assert!(
+        page.body.contains("id=\"vm-specs\"")
+            && page.body.contains("web-0")
+            && page.body.contains("db-0")
+    );
+    assert!(page.body.contains("id=\"flake\""));
+    let jp = ann.get(&format!("/demo/-/jobs/{}", job.id)).await;
+    assert!(jp.body.contains("evaluated 3 VM(s)"), "{}", jp.body);
+    let log = ann
+        .get(&format!("/demo/-/jobs/{}/log?follow=1", job.id))
+        .await;
+    assert!(log.body.contains("evaluated 3 VM(s)"));
+}
