@@ -587,6 +587,13 @@ pub fn generate(plan: &Plan) -> String {
     // dev shells
     s.push_str("      devShells = forAllSystems (\n        system: pkgs: {\n");
     s.push_str("          # Every project's toolchain and package manager.\n");
+    if !plan.dev_shell_omitted.is_empty() {
+        let _ = writeln!(
+            s,
+            "          # Also in use, in each project's own shell (`nix develop .#<name>`): {}.",
+            plan.dev_shell_omitted.join(", ")
+        );
+    }
     s.push_str("          default = pkgs.mkShell {\n");
     let tools: Vec<String> = plan.dev_shell.iter().map(|t| pkgs_attr(t)).collect();
     let _ = writeln!(s, "            packages = [ {} ];", tools.join(" "));

@@ -3,7 +3,7 @@
 //! the hashes that cannot be known offline. Plain data, so it can be saved,
 //! reviewed and rendered by [`crate::flake`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,10 @@ pub struct Plan {
     pub packages: Vec<Package>,
     /// nixpkgs attributes for the default dev shell (every toolchain).
     pub dev_shell: Vec<String>,
+    /// Other versions of a language already in the default shell, as
+    /// `attr (project path)`: their projects' own shells provide them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dev_shell_omitted: Vec<String>,
     /// What the user must do before the flake builds (hashes, generated files).
     pub notes: Vec<String>,
 }
@@ -173,9 +177,41 @@ pub fn plan(scan: &Scan) -> Plan {
     let mut packages = Vec::new();
     let mut shell: Vec<String> = Vec::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut shadowed: Vec<String> = Vec::new();
+    let mut runtimes: Vec<String> = Vec::new();
+    let mut uses: BTreeMap<(Language, String), usize> = BTreeMap::new();
+    for p in &scan.projects {
+        *uses.entry((p.language, toolchain(p).nix_attr)).or_default() += 1;
+    }
+    let mut runtime: BTreeMap<Language, String> = BTreeMap::new();
+    for ((lang, attr), n) in &uses {
+        let better = match runtime.get(lang) {
+            None => true,
+            Some(cur) => {
+                let key = |a: &str| (uses[&(*lang, a.to_string())], !is_default_attr(a));
+                key(attr) > key(cur)
+            }
+        };
+        let _ = n;
+        if better {
+            runtime.insert(*lang, attr.clone());
+        }
+    }
     for p in &scan.projects {
         let tc = toolchain(p);
-        for a in std::iter::once(&tc.nix_attr).chain(tc.tools.iter()) {
+        // One compiler/runtime per language: two `go` or `node` binaries on
+        // one PATH shadow each other. The version most projects ask for wins
+        // (a pinned one over the unversioned default); the others are
+        // reachable through their project's own `nix develop .#<attr>` shell.
+        let winner = &runtime[&p.language];
+        if *winner == tc.nix_attr {
+            if !runtimes.contains(winner) {
+                runtimes.push(winner.clone());
+            }
+        } else {
+            shadowed.push(format!("{} ({})", tc.nix_attr, p.path));
+        }
+        for a in &tc.tools {
             if !shell.contains(a) {
                 shell.push(a.clone());
             }
@@ -223,7 +259,8 @@ pub fn plan(scan: &Scan) -> Plan {
     Plan {
         name: scan.name.clone(),
         packages,
-        dev_shell: shell,
+        dev_shell: runtimes.into_iter().chain(shell).collect(),
+        dev_shell_omitted: shadowed,
         notes,
     }
 }
@@ -408,6 +445,11 @@ pub fn python_attr(name: &str) -> String {
         other => other,
     }
     .to_string()
+}
+
+/// The unversioned nixpkgs attribute a language falls back to.
+fn is_default_attr(attr: &str) -> bool {
+    matches!(attr, "rustc" | "go" | "nodejs" | "python3" | "ruby" | "jdk")
 }
 
 /// Major and minor numbers of a version string that names one version

@@ -131,7 +131,7 @@
         system: pkgs: {
           # Every project's toolchain and package manager.
           default = pkgs.mkShell {
-            packages = [ pkgs.nodejs pkgs.python3 pkgs.rustc pkgs.cargo pkgs.clippy pkgs.rustfmt pkgs.rust-analyzer pkgs.pnpm pkgs.go_1_22 pkgs.gopls ];
+            packages = [ pkgs.nodejs pkgs.python3 pkgs.rustc pkgs.go_1_22 pkgs.cargo pkgs.clippy pkgs.rustfmt pkgs.rust-analyzer pkgs.pnpm pkgs.gopls ];
           };
           bad-json = pkgs.mkShell { inputsFrom = [ self.packages.${system}.bad-json ]; };
           bad-pyproject = pkgs.mkShell { inputsFrom = [ self.packages.${system}.bad-pyproject ]; };

@@ -74,8 +74,9 @@
       devShells = forAllSystems (
         system: pkgs: {
           # Every project's toolchain and package manager.
+          # Also in use, in each project's own shell (`nix develop .#<name>`): go_1_22 (.).
           default = pkgs.mkShell {
-            packages = [ pkgs.go_1_22 pkgs.gopls pkgs.go_1_21 ];
+            packages = [ pkgs.go_1_21 pkgs.gopls ];
           };
           go-workspace-api = pkgs.mkShell { inputsFrom = [ self.packages.${system}.go-workspace-api ]; };
           go-workspace-worker = pkgs.mkShell { inputsFrom = [ self.packages.${system}.go-workspace-worker ]; };

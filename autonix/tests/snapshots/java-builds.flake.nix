@@ -161,8 +161,9 @@
       devShells = forAllSystems (
         system: pkgs: {
           # Every project's toolchain and package manager.
+          # Also in use, in each project's own shell (`nix develop .#<name>`): jdk (gradle-groovy), jdk11 (gradle-plain), jdk17 (maven).
           default = pkgs.mkShell {
-            packages = [ pkgs.jdk pkgs.gradle pkgs.jdk11 pkgs.jdk21 pkgs.jdk17 pkgs.maven ];
+            packages = [ pkgs.jdk21 pkgs.gradle pkgs.maven ];
           };
           orders = pkgs.mkShell { inputsFrom = [ self.packages.${system}.orders ]; };
           batch = pkgs.mkShell { inputsFrom = [ self.packages.${system}.batch ]; };

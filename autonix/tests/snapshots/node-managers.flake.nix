@@ -192,8 +192,9 @@
       devShells = forAllSystems (
         system: pkgs: {
           # Every project's toolchain and package manager.
+          # Also in use, in each project's own shell (`nix develop .#<name>`): nodejs (bun), nodejs_18 (yarn-classic).
           default = pkgs.mkShell {
-            packages = [ pkgs.nodejs pkgs.bun pkgs.nodejs_20 pkgs.pnpm_9 pkgs.yarn-berry_4 pkgs.nodejs_18 pkgs.yarn ];
+            packages = [ pkgs.nodejs_20 pkgs.bun pkgs.pnpm_9 pkgs.yarn-berry_4 pkgs.yarn ];
           };
           edge-fn = pkgs.mkShell { inputsFrom = [ self.packages.${system}.edge-fn ]; };
           web = pkgs.mkShell { inputsFrom = [ self.packages.${system}.web ]; };

@@ -158,8 +158,9 @@
       devShells = forAllSystems (
         system: pkgs: {
           # Every project's toolchain and package manager.
+          # Also in use, in each project's own shell (`nix develop .#<name>`): python312 (pdm), python310 (pipenv), python3 (setuppy), python3 (uv).
           default = pkgs.mkShell {
-            packages = [ pkgs.python312 pkgs.pdm pkgs.python311 pkgs.python310 pkgs.pipenv pkgs.poetry pkgs.python3 pkgs.uv ];
+            packages = [ pkgs.python311 pkgs.pdm pkgs.pipenv pkgs.poetry pkgs.uv ];
           };
           reports = pkgs.mkShell { inputsFrom = [ self.packages.${system}.reports ]; };
           pip = pkgs.mkShell { inputsFrom = [ self.packages.${system}.pip ]; };

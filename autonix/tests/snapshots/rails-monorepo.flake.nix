@@ -126,7 +126,7 @@
         system: pkgs: {
           # Every project's toolchain and package manager.
           default = pkgs.mkShell {
-            packages = [ pkgs.nodejs_20 pkgs.yarn pkgs.ruby_3_2 pkgs.bundix pkgs.pnpm pkgs.go_1_22 pkgs.gopls ];
+            packages = [ pkgs.nodejs_20 pkgs.ruby_3_2 pkgs.go_1_22 pkgs.yarn pkgs.bundix pkgs.pnpm pkgs.gopls ];
           };
           app = pkgs.mkShell { inputsFrom = [ self.packages.${system}.app ]; };
           rails-monorepo = pkgs.mkShell { inputsFrom = [ self.packages.${system}.rails-monorepo ]; };

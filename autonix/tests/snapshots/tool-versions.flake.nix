@@ -245,8 +245,9 @@
       devShells = forAllSystems (
         system: pkgs: {
           # Every project's toolchain and package manager.
+          # Also in use, in each project's own shell (`nix develop .#<name>`): jdk21 (jvm), go_1_23 (mise/go), python313 (mise/py), nodejs_22 (mise/web), ruby_3_3 (rb).
           default = pkgs.mkShell {
-            packages = [ pkgs.go_1_22 pkgs.gopls pkgs.nodejs_20 pkgs.jdk21 pkgs.maven pkgs.go_1_23 pkgs.jdk17 pkgs.python313 pkgs.ruby_3_2 pkgs.bundix pkgs.rustc pkgs.cargo pkgs.clippy pkgs.rustfmt pkgs.rust-analyzer pkgs.nodejs_22 pkgs.python312 pkgs.ruby_3_3 ];
+            packages = [ pkgs.go_1_22 pkgs.nodejs_20 pkgs.jdk17 pkgs.ruby_3_2 pkgs.rustc pkgs.python312 pkgs.gopls pkgs.maven pkgs.bundix pkgs.cargo pkgs.clippy pkgs.rustfmt pkgs.rust-analyzer ];
           };
           gosvc = pkgs.mkShell { inputsFrom = [ self.packages.${system}.gosvc ]; };
           js = pkgs.mkShell { inputsFrom = [ self.packages.${system}.js ]; };
