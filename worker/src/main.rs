@@ -42,7 +42,12 @@ struct Args {
     #[arg(long = "label", env = "WORKER_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
     /// Where /nix/store paths are found (a store root like `nix copy --to DIR`).
-    #[arg(long, alias = "nix-store-root", env = "WORKER_STORE_ROOT", default_value = "/")]
+    #[arg(
+        long,
+        alias = "nix-store-root",
+        env = "WORKER_STORE_ROOT",
+        default_value = "/"
+    )]
     store_root: PathBuf,
     /// Attach a TAP NIC named <prefix><id tail> per VM (hosts set up by the nix host module only).
     #[arg(long, env = "WORKER_TAP_PREFIX")]
@@ -62,6 +67,12 @@ struct Args {
     /// The cache's public key (`name:base64`); pulled paths must carry its signature.
     #[arg(long, env = "WORKER_CACHE_PUBLIC_KEY")]
     cache_public_key: Option<String>,
+    /// Reconcile with this control plane ("host:port"); without it the worker stays manual.
+    #[arg(long, env = "WORKER_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// How often observed state is pushed to the control plane when nothing changes.
+    #[arg(long, env = "WORKER_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "WORKER_LOG_JSON")]
     log_json: bool,
@@ -141,6 +152,8 @@ async fn real_main(args: Args) -> Result<(), String> {
     config.socket_timeout = Duration::from_millis(args.socket_timeout_ms);
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
     config.closure_source = args.closure_source.clone();
+    config.control_plane = args.control_plane.clone();
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.closure_public_key = args.cache_public_key.clone();
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
