@@ -1,1 +1,283 @@
-fn main() {}
+//! Cluster benchmarks against the real `control_plane` binary. Prints:
+//! 1. publish-to-converged with 3 real workers on `ch-sim`: each round
+//!    publishes a generation changing 2 of 6 specs and waits until the
+//!    status shows every VM running the desired hash (median, p99);
+//! 2. 1,000 simulated workers (in this process, one TCP connection each)
+//!    registered, long-polling and heartbeating every second against one
+//!    control plane: its CPU and RSS.
+//!
+//! Needs the release binaries of the other packages:
+//! `cargo build --release -p worker -p control_plane && cargo bench -p control_plane --bench cluster`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use capnp::capability::Rc as CapRc;
+use commands::types::{Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus};
+use commands::worker_capnp::worker;
+use control_plane::client::MasterClient;
+use control_plane::model::WorkerMetricsView;
+use control_plane::state::{ObservedVm, Registration};
+
+fn bin(name: &str) -> PathBuf {
+    // target/release/deps/cluster-HASH → target/release/NAME
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(p.exists(), "{} is missing: `cargo build --release -p worker -p control_plane` first", p.display());
+    p
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut cmd: Command) -> (Proc, String) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).env("RUST_LOG", "warn");
+    let mut child = cmd.spawn().expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+    (Proc(child), addr)
+}
+
+fn control_plane(extra: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(bin("control_plane"));
+    cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"]).args(extra);
+    spawn(cmd)
+}
+
+const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
+const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
+
+fn spec(name: &str, hash: &str) -> VmSpec {
+    VmSpec::new(VmSpecFields {
+        name: name.into(),
+        toplevel: TOPLEVEL.into(),
+        kernel_path: KERNEL.into(),
+        cmdline: format!("console=ttyS0 v={hash}"),
+        cpu: 1,
+        memory_mb: 128,
+        content_hash: hash.into(),
+        ..Default::default()
+    })
+    .expect("valid spec")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn cpu_ticks_and_rss(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (ticks, rss_kib * 1024)
+}
+
+async fn publish_to_converged() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    for (p, body) in [(KERNEL, "kernel")] {
+        let f = dir.join("store").join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(f, body).expect("write");
+    }
+    std::fs::create_dir_all(dir.join("store").join(TOPLEVEL.trim_start_matches('/'))).expect("mkdir");
+    let (_cp, addr) = control_plane(&["--heartbeat-timeout-ms", "3000"]);
+    let mut workers = Vec::new();
+    for id in ["b1", "b2", "b3"] {
+        let mut cmd = Command::new(bin("worker"));
+        cmd.args(["--listen", "127.0.0.1:0", "--worker-id", id, "--cpu", "16", "--memory-mb", "8192"])
+            .args(["--control-plane", &addr, "--heartbeat-interval-ms", "500", "--shutdown-timeout-ms", "200"])
+            .arg("--run-dir")
+            .arg(dir.join(id))
+            .arg("--store-root")
+            .arg(dir.join("store"))
+            .arg("--ch-binary")
+            .arg(bin("ch-sim"))
+            .arg("--stop-vms-on-exit");
+        workers.push(spawn(cmd).0);
+    }
+    let m = MasterClient::connect(&addr, Duration::from_secs(5)).await.expect("connect");
+    loop {
+        let s = m.status().await.expect("status");
+        if s.workers.iter().filter(|w| w.healthy).count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let names = ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"];
+    let rounds = 40u64;
+    let mut times = Vec::new();
+    for generation in 1..=rounds + 1 {
+        // Generation 1 creates all six; later ones change two specs each.
+        let changed = [names[(generation as usize * 2) % 6], names[(generation as usize * 2 + 1) % 6]];
+        let specs: Vec<VmSpec> = names
+            .iter()
+            .map(|n| {
+                let v = if changed.contains(n) { generation } else { 0 };
+                spec(n, &format!("h{v}"))
+            })
+            .collect();
+        let t = Instant::now();
+        m.publish(&format!("c{generation}"), generation, &format!("i{generation}"), &specs).await.expect("publish");
+        loop {
+            let s = m.status().await.expect("status");
+            if s.convergence_percent >= 100.0 && s.vms.len() == 6 && s.vms.iter().all(|v| v.observed_hash == v.desired_hash) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "generation {generation} did not converge");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if generation > 1 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    println!("publish-to-converged, 3 workers on ch-sim, 2 of 6 VMs replaced per generation, {rounds} generations:");
+    println!(
+        "  median {:.1} ms   p99 {:.1} ms   min {:.1} ms   max {:.1} ms",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+    m.close().await;
+    drop(workers);
+}
+
+/// A Worker capability that implements nothing: the control plane only
+/// stores it.
+struct NullWorker;
+impl worker::Server for NullWorker {}
+
+async fn thousand_workers() {
+    let n = 1000usize;
+    let (cp, addr) = control_plane(&["--heartbeat-timeout-ms", "5000", "--long-poll-timeout-ms", "25000"]);
+    let pid = cp.0.id();
+    let cap: worker::Client = capnp_rpc::new_client(NullWorker);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    let t = Instant::now();
+    for i in 0..n {
+        let addr = addr.clone();
+        let cap = cap.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let m = Rc::new(MasterClient::connect(&addr, Duration::from_secs(30)).await.expect("connect"));
+            let id = format!("sim-{i:04}");
+            let reg = Registration {
+                worker_id: id.parse().expect("id"),
+                address: format!("10.1.{}.{}:6000", i / 250, i % 250),
+                capacity: Resources { cpu: 64, memory_mb: 65536 },
+                labels: Labels::new(),
+            };
+            m.register(&reg, cap).await.expect("register");
+            let poller = {
+                let m = m.clone();
+                let id = id.clone();
+                async move {
+                    let mut seen = (0, 0);
+                    loop {
+                        match m.get_assignment(&id, seen.0, seen.1).await {
+                            Ok(a) => seen = (a.generation, a.revision),
+                            Err(_) => return,
+                        }
+                    }
+                }
+            };
+            let heartbeat = async {
+                let mut running: Vec<ObservedVm> = Vec::new();
+                loop {
+                    // Report three VMs, as a small worker would.
+                    if running.is_empty() {
+                        running = (0..3)
+                            .map(|k| ObservedVm {
+                                status: VmStatus {
+                                    id: VmId::new_v7(),
+                                    name: format!("vm{i}-{k}").parse().expect("name"),
+                                    content_hash: "h".into(),
+                                    state: VmState::Running,
+                                    pid: Some(1),
+                                    error: String::new(),
+                                    created_at_ms: 0,
+                                    cpu: 1,
+                                    memory_mb: 128,
+                                },
+                                metrics: VmMetrics::default(),
+                            })
+                            .collect();
+                    }
+                    if m.push_data(&id, 1, &running, &WorkerMetricsView::default()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = poller => {}
+                () = heartbeat => {}
+            }
+        }));
+    }
+    let m = MasterClient::connect(&addr, Duration::from_secs(5)).await.expect("connect");
+    loop {
+        let s = m.status().await.expect("status");
+        if s.workers.iter().filter(|w| w.healthy).count() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("{n} simulated workers registered in {:.2} s", t.elapsed().as_secs_f64());
+    // Steady state: heartbeats and parked long-polls, one publish of 3,000
+    // VMs in the middle (every long-poll wakes).
+    let window = Duration::from_secs(20);
+    let (t0, _) = cpu_ticks_and_rss(pid);
+    let start = Instant::now();
+    tokio::time::sleep(window / 2).await;
+    let specs: Vec<VmSpec> = (0..3 * n).map(|k| spec(&format!("app{}-{}", k / 3, k % 3), "h")).collect();
+    let pt = Instant::now();
+    let o = m.publish("c1", 1, "i1", &specs).await.expect("publish");
+    let publish_ms = pt.elapsed().as_secs_f64() * 1e3;
+    tokio::time::sleep(window / 2).await;
+    let (t1, rss) = cpu_ticks_and_rss(pid);
+    let secs = start.elapsed().as_secs_f64();
+    let s = m.status().await.expect("status");
+    println!(
+        "  control plane over {secs:.1} s: CPU {:.1}% of one core, RSS {:.1} MiB; {} healthy; publish of {} VMs took {publish_ms:.1} ms ({} placed)",
+        (t1 - t0) as f64 / 100.0 / secs * 100.0,
+        rss as f64 / (1024.0 * 1024.0),
+        s.workers.iter().filter(|w| w.healthy).count(),
+        specs.len(),
+        o.placed
+    );
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(cp);
+}
+
+fn main() {
+    commands::rpc::block_on_local(async {
+        publish_to_converged().await;
+        thousand_workers().await;
+    });
+}
