@@ -342,7 +342,11 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
                 .set("dontConfigure", "true")
                 .script(
                     "buildPhase",
-                    &["bun install --frozen-lockfile --no-progress".to_string()],
+                    &[
+                        "# bun writes its cache under $HOME, which the sandbox lacks.".to_string(),
+                        "export HOME=$TMPDIR".to_string(),
+                        "bun install --frozen-lockfile --no-progress".to_string(),
+                    ],
                 )
                 .script("installPhase", &["cp -r node_modules $out".to_string()])
                 .set("dontFixup", "true");

@@ -229,7 +229,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/edge-fn/args/passthru/nodeModules/args/buildPhase",
-                json!("bun install --frozen-lockfile --no-progress\n"),
+                json!("# bun writes its cache under $HOME, which the sandbox lacks.\nexport HOME=$TMPDIR\nbun install --frozen-lockfile --no-progress\n"),
             ),
         ],
     );

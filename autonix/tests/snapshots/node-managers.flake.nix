@@ -30,6 +30,8 @@
             nativeBuildInputs = [ pkgs.bun ];
             dontConfigure = true;
             buildPhase = ''
+              # bun writes its cache under $HOME, which the sandbox lacks.
+              export HOME=$TMPDIR
               bun install --frozen-lockfile --no-progress
             '';
             installPhase = ''
