@@ -70,6 +70,18 @@ fn fast_import_stream() -> Vec<u8> {
             );
         }
     }
+    // A second branch whose root holds all 5,000 files in one directory:
+    // the worst case for a tree listing.
+    let msg = "flat layout\n";
+    writeln!(s, "commit refs/heads/flat").unwrap();
+    writeln!(s, "author Bench <bench@example.com> {t0} +0000").unwrap();
+    writeln!(s, "committer Bench <bench@example.com> {t0} +0000").unwrap();
+    writeln!(s, "data {}\n{msg}", msg.len()).unwrap();
+    for f in 0..DIRS * FILES_PER_DIR {
+        let content = format!("flat file {f}\n").repeat(20);
+        writeln!(s, "M 100644 inline f{f:04}.txt").unwrap();
+        writeln!(s, "data {}\n{content}", content.len()).unwrap();
+    }
     s
 }
 
@@ -167,6 +179,7 @@ async fn main() {
         "/bench/big/log/main?page=100",
         "/bench/big/tree/main",
         "/bench/big/tree/main/d07",
+        "/bench/big/tree/flat",
         "/bench/big/tree/main/d07/file042.txt",
         "/bench/big",
     ] {

@@ -153,7 +153,7 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         src.contains("the &lt;shop&gt; project"),
         "description escaped"
     );
-    assert_eq!(ci.pushes().len(), 1);
+    assert_eq!(ci.pushes().len(), 1, "one push, one notification");
     assert_eq!(ci.pushes()[0]["ref"], "refs/heads/main");
     b.goto(&url("/shop")).await;
     b.wait_text("#vm-specs", "web-1", 10).await;
@@ -164,12 +164,33 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.wait_text("#log", "published generation", 15).await;
     b.screenshot("10-job").await;
 
+    // A repository without a flake: "Generate flake" runs autonix.
+    b.goto(&url("/shop")).await;
+    b.fill("#repo-name", "api").await;
+    b.click("#create-repo").await;
+    b.find("#empty-repo", 10).await;
+    let api = work_repo(
+        dir.path(),
+        &[
+            ("Cargo.toml", b"[package]\nname = \"api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+            ("src/main.rs", b"fn main() {}\n"),
+        ],
+        "api service",
+    );
+    let api_url = format!("http://ann:{token}@{}/shop/api.git", hub.base.trim_start_matches("http://"));
+    let (ok, out) = git_async(&api, &["push", &api_url, "main"]).await;
+    assert!(ok, "{out}");
+    b.goto(&url("/shop/api")).await;
+    b.click("#generate-flake").await;
+    b.wait_text("#generated-flake", "buildRustPackage", 30).await;
+    b.screenshot("11-generated-flake").await;
+
     // The control plane goes away: the panel says so, the rest still works.
     drop(master);
     b.goto(&url("/shop")).await;
     b.wait_text("#cluster-panel", "control plane unavailable", 10)
         .await;
     b.wait_text("#ci-panel", "succeeded", 10).await;
-    b.screenshot("11-control-plane-down").await;
-    assert!(artefacts().join("11-control-plane-down.png").exists());
+    b.screenshot("12-control-plane-down").await;
+    assert!(artefacts().join("12-control-plane-down.png").exists());
 }
