@@ -260,6 +260,19 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         status["vms"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v["observedHash"].as_str().unwrap())).collect();
     assert_eq!(hashes["web-1"], "g2-web-1");
 
+    // ---- metrics reach the status; a crashed CH process is recreated ---------
+    wait_until("RSS metrics of every VM", || {
+        let s = json("pcr", &cp, &["status"]);
+        s["vms"].as_array().unwrap().iter().all(|v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let (crashed_id, crashed_pid) = after["api-0"].clone();
+    let _ = Command::new("kill").arg("-9").arg(crashed_pid.to_string()).status();
+    wait_until("api-0 recreated after its CH process died", || {
+        let now = vms_by_name(&cp, &ids);
+        now.get("api-0").filter(|(id, pid)| *id != crashed_id && *pid != 0 && alive(*pid)).map(|_| ())
+    });
+    let status = wait_until("converged after the recreation", || converged(&cp, 2, 6));
+
     // ---- kill a worker: its VMs move to the others --------------------------
     let victim = status["vms"].as_array().unwrap()[0]["workerId"].as_str().unwrap().to_owned();
     let victim_vms: Vec<String> = status["vms"]
