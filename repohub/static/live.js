@@ -19,9 +19,10 @@
       var reader = r.body.getReader();
       var dec = new TextDecoder();
       var first = true;
+      log.setAttribute("data-state", "following");
       function pump() {
         return reader.read().then(function (res) {
-          if (res.done) { return; }
+          if (res.done) { log.setAttribute("data-state", "done"); return; }
           if (first) { log.textContent = ""; first = false; }
           log.textContent += dec.decode(res.value, { stream: true });
           log.scrollTop = log.scrollHeight;

@@ -161,7 +161,10 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
 
     // The job page follows the log live.
     b.click("#ci-jobs a").await;
-    b.wait_text("#log", "published generation", 15).await;
+    // Followed by the page's script until the stream ends.
+    b.find("#log[data-state=done]", 15).await;
+    let log = b.text("#log").await;
+    assert!(log.contains("evaluating flake") && log.contains("<script>alert(1)</script>") && log.contains("published generation"), "{log}");
     b.screenshot("10-job").await;
 
     // A repository without a flake: "Generate flake" runs autonix.
