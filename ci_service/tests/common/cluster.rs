@@ -77,16 +77,13 @@ pub fn host_root(h: &HermeticNix, id: &str) -> PathBuf {
     h.dir().join("hosts").join(id)
 }
 
-pub fn start_control_plane(listen: &str) -> Proc {
+/// `grace_ms`: how long a (re)started control plane withholds assignments
+/// so workers can re-register and report the VMs they run (short for a
+/// first start, a few seconds for a restart that must keep placements).
+pub fn start_control_plane(listen: &str, grace_ms: u64) -> Proc {
     let mut cmd = Command::new(bin("control_plane"));
-    cmd.args([
-        "--listen",
-        listen,
-        "--startup-grace-ms",
-        "300",
-        "--heartbeat-timeout-ms",
-        "3000",
-    ]);
+    cmd.args(["--listen", listen, "--heartbeat-timeout-ms", "3000"])
+        .args(["--startup-grace-ms", &grace_ms.to_string()]);
     Proc::spawn("control_plane", cmd)
 }
 
@@ -118,7 +115,7 @@ pub fn start() -> Cluster {
         .arg(d.join("token"));
     let cache = Proc::spawn("cache", cmd);
 
-    let cp = start_control_plane("127.0.0.1:0");
+    let cp = start_control_plane("127.0.0.1:0", 300);
 
     let mut workers = Vec::new();
     for id in ["host-a", "host-b"] {
