@@ -1,2 +1,268 @@
-//! Worker benchmark (filled below).
-fn main() {}
+//! Worker benchmark (prints figures; not a timed test). Run with
+//! `cargo bench -p worker --bench worker_bench` (BENCH_N, BENCH_VMS to
+//! change the sample sizes).
+//!
+//! 1. Create-to-running latency through the worker (Cap'n Proto createVm:
+//!    record, prepare, spawn ch-sim, vm.create, vm.boot) against the same
+//!    work done directly (spawn ch-sim, wait for its API, vm.create,
+//!    vm.boot): medians and the worker's overhead.
+//! 2. With BENCH_VMS (default 1000) VMs on one worker: listVms latency and
+//!    the worker process's RSS growth per VM.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use commands::convert;
+use commands::types::{VmId, VmSpec, VmSpecFields};
+use commands::worker_capnp::worker as wrpc;
+use worker::rundir::RunDir;
+use worker::vmm::{ChBackendConfig, CloudHypervisorBackend, Vmm, VmmBackend, VmmProcess};
+
+const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
+
+fn env_n(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn spec(name: &str) -> VmSpec {
+    VmSpec::new(VmSpecFields {
+        name: name.into(),
+        toplevel: TOP.into(),
+        kernel_path: format!("{TOP}/kernel"),
+        cmdline: "console=ttyS0".into(),
+        cpu: 1,
+        memory_mb: 128,
+        content_hash: "bench".into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    worker::procfs::rss_bytes(pid) / 1024
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills leftover ch-sim processes of this run directory.
+struct Reaper(PathBuf);
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                if String::from_utf8_lossy(&cmd).contains(&needle) {
+                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn start_worker(dir: &Path) -> (Proc, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-id",
+            "bench",
+            "--cpu",
+            "4096",
+            "--memory-mb",
+            "1048576",
+        ])
+        .arg("--ch-binary")
+        .arg(env!("CARGO_BIN_EXE_ch-sim"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--store-root")
+        .arg(dir.join("store"))
+        .arg("--stop-vms-on-exit")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start worker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
+    (Proc(child), addr)
+}
+
+async fn create(w: &wrpc::Client, spec: &VmSpec) -> VmId {
+    let mut req = w.create_vm_request();
+    convert::vm_spec_to_capnp(spec, req.get().init_spec());
+    let resp = req.send().promise.await.unwrap();
+    let r = convert::result_from_capnp(resp.get().unwrap().get_result().unwrap()).unwrap();
+    convert::vm_status_from_capnp(r.unwrap_or_else(|e| panic!("create failed: {e}")))
+        .unwrap()
+        .id
+}
+
+async fn delete(w: &wrpc::Client, id: &VmId) {
+    let mut req = w.delete_vm_request();
+    req.get().set_id(id.as_str());
+    let resp = req.send().promise.await.unwrap();
+    convert::result_from_capnp(resp.get().unwrap().get_result().unwrap())
+        .unwrap()
+        .unwrap();
+}
+
+async fn list_len(w: &wrpc::Client) -> u32 {
+    let resp = w.list_vms_request().send().promise.await.unwrap();
+    resp.get().unwrap().get_vms().unwrap().len()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let n = env_n("BENCH_N", 50);
+    let vms = env_n("BENCH_VMS", 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let _reaper = Reaper(d.clone());
+    let sys = d.join("store").join(TOP.trim_start_matches('/'));
+    std::fs::create_dir_all(&sys).unwrap();
+    std::fs::write(sys.join("kernel"), b"kernel").unwrap();
+
+    commands::rpc::block_on_local(async move {
+        // 1. Interleaved, so load from anything else on the machine hits
+        // both sides alike: (a) direct — the same process start and REST
+        // calls with no worker; (b) through the worker (separate process,
+        // real RPC).
+        let mut cfg = ChBackendConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_ch-sim")));
+        cfg.store_root = d.join("store");
+        let backend = CloudHypervisorBackend::new(cfg);
+        let rd = RunDir::open(&d.join("direct")).unwrap();
+        let (worker_proc, addr) = start_worker(&d);
+        let wpid = worker_proc.0.id();
+        let conn = commands::rpc::connect::<wrpc::Client>(&addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let w = conn.client.clone();
+        let mut direct = Vec::with_capacity(n);
+        let mut through = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = VmId::new_v7();
+            let paths = rd.paths(&id);
+            let s = spec(&format!("direct-{i}"));
+            let t = Instant::now();
+            let (vmm, process) = backend.spawn(&id, &paths).await.unwrap();
+            vmm.create(&backend.build_config(&id, &s, &paths))
+                .await
+                .unwrap();
+            vmm.boot().await.unwrap();
+            direct.push(t.elapsed());
+            vmm.shutdown_vmm().await.unwrap();
+            process.exited().await;
+            rd.remove_vm_files(&id);
+
+            let s = spec(&format!("lat-{i}"));
+            let t = Instant::now();
+            let id = create(&w, &s).await;
+            through.push(t.elapsed());
+            delete(&w, &id).await;
+        }
+        let (md, mw) = (median(&mut direct), median(&mut through));
+        println!("create-to-running, median of {n}:");
+        println!(
+            "  direct to ch-sim (spawn + wait API + vm.create + vm.boot): {:.2} ms",
+            ms(md)
+        );
+        println!(
+            "  through the worker (createVm RPC):                        {:.2} ms",
+            ms(mw)
+        );
+        println!(
+            "  worker overhead: {:.2} ms per create (ratio {:.2})",
+            ms(mw) - ms(md),
+            ms(mw) / ms(md)
+        );
+
+        // 2. Many VMs on one worker.
+        let rss0 = rss_kib(wpid);
+        let t = Instant::now();
+        let mut created = 0usize;
+        let mut all = Vec::with_capacity(vms);
+        while created < vms {
+            let batch = (vms - created).min(16);
+            let futs: Vec<_> = (0..batch)
+                .map(|j| {
+                    let w = w.clone();
+                    let s = spec(&format!("scale-{}", created + j));
+                    async move { create(&w, &s).await }
+                })
+                .collect();
+            all.extend(futures::future::join_all(futs).await);
+            created += batch;
+        }
+        let create_time = t.elapsed();
+        // Let the worker settle (allocator, watcher tasks) before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss1 = rss_kib(wpid);
+        let mut lists = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert_eq!(list_len(&w).await as usize, vms);
+            lists.push(t.elapsed());
+        }
+        let ml = median(&mut lists);
+        let sim_rss: Vec<u64> = {
+            // RSS of a few ch-sim processes (pids from the worker's list).
+            let resp = w.list_vms_request().send().promise.await.unwrap();
+            let l = resp.get().unwrap().get_vms().unwrap();
+            l.iter().take(10).map(|v| rss_kib(v.get_pid())).collect()
+        };
+        println!(
+            "{vms} VMs on one worker (created 16 at a time in {:.1} s):",
+            create_time.as_secs_f64()
+        );
+        println!("  listVms: median of 20 = {:.2} ms", ms(ml));
+        println!(
+            "  worker RSS: {rss0} KiB idle -> {rss1} KiB with {vms} VMs = {:.1} KiB per VM",
+            (rss1 as f64 - rss0 as f64) / vms as f64
+        );
+        println!("  ch-sim RSS (first 10): {:?} KiB", sim_rss);
+
+        let t = Instant::now();
+        for chunk in all.chunks(32) {
+            futures::future::join_all(chunk.iter().map(|id| delete(&w, id))).await;
+        }
+        println!("  deleted {vms} VMs in {:.1} s", t.elapsed().as_secs_f64());
+        conn.close().await;
+        drop(worker_proc);
+    });
+}
