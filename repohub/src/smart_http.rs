@@ -154,7 +154,10 @@ async fn run_backend(
         )
         .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
+        // Only the repository's own config applies: no system or user
+        // config can re-enable something we turned off.
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("HOME", root)
         .env("PATH_INFO", path_info)
         .env("QUERY_STRING", query)

@@ -164,7 +164,12 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     // Followed by the page's script until the stream ends.
     b.find("#log[data-state=done]", 15).await;
     let log = b.text("#log").await;
-    assert!(log.contains("evaluating flake") && log.contains("<script>alert(1)</script>") && log.contains("published generation"), "{log}");
+    assert!(
+        log.contains("evaluating flake")
+            && log.contains("<script>alert(1)</script>")
+            && log.contains("published generation"),
+        "{log}"
+    );
     b.screenshot("10-job").await;
 
     // A repository without a flake: "Generate flake" runs autonix.
@@ -175,17 +180,24 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     let api = work_repo(
         dir.path(),
         &[
-            ("Cargo.toml", b"[package]\nname = \"api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+            (
+                "Cargo.toml",
+                b"[package]\nname = \"api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+            ),
             ("src/main.rs", b"fn main() {}\n"),
         ],
         "api service",
     );
-    let api_url = format!("http://ann:{token}@{}/shop/api.git", hub.base.trim_start_matches("http://"));
+    let api_url = format!(
+        "http://ann:{token}@{}/shop/api.git",
+        hub.base.trim_start_matches("http://")
+    );
     let (ok, out) = git_async(&api, &["push", &api_url, "main"]).await;
     assert!(ok, "{out}");
     b.goto(&url("/shop/api")).await;
     b.click("#generate-flake").await;
-    b.wait_text("#generated-flake", "buildRustPackage", 30).await;
+    b.wait_text("#generated-flake", "buildRustPackage", 30)
+        .await;
     b.screenshot("11-generated-flake").await;
 
     // The control plane goes away: the panel says so, the rest still works.
