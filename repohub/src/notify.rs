@@ -70,6 +70,8 @@ pub fn parse_spool(text: &str) -> Option<(String, Vec<RefUpdate>)> {
 /// only after its rows are committed, so a crash can at worst deliver a
 /// push twice (ci_service supersedes duplicates), never lose it.
 pub fn drain_spool(spool: &Path, db: &Db) -> Result<usize, NotifyError> {
+    // Recreated if someone removed it, so later pushes are recorded again.
+    std::fs::create_dir_all(spool)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(spool)?
         .filter_map(Result::ok)
         .map(|e| e.path())

@@ -273,3 +273,58 @@ async fn push_succeeds_when_ci_refuses_connections() {
     assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);
     assert_eq!(app.state.db.push_counts(&path).unwrap().0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_survive_a_restart_and_a_broken_spool_never_fails_a_push() {
+    let ci = FakeCi::start().await;
+    ci.state
+        .up
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let url = ci.url();
+    let edit = |c: &mut repohub::Config| {
+        c.ci_url = Some(url.clone());
+        c.ci_secret = Some(CI_SECRET.into());
+    };
+    let (app, srv) = setup(edit).await;
+    let mut ann = app.client();
+    ann.signup("ann", PW).await;
+    ann.create_project("p", true).await;
+    ann.create_repo("p", "r").await;
+    let token = ann.token().await;
+    let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);
+
+    // repohub stops with the event undelivered; a new instance on the same
+    // data directory delivers it once ci_service is back.
+    srv.stop().await;
+    ci.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut c2 = config(app.dir.path());
+    edit(&mut c2);
+    let srv2 = Server::start(c2).await;
+    assert!(
+        eventually(10, || ci.pushes().len() == 1).await,
+        "the queued push was lost across a restart"
+    );
+
+    // The hook cannot write its spool file (directory replaced by a file):
+    // the push still succeeds.
+    let spool = app.dir.path().join("data/spool");
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    std::fs::write(work.join("x"), b"2").unwrap();
+    git_async(&work, &["commit", "-qam", "two"]).await;
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv2.auth_url("ann", &token, "/p/r.git"), "main"],
+    )
+    .await;
+    assert!(ok, "a broken spool must not fail the push: {out}");
+    std::fs::remove_file(&spool).unwrap();
+}

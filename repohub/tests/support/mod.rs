@@ -580,6 +580,7 @@ pub fn dead_port() -> SocketAddr {
 pub struct Server {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -594,12 +595,24 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = repohub::run(config, listener, token).await {
                 panic!("repohub::run failed: {e:?}");
             }
         });
-        Self { addr, shutdown }
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits until it (and its notifier) have ended.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
