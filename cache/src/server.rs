@@ -19,7 +19,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::hash::is_hash_part;
@@ -290,7 +289,7 @@ fn file_like(body: Bytes, content_type: &str, head: bool) -> Response<Body> {
 
 /// Small files (narinfo) are read whole: one blocking call instead of a stream.
 async fn serve_small(path: PathBuf, content_type: &str, head: bool) -> Response<Body> {
-    match tokio::fs::read(&path).await {
+    match std::fs::read(&path) {
         Ok(data) => file_like(data.into(), content_type, head),
         Err(e) if e.kind() == io::ErrorKind::NotFound => text(404, "not found"),
         Err(e) => {
@@ -300,33 +299,53 @@ async fn serve_small(path: PathBuf, content_type: &str, head: bool) -> Response<
     }
 }
 
-/// NARs are streamed from disk as stored, with their exact length.
+/// Bytes per read when streaming a NAR.
+const CHUNK: usize = 1 << 20;
+
+/// NARs are streamed from disk as stored, with their exact length. One
+/// blocking task reads the whole file in large chunks (instead of one
+/// blocking hop per chunk), bounded by a small channel so a slow client
+/// holds at most a few chunks in memory.
 async fn serve_file(path: PathBuf, content_type: &str, head: bool) -> Response<Body> {
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
+    let opened = std::fs::File::open(&path).and_then(|f| {
+        let len = f.metadata()?.len();
+        Ok((f, len))
+    });
+    let (file, len) = match opened {
+        Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return text(404, "not found"),
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "open failed");
+            tracing::error!(error = %e, "open failed");
             return text(500, "open failed");
-        }
-    };
-    let len = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "stat failed");
-            return text(500, "stat failed");
         }
     };
     let body = if head {
         full(Bytes::new())
     } else {
-        StreamBody::new(ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data)).boxed()
+        file_body(file)
     };
     Response::builder()
         .header(CONTENT_TYPE, content_type)
         .header(CONTENT_LENGTH, len)
         .body(body)
         .unwrap_or_else(|_| Response::new(full("")))
+}
+
+fn file_body(file: std::fs::File) -> Body {
+    use std::io::Read as _;
+    let stream = futures::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; CHUNK];
+        match file.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    StreamBody::new(stream.map_ok(Frame::data)).boxed()
 }
 
 /// Checks HTTP basic auth; the password must equal the upload token.
