@@ -15,8 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use capnp::capability::Rc as CapRc;
-use commands::types::{Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus};
+use commands::types::{
+    Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
+};
 use commands::worker_capnp::worker;
 use control_plane::client::MasterClient;
 use control_plane::model::WorkerMetricsView;
@@ -25,8 +26,16 @@ use control_plane::state::{ObservedVm, Registration};
 fn bin(name: &str) -> PathBuf {
     // target/release/deps/cluster-HASH → target/release/NAME
     let exe = std::env::current_exe().expect("current exe");
-    let p = exe.parent().and_then(Path::parent).expect("target dir").join(name);
-    assert!(p.exists(), "{} is missing: `cargo build --release -p worker -p control_plane` first", p.display());
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: `cargo build --release -p worker -p control_plane` first",
+        p.display()
+    );
     p
 }
 
@@ -39,17 +48,26 @@ impl Drop for Proc {
 }
 
 fn spawn(mut cmd: Command) -> (Proc, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).env("RUST_LOG", "warn");
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("RUST_LOG", "warn");
     let mut child = cmd.spawn().expect("spawn");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-    let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_owned();
     (Proc(child), addr)
 }
 
 fn control_plane(extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(bin("control_plane"));
-    cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"]).args(extra);
+    cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"])
+        .args(extra);
     spawn(cmd)
 }
 
@@ -98,23 +116,42 @@ async fn publish_to_converged() {
         std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
         std::fs::write(f, body).expect("write");
     }
-    std::fs::create_dir_all(dir.join("store").join(TOPLEVEL.trim_start_matches('/'))).expect("mkdir");
+    std::fs::create_dir_all(dir.join("store").join(TOPLEVEL.trim_start_matches('/')))
+        .expect("mkdir");
     let (_cp, addr) = control_plane(&["--heartbeat-timeout-ms", "3000"]);
     let mut workers = Vec::new();
     for id in ["b1", "b2", "b3"] {
         let mut cmd = Command::new(bin("worker"));
-        cmd.args(["--listen", "127.0.0.1:0", "--worker-id", id, "--cpu", "16", "--memory-mb", "8192"])
-            .args(["--control-plane", &addr, "--heartbeat-interval-ms", "500", "--shutdown-timeout-ms", "200"])
-            .arg("--run-dir")
-            .arg(dir.join(id))
-            .arg("--store-root")
-            .arg(dir.join("store"))
-            .arg("--ch-binary")
-            .arg(bin("ch-sim"))
-            .arg("--stop-vms-on-exit");
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-id",
+            id,
+            "--cpu",
+            "16",
+            "--memory-mb",
+            "8192",
+        ])
+        .args([
+            "--control-plane",
+            &addr,
+            "--heartbeat-interval-ms",
+            "500",
+            "--shutdown-timeout-ms",
+            "200",
+        ])
+        .arg("--run-dir")
+        .arg(dir.join(id))
+        .arg("--store-root")
+        .arg(dir.join("store"))
+        .arg("--ch-binary")
+        .arg(bin("ch-sim"))
+        .arg("--stop-vms-on-exit");
         workers.push(spawn(cmd).0);
     }
-    let m = MasterClient::connect(&addr, Duration::from_secs(5)).await.expect("connect");
+    let m = MasterClient::connect(&addr, Duration::from_secs(5))
+        .await
+        .expect("connect");
     loop {
         let s = m.status().await.expect("status");
         if s.workers.iter().filter(|w| w.healthy).count() == 3 {
@@ -127,7 +164,10 @@ async fn publish_to_converged() {
     let mut times = Vec::new();
     for generation in 1..=rounds + 1 {
         // Generation 1 creates all six; later ones change two specs each.
-        let changed = [names[(generation as usize * 2) % 6], names[(generation as usize * 2 + 1) % 6]];
+        let changed = [
+            names[(generation as usize * 2) % 6],
+            names[(generation as usize * 2 + 1) % 6],
+        ];
         let specs: Vec<VmSpec> = names
             .iter()
             .map(|n| {
@@ -136,13 +176,26 @@ async fn publish_to_converged() {
             })
             .collect();
         let t = Instant::now();
-        m.publish(&format!("c{generation}"), generation, &format!("i{generation}"), &specs).await.expect("publish");
+        m.publish(
+            &format!("c{generation}"),
+            generation,
+            &format!("i{generation}"),
+            &specs,
+        )
+        .await
+        .expect("publish");
         loop {
             let s = m.status().await.expect("status");
-            if s.convergence_percent >= 100.0 && s.vms.len() == 6 && s.vms.iter().all(|v| v.observed_hash == v.desired_hash) {
+            if s.convergence_percent >= 100.0
+                && s.vms.len() == 6
+                && s.vms.iter().all(|v| v.observed_hash == v.desired_hash)
+            {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "generation {generation} did not converge");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "generation {generation} did not converge"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         if generation > 1 {
@@ -150,7 +203,9 @@ async fn publish_to_converged() {
         }
     }
     times.sort();
-    println!("publish-to-converged, 3 workers on ch-sim, 2 of 6 VMs replaced per generation, {rounds} generations:");
+    println!(
+        "publish-to-converged, 3 workers on ch-sim, 2 of 6 VMs replaced per generation, {rounds} generations:"
+    );
     println!(
         "  median {:.1} ms   p99 {:.1} ms   min {:.1} ms   max {:.1} ms",
         percentile(&times, 0.5).as_secs_f64() * 1e3,
@@ -169,7 +224,12 @@ impl worker::Server for NullWorker {}
 
 async fn thousand_workers() {
     let n = 1000usize;
-    let (cp, addr) = control_plane(&["--heartbeat-timeout-ms", "5000", "--long-poll-timeout-ms", "25000"]);
+    let (cp, addr) = control_plane(&[
+        "--heartbeat-timeout-ms",
+        "5000",
+        "--long-poll-timeout-ms",
+        "25000",
+    ]);
     let pid = cp.0.id();
     let cap: worker::Client = capnp_rpc::new_client(NullWorker);
     let stop = tokio_util::sync::CancellationToken::new();
@@ -180,12 +240,19 @@ async fn thousand_workers() {
         let cap = cap.clone();
         let stop = stop.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            let m = Rc::new(MasterClient::connect(&addr, Duration::from_secs(30)).await.expect("connect"));
+            let m = Rc::new(
+                MasterClient::connect(&addr, Duration::from_secs(30))
+                    .await
+                    .expect("connect"),
+            );
             let id = format!("sim-{i:04}");
             let reg = Registration {
                 worker_id: id.parse().expect("id"),
                 address: format!("10.1.{}.{}:6000", i / 250, i % 250),
-                capacity: Resources { cpu: 64, memory_mb: 65536 },
+                capacity: Resources {
+                    cpu: 64,
+                    memory_mb: 65536,
+                },
                 labels: Labels::new(),
             };
             m.register(&reg, cap).await.expect("register");
@@ -224,7 +291,10 @@ async fn thousand_workers() {
                             })
                             .collect();
                     }
-                    if m.push_data(&id, 1, &running, &WorkerMetricsView::default()).await.is_err() {
+                    if m.push_data(&id, 1, &running, &WorkerMetricsView::default())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -237,7 +307,9 @@ async fn thousand_workers() {
             }
         }));
     }
-    let m = MasterClient::connect(&addr, Duration::from_secs(5)).await.expect("connect");
+    let m = MasterClient::connect(&addr, Duration::from_secs(5))
+        .await
+        .expect("connect");
     loop {
         let s = m.status().await.expect("status");
         if s.workers.iter().filter(|w| w.healthy).count() == n {
@@ -245,14 +317,19 @@ async fn thousand_workers() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("{n} simulated workers registered in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "{n} simulated workers registered in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     // Steady state: heartbeats and parked long-polls, one publish of 3,000
     // VMs in the middle (every long-poll wakes).
     let window = Duration::from_secs(20);
     let (t0, _) = cpu_ticks_and_rss(pid);
     let start = Instant::now();
     tokio::time::sleep(window / 2).await;
-    let specs: Vec<VmSpec> = (0..3 * n).map(|k| spec(&format!("app{}-{}", k / 3, k % 3), "h")).collect();
+    let specs: Vec<VmSpec> = (0..3 * n)
+        .map(|k| spec(&format!("app{}-{}", k / 3, k % 3), "h"))
+        .collect();
     let pt = Instant::now();
     let o = m.publish("c1", 1, "i1", &specs).await.expect("publish");
     let publish_ms = pt.elapsed().as_secs_f64() * 1e3;

@@ -38,8 +38,13 @@ fn workers(n: usize) -> Vec<WorkerSlot> {
     (0..n)
         .map(|i| WorkerSlot {
             id: format!("worker-{i:04}").parse().expect("valid id"),
-            capacity: Resources { cpu: 256, memory_mb: 256 * 1024 },
-            labels: [("zone".to_owned(), ["a", "b", "c"][i % 3].to_owned())].into_iter().collect(),
+            capacity: Resources {
+                cpu: 256,
+                memory_mb: 256 * 1024,
+            },
+            labels: [("zone".to_owned(), ["a", "b", "c"][i % 3].to_owned())]
+                .into_iter()
+                .collect(),
         })
         .collect()
 }
@@ -47,7 +52,11 @@ fn workers(n: usize) -> Vec<WorkerSlot> {
 fn main() {
     let specs = specs(100_000);
     let workers = workers(1_000);
-    println!("scheduler: {} VMs onto {} workers", specs.len(), workers.len());
+    println!(
+        "scheduler: {} VMs onto {} workers",
+        specs.len(),
+        workers.len()
+    );
 
     let t = Instant::now();
     let first = schedule(&specs, &workers, &BTreeMap::new());
@@ -60,18 +69,44 @@ fn main() {
     let stable = t.elapsed();
 
     let rate = |d: std::time::Duration| specs.len() as f64 / d.as_secs_f64();
-    println!("  fresh placement:   {:>8.1} ms  {:>12.0} placements/s", fresh.as_secs_f64() * 1e3, rate(fresh));
-    println!("  second fresh run:  {:>8.1} ms  {:>12.0} placements/s", again.as_secs_f64() * 1e3, rate(again));
-    println!("  with previous:     {:>8.1} ms  {:>12.0} placements/s", stable.as_secs_f64() * 1e3, rate(stable));
-    println!("  placed {} unplaced {}", first.assigned.len(), first.unplaced.len());
+    println!(
+        "  fresh placement:   {:>8.1} ms  {:>12.0} placements/s",
+        fresh.as_secs_f64() * 1e3,
+        rate(fresh)
+    );
+    println!(
+        "  second fresh run:  {:>8.1} ms  {:>12.0} placements/s",
+        again.as_secs_f64() * 1e3,
+        rate(again)
+    );
+    println!(
+        "  with previous:     {:>8.1} ms  {:>12.0} placements/s",
+        stable.as_secs_f64() * 1e3,
+        rate(stable)
+    );
+    println!(
+        "  placed {} unplaced {}",
+        first.assigned.len(),
+        first.unplaced.len()
+    );
     println!("  same placement on the second run: {}", first == second);
-    println!("  nothing moved with previous as input: {}", steady.assigned == first.assigned);
+    println!(
+        "  nothing moved with previous as input: {}",
+        steady.assigned == first.assigned
+    );
 
     // One worker of 1,000 dies: how long to move its VMs.
     let survivors = &workers[1..];
     let t = Instant::now();
     let failover = schedule(&specs, survivors, &first.assigned);
     let d = t.elapsed();
-    let moved = first.assigned.iter().filter(|(vm, w)| failover.assigned.get(*vm) != Some(*w)).count();
-    println!("  worker loss: {moved} VMs moved in {:.1} ms", d.as_secs_f64() * 1e3);
+    let moved = first
+        .assigned
+        .iter()
+        .filter(|(vm, w)| failover.assigned.get(*vm) != Some(*w))
+        .count();
+    println!(
+        "  worker loss: {moved} VMs moved in {:.1} ms",
+        d.as_secs_f64() * 1e3
+    );
 }

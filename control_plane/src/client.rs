@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use commands::convert::{
-    ConvertError, RpcFailure, labels_to_capnp, resources_to_capnp, result_from_capnp, vm_metrics_to_capnp,
-    vm_spec_to_capnp, vm_status_to_capnp,
+    ConvertError, RpcFailure, labels_to_capnp, resources_to_capnp, result_from_capnp,
+    vm_metrics_to_capnp, vm_spec_to_capnp, vm_status_to_capnp,
 };
 use commands::master_capnp::master;
 use commands::rpc::{self, Connection, RpcError};
@@ -43,7 +43,9 @@ fn len32(n: usize) -> u32 {
 impl MasterClient {
     /// Connects to `addr` ("host:port"). Must run inside a `LocalSet`.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
-        Ok(MasterClient { conn: rpc::connect::<master::Client>(addr, timeout).await? })
+        Ok(MasterClient {
+            conn: rpc::connect::<master::Client>(addr, timeout).await?,
+        })
     }
 
     pub fn raw(&self) -> &master::Client {
@@ -77,7 +79,11 @@ impl MasterClient {
         Ok(model::publish_outcome_from_capnp(ok)?)
     }
 
-    pub async fn register(&self, reg: &Registration, cap: worker::Client) -> Result<(), ClientError> {
+    pub async fn register(
+        &self,
+        reg: &Registration,
+        cap: worker::Client,
+    ) -> Result<(), ClientError> {
         let mut req = self.conn.client.register_worker_request();
         {
             let mut p = req.get();
@@ -140,13 +146,27 @@ impl MasterClient {
     }
 
     pub async fn status(&self) -> Result<ClusterStatusView, ClientError> {
-        let reply = self.conn.client.get_cluster_status_request().send().promise.await?;
+        let reply = self
+            .conn
+            .client
+            .get_cluster_status_request()
+            .send()
+            .promise
+            .await?;
         Ok(model::status_from_capnp(reply.get()?.get_status()?)?)
     }
 
     pub async fn generations(&self) -> Result<Vec<GenerationView>, ClientError> {
-        let reply = self.conn.client.list_generations_request().send().promise.await?;
-        Ok(model::generations_from_capnp(reply.get()?.get_generations()?)?)
+        let reply = self
+            .conn
+            .client
+            .list_generations_request()
+            .send()
+            .promise
+            .await?;
+        Ok(model::generations_from_capnp(
+            reply.get()?.get_generations()?,
+        )?)
     }
 
     /// The worker's own capability, proxied through the control plane.

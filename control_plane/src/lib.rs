@@ -49,7 +49,10 @@ impl Default for Config {
 /// Must be called inside a `tokio::task::LocalSet`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) {
     let state = State::new(
-        Settings { heartbeat_timeout: config.heartbeat_timeout, startup_grace: config.startup_grace },
+        Settings {
+            heartbeat_timeout: config.heartbeat_timeout,
+            startup_grace: config.startup_grace,
+        },
         Instant::now(),
         // Revisions of this run never collide with a previous run's.
         commands::telemetry::now_ms().saturating_mul(1000),
@@ -77,7 +80,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let make = {
         let shared = shared.clone();
         move |conn, peer| {
-            let client: master::Client = capnp_rpc::new_client(MasterImpl::new(Rc::clone(&shared), conn, peer));
+            let client: master::Client =
+                capnp_rpc::new_client(MasterImpl::new(Rc::clone(&shared), conn, peer));
             client.client
         }
     };

@@ -7,10 +7,17 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "control_plane", about = "Procurator control plane (Master RPC server)")]
+#[command(
+    name = "control_plane",
+    about = "Procurator control plane (Master RPC server)"
+)]
 struct Args {
     /// Address to serve the Master interface on.
-    #[arg(long, env = "PCR_CONTROL_PLANE_LISTEN", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        env = "PCR_CONTROL_PLANE_LISTEN",
+        default_value = "127.0.0.1:7000"
+    )]
     listen: String,
     /// How long getAssignment waits for a change before answering "nothing new".
     #[arg(long, env = "PCR_LONG_POLL_TIMEOUT_MS", default_value_t = 25_000)]
@@ -34,7 +41,9 @@ fn main() -> std::process::ExitCode {
     let config = control_plane::Config {
         long_poll_timeout: Duration::from_millis(args.long_poll_timeout_ms),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
-        startup_grace: Duration::from_millis(args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms)),
+        startup_grace: Duration::from_millis(
+            args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms),
+        ),
     };
     commands::rpc::block_on_local(async move {
         let listener = match tokio::net::TcpListener::bind(&args.listen).await {
@@ -44,7 +53,10 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(args.listen.clone());
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or(args.listen.clone());
         // Tests and scripts parse this line to learn the port.
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");

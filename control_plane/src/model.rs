@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use commands::common_capnp;
 use commands::convert::{
-    self, ConvertError, check_len, labels_from_capnp, labels_to_capnp, resources_from_capnp, resources_to_capnp,
-    text, vm_metrics_from_capnp, vm_metrics_to_capnp, vm_spec_to_capnp, vm_specs_from_capnp, vm_state_from_capnp,
-    vm_state_to_capnp,
+    self, ConvertError, check_len, labels_from_capnp, labels_to_capnp, resources_from_capnp,
+    resources_to_capnp, text, vm_metrics_from_capnp, vm_metrics_to_capnp, vm_spec_to_capnp,
+    vm_specs_from_capnp, vm_state_from_capnp, vm_state_to_capnp,
 };
 use commands::master_capnp;
 use commands::types::{Labels, Resources, VmMetrics, VmSpec, VmState};
@@ -103,7 +103,10 @@ impl WorkerHealthView {
     pub fn free(&self) -> Resources {
         Resources {
             cpu: self.capacity.cpu.saturating_sub(self.allocated.cpu),
-            memory_mb: self.capacity.memory_mb.saturating_sub(self.allocated.memory_mb),
+            memory_mb: self
+                .capacity
+                .memory_mb
+                .saturating_sub(self.allocated.memory_mb),
         }
     }
 }
@@ -175,7 +178,10 @@ fn drift_from_capnp(d: master_capnp::Drift) -> Drift {
     }
 }
 
-pub fn worker_metrics_to_capnp(m: &WorkerMetricsView, mut b: common_capnp::worker_metrics::Builder<'_>) {
+pub fn worker_metrics_to_capnp(
+    m: &WorkerMetricsView,
+    mut b: common_capnp::worker_metrics::Builder<'_>,
+) {
     b.set_load_average(m.load_average);
     b.set_memory_used_mb(m.memory_used_mb);
     b.set_vm_count(m.vm_count);
@@ -189,7 +195,10 @@ pub fn worker_metrics_from_capnp(r: common_capnp::worker_metrics::Reader<'_>) ->
     }
 }
 
-pub fn unplaced_to_capnp(u: &[UnplacedView], mut b: capnp::struct_list::Builder<'_, master_capnp::unplaced::Owned>) {
+pub fn unplaced_to_capnp(
+    u: &[UnplacedView],
+    mut b: capnp::struct_list::Builder<'_, master_capnp::unplaced::Owned>,
+) {
     for (i, x) in u.iter().enumerate() {
         let mut e = b.reborrow().get(len32(i));
         e.set_name(&x.name);
@@ -201,7 +210,14 @@ fn unplaced_from_capnp(
     r: capnp::struct_list::Reader<'_, master_capnp::unplaced::Owned>,
 ) -> Result<Vec<UnplacedView>, ConvertError> {
     check_len(r.len(), convert::MAX_LIST)?;
-    r.iter().map(|u| Ok(UnplacedView { name: text(u.get_name())?, reason: text(u.get_reason())? })).collect()
+    r.iter()
+        .map(|u| {
+            Ok(UnplacedView {
+                name: text(u.get_name())?,
+                reason: text(u.get_reason())?,
+            })
+        })
+        .collect()
 }
 
 pub fn status_to_capnp(s: &ClusterStatusView, mut b: master_capnp::cluster_status::Builder<'_>) {
@@ -251,7 +267,10 @@ pub fn assignment_to_capnp(a: &AssignmentView, mut b: master_capnp::assignment_r
     }
 }
 
-pub fn publish_outcome_to_capnp(o: &PublishOutcomeView, mut b: master_capnp::publish_outcome::Builder<'_>) {
+pub fn publish_outcome_to_capnp(
+    o: &PublishOutcomeView,
+    mut b: master_capnp::publish_outcome::Builder<'_>,
+) {
     b.set_generation(o.generation);
     b.set_noop(o.noop);
     b.set_placed(o.placed);
@@ -260,7 +279,9 @@ pub fn publish_outcome_to_capnp(o: &PublishOutcomeView, mut b: master_capnp::pub
 
 // ---- from capnp -----------------------------------------------------------
 
-fn generation_from_capnp(r: common_capnp::generation::Reader<'_>) -> Result<GenerationView, ConvertError> {
+fn generation_from_capnp(
+    r: common_capnp::generation::Reader<'_>,
+) -> Result<GenerationView, ConvertError> {
     Ok(GenerationView {
         number: r.get_number(),
         commit: text(r.get_commit())?,
@@ -277,7 +298,9 @@ pub fn generations_from_capnp(
     r.iter().map(generation_from_capnp).collect()
 }
 
-pub fn status_from_capnp(r: master_capnp::cluster_status::Reader<'_>) -> Result<ClusterStatusView, ConvertError> {
+pub fn status_from_capnp(
+    r: master_capnp::cluster_status::Reader<'_>,
+) -> Result<ClusterStatusView, ConvertError> {
     let active = if r.has_active() {
         Some(generation_from_capnp(r.get_active()?)?).filter(|g| g.number != 0)
     } else {
@@ -291,7 +314,9 @@ pub fn status_from_capnp(r: master_capnp::cluster_status::Reader<'_>) -> Result<
         let state = if observed_hash.is_empty() {
             None
         } else {
-            Some(vm_state_from_capnp(v.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?))
+            Some(vm_state_from_capnp(
+                v.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?,
+            ))
         };
         vms.push(VmPlacementView {
             name: text(v.get_name())?,
@@ -330,7 +355,9 @@ pub fn status_from_capnp(r: master_capnp::cluster_status::Reader<'_>) -> Result<
     })
 }
 
-pub fn assignment_from_capnp(r: master_capnp::assignment_reply::Reader<'_>) -> Result<AssignmentView, ConvertError> {
+pub fn assignment_from_capnp(
+    r: master_capnp::assignment_reply::Reader<'_>,
+) -> Result<AssignmentView, ConvertError> {
     let a = r.get_assignment()?;
     Ok(AssignmentView {
         changed: r.get_changed(),

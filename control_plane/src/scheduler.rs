@@ -56,7 +56,10 @@ pub struct Placement {
 impl Placement {
     /// The VM names placed on `worker`, in name order.
     pub fn on_worker<'a>(&'a self, worker: &'a WorkerId) -> impl Iterator<Item = &'a VmName> + 'a {
-        self.assigned.iter().filter(move |(_, w)| *w == worker).map(|(n, _)| n)
+        self.assigned
+            .iter()
+            .filter(move |(_, w)| *w == worker)
+            .map(|(n, _)| n)
     }
 }
 
@@ -68,16 +71,23 @@ pub fn group_of(spec: &VmSpec) -> &str {
     }
     let name = spec.name().as_str();
     match name.rsplit_once('-') {
-        Some((base, digits)) if !base.is_empty() && !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) => base,
+        Some((base, digits))
+            if !base.is_empty()
+                && !digits.is_empty()
+                && digits.bytes().all(|c| c.is_ascii_digit()) =>
+        {
+            base
+        }
         _ => name,
     }
 }
 
 /// The (key, value) worker labels a spec requires, in key order.
 pub fn constraints_of(spec: &VmSpec) -> impl Iterator<Item = (&str, &str)> {
-    spec.labels()
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix(PLACEMENT_PREFIX).map(|key| (key, v.as_str())))
+    spec.labels().iter().filter_map(|(k, v)| {
+        k.strip_prefix(PLACEMENT_PREFIX)
+            .map(|key| (key, v.as_str()))
+    })
 }
 
 fn satisfies(worker_labels: &Labels, spec: &VmSpec) -> bool {
@@ -111,7 +121,8 @@ impl Slot<'_> {
             return u64::MAX;
         }
         let cpu = self.used_cpu.saturating_mul(1_000_000) / cap_cpu;
-        let mem = u64::try_from(u128::from(self.used_mem) * 1_000_000 / u128::from(cap_mem)).unwrap_or(u64::MAX);
+        let mem = u64::try_from(u128::from(self.used_mem) * 1_000_000 / u128::from(cap_mem))
+            .unwrap_or(u64::MAX);
         cpu.max(mem)
     }
 }
@@ -120,23 +131,54 @@ impl Slot<'_> {
 /// qualify. `workers` must hold only live (healthy) workers; duplicate
 /// worker ids or VM names are resolved by keeping the smallest by a full
 /// sort key (callers validate uniqueness; this only keeps the function total).
-pub fn schedule(specs: &[VmSpec], workers: &[WorkerSlot], previous: &BTreeMap<VmName, WorkerId>) -> Placement {
+pub fn schedule(
+    specs: &[VmSpec],
+    workers: &[WorkerSlot],
+    previous: &BTreeMap<VmName, WorkerId>,
+) -> Placement {
     // Sorted, deduplicated views of the inputs.
     // Full-key sorts, so even duplicates (which callers never pass) come
     // out the same whatever the input order.
     let mut sorted_workers: Vec<&WorkerSlot> = workers.iter().collect();
     sorted_workers.sort_by(|a, b| {
-        (&a.id, a.capacity.cpu, a.capacity.memory_mb, &a.labels).cmp(&(&b.id, b.capacity.cpu, b.capacity.memory_mb, &b.labels))
+        (&a.id, a.capacity.cpu, a.capacity.memory_mb, &a.labels).cmp(&(
+            &b.id,
+            b.capacity.cpu,
+            b.capacity.memory_mb,
+            &b.labels,
+        ))
     });
     sorted_workers.dedup_by(|a, b| a.id == b.id);
-    let mut slots: Vec<Slot<'_>> =
-        sorted_workers.iter().map(|w| Slot { worker: w, used_cpu: 0, used_mem: 0 }).collect();
-    let index_of: HashMap<&WorkerId, usize> = slots.iter().enumerate().map(|(i, s)| (&s.worker.id, i)).collect();
+    let mut slots: Vec<Slot<'_>> = sorted_workers
+        .iter()
+        .map(|w| Slot {
+            worker: w,
+            used_cpu: 0,
+            used_mem: 0,
+        })
+        .collect();
+    let index_of: HashMap<&WorkerId, usize> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (&s.worker.id, i))
+        .collect();
 
     let mut sorted_specs: Vec<&VmSpec> = specs.iter().collect();
     sorted_specs.sort_by(|a, b| {
-        (a.name(), a.cpu(), a.memory_mb(), a.labels(), a.content_hash())
-            .cmp(&(b.name(), b.cpu(), b.memory_mb(), b.labels(), b.content_hash()))
+        (
+            a.name(),
+            a.cpu(),
+            a.memory_mb(),
+            a.labels(),
+            a.content_hash(),
+        )
+            .cmp(&(
+                b.name(),
+                b.cpu(),
+                b.memory_mb(),
+                b.labels(),
+                b.content_hash(),
+            ))
     });
     sorted_specs.dedup_by(|a, b| a.name() == b.name());
 
@@ -155,7 +197,8 @@ pub fn schedule(specs: &[VmSpec], workers: &[WorkerSlot], previous: &BTreeMap<Vm
         match keep {
             Some(i) => {
                 slots[i].take(spec);
-                out.assigned.insert(spec.name().clone(), slots[i].worker.id.clone());
+                out.assigned
+                    .insert(spec.name().clone(), slots[i].worker.id.clone());
                 kept_by_group.entry(group_of(spec)).or_default().push(i);
             }
             None => pending.push(spec),
@@ -163,20 +206,36 @@ pub fn schedule(specs: &[VmSpec], workers: &[WorkerSlot], previous: &BTreeMap<Vm
     }
 
     // Phase 2: everything else, one group at a time.
-    pending.sort_by(|a, b| group_of(a).cmp(group_of(b)).then_with(|| a.name().cmp(b.name())));
-    let mut by_load: BTreeSet<(u64, usize)> = slots.iter().enumerate().map(|(i, s)| (s.load(), i)).collect();
+    pending.sort_by(|a, b| {
+        group_of(a)
+            .cmp(group_of(b))
+            .then_with(|| a.name().cmp(b.name()))
+    });
+    let mut by_load: BTreeSet<(u64, usize)> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.load(), i))
+        .collect();
 
     let mut start = 0;
     while start < pending.len() {
         let group = group_of(pending[start]);
-        let end = start + pending[start..].iter().take_while(|s| group_of(s) == group).count();
+        let end = start
+            + pending[start..]
+                .iter()
+                .take_while(|s| group_of(s) == group)
+                .count();
 
         // How many VMs of this group each worker holds, and how many
         // workers hold each count (hist[c]); a worker absent from `count`
         // holds none. `floor` is the lowest count any worker has: a
         // qualifying worker with that count cannot be beaten.
         let mut count: HashMap<usize, u32> = HashMap::new();
-        for &i in kept_by_group.get(group).map(Vec::as_slice).unwrap_or_default() {
+        for &i in kept_by_group
+            .get(group)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             *count.entry(i).or_default() += 1;
         }
         let mut hist: BTreeMap<u32, usize> = BTreeMap::new();
@@ -217,10 +276,12 @@ pub fn schedule(specs: &[VmSpec], workers: &[WorkerSlot], previous: &BTreeMap<Vm
                         }
                     }
                     *hist.entry(c + 1).or_default() += 1;
-                    out.assigned.insert(spec.name().clone(), slots[i].worker.id.clone());
+                    out.assigned
+                        .insert(spec.name().clone(), slots[i].worker.id.clone());
                 }
                 None => {
-                    out.unplaced.insert(spec.name().clone(), unplaced_reason(spec, &slots));
+                    out.unplaced
+                        .insert(spec.name().clone(), unplaced_reason(spec, &slots));
                 }
             }
         }
@@ -234,14 +295,27 @@ fn unplaced_reason(spec: &VmSpec, slots: &[Slot<'_>]) -> String {
     if slots.is_empty() {
         return "no healthy workers".to_owned();
     }
-    let matching: Vec<&Slot<'_>> = slots.iter().filter(|s| satisfies(&s.worker.labels, spec)).collect();
+    let matching: Vec<&Slot<'_>> = slots
+        .iter()
+        .filter(|s| satisfies(&s.worker.labels, spec))
+        .collect();
     if matching.is_empty() {
-        let wanted: Vec<String> = constraints_of(spec).map(|(k, v)| format!("{k}={v}")).collect();
+        let wanted: Vec<String> = constraints_of(spec)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         return format!("no healthy worker has labels {}", wanted.join(","));
     }
     // The most free cpu and memory on any single qualifying worker.
-    let free_cpu = matching.iter().map(|s| u64::from(s.worker.capacity.cpu).saturating_sub(s.used_cpu)).max().unwrap_or(0);
-    let free_mem = matching.iter().map(|s| s.worker.capacity.memory_mb.saturating_sub(s.used_mem)).max().unwrap_or(0);
+    let free_cpu = matching
+        .iter()
+        .map(|s| u64::from(s.worker.capacity.cpu).saturating_sub(s.used_cpu))
+        .max()
+        .unwrap_or(0);
+    let free_mem = matching
+        .iter()
+        .map(|s| s.worker.capacity.memory_mb.saturating_sub(s.used_mem))
+        .max()
+        .unwrap_or(0);
     format!(
         "insufficient capacity: needs {} cpu and {} MiB; the most free on a matching worker is {free_cpu} cpu and {free_mem} MiB ({} matching workers)",
         spec.cpu(),
@@ -264,7 +338,10 @@ mod tests {
             cpu,
             memory_mb: mem,
             content_hash: format!("h-{name}"),
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             ..Default::default()
         })
         .unwrap()
@@ -273,8 +350,14 @@ mod tests {
     fn worker(id: &str, cpu: u32, mem: u64, labels: &[(&str, &str)]) -> WorkerSlot {
         WorkerSlot {
             id: id.parse().unwrap(),
-            capacity: Resources { cpu, memory_mb: mem },
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            capacity: Resources {
+                cpu,
+                memory_mb: mem,
+            },
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 
@@ -292,8 +375,14 @@ mod tests {
 
     #[test]
     fn replicas_spread_across_workers() {
-        let specs: Vec<VmSpec> = (0..3).map(|i| spec(&format!("web-{i}"), 1, 128, &[])).collect();
-        let workers = [worker("a", 8, 8192, &[]), worker("b", 8, 8192, &[]), worker("c", 8, 8192, &[])];
+        let specs: Vec<VmSpec> = (0..3)
+            .map(|i| spec(&format!("web-{i}"), 1, 128, &[]))
+            .collect();
+        let workers = [
+            worker("a", 8, 8192, &[]),
+            worker("b", 8, 8192, &[]),
+            worker("c", 8, 8192, &[]),
+        ];
         let p = schedule(&specs, &workers, &BTreeMap::new());
         let used: BTreeSet<&WorkerId> = p.assigned.values().collect();
         assert_eq!(used.len(), 3, "{p:?}");
@@ -302,11 +391,23 @@ mod tests {
 
     #[test]
     fn label_constraints_are_honoured_and_explained() {
-        let specs = [spec("db-0", 1, 128, &[("placement.disk", "ssd")]), spec("gpu-0", 1, 128, &[("placement.gpu", "yes")])];
-        let workers = [worker("a", 8, 8192, &[]), worker("b", 8, 8192, &[("disk", "ssd")])];
+        let specs = [
+            spec("db-0", 1, 128, &[("placement.disk", "ssd")]),
+            spec("gpu-0", 1, 128, &[("placement.gpu", "yes")]),
+        ];
+        let workers = [
+            worker("a", 8, 8192, &[]),
+            worker("b", 8, 8192, &[("disk", "ssd")]),
+        ];
         let p = schedule(&specs, &workers, &BTreeMap::new());
-        assert_eq!(p.assigned.get(&name("db-0")).map(WorkerId::as_str), Some("b"));
-        assert_eq!(p.unplaced.get(&name("gpu-0")).map(String::as_str), Some("no healthy worker has labels gpu=yes"));
+        assert_eq!(
+            p.assigned.get(&name("db-0")).map(WorkerId::as_str),
+            Some("b")
+        );
+        assert_eq!(
+            p.unplaced.get(&name("gpu-0")).map(String::as_str),
+            Some("no healthy worker has labels gpu=yes")
+        );
     }
 
     #[test]
@@ -314,15 +415,24 @@ mod tests {
         let specs = [spec("big", 16, 128, &[])];
         let p = schedule(&specs, &[worker("a", 4, 8192, &[])], &BTreeMap::new());
         let why = p.unplaced.get(&name("big")).unwrap();
-        assert!(why.starts_with("insufficient capacity: needs 16 cpu"), "{why}");
+        assert!(
+            why.starts_with("insufficient capacity: needs 16 cpu"),
+            "{why}"
+        );
         let p = schedule(&specs, &[], &BTreeMap::new());
         assert_eq!(p.unplaced.get(&name("big")).unwrap(), "no healthy workers");
     }
 
     #[test]
     fn vms_of_a_dead_worker_move_and_others_stay() {
-        let specs: Vec<VmSpec> = (0..6).map(|i| spec(&format!("app-{i}"), 1, 128, &[])).collect();
-        let all = [worker("a", 8, 8192, &[]), worker("b", 8, 8192, &[]), worker("c", 8, 8192, &[])];
+        let specs: Vec<VmSpec> = (0..6)
+            .map(|i| spec(&format!("app-{i}"), 1, 128, &[]))
+            .collect();
+        let all = [
+            worker("a", 8, 8192, &[]),
+            worker("b", 8, 8192, &[]),
+            worker("c", 8, 8192, &[]),
+        ];
         let first = schedule(&specs, &all, &BTreeMap::new());
         let second = schedule(&specs, &all[..2], &first.assigned);
         for (vm, w) in &first.assigned {
@@ -336,28 +446,42 @@ mod tests {
     }
 
     fn arb_case() -> impl Strategy<Value = (Vec<VmSpec>, Vec<WorkerSlot>)> {
-        let specs = prop::collection::vec((0u8..6, 0u16..40, 1u32..5, 1u64..2048, prop::bool::ANY), 0..60).prop_map(|v| {
+        let specs = prop::collection::vec(
+            (0u8..6, 0u16..40, 1u32..5, 1u64..2048, prop::bool::ANY),
+            0..60,
+        )
+        .prop_map(|v| {
             v.into_iter()
                 .map(|(g, n, cpu, mem, zoned)| {
-                    let labels: &[(&str, &str)] = if zoned { &[("placement.zone", "a")] } else { &[] };
+                    let labels: &[(&str, &str)] = if zoned {
+                        &[("placement.zone", "a")]
+                    } else {
+                        &[]
+                    };
                     spec(&format!("g{g}-{n}"), cpu, mem, labels)
                 })
                 .collect::<Vec<_>>()
         });
-        let workers = prop::collection::vec((0u8..30, 0u32..16, 0u64..8192, prop::bool::ANY), 0..12).prop_map(|v| {
-            v.into_iter()
-                .map(|(id, cpu, mem, zone_a)| {
-                    let labels: &[(&str, &str)] = if zone_a { &[("zone", "a")] } else { &[("zone", "b")] };
-                    worker(&format!("w{id}"), cpu, mem, labels)
-                })
-                // Unique ids, as the control plane guarantees.
-                .fold(Vec::<WorkerSlot>::new(), |mut acc, w| {
-                    if !acc.iter().any(|x| x.id == w.id) {
-                        acc.push(w);
-                    }
-                    acc
-                })
-        });
+        let workers =
+            prop::collection::vec((0u8..30, 0u32..16, 0u64..8192, prop::bool::ANY), 0..12)
+                .prop_map(|v| {
+                    v.into_iter()
+                        .map(|(id, cpu, mem, zone_a)| {
+                            let labels: &[(&str, &str)] = if zone_a {
+                                &[("zone", "a")]
+                            } else {
+                                &[("zone", "b")]
+                            };
+                            worker(&format!("w{id}"), cpu, mem, labels)
+                        })
+                        // Unique ids, as the control plane guarantees.
+                        .fold(Vec::<WorkerSlot>::new(), |mut acc, w| {
+                            if !acc.iter().any(|x| x.id == w.id) {
+                                acc.push(w);
+                            }
+                            acc
+                        })
+                });
         (specs, workers)
     }
 

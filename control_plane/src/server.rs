@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use capnp::capability::Rc as CapRc;
 use commands::common_capnp;
 use commands::convert::{
-    ConvertError, ErrorCode, RpcFailure, check_len, error_to_capnp, labels_from_capnp, resources_from_capnp,
-    text, vm_metrics_from_capnp, vm_specs_from_capnp, vm_status_from_capnp,
+    ConvertError, ErrorCode, RpcFailure, check_len, error_to_capnp, labels_from_capnp,
+    resources_from_capnp, text, vm_metrics_from_capnp, vm_specs_from_capnp, vm_status_from_capnp,
 };
 use commands::master_capnp::master;
 use commands::telemetry::now_ms;
@@ -79,7 +79,8 @@ fn bad(e: capnp::Error) -> RpcFailure {
 
 fn parse_worker_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<WorkerId, RpcFailure> {
     let s = text(r).map_err(RpcFailure::from)?;
-    s.parse::<WorkerId>().map_err(|e| RpcFailure::invalid(e.to_string()))
+    s.parse::<WorkerId>()
+        .map_err(|e| RpcFailure::invalid(e.to_string()))
 }
 
 /// Writes `r` into a `Result(Ok)` builder: `fill` for the ok branch.
@@ -106,9 +107,16 @@ impl master::Server for MasterImpl {
             let p = params.get().map_err(bad)?;
             let commit = text(p.get_commit()).map_err(RpcFailure::from)?;
             let intent = text(p.get_intent_hash()).map_err(RpcFailure::from)?;
-            let specs = vm_specs_from_capnp(p.get_vm_specs().map_err(bad)?).map_err(RpcFailure::from)?;
+            let specs =
+                vm_specs_from_capnp(p.get_vm_specs().map_err(bad)?).map_err(RpcFailure::from)?;
             let generation = p.get_generation();
-            let (outcome, effects) = self.shared.state.borrow_mut().publish(&commit, generation, &intent, specs, now_ms())?;
+            let (outcome, effects) = self.shared.state.borrow_mut().publish(
+                &commit,
+                generation,
+                &intent,
+                specs,
+                now_ms(),
+            )?;
             self.shared.apply(effects);
             tracing::info!(generation, commit = %commit, noop = outcome.noop, placed = outcome.placed,
                 unplaced = outcome.unplaced.len(), "generation published");
@@ -117,7 +125,9 @@ impl master::Server for MasterImpl {
         if let Err(e) = &outcome {
             tracing::warn!(peer = %self.peer, error = %e, "publishState refused");
         }
-        write_result(results.get().init_result(), outcome, |o, b| model::publish_outcome_to_capnp(o, b));
+        write_result(results.get().init_result(), outcome, |o, b| {
+            model::publish_outcome_to_capnp(o, b)
+        });
         std::future::ready(Ok(()))
     }
 
@@ -133,11 +143,16 @@ impl master::Server for MasterImpl {
                 worker_id: parse_worker_id(reg.get_worker_id())?,
                 address: text(reg.get_address()).map_err(RpcFailure::from)?,
                 capacity: resources_from_capnp(reg.get_capacity().map_err(bad)?),
-                labels: labels_from_capnp(reg.get_labels().map_err(bad)?).map_err(RpcFailure::from)?,
+                labels: labels_from_capnp(reg.get_labels().map_err(bad)?)
+                    .map_err(RpcFailure::from)?,
             };
             let cap = p.get_worker().map_err(bad)?;
             let id = registration.worker_id.clone();
-            let effects = self.shared.state.borrow_mut().register(registration, self.conn, Instant::now())?;
+            let effects =
+                self.shared
+                    .state
+                    .borrow_mut()
+                    .register(registration, self.conn, Instant::now())?;
             self.shared.caps.borrow_mut().insert(id, cap);
             self.shared.apply(effects);
             Ok(())
@@ -156,15 +171,23 @@ impl master::Server for MasterImpl {
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         let parsed = (|| {
             let p = params.get().map_err(bad)?;
-            Ok::<_, RpcFailure>((parse_worker_id(p.get_worker_id())?, p.get_last_seen_generation(), p.get_last_seen_revision()))
+            Ok::<_, RpcFailure>((
+                parse_worker_id(p.get_worker_id())?,
+                p.get_last_seen_generation(),
+                p.get_last_seen_revision(),
+            ))
         })();
         let shared = self.shared.clone();
         async move {
             let reply = match parsed {
                 Err(e) => Err(e),
-                Ok((worker, last_gen, last_rev)) => long_poll(&shared, &worker, last_gen, last_rev).await,
+                Ok((worker, last_gen, last_rev)) => {
+                    long_poll(&shared, &worker, last_gen, last_rev).await
+                }
             };
-            write_result(results.get().init_result(), reply, |a, b| model::assignment_to_capnp(a, b));
+            write_result(results.get().init_result(), reply, |a, b| {
+                model::assignment_to_capnp(a, b)
+            });
             Ok(())
         }
     }
@@ -182,7 +205,8 @@ impl master::Server for MasterImpl {
             let mut running = Vec::with_capacity(list.len() as usize);
             for vm in list.iter() {
                 running.push(ObservedVm {
-                    status: vm_status_from_capnp(vm.get_status().map_err(bad)?).map_err(RpcFailure::from)?,
+                    status: vm_status_from_capnp(vm.get_status().map_err(bad)?)
+                        .map_err(RpcFailure::from)?,
                     metrics: vm_metrics_from_capnp(vm.get_metrics().map_err(bad)?),
                 });
             }
@@ -220,16 +244,16 @@ impl master::Server for MasterImpl {
         params: master::GetWorkerParams,
         mut results: master::GetWorkerResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        let r = (|| {
-            let id = parse_worker_id(params.get().map_err(bad)?.get_worker_id())?;
-            self.shared
-                .caps
-                .borrow()
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| RpcFailure::new(ErrorCode::NotFound, format!("unknown worker {id}")))
-        })();
-        write_result(results.get().init_result(), r, |c, mut b| b.set_worker(c.clone()));
+        let r =
+            (|| {
+                let id = parse_worker_id(params.get().map_err(bad)?.get_worker_id())?;
+                self.shared.caps.borrow().get(&id).cloned().ok_or_else(|| {
+                    RpcFailure::new(ErrorCode::NotFound, format!("unknown worker {id}"))
+                })
+            })();
+        write_result(results.get().init_result(), r, |c, mut b| {
+            b.set_worker(c.clone())
+        });
         std::future::ready(Ok(()))
     }
 
@@ -261,7 +285,11 @@ async fn long_poll(
     // is not missed.
     let mut rx = shared.changes.subscribe();
     loop {
-        if let Some(a) = shared.state.borrow().assignment(worker, last_gen, last_rev)? {
+        if let Some(a) = shared
+            .state
+            .borrow()
+            .assignment(worker, last_gen, last_rev)?
+        {
             return Ok(a);
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {

@@ -16,8 +16,8 @@ use commands::convert::{ErrorCode, RpcFailure};
 use commands::types::{Labels, Resources, VmMetrics, VmName, VmSpec, VmState, VmStatus, WorkerId};
 
 use crate::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, PublishOutcomeView, UnplacedView, VmPlacementView,
-    WorkerHealthView, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, Drift, GenerationView, PublishOutcomeView, UnplacedView,
+    VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
 use crate::scheduler::{self, Placement, WorkerSlot};
 
@@ -156,7 +156,9 @@ impl State {
         for s in specs {
             let name = s.name().clone();
             if by_name.insert(name.clone(), s).is_some() {
-                return Err(RpcFailure::invalid(format!("vmSpecs: duplicate VM name {name:?}")));
+                return Err(RpcFailure::invalid(format!(
+                    "vmSpecs: duplicate VM name {name:?}"
+                )));
             }
         }
         if let Some(a) = &self.active {
@@ -164,7 +166,10 @@ impl State {
             if generation < cur.number {
                 return Err(failure(
                     ErrorCode::FailedPrecondition,
-                    format!("generation {generation} is older than the active generation {}", cur.number),
+                    format!(
+                        "generation {generation} is older than the active generation {}",
+                        cur.number
+                    ),
                 ));
             }
             if generation == cur.number {
@@ -191,7 +196,10 @@ impl State {
             self.history.pop_front();
         }
         self.history.push_back(record.clone());
-        self.active = Some(Active { record, specs: by_name });
+        self.active = Some(Active {
+            record,
+            specs: by_name,
+        });
         let effects = self.reschedule();
         Ok((self.outcome(generation, false), effects))
     }
@@ -209,7 +217,10 @@ impl State {
         self.placement
             .unplaced
             .iter()
-            .map(|(n, r)| UnplacedView { name: n.to_string(), reason: r.clone() })
+            .map(|(n, r)| UnplacedView {
+                name: n.to_string(),
+                reason: r.clone(),
+            })
             .collect()
     }
 
@@ -220,7 +231,12 @@ impl State {
     // ---- workers -----------------------------------------------------------
 
     /// Registers (or re-registers) a worker from connection `conn`.
-    pub fn register(&mut self, reg: Registration, conn: u64, now: Instant) -> Result<Effects, RpcFailure> {
+    pub fn register(
+        &mut self,
+        reg: Registration,
+        conn: u64,
+        now: Instant,
+    ) -> Result<Effects, RpcFailure> {
         check_text("address", &reg.address, false)?;
         if let Some(existing) = self.workers.get(&reg.worker_id) {
             // A live worker keeps its id: another host claiming it is refused.
@@ -235,10 +251,15 @@ impl State {
                 ));
             }
         } else if self.workers.len() >= MAX_WORKERS {
-            return Err(failure(ErrorCode::Unavailable, format!("too many workers (at most {MAX_WORKERS})")));
+            return Err(failure(
+                ErrorCode::Unavailable,
+                format!("too many workers (at most {MAX_WORKERS})"),
+            ));
         }
         let previous = self.workers.remove(&reg.worker_id);
-        let (revision, assigned) = previous.as_ref().map_or((0, Vec::new()), |p| (p.revision, p.assigned.clone()));
+        let (revision, assigned) = previous
+            .as_ref()
+            .map_or((0, Vec::new()), |p| (p.revision, p.assigned.clone()));
         let changed_shape = previous
             .as_ref()
             .is_none_or(|p| !p.healthy || p.capacity != reg.capacity || p.labels != reg.labels);
@@ -260,7 +281,11 @@ impl State {
                 assigned,
             },
         );
-        Ok(if changed_shape { self.reschedule() } else { Effects::default() })
+        Ok(if changed_shape {
+            self.reschedule()
+        } else {
+            Effects::default()
+        })
     }
 
     /// Whether `worker` is registered (for getWorker / getAssignment).
@@ -285,12 +310,17 @@ impl State {
             )));
         }
         let entry = self.workers.get_mut(worker).ok_or_else(|| {
-            failure(ErrorCode::NotFound, format!("unknown worker {worker}: register first"))
+            failure(
+                ErrorCode::NotFound,
+                format!("unknown worker {worker}: register first"),
+            )
         })?;
         if entry.conn != conn {
             return Err(failure(
                 ErrorCode::PermissionDenied,
-                format!("worker {worker} is registered on another connection; only it may report for this id"),
+                format!(
+                    "worker {worker} is registered on another connection; only it may report for this id"
+                ),
             ));
         }
         entry.last_seen = now;
@@ -317,8 +347,14 @@ impl State {
                 changed = true;
             }
         }
-        let mut effects = if changed { self.reschedule() } else { Effects::default() };
-        if !self.grace_over && now.saturating_duration_since(self.started) >= self.settings.startup_grace {
+        let mut effects = if changed {
+            self.reschedule()
+        } else {
+            Effects::default()
+        };
+        if !self.grace_over
+            && now.saturating_duration_since(self.started) >= self.settings.startup_grace
+        {
             self.grace_over = true;
             tracing::info!("startup grace over; handing out assignments");
             // Placement now sees every worker that re-registered and
@@ -334,13 +370,19 @@ impl State {
     /// Runs the scheduler on the active generation and live workers, and
     /// bumps the revision of every worker whose assigned specs changed.
     fn reschedule(&mut self) -> Effects {
-        let Some(active) = &self.active else { return Effects::default() };
+        let Some(active) = &self.active else {
+            return Effects::default();
+        };
         let specs: Vec<VmSpec> = active.specs.values().cloned().collect();
         let live: Vec<WorkerSlot> = self
             .workers
             .iter()
             .filter(|(_, w)| w.healthy)
-            .map(|(id, w)| WorkerSlot { id: id.clone(), capacity: w.capacity, labels: w.labels.clone() })
+            .map(|(id, w)| WorkerSlot {
+                id: id.clone(),
+                capacity: w.capacity,
+                labels: w.labels.clone(),
+            })
             .collect();
         // Previous placement: what the scheduler decided before, and for a
         // VM it never placed (a restarted control plane), the live worker
@@ -348,8 +390,11 @@ impl State {
         let mut previous = self.placement.assigned.clone();
         for (id, w) in self.workers.iter().filter(|(_, w)| w.healthy) {
             for vm in &w.running {
-                if active.specs.contains_key(&vm.status.name) && vm.status.state != VmState::Failed {
-                    previous.entry(vm.status.name.clone()).or_insert_with(|| id.clone());
+                if active.specs.contains_key(&vm.status.name) && vm.status.state != VmState::Failed
+                {
+                    previous
+                        .entry(vm.status.name.clone())
+                        .or_insert_with(|| id.clone());
                 }
             }
         }
@@ -357,7 +402,10 @@ impl State {
 
         let mut per_worker: BTreeMap<&WorkerId, Vec<VmSpec>> = BTreeMap::new();
         for (vm, w) in &self.placement.assigned {
-            per_worker.entry(w).or_default().push(active.specs[vm].clone());
+            per_worker
+                .entry(w)
+                .or_default()
+                .push(active.specs[vm].clone());
         }
         let mut changed = false;
         for (id, w) in &mut self.workers {
@@ -369,7 +417,9 @@ impl State {
                 changed = true;
             }
         }
-        Effects { assignments_changed: changed }
+        Effects {
+            assignments_changed: changed,
+        }
     }
 
     /// What `worker` must run, or `None` when there is nothing newer than
@@ -389,23 +439,34 @@ impl State {
         if view.generation == last_generation && view.revision == last_revision {
             return Ok(None);
         }
-        Ok(Some(AssignmentView { changed: true, ..view }))
+        Ok(Some(AssignmentView {
+            changed: true,
+            ..view
+        }))
     }
 
     /// The assignment as it stands (for a long-poll that timed out).
     pub fn current_assignment(&self, worker: &WorkerId) -> Result<AssignmentView, RpcFailure> {
         let w = self.workers.get(worker).ok_or_else(|| {
-            failure(ErrorCode::NotFound, format!("unknown worker {worker}: register first"))
+            failure(
+                ErrorCode::NotFound,
+                format!("unknown worker {worker}: register first"),
+            )
         })?;
-        let (generation, commit) =
-            self.active.as_ref().map_or((0, String::new()), |a| (a.record.number, a.record.commit.clone()));
+        let (generation, commit) = self.active.as_ref().map_or((0, String::new()), |a| {
+            (a.record.number, a.record.commit.clone())
+        });
         Ok(AssignmentView {
             changed: false,
             worker_id: worker.to_string(),
             generation,
             commit,
             revision: w.revision,
-            vms: if self.grace_over { w.assigned.clone() } else { Vec::new() },
+            vms: if self.grace_over {
+                w.assigned.clone()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -416,8 +477,11 @@ impl State {
         let mut converged = 0usize;
         let desired = self.active.as_ref().map(|a| &a.specs);
         // Observed VMs accounted for by a desired entry, per worker.
-        let mut claimed: BTreeMap<&WorkerId, Vec<bool>> =
-            self.workers.iter().map(|(id, w)| (id, vec![false; w.running.len()])).collect();
+        let mut claimed: BTreeMap<&WorkerId, Vec<bool>> = self
+            .workers
+            .iter()
+            .map(|(id, w)| (id, vec![false; w.running.len()]))
+            .collect();
 
         for (name, spec) in desired.into_iter().flatten() {
             let worker = self.placement.assigned.get(name);
@@ -437,7 +501,9 @@ impl State {
                 let running = &w.1.running;
                 let pick = running
                     .iter()
-                    .position(|o| o.status.name == *name && o.status.content_hash == spec.content_hash())
+                    .position(|o| {
+                        o.status.name == *name && o.status.content_hash == spec.content_hash()
+                    })
                     .or_else(|| running.iter().position(|o| o.status.name == *name));
                 if let Some(i) = pick {
                     let o = &running[i];
@@ -482,7 +548,11 @@ impl State {
             }
         }
         let total = desired.map_or(0, BTreeMap::len);
-        let convergence_percent = if total == 0 { 100.0 } else { converged as f64 * 100.0 / total as f64 };
+        let convergence_percent = if total == 0 {
+            100.0
+        } else {
+            converged as f64 * 100.0 / total as f64
+        };
 
         let mut allocated: BTreeMap<&WorkerId, Resources> = BTreeMap::new();
         if let Some(d) = desired {
@@ -499,7 +569,10 @@ impl State {
                 worker_id: id.to_string(),
                 address: w.address.clone(),
                 healthy: w.healthy,
-                last_seen_ms_ago: u64::try_from(now.saturating_duration_since(w.last_seen).as_millis()).unwrap_or(u64::MAX),
+                last_seen_ms_ago: u64::try_from(
+                    now.saturating_duration_since(w.last_seen).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
                 capacity: w.capacity,
                 allocated: allocated.get(id).copied().unwrap_or_default(),
                 observed_generation: w.observed_generation,
@@ -540,13 +613,19 @@ mod tests {
         Registration {
             worker_id: id.parse().unwrap(),
             address: addr.into(),
-            capacity: Resources { cpu: 8, memory_mb: 8192 },
+            capacity: Resources {
+                cpu: 8,
+                memory_mb: 8192,
+            },
             labels: Labels::new(),
         }
     }
 
     fn settings() -> Settings {
-        Settings { heartbeat_timeout: Duration::from_secs(5), startup_grace: Duration::ZERO }
+        Settings {
+            heartbeat_timeout: Duration::from_secs(5),
+            startup_grace: Duration::ZERO,
+        }
     }
 
     fn wid(s: &str) -> WorkerId {
@@ -575,17 +654,28 @@ mod tests {
         let t = Instant::now();
         let mut s = State::new(settings(), t, 1);
         s.register(reg("a", "127.0.0.1:1"), 1, t).unwrap();
-        let (o, e) = s.publish("c1", 2, "i2", vec![spec("web-0", "h")], 0).unwrap();
+        let (o, e) = s
+            .publish("c1", 2, "i2", vec![spec("web-0", "h")], 0)
+            .unwrap();
         assert!(!o.noop && o.placed == 1 && e.assignments_changed);
         let (o, e) = s.publish("c1", 2, "i2", vec![], 0).unwrap();
         assert!(o.noop && !e.assignments_changed);
         let err = s.publish("c1", 2, "other", vec![], 0).unwrap_err();
         assert_eq!(err.code, ErrorCode::AlreadyExists);
         let err = s.publish("c0", 1, "i1", vec![], 0).unwrap_err();
-        assert!(err.message.contains("older than the active generation 2"), "{err}");
-        let err = s.publish("c3", 3, "i3", vec![spec("a", "h"), spec("a", "h")], 0).unwrap_err();
+        assert!(
+            err.message.contains("older than the active generation 2"),
+            "{err}"
+        );
+        let err = s
+            .publish("c3", 3, "i3", vec![spec("a", "h"), spec("a", "h")], 0)
+            .unwrap_err();
         assert!(err.message.contains("duplicate VM name"), "{err}");
-        assert_eq!(s.active_generation(), 2, "refused publishes changed nothing");
+        assert_eq!(
+            s.active_generation(),
+            2,
+            "refused publishes changed nothing"
+        );
         assert_eq!(s.generations().len(), 1);
     }
 
@@ -596,13 +686,18 @@ mod tests {
         s.register(reg("a", "127.0.0.1:1"), 1, t).unwrap();
         let err = s.register(reg("a", "127.0.0.1:2"), 2, t).unwrap_err();
         assert_eq!(err.code, ErrorCode::PermissionDenied);
-        let err = s.push_data(&wid("a"), 2, 0, vec![], WorkerMetricsView::default(), t).unwrap_err();
+        let err = s
+            .push_data(&wid("a"), 2, 0, vec![], WorkerMetricsView::default(), t)
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::PermissionDenied);
-        let err = s.push_data(&wid("zz"), 1, 0, vec![], WorkerMetricsView::default(), t).unwrap_err();
+        let err = s
+            .push_data(&wid("zz"), 1, 0, vec![], WorkerMetricsView::default(), t)
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
         // The same address reconnecting takes over the id.
         s.register(reg("a", "127.0.0.1:1"), 3, t).unwrap();
-        s.push_data(&wid("a"), 3, 0, vec![], WorkerMetricsView::default(), t).unwrap();
+        s.push_data(&wid("a"), 3, 0, vec![], WorkerMetricsView::default(), t)
+            .unwrap();
     }
 
     #[test]
@@ -611,15 +706,24 @@ mod tests {
         let mut s = State::new(settings(), t, 1);
         s.register(reg("a", "x:1"), 1, t).unwrap();
         s.register(reg("b", "x:2"), 2, t).unwrap();
-        s.publish("c", 1, "i", vec![spec("web-0", "h"), spec("web-1", "h")], 0).unwrap();
+        s.publish("c", 1, "i", vec![spec("web-0", "h"), spec("web-1", "h")], 0)
+            .unwrap();
         let a = s.assignment(&wid("a"), 0, 0).unwrap().unwrap();
         let b = s.assignment(&wid("b"), 0, 0).unwrap().unwrap();
         assert_eq!((a.vms.len(), b.vms.len()), (1, 1));
-        assert!(s.assignment(&wid("a"), a.generation, a.revision).unwrap().is_none());
+        assert!(
+            s.assignment(&wid("a"), a.generation, a.revision)
+                .unwrap()
+                .is_none()
+        );
         let later = t + Duration::from_secs(6);
-        s.push_data(&wid("a"), 1, 1, vec![], WorkerMetricsView::default(), later).unwrap();
+        s.push_data(&wid("a"), 1, 1, vec![], WorkerMetricsView::default(), later)
+            .unwrap();
         assert!(s.tick(later).assignments_changed);
-        let a2 = s.assignment(&wid("a"), a.generation, a.revision).unwrap().unwrap();
+        let a2 = s
+            .assignment(&wid("a"), a.generation, a.revision)
+            .unwrap()
+            .unwrap();
         assert_eq!(a2.vms.len(), 2);
         let status = s.cluster_status(later);
         assert!(!status.workers[1].healthy);
@@ -628,18 +732,29 @@ mod tests {
     #[test]
     fn restarted_control_plane_adopts_running_vms_after_grace() {
         let t = Instant::now();
-        let grace = Settings { startup_grace: Duration::from_secs(1), ..settings() };
+        let grace = Settings {
+            startup_grace: Duration::from_secs(1),
+            ..settings()
+        };
         let mut s = State::new(grace, t, 1000);
         for (id, conn) in [("a", 1), ("b", 2)] {
             s.register(reg(id, id), conn, t).unwrap();
         }
         // Both workers report what an earlier control plane placed: all
         // three VMs of group web on b, the reverse of a fresh placement.
-        let running = vec![observed("web-0", "h"), observed("web-1", "h"), observed("web-2", "h")];
-        s.push_data(&wid("b"), 2, 7, running, WorkerMetricsView::default(), t).unwrap();
+        let running = vec![
+            observed("web-0", "h"),
+            observed("web-1", "h"),
+            observed("web-2", "h"),
+        ];
+        s.push_data(&wid("b"), 2, 7, running, WorkerMetricsView::default(), t)
+            .unwrap();
         let specs = vec![spec("web-0", "h"), spec("web-1", "h"), spec("web-2", "h")];
         s.publish("c", 7, "i", specs, 0).unwrap();
-        assert!(s.assignment(&wid("b"), 7, 5).unwrap().is_none(), "withheld during grace");
+        assert!(
+            s.assignment(&wid("b"), 7, 5).unwrap().is_none(),
+            "withheld during grace"
+        );
         assert!(s.tick(t + Duration::from_secs(2)).assignments_changed);
         let b = s.assignment(&wid("b"), 7, 5).unwrap().unwrap();
         assert_eq!(b.vms.len(), 3, "adopted where they run");
@@ -654,15 +769,36 @@ mod tests {
         let t = Instant::now();
         let mut s = State::new(settings(), t, 1);
         s.register(reg("a", "x"), 1, t).unwrap();
-        s.publish("c", 1, "i", vec![spec("web-0", "new"), spec("db-0", "h")], 0).unwrap();
-        s.push_data(&wid("a"), 1, 1, vec![observed("web-0", "old"), observed("stray", "h")], WorkerMetricsView::default(), t)
-            .unwrap();
+        s.publish(
+            "c",
+            1,
+            "i",
+            vec![spec("web-0", "new"), spec("db-0", "h")],
+            0,
+        )
+        .unwrap();
+        s.push_data(
+            &wid("a"),
+            1,
+            1,
+            vec![observed("web-0", "old"), observed("stray", "h")],
+            WorkerMetricsView::default(),
+            t,
+        )
+        .unwrap();
         let st = s.cluster_status(t);
-        let drift: BTreeMap<&str, Drift> = st.vms.iter().map(|v| (v.name.as_str(), v.drift)).collect();
+        let drift: BTreeMap<&str, Drift> =
+            st.vms.iter().map(|v| (v.name.as_str(), v.drift)).collect();
         assert_eq!(drift["web-0"], Drift::Drifted);
         assert_eq!(drift["db-0"], Drift::Pending);
         assert_eq!(drift["stray"], Drift::Orphaned);
         assert_eq!(st.convergence_percent, 0.0);
-        assert_eq!(st.workers[0].allocated, Resources { cpu: 2, memory_mb: 256 });
+        assert_eq!(
+            st.workers[0].allocated,
+            Resources {
+                cpu: 2,
+                memory_mb: 256
+            }
+        );
     }
 }

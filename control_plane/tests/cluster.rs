@@ -49,9 +49,13 @@ impl Drop for Proc {
 /// Kills every process whose command line mentions `needle` (the ch-sim
 /// processes of this test's run directories), also when the test fails.
 fn kill_mentioning(needle: &str) {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
@@ -71,48 +75,101 @@ impl Drop for Reaper {
 }
 
 fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
 }
 
 /// Spawns `cmd`, waits for its `listening on ADDR` line and returns ADDR.
 fn spawn_listening(mut cmd: Command, name: &str, log: &Path) -> (Proc, String) {
-    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    cmd.stdout(Stdio::piped()).stderr(logf).env("RUST_LOG", "info").env("NO_COLOR", "1");
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd.stdout(Stdio::piped())
+        .stderr(logf)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").map(str::to_owned).unwrap_or_else(|| {
-        panic!("{name}: unexpected first line {line:?}; log:\n{}", std::fs::read_to_string(log).unwrap_or_default())
-    });
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}: unexpected first line {line:?}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
     (Proc { child }, addr)
 }
 
 fn start_control_plane(dir: &Path, listen: &str) -> (Proc, String) {
     let mut cmd = Command::new(bin("control_plane"));
-    cmd.args(["--listen", listen, "--long-poll-timeout-ms", "5000", "--startup-grace-ms", "1000"])
-        .args(["--heartbeat-timeout-ms", &HEARTBEAT_TIMEOUT_MS.to_string()]);
+    cmd.args([
+        "--listen",
+        listen,
+        "--long-poll-timeout-ms",
+        "5000",
+        "--startup-grace-ms",
+        "1000",
+    ])
+    .args(["--heartbeat-timeout-ms", &HEARTBEAT_TIMEOUT_MS.to_string()]);
     spawn_listening(cmd, "control_plane", &dir.join("control_plane.log"))
 }
 
 fn start_worker(dir: &Path, id: &str, cp: &str) -> Proc {
     let mut cmd = Command::new(bin("worker"));
-    cmd.args(["--listen", "127.0.0.1:0", "--worker-id", id, "--cpu", "8", "--memory-mb", "4096"])
-        .args(["--control-plane", cp, "--heartbeat-interval-ms", "200", "--shutdown-timeout-ms", "500"])
-        .arg("--run-dir")
-        .arg(dir.join(id).join("run"))
-        .arg("--store-root")
-        .arg(dir.join("store"))
-        .arg("--ch-binary")
-        .arg(bin("ch-sim"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--worker-id",
+        id,
+        "--cpu",
+        "8",
+        "--memory-mb",
+        "4096",
+    ])
+    .args([
+        "--control-plane",
+        cp,
+        "--heartbeat-interval-ms",
+        "200",
+        "--shutdown-timeout-ms",
+        "500",
+    ])
+    .arg("--run-dir")
+    .arg(dir.join(id).join("run"))
+    .arg("--store-root")
+    .arg(dir.join("store"))
+    .arg("--ch-binary")
+    .arg(bin("ch-sim"));
     spawn_listening(cmd, id, &dir.join(format!("{id}.log"))).0
 }
 
 /// Runs a CLI; stdout on success, panics with stderr otherwise.
 fn run(tool: &str, cp: &str, args: &[&str]) -> String {
-    let out = Command::new(bin(tool)).arg("--control-plane").arg(cp).args(args).output().unwrap();
+    let out = Command::new(bin(tool))
+        .arg("--control-plane")
+        .arg(cp)
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{tool} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -130,7 +187,10 @@ fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -167,9 +227,18 @@ fn write_specs(dir: &Path, names: &[&str], hash_of: impl Fn(&str) -> String) {
 fn vms_by_name(cp: &str, workers: &[&str]) -> BTreeMap<String, (String, u64)> {
     let mut out = BTreeMap::new();
     for w in workers {
-        for vm in json("pcr-test", cp, &["worker", w, "list-vms"]).as_array().unwrap() {
+        for vm in json("pcr-test", cp, &["worker", w, "list-vms"])
+            .as_array()
+            .unwrap()
+        {
             let name = vm["name"].as_str().unwrap().to_owned();
-            let prev = out.insert(name.clone(), (vm["id"].as_str().unwrap().to_owned(), vm["pid"].as_u64().unwrap_or(0)));
+            let prev = out.insert(
+                name.clone(),
+                (
+                    vm["id"].as_str().unwrap().to_owned(),
+                    vm["pid"].as_u64().unwrap_or(0),
+                ),
+            );
             assert!(prev.is_none(), "{name} runs twice");
         }
     }
@@ -188,7 +257,9 @@ fn count_actions(dir: &Path, ids: &[&str]) -> usize {
     ids.iter()
         .map(|id| {
             let log = std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
-            log.lines().filter(|l| l.contains("reconcile: create") || l.contains("reconcile: delete")).count()
+            log.lines()
+                .filter(|l| l.contains("reconcile: create") || l.contains("reconcile: delete"))
+                .count()
         })
         .sum()
 }
@@ -202,16 +273,37 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
 
     let (cp_proc, cp) = start_control_plane(dir, "127.0.0.1:0");
     let ids = ["w1", "w2", "w3"];
-    let mut workers: BTreeMap<&str, Proc> = ids.iter().map(|id| (*id, start_worker(dir, id, &cp))).collect();
+    let mut workers: BTreeMap<&str, Proc> = ids
+        .iter()
+        .map(|id| (*id, start_worker(dir, id, &cp)))
+        .collect();
     wait_until("3 healthy workers", || {
         let w = json("pcr", &cp, &["workers"]);
-        (w.as_array().unwrap().iter().filter(|w| w["healthy"] == true).count() == 3).then_some(())
+        (w.as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["healthy"] == true)
+            .count()
+            == 3)
+            .then_some(())
     });
 
     // ---- generation 1: 6 VMs, fully converged --------------------------
     let names = ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"];
     write_specs(&dir.join("gen1"), &names, |n| format!("g1-{n}"));
-    let out = run("pcr-test", &cp, &["publish-state", "--commit", "c1", "--generation", "1", "--specs", dir.join("gen1").to_str().unwrap()]);
+    let out = run(
+        "pcr-test",
+        &cp,
+        &[
+            "publish-state",
+            "--commit",
+            "c1",
+            "--generation",
+            "1",
+            "--specs",
+            dir.join("gen1").to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.trim(), "generation 1: published; 6 placed, 0 unplaced");
     let status = wait_until("generation 1 converged", || converged(&cp, 1, 6));
     // Replicas of a group are spread: each worker runs one web and one api.
@@ -224,7 +316,10 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
             .map(|v| v["name"].as_str().unwrap())
             .collect();
         assert_eq!(on.len(), 2, "{w} runs {on:?}");
-        assert!(on.iter().any(|n| n.starts_with("web")) && on.iter().any(|n| n.starts_with("api")), "{w}: {on:?}");
+        assert!(
+            on.iter().any(|n| n.starts_with("web")) && on.iter().any(|n| n.starts_with("api")),
+            "{w}: {on:?}"
+        );
     }
     let text = run("pcr", &cp, &["status"]);
     assert!(text.contains("generation:  1 (commit c1)"), "{text}");
@@ -233,17 +328,48 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     assert!(!text.contains('\x1b'), "no colour when not on a terminal");
     let vms_table = run("pcr", &cp, &["vms"]);
     assert!(vms_table.starts_with("NAME"), "{vms_table}");
-    assert_eq!(vms_table.lines().filter(|l| l.contains(" converged ")).count(), 6, "{vms_table}");
+    assert_eq!(
+        vms_table
+            .lines()
+            .filter(|l| l.contains(" converged "))
+            .count(),
+        6,
+        "{vms_table}"
+    );
     let before = vms_by_name(&cp, &ids);
     assert_eq!(before.len(), 6);
 
     // ---- generation 2: 2 specs change → exactly 2 replaced ---------------
     let changed = ["web-1", "api-2"];
-    write_specs(&dir.join("gen2"), &names, |n| if changed.contains(&n) { format!("g2-{n}") } else { format!("g1-{n}") });
+    write_specs(&dir.join("gen2"), &names, |n| {
+        if changed.contains(&n) {
+            format!("g2-{n}")
+        } else {
+            format!("g1-{n}")
+        }
+    });
     let t = Instant::now();
-    run("pcr-test", &cp, &["publish-state", "--commit", "c2", "--generation", "2", "--specs", dir.join("gen2").to_str().unwrap()]);
+    run(
+        "pcr-test",
+        &cp,
+        &[
+            "publish-state",
+            "--commit",
+            "c2",
+            "--generation",
+            "2",
+            "--specs",
+            dir.join("gen2").to_str().unwrap(),
+        ],
+    );
     let status = wait_until("generation 2 converged", || {
-        converged(&cp, 2, 6).filter(|s| s["vms"].as_array().unwrap().iter().all(|v| v["observedHash"] == v["desiredHash"]))
+        converged(&cp, 2, 6).filter(|s| {
+            s["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v["observedHash"] == v["desiredHash"])
+        })
     });
     eprintln!("generation 2 converged in {:?}", t.elapsed());
     let after = vms_by_name(&cp, &ids);
@@ -251,30 +377,59 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         let (old, new) = (&before[name], &after[name]);
         if changed.contains(&name) {
             assert_ne!(old.1, new.1, "{name} was not replaced");
-            assert!(!alive(old.1), "{name}'s old CH process {} still runs", old.1);
+            assert!(
+                !alive(old.1),
+                "{name}'s old CH process {} still runs",
+                old.1
+            );
         } else {
-            assert_eq!(old, new, "{name} restarted although its spec did not change");
+            assert_eq!(
+                old, new,
+                "{name} restarted although its spec did not change"
+            );
         }
     }
-    let hashes: BTreeMap<&str, &str> =
-        status["vms"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v["observedHash"].as_str().unwrap())).collect();
+    let hashes: BTreeMap<&str, &str> = status["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["observedHash"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(hashes["web-1"], "g2-web-1");
 
     // ---- metrics reach the status; a crashed CH process is recreated ---------
     wait_until("RSS metrics of every VM", || {
         let s = json("pcr", &cp, &["status"]);
-        s["vms"].as_array().unwrap().iter().all(|v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0).then_some(())
+        s["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0)
+            .then_some(())
     });
     let (crashed_id, crashed_pid) = after["api-0"].clone();
-    let _ = Command::new("kill").arg("-9").arg(crashed_pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-9")
+        .arg(crashed_pid.to_string())
+        .status();
     wait_until("api-0 recreated after its CH process died", || {
         let now = vms_by_name(&cp, &ids);
-        now.get("api-0").filter(|(id, pid)| *id != crashed_id && *pid != 0 && alive(*pid)).map(|_| ())
+        now.get("api-0")
+            .filter(|(id, pid)| *id != crashed_id && *pid != 0 && alive(*pid))
+            .map(|_| ())
     });
     let status = wait_until("converged after the recreation", || converged(&cp, 2, 6));
 
     // ---- kill a worker: its VMs move to the others --------------------------
-    let victim = status["vms"].as_array().unwrap()[0]["workerId"].as_str().unwrap().to_owned();
+    let victim = status["vms"].as_array().unwrap()[0]["workerId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let victim_vms: Vec<String> = status["vms"]
         .as_array()
         .unwrap()
@@ -288,16 +443,30 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     kill_mentioning(&dir.join(&victim).join("run").display().to_string());
     let survivors: Vec<&str> = ids.iter().copied().filter(|w| *w != victim).collect();
     let status = wait_until("VMs of the dead worker running elsewhere", || {
-        converged(&cp, 2, 6).filter(|s| s["vms"].as_array().unwrap().iter().all(|v| v["workerId"] != victim.as_str()))
+        converged(&cp, 2, 6).filter(|s| {
+            s["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v["workerId"] != victim.as_str())
+        })
     });
     let took = killed_at.elapsed();
     eprintln!("failover of {victim_vms:?} took {took:?}");
-    assert!(took < Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 5000), "failover took {took:?}");
+    assert!(
+        took < Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 5000),
+        "failover took {took:?}"
+    );
     let health: BTreeMap<&str, bool> = status["workers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| (w["workerId"].as_str().unwrap(), w["healthy"].as_bool().unwrap()))
+        .map(|w| {
+            (
+                w["workerId"].as_str().unwrap(),
+                w["healthy"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert!(!health[victim.as_str()]);
     let workers_table = run("pcr", &cp, &["workers"]);
@@ -313,32 +482,86 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     assert_eq!(cp2, cp);
     wait_until("workers re-registered with their VMs", || {
         let w = json("pcr", &cp, &["workers"]);
-        let ready = w.as_array().unwrap().iter().filter(|w| w["healthy"] == true && w["vmCount"].as_u64() == Some(3)).count();
+        let ready = w
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["healthy"] == true && w["vmCount"].as_u64() == Some(3))
+            .count();
         (ready == 2).then_some(())
     });
-    let out = run("pcr-test", &cp, &["publish-state", "--commit", "c2", "--generation", "2", "--specs", dir.join("gen2").to_str().unwrap()]);
-    assert!(out.starts_with("generation 2: published; 6 placed"), "{out}");
+    let out = run(
+        "pcr-test",
+        &cp,
+        &[
+            "publish-state",
+            "--commit",
+            "c2",
+            "--generation",
+            "2",
+            "--specs",
+            dir.join("gen2").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.starts_with("generation 2: published; 6 placed"),
+        "{out}"
+    );
     wait_until("converged after the restart", || converged(&cp, 2, 6));
     // Give the reconcilers time to act if they (wrongly) were going to.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(vms_by_name(&cp, &survivors), before_restart, "a VM restarted");
-    assert_eq!(count_actions(dir, &ids), actions_before, "the restart caused create/delete actions");
-    let repeat = run("pcr-test", &cp, &["publish-state", "--commit", "c2", "--generation", "2", "--specs", dir.join("gen2").to_str().unwrap()]);
+    assert_eq!(
+        vms_by_name(&cp, &survivors),
+        before_restart,
+        "a VM restarted"
+    );
+    assert_eq!(
+        count_actions(dir, &ids),
+        actions_before,
+        "the restart caused create/delete actions"
+    );
+    let repeat = run(
+        "pcr-test",
+        &cp,
+        &[
+            "publish-state",
+            "--commit",
+            "c2",
+            "--generation",
+            "2",
+            "--specs",
+            dir.join("gen2").to_str().unwrap(),
+        ],
+    );
     assert!(repeat.contains("unchanged"), "{repeat}");
 
     // ---- the remaining CLI views ----------------------------------------------
     let gens = run("pcr", &cp, &["generation"]);
-    assert!(gens.lines().next().unwrap().starts_with("GENERATION"), "{gens}");
+    assert!(
+        gens.lines().next().unwrap().starts_with("GENERATION"),
+        "{gens}"
+    );
     assert!(gens.contains("2 *"), "{gens}");
     let asg = run("pcr-test", &cp, &["get-assignment", survivors[0]]);
-    assert!(asg.starts_with(&format!("worker {} generation 2", survivors[0])), "{asg}");
+    assert!(
+        asg.starts_with(&format!("worker {} generation 2", survivors[0])),
+        "{asg}"
+    );
     assert_eq!(asg.lines().count(), 4, "3 VMs listed: {asg}");
     let read = run("pcr-test", &cp, &["worker", survivors[0], "read"]);
-    assert!(read.starts_with(&format!("worker {} ", survivors[0])) && read.contains("vms=3"), "{read}");
+    assert!(
+        read.starts_with(&format!("worker {} ", survivors[0])) && read.contains("vms=3"),
+        "{read}"
+    );
     let cs = json("pcr-test", &cp, &["cluster-status"]);
     assert_eq!(cs["convergencePercent"], 100.0);
-    let err = Command::new(bin("pcr-test")).args(["--control-plane", &cp, "worker", "nope", "read"]).output().unwrap();
+    let err = Command::new(bin("pcr-test"))
+        .args(["--control-plane", &cp, "worker", "nope", "read"])
+        .output()
+        .unwrap();
     assert!(!err.status.success());
-    assert_eq!(String::from_utf8_lossy(&err.stderr).trim(), "pcr-test: not found: unknown worker nope");
-
+    assert_eq!(
+        String::from_utf8_lossy(&err.stderr).trim(),
+        "pcr-test: not found: unknown worker nope"
+    );
 }

@@ -59,7 +59,10 @@ fn reg(id: &str, addr: &str) -> Registration {
     Registration {
         worker_id: id.parse().unwrap(),
         address: addr.into(),
-        capacity: Resources { cpu: 8, memory_mb: 4096 },
+        capacity: Resources {
+            cpu: 8,
+            memory_mb: 4096,
+        },
         labels: Labels::new(),
     }
 }
@@ -80,7 +83,9 @@ async fn start(config: control_plane::Config) -> (String, CancellationToken) {
 }
 
 async fn connect(addr: &str) -> MasterClient {
-    MasterClient::connect(addr, Duration::from_secs(5)).await.unwrap()
+    MasterClient::connect(addr, Duration::from_secs(5))
+        .await
+        .unwrap()
 }
 
 #[test]
@@ -98,12 +103,20 @@ fn master_over_loopback() {
         let cli = connect(&addr).await;
         let cap1: worker::Client = capnp_rpc::new_client(EchoWorker { id: "w1".into() });
         let cap2: worker::Client = capnp_rpc::new_client(EchoWorker { id: "w2".into() });
-        w1.register(&reg("w1", "10.0.0.1:6000"), cap1.clone()).await.unwrap();
+        w1.register(&reg("w1", "10.0.0.1:6000"), cap1.clone())
+            .await
+            .unwrap();
 
         // Identity: another connection cannot take a live id or report for it.
-        let err = intruder.register(&reg("w1", "10.0.0.9:6000"), cap1.clone()).await.unwrap_err();
+        let err = intruder
+            .register(&reg("w1", "10.0.0.9:6000"), cap1.clone())
+            .await
+            .unwrap_err();
         assert_eq!(code(err), ErrorCode::PermissionDenied);
-        let err = intruder.push_data("w1", 0, &[], &WorkerMetricsView::default()).await.unwrap_err();
+        let err = intruder
+            .push_data("w1", 0, &[], &WorkerMetricsView::default())
+            .await
+            .unwrap_err();
         assert_eq!(code(err), ErrorCode::PermissionDenied);
         let err = cli.get_assignment("nobody", 0, 0).await.unwrap_err();
         assert_eq!(code(err), ErrorCode::NotFound);
@@ -116,17 +129,26 @@ fn master_over_loopback() {
         let publish = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let t = Instant::now();
-            let o = cli.publish("c1", 1, "i1", &[spec("web-0", "a"), spec("web-1", "a")]).await.unwrap();
+            let o = cli
+                .publish("c1", 1, "i1", &[spec("web-0", "a"), spec("web-1", "a")])
+                .await
+                .unwrap();
             (o, t)
         };
         let (a, (outcome, published_at)) = tokio::join!(poll, publish);
         let a = a.unwrap();
-        assert!(published_at.elapsed() < Duration::from_secs(1), "long-poll waited for its timeout");
+        assert!(
+            published_at.elapsed() < Duration::from_secs(1),
+            "long-poll waited for its timeout"
+        );
         assert!(a.changed && a.generation == 1 && a.vms.len() == 2, "{a:?}");
         assert_eq!(outcome.placed, 2);
 
         // Bad input is refused and changes nothing.
-        let err = cli.publish("c2", 2, "i2", &[spec("x", "a"), spec("x", "b")]).await.unwrap_err();
+        let err = cli
+            .publish("c2", 2, "i2", &[spec("x", "a"), spec("x", "b")])
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("duplicate VM name"), "{err}");
         let err = cli.publish("c0", 0, "i0", &[]).await.unwrap_err();
         assert_eq!(code(err), ErrorCode::InvalidArgument);
@@ -144,8 +166,12 @@ fn master_over_loopback() {
             s.set_name("evil");
             s.set_toplevel("/etc/passwd");
             let reply = req.send().promise.await.unwrap();
-            let r = commands::convert::result_from_capnp(reply.get().unwrap().get_result().unwrap()).unwrap();
-            let Err(e) = r else { panic!("an invalid spec was accepted") };
+            let r =
+                commands::convert::result_from_capnp(reply.get().unwrap().get_result().unwrap())
+                    .unwrap();
+            let Err(e) = r else {
+                panic!("an invalid spec was accepted")
+            };
             assert!(e.message.contains("toplevel"), "{e}");
         }
         let repeat = cli.publish("c1", 1, "i1", &[]).await.unwrap();
@@ -161,23 +187,36 @@ fn master_over_loopback() {
         assert_eq!(st.worker_id.as_str(), "w1");
 
         // w2 joins and heartbeats; w1 falls silent and its VMs move to w2.
-        w2.register(&reg("w2", "10.0.0.2:6000"), cap2).await.unwrap();
+        w2.register(&reg("w2", "10.0.0.2:6000"), cap2)
+            .await
+            .unwrap();
         let first = w2.get_assignment("w2", 0, 0).await.unwrap();
-        assert!(first.vms.is_empty(), "stable: nothing moved to the new worker");
+        assert!(
+            first.vms.is_empty(),
+            "stable: nothing moved to the new worker"
+        );
         let heartbeat = async {
             for _ in 0..20 {
-                w2.push_data("w2", 1, &[], &WorkerMetricsView::default()).await.unwrap();
+                w2.push_data("w2", 1, &[], &WorkerMetricsView::default())
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
         let moved = async {
             let t = Instant::now();
-            let a = w2.get_assignment("w2", first.generation, first.revision).await.unwrap();
+            let a = w2
+                .get_assignment("w2", first.generation, first.revision)
+                .await
+                .unwrap();
             (a, t.elapsed())
         };
         let ((a, waited), ()) = tokio::join!(moved, heartbeat);
         assert_eq!(a.vms.len(), 2, "{a:?}");
-        assert!(waited < Duration::from_millis(1500), "moved after {waited:?}");
+        assert!(
+            waited < Duration::from_millis(1500),
+            "moved after {waited:?}"
+        );
         let status = cli.status().await.unwrap();
         let w1h = status.workers.iter().find(|w| w.worker_id == "w1").unwrap();
         assert!(!w1h.healthy);

@@ -110,11 +110,16 @@ pub struct Backoff {
 
 impl Backoff {
     fn allowed_at(&self, name: &VmName, hash: &str) -> Option<Instant> {
-        self.entries.get(&(name.clone(), hash.to_owned())).map(|(_, at)| *at)
+        self.entries
+            .get(&(name.clone(), hash.to_owned()))
+            .map(|(_, at)| *at)
     }
 
     fn failed(&mut self, name: &VmName, hash: &str, now: Instant, base: Duration, max: Duration) {
-        let e = self.entries.entry((name.clone(), hash.to_owned())).or_insert((0, now));
+        let e = self
+            .entries
+            .entry((name.clone(), hash.to_owned()))
+            .or_insert((0, now));
         e.0 = e.0.saturating_add(1);
         let delay = base.saturating_mul(1u32 << (e.0 - 1).min(16)).min(max);
         e.1 = now + delay;
@@ -149,7 +154,9 @@ pub fn plan(
     for list in by_name.values_mut() {
         list.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
     }
-    backoff.counted.retain(|id| running.iter().any(|v| v.id == *id));
+    backoff
+        .counted
+        .retain(|id| running.iter().any(|v| v.id == *id));
 
     for vm in running {
         if vm.state != VmState::Stopping && !wanted.contains_key(&vm.name) {
@@ -160,10 +167,18 @@ pub fn plan(
     for (name, spec) in &wanted {
         let hash = spec.content_hash();
         let instances = by_name.get(name).map(Vec::as_slice).unwrap_or_default();
-        let mut good = instances.iter().filter(|v| v.content_hash == hash && is_live(v.state));
-        let stale: Vec<&VmStatus> =
-            instances.iter().copied().filter(|v| v.content_hash != hash && v.state != VmState::Stopping).collect();
-        for v in instances.iter().filter(|v| v.content_hash == hash && v.state == VmState::Failed) {
+        let mut good = instances
+            .iter()
+            .filter(|v| v.content_hash == hash && is_live(v.state));
+        let stale: Vec<&VmStatus> = instances
+            .iter()
+            .copied()
+            .filter(|v| v.content_hash != hash && v.state != VmState::Stopping)
+            .collect();
+        for v in instances
+            .iter()
+            .filter(|v| v.content_hash == hash && v.state == VmState::Failed)
+        {
             if backoff.counted.insert(v.id.clone()) {
                 tracing::warn!(vm = %name, vm_id = %v.id, error = %v.error, "VM failed; recreating with backoff");
                 backoff.failed(name, hash, now, cfg.0, cfg.1);
@@ -188,7 +203,10 @@ pub fn plan(
             }
             None => match backoff.allowed_at(name, hash).filter(|at| *at > now) {
                 Some(at) => out.retry_at = Some(out.retry_at.map_or(at, |r| r.min(at))),
-                None => out.create.push(((*spec).clone(), stale.iter().map(|v| v.id.clone()).collect())),
+                None => out.create.push((
+                    (*spec).clone(),
+                    stale.iter().map(|v| v.id.clone()).collect(),
+                )),
             },
         }
     }
@@ -207,7 +225,12 @@ struct Shared {
 
 /// Runs until `shutdown`: the connection loop (register, long-poll, push)
 /// and the reconcile loop. Must run inside a `LocalSet`.
-pub async fn run(config: ReconcilerConfig, sender: CommandSender, me: worker::Client, shutdown: CancellationToken) {
+pub async fn run(
+    config: ReconcilerConfig,
+    sender: CommandSender,
+    me: worker::Client,
+    shutdown: CancellationToken,
+) {
     let shared = Rc::new(Shared {
         desired: RefCell::new(None),
         observed_generation: RefCell::new(0),
@@ -219,7 +242,12 @@ pub async fn run(config: ReconcilerConfig, sender: CommandSender, me: worker::Cl
     tokio::join!(reconcile, connect);
 }
 
-async fn reconcile_loop(cfg: &ReconcilerConfig, shared: &Shared, sender: &CommandSender, shutdown: &CancellationToken) {
+async fn reconcile_loop(
+    cfg: &ReconcilerConfig,
+    shared: &Shared,
+    sender: &CommandSender,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = Backoff::default();
     loop {
         let desired = shared.desired.borrow().clone();
@@ -259,7 +287,14 @@ async fn pass(
     backoff: &mut Backoff,
 ) -> Result<(bool, Option<Instant>, bool), WorkerError> {
     let running = sender.list_vms().await?;
-    let p = plan(&a.vms, &running, backoff, Instant::now(), commands::telemetry::now_ms(), (cfg.backoff_base, cfg.backoff_max));
+    let p = plan(
+        &a.vms,
+        &running,
+        backoff,
+        Instant::now(),
+        commands::telemetry::now_ms(),
+        (cfg.backoff_base, cfg.backoff_max),
+    );
     let converged = p.delete.is_empty() && p.create.is_empty() && p.retry_at.is_none();
     let mut acted = false;
 
@@ -294,7 +329,13 @@ async fn pass(
             Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
             Err(e) => {
                 tracing::warn!(vm = %spec.name(), error = %chain(&e), "reconcile: create failed; backing off");
-                backoff.failed(spec.name(), spec.content_hash(), Instant::now(), cfg.backoff_base, cfg.backoff_max);
+                backoff.failed(
+                    spec.name(),
+                    spec.content_hash(),
+                    Instant::now(),
+                    cfg.backoff_base,
+                    cfg.backoff_max,
+                );
             }
         }
     }
@@ -357,7 +398,11 @@ async fn session(
     last_seen: &mut (u64, u64),
     sampler: &mut Sampler,
 ) -> Result<(), ReconcileError> {
-    let client = with_timeout(CALL_TIMEOUT, MasterClient::connect(&cfg.control_plane, CALL_TIMEOUT)).await?;
+    let client = with_timeout(
+        CALL_TIMEOUT,
+        MasterClient::connect(&cfg.control_plane, CALL_TIMEOUT),
+    )
+    .await?;
     with_timeout(CALL_TIMEOUT, client.register(&cfg.registration, me.clone())).await?;
     tracing::info!(control_plane = %cfg.control_plane, "registered with the control plane");
     let id = cfg.registration.worker_id.as_str();
@@ -369,9 +414,18 @@ async fn session(
         loop {
             // The server answers within its long-poll timeout; allow for a
             // long one, but not forever.
-            let a = with_timeout(Duration::from_secs(120), client.get_assignment(id, last_seen.0, last_seen.1)).await?;
+            let a = with_timeout(
+                Duration::from_secs(120),
+                client.get_assignment(id, last_seen.0, last_seen.1),
+            )
+            .await?;
             if a.changed {
-                tracing::info!(generation = a.generation, revision = a.revision, vms = a.vms.len(), "new assignment");
+                tracing::info!(
+                    generation = a.generation,
+                    revision = a.revision,
+                    vms = a.vms.len(),
+                    "new assignment"
+                );
                 *last_seen = (a.generation, a.revision);
                 *shared.desired.borrow_mut() = Some(a);
                 shared.wake_reconcile.notify_one();
@@ -411,7 +465,11 @@ async fn push(
     sampler.retain(&running);
     let metrics = host_metrics(u32::try_from(running.len()).unwrap_or(u32::MAX));
     let generation = *shared.observed_generation.borrow();
-    with_timeout(CALL_TIMEOUT, client.push_data(id, generation, &running, &metrics)).await
+    with_timeout(
+        CALL_TIMEOUT,
+        client.push_data(id, generation, &running, &metrics),
+    )
+    .await
 }
 
 // ---- metrics ------------------------------------------------------------
@@ -431,7 +489,9 @@ const METRICS_EVERY: Duration = Duration::from_millis(900);
 
 impl Sampler {
     async fn metrics(&mut self, sender: &CommandSender, status: &VmStatus) -> VmMetrics {
-        let Some(pid) = status.pid else { return VmMetrics::default() };
+        let Some(pid) = status.pid else {
+            return VmMetrics::default();
+        };
         let now = Instant::now();
         if let Some((p, _, at, m)) = self.last.get(&status.id)
             && *p == pid
@@ -457,7 +517,8 @@ impl Sampler {
     }
 
     fn retain(&mut self, running: &[ObservedVm]) {
-        self.last.retain(|id, _| running.iter().any(|v| v.status.id == *id));
+        self.last
+            .retain(|id, _| running.iter().any(|v| v.status.id == *id));
     }
 }
 
@@ -485,7 +546,11 @@ fn host_metrics(vm_count: u32) -> WorkerMetricsView {
             .unwrap_or(0)
     };
     let used_kib = field("MemTotal:").saturating_sub(field("MemAvailable:"));
-    WorkerMetricsView { load_average, memory_used_mb: used_kib / 1024, vm_count }
+    WorkerMetricsView {
+        load_average,
+        memory_used_mb: used_kib / 1024,
+        vm_count,
+    }
 }
 
 #[cfg(test)]
@@ -525,17 +590,40 @@ mod tests {
     #[test]
     fn matching_vms_need_nothing() {
         let mut b = Backoff::default();
-        let running = [vm("a", "h1", VmState::Running, 1), vm("b", "h2", VmState::Paused, 1)];
-        let p = plan(&[spec("a", "h1"), spec("b", "h2")], &running, &mut b, Instant::now(), 10, CFG);
+        let running = [
+            vm("a", "h1", VmState::Running, 1),
+            vm("b", "h2", VmState::Paused, 1),
+        ];
+        let p = plan(
+            &[spec("a", "h1"), spec("b", "h2")],
+            &running,
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
         assert_eq!(p, Plan::default());
     }
 
     #[test]
     fn creates_missing_and_deletes_undesired() {
         let mut b = Backoff::default();
-        let running = [vm("old", "h", VmState::Running, 1), vm("gone", "h", VmState::Stopping, 1)];
-        let p = plan(&[spec("new", "h")], &running, &mut b, Instant::now(), 10, CFG);
-        assert_eq!(p.delete, vec![(running[0].id.clone(), "not in the assignment")]);
+        let running = [
+            vm("old", "h", VmState::Running, 1),
+            vm("gone", "h", VmState::Stopping, 1),
+        ];
+        let p = plan(
+            &[spec("new", "h")],
+            &running,
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
+        assert_eq!(
+            p.delete,
+            vec![(running[0].id.clone(), "not in the assignment")]
+        );
         assert_eq!(p.create.len(), 1);
         assert_eq!(p.create[0].0.name().as_str(), "new");
     }
@@ -544,11 +632,25 @@ mod tests {
     fn replacement_creates_first_then_deletes_old() {
         let mut b = Backoff::default();
         let old = vm("web", "h1", VmState::Running, 1);
-        let p = plan(&[spec("web", "h2")], std::slice::from_ref(&old), &mut b, Instant::now(), 10, CFG);
+        let p = plan(
+            &[spec("web", "h2")],
+            std::slice::from_ref(&old),
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
         assert!(p.delete.is_empty(), "old stays until the new one runs");
         assert_eq!(p.create[0].1, vec![old.id.clone()]);
         let new = vm("web", "h2", VmState::Running, 2);
-        let p = plan(&[spec("web", "h2")], &[old.clone(), new], &mut b, Instant::now(), 10, CFG);
+        let p = plan(
+            &[spec("web", "h2")],
+            &[old.clone(), new],
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
         assert_eq!(p.delete, vec![(old.id, "replaced")]);
         assert!(p.create.is_empty());
     }
@@ -558,12 +660,26 @@ mod tests {
         let mut b = Backoff::default();
         let t = Instant::now();
         let f1 = vm("web", "h", VmState::Failed, 1);
-        let p = plan(&[spec("web", "h")], std::slice::from_ref(&f1), &mut b, t, 10, CFG);
+        let p = plan(
+            &[spec("web", "h")],
+            std::slice::from_ref(&f1),
+            &mut b,
+            t,
+            10,
+            CFG,
+        );
         assert_eq!(p.delete, vec![(f1.id.clone(), "failed")]);
         assert!(p.create.is_empty(), "first retry waits the base delay");
         assert_eq!(p.retry_at, Some(t + CFG.0));
         // Seen again on the next pass: not counted twice.
-        let p = plan(&[spec("web", "h")], std::slice::from_ref(&f1), &mut b, t, 10, CFG);
+        let p = plan(
+            &[spec("web", "h")],
+            std::slice::from_ref(&f1),
+            &mut b,
+            t,
+            10,
+            CFG,
+        );
         assert_eq!(p.retry_at, Some(t + CFG.0));
         let later = t + CFG.0;
         let p = plan(&[spec("web", "h")], &[], &mut b, later, 10, CFG);
@@ -579,7 +695,14 @@ mod tests {
         let mut b = Backoff::default();
         let a = vm("web", "h", VmState::Running, 1);
         let c = vm("web", "h", VmState::Running, 5);
-        let p = plan(&[spec("web", "h")], &[c.clone(), a], &mut b, Instant::now(), 10, CFG);
+        let p = plan(
+            &[spec("web", "h")],
+            &[c.clone(), a],
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
         assert_eq!(p.delete, vec![(c.id, "duplicate")]);
     }
 

@@ -17,7 +17,12 @@ use sha2::{Digest, Sha256};
 #[command(name = "pcr-test", about = "Manual Master RPC (testing and debugging)")]
 struct Args {
     /// The control plane's address.
-    #[arg(long, global = true, env = "PCR_CONTROL_PLANE", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        global = true,
+        env = "PCR_CONTROL_PLANE",
+        default_value = "127.0.0.1:7000"
+    )]
     control_plane: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -77,9 +82,15 @@ enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
-    Spec { path: PathBuf, source: serde_json::Error },
+    Spec {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Client(#[from] control_plane::client::ClientError),
     #[error("worker call failed: {}", .0.extra)]
@@ -93,7 +104,10 @@ enum CliError {
 fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliError> {
     let mut paths: Vec<PathBuf> = files.to_vec();
     if let Some(dir) = dir {
-        let rd = std::fs::read_dir(dir).map_err(|source| CliError::Read { path: dir.to_owned(), source })?;
+        let rd = std::fs::read_dir(dir).map_err(|source| CliError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
         let mut found: Vec<PathBuf> = rd
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -105,8 +119,14 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
     paths
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).map_err(|source| CliError::Read { path: p.clone(), source })?;
-            VmSpec::from_json(&text).map_err(|source| CliError::Spec { path: p.clone(), source })
+            let text = std::fs::read_to_string(p).map_err(|source| CliError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            VmSpec::from_json(&text).map_err(|source| CliError::Spec {
+                path: p.clone(),
+                source,
+            })
         })
         .collect()
 }
@@ -129,9 +149,17 @@ fn print_json<T: serde::Serialize>(v: &T) {
 async fn real_main(args: Args) -> Result<(), CliError> {
     let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
     match args.command {
-        Cmd::PublishState { commit, generation, intent_hash: intent, spec, specs } => {
+        Cmd::PublishState {
+            commit,
+            generation,
+            intent_hash: intent,
+            spec,
+            specs,
+        } => {
             if spec.is_empty() && specs.is_none() {
-                return Err(CliError::Usage("give --spec FILE (repeatable) or --specs DIR".into()));
+                return Err(CliError::Usage(
+                    "give --spec FILE (repeatable) or --specs DIR".into(),
+                ));
             }
             let list = load_specs(&spec, specs.as_deref())?;
             let intent = intent.unwrap_or_else(|| intent_hash(&list));
@@ -139,15 +167,30 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             if args.json {
                 print_json(&o);
             } else {
-                let what = if o.noop { "unchanged (already active)" } else { "published" };
-                println!("generation {}: {what}; {} placed, {} unplaced", o.generation, o.placed, o.unplaced.len());
+                let what = if o.noop {
+                    "unchanged (already active)"
+                } else {
+                    "published"
+                };
+                println!(
+                    "generation {}: {what}; {} placed, {} unplaced",
+                    o.generation,
+                    o.placed,
+                    o.unplaced.len()
+                );
                 for u in &o.unplaced {
                     println!("unplaced {}: {}", u.name, u.reason);
                 }
             }
         }
-        Cmd::GetAssignment { worker, last_generation, last_revision } => {
-            let a = master.get_assignment(&worker, last_generation, last_revision).await?;
+        Cmd::GetAssignment {
+            worker,
+            last_generation,
+            last_revision,
+        } => {
+            let a = master
+                .get_assignment(&worker, last_generation, last_revision)
+                .await?;
             if args.json {
                 print_json(&a);
             } else {
@@ -160,7 +203,13 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                     a.vms.len()
                 );
                 for s in &a.vms {
-                    println!("{} {} cpu={} memoryMb={}", s.name(), s.content_hash(), s.cpu(), s.memory_mb());
+                    println!(
+                        "{} {} cpu={} memoryMb={}",
+                        s.name(),
+                        s.content_hash(),
+                        s.cpu(),
+                        s.memory_mb()
+                    );
                 }
             }
         }
@@ -170,14 +219,23 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 print_json(&s);
             } else {
                 match &s.active {
-                    Some(g) => println!("generation {} commit {} converged {:.0}%", g.number, g.commit, s.convergence_percent),
+                    Some(g) => println!(
+                        "generation {} commit {} converged {:.0}%",
+                        g.number, g.commit, s.convergence_percent
+                    ),
                     None => println!("no generation published"),
                 }
                 for w in &s.workers {
-                    println!("worker {} {} healthy={} vms={}", w.worker_id, w.address, w.healthy, w.vm_count);
+                    println!(
+                        "worker {} {} healthy={} vms={}",
+                        w.worker_id, w.address, w.healthy, w.vm_count
+                    );
                 }
                 for v in &s.vms {
-                    println!("vm {} worker={} desired={} observed={} drift={}", v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift);
+                    println!(
+                        "vm {} worker={} desired={} observed={} drift={}",
+                        v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift
+                    );
                 }
                 for u in &s.unplaced {
                     println!("unplaced {}: {}", u.name, u.reason);
@@ -190,7 +248,10 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 print_json(&gens);
             } else {
                 for g in &gens {
-                    println!("{} {} {} vms={}", g.number, g.commit, g.intent_hash, g.vm_count);
+                    println!(
+                        "{} {} {} vms={}",
+                        g.number, g.commit, g.intent_hash, g.vm_count
+                    );
                 }
             }
         }
@@ -205,19 +266,34 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                     } else {
                         println!(
                             "worker {} {} vms={} cpu={} memoryMb={} version={}",
-                            st.worker_id, st.address, st.vm_count, st.capacity.cpu, st.capacity.memory_mb, st.version
+                            st.worker_id,
+                            st.address,
+                            st.vm_count,
+                            st.capacity.cpu,
+                            st.capacity.memory_mb,
+                            st.version
                         );
                     }
                 }
                 WorkerCall::ListVms => {
                     let reply = w.list_vms_request().send().promise.await?;
                     let list = reply.get()?.get_vms()?;
-                    let vms = list.iter().map(vm_status_from_capnp).collect::<Result<Vec<_>, _>>()?;
+                    let vms = list
+                        .iter()
+                        .map(vm_status_from_capnp)
+                        .collect::<Result<Vec<_>, _>>()?;
                     if args.json {
                         print_json(&vms);
                     } else {
                         for v in &vms {
-                            println!("{} {} {} {} pid={}", v.id, v.name, v.content_hash, v.state, v.pid.unwrap_or(0));
+                            println!(
+                                "{} {} {} {} pid={}",
+                                v.id,
+                                v.name,
+                                v.content_hash,
+                                v.state,
+                                v.pid.unwrap_or(0)
+                            );
                         }
                     }
                 }
@@ -238,4 +314,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

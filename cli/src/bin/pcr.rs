@@ -14,7 +14,12 @@ use control_plane::model::{ClusterStatusView, Drift, GenerationView};
 #[command(name = "pcr", about = "Inspect a Procurator cluster (read-only)")]
 struct Args {
     /// The control plane's address.
-    #[arg(long, global = true, env = "PCR_CONTROL_PLANE", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        global = true,
+        env = "PCR_CONTROL_PLANE",
+        default_value = "127.0.0.1:7000"
+    )]
     control_plane: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -42,10 +47,16 @@ struct Style {
 
 impl Style {
     fn detect() -> Self {
-        Style { on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+        Style {
+            on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
     }
     fn paint(&self, s: &str, code: &str) -> String {
-        if self.on { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_owned() }
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
     }
     fn good(&self, s: &str) -> String {
         self.paint(s, "32")
@@ -104,7 +115,11 @@ fn table(header: &[&str], rows: &[Vec<String>], style: &Style) -> String {
 
 fn short(hash: &str) -> String {
     let h = hash.strip_prefix("sha256:").unwrap_or(hash);
-    if h.is_empty() { "-".into() } else { h.chars().take(12).collect() }
+    if h.is_empty() {
+        "-".into()
+    } else {
+        h.chars().take(12).collect()
+    }
 }
 
 fn age(ms: u64) -> String {
@@ -130,15 +145,29 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     match &s.active {
         Some(g) => {
             let pct = format!("{:.1}%", s.convergence_percent);
-            let pct = if s.convergence_percent >= 100.0 { style.good(&pct) } else { style.warn(&pct) };
-            out.push_str(&format!("generation:  {} (commit {})\n", g.number, g.commit));
+            let pct = if s.convergence_percent >= 100.0 {
+                style.good(&pct)
+            } else {
+                style.warn(&pct)
+            };
+            out.push_str(&format!(
+                "generation:  {} (commit {})\n",
+                g.number, g.commit
+            ));
             out.push_str(&format!("converged:   {pct}\n"));
         }
         None => out.push_str("generation:  none published\n"),
     }
     let healthy = s.workers.iter().filter(|w| w.healthy).count();
     let ws = format!("{healthy}/{} healthy", s.workers.len());
-    out.push_str(&format!("workers:     {}\n", if healthy == s.workers.len() { style.good(&ws) } else { style.bad(&ws) }));
+    out.push_str(&format!(
+        "workers:     {}\n",
+        if healthy == s.workers.len() {
+            style.good(&ws)
+        } else {
+            style.bad(&ws)
+        }
+    ));
     let count = |d: Drift| s.vms.iter().filter(|v| v.drift == d).count();
     out.push_str(&format!(
         "vms:         {} desired, {} converged, {} pending, {} drifted, {} failed, {} orphaned\n",
@@ -166,17 +195,39 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
             vec![
                 w.worker_id.clone(),
                 w.address.clone(),
-                if w.healthy { style.good("healthy") } else { style.bad("unhealthy") },
+                if w.healthy {
+                    style.good("healthy")
+                } else {
+                    style.bad("unhealthy")
+                },
                 age(w.last_seen_ms_ago),
                 format!("{}/{}", free.cpu, w.capacity.cpu),
                 format!("{}/{}", free.memory_mb, w.capacity.memory_mb),
                 w.vm_count.to_string(),
                 w.observed_generation.to_string(),
-                if labels.is_empty() { "-".into() } else { labels.join(",") },
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels.join(",")
+                },
             ]
         })
         .collect();
-    table(&["WORKER", "ADDRESS", "HEALTH", "SEEN", "CPU FREE", "MEM FREE (MiB)", "VMS", "GEN", "LABELS"], &rows, style)
+    table(
+        &[
+            "WORKER",
+            "ADDRESS",
+            "HEALTH",
+            "SEEN",
+            "CPU FREE",
+            "MEM FREE (MiB)",
+            "VMS",
+            "GEN",
+            "LABELS",
+        ],
+        &rows,
+        style,
+    )
 }
 
 fn render_vms(s: &ClusterStatusView, style: &Style) -> String {
@@ -186,7 +237,11 @@ fn render_vms(s: &ClusterStatusView, style: &Style) -> String {
         .map(|v| {
             vec![
                 v.name.clone(),
-                if v.worker_id.is_empty() { "-".into() } else { v.worker_id.clone() },
+                if v.worker_id.is_empty() {
+                    "-".into()
+                } else {
+                    v.worker_id.clone()
+                },
                 v.state.map_or("-".into(), |st| st.to_string()),
                 drift_cell(v.drift, style),
                 short(&v.desired_hash),
@@ -196,14 +251,31 @@ fn render_vms(s: &ClusterStatusView, style: &Style) -> String {
             ]
         })
         .collect();
-    let mut out = table(&["NAME", "WORKER", "STATE", "DRIFT", "DESIRED", "OBSERVED", "CPU%", "RSS (MiB)"], &rows, style);
+    let mut out = table(
+        &[
+            "NAME",
+            "WORKER",
+            "STATE",
+            "DRIFT",
+            "DESIRED",
+            "OBSERVED",
+            "CPU%",
+            "RSS (MiB)",
+        ],
+        &rows,
+        style,
+    );
     for u in &s.unplaced {
         out.push_str(&format!("unplaced {}: {}\n", style.bad(&u.name), u.reason));
     }
     out
 }
 
-fn render_generations(active: Option<&GenerationView>, gens: &[GenerationView], style: &Style) -> String {
+fn render_generations(
+    active: Option<&GenerationView>,
+    gens: &[GenerationView],
+    style: &Style,
+) -> String {
     let now = commands::telemetry::now_ms();
     let rows: Vec<Vec<String>> = gens
         .iter()
@@ -211,7 +283,11 @@ fn render_generations(active: Option<&GenerationView>, gens: &[GenerationView], 
         .map(|g| {
             let is_active = active.is_some_and(|a| a.number == g.number);
             vec![
-                if is_active { style.good(&format!("{} *", g.number)) } else { g.number.to_string() },
+                if is_active {
+                    style.good(&format!("{} *", g.number))
+                } else {
+                    g.number.to_string()
+                },
                 g.commit.clone(),
                 short(&g.intent_hash),
                 g.vm_count.to_string(),
@@ -222,7 +298,11 @@ fn render_generations(active: Option<&GenerationView>, gens: &[GenerationView], 
     if rows.is_empty() {
         return "no generation published\n".into();
     }
-    table(&["GENERATION", "COMMIT", "INTENT", "VMS", "PUBLISHED"], &rows, style)
+    table(
+        &["GENERATION", "COMMIT", "INTENT", "VMS", "PUBLISHED"],
+        &rows,
+        style,
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +326,11 @@ async fn real_main(args: Args) -> Result<String, CliError> {
         }
         Cmd::Workers => {
             let s = master.status().await?;
-            if args.json { json(&s.workers) } else { render_workers(&s, &style) }
+            if args.json {
+                json(&s.workers)
+            } else {
+                render_workers(&s, &style)
+            }
         }
         Cmd::Vms => {
             let s = master.status().await?;
@@ -305,7 +389,10 @@ mod tests {
     #[test]
     fn tables_align_and_ignore_colour_codes() {
         let style = Style { on: true };
-        let rows = vec![vec!["a".into(), style.good("ok")], vec!["longer".into(), "x".into()]];
+        let rows = vec![
+            vec!["a".into(), style.good("ok")],
+            vec!["longer".into(), "x".into()],
+        ];
         let t = table(&["N", "S"], &rows, &Style { on: false });
         assert_eq!(t, "N       S\na       \u{1b}[32mok\u{1b}[0m\nlonger  x\n");
         assert_eq!(visible_len(&style.bad("abc")), 3);
