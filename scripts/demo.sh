@@ -131,7 +131,7 @@ g init -q -b main
 g add -A
 g commit -q -m "hermetic example cluster"
 g remote add origin "$STATE/repos/cluster.git"
-g push origin main 2>&1 | sed 's/^/    /'
+g push -u origin main 2>&1 | sed 's/^/    /'
 
 say "CI job log (following)"
 job=$(curl -fsS "http://$CI_ADDR/jobs?limit=1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p' | head -1)
@@ -141,11 +141,12 @@ state=$(curl -fsS "http://$CI_ADDR/jobs/$job" | sed -n 's/.*"state":"\([a-z]*\)"
 [ "$state" = succeeded ] || die "CI job $job $state"
 
 say "waiting for the workers to converge"
-for i in $(seq 600); do
+last=
+for _ in $(seq 600); do
   json=$("$BIN/pcr" --control-plane $CP_ADDR --json status 2>/dev/null || true)
-  pct=$(printf '%s' "$json" | sed -n 's/.*"convergencePercent":\([0-9.]*\).*/\1/p')
-  printf '\r    convergence: %s%%   ' "${pct:-?}"
-  case "$pct" in 100|100.0) echo; break ;; esac
+  pct=$(printf '%s' "$json" | grep -o '"convergencePercent": *[0-9.]*' | grep -o '[0-9.]*$' || true)
+  if [ "$pct" != "$last" ]; then printf '    convergence: %s%%\n' "${pct:-?}"; last=$pct; fi
+  case "$pct" in 100|100.0) break ;; esac
   sleep 0.2
 done
 "$BIN/pcr" --control-plane $CP_ADDR status | sed 's/^/    /'
