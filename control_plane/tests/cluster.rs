@@ -562,6 +562,6 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     assert!(!err.status.success());
     assert_eq!(
         String::from_utf8_lossy(&err.stderr).trim(),
-        "pcr-test: not found: unknown worker nope"
+        "error: not found: unknown worker nope"
     );
 }

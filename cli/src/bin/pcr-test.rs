@@ -142,9 +142,7 @@ fn intent_hash(specs: &[VmSpec]) -> String {
     format!("sha256:{hex}")
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
+use cli::output::print_json;
 
 async fn real_main(args: Args) -> Result<(), CliError> {
     let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
@@ -308,9 +306,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pcr-test: {e}");
-            ExitCode::FAILURE
-        }
+        // One line with the whole cause chain ("cannot connect to X:
+        // Connection refused"), as every Procurator CLI prints it.
+        Err(e) => cli::output::fail(cli::output::error_chain(&e)),
     }
 }

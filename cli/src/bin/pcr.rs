@@ -314,12 +314,11 @@ enum CliError {
 async fn real_main(args: Args) -> Result<String, CliError> {
     let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
     let style = Style::detect();
-    let json = |v: &dyn erased::Json| v.to_json();
     let out = match args.command {
         Cmd::Status => {
             let s = master.status().await?;
             if args.json {
-                json(&s)
+                to_json(&s)
             } else {
                 render_status(&s, &style)
             }
@@ -327,7 +326,7 @@ async fn real_main(args: Args) -> Result<String, CliError> {
         Cmd::Workers => {
             let s = master.status().await?;
             if args.json {
-                json(&s.workers)
+                to_json(&s.workers)
             } else {
                 render_workers(&s, &style)
             }
@@ -335,7 +334,7 @@ async fn real_main(args: Args) -> Result<String, CliError> {
         Cmd::Vms => {
             let s = master.status().await?;
             if args.json {
-                json(&serde_json::json!({ "vms": s.vms, "unplaced": s.unplaced }))
+                to_json(&serde_json::json!({ "vms": s.vms, "unplaced": s.unplaced }))
             } else {
                 render_vms(&s, &style)
             }
@@ -344,7 +343,7 @@ async fn real_main(args: Args) -> Result<String, CliError> {
             let s = master.status().await?;
             let gens = master.generations().await?;
             if args.json {
-                json(&serde_json::json!({ "active": s.active, "generations": gens }))
+                to_json(&serde_json::json!({ "active": s.active, "generations": gens }))
             } else {
                 render_generations(s.active.as_ref(), &gens, &style)
             }
@@ -354,31 +353,23 @@ async fn real_main(args: Args) -> Result<String, CliError> {
     Ok(out)
 }
 
-/// `--json` printing for the few view types, without generic closures.
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
-            s.push('\n');
-            s
-        }
-    }
+/// Pretty JSON with a final newline, what `--json` prints.
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(out) => {
-            print!("{out}");
+            cli::output::print_str(&out);
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("pcr: {e}");
-            ExitCode::FAILURE
-        }
+        // One line with the whole cause chain ("cannot connect to X:
+        // Connection refused"), as every Procurator CLI prints it.
+        Err(e) => cli::output::fail(cli::output::error_chain(&e)),
     }
 }
 
