@@ -111,11 +111,9 @@ fn cpu_ticks_and_rss(pid: u32) -> (u64, u64) {
 async fn publish_to_converged() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    for (p, body) in [(KERNEL, "kernel")] {
-        let f = dir.join("store").join(p.trim_start_matches('/'));
-        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
-        std::fs::write(f, body).expect("write");
-    }
+    let kernel = dir.join("store").join(KERNEL.trim_start_matches('/'));
+    std::fs::create_dir_all(kernel.parent().expect("parent")).expect("mkdir");
+    std::fs::write(kernel, "kernel").expect("write");
     std::fs::create_dir_all(dir.join("store").join(TOPLEVEL.trim_start_matches('/')))
         .expect("mkdir");
     let (_cp, addr) = control_plane(&["--heartbeat-timeout-ms", "3000"]);
