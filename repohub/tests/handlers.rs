@@ -400,7 +400,36 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
         log.body.contains("commit 54 x&#39; OR 1=1; --")
             || log.body.contains("commit 54 x&#x27; OR 1=1; --")
     );
+    // "Older" carries a cursor (the walk's frontier) so deep pages cost
+    // the same as the first; the plain page number gives the same page.
+    let start = log.body.find("id=\"older\"").unwrap();
+    let href_at = log.body[..start].rfind("href=\"").unwrap() + 6;
+    let href = log.body[href_at..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    assert!(href.starts_with("?page=1&after="), "{href}");
+    let by_cursor = ann.get(&format!("/p/r/log/main{href}")).await;
     let page2 = ann.get("/p/r/log/main?page=1").await;
+    let rows = |b: &str| b.matches("/p/r/commit/").count();
+    assert_eq!(by_cursor.status, StatusCode::OK);
+    assert_eq!(rows(&by_cursor.body), rows(&page2.body));
+    assert!(by_cursor.body.contains("first &#60;script&#62;alert("));
+    for bad in [
+        "?after=zz",
+        "?after=",
+        "?after=..%2F..",
+        "?after=0000000000000000000000000000000000000000",
+    ] {
+        let r = ann.get(&format!("/p/r/log/main{bad}")).await;
+        assert!(
+            r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_FOUND,
+            "{bad}: {}",
+            r.status
+        );
+    }
     assert!(page2.body.contains("first &#60;script&#62;alert("));
     assert!(!page2.body.contains("<script>alert"));
     assert!(!page2.body.contains("id=\"older\"") && page2.body.contains("id=\"newer\""));

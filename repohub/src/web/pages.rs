@@ -174,7 +174,8 @@ pub struct LogPage {
     pub rev: String,
     pub commits: Vec<CommitInfo>,
     pub page: usize,
-    pub more: bool,
+    /// Query string of the next (older) page, if any.
+    pub older: Option<String>,
 }
 
 pub struct EntryRow {

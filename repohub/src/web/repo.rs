@@ -209,6 +209,27 @@ pub async fn delete(
 pub struct PageQuery {
     #[serde(default)]
     page: Option<usize>,
+    /// Comma-separated commit ids where this page starts (from "Older").
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// Parses the `after` cursor: 1 to MAX_CURSOR full hex commit ids.
+fn parse_cursor(s: &str) -> Result<Vec<git2::Oid>, WebError> {
+    let bad = || WebError::BadRequest("bad page cursor".into());
+    let ids: Vec<&str> = s.split(',').collect();
+    if ids.is_empty() || ids.len() > git::MAX_CURSOR {
+        return Err(bad());
+    }
+    ids.into_iter()
+        .map(|h| {
+            if h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                git2::Oid::from_str(h).map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        })
+        .collect()
 }
 
 pub async fn log(
@@ -219,22 +240,36 @@ pub async fn log(
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     let page = q.page.unwrap_or(0).min(1_000_000);
+    let cursor = q.after.as_deref().map(parse_cursor).transpose()?;
     let r2 = rev.clone();
-    let (commits, more) = blocking(move || {
+    let lp = blocking(move || {
         let r = git::open(&dir)?;
-        let oid = git::resolve(&r, &r2)?;
-        Ok(git::log(&r, oid, page)?)
+        let head = git::resolve(&r, &r2)?;
+        // With a cursor the page starts where the previous one ended;
+        // without one (a typed URL), earlier pages are walked and dropped.
+        let (starts, skip) = match cursor {
+            Some(c) => (c, 0),
+            None => (vec![head], page),
+        };
+        Ok(git::log(&r, &starts, skip)?)
     })
     .await?;
+    let older = lp.more.then(|| match &lp.next {
+        Some(ids) => {
+            let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            format!("?page={}&after={}", page + 1, ids.join(","))
+        }
+        None => format!("?page={}", page + 1),
+    });
     render(&LogPage {
         title: format!("Commits · {}/{repo}", ctx.project.name),
         nav: v.nav(),
         project: ctx.project.name,
         repo,
         rev,
-        commits,
+        commits: lp.commits,
         page,
-        more,
+        older,
     })
 }
 
