@@ -167,16 +167,32 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    // The "Older" cursor of page 100, as a user clicking through gets it.
+    let cursor = {
+        let r = repohub::git::open(&bare).unwrap();
+        let mut starts = vec![repohub::git::resolve(&r, "main").unwrap()];
+        for _ in 0..100 {
+            starts = repohub::git::log(&r, &starts, 0).unwrap().next.unwrap();
+        }
+        starts
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let cursor_url = format!("/bench/big/log/main?page=100&after={cursor}");
+
     let router = repohub::app(state.clone());
     println!("\nserver time per page, {ITERATIONS} requests each (in process, release build):");
     println!(
-        "{:<40} {:>9} {:>9} {:>9} {:>10}",
+        "{:<44} {:>9} {:>9} {:>9} {:>10}",
         "page", "median ms", "p99 ms", "max ms", "bytes"
     );
     for path in [
         "/bench/big/log/main",
         "/bench/big/log/main?page=1",
         "/bench/big/log/main?page=100",
+        cursor_url.as_str(),
         "/bench/big/tree/main",
         "/bench/big/tree/main/d07",
         "/bench/big/tree/flat",
@@ -184,7 +200,12 @@ async fn main() {
         "/bench/big",
     ] {
         let (p50, p99, max, size) = time_page(&router, path).await;
-        println!("{path:<40} {p50:>9.2} {p99:>9.2} {max:>9.2} {size:>10}");
+        let label = if path.contains("after=") {
+            "/bench/big/log/main?page=100&after=<cursor>"
+        } else {
+            path
+        };
+        println!("{label:<44} {p50:>9.2} {p99:>9.2} {max:>9.2} {size:>10}");
     }
 
     // Clone through repohub (real HTTP server) vs from the bare directory.
