@@ -43,7 +43,8 @@ enum Cmd {
         /// Default: sha256 of the specs (sorted by name, as JSON).
         #[arg(long)]
         intent_hash: Option<String>,
-        #[arg(long = "spec")]
+        /// VmSpec JSON files (`--spec a.json b.json` or repeated).
+        #[arg(long = "spec", num_args = 1..)]
         spec: Vec<PathBuf>,
         #[arg(long)]
         specs: Option<PathBuf>,
