@@ -120,7 +120,7 @@ fn api_validates_supersedes_and_follows_logs() {
             .map(|a| (http::header::AUTHORIZATION, a.to_owned()))
             .into_iter()
             .collect();
-        let body = serde_json::json!({"repo": "/nonexistent/repo.git", "ref": "refs/heads/main", "old": "0".repeat(40), "new": commit});
+        let body = serde_json::json!({"repo": "/nonexistent/repo.git", "ref": "refs/heads/dev", "old": "0".repeat(40), "new": commit});
         request(
             http::Method::POST,
             &format!("{url}/hooks/push"),
@@ -135,52 +135,73 @@ fn api_validates_supersedes_and_follows_logs() {
     assert_eq!(st, 200, "a deleted ref queues nothing");
     assert_eq!(get(&format!("{url}/jobs/999")).0, 404);
 
-    // Three quick pushes: the runner takes the first (and fails to fetch a
-    // missing repo); of the two queued behind it, the older is superseded.
-    let ids: Vec<i64> = ["1", "2", "3"]
-        .iter()
-        .map(|c| {
-            let (st, body) = push(&c.repeat(40), Some("Bearer s3cret"));
-            assert_eq!(st, 202);
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    let last = wait_job(&url, ids[2], Duration::from_secs(30));
+    // The hook carries no secret: ci_service refuses it, the push stands.
+    let repo = Repo::new(h.dir(), &url);
+    let gate = gate_the_build(&h, &repo);
+    let (c1, out) = repo.push();
+    assert!(
+        out.contains("warning: ci_service refused refs/heads/main: 401"),
+        "{out}"
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]).trim(),
+        c1,
+        "the push went through"
+    );
+
+    // A job blocked in its build, then two more pushes to the same ref:
+    // the older queued one is superseded at once, the newer runs next.
+    let repo_path = repo.bare.to_str().unwrap().to_owned();
+    let post = |commit: &str| {
+        let body = serde_json::json!({"repo": repo_path, "ref": "refs/heads/main", "old": "0".repeat(40), "new": commit});
+        let (st, body) = request(
+            http::Method::POST,
+            &format!("{url}/hooks/push"),
+            &[(http::header::AUTHORIZATION, "Bearer s3cret".to_owned())],
+            Some(body),
+        );
+        assert_eq!(st, 202);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+            .as_i64()
+            .unwrap()
+    };
+    let running = post(&c1);
+    wait_for("the build to start", Duration::from_secs(30), || {
+        log(&url, running)
+            .contains("building procurator.closure")
+            .then_some(())
+    });
+    let older = post(&"1".repeat(40));
+    let newer = post(&"2".repeat(40));
+    let state = |id: i64| {
+        get_json(&format!("{url}/jobs/{id}"))["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        (state(running), state(older), state(newer)),
+        ("running".into(), "superseded".into(), "queued".into())
+    );
+    std::fs::write(&gate, "go").unwrap();
+    assert_eq!(
+        wait_job(&url, running, Duration::from_secs(60))["state"],
+        "succeeded"
+    );
+    let last = wait_job(&url, newer, Duration::from_secs(30));
     assert_eq!(last["state"], "failed");
     assert!(
         last["error"]
             .as_str()
             .unwrap()
-            .contains("cannot fetch from /nonexistent/repo.git"),
+            .contains(&format!("revision \"{}\" not found", "2".repeat(40))),
         "{last}"
     );
-    let states: Vec<String> = ids
-        .iter()
-        .map(|id| {
-            get_json(&format!("{url}/jobs/{id}"))["state"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    // Which of the first two ran depends on timing (SQLite unit tests
-    // cover supersession exactly); none is left queued or running.
-    assert!(
-        states.iter().all(|s| s == "failed" || s == "superseded"),
-        "{states:?}"
-    );
-    assert_eq!(
-        states[0], "failed",
-        "the first push was already running: never superseded"
-    );
-
     // Following the log of a finished job returns all of it and ends.
-    let (st, body) = get(&format!("{url}/jobs/{}/log?follow=1", ids[2]));
+    let (st, body) = get(&format!("{url}/jobs/{newer}/log?follow=1"));
     assert_eq!(st, 200);
     assert!(
-        String::from_utf8_lossy(&body).contains("failed: git: cannot fetch"),
+        String::from_utf8_lossy(&body).contains("failed: git: revision"),
         "{}",
         String::from_utf8_lossy(&body)
     );
@@ -192,8 +213,51 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
     let data = h.dir().join("ci");
     let mut ci = start_ci(&h, &data, &[]);
     let repo = Repo::new(h.dir(), &ci.url());
-    // A build that blocks until the test lets it go (the sandbox is off,
-    // so the builder sees the test's temp dir), unique to this test.
+    let gate = gate_the_build(&h, &repo);
+    let (c, _) = repo.push();
+    let url = ci.url();
+    let id = job_for(&url, &c);
+    wait_for("the build to start", Duration::from_secs(30), || {
+        log(&url, id)
+            .contains("building procurator.closure")
+            .then_some(())
+    });
+    assert_eq!(get_json(&format!("{url}/jobs/{id}"))["state"], "running");
+    ci.kill();
+
+    // Restart on the same data dir (a new port): the job is re-queued and
+    // runs again from the start, and completes once the build may finish.
+    let ci2 = start_ci(&h, &data, &[]);
+    let url2 = ci2.url();
+    wait_for("the job to run again", Duration::from_secs(30), || {
+        (log(&url2, id).matches(&format!("job {id} for")).count() == 2).then_some(())
+    });
+    // Follow the log live while the build is blocked: the stream stays
+    // open, then carries the rest and ends when the job ends.
+    let follow_url = format!("{url2}/jobs/{id}/log?follow=1");
+    let follower = std::thread::spawn(move || get(&follow_url));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !follower.is_finished(),
+        "a followed log of a running job stays open"
+    );
+    std::fs::write(&gate, "go").unwrap();
+    let (st, body) = follower.join().unwrap();
+    assert_eq!(st, 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.trim_end().ends_with("succeeded: generation 1"),
+        "{body}"
+    );
+    let job = wait_job(&ci2.url(), id, Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&ci2.url(), id));
+    assert_eq!(job["generation"], 1);
+}
+
+/// Makes the web image's build wait until the returned gate file exists
+/// (the sandbox is off, so the builder sees the test's temp dir), with a
+/// marker that keeps the derivation unique to this test; commits it.
+fn gate_the_build(h: &repo_outils::testing::HermeticNix, repo: &Repo) -> std::path::PathBuf {
     let gate = h.dir().join("gate");
     let marker = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
     let vms = repo.work.join("vms.nix");
@@ -214,26 +278,5 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
     assert_ne!(slow, text, "image.nix changed shape; update this test");
     std::fs::write(&image, slow).unwrap();
     git(&repo.work, &["commit", "-q", "-am", "slow build"]);
-    let (c, _) = repo.push();
-    let url = ci.url();
-    let id = job_for(&url, &c);
-    wait_for("the build to start", Duration::from_secs(30), || {
-        log(&url, id)
-            .contains("building procurator.closure")
-            .then_some(())
-    });
-    assert_eq!(get_json(&format!("{url}/jobs/{id}"))["state"], "running");
-    ci.kill();
-
-    // Restart on the same data dir (a new port): the job is re-queued and
-    // runs again from the start, and completes once the build may finish.
-    let ci2 = start_ci(&h, &data, &[]);
-    let url2 = ci2.url();
-    wait_for("the job to run again", Duration::from_secs(30), || {
-        (log(&url2, id).matches(&format!("job {id} for")).count() == 2).then_some(())
-    });
-    std::fs::write(&gate, "go").unwrap();
-    let job = wait_job(&ci2.url(), id, Duration::from_secs(180));
-    assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&ci2.url(), id));
-    assert_eq!(job["generation"], 1);
+    gate
 }
