@@ -706,6 +706,179 @@ mod tests {
         assert_eq!(p.delete, vec![(c.id, "duplicate")]);
     }
 
+    /// Polls `f` every 20 ms for up to 10 s.
+    async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+        what: &str,
+        mut f: impl FnMut() -> F,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// name → (id, hash, state) of what the manager runs.
+    async fn running(tx: &CommandSender) -> BTreeMap<String, (VmId, String, VmState)> {
+        let mut out = BTreeMap::new();
+        for v in tx.list_vms().await.unwrap() {
+            out.insert(v.name.to_string(), (v.id, v.content_hash, v.state));
+        }
+        out
+    }
+
+    fn all_running(m: &BTreeMap<String, (VmId, String, VmState)>, want: &[(&str, &str)]) -> bool {
+        m.len() == want.len()
+            && want.iter().all(|(n, h)| {
+                m.get(*n)
+                    .is_some_and(|(_, mh, st)| mh == h && *st == VmState::Running)
+            })
+    }
+
+    /// The reconciler against a real control plane on loopback and a real
+    /// Node/VmManager over the in-memory backend.
+    #[test]
+    fn converges_replaces_recreates_and_waits_for_an_assignment() {
+        use crate::manager::ManagerConfig;
+        use crate::node::Node;
+        use crate::vmm::memory::{Fault, MemoryBackend, Step};
+
+        commands::rpc::block_on_local(async {
+            let dir = tempfile::tempdir().unwrap();
+            let backend = MemoryBackend::default();
+            let manager_config = ManagerConfig {
+                worker_id: "w1".parse().unwrap(),
+                address: "127.0.0.1:1".into(),
+                capacity: crate::dto::Resources {
+                    cpu: 8,
+                    memory_mb: 8192,
+                },
+                labels: crate::dto::Labels::new(),
+                run_dir: dir.path().join("run"),
+                store_root: dir.path().join("store"),
+                stop_vms_on_exit: true,
+                shutdown_timeout: Duration::from_millis(100),
+                version: "test".into(),
+            };
+            let node = Node::new(backend.clone(), manager_config).unwrap();
+            let tx = node.sender();
+            let shutdown = CancellationToken::new();
+            let node_task = tokio::spawn(node.run(shutdown.clone()));
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let cp_config = control_plane::Config {
+                long_poll_timeout: Duration::from_secs(2),
+                heartbeat_timeout: Duration::from_secs(2),
+                startup_grace: Duration::ZERO,
+            };
+            tokio::task::spawn_local(control_plane::run(cp_config, listener, shutdown.clone()));
+
+            // A VM that exists before any generation does.
+            tx.create_vm(spec("manual-0", "m")).await.unwrap();
+            let me = crate::server::Server::new(tx.clone()).client();
+            let registration = Registration {
+                worker_id: "w1".parse().unwrap(),
+                address: "127.0.0.1:1".into(),
+                capacity: crate::dto::Resources {
+                    cpu: 8,
+                    memory_mb: 8192,
+                },
+                labels: crate::dto::Labels::new(),
+            };
+            let mut rc = ReconcilerConfig::new(addr.clone(), registration);
+            rc.heartbeat_interval = Duration::from_millis(50);
+            rc.backoff_base = Duration::from_millis(50);
+            rc.backoff_max = Duration::from_millis(400);
+            let reconciler = tokio::task::spawn_local(run(rc, tx.clone(), me, shutdown.clone()));
+
+            let master = MasterClient::connect(&addr, Duration::from_secs(5))
+                .await
+                .unwrap();
+            eventually("the worker reports its VM", || async {
+                let s = master.status().await.unwrap();
+                s.workers.first().filter(|w| w.vm_count == 1).map(|_| ())
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                running(&tx).await.contains_key("manual-0"),
+                "deleted before any assignment"
+            );
+
+            // Generation 1: converge, removing what is not assigned.
+            master
+                .publish("c1", 1, "i1", &[spec("web-0", "h1"), spec("web-1", "h1")])
+                .await
+                .unwrap();
+            let g1 = eventually("generation 1", || async {
+                let m = running(&tx).await;
+                all_running(&m, &[("web-0", "h1"), ("web-1", "h1")]).then_some(m)
+            })
+            .await;
+
+            // Generation 2: only web-0 changes.
+            master
+                .publish("c2", 2, "i2", &[spec("web-0", "h2"), spec("web-1", "h1")])
+                .await
+                .unwrap();
+            let g2 = eventually("generation 2", || async {
+                let m = running(&tx).await;
+                all_running(&m, &[("web-0", "h2"), ("web-1", "h1")]).then_some(m)
+            })
+            .await;
+            assert_eq!(g1["web-1"].0, g2["web-1"].0, "web-1 was restarted");
+            assert_ne!(g1["web-0"].0, g2["web-0"].0);
+
+            // A crashed hypervisor is recreated.
+            backend.crash(&g2["web-1"].0);
+            let g3 = eventually("web-1 recreated", || async {
+                let m = running(&tx).await;
+                (all_running(&m, &[("web-0", "h2"), ("web-1", "h1")])
+                    && m["web-1"].0 != g2["web-1"].0)
+                    .then_some(m)
+            })
+            .await;
+            assert_eq!(g3["web-0"].0, g2["web-0"].0);
+
+            // Creates that fail are retried with backoff until they work.
+            backend.fault(Step::Boot, Fault::Fail(500));
+            master
+                .publish(
+                    "c3",
+                    3,
+                    "i3",
+                    &[spec("web-0", "h2"), spec("web-1", "h1"), spec("db-0", "d")],
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!running(&tx).await.contains_key("db-0"));
+            backend.clear_faults();
+            eventually("db-0 after the fault cleared", || async {
+                let m = running(&tx).await;
+                all_running(&m, &[("web-0", "h2"), ("web-1", "h1"), ("db-0", "d")]).then_some(())
+            })
+            .await;
+            eventually("100% converged", || async {
+                let s = master.status().await.unwrap();
+                (s.convergence_percent == 100.0 && s.workers[0].observed_generation == 3)
+                    .then_some(())
+            })
+            .await;
+
+            shutdown.cancel();
+            reconciler.await.unwrap();
+            node_task.await.unwrap();
+        });
+    }
+
     #[test]
     fn proc_readers_work_on_this_process() {
         assert!(cpu_ticks(std::process::id()).is_some());
