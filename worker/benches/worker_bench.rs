@@ -56,6 +56,17 @@ fn rss_kib(pid: u32) -> u64 {
     worker::procfs::rss_bytes(pid) / 1024
 }
 
+/// Private (anonymous) resident memory: what one more process really costs,
+/// without the binary's and libc's pages shared by all of them.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -69,19 +80,9 @@ struct Reaper(PathBuf);
 impl Drop for Reaper {
     fn drop(&mut self) {
         let needle = self.0.display().to_string();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-                if String::from_utf8_lossy(&cmd).contains(&needle) {
-                    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                    }
-                }
+        for pid in worker::procfs::pids_with_cmdline_containing(&needle) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
             }
         }
     }
@@ -240,11 +241,11 @@ fn main() {
             lists.push(t.elapsed());
         }
         let ml = median(&mut lists);
-        let sim_rss: Vec<u64> = {
+        let sim_pids: Vec<u32> = {
             // RSS of a few ch-sim processes (pids from the worker's list).
             let resp = w.list_vms_request().send().promise.await.unwrap();
             let l = resp.get().unwrap().get_vms().unwrap();
-            l.iter().take(10).map(|v| rss_kib(v.get_pid())).collect()
+            l.iter().take(10).map(|v| v.get_pid()).collect()
         };
         println!(
             "{vms} VMs on one worker (created 16 at a time in {:.1} s):",
@@ -255,7 +256,14 @@ fn main() {
             "  worker RSS: {rss0} KiB idle -> {rss1} KiB with {vms} VMs = {:.1} KiB per VM",
             (rss1 as f64 - rss0 as f64) / vms as f64
         );
-        println!("  ch-sim RSS (first 10): {:?} KiB", sim_rss);
+        println!(
+            "  ch-sim RSS (first 10): {:?} KiB, of which private (RssAnon): {:?} KiB",
+            sim_pids.iter().map(|p| rss_kib(*p)).collect::<Vec<_>>(),
+            sim_pids
+                .iter()
+                .map(|p| rss_anon_kib(*p))
+                .collect::<Vec<_>>()
+        );
 
         let t = Instant::now();
         for chunk in all.chunks(32) {

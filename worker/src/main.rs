@@ -61,6 +61,9 @@ struct Args {
     /// How long a delete waits for the guest's graceful shutdown.
     #[arg(long, env = "WORKER_SHUTDOWN_TIMEOUT_MS", default_value_t = 3000)]
     shutdown_timeout_ms: u64,
+    /// Bound on each call to a cloud-hypervisor API.
+    #[arg(long, env = "WORKER_API_TIMEOUT_MS", default_value_t = 10_000)]
+    api_timeout_ms: u64,
     /// Binary cache to pull missing closures from (`nix copy --from`).
     #[arg(long, alias = "cache-url", env = "WORKER_CLOSURE_SOURCE")]
     closure_source: Option<String>,
@@ -151,6 +154,7 @@ async fn real_main(args: Args) -> Result<(), String> {
     config.stop_vms_on_exit = args.stop_vms_on_exit;
     config.socket_timeout = Duration::from_millis(args.socket_timeout_ms);
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);
+    config.api_timeout = Duration::from_millis(args.api_timeout_ms);
     config.closure_source = args.closure_source.clone();
     config.control_plane = args.control_plane.clone();
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);

@@ -326,10 +326,13 @@ impl<B: VmmBackend> VmManager<B> {
                         }
                     };
                     tracing::info!(%why, "removing the files of a VM that cannot be adopted");
-                    if let Ok(Some(a)) = adopted {
-                        teardown(&a.vmm, &a.process).await;
+                    match adopted {
+                        Ok(Some(a)) => teardown(&a.vmm, &a.process).await,
+                        // Alive but not answering properly (a hung API): find
+                        // it by its socket path so it is not orphaned.
+                        Err(_) => kill_by_socket(&paths.socket),
+                        Ok(None) => {}
                     }
-                    let _ = &paths;
                     self.run_dir.remove_vm_files(&id);
                 }
             }
@@ -783,6 +786,17 @@ async fn create_flow<B: VmmBackend>(
         run_dir.remove_vm_files(id);
     }
     result
+}
+
+/// SIGKILLs every process started with this API socket path.
+fn kill_by_socket(socket: &std::path::Path) {
+    let needle = format!("path={}", socket.display());
+    for pid in procfs::pids_with_cmdline_containing(&needle) {
+        tracing::warn!(pid, "killing a hypervisor whose API does not answer");
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Ends a hypervisor that must not keep running: kill, wait, remove its socket.

@@ -36,6 +36,21 @@ pub fn host_cpus() -> u32 {
         .unwrap_or(1)
 }
 
+/// Pids of the processes whose command line contains `needle` (used to
+/// find a hypervisor by its socket path when its API does not answer).
+pub fn pids_with_cmdline_containing(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
 fn read_kib_field(path: impl AsRef<Path>, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -54,5 +69,12 @@ mod tests {
         assert!(host_memory_mb() > 0);
         assert!(host_cpus() >= 1);
         assert_eq!(start_time(u32::MAX - 1), None);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30.123456")
+            .spawn()
+            .unwrap();
+        assert_eq!(pids_with_cmdline_containing("30.123456"), vec![child.id()]);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -503,3 +503,32 @@ fn ch_without_socket_times_out_and_stop_vms_on_exit_stops_them() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn restart_kills_a_hypervisor_whose_api_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _reaper = Reaper(d.join("run").display().to_string());
+    make_store(&d.join("store"));
+    let w = start_worker(d, &[], &[]);
+    // Once created, this VM's CH never answers vmm.ping again.
+    let spec = write_spec(d, "hang.json", &spec_json("hang", "ch_sim.hang=vmm.ping"));
+    let vm = w.json(&["create-vm", "--spec", &spec]);
+    let pid = vm[0]["pid"].as_u64().unwrap() as u32;
+    w.stop();
+    assert!(alive(pid));
+
+    // The restarted worker cannot adopt it: it kills it and removes its files.
+    let w = start_worker(d, &["--api-timeout-ms", "300"], &[]);
+    assert!(w.list().is_empty());
+    assert!(
+        wait_for(Duration::from_secs(2), || (!alive(pid)).then_some(())).is_some(),
+        "hung CH killed"
+    );
+    let left: Vec<_> = std::fs::read_dir(d.join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    w.stop();
+}

@@ -76,9 +76,10 @@ pub fn kill_processes_mentioning(needle: &str) {
             continue;
         }
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
-            && String::from_utf8_lossy(&cmd).contains(needle) {
-                kill9(pid);
-            }
+            && String::from_utf8_lossy(&cmd).contains(needle)
+        {
+            kill9(pid);
+        }
     }
 }
 
