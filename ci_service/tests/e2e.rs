@@ -5,7 +5,8 @@
 //! store holds its VMs' closures → every VM running; a one-VM change
 //! replaces only that VM; evaluation and build failures change nothing;
 //! a restarted control plane gets its generation back from ci_service with
-//! zero VM restarts.
+//! zero VM restarts; ci_service killed mid-build resumes the job after a
+//! restart and the generation converges.
 
 mod common;
 
@@ -196,5 +197,42 @@ fn push_to_running_vms_and_back() {
         health["republished"].as_u64().unwrap() > republished,
         "{health}"
     );
+
+    // 8. Kill ci_service (SIGKILL) in the middle of a build and restart it
+    // on the same address (the hook's URL): the job is re-queued, completes
+    // and its generation converges.
+    git(&repo.work, &["revert", "--no-edit", "HEAD"]); // undo failBuild
+    let gate = gate_the_build(&cluster.h, &repo);
+    let (c5, _) = repo.push();
+    let id5 = job_for(&ci, &c5);
+    wait_for("the gated build to start", Duration::from_secs(30), || {
+        log(&ci, id5)
+            .contains("building procurator.closure")
+            .then_some(())
+    });
+    let ci_addr = cluster.ci.addr.clone();
+    cluster.ci.kill();
+    cluster.ci = wait_for(
+        "ci_service to restart on its port",
+        Duration::from_secs(10),
+        || {
+            std::panic::catch_unwind(|| start_ci(&cluster.h, &ci_addr, &cluster.cache.url(), &addr))
+                .ok()
+        },
+    );
+    std::fs::write(&gate, "go").unwrap();
+    let job5 = wait_job(&ci, id5, Duration::from_secs(120));
+    assert_eq!(job5["state"], "succeeded", "{job5}\n{}", log(&ci, id5));
+    assert_eq!(job5["generation"], 3);
+    assert_eq!(
+        log(&ci, id5).matches(&format!("job {id5} for")).count(),
+        2,
+        "the job ran again after the crash"
+    );
+    let placed5 = wait_converged(&addr, 3, Duration::from_secs(60));
+    // The gate changes the disk builder every group shares: all replaced.
+    for name in ["db-0", "web-0", "web-1"] {
+        assert_ne!(placed5[name].0, placed2[name].0, "{name} runs generation 3");
+    }
     drop(cluster.workers);
 }

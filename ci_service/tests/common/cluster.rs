@@ -87,6 +87,21 @@ pub fn start_control_plane(listen: &str, grace_ms: u64) -> Proc {
     Proc::spawn("control_plane", cmd)
 }
 
+/// ci_service wired to the cache and control plane, its state in the
+/// cluster's temp dir (so a restart on the same `listen` resumes it).
+pub fn start_ci(h: &HermeticNix, listen: &str, cache: &str, cp: &str) -> Proc {
+    let d = h.dir();
+    let mut cmd = Command::new(bin("ci_service"));
+    cmd.args(["--listen", listen, "--data-dir"])
+        .arg(d.join("ci"))
+        .arg("--nix-conf-dir")
+        .arg(h.conf_dir())
+        .args(["--cache", cache, "--control-plane", cp])
+        .arg("--cache-token-file")
+        .arg(d.join("token"));
+    Proc::spawn("ci_service", cmd)
+}
+
 pub fn start() -> Cluster {
     let h = HermeticNix::new().unwrap();
     let d = h.dir();
@@ -147,15 +162,7 @@ pub fn start() -> Cluster {
         workers.push(Proc::spawn(id, cmd));
     }
 
-    let mut cmd = Command::new(bin("ci_service"));
-    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(d.join("ci"))
-        .arg("--nix-conf-dir")
-        .arg(h.conf_dir())
-        .args(["--cache", &cache.url(), "--control-plane", &cp.addr])
-        .arg("--cache-token-file")
-        .arg(d.join("token"));
-    let ci = Proc::spawn("ci_service", cmd);
+    let ci = start_ci(&h, "127.0.0.1:0", &cache.url(), &cp.addr);
     Cluster {
         h,
         cache,

@@ -278,3 +278,30 @@ pub fn job_for(ci: &str, commit: &str) -> i64 {
 pub fn log(ci: &str, id: i64) -> String {
     String::from_utf8_lossy(&get(&format!("{ci}/jobs/{id}/log")).1).into_owned()
 }
+
+/// Makes the web image's build wait until the returned gate file exists
+/// (the sandbox is off, so the builder sees the test's temp dir), with a
+/// marker that keeps the derivation unique to this test; commits it.
+pub fn gate_the_build(h: &repo_outils::testing::HermeticNix, repo: &Repo) -> PathBuf {
+    let gate = h.dir().join("gate");
+    let marker = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
+    let vms = repo.work.join("vms.nix");
+    let text = std::fs::read_to_string(&vms).unwrap().replacen(
+        "hello from web v1",
+        &format!("slow {marker}"),
+        1,
+    );
+    std::fs::write(&vms, text).unwrap();
+    let image = repo.work.join("image.nix");
+    let text = std::fs::read_to_string(&image).unwrap();
+    // Bounded (60 s) so a failed test leaves no builder spinning.
+    let wait = format!(
+        r#"n=0; while [ ! -e {} ] && [ $n -lt 1200 ]; do /bin/sleep 0.05; n=$((n+1)); done; echo "$content" > "$out""#,
+        gate.display()
+    );
+    let slow = text.replacen(r#"echo "$content" > "$out""#, &wait, 1);
+    assert_ne!(slow, text, "image.nix changed shape; update this test");
+    std::fs::write(&image, slow).unwrap();
+    git(&repo.work, &["commit", "-q", "-am", "slow build"]);
+    gate
+}
