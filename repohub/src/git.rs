@@ -19,6 +19,8 @@ pub const MAX_INLINE_BLOB: usize = 512 * 1024;
 /// README files above this are not rendered.
 pub const MAX_README: usize = 256 * 1024;
 pub const PAGE_SIZE: usize = 50;
+/// Directories with more entries are listed without blob sizes.
+pub const MAX_SIZED_ENTRIES: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -321,11 +323,14 @@ pub fn node(repo: &Repository, commit: Oid, path: &str) -> Result<Node, GitError
         Some(ObjectType::Tree) => {
             let tree = obj.peel_to_tree()?;
             let odb = repo.odb()?;
+            // A blob's size costs an object-header read (a delta chain in a
+            // pack); in very large directories the listing skips them.
+            let with_sizes = tree.len() <= MAX_SIZED_ENTRIES;
             let mut entries: Vec<Entry> = tree
                 .iter()
                 .map(|e| {
                     let is_dir = e.kind() == Some(ObjectType::Tree);
-                    let size = if e.kind() == Some(ObjectType::Blob) {
+                    let size = if with_sizes && e.kind() == Some(ObjectType::Blob) {
                         odb.read_header(e.id()).ok().map(|(s, _)| s)
                     } else {
                         None
