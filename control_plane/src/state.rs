@@ -332,6 +332,19 @@ impl State {
             entry.healthy = true;
             return Ok(self.reschedule());
         }
+        // A desired VM running here but placed elsewhere (or nowhere): the
+        // placement was made before this worker reported (a restarted
+        // control plane); placing again adopts it where it runs.
+        let misplaced = self.active.as_ref().is_some_and(|a| {
+            self.workers[worker].running.iter().any(|vm| {
+                vm.status.state != VmState::Failed
+                    && a.specs.contains_key(&vm.status.name)
+                    && self.placement.assigned.get(&vm.status.name) != Some(worker)
+            })
+        });
+        if misplaced {
+            return Ok(self.reschedule());
+        }
         Ok(Effects::default())
     }
 
@@ -384,18 +397,32 @@ impl State {
                 labels: w.labels.clone(),
             })
             .collect();
-        // Previous placement: what the scheduler decided before, and for a
-        // VM it never placed (a restarted control plane), the live worker
-        // that reports running it, so it is adopted where it is.
-        let mut previous = self.placement.assigned.clone();
+        // Previous placement: where each VM actually runs wins over what
+        // the scheduler decided before but no worker has realised yet (a
+        // placement made during the startup grace of a restarted control
+        // plane, before the workers reported). A VM that runs where it was
+        // assigned stays there; one running elsewhere on a live worker is
+        // adopted there; one running nowhere keeps its earlier decision.
+        let mut observed_on: BTreeMap<&VmName, Vec<&WorkerId>> = BTreeMap::new();
         for (id, w) in self.workers.iter().filter(|(_, w)| w.healthy) {
             for vm in &w.running {
                 if active.specs.contains_key(&vm.status.name) && vm.status.state != VmState::Failed
                 {
-                    previous
-                        .entry(vm.status.name.clone())
-                        .or_insert_with(|| id.clone());
+                    observed_on.entry(&vm.status.name).or_default().push(id);
                 }
+            }
+        }
+        let mut previous = BTreeMap::new();
+        for name in active.specs.keys() {
+            let assigned = self.placement.assigned.get(name);
+            let observed = observed_on.get(name);
+            let pick = match (assigned, observed) {
+                (Some(a), Some(o)) if o.contains(&a) => Some(a),
+                (_, Some(o)) => o.first().copied(),
+                (a, None) => a,
+            };
+            if let Some(w) = pick {
+                previous.insert(name.clone(), w.clone());
             }
         }
         self.placement = scheduler::schedule(&specs, &live, &previous);
@@ -740,8 +767,15 @@ mod tests {
         for (id, conn) in [("a", 1), ("b", 2)] {
             s.register(reg(id, id), conn, t).unwrap();
         }
-        // Both workers report what an earlier control plane placed: all
-        // three VMs of group web on b, the reverse of a fresh placement.
+        // The re-publish arrives before the workers' first reports: its
+        // placement (web spread over a and b) is made blind.
+        let specs = vec![spec("web-0", "h"), spec("web-1", "h"), spec("web-2", "h")];
+        s.publish("c", 7, "i", specs, 0).unwrap();
+        assert!(
+            s.assignment(&wid("b"), 7, 5).unwrap().is_none(),
+            "withheld during grace"
+        );
+        // Then b reports what an earlier control plane placed: all three.
         let running = vec![
             observed("web-0", "h"),
             observed("web-1", "h"),
@@ -749,12 +783,6 @@ mod tests {
         ];
         s.push_data(&wid("b"), 2, 7, running, WorkerMetricsView::default(), t)
             .unwrap();
-        let specs = vec![spec("web-0", "h"), spec("web-1", "h"), spec("web-2", "h")];
-        s.publish("c", 7, "i", specs, 0).unwrap();
-        assert!(
-            s.assignment(&wid("b"), 7, 5).unwrap().is_none(),
-            "withheld during grace"
-        );
         assert!(s.tick(t + Duration::from_secs(2)).assignments_changed);
         let b = s.assignment(&wid("b"), 7, 5).unwrap().unwrap();
         assert_eq!(b.vms.len(), 3, "adopted where they run");
@@ -762,6 +790,37 @@ mod tests {
         assert!(a.vms.is_empty());
         let st = s.cluster_status(t);
         assert_eq!(st.convergence_percent, 100.0);
+    }
+
+    #[test]
+    fn a_worker_reporting_late_keeps_its_vms() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1000);
+        s.register(reg("a", "a"), 1, t).unwrap();
+        let specs = vec![spec("web-0", "h"), spec("web-1", "h")];
+        s.publish("c", 3, "i", specs, 0).unwrap();
+        // Blind: both on a. Then b registers and reports running both.
+        assert_eq!(s.assignment(&wid("a"), 0, 0).unwrap().unwrap().vms.len(), 2);
+        s.register(reg("b", "b"), 2, t).unwrap();
+        let running = vec![observed("web-0", "h"), observed("web-1", "h")];
+        let e = s
+            .push_data(&wid("b"), 2, 3, running, WorkerMetricsView::default(), t)
+            .unwrap();
+        assert!(e.assignments_changed);
+        assert_eq!(s.assignment(&wid("b"), 0, 0).unwrap().unwrap().vms.len(), 2);
+        assert!(
+            s.assignment(&wid("a"), 0, 0)
+                .unwrap()
+                .unwrap()
+                .vms
+                .is_empty()
+        );
+        // Steady state: the next report changes nothing.
+        let running = vec![observed("web-0", "h"), observed("web-1", "h")];
+        let e = s
+            .push_data(&wid("b"), 2, 3, running, WorkerMetricsView::default(), t)
+            .unwrap();
+        assert!(!e.assignments_changed);
     }
 
     #[test]

@@ -480,16 +480,8 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     drop(cp_proc);
     let (_cp_proc2, cp2) = start_control_plane(dir, &cp_port);
     assert_eq!(cp2, cp);
-    wait_until("workers re-registered with their VMs", || {
-        let w = json("pcr", &cp, &["workers"]);
-        let ready = w
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["healthy"] == true && w["vmCount"].as_u64() == Some(3))
-            .count();
-        (ready == 2).then_some(())
-    });
+    // CI re-publishes as soon as the control plane is back, before the
+    // workers re-registered: that placement is blind, and must not win.
     let out = run(
         "pcr-test",
         &cp,
@@ -503,10 +495,17 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
             dir.join("gen2").to_str().unwrap(),
         ],
     );
-    assert!(
-        out.starts_with("generation 2: published; 6 placed"),
-        "{out}"
-    );
+    assert!(out.starts_with("generation 2: published;"), "{out}");
+    wait_until("workers re-registered with their VMs", || {
+        let w = json("pcr", &cp, &["workers"]);
+        let ready = w
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["healthy"] == true && w["vmCount"].as_u64() == Some(3))
+            .count();
+        (ready == 2).then_some(())
+    });
     wait_until("converged after the restart", || converged(&cp, 2, 6));
     // Give the reconcilers time to act if they (wrongly) were going to.
     std::thread::sleep(Duration::from_millis(1500));
