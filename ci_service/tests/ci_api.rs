@@ -253,3 +253,37 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
     assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&ci2.url(), id));
     assert_eq!(job["generation"], 1);
 }
+
+#[test]
+fn hook_falls_back_to_curl_when_the_binary_is_gone() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        // The binary path is the hook's main route; curl is optional.
+        eprintln!("curl not installed: nothing to check");
+        return;
+    }
+    let h = repo_outils::testing::HermeticNix::new().unwrap();
+    let secret = h.dir().join("secret");
+    std::fs::write(&secret, "hook-s3cret\n").unwrap();
+    let ci = start_ci(
+        &h,
+        &h.dir().join("ci"),
+        &["--hook-secret-file", secret.to_str().unwrap()],
+    );
+    let url = ci.url();
+    let repo = Repo::new(h.dir(), &url);
+    ci_service::hook::install_hook(
+        &repo.bare,
+        &url,
+        Some(&secret),
+        std::path::Path::new("/nonexistent/ci_service"),
+    )
+    .unwrap();
+    let (c1, out) = repo.push();
+    assert!(out.contains("ci_service: refs/heads/main queued"), "{out}");
+    let job = wait_job(&url, job_for(&url, &c1), Duration::from_secs(60));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["repo"],
+        repo.bare.canonicalize().unwrap().to_str().unwrap()
+    );
+}
