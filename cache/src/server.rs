@@ -237,7 +237,17 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
             "nar",
             match m {
                 _ if get && valid => {
-                    serve_file(state.store.nar_path(file), "application/x-nix-nar", head).await
+                    let range = req
+                        .headers()
+                        .get(http::header::RANGE)
+                        .and_then(|v| v.to_str().ok());
+                    serve_file(
+                        state.store.nar_path(file),
+                        "application/x-nix-nar",
+                        head,
+                        range,
+                    )
+                    .await
                 }
                 _ if get => text(404, "no such NAR"),
                 Method::PUT if valid => put_nar(state, file.to_owned(), req).await,
@@ -302,36 +312,107 @@ async fn serve_small(path: PathBuf, content_type: &str, head: bool) -> Response<
 /// Bytes per read when streaming a NAR.
 const CHUNK: usize = 1 << 20;
 
-/// NARs are streamed from disk as stored, with their exact length. One
-/// blocking task reads the whole file in large chunks (instead of one
-/// blocking hop per chunk), bounded by a small channel so a slow client
-/// holds at most a few chunks in memory.
-async fn serve_file(path: PathBuf, content_type: &str, head: bool) -> Response<Body> {
+/// NARs are streamed from disk as stored, with their exact length. Reads
+/// happen in the connection's task (see ADR-cache-3). A single `Range`
+/// (which curl uses to resume an interrupted download) is honoured.
+async fn serve_file(
+    path: PathBuf,
+    content_type: &str,
+    head: bool,
+    range: Option<&str>,
+) -> Response<Body> {
+    use std::io::{Read as _, Seek as _};
     let opened = std::fs::File::open(&path).and_then(|f| {
         let len = f.metadata()?.len();
         Ok((f, len))
     });
-    let (file, len) = match opened {
+    let (mut file, len) = match opened {
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return text(404, "not found"),
         Err(e) => {
-            tracing::error!(error = %e, "open failed");
+            tracing::error!(path = %path.display(), error = %e, "open failed");
             return text(500, "open failed");
         }
     };
+    let mut builder = Response::builder()
+        .header(CONTENT_TYPE, content_type)
+        .header("accept-ranges", "bytes");
+    let (start, count) = match range.map(|r| parse_range(r, len)) {
+        None | Some(RangeSpec::Ignore) => (0, len),
+        Some(RangeSpec::Unsatisfiable) => {
+            let mut r = text(416, "range not satisfiable");
+            if let Ok(v) = http::HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert("content-range", v);
+            }
+            return r;
+        }
+        Some(RangeSpec::Range(start, end)) => {
+            builder = builder
+                .status(206)
+                .header("content-range", format!("bytes {start}-{end}/{len}"));
+            (start, end - start + 1)
+        }
+    };
+    if start > 0
+        && let Err(e) = file.seek(io::SeekFrom::Start(start))
+    {
+        tracing::error!(path = %path.display(), error = %e, "seek failed");
+        return text(500, "seek failed");
+    }
     let body = if head {
         full(Bytes::new())
     } else {
-        file_body(file)
+        file_body(file.take(count))
     };
-    Response::builder()
-        .header(CONTENT_TYPE, content_type)
-        .header(CONTENT_LENGTH, len)
+    builder
+        .header(CONTENT_LENGTH, count)
         .body(body)
         .unwrap_or_else(|_| Response::new(full("")))
 }
 
-fn file_body(file: std::fs::File) -> Body {
+enum RangeSpec {
+    /// Not a single byte range we serve partially: send the whole file.
+    Ignore,
+    Unsatisfiable,
+    /// Inclusive byte positions.
+    Range(u64, u64),
+}
+
+fn parse_range(h: &str, len: u64) -> RangeSpec {
+    let Some(spec) = h.trim().strip_prefix("bytes=").filter(|s| !s.contains(',')) else {
+        return RangeSpec::Ignore;
+    };
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (start, end) = if a.is_empty() {
+        match b.parse::<u64>() {
+            Ok(0) => return RangeSpec::Unsatisfiable,
+            Ok(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            Err(_) => return RangeSpec::Ignore,
+        }
+    } else {
+        let Ok(start) = a.parse::<u64>() else {
+            return RangeSpec::Ignore;
+        };
+        let end = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            match b.parse::<u64>() {
+                Ok(e) if e >= start => e.min(len.saturating_sub(1)),
+                _ => return RangeSpec::Ignore,
+            }
+        };
+        (start, end)
+    };
+    if len == 0 || start >= len {
+        RangeSpec::Unsatisfiable
+    } else {
+        RangeSpec::Range(start, end)
+    }
+}
+
+fn file_body(file: std::io::Take<std::fs::File>) -> Body {
     use std::io::Read as _;
     let stream = futures::stream::unfold(Some(file), |state| async move {
         let mut file = state?;

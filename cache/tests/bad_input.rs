@@ -254,6 +254,21 @@ fn reads_have_protocol_content_types_and_lengths() {
     assert!(body.is_empty());
     let (_, _, got) = req(&c.addr, "GET", &format!("/nar/{}", it.file()), &[], b"");
     assert_eq!(got, it.nar);
+    // curl resumes interrupted downloads with a Range request.
+    let range = [("Range".to_owned(), "bytes=10-".to_owned())];
+    let (s, head, got) = req(&c.addr, "GET", &format!("/nar/{}", it.file()), &range, b"");
+    assert_eq!(s, 206, "{head}");
+    assert_eq!(got, it.nar[10..]);
+    assert!(head.to_ascii_lowercase().contains(&format!(
+        "content-range: bytes 10-{}/{}",
+        it.nar.len() - 1,
+        it.nar.len()
+    )));
+    let range = [("Range".to_owned(), format!("bytes={}-", it.nar.len()))];
+    assert_eq!(
+        req(&c.addr, "GET", &format!("/nar/{}", it.file()), &range, b"").0,
+        416
+    );
     let (s, head, body) = req(
         &c.addr,
         "GET",
