@@ -132,6 +132,11 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.goto(&url("/shop/infra/log/main")).await;
     b.wait_text("#commits", "Initial infra <commit>", 10).await;
     b.screenshot("06-log").await;
+    b.click("#commits a").await;
+    b.wait_text("#commit-message", "Initial infra <commit>", 10)
+        .await;
+    b.wait_text("#changed", "flake.nix", 10).await;
+    b.screenshot("06b-commit").await;
     b.goto(&url("/shop/infra")).await;
     b.wait_text("#readme", "Deployed by Procurator.", 10).await;
     b.screenshot("07-repo").await;
@@ -140,6 +145,7 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.screenshot("08-tree").await;
     b.goto(&url("/shop/infra/tree/main/src/app.py")).await;
     b.wait_text("#blob", "print('hello')", 10).await;
+    b.screenshot("08b-file").await;
 
     // The project page: the flake, the CI job the push created (the panel
     // refreshes itself), the VM specs and the cluster from the control plane.
@@ -208,4 +214,18 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.wait_text("#ci-panel", "succeeded", 10).await;
     b.screenshot("12-control-plane-down").await;
     assert!(artefacts().join("12-control-plane-down.png").exists());
+
+    // Log out and back in.
+    b.click("form[action='/logout'] button").await;
+    b.find("a[href='/login']", 10).await;
+    b.goto(&url("/login")).await;
+    b.fill("#username", "ann").await;
+    b.fill("#password", "wrong password").await;
+    b.click("#submit").await;
+    b.wait_text("#form-error", "wrong user name or password", 10)
+        .await;
+    b.screenshot("13-login-failed").await;
+    b.fill("#password", "correct horse battery").await;
+    b.click("#submit").await;
+    b.wait_text("header", "Log out", 10).await;
 }
