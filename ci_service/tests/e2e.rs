@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::*;
@@ -139,31 +138,13 @@ fn push_to_running_vms_and_back() {
 
     // 7. Restart the control plane on the same address: ci_service
     // re-publishes generation 2 and nothing restarts.
-    //
-    // ci_service is paused (SIGSTOP) until both workers have re-registered
-    // and reported their VMs to the new control plane. Without that, a
-    // re-publish that reaches the new control plane before the workers'
-    // first reports is placed from scratch, and that placement (made during
-    // the startup grace, before any observation) wins over where the VMs
-    // run: control_plane's reschedule keeps `placement.assigned` ahead of
-    // observed VMs (`or_insert_with`). Reported to the lead; this test
-    // checks the re-publish path, not that race.
+    // ci_service and the workers race to the new control plane: the
+    // generation may arrive before the workers report where their VMs run.
     let mut cluster = c;
     let addr = cluster.cp.addr.clone();
     let republished = get_json(&format!("{ci}/healthz"))["republished"]
         .as_u64()
         .unwrap();
-    let ci_pid = cluster.ci.child.id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .args([sig, &ci_pid])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    signal("-STOP");
     cluster.cp.kill();
     let restarted = std::time::Instant::now();
     cluster.cp = wait_for(
@@ -171,16 +152,6 @@ fn push_to_running_vms_and_back() {
         Duration::from_secs(10),
         || std::panic::catch_unwind(|| start_control_plane(&addr, 1000)).ok(),
     );
-    wait_for(
-        "both workers to report their VMs to the new control plane",
-        Duration::from_secs(30),
-        || {
-            let s = status(&addr)?;
-            (s.workers.len() == 2 && s.workers.iter().map(|w| w.vm_count).sum::<u32>() == 3)
-                .then_some(())
-        },
-    );
-    signal("-CONT");
     let placed3 = wait_converged(&addr, 2, Duration::from_secs(60));
     assert_eq!(placed3, placed2, "a control-plane restart restarts no VM");
     // Converged is reported from observations even while assignments are
