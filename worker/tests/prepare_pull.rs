@@ -47,7 +47,11 @@ in {{
     .unwrap();
     let nix = h.nix();
     let f = format!("path:{}", d.join("flake").display());
-    let kernel = nix.build(&format!("{f}#kernel"), None).await.unwrap().remove(0);
+    let kernel = nix
+        .build(&format!("{f}#kernel"), None)
+        .await
+        .unwrap()
+        .remove(0);
     let a = nix.build(&format!("{f}#a"), None).await.unwrap().remove(0);
     let b = nix.build(&format!("{f}#b"), None).await.unwrap().remove(0);
 
@@ -59,11 +63,20 @@ in {{
         .status()
         .unwrap();
     assert!(st.success());
-    let public = std::fs::read_to_string(d.join("pk")).unwrap().trim().to_owned();
+    let public = std::fs::read_to_string(d.join("pk"))
+        .unwrap()
+        .trim()
+        .to_owned();
     let cache = format!("file://{}", d.join("bc").display());
-    nix.copy_to(&format!("{cache}?secret-key={}", d.join("sk").display()), &[a.clone(), b.clone()], "zstd", None, None)
-        .await
-        .unwrap();
+    nix.copy_to(
+        &format!("{cache}?secret-key={}", d.join("sk").display()),
+        &[a.clone(), b.clone()],
+        "zstd",
+        None,
+        None,
+    )
+    .await
+    .unwrap();
 
     let backend = |root: &str, key: Option<&str>| {
         let mut c = ChBackendConfig::new("/nonexistent/ch".into());
@@ -75,13 +88,26 @@ in {{
     };
 
     // Wrong key: the pull fails with the reason, nothing lands.
-    let wrong = backend("host-wrong", Some("other-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+    let wrong = backend(
+        "host-wrong",
+        Some("other-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    );
     let err = wrong.prepare(&spec("vm-a", &kernel, &a)).await.unwrap_err();
-    assert!(matches!(&err, VmmError::Prepare(m) if m.contains("signature")), "{err}");
-    assert!(!d.join("host-wrong").join(a.trim_start_matches('/')).exists());
+    assert!(
+        matches!(&err, VmmError::Prepare(m) if m.contains("signature")),
+        "{err}"
+    );
+    assert!(
+        !d.join("host-wrong")
+            .join(a.trim_start_matches('/'))
+            .exists()
+    );
 
     // No key configured: refused before any pull.
-    let err = backend("host-nokey", None).prepare(&spec("vm-a", &kernel, &a)).await.unwrap_err();
+    let err = backend("host-nokey", None)
+        .prepare(&spec("vm-a", &kernel, &a))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("public key"), "{err}");
 
     // Two VMs sharing the kernel, prepared concurrently: both succeed and
@@ -92,10 +118,15 @@ in {{
     ra.unwrap();
     rb.unwrap();
     let host_nix = h.nix().with_store_root(d.join("host-a"));
-    assert!(host_nix.missing_paths(&[kernel.clone(), a.clone(), b.clone()]).await.unwrap().is_empty());
+    assert!(
+        host_nix
+            .missing_paths(&[kernel.clone(), a.clone(), b.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     host_nix.verify(&[a.clone(), b.clone()]).await.unwrap();
     // Already valid: prepare is a no-op even with the cache gone.
     std::fs::remove_dir_all(d.join("bc")).unwrap();
     host.prepare(&spec("vm-a", &kernel, &a)).await.unwrap();
 }
-
