@@ -185,6 +185,23 @@ mod tests {
     }
 
     #[test]
+    fn signature_equals_the_one_nix_store_sign_made() {
+        // `nix store sign --key-file` (nix 2.8) on this path with this key produced
+        // the Sig below; ed25519 is deterministic, so ours must be byte-identical.
+        let sk = SecretKey::parse(
+            "test-cache-1:Gj/Z1UukWtopU8i5Vzd1pf+sb2az+VkM58fe+ALdF4GDtLDNpEQIVYisWmygdthQJpsYGzXCwWr06HfNsWIkoQ==",
+        )
+        .unwrap();
+        let fp = "1;/nix/store/qjjal519c2vikg2sv5wi0wlmrrnd1lpz-a;\
+sha256:0vqyqkib19dx78hvym63rgsf11x34b98qq7447qfc2cw63fhxnqf;100960;\
+/nix/store/d46wqgjmp0lgx1xyfcj79rh1an31qrwh-b,/nix/store/jr0mzab5cpr98kzx2fpp0d5kdkhwzm2r-c";
+        assert_eq!(
+            sk.sign(fp),
+            "test-cache-1:QXRiTO5AFuqc6zHYzLmQHq2QL0q3AfGEQBKUsnSWdEHxPeRI6q6JYX4LbKPlmf2eVkhSUeD9+wTEWxu53iD5Ag=="
+        );
+    }
+
+    #[test]
     fn generated_keys_sign_and_verify() {
         let sk = SecretKey::generate("cache.example-1").unwrap();
         let again = SecretKey::parse(&sk.to_nix_string()).unwrap();
