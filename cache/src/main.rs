@@ -141,7 +141,16 @@ fn init_tracing(json: bool) {
     if json { b.json().init() } else { b.init() }
 }
 
+/// Opens an existing cache for maintenance; a mistyped --data-dir must not
+/// silently create (and "verify" or "gc") an empty cache.
 fn open(dir: &DataDir, key: Option<SecretKey>) -> Result<Store, Box<dyn std::error::Error>> {
+    if !dir.data_dir.join("index.sqlite").exists() {
+        return Err(format!(
+            "no cache in {} (index.sqlite missing)",
+            dir.data_dir.display()
+        )
+        .into());
+    }
     Ok(Store::open(&dir.data_dir, &dir.store_dir, key)?)
 }
 

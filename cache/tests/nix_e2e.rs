@@ -448,3 +448,41 @@ fn our_signature_equals_nix_store_sign() {
     assert_eq!(nix_hash, cache::hash::Sha256Hash::of(&nar));
     assert_eq!(v[0]["narSize"].as_u64().unwrap(), nar.len() as u64);
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_maintenance_needs_an_existing_cache() {
+    let env = Env::new();
+    let mut server = Server::start(&env, &[]);
+    assert_eq!(
+        http(&server.addr, "GET", "/nix-cache-info", None, b"").0,
+        200
+    );
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut c = std::process::Command::new(BIN);
+    c.args(["gc", "--data-dir"])
+        .arg(env.path().join("no-such-cache"));
+    let out = run_with_timeout(&mut c, Duration::from_secs(10));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no cache in"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.path().join("no-such-cache").exists());
+}
