@@ -1,0 +1,110 @@
+//! Fuzzes the Cap'n Proto readers → domain types conversions in
+//! `commands::convert`, on messages read exactly as the RPC layer reads
+//! them (`capnp::serialize::read_message` with `rpc::reader_options()`).
+//!
+//! Input: the first byte picks the root struct (VmSpec, publishState's
+//! params, Assignment, VmStatus, WorkerStatus, VmInfo, LogTail, Error,
+//! Result(PublishOutcome)); the rest is a serialised message.
+//! Properties: nothing panics; whatever converts also survives
+//! domain → capnp → domain unchanged.
+#![no_main]
+
+use commands::convert::{self, ConvertError};
+use commands::rpc::reader_options;
+use commands::types::WorkerId;
+use commands::{common_capnp, master_capnp, worker_capnp};
+use libfuzzer_sys::fuzz_target;
+
+type Msg = capnp::message::Reader<capnp::serialize::OwnedSegments>;
+
+fn run(kind: u8, msg: &Msg) -> Result<(), ConvertError> {
+    match kind % 9 {
+        0 => {
+            let spec = convert::vm_spec_from_capnp(msg.get_root()?)?;
+            let mut b = capnp::message::Builder::new_default();
+            convert::vm_spec_to_capnp(&spec, b.init_root());
+            let back = convert::vm_spec_from_capnp(b.get_root_as_reader()?)?;
+            assert_eq!(spec, back, "VmSpec capnp round trip");
+        }
+        1 => {
+            // What the control plane's publishState reads from its params.
+            let p: master_capnp::master::publish_state_params::Reader<'_> = msg.get_root()?;
+            let _commit = convert::text(p.get_commit())?;
+            let _intent = convert::text(p.get_intent_hash())?;
+            let _generation = p.get_generation();
+            let specs = convert::vm_specs_from_capnp(p.get_vm_specs()?)?;
+            let mut b = capnp::message::Builder::new_default();
+            let mut list = b
+                .init_root::<master_capnp::master::publish_state_params::Builder<'_>>()
+                .init_vm_specs(specs.len() as u32);
+            for (i, s) in specs.iter().enumerate() {
+                convert::vm_spec_to_capnp(s, list.reborrow().get(i as u32));
+            }
+            let r: master_capnp::master::publish_state_params::Reader<'_> =
+                b.get_root_as_reader()?;
+            let back = convert::vm_specs_from_capnp(r.get_vm_specs()?)?;
+            assert_eq!(specs, back, "publishState specs round trip");
+        }
+        2 => {
+            // What a worker reads from its assignment.
+            let a: master_capnp::assignment::Reader<'_> = msg.get_root()?;
+            let _worker: WorkerId = convert::text(a.get_worker_id())?.parse()?;
+            let _commit = convert::text(a.get_commit())?;
+            let _specs = convert::vm_specs_from_capnp(a.get_vms()?)?;
+        }
+        3 => {
+            let s = convert::vm_status_from_capnp(msg.get_root()?)?;
+            let mut b = capnp::message::Builder::new_default();
+            convert::vm_status_to_capnp(&s, b.init_root());
+            let back = convert::vm_status_from_capnp(b.get_root_as_reader()?)?;
+            assert_eq!(s, back, "VmStatus capnp round trip");
+        }
+        4 => {
+            let s = convert::worker_status_from_capnp(msg.get_root()?)?;
+            let mut b = capnp::message::Builder::new_default();
+            convert::worker_status_to_capnp(&s, b.init_root());
+            let back = convert::worker_status_from_capnp(b.get_root_as_reader()?)?;
+            assert_eq!(s, back, "WorkerStatus capnp round trip");
+        }
+        5 => {
+            // VmMetrics holds an f64 (NaN != NaN), so only the conversion runs.
+            let _ = convert::vm_details_from_capnp(msg.get_root::<worker_capnp::vm_info::Reader<'_>>()?)?;
+        }
+        6 => {
+            let t = convert::log_tail_from_capnp(msg.get_root()?)?;
+            let mut b = capnp::message::Builder::new_default();
+            convert::log_tail_to_capnp(&t, b.init_root());
+            let back = convert::log_tail_from_capnp(b.get_root_as_reader()?)?;
+            assert_eq!(t, back, "LogTail capnp round trip");
+        }
+        7 => {
+            let e = convert::error_from_capnp(msg.get_root()?)?;
+            let mut b = capnp::message::Builder::new_default();
+            convert::error_to_capnp(&e, b.init_root());
+            let back = convert::error_from_capnp(b.get_root_as_reader()?)?;
+            assert_eq!(e, back, "Error capnp round trip");
+        }
+        _ => {
+            let r: common_capnp::result::Reader<'_, master_capnp::publish_outcome::Owned> =
+                msg.get_root()?;
+            if let Ok(ok) = convert::result_from_capnp(r)? {
+                let _ = ok.get_generation();
+                for u in ok.get_unplaced()?.iter() {
+                    let _ = convert::text(u.get_name())?;
+                    let _ = convert::text(u.get_reason())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&kind, mut bytes)) = data.split_first() else {
+        return;
+    };
+    let Ok(msg) = capnp::serialize::read_message(&mut bytes, reader_options()) else {
+        return;
+    };
+    let _ = run(kind, &msg);
+});
