@@ -126,6 +126,14 @@ struct Parser<R> {
 
 /// Longest token, name or symlink target we accept (Nix limits names similarly).
 const MAX_STR: u64 = 4096;
+/// Longest entry path (Linux PATH_MAX): Nix restores a NAR through full
+/// paths, so a longer one cannot be unpacked anyway; it keeps the listed
+/// paths' memory proportional to the NAR.
+const MAX_PATH: usize = 4096;
+/// Deepest directory nesting: the parser recurses once per level and must
+/// fit a 2 MiB thread stack (tokio's blocking threads) even in a debug
+/// build, where one level takes several KiB. Real store paths nest far less.
+const MAX_DEPTH: usize = 256;
 
 impl<R: Read> Parser<R> {
     fn read_u64(&mut self) -> Result<u64, NarError> {
@@ -166,7 +174,7 @@ impl<R: Read> Parser<R> {
         Ok(())
     }
 
-    fn node(&mut self, path: String) -> Result<(), NarError> {
+    fn node(&mut self, path: String, depth: usize) -> Result<(), NarError> {
         self.expect("(")?;
         self.expect("type")?;
         let ty = self.read_str()?;
@@ -245,7 +253,13 @@ impl<R: Read> Parser<R> {
                     } else {
                         format!("{path}/{name_s}")
                     };
-                    self.node(child)?;
+                    if child.len() > MAX_PATH {
+                        return Err(bad(format!("entry path longer than {MAX_PATH} bytes")));
+                    }
+                    if depth >= MAX_DEPTH {
+                        return Err(bad(format!("directories nested deeper than {MAX_DEPTH}")));
+                    }
+                    self.node(child, depth + 1)?;
                     self.expect(")")?;
                 }
             }
@@ -268,7 +282,7 @@ pub fn list(r: impl Read) -> Result<Vec<Entry>, NarError> {
         entries: Vec::new(),
     };
     p.expect("nix-archive-1")?;
-    p.node(String::new())?;
+    p.node(String::new(), 0)?;
     let mut extra = [0u8; 1];
     match p.r.read(&mut extra) {
         Ok(0) => Ok(p.entries),
@@ -335,6 +349,92 @@ mod tests {
             write_str(&mut want, s).unwrap();
         }
         assert_eq!(nar, want);
+    }
+
+    /// A NAR of directories nested `depth` deep, each entry named `a`.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut nar = Vec::new();
+        write_str(&mut nar, b"nix-archive-1").unwrap();
+        for _ in 0..depth {
+            for s in [
+                &b"("[..],
+                b"type",
+                b"directory",
+                b"entry",
+                b"(",
+                b"name",
+                b"a",
+                b"node",
+            ] {
+                write_str(&mut nar, s).unwrap();
+            }
+        }
+        for s in [&b"("[..], b"type", b"directory", b")"] {
+            write_str(&mut nar, s).unwrap();
+        }
+        for _ in 0..depth {
+            write_str(&mut nar, b")").unwrap();
+            write_str(&mut nar, b")").unwrap();
+        }
+        nar
+    }
+
+    // Found while writing fuzz/fuzz_targets/nar.rs (too deep for the
+    // fuzzer's input sizes; confirmed with crafted NARs): the recursive
+    // parser had no depth bound, so a 1.6 MiB NAR nested 10,000 deep
+    // overflowed the stack of the thread verifying an upload and aborted
+    // the cache, and the listed paths grew quadratically with the depth.
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let deepest_ok = MAX_DEPTH;
+        let run = |depth| {
+            let nar = nested(depth);
+            // The stack size of tokio's blocking threads, where uploads are checked.
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || list(nar.as_slice()).map(|e| e.len()))
+                .unwrap()
+                .join()
+                .expect("parser thread survived")
+        };
+        assert_eq!(run(deepest_ok).unwrap(), deepest_ok + 1);
+        assert!(matches!(run(deepest_ok + 1), Err(NarError::Malformed(_))));
+        assert!(matches!(run(100_000), Err(NarError::Malformed(_))));
+    }
+
+    #[test]
+    fn overlong_paths_are_refused() {
+        let name = vec![b'n'; 3000];
+        let mut nar = Vec::new();
+        write_str(&mut nar, b"nix-archive-1").unwrap();
+        for _ in 0..2 {
+            for s in [
+                &b"("[..],
+                b"type",
+                b"directory",
+                b"entry",
+                b"(",
+                b"name",
+                &name,
+                b"node",
+            ] {
+                write_str(&mut nar, s).unwrap();
+            }
+        }
+        for s in [
+            &b"("[..],
+            b"type",
+            b"directory",
+            b")",
+            b")",
+            b")",
+            b")",
+            b")",
+        ] {
+            write_str(&mut nar, s).unwrap();
+        }
+        let err = list(nar.as_slice()).unwrap_err().to_string();
+        assert!(err.contains("longer than 4096"), "{err}");
     }
 
     #[test]

@@ -106,7 +106,10 @@ impl NarInfo {
         let mut deriver = None;
         let mut sigs = Vec::new();
         let mut ca = None;
-        for (i, line) in text.lines().enumerate() {
+        // Lines end at '\n' only, as in Nix's parser: `str::lines` would also
+        // drop a '\r' before it, but keep one at the very end, so a value
+        // ending in '\r' rendered back would parse differently.
+        for (i, line) in text.split('\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
@@ -250,6 +253,20 @@ Deriver: 5y2pl8mmx8wb5rwjpk2hb9vd4zrh5j0c-b.drv\n";
             "1;/nix/store/2ic3dwh5ndmb1mn7svwjmkbxj6x0i1q4-b;sha256:0lb0i1gl1hdlq6zwkmyxsgb6xsk8x3drg0f2aqcb4y8nw8zapr3i;248;\
 /nix/store/2ic3dwh5ndmb1mn7svwjmkbxj6x0i1q4-b,/nix/store/8pq3nyhhb9brh8vwv3knfm6kx6yz0bhz-a"
         );
+    }
+
+    // Found by fuzz/fuzz_targets/narinfo.rs (fuzz/regressions/narinfo/):
+    // a '\r' ending the last line survived parsing, and the rendered text
+    // then parsed to a different narinfo.
+    #[test]
+    fn carriage_returns_are_part_of_values_as_in_nix() {
+        let text = format!("{UPLOADED}Sig: k:s\r");
+        let ni = NarInfo::parse(&text, "/nix/store").unwrap();
+        assert_eq!(ni.sigs, ["k:s\r"]);
+        let crlf = format!("{UPLOADED}Sig: k:s\r\n");
+        assert_eq!(NarInfo::parse(&crlf, "/nix/store").unwrap(), ni);
+        let rendered = ni.render("/nix/store");
+        assert_eq!(NarInfo::parse(&rendered, "/nix/store").unwrap(), ni);
     }
 
     #[test]
