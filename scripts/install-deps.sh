@@ -8,7 +8,6 @@ command -v capnp >/dev/null 2>&1 || need+=(capnproto)
 command -v nix >/dev/null 2>&1 || need+=(nix-bin)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 if [ "${PCR_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
