@@ -523,8 +523,10 @@ impl State {
                 vm_id: String::new(),
             };
             if let Some(w) = worker.and_then(|w| self.workers.get_key_value(w)) {
-                // Prefer the instance with the desired hash (during a
-                // replacement both run for a moment).
+                // During a replacement the worker runs two versions of the
+                // name (it starts the new one, then stops the old): the row
+                // shows the desired version if it exists, and the other
+                // instances are part of this row, not orphans.
                 let running = &w.1.running;
                 let pick = running
                     .iter()
@@ -532,11 +534,17 @@ impl State {
                         o.status.name == *name && o.status.content_hash == spec.content_hash()
                     })
                     .or_else(|| running.iter().position(|o| o.status.name == *name));
+                let mut others = 0usize;
+                if let Some(c) = claimed.get_mut(w.0) {
+                    for (j, o) in running.iter().enumerate() {
+                        if o.status.name == *name {
+                            c[j] = true;
+                            others += usize::from(Some(j) != pick);
+                        }
+                    }
+                }
                 if let Some(i) = pick {
                     let o = &running[i];
-                    if let Some(c) = claimed.get_mut(w.0) {
-                        c[i] = true;
-                    }
                     view.observed_hash = o.status.content_hash.clone();
                     view.state = Some(o.status.state);
                     view.metrics = o.metrics;
@@ -545,10 +553,12 @@ impl State {
                         Drift::Failed
                     } else if o.status.content_hash != spec.content_hash() {
                         Drift::Drifted
-                    } else if o.status.state == VmState::Running {
+                    } else if o.status.state == VmState::Running && others == 0 {
                         converged += 1;
                         Drift::Converged
                     } else {
+                        // Booting, paused, or running while the old version
+                        // is still being stopped.
                         Drift::Pending
                     };
                 }
@@ -858,6 +868,96 @@ mod tests {
                 cpu: 2,
                 memory_mb: 256
             }
+        );
+    }
+
+    /// A worker replacing a VM reports both versions of its name for a
+    /// moment (new one first booting, then running while the old one
+    /// stops). That is one row for the name, never an orphan, counted as
+    /// converged only once the old version is gone; and it moves nothing.
+    #[test]
+    fn both_versions_during_a_replacement_are_one_row() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x"), 1, t).unwrap();
+        s.register(reg("b", "y"), 2, t).unwrap();
+        s.publish("c", 1, "i", vec![spec("web-0", "h1")], 0)
+            .unwrap();
+        let on = s
+            .placement
+            .assigned
+            .get(&"web-0".parse::<VmName>().unwrap())
+            .cloned()
+            .unwrap();
+        let conn = if on == wid("a") { 1 } else { 2 };
+        s.push_data(
+            &on,
+            conn,
+            1,
+            vec![observed("web-0", "h1")],
+            WorkerMetricsView::default(),
+            t,
+        )
+        .unwrap();
+        s.publish("c", 2, "i2", vec![spec("web-0", "h2")], 0)
+            .unwrap();
+        let revision = s.assignment(&on, 0, 0).unwrap().unwrap().revision;
+
+        let old = observed("web-0", "h1");
+        let mut new = observed("web-0", "h2");
+        let mut row = |running: Vec<ObservedVm>| {
+            let e = s
+                .push_data(&on, conn, 1, running, WorkerMetricsView::default(), t)
+                .unwrap();
+            assert!(!e.assignments_changed, "a replacement moves nothing");
+            let st = s.cluster_status(t);
+            assert_eq!(st.vms.len(), 1, "one row per name: {:?}", st.vms);
+            let v = st.vms[0].clone();
+            assert_eq!(
+                (v.name.as_str(), v.worker_id.as_str()),
+                ("web-0", on.as_str())
+            );
+            (v.observed_hash, v.drift, v.vm_id, st.convergence_percent)
+        };
+        // Not started yet: the old version drifted.
+        assert_eq!(
+            row(vec![old.clone()]),
+            ("h1".into(), Drift::Drifted, old.status.id.to_string(), 0.0)
+        );
+        // The new one boots beside the old.
+        new.status.state = VmState::Creating;
+        assert_eq!(
+            row(vec![old.clone(), new.clone()]),
+            ("h2".into(), Drift::Pending, new.status.id.to_string(), 0.0)
+        );
+        // Running, the old one being stopped: not converged yet.
+        new.status.state = VmState::Running;
+        let mut stopping = old.clone();
+        stopping.status.state = VmState::Stopping;
+        assert_eq!(
+            row(vec![stopping, new.clone()]),
+            ("h2".into(), Drift::Pending, new.status.id.to_string(), 0.0)
+        );
+        // The old one is gone.
+        assert_eq!(
+            row(vec![new.clone()]),
+            (
+                "h2".into(),
+                Drift::Converged,
+                new.status.id.to_string(),
+                100.0
+            )
+        );
+        // The new version failed while the old one still runs.
+        new.status.state = VmState::Failed;
+        assert_eq!(
+            row(vec![old.clone(), new.clone()]),
+            ("h2".into(), Drift::Failed, new.status.id.to_string(), 0.0)
+        );
+        assert_eq!(
+            s.assignment(&on, 0, 0).unwrap().unwrap().revision,
+            revision,
+            "the assignment did not change"
         );
     }
 }

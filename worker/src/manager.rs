@@ -6,6 +6,10 @@
 //! results come back as events, so one slow create never blocks a list or
 //! the delete of another VM. A create in progress is an entry in phase
 //! `Creating`; deleting it is refused until the create finishes.
+//!
+//! A VM is unique by (name, contentHash), not by name: two versions of one
+//! VM run side by side while the reconciler replaces it (start the new one,
+//! then stop the old). Everything per VM on disk is named by its id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,8 +41,14 @@ pub enum WorkerError {
     InvalidArgument(String),
     #[error("no VM with id {0} on this worker")]
     NotFound(VmId),
-    #[error("a VM named {name} already exists on this worker (id {id})")]
-    NameTaken { name: VmName, id: VmId },
+    #[error(
+        "a VM named {name} with contentHash {content_hash} already exists on this worker (id {id})"
+    )]
+    AlreadyExists {
+        name: VmName,
+        content_hash: String,
+        id: VmId,
+    },
     #[error("VM {id}: {reason}")]
     WrongState { id: VmId, reason: String },
     #[error("{step} failed")]
@@ -65,7 +75,7 @@ impl WorkerError {
         match self {
             WorkerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             WorkerError::NotFound(_) => ErrorCode::NotFound,
-            WorkerError::NameTaken { .. } => ErrorCode::AlreadyExists,
+            WorkerError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             WorkerError::WrongState { .. } => ErrorCode::FailedPrecondition,
             WorkerError::Disk(DiskError::Missing { .. }) => ErrorCode::FailedPrecondition,
             WorkerError::Vmm {
@@ -221,11 +231,20 @@ pub struct VmManager<B: VmmBackend> {
     config: ManagerConfig,
     run_dir: RunDir,
     vms: BTreeMap<VmId, Entry<B>>,
-    names: HashMap<VmName, VmId>,
+    /// (name, contentHash) → id: the key a create must not repeat. Two
+    /// versions of one name may coexist (a replacement in progress).
+    names: HashMap<VmKey, VmId>,
     events_tx: mpsc::UnboundedSender<Event<B>>,
     events_rx: mpsc::UnboundedReceiver<Event<B>>,
     next_instance: u64,
     started: Instant,
+}
+
+/// What makes a VM unique on a worker: its name and contentHash.
+type VmKey = (VmName, String);
+
+fn key_of(spec: &VmSpec) -> VmKey {
+    (spec.name().clone(), spec.content_hash().to_owned())
 }
 
 const DEFAULT_LOG_LINES: u32 = 100;
@@ -297,7 +316,12 @@ impl<B: VmmBackend> VmManager<B> {
                         VmPhase::Running
                     };
                     tracing::info!(pid = ?a.process.pid(), state = a.info.state.as_str(), "adopted a running VM");
-                    self.names.insert(record.spec.name().clone(), id.clone());
+                    // This manager never writes two records with one (name,
+                    // hash); if a run dir holds them anyway, both are adopted
+                    // and the reconciler deletes the younger as a duplicate.
+                    self.names
+                        .entry(key_of(&record.spec))
+                        .or_insert_with(|| id.clone());
                     self.vms.insert(
                         id.clone(),
                         Entry {
@@ -435,9 +459,10 @@ impl<B: VmmBackend> VmManager<B> {
     }
 
     fn create(&mut self, spec: VmSpec, reply: Reply<VmStatus>) {
-        if let Some(id) = self.names.get(spec.name()) {
-            let _ = reply.send(Err(WorkerError::NameTaken {
+        if let Some(id) = self.names.get(&key_of(&spec)) {
+            let _ = reply.send(Err(WorkerError::AlreadyExists {
                 name: spec.name().clone(),
+                content_hash: spec.content_hash().to_owned(),
                 id: id.clone(),
             }));
             return;
@@ -449,7 +474,7 @@ impl<B: VmmBackend> VmManager<B> {
             created_at_ms: now_ms(),
             worker_id: self.config.worker_id.clone(),
         };
-        self.names.insert(spec.name().clone(), id.clone());
+        self.names.insert(key_of(&spec), id.clone());
         self.vms.insert(
             id.clone(),
             Entry {
@@ -625,6 +650,27 @@ impl<B: VmmBackend> VmManager<B> {
         });
     }
 
+    /// Drops `id` from the table; its key passes to another VM with the same
+    /// key (only adoption can produce one) or is freed.
+    fn forget(&mut self, id: &VmId) {
+        let Some(e) = self.vms.remove(id) else {
+            return;
+        };
+        let key = key_of(&e.spec);
+        if self.names.get(&key) != Some(id) {
+            return;
+        }
+        match self.vms.iter().find(|(_, o)| key_of(&o.spec) == key) {
+            Some((other, _)) => {
+                let other = other.clone();
+                self.names.insert(key, other);
+            }
+            None => {
+                self.names.remove(&key);
+            }
+        }
+    }
+
     /// Records a live hypervisor for `id` and watches its process.
     fn attach(&mut self, id: &VmId, vmm: B::Vmm, process: B::Process) {
         self.next_instance += 1;
@@ -662,9 +708,7 @@ impl<B: VmmBackend> VmManager<B> {
                     let _ = reply.send(Ok(status));
                 }
                 Err(err) => {
-                    if let Some(e) = self.vms.remove(&id) {
-                        self.names.remove(e.spec.name());
-                    }
+                    self.forget(&id);
                     let _ = reply.send(Err(err));
                 }
             },
@@ -693,9 +737,7 @@ impl<B: VmmBackend> VmManager<B> {
                 let _ = reply.send(r.map(|()| self.status(&id, &self.vms[&id])));
             }
             Event::Deleted { id, reply } => {
-                if let Some(e) = self.vms.remove(&id) {
-                    self.names.remove(e.spec.name());
-                }
+                self.forget(&id);
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
                 }

@@ -17,6 +17,10 @@ use crate::vmm::memory::{Fault, MemoryBackend, Step};
 const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
 
 fn spec(name: &str) -> VmSpec {
+    versioned(name, &format!("hash-{name}"))
+}
+
+fn versioned(name: &str, content_hash: &str) -> VmSpec {
     VmSpec::new(VmSpecFields {
         name: name.into(),
         toplevel: TOP.into(),
@@ -24,7 +28,7 @@ fn spec(name: &str) -> VmSpec {
         cmdline: "console=ttyS0".into(),
         cpu: 1,
         memory_mb: 128,
-        content_hash: format!("hash-{name}"),
+        content_hash: content_hash.into(),
         ..Default::default()
     })
     .unwrap()
@@ -223,7 +227,7 @@ async fn disk_image_is_copied_writable_and_removed_on_delete() {
 }
 
 #[tokio::test]
-async fn duplicate_name_and_unknown_ids_are_refused() {
+async fn duplicate_name_and_hash_and_unknown_ids_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let backend = MemoryBackend::default();
     let w = start(&backend, dir.path(), false);
@@ -232,8 +236,12 @@ async fn duplicate_name_and_unknown_ids_are_refused() {
     assert_eq!(err.code(), ErrorCode::AlreadyExists);
     assert_eq!(
         err.message(),
-        format!("a VM named a already exists on this worker (id {})", st.id)
+        format!(
+            "a VM named a with contentHash hash-a already exists on this worker (id {})",
+            st.id
+        )
     );
+    assert_eq!(backend.live(), 1, "the refused create started nothing");
     let ghost = VmId::new_v7();
     for err in [
         w.tx.delete_vm(ghost.clone()).await.unwrap_err(),
@@ -399,6 +407,106 @@ async fn delete_of_a_hung_hypervisor_still_finishes() {
     assert!(t.elapsed() < Duration::from_secs(6));
     assert_eq!(backend.live(), 0, "killed");
     assert!(run_files(dir.path()).is_empty());
+    w.stop().await;
+}
+
+/// A replacement runs both versions of one name for a while: a second VM
+/// with the same name and another contentHash is its own VM (own id, own
+/// process and files), and deleting either leaves the other alone.
+#[tokio::test]
+async fn same_name_with_another_hash_is_a_second_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let v1 = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
+    let v2 = w.tx.create_vm(versioned("web", "h2")).await.unwrap();
+    assert_ne!(v1.id, v2.id);
+    assert_ne!(v1.pid, v2.pid);
+    assert_eq!(backend.live(), 2);
+    let list = w.tx.list_vms().await.unwrap();
+    let mut got: Vec<_> = list
+        .iter()
+        .map(|v| (v.name.as_str(), v.content_hash.as_str(), v.state))
+        .collect();
+    got.sort_by_key(|v| v.1);
+    assert_eq!(
+        got,
+        vec![
+            ("web", "h1", VmState::Running),
+            ("web", "h2", VmState::Running)
+        ]
+    );
+    assert_eq!(w.tx.read().await.unwrap().allocated.cpu, 2);
+    // Either version still refuses a repeat of itself.
+    for (hash, id) in [("h1", &v1.id), ("h2", &v2.id)] {
+        let err = w.tx.create_vm(versioned("web", hash)).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::AlreadyExists);
+        assert!(
+            err.message().ends_with(&format!("(id {id})")),
+            "{}",
+            err.message()
+        );
+    }
+    // Deleting the old version leaves the new one running with its files.
+    w.tx.delete_vm(v1.id.clone()).await.unwrap();
+    let list = w.tx.list_vms().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((&list[0].id, list[0].state), (&v2.id, VmState::Running));
+    assert_eq!(backend.pid_of(&v2.id), v2.pid);
+    let files = run_files(dir.path());
+    assert!(
+        files.iter().all(|f| f.starts_with(v2.id.as_str())),
+        "{files:?}"
+    );
+    assert!(!files.is_empty());
+    // The old key is free again; the new one is still taken.
+    let again = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
+    assert_eq!(
+        w.tx.create_vm(versioned("web", "h2"))
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::AlreadyExists
+    );
+    w.tx.delete_vm(again.id).await.unwrap();
+    w.tx.delete_vm(v2.id).await.unwrap();
+    assert_eq!(backend.live(), 0);
+    w.stop().await;
+}
+
+/// Both versions of a name survive a worker restart: adoption keys them by
+/// id, and each keeps refusing its own (name, hash) afterwards.
+#[tokio::test]
+async fn restart_adopts_both_versions_of_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let v1 = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
+    let v2 = w.tx.create_vm(versioned("web", "h2")).await.unwrap();
+    w.stop().await;
+    let w = start(&backend, dir.path(), false);
+    let mut got: Vec<_> =
+        w.tx.list_vms()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.id, v.content_hash, v.state))
+            .collect();
+    got.sort_by(|a, b| a.1.cmp(&b.1));
+    let want = vec![
+        (v1.id.clone(), "h1".to_owned(), VmState::Running),
+        (v2.id.clone(), "h2".to_owned(), VmState::Running),
+    ];
+    assert_eq!(got, want);
+    for hash in ["h1", "h2"] {
+        assert_eq!(
+            w.tx.create_vm(versioned("web", hash))
+                .await
+                .unwrap_err()
+                .code(),
+            ErrorCode::AlreadyExists
+        );
+    }
     w.stop().await;
 }
 

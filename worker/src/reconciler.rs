@@ -10,9 +10,10 @@
 //!   an assignment has been received (a control plane without a generation
 //!   never tells a worker to stop its VMs).
 //! - Replacement is make-before-break: the VM with the new hash is created
-//!   first and the old one is deleted once the new one runs. The manager
-//!   keeps names unique, so when it refuses the second instance the
-//!   reconciler falls back to stopping the old one first.
+//!   beside the old one (the manager keys VMs by (name, contentHash)), and
+//!   the old one is deleted only once the new one is Running or Paused. A
+//!   new version that fails is retried with backoff while the old one keeps
+//!   running; a bad version never takes down the good one.
 //! - A failed VM is deleted and recreated with exponential backoff per
 //!   (name, hash), so a VM that cannot boot does not spin.
 //! - Losing the control plane stops nothing: the reconciler reconnects with
@@ -25,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use commands::convert::ErrorCode;
 use commands::worker_capnp::worker;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::{AssignmentView, WorkerMetricsView};
@@ -92,9 +92,9 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct Plan {
     /// VMs to delete first: undesired, duplicates, failed, replaced.
     pub delete: Vec<(VmId, &'static str)>,
-    /// VMs to create, each with the ids of older instances of the same name
-    /// (the fallback deletes them if the manager refuses a second instance).
-    pub create: Vec<(VmSpec, Vec<VmId>)>,
+    /// VMs to create; an older version of the same name keeps running
+    /// beside each until a later pass sees the new one running.
+    pub create: Vec<VmSpec>,
     /// The earliest time a create held back by backoff may be tried.
     pub retry_at: Option<Instant>,
 }
@@ -175,6 +175,11 @@ pub fn plan(
             .copied()
             .filter(|v| v.content_hash != hash && v.state != VmState::Stopping)
             .collect();
+        // An old version that died serves nothing: it need not wait for
+        // its replacement.
+        for v in stale.iter().filter(|v| v.state == VmState::Failed) {
+            out.delete.push((v.id.clone(), "failed old version"));
+        }
         for v in instances
             .iter()
             .filter(|v| v.content_hash == hash && v.state == VmState::Failed)
@@ -191,8 +196,10 @@ pub fn plan(
                     out.delete.push((dup.id.clone(), "duplicate"));
                 }
                 if matches!(keep.state, VmState::Running | VmState::Paused) {
-                    // The replacement runs: now the old instances go.
-                    for v in &stale {
+                    // The replacement runs: now the old instances go. While
+                    // it is still Creating they stay (a failed create
+                    // removes the new one and leaves them serving).
+                    for v in stale.iter().filter(|v| v.state != VmState::Failed) {
                         out.delete.push((v.id.clone(), "replaced"));
                     }
                     // Backoff ends once a VM has stayed up past the longest delay.
@@ -203,10 +210,7 @@ pub fn plan(
             }
             None => match backoff.allowed_at(name, hash).filter(|at| *at > now) {
                 Some(at) => out.retry_at = Some(out.retry_at.map_or(at, |r| r.min(at))),
-                None => out.create.push((
-                    (*spec).clone(),
-                    stale.iter().map(|v| v.id.clone()).collect(),
-                )),
+                None => out.create.push((*spec).clone()),
             },
         }
     }
@@ -310,18 +314,12 @@ async fn pass(
         }
     }
 
-    let creates = p.create.iter().map(|(spec, older)| async move {
+    // Creates never delete anything: an older version of the same name
+    // keeps running beside the new one until a later pass sees the new one
+    // running (plan's "replaced").
+    let creates = p.create.iter().map(|spec| async move {
         tracing::info!(vm = %spec.name(), hash = spec.content_hash(), "reconcile: create");
-        let mut r = sender.create_vm(spec.clone()).await;
-        if matches!(&r, Err(e) if e.code() == ErrorCode::AlreadyExists) && !older.is_empty() {
-            // The manager keeps one VM per name: stop the old one first.
-            for id in older {
-                tracing::info!(vm_id = %id, vm = %spec.name(), "reconcile: delete before replace");
-                let _ = sender.delete_vm(id.clone()).await;
-            }
-            r = sender.create_vm(spec.clone()).await;
-        }
-        (spec, r)
+        (spec, sender.create_vm(spec.clone()).await)
     });
     for (spec, r) in futures::future::join_all(creates).await {
         match r {
@@ -625,7 +623,7 @@ mod tests {
             vec![(running[0].id.clone(), "not in the assignment")]
         );
         assert_eq!(p.create.len(), 1);
-        assert_eq!(p.create[0].0.name().as_str(), "new");
+        assert_eq!(p.create[0].name().as_str(), "new");
     }
 
     #[test]
@@ -641,7 +639,18 @@ mod tests {
             CFG,
         );
         assert!(p.delete.is_empty(), "old stays until the new one runs");
-        assert_eq!(p.create[0].1, vec![old.id.clone()]);
+        assert_eq!(p.create, vec![spec("web", "h2")]);
+        // The new one is booting: nothing to do, the old one stays.
+        let booting = vm("web", "h2", VmState::Creating, 2);
+        let p = plan(
+            &[spec("web", "h2")],
+            &[old.clone(), booting],
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
+        assert_eq!(p, Plan::default());
         let new = vm("web", "h2", VmState::Running, 2);
         let p = plan(
             &[spec("web", "h2")],
@@ -652,6 +661,53 @@ mod tests {
             CFG,
         );
         assert_eq!(p.delete, vec![(old.id, "replaced")]);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn a_failing_new_version_leaves_the_old_one_running() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        let old = vm("web", "h1", VmState::Running, 1);
+        let bad = vm("web", "h2", VmState::Failed, 2);
+        let p = plan(
+            &[spec("web", "h2")],
+            &[old.clone(), bad.clone()],
+            &mut b,
+            t,
+            10,
+            CFG,
+        );
+        assert_eq!(p.delete, vec![(bad.id, "failed")], "the old one is kept");
+        assert!(p.create.is_empty());
+        assert_eq!(p.retry_at, Some(t + CFG.0));
+        // After the delay the new version is tried again, still beside the old.
+        let p = plan(
+            &[spec("web", "h2")],
+            std::slice::from_ref(&old),
+            &mut b,
+            t + CFG.0,
+            10,
+            CFG,
+        );
+        assert!(p.delete.is_empty());
+        assert_eq!(p.create, vec![spec("web", "h2")]);
+    }
+
+    #[test]
+    fn a_dead_old_version_goes_at_once() {
+        let mut b = Backoff::default();
+        let old = vm("web", "h1", VmState::Failed, 1);
+        let new = vm("web", "h2", VmState::Creating, 2);
+        let p = plan(
+            &[spec("web", "h2")],
+            &[old.clone(), new],
+            &mut b,
+            Instant::now(),
+            10,
+            CFG,
+        );
+        assert_eq!(p.delete, vec![(old.id, "failed old version")]);
         assert!(p.create.is_empty());
     }
 
@@ -724,11 +780,17 @@ mod tests {
         }
     }
 
-    /// name → (id, hash, state) of what the manager runs.
+    /// name → (id, hash, state) of what the manager runs. A second
+    /// instance of a name (a replacement in progress) is listed as
+    /// `<name>+`, so `all_running` is false until the old one is gone.
     async fn running(tx: &CommandSender) -> BTreeMap<String, (VmId, String, VmState)> {
         let mut out = BTreeMap::new();
         for v in tx.list_vms().await.unwrap() {
-            out.insert(v.name.to_string(), (v.id, v.content_hash, v.state));
+            let mut key = v.name.to_string();
+            while out.contains_key(&key) {
+                key.push('+');
+            }
+            out.insert(key, (v.id, v.content_hash, v.state));
         }
         out
     }
@@ -741,15 +803,28 @@ mod tests {
             })
     }
 
-    /// The reconciler against a real control plane on loopback and a real
-    /// Node/VmManager over the in-memory backend.
-    #[test]
-    fn converges_replaces_recreates_and_waits_for_an_assignment() {
-        use crate::manager::ManagerConfig;
-        use crate::node::Node;
-        use crate::vmm::memory::{Fault, MemoryBackend, Step};
+    /// A real control plane on loopback, a real Node/VmManager over the
+    /// in-memory backend, and the reconciler between them.
+    struct Harness {
+        backend: crate::vmm::memory::MemoryBackend,
+        tx: CommandSender,
+        master: MasterClient,
+        shutdown: CancellationToken,
+        reconciler: tokio::task::JoinHandle<()>,
+        node_task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
 
-        commands::rpc::block_on_local(async {
+    impl Harness {
+        /// Starts everything; `before` runs on the manager before the
+        /// reconciler starts. Call inside a `LocalSet`.
+        async fn start<F: std::future::Future<Output = ()>>(
+            before: impl FnOnce(CommandSender) -> F,
+        ) -> Harness {
+            use crate::manager::ManagerConfig;
+            use crate::node::Node;
+            use crate::vmm::memory::MemoryBackend;
+
             let dir = tempfile::tempdir().unwrap();
             let backend = MemoryBackend::default();
             let manager_config = ManagerConfig {
@@ -780,8 +855,7 @@ mod tests {
             };
             tokio::task::spawn_local(control_plane::run(cp_config, listener, shutdown.clone()));
 
-            // A VM that exists before any generation does.
-            tx.create_vm(spec("manual-0", "m")).await.unwrap();
+            before(tx.clone()).await;
             let me = crate::server::Server::new(tx.clone()).client();
             let registration = Registration {
                 worker_id: "w1".parse().unwrap(),
@@ -801,6 +875,35 @@ mod tests {
             let master = MasterClient::connect(&addr, Duration::from_secs(5))
                 .await
                 .unwrap();
+            Harness {
+                backend,
+                tx,
+                master,
+                shutdown,
+                reconciler,
+                node_task,
+                _dir: dir,
+            }
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.reconciler.await.unwrap();
+            self.node_task.await.unwrap();
+        }
+    }
+
+    #[test]
+    fn converges_replaces_recreates_and_waits_for_an_assignment() {
+        use crate::vmm::memory::{Fault, Step};
+
+        commands::rpc::block_on_local(async {
+            // A VM that exists before any generation does.
+            let h = Harness::start(|tx| async move {
+                tx.create_vm(spec("manual-0", "m")).await.unwrap();
+            })
+            .await;
+            let (tx, backend, master) = (&h.tx, &h.backend, &h.master);
             eventually("the worker reports its VM", || async {
                 let s = master.status().await.unwrap();
                 s.workers.first().filter(|w| w.vm_count == 1).map(|_| ())
@@ -872,10 +975,124 @@ mod tests {
                     .then_some(())
             })
             .await;
+            h.stop().await;
+        });
+    }
 
-            shutdown.cancel();
-            reconciler.await.unwrap();
-            node_task.await.unwrap();
+    /// Every instance of `name`: (id, hash, state), oldest first.
+    async fn versions(tx: &CommandSender, name: &str) -> Vec<(VmId, String, VmState)> {
+        let mut v: Vec<_> = tx
+            .list_vms()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.name.as_str() == name)
+            .map(|v| (v.created_at_ms, v.id, v.content_hash, v.state))
+            .collect();
+        v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        v.into_iter().map(|(_, id, h, st)| (id, h, st)).collect()
+    }
+
+    /// Make-before-break through the real manager: while the new version
+    /// boots the old one runs; the old one is stopped only once the new one
+    /// runs; a new version that cannot boot is retried with backoff while
+    /// the old one keeps running, untouched.
+    #[test]
+    fn replacement_keeps_the_old_vm_until_the_new_one_runs() {
+        use crate::vmm::memory::{Fault, Step};
+
+        commands::rpc::block_on_local(async {
+            let h = Harness::start(|_| async {}).await;
+            let (tx, backend, master) = (&h.tx, &h.backend, &h.master);
+            master
+                .publish("c1", 1, "i1", &[spec("web-0", "h1")])
+                .await
+                .unwrap();
+            let old = eventually("generation 1", || async {
+                let v = versions(tx, "web-0").await;
+                (v.len() == 1 && v[0].2 == VmState::Running).then(|| v[0].0.clone())
+            })
+            .await;
+            let old_pid = backend.pid_of(&old).unwrap();
+
+            // Generation 2 boots slowly: watch every step of the swap.
+            backend.fault(Step::Boot, Fault::Delay(Duration::from_millis(600)));
+            master
+                .publish("c2", 2, "i2", &[spec("web-0", "h2")])
+                .await
+                .unwrap();
+            let mut saw_overlap = false;
+            let start = Instant::now();
+            let new = loop {
+                assert!(start.elapsed() < Duration::from_secs(10), "no swap");
+                let v = versions(tx, "web-0").await;
+                let old_state = v.iter().find(|x| x.0 == old).map(|x| x.2);
+                let new_vm = v.iter().find(|x| x.1 == "h2");
+                let new_state = new_vm.map(|x| x.2);
+                // The invariant: the old VM is Running until the new one is.
+                if new_state != Some(VmState::Running) {
+                    assert_eq!(old_state, Some(VmState::Running), "gap in service: {v:?}");
+                    assert_eq!(backend.pid_of(&old), Some(old_pid));
+                }
+                if new_state == Some(VmState::Creating) {
+                    saw_overlap = true;
+                }
+                if v.len() == 1 && new_state == Some(VmState::Running) {
+                    break new_vm.unwrap().0.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(saw_overlap, "never saw the new VM booting beside the old");
+            assert_eq!(backend.pid_of(&old), None, "the old hypervisor is gone");
+            backend.clear_faults();
+
+            // Generation 3 cannot boot: the running version stays, however
+            // often the new one is tried.
+            backend.fault(Step::Boot, Fault::Fail(500));
+            let spawned = backend.spawned();
+            master
+                .publish("c3", 3, "i3", &[spec("web-0", "h3")])
+                .await
+                .unwrap();
+            let start = Instant::now();
+            while backend.spawned() < spawned + 3 {
+                assert!(start.elapsed() < Duration::from_secs(10), "no retries");
+                let v = versions(tx, "web-0").await;
+                assert!(
+                    v.iter().any(|x| x.0 == new && x.2 == VmState::Running),
+                    "the running version was touched: {v:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let new_pid = backend.pid_of(&new);
+            assert!(new_pid.is_some());
+            // The control plane shows one row for web-0: the old version
+            // drifted (or, for a moment, the new one booting), no orphan.
+            let s = master.status().await.unwrap();
+            assert_eq!(s.vms.len(), 1, "{:?}", s.vms);
+            let row = &s.vms[0];
+            assert!(
+                (row.observed_hash == "h2" && row.drift == control_plane::model::Drift::Drifted)
+                    || row.state == Some(VmState::Creating),
+                "{row:?}"
+            );
+            assert_eq!(s.convergence_percent, 0.0);
+
+            // Fixed: the new version comes up and only then replaces h2.
+            backend.clear_faults();
+            eventually("generation 3 after the fault cleared", || async {
+                let v = versions(tx, "web-0").await;
+                (v.len() == 1 && v[0].1 == "h3" && v[0].2 == VmState::Running).then_some(())
+            })
+            .await;
+            assert_eq!(backend.pid_of(&new), None);
+            eventually("100% converged", || async {
+                let s = master.status().await.unwrap();
+                (s.convergence_percent == 100.0 && s.workers[0].observed_generation == 3)
+                    .then_some(())
+            })
+            .await;
+            h.stop().await;
         });
     }
 

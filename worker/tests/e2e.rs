@@ -371,7 +371,9 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
     bad(
         "keep",
         &|_| {},
-        &format!("already exists: a VM named keep already exists on this worker (id {keep_id})"),
+        &format!(
+            "already exists: a VM named keep with contentHash sha256-keep already exists on this worker (id {keep_id})"
+        ),
     );
     bad(
         "nostore",

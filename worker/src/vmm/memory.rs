@@ -66,6 +66,11 @@ impl MemoryBackend {
     pub fn clear_faults(&self) {
         self.shared.faults.lock().unwrap().clear();
     }
+    /// How many hypervisor "processes" were ever spawned (create attempts
+    /// that got past prepare).
+    pub fn spawned(&self) -> u32 {
+        self.shared.next_pid.load(Ordering::SeqCst)
+    }
     /// How many hypervisor "processes" are alive.
     pub fn live(&self) -> usize {
         self.shared.live.lock().unwrap().len()
