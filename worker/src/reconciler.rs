@@ -911,7 +911,7 @@ mod tests {
             .await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(
-                running(&tx).await.contains_key("manual-0"),
+                running(tx).await.contains_key("manual-0"),
                 "deleted before any assignment"
             );
 
@@ -921,7 +921,7 @@ mod tests {
                 .await
                 .unwrap();
             let g1 = eventually("generation 1", || async {
-                let m = running(&tx).await;
+                let m = running(tx).await;
                 all_running(&m, &[("web-0", "h1"), ("web-1", "h1")]).then_some(m)
             })
             .await;
@@ -932,7 +932,7 @@ mod tests {
                 .await
                 .unwrap();
             let g2 = eventually("generation 2", || async {
-                let m = running(&tx).await;
+                let m = running(tx).await;
                 all_running(&m, &[("web-0", "h2"), ("web-1", "h1")]).then_some(m)
             })
             .await;
@@ -942,7 +942,7 @@ mod tests {
             // A crashed hypervisor is recreated.
             backend.crash(&g2["web-1"].0);
             let g3 = eventually("web-1 recreated", || async {
-                let m = running(&tx).await;
+                let m = running(tx).await;
                 (all_running(&m, &[("web-0", "h2"), ("web-1", "h1")])
                     && m["web-1"].0 != g2["web-1"].0)
                     .then_some(m)
@@ -962,10 +962,10 @@ mod tests {
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(!running(&tx).await.contains_key("db-0"));
+            assert!(!running(tx).await.contains_key("db-0"));
             backend.clear_faults();
             eventually("db-0 after the fault cleared", || async {
-                let m = running(&tx).await;
+                let m = running(tx).await;
                 all_running(&m, &[("web-0", "h2"), ("web-1", "h1"), ("db-0", "d")]).then_some(())
             })
             .await;
