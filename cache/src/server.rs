@@ -477,6 +477,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn upload_refused(state: &State, e: &UploadError) -> Response<Body> {
     state.metrics.upload_failure(e.reason());
     let status = e.status();
+    if e.is_disk_full() {
+        tracing::error!(error = %e, source = ?std::error::Error::source(e), "upload refused: disk full");
+        return text(status, format!("the cache's disk is full ({e})"));
+    }
     if status >= 500 {
         tracing::error!(error = %e, source = ?std::error::Error::source(e), "upload failed");
     } else {

@@ -103,6 +103,10 @@ pub enum UploadError {
 impl UploadError {
     /// HTTP status for this refusal.
     pub fn status(&self) -> u16 {
+        if self.is_disk_full() {
+            // Still a 4xx: nix 2.8 hangs retrying a PUT that got a 5xx.
+            return 413;
+        }
         match self {
             Self::TooLarge(_) => 413,
             Self::Conflict(_) => 409,
@@ -111,8 +115,26 @@ impl UploadError {
         }
     }
 
+    /// Our disk (or quota) is full: ENOSPC/EDQUOT from a write, or SQLite's
+    /// SQLITE_FULL from the index.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            Self::Index(IndexError::Sqlite(e)) => {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+            }
+            _ => false,
+        }
+    }
+
     /// Short label for the `upload failures by reason` metric.
     pub fn reason(&self) -> &'static str {
+        if self.is_disk_full() {
+            return "disk_full";
+        }
         match self {
             Self::BadNarName(_) | Self::HashPartMismatch { .. } | Self::BadUrl(_) => "bad_path",
             Self::UnsupportedCompression(_) => "unsupported_compression",
@@ -1080,4 +1102,33 @@ fn measure_file(path: &Path, comp: Compression) -> Result<Measured, MeasureError
         nar_hash,
         nar_size,
     })
+}
+
+#[cfg(test)]
+mod upload_error_tests {
+    use super::*;
+
+    /// Regression (fault suite, full disk): a full disk answered 500 and
+    /// nix 2.8 hung retrying the PUT; it must be a 4xx saying why.
+    #[test]
+    fn a_full_disk_is_a_4xx_with_its_own_reason() {
+        let full = UploadError::Io {
+            context: "writing tmp".into(),
+            source: io::Error::from(io::ErrorKind::StorageFull),
+        };
+        assert!(full.is_disk_full());
+        assert_eq!(full.status(), 413);
+        assert_eq!(full.reason(), "disk_full");
+        let sqlite_full = UploadError::Index(IndexError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        )));
+        assert_eq!(sqlite_full.status(), 413);
+        let other = UploadError::Io {
+            context: "x".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(!other.is_disk_full());
+        assert_eq!(other.status(), 500);
+    }
 }
