@@ -69,11 +69,18 @@ mod tests {
         assert!(host_memory_mb() > 0);
         assert!(host_cpus() >= 1);
         assert_eq!(start_time(u32::MAX - 1), None);
+        // A marker unique to this test process, so two runs of this test at
+        // once (nextest and cargo test side by side) never see each other.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let marker = format!("30.{me}{nanos:09}");
         let mut child = std::process::Command::new("sleep")
-            .arg("30.123456")
+            .arg(&marker)
             .spawn()
             .unwrap();
-        assert_eq!(pids_with_cmdline_containing("30.123456"), vec![child.id()]);
+        assert_eq!(pids_with_cmdline_containing(&marker), vec![child.id()]);
         child.kill().unwrap();
         child.wait().unwrap();
     }
