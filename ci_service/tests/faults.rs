@@ -52,9 +52,10 @@ fn ci_killed_at_a_random_point_of_a_job_resumes_it() {
     let mut rng = Rng::from_env("ci");
     let mut c = start(two_workers(), direct);
     let ci = c.ci_url();
-    let commit = c.push_db_change(&format!("ci-{}", rng.next()));
+    // Bigger images make the job last ~1 s here (eval, build, upload).
+    let commit = c.push_big_change(&format!("ci-{}", rng.next()), 24);
     let id = job_for(&ci, &commit);
-    let delay = rng.millis(0, 2500);
+    let delay = rng.millis(0, 1000);
     std::thread::sleep(delay);
     let at = phase(&ci, id);
     c.restart_ci();
@@ -70,10 +71,10 @@ fn cache_killed_mid_upload_fails_or_finishes_the_job_and_stays_consistent() {
     let mut rng = Rng::from_env("cache");
     let mut c = start(two_workers(), direct);
     let ci = c.ci_url();
-    let commit = c.push_db_change(&format!("cache-{}", rng.next()));
+    let commit = c.push_big_change(&format!("cache-{}", rng.next()), 24);
     let id = job_for(&ci, &commit);
     wait_log(&ci, id, "copying the closure");
-    let delay = rng.millis(0, 300);
+    let delay = rng.millis(0, 500);
     std::thread::sleep(delay);
     let at = phase(&ci, id);
     c.restart_cache();
@@ -110,10 +111,10 @@ fn control_plane_killed_mid_publish_gets_the_generation_back() {
     let mut rng = Rng::from_env("control-plane");
     let mut c = start(two_workers(), direct);
     let ci = c.ci_url();
-    let commit = c.push_db_change(&format!("cp-{}", rng.next()));
+    let commit = c.push_big_change(&format!("cp-{}", rng.next()), 24);
     let id = job_for(&ci, &commit);
     wait_log(&ci, id, "copying the closure");
-    let delay = rng.millis(0, 400);
+    let delay = rng.millis(0, 1500);
     std::thread::sleep(delay);
     let at = phase(&ci, id);
     c.cp.kill();
@@ -147,7 +148,7 @@ fn worker_killed_mid_create_adopts_or_cleans_up() {
     wait_for("generation 2 published", Duration::from_secs(60), || {
         (status(&c.cp.addr)?.active?.number == 2).then_some(())
     });
-    let delay = rng.millis(0, 600);
+    let delay = rng.millis(0, 800);
     std::thread::sleep(delay);
     let run = c.run_dir(&host);
     let chs = ch_pids(&run).len();

@@ -495,6 +495,25 @@ impl Cluster {
         self.repo.push().0
     }
 
+    /// Makes every disk image `mb` MiB of random data bigger (so the
+    /// upload lasts long enough to be hit) and pushes with a new db
+    /// message; returns the commit. The sandbox is off, so the builder may
+    /// run /bin/dd.
+    pub fn push_big_change(&self, tag: &str, mb: u32) -> String {
+        let image = self.repo.work.join("image.nix");
+        let text = std::fs::read_to_string(&image).unwrap();
+        let big = text.replacen(
+            r#"echo "$content" > "$out""#,
+            &format!(
+                r#"echo "$content" > "$out"; /bin/dd if=/dev/urandom bs=1M count={mb} status=none >> "$out""#
+            ),
+            1,
+        );
+        assert_ne!(big, text, "image.nix changed shape; update this helper");
+        std::fs::write(&image, big).unwrap();
+        self.push_db_change(tag)
+    }
+
     /// Pushes, waits for the job to succeed and the generation to converge.
     pub fn push_and_converge(&self, tag: &str) -> (u64, BTreeMap<String, (String, String)>) {
         let ci = self.ci_url();
