@@ -192,11 +192,21 @@ fn real_main(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             // Open the store (and clean up interrupted uploads) before
             // announcing the address, so "listening" means ready.
+            let secured = config.upload_token.is_some();
             let prepared = cache::server::prepare(config)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await?;
                 let addr = listener.local_addr()?;
+                // Without a token nobody can upload: such a cache is for
+                // one host's development, so keep it on loopback.
+                if !secured && !addr.ip().is_loopback() {
+                    return Err(format!(
+                        "refusing to serve the cache on non-loopback address {addr} without \
+                         --upload-token-file; pass it or listen on 127.0.0.1"
+                    )
+                    .into());
+                }
                 if let Some(p) = port_file {
                     std::fs::write(&p, format!("{}\n", addr.port()))?;
                 }

@@ -28,9 +28,17 @@ pub struct AppState {
     pub publisher: Publisher,
 }
 
+/// The largest push event body accepted.
+pub const MAX_HOOK_BODY: usize = 64 * 1024;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/hooks/push", post(push))
+        // A push event is a few hundred bytes; anything larger is refused
+        // with 413 before it is buffered.
+        .route(
+            "/hooks/push",
+            post(push).layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY)),
+        )
         .route("/jobs", get(jobs))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/log", get(job_log))

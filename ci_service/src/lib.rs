@@ -46,6 +46,9 @@ pub struct Config {
     pub cache_token: Option<String>,
     /// `host:port` of the control plane's Cap'n Proto endpoint.
     pub control_plane: Option<String>,
+    /// The `ci` token presented to the control plane's login ("" when it
+    /// has no token file).
+    pub control_plane_token: commands::auth::Secret,
     /// `NIX_CONF_DIR` for every nix call (hermetic runs and tests).
     pub nix_conf_dir: Option<PathBuf>,
     /// Shared secret the push hook must present (`Authorization: Bearer`).
@@ -61,6 +64,7 @@ impl Config {
             cache_url: None,
             cache_token: None,
             control_plane: None,
+            control_plane_token: commands::auth::Secret::default(),
             nix_conf_dir: None,
             hook_secret: None,
             deploy_ref: "refs/heads/main".into(),
@@ -126,7 +130,12 @@ pub async fn run(
     };
 
     let publisher = match &config.control_plane {
-        Some(addr) => Publisher::start(addr.clone(), db.clone(), shutdown.clone()),
+        Some(addr) => Publisher::start(
+            addr.clone(),
+            config.control_plane_token.clone(),
+            db.clone(),
+            shutdown.clone(),
+        ),
         None => Publisher::disabled(),
     };
     let wake = Arc::new(Notify::new());

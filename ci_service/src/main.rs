@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Control plane Cap'n Proto address (host:port).
     #[arg(long, env = "CI_CONTROL_PLANE")]
     control_plane: Option<String>,
+    /// File holding the `ci` token for the control plane's login (needed
+    /// when the control plane has a token file).
+    #[arg(long, env = "CI_CONTROL_PLANE_TOKEN_FILE")]
+    control_plane_token_file: Option<PathBuf>,
     /// NIX_CONF_DIR for nix calls (hermetic runs); default: nix's own.
     #[arg(long, env = "CI_NIX_CONF_DIR")]
     nix_conf_dir: Option<PathBuf>,
@@ -153,11 +157,31 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let control_plane_token = match a.control_plane_token_file.as_deref() {
+        None => commands::auth::Secret::default(),
+        Some(f) => match commands::auth::client_token(Some(f)) {
+            Ok(t) => commands::auth::Secret::new(t),
+            Err(e) => {
+                eprintln!("error: --control-plane-token-file: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Err(e) = commands::auth::check_bind(
+        "ci_service's push hook",
+        a.listen,
+        hook_secret.is_some(),
+        "--hook-secret-file",
+    ) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let config = ci_service::Config {
         data_dir: a.data_dir,
         cache_url: a.cache,
         cache_token: token,
         control_plane: a.control_plane,
+        control_plane_token,
         nix_conf_dir: a.nix_conf_dir,
         hook_secret,
         deploy_ref: a.deploy_ref,

@@ -74,7 +74,12 @@ impl Publisher {
     }
 
     /// Starts the connection thread for `addr`.
-    pub fn start(addr: String, db: Arc<Db>, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        addr: String,
+        token: commands::auth::Secret,
+        db: Arc<Db>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16);
         let p = Publisher {
             tx: Some(tx),
@@ -84,7 +89,7 @@ impl Publisher {
         std::thread::Builder::new()
             .name("control-plane".into())
             .spawn(move || {
-                commands::rpc::block_on_local(connection_loop(addr, db, rx, state, shutdown))
+                commands::rpc::block_on_local(connection_loop(addr, token, db, rx, state, shutdown))
             })
             .expect("spawning the control-plane thread");
         p
@@ -124,6 +129,7 @@ impl Publisher {
 
 async fn connection_loop(
     addr: String,
+    token: commands::auth::Secret,
     db: Arc<Db>,
     mut rx: mpsc::Receiver<Request>,
     state: Publisher,
@@ -134,9 +140,9 @@ async fn connection_loop(
         if shutdown.is_cancelled() {
             return;
         }
-        let conn = commands::rpc::connect::<master::Client>(&addr, CONNECT_TIMEOUT).await;
+        let conn = commands::rpc::connect_master(&addr, CONNECT_TIMEOUT, token.expose()).await;
         let conn = match conn {
-            Ok(c) => c,
+            Ok((c, _session)) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "control plane not reachable");
                 // Answer publishes at once while down: the job records the

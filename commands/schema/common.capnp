@@ -115,3 +115,13 @@ struct Result(Ok) {
 }
 
 struct Empty {}
+
+# What a token lets its holder do (see context/architecture.md, "Trust
+# model"): admin everything; ci publish and read; worker register, poll and
+# report as its own worker id only; reader read status only.
+enum Role {
+  admin @0;
+  ci @1;
+  worker @2;
+  reader @3;
+}

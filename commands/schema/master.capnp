@@ -111,3 +111,16 @@ struct AssignmentReply {
 struct WorkerRef {
   worker @0 :Worker;
 }
+
+# The bootstrap capability of the control plane: nothing but a login. A
+# valid token returns the `Master` capability for its role; a server run
+# without a token file (loopback only) takes any token as admin.
+interface MasterLogin {
+  login @0 (token :Text) -> (result :Common.Result(MasterSession));
+}
+
+struct MasterSession {
+  master @0 :Master;
+  role @1 :Common.Role;
+  workerId @2 :Text;                # the id a worker token is bound to, "" otherwise
+}

@@ -33,3 +33,16 @@ interface Worker {
   # The last `lines` lines of the VM's serial console (0 = a default).
   logs @7 (id :Text, lines :UInt32) -> (result :Common.Result(LogTail));
 }
+
+# The bootstrap capability of a worker: nothing but a login. Admin tokens
+# get the whole `Worker`; reader tokens a `Worker` whose mutating calls are
+# refused. A worker run without a token file (loopback only) takes any
+# token as admin.
+interface WorkerLogin {
+  login @0 (token :Text) -> (result :Common.Result(WorkerSession));
+}
+
+struct WorkerSession {
+  worker @0 :Worker;
+  role @1 :Common.Role;
+}

@@ -25,6 +25,8 @@ pub enum ConvertError {
     UnknownEnum(u16),
     #[error("list has {len} entries, more than the {max} allowed")]
     TooLong { len: u32, max: u32 },
+    #[error("text field has {len} bytes, more than the {max} allowed")]
+    TextTooLong { len: u32, max: u32 },
 }
 
 impl ConvertError {
@@ -39,9 +41,19 @@ impl ConvertError {
     }
 }
 
-/// Reads a text field as an owned String.
+/// The longest text field any request may carry (a kernel command line,
+/// a store path, a commit): 64 KiB. Longer text is refused before it is
+/// copied, so one request cannot make the server allocate without bound.
+pub const MAX_TEXT: u32 = 64 * 1024;
+
+/// Reads a text field as an owned String, refusing more than [`MAX_TEXT`] bytes.
 pub fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ConvertError> {
-    Ok(r?.to_str()?.to_owned())
+    let r = r?;
+    if r.len() > MAX_TEXT as usize {
+        let len = u32::try_from(r.len()).unwrap_or(u32::MAX);
+        return Err(ConvertError::TextTooLong { len, max: MAX_TEXT });
+    }
+    Ok(r.to_str()?.to_owned())
 }
 
 /// The most list entries any request may carry (specs per generation, VMs
@@ -94,7 +106,7 @@ pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec
     check_len(domains_r.len(), crate::types::MAX_DOMAINS as u32)?;
     let mut domains = Vec::with_capacity(domains_r.len() as usize);
     for d in domains_r.iter() {
-        domains.push(d?.to_str()?.to_owned());
+        domains.push(text(d)?);
     }
     Ok(VmSpec::new(VmSpecFields {
         name: text(r.get_name())?,
@@ -396,7 +408,7 @@ pub fn log_tail_from_capnp(r: crate::worker_capnp::log_tail::Reader<'_>) -> Resu
     check_len(lines_r.len(), MAX_LIST)?;
     let mut lines = Vec::with_capacity(lines_r.len() as usize);
     for l in lines_r.iter() {
-        lines.push(l?.to_str()?.to_owned());
+        lines.push(text(l)?);
     }
     Ok(crate::types::LogTail { lines, truncated: r.get_truncated() })
 }

@@ -14,6 +14,7 @@ pub mod master_capnp {
     include!(concat!(env!("OUT_DIR"), "/master_capnp.rs"));
 }
 
+pub mod auth;
 pub mod convert;
 pub mod rpc;
 pub mod telemetry;

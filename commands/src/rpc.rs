@@ -1,10 +1,16 @@
 //! Cap'n Proto RPC plumbing shared by every service and client: serve a
-//! bootstrap capability on a bound TCP listener, and connect to one.
+//! bootstrap capability on a bound TCP listener, connect to one, and log in
+//! (`connect_master`, `connect_worker`: the bootstrap of every Procurator
+//! server is a login capability, see `auth`). Also the limits every
+//! connection gets: message size and depth, connections per server, calls
+//! in flight per connection.
 //!
 //! capnp-rpc objects are `!Send`, so both sides run on a tokio `LocalSet`
 //! (capnp-rpc's own examples do the same); callers must be inside one.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
@@ -13,13 +19,63 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
+/// The largest message either side reads, in 8-byte words (128 MiB): the
+/// reader refuses a larger segment table before allocating, so this is both
+/// the message size and the traversal bound. 100,000 VmSpecs fit ~20 times.
+pub const MAX_MESSAGE_WORDS: usize = 16 * 1024 * 1024;
+
+/// Connections one server holds at once; more are closed at accept (with a
+/// warning) so a flood of idle sockets cannot exhaust file descriptors.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
 /// Limits applied to every incoming message: a hostile peer cannot make us
-/// walk more than 64 Mi words or nest deeper than 64 levels.
+/// read or walk more than [`MAX_MESSAGE_WORDS`] or nest deeper than 64 levels.
 pub fn reader_options() -> capnp::message::ReaderOptions {
     let mut o = capnp::message::ReaderOptions::new();
-    o.traversal_limit_in_words(Some(64 * 1024 * 1024));
+    o.traversal_limit_in_words(Some(MAX_MESSAGE_WORDS));
     o.nesting_limit(64);
     o
+}
+
+/// Counts the calls in flight on one connection (or one session) and refuses
+/// a call beyond `max` with an `overloaded` exception: one client cannot
+/// queue unbounded work (long-polls, VM operations) on a server.
+#[derive(Clone, Debug)]
+pub struct InFlight {
+    n: Rc<Cell<u32>>,
+    max: u32,
+}
+
+/// Held while a call runs; dropping it frees the slot.
+#[derive(Debug)]
+pub struct InFlightGuard(Rc<Cell<u32>>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+impl InFlight {
+    pub fn new(max: u32) -> Self {
+        InFlight { n: Rc::new(Cell::new(0)), max }
+    }
+
+    /// A slot for one call, or the exception the caller returns.
+    pub fn enter(&self) -> Result<InFlightGuard, capnp::Error> {
+        if self.n.get() >= self.max {
+            return Err(capnp::Error::overloaded(format!(
+                "too many calls in flight on this connection (limit {}); wait for answers before sending more",
+                self.max
+            )));
+        }
+        self.n.set(self.n.get() + 1);
+        Ok(InFlightGuard(Rc::clone(&self.n)))
+    }
+
+    pub fn current(&self) -> u32 {
+        self.n.get()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +86,12 @@ pub enum RpcError {
     Timeout { addr: String, secs: u64 },
     #[error("cannot resolve {addr}")]
     Resolve { addr: String, source: std::io::Error },
+    #[error("login to {addr} failed: {}", source.extra)]
+    Login { addr: String, source: capnp::Error },
+    #[error("login to {addr} timed out after {secs}s")]
+    LoginTimeout { addr: String, secs: u64 },
+    #[error("{addr} refused the login: {message}")]
+    Refused { addr: String, message: String },
 }
 
 /// Accepts connections until `shutdown` fires; each connection gets its own
@@ -45,10 +107,22 @@ pub async fn serve(listener: TcpListener, bootstrap: capnp::capability::Client, 
 /// registered it). Connection numbers start at 1 and never repeat.
 pub async fn serve_per_connection(
     listener: TcpListener,
+    make_bootstrap: impl FnMut(u64, SocketAddr) -> capnp::capability::Client,
+    shutdown: CancellationToken,
+) {
+    serve_limited(listener, make_bootstrap, MAX_CONNECTIONS, shutdown).await;
+}
+
+/// Like [`serve_per_connection`] with at most `max_connections` open at
+/// once; a connection beyond it is closed as soon as it is accepted.
+pub async fn serve_limited(
+    listener: TcpListener,
     mut make_bootstrap: impl FnMut(u64, SocketAddr) -> capnp::capability::Client,
+    max_connections: usize,
     shutdown: CancellationToken,
 ) {
     let mut next_conn: u64 = 0;
+    let open = Rc::new(Cell::new(0usize));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -63,6 +137,11 @@ pub async fn serve_per_connection(
                 continue;
             }
         };
+        if open.get() >= max_connections {
+            tracing::warn!(%peer, limit = max_connections, "too many open connections; closing the new one");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.compat().split();
         let network = twoparty::VatNetwork::new(
@@ -74,7 +153,10 @@ pub async fn serve_per_connection(
         next_conn += 1;
         let system = RpcSystem::new(Box::new(network), Some(make_bootstrap(next_conn, peer)));
         let token = shutdown.clone();
+        open.set(open.get() + 1);
+        let slot = ConnSlot(Rc::clone(&open));
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             tokio::select! {
                 r = system => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "rpc connection ended with error");
@@ -82,6 +164,15 @@ pub async fn serve_per_connection(
                 () = token.cancelled() => {}
             }
         });
+    }
+}
+
+/// Frees a connection slot when the connection's task ends.
+struct ConnSlot(Rc<Cell<usize>>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -142,6 +233,90 @@ where
     Ok(Connection { client, disconnector: Some(disconnector) })
 }
 
+/// What a login returned besides the capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub role: crate::auth::Role,
+    /// The worker id a worker token is bound to.
+    pub worker_id: Option<String>,
+}
+
+fn login_failed(addr: &str, source: capnp::Error) -> RpcError {
+    RpcError::Login { addr: addr.to_owned(), source }
+}
+
+/// Awaits a login reply within `timeout`.
+async fn await_login<T>(
+    addr: &str,
+    timeout: Duration,
+    promise: capnp::capability::Promise<capnp::capability::Response<T>, capnp::Error>,
+) -> Result<capnp::capability::Response<T>, RpcError>
+where
+    T: capnp::traits::Owned,
+{
+    match tokio::time::timeout(timeout, promise).await {
+        Err(_) => Err(RpcError::LoginTimeout { addr: addr.to_owned(), secs: timeout.as_secs() }),
+        Ok(r) => r.map_err(|e| login_failed(addr, e)),
+    }
+}
+
+fn refused(addr: &str, f: crate::convert::RpcFailure) -> RpcError {
+    RpcError::Refused { addr: addr.to_owned(), message: f.message }
+}
+
+fn convert_failed(addr: &str, e: crate::convert::ConvertError) -> RpcError {
+    login_failed(addr, capnp::Error::failed(e.to_message()))
+}
+
+/// Connects to a control plane and logs in with `token` (empty when the
+/// caller has none: a server without a token file accepts that). The one
+/// way every client reaches `Master`.
+pub async fn connect_master(
+    addr: &str,
+    timeout: Duration,
+    token: &str,
+) -> Result<(Connection<crate::master_capnp::master::Client>, SessionInfo), RpcError> {
+    use crate::master_capnp::master_login;
+    let mut conn = connect::<master_login::Client>(addr, timeout).await?;
+    let mut req = conn.client.login_request();
+    req.get().set_token(token);
+    let reply = await_login(addr, timeout, req.send().promise).await?;
+    let reply = reply.get().map_err(|e| login_failed(addr, e))?;
+    let session = crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
+        .map_err(|e| convert_failed(addr, e))?
+        .map_err(|f| refused(addr, f))?;
+    let master = session.get_master().map_err(|e| login_failed(addr, e))?;
+    let info = SessionInfo {
+        role: crate::auth::Role::from_capnp(session.get_role().map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))?),
+        worker_id: Some(crate::convert::text(session.get_worker_id()).map_err(|e| convert_failed(addr, e))?)
+            .filter(|s| !s.is_empty()),
+    };
+    Ok((Connection { client: master, disconnector: conn.disconnector.take() }, info))
+}
+
+/// Connects to a worker and logs in with `token` (see [`connect_master`]).
+pub async fn connect_worker(
+    addr: &str,
+    timeout: Duration,
+    token: &str,
+) -> Result<(Connection<crate::worker_capnp::worker::Client>, SessionInfo), RpcError> {
+    use crate::worker_capnp::worker_login;
+    let mut conn = connect::<worker_login::Client>(addr, timeout).await?;
+    let mut req = conn.client.login_request();
+    req.get().set_token(token);
+    let reply = await_login(addr, timeout, req.send().promise).await?;
+    let reply = reply.get().map_err(|e| login_failed(addr, e))?;
+    let session = crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
+        .map_err(|e| convert_failed(addr, e))?
+        .map_err(|f| refused(addr, f))?;
+    let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
+    let info = SessionInfo {
+        role: crate::auth::Role::from_capnp(session.get_role().map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))?),
+        worker_id: None,
+    };
+    Ok((Connection { client: worker, disconnector: conn.disconnector.take() }, info))
+}
+
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a
 /// CLI `main` or a non-RPC thread uses to make Cap'n Proto calls.
 pub fn block_on_local<F: std::future::Future>(f: F) -> F::Output {
@@ -150,4 +325,45 @@ pub fn block_on_local<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("building a current-thread tokio runtime");
     tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_over_the_size_limit_is_refused_before_its_body_is_read() {
+        // Segment table: one segment of MAX + 1 words; no body follows.
+        let mut header = Vec::new();
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&u32::try_from(MAX_MESSAGE_WORDS + 1).unwrap().to_le_bytes());
+        let Err(e) = capnp::serialize::read_message(&mut header.as_slice(), reader_options()) else {
+            panic!("an oversized message was accepted");
+        };
+        assert!(matches!(e.kind, capnp::ErrorKind::MessageTooLarge(_)), "{e}");
+        // At the limit it is accepted as far as the header goes (then the
+        // missing body is what fails).
+        let mut header = Vec::new();
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&1u32.to_le_bytes());
+        let Err(e) = capnp::serialize::read_message(&mut header.as_slice(), reader_options()) else {
+            panic!("a message without a body was accepted");
+        };
+        assert!(!matches!(e.kind, capnp::ErrorKind::MessageTooLarge(_)), "{e}");
+    }
+
+    #[test]
+    fn in_flight_slots_are_counted_and_freed() {
+        let f = InFlight::new(2);
+        let a = f.enter().unwrap();
+        let b = f.enter().unwrap();
+        let e = f.enter().unwrap_err();
+        assert_eq!(e.kind, capnp::ErrorKind::Overloaded);
+        assert!(e.extra.contains("limit 2"), "{}", e.extra);
+        drop(a);
+        assert_eq!(f.current(), 1);
+        let _c = f.enter().unwrap();
+        drop(b);
+        assert_eq!(f.current(), 1);
+    }
 }

@@ -75,3 +75,57 @@ fn connect_to_closed_port_names_the_address() {
         assert!(err.to_string().contains(&addr), "{err}");
     });
 }
+
+#[test]
+fn connections_over_the_limit_are_closed_and_slots_come_back() {
+    commands::rpc::block_on_local(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = CancellationToken::new();
+        let make = |_, _| {
+            let c: worker::Client = capnp_rpc::new_client(TestWorker);
+            c.client
+        };
+        tokio::task::spawn_local(commands::rpc::serve_limited(listener, make, 2, shutdown.clone()));
+        let read = |c: &worker::Client| c.read_request().send().promise;
+        let a = commands::rpc::connect::<worker::Client>(&addr, Duration::from_secs(5)).await.unwrap();
+        let b = commands::rpc::connect::<worker::Client>(&addr, Duration::from_secs(5)).await.unwrap();
+        read(&a.client).await.unwrap();
+        read(&b.client).await.unwrap();
+        // The third connection is accepted and closed at once: its call fails.
+        let c = commands::rpc::connect::<worker::Client>(&addr, Duration::from_secs(5)).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), read(&c.client)).await.unwrap().err().unwrap();
+        assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+        // Closing one frees its slot for a new connection.
+        a.close().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let d = commands::rpc::connect::<worker::Client>(&addr, Duration::from_secs(5)).await.unwrap();
+            if read(&d.client).await.is_ok() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the slot never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+    });
+}
+
+#[test]
+fn oversized_text_fields_are_refused_with_their_size() {
+    commands::rpc::block_on_local(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = CancellationToken::new();
+        let client: worker::Client = capnp_rpc::new_client(TestWorker);
+        tokio::task::spawn_local(commands::rpc::serve(listener, client.client, shutdown.clone()));
+        let conn = commands::rpc::connect::<worker::Client>(&addr, Duration::from_secs(5)).await.unwrap();
+        let mut req = conn.client.create_vm_request();
+        let long = "x".repeat(commands::convert::MAX_TEXT as usize + 1);
+        req.get().init_spec().set_cmdline(&long[..]);
+        let reply = req.send().promise.await.unwrap();
+        let err = result_from_capnp(reply.get().unwrap().get_result().unwrap()).unwrap().err().unwrap();
+        assert_eq!(err.message, "text field has 65537 bytes, more than the 65536 allowed");
+        shutdown.cancel();
+    });
+}

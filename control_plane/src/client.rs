@@ -9,7 +9,7 @@ use commands::convert::{
     vm_metrics_to_capnp, vm_spec_to_capnp, vm_status_to_capnp,
 };
 use commands::master_capnp::master;
-use commands::rpc::{self, Connection, RpcError};
+use commands::rpc::{self, Connection, RpcError, SessionInfo};
 use commands::types::VmSpec;
 use commands::worker_capnp::worker;
 
@@ -34,6 +34,7 @@ pub enum ClientError {
 /// A connection to a control plane.
 pub struct MasterClient {
     conn: Connection<master::Client>,
+    session: SessionInfo,
 }
 
 fn len32(n: usize) -> u32 {
@@ -41,11 +42,25 @@ fn len32(n: usize) -> u32 {
 }
 
 impl MasterClient {
-    /// Connects to `addr` ("host:port"). Must run inside a `LocalSet`.
+    /// Connects to `addr` ("host:port") and logs in without a token (what a
+    /// control plane without a token file takes). Must run inside a `LocalSet`.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
-        Ok(MasterClient {
-            conn: rpc::connect::<master::Client>(addr, timeout).await?,
-        })
+        Self::connect_with_token(addr, timeout, "").await
+    }
+
+    /// Connects to `addr` and logs in with `token`.
+    pub async fn connect_with_token(
+        addr: &str,
+        timeout: Duration,
+        token: &str,
+    ) -> Result<Self, ClientError> {
+        let (conn, session) = rpc::connect_master(addr, timeout, token).await?;
+        Ok(MasterClient { conn, session })
+    }
+
+    /// The role (and worker id) the login granted.
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
     }
 
     pub fn raw(&self) -> &master::Client {

@@ -16,11 +16,12 @@ pub mod state;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use commands::master_capnp::master;
+use commands::auth::Authenticator;
+use commands::master_capnp::master_login;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{MasterImpl, Shared};
+use crate::server::{MasterLoginImpl, Shared};
 use crate::state::{Settings, State};
 
 /// Runtime settings (from the command line in `main`).
@@ -45,9 +46,29 @@ impl Default for Config {
     }
 }
 
-/// Serves the Master interface on `listener` until `shutdown` is cancelled.
+/// The roles a control plane's token file may grant.
+pub const ROLES: &[commands::auth::Role] = &[
+    commands::auth::Role::Admin,
+    commands::auth::Role::Ci,
+    commands::auth::Role::Worker,
+    commands::auth::Role::Reader,
+];
+
+/// Serves the Master interface on `listener` until `shutdown` is cancelled,
+/// taking any token as admin (no token file: loopback use and tests).
 /// Must be called inside a `tokio::task::LocalSet`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) {
+    run_with_auth(config, Authenticator::Open, listener, shutdown).await;
+}
+
+/// Like [`run`], with the tokens of `auth` deciding what each caller may do.
+pub async fn run_with_auth(
+    config: Config,
+    auth: Authenticator,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    let auth = Rc::new(auth);
     let state = State::new(
         Settings {
             heartbeat_timeout: config.heartbeat_timeout,
@@ -80,8 +101,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let make = {
         let shared = shared.clone();
         move |conn, peer| {
-            let client: master::Client =
-                capnp_rpc::new_client(MasterImpl::new(Rc::clone(&shared), conn, peer));
+            let client: master_login::Client = capnp_rpc::new_client(MasterLoginImpl::new(
+                Rc::clone(&shared),
+                Rc::clone(&auth),
+                conn,
+                peer,
+            ));
             client.client
         }
     };

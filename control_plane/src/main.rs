@@ -29,6 +29,11 @@ struct Args {
     /// re-register and report their VMs (default: the heartbeat timeout).
     #[arg(long, env = "PCR_STARTUP_GRACE_MS")]
     startup_grace_ms: Option<u64>,
+    /// Token file: one `<role>[:<worker-id>] <token>` per line (roles admin,
+    /// ci, worker:<id>, reader). Without it every caller is admin, which is
+    /// only allowed on a loopback address.
+    #[arg(long, env = "PCR_CONTROL_PLANE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "PCR_LOG_JSON")]
     log_json: bool,
@@ -45,6 +50,16 @@ fn main() -> std::process::ExitCode {
             args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms),
         ),
     };
+    let auth = match commands::auth::Authenticator::from_optional_file(
+        args.token_file.as_deref(),
+        control_plane::ROLES,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     commands::rpc::block_on_local(async move {
         let listener = match tokio::net::TcpListener::bind(&args.listen).await {
             Ok(l) => l,
@@ -53,6 +68,17 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        if let Ok(bound) = listener.local_addr()
+            && let Err(e) = commands::auth::check_bind(
+                "the control plane",
+                bound,
+                !auth.is_open(),
+                "--token-file",
+            )
+        {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -69,7 +95,7 @@ fn main() -> std::process::ExitCode {
                 shutdown.cancel();
             });
         }
-        control_plane::run(config, listener, shutdown).await;
+        control_plane::run_with_auth(config, auth, listener, shutdown).await;
         std::process::ExitCode::SUCCESS
     })
 }

@@ -1,5 +1,8 @@
 //! The `Master` Cap'n Proto server: turns each call into a `State` method,
-//! holds the workers' capabilities, and implements the long-poll.
+//! holds the workers' capabilities, and implements the long-poll. Each
+//! connection's bootstrap is a `MasterLogin`; a login returns a `MasterImpl`
+//! carrying the token's grant, and every call checks it first (a refused
+//! call changes nothing).
 //!
 //! Single-threaded by design: capnp objects are `!Send`, so the whole server
 //! runs on one `LocalSet` and shares `Rc<Shared>`. No `RefCell` borrow is
@@ -12,12 +15,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use capnp::capability::Rc as CapRc;
+use commands::auth::{Authenticator, Grant, Role};
 use commands::common_capnp;
 use commands::convert::{
     ConvertError, ErrorCode, RpcFailure, check_len, error_to_capnp, labels_from_capnp,
     resources_from_capnp, text, vm_metrics_from_capnp, vm_specs_from_capnp, vm_status_from_capnp,
 };
-use commands::master_capnp::master;
+use commands::master_capnp::{master, master_login};
+use commands::rpc::InFlight;
 use commands::telemetry::now_ms;
 use commands::types::WorkerId;
 use commands::worker_capnp::worker;
@@ -60,16 +65,122 @@ impl Shared {
     }
 }
 
-/// The `Master` object of one connection.
+/// Long-polls one connection may hold at once (a worker needs one).
+pub const MAX_IN_FLIGHT_PER_CONNECTION: u32 = 16;
+
+/// How long a refused login takes to answer: guessing tokens over one
+/// connection goes at a crawl (connections are capped by `rpc`).
+const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(200);
+
+/// The bootstrap of one connection: nothing but `login`.
+pub struct MasterLoginImpl {
+    shared: Rc<Shared>,
+    auth: Rc<Authenticator>,
+    conn: u64,
+    peer: SocketAddr,
+    in_flight: InFlight,
+}
+
+impl MasterLoginImpl {
+    pub fn new(shared: Rc<Shared>, auth: Rc<Authenticator>, conn: u64, peer: SocketAddr) -> Self {
+        MasterLoginImpl {
+            shared,
+            auth,
+            conn,
+            peer,
+            in_flight: InFlight::new(MAX_IN_FLIGHT_PER_CONNECTION),
+        }
+    }
+}
+
+impl master_login::Server for MasterLoginImpl {
+    fn login(
+        self: CapRc<Self>,
+        params: master_login::LoginParams,
+        mut results: master_login::LoginResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let token = params
+            .get()
+            .and_then(|p| p.get_token())
+            .ok()
+            .and_then(|t| t.to_str().ok().map(str::to_owned))
+            .unwrap_or_default();
+        let login = self.auth.login(&token).map(|g| {
+            let m: master::Client = capnp_rpc::new_client(MasterImpl {
+                shared: Rc::clone(&self.shared),
+                conn: self.conn,
+                peer: self.peer,
+                grant: g.clone(),
+                in_flight: self.in_flight.clone(),
+            });
+            (g, m)
+        });
+        drop(token);
+        let peer = self.peer;
+        async move {
+            let b = results.get().init_result();
+            match login {
+                Ok((g, m)) => {
+                    tracing::debug!(%peer, role = %g.role, worker = g.worker_id.as_deref().unwrap_or(""), "login");
+                    let mut ok = b.init_ok();
+                    ok.set_master(m);
+                    ok.set_role(g.role.to_capnp());
+                    ok.set_worker_id(g.worker_id.as_deref().unwrap_or(""));
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "login refused");
+                    tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
+                    error_to_capnp(
+                        &RpcFailure::new(ErrorCode::PermissionDenied, e.to_string()),
+                        b.init_err(),
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The `Master` object of one login: what its token may do.
 pub struct MasterImpl {
     shared: Rc<Shared>,
     conn: u64,
     peer: SocketAddr,
+    grant: Grant,
+    in_flight: InFlight,
+}
+
+fn denied(what: &str, grant: &Grant) -> RpcFailure {
+    RpcFailure::new(
+        ErrorCode::PermissionDenied,
+        format!("a {} token may not {what}", grant.role),
+    )
 }
 
 impl MasterImpl {
-    pub fn new(shared: Rc<Shared>, conn: u64, peer: SocketAddr) -> Self {
-        MasterImpl { shared, conn, peer }
+    /// Refuses unless the role is one of `roles`.
+    fn allow(&self, what: &str, roles: &[Role]) -> Result<(), RpcFailure> {
+        if roles.contains(&self.grant.role) {
+            Ok(())
+        } else {
+            Err(denied(what, &self.grant))
+        }
+    }
+
+    /// Admins act for any worker; a worker token only for its own id.
+    fn allow_worker(&self, what: &str, id: &WorkerId) -> Result<(), RpcFailure> {
+        match self.grant.role {
+            Role::Admin => Ok(()),
+            Role::Worker if self.grant.worker_id.as_deref() == Some(id.as_str()) => Ok(()),
+            Role::Worker => Err(RpcFailure::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "this token belongs to worker {}, not {id}; it may not {what} for another worker",
+                    self.grant.worker_id.as_deref().unwrap_or("?")
+                ),
+            )),
+            _ => Err(denied(what, &self.grant)),
+        }
     }
 }
 
@@ -104,6 +215,7 @@ impl master::Server for MasterImpl {
         mut results: master::PublishStateResults,
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         let outcome = (|| {
+            self.allow("publish a generation", &[Role::Admin, Role::Ci])?;
             let p = params.get().map_err(bad)?;
             let commit = text(p.get_commit()).map_err(RpcFailure::from)?;
             let intent = text(p.get_intent_hash()).map_err(RpcFailure::from)?;
@@ -146,6 +258,7 @@ impl master::Server for MasterImpl {
                 labels: labels_from_capnp(reg.get_labels().map_err(bad)?)
                     .map_err(RpcFailure::from)?,
             };
+            self.allow_worker("register", &registration.worker_id)?;
             let cap = p.get_worker().map_err(bad)?;
             let id = registration.worker_id.clone();
             let effects =
@@ -171,14 +284,14 @@ impl master::Server for MasterImpl {
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         let parsed = (|| {
             let p = params.get().map_err(bad)?;
-            Ok::<_, RpcFailure>((
-                parse_worker_id(p.get_worker_id())?,
-                p.get_last_seen_generation(),
-                p.get_last_seen_revision(),
-            ))
+            let id = parse_worker_id(p.get_worker_id())?;
+            self.allow_worker("read the assignment", &id)?;
+            Ok::<_, RpcFailure>((id, p.get_last_seen_generation(), p.get_last_seen_revision()))
         })();
         let shared = self.shared.clone();
+        let slot = self.in_flight.enter();
         async move {
+            let _slot = slot?;
             let reply = match parsed {
                 Err(e) => Err(e),
                 Ok((worker, last_gen, last_rev)) => {
@@ -200,6 +313,7 @@ impl master::Server for MasterImpl {
         let r = (|| {
             let p = params.get().map_err(bad)?;
             let worker = parse_worker_id(p.get_worker_id())?;
+            self.allow_worker("report observed state", &worker)?;
             let list = p.get_running_vms().map_err(bad)?;
             check_len(list.len(), MAX_VMS_PER_WORKER as u32).map_err(RpcFailure::from)?;
             let mut running = Vec::with_capacity(list.len() as usize);
@@ -246,6 +360,7 @@ impl master::Server for MasterImpl {
     ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
         let r =
             (|| {
+                self.allow("control a worker", &[Role::Admin])?;
                 let id = parse_worker_id(params.get().map_err(bad)?.get_worker_id())?;
                 self.shared.caps.borrow().get(&id).cloned().ok_or_else(|| {
                     RpcFailure::new(ErrorCode::NotFound, format!("unknown worker {id}"))

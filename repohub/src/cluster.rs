@@ -146,9 +146,12 @@ pub fn view(s: master_capnp::cluster_status::Reader<'_>) -> Result<ClusterView, 
     Ok(v)
 }
 
-async fn fetch_local(addr: String) -> Result<ClusterView, ClusterError> {
-    let conn =
-        commands::rpc::connect::<master_capnp::master::Client>(&addr, CONNECT_TIMEOUT).await?;
+async fn fetch_local(
+    addr: String,
+    token: commands::auth::Secret,
+) -> Result<ClusterView, ClusterError> {
+    let (conn, _session) =
+        commands::rpc::connect_master(&addr, CONNECT_TIMEOUT, token.expose()).await?;
     let req = conn.client.get_cluster_status_request();
     let resp = tokio::time::timeout(CALL_TIMEOUT, req.send().promise)
         .await
@@ -159,9 +162,12 @@ async fn fetch_local(addr: String) -> Result<ClusterView, ClusterError> {
 }
 
 /// Fetches the cluster status from the control plane at `addr`.
-pub async fn fetch(addr: Option<String>) -> Result<ClusterView, ClusterError> {
+pub async fn fetch(
+    addr: Option<String>,
+    token: commands::auth::Secret,
+) -> Result<ClusterView, ClusterError> {
     let addr = addr.ok_or(ClusterError::NotConfigured)?;
-    tokio::task::spawn_blocking(move || commands::rpc::block_on_local(fetch_local(addr)))
+    tokio::task::spawn_blocking(move || commands::rpc::block_on_local(fetch_local(addr, token)))
         .await
         .map_err(|_| ClusterError::Join)?
 }

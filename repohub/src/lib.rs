@@ -46,6 +46,8 @@ pub struct Config {
     pub ci_secret: Option<String>,
     /// Control plane `host:port` (Cap'n Proto `Master`).
     pub control_plane: Option<String>,
+    /// Token for the control plane's login (a `reader` token is enough).
+    pub control_plane_token: commands::auth::Secret,
     pub kdf: auth::KdfParams,
     pub backoff: notify::Backoff,
     /// How often the spool is drained and due notifications are sent.
@@ -61,6 +63,7 @@ impl Config {
             ci_url: None,
             ci_secret: None,
             control_plane: None,
+            control_plane_token: commands::auth::Secret::default(),
             kdf: auth::KdfParams::default(),
             backoff: notify::Backoff::default(),
             notify_tick: Duration::from_millis(300),
@@ -78,6 +81,7 @@ pub struct AppState {
     pub spool: PathBuf,
     pub ci: ci::CiClient,
     pub control_plane: Option<String>,
+    pub control_plane_token: commands::auth::Secret,
     pub kdf: auth::KdfParams,
     pub dummy_hash: Arc<String>,
     pub secure_cookies: bool,
@@ -101,6 +105,7 @@ impl AppState {
             spool,
             ci: ci::CiClient::new(config.ci_url.clone(), config.ci_secret.clone())?,
             control_plane: config.control_plane.clone(),
+            control_plane_token: config.control_plane_token.clone(),
             kdf: config.kdf,
             dummy_hash: Arc::new(auth::dummy_hash(&config.kdf)),
             secure_cookies: config.secure_cookies,

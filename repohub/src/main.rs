@@ -24,6 +24,10 @@ struct Args {
     /// Control plane address (Cap'n Proto Master), host:port.
     #[arg(long, env = "REPOHUB_CONTROL_PLANE")]
     control_plane: Option<String>,
+    /// File holding the token for the control plane's login (a `reader`
+    /// token; needed when the control plane has a token file).
+    #[arg(long, env = "REPOHUB_CONTROL_PLANE_TOKEN_FILE")]
+    control_plane_token_file: Option<PathBuf>,
     /// Argon2id memory cost in KiB (default 19456, OWASP's minimum; lower only for tests).
     #[arg(long, env = "REPOHUB_KDF_MEMORY_KIB", default_value_t = 19 * 1024)]
     kdf_memory_kib: u32,
@@ -56,6 +60,15 @@ async fn main() -> std::process::ExitCode {
     config.ci_url = args.ci_url;
     config.ci_secret = secret;
     config.control_plane = args.control_plane;
+    if let Some(p) = &args.control_plane_token_file {
+        match commands::auth::client_token(Some(p)) {
+            Ok(t) => config.control_plane_token = commands::auth::Secret::new(t),
+            Err(e) => {
+                eprintln!("repohub: --control-plane-token-file: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     config.kdf.memory_kib = args.kdf_memory_kib;
     config.backoff.initial = Duration::from_millis(args.retry_initial_ms);
     config.secure_cookies = args.secure_cookies;

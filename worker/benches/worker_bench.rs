@@ -170,7 +170,7 @@ fn main() {
         let rd = RunDir::open(&d.join("direct")).unwrap();
         let (worker_proc, addr) = start_worker(&d);
         let wpid = worker_proc.0.id();
-        let conn = commands::rpc::connect::<wrpc::Client>(&addr, Duration::from_secs(5))
+        let (conn, _session) = commands::rpc::connect_worker(&addr, Duration::from_secs(5), "")
             .await
             .unwrap();
         let w = conn.client.clone();

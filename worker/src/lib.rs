@@ -59,6 +59,10 @@ pub struct Config {
     pub control_plane: Option<String>,
     /// How often the reconciler pushes observed state when nothing changes.
     pub heartbeat_interval: Duration,
+    /// Who may call this worker (`Open`: anyone, as admin; loopback only).
+    pub auth: commands::auth::Authenticator,
+    /// The token this worker presents to its control plane.
+    pub cluster_token: commands::auth::Secret,
 }
 
 impl Config {
@@ -84,6 +88,8 @@ impl Config {
             closure_public_key: None,
             control_plane: None,
             heartbeat_interval: Duration::from_secs(1),
+            auth: commands::auth::Authenticator::Open,
+            cluster_token: commands::auth::Secret::default(),
         }
     }
 }
@@ -134,7 +140,11 @@ pub async fn run(
     let _g = span.enter();
     tracing::info!(run_dir = %config.run_dir.display(), ch = %config.ch_binary.display(), "worker starting");
     drop(_g);
+    // The capability handed to the control plane at registration: whoever
+    // holds it was given it (admins through getWorker), so it needs no login.
     let client = server::Server::new(node.sender()).client();
+    let auth = std::rc::Rc::new(config.auth.clone());
+    let login_sender = node.sender();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
@@ -143,10 +153,16 @@ pub async fn run(
             let reconciler = config.control_plane.clone().map(|cp| {
                 let mut rc = reconciler::ReconcilerConfig::new(cp, registration);
                 rc.heartbeat_interval = config.heartbeat_interval;
+                rc.token = config.cluster_token.clone();
                 tokio::task::spawn_local(reconciler::run(rc, node.sender(), client.clone(), shutdown.clone()))
             });
             let node_task = tokio::spawn(node.run(shutdown.clone()));
-            commands::rpc::serve(listener, client.client, shutdown).await;
+            let make = move |_, _| {
+                server::Login::new(login_sender.clone(), std::rc::Rc::clone(&auth))
+                    .client()
+                    .client
+            };
+            commands::rpc::serve_per_connection(listener, make, shutdown).await;
             if let Some(r) = reconciler {
                 let _ = r.await;
             }

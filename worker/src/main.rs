@@ -76,6 +76,15 @@ struct Args {
     /// How often observed state is pushed to the control plane when nothing changes.
     #[arg(long, env = "WORKER_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
     heartbeat_interval_ms: u64,
+    /// Token file of this worker's own RPC: `admin <token>` and `reader
+    /// <token>` lines. Without it every caller is admin, which is only
+    /// allowed on a loopback address.
+    #[arg(long, env = "WORKER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// File holding the token this worker presents to the control plane
+    /// (a `worker:<this id>` token in the control plane's token file).
+    #[arg(long, env = "WORKER_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "WORKER_LOG_JSON")]
     log_json: bool,
@@ -159,11 +168,23 @@ async fn real_main(args: Args) -> Result<(), String> {
     config.control_plane = args.control_plane.clone();
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.closure_public_key = args.cache_public_key.clone();
+    config.auth = commands::auth::Authenticator::from_optional_file(
+        args.token_file.as_deref(),
+        worker::server::ROLES,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(f) = &args.cluster_token_file {
+        config.cluster_token = commands::auth::client_token(Some(f))
+            .map(commands::auth::Secret::new)
+            .map_err(|e| format!("--cluster-token-file: {e}"))?;
+    }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    commands::auth::check_bind("the worker", addr, !config.auth.is_open(), "--token-file")
+        .map_err(|e| e.to_string())?;
     // Tests and scripts wait for this line to know the port.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();

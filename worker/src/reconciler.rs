@@ -49,6 +49,9 @@ pub struct ReconcilerConfig {
     /// First delay before recreating a failed VM; doubles per failure.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The token presented to the control plane's login ("" when it has
+    /// no token file); never logged.
+    pub token: commands::auth::Secret,
 }
 
 impl ReconcilerConfig {
@@ -59,6 +62,7 @@ impl ReconcilerConfig {
             heartbeat_interval: Duration::from_secs(1),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            token: commands::auth::Secret::default(),
         }
     }
 }
@@ -398,7 +402,7 @@ async fn session(
 ) -> Result<(), ReconcileError> {
     let client = with_timeout(
         CALL_TIMEOUT,
-        MasterClient::connect(&cfg.control_plane, CALL_TIMEOUT),
+        MasterClient::connect_with_token(&cfg.control_plane, CALL_TIMEOUT, cfg.token.expose()),
     )
     .await?;
     with_timeout(CALL_TIMEOUT, client.register(&cfg.registration, me.clone())).await?;

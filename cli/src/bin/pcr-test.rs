@@ -24,6 +24,11 @@ struct Args {
         default_value = "127.0.0.1:7000"
     )]
     control_plane: String,
+    /// File holding the token to log in with (else $PCR_TOKEN, else the
+    /// file $PCR_TOKEN_FILE names; none is needed on a loopback server
+    /// without a token file).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -82,6 +87,8 @@ enum WorkerCall {
 enum CliError {
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Token(#[from] commands::auth::AuthError),
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -146,7 +153,10 @@ fn intent_hash(specs: &[VmSpec]) -> String {
 use cli::output::print_json;
 
 async fn real_main(args: Args) -> Result<(), CliError> {
-    let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
+    let token = commands::auth::client_token(args.token_file.as_deref())?;
+    let master =
+        MasterClient::connect_with_token(&args.control_plane, Duration::from_secs(5), &token)
+            .await?;
     match args.command {
         Cmd::PublishState {
             commit,

@@ -13,7 +13,6 @@ use commands::convert::{self, RpcFailure};
 use commands::rpc;
 use commands::telemetry::now_ms;
 use commands::types::{VmId, VmSpec, VmStatus};
-use commands::worker_capnp::worker;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +28,11 @@ struct Args {
         default_value = "127.0.0.1:6000"
     )]
     addr: String,
+    /// File holding the token to log in with (else $PCR_TOKEN, else the
+    /// file $PCR_TOKEN_FILE names; none is needed on a loopback server
+    /// without a token file).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -157,10 +161,15 @@ async fn run(args: &Args) -> Result<(), CliError> {
         Cmd::CreateVm { spec } => read_specs(spec)?,
         _ => Vec::new(),
     };
-    let conn =
-        rpc::connect::<worker::Client>(&args.addr, Duration::from_secs(args.connect_timeout_secs))
-            .await
-            .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
+    let token = commands::auth::client_token(args.token_file.as_deref())
+        .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
+    let (conn, _session) = rpc::connect_worker(
+        &args.addr,
+        Duration::from_secs(args.connect_timeout_secs),
+        &token,
+    )
+    .await
+    .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
     let w = &conn.client;
     match &args.command {
         Cmd::Read => {

@@ -3,6 +3,7 @@
 //! terminal) or `--json`.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,6 +22,11 @@ struct Args {
         default_value = "127.0.0.1:7000"
     )]
     control_plane: String,
+    /// File holding the token to log in with (else $PCR_TOKEN, else the
+    /// file $PCR_TOKEN_FILE names; none is needed on a loopback server
+    /// without a token file).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -309,10 +315,15 @@ fn render_generations(
 enum CliError {
     #[error(transparent)]
     Client(#[from] control_plane::client::ClientError),
+    #[error(transparent)]
+    Token(#[from] commands::auth::AuthError),
 }
 
 async fn real_main(args: Args) -> Result<String, CliError> {
-    let master = MasterClient::connect(&args.control_plane, Duration::from_secs(5)).await?;
+    let token = commands::auth::client_token(args.token_file.as_deref())?;
+    let master =
+        MasterClient::connect_with_token(&args.control_plane, Duration::from_secs(5), &token)
+            .await?;
     let style = Style::detect();
     let out = match args.command {
         Cmd::Status => {

@@ -214,7 +214,7 @@ fn ci_panel_data(project: &str, jobs: &Result<Vec<(Job, String)>, String>) -> Ci
 }
 
 async fn cluster_panel_data(st: &AppState) -> ClusterPanelData {
-    match crate::cluster::fetch(st.control_plane.clone()).await {
+    match crate::cluster::fetch(st.control_plane.clone(), st.control_plane_token.clone()).await {
         Ok(view) => ClusterPanelData { error: None, view },
         Err(e) => ClusterPanelData {
             error: Some(error_chain(&e)),

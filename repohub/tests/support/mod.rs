@@ -477,6 +477,23 @@ impl Drop for FakeMaster {
 
 struct MasterImpl;
 
+/// The fake's bootstrap: like the real control plane's, a login (any token).
+struct LoginImpl;
+
+impl commands::master_capnp::master_login::Server for LoginImpl {
+    fn login(
+        self: capnp::capability::Rc<Self>,
+        _: commands::master_capnp::master_login::LoginParams,
+        mut results: commands::master_capnp::master_login::LoginResults,
+    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
+        let master: commands::master_capnp::master::Client = capnp_rpc::new_client(MasterImpl);
+        let mut ok = results.get().init_result().init_ok();
+        ok.set_master(master);
+        ok.set_role(commands::common_capnp::Role::Admin);
+        std::future::ready(Ok(()))
+    }
+}
+
 impl commands::master_capnp::master::Server for MasterImpl {
     fn get_cluster_status(
         self: capnp::capability::Rc<Self>,
@@ -555,8 +572,8 @@ impl FakeMaster {
         let thread = std::thread::spawn(move || {
             commands::rpc::block_on_local(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                let client: commands::master_capnp::master::Client =
-                    capnp_rpc::new_client(MasterImpl);
+                let client: commands::master_capnp::master_login::Client =
+                    capnp_rpc::new_client(LoginImpl);
                 commands::rpc::serve(listener, client.client, token).await;
             });
         });

@@ -1,0 +1,514 @@
+//! Tokens and roles shared by every Cap'n Proto server and client: the
+//! servers' token file (`<role>[:<worker-id>] <token>` per line), the
+//! constant-time login check, the clients' token lookup (`--token-file`,
+//! `PCR_TOKEN`, `PCR_TOKEN_FILE`) and the rule that a server without tokens
+//! only listens on loopback.
+//!
+//! Tokens never appear in logs or error messages: errors name the file and
+//! the line, never the text.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::common_capnp;
+
+/// Environment variable holding a client's token.
+pub const TOKEN_ENV: &str = "PCR_TOKEN";
+/// Environment variable naming a file that holds a client's token.
+pub const TOKEN_FILE_ENV: &str = "PCR_TOKEN_FILE";
+/// Shorter tokens are refused when a token file is loaded: they can be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longer tokens are refused at login before they are compared.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// A token held by a client: `Debug` and `Display` never show it, so a
+/// config struct holding one can be logged safely.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The token itself, for the login call only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(none)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
+}
+
+/// What a token lets its holder do; see `context/architecture.md`, "Trust model".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Ci,
+    Worker,
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Ci => "ci",
+            Role::Worker => "worker",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn to_capnp(self) -> common_capnp::Role {
+        match self {
+            Role::Admin => common_capnp::Role::Admin,
+            Role::Ci => common_capnp::Role::Ci,
+            Role::Worker => common_capnp::Role::Worker,
+            Role::Reader => common_capnp::Role::Reader,
+        }
+    }
+
+    pub fn from_capnp(r: common_capnp::Role) -> Self {
+        match r {
+            common_capnp::Role::Admin => Role::Admin,
+            common_capnp::Role::Ci => Role::Ci,
+            common_capnp::Role::Worker => Role::Worker,
+            common_capnp::Role::Reader => Role::Reader,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a successful login grants: a role, and for `worker` the one worker
+/// id it may act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub role: Role,
+    pub worker_id: Option<String>,
+}
+
+impl Grant {
+    pub fn admin() -> Self {
+        Grant {
+            role: Role::Admin,
+            worker_id: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read token file {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token file {}, line {line}: {why}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+    #[error("token file {} holds no token", path.display())]
+    Empty { path: PathBuf },
+    #[error("{TOKEN_FILE_ENV} names a file that cannot be read ({})", path.display())]
+    EnvFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to serve {what} on non-loopback address {addr} without {flag}: anyone who can \
+         reach it could use it; pass {flag} or listen on 127.0.0.1"
+    )]
+    OpenBind {
+        what: String,
+        addr: SocketAddr,
+        flag: String,
+    },
+}
+
+/// Why a login was refused (sent back to the client as permissionDenied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error(
+        "no token was given; this server requires one (--token-file, {TOKEN_ENV} or {TOKEN_FILE_ENV})"
+    )]
+    Missing,
+    #[error("the token is not valid for this server")]
+    Invalid,
+}
+
+/// The tokens a server accepts. `Open` (no token file) takes any token as
+/// admin and is only allowed on loopback (see [`check_bind`]).
+#[derive(Clone)]
+pub enum Authenticator {
+    Open,
+    Tokens(Vec<(Grant, Vec<u8>)>),
+}
+
+/// Shows how many tokens, never which.
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authenticator::Open => f.write_str("Authenticator::Open"),
+            Authenticator::Tokens(t) => write!(f, "Authenticator::Tokens({} tokens)", t.len()),
+        }
+    }
+}
+
+/// Compares without an early exit, so timing tells nothing about how much
+/// of a guess matched. Lengths are public (tokens are long and random).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Authenticator {
+    /// Parses a token file's text; `allowed` are the roles this server knows
+    /// (a worker has no use for ci or worker tokens).
+    pub fn parse(text: &str, path: &Path, allowed: &[Role]) -> Result<Self, AuthError> {
+        let syntax = |line: usize, why: String| AuthError::Syntax {
+            path: path.to_owned(),
+            line,
+            why,
+        };
+        let mut entries: Vec<(Grant, Vec<u8>)> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(who), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(syntax(
+                    line_no,
+                    "expected `<role>[:<worker-id>] <token>`".into(),
+                ));
+            };
+            let (role_s, worker_id) = match who.split_once(':') {
+                Some((r, id)) => (r, Some(id)),
+                None => (who, None),
+            };
+            let role = match role_s {
+                "admin" => Role::Admin,
+                "ci" => Role::Ci,
+                "worker" => Role::Worker,
+                "reader" => Role::Reader,
+                other => {
+                    return Err(syntax(
+                        line_no,
+                        format!("unknown role {other:?} (admin, ci, worker:<id>, reader)"),
+                    ));
+                }
+            };
+            if !allowed.contains(&role) {
+                let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+                return Err(syntax(
+                    line_no,
+                    format!(
+                        "role {role} is not used by this server (it knows {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            let worker_id = match (role, worker_id) {
+                (Role::Worker, Some(id)) if id.parse::<crate::types::WorkerId>().is_ok() => {
+                    Some(id.to_owned())
+                }
+                (Role::Worker, Some(id)) => {
+                    return Err(syntax(line_no, format!("{id:?} is not a valid worker id")));
+                }
+                (Role::Worker, None) => {
+                    return Err(syntax(
+                        line_no,
+                        "a worker token is bound to an id: `worker:<id> <token>`".into(),
+                    ));
+                }
+                (_, Some(_)) => {
+                    return Err(syntax(
+                        line_no,
+                        format!("only worker tokens take an id, not {role}"),
+                    ));
+                }
+                (_, None) => None,
+            };
+            if token.len() < MIN_TOKEN_LEN || token.len() > MAX_TOKEN_LEN {
+                return Err(syntax(
+                    line_no,
+                    format!("a token must be {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} characters long"),
+                ));
+            }
+            if entries.iter().any(|(_, t)| t == token.as_bytes()) {
+                return Err(syntax(line_no, "the same token appears twice".into()));
+            }
+            entries.push((Grant { role, worker_id }, token.as_bytes().to_vec()));
+        }
+        if entries.is_empty() {
+            return Err(AuthError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Authenticator::Tokens(entries))
+    }
+
+    /// Reads and parses a token file.
+    pub fn load(path: &Path, allowed: &[Role]) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, allowed)
+    }
+
+    /// `Open` when `path` is `None`, the file's tokens otherwise.
+    pub fn from_optional_file(path: Option<&Path>, allowed: &[Role]) -> Result<Self, AuthError> {
+        match path {
+            None => Ok(Authenticator::Open),
+            Some(p) => Self::load(p, allowed),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self, Authenticator::Open)
+    }
+
+    /// The grant of `token`. Every entry is compared (no early exit).
+    pub fn login(&self, token: &str) -> Result<Grant, LoginError> {
+        match self {
+            Authenticator::Open => Ok(Grant::admin()),
+            Authenticator::Tokens(entries) => {
+                if token.is_empty() {
+                    return Err(LoginError::Missing);
+                }
+                if token.len() > MAX_TOKEN_LEN {
+                    return Err(LoginError::Invalid);
+                }
+                let mut found = None;
+                for (grant, t) in entries {
+                    if ct_eq(t, token.as_bytes()) && found.is_none() {
+                        found = Some(grant.clone());
+                    }
+                }
+                found.ok_or(LoginError::Invalid)
+            }
+        }
+    }
+}
+
+/// Refuses a non-loopback `addr` unless the server has tokens (`secured`):
+/// an open server is for development on one host only.
+/// `flag` names the option that secures it (`--token-file`, ...).
+pub fn check_bind(
+    what: &str,
+    addr: SocketAddr,
+    secured: bool,
+    flag: &str,
+) -> Result<(), AuthError> {
+    if secured || addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(AuthError::OpenBind {
+            what: what.to_owned(),
+            addr,
+            flag: flag.to_owned(),
+        })
+    }
+}
+
+/// The first token-looking word of a client token file: the first line that
+/// is neither blank nor a comment; when it has two words (`<role> <token>`,
+/// a line copied from the server's file) the last one.
+fn token_from_text(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .map(str::to_owned)
+}
+
+/// A client's token: from `file` when given, else `PCR_TOKEN`, else the file
+/// `PCR_TOKEN_FILE` names, else empty (what a server without tokens takes).
+pub fn client_token(file: Option<&Path>) -> Result<String, AuthError> {
+    if let Some(p) = file {
+        let text = std::fs::read_to_string(p).map_err(|source| AuthError::Read {
+            path: p.to_owned(),
+            source,
+        })?;
+        return token_from_text(&text).ok_or_else(|| AuthError::Empty { path: p.to_owned() });
+    }
+    if let Ok(t) = std::env::var(TOKEN_ENV)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    if let Some(p) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(p);
+        let text = std::fs::read_to_string(&path).map_err(|source| AuthError::EnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        return token_from_text(&text).ok_or(AuthError::Empty { path });
+    }
+    Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[Role] = &[Role::Admin, Role::Ci, Role::Worker, Role::Reader];
+
+    fn parse(text: &str) -> Result<Authenticator, AuthError> {
+        Authenticator::parse(text, Path::new("tokens"), ALL)
+    }
+
+    #[test]
+    fn token_file_grants_each_role() {
+        let a = parse(
+            "# cluster tokens\n\nadmin aaaaaaaaaaaaaaaaaaaa\nci cccccccccccccccccccc\n\
+             worker:w-1 wwwwwwwwwwwwwwwwwwww\nreader rrrrrrrrrrrrrrrrrrrr\n",
+        )
+        .unwrap();
+        assert_eq!(a.login("aaaaaaaaaaaaaaaaaaaa").unwrap(), Grant::admin());
+        assert_eq!(a.login("cccccccccccccccccccc").unwrap().role, Role::Ci);
+        let w = a.login("wwwwwwwwwwwwwwwwwwww").unwrap();
+        assert_eq!(
+            (w.role, w.worker_id.as_deref()),
+            (Role::Worker, Some("w-1"))
+        );
+        assert_eq!(a.login("rrrrrrrrrrrrrrrrrrrr").unwrap().role, Role::Reader);
+        assert_eq!(a.login("").unwrap_err(), LoginError::Missing);
+        assert_eq!(
+            a.login("aaaaaaaaaaaaaaaaaaab").unwrap_err(),
+            LoginError::Invalid
+        );
+        assert_eq!(
+            a.login("aaaaaaaaaaaaaaaaaaa").unwrap_err(),
+            LoginError::Invalid
+        );
+        assert_eq!(a.login(&"a".repeat(5000)).unwrap_err(), LoginError::Invalid);
+    }
+
+    #[test]
+    fn open_authenticator_takes_anything_as_admin() {
+        assert_eq!(Authenticator::Open.login("").unwrap(), Grant::admin());
+        assert_eq!(
+            Authenticator::Open.login("whatever").unwrap(),
+            Grant::admin()
+        );
+    }
+
+    #[test]
+    fn bad_token_files_name_the_line_but_never_the_token() {
+        let cases = [
+            ("admin short\n", "line 1", "16 to 1024"),
+            ("boss aaaaaaaaaaaaaaaaaaaa\n", "line 1", "unknown role"),
+            (
+                "\nworker aaaaaaaaaaaaaaaaaaaa\n",
+                "line 2",
+                "bound to an id",
+            ),
+            (
+                "worker:../x aaaaaaaaaaaaaaaaaaaa\n",
+                "line 1",
+                "not a valid worker id",
+            ),
+            (
+                "admin:w-1 aaaaaaaaaaaaaaaaaaaa\n",
+                "line 1",
+                "only worker tokens",
+            ),
+            ("admin aaaaaaaaaaaaaaaaaaaa extra\n", "line 1", "expected"),
+            (
+                "admin aaaaaaaaaaaaaaaaaaaa\nci aaaaaaaaaaaaaaaaaaaa\n",
+                "line 2",
+                "twice",
+            ),
+        ];
+        for (text, line, why) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(line) && e.contains(why), "{text:?}: {e}");
+            assert!(!e.contains("aaaaaaaaaaaaaaaaaaaa"), "token leaked: {e}");
+        }
+        assert!(matches!(parse("# nothing\n"), Err(AuthError::Empty { .. })));
+        let e = Authenticator::parse(
+            "ci cccccccccccccccccccc\n",
+            Path::new("t"),
+            &[Role::Admin, Role::Reader],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not used by this server"), "{e}");
+    }
+
+    #[test]
+    fn open_servers_stay_on_loopback() {
+        let lo: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:7000".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        assert!(check_bind("the control plane", lo, false, "--token-file").is_ok());
+        assert!(check_bind("the control plane", lo6, false, "--token-file").is_ok());
+        assert!(check_bind("the control plane", any, true, "--token-file").is_ok());
+        let e = check_bind("the control plane", any, false, "--token-file")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("0.0.0.0:7000") && e.contains("--token-file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn client_token_file_takes_the_first_token() {
+        assert_eq!(
+            token_from_text("# c\n\n  tok-1  \nother\n").as_deref(),
+            Some("tok-1")
+        );
+        assert_eq!(token_from_text("reader tok-2\n").as_deref(), Some("tok-2"));
+        assert_eq!(token_from_text("\n# only comments\n"), None);
+        let dir = tempfile_dir();
+        let p = dir.join("tok");
+        std::fs::write(&p, "tok-3\n").unwrap();
+        assert_eq!(client_token(Some(&p)).unwrap(), "tok-3");
+        let e = client_token(Some(&dir.join("missing")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read token file"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pcr-auth-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2hunter2hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(s.expose(), "hunter2hunter2hunter2");
+    }
+
+    #[test]
+    fn constant_time_compare_is_equality() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert!(ct_eq(b"", b""));
+    }
+}

@@ -1,0 +1,416 @@
+//! Authentication with the real binaries: a `control_plane` and a `worker`
+//! started with token files, driven by `pcr`, `pcr-test` and
+//! `pcr-worker-test`. No or a wrong token is refused with one clear line, a
+//! reader can read but not publish, a worker token cannot register another
+//! id, the worker's own RPC takes admin and reader tokens; and every server
+//! without tokens refuses a non-loopback bind.
+//!
+//! The binaries of other packages are found next to this package's
+//! `control_plane` binary (`cargo build --workspace` builds them).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "admin-token-0123456789";
+const CI: &str = "ci-token-0123456789abcd";
+const W1: &str = "worker-w1-token-0123456";
+const READER: &str = "reader-token-0123456789";
+const WORKER_ADMIN: &str = "worker-admin-token-012345";
+const WORKER_READER: &str = "worker-reader-token-01234";
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_control_plane")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// Kills the process on drop so a failing test leaves nothing behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd`, waits for its `listening on ADDR` line and returns ADDR.
+fn spawn_listening(mut cmd: Command, log: &Path) -> (Proc, String) {
+    let logf = std::fs::File::create(log).unwrap();
+    cmd.stdout(Stdio::piped())
+        .stderr(logf)
+        .env("RUST_LOG", "info");
+    let mut child = Proc(cmd.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
+    (child, addr)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs a CLI with no token in its environment unless `env` gives one.
+fn cli(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin(tool));
+    cmd.args(args)
+        .env_remove("PCR_TOKEN")
+        .env_remove("PCR_TOKEN_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The one line of stderr of a failed run.
+fn err_line(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "unexpected success: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+    assert_eq!(e.lines().count(), 1, "one line expected: {e}");
+    e
+}
+
+/// Polls `f` until it holds; on timeout the panic shows every log in `logs`.
+fn wait_for(what: &str, logs: &Path, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            let mut all = String::new();
+            for e in std::fs::read_dir(logs).unwrap().flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    all += &format!(
+                        "--- {}\n{}",
+                        e.path().display(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    );
+                }
+            }
+            panic!("timed out waiting for {what}; logs:\n{all}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tokens_and_roles_with_the_real_binaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cp_tokens = write(
+        d,
+        "cp-tokens",
+        &format!("# control plane\nadmin {ADMIN}\nci {CI}\nworker:w1 {W1}\nreader {READER}\n"),
+    );
+    let (_cp, cp) = {
+        let mut cmd = Command::new(bin("control_plane"));
+        cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"])
+            .arg("--token-file")
+            .arg(&cp_tokens);
+        spawn_listening(cmd, &d.join("cp.log"))
+    };
+    let admin_file = write(d, "admin", &format!("{ADMIN}\n"));
+    let reader_file = write(d, "reader", &format!("{READER}\n"));
+    let ci_file = write(d, "ci", &format!("{CI}\n"));
+    let wrong_file = write(d, "wrong", "not-the-token-0123456\n");
+    let spec = write(
+        d,
+        "a.json",
+        r#"{"name":"a","toplevel":"/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys","kernelPath":"/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel","cmdline":"","cpu":1,"memoryMb":128,"contentHash":"h1","initrdPath":"","diskImagePath":"","networkAllowedDomains":[],"labels":{}}"#,
+    );
+
+    // No token, a wrong token: refused with one line that says why.
+    let e = err_line(&cli("pcr", &["--control-plane", &cp, "status"], &[]));
+    assert_eq!(
+        e,
+        format!(
+            "error: {cp} refused the login: no token was given; this server requires one \
+             (--token-file, PCR_TOKEN or PCR_TOKEN_FILE)"
+        )
+    );
+    let e = err_line(&cli(
+        "pcr",
+        &[
+            "--control-plane",
+            &cp,
+            "status",
+            "--token-file",
+            wrong_file.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(
+        e,
+        format!("error: {cp} refused the login: the token is not valid for this server")
+    );
+    // The token never shows up in the control plane's log.
+    assert!(
+        !std::fs::read_to_string(d.join("cp.log"))
+            .unwrap()
+            .contains("not-the-token")
+    );
+
+    // A reader (token from the environment) can read but not publish.
+    ok(&cli(
+        "pcr",
+        &["--control-plane", &cp, "status"],
+        &[("PCR_TOKEN", READER)],
+    ));
+    ok(&cli(
+        "pcr",
+        &["--control-plane", &cp, "generation"],
+        &[("PCR_TOKEN_FILE", reader_file.to_str().unwrap())],
+    ));
+    let publish = [
+        "--control-plane",
+        &cp,
+        "publish-state",
+        "--commit",
+        "c1",
+        "--generation",
+        "1",
+        "--spec",
+        spec.to_str().unwrap(),
+    ];
+    let e = err_line(&cli("pcr-test", &publish, &[("PCR_TOKEN", READER)]));
+    assert_eq!(
+        e,
+        "error: permission denied: a reader token may not publish a generation"
+    );
+    // CI can publish.
+    ok(&cli(
+        "pcr-test",
+        &[&publish[..], &["--token-file", ci_file.to_str().unwrap()]].concat(),
+        &[],
+    ));
+
+    // A worker with its own token file and the w1 cluster token registers.
+    let worker_tokens = write(
+        d,
+        "worker-tokens",
+        &format!("admin {WORKER_ADMIN}\nreader {WORKER_READER}\n"),
+    );
+    let w1_file = write(d, "w1-token", &format!("{W1}\n"));
+    let start_worker = |id: &str| {
+        let mut cmd = Command::new(bin("worker"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--worker-id",
+            id,
+            "--cpu",
+            "8",
+            "--memory-mb",
+            "4096",
+        ])
+        .args(["--control-plane", &cp, "--heartbeat-interval-ms", "200"])
+        .arg("--token-file")
+        .arg(&worker_tokens)
+        .arg("--cluster-token-file")
+        .arg(&w1_file)
+        .arg("--run-dir")
+        .arg(d.join(id).join("run"))
+        .arg("--store-root")
+        .arg(d.join("store"))
+        .arg("--ch-binary")
+        .arg(bin("ch-sim"));
+        spawn_listening(cmd, &d.join(format!("{id}.log")))
+    };
+    let (_w1, w1_addr) = start_worker("w1");
+    let workers = || {
+        ok(&cli(
+            "pcr",
+            &["--control-plane", &cp, "--json", "workers"],
+            &[("PCR_TOKEN", ADMIN)],
+        ))
+    };
+    wait_for("w1 to register", d, Duration::from_secs(20), || {
+        workers().contains("\"w1\"")
+    });
+
+    // The same worker token used by a worker calling itself w2 is refused.
+    let (_w2, _) = start_worker("w2");
+    wait_for(
+        "w2's refusal in its log",
+        d,
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(d.join("w2.log"))
+                .unwrap_or_default()
+                .contains("this token belongs to worker w1, not w2")
+        },
+    );
+    assert!(!workers().contains("\"w2\""));
+
+    // getWorker is for admins; the proxied capability needs no second login.
+    let e = err_line(&cli(
+        "pcr-test",
+        &["--control-plane", &cp, "worker", "w1", "read"],
+        &[("PCR_TOKEN", READER)],
+    ));
+    assert_eq!(
+        e,
+        "error: permission denied: a reader token may not control a worker"
+    );
+    assert!(
+        ok(&cli(
+            "pcr-test",
+            &["--control-plane", &cp, "worker", "w1", "read"],
+            &[("PCR_TOKEN", ADMIN)]
+        ))
+        .contains("w1")
+    );
+
+    // The worker's own RPC: no token refused, reader reads only, admin all.
+    let e = err_line(&cli(
+        "pcr-worker-test",
+        &["--addr", &w1_addr, "list-vms"],
+        &[],
+    ));
+    assert!(e.contains("refused the login: no token was given"), "{e}");
+    ok(&cli(
+        "pcr-worker-test",
+        &["--addr", &w1_addr, "list-vms"],
+        &[("PCR_TOKEN", WORKER_READER)],
+    ));
+    let e = err_line(&cli(
+        "pcr-worker-test",
+        &[
+            "--addr",
+            &w1_addr,
+            "create-vm",
+            "--spec",
+            spec.to_str().unwrap(),
+        ],
+        &[("PCR_TOKEN", WORKER_READER)],
+    ));
+    assert!(e.contains("a reader token may not create VMs"), "{e}");
+    ok(&cli(
+        "pcr-worker-test",
+        &["--addr", &w1_addr, "read"],
+        &[("PCR_TOKEN", WORKER_ADMIN)],
+    ));
+    // The control plane's admin token is not the worker's.
+    let e = err_line(&cli(
+        "pcr-worker-test",
+        &[
+            "--addr",
+            &w1_addr,
+            "read",
+            "--token-file",
+            admin_file.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(e.contains("the token is not valid"), "{e}");
+}
+
+/// Starts `tool args` and expects it to exit non-zero at once with `needle`
+/// on stderr.
+fn refuses(tool: &str, args: &[&str], needle: &str) {
+    let mut child = Command::new(bin(tool))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("{tool} kept running on 0.0.0.0 without a token");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{tool} exited 0");
+    assert!(err.contains(needle), "{tool}: {err}");
+}
+
+#[test]
+fn servers_without_tokens_refuse_non_loopback_binds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    refuses(
+        "control_plane",
+        &["--listen", "0.0.0.0:0"],
+        "refusing to serve the control plane on non-loopback address 0.0.0.0:",
+    );
+    let run = d.join("run");
+    refuses(
+        "worker",
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--worker-id",
+            "w",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ],
+        "refusing to serve the worker on non-loopback address 0.0.0.0:",
+    );
+    let data = d.join("ci");
+    refuses(
+        "ci_service",
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "without --hook-secret-file",
+    );
+    // With a token file the same bind is fine.
+    let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
+    let mut cmd = Command::new(bin("control_plane"));
+    cmd.args([
+        "--listen",
+        "0.0.0.0:0",
+        "--token-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let (_cp, addr) = spawn_listening(cmd, &d.join("cp.log"));
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    // A malformed token file stops the server with the line that is wrong.
+    let bad = write(d, "bad", &format!("admin {ADMIN}\nboss {CI}\n"));
+    refuses(
+        "control_plane",
+        &["--token-file", bad.to_str().unwrap()],
+        "line 2: unknown role \"boss\"",
+    );
+}

@@ -1,0 +1,246 @@
+//! The control plane's login and role checks over real loopback TCP, with
+//! a real token file: every role is allowed what the trust model says and
+//! refused the rest with permissionDenied, a refused call changes nothing,
+//! a worker token acts only for its own id; and the per-input limits (text
+//! length, long-polls in flight per connection) answer with clear errors.
+
+use std::time::Duration;
+
+use capnp::capability::Rc as CapRc;
+use commands::auth::{Authenticator, Role};
+use commands::convert::ErrorCode;
+use commands::rpc::RpcError;
+use commands::types::{Labels, Resources, VmSpec, VmSpecFields};
+use commands::worker_capnp::worker;
+use control_plane::client::{ClientError, MasterClient};
+use control_plane::model::WorkerMetricsView;
+use control_plane::state::Registration;
+use tokio_util::sync::CancellationToken;
+
+const ADMIN: &str = "admin-token-0123456789";
+const CI: &str = "ci-token-0123456789abcd";
+const W1: &str = "worker-w1-token-0123456";
+const READER: &str = "reader-token-0123456789";
+
+/// A Worker capability with no methods: registration only needs one.
+struct NullWorker;
+impl worker::Server for NullWorker {}
+
+fn spec(name: &str) -> VmSpec {
+    VmSpec::new(VmSpecFields {
+        name: name.into(),
+        toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+        kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+        cpu: 1,
+        memory_mb: 128,
+        content_hash: "h1".into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn reg(id: &str) -> Registration {
+    Registration {
+        worker_id: id.parse().unwrap(),
+        address: format!("10.0.0.1:{}", id.len()),
+        capacity: Resources {
+            cpu: 8,
+            memory_mb: 4096,
+        },
+        labels: Labels::new(),
+    }
+}
+
+fn denied(e: ClientError) -> String {
+    match e {
+        ClientError::Refused(f) => {
+            assert_eq!(f.code, ErrorCode::PermissionDenied, "{f}");
+            f.message
+        }
+        other => panic!("expected permissionDenied, got {other}"),
+    }
+}
+
+async fn start() -> (String, CancellationToken) {
+    let text = format!("admin {ADMIN}\nci {CI}\nworker:w1 {W1}\nreader {READER}\n");
+    let auth =
+        Authenticator::parse(&text, std::path::Path::new("test"), control_plane::ROLES).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let config = control_plane::Config {
+        long_poll_timeout: Duration::from_secs(5),
+        heartbeat_timeout: Duration::from_secs(5),
+        startup_grace: Duration::ZERO,
+    };
+    tokio::task::spawn_local(control_plane::run_with_auth(
+        config,
+        auth,
+        listener,
+        shutdown.clone(),
+    ));
+    (addr, shutdown)
+}
+
+async fn login(addr: &str, token: &str) -> MasterClient {
+    MasterClient::connect_with_token(addr, Duration::from_secs(5), token)
+        .await
+        .unwrap()
+}
+
+#[test]
+fn logins_grant_roles_and_roles_bound_calls() {
+    commands::rpc::block_on_local(async {
+        let (addr, shutdown) = start().await;
+
+        // No token and a wrong one: refused at login, with a clear line.
+        for (token, why) in [
+            ("", "no token was given"),
+            ("not-the-token-0123456", "not valid"),
+        ] {
+            let e = MasterClient::connect_with_token(&addr, Duration::from_secs(5), token)
+                .await
+                .err()
+                .unwrap();
+            match &e {
+                ClientError::Connect(RpcError::Refused { message, .. }) => {
+                    assert!(message.contains(why), "{message}")
+                }
+                other => panic!("expected a refused login, got {other}"),
+            }
+            assert!(e.to_string().contains("refused the login"), "{e}");
+        }
+
+        let admin = login(&addr, ADMIN).await;
+        let ci = login(&addr, CI).await;
+        let w1 = login(&addr, W1).await;
+        let reader = login(&addr, READER).await;
+        assert_eq!(admin.session().role, Role::Admin);
+        assert_eq!(ci.session().role, Role::Ci);
+        assert_eq!(reader.session().role, Role::Reader);
+        assert_eq!(w1.session().role, Role::Worker);
+        assert_eq!(w1.session().worker_id.as_deref(), Some("w1"));
+
+        // Reader: status and generations, nothing else; a refusal changes nothing.
+        let m = denied(
+            reader
+                .publish("c1", 1, "i1", &[spec("a")])
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(m, "a reader token may not publish a generation");
+        assert_eq!(reader.status().await.unwrap().active, None);
+        assert!(reader.generations().await.unwrap().is_empty());
+        let cap: worker::Client = capnp_rpc::new_client(NullWorker);
+        denied(reader.register(&reg("w1"), cap.clone()).await.unwrap_err());
+        denied(reader.get_assignment("w1", 0, 0).await.unwrap_err());
+        denied(
+            reader
+                .push_data("w1", 0, &[], &WorkerMetricsView::default())
+                .await
+                .unwrap_err(),
+        );
+        assert!(reader.status().await.unwrap().workers.is_empty());
+
+        // CI publishes; it may not act as a worker or reach one.
+        assert!(ci.publish("c1", 1, "i1", &[spec("a")]).await.is_ok());
+        denied(ci.register(&reg("w9"), cap.clone()).await.unwrap_err());
+        denied(
+            ci.push_data("w1", 0, &[], &WorkerMetricsView::default())
+                .await
+                .unwrap_err(),
+        );
+
+        // A worker token registers, polls and reports only as its own id.
+        let m = denied(w1.register(&reg("w2"), cap.clone()).await.unwrap_err());
+        assert!(m.contains("belongs to worker w1, not w2"), "{m}");
+        denied(w1.publish("c2", 2, "i2", &[spec("b")]).await.unwrap_err());
+        denied(w1.get_assignment("w2", 0, 0).await.unwrap_err());
+        denied(w1.worker("w1").await.err().unwrap());
+        w1.register(&reg("w1"), cap.clone()).await.unwrap();
+        w1.push_data("w1", 0, &[], &WorkerMetricsView::default())
+            .await
+            .unwrap();
+        let a = w1.get_assignment("w1", 0, 0).await.unwrap();
+        assert_eq!(a.generation, 1);
+        assert_eq!(a.vms.len(), 1);
+        let s = admin.status().await.unwrap();
+        let ids: Vec<String> = s.workers.iter().map(|w| w.worker_id.clone()).collect();
+        assert_eq!(ids, vec!["w1".to_owned()], "w2 was never registered");
+
+        // getWorker hands out control of a worker: admins only.
+        let m = denied(reader.worker("w1").await.err().unwrap());
+        assert_eq!(m, "a reader token may not control a worker");
+        denied(ci.worker("w1").await.err().unwrap());
+        assert!(admin.worker("w1").await.is_ok());
+        shutdown.cancel();
+    });
+}
+
+#[test]
+fn oversized_text_and_too_many_long_polls_are_refused() {
+    commands::rpc::block_on_local(async {
+        let (addr, shutdown) = start().await;
+        let admin = login(&addr, ADMIN).await;
+
+        // A 100 KiB commit id: refused by length, before anything changes.
+        let long = "c".repeat(100 * 1024);
+        let e = admin
+            .publish(&long, 1, "i", &[spec("a")])
+            .await
+            .unwrap_err();
+        let ClientError::Refused(f) = e else {
+            panic!("expected an error as data")
+        };
+        assert_eq!(f.code, ErrorCode::InvalidArgument);
+        assert!(
+            f.message
+                .contains("text field has 102400 bytes, more than the 65536 allowed"),
+            "{}",
+            f.message
+        );
+        assert_eq!(admin.status().await.unwrap().active, None);
+
+        // Long-polls held by one connection are capped; the next one is
+        // refused at once and the others keep waiting.
+        let w1 = login(&addr, W1).await;
+        let cap: worker::Client = capnp_rpc::new_client(NullWorker);
+        w1.register(&reg("w1"), cap).await.unwrap();
+        let max = control_plane::server::MAX_IN_FLIGHT_PER_CONNECTION as usize;
+        let mut polls = Vec::new();
+        for _ in 0..max {
+            let mut req = w1.raw().get_assignment_request();
+            req.get().set_worker_id("w1");
+            polls.push(req.send().promise);
+        }
+        let one_more = tokio::time::timeout(Duration::from_secs(3), w1.get_assignment("w1", 0, 0))
+            .await
+            .expect("the call over the limit answers at once");
+        match one_more {
+            Err(ClientError::Rpc(e)) => {
+                assert_eq!(e.kind, capnp::ErrorKind::Overloaded);
+                assert!(
+                    e.extra
+                        .contains("too many calls in flight on this connection (limit 16)"),
+                    "{}",
+                    e.extra
+                );
+            }
+            other => panic!("expected an overloaded error, got {:?}", other.map(|_| ())),
+        }
+        // Another connection is not affected by this one's polls.
+        let other = login(&addr, ADMIN).await;
+        assert!(other.status().await.is_ok());
+        // Publishing wakes the polls; then the slots are free again.
+        admin.publish("c1", 1, "i1", &[spec("a")]).await.unwrap();
+        for p in polls {
+            let r = p.await.unwrap();
+            let a = commands::convert::result_from_capnp(r.get().unwrap().get_result().unwrap())
+                .unwrap();
+            assert!(a.is_ok());
+        }
+        let a = w1.get_assignment("w1", 0, 0).await.unwrap();
+        assert_eq!(a.generation, 1);
+        shutdown.cancel();
+    });
+}
