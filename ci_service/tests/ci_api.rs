@@ -131,6 +131,15 @@ fn api_validates_supersedes_and_follows_logs() {
     assert_eq!(push(&"a".repeat(40), None).0, 401);
     assert_eq!(push(&"a".repeat(40), Some("Bearer wrong")).0, 401);
     assert_eq!(push("not-a-sha", Some("Bearer s3cret")).0, 400);
+    // A push event over the body limit is refused before it is buffered.
+    let huge = serde_json::json!({"repo": "x".repeat(ci_service::api::MAX_HOOK_BODY), "ref": "refs/heads/dev", "old": "0".repeat(40), "new": "a".repeat(40)});
+    let (st, body) = request(
+        http::Method::POST,
+        &format!("{url}/hooks/push"),
+        &[(http::header::AUTHORIZATION, "Bearer s3cret".to_owned())],
+        Some(huge),
+    );
+    assert_eq!(st, 413, "{}", String::from_utf8_lossy(&body));
     let (st, _) = push(&"0".repeat(40), Some("Bearer s3cret"));
     assert_eq!(st, 200, "a deleted ref queues nothing");
     assert_eq!(get(&format!("{url}/jobs/999")).0, 404);

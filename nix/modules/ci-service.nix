@@ -32,6 +32,11 @@ in
       example = "127.0.0.1:7000";
       description = "Control plane address generations are published to (null: build only).";
     };
+    controlPlaneTokenFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "File holding the `ci` token for the control plane (a systemd credential).";
+    };
     hookSecretFile = lib.mkOption {
       type = lib.types.nullOr lib.types.path;
       default = null;
@@ -83,6 +88,7 @@ in
             cache = cfg.cacheUrl;
             cache-token-file = if cfg.cacheTokenFile == null then null else "%d/cache-token";
             control-plane = cfg.controlPlane;
+            control-plane-token-file = if cfg.controlPlaneTokenFile == null then null else "%d/control-plane-token";
             hook-secret-file = if cfg.hookSecretFile == null then null else "%d/hook-secret";
             deploy-ref = cfg.deployRef;
           } // cfg.settings;
@@ -92,7 +98,8 @@ in
         StateDirectory = "procurator-ci";
         StateDirectoryMode = "0750";
         LoadCredential = lib.optional (cfg.cacheTokenFile != null) "cache-token:${cfg.cacheTokenFile}"
-          ++ lib.optional (cfg.hookSecretFile != null) "hook-secret:${cfg.hookSecretFile}";
+          ++ lib.optional (cfg.hookSecretFile != null) "hook-secret:${cfg.hookSecretFile}"
+          ++ lib.optional (cfg.controlPlaneTokenFile != null) "control-plane-token:${cfg.controlPlaneTokenFile}";
         # nix's evaluator (Boehm GC) needs writable+executable mappings, and
         # nix raises its stack limit (setrlimit) at start.
         MemoryDenyWriteExecute = false;

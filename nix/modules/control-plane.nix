@@ -18,6 +18,11 @@ in
       default = 5000;
       description = "A worker without a heartbeat for this long is unhealthy and its VMs are rescheduled.";
     };
+    tokenFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "Token file (`<role>[:<worker-id>] <token>` per line; read as a systemd credential). null: every caller is admin, and the service refuses a non-loopback listen address.";
+    };
     longPollTimeoutMs = lib.mkOption {
       type = lib.types.ints.positive;
       default = 25000;
@@ -41,8 +46,10 @@ in
             log-json = cfg.logJson;
             heartbeat-timeout-ms = cfg.heartbeatTimeoutMs;
             long-poll-timeout-ms = cfg.longPollTimeoutMs;
+            token-file = if cfg.tokenFile == null then null else "%d/tokens";
           } // cfg.settings;
         };
+        LoadCredential = lib.optional (cfg.tokenFile != null) "tokens:${cfg.tokenFile}";
         DynamicUser = true;
         Restart = "always";
         RestartSec = 1;

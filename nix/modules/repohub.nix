@@ -24,6 +24,11 @@ in
       default = null;
       description = "File holding the bearer secret of ci_service's push hook (read as a systemd credential).";
     };
+    controlPlaneTokenFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "File holding a `reader` token for the control plane (a systemd credential).";
+    };
     controlPlane = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
       default = null;
@@ -67,6 +72,7 @@ in
             ci-url = cfg.ciUrl;
             ci-secret-file = if cfg.ciSecretFile == null then null else "%d/ci-secret";
             control-plane = cfg.controlPlane;
+            control-plane-token-file = if cfg.controlPlaneTokenFile == null then null else "%d/control-plane-token";
             autonix = cfg.autonix;
             secure-cookies = cfg.secureCookies;
           } // cfg.settings;
@@ -75,7 +81,8 @@ in
         Group = "procurator-repohub";
         StateDirectory = "procurator-repohub";
         StateDirectoryMode = "0750";
-        LoadCredential = lib.optional (cfg.ciSecretFile != null) "ci-secret:${cfg.ciSecretFile}";
+        LoadCredential = lib.optional (cfg.ciSecretFile != null) "ci-secret:${cfg.ciSecretFile}"
+          ++ lib.optional (cfg.controlPlaneTokenFile != null) "control-plane-token:${cfg.controlPlaneTokenFile}";
         Restart = "always";
         RestartSec = 1;
       };

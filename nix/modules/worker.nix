@@ -61,6 +61,16 @@ in
       default = { };
       description = "Worker labels for placement (key=value).";
     };
+    tokenFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: every caller is admin, and the worker refuses a non-loopback listen address.";
+    };
+    clusterTokenFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      description = "File holding this worker's `worker:<id>` token for the control plane (a systemd credential).";
+    };
     cloudHypervisor = lib.mkOption {
       type = lib.types.package;
       default = pkgs.cloud-hypervisor;
@@ -104,8 +114,12 @@ in
             memory-mb = cfg.memoryMb;
             label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
             tap-prefix = if host.enable then host.tapPrefix else null;
+            token-file = if cfg.tokenFile == null then null else "%d/tokens";
+            cluster-token-file = if cfg.clusterTokenFile == null then null else "%d/cluster-token";
           } // cfg.settings;
         };
+        LoadCredential = lib.optional (cfg.tokenFile != null) "tokens:${cfg.tokenFile}"
+          ++ lib.optional (cfg.clusterTokenFile != null) "cluster-token:${cfg.clusterTokenFile}";
         # VMs outlive worker restarts (adoption, design §1).
         KillMode = "process";
         StateDirectory = "procurator-worker";
