@@ -17,33 +17,100 @@ use libfuzzer_sys::fuzz_target;
 
 /// Files read whole (mirrors `scan::interest`).
 const CONTENT: &[&str] = &[
-    "Cargo.toml", "rust-toolchain", "rust-toolchain.toml", "go.mod", "go.work",
-    "package.json", "pnpm-workspace.yaml", ".nvmrc", ".node-version", ".yarnrc.yml",
-    "pyproject.toml", "setup.cfg", "requirements.txt", "Pipfile", ".python-version",
-    "runtime.txt", "Gemfile", ".ruby-version", "pom.xml", "build.gradle", "build.gradle.kts",
-    "settings.gradle", "settings.gradle.kts", "system.properties", ".java-version",
-    ".tool-versions", "mise.toml", ".mise.toml", "Makefile", "justfile", "Taskfile.yml",
-    "Procfile", "Dockerfile", "docker-compose.yml", "compose.yaml", "Gemfile.lock",
-    "Jenkinsfile", ".gitlab-ci.yml", ".travis.yml", "azure-pipelines.yml",
-    "bitbucket-pipelines.yml", ".drone.yml", ".woodpecker.yml", "flake.nix", "setup.py",
+    "Cargo.toml",
+    "rust-toolchain",
+    "rust-toolchain.toml",
+    "go.mod",
+    "go.work",
+    "package.json",
+    "pnpm-workspace.yaml",
+    ".nvmrc",
+    ".node-version",
+    ".yarnrc.yml",
+    "pyproject.toml",
+    "setup.cfg",
+    "requirements.txt",
+    "Pipfile",
+    ".python-version",
+    "runtime.txt",
+    "Gemfile",
+    ".ruby-version",
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "settings.gradle",
+    "settings.gradle.kts",
+    "system.properties",
+    ".java-version",
+    ".tool-versions",
+    "mise.toml",
+    ".mise.toml",
+    "Makefile",
+    "justfile",
+    "Taskfile.yml",
+    "Procfile",
+    "Dockerfile",
+    "docker-compose.yml",
+    "compose.yaml",
+    "Gemfile.lock",
+    "Jenkinsfile",
+    ".gitlab-ci.yml",
+    ".travis.yml",
+    "azure-pipelines.yml",
+    "bitbucket-pipelines.yml",
+    ".drone.yml",
+    ".woodpecker.yml",
+    "flake.nix",
+    "setup.py",
     // Only interesting in a CI directory, or as a Dockerfile variant.
-    "ci.yml", "Dockerfile.dev",
+    "ci.yml",
+    "Dockerfile.dev",
 ];
 /// Lockfiles: only their head is read.
 const HEAD: &[&str] = &[
-    "Cargo.lock", "go.sum", "go.work.sum", "package-lock.json", "npm-shrinkwrap.json",
-    "yarn.lock", "pnpm-lock.yaml", "bun.lock", "uv.lock", "poetry.lock", "pdm.lock",
+    "Cargo.lock",
+    "go.sum",
+    "go.work.sum",
+    "package-lock.json",
+    "npm-shrinkwrap.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "bun.lock",
+    "uv.lock",
+    "poetry.lock",
+    "pdm.lock",
     "Pipfile.lock",
 ];
 /// Files whose presence alone matters.
 const PRESENCE: &[&str] = &[
-    "bun.lockb", "manage.py", "main.py", "main.go", "config.ru", "gradlew", "mvnw",
-    "server.js", "main.rs", "modules.txt", "rails", "next.config.js", "vite.config.ts",
+    "bun.lockb",
+    "manage.py",
+    "main.py",
+    "main.go",
+    "config.ru",
+    "gradlew",
+    "mvnw",
+    "server.js",
+    "main.rs",
+    "modules.txt",
+    "rails",
+    "next.config.js",
+    "vite.config.ts",
 ];
 /// Directories (relative to the root, `""` is the root).
 const DIRS: &[&str] = &[
-    "", "app", "packages/web", "crates/core", "api", ".github/workflows", "src",
-    "vendor/x", "examples/demo", "cmd/server", ".circleci", "services/api",
+    "",
+    "app",
+    "packages/web",
+    "crates/core",
+    "api",
+    ".github/workflows",
+    "src",
+    "vendor/x",
+    "examples/demo",
+    "cmd/server",
+    ".circleci",
+    "services/api",
 ];
 
 fn add_file(tree: &mut Tree, name_byte: u8, dir_byte: u8, content: &[u8]) {
@@ -71,7 +138,10 @@ fn add_file(tree: &mut Tree, name_byte: u8, dir_byte: u8, content: &[u8]) {
         at = join(&at, part);
         tree.dirs.entry(at.clone()).or_default();
     }
-    tree.dirs.entry(dir.to_owned()).or_default().insert(name.to_owned());
+    tree.dirs
+        .entry(dir.to_owned())
+        .or_default()
+        .insert(name.to_owned());
     tree.files.insert(join(dir, name), text);
 }
 

@@ -76,7 +76,9 @@ fn run<S: capnp::message::ReaderSegments>(
         }
         5 => {
             // VmMetrics holds an f64 (NaN != NaN), so only the conversion runs.
-            let _ = convert::vm_details_from_capnp(msg.get_root::<worker_capnp::vm_info::Reader<'_>>()?)?;
+            let _ = convert::vm_details_from_capnp(
+                msg.get_root::<worker_capnp::vm_info::Reader<'_>>()?,
+            )?;
         }
         6 => {
             let t = convert::log_tail_from_capnp(msg.get_root()?)?;

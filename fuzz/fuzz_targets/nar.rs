@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(root.path, "");
     for e in &entries[1..] {
         assert!(!e.path.is_empty() && !e.path.starts_with('/') && !e.path.ends_with('/'));
-        assert!(e.path.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+        assert!(
+            e.path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+        );
         if let EntryKind::Regular { size, .. } = e.kind {
             assert!(size <= data.len() as u64);
         }
