@@ -5,7 +5,7 @@
 //! Messages are read from an aligned copy with `read_message_from_flat_slice`
 //! rather than the stream reader the RPC layer uses: the stream reader
 //! allocates and zero-fills the size a segment table claims (up to the
-//! 512 MiB traversal limit) before reading, which would make most runs
+//! traversal limit, `rpc::MAX_MESSAGE_WORDS`) before reading, which would make most runs
 //! about allocation and cap the fuzzer at ~200 runs/s. Segment-table
 //! parsing is capnp's; what is fuzzed here is our conversions.
 //!
