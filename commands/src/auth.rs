@@ -271,6 +271,7 @@ impl Authenticator {
             path: path.to_owned(),
             source,
         })?;
+        warn_if_shared(path);
         Self::parse(&text, path, allowed)
     }
 
@@ -306,6 +307,18 @@ impl Authenticator {
                 found.ok_or(LoginError::Invalid)
             }
         }
+    }
+}
+
+/// Tokens readable by other users are not secret: say so (not fatal, as
+/// systemd credentials and test files have their own modes).
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        let mode = format!("{:o}", m.permissions().mode() & 0o777);
+        tracing::warn!(file = %path.display(), %mode, "token file is readable by group or others; chmod 600 it");
     }
 }
 

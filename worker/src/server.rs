@@ -45,11 +45,13 @@ impl Server {
         }
     }
 
-    /// A server for `role`: readers may only read.
-    pub fn for_role(sender: CommandSender, role: Role) -> Self {
+    /// A server for `role` (readers may only read) counting its calls in
+    /// `in_flight`, the slots of the connection it was logged in on.
+    pub fn for_role(sender: CommandSender, role: Role, in_flight: InFlight) -> Self {
         Server {
+            sender,
             read_only: role != Role::Admin,
-            ..Server::new(sender)
+            in_flight,
         }
     }
 
@@ -77,11 +79,18 @@ const LOGIN_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_milli
 pub struct Login {
     sender: CommandSender,
     auth: StdRc<Authenticator>,
+    /// Shared by every session of this connection: logging in again does
+    /// not buy more slots.
+    in_flight: InFlight,
 }
 
 impl Login {
     pub fn new(sender: CommandSender, auth: StdRc<Authenticator>) -> Self {
-        Login { sender, auth }
+        Login {
+            sender,
+            auth,
+            in_flight: InFlight::new(MAX_IN_FLIGHT),
+        }
     }
 
     pub fn client(self) -> worker_login::Client {
@@ -107,7 +116,9 @@ impl worker_login::Server for Login {
         match grant {
             Ok(g) => {
                 let mut ok = b.init_ok();
-                ok.set_worker(Server::for_role(self.sender.clone(), g.role).client());
+                ok.set_worker(
+                    Server::for_role(self.sender.clone(), g.role, self.in_flight.clone()).client(),
+                );
                 ok.set_role(g.role.to_capnp());
             }
             Err(e) => {
