@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use capnp::capability::Rc as CapRc;
 use commands::auth::{Authenticator, Role};
 use commands::convert::ErrorCode;
 use commands::rpc::RpcError;
