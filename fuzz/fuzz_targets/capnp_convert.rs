@@ -99,7 +99,12 @@ fn run<S: capnp::message::ReaderSegments>(
                 msg.get_root()?;
             if let Ok(ok) = convert::result_from_capnp(r)? {
                 let _ = ok.get_generation();
-                for u in ok.get_unplaced()?.iter() {
+                // As the control plane's client does (`unplaced_from_capnp`):
+                // a list of zero-sized structs costs nothing to send, so its
+                // length is checked before it is walked.
+                let unplaced = ok.get_unplaced()?;
+                convert::check_len(unplaced.len(), convert::MAX_LIST)?;
+                for u in unplaced.iter() {
                     let _ = convert::text(u.get_name())?;
                     let _ = convert::text(u.get_reason())?;
                 }
