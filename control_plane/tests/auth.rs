@@ -3,7 +3,8 @@
 //! `pcr-worker-test`. No or a wrong token is refused with one clear line, a
 //! reader can read but not publish, a worker token cannot register another
 //! id, the worker's own RPC takes admin and reader tokens; and every server
-//! without tokens refuses a non-loopback bind.
+//! without tokens (control plane, worker, ci_service without a hook secret,
+//! cache without an upload token) refuses a non-loopback bind.
 //!
 //! The binaries of other packages are found next to this package's
 //! `control_plane` binary (`cargo build --workspace` builds them).
@@ -394,6 +395,31 @@ fn servers_without_tokens_refuse_non_loopback_binds() {
             data.to_str().unwrap(),
         ],
         "without --hook-secret-file",
+    );
+    // The cache without an upload token: nobody could upload, keep it local.
+    let keys = d.join("keys");
+    let st = Command::new(bin("cache"))
+        .args(["keygen", "test-1", "--out-dir", keys.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let cache_dir = d.join("cache");
+    refuses(
+        "cache",
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            cache_dir.to_str().unwrap(),
+            "--key-file",
+            keys.join("secret-key").to_str().unwrap(),
+        ],
+        "without --upload-token-file",
     );
     // With a token file the same bind is fine.
     let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
