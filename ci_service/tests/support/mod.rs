@@ -65,10 +65,23 @@ impl Rng {
 pub struct Svc {
     pub child: Child,
     pub addr: String,
+    /// Killed as a process group (the service and the nix processes it
+    /// runs), as systemd's default KillMode=control-group cleans up a
+    /// crashed unit; the worker's unit uses KillMode=process (its VMs
+    /// outlive it), so it is killed alone.
+    group: bool,
 }
 
 impl Svc {
-    pub fn spawn(name: &str, log_dir: &Path, mut cmd: Command) -> Svc {
+    pub fn spawn(name: &str, log_dir: &Path, cmd: Command) -> Svc {
+        Svc::spawn_as(name, log_dir, cmd, true)
+    }
+
+    pub fn spawn_as(name: &str, log_dir: &Path, mut cmd: Command, group: bool) -> Svc {
+        if group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -101,7 +114,7 @@ impl Svc {
                 tail(&log_dir.join(format!("{name}.log")))
             );
         };
-        Svc { child, addr }
+        Svc { child, addr, group }
     }
 
     pub fn url(&self) -> String {
@@ -112,8 +125,13 @@ impl Svc {
         self.child.id()
     }
 
-    /// kill -9 and reap.
+    /// kill -9 (of the group, see `group`) and reap.
     pub fn kill(&mut self) {
+        if self.group && self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{}", self.child.id())])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -696,7 +714,7 @@ pub fn start_worker(h: &HermeticNix, logs: &Path, o: &WorkerOpts, cache: &str, c
     for (k, v) in &o.env {
         cmd.env(k, v);
     }
-    Svc::spawn(o.id, logs, cmd)
+    Svc::spawn_as(o.id, logs, cmd, false)
 }
 
 /// Starts cache, control plane, the workers (each reaching the control
