@@ -1,4 +1,5 @@
 //! Shared code of Procurator's command-line tools (`pcr`, `pcr-test`,
 //! `pcr-worker-test`): output formatting and error reporting.
 
+pub mod master;
 pub mod output;

@@ -5,33 +5,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use commands::convert::{vm_status_from_capnp, worker_status_from_capnp};
 use commands::types::VmSpec;
-use control_plane::client::MasterClient;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Parser)]
 #[command(name = "pcr-test", about = "Manual Master RPC (testing and debugging)")]
 struct Args {
-    /// The control plane's address.
-    #[arg(
-        long,
-        global = true,
-        env = "PCR_CONTROL_PLANE",
-        default_value = "127.0.0.1:7000"
-    )]
-    control_plane: String,
-    /// File holding the token to log in with (else $PCR_TOKEN, else the
-    /// file $PCR_TOKEN_FILE names; none is needed on a loopback server
-    /// without a token file).
-    #[arg(long, global = true)]
-    token_file: Option<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    master: cli::master::MasterArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -88,7 +72,7 @@ enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Token(#[from] commands::auth::AuthError),
+    Connect(#[from] cli::master::ConnectError),
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -153,10 +137,7 @@ fn intent_hash(specs: &[VmSpec]) -> String {
 use cli::output::print_json;
 
 async fn real_main(args: Args) -> Result<(), CliError> {
-    let token = commands::auth::client_token(args.token_file.as_deref())?;
-    let master =
-        MasterClient::connect_with_token(&args.control_plane, Duration::from_secs(5), &token)
-            .await?;
+    let master = args.master.connect().await?;
     match args.command {
         Cmd::PublishState {
             commit,
@@ -173,7 +154,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let list = load_specs(&spec, specs.as_deref())?;
             let intent = intent.unwrap_or_else(|| intent_hash(&list));
             let o = master.publish(&commit, generation, &intent, &list).await?;
-            if args.json {
+            if args.master.json {
                 print_json(&o);
             } else {
                 let what = if o.noop {
@@ -200,7 +181,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let a = master
                 .get_assignment(&worker, last_generation, last_revision)
                 .await?;
-            if args.json {
+            if args.master.json {
                 print_json(&a);
             } else {
                 println!(
@@ -224,7 +205,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
         }
         Cmd::ClusterStatus => {
             let s = master.status().await?;
-            if args.json {
+            if args.master.json {
                 print_json(&s);
             } else {
                 match &s.active {
@@ -253,7 +234,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
         }
         Cmd::Generations => {
             let gens = master.generations().await?;
-            if args.json {
+            if args.master.json {
                 print_json(&gens);
             } else {
                 for g in &gens {
@@ -270,7 +251,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 WorkerCall::Read => {
                     let reply = w.read_request().send().promise.await?;
                     let st = worker_status_from_capnp(reply.get()?.get_status()?)?;
-                    if args.json {
+                    if args.master.json {
                         print_json(&st);
                     } else {
                         println!(
@@ -291,7 +272,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                         .iter()
                         .map(vm_status_from_capnp)
                         .collect::<Result<Vec<_>, _>>()?;
-                    if args.json {
+                    if args.master.json {
                         print_json(&vms);
                     } else {
                         for v in &vms {

@@ -3,33 +3,16 @@
 //! terminal) or `--json`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use control_plane::client::MasterClient;
 use control_plane::model::{ClusterStatusView, Drift, GenerationView};
 
 #[derive(Debug, Parser)]
 #[command(name = "pcr", about = "Inspect a Procurator cluster (read-only)")]
 struct Args {
-    /// The control plane's address.
-    #[arg(
-        long,
-        global = true,
-        env = "PCR_CONTROL_PLANE",
-        default_value = "127.0.0.1:7000"
-    )]
-    control_plane: String,
-    /// File holding the token to log in with (else $PCR_TOKEN, else the
-    /// file $PCR_TOKEN_FILE names; none is needed on a loopback server
-    /// without a token file).
-    #[arg(long, global = true)]
-    token_file: Option<PathBuf>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    master: cli::master::MasterArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -311,24 +294,16 @@ fn render_generations(
     )
 }
 
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    #[error(transparent)]
-    Client(#[from] control_plane::client::ClientError),
-    #[error(transparent)]
-    Token(#[from] commands::auth::AuthError),
-}
+/// Everything `pcr` can fail with is a connection, login or call error.
+type CliError = cli::master::ConnectError;
 
 async fn real_main(args: Args) -> Result<String, CliError> {
-    let token = commands::auth::client_token(args.token_file.as_deref())?;
-    let master =
-        MasterClient::connect_with_token(&args.control_plane, Duration::from_secs(5), &token)
-            .await?;
+    let master = args.master.connect().await?;
     let style = Style::detect();
     let out = match args.command {
         Cmd::Status => {
             let s = master.status().await?;
-            if args.json {
+            if args.master.json {
                 to_json(&s)
             } else {
                 render_status(&s, &style)
@@ -336,7 +311,7 @@ async fn real_main(args: Args) -> Result<String, CliError> {
         }
         Cmd::Workers => {
             let s = master.status().await?;
-            if args.json {
+            if args.master.json {
                 to_json(&s.workers)
             } else {
                 render_workers(&s, &style)
@@ -344,7 +319,7 @@ async fn real_main(args: Args) -> Result<String, CliError> {
         }
         Cmd::Vms => {
             let s = master.status().await?;
-            if args.json {
+            if args.master.json {
                 to_json(&serde_json::json!({ "vms": s.vms, "unplaced": s.unplaced }))
             } else {
                 render_vms(&s, &style)
@@ -353,7 +328,7 @@ async fn real_main(args: Args) -> Result<String, CliError> {
         Cmd::Generation => {
             let s = master.status().await?;
             let gens = master.generations().await?;
-            if args.json {
+            if args.master.json {
                 to_json(&serde_json::json!({ "active": s.active, "generations": gens }))
             } else {
                 render_generations(s.active.as_ref(), &gens, &style)
