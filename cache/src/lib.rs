@@ -23,6 +23,9 @@ pub use server::run;
 /// Default limit for one uploaded (compressed) NAR file: 8 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 << 30;
 
+/// Default for [`Config::upload_stall_timeout`].
+pub const DEFAULT_UPLOAD_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Settings of a serving cache.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -38,6 +41,10 @@ pub struct Config {
     pub priority: u32,
     /// The Nix store directory served paths live in.
     pub store_dir: String,
+    /// An upload whose body sends nothing for this long is refused (400).
+    /// nix 2.8 retries a failed PUT (connection reset, 5xx) without
+    /// re-sending its body, and would otherwise wait on us for minutes.
+    pub upload_stall_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -50,6 +57,7 @@ impl Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             priority: 40,
             store_dir: "/nix/store".into(),
+            upload_stall_timeout: DEFAULT_UPLOAD_STALL_TIMEOUT,
         }
     }
 

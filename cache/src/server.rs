@@ -35,6 +35,8 @@ struct State {
     metrics: Metrics,
     token: Option<String>,
     max_upload: u64,
+    /// See `Config::upload_stall_timeout`.
+    stall: std::time::Duration,
     cache_info: String,
 }
 
@@ -62,6 +64,7 @@ pub fn prepare(config: Config) -> Result<Prepared, Error> {
         metrics: Metrics::default(),
         token: config.upload_token.clone(),
         max_upload: config.max_upload_bytes,
+        stall: config.upload_stall_timeout,
     });
     Ok(Prepared {
         state,
@@ -504,12 +507,15 @@ async fn read_small_body(
     if declared_length(req.headers()).is_some_and(|n| n > limit as u64) {
         return Err(upload_refused(state, &UploadError::TooLarge(limit as u64)));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let collected =
+        tokio::time::timeout(state.stall, Limited::new(req.into_body(), limit).collect());
+    match collected.await {
+        Err(_) => Err(upload_refused(state, &UploadError::Stalled(state.stall))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(upload_refused(state, &UploadError::TooLarge(limit as u64)))
         }
-        Err(_) => Err(upload_refused(state, &UploadError::Truncated)),
+        Ok(Err(_)) => Err(upload_refused(state, &UploadError::Truncated)),
     }
 }
 
@@ -553,7 +559,11 @@ async fn put_nar(state: &State, file: String, req: Request<Incoming>) -> Respons
     let mut received: u64 = 0;
     let mut failure = None;
     loop {
-        match body.frame().await {
+        let Ok(next) = tokio::time::timeout(state.stall, body.frame()).await else {
+            failure = Some(UploadError::Stalled(state.stall));
+            break;
+        };
+        match next {
             None => {
                 let _ = tx.send(Chunk::End).await;
                 break;

@@ -61,6 +61,8 @@ pub enum UploadError {
     TooLarge(u64),
     #[error("upload body ended early or was aborted")]
     Truncated,
+    #[error("no upload data for {0:?} (a PUT retried without its body?)")]
+    Stalled(Duration),
     #[error("NAR content hashes to {actual}, but its name says {named}")]
     FileHashMismatch { named: String, actual: String },
     #[error("NAR does not decompress as {0}: {1}")]
@@ -140,6 +142,7 @@ impl UploadError {
             Self::UnsupportedCompression(_) => "unsupported_compression",
             Self::TooLarge(_) => "too_large",
             Self::Truncated => "truncated",
+            Self::Stalled(_) => "stalled",
             Self::FileHashMismatch { .. } => "file_hash_mismatch",
             Self::Corrupt(..) => "corrupt_nar",
             Self::NotUtf8 | Self::BadNarInfo(_) => "bad_narinfo",
