@@ -83,15 +83,7 @@ pub fn log_path(data_dir: &Path, id: i64) -> PathBuf {
     data_dir.join("logs").join(format!("{id}.log"))
 }
 
-/// sha256 (hex) of the canonical JSON of the specs sorted by name: equal
-/// exactly when the desired state is equal.
-pub fn intent_hash(specs: &[VmSpec]) -> (String, String) {
-    let mut sorted: Vec<&VmSpec> = specs.iter().collect();
-    sorted.sort_by(|a, b| a.name().cmp(b.name()));
-    let json = serde_json::to_string(&sorted).expect("VmSpec serializes");
-    let digest = Sha256::digest(json.as_bytes());
-    (digest.iter().map(|b| format!("{b:02x}")).collect(), json)
-}
+pub use commands::types::intent_hash;
 
 /// The last line of nix's stderr that starts with `error:`, or the last
 /// line: the one-line reason shown in the job list.

@@ -513,6 +513,18 @@ pub struct VmStatus {
 /// A label of a worker (placement constraint target).
 pub type Labels = BTreeMap<String, String>;
 
+/// The canonical JSON of a generation's specs (sorted by name) and its
+/// sha256 in hex: the intentHash. Equal exactly when the desired state is
+/// equal, so CI and `pcr-test` agree and re-publishing is a no-op.
+pub fn intent_hash(specs: &[VmSpec]) -> (String, String) {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&VmSpec> = specs.iter().collect();
+    sorted.sort_by(|a, b| a.name().cmp(b.name()));
+    let json = serde_json::to_string(&sorted).expect("VmSpec serializes");
+    let digest = Sha256::digest(json.as_bytes());
+    (digest.iter().map(|b| format!("{b:02x}")).collect(), json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

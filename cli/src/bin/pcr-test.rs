@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use commands::convert::{vm_status_from_capnp, worker_status_from_capnp};
 use commands::types::VmSpec;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Parser)]
 #[command(name = "pcr-test", about = "Manual Master RPC (testing and debugging)")]
@@ -123,16 +122,6 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         .collect()
 }
 
-/// sha256 over the specs sorted by name, as JSON: the same specs give the
-/// same intent, so re-publishing them is a no-op.
-fn intent_hash(specs: &[VmSpec]) -> String {
-    let mut sorted: Vec<&VmSpec> = specs.iter().collect();
-    sorted.sort_by(|a, b| a.name().cmp(b.name()));
-    let json = serde_json::to_vec(&sorted).unwrap_or_default();
-    let digest = Sha256::digest(&json);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
 
 use cli::output::print_json;
 
@@ -152,7 +141,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 ));
             }
             let list = load_specs(&spec, specs.as_deref())?;
-            let intent = intent.unwrap_or_else(|| intent_hash(&list));
+            let intent = intent.unwrap_or_else(|| commands::types::intent_hash(&list).0);
             let o = master.publish(&commit, generation, &intent, &list).await?;
             if args.master.json {
                 print_json(&o);
