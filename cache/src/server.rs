@@ -55,6 +55,10 @@ pub fn prepare(config: Config) -> Result<Prepared, Error> {
     if cleaned > 0 {
         tracing::info!(cleaned, "removed temp files of interrupted uploads");
     }
+    let dropped = store.drop_uncommitted_narinfos()?;
+    if dropped > 0 {
+        tracing::warn!(dropped, "removed narinfo files a crash left uncommitted");
+    }
     let state = Arc::new(State {
         cache_info: format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",

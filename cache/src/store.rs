@@ -354,6 +354,29 @@ impl Store {
         Ok(n)
     }
 
+    /// Removes narinfo files the index lacks: left by a crash between the
+    /// narinfo's rename and its transaction's commit, so never committed
+    /// (the uploader got no answer and uploads it again). Run at start,
+    /// before serving; returns how many were removed.
+    pub fn drop_uncommitted_narinfos(&self) -> Result<usize, StoreError> {
+        let known: HashSet<String> = index::all_paths(&self.conn())?
+            .into_iter()
+            .map(|r| r.hash_part)
+            .collect();
+        let mut n = 0;
+        for e in fs::read_dir(self.root()).map_err(io_ctx("listing store dir"))? {
+            let e = e.map_err(io_ctx("listing store dir"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(h) = name.strip_suffix(".narinfo")
+                && !known.contains(h)
+                && fs::remove_file(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Number of stored paths.
     pub fn count_paths(&self) -> Result<u64, StoreError> {
         Ok(index::count_paths(&self.conn())?)
@@ -627,7 +650,8 @@ impl Store {
         // The narinfo file is the commit marker clients see. It is written
         // while the transaction holds the lock; a crash between rename and
         // commit leaves a narinfo whose NAR exists but that the index lacks
-        // (verify reports it, gc removes it) — never a narinfo without its NAR.
+        // (the next start removes it: drop_uncommitted_narinfos) — never a
+        // narinfo without its NAR.
         write_atomic(&self.tmp_dir(), &dest, rendered.as_bytes())
             .map_err(io_ctx("writing narinfo"))?;
         if let Err(e) = tx.commit() {
