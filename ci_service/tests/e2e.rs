@@ -9,6 +9,7 @@
 //! restart and the generation converges.
 
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,6 +56,9 @@ fn invalid_in_store(
 #[test]
 fn push_to_running_vms_and_back() {
     let c = start();
+    // The VMs' CH processes outlive their workers by design: kill them when
+    // the test ends (each run used to leave three ch-sim processes behind).
+    let reaper = support::Reaper(c.h.dir().display().to_string());
     let ci = c.ci.url();
     let cp = c.cp.addr.clone();
     let repo = Repo::new(c.h.dir(), &ci);
@@ -205,5 +209,6 @@ fn push_to_running_vms_and_back() {
     for name in ["db-0", "web-0", "web-1"] {
         assert_ne!(placed5[name].0, placed2[name].0, "{name} runs generation 3");
     }
-    drop(cluster.workers);
+    drop(cluster);
+    drop(reaper);
 }
