@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let c = start();
+    // The VMs' CH processes outlive the workers by design; stop them at the end.
+    let _reaper = support::Reaper(c.h.dir().display().to_string());
     let ci = c.ci.url();
     let cp = c.cp.addr.clone();
     let repo = Repo::new(c.h.dir(), &ci);
