@@ -145,7 +145,7 @@ last=
 for _ in $(seq 600); do
   json=$("$BIN/pcr" --control-plane $CP_ADDR --json status 2>/dev/null || true)
   pct=$(printf '%s' "$json" | grep -o '"convergencePercent": *[0-9.]*' | grep -o '[0-9.]*$' || true)
-  if [ "$pct" != "$last" ]; then printf '    convergence: %s%%\n' "${pct:-?}"; last=$pct; fi
+  if [ "$pct" != "$last" ]; then LC_ALL=C printf '    convergence: %.0f%%\n' "${pct:-0}"; last=$pct; fi
   case "$pct" in 100|100.0) break ;; esac
   sleep 0.2
 done
