@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::common_capnp::{self, ErrorCode as CapnpErrorCode};
 use crate::types::{
-    Labels, SpecError, VmId, VmMetrics, VmName, VmSpec, VmSpecFields, VmState, VmStatus, Resources,
+    Labels, Resources, SpecError, VmId, VmMetrics, VmName, VmSpec, VmSpecFields, VmState, VmStatus,
 };
 
 /// Why a message could not be turned into a domain value.
@@ -61,10 +61,17 @@ pub fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, Convert
 pub const MAX_LIST: u32 = 100_000;
 
 pub fn check_len(len: u32, max: u32) -> Result<(), ConvertError> {
-    if len > max { Err(ConvertError::TooLong { len, max }) } else { Ok(()) }
+    if len > max {
+        Err(ConvertError::TooLong { len, max })
+    } else {
+        Ok(())
+    }
 }
 
-pub fn labels_to_capnp(labels: &Labels, mut b: capnp::struct_list::Builder<'_, common_capnp::label::Owned>) {
+pub fn labels_to_capnp(
+    labels: &Labels,
+    mut b: capnp::struct_list::Builder<'_, common_capnp::label::Owned>,
+) {
     for (i, (k, v)) in labels.iter().enumerate() {
         let mut l = b.reborrow().get(i as u32);
         l.set_key(k);
@@ -93,7 +100,9 @@ pub fn vm_spec_to_capnp(spec: &VmSpec, mut b: common_capnp::vm_spec::Builder<'_>
     b.set_cpu(spec.cpu());
     b.set_memory_mb(spec.memory_mb());
     let domains = spec.network_allowed_domains();
-    let mut d = b.reborrow().init_network_allowed_domains(domains.len() as u32);
+    let mut d = b
+        .reborrow()
+        .init_network_allowed_domains(domains.len() as u32);
     for (i, dom) in domains.iter().enumerate() {
         d.set(i as u32, dom);
     }
@@ -164,7 +173,9 @@ pub fn vm_status_to_capnp(s: &VmStatus, mut b: common_capnp::vm_status::Builder<
     b.set_memory_mb(s.memory_mb);
 }
 
-pub fn vm_status_from_capnp(r: common_capnp::vm_status::Reader<'_>) -> Result<VmStatus, ConvertError> {
+pub fn vm_status_from_capnp(
+    r: common_capnp::vm_status::Reader<'_>,
+) -> Result<VmStatus, ConvertError> {
     let state = r.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?;
     Ok(VmStatus {
         id: text(r.get_id())?.parse::<VmId>()?,
@@ -205,7 +216,10 @@ pub fn resources_to_capnp(r: Resources, mut b: common_capnp::resources::Builder<
 }
 
 pub fn resources_from_capnp(r: common_capnp::resources::Reader<'_>) -> Resources {
-    Resources { cpu: r.get_cpu(), memory_mb: r.get_memory_mb() }
+    Resources {
+        cpu: r.get_cpu(),
+        memory_mb: r.get_memory_mb(),
+    }
 }
 
 /// The error half of `Result(Ok)` as plain data.
@@ -244,7 +258,10 @@ impl std::fmt::Display for ErrorCode {
 
 impl RpcFailure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RpcFailure { code, message: message.into() }
+        RpcFailure {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
@@ -287,8 +304,14 @@ pub fn error_to_capnp(e: &RpcFailure, mut b: common_capnp::error::Builder<'_>) {
 }
 
 pub fn error_from_capnp(r: common_capnp::error::Reader<'_>) -> Result<RpcFailure, ConvertError> {
-    let code = r.get_code().map(code_from_capnp).unwrap_or(ErrorCode::Internal);
-    Ok(RpcFailure { code, message: text(r.get_message())? })
+    let code = r
+        .get_code()
+        .map(code_from_capnp)
+        .unwrap_or(ErrorCode::Internal);
+    Ok(RpcFailure {
+        code,
+        message: text(r.get_message())?,
+    })
 }
 
 /// Reads a `Result(Ok)`: `Ok(Ok(reader))` on success, `Ok(Err(failure))`
@@ -329,7 +352,9 @@ mod tests {
         .unwrap();
         let mut msg = capnp::message::Builder::new_default();
         vm_spec_to_capnp(&spec, msg.init_root());
-        let r = msg.get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>().unwrap();
+        let r = msg
+            .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
+            .unwrap();
         assert_eq!(vm_spec_from_capnp(r).unwrap(), spec);
     }
 
@@ -339,13 +364,18 @@ mod tests {
         let mut b = msg.init_root::<common_capnp::vm_spec::Builder<'_>>();
         b.set_name("ok");
         b.set_toplevel("/etc");
-        let r = msg.get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>().unwrap();
+        let r = msg
+            .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
+            .unwrap();
         let err = vm_spec_from_capnp(r).unwrap_err().to_message();
         assert!(err.contains("toplevel"), "{err}");
     }
 }
 
-pub fn worker_status_to_capnp(s: &crate::types::WorkerStatus, mut b: common_capnp::worker_status::Builder<'_>) {
+pub fn worker_status_to_capnp(
+    s: &crate::types::WorkerStatus,
+    mut b: common_capnp::worker_status::Builder<'_>,
+) {
     b.set_worker_id(s.worker_id.as_str());
     b.set_address(&s.address);
     resources_to_capnp(s.capacity, b.reborrow().init_capacity());
@@ -373,7 +403,10 @@ pub fn worker_status_from_capnp(
     })
 }
 
-pub fn vm_details_to_capnp(d: &crate::types::VmDetails, mut b: crate::worker_capnp::vm_info::Builder<'_>) {
+pub fn vm_details_to_capnp(
+    d: &crate::types::VmDetails,
+    mut b: crate::worker_capnp::vm_info::Builder<'_>,
+) {
     vm_status_to_capnp(&d.status, b.reborrow().init_status());
     vm_spec_to_capnp(&d.spec, b.reborrow().init_spec());
     vm_metrics_to_capnp(&d.metrics, b.reborrow().init_metrics());
@@ -395,7 +428,10 @@ pub fn vm_details_from_capnp(
     })
 }
 
-pub fn log_tail_to_capnp(t: &crate::types::LogTail, mut b: crate::worker_capnp::log_tail::Builder<'_>) {
+pub fn log_tail_to_capnp(
+    t: &crate::types::LogTail,
+    mut b: crate::worker_capnp::log_tail::Builder<'_>,
+) {
     let mut lines = b.reborrow().init_lines(t.lines.len() as u32);
     for (i, l) in t.lines.iter().enumerate() {
         lines.set(i as u32, l);
@@ -403,14 +439,19 @@ pub fn log_tail_to_capnp(t: &crate::types::LogTail, mut b: crate::worker_capnp::
     b.set_truncated(t.truncated);
 }
 
-pub fn log_tail_from_capnp(r: crate::worker_capnp::log_tail::Reader<'_>) -> Result<crate::types::LogTail, ConvertError> {
+pub fn log_tail_from_capnp(
+    r: crate::worker_capnp::log_tail::Reader<'_>,
+) -> Result<crate::types::LogTail, ConvertError> {
     let lines_r = r.get_lines()?;
     check_len(lines_r.len(), MAX_LIST)?;
     let mut lines = Vec::with_capacity(lines_r.len() as usize);
     for l in lines_r.iter() {
         lines.push(text(l)?);
     }
-    Ok(crate::types::LogTail { lines, truncated: r.get_truncated() })
+    Ok(crate::types::LogTail {
+        lines,
+        truncated: r.get_truncated(),
+    })
 }
 
 #[cfg(test)]
@@ -425,8 +466,14 @@ mod worker_tests {
         let s = WorkerStatus {
             worker_id: "w-1".parse().unwrap(),
             address: "127.0.0.1:6000".into(),
-            capacity: Resources { cpu: 8, memory_mb: 16384 },
-            allocated: Resources { cpu: 2, memory_mb: 512 },
+            capacity: Resources {
+                cpu: 8,
+                memory_mb: 16384,
+            },
+            allocated: Resources {
+                cpu: 2,
+                memory_mb: 512,
+            },
             labels,
             vm_count: 2,
             run_dir: "/run/pcr".into(),
@@ -435,7 +482,9 @@ mod worker_tests {
         };
         let mut msg = capnp::message::Builder::new_default();
         worker_status_to_capnp(&s, msg.init_root());
-        let r = msg.get_root_as_reader::<common_capnp::worker_status::Reader<'_>>().unwrap();
+        let r = msg
+            .get_root_as_reader::<common_capnp::worker_status::Reader<'_>>()
+            .unwrap();
         assert_eq!(worker_status_from_capnp(r).unwrap(), s);
     }
 
@@ -464,20 +513,30 @@ mod worker_tests {
                 memory_mb: 128,
             },
             spec,
-            metrics: VmMetrics { rss_bytes: 5, ..Default::default() },
+            metrics: VmMetrics {
+                rss_bytes: 5,
+                ..Default::default()
+            },
             ch_state: "Paused".into(),
             socket_path: "/run/x.sock".into(),
             serial_log_path: "/run/x-serial.log".into(),
         };
         let mut msg = capnp::message::Builder::new_default();
         vm_details_to_capnp(&d, msg.init_root());
-        let r = msg.get_root_as_reader::<crate::worker_capnp::vm_info::Reader<'_>>().unwrap();
+        let r = msg
+            .get_root_as_reader::<crate::worker_capnp::vm_info::Reader<'_>>()
+            .unwrap();
         assert_eq!(vm_details_from_capnp(r).unwrap(), d);
 
-        let t = LogTail { lines: vec!["a".into(), "b".into()], truncated: true };
+        let t = LogTail {
+            lines: vec!["a".into(), "b".into()],
+            truncated: true,
+        };
         let mut msg = capnp::message::Builder::new_default();
         log_tail_to_capnp(&t, msg.init_root());
-        let r = msg.get_root_as_reader::<crate::worker_capnp::log_tail::Reader<'_>>().unwrap();
+        let r = msg
+            .get_root_as_reader::<crate::worker_capnp::log_tail::Reader<'_>>()
+            .unwrap();
         assert_eq!(log_tail_from_capnp(r).unwrap(), t);
     }
 }

@@ -58,7 +58,10 @@ impl Drop for InFlightGuard {
 
 impl InFlight {
     pub fn new(max: u32) -> Self {
-        InFlight { n: Rc::new(Cell::new(0)), max }
+        InFlight {
+            n: Rc::new(Cell::new(0)),
+            max,
+        }
     }
 
     /// A slot for one call, or the exception the caller returns.
@@ -81,11 +84,17 @@ impl InFlight {
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
     #[error("cannot connect to {addr}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("timed out connecting to {addr} after {secs}s")]
     Timeout { addr: String, secs: u64 },
     #[error("cannot resolve {addr}")]
-    Resolve { addr: String, source: std::io::Error },
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("login to {addr} failed: {}", source.extra)]
     Login { addr: String, source: capnp::Error },
     #[error("login to {addr} timed out after {secs}s")]
@@ -97,7 +106,11 @@ pub enum RpcError {
 /// Accepts connections until `shutdown` fires; each connection gets its own
 /// RpcSystem whose bootstrap capability is `bootstrap`. Must run inside a
 /// `LocalSet`.
-pub async fn serve(listener: TcpListener, bootstrap: capnp::capability::Client, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    bootstrap: capnp::capability::Client,
+    shutdown: CancellationToken,
+) {
     serve_per_connection(listener, move |_, _| bootstrap.clone(), shutdown).await;
 }
 
@@ -195,7 +208,10 @@ impl<T> Connection<T> {
 pub async fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
     let mut it = tokio::net::lookup_host(addr)
         .await
-        .map_err(|source| RpcError::Resolve { addr: addr.to_owned(), source })?;
+        .map_err(|source| RpcError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?;
     it.next().ok_or_else(|| RpcError::Resolve {
         addr: addr.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
@@ -210,8 +226,18 @@ where
 {
     let sock = resolve(addr).await?;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(sock)).await {
-        Err(_) => return Err(RpcError::Timeout { addr: addr.to_owned(), secs: timeout.as_secs() }),
-        Ok(Err(source)) => return Err(RpcError::Connect { addr: addr.to_owned(), source }),
+        Err(_) => {
+            return Err(RpcError::Timeout {
+                addr: addr.to_owned(),
+                secs: timeout.as_secs(),
+            });
+        }
+        Ok(Err(source)) => {
+            return Err(RpcError::Connect {
+                addr: addr.to_owned(),
+                source,
+            });
+        }
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
@@ -230,7 +256,10 @@ where
             tracing::debug!(error = %e, "rpc client connection ended with error");
         }
     });
-    Ok(Connection { client, disconnector: Some(disconnector) })
+    Ok(Connection {
+        client,
+        disconnector: Some(disconnector),
+    })
 }
 
 /// What a login returned besides the capability.
@@ -242,7 +271,10 @@ pub struct SessionInfo {
 }
 
 fn login_failed(addr: &str, source: capnp::Error) -> RpcError {
-    RpcError::Login { addr: addr.to_owned(), source }
+    RpcError::Login {
+        addr: addr.to_owned(),
+        source,
+    }
 }
 
 /// Awaits a login reply within `timeout`.
@@ -255,13 +287,19 @@ where
     T: capnp::traits::Owned,
 {
     match tokio::time::timeout(timeout, promise).await {
-        Err(_) => Err(RpcError::LoginTimeout { addr: addr.to_owned(), secs: timeout.as_secs() }),
+        Err(_) => Err(RpcError::LoginTimeout {
+            addr: addr.to_owned(),
+            secs: timeout.as_secs(),
+        }),
         Ok(r) => r.map_err(|e| login_failed(addr, e)),
     }
 }
 
 fn refused(addr: &str, f: crate::convert::RpcFailure) -> RpcError {
-    RpcError::Refused { addr: addr.to_owned(), message: f.message }
+    RpcError::Refused {
+        addr: addr.to_owned(),
+        message: f.message,
+    }
 }
 
 fn convert_failed(addr: &str, e: crate::convert::ConvertError) -> RpcError {
@@ -282,16 +320,29 @@ pub async fn connect_master(
     req.get().set_token(token);
     let reply = await_login(addr, timeout, req.send().promise).await?;
     let reply = reply.get().map_err(|e| login_failed(addr, e))?;
-    let session = crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
-        .map_err(|e| convert_failed(addr, e))?
-        .map_err(|f| refused(addr, f))?;
+    let session =
+        crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
+            .map_err(|e| convert_failed(addr, e))?
+            .map_err(|f| refused(addr, f))?;
     let master = session.get_master().map_err(|e| login_failed(addr, e))?;
     let info = SessionInfo {
-        role: crate::auth::Role::from_capnp(session.get_role().map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))?),
-        worker_id: Some(crate::convert::text(session.get_worker_id()).map_err(|e| convert_failed(addr, e))?)
-            .filter(|s| !s.is_empty()),
+        role: crate::auth::Role::from_capnp(
+            session.get_role().map_err(|e| {
+                convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0))
+            })?,
+        ),
+        worker_id: Some(
+            crate::convert::text(session.get_worker_id()).map_err(|e| convert_failed(addr, e))?,
+        )
+        .filter(|s| !s.is_empty()),
     };
-    Ok((Connection { client: master, disconnector: conn.disconnector.take() }, info))
+    Ok((
+        Connection {
+            client: master,
+            disconnector: conn.disconnector.take(),
+        },
+        info,
+    ))
 }
 
 /// Connects to a worker and logs in with `token` (see [`connect_master`]).
@@ -306,15 +357,25 @@ pub async fn connect_worker(
     req.get().set_token(token);
     let reply = await_login(addr, timeout, req.send().promise).await?;
     let reply = reply.get().map_err(|e| login_failed(addr, e))?;
-    let session = crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
-        .map_err(|e| convert_failed(addr, e))?
-        .map_err(|f| refused(addr, f))?;
+    let session =
+        crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
+            .map_err(|e| convert_failed(addr, e))?
+            .map_err(|f| refused(addr, f))?;
     let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
-    let info = SessionInfo {
-        role: crate::auth::Role::from_capnp(session.get_role().map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))?),
-        worker_id: None,
-    };
-    Ok((Connection { client: worker, disconnector: conn.disconnector.take() }, info))
+    let info =
+        SessionInfo {
+            role: crate::auth::Role::from_capnp(session.get_role().map_err(|e| {
+                convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0))
+            })?),
+            worker_id: None,
+        };
+    Ok((
+        Connection {
+            client: worker,
+            disconnector: conn.disconnector.take(),
+        },
+        info,
+    ))
 }
 
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a
@@ -337,19 +398,27 @@ mod tests {
         let mut header = Vec::new();
         header.extend_from_slice(&0u32.to_le_bytes());
         header.extend_from_slice(&u32::try_from(MAX_MESSAGE_WORDS + 1).unwrap().to_le_bytes());
-        let Err(e) = capnp::serialize::read_message(&mut header.as_slice(), reader_options()) else {
+        let Err(e) = capnp::serialize::read_message(&mut header.as_slice(), reader_options())
+        else {
             panic!("an oversized message was accepted");
         };
-        assert!(matches!(e.kind, capnp::ErrorKind::MessageTooLarge(_)), "{e}");
+        assert!(
+            matches!(e.kind, capnp::ErrorKind::MessageTooLarge(_)),
+            "{e}"
+        );
         // At the limit it is accepted as far as the header goes (then the
         // missing body is what fails).
         let mut header = Vec::new();
         header.extend_from_slice(&0u32.to_le_bytes());
         header.extend_from_slice(&1u32.to_le_bytes());
-        let Err(e) = capnp::serialize::read_message(&mut header.as_slice(), reader_options()) else {
+        let Err(e) = capnp::serialize::read_message(&mut header.as_slice(), reader_options())
+        else {
             panic!("a message without a body was accepted");
         };
-        assert!(!matches!(e.kind, capnp::ErrorKind::MessageTooLarge(_)), "{e}");
+        assert!(
+            !matches!(e.kind, capnp::ErrorKind::MessageTooLarge(_)),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub enum SpecError {
 
 impl SpecError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        SpecError::Invalid { field: field.into(), reason: reason.into() }
+        SpecError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -36,7 +39,8 @@ fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -140,18 +144,26 @@ string_newtype!(
 );
 
 fn validate_store_path(s: &str) -> Result<(), String> {
-    let rest = s.strip_prefix(STORE_DIR).ok_or("is not under /nix/store/")?;
+    let rest = s
+        .strip_prefix(STORE_DIR)
+        .ok_or("is not under /nix/store/")?;
     let mut parts = rest.split('/');
     let base = parts.next().unwrap_or_default();
-    let (hash, name) = base.split_at_checked(32).ok_or("has no 32-character hash part")?;
+    let (hash, name) = base
+        .split_at_checked(32)
+        .ok_or("has no 32-character hash part")?;
     if !hash.chars().all(|c| NIX32_ALPHABET.contains(c)) {
         return Err("has a hash part that is not Nix base32".into());
     }
-    let name = name.strip_prefix('-').ok_or("lacks the '-' after the hash part")?;
+    let name = name
+        .strip_prefix('-')
+        .ok_or("lacks the '-' after the hash part")?;
     let name_ok = !name.is_empty()
         && name.len() <= 211
         && !name.starts_with('.')
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
     if !name_ok {
         return Err("has an invalid name part".into());
     }
@@ -167,7 +179,9 @@ impl StorePath {
     /// The top-level store path this path lies in (`/nix/store/<hash>-<name>`),
     /// i.e. what `nix copy` must fetch.
     pub fn store_root(&self) -> &str {
-        let end = self.0[STORE_DIR.len()..].find('/').map_or(self.0.len(), |i| STORE_DIR.len() + i);
+        let end = self.0[STORE_DIR.len()..]
+            .find('/')
+            .map_or(self.0.len(), |i| STORE_DIR.len() + i);
         &self.0[..end]
     }
 
@@ -245,7 +259,9 @@ fn optional_store_path(field: &str, s: String) -> Result<Option<StorePath>, Spec
     if s.is_empty() {
         return Ok(None);
     }
-    StorePath::try_from(s).map(Some).map_err(|e| rename_field(e, field))
+    StorePath::try_from(s)
+        .map(Some)
+        .map_err(|e| rename_field(e, field))
 }
 
 fn rename_field(e: SpecError, field: &str) -> SpecError {
@@ -256,10 +272,12 @@ fn rename_field(e: SpecError, field: &str) -> SpecError {
 
 fn is_domain(d: &str) -> bool {
     let d = d.strip_prefix("*.").unwrap_or(d);
-    d.len() <= 253 && d.split('.').count() >= 1 && d.split('.').all(|l| {
-        let l = l.to_ascii_lowercase();
-        is_dns_label(&l)
-    })
+    d.len() <= 253
+        && d.split('.').count() >= 1
+        && d.split('.').all(|l| {
+            let l = l.to_ascii_lowercase();
+            is_dns_label(&l)
+        })
 }
 
 impl VmSpec {
@@ -284,7 +302,10 @@ impl VmSpec {
             ));
         }
         if f.cpu == 0 || f.cpu > MAX_CPU {
-            return Err(SpecError::invalid("cpu", format!("must be 1..={MAX_CPU}, got {}", f.cpu)));
+            return Err(SpecError::invalid(
+                "cpu",
+                format!("must be 1..={MAX_CPU}, got {}", f.cpu),
+            ));
         }
         if f.memory_mb == 0 || f.memory_mb > MAX_MEMORY_MB {
             return Err(SpecError::invalid(
@@ -299,11 +320,16 @@ impl VmSpec {
             ));
         }
         if let Some(d) = f.network_allowed_domains.iter().find(|d| !is_domain(d)) {
-            return Err(SpecError::invalid("networkAllowedDomains", format!("{d:?} is not a domain name")));
+            return Err(SpecError::invalid(
+                "networkAllowedDomains",
+                format!("{d:?} is not a domain name"),
+            ));
         }
         let hash_ok = !f.content_hash.is_empty()
             && f.content_hash.len() <= 128
-            && f.content_hash.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':'));
+            && f.content_hash
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b':'));
         if !hash_ok {
             return Err(SpecError::invalid(
                 "contentHash",
@@ -311,17 +337,27 @@ impl VmSpec {
             ));
         }
         if f.labels.len() > MAX_LABELS {
-            return Err(SpecError::invalid("labels", format!("has more than {MAX_LABELS} entries")));
+            return Err(SpecError::invalid(
+                "labels",
+                format!("has more than {MAX_LABELS} entries"),
+            ));
         }
         for (k, v) in &f.labels {
             let key_ok = !k.is_empty()
                 && k.len() <= 63
-                && k.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
+                && k.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
             if !key_ok {
-                return Err(SpecError::invalid("labels", format!("key {k:?} is not a label key")));
+                return Err(SpecError::invalid(
+                    "labels",
+                    format!("key {k:?} is not a label key"),
+                ));
             }
             if v.len() > 253 || v.chars().any(char::is_control) {
-                return Err(SpecError::invalid("labels", format!("value of {k:?} is too long or has control characters")));
+                return Err(SpecError::invalid(
+                    "labels",
+                    format!("value of {k:?} is too long or has control characters"),
+                ));
             }
         }
         Ok(VmSpec {
@@ -381,11 +417,16 @@ impl VmSpec {
     /// Every top-level store path this VM boots from, deduplicated and
     /// sorted: the closure roots a worker must have before starting it.
     pub fn store_roots(&self) -> Vec<&str> {
-        let mut roots: Vec<&str> = [Some(&self.toplevel), Some(&self.kernel_path), self.initrd_path.as_ref(), self.disk_image_path.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(StorePath::store_root)
-            .collect();
+        let mut roots: Vec<&str> = [
+            Some(&self.toplevel),
+            Some(&self.kernel_path),
+            self.initrd_path.as_ref(),
+            self.disk_image_path.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(StorePath::store_root)
+        .collect();
         roots.sort_unstable();
         roots.dedup();
         roots
@@ -397,8 +438,16 @@ impl VmSpec {
             name: self.name.to_string(),
             toplevel: self.toplevel.to_string(),
             kernel_path: self.kernel_path.to_string(),
-            initrd_path: self.initrd_path.as_ref().map(ToString::to_string).unwrap_or_default(),
-            disk_image_path: self.disk_image_path.as_ref().map(ToString::to_string).unwrap_or_default(),
+            initrd_path: self
+                .initrd_path
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            disk_image_path: self
+                .disk_image_path
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             cmdline: self.cmdline.clone(),
             cpu: self.cpu,
             memory_mb: self.memory_mb,
@@ -561,26 +610,44 @@ mod tests {
         let spec = VmSpec::new(f).unwrap();
         assert_eq!(
             spec.store_roots(),
-            vec!["/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system", "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1"]
+            vec![
+                "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system",
+                "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1"
+            ]
         );
-        assert_eq!(spec.kernel_path().hash_part(), "1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d");
+        assert_eq!(
+            spec.kernel_path().hash_part(),
+            "1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d"
+        );
     }
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut VmSpecFields), &str)> = vec![
+        type Mutation = fn(&mut VmSpecFields);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|f| f.name = "Web_0".into(), "name"),
             (|f| f.name = String::new(), "name"),
             (|f| f.toplevel = String::new(), "toplevel: is empty"),
             (|f| f.toplevel = "relative/path".into(), "toplevel"),
             (|f| f.toplevel = "/nix/store/short-x".into(), "toplevel"),
-            (|f| f.kernel_path = format!("{TOP}/../etc/passwd"), "kernelPath"),
+            (
+                |f| f.kernel_path = format!("{TOP}/../etc/passwd"),
+                "kernelPath",
+            ),
             (|f| f.initrd_path = "/tmp/initrd".into(), "initrdPath"),
             (|f| f.cpu = 0, "cpu: must be 1..="),
             (|f| f.memory_mb = 0, "memoryMb: must be 1..="),
             (|f| f.content_hash = String::new(), "contentHash"),
-            (|f| f.network_allowed_domains = vec!["not a domain".into()], "networkAllowedDomains"),
-            (|f| { f.labels.insert("bad key".into(), "v".into()); }, "labels"),
+            (
+                |f| f.network_allowed_domains = vec!["not a domain".into()],
+                "networkAllowedDomains",
+            ),
+            (
+                |f| {
+                    f.labels.insert("bad key".into(), "v".into());
+                },
+                "labels",
+            ),
         ];
         for (mutate, want) in cases {
             let mut f = fields();
@@ -592,7 +659,9 @@ mod tests {
 
     #[test]
     fn json_missing_and_unknown_fields_are_named() {
-        let err = VmSpec::from_json(r#"{"name":"a"}"#).unwrap_err().to_string();
+        let err = VmSpec::from_json(r#"{"name":"a"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing field `toplevel`"), "{err}");
         let mut v = serde_json::to_value(VmSpec::new(fields()).unwrap()).unwrap();
         v["memoryMB"] = 3.into();
