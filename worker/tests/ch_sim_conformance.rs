@@ -162,7 +162,7 @@ async fn ch_sim_answers_like_ch_v53() {
     assert_eq!(replayed, 51);
     // The recording ends with vmm.shutdown: CH exits 0, removes its socket,
     // and leaves the lock file.
-    let status = wait_for(Duration::from_secs(2), || sim.0.try_wait().unwrap())
+    let status = wait_for(Duration::from_secs(10), || sim.0.try_wait().unwrap())
         .expect("exited after vmm.shutdown");
     assert_eq!(status.code(), Some(0));
     assert!(!socket.exists());
@@ -194,7 +194,7 @@ fn process_behaviour_matches_ch() {
     // SIGTERM is graceful: exit 0, socket removed.
     let _ = Command::new("kill").arg(second.0.id().to_string()).status();
     let mut second = second;
-    let st = wait_for(Duration::from_secs(2), || second.0.try_wait().unwrap()).unwrap();
+    let st = wait_for(Duration::from_secs(10), || second.0.try_wait().unwrap()).unwrap();
     assert_eq!(st.code(), Some(0));
     assert!(!socket.exists());
 
@@ -230,7 +230,7 @@ async fn guest_power_off_ends_the_process_like_ch() {
     let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
     assert_eq!(st.as_u16(), 204);
     let status =
-        wait_for(Duration::from_secs(2), || sim.0.try_wait().unwrap()).expect("guest powered off");
+        wait_for(Duration::from_secs(10), || sim.0.try_wait().unwrap()).expect("guest powered off");
     assert_eq!(status.code(), Some(0));
     assert!(!socket.exists(), "power-off removes the socket");
     let log = std::fs::read_to_string(&serial).unwrap();

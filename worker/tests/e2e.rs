@@ -238,12 +238,14 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
     ]);
     let id_d = dead[0]["id"].as_str().unwrap().to_owned();
     kill9(dead[0]["pid"].as_u64().unwrap() as u32);
-    let failed = wait_for(Duration::from_secs(2), || {
+    // The bound is loose on purpose: on a loaded 2-core CI machine each
+    // CLI start-up can take a while. The manager's unit test holds the
+    // detection itself to 1 s.
+    let failed = wait_for(Duration::from_secs(5), || {
         w.list()
             .into_iter()
             .find(|v| v["id"] == id_d.as_str() && v["state"] == "failed")
     })
-    // (The unit tests hold the manager to 1 s; here CLI start-up is counted too.)
     .expect("killed CH reported failed");
     assert_eq!(failed["error"], "cloud-hypervisor was killed by signal 9");
     let pids: Vec<(String, u64)> = w
@@ -287,7 +289,7 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
     for (id, pid) in &after {
         w.cli(&["delete-vm", id]).unwrap();
         assert!(
-            wait_for(Duration::from_secs(2), || (!alive(*pid as u32))
+            wait_for(Duration::from_secs(10), || (!alive(*pid as u32))
                 .then_some(()))
             .is_some()
         );
@@ -524,7 +526,7 @@ fn restart_kills_a_hypervisor_whose_api_hangs() {
     let w = start_worker(d, &["--api-timeout-ms", "300"], &[]);
     assert!(w.list().is_empty());
     assert!(
-        wait_for(Duration::from_secs(2), || (!alive(pid)).then_some(())).is_some(),
+        wait_for(Duration::from_secs(10), || (!alive(pid)).then_some(())).is_some(),
         "hung CH killed"
     );
     let left: Vec<_> = std::fs::read_dir(d.join("run"))
