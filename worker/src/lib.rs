@@ -154,7 +154,12 @@ pub async fn run(
                 let mut rc = reconciler::ReconcilerConfig::new(cp, registration);
                 rc.heartbeat_interval = config.heartbeat_interval;
                 rc.token = config.cluster_token.clone();
-                tokio::task::spawn_local(reconciler::run(rc, node.sender(), client.clone(), shutdown.clone()))
+                tokio::task::spawn_local(reconciler::run(
+                    rc,
+                    node.sender(),
+                    client.clone(),
+                    shutdown.clone(),
+                ))
             });
             let node_task = tokio::spawn(node.run(shutdown.clone()));
             let make = move |_, _| {

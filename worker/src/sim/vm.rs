@@ -466,19 +466,20 @@ impl Sim {
             file: Some(file),
         }) = &parsed.serial
             && mode == "File"
-                && let Err(e) = std::fs::File::create(file) {
-                    let e = e.to_string();
-                    return err(
-                        500,
-                        &[
-                            "Error from API",
-                            "The VM could not be created",
-                            "Error creating console devices",
-                            "Error creating console device",
-                            &e,
-                        ],
-                    );
-                }
+            && let Err(e) = std::fs::File::create(file)
+        {
+            let e = e.to_string();
+            return err(
+                500,
+                &[
+                    "Error from API",
+                    "The VM could not be created",
+                    "Error creating console devices",
+                    "Error creating console device",
+                    &e,
+                ],
+            );
+        }
         let config: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let cmdline = parsed.payload.cmdline.clone().unwrap_or_default();
         self.vm = Some(Vm {
@@ -525,17 +526,18 @@ impl Sim {
             );
         }
         if let Some(initrd) = vm.config["payload"]["initramfs"].as_str()
-            && std::fs::File::open(initrd).is_err() {
-                return err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not boot",
-                        "Cannot open initramfs file",
-                        NOENT,
-                    ],
-                );
-            }
+            && std::fs::File::open(initrd).is_err()
+        {
+            return err(
+                500,
+                &[
+                    "Error from API",
+                    "The VM could not boot",
+                    "Cannot open initramfs file",
+                    NOENT,
+                ],
+            );
+        }
         for d in vm.disks() {
             if std::fs::OpenOptions::new()
                 .read(true)
