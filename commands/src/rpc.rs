@@ -196,6 +196,14 @@ pub struct Connection<T> {
 }
 
 impl<T> Connection<T> {
+    /// The same connection, now carrying the capability a login returned.
+    fn with_client<U>(self, client: U) -> Connection<U> {
+        Connection {
+            client,
+            disconnector: self.disconnector,
+        }
+    }
+
     /// Closes the connection gracefully.
     pub async fn close(mut self) {
         if let Some(d) = self.disconnector.take() {
@@ -306,6 +314,15 @@ fn convert_failed(addr: &str, e: crate::convert::ConvertError) -> RpcError {
     login_failed(addr, capnp::Error::failed(e.to_message()))
 }
 
+/// The role a session reply names, refused when this build does not know it.
+fn session_role(
+    addr: &str,
+    role: Result<crate::common_capnp::Role, capnp::NotInSchema>,
+) -> Result<crate::auth::Role, RpcError> {
+    role.map(crate::auth::Role::from_capnp)
+        .map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))
+}
+
 /// Connects to a control plane and logs in with `token` (empty when the
 /// caller has none: a server without a token file accepts that). The one
 /// way every client reaches `Master`.
@@ -315,7 +332,7 @@ pub async fn connect_master(
     token: &str,
 ) -> Result<(Connection<crate::master_capnp::master::Client>, SessionInfo), RpcError> {
     use crate::master_capnp::master_login;
-    let mut conn = connect::<master_login::Client>(addr, timeout).await?;
+    let conn = connect::<master_login::Client>(addr, timeout).await?;
     let mut req = conn.client.login_request();
     req.get().set_token(token);
     let reply = await_login(addr, timeout, req.send().promise).await?;
@@ -326,23 +343,13 @@ pub async fn connect_master(
             .map_err(|f| refused(addr, f))?;
     let master = session.get_master().map_err(|e| login_failed(addr, e))?;
     let info = SessionInfo {
-        role: crate::auth::Role::from_capnp(
-            session.get_role().map_err(|e| {
-                convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0))
-            })?,
-        ),
+        role: session_role(addr, session.get_role())?,
         worker_id: Some(
             crate::convert::text(session.get_worker_id()).map_err(|e| convert_failed(addr, e))?,
         )
         .filter(|s| !s.is_empty()),
     };
-    Ok((
-        Connection {
-            client: master,
-            disconnector: conn.disconnector.take(),
-        },
-        info,
-    ))
+    Ok((conn.with_client(master), info))
 }
 
 /// Connects to a worker and logs in with `token` (see [`connect_master`]).
@@ -352,7 +359,7 @@ pub async fn connect_worker(
     token: &str,
 ) -> Result<(Connection<crate::worker_capnp::worker::Client>, SessionInfo), RpcError> {
     use crate::worker_capnp::worker_login;
-    let mut conn = connect::<worker_login::Client>(addr, timeout).await?;
+    let conn = connect::<worker_login::Client>(addr, timeout).await?;
     let mut req = conn.client.login_request();
     req.get().set_token(token);
     let reply = await_login(addr, timeout, req.send().promise).await?;
@@ -362,20 +369,11 @@ pub async fn connect_worker(
             .map_err(|e| convert_failed(addr, e))?
             .map_err(|f| refused(addr, f))?;
     let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
-    let info =
-        SessionInfo {
-            role: crate::auth::Role::from_capnp(session.get_role().map_err(|e| {
-                convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0))
-            })?),
-            worker_id: None,
-        };
-    Ok((
-        Connection {
-            client: worker,
-            disconnector: conn.disconnector.take(),
-        },
-        info,
-    ))
+    let info = SessionInfo {
+        role: session_role(addr, session.get_role())?,
+        worker_id: None,
+    };
+    Ok((conn.with_client(worker), info))
 }
 
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a
