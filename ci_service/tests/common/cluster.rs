@@ -90,6 +90,12 @@ pub fn start_control_plane(listen: &str, grace_ms: u64) -> Proc {
 /// ci_service wired to the cache and control plane, its state in the
 /// cluster's temp dir (so a restart on the same `listen` resumes it).
 pub fn start_ci(h: &HermeticNix, listen: &str, cache: &str, cp: &str) -> Proc {
+    Proc::spawn("ci_service", ci_command(h, listen, cache, cp))
+}
+
+/// The ci_service command line both cluster harnesses (this one and the
+/// fault suite's) start: state in the cluster's temp dir, hermetic nix.
+pub fn ci_command(h: &HermeticNix, listen: &str, cache: &str, cp: &str) -> Command {
     let d = h.dir();
     let mut cmd = Command::new(bin("ci_service"));
     cmd.args(["--listen", listen, "--data-dir"])
@@ -99,7 +105,7 @@ pub fn start_ci(h: &HermeticNix, listen: &str, cache: &str, cp: &str) -> Proc {
         .args(["--cache", cache, "--control-plane", cp])
         .arg("--cache-token-file")
         .arg(d.join("token"));
-    Proc::spawn("ci_service", cmd)
+    cmd
 }
 
 pub fn start() -> Cluster {

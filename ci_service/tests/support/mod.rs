@@ -446,15 +446,7 @@ impl Cluster {
     }
 
     pub fn start_ci(h: &HermeticNix, logs: &Path, listen: &str, cache: &str, cp: &str) -> Svc {
-        let d = h.dir();
-        let mut cmd = Command::new(bin("ci_service"));
-        cmd.args(["--listen", listen, "--data-dir"])
-            .arg(d.join("ci"))
-            .arg("--nix-conf-dir")
-            .arg(h.conf_dir())
-            .args(["--cache", cache, "--control-plane", cp])
-            .arg("--cache-token-file")
-            .arg(d.join("token"));
+        let cmd = crate::common::cluster::ci_command(h, listen, cache, cp);
         Svc::spawn("ci_service", logs, cmd)
     }
 
