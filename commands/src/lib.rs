@@ -15,7 +15,9 @@ pub mod master_capnp {
 }
 
 pub mod auth;
+pub mod client;
 pub mod convert;
 pub mod rpc;
+pub mod service;
 pub mod telemetry;
 pub mod types;

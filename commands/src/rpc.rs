@@ -204,6 +204,17 @@ impl<T> Connection<T> {
         }
     }
 
+    /// Separates the capability from the handle that owns the connection.
+    pub fn split(self) -> (T, Connection<()>) {
+        (
+            self.client,
+            Connection {
+                client: (),
+                disconnector: self.disconnector,
+            },
+        )
+    }
+
     /// Closes the connection gracefully.
     pub async fn close(mut self) {
         if let Some(d) = self.disconnector.take() {

@@ -1,0 +1,1 @@
+//! The typed `Master` client (moved here from `control_plane::client`).

@@ -1,0 +1,1 @@
+//! The `Master` service adapter: `MasterApi` (the control plane implements it) served over Cap'n Proto.
