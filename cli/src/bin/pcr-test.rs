@@ -122,7 +122,6 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         .collect()
 }
 
-
 use cli::output::print_json;
 
 async fn real_main(args: Args) -> Result<(), CliError> {
