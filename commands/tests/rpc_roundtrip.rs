@@ -65,17 +65,18 @@ fn spec() -> VmSpec {
     .unwrap()
 }
 
-/// Serves `TestWorker` with `auth` on a loopback port; returns its address.
-async fn serve(auth: Authenticator, shutdown: &CancellationToken) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::task::spawn_local(adapter::serve(
-        listener,
-        Rc::new(TestWorker),
-        auth,
-        shutdown.clone(),
-    ));
-    addr
+/// Runs `test` against a `TestWorker` served with `auth` on a loopback
+/// port (the address is its argument), then stops the server.
+fn with_worker(auth: Authenticator, test: impl AsyncFnOnce(&str)) {
+    commands::rpc::block_on_local(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shutdown = CancellationToken::new();
+        let api = Rc::new(TestWorker);
+        tokio::task::spawn_local(adapter::serve(listener, api, auth, shutdown.clone()));
+        test(&addr).await;
+        shutdown.cancel();
+    });
 }
 
 async fn connect(addr: &str, token: &str) -> Result<WorkerClient, ClientError> {
@@ -84,11 +85,8 @@ async fn connect(addr: &str, token: &str) -> Result<WorkerClient, ClientError> {
 
 #[test]
 fn serve_and_connect_over_loopback() {
-    commands::rpc::block_on_local(async {
-        let shutdown = CancellationToken::new();
-        let addr = serve(Authenticator::Open, &shutdown).await;
-
-        let w = connect(&addr, "").await.unwrap();
+    with_worker(Authenticator::Open, async |addr| {
+        let w = connect(addr, "").await.unwrap();
         let status = w.read().await.unwrap();
         assert_eq!(status.worker_id.as_str(), "w-1");
         assert_eq!(status.vm_count, 3);
@@ -102,7 +100,7 @@ fn serve_and_connect_over_loopback() {
         w.close().await;
 
         // A bad spec is answered as error data naming the field.
-        let (conn, _) = commands::rpc::connect_worker(&addr, Duration::from_secs(5), "")
+        let (conn, _) = commands::rpc::connect_worker(addr, Duration::from_secs(5), "")
             .await
             .unwrap();
         let mut req = conn.client.create_vm_request();
@@ -115,7 +113,6 @@ fn serve_and_connect_over_loopback() {
         assert!(err.message.contains("name"), "{err}");
 
         conn.close().await;
-        shutdown.cancel();
     });
 }
 
@@ -183,10 +180,8 @@ fn connections_over_the_limit_are_closed_and_slots_come_back() {
 
 #[test]
 fn oversized_text_fields_are_refused_with_their_size() {
-    commands::rpc::block_on_local(async {
-        let shutdown = CancellationToken::new();
-        let addr = serve(Authenticator::Open, &shutdown).await;
-        let (conn, _) = commands::rpc::connect_worker(&addr, Duration::from_secs(5), "")
+    with_worker(Authenticator::Open, async |addr| {
+        let (conn, _) = commands::rpc::connect_worker(addr, Duration::from_secs(5), "")
             .await
             .unwrap();
         let mut req = conn.client.create_vm_request();
@@ -201,19 +196,15 @@ fn oversized_text_fields_are_refused_with_their_size() {
             err.message,
             "text field has 65537 bytes, more than the 65536 allowed"
         );
-        shutdown.cancel();
     });
 }
 
 #[test]
 fn a_reader_may_read_but_not_change_and_a_bad_token_is_refused() {
-    commands::rpc::block_on_local(async {
-        let shutdown = CancellationToken::new();
-        let tokens = format!("admin {ADMIN}\nreader {READER}\n");
-        let auth = Authenticator::parse(&tokens, Path::new("tokens"), adapter::ROLES).unwrap();
-        let addr = serve(auth, &shutdown).await;
-
-        let reader = connect(&addr, READER).await.unwrap();
+    let tokens = format!("admin {ADMIN}\nreader {READER}\n");
+    let auth = Authenticator::parse(&tokens, Path::new("tokens"), adapter::ROLES).unwrap();
+    with_worker(auth, async |addr| {
+        let reader = connect(addr, READER).await.unwrap();
         assert_eq!(reader.session().unwrap().role, commands::auth::Role::Reader);
         assert_eq!(reader.read().await.unwrap().vm_count, 3);
         let id = VmId::new_v7();
@@ -230,26 +221,23 @@ fn a_reader_may_read_but_not_change_and_a_bad_token_is_refused() {
         denied(reader.resume_vm(&id).await.map(drop), "resume VMs");
 
         // The admin's create reaches the api.
-        let admin = connect(&addr, ADMIN).await.unwrap();
+        let admin = connect(addr, ADMIN).await.unwrap();
         let Err(ClientError::Refused(f)) = admin.create_vm(&spec()).await else {
             panic!("expected the api's refusal");
         };
         assert_eq!(f.message, "test server creates nothing");
 
-        let Err(ClientError::Connect(e)) = connect(&addr, "not-a-token-at-all").await else {
+        let Err(ClientError::Connect(e)) = connect(addr, "not-a-token-at-all").await else {
             panic!("a bad token logged in");
         };
         assert!(matches!(e, commands::rpc::RpcError::Refused { .. }), "{e}");
-        shutdown.cancel();
     });
 }
 
 #[test]
 fn calls_in_flight_are_limited_per_connection() {
-    commands::rpc::block_on_local(async {
-        let shutdown = CancellationToken::new();
-        let addr = serve(Authenticator::Open, &shutdown).await;
-        let w = connect(&addr, "").await.unwrap();
+    with_worker(Authenticator::Open, async |addr| {
+        let w = connect(addr, "").await.unwrap();
         let id = VmId::new_v7();
         // `logs` never answers, so each call holds its slot while the
         // probe reads until the server refuses.
@@ -276,8 +264,7 @@ fn calls_in_flight_are_limited_per_connection() {
         let limit = format!("too many calls in flight on this connection (limit {MAX_IN_FLIGHT})");
         assert!(e.extra.contains(&limit), "{}", e.extra);
         // Another connection has slots of its own.
-        let other = connect(&addr, "").await.unwrap();
+        let other = connect(addr, "").await.unwrap();
         assert_eq!(other.read().await.unwrap().vm_count, 3);
-        shutdown.cancel();
     });
 }

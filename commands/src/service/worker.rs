@@ -14,7 +14,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +31,6 @@ pub const MAX_IN_FLIGHT: u32 = 64;
 
 /// The roles a worker's token file may grant.
 pub const ROLES: &[Role] = &[Role::Admin, Role::Reader];
-
-/// How long a refused login takes to answer (slows token guessing).
-const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(200);
 
 /// What a worker does, in domain types: the adapter owns the wire.
 ///
@@ -114,13 +110,8 @@ impl WorkerCap {
     /// A capability with every right over `api`, counting its own calls in
     /// flight (what the worker registers with its control plane).
     pub fn new<A: WorkerApi + 'static>(api: A) -> Self {
-        Self::from_rc(Rc::new(api))
-    }
-
-    /// Like [`WorkerCap::new`] for an api the caller also serves elsewhere.
-    pub fn from_rc<A: WorkerApi + 'static>(api: Rc<A>) -> Self {
         WorkerCap(capnp_rpc::new_client(WorkerServer {
-            api,
+            api: Rc::new(api),
             read_only: false,
             in_flight: InFlight::new(MAX_IN_FLIGHT),
         }))
@@ -178,12 +169,7 @@ impl<A: WorkerApi + 'static> worker_login::Server for WorkerLogin<A> {
         params: worker_login::LoginParams,
         mut results: worker_login::LoginResults,
     ) -> Result<(), capnp::Error> {
-        let token = params
-            .get()
-            .and_then(|p| p.get_token())
-            .ok()
-            .and_then(|t| t.to_str().ok().map(str::to_owned))
-            .unwrap_or_default();
+        let token = super::login_token(params.get().and_then(|p| p.get_token()));
         let grant = self.auth.login(&token);
         drop(token);
         let b = results.get().init_result();
@@ -199,11 +185,7 @@ impl<A: WorkerApi + 'static> worker_login::Server for WorkerLogin<A> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "login refused");
-                tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
-                convert::error_to_capnp(
-                    &RpcFailure::new(ErrorCode::PermissionDenied, e.to_string()),
-                    b.init_err(),
-                );
+                super::refuse_login(&e, b.init_err()).await;
             }
         }
         Ok(())
@@ -238,13 +220,15 @@ fn parse_id(text: capnp::Result<capnp::text::Reader<'_>>) -> Result<VmId, RpcFai
         .map_err(|e| RpcFailure::invalid(e.to_string()))
 }
 
-/// Fills a `Result(Ok)`: `ok` by `fill`, or `err` from the failure.
-fn set_result<'a, T: capnp::traits::Owned>(
+/// Fills a `Result(Ok)`: `ok` by `fill` from the value, or `err` from the
+/// failure.
+fn set_result<'a, T: capnp::traits::Owned, V>(
     b: common_capnp::result::Builder<'a, T>,
-    r: Result<impl FnOnce(<T as capnp::traits::Owned>::Builder<'a>), RpcFailure>,
+    r: Result<V, RpcFailure>,
+    fill: impl FnOnce(&V, <T as capnp::traits::Owned>::Builder<'a>),
 ) {
     match r {
-        Ok(fill) => fill(b.init_ok()),
+        Ok(v) => fill(&v, b.init_ok()),
         Err(e) => convert::error_to_capnp(&e, b.init_err()),
     }
 }
@@ -290,14 +274,8 @@ impl<A: WorkerApi + 'static> worker::Server for WorkerServer<A> {
         let spec = self
             .may_change("create VMs")
             .and_then(|()| convert::vm_spec_from_capnp(spec_r).map_err(RpcFailure::from));
-        let r = match spec {
-            Ok(spec) => self.api.create_vm(spec).await,
-            Err(e) => Err(e),
-        };
-        set_result(
-            results.get().init_result(),
-            r.map(|s| move |b| convert::vm_status_to_capnp(&s, b)),
-        );
+        let r = async { self.api.create_vm(spec?).await }.await;
+        set_result(results.get().init_result(), r, convert::vm_status_to_capnp);
         Ok(())
     }
 
@@ -307,15 +285,10 @@ impl<A: WorkerApi + 'static> worker::Server for WorkerServer<A> {
         mut results: worker::DeleteVmResults,
     ) -> Result<(), capnp::Error> {
         let _slot = self.in_flight.enter()?;
-        let p = params.get()?;
-        let r = match self
-            .may_change("delete VMs")
-            .and_then(|()| parse_id(p.get_id()))
-        {
-            Ok(id) => self.api.delete_vm(id).await,
-            Err(e) => Err(e),
-        };
-        set_result::<common_capnp::empty::Owned>(results.get().init_result(), r.map(|()| |_| {}));
+        let id = params.get()?.get_id();
+        let id = self.may_change("delete VMs").and_then(|()| parse_id(id));
+        let r = async { self.api.delete_vm(id?).await }.await;
+        set_result::<common_capnp::empty::Owned, _>(results.get().init_result(), r, |(), _| {});
         Ok(())
     }
 
@@ -325,14 +298,9 @@ impl<A: WorkerApi + 'static> worker::Server for WorkerServer<A> {
         mut results: worker::VmInfoResults,
     ) -> Result<(), capnp::Error> {
         let _slot = self.in_flight.enter()?;
-        let r = match parse_id(params.get()?.get_id()) {
-            Ok(id) => self.api.vm_info(id).await,
-            Err(e) => Err(e),
-        };
-        set_result(
-            results.get().init_result(),
-            r.map(|d| move |b| convert::vm_details_to_capnp(&d, b)),
-        );
+        let id = parse_id(params.get()?.get_id());
+        let r = async { self.api.vm_info(id?).await }.await;
+        set_result(results.get().init_result(), r, convert::vm_details_to_capnp);
         Ok(())
     }
 
@@ -342,18 +310,10 @@ impl<A: WorkerApi + 'static> worker::Server for WorkerServer<A> {
         mut results: worker::PauseVmResults,
     ) -> Result<(), capnp::Error> {
         let _slot = self.in_flight.enter()?;
-        let p = params.get()?;
-        let r = match self
-            .may_change("pause VMs")
-            .and_then(|()| parse_id(p.get_id()))
-        {
-            Ok(id) => self.api.pause_vm(id).await,
-            Err(e) => Err(e),
-        };
-        set_result(
-            results.get().init_result(),
-            r.map(|s| move |b| convert::vm_status_to_capnp(&s, b)),
-        );
+        let id = params.get()?.get_id();
+        let id = self.may_change("pause VMs").and_then(|()| parse_id(id));
+        let r = async { self.api.pause_vm(id?).await }.await;
+        set_result(results.get().init_result(), r, convert::vm_status_to_capnp);
         Ok(())
     }
 
@@ -363,18 +323,10 @@ impl<A: WorkerApi + 'static> worker::Server for WorkerServer<A> {
         mut results: worker::ResumeVmResults,
     ) -> Result<(), capnp::Error> {
         let _slot = self.in_flight.enter()?;
-        let p = params.get()?;
-        let r = match self
-            .may_change("resume VMs")
-            .and_then(|()| parse_id(p.get_id()))
-        {
-            Ok(id) => self.api.resume_vm(id).await,
-            Err(e) => Err(e),
-        };
-        set_result(
-            results.get().init_result(),
-            r.map(|s| move |b| convert::vm_status_to_capnp(&s, b)),
-        );
+        let id = params.get()?.get_id();
+        let id = self.may_change("resume VMs").and_then(|()| parse_id(id));
+        let r = async { self.api.resume_vm(id?).await }.await;
+        set_result(results.get().init_result(), r, convert::vm_status_to_capnp);
         Ok(())
     }
 
@@ -385,15 +337,9 @@ impl<A: WorkerApi + 'static> worker::Server for WorkerServer<A> {
     ) -> Result<(), capnp::Error> {
         let _slot = self.in_flight.enter()?;
         let p = params.get()?;
-        let lines = p.get_lines();
-        let r = match parse_id(p.get_id()) {
-            Ok(id) => self.api.logs(id, lines).await,
-            Err(e) => Err(e),
-        };
-        set_result(
-            results.get().init_result(),
-            r.map(|t| move |b| convert::log_tail_to_capnp(&t, b)),
-        );
+        let (id, lines) = (parse_id(p.get_id()), p.get_lines());
+        let r = async { self.api.logs(id?, lines).await }.await;
+        set_result(results.get().init_result(), r, convert::log_tail_to_capnp);
         Ok(())
     }
 }
