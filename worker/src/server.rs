@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::manager::WorkerError;
 use crate::node::CommandSender;
 
-pub use commands::service::worker::{MAX_IN_FLIGHT, ROLES};
+pub use commands::service::worker::ROLES;
 
 /// The worker's `WorkerApi`: every call is one command to the manager.
 #[derive(Debug, Clone)]
