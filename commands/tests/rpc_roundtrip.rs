@@ -83,6 +83,25 @@ async fn connect(addr: &str, token: &str) -> Result<WorkerClient, ClientError> {
     WorkerClient::connect(addr, Duration::from_secs(5), token).await
 }
 
+/// Calls `probe` until it fails while `held` keeps its calls in flight
+/// (not every held call reaches the server at once); returns that failure.
+async fn first_refusal<T, E>(held: impl Future, mut probe: impl AsyncFnMut() -> Result<T, E>) -> E {
+    let refusal = async {
+        loop {
+            match probe().await {
+                Err(e) => break e,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = held => panic!("a held call answered"),
+        e = tokio::time::timeout(Duration::from_secs(5), refusal) => {
+            e.expect("the limit was never reached")
+        }
+    }
+}
+
 #[test]
 fn serve_and_connect_over_loopback() {
     with_worker(Authenticator::Open, async |addr| {
@@ -242,21 +261,7 @@ fn calls_in_flight_are_limited_per_connection() {
         // `logs` never answers, so each call holds its slot while the
         // probe reads until the server refuses.
         let held = futures::future::join_all((0..MAX_IN_FLIGHT).map(|_| w.logs(&id, 0)));
-        let probe = async {
-            loop {
-                match w.read().await {
-                    Err(e) => break e,
-                    // Not every held call has reached the server yet.
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-        };
-        let e = tokio::select! {
-            _ = held => panic!("a held call answered"),
-            e = tokio::time::timeout(Duration::from_secs(5), probe) => {
-                e.expect("the limit was never reached")
-            }
-        };
+        let e = first_refusal(held, async || w.read().await).await;
         let ClientError::Rpc(e) = e else {
             panic!("expected an overloaded exception, got {e}");
         };
@@ -266,5 +271,31 @@ fn calls_in_flight_are_limited_per_connection() {
         // Another connection has slots of its own.
         let other = connect(addr, "").await.unwrap();
         assert_eq!(other.read().await.unwrap().vm_count, 3);
+    });
+}
+
+#[test]
+fn logging_in_again_on_one_connection_buys_no_more_slots() {
+    use commands::worker_capnp::{worker, worker_login};
+    with_worker(Authenticator::Open, async |addr| {
+        let conn = commands::rpc::connect::<worker_login::Client>(addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let login = async || -> worker::Client {
+            let reply = conn.client.login_request().send().promise.await.unwrap();
+            let result = reply.get().unwrap().get_result().unwrap();
+            let session = result_from_capnp(result).unwrap().unwrap();
+            session.get_worker().unwrap()
+        };
+        let (first, second) = (login().await, login().await);
+        // The first session holds every slot with calls that never answer.
+        let held = futures::future::join_all((0..MAX_IN_FLIGHT).map(|_| {
+            let mut req = first.logs_request();
+            req.get().set_id(VmId::new_v7().as_str());
+            req.send().promise
+        }));
+        let e = first_refusal(held, async || second.read_request().send().promise.await).await;
+        assert_eq!(e.kind, capnp::ErrorKind::Overloaded, "{e}");
+        conn.close().await;
     });
 }
