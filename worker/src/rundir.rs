@@ -1,7 +1,11 @@
 //! The worker's run directory: per VM `<id>.sock` (CH's API socket, made by
 //! CH), `<id>.sock.lock` (CH's), `<id>.json` (the record written before the
-//! spawn, for adoption), `<id>-serial.log`, `<id>.disk` (writable copy of
-//! the image) and `<id>-ch.log` (CH's own stdout/stderr).
+//! spawn, for adoption), `<id>-serial.log` (CH's serial file, truncated by CH
+//! at every boot), `<id>-console.log` and `<id>-console.log.1` (the console
+//! history the worker keeps across boots, with `<id>-console.pos`, how far
+//! into the serial file it has copied), `<id>.qcow2` (the qcow2 overlay of
+//! the store image) or `<id>.disk` (a raw copy of it) and `<id>-ch.log`
+//! (CH's own stdout/stderr).
 //!
 //! The directory is the worker's only persistent state: a restarted worker
 //! rebuilds its table from it.
@@ -10,6 +14,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::disk::DiskMode;
 use crate::dto::{VmId, VmRecord};
 use crate::vmm::config::VmPaths;
 
@@ -28,21 +33,63 @@ pub enum RunDirError {
     },
 }
 
+/// How the files of new VMs are made and bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmFileOptions {
+    /// How each VM's disk is made from its store image.
+    pub disk_mode: DiskMode,
+    /// Bound on each console history file; one rotated file is kept, so a
+    /// VM's history takes at most twice this.
+    pub console_max_bytes: u64,
+}
+
+impl Default for VmFileOptions {
+    fn default() -> Self {
+        VmFileOptions {
+            disk_mode: DiskMode::Overlay,
+            console_max_bytes: 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    options: VmFileOptions,
 }
 
 impl RunDir {
-    /// Uses (and creates) `root`.
+    /// Uses (and creates) `root`, with the default options.
     pub fn open(root: &Path) -> Result<Self, RunDirError> {
+        Self::open_with(root, VmFileOptions::default())
+    }
+
+    /// Uses (and creates) `root`.
+    pub fn open_with(root: &Path, options: VmFileOptions) -> Result<Self, RunDirError> {
         std::fs::create_dir_all(root).map_err(|source| RunDirError::Create {
             path: root.to_owned(),
             source,
         })?;
         Ok(RunDir {
             root: root.to_owned(),
+            options,
         })
+    }
+
+    pub fn options(&self) -> VmFileOptions {
+        self.options
+    }
+
+    /// The console history of one VM.
+    pub fn console(&self, id: &VmId) -> Console {
+        let f = |suffix: &str| self.root.join(format!("{id}{suffix}"));
+        Console {
+            serial: f("-serial.log"),
+            history: f("-console.log"),
+            rotated: f("-console.log.1"),
+            pos: f("-console.pos"),
+            max_bytes: self.options.console_max_bytes.max(1),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -55,7 +102,8 @@ impl RunDir {
             socket: f(".sock"),
             metadata: f(".json"),
             serial_log: f("-serial.log"),
-            disk: f(".disk"),
+            disk: f(self.options.disk_mode.file_suffix()),
+            disk_mode: self.options.disk_mode,
             ch_log: f("-ch.log"),
         }
     }
@@ -93,13 +141,21 @@ impl RunDir {
         let p = self.paths(id);
         let lock = PathBuf::from(format!("{}.lock", p.socket.display()));
         let tmp = p.metadata.with_extension("json.tmp");
+        let c = self.console(id);
+        // Both disk names: the VM may predate a change of --disk-mode.
+        let disks = [DiskMode::Overlay, DiskMode::Copy]
+            .map(|m| self.root.join(format!("{id}{}", m.file_suffix())));
         for f in [
             &p.socket,
             &lock,
             &p.metadata,
             &tmp,
             &p.serial_log,
-            &p.disk,
+            &c.history,
+            &c.rotated,
+            &c.pos,
+            &disks[0],
+            &disks[1],
             &p.ch_log,
         ] {
             remove_if_present(f);
@@ -132,6 +188,100 @@ pub fn remove_if_present(path: &Path) {
         && e.kind() != io::ErrorKind::NotFound
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
+    }
+}
+
+/// One VM's serial console, kept across boots and bounded.
+///
+/// CH truncates its serial file at `vm.create` and at every boot or reboot,
+/// including the reboots a guest starts itself, which the worker never
+/// hears of. So the worker follows the file: `sync` appends what CH wrote
+/// since the last sync to the history, and a serial file shorter than what
+/// was copied means CH truncated it (a new boot), so copying starts again
+/// at its beginning. Output of a boot that ends within one sync period,
+/// after a longer previous boot, can be missed; the manager syncs every
+/// `CONSOLE_SYNC_PERIOD` and before every read.
+///
+/// The history is bounded: when a chunk would take it past `max_bytes`,
+/// the history becomes the rotated file (replacing the older one) and a new
+/// history starts, so a VM keeps between `max_bytes` and twice that.
+/// CH's own serial file is not bounded by this: CH holds it open, and
+/// truncating it under CH would leave a hole where CH writes next.
+#[derive(Debug, Clone)]
+pub struct Console {
+    pub serial: PathBuf,
+    pub history: PathBuf,
+    pub rotated: PathBuf,
+    /// How many bytes of the serial file's current boot are copied (text).
+    pub pos: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// How often the manager copies every VM's new serial output.
+pub const CONSOLE_SYNC_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Serializes syncs: the periodic one and a read's must not copy a chunk twice.
+static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Console {
+    /// Copies what CH wrote since the last sync into the history.
+    pub fn sync(&self) -> io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serial = match std::fs::File::open(&self.serial) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let len = serial.metadata()?.len();
+        let copied = std::fs::read_to_string(&self.pos)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        // Shorter than what we copied: CH truncated it for a new boot.
+        let from = if len < copied { 0 } else { copied };
+        if len > from {
+            // Only the last max_bytes of a chunk can survive the rotation.
+            let start = from.max(len.saturating_sub(self.max_bytes));
+            serial.seek(SeekFrom::Start(start))?;
+            let mut chunk = Vec::with_capacity((len - start) as usize);
+            serial.take(len - start).read_to_end(&mut chunk)?;
+            self.append(&chunk)?;
+        }
+        if len != copied {
+            std::fs::write(&self.pos, len.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn append(&self, chunk: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let current = match std::fs::metadata(&self.history) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if current > 0 && current + chunk.len() as u64 > self.max_bytes {
+            std::fs::rename(&self.history, &self.rotated)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.history)?
+            .write_all(chunk)
+    }
+
+    /// The last `lines` lines of the console across boots (rotated file,
+    /// then history), after a sync; `true` when older lines exist.
+    pub fn tail(&self, lines: usize) -> io::Result<(Vec<String>, bool)> {
+        self.sync()?;
+        let (newer, truncated) = tail_lines(&self.history, lines)?;
+        if truncated || newer.len() >= lines {
+            return Ok((newer, truncated || self.rotated.exists()));
+        }
+        let (mut older, truncated) = tail_lines(&self.rotated, lines - newer.len())?;
+        older.extend(newer);
+        Ok((older, truncated))
     }
 }
 
