@@ -385,4 +385,48 @@ mod tests {
             (vec!["a".to_owned(), "b".to_owned()], false)
         );
     }
+
+    /// What CH writes survives its truncation at the next boot, the history
+    /// rotates at its bound, and a read spans the rotated file.
+    #[test]
+    fn console_keeps_history_across_boots_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::open_with(
+            dir.path(),
+            VmFileOptions {
+                console_max_bytes: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let id = VmId::new_v7();
+        let c = rd.console(&id);
+        assert_eq!(c.tail(10).unwrap(), (vec![], false));
+        std::fs::write(&c.serial, "boot 1\n").unwrap();
+        c.sync().unwrap();
+        std::fs::write(&c.serial, "boot 1\nline a\n").unwrap();
+        // CH truncates at a reboot; the new boot writes fewer bytes.
+        c.sync().unwrap();
+        std::fs::write(&c.serial, "boot 2\n").unwrap();
+        let (lines, truncated) = c.tail(10).unwrap();
+        assert_eq!(lines, vec!["boot 1", "line a", "boot 2"]);
+        assert!(!truncated);
+        // Past 64 bytes the history rotates; both files are read.
+        let long: String = (0..8).map(|i| format!("tick {i}\n")).collect();
+        std::fs::write(&c.serial, format!("boot 2\n{long}")).unwrap();
+        let (lines, truncated) = c.tail(100).unwrap();
+        assert!(c.rotated.exists());
+        assert_eq!(lines.first().map(String::as_str), Some("boot 1"));
+        assert_eq!(lines.last().map(String::as_str), Some("tick 7"));
+        assert_eq!(lines.len(), 11, "{lines:?}");
+        assert!(!truncated);
+        let (lines, truncated) = c.tail(2).unwrap();
+        assert_eq!(lines, vec!["tick 6", "tick 7"]);
+        assert!(truncated);
+        // Nothing is copied twice.
+        c.sync().unwrap();
+        assert_eq!(c.tail(100).unwrap().0.len(), 11);
+        rd.remove_vm_files(&id);
+        assert!(rd.scan().unwrap().is_empty());
+    }
 }
