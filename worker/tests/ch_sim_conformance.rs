@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{ChildGuard, ch_sim, kill9, wait_for};
 use http::Method;
 use serde_json::Value;
+use worker::vmm::ch::ChClient;
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend};
 
 fn start_sim(socket: &Path) -> ChildGuard {
@@ -236,4 +237,143 @@ async fn guest_power_off_ends_the_process_like_ch() {
     let log = std::fs::read_to_string(&serial).unwrap();
     assert!(log.starts_with("[sim] p booted kernel="), "{log}");
     assert!(log.ends_with("[sim] reboot: Power down\n"), "{log}");
+}
+
+/// The files of the disk recording: `base.raw` (read-only, 64 MiB sparse),
+/// overlays `a.qcow2` and `b.qcow2` of it, and `tiny.img` (shorter than a
+/// sector).
+fn disk_files(run: &Path) {
+    let base = run.join("base.raw");
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    for name in ["a.qcow2", "b.qcow2"] {
+        worker::disk::create_overlay(&base, &run.join(name)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::write(run.join("tiny.img"), b"tiny").unwrap();
+}
+
+/// Replays `data/ch-v53-disks.jsonl` (one CH process per case; the overlays
+/// are the worker's own, where the recording used `qemu-img create`).
+#[tokio::test]
+async fn ch_sim_opens_disks_like_ch_v53() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let kernel = run.join("vmlinux");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    disk_files(run);
+    let subst = |s: &str| {
+        s.replace("{run}", &run.display().to_string())
+            .replace("{kernel}", &kernel.display().to_string())
+    };
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/ch-v53-disks.jsonl"
+    ))
+    .unwrap();
+    let mut sims: Vec<(String, ChildGuard, ChClient)> = Vec::new();
+    let mut replayed = 0;
+    for (n, line) in text.lines().enumerate() {
+        let rec: Value = serde_json::from_str(line).unwrap();
+        if rec.get("meta").is_some() {
+            continue;
+        }
+        let case = rec["case"].as_str().unwrap().to_owned();
+        if sims.last().is_none_or(|(c, ..)| *c != case) {
+            let socket = run.join(format!("{case}.sock"));
+            let sim = start_sim(&socket);
+            let client = CloudHypervisorBackend::new(ChBackendConfig::new("unused".into()))
+                .client_for(&socket);
+            sims.push((case.clone(), sim, client));
+        }
+        let (_, sim, client) = sims.last_mut().unwrap();
+        let method = Method::from_bytes(rec["method"].as_str().unwrap().as_bytes()).unwrap();
+        let endpoint: &'static str = Box::leak(
+            rec["endpoint"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+                .into_boxed_str(),
+        );
+        let body = match &rec["request"] {
+            Value::Null => None,
+            obj => Some(subst(&obj.to_string()).into_bytes()),
+        };
+        let what = format!("line {} ({case}: {method} {endpoint})", n + 1);
+        let (status, bytes) = client.raw(method, endpoint, body).await.unwrap();
+        assert_eq!(
+            u64::from(status.as_u16()),
+            rec["status"].as_u64().unwrap(),
+            "{what}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let want: Value = serde_json::from_str(&subst(&rec["body"].to_string())).unwrap();
+        if want.is_null() {
+            assert!(bytes.is_empty(), "{what}: want no body");
+        } else {
+            let got: Value = serde_json::from_slice(&bytes).unwrap();
+            if endpoint == "vm.info" {
+                // The recording kept the state and the disks of the config.
+                assert_eq!(got["state"], want["state"], "{what}");
+                subset(&want["disks"], &got["config"]["disks"], "disks")
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            } else {
+                assert_eq!(got, want, "{what}");
+            }
+        }
+        if endpoint == "vmm.shutdown" {
+            let status = wait_for(Duration::from_secs(10), || sim.0.try_wait().unwrap())
+                .expect("exited after vmm.shutdown");
+            assert_eq!(status.code(), Some(0), "{what}");
+        }
+        replayed += 1;
+    }
+    assert_eq!(replayed, 14);
+    assert_eq!(sims.len(), 4);
+}
+
+/// Booting one VM per disk `path`, each in its own ch-sim process; the
+/// status of each `vm.boot`.
+async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<ChildGuard>, Vec<u16>) {
+    let mut out = (Vec::new(), Vec::new());
+    for (i, disk) in disks.iter().enumerate() {
+        let socket = run.join(format!("lock{i}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let sim = start_sim(&socket);
+        let client =
+            CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+        let cfg = serde_json::json!({"payload": {"kernel": kernel},
+            "cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "memory": {"size": 1 << 27},
+            "disks": [{"path": run.join(disk), "image_type": "Qcow2", "backing_files": true}],
+            "serial": {"mode": "File", "file": run.join(format!("lock{i}.serial"))},
+            "console": {"mode": "Off"}});
+        let (st, _) = client
+            .raw(Method::PUT, "vm.create", Some(cfg.to_string().into_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(st.as_u16(), 204);
+        let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
+        out.0.push(sim);
+        out.1.push(st.as_u16());
+    }
+    out
+}
+
+/// CH locks the overlay, not its backing file: two overlays of one image
+/// run side by side, two VMs on one overlay do not.
+#[tokio::test]
+async fn ch_sim_locks_the_overlay_not_the_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let kernel = run.join("vmlinux");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    disk_files(run);
+    let (sims, status) = boot_each(run, &kernel, &["a.qcow2", "b.qcow2"]).await;
+    assert_eq!(status, vec![204, 204]);
+    drop(sims);
+    let (_sims, status) = boot_each(run, &kernel, &["a.qcow2", "a.qcow2"]).await;
+    assert_eq!(status, vec![204, 500]);
 }
