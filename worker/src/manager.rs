@@ -613,7 +613,9 @@ impl<B: VmmBackend> VmManager<B> {
             metrics: VmMetrics::default(),
             ch_state: String::new(),
             socket_path: paths.socket.display().to_string(),
-            serial_log_path: paths.serial_log.display().to_string(),
+            // The history, not CH's file: the worker punches what it
+            // copied out of that (see rundir::Console).
+            serial_log_path: self.run_dir.console(&id).history.display().to_string(),
         };
         let vmm = e
             .vmm

@@ -196,17 +196,21 @@ pub fn remove_if_present(path: &Path) {
 /// CH truncates its serial file at `vm.create` and at every boot or reboot,
 /// including the reboots a guest starts itself, which the worker never
 /// hears of. So the worker follows the file: `sync` appends what CH wrote
-/// since the last sync to the history, and a serial file shorter than what
-/// was copied means CH truncated it (a new boot), so copying starts again
-/// at its beginning. Output of a boot that ends within one sync period,
-/// after a longer previous boot, can be missed; the manager syncs every
-/// `CONSOLE_SYNC_PERIOD` and before every read.
+/// since the last sync to the history, then punches the copied range out of
+/// the serial file (it reads as zeros and takes no disk space, so CH's file
+/// stays small however long the guest runs; CH writes at its own offset,
+/// past that range). A new boot shows as a file shorter than what was
+/// copied, or as data that is not zeros inside the copied range: CH
+/// truncated the file and the guest wrote from its start again, so copying
+/// starts again at 0. (A boot's output that fits between two syncs and
+/// consists of NUL bytes only would be missed; on a filesystem without
+/// hole punching only the length tells, so a new boot that writes at least
+/// as much as the old one before the next sync goes unnoticed.) The manager
+/// syncs every `CONSOLE_SYNC_PERIOD` and before every read.
 ///
 /// The history is bounded: when a chunk would take it past `max_bytes`,
 /// the history becomes the rotated file (replacing the older one) and a new
 /// history starts, so a VM keeps between `max_bytes` and twice that.
-/// CH's own serial file is not bounded by this: CH holds it open, and
-/// truncating it under CH would leave a hole where CH writes next.
 #[derive(Debug, Clone)]
 pub struct Console {
     pub serial: PathBuf,
@@ -228,7 +232,11 @@ impl Console {
     pub fn sync(&self) -> io::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
         let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
-        let mut serial = match std::fs::File::open(&self.serial) {
+        let mut serial = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.serial)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
@@ -238,15 +246,23 @@ impl Console {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        // Shorter than what we copied: CH truncated it for a new boot.
-        let from = if len < copied { 0 } else { copied };
+        let from = if len < copied || rewritten(&mut serial, copied)? {
+            0
+        } else {
+            copied
+        };
         if len > from {
             // Only the last max_bytes of a chunk can survive the rotation.
             let start = from.max(len.saturating_sub(self.max_bytes));
             serial.seek(SeekFrom::Start(start))?;
             let mut chunk = Vec::with_capacity((len - start) as usize);
-            serial.take(len - start).read_to_end(&mut chunk)?;
+            Read::by_ref(&mut serial)
+                .take(len - start)
+                .read_to_end(&mut chunk)?;
             self.append(&chunk)?;
+            use rustix::fs::FallocateFlags as F;
+            // Best effort: without it, only a shorter file tells a new boot.
+            let _ = rustix::fs::fallocate(&serial, F::PUNCH_HOLE | F::KEEP_SIZE, 0, len);
         }
         if len != copied {
             std::fs::write(&self.pos, len.to_string())?;
@@ -283,6 +299,27 @@ impl Console {
         older.extend(newer);
         Ok((older, truncated))
     }
+}
+
+/// Whether the serial file holds data other than zeros before `copied`:
+/// the copied range was punched out, so CH rewrote it after a truncation.
+fn rewritten(f: &mut std::fs::File, copied: u64) -> io::Result<bool> {
+    use std::io::Read;
+    if copied == 0 {
+        return Ok(false);
+    }
+    // Skips the holes; ENXIO: no data at all after offset 0.
+    let at = match rustix::fs::seek(&*f, rustix::fs::SeekFrom::Data(0)) {
+        Ok(at) => at,
+        Err(rustix::io::Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if at >= copied {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (copied - at).min(4096) as usize];
+    let n = Read::by_ref(f).take(buf.len() as u64).read(&mut buf)?;
+    Ok(buf[..n].iter().any(|b| *b != 0))
 }
 
 /// The last `lines` lines of a text file, reading only its tail.
@@ -402,30 +439,45 @@ mod tests {
         let id = VmId::new_v7();
         let c = rd.console(&id);
         assert_eq!(c.tail(10).unwrap(), (vec![], false));
+        let append = |text: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&c.serial)
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        };
         std::fs::write(&c.serial, "boot 1\n").unwrap();
         c.sync().unwrap();
-        std::fs::write(&c.serial, "boot 1\nline a\n").unwrap();
+        append("line a\n");
         // CH truncates at a reboot; the new boot writes fewer bytes.
         c.sync().unwrap();
         std::fs::write(&c.serial, "boot 2\n").unwrap();
         let (lines, truncated) = c.tail(10).unwrap();
         assert_eq!(lines, vec!["boot 1", "line a", "boot 2"]);
         assert!(!truncated);
+        // A reboot whose output is as long as the last boot's is seen too.
+        std::fs::write(&c.serial, "boot 3\n").unwrap();
+        let (lines, _) = c.tail(10).unwrap();
+        assert_eq!(lines, vec!["boot 1", "line a", "boot 2", "boot 3"]);
         // Past 64 bytes the history rotates; both files are read.
         let long: String = (0..8).map(|i| format!("tick {i}\n")).collect();
-        std::fs::write(&c.serial, format!("boot 2\n{long}")).unwrap();
+        append(&long);
         let (lines, truncated) = c.tail(100).unwrap();
         assert!(c.rotated.exists());
         assert_eq!(lines.first().map(String::as_str), Some("boot 1"));
         assert_eq!(lines.last().map(String::as_str), Some("tick 7"));
-        assert_eq!(lines.len(), 11, "{lines:?}");
+        assert_eq!(lines.len(), 12, "{lines:?}");
         assert!(!truncated);
         let (lines, truncated) = c.tail(2).unwrap();
         assert_eq!(lines, vec!["tick 6", "tick 7"]);
         assert!(truncated);
+        // What was copied is punched out of CH's file: it reads as zeros.
+        let serial = std::fs::read(&c.serial).unwrap();
+        assert!(serial.iter().all(|b| *b == 0), "{serial:?}");
         // Nothing is copied twice.
         c.sync().unwrap();
-        assert_eq!(c.tail(100).unwrap().0.len(), 11);
+        assert_eq!(c.tail(100).unwrap().0.len(), 12);
         rd.remove_vm_files(&id);
         assert!(rd.scan().unwrap().is_empty());
     }
