@@ -222,24 +222,28 @@ pub fn create_overlay(base: &Path, to: &Path) -> Result<(), DiskError> {
     let size = std::fs::metadata(base).map_err(err)?.len();
     let image = qcow2_overlay(base.as_os_str().as_encoded_bytes(), size).map_err(err)?;
     let f = create_new(to).map_err(err)?;
-    // Only the non-zero runs are written: the rest stays a hole, so the
-    // overlay takes ~12 KiB on disk. No fsync, as for the VM record: a host
-    // crash takes the VM with it.
-    write_sparse(&f, &image).map_err(|source| {
+    // No fsync, as for the VM record: a host crash takes the VM with it.
+    image.write_to(&f).map_err(|source| {
         crate::rundir::remove_if_present(to);
         err(source)
     })
 }
 
-/// Writes the non-zero 4 KiB pages of `data` and sets the file's length.
-fn write_sparse(f: &File, data: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    for (i, page) in data.chunks(4096).enumerate() {
-        if page.iter().any(|b| *b != 0) {
-            f.write_all_at(page, (i * 4096) as u64)?;
+/// An empty overlay: its non-zero parts at their offsets, and its length.
+/// Everything else is zeros, left as holes, so the file takes ~12 KiB.
+struct Overlay {
+    parts: Vec<(u64, Vec<u8>)>,
+    len: u64,
+}
+
+impl Overlay {
+    fn write_to(&self, f: &File) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        for (at, bytes) in &self.parts {
+            f.write_all_at(bytes, *at)?;
         }
+        f.set_len(self.len)
     }
-    f.set_len(data.len() as u64)
 }
 
 /// qcow2 geometry: 64 KiB clusters (QEMU's default), 16-bit refcounts.
@@ -251,13 +255,13 @@ const L2_COVERS: u64 = (CLUSTER / 8) * CLUSTER;
 const HEADER_LEN: u32 = 112;
 const EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
 
-/// The bytes of an empty overlay. Layout, one cluster each unless said:
+/// An empty overlay. Layout, one cluster each unless said:
 /// 0 header, extensions and backing file name; 1 refcount table; 2 the one
 /// refcount block; 3.. the L1 table (all zero: nothing allocated, every
 /// read goes to the backing file). The file ends with the L1 table, whose
 /// zeros stay as written; a 2 GiB image's overlay is 192 KiB + 8 bytes long
 /// and a few KiB on disk.
-fn qcow2_overlay(backing: &[u8], size: u64) -> io::Result<Vec<u8>> {
+fn qcow2_overlay(backing: &[u8], size: u64) -> io::Result<Overlay> {
     let l1_entries = size.div_ceil(L2_COVERS);
     let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER).max(1);
     let metadata_clusters = 3 + l1_clusters;
@@ -275,7 +279,6 @@ fn qcow2_overlay(backing: &[u8], size: u64) -> io::Result<Vec<u8>> {
         return Err(io::Error::other("the backing file name is too long"));
     }
     let l1_at = 3 * CLUSTER;
-    let mut out = vec![0u8; (l1_at + l1_entries.max(1) * 8) as usize];
     let mut h = Vec::with_capacity(HEADER_LEN as usize);
     h.extend_from_slice(b"QFI\xfb");
     h.extend_from_slice(&3u32.to_be_bytes()); // version
@@ -305,16 +308,16 @@ fn qcow2_overlay(backing: &[u8], size: u64) -> io::Result<Vec<u8>> {
     h.extend_from_slice(&[0u8; 8]); // end of the header extensions
     debug_assert_eq!(h.len() as u64, name_at);
     h.extend_from_slice(backing);
-    out[..h.len()].copy_from_slice(&h);
     // Refcount table: its one entry points at the refcount block.
-    let rt = CLUSTER as usize;
-    out[rt..rt + 8].copy_from_slice(&(2 * CLUSTER).to_be_bytes());
+    let table = (2 * CLUSTER).to_be_bytes().to_vec();
     // Refcount block: every metadata cluster is used once.
-    let rb = 2 * CLUSTER as usize;
-    for i in 0..metadata_clusters as usize {
-        out[rb + 2 * i..rb + 2 * i + 2].copy_from_slice(&1u16.to_be_bytes());
-    }
-    Ok(out)
+    let block: Vec<u8> = (0..metadata_clusters)
+        .flat_map(|_| 1u16.to_be_bytes())
+        .collect();
+    Ok(Overlay {
+        parts: vec![(0, h), (CLUSTER, table), (2 * CLUSTER, block)],
+        len: l1_at + l1_entries.max(1) * 8,
+    })
 }
 
 #[cfg(test)]
@@ -392,7 +395,11 @@ mod tests {
 
     #[test]
     fn overlay_header_names_its_backing_file() {
-        let img = qcow2_overlay(b"/nix/store/x-img/disk.raw", 2 << 30).unwrap();
+        let o = qcow2_overlay(b"/nix/store/x-img/disk.raw", 2 << 30).unwrap();
+        let mut img = vec![0u8; o.len as usize];
+        for (at, bytes) in &o.parts {
+            img[*at as usize..*at as usize + bytes.len()].copy_from_slice(bytes);
+        }
         let be32 = |at: usize| u32::from_be_bytes(img[at..at + 4].try_into().unwrap());
         let be64 = |at: usize| u64::from_be_bytes(img[at..at + 8].try_into().unwrap());
         assert_eq!(&img[..4], b"QFI\xfb");
