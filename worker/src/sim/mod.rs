@@ -15,6 +15,7 @@
 //! - `CH_SIM_TICK_MS=N` / `ch_sim.tick_ms=N`: the guest writes a serial line every N ms.
 
 mod disk;
+mod guest;
 mod vm;
 
 use std::convert::Infallible;

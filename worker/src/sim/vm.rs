@@ -567,12 +567,16 @@ impl Sim {
     fn guest_boot_line(&self) {
         let Some(vm) = &self.vm else { return };
         if let Some(path) = vm.serial_file() {
-            let line = format!(
+            let mut line = format!(
                 "[sim] {} booted kernel={} cmdline={}\n",
                 self.name,
                 vm.kernel(),
                 vm.cmdline()
             );
+            if let Some(guest) = super::guest::boot_line(vm.kernel(), vm.cmdline()) {
+                line.push_str(&guest);
+                line.push('\n');
+            }
             let _ = std::fs::write(path, line);
         }
     }
