@@ -119,9 +119,10 @@ async fn create_list_read_info_delete() {
     assert_eq!(info.ch_state, "Running");
     assert_eq!(info.metrics.disk_read_bytes, 4096);
     assert_eq!(info.spec, spec("web-0"));
+    // The console history the worker keeps across boots, not CH's file.
     assert!(
         info.serial_log_path
-            .ends_with(&format!("{}-serial.log", st.id))
+            .ends_with(&format!("{}-console.log", st.id))
     );
 
     let logs = w.tx.logs(st.id.clone(), 0).await.unwrap();
