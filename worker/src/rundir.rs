@@ -242,15 +242,21 @@ impl Console {
             Err(e) => return Err(e),
         };
         let len = serial.metadata()?.len();
-        let copied = std::fs::read_to_string(&self.pos)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+        // "N" or "N punched": how much is copied, and whether the copied
+        // range was punched out (only then can data in it mean a new boot).
+        let pos = std::fs::read_to_string(&self.pos).unwrap_or_default();
+        let mut words = pos.split_whitespace();
+        let copied = words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
             .unwrap_or(0);
-        let from = if len < copied || rewritten(&mut serial, copied)? {
+        let punched = words.next() == Some("punched");
+        let from = if len < copied || (punched && rewritten(&mut serial, copied)?) {
             0
         } else {
             copied
         };
+        let mut now_punched = punched;
         if len > from {
             // Only the last max_bytes of a chunk can survive the rotation.
             let start = from.max(len.saturating_sub(self.max_bytes));
@@ -262,10 +268,12 @@ impl Console {
             self.append(&chunk)?;
             use rustix::fs::FallocateFlags as F;
             // Best effort: without it, only a shorter file tells a new boot.
-            let _ = rustix::fs::fallocate(&serial, F::PUNCH_HOLE | F::KEEP_SIZE, 0, len);
+            now_punched =
+                rustix::fs::fallocate(&serial, F::PUNCH_HOLE | F::KEEP_SIZE, 0, len).is_ok();
         }
-        if len != copied {
-            std::fs::write(&self.pos, len.to_string())?;
+        if len != copied || now_punched != punched {
+            let flag = if now_punched { " punched" } else { "" };
+            std::fs::write(&self.pos, format!("{len}{flag}"))?;
         }
         Ok(())
     }
@@ -480,5 +488,22 @@ mod tests {
         assert_eq!(c.tail(100).unwrap().0.len(), 12);
         rd.remove_vm_files(&id);
         assert!(rd.scan().unwrap().is_empty());
+    }
+
+    /// Where hole punching is not available, copied data stays in CH's file
+    /// and must not be taken for a new boot.
+    #[test]
+    fn console_without_hole_punching_copies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::open(dir.path()).unwrap();
+        let c = rd.console(&VmId::new_v7());
+        std::fs::write(&c.serial, "boot 1\n").unwrap();
+        c.sync().unwrap();
+        assert_eq!(std::fs::read_to_string(&c.pos).unwrap(), "7 punched");
+        // As if the punch had failed: the bytes are back, the flag is off.
+        std::fs::write(&c.serial, "boot 1\n").unwrap();
+        std::fs::write(&c.pos, "7").unwrap();
+        c.sync().unwrap();
+        assert_eq!(c.tail(10).unwrap().0, vec!["boot 1"]);
     }
 }
