@@ -141,7 +141,7 @@ impl RunDir {
         let p = self.paths(id);
         let lock = PathBuf::from(format!("{}.lock", p.socket.display()));
         let tmp = p.metadata.with_extension("json.tmp");
-        let c = self.console(id);
+        self.console(id).remove();
         // Both disk names: the VM may predate a change of --disk-mode.
         let disks = [DiskMode::Overlay, DiskMode::Copy]
             .map(|m| self.root.join(format!("{id}{}", m.file_suffix())));
@@ -150,10 +150,6 @@ impl RunDir {
             &lock,
             &p.metadata,
             &tmp,
-            &p.serial_log,
-            &c.history,
-            &c.rotated,
-            &c.pos,
             &disks[0],
             &disks[1],
             &p.ch_log,
@@ -276,6 +272,16 @@ impl Console {
             std::fs::write(&self.pos, format!("{len}{flag}"))?;
         }
         Ok(())
+    }
+
+    /// Removes the serial file and the history. Under the sync lock, so a
+    /// sync that started before cannot recreate the history afterwards
+    /// (and one that starts after finds no serial file).
+    pub fn remove(&self) {
+        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        for f in [&self.serial, &self.history, &self.rotated, &self.pos] {
+            remove_if_present(f);
+        }
     }
 
     fn append(&self, chunk: &[u8]) -> io::Result<()> {
