@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use commands::types::IntentHash;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -87,7 +88,7 @@ pub struct Generation {
     pub number: i64,
     pub job_id: i64,
     pub commit: String,
-    pub intent_hash: String,
+    pub intent_hash: IntentHash,
     pub closure: String,
     pub created_at_ms: i64,
     #[serde(skip)]
@@ -308,7 +309,7 @@ impl Db {
         tx.execute(
             "INSERT OR REPLACE INTO generations (number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![g.number, g.job_id, g.commit, g.intent_hash, g.specs_json, g.closure, g.created_at_ms],
+            params![g.number, g.job_id, g.commit, g.intent_hash.as_str(), g.specs_json, g.closure, g.created_at_ms],
         )?;
         tx.execute(
             "UPDATE jobs SET state = 'succeeded', generation = ?1, vm_specs = ?2, finished_at_ms = ?3 WHERE id = ?4",
@@ -331,7 +332,7 @@ impl Db {
                         number: r.get(0)?,
                         job_id: r.get(1)?,
                         commit: r.get(2)?,
-                        intent_hash: r.get(3)?,
+                        intent_hash: IntentHash::from(r.get::<_, String>(3)?),
                         specs_json: r.get(4)?,
                         closure: r.get(5)?,
                         created_at_ms: r.get(6)?,
@@ -352,7 +353,7 @@ impl Db {
                 number: r.get(0)?,
                 job_id: r.get(1)?,
                 commit: r.get(2)?,
-                intent_hash: r.get(3)?,
+                intent_hash: IntentHash::from(r.get::<_, String>(3)?),
                 specs_json: r.get(4)?,
                 closure: r.get(5)?,
                 created_at_ms: r.get(6)?,

@@ -331,7 +331,10 @@ impl Runner {
             ms(t.elapsed())
         ));
 
-        let (intent, specs_json) = intent_hash(&specs);
+        let commands::types::Intent {
+            hash: intent,
+            canonical_json: specs_json,
+        } = intent_hash(&specs);
         if job.git_ref != self.deploy_ref {
             return self
                 .db
@@ -486,9 +489,9 @@ mod tests {
         let a = parse_specs(serde_json::json!([spec("a", "h1"), spec("b", "h2")])).unwrap();
         let b = parse_specs(serde_json::json!([spec("b", "h2"), spec("a", "h1")])).unwrap();
         let c = parse_specs(serde_json::json!([spec("a", "h1"), spec("b", "h3")])).unwrap();
-        assert_eq!(intent_hash(&a).0, intent_hash(&b).0);
-        assert_ne!(intent_hash(&a).0, intent_hash(&c).0);
-        assert_eq!(intent_hash(&a).0.len(), 64);
+        assert_eq!(intent_hash(&a).hash, intent_hash(&b).hash);
+        assert_ne!(intent_hash(&a).hash, intent_hash(&c).hash);
+        assert_eq!(intent_hash(&a).hash.as_str().len(), 64);
     }
 
     #[test]
