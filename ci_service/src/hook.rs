@@ -9,20 +9,14 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use repo_outils::git::{GitError, sh_quote};
+
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("{0} is not a bare git repository (no HEAD or hooks/ there)")]
     NotARepo(PathBuf),
-    #[error("cannot write {path}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Quotes for a POSIX shell: single quotes, with embedded ones escaped.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    #[error("cannot install the post-receive hook")]
+    Install(#[source] GitError),
 }
 
 /// Writes `<repo>/hooks/post-receive`, which runs `ci_binary notify` with
@@ -39,11 +33,6 @@ pub fn install_hook(
     if !repo.join("HEAD").is_file() {
         return Err(HookError::NotARepo(repo));
     }
-    let hooks = repo.join("hooks");
-    std::fs::create_dir_all(&hooks).map_err(|source| HookError::Io {
-        path: hooks.clone(),
-        source,
-    })?;
     let mut cmd = format!(
         "{} notify --url {} --repo {}",
         sh_quote(&ci_binary.display().to_string()),
@@ -97,19 +86,7 @@ exit 0
         repo_json = sh_quote(&repo_json),
         url = sh_quote(url.trim_end_matches('/')),
     );
-    let path = hooks.join("post-receive");
-    std::fs::write(&path, script).map_err(|source| HookError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
-        HookError::Io {
-            path: path.clone(),
-            source,
-        }
-    })?;
-    Ok(path)
+    repo_outils::git::install_hook(&repo, "post-receive", &script).map_err(HookError::Install)
 }
 
 /// One line of post-receive's stdin: `<old> <new> <ref>`.
@@ -175,7 +152,6 @@ mod tests {
 
     #[test]
     fn quoting_and_parsing() {
-        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
         let z = "0".repeat(40);
         let n = "a".repeat(40);
         assert_eq!(
