@@ -16,7 +16,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Notify;
 
-use crate::db::{Db, JobState};
+use commands::ci_api::{ErrorBody, JobState, PushEvent, PushReply};
+
+use crate::db::Db;
 use crate::publisher::Publisher;
 
 #[derive(Clone)]
@@ -48,26 +50,26 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+    (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "request failed");
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
+/// What an HTTP client sees of a failure inside ci_service: the cause
+/// (paths, SQL, the database's state) stays in ci_service's own log, next
+/// to the job it concerns.
+const INTERNAL_MESSAGE: &str = "internal error in ci_service; its log has the cause";
 
-/// What the post-receive hook sends for each updated ref.
-#[derive(Debug, Deserialize)]
-pub struct PushEvent {
-    pub repo: String,
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub old: String,
-    pub new: String,
-}
-
-fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
+/// Logs `e` with its whole chain (and the job it concerns, when there is
+/// one) and answers 500 with a short message that reveals nothing inside.
+fn internal(job_id: Option<i64>, e: &(dyn std::error::Error + 'static)) -> Response {
+    let mut chain = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        chain.push_str(": ");
+        chain.push_str(&c.to_string());
+        cur = c.source();
+    }
+    tracing::error!(job_id, error = %chain, "request failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_MESSAGE)
 }
 
 /// Compares without an early exit so the secret does not leak by timing.
@@ -90,38 +92,29 @@ async fn push(State(s): State<AppState>, headers: HeaderMap, body: axum::body::B
         Ok(ev) => ev,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad push event: {e}")),
     };
-    if ev.repo.trim().is_empty() || !ev.git_ref.starts_with("refs/") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "repo must be set and ref must start with refs/",
-        );
+    if let Err(e) = ev.check() {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    if !is_sha(&ev.old) || !is_sha(&ev.new) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "old and new must be 40-hex commit ids",
-        );
-    }
-    if ev.new.bytes().all(|c| c == b'0') {
+    if ev.deletes_ref() {
         // A deleted ref builds nothing; the running generation stays.
-        return (
-            StatusCode::OK,
-            Json(serde_json::json!({ "job_id": null, "reason": "ref deleted" })),
-        )
-            .into_response();
+        let reply = PushReply {
+            job_id: None,
+            reason: Some("ref deleted".into()),
+        };
+        return (StatusCode::OK, Json(reply)).into_response();
     }
     let new = ev.new.to_ascii_lowercase();
     match s.db.enqueue(&ev.repo, &ev.git_ref, &ev.old, &new) {
         Ok((id, superseded)) => {
             tracing::info!(job_id = id, repo = %ev.repo, git_ref = %ev.git_ref, commit = %new, superseded, "push queued");
             s.wake.notify_one();
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "job_id": id })),
-            )
-                .into_response()
+            let reply = PushReply {
+                job_id: Some(id),
+                reason: None,
+            };
+            (StatusCode::ACCEPTED, Json(reply)).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => internal(None, &e),
     }
 }
 
@@ -138,30 +131,29 @@ async fn jobs(State(s): State<AppState>, Query(q): Query<JobsQuery>) -> Response
         .jobs(q.repo.as_deref().filter(|r| !r.is_empty()), limit)
     {
         Ok(jobs) => Json(jobs).into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal(None, &e),
     }
 }
 
 async fn job(State(s): State<AppState>, Path(id): Path<i64>) -> Response {
-    let job = match s.db.job(id) {
+    let mut job = match s.db.job(id) {
         Ok(Some(j)) => j,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(e),
+        Err(e) => return internal(Some(id), &e),
     };
-    let mut v = serde_json::to_value(&job).expect("job serializes");
     if job.state == JobState::Succeeded {
         match s.db.job_specs(id) {
-            Ok(specs) => v["vm_specs"] = specs.unwrap_or(serde_json::Value::Array(vec![])),
-            Err(e) => return internal(e),
+            Ok(specs) => job.vm_specs = Some(specs.unwrap_or_default()),
+            Err(e) => return internal(Some(id), &e),
         }
     }
-    Json(v).into_response()
+    Json(job).into_response()
 }
 
 async fn generations(State(s): State<AppState>) -> Response {
     match s.db.generations(100) {
         Ok(g) => Json(g).into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal(None, &e),
     }
 }
 
@@ -187,7 +179,7 @@ async fn job_log(
     match s.db.job(id) {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(e),
+        Err(e) => return internal(Some(id), &e),
     }
     let path = crate::runner::log_path(&s.data_dir, id);
     let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
