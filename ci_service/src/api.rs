@@ -58,17 +58,11 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 /// to the job it concerns.
 const INTERNAL_MESSAGE: &str = "internal error in ci_service; its log has the cause";
 
-/// Logs `e` with its whole chain (and the job it concerns, when there is
-/// one) and answers 500 with a short message that reveals nothing inside.
+/// Logs `e` (its Debug form carries the whole cause) with the job it
+/// concerns, when there is one, and answers 500 with a short message that
+/// reveals nothing inside.
 fn internal(job_id: Option<i64>, e: &(dyn std::error::Error + 'static)) -> Response {
-    let mut chain = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        chain.push_str(": ");
-        chain.push_str(&c.to_string());
-        cur = c.source();
-    }
-    tracing::error!(job_id, error = %chain, "request failed");
+    tracing::error!(job_id, error = %e, cause = ?e, "request failed");
     error(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_MESSAGE)
 }
 
@@ -232,4 +226,46 @@ async fn job_log(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_reach_clients_sanitised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ci.sqlite");
+        let (db, _) = Db::open(&path).unwrap();
+        let (id, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        // A state this build does not know: reading the job fails inside.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE jobs SET state = 'exploded'", [])
+            .unwrap();
+        let app = router(AppState {
+            db: Arc::new(db),
+            data_dir: tmp.path().to_owned(),
+            hook_secret: None,
+            wake: Arc::new(Notify::new()),
+            publisher: Publisher::disabled(),
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let client = commands::http::HttpClient::tcp();
+        for path in [
+            format!("/jobs/{id}"),
+            "/jobs".into(),
+            format!("/jobs/{id}/log"),
+        ] {
+            let req = http::Request::get(format!("{base}{path}"))
+                .body(bytes::Bytes::new())
+                .unwrap();
+            let resp = client.send(req).await.unwrap();
+            assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+            let body: ErrorBody = serde_json::from_slice(&resp.body).unwrap();
+            assert_eq!(body.error, INTERNAL_MESSAGE, "{path}");
+        }
+    }
 }
