@@ -213,7 +213,8 @@ pub enum CiError {
     NotConfigured,
     #[error("bad ci_service URL {0:?}")]
     Url(String),
-    #[error("ci_service did not answer")]
+    /// The HTTP error already names the URL, so it is shown as it is.
+    #[error(transparent)]
     Http(#[from] HttpError),
     #[error("ci_service answered {status}: {body}")]
     Status { status: u16, body: String },
