@@ -16,8 +16,9 @@ use repo_outils::git::{GitError, sh_quote};
 pub enum HookError {
     #[error("{0} is not a bare git repository (no HEAD or hooks/ there)")]
     NotARepo(PathBuf),
-    #[error("cannot install the post-receive hook")]
-    Install(#[source] GitError),
+    /// Shown as it is: it already names the file it could not write.
+    #[error(transparent)]
+    Install(GitError),
 }
 
 /// Writes `<repo>/hooks/post-receive`, which runs `ci_binary notify` with
