@@ -169,7 +169,9 @@ impl std::fmt::Debug for Authenticator {
 
 /// Compares without an early exit, so timing tells nothing about how much
 /// of a guess matched. Lengths are public (tokens are long and random).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+/// Every secret compare of the workspace (login tokens, upload tokens, hook
+/// secrets, session ids) goes through this one.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -308,6 +310,25 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// A secret file's text without surrounding whitespace (a cache upload
+/// token, a push-hook secret): the whole file is the secret. Warns when the
+/// file is readable by group or others, like a token file; an empty file is
+/// an error, as an empty secret would let anyone in.
+pub fn read_secret_file(path: &Path) -> Result<String, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    warn_if_shared(path);
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(AuthError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(secret.to_owned())
 }
 
 /// Tokens readable by other users are not secret: say so (not fatal, as
@@ -501,6 +522,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read token file"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn secret_files_are_trimmed_and_never_empty() {
+        // Its own directory: the token test removes tempfile_dir() when done.
+        let dir = std::env::temp_dir().join(format!("pcr-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("hook");
+        std::fs::write(&p, "  s3cret-value \n").unwrap();
+        assert_eq!(read_secret_file(&p).unwrap(), "s3cret-value");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(read_secret_file(&p), Err(AuthError::Empty { .. })));
+        let e = read_secret_file(&dir.join("missing")).unwrap_err();
+        assert!(matches!(e, AuthError::Read { .. }), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -17,6 +17,8 @@ pub mod master_capnp {
 pub mod auth;
 pub mod client;
 pub mod convert;
+pub mod daemon;
+pub mod report;
 pub mod rpc;
 pub mod service;
 pub mod telemetry;
