@@ -119,7 +119,7 @@ impl CiClient {
     ) -> Result<hyper::Response<hyper::body::Incoming>, CiError> {
         match tokio::time::timeout(API_TIMEOUT, self.http.request(req)).await {
             Err(_) => Err(CiError::Timeout),
-            Ok(Err(e)) => Err(CiError::Request(error_chain(&e))),
+            Ok(Err(e)) => Err(CiError::Request(commands::report::error_chain(&e))),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -199,19 +199,4 @@ impl CiClient {
         }
         Ok(resp)
     }
-}
-
-/// "outer: inner: innermost", for messages shown to users.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -97,7 +97,7 @@ async fn main() -> std::process::ExitCode {
     match repohub::run(config, listener, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("repohub: {}", repohub::ci::error_chain(&e));
+            eprintln!("repohub: {}", commands::report::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

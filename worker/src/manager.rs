@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commands::convert::ErrorCode;
+use commands::report::error_chain;
 use commands::telemetry::now_ms;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -95,22 +96,6 @@ impl WorkerError {
     fn step(step: &'static str) -> impl FnOnce(VmmError) -> WorkerError {
         move |source| WorkerError::Vmm { step, source }
     }
-}
-
-/// `outer: inner: innermost`, skipping a source whose text the outer
-/// message already ends with.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.ends_with(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, WorkerError>>;
@@ -811,8 +796,10 @@ async fn create_flow<B: VmmBackend>(
         let booted = async {
             vmm.create(&config)
                 .await
-                .map_err(WorkerError::step("vm.create"))?;
-            vmm.boot().await.map_err(WorkerError::step("vm.boot"))
+                .map_err(WorkerError::step("creating the VM"))?;
+            vmm.boot()
+                .await
+                .map_err(WorkerError::step("booting the VM"))
         }
         .await;
         match booted {

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use commands::report::error_chain;
 use commands::worker_capnp::worker;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::{AssignmentView, WorkerMetricsView};
@@ -75,18 +76,6 @@ pub enum ReconcileError {
     Worker(#[from] WorkerError),
     #[error("control plane did not answer within {0:?}")]
     Timeout(Duration),
-}
-
-/// One line with the cause chain, for logs.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 // ---- planning (pure) --------------------------------------------------------
@@ -275,7 +264,7 @@ async fn reconcile_loop(
                     }
                 }
                 Err(WorkerError::ShuttingDown) => return,
-                Err(e) => tracing::warn!(error = %chain(&e), "reconcile pass failed"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile pass failed"),
             }
         }
         tokio::select! {
@@ -314,7 +303,9 @@ async fn pass(
         match r {
             Ok(()) => acted = true,
             Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
-            Err(e) => tracing::warn!(vm_id = %id, error = %chain(&e), "reconcile: delete failed"),
+            Err(e) => {
+                tracing::warn!(vm_id = %id, error = %error_chain(&e), "reconcile: delete failed")
+            }
         }
     }
 
@@ -330,7 +321,7 @@ async fn pass(
             Ok(_) => acted = true,
             Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
             Err(e) => {
-                tracing::warn!(vm = %spec.name(), error = %chain(&e), "reconcile: create failed; backing off");
+                tracing::warn!(vm = %spec.name(), error = %error_chain(&e), "reconcile: create failed; backing off");
                 backoff.failed(
                     spec.name(),
                     spec.content_hash(),
@@ -364,7 +355,7 @@ async fn connection_loop(
             if matches!(e, ReconcileError::Worker(WorkerError::ShuttingDown)) {
                 return;
             }
-            tracing::warn!(control_plane = %cfg.control_plane, error = %chain(&e), retry_ms = delay.as_millis() as u64,
+            tracing::warn!(control_plane = %cfg.control_plane, error = %error_chain(&e), retry_ms = delay.as_millis() as u64,
                 "control plane session ended; reconnecting");
         }
         // A session that lasted resets the backoff.

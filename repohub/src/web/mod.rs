@@ -218,7 +218,7 @@ impl From<DbError> for WebError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Conflict(what) => WebError::BadRequest(format!("{what} already exists")),
-            e => WebError::Internal(crate::ci::error_chain(&e)),
+            e => WebError::Internal(commands::report::error_chain(&e)),
         }
     }
 }
@@ -228,7 +228,7 @@ impl From<GitError> for WebError {
         match e {
             GitError::NotFound => WebError::NotFound,
             GitError::BadInput(n) => WebError::BadRequest(n.to_string()),
-            e => WebError::Internal(crate::ci::error_chain(&e)),
+            e => WebError::Internal(commands::report::error_chain(&e)),
         }
     }
 }
