@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,33 +85,10 @@ fn main() -> std::process::ExitCode {
         // Tests and scripts parse this line to learn the port.
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");
-        let shutdown = CancellationToken::new();
-        {
-            let shutdown = shutdown.clone();
-            tokio::task::spawn_local(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down");
-                shutdown.cancel();
-            });
-        }
+        let shutdown = commands::daemon::shutdown_token();
         control_plane::run_with_auth(config, auth, listener, shutdown).await;
         std::process::ExitCode::SUCCESS
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// Every worker holds a connection open: lift the soft open-file limit to

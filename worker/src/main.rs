@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use worker::dto::{Labels, Resources, WorkerId};
 use worker::vmm::config::TapConfig;
 
@@ -189,23 +188,7 @@ async fn real_main(args: Args) -> Result<(), String> {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-        token.cancel();
-    });
-    worker::run(config, listener, shutdown)
+    worker::run(config, listener, commands::daemon::shutdown_token())
         .await
         .map_err(|e| e.message())
 }
