@@ -185,7 +185,9 @@ impl Viewer {
 
     /// The form's token must equal this browser's CSRF cookie.
     pub fn check_csrf(&self, form_token: &str) -> Result<(), WebError> {
-        if self.csrf.is_empty() || !auth::ct_eq(&self.csrf, form_token) {
+        if self.csrf.is_empty()
+            || !commands::auth::ct_eq(self.csrf.as_bytes(), form_token.as_bytes())
+        {
             return Err(WebError::Csrf);
         }
         Ok(())
