@@ -251,15 +251,15 @@ async fn reconcile_loop(
         let mut wait = cfg.heartbeat_interval;
         if let Some(a) = desired {
             match pass(cfg, &a, sender, &mut backoff).await {
-                Ok((acted, retry_at, converged)) => {
-                    if converged {
+                Ok(outcome) => {
+                    if outcome.converged {
                         *shared.observed_generation.borrow_mut() = a.generation;
                     }
-                    if acted {
+                    if outcome.acted {
                         shared.wake_push.notify_one();
                         continue;
                     }
-                    if let Some(at) = retry_at {
+                    if let Some(at) = outcome.retry_at {
                         wait = wait.min(at.saturating_duration_since(Instant::now()));
                     }
                 }
@@ -275,14 +275,25 @@ async fn reconcile_loop(
     }
 }
 
-/// One pass: list, plan, delete, create. Returns (did anything succeed,
-/// when to retry a backed-off create, converged with nothing to do).
+/// What one reconcile pass did, for the loop to decide what comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassOutcome {
+    /// A delete or create succeeded: the observed state changed, so it is
+    /// pushed and the next pass runs at once.
+    acted: bool,
+    /// When the earliest backed-off create may be retried.
+    retry_at: Option<Instant>,
+    /// Nothing was left to do: the assignment's generation is reached.
+    converged: bool,
+}
+
+/// One pass: list, plan, delete, create.
 async fn pass(
     cfg: &ReconcilerConfig,
     a: &AssignmentView,
     sender: &CommandSender,
     backoff: &mut Backoff,
-) -> Result<(bool, Option<Instant>, bool), WorkerError> {
+) -> Result<PassOutcome, WorkerError> {
     let running = sender.list_vms().await?;
     let p = plan(
         &a.vms,
@@ -332,7 +343,11 @@ async fn pass(
             }
         }
     }
-    Ok((acted, p.retry_at, converged))
+    Ok(PassOutcome {
+        acted,
+        retry_at: p.retry_at,
+        converged,
+    })
 }
 
 async fn connection_loop(
