@@ -1,5 +1,5 @@
 //! `VmManager<B>`: the single owner of the VM table. It runs one loop that
-//! takes `Command`s from the RPC server (and later the reconciler) and
+//! takes `Command`s from the RPC server and the reconciler and
 //! `Event`s from its own sub-tasks; only this loop changes the table.
 //!
 //! Long I/O (prepare, disk copy, spawn, REST calls) runs in sub-tasks whose
@@ -252,10 +252,6 @@ impl<B: VmmBackend> VmManager<B> {
             next_instance: 0,
             started: Instant::now(),
         })
-    }
-
-    pub fn backend(&self) -> &Arc<B> {
-        &self.backend
     }
 
     /// Rebuilds the table from the run directory: VMs whose hypervisor still

@@ -321,10 +321,6 @@ pub struct ChClient {
 }
 
 impl ChClient {
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// One request; `Ok((status, body))` for any HTTP answer.
     pub async fn raw(
         &self,
