@@ -1,5 +1,6 @@
 //! What every long-running service does the same way around its `run`:
-//! turning SIGTERM and SIGINT into a cancellation its tasks can watch.
+//! turning SIGTERM and SIGINT into a cancellation its tasks can watch, and
+//! lifting the open-file limit when it holds many connections.
 
 use tokio_util::sync::CancellationToken;
 
@@ -32,4 +33,18 @@ pub fn shutdown_token() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// Lifts the soft open-file limit to the hard one, for services that hold
+/// a descriptor per VM or per connection. Failing only costs capacity, so
+/// it is logged, not returned.
+pub fn raise_nofile_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
 }

@@ -41,7 +41,9 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     commands::telemetry::init(args.log_json);
-    raise_nofile_limit();
+    // Every worker holds a connection open: thousands of workers need more
+    // than the default soft limit.
+    commands::daemon::raise_nofile_limit();
     let config = control_plane::Config {
         long_poll_timeout: Duration::from_millis(args.long_poll_timeout_ms),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
@@ -89,17 +91,4 @@ fn main() -> std::process::ExitCode {
         control_plane::run_with_auth(config, auth, listener, shutdown).await;
         std::process::ExitCode::SUCCESS
     })
-}
-
-/// Every worker holds a connection open: lift the soft open-file limit to
-/// the hard one so thousands of workers fit.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-        }
-    }
 }

@@ -116,19 +116,6 @@ fn default_worker_id() -> String {
     if id.is_empty() { "worker".into() } else { id }
 }
 
-/// A worker holds a pidfd or pipe per child and a socket per call: lift the
-/// soft open-file limit to the hard one so a thousand VMs fit.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -143,7 +130,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main(args: Args) -> Result<(), String> {
-    raise_nofile_limit();
+    // A worker holds a pidfd or pipe per child and a socket per call: a
+    // thousand VMs need more than the default soft limit.
+    commands::daemon::raise_nofile_limit();
     let worker_id: WorkerId = args
         .worker_id
         .clone()
