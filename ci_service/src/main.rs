@@ -106,7 +106,7 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", commands::report::error_chain(&e));
                     std::process::ExitCode::FAILURE
                 }
             }
@@ -160,6 +160,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         Some(f) => match commands::auth::client_token(Some(f)) {
             Ok(t) => commands::auth::Secret::new(t),
             Err(e) => {
+                let e = commands::report::error_chain(&e);
                 eprintln!("error: --control-plane-token-file: {e}");
                 return std::process::ExitCode::FAILURE;
             }

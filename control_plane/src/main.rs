@@ -57,7 +57,7 @@ fn main() -> std::process::ExitCode {
     ) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", commands::report::error_chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };

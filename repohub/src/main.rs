@@ -64,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         match commands::auth::client_token(Some(p)) {
             Ok(t) => config.control_plane_token = commands::auth::Secret::new(t),
             Err(e) => {
+                let e = commands::report::error_chain(&e);
                 eprintln!("repohub: --control-plane-token-file: {e}");
                 return std::process::ExitCode::from(2);
             }

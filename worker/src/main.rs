@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use commands::report::error_chain;
 use worker::dto::{Labels, Resources, WorkerId};
 use worker::vmm::config::TapConfig;
 
@@ -160,11 +161,11 @@ async fn real_main(args: Args) -> Result<(), String> {
         args.token_file.as_deref(),
         worker::server::ROLES,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     if let Some(f) = &args.cluster_token_file {
         config.cluster_token = commands::auth::client_token(Some(f))
             .map(commands::auth::Secret::new)
-            .map_err(|e| format!("--cluster-token-file: {e}"))?;
+            .map_err(|e| format!("--cluster-token-file: {}", error_chain(&e)))?;
     }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -172,7 +173,7 @@ async fn real_main(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     commands::auth::check_bind("the worker", addr, !config.auth.is_open(), "--token-file")
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     // Tests and scripts wait for this line to know the port.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
