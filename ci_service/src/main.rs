@@ -2,7 +2,7 @@
 //! a bare repository's post-receive hook) and `notify` (what the hook runs).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -87,7 +87,7 @@ enum Command {
 }
 
 /// A secret file's content, or the message to print.
-fn read_secret(path: &PathBuf) -> Result<String, String> {
+fn read_secret(path: &Path) -> Result<String, String> {
     commands::auth::read_secret_file(path).map_err(|e| commands::report::error_chain(&e))
 }
 
@@ -148,7 +148,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         },
         (None, t) => t,
     };
-    let hook_secret = match a.hook_secret_file.as_ref().map(read_secret).transpose() {
+    let hook_secret = match a.hook_secret_file.as_deref().map(read_secret).transpose() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

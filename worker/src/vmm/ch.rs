@@ -142,7 +142,7 @@ impl VmmBackend for CloudHypervisorBackend {
                 step: PrepareStep::Check {
                     store: nix.store_name(),
                 },
-                source: Some(e),
+                source: Some(Box::new(e)),
             })?;
         if missing.is_empty() {
             return Ok(());
@@ -155,7 +155,7 @@ impl VmmBackend for CloudHypervisorBackend {
                     paths: missing.clone(),
                     cache: src.clone(),
                 },
-                source: Some(e),
+                source: Some(Box::new(e)),
             })?;
         Ok(())
     }

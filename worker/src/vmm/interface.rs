@@ -55,8 +55,9 @@ pub enum VmmError {
     #[error("{step}")]
     Prepare {
         step: PrepareStep,
+        // Boxed: nix's error is large and every worker Result carries it.
         #[source]
-        source: Option<NixError>,
+        source: Option<Box<NixError>>,
     },
     #[error("{path} is not on this worker and no closure source is configured")]
     MissingStorePath { path: String },

@@ -313,11 +313,11 @@ impl VmmBackend for MemoryBackend {
                     paths: spec.store_roots().into_iter().map(str::to_owned).collect(),
                     cache: "memory".into(),
                 },
-                source: Some(NixError::Failed {
+                source: Some(Box::new(NixError::Failed {
                     command: "nix copy".into(),
                     status: "injected".into(),
                     stderr: e.to_string(),
-                }),
+                })),
             })
     }
 
