@@ -269,11 +269,10 @@ impl Authenticator {
 
     /// Reads and parses a token file.
     pub fn load(path: &Path, allowed: &[Role]) -> Result<Self, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        let text = read_private(path).map_err(|source| AuthError::Read {
             path: path.to_owned(),
             source,
         })?;
-        warn_if_shared(path);
         Self::parse(&text, path, allowed)
     }
 
@@ -317,11 +316,10 @@ impl Authenticator {
 /// file is readable by group or others, like a token file; an empty file is
 /// an error, as an empty secret would let anyone in.
 pub fn read_secret_file(path: &Path) -> Result<String, AuthError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+    let text = read_private(path).map_err(|source| AuthError::Read {
         path: path.to_owned(),
         source,
     })?;
-    warn_if_shared(path);
     let secret = text.trim();
     if secret.is_empty() {
         return Err(AuthError::Empty {
@@ -329,6 +327,14 @@ pub fn read_secret_file(path: &Path) -> Result<String, AuthError> {
         });
     }
     Ok(secret.to_owned())
+}
+
+/// The one way a file holding secrets is read (token files, secret files,
+/// client token files): its text, with a warning when others can read it.
+fn read_private(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    warn_if_shared(path);
+    Ok(text)
 }
 
 /// Tokens readable by other users are not secret: say so (not fatal, as
@@ -378,7 +384,7 @@ fn token_from_text(text: &str) -> Option<String> {
 /// `PCR_TOKEN_FILE` names, else empty (what a server without tokens takes).
 pub fn client_token(file: Option<&Path>) -> Result<String, AuthError> {
     if let Some(p) = file {
-        let text = std::fs::read_to_string(p).map_err(|source| AuthError::Read {
+        let text = read_private(p).map_err(|source| AuthError::Read {
             path: p.to_owned(),
             source,
         })?;
@@ -391,7 +397,7 @@ pub fn client_token(file: Option<&Path>) -> Result<String, AuthError> {
     }
     if let Some(p) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(p);
-        let text = std::fs::read_to_string(&path).map_err(|source| AuthError::EnvFile {
+        let text = read_private(&path).map_err(|source| AuthError::EnvFile {
             path: path.clone(),
             source,
         })?;
