@@ -16,7 +16,7 @@ pub mod server;
 pub mod signing;
 pub mod store;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use server::run;
 
@@ -68,19 +68,6 @@ impl Config {
     }
 }
 
-/// Reads an upload token file (surrounding whitespace ignored; must not be empty).
-pub fn read_token_file(path: &Path) -> Result<String, Error> {
-    let t = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        context: format!("reading {}", path.display()),
-        source,
-    })?;
-    let t = t.trim();
-    if t.is_empty() {
-        return Err(Error::EmptyToken(path.display().to_string()));
-    }
-    Ok(t.to_owned())
-}
-
 /// Errors starting or running the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -94,6 +81,4 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("upload token file {0} is empty")]
-    EmptyToken(String),
 }

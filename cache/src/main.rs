@@ -10,7 +10,6 @@ use cache::signing::SecretKey;
 use cache::store::Store;
 use cache::{Config, nar::EntryKind};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "cache", about = "Procurator's Nix binary cache server")]
@@ -32,31 +31,34 @@ struct DataDir {
     store_dir: String,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dir: DataDir,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:5000")]
+    listen: String,
+    /// Secret key file (Nix format) used to sign narinfos.
+    #[arg(long, env = "CACHE_KEY_FILE")]
+    key_file: PathBuf,
+    /// File holding the upload token (HTTP basic auth password); without it uploads are refused.
+    #[arg(long, env = "CACHE_UPLOAD_TOKEN_FILE")]
+    upload_token_file: Option<PathBuf>,
+    /// Largest accepted NAR upload in bytes.
+    #[arg(long, env = "CACHE_MAX_UPLOAD_BYTES", default_value_t = cache::DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
+    /// Priority announced in nix-cache-info.
+    #[arg(long, env = "CACHE_PRIORITY", default_value_t = 40)]
+    priority: u32,
+    /// Also write the bound port to this file.
+    #[arg(long, env = "CACHE_PORT_FILE")]
+    port_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the cache over HTTP.
-    Serve {
-        #[command(flatten)]
-        dir: DataDir,
-        /// Address to listen on (port 0 picks a free port).
-        #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:5000")]
-        listen: String,
-        /// Secret key file (Nix format) used to sign narinfos.
-        #[arg(long, env = "CACHE_KEY_FILE")]
-        key_file: PathBuf,
-        /// File holding the upload token (HTTP basic auth password); without it uploads are refused.
-        #[arg(long, env = "CACHE_UPLOAD_TOKEN_FILE")]
-        upload_token_file: Option<PathBuf>,
-        /// Largest accepted NAR upload in bytes.
-        #[arg(long, env = "CACHE_MAX_UPLOAD_BYTES", default_value_t = cache::DEFAULT_MAX_UPLOAD_BYTES)]
-        max_upload_bytes: u64,
-        /// Priority announced in nix-cache-info.
-        #[arg(long, env = "CACHE_PRIORITY", default_value_t = 40)]
-        priority: u32,
-        /// Also write the bound port to this file.
-        #[arg(long, env = "CACHE_PORT_FILE")]
-        port_file: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Generate a signing key pair: DIR/secret-key and DIR/public-key; prints the public key.
     Keygen {
         /// Key name, e.g. cache.example.org-1.
@@ -132,15 +134,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("bad duration {s:?}"))
 }
 
-fn init_tracing(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json { b.json().init() } else { b.init() }
-}
-
 /// Opens an existing cache for maintenance; a mistyped --data-dir must not
 /// silently create (and "verify" or "gc") an empty cache.
 fn open(dir: &DataDir, key: Option<SecretKey>) -> Result<Store, Box<dyn std::error::Error>> {
@@ -154,198 +147,183 @@ fn open(dir: &DataDir, key: Option<SecretKey>) -> Result<Store, Box<dyn std::err
     Ok(Store::open(&dir.data_dir, &dir.store_dir, key)?)
 }
 
+/// What a subcommand returns: its exit code, or the error `main` prints.
+type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
-    match real_main(cli.cmd) {
-        Ok(code) => code,
-        Err(e) => {
-            let mut msg = format!("error: {e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn real_main(cmd: Cmd) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    match cmd {
-        Cmd::Serve {
-            dir,
-            listen,
-            key_file,
-            upload_token_file,
-            max_upload_bytes,
-            priority,
-            port_file,
-        } => {
-            let mut config = Config::new(&dir.data_dir, key_file);
-            config.store_dir = dir.store_dir;
-            config.max_upload_bytes = max_upload_bytes;
-            config.priority = priority;
-            if let Some(f) = upload_token_file {
-                config.upload_token = Some(cache::read_token_file(&f)?);
-            }
-            // Open the store (and clean up interrupted uploads) before
-            // announcing the address, so "listening" means ready.
-            let secured = config.upload_token.is_some();
-            let prepared = cache::server::prepare(config)?;
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&listen).await?;
-                let addr = listener.local_addr()?;
-                // Without a token nobody can upload: such a cache is for
-                // one host's development, so keep it on loopback.
-                if !secured && !addr.ip().is_loopback() {
-                    return Err(format!(
-                        "refusing to serve the cache on non-loopback address {addr} without \
-                         --upload-token-file; pass it or listen on 127.0.0.1"
-                    )
-                    .into());
-                }
-                if let Some(p) = port_file {
-                    std::fs::write(&p, format!("{}\n", addr.port()))?;
-                }
-                // Parsed by tests and scripts that start us on port 0.
-                println!("listening on {addr}");
-                std::io::stdout().flush()?;
-                let shutdown = CancellationToken::new();
-                let s = shutdown.clone();
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    s.cancel();
-                });
-                cache::server::serve(prepared, listener, shutdown).await?;
-                Ok::<_, Box<dyn std::error::Error>>(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Keygen { name, out_dir } => {
-            let sk = SecretKey::generate(&name)?;
-            std::fs::create_dir_all(&out_dir)?;
-            write_private(&out_dir.join("secret-key"), &sk.to_nix_string())?;
-            std::fs::write(out_dir.join("public-key"), sk.public().to_nix_string())?;
-            println!("{}", sk.public().to_nix_string());
-            Ok(ExitCode::SUCCESS)
-        }
+    commands::telemetry::init(cli.log_json);
+    let outcome = match cli.cmd {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Keygen { name, out_dir } => keygen(&name, &out_dir),
         Cmd::Verify {
             dir,
             key_file,
             quarantine,
-        } => {
-            let key = key_file.map(|k| SecretKey::load(&k)).transpose()?;
-            let store = open(&dir, key)?;
-            let r = store.verify(quarantine)?;
-            for p in &r.problems {
-                println!("BAD {}: {}", p.subject, p.what);
-            }
-            for q in &r.quarantined {
-                println!("quarantined {q}");
-            }
-            println!(
-                "checked {} paths: {} problems, {} orphan NAR files (gc removes them)",
-                r.checked,
-                r.problems.len(),
-                r.orphan_nars
-            );
-            Ok(if r.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+        } => verify(&dir, key_file.as_deref(), quarantine),
+        Cmd::Gc { dir, grace, yes } => gc(&dir, grace, yes),
+        Cmd::Pin { dir, name, paths } => pin(&dir, &name, &paths),
+        Cmd::Unpin { dir, name } => unpin(&dir, &name),
+        Cmd::Pins { dir } => pins(&dir),
+        Cmd::Ls { dir, path } => ls(&dir, &path),
+        Cmd::Info { dir, path } => info(&dir, &path),
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {}", commands::report::error_chain(e.as_ref()));
+        ExitCode::from(2)
+    })
+}
+
+fn serve(args: ServeArgs) -> Outcome {
+    let mut config = Config::new(&args.dir.data_dir, args.key_file);
+    config.store_dir = args.dir.store_dir;
+    config.max_upload_bytes = args.max_upload_bytes;
+    config.priority = args.priority;
+    if let Some(f) = &args.upload_token_file {
+        config.upload_token = Some(commands::auth::read_secret_file(f)?);
+    }
+    // Open the store (and clean up interrupted uploads) before announcing
+    // the address, so "listening" means ready.
+    let secured = config.upload_token.is_some();
+    let prepared = cache::server::prepare(config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+        let addr = listener.local_addr()?;
+        // Without a token nobody can upload: such a cache is for one
+        // host's development, so keep it on loopback.
+        commands::auth::check_bind("the cache", addr, secured, "--upload-token-file")?;
+        if let Some(p) = &args.port_file {
+            std::fs::write(p, format!("{}\n", addr.port()))?;
         }
-        Cmd::Gc { dir, grace, yes } => {
-            let store = open(&dir, None)?;
-            let r = store.gc(grace, yes)?;
-            let verb = if yes { "deleted" } else { "would delete" };
-            for p in &r.deleted {
-                println!("{verb} {}/{p}", dir.store_dir);
-            }
-            for n in &r.nar_files {
-                println!("{verb} nar/{n}");
-            }
-            for n in &r.orphan_narinfos {
-                println!("{verb} unindexed {n}");
-            }
-            println!(
-                "{} roots, {} paths kept, {} paths and {} NAR files ({} bytes) {verb}{}",
-                r.roots,
-                r.kept,
-                r.deleted.len(),
-                r.nar_files.len(),
-                r.freed_bytes,
-                if yes {
-                    ""
+        // Parsed by tests and scripts that start us on port 0.
+        println!("listening on {addr}");
+        std::io::stdout().flush()?;
+        let shutdown = commands::daemon::shutdown_token();
+        cache::server::serve(prepared, listener, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn keygen(name: &str, out_dir: &Path) -> Outcome {
+    let sk = SecretKey::generate(name)?;
+    std::fs::create_dir_all(out_dir)?;
+    write_private(&out_dir.join("secret-key"), &sk.to_nix_string())?;
+    std::fs::write(out_dir.join("public-key"), sk.public().to_nix_string())?;
+    println!("{}", sk.public().to_nix_string());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(dir: &DataDir, key_file: Option<&Path>, quarantine: bool) -> Outcome {
+    let key = key_file.map(SecretKey::load).transpose()?;
+    let store = open(dir, key)?;
+    let r = store.verify(quarantine)?;
+    for p in &r.problems {
+        println!("BAD {}: {}", p.subject, p.what);
+    }
+    for q in &r.quarantined {
+        println!("quarantined {q}");
+    }
+    println!(
+        "checked {} paths: {} problems, {} orphan NAR files (gc removes them)",
+        r.checked,
+        r.problems.len(),
+        r.orphan_nars
+    );
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn gc(dir: &DataDir, grace: Duration, yes: bool) -> Outcome {
+    let store = open(dir, None)?;
+    let r = store.gc(grace, yes)?;
+    let verb = if yes { "deleted" } else { "would delete" };
+    for p in &r.deleted {
+        println!("{verb} {}/{p}", dir.store_dir);
+    }
+    for n in &r.nar_files {
+        println!("{verb} nar/{n}");
+    }
+    for n in &r.orphan_narinfos {
+        println!("{verb} unindexed {n}");
+    }
+    println!(
+        "{} roots, {} paths kept, {} paths and {} NAR files ({} bytes) {verb}{}",
+        r.roots,
+        r.kept,
+        r.deleted.len(),
+        r.nar_files.len(),
+        r.freed_bytes,
+        if yes {
+            ""
+        } else {
+            " (dry run; --yes to delete)"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pin(dir: &DataDir, name: &str, paths: &[String]) -> Outcome {
+    open(dir, None)?.set_pin(name, paths)?;
+    println!("pinned {} paths as {name}", paths.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unpin(dir: &DataDir, name: &str) -> Outcome {
+    if open(dir, None)?.delete_pin(name)? {
+        println!("unpinned {name}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("no pin named {name}");
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn pins(dir: &DataDir) -> Outcome {
+    for (name, path) in open(dir, None)?.pins()? {
+        println!("{name}\t{path}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ls(dir: &DataDir, path: &str) -> Outcome {
+    for e in open(dir, None)?.ls(path)? {
+        let p = if e.path.is_empty() {
+            ".".to_owned()
+        } else {
+            e.path
+        };
+        match e.kind {
+            EntryKind::Directory => println!("dr-xr-xr-x {:>12} {p}", 0),
+            EntryKind::Regular { executable, size } => {
+                let mode = if executable {
+                    "-r-xr-xr-x"
                 } else {
-                    " (dry run; --yes to delete)"
-                }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Pin { dir, name, paths } => {
-            open(&dir, None)?.set_pin(&name, &paths)?;
-            println!("pinned {} paths as {name}", paths.len());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Unpin { dir, name } => {
-            if open(&dir, None)?.delete_pin(&name)? {
-                println!("unpinned {name}");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("no pin named {name}");
-                Ok(ExitCode::from(1))
-            }
-        }
-        Cmd::Pins { dir } => {
-            for (name, path) in open(&dir, None)?.pins()? {
-                println!("{name}\t{path}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Ls { dir, path } => {
-            for e in open(&dir, None)?.ls(&path)? {
-                let p = if e.path.is_empty() {
-                    ".".to_owned()
-                } else {
-                    e.path
+                    "-r--r--r--"
                 };
-                match e.kind {
-                    EntryKind::Directory => println!("dr-xr-xr-x {:>12} {p}", 0),
-                    EntryKind::Regular { executable, size } => {
-                        println!(
-                            "{} {size:>12} {p}",
-                            if executable {
-                                "-r-xr-xr-x"
-                            } else {
-                                "-r--r--r--"
-                            }
-                        )
-                    }
-                    EntryKind::Symlink { target } => {
-                        println!("lrwxrwxrwx {:>12} {p} -> {target}", 0)
-                    }
-                }
+                println!("{mode} {size:>12} {p}")
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Info { dir, path } => {
-            let store = open(&dir, None)?;
-            let row = store.lookup(&path)?;
-            print!("{}", row.narinfo);
-            println!("UploadedAt: {}", row.uploaded_at);
-            let full = format!("{}/{}", dir.store_dir, row.store_path);
-            for (name, p) in store.pins()? {
-                if p == full {
-                    println!("Pin: {name}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            EntryKind::Symlink { target } => println!("lrwxrwxrwx {:>12} {p} -> {target}", 0),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(dir: &DataDir, path: &str) -> Outcome {
+    let store = open(dir, None)?;
+    let row = store.lookup(path)?;
+    print!("{}", row.narinfo);
+    println!("UploadedAt: {}", row.uploaded_at);
+    let full = format!("{}/{}", dir.store_dir, row.store_path);
+    for (name, p) in store.pins()? {
+        if p == full {
+            println!("Pin: {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
@@ -357,20 +335,4 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(content.as_bytes())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

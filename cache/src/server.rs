@@ -458,7 +458,7 @@ fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response<Body>> {
         .and_then(|d| String::from_utf8(d).ok())
         .and_then(|s| s.split_once(':').map(|(_, p)| p.to_owned()));
     let (reason, msg) = match password {
-        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => return Ok(()),
+        Some(p) if commands::auth::ct_eq(p.as_bytes(), token.as_bytes()) => return Ok(()),
         Some(_) => ("wrong_token", "wrong upload token"),
         None => (
             "no_token",
@@ -474,13 +474,6 @@ fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response<Body>> {
     Err(resp)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn upload_refused(state: &State, e: &UploadError) -> Response<Body> {
     state.metrics.upload_failure(e.reason());
     let status = e.status();
@@ -490,10 +483,14 @@ fn upload_refused(state: &State, e: &UploadError) -> Response<Body> {
     }
     if status >= 500 {
         tracing::error!(error = %e, source = ?std::error::Error::source(e), "upload failed");
-    } else {
-        tracing::warn!(reason = e.reason(), error = %e, "upload refused");
+        // Our own failures stay with us: the uploader gets the message,
+        // not the I/O or index error behind it.
+        return text(status, e.to_string());
     }
-    text(status, e.to_string())
+    tracing::warn!(reason = e.reason(), error = %e, "upload refused");
+    // A refusal's causes are about the upload itself (a narinfo field, ...):
+    // the whole chain tells the uploader what to fix.
+    text(status, commands::report::error_chain(e))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

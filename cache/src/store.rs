@@ -69,7 +69,7 @@ pub enum UploadError {
     Corrupt(&'static str, String),
     #[error("narinfo is not UTF-8")]
     NotUtf8,
-    #[error("bad narinfo: {0}")]
+    #[error("bad narinfo")]
     BadNarInfo(#[from] NarInfoError),
     #[error("narinfo for {store_path} uploaded as {url_hash}.narinfo")]
     HashPartMismatch {

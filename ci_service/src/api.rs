@@ -66,11 +66,6 @@ fn internal(job_id: Option<i64>, e: &(dyn std::error::Error + 'static)) -> Respo
     error(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_MESSAGE)
 }
 
-/// Compares without an early exit so the secret does not leak by timing.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn push(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Some(secret) = &s.hook_secret {
         let given = headers
@@ -78,7 +73,7 @@ async fn push(State(s): State<AppState>, headers: HeaderMap, body: axum::body::B
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        if !same_secret(given.trim().as_bytes(), secret.as_bytes()) {
+        if !commands::auth::ct_eq(given.trim().as_bytes(), secret.as_bytes()) {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong hook secret");
         }
     }

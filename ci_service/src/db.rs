@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use commands::types::IntentHash;
+use commands::telemetry::now_ms;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -110,10 +111,6 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-fn now_ms() -> i64 {
-    commands::telemetry::now_ms() as i64
-}
-
 impl Db {
     /// Opens (creating) the database and re-queues jobs a crash left
     /// running, so they are built again from the start.
@@ -154,7 +151,7 @@ impl Db {
     ) -> Result<(i64, usize), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let now = now_ms();
+        let now = now_ms() as i64;
         let superseded = tx.execute(
             "UPDATE jobs SET state = 'superseded', finished_at_ms = ?1 WHERE repo = ?2 AND git_ref = ?3 AND state = 'queued'",
             params![now, repo, git_ref],
@@ -182,7 +179,7 @@ impl Db {
         let Some(id) = id else { return Ok(None) };
         tx.execute(
             "UPDATE jobs SET state = 'running', started_at_ms = ?1 WHERE id = ?2",
-            params![now_ms(), id],
+            params![now_ms() as i64, id],
         )?;
         let job = tx.query_row(
             &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -239,7 +236,7 @@ impl Db {
     pub fn fail(&self, id: i64, error: &str) -> Result<(), DbError> {
         self.conn().execute(
             "UPDATE jobs SET state = 'failed', error = ?1, finished_at_ms = ?2 WHERE id = ?3",
-            params![error, now_ms(), id],
+            params![error, now_ms() as i64, id],
         )?;
         Ok(())
     }
@@ -249,7 +246,7 @@ impl Db {
     pub fn succeed_without_generation(&self, id: i64, specs_json: &str) -> Result<(), DbError> {
         self.conn().execute(
             "UPDATE jobs SET state = 'succeeded', vm_specs = ?1, finished_at_ms = ?2 WHERE id = ?3",
-            params![specs_json, now_ms(), id],
+            params![specs_json, now_ms() as i64, id],
         )?;
         Ok(())
     }
@@ -274,7 +271,7 @@ impl Db {
         )?;
         tx.execute(
             "UPDATE jobs SET state = 'succeeded', generation = ?1, vm_specs = ?2, finished_at_ms = ?3 WHERE id = ?4",
-            params![g.number, g.specs_json, now_ms(), g.job_id],
+            params![g.number, g.specs_json, now_ms() as i64, g.job_id],
         )?;
         tx.commit()?;
         Ok(())

@@ -2,10 +2,9 @@
 //! a bare repository's post-receive hook) and `notify` (what the hook runs).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -87,10 +86,9 @@ enum Command {
     },
 }
 
-fn read_secret(path: &PathBuf) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+/// A secret file's content, or the message to print.
+fn read_secret(path: &Path) -> Result<String, String> {
+    commands::auth::read_secret_file(path).map_err(|e| commands::report::error_chain(&e))
 }
 
 fn main() -> std::process::ExitCode {
@@ -108,7 +106,7 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", commands::report::error_chain(&e));
                     std::process::ExitCode::FAILURE
                 }
             }
@@ -150,7 +148,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         },
         (None, t) => t,
     };
-    let hook_secret = match a.hook_secret_file.as_ref().map(read_secret).transpose() {
+    let hook_secret = match a.hook_secret_file.as_deref().map(read_secret).transpose() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -162,6 +160,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         Some(f) => match commands::auth::client_token(Some(f)) {
             Ok(t) => commands::auth::Secret::new(t),
             Err(e) => {
+                let e = commands::report::error_chain(&e);
                 eprintln!("error: --control-plane-token-file: {e}");
                 return std::process::ExitCode::FAILURE;
             }
@@ -203,28 +202,10 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
             .map(|a| a.to_string())
             .unwrap_or_default();
         println!("listening on {addr}");
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            s.cancel();
-        });
-        match ci_service::run(config, listener, shutdown).await {
+        match ci_service::run(config, listener, commands::daemon::shutdown_token()).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                eprintln!("error: {msg}");
+                eprintln!("error: {}", commands::report::error_chain(&e));
                 std::process::ExitCode::FAILURE
             }
         }

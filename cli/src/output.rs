@@ -125,20 +125,9 @@ pub fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-/// `error: source: cause: cause` for any error with a source chain.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.ends_with(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
-}
+/// The workspace's one chain printer, re-exported so the binaries' error
+/// paths read `output::error_chain` beside the other output helpers.
+pub use commands::report::error_chain;
 
 /// 1536 → "1.5 KiB".
 pub fn bytes(n: u64) -> String {

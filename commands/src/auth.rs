@@ -169,7 +169,9 @@ impl std::fmt::Debug for Authenticator {
 
 /// Compares without an early exit, so timing tells nothing about how much
 /// of a guess matched. Lengths are public (tokens are long and random).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+/// Every secret compare of the workspace (login tokens, upload tokens, hook
+/// secrets, session ids) goes through this one.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -267,11 +269,10 @@ impl Authenticator {
 
     /// Reads and parses a token file.
     pub fn load(path: &Path, allowed: &[Role]) -> Result<Self, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        let text = read_private(path).map_err(|source| AuthError::Read {
             path: path.to_owned(),
             source,
         })?;
-        warn_if_shared(path);
         Self::parse(&text, path, allowed)
     }
 
@@ -308,6 +309,32 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// A secret file's text without surrounding whitespace (a cache upload
+/// token, a push-hook secret): the whole file is the secret. Warns when the
+/// file is readable by group or others, like a token file; an empty file is
+/// an error, as an empty secret would let anyone in.
+pub fn read_secret_file(path: &Path) -> Result<String, AuthError> {
+    let text = read_private(path).map_err(|source| AuthError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(AuthError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(secret.to_owned())
+}
+
+/// The one way a file holding secrets is read (token files, secret files,
+/// client token files): its text, with a warning when others can read it.
+fn read_private(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    warn_if_shared(path);
+    Ok(text)
 }
 
 /// Tokens readable by other users are not secret: say so (not fatal, as
@@ -357,7 +384,7 @@ fn token_from_text(text: &str) -> Option<String> {
 /// `PCR_TOKEN_FILE` names, else empty (what a server without tokens takes).
 pub fn client_token(file: Option<&Path>) -> Result<String, AuthError> {
     if let Some(p) = file {
-        let text = std::fs::read_to_string(p).map_err(|source| AuthError::Read {
+        let text = read_private(p).map_err(|source| AuthError::Read {
             path: p.to_owned(),
             source,
         })?;
@@ -370,7 +397,7 @@ pub fn client_token(file: Option<&Path>) -> Result<String, AuthError> {
     }
     if let Some(p) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(p);
-        let text = std::fs::read_to_string(&path).map_err(|source| AuthError::EnvFile {
+        let text = read_private(&path).map_err(|source| AuthError::EnvFile {
             path: path.clone(),
             source,
         })?;
@@ -501,6 +528,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read token file"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn secret_files_are_trimmed_and_never_empty() {
+        // Its own directory: the token test removes tempfile_dir() when done.
+        let dir = std::env::temp_dir().join(format!("pcr-secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("hook");
+        std::fs::write(&p, "  s3cret-value \n").unwrap();
+        assert_eq!(read_secret_file(&p).unwrap(), "s3cret-value");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(read_secret_file(&p), Err(AuthError::Empty { .. })));
+        let e = read_secret_file(&dir.join("missing")).unwrap_err();
+        assert!(matches!(e, AuthError::Read { .. }), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

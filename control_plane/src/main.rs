@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +41,9 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     commands::telemetry::init(args.log_json);
-    raise_nofile_limit();
+    // Every worker holds a connection open: thousands of workers need more
+    // than the default soft limit.
+    commands::daemon::raise_nofile_limit();
     let config = control_plane::Config {
         long_poll_timeout: Duration::from_millis(args.long_poll_timeout_ms),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
@@ -56,7 +57,7 @@ fn main() -> std::process::ExitCode {
     ) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", commands::report::error_chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -86,44 +87,8 @@ fn main() -> std::process::ExitCode {
         // Tests and scripts parse this line to learn the port.
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");
-        let shutdown = CancellationToken::new();
-        {
-            let shutdown = shutdown.clone();
-            tokio::task::spawn_local(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down");
-                shutdown.cancel();
-            });
-        }
+        let shutdown = commands::daemon::shutdown_token();
         control_plane::run_with_auth(config, auth, listener, shutdown).await;
         std::process::ExitCode::SUCCESS
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Every worker holds a connection open: lift the soft open-file limit to
-/// the hard one so thousands of workers fit.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-        }
-    }
 }

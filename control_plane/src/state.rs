@@ -288,11 +288,6 @@ impl State {
         })
     }
 
-    /// Whether `worker` is registered (for getWorker / getAssignment).
-    pub fn is_registered(&self, worker: &WorkerId) -> bool {
-        self.workers.contains_key(worker)
-    }
-
     /// Heartbeat and observed state from the connection that registered.
     pub fn push_data(
         &mut self,

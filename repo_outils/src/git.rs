@@ -1,6 +1,6 @@
 //! git helpers over git2 (libgit2): fetch a repository into a local bare
-//! mirror, write one commit's tree into a plain directory, read a file at a
-//! commit, and list history. No `git` binary is needed.
+//! mirror and write one commit's tree into a plain directory (what
+//! ci_service's runner needs). No `git` binary is needed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,10 +23,6 @@ pub enum GitError {
         rev: String,
         source: git2::Error,
     },
-    #[error("{path:?} not found at {rev}")]
-    PathNotFound { rev: String, path: String },
-    #[error("{path:?} at {rev} is not a file")]
-    NotAFile { rev: String, path: String },
     #[error("cannot read git objects of {rev}")]
     Object { rev: String, source: git2::Error },
     #[error("cannot write {path}")]
@@ -38,21 +34,8 @@ pub enum GitError {
     UnsafeName(String),
 }
 
-/// One commit of `log`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CommitInfo {
-    /// 40-hex commit id.
-    pub id: String,
-    /// First line of the message.
-    pub summary: String,
-    pub author: String,
-    pub email: String,
-    /// Author time, seconds since the epoch.
-    pub time: i64,
-}
-
 /// Opens an existing repository (bare or not).
-pub fn open(path: &Path) -> Result<Repository, GitError> {
+fn open(path: &Path) -> Result<Repository, GitError> {
     Repository::open(path).map_err(|source| GitError::Open {
         path: path.to_owned(),
         source,
@@ -96,12 +79,6 @@ pub fn fetch_mirror(url: &str, mirror: &Path) -> Result<Repository, GitError> {
             })?;
     }
     Ok(repo)
-}
-
-/// Resolves a revision (commit id, branch, tag, `HEAD~1`, …) to a 40-hex
-/// commit id.
-pub fn resolve(repo: &Repository, rev: &str) -> Result<String, GitError> {
-    Ok(find_commit(repo, rev)?.id().to_string())
 }
 
 fn find_commit<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Commit<'r>, GitError> {
@@ -190,57 +167,6 @@ pub fn checkout_commit(repo: &Repository, rev: &str, dest: &Path) -> Result<Stri
     Ok(id)
 }
 
-/// The content of `path` (slash-separated, relative to the root) at `rev`.
-pub fn read_file_at(repo: &Repository, rev: &str, path: &str) -> Result<Vec<u8>, GitError> {
-    let commit = find_commit(repo, rev)?;
-    let id = commit.id().to_string();
-    let tree = commit.tree().map_err(|source| GitError::Object {
-        rev: id.clone(),
-        source,
-    })?;
-    let entry = tree
-        .get_path(Path::new(path))
-        .map_err(|_| GitError::PathNotFound {
-            rev: id.clone(),
-            path: path.to_owned(),
-        })?;
-    let obj = entry.to_object(repo).map_err(|source| GitError::Object {
-        rev: id.clone(),
-        source,
-    })?;
-    let blob = obj.as_blob().ok_or_else(|| GitError::NotAFile {
-        rev: id.clone(),
-        path: path.to_owned(),
-    })?;
-    Ok(blob.content().to_vec())
-}
-
-/// Up to `limit` commits reachable from `rev`, newest first.
-pub fn log(repo: &Repository, rev: &str, limit: usize) -> Result<Vec<CommitInfo>, GitError> {
-    let start = find_commit(repo, rev)?;
-    let obj_err = |source| GitError::Object {
-        rev: rev.to_owned(),
-        source,
-    };
-    let mut walk = repo.revwalk().map_err(obj_err)?;
-    walk.set_sorting(git2::Sort::TIME).map_err(obj_err)?;
-    walk.push(start.id()).map_err(obj_err)?;
-    let mut out = Vec::new();
-    for oid in walk.take(limit) {
-        let oid = oid.map_err(obj_err)?;
-        let c = repo.find_commit(oid).map_err(obj_err)?;
-        let author = c.author();
-        out.push(CommitInfo {
-            id: oid.to_string(),
-            summary: c.summary().unwrap_or_default().to_owned(),
-            author: author.name().unwrap_or_default().to_owned(),
-            email: author.email().unwrap_or_default().to_owned(),
-            time: author.when().seconds(),
-        });
-    }
-    Ok(out)
-}
-
 /// Quotes `s` for a POSIX shell: single quotes, with embedded ones closed,
 /// escaped and reopened. Every value a hook script embeds goes through it.
 pub fn sh_quote(s: &str) -> String {
@@ -310,14 +236,19 @@ mod tests {
     }
 
     #[test]
-    fn mirror_checkout_read_and_log() {
+    fn mirror_and_checkout() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         let (_repo, c1, c2) = repo_with_history(&src);
         let mirror = fetch_mirror(src.to_str().unwrap(), &tmp.path().join("mirror.git")).unwrap();
         // A second fetch into the existing mirror works too.
         let mirror2 = fetch_mirror(src.to_str().unwrap(), &tmp.path().join("mirror.git")).unwrap();
-        assert_eq!(resolve(&mirror2, "refs/heads/master").unwrap(), c2);
+        let head = tmp.path().join("head");
+        assert_eq!(
+            checkout_commit(&mirror2, "refs/heads/master", &head).unwrap(),
+            c2
+        );
+        assert_eq!(fs::read_to_string(head.join("flake.nix")).unwrap(), "v2");
 
         let wd = tmp.path().join("wd");
         assert_eq!(checkout_commit(&mirror, &c1, &wd).unwrap(), c1);
@@ -332,25 +263,6 @@ mod tests {
             0o111
         );
         assert!(!wd.join(".git").exists());
-
-        assert_eq!(read_file_at(&mirror, &c2, "flake.nix").unwrap(), b"v2");
-        assert_eq!(read_file_at(&mirror, &c1, "flake.nix").unwrap(), b"v1");
-        assert!(matches!(
-            read_file_at(&mirror, &c1, "nope"),
-            Err(GitError::PathNotFound { .. })
-        ));
-        assert!(matches!(
-            read_file_at(&mirror, &c1, "bin"),
-            Err(GitError::NotAFile { .. })
-        ));
-
-        let history = log(&mirror, &c2, 10).unwrap();
-        assert_eq!(
-            history.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-            vec![c2.clone(), c1.clone()]
-        );
-        assert_eq!(history[1].summary, "first");
-        assert_eq!(history[0].author, "Test");
     }
 
     #[test]
@@ -358,7 +270,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         let (repo, _, _) = repo_with_history(&src);
-        let err = resolve(&repo, &"a".repeat(40)).unwrap_err().to_string();
+        let err = checkout_commit(&repo, &"a".repeat(40), &tmp.path().join("wd"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&"a".repeat(40)), "{err}");
         let missing = tmp.path().join("missing");
         let Err(err) = fetch_mirror(missing.to_str().unwrap(), &tmp.path().join("m.git")) else {

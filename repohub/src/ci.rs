@@ -16,18 +16,3 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn client(base: Option<String>, secret: Option<String>) -> Result<CiClient, CiError> {
     CiClient::new(base, secret, API_TIMEOUT)
 }
-
-/// "outer: inner: innermost", for messages shown to users.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}

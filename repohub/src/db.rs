@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use commands::telemetry::now_ms;
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +81,6 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX push_events_due ON push_events (delivered_at_ms, next_attempt_ms);",
 ];
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 #[derive(Clone)]
 pub struct Db {
@@ -166,7 +160,7 @@ impl Db {
         let c = self.lock();
         let r = c.execute(
             "INSERT INTO users (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![name, password_hash, now_ms()],
+            params![name, password_hash, now_ms() as i64],
         );
         match r {
             Ok(_) => Ok(User {
@@ -219,7 +213,7 @@ impl Db {
         user_id: i64,
         ttl_ms: i64,
     ) -> Result<(), DbError> {
-        let now = now_ms();
+        let now = now_ms() as i64;
         let c = self.lock();
         c.execute(
             "DELETE FROM sessions WHERE expires_at_ms < ?1",
@@ -238,7 +232,7 @@ impl Db {
             .query_row(
                 "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
-                params![token_hash, now_ms()],
+                params![token_hash, now_ms() as i64],
                 |r| {
                     Ok(User {
                         id: r.get(0)?,
@@ -263,7 +257,7 @@ impl Db {
         let c = self.lock();
         c.execute(
             "INSERT INTO access_tokens (user_id, name, token_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![user_id, name, token_hash, now_ms()],
+            params![user_id, name, token_hash, now_ms() as i64],
         )?;
         Ok(c.last_insert_rowid())
     }
@@ -303,7 +297,7 @@ impl Db {
         if u.is_some() {
             c.execute(
                 "UPDATE access_tokens SET last_used_ms = ?1 WHERE token_hash = ?2",
-                params![now_ms(), token_hash],
+                params![now_ms() as i64, token_hash],
             )?;
         }
         Ok(u)
@@ -322,7 +316,7 @@ impl Db {
         let tx = c.transaction()?;
         let r = tx.execute(
             "INSERT INTO projects (name, description, public, owner_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, description, public, owner_id, now_ms()],
+            params![name, description, public, owner_id, now_ms() as i64],
         );
         match r {
             Ok(_) => {}
@@ -402,7 +396,7 @@ impl Db {
         let c = self.lock();
         match c.execute(
             "INSERT INTO repositories (project_id, name, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![project_id, name, now_ms()],
+            params![project_id, name, now_ms() as i64],
         ) {
             Ok(_) => Ok(c.last_insert_rowid()),
             Err(e) if is_unique_violation(&e) => Err(DbError::Conflict("repository")),
@@ -455,7 +449,7 @@ impl Db {
         new: &str,
     ) -> Result<i64, DbError> {
         let c = self.lock();
-        let now = now_ms();
+        let now = now_ms() as i64;
         c.execute(
             "INSERT INTO push_events (repo_path, ref_name, old, new, received_at_ms, next_attempt_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -470,7 +464,7 @@ impl Db {
             "SELECT id, repo_path, ref_name, old, new, attempts FROM push_events
              WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = st.query_map(params![now_ms(), limit], |r| {
+        let rows = st.query_map(params![now_ms() as i64, limit], |r| {
             Ok(QueuedPush {
                 id: r.get(0)?,
                 event: commands::ci_api::PushEvent {
@@ -489,7 +483,7 @@ impl Db {
         self.lock().execute(
             "UPDATE push_events SET delivered_at_ms = ?1, job_id = ?2, attempts = attempts + 1, last_error = NULL
              WHERE id = ?3",
-            params![now_ms(), job_id, id],
+            params![now_ms() as i64, job_id, id],
         )?;
         Ok(())
     }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(name = "repohub", about = "Procurator's web UI and git host")]
@@ -48,10 +47,11 @@ async fn main() -> std::process::ExitCode {
     commands::telemetry::init(args.log_json);
     let secret = match &args.ci_secret_file {
         None => None,
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(s) => Some(s.trim().to_owned()),
+        Some(p) => match commands::auth::read_secret_file(p) {
+            Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("repohub: cannot read --ci-secret-file {}: {e}", p.display());
+                let e = commands::report::error_chain(&e);
+                eprintln!("repohub: --ci-secret-file: {e}");
                 return std::process::ExitCode::from(2);
             }
         },
@@ -64,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         match commands::auth::client_token(Some(p)) {
             Ok(t) => config.control_plane_token = commands::auth::Secret::new(t),
             Err(e) => {
+                let e = commands::report::error_chain(&e);
                 eprintln!("repohub: --control-plane-token-file: {e}");
                 return std::process::ExitCode::from(2);
             }
@@ -80,24 +81,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        token.cancel();
-    });
-    match repohub::run(config, listener, shutdown).await {
+    match repohub::run(config, listener, commands::daemon::shutdown_token()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("repohub: {}", repohub::ci::error_chain(&e));
+            eprintln!("repohub: {}", commands::report::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::ci::CiClient;
-use crate::db::{Db, DbError, now_ms};
+use crate::db::{Db, DbError};
+use commands::telemetry::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -112,7 +113,7 @@ pub async fn deliver_due(db: &Db, ci: &CiClient, backoff: &Backoff) -> Result<us
                 delivered += 1;
             }
             Err(e) => {
-                let next = now_ms() + backoff.delay(ev.attempts).as_millis() as i64;
+                let next = now_ms() as i64 + backoff.delay(ev.attempts).as_millis() as i64;
                 tracing::warn!(event = ev.id, attempts = ev.attempts + 1, error = %e, "ci_service notification failed; will retry");
                 db.push_failed(ev.id, &e.to_string(), next)?;
             }

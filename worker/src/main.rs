@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
+use commands::report::error_chain;
 use worker::dto::{Labels, Resources, WorkerId};
 use worker::vmm::config::TapConfig;
 
@@ -126,19 +126,6 @@ fn default_worker_id() -> String {
     if id.is_empty() { "worker".into() } else { id }
 }
 
-/// A worker holds a pidfd or pipe per child and a socket per call: lift the
-/// soft open-file limit to the hard one so a thousand VMs fit.
-fn raise_nofile_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -153,7 +140,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn real_main(args: Args) -> Result<(), String> {
-    raise_nofile_limit();
+    // A worker holds a pidfd or pipe per child and a socket per call: a
+    // thousand VMs need more than the default soft limit.
+    commands::daemon::raise_nofile_limit();
     let worker_id: WorkerId = args
         .worker_id
         .clone()
@@ -185,11 +174,11 @@ async fn real_main(args: Args) -> Result<(), String> {
         args.token_file.as_deref(),
         worker::server::ROLES,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     if let Some(f) = &args.cluster_token_file {
         config.cluster_token = commands::auth::client_token(Some(f))
             .map(commands::auth::Secret::new)
-            .map_err(|e| format!("--cluster-token-file: {e}"))?;
+            .map_err(|e| format!("--cluster-token-file: {}", error_chain(&e)))?;
     }
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -197,28 +186,12 @@ async fn real_main(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     commands::auth::check_bind("the worker", addr, !config.auth.is_open(), "--token-file")
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     // Tests and scripts wait for this line to know the port.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-        token.cancel();
-    });
-    worker::run(config, listener, shutdown)
+    worker::run(config, listener, commands::daemon::shutdown_token())
         .await
         .map_err(|e| e.message())
 }

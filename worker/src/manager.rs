@@ -1,5 +1,5 @@
 //! `VmManager<B>`: the single owner of the VM table. It runs one loop that
-//! takes `Command`s from the RPC server (and later the reconciler) and
+//! takes `Command`s from the RPC server and the reconciler and
 //! `Event`s from its own sub-tasks; only this loop changes the table.
 //!
 //! Long I/O (prepare, disk copy, spawn, REST calls) runs in sub-tasks whose
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use commands::convert::ErrorCode;
+use commands::report::error_chain;
 use commands::telemetry::now_ms;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -100,22 +101,6 @@ impl WorkerError {
     fn step(step: &'static str) -> impl FnOnce(VmmError) -> WorkerError {
         move |source| WorkerError::Vmm { step, source }
     }
-}
-
-/// `outer: inner: innermost`, skipping a source whose text the outer
-/// message already ends with.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !out.ends_with(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, WorkerError>>;
@@ -277,10 +262,6 @@ impl<B: VmmBackend> VmManager<B> {
             started: Instant::now(),
             console_sync_busy: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    pub fn backend(&self) -> &Arc<B> {
-        &self.backend
     }
 
     /// Rebuilds the table from the run directory: VMs whose hypervisor still
@@ -853,8 +834,10 @@ async fn create_flow<B: VmmBackend>(
         let booted = async {
             vmm.create(&config)
                 .await
-                .map_err(WorkerError::step("vm.create"))?;
-            vmm.boot().await.map_err(WorkerError::step("vm.boot"))
+                .map_err(WorkerError::step("creating the VM"))?;
+            vmm.boot()
+                .await
+                .map_err(WorkerError::step("booting the VM"))
         }
         .await;
         match booted {

@@ -162,10 +162,13 @@ async fn failure_at_every_create_step_leaves_nothing_behind() {
     for (step, want) in [
         (Step::Prepare, "preparing the closure failed"),
         (Step::Spawn, "starting cloud-hypervisor failed"),
-        (Step::Create, "vm.create failed: vm.create answered 500"),
+        (
+            Step::Create,
+            "creating the VM failed: vm.create answered 500",
+        ),
         (
             Step::Boot,
-            "vm.boot failed: vm.boot answered 500: Error from API: injected failure of vm.boot",
+            "booting the VM failed: vm.boot answered 500: Error from API: injected failure of vm.boot",
         ),
     ] {
         backend.fault(step, Fault::Fail(500));

@@ -1,10 +1,7 @@
 //! `Node<B>`: owns the command channel's receiver and the VmManager, adopts
 //! what the run directory holds, then feeds the manager. Every source of
-//! commands (the RPC server now, the reconciler later) holds a clone of the
-//! same `CommandSender`, so all changes go through the one manager loop.
-
-use std::future::Future;
-use std::pin::Pin;
+//! commands (the RPC server and the reconciler) holds a clone of the same
+//! `CommandSender`, so all changes go through the one manager loop.
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -58,13 +55,10 @@ impl CommandSender {
     }
 }
 
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 pub struct Node<B: VmmBackend> {
     manager: VmManager<B>,
     commands: mpsc::Receiver<Command>,
     sender: CommandSender,
-    tasks: Vec<Task>,
 }
 
 impl<B: VmmBackend> Node<B> {
@@ -75,24 +69,11 @@ impl<B: VmmBackend> Node<B> {
             manager,
             commands,
             sender: CommandSender { tx },
-            tasks: Vec::new(),
         })
     }
 
     pub fn sender(&self) -> CommandSender {
         self.sender.clone()
-    }
-
-    /// Adds a task that runs beside the manager once `run` starts (the
-    /// reconciler's hook): it gets its own `CommandSender` and the shutdown
-    /// token, and must return when the token fires.
-    pub fn add_task<F, Fut>(&mut self, make: F, shutdown: &CancellationToken)
-    where
-        F: FnOnce(CommandSender, CancellationToken) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.tasks
-            .push(Box::pin(make(self.sender.clone(), shutdown.clone())));
     }
 
     /// Adopts surviving VMs, then serves commands until `shutdown`.
@@ -101,16 +82,11 @@ impl<B: VmmBackend> Node<B> {
             mut manager,
             commands,
             sender,
-            tasks,
         } = self;
         // Our own sender must not keep the channel open once every outside
         // sender is gone.
         drop(sender);
         manager.adopt_existing().await;
-        let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
         manager.run(commands, shutdown).await;
-        for h in handles {
-            let _ = h.await;
-        }
     }
 }

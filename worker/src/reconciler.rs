@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use commands::report::error_chain;
 use commands::service::worker::WorkerCap;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::{AssignmentView, WorkerMetricsView};
@@ -75,18 +76,6 @@ pub enum ReconcileError {
     Worker(#[from] WorkerError),
     #[error("control plane did not answer within {0:?}")]
     Timeout(Duration),
-}
-
-/// One line with the cause chain, for logs.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 // ---- planning (pure) --------------------------------------------------------
@@ -262,20 +251,20 @@ async fn reconcile_loop(
         let mut wait = cfg.heartbeat_interval;
         if let Some(a) = desired {
             match pass(cfg, &a, sender, &mut backoff).await {
-                Ok((acted, retry_at, converged)) => {
-                    if converged {
+                Ok(outcome) => {
+                    if outcome.converged {
                         *shared.observed_generation.borrow_mut() = a.generation;
                     }
-                    if acted {
+                    if outcome.acted {
                         shared.wake_push.notify_one();
                         continue;
                     }
-                    if let Some(at) = retry_at {
+                    if let Some(at) = outcome.retry_at {
                         wait = wait.min(at.saturating_duration_since(Instant::now()));
                     }
                 }
                 Err(WorkerError::ShuttingDown) => return,
-                Err(e) => tracing::warn!(error = %chain(&e), "reconcile pass failed"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "reconcile pass failed"),
             }
         }
         tokio::select! {
@@ -286,14 +275,25 @@ async fn reconcile_loop(
     }
 }
 
-/// One pass: list, plan, delete, create. Returns (did anything succeed,
-/// when to retry a backed-off create, converged with nothing to do).
+/// What one reconcile pass did, for the loop to decide what comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassOutcome {
+    /// A delete or create succeeded: the observed state changed, so it is
+    /// pushed and the next pass runs at once.
+    acted: bool,
+    /// When the earliest backed-off create may be retried.
+    retry_at: Option<Instant>,
+    /// Nothing was left to do: the assignment's generation is reached.
+    converged: bool,
+}
+
+/// One pass: list, plan, delete, create.
 async fn pass(
     cfg: &ReconcilerConfig,
     a: &AssignmentView,
     sender: &CommandSender,
     backoff: &mut Backoff,
-) -> Result<(bool, Option<Instant>, bool), WorkerError> {
+) -> Result<PassOutcome, WorkerError> {
     let running = sender.list_vms().await?;
     let p = plan(
         &a.vms,
@@ -314,7 +314,9 @@ async fn pass(
         match r {
             Ok(()) => acted = true,
             Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
-            Err(e) => tracing::warn!(vm_id = %id, error = %chain(&e), "reconcile: delete failed"),
+            Err(e) => {
+                tracing::warn!(vm_id = %id, error = %error_chain(&e), "reconcile: delete failed")
+            }
         }
     }
 
@@ -330,7 +332,7 @@ async fn pass(
             Ok(_) => acted = true,
             Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
             Err(e) => {
-                tracing::warn!(vm = %spec.name(), error = %chain(&e), "reconcile: create failed; backing off");
+                tracing::warn!(vm = %spec.name(), error = %error_chain(&e), "reconcile: create failed; backing off");
                 backoff.failed(
                     spec.name(),
                     spec.content_hash(),
@@ -341,7 +343,11 @@ async fn pass(
             }
         }
     }
-    Ok((acted, p.retry_at, converged))
+    Ok(PassOutcome {
+        acted,
+        retry_at: p.retry_at,
+        converged,
+    })
 }
 
 async fn connection_loop(
@@ -364,7 +370,7 @@ async fn connection_loop(
             if matches!(e, ReconcileError::Worker(WorkerError::ShuttingDown)) {
                 return;
             }
-            tracing::warn!(control_plane = %cfg.control_plane, error = %chain(&e), retry_ms = delay.as_millis() as u64,
+            tracing::warn!(control_plane = %cfg.control_plane, error = %error_chain(&e), retry_ms = delay.as_millis() as u64,
                 "control plane session ended; reconnecting");
         }
         // A session that lasted resets the backoff.

@@ -26,7 +26,7 @@ pub enum RunDirError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("{} is not a VM record: {source}", path.display())]
+    #[error("{} is not a VM record", path.display())]
     Parse {
         path: PathBuf,
         source: serde_json::Error,

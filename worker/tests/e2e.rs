@@ -386,7 +386,7 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
     bad(
         "ch500",
         &|v| v["cmdline"] = "ch_sim.fail=vm.boot:500".into(),
-        "internal error: vm.boot failed: vm.boot answered 500: Error from API: ch-sim: injected failure of vm.boot",
+        "internal error: booting the VM failed: vm.boot answered 500: Error from API: ch-sim: injected failure of vm.boot",
     );
 
     let ghost = "01890a5d-ac96-774b-bcce-b302099a8057";

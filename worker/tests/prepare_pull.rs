@@ -94,7 +94,8 @@ in {{
     );
     let err = wrong.prepare(&spec("vm-a", &kernel, &a)).await.unwrap_err();
     assert!(
-        matches!(&err, VmmError::Prepare(m) if m.contains("signature")),
+        matches!(&err, VmmError::Prepare { .. })
+            && commands::report::error_chain(&err).contains("signature"),
         "{err}"
     );
     assert!(

@@ -72,12 +72,12 @@ enum CliError {
     Usage(String),
     #[error(transparent)]
     Connect(#[from] cli::master::ConnectError),
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{} is not a VM spec", path.display())]
     Spec {
         path: PathBuf,
         source: serde_json::Error,

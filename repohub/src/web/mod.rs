@@ -185,7 +185,9 @@ impl Viewer {
 
     /// The form's token must equal this browser's CSRF cookie.
     pub fn check_csrf(&self, form_token: &str) -> Result<(), WebError> {
-        if self.csrf.is_empty() || !auth::ct_eq(&self.csrf, form_token) {
+        if self.csrf.is_empty()
+            || !commands::auth::ct_eq(self.csrf.as_bytes(), form_token.as_bytes())
+        {
             return Err(WebError::Csrf);
         }
         Ok(())
@@ -218,7 +220,7 @@ impl From<DbError> for WebError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Conflict(what) => WebError::BadRequest(format!("{what} already exists")),
-            e => WebError::Internal(crate::ci::error_chain(&e)),
+            e => WebError::Internal(commands::report::error_chain(&e)),
         }
     }
 }
@@ -228,7 +230,7 @@ impl From<GitError> for WebError {
         match e {
             GitError::NotFound => WebError::NotFound,
             GitError::BadInput(n) => WebError::BadRequest(n.to_string()),
-            e => WebError::Internal(crate::ci::error_chain(&e)),
+            e => WebError::Internal(commands::report::error_chain(&e)),
         }
     }
 }

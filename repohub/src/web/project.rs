@@ -14,10 +14,11 @@ use super::pages::{
 };
 use super::{Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
-use crate::ci::{Job, JobState, error_chain};
+use crate::ci::{Job, JobState};
 use crate::db::Project;
 use crate::git;
 use crate::names;
+use commands::report::error_chain;
 
 /// A project the viewer may see, and the viewer's role in it.
 pub struct ProjectCtx {

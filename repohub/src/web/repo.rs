@@ -470,7 +470,7 @@ pub async fn autonix(
     .await?;
     let result = crate::flakegen::generate(dest)
         .await
-        .map_err(|e| crate::ci::error_chain(&e));
+        .map_err(|e| commands::report::error_chain(&e));
     render(&AutonixPage {
         title: format!("Generated flake · {}/{repo}", ctx.project.name),
         nav: v.nav(),

@@ -180,15 +180,9 @@ async fn serve(socket: PathBuf, args: Args) -> ExitCode {
     let sim = Arc::new(Mutex::new(Sim::new(socket.clone(), args.faults)));
 
     let s = socket.clone();
+    let shutdown = commands::daemon::shutdown_token();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        shutdown.cancelled().await;
         exit_now(&s, 0, true);
     });
 

@@ -20,7 +20,9 @@ use crate::vmm::config::{
     TapConfig, VmConfig, VmCounters, VmInfoResponse, VmPaths, VmmPingResponse, build_vm_config,
     host_path,
 };
-use crate::vmm::interface::{Adopted, ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};
+use crate::vmm::interface::{
+    Adopted, ExitInfo, PrepareStep, Vmm, VmmBackend, VmmError, VmmProcess,
+};
 
 /// Settings of the cloud-hypervisor backend.
 #[derive(Debug, Clone)]
@@ -116,9 +118,10 @@ impl VmmBackend for CloudHypervisorBackend {
             });
         };
         let Some(key) = &self.config.closure_public_key else {
-            return Err(VmmError::Prepare(format!(
-                "cannot pull from {src}: no cache public key configured (--cache-public-key)"
-            )));
+            return Err(VmmError::Prepare {
+                step: PrepareStep::NoPublicKey { cache: src.clone() },
+                source: None,
+            });
         };
         let _one_pull_at_a_time = self.pull_lock.lock().await;
         let mut nix = self.config.nix.clone();
@@ -130,14 +133,25 @@ impl VmmBackend for CloudHypervisorBackend {
         let missing = nix
             .missing_paths(&absent(spec.store_roots()))
             .await
-            .map_err(|e| VmmError::Prepare(format!("checking {}: {e}", nix.store_name())))?;
+            .map_err(|e| VmmError::Prepare {
+                step: PrepareStep::Check {
+                    store: nix.store_name(),
+                },
+                source: Some(Box::new(e)),
+            })?;
         if missing.is_empty() {
             return Ok(());
         }
         tracing::info!(paths = ?missing, %src, "pulling closures");
-        nix.copy_from(src, &missing, key, None).await.map_err(|e| {
-            VmmError::Prepare(format!("pulling {} from {src}: {e}", missing.join(" ")))
-        })?;
+        nix.copy_from(src, &missing, key, None)
+            .await
+            .map_err(|e| VmmError::Prepare {
+                step: PrepareStep::Pull {
+                    paths: missing.clone(),
+                    cache: src.clone(),
+                },
+                source: Some(Box::new(e)),
+            })?;
         Ok(())
     }
 
@@ -301,10 +315,6 @@ pub struct ChClient {
 }
 
 impl ChClient {
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// One request; `Ok((status, body))` for any HTTP answer. The whole
     /// exchange is bounded by the API timeout.
     pub async fn raw(
@@ -358,7 +368,7 @@ impl ChClient {
             }
             HttpError::Exchange { source, .. } => VmmError::Http {
                 endpoint,
-                reason: crate::manager::error_chain(&source),
+                reason: commands::report::error_chain(&source),
             },
             HttpError::Body { source, .. } => VmmError::Http {
                 endpoint,

@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::path::PathBuf;
 
+use repo_outils::nix::NixError;
+
 use crate::dto::{VmId, VmSpec};
 use crate::vmm::config::{VmConfig, VmCounters, VmInfoResponse, VmPaths, VmmPingResponse};
 
@@ -50,8 +52,13 @@ pub enum VmmError {
         endpoint: &'static str,
         reason: String,
     },
-    #[error("preparing the closure failed: {0}")]
-    Prepare(String),
+    #[error("{step}")]
+    Prepare {
+        step: PrepareStep,
+        // Boxed: nix's error is large and every worker Result carries it.
+        #[source]
+        source: Option<Box<NixError>>,
+    },
     #[error("{path} is not on this worker and no closure source is configured")]
     MissingStorePath { path: String },
     #[error("cannot signal process {pid}")]
@@ -60,6 +67,33 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What preparing a VM's closure (making its store paths present on this
+/// host) failed at; the nix error, when nix ran, is the `Prepare` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareStep {
+    /// A pull was needed but no key is configured to check its signatures.
+    NoPublicKey { cache: String },
+    /// Asking the local store which closure paths are missing.
+    Check { store: String },
+    /// Pulling the missing paths from the closure source.
+    Pull { paths: Vec<String>, cache: String },
+}
+
+impl std::fmt::Display for PrepareStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareStep::NoPublicKey { cache } => write!(
+                f,
+                "cannot pull from {cache}: no cache public key configured (--cache-public-key)"
+            ),
+            PrepareStep::Check { store } => write!(f, "checking {store}"),
+            PrepareStep::Pull { paths, cache } => {
+                write!(f, "pulling {} from {cache}", paths.join(" "))
+            }
+        }
+    }
 }
 
 /// How a hypervisor process ended, as far as we can tell.

@@ -11,10 +11,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::dto::{VmId, VmSpec};
+use repo_outils::nix::NixError;
+
 use crate::vmm::config::{
     ChVmState, VmConfig, VmCounters, VmInfoResponse, VmPaths, VmmPingResponse, build_vm_config,
 };
-use crate::vmm::interface::{Adopted, ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};
+use crate::vmm::interface::{
+    Adopted, ExitInfo, PrepareStep, Vmm, VmmBackend, VmmError, VmmProcess,
+};
 
 /// A step a fault can be attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -299,10 +303,22 @@ impl VmmBackend for MemoryBackend {
     type Vmm = MemVmm;
     type Process = MemProcess;
 
-    async fn prepare(&self, _spec: &VmSpec) -> Result<(), VmmError> {
+    /// An injected prepare fault looks like a failed pull: that is the one
+    /// prepare step that can fail on a host whose config is right.
+    async fn prepare(&self, spec: &VmSpec) -> Result<(), VmmError> {
         apply(&self.shared, Step::Prepare, "prepare")
             .await
-            .map_err(|e| VmmError::Prepare(e.to_string()))
+            .map_err(|e| VmmError::Prepare {
+                step: PrepareStep::Pull {
+                    paths: spec.store_roots().into_iter().map(str::to_owned).collect(),
+                    cache: "memory".into(),
+                },
+                source: Some(Box::new(NixError::Failed {
+                    command: "nix copy".into(),
+                    status: "injected".into(),
+                    stderr: e.to_string(),
+                })),
+            })
     }
 
     async fn spawn(&self, vm_id: &VmId, paths: &VmPaths) -> Result<(MemVmm, MemProcess), VmmError> {
