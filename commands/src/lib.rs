@@ -17,6 +17,7 @@ pub mod master_capnp {
 pub mod auth;
 pub mod client;
 pub mod convert;
+pub mod model;
 pub mod rpc;
 pub mod service;
 pub mod telemetry;

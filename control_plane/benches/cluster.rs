@@ -15,13 +15,13 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use commands::client::MasterClient;
+use commands::model::{ObservedVm, Registration, WorkerMetricsView};
+use commands::service::worker::WorkerCap;
 use commands::types::{
     Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
 };
 use commands::worker_capnp::worker;
-use control_plane::client::MasterClient;
-use control_plane::model::WorkerMetricsView;
-use control_plane::state::{ObservedVm, Registration};
 
 fn bin(name: &str) -> PathBuf {
     // target/release/deps/cluster-HASH → target/release/NAME
@@ -229,7 +229,7 @@ async fn thousand_workers() {
         "25000",
     ]);
     let pid = cp.0.id();
-    let cap: worker::Client = capnp_rpc::new_client(NullWorker);
+    let cap = WorkerCap::from_capnp(capnp_rpc::new_client(NullWorker));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     let t = Instant::now();

@@ -6,7 +6,7 @@
 pub mod master;
 pub mod worker;
 
-
+pub use master::MasterClient;
 pub use worker::WorkerClient;
 
 use crate::convert::{ConvertError, RpcFailure};

@@ -13,3 +13,12 @@ impl std::fmt::Debug for WorkerCap {
         f.write_str("WorkerCap")
     }
 }
+
+impl WorkerCap {
+    /// Wraps a `Worker` capability served by hand-written Cap'n Proto code
+    /// (the worker's `server::Server`, the tests' fake workers) until they
+    /// become `WorkerApi` implementations served by this module.
+    pub fn from_capnp(client: worker::Client) -> Self {
+        WorkerCap(client)
+    }
+}
