@@ -129,7 +129,7 @@ pub async fn run(
         shutdown_timeout: config.shutdown_timeout,
         version: VERSION.to_owned(),
     };
-    let registration = control_plane::state::Registration {
+    let registration = commands::model::Registration {
         worker_id: config.worker_id.clone(),
         address: manager_config.address.clone(),
         capacity: config.capacity,
@@ -142,7 +142,9 @@ pub async fn run(
     drop(_g);
     // The capability handed to the control plane at registration: whoever
     // holds it was given it (admins through getWorker), so it needs no login.
-    let client = server::Server::new(node.sender()).client();
+    let client = commands::service::worker::WorkerCap::from_capnp(
+        server::Server::new(node.sender()).client(),
+    );
     let auth = std::rc::Rc::new(config.auth.clone());
     let login_sender = node.sender();
     let local = tokio::task::LocalSet::new();

@@ -26,10 +26,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use commands::worker_capnp::worker;
-use control_plane::client::{ClientError, MasterClient};
-use control_plane::model::{AssignmentView, WorkerMetricsView};
-use control_plane::state::{ObservedVm, Registration};
+use commands::client::{ClientError, MasterClient};
+use commands::model::{AssignmentView, ObservedVm, Registration, WorkerMetricsView};
+use commands::service::worker::WorkerCap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -236,7 +235,7 @@ struct Shared {
 pub async fn run(
     config: ReconcilerConfig,
     sender: CommandSender,
-    me: worker::Client,
+    me: WorkerCap,
     shutdown: CancellationToken,
 ) {
     let shared = Rc::new(Shared {
@@ -348,7 +347,7 @@ async fn connection_loop(
     cfg: &ReconcilerConfig,
     shared: &Shared,
     sender: &CommandSender,
-    me: &worker::Client,
+    me: &WorkerCap,
     shutdown: &CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
@@ -396,7 +395,7 @@ async fn session(
     cfg: &ReconcilerConfig,
     shared: &Shared,
     sender: &CommandSender,
-    me: &worker::Client,
+    me: &WorkerCap,
     last_seen: &mut (u64, u64),
     sampler: &mut Sampler,
 ) -> Result<(), ReconcileError> {
@@ -807,6 +806,62 @@ mod tests {
             })
     }
 
+    /// The real `control_plane` binary on loopback, killed on drop. The
+    /// worker does not depend on the control plane's crate, so its tests
+    /// drive the binary cargo built beside this test executable (run
+    /// `cargo build -p control_plane` first when testing the worker alone).
+    struct ControlPlane {
+        child: std::process::Child,
+        addr: String,
+    }
+
+    impl ControlPlane {
+        fn start() -> ControlPlane {
+            use std::io::BufRead;
+            use std::process::{Command, Stdio};
+
+            // target/<profile>/deps/worker-<hash> → target/<profile>/control_plane
+            let exe = std::env::current_exe().unwrap();
+            let bin = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .unwrap()
+                .join("control_plane");
+            assert!(
+                bin.exists(),
+                "{} is missing: run `cargo build -p control_plane` first",
+                bin.display()
+            );
+            let mut child = Command::new(&bin)
+                .args(["--listen", "127.0.0.1:0"])
+                .args(["--long-poll-timeout-ms", "2000"])
+                .args(["--heartbeat-timeout-ms", "2000"])
+                .args(["--startup-grace-ms", "0"])
+                .env_remove("PCR_CONTROL_PLANE_TOKEN_FILE")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let addr = line
+                .trim()
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line from control_plane: {line:?}"))
+                .to_owned();
+            ControlPlane { child, addr }
+        }
+    }
+
+    impl Drop for ControlPlane {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
     /// A real control plane on loopback, a real Node/VmManager over the
     /// in-memory backend, and the reconciler between them.
     struct Harness {
@@ -816,6 +871,7 @@ mod tests {
         shutdown: CancellationToken,
         reconciler: tokio::task::JoinHandle<()>,
         node_task: tokio::task::JoinHandle<()>,
+        _control_plane: ControlPlane,
         _dir: tempfile::TempDir,
     }
 
@@ -850,17 +906,11 @@ mod tests {
             let shutdown = CancellationToken::new();
             let node_task = tokio::spawn(node.run(shutdown.clone()));
 
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap().to_string();
-            let cp_config = control_plane::Config {
-                long_poll_timeout: Duration::from_secs(2),
-                heartbeat_timeout: Duration::from_secs(2),
-                startup_grace: Duration::ZERO,
-            };
-            tokio::task::spawn_local(control_plane::run(cp_config, listener, shutdown.clone()));
+            let control_plane = ControlPlane::start();
+            let addr = control_plane.addr.clone();
 
             before(tx.clone()).await;
-            let me = crate::server::Server::new(tx.clone()).client();
+            let me = WorkerCap::from_capnp(crate::server::Server::new(tx.clone()).client());
             let registration = Registration {
                 worker_id: "w1".parse().unwrap(),
                 address: "127.0.0.1:1".into(),
@@ -886,6 +936,7 @@ mod tests {
                 shutdown,
                 reconciler,
                 node_task,
+                _control_plane: control_plane,
                 _dir: dir,
             }
         }
@@ -1076,7 +1127,7 @@ mod tests {
             assert_eq!(s.vms.len(), 1, "{:?}", s.vms);
             let row = &s.vms[0];
             assert!(
-                (row.observed_hash == "h2" && row.drift == control_plane::model::Drift::Drifted)
+                (row.observed_hash == "h2" && row.drift == commands::model::Drift::Drifted)
                     || row.state == Some(VmState::Creating),
                 "{row:?}"
             );
