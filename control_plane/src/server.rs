@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
     AssignmentView, ClusterStatusView, GenerationView, PublishOutcomeView, Registration,
 };
-use commands::service::master::{Caller, MasterApi, Publish, Report};
+use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
 use commands::telemetry::now_ms;
 use commands::types::WorkerId;
@@ -59,31 +58,6 @@ impl Shared {
         let effects = self.state.borrow_mut().tick(Instant::now());
         self.apply(effects);
     }
-
-    /// Answers at once when there is something newer than (last_gen,
-    /// last_rev) for `worker`, otherwise as soon as an assignment changes,
-    /// otherwise after the long-poll timeout with `changed = false`.
-    async fn long_poll(
-        &self,
-        worker: &WorkerId,
-        last_gen: u64,
-        last_rev: u64,
-    ) -> Result<AssignmentView, RpcFailure> {
-        let deadline = tokio::time::Instant::now() + self.long_poll_timeout;
-        // Subscribe before checking, so a change between the check and the
-        // wait is not missed.
-        let mut rx = self.changes.subscribe();
-        loop {
-            if let Some(a) = self.state.borrow().assignment(worker, last_gen, last_rev)? {
-                return Ok(a);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                // Timed out (or the server is going away): nothing new.
-                _ => return self.state.borrow().current_assignment(worker),
-            }
-        }
-    }
 }
 
 impl MasterApi for Shared {
@@ -117,16 +91,27 @@ impl MasterApi for Shared {
         Ok(())
     }
 
-    fn get_assignment(
-        &self,
-        _: &Caller,
-        worker: WorkerId,
-        last_generation: u64,
-        last_revision: u64,
-    ) -> impl Future<Output = Result<AssignmentView, RpcFailure>> {
-        async move {
-            self.long_poll(&worker, last_generation, last_revision)
-                .await
+    /// Answers at once when there is something newer than what `poll` has
+    /// seen, otherwise as soon as an assignment changes, otherwise after the
+    /// long-poll timeout with `changed = false`.
+    async fn get_assignment(&self, _: &Caller, poll: Poll) -> Result<AssignmentView, RpcFailure> {
+        let deadline = tokio::time::Instant::now() + self.long_poll_timeout;
+        // Subscribe before checking, so a change between the check and the
+        // wait is not missed.
+        let mut rx = self.changes.subscribe();
+        loop {
+            if let Some(a) = self.state.borrow().assignment(
+                &poll.worker_id,
+                poll.last_generation,
+                poll.last_revision,
+            )? {
+                return Ok(a);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out (or the server is going away): nothing new.
+                _ => return self.state.borrow().current_assignment(&poll.worker_id),
+            }
         }
     }
 

@@ -69,6 +69,14 @@ pub struct Publish {
     pub specs: Vec<VmSpec>,
 }
 
+/// A worker's long-poll, as `getAssignment` carries it: what it has seen.
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub worker_id: WorkerId,
+    pub last_generation: u64,
+    pub last_revision: u64,
+}
+
 /// A worker's heartbeat, as `pushData` carries it.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -91,15 +99,13 @@ pub trait MasterApi: 'static {
         worker: WorkerCap,
     ) -> Result<(), RpcFailure>;
 
-    /// The long-poll: answers when there is something newer than
-    /// (`last_generation`, `last_revision`) for `worker`, or with
-    /// `changed = false` once the implementation's timeout passes.
+    /// The long-poll: answers when there is something newer than what
+    /// `poll` has seen, or with `changed = false` once the implementation's
+    /// timeout passes.
     fn get_assignment(
         &self,
         caller: &Caller,
-        worker: WorkerId,
-        last_generation: u64,
-        last_revision: u64,
+        poll: Poll,
     ) -> impl Future<Output = Result<AssignmentView, RpcFailure>>;
 
     fn push_data(&self, caller: &Caller, report: Report) -> Result<(), RpcFailure>;
@@ -150,12 +156,7 @@ impl<A: MasterApi> master_login::Server for Login<A> {
         params: master_login::LoginParams,
         mut results: master_login::LoginResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        let token = params
-            .get()
-            .and_then(|p| p.get_token())
-            .ok()
-            .and_then(|t| t.to_str().ok().map(str::to_owned))
-            .unwrap_or_default();
+        let token = super::token_text(params.get().and_then(|p| p.get_token()));
         let login = self.auth.login(&token).map(|g| {
             let m: master::Client = capnp_rpc::new_client(Session {
                 api: Rc::clone(&self.api),
@@ -324,9 +325,13 @@ impl<A: MasterApi> master::Server for Session<A> {
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         let parsed = (|| {
             let p = params.get().map_err(bad)?;
-            let id = parse_worker_id(p.get_worker_id())?;
-            self.allow_worker("read the assignment", &id)?;
-            Ok::<_, RpcFailure>((id, p.get_last_seen_generation(), p.get_last_seen_revision()))
+            let worker_id = parse_worker_id(p.get_worker_id())?;
+            self.allow_worker("read the assignment", &worker_id)?;
+            Ok::<_, RpcFailure>(Poll {
+                worker_id,
+                last_generation: p.get_last_seen_generation(),
+                last_revision: p.get_last_seen_revision(),
+            })
         })();
         let api = Rc::clone(&self.api);
         let caller = self.caller.clone();
@@ -337,10 +342,7 @@ impl<A: MasterApi> master::Server for Session<A> {
             let _slot = slot?;
             let reply = match parsed {
                 Err(e) => Err(e),
-                Ok((worker, last_gen, last_rev)) => {
-                    api.get_assignment(&caller, worker, last_gen, last_rev)
-                        .await
-                }
+                Ok(poll) => api.get_assignment(&caller, poll).await,
             };
             write_result(results.get().init_result(), reply, |a, b| {
                 assignment_to_capnp(&a, b)
@@ -441,13 +443,7 @@ mod tests {
         fn register(&self, _: &Caller, _: Registration, _: WorkerCap) -> Result<(), RpcFailure> {
             unreachable!()
         }
-        async fn get_assignment(
-            &self,
-            _: &Caller,
-            _: WorkerId,
-            _: u64,
-            _: u64,
-        ) -> Result<AssignmentView, RpcFailure> {
+        async fn get_assignment(&self, _: &Caller, _: Poll) -> Result<AssignmentView, RpcFailure> {
             unreachable!()
         }
         fn push_data(&self, _: &Caller, _: Report) -> Result<(), RpcFailure> {

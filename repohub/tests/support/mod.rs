@@ -28,7 +28,7 @@ use commands::model::{
     AssignmentView, ClusterStatusView, Drift, GenerationView, PublishOutcomeView, Registration,
     VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
-use commands::service::master::{Caller, MasterApi, Publish, Report};
+use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
 use commands::types::{Resources, VmMetrics, VmState, WorkerId};
 use repohub::{AppState, Config};
@@ -498,13 +498,7 @@ impl MasterApi for FakeMasterApi {
     fn register(&self, _: &Caller, _: Registration, _: WorkerCap) -> Result<(), RpcFailure> {
         Err(not_faked())
     }
-    async fn get_assignment(
-        &self,
-        _: &Caller,
-        _: WorkerId,
-        _: u64,
-        _: u64,
-    ) -> Result<AssignmentView, RpcFailure> {
+    async fn get_assignment(&self, _: &Caller, _: Poll) -> Result<AssignmentView, RpcFailure> {
         Err(not_faked())
     }
     fn push_data(&self, _: &Caller, _: Report) -> Result<(), RpcFailure> {
