@@ -26,11 +26,10 @@ use std::time::{Duration, Instant};
 
 use commands::client::MasterClient;
 use commands::model::{ClusterStatusView, ObservedVm, Registration, WorkerMetricsView};
-use commands::service::worker::WorkerCap;
+use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{
     Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
 };
-use commands::worker_capnp::worker;
 
 const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
 const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
@@ -74,7 +73,7 @@ fn cpu_rss(pid: u32) -> (u64, u64) {
 
 /// The control plane only stores this capability.
 struct NullWorker;
-impl worker::Server for NullWorker {}
+impl WorkerApi for NullWorker {}
 
 /// One simulated worker: what it runs, name → (id, hash).
 type Table = Rc<RefCell<BTreeMap<String, (VmId, String)>>>;
@@ -226,7 +225,7 @@ async fn fleet() {
     let cp = common::Proc::spawn("control_plane", cmd);
     let pid = cp.child.id();
     let addr = cp.addr.clone();
-    let cap = WorkerCap::from_capnp(capnp_rpc::new_client(NullWorker));
+    let cap = WorkerCap::new(NullWorker);
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     let t = Instant::now();

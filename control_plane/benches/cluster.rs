@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use commands::client::MasterClient;
 use commands::model::{ObservedVm, Registration, WorkerMetricsView};
-use commands::service::worker::WorkerCap;
+use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{
     Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
 };
-use commands::worker_capnp::worker;
 
 fn bin(name: &str) -> PathBuf {
     // target/release/deps/cluster-HASH → target/release/NAME
@@ -218,7 +217,7 @@ async fn publish_to_converged() {
 /// A Worker capability that implements nothing: the control plane only
 /// stores it.
 struct NullWorker;
-impl worker::Server for NullWorker {}
+impl WorkerApi for NullWorker {}
 
 async fn thousand_workers() {
     let n = 1000usize;
@@ -229,7 +228,7 @@ async fn thousand_workers() {
         "25000",
     ]);
     let pid = cp.0.id();
-    let cap = WorkerCap::from_capnp(capnp_rpc::new_client(NullWorker));
+    let cap = WorkerCap::new(NullWorker);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     let t = Instant::now();

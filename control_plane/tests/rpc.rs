@@ -5,13 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use capnp::capability::Rc as CapRc;
 use commands::client::{ClientError, MasterClient};
-use commands::convert::{ErrorCode, worker_status_to_capnp};
+use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{Registration, WorkerMetricsView};
-use commands::service::worker::WorkerCap;
+use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{Labels, Resources, VmSpec, VmSpecFields, WorkerStatus};
-use commands::worker_capnp::worker;
 use tokio_util::sync::CancellationToken;
 
 /// A Worker capability that answers `read` with its id, so the test can
@@ -20,13 +18,9 @@ struct EchoWorker {
     id: String,
 }
 
-impl worker::Server for EchoWorker {
-    fn read(
-        self: CapRc<Self>,
-        _: worker::ReadParams,
-        mut results: worker::ReadResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        let st = WorkerStatus {
+impl WorkerApi for EchoWorker {
+    async fn read(&self) -> Result<WorkerStatus, RpcFailure> {
+        Ok(WorkerStatus {
             worker_id: self.id.parse().unwrap(),
             address: "echo".into(),
             capacity: Resources::default(),
@@ -36,9 +30,7 @@ impl worker::Server for EchoWorker {
             run_dir: String::new(),
             version: "test".into(),
             uptime_ms: 0,
-        };
-        worker_status_to_capnp(&st, results.get().init_status());
-        std::future::ready(Ok(()))
+        })
     }
 }
 
@@ -101,8 +93,8 @@ fn master_over_loopback() {
         let w2 = connect(&addr).await;
         let intruder = connect(&addr).await;
         let cli = connect(&addr).await;
-        let cap1 = WorkerCap::from_capnp(capnp_rpc::new_client(EchoWorker { id: "w1".into() }));
-        let cap2 = WorkerCap::from_capnp(capnp_rpc::new_client(EchoWorker { id: "w2".into() }));
+        let cap1 = WorkerCap::new(EchoWorker { id: "w1".into() });
+        let cap2 = WorkerCap::new(EchoWorker { id: "w2".into() });
         w1.register(&reg("w1", "10.0.0.1:6000"), cap1.clone())
             .await
             .unwrap();

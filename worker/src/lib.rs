@@ -3,7 +3,8 @@
 //!
 //! `run(config, listener, shutdown)` is the whole daemon; the `worker`
 //! binary is a thin clap wrapper around it and tests call it on port 0.
-//! Layers: `server::Server` (stateless RPC) → `node::CommandSender` →
+//! Layers: `server::Server` (stateless `WorkerApi`, served by
+//! `commands::service::worker`) → `node::CommandSender` →
 //! `node::Node` → `manager::VmManager<B>` (sole owner of VM state) →
 //! `vmm::VmmBackend` (`CloudHypervisorBackend` in production).
 
@@ -142,11 +143,9 @@ pub async fn run(
     drop(_g);
     // The capability handed to the control plane at registration: whoever
     // holds it was given it (admins through getWorker), so it needs no login.
-    let client = commands::service::worker::WorkerCap::from_capnp(
-        server::Server::new(node.sender()).client(),
-    );
-    let auth = std::rc::Rc::new(config.auth.clone());
-    let login_sender = node.sender();
+    let cap = server::worker_cap(node.sender());
+    let auth = config.auth.clone();
+    let serve_sender = node.sender();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
@@ -159,17 +158,12 @@ pub async fn run(
                 tokio::task::spawn_local(reconciler::run(
                     rc,
                     node.sender(),
-                    client.clone(),
+                    cap.clone(),
                     shutdown.clone(),
                 ))
             });
             let node_task = tokio::spawn(node.run(shutdown.clone()));
-            let make = move |_, _| {
-                server::Login::new(login_sender.clone(), std::rc::Rc::clone(&auth))
-                    .client()
-                    .client
-            };
-            commands::rpc::serve_per_connection(listener, make, shutdown).await;
+            server::serve(listener, serve_sender, auth, shutdown).await;
             if let Some(r) = reconciler {
                 let _ = r.await;
             }

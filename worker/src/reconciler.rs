@@ -910,7 +910,7 @@ mod tests {
             let addr = control_plane.addr.clone();
 
             before(tx.clone()).await;
-            let me = WorkerCap::from_capnp(crate::server::Server::new(tx.clone()).client());
+            let me = crate::server::worker_cap(tx.clone());
             let registration = Registration {
                 worker_id: "w1".parse().unwrap(),
                 address: "127.0.0.1:1".into(),

@@ -29,6 +29,14 @@ pub enum ClientError {
     Refused(#[from] RpcFailure),
 }
 
+impl ClientError {
+    /// The server refused the call for load (more calls in flight on the
+    /// connection than it allows); the same call later may succeed.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, ClientError::Rpc(e) if e.kind == capnp::ErrorKind::Overloaded)
+    }
+}
+
 pub(crate) fn len32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }

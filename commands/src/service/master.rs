@@ -15,12 +15,10 @@
 //! Single-threaded by design: capnp objects are `!Send`, so everything runs
 //! on one `LocalSet` and the implementation is shared as an `Rc`.
 
+use capnp::capability::Rc as CapRc;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
-
-use capnp::capability::Rc as CapRc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +43,6 @@ use crate::types::{VmSpec, WorkerId};
 
 /// Long-polls one connection may hold at once (a worker needs one).
 pub const MAX_IN_FLIGHT_PER_CONNECTION: u32 = 16;
-
-/// How long a refused login takes to answer: guessing tokens over one
-/// connection goes at a crawl (connections are capped by `rpc`).
-const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(200);
 
 /// Who is calling: what the login granted, on which connection.
 #[derive(Debug, Clone)]
@@ -156,7 +150,7 @@ impl<A: MasterApi> master_login::Server for Login<A> {
         params: master_login::LoginParams,
         mut results: master_login::LoginResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        let token = super::token_text(params.get().and_then(|p| p.get_token()));
+        let token = super::login_token(params.get().and_then(|p| p.get_token()));
         let login = self.auth.login(&token).map(|g| {
             let m: master::Client = capnp_rpc::new_client(Session {
                 api: Rc::clone(&self.api),
@@ -183,11 +177,7 @@ impl<A: MasterApi> master_login::Server for Login<A> {
                 }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "login refused");
-                    tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
-                    error_to_capnp(
-                        &RpcFailure::new(ErrorCode::PermissionDenied, e.to_string()),
-                        b.init_err(),
-                    );
+                    super::refuse_login(&e, b.init_err()).await;
                 }
             }
             Ok(())
@@ -421,6 +411,7 @@ impl<A: MasterApi> master::Server for Session<A> {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::time::Duration;
 
     use super::*;
 
