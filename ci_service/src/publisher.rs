@@ -247,7 +247,7 @@ async fn publish_once(client: &MasterClient, g: &Generation) -> Result<Published
             number: g.number,
             reason: e.to_string(),
         })?;
-    let call = client.publish(&g.commit, g.number as u64, &g.intent_hash, &specs);
+    let call = client.publish(&g.commit, g.number as u64, g.intent_hash.as_str(), &specs);
     let outcome = tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .map_err(|_| PublishError::Unavailable("publishState timed out".into()))?

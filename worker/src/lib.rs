@@ -48,6 +48,8 @@ pub struct Config {
     pub labels: Labels,
     /// TAP NIC per VM; `None` unless the host module set up the network.
     pub tap: Option<TapConfig>,
+    /// How VM disks are made (overlay or copy) and console history bounded.
+    pub files: rundir::VmFileOptions,
     pub stop_vms_on_exit: bool,
     pub socket_timeout: Duration,
     pub api_timeout: Duration,
@@ -81,6 +83,7 @@ impl Config {
             },
             labels: Labels::new(),
             tap: None,
+            files: rundir::VmFileOptions::default(),
             stop_vms_on_exit: false,
             socket_timeout: Duration::from_secs(5),
             api_timeout: Duration::from_secs(10),
@@ -128,6 +131,7 @@ pub async fn run(
         store_root: config.store_root.clone(),
         stop_vms_on_exit: config.stop_vms_on_exit,
         shutdown_timeout: config.shutdown_timeout,
+        files: config.files,
         version: VERSION.to_owned(),
     };
     let registration = commands::model::Registration {

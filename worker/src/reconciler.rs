@@ -899,6 +899,7 @@ mod tests {
                 store_root: dir.path().join("store"),
                 stop_vms_on_exit: true,
                 shutdown_timeout: Duration::from_millis(100),
+                files: Default::default(),
                 version: "test".into(),
             };
             let node = Node::new(backend.clone(), manager_config).unwrap();
