@@ -24,13 +24,12 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use commands::client::MasterClient;
+use commands::model::{ClusterStatusView, ObservedVm, Registration, WorkerMetricsView};
+use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{
     Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
 };
-use commands::worker_capnp::worker;
-use control_plane::client::MasterClient;
-use control_plane::model::WorkerMetricsView;
-use control_plane::state::{ObservedVm, Registration};
 
 const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
 const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
@@ -74,7 +73,7 @@ fn cpu_rss(pid: u32) -> (u64, u64) {
 
 /// The control plane only stores this capability.
 struct NullWorker;
-impl worker::Server for NullWorker {}
+impl WorkerApi for NullWorker {}
 
 /// One simulated worker: what it runs, name → (id, hash).
 type Table = Rc<RefCell<BTreeMap<String, (VmId, String)>>>;
@@ -82,7 +81,7 @@ type Table = Rc<RefCell<BTreeMap<String, (VmId, String)>>>;
 async fn sim_worker(
     addr: String,
     i: usize,
-    cap: worker::Client,
+    cap: WorkerCap,
     stop: tokio_util::sync::CancellationToken,
     table: Table,
 ) {
@@ -180,7 +179,7 @@ async fn until(
     m: &MasterClient,
     what: &str,
     limit: Duration,
-    done: impl Fn(&control_plane::model::ClusterStatusView) -> bool,
+    done: impl Fn(&ClusterStatusView) -> bool,
 ) -> (Duration, Vec<Duration>) {
     let t = Instant::now();
     let mut lat = Vec::new();
@@ -226,7 +225,7 @@ async fn fleet() {
     let cp = common::Proc::spawn("control_plane", cmd);
     let pid = cp.child.id();
     let addr = cp.addr.clone();
-    let cap: worker::Client = capnp_rpc::new_client(NullWorker);
+    let cap = WorkerCap::new(NullWorker);
     let mut stops = Vec::new();
     let mut tasks = Vec::new();
     let t = Instant::now();
@@ -265,7 +264,7 @@ async fn fleet() {
         .map(|k| spec(&format!("app{}-{}", k / 10, k % 10), "h1"))
         .collect();
     let all_running = |generation: u64| {
-        move |s: &control_plane::model::ClusterStatusView| {
+        move |s: &ClusterStatusView| {
             s.active.as_ref().is_some_and(|a| a.number == generation)
                 && s.vms.len() == vms
                 && s.convergence_percent >= 100.0

@@ -3,7 +3,7 @@
 //! the latest good generation, so a restarted control plane gets its
 //! desired state back from Git without anyone pushing.
 //!
-//! capnp-rpc clients are `!Send`, so the connection lives on its own thread
+//! RPC clients are `!Send`, so the connection lives on its own thread
 //! with a current-thread runtime and a `LocalSet`; the rest of the service
 //! talks to it through a channel.
 
@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use commands::convert::{result_from_capnp, vm_spec_to_capnp};
-use commands::master_capnp::master;
+use commands::client::{ClientError, MasterClient};
 use commands::types::VmSpec;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -140,9 +139,9 @@ async fn connection_loop(
         if shutdown.is_cancelled() {
             return;
         }
-        let conn = commands::rpc::connect_master(&addr, CONNECT_TIMEOUT, token.expose()).await;
-        let conn = match conn {
-            Ok((c, _session)) => c,
+        let client = MasterClient::connect_with_token(&addr, CONNECT_TIMEOUT, token.expose()).await;
+        let client = match client {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "control plane not reachable");
                 // Answer publishes at once while down: the job records the
@@ -163,7 +162,6 @@ async fn connection_loop(
                 continue;
             }
         };
-        let client = conn.client.clone();
         // First call doubles as the connection check.
         match active_generation(&client).await {
             Ok(active) => state.remote_active.store(active, Ordering::SeqCst),
@@ -205,7 +203,7 @@ async fn connection_loop(
         let broken = loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    conn.close().await;
+                    client.close().await;
                     return;
                 }
                 req = rx.recv() => {
@@ -231,74 +229,39 @@ async fn connection_loop(
         };
         state.connected.store(false, Ordering::SeqCst);
         tracing::warn!(%addr, reason = broken, "lost the control plane; reconnecting");
-        drop(conn);
+        drop(client);
     }
 }
 
-async fn active_generation(client: &master::Client) -> Result<u64, String> {
-    let call = client.list_generations_request().send().promise;
-    let reply = tokio::time::timeout(CALL_TIMEOUT, call)
+async fn active_generation(client: &MasterClient) -> Result<u64, String> {
+    let gens = tokio::time::timeout(CALL_TIMEOUT, client.generations())
         .await
         .map_err(|_| "listGenerations timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let gens = reply
-        .get()
-        .and_then(|r| r.get_generations())
-        .map_err(|e| e.to_string())?;
-    Ok(gens.iter().map(|g| g.get_number()).max().unwrap_or(0))
+    Ok(gens.iter().map(|g| g.number).max().unwrap_or(0))
 }
 
-async fn publish_once(client: &master::Client, g: &Generation) -> Result<Published, PublishError> {
+async fn publish_once(client: &MasterClient, g: &Generation) -> Result<Published, PublishError> {
     let specs: Vec<VmSpec> =
         serde_json::from_str(&g.specs_json).map_err(|e| PublishError::BadSpecs {
             number: g.number,
             reason: e.to_string(),
         })?;
-    let mut req = client.publish_state_request();
-    {
-        let mut p = req.get();
-        p.set_commit(&g.commit);
-        p.set_generation(g.number as u64);
-        p.set_intent_hash(g.intent_hash.as_str());
-        let mut list = p.init_vm_specs(specs.len() as u32);
-        for (i, s) in specs.iter().enumerate() {
-            vm_spec_to_capnp(s, list.reborrow().get(i as u32));
-        }
-    }
-    let reply = tokio::time::timeout(CALL_TIMEOUT, req.send().promise)
+    let call = client.publish(&g.commit, g.number as u64, g.intent_hash.as_str(), &specs);
+    let outcome = tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .map_err(|_| PublishError::Unavailable("publishState timed out".into()))?
-        .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-    let result = reply
-        .get()
-        .and_then(|r| r.get_result())
-        .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-    match result_from_capnp(result).map_err(|e| PublishError::Unavailable(e.to_message()))? {
-        Ok(outcome) => {
-            let mut unplaced = Vec::new();
-            if let Ok(list) = outcome.get_unplaced() {
-                for u in list.iter() {
-                    let name = u
-                        .get_name()
-                        .ok()
-                        .and_then(|t| t.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let reason = u
-                        .get_reason()
-                        .ok()
-                        .and_then(|t| t.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    unplaced.push((name, reason));
-                }
-            }
-            Ok(Published {
-                noop: outcome.get_noop(),
-                placed: outcome.get_placed(),
-                unplaced,
-            })
-        }
-        Err(failure) => Err(PublishError::Refused(failure.to_string())),
-    }
+        .map_err(|e| match e {
+            ClientError::Refused(failure) => PublishError::Refused(failure.to_string()),
+            other => PublishError::Unavailable(other.to_string()),
+        })?;
+    Ok(Published {
+        noop: outcome.noop,
+        placed: outcome.placed,
+        unplaced: outcome
+            .unplaced
+            .into_iter()
+            .map(|u| (u.name, u.reason))
+            .collect(),
+    })
 }

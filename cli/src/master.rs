@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use control_plane::client::MasterClient;
+use commands::client::MasterClient;
 
 /// Global options of every control-plane tool.
 #[derive(Debug, clap::Args)]
@@ -31,7 +31,7 @@ pub struct MasterArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error(transparent)]
-    Client(#[from] control_plane::client::ClientError),
+    Client(#[from] commands::client::ClientError),
     #[error(transparent)]
     Token(#[from] commands::auth::AuthError),
 }

@@ -5,6 +5,8 @@
 //! to fill results. Nothing else in the workspace walks capnp readers of
 //! these structs.
 
+pub mod master;
+
 use std::collections::BTreeMap;
 
 use crate::common_capnp::{self, ErrorCode as CapnpErrorCode};

@@ -20,6 +20,7 @@ pub mod client;
 pub mod convert;
 pub mod daemon;
 pub mod http;
+pub mod model;
 pub mod report;
 pub mod rpc;
 pub mod service;

@@ -15,13 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use commands::client::MasterClient;
+use commands::model::{ObservedVm, Registration, WorkerMetricsView};
+use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{
     Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
 };
-use commands::worker_capnp::worker;
-use control_plane::client::MasterClient;
-use control_plane::model::WorkerMetricsView;
-use control_plane::state::{ObservedVm, Registration};
 
 fn bin(name: &str) -> PathBuf {
     // target/release/deps/cluster-HASH → target/release/NAME
@@ -218,7 +217,7 @@ async fn publish_to_converged() {
 /// A Worker capability that implements nothing: the control plane only
 /// stores it.
 struct NullWorker;
-impl worker::Server for NullWorker {}
+impl WorkerApi for NullWorker {}
 
 async fn thousand_workers() {
     let n = 1000usize;
@@ -229,7 +228,7 @@ async fn thousand_workers() {
         "25000",
     ]);
     let pid = cp.0.id();
-    let cap: worker::Client = capnp_rpc::new_client(NullWorker);
+    let cap = WorkerCap::new(NullWorker);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     let t = Instant::now();

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use commands::auth::{Authenticator, Role};
-use control_plane::client::MasterClient;
+use commands::client::MasterClient;
 use tokio_util::sync::CancellationToken;
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {

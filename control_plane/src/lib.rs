@@ -5,10 +5,9 @@
 //!
 //! `run` is what `main` and the tests call: it serves on an already bound
 //! listener until `shutdown` fires. Everything runs on one thread inside a
-//! `LocalSet` (capnp objects are `!Send`); see `server`.
+//! `LocalSet` (the RPC objects are `!Send`); `server` implements
+//! `commands::service::master::MasterApi` and that adapter owns the wire.
 
-pub mod client;
-pub mod model;
 pub mod scheduler;
 pub mod server;
 pub mod state;
@@ -17,11 +16,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use commands::auth::Authenticator;
-use commands::master_capnp::master_login;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{MasterLoginImpl, Shared};
+use crate::server::Shared;
 use crate::state::{Settings, State};
 
 /// Runtime settings (from the command line in `main`).
@@ -68,7 +66,6 @@ pub async fn run_with_auth(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let auth = Rc::new(auth);
     let state = State::new(
         Settings {
             heartbeat_timeout: config.heartbeat_timeout,
@@ -98,18 +95,6 @@ pub async fn run_with_auth(
         })
     };
 
-    let make = {
-        let shared = shared.clone();
-        move |conn, peer| {
-            let client: master_login::Client = capnp_rpc::new_client(MasterLoginImpl::new(
-                Rc::clone(&shared),
-                Rc::clone(&auth),
-                conn,
-                peer,
-            ));
-            client.client
-        }
-    };
-    commands::rpc::serve_per_connection(listener, make, shutdown).await;
+    commands::service::master::serve(Rc::clone(&shared), auth, listener, shutdown).await;
     let _ = ticker.await;
 }

@@ -13,18 +13,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
-use commands::types::{Labels, Resources, VmMetrics, VmName, VmSpec, VmState, VmStatus, WorkerId};
+use commands::types::{Labels, Resources, VmMetrics, VmName, VmSpec, VmState, WorkerId};
 
-use crate::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, PublishOutcomeView, UnplacedView,
-    VmPlacementView, WorkerHealthView, WorkerMetricsView,
-};
 use crate::scheduler::{self, Placement, WorkerSlot};
+use commands::model::{
+    AssignmentView, ClusterStatusView, Drift, GenerationView, MAX_VMS_PER_WORKER, ObservedVm,
+    PublishOutcomeView, Registration, UnplacedView, VmPlacementView, WorkerHealthView,
+    WorkerMetricsView,
+};
 
 /// How many past generations `listGenerations` remembers.
 const HISTORY: usize = 100;
-/// The most VMs one worker may report in one pushData.
-pub const MAX_VMS_PER_WORKER: usize = 10_000;
 /// The most workers the control plane accepts (bounds memory under abuse).
 pub const MAX_WORKERS: usize = 100_000;
 const MAX_TEXT: usize = 256;
@@ -38,22 +37,6 @@ pub struct Settings {
     /// re-register and report what they run before anything is placed:
     /// a restarted control plane must not move a single running VM.
     pub startup_grace: Duration,
-}
-
-/// One VM as a worker reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObservedVm {
-    pub status: VmStatus,
-    pub metrics: VmMetrics,
-}
-
-/// What a worker registers with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registration {
-    pub worker_id: WorkerId,
-    pub address: String,
-    pub capacity: Resources,
-    pub labels: Labels,
 }
 
 #[derive(Debug)]
@@ -626,7 +609,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commands::types::{VmId, VmSpecFields};
+    use commands::types::{VmId, VmSpecFields, VmStatus};
 
     fn spec(name: &str, hash: &str) -> VmSpec {
         VmSpec::new(VmSpecFields {

@@ -5,13 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use capnp::capability::Rc as CapRc;
-use commands::convert::{ErrorCode, worker_status_from_capnp, worker_status_to_capnp};
+use commands::client::{ClientError, MasterClient};
+use commands::convert::{ErrorCode, RpcFailure};
+use commands::model::{Registration, WorkerMetricsView};
+use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{Labels, Resources, VmSpec, VmSpecFields, WorkerStatus};
-use commands::worker_capnp::worker;
-use control_plane::client::{ClientError, MasterClient};
-use control_plane::model::WorkerMetricsView;
-use control_plane::state::Registration;
 use tokio_util::sync::CancellationToken;
 
 /// A Worker capability that answers `read` with its id, so the test can
@@ -20,13 +18,9 @@ struct EchoWorker {
     id: String,
 }
 
-impl worker::Server for EchoWorker {
-    fn read(
-        self: CapRc<Self>,
-        _: worker::ReadParams,
-        mut results: worker::ReadResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        let st = WorkerStatus {
+impl WorkerApi for EchoWorker {
+    async fn read(&self) -> Result<WorkerStatus, RpcFailure> {
+        Ok(WorkerStatus {
             worker_id: self.id.parse().unwrap(),
             address: "echo".into(),
             capacity: Resources::default(),
@@ -36,9 +30,7 @@ impl worker::Server for EchoWorker {
             run_dir: String::new(),
             version: "test".into(),
             uptime_ms: 0,
-        };
-        worker_status_to_capnp(&st, results.get().init_status());
-        std::future::ready(Ok(()))
+        })
     }
 }
 
@@ -101,8 +93,8 @@ fn master_over_loopback() {
         let w2 = connect(&addr).await;
         let intruder = connect(&addr).await;
         let cli = connect(&addr).await;
-        let cap1: worker::Client = capnp_rpc::new_client(EchoWorker { id: "w1".into() });
-        let cap2: worker::Client = capnp_rpc::new_client(EchoWorker { id: "w2".into() });
+        let cap1 = WorkerCap::new(EchoWorker { id: "w1".into() });
+        let cap2 = WorkerCap::new(EchoWorker { id: "w2".into() });
         w1.register(&reg("w1", "10.0.0.1:6000"), cap1.clone())
             .await
             .unwrap();
@@ -154,26 +146,9 @@ fn master_over_loopback() {
         assert_eq!(code(err), ErrorCode::InvalidArgument);
         let err = cli.publish("c1", 1, "other", &[]).await.unwrap_err();
         assert_eq!(code(err), ErrorCode::AlreadyExists);
-        {
-            // A spec that does not validate (raw builder: the client types
-            // cannot even express it).
-            let mut req = cli.raw().publish_state_request();
-            let mut p = req.get();
-            p.set_commit("c9");
-            p.set_generation(9);
-            p.set_intent_hash("i9");
-            let mut s = p.init_vm_specs(1).get(0);
-            s.set_name("evil");
-            s.set_toplevel("/etc/passwd");
-            let reply = req.send().promise.await.unwrap();
-            let r =
-                commands::convert::result_from_capnp(reply.get().unwrap().get_result().unwrap())
-                    .unwrap();
-            let Err(e) = r else {
-                panic!("an invalid spec was accepted")
-            };
-            assert!(e.message.contains("toplevel"), "{e}");
-        }
+        // A spec that does not validate cannot even be expressed with the
+        // client's types: `commands::service::master`'s tests send one raw
+        // and check that it is refused before it reaches the control plane.
         let repeat = cli.publish("c1", 1, "i1", &[]).await.unwrap();
         assert!(repeat.noop);
         let status = cli.status().await.unwrap();
@@ -182,8 +157,7 @@ fn master_over_loopback() {
 
         // getWorker proxies to the capability the worker registered.
         let proxied = cli.worker("w1").await.unwrap();
-        let reply = proxied.read_request().send().promise.await.unwrap();
-        let st = worker_status_from_capnp(reply.get().unwrap().get_status().unwrap()).unwrap();
+        let st = proxied.read().await.unwrap();
         assert_eq!(st.worker_id.as_str(), "w1");
 
         // w2 joins and heartbeats; w1 falls silent and its VMs move to w2.

@@ -1,7 +1,8 @@
 //! Reads the cluster's state from the control plane (`Master.getClusterStatus`
-//! over Cap'n Proto) and turns it into plain owned data for the templates.
+//! through `commands::client::MasterClient`) and turns it into plain owned
+//! rows for the templates.
 //!
-//! capnp-rpc objects are `!Send` while axum handlers must be `Send`, so each
+//! RPC clients are `!Send` while axum handlers must be `Send`, so each
 //! request runs on a blocking thread with its own current-thread runtime and
 //! `LocalSet` (`commands::rpc::block_on_local`). The panel is read once per
 //! page view, so a connection per request is cheap next to the clarity of
@@ -9,7 +10,9 @@
 
 use std::time::Duration;
 
-use commands::{common_capnp, master_capnp};
+use commands::client::{ClientError, MasterClient};
+use commands::model::ClusterStatusView;
+use commands::types::VmState;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -19,19 +22,13 @@ pub enum ClusterError {
     #[error("control plane is not configured")]
     NotConfigured,
     #[error(transparent)]
-    Connect(#[from] commands::rpc::RpcError),
-    #[error("getClusterStatus failed: {0}")]
-    Call(String),
+    Connect(ClientError),
+    #[error("getClusterStatus failed")]
+    Call(#[source] ClientError),
     #[error("getClusterStatus timed out")]
     Timeout,
     #[error("the RPC thread failed")]
     Join,
-}
-
-impl From<capnp::Error> for ClusterError {
-    fn from(e: capnp::Error) -> Self {
-        ClusterError::Call(e.to_string())
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,93 +69,64 @@ pub fn short_hash(h: &str) -> String {
     h.chars().take(12).collect()
 }
 
-fn text(r: capnp::Result<capnp::text::Reader<'_>>) -> String {
-    r.ok()
-        .and_then(|t| t.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn vm_state(s: Result<common_capnp::VmState, capnp::NotInSchema>) -> &'static str {
-    use common_capnp::VmState as S;
-    match s {
-        Ok(S::Creating) => "creating",
-        Ok(S::Running) => "running",
-        Ok(S::Paused) => "paused",
-        Ok(S::Stopping) => "stopping",
-        Ok(S::Failed) => "failed",
-        Ok(S::Stopped) => "stopped",
-        Err(_) => "unknown",
-    }
-}
-
-fn drift(d: Result<master_capnp::Drift, capnp::NotInSchema>) -> &'static str {
-    use master_capnp::Drift as D;
-    match d {
-        Ok(D::Converged) => "converged",
-        Ok(D::Pending) => "pending",
-        Ok(D::Drifted) => "drifted",
-        Ok(D::Orphaned) => "orphaned",
-        Ok(D::Failed) => "failed",
-        Err(_) => "unknown",
-    }
-}
-
-/// Copies a ClusterStatus reader into owned data.
-pub fn view(s: master_capnp::cluster_status::Reader<'_>) -> Result<ClusterView, capnp::Error> {
-    let active = s.get_active()?;
+/// Copies a cluster status into the panel's rows.
+pub fn view(s: &ClusterStatusView) -> ClusterView {
     let mut v = ClusterView {
-        generation: active.get_number(),
-        commit: text(active.get_commit()),
-        convergence: s.get_convergence_percent(),
+        generation: s.active.as_ref().map_or(0, |g| g.number),
+        commit: s
+            .active
+            .as_ref()
+            .map(|g| g.commit.clone())
+            .unwrap_or_default(),
+        convergence: s.convergence_percent,
         ..Default::default()
     };
-    for p in s.get_vms()? {
-        let m = p.get_metrics()?;
+    for p in &s.vms {
         v.vms.push(VmView {
-            name: text(p.get_name()),
-            worker: text(p.get_worker_id()),
-            desired: short_hash(&text(p.get_desired_hash())),
-            observed: short_hash(&text(p.get_observed_hash())),
-            state: vm_state(p.get_state()).into(),
-            drift: drift(p.get_drift()).into(),
-            cpu_percent: m.get_cpu_percent(),
-            rss_mib: m.get_rss_bytes() as f64 / (1024.0 * 1024.0),
+            name: p.name.clone(),
+            worker: p.worker_id.clone(),
+            desired: short_hash(&p.desired_hash),
+            observed: short_hash(&p.observed_hash),
+            // What the wire carries for a VM no worker reports.
+            state: p.state.unwrap_or(VmState::Stopped).to_string(),
+            drift: p.drift.to_string(),
+            cpu_percent: p.metrics.cpu_percent,
+            rss_mib: p.metrics.rss_bytes as f64 / (1024.0 * 1024.0),
         });
     }
-    for w in s.get_workers()? {
-        let cap = w.get_capacity()?;
-        let alloc = w.get_allocated()?;
+    for w in &s.workers {
         v.workers.push(WorkerView {
-            id: text(w.get_worker_id()),
-            address: text(w.get_address()),
-            healthy: w.get_healthy(),
-            last_seen_ms_ago: w.get_last_seen_ms_ago(),
-            cpu: format!("{}/{}", alloc.get_cpu(), cap.get_cpu()),
-            memory: format!("{}/{} MiB", alloc.get_memory_mb(), cap.get_memory_mb()),
-            vm_count: w.get_vm_count(),
-            load: w.get_metrics()?.get_load_average(),
+            id: w.worker_id.clone(),
+            address: w.address.clone(),
+            healthy: w.healthy,
+            last_seen_ms_ago: w.last_seen_ms_ago,
+            cpu: format!("{}/{}", w.allocated.cpu, w.capacity.cpu),
+            memory: format!("{}/{} MiB", w.allocated.memory_mb, w.capacity.memory_mb),
+            vm_count: w.vm_count,
+            load: w.metrics.load_average,
         });
     }
-    for u in s.get_unplaced()? {
-        v.unplaced.push((text(u.get_name()), text(u.get_reason())));
-    }
-    Ok(v)
+    v.unplaced = s
+        .unplaced
+        .iter()
+        .map(|u| (u.name.clone(), u.reason.clone()))
+        .collect();
+    v
 }
 
 async fn fetch_local(
     addr: String,
     token: commands::auth::Secret,
 ) -> Result<ClusterView, ClusterError> {
-    let (conn, _session) =
-        commands::rpc::connect_master(&addr, CONNECT_TIMEOUT, token.expose()).await?;
-    let req = conn.client.get_cluster_status_request();
-    let resp = tokio::time::timeout(CALL_TIMEOUT, req.send().promise)
+    let client = MasterClient::connect_with_token(&addr, CONNECT_TIMEOUT, token.expose())
         .await
-        .map_err(|_| ClusterError::Timeout)??;
-    let v = view(resp.get()?.get_status()?)?;
-    conn.close().await;
-    Ok(v)
+        .map_err(ClusterError::Connect)?;
+    let status = tokio::time::timeout(CALL_TIMEOUT, client.status())
+        .await
+        .map_err(|_| ClusterError::Timeout)?
+        .map_err(ClusterError::Call)?;
+    client.close().await;
+    Ok(view(&status))
 }
 
 /// Fetches the cluster status from the control plane at `addr`.

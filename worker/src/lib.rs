@@ -134,7 +134,7 @@ pub async fn run(
         files: config.files,
         version: VERSION.to_owned(),
     };
-    let registration = control_plane::state::Registration {
+    let registration = commands::model::Registration {
         worker_id: config.worker_id.clone(),
         address: manager_config.address.clone(),
         capacity: config.capacity,

@@ -26,11 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use commands::client::{ClientError, MasterClient};
+use commands::model::{AssignmentView, ObservedVm, Registration, WorkerMetricsView};
 use commands::report::error_chain;
 use commands::service::worker::WorkerCap;
-use control_plane::client::{ClientError, MasterClient};
-use control_plane::model::{AssignmentView, WorkerMetricsView};
-use control_plane::state::{ObservedVm, Registration};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -411,11 +410,7 @@ async fn session(
         MasterClient::connect_with_token(&cfg.control_plane, CALL_TIMEOUT, cfg.token.expose()),
     )
     .await?;
-    with_timeout(
-        CALL_TIMEOUT,
-        client.register(&cfg.registration, me.clone().into()),
-    )
-    .await?;
+    with_timeout(CALL_TIMEOUT, client.register(&cfg.registration, me.clone())).await?;
     tracing::info!(control_plane = %cfg.control_plane, "registered with the control plane");
     let id = cfg.registration.worker_id.as_str();
     // Report what runs right away: a restarted control plane adopts VMs
@@ -817,6 +812,62 @@ mod tests {
             })
     }
 
+    /// The real `control_plane` binary on loopback, killed on drop. The
+    /// worker does not depend on the control plane's crate, so its tests
+    /// drive the binary cargo built beside this test executable (run
+    /// `cargo build -p control_plane` first when testing the worker alone).
+    struct ControlPlane {
+        child: std::process::Child,
+        addr: String,
+    }
+
+    impl ControlPlane {
+        fn start() -> ControlPlane {
+            use std::io::BufRead;
+            use std::process::{Command, Stdio};
+
+            // target/<profile>/deps/worker-<hash> → target/<profile>/control_plane
+            let exe = std::env::current_exe().unwrap();
+            let bin = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .unwrap()
+                .join("control_plane");
+            assert!(
+                bin.exists(),
+                "{} is missing: run `cargo build -p control_plane` first",
+                bin.display()
+            );
+            let mut child = Command::new(&bin)
+                .args(["--listen", "127.0.0.1:0"])
+                .args(["--long-poll-timeout-ms", "2000"])
+                .args(["--heartbeat-timeout-ms", "2000"])
+                .args(["--startup-grace-ms", "0"])
+                .env_remove("PCR_CONTROL_PLANE_TOKEN_FILE")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let addr = line
+                .trim()
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line from control_plane: {line:?}"))
+                .to_owned();
+            ControlPlane { child, addr }
+        }
+    }
+
+    impl Drop for ControlPlane {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
     /// A real control plane on loopback, a real Node/VmManager over the
     /// in-memory backend, and the reconciler between them.
     struct Harness {
@@ -826,6 +877,7 @@ mod tests {
         shutdown: CancellationToken,
         reconciler: tokio::task::JoinHandle<()>,
         node_task: tokio::task::JoinHandle<()>,
+        _control_plane: ControlPlane,
         _dir: tempfile::TempDir,
     }
 
@@ -861,14 +913,8 @@ mod tests {
             let shutdown = CancellationToken::new();
             let node_task = tokio::spawn(node.run(shutdown.clone()));
 
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap().to_string();
-            let cp_config = control_plane::Config {
-                long_poll_timeout: Duration::from_secs(2),
-                heartbeat_timeout: Duration::from_secs(2),
-                startup_grace: Duration::ZERO,
-            };
-            tokio::task::spawn_local(control_plane::run(cp_config, listener, shutdown.clone()));
+            let control_plane = ControlPlane::start();
+            let addr = control_plane.addr.clone();
 
             before(tx.clone()).await;
             let me = crate::server::worker_cap(tx.clone());
@@ -897,6 +943,7 @@ mod tests {
                 shutdown,
                 reconciler,
                 node_task,
+                _control_plane: control_plane,
                 _dir: dir,
             }
         }
@@ -1087,7 +1134,7 @@ mod tests {
             assert_eq!(s.vms.len(), 1, "{:?}", s.vms);
             let row = &s.vms[0];
             assert!(
-                (row.observed_hash == "h2" && row.drift == control_plane::model::Drift::Drifted)
+                (row.observed_hash == "h2" && row.drift == commands::model::Drift::Drifted)
                     || row.state == Some(VmState::Creating),
                 "{row:?}"
             );

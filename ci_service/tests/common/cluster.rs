@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use control_plane::client::MasterClient;
-use control_plane::model::ClusterStatusView;
+use commands::client::MasterClient;
+use commands::model::ClusterStatusView;
 use repo_outils::testing::HermeticNix;
 
 use super::*;

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use commands::convert::{vm_status_from_capnp, worker_status_from_capnp};
 use commands::types::VmSpec;
 
 #[derive(Debug, Parser)]
@@ -83,13 +82,7 @@ enum CliError {
         source: serde_json::Error,
     },
     #[error(transparent)]
-    Client(#[from] control_plane::client::ClientError),
-    #[error("worker call failed: {}", .0.extra)]
-    Capnp(#[from] capnp::Error),
-    #[error("malformed reply: {}", .0.to_message())]
-    Convert(#[from] commands::convert::ConvertError),
-    #[error(transparent)]
-    Refused(#[from] commands::convert::RpcFailure),
+    Client(#[from] commands::client::ClientError),
 }
 
 fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliError> {
@@ -238,8 +231,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let w = master.worker(&worker).await?;
             match call {
                 WorkerCall::Read => {
-                    let reply = w.read_request().send().promise.await?;
-                    let st = worker_status_from_capnp(reply.get()?.get_status()?)?;
+                    let st = w.read().await?;
                     if args.master.json {
                         print_json(&st);
                     } else {
@@ -255,12 +247,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                     }
                 }
                 WorkerCall::ListVms => {
-                    let reply = w.list_vms_request().send().promise.await?;
-                    let list = reply.get()?.get_vms()?;
-                    let vms = list
-                        .iter()
-                        .map(vm_status_from_capnp)
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let vms = w.list_vms().await?;
                     if args.master.json {
                         print_json(&vms);
                     } else {

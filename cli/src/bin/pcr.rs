@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use control_plane::model::{ClusterStatusView, Drift, GenerationView};
+use commands::model::{ClusterStatusView, Drift, GenerationView};
 
 #[derive(Debug, Parser)]
 #[command(name = "pcr", about = "Inspect a Procurator cluster (read-only)")]

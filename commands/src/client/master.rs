@@ -1,1 +1,178 @@
-//! The typed `Master` client (moved here from `control_plane::client`).
+//! The typed `Master` client: what `pcr`, `pcr-test`, the worker's
+//! reconciler, ci_service's publisher, repohub's cluster panel, the tests
+//! and the benchmarks use to talk to a control plane. Each call returns a
+//! view from `crate::model` or one `ClientError`.
+
+use std::time::Duration;
+
+use crate::convert::master::{
+    assignment_from_capnp, generations_from_capnp, publish_outcome_from_capnp,
+    registration_to_capnp, running_vms_to_capnp, status_from_capnp, worker_metrics_to_capnp,
+};
+use crate::convert::{result_from_capnp, vm_spec_to_capnp};
+use crate::master_capnp::master;
+use crate::model::{
+    AssignmentView, ClusterStatusView, GenerationView, ObservedVm, PublishOutcomeView,
+    Registration, WorkerMetricsView,
+};
+use crate::rpc::{self, Connection, SessionInfo};
+use crate::service::worker::WorkerCap;
+use crate::types::VmSpec;
+
+use super::{ClientError, WorkerClient, len32};
+
+/// A logged-in connection to a control plane.
+pub struct MasterClient {
+    conn: Connection<master::Client>,
+    session: SessionInfo,
+}
+
+impl std::fmt::Debug for MasterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterClient")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterClient {
+    /// Connects to `addr` ("host:port") and logs in without a token (what a
+    /// control plane without a token file takes). Must run inside a `LocalSet`.
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_with_token(addr, timeout, "").await
+    }
+
+    /// Connects to `addr` and logs in with `token`.
+    pub async fn connect_with_token(
+        addr: &str,
+        timeout: Duration,
+        token: &str,
+    ) -> Result<Self, ClientError> {
+        let (conn, session) = rpc::connect_master(addr, timeout, token).await?;
+        Ok(MasterClient { conn, session })
+    }
+
+    /// The role (and worker id) the login granted.
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// Closes the connection gracefully.
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+
+    /// Publishes a generation (admin and ci tokens).
+    pub async fn publish(
+        &self,
+        commit: &str,
+        generation: u64,
+        intent_hash: &str,
+        specs: &[VmSpec],
+    ) -> Result<PublishOutcomeView, ClientError> {
+        let mut req = self.conn.client.publish_state_request();
+        {
+            let mut p = req.get();
+            p.set_commit(commit);
+            p.set_generation(generation);
+            p.set_intent_hash(intent_hash);
+            let mut l = p.init_vm_specs(len32(specs.len()));
+            for (i, s) in specs.iter().enumerate() {
+                vm_spec_to_capnp(s, l.reborrow().get(len32(i)));
+            }
+        }
+        let reply = req.send().promise.await?;
+        let ok = result_from_capnp(reply.get()?.get_result()?)??;
+        Ok(publish_outcome_from_capnp(ok)?)
+    }
+
+    /// Registers a worker with the capability the control plane will hand
+    /// to admins (`getWorker`).
+    pub async fn register(&self, reg: &Registration, cap: WorkerCap) -> Result<(), ClientError> {
+        let mut req = self.conn.client.register_worker_request();
+        {
+            let mut p = req.get();
+            p.set_worker(cap.0);
+            registration_to_capnp(reg, p.init_registration());
+        }
+        let reply = req.send().promise.await?;
+        result_from_capnp(reply.get()?.get_result()?)??;
+        Ok(())
+    }
+
+    /// The long-poll: returns when there is something newer than
+    /// (last_generation, last_revision) or after the server's timeout
+    /// (`changed == false`).
+    pub async fn get_assignment(
+        &self,
+        worker_id: &str,
+        last_generation: u64,
+        last_revision: u64,
+    ) -> Result<AssignmentView, ClientError> {
+        let mut req = self.conn.client.get_assignment_request();
+        {
+            let mut p = req.get();
+            p.set_worker_id(worker_id);
+            p.set_last_seen_generation(last_generation);
+            p.set_last_seen_revision(last_revision);
+        }
+        let reply = req.send().promise.await?;
+        let ok = result_from_capnp(reply.get()?.get_result()?)??;
+        Ok(assignment_from_capnp(ok)?)
+    }
+
+    /// A worker's heartbeat: what it runs and how loaded it is.
+    pub async fn push_data(
+        &self,
+        worker_id: &str,
+        observed_generation: u64,
+        running: &[ObservedVm],
+        metrics: &WorkerMetricsView,
+    ) -> Result<(), ClientError> {
+        let mut req = self.conn.client.push_data_request();
+        {
+            let mut p = req.get();
+            p.set_worker_id(worker_id);
+            p.set_observed_generation(observed_generation);
+            worker_metrics_to_capnp(metrics, p.reborrow().init_metrics());
+            running_vms_to_capnp(running, p.init_running_vms(len32(running.len())));
+        }
+        let reply = req.send().promise.await?;
+        result_from_capnp(reply.get()?.get_result()?)??;
+        Ok(())
+    }
+
+    /// The whole cluster: active generation, placements, workers' health.
+    pub async fn status(&self) -> Result<ClusterStatusView, ClientError> {
+        let reply = self
+            .conn
+            .client
+            .get_cluster_status_request()
+            .send()
+            .promise
+            .await?;
+        Ok(status_from_capnp(reply.get()?.get_status()?)?)
+    }
+
+    /// The generations the control plane remembers, oldest first.
+    pub async fn generations(&self) -> Result<Vec<GenerationView>, ClientError> {
+        let reply = self
+            .conn
+            .client
+            .list_generations_request()
+            .send()
+            .promise
+            .await?;
+        Ok(generations_from_capnp(reply.get()?.get_generations()?)?)
+    }
+
+    /// The worker's own capability, proxied through the control plane
+    /// (admin tokens): calls on it travel over this connection.
+    pub async fn worker(&self, worker_id: &str) -> Result<WorkerClient, ClientError> {
+        let mut req = self.conn.client.get_worker_request();
+        req.get().set_worker_id(worker_id);
+        let reply = req.send().promise.await?;
+        let ok = result_from_capnp(reply.get()?.get_result()?)??;
+        Ok(WorkerClient::from_capability(ok.get_worker()?))
+    }
+}

@@ -6,6 +6,7 @@
 pub mod master;
 pub mod worker;
 
+pub use master::MasterClient;
 pub use worker::WorkerClient;
 
 use crate::convert::{ConvertError, RpcFailure};
@@ -26,6 +27,14 @@ pub enum ClientError {
     /// The server answered with an error as data.
     #[error(transparent)]
     Refused(#[from] RpcFailure),
+}
+
+impl ClientError {
+    /// The server refused the call for load (more calls in flight on the
+    /// connection than it allows); the same call later may succeed.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, ClientError::Rpc(e) if e.kind == capnp::ErrorKind::Overloaded)
+    }
 }
 
 pub(crate) fn len32(n: usize) -> u32 {

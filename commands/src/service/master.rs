@@ -1,1 +1,492 @@
-//! The `Master` service adapter: `MasterApi` (the control plane implements it) served over Cap'n Proto.
+//! The `Master` service adapter: the control plane (or a test's fake)
+//! implements [`MasterApi`] with domain types, and [`serve`] turns it into
+//! the Cap'n Proto server, login bootstrap included.
+//!
+//! Each connection's bootstrap is a `MasterLogin`; a login returns a
+//! `Master` object carrying the token's grant, and every call checks the
+//! grant first, so a refused call never reaches the implementation. Who may
+//! call what is part of the contract and lives here:
+//! - `publishState`: admin, ci;
+//! - `registerWorker`, `getAssignment`, `pushData`: admin, or a worker
+//!   token for its own id;
+//! - `getWorker`: admin;
+//! - `getClusterStatus`, `listGenerations`: any role.
+//!
+//! Single-threaded by design: capnp objects are `!Send`, so everything runs
+//! on one `LocalSet` and the implementation is shared as an `Rc`.
+
+use capnp::capability::Rc as CapRc;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Authenticator, Grant, Role};
+use crate::common_capnp;
+use crate::convert::master::{
+    assignment_to_capnp, generation_to_capnp, publish_outcome_to_capnp, running_vms_from_capnp,
+    status_to_capnp, worker_metrics_from_capnp,
+};
+use crate::convert::{
+    ConvertError, ErrorCode, RpcFailure, error_to_capnp, labels_from_capnp, resources_from_capnp,
+    text, vm_specs_from_capnp,
+};
+use crate::master_capnp::{master, master_login};
+use crate::model::{
+    AssignmentView, ClusterStatusView, GenerationView, MAX_VMS_PER_WORKER, ObservedVm,
+    PublishOutcomeView, Registration, WorkerMetricsView,
+};
+use crate::rpc::InFlight;
+use crate::service::worker::WorkerCap;
+use crate::types::{VmSpec, WorkerId};
+
+/// Long-polls one connection may hold at once (a worker needs one).
+pub const MAX_IN_FLIGHT_PER_CONNECTION: u32 = 16;
+
+/// Who is calling: what the login granted, on which connection.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub grant: Grant,
+    /// Numbers the connections of one server; a worker may only report on
+    /// the connection it registered on.
+    pub conn: u64,
+    pub peer: SocketAddr,
+}
+
+/// A published generation, as `publishState` carries it.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub commit: String,
+    pub generation: u64,
+    pub intent_hash: String,
+    pub specs: Vec<VmSpec>,
+}
+
+/// A worker's long-poll, as `getAssignment` carries it: what it has seen.
+#[derive(Debug, Clone)]
+pub struct Poll {
+    pub worker_id: WorkerId,
+    pub last_generation: u64,
+    pub last_revision: u64,
+}
+
+/// A worker's heartbeat, as `pushData` carries it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub worker_id: WorkerId,
+    pub observed_generation: u64,
+    pub running: Vec<ObservedVm>,
+    pub metrics: WorkerMetricsView,
+}
+
+/// What the `Master` interface does, in domain types. Every call has
+/// passed the role check when it gets here; `Err` answers as data.
+pub trait MasterApi: 'static {
+    fn publish(&self, caller: &Caller, p: Publish) -> Result<PublishOutcomeView, RpcFailure>;
+
+    /// `worker` replaces any capability an earlier registration left.
+    fn register(
+        &self,
+        caller: &Caller,
+        reg: Registration,
+        worker: WorkerCap,
+    ) -> Result<(), RpcFailure>;
+
+    /// The long-poll: answers when there is something newer than what
+    /// `poll` has seen, or with `changed = false` once the implementation's
+    /// timeout passes.
+    fn get_assignment(
+        &self,
+        caller: &Caller,
+        poll: Poll,
+    ) -> impl Future<Output = Result<AssignmentView, RpcFailure>>;
+
+    fn push_data(&self, caller: &Caller, report: Report) -> Result<(), RpcFailure>;
+
+    fn cluster_status(&self, caller: &Caller) -> ClusterStatusView;
+
+    /// The capability `worker` registered with.
+    fn get_worker(&self, caller: &Caller, worker: &WorkerId) -> Result<WorkerCap, RpcFailure>;
+
+    fn generations(&self, caller: &Caller) -> Vec<GenerationView>;
+}
+
+/// Serves `api` on `listener` until `shutdown` fires, with the tokens of
+/// `auth` deciding each connection's grant. Must run inside a `LocalSet`.
+pub async fn serve<A: MasterApi>(
+    api: Rc<A>,
+    auth: Authenticator,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    let auth = Rc::new(auth);
+    let make = move |conn, peer| {
+        let client: master_login::Client = capnp_rpc::new_client(Login {
+            api: Rc::clone(&api),
+            auth: Rc::clone(&auth),
+            conn,
+            peer,
+            in_flight: InFlight::new(MAX_IN_FLIGHT_PER_CONNECTION),
+        });
+        client.client
+    };
+    crate::rpc::serve_per_connection(listener, make, shutdown).await;
+}
+
+/// The bootstrap of one connection: nothing but `login`.
+struct Login<A> {
+    api: Rc<A>,
+    auth: Rc<Authenticator>,
+    conn: u64,
+    peer: SocketAddr,
+    /// Shared by every login of the connection: the limit is per connection.
+    in_flight: InFlight,
+}
+
+impl<A: MasterApi> master_login::Server for Login<A> {
+    fn login(
+        self: CapRc<Self>,
+        params: master_login::LoginParams,
+        mut results: master_login::LoginResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let token = super::login_token(params.get().and_then(|p| p.get_token()));
+        let login = self.auth.login(&token).map(|g| {
+            let m: master::Client = capnp_rpc::new_client(Session {
+                api: Rc::clone(&self.api),
+                caller: Caller {
+                    grant: g.clone(),
+                    conn: self.conn,
+                    peer: self.peer,
+                },
+                in_flight: self.in_flight.clone(),
+            });
+            (g, m)
+        });
+        drop(token);
+        let peer = self.peer;
+        async move {
+            let b = results.get().init_result();
+            match login {
+                Ok((g, m)) => {
+                    tracing::debug!(%peer, role = %g.role, worker = g.worker_id.as_deref().unwrap_or(""), "login");
+                    let mut ok = b.init_ok();
+                    ok.set_master(m);
+                    ok.set_role(g.role.to_capnp());
+                    ok.set_worker_id(g.worker_id.as_deref().unwrap_or(""));
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "login refused");
+                    super::refuse_login(&e, b.init_err()).await;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The `Master` object of one login: what its token may do.
+struct Session<A> {
+    api: Rc<A>,
+    caller: Caller,
+    in_flight: InFlight,
+}
+
+fn denied(what: &str, grant: &Grant) -> RpcFailure {
+    RpcFailure::new(
+        ErrorCode::PermissionDenied,
+        format!("a {} token may not {what}", grant.role),
+    )
+}
+
+impl<A> Session<A> {
+    /// Refuses unless the role is one of `roles`.
+    fn allow(&self, what: &str, roles: &[Role]) -> Result<(), RpcFailure> {
+        if roles.contains(&self.caller.grant.role) {
+            Ok(())
+        } else {
+            Err(denied(what, &self.caller.grant))
+        }
+    }
+
+    /// Admins act for any worker; a worker token only for its own id.
+    fn allow_worker(&self, what: &str, id: &WorkerId) -> Result<(), RpcFailure> {
+        let grant = &self.caller.grant;
+        match grant.role {
+            Role::Admin => Ok(()),
+            Role::Worker if grant.worker_id.as_deref() == Some(id.as_str()) => Ok(()),
+            Role::Worker => Err(RpcFailure::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "this token belongs to worker {}, not {id}; it may not {what} for another worker",
+                    grant.worker_id.as_deref().unwrap_or("?")
+                ),
+            )),
+            _ => Err(denied(what, grant)),
+        }
+    }
+
+    /// Logs a refused call with who made it; the caller gets it as data.
+    fn log_refusal<T>(&self, call: &str, r: &Result<T, RpcFailure>) {
+        if let Err(e) = r {
+            tracing::warn!(peer = %self.caller.peer, error = %e, "{call} refused");
+        }
+    }
+}
+
+fn bad(e: capnp::Error) -> RpcFailure {
+    RpcFailure::from(ConvertError::from(e))
+}
+
+fn parse_worker_id(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<WorkerId, RpcFailure> {
+    let s = text(r).map_err(RpcFailure::from)?;
+    s.parse::<WorkerId>()
+        .map_err(|e| RpcFailure::invalid(e.to_string()))
+}
+
+/// Writes `r` into a `Result(Ok)` builder: `fill` for the ok branch.
+fn write_result<'a, T, V>(
+    b: common_capnp::result::Builder<'a, T>,
+    r: Result<V, RpcFailure>,
+    fill: impl FnOnce(V, <T as capnp::traits::Owned>::Builder<'a>),
+) where
+    T: capnp::traits::Owned,
+{
+    match r {
+        Ok(v) => fill(v, b.init_ok()),
+        Err(e) => error_to_capnp(&e, b.init_err()),
+    }
+}
+
+impl<A: MasterApi> master::Server for Session<A> {
+    fn publish_state(
+        self: CapRc<Self>,
+        params: master::PublishStateParams,
+        mut results: master::PublishStateResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let outcome = (|| {
+            // The role first: a refused caller's specs are never decoded.
+            self.allow("publish a generation", &[Role::Admin, Role::Ci])?;
+            let p = params.get().map_err(bad)?;
+            let publish = Publish {
+                commit: text(p.get_commit()).map_err(RpcFailure::from)?,
+                intent_hash: text(p.get_intent_hash()).map_err(RpcFailure::from)?,
+                specs: vm_specs_from_capnp(p.get_vm_specs().map_err(bad)?)
+                    .map_err(RpcFailure::from)?,
+                generation: p.get_generation(),
+            };
+            self.api.publish(&self.caller, publish)
+        })();
+        self.log_refusal("publishState", &outcome);
+        write_result(results.get().init_result(), outcome, |o, b| {
+            publish_outcome_to_capnp(&o, b)
+        });
+        std::future::ready(Ok(()))
+    }
+
+    fn register_worker(
+        self: CapRc<Self>,
+        params: master::RegisterWorkerParams,
+        mut results: master::RegisterWorkerResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let r = (|| {
+            let p = params.get().map_err(bad)?;
+            let reg = p.get_registration().map_err(bad)?;
+            let registration = Registration {
+                worker_id: parse_worker_id(reg.get_worker_id())?,
+                address: text(reg.get_address()).map_err(RpcFailure::from)?,
+                capacity: resources_from_capnp(reg.get_capacity().map_err(bad)?),
+                labels: labels_from_capnp(reg.get_labels().map_err(bad)?)
+                    .map_err(RpcFailure::from)?,
+            };
+            self.allow_worker("register", &registration.worker_id)?;
+            let cap = WorkerCap(p.get_worker().map_err(bad)?);
+            self.api.register(&self.caller, registration, cap)
+        })();
+        self.log_refusal("registerWorker", &r);
+        write_result(results.get().init_result(), r, |(), _| {});
+        std::future::ready(Ok(()))
+    }
+
+    fn get_assignment(
+        self: CapRc<Self>,
+        params: master::GetAssignmentParams,
+        mut results: master::GetAssignmentResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let parsed = (|| {
+            let p = params.get().map_err(bad)?;
+            let worker_id = parse_worker_id(p.get_worker_id())?;
+            self.allow_worker("read the assignment", &worker_id)?;
+            Ok::<_, RpcFailure>(Poll {
+                worker_id,
+                last_generation: p.get_last_seen_generation(),
+                last_revision: p.get_last_seen_revision(),
+            })
+        })();
+        let api = Rc::clone(&self.api);
+        let caller = self.caller.clone();
+        // A long-poll holds its slot until it answers; more than the limit
+        // at once is refused on the wire (overloaded), not queued.
+        let slot = self.in_flight.enter();
+        async move {
+            let _slot = slot?;
+            let reply = match parsed {
+                Err(e) => Err(e),
+                Ok(poll) => api.get_assignment(&caller, poll).await,
+            };
+            write_result(results.get().init_result(), reply, |a, b| {
+                assignment_to_capnp(&a, b)
+            });
+            Ok(())
+        }
+    }
+
+    fn push_data(
+        self: CapRc<Self>,
+        params: master::PushDataParams,
+        mut results: master::PushDataResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let r = (|| {
+            let p = params.get().map_err(bad)?;
+            let worker_id = parse_worker_id(p.get_worker_id())?;
+            self.allow_worker("report observed state", &worker_id)?;
+            let running = running_vms_from_capnp(
+                p.get_running_vms().map_err(bad)?,
+                MAX_VMS_PER_WORKER as u32,
+            )
+            .map_err(RpcFailure::from)?;
+            let report = Report {
+                worker_id,
+                observed_generation: p.get_observed_generation(),
+                running,
+                metrics: worker_metrics_from_capnp(p.get_metrics().map_err(bad)?),
+            };
+            self.api.push_data(&self.caller, report)
+        })();
+        self.log_refusal("pushData", &r);
+        write_result(results.get().init_result(), r, |(), _| {});
+        std::future::ready(Ok(()))
+    }
+
+    fn get_cluster_status(
+        self: CapRc<Self>,
+        _: master::GetClusterStatusParams,
+        mut results: master::GetClusterStatusResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let status = self.api.cluster_status(&self.caller);
+        status_to_capnp(&status, results.get().init_status());
+        std::future::ready(Ok(()))
+    }
+
+    fn get_worker(
+        self: CapRc<Self>,
+        params: master::GetWorkerParams,
+        mut results: master::GetWorkerResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let r = (|| {
+            self.allow("control a worker", &[Role::Admin])?;
+            let id = parse_worker_id(params.get().map_err(bad)?.get_worker_id())?;
+            self.api.get_worker(&self.caller, &id)
+        })();
+        write_result(results.get().init_result(), r, |c, mut b| b.set_worker(c.0));
+        std::future::ready(Ok(()))
+    }
+
+    fn list_generations(
+        self: CapRc<Self>,
+        _: master::ListGenerationsParams,
+        mut results: master::ListGenerationsResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let gens = self.api.generations(&self.caller);
+        let mut b = results
+            .get()
+            .init_generations(u32::try_from(gens.len()).unwrap_or(u32::MAX));
+        for (i, g) in gens.iter().enumerate() {
+            generation_to_capnp(g, b.reborrow().get(u32::try_from(i).unwrap_or(u32::MAX)));
+        }
+        std::future::ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Counts the publishes that reach it; everything else is unused.
+    #[derive(Default)]
+    struct Counting {
+        published: Cell<u32>,
+    }
+
+    impl MasterApi for Counting {
+        fn publish(&self, _: &Caller, p: Publish) -> Result<PublishOutcomeView, RpcFailure> {
+            self.published.set(self.published.get() + 1);
+            Ok(PublishOutcomeView {
+                generation: p.generation,
+                noop: false,
+                placed: 0,
+                unplaced: Vec::new(),
+            })
+        }
+        fn register(&self, _: &Caller, _: Registration, _: WorkerCap) -> Result<(), RpcFailure> {
+            unreachable!()
+        }
+        async fn get_assignment(&self, _: &Caller, _: Poll) -> Result<AssignmentView, RpcFailure> {
+            unreachable!()
+        }
+        fn push_data(&self, _: &Caller, _: Report) -> Result<(), RpcFailure> {
+            unreachable!()
+        }
+        fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
+            unreachable!()
+        }
+        fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
+            unreachable!()
+        }
+        fn generations(&self, _: &Caller) -> Vec<GenerationView> {
+            unreachable!()
+        }
+    }
+
+    /// A spec that does not validate (only a raw builder can express it) is
+    /// refused with the field's name before the implementation sees it.
+    #[test]
+    fn an_invalid_spec_never_reaches_the_implementation() {
+        crate::rpc::block_on_local(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let api = Rc::new(Counting::default());
+            let shutdown = CancellationToken::new();
+            tokio::task::spawn_local(serve(
+                Rc::clone(&api),
+                Authenticator::Open,
+                listener,
+                shutdown.clone(),
+            ));
+            let (conn, _) = crate::rpc::connect_master(&addr, Duration::from_secs(5), "")
+                .await
+                .unwrap();
+            let mut req = conn.client.publish_state_request();
+            let mut p = req.get();
+            p.set_commit("c9");
+            p.set_generation(9);
+            p.set_intent_hash("i9");
+            let mut s = p.init_vm_specs(1).get(0);
+            s.set_name("evil");
+            s.set_toplevel("/etc/passwd");
+            let reply = req.send().promise.await.unwrap();
+            let r = crate::convert::result_from_capnp(reply.get().unwrap().get_result().unwrap())
+                .unwrap();
+            let Err(e) = r else {
+                panic!("an invalid spec was accepted")
+            };
+            assert!(e.message.contains("toplevel"), "{e}");
+            assert_eq!(api.published.get(), 0);
+            conn.close().await;
+            shutdown.cancel();
+        });
+    }
+}

@@ -118,14 +118,6 @@ impl WorkerCap {
     }
 }
 
-/// The capnp client a `MasterClient` in another crate sends in
-/// `registerWorker`; goes away once every Master client lives here.
-impl From<WorkerCap> for worker::Client {
-    fn from(cap: WorkerCap) -> Self {
-        cap.0
-    }
-}
-
 /// The bootstrap capability of one connection: a `WorkerLogin` over `api`
 /// checking tokens with `auth`. For servers that pick their own accept loop
 /// (`rpc::serve_limited`); [`serve`] is the usual way.

@@ -1,6 +1,6 @@
 //! Shared test harness: an in-process app with a cookie-keeping client, a
 //! test ci_service (HTTP, the contract repohub codes against), a test
-//! control plane (a real Cap'n Proto `Master` on loopback), and git helpers.
+//! control plane (a real `Master` on loopback), and git helpers.
 #![allow(dead_code)]
 
 pub mod webdriver;
@@ -23,6 +23,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use commands::convert::{ErrorCode, RpcFailure};
+use commands::model::{
+    AssignmentView, ClusterStatusView, Drift, GenerationView, PublishOutcomeView, Registration,
+    VmPlacementView, WorkerHealthView, WorkerMetricsView,
+};
+use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
+use commands::service::worker::WorkerCap;
+use commands::types::{Resources, VmMetrics, VmState, WorkerId};
 use repohub::{AppState, Config};
 
 pub const CI_SECRET: &str = "test-ci-secret";
@@ -458,8 +466,9 @@ use futures::StreamExt;
 
 // ---------------------------------------------------------------- control plane
 
-/// A real Cap'n Proto `Master` on loopback answering getClusterStatus with
-/// two VMs and two workers (one drifted VM, one unhealthy worker).
+/// A real `Master` on loopback (served by `commands::service::master`)
+/// answering getClusterStatus with two VMs and two workers (one drifted VM,
+/// one unhealthy worker).
 pub struct FakeMaster {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
@@ -475,91 +484,88 @@ impl Drop for FakeMaster {
     }
 }
 
-struct MasterImpl;
+/// The fake's answers: a fixed cluster status; every other call is refused.
+struct FakeMasterApi;
 
-/// The fake's bootstrap: like the real control plane's, a login (any token).
-struct LoginImpl;
+fn not_faked() -> RpcFailure {
+    RpcFailure::new(ErrorCode::Internal, "not implemented by the fake master")
+}
 
-impl commands::master_capnp::master_login::Server for LoginImpl {
-    fn login(
-        self: capnp::capability::Rc<Self>,
-        _: commands::master_capnp::master_login::LoginParams,
-        mut results: commands::master_capnp::master_login::LoginResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        let master: commands::master_capnp::master::Client = capnp_rpc::new_client(MasterImpl);
-        let mut ok = results.get().init_result().init_ok();
-        ok.set_master(master);
-        ok.set_role(commands::common_capnp::Role::Admin);
-        std::future::ready(Ok(()))
+impl MasterApi for FakeMasterApi {
+    fn publish(&self, _: &Caller, _: Publish) -> Result<PublishOutcomeView, RpcFailure> {
+        Err(not_faked())
+    }
+    fn register(&self, _: &Caller, _: Registration, _: WorkerCap) -> Result<(), RpcFailure> {
+        Err(not_faked())
+    }
+    async fn get_assignment(&self, _: &Caller, _: Poll) -> Result<AssignmentView, RpcFailure> {
+        Err(not_faked())
+    }
+    fn push_data(&self, _: &Caller, _: Report) -> Result<(), RpcFailure> {
+        Err(not_faked())
+    }
+    fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
+        fake_status()
+    }
+    fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
+        Err(not_faked())
+    }
+    fn generations(&self, _: &Caller) -> Vec<GenerationView> {
+        Vec::new()
     }
 }
 
-impl commands::master_capnp::master::Server for MasterImpl {
-    fn get_cluster_status(
-        self: capnp::capability::Rc<Self>,
-        _: commands::master_capnp::master::GetClusterStatusParams,
-        mut results: commands::master_capnp::master::GetClusterStatusResults,
-    ) -> impl std::future::Future<Output = Result<(), capnp::Error>> + 'static {
-        std::future::ready(fill_status(results.get().init_status()))
-    }
-}
-
-fn fill_status(
-    mut s: commands::master_capnp::cluster_status::Builder<'_>,
-) -> Result<(), capnp::Error> {
-    {
-        {
-            let mut a = s.reborrow().init_active();
-            a.set_number(7);
-            a.set_commit("abcdef1234567890");
-        }
-        s.set_convergence_percent(50.0);
-        let mut vms = s.reborrow().init_vms(2);
-        for (i, (name, worker, obs, drift)) in [
-            (
+fn fake_status() -> ClusterStatusView {
+    let vm = |name: &str, worker: &str, observed: &str, drift| VmPlacementView {
+        name: name.into(),
+        worker_id: worker.into(),
+        desired_hash: "0123456789abcdef0123".into(),
+        observed_hash: observed.into(),
+        state: Some(VmState::Running),
+        drift,
+        metrics: VmMetrics {
+            cpu_percent: 12.5,
+            rss_bytes: 64 * 1024 * 1024,
+            ..Default::default()
+        },
+        vm_id: String::new(),
+    };
+    let worker = |id: &str, healthy: bool| WorkerHealthView {
+        worker_id: id.into(),
+        address: "127.0.0.1:6000".into(),
+        healthy,
+        last_seen_ms_ago: if healthy { 120 } else { 45_000 },
+        capacity: Resources {
+            cpu: 8,
+            memory_mb: 16384,
+        },
+        allocated: Resources::default(),
+        observed_generation: 0,
+        vm_count: 1,
+        labels: Default::default(),
+        metrics: WorkerMetricsView::default(),
+    };
+    ClusterStatusView {
+        active: Some(GenerationView {
+            number: 7,
+            commit: "abcdef1234567890".into(),
+            intent_hash: String::new(),
+            vm_count: 0,
+            published_at_ms: 0,
+        }),
+        convergence_percent: 50.0,
+        vms: vec![
+            vm(
                 "web-1",
                 "worker-a",
                 "0123456789abcdef0123",
-                commands::master_capnp::Drift::Converged,
+                Drift::Converged,
             ),
-            (
-                "db-<1>",
-                "worker-b",
-                "ffff",
-                commands::master_capnp::Drift::Drifted,
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let mut v = vms.reborrow().get(i as u32);
-            v.set_name(name);
-            v.set_worker_id(worker);
-            v.set_desired_hash("0123456789abcdef0123");
-            v.set_observed_hash(obs);
-            v.set_state(commands::common_capnp::VmState::Running);
-            v.set_drift(drift);
-            let mut m = v.init_metrics();
-            m.set_cpu_percent(12.5);
-            m.set_rss_bytes(64 * 1024 * 1024);
-        }
-        let mut ws = s.reborrow().init_workers(2);
-        for (i, (id, healthy)) in [("worker-a", true), ("worker-b", false)]
-            .into_iter()
-            .enumerate()
-        {
-            let mut w = ws.reborrow().get(i as u32);
-            w.set_worker_id(id);
-            w.set_address("127.0.0.1:6000");
-            w.set_healthy(healthy);
-            w.set_last_seen_ms_ago(if healthy { 120 } else { 45_000 });
-            w.set_vm_count(1);
-            let mut c = w.reborrow().init_capacity();
-            c.set_cpu(8);
-            c.set_memory_mb(16384);
-        }
+            vm("db-<1>", "worker-b", "ffff", Drift::Drifted),
+        ],
+        workers: vec![worker("worker-a", true), worker("worker-b", false)],
+        unplaced: Vec::new(),
     }
-    Ok(())
 }
 
 impl FakeMaster {
@@ -572,9 +578,15 @@ impl FakeMaster {
         let thread = std::thread::spawn(move || {
             commands::rpc::block_on_local(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                let client: commands::master_capnp::master_login::Client =
-                    capnp_rpc::new_client(LoginImpl);
-                commands::rpc::serve(listener, client.client, token).await;
+                // Like the real control plane without a token file: any
+                // token logs in as admin.
+                commands::service::master::serve(
+                    std::rc::Rc::new(FakeMasterApi),
+                    commands::auth::Authenticator::Open,
+                    listener,
+                    token,
+                )
+                .await;
             });
         });
         Self {

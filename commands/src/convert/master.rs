@@ -1,148 +1,19 @@
-//! Plain, serde-serializable views of what the Master interface carries
-//! (cluster status, assignments, publish outcomes), with their Cap'n Proto
-//! conversions in both directions. The server fills replies from these, the
-//! clients (`pcr`, `pcr-test`, the worker's reconciler) read replies into
-//! them, and `--json` prints them as they are.
+//! Cap'n Proto conversions of the `Master` interface's structs (the views
+//! of `crate::model`), in both directions: the server adapter encodes
+//! replies and decodes requests with these, the typed client the reverse.
 
-use serde::{Deserialize, Serialize};
-
-use commands::common_capnp;
-use commands::convert::{
-    self, ConvertError, check_len, labels_from_capnp, labels_to_capnp, resources_from_capnp,
+use crate::convert::{
+    ConvertError, MAX_LIST, check_len, labels_from_capnp, labels_to_capnp, resources_from_capnp,
     resources_to_capnp, text, vm_metrics_from_capnp, vm_metrics_to_capnp, vm_spec_to_capnp,
-    vm_specs_from_capnp, vm_state_from_capnp, vm_state_to_capnp,
+    vm_specs_from_capnp, vm_state_from_capnp, vm_state_to_capnp, vm_status_from_capnp,
+    vm_status_to_capnp,
 };
-use commands::master_capnp;
-use commands::types::{Labels, Resources, VmMetrics, VmSpec, VmState};
-
-/// One published generation (the summary, not its specs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerationView {
-    pub number: u64,
-    pub commit: String,
-    pub intent_hash: String,
-    pub vm_count: u32,
-    pub published_at_ms: u64,
-}
-
-/// How a desired VM compares with what its worker reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Drift {
-    Converged,
-    Pending,
-    Drifted,
-    Orphaned,
-    Failed,
-}
-
-impl std::fmt::Display for Drift {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Drift::Converged => "converged",
-            Drift::Pending => "pending",
-            Drift::Drifted => "drifted",
-            Drift::Orphaned => "orphaned",
-            Drift::Failed => "failed",
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VmPlacementView {
-    pub name: String,
-    /// Empty when the VM is not placed (or, for an orphan, the worker that runs it).
-    pub worker_id: String,
-    /// Empty for an orphan.
-    pub desired_hash: String,
-    /// Empty when the worker does not report it.
-    pub observed_hash: String,
-    /// `None` when the worker does not report it.
-    pub state: Option<VmState>,
-    pub drift: Drift,
-    pub metrics: VmMetrics,
-    pub vm_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UnplacedView {
-    pub name: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerMetricsView {
-    pub load_average: f64,
-    pub memory_used_mb: u64,
-    pub vm_count: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerHealthView {
-    pub worker_id: String,
-    pub address: String,
-    pub healthy: bool,
-    pub last_seen_ms_ago: u64,
-    pub capacity: Resources,
-    /// What the scheduler placed on it.
-    pub allocated: Resources,
-    pub observed_generation: u64,
-    /// VMs the worker reports running.
-    pub vm_count: u32,
-    pub labels: Labels,
-    pub metrics: WorkerMetricsView,
-}
-
-impl WorkerHealthView {
-    /// Capacity not yet allocated by the scheduler.
-    pub fn free(&self) -> Resources {
-        Resources {
-            cpu: self.capacity.cpu.saturating_sub(self.allocated.cpu),
-            memory_mb: self
-                .capacity
-                .memory_mb
-                .saturating_sub(self.allocated.memory_mb),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterStatusView {
-    /// `None` until a generation is published.
-    pub active: Option<GenerationView>,
-    pub convergence_percent: f64,
-    pub vms: Vec<VmPlacementView>,
-    pub workers: Vec<WorkerHealthView>,
-    pub unplaced: Vec<UnplacedView>,
-}
-
-/// What one worker must run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AssignmentView {
-    /// False when a long-poll timed out with nothing new.
-    pub changed: bool,
-    pub worker_id: String,
-    pub generation: u64,
-    pub commit: String,
-    pub revision: u64,
-    pub vms: Vec<VmSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PublishOutcomeView {
-    pub generation: u64,
-    pub noop: bool,
-    pub placed: u32,
-    pub unplaced: Vec<UnplacedView>,
-}
+use crate::model::{
+    AssignmentView, ClusterStatusView, Drift, GenerationView, ObservedVm, PublishOutcomeView,
+    Registration, UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView,
+};
+use crate::types::VmState;
+use crate::{common_capnp, master_capnp};
 
 // ---- to capnp -------------------------------------------------------------
 
@@ -209,7 +80,7 @@ pub fn unplaced_to_capnp(
 fn unplaced_from_capnp(
     r: capnp::struct_list::Reader<'_, master_capnp::unplaced::Owned>,
 ) -> Result<Vec<UnplacedView>, ConvertError> {
-    check_len(r.len(), convert::MAX_LIST)?;
+    check_len(r.len(), MAX_LIST)?;
     r.iter()
         .map(|u| {
             Ok(UnplacedView {
@@ -294,7 +165,7 @@ fn generation_from_capnp(
 pub fn generations_from_capnp(
     r: capnp::struct_list::Reader<'_, common_capnp::generation::Owned>,
 ) -> Result<Vec<GenerationView>, ConvertError> {
-    check_len(r.len(), convert::MAX_LIST)?;
+    check_len(r.len(), MAX_LIST)?;
     r.iter().map(generation_from_capnp).collect()
 }
 
@@ -307,7 +178,7 @@ pub fn status_from_capnp(
         None
     };
     let vms_r = r.get_vms()?;
-    check_len(vms_r.len(), convert::MAX_LIST)?;
+    check_len(vms_r.len(), MAX_LIST)?;
     let mut vms = Vec::with_capacity(vms_r.len() as usize);
     for v in vms_r.iter() {
         let observed_hash = text(v.get_observed_hash())?;
@@ -330,7 +201,7 @@ pub fn status_from_capnp(
         });
     }
     let ws_r = r.get_workers()?;
-    check_len(ws_r.len(), convert::MAX_LIST)?;
+    check_len(ws_r.len(), MAX_LIST)?;
     let mut workers = Vec::with_capacity(ws_r.len() as usize);
     for w in ws_r.iter() {
         workers.push(WorkerHealthView {
@@ -378,4 +249,43 @@ pub fn publish_outcome_from_capnp(
         placed: r.get_placed(),
         unplaced: unplaced_from_capnp(r.get_unplaced()?)?,
     })
+}
+
+// ---- registration and reports ---------------------------------------------
+
+pub fn registration_to_capnp(
+    reg: &Registration,
+    mut b: master_capnp::worker_registration::Builder<'_>,
+) {
+    b.set_worker_id(reg.worker_id.as_str());
+    b.set_address(&reg.address);
+    resources_to_capnp(reg.capacity, b.reborrow().init_capacity());
+    labels_to_capnp(&reg.labels, b.init_labels(len32(reg.labels.len())));
+}
+
+pub fn running_vms_to_capnp(
+    running: &[ObservedVm],
+    mut b: capnp::struct_list::Builder<'_, common_capnp::running_vm::Owned>,
+) {
+    for (i, vm) in running.iter().enumerate() {
+        let mut e = b.reborrow().get(len32(i));
+        vm_status_to_capnp(&vm.status, e.reborrow().init_status());
+        vm_metrics_to_capnp(&vm.metrics, e.init_metrics());
+    }
+}
+
+/// Reads a worker's report, refusing more than `max` VMs before walking it.
+pub fn running_vms_from_capnp(
+    r: capnp::struct_list::Reader<'_, common_capnp::running_vm::Owned>,
+    max: u32,
+) -> Result<Vec<ObservedVm>, ConvertError> {
+    check_len(r.len(), max)?;
+    r.iter()
+        .map(|vm| {
+            Ok(ObservedVm {
+                status: vm_status_from_capnp(vm.get_status()?)?,
+                metrics: vm_metrics_from_capnp(vm.get_metrics()?),
+            })
+        })
+        .collect()
 }

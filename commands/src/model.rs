@@ -1,0 +1,158 @@
+//! Plain, serde-serializable views of what the `Master` interface carries
+//! (cluster status, assignments, publish outcomes, a worker's registration
+//! and its report). The control plane fills replies from these, every client
+//! (`pcr`, `pcr-test`, the worker's reconciler, ci_service, repohub) reads
+//! replies into them, and `--json` prints them as they are, so their JSON
+//! shape (camelCase) is part of the CLI's contract. The Cap'n Proto
+//! conversions live in `convert::master`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationView {
+    pub number: u64,
+    pub commit: String,
+    pub intent_hash: String,
+    pub vm_count: u32,
+    pub published_at_ms: u64,
+}
+
+/// How a desired VM compares with what its worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Drift {
+    Converged,
+    Pending,
+    Drifted,
+    Orphaned,
+    Failed,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Drift::Converged => "converged",
+            Drift::Pending => "pending",
+            Drift::Drifted => "drifted",
+            Drift::Orphaned => "orphaned",
+            Drift::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmPlacementView {
+    pub name: String,
+    /// Empty when the VM is not placed (or, for an orphan, the worker that runs it).
+    pub worker_id: String,
+    /// Empty for an orphan.
+    pub desired_hash: String,
+    /// Empty when the worker does not report it.
+    pub observed_hash: String,
+    /// `None` when the worker does not report it.
+    pub state: Option<VmState>,
+    pub drift: Drift,
+    pub metrics: VmMetrics,
+    pub vm_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnplacedView {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerMetricsView {
+    pub load_average: f64,
+    pub memory_used_mb: u64,
+    pub vm_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerHealthView {
+    pub worker_id: String,
+    pub address: String,
+    pub healthy: bool,
+    pub last_seen_ms_ago: u64,
+    pub capacity: Resources,
+    /// What the scheduler placed on it.
+    pub allocated: Resources,
+    pub observed_generation: u64,
+    /// VMs the worker reports running.
+    pub vm_count: u32,
+    pub labels: Labels,
+    pub metrics: WorkerMetricsView,
+}
+
+impl WorkerHealthView {
+    /// Capacity not yet allocated by the scheduler.
+    pub fn free(&self) -> Resources {
+        Resources {
+            cpu: self.capacity.cpu.saturating_sub(self.allocated.cpu),
+            memory_mb: self
+                .capacity
+                .memory_mb
+                .saturating_sub(self.allocated.memory_mb),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatusView {
+    /// `None` until a generation is published.
+    pub active: Option<GenerationView>,
+    pub convergence_percent: f64,
+    pub vms: Vec<VmPlacementView>,
+    pub workers: Vec<WorkerHealthView>,
+    pub unplaced: Vec<UnplacedView>,
+}
+
+/// What one worker must run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentView {
+    /// False when a long-poll timed out with nothing new.
+    pub changed: bool,
+    pub worker_id: String,
+    pub generation: u64,
+    pub commit: String,
+    pub revision: u64,
+    pub vms: Vec<VmSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishOutcomeView {
+    pub generation: u64,
+    pub noop: bool,
+    pub placed: u32,
+    pub unplaced: Vec<UnplacedView>,
+}
+
+/// The most VMs one worker may report in one `pushData`.
+pub const MAX_VMS_PER_WORKER: usize = 10_000;
+
+/// One VM as a worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedVm {
+    pub status: VmStatus,
+    pub metrics: VmMetrics,
+}
+
+/// What a worker registers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub worker_id: WorkerId,
+    pub address: String,
+    pub capacity: Resources,
+    pub labels: Labels,
+}
