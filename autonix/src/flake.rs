@@ -163,6 +163,13 @@ fn placeholder_comment(a: &mut Attrs, pkg: &Package, attr: &str) {
     }
 }
 
+/// `attr = lib.fakeHash;`, after the placeholder's comment saying how to
+/// get the real hash.
+fn fake_hash(a: &mut Attrs, pkg: &Package, attr: &str) {
+    placeholder_comment(a, pkg, attr);
+    a.set(attr, "lib.fakeHash");
+}
+
 /// The toolchain's `pkgs.<attr>` (the compiler, runtime or JDK a builder takes).
 fn toolchain(pkg: &Package) -> String {
     pkgs_attr(&pkg.toolchain.nix_attr)
@@ -240,8 +247,7 @@ fn rust(pkg: &Package) -> String {
             a.comment("Git dependencies in Cargo.lock also need cargoLock.outputHashes.");
         }
         None => {
-            placeholder_comment(&mut a, pkg, "cargoHash");
-            a.set("cargoHash", "lib.fakeHash");
+            fake_hash(&mut a, pkg, "cargoHash");
         }
     }
     a.render("pkgs.rustPlatform.buildRustPackage {", "}")
@@ -263,8 +269,7 @@ fn go(pkg: &Package) -> String {
         a.comment("No go.sum: the module has no dependencies to fetch.");
         a.set("vendorHash", "null");
     } else {
-        placeholder_comment(&mut a, pkg, "vendorHash");
-        a.set("vendorHash", "lib.fakeHash");
+        fake_hash(&mut a, pkg, "vendorHash");
     }
     if !pkg.options.sub_packages.is_empty() {
         let subs: Vec<String> = pkg
@@ -300,8 +305,7 @@ fn npm(pkg: &Package) -> String {
         );
         a.set("npmConfigHook", "pkgs.importNpmLock.npmConfigHook");
     } else {
-        placeholder_comment(&mut a, pkg, "npmDepsHash");
-        a.set("npmDepsHash", "lib.fakeHash");
+        fake_hash(&mut a, pkg, "npmDepsHash");
     }
     if !pkg.options.build_script {
         a.set("dontNpmBuild", "true");
@@ -524,8 +528,7 @@ fn maven(pkg: &Package) -> String {
     let mut a = Attrs::default();
     common(&mut a, pkg);
     a.set("mvnJdk", &tc);
-    placeholder_comment(&mut a, pkg, "mvnHash");
-    a.set("mvnHash", "lib.fakeHash");
+    fake_hash(&mut a, pkg, "mvnHash");
     a.set("mvnParameters", nix_str("-DskipTests"));
     a.script("installPhase", &java_install(pkg, &tc));
     a.render("pkgs.maven.buildMavenPackage {", "}")
