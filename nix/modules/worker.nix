@@ -98,27 +98,22 @@ in
       after = [ "network-online.target" "nix-daemon.socket" ];
       wants = [ "network-online.target" ];
       path = [ config.nix.package pkgs.iproute2 ];
-      # Not `hardening`: the worker runs as root with KVM and TAP access;
-      # the rest of the system stays read-only.
+      # Only part of `hardening`: the worker runs as root with KVM and TAP
+      # access (devices, privileges, netlink); the rest of the system stays
+      # read-only.
       serviceConfig = {
+        inherit (common.hardening)
+          NoNewPrivileges PrivateTmp ProtectHome ProtectKernelModules ProtectKernelLogs
+          ProtectControlGroups ProtectClock LockPersonality SystemCallArchitectures;
         # VMs outlive worker restarts (adoption, design §1).
         KillMode = "process";
         StateDirectory = "procurator-worker";
         StateDirectoryMode = "0700";
         CacheDirectory = "procurator-worker";
-        NoNewPrivileges = true;
-        PrivateTmp = true;
         ProtectSystem = "full";
-        ProtectHome = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
         DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" ];
         DevicePolicy = "closed";
         RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
-        LockPersonality = true;
-        SystemCallArchitectures = "native";
         LimitNOFILE = 65536;
       };
     };

@@ -2,7 +2,7 @@
 # with a stand-in for nixpkgs' lib (only what they use), so their units can
 # be checked without nixpkgs: each module's ExecStart arguments and
 # LoadCredential lines with every optional file unset and with every one
-# set, the firewall rule and the shape of a credential option.
+# set, the firewall rule, the sandboxes and the shape of the shared options.
 #
 #   nix-instantiate --eval --strict nix/tests/modules.nix
 #
@@ -126,6 +126,32 @@ let
         let c = (render name unset).config; unit = c.content.systemd.services."procurator-${name}"; in
         [ c.condition unit.serviceConfig.Restart unit.serviceConfig.RestartSec unit.environment.RUST_LOG unit.environment.FOO unit.wantedBy ]) modules;
       want = map (_: [ true "always" 1 "debug" "bar" [ "multi-user.target" ] ]) modules;
+    }
+    {
+      name = "the hardened units keep the sandbox baseline; CI relaxes only what nix needs";
+      got = map (name: with serviceConfig name unset; [ ProtectSystem PrivateDevices MemoryDenyWriteExecute SystemCallFilter UMask ])
+        [ "cache" "control-plane" "ci-service" "repohub" ];
+      want = [
+        [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
+        [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
+        [ "strict" true false [ "@system-service" "~@privileged" ] "0077" ]
+        [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
+      ];
+    }
+    {
+      name = "the worker's own sandbox: root with devices, the system read-only, VMs outlive it";
+      got = removeAttrs (serviceConfig "worker" unset) [ "ExecStart" "LoadCredential" ];
+      want = {
+        NoNewPrivileges = true; PrivateTmp = true; ProtectSystem = "full"; ProtectHome = true;
+        ProtectKernelModules = true; ProtectKernelLogs = true; ProtectControlGroups = true; ProtectClock = true;
+        LockPersonality = true; SystemCallArchitectures = "native";
+        KillMode = "process"; StateDirectory = "procurator-worker"; StateDirectoryMode = "0700";
+        CacheDirectory = "procurator-worker";
+        DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" ];
+        DevicePolicy = "closed";
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+        LimitNOFILE = 65536; Restart = "always"; RestartSec = 1;
+      };
     }
     {
       name = "credential and optional string options";
