@@ -37,16 +37,18 @@ fn read(path: &Path) -> String {
 /// The member directories listed in the root manifest's `members = [...]`.
 fn members() -> Vec<String> {
     let manifest = read(&root().join("Cargo.toml"));
-    let start = manifest
-        .find("members")
-        .expect("the root Cargo.toml lists its members");
-    let list = &manifest[start..];
-    let open = list.find('[').expect("members is an array");
-    let close = list.find(']').expect("members array is closed");
-    let members: Vec<String> = list[open + 1..close]
+    // The code of the manifest from the `members = [` line on, comments
+    // dropped, so neither a comment nor a later array can be misread.
+    let code: Vec<&str> = manifest
         .lines()
         .map(strip_toml_comment)
-        .flat_map(|l| l.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .skip_while(|l| !l.trim_start().starts_with("members"))
+        .collect();
+    let text = code.join("\n");
+    let open = text.find('[').expect("members is an array");
+    let close = text.find(']').expect("the members array is closed");
+    let members: Vec<String> = text[open + 1..close]
+        .split(',')
         .map(|s| s.trim().trim_matches('"').to_owned())
         .filter(|s| !s.is_empty())
         .collect();
