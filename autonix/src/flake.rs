@@ -163,11 +163,46 @@ fn placeholder_comment(a: &mut Attrs, pkg: &Package, attr: &str) {
     }
 }
 
+/// `attr = lib.fakeHash;`, after the placeholder's comment saying how to
+/// get the real hash.
+fn fake_hash(a: &mut Attrs, pkg: &Package, attr: &str) {
+    placeholder_comment(a, pkg, attr);
+    a.set(attr, "lib.fakeHash");
+}
+
+/// The toolchain's `pkgs.<attr>` (the compiler, runtime or JDK a builder takes).
+fn toolchain(pkg: &Package) -> String {
+    pkgs_attr(&pkg.toolchain.nix_attr)
+}
+
+/// The `pkgs.<attr>` of the planned tool whose attribute starts with
+/// `prefix` (a pinned `pnpm_9`, `yarn-berry_4`, …), or `fallback`.
+fn tool(pkg: &Package, prefix: &str, fallback: &str) -> String {
+    pkg.toolchain
+        .tools
+        .iter()
+        .find(|t| t.starts_with(prefix))
+        .map(|t| pkgs_attr(t))
+        .unwrap_or_else(|| fallback.into())
+}
+
+/// What one ecosystem renders for a package: the package's expression and,
+/// where nixpkgs has no fetcher for the dependencies, a derivation for them
+/// bound just before it.
+struct Rendered {
+    deps: Option<Binding>,
+    expr: String,
+}
+
+impl From<String> for Rendered {
+    fn from(expr: String) -> Self {
+        Rendered { deps: None, expr }
+    }
+}
+
+/// The `let` bindings of one package: its header comments, then the
+/// builder's expression, dispatched to one function per ecosystem.
 fn bindings(pkg: &Package) -> Vec<Binding> {
-    let tc = pkgs_attr(&pkg.toolchain.nix_attr);
-    let lock = pkg.options.lockfile.clone();
-    let mut a = Attrs::default();
-    let mut extra = Vec::new();
     let mut comments = vec![format!(
         "{} ({}, {}){}",
         pkg.project,
@@ -181,312 +216,349 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
     if let Some(n) = &pkg.toolchain.note {
         comments.push(format!("Note: {n}."));
     }
-    let expr = match pkg.builder {
-        Builder::RustPackage => {
-            common(&mut a, pkg);
-            match &lock {
-                Some(l) => {
-                    a.set("cargoLock.lockFile", l);
-                    a.comment("Git dependencies in Cargo.lock also need cargoLock.outputHashes.");
-                }
-                None => {
-                    placeholder_comment(&mut a, pkg, "cargoHash");
-                    a.set("cargoHash", "lib.fakeHash");
-                }
-            }
-            a.render("pkgs.rustPlatform.buildRustPackage {", "}")
-        }
-        Builder::GoModule => {
-            common(&mut a, pkg);
-            if let Some(m) = &pkg.options.mod_root {
-                a.set("modRoot", nix_str(m));
-                a.comment("buildGoModule ignores go.work; each module builds on its own.");
-                a.set("env.GOWORK", nix_str("off"));
-            }
-            if pkg.options.vendored {
-                a.comment("Dependencies are vendored in the tree.");
-                a.set("vendorHash", "null");
-            } else if pkg.options.no_dependencies {
-                a.comment("No go.sum: the module has no dependencies to fetch.");
-                a.set("vendorHash", "null");
-            } else {
-                placeholder_comment(&mut a, pkg, "vendorHash");
-                a.set("vendorHash", "lib.fakeHash");
-            }
-            if !pkg.options.sub_packages.is_empty() {
-                let subs: Vec<String> = pkg
-                    .options
-                    .sub_packages
-                    .iter()
-                    .map(|s| nix_str(s))
-                    .collect();
-                a.set("subPackages", format!("[ {} ]", subs.join(" ")));
-            }
-            let builder = if pkg.toolchain.nix_attr == "go" {
-                "pkgs.buildGoModule".to_string()
-            } else {
-                format!("(pkgs.buildGoModule.override {{ go = {tc}; }})")
-            };
-            a.render(&format!("{builder} {{"), "}")
-        }
-        Builder::NpmImportLock | Builder::NpmDepsHash => {
-            common(&mut a, pkg);
-            a.set("nodejs", &tc);
-            if pkg.builder == Builder::NpmImportLock {
-                a.comment("Dependencies come from package-lock.json itself: no hash to maintain.");
-                a.set(
-                    "npmDeps",
-                    format!("pkgs.importNpmLock {{ npmRoot = {}; }}", pkg.src),
-                );
-                a.set("npmConfigHook", "pkgs.importNpmLock.npmConfigHook");
-            } else {
-                placeholder_comment(&mut a, pkg, "npmDepsHash");
-                a.set("npmDepsHash", "lib.fakeHash");
-            }
-            if !pkg.options.build_script {
-                a.set("dontNpmBuild", "true");
-            }
-            if pkg.commands.run.is_some() {
-                a.script(
-                    "installPhase",
-                    &install_tree(pkg, std::slice::from_ref(&tc)),
-                );
-            }
-            a.render("pkgs.buildNpmPackage {", "}")
-        }
-        Builder::YarnClassic | Builder::YarnBerry => {
-            common(&mut a, pkg);
-            let lockfile = lock
-                .clone()
-                .unwrap_or_else(|| format!("{}/yarn.lock", pkg.src));
-            placeholder_comment(&mut a, pkg, "yarnOfflineCache");
-            if pkg.builder == Builder::YarnClassic {
-                a.set(
-                    "yarnOfflineCache",
-                    format!("pkgs.fetchYarnDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
-                );
-                a.set(
-                    "nativeBuildInputs",
-                    format!("[ pkgs.yarnConfigHook pkgs.yarnBuildHook {tc} ]"),
-                );
-                if !pkg.options.build_script {
-                    a.set("dontYarnBuild", "true");
-                }
-            } else {
-                let berry = pkg
-                    .toolchain
-                    .tools
-                    .iter()
-                    .find(|t| t.starts_with("yarn-berry"))
-                    .map(|t| pkgs_attr(t))
-                    .unwrap_or_else(|| "pkgs.yarn-berry".into());
-                a.set(
-                    "yarnOfflineCache",
-                    format!(
-                        "{berry}.fetchYarnBerryDeps {{ src = {}; hash = lib.fakeHash; }}",
-                        pkg.src
-                    ),
-                );
-                a.set(
-                    "nativeBuildInputs",
-                    format!("[ {tc} {berry} {berry}.yarnBerryConfigHook ]"),
-                );
-                if pkg.options.build_script {
-                    a.script("buildPhase", &build_phase("yarn run build"));
-                }
-            }
-            a.script(
-                "installPhase",
-                &install_tree(pkg, std::slice::from_ref(&tc)),
-            );
-            a.render("pkgs.stdenv.mkDerivation {", "}")
-        }
-        Builder::Pnpm => {
-            common(&mut a, pkg);
-            let pnpm = pkg
-                .toolchain
-                .tools
-                .iter()
-                .find(|t| t.starts_with("pnpm"))
-                .map(|t| pkgs_attr(t))
-                .unwrap_or_else(|| "pkgs.pnpm".into());
-            placeholder_comment(&mut a, pkg, "pnpmDeps");
-            let mut deps = Attrs::default();
-            deps.set("pname", nix_str(&pkg.pname))
-                .set("version", nix_str(&pkg.version))
-                .set("src", &pkg.src)
-                .set("pnpm", &pnpm)
-                .set("fetcherVersion", "3")
-                .set("hash", "lib.fakeHash");
-            a.set("pnpmDeps", deps.render("pkgs.fetchPnpmDeps {", "}"));
-            a.set(
-                "nativeBuildInputs",
-                format!("[ {tc} {pnpm} pkgs.pnpmConfigHook ]"),
-            );
-            if pkg.options.build_script {
-                a.script("buildPhase", &build_phase("pnpm run build"));
-            }
-            a.script(
-                "installPhase",
-                &install_tree(pkg, &[tc.clone(), pnpm.clone()]),
-            );
-            a.render("pkgs.stdenv.mkDerivation {", "}")
-        }
-        Builder::Bun => {
-            let deps_name = format!("{}-node-modules", pkg.attr);
-            let mut d = Attrs::default();
-            d.set("pname", nix_str(&deps_name))
-                .set("version", nix_str(&pkg.version))
-                .set("src", &pkg.src)
-                .set("nativeBuildInputs", "[ pkgs.bun ]")
-                .set("dontConfigure", "true")
-                .script(
-                    "buildPhase",
-                    &[
-                        "# bun writes its cache under $HOME, which the sandbox lacks.".to_string(),
-                        "export HOME=$TMPDIR".to_string(),
-                        "bun install --frozen-lockfile --no-progress".to_string(),
-                    ],
-                )
-                .script("installPhase", &["cp -r node_modules $out".to_string()])
-                .set("dontFixup", "true");
-            placeholder_comment(&mut d, pkg, "node_modules");
-            d.set("outputHash", "lib.fakeHash")
-                .set("outputHashMode", nix_str("recursive"));
-            extra.push(Binding {
-                name: deps_name.clone(),
-                comments: vec![format!(
-                    "{}: nixpkgs has no bun fetcher, so node_modules is a fixed-output derivation.",
-                    pkg.project
-                )],
-                expr: d.render("pkgs.stdenv.mkDerivation {", "}"),
-            });
-            common(&mut a, pkg);
-            a.set("nativeBuildInputs", "[ pkgs.bun ]");
-            a.script(
-                "configurePhase",
-                &[
-                    format!("cp -r ${{{deps_name}}} node_modules"),
-                    "chmod -R u+w node_modules".into(),
-                ],
-            );
-            if pkg.options.build_script {
-                a.script("buildPhase", &build_phase("bun run build"));
-            }
-            a.script("installPhase", &install_tree(pkg, &["pkgs.bun".into()]));
-            a.comment(&format!(
-                "`nix build .#{}.nodeModules` builds only the dependencies.",
-                pkg.attr
-            ));
-            a.set("passthru.nodeModules", &deps_name);
-            a.render("pkgs.stdenv.mkDerivation {", "}")
-        }
-        Builder::PythonApplication => {
-            let py = format!("{tc}.pkgs");
-            common(&mut a, pkg);
-            let list = |names: &[String]| {
-                if names.is_empty() {
-                    "[ ]".to_string()
-                } else {
-                    format!("with {py}; [ {} ]", names.join(" "))
-                }
-            };
-            if pkg.options.pyproject {
-                a.set("pyproject", "true");
-                a.set("build-system", list(&pkg.options.build_system));
-            } else {
-                a.comment("No pyproject.toml or setup.py: the source tree is installed as is.");
-                a.set("format", nix_str("other"));
-            }
-            if !pkg.options.dependencies.is_empty() {
-                a.comment(
-                    "Names follow nixpkgs' python packages; adjust any that differ from PyPI.",
-                );
-            }
-            a.set("dependencies", list(&pkg.options.dependencies));
-            let scripts = pkg.program.as_ref().is_some_and(|p| *p != pkg.attr);
-            if !pkg.options.pyproject {
-                a.script(
-                    "installPhase",
-                    &install_tree(pkg, std::slice::from_ref(&tc)),
-                );
-            } else if !scripts && let Some(run) = &pkg.commands.run {
-                let share = format!("$out/share/{}", pkg.attr);
-                let mut l = vec![format!("mkdir -p {share}"), format!("cp -r . {share}")];
-                l.extend(launcher(
-                    &pkg.attr,
-                    &share,
-                    user_command(run),
-                    std::slice::from_ref(&tc),
-                ));
-                a.script("postInstall", &l);
-            }
-            a.render(&format!("{py}.buildPythonApplication {{"), "}")
-        }
-        Builder::BundlerEnv => {
-            let gems = format!("{}-gems", pkg.attr);
-            let mut g = Attrs::default();
-            g.set("name", nix_str(&gems)).set("ruby", &tc);
-            placeholder_comment(&mut g, pkg, "gemset.nix");
-            g.set("gemdir", &pkg.src);
-            extra.push(Binding {
-                name: gems.clone(),
-                comments: vec![format!(
-                    "{}: gems from Gemfile.lock (via gemset.nix).",
-                    pkg.project
-                )],
-                expr: g.render("pkgs.bundlerEnv {", "}"),
-            });
-            common(&mut a, pkg);
-            a.set("buildInputs", format!("[ {gems} {gems}.wrappedRuby ]"));
-            a.set("dontBuild", "true");
-            a.script(
-                "installPhase",
-                &install_tree(pkg, &[gems.clone(), format!("{gems}.wrappedRuby")]),
-            );
-            a.render("pkgs.stdenv.mkDerivation {", "}")
-        }
-        Builder::Maven => {
-            common(&mut a, pkg);
-            a.set("mvnJdk", &tc);
-            placeholder_comment(&mut a, pkg, "mvnHash");
-            a.set("mvnHash", "lib.fakeHash");
-            a.set("mvnParameters", nix_str("-DskipTests"));
-            a.script("installPhase", &java_install(pkg, &tc));
-            a.render("pkgs.maven.buildMavenPackage {", "}")
-        }
-        Builder::Gradle => {
-            common(&mut a, pkg);
-            a.set("nativeBuildInputs", format!("[ pkgs.gradle {tc} ]"));
-            placeholder_comment(&mut a, pkg, "deps.json");
-            let data = pkg
-                .inputs
-                .iter()
-                .find(|i| i.ends_with("deps.json"))
-                .map(|i| nix_path(i))
-                .unwrap_or_else(|| "./deps.json".into());
-            a.set(
-                "mitmCache",
-                format!(
-                    "pkgs.gradle.fetchDeps {{ pkg = finalAttrs.finalPackage; data = {data}; }}"
-                ),
-            );
-            a.set("__darwinAllowLocalNetworking", "true");
-            a.set("gradleBuildTask", nix_str("assemble"));
-            a.set(
-                "gradleFlags",
-                format!("[ \"-Dorg.gradle.java.home=${{{tc}}}\" ]"),
-            );
-            a.script("installPhase", &java_install(pkg, &tc));
-            a.render("pkgs.stdenv.mkDerivation (finalAttrs: {", "})")
-        }
+    let Rendered { deps, expr } = match pkg.builder {
+        Builder::RustPackage => rust(pkg).into(),
+        Builder::GoModule => go(pkg).into(),
+        Builder::NpmImportLock | Builder::NpmDepsHash => npm(pkg).into(),
+        Builder::YarnClassic | Builder::YarnBerry => yarn(pkg).into(),
+        Builder::Pnpm => pnpm(pkg).into(),
+        Builder::Bun => bun(pkg),
+        Builder::PythonApplication => python(pkg).into(),
+        Builder::BundlerEnv => ruby(pkg),
+        Builder::Maven => maven(pkg).into(),
+        Builder::Gradle => gradle(pkg).into(),
     };
-    extra.push(Binding {
+    let mut out: Vec<Binding> = deps.into_iter().collect();
+    out.push(Binding {
         name: pkg.attr.clone(),
         comments,
         expr,
     });
-    extra
+    out
+}
+
+/// rustPlatform.buildRustPackage, from Cargo.lock when there is one.
+fn rust(pkg: &Package) -> String {
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    match &pkg.options.lockfile {
+        Some(l) => {
+            a.set("cargoLock.lockFile", l);
+            a.comment("Git dependencies in Cargo.lock also need cargoLock.outputHashes.");
+        }
+        None => {
+            fake_hash(&mut a, pkg, "cargoHash");
+        }
+    }
+    a.render("pkgs.rustPlatform.buildRustPackage {", "}")
+}
+
+/// buildGoModule, overridden to the planned Go when it is not the default.
+fn go(pkg: &Package) -> String {
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    if let Some(m) = &pkg.options.mod_root {
+        a.set("modRoot", nix_str(m));
+        a.comment("buildGoModule ignores go.work; each module builds on its own.");
+        a.set("env.GOWORK", nix_str("off"));
+    }
+    if pkg.options.vendored {
+        a.comment("Dependencies are vendored in the tree.");
+        a.set("vendorHash", "null");
+    } else if pkg.options.no_dependencies {
+        a.comment("No go.sum: the module has no dependencies to fetch.");
+        a.set("vendorHash", "null");
+    } else {
+        fake_hash(&mut a, pkg, "vendorHash");
+    }
+    if !pkg.options.sub_packages.is_empty() {
+        let subs: Vec<String> = pkg
+            .options
+            .sub_packages
+            .iter()
+            .map(|s| nix_str(s))
+            .collect();
+        a.set("subPackages", format!("[ {} ]", subs.join(" ")));
+    }
+    let builder = if pkg.toolchain.nix_attr == "go" {
+        "pkgs.buildGoModule".to_string()
+    } else {
+        format!(
+            "(pkgs.buildGoModule.override {{ go = {}; }})",
+            toolchain(pkg)
+        )
+    };
+    a.render(&format!("{builder} {{"), "}")
+}
+
+/// buildNpmPackage, with importNpmLock when the lockfile allows it.
+fn npm(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    a.set("nodejs", &tc);
+    if pkg.builder == Builder::NpmImportLock {
+        a.comment("Dependencies come from package-lock.json itself: no hash to maintain.");
+        a.set(
+            "npmDeps",
+            format!("pkgs.importNpmLock {{ npmRoot = {}; }}", pkg.src),
+        );
+        a.set("npmConfigHook", "pkgs.importNpmLock.npmConfigHook");
+    } else {
+        fake_hash(&mut a, pkg, "npmDepsHash");
+    }
+    if !pkg.options.build_script {
+        a.set("dontNpmBuild", "true");
+    }
+    if pkg.commands.run.is_some() {
+        a.script(
+            "installPhase",
+            &install_tree(pkg, std::slice::from_ref(&tc)),
+        );
+    }
+    a.render("pkgs.buildNpmPackage {", "}")
+}
+
+/// stdenv.mkDerivation with Yarn's offline cache: classic (fetchYarnDeps)
+/// or berry (fetchYarnBerryDeps).
+fn yarn(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    placeholder_comment(&mut a, pkg, "yarnOfflineCache");
+    if pkg.builder == Builder::YarnClassic {
+        let lockfile = pkg
+            .options
+            .lockfile
+            .clone()
+            .unwrap_or_else(|| format!("{}/yarn.lock", pkg.src));
+        a.set(
+            "yarnOfflineCache",
+            format!("pkgs.fetchYarnDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
+        );
+        a.set(
+            "nativeBuildInputs",
+            format!("[ pkgs.yarnConfigHook pkgs.yarnBuildHook {tc} ]"),
+        );
+        if !pkg.options.build_script {
+            a.set("dontYarnBuild", "true");
+        }
+    } else {
+        let berry = tool(pkg, "yarn-berry", "pkgs.yarn-berry");
+        a.set(
+            "yarnOfflineCache",
+            format!(
+                "{berry}.fetchYarnBerryDeps {{ src = {}; hash = lib.fakeHash; }}",
+                pkg.src
+            ),
+        );
+        a.set(
+            "nativeBuildInputs",
+            format!("[ {tc} {berry} {berry}.yarnBerryConfigHook ]"),
+        );
+        if pkg.options.build_script {
+            a.script("buildPhase", &build_phase("yarn run build"));
+        }
+    }
+    a.script(
+        "installPhase",
+        &install_tree(pkg, std::slice::from_ref(&tc)),
+    );
+    a.render("pkgs.stdenv.mkDerivation {", "}")
+}
+
+/// stdenv.mkDerivation with fetchPnpmDeps and pnpm's config hook.
+fn pnpm(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let pnpm = tool(pkg, "pnpm", "pkgs.pnpm");
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    placeholder_comment(&mut a, pkg, "pnpmDeps");
+    let mut deps = Attrs::default();
+    deps.set("pname", nix_str(&pkg.pname))
+        .set("version", nix_str(&pkg.version))
+        .set("src", &pkg.src)
+        .set("pnpm", &pnpm)
+        .set("fetcherVersion", "3")
+        .set("hash", "lib.fakeHash");
+    a.set("pnpmDeps", deps.render("pkgs.fetchPnpmDeps {", "}"));
+    a.set(
+        "nativeBuildInputs",
+        format!("[ {tc} {pnpm} pkgs.pnpmConfigHook ]"),
+    );
+    if pkg.options.build_script {
+        a.script("buildPhase", &build_phase("pnpm run build"));
+    }
+    a.script("installPhase", &install_tree(pkg, &[tc, pnpm]));
+    a.render("pkgs.stdenv.mkDerivation {", "}")
+}
+
+/// Bun: node_modules as a fixed-output derivation (nixpkgs has no bun
+/// fetcher), copied into the package's tree before it builds.
+fn bun(pkg: &Package) -> Rendered {
+    let deps_name = format!("{}-node-modules", pkg.attr);
+    let mut d = Attrs::default();
+    d.set("pname", nix_str(&deps_name))
+        .set("version", nix_str(&pkg.version))
+        .set("src", &pkg.src)
+        .set("nativeBuildInputs", "[ pkgs.bun ]")
+        .set("dontConfigure", "true")
+        .script(
+            "buildPhase",
+            &[
+                "# bun writes its cache under $HOME, which the sandbox lacks.".to_string(),
+                "export HOME=$TMPDIR".to_string(),
+                "bun install --frozen-lockfile --no-progress".to_string(),
+            ],
+        )
+        .script("installPhase", &["cp -r node_modules $out".to_string()])
+        .set("dontFixup", "true");
+    placeholder_comment(&mut d, pkg, "node_modules");
+    d.set("outputHash", "lib.fakeHash")
+        .set("outputHashMode", nix_str("recursive"));
+    let deps = Binding {
+        name: deps_name.clone(),
+        comments: vec![format!(
+            "{}: nixpkgs has no bun fetcher, so node_modules is a fixed-output derivation.",
+            pkg.project
+        )],
+        expr: d.render("pkgs.stdenv.mkDerivation {", "}"),
+    };
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    a.set("nativeBuildInputs", "[ pkgs.bun ]");
+    a.script(
+        "configurePhase",
+        &[
+            format!("cp -r ${{{deps_name}}} node_modules"),
+            "chmod -R u+w node_modules".into(),
+        ],
+    );
+    if pkg.options.build_script {
+        a.script("buildPhase", &build_phase("bun run build"));
+    }
+    a.script("installPhase", &install_tree(pkg, &["pkgs.bun".into()]));
+    a.comment(&format!(
+        "`nix build .#{}.nodeModules` builds only the dependencies.",
+        pkg.attr
+    ));
+    a.set("passthru.nodeModules", &deps_name);
+    Rendered {
+        deps: Some(deps),
+        expr: a.render("pkgs.stdenv.mkDerivation {", "}"),
+    }
+}
+
+/// buildPythonApplication from the planned interpreter's package set.
+fn python(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let py = format!("{tc}.pkgs");
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "[ ]".to_string()
+        } else {
+            format!("with {py}; [ {} ]", names.join(" "))
+        }
+    };
+    if pkg.options.pyproject {
+        a.set("pyproject", "true");
+        a.set("build-system", list(&pkg.options.build_system));
+    } else {
+        a.comment("No pyproject.toml or setup.py: the source tree is installed as is.");
+        a.set("format", nix_str("other"));
+    }
+    if !pkg.options.dependencies.is_empty() {
+        a.comment("Names follow nixpkgs' python packages; adjust any that differ from PyPI.");
+    }
+    a.set("dependencies", list(&pkg.options.dependencies));
+    let scripts = pkg.program.as_ref().is_some_and(|p| *p != pkg.attr);
+    if !pkg.options.pyproject {
+        a.script(
+            "installPhase",
+            &install_tree(pkg, std::slice::from_ref(&tc)),
+        );
+    } else if !scripts && let Some(run) = &pkg.commands.run {
+        let share = format!("$out/share/{}", pkg.attr);
+        let mut l = vec![format!("mkdir -p {share}"), format!("cp -r . {share}")];
+        l.extend(launcher(
+            &pkg.attr,
+            &share,
+            user_command(run),
+            std::slice::from_ref(&tc),
+        ));
+        a.script("postInstall", &l);
+    }
+    a.render(&format!("{py}.buildPythonApplication {{"), "}")
+}
+
+/// Ruby: a bundlerEnv of the gems, and the tree run with its wrapped ruby.
+fn ruby(pkg: &Package) -> Rendered {
+    let gems = format!("{}-gems", pkg.attr);
+    let mut g = Attrs::default();
+    g.set("name", nix_str(&gems)).set("ruby", toolchain(pkg));
+    placeholder_comment(&mut g, pkg, "gemset.nix");
+    g.set("gemdir", &pkg.src);
+    let deps = Binding {
+        name: gems.clone(),
+        comments: vec![format!(
+            "{}: gems from Gemfile.lock (via gemset.nix).",
+            pkg.project
+        )],
+        expr: g.render("pkgs.bundlerEnv {", "}"),
+    };
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    a.set("buildInputs", format!("[ {gems} {gems}.wrappedRuby ]"));
+    a.set("dontBuild", "true");
+    a.script(
+        "installPhase",
+        &install_tree(pkg, &[gems.clone(), format!("{gems}.wrappedRuby")]),
+    );
+    Rendered {
+        deps: Some(deps),
+        expr: a.render("pkgs.stdenv.mkDerivation {", "}"),
+    }
+}
+
+/// maven.buildMavenPackage with the planned JDK.
+fn maven(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    a.set("mvnJdk", &tc);
+    fake_hash(&mut a, pkg, "mvnHash");
+    a.set("mvnParameters", nix_str("-DskipTests"));
+    a.script("installPhase", &java_install(pkg, &tc));
+    a.render("pkgs.maven.buildMavenPackage {", "}")
+}
+
+/// stdenv.mkDerivation with gradle.fetchDeps' lock data (deps.json).
+fn gradle(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let mut a = Attrs::default();
+    common(&mut a, pkg);
+    a.set("nativeBuildInputs", format!("[ pkgs.gradle {tc} ]"));
+    placeholder_comment(&mut a, pkg, "deps.json");
+    let data = pkg
+        .inputs
+        .iter()
+        .find(|i| i.ends_with("deps.json"))
+        .map(|i| nix_path(i))
+        .unwrap_or_else(|| "./deps.json".into());
+    a.set(
+        "mitmCache",
+        format!("pkgs.gradle.fetchDeps {{ pkg = finalAttrs.finalPackage; data = {data}; }}"),
+    );
+    a.set("__darwinAllowLocalNetworking", "true");
+    a.set("gradleBuildTask", nix_str("assemble"));
+    a.set(
+        "gradleFlags",
+        format!("[ \"-Dorg.gradle.java.home=${{{tc}}}\" ]"),
+    );
+    a.script("installPhase", &java_install(pkg, &tc));
+    a.render("pkgs.stdenv.mkDerivation (finalAttrs: {", "})")
 }
 
 fn java_install(pkg: &Package, jdk: &str) -> Vec<String> {

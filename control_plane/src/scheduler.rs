@@ -131,16 +131,27 @@ impl Slot<'_> {
 /// qualify. `workers` must hold only live (healthy) workers; duplicate
 /// worker ids or VM names are resolved by keeping the smallest by a full
 /// sort key (callers validate uniqueness; this only keeps the function total).
+///
+/// The steps: sort both inputs, keep the stable placements (rule 1), then
+/// place the rest one spread group at a time (rules 2 to 4), explaining
+/// each VM no worker can take.
 pub fn schedule(
     specs: &[VmSpec],
     workers: &[WorkerSlot],
     previous: &BTreeMap<VmName, WorkerId>,
 ) -> Placement {
-    // Sorted, deduplicated views of the inputs.
-    // Full-key sorts, so even duplicates (which callers never pass) come
-    // out the same whatever the input order.
-    let mut sorted_workers: Vec<&WorkerSlot> = workers.iter().collect();
-    sorted_workers.sort_by(|a, b| {
+    let specs = sorted_specs(specs);
+    let mut run = Run::new(sorted_workers(workers));
+    let kept = run.keep_stable(&specs, previous);
+    run.place_pending(kept);
+    run.out
+}
+
+/// The workers by id, one per id. Full-key sort, so even duplicates (which
+/// callers never pass) come out the same whatever the input order.
+fn sorted_workers(workers: &[WorkerSlot]) -> Vec<&WorkerSlot> {
+    let mut sorted: Vec<&WorkerSlot> = workers.iter().collect();
+    sorted.sort_by(|a, b| {
         (&a.id, a.capacity.cpu, a.capacity.memory_mb, &a.labels).cmp(&(
             &b.id,
             b.capacity.cpu,
@@ -148,23 +159,14 @@ pub fn schedule(
             &b.labels,
         ))
     });
-    sorted_workers.dedup_by(|a, b| a.id == b.id);
-    let mut slots: Vec<Slot<'_>> = sorted_workers
-        .iter()
-        .map(|w| Slot {
-            worker: w,
-            used_cpu: 0,
-            used_mem: 0,
-        })
-        .collect();
-    let index_of: HashMap<&WorkerId, usize> = slots
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (&s.worker.id, i))
-        .collect();
+    sorted.dedup_by(|a, b| a.id == b.id);
+    sorted
+}
 
-    let mut sorted_specs: Vec<&VmSpec> = specs.iter().collect();
-    sorted_specs.sort_by(|a, b| {
+/// The specs by name, one per name, with the same full-key rule.
+fn sorted_specs(specs: &[VmSpec]) -> Vec<&VmSpec> {
+    let mut sorted: Vec<&VmSpec> = specs.iter().collect();
+    sorted.sort_by(|a, b| {
         (
             a.name(),
             a.cpu(),
@@ -180,114 +182,217 @@ pub fn schedule(
                 b.content_hash(),
             ))
     });
-    sorted_specs.dedup_by(|a, b| a.name() == b.name());
+    sorted.dedup_by(|a, b| a.name() == b.name());
+    sorted
+}
 
-    let mut out = Placement::default();
-    // Workers already holding each group after phase 1 (kept placements).
-    let mut kept_by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    let mut pending: Vec<&VmSpec> = Vec::new();
+/// What the stability step leaves for the placement step.
+struct Kept<'s> {
+    /// The workers (slot indices) already holding each group, once per VM.
+    by_group: BTreeMap<&'s str, Vec<usize>>,
+    /// The VMs still to place, in name order.
+    pending: Vec<&'s VmSpec>,
+}
 
-    // Phase 1: stability. Name order, so which of two kept VMs wins a
-    // worker that shrank is deterministic.
-    for spec in &sorted_specs {
-        let keep = previous
-            .get(spec.name())
-            .and_then(|w| index_of.get(w).copied())
-            .filter(|&i| satisfies(&slots[i].worker.labels, spec) && slots[i].fits(spec));
-        match keep {
-            Some(i) => {
-                slots[i].take(spec);
-                out.assigned
-                    .insert(spec.name().clone(), slots[i].worker.id.clone());
-                kept_by_group.entry(group_of(spec)).or_default().push(i);
-            }
-            None => pending.push(spec),
+/// One scheduling run: the live workers with what they hold so far, and
+/// the placement being built.
+struct Run<'w> {
+    slots: Vec<Slot<'w>>,
+    out: Placement,
+}
+
+impl<'w> Run<'w> {
+    fn new(workers: Vec<&'w WorkerSlot>) -> Self {
+        let slots = workers
+            .into_iter()
+            .map(|worker| Slot {
+                worker,
+                used_cpu: 0,
+                used_mem: 0,
+            })
+            .collect();
+        Run {
+            slots,
+            out: Placement::default(),
         }
     }
 
-    // Phase 2: everything else, one group at a time.
-    pending.sort_by(|a, b| {
-        group_of(a)
-            .cmp(group_of(b))
-            .then_with(|| a.name().cmp(b.name()))
-    });
-    let mut by_load: BTreeSet<(u64, usize)> = slots
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.load(), i))
-        .collect();
+    /// Puts `spec` on slot `i`.
+    fn assign(&mut self, spec: &VmSpec, i: usize) {
+        self.slots[i].take(spec);
+        self.out
+            .assigned
+            .insert(spec.name().clone(), self.slots[i].worker.id.clone());
+    }
 
-    let mut start = 0;
-    while start < pending.len() {
-        let group = group_of(pending[start]);
-        let end = start
-            + pending[start..]
-                .iter()
-                .take_while(|s| group_of(s) == group)
-                .count();
+    /// Rule 1, stability: each VM whose previous worker is still live,
+    /// still matches its labels and still has room stays there. Name order,
+    /// so which of two kept VMs wins a worker that shrank is deterministic.
+    fn keep_stable<'s>(
+        &mut self,
+        specs: &[&'s VmSpec],
+        previous: &BTreeMap<VmName, WorkerId>,
+    ) -> Kept<'s> {
+        let index_of: HashMap<&WorkerId, usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (&s.worker.id, i))
+            .collect();
+        let mut kept = Kept {
+            by_group: BTreeMap::new(),
+            pending: Vec::new(),
+        };
+        for &spec in specs {
+            let keep = previous
+                .get(spec.name())
+                .and_then(|w| index_of.get(w).copied())
+                .filter(|&i| {
+                    satisfies(&self.slots[i].worker.labels, spec) && self.slots[i].fits(spec)
+                });
+            match keep {
+                Some(i) => {
+                    self.assign(spec, i);
+                    kept.by_group.entry(group_of(spec)).or_default().push(i);
+                }
+                None => kept.pending.push(spec),
+            }
+        }
+        kept
+    }
 
-        // How many VMs of this group each worker holds, and how many
-        // workers hold each count (hist[c]); a worker absent from `count`
-        // holds none. `floor` is the lowest count any worker has: a
-        // qualifying worker with that count cannot be beaten.
+    /// Rules 2 to 4 for everything not kept, one spread group at a time;
+    /// a VM no worker can take is reported with the reason.
+    fn place_pending(&mut self, kept: Kept<'_>) {
+        let Kept {
+            by_group,
+            mut pending,
+        } = kept;
+        pending.sort_by(|a, b| {
+            group_of(a)
+                .cmp(group_of(b))
+                .then_with(|| a.name().cmp(b.name()))
+        });
+        let mut by_load: BTreeSet<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.load(), i))
+            .collect();
+        for group in pending.chunk_by(|a, b| group_of(a) == group_of(b)) {
+            let kept_here = by_group
+                .get(group_of(group[0]))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut spread = Spread::new(kept_here, self.slots.len());
+            for spec in group {
+                match self.best_worker(spec, &by_load, &spread) {
+                    Some(Choice { count, load, slot }) => {
+                        by_load.remove(&(load, slot));
+                        self.assign(spec, slot);
+                        by_load.insert((self.slots[slot].load(), slot));
+                        spread.add(slot, count);
+                    }
+                    None => {
+                        self.out
+                            .unplaced
+                            .insert(spec.name().clone(), unplaced_reason(spec, &self.slots));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The qualifying worker with the fewest VMs of the group, then the
+    /// least load, then the lowest id. Walks the workers in (load, id)
+    /// order and stops at the first qualifying one holding the group's
+    /// `floor`: no worker can beat it.
+    fn best_worker(
+        &self,
+        spec: &VmSpec,
+        by_load: &BTreeSet<(u64, usize)>,
+        spread: &Spread,
+    ) -> Option<Choice> {
+        let floor = spread.floor();
+        let mut best: Option<Choice> = None;
+        for &(load, i) in by_load {
+            let count = spread.count(i);
+            if best.is_some_and(|b| b.count <= count) {
+                continue;
+            }
+            if !self.slots[i].fits(spec) || !satisfies(&self.slots[i].worker.labels, spec) {
+                continue;
+            }
+            best = Some(Choice {
+                count,
+                load,
+                slot: i,
+            });
+            if count == floor {
+                break;
+            }
+        }
+        best
+    }
+}
+
+/// The worker picked for one VM, with the keys it was picked by.
+#[derive(Debug, Clone, Copy)]
+struct Choice {
+    /// VMs of the group it held before this one.
+    count: u32,
+    /// Its load before this one, as kept in the (load, slot) order.
+    load: u64,
+    slot: usize,
+}
+
+/// How many VMs of one group each worker holds, and how many workers hold
+/// each count (`hist[c]`); a worker absent from `count` holds none. The
+/// lowest count any worker has is the `floor`: a qualifying worker with
+/// that count cannot be beaten.
+struct Spread {
+    count: HashMap<usize, u32>,
+    hist: BTreeMap<u32, usize>,
+}
+
+impl Spread {
+    /// The group's spread after the stability step: `kept` holds a slot
+    /// once per kept VM, out of `workers` slots.
+    fn new(kept: &[usize], workers: usize) -> Self {
         let mut count: HashMap<usize, u32> = HashMap::new();
-        for &i in kept_by_group
-            .get(group)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for &i in kept {
             *count.entry(i).or_default() += 1;
         }
         let mut hist: BTreeMap<u32, usize> = BTreeMap::new();
         for &c in count.values() {
             *hist.entry(c).or_default() += 1;
         }
-        let zero = slots.len() - count.len();
+        let zero = workers - count.len();
         if zero > 0 {
             hist.insert(0, zero);
         }
+        Spread { count, hist }
+    }
 
-        for spec in &pending[start..end] {
-            let floor = hist.keys().next().copied().unwrap_or(0);
-            let mut best: Option<(u32, u64, usize)> = None;
-            for &(load, i) in &by_load {
-                let c = count.get(&i).copied().unwrap_or(0);
-                if best.is_some_and(|(bc, _, _)| bc <= c) {
-                    continue;
-                }
-                if !slots[i].fits(spec) || !satisfies(&slots[i].worker.labels, spec) {
-                    continue;
-                }
-                best = Some((c, load, i));
-                if c == floor {
-                    break;
-                }
-            }
-            match best {
-                Some((c, load, i)) => {
-                    by_load.remove(&(load, i));
-                    slots[i].take(spec);
-                    by_load.insert((slots[i].load(), i));
-                    count.insert(i, c + 1);
-                    if let Some(n) = hist.get_mut(&c) {
-                        *n -= 1;
-                        if *n == 0 {
-                            hist.remove(&c);
-                        }
-                    }
-                    *hist.entry(c + 1).or_default() += 1;
-                    out.assigned
-                        .insert(spec.name().clone(), slots[i].worker.id.clone());
-                }
-                None => {
-                    out.unplaced
-                        .insert(spec.name().clone(), unplaced_reason(spec, &slots));
-                }
+    fn floor(&self) -> u32 {
+        self.hist.keys().next().copied().unwrap_or(0)
+    }
+
+    fn count(&self, slot: usize) -> u32 {
+        self.count.get(&slot).copied().unwrap_or(0)
+    }
+
+    /// One more VM of the group on `slot`, which held `was`.
+    fn add(&mut self, slot: usize, was: u32) {
+        self.count.insert(slot, was + 1);
+        if let Some(n) = self.hist.get_mut(&was) {
+            *n -= 1;
+            if *n == 0 {
+                self.hist.remove(&was);
             }
         }
-        start = end;
+        *self.hist.entry(was + 1).or_default() += 1;
     }
-    out
 }
 
 /// Why no worker qualified, naming the constraint or the shortfall.

@@ -15,33 +15,17 @@ in
     binary = "ci_service";
     defaultListen = "127.0.0.1:7100";
   } // {
-    cacheUrl = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    cacheUrl = common.nullableStrOption {
       example = "http://127.0.0.1:5000";
       description = "Binary cache closures are copied to (null: closures stay local).";
     };
-    cacheTokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "File holding the cache upload token (read as a systemd credential).";
-    };
-    controlPlane = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    cacheTokenFile = common.credentialOption "File holding the cache upload token (read as a systemd credential).";
+    controlPlane = common.nullableStrOption {
       example = "127.0.0.1:7000";
       description = "Control plane address generations are published to (null: build only).";
     };
-    controlPlaneTokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "File holding the `ci` token for the control plane (a systemd credential).";
-    };
-    hookSecretFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "File holding the secret push hooks must present (read as a systemd credential).";
-    };
+    controlPlaneTokenFile = common.credentialOption "File holding the `ci` token for the control plane (a systemd credential).";
+    hookSecretFile = common.credentialOption "File holding the secret push hooks must present (read as a systemd credential).";
     deployRef = lib.mkOption {
       type = lib.types.str;
       default = "refs/heads/main";
@@ -55,7 +39,7 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = lib.mkIf cfg.enable ({
     users.users.procurator-ci = {
       isSystemUser = true;
       group = "procurator-ci";
@@ -64,50 +48,43 @@ in
     users.groups.procurator-ci = { };
     # CI evaluates flakes through the daemon.
     nix.settings.experimental-features = [ "nix-command" "flakes" ];
-
-    systemd.services.procurator-ci-service = {
+  } // common.mkService {
+    name = "ci-service";
+    inherit cfg;
+    binary = "ci_service";
+    settings = {
+      listen = cfg.listen;
+      log-json = cfg.logJson;
+      data-dir = "/var/lib/procurator-ci";
+      cache = cfg.cacheUrl;
+      control-plane = cfg.controlPlane;
+      deploy-ref = cfg.deployRef;
+    };
+    credentials = [
+      { flag = "cache-token-file"; name = "cache-token"; file = cfg.cacheTokenFile; }
+      { flag = "hook-secret-file"; name = "hook-secret"; file = cfg.hookSecretFile; }
+      { flag = "control-plane-token-file"; name = "control-plane-token"; file = cfg.controlPlaneTokenFile; }
+    ];
+    environment = {
+      HOME = "/var/lib/procurator-ci";
+      XDG_CACHE_HOME = "/var/lib/procurator-ci/cache";
+      NIX_REMOTE = "daemon";
+    };
+    unit = {
       description = "Procurator CI (evaluate, build, cache, publish)";
-      wantedBy = [ "multi-user.target" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
       wants = [ "network-online.target" ];
       path = [ cfg.nixPackage pkgs.git ];
-      environment = {
-        RUST_LOG = cfg.logLevel;
-        HOME = "/var/lib/procurator-ci";
-        XDG_CACHE_HOME = "/var/lib/procurator-ci/cache";
-        NIX_REMOTE = "daemon";
-      } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart {
-          inherit (cfg) package extraArgs;
-          binary = "ci_service";
-          settings = {
-            listen = cfg.listen;
-            log-json = cfg.logJson;
-            data-dir = "/var/lib/procurator-ci";
-            cache = cfg.cacheUrl;
-            cache-token-file = if cfg.cacheTokenFile == null then null else "%d/cache-token";
-            control-plane = cfg.controlPlane;
-            control-plane-token-file = if cfg.controlPlaneTokenFile == null then null else "%d/control-plane-token";
-            hook-secret-file = if cfg.hookSecretFile == null then null else "%d/hook-secret";
-            deploy-ref = cfg.deployRef;
-          } // cfg.settings;
-        };
         User = "procurator-ci";
         Group = "procurator-ci";
         StateDirectory = "procurator-ci";
         StateDirectoryMode = "0750";
-        LoadCredential = lib.optional (cfg.cacheTokenFile != null) "cache-token:${cfg.cacheTokenFile}"
-          ++ lib.optional (cfg.hookSecretFile != null) "hook-secret:${cfg.hookSecretFile}"
-          ++ lib.optional (cfg.controlPlaneTokenFile != null) "control-plane-token:${cfg.controlPlaneTokenFile}";
         # nix's evaluator (Boehm GC) needs writable+executable mappings, and
         # nix raises its stack limit (setrlimit) at start.
         MemoryDenyWriteExecute = false;
         SystemCallFilter = [ "@system-service" "~@privileged" ];
-        Restart = "always";
-        RestartSec = 1;
       };
     };
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (common.portOf cfg.listen);
-  };
+  });
 }

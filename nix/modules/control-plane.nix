@@ -18,11 +18,7 @@ in
       default = 5000;
       description = "A worker without a heartbeat for this long is unhealthy and its VMs are rescheduled.";
     };
-    tokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "Token file (`<role>[:<worker-id>] <token>` per line; read as a systemd credential). null: every caller is admin, and the service refuses a non-loopback listen address.";
-    };
+    tokenFile = common.credentialOption "Token file (`<role>[:<worker-id>] <token>` per line; read as a systemd credential). null: every caller is admin, and the service refuses a non-loopback listen address.";
     longPollTimeoutMs = lib.mkOption {
       type = lib.types.ints.positive;
       default = 25000;
@@ -30,31 +26,26 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-    systemd.services.procurator-control-plane = {
+  config = lib.mkIf cfg.enable (common.mkService {
+    name = "control-plane";
+    inherit cfg;
+    binary = "control_plane";
+    settings = {
+      listen = cfg.listen;
+      log-json = cfg.logJson;
+      heartbeat-timeout-ms = cfg.heartbeatTimeoutMs;
+      long-poll-timeout-ms = cfg.longPollTimeoutMs;
+    };
+    credentials = [
+      { flag = "token-file"; name = "tokens"; file = cfg.tokenFile; }
+    ];
+    unit = {
       description = "Procurator control plane";
-      wantedBy = [ "multi-user.target" ];
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
-      environment = { RUST_LOG = cfg.logLevel; } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart {
-          inherit (cfg) package extraArgs;
-          binary = "control_plane";
-          settings = {
-            listen = cfg.listen;
-            log-json = cfg.logJson;
-            heartbeat-timeout-ms = cfg.heartbeatTimeoutMs;
-            long-poll-timeout-ms = cfg.longPollTimeoutMs;
-            token-file = if cfg.tokenFile == null then null else "%d/tokens";
-          } // cfg.settings;
-        };
-        LoadCredential = lib.optional (cfg.tokenFile != null) "tokens:${cfg.tokenFile}";
         DynamicUser = true;
-        Restart = "always";
-        RestartSec = 1;
       };
     };
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (common.portOf cfg.listen);
-  };
+  });
 }

@@ -13,31 +13,17 @@ in
     binary = "repohub";
     defaultListen = "127.0.0.1:8080";
   } // {
-    ciUrl = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    ciUrl = common.nullableStrOption {
       example = "http://127.0.0.1:7100";
       description = "ci_service URL pushes are reported to. null: pushes trigger nothing.";
     };
-    ciSecretFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "File holding the bearer secret of ci_service's push hook (read as a systemd credential).";
-    };
-    controlPlaneTokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "File holding a `reader` token for the control plane (a systemd credential).";
-    };
-    controlPlane = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    ciSecretFile = common.credentialOption "File holding the bearer secret of ci_service's push hook (read as a systemd credential).";
+    controlPlaneTokenFile = common.credentialOption "File holding a `reader` token for the control plane (a systemd credential).";
+    controlPlane = common.nullableStrOption {
       example = "127.0.0.1:7000";
       description = "Control plane address for the cluster page.";
     };
-    autonix = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    autonix = common.nullableStrOption {
       description = "Path of the autonix executable (null: beside repohub, then PATH).";
     };
     secureCookies = lib.mkOption {
@@ -47,46 +33,41 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = lib.mkIf cfg.enable ({
     users.users.procurator-repohub = {
       isSystemUser = true;
       group = "procurator-repohub";
       home = "/var/lib/procurator-repohub";
     };
     users.groups.procurator-repohub = { };
-
-    systemd.services.procurator-repohub = {
+  } // common.mkService {
+    name = "repohub";
+    inherit cfg;
+    binary = "repohub";
+    settings = {
+      listen = cfg.listen;
+      log-json = cfg.logJson;
+      data-dir = "/var/lib/procurator-repohub";
+      ci-url = cfg.ciUrl;
+      control-plane = cfg.controlPlane;
+      autonix = cfg.autonix;
+      secure-cookies = cfg.secureCookies;
+    };
+    credentials = [
+      { flag = "ci-secret-file"; name = "ci-secret"; file = cfg.ciSecretFile; }
+      { flag = "control-plane-token-file"; name = "control-plane-token"; file = cfg.controlPlaneTokenFile; }
+    ];
+    environment = { HOME = "/var/lib/procurator-repohub"; };
+    unit = {
       description = "Procurator repohub (git hosting and web UI)";
-      wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ];
       path = [ pkgs.git ];
-      environment = { RUST_LOG = cfg.logLevel; HOME = "/var/lib/procurator-repohub"; } // cfg.environment;
       serviceConfig = common.hardening // {
-        ExecStart = common.execStart {
-          inherit (cfg) package extraArgs;
-          binary = "repohub";
-          settings = {
-            listen = cfg.listen;
-            log-json = cfg.logJson;
-            data-dir = "/var/lib/procurator-repohub";
-            ci-url = cfg.ciUrl;
-            ci-secret-file = if cfg.ciSecretFile == null then null else "%d/ci-secret";
-            control-plane = cfg.controlPlane;
-            control-plane-token-file = if cfg.controlPlaneTokenFile == null then null else "%d/control-plane-token";
-            autonix = cfg.autonix;
-            secure-cookies = cfg.secureCookies;
-          } // cfg.settings;
-        };
         User = "procurator-repohub";
         Group = "procurator-repohub";
         StateDirectory = "procurator-repohub";
         StateDirectoryMode = "0750";
-        LoadCredential = lib.optional (cfg.ciSecretFile != null) "ci-secret:${cfg.ciSecretFile}"
-          ++ lib.optional (cfg.controlPlaneTokenFile != null) "control-plane-token:${cfg.controlPlaneTokenFile}";
-        Restart = "always";
-        RestartSec = 1;
       };
     };
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (common.portOf cfg.listen);
-  };
+  });
 }

@@ -72,6 +72,59 @@ rec {
 
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
 
+  # A secret file the unit reads as a systemd credential (never copied to
+  # the store); null leaves the credential and its flag out.
+  credentialOption = description: mkOption {
+    type = types.nullOr types.path;
+    default = null;
+    inherit description;
+  };
+
+  # An optional address, URL or name; null leaves its flag out.
+  nullableStrOption = { description, example ? null }: mkOption ({
+    type = types.nullOr types.str;
+    default = null;
+    inherit description;
+  } // lib.optionalAttrs (example != null) { inherit example; });
+
+  # The config every service module renders when enabled: the unit
+  # `procurator-<name>`, started at boot and restarted at once, with
+  # RUST_LOG from `logLevel` and ExecStart from `settings` (the user's
+  # `settings` and `environment` win over the module's), and the listen port
+  # in the firewall when `openFirewall` is set.
+  #
+  # `credentials`: secret files as { flag, name, file }; each one that is
+  # set is loaded as the systemd credential `name` and passed to the daemon
+  # as `--<flag> %d/<name>` (`%d`: the unit's credentials directory), in the
+  # order given. `unit`: the rest of the unit (description, ordering, PATH),
+  # its `serviceConfig` included (a module starts from `hardening` there and
+  # relaxes what it needs).
+  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, unit }:
+    let
+      set = builtins.filter (c: c.file != null) credentials;
+      credentialFlags = builtins.listToAttrs (map (c: {
+        name = c.flag;
+        value = if c.file == null then null else "%d/${c.name}";
+      }) credentials);
+    in
+    {
+      systemd.services."procurator-${name}" = unit // {
+        wantedBy = [ "multi-user.target" ];
+        environment = { RUST_LOG = cfg.logLevel; } // environment // cfg.environment;
+        serviceConfig = {
+          ExecStart = execStart {
+            inherit (cfg) package extraArgs;
+            inherit binary leading;
+            settings = settings // credentialFlags // cfg.settings;
+          };
+          LoadCredential = map (c: "${c.name}:${c.file}") set;
+          Restart = "always";
+          RestartSec = 1;
+        } // unit.serviceConfig;
+      };
+      networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (portOf cfg.listen);
+    };
+
   # The systemd sandbox every service starts from; modules relax what they
   # really need (the worker needs devices and privileges, CI needs nix).
   hardening = {

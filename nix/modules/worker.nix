@@ -18,31 +18,21 @@ in
     binary = "worker";
     defaultListen = "127.0.0.1:6000";
   } // {
-    workerId = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    workerId = common.nullableStrOption {
       description = "Id the worker registers with. null: the machine's hostname at run time.";
     };
-    advertise = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    advertise = common.nullableStrOption {
       example = "10.0.0.5:6000";
       description = "Address reported to the control plane and clients (null: the bound address).";
     };
-    controlPlane = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    controlPlane = common.nullableStrOption {
       example = "10.0.0.2:7000";
       description = "Control plane address, passed as --control-plane (null: the flag is left out).";
     };
-    cacheUrl = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    cacheUrl = common.nullableStrOption {
       description = "Binary cache closures are pulled from (--closure-source; null: they must already be local).";
     };
-    cachePublicKey = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
-      default = null;
+    cachePublicKey = common.nullableStrOption {
       example = "cache.example.org-1:AbC...=";
       description = "The cache's public key (name:base64); pulled paths must carry its signature.";
     };
@@ -61,16 +51,8 @@ in
       default = { };
       description = "Worker labels for placement (key=value).";
     };
-    tokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: every caller is admin, and the worker refuses a non-loopback listen address.";
-    };
-    clusterTokenFile = lib.mkOption {
-      type = lib.types.nullOr lib.types.path;
-      default = null;
-      description = "File holding this worker's `worker:<id>` token for the control plane (a systemd credential).";
-    };
+    tokenFile = common.credentialOption "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: every caller is admin, and the worker refuses a non-loopback listen address.";
+    clusterTokenFile = common.credentialOption "File holding this worker's `worker:<id>` token for the control plane (a systemd credential).";
     cloudHypervisor = lib.mkOption {
       type = lib.types.package;
       default = pkgs.cloud-hypervisor;
@@ -79,71 +61,61 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = lib.mkIf cfg.enable ({
     boot.kernelModules = [ "tun" ];
-
-    systemd.services.procurator-worker = {
+  } // common.mkService {
+    name = "worker";
+    inherit cfg;
+    binary = "worker";
+    settings = {
+      listen = cfg.listen;
+      advertise = cfg.advertise;
+      log-json = cfg.logJson;
+      worker-id = cfg.workerId;
+      control-plane = cfg.controlPlane;
+      closure-source = cfg.cacheUrl;
+      cache-public-key = cfg.cachePublicKey;
+      ch-binary = "${cfg.cloudHypervisor}/bin/cloud-hypervisor";
+      # Sockets, records, serial logs and per-VM disk copies: on disk,
+      # not tmpfs, and kept across restarts for adoption.
+      run-dir = runDir;
+      cpu = cfg.cpu;
+      memory-mb = cfg.memoryMb;
+      label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
+      tap-prefix = if host.enable then host.tapPrefix else null;
+    };
+    credentials = [
+      { flag = "token-file"; name = "tokens"; file = cfg.tokenFile; }
+      { flag = "cluster-token-file"; name = "cluster-token"; file = cfg.clusterTokenFile; }
+    ];
+    environment = {
+      XDG_CACHE_HOME = "/var/cache/procurator-worker";
+      # Store writes (closures pulled from the cache) go through the daemon.
+      NIX_REMOTE = "daemon";
+    };
+    unit = {
       description = "Procurator worker (Cloud Hypervisor VMs)";
-      wantedBy = [ "multi-user.target" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
       wants = [ "network-online.target" ];
       path = [ config.nix.package pkgs.iproute2 ];
-      environment = {
-        RUST_LOG = cfg.logLevel;
-        XDG_CACHE_HOME = "/var/cache/procurator-worker";
-        # Store writes (closures pulled from the cache) go through the daemon.
-        NIX_REMOTE = "daemon";
-      } // cfg.environment;
+      # Only part of `hardening`: the worker runs as root with KVM and TAP
+      # access (devices, privileges, netlink); the rest of the system stays
+      # read-only.
       serviceConfig = {
-        ExecStart = common.execStart {
-          inherit (cfg) package extraArgs;
-          binary = "worker";
-          settings = {
-            listen = cfg.listen;
-            advertise = cfg.advertise;
-            log-json = cfg.logJson;
-            worker-id = cfg.workerId;
-            control-plane = cfg.controlPlane;
-            closure-source = cfg.cacheUrl;
-            cache-public-key = cfg.cachePublicKey;
-            ch-binary = "${cfg.cloudHypervisor}/bin/cloud-hypervisor";
-            # Sockets, records, serial logs and per-VM disk copies: on disk,
-            # not tmpfs, and kept across restarts for adoption.
-            run-dir = runDir;
-            cpu = cfg.cpu;
-            memory-mb = cfg.memoryMb;
-            label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
-            tap-prefix = if host.enable then host.tapPrefix else null;
-            token-file = if cfg.tokenFile == null then null else "%d/tokens";
-            cluster-token-file = if cfg.clusterTokenFile == null then null else "%d/cluster-token";
-          } // cfg.settings;
-        };
-        LoadCredential = lib.optional (cfg.tokenFile != null) "tokens:${cfg.tokenFile}"
-          ++ lib.optional (cfg.clusterTokenFile != null) "cluster-token:${cfg.clusterTokenFile}";
+        inherit (common.hardening)
+          NoNewPrivileges PrivateTmp ProtectHome ProtectKernelModules ProtectKernelLogs
+          ProtectControlGroups ProtectClock LockPersonality SystemCallArchitectures;
         # VMs outlive worker restarts (adoption, design §1).
         KillMode = "process";
         StateDirectory = "procurator-worker";
         StateDirectoryMode = "0700";
         CacheDirectory = "procurator-worker";
-        Restart = "always";
-        RestartSec = 1;
-        # Root with KVM and TAP access; the rest of the system stays read-only.
-        NoNewPrivileges = true;
-        PrivateTmp = true;
         ProtectSystem = "full";
-        ProtectHome = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
         DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" ];
         DevicePolicy = "closed";
         RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
-        LockPersonality = true;
-        SystemCallArchitectures = "native";
         LimitNOFILE = 65536;
       };
     };
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall (common.portOf cfg.listen);
-  };
+  });
 }

@@ -42,6 +42,8 @@ let
       idle = { profile = { }; replicas = 0; };
     };
   };
+  # The lines of `text` that match the regular expression `re` (whole line).
+  linesMatching = re: text: filter (l: match re l != null) (filter builtins.isString (builtins.split "\n" text));
   net = lib.hostNetwork {
     vms = {
       web-0 = { index = 0; allowedDomains = [ "example.com" "*.pypi.org" "example.com" ]; };
@@ -302,7 +304,7 @@ let
     }
     {
       name = "hostNetwork forward chain: each VM only to its set, the rest dropped";
-      got = builtins.filter (l: match ".*(accept|drop).*" l != null) (builtins.filter builtins.isString (builtins.split "\n" net.inetTable));
+      got = linesMatching ".*(accept|drop).*" net.inetTable;
       want = [
         "  type filter hook forward priority filter - 1; policy accept;"
         "  ct state established,related accept"
@@ -314,7 +316,7 @@ let
     }
     {
       name = "hostNetwork bridge table: TAPs send only from the subnet, no IPv6";
-      got = builtins.filter (l: match ".*drop" l != null) (builtins.filter builtins.isString (builtins.split "\n" net.bridgeTable));
+      got = linesMatching ".*drop" net.bridgeTable;
       want = [
         "  iifname \"pcrt*\" ether type ip ip saddr != { 0.0.0.0, 10.100.0.0/24 } drop"
         "  iifname \"pcrt*\" ether type arp arp saddr ip != { 0.0.0.0, 10.100.0.0/24 } drop"

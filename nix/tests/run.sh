@@ -4,6 +4,8 @@
 #   sync      example/hermetic/lib is a byte-identical copy of nix/lib's
 #             builtins-only files
 #   eval      nix/tests/eval.nix: shapes, defaults, the VmSpec contract
+#   modules   nix/tests/modules.nix: the service modules' units (ExecStart,
+#             credentials, firewall) rendered with a stand-in for nixpkgs' lib
 #   errors    nix/tests/errors.nix: every validation error and its message
 #   nft       the host module's nftables ruleset passes `nft -c` (skipped
 #             when nftables is not installed)
@@ -42,7 +44,7 @@ fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 pass() { echo "ok: $*"; }
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval errors nft hermetic)
+[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval modules errors nft hermetic)
 
 # --- parse ------------------------------------------------------------------
 run_parse() {
@@ -69,16 +71,18 @@ run_sync() {
   done
 }
 
-# --- eval -------------------------------------------------------------------
-run_eval() {
-  local out
-  if ! out=$(nix-instantiate --eval --strict --json "$here/eval.nix" 2>&1); then
-    fail "eval: nix/tests/eval.nix did not evaluate: $out"
+# --- eval, modules -----------------------------------------------------------
+# A file of cases evaluates to { failed; passed; total; }; the section passes
+# when nothing failed.
+run_cases() {
+  local section=$1 file=$2 out
+  if ! out=$(nix-instantiate --eval --strict --json "$here/$file" 2>&1); then
+    fail "$section: nix/tests/$file did not evaluate: $out"
     return
   fi
   case "$out" in
-    *'"failed":[]'*) pass "eval: $out" ;;
-    *) fail "eval: $out" ;;
+    *'"failed":[]'*) pass "$section: $out" ;;
+    *) fail "$section: $out" ;;
   esac
 }
 
@@ -234,11 +238,12 @@ for s in "${sections[@]}"; do
   case "$s" in
     parse) run_parse ;;
     sync) run_sync ;;
-    eval) run_eval ;;
+    eval) run_cases eval eval.nix ;;
+    modules) run_cases modules modules.nix ;;
     errors) run_errors ;;
     nft) run_nft ;;
     hermetic) run_hermetic ;;
-    *) fail "unknown section $s (parse sync eval errors nft hermetic)" ;;
+    *) fail "unknown section $s (parse sync eval modules errors nft hermetic)" ;;
   esac
 done
 echo "nix tests: ${sections[*]}: $failures failure(s) in $(( $(date +%s) - start )) s"

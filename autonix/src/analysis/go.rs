@@ -98,13 +98,7 @@ fn detect_mod(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     project.binaries = mains(ctx, dir, &project.name);
     set_commands(&mut project);
     let versions = directive_versions(&f, &project.manifest);
-    Some(Candidate {
-        project,
-        claims: Vec::new(),
-        versions,
-        excluded: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Some(Candidate::new(project, Vec::new(), versions))
 }
 
 fn detect_work(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
@@ -136,13 +130,7 @@ fn detect_work(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     }
     set_commands(&mut project);
     let versions = directive_versions(&f, &project.manifest);
-    Some(Candidate {
-        project,
-        claims: members,
-        versions,
-        excluded: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Some(Candidate::new(project, members, versions))
 }
 
 /// Main packages: the module root (`main.go`) and `cmd/<name>/main.go`.

@@ -125,13 +125,7 @@ fn maven(ctx: &mut Ctx<'_>, dir: &str) -> Candidate {
         };
         project.run = Some(format!("java -jar target/{jar}.jar"));
     }
-    Candidate {
-        project,
-        claims: members,
-        versions,
-        excluded: Vec::new(),
-        warnings: Vec::new(),
-    }
+    Candidate::new(project, members, versions)
 }
 
 fn gradle(ctx: &mut Ctx<'_>, dir: &str, manifest: &str) -> Candidate {
@@ -224,11 +218,8 @@ fn gradle(ctx: &mut Ctx<'_>, dir: &str, manifest: &str) -> Candidate {
         ));
     }
     Candidate {
-        project,
-        claims: members,
-        versions,
-        excluded: Vec::new(),
         warnings,
+        ..Candidate::new(project, members, versions)
     }
 }
 

@@ -298,6 +298,24 @@ pub(crate) struct Candidate {
     pub warnings: Vec<Warning>,
 }
 
+impl Candidate {
+    /// A project with the member directories it claims and the versions
+    /// its manifest names; nothing excluded, no warnings.
+    pub(crate) fn new(
+        project: Project,
+        claims: Vec<String>,
+        versions: Vec<versions::Candidate>,
+    ) -> Self {
+        Candidate {
+            project,
+            claims,
+            versions,
+            excluded: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Analyses a walked tree.
 pub fn analyse(tree: &Tree) -> Scan {
     let mut ctx = Ctx {

@@ -157,11 +157,8 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     project.framework = framework(&pkg);
     let claims = project.members.clone();
     Some(Candidate {
-        project,
-        claims,
-        versions,
         excluded,
-        warnings: Vec::new(),
+        ..Candidate::new(project, claims, versions)
     })
 }
 

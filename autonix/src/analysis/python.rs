@@ -224,13 +224,7 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     } else {
         None
     };
-    Some(Candidate {
-        project,
-        claims,
-        versions,
-        excluded: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Some(Candidate::new(project, claims, versions))
 }
 
 /// `key="value"` (or single quotes) in a setup.py call.

@@ -81,13 +81,7 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     } else {
         None
     };
-    Some(Candidate {
-        project,
-        claims: Vec::new(),
-        versions,
-        excluded: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Some(Candidate::new(project, Vec::new(), versions))
 }
 
 fn first_quoted(s: &str) -> Option<&str> {

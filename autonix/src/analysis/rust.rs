@@ -25,13 +25,7 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project.lockfile = Some(join(dir, "Cargo.lock"));
     }
     let Some(m) = manifest else {
-        return Some(Candidate {
-            project,
-            claims: Vec::new(),
-            versions: Vec::new(),
-            excluded: Vec::new(),
-            warnings: Vec::new(),
-        });
+        return Some(Candidate::new(project, Vec::new(), Vec::new()));
     };
     let mut versions = Vec::new();
     let mut claims = Vec::new();
@@ -85,13 +79,7 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project.run = Some(format!("./target/release/{first}"));
     }
     project.binaries = bins;
-    Some(Candidate {
-        project,
-        claims,
-        versions,
-        excluded: Vec::new(),
-        warnings: Vec::new(),
-    })
+    Some(Candidate::new(project, claims, versions))
 }
 
 /// Binaries a package declares: `[[bin]]` names, else the package name when

@@ -370,14 +370,19 @@ pub async fn delete_form(
 ) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     ctx.require_owner(&v)?;
-    render(&ConfirmDeletePage {
-        title: format!("Delete {}", ctx.project.name),
+    render(&confirm_page(&v, &ctx.project.name, None))
+}
+
+/// The page asking to type the project's name before it is deleted.
+fn confirm_page(v: &Viewer, project: &str, error: Option<String>) -> ConfirmDeletePage {
+    ConfirmDeletePage {
+        title: format!("Delete {project}"),
         nav: v.nav(),
         what: "project",
-        action: format!("/{}/-/delete", ctx.project.name),
-        name: ctx.project.name,
-        error: None,
-    })
+        action: format!("/{project}/-/delete"),
+        name: project.to_owned(),
+        error,
+    }
 }
 
 #[derive(Deserialize)]
@@ -400,14 +405,11 @@ pub async fn delete(
     if f.confirm != ctx.project.name {
         return render_status(
             StatusCode::BAD_REQUEST,
-            &ConfirmDeletePage {
-                title: format!("Delete {}", ctx.project.name),
-                nav: v.nav(),
-                what: "project",
-                action: format!("/{}/-/delete", ctx.project.name),
-                name: ctx.project.name.clone(),
-                error: Some("the name you typed does not match".into()),
-            },
+            &confirm_page(
+                &v,
+                &ctx.project.name,
+                Some("the name you typed does not match".into()),
+            ),
         );
     }
     st.db.delete_project(ctx.project.id)?;

@@ -1,0 +1,173 @@
+# Renders the service modules of nix/modules (not host.nix or vm-module.nix)
+# with a stand-in for nixpkgs' lib (only what they use), so their units can
+# be checked without nixpkgs: each module's ExecStart arguments and
+# LoadCredential lines with every optional file unset and with every one
+# set, the firewall rule, the sandboxes and the shape of the shared options.
+#
+#   nix-instantiate --eval --strict nix/tests/modules.nix
+#
+# evaluates to { failed = [ ... ]; passed = N; total = N; } as eval.nix does.
+let
+  inherit (builtins) attrNames concatLists concatStringsSep elemAt filter length map split;
+
+  # mkOption and mkIf keep what they were given, so the test sees the
+  # declarations and the condition as data.
+  lib = {
+    mkOption = o: { option = o; };
+    mkEnableOption = d: { option = { type = "bool"; default = false; description = "Whether to enable ${d}."; }; };
+    mkIf = condition: content: { inherit condition content; };
+    literalExpression = text: { literal = text; };
+    types = {
+      str = "str"; bool = "bool"; int = "int"; path = "path"; package = "package";
+      ints.positive = "positive";
+      nullOr = t: { nullOr = t; };
+      listOf = t: { listOf = t; };
+      attrsOf = t: { attrsOf = t; };
+      oneOf = ts: { oneOf = ts; };
+    };
+    optional = c: x: if c then [ x ] else [ ];
+    optionalAttrs = c: x: if c then x else { };
+    inherit concatLists;
+    concatMap = f: l: concatLists (map f l);
+    mapAttrsToList = f: s: map (n: f n s.${n}) (attrNames s);
+    # Unquoted, so the expected command lines below read plainly.
+    escapeShellArgs = concatStringsSep " ";
+    toInt = builtins.fromJSON;
+    last = l: elemAt l (length l - 1);
+    splitString = sep: s: filter builtins.isString (split sep s);
+  };
+  pkgs = { git = "git"; iproute2 = "iproute2"; cloud-hypervisor = "cloud-hypervisor"; };
+
+  unset = {
+    enable = true; package = "/pkg"; listen = "127.0.0.1:9999"; openFirewall = true;
+    logJson = true; logLevel = "debug"; settings = { extra-flag = "x"; }; extraArgs = [ "--more" ];
+    environment = { FOO = "bar"; };
+    secretKeyFile = "/run/keys/sk"; uploadTokenFile = null; heartbeatTimeoutMs = 5000; tokenFile = null;
+    longPollTimeoutMs = 25000; cacheUrl = null; cacheTokenFile = null; controlPlane = null;
+    controlPlaneTokenFile = null; hookSecretFile = null; deployRef = "refs/heads/main"; nixPackage = "nix";
+    ciUrl = null; ciSecretFile = null; autonix = null; secureCookies = false; workerId = null; advertise = null;
+    cachePublicKey = null; cpu = null; memoryMb = null; labels = { }; clusterTokenFile = null;
+    cloudHypervisor = "/ch";
+  };
+  set = unset // {
+    logJson = false; openFirewall = false; uploadTokenFile = "/run/keys/up"; tokenFile = "/run/keys/tok";
+    cacheUrl = "http://c"; cacheTokenFile = "/run/keys/ct"; controlPlane = "cp:7000";
+    controlPlaneTokenFile = "/run/keys/cpt"; hookSecretFile = "/run/keys/hs"; ciUrl = "http://ci";
+    ciSecretFile = "/run/keys/cs"; autonix = "/bin/autonix"; secureCookies = true; workerId = "w1";
+    advertise = "1.2.3.4:6000"; cachePublicKey = "k:1"; cpu = 4; memoryMb = 1024; labels = { zone = "a"; b = "c"; };
+    clusterTokenFile = "/run/keys/clt";
+  };
+
+  modules = [ "cache" "control-plane" "ci-service" "repohub" "worker" ];
+  # The module `name` evaluated with `cfg` as its settings (and, for the
+  # worker, a host module that is enabled exactly when the files are set).
+  render = name: cfg: import (../modules + "/${name}.nix") {
+    inherit lib pkgs;
+    config = {
+      services.procurator.${name} = cfg;
+      nix.package = "nix";
+      procurator.host = { enable = cfg == set; tapPrefix = "pcrt"; };
+    };
+  };
+  serviceConfig = name: cfg: (render name cfg).config.content.systemd.services."procurator-${name}".serviceConfig;
+  # ExecStart without the binary's store path.
+  args = name: cfg:
+    let words = filter builtins.isString (split " " (serviceConfig name cfg).ExecStart);
+    in concatStringsSep " " (builtins.tail words);
+
+  want = {
+    args = {
+      cache.unset = "--log-json serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --more";
+      cache.set = "serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
+      control-plane.unset = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --log-json --long-poll-timeout-ms 25000 --more";
+      control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --token-file %d/tokens --more";
+      ci-service.unset = "--data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
+      ci-service.set = "--cache http://c --cache-token-file %d/cache-token --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --more";
+      repohub.unset = "--data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
+      repohub.set = "--autonix /bin/autonix --ci-secret-file %d/ci-secret --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --secure-cookies --more";
+      worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --more";
+      worker.set = "--advertise 1.2.3.4:6000 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --worker-id w1 --more";
+    };
+    loadCredential = {
+      cache.unset = [ "secret-key:/run/keys/sk" ];
+      cache.set = [ "secret-key:/run/keys/sk" "upload-token:/run/keys/up" ];
+      control-plane.unset = [ ];
+      control-plane.set = [ "tokens:/run/keys/tok" ];
+      ci-service.unset = [ ];
+      ci-service.set = [ "cache-token:/run/keys/ct" "hook-secret:/run/keys/hs" "control-plane-token:/run/keys/cpt" ];
+      repohub.unset = [ ];
+      repohub.set = [ "ci-secret:/run/keys/cs" "control-plane-token:/run/keys/cpt" ];
+      worker.unset = [ ];
+      worker.set = [ "tokens:/run/keys/tok" "cluster-token:/run/keys/clt" ];
+    };
+  };
+
+  cases = concatLists (map (name: concatLists (map (which:
+    let cfg = { inherit unset set; }.${which}; in [
+      {
+        name = "${name}, every optional file ${which}: ExecStart";
+        got = args name cfg;
+        want = want.args.${name}.${which};
+      }
+      {
+        name = "${name}, every optional file ${which}: LoadCredential";
+        got = (serviceConfig name cfg).LoadCredential;
+        want = want.loadCredential.${name}.${which};
+      }
+    ]) [ "unset" "set" ])) modules) ++ [
+    {
+      name = "the listen port is opened only with openFirewall";
+      got = map (name: map (cfg: (render name cfg).config.content.networking.firewall.allowedTCPPorts) [ unset set ]) modules;
+      want = map (_: [ [ 9999 ] [ ] ]) modules;
+    }
+    {
+      name = "a unit is rendered only when enabled, restarts at once, logs at logLevel";
+      got = map (name:
+        let c = (render name unset).config; unit = c.content.systemd.services."procurator-${name}"; in
+        [ c.condition unit.serviceConfig.Restart unit.serviceConfig.RestartSec unit.environment.RUST_LOG unit.environment.FOO unit.wantedBy ]) modules;
+      want = map (_: [ true "always" 1 "debug" "bar" [ "multi-user.target" ] ]) modules;
+    }
+    {
+      name = "the hardened units keep the sandbox baseline; CI relaxes only what nix needs";
+      got = map (name: with serviceConfig name unset; [ ProtectSystem PrivateDevices MemoryDenyWriteExecute SystemCallFilter UMask ])
+        [ "cache" "control-plane" "ci-service" "repohub" ];
+      want = [
+        [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
+        [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
+        [ "strict" true false [ "@system-service" "~@privileged" ] "0077" ]
+        [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
+      ];
+    }
+    {
+      name = "the worker's own sandbox: root with devices, the system read-only, VMs outlive it";
+      got = removeAttrs (serviceConfig "worker" unset) [ "ExecStart" "LoadCredential" ];
+      want = {
+        NoNewPrivileges = true; PrivateTmp = true; ProtectSystem = "full"; ProtectHome = true;
+        ProtectKernelModules = true; ProtectKernelLogs = true; ProtectControlGroups = true; ProtectClock = true;
+        LockPersonality = true; SystemCallArchitectures = "native";
+        KillMode = "process"; StateDirectory = "procurator-worker"; StateDirectoryMode = "0700";
+        CacheDirectory = "procurator-worker";
+        DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" ];
+        DevicePolicy = "closed";
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+        LimitNOFILE = 65536; Restart = "always"; RestartSec = 1;
+      };
+    }
+    {
+      name = "credential and optional string options";
+      got = with (render "ci-service" unset).options.services.procurator.ci-service; [ hookSecretFile.option controlPlane.option ];
+      want = [
+        { type.nullOr = "path"; default = null; description = "File holding the secret push hooks must present (read as a systemd credential)."; }
+        { type.nullOr = "str"; default = null; example = "127.0.0.1:7000"; description = "Control plane address generations are published to (null: build only)."; }
+      ];
+    }
+  ];
+
+  results = map (c: c // { ok = c.got == c.want; }) cases;
+  failed = map (c: { inherit (c) name got want; }) (filter (c: !c.ok) results);
+in
+{
+  inherit failed;
+  passed = length (filter (c: c.ok) results);
+  total = length cases;
+}
