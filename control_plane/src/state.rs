@@ -631,19 +631,10 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commands::types::{VmId, VmSpecFields};
+    use commands::types::VmId;
 
     fn spec(name: &str, hash: &str) -> VmSpec {
-        VmSpec::new(VmSpecFields {
-            name: name.into(),
-            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-            cpu: 1,
-            memory_mb: 128,
-            content_hash: hash.into(),
-            ..Default::default()
-        })
-        .unwrap()
+        testkit::fixtures::spec(name, hash)
     }
 
     fn reg(id: &str, addr: &str) -> Registration {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use commands::auth::{Authenticator, Role};
 use commands::convert::ErrorCode;
 use commands::rpc::RpcError;
-use commands::types::{Labels, Resources, VmSpec, VmSpecFields};
+use commands::types::{Labels, Resources, VmSpec};
 use commands::worker_capnp::worker;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::WorkerMetricsView;
@@ -26,16 +26,7 @@ struct NullWorker;
 impl worker::Server for NullWorker {}
 
 fn spec(name: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-        kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: "h1".into(),
-        ..Default::default()
-    })
-    .unwrap()
+    testkit::fixtures::spec(name, "h1")
 }
 
 fn reg(id: &str) -> Registration {

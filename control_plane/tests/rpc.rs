@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use capnp::capability::Rc as CapRc;
 use commands::convert::{ErrorCode, worker_status_from_capnp, worker_status_to_capnp};
-use commands::types::{Labels, Resources, VmSpec, VmSpecFields, WorkerStatus};
+use commands::types::{Labels, Resources, VmSpec, WorkerStatus};
 use commands::worker_capnp::worker;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::WorkerMetricsView;
@@ -43,16 +43,7 @@ impl worker::Server for EchoWorker {
 }
 
 fn spec(name: &str, hash: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-        kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: hash.into(),
-        ..Default::default()
-    })
-    .unwrap()
+    testkit::fixtures::spec(name, hash)
 }
 
 fn reg(id: &str, addr: &str) -> Registration {
