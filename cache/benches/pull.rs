@@ -214,7 +214,7 @@ fn main() {
     let key = env.public_key();
     let mut ours = Vec::new();
     let mut ngx = Vec::new();
-    let (cache_cpu0, ngx_cpu0) = (cpu_seconds(server.child.id()), cpu_seconds(_nginx.0.id()));
+    let (cache_cpu0, ngx_cpu0) = (cpu_seconds(server.proc.pid()), cpu_seconds(_nginx.0.id()));
     for round in 0..PULL_ROUNDS {
         // Alternate who goes first so page-cache and CPU effects even out.
         let order: [(&str, String); 2] = if round % 2 == 0 {
@@ -249,7 +249,7 @@ fn main() {
     println!("  rounds: cache {ours:.2?} s, nginx {ngx:.2?} s");
     println!(
         "  server CPU over {PULL_ROUNDS} pulls: cache {:.2} s, nginx {:.2} s",
-        cpu_seconds(server.child.id()) - cache_cpu0,
+        cpu_seconds(server.proc.pid()) - cache_cpu0,
         cpu_seconds(_nginx.0.id()) - ngx_cpu0
     );
     let best = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);

@@ -15,25 +15,19 @@
 //!
 //! `PCR_FLEET_WORKERS` (default 1000) and `PCR_FLEET_VMS` (default 10000).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
-};
+use commands::types::{Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus};
 use commands::worker_capnp::worker;
 use control_plane::client::MasterClient;
 use control_plane::model::WorkerMetricsView;
 use control_plane::state::{ObservedVm, Registration};
-
-const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
-const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
+use testkit::fixtures::spec_with;
+use testkit::services::ControlPlaneArgs;
+use testkit::{Log, Proc};
 
 fn env_num(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -43,17 +37,7 @@ fn env_num(k: &str, d: usize) -> usize {
 }
 
 fn spec(name: &str, hash: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: TOPLEVEL.into(),
-        kernel_path: KERNEL.into(),
-        cmdline: format!("console=ttyS0 v={hash}"),
-        cpu: 1,
-        memory_mb: 256,
-        content_hash: hash.into(),
-        ..Default::default()
-    })
-    .expect("valid spec")
+    spec_with(name, hash, |f| f.memory_mb = 256)
 }
 
 /// (CPU ticks, RSS bytes) of a process from /proc.
@@ -214,17 +198,15 @@ fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
 async fn fleet() {
     let n = env_num("PCR_FLEET_WORKERS", 1000);
     let vms = env_num("PCR_FLEET_VMS", 10_000);
-    let mut cmd = Command::new(common::bin("control_plane"));
-    cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"])
-        .args([
-            "--heartbeat-timeout-ms",
-            "5000",
-            "--long-poll-timeout-ms",
-            "25000",
-        ])
-        .env("RUST_LOG", "warn");
-    let cp = common::Proc::spawn("control_plane", cmd);
-    let pid = cp.child.id();
+    let mut cmd = ControlPlaneArgs {
+        heartbeat_timeout_ms: Some(5000),
+        long_poll_timeout_ms: Some(25000),
+        ..ControlPlaneArgs::default()
+    }
+    .command();
+    cmd.env("RUST_LOG", "warn");
+    let cp = Proc::spawn("control_plane", cmd, Log::Quiet);
+    let pid = cp.pid();
     let addr = cp.addr.clone();
     let cap: worker::Client = capnp_rpc::new_client(NullWorker);
     let mut stops = Vec::new();

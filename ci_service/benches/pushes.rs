@@ -12,10 +12,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::cluster::{Cluster, ClusterOpts};
 
 fn env_num(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -51,25 +51,15 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn main() {
     let repos = env_num("PCR_PUSH_REPOS", 10);
     let per_repo = env_num("PCR_PUSHES_PER_REPO", 10);
-    let h = repo_outils::testing::HermeticNix::new().unwrap();
-    let d = h.dir().to_owned();
-    let st = Command::new(bin("cache"))
-        .args(["keygen", "load-cache-1", "--out-dir"])
-        .arg(d.join("key"))
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    std::fs::write(d.join("token"), "load-token\n").unwrap();
-    let mut cmd = Command::new(bin("cache"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(d.join("cache-data"))
-        .arg("--key-file")
-        .arg(d.join("key/secret-key"))
-        .arg("--upload-token-file")
-        .arg(d.join("token"));
-    let cache = Proc::spawn("cache", cmd);
-    let cp = common::cluster::start_control_plane("127.0.0.1:0", 0);
-    let ci = common::cluster::start_ci(&h, "127.0.0.1:0", &cache.url(), &cp.addr);
+    // Cache, control plane (3 s heartbeat timeout, no grace) and
+    // ci_service; no workers.
+    let mut opts = ClusterOpts::new(Vec::new()).with_ci();
+    opts.control_plane.heartbeat_timeout_ms = Some(3000);
+    opts.cache_key_name = "load-cache-1".to_owned();
+    opts.token = "load-token".to_owned();
+    let c = Cluster::start(opts, |_, cp| cp.to_owned());
+    let d = c.dir().to_owned();
+    let (ci, cache, cp) = (c.ci(), c.cache(), &c.cp);
     let url = ci.url();
     let run = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
     let rs: Vec<Repo> = (0..repos)
@@ -116,7 +106,7 @@ fn main() {
     let commits: Vec<(String, f64)> = pushed.into_iter().flatten().collect();
 
     // Wait until every job is final.
-    let jobs = wait_for("every job final", Duration::from_secs(1800), || {
+    let jobs = wait_until(Duration::from_secs(1800), "every job final", || {
         let jobs = get_json(&format!("{url}/jobs?limit=1000"));
         let list = jobs.as_array().unwrap().clone();
         (list.len() >= total
