@@ -26,8 +26,15 @@ use control_plane::client::MasterClient;
 use control_plane::model::WorkerMetricsView;
 use control_plane::state::{ObservedVm, Registration};
 use testkit::fixtures::spec_with;
+use testkit::process::usage;
 use testkit::services::ControlPlaneArgs;
 use testkit::{Log, Proc};
+
+/// (CPU ticks, RSS bytes) of a process.
+fn cpu_rss(pid: u32) -> (u64, u64) {
+    let u = usage(pid);
+    (u.cpu_ticks, u.rss_bytes)
+}
 
 fn env_num(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -38,22 +45,6 @@ fn env_num(k: &str, d: usize) -> usize {
 
 fn spec(name: &str, hash: &str) -> VmSpec {
     spec_with(name, hash, |f| f.memory_mb = 256)
-}
-
-/// (CPU ticks, RSS bytes) of a process from /proc.
-fn cpu_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks, rss_kib * 1024)
 }
 
 /// The control plane only stores this capability.

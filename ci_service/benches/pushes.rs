@@ -16,28 +16,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use testkit::cluster::{Cluster, ClusterOpts};
+use testkit::process::usage;
+
+/// (CPU ticks, CPU ticks of its reaped children: the nix processes
+/// ci_service ran, peak RSS bytes) of `pid`.
+fn cpu_rss(pid: u32) -> (u64, u64, u64) {
+    let u = usage(pid);
+    (u.cpu_ticks, u.children_cpu_ticks, u.peak_rss_bytes)
+}
 
 fn env_num(k: &str, d: usize) -> usize {
     std::env::var(k)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(d)
-}
-
-/// (CPU ticks, RSS bytes) of `pid` and its children's accumulated CPU
-/// (cutime + cstime: the nix processes ci_service ran).
-fn cpu_rss(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (n(11) + n(12), n(13) + n(14), rss_kib * 1024)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

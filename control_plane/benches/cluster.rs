@@ -18,6 +18,7 @@ use control_plane::client::MasterClient;
 use control_plane::model::WorkerMetricsView;
 use control_plane::state::{ObservedVm, Registration};
 use testkit::fixtures::{make_store, spec};
+use testkit::process::{Usage, usage};
 use testkit::services::{ControlPlaneArgs, WorkerArgs, start_worker};
 use testkit::{Log, Proc, Reaper};
 
@@ -38,21 +39,6 @@ fn control_plane(heartbeat_timeout_ms: u64, long_poll_timeout_ms: Option<u64>) -
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-fn cpu_ticks_and_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks, rss_kib * 1024)
 }
 
 async fn publish_to_converged() {
@@ -249,7 +235,7 @@ async fn thousand_workers() {
     // Steady state: heartbeats and parked long-polls, one publish of 3,000
     // VMs in the middle (every long-poll wakes).
     let window = Duration::from_secs(20);
-    let (t0, _) = cpu_ticks_and_rss(pid);
+    let t0 = usage(pid).cpu_ticks;
     let start = Instant::now();
     tokio::time::sleep(window / 2).await;
     let specs: Vec<VmSpec> = (0..3 * n)
@@ -259,7 +245,11 @@ async fn thousand_workers() {
     let o = m.publish("c1", 1, "i1", &specs).await.expect("publish");
     let publish_ms = pt.elapsed().as_secs_f64() * 1e3;
     tokio::time::sleep(window / 2).await;
-    let (t1, rss) = cpu_ticks_and_rss(pid);
+    let Usage {
+        cpu_ticks: t1,
+        rss_bytes: rss,
+        ..
+    } = usage(pid);
     let secs = start.elapsed().as_secs_f64();
     let s = m.status().await.expect("status");
     println!(

@@ -6,9 +6,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
+
+use crate::wait::poll_every;
 
 /// How long a stopped process may take to exit on SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
@@ -179,16 +181,9 @@ impl Proc {
     /// exit in time (it is still running then).
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.signal(Signal::TERM);
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if start.elapsed() > timeout {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_every(Duration::from_millis(10), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 
     /// Signals the process (or its group) unless it was reaped already:
@@ -299,5 +294,47 @@ impl Reaper {
 impl Drop for Reaper {
     fn drop(&mut self) {
         kill_mentioning(&self.0);
+    }
+}
+
+/// What a process has used so far, from /proc (zeros once it is gone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User + system CPU, in clock ticks (1/100 s on Linux).
+    pub cpu_ticks: u64,
+    /// User + system CPU of its reaped children (e.g. the nix processes a
+    /// service ran), in clock ticks.
+    pub children_cpu_ticks: u64,
+    /// Resident memory now (VmRSS).
+    pub rss_bytes: u64,
+    /// Peak resident memory (VmHWM).
+    pub peak_rss_bytes: u64,
+    /// Private resident memory (RssAnon): what one more such process
+    /// really costs, without the pages shared with others.
+    pub anon_rss_bytes: u64,
+}
+
+/// CPU and memory of `pid` from /proc/PID/stat and /proc/PID/status.
+pub fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may itself hold spaces and ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Usage {
+        cpu_ticks: n(11) + n(12),
+        children_cpu_ticks: n(13) + n(14),
+        rss_bytes: kib("VmRSS:"),
+        peak_rss_bytes: kib("VmHWM:"),
+        anon_rss_bytes: kib("RssAnon:"),
     }
 }

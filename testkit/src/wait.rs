@@ -15,7 +15,8 @@ pub fn wait_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>
         .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
-fn poll_every<T>(
+/// Polls `f` every `every` until it returns Some, or `timeout` passes (None).
+pub fn poll_every<T>(
     every: Duration,
     timeout: Duration,
     mut f: impl FnMut() -> Option<T>,

@@ -45,17 +45,6 @@ fn rss_kib(pid: u32) -> u64 {
     worker::procfs::rss_bytes(pid) / 1024
 }
 
-/// Private (anonymous) resident memory: what one more process really costs,
-/// without the binary's and libc's pages shared by all of them.
-fn rss_anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn start_worker(dir: &Path) -> Proc {
     let w = WorkerArgs {
         cpu: 4096,
@@ -202,7 +191,7 @@ fn main() {
             sim_pids.iter().map(|p| rss_kib(*p)).collect::<Vec<_>>(),
             sim_pids
                 .iter()
-                .map(|p| rss_anon_kib(*p))
+                .map(|p| testkit::process::usage(*p).anon_rss_bytes / 1024)
                 .collect::<Vec<_>>()
         );
 
