@@ -632,10 +632,7 @@ impl State {
 mod tests {
     use super::*;
     use commands::types::VmId;
-
-    fn spec(name: &str, hash: &str) -> VmSpec {
-        testkit::fixtures::spec(name, hash)
-    }
+    use testkit::fixtures::spec;
 
     fn reg(id: &str, addr: &str) -> Registration {
         Registration {

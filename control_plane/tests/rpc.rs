@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use capnp::capability::Rc as CapRc;
 use commands::convert::{ErrorCode, worker_status_from_capnp, worker_status_to_capnp};
-use commands::types::{Labels, Resources, VmSpec, WorkerStatus};
+use commands::types::{Labels, Resources, WorkerStatus};
 use commands::worker_capnp::worker;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::WorkerMetricsView;
 use control_plane::state::Registration;
+use testkit::fixtures::spec;
 use tokio_util::sync::CancellationToken;
 
 /// A Worker capability that answers `read` with its id, so the test can
@@ -40,10 +41,6 @@ impl worker::Server for EchoWorker {
         worker_status_to_capnp(&st, results.get().init_status());
         std::future::ready(Ok(()))
     }
-}
-
-fn spec(name: &str, hash: &str) -> VmSpec {
-    testkit::fixtures::spec(name, hash)
 }
 
 fn reg(id: &str, addr: &str) -> Registration {
