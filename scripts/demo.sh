@@ -151,6 +151,24 @@ for _ in $(seq 600); do
 done
 "$BIN/pcr" --control-plane $CP_ADDR status | sed 's/^/    /'
 
+# Each VM's guest (example/hermetic/guest/pvh.S) prints one line naming the
+# VM on its serial console; the worker keeps the console (`logs`). ch-sim
+# writes the same line for that kernel, so both VMMs show it.
+say "each VM's serial console says"
+for host in host-a host-b; do
+  addr=$(grep -m1 '^listening on ' "$STATE/logs/worker-$host.log" | cut -d' ' -f3)
+  wt() { "$BIN/pcr-worker-test" --addr "$addr" "$@"; }
+  for id in $(wt --json list-vms | grep -o '"id": *"[^"]*"' | cut -d'"' -f4); do
+    line=
+    for _ in $(seq 50); do
+      line=$(wt logs "$id" | grep -m1 '^pcr-guest: ' || true)
+      [ -n "$line" ] && break
+      sleep 0.1
+    done
+    printf '    %s %s: %s\n' "$host" "$id" "${line:-(no guest line yet)}"
+  done
+done
+
 cat <<NEXT
 
 Every VM runs. Try the loop yourself:

@@ -13,6 +13,15 @@ if [ "${PCR_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+# The hermetic example's guest kernel is assembled by the host's binutils.
+[ -x /usr/bin/as ] && [ -x /usr/bin/ld ] || need+=(binutils)
+# Tests: qemu-img checks the worker's qcow2 overlays; QEMU boots the guest
+# kernel for real (TCG, no KVM needed). PCR_SKIP_QEMU=1 leaves QEMU out
+# (those tests then print SKIP).
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+if [ "${PCR_SKIP_QEMU:-0}" != 1 ]; then
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+fi
 command -v cargo-nextest >/dev/null 2>&1 || command -v cargo >/dev/null 2>&1 || {
   echo "install-deps: a Rust toolchain (cargo) is required" >&2; exit 1; }
 

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Notify;
 
-use crate::db::{Db, JobState};
+use commands::ci_api::{ErrorBody, JobState, PushEvent, PushReply};
+
+use crate::db::Db;
 use crate::publisher::Publisher;
 
 #[derive(Clone)]
@@ -48,26 +50,20 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+    (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "request failed");
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
+/// What an HTTP client sees of a failure inside ci_service: the cause
+/// (paths, SQL, the database's state) stays in ci_service's own log, next
+/// to the job it concerns.
+const INTERNAL_MESSAGE: &str = "internal error in ci_service; its log has the cause";
 
-/// What the post-receive hook sends for each updated ref.
-#[derive(Debug, Deserialize)]
-pub struct PushEvent {
-    pub repo: String,
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub old: String,
-    pub new: String,
-}
-
-fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
+/// Logs `e` (its Debug form carries the whole cause) with the job it
+/// concerns, when there is one, and answers 500 with a short message that
+/// reveals nothing inside.
+fn internal(job_id: Option<i64>, e: &(dyn std::error::Error + 'static)) -> Response {
+    tracing::error!(job_id, error = %e, cause = ?e, "request failed");
+    error(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_MESSAGE)
 }
 
 /// Compares without an early exit so the secret does not leak by timing.
@@ -90,38 +86,29 @@ async fn push(State(s): State<AppState>, headers: HeaderMap, body: axum::body::B
         Ok(ev) => ev,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad push event: {e}")),
     };
-    if ev.repo.trim().is_empty() || !ev.git_ref.starts_with("refs/") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "repo must be set and ref must start with refs/",
-        );
+    if let Err(e) = ev.check() {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    if !is_sha(&ev.old) || !is_sha(&ev.new) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "old and new must be 40-hex commit ids",
-        );
-    }
-    if ev.new.bytes().all(|c| c == b'0') {
+    if ev.deletes_ref() {
         // A deleted ref builds nothing; the running generation stays.
-        return (
-            StatusCode::OK,
-            Json(serde_json::json!({ "job_id": null, "reason": "ref deleted" })),
-        )
-            .into_response();
+        let reply = PushReply {
+            job_id: None,
+            reason: Some("ref deleted".into()),
+        };
+        return (StatusCode::OK, Json(reply)).into_response();
     }
     let new = ev.new.to_ascii_lowercase();
     match s.db.enqueue(&ev.repo, &ev.git_ref, &ev.old, &new) {
         Ok((id, superseded)) => {
             tracing::info!(job_id = id, repo = %ev.repo, git_ref = %ev.git_ref, commit = %new, superseded, "push queued");
             s.wake.notify_one();
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "job_id": id })),
-            )
-                .into_response()
+            let reply = PushReply {
+                job_id: Some(id),
+                reason: None,
+            };
+            (StatusCode::ACCEPTED, Json(reply)).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => internal(None, &e),
     }
 }
 
@@ -138,30 +125,29 @@ async fn jobs(State(s): State<AppState>, Query(q): Query<JobsQuery>) -> Response
         .jobs(q.repo.as_deref().filter(|r| !r.is_empty()), limit)
     {
         Ok(jobs) => Json(jobs).into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal(None, &e),
     }
 }
 
 async fn job(State(s): State<AppState>, Path(id): Path<i64>) -> Response {
-    let job = match s.db.job(id) {
+    let mut job = match s.db.job(id) {
         Ok(Some(j)) => j,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(e),
+        Err(e) => return internal(Some(id), &e),
     };
-    let mut v = serde_json::to_value(&job).expect("job serializes");
     if job.state == JobState::Succeeded {
         match s.db.job_specs(id) {
-            Ok(specs) => v["vm_specs"] = specs.unwrap_or(serde_json::Value::Array(vec![])),
-            Err(e) => return internal(e),
+            Ok(specs) => job.vm_specs = Some(specs.unwrap_or_default()),
+            Err(e) => return internal(Some(id), &e),
         }
     }
-    Json(v).into_response()
+    Json(job).into_response()
 }
 
 async fn generations(State(s): State<AppState>) -> Response {
     match s.db.generations(100) {
         Ok(g) => Json(g).into_response(),
-        Err(e) => internal(e),
+        Err(e) => internal(None, &e),
     }
 }
 
@@ -187,7 +173,7 @@ async fn job_log(
     match s.db.job(id) {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(e),
+        Err(e) => return internal(Some(id), &e),
     }
     let path = crate::runner::log_path(&s.data_dir, id);
     let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
@@ -240,4 +226,46 @@ async fn job_log(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_errors_reach_clients_sanitised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ci.sqlite");
+        let (db, _) = Db::open(&path).unwrap();
+        let (id, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        // A state this build does not know: reading the job fails inside.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE jobs SET state = 'exploded'", [])
+            .unwrap();
+        let app = router(AppState {
+            db: Arc::new(db),
+            data_dir: tmp.path().to_owned(),
+            hook_secret: None,
+            wake: Arc::new(Notify::new()),
+            publisher: Publisher::disabled(),
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let client = commands::http::HttpClient::tcp();
+        for path in [
+            format!("/jobs/{id}"),
+            "/jobs".into(),
+            format!("/jobs/{id}/log"),
+        ] {
+            let req = http::Request::get(format!("{base}{path}"))
+                .body(bytes::Bytes::new())
+                .unwrap();
+            let resp = client.send(req).await.unwrap();
+            assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+            let body: ErrorBody = serde_json::from_slice(&resp.body).unwrap();
+            assert_eq!(body.error, INTERNAL_MESSAGE, "{path}");
+        }
+    }
 }

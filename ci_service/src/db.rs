@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use commands::types::IntentHash;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -22,64 +23,9 @@ pub enum DbError {
     Json(#[from] serde_json::Error),
 }
 
-/// A job's state; the strings are the API's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Superseded,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Superseded => "superseded",
-        }
-    }
-
-    fn parse(s: &str) -> JobState {
-        match s {
-            "queued" => JobState::Queued,
-            "running" => JobState::Running,
-            "succeeded" => JobState::Succeeded,
-            "superseded" => JobState::Superseded,
-            _ => JobState::Failed,
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Superseded
-        )
-    }
-}
-
-/// A job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Job {
-    pub id: i64,
-    pub repo: String,
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub old: String,
-    pub commit: String,
-    pub state: JobState,
-    pub created_at_ms: i64,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    pub generation: Option<i64>,
-    pub error: Option<String>,
-    /// Phase durations in ms (queue, fetch, eval, build, upload, publish).
-    pub timings: serde_json::Value,
-}
+/// Jobs and their states are the API's types: the `state` column holds
+/// `JobState::as_str`, the `timings` column the JSON of `Timings`.
+pub use commands::ci_api::{Job, JobState, Timings};
 
 /// One published (or publishable) generation.
 #[derive(Debug, Clone, Serialize)]
@@ -87,7 +33,7 @@ pub struct Generation {
     pub number: i64,
     pub job_id: i64,
     pub commit: String,
-    pub intent_hash: String,
+    pub intent_hash: IntentHash,
     pub closure: String,
     pub created_at_ms: i64,
     #[serde(skip)]
@@ -130,21 +76,37 @@ CREATE TABLE IF NOT EXISTS generations (
 
 const JOB_COLUMNS: &str = "id, repo, git_ref, old, commit_id, state, created_at_ms, started_at_ms, finished_at_ms, generation, error, timings";
 
+/// A column's text that does not parse is an error, never a default: a
+/// state this build does not know must not show as something else.
+fn parsed<T, E>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> rusqlite::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(idx)?;
+    parse(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
-    let timings: String = r.get(11)?;
     Ok(Job {
         id: r.get(0)?,
         repo: r.get(1)?,
         git_ref: r.get(2)?,
         old: r.get(3)?,
         commit: r.get(4)?,
-        state: JobState::parse(&r.get::<_, String>(5)?),
+        state: parsed(r, 5, str::parse::<JobState>)?,
         created_at_ms: r.get(6)?,
         started_at_ms: r.get(7)?,
         finished_at_ms: r.get(8)?,
         generation: r.get(9)?,
         error: r.get(10)?,
-        timings: serde_json::from_str(&timings).unwrap_or(serde_json::Value::Null),
+        timings: parsed(r, 11, |t| serde_json::from_str::<Timings>(t))?,
+        vm_specs: None,
     })
 }
 
@@ -242,8 +204,8 @@ impl Db {
             .optional()?)
     }
 
-    /// The specs a succeeded job published, as stored JSON.
-    pub fn job_specs(&self, id: i64) -> Result<Option<serde_json::Value>, DbError> {
+    /// The specs a succeeded job built, as stored (VmSpec JSON objects).
+    pub fn job_specs(&self, id: i64) -> Result<Option<Vec<serde_json::Value>>, DbError> {
         let s: Option<Option<String>> = self
             .conn()
             .query_row("SELECT vm_specs FROM jobs WHERE id = ?1", [id], |r| {
@@ -266,10 +228,10 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn set_timings(&self, id: i64, timings: &serde_json::Value) -> Result<(), DbError> {
+    pub fn set_timings(&self, id: i64, timings: &Timings) -> Result<(), DbError> {
         self.conn().execute(
             "UPDATE jobs SET timings = ?1 WHERE id = ?2",
-            params![timings.to_string(), id],
+            params![serde_json::to_string(timings)?, id],
         )?;
         Ok(())
     }
@@ -308,7 +270,7 @@ impl Db {
         tx.execute(
             "INSERT OR REPLACE INTO generations (number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![g.number, g.job_id, g.commit, g.intent_hash, g.specs_json, g.closure, g.created_at_ms],
+            params![g.number, g.job_id, g.commit, g.intent_hash.as_str(), g.specs_json, g.closure, g.created_at_ms],
         )?;
         tx.execute(
             "UPDATE jobs SET state = 'succeeded', generation = ?1, vm_specs = ?2, finished_at_ms = ?3 WHERE id = ?4",
@@ -331,7 +293,7 @@ impl Db {
                         number: r.get(0)?,
                         job_id: r.get(1)?,
                         commit: r.get(2)?,
-                        intent_hash: r.get(3)?,
+                        intent_hash: IntentHash::from(r.get::<_, String>(3)?),
                         specs_json: r.get(4)?,
                         closure: r.get(5)?,
                         created_at_ms: r.get(6)?,
@@ -352,7 +314,7 @@ impl Db {
                 number: r.get(0)?,
                 job_id: r.get(1)?,
                 commit: r.get(2)?,
-                intent_hash: r.get(3)?,
+                intent_hash: IntentHash::from(r.get::<_, String>(3)?),
                 specs_json: r.get(4)?,
                 closure: r.get(5)?,
                 created_at_ms: r.get(6)?,
@@ -414,9 +376,45 @@ mod tests {
         assert_eq!(db.latest_generation().unwrap().unwrap().commit, "c2");
         let job = db.job(b).unwrap().unwrap();
         assert_eq!((job.state, job.generation), (JobState::Succeeded, Some(1)));
-        assert_eq!(db.job_specs(b).unwrap().unwrap(), serde_json::json!([]));
+        assert_eq!(
+            db.job_specs(b).unwrap().unwrap(),
+            Vec::<serde_json::Value>::new()
+        );
         let listed = db.jobs(Some("/r"), 10).unwrap();
         assert!(listed.windows(2).all(|w| w[0].id > w[1].id), "newest first");
         assert!(db.jobs(Some("/other"), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_states_and_timings_are_errors_not_failures() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
+        let (id, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        assert_eq!(db.job(id).unwrap().unwrap().timings, Timings::default());
+        let t = Timings {
+            queue_ms: Some(3),
+            fetch_ms: Some(40),
+            ..Timings::default()
+        };
+        db.set_timings(id, &t).unwrap();
+        assert_eq!(db.job(id).unwrap().unwrap().timings, t);
+        db.conn()
+            .execute("UPDATE jobs SET state = 'exploded' WHERE id = ?1", [id])
+            .unwrap();
+        let err = db.job(id).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DbError::Query(rusqlite::Error::FromSqlConversionFailure(5, _, _))
+            ),
+            "{err:?}"
+        );
+        db.conn()
+            .execute(
+                "UPDATE jobs SET state = 'failed', timings = 'nope' WHERE id = ?1",
+                [id],
+            )
+            .unwrap();
+        assert!(db.job(id).is_err());
     }
 }

@@ -9,20 +9,16 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use commands::ci_api::{CiClient, CiError, PushEvent, PushReply};
+use repo_outils::git::{GitError, sh_quote};
+
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("{0} is not a bare git repository (no HEAD or hooks/ there)")]
     NotARepo(PathBuf),
-    #[error("cannot write {path}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Quotes for a POSIX shell: single quotes, with embedded ones escaped.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    /// Shown as it is: it already names the file it could not write.
+    #[error(transparent)]
+    Install(GitError),
 }
 
 /// Writes `<repo>/hooks/post-receive`, which runs `ci_binary notify` with
@@ -39,11 +35,6 @@ pub fn install_hook(
     if !repo.join("HEAD").is_file() {
         return Err(HookError::NotARepo(repo));
     }
-    let hooks = repo.join("hooks");
-    std::fs::create_dir_all(&hooks).map_err(|source| HookError::Io {
-        path: hooks.clone(),
-        source,
-    })?;
     let mut cmd = format!(
         "{} notify --url {} --repo {}",
         sh_quote(&ci_binary.display().to_string()),
@@ -97,19 +88,7 @@ exit 0
         repo_json = sh_quote(&repo_json),
         url = sh_quote(url.trim_end_matches('/')),
     );
-    let path = hooks.join("post-receive");
-    std::fs::write(&path, script).map_err(|source| HookError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
-        HookError::Io {
-            path: path.clone(),
-            source,
-        }
-    })?;
-    Ok(path)
+    repo_outils::git::install_hook(&repo, "post-receive", &script).map_err(HookError::Install)
 }
 
 /// One line of post-receive's stdin: `<old> <new> <ref>`.
@@ -123,43 +102,44 @@ pub fn parse_update(line: &str) -> Option<(String, String, String)> {
 /// line per ref to stderr (git shows it to the pusher as `remote: …`).
 /// Returns how many were accepted; failures are warnings, never errors.
 pub async fn notify(url: &str, repo: &str, secret: Option<&str>, input: impl BufRead) -> usize {
-    let endpoint = format!("{}/hooks/push", url.trim_end_matches('/'));
+    let client = CiClient::new(
+        Some(url.to_owned()),
+        secret.map(str::to_owned),
+        Duration::from_secs(5),
+    );
     let mut accepted = 0;
     for line in input.lines().map_while(Result::ok) {
         let Some((old, new, r)) = parse_update(&line) else {
             continue;
         };
-        let body = serde_json::json!({ "repo": repo, "ref": r, "old": old, "new": new });
-        let mut headers = Vec::new();
-        if let Some(s) = secret {
-            headers.push((http::header::AUTHORIZATION, format!("Bearer {s}")));
-        }
-        let sent = crate::http_client::send(
-            http::Method::POST,
-            &endpoint,
-            &headers,
-            Some(("application/json".into(), body.to_string().into_bytes())),
-            Duration::from_secs(5),
-        )
-        .await;
-        match sent {
-            Ok((status, body)) if status.is_success() => {
-                accepted += 1;
-                let id = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("job_id").cloned())
-                    .unwrap_or_default();
-                if id.is_null() {
-                    eprintln!("ci_service: {r}: nothing to build");
-                } else {
-                    eprintln!("ci_service: {r} -> job {id} queued ({url}/jobs/{id}/log?follow=1)");
-                }
+        let event = PushEvent {
+            repo: repo.to_owned(),
+            git_ref: r.clone(),
+            old,
+            new,
+        };
+        let sent = match &client {
+            Ok(client) => client.push(&event).await,
+            Err(e) => {
+                eprintln!("warning: ci_service unreachable, {r} not built: {e}");
+                continue;
             }
-            Ok((status, body)) => {
-                eprintln!(
-                    "warning: ci_service refused {r}: {status} {}",
-                    String::from_utf8_lossy(&body).trim()
-                );
+        };
+        match sent {
+            Ok(PushReply {
+                job_id: Some(id), ..
+            }) => {
+                accepted += 1;
+                eprintln!("ci_service: {r} -> job {id} queued ({url}/jobs/{id}/log?follow=1)");
+            }
+            Ok(PushReply { job_id: None, .. }) => {
+                accepted += 1;
+                eprintln!("ci_service: {r}: nothing to build");
+            }
+            Err(CiError::Status { status, body }) => {
+                let status = http::StatusCode::from_u16(status)
+                    .map_or_else(|_| status.to_string(), |s| s.to_string());
+                eprintln!("warning: ci_service refused {r}: {status} {}", body.trim());
             }
             Err(e) => {
                 eprintln!("warning: ci_service unreachable, {r} not built: {e}");
@@ -175,7 +155,6 @@ mod tests {
 
     #[test]
     fn quoting_and_parsing() {
-        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
         let z = "0".repeat(40);
         let n = "a".repeat(40);
         assert_eq!(

@@ -5,7 +5,7 @@
 pub mod api;
 pub mod db;
 pub mod hook;
-pub mod http_client;
+pub mod pin;
 pub mod publisher;
 pub mod runner;
 

@@ -259,7 +259,7 @@ async fn publish_once(client: &master::Client, g: &Generation) -> Result<Publish
         let mut p = req.get();
         p.set_commit(&g.commit);
         p.set_generation(g.number as u64);
-        p.set_intent_hash(&g.intent_hash);
+        p.set_intent_hash(g.intent_hash.as_str());
         let mut list = p.init_vm_specs(specs.len() as u32);
         for (i, s) in specs.iter().enumerate() {
             vm_spec_to_capnp(s, list.reborrow().get(i as u32));

@@ -1,9 +1,14 @@
 //! The job runner: one job at a time (nix builds share one store and two
-//! cores), each a fixed pipeline: fetch and check out the commit, evaluate
-//! `procurator.vmSpecs`, build `procurator.closure`, copy the closure to the
-//! cache (zstd), pin it, then publish the generation. Any failure stops the
-//! pipeline before publish, so a bad push changes nothing (all or nothing).
+//! cores), each a fixed pipeline of named steps: `fetch` (mirror and check
+//! out the commit), `evaluate` (`procurator.vmSpecs`), `build`
+//! (`procurator.closure`), `upload` (copy the closure to the cache, zstd,
+//! and pin it) and `publish` (hand the generation to the control plane and
+//! record it). Each step is a function with typed input and output that
+//! writes its own lines to the job log; `Runner::pipeline` only chains them
+//! and times them. Any failure stops the pipeline before publish, so a bad
+//! push changes nothing (all or nothing).
 
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +21,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Db, DbError, Generation, Job};
+use crate::db::{Db, DbError, Generation, Job, Timings};
+use crate::pin::PinError;
 use crate::publisher::{PublishError, Publisher};
 
 /// The flake contract (context/architecture.md): one attribute with every
@@ -44,8 +50,10 @@ pub enum JobError {
     },
     #[error("uploading the closure to the cache failed: {summary}")]
     Upload { summary: String, source: NixError },
+    /// The pin's failure is shown inline (it is not a `source`), so the
+    /// job's one-line error says why the cache refused.
     #[error("pinning the closure in the cache failed: {0}")]
-    Pin(String),
+    Pin(PinError),
     #[error("{0}")]
     Publish(#[from] PublishError),
     #[error("job bookkeeping failed")]
@@ -178,7 +186,10 @@ impl Runner {
         };
         let queue_ms =
             (job.started_at_ms.unwrap_or(job.created_at_ms) - job.created_at_ms).max(0) as u64;
-        let mut timings = serde_json::json!({ "queue_ms": queue_ms });
+        let mut timings = Timings {
+            queue_ms: Some(queue_ms),
+            ..Timings::default()
+        };
         log.line(&format!(
             "job {} for {} {} at {}",
             job.id, job.repo, job.git_ref, job.commit
@@ -213,202 +224,302 @@ impl Runner {
         self.data_dir.join("work").join(format!("job-{id}"))
     }
 
+    /// The steps in order. Returns the published generation's number, or
+    /// `None` for a ref that is built but not deployed.
     async fn pipeline(
         &self,
         job: &Job,
         log: &mut JobLog,
-        timings: &mut serde_json::Value,
+        timings: &mut Timings,
     ) -> Result<Option<i64>, JobError> {
-        // 1. Fetch into a per-repository mirror and write the commit's tree.
-        let t = Instant::now();
-        let mirror = self.data_dir.join("mirrors").join(format!(
-            "{}.git",
-            &format!("{:x}", Sha256::digest(job.repo.as_bytes()))[..16]
-        ));
-        let wd = self.work_dir(job.id);
-        let _ = std::fs::remove_dir_all(&wd);
-        let (repo_url, commit, wd2) = (job.repo.clone(), job.commit.clone(), wd.clone());
-        log.line(&format!("fetching {repo_url}"));
-        tokio::task::spawn_blocking(move || -> Result<String, GitError> {
-            let repo = git::fetch_mirror(&repo_url, &mirror)?;
-            git::checkout_commit(&repo, &commit, &wd2)
-        })
-        .await
-        .map_err(|e| JobError::Join(e.to_string()))??;
-        timings["fetch_ms"] = ms(t.elapsed()).into();
-        log.line(&format!(
-            "checked out {} ({} ms)",
-            job.commit,
-            ms(t.elapsed())
-        ));
+        let mirror = mirror_dir(&self.data_dir, &job.repo);
+        let checkout = timed(
+            &mut timings.fetch_ms,
+            fetch(&job.repo, &job.commit, &mirror, &self.work_dir(job.id), log),
+        )
+        .await?;
+        let specs = timed(&mut timings.eval_ms, evaluate(&self.nix, &checkout, log)).await?;
+        let closure = timed(
+            &mut timings.build_ms,
+            build(&self.nix, &checkout, &specs, log),
+        )
+        .await?;
 
-        // `path:` evaluates exactly the files written above (a git+file
-        // flake would see only tracked files, design §9).
-        let flake = format!("path:{}", wd.display());
-
-        // 2. Evaluate.
-        let t = Instant::now();
-        log.line(&format!("evaluating {SPECS_ATTR}"));
-        let value = match self.nix.eval_json(&format!("{flake}#{SPECS_ATTR}")).await {
-            Ok(v) => v,
-            Err(e) => {
-                if let Some(s) = e.stderr() {
-                    for l in s.lines() {
-                        log.line(l);
-                    }
-                }
-                return Err(JobError::Eval {
-                    attr: SPECS_ATTR,
-                    summary: summary(&e),
-                    source: e,
-                });
-            }
-        };
-        let specs = parse_specs(value)?;
-        timings["eval_ms"] = ms(t.elapsed()).into();
-        log.line(&format!(
-            "evaluated {} VM(s): {} ({} ms)",
-            specs.len(),
-            specs
-                .iter()
-                .map(|s| s.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            ms(t.elapsed())
-        ));
-
-        // 3. Build.
-        let t = Instant::now();
-        log.line(&format!("building {CLOSURE_ATTR}"));
-        let built = {
-            let mut sink = |l: &str| log.line(l);
-            self.nix
-                .build(&format!("{flake}#{CLOSURE_ATTR}"), Some(&mut sink))
-                .await
-        };
-        let closure = match built {
-            Ok(paths) => paths,
-            Err(e) => {
-                return Err(JobError::Build {
-                    attr: CLOSURE_ATTR,
-                    summary: summary(&e),
-                    source: e,
-                });
-            }
-        };
-        let roots: Vec<String> = {
-            let mut r: Vec<String> = specs
-                .iter()
-                .flat_map(|s| s.store_roots())
-                .map(str::to_owned)
-                .collect();
-            r.sort();
-            r.dedup();
-            r
-        };
-        let missing = self
-            .nix
-            .missing_paths(&roots)
-            .await
-            .map_err(|e| JobError::Build {
-                attr: CLOSURE_ATTR,
-                summary: summary(&e),
-                source: e,
-            })?;
-        if !missing.is_empty() {
-            return Err(JobError::Specs {
-                attr: SPECS_ATTR,
-                reason: format!(
-                    "paths the specs boot were not built by {CLOSURE_ATTR}: {}",
-                    missing.join(", ")
-                ),
-            });
-        }
-        timings["build_ms"] = ms(t.elapsed()).into();
-        log.line(&format!(
-            "built {} ({} ms)",
-            closure.join(" "),
-            ms(t.elapsed())
-        ));
-
-        let (intent, specs_json) = intent_hash(&specs);
+        let intent = commands::types::intent_hash(&specs);
         if job.git_ref != self.deploy_ref {
-            return self
-                .db
-                .succeed_without_generation(job.id, &specs_json)
-                .map(|()| None)
-                .map_err(Into::into);
+            self.db
+                .succeed_without_generation(job.id, &intent.canonical_json)?;
+            return Ok(None);
         }
 
-        // 4. Upload and pin. The generation number is chosen first so the
-        // pin can carry it.
+        // The generation number is chosen before the upload so the pin can
+        // carry it.
         let number = self.db.next_generation(self.publisher.remote_active())?;
-        let t = Instant::now();
-        if let Some(cache) = &self.cache {
-            log.line(&format!("copying the closure to {} (zstd)", cache.url));
-            let copied = {
-                let mut sink = |l: &str| log.line(l);
-                self.nix
-                    .copy_to(
-                        &cache.url,
-                        &closure,
-                        "zstd",
-                        cache.netrc.as_deref(),
-                        Some(&mut sink),
-                    )
-                    .await
-            };
-            copied.map_err(|e| JobError::Upload {
-                summary: summary(&e),
-                source: e,
-            })?;
-            pin(cache, &format!("generation-{number}"), &closure).await?;
-            log.line(&format!(
-                "pinned as generation-{number} ({} ms)",
-                ms(t.elapsed())
-            ));
-        } else {
-            log.line("no --cache configured: closures stay in the local store");
-        }
-        timings["upload_ms"] = ms(t.elapsed()).into();
-
-        // 5. Publish; record the generation whether or not the control
-        // plane is reachable right now (it gets it on reconnect), but not
-        // when it refuses it.
-        let t = Instant::now();
+        timed(
+            &mut timings.upload_ms,
+            upload(&self.nix, self.cache.as_ref(), &closure, number, log),
+        )
+        .await?;
         let generation = Generation {
             number,
             job_id: job.id,
             commit: job.commit.clone(),
-            intent_hash: intent.clone(),
-            closure: closure.join(" "),
+            intent_hash: intent.hash,
+            closure: closure.paths.join(" "),
             created_at_ms: commands::telemetry::now_ms() as i64,
-            specs_json,
+            specs_json: intent.canonical_json,
         };
-        log.line(&format!(
-            "publishing generation {number} (intentHash {intent})"
-        ));
-        match self.publisher.publish(generation.clone()).await {
-            Ok(p) => {
-                log.line(&format!(
-                    "control plane accepted generation {number}: {} placed{}{}",
-                    p.placed,
-                    if p.noop { ", no-op" } else { "" },
-                    p.unplaced
-                        .iter()
-                        .map(|(n, r)| format!("; {n} unplaced: {r}"))
-                        .collect::<String>()
-                ));
-            }
-            Err(PublishError::Unavailable(why)) => {
-                log.line(&format!("control plane unreachable ({why}); generation {number} is published when it connects"));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.db.record_generation(&generation)?;
-        timings["publish_ms"] = ms(t.elapsed()).into();
+        timed(
+            &mut timings.publish_ms,
+            publish(&self.publisher, &self.db, &generation, log),
+        )
+        .await?;
         Ok(Some(number))
     }
+}
+
+/// Runs one step and, when it succeeds, records how long it took in `slot`
+/// (a failed step leaves its timing out, as the job never finished it).
+async fn timed<T>(
+    slot: &mut Option<u64>,
+    step: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    let t = Instant::now();
+    let out = step.await?;
+    *slot = Some(ms(t.elapsed()));
+    Ok(out)
+}
+
+/// The bare mirror a repository is fetched into: one per repository URL,
+/// named by a hash of it so any URL makes a safe directory name.
+fn mirror_dir(data_dir: &Path, repo: &str) -> PathBuf {
+    data_dir.join("mirrors").join(format!(
+        "{}.git",
+        &format!("{:x}", Sha256::digest(repo.as_bytes()))[..16]
+    ))
+}
+
+/// A commit's tree written out as plain files: what the flake is
+/// evaluated and built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    pub dir: PathBuf,
+}
+
+impl Checkout {
+    /// `path:` evaluates exactly the files written by `fetch` (a git+file
+    /// flake would see only tracked files, design §9).
+    pub fn flake_attr(&self, attr: &str) -> String {
+        format!("path:{}#{attr}", self.dir.display())
+    }
+}
+
+/// What `build` produced: the output paths of `procurator.closure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closure {
+    pub paths: Vec<String>,
+}
+
+/// Step `fetch`: fetches `repo` into its mirror and writes `commit`'s tree
+/// into `work_dir` (emptied first).
+pub async fn fetch(
+    repo: &str,
+    commit: &str,
+    mirror: &Path,
+    work_dir: &Path,
+    log: &mut JobLog,
+) -> Result<Checkout, JobError> {
+    let t = Instant::now();
+    let _ = std::fs::remove_dir_all(work_dir);
+    log.line(&format!("fetching {repo}"));
+    let (repo_url, rev, mirror, dest) = (
+        repo.to_owned(),
+        commit.to_owned(),
+        mirror.to_owned(),
+        work_dir.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || -> Result<String, GitError> {
+        let repo = git::fetch_mirror(&repo_url, &mirror)?;
+        git::checkout_commit(&repo, &rev, &dest)
+    })
+    .await
+    .map_err(|e| JobError::Join(e.to_string()))??;
+    log.line(&format!("checked out {commit} ({} ms)", ms(t.elapsed())));
+    Ok(Checkout {
+        dir: work_dir.to_owned(),
+    })
+}
+
+/// Step `evaluate`: evaluates `procurator.vmSpecs` and validates every
+/// spec. nix's stderr goes to the log when evaluation fails.
+pub async fn evaluate(
+    nix: &Nix,
+    checkout: &Checkout,
+    log: &mut JobLog,
+) -> Result<Vec<VmSpec>, JobError> {
+    let t = Instant::now();
+    log.line(&format!("evaluating {SPECS_ATTR}"));
+    let value = match nix.eval_json(&checkout.flake_attr(SPECS_ATTR)).await {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some(s) = e.stderr() {
+                for l in s.lines() {
+                    log.line(l);
+                }
+            }
+            return Err(JobError::Eval {
+                attr: SPECS_ATTR,
+                summary: summary(&e),
+                source: e,
+            });
+        }
+    };
+    let specs = parse_specs(value)?;
+    log.line(&format!(
+        "evaluated {} VM(s): {} ({} ms)",
+        specs.len(),
+        specs
+            .iter()
+            .map(|s| s.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ms(t.elapsed())
+    ));
+    Ok(specs)
+}
+
+/// Every store path the specs boot, sorted and without repeats.
+fn store_roots(specs: &[VmSpec]) -> Vec<String> {
+    let mut r: Vec<String> = specs
+        .iter()
+        .flat_map(|s| s.store_roots())
+        .map(str::to_owned)
+        .collect();
+    r.sort();
+    r.dedup();
+    r
+}
+
+/// Step `build`: builds `procurator.closure` (nix's build log goes to the
+/// job log) and checks that it holds every path the specs boot.
+pub async fn build(
+    nix: &Nix,
+    checkout: &Checkout,
+    specs: &[VmSpec],
+    log: &mut JobLog,
+) -> Result<Closure, JobError> {
+    let t = Instant::now();
+    log.line(&format!("building {CLOSURE_ATTR}"));
+    let build_failed = |e: NixError| JobError::Build {
+        attr: CLOSURE_ATTR,
+        summary: summary(&e),
+        source: e,
+    };
+    let built = {
+        let mut sink = |l: &str| log.line(l);
+        nix.build(&checkout.flake_attr(CLOSURE_ATTR), Some(&mut sink))
+            .await
+    };
+    let paths = built.map_err(build_failed)?;
+    let missing = nix
+        .missing_paths(&store_roots(specs))
+        .await
+        .map_err(build_failed)?;
+    if !missing.is_empty() {
+        return Err(JobError::Specs {
+            attr: SPECS_ATTR,
+            reason: format!(
+                "paths the specs boot were not built by {CLOSURE_ATTR}: {}",
+                missing.join(", ")
+            ),
+        });
+    }
+    log.line(&format!(
+        "built {} ({} ms)",
+        paths.join(" "),
+        ms(t.elapsed())
+    ));
+    Ok(Closure { paths })
+}
+
+/// Step `upload`: copies the closure to the cache and pins it as
+/// `generation-<number>`; without a cache the closure stays local.
+pub async fn upload(
+    nix: &Nix,
+    cache: Option<&CacheTarget>,
+    closure: &Closure,
+    number: i64,
+    log: &mut JobLog,
+) -> Result<(), JobError> {
+    let t = Instant::now();
+    let Some(cache) = cache else {
+        log.line("no --cache configured: closures stay in the local store");
+        return Ok(());
+    };
+    log.line(&format!("copying the closure to {} (zstd)", cache.url));
+    let copied = {
+        let mut sink = |l: &str| log.line(l);
+        nix.copy_to(
+            &cache.url,
+            &closure.paths,
+            "zstd",
+            cache.netrc.as_deref(),
+            Some(&mut sink),
+        )
+        .await
+    };
+    copied.map_err(|e| JobError::Upload {
+        summary: summary(&e),
+        source: e,
+    })?;
+    crate::pin::pin(
+        &cache.url,
+        cache.token.as_deref(),
+        &format!("generation-{number}"),
+        &closure.paths,
+    )
+    .await
+    .map_err(JobError::Pin)?;
+    log.line(&format!(
+        "pinned as generation-{number} ({} ms)",
+        ms(t.elapsed())
+    ));
+    Ok(())
+}
+
+/// Step `publish`: hands the generation to the control plane and records
+/// it, whether or not the control plane is reachable right now (it gets it
+/// on reconnect), but not when it refuses it.
+pub async fn publish(
+    publisher: &Publisher,
+    db: &Db,
+    generation: &Generation,
+    log: &mut JobLog,
+) -> Result<(), JobError> {
+    let number = generation.number;
+    log.line(&format!(
+        "publishing generation {number} (intentHash {})",
+        generation.intent_hash
+    ));
+    match publisher.publish(generation.clone()).await {
+        Ok(p) => {
+            log.line(&format!(
+                "control plane accepted generation {number}: {} placed{}{}",
+                p.placed,
+                if p.noop { ", no-op" } else { "" },
+                p.unplaced
+                    .iter()
+                    .map(|(n, r)| format!("; {n} unplaced: {r}"))
+                    .collect::<String>()
+            ));
+        }
+        Err(PublishError::Unavailable(why)) => {
+            log.line(&format!("control plane unreachable ({why}); generation {number} is published when it connects"));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    db.record_generation(generation)?;
+    Ok(())
 }
 
 /// Parses the evaluated list, naming the VM whose spec is wrong.
@@ -438,36 +549,6 @@ fn parse_specs(value: serde_json::Value) -> Result<Vec<VmSpec>, JobError> {
     Ok(specs)
 }
 
-/// `PUT /_pcr/pins/<name>` so the cache keeps this closure while the
-/// generation may run.
-async fn pin(cache: &CacheTarget, name: &str, paths: &[String]) -> Result<(), JobError> {
-    let url = format!("{}/_pcr/pins/{name}", cache.url.trim_end_matches('/'));
-    let mut headers = Vec::new();
-    if let Some(t) = &cache.token {
-        headers.push((
-            http::header::AUTHORIZATION,
-            crate::http_client::basic_auth("pcr", t),
-        ));
-    }
-    let body = serde_json::to_vec(&serde_json::json!({ "paths": paths })).expect("json");
-    let (status, body) = crate::http_client::send(
-        http::Method::PUT,
-        &url,
-        &headers,
-        Some(("application/json".into(), body)),
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|e| JobError::Pin(e.to_string()))?;
-    if !status.is_success() {
-        return Err(JobError::Pin(format!(
-            "{url} answered {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,9 +567,9 @@ mod tests {
         let a = parse_specs(serde_json::json!([spec("a", "h1"), spec("b", "h2")])).unwrap();
         let b = parse_specs(serde_json::json!([spec("b", "h2"), spec("a", "h1")])).unwrap();
         let c = parse_specs(serde_json::json!([spec("a", "h1"), spec("b", "h3")])).unwrap();
-        assert_eq!(intent_hash(&a).0, intent_hash(&b).0);
-        assert_ne!(intent_hash(&a).0, intent_hash(&c).0);
-        assert_eq!(intent_hash(&a).0.len(), 64);
+        assert_eq!(intent_hash(&a).hash, intent_hash(&b).hash);
+        assert_ne!(intent_hash(&a).hash, intent_hash(&c).hash);
+        assert_eq!(intent_hash(&a).hash.as_str().len(), 64);
     }
 
     #[test]
@@ -504,5 +585,145 @@ mod tests {
             .to_string();
         assert!(err.contains("appears twice"), "{err}");
         assert!(parse_specs(serde_json::json!({})).is_err());
+    }
+
+    /// A job log in a temp dir and a way to read it back.
+    fn temp_log(dir: &Path) -> (JobLog, PathBuf) {
+        let path = dir.join("job.log");
+        (JobLog::open(&path).unwrap(), path)
+    }
+
+    /// A repository with one commit holding `flake.nix`.
+    fn repo_with_commit(dir: &Path) -> String {
+        let repo = git2::Repository::init(dir).unwrap();
+        std::fs::write(dir.join("flake.nix"), "{ }").unwrap();
+        let mut idx = repo.index().unwrap();
+        idx.add_path(Path::new("flake.nix")).unwrap();
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "one", &tree, &[])
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn mirrors_are_named_by_repository() {
+        let a = mirror_dir(Path::new("/d"), "/srv/a.git");
+        assert_eq!(a, mirror_dir(Path::new("/d"), "/srv/a.git"));
+        assert_ne!(a, mirror_dir(Path::new("/d"), "/srv/b.git"));
+        assert!(a.starts_with("/d/mirrors"));
+        assert_eq!(a.file_name().unwrap().len(), "0123456789abcdef.git".len());
+        let c = Checkout {
+            dir: PathBuf::from("/w/job-1"),
+        };
+        assert_eq!(c.flake_attr(SPECS_ATTR), "path:/w/job-1#procurator.vmSpecs");
+    }
+
+    #[tokio::test]
+    async fn fetch_writes_the_commit_tree_and_logs_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let commit = repo_with_commit(&src);
+        let work = tmp.path().join("work/job-1");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(work.join("stale"), "from an earlier attempt").unwrap();
+        let (mut log, log_file) = temp_log(tmp.path());
+        let checkout = fetch(
+            src.to_str().unwrap(),
+            &commit,
+            &tmp.path().join("mirrors/m.git"),
+            &work,
+            &mut log,
+        )
+        .await
+        .unwrap();
+        assert_eq!(checkout.dir, work);
+        assert_eq!(
+            std::fs::read_to_string(work.join("flake.nix")).unwrap(),
+            "{ }"
+        );
+        assert!(!work.join("stale").exists(), "the work dir starts empty");
+        let text = std::fs::read_to_string(&log_file).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "fetching {}\nchecked out {commit} (",
+                src.display()
+            )),
+            "{text}"
+        );
+
+        let err = fetch(
+            src.to_str().unwrap(),
+            &"b".repeat(40),
+            &tmp.path().join("mirrors/m.git"),
+            &work,
+            &mut log,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, JobError::Git(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn upload_without_a_cache_keeps_the_closure_local() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, log_file) = temp_log(tmp.path());
+        let closure = Closure {
+            paths: vec!["/nix/store/x".into()],
+        };
+        upload(&Nix::new(), None, &closure, 1, &mut log)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log_file).unwrap(),
+            "no --cache configured: closures stay in the local store\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn publish_records_the_generation_while_the_control_plane_is_away() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
+        let (job, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        let specs = parse_specs(serde_json::json!([spec("a", "h1")])).unwrap();
+        let intent = intent_hash(&specs);
+        let generation = Generation {
+            number: 1,
+            job_id: job,
+            commit: "c1".into(),
+            intent_hash: intent.hash.clone(),
+            closure: "/nix/store/x".into(),
+            created_at_ms: 0,
+            specs_json: intent.canonical_json,
+        };
+        let (mut log, log_file) = temp_log(tmp.path());
+        publish(&Publisher::disabled(), &db, &generation, &mut log)
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&log_file).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "publishing generation 1 (intentHash {})\ncontrol plane unreachable (no --control-plane configured); generation 1 is published when it connects\n",
+                intent.hash
+            )
+        );
+        let recorded = db.latest_generation().unwrap().unwrap();
+        assert_eq!((recorded.number, recorded.intent_hash), (1, intent.hash));
+        assert_eq!(
+            db.job(job).unwrap().unwrap().state,
+            crate::db::JobState::Succeeded
+        );
+    }
+
+    #[tokio::test]
+    async fn timed_records_only_finished_steps() {
+        let mut t = Timings::default();
+        timed(&mut t.fetch_ms, async { Ok(()) }).await.unwrap();
+        let failed: Result<(), JobError> =
+            timed(&mut t.eval_ms, async { Err(JobError::Join("x".into())) }).await;
+        assert!(failed.is_err());
+        assert!(t.fetch_ms.is_some());
+        assert_eq!(t.eval_ms, None);
     }
 }

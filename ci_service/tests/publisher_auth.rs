@@ -42,7 +42,7 @@ fn generation(number: i64) -> Generation {
         number,
         job_id: 1,
         commit: "a".repeat(40),
-        intent_hash: format!("intent-{number}"),
+        intent_hash: format!("intent-{number}").into(),
         closure: String::new(),
         created_at_ms: 0,
         specs_json: serde_json::json!([spec]).to_string(),

@@ -15,8 +15,10 @@ pub mod master_capnp {
 }
 
 pub mod auth;
+pub mod ci_api;
 pub mod client;
 pub mod convert;
+pub mod http;
 pub mod rpc;
 pub mod service;
 pub mod telemetry;

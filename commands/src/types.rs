@@ -562,16 +562,64 @@ pub struct VmStatus {
 /// A label of a worker (placement constraint target).
 pub type Labels = BTreeMap<String, String>;
 
+/// A generation's intentHash: the sha256 (hex) of its specs' canonical
+/// JSON. Two generations with the same intentHash want the same VMs, which
+/// is what makes re-publishing a no-op. The text is not validated here: a
+/// hash given by hand (`pcr-test --intent-hash`) or read back from the
+/// control plane is carried as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IntentHash(String);
+
+impl IntentHash {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl From<String> for IntentHash {
+    fn from(s: String) -> Self {
+        IntentHash(s)
+    }
+}
+
+impl From<&str> for IntentHash {
+    fn from(s: &str) -> Self {
+        IntentHash(s.to_owned())
+    }
+}
+
+impl fmt::Display for IntentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a generation's intent is made of: the specs' canonical JSON
+/// (sorted by name; CI stores it as the generation's specs) and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub hash: IntentHash,
+    pub canonical_json: String,
+}
+
 /// The canonical JSON of a generation's specs (sorted by name) and its
 /// sha256 in hex: the intentHash. Equal exactly when the desired state is
 /// equal, so CI and `pcr-test` agree and re-publishing is a no-op.
-pub fn intent_hash(specs: &[VmSpec]) -> (String, String) {
+pub fn intent_hash(specs: &[VmSpec]) -> Intent {
     use sha2::{Digest, Sha256};
     let mut sorted: Vec<&VmSpec> = specs.iter().collect();
     sorted.sort_by(|a, b| a.name().cmp(b.name()));
     let json = serde_json::to_string(&sorted).expect("VmSpec serializes");
     let digest = Sha256::digest(json.as_bytes());
-    (digest.iter().map(|b| format!("{b:02x}")).collect(), json)
+    Intent {
+        hash: IntentHash(digest.iter().map(|b| format!("{b:02x}")).collect()),
+        canonical_json: json,
+    }
 }
 
 #[cfg(test)]

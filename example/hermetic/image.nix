@@ -1,9 +1,15 @@
-# A fake VM image built by builtins-only derivations: /bin/sh as the builder,
+# A tiny VM image built by builtins-only derivations: /bin/sh as the builder,
 # no PATH, shell builtins only (echo, redirections), so it builds with
 # Debian's nix, no nixpkgs and no network. Each part is a single file: a
-# "kernel" and an "initrd" shared by every group, a per-group "disk" holding
+# kernel and an "initrd" shared by every group, a per-group "disk" holding
 # the profile's files, and a per-group "toplevel" that names the other three
 # (so they are its runtime references, like a real NixOS system's).
+#
+# The kernel boots for real: a PVH ELF (guest/pvh.S) assembled and linked
+# with the host's binutils by absolute path (/usr/bin/as, /usr/bin/ld; the
+# example builds with the sandbox off). It prints "pcr-guest: NAME is up" on
+# the serial console, NAME from `systemd.hostname=` on its command line,
+# and idles; the initrd and disk are still placeholders it never reads.
 #
 # Tests edit this file and vms.nix as text (ci_service's tests slow the disk
 # build down by replacing its one-line builder): keep the disk builder's
@@ -18,10 +24,23 @@ let
     args = [ "-c" script ];
   };
 
-  kernel = mkFile "fake-kernel" ''echo "procurator fake kernel" > "$out"'';
+  kernel = derivation {
+    name = "pvh-guest-kernel";
+    inherit system;
+    builder = "/bin/sh";
+    args = [ "-c" ''
+      /usr/bin/as --64 -o pvh.o "$src" &&
+      /usr/bin/ld -T "$script" --build-id=none --no-warn-rwx-segments -nostdlib -static -o "$out" pvh.o
+    '' ];
+    src = ./guest/pvh.S;
+    script = ./guest/pvh.ld;
+  };
   initrd = mkFile "fake-initrd" ''echo "procurator fake initrd" > "$out"'';
 in
 {
+  # The guest kernel on its own, for tests that check or boot it.
+  inherit kernel;
+
   # The mkImage function evalCluster calls: { group, profile } -> paths.
   # `knobs` carries the example's per-group test knobs (message, failBuild).
   mkImage = knobs: { group, profile }:

@@ -241,6 +241,31 @@ pub fn log(repo: &Repository, rev: &str, limit: usize) -> Result<Vec<CommitInfo>
     Ok(out)
 }
 
+/// Quotes `s` for a POSIX shell: single quotes, with embedded ones closed,
+/// escaped and reopened. Every value a hook script embeds goes through it.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Writes `script` as the executable (0755) hook `name` (e.g.
+/// `post-receive`) of `repo` (the git dir: a bare repository's own
+/// directory), creating `hooks/` when missing. Returns the hook's path.
+/// The caller decides what the hook runs; this is only the one place that
+/// knows where hooks live and how they must be written.
+pub fn install_hook(repo: &Path, name: &str, script: &str) -> Result<PathBuf, GitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let hooks = repo.join("hooks");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| GitError::Io { path, source }
+    };
+    fs::create_dir_all(&hooks).map_err(io(&hooks))?;
+    let path = hooks.join(name);
+    fs::write(&path, script).map_err(io(&path))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io(&path))?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,5 +365,24 @@ mod tests {
             panic!("fetching a missing repository succeeded")
         };
         assert!(matches!(err, GitError::Fetch { .. }), "{err}");
+    }
+
+    #[test]
+    fn hooks_are_quoted_and_executable() {
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+        assert_eq!(sh_quote(""), "''");
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("r.git");
+        let path = install_hook(&repo, "post-receive", "#!/bin/sh\nexit 0\n").unwrap();
+        assert_eq!(path, repo.join("hooks/post-receive"));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexit 0\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        // Installing again replaces the script.
+        install_hook(&repo, "post-receive", "#!/bin/sh\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\n");
     }
 }

@@ -122,13 +122,12 @@ pub struct TokenInfo {
     pub last_used_ms: Option<i64>,
 }
 
+/// One push in the outbox: the event ci_service is sent, and how often
+/// sending it was tried.
 #[derive(Debug, Clone)]
-pub struct PushEvent {
+pub struct QueuedPush {
     pub id: i64,
-    pub repo_path: String,
-    pub ref_name: String,
-    pub old: String,
-    pub new: String,
+    pub event: commands::ci_api::PushEvent,
     pub attempts: i64,
 }
 
@@ -465,19 +464,21 @@ impl Db {
         Ok(c.last_insert_rowid())
     }
 
-    pub fn due_pushes(&self, limit: i64) -> Result<Vec<PushEvent>, DbError> {
+    pub fn due_pushes(&self, limit: i64) -> Result<Vec<QueuedPush>, DbError> {
         let c = self.lock();
         let mut st = c.prepare(
             "SELECT id, repo_path, ref_name, old, new, attempts FROM push_events
              WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = st.query_map(params![now_ms(), limit], |r| {
-            Ok(PushEvent {
+            Ok(QueuedPush {
                 id: r.get(0)?,
-                repo_path: r.get(1)?,
-                ref_name: r.get(2)?,
-                old: r.get(3)?,
-                new: r.get(4)?,
+                event: commands::ci_api::PushEvent {
+                    repo: r.get(1)?,
+                    git_ref: r.get(2)?,
+                    old: r.get(3)?,
+                    new: r.get(4)?,
+                },
                 attempts: r.get(5)?,
             })
         })?;

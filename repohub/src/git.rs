@@ -7,7 +7,6 @@
 //! come from the object header before the content is loaded, so a 50 MB
 //! file costs a header read, not 50 MB of memory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use git2::{ObjectType, Oid, Repository, RepositoryInitOptions};
@@ -27,7 +26,7 @@ pub enum GitError {
     #[error("git")]
     Git(#[from] git2::Error),
     #[error("writing the hook")]
-    Io(#[from] std::io::Error),
+    Hook(#[from] repo_outils::git::GitError),
     #[error("not found")]
     NotFound,
     #[error(transparent)]
@@ -65,13 +64,10 @@ pub fn create_bare(dir: &Path, spool: &Path) -> Result<(), GitError> {
     Ok(())
 }
 
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// The hook only writes one file and exits 0: it never waits on the network
 /// and never fails the push. repohub's notifier picks the file up.
 pub fn install_hook(dir: &Path, spool: &Path) -> Result<(), GitError> {
+    use repo_outils::git::sh_quote;
     let script = format!(
         "#!/bin/sh\n\
          # Installed by repohub: records pushed refs for delivery to ci_service.\n\
@@ -84,12 +80,7 @@ pub fn install_hook(dir: &Path, spool: &Path) -> Result<(), GitError> {
         spool = sh_quote(&spool.to_string_lossy()),
         repo = sh_quote(&dir.to_string_lossy()),
     );
-    let path = dir.join("hooks").join("post-receive");
-    std::fs::create_dir_all(dir.join("hooks"))?;
-    let mut f = std::fs::File::create(&path)?;
-    f.write_all(script.as_bytes())?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    repo_outils::git::install_hook(dir, "post-receive", &script)?;
     Ok(())
 }
 
@@ -506,10 +497,5 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(dedup.len(), full.len(), "no commit twice");
-    }
-
-    #[test]
-    fn hook_quotes_paths() {
-        assert_eq!(sh_quote("a'b"), "'a'\\''b'");
     }
 }

@@ -103,7 +103,7 @@ impl AppState {
             db,
             repos_root,
             spool,
-            ci: ci::CiClient::new(config.ci_url.clone(), config.ci_secret.clone())?,
+            ci: ci::client(config.ci_url.clone(), config.ci_secret.clone())?,
             control_plane: config.control_plane.clone(),
             control_plane_token: config.control_plane_token.clone(),
             kdf: config.kdf,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::ci::{CiClient, PushNotice};
+use crate::ci::CiClient;
 use crate::db::{Db, DbError, now_ms};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,15 +105,9 @@ pub async fn deliver_due(db: &Db, ci: &CiClient, backoff: &Backoff) -> Result<us
     }
     let mut delivered = 0;
     for ev in db.due_pushes(50)? {
-        let notice = PushNotice {
-            repo: &ev.repo_path,
-            ref_name: &ev.ref_name,
-            old: &ev.old,
-            new: &ev.new,
-        };
-        match ci.notify_push(&notice).await {
+        match ci.push(&ev.event).await.map(|reply| reply.job_id) {
             Ok(job) => {
-                tracing::info!(event = ev.id, repo = %ev.repo_path, r#ref = %ev.ref_name, job_id = ?job, "push delivered to ci_service");
+                tracing::info!(event = ev.id, repo = %ev.event.repo, r#ref = %ev.event.git_ref, job_id = ?job, "push delivered to ci_service");
                 db.push_delivered(ev.id, job)?;
                 delivered += 1;
             }

@@ -62,7 +62,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
         .repo_dir("demo", "cluster")
         .to_string_lossy()
         .into_owned();
-    let ci = repohub::ci::CiClient::new(Some(ci_url.clone()), None).unwrap();
+    let ci = repohub::ci::client(Some(ci_url.clone()), None).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let job = loop {
         let jobs = ci.jobs(&repo_path, 5).await.unwrap_or_default();
@@ -78,9 +78,9 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(job.ref_name, "refs/heads/main");
+    assert_eq!(job.git_ref, "refs/heads/main");
     let full = ci.job(job.id).await.unwrap();
-    assert_eq!(job.state, "succeeded", "{full:?}");
+    assert_eq!(job.state.as_str(), "succeeded", "{full:?}");
 
     let page = ann.get("/demo").await;
     assert!(

@@ -12,9 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use commands::convert;
+use commands::client::WorkerClient;
 use commands::types::{VmId, VmSpec};
-use commands::worker_capnp::worker as wrpc;
 use testkit::fixtures::{make_store, spec_with};
 use testkit::services::{WorkerArgs, start_worker as start_worker_proc};
 use testkit::{Log, Proc, Reaper};
@@ -56,28 +55,19 @@ fn start_worker(dir: &Path) -> Proc {
     start_worker_proc(&w, Log::Inherit)
 }
 
-async fn create(w: &wrpc::Client, spec: &VmSpec) -> VmId {
-    let mut req = w.create_vm_request();
-    convert::vm_spec_to_capnp(spec, req.get().init_spec());
-    let resp = req.send().promise.await.unwrap();
-    let r = convert::result_from_capnp(resp.get().unwrap().get_result().unwrap()).unwrap();
-    convert::vm_status_from_capnp(r.unwrap_or_else(|e| panic!("create failed: {e}")))
-        .unwrap()
+async fn create(w: &WorkerClient, spec: &VmSpec) -> VmId {
+    w.create_vm(spec)
+        .await
+        .unwrap_or_else(|e| panic!("create failed: {e}"))
         .id
 }
 
-async fn delete(w: &wrpc::Client, id: &VmId) {
-    let mut req = w.delete_vm_request();
-    req.get().set_id(id.as_str());
-    let resp = req.send().promise.await.unwrap();
-    convert::result_from_capnp(resp.get().unwrap().get_result().unwrap())
-        .unwrap()
-        .unwrap();
+async fn delete(w: &WorkerClient, id: &VmId) {
+    w.delete_vm(id).await.unwrap();
 }
 
-async fn list_len(w: &wrpc::Client) -> u32 {
-    let resp = w.list_vms_request().send().promise.await.unwrap();
-    resp.get().unwrap().get_vms().unwrap().len()
+async fn list_len(w: &WorkerClient) -> usize {
+    w.list_vms().await.unwrap().len()
 }
 
 fn main() {
@@ -100,10 +90,9 @@ fn main() {
         let rd = RunDir::open(&d.join("direct")).unwrap();
         let worker_proc = start_worker(&d);
         let (wpid, addr) = (worker_proc.pid(), worker_proc.addr.clone());
-        let (conn, _session) = commands::rpc::connect_worker(&addr, Duration::from_secs(5), "")
+        let w = WorkerClient::connect(&addr, Duration::from_secs(5), "")
             .await
             .unwrap();
-        let w = conn.client.clone();
         let mut direct = Vec::with_capacity(n);
         let mut through = Vec::with_capacity(n);
         for i in 0..n {
@@ -152,9 +141,9 @@ fn main() {
             let batch = (vms - created).min(16);
             let futs: Vec<_> = (0..batch)
                 .map(|j| {
-                    let w = w.clone();
+                    let w = &w;
                     let s = spec(&format!("scale-{}", created + j));
-                    async move { create(&w, &s).await }
+                    async move { create(w, &s).await }
                 })
                 .collect();
             all.extend(futures::future::join_all(futs).await);
@@ -167,15 +156,14 @@ fn main() {
         let mut lists = Vec::new();
         for _ in 0..20 {
             let t = Instant::now();
-            assert_eq!(list_len(&w).await as usize, vms);
+            assert_eq!(list_len(&w).await, vms);
             lists.push(t.elapsed());
         }
         let ml = median(&mut lists);
         let sim_pids: Vec<u32> = {
             // RSS of a few ch-sim processes (pids from the worker's list).
-            let resp = w.list_vms_request().send().promise.await.unwrap();
-            let l = resp.get().unwrap().get_vms().unwrap();
-            l.iter().take(10).map(|v| v.get_pid()).collect()
+            let l = w.list_vms().await.unwrap();
+            l.iter().take(10).map(|v| v.pid.unwrap_or(0)).collect()
         };
         println!(
             "{vms} VMs on one worker (created 16 at a time in {:.1} s):",
@@ -200,7 +188,7 @@ fn main() {
             futures::future::join_all(chunk.iter().map(|id| delete(&w, id))).await;
         }
         println!("  deleted {vms} VMs in {:.1} s", t.elapsed().as_secs_f64());
-        conn.close().await;
+        w.close().await;
         drop(worker_proc);
     });
 }

@@ -3,7 +3,8 @@
 //!
 //! `run(config, listener, shutdown)` is the whole daemon; the `worker`
 //! binary is a thin clap wrapper around it and tests call it on port 0.
-//! Layers: `server::Server` (stateless RPC) → `node::CommandSender` →
+//! Layers: `server::Server` (stateless `WorkerApi`, served by
+//! `commands::service::worker`) → `node::CommandSender` →
 //! `node::Node` → `manager::VmManager<B>` (sole owner of VM state) →
 //! `vmm::VmmBackend` (`CloudHypervisorBackend` in production).
 
@@ -47,6 +48,8 @@ pub struct Config {
     pub labels: Labels,
     /// TAP NIC per VM; `None` unless the host module set up the network.
     pub tap: Option<TapConfig>,
+    /// How VM disks are made (overlay or copy) and console history bounded.
+    pub files: rundir::VmFileOptions,
     pub stop_vms_on_exit: bool,
     pub socket_timeout: Duration,
     pub api_timeout: Duration,
@@ -80,6 +83,7 @@ impl Config {
             },
             labels: Labels::new(),
             tap: None,
+            files: rundir::VmFileOptions::default(),
             stop_vms_on_exit: false,
             socket_timeout: Duration::from_secs(5),
             api_timeout: Duration::from_secs(10),
@@ -127,6 +131,7 @@ pub async fn run(
         store_root: config.store_root.clone(),
         stop_vms_on_exit: config.stop_vms_on_exit,
         shutdown_timeout: config.shutdown_timeout,
+        files: config.files,
         version: VERSION.to_owned(),
     };
     let registration = control_plane::state::Registration {
@@ -142,9 +147,9 @@ pub async fn run(
     drop(_g);
     // The capability handed to the control plane at registration: whoever
     // holds it was given it (admins through getWorker), so it needs no login.
-    let client = server::Server::new(node.sender()).client();
-    let auth = std::rc::Rc::new(config.auth.clone());
-    let login_sender = node.sender();
+    let cap = server::worker_cap(node.sender());
+    let auth = config.auth.clone();
+    let serve_sender = node.sender();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
@@ -157,17 +162,12 @@ pub async fn run(
                 tokio::task::spawn_local(reconciler::run(
                     rc,
                     node.sender(),
-                    client.clone(),
+                    cap.clone(),
                     shutdown.clone(),
                 ))
             });
             let node_task = tokio::spawn(node.run(shutdown.clone()));
-            let make = move |_, _| {
-                server::Login::new(login_sender.clone(), std::rc::Rc::clone(&auth))
-                    .client()
-                    .client
-            };
-            commands::rpc::serve_per_connection(listener, make, shutdown).await;
+            server::serve(listener, serve_sender, auth, shutdown).await;
             if let Some(r) = reconciler {
                 let _ = r.await;
             }

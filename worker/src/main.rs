@@ -52,6 +52,15 @@ struct Args {
     /// Attach a TAP NIC named <prefix><id tail> per VM (hosts set up by the nix host module only).
     #[arg(long, env = "WORKER_TAP_PREFIX")]
     tap_prefix: Option<String>,
+    /// How each VM's disk is made from its store image: `overlay`, a qcow2
+    /// overlay backed by the read-only image (O(1), shares the image's
+    /// blocks), or `copy`, a full raw copy (costs the image's size; for
+    /// images that must not be shared).
+    #[arg(long, env = "WORKER_DISK_MODE", default_value = "overlay")]
+    disk_mode: worker::disk::DiskMode,
+    /// Bound on each VM's console history file; one rotated file is kept.
+    #[arg(long, env = "WORKER_CONSOLE_HISTORY_BYTES", default_value_t = 1024 * 1024)]
+    console_history_bytes: u64,
     /// Stop every VM when the worker exits (default: leave them running for adoption).
     #[arg(long, env = "WORKER_STOP_VMS_ON_EXIT")]
     stop_vms_on_exit: bool,
@@ -160,6 +169,10 @@ async fn real_main(args: Args) -> Result<(), String> {
     };
     config.labels = parse_labels(&args.labels).map_err(|e| format!("--label: {e}"))?;
     config.tap = args.tap_prefix.clone().map(|prefix| TapConfig { prefix });
+    config.files = worker::rundir::VmFileOptions {
+        disk_mode: args.disk_mode,
+        console_max_bytes: args.console_history_bytes,
+    };
     config.stop_vms_on_exit = args.stop_vms_on_exit;
     config.socket_timeout = Duration::from_millis(args.socket_timeout_ms);
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use commands::convert::ErrorCode;
@@ -29,7 +30,7 @@ use crate::dto::{
     WorkerId, WorkerStatus,
 };
 use crate::procfs;
-use crate::rundir::{self, RunDir, RunDirError};
+use crate::rundir::{self, RunDir, RunDirError, VmFileOptions};
 use crate::state::{InvalidTransition, VmEvent, VmPhase};
 use crate::vmm::config::{ChVmState, host_path};
 use crate::vmm::interface::{ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};
@@ -57,7 +58,7 @@ pub enum WorkerError {
         #[source]
         source: VmmError,
     },
-    #[error("copying the disk image failed")]
+    #[error("making the VM's disk failed")]
     Disk(#[from] DiskError),
     #[error("run directory")]
     RunDir(#[from] RunDirError),
@@ -77,7 +78,11 @@ impl WorkerError {
             WorkerError::NotFound(_) => ErrorCode::NotFound,
             WorkerError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             WorkerError::WrongState { .. } => ErrorCode::FailedPrecondition,
-            WorkerError::Disk(DiskError::Missing { .. }) => ErrorCode::FailedPrecondition,
+            WorkerError::Disk(
+                DiskError::Missing { .. }
+                | DiskError::NotRegular { .. }
+                | DiskError::OutsideStore { .. },
+            ) => ErrorCode::FailedPrecondition,
             WorkerError::Vmm {
                 source: VmmError::MissingStorePath { .. },
                 ..
@@ -211,6 +216,8 @@ pub struct ManagerConfig {
     pub stop_vms_on_exit: bool,
     /// How long a delete waits for the guest's `vm.shutdown`.
     pub shutdown_timeout: Duration,
+    /// How VM disks are made and console history bounded.
+    pub files: VmFileOptions,
     pub version: String,
 }
 
@@ -238,6 +245,8 @@ pub struct VmManager<B: VmmBackend> {
     events_rx: mpsc::UnboundedReceiver<Event<B>>,
     next_instance: u64,
     started: Instant,
+    /// A console sync round is running (see `sync_consoles`).
+    console_sync_busy: Arc<AtomicBool>,
 }
 
 /// What makes a VM unique on a worker: its name and contentHash.
@@ -254,7 +263,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl<B: VmmBackend> VmManager<B> {
     pub fn new(backend: B, config: ManagerConfig) -> Result<Self, WorkerError> {
-        let run_dir = RunDir::open(&config.run_dir)?;
+        let run_dir = RunDir::open_with(&config.run_dir, config.files)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Ok(VmManager {
             backend: Arc::new(backend),
@@ -266,6 +275,7 @@ impl<B: VmmBackend> VmManager<B> {
             events_rx,
             next_instance: 0,
             started: Instant::now(),
+            console_sync_busy: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -366,6 +376,8 @@ impl<B: VmmBackend> VmManager<B> {
     /// Serves commands until `shutdown` fires or every sender is gone, then
     /// answers what is still queued with `ShuttingDown`.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut console_sync = tokio::time::interval(rundir::CONSOLE_SYNC_PERIOD);
+        console_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -375,6 +387,7 @@ impl<B: VmmBackend> VmManager<B> {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
+                _ = console_sync.tick() => self.sync_consoles(),
             }
         }
         commands.close();
@@ -600,7 +613,9 @@ impl<B: VmmBackend> VmManager<B> {
             metrics: VmMetrics::default(),
             ch_state: String::new(),
             socket_path: paths.socket.display().to_string(),
-            serial_log_path: paths.serial_log.display().to_string(),
+            // The history, not CH's file: the worker punches what it
+            // copied out of that (see rundir::Console).
+            serial_log_path: self.run_dir.console(&id).history.display().to_string(),
         };
         let vmm = e
             .vmm
@@ -631,22 +646,47 @@ impl<B: VmmBackend> VmManager<B> {
         });
     }
 
+    /// The console across boots: the history the worker keeps, brought up
+    /// to date with what CH wrote since the last sync.
     fn logs(&mut self, id: VmId, lines: u32, reply: Reply<LogTail>) {
         if let Err(err) = self.entry(&id) {
             let _ = reply.send(Err(err));
             return;
         }
-        let path = self.run_dir.paths(&id).serial_log;
+        let console = self.run_dir.console(&id);
         let n = if lines == 0 {
             DEFAULT_LOG_LINES
         } else {
             lines.min(MAX_LOG_LINES)
         } as usize;
         tokio::task::spawn_blocking(move || {
-            let r = rundir::tail_lines(&path, n)
+            let r = console
+                .tail(n)
                 .map(|(lines, truncated)| LogTail { lines, truncated })
-                .map_err(|source| WorkerError::Logs { path, source });
+                .map_err(|source| WorkerError::Logs {
+                    path: console.serial,
+                    source,
+                });
             let _ = reply.send(r);
+        });
+    }
+
+    /// Copies every VM's new serial output into its history before CH can
+    /// truncate it at the guest's next reboot. Skipped while the previous
+    /// round still runs, so a slow disk never piles up tasks.
+    fn sync_consoles(&mut self) {
+        if self.vms.is_empty() || self.console_sync_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let consoles: Vec<_> = self.vms.keys().map(|id| self.run_dir.console(id)).collect();
+        let busy = self.console_sync_busy.clone();
+        tokio::task::spawn_blocking(move || {
+            for c in consoles {
+                if let Err(e) = c.sync() {
+                    tracing::debug!(path = %c.serial.display(), error = %e, "cannot copy console output");
+                }
+            }
+            busy.store(false, Ordering::Release);
         });
     }
 
@@ -795,7 +835,9 @@ async fn create_flow<B: VmmBackend>(
         if let Some(image) = spec.disk_image_path() {
             let from = host_path(store_root, image.as_str());
             let to = paths.disk.clone();
-            tokio::task::spawn_blocking(move || disk::writable_copy(&from, &to))
+            let mode = paths.disk_mode;
+            let root = store_root.to_owned();
+            tokio::task::spawn_blocking(move || disk::make_disk(mode, &root, &from, &to))
                 .await
                 .map_err(|e| DiskError::Copy {
                     from: PathBuf::new(),

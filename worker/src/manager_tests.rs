@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::disk::DiskMode;
 use crate::dto::VmState;
 use crate::node::{CommandSender, Node};
 use crate::vmm::memory::{Fault, MemoryBackend, Step};
@@ -35,6 +36,7 @@ fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {
         store_root: dir.join("store"),
         stop_vms_on_exit,
         shutdown_timeout: Duration::from_millis(200),
+        files: Default::default(),
         version: "test".into(),
     }
 }
@@ -105,9 +107,10 @@ async fn create_list_read_info_delete() {
     assert_eq!(info.ch_state, "Running");
     assert_eq!(info.metrics.disk_read_bytes, 4096);
     assert_eq!(info.spec, spec("web-0"));
+    // The console history the worker keeps across boots, not CH's file.
     assert!(
         info.serial_log_path
-            .ends_with(&format!("{}-serial.log", st.id))
+            .ends_with(&format!("{}-console.log", st.id))
     );
 
     let logs = w.tx.logs(st.id.clone(), 0).await.unwrap();
@@ -139,6 +142,9 @@ async fn failure_at_every_create_step_leaves_nothing_behind() {
     let backend = MemoryBackend::default();
     let w = start(&backend, dir.path(), false);
     let keep = w.tx.create_vm(spec("keep")).await.unwrap();
+    // Reading the logs copies keep's console into its history files now,
+    // so the periodic copy makes none during the loop.
+    w.tx.logs(keep.id.clone(), 0).await.unwrap();
     let before = run_files(dir.path());
 
     for (step, want) in [
@@ -176,42 +182,80 @@ async fn failure_at_every_create_step_leaves_nothing_behind() {
     w.stop().await;
 }
 
+/// Each VM gets its own disk in the run directory, made as `--disk-mode`
+/// says: a raw copy or a qcow2 overlay naming the resolved store image.
 #[tokio::test]
 async fn disk_image_is_copied_writable_and_removed_on_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
-    let mut f = spec("disk").to_fields();
-    f.disk_image_path = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img/disk.raw".into();
-    let with_disk = VmSpec::new(f).unwrap();
+    for mode in [DiskMode::Copy, DiskMode::Overlay] {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = MemoryBackend::default();
+        let mut cfg = config(dir.path(), false);
+        cfg.files.disk_mode = mode;
+        let node = Node::new(backend.clone(), cfg).unwrap();
+        let tx = node.sender();
+        let shutdown = CancellationToken::new();
+        let join = tokio::spawn(node.run(shutdown.clone()));
+        let w = Running { tx, shutdown, join };
+        let mut f = spec("disk").to_fields();
+        f.disk_image_path = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img/disk.raw".into();
+        let with_disk = VmSpec::new(f).unwrap();
 
-    let err = w.tx.create_vm(with_disk.clone()).await.unwrap_err();
-    assert_eq!(
-        err.code(),
-        ErrorCode::FailedPrecondition,
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message()
-            .contains("1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img/disk.raw"),
-        "{}",
-        err.message()
-    );
-    assert!(run_files(dir.path()).is_empty());
-    assert_eq!(backend.live(), 0);
+        let err = w.tx.create_vm(with_disk.clone()).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            ErrorCode::FailedPrecondition,
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message()
+                .contains("1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img/disk.raw"),
+            "{}",
+            err.message()
+        );
+        assert!(run_files(dir.path()).is_empty());
+        assert_eq!(backend.live(), 0);
 
-    let img = dir
-        .path()
-        .join("store/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img");
-    std::fs::create_dir_all(&img).unwrap();
-    std::fs::write(img.join("disk.raw"), b"bootsector").unwrap();
-    let st = w.tx.create_vm(with_disk).await.unwrap();
-    let copy = dir.path().join("run").join(format!("{}.disk", st.id));
-    assert_eq!(std::fs::read(&copy).unwrap(), b"bootsector");
-    w.tx.delete_vm(st.id).await.unwrap();
-    assert!(!copy.exists());
-    w.stop().await;
+        let img = dir
+            .path()
+            .join("store/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img");
+        // A directory where the image should be is refused, naming the field.
+        std::fs::create_dir_all(img.join("disk.raw")).unwrap();
+        let err = w.tx.create_vm(with_disk.clone()).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+        assert!(
+            err.message().contains("diskImagePath") && err.message().contains("not a regular file"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(backend.live(), 0);
+        std::fs::remove_dir(img.join("disk.raw")).unwrap();
+
+        std::fs::write(img.join("disk.raw"), b"bootsector").unwrap();
+        let st = w.tx.create_vm(with_disk).await.unwrap();
+        let disk = dir
+            .path()
+            .join("run")
+            .join(format!("{}{}", st.id, mode.file_suffix()));
+        let bytes = std::fs::read(&disk).unwrap();
+        match mode {
+            DiskMode::Copy => assert_eq!(bytes, b"bootsector"),
+            DiskMode::Overlay => {
+                assert_eq!(&bytes[..4], b"QFI\xfb");
+                let name = img.join("disk.raw").canonicalize().unwrap();
+                let name = name.to_str().unwrap().as_bytes();
+                assert!(bytes.windows(name.len()).any(|w| w == name));
+            }
+        }
+        w.tx.delete_vm(st.id).await.unwrap();
+        assert!(!disk.exists());
+        assert!(
+            run_files(dir.path()).is_empty(),
+            "{:?}",
+            run_files(dir.path())
+        );
+        w.stop().await;
+    }
 }
 
 #[tokio::test]

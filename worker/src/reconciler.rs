@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use commands::worker_capnp::worker;
+use commands::service::worker::WorkerCap;
 use control_plane::client::{ClientError, MasterClient};
 use control_plane::model::{AssignmentView, WorkerMetricsView};
 use control_plane::state::{ObservedVm, Registration};
@@ -236,7 +236,7 @@ struct Shared {
 pub async fn run(
     config: ReconcilerConfig,
     sender: CommandSender,
-    me: worker::Client,
+    me: WorkerCap,
     shutdown: CancellationToken,
 ) {
     let shared = Rc::new(Shared {
@@ -348,7 +348,7 @@ async fn connection_loop(
     cfg: &ReconcilerConfig,
     shared: &Shared,
     sender: &CommandSender,
-    me: &worker::Client,
+    me: &WorkerCap,
     shutdown: &CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
@@ -396,7 +396,7 @@ async fn session(
     cfg: &ReconcilerConfig,
     shared: &Shared,
     sender: &CommandSender,
-    me: &worker::Client,
+    me: &WorkerCap,
     last_seen: &mut (u64, u64),
     sampler: &mut Sampler,
 ) -> Result<(), ReconcileError> {
@@ -405,7 +405,11 @@ async fn session(
         MasterClient::connect_with_token(&cfg.control_plane, CALL_TIMEOUT, cfg.token.expose()),
     )
     .await?;
-    with_timeout(CALL_TIMEOUT, client.register(&cfg.registration, me.clone())).await?;
+    with_timeout(
+        CALL_TIMEOUT,
+        client.register(&cfg.registration, me.clone().into()),
+    )
+    .await?;
     tracing::info!(control_plane = %cfg.control_plane, "registered with the control plane");
     let id = cfg.registration.worker_id.as_str();
     // Report what runs right away: a restarted control plane adopts VMs
@@ -836,6 +840,7 @@ mod tests {
                 store_root: dir.path().join("store"),
                 stop_vms_on_exit: true,
                 shutdown_timeout: Duration::from_millis(100),
+                files: Default::default(),
                 version: "test".into(),
             };
             let node = Node::new(backend.clone(), manager_config).unwrap();
@@ -853,7 +858,7 @@ mod tests {
             tokio::task::spawn_local(control_plane::run(cp_config, listener, shutdown.clone()));
 
             before(tx.clone()).await;
-            let me = crate::server::Server::new(tx.clone()).client();
+            let me = crate::server::worker_cap(tx.clone());
             let registration = Registration {
                 worker_id: "w1".parse().unwrap(),
                 address: "127.0.0.1:1".into(),

@@ -1,7 +1,11 @@
 //! The worker's run directory: per VM `<id>.sock` (CH's API socket, made by
 //! CH), `<id>.sock.lock` (CH's), `<id>.json` (the record written before the
-//! spawn, for adoption), `<id>-serial.log`, `<id>.disk` (writable copy of
-//! the image) and `<id>-ch.log` (CH's own stdout/stderr).
+//! spawn, for adoption), `<id>-serial.log` (CH's serial file, truncated by CH
+//! at every boot), `<id>-console.log` and `<id>-console.log.1` (the console
+//! history the worker keeps across boots, with `<id>-console.pos`, how far
+//! into the serial file it has copied), `<id>.qcow2` (the qcow2 overlay of
+//! the store image) or `<id>.disk` (a raw copy of it) and `<id>-ch.log`
+//! (CH's own stdout/stderr).
 //!
 //! The directory is the worker's only persistent state: a restarted worker
 //! rebuilds its table from it.
@@ -10,6 +14,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::disk::DiskMode;
 use crate::dto::{VmId, VmRecord};
 use crate::vmm::config::VmPaths;
 
@@ -28,21 +33,63 @@ pub enum RunDirError {
     },
 }
 
+/// How the files of new VMs are made and bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmFileOptions {
+    /// How each VM's disk is made from its store image.
+    pub disk_mode: DiskMode,
+    /// Bound on each console history file; one rotated file is kept, so a
+    /// VM's history takes at most twice this.
+    pub console_max_bytes: u64,
+}
+
+impl Default for VmFileOptions {
+    fn default() -> Self {
+        VmFileOptions {
+            disk_mode: DiskMode::Overlay,
+            console_max_bytes: 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    options: VmFileOptions,
 }
 
 impl RunDir {
-    /// Uses (and creates) `root`.
+    /// Uses (and creates) `root`, with the default options.
     pub fn open(root: &Path) -> Result<Self, RunDirError> {
+        Self::open_with(root, VmFileOptions::default())
+    }
+
+    /// Uses (and creates) `root`.
+    pub fn open_with(root: &Path, options: VmFileOptions) -> Result<Self, RunDirError> {
         std::fs::create_dir_all(root).map_err(|source| RunDirError::Create {
             path: root.to_owned(),
             source,
         })?;
         Ok(RunDir {
             root: root.to_owned(),
+            options,
         })
+    }
+
+    pub fn options(&self) -> VmFileOptions {
+        self.options
+    }
+
+    /// The console history of one VM.
+    pub fn console(&self, id: &VmId) -> Console {
+        let f = |suffix: &str| self.root.join(format!("{id}{suffix}"));
+        Console {
+            serial: f("-serial.log"),
+            history: f("-console.log"),
+            rotated: f("-console.log.1"),
+            pos: f("-console.pos"),
+            max_bytes: self.options.console_max_bytes.max(1),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -55,7 +102,8 @@ impl RunDir {
             socket: f(".sock"),
             metadata: f(".json"),
             serial_log: f("-serial.log"),
-            disk: f(".disk"),
+            disk: f(self.options.disk_mode.file_suffix()),
+            disk_mode: self.options.disk_mode,
             ch_log: f("-ch.log"),
         }
     }
@@ -93,13 +141,17 @@ impl RunDir {
         let p = self.paths(id);
         let lock = PathBuf::from(format!("{}.lock", p.socket.display()));
         let tmp = p.metadata.with_extension("json.tmp");
+        self.console(id).remove();
+        // Both disk names: the VM may predate a change of --disk-mode.
+        let disks = [DiskMode::Overlay, DiskMode::Copy]
+            .map(|m| self.root.join(format!("{id}{}", m.file_suffix())));
         for f in [
             &p.socket,
             &lock,
             &p.metadata,
             &tmp,
-            &p.serial_log,
-            &p.disk,
+            &disks[0],
+            &disks[1],
             &p.ch_log,
         ] {
             remove_if_present(f);
@@ -133,6 +185,155 @@ pub fn remove_if_present(path: &Path) {
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove file");
     }
+}
+
+/// One VM's serial console, kept across boots and bounded.
+///
+/// CH truncates its serial file at `vm.create` and at every boot or reboot,
+/// including the reboots a guest starts itself, which the worker never
+/// hears of. So the worker follows the file: `sync` appends what CH wrote
+/// since the last sync to the history, then punches the copied range out of
+/// the serial file (it reads as zeros and takes no disk space, so CH's file
+/// stays small however long the guest runs; CH writes at its own offset,
+/// past that range). A new boot shows as a file shorter than what was
+/// copied, or as data that is not zeros inside the copied range: CH
+/// truncated the file and the guest wrote from its start again, so copying
+/// starts again at 0. (A boot's output that fits between two syncs and
+/// consists of NUL bytes only would be missed; on a filesystem without
+/// hole punching only the length tells, so a new boot that writes at least
+/// as much as the old one before the next sync goes unnoticed.) The manager
+/// syncs every `CONSOLE_SYNC_PERIOD` and before every read.
+///
+/// The history is bounded: when a chunk would take it past `max_bytes`,
+/// the history becomes the rotated file (replacing the older one) and a new
+/// history starts, so a VM keeps between `max_bytes` and twice that.
+#[derive(Debug, Clone)]
+pub struct Console {
+    pub serial: PathBuf,
+    pub history: PathBuf,
+    pub rotated: PathBuf,
+    /// How many bytes of the serial file's current boot are copied (text).
+    pub pos: PathBuf,
+    pub max_bytes: u64,
+}
+
+/// How often the manager copies every VM's new serial output.
+pub const CONSOLE_SYNC_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Serializes syncs: the periodic one and a read's must not copy a chunk twice.
+static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Console {
+    /// Copies what CH wrote since the last sync into the history.
+    pub fn sync(&self) -> io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serial = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.serial)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let len = serial.metadata()?.len();
+        // "N" or "N punched": how much is copied, and whether the copied
+        // range was punched out (only then can data in it mean a new boot).
+        let pos = std::fs::read_to_string(&self.pos).unwrap_or_default();
+        let mut words = pos.split_whitespace();
+        let copied = words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0);
+        let punched = words.next() == Some("punched");
+        let from = if len < copied || (punched && rewritten(&mut serial, copied)?) {
+            0
+        } else {
+            copied
+        };
+        let mut now_punched = punched;
+        if len > from {
+            // Only the last max_bytes of a chunk can survive the rotation.
+            let start = from.max(len.saturating_sub(self.max_bytes));
+            serial.seek(SeekFrom::Start(start))?;
+            let mut chunk = Vec::with_capacity((len - start) as usize);
+            Read::by_ref(&mut serial)
+                .take(len - start)
+                .read_to_end(&mut chunk)?;
+            self.append(&chunk)?;
+            use rustix::fs::FallocateFlags as F;
+            // Best effort: without it, only a shorter file tells a new boot.
+            now_punched =
+                rustix::fs::fallocate(&serial, F::PUNCH_HOLE | F::KEEP_SIZE, 0, len).is_ok();
+        }
+        if len != copied || now_punched != punched {
+            let flag = if now_punched { " punched" } else { "" };
+            std::fs::write(&self.pos, format!("{len}{flag}"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the serial file and the history. Under the sync lock, so a
+    /// sync that started before cannot recreate the history afterwards
+    /// (and one that starts after finds no serial file).
+    pub fn remove(&self) {
+        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        for f in [&self.serial, &self.history, &self.rotated, &self.pos] {
+            remove_if_present(f);
+        }
+    }
+
+    fn append(&self, chunk: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let current = match std::fs::metadata(&self.history) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if current > 0 && current + chunk.len() as u64 > self.max_bytes {
+            std::fs::rename(&self.history, &self.rotated)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.history)?
+            .write_all(chunk)
+    }
+
+    /// The last `lines` lines of the console across boots (rotated file,
+    /// then history), after a sync; `true` when older lines exist.
+    pub fn tail(&self, lines: usize) -> io::Result<(Vec<String>, bool)> {
+        self.sync()?;
+        let (newer, truncated) = tail_lines(&self.history, lines)?;
+        if truncated || newer.len() >= lines {
+            return Ok((newer, truncated || self.rotated.exists()));
+        }
+        let (mut older, truncated) = tail_lines(&self.rotated, lines - newer.len())?;
+        older.extend(newer);
+        Ok((older, truncated))
+    }
+}
+
+/// Whether the serial file holds data other than zeros before `copied`:
+/// the copied range was punched out, so CH rewrote it after a truncation.
+fn rewritten(f: &mut std::fs::File, copied: u64) -> io::Result<bool> {
+    use std::io::Read;
+    if copied == 0 {
+        return Ok(false);
+    }
+    // Skips the holes; ENXIO: no data at all after offset 0.
+    let at = match rustix::fs::seek(&*f, rustix::fs::SeekFrom::Data(0)) {
+        Ok(at) => at,
+        Err(rustix::io::Errno::NXIO) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if at >= copied {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (copied - at).min(4096) as usize];
+    let n = Read::by_ref(f).take(buf.len() as u64).read(&mut buf)?;
+    Ok(buf[..n].iter().any(|b| *b != 0))
 }
 
 /// The last `lines` lines of a text file, reading only its tail.
@@ -234,5 +435,81 @@ mod tests {
             tail_lines(&p, 10).unwrap(),
             (vec!["a".to_owned(), "b".to_owned()], false)
         );
+    }
+
+    /// What CH writes survives its truncation at the next boot, the history
+    /// rotates at its bound, and a read spans the rotated file.
+    #[test]
+    fn console_keeps_history_across_boots_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::open_with(
+            dir.path(),
+            VmFileOptions {
+                console_max_bytes: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let id = VmId::new_v7();
+        let c = rd.console(&id);
+        assert_eq!(c.tail(10).unwrap(), (vec![], false));
+        let append = |text: &str| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&c.serial)
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        };
+        std::fs::write(&c.serial, "boot 1\n").unwrap();
+        c.sync().unwrap();
+        append("line a\n");
+        // CH truncates at a reboot; the new boot writes fewer bytes.
+        c.sync().unwrap();
+        std::fs::write(&c.serial, "boot 2\n").unwrap();
+        let (lines, truncated) = c.tail(10).unwrap();
+        assert_eq!(lines, vec!["boot 1", "line a", "boot 2"]);
+        assert!(!truncated);
+        // A reboot whose output is as long as the last boot's is seen too.
+        std::fs::write(&c.serial, "boot 3\n").unwrap();
+        let (lines, _) = c.tail(10).unwrap();
+        assert_eq!(lines, vec!["boot 1", "line a", "boot 2", "boot 3"]);
+        // Past 64 bytes the history rotates; both files are read.
+        let long: String = (0..8).map(|i| format!("tick {i}\n")).collect();
+        append(&long);
+        let (lines, truncated) = c.tail(100).unwrap();
+        assert!(c.rotated.exists());
+        assert_eq!(lines.first().map(String::as_str), Some("boot 1"));
+        assert_eq!(lines.last().map(String::as_str), Some("tick 7"));
+        assert_eq!(lines.len(), 12, "{lines:?}");
+        assert!(!truncated);
+        let (lines, truncated) = c.tail(2).unwrap();
+        assert_eq!(lines, vec!["tick 6", "tick 7"]);
+        assert!(truncated);
+        // What was copied is punched out of CH's file: it reads as zeros.
+        let serial = std::fs::read(&c.serial).unwrap();
+        assert!(serial.iter().all(|b| *b == 0), "{serial:?}");
+        // Nothing is copied twice.
+        c.sync().unwrap();
+        assert_eq!(c.tail(100).unwrap().0.len(), 12);
+        rd.remove_vm_files(&id);
+        assert!(rd.scan().unwrap().is_empty());
+    }
+
+    /// Where hole punching is not available, copied data stays in CH's file
+    /// and must not be taken for a new boot.
+    #[test]
+    fn console_without_hole_punching_copies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::open(dir.path()).unwrap();
+        let c = rd.console(&VmId::new_v7());
+        std::fs::write(&c.serial, "boot 1\n").unwrap();
+        c.sync().unwrap();
+        assert_eq!(std::fs::read_to_string(&c.pos).unwrap(), "7 punched");
+        // As if the punch had failed: the bytes are back, the flag is off.
+        std::fs::write(&c.serial, "boot 1\n").unwrap();
+        std::fs::write(&c.pos, "7").unwrap();
+        c.sync().unwrap();
+        assert_eq!(c.tail(10).unwrap().0, vec!["boot 1"]);
     }
 }

@@ -14,6 +14,7 @@ use common::ch_sim;
 use http::Method;
 use serde_json::Value;
 use testkit::{Proc, kill9, poll};
+use worker::vmm::ch::ChClient;
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend};
 
 fn start_sim(socket: &Path) -> Proc {
@@ -52,29 +53,29 @@ fn subset(want: &Value, got: &Value, at: &str) -> Result<(), String> {
     }
 }
 
-#[tokio::test]
-async fn ch_sim_answers_like_ch_v53() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path();
-    let kernel = run.join("vmlinux");
-    std::fs::write(&kernel, b"kernel").unwrap();
-    std::fs::write(run.join("disk.raw"), vec![0u8; 4096]).unwrap();
-    let socket = run.join("vm.sock");
-    let mut sim = start_sim(&socket);
-    let pid = sim.pid();
-    let client =
-        CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+/// One recorded call with the placeholders of the run directory filled in.
+struct Call {
+    rec: Value,
+    method: Method,
+    endpoint: &'static str,
+    body: Option<Vec<u8>>,
+    /// The recorded answer's body (`null`: none).
+    want: Value,
+    /// "line N (METHOD endpoint, note)", for assertion messages.
+    what: String,
+}
+
+/// The calls of a recording in `tests/data`, skipping its `meta` line.
+fn recorded_calls(file: &str, run: &Path, kernel: &Path) -> Vec<Call> {
     let subst = |s: &str| {
         s.replace("{run}", &run.display().to_string())
             .replace("{kernel}", &kernel.display().to_string())
     };
-
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/ch-v53-conformance.jsonl"
-    ))
-    .unwrap();
-    let mut replayed = 0;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file);
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut calls = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let rec: Value = serde_json::from_str(line).unwrap();
         if rec.get("meta").is_some() {
@@ -93,32 +94,74 @@ async fn ch_sim_answers_like_ch_v53() {
             Value::String(raw) => Some(subst(raw).into_bytes()),
             obj => Some(subst(&obj.to_string()).into_bytes()),
         };
+        let want = serde_json::from_str(&subst(&rec["body"].to_string())).unwrap();
         let what = format!(
-            "line {} ({} {endpoint}, {})",
+            "line {} ({method} {endpoint}, {})",
             n + 1,
-            method,
             rec["note"].as_str().unwrap_or("")
         );
-        let (status, bytes) = client.raw(method, endpoint, body).await.unwrap();
+        calls.push(Call {
+            rec,
+            method,
+            endpoint,
+            body,
+            want,
+            what,
+        });
+    }
+    calls
+}
+
+impl Call {
+    /// Sends the call; checks the status, and that there is no body when
+    /// the recording has none. The body as JSON otherwise.
+    async fn replay(&self, client: &ChClient) -> Option<Value> {
+        let what = &self.what;
+        let (status, bytes) = client
+            .raw(self.method.clone(), self.endpoint, self.body.clone())
+            .await
+            .unwrap();
         assert_eq!(
             u64::from(status.as_u16()),
-            rec["status"].as_u64().unwrap(),
+            self.rec["status"].as_u64().unwrap(),
             "{what}: {}",
             String::from_utf8_lossy(&bytes)
         );
-        let mut want: Value = serde_json::from_str(&subst(&rec["body"].to_string())).unwrap();
-        if want.is_null() {
+        if self.want.is_null() {
             assert!(
                 bytes.is_empty(),
                 "{what}: want no body, got {}",
                 String::from_utf8_lossy(&bytes)
             );
+            return None;
+        }
+        Some(
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}")),
+        )
+    }
+}
+
+#[tokio::test]
+async fn ch_sim_answers_like_ch_v53() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let kernel = run.join("vmlinux");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    std::fs::write(run.join("disk.raw"), vec![0u8; 4096]).unwrap();
+    let socket = run.join("vm.sock");
+    let mut sim = start_sim(&socket);
+    let pid = sim.pid();
+    let client =
+        CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+    let mut replayed = 0;
+    for call in recorded_calls("ch-v53-conformance.jsonl", run, &kernel) {
+        let Some(got) = call.replay(&client).await else {
             replayed += 1;
             continue;
-        }
-        let got: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
-        match (endpoint, status.as_u16()) {
+        };
+        let (what, mut want) = (&call.what, call.want.clone());
+        match (call.endpoint, call.rec["status"].as_u64().unwrap()) {
             ("vm.info", 200) => {
                 // The recording kept only whether a device tree was present.
                 let has_tree = want
@@ -237,4 +280,106 @@ async fn guest_power_off_ends_the_process_like_ch() {
     let log = std::fs::read_to_string(&serial).unwrap();
     assert!(log.starts_with("[sim] p booted kernel="), "{log}");
     assert!(log.ends_with("[sim] reboot: Power down\n"), "{log}");
+}
+
+/// The files of the disk recording: `base.raw` (read-only, 64 MiB sparse),
+/// overlays `a.qcow2` and `b.qcow2` of it, and `tiny.img` (shorter than a
+/// sector); returns the kernel's path.
+fn disk_files(run: &Path) -> std::path::PathBuf {
+    let kernel = run.join("vmlinux");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let base = run.join("base.raw");
+    std::fs::File::create(&base)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    for name in ["a.qcow2", "b.qcow2"] {
+        worker::disk::create_overlay(&base, &run.join(name)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::write(run.join("tiny.img"), b"tiny").unwrap();
+    kernel
+}
+
+/// Replays `data/ch-v53-disks.jsonl` (one CH process per case; the overlays
+/// are the worker's own, where the recording used `qemu-img create`).
+#[tokio::test]
+async fn ch_sim_opens_disks_like_ch_v53() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let kernel = disk_files(run);
+    let mut sims: Vec<(String, Proc, ChClient)> = Vec::new();
+    let mut replayed = 0;
+    for call in recorded_calls("ch-v53-disks.jsonl", run, &kernel) {
+        let case = call.rec["case"].as_str().unwrap().to_owned();
+        if sims.last().is_none_or(|(c, ..)| *c != case) {
+            let socket = run.join(format!("{case}.sock"));
+            let sim = start_sim(&socket);
+            let client = CloudHypervisorBackend::new(ChBackendConfig::new("unused".into()))
+                .client_for(&socket);
+            sims.push((case.clone(), sim, client));
+        }
+        let (_, sim, client) = sims.last_mut().unwrap();
+        let what = &call.what;
+        if let Some(got) = call.replay(client).await {
+            if call.endpoint == "vm.info" {
+                // The recording kept the state and the disks of the config.
+                assert_eq!(got["state"], call.want["state"], "{what}");
+                subset(&call.want["disks"], &got["config"]["disks"], "disks")
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            } else {
+                assert_eq!(got, call.want, "{what}");
+            }
+        }
+        if call.endpoint == "vmm.shutdown" {
+            let status = poll(Duration::from_secs(10), || sim.child.try_wait().unwrap())
+                .expect("exited after vmm.shutdown");
+            assert_eq!(status.code(), Some(0), "{what}");
+        }
+        replayed += 1;
+    }
+    assert_eq!(replayed, 14);
+    assert_eq!(sims.len(), 4);
+}
+
+/// Booting one VM per disk `path`, each in its own ch-sim process; the
+/// status of each `vm.boot`.
+async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<Proc>, Vec<u16>) {
+    let mut out = (Vec::new(), Vec::new());
+    for (i, disk) in disks.iter().enumerate() {
+        let socket = run.join(format!("lock{i}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let sim = start_sim(&socket);
+        let client =
+            CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+        let cfg = serde_json::json!({"payload": {"kernel": kernel},
+            "cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "memory": {"size": 1 << 27},
+            "disks": [{"path": run.join(disk), "image_type": "Qcow2", "backing_files": true}],
+            "serial": {"mode": "File", "file": run.join(format!("lock{i}.serial"))},
+            "console": {"mode": "Off"}});
+        let (st, _) = client
+            .raw(Method::PUT, "vm.create", Some(cfg.to_string().into_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(st.as_u16(), 204);
+        let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
+        out.0.push(sim);
+        out.1.push(st.as_u16());
+    }
+    out
+}
+
+/// CH locks the overlay, not its backing file: two overlays of one image
+/// run side by side, two VMs on one overlay do not.
+#[tokio::test]
+async fn ch_sim_locks_the_overlay_not_the_backing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let kernel = disk_files(run);
+    let (sims, status) = boot_each(run, &kernel, &["a.qcow2", "b.qcow2"]).await;
+    assert_eq!(status, vec![204, 204]);
+    drop(sims);
+    let (_sims, status) = boot_each(run, &kernel, &["a.qcow2", "a.qcow2"]).await;
+    assert_eq!(status, vec![204, 500]);
 }

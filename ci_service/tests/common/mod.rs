@@ -115,14 +115,23 @@ pub fn request(
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(ci_service::http_client::send(
-        method,
-        url,
-        headers,
-        json.map(|j| ("application/json".to_owned(), j.to_string().into_bytes())),
-        Duration::from_secs(60),
-    ))
-    .unwrap_or_else(|e| panic!("{url}: {e}"))
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let body = match json {
+        Some(j) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            bytes::Bytes::from(j.to_string())
+        }
+        None => bytes::Bytes::new(),
+    };
+    let req = req.body(body).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let client = commands::http::HttpClient::tcp().with_timeout(Duration::from_secs(60));
+    let resp = rt
+        .block_on(client.send(req))
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    (resp.status, resp.body)
 }
 
 /// Waits until job `id` is final and returns it.

@@ -122,7 +122,6 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         .collect()
 }
 
-
 use cli::output::print_json;
 
 async fn real_main(args: Args) -> Result<(), CliError> {
@@ -141,7 +140,8 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 ));
             }
             let list = load_specs(&spec, specs.as_deref())?;
-            let intent = intent.unwrap_or_else(|| commands::types::intent_hash(&list).0);
+            let intent =
+                intent.unwrap_or_else(|| commands::types::intent_hash(&list).hash.into_string());
             let o = master.publish(&commit, generation, &intent, &list).await?;
             if args.master.json {
                 print_json(&o);

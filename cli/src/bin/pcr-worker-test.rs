@@ -1,5 +1,6 @@
-//! `pcr-worker-test`: manual Cap'n Proto calls to one worker, for testing
-//! and debugging (production changes go through Git). Human tables by
+//! `pcr-worker-test`: manual calls to one worker over `WorkerClient`, for
+//! testing and debugging (production changes go through Git); one function
+//! per verb. Human tables by
 //! default, `--json` for scripts; any error is one line on stderr and a
 //! non-zero exit.
 
@@ -9,10 +10,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use cli::output::{self, Table};
-use commands::convert::{self, RpcFailure};
+use commands::client::{ClientError, WorkerClient};
+use commands::convert::RpcFailure;
 use commands::rpc;
 use commands::telemetry::now_ms;
-use commands::types::{VmId, VmSpec, VmStatus};
+use commands::types::{Resources, VmId, VmSpec, VmStatus};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,15 +91,16 @@ enum CliError {
     Input(String),
 }
 
-impl From<capnp::Error> for CliError {
-    fn from(e: capnp::Error) -> Self {
-        CliError::Rpc(format!("RPC failed: {}", e.extra))
-    }
-}
-
-impl From<convert::ConvertError> for CliError {
-    fn from(e: convert::ConvertError) -> Self {
-        CliError::Rpc(format!("bad answer from the worker: {}", e.to_message()))
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect(e) => CliError::Rpc(output::error_chain(&e)),
+            ClientError::Rpc(e) => CliError::Rpc(format!("RPC failed: {}", e.extra)),
+            ClientError::Reply(e) => {
+                CliError::Rpc(format!("bad answer from the worker: {}", e.to_message()))
+            }
+            ClientError::Refused(f) => CliError::Worker(f),
+        }
     }
 }
 
@@ -163,190 +166,191 @@ async fn run(args: &Args) -> Result<(), CliError> {
     };
     let token = commands::auth::client_token(args.token_file.as_deref())
         .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
-    let (conn, _session) = rpc::connect_worker(
+    let w = WorkerClient::connect(
         &args.addr,
         Duration::from_secs(args.connect_timeout_secs),
         &token,
     )
-    .await
-    .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
-    let w = &conn.client;
+    .await?;
+    let json = args.json;
     match &args.command {
-        Cmd::Read => {
-            let resp = w.read_request().send().promise.await?;
-            let s = convert::worker_status_from_capnp(resp.get()?.get_status()?)?;
-            if args.json {
-                output::print_json(&s);
-            } else {
-                let res =
-                    |r: commands::types::Resources| format!("{} vCPU, {} MiB", r.cpu, r.memory_mb);
-                output::print_str(&output::key_values(&[
-                    ("worker", s.worker_id.to_string()),
-                    ("address", s.address.clone()),
-                    ("version", s.version.clone()),
-                    ("uptime", output::duration_ms(s.uptime_ms)),
-                    ("capacity", res(s.capacity)),
-                    ("allocated", res(s.allocated)),
-                    ("vms", s.vm_count.to_string()),
-                    ("labels", output::labels(&s.labels)),
-                    ("run dir", s.run_dir.clone()),
-                ]));
+        Cmd::Read => read(&w, json).await?,
+        Cmd::ListVms => list_vms(&w, json).await?,
+        Cmd::CreateVm { .. } => create_vms(&w, &specs, json).await?,
+        Cmd::DeleteVm { id } => delete_vm(&w, id, json).await?,
+        Cmd::Info { id } => info(&w, id, json).await?,
+        Cmd::Pause { id } => pause(&w, id, json).await?,
+        Cmd::Resume { id } => resume(&w, id, json).await?,
+        Cmd::Logs { id, lines } => logs(&w, id, *lines, json).await?,
+    }
+    w.close().await;
+    Ok(())
+}
+
+/// `read`: the worker's id, address, version, capacity and allocation.
+async fn read(w: &WorkerClient, json: bool) -> Result<(), CliError> {
+    let s = w.read().await?;
+    if json {
+        output::print_json(&s);
+        return Ok(());
+    }
+    let res = |r: Resources| format!("{} vCPU, {} MiB", r.cpu, r.memory_mb);
+    output::print_str(&output::key_values(&[
+        ("worker", s.worker_id.to_string()),
+        ("address", s.address.clone()),
+        ("version", s.version.clone()),
+        ("uptime", output::duration_ms(s.uptime_ms)),
+        ("capacity", res(s.capacity)),
+        ("allocated", res(s.allocated)),
+        ("vms", s.vm_count.to_string()),
+        ("labels", output::labels(&s.labels)),
+        ("run dir", s.run_dir.clone()),
+    ]));
+    Ok(())
+}
+
+/// `list-vms`: every VM on the worker.
+async fn list_vms(w: &WorkerClient, json: bool) -> Result<(), CliError> {
+    let vms = w.list_vms().await?;
+    if json {
+        output::print_json(&vms);
+    } else if vms.is_empty() {
+        output::print_str("no VMs\n");
+    } else {
+        vm_table(&vms).print();
+    }
+    Ok(())
+}
+
+/// `create-vm`: creates every spec in turn; the ones created are printed
+/// even when another failed, and the first refusal is the exit error.
+async fn create_vms(w: &WorkerClient, specs: &[VmSpec], json: bool) -> Result<(), CliError> {
+    let mut created = Vec::new();
+    let mut first_err = None;
+    for spec in specs {
+        match w.create_vm(spec).await {
+            Ok(st) => created.push(st),
+            Err(ClientError::Refused(f)) => {
+                // With several specs, say which one each error is about.
+                let f = if specs.len() > 1 {
+                    let f =
+                        RpcFailure::new(f.code, format!("creating {}: {}", spec.name(), f.message));
+                    eprintln!("error: {f}");
+                    f
+                } else {
+                    f
+                };
+                first_err.get_or_insert(f);
             }
-        }
-        Cmd::ListVms => {
-            let resp = w.list_vms_request().send().promise.await?;
-            let list = resp.get()?.get_vms()?;
-            let vms = list
-                .iter()
-                .map(convert::vm_status_from_capnp)
-                .collect::<Result<Vec<_>, _>>()?;
-            if args.json {
-                output::print_json(&vms);
-            } else if vms.is_empty() {
-                output::print_str("no VMs\n");
-            } else {
-                vm_table(&vms).print();
-            }
-        }
-        Cmd::CreateVm { .. } => {
-            let mut created = Vec::new();
-            let mut first_err = None;
-            for spec in &specs {
-                let mut req = w.create_vm_request();
-                convert::vm_spec_to_capnp(spec, req.get().init_spec());
-                let resp = req.send().promise.await?;
-                match convert::result_from_capnp(resp.get()?.get_result()?)? {
-                    Ok(st) => created.push(convert::vm_status_from_capnp(st)?),
-                    Err(f) => {
-                        // With several specs, say which one each error is about.
-                        let f = if specs.len() > 1 {
-                            let f = RpcFailure::new(
-                                f.code,
-                                format!("creating {}: {}", spec.name(), f.message),
-                            );
-                            eprintln!("error: {f}");
-                            f
-                        } else {
-                            f
-                        };
-                        first_err.get_or_insert(f);
-                    }
-                }
-            }
-            if args.json {
-                output::print_json(&created);
-            } else if !created.is_empty() {
-                vm_table(&created).print();
-            }
-            if let Some(f) = first_err {
-                return Err(CliError::Worker(f));
-            }
-        }
-        Cmd::DeleteVm { id } => {
-            let mut req = w.delete_vm_request();
-            req.get().set_id(parse_id(id)?.as_str());
-            let resp = req.send().promise.await?;
-            convert::result_from_capnp(resp.get()?.get_result()?)?.map_err(CliError::Worker)?;
-            if args.json {
-                output::print_json(&serde_json::json!({"deleted": id}));
-            } else {
-                output::print_str(&format!("deleted VM {id}\n"));
-            }
-        }
-        Cmd::Info { id } => {
-            let mut req = w.vm_info_request();
-            req.get().set_id(parse_id(id)?.as_str());
-            let resp = req.send().promise.await?;
-            let r =
-                convert::result_from_capnp(resp.get()?.get_result()?)?.map_err(CliError::Worker)?;
-            let d = convert::vm_details_from_capnp(r)?;
-            if args.json {
-                output::print_json(&d);
-            } else {
-                let s = &d.status;
-                let sp = &d.spec;
-                output::print_str(&output::key_values(&[
-                    ("id", s.id.to_string()),
-                    ("name", s.name.to_string()),
-                    ("state", s.state.to_string()),
-                    ("hypervisor state", output::or_dash(&d.ch_state)),
-                    ("pid", s.pid.map_or("-".into(), |p| p.to_string())),
-                    ("error", output::or_dash(&s.error)),
-                    ("age", output::age(s.created_at_ms, now_ms())),
-                    ("cpu", sp.cpu().to_string()),
-                    ("memory", format!("{} MiB", sp.memory_mb())),
-                    ("content hash", sp.content_hash().to_owned()),
-                    ("toplevel", sp.toplevel().to_string()),
-                    ("kernel", sp.kernel_path().to_string()),
-                    (
-                        "initrd",
-                        sp.initrd_path().map_or("-".into(), ToString::to_string),
-                    ),
-                    (
-                        "disk image",
-                        sp.disk_image_path().map_or("-".into(), ToString::to_string),
-                    ),
-                    ("cmdline", output::or_dash(sp.cmdline())),
-                    ("labels", output::labels(sp.labels())),
-                    ("rss", output::bytes(d.metrics.rss_bytes)),
-                    ("disk read", output::bytes(d.metrics.disk_read_bytes)),
-                    ("disk written", output::bytes(d.metrics.disk_write_bytes)),
-                    (
-                        "net rx/tx",
-                        format!(
-                            "{} / {}",
-                            output::bytes(d.metrics.net_rx_bytes),
-                            output::bytes(d.metrics.net_tx_bytes)
-                        ),
-                    ),
-                    ("api socket", d.socket_path.clone()),
-                    ("serial log", d.serial_log_path.clone()),
-                ]));
-            }
-        }
-        Cmd::Pause { id } | Cmd::Resume { id } => {
-            let vm = parse_id(id)?;
-            let resp = if matches!(args.command, Cmd::Pause { .. }) {
-                let mut req = w.pause_vm_request();
-                req.get().set_id(vm.as_str());
-                let resp = req.send().promise.await?;
-                let r = convert::result_from_capnp(resp.get()?.get_result()?)?
-                    .map_err(CliError::Worker)?;
-                convert::vm_status_from_capnp(r)?
-            } else {
-                let mut req = w.resume_vm_request();
-                req.get().set_id(vm.as_str());
-                let resp = req.send().promise.await?;
-                let r = convert::result_from_capnp(resp.get()?.get_result()?)?
-                    .map_err(CliError::Worker)?;
-                convert::vm_status_from_capnp(r)?
-            };
-            if args.json {
-                output::print_json(&resp);
-            } else {
-                output::print_str(&format!("VM {} is {}\n", resp.id, resp.state));
-            }
-        }
-        Cmd::Logs { id, lines } => {
-            let mut req = w.logs_request();
-            req.get().set_id(parse_id(id)?.as_str());
-            req.get().set_lines(*lines);
-            let resp = req.send().promise.await?;
-            let r =
-                convert::result_from_capnp(resp.get()?.get_result()?)?.map_err(CliError::Worker)?;
-            let tail = convert::log_tail_from_capnp(r)?;
-            if args.json {
-                output::print_json(&tail);
-            } else {
-                let mut s = String::new();
-                for l in &tail.lines {
-                    s.push_str(l);
-                    s.push('\n');
-                }
-                output::print_str(&s);
-            }
+            Err(e) => return Err(e.into()),
         }
     }
-    conn.close().await;
+    if json {
+        output::print_json(&created);
+    } else if !created.is_empty() {
+        vm_table(&created).print();
+    }
+    match first_err {
+        Some(f) => Err(CliError::Worker(f)),
+        None => Ok(()),
+    }
+}
+
+/// `delete-vm`: stops and removes one VM.
+async fn delete_vm(w: &WorkerClient, id: &str, json: bool) -> Result<(), CliError> {
+    w.delete_vm(&parse_id(id)?).await?;
+    if json {
+        output::print_json(&serde_json::json!({"deleted": id}));
+    } else {
+        output::print_str(&format!("deleted VM {id}\n"));
+    }
+    Ok(())
+}
+
+/// `info`: spec, status, metrics and the hypervisor's view of one VM.
+async fn info(w: &WorkerClient, id: &str, json: bool) -> Result<(), CliError> {
+    let d = w.vm_info(&parse_id(id)?).await?;
+    if json {
+        output::print_json(&d);
+        return Ok(());
+    }
+    let s = &d.status;
+    let sp = &d.spec;
+    output::print_str(&output::key_values(&[
+        ("id", s.id.to_string()),
+        ("name", s.name.to_string()),
+        ("state", s.state.to_string()),
+        ("hypervisor state", output::or_dash(&d.ch_state)),
+        ("pid", s.pid.map_or("-".into(), |p| p.to_string())),
+        ("error", output::or_dash(&s.error)),
+        ("age", output::age(s.created_at_ms, now_ms())),
+        ("cpu", sp.cpu().to_string()),
+        ("memory", format!("{} MiB", sp.memory_mb())),
+        ("content hash", sp.content_hash().to_owned()),
+        ("toplevel", sp.toplevel().to_string()),
+        ("kernel", sp.kernel_path().to_string()),
+        (
+            "initrd",
+            sp.initrd_path().map_or("-".into(), ToString::to_string),
+        ),
+        (
+            "disk image",
+            sp.disk_image_path().map_or("-".into(), ToString::to_string),
+        ),
+        ("cmdline", output::or_dash(sp.cmdline())),
+        ("labels", output::labels(sp.labels())),
+        ("rss", output::bytes(d.metrics.rss_bytes)),
+        ("disk read", output::bytes(d.metrics.disk_read_bytes)),
+        ("disk written", output::bytes(d.metrics.disk_write_bytes)),
+        (
+            "net rx/tx",
+            format!(
+                "{} / {}",
+                output::bytes(d.metrics.net_rx_bytes),
+                output::bytes(d.metrics.net_tx_bytes)
+            ),
+        ),
+        ("api socket", d.socket_path.clone()),
+        ("serial log", d.serial_log_path.clone()),
+    ]));
+    Ok(())
+}
+
+/// `pause`: pauses a running VM.
+async fn pause(w: &WorkerClient, id: &str, json: bool) -> Result<(), CliError> {
+    let vm = w.pause_vm(&parse_id(id)?).await?;
+    print_state(&vm, json);
+    Ok(())
+}
+
+/// `resume`: resumes a paused VM.
+async fn resume(w: &WorkerClient, id: &str, json: bool) -> Result<(), CliError> {
+    let vm = w.resume_vm(&parse_id(id)?).await?;
+    print_state(&vm, json);
+    Ok(())
+}
+
+/// What `pause` and `resume` print: the VM's new state.
+fn print_state(vm: &VmStatus, json: bool) {
+    if json {
+        output::print_json(vm);
+    } else {
+        output::print_str(&format!("VM {} is {}\n", vm.id, vm.state));
+    }
+}
+
+/// `logs`: the end of a VM's serial console, one line per line.
+async fn logs(w: &WorkerClient, id: &str, lines: u32, json: bool) -> Result<(), CliError> {
+    let tail = w.logs(&parse_id(id)?, lines).await?;
+    if json {
+        output::print_json(&tail);
+        return Ok(());
+    }
+    let mut s = String::new();
+    for l in &tail.lines {
+        s.push_str(l);
+        s.push('\n');
+    }
+    output::print_str(&s);
     Ok(())
 }

@@ -6,7 +6,6 @@
 pub mod master;
 pub mod worker;
 
-
 pub use worker::WorkerClient;
 
 use crate::convert::{ConvertError, RpcFailure};

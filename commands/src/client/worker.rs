@@ -68,7 +68,9 @@ impl WorkerClient {
     /// The worker's own status (capacity, allocation, labels, version).
     pub async fn read(&self) -> Result<WorkerStatus, ClientError> {
         let reply = self.cap.read_request().send().promise.await?;
-        Ok(convert::worker_status_from_capnp(reply.get()?.get_status()?)?)
+        Ok(convert::worker_status_from_capnp(
+            reply.get()?.get_status()?,
+        )?)
     }
 
     /// Every VM the worker runs, in any state.

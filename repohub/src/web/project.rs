@@ -6,7 +6,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use http::{HeaderMap, StatusCode, header};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::pages::{
@@ -15,7 +14,7 @@ use super::pages::{
 };
 use super::{Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
-use crate::ci::{Job, error_chain};
+use crate::ci::{Job, JobState, error_chain};
 use crate::db::Project;
 use crate::git;
 use crate::names;
@@ -151,7 +150,7 @@ fn job_row(j: &Job, repo_name: &str) -> JobRow {
         repo: repo_name.to_owned(),
         branch: j.branch().to_owned(),
         commit: j.short_commit().to_owned(),
-        state: j.state.clone(),
+        state: j.state.to_string(),
         duration: j.duration(),
         created: git::format_time(j.created_at_ms / 1000),
     }
@@ -286,10 +285,10 @@ pub async fn show(
     // VM specs come from the newest succeeded job.
     let (specs, specs_error) = match &jobs {
         Err(e) => (Vec::new(), Some(format!("ci_service unavailable: {e}"))),
-        Ok(js) => match js.iter().find(|(j, _)| j.state == "succeeded") {
+        Ok(js) => match js.iter().find(|(j, _)| j.state == JobState::Succeeded) {
             None => (Vec::new(), None),
             Some((j, _)) => match st.ci.job(j.id).await {
-                Ok(full) => (spec_rows(&full.vm_specs), None),
+                Ok(full) => (spec_rows(full.specs()), None),
                 Err(e) => (
                     Vec::new(),
                     Some(format!("ci_service unavailable: {}", error_chain(&e))),
@@ -444,21 +443,11 @@ pub async fn job(
     let ctx = load(&st, &v, &name)?;
     let (job, repo_name) = project_job(&st, &ctx, id).await?;
     // The log as it is now, so the page is complete without JavaScript.
-    let log = match st.ci.log(id, false).await {
-        Ok(resp) => {
-            match tokio::time::timeout(
-                std::time::Duration::from_secs(3),
-                resp.into_body().collect(),
-            )
-            .await
-            {
-                Ok(Ok(b)) => {
-                    let b = b.to_bytes();
-                    let cut = b.len().saturating_sub(1024 * 1024);
-                    String::from_utf8_lossy(&b[cut..]).into_owned()
-                }
-                _ => "(log unavailable: read failed)".into(),
-            }
+    let log = match st.ci.log(id).await {
+        // The last MiB: the page shows the end of a long log.
+        Ok(b) => {
+            let cut = b.len().saturating_sub(1024 * 1024);
+            String::from_utf8_lossy(&b[cut..]).into_owned()
         }
         Err(e) => format!("(log unavailable: {})", error_chain(&e)),
     };
@@ -488,7 +477,7 @@ pub async fn job_log(
     let ctx = load(&st, &v, &name)?;
     project_job(&st, &ctx, id).await?;
     let follow = q.follow.as_deref() == Some("1");
-    let resp = st.ci.log(id, follow).await.map_err(|e| {
+    let resp = st.ci.log_stream(id, follow).await.map_err(|e| {
         WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e)))
     })?;
     Ok((

@@ -14,6 +14,8 @@
 //!   `ch_sim.poweroff_after_ms=N`: the guest powers off N ms after boot.
 //! - `CH_SIM_TICK_MS=N` / `ch_sim.tick_ms=N`: the guest writes a serial line every N ms.
 
+mod disk;
+mod guest;
 mod vm;
 
 use std::convert::Infallible;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,21 @@ struct Memory {
 struct Disk {
     #[serde(default)]
     path: Option<String>,
+    #[serde(default)]
+    readonly: Option<bool>,
+    #[serde(default)]
+    image_type: Option<ImageType>,
+    #[serde(default)]
+    backing_files: Option<bool>,
+}
+/// CH's `ImageType`: another value fails deserialization, as in CH.
+#[derive(Deserialize)]
+enum ImageType {
+    FixedVhd,
+    Raw,
+    Qcow2,
+    Vhdx,
+    Unknown,
 }
 #[derive(Deserialize)]
 #[allow(dead_code)]
@@ -147,6 +162,8 @@ struct Vm {
     state: State,
     booted_once: bool,
     faults: Faults,
+    /// The disk files a booted VM holds open and locked.
+    disks: Option<super::disk::OpenDisks>,
     /// Running time accumulated before the current run (counters grow with it).
     run_before: Duration,
     running_since: Option<Instant>,
@@ -173,16 +190,6 @@ impl Vm {
     }
     fn cmdline(&self) -> &str {
         self.config["payload"]["cmdline"].as_str().unwrap_or("")
-    }
-    fn disks(&self) -> Vec<String> {
-        self.config["disks"]
-            .as_array()
-            .map(|d| {
-                d.iter()
-                    .filter_map(|d| d["path"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
@@ -308,6 +315,7 @@ impl Sim {
             "vm.shutdown" => match self.vm.as_mut() {
                 Some(vm) if matches!(vm.state, State::Running | State::Paused) => {
                     vm.state = State::Created;
+                    vm.disks = None;
                     vm.stop_clock();
                     self.boot_gen += 1;
                     Outcome::Reply(204, None)
@@ -487,6 +495,7 @@ impl Sim {
             state: State::Created,
             booted_once: false,
             faults: Faults::from_cmdline(&cmdline),
+            disks: None,
             run_before: Duration::ZERO,
             running_since: None,
         });
@@ -538,25 +547,12 @@ impl Sim {
                 ],
             );
         }
-        for d in vm.disks() {
-            if std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&d)
-                .is_err()
-            {
-                let io = format!("I/O error (path={d} op=open)");
-                return err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not boot",
-                        "Error from device manager",
-                        "Cannot open disk path",
-                        &io,
-                        NOENT,
-                    ],
-                );
+        match super::disk::open_disks(&vm.config) {
+            Ok(open) => vm.disks = Some(open),
+            Err(chain) => {
+                let mut items = vec!["Error from API", "The VM could not boot"];
+                items.extend(chain.iter().map(String::as_str));
+                return err(500, &items);
             }
         }
         vm.state = State::Running;
@@ -571,12 +567,16 @@ impl Sim {
     fn guest_boot_line(&self) {
         let Some(vm) = &self.vm else { return };
         if let Some(path) = vm.serial_file() {
-            let line = format!(
+            let mut line = format!(
                 "[sim] {} booted kernel={} cmdline={}\n",
                 self.name,
                 vm.kernel(),
                 vm.cmdline()
             );
+            if let Some(guest) = super::guest::boot_line(vm.kernel(), vm.cmdline()) {
+                line.push_str(&guest);
+                line.push('\n');
+            }
             let _ = std::fs::write(path, line);
         }
     }
@@ -695,8 +695,9 @@ fn info_body(vm: &Vm) -> Value {
                 let mut o = json!({
                     "pci_segment": 0, "path": path, "readonly": d.get("readonly").cloned().unwrap_or(json!(false)),
                     "direct": false, "num_queues": 1, "queue_size": 128, "vhost_user": false,
-                    "disable_io_uring": false, "disable_aio": false, "backing_files": false, "sparse": true,
-                    "image_type": if booted { image_type(Path::new(path)) } else { "Unknown" },
+                    "disable_io_uring": false, "disable_aio": false,
+                    "backing_files": d.get("backing_files").cloned().unwrap_or(json!(false)), "sparse": true,
+                    "image_type": super::disk::reported_image_type(d, booted),
                     "lock_granularity": "ByteRange"
                 });
                 let id = d.get("id").cloned().or_else(|| booted.then(|| json!(format!("_disk{i}"))));
@@ -753,15 +754,6 @@ fn disks_len(c: &Value) -> usize {
     c["disks"].as_array().map_or(0, Vec::len)
 }
 
-fn image_type(path: &Path) -> &'static str {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
-        Ok(()) if &magic == b"QFI\xfb" => "Qcow2",
-        _ => "Raw",
-    }
-}
-
 /// Per-device counters that grow with the guest's running time.
 fn counters(vm: &Vm) -> Value {
     let ms = vm.run_ms();
@@ -794,7 +786,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, b"k").unwrap();
-        std::fs::write(dir.path().join("disk.raw"), b"d").unwrap();
+        std::fs::write(dir.path().join("disk.raw"), [0u8; 4096]).unwrap();
         let cfg = json!({"payload": {"kernel": kernel, "cmdline": "console=ttyS0 ch_sim.tick_ms=5"},
             "cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "memory": {"size": 134217728},
             "disks": [{"path": dir.path().join("disk.raw")}],

@@ -1,16 +1,14 @@
 //! The production backend: one `cloud-hypervisor --api-socket path=…`
-//! process per VM, driven over its REST API on that unix socket with hyper
-//! and hyperlocal.
+//! process per VM, driven over its REST API on that unix socket through
+//! `commands::http` (hyper and hyperlocal).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use commands::http::{HttpClient, HttpError, unix_uri};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use hyperlocal::UnixConnector;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -68,7 +66,10 @@ impl ChBackendConfig {
 
 pub struct CloudHypervisorBackend {
     config: ChBackendConfig,
-    client: Client<UnixConnector, Full<Bytes>>,
+    /// Bounded by `api_timeout`; it pools no idle connections (a worker
+    /// talks to hundreds of sockets, rarely twice in a row, and a pooled
+    /// connection to a dead CH only fails later).
+    http: HttpClient<UnixConnector>,
     /// Pulls run one at a time: a second VM needing the same closure waits
     /// for the first pull, then finds its paths valid and pulls nothing.
     pull_lock: tokio::sync::Mutex<()>,
@@ -76,15 +77,10 @@ pub struct CloudHypervisorBackend {
 
 impl CloudHypervisorBackend {
     pub fn new(config: ChBackendConfig) -> Self {
-        // No idle pooling: a worker talks to hundreds of sockets, rarely
-        // twice in a row, and a pooled connection to a dead CH only fails
-        // later.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(UnixConnector);
+        let http = HttpClient::unix().with_timeout(config.api_timeout);
         CloudHypervisorBackend {
             config,
-            client,
+            http,
             pull_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -92,9 +88,8 @@ impl CloudHypervisorBackend {
     /// A client for a CH socket (also used by tests and the benchmark).
     pub fn client_for(&self, socket: &Path) -> ChClient {
         ChClient {
-            client: self.client.clone(),
+            http: self.http.clone(),
             socket: socket.to_owned(),
-            timeout: self.config.api_timeout,
         }
     }
 }
@@ -301,9 +296,8 @@ fn describe_exit(st: std::process::ExitStatus) -> ExitInfo {
 /// REST client of one CH API socket.
 #[derive(Clone)]
 pub struct ChClient {
-    client: Client<UnixConnector, Full<Bytes>>,
+    http: HttpClient<UnixConnector>,
     socket: PathBuf,
-    timeout: Duration,
 }
 
 impl ChClient {
@@ -311,79 +305,70 @@ impl ChClient {
         &self.socket
     }
 
-    /// One request; `Ok((status, body))` for any HTTP answer.
+    /// One request; `Ok((status, body))` for any HTTP answer. The whole
+    /// exchange is bounded by the API timeout.
     pub async fn raw(
         &self,
         method: Method,
         endpoint: &'static str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), VmmError> {
-        let uri: hyper::Uri =
-            hyperlocal::Uri::new(&self.socket, &format!("/api/v1/{endpoint}")).into();
         let mut req = Request::builder()
             .method(method)
-            .uri(uri)
+            .uri(unix_uri(&self.socket, &format!("/api/v1/{endpoint}")))
             .header(http::header::HOST, "localhost");
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Bytes::from(body.unwrap_or_default()))
             .map_err(|e| VmmError::Http {
                 endpoint,
                 reason: e.to_string(),
             })?;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| self.request_error(endpoint, e))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| VmmError::Http {
-                    endpoint,
-                    reason: e.to_string(),
-                })?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        let resp = self
+            .http
+            .send(req)
             .await
-            .map_err(|_| VmmError::Timeout {
-                endpoint,
-                ms: self.timeout.as_millis() as u64,
-            })?
+            .map_err(|e| self.transport_error(endpoint, e))?;
+        Ok((resp.status, resp.body))
     }
 
-    fn request_error(
-        &self,
-        endpoint: &'static str,
-        e: hyper_util::client::legacy::Error,
-    ) -> VmmError {
-        if e.is_connect() {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-            while let Some(s) = src {
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    let source = std::io::Error::new(io.kind(), io.to_string());
-                    return VmmError::Connect {
-                        socket: self.socket.clone(),
-                        source,
-                    };
+    /// Maps a transport failure onto the VMM's errors: a refused or missing
+    /// socket is `Connect` (a dead CH, which callers treat apart), the
+    /// deadline is `Timeout`, anything else is `Http` with its reason.
+    fn transport_error(&self, endpoint: &'static str, e: HttpError) -> VmmError {
+        match e {
+            HttpError::Connect { source, .. } => {
+                let mut src: Option<&(dyn std::error::Error + 'static)> =
+                    std::error::Error::source(&source);
+                while let Some(s) = src {
+                    if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                        return VmmError::Connect {
+                            socket: self.socket.clone(),
+                            source: std::io::Error::new(io.kind(), io.to_string()),
+                        };
+                    }
+                    src = s.source();
                 }
-                src = s.source();
+                VmmError::Connect {
+                    socket: self.socket.clone(),
+                    source: std::io::Error::other(source.to_string()),
+                }
             }
-            return VmmError::Connect {
-                socket: self.socket.clone(),
-                source: std::io::Error::other(e.to_string()),
-            };
-        }
-        VmmError::Http {
-            endpoint,
-            reason: crate::manager::error_chain(&e),
+            HttpError::Exchange { source, .. } => VmmError::Http {
+                endpoint,
+                reason: crate::manager::error_chain(&source),
+            },
+            HttpError::Body { source, .. } => VmmError::Http {
+                endpoint,
+                reason: source.to_string(),
+            },
+            HttpError::Timeout { ms, .. } => VmmError::Timeout { endpoint, ms },
+            e @ (HttpError::Url(_) | HttpError::TooLarge { .. }) => VmmError::Http {
+                endpoint,
+                reason: e.to_string(),
+            },
         }
     }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::disk::DiskMode;
 use crate::dto::{VmId, VmSpec};
 
 /// `VmConfig`: what `vm.create` takes and `vm.info` returns under `config`.
@@ -56,6 +57,14 @@ pub struct DiskConfig {
     pub readonly: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// "Raw" or "Qcow2"; the worker always sets it (design §10: left out,
+    /// CH autodetects and then refuses writes to a raw image's sector 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<String>,
+    /// Lets CH open a qcow2's backing file; without it CH refuses an
+    /// overlay at `vm.boot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing_files: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +153,8 @@ pub struct VmPaths {
     pub metadata: PathBuf,
     pub serial_log: PathBuf,
     pub disk: PathBuf,
+    /// How `disk` is made from the store image, and so its `image_type`.
+    pub disk_mode: DiskMode,
     pub ch_log: PathBuf,
 }
 
@@ -187,7 +198,8 @@ pub fn host_path(store_root: &Path, store_path: &str) -> PathBuf {
 }
 
 /// Maps a spec to CH's VmConfig: kernel and initrd in place in the store,
-/// the VM's own writable disk copy, serial console to the run directory.
+/// the VM's own writable disk (a qcow2 overlay of the store image, or a raw
+/// copy), serial console to the run directory.
 pub fn build_vm_config(
     id: &VmId,
     spec: &VmSpec,
@@ -218,6 +230,8 @@ pub fn build_vm_config(
                     path: path_str(&paths.disk),
                     readonly: None,
                     id: None,
+                    image_type: Some(paths.disk_mode.image_type().to_owned()),
+                    backing_files: (paths.disk_mode == DiskMode::Overlay).then_some(true),
                 }]
             })
             .unwrap_or_default(),
@@ -274,7 +288,8 @@ mod tests {
             socket: "/run/pcr/a.sock".into(),
             metadata: "/run/pcr/a.json".into(),
             serial_log: "/run/pcr/a-serial.log".into(),
-            disk: "/run/pcr/a.disk".into(),
+            disk: "/run/pcr/a.qcow2".into(),
+            disk_mode: DiskMode::Overlay,
             ch_log: "/run/pcr/a-ch.log".into(),
         }
     }
@@ -298,7 +313,20 @@ mod tests {
             serde_json::json!({"boot_vcpus": 2, "max_vcpus": 2})
         );
         assert_eq!(v["memory"]["size"], 134_217_728u64);
-        assert_eq!(v["disks"], serde_json::json!([{"path": "/run/pcr/a.disk"}]));
+        assert_eq!(
+            v["disks"],
+            serde_json::json!([{"path": "/run/pcr/a.qcow2", "image_type": "Qcow2", "backing_files": true}])
+        );
+        let copy = VmPaths {
+            disk: "/run/pcr/a.disk".into(),
+            disk_mode: DiskMode::Copy,
+            ..paths()
+        };
+        let c = build_vm_config(&id, &spec(true), &copy, Path::new("/"), None);
+        assert_eq!(
+            serde_json::to_value(&c.disks).unwrap(),
+            serde_json::json!([{"path": "/run/pcr/a.disk", "image_type": "Raw"}])
+        );
         assert_eq!(
             v["serial"],
             serde_json::json!({"mode": "File", "file": "/run/pcr/a-serial.log"})
