@@ -15,6 +15,7 @@
 //! --workspace` (or `cargo build --workspace`) builds them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,23 @@ fn run(tool: &str, cp: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// `pcr-test publish-state` of the specs in `specs` as generation
+/// `generation` of `commit`; its output.
+fn publish(cp: &str, commit: &str, generation: u64, specs: &Path) -> String {
+    let generation = generation.to_string();
+    let specs = specs.to_str().unwrap();
+    let args = [
+        "publish-state",
+        "--commit",
+        commit,
+        "--generation",
+        &generation,
+        "--specs",
+        specs,
+    ];
+    run("pcr-test", cp, &args)
 }
 
 fn json(tool: &str, cp: &str, args: &[&str]) -> Value {
@@ -148,19 +166,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     // ---- generation 1: 6 VMs, fully converged --------------------------
     let names = ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"];
     write_specs(&dir.join("gen1"), &names, |n| format!("g1-{n}"));
-    let out = run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c1",
-            "--generation",
-            "1",
-            "--specs",
-            dir.join("gen1").to_str().unwrap(),
-        ],
-    );
+    let out = publish(&cp, "c1", 1, &dir.join("gen1"));
     assert_eq!(out.trim(), "generation 1: published; 6 placed, 0 unplaced");
     let status = wait_until(STEP, "generation 1 converged", || converged(&cp, 1, 6));
     // Replicas of a group are spread: each worker runs one web and one api.
@@ -206,19 +212,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         }
     });
     let t = Instant::now();
-    run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c2",
-            "--generation",
-            "2",
-            "--specs",
-            dir.join("gen2").to_str().unwrap(),
-        ],
-    );
+    publish(&cp, "c2", 2, &dir.join("gen2"));
     let status = wait_until(STEP, "generation 2 converged", || {
         converged(&cp, 2, 6).filter(|s| {
             s["vms"]
@@ -339,19 +333,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     assert_eq!(c.cp.addr, cp);
     // CI re-publishes as soon as the control plane is back, before the
     // workers re-registered: that placement is blind, and must not win.
-    let out = run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c2",
-            "--generation",
-            "2",
-            "--specs",
-            dir.join("gen2").to_str().unwrap(),
-        ],
-    );
+    let out = publish(&cp, "c2", 2, &dir.join("gen2"));
     assert!(out.starts_with("generation 2: published;"), "{out}");
     wait_until(STEP, "workers re-registered with their VMs", || {
         let w = json("pcr", &cp, &["workers"]);
@@ -376,19 +358,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         actions_before,
         "the restart caused create/delete actions"
     );
-    let repeat = run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c2",
-            "--generation",
-            "2",
-            "--specs",
-            dir.join("gen2").to_str().unwrap(),
-        ],
-    );
+    let repeat = publish(&cp, "c2", 2, &dir.join("gen2"));
     assert!(repeat.contains("unchanged"), "{repeat}");
 
     // ---- the remaining CLI views ----------------------------------------------
