@@ -11,10 +11,16 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::{Log, Proc};
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    testkit::process::usage(pid).cpu_ticks as f64 / 100.0
+}
 
 const PATHS: usize = 20;
 const MIB_PER_PATH: usize = 10;
@@ -53,21 +59,9 @@ fn timed(env: &Env, cmd: &mut Command) -> f64 {
     t
 }
 
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(dir: &Path, root: &Path) -> (Nginx, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+/// nginx serving `root` on a free loopback port, stopped on drop.
+fn start_nginx(dir: &Path, root: &Path) -> (Proc, String) {
+    let port = testkit::fs::free_port().port();
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let d = dir.display();
     let conf = format!(
@@ -82,24 +76,15 @@ fn start_nginx(dir: &Path, root: &Path) -> (Nginx, String) {
         root = root.display()
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(dir)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(dir);
+    // It prints no address: the port is polled.
+    let nginx = Proc::start("nginx", cmd, Log::Inherit);
     let addr = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    while TcpStream::connect(&addr).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nginx did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Nginx(child), addr)
+    testkit::wait_until(Duration::from_secs(10), "nginx to listen", || {
+        TcpStream::connect(&addr).ok()
+    });
+    (nginx, addr)
 }
 
 /// Downloads `paths` sequentially over one keep-alive connection; returns bytes.
@@ -136,16 +121,6 @@ fn raw_download(addr: &str, paths: &[String]) -> u64 {
         total += len;
     }
     total
-}
-
-/// User + system CPU seconds a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 fn main() {
@@ -214,7 +189,7 @@ fn main() {
     let key = env.public_key();
     let mut ours = Vec::new();
     let mut ngx = Vec::new();
-    let (cache_cpu0, ngx_cpu0) = (cpu_seconds(server.child.id()), cpu_seconds(_nginx.0.id()));
+    let (cache_cpu0, ngx_cpu0) = (cpu_seconds(server.proc.pid()), cpu_seconds(_nginx.pid()));
     for round in 0..PULL_ROUNDS {
         // Alternate who goes first so page-cache and CPU effects even out.
         let order: [(&str, String); 2] = if round % 2 == 0 {
@@ -249,8 +224,8 @@ fn main() {
     println!("  rounds: cache {ours:.2?} s, nginx {ngx:.2?} s");
     println!(
         "  server CPU over {PULL_ROUNDS} pulls: cache {:.2} s, nginx {:.2} s",
-        cpu_seconds(server.child.id()) - cache_cpu0,
-        cpu_seconds(_nginx.0.id()) - ngx_cpu0
+        cpu_seconds(server.proc.pid()) - cache_cpu0,
+        cpu_seconds(_nginx.pid()) - ngx_cpu0
     );
     let best = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
     let (bo, bn) = (best(&ours), best(&ngx));

@@ -457,22 +457,10 @@ fn sigterm_stops_the_server_cleanly_and_maintenance_needs_an_existing_cache() {
         http(&server.addr, "GET", "/nix-cache-info", None, b"").0,
         200
     );
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "server ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = server
+        .proc
+        .terminate(Duration::from_secs(10))
+        .expect("server ignored SIGTERM");
     assert!(status.success(), "{status:?}");
     let mut c = std::process::Command::new(BIN);
     c.args(["gc", "--data-dir"])

@@ -15,12 +15,8 @@
 //!
 //! `PCR_FLEET_WORKERS` (default 1000) and `PCR_FLEET_VMS` (default 10000).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,11 +24,18 @@ use commands::client::MasterClient;
 use commands::model::{ClusterStatusView, ObservedVm, Registration, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
+    Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus,
 };
+use testkit::fixtures::spec_with;
+use testkit::process::usage;
+use testkit::services::ControlPlaneArgs;
+use testkit::{Log, Proc};
 
-const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
-const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
+/// (CPU ticks, RSS bytes) of a process.
+fn cpu_rss(pid: u32) -> (u64, u64) {
+    let u = usage(pid);
+    (u.cpu_ticks, u.rss_bytes)
+}
 
 fn env_num(k: &str, d: usize) -> usize {
     std::env::var(k)
@@ -42,33 +45,7 @@ fn env_num(k: &str, d: usize) -> usize {
 }
 
 fn spec(name: &str, hash: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: TOPLEVEL.into(),
-        kernel_path: KERNEL.into(),
-        cmdline: format!("console=ttyS0 v={hash}"),
-        cpu: 1,
-        memory_mb: 256,
-        content_hash: hash.into(),
-        ..Default::default()
-    })
-    .expect("valid spec")
-}
-
-/// (CPU ticks, RSS bytes) of a process from /proc.
-fn cpu_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks, rss_kib * 1024)
+    spec_with(name, hash, |f| f.memory_mb = 256)
 }
 
 /// The control plane only stores this capability.
@@ -213,17 +190,15 @@ fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
 async fn fleet() {
     let n = env_num("PCR_FLEET_WORKERS", 1000);
     let vms = env_num("PCR_FLEET_VMS", 10_000);
-    let mut cmd = Command::new(common::bin("control_plane"));
-    cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"])
-        .args([
-            "--heartbeat-timeout-ms",
-            "5000",
-            "--long-poll-timeout-ms",
-            "25000",
-        ])
-        .env("RUST_LOG", "warn");
-    let cp = common::Proc::spawn("control_plane", cmd);
-    let pid = cp.child.id();
+    let mut cmd = ControlPlaneArgs {
+        heartbeat_timeout_ms: Some(5000),
+        long_poll_timeout_ms: Some(25000),
+        ..ControlPlaneArgs::default()
+    }
+    .command();
+    cmd.env("RUST_LOG", "warn");
+    let cp = Proc::spawn("control_plane", cmd, Log::Quiet);
+    let pid = cp.pid();
     let addr = cp.addr.clone();
     let cap = WorkerCap::new(NullWorker);
     let mut stops = Vec::new();

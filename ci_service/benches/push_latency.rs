@@ -9,8 +9,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -27,10 +25,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    // The VMs' CH processes outlive the workers by design; the cluster
+    // stops them at the end.
     let c = start();
-    // The VMs' CH processes outlive the workers by design; stop them at the end.
-    let _reaper = support::Reaper(c.h.dir().display().to_string());
-    let ci = c.ci.url();
+    let ci = c.ci_url();
     let cp = c.cp.addr.clone();
     let repo = Repo::new(c.h.dir(), &ci);
     let (c1, _) = repo.push();

@@ -12,32 +12,24 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::cluster::{Cluster, ClusterOpts};
+use testkit::process::usage;
+
+/// (CPU ticks, CPU ticks of its reaped children: the nix processes
+/// ci_service ran, peak RSS bytes) of `pid`.
+fn cpu_rss(pid: u32) -> (u64, u64, u64) {
+    let u = usage(pid);
+    (u.cpu_ticks, u.children_cpu_ticks, u.peak_rss_bytes)
+}
 
 fn env_num(k: &str, d: usize) -> usize {
     std::env::var(k)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(d)
-}
-
-/// (CPU ticks, RSS bytes) of `pid` and its children's accumulated CPU
-/// (cutime + cstime: the nix processes ci_service ran).
-fn cpu_rss(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (n(11) + n(12), n(13) + n(14), rss_kib * 1024)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -51,25 +43,15 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn main() {
     let repos = env_num("PCR_PUSH_REPOS", 10);
     let per_repo = env_num("PCR_PUSHES_PER_REPO", 10);
-    let h = repo_outils::testing::HermeticNix::new().unwrap();
-    let d = h.dir().to_owned();
-    let st = Command::new(bin("cache"))
-        .args(["keygen", "load-cache-1", "--out-dir"])
-        .arg(d.join("key"))
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    std::fs::write(d.join("token"), "load-token\n").unwrap();
-    let mut cmd = Command::new(bin("cache"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(d.join("cache-data"))
-        .arg("--key-file")
-        .arg(d.join("key/secret-key"))
-        .arg("--upload-token-file")
-        .arg(d.join("token"));
-    let cache = Proc::spawn("cache", cmd);
-    let cp = common::cluster::start_control_plane("127.0.0.1:0", 0);
-    let ci = common::cluster::start_ci(&h, "127.0.0.1:0", &cache.url(), &cp.addr);
+    // Cache, control plane (3 s heartbeat timeout, no grace) and
+    // ci_service; no workers.
+    let mut opts = ClusterOpts::new(Vec::new()).with_ci();
+    opts.control_plane.heartbeat_timeout_ms = Some(3000);
+    opts.cache_key_name = "load-cache-1".to_owned();
+    opts.token = "load-token".to_owned();
+    let c = Cluster::start(opts, |_, cp| cp.to_owned());
+    let d = c.dir().to_owned();
+    let (ci, cache, cp) = (c.ci(), c.cache(), &c.cp);
     let url = ci.url();
     let run = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
     let rs: Vec<Repo> = (0..repos)
@@ -116,7 +98,7 @@ fn main() {
     let commits: Vec<(String, f64)> = pushed.into_iter().flatten().collect();
 
     // Wait until every job is final.
-    let jobs = wait_for("every job final", Duration::from_secs(1800), || {
+    let jobs = wait_until(Duration::from_secs(1800), "every job final", || {
         let jobs = get_json(&format!("{url}/jobs?limit=1000"));
         let list = jobs.as_array().unwrap().clone();
         (list.len() >= total

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use testkit::{Log, Proc};
 
 fn start_ci(h: &repo_outils::testing::HermeticNix, data: &std::path::Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin("ci_service"));
@@ -16,7 +17,7 @@ fn start_ci(h: &repo_outils::testing::HermeticNix, data: &std::path::Path, extra
         .arg("--nix-conf-dir")
         .arg(h.conf_dir())
         .args(extra);
-    Proc::spawn("ci_service", cmd)
+    Proc::spawn("ci_service", cmd, Log::Quiet)
 }
 
 #[test]
@@ -175,7 +176,7 @@ fn api_validates_supersedes_and_follows_logs() {
             .unwrap()
     };
     let running = post(&c1);
-    wait_for("the build to start", Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), "the build to start", || {
         log(&url, running)
             .contains("building procurator.closure")
             .then_some(())
@@ -226,7 +227,7 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
     let (c, _) = repo.push();
     let url = ci.url();
     let id = job_for(&url, &c);
-    wait_for("the build to start", Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), "the build to start", || {
         log(&url, id)
             .contains("building procurator.closure")
             .then_some(())
@@ -238,7 +239,7 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
     // runs again from the start, and completes once the build may finish.
     let ci2 = start_ci(&h, &data, &[]);
     let url2 = ci2.url();
-    wait_for("the job to run again", Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), "the job to run again", || {
         (log(&url2, id).matches(&format!("job {id} for")).count() == 2).then_some(())
     });
     // Follow the log live while the build is blocked: the stream stays

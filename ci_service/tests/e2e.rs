@@ -9,7 +9,6 @@
 //! restart and the generation converges.
 
 mod common;
-mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,11 +54,10 @@ fn invalid_in_store(
 
 #[test]
 fn push_to_running_vms_and_back() {
+    // The VMs' CH processes outlive their workers by design: the cluster
+    // kills them when the test ends.
     let c = start();
-    // The VMs' CH processes outlive their workers by design: kill them when
-    // the test ends (each run used to leave three ch-sim processes behind).
-    let reaper = support::Reaper(c.h.dir().display().to_string());
-    let ci = c.ci.url();
+    let ci = c.ci_url();
     let cp = c.cp.addr.clone();
     let repo = Repo::new(c.h.dir(), &ci);
     assert!(!c.public_key.is_empty());
@@ -82,7 +80,7 @@ fn push_to_running_vms_and_back() {
     for paths in roots.values() {
         for p in paths {
             assert_eq!(
-                narinfo_status(&c.cache.url(), p),
+                narinfo_status(&c.cache().url(), p),
                 200,
                 "{p} not in the cache"
             );
@@ -99,7 +97,7 @@ fn push_to_running_vms_and_back() {
     // 4. Each simulated host's nix store (its own root) holds, valid, the
     // closures of the VMs it runs: pulled from the cache, signature checked.
     for (name, (_, worker)) in &placed {
-        let missing = invalid_in_store(&c.h, &host_root(&c.h, worker), &roots[name]);
+        let missing = invalid_in_store(&c.h, &c.host_root(worker), &roots[name]);
         assert!(
             missing.is_empty(),
             "{missing:?} (for {name}) not valid on {worker}"
@@ -149,13 +147,8 @@ fn push_to_running_vms_and_back() {
     let republished = get_json(&format!("{ci}/healthz"))["republished"]
         .as_u64()
         .unwrap();
-    cluster.cp.kill();
     let restarted = std::time::Instant::now();
-    cluster.cp = wait_for(
-        "the control plane to restart on its port",
-        Duration::from_secs(10),
-        || std::panic::catch_unwind(|| start_control_plane(&addr, 1000)).ok(),
-    );
+    cluster.restart_cp(1000);
     let placed3 = wait_converged(&addr, 2, Duration::from_secs(60));
     assert_eq!(placed3, placed2, "a control-plane restart restarts no VM");
     // Converged is reported from observations even while assignments are
@@ -180,21 +173,12 @@ fn push_to_running_vms_and_back() {
     let gate = gate_the_build(&cluster.h, &repo);
     let (c5, _) = repo.push();
     let id5 = job_for(&ci, &c5);
-    wait_for("the gated build to start", Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), "the gated build to start", || {
         log(&ci, id5)
             .contains("building procurator.closure")
             .then_some(())
     });
-    let ci_addr = cluster.ci.addr.clone();
-    cluster.ci.kill();
-    cluster.ci = wait_for(
-        "ci_service to restart on its port",
-        Duration::from_secs(10),
-        || {
-            std::panic::catch_unwind(|| start_ci(&cluster.h, &ci_addr, &cluster.cache.url(), &addr))
-                .ok()
-        },
-    );
+    cluster.restart_ci();
     std::fs::write(&gate, "go").unwrap();
     let job5 = wait_job(&ci, id5, Duration::from_secs(120));
     assert_eq!(job5["state"], "succeeded", "{job5}\n{}", log(&ci, id5));
@@ -210,5 +194,4 @@ fn push_to_running_vms_and_back() {
         assert_ne!(placed5[name].0, placed2[name].0, "{name} runs generation 3");
     }
     drop(cluster);
-    drop(reaper);
 }

@@ -18,11 +18,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use common::cluster::{status, wait_converged};
-use common::{get_json, job_for, log, wait_for, wait_job};
+use common::{get_json, job_for, log, wait_job, wait_until};
 use support::*;
 
 fn two_workers() -> Vec<WorkerOpts> {
-    vec![WorkerOpts::new("host-a"), WorkerOpts::new("host-b")]
+    vec![worker("host-a"), worker("host-b")]
 }
 
 fn direct(_: &str, cp: &str) -> String {
@@ -40,9 +40,9 @@ fn phase(ci: &str, id: i64) -> String {
 
 /// Waits until job `id`'s log contains `needle`.
 fn wait_log(ci: &str, id: i64, needle: &str) {
-    wait_for(
-        &format!("job {id} to log {needle:?}"),
+    wait_until(
         Duration::from_secs(60),
+        &format!("job {id} to log {needle:?}"),
         || log(ci, id).contains(needle).then_some(()),
     );
 }
@@ -120,7 +120,7 @@ fn control_plane_killed_mid_publish_gets_the_generation_back() {
     c.cp.kill();
     let down = rng.millis(0, 1000);
     std::thread::sleep(down);
-    c.restart_cp();
+    c.restart_cp(1000);
     eprintln!("killed the control plane {delay:?} into the upload (at: {at}), down {down:?}");
     let job = wait_job(&ci, id, Duration::from_secs(90));
     assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&ci, id));
@@ -145,7 +145,7 @@ fn worker_killed_mid_create_adopts_or_cleans_up() {
     let host = before["db-0"].1.clone();
     let commit = c.push_db_change(&format!("worker-{}", rng.next()));
     let id = job_for(&ci, &commit);
-    wait_for("generation 2 published", Duration::from_secs(60), || {
+    wait_until(Duration::from_secs(60), "generation 2 published", || {
         (status(&c.cp.addr)?.active?.number == 2).then_some(())
     });
     let delay = rng.millis(0, 800);
@@ -180,7 +180,7 @@ fn ch_killed_mid_boot_is_recreated_once() {
     let commit = c.push_db_change(&format!("ch-{}", rng.next()));
     // The replacement's CH process (make-before-break: a new pid beside
     // the old ones), killed at a random point of its boot.
-    let new = wait_for("the new db-0 CH process", Duration::from_secs(60), || {
+    let new = wait_until(Duration::from_secs(60), "the new db-0 CH process", || {
         ch_pids(&run).into_iter().find(|p| !old.contains(p))
     });
     let delay = rng.millis(0, 700);
@@ -200,9 +200,9 @@ fn network_cut_worker_keeps_vms_cluster_reschedules_and_heals_without_duplicates
     // worker's own 10 s call timeout (a resumed session or a new one).
     let mut rng = Rng::from_env("network");
     let mut proxy: Option<Proxy> = None;
-    let mut a = WorkerOpts::new("host-a");
+    let mut a = worker("host-a");
     a.ip = "127.0.0.2";
-    let c = start(vec![a, WorkerOpts::new("host-b")], |id, cp| {
+    let c = start(vec![a, worker("host-b")], |id, cp| {
         if id == "host-a" {
             let p = Proxy::start("127.0.0.3", cp.to_owned());
             let addr = p.addr.clone();
@@ -226,9 +226,9 @@ fn network_cut_worker_keeps_vms_cluster_reschedules_and_heals_without_duplicates
     proxy.cut();
     let cut_at = Instant::now();
     // The control plane notices the silence and runs everything on host-b.
-    wait_for(
-        "host-a's VMs to run on host-b",
+    wait_until(
         Duration::from_secs(30),
+        "host-a's VMs to run on host-b",
         || {
             let s = status(&c.cp.addr)?;
             let a_down = s
@@ -292,8 +292,8 @@ fn full_disk_under_the_cache_fails_the_upload_cleanly() {
         before
     );
     c.cache_verify();
-    let metrics =
-        String::from_utf8_lossy(&common::get(&format!("{}/metrics", c.cache.url())).1).into_owned();
+    let metrics = String::from_utf8_lossy(&common::get(&format!("{}/metrics", c.cache().url())).1)
+        .into_owned();
     assert!(metrics.contains("disk_full"), "{metrics}");
 
     // Space again: the next push goes through.

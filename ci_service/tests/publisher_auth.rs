@@ -1,5 +1,5 @@
 //! ci_service's control-plane publisher against a control plane with a
-//! token file (in-process, real loopback TCP): the `ci` token publishes, a
+//! token file (the real binary, loopback TCP): the `ci` token publishes, a
 //! `reader` token is refused by the control plane and a wrong token never
 //! gets a session; the publish says why each time.
 
@@ -7,32 +7,29 @@ use std::time::Duration;
 
 use ci_service::db::{Db, Generation};
 use ci_service::publisher::{PublishError, Publisher};
-use commands::auth::{Authenticator, Secret};
+use commands::auth::Secret;
+use testkit::services::{ControlPlaneArgs, start_control_plane};
+use testkit::{Log, Proc};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "admin-token-0123456789";
 const CI: &str = "ci-token-0123456789abcd";
 const READER: &str = "reader-token-0123456789";
 
-/// Serves a control plane with tokens on its own thread; returns its address.
-fn start_control_plane(shutdown: CancellationToken) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        commands::rpc::block_on_local(async move {
-            let text = format!("admin {ADMIN}\nci {CI}\nreader {READER}\n");
-            let auth = Authenticator::parse(&text, std::path::Path::new("t"), control_plane::ROLES)
-                .unwrap();
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let config = control_plane::Config {
-                startup_grace: Duration::ZERO,
-                ..Default::default()
-            };
-            control_plane::run_with_auth(config, auth, listener, shutdown).await;
-        })
-    });
-    addr
+/// Starts a control plane with tokens (no startup grace), its token file
+/// and log in `dir`.
+fn start_cp(dir: &std::path::Path) -> Proc {
+    let tokens = dir.join("cp-tokens");
+    std::fs::write(
+        &tokens,
+        format!("admin {ADMIN}\nci {CI}\nreader {READER}\n"),
+    )
+    .unwrap();
+    let cp = ControlPlaneArgs {
+        args: vec!["--token-file".into(), tokens.display().to_string()],
+        ..ControlPlaneArgs::default()
+    };
+    start_control_plane(&cp, Log::File(dir.join("control_plane.log")))
 }
 
 fn generation(number: i64) -> Generation {
@@ -57,7 +54,8 @@ async fn publisher_logs_in_with_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let addr = start_control_plane(shutdown.clone());
+    let cp = start_cp(dir.path());
+    let addr = cp.addr.clone();
     let (db, _) = Db::open(&dir.path().join("ci.sqlite")).unwrap();
     let db = std::sync::Arc::new(db);
 

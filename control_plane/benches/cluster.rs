@@ -9,9 +9,6 @@
 //! Needs the release binaries of the other packages:
 //! `cargo build --release -p worker -p control_plane && cargo bench -p control_plane --bench cluster`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,72 +16,25 @@ use commands::client::MasterClient;
 use commands::model::{ObservedVm, Registration, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
 use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
+    Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus,
 };
+use testkit::fixtures::{make_store, spec};
+use testkit::process::{Usage, usage};
+use testkit::services::{ControlPlaneArgs, WorkerArgs, start_worker};
+use testkit::{Log, Proc, Reaper};
 
-fn bin(name: &str) -> PathBuf {
-    // target/release/deps/cluster-HASH → target/release/NAME
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: `cargo build --release -p worker -p control_plane` first",
-        p.display()
-    );
-    p
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut cmd: Command) -> (Proc, String) {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .env("RUST_LOG", "warn");
-    let mut child = cmd.spawn().expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("first line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .to_owned();
-    (Proc(child), addr)
-}
-
-fn control_plane(extra: &[&str]) -> (Proc, String) {
-    let mut cmd = Command::new(bin("control_plane"));
-    cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"])
-        .args(extra);
-    spawn(cmd)
-}
-
-const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
-const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
-
-fn spec(name: &str, hash: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: TOPLEVEL.into(),
-        kernel_path: KERNEL.into(),
-        cmdline: format!("console=ttyS0 v={hash}"),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: hash.into(),
-        ..Default::default()
-    })
-    .expect("valid spec")
+/// The control plane with no startup grace and warnings only.
+fn control_plane(heartbeat_timeout_ms: u64, long_poll_timeout_ms: Option<u64>) -> (Proc, String) {
+    let cp = ControlPlaneArgs {
+        heartbeat_timeout_ms: Some(heartbeat_timeout_ms),
+        long_poll_timeout_ms,
+        ..ControlPlaneArgs::default()
+    };
+    let mut cmd = cp.command();
+    cmd.env("RUST_LOG", "warn");
+    let p = Proc::spawn("control_plane", cmd, Log::Quiet);
+    let addr = p.addr.clone();
+    (p, addr)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -92,59 +42,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn cpu_ticks_and_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks, rss_kib * 1024)
-}
-
 async fn publish_to_converged() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let kernel = dir.join("store").join(KERNEL.trim_start_matches('/'));
-    std::fs::create_dir_all(kernel.parent().expect("parent")).expect("mkdir");
-    std::fs::write(kernel, "kernel").expect("write");
-    std::fs::create_dir_all(dir.join("store").join(TOPLEVEL.trim_start_matches('/')))
-        .expect("mkdir");
-    let (_cp, addr) = control_plane(&["--heartbeat-timeout-ms", "3000"]);
+    let _reaper = Reaper::new(dir);
+    make_store(&dir.join("store"));
+    let (_cp, addr) = control_plane(3000, None);
     let mut workers = Vec::new();
     for id in ["b1", "b2", "b3"] {
-        let mut cmd = Command::new(bin("worker"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--worker-id",
-            id,
-            "--cpu",
-            "16",
-            "--memory-mb",
-            "8192",
-        ])
+        let w = WorkerArgs {
+            cpu: 16,
+            memory_mb: 8192,
+            control_plane: Some(addr.clone()),
+            ..WorkerArgs::new(id, &dir.join(id), &dir.join("store"))
+        }
         .args([
-            "--control-plane",
-            &addr,
             "--heartbeat-interval-ms",
             "500",
             "--shutdown-timeout-ms",
             "200",
         ])
-        .arg("--run-dir")
-        .arg(dir.join(id))
-        .arg("--store-root")
-        .arg(dir.join("store"))
-        .arg("--ch-binary")
-        .arg(bin("ch-sim"))
-        .arg("--stop-vms-on-exit");
-        workers.push(spawn(cmd).0);
+        .arg("--stop-vms-on-exit")
+        .env("RUST_LOG", "warn");
+        workers.push(start_worker(&w, Log::Quiet));
     }
     let m = MasterClient::connect(&addr, Duration::from_secs(5))
         .await
@@ -221,13 +141,8 @@ impl WorkerApi for NullWorker {}
 
 async fn thousand_workers() {
     let n = 1000usize;
-    let (cp, addr) = control_plane(&[
-        "--heartbeat-timeout-ms",
-        "5000",
-        "--long-poll-timeout-ms",
-        "25000",
-    ]);
-    let pid = cp.0.id();
+    let (cp, addr) = control_plane(5000, Some(25000));
+    let pid = cp.pid();
     let cap = WorkerCap::new(NullWorker);
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
@@ -321,7 +236,7 @@ async fn thousand_workers() {
     // Steady state: heartbeats and parked long-polls, one publish of 3,000
     // VMs in the middle (every long-poll wakes).
     let window = Duration::from_secs(20);
-    let (t0, _) = cpu_ticks_and_rss(pid);
+    let t0 = usage(pid).cpu_ticks;
     let start = Instant::now();
     tokio::time::sleep(window / 2).await;
     let specs: Vec<VmSpec> = (0..3 * n)
@@ -331,7 +246,11 @@ async fn thousand_workers() {
     let o = m.publish("c1", 1, "i1", &specs).await.expect("publish");
     let publish_ms = pt.elapsed().as_secs_f64() * 1e3;
     tokio::time::sleep(window / 2).await;
-    let (t1, rss) = cpu_ticks_and_rss(pid);
+    let Usage {
+        cpu_ticks: t1,
+        rss_bytes: rss,
+        ..
+    } = usage(pid);
     let secs = start.elapsed().as_secs_f64();
     let s = m.status().await.expect("status");
     println!(

@@ -609,20 +609,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commands::types::{VmId, VmSpecFields, VmStatus};
-
-    fn spec(name: &str, hash: &str) -> VmSpec {
-        VmSpec::new(VmSpecFields {
-            name: name.into(),
-            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-            cpu: 1,
-            memory_mb: 128,
-            content_hash: hash.into(),
-            ..Default::default()
-        })
-        .unwrap()
-    }
+    use commands::types::{VmId, VmStatus};
+    use testkit::fixtures::spec;
 
     fn reg(id: &str, addr: &str) -> Registration {
         Registration {

@@ -9,10 +9,13 @@
 //! The binaries of other packages are found next to this package's
 //! `control_plane` binary (`cargo build --workspace` builds them).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use testkit::services::{ControlPlaneArgs, WorkerArgs, start_control_plane, start_worker};
+use testkit::wait::poll_every;
+use testkit::{Log, Proc, bin};
 
 const ADMIN: &str = "admin-token-0123456789";
 const CI: &str = "ci-token-0123456789abcd";
@@ -21,48 +24,14 @@ const READER: &str = "reader-token-0123456789";
 const WORKER_ADMIN: &str = "worker-admin-token-012345";
 const WORKER_READER: &str = "worker-reader-token-01234";
 
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_control_plane")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace`)",
-        p.display()
-    );
-    p
-}
-
-/// Kills the process on drop so a failing test leaves nothing behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns `cmd`, waits for its `listening on ADDR` line and returns ADDR.
-fn spawn_listening(mut cmd: Command, log: &Path) -> (Proc, String) {
-    let logf = std::fs::File::create(log).unwrap();
-    cmd.stdout(Stdio::piped())
-        .stderr(logf)
-        .env("RUST_LOG", "info");
-    let mut child = Proc(cmd.spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
-    (child, addr)
+/// A server started with a token file, its log in `log`.
+fn start_cp(listen: &str, token_file: &Path, log: &Path) -> Proc {
+    let cp = ControlPlaneArgs {
+        listen: listen.to_owned(),
+        args: vec!["--token-file".into(), token_file.display().to_string()],
+        ..ControlPlaneArgs::default()
+    };
+    start_control_plane(&cp, Log::File(log.to_owned()))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -106,22 +75,19 @@ fn err_line(o: &Output) -> String {
 
 /// Polls `f` until it holds; on timeout the panic shows every log in `logs`.
 fn wait_for(what: &str, logs: &Path, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > timeout {
-            let mut all = String::new();
-            for e in std::fs::read_dir(logs).unwrap().flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
-                    all += &format!(
-                        "--- {}\n{}",
-                        e.path().display(),
-                        std::fs::read_to_string(e.path()).unwrap_or_default()
-                    );
-                }
+    let every = Duration::from_millis(50);
+    if poll_every(every, timeout, || f().then_some(())).is_none() {
+        let mut all = String::new();
+        for e in std::fs::read_dir(logs).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                all += &format!(
+                    "--- {}\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                );
             }
-            panic!("timed out waiting for {what}; logs:\n{all}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        panic!("timed out waiting for {what}; logs:\n{all}");
     }
 }
 
@@ -134,13 +100,8 @@ fn tokens_and_roles_with_the_real_binaries() {
         "cp-tokens",
         &format!("# control plane\nadmin {ADMIN}\nci {CI}\nworker:w1 {W1}\nreader {READER}\n"),
     );
-    let (_cp, cp) = {
-        let mut cmd = Command::new(bin("control_plane"));
-        cmd.args(["--listen", "127.0.0.1:0", "--startup-grace-ms", "0"])
-            .arg("--token-file")
-            .arg(&cp_tokens);
-        spawn_listening(cmd, &d.join("cp.log"))
-    };
+    let cp_proc = start_cp("127.0.0.1:0", &cp_tokens, &d.join("cp.log"));
+    let cp = cp_proc.addr.clone();
     let admin_file = write(d, "admin", &format!("{ADMIN}\n"));
     let reader_file = write(d, "reader", &format!("{READER}\n"));
     let ci_file = write(d, "ci", &format!("{CI}\n"));
@@ -224,29 +185,19 @@ fn tokens_and_roles_with_the_real_binaries() {
     );
     let w1_file = write(d, "w1-token", &format!("{W1}\n"));
     let start_worker = |id: &str| {
-        let mut cmd = Command::new(bin("worker"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--worker-id",
-            id,
-            "--cpu",
-            "8",
-            "--memory-mb",
-            "4096",
-        ])
-        .args(["--control-plane", &cp, "--heartbeat-interval-ms", "200"])
-        .arg("--token-file")
-        .arg(&worker_tokens)
+        let w = WorkerArgs {
+            cpu: 8,
+            memory_mb: 4096,
+            control_plane: Some(cp.clone()),
+            ..WorkerArgs::new(id, &d.join(id).join("run"), &d.join("store"))
+        }
+        .args(["--heartbeat-interval-ms", "200", "--token-file"])
+        .arg(worker_tokens.display().to_string())
         .arg("--cluster-token-file")
-        .arg(&w1_file)
-        .arg("--run-dir")
-        .arg(d.join(id).join("run"))
-        .arg("--store-root")
-        .arg(d.join("store"))
-        .arg("--ch-binary")
-        .arg(bin("ch-sim"));
-        spawn_listening(cmd, &d.join(format!("{id}.log")))
+        .arg(w1_file.display().to_string());
+        let p = start_worker(&w, Log::File(d.join(format!("{id}.log"))));
+        let addr = p.addr.clone();
+        (p, addr)
     };
     let (_w1, w1_addr) = start_worker("w1");
     let workers = || {
@@ -346,16 +297,11 @@ fn refuses(tool: &str, args: &[&str], needle: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("{tool} kept running on 0.0.0.0 without a token");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let every = Duration::from_millis(20);
+    let Some(status) = poll_every(every, Duration::from_secs(10), || child.try_wait().unwrap())
+    else {
+        let _ = child.kill();
+        panic!("{tool} kept running on 0.0.0.0 without a token");
     };
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -423,14 +369,8 @@ fn servers_without_tokens_refuse_non_loopback_binds() {
     );
     // With a token file the same bind is fine.
     let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
-    let mut cmd = Command::new(bin("control_plane"));
-    cmd.args([
-        "--listen",
-        "0.0.0.0:0",
-        "--token-file",
-        tokens.to_str().unwrap(),
-    ]);
-    let (_cp, addr) = spawn_listening(cmd, &d.join("cp.log"));
+    let cp = start_cp("0.0.0.0:0", &tokens, &d.join("cp.log"));
+    let addr = cp.addr.clone();
     assert!(addr.starts_with("0.0.0.0:"), "{addr}");
     // A malformed token file stops the server with the line that is wrong.
     let bad = write(d, "bad", &format!("admin {ADMIN}\nboss {CI}\n"));

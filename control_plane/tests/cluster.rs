@@ -15,145 +15,50 @@
 //! --workspace` (or `cargo build --workspace`) builds them.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
+use testkit::fixtures::write_specs;
+use testkit::process::kill_mentioning;
+use testkit::services::ControlPlaneArgs;
+use testkit::{alive, bin, wait_until};
 
 const HEARTBEAT_TIMEOUT_MS: u64 = 1500;
 
-fn bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_control_plane")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace`; `cargo nextest run --workspace` does)",
-        p.display()
+/// How long each step may take to be seen.
+const STEP: Duration = Duration::from_secs(30);
+
+/// The control plane (1 s startup grace, 5 s long-polls) and three workers
+/// (8 CPUs, 4 GiB, heartbeats every 200 ms) with the fixture store.
+fn start_cluster(ids: &[&'static str]) -> Cluster {
+    let mut opts = ClusterOpts::new(
+        ids.iter()
+            .map(|id| {
+                WorkerOpts {
+                    cpu: 8,
+                    memory_mb: 4096,
+                    ..WorkerOpts::new(id)
+                }
+                .args([
+                    "--heartbeat-interval-ms",
+                    "200",
+                    "--shutdown-timeout-ms",
+                    "500",
+                ])
+            })
+            .collect(),
     );
-    p
-}
-
-/// Kills the process on drop so a failing test leaves nothing behind.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Kills every process whose command line mentions `needle` (the ch-sim
-/// processes of this test's run directories), also when the test fails.
-fn kill_mentioning(needle: &str) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
+    opts.control_plane = ControlPlaneArgs {
+        heartbeat_timeout_ms: Some(HEARTBEAT_TIMEOUT_MS),
+        startup_grace_ms: 1000,
+        long_poll_timeout_ms: Some(5000),
+        ..ControlPlaneArgs::default()
     };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
-            && String::from_utf8_lossy(&cmd).contains(needle)
-        {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
-    }
-}
-
-struct Reaper(String);
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        kill_mentioning(&self.0);
-    }
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
-
-/// Spawns `cmd`, waits for its `listening on ADDR` line and returns ADDR.
-fn spawn_listening(mut cmd: Command, name: &str, log: &Path) -> (Proc, String) {
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    cmd.stdout(Stdio::piped())
-        .stderr(logf)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1");
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            panic!(
-                "{name}: unexpected first line {line:?}; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
-    (Proc { child }, addr)
-}
-
-fn start_control_plane(dir: &Path, listen: &str) -> (Proc, String) {
-    let mut cmd = Command::new(bin("control_plane"));
-    cmd.args([
-        "--listen",
-        listen,
-        "--long-poll-timeout-ms",
-        "5000",
-        "--startup-grace-ms",
-        "1000",
-    ])
-    .args(["--heartbeat-timeout-ms", &HEARTBEAT_TIMEOUT_MS.to_string()]);
-    spawn_listening(cmd, "control_plane", &dir.join("control_plane.log"))
-}
-
-fn start_worker(dir: &Path, id: &str, cp: &str) -> Proc {
-    let mut cmd = Command::new(bin("worker"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--worker-id",
-        id,
-        "--cpu",
-        "8",
-        "--memory-mb",
-        "4096",
-    ])
-    .args([
-        "--control-plane",
-        cp,
-        "--heartbeat-interval-ms",
-        "200",
-        "--shutdown-timeout-ms",
-        "500",
-    ])
-    .arg("--run-dir")
-    .arg(dir.join(id).join("run"))
-    .arg("--store-root")
-    .arg(dir.join("store"))
-    .arg("--ch-binary")
-    .arg(bin("ch-sim"));
-    spawn_listening(cmd, id, &dir.join(format!("{id}.log"))).0
+    opts.fixture_store = true;
+    Cluster::start(opts, |_, real| real.to_owned())
 }
 
 /// Runs a CLI; stdout on success, panics with stderr otherwise.
@@ -173,53 +78,28 @@ fn run(tool: &str, cp: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// `pcr-test publish-state` of the specs in `specs` as generation
+/// `generation` of `commit`; its output.
+fn publish(cp: &str, commit: &str, generation: u64, specs: &Path) -> String {
+    let generation = generation.to_string();
+    let specs = specs.to_str().unwrap();
+    let args = [
+        "publish-state",
+        "--commit",
+        commit,
+        "--generation",
+        &generation,
+        "--specs",
+        specs,
+    ];
+    run("pcr-test", cp, &args)
+}
+
 fn json(tool: &str, cp: &str, args: &[&str]) -> Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
     let out = run(tool, cp, &a);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{tool} {args:?}: {e}: {out}"))
-}
-
-/// Polls `f` every 50 ms for up to 30 s.
-fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
-const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
-const INITRD: &str = "/nix/store/2c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-initrd/initrd";
-
-fn make_store(root: &Path) {
-    for (p, body) in [(KERNEL, "kernel"), (INITRD, "initrd")] {
-        let f = root.join(p.trim_start_matches('/'));
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, body).unwrap();
-    }
-    std::fs::create_dir_all(root.join(TOPLEVEL.trim_start_matches('/'))).unwrap();
-}
-
-/// Writes one VmSpec JSON per VM into `dir`; `hash_of` picks each hash.
-fn write_specs(dir: &Path, names: &[&str], hash_of: impl Fn(&str) -> String) {
-    std::fs::create_dir_all(dir).unwrap();
-    for name in names {
-        let hash = hash_of(name);
-        let spec = serde_json::json!({
-            "name": name, "toplevel": TOPLEVEL, "kernelPath": KERNEL, "initrdPath": INITRD,
-            "cmdline": format!("console=ttyS0 build={hash}"), "cpu": 1, "memoryMb": 128,
-            "contentHash": hash,
-        });
-        std::fs::write(dir.join(format!("{name}.json")), spec.to_string()).unwrap();
-    }
 }
 
 /// name → (vm id, pid) of every VM on the given workers, through the
@@ -253,10 +133,10 @@ fn converged(cp: &str, generation: u64, expect_vms: usize) -> Option<Value> {
     ok.then_some(s)
 }
 
-fn count_actions(dir: &Path, ids: &[&str]) -> usize {
+fn count_actions(c: &Cluster, ids: &[&str]) -> usize {
     ids.iter()
         .map(|id| {
-            let log = std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
+            let log = std::fs::read_to_string(c.log(id)).unwrap_or_default();
             log.lines()
                 .filter(|l| l.contains("reconcile: create") || l.contains("reconcile: delete"))
                 .count()
@@ -266,18 +146,13 @@ fn count_actions(dir: &Path, ids: &[&str]) -> usize {
 
 #[test]
 fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let _reaper = Reaper(dir.display().to_string());
-    make_store(&dir.join("store"));
-
-    let (cp_proc, cp) = start_control_plane(dir, "127.0.0.1:0");
     let ids = ["w1", "w2", "w3"];
-    let mut workers: BTreeMap<&str, Proc> = ids
-        .iter()
-        .map(|id| (*id, start_worker(dir, id, &cp)))
-        .collect();
-    wait_until("3 healthy workers", || {
+    let mut c = start_cluster(&ids);
+    let dir = c.dir().to_owned();
+    let dir = dir.as_path();
+    let cp = c.cp.addr.clone();
+
+    wait_until(STEP, "3 healthy workers", || {
         let w = json("pcr", &cp, &["workers"]);
         (w.as_array()
             .unwrap()
@@ -291,21 +166,9 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     // ---- generation 1: 6 VMs, fully converged --------------------------
     let names = ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"];
     write_specs(&dir.join("gen1"), &names, |n| format!("g1-{n}"));
-    let out = run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c1",
-            "--generation",
-            "1",
-            "--specs",
-            dir.join("gen1").to_str().unwrap(),
-        ],
-    );
+    let out = publish(&cp, "c1", 1, &dir.join("gen1"));
     assert_eq!(out.trim(), "generation 1: published; 6 placed, 0 unplaced");
-    let status = wait_until("generation 1 converged", || converged(&cp, 1, 6));
+    let status = wait_until(STEP, "generation 1 converged", || converged(&cp, 1, 6));
     // Replicas of a group are spread: each worker runs one web and one api.
     for w in &ids {
         let on: Vec<&str> = status["vms"]
@@ -349,20 +212,8 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         }
     });
     let t = Instant::now();
-    run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c2",
-            "--generation",
-            "2",
-            "--specs",
-            dir.join("gen2").to_str().unwrap(),
-        ],
-    );
-    let status = wait_until("generation 2 converged", || {
+    publish(&cp, "c2", 2, &dir.join("gen2"));
+    let status = wait_until(STEP, "generation 2 converged", || {
         converged(&cp, 2, 6).filter(|s| {
             s["vms"]
                 .as_array()
@@ -378,7 +229,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         if changed.contains(&name) {
             assert_ne!(old.1, new.1, "{name} was not replaced");
             assert!(
-                !alive(old.1),
+                !alive(old.1 as u32),
                 "{name}'s old CH process {} still runs",
                 old.1
             );
@@ -403,7 +254,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     assert_eq!(hashes["web-1"], "g2-web-1");
 
     // ---- metrics reach the status; a crashed CH process is recreated ---------
-    wait_until("RSS metrics of every VM", || {
+    wait_until(STEP, "RSS metrics of every VM", || {
         let s = json("pcr", &cp, &["status"]);
         s["vms"]
             .as_array()
@@ -417,13 +268,15 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         .arg("-9")
         .arg(crashed_pid.to_string())
         .status();
-    wait_until("api-0 recreated after its CH process died", || {
+    wait_until(STEP, "api-0 recreated after its CH process died", || {
         let now = vms_by_name(&cp, &ids);
         now.get("api-0")
-            .filter(|(id, pid)| *id != crashed_id && *pid != 0 && alive(*pid))
+            .filter(|(id, pid)| *id != crashed_id && *pid != 0 && alive(*pid as u32))
             .map(|_| ())
     });
-    let status = wait_until("converged after the recreation", || converged(&cp, 2, 6));
+    let status = wait_until(STEP, "converged after the recreation", || {
+        converged(&cp, 2, 6)
+    });
 
     // ---- kill a worker: its VMs move to the others --------------------------
     let victim = status["vms"].as_array().unwrap()[0]["workerId"]
@@ -438,11 +291,11 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         .map(|v| v["name"].as_str().unwrap().to_owned())
         .collect();
     let killed_at = Instant::now();
-    drop(workers.remove(victim.as_str()));
+    c.kill_worker(&victim);
     // A dead host takes its VMs with it.
-    kill_mentioning(&dir.join(&victim).join("run").display().to_string());
+    kill_mentioning(&c.run_dir(&victim).display().to_string());
     let survivors: Vec<&str> = ids.iter().copied().filter(|w| *w != victim).collect();
-    let status = wait_until("VMs of the dead worker running elsewhere", || {
+    let status = wait_until(STEP, "VMs of the dead worker running elsewhere", || {
         converged(&cp, 2, 6).filter(|s| {
             s["vms"]
                 .as_array()
@@ -475,28 +328,14 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     assert_eq!(before_restart.len(), 6);
 
     // ---- restart the control plane and re-publish: nothing restarts ----------
-    let actions_before = count_actions(dir, &ids);
-    let cp_port = cp.clone();
-    drop(cp_proc);
-    let (_cp_proc2, cp2) = start_control_plane(dir, &cp_port);
-    assert_eq!(cp2, cp);
+    let actions_before = count_actions(&c, &ids);
+    c.restart_cp(1000);
+    assert_eq!(c.cp.addr, cp);
     // CI re-publishes as soon as the control plane is back, before the
     // workers re-registered: that placement is blind, and must not win.
-    let out = run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c2",
-            "--generation",
-            "2",
-            "--specs",
-            dir.join("gen2").to_str().unwrap(),
-        ],
-    );
+    let out = publish(&cp, "c2", 2, &dir.join("gen2"));
     assert!(out.starts_with("generation 2: published;"), "{out}");
-    wait_until("workers re-registered with their VMs", || {
+    wait_until(STEP, "workers re-registered with their VMs", || {
         let w = json("pcr", &cp, &["workers"]);
         let ready = w
             .as_array()
@@ -506,7 +345,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
             .count();
         (ready == 2).then_some(())
     });
-    wait_until("converged after the restart", || converged(&cp, 2, 6));
+    wait_until(STEP, "converged after the restart", || converged(&cp, 2, 6));
     // Give the reconcilers time to act if they (wrongly) were going to.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -515,23 +354,11 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         "a VM restarted"
     );
     assert_eq!(
-        count_actions(dir, &ids),
+        count_actions(&c, &ids),
         actions_before,
         "the restart caused create/delete actions"
     );
-    let repeat = run(
-        "pcr-test",
-        &cp,
-        &[
-            "publish-state",
-            "--commit",
-            "c2",
-            "--generation",
-            "2",
-            "--specs",
-            dir.join("gen2").to_str().unwrap(),
-        ],
-    );
+    let repeat = publish(&cp, "c2", 2, &dir.join("gen2"));
     assert!(repeat.contains("unchanged"), "{repeat}");
 
     // ---- the remaining CLI views ----------------------------------------------

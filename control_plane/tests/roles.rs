@@ -12,7 +12,7 @@ use commands::convert::ErrorCode;
 use commands::model::{Registration, WorkerMetricsView};
 use commands::rpc::RpcError;
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{Labels, Resources, VmSpec, VmSpecFields};
+use commands::types::{Labels, Resources, VmSpec};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -25,16 +25,7 @@ struct NullWorker;
 impl WorkerApi for NullWorker {}
 
 fn spec(name: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-        kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: "h1".into(),
-        ..Default::default()
-    })
-    .unwrap()
+    testkit::fixtures::spec(name, "h1")
 }
 
 fn reg(id: &str) -> Registration {

@@ -9,7 +9,8 @@ use commands::client::{ClientError, MasterClient};
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{Registration, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{Labels, Resources, VmSpec, VmSpecFields, WorkerStatus};
+use commands::types::{Labels, Resources, WorkerStatus};
+use testkit::fixtures::spec;
 use tokio_util::sync::CancellationToken;
 
 /// A Worker capability that answers `read` with its id, so the test can
@@ -32,19 +33,6 @@ impl WorkerApi for EchoWorker {
             uptime_ms: 0,
         })
     }
-}
-
-fn spec(name: &str, hash: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-        kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: hash.into(),
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 fn reg(id: &str, addr: &str) -> Registration {

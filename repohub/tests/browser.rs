@@ -9,31 +9,27 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::webdriver::Driver;
-use support::{CI_SECRET, FakeCi, FakeMaster, dead_port, git_async, work_repo};
+use support::{CI_SECRET, FakeCi, FakeMaster, git_async, work_repo};
+use testkit::fs::free_port;
+use testkit::{Log, Proc};
 
+/// The repohub process (stopped on drop) and its base URL.
 struct Repohub {
-    child: Child,
+    _proc: Proc,
     base: String,
-}
-
-impl Drop for Repohub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Repohub {
     async fn start(dir: &std::path::Path, ci: &str, control_plane: &str) -> Self {
         let secret = dir.join("ci-secret");
         std::fs::write(&secret, format!("{CI_SECRET}\n")).unwrap();
-        let port = dead_port().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_repohub"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let port = free_port().port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_repohub"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--ci-url", ci, "--control-plane", control_plane])
@@ -42,11 +38,10 @@ impl Repohub {
             // Cheap KDF and fast retries for the test only; defaults stay strong.
             .args(["--kdf-memory-kib", "1024", "--retry-initial-ms", "100"])
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting repohub");
+            .stdout(Stdio::null());
         let me = Repohub {
-            child,
+            // It prints no address: the port is polled below.
+            _proc: Proc::start("repohub", cmd, Log::Inherit),
             base: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -8,9 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{
-    CI_SECRET, FakeCi, Server, TestApp, config, dead_port, eventually, git_async, work_repo,
-};
+use support::{CI_SECRET, FakeCi, Server, TestApp, config, eventually, git_async, work_repo};
 
 const PW: &str = "correct horse battery";
 
@@ -255,7 +253,7 @@ fn pending_attempts(app: &TestApp, path: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_succeeds_when_ci_refuses_connections() {
-    let dead = dead_port();
+    let dead = testkit::fs::free_port();
     let (app, srv) = setup(|c| c.ci_url = Some(format!("http://{dead}"))).await;
     let mut ann = app.client();
     ann.signup("ann", PW).await;

@@ -6,7 +6,8 @@
 mod support;
 
 use http::StatusCode;
-use support::{Client, FakeCi, FakeMaster, TestApp, commit_at, dead_port, git, work_repo};
+use support::{Client, FakeCi, FakeMaster, TestApp, commit_at, git, work_repo};
+use testkit::fs::free_port;
 
 const PW: &str = "correct horse battery";
 
@@ -547,8 +548,8 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
 
 #[tokio::test]
 async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
-    let dead_ci = dead_port();
-    let dead_cp = dead_port();
+    let dead_ci = free_port();
+    let dead_cp = free_port();
     let app = TestApp::new(|c| {
         c.ci_url = Some(format!("http://{dead_ci}"));
         c.control_plane = Some(dead_cp.to_string());

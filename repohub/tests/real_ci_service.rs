@@ -9,21 +9,9 @@ mod support;
 use std::time::Duration;
 
 use support::{CI_SECRET, Server, TestApp, config, git_async, work_repo};
+use testkit::fs::{copy_tree, example_dir};
 
 const PW: &str = "correct horse battery";
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
@@ -53,10 +41,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     let token = ann.token().await;
 
     let work = work_repo(app.dir.path(), &[(".keep", b"")], "empty start");
-    copy_tree(
-        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../example/hermetic"),
-        &work,
-    );
+    copy_tree(&example_dir(), &work);
     let (ok, out) = git_async(&work, &["add", "-A"]).await;
     assert!(ok, "{out}");
     support::commit_at(&work, "hermetic example", 1_600_000_100);

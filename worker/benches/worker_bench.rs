@@ -9,17 +9,16 @@
 //! 2. With BENCH_VMS (default 1000) VMs on one worker: listVms latency and
 //!    the worker process's RSS growth per VM.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use commands::client::WorkerClient;
-use commands::types::{VmId, VmSpec, VmSpecFields};
+use commands::types::{VmId, VmSpec};
+use testkit::fixtures::{make_store, spec_with};
+use testkit::services::{WorkerArgs, start_worker as start_worker_proc};
+use testkit::{Log, Proc, Reaper};
 use worker::rundir::RunDir;
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend, Vmm, VmmBackend, VmmProcess};
-
-const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
 
 fn env_n(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -29,17 +28,7 @@ fn env_n(key: &str, default: usize) -> usize {
 }
 
 fn spec(name: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: TOP.into(),
-        kernel_path: format!("{TOP}/kernel"),
-        cmdline: "console=ttyS0".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: "bench".into(),
-        ..Default::default()
-    })
-    .unwrap()
+    spec_with(name, "bench", |f| f.cmdline = "console=ttyS0".into())
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -55,72 +44,15 @@ fn rss_kib(pid: u32) -> u64 {
     worker::procfs::rss_bytes(pid) / 1024
 }
 
-/// Private (anonymous) resident memory: what one more process really costs,
-/// without the binary's and libc's pages shared by all of them.
-fn rss_anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+fn start_worker(dir: &Path) -> Proc {
+    let w = WorkerArgs {
+        cpu: 4096,
+        memory_mb: 1_048_576,
+        ..WorkerArgs::new("bench", &dir.join("run"), &dir.join("store"))
     }
-}
-
-/// Kills leftover ch-sim processes of this run directory.
-struct Reaper(PathBuf);
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let needle = self.0.display().to_string();
-        for pid in worker::procfs::pids_with_cmdline_containing(&needle) {
-            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-        }
-    }
-}
-
-fn start_worker(dir: &Path) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--worker-id",
-            "bench",
-            "--cpu",
-            "4096",
-            "--memory-mb",
-            "1048576",
-        ])
-        .arg("--ch-binary")
-        .arg(env!("CARGO_BIN_EXE_ch-sim"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--store-root")
-        .arg(dir.join("store"))
-        .arg("--stop-vms-on-exit")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start worker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .to_owned();
-    (Proc(child), addr)
+    .arg("--stop-vms-on-exit")
+    .env("RUST_LOG", "warn");
+    start_worker_proc(&w, Log::Inherit)
 }
 
 async fn create(w: &WorkerClient, spec: &VmSpec) -> VmId {
@@ -144,10 +76,8 @@ fn main() {
     let vms = env_n("BENCH_VMS", 1000);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
-    let _reaper = Reaper(d.clone());
-    let sys = d.join("store").join(TOP.trim_start_matches('/'));
-    std::fs::create_dir_all(&sys).unwrap();
-    std::fs::write(sys.join("kernel"), b"kernel").unwrap();
+    let _reaper = Reaper::new(&d);
+    make_store(&d.join("store"));
 
     commands::rpc::block_on_local(async move {
         // 1. Interleaved, so load from anything else on the machine hits
@@ -158,8 +88,8 @@ fn main() {
         cfg.store_root = d.join("store");
         let backend = CloudHypervisorBackend::new(cfg);
         let rd = RunDir::open(&d.join("direct")).unwrap();
-        let (worker_proc, addr) = start_worker(&d);
-        let wpid = worker_proc.0.id();
+        let worker_proc = start_worker(&d);
+        let (wpid, addr) = (worker_proc.pid(), worker_proc.addr.clone());
         let w = WorkerClient::connect(&addr, Duration::from_secs(5), "")
             .await
             .unwrap();
@@ -249,7 +179,7 @@ fn main() {
             sim_pids.iter().map(|p| rss_kib(*p)).collect::<Vec<_>>(),
             sim_pids
                 .iter()
-                .map(|p| rss_anon_kib(*p))
+                .map(|p| testkit::process::usage(*p).anon_rss_bytes / 1024)
                 .collect::<Vec<_>>()
         );
 

@@ -11,28 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::disk::DiskMode;
-use crate::dto::{VmSpecFields, VmState};
+use crate::dto::VmState;
 use crate::node::{CommandSender, Node};
 use crate::vmm::memory::{Fault, MemoryBackend, Step};
-
-const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
 
 fn spec(name: &str) -> VmSpec {
     versioned(name, &format!("hash-{name}"))
 }
 
 fn versioned(name: &str, content_hash: &str) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: TOP.into(),
-        kernel_path: format!("{TOP}/kernel"),
-        cmdline: "console=ttyS0".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: content_hash.into(),
-        ..Default::default()
-    })
-    .unwrap()
+    testkit::fixtures::spec_with(name, content_hash, |f| f.cmdline = "console=ttyS0".into())
 }
 
 fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {

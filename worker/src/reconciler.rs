@@ -563,21 +563,14 @@ fn host_metrics(vm_count: u32) -> WorkerMetricsView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dto::VmSpecFields;
 
     const CFG: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 
     fn spec(name: &str, hash: &str) -> VmSpec {
-        VmSpec::new(VmSpecFields {
-            name: name.into(),
-            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-            cpu: 1,
-            memory_mb: 64,
-            content_hash: hash.into(),
-            ..Default::default()
+        testkit::fixtures::spec_with(name, hash, |f| {
+            f.cmdline = String::new();
+            f.memory_mb = 64;
         })
-        .unwrap()
     }
 
     fn vm(name: &str, hash: &str, state: VmState, created: u64) -> VmStatus {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, alive, ch_sim, ch_sim_with_env, kill9, wait_for};
+use common::{ch_sim, ch_sim_with_env};
+use testkit::{Proc, alive, kill9, poll};
 use worker::dto::{VmId, VmSpec, VmSpecFields};
 use worker::rundir::RunDir;
 use worker::vmm::config::{ChVmState, VmPaths};
@@ -251,9 +252,9 @@ async fn adopts_a_live_ch_and_sees_it_die() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let guard = ChildGuard(child);
-    let pid = guard.0.id();
-    wait_for(Duration::from_secs(5), || {
+    let guard = Proc::adopt("ch-sim", child);
+    let pid = guard.pid();
+    poll(Duration::from_secs(5), || {
         std::os::unix::net::UnixStream::connect(&p.socket).ok()
     })
     .unwrap();

@@ -10,13 +10,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ChildGuard, ch_sim, kill9, wait_for};
+use common::ch_sim;
 use http::Method;
 use serde_json::Value;
+use testkit::{Proc, kill9, poll};
 use worker::vmm::ch::ChClient;
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend};
 
-fn start_sim(socket: &Path) -> ChildGuard {
+fn start_sim(socket: &Path) -> Proc {
     let child = Command::new(ch_sim())
         .arg("--api-socket")
         .arg(format!("path={}", socket.display()))
@@ -24,11 +25,11 @@ fn start_sim(socket: &Path) -> ChildGuard {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(5), || {
+    poll(Duration::from_secs(5), || {
         std::os::unix::net::UnixStream::connect(socket).ok()
     })
     .expect("ch-sim answers on its socket");
-    ChildGuard(child)
+    Proc::adopt("ch-sim", child)
 }
 
 /// Every field of `want` is in `got` with the same value (arrays: same
@@ -150,7 +151,7 @@ async fn ch_sim_answers_like_ch_v53() {
     std::fs::write(run.join("disk.raw"), vec![0u8; 4096]).unwrap();
     let socket = run.join("vm.sock");
     let mut sim = start_sim(&socket);
-    let pid = sim.0.id();
+    let pid = sim.pid();
     let client =
         CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
     let mut replayed = 0;
@@ -205,7 +206,7 @@ async fn ch_sim_answers_like_ch_v53() {
     assert_eq!(replayed, 51);
     // The recording ends with vmm.shutdown: CH exits 0, removes its socket,
     // and leaves the lock file.
-    let status = wait_for(Duration::from_secs(10), || sim.0.try_wait().unwrap())
+    let status = poll(Duration::from_secs(10), || sim.child.try_wait().unwrap())
         .expect("exited after vmm.shutdown");
     assert_eq!(status.code(), Some(0));
     assert!(!socket.exists());
@@ -228,16 +229,16 @@ fn process_behaviour_matches_ch() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
 
     // SIGKILL leaves the socket behind; a new CH on the path replaces it.
-    kill9(first.0.id());
+    kill9(first.pid());
     drop(first);
     assert!(socket.exists(), "SIGKILL leaves the socket");
     let second = start_sim(&socket);
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
 
     // SIGTERM is graceful: exit 0, socket removed.
-    let _ = Command::new("kill").arg(second.0.id().to_string()).status();
+    let _ = Command::new("kill").arg(second.pid().to_string()).status();
     let mut second = second;
-    let st = wait_for(Duration::from_secs(10), || second.0.try_wait().unwrap()).unwrap();
+    let st = poll(Duration::from_secs(10), || second.child.try_wait().unwrap()).unwrap();
     assert_eq!(st.code(), Some(0));
     assert!(!socket.exists());
 
@@ -273,7 +274,7 @@ async fn guest_power_off_ends_the_process_like_ch() {
     let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
     assert_eq!(st.as_u16(), 204);
     let status =
-        wait_for(Duration::from_secs(10), || sim.0.try_wait().unwrap()).expect("guest powered off");
+        poll(Duration::from_secs(10), || sim.child.try_wait().unwrap()).expect("guest powered off");
     assert_eq!(status.code(), Some(0));
     assert!(!socket.exists(), "power-off removes the socket");
     let log = std::fs::read_to_string(&serial).unwrap();
@@ -308,7 +309,7 @@ async fn ch_sim_opens_disks_like_ch_v53() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path();
     let kernel = disk_files(run);
-    let mut sims: Vec<(String, ChildGuard, ChClient)> = Vec::new();
+    let mut sims: Vec<(String, Proc, ChClient)> = Vec::new();
     let mut replayed = 0;
     for call in recorded_calls("ch-v53-disks.jsonl", run, &kernel) {
         let case = call.rec["case"].as_str().unwrap().to_owned();
@@ -332,7 +333,7 @@ async fn ch_sim_opens_disks_like_ch_v53() {
             }
         }
         if call.endpoint == "vmm.shutdown" {
-            let status = wait_for(Duration::from_secs(10), || sim.0.try_wait().unwrap())
+            let status = poll(Duration::from_secs(10), || sim.child.try_wait().unwrap())
                 .expect("exited after vmm.shutdown");
             assert_eq!(status.code(), Some(0), "{what}");
         }
@@ -344,7 +345,7 @@ async fn ch_sim_opens_disks_like_ch_v53() {
 
 /// Booting one VM per disk `path`, each in its own ch-sim process; the
 /// status of each `vm.boot`.
-async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<ChildGuard>, Vec<u16>) {
+async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<Proc>, Vec<u16>) {
     let mut out = (Vec::new(), Vec::new());
     for (i, disk) in disks.iter().enumerate() {
         let socket = run.join(format!("lock{i}.sock"));

@@ -9,8 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ch_sim, kill_processes_mentioning, make_store, spec_json};
+use common::ch_sim;
 use http::Method;
+use testkit::Reaper;
+use testkit::fixtures::{make_store, spec_json};
 use tokio_util::sync::CancellationToken;
 use worker::dto::{Labels, Resources, VmSpec, VmState};
 use worker::manager::ManagerConfig;
@@ -76,7 +78,7 @@ fn overlay(dir: &Path, id: &impl std::fmt::Display) -> PathBuf {
 async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
     let dir = tempfile::tempdir().unwrap();
     make_store(&dir.path().join("store"));
-    let _reap = Reap(dir.path().display().to_string());
+    let _reap = Reaper::new(dir.path());
     let w = start(dir.path());
     let mut figures = Vec::new();
     let mut ids = Vec::new();
@@ -142,7 +144,7 @@ async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
 async fn logs_keep_the_console_across_a_reboot() {
     let dir = tempfile::tempdir().unwrap();
     make_store(&dir.path().join("store"));
-    let _reap = Reap(dir.path().display().to_string());
+    let _reap = Reaper::new(dir.path());
     let w = start(dir.path());
     let spec: VmSpec = serde_json::from_value(spec_json("con", "console=ttyS0")).unwrap();
     let st = w.tx.create_vm(spec).await.unwrap();
@@ -167,13 +169,4 @@ async fn logs_keep_the_console_across_a_reboot() {
     assert_eq!(boots, 2, "{:?}", tail.lines);
     w.tx.delete_vm(st.id.clone()).await.unwrap();
     w.stop().await;
-}
-
-/// Kills the ch-sim processes of one test's directory when it ends.
-struct Reap(String);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        kill_processes_mentioning(&self.0);
-    }
 }

@@ -6,86 +6,44 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    ChildGuard, alive, ch_sim, kill_processes_mentioning, kill9, make_store, spec_json, wait_for,
-};
+use common::ch_sim;
 use serde_json::Value;
+use testkit::fixtures::{make_store, spec_json};
+use testkit::services::WorkerArgs;
+use testkit::{Log, Proc, Reaper, alive, bin, kill9, poll};
 
-fn pcr_worker_test() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_worker")).with_file_name("pcr-worker-test");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first with `cargo build -p cli` (cargo nextest run --workspace does)",
-        p.display()
-    );
-    p
-}
-
-/// A worker process plus its address; killed (not its VMs) on drop.
+/// A worker process plus its address; stopped (not its VMs) on drop.
 struct Worker {
-    child: ChildGuard,
+    proc: Proc,
     addr: String,
 }
 
 fn start_worker(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Worker {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("worker.log"))
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--worker-id",
-        "e2e",
-        "--cpu",
-        "16",
-        "--memory-mb",
-        "16384",
-    ])
-    .args(["--label", "zone=a", "--shutdown-timeout-ms", "500"])
-    .arg("--run-dir")
-    .arg(dir.join("run"))
-    .arg("--store-root")
-    .arg(dir.join("store"))
-    .args(extra)
-    .env("RUST_LOG", "info")
-    .env("WORKER_CH_BINARY", ch_sim())
-    .env("WORKER_SOCKET_TIMEOUT_MS", "2000")
-    .stdout(Stdio::piped())
-    .stderr(log);
+    let mut w = WorkerArgs::new("e2e", &dir.join("run"), &dir.join("store"))
+        .args(["--label", "zone=a", "--shutdown-timeout-ms", "500"])
+        .args(extra.iter().copied())
+        .env("WORKER_CH_BINARY", ch_sim().display().to_string())
+        .env("WORKER_SOCKET_TIMEOUT_MS", "2000");
+    // The CH binary comes from the environment, so a test may pass its own.
+    w.ch_binary = None;
+    w.cpu = 16;
+    w.memory_mb = 16384;
     for (k, v) in env {
-        cmd.env(k, v);
+        w = w.env(*k, *v);
     }
-    let mut child: Child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            let log = std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default();
-            panic!("unexpected first line {line:?}; worker log:\n{log}")
-        })
-        .to_owned();
-    Worker {
-        child: ChildGuard(child),
-        addr,
-    }
+    let proc = testkit::services::start_worker(&w, Log::File(dir.join("worker.log")));
+    let addr = proc.addr.clone();
+    Worker { proc, addr }
 }
 
 impl Worker {
     /// Runs pcr-worker-test; Ok(stdout) on success, Err(stderr) otherwise.
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(pcr_worker_test())
+        let out = Command::new(bin("pcr-worker-test"))
             .arg("--addr")
             .arg(&self.addr)
             .args(args)
@@ -116,20 +74,11 @@ impl Worker {
 
     /// SIGTERM and wait for a clean exit.
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.0.id().to_string())
-            .status();
-        let st = wait_for(Duration::from_secs(10), || self.child.0.try_wait().unwrap())
+        let st = self
+            .proc
+            .terminate(Duration::from_secs(10))
             .expect("worker exits on SIGTERM");
         assert!(st.success(), "worker exit status {st}");
-    }
-}
-
-/// Kills every CH of the test's run directory when the test ends.
-struct Reaper(String);
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        kill_processes_mentioning(&self.0);
     }
 }
 
@@ -241,7 +190,7 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
     // The bound is loose on purpose: on a loaded 2-core CI machine each
     // CLI start-up can take a while. The manager's unit test holds the
     // detection itself to 1 s.
-    let failed = wait_for(Duration::from_secs(5), || {
+    let failed = poll(Duration::from_secs(5), || {
         w.list()
             .into_iter()
             .find(|v| v["id"] == id_d.as_str() && v["state"] == "failed")
@@ -289,7 +238,7 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
     for (id, pid) in &after {
         w.cli(&["delete-vm", id]).unwrap();
         assert!(
-            wait_for(Duration::from_secs(10), || (!alive(*pid as u32))
+            poll(Duration::from_secs(10), || (!alive(*pid as u32))
                 .then_some(()))
             .is_some()
         );
@@ -407,14 +356,14 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
         "slow.json",
         &spec_json("slow", "ch_sim.boot_delay_ms=1500"),
     );
-    let (addr, bin) = (w.addr.clone(), pcr_worker_test());
+    let (addr, tool) = (w.addr.clone(), bin("pcr-worker-test"));
     let creating = std::thread::spawn(move || {
-        Command::new(bin)
+        Command::new(tool)
             .args(["--addr", &addr, "create-vm", "--spec", &slow])
             .output()
             .unwrap()
     });
-    let slow_id = wait_for(Duration::from_secs(5), || {
+    let slow_id = poll(Duration::from_secs(5), || {
         w.list()
             .into_iter()
             .find(|v| v["name"] == "slow" && v["state"] == "creating")
@@ -436,7 +385,7 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
     assert!(files.is_empty(), "{files:?}");
 
     // Unreachable worker: one clear line.
-    let out = Command::new(pcr_worker_test())
+    let out = Command::new(bin("pcr-worker-test"))
         .args(["--addr", "127.0.0.1:1", "list-vms"])
         .output()
         .unwrap();
@@ -526,7 +475,7 @@ fn restart_kills_a_hypervisor_whose_api_hangs() {
     let w = start_worker(d, &["--api-timeout-ms", "300"], &[]);
     assert!(w.list().is_empty());
     assert!(
-        wait_for(Duration::from_secs(10), || (!alive(pid)).then_some(())).is_some(),
+        poll(Duration::from_secs(10), || (!alive(pid)).then_some(())).is_some(),
         "hung CH killed"
     );
     let left: Vec<_> = std::fs::read_dir(d.join("run"))

@@ -12,17 +12,13 @@ use worker::dto::VmSpec;
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend, VmmBackend, VmmError};
 
 fn spec(name: &str, kernel: &str, disk: &str) -> VmSpec {
-    VmSpec::new(commands::types::VmSpecFields {
-        name: name.into(),
-        toplevel: disk.into(),
-        kernel_path: kernel.into(),
-        disk_image_path: disk.into(),
-        cpu: 1,
-        memory_mb: 64,
-        content_hash: "h".into(),
-        ..Default::default()
+    testkit::fixtures::spec_with(name, "h", |f| {
+        f.toplevel = disk.into();
+        f.kernel_path = kernel.into();
+        f.disk_image_path = disk.into();
+        f.cmdline = String::new();
+        f.memory_mb = 64;
     })
-    .unwrap()
 }
 
 #[tokio::test]

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ChildGuard, ch_sim, wait_for};
+use common::ch_sim;
 use repo_outils::testing::HermeticNix;
+use testkit::{Proc, poll};
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -165,7 +166,8 @@ fn boot_in_qemu(kernel: &Path) {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("serial.txt");
-    let _qemu = ChildGuard(
+    let _qemu = Proc::adopt(
+        "qemu",
         Command::new("qemu-system-x86_64")
             .args(["-machine", "q35", "-accel", "tcg", "-m", "64", "-kernel"])
             .arg(kernel)
@@ -182,7 +184,7 @@ fn boot_in_qemu(kernel: &Path) {
             .unwrap(),
     );
     // The firmware prints first; the guest's line follows on the same port.
-    let text = wait_for(Duration::from_secs(60), || {
+    let text = poll(Duration::from_secs(60), || {
         let t = std::fs::read_to_string(&out).unwrap_or_default();
         t.contains("is up\n").then_some(t)
     })
@@ -203,14 +205,15 @@ fn boot_in_qemu(kernel: &Path) {
 fn ch_sim_prints_the_guest_line(kernel: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("g.sock");
-    let _sim = ChildGuard(
+    let _sim = Proc::adopt(
+        "ch-sim",
         Command::new(ch_sim())
             .arg("--api-socket")
             .arg(format!("path={}", socket.display()))
             .spawn()
             .unwrap(),
     );
-    wait_for(Duration::from_secs(5), || {
+    poll(Duration::from_secs(5), || {
         std::os::unix::net::UnixStream::connect(&socket).ok()
     })
     .unwrap();

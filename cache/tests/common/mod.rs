@@ -1,13 +1,15 @@
 //! Shared helpers for the cache's integration tests: a hermetic nix setup
 //! (per-test NIX_CONF_DIR, XDG_CACHE_HOME, netrc), builtins-only closures,
-//! and the real `cache` binary started on port 0 and killed on drop.
+//! and the real `cache` binary started on port 0 (testkit's process guard).
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use testkit::wait::poll_every;
+use testkit::{Log, Proc};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cache");
 pub const TOKEN: &str = "s3cret-upload-token";
@@ -37,17 +39,7 @@ impl Env {
         .unwrap();
         let env = Self { dir };
         env.set_netrc_password(TOKEN);
-        std::fs::write(env.path().join("token"), format!("{TOKEN}\n")).unwrap();
-        let out = Command::new(BIN)
-            .args(["keygen", "test-cache-1", "--out-dir"])
-            .arg(env.path().join("key"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        testkit::services::cache_keys(env.path(), "test-cache-1", TOKEN);
         env
     }
 
@@ -141,21 +133,16 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "command timed out after {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let every = Duration::from_millis(20);
+    if poll_every(every, limit, || child.try_wait().unwrap()).is_some() {
+        return child.wait_with_output().unwrap();
     }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "command timed out after {limit:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A derivation chain: `top` depends on `mid` depends on `leaf` (3 paths),
@@ -183,51 +170,35 @@ in top
     )
 }
 
-/// The real `cache serve` on 127.0.0.1:0; killed on drop.
+/// The real `cache serve` on 127.0.0.1:0; stopped on drop.
 pub struct Server {
-    pub child: Child,
+    pub proc: Proc,
     pub addr: String,
 }
 
 impl Server {
     pub fn start(env: &Env, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(env.data_dir())
             .arg("--key-file")
             .arg(env.secret_key_file())
             .arg("--upload-token-file")
             .arg(env.path().join("token"))
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("bad line {line:?}"))
-            .to_owned();
-        Self { child, addr }
+            .env("RUST_LOG", "warn");
+        let proc = Proc::spawn("cache", cmd, Log::Inherit);
+        let addr = proc.addr.clone();
+        Self { proc, addr }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// SIGKILL now (a crash).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+        self.proc.kill();
     }
 }
 

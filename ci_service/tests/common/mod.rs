@@ -1,103 +1,16 @@
-//! Helpers shared by ci_service's integration tests: find and spawn the
-//! workspace's real binaries (killed on drop), run real git, and talk to
-//! the HTTP API.
+//! Helpers shared by ci_service's integration tests: run real git on a
+//! repository with ci_service's hook, and talk to the HTTP API. Binaries,
+//! processes, polling and the cluster come from `testkit`.
 #![allow(dead_code)]
 
 pub mod cluster;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-/// `target/debug` (or whichever profile dir holds this test's binary;
-/// `PCR_BIN_DIR` overrides it, e.g. for the release-built benchmark).
-pub fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("PCR_BIN_DIR") {
-        return PathBuf::from(d);
-    }
-    let exe = std::env::current_exe().expect("test exe path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned()
-}
-
-/// A workspace binary by name; panics with a clear message when missing.
-pub fn bin(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`)",
-        p.display()
-    );
-    p
-}
-
-/// A spawned service, killed (SIGKILL) and reaped on drop.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub addr: String,
-}
-
-impl Proc {
-    /// Spawns `cmd` and waits for its `listening on ADDR` line on stdout.
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        if std::env::var_os("PCR_TEST_VERBOSE").is_none() {
-            cmd.stderr(Stdio::null());
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let n = name.to_owned();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent && let Some(a) = line.trim().strip_prefix("listening on ") {
-                    let _ = tx.send(a.trim().to_owned());
-                    sent = true;
-                }
-                if std::env::var_os("PCR_TEST_VERBOSE").is_some() {
-                    eprintln!("[{n}] {line}");
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("{name} did not print `listening on ADDR` within 30s ({status:?})");
-            }
-        };
-        Proc {
-            name: name.to_owned(),
-            child,
-            addr,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// SIGKILL now (a crash), and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use testkit::fs::{copy_tree, example_dir};
+pub use testkit::{bin, wait_until};
 
 /// Runs git with a fixed identity; panics with its stderr on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -126,25 +39,6 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Copies a directory tree (files and dirs only).
-pub fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
-}
-
-/// The hermetic example flake in the repository.
-pub fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../example/hermetic")
 }
 
 /// A bare repository with ci_service's hook, and a work clone holding the
@@ -240,25 +134,9 @@ pub fn request(
     (resp.status, resp.body)
 }
 
-/// Polls `f` every 50 ms until it returns Some, or panics after `timeout`
-/// with `what` and the last value seen.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until job `id` is final and returns it.
 pub fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
-    wait_for(&format!("job {id} to finish"), timeout, || {
+    wait_until(timeout, &format!("job {id} to finish"), || {
         let j = get_json(&format!("{ci}/jobs/{id}"));
         matches!(
             j["state"].as_str(),
@@ -270,9 +148,9 @@ pub fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
 
 /// The job ci_service created for `commit`.
 pub fn job_for(ci: &str, commit: &str) -> i64 {
-    wait_for(
-        &format!("a job for {commit}"),
+    wait_until(
         Duration::from_secs(10),
+        &format!("a job for {commit}"),
         || {
             let jobs = get_json(&format!("{ci}/jobs"));
             jobs.as_array()

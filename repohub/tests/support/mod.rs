@@ -597,12 +597,6 @@ impl FakeMaster {
     }
 }
 
-/// A loopback port with nothing listening (bound then released).
-pub fn dead_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 // ---------------------------------------------------------------- real server
 
 /// `repohub::run` on a loopback port, stopped on drop.

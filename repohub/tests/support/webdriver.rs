@@ -67,7 +67,7 @@ impl Driver {
     pub async fn start() -> Driver {
         require(CHROMIUM);
         require(CHROMEDRIVER);
-        let port = super::dead_port().port();
+        let port = testkit::fs::free_port().port();
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
