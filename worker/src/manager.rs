@@ -234,6 +234,15 @@ pub struct VmManager<B: VmmBackend> {
     console_sync_busy: Arc<AtomicBool>,
 }
 
+impl<B: VmmBackend> std::fmt::Debug for VmManager<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmManager")
+            .field("vms", &self.vms.keys().collect::<Vec<_>>())
+            .field("next_instance", &self.next_instance)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What makes a VM unique on a worker: its name and contentHash.
 type VmKey = (VmName, String);
 

@@ -74,6 +74,8 @@ fn overlay(dir: &Path, id: &impl std::fmt::Display) -> PathBuf {
     dir.join("run").join(format!("{id}.qcow2"))
 }
 
+// It prints each image's figures (create time, overlay size) for the log.
+#[allow(clippy::print_stdout)]
 #[tokio::test]
 async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ const MARKER: &[u8] = b"procurator-pvh-guest v1";
 const MAX_KERNEL: u64 = 1 << 20;
 
 /// The line the hermetic guest prints for `cmdline`, when `kernel` is it.
-pub fn boot_line(kernel: &str, cmdline: &str) -> Option<String> {
+pub(super) fn boot_line(kernel: &str, cmdline: &str) -> Option<String> {
     let f = std::fs::File::open(kernel).ok()?;
     if f.metadata().ok()?.len() > MAX_KERNEL {
         return None;

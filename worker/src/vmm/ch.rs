@@ -77,6 +77,15 @@ pub struct CloudHypervisorBackend {
     pull_lock: tokio::sync::Mutex<()>,
 }
 
+impl std::fmt::Debug for CloudHypervisorBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudHypervisorBackend")
+            .field("binary", &self.config.binary)
+            .field("closure_source", &self.config.closure_source)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CloudHypervisorBackend {
     pub fn new(config: ChBackendConfig) -> Self {
         let http = HttpClient::unix().with_timeout(config.api_timeout);
@@ -314,6 +323,14 @@ pub struct ChClient {
     socket: PathBuf,
 }
 
+impl std::fmt::Debug for ChClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChClient")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ChClient {
     /// One request; `Ok((status, body))` for any HTTP answer. The whole
     /// exchange is bounded by the API timeout.
@@ -454,6 +471,7 @@ impl Vmm for ChClient {
 
 /// The CH process of one VM: our child (exit seen by `wait`) or adopted
 /// from a previous worker (exit seen by polling /proc).
+#[derive(Debug)]
 pub struct ChProcess {
     pid: Option<u32>,
     socket: PathBuf,

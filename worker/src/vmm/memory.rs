@@ -45,20 +45,21 @@ pub enum Fault {
     Hang,
 }
 
+#[derive(Debug)]
 struct Process {
     pid: u32,
     state: Mutex<Option<ChVmState>>,
     exit: watch::Sender<Option<ExitInfo>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shared {
     faults: Mutex<HashMap<Step, Fault>>,
     live: Mutex<HashMap<VmId, Arc<Process>>>,
     next_pid: AtomicU32,
 }
 
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     shared: Arc<Shared>,
 }
@@ -128,6 +129,7 @@ async fn apply(shared: &Shared, step: Step, endpoint: &'static str) -> Result<()
     }
 }
 
+#[derive(Debug)]
 pub struct MemVmm {
     id: VmId,
     process: Arc<Process>,
@@ -135,6 +137,7 @@ pub struct MemVmm {
     serial: std::path::PathBuf,
 }
 
+#[derive(Debug)]
 pub struct MemProcess {
     id: VmId,
     pid: u32,
