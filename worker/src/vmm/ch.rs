@@ -66,6 +66,7 @@ impl ChBackendConfig {
     }
 }
 
+#[derive(Debug)]
 pub struct CloudHypervisorBackend {
     config: ChBackendConfig,
     /// Bounded by `api_timeout`; it pools no idle connections (a worker
@@ -75,15 +76,6 @@ pub struct CloudHypervisorBackend {
     /// Pulls run one at a time: a second VM needing the same closure waits
     /// for the first pull, then finds its paths valid and pulls nothing.
     pull_lock: tokio::sync::Mutex<()>,
-}
-
-impl std::fmt::Debug for CloudHypervisorBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloudHypervisorBackend")
-            .field("binary", &self.config.binary)
-            .field("closure_source", &self.config.closure_source)
-            .finish_non_exhaustive()
-    }
 }
 
 impl CloudHypervisorBackend {
@@ -317,18 +309,10 @@ fn describe_exit(st: std::process::ExitStatus) -> ExitInfo {
 }
 
 /// REST client of one CH API socket.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ChClient {
     http: HttpClient<UnixConnector>,
     socket: PathBuf,
-}
-
-impl std::fmt::Debug for ChClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChClient")
-            .field("socket", &self.socket)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ChClient {
