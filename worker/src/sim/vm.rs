@@ -249,6 +249,35 @@ fn chain(items: &[&str]) -> Option<Value> {
     Some(json!(items))
 }
 
+/// `vm.pause` (Running → Paused) and `vm.resume` (Paused → Running) as CH
+/// v53 answers them: `clock` starts or stops the VM's run time; a VM
+/// already in `to` is an invalid transition, any other is not running.
+fn switch(vm: Option<&mut Vm>, from: State, to: State, clock: fn(&mut Vm)) -> Outcome {
+    let (failed, verb) = if to == State::Paused {
+        ("The VM could not be paused", "pause")
+    } else {
+        ("The VM could not resume", "resume")
+    };
+    match vm {
+        Some(vm) if vm.state == from => {
+            vm.state = to;
+            clock(vm);
+            Outcome::Reply(204, None)
+        }
+        Some(vm) if vm.state == to => err(
+            500,
+            &[
+                "Error from API",
+                failed,
+                &format!("Cannot {verb} VM"),
+                &format!("Failed to {verb} migratable component"),
+                &format!("Invalid transition: InvalidStateTransition({to:?}, {to:?})"),
+            ],
+        ),
+        _ => err(500, &["Error from API", failed, "VM is not running"]),
+    }
+}
+
 fn err(status: u16, items: &[&str]) -> Outcome {
     Outcome::Reply(status, chain(items))
 }
@@ -352,56 +381,15 @@ impl Sim {
                     ],
                 ),
             },
-            "vm.pause" => match self.vm.as_mut() {
-                Some(vm) if vm.state == State::Running => {
-                    vm.state = State::Paused;
-                    vm.stop_clock();
-                    Outcome::Reply(204, None)
-                }
-                Some(vm) if vm.state == State::Paused => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not be paused",
-                        "Cannot pause VM",
-                        "Failed to pause migratable component",
-                        "Invalid transition: InvalidStateTransition(Paused, Paused)",
-                    ],
-                ),
-                _ => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not be paused",
-                        "VM is not running",
-                    ],
-                ),
-            },
-            "vm.resume" => match self.vm.as_mut() {
-                Some(vm) if vm.state == State::Paused => {
-                    vm.state = State::Running;
-                    vm.running_since = Some(Instant::now());
-                    Outcome::Reply(204, None)
-                }
-                Some(vm) if vm.state == State::Running => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not resume",
-                        "Cannot resume VM",
-                        "Failed to resume migratable component",
-                        "Invalid transition: InvalidStateTransition(Running, Running)",
-                    ],
-                ),
-                _ => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not resume",
-                        "VM is not running",
-                    ],
-                ),
-            },
+            "vm.pause" => switch(
+                self.vm.as_mut(),
+                State::Running,
+                State::Paused,
+                Vm::stop_clock,
+            ),
+            "vm.resume" => switch(self.vm.as_mut(), State::Paused, State::Running, |vm| {
+                vm.running_since = Some(Instant::now());
+            }),
             "vm.delete" => {
                 self.vm = None;
                 self.boot_gen += 1;
