@@ -327,15 +327,22 @@ mod tests {
     use std::process::Command;
     use testkit::run_ok;
 
-    #[test]
-    fn copy_is_writable_identical_and_sparse() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("img");
+    /// A read-only 4 MiB image at `dir/img`, zero but for two bytes (a
+    /// store file as a copy finds it); its path and contents.
+    fn read_only_image(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let src = dir.join("img");
         let mut data = vec![0u8; 4 * 1024 * 1024];
         data[10] = 1;
         data[3 * 1024 * 1024 + 5] = 7;
         std::fs::write(&src, &data).unwrap();
         std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o444)).unwrap();
+        (src, data)
+    }
+
+    #[test]
+    fn copy_is_writable_identical_and_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, data) = read_only_image(dir.path());
         let dst = dir.path().join("copy");
         writable_copy(&src, &dst).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);

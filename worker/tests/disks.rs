@@ -25,6 +25,16 @@ struct Running {
     join: tokio::task::JoinHandle<()>,
 }
 
+/// A temp dir with a store, the reaper of its ch-sim processes and a node
+/// over them (bound in that order, so they go in reverse).
+fn started() -> (tempfile::TempDir, Reaper, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    make_store(&dir.path().join("store"));
+    let reap = Reaper::new(dir.path());
+    let w = start(dir.path());
+    (dir, reap, w)
+}
+
 /// A worker node over ch-sim on `dir/run` and `dir/store`.
 fn start(dir: &Path) -> Running {
     let mut c = ChBackendConfig::new(ch_sim());
@@ -78,10 +88,7 @@ fn overlay(dir: &Path, id: &impl std::fmt::Display) -> PathBuf {
 #[allow(clippy::print_stdout)]
 #[tokio::test]
 async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    make_store(&dir.path().join("store"));
-    let _reap = Reaper::new(dir.path());
-    let w = start(dir.path());
+    let (dir, _reap, w) = started();
     let mut figures = Vec::new();
     let mut ids = Vec::new();
     for (name, size) in [("small", 64u64 << 20), ("large", 2u64 << 30)] {
@@ -144,10 +151,7 @@ async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
 
 #[tokio::test]
 async fn logs_keep_the_console_across_a_reboot() {
-    let dir = tempfile::tempdir().unwrap();
-    make_store(&dir.path().join("store"));
-    let _reap = Reaper::new(dir.path());
-    let w = start(dir.path());
+    let (dir, _reap, w) = started();
     let spec: VmSpec = serde_json::from_value(spec_json("con", "console=ttyS0")).unwrap();
     let st = w.tx.create_vm(spec).await.unwrap();
     let socket = dir.path().join("run").join(format!("{}.sock", st.id));
