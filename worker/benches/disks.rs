@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use worker::disk::DiskMode;
-use worker::dto::{Labels, Resources, VmSpec, VmSpecFields};
+use worker::dto::{Labels, Resources, VmSpec, VmSpecFields, VmStatus};
 use worker::manager::ManagerConfig;
 use worker::node::{CommandSender, Node};
 use worker::rundir::VmFileOptions;
@@ -98,6 +98,14 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// Creates `spec` and adds the create-to-running time to `times`.
+async fn timed_create(tx: &CommandSender, spec: VmSpec, times: &mut Vec<Duration>) -> VmStatus {
+    let t = Instant::now();
+    let st = tx.create_vm(spec).await.unwrap();
+    times.push(t.elapsed());
+    st
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -118,24 +126,14 @@ async fn main() {
     let mut space = None;
     for i in 0..n {
         // Interleaved, so the three share whatever else the host is doing.
-        let t = Instant::now();
-        let a = tx
-            .create_vm(spec(&format!("none-{i}"), None))
-            .await
-            .unwrap();
-        none.push(t.elapsed());
-        let t = Instant::now();
-        let b = tx
-            .create_vm(spec(&format!("big-{i}"), Some(&big)))
-            .await
-            .unwrap();
-        overlay.push(t.elapsed());
-        let t = Instant::now();
-        let c = tx_copy
-            .create_vm(spec(&format!("copy-{i}"), Some(&small)))
-            .await
-            .unwrap();
-        copy.push(t.elapsed());
+        let a = timed_create(&tx, spec(&format!("none-{i}"), None), &mut none).await;
+        let b = timed_create(&tx, spec(&format!("big-{i}"), Some(&big)), &mut overlay).await;
+        let c = timed_create(
+            &tx_copy,
+            spec(&format!("copy-{i}"), Some(&small)),
+            &mut copy,
+        )
+        .await;
         if space.is_none() {
             let f = dir
                 .path()
