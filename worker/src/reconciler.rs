@@ -578,8 +578,9 @@ mod tests {
         plan(desired, running, b, now, 10, CFG)
     }
 
-    fn plan_now(desired: &[VmSpec], running: &[VmStatus], b: &mut Backoff) -> Plan {
-        plan_at(desired, running, b, Instant::now())
+    /// One pass now, without a failure history (a fresh backoff).
+    fn plan_now(desired: &[VmSpec], running: &[VmStatus]) -> Plan {
+        plan_at(desired, running, &mut Backoff::default(), Instant::now())
     }
 
     fn vm(name: &str, hash: &str, state: VmState, created: u64) -> VmStatus {
@@ -598,23 +599,21 @@ mod tests {
 
     #[test]
     fn matching_vms_need_nothing() {
-        let mut b = Backoff::default();
         let running = [
             vm("a", "h1", VmState::Running, 1),
             vm("b", "h2", VmState::Paused, 1),
         ];
-        let p = plan_now(&[spec("a", "h1"), spec("b", "h2")], &running, &mut b);
+        let p = plan_now(&[spec("a", "h1"), spec("b", "h2")], &running);
         assert_eq!(p, Plan::default());
     }
 
     #[test]
     fn creates_missing_and_deletes_undesired() {
-        let mut b = Backoff::default();
         let running = [
             vm("old", "h", VmState::Running, 1),
             vm("gone", "h", VmState::Stopping, 1),
         ];
-        let p = plan_now(&[spec("new", "h")], &running, &mut b);
+        let p = plan_now(&[spec("new", "h")], &running);
         assert_eq!(
             p.delete,
             vec![(running[0].id.clone(), "not in the assignment")]
@@ -625,17 +624,16 @@ mod tests {
 
     #[test]
     fn replacement_creates_first_then_deletes_old() {
-        let mut b = Backoff::default();
         let old = vm("web", "h1", VmState::Running, 1);
-        let p = plan_now(&[spec("web", "h2")], std::slice::from_ref(&old), &mut b);
+        let p = plan_now(&[spec("web", "h2")], std::slice::from_ref(&old));
         assert!(p.delete.is_empty(), "old stays until the new one runs");
         assert_eq!(p.create, vec![spec("web", "h2")]);
         // The new one is booting: nothing to do, the old one stays.
         let booting = vm("web", "h2", VmState::Creating, 2);
-        let p = plan_now(&[spec("web", "h2")], &[old.clone(), booting], &mut b);
+        let p = plan_now(&[spec("web", "h2")], &[old.clone(), booting]);
         assert_eq!(p, Plan::default());
         let new = vm("web", "h2", VmState::Running, 2);
-        let p = plan_now(&[spec("web", "h2")], &[old.clone(), new], &mut b);
+        let p = plan_now(&[spec("web", "h2")], &[old.clone(), new]);
         assert_eq!(p.delete, vec![(old.id, "replaced")]);
         assert!(p.create.is_empty());
     }
@@ -663,10 +661,9 @@ mod tests {
 
     #[test]
     fn a_dead_old_version_goes_at_once() {
-        let mut b = Backoff::default();
         let old = vm("web", "h1", VmState::Failed, 1);
         let new = vm("web", "h2", VmState::Creating, 2);
-        let p = plan_now(&[spec("web", "h2")], &[old.clone(), new], &mut b);
+        let p = plan_now(&[spec("web", "h2")], &[old.clone(), new]);
         assert_eq!(p.delete, vec![(old.id, "failed old version")]);
         assert!(p.create.is_empty());
     }
@@ -694,10 +691,9 @@ mod tests {
 
     #[test]
     fn duplicates_keep_the_oldest() {
-        let mut b = Backoff::default();
         let a = vm("web", "h", VmState::Running, 1);
         let c = vm("web", "h", VmState::Running, 5);
-        let p = plan_now(&[spec("web", "h")], &[c.clone(), a], &mut b);
+        let p = plan_now(&[spec("web", "h")], &[c.clone(), a]);
         assert_eq!(p.delete, vec![(c.id, "duplicate")]);
     }
 
