@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::ch_sim;
-use serde_json::Value;
+use serde_json::{Value, json};
 use testkit::fixtures::{make_store, spec_json};
 use testkit::services::WorkerArgs;
 use testkit::{Log, Proc, Reaper, alive, bin, kill9, poll};
@@ -303,26 +303,15 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
         },
         "missing field `kernelPath`",
     );
-    bad(
-        "cpu0",
-        &|v| v["cpu"] = 0.into(),
-        "cpu: must be 1..=256, got 0",
-    );
-    bad(
-        "mem0",
-        &|v| v["memoryMb"] = 0.into(),
-        "memoryMb: must be 1..=",
-    );
-    bad(
-        "emptypath",
-        &|v| v["kernelPath"] = "".into(),
-        "kernelPath: is empty",
-    );
-    bad(
-        "relpath",
-        &|v| v["toplevel"] = "nix/store/x".into(),
-        "toplevel",
-    );
+    // One field set to a value the worker refuses before any work.
+    for (name, field, value, want) in [
+        ("cpu0", "cpu", json!(0), "cpu: must be 1..=256, got 0"),
+        ("mem0", "memoryMb", json!(0), "memoryMb: must be 1..="),
+        ("emptypath", "kernelPath", json!(""), "kernelPath: is empty"),
+        ("relpath", "toplevel", json!("nix/store/x"), "toplevel"),
+    ] {
+        bad(name, &|v| v[field] = value.clone(), want);
+    }
     bad(
         "keep",
         &|_| {},
