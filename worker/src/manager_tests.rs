@@ -70,6 +70,12 @@ fn started(stop_vms_on_exit: bool) -> (tempfile::TempDir, MemoryBackend, Running
     (dir, backend, w)
 }
 
+/// Asserts the run directory is empty, naming what is left.
+fn assert_run_dir_empty(dir: &Path) {
+    let left = run_files(dir);
+    assert!(left.is_empty(), "left in the run directory: {left:?}");
+}
+
 /// Creates two versions (contentHash h1 and h2) of the VM named web.
 async fn two_versions(w: &Running) -> (VmStatus, VmStatus) {
     let v1 = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
@@ -139,11 +145,7 @@ async fn create_list_read_info_delete() {
     w.tx.delete_vm(id.clone()).await.unwrap();
     assert!(w.tx.list_vms().await.unwrap().is_empty());
     assert_eq!(backend.live(), 0);
-    assert!(
-        run_files(dir.path()).is_empty(),
-        "{:?}",
-        run_files(dir.path())
-    );
+    assert_run_dir_empty(dir.path());
     let err = w.tx.delete_vm(id).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
     w.stop().await;
@@ -227,7 +229,7 @@ async fn disk_image_is_copied_writable_and_removed_on_delete() {
             "{}",
             err.message()
         );
-        assert!(run_files(dir.path()).is_empty());
+        assert_run_dir_empty(dir.path());
         assert_eq!(backend.live(), 0);
 
         let img = dir
@@ -263,11 +265,7 @@ async fn disk_image_is_copied_writable_and_removed_on_delete() {
         }
         w.tx.delete_vm(st.id).await.unwrap();
         assert!(!disk.exists());
-        assert!(
-            run_files(dir.path()).is_empty(),
-            "{:?}",
-            run_files(dir.path())
-        );
+        assert_run_dir_empty(dir.path());
         w.stop().await;
     }
 }
@@ -442,7 +440,7 @@ async fn delete_of_a_hung_hypervisor_still_finishes() {
     w.tx.delete_vm(a.id).await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(6));
     assert_eq!(backend.live(), 0, "killed");
-    assert!(run_files(dir.path()).is_empty());
+    assert_run_dir_empty(dir.path());
     w.stop().await;
 }
 
@@ -602,7 +600,7 @@ async fn stop_vms_on_exit_stops_everything_and_late_commands_are_refused() {
     let tx = w.tx.clone();
     w.stop().await;
     assert_eq!(backend.live(), 0);
-    assert!(run_files(dir.path()).is_empty());
+    assert_run_dir_empty(dir.path());
     let err = tx.list_vms().await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert_eq!(err.message(), "the worker is shutting down");
