@@ -212,15 +212,16 @@ impl Drop for Proc {
     }
 }
 
-/// Runs `cmd` to its end and returns its output; panics, naming `what`
-/// and showing what the command printed, unless it ran and succeeded.
+/// Runs `cmd` to its end and returns its output; panics, naming `what`,
+/// the command and what it printed, unless it ran and succeeded.
 pub fn run_ok(what: &str, cmd: &mut Command) -> Output {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{what}: {}{}",
+        "{what}: {cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
