@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use worker::disk::DiskMode;
-use worker::dto::{Labels, Resources, VmSpec, VmSpecFields, VmStatus};
+use worker::dto::{Resources, VmSpec, VmSpecFields, VmStatus};
 use worker::manager::ManagerConfig;
 use worker::node::{CommandSender, Node};
 use worker::rundir::VmFileOptions;
@@ -69,22 +69,19 @@ fn start(run_dir: &Path, store: &Path, disk_mode: DiskMode) -> (CommandSender, C
     let mut c = ChBackendConfig::new(ch_sim());
     c.store_root = store.to_owned();
     let config = ManagerConfig {
-        worker_id: "bench".parse().unwrap(),
-        address: "127.0.0.1:1".into(),
         capacity: Resources {
             cpu: 4096,
             memory_mb: 1 << 30,
         },
-        labels: Labels::new(),
         run_dir: run_dir.to_owned(),
         store_root: store.to_owned(),
         stop_vms_on_exit: true,
-        shutdown_timeout: Duration::from_millis(500),
         files: VmFileOptions {
             disk_mode,
             ..Default::default()
         },
         version: "bench".into(),
+        ..ManagerConfig::local("bench", run_dir)
     };
     let node = Node::new(CloudHypervisorBackend::new(c), config).unwrap();
     let tx = node.sender();

@@ -12,7 +12,7 @@
 //! then stop the old). Everything per VM on disk is named by its id.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -204,6 +204,29 @@ pub struct ManagerConfig {
     /// How VM disks are made and console history bounded.
     pub files: VmFileOptions,
     pub version: String,
+}
+
+impl ManagerConfig {
+    /// A manager on `dir/run` and `dir/store` for tests and benches: 8 CPUs
+    /// and 8 GiB, no labels, an address nobody listens on, VMs left running
+    /// on exit, a 500 ms shutdown wait and the default file options.
+    pub fn local(worker_id: &str, dir: &Path) -> Self {
+        ManagerConfig {
+            worker_id: worker_id.parse().expect("a valid worker id"),
+            address: "127.0.0.1:1".into(),
+            capacity: Resources {
+                cpu: 8,
+                memory_mb: 8192,
+            },
+            labels: Labels::new(),
+            run_dir: dir.join("run"),
+            store_root: dir.join("store"),
+            stop_vms_on_exit: false,
+            shutdown_timeout: Duration::from_millis(500),
+            files: VmFileOptions::default(),
+            version: "test".into(),
+        }
+    }
 }
 
 struct Entry<B: VmmBackend> {

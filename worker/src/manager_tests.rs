@@ -25,19 +25,9 @@ fn versioned(name: &str, content_hash: &str) -> VmSpec {
 
 fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {
     ManagerConfig {
-        worker_id: "w1".parse().unwrap(),
-        address: "127.0.0.1:1".into(),
-        capacity: Resources {
-            cpu: 8,
-            memory_mb: 8192,
-        },
-        labels: Labels::new(),
-        run_dir: dir.join("run"),
-        store_root: dir.join("store"),
         stop_vms_on_exit,
         shutdown_timeout: Duration::from_millis(200),
-        files: Default::default(),
-        version: "test".into(),
+        ..ManagerConfig::local("w1", dir)
     }
 }
 

@@ -820,19 +820,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let backend = MemoryBackend::default();
             let manager_config = ManagerConfig {
-                worker_id: "w1".parse().unwrap(),
-                address: "127.0.0.1:1".into(),
-                capacity: crate::dto::Resources {
-                    cpu: 8,
-                    memory_mb: 8192,
-                },
-                labels: crate::dto::Labels::new(),
-                run_dir: dir.path().join("run"),
-                store_root: dir.path().join("store"),
                 stop_vms_on_exit: true,
                 shutdown_timeout: Duration::from_millis(100),
-                files: Default::default(),
-                version: "test".into(),
+                ..ManagerConfig::local("w1", dir.path())
             };
             let node = Node::new(backend.clone(), manager_config).unwrap();
             let tx = node.sender();

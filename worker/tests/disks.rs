@@ -14,7 +14,7 @@ use http::Method;
 use testkit::Reaper;
 use testkit::fixtures::{make_store, spec_json};
 use tokio_util::sync::CancellationToken;
-use worker::dto::{Labels, Resources, VmSpec, VmState};
+use worker::dto::{Resources, VmSpec, VmState};
 use worker::manager::ManagerConfig;
 use worker::node::{CommandSender, Node};
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend};
@@ -40,19 +40,11 @@ fn start(dir: &Path) -> Running {
     let mut c = ChBackendConfig::new(ch_sim());
     c.store_root = dir.join("store");
     let config = ManagerConfig {
-        worker_id: "disks".parse().unwrap(),
-        address: "127.0.0.1:1".into(),
         capacity: Resources {
             cpu: 64,
             memory_mb: 65536,
         },
-        labels: Labels::new(),
-        run_dir: dir.join("run"),
-        store_root: dir.join("store"),
-        stop_vms_on_exit: false,
-        shutdown_timeout: Duration::from_millis(500),
-        files: Default::default(),
-        version: "test".into(),
+        ..ManagerConfig::local("disks", dir)
     };
     let node = Node::new(CloudHypervisorBackend::new(c), config).unwrap();
     let tx = node.sender();
