@@ -11,12 +11,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use commands::common_capnp;
 use commands::convert::{vm_spec_from_capnp, vm_spec_to_capnp};
 use commands::types::VmSpec;
+use testkit::run_ok;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,20 +73,6 @@ fn nix_env(dir: &Path) -> (PathBuf, PathBuf) {
     (conf, cache)
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn copy_dir(src: &Path, dst: &Path) {
     fs::create_dir_all(dst).expect("create dir");
     for entry in fs::read_dir(src).expect("read dir") {
@@ -122,23 +109,32 @@ fn hermetic_vm_spec_json_round_trips_through_capnp() {
     let (conf, cache) = nix_env(&tmp.0);
     let flake = tmp.0.join("hermetic");
     copy_dir(&repo_root().join("example/hermetic"), &flake);
-    run(Command::new("git")
-        .arg("-C")
-        .arg(&flake)
-        .args(["init", "-q"]));
-    run(Command::new("git")
-        .arg("-C")
-        .arg(&flake)
-        .args(["add", "-A"]));
-    run(Command::new("git").arg("-C").arg(&flake).args([
-        "-c",
-        "user.name=test",
-        "-c",
-        "user.email=test@localhost",
-        "commit",
-        "-qm",
-        "hermetic example",
-    ]));
+    run_ok(
+        "git init",
+        Command::new("git")
+            .arg("-C")
+            .arg(&flake)
+            .args(["init", "-q"]),
+    );
+    run_ok(
+        "git add",
+        Command::new("git")
+            .arg("-C")
+            .arg(&flake)
+            .args(["add", "-A"]),
+    );
+    run_ok(
+        "git commit",
+        Command::new("git").arg("-C").arg(&flake).args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "commit",
+            "-qm",
+            "hermetic example",
+        ]),
+    );
 
     // Nix writes the JSON to a file; the test reads what it wrote.
     let json_path = tmp.0.join("specs.json");

@@ -112,6 +112,16 @@ pub struct Cluster {
     pub h: HermeticNix,
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("workers", &self.workers.keys().collect::<Vec<_>>())
+            .field("cp", &self.cp)
+            .field("logs", &self.logs)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Cluster {
     /// Starts the cluster, every worker reaching the control plane at
     /// `cp_addr_for(worker id, real address)` (e.g. through a proxy).

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::process::run_ok;
+
 /// Copies a directory tree (files and directories only).
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -36,15 +38,11 @@ pub struct Tmpfs(pub PathBuf);
 impl Tmpfs {
     pub fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "this scenario mounts a tmpfs and needs root (CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            "this scenario mounts a tmpfs and needs root (CI runs as root)",
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir),
         );
         Tmpfs(dir.to_owned())
     }

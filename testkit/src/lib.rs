@@ -16,5 +16,5 @@ pub mod services;
 pub mod wait;
 
 pub use bins::{bin, bin_dir};
-pub use process::{Log, Proc, Reaper, alive, kill9};
+pub use process::{Log, Proc, Reaper, alive, kill9, run_ok};
 pub use wait::{poll, wait_until};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::bins::bin;
-use crate::process::{Log, Proc};
+use crate::process::{Log, Proc, run_ok};
 
 /// A `worker` to start; fields are its command-line options.
 #[derive(Debug, Clone)]
@@ -135,15 +135,11 @@ pub fn start_control_plane(cp: &ControlPlaneArgs, log: Log) -> Proc {
 /// `public-key`) and an upload token file `dir/token`; returns the
 /// public key.
 pub fn cache_keys(dir: &Path, name: &str, token: &str) -> String {
-    let out = Command::new(bin("cache"))
-        .args(["keygen", name, "--out-dir"])
-        .arg(dir.join("key"))
-        .output()
-        .expect("cache keygen runs");
-    assert!(
-        out.status.success(),
-        "cache keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        "cache keygen",
+        Command::new(bin("cache"))
+            .args(["keygen", name, "--out-dir"])
+            .arg(dir.join("key")),
     );
     std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
     std::fs::read_to_string(dir.join("key/public-key"))

@@ -324,16 +324,25 @@ fn qcow2_overlay(backing: &[u8], size: u64) -> io::Result<Overlay> {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command;
+    use testkit::run_ok;
 
-    #[test]
-    fn copy_is_writable_identical_and_sparse() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("img");
+    /// A read-only 4 MiB image at `dir/img`, zero but for two bytes (a
+    /// store file as a copy finds it); its path and contents.
+    fn read_only_image(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let src = dir.join("img");
         let mut data = vec![0u8; 4 * 1024 * 1024];
         data[10] = 1;
         data[3 * 1024 * 1024 + 5] = 7;
         std::fs::write(&src, &data).unwrap();
         std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o444)).unwrap();
+        (src, data)
+    }
+
+    #[test]
+    fn copy_is_writable_identical_and_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, data) = read_only_image(dir.path());
         let dst = dir.path().join("copy");
         writable_copy(&src, &dst).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);
@@ -416,10 +425,7 @@ mod tests {
     /// scripts/install-deps.sh installs it).
     #[test]
     fn qemu_img_accepts_the_overlay() {
-        let Ok(out) = std::process::Command::new("qemu-img")
-            .arg("--version")
-            .output()
-        else {
+        let Ok(out) = Command::new("qemu-img").arg("--version").output() else {
             eprintln!("SKIP: qemu-img is not installed (Debian package qemu-utils)");
             return;
         };
@@ -430,23 +436,12 @@ mod tests {
         f.set_len(3 << 30).unwrap();
         let overlay = dir.path().join("vm.qcow2");
         create_overlay(&base, &overlay).unwrap();
-        let check = std::process::Command::new("qemu-img")
-            .args(["check", "-f", "qcow2"])
-            .arg(&overlay)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "qemu-img check: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let info = std::process::Command::new("qemu-img")
-            .args(["info", "--output=json", "-f", "qcow2"])
-            .arg(&overlay)
-            .output()
-            .unwrap();
-        assert!(info.status.success());
+        let qemu_img = |args: &[&str]| {
+            let what = format!("qemu-img {}", args[0]);
+            run_ok(&what, Command::new("qemu-img").args(args).arg(&overlay))
+        };
+        qemu_img(&["check", "-f", "qcow2"]);
+        let info = qemu_img(&["info", "--output=json", "-f", "qcow2"]);
         let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(v["format"], "qcow2");
         assert_eq!(v["virtual-size"], 3u64 << 30);
@@ -454,7 +449,7 @@ mod tests {
         assert_eq!(v["backing-filename-format"], "raw");
         assert_eq!(v["format-specific"]["data"]["compat"], "1.1");
         // A write through the overlay lands in the overlay, not the base.
-        let io = std::process::Command::new("qemu-io")
+        let io = Command::new("qemu-io")
             .args(["-f", "qcow2", "-c", "write -P 0x5a 1M 64k"])
             .arg(&overlay)
             .output();
@@ -464,16 +459,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&io.stderr)
             );
-            let again = std::process::Command::new("qemu-img")
-                .args(["check", "-f", "qcow2"])
-                .arg(&overlay)
-                .output()
-                .unwrap();
-            assert!(
-                again.status.success(),
-                "{}",
-                String::from_utf8_lossy(&again.stdout)
-            );
+            qemu_img(&["check", "-f", "qcow2"]);
             assert_eq!(std::fs::metadata(&base).unwrap().blocks(), 0);
         }
     }

@@ -139,6 +139,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+// The "listening on" line on stdout is how tests and scripts learn the port.
+#[allow(clippy::print_stdout)]
 async fn real_main(args: Args) -> Result<(), String> {
     // A worker holds a pidfd or pipe per child and a socket per call: a
     // thousand VMs need more than the default soft limit.

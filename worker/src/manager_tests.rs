@@ -25,19 +25,9 @@ fn versioned(name: &str, content_hash: &str) -> VmSpec {
 
 fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {
     ManagerConfig {
-        worker_id: "w1".parse().unwrap(),
-        address: "127.0.0.1:1".into(),
-        capacity: Resources {
-            cpu: 8,
-            memory_mb: 8192,
-        },
-        labels: Labels::new(),
-        run_dir: dir.join("run"),
-        store_root: dir.join("store"),
         stop_vms_on_exit,
         shutdown_timeout: Duration::from_millis(200),
-        files: Default::default(),
-        version: "test".into(),
+        ..ManagerConfig::local("w1", dir)
     }
 }
 
@@ -62,6 +52,27 @@ fn start(backend: &MemoryBackend, dir: &Path, stop_vms_on_exit: bool) -> Running
     Running { tx, shutdown, join }
 }
 
+/// A temp dir, a fresh in-memory backend and a manager started over them.
+fn started(stop_vms_on_exit: bool) -> (tempfile::TempDir, MemoryBackend, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), stop_vms_on_exit);
+    (dir, backend, w)
+}
+
+/// Asserts the run directory is empty, naming what is left.
+fn assert_run_dir_empty(dir: &Path) {
+    let left = run_files(dir);
+    assert!(left.is_empty(), "left in the run directory: {left:?}");
+}
+
+/// Creates two versions (contentHash h1 and h2) of the VM named web.
+async fn two_versions(w: &Running) -> (VmStatus, VmStatus) {
+    let v1 = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
+    let v2 = w.tx.create_vm(versioned("web", "h2")).await.unwrap();
+    (v1, v2)
+}
+
 /// Names of the files in the run directory.
 fn run_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir.join("run"))
@@ -74,9 +85,7 @@ fn run_files(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn create_list_read_info_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (dir, backend, w) = started(false);
 
     let st = w.tx.create_vm(spec("web-0")).await.unwrap();
     assert_eq!(st.state, VmState::Running);
@@ -126,11 +135,7 @@ async fn create_list_read_info_delete() {
     w.tx.delete_vm(id.clone()).await.unwrap();
     assert!(w.tx.list_vms().await.unwrap().is_empty());
     assert_eq!(backend.live(), 0);
-    assert!(
-        run_files(dir.path()).is_empty(),
-        "{:?}",
-        run_files(dir.path())
-    );
+    assert_run_dir_empty(dir.path());
     let err = w.tx.delete_vm(id).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
     w.stop().await;
@@ -138,9 +143,7 @@ async fn create_list_read_info_delete() {
 
 #[tokio::test]
 async fn failure_at_every_create_step_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (dir, backend, w) = started(false);
     let keep = w.tx.create_vm(spec("keep")).await.unwrap();
     // Reading the logs copies keep's console into its history files now,
     // so the periodic copy makes none during the loop.
@@ -216,7 +219,7 @@ async fn disk_image_is_copied_writable_and_removed_on_delete() {
             "{}",
             err.message()
         );
-        assert!(run_files(dir.path()).is_empty());
+        assert_run_dir_empty(dir.path());
         assert_eq!(backend.live(), 0);
 
         let img = dir
@@ -252,20 +255,14 @@ async fn disk_image_is_copied_writable_and_removed_on_delete() {
         }
         w.tx.delete_vm(st.id).await.unwrap();
         assert!(!disk.exists());
-        assert!(
-            run_files(dir.path()).is_empty(),
-            "{:?}",
-            run_files(dir.path())
-        );
+        assert_run_dir_empty(dir.path());
         w.stop().await;
     }
 }
 
 #[tokio::test]
 async fn duplicate_name_and_hash_and_unknown_ids_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (_dir, backend, w) = started(false);
     let st = w.tx.create_vm(spec("a")).await.unwrap();
     let err = w.tx.create_vm(spec("a")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::AlreadyExists);
@@ -298,9 +295,7 @@ async fn duplicate_name_and_hash_and_unknown_ids_are_refused() {
 
 #[tokio::test]
 async fn pause_resume_transitions_and_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (_dir, backend, w) = started(false);
     let id = w.tx.create_vm(spec("p")).await.unwrap().id;
 
     let err = w.tx.resume_vm(id.clone()).await.unwrap_err();
@@ -343,9 +338,7 @@ async fn pause_resume_transitions_and_refusals() {
 
 #[tokio::test]
 async fn slow_create_does_not_block_others_and_cannot_be_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (_dir, backend, w) = started(false);
     let other = w.tx.create_vm(spec("other")).await.unwrap();
     backend.fault(Step::Boot, Fault::Delay(Duration::from_millis(600)));
     let tx = w.tx.clone();
@@ -383,9 +376,7 @@ async fn slow_create_does_not_block_others_and_cannot_be_deleted() {
 
 #[tokio::test]
 async fn dead_process_marks_the_vm_failed_and_delete_cleans_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (dir, backend, w) = started(false);
     let a = w.tx.create_vm(spec("a")).await.unwrap();
     let b = w.tx.create_vm(spec("b")).await.unwrap();
     backend.crash(&a.id);
@@ -431,9 +422,7 @@ async fn dead_process_marks_the_vm_failed_and_delete_cleans_it() {
 
 #[tokio::test]
 async fn delete_of_a_hung_hypervisor_still_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (dir, backend, w) = started(false);
     let a = w.tx.create_vm(spec("a")).await.unwrap();
     backend.fault(Step::Shutdown, Fault::Hang);
     backend.fault(Step::ShutdownVmm, Fault::Hang);
@@ -441,7 +430,7 @@ async fn delete_of_a_hung_hypervisor_still_finishes() {
     w.tx.delete_vm(a.id).await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(6));
     assert_eq!(backend.live(), 0, "killed");
-    assert!(run_files(dir.path()).is_empty());
+    assert_run_dir_empty(dir.path());
     w.stop().await;
 }
 
@@ -450,11 +439,8 @@ async fn delete_of_a_hung_hypervisor_still_finishes() {
 /// process and files), and deleting either leaves the other alone.
 #[tokio::test]
 async fn same_name_with_another_hash_is_a_second_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
-    let v1 = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
-    let v2 = w.tx.create_vm(versioned("web", "h2")).await.unwrap();
+    let (dir, backend, w) = started(false);
+    let (v1, v2) = two_versions(&w).await;
     assert_ne!(v1.id, v2.id);
     assert_ne!(v1.pid, v2.pid);
     assert_eq!(backend.live(), 2);
@@ -513,11 +499,8 @@ async fn same_name_with_another_hash_is_a_second_vm() {
 /// id, and each keeps refusing its own (name, hash) afterwards.
 #[tokio::test]
 async fn restart_adopts_both_versions_of_a_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
-    let v1 = w.tx.create_vm(versioned("web", "h1")).await.unwrap();
-    let v2 = w.tx.create_vm(versioned("web", "h2")).await.unwrap();
+    let (dir, backend, w) = started(false);
+    let (v1, v2) = two_versions(&w).await;
     w.stop().await;
     let w = start(&backend, dir.path(), false);
     let mut got: Vec<_> =
@@ -547,9 +530,7 @@ async fn restart_adopts_both_versions_of_a_name() {
 
 #[tokio::test]
 async fn restart_adopts_live_vms_and_cleans_dead_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), false);
+    let (dir, backend, w) = started(false);
     let a = w.tx.create_vm(spec("a")).await.unwrap();
     let b = w.tx.create_vm(spec("b")).await.unwrap();
     let c = w.tx.create_vm(spec("c")).await.unwrap();
@@ -603,15 +584,13 @@ async fn restart_adopts_live_vms_and_cleans_dead_ones() {
 
 #[tokio::test]
 async fn stop_vms_on_exit_stops_everything_and_late_commands_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = MemoryBackend::default();
-    let w = start(&backend, dir.path(), true);
+    let (dir, backend, w) = started(true);
     w.tx.create_vm(spec("a")).await.unwrap();
     w.tx.create_vm(spec("b")).await.unwrap();
     let tx = w.tx.clone();
     w.stop().await;
     assert_eq!(backend.live(), 0);
-    assert!(run_files(dir.path()).is_empty());
+    assert_run_dir_empty(dir.path());
     let err = tx.list_vms().await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert_eq!(err.message(), "the worker is shutting down");

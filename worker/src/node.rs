@@ -61,6 +61,14 @@ pub struct Node<B: VmmBackend> {
     sender: CommandSender,
 }
 
+impl<B: VmmBackend> std::fmt::Debug for Node<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: VmmBackend> Node<B> {
     pub fn new(backend: B, config: ManagerConfig) -> Result<Self, WorkerError> {
         let manager = VmManager::new(backend, config)?;

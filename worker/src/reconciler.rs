@@ -573,6 +573,16 @@ mod tests {
         })
     }
 
+    /// `plan` with the test's backoff settings, at a fixed `now_ms`.
+    fn plan_at(desired: &[VmSpec], running: &[VmStatus], b: &mut Backoff, now: Instant) -> Plan {
+        plan(desired, running, b, now, 10, CFG)
+    }
+
+    /// One pass now, without a failure history (a fresh backoff).
+    fn plan_now(desired: &[VmSpec], running: &[VmStatus]) -> Plan {
+        plan_at(desired, running, &mut Backoff::default(), Instant::now())
+    }
+
     fn vm(name: &str, hash: &str, state: VmState, created: u64) -> VmStatus {
         VmStatus {
             id: VmId::new_v7(),
@@ -589,37 +599,21 @@ mod tests {
 
     #[test]
     fn matching_vms_need_nothing() {
-        let mut b = Backoff::default();
         let running = [
             vm("a", "h1", VmState::Running, 1),
             vm("b", "h2", VmState::Paused, 1),
         ];
-        let p = plan(
-            &[spec("a", "h1"), spec("b", "h2")],
-            &running,
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("a", "h1"), spec("b", "h2")], &running);
         assert_eq!(p, Plan::default());
     }
 
     #[test]
     fn creates_missing_and_deletes_undesired() {
-        let mut b = Backoff::default();
         let running = [
             vm("old", "h", VmState::Running, 1),
             vm("gone", "h", VmState::Stopping, 1),
         ];
-        let p = plan(
-            &[spec("new", "h")],
-            &running,
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("new", "h")], &running);
         assert_eq!(
             p.delete,
             vec![(running[0].id.clone(), "not in the assignment")]
@@ -630,38 +624,16 @@ mod tests {
 
     #[test]
     fn replacement_creates_first_then_deletes_old() {
-        let mut b = Backoff::default();
         let old = vm("web", "h1", VmState::Running, 1);
-        let p = plan(
-            &[spec("web", "h2")],
-            std::slice::from_ref(&old),
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("web", "h2")], std::slice::from_ref(&old));
         assert!(p.delete.is_empty(), "old stays until the new one runs");
         assert_eq!(p.create, vec![spec("web", "h2")]);
         // The new one is booting: nothing to do, the old one stays.
         let booting = vm("web", "h2", VmState::Creating, 2);
-        let p = plan(
-            &[spec("web", "h2")],
-            &[old.clone(), booting],
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("web", "h2")], &[old.clone(), booting]);
         assert_eq!(p, Plan::default());
         let new = vm("web", "h2", VmState::Running, 2);
-        let p = plan(
-            &[spec("web", "h2")],
-            &[old.clone(), new],
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("web", "h2")], &[old.clone(), new]);
         assert_eq!(p.delete, vec![(old.id, "replaced")]);
         assert!(p.create.is_empty());
     }
@@ -672,25 +644,16 @@ mod tests {
         let t = Instant::now();
         let old = vm("web", "h1", VmState::Running, 1);
         let bad = vm("web", "h2", VmState::Failed, 2);
-        let p = plan(
-            &[spec("web", "h2")],
-            &[old.clone(), bad.clone()],
-            &mut b,
-            t,
-            10,
-            CFG,
-        );
+        let p = plan_at(&[spec("web", "h2")], &[old.clone(), bad.clone()], &mut b, t);
         assert_eq!(p.delete, vec![(bad.id, "failed")], "the old one is kept");
         assert!(p.create.is_empty());
         assert_eq!(p.retry_at, Some(t + CFG.0));
         // After the delay the new version is tried again, still beside the old.
-        let p = plan(
+        let p = plan_at(
             &[spec("web", "h2")],
             std::slice::from_ref(&old),
             &mut b,
             t + CFG.0,
-            10,
-            CFG,
         );
         assert!(p.delete.is_empty());
         assert_eq!(p.create, vec![spec("web", "h2")]);
@@ -698,17 +661,9 @@ mod tests {
 
     #[test]
     fn a_dead_old_version_goes_at_once() {
-        let mut b = Backoff::default();
         let old = vm("web", "h1", VmState::Failed, 1);
         let new = vm("web", "h2", VmState::Creating, 2);
-        let p = plan(
-            &[spec("web", "h2")],
-            &[old.clone(), new],
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("web", "h2")], &[old.clone(), new]);
         assert_eq!(p.delete, vec![(old.id, "failed old version")]);
         assert!(p.create.is_empty());
     }
@@ -718,49 +673,27 @@ mod tests {
         let mut b = Backoff::default();
         let t = Instant::now();
         let f1 = vm("web", "h", VmState::Failed, 1);
-        let p = plan(
-            &[spec("web", "h")],
-            std::slice::from_ref(&f1),
-            &mut b,
-            t,
-            10,
-            CFG,
-        );
+        let p = plan_at(&[spec("web", "h")], std::slice::from_ref(&f1), &mut b, t);
         assert_eq!(p.delete, vec![(f1.id.clone(), "failed")]);
         assert!(p.create.is_empty(), "first retry waits the base delay");
         assert_eq!(p.retry_at, Some(t + CFG.0));
         // Seen again on the next pass: not counted twice.
-        let p = plan(
-            &[spec("web", "h")],
-            std::slice::from_ref(&f1),
-            &mut b,
-            t,
-            10,
-            CFG,
-        );
+        let p = plan_at(&[spec("web", "h")], std::slice::from_ref(&f1), &mut b, t);
         assert_eq!(p.retry_at, Some(t + CFG.0));
         let later = t + CFG.0;
-        let p = plan(&[spec("web", "h")], &[], &mut b, later, 10, CFG);
+        let p = plan_at(&[spec("web", "h")], &[], &mut b, later);
         assert_eq!(p.create.len(), 1);
         // It fails again: the delay doubles.
         let f2 = vm("web", "h", VmState::Failed, 2);
-        let p = plan(&[spec("web", "h")], &[f2], &mut b, later, 10, CFG);
+        let p = plan_at(&[spec("web", "h")], &[f2], &mut b, later);
         assert_eq!(p.retry_at, Some(later + CFG.0 * 2));
     }
 
     #[test]
     fn duplicates_keep_the_oldest() {
-        let mut b = Backoff::default();
         let a = vm("web", "h", VmState::Running, 1);
         let c = vm("web", "h", VmState::Running, 5);
-        let p = plan(
-            &[spec("web", "h")],
-            &[c.clone(), a],
-            &mut b,
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_now(&[spec("web", "h")], &[c.clone(), a]);
         assert_eq!(p.delete, vec![(c.id, "duplicate")]);
     }
 
@@ -887,19 +820,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let backend = MemoryBackend::default();
             let manager_config = ManagerConfig {
-                worker_id: "w1".parse().unwrap(),
-                address: "127.0.0.1:1".into(),
-                capacity: crate::dto::Resources {
-                    cpu: 8,
-                    memory_mb: 8192,
-                },
-                labels: crate::dto::Labels::new(),
-                run_dir: dir.path().join("run"),
-                store_root: dir.path().join("store"),
                 stop_vms_on_exit: true,
                 shutdown_timeout: Duration::from_millis(100),
-                files: Default::default(),
-                version: "test".into(),
+                ..ManagerConfig::local("w1", dir.path())
             };
             let node = Node::new(backend.clone(), manager_config).unwrap();
             let tx = node.sender();

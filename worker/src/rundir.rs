@@ -382,26 +382,15 @@ pub fn tail_lines(path: &Path, lines: usize) -> io::Result<(Vec<String>, bool)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dto::{VmSpec, VmSpecFields};
 
     #[test]
     fn record_round_trips_and_scan_finds_ids() {
         let dir = tempfile::tempdir().unwrap();
         let rd = RunDir::open(&dir.path().join("run")).unwrap();
         let id = VmId::new_v7();
-        let spec = VmSpec::new(VmSpecFields {
-            name: "a".into(),
-            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
-            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
-            cpu: 1,
-            memory_mb: 64,
-            content_hash: "h".into(),
-            ..Default::default()
-        })
-        .unwrap();
         let rec = VmRecord {
             id: id.clone(),
-            spec,
+            spec: testkit::fixtures::spec("a", "h"),
             created_at_ms: 5,
             worker_id: "w".parse().unwrap(),
         };

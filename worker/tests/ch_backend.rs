@@ -44,6 +44,15 @@ fn store(dir: &Path) -> VmSpec {
     .unwrap()
 }
 
+/// A temp dir with the spec's store (see `store`) and a ch-sim backend
+/// over it.
+fn ch_sim_setup() -> (tempfile::TempDir, VmSpec, CloudHypervisorBackend) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = store(dir.path());
+    let b = backend(&ch_sim(), &dir.path().join("store"));
+    (dir, spec, b)
+}
+
 fn paths(dir: &Path) -> (VmId, VmPaths) {
     let rd = RunDir::open(&dir.join("run")).unwrap();
     let id = VmId::new_v7();
@@ -53,9 +62,7 @@ fn paths(dir: &Path) -> (VmId, VmPaths) {
 
 #[tokio::test]
 async fn spawn_and_every_rest_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = store(dir.path());
-    let b = backend(&ch_sim(), &dir.path().join("store"));
+    let (dir, spec, b) = ch_sim_setup();
     b.prepare(&spec).await.unwrap();
     let (id, p) = paths(dir.path());
     let t = Instant::now();
@@ -125,9 +132,7 @@ async fn spawn_and_every_rest_call() {
 
 #[tokio::test]
 async fn ch_error_bodies_become_typed_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = store(dir.path());
-    let b = backend(&ch_sim(), &dir.path().join("store"));
+    let (dir, spec, b) = ch_sim_setup();
     let (id, p) = paths(dir.path());
     let (vmm, proc_) = b.spawn(&id, &p).await.unwrap();
     let e = vmm.boot().await.unwrap_err();
@@ -241,9 +246,7 @@ async fn socket_wait_times_out_exits_early_and_bad_answers_are_cleaned_up() {
 
 #[tokio::test]
 async fn adopts_a_live_ch_and_sees_it_die() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = store(dir.path());
-    let b = backend(&ch_sim(), &dir.path().join("store"));
+    let (dir, spec, b) = ch_sim_setup();
     let (id, p) = paths(dir.path());
     // Started by someone else (a previous worker): not our child.
     let child = Command::new(ch_sim())

@@ -152,8 +152,7 @@ async fn ch_sim_answers_like_ch_v53() {
     let socket = run.join("vm.sock");
     let mut sim = start_sim(&socket);
     let pid = sim.pid();
-    let client =
-        CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+    let client = client_for(&socket);
     let mut replayed = 0;
     for call in recorded_calls("ch-v53-conformance.jsonl", run, &kernel) {
         let Some(got) = call.replay(&client).await else {
@@ -260,19 +259,12 @@ async fn guest_power_off_ends_the_process_like_ch() {
     std::fs::write(&kernel, b"k").unwrap();
     let socket = dir.path().join("p.sock");
     let mut sim = start_sim(&socket);
-    let client =
-        CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+    let client = client_for(&socket);
     let serial = dir.path().join("p-serial.log");
     let cfg = serde_json::json!({"payload": {"kernel": kernel, "cmdline": "ch_sim.poweroff_after_ms=50"},
         "cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "memory": {"size": 1 << 27},
         "serial": {"mode": "File", "file": serial}, "console": {"mode": "Off"}});
-    let (st, _) = client
-        .raw(Method::PUT, "vm.create", Some(cfg.to_string().into_bytes()))
-        .await
-        .unwrap();
-    assert_eq!(st.as_u16(), 204);
-    let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
-    assert_eq!(st.as_u16(), 204);
+    assert_eq!(create_and_boot(&client, &cfg).await, 204);
     let status =
         poll(Duration::from_secs(10), || sim.child.try_wait().unwrap()).expect("guest powered off");
     assert_eq!(status.code(), Some(0));
@@ -284,8 +276,10 @@ async fn guest_power_off_ends_the_process_like_ch() {
 
 /// The files of the disk recording: `base.raw` (read-only, 64 MiB sparse),
 /// overlays `a.qcow2` and `b.qcow2` of it, and `tiny.img` (shorter than a
-/// sector); returns the kernel's path.
-fn disk_files(run: &Path) -> std::path::PathBuf {
+/// sector), in a new temp dir; returns the dir and the kernel's path.
+fn disk_files() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
     let kernel = run.join("vmlinux");
     std::fs::write(&kernel, b"kernel").unwrap();
     let base = run.join("base.raw");
@@ -299,16 +293,15 @@ fn disk_files(run: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o444)).unwrap();
     std::fs::write(run.join("tiny.img"), b"tiny").unwrap();
-    kernel
+    (dir, kernel)
 }
 
 /// Replays `data/ch-v53-disks.jsonl` (one CH process per case; the overlays
 /// are the worker's own, where the recording used `qemu-img create`).
 #[tokio::test]
 async fn ch_sim_opens_disks_like_ch_v53() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, kernel) = disk_files();
     let run = dir.path();
-    let kernel = disk_files(run);
     let mut sims: Vec<(String, Proc, ChClient)> = Vec::new();
     let mut replayed = 0;
     for call in recorded_calls("ch-v53-disks.jsonl", run, &kernel) {
@@ -316,8 +309,7 @@ async fn ch_sim_opens_disks_like_ch_v53() {
         if sims.last().is_none_or(|(c, ..)| *c != case) {
             let socket = run.join(format!("{case}.sock"));
             let sim = start_sim(&socket);
-            let client = CloudHypervisorBackend::new(ChBackendConfig::new("unused".into()))
-                .client_for(&socket);
+            let client = client_for(&socket);
             sims.push((case.clone(), sim, client));
         }
         let (_, sim, client) = sims.last_mut().unwrap();
@@ -343,6 +335,23 @@ async fn ch_sim_opens_disks_like_ch_v53() {
     assert_eq!(sims.len(), 4);
 }
 
+/// A client of the CH API socket at `socket`.
+fn client_for(socket: &Path) -> ChClient {
+    CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(socket)
+}
+
+/// `vm.create` with `cfg` (which must succeed), then `vm.boot`; the boot's
+/// status.
+async fn create_and_boot(client: &ChClient, cfg: &serde_json::Value) -> u16 {
+    let (st, _) = client
+        .raw(Method::PUT, "vm.create", Some(cfg.to_string().into_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(st.as_u16(), 204);
+    let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
+    st.as_u16()
+}
+
 /// Booting one VM per disk `path`, each in its own ch-sim process; the
 /// status of each `vm.boot`.
 async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<Proc>, Vec<u16>) {
@@ -351,21 +360,14 @@ async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<Proc>, Vec
         let socket = run.join(format!("lock{i}.sock"));
         let _ = std::fs::remove_file(&socket);
         let sim = start_sim(&socket);
-        let client =
-            CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
+        let client = client_for(&socket);
         let cfg = serde_json::json!({"payload": {"kernel": kernel},
             "cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "memory": {"size": 1 << 27},
             "disks": [{"path": run.join(disk), "image_type": "Qcow2", "backing_files": true}],
             "serial": {"mode": "File", "file": run.join(format!("lock{i}.serial"))},
             "console": {"mode": "Off"}});
-        let (st, _) = client
-            .raw(Method::PUT, "vm.create", Some(cfg.to_string().into_bytes()))
-            .await
-            .unwrap();
-        assert_eq!(st.as_u16(), 204);
-        let (st, _) = client.raw(Method::PUT, "vm.boot", None).await.unwrap();
+        out.1.push(create_and_boot(&client, &cfg).await);
         out.0.push(sim);
-        out.1.push(st.as_u16());
     }
     out
 }
@@ -374,9 +376,8 @@ async fn boot_each(run: &Path, kernel: &Path, disks: &[&str]) -> (Vec<Proc>, Vec
 /// run side by side, two VMs on one overlay do not.
 #[tokio::test]
 async fn ch_sim_locks_the_overlay_not_the_backing_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, kernel) = disk_files();
     let run = dir.path();
-    let kernel = disk_files(run);
     let (sims, status) = boot_each(run, &kernel, &["a.qcow2", "b.qcow2"]).await;
     assert_eq!(status, vec![204, 204]);
     drop(sims);

@@ -14,7 +14,7 @@ use http::Method;
 use testkit::Reaper;
 use testkit::fixtures::{make_store, spec_json};
 use tokio_util::sync::CancellationToken;
-use worker::dto::{Labels, Resources, VmSpec, VmState};
+use worker::dto::{Resources, VmSpec, VmState};
 use worker::manager::ManagerConfig;
 use worker::node::{CommandSender, Node};
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend};
@@ -25,24 +25,26 @@ struct Running {
     join: tokio::task::JoinHandle<()>,
 }
 
+/// A temp dir with a store, the reaper of its ch-sim processes and a node
+/// over them (bound in that order, so they go in reverse).
+fn started() -> (tempfile::TempDir, Reaper, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    make_store(&dir.path().join("store"));
+    let reap = Reaper::new(dir.path());
+    let w = start(dir.path());
+    (dir, reap, w)
+}
+
 /// A worker node over ch-sim on `dir/run` and `dir/store`.
 fn start(dir: &Path) -> Running {
     let mut c = ChBackendConfig::new(ch_sim());
     c.store_root = dir.join("store");
     let config = ManagerConfig {
-        worker_id: "disks".parse().unwrap(),
-        address: "127.0.0.1:1".into(),
         capacity: Resources {
             cpu: 64,
             memory_mb: 65536,
         },
-        labels: Labels::new(),
-        run_dir: dir.join("run"),
-        store_root: dir.join("store"),
-        stop_vms_on_exit: false,
-        shutdown_timeout: Duration::from_millis(500),
-        files: Default::default(),
-        version: "test".into(),
+        ..ManagerConfig::local("disks", dir)
     };
     let node = Node::new(CloudHypervisorBackend::new(c), config).unwrap();
     let tx = node.sender();
@@ -74,12 +76,11 @@ fn overlay(dir: &Path, id: &impl std::fmt::Display) -> PathBuf {
     dir.join("run").join(format!("{id}.qcow2"))
 }
 
+// It prints each image's figures (create time, overlay size) for the log.
+#[allow(clippy::print_stdout)]
 #[tokio::test]
 async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    make_store(&dir.path().join("store"));
-    let _reap = Reaper::new(dir.path());
-    let w = start(dir.path());
+    let (dir, _reap, w) = started();
     let mut figures = Vec::new();
     let mut ids = Vec::new();
     for (name, size) in [("small", 64u64 << 20), ("large", 2u64 << 30)] {
@@ -142,10 +143,7 @@ async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
 
 #[tokio::test]
 async fn logs_keep_the_console_across_a_reboot() {
-    let dir = tempfile::tempdir().unwrap();
-    make_store(&dir.path().join("store"));
-    let _reap = Reaper::new(dir.path());
-    let w = start(dir.path());
+    let (dir, _reap, w) = started();
     let spec: VmSpec = serde_json::from_value(spec_json("con", "console=ttyS0")).unwrap();
     let st = w.tx.create_vm(spec).await.unwrap();
     let socket = dir.path().join("run").join(format!("{}.sock", st.id));

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::ch_sim;
-use serde_json::Value;
+use serde_json::{Value, json};
 use testkit::fixtures::{make_store, spec_json};
 use testkit::services::WorkerArgs;
 use testkit::{Log, Proc, Reaper, alive, bin, kill9, poll};
@@ -82,6 +82,23 @@ impl Worker {
     }
 }
 
+/// A temp dir with a store, and the reaper of the ch-sim processes of its
+/// run directory (bound after the dir, so it runs before the dir goes).
+fn test_dir() -> (tempfile::TempDir, Reaper) {
+    let dir = tempfile::tempdir().unwrap();
+    let reaper = Reaper(dir.path().join("run").display().to_string());
+    make_store(&dir.path().join("store"));
+    (dir, reaper)
+}
+
+/// Names of the files in the run directory.
+fn run_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 fn write_spec(dir: &Path, file: &str, v: &Value) -> String {
     let p = dir.join(file);
     std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
@@ -97,10 +114,8 @@ fn state_of(list: &[Value], id: &str) -> String {
 
 #[test]
 fn worker_lifecycle_failure_and_adoption_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _reaper) = test_dir();
     let d = dir.path();
-    let _reaper = Reaper(d.join("run").display().to_string());
-    make_store(&d.join("store"));
     let w = start_worker(d, &[], &[]);
 
     let status = w.json(&["read"]);
@@ -171,13 +186,7 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
         format!("deleted VM {id_c}\n")
     );
     assert_eq!(w.list().len(), 2);
-    assert!(
-        !std::fs::read_dir(d.join("run")).unwrap().any(|e| e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&id_c))
-    );
+    assert!(!run_files(d).iter().any(|f| f.starts_with(&id_c)));
 
     // A third VM whose CH is killed -9 shows as failed within a second.
     let dead = w.json(&[
@@ -244,20 +253,15 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
         );
     }
     assert!(w.list().is_empty());
-    let left: Vec<_> = std::fs::read_dir(d.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = run_files(d);
     assert!(left.is_empty(), "run dir not empty: {left:?}");
     w.stop();
 }
 
 #[test]
 fn bad_input_gets_precise_errors_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _reaper) = test_dir();
     let d = dir.path();
-    let _reaper = Reaper(d.join("run").display().to_string());
-    make_store(&d.join("store"));
     let w = start_worker(d, &[], &[]);
     // The example spec the README's demo uses boots as it is.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vm-spec.json");
@@ -299,26 +303,15 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
         },
         "missing field `kernelPath`",
     );
-    bad(
-        "cpu0",
-        &|v| v["cpu"] = 0.into(),
-        "cpu: must be 1..=256, got 0",
-    );
-    bad(
-        "mem0",
-        &|v| v["memoryMb"] = 0.into(),
-        "memoryMb: must be 1..=",
-    );
-    bad(
-        "emptypath",
-        &|v| v["kernelPath"] = "".into(),
-        "kernelPath: is empty",
-    );
-    bad(
-        "relpath",
-        &|v| v["toplevel"] = "nix/store/x".into(),
-        "toplevel",
-    );
+    // One field set to a value the worker refuses before any work.
+    for (name, field, value, want) in [
+        ("cpu0", "cpu", json!(0), "cpu: must be 1..=256, got 0"),
+        ("mem0", "memoryMb", json!(0), "memoryMb: must be 1..="),
+        ("emptypath", "kernelPath", json!(""), "kernelPath: is empty"),
+        ("relpath", "toplevel", json!("nix/store/x"), "toplevel"),
+    ] {
+        bad(name, &|v| v[field] = value.clone(), want);
+    }
     bad(
         "keep",
         &|_| {},
@@ -377,9 +370,8 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
 
     // Nothing of the failures is left: same table, no stray files or CHs.
     assert_eq!(w.list(), table);
-    let files: Vec<String> = std::fs::read_dir(d.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let files: Vec<String> = run_files(d)
+        .into_iter()
         .filter(|f| !f.starts_with(&keep_id))
         .collect();
     assert!(files.is_empty(), "{files:?}");
@@ -398,10 +390,8 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
 
 #[test]
 fn ch_without_socket_times_out_and_stop_vms_on_exit_stops_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _reaper) = test_dir();
     let d = dir.path();
-    let _reaper = Reaper(d.join("run").display().to_string());
-    make_store(&d.join("store"));
     let wrapper = common::ch_sim_with_env(d, "ch-nosock", &[("CH_SIM_NO_SOCKET", "1")]);
     let w = start_worker(
         d,
@@ -450,19 +440,14 @@ fn ch_without_socket_times_out_and_stop_vms_on_exit_stops_them() {
     for pid in pids {
         assert!(!alive(pid), "--stop-vms-on-exit stops VM processes");
     }
-    let left: Vec<_> = std::fs::read_dir(d.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    let left = run_files(d);
+    assert!(left.is_empty(), "run dir not empty: {left:?}");
 }
 
 #[test]
 fn restart_kills_a_hypervisor_whose_api_hangs() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _reaper) = test_dir();
     let d = dir.path();
-    let _reaper = Reaper(d.join("run").display().to_string());
-    make_store(&d.join("store"));
     let w = start_worker(d, &[], &[]);
     // Once created, this VM's CH never answers vmm.ping again.
     let spec = write_spec(d, "hang.json", &spec_json("hang", "ch_sim.hang=vmm.ping"));
@@ -478,10 +463,7 @@ fn restart_kills_a_hypervisor_whose_api_hangs() {
         poll(Duration::from_secs(10), || (!alive(pid)).then_some(())).is_some(),
         "hung CH killed"
     );
-    let left: Vec<_> = std::fs::read_dir(d.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    let left = run_files(d);
+    assert!(left.is_empty(), "run dir not empty: {left:?}");
     w.stop();
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::ch_sim;
 use repo_outils::testing::HermeticNix;
-use testkit::{Proc, poll};
+use testkit::{Proc, poll, run_ok};
 
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -34,19 +34,15 @@ fn build_kernel() -> Option<PathBuf> {
     }
     let h = HermeticNix::new().unwrap();
     let image = repo_root().join("example/hermetic/image.nix");
-    let out = Command::new("nix")
-        .args(["build", "--impure", "--json", "--no-link", "--expr"])
-        .arg(format!(
-            "(import {} {{ system = \"x86_64-linux\"; }}).kernel",
-            image.display()
-        ))
-        .envs(h.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nix build: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        "nix build",
+        Command::new("nix")
+            .args(["build", "--impure", "--json", "--no-link", "--expr"])
+            .arg(format!(
+                "(import {} {{ system = \"x86_64-linux\"; }}).kernel",
+                image.display()
+            ))
+            .envs(h.env()),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     Some(PathBuf::from(v[0]["outputs"]["out"].as_str().unwrap()))

@@ -27,11 +27,11 @@ const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 /// The disks of a booted VM: their open, locked files. Dropping them
 /// releases the locks, as CH does when it tears its devices down.
 #[derive(Debug, Default)]
-pub struct OpenDisks(#[allow(dead_code)] Vec<File>);
+pub(super) struct OpenDisks(#[allow(dead_code)] Vec<File>);
 
 /// What `vm.info` reports as a disk's `image_type`: the configured one, or
 /// once booted the detected one ("Unknown" before, as recorded).
-pub fn reported_image_type(disk: &Value, booted: bool) -> String {
+pub(super) fn reported_image_type(disk: &Value, booted: bool) -> String {
     match disk["image_type"].as_str() {
         Some(t) => t.to_owned(),
         None if booted => detect(Path::new(disk["path"].as_str().unwrap_or("")))
@@ -73,7 +73,7 @@ fn backing_file(f: &mut File) -> std::io::Result<Option<String>> {
 
 /// Opens every disk of `config` as CH v53 does at `vm.boot`. On failure,
 /// the error chain after "The VM could not boot".
-pub fn open_disks(config: &Value) -> Result<OpenDisks, Vec<String>> {
+pub(super) fn open_disks(config: &Value) -> Result<OpenDisks, Vec<String>> {
     let mut open = Vec::new();
     for d in config["disks"].as_array().into_iter().flatten() {
         let Some(path) = d["path"].as_str() else {

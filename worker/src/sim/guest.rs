@@ -15,7 +15,7 @@ const MARKER: &[u8] = b"procurator-pvh-guest v1";
 const MAX_KERNEL: u64 = 1 << 20;
 
 /// The line the hermetic guest prints for `cmdline`, when `kernel` is it.
-pub fn boot_line(kernel: &str, cmdline: &str) -> Option<String> {
+pub(super) fn boot_line(kernel: &str, cmdline: &str) -> Option<String> {
     let f = std::fs::File::open(kernel).ok()?;
     if f.metadata().ok()?.len() > MAX_KERNEL {
         return None;
@@ -43,9 +43,12 @@ mod tests {
     #[test]
     fn names_the_vm_as_the_guest_does() {
         let dir = tempfile::tempdir().unwrap();
-        let k = dir.path().join("k");
-        std::fs::write(&k, b"\x7fELF...procurator-pvh-guest v1\0...").unwrap();
-        let k = k.to_str().unwrap();
+        let kernel = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let k = &kernel("k", b"\x7fELF...procurator-pvh-guest v1\0...");
         assert_eq!(
             boot_line(k, "console=ttyS0 systemd.hostname=web-0").as_deref(),
             Some("pcr-guest: web-0 is up")
@@ -58,10 +61,6 @@ mod tests {
             boot_line(k, "").as_deref(),
             Some("pcr-guest: unnamed is up")
         );
-        std::fs::write(dir.path().join("other"), b"a linux kernel").unwrap();
-        assert_eq!(
-            boot_line(dir.path().join("other").to_str().unwrap(), ""),
-            None
-        );
+        assert_eq!(boot_line(&kernel("other", b"a linux kernel"), ""), None);
     }
 }

@@ -30,9 +30,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-pub use vm::{Faults, Outcome, Sim};
+pub(crate) use vm::{Faults, Outcome, Sim};
 
-pub const VERSION: &str = "53.0.0";
+pub(crate) const VERSION: &str = "53.0.0";
 
 #[derive(Debug, Default)]
 struct Args {
@@ -106,7 +106,9 @@ fn parse_args(
     Ok(Some(a))
 }
 
-pub fn main() -> ExitCode {
+// `--version` answers on stdout, as cloud-hypervisor does.
+#[allow(clippy::print_stdout)]
+pub(crate) fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let args = match parse_args(&argv, &|k| std::env::var(k).ok()) {
         Ok(Some(a)) => a,
@@ -138,7 +140,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Where the process ends, with CH's exit code.
-pub fn exit_now(socket: &Path, code: i32, remove_socket: bool) -> ! {
+pub(crate) fn exit_now(socket: &Path, code: i32, remove_socket: bool) -> ! {
     if remove_socket {
         let _ = std::fs::remove_file(socket);
     }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 /// Injected faults (process-wide, plus per VM from the kernel command line).
 #[derive(Debug, Default, Clone)]
-pub struct Faults {
+pub(crate) struct Faults {
     fail: Vec<(String, u16)>,
     hang: BTreeSet<String>,
     pub boot_delay_ms: u64,
@@ -24,7 +24,7 @@ pub struct Faults {
 
 impl Faults {
     /// `endpoint:status[,endpoint:status…]`.
-    pub fn add_fail_list(&mut self, list: &str) -> Result<(), String> {
+    pub(crate) fn add_fail_list(&mut self, list: &str) -> Result<(), String> {
         for item in list.split(',').filter(|s| !s.is_empty()) {
             let (ep, st) = item
                 .split_once(':')
@@ -36,17 +36,17 @@ impl Faults {
         }
         Ok(())
     }
-    pub fn add_hang_list(&mut self, list: &str) {
+    pub(crate) fn add_hang_list(&mut self, list: &str) {
         self.hang
             .extend(list.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
     }
-    pub fn fail_status(&self, endpoint: &str) -> Option<u16> {
+    pub(crate) fn fail_status(&self, endpoint: &str) -> Option<u16> {
         self.fail
             .iter()
             .find(|(e, _)| e == endpoint)
             .map(|(_, s)| *s)
     }
-    pub fn hangs(&self, endpoint: &str) -> bool {
+    pub(crate) fn hangs(&self, endpoint: &str) -> bool {
         self.hang.contains(endpoint)
     }
 
@@ -194,7 +194,7 @@ impl Vm {
 }
 
 /// What the HTTP layer does with a request.
-pub enum Outcome {
+pub(crate) enum Outcome {
     Reply(u16, Option<Value>),
     /// Never answer (an injected hang).
     Hang,
@@ -202,7 +202,7 @@ pub enum Outcome {
     ExitAfterReply(u16, i32),
 }
 
-pub struct Sim {
+pub(crate) struct Sim {
     socket: PathBuf,
     name: String,
     faults: Faults,
@@ -249,6 +249,35 @@ fn chain(items: &[&str]) -> Option<Value> {
     Some(json!(items))
 }
 
+/// `vm.pause` (Running → Paused) and `vm.resume` (Paused → Running) as CH
+/// v53 answers them: `clock` starts or stops the VM's run time; a VM
+/// already in `to` is an invalid transition, any other is not running.
+fn switch(vm: Option<&mut Vm>, from: State, to: State, clock: fn(&mut Vm)) -> Outcome {
+    let (failed, verb) = if to == State::Paused {
+        ("The VM could not be paused", "pause")
+    } else {
+        ("The VM could not resume", "resume")
+    };
+    match vm {
+        Some(vm) if vm.state == from => {
+            vm.state = to;
+            clock(vm);
+            Outcome::Reply(204, None)
+        }
+        Some(vm) if vm.state == to => err(
+            500,
+            &[
+                "Error from API",
+                failed,
+                &format!("Cannot {verb} VM"),
+                &format!("Failed to {verb} migratable component"),
+                &format!("Invalid transition: InvalidStateTransition({to:?}, {to:?})"),
+            ],
+        ),
+        _ => err(500, &["Error from API", failed, "VM is not running"]),
+    }
+}
+
 fn err(status: u16, items: &[&str]) -> Outcome {
     Outcome::Reply(status, chain(items))
 }
@@ -256,7 +285,7 @@ fn err(status: u16, items: &[&str]) -> Outcome {
 const NOENT: &str = "No such file or directory (os error 2)";
 
 impl Sim {
-    pub fn new(socket: PathBuf, faults: Faults) -> Self {
+    pub(crate) fn new(socket: PathBuf, faults: Faults) -> Self {
         let name = socket
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -290,7 +319,7 @@ impl Sim {
     }
 
     /// One API request against the current state (no waiting inside).
-    pub fn handle(&mut self, method: &str, endpoint: &str, body: &[u8]) -> Outcome {
+    pub(crate) fn handle(&mut self, method: &str, endpoint: &str, body: &[u8]) -> Outcome {
         let known_get = GETS.contains(&endpoint);
         let known_put = PUTS.contains(&endpoint) || OTHER_PUTS.contains(&endpoint);
         match (method, known_get, known_put) {
@@ -352,56 +381,15 @@ impl Sim {
                     ],
                 ),
             },
-            "vm.pause" => match self.vm.as_mut() {
-                Some(vm) if vm.state == State::Running => {
-                    vm.state = State::Paused;
-                    vm.stop_clock();
-                    Outcome::Reply(204, None)
-                }
-                Some(vm) if vm.state == State::Paused => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not be paused",
-                        "Cannot pause VM",
-                        "Failed to pause migratable component",
-                        "Invalid transition: InvalidStateTransition(Paused, Paused)",
-                    ],
-                ),
-                _ => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not be paused",
-                        "VM is not running",
-                    ],
-                ),
-            },
-            "vm.resume" => match self.vm.as_mut() {
-                Some(vm) if vm.state == State::Paused => {
-                    vm.state = State::Running;
-                    vm.running_since = Some(Instant::now());
-                    Outcome::Reply(204, None)
-                }
-                Some(vm) if vm.state == State::Running => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not resume",
-                        "Cannot resume VM",
-                        "Failed to resume migratable component",
-                        "Invalid transition: InvalidStateTransition(Running, Running)",
-                    ],
-                ),
-                _ => err(
-                    500,
-                    &[
-                        "Error from API",
-                        "The VM could not resume",
-                        "VM is not running",
-                    ],
-                ),
-            },
+            "vm.pause" => switch(
+                self.vm.as_mut(),
+                State::Running,
+                State::Paused,
+                Vm::stop_clock,
+            ),
+            "vm.resume" => switch(self.vm.as_mut(), State::Paused, State::Running, |vm| {
+                vm.running_since = Some(Instant::now());
+            }),
             "vm.delete" => {
                 self.vm = None;
                 self.boot_gen += 1;
@@ -600,7 +588,12 @@ impl Sim {
 
 /// Serves one request: waits out an injected boot delay without holding
 /// the state, then applies the request and starts the guest's timers.
-pub async fn dispatch(sim: &Arc<Mutex<Sim>>, method: &str, endpoint: &str, body: &[u8]) -> Outcome {
+pub(super) async fn dispatch(
+    sim: &Arc<Mutex<Sim>>,
+    method: &str,
+    endpoint: &str,
+    body: &[u8],
+) -> Outcome {
     if method == "PUT" && endpoint == "vm.boot" {
         let delay = sim.lock().map(|s| s.boot_delay()).unwrap_or(0);
         if delay > 0 {

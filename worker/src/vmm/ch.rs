@@ -66,6 +66,7 @@ impl ChBackendConfig {
     }
 }
 
+#[derive(Debug)]
 pub struct CloudHypervisorBackend {
     config: ChBackendConfig,
     /// Bounded by `api_timeout`; it pools no idle connections (a worker
@@ -308,7 +309,7 @@ fn describe_exit(st: std::process::ExitStatus) -> ExitInfo {
 }
 
 /// REST client of one CH API socket.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ChClient {
     http: HttpClient<UnixConnector>,
     socket: PathBuf,
@@ -454,6 +455,7 @@ impl Vmm for ChClient {
 
 /// The CH process of one VM: our child (exit seen by `wait`) or adopted
 /// from a previous worker (exit seen by polling /proc).
+#[derive(Debug)]
 pub struct ChProcess {
     pid: Option<u32>,
     socket: PathBuf,

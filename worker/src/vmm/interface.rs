@@ -140,6 +140,14 @@ pub struct Adopted<B: VmmBackend + ?Sized> {
     pub info: VmInfoResponse,
 }
 
+impl<B: VmmBackend + ?Sized> std::fmt::Debug for Adopted<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adopted")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Factory for VMs on one host.
 pub trait VmmBackend: Send + Sync + 'static {
     type Vmm: Vmm;

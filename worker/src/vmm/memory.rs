@@ -45,20 +45,21 @@ pub enum Fault {
     Hang,
 }
 
+#[derive(Debug)]
 struct Process {
     pid: u32,
     state: Mutex<Option<ChVmState>>,
     exit: watch::Sender<Option<ExitInfo>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shared {
     faults: Mutex<HashMap<Step, Fault>>,
     live: Mutex<HashMap<VmId, Arc<Process>>>,
     next_pid: AtomicU32,
 }
 
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     shared: Arc<Shared>,
 }
@@ -128,6 +129,7 @@ async fn apply(shared: &Shared, step: Step, endpoint: &'static str) -> Result<()
     }
 }
 
+#[derive(Debug)]
 pub struct MemVmm {
     id: VmId,
     process: Arc<Process>,
@@ -135,6 +137,7 @@ pub struct MemVmm {
     serial: std::path::PathBuf,
 }
 
+#[derive(Debug)]
 pub struct MemProcess {
     id: VmId,
     pid: u32,
@@ -152,6 +155,27 @@ fn api_err(endpoint: &'static str, status: u16, last: &str) -> VmmError {
 }
 
 impl MemVmm {
+    /// `vm.pause` and `vm.resume`: `from` → `to`. CH refuses a VM already in
+    /// `to` as an invalid transition, and any other as not running.
+    async fn switch(
+        &self,
+        step: Step,
+        endpoint: &'static str,
+        from: ChVmState,
+        to: ChVmState,
+    ) -> Result<(), VmmError> {
+        apply(&self.shared, step, endpoint).await?;
+        self.transition(endpoint, |s| match s {
+            Some(s) if s == from => Ok(Some(to)),
+            Some(s) if s == to => Err(api_err(
+                endpoint,
+                500,
+                &format!("InvalidStateTransition({to:?}, {to:?})"),
+            )),
+            _ => Err(api_err(endpoint, 500, "VM is not running")),
+        })
+    }
+
     fn transition(
         &self,
         endpoint: &'static str,
@@ -210,28 +234,22 @@ impl Vmm for MemVmm {
         })
     }
     async fn pause(&self) -> Result<(), VmmError> {
-        apply(&self.shared, Step::Pause, "vm.pause").await?;
-        self.transition("vm.pause", |s| match s {
-            Some(ChVmState::Running) => Ok(Some(ChVmState::Paused)),
-            Some(ChVmState::Paused) => Err(api_err(
-                "vm.pause",
-                500,
-                "InvalidStateTransition(Paused, Paused)",
-            )),
-            _ => Err(api_err("vm.pause", 500, "VM is not running")),
-        })
+        self.switch(
+            Step::Pause,
+            "vm.pause",
+            ChVmState::Running,
+            ChVmState::Paused,
+        )
+        .await
     }
     async fn resume(&self) -> Result<(), VmmError> {
-        apply(&self.shared, Step::Resume, "vm.resume").await?;
-        self.transition("vm.resume", |s| match s {
-            Some(ChVmState::Paused) => Ok(Some(ChVmState::Running)),
-            Some(ChVmState::Running) => Err(api_err(
-                "vm.resume",
-                500,
-                "InvalidStateTransition(Running, Running)",
-            )),
-            _ => Err(api_err("vm.resume", 500, "VM is not running")),
-        })
+        self.switch(
+            Step::Resume,
+            "vm.resume",
+            ChVmState::Paused,
+            ChVmState::Running,
+        )
+        .await
     }
     async fn counters(&self) -> Result<VmCounters, VmmError> {
         let mut c = VmCounters::new();

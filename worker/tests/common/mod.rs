@@ -7,13 +7,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub fn ch_sim() -> PathBuf {
+pub(crate) fn ch_sim() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ch-sim"))
 }
 
 /// A script that runs ch-sim with extra environment (faults for one test
 /// without touching this process's environment). `exec` keeps the pid.
-pub fn ch_sim_with_env(dir: &Path, name: &str, env: &[(&str, &str)]) -> PathBuf {
+pub(crate) fn ch_sim_with_env(dir: &Path, name: &str, env: &[(&str, &str)]) -> PathBuf {
     let mut script = String::from("#!/bin/sh\n");
     for (k, v) in env {
         script.push_str(&format!("export {k}='{v}'\n"));
