@@ -169,21 +169,21 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Warning::new(path, message));
     }
 
     /// Text of `dir/name` if present and readable.
-    pub fn text(&self, dir: &str, name: &str) -> Option<&str> {
+    pub(crate) fn text(&self, dir: &str, name: &str) -> Option<&str> {
         self.tree.text(dir, name)
     }
 
-    pub fn has(&self, dir: &str, name: &str) -> bool {
+    pub(crate) fn has(&self, dir: &str, name: &str) -> bool {
         self.tree.has(dir, name)
     }
 
     /// Parses a TOML file, turning syntax errors into a warning.
-    pub fn toml(&mut self, dir: &str, name: &str) -> Option<toml::Table> {
+    pub(crate) fn toml(&mut self, dir: &str, name: &str) -> Option<toml::Table> {
         let text = self.text(dir, name)?;
         match text.parse::<toml::Table>() {
             Ok(t) => Some(t),
@@ -201,7 +201,7 @@ impl Ctx<'_> {
         }
     }
 
-    pub fn json(&mut self, dir: &str, name: &str) -> Option<serde_json::Value> {
+    pub(crate) fn json(&mut self, dir: &str, name: &str) -> Option<serde_json::Value> {
         let text = self.text(dir, name)?;
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(v) => Some(v),
@@ -212,7 +212,7 @@ impl Ctx<'_> {
         }
     }
 
-    pub fn yaml(&mut self, dir: &str, name: &str) -> Option<serde_yaml_ng::Value> {
+    pub(crate) fn yaml(&mut self, dir: &str, name: &str) -> Option<serde_yaml_ng::Value> {
         let text = self.text(dir, name)?;
         match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
             Ok(v) => Some(v),
@@ -226,7 +226,7 @@ impl Ctx<'_> {
     /// Directories below `base` (exclusive) that contain `file`, matching
     /// the member `patterns` (relative to `base`; `!` negates, as pnpm and
     /// npm allow) and not under any `exclude` prefix.
-    pub fn expand_members(
+    pub(crate) fn expand_members(
         &self,
         base: &str,
         patterns: &[String],
