@@ -182,6 +182,19 @@ impl Ctx<'_> {
         self.tree.has(dir, name)
     }
 
+    /// A project skeleton for `dir`, named after its directory (or the scan
+    /// root) until its manifest declares a name.
+    pub(crate) fn project(
+        &self,
+        dir: &str,
+        language: Language,
+        package_manager: &str,
+        manifest: &str,
+    ) -> Project {
+        let name = base_name(dir, &root_name(self.tree));
+        new_project(dir, name, language, package_manager, manifest)
+    }
+
     /// Parses a TOML file, turning syntax errors into a warning.
     pub(crate) fn toml(&mut self, dir: &str, name: &str) -> Option<toml::Table> {
         let text = self.text(dir, name)?;
@@ -415,11 +428,7 @@ pub fn analyse(tree: &Tree) -> Scan {
     warnings.sort();
     warnings.dedup();
     Scan {
-        name: tree
-            .root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "root".into()),
+        name: root_name(tree),
         projects,
         ignored,
         ci_files,
@@ -448,7 +457,7 @@ pub(crate) fn base_name(dir: &str, root_name: &str) -> String {
 }
 
 /// A project skeleton with every optional field empty.
-pub(crate) fn new_project(
+fn new_project(
     dir: &str,
     name: String,
     language: Language,

@@ -3,9 +3,7 @@
 //! can map them to nixpkgs' python packages.
 
 use super::versions::Candidate as Version;
-use super::{
-    Candidate, Ctx, Language, base_name, new_project, root_name, toml_get, toml_str, toml_strings,
-};
+use super::{Candidate, Ctx, Language, toml_get, toml_str, toml_strings};
 use crate::scan::join;
 
 const MANIFESTS: &[&str] = &[
@@ -18,14 +16,7 @@ const MANIFESTS: &[&str] = &[
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let manifest = *MANIFESTS.iter().find(|m| ctx.has(dir, m))?;
-    let root = root_name(ctx.tree);
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Python,
-        "pip",
-        manifest,
-    );
+    let mut project = ctx.project(dir, Language::Python, "pip", manifest);
     let mut versions = Vec::new();
     let mut deps: Vec<String> = Vec::new();
     let mut claims = Vec::new();
