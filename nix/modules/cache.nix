@@ -5,25 +5,20 @@
 { config, lib, pkgs, ... }:
 let
   common = import ./service-common.nix { inherit lib; };
-  cfg = config.services.procurator.cache;
 in
-{
-  options.services.procurator.cache = common.commonOptions {
-    name = "cache";
-    binary = "cache";
-    defaultListen = "127.0.0.1:5000";
-  } // {
+common.serviceModule {
+  inherit config;
+  name = "cache";
+  binary = "cache";
+  defaultListen = "127.0.0.1:5000";
+  options = {
     secretKeyFile = lib.mkOption {
       type = lib.types.path;
       description = "Signing key from `cache keygen` or `nix-store --generate-binary-cache-key NAME sk pk` (read as a systemd credential).";
     };
     uploadTokenFile = common.credentialOption "File holding the token uploaders (CI) present. null: uploads are refused.";
   };
-
-  config = lib.mkIf cfg.enable (common.mkService {
-    name = "cache";
-    inherit cfg;
-    binary = "cache";
+  service = cfg: {
     leading = lib.optional cfg.logJson "--log-json" ++ [ "serve" ];
     settings = {
       listen = cfg.listen;
@@ -42,5 +37,5 @@ in
         StateDirectoryMode = "0700";
       };
     };
-  });
+  };
 }

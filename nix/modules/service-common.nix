@@ -26,6 +26,9 @@ rec {
   execStart = { package, binary, leading ? [ ], settings, extraArgs }:
     lib.escapeShellArgs ([ "${package}/bin/${binary}" ] ++ leading ++ toArgs settings ++ extraArgs);
 
+  # An option with a default, the common case: one line per option.
+  option = type: default: description: mkOption { inherit type default description; };
+
   # Options every service module has.
   commonOptions = { name, binary, defaultListen }: {
     enable = lib.mkEnableOption "the Procurator ${name}";
@@ -33,42 +36,25 @@ rec {
       type = types.package;
       description = "Package providing bin/${binary} (the flake's packages.<system>.${name}).";
     };
-    listen = mkOption {
-      type = types.str;
-      default = defaultListen;
-      description = "Address and port the ${name} binds. Loopback by default; expose it deliberately.";
-    };
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open the listen port in the host firewall.";
-    };
-    logJson = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Log JSON lines (for the journal and log shippers) instead of text.";
-    };
-    logLevel = mkOption {
-      type = types.str;
-      default = "info";
-      description = "RUST_LOG filter.";
-    };
-    settings = mkOption {
-      type = settingsType;
-      default = { };
-      description = "Extra command-line flags: { flag-name = value; } becomes --flag-name value.";
-    };
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      description = "Arguments appended verbatim.";
-    };
-    environment = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-      description = "Extra environment variables.";
-    };
+    listen = option types.str defaultListen "Address and port the ${name} binds. Loopback by default; expose it deliberately.";
+    openFirewall = option types.bool false "Open the listen port in the host firewall.";
+    logJson = option types.bool true "Log JSON lines (for the journal and log shippers) instead of text.";
+    logLevel = option types.str "info" "RUST_LOG filter.";
+    settings = option settingsType { } "Extra command-line flags: { flag-name = value; } becomes --flag-name value.";
+    extraArgs = option (types.listOf types.str) [ ] "Arguments appended verbatim.";
+    environment = option (types.attrsOf types.str) { } "Extra environment variables.";
   };
+
+  # A whole service module for `services.procurator.<name>`: the common
+  # options plus the module's own `options` and, when enabled, the unit
+  # `mkService` renders from `service cfg`, merged with `extraConfig`
+  # (users, kernel modules, nix settings the service needs).
+  serviceModule = { config, name, binary, defaultListen, options, extraConfig ? { }, service }:
+    let cfg = config.services.procurator.${name}; in
+    {
+      options.services.procurator.${name} = commonOptions { inherit name binary defaultListen; } // options;
+      config = lib.mkIf cfg.enable (extraConfig // mkService ({ inherit name cfg binary; } // service cfg));
+    };
 
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
 
