@@ -2,13 +2,8 @@
 # accepts narinfo/NAR over HTTP and signs narinfos. The secret signing key
 # and the upload token are passed as systemd credentials (never in the
 # store); the index and NARs live in the state directory.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-in
-common.serviceModule {
-  inherit config;
-  name = "cache";
+import ./service-module.nix "cache" ({ lib, common, cfg, ... }:
+{
   binary = "cache";
   defaultListen = "127.0.0.1:5000";
   options = {
@@ -18,7 +13,7 @@ common.serviceModule {
     };
     uploadTokenFile = common.credentialOption "File holding the token uploaders (CI) present. null: uploads are refused.";
   };
-  service = cfg: {
+  service = {
     leading = lib.optional cfg.logJson "--log-json" ++ [ "serve" ];
     settings = {
       listen = cfg.listen;
@@ -38,4 +33,4 @@ common.serviceModule {
       };
     };
   };
-}
+})

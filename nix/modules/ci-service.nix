@@ -4,13 +4,8 @@
 # through the host's nix-daemon; the service's own nix client state (its
 # narinfo cache) lives in the state directory. The cache upload token and
 # the push-hook secret are systemd credentials.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-in
-common.serviceModule {
-  inherit config;
-  name = "ci-service";
+import ./service-module.nix "ci-service" ({ config, lib, pkgs, common, cfg, ... }:
+{
   binary = "ci_service";
   defaultListen = "127.0.0.1:7100";
   options = {
@@ -43,7 +38,7 @@ common.serviceModule {
     # CI evaluates flakes through the daemon.
     nix.settings.experimental-features = [ "nix-command" "flakes" ];
   };
-  service = cfg: {
+  service = {
     settings = {
       listen = cfg.listen;
       log-json = cfg.logJson;
@@ -79,4 +74,4 @@ common.serviceModule {
       };
     };
   };
-}
+})

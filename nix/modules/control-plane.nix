@@ -2,13 +2,8 @@
 # Cap'n Proto server. It keeps desired state in memory (CI re-publishes after
 # a restart), so it needs no state directory and runs fully sandboxed under a
 # dynamic user.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-in
-common.serviceModule {
-  inherit config;
-  name = "control-plane";
+import ./service-module.nix "control-plane" ({ lib, common, cfg, ... }:
+{
   binary = "control_plane";
   defaultListen = "127.0.0.1:7000";
   options = {
@@ -16,7 +11,7 @@ common.serviceModule {
     tokenFile = common.credentialOption "Token file (`<role>[:<worker-id>] <token>` per line; read as a systemd credential). null: every caller is admin, and the service refuses a non-loopback listen address.";
     longPollTimeoutMs = common.option lib.types.ints.positive 25000 "How long getAssignment waits for a change before answering \"nothing new\".";
   };
-  service = cfg: {
+  service = {
     settings = {
       listen = cfg.listen;
       log-json = cfg.logJson;
@@ -35,4 +30,4 @@ common.serviceModule {
       };
     };
   };
-}
+})

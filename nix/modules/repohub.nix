@@ -2,13 +2,8 @@
 # repositories and the SQLite database live in the state directory; git runs
 # as a child process, so it is on the unit's PATH. A static user owns the
 # repositories so they survive a change of unit settings.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-in
-common.serviceModule {
-  inherit config;
-  name = "repohub";
+import ./service-module.nix "repohub" ({ lib, pkgs, common, cfg, ... }:
+{
   binary = "repohub";
   defaultListen = "127.0.0.1:8080";
   options = {
@@ -35,7 +30,7 @@ common.serviceModule {
     };
     users.groups.procurator-repohub = { };
   };
-  service = cfg: {
+  service = {
     settings = {
       listen = cfg.listen;
       log-json = cfg.logJson;
@@ -62,4 +57,4 @@ common.serviceModule {
       };
     };
   };
-}
+})

@@ -45,17 +45,6 @@ rec {
     environment = option (types.attrsOf types.str) { } "Extra environment variables.";
   };
 
-  # A whole service module for `services.procurator.<name>`: the common
-  # options plus the module's own `options` and, when enabled, the unit
-  # `mkService` renders from `service cfg`, merged with `extraConfig`
-  # (users, kernel modules, nix settings the service needs).
-  serviceModule = { config, name, binary, defaultListen, options, extraConfig ? { }, service }:
-    let cfg = config.services.procurator.${name}; in
-    {
-      options.services.procurator.${name} = commonOptions { inherit name binary defaultListen; } // options;
-      config = lib.mkIf cfg.enable (extraConfig // mkService ({ inherit name cfg binary; } // service cfg));
-    };
-
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
 
   # A secret file the unit reads as a systemd credential (never copied to

@@ -5,15 +5,12 @@
 # API sockets outlive a worker restart: the restarted worker adopts the
 # running VMs instead of rebooting them. With `procurator.host` enabled
 # (modules/host.nix) each VM gets a TAP on the host's VM bridge.
-{ config, lib, pkgs, ... }:
+import ./service-module.nix "worker" ({ config, lib, pkgs, common, cfg, ... }:
 let
-  common = import ./service-common.nix { inherit lib; };
   host = config.procurator.host or { enable = false; };
   runDir = "/var/lib/procurator-worker";
 in
-common.serviceModule {
-  inherit config;
-  name = "worker";
+{
   binary = "worker";
   defaultListen = "127.0.0.1:6000";
   options = {
@@ -50,7 +47,7 @@ common.serviceModule {
   extraConfig = {
     boot.kernelModules = [ "tun" ];
   };
-  service = cfg: {
+  service = {
     settings = {
       listen = cfg.listen;
       advertise = cfg.advertise;
@@ -102,4 +99,4 @@ common.serviceModule {
       };
     };
   };
-}
+})
