@@ -326,39 +326,39 @@ fn yarn(pkg: &Package) -> String {
     let mut a = Attrs::default();
     common(&mut a, pkg);
     placeholder_comment(&mut a, pkg, "yarnOfflineCache");
-    if pkg.builder == Builder::YarnClassic {
+    let classic = pkg.builder == Builder::YarnClassic;
+    // Classic fetches by yarn.lock and builds through yarnBuildHook; berry
+    // fetches by source and has no build hook, so its build is a script.
+    let (offline_cache, inputs) = if classic {
         let lockfile = pkg
             .options
             .lockfile
             .clone()
             .unwrap_or_else(|| format!("{}/yarn.lock", pkg.src));
-        a.set(
-            "yarnOfflineCache",
+        (
             format!("pkgs.fetchYarnDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
-        );
-        a.set(
-            "nativeBuildInputs",
             format!("[ pkgs.yarnConfigHook pkgs.yarnBuildHook {tc} ]"),
-        );
-        if !pkg.options.build_script {
-            a.set("dontYarnBuild", "true");
-        }
+        )
     } else {
         let berry = tool(pkg, "yarn-berry", "pkgs.yarn-berry");
-        a.set(
-            "yarnOfflineCache",
+        (
             format!(
                 "{berry}.fetchYarnBerryDeps {{ src = {}; hash = lib.fakeHash; }}",
                 pkg.src
             ),
-        );
-        a.set(
-            "nativeBuildInputs",
             format!("[ {tc} {berry} {berry}.yarnBerryConfigHook ]"),
-        );
-        if pkg.options.build_script {
+        )
+    };
+    a.set("yarnOfflineCache", offline_cache);
+    a.set("nativeBuildInputs", inputs);
+    match (classic, pkg.options.build_script) {
+        (true, false) => {
+            a.set("dontYarnBuild", "true");
+        }
+        (false, true) => {
             a.script("buildPhase", &build_phase("yarn run build"));
         }
+        _ => {}
     }
     a.script(
         "installPhase",
