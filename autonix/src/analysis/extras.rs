@@ -55,6 +55,23 @@ fn split_file(path: &str) -> (&str, &str) {
     }
 }
 
+/// Maps every file of the tree through `f` (its path, directory and name),
+/// keeping what it returns. The paths are copied first so `f` may read and
+/// parse files through `ctx`, which records warnings.
+fn each_file<'t, T>(
+    ctx: &mut Ctx<'t>,
+    mut f: impl FnMut(&mut Ctx<'t>, &str, &str, &str) -> Option<T>,
+) -> Vec<T> {
+    let paths: Vec<String> = ctx.tree.files.keys().cloned().collect();
+    paths
+        .iter()
+        .filter_map(|path| {
+            let (dir, name) = split_file(path);
+            f(ctx, path, dir, name)
+        })
+        .collect()
+}
+
 /// Files the analysis should report on: not under vendored code, fixtures
 /// or examples.
 fn reported_files<'a>(
@@ -258,10 +275,7 @@ pub(crate) fn just_recipes(text: &str) -> Vec<String> {
 }
 
 pub(crate) fn ci_files(ctx: &mut Ctx<'_>) -> Vec<CiFile> {
-    let mut out = Vec::new();
-    let paths: Vec<String> = ctx.tree.files.keys().cloned().collect();
-    for path in paths {
-        let (dir, name) = split_file(&path);
+    each_file(ctx, |ctx, path, dir, name| {
         let yml = name.ends_with(".yml") || name.ends_with(".yaml");
         let system = match (dir, name) {
             (".github/workflows", _) if yml => "github-actions",
@@ -276,7 +290,7 @@ pub(crate) fn ci_files(ctx: &mut Ctx<'_>) -> Vec<CiFile> {
             ("", ".woodpecker.yml") | (".woodpecker", _) if yml || name == ".woodpecker.yml" => {
                 "woodpecker"
             }
-            _ => continue,
+            _ => return None,
         };
         let mut jobs = Vec::new();
         if yml && let Some(y) = ctx.yaml(dir, name) {
@@ -314,22 +328,18 @@ pub(crate) fn ci_files(ctx: &mut Ctx<'_>) -> Vec<CiFile> {
                 _ => {}
             }
         }
-        out.push(CiFile {
-            path: path.clone(),
+        Some(CiFile {
+            path: path.to_string(),
             system: system.into(),
             jobs,
-        });
-    }
-    out
+        })
+    })
 }
 
 pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
-    let mut out = Vec::new();
-    let paths: Vec<String> = ctx.tree.files.keys().cloned().collect();
-    for path in paths {
-        let (dir, name) = split_file(&path);
+    each_file(ctx, |ctx, path, dir, name| {
         if not_a_project(dir).is_some() {
-            continue;
+            return None;
         }
         let dockerfile = name == "Dockerfile"
             || name == "Containerfile"
@@ -371,13 +381,13 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
                     _ => {}
                 }
             }
-            out.push(ContainerFile {
-                path: path.clone(),
+            Some(ContainerFile {
+                path: path.to_string(),
                 kind: "dockerfile".into(),
                 base_images,
                 exposed_ports,
                 services: vec![],
-            });
+            })
         } else if compose {
             let mut services = Vec::new();
             if let Some(y) = ctx.yaml(dir, name)
@@ -418,16 +428,17 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
                     });
                 }
             }
-            out.push(ContainerFile {
-                path: path.clone(),
+            Some(ContainerFile {
+                path: path.to_string(),
                 kind: "compose".into(),
                 base_images: vec![],
                 exposed_ports: vec![],
                 services,
-            });
+            })
+        } else {
+            None
         }
-    }
-    out
+    })
 }
 
 #[cfg(test)]
