@@ -277,17 +277,18 @@ mod tests {
 
     #[test]
     fn requirement_names() {
-        assert_eq!(req_name("Django>=4.2,<5 # web").as_deref(), Some("django"));
-        assert_eq!(
-            req_name("uvicorn[standard]==0.29").as_deref(),
-            Some("uvicorn")
-        );
-        assert_eq!(
-            req_name("zope.interface ; python_version > '3'").as_deref(),
-            Some("zope-interface")
-        );
-        assert_eq!(req_name("-r base.txt"), None);
-        assert_eq!(req_name("# just a comment"), None);
+        for (line, want) in [
+            ("Django>=4.2,<5 # web", Some("django")),
+            ("uvicorn[standard]==0.29", Some("uvicorn")),
+            (
+                "zope.interface ; python_version > '3'",
+                Some("zope-interface"),
+            ),
+            ("-r base.txt", None),
+            ("# just a comment", None),
+        ] {
+            assert_eq!(req_name(line).as_deref(), want, "{line}");
+        }
         assert_eq!(normalize_name("Typing_Extensions"), "typing-extensions");
     }
 }
