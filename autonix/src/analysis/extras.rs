@@ -85,6 +85,15 @@ fn reported_files<'a>(
     })
 }
 
+fn task(file: &str, kind: &str, name: impl Into<String>, command: Option<String>) -> Task {
+    Task {
+        file: file.to_string(),
+        kind: kind.into(),
+        name: name.into(),
+        command,
+    }
+}
+
 pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
     let mut out = Vec::new();
     let files: Vec<(String, String)> = reported_files(
@@ -109,24 +118,18 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
         };
         match name.as_str() {
             "Makefile" | "makefile" | "GNUmakefile" => {
-                for t in make_targets(&text) {
-                    out.push(Task {
-                        file: file.clone(),
-                        kind: "make".into(),
-                        name: t,
-                        command: None,
-                    });
-                }
+                out.extend(
+                    make_targets(&text)
+                        .into_iter()
+                        .map(|t| task(&file, "make", t, None)),
+                );
             }
             "justfile" | "Justfile" | ".justfile" => {
-                for t in just_recipes(&text) {
-                    out.push(Task {
-                        file: file.clone(),
-                        kind: "just".into(),
-                        name: t,
-                        command: None,
-                    });
-                }
+                out.extend(
+                    just_recipes(&text)
+                        .into_iter()
+                        .map(|t| task(&file, "just", t, None)),
+                );
             }
             "Procfile" => {
                 for line in text.lines() {
@@ -141,12 +144,7 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
                     if n == "web" {
                         set_web(projects, &dir, &cmd);
                     }
-                    out.push(Task {
-                        file: file.clone(),
-                        kind: "procfile".into(),
-                        name: n.into(),
-                        command: Some(cmd),
-                    });
+                    out.push(task(&file, "procfile", n, Some(cmd)));
                 }
             }
             _ => {
@@ -165,12 +163,7 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
                                     c.get("cmd").and_then(Yaml::as_str).map(String::from)
                                 })
                             });
-                        out.push(Task {
-                            file: file.clone(),
-                            kind: "task".into(),
-                            name: k.into(),
-                            command: cmd,
-                        });
+                        out.push(task(&file, "task", k, cmd));
                     }
                 }
             }
@@ -191,12 +184,8 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
         };
         if let Some(scripts) = v.get("scripts").and_then(|s| s.as_object()) {
             for (k, cmd) in scripts {
-                out.push(Task {
-                    file: join(&dir, "package.json"),
-                    kind: "npm".into(),
-                    name: k.clone(),
-                    command: cmd.as_str().map(String::from),
-                });
+                let file = join(&dir, "package.json");
+                out.push(task(&file, "npm", k, cmd.as_str().map(String::from)));
             }
         }
     }
