@@ -55,12 +55,10 @@ import ./service-module.nix "ci-service" ({ config, lib, pkgs, common, cfg, ... 
     environment = {
       HOME = "/var/lib/procurator-ci";
       XDG_CACHE_HOME = "/var/lib/procurator-ci/cache";
-      NIX_REMOTE = "daemon";
     };
+    nixDaemon = true;
     unit = {
       description = "Procurator CI (evaluate, build, cache, publish)";
-      after = [ "network-online.target" "nix-daemon.socket" ];
-      wants = [ "network-online.target" ];
       path = [ cfg.nixPackage pkgs.git ];
       serviceConfig = common.hardening // {
         User = "procurator-ci";

@@ -73,8 +73,11 @@ rec {
   # as `--<flag> %d/<name>` (`%d`: the unit's credentials directory), in the
   # order given. `unit`: the rest of the unit (description, ordering, PATH),
   # its `serviceConfig` included (a module starts from `hardening` there and
-  # relaxes what it needs).
-  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, unit }:
+  # relaxes what it needs). `nixDaemon`: the daemon uses the host's
+  # nix-daemon (builds, store writes), so NIX_REMOTE points nix at it and
+  # the unit starts after its socket and the network (unless `unit` orders
+  # itself).
+  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, nixDaemon ? false, unit }:
     let
       set = builtins.filter (c: c.file != null) credentials;
       credentialFlags = builtins.listToAttrs (map (c: {
@@ -83,9 +86,14 @@ rec {
       }) credentials);
     in
     {
-      systemd.services."procurator-${name}" = unit // {
+      systemd.services."procurator-${name}" = lib.optionalAttrs nixDaemon {
+        after = [ "network-online.target" "nix-daemon.socket" ];
+        wants = [ "network-online.target" ];
+      } // unit // {
         wantedBy = [ "multi-user.target" ];
-        environment = { RUST_LOG = cfg.logLevel; } // environment // cfg.environment;
+        environment = { RUST_LOG = cfg.logLevel; }
+          // lib.optionalAttrs nixDaemon { NIX_REMOTE = "daemon"; }
+          // environment // cfg.environment;
         serviceConfig = {
           ExecStart = execStart {
             inherit (cfg) package extraArgs;

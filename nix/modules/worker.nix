@@ -71,13 +71,11 @@ in
     ];
     environment = {
       XDG_CACHE_HOME = "/var/cache/procurator-worker";
-      # Store writes (closures pulled from the cache) go through the daemon.
-      NIX_REMOTE = "daemon";
     };
+    # Store writes (closures pulled from the cache) go through the daemon.
+    nixDaemon = true;
     unit = {
       description = "Procurator worker (Cloud Hypervisor VMs)";
-      after = [ "network-online.target" "nix-daemon.socket" ];
-      wants = [ "network-online.target" ];
       path = [ config.nix.package pkgs.iproute2 ];
       # Only part of `hardening`: the worker runs as root with KVM and TAP
       # access (devices, privileges, netlink); the rest of the system stays
