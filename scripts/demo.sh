@@ -76,18 +76,9 @@ rm -rf "$STATE"
 mkdir -p "$STATE"/{logs,nix,cache,repos,hosts}
 
 # Hermetic nix (design §9): no daemon, no substituters, no network.
-echo '{"flakes":[],"version":2}' >"$STATE/nix/registry.json"
-cat >"$STATE/nix/nix.conf" <<CONF
-build-users-group =
-sandbox = false
-extra-sandbox-paths = /bin /usr /lib /lib64
-substituters =
-experimental-features = nix-command flakes
-flake-registry = $STATE/nix/registry.json
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-CONF
-export NIX_CONF_DIR=$STATE/nix XDG_CACHE_HOME=$STATE/nix/xdg
+# shellcheck source=hermetic-nix.sh
+source "$ROOT/scripts/hermetic-nix.sh"
+hermetic_nix "$STATE/nix"
 
 # Which VMM: real cloud-hypervisor with KVM, else the simulator, said plainly.
 if [ -n "${PCR_DEMO_CH:-}" ]; then

@@ -50,6 +50,14 @@ struct Binding {
 struct Attrs(Vec<String>);
 
 impl Attrs {
+    /// The attributes every package derivation starts with.
+    fn package(pkg: &Package) -> Self {
+        let mut a = Self::default();
+        a.set("pname", nix_str(&pkg.pname));
+        a.set("version", nix_str(&pkg.version));
+        a.set("src", &pkg.src);
+        a
+    }
     fn set(&mut self, key: &str, value: impl AsRef<str>) -> &mut Self {
         self.0.push(format!("{key} = {};", value.as_ref()));
         self
@@ -151,12 +159,6 @@ fn build_phase(cmd: &str) -> Vec<String> {
     ]
 }
 
-fn common(a: &mut Attrs, pkg: &Package) {
-    a.set("pname", nix_str(&pkg.pname));
-    a.set("version", nix_str(&pkg.version));
-    a.set("src", &pkg.src);
-}
-
 fn placeholder_comment(a: &mut Attrs, pkg: &Package, attr: &str) {
     if let Some(ph) = pkg.placeholders.iter().find(|p| p.attr.starts_with(attr)) {
         a.comment(&format!("Placeholder: {}.", ph.how));
@@ -239,8 +241,7 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
 
 /// rustPlatform.buildRustPackage, from Cargo.lock when there is one.
 fn rust(pkg: &Package) -> String {
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     match &pkg.options.lockfile {
         Some(l) => {
             a.set("cargoLock.lockFile", l);
@@ -255,8 +256,7 @@ fn rust(pkg: &Package) -> String {
 
 /// buildGoModule, overridden to the planned Go when it is not the default.
 fn go(pkg: &Package) -> String {
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     if let Some(m) = &pkg.options.mod_root {
         a.set("modRoot", nix_str(m));
         a.comment("buildGoModule ignores go.work; each module builds on its own.");
@@ -294,8 +294,7 @@ fn go(pkg: &Package) -> String {
 /// buildNpmPackage, with importNpmLock when the lockfile allows it.
 fn npm(pkg: &Package) -> String {
     let tc = toolchain(pkg);
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     a.set("nodejs", &tc);
     if pkg.builder == Builder::NpmImportLock {
         a.comment("Dependencies come from package-lock.json itself: no hash to maintain.");
@@ -311,10 +310,7 @@ fn npm(pkg: &Package) -> String {
         a.set("dontNpmBuild", "true");
     }
     if pkg.commands.run.is_some() {
-        a.script(
-            "installPhase",
-            &install_tree(pkg, std::slice::from_ref(&tc)),
-        );
+        a.script("installPhase", &install_tree(pkg, &[tc]));
     }
     a.render("pkgs.buildNpmPackage {", "}")
 }
@@ -323,47 +319,43 @@ fn npm(pkg: &Package) -> String {
 /// or berry (fetchYarnBerryDeps).
 fn yarn(pkg: &Package) -> String {
     let tc = toolchain(pkg);
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     placeholder_comment(&mut a, pkg, "yarnOfflineCache");
-    if pkg.builder == Builder::YarnClassic {
+    let classic = pkg.builder == Builder::YarnClassic;
+    // Classic fetches by yarn.lock and builds through yarnBuildHook; berry
+    // fetches by source and has no build hook, so its build is a script.
+    let (offline_cache, inputs) = if classic {
         let lockfile = pkg
             .options
             .lockfile
             .clone()
             .unwrap_or_else(|| format!("{}/yarn.lock", pkg.src));
-        a.set(
-            "yarnOfflineCache",
+        (
             format!("pkgs.fetchYarnDeps {{ yarnLock = {lockfile}; hash = lib.fakeHash; }}"),
-        );
-        a.set(
-            "nativeBuildInputs",
             format!("[ pkgs.yarnConfigHook pkgs.yarnBuildHook {tc} ]"),
-        );
-        if !pkg.options.build_script {
-            a.set("dontYarnBuild", "true");
-        }
+        )
     } else {
         let berry = tool(pkg, "yarn-berry", "pkgs.yarn-berry");
-        a.set(
-            "yarnOfflineCache",
+        (
             format!(
                 "{berry}.fetchYarnBerryDeps {{ src = {}; hash = lib.fakeHash; }}",
                 pkg.src
             ),
-        );
-        a.set(
-            "nativeBuildInputs",
             format!("[ {tc} {berry} {berry}.yarnBerryConfigHook ]"),
-        );
-        if pkg.options.build_script {
+        )
+    };
+    a.set("yarnOfflineCache", offline_cache);
+    a.set("nativeBuildInputs", inputs);
+    match (classic, pkg.options.build_script) {
+        (true, false) => {
+            a.set("dontYarnBuild", "true");
+        }
+        (false, true) => {
             a.script("buildPhase", &build_phase("yarn run build"));
         }
+        _ => {}
     }
-    a.script(
-        "installPhase",
-        &install_tree(pkg, std::slice::from_ref(&tc)),
-    );
+    a.script("installPhase", &install_tree(pkg, &[tc]));
     a.render("pkgs.stdenv.mkDerivation {", "}")
 }
 
@@ -371,8 +363,7 @@ fn yarn(pkg: &Package) -> String {
 fn pnpm(pkg: &Package) -> String {
     let tc = toolchain(pkg);
     let pnpm = tool(pkg, "pnpm", "pkgs.pnpm");
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     placeholder_comment(&mut a, pkg, "pnpmDeps");
     let mut deps = Attrs::default();
     deps.set("pname", nix_str(&pkg.pname))
@@ -424,8 +415,7 @@ fn bun(pkg: &Package) -> Rendered {
         )],
         expr: d.render("pkgs.stdenv.mkDerivation {", "}"),
     };
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     a.set("nativeBuildInputs", "[ pkgs.bun ]");
     a.script(
         "configurePhase",
@@ -453,8 +443,7 @@ fn bun(pkg: &Package) -> Rendered {
 fn python(pkg: &Package) -> String {
     let tc = toolchain(pkg);
     let py = format!("{tc}.pkgs");
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     let list = |names: &[String]| {
         if names.is_empty() {
             "[ ]".to_string()
@@ -475,10 +464,7 @@ fn python(pkg: &Package) -> String {
     a.set("dependencies", list(&pkg.options.dependencies));
     let scripts = pkg.program.as_ref().is_some_and(|p| *p != pkg.attr);
     if !pkg.options.pyproject {
-        a.script(
-            "installPhase",
-            &install_tree(pkg, std::slice::from_ref(&tc)),
-        );
+        a.script("installPhase", &install_tree(pkg, &[tc]));
     } else if !scripts && let Some(run) = &pkg.commands.run {
         let share = format!("$out/share/{}", pkg.attr);
         let mut l = vec![format!("mkdir -p {share}"), format!("cp -r . {share}")];
@@ -508,8 +494,7 @@ fn ruby(pkg: &Package) -> Rendered {
         )],
         expr: g.render("pkgs.bundlerEnv {", "}"),
     };
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     a.set("buildInputs", format!("[ {gems} {gems}.wrappedRuby ]"));
     a.set("dontBuild", "true");
     a.script(
@@ -525,8 +510,7 @@ fn ruby(pkg: &Package) -> Rendered {
 /// maven.buildMavenPackage with the planned JDK.
 fn maven(pkg: &Package) -> String {
     let tc = toolchain(pkg);
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     a.set("mvnJdk", &tc);
     fake_hash(&mut a, pkg, "mvnHash");
     a.set("mvnParameters", nix_str("-DskipTests"));
@@ -537,8 +521,7 @@ fn maven(pkg: &Package) -> String {
 /// stdenv.mkDerivation with gradle.fetchDeps' lock data (deps.json).
 fn gradle(pkg: &Package) -> String {
     let tc = toolchain(pkg);
-    let mut a = Attrs::default();
-    common(&mut a, pkg);
+    let mut a = Attrs::package(pkg);
     a.set("nativeBuildInputs", format!("[ pkgs.gradle {tc} ]"));
     placeholder_comment(&mut a, pkg, "deps.json");
     let data = pkg

@@ -2,7 +2,7 @@
 //! (Cargo, npm/yarn/pnpm, uv), matched against directories the walk found.
 
 /// Normalises a member pattern: drops `./`, trailing `/` and repeated `/`.
-pub fn normalize(pattern: &str) -> String {
+pub(crate) fn normalize(pattern: &str) -> String {
     let p = pattern.trim();
     let p = p.strip_prefix("./").unwrap_or(p);
     p.split('/')
@@ -12,7 +12,7 @@ pub fn normalize(pattern: &str) -> String {
 }
 
 /// True when `path` (relative, `/`-separated) matches `pattern`.
-pub fn matches(pattern: &str, path: &str) -> bool {
+pub(crate) fn matches(pattern: &str, path: &str) -> bool {
     let pat: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match_segments(&pat, &segs)
@@ -55,7 +55,7 @@ fn match_segment(p: &[u8], s: &[u8]) -> bool {
 }
 
 /// Joins a workspace root and a member pattern into a root-relative pattern.
-pub fn under(base: &str, pattern: &str) -> String {
+pub(crate) fn under(base: &str, pattern: &str) -> String {
     let p = normalize(pattern);
     match (base.is_empty(), p.is_empty()) {
         (true, _) => p,

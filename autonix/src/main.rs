@@ -1,5 +1,7 @@
 //! `autonix` CLI: `scan` (what is in a repository), `plan` (how each project
 //! builds) and `generate` (the flake.nix).
+// Printing the scan, plan or flake to stdout is this binary's job.
+#![allow(clippy::print_stdout)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

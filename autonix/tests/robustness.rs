@@ -27,12 +27,17 @@ fn scan_with_timeout(root: &Path) -> autonix::Scan {
         .expect("scan failed")
 }
 
-fn warnings_for<'a>(scan: &'a autonix::Scan, path: &str) -> Vec<&'a str> {
-    scan.warnings
-        .iter()
-        .filter(|w| w.path == path)
-        .map(|w| w.message.as_str())
-        .collect()
+/// Asserts that the scan warned about `path` with a message containing
+/// `needle`, showing every warning when it did not.
+#[track_caller]
+fn assert_warned(scan: &autonix::Scan, path: &str, needle: &str) {
+    assert!(
+        scan.warnings
+            .iter()
+            .any(|w| w.path == path && w.message.contains(needle)),
+        "no warning on {path} containing {needle:?}: {:?}",
+        scan.warnings
+    );
 }
 
 /// Every entry under `root` (without following links) with its size and
@@ -129,57 +134,18 @@ fn hostile_tree_becomes_warnings() {
     let _flake = autonix::generate(&plan);
     assert_eq!(state(&root), before, "scanning changed the tree");
 
-    let loop_warnings = warnings_for(&scan, "loops/Cargo.toml");
-    assert!(
-        loop_warnings.iter().any(|m| m.contains("loop")),
-        "{:?}",
-        scan.warnings
-    );
-    let escape = warnings_for(&scan, "escape/outside-dir");
-    assert!(
-        escape
-            .iter()
-            .any(|m| m.contains("outside the scanned root")),
-        "{:?}",
-        scan.warnings
-    );
-    let escape = warnings_for(&scan, "escape/package.json");
-    assert!(
-        escape
-            .iter()
-            .any(|m| m.contains("outside the scanned root")),
-        "{:?}",
-        scan.warnings
-    );
+    assert_warned(&scan, "loops/Cargo.toml", "loop");
+    assert_warned(&scan, "escape/outside-dir", "outside the scanned root");
+    assert_warned(&scan, "escape/package.json", "outside the scanned root");
     assert!(
         !scan.projects.iter().any(|p| p.name == "secret"),
         "a manifest outside the root was read"
     );
-    assert!(
-        warnings_for(&scan, "app/go.mod")
-            .iter()
-            .any(|m| m.contains("broken symbolic link"))
-    );
-    assert!(
-        warnings_for(&scan, "huge/package.json")
-            .iter()
-            .any(|m| m.contains("limit")),
-        "{:?}",
-        scan.warnings
-    );
-    assert!(
-        warnings_for(&scan, "app")
-            .iter()
-            .any(|m| m.contains("not UTF-8")),
-        "{:?}",
-        scan.warnings
-    );
+    assert_warned(&scan, "app/go.mod", "broken symbolic link");
+    assert_warned(&scan, "huge/package.json", "limit");
+    assert_warned(&scan, "app", "not UTF-8");
     if !privileged {
-        assert!(
-            warnings_for(&scan, "locked/Gemfile")
-                .iter()
-                .any(|m| m.contains("not readable"))
-        );
+        assert_warned(&scan, "locked/Gemfile", "not readable");
     }
     // Real projects are still found: app, its link, and the deep module.
     let paths: Vec<&str> = scan.projects.iter().map(|p| p.path.as_str()).collect();

@@ -22,18 +22,38 @@ use commands::types::WorkerId;
 use commands::{common_capnp, master_capnp, worker_capnp};
 use libfuzzer_sys::fuzz_target;
 
+/// Converts a message of capnp type `O` to its domain value, writes that
+/// back to capnp and converts again, and asserts the value survived
+/// (`what` names it in the panic).
+fn round_trip<O, T>(
+    what: &str,
+    reader: O::Reader<'_>,
+    from: impl for<'a> Fn(O::Reader<'a>) -> Result<T, ConvertError>,
+    to: impl for<'a> Fn(&T, O::Builder<'a>),
+) -> Result<(), ConvertError>
+where
+    O: capnp::traits::Owned,
+    T: PartialEq + std::fmt::Debug,
+{
+    let value = from(reader)?;
+    let mut b = capnp::message::Builder::new_default();
+    to(&value, b.init_root());
+    let back = from(b.get_root_as_reader()?)?;
+    assert_eq!(value, back, "{what} capnp round trip");
+    Ok(())
+}
+
 fn run<S: capnp::message::ReaderSegments>(
     kind: u8,
     msg: &capnp::message::Reader<S>,
 ) -> Result<(), ConvertError> {
     match kind % 9 {
-        0 => {
-            let spec = convert::vm_spec_from_capnp(msg.get_root()?)?;
-            let mut b = capnp::message::Builder::new_default();
-            convert::vm_spec_to_capnp(&spec, b.init_root());
-            let back = convert::vm_spec_from_capnp(b.get_root_as_reader()?)?;
-            assert_eq!(spec, back, "VmSpec capnp round trip");
-        }
+        0 => round_trip::<common_capnp::vm_spec::Owned, _>(
+            "VmSpec",
+            msg.get_root()?,
+            convert::vm_spec_from_capnp,
+            convert::vm_spec_to_capnp,
+        )?,
         1 => {
             // What the control plane's publishState reads from its params.
             let p: master_capnp::master::publish_state_params::Reader<'_> = msg.get_root()?;
@@ -60,40 +80,36 @@ fn run<S: capnp::message::ReaderSegments>(
             let _commit = convert::text(a.get_commit())?;
             let _specs = convert::vm_specs_from_capnp(a.get_vms()?)?;
         }
-        3 => {
-            let s = convert::vm_status_from_capnp(msg.get_root()?)?;
-            let mut b = capnp::message::Builder::new_default();
-            convert::vm_status_to_capnp(&s, b.init_root());
-            let back = convert::vm_status_from_capnp(b.get_root_as_reader()?)?;
-            assert_eq!(s, back, "VmStatus capnp round trip");
-        }
-        4 => {
-            let s = convert::worker_status_from_capnp(msg.get_root()?)?;
-            let mut b = capnp::message::Builder::new_default();
-            convert::worker_status_to_capnp(&s, b.init_root());
-            let back = convert::worker_status_from_capnp(b.get_root_as_reader()?)?;
-            assert_eq!(s, back, "WorkerStatus capnp round trip");
-        }
+        3 => round_trip::<common_capnp::vm_status::Owned, _>(
+            "VmStatus",
+            msg.get_root()?,
+            convert::vm_status_from_capnp,
+            convert::vm_status_to_capnp,
+        )?,
+        4 => round_trip::<common_capnp::worker_status::Owned, _>(
+            "WorkerStatus",
+            msg.get_root()?,
+            convert::worker_status_from_capnp,
+            convert::worker_status_to_capnp,
+        )?,
         5 => {
             // VmMetrics holds an f64 (NaN != NaN), so only the conversion runs.
             let _ = convert::vm_details_from_capnp(
                 msg.get_root::<worker_capnp::vm_info::Reader<'_>>()?,
             )?;
         }
-        6 => {
-            let t = convert::log_tail_from_capnp(msg.get_root()?)?;
-            let mut b = capnp::message::Builder::new_default();
-            convert::log_tail_to_capnp(&t, b.init_root());
-            let back = convert::log_tail_from_capnp(b.get_root_as_reader()?)?;
-            assert_eq!(t, back, "LogTail capnp round trip");
-        }
-        7 => {
-            let e = convert::error_from_capnp(msg.get_root()?)?;
-            let mut b = capnp::message::Builder::new_default();
-            convert::error_to_capnp(&e, b.init_root());
-            let back = convert::error_from_capnp(b.get_root_as_reader()?)?;
-            assert_eq!(e, back, "Error capnp round trip");
-        }
+        6 => round_trip::<worker_capnp::log_tail::Owned, _>(
+            "LogTail",
+            msg.get_root()?,
+            convert::log_tail_from_capnp,
+            convert::log_tail_to_capnp,
+        )?,
+        7 => round_trip::<common_capnp::error::Owned, _>(
+            "Error",
+            msg.get_root()?,
+            convert::error_from_capnp,
+            convert::error_to_capnp,
+        )?,
         _ => {
             let r: common_capnp::result::Reader<'_, master_capnp::publish_outcome::Owned> =
                 msg.get_root()?;
@@ -101,11 +117,12 @@ fn run<S: capnp::message::ReaderSegments>(
                 // What `MasterClient::publish` reads; the unplaced list is
                 // length-checked before it is walked (zero-sized structs
                 // cost nothing to send). Then the outcome round-trips.
-                let o = convert::master::publish_outcome_from_capnp(ok)?;
-                let mut b = capnp::message::Builder::new_default();
-                convert::master::publish_outcome_to_capnp(&o, b.init_root());
-                let back = convert::master::publish_outcome_from_capnp(b.get_root_as_reader()?)?;
-                assert_eq!(o, back, "PublishOutcome capnp round trip");
+                round_trip::<master_capnp::publish_outcome::Owned, _>(
+                    "PublishOutcome",
+                    ok,
+                    convert::master::publish_outcome_from_capnp,
+                    convert::master::publish_outcome_to_capnp,
+                )?;
             }
         }
     }

@@ -2,28 +2,18 @@
 # accepts narinfo/NAR over HTTP and signs narinfos. The secret signing key
 # and the upload token are passed as systemd credentials (never in the
 # store); the index and NARs live in the state directory.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-  cfg = config.services.procurator.cache;
-in
+import ./service-module.nix "cache" ({ lib, common, cfg, ... }:
 {
-  options.services.procurator.cache = common.commonOptions {
-    name = "cache";
-    binary = "cache";
-    defaultListen = "127.0.0.1:5000";
-  } // {
+  binary = "cache";
+  defaultListen = "127.0.0.1:5000";
+  options = {
     secretKeyFile = lib.mkOption {
       type = lib.types.path;
       description = "Signing key from `cache keygen` or `nix-store --generate-binary-cache-key NAME sk pk` (read as a systemd credential).";
     };
     uploadTokenFile = common.credentialOption "File holding the token uploaders (CI) present. null: uploads are refused.";
   };
-
-  config = lib.mkIf cfg.enable (common.mkService {
-    name = "cache";
-    inherit cfg;
-    binary = "cache";
+  service = {
     leading = lib.optional cfg.logJson "--log-json" ++ [ "serve" ];
     settings = {
       listen = cfg.listen;
@@ -42,5 +32,5 @@ in
         StateDirectoryMode = "0700";
       };
     };
-  });
-}
+  };
+})

@@ -4,17 +4,11 @@
 # through the host's nix-daemon; the service's own nix client state (its
 # narinfo cache) lives in the state directory. The cache upload token and
 # the push-hook secret are systemd credentials.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-  cfg = config.services.procurator.ci-service;
-in
+import ./service-module.nix "ci-service" ({ config, lib, pkgs, common, cfg, ... }:
 {
-  options.services.procurator.ci-service = common.commonOptions {
-    name = "ci-service";
-    binary = "ci_service";
-    defaultListen = "127.0.0.1:7100";
-  } // {
+  binary = "ci_service";
+  defaultListen = "127.0.0.1:7100";
+  options = {
     cacheUrl = common.nullableStrOption {
       example = "http://127.0.0.1:5000";
       description = "Binary cache closures are copied to (null: closures stay local).";
@@ -26,11 +20,7 @@ in
     };
     controlPlaneTokenFile = common.credentialOption "File holding the `ci` token for the control plane (a systemd credential).";
     hookSecretFile = common.credentialOption "File holding the secret push hooks must present (read as a systemd credential).";
-    deployRef = lib.mkOption {
-      type = lib.types.str;
-      default = "refs/heads/main";
-      description = "Only pushes to this ref publish a generation; others are built.";
-    };
+    deployRef = common.option lib.types.str "refs/heads/main" "Only pushes to this ref publish a generation; others are built.";
     nixPackage = lib.mkOption {
       type = lib.types.package;
       default = config.nix.package;
@@ -38,8 +28,7 @@ in
       description = "Nix used for evaluation, builds and copies.";
     };
   };
-
-  config = lib.mkIf cfg.enable ({
+  extraConfig = {
     users.users.procurator-ci = {
       isSystemUser = true;
       group = "procurator-ci";
@@ -48,10 +37,8 @@ in
     users.groups.procurator-ci = { };
     # CI evaluates flakes through the daemon.
     nix.settings.experimental-features = [ "nix-command" "flakes" ];
-  } // common.mkService {
-    name = "ci-service";
-    inherit cfg;
-    binary = "ci_service";
+  };
+  service = {
     settings = {
       listen = cfg.listen;
       log-json = cfg.logJson;
@@ -68,12 +55,10 @@ in
     environment = {
       HOME = "/var/lib/procurator-ci";
       XDG_CACHE_HOME = "/var/lib/procurator-ci/cache";
-      NIX_REMOTE = "daemon";
     };
+    nixDaemon = true;
     unit = {
       description = "Procurator CI (evaluate, build, cache, publish)";
-      after = [ "network-online.target" "nix-daemon.socket" ];
-      wants = [ "network-online.target" ];
       path = [ cfg.nixPackage pkgs.git ];
       serviceConfig = common.hardening // {
         User = "procurator-ci";
@@ -86,5 +71,5 @@ in
         SystemCallFilter = [ "@system-service" "~@privileged" ];
       };
     };
-  });
-}
+  };
+})

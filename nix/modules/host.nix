@@ -27,6 +27,7 @@
 { config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption mkEnableOption mkIf types;
+  inherit (import ./service-common.nix { inherit lib; }) option;
   cfg = config.procurator.host;
 
   # Addresses, dnsmasq lines and nftables rules are computed by the
@@ -42,11 +43,7 @@ let
         type = types.ints.between 0 89;
         description = "Address slot of the VM: it gets .<index+10> of the subnet. Unique per host.";
       };
-      allowedDomains = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-        description = "Domains the VM may reach (its vmSpec's networkAllowedDomains); subdomains included. Empty: no egress.";
-      };
+      allowedDomains = option (types.listOf types.str) [ ] "Domains the VM may reach (its vmSpec's networkAllowedDomains); subdomains included. Empty: no egress.";
     };
   };
 
@@ -56,23 +53,11 @@ in
   options.procurator.host = {
     enable = mkEnableOption "the Procurator VM network on this host (bridge, TAPs, NAT, DHCP/DNS, egress allowlists)";
 
-    bridge = mkOption {
-      type = types.str;
-      default = "pcrbr0";
-      description = "Name of the bridge the VMs' TAP devices join.";
-    };
+    bridge = option types.str "pcrbr0" "Name of the bridge the VMs' TAP devices join.";
 
-    tapPrefix = mkOption {
-      type = types.str;
-      default = "pcrt";
-      description = "Prefix of the TAP devices the worker creates per VM (worker --tap-prefix); they join the bridge.";
-    };
+    tapPrefix = option types.str "pcrt" "Prefix of the TAP devices the worker creates per VM (worker --tap-prefix); they join the bridge.";
 
-    subnetPrefix = mkOption {
-      type = types.str;
-      default = "10.100.0";
-      description = "First three octets of the VM /24: the host is .1, declared VM slot i is .(10+i), others .100-.249.";
-    };
+    subnetPrefix = option types.str "10.100.0" "First three octets of the VM /24: the host is .1, declared VM slot i is .(10+i), others .100-.249.";
 
     externalInterface = mkOption {
       type = types.nullOr types.str;

@@ -2,17 +2,11 @@
 # repositories and the SQLite database live in the state directory; git runs
 # as a child process, so it is on the unit's PATH. A static user owns the
 # repositories so they survive a change of unit settings.
-{ config, lib, pkgs, ... }:
-let
-  common = import ./service-common.nix { inherit lib; };
-  cfg = config.services.procurator.repohub;
-in
+import ./service-module.nix "repohub" ({ lib, pkgs, common, cfg, ... }:
 {
-  options.services.procurator.repohub = common.commonOptions {
-    name = "repohub";
-    binary = "repohub";
-    defaultListen = "127.0.0.1:8080";
-  } // {
+  binary = "repohub";
+  defaultListen = "127.0.0.1:8080";
+  options = {
     ciUrl = common.nullableStrOption {
       example = "http://127.0.0.1:7100";
       description = "ci_service URL pushes are reported to. null: pushes trigger nothing.";
@@ -26,24 +20,17 @@ in
     autonix = common.nullableStrOption {
       description = "Path of the autonix executable (null: beside repohub, then PATH).";
     };
-    secureCookies = lib.mkOption {
-      type = lib.types.bool;
-      default = false;
-      description = "Mark session cookies Secure (set when served behind HTTPS).";
-    };
+    secureCookies = common.option lib.types.bool false "Mark session cookies Secure (set when served behind HTTPS).";
   };
-
-  config = lib.mkIf cfg.enable ({
+  extraConfig = {
     users.users.procurator-repohub = {
       isSystemUser = true;
       group = "procurator-repohub";
       home = "/var/lib/procurator-repohub";
     };
     users.groups.procurator-repohub = { };
-  } // common.mkService {
-    name = "repohub";
-    inherit cfg;
-    binary = "repohub";
+  };
+  service = {
     settings = {
       listen = cfg.listen;
       log-json = cfg.logJson;
@@ -69,5 +56,5 @@ in
         StateDirectoryMode = "0750";
       };
     };
-  });
-}
+  };
+})

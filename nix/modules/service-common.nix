@@ -26,6 +26,9 @@ rec {
   execStart = { package, binary, leading ? [ ], settings, extraArgs }:
     lib.escapeShellArgs ([ "${package}/bin/${binary}" ] ++ leading ++ toArgs settings ++ extraArgs);
 
+  # An option with a default, the common case: one line per option.
+  option = type: default: description: mkOption { inherit type default description; };
+
   # Options every service module has.
   commonOptions = { name, binary, defaultListen }: {
     enable = lib.mkEnableOption "the Procurator ${name}";
@@ -33,41 +36,13 @@ rec {
       type = types.package;
       description = "Package providing bin/${binary} (the flake's packages.<system>.${name}).";
     };
-    listen = mkOption {
-      type = types.str;
-      default = defaultListen;
-      description = "Address and port the ${name} binds. Loopback by default; expose it deliberately.";
-    };
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open the listen port in the host firewall.";
-    };
-    logJson = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Log JSON lines (for the journal and log shippers) instead of text.";
-    };
-    logLevel = mkOption {
-      type = types.str;
-      default = "info";
-      description = "RUST_LOG filter.";
-    };
-    settings = mkOption {
-      type = settingsType;
-      default = { };
-      description = "Extra command-line flags: { flag-name = value; } becomes --flag-name value.";
-    };
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      description = "Arguments appended verbatim.";
-    };
-    environment = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-      description = "Extra environment variables.";
-    };
+    listen = option types.str defaultListen "Address and port the ${name} binds. Loopback by default; expose it deliberately.";
+    openFirewall = option types.bool false "Open the listen port in the host firewall.";
+    logJson = option types.bool true "Log JSON lines (for the journal and log shippers) instead of text.";
+    logLevel = option types.str "info" "RUST_LOG filter.";
+    settings = option settingsType { } "Extra command-line flags: { flag-name = value; } becomes --flag-name value.";
+    extraArgs = option (types.listOf types.str) [ ] "Arguments appended verbatim.";
+    environment = option (types.attrsOf types.str) { } "Extra environment variables.";
   };
 
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
@@ -98,8 +73,11 @@ rec {
   # as `--<flag> %d/<name>` (`%d`: the unit's credentials directory), in the
   # order given. `unit`: the rest of the unit (description, ordering, PATH),
   # its `serviceConfig` included (a module starts from `hardening` there and
-  # relaxes what it needs).
-  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, unit }:
+  # relaxes what it needs). `nixDaemon`: the daemon uses the host's
+  # nix-daemon (builds, store writes), so NIX_REMOTE points nix at it and
+  # the unit starts after its socket and the network (unless `unit` orders
+  # itself).
+  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, nixDaemon ? false, unit }:
     let
       set = builtins.filter (c: c.file != null) credentials;
       credentialFlags = builtins.listToAttrs (map (c: {
@@ -108,9 +86,14 @@ rec {
       }) credentials);
     in
     {
-      systemd.services."procurator-${name}" = unit // {
+      systemd.services."procurator-${name}" = lib.optionalAttrs nixDaemon {
+        after = [ "network-online.target" "nix-daemon.socket" ];
+        wants = [ "network-online.target" ];
+      } // unit // {
         wantedBy = [ "multi-user.target" ];
-        environment = { RUST_LOG = cfg.logLevel; } // environment // cfg.environment;
+        environment = { RUST_LOG = cfg.logLevel; }
+          // lib.optionalAttrs nixDaemon { NIX_REMOTE = "daemon"; }
+          // environment // cfg.environment;
         serviceConfig = {
           ExecStart = execStart {
             inherit (cfg) package extraArgs;

@@ -5,19 +5,15 @@
 # API sockets outlive a worker restart: the restarted worker adopts the
 # running VMs instead of rebooting them. With `procurator.host` enabled
 # (modules/host.nix) each VM gets a TAP on the host's VM bridge.
-{ config, lib, pkgs, ... }:
+import ./service-module.nix "worker" ({ config, lib, pkgs, common, cfg, ... }:
 let
-  common = import ./service-common.nix { inherit lib; };
-  cfg = config.services.procurator.worker;
   host = config.procurator.host or { enable = false; };
   runDir = "/var/lib/procurator-worker";
 in
 {
-  options.services.procurator.worker = common.commonOptions {
-    name = "worker";
-    binary = "worker";
-    defaultListen = "127.0.0.1:6000";
-  } // {
+  binary = "worker";
+  defaultListen = "127.0.0.1:6000";
+  options = {
     workerId = common.nullableStrOption {
       description = "Id the worker registers with. null: the machine's hostname at run time.";
     };
@@ -36,21 +32,9 @@ in
       example = "cache.example.org-1:AbC...=";
       description = "The cache's public key (name:base64); pulled paths must carry its signature.";
     };
-    cpu = lib.mkOption {
-      type = lib.types.nullOr lib.types.ints.positive;
-      default = null;
-      description = "vCPUs offered to VMs (null: the host's CPU count).";
-    };
-    memoryMb = lib.mkOption {
-      type = lib.types.nullOr lib.types.ints.positive;
-      default = null;
-      description = "Memory in MiB offered to VMs (null: the host's MemTotal).";
-    };
-    labels = lib.mkOption {
-      type = lib.types.attrsOf lib.types.str;
-      default = { };
-      description = "Worker labels for placement (key=value).";
-    };
+    cpu = common.option (lib.types.nullOr lib.types.ints.positive) null "vCPUs offered to VMs (null: the host's CPU count).";
+    memoryMb = common.option (lib.types.nullOr lib.types.ints.positive) null "Memory in MiB offered to VMs (null: the host's MemTotal).";
+    labels = common.option (lib.types.attrsOf lib.types.str) { } "Worker labels for placement (key=value).";
     tokenFile = common.credentialOption "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: every caller is admin, and the worker refuses a non-loopback listen address.";
     clusterTokenFile = common.credentialOption "File holding this worker's `worker:<id>` token for the control plane (a systemd credential).";
     cloudHypervisor = lib.mkOption {
@@ -60,13 +44,10 @@ in
       description = "Cloud Hypervisor package.";
     };
   };
-
-  config = lib.mkIf cfg.enable ({
+  extraConfig = {
     boot.kernelModules = [ "tun" ];
-  } // common.mkService {
-    name = "worker";
-    inherit cfg;
-    binary = "worker";
+  };
+  service = {
     settings = {
       listen = cfg.listen;
       advertise = cfg.advertise;
@@ -90,13 +71,11 @@ in
     ];
     environment = {
       XDG_CACHE_HOME = "/var/cache/procurator-worker";
-      # Store writes (closures pulled from the cache) go through the daemon.
-      NIX_REMOTE = "daemon";
     };
+    # Store writes (closures pulled from the cache) go through the daemon.
+    nixDaemon = true;
     unit = {
       description = "Procurator worker (Cloud Hypervisor VMs)";
-      after = [ "network-online.target" "nix-daemon.socket" ];
-      wants = [ "network-online.target" ];
       path = [ config.nix.package pkgs.iproute2 ];
       # Only part of `hardening`: the worker runs as root with KVM and TAP
       # access (devices, privileges, netlink); the rest of the system stays
@@ -117,5 +96,5 @@ in
         LimitNOFILE = 65536;
       };
     };
-  });
-}
+  };
+})

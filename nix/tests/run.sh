@@ -16,7 +16,8 @@
 #   nix/tests/run.sh eval errors  # some
 #
 # Each run uses its own NIX_CONF_DIR (design §9) and XDG_CACHE_HOME in a
-# temp dir, so it ignores /etc/nix and never talks to a substituter.
+# temp dir (scripts/hermetic-nix.sh), so it ignores /etc/nix and never talks
+# to a substituter.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,19 +25,9 @@ repo=$(cd "$here/../.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/pcr-nix-tests.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-mkdir -p "$work/conf" "$work/cache"
-echo '{"flakes":[],"version":2}' > "$work/registry.json"
-cat > "$work/conf/nix.conf" <<CONF
-build-users-group =
-sandbox = false
-extra-sandbox-paths = /bin /usr /lib /lib64
-substituters =
-experimental-features = nix-command flakes
-flake-registry = $work/registry.json
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-CONF
-export NIX_CONF_DIR="$work/conf" XDG_CACHE_HOME="$work/cache"
+# shellcheck source=../../scripts/hermetic-nix.sh
+source "$repo/scripts/hermetic-nix.sh"
+hermetic_nix "$work/nix"
 unset NIX_PATH
 
 failures=0

@@ -55,6 +55,23 @@ fn split_file(path: &str) -> (&str, &str) {
     }
 }
 
+/// Maps every file of the tree through `f` (its path, directory and name),
+/// keeping what it returns. The paths are copied first so `f` may read and
+/// parse files through `ctx`, which records warnings.
+fn each_file<'t, T>(
+    ctx: &mut Ctx<'t>,
+    mut f: impl FnMut(&mut Ctx<'t>, &str, &str, &str) -> Option<T>,
+) -> Vec<T> {
+    let paths: Vec<String> = ctx.tree.files.keys().cloned().collect();
+    paths
+        .iter()
+        .filter_map(|path| {
+            let (dir, name) = split_file(path);
+            f(ctx, path, dir, name)
+        })
+        .collect()
+}
+
 /// Files the analysis should report on: not under vendored code, fixtures
 /// or examples.
 fn reported_files<'a>(
@@ -66,6 +83,15 @@ fn reported_files<'a>(
         (names.contains(&name) && not_a_project(dir).is_none())
             .then(|| (dir.to_string(), name.to_string()))
     })
+}
+
+fn task(file: &str, kind: &str, name: impl Into<String>, command: Option<String>) -> Task {
+    Task {
+        file: file.to_string(),
+        kind: kind.into(),
+        name: name.into(),
+        command,
+    }
 }
 
 pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
@@ -92,24 +118,18 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
         };
         match name.as_str() {
             "Makefile" | "makefile" | "GNUmakefile" => {
-                for t in make_targets(&text) {
-                    out.push(Task {
-                        file: file.clone(),
-                        kind: "make".into(),
-                        name: t,
-                        command: None,
-                    });
-                }
+                out.extend(
+                    make_targets(&text)
+                        .into_iter()
+                        .map(|t| task(&file, "make", t, None)),
+                );
             }
             "justfile" | "Justfile" | ".justfile" => {
-                for t in just_recipes(&text) {
-                    out.push(Task {
-                        file: file.clone(),
-                        kind: "just".into(),
-                        name: t,
-                        command: None,
-                    });
-                }
+                out.extend(
+                    just_recipes(&text)
+                        .into_iter()
+                        .map(|t| task(&file, "just", t, None)),
+                );
             }
             "Procfile" => {
                 for line in text.lines() {
@@ -124,12 +144,7 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
                     if n == "web" {
                         set_web(projects, &dir, &cmd);
                     }
-                    out.push(Task {
-                        file: file.clone(),
-                        kind: "procfile".into(),
-                        name: n.into(),
-                        command: Some(cmd),
-                    });
+                    out.push(task(&file, "procfile", n, Some(cmd)));
                 }
             }
             _ => {
@@ -148,12 +163,7 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
                                     c.get("cmd").and_then(Yaml::as_str).map(String::from)
                                 })
                             });
-                        out.push(Task {
-                            file: file.clone(),
-                            kind: "task".into(),
-                            name: k.into(),
-                            command: cmd,
-                        });
+                        out.push(task(&file, "task", k, cmd));
                     }
                 }
             }
@@ -174,12 +184,8 @@ pub(crate) fn tasks(ctx: &mut Ctx<'_>, projects: &mut [Project]) -> Vec<Task> {
         };
         if let Some(scripts) = v.get("scripts").and_then(|s| s.as_object()) {
             for (k, cmd) in scripts {
-                out.push(Task {
-                    file: join(&dir, "package.json"),
-                    kind: "npm".into(),
-                    name: k.clone(),
-                    command: cmd.as_str().map(String::from),
-                });
+                let file = join(&dir, "package.json");
+                out.push(task(&file, "npm", k, cmd.as_str().map(String::from)));
             }
         }
     }
@@ -258,10 +264,7 @@ pub(crate) fn just_recipes(text: &str) -> Vec<String> {
 }
 
 pub(crate) fn ci_files(ctx: &mut Ctx<'_>) -> Vec<CiFile> {
-    let mut out = Vec::new();
-    let paths: Vec<String> = ctx.tree.files.keys().cloned().collect();
-    for path in paths {
-        let (dir, name) = split_file(&path);
+    each_file(ctx, |ctx, path, dir, name| {
         let yml = name.ends_with(".yml") || name.ends_with(".yaml");
         let system = match (dir, name) {
             (".github/workflows", _) if yml => "github-actions",
@@ -276,7 +279,7 @@ pub(crate) fn ci_files(ctx: &mut Ctx<'_>) -> Vec<CiFile> {
             ("", ".woodpecker.yml") | (".woodpecker", _) if yml || name == ".woodpecker.yml" => {
                 "woodpecker"
             }
-            _ => continue,
+            _ => return None,
         };
         let mut jobs = Vec::new();
         if yml && let Some(y) = ctx.yaml(dir, name) {
@@ -314,22 +317,18 @@ pub(crate) fn ci_files(ctx: &mut Ctx<'_>) -> Vec<CiFile> {
                 _ => {}
             }
         }
-        out.push(CiFile {
-            path: path.clone(),
+        Some(CiFile {
+            path: path.to_string(),
             system: system.into(),
             jobs,
-        });
-    }
-    out
+        })
+    })
 }
 
 pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
-    let mut out = Vec::new();
-    let paths: Vec<String> = ctx.tree.files.keys().cloned().collect();
-    for path in paths {
-        let (dir, name) = split_file(&path);
+    each_file(ctx, |ctx, path, dir, name| {
         if not_a_project(dir).is_some() {
-            continue;
+            return None;
         }
         let dockerfile = name == "Dockerfile"
             || name == "Containerfile"
@@ -371,13 +370,13 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
                     _ => {}
                 }
             }
-            out.push(ContainerFile {
-                path: path.clone(),
+            Some(ContainerFile {
+                path: path.to_string(),
                 kind: "dockerfile".into(),
                 base_images,
                 exposed_ports,
                 services: vec![],
-            });
+            })
         } else if compose {
             let mut services = Vec::new();
             if let Some(y) = ctx.yaml(dir, name)
@@ -418,16 +417,17 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
                     });
                 }
             }
-            out.push(ContainerFile {
-                path: path.clone(),
+            Some(ContainerFile {
+                path: path.to_string(),
                 kind: "compose".into(),
                 base_images: vec![],
                 exposed_ports: vec![],
                 services,
-            });
+            })
+        } else {
+            None
         }
-    }
-    out
+    })
 }
 
 #[cfg(test)]

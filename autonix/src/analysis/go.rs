@@ -2,7 +2,7 @@
 //! and workspaces (go.work and the modules it `use`s).
 
 use super::versions::Candidate as Version;
-use super::{Candidate, Ctx, Language, base_name, new_project, root_name};
+use super::{Candidate, Ctx, Language};
 use crate::scan::join;
 
 /// What a go.mod or go.work says.
@@ -85,8 +85,7 @@ fn directive_versions(f: &GoFile, manifest: &str) -> Vec<Version> {
 fn detect_mod(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let text = ctx.text(dir, "go.mod")?.to_string();
     let f = parse(&text);
-    let root = root_name(ctx.tree);
-    let mut project = new_project(dir, base_name(dir, &root), Language::Go, "go", "go.mod");
+    let mut project = ctx.project(dir, Language::Go, "go", "go.mod");
     match &f.module {
         Some(m) => project.name = m.rsplit('/').next().unwrap_or(m).to_string(),
         None => ctx.warn(&project.manifest, "no module directive"),
@@ -104,8 +103,7 @@ fn detect_mod(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
 fn detect_work(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let text = ctx.text(dir, "go.work")?.to_string();
     let f = parse(&text);
-    let root = root_name(ctx.tree);
-    let mut project = new_project(dir, base_name(dir, &root), Language::Go, "go", "go.work");
+    let mut project = ctx.project(dir, Language::Go, "go", "go.work");
     let mut members = Vec::new();
     for u in &f.uses {
         let m = crate::glob::under(dir, u);

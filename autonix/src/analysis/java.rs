@@ -3,7 +3,7 @@
 //! subprojects, JVM toolchains); `system.properties` via the version files.
 
 use super::versions::Candidate as Version;
-use super::{Candidate, Ctx, Language, base_name, new_project, root_name};
+use super::{Candidate, Ctx, Language};
 use crate::scan::{Warning, join};
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
@@ -22,14 +22,7 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
 }
 
 fn maven(ctx: &mut Ctx<'_>, dir: &str) -> Candidate {
-    let root = root_name(ctx.tree);
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Java,
-        "maven",
-        "pom.xml",
-    );
+    let mut project = ctx.project(dir, Language::Java, "maven", "pom.xml");
     let raw = ctx.text(dir, "pom.xml").unwrap_or("").to_string();
     let xml = strip_comments(&raw);
     if !xml.contains("<project") {
@@ -129,14 +122,7 @@ fn maven(ctx: &mut Ctx<'_>, dir: &str) -> Candidate {
 }
 
 fn gradle(ctx: &mut Ctx<'_>, dir: &str, manifest: &str) -> Candidate {
-    let root = root_name(ctx.tree);
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Java,
-        "gradle",
-        manifest,
-    );
+    let mut project = ctx.project(dir, Language::Java, "gradle", manifest);
     let settings = ["settings.gradle.kts", "settings.gradle"]
         .iter()
         .find_map(|f| ctx.text(dir, f).map(|t| (join(dir, f), t.to_string())));

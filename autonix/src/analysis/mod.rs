@@ -169,21 +169,34 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Warning::new(path, message));
     }
 
     /// Text of `dir/name` if present and readable.
-    pub fn text(&self, dir: &str, name: &str) -> Option<&str> {
+    pub(crate) fn text(&self, dir: &str, name: &str) -> Option<&str> {
         self.tree.text(dir, name)
     }
 
-    pub fn has(&self, dir: &str, name: &str) -> bool {
+    pub(crate) fn has(&self, dir: &str, name: &str) -> bool {
         self.tree.has(dir, name)
     }
 
+    /// A project skeleton for `dir`, named after its directory (or the scan
+    /// root) until its manifest declares a name.
+    pub(crate) fn project(
+        &self,
+        dir: &str,
+        language: Language,
+        package_manager: &str,
+        manifest: &str,
+    ) -> Project {
+        let name = base_name(dir, &root_name(self.tree));
+        new_project(dir, name, language, package_manager, manifest)
+    }
+
     /// Parses a TOML file, turning syntax errors into a warning.
-    pub fn toml(&mut self, dir: &str, name: &str) -> Option<toml::Table> {
+    pub(crate) fn toml(&mut self, dir: &str, name: &str) -> Option<toml::Table> {
         let text = self.text(dir, name)?;
         match text.parse::<toml::Table>() {
             Ok(t) => Some(t),
@@ -201,7 +214,7 @@ impl Ctx<'_> {
         }
     }
 
-    pub fn json(&mut self, dir: &str, name: &str) -> Option<serde_json::Value> {
+    pub(crate) fn json(&mut self, dir: &str, name: &str) -> Option<serde_json::Value> {
         let text = self.text(dir, name)?;
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(v) => Some(v),
@@ -212,7 +225,7 @@ impl Ctx<'_> {
         }
     }
 
-    pub fn yaml(&mut self, dir: &str, name: &str) -> Option<serde_yaml_ng::Value> {
+    pub(crate) fn yaml(&mut self, dir: &str, name: &str) -> Option<serde_yaml_ng::Value> {
         let text = self.text(dir, name)?;
         match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
             Ok(v) => Some(v),
@@ -226,7 +239,7 @@ impl Ctx<'_> {
     /// Directories below `base` (exclusive) that contain `file`, matching
     /// the member `patterns` (relative to `base`; `!` negates, as pnpm and
     /// npm allow) and not under any `exclude` prefix.
-    pub fn expand_members(
+    pub(crate) fn expand_members(
         &self,
         base: &str,
         patterns: &[String],
@@ -415,11 +428,7 @@ pub fn analyse(tree: &Tree) -> Scan {
     warnings.sort();
     warnings.dedup();
     Scan {
-        name: tree
-            .root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "root".into()),
+        name: root_name(tree),
         projects,
         ignored,
         ci_files,
@@ -448,7 +457,7 @@ pub(crate) fn base_name(dir: &str, root_name: &str) -> String {
 }
 
 /// A project skeleton with every optional field empty.
-pub(crate) fn new_project(
+fn new_project(
     dir: &str,
     name: String,
     language: Language,

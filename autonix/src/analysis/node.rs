@@ -4,21 +4,14 @@
 use serde_json::Value;
 
 use super::versions::Candidate as Version;
-use super::{Candidate, Ctx, Language, base_name, new_project, root_name};
+use super::{Candidate, Ctx, Language};
 use crate::scan::join;
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     if !ctx.has(dir, "package.json") {
         return None;
     }
-    let root = root_name(ctx.tree);
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Node,
-        "npm",
-        "package.json",
-    );
+    let mut project = ctx.project(dir, Language::Node, "npm", "package.json");
     let pkg = ctx.json(dir, "package.json").unwrap_or(Value::Null);
     if !pkg.is_object() && !pkg.is_null() {
         ctx.warn(&project.manifest, "package.json is not an object");

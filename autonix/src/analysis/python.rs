@@ -3,9 +3,7 @@
 //! can map them to nixpkgs' python packages.
 
 use super::versions::Candidate as Version;
-use super::{
-    Candidate, Ctx, Language, base_name, new_project, root_name, toml_get, toml_str, toml_strings,
-};
+use super::{Candidate, Ctx, Language, toml_get, toml_str, toml_strings};
 use crate::scan::join;
 
 const MANIFESTS: &[&str] = &[
@@ -18,14 +16,7 @@ const MANIFESTS: &[&str] = &[
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let manifest = *MANIFESTS.iter().find(|m| ctx.has(dir, m))?;
-    let root = root_name(ctx.tree);
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Python,
-        "pip",
-        manifest,
-    );
+    let mut project = ctx.project(dir, Language::Python, "pip", manifest);
     let mut versions = Vec::new();
     let mut deps: Vec<String> = Vec::new();
     let mut claims = Vec::new();
@@ -286,17 +277,18 @@ mod tests {
 
     #[test]
     fn requirement_names() {
-        assert_eq!(req_name("Django>=4.2,<5 # web").as_deref(), Some("django"));
-        assert_eq!(
-            req_name("uvicorn[standard]==0.29").as_deref(),
-            Some("uvicorn")
-        );
-        assert_eq!(
-            req_name("zope.interface ; python_version > '3'").as_deref(),
-            Some("zope-interface")
-        );
-        assert_eq!(req_name("-r base.txt"), None);
-        assert_eq!(req_name("# just a comment"), None);
+        for (line, want) in [
+            ("Django>=4.2,<5 # web", Some("django")),
+            ("uvicorn[standard]==0.29", Some("uvicorn")),
+            (
+                "zope.interface ; python_version > '3'",
+                Some("zope-interface"),
+            ),
+            ("-r base.txt", None),
+            ("# just a comment", None),
+        ] {
+            assert_eq!(req_name(line).as_deref(), want, "{line}");
+        }
         assert_eq!(normalize_name("Typing_Extensions"), "typing-extensions");
     }
 }

@@ -2,21 +2,14 @@
 //! `BUNDLED WITH`), Rails and Rack apps.
 
 use super::versions::Candidate as Version;
-use super::{Candidate, Ctx, Language, base_name, new_project, root_name};
+use super::{Candidate, Ctx, Language};
 use crate::scan::join;
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     if !ctx.has(dir, "Gemfile") {
         return None;
     }
-    let root = root_name(ctx.tree);
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Ruby,
-        "bundler",
-        "Gemfile",
-    );
+    let mut project = ctx.project(dir, Language::Ruby, "bundler", "Gemfile");
     let gemfile = ctx.text(dir, "Gemfile").unwrap_or("").to_string();
     let mut versions = Vec::new();
     let mut gems = Vec::new();

@@ -2,24 +2,15 @@
 //! `default-members`), `rust-version` and the workspace's lockfile.
 
 use super::versions::Candidate as Version;
-use super::{
-    Candidate, Ctx, Language, base_name, new_project, root_name, toml_get, toml_str, toml_strings,
-};
+use super::{Candidate, Ctx, Language, toml_get, toml_str, toml_strings};
 use crate::scan::join;
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     if !ctx.has(dir, "Cargo.toml") {
         return None;
     }
-    let root = root_name(ctx.tree);
     let manifest = ctx.toml(dir, "Cargo.toml");
-    let mut project = new_project(
-        dir,
-        base_name(dir, &root),
-        Language::Rust,
-        "cargo",
-        "Cargo.toml",
-    );
+    let mut project = ctx.project(dir, Language::Rust, "cargo", "Cargo.toml");
     project.build = Some("cargo build --release".into());
     if ctx.has(dir, "Cargo.lock") {
         project.lockfile = Some(join(dir, "Cargo.lock"));

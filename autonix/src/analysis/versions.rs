@@ -20,14 +20,14 @@ use crate::scan::join;
 
 /// How strongly a source binds the version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Rank {
+pub(crate) enum Rank {
     ManifestPin,
     File,
     Constraint,
 }
 
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub value: String,
     /// `path` or `path (field)`, relative to the root.
     pub source: String,
@@ -35,14 +35,14 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    pub fn pin(value: impl Into<String>, source: impl Into<String>) -> Self {
+    pub(crate) fn pin(value: impl Into<String>, source: impl Into<String>) -> Self {
         Self {
             value: value.into(),
             source: source.into(),
             rank: Rank::ManifestPin,
         }
     }
-    pub fn constraint(value: impl Into<String>, source: impl Into<String>) -> Self {
+    pub(crate) fn constraint(value: impl Into<String>, source: impl Into<String>) -> Self {
         Self {
             value: value.into(),
             source: source.into(),
@@ -76,7 +76,7 @@ fn tool_names(lang: Language) -> &'static [&'static str] {
 }
 
 /// Picks the toolchain version for `project` and records its source.
-pub fn resolve(ctx: &mut Ctx<'_>, project: &mut Project, manifest: Vec<Candidate>) {
+pub(crate) fn resolve(ctx: &mut Ctx<'_>, project: &mut Project, manifest: Vec<Candidate>) {
     let lang = project.language;
     let mut all: Vec<Candidate> = manifest
         .iter()
@@ -138,7 +138,7 @@ fn same_version(a: &str, b: &str) -> bool {
 
 /// First meaningful line of a version file: comments and blank lines are
 /// skipped (pyenv and nvm both allow `#` comments).
-pub fn first_line(text: &str) -> Option<&str> {
+pub(crate) fn first_line(text: &str) -> Option<&str> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .find(|l| !l.is_empty())
@@ -148,7 +148,7 @@ pub fn first_line(text: &str) -> Option<&str> {
 /// Strips a tool prefix so versions compare: `v20` → `20`, `go1.22` →
 /// `1.22`, `python-3.11.4` → `3.11.4`, `ruby-3.2.2` → `3.2.2`,
 /// `temurin-17.0.2+8` → `17.0.2+8`.
-pub fn normalize(lang: Language, raw: &str) -> String {
+pub(crate) fn normalize(lang: Language, raw: &str) -> String {
     let v = raw.trim().trim_matches(|c| c == '"' || c == '\'');
     let v = match lang {
         Language::Node => v.strip_prefix('v').unwrap_or(v),

@@ -6,16 +6,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub fn crate_dir() -> PathBuf {
+pub(crate) fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn fixtures_dir() -> PathBuf {
+pub(crate) fn fixtures_dir() -> PathBuf {
     crate_dir().join("tests/fixtures")
 }
 
 /// Names of every fixture repository, sorted.
-pub fn fixtures() -> Vec<String> {
+pub(crate) fn fixtures() -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(fixtures_dir())
         .expect("fixtures dir")
         .filter_map(|e| e.ok())
@@ -27,7 +27,7 @@ pub fn fixtures() -> Vec<String> {
 }
 
 /// Copies `src` into `dst` (files and directories; fixtures hold no links).
-pub fn copy_dir(src: &Path, dst: &Path) {
+pub(crate) fn copy_dir(src: &Path, dst: &Path) {
     fs::create_dir_all(dst).unwrap();
     for e in fs::read_dir(src).unwrap() {
         let e = e.unwrap();
@@ -42,14 +42,14 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 
 /// A temp dir holding a copy of fixture `name` under its own name, so the
 /// scan reports the same `name` as the committed snapshot.
-pub fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join(name);
     copy_dir(&fixtures_dir().join(name), &dst);
     (tmp, dst)
 }
 
-pub fn autonix(args: &[&str]) -> Output {
+pub(crate) fn autonix(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_autonix"))
         .args(args)
         .output()
@@ -58,7 +58,7 @@ pub fn autonix(args: &[&str]) -> Output {
 
 /// Runs a nix command with its own config dir and cache (design §9), so it
 /// never touches the machine's nix state or the network.
-pub fn nix(tmp: &Path, program: &str, args: &[&str]) -> Output {
+pub(crate) fn nix(tmp: &Path, program: &str, args: &[&str]) -> Output {
     let conf = tmp.join("nix-conf");
     fs::create_dir_all(&conf).unwrap();
     fs::write(
@@ -76,7 +76,7 @@ pub fn nix(tmp: &Path, program: &str, args: &[&str]) -> Output {
 
 /// Compares `actual` with the committed snapshot, or rewrites it when
 /// AUTONIX_UPDATE_SNAPSHOTS=1.
-pub fn check_snapshot(file: &str, actual: &str) -> Result<(), String> {
+pub(crate) fn check_snapshot(file: &str, actual: &str) -> Result<(), String> {
     let path = crate_dir().join("tests/snapshots").join(file);
     if std::env::var("AUTONIX_UPDATE_SNAPSHOTS").as_deref() == Ok("1") {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
