@@ -82,7 +82,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX push_events_due ON push_events (delivered_at_ms, next_attempt_ms);",
 ];
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
 }

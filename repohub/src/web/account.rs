@@ -20,7 +20,7 @@ const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 1024;
 
 #[derive(Deserialize)]
-pub struct CredentialsForm {
+pub(super) struct CredentialsForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
@@ -40,14 +40,14 @@ fn account_page(v: &Viewer, signup: bool, username: &str, error: Option<String>)
     }
 }
 
-pub async fn signup_form(v: Viewer) -> WebResult {
+pub(super) async fn signup_form(v: Viewer) -> WebResult {
     if v.user.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
     render(&account_page(&v, true, "", None))
 }
 
-pub async fn login_form(v: Viewer) -> WebResult {
+pub(super) async fn login_form(v: Viewer) -> WebResult {
     if v.user.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
@@ -68,7 +68,7 @@ fn logged_in(st: &AppState, user: &User) -> WebResult {
     Ok(resp)
 }
 
-pub async fn signup(
+pub(super) async fn signup(
     State(st): State<AppState>,
     v: Viewer,
     Form(f): Form<CredentialsForm>,
@@ -100,7 +100,7 @@ pub async fn signup(
     logged_in(&st, &user)
 }
 
-pub async fn login(
+pub(super) async fn login(
     State(st): State<AppState>,
     v: Viewer,
     Form(f): Form<CredentialsForm>,
@@ -134,12 +134,16 @@ pub async fn login(
 }
 
 #[derive(Deserialize)]
-pub struct CsrfOnly {
+pub(super) struct CsrfOnly {
     #[serde(default)]
     csrf: String,
 }
 
-pub async fn logout(State(st): State<AppState>, v: Viewer, Form(f): Form<CsrfOnly>) -> WebResult {
+pub(super) async fn logout(
+    State(st): State<AppState>,
+    v: Viewer,
+    Form(f): Form<CsrfOnly>,
+) -> WebResult {
     v.check_csrf(&f.csrf)?;
     if let Some(h) = &v.session_hash {
         st.db.delete_session(h)?;
@@ -185,19 +189,19 @@ fn tokens_page(
     })
 }
 
-pub async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
+pub(super) async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
     render(&tokens_page(&st, &v, None, None)?)
 }
 
 #[derive(Deserialize)]
-pub struct TokenForm {
+pub(super) struct TokenForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     name: String,
 }
 
-pub async fn create_token(
+pub(super) async fn create_token(
     State(st): State<AppState>,
     v: Viewer,
     Form(f): Form<TokenForm>,
@@ -220,7 +224,7 @@ pub async fn create_token(
     render(&tokens_page(&st, &v, Some(token), None)?)
 }
 
-pub async fn delete_token(
+pub(super) async fn delete_token(
     State(st): State<AppState>,
     v: Viewer,
     Path(id): Path<i64>,

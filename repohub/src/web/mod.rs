@@ -152,6 +152,16 @@ pub struct Viewer {
     session_hash: Option<String>,
 }
 
+/// By hand: the CSRF token and the session hash are credentials, so they are
+/// left out.
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FromRequestParts<AppState> for Viewer {
     type Rejection = Infallible;
 

@@ -21,21 +21,21 @@ use crate::names;
 use commands::report::error_chain;
 
 /// A project the viewer may see, and the viewer's role in it.
-pub struct ProjectCtx {
+pub(super) struct ProjectCtx {
     pub project: Project,
     pub role: Option<String>,
 }
 
 impl ProjectCtx {
-    pub fn member(&self) -> bool {
+    pub(super) fn member(&self) -> bool {
         self.role.is_some()
     }
 
-    pub fn owner(&self) -> bool {
+    pub(super) fn owner(&self) -> bool {
         self.role.as_deref() == Some("owner")
     }
 
-    pub fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
+    pub(super) fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
         v.require_user()?;
         if self.member() {
             Ok(())
@@ -46,7 +46,7 @@ impl ProjectCtx {
         }
     }
 
-    pub fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
+    pub(super) fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
         v.require_user()?;
         if self.owner() {
             Ok(())
@@ -59,7 +59,7 @@ impl ProjectCtx {
 }
 
 /// Private projects are invisible (404) to non-members.
-pub fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebError> {
+pub(super) fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebError> {
     names::validate_project_name(name).map_err(|_| WebError::NotFound)?;
     let project = st.db.project(name)?.ok_or(WebError::NotFound)?;
     let role = match &v.user {
@@ -72,7 +72,7 @@ pub fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebErro
     Ok(ProjectCtx { project, role })
 }
 
-pub async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
+pub(super) async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
     let projects = st.db.visible_projects(v.user.as_ref().map(|u| u.id))?;
     render(&IndexPage {
         title: "Projects".into(),
@@ -81,7 +81,7 @@ pub async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
     })
 }
 
-pub async fn new_form(v: Viewer) -> WebResult {
+pub(super) async fn new_form(v: Viewer) -> WebResult {
     v.require_user()?;
     render(&NewProjectPage {
         title: "New project".into(),
@@ -93,7 +93,7 @@ pub async fn new_form(v: Viewer) -> WebResult {
 }
 
 #[derive(Deserialize)]
-pub struct NewProjectForm {
+pub(super) struct NewProjectForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
@@ -104,7 +104,7 @@ pub struct NewProjectForm {
     public: Option<String>,
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(st): State<AppState>,
     v: Viewer,
     Form(f): Form<NewProjectForm>,
@@ -241,7 +241,7 @@ fn spec_rows(specs: &[serde_json::Value]) -> Vec<SpecRow> {
         .collect()
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -314,7 +314,7 @@ pub async fn show(
     render(&page)
 }
 
-pub async fn ci_panel(
+pub(super) async fn ci_panel(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -327,7 +327,7 @@ pub async fn ci_panel(
     })
 }
 
-pub async fn cluster_panel(
+pub(super) async fn cluster_panel(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -339,14 +339,14 @@ pub async fn cluster_panel(
 }
 
 #[derive(Deserialize)]
-pub struct MemberForm {
+pub(super) struct MemberForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     username: String,
 }
 
-pub async fn add_member(
+pub(super) async fn add_member(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -363,7 +363,7 @@ pub async fn add_member(
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
 
-pub async fn delete_form(
+pub(super) async fn delete_form(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -386,14 +386,14 @@ fn confirm_page(v: &Viewer, project: &str, error: Option<String>) -> ConfirmDele
 }
 
 #[derive(Deserialize)]
-pub struct ConfirmForm {
+pub(super) struct ConfirmForm {
     #[serde(default)]
     pub csrf: String,
     #[serde(default)]
     pub confirm: String,
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -438,7 +438,7 @@ async fn project_job(st: &AppState, ctx: &ProjectCtx, id: i64) -> Result<(Job, S
     Ok((job, name))
 }
 
-pub async fn job(
+pub(super) async fn job(
     State(st): State<AppState>,
     v: Viewer,
     Path((name, id)): Path<(String, i64)>,
@@ -465,13 +465,13 @@ pub async fn job(
 }
 
 #[derive(Deserialize)]
-pub struct FollowQuery {
+pub(super) struct FollowQuery {
     #[serde(default)]
     follow: Option<String>,
 }
 
 /// Proxies ci_service's log, streamed as it grows when `follow=1`.
-pub async fn job_log(
+pub(super) async fn job_log(
     State(st): State<AppState>,
     v: Viewer,
     Path((name, id)): Path<(String, i64)>,

@@ -42,14 +42,14 @@ fn load_repo(
 }
 
 #[derive(Deserialize)]
-pub struct NewRepoForm {
+pub(super) struct NewRepoForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     name: String,
 }
 
-pub async fn create(
+pub(super) async fn create(
     State(st): State<AppState>,
     v: Viewer,
     Path(project): Path<String>,
@@ -72,7 +72,7 @@ pub async fn create(
     Ok(Redirect::to(&format!("/{}/{}", ctx.project.name, f.name)).into_response())
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo)): Path<(String, String)>,
@@ -164,7 +164,7 @@ fn confirm_page(v: &Viewer, project: &str, repo: &str, error: Option<String>) ->
     }
 }
 
-pub async fn delete_form(
+pub(super) async fn delete_form(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo)): Path<(String, String)>,
@@ -174,7 +174,7 @@ pub async fn delete_form(
     render(&confirm_page(&v, &ctx.project.name, &repo, None))
 }
 
-pub async fn delete(
+pub(super) async fn delete(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo)): Path<(String, String)>,
@@ -206,7 +206,7 @@ pub async fn delete(
 }
 
 #[derive(Deserialize)]
-pub struct PageQuery {
+pub(super) struct PageQuery {
     #[serde(default)]
     page: Option<usize>,
     /// Comma-separated commit ids where this page starts (from "Older").
@@ -232,7 +232,7 @@ fn parse_cursor(s: &str) -> Result<Vec<git2::Oid>, WebError> {
         .collect()
 }
 
-pub async fn log(
+pub(super) async fn log(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo, rev)): Path<(String, String, String)>,
@@ -273,7 +273,7 @@ pub async fn log(
     })
 }
 
-pub async fn tree_root(
+pub(super) async fn tree_root(
     st: State<AppState>,
     v: Viewer,
     Path((project, repo, rev)): Path<(String, String, String)>,
@@ -281,7 +281,7 @@ pub async fn tree_root(
     tree_page(st, v, project, repo, rev, String::new()).await
 }
 
-pub async fn tree(
+pub(super) async fn tree(
     st: State<AppState>,
     v: Viewer,
     Path((project, repo, rev, path)): Path<(String, String, String, String)>,
@@ -375,7 +375,7 @@ async fn tree_page(
 
 /// The file's bytes, as an attachment-safe download: never rendered as
 /// HTML by the browser (octet-stream, nosniff, sandboxing CSP).
-pub async fn raw(
+pub(super) async fn raw(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo, rev, path)): Path<(String, String, String, String)>,
@@ -413,7 +413,7 @@ pub async fn raw(
         .into_response())
 }
 
-pub async fn commit(
+pub(super) async fn commit(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo, sha)): Path<(String, String, String)>,
@@ -441,13 +441,13 @@ pub async fn commit(
 }
 
 #[derive(Deserialize)]
-pub struct CsrfForm {
+pub(super) struct CsrfForm {
     #[serde(default)]
     csrf: String,
 }
 
 /// Runs autonix on the repository's head and shows the flake it proposes.
-pub async fn autonix(
+pub(super) async fn autonix(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo)): Path<(String, String)>,

@@ -3,7 +3,7 @@
 //! control plane (a real `Master` on loopback), and git helpers.
 #![allow(dead_code)]
 
-pub mod webdriver;
+pub(crate) mod webdriver;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,16 +33,16 @@ use commands::service::worker::WorkerCap;
 use commands::types::{Resources, VmMetrics, VmState, WorkerId};
 use repohub::{AppState, Config};
 
-pub const CI_SECRET: &str = "test-ci-secret";
+pub(crate) const CI_SECRET: &str = "test-ci-secret";
 
 /// A repohub app on a temp data dir, with cheap argon2 parameters.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub dir: tempfile::TempDir,
     pub state: AppState,
     pub router: Router,
 }
 
-pub fn config(dir: &Path) -> Config {
+pub(crate) fn config(dir: &Path) -> Config {
     let mut c = Config::new(dir.join("data"));
     c.kdf = repohub::auth::KdfParams::insecure_for_tests();
     c.backoff = repohub::notify::Backoff {
@@ -54,7 +54,7 @@ pub fn config(dir: &Path) -> Config {
 }
 
 impl TestApp {
-    pub fn new(edit: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) fn new(edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
         edit(&mut c);
@@ -63,7 +63,7 @@ impl TestApp {
         Self { dir, state, router }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client {
             router: self.router.clone(),
             cookies: BTreeMap::new(),
@@ -71,14 +71,14 @@ impl TestApp {
     }
 }
 
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
     pub body: String,
 }
 
 impl Resp {
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
@@ -89,7 +89,7 @@ impl Resp {
 /// A browser-like client over `Router::oneshot`: keeps cookies, fills the
 /// CSRF field of forms from its cookie.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     router: Router,
     pub cookies: BTreeMap<String, String>,
 }
@@ -103,7 +103,7 @@ impl Client {
             .join("; ")
     }
 
-    pub async fn send(&mut self, req: Request<Body>) -> Resp {
+    pub(crate) async fn send(&mut self, req: Request<Body>) -> Resp {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         for sc in resp.headers().get_all(header::SET_COOKIE) {
             let s = sc.to_str().unwrap();
@@ -125,7 +125,7 @@ impl Client {
         }
     }
 
-    pub async fn get(&mut self, path: &str) -> Resp {
+    pub(crate) async fn get(&mut self, path: &str) -> Resp {
         let req = Request::get(path)
             .header(header::COOKIE, self.cookie_header())
             .header(header::HOST, "repohub.test")
@@ -134,12 +134,12 @@ impl Client {
         self.send(req).await
     }
 
-    pub fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         self.cookies.get("rh_csrf").cloned().unwrap_or_default()
     }
 
     /// POSTs a form; the CSRF field is added from the cookie (visit a page first).
-    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
         let csrf = self.csrf();
         let mut all: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
         all.extend_from_slice(fields);
@@ -147,7 +147,7 @@ impl Client {
     }
 
     /// POSTs exactly these fields (for forged-CSRF tests).
-    pub async fn post_raw(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post_raw(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
         let body = serde_urlencoded(fields);
         let req = Request::post(path)
             .header(header::COOKIE, self.cookie_header())
@@ -157,13 +157,13 @@ impl Client {
         self.send(req).await
     }
 
-    pub async fn signup(&mut self, name: &str, password: &str) -> Resp {
+    pub(crate) async fn signup(&mut self, name: &str, password: &str) -> Resp {
         self.get("/signup").await;
         self.post("/signup", &[("username", name), ("password", password)])
             .await
     }
 
-    pub async fn create_project(&mut self, name: &str, public: bool) -> Resp {
+    pub(crate) async fn create_project(&mut self, name: &str, public: bool) -> Resp {
         self.get("/new").await;
         let mut f = vec![("name", name), ("description", "test project")];
         if public {
@@ -172,13 +172,13 @@ impl Client {
         self.post("/new", &f).await
     }
 
-    pub async fn create_repo(&mut self, project: &str, name: &str) -> Resp {
+    pub(crate) async fn create_repo(&mut self, project: &str, name: &str) -> Resp {
         self.post(&format!("/{project}/-/repos"), &[("name", name)])
             .await
     }
 
     /// Creates a token on the tokens page and returns it.
-    pub async fn token(&mut self) -> String {
+    pub(crate) async fn token(&mut self) -> String {
         self.get("/settings/tokens").await;
         let r = self.post("/settings/tokens", &[("name", "git")]).await;
         let start =
@@ -205,7 +205,7 @@ fn serde_urlencoded(fields: &[(&str, &str)]) -> String {
 // ---------------------------------------------------------------- git
 
 /// Runs git with an isolated config and identity; panics with its output on failure.
-pub fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = git_cmd(dir, args).output().unwrap();
     assert!(
         out.status.success(),
@@ -216,7 +216,7 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
+pub(crate) fn git_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("git");
     c.current_dir(dir)
         .args(args)
@@ -233,7 +233,7 @@ pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
 }
 
 /// A fresh working repository with one commit of `files`, on `main`.
-pub fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathBuf {
+pub(crate) fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathBuf {
     let dir = parent.join(format!("work-{}", rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     git(&dir, &["init", "-q", "-b", "main"]);
@@ -249,7 +249,7 @@ pub fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathB
 
 /// Commits the index (or nothing) with author and committer time `secs`, so
 /// history order does not depend on how fast the test runs.
-pub fn commit_at(dir: &Path, message: &str, secs: i64) {
+pub(crate) fn commit_at(dir: &Path, message: &str, secs: i64) {
     let date = format!("@{secs} +0000");
     let out = git_cmd(dir, &["commit", "-q", "--allow-empty", "-m", message])
         .env("GIT_AUTHOR_DATE", &date)
@@ -263,7 +263,7 @@ pub fn commit_at(dir: &Path, message: &str, secs: i64) {
     );
 }
 
-pub fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     static N: AtomicI64 = AtomicI64::new(0);
     format!(
         "{}-{}",
@@ -274,7 +274,7 @@ pub fn rand_suffix() -> String {
 
 // ---------------------------------------------------------------- ci_service
 
-pub struct FakeCiState {
+pub(crate) struct FakeCiState {
     pub up: AtomicBool,
     pub pushes: Mutex<Vec<Value>>,
     pub jobs: Mutex<Vec<Value>>,
@@ -284,7 +284,7 @@ pub struct FakeCiState {
 
 /// A test ci_service implementing the HTTP contract: push hook (bearer
 /// secret), job list, job detail with vm_specs, and a streamed log.
-pub struct FakeCi {
+pub(crate) struct FakeCi {
     pub addr: SocketAddr,
     pub state: Arc<FakeCiState>,
     shutdown: CancellationToken,
@@ -304,7 +304,7 @@ fn now_ms() -> i64 {
 }
 
 impl FakeCi {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let state = Arc::new(FakeCiState {
             up: AtomicBool::new(true),
             pushes: Mutex::new(Vec::new()),
@@ -335,11 +335,11 @@ impl FakeCi {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn add_job(&self, repo: &str, state: &str) -> i64 {
+    pub(crate) fn add_job(&self, repo: &str, state: &str) -> i64 {
         let id = self.state.next_id.fetch_add(1, Ordering::SeqCst);
         self.state.jobs.lock().unwrap().push(job_json(
             id,
@@ -351,7 +351,7 @@ impl FakeCi {
         id
     }
 
-    pub fn pushes(&self) -> Vec<Value> {
+    pub(crate) fn pushes(&self) -> Vec<Value> {
         self.state.pushes.lock().unwrap().clone()
     }
 }
@@ -469,7 +469,7 @@ use futures::StreamExt;
 /// A real `Master` on loopback (served by `commands::service::master`)
 /// answering getClusterStatus with two VMs and two workers (one drifted VM,
 /// one unhealthy worker).
-pub struct FakeMaster {
+pub(crate) struct FakeMaster {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -569,7 +569,7 @@ fn fake_status() -> ClusterStatusView {
 }
 
 impl FakeMaster {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -600,7 +600,7 @@ impl FakeMaster {
 // ---------------------------------------------------------------- real server
 
 /// `repohub::run` on a loopback port, stopped on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -613,7 +613,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    pub async fn start(config: Config) -> Self {
+    pub(crate) async fn start(config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -631,25 +631,25 @@ impl Server {
     }
 
     /// Stops the server and waits until it (and its notifier) have ended.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(t) = self.task.take() {
             t.await.unwrap();
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// A clone URL carrying `user:token` as basic-auth credentials.
-    pub fn auth_url(&self, user: &str, token: &str, path: &str) -> String {
+    pub(crate) fn auth_url(&self, user: &str, token: &str, path: &str) -> String {
         format!("http://{user}:{token}@{}{path}", self.addr)
     }
 }
 
 /// Runs git off the async threads; returns (success, stdout+stderr).
-pub async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
     let dir = dir.to_owned();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -667,7 +667,7 @@ pub async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
 }
 
 /// Polls `f` every 50 ms until it is true or `secs` pass.
-pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while std::time::Instant::now() < deadline {
         if f() {
