@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::webdriver::Driver;
-use support::{CI_SECRET, FakeCi, FakeMaster, git_async, work_repo};
+use support::{CI_SECRET, FakeCi, FakeMaster, auth_url, push_main, work_repo};
 use testkit::fs::free_port;
 use testkit::{Log, Proc};
 
@@ -116,12 +116,11 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         ],
         "Initial infra <commit>",
     );
-    let push_url = format!(
-        "http://ann:{token}@{}/shop/infra.git",
-        hub.base.trim_start_matches("http://")
-    );
-    let (ok, out) = git_async(&work, &["push", &push_url, "main"]).await;
-    assert!(ok, "git push over HTTP: {out}");
+    push_main(
+        &work,
+        &auth_url(&hub.base, "ann", &token, "/shop/infra.git"),
+    )
+    .await;
 
     // The commit in the log, the README and the files.
     b.goto(&url("/shop/infra/log/main")).await;
@@ -189,12 +188,7 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         ],
         "api service",
     );
-    let api_url = format!(
-        "http://ann:{token}@{}/shop/api.git",
-        hub.base.trim_start_matches("http://")
-    );
-    let (ok, out) = git_async(&api, &["push", &api_url, "main"]).await;
-    assert!(ok, "{out}");
+    push_main(&api, &auth_url(&hub.base, "ann", &token, "/shop/api.git")).await;
     b.goto(&url("/shop/api")).await;
     b.click("#generate-flake").await;
     b.wait_text("#generated-flake", "buildRustPackage", 30)

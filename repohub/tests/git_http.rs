@@ -8,25 +8,34 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{CI_SECRET, FakeCi, Server, TestApp, config, eventually, git_async, work_repo};
+use support::{
+    CI_SECRET, Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async,
+    push_main, work_repo,
+};
 
 const PW: &str = "correct horse battery";
 
-/// A server plus an in-process client on the same data directory (the
-/// client's router shares the SQLite file, as two processes would).
-async fn setup(edit: impl Fn(&mut repohub::Config)) -> (TestApp, Server) {
-    let app = TestApp::new(&edit);
-    let mut c = config(app.dir.path());
-    edit(&mut c);
-    let server = Server::start(c).await;
-    (app, server)
+/// `ann` with a public project `p` holding repository `r`, and her push
+/// token.
+async fn ann_with_p_r(app: &TestApp) -> (Client, String) {
+    let mut ann = app.client();
+    ann.signup("ann", PW).await;
+    ann.create_project("p", true).await;
+    ann.create_repo("p", "r").await;
+    let token = ann.token().await;
+    (ann, token)
+}
+
+/// Where `p/r` lives on disk: the repository path ci_service is told about.
+fn p_r_path(app: &TestApp) -> String {
+    app.state.repo_dir("p", "r").to_string_lossy().into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
     let ci = FakeCi::start().await;
     let url = ci.url();
-    let (app, srv) = setup(|c| {
+    let (app, srv) = app_and_server(|c| {
         c.ci_url = Some(url.clone());
         c.ci_secret = Some(CI_SECRET.into());
     })
@@ -125,16 +134,7 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 
     // Private project: anonymous and non-member clones fail; the member's works.
     let work2 = work_repo(app.dir.path(), &[("a.txt", b"secret")], "secret");
-    let (ok, out) = git_async(
-        &work2,
-        &[
-            "push",
-            &srv.auth_url("ann", &ann_token, "/s/hidden.git"),
-            "main",
-        ],
-    )
-    .await;
-    assert!(ok, "{out}");
+    push_main(&work2, &srv.auth_url("ann", &ann_token, "/s/hidden.git")).await;
     let d2 = app.dir.path().join("c2");
     let (ok, _) = git_async(
         app.dir.path(),
@@ -204,16 +204,12 @@ async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
         .up
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let url = ci.url();
-    let (app, srv) = setup(|c| {
+    let (app, srv) = app_and_server(|c| {
         c.ci_url = Some(url.clone());
         c.ci_secret = Some(CI_SECRET.into());
     })
     .await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    let (mut ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
     let t0 = Instant::now();
     let (ok, out) = git_async(
@@ -223,7 +219,7 @@ async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     .await;
     assert!(ok, "push must not fail while ci_service is down: {out}");
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    let path = p_r_path(&app);
     // Queued, retried, not lost.
     assert!(
         eventually(10, || app.state.db.due_pushes(10).map(|_| ()).is_ok()
@@ -254,20 +250,11 @@ fn pending_attempts(app: &TestApp, path: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_succeeds_when_ci_refuses_connections() {
     let dead = testkit::fs::free_port();
-    let (app, srv) = setup(|c| c.ci_url = Some(format!("http://{dead}"))).await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    let (app, srv) = app_and_server(|c| c.ci_url = Some(format!("http://{dead}"))).await;
+    let (_ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
-    let (ok, out) = git_async(
-        &work,
-        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
-    )
-    .await;
-    assert!(ok, "{out}");
-    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    push_main(&work, &srv.auth_url("ann", &token, "/p/r.git")).await;
+    let path = p_r_path(&app);
     assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);
     assert_eq!(app.state.db.push_counts(&path).unwrap().0, 1);
 }
@@ -283,20 +270,11 @@ async fn queued_events_survive_a_restart_and_a_broken_spool_never_fails_a_push()
         c.ci_url = Some(url.clone());
         c.ci_secret = Some(CI_SECRET.into());
     };
-    let (app, srv) = setup(edit).await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    let (app, srv) = app_and_server(edit).await;
+    let (_ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
-    let (ok, out) = git_async(
-        &work,
-        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
-    )
-    .await;
-    assert!(ok, "{out}");
-    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    push_main(&work, &srv.auth_url("ann", &token, "/p/r.git")).await;
+    let path = p_r_path(&app);
     assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);
 
     // repohub stops with the event undelivered; a new instance on the same

@@ -683,15 +683,7 @@ async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
         ),
     ];
     let work = work_repo(app.dir.path(), &files, "init");
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            app.state.repo_dir("p", "shop").to_str().unwrap(),
-            "main",
-        ],
-    );
+    app.push_direct(&work, "p", "shop");
     let page = ann.get("/p/shop").await;
     assert!(page.body.contains("id=\"generate-flake\""));
     let r = ann.post("/p/shop/autonix", &[]).await;
@@ -719,15 +711,7 @@ async fn flake_panel_shows_flake_nix_escaped() {
     ann.create_repo("p", "infra").await;
     let flake = b"{ outputs = { self }: { cluster = \"<script>alert(1)</script>\"; }; }\n";
     let work = work_repo(app.dir.path(), &[("flake.nix", flake)], "flake");
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            app.state.repo_dir("p", "infra").to_str().unwrap(),
-            "main",
-        ],
-    );
+    app.push_direct(&work, "p", "infra");
     let page = ann.get("/p").await;
     assert!(page.body.contains("id=\"flake\""));
     assert!(

@@ -206,13 +206,7 @@ fn serde_urlencoded(fields: &[(&str, &str)]) -> String {
 
 /// Runs git with an isolated config and identity; panics with its output on failure.
 pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
-    let out = git_cmd(dir, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = testkit::process::output_ok(&mut git_cmd(dir, args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -251,16 +245,11 @@ pub(crate) fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -
 /// history order does not depend on how fast the test runs.
 pub(crate) fn commit_at(dir: &Path, message: &str, secs: i64) {
     let date = format!("@{secs} +0000");
-    let out = git_cmd(dir, &["commit", "-q", "--allow-empty", "-m", message])
+    let mut commit = git_cmd(dir, &["commit", "-q", "--allow-empty", "-m", message]);
+    commit
         .env("GIT_AUTHOR_DATE", &date)
-        .env("GIT_COMMITTER_DATE", &date)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "commit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("GIT_COMMITTER_DATE", &date);
+    testkit::process::output_ok(&mut commit);
 }
 
 pub(crate) fn rand_suffix() -> String {
@@ -644,7 +633,40 @@ impl Server {
 
     /// A clone URL carrying `user:token` as basic-auth credentials.
     pub(crate) fn auth_url(&self, user: &str, token: &str, path: &str) -> String {
-        format!("http://{user}:{token}@{}{path}", self.addr)
+        auth_url(&self.url(""), user, token, path)
+    }
+}
+
+/// `path` on the server at `base` (`http://host:port`), carrying
+/// `user:token` as basic-auth credentials.
+pub(crate) fn auth_url(base: &str, user: &str, token: &str, path: &str) -> String {
+    let host = base.trim_start_matches("http://");
+    format!("http://{user}:{token}@{host}{path}")
+}
+
+/// An app plus a real server on the same data directory, both configured by
+/// `edit` (the app's router shares the SQLite file, as two processes would).
+pub(crate) async fn app_and_server(edit: impl Fn(&mut Config)) -> (TestApp, Server) {
+    let app = TestApp::new(&edit);
+    let mut c = config(app.dir.path());
+    edit(&mut c);
+    let server = Server::start(c).await;
+    (app, server)
+}
+
+/// Pushes `main` of `work` to `url` over HTTP; panics with git's output when
+/// the push fails.
+pub(crate) async fn push_main(work: &Path, url: &str) {
+    let (ok, out) = git_async(work, &["push", url, "main"]).await;
+    assert!(ok, "git push {url}: {out}");
+}
+
+impl TestApp {
+    /// Pushes `main` of `work` straight into the bare repository of
+    /// `project/repo` on disk (no HTTP, no credentials).
+    pub(crate) fn push_direct(&self, work: &Path, project: &str, repo: &str) {
+        let bare = self.state.repo_dir(project, repo);
+        git(work, &["push", "-q", bare.to_str().unwrap(), "main"]);
     }
 }
 
