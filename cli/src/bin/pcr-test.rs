@@ -118,7 +118,7 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         .collect()
 }
 
-use cli::output::print_json;
+use cli::output::print_as;
 
 async fn real_main(args: Args) -> Result<(), CliError> {
     let master = args.master.connect().await?;
@@ -139,9 +139,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let intent =
                 intent.unwrap_or_else(|| commands::types::intent_hash(&list).hash.into_string());
             let o = master.publish(&commit, generation, &intent, &list).await?;
-            if args.master.json {
-                print_json(&o);
-            } else {
+            print_as(args.master.json, &o, |o| {
                 let what = if o.noop {
                     "unchanged (already active)"
                 } else {
@@ -156,7 +154,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 for u in &o.unplaced {
                     println!("unplaced {}: {}", u.name, u.reason);
                 }
-            }
+            });
         }
         Cmd::GetAssignment {
             worker,
@@ -166,9 +164,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let a = master
                 .get_assignment(&worker, last_generation, last_revision)
                 .await?;
-            if args.master.json {
-                print_json(&a);
-            } else {
+            print_as(args.master.json, &a, |a| {
                 println!(
                     "worker {} generation {} revision {} changed {} ({} VMs)",
                     a.worker_id,
@@ -186,13 +182,11 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                         s.memory_mb()
                     );
                 }
-            }
+            });
         }
         Cmd::ClusterStatus => {
             let s = master.status().await?;
-            if args.master.json {
-                print_json(&s);
-            } else {
+            print_as(args.master.json, &s, |s| {
                 match &s.active {
                     Some(g) => println!(
                         "generation {} commit {} converged {:.0}%",
@@ -215,29 +209,25 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 for u in &s.unplaced {
                     println!("unplaced {}: {}", u.name, u.reason);
                 }
-            }
+            });
         }
         Cmd::Generations => {
             let gens = master.generations().await?;
-            if args.master.json {
-                print_json(&gens);
-            } else {
-                for g in &gens {
+            print_as(args.master.json, &gens, |gens| {
+                for g in gens {
                     println!(
                         "{} {} {} vms={}",
                         g.number, g.commit, g.intent_hash, g.vm_count
                     );
                 }
-            }
+            });
         }
         Cmd::Worker { worker, call } => {
             let w = master.worker(&worker).await?;
             match call {
                 WorkerCall::Read => {
                     let st = w.read().await?;
-                    if args.master.json {
-                        print_json(&st);
-                    } else {
+                    print_as(args.master.json, &st, |st| {
                         println!(
                             "worker {} {} vms={} cpu={} memoryMb={} version={}",
                             st.worker_id,
@@ -247,14 +237,12 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                             st.capacity.memory_mb,
                             st.version
                         );
-                    }
+                    });
                 }
                 WorkerCall::ListVms => {
                     let vms = w.list_vms().await?;
-                    if args.master.json {
-                        print_json(&vms);
-                    } else {
-                        for v in &vms {
+                    print_as(args.master.json, &vms, |vms| {
+                        for v in vms {
                             println!(
                                 "{} {} {} {} pid={}",
                                 v.id,
@@ -264,7 +252,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                                 v.pid.unwrap_or(0)
                             );
                         }
-                    }
+                    });
                 }
             }
         }

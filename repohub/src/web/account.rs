@@ -8,7 +8,8 @@ use serde::Deserialize;
 
 use super::pages::{AccountPage, TokenRow, TokensPage};
 use super::{
-    SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, blocking, render, render_status,
+    CsrfForm, NameForm, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, blocking,
+    render, render_status,
 };
 use crate::AppState;
 use crate::auth;
@@ -19,13 +20,11 @@ use crate::names;
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct CredentialsForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     username: String,
-    #[serde(default)]
     password: String,
 }
 
@@ -133,16 +132,10 @@ pub(super) async fn login(
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub(super) async fn logout(
     State(st): State<AppState>,
     v: Viewer,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<CsrfForm>,
 ) -> WebResult {
     v.check_csrf(&f.csrf)?;
     if let Some(h) = &v.session_hash {
@@ -193,18 +186,10 @@ pub(super) async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
     render(&tokens_page(&st, &v, None, None)?)
 }
 
-#[derive(Deserialize)]
-pub(super) struct TokenForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    name: String,
-}
-
 pub(super) async fn create_token(
     State(st): State<AppState>,
     v: Viewer,
-    Form(f): Form<TokenForm>,
+    Form(f): Form<NameForm>,
 ) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
@@ -228,7 +213,7 @@ pub(super) async fn delete_token(
     State(st): State<AppState>,
     v: Viewer,
     Path(id): Path<i64>,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<CsrfForm>,
 ) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;

@@ -18,6 +18,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth;
@@ -145,6 +146,23 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
     resp
 }
 
+/// A form that carries only its CSRF token (log out, delete a token, run
+/// autonix).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct CsrfForm {
+    csrf: String,
+}
+
+/// A form with its CSRF token and one `name` (a new repository, a new
+/// token).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct NameForm {
+    csrf: String,
+    name: String,
+}
+
 /// Who is looking: the logged-in user (if any) and the CSRF token to embed.
 pub struct Viewer {
     pub user: Option<User>,
@@ -153,12 +171,17 @@ pub struct Viewer {
 }
 
 /// By hand: the CSRF token and the session hash are credentials, so they are
-/// left out.
+/// redacted (the session shows only whether there is one).
 impl std::fmt::Debug for Viewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Viewer")
             .field("user", &self.user)
-            .finish_non_exhaustive()
+            .field("csrf", &"<redacted>")
+            .field(
+                "session_hash",
+                &self.session_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
     }
 }
 
@@ -333,19 +356,9 @@ pub fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
+/// A blob or file size for the pages, with the same units as `pcr`.
 pub fn human_size(n: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    commands::model::human_bytes(n as u64)
 }
 
 pub fn session_cookie(token: &str, secure: bool) -> String {

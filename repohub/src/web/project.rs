@@ -92,15 +92,12 @@ pub(super) async fn new_form(v: Viewer) -> WebResult {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct NewProjectForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     description: String,
-    #[serde(default)]
     public: Option<String>,
 }
 
@@ -338,11 +335,10 @@ pub(super) async fn cluster_panel(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct MemberForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     username: String,
 }
 
@@ -385,11 +381,10 @@ fn confirm_page(v: &Viewer, project: &str, error: Option<String>) -> ConfirmDele
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct ConfirmForm {
-    #[serde(default)]
     pub csrf: String,
-    #[serde(default)]
     pub confirm: String,
 }
 
@@ -464,9 +459,9 @@ pub(super) async fn job(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct FollowQuery {
-    #[serde(default)]
     follow: Option<String>,
 }
 

@@ -15,8 +15,8 @@ use super::pages::{
 };
 use super::project::{ConfirmForm, ProjectCtx, load};
 use super::{
-    Viewer, WebError, WebResult, base_url, blocking, enc, enc_path, human_size, render,
-    render_status,
+    CsrfForm, NameForm, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path, human_size,
+    render, render_status,
 };
 use crate::AppState;
 use crate::git;
@@ -41,19 +41,11 @@ fn load_repo(
     Ok((ctx, dir))
 }
 
-#[derive(Deserialize)]
-pub(super) struct NewRepoForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    name: String,
-}
-
 pub(super) async fn create(
     State(st): State<AppState>,
     v: Viewer,
     Path(project): Path<String>,
-    Form(f): Form<NewRepoForm>,
+    Form(f): Form<NameForm>,
 ) -> WebResult {
     let ctx = load(&st, &v, &project)?;
     ctx.require_member(&v)?;
@@ -205,12 +197,11 @@ pub(super) async fn delete(
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub(super) struct PageQuery {
-    #[serde(default)]
     page: Option<usize>,
     /// Comma-separated commit ids where this page starts (from "Older").
-    #[serde(default)]
     after: Option<String>,
 }
 
@@ -438,12 +429,6 @@ pub(super) async fn commit(
         c,
         files,
     })
-}
-
-#[derive(Deserialize)]
-pub(super) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// Runs autonix on the repository's head and shows the flake it proposes.

@@ -160,20 +160,18 @@ impl Session<'_> {
         self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
     }
 
+    /// A GET command whose value is a string (empty when it is not).
+    async fn get_str(&self, path: &str) -> String {
+        let v = self.cmd("GET", path, None).await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
     pub(crate) async fn current_url(&self) -> String {
-        self.cmd("GET", "/url", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.get_str("/url").await
     }
 
     pub(crate) async fn source(&self) -> String {
-        self.cmd("GET", "/source", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.get_str("/source").await
     }
 
     /// Waits up to `secs` for an element matching `css`.
