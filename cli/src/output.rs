@@ -101,6 +101,14 @@ pub fn print_as<T: Serialize + ?Sized>(json: bool, value: &T, text: impl FnOnce(
     }
 }
 
+/// A list as JSON when `json` is set, else one `line` per item.
+pub fn print_lines<T: Serialize>(json: bool, items: &[T], line: impl Fn(&T) -> String) {
+    print_as(json, items, |items| {
+        let text: String = items.iter().map(|i| line(i) + "\n").collect();
+        print_str(&text);
+    });
+}
+
 /// Pretty JSON of `value` on stdout (what `--json` prints).
 pub fn print_json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {

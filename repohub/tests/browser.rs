@@ -131,15 +131,27 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         .await;
     b.wait_text("#changed", "flake.nix", 10).await;
     b.screenshot("06b-commit").await;
-    b.goto(&url("/shop/infra")).await;
-    b.wait_text("#readme", "Deployed by Procurator.", 10).await;
-    b.screenshot("07-repo").await;
-    b.goto(&url("/shop/infra/tree/main/src")).await;
-    b.wait_text("#tree", "app.py", 10).await;
-    b.screenshot("08-tree").await;
-    b.goto(&url("/shop/infra/tree/main/src/app.py")).await;
-    b.wait_text("#blob", "print('hello')", 10).await;
-    b.screenshot("08b-file").await;
+    // The repository, a directory and a file: each page, what it must show
+    // and its screenshot.
+    for (path, css, text, shot) in [
+        (
+            "/shop/infra",
+            "#readme",
+            "Deployed by Procurator.",
+            "07-repo",
+        ),
+        ("/shop/infra/tree/main/src", "#tree", "app.py", "08-tree"),
+        (
+            "/shop/infra/tree/main/src/app.py",
+            "#blob",
+            "print('hello')",
+            "08b-file",
+        ),
+    ] {
+        b.goto(&url(path)).await;
+        b.wait_text(css, text, 10).await;
+        b.screenshot(shot).await;
+    }
 
     // The project page: the flake, the CI job the push created (the panel
     // refreshes itself), the VM specs and the cluster from the control plane.

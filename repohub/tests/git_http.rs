@@ -26,6 +26,12 @@ async fn ann_with_p_r(app: &TestApp) -> (Client, String) {
     (ann, token)
 }
 
+/// `git clone -q url dest` from the test's directory; (success, output).
+async fn clone(app: &TestApp, url: &str, dest: &std::path::Path) -> (bool, String) {
+    let dest = dest.to_str().unwrap();
+    git_async(app.dir.path(), &["clone", "-q", url, dest]).await
+}
+
 /// Where `p/r` lives on disk: the repository path ci_service is told about.
 fn p_r_path(app: &TestApp) -> String {
     app.state.repo_dir("p", "r").to_string_lossy().into_owned()
@@ -124,11 +130,7 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 
     // Anonymous clone of the public repository works.
     let dest = app.dir.path().join("anon-clone");
-    let (ok, out) = git_async(
-        app.dir.path(),
-        &["clone", "-q", &srv.url("/p/r.git"), dest.to_str().unwrap()],
-    )
-    .await;
+    let (ok, out) = clone(&app, &srv.url("/p/r.git"), &dest).await;
     assert!(ok, "anonymous clone: {out}");
     assert!(dest.join("README.md").exists());
 
@@ -136,57 +138,21 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
     let work2 = work_repo(app.dir.path(), &[("a.txt", b"secret")], "secret");
     push_main(&work2, &srv.auth_url("ann", &ann_token, "/s/hidden.git")).await;
     let d2 = app.dir.path().join("c2");
-    let (ok, _) = git_async(
-        app.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &srv.url("/s/hidden.git"),
-            d2.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ok, _) = clone(&app, &srv.url("/s/hidden.git"), &d2).await;
     assert!(!ok, "anonymous clone of a private repo must fail");
-    let (ok, out) = git_async(
-        app.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &srv.auth_url("bob", &bob_token, "/s/hidden.git"),
-            d2.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ok, out) = clone(&app, &srv.auth_url("bob", &bob_token, "/s/hidden.git"), &d2).await;
     assert!(
         !ok && (out.contains("404") || out.contains("not found")),
         "{out}"
     );
-    let (ok, out) = git_async(
-        app.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &srv.auth_url("ann", &ann_token, "/s/hidden.git"),
-            d2.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ok, out) = clone(&app, &srv.auth_url("ann", &ann_token, "/s/hidden.git"), &d2).await;
     assert!(ok, "{out}");
     assert_eq!(std::fs::read_to_string(d2.join("a.txt")).unwrap(), "secret");
 
     // Unknown repositories and hostile names.
     let d3 = app.dir.path().join("c3");
     for path in ["/p/nope.git", "/p/..%2F..%2Fs%2Fhidden.git", "/nope/r.git"] {
-        let (ok, _) = git_async(
-            app.dir.path(),
-            &[
-                "clone",
-                "-q",
-                &srv.auth_url("ann", &ann_token, path),
-                d3.to_str().unwrap(),
-            ],
-        )
-        .await;
+        let (ok, _) = clone(&app, &srv.auth_url("ann", &ann_token, path), &d3).await;
         assert!(!ok, "{path}");
     }
     assert_eq!(

@@ -118,7 +118,7 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         .collect()
 }
 
-use cli::output::print_as;
+use cli::output::{print_as, print_lines};
 
 async fn real_main(args: Args) -> Result<(), CliError> {
     let master = args.master.connect().await?;
@@ -213,13 +213,11 @@ async fn real_main(args: Args) -> Result<(), CliError> {
         }
         Cmd::Generations => {
             let gens = master.generations().await?;
-            print_as(args.master.json, &gens, |gens| {
-                for g in gens {
-                    println!(
-                        "{} {} {} vms={}",
-                        g.number, g.commit, g.intent_hash, g.vm_count
-                    );
-                }
+            print_lines(args.master.json, &gens, |g| {
+                format!(
+                    "{} {} {} vms={}",
+                    g.number, g.commit, g.intent_hash, g.vm_count
+                )
             });
         }
         Cmd::Worker { worker, call } => {
@@ -241,17 +239,12 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 }
                 WorkerCall::ListVms => {
                     let vms = w.list_vms().await?;
-                    print_as(args.master.json, &vms, |vms| {
-                        for v in vms {
-                            println!(
-                                "{} {} {} {} pid={}",
-                                v.id,
-                                v.name,
-                                v.content_hash,
-                                v.state,
-                                v.pid.unwrap_or(0)
-                            );
-                        }
+                    print_lines(args.master.json, &vms, |v| {
+                        let pid = v.pid.unwrap_or(0);
+                        format!(
+                            "{} {} {} {} pid={pid}",
+                            v.id, v.name, v.content_hash, v.state
+                        )
                     });
                 }
             }
