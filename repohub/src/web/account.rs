@@ -1,6 +1,5 @@
 //! Sign up, log in, log out, and personal access tokens.
 
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
 use http::{HeaderValue, StatusCode, header};
@@ -8,8 +7,8 @@ use serde::Deserialize;
 
 use super::pages::{AccountPage, TokenRow, TokensPage};
 use super::{
-    CsrfForm, NameForm, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, blocking,
-    render, render_status,
+    CsrfForm, NameForm, Post, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult,
+    blocking, render, render_status,
 };
 use crate::AppState;
 use crate::auth;
@@ -67,11 +66,7 @@ fn logged_in(st: &AppState, user: &User) -> WebResult {
     Ok(resp)
 }
 
-pub(super) async fn signup(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<CredentialsForm>,
-) -> WebResult {
+pub(super) async fn signup(Post { st, v, form: f }: Post<CredentialsForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
     let fail = |msg: String| {
         render_status(
@@ -99,11 +94,7 @@ pub(super) async fn signup(
     logged_in(&st, &user)
 }
 
-pub(super) async fn login(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<CredentialsForm>,
-) -> WebResult {
+pub(super) async fn login(Post { st, v, form: f }: Post<CredentialsForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
     let found = if names::validate_name(&f.username).is_ok() {
         st.db.user_password(&f.username)?
@@ -132,11 +123,7 @@ pub(super) async fn login(
     }
 }
 
-pub(super) async fn logout(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<CsrfForm>,
-) -> WebResult {
+pub(super) async fn logout(Post { st, v, form: f }: Post<CsrfForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
     if let Some(h) = &v.session_hash {
         st.db.delete_session(h)?;
@@ -186,11 +173,7 @@ pub(super) async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
     render(&tokens_page(&st, &v, None, None)?)
 }
 
-pub(super) async fn create_token(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<NameForm>,
-) -> WebResult {
+pub(super) async fn create_token(Post { st, v, form: f }: Post<NameForm>) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
     let name = f.name.trim();
@@ -210,10 +193,8 @@ pub(super) async fn create_token(
 }
 
 pub(super) async fn delete_token(
-    State(st): State<AppState>,
-    v: Viewer,
     Path(id): Path<i64>,
-    Form(f): Form<CsrfForm>,
+    Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;

@@ -10,8 +10,9 @@ mod repo;
 use std::convert::Infallible;
 
 use askama::Template;
+use axum::Form;
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::auth;
@@ -144,6 +146,36 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
         HeaderValue::from_static("same-origin"),
     );
     resp
+}
+
+/// What every form handler takes: the state, who is posting and the form.
+/// The handler checks the form's CSRF token itself, once it has checked who
+/// may post, so refusals keep their order (login, then access, then CSRF).
+pub(super) struct Post<T> {
+    pub(super) st: AppState,
+    pub(super) v: Viewer,
+    pub(super) form: T,
+}
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for Post<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let v = match Viewer::from_request_parts(&mut parts, st).await {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        let req = Request::from_parts(parts, body);
+        let Form(form) = Form::<T>::from_request(req, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Post {
+            st: st.clone(),
+            v,
+            form,
+        })
+    }
 }
 
 /// A form that carries only its CSRF token (log out, delete a token, run

@@ -1,7 +1,6 @@
 //! Project pages: the list, creation, the project page with its flake,
 //! VM specs, CI and cluster panels, members, deletion, and CI job views.
 
-use axum::Form;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -12,7 +11,7 @@ use super::pages::{
     CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage,
     JobRow, NewProjectPage, ProjectPage, RepoRow, SpecRow,
 };
-use super::{Viewer, WebError, WebResult, base_url, blocking, render, render_status};
+use super::{Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
 use crate::ci::{Job, JobState};
 use crate::db::Project;
@@ -101,11 +100,7 @@ pub(super) struct NewProjectForm {
     public: Option<String>,
 }
 
-pub(super) async fn create(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<NewProjectForm>,
-) -> WebResult {
+pub(super) async fn create(Post { st, v, form: f }: Post<NewProjectForm>) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
     let fail = |msg: String| {
@@ -343,10 +338,8 @@ pub(super) struct MemberForm {
 }
 
 pub(super) async fn add_member(
-    State(st): State<AppState>,
-    v: Viewer,
     Path(name): Path<String>,
-    Form(f): Form<MemberForm>,
+    Post { st, v, form: f }: Post<MemberForm>,
 ) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     ctx.require_owner(&v)?;
@@ -389,10 +382,8 @@ pub(super) struct ConfirmForm {
 }
 
 pub(super) async fn delete(
-    State(st): State<AppState>,
-    v: Viewer,
     Path(name): Path<String>,
-    Form(f): Form<ConfirmForm>,
+    Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     ctx.require_owner(&v)?;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect};
 use http::{HeaderMap, StatusCode, header};
@@ -15,8 +14,8 @@ use super::pages::{
 };
 use super::project::{ConfirmForm, ProjectCtx, load};
 use super::{
-    CsrfForm, NameForm, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path, human_size,
-    render, render_status,
+    CsrfForm, NameForm, Post, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path,
+    human_size, render, render_status,
 };
 use crate::AppState;
 use crate::git;
@@ -42,10 +41,8 @@ fn load_repo(
 }
 
 pub(super) async fn create(
-    State(st): State<AppState>,
-    v: Viewer,
     Path(project): Path<String>,
-    Form(f): Form<NameForm>,
+    Post { st, v, form: f }: Post<NameForm>,
 ) -> WebResult {
     let ctx = load(&st, &v, &project)?;
     ctx.require_member(&v)?;
@@ -167,10 +164,8 @@ pub(super) async fn delete_form(
 }
 
 pub(super) async fn delete(
-    State(st): State<AppState>,
-    v: Viewer,
     Path((project, repo)): Path<(String, String)>,
-    Form(f): Form<ConfirmForm>,
+    Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     ctx.require_owner(&v)?;
@@ -433,10 +428,8 @@ pub(super) async fn commit(
 
 /// Runs autonix on the repository's head and shows the flake it proposes.
 pub(super) async fn autonix(
-    State(st): State<AppState>,
-    v: Viewer,
     Path((project, repo)): Path<(String, String)>,
-    Form(f): Form<CsrfForm>,
+    Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     ctx.require_member(&v)?;
