@@ -35,25 +35,22 @@ impl ProjectCtx {
     }
 
     pub(super) fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
-        v.require_user()?;
-        if self.member() {
-            Ok(())
-        } else {
-            Err(WebError::Forbidden(
-                "only project members may do that".into(),
-            ))
-        }
+        require(v, self.member(), "project members")
     }
 
     pub(super) fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
-        v.require_user()?;
-        if self.owner() {
-            Ok(())
-        } else {
-            Err(WebError::Forbidden(
-                "only the project owner may do that".into(),
-            ))
-        }
+        require(v, self.owner(), "the project owner")
+    }
+}
+
+/// A logged-in viewer with the right role passes; anyone else is sent to log
+/// in or told that only `who` may do that.
+fn require(v: &Viewer, allowed: bool, who: &str) -> Result<(), WebError> {
+    v.require_user()?;
+    if allowed {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(format!("only {who} may do that")))
     }
 }
 
