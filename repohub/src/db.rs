@@ -541,10 +541,16 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn migrations_apply_once_and_reopen() {
+    /// A database path in a fresh directory (kept alive by the guard).
+    fn temp_path() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sqlite");
+        (dir, path)
+    }
+
+    #[test]
+    fn migrations_apply_once_and_reopen() {
+        let (_dir, path) = temp_path();
         let db = Db::open(&path).unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let u = db.create_user("ann", "h").unwrap();
@@ -555,8 +561,7 @@ mod tests {
 
     #[test]
     fn newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.sqlite");
+        let (_dir, path) = temp_path();
         let c = Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
@@ -568,8 +573,8 @@ mod tests {
 
     #[test]
     fn sql_metacharacters_are_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("r.sqlite")).unwrap();
+        let (_dir, path) = temp_path();
+        let db = Db::open(&path).unwrap();
         let evil = "x'); DROP TABLE users; --";
         db.create_user(evil, "h").unwrap();
         assert_eq!(db.user_by_name(evil).unwrap().unwrap().name, evil);

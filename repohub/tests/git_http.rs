@@ -9,8 +9,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    CI_SECRET, Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async,
-    push_main, work_repo,
+    Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async, push_main,
+    work_repo,
 };
 
 const PW: &str = "correct horse battery";
@@ -40,12 +40,7 @@ fn p_r_path(app: &TestApp) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
     let ci = FakeCi::start().await;
-    let url = ci.url();
-    let (app, srv) = app_and_server(|c| {
-        c.ci_url = Some(url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-    })
-    .await;
+    let (app, srv) = app_and_server(ci.configure()).await;
     let mut ann = app.client();
     ann.signup("ann", PW).await;
     ann.create_project("p", true).await;
@@ -161,15 +156,8 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     let ci = FakeCi::start().await;
-    ci.state
-        .up
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let url = ci.url();
-    let (app, srv) = app_and_server(|c| {
-        c.ci_url = Some(url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-    })
-    .await;
+    ci.set_up(false);
+    let (app, srv) = app_and_server(ci.configure()).await;
     let (mut ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
     let t0 = Instant::now();
@@ -186,7 +174,7 @@ async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     );
     let page = ann.get("/p").await;
     assert!(page.body.contains("waiting for CI"));
-    ci.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    ci.set_up(true);
     assert!(
         eventually(10, || ci.pushes().len() == 1).await,
         "delivered after ci_service came back"
@@ -219,15 +207,9 @@ async fn push_succeeds_when_ci_refuses_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_events_survive_a_restart_and_a_broken_spool_never_fails_a_push() {
     let ci = FakeCi::start().await;
-    ci.state
-        .up
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let url = ci.url();
-    let edit = |c: &mut repohub::Config| {
-        c.ci_url = Some(url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-    };
-    let (app, srv) = app_and_server(edit).await;
+    ci.set_up(false);
+    let edit = ci.configure();
+    let (app, srv) = app_and_server(&edit).await;
     let (_ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
     push_main(&work, &srv.auth_url("ann", &token, "/p/r.git")).await;
@@ -237,7 +219,7 @@ async fn queued_events_survive_a_restart_and_a_broken_spool_never_fails_a_push()
     // repohub stops with the event undelivered; a new instance on the same
     // data directory delivers it once ci_service is back.
     srv.stop().await;
-    ci.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    ci.set_up(true);
     let mut c2 = config(app.dir.path());
     edit(&mut c2);
     let srv2 = Server::start(c2).await;

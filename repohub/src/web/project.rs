@@ -43,6 +43,38 @@ impl ProjectCtx {
     }
 }
 
+/// Who may post a form to a project.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum May {
+    Member,
+    Owner,
+}
+
+impl ProjectCtx {
+    /// A form post is allowed: the viewer's role is checked first, then the
+    /// form's CSRF token.
+    pub(super) fn check_post(&self, v: &Viewer, may: May, csrf: &str) -> Result<(), WebError> {
+        match may {
+            May::Member => self.require_member(v)?,
+            May::Owner => self.require_owner(v)?,
+        }
+        v.check_csrf(csrf)
+    }
+}
+
+/// `load` for a form post: the project, then [`ProjectCtx::check_post`].
+pub(super) fn load_for_post(
+    st: &AppState,
+    v: &Viewer,
+    name: &str,
+    may: May,
+    csrf: &str,
+) -> Result<ProjectCtx, WebError> {
+    let ctx = load(st, v, name)?;
+    ctx.check_post(v, may, csrf)?;
+    Ok(ctx)
+}
+
 /// A logged-in viewer with the right role passes; anyone else is sent to log
 /// in or told that only `who` may do that.
 fn require(v: &Viewer, allowed: bool, who: &str) -> Result<(), WebError> {
@@ -338,9 +370,7 @@ pub(super) async fn add_member(
     Path(name): Path<String>,
     Post { st, v, form: f }: Post<MemberForm>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    ctx.require_owner(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let ctx = load_for_post(&st, &v, &name, May::Owner, &f.csrf)?;
     let user = st
         .db
         .user_by_name(f.username.trim())?
@@ -382,9 +412,7 @@ pub(super) async fn delete(
     Path(name): Path<String>,
     Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    ctx.require_owner(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let ctx = load_for_post(&st, &v, &name, May::Owner, &f.csrf)?;
     if f.confirm != ctx.project.name {
         return render_status(
             StatusCode::BAD_REQUEST,

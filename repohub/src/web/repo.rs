@@ -12,7 +12,7 @@ use super::pages::{
     AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, TreeContent,
     TreePage,
 };
-use super::project::{ConfirmForm, ProjectCtx, load};
+use super::project::{ConfirmForm, May, ProjectCtx, load, load_for_post};
 use super::{
     CsrfForm, NameForm, Post, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path,
     human_size, render, render_status,
@@ -44,9 +44,7 @@ pub(super) async fn create(
     Path(project): Path<String>,
     Post { st, v, form: f }: Post<NameForm>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &project)?;
-    ctx.require_member(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let ctx = load_for_post(&st, &v, &project, May::Member, &f.csrf)?;
     names::validate_name(&f.name).map_err(|e| WebError::BadRequest(e.to_string()))?;
     let id = st.db.create_repo(ctx.project.id, &f.name)?;
     let dir = st.repo_dir(&ctx.project.name, &f.name);
@@ -168,8 +166,7 @@ pub(super) async fn delete(
     Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    ctx.require_owner(&v)?;
-    v.check_csrf(&f.csrf)?;
+    ctx.check_post(&v, May::Owner, &f.csrf)?;
     if f.confirm != repo {
         let page = confirm_page(
             &v,
@@ -432,8 +429,7 @@ pub(super) async fn autonix(
     Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    ctx.require_member(&v)?;
-    v.check_csrf(&f.csrf)?;
+    ctx.check_post(&v, May::Member, &f.csrf)?;
     let tmp = tempfile::tempdir().map_err(|e| WebError::Internal(e.to_string()))?;
     // Named after the repository: autonix uses the directory name in the flake.
     let dest = tmp.path().join(&repo);

@@ -279,6 +279,22 @@ pub(crate) struct FakeCi {
     shutdown: CancellationToken,
 }
 
+impl FakeCi {
+    /// Makes the fake ci_service answer (true) or refuse with 503 (false).
+    pub(crate) fn set_up(&self, up: bool) {
+        self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Points repohub at this ci_service, with the shared hook secret.
+    pub(crate) fn configure(&self) -> impl Fn(&mut Config) + use<> {
+        let url = self.url();
+        move |c| {
+            c.ci_url = Some(url.clone());
+            c.ci_secret = Some(CI_SECRET.into());
+        }
+    }
+}
+
 impl Drop for FakeCi {
     fn drop(&mut self) {
         self.shutdown.cancel();
