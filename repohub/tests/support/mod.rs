@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
 
 use commands::convert::{ErrorCode, RpcFailure};
@@ -276,7 +276,8 @@ pub(crate) struct FakeCiState {
 pub(crate) struct FakeCi {
     pub addr: SocketAddr,
     pub state: Arc<FakeCiState>,
-    shutdown: CancellationToken,
+    /// Stops the server on drop.
+    _shutdown: DropGuard,
 }
 
 impl FakeCi {
@@ -292,12 +293,6 @@ impl FakeCi {
             c.ci_url = Some(url.clone());
             c.ci_secret = Some(CI_SECRET.into());
         }
-    }
-}
-
-impl Drop for FakeCi {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
@@ -336,7 +331,7 @@ impl FakeCi {
         Self {
             addr,
             state,
-            shutdown,
+            _shutdown: shutdown.drop_guard(),
         }
     }
 
@@ -604,17 +599,12 @@ impl FakeMaster {
 
 // ---------------------------------------------------------------- real server
 
-/// `repohub::run` on a loopback port, stopped on drop.
+/// `repohub::run` on a loopback port, stopped on drop (the guard cancels its
+/// token).
 pub(crate) struct Server {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    shutdown: DropGuard,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -630,17 +620,15 @@ impl Server {
         });
         Self {
             addr,
-            shutdown,
-            task: Some(task),
+            shutdown: shutdown.drop_guard(),
+            task,
         }
     }
 
     /// Stops the server and waits until it (and its notifier) have ended.
-    pub(crate) async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
+    pub(crate) async fn stop(self) {
+        drop(self.shutdown);
+        self.task.await.unwrap();
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
