@@ -44,7 +44,7 @@ async fn signup_login_logout_and_session_cookie_flags() {
         sc.starts_with("rh_session=") && sc.contains("HttpOnly") && sc.contains("SameSite=Lax")
     );
     let home = c.get("/").await;
-    assert!(home.body.contains("ann") && home.body.contains("Log out"));
+    home.assert_contains(&["ann", "Log out"]);
 
     // Password stored as argon2id, never in clear.
     let (_, hash) = app.state.db.user_password("ann").unwrap().unwrap();
@@ -171,7 +171,7 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
     );
 
     let list = ann.get("/").await;
-    assert!(list.body.contains("/web") && list.body.contains("/secret"));
+    list.assert_contains(&["/web", "/secret"]);
     let page = ann.get("/web").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("Create repository"));
@@ -373,7 +373,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     // Repo page: README rendered from Markdown and sanitised.
     let page = ann.get("/p/r").await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("<h1>Hello</h1>") && page.body.contains("<strong>bold</strong>"));
+    page.assert_contains(&["<h1>Hello</h1>", "<strong>bold</strong>"]);
     assert!(!page.body.contains("<script>alert"));
     assert!(!page.body.contains("javascript:") && !page.body.contains("onerror"));
     assert!(
@@ -434,15 +434,13 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     assert!(page2.body.contains("first &#60;script&#62;alert("));
     assert!(!page2.body.contains("<script>alert"));
     assert!(!page2.body.contains("id=\"older\"") && page2.body.contains("id=\"newer\""));
-    assert_eq!(ann.get("/p/r/log/nope").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        ann.get("/p/r/log/main~1").await.status,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        ann.get("/p/r/log/main?page=abc").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    for (path, want) in [
+        ("/p/r/log/nope", StatusCode::NOT_FOUND),
+        ("/p/r/log/main~1", StatusCode::BAD_REQUEST),
+        ("/p/r/log/main?page=abc", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(ann.get(path).await.status, want, "{path}");
+    }
 
     // Tree: hostile file name escaped, link percent-encoded.
     let tree = ann.get("/p/r/tree/main").await;
@@ -527,7 +525,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     let head = git(&work, &["rev-parse", "HEAD~55"]).trim().to_owned();
     let c = ann.get(&format!("/p/r/commit/{head}")).await;
     assert_eq!(c.status, StatusCode::OK);
-    assert!(c.body.contains("first &#60;script&#62;") && c.body.contains("README.md"));
+    c.assert_contains(&["first &#60;script&#62;", "README.md"]);
     assert!(!c.body.contains("<b>Author"));
     assert_eq!(
         ann.get("/p/r/commit/zzzz").await.status,
@@ -543,7 +541,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     assert_eq!(at.status, StatusCode::OK);
 
     // Branch list on the repo page.
-    assert!(page.body.contains("id=\"branches\"") && page.body.contains(">main</a>"));
+    page.assert_contains(&["id=\"branches\"", ">main</a>"]);
 }
 
 #[tokio::test]
@@ -601,12 +599,8 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
             && page.body.contains(&format!("/p/-/jobs/{failed}"))
     );
     assert!(!page.body.contains(&format!("/p/-/jobs/{foreign}\"")));
-    assert!(page.body.contains("state-succeeded") && page.body.contains("1.5 s"));
-    assert!(
-        page.body.contains("id=\"vm-specs\"")
-            && page.body.contains("web-1")
-            && page.body.contains("512 MiB")
-    );
+    page.assert_contains(&["state-succeeded", "1.5 s"]);
+    page.assert_contains(&["id=\"vm-specs\"", "web-1", "512 MiB"]);
     let panel = ann.get("/p/-/panel/ci").await;
     assert!(panel.body.contains("id=\"ci-jobs\"") && !panel.body.contains("<html"));
 
@@ -616,7 +610,7 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
         job.body
             .contains("nix build failed: &#60;b&#62;boom&#60;/b&#62;")
     );
-    assert!(job.body.contains("evaluating flake") && job.body.contains("&#60;script&#62;alert(1)"));
+    job.assert_contains(&["evaluating flake", "&#60;script&#62;alert(1)"]);
     assert!(
         job.body
             .contains(&format!("data-follow=\"/p/-/jobs/{failed}/log?follow=1\""))
@@ -651,16 +645,10 @@ async fn cluster_panel_from_a_real_capnp_master() {
     ann.create_project("p", true).await;
     let page = anon.get("/p").await;
     assert!(page.body.contains("id=\"cluster-vms\""), "{}", page.body);
-    assert!(
-        page.body.contains("Generation <strong>7</strong>") && page.body.contains("converged 50%")
-    );
-    assert!(page.body.contains("web-1") && page.body.contains("db-&#60;1&#62;"));
-    assert!(page.body.contains("state-drifted") && page.body.contains("0123456789ab"));
-    assert!(
-        page.body.contains("worker-a")
-            && page.body.contains("unhealthy")
-            && page.body.contains("0/8")
-    );
+    page.assert_contains(&["Generation <strong>7</strong>", "converged 50%"]);
+    page.assert_contains(&["web-1", "db-&#60;1&#62;"]);
+    page.assert_contains(&["state-drifted", "0123456789ab"]);
+    page.assert_contains(&["worker-a", "unhealthy", "0/8"]);
     let frag = anon.get("/p/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }
@@ -689,7 +677,7 @@ async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
     let r = ann.post("/p/shop/autonix", &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("id=\"generated-flake\""), "{}", r.body);
-    assert!(r.body.contains("buildRustPackage") && r.body.contains("shop (generated by autonix)"));
+    r.assert_contains(&["buildRustPackage", "shop (generated by autonix)"]);
     assert!(!r.body.contains("<script>alert") && !r.body.contains("\"script>\""));
     // Nothing was committed: the repository still has no flake.nix.
     let again = ann.get("/p/shop").await;

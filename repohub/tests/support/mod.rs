@@ -78,6 +78,13 @@ pub(crate) struct Resp {
 }
 
 impl Resp {
+    /// Panics, showing the body, unless it contains every one of `needles`.
+    pub(crate) fn assert_contains(&self, needles: &[&str]) {
+        for n in needles {
+            assert!(self.body.contains(n), "{n:?} missing from:\n{}", self.body);
+        }
+    }
+
     pub(crate) fn location(&self) -> &str {
         self.headers
             .get(header::LOCATION)
