@@ -148,6 +148,19 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every row of `sql` with `params`, each turned into a `T` by `row`.
+    fn query_all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare(sql)?;
+        let rows = st.query_map(params, row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn schema_version(&self) -> Result<i64, DbError> {
         Ok(self
             .lock()
@@ -263,19 +276,18 @@ impl Db {
     }
 
     pub fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT id, name, created_at_ms, last_used_ms FROM access_tokens WHERE user_id = ?1 ORDER BY id",
-        )?;
-        let rows = st.query_map(params![user_id], |r| {
-            Ok(TokenInfo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                created_at_ms: r.get(2)?,
-                last_used_ms: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![user_id],
+            |r| {
+                Ok(TokenInfo {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at_ms: r.get(2)?,
+                    last_used_ms: r.get(3)?,
+                })
+            },
+        )
     }
 
     pub fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, DbError> {
@@ -346,15 +358,14 @@ impl Db {
 
     /// Projects the viewer may see: public ones and those they belong to.
     pub fn visible_projects(&self, user_id: Option<i64>) -> Result<Vec<Project>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT p.id, p.name, p.description, p.public, u.name FROM projects p
              JOIN users u ON u.id = p.owner_id
              WHERE p.public = 1 OR EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id AND m.user_id = ?1)
              ORDER BY p.name",
-        )?;
-        let rows = st.query_map(params![user_id.unwrap_or(-1)], project_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![user_id.unwrap_or(-1)],
+            project_row,
+        )
     }
 
     pub fn role(&self, project_id: i64, user_id: i64) -> Result<Option<String>, DbError> {
@@ -369,13 +380,12 @@ impl Db {
     }
 
     pub fn members(&self, project_id: i64) -> Result<Vec<(String, String)>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT u.name, m.role FROM members m JOIN users u ON u.id = m.user_id
              WHERE m.project_id = ?1 ORDER BY u.name",
-        )?;
-        let rows = st.query_map(params![project_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![project_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     pub fn add_member(&self, project_id: i64, user_id: i64) -> Result<(), DbError> {
@@ -405,16 +415,16 @@ impl Db {
     }
 
     pub fn repos(&self, project_id: i64) -> Result<Vec<Repo>, DbError> {
-        let c = self.lock();
-        let mut st =
-            c.prepare("SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name")?;
-        let rows = st.query_map(params![project_id], |r| {
-            Ok(Repo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_all(
+            "SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name",
+            params![project_id],
+            |r| {
+                Ok(Repo {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                })
+            },
+        )
     }
 
     pub fn repo(&self, project_id: i64, name: &str) -> Result<Option<Repo>, DbError> {
@@ -459,24 +469,23 @@ impl Db {
     }
 
     pub fn due_pushes(&self, limit: i64) -> Result<Vec<QueuedPush>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT id, repo_path, ref_name, old, new, attempts FROM push_events
              WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![now_ms() as i64, limit], |r| {
-            Ok(QueuedPush {
-                id: r.get(0)?,
-                event: commands::ci_api::PushEvent {
-                    repo: r.get(1)?,
-                    git_ref: r.get(2)?,
-                    old: r.get(3)?,
-                    new: r.get(4)?,
-                },
-                attempts: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![now_ms() as i64, limit],
+            |r| {
+                Ok(QueuedPush {
+                    id: r.get(0)?,
+                    event: commands::ci_api::PushEvent {
+                        repo: r.get(1)?,
+                        git_ref: r.get(2)?,
+                        old: r.get(3)?,
+                        new: r.get(4)?,
+                    },
+                    attempts: r.get(5)?,
+                })
+            },
+        )
     }
 
     pub fn push_delivered(&self, id: i64, job_id: Option<i64>) -> Result<(), DbError> {
