@@ -18,6 +18,14 @@ async fn signed_up(app: &TestApp, name: &str) -> Client {
     c
 }
 
+/// `ann`, owner of the public project `p` holding the empty repository `repo`.
+async fn ann_with_repo(app: &TestApp, repo: &str) -> Client {
+    let mut ann = signed_up(app, "ann").await;
+    ann.create_project("p", true).await;
+    ann.create_repo("p", repo).await;
+    ann
+}
+
 #[tokio::test]
 async fn signup_login_logout_and_session_cookie_flags() {
     let app = TestApp::new(|_| {});
@@ -332,9 +340,7 @@ async fn tokens_create_list_revoke() {
 #[tokio::test]
 async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     let app = TestApp::new(|_| {});
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
+    let mut ann = ann_with_repo(&app, "r").await;
     let bare = app.state.repo_dir("p", "r");
 
     let big = vec![b'a'; 50 * 1024 * 1024];
@@ -546,9 +552,7 @@ async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
         c.ci_url = Some(format!("http://{dead_ci}"));
         c.control_plane = Some(dead_cp.to_string());
     });
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
+    let mut ann = ann_with_repo(&app, "r").await;
     let page = ann.get("/p").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(
@@ -579,9 +583,7 @@ async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
 async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
     let ci = FakeCi::start().await;
     let app = TestApp::new(|c| c.ci_url = Some(ci.url()));
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
+    let mut ann = ann_with_repo(&app, "r").await;
     let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
     let ok = ci.add_job(&path, "succeeded");
     let failed = ci.add_job(&path, "failed");
@@ -650,9 +652,7 @@ async fn cluster_panel_from_a_real_capnp_master() {
 #[tokio::test]
 async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
     let app = TestApp::new(|_| {});
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "shop").await;
+    let mut ann = ann_with_repo(&app, "shop").await;
     let files: Vec<(&str, &[u8])> = vec![
         (
             "Cargo.toml",
@@ -688,9 +688,7 @@ async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
 #[tokio::test]
 async fn flake_panel_shows_flake_nix_escaped() {
     let app = TestApp::new(|_| {});
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "infra").await;
+    let mut ann = ann_with_repo(&app, "infra").await;
     let flake = b"{ outputs = { self }: { cluster = \"<script>alert(1)</script>\"; }; }\n";
     let work = work_repo(app.dir.path(), &[("flake.nix", flake)], "flake");
     app.push_direct(&work, "p", "infra");
