@@ -210,12 +210,7 @@ impl Db {
             .query_row(
                 "SELECT id, name FROM users WHERE name = ?1",
                 params![name],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                user_row,
             )
             .optional()?)
     }
@@ -246,12 +241,7 @@ impl Db {
                 "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
                 params![token_hash, now_ms() as i64],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                user_row,
             )
             .optional()?)
     }
@@ -303,7 +293,7 @@ impl Db {
             .query_row(
                 "SELECT u.id, u.name FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
                 params![token_hash],
-                |r| Ok(User { id: r.get(0)?, name: r.get(1)? }),
+                user_row,
             )
             .optional()?;
         if u.is_some() {
@@ -418,12 +408,7 @@ impl Db {
         self.query_all(
             "SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name",
             params![project_id],
-            |r| {
-                Ok(Repo {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                })
-            },
+            repo_row,
         )
     }
 
@@ -433,12 +418,7 @@ impl Db {
             .query_row(
                 "SELECT id, name FROM repositories WHERE project_id = ?1 AND name = ?2",
                 params![project_id, name],
-                |r| {
-                    Ok(Repo {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                repo_row,
             )
             .optional()?)
     }
@@ -514,6 +494,22 @@ impl Db {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?)
     }
+}
+
+/// `id, name` columns as a user.
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+    })
+}
+
+/// `id, name` columns as a repository.
+fn repo_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Repo> {
+    Ok(Repo {
+        id: r.get(0)?,
+        name: r.get(1)?,
+    })
 }
 
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
