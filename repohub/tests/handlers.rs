@@ -47,7 +47,7 @@ async fn signup_login_logout_and_session_cookie_flags() {
         .post("/signup", &[("username", "ann"), ("password", PW)])
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    let sc = r.headers.get("set-cookie").unwrap().to_str().unwrap();
+    let sc = r.header("set-cookie");
     assert!(
         sc.starts_with("rh_session=") && sc.contains("HttpOnly") && sc.contains("SameSite=Lax")
     );
@@ -381,11 +381,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
         "no flake.nix so the button shows"
     );
     assert!(
-        page.headers
-            .get("content-security-policy")
-            .unwrap()
-            .to_str()
-            .unwrap()
+        page.header("content-security-policy")
             .contains("script-src 'self'")
     );
 
@@ -505,18 +501,8 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     // Raw: HTML served as text with a sandbox CSP, never as HTML.
     let raw = ann.get("/p/r/raw/main/page.html").await;
     assert_eq!(raw.status, StatusCode::OK);
-    assert!(
-        raw.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    assert!(
-        raw.headers["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("sandbox")
-    );
+    assert!(raw.header("content-type").starts_with("text/plain"));
+    assert!(raw.header("content-security-policy").contains("sandbox"));
     assert_eq!(raw.headers["x-content-type-options"], "nosniff");
     let rawbin = ann.get("/p/r/raw/main/bin.dat").await;
     assert_eq!(rawbin.headers["content-type"], "application/octet-stream");
@@ -613,12 +599,7 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
     );
     let log = ann.get(&format!("/p/-/jobs/{failed}/log?follow=1")).await;
     assert_eq!(log.status, StatusCode::OK);
-    assert!(
-        log.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(log.header("content-type").starts_with("text/plain"));
     assert!(log.body.contains("published generation"));
     // A job of another repository is not shown through this project.
     assert_eq!(

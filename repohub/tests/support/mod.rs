@@ -78,6 +78,14 @@ pub(crate) struct Resp {
 }
 
 impl Resp {
+    /// The header `name` as text; panics when it is missing or not text.
+    pub(crate) fn header(&self, name: &str) -> &str {
+        let v = self.headers.get(name);
+        v.unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+    }
+
     /// Panics, showing the body, unless it contains every one of `needles`.
     pub(crate) fn assert_contains(&self, needles: &[&str]) {
         for n in needles {
