@@ -40,6 +40,20 @@ fn load_repo(
     Ok((ctx, dir))
 }
 
+/// `load_repo` for a form post: the repository, then
+/// [`ProjectCtx::check_post`] (role first, then the CSRF token).
+fn load_repo_for_post(
+    st: &AppState,
+    v: &Viewer,
+    (project, repo): (&str, &str),
+    may: May,
+    csrf: &str,
+) -> Result<(ProjectCtx, PathBuf), WebError> {
+    let (ctx, dir) = load_repo(st, v, project, repo)?;
+    ctx.check_post(v, may, csrf)?;
+    Ok((ctx, dir))
+}
+
 pub(super) async fn create(
     Path(project): Path<String>,
     Post { st, v, form: f }: Post<NameForm>,
@@ -165,8 +179,7 @@ pub(super) async fn delete(
     Path((project, repo)): Path<(String, String)>,
     Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
-    let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    ctx.check_post(&v, May::Owner, &f.csrf)?;
+    let (ctx, dir) = load_repo_for_post(&st, &v, (&project, &repo), May::Owner, &f.csrf)?;
     if f.confirm != repo {
         let page = confirm_page(
             &v,
@@ -428,8 +441,7 @@ pub(super) async fn autonix(
     Path((project, repo)): Path<(String, String)>,
     Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
-    let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    ctx.check_post(&v, May::Member, &f.csrf)?;
+    let (ctx, dir) = load_repo_for_post(&st, &v, (&project, &repo), May::Member, &f.csrf)?;
     let tmp = tempfile::tempdir().map_err(|e| WebError::Internal(e.to_string()))?;
     // Named after the repository: autonix uses the directory name in the flake.
     let dest = tmp.path().join(&repo);
