@@ -9,17 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use commands::types::VmSpec;
 
-#[derive(Debug, Parser)]
-#[command(name = "pcr-test", about = "Manual Master RPC (testing and debugging)")]
-struct Args {
-    #[command(flatten)]
-    master: cli::master::MasterArgs,
-    #[command(subcommand)]
-    command: Cmd,
-}
+/// The tool's command line: the shared control-plane options and `Cmd`.
+type Args = cli::master::Cli<Cmd>;
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
@@ -255,7 +249,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_as("pcr-test", "Manual Master RPC (testing and debugging)");
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(()) => ExitCode::SUCCESS,
         // One line with the whole cause chain ("cannot connect to X:
