@@ -200,12 +200,18 @@ impl Session<'_> {
     }
 
     pub(crate) async fn text(&self, css: &str) -> String {
-        let e = self.find(css, 10).await;
-        self.cmd("GET", &format!("/element/{e}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        loop {
+            let e = self.find(css, 10).await;
+            let p = format!("/session/{}/element/{e}/text", self.id);
+            match self.d.call("GET", &p, None).await {
+                Ok(v) => return v["value"].as_str().unwrap_or_default().to_owned(),
+                // A click that navigates can replace the page between finding
+                // the element and reading it; the new page's element is the
+                // one wanted, so find it again.
+                Err(e) if e.contains("stale element reference") => continue,
+                Err(e) => panic!("webdriver: {e}"),
+            }
+        }
     }
 
     /// Waits until the text of `css` contains `needle`.
