@@ -27,6 +27,29 @@ pub struct MasterArgs {
     pub json: bool,
 }
 
+// The command line of a control-plane tool: the global options and its
+// subcommands `C`. (A plain comment, not a doc comment: clap would take a
+// doc comment as every tool's help text; each tool gives its own through
+// `parse_as`.)
+#[derive(Debug, clap::Parser)]
+pub struct Cli<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub master: MasterArgs,
+    #[command(subcommand)]
+    pub command: C,
+}
+
+impl<C: clap::Subcommand> Cli<C> {
+    /// Parses the process's arguments as the tool `name`, described in its
+    /// help by `about`; exits with clap's message on bad arguments.
+    pub fn parse_as(name: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Self::command().name(name).about(about);
+        let matches = cmd.get_matches_mut();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit())
+    }
+}
+
 /// Why a tool could not reach or log in to the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -91,6 +91,24 @@ pub fn key_values<K: AsRef<str>, V: Display>(pairs: &[(K, V)]) -> String {
     out
 }
 
+/// `value` as JSON when `json` is set, else as `text` prints it: the two
+/// output modes of every command.
+pub fn print_as<T: Serialize + ?Sized>(json: bool, value: &T, text: impl FnOnce(&T)) {
+    if json {
+        print_json(value);
+    } else {
+        text(value);
+    }
+}
+
+/// A list as JSON when `json` is set, else one `line` per item.
+pub fn print_lines<T: Serialize>(json: bool, items: &[T], line: impl Fn(&T) -> String) {
+    print_as(json, items, |items| {
+        let text: String = items.iter().map(|i| line(i) + "\n").collect();
+        print_str(&text);
+    });
+}
+
 /// Pretty JSON of `value` on stdout (what `--json` prints).
 pub fn print_json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
@@ -129,21 +147,9 @@ pub fn one_line(s: &str) -> String {
 /// paths read `output::error_chain` beside the other output helpers.
 pub use commands::report::error_chain;
 
-/// 1536 → "1.5 KiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+/// 1536 → "1.5 KiB": the workspace's one byte formatter, shared with
+/// repohub's pages.
+pub use commands::model::human_bytes as bytes;
 
 /// 93_000 ms → "1m33s"; under a second → "250ms".
 pub fn duration_ms(ms: u64) -> String {

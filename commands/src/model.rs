@@ -156,3 +156,21 @@ pub struct Registration {
     pub capacity: Resources,
     pub labels: Labels,
 }
+
+/// A byte count as people read it, in binary units: 1536 → "1.5 KiB". One
+/// formatter for every place that shows the sizes these views carry (`pcr`
+/// tables, repohub pages), so they agree.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

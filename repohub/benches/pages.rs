@@ -7,6 +7,9 @@
 //! in process (router + oneshot: routing, SQLite, git2, templates), without
 //! the TCP hop.
 
+// The figures printed on stdout are what this benchmark is for.
+#![allow(clippy::print_stdout)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -116,18 +119,13 @@ async fn time_page(router: &axum::Router, path: &str) -> (f64, f64, f64, usize) 
 
 fn git(dir: &Path, args: &[&str]) -> Duration {
     let t = Instant::now();
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    testkit::process::output_ok(
+        Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0"),
     );
     t.elapsed()
 }

@@ -82,7 +82,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX push_events_due ON push_events (delivered_at_ms, next_attempt_ms);",
 ];
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
 }
@@ -148,6 +148,19 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every row of `sql` with `params`, each turned into a `T` by `row`.
+    fn query_all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbError> {
+        let c = self.lock();
+        let mut st = c.prepare(sql)?;
+        let rows = st.query_map(params, row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn schema_version(&self) -> Result<i64, DbError> {
         Ok(self
             .lock()
@@ -197,12 +210,7 @@ impl Db {
             .query_row(
                 "SELECT id, name FROM users WHERE name = ?1",
                 params![name],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                user_row,
             )
             .optional()?)
     }
@@ -233,12 +241,7 @@ impl Db {
                 "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
                 params![token_hash, now_ms() as i64],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                user_row,
             )
             .optional()?)
     }
@@ -263,19 +266,18 @@ impl Db {
     }
 
     pub fn list_tokens(&self, user_id: i64) -> Result<Vec<TokenInfo>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT id, name, created_at_ms, last_used_ms FROM access_tokens WHERE user_id = ?1 ORDER BY id",
-        )?;
-        let rows = st.query_map(params![user_id], |r| {
-            Ok(TokenInfo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                created_at_ms: r.get(2)?,
-                last_used_ms: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![user_id],
+            |r| {
+                Ok(TokenInfo {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at_ms: r.get(2)?,
+                    last_used_ms: r.get(3)?,
+                })
+            },
+        )
     }
 
     pub fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, DbError> {
@@ -291,7 +293,7 @@ impl Db {
             .query_row(
                 "SELECT u.id, u.name FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
                 params![token_hash],
-                |r| Ok(User { id: r.get(0)?, name: r.get(1)? }),
+                user_row,
             )
             .optional()?;
         if u.is_some() {
@@ -346,15 +348,14 @@ impl Db {
 
     /// Projects the viewer may see: public ones and those they belong to.
     pub fn visible_projects(&self, user_id: Option<i64>) -> Result<Vec<Project>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT p.id, p.name, p.description, p.public, u.name FROM projects p
              JOIN users u ON u.id = p.owner_id
              WHERE p.public = 1 OR EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id AND m.user_id = ?1)
              ORDER BY p.name",
-        )?;
-        let rows = st.query_map(params![user_id.unwrap_or(-1)], project_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![user_id.unwrap_or(-1)],
+            project_row,
+        )
     }
 
     pub fn role(&self, project_id: i64, user_id: i64) -> Result<Option<String>, DbError> {
@@ -369,13 +370,12 @@ impl Db {
     }
 
     pub fn members(&self, project_id: i64) -> Result<Vec<(String, String)>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT u.name, m.role FROM members m JOIN users u ON u.id = m.user_id
              WHERE m.project_id = ?1 ORDER BY u.name",
-        )?;
-        let rows = st.query_map(params![project_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![project_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     pub fn add_member(&self, project_id: i64, user_id: i64) -> Result<(), DbError> {
@@ -405,16 +405,11 @@ impl Db {
     }
 
     pub fn repos(&self, project_id: i64) -> Result<Vec<Repo>, DbError> {
-        let c = self.lock();
-        let mut st =
-            c.prepare("SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name")?;
-        let rows = st.query_map(params![project_id], |r| {
-            Ok(Repo {
-                id: r.get(0)?,
-                name: r.get(1)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.query_all(
+            "SELECT id, name FROM repositories WHERE project_id = ?1 ORDER BY name",
+            params![project_id],
+            repo_row,
+        )
     }
 
     pub fn repo(&self, project_id: i64, name: &str) -> Result<Option<Repo>, DbError> {
@@ -423,12 +418,7 @@ impl Db {
             .query_row(
                 "SELECT id, name FROM repositories WHERE project_id = ?1 AND name = ?2",
                 params![project_id, name],
-                |r| {
-                    Ok(Repo {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                    })
-                },
+                repo_row,
             )
             .optional()?)
     }
@@ -459,24 +449,23 @@ impl Db {
     }
 
     pub fn due_pushes(&self, limit: i64) -> Result<Vec<QueuedPush>, DbError> {
-        let c = self.lock();
-        let mut st = c.prepare(
+        self.query_all(
             "SELECT id, repo_path, ref_name, old, new, attempts FROM push_events
              WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![now_ms() as i64, limit], |r| {
-            Ok(QueuedPush {
-                id: r.get(0)?,
-                event: commands::ci_api::PushEvent {
-                    repo: r.get(1)?,
-                    git_ref: r.get(2)?,
-                    old: r.get(3)?,
-                    new: r.get(4)?,
-                },
-                attempts: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![now_ms() as i64, limit],
+            |r| {
+                Ok(QueuedPush {
+                    id: r.get(0)?,
+                    event: commands::ci_api::PushEvent {
+                        repo: r.get(1)?,
+                        git_ref: r.get(2)?,
+                        old: r.get(3)?,
+                        new: r.get(4)?,
+                    },
+                    attempts: r.get(5)?,
+                })
+            },
+        )
     }
 
     pub fn push_delivered(&self, id: i64, job_id: Option<i64>) -> Result<(), DbError> {
@@ -505,6 +494,22 @@ impl Db {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?)
     }
+}
+
+/// `id, name` columns as a user.
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+    })
+}
+
+/// `id, name` columns as a repository.
+fn repo_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Repo> {
+    Ok(Repo {
+        id: r.get(0)?,
+        name: r.get(1)?,
+    })
 }
 
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
@@ -541,10 +546,16 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn migrations_apply_once_and_reopen() {
+    /// A database path in a fresh directory (kept alive by the guard).
+    fn temp_path() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sqlite");
+        (dir, path)
+    }
+
+    #[test]
+    fn migrations_apply_once_and_reopen() {
+        let (_dir, path) = temp_path();
         let db = Db::open(&path).unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let u = db.create_user("ann", "h").unwrap();
@@ -555,8 +566,7 @@ mod tests {
 
     #[test]
     fn newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.sqlite");
+        let (_dir, path) = temp_path();
         let c = Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
@@ -568,8 +578,8 @@ mod tests {
 
     #[test]
     fn sql_metacharacters_are_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("r.sqlite")).unwrap();
+        let (_dir, path) = temp_path();
+        let db = Db::open(&path).unwrap();
         let evil = "x'); DROP TABLE users; --";
         db.create_user(evil, "h").unwrap();
         assert_eq!(db.user_by_name(evil).unwrap().unwrap().name, evil);

@@ -191,6 +191,7 @@ pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
 pub const MAX_CURSOR: usize = 32;
 
 /// One page of history.
+#[derive(Debug)]
 pub struct LogPage {
     pub commits: Vec<CommitInfo>,
     /// Where the next page starts (the walk's frontier), when there is one

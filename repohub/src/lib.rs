@@ -87,6 +87,19 @@ pub struct AppState {
     pub secure_cookies: bool,
 }
 
+/// By hand: the state holds the control-plane token and the CI client (with
+/// its secret), so only the paths and switches are shown.
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("repos_root", &self.repos_root)
+            .field("spool", &self.spool)
+            .field("control_plane", &self.control_plane)
+            .field("secure_cookies", &self.secure_cookies)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AppState {
     pub fn new(config: &Config) -> Result<Self, RunError> {
         let mk =

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::webdriver::Driver;
-use support::{CI_SECRET, FakeCi, FakeMaster, git_async, work_repo};
+use support::{CI_SECRET, FakeCi, FakeMaster, auth_url, push_main, work_repo};
 use testkit::fs::free_port;
 use testkit::{Log, Proc};
 
@@ -116,12 +116,11 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         ],
         "Initial infra <commit>",
     );
-    let push_url = format!(
-        "http://ann:{token}@{}/shop/infra.git",
-        hub.base.trim_start_matches("http://")
-    );
-    let (ok, out) = git_async(&work, &["push", &push_url, "main"]).await;
-    assert!(ok, "git push over HTTP: {out}");
+    push_main(
+        &work,
+        &auth_url(&hub.base, "ann", &token, "/shop/infra.git"),
+    )
+    .await;
 
     // The commit in the log, the README and the files.
     b.goto(&url("/shop/infra/log/main")).await;
@@ -132,15 +131,27 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         .await;
     b.wait_text("#changed", "flake.nix", 10).await;
     b.screenshot("06b-commit").await;
-    b.goto(&url("/shop/infra")).await;
-    b.wait_text("#readme", "Deployed by Procurator.", 10).await;
-    b.screenshot("07-repo").await;
-    b.goto(&url("/shop/infra/tree/main/src")).await;
-    b.wait_text("#tree", "app.py", 10).await;
-    b.screenshot("08-tree").await;
-    b.goto(&url("/shop/infra/tree/main/src/app.py")).await;
-    b.wait_text("#blob", "print('hello')", 10).await;
-    b.screenshot("08b-file").await;
+    // The repository, a directory and a file: each page, what it must show
+    // and its screenshot.
+    for (path, css, text, shot) in [
+        (
+            "/shop/infra",
+            "#readme",
+            "Deployed by Procurator.",
+            "07-repo",
+        ),
+        ("/shop/infra/tree/main/src", "#tree", "app.py", "08-tree"),
+        (
+            "/shop/infra/tree/main/src/app.py",
+            "#blob",
+            "print('hello')",
+            "08b-file",
+        ),
+    ] {
+        b.goto(&url(path)).await;
+        b.wait_text(css, text, 10).await;
+        b.screenshot(shot).await;
+    }
 
     // The project page: the flake, the CI job the push created (the panel
     // refreshes itself), the VM specs and the cluster from the control plane.
@@ -189,12 +200,7 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
         ],
         "api service",
     );
-    let api_url = format!(
-        "http://ann:{token}@{}/shop/api.git",
-        hub.base.trim_start_matches("http://")
-    );
-    let (ok, out) = git_async(&api, &["push", &api_url, "main"]).await;
-    assert!(ok, "{out}");
+    push_main(&api, &auth_url(&hub.base, "ann", &token, "/shop/api.git")).await;
     b.goto(&url("/shop/api")).await;
     b.click("#generate-flake").await;
     b.wait_text("#generated-flake", "buildRustPackage", 30)

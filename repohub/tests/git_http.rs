@@ -8,29 +8,39 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{CI_SECRET, FakeCi, Server, TestApp, config, eventually, git_async, work_repo};
+use support::{
+    Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async, push_main,
+    work_repo,
+};
 
 const PW: &str = "correct horse battery";
 
-/// A server plus an in-process client on the same data directory (the
-/// client's router shares the SQLite file, as two processes would).
-async fn setup(edit: impl Fn(&mut repohub::Config)) -> (TestApp, Server) {
-    let app = TestApp::new(&edit);
-    let mut c = config(app.dir.path());
-    edit(&mut c);
-    let server = Server::start(c).await;
-    (app, server)
+/// `ann` with a public project `p` holding repository `r`, and her push
+/// token.
+async fn ann_with_p_r(app: &TestApp) -> (Client, String) {
+    let mut ann = app.client();
+    ann.signup("ann", PW).await;
+    ann.create_project("p", true).await;
+    ann.create_repo("p", "r").await;
+    let token = ann.token().await;
+    (ann, token)
+}
+
+/// `git clone -q url dest` from the test's directory; (success, output).
+async fn clone(app: &TestApp, url: &str, dest: &std::path::Path) -> (bool, String) {
+    let dest = dest.to_str().unwrap();
+    git_async(app.dir.path(), &["clone", "-q", url, dest]).await
+}
+
+/// Where `p/r` lives on disk: the repository path ci_service is told about.
+fn p_r_path(app: &TestApp) -> String {
+    app.state.repo_dir("p", "r").to_string_lossy().into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
     let ci = FakeCi::start().await;
-    let url = ci.url();
-    let (app, srv) = setup(|c| {
-        c.ci_url = Some(url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-    })
-    .await;
+    let (app, srv) = app_and_server(ci.configure()).await;
     let mut ann = app.client();
     ann.signup("ann", PW).await;
     ann.create_project("p", true).await;
@@ -84,12 +94,7 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 
     // A member with a token pushes; the hook is fast and the push succeeds.
     let t0 = Instant::now();
-    let (ok, out) = git_async(
-        &work,
-        &["push", &srv.auth_url("ann", &ann_token, "/p/r.git"), "main"],
-    )
-    .await;
-    assert!(ok, "member push: {out}");
+    push_main(&work, &srv.auth_url("ann", &ann_token, "/p/r.git")).await;
     assert!(t0.elapsed() < Duration::from_secs(10));
 
     // The commit shows in the log.
@@ -115,78 +120,29 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 
     // Anonymous clone of the public repository works.
     let dest = app.dir.path().join("anon-clone");
-    let (ok, out) = git_async(
-        app.dir.path(),
-        &["clone", "-q", &srv.url("/p/r.git"), dest.to_str().unwrap()],
-    )
-    .await;
+    let (ok, out) = clone(&app, &srv.url("/p/r.git"), &dest).await;
     assert!(ok, "anonymous clone: {out}");
     assert!(dest.join("README.md").exists());
 
     // Private project: anonymous and non-member clones fail; the member's works.
     let work2 = work_repo(app.dir.path(), &[("a.txt", b"secret")], "secret");
-    let (ok, out) = git_async(
-        &work2,
-        &[
-            "push",
-            &srv.auth_url("ann", &ann_token, "/s/hidden.git"),
-            "main",
-        ],
-    )
-    .await;
-    assert!(ok, "{out}");
+    push_main(&work2, &srv.auth_url("ann", &ann_token, "/s/hidden.git")).await;
     let d2 = app.dir.path().join("c2");
-    let (ok, _) = git_async(
-        app.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &srv.url("/s/hidden.git"),
-            d2.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ok, _) = clone(&app, &srv.url("/s/hidden.git"), &d2).await;
     assert!(!ok, "anonymous clone of a private repo must fail");
-    let (ok, out) = git_async(
-        app.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &srv.auth_url("bob", &bob_token, "/s/hidden.git"),
-            d2.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ok, out) = clone(&app, &srv.auth_url("bob", &bob_token, "/s/hidden.git"), &d2).await;
     assert!(
         !ok && (out.contains("404") || out.contains("not found")),
         "{out}"
     );
-    let (ok, out) = git_async(
-        app.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &srv.auth_url("ann", &ann_token, "/s/hidden.git"),
-            d2.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ok, out) = clone(&app, &srv.auth_url("ann", &ann_token, "/s/hidden.git"), &d2).await;
     assert!(ok, "{out}");
     assert_eq!(std::fs::read_to_string(d2.join("a.txt")).unwrap(), "secret");
 
     // Unknown repositories and hostile names.
     let d3 = app.dir.path().join("c3");
     for path in ["/p/nope.git", "/p/..%2F..%2Fs%2Fhidden.git", "/nope/r.git"] {
-        let (ok, _) = git_async(
-            app.dir.path(),
-            &[
-                "clone",
-                "-q",
-                &srv.auth_url("ann", &ann_token, path),
-                d3.to_str().unwrap(),
-            ],
-        )
-        .await;
+        let (ok, _) = clone(&app, &srv.auth_url("ann", &ann_token, path), &d3).await;
         assert!(!ok, "{path}");
     }
     assert_eq!(
@@ -200,30 +156,15 @@ async fn clone_and_push_need_the_right_credentials_and_notify_ci() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     let ci = FakeCi::start().await;
-    ci.state
-        .up
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let url = ci.url();
-    let (app, srv) = setup(|c| {
-        c.ci_url = Some(url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-    })
-    .await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    ci.set_up(false);
+    let (app, srv) = app_and_server(ci.configure()).await;
+    let (mut ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
     let t0 = Instant::now();
-    let (ok, out) = git_async(
-        &work,
-        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
-    )
-    .await;
-    assert!(ok, "push must not fail while ci_service is down: {out}");
+    // The push must not fail while ci_service is down.
+    push_main(&work, &srv.auth_url("ann", &token, "/p/r.git")).await;
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    let path = p_r_path(&app);
     // Queued, retried, not lost.
     assert!(
         eventually(10, || app.state.db.due_pushes(10).map(|_| ()).is_ok()
@@ -233,7 +174,7 @@ async fn push_succeeds_while_ci_is_down_and_is_delivered_when_it_returns() {
     );
     let page = ann.get("/p").await;
     assert!(page.body.contains("waiting for CI"));
-    ci.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    ci.set_up(true);
     assert!(
         eventually(10, || ci.pushes().len() == 1).await,
         "delivered after ci_service came back"
@@ -254,20 +195,11 @@ fn pending_attempts(app: &TestApp, path: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_succeeds_when_ci_refuses_connections() {
     let dead = testkit::fs::free_port();
-    let (app, srv) = setup(|c| c.ci_url = Some(format!("http://{dead}"))).await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    let (app, srv) = app_and_server(|c| c.ci_url = Some(format!("http://{dead}"))).await;
+    let (_ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
-    let (ok, out) = git_async(
-        &work,
-        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
-    )
-    .await;
-    assert!(ok, "{out}");
-    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    push_main(&work, &srv.auth_url("ann", &token, "/p/r.git")).await;
+    let path = p_r_path(&app);
     assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);
     assert_eq!(app.state.db.push_counts(&path).unwrap().0, 1);
 }
@@ -275,34 +207,19 @@ async fn push_succeeds_when_ci_refuses_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_events_survive_a_restart_and_a_broken_spool_never_fails_a_push() {
     let ci = FakeCi::start().await;
-    ci.state
-        .up
-        .store(false, std::sync::atomic::Ordering::SeqCst);
-    let url = ci.url();
-    let edit = |c: &mut repohub::Config| {
-        c.ci_url = Some(url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-    };
-    let (app, srv) = setup(edit).await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    ci.set_up(false);
+    let edit = ci.configure();
+    let (app, srv) = app_and_server(&edit).await;
+    let (_ann, token) = ann_with_p_r(&app).await;
     let work = work_repo(app.dir.path(), &[("x", b"1")], "one");
-    let (ok, out) = git_async(
-        &work,
-        &["push", &srv.auth_url("ann", &token, "/p/r.git"), "main"],
-    )
-    .await;
-    assert!(ok, "{out}");
-    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    push_main(&work, &srv.auth_url("ann", &token, "/p/r.git")).await;
+    let path = p_r_path(&app);
     assert!(eventually(10, || pending_attempts(&app, &path) >= 1).await);
 
     // repohub stops with the event undelivered; a new instance on the same
     // data directory delivers it once ci_service is back.
     srv.stop().await;
-    ci.state.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    ci.set_up(true);
     let mut c2 = config(app.dir.path());
     edit(&mut c2);
     let srv2 = Server::start(c2).await;

@@ -18,6 +18,14 @@ async fn signed_up(app: &TestApp, name: &str) -> Client {
     c
 }
 
+/// `ann`, owner of the public project `p` holding the empty repository `repo`.
+async fn ann_with_repo(app: &TestApp, repo: &str) -> Client {
+    let mut ann = signed_up(app, "ann").await;
+    ann.create_project("p", true).await;
+    ann.create_repo("p", repo).await;
+    ann
+}
+
 #[tokio::test]
 async fn signup_login_logout_and_session_cookie_flags() {
     let app = TestApp::new(|_| {});
@@ -39,12 +47,12 @@ async fn signup_login_logout_and_session_cookie_flags() {
         .post("/signup", &[("username", "ann"), ("password", PW)])
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    let sc = r.headers.get("set-cookie").unwrap().to_str().unwrap();
+    let sc = r.header("set-cookie");
     assert!(
         sc.starts_with("rh_session=") && sc.contains("HttpOnly") && sc.contains("SameSite=Lax")
     );
     let home = c.get("/").await;
-    assert!(home.body.contains("ann") && home.body.contains("Log out"));
+    home.assert_contains(&["ann", "Log out"]);
 
     // Password stored as argon2id, never in clear.
     let (_, hash) = app.state.db.user_password("ann").unwrap().unwrap();
@@ -171,7 +179,7 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
     );
 
     let list = ann.get("/").await;
-    assert!(list.body.contains("/web") && list.body.contains("/secret"));
+    list.assert_contains(&["/web", "/secret"]);
     let page = ann.get("/web").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("Create repository"));
@@ -280,6 +288,12 @@ async fn repositories_create_view_delete_and_bad_names() {
     assert_eq!(ann.get("/p/app").await.status, StatusCode::NOT_FOUND);
 }
 
+/// Whether the database still accepts the API token `t`.
+fn token_known(app: &TestApp, t: &str) -> bool {
+    let hash = repohub::auth::sha256_hex(t);
+    app.state.db.token_user(&hash).unwrap().is_some()
+}
+
 #[tokio::test]
 async fn tokens_create_list_revoke() {
     let app = TestApp::new(|_| {});
@@ -289,13 +303,7 @@ async fn tokens_create_list_revoke() {
     let mut ann = signed_up(&app, "ann").await;
     let t = ann.token().await;
     assert_eq!(t.len(), 43);
-    assert!(
-        app.state
-            .db
-            .token_user(&repohub::auth::sha256_hex(&t))
-            .unwrap()
-            .is_some()
-    );
+    assert!(token_known(&app, &t));
     let page = ann.get("/settings/tokens").await;
     assert!(
         page.body.contains("git") && !page.body.contains(&t),
@@ -324,13 +332,7 @@ async fn tokens_create_list_revoke() {
         ann.post("/settings/tokens/1/delete", &[]).await.status,
         StatusCode::SEE_OTHER
     );
-    assert!(
-        app.state
-            .db
-            .token_user(&repohub::auth::sha256_hex(&t))
-            .unwrap()
-            .is_none()
-    );
+    assert!(!token_known(&app, &t));
 }
 
 /// Pushes a hostile history straight into the bare repository (file
@@ -338,9 +340,7 @@ async fn tokens_create_list_revoke() {
 #[tokio::test]
 async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     let app = TestApp::new(|_| {});
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
+    let mut ann = ann_with_repo(&app, "r").await;
     let bare = app.state.repo_dir("p", "r");
 
     let big = vec![b'a'; 50 * 1024 * 1024];
@@ -373,7 +373,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     // Repo page: README rendered from Markdown and sanitised.
     let page = ann.get("/p/r").await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("<h1>Hello</h1>") && page.body.contains("<strong>bold</strong>"));
+    page.assert_contains(&["<h1>Hello</h1>", "<strong>bold</strong>"]);
     assert!(!page.body.contains("<script>alert"));
     assert!(!page.body.contains("javascript:") && !page.body.contains("onerror"));
     assert!(
@@ -381,11 +381,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
         "no flake.nix so the button shows"
     );
     assert!(
-        page.headers
-            .get("content-security-policy")
-            .unwrap()
-            .to_str()
-            .unwrap()
+        page.header("content-security-policy")
             .contains("script-src 'self'")
     );
 
@@ -434,15 +430,13 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     assert!(page2.body.contains("first &#60;script&#62;alert("));
     assert!(!page2.body.contains("<script>alert"));
     assert!(!page2.body.contains("id=\"older\"") && page2.body.contains("id=\"newer\""));
-    assert_eq!(ann.get("/p/r/log/nope").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        ann.get("/p/r/log/main~1").await.status,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        ann.get("/p/r/log/main?page=abc").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    for (path, want) in [
+        ("/p/r/log/nope", StatusCode::NOT_FOUND),
+        ("/p/r/log/main~1", StatusCode::BAD_REQUEST),
+        ("/p/r/log/main?page=abc", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(ann.get(path).await.status, want, "{path}");
+    }
 
     // Tree: hostile file name escaped, link percent-encoded.
     let tree = ann.get("/p/r/tree/main").await;
@@ -507,18 +501,8 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     // Raw: HTML served as text with a sandbox CSP, never as HTML.
     let raw = ann.get("/p/r/raw/main/page.html").await;
     assert_eq!(raw.status, StatusCode::OK);
-    assert!(
-        raw.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    assert!(
-        raw.headers["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("sandbox")
-    );
+    assert!(raw.header("content-type").starts_with("text/plain"));
+    assert!(raw.header("content-security-policy").contains("sandbox"));
     assert_eq!(raw.headers["x-content-type-options"], "nosniff");
     let rawbin = ann.get("/p/r/raw/main/bin.dat").await;
     assert_eq!(rawbin.headers["content-type"], "application/octet-stream");
@@ -527,7 +511,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     let head = git(&work, &["rev-parse", "HEAD~55"]).trim().to_owned();
     let c = ann.get(&format!("/p/r/commit/{head}")).await;
     assert_eq!(c.status, StatusCode::OK);
-    assert!(c.body.contains("first &#60;script&#62;") && c.body.contains("README.md"));
+    c.assert_contains(&["first &#60;script&#62;", "README.md"]);
     assert!(!c.body.contains("<b>Author"));
     assert_eq!(
         ann.get("/p/r/commit/zzzz").await.status,
@@ -543,7 +527,7 @@ async fn browsing_renders_hostile_content_inert_and_refuses_traversal() {
     assert_eq!(at.status, StatusCode::OK);
 
     // Branch list on the repo page.
-    assert!(page.body.contains("id=\"branches\"") && page.body.contains(">main</a>"));
+    page.assert_contains(&["id=\"branches\"", ">main</a>"]);
 }
 
 #[tokio::test]
@@ -554,9 +538,7 @@ async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
         c.ci_url = Some(format!("http://{dead_ci}"));
         c.control_plane = Some(dead_cp.to_string());
     });
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
+    let mut ann = ann_with_repo(&app, "r").await;
     let page = ann.get("/p").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(
@@ -587,9 +569,7 @@ async fn panels_say_unavailable_when_services_are_down_and_the_rest_works() {
 async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
     let ci = FakeCi::start().await;
     let app = TestApp::new(|c| c.ci_url = Some(ci.url()));
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
+    let mut ann = ann_with_repo(&app, "r").await;
     let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
     let ok = ci.add_job(&path, "succeeded");
     let failed = ci.add_job(&path, "failed");
@@ -601,12 +581,8 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
             && page.body.contains(&format!("/p/-/jobs/{failed}"))
     );
     assert!(!page.body.contains(&format!("/p/-/jobs/{foreign}\"")));
-    assert!(page.body.contains("state-succeeded") && page.body.contains("1.5 s"));
-    assert!(
-        page.body.contains("id=\"vm-specs\"")
-            && page.body.contains("web-1")
-            && page.body.contains("512 MiB")
-    );
+    page.assert_contains(&["state-succeeded", "1.5 s"]);
+    page.assert_contains(&["id=\"vm-specs\"", "web-1", "512 MiB"]);
     let panel = ann.get("/p/-/panel/ci").await;
     assert!(panel.body.contains("id=\"ci-jobs\"") && !panel.body.contains("<html"));
 
@@ -616,19 +592,14 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
         job.body
             .contains("nix build failed: &#60;b&#62;boom&#60;/b&#62;")
     );
-    assert!(job.body.contains("evaluating flake") && job.body.contains("&#60;script&#62;alert(1)"));
+    job.assert_contains(&["evaluating flake", "&#60;script&#62;alert(1)"]);
     assert!(
         job.body
             .contains(&format!("data-follow=\"/p/-/jobs/{failed}/log?follow=1\""))
     );
     let log = ann.get(&format!("/p/-/jobs/{failed}/log?follow=1")).await;
     assert_eq!(log.status, StatusCode::OK);
-    assert!(
-        log.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(log.header("content-type").starts_with("text/plain"));
     assert!(log.body.contains("published generation"));
     // A job of another repository is not shown through this project.
     assert_eq!(
@@ -651,16 +622,10 @@ async fn cluster_panel_from_a_real_capnp_master() {
     ann.create_project("p", true).await;
     let page = anon.get("/p").await;
     assert!(page.body.contains("id=\"cluster-vms\""), "{}", page.body);
-    assert!(
-        page.body.contains("Generation <strong>7</strong>") && page.body.contains("converged 50%")
-    );
-    assert!(page.body.contains("web-1") && page.body.contains("db-&#60;1&#62;"));
-    assert!(page.body.contains("state-drifted") && page.body.contains("0123456789ab"));
-    assert!(
-        page.body.contains("worker-a")
-            && page.body.contains("unhealthy")
-            && page.body.contains("0/8")
-    );
+    page.assert_contains(&["Generation <strong>7</strong>", "converged 50%"]);
+    page.assert_contains(&["web-1", "db-&#60;1&#62;"]);
+    page.assert_contains(&["state-drifted", "0123456789ab"]);
+    page.assert_contains(&["worker-a", "unhealthy", "0/8"]);
     let frag = anon.get("/p/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }
@@ -668,9 +633,7 @@ async fn cluster_panel_from_a_real_capnp_master() {
 #[tokio::test]
 async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
     let app = TestApp::new(|_| {});
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "shop").await;
+    let mut ann = ann_with_repo(&app, "shop").await;
     let files: Vec<(&str, &[u8])> = vec![
         (
             "Cargo.toml",
@@ -683,21 +646,13 @@ async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
         ),
     ];
     let work = work_repo(app.dir.path(), &files, "init");
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            app.state.repo_dir("p", "shop").to_str().unwrap(),
-            "main",
-        ],
-    );
+    app.push_direct(&work, "p", "shop");
     let page = ann.get("/p/shop").await;
     assert!(page.body.contains("id=\"generate-flake\""));
     let r = ann.post("/p/shop/autonix", &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("id=\"generated-flake\""), "{}", r.body);
-    assert!(r.body.contains("buildRustPackage") && r.body.contains("shop (generated by autonix)"));
+    r.assert_contains(&["buildRustPackage", "shop (generated by autonix)"]);
     assert!(!r.body.contains("<script>alert") && !r.body.contains("\"script>\""));
     // Nothing was committed: the repository still has no flake.nix.
     let again = ann.get("/p/shop").await;
@@ -714,20 +669,10 @@ async fn generate_flake_runs_autonix_on_the_head_and_shows_it_escaped() {
 #[tokio::test]
 async fn flake_panel_shows_flake_nix_escaped() {
     let app = TestApp::new(|_| {});
-    let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "infra").await;
+    let mut ann = ann_with_repo(&app, "infra").await;
     let flake = b"{ outputs = { self }: { cluster = \"<script>alert(1)</script>\"; }; }\n";
     let work = work_repo(app.dir.path(), &[("flake.nix", flake)], "flake");
-    git(
-        &work,
-        &[
-            "push",
-            "-q",
-            app.state.repo_dir("p", "infra").to_str().unwrap(),
-            "main",
-        ],
-    );
+    app.push_direct(&work, "p", "infra");
     let page = ann.get("/p").await;
     assert!(page.body.contains("id=\"flake\""));
     assert!(

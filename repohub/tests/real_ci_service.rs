@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{CI_SECRET, Server, TestApp, config, git_async, work_repo};
+use support::{CI_SECRET, app_and_server, git_async, push_main, work_repo};
 use testkit::fs::{copy_tree, example_dir};
 
 const PW: &str = "correct horse battery";
@@ -29,10 +29,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
         c.ci_url = Some(ci_url.clone());
         c.ci_secret = Some(CI_SECRET.into());
     };
-    let app = TestApp::new(edit);
-    let mut rc = config(app.dir.path());
-    edit(&mut rc);
-    let srv = Server::start(rc).await;
+    let (app, srv) = app_and_server(edit).await;
 
     let mut ann = app.client();
     ann.signup("ann", PW).await;
@@ -45,16 +42,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     let (ok, out) = git_async(&work, &["add", "-A"]).await;
     assert!(ok, "{out}");
     support::commit_at(&work, "hermetic example", 1_600_000_100);
-    let (ok, out) = git_async(
-        &work,
-        &[
-            "push",
-            &srv.auth_url("ann", &token, "/demo/cluster.git"),
-            "main",
-        ],
-    )
-    .await;
-    assert!(ok, "{out}");
+    push_main(&work, &srv.auth_url("ann", &token, "/demo/cluster.git")).await;
 
     // Wait for the real job to finish, through repohub's own client.
     let repo_path = app

@@ -235,6 +235,19 @@ pub fn tail(p: &Path) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
+/// Runs `cmd` to completion and returns its output; panics with the
+/// command, its status and what it printed when it cannot start or fails, so
+/// a broken setup step names itself.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if !out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        panic!("{cmd:?} exited with {}: {stdout}{stderr}", out.status);
+    }
+    out
+}
+
 /// Whether `pid` is alive (exists and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {

@@ -3,20 +3,17 @@
 //! status, and call a worker through the control plane (`getWorker`).
 //! In production Git is the only write path; this tool bypasses it.
 
+// Printing the replies on stdout is this tool's whole output.
+#![allow(clippy::print_stdout)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use commands::types::VmSpec;
 
-#[derive(Debug, Parser)]
-#[command(name = "pcr-test", about = "Manual Master RPC (testing and debugging)")]
-struct Args {
-    #[command(flatten)]
-    master: cli::master::MasterArgs,
-    #[command(subcommand)]
-    command: Cmd,
-}
+/// The tool's command line: the shared control-plane options and `Cmd`.
+type Args = cli::master::Cli<Cmd>;
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
@@ -115,7 +112,7 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         .collect()
 }
 
-use cli::output::print_json;
+use cli::output::{print_as, print_lines};
 
 async fn real_main(args: Args) -> Result<(), CliError> {
     let master = args.master.connect().await?;
@@ -136,9 +133,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let intent =
                 intent.unwrap_or_else(|| commands::types::intent_hash(&list).hash.into_string());
             let o = master.publish(&commit, generation, &intent, &list).await?;
-            if args.master.json {
-                print_json(&o);
-            } else {
+            print_as(args.master.json, &o, |o| {
                 let what = if o.noop {
                     "unchanged (already active)"
                 } else {
@@ -153,7 +148,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 for u in &o.unplaced {
                     println!("unplaced {}: {}", u.name, u.reason);
                 }
-            }
+            });
         }
         Cmd::GetAssignment {
             worker,
@@ -163,9 +158,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let a = master
                 .get_assignment(&worker, last_generation, last_revision)
                 .await?;
-            if args.master.json {
-                print_json(&a);
-            } else {
+            print_as(args.master.json, &a, |a| {
                 println!(
                     "worker {} generation {} revision {} changed {} ({} VMs)",
                     a.worker_id,
@@ -183,13 +176,11 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                         s.memory_mb()
                     );
                 }
-            }
+            });
         }
         Cmd::ClusterStatus => {
             let s = master.status().await?;
-            if args.master.json {
-                print_json(&s);
-            } else {
+            print_as(args.master.json, &s, |s| {
                 match &s.active {
                     Some(g) => println!(
                         "generation {} commit {} converged {:.0}%",
@@ -212,29 +203,23 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 for u in &s.unplaced {
                     println!("unplaced {}: {}", u.name, u.reason);
                 }
-            }
+            });
         }
         Cmd::Generations => {
             let gens = master.generations().await?;
-            if args.master.json {
-                print_json(&gens);
-            } else {
-                for g in &gens {
-                    println!(
-                        "{} {} {} vms={}",
-                        g.number, g.commit, g.intent_hash, g.vm_count
-                    );
-                }
-            }
+            print_lines(args.master.json, &gens, |g| {
+                format!(
+                    "{} {} {} vms={}",
+                    g.number, g.commit, g.intent_hash, g.vm_count
+                )
+            });
         }
         Cmd::Worker { worker, call } => {
             let w = master.worker(&worker).await?;
             match call {
                 WorkerCall::Read => {
                     let st = w.read().await?;
-                    if args.master.json {
-                        print_json(&st);
-                    } else {
+                    print_as(args.master.json, &st, |st| {
                         println!(
                             "worker {} {} vms={} cpu={} memoryMb={} version={}",
                             st.worker_id,
@@ -244,24 +229,17 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                             st.capacity.memory_mb,
                             st.version
                         );
-                    }
+                    });
                 }
                 WorkerCall::ListVms => {
                     let vms = w.list_vms().await?;
-                    if args.master.json {
-                        print_json(&vms);
-                    } else {
-                        for v in &vms {
-                            println!(
-                                "{} {} {} {} pid={}",
-                                v.id,
-                                v.name,
-                                v.content_hash,
-                                v.state,
-                                v.pid.unwrap_or(0)
-                            );
-                        }
-                    }
+                    print_lines(args.master.json, &vms, |v| {
+                        let pid = v.pid.unwrap_or(0);
+                        format!(
+                            "{} {} {} {} pid={pid}",
+                            v.id, v.name, v.content_hash, v.state
+                        )
+                    });
                 }
             }
         }
@@ -271,7 +249,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_as("pcr-test", "Manual Master RPC (testing and debugging)");
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(()) => ExitCode::SUCCESS,
         // One line with the whole cause chain ("cannot connect to X:

@@ -5,17 +5,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use commands::model::{ClusterStatusView, Drift, GenerationView};
 
-#[derive(Debug, Parser)]
-#[command(name = "pcr", about = "Inspect a Procurator cluster (read-only)")]
-struct Args {
-    #[command(flatten)]
-    master: cli::master::MasterArgs,
-    #[command(subcommand)]
-    command: Cmd,
-}
+/// The tool's command line: the shared control-plane options and `Cmd`.
+type Args = cli::master::Cli<Cmd>;
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
@@ -347,7 +341,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_as("pcr", "Inspect a Procurator cluster (read-only)");
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(out) => {
             cli::output::print_str(&out);

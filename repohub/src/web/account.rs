@@ -1,6 +1,5 @@
 //! Sign up, log in, log out, and personal access tokens.
 
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
 use http::{HeaderValue, StatusCode, header};
@@ -8,7 +7,8 @@ use serde::Deserialize;
 
 use super::pages::{AccountPage, TokenRow, TokensPage};
 use super::{
-    SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, blocking, render, render_status,
+    CsrfForm, NameForm, Post, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult,
+    blocking, render, render_status,
 };
 use crate::AppState;
 use crate::auth;
@@ -19,13 +19,11 @@ use crate::names;
 const MIN_PASSWORD: usize = 8;
 const MAX_PASSWORD: usize = 1024;
 
-#[derive(Deserialize)]
-pub struct CredentialsForm {
-    #[serde(default)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct CredentialsForm {
     csrf: String,
-    #[serde(default)]
     username: String,
-    #[serde(default)]
     password: String,
 }
 
@@ -40,14 +38,14 @@ fn account_page(v: &Viewer, signup: bool, username: &str, error: Option<String>)
     }
 }
 
-pub async fn signup_form(v: Viewer) -> WebResult {
+pub(super) async fn signup_form(v: Viewer) -> WebResult {
     if v.user.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
     render(&account_page(&v, true, "", None))
 }
 
-pub async fn login_form(v: Viewer) -> WebResult {
+pub(super) async fn login_form(v: Viewer) -> WebResult {
     if v.user.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
@@ -68,11 +66,7 @@ fn logged_in(st: &AppState, user: &User) -> WebResult {
     Ok(resp)
 }
 
-pub async fn signup(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<CredentialsForm>,
-) -> WebResult {
+pub(super) async fn signup(Post { st, v, form: f }: Post<CredentialsForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
     let fail = |msg: String| {
         render_status(
@@ -100,11 +94,7 @@ pub async fn signup(
     logged_in(&st, &user)
 }
 
-pub async fn login(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<CredentialsForm>,
-) -> WebResult {
+pub(super) async fn login(Post { st, v, form: f }: Post<CredentialsForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
     let found = if names::validate_name(&f.username).is_ok() {
         st.db.user_password(&f.username)?
@@ -133,13 +123,7 @@ pub async fn login(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(State(st): State<AppState>, v: Viewer, Form(f): Form<CsrfOnly>) -> WebResult {
+pub(super) async fn logout(Post { st, v, form: f }: Post<CsrfForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
     if let Some(h) = &v.session_hash {
         st.db.delete_session(h)?;
@@ -185,23 +169,11 @@ fn tokens_page(
     })
 }
 
-pub async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
+pub(super) async fn tokens(State(st): State<AppState>, v: Viewer) -> WebResult {
     render(&tokens_page(&st, &v, None, None)?)
 }
 
-#[derive(Deserialize)]
-pub struct TokenForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    name: String,
-}
-
-pub async fn create_token(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<TokenForm>,
-) -> WebResult {
+pub(super) async fn create_token(Post { st, v, form: f }: Post<NameForm>) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
     let name = f.name.trim();
@@ -220,11 +192,9 @@ pub async fn create_token(
     render(&tokens_page(&st, &v, Some(token), None)?)
 }
 
-pub async fn delete_token(
-    State(st): State<AppState>,
-    v: Viewer,
+pub(super) async fn delete_token(
     Path(id): Path<i64>,
-    Form(f): Form<CsrfOnly>,
+    Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;

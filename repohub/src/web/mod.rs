@@ -10,14 +10,17 @@ mod repo;
 use std::convert::Infallible;
 
 use askama::Template;
+use axum::Form;
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::auth;
@@ -145,11 +148,73 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
     resp
 }
 
+/// What every form handler takes: the state, who is posting and the form.
+/// The handler checks the form's CSRF token itself, once it has checked who
+/// may post, so refusals keep their order (login, then access, then CSRF).
+pub(super) struct Post<T> {
+    pub(super) st: AppState,
+    pub(super) v: Viewer,
+    pub(super) form: T,
+}
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for Post<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let v = match Viewer::from_request_parts(&mut parts, st).await {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        let req = Request::from_parts(parts, body);
+        let Form(form) = Form::<T>::from_request(req, st)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Post {
+            st: st.clone(),
+            v,
+            form,
+        })
+    }
+}
+
+/// A form that carries only its CSRF token (log out, delete a token, run
+/// autonix).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct CsrfForm {
+    csrf: String,
+}
+
+/// A form with its CSRF token and one `name` (a new repository, a new
+/// token).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct NameForm {
+    csrf: String,
+    name: String,
+}
+
 /// Who is looking: the logged-in user (if any) and the CSRF token to embed.
 pub struct Viewer {
     pub user: Option<User>,
     pub csrf: String,
     session_hash: Option<String>,
+}
+
+/// By hand: the CSRF token and the session hash are credentials, so they are
+/// redacted (the session shows only whether there is one).
+impl std::fmt::Debug for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Viewer")
+            .field("user", &self.user)
+            .field("csrf", &"<redacted>")
+            .field(
+                "session_hash",
+                &self.session_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl FromRequestParts<AppState> for Viewer {
@@ -323,19 +388,9 @@ pub fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
+/// A blob or file size for the pages, with the same units as `pcr`.
 pub fn human_size(n: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    commands::model::human_bytes(n as u64)
 }
 
 pub fn session_cookie(token: &str, secure: bool) -> String {

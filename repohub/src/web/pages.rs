@@ -17,7 +17,7 @@ pub struct Nav {
 
 #[derive(Template)]
 #[template(path = "error.html")]
-pub struct ErrorPage {
+pub(super) struct ErrorPage {
     pub title: String,
     pub nav: Nav,
     pub status: u16,
@@ -26,7 +26,7 @@ pub struct ErrorPage {
 
 #[derive(Template)]
 #[template(path = "index.html")]
-pub struct IndexPage {
+pub(super) struct IndexPage {
     pub title: String,
     pub nav: Nav,
     pub projects: Vec<Project>,
@@ -34,7 +34,7 @@ pub struct IndexPage {
 
 #[derive(Template)]
 #[template(path = "account.html")]
-pub struct AccountPage {
+pub(super) struct AccountPage {
     pub title: String,
     pub nav: Nav,
     pub action: &'static str,
@@ -43,7 +43,7 @@ pub struct AccountPage {
     pub error: Option<String>,
 }
 
-pub struct TokenRow {
+pub(super) struct TokenRow {
     pub id: i64,
     pub name: String,
     pub created: String,
@@ -52,7 +52,7 @@ pub struct TokenRow {
 
 #[derive(Template)]
 #[template(path = "tokens.html")]
-pub struct TokensPage {
+pub(super) struct TokensPage {
     pub title: String,
     pub nav: Nav,
     pub tokens: Vec<TokenRow>,
@@ -62,7 +62,7 @@ pub struct TokensPage {
 
 #[derive(Template)]
 #[template(path = "new_project.html")]
-pub struct NewProjectPage {
+pub(super) struct NewProjectPage {
     pub title: String,
     pub nav: Nav,
     pub name: String,
@@ -72,7 +72,7 @@ pub struct NewProjectPage {
 
 #[derive(Template)]
 #[template(path = "confirm_delete.html")]
-pub struct ConfirmDeletePage {
+pub(super) struct ConfirmDeletePage {
     pub title: String,
     pub nav: Nav,
     pub what: &'static str,
@@ -81,7 +81,7 @@ pub struct ConfirmDeletePage {
     pub error: Option<String>,
 }
 
-pub struct JobRow {
+pub(super) struct JobRow {
     pub id: i64,
     pub repo: String,
     pub branch: String,
@@ -92,37 +92,37 @@ pub struct JobRow {
 }
 
 #[derive(Default)]
-pub struct CiPanelData {
+pub(super) struct CiPanelData {
     pub project: String,
     pub error: Option<String>,
     pub jobs: Vec<JobRow>,
 }
 
 #[derive(Default)]
-pub struct ClusterPanelData {
+pub(super) struct ClusterPanelData {
     pub error: Option<String>,
     pub view: ClusterView,
 }
 
 #[derive(Template)]
 #[template(path = "ci_panel.html")]
-pub struct CiPanel {
+pub(super) struct CiPanel {
     pub cip: CiPanelData,
 }
 
 #[derive(Template)]
 #[template(path = "cluster_panel.html")]
-pub struct ClusterPanel {
+pub(super) struct ClusterPanel {
     pub clp: ClusterPanelData,
 }
 
-pub struct RepoRow {
+pub(super) struct RepoRow {
     pub name: String,
     pub clone_url: String,
     pub pending: i64,
 }
 
-pub struct SpecRow {
+pub(super) struct SpecRow {
     pub name: String,
     pub cpu: String,
     pub memory: String,
@@ -132,7 +132,7 @@ pub struct SpecRow {
 
 #[derive(Template)]
 #[template(path = "project.html")]
-pub struct ProjectPage {
+pub(super) struct ProjectPage {
     pub title: String,
     pub nav: Nav,
     pub project: Project,
@@ -149,7 +149,7 @@ pub struct ProjectPage {
 
 #[derive(Template)]
 #[template(path = "repo.html")]
-pub struct RepoPage {
+pub(super) struct RepoPage {
     pub title: String,
     pub nav: Nav,
     pub project: String,
@@ -166,7 +166,7 @@ pub struct RepoPage {
 
 #[derive(Template)]
 #[template(path = "log.html")]
-pub struct LogPage {
+pub(super) struct LogPage {
     pub title: String,
     pub nav: Nav,
     pub project: String,
@@ -178,28 +178,28 @@ pub struct LogPage {
     pub older: Option<String>,
 }
 
-pub struct EntryRow {
+pub(super) struct EntryRow {
     pub name: String,
     pub href: String,
     pub is_dir: bool,
     pub size: String,
 }
 
-pub struct FileView {
+pub(super) struct FileView {
     pub size: String,
     pub raw_href: String,
     pub text: Option<String>,
     pub binary: bool,
 }
 
-pub enum TreeContent {
+pub(super) enum TreeContent {
     Dir(Vec<EntryRow>),
     File(FileView),
 }
 
 #[derive(Template)]
 #[template(path = "tree.html")]
-pub struct TreePage {
+pub(super) struct TreePage {
     pub title: String,
     pub nav: Nav,
     pub project: String,
@@ -213,7 +213,7 @@ pub struct TreePage {
 
 #[derive(Template)]
 #[template(path = "commit.html")]
-pub struct CommitPage {
+pub(super) struct CommitPage {
     pub title: String,
     pub nav: Nav,
     pub project: String,
@@ -224,7 +224,7 @@ pub struct CommitPage {
 
 #[derive(Template)]
 #[template(path = "job.html")]
-pub struct JobPage {
+pub(super) struct JobPage {
     pub title: String,
     pub nav: Nav,
     pub project: String,
@@ -235,7 +235,7 @@ pub struct JobPage {
 
 #[derive(Template)]
 #[template(path = "autonix.html")]
-pub struct AutonixPage {
+pub(super) struct AutonixPage {
     pub title: String,
     pub nav: Nav,
     pub project: String,

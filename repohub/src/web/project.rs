@@ -1,7 +1,6 @@
 //! Project pages: the list, creation, the project page with its flake,
 //! VM specs, CI and cluster panels, members, deletion, and CI job views.
 
-use axum::Form;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -12,7 +11,7 @@ use super::pages::{
     CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage,
     JobRow, NewProjectPage, ProjectPage, RepoRow, SpecRow,
 };
-use super::{Viewer, WebError, WebResult, base_url, blocking, render, render_status};
+use super::{Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
 use crate::ci::{Job, JobState};
 use crate::db::Project;
@@ -21,45 +20,74 @@ use crate::names;
 use commands::report::error_chain;
 
 /// A project the viewer may see, and the viewer's role in it.
-pub struct ProjectCtx {
+pub(super) struct ProjectCtx {
     pub project: Project,
     pub role: Option<String>,
 }
 
 impl ProjectCtx {
-    pub fn member(&self) -> bool {
+    pub(super) fn member(&self) -> bool {
         self.role.is_some()
     }
 
-    pub fn owner(&self) -> bool {
+    pub(super) fn owner(&self) -> bool {
         self.role.as_deref() == Some("owner")
     }
 
-    pub fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
-        v.require_user()?;
-        if self.member() {
-            Ok(())
-        } else {
-            Err(WebError::Forbidden(
-                "only project members may do that".into(),
-            ))
-        }
+    pub(super) fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
+        require(v, self.member(), "project members")
     }
 
-    pub fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
-        v.require_user()?;
-        if self.owner() {
-            Ok(())
-        } else {
-            Err(WebError::Forbidden(
-                "only the project owner may do that".into(),
-            ))
+    pub(super) fn require_owner(&self, v: &Viewer) -> Result<(), WebError> {
+        require(v, self.owner(), "the project owner")
+    }
+}
+
+/// Who may post a form to a project.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum May {
+    Member,
+    Owner,
+}
+
+impl ProjectCtx {
+    /// A form post is allowed: the viewer's role is checked first, then the
+    /// form's CSRF token.
+    pub(super) fn check_post(&self, v: &Viewer, may: May, csrf: &str) -> Result<(), WebError> {
+        match may {
+            May::Member => self.require_member(v)?,
+            May::Owner => self.require_owner(v)?,
         }
+        v.check_csrf(csrf)
+    }
+}
+
+/// `load` for a form post: the project, then [`ProjectCtx::check_post`].
+pub(super) fn load_for_post(
+    st: &AppState,
+    v: &Viewer,
+    name: &str,
+    may: May,
+    csrf: &str,
+) -> Result<ProjectCtx, WebError> {
+    let ctx = load(st, v, name)?;
+    ctx.check_post(v, may, csrf)?;
+    Ok(ctx)
+}
+
+/// A logged-in viewer with the right role passes; anyone else is sent to log
+/// in or told that only `who` may do that.
+fn require(v: &Viewer, allowed: bool, who: &str) -> Result<(), WebError> {
+    v.require_user()?;
+    if allowed {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(format!("only {who} may do that")))
     }
 }
 
 /// Private projects are invisible (404) to non-members.
-pub fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebError> {
+pub(super) fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebError> {
     names::validate_project_name(name).map_err(|_| WebError::NotFound)?;
     let project = st.db.project(name)?.ok_or(WebError::NotFound)?;
     let role = match &v.user {
@@ -72,7 +100,7 @@ pub fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebErro
     Ok(ProjectCtx { project, role })
 }
 
-pub async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
+pub(super) async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
     let projects = st.db.visible_projects(v.user.as_ref().map(|u| u.id))?;
     render(&IndexPage {
         title: "Projects".into(),
@@ -81,7 +109,7 @@ pub async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
     })
 }
 
-pub async fn new_form(v: Viewer) -> WebResult {
+pub(super) async fn new_form(v: Viewer) -> WebResult {
     v.require_user()?;
     render(&NewProjectPage {
         title: "New project".into(),
@@ -92,23 +120,16 @@ pub async fn new_form(v: Viewer) -> WebResult {
     })
 }
 
-#[derive(Deserialize)]
-pub struct NewProjectForm {
-    #[serde(default)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct NewProjectForm {
     csrf: String,
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     description: String,
-    #[serde(default)]
     public: Option<String>,
 }
 
-pub async fn create(
-    State(st): State<AppState>,
-    v: Viewer,
-    Form(f): Form<NewProjectForm>,
-) -> WebResult {
+pub(super) async fn create(Post { st, v, form: f }: Post<NewProjectForm>) -> WebResult {
     let user = v.require_user()?.clone();
     v.check_csrf(&f.csrf)?;
     let fail = |msg: String| {
@@ -241,7 +262,7 @@ fn spec_rows(specs: &[serde_json::Value]) -> Vec<SpecRow> {
         .collect()
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -314,7 +335,7 @@ pub async fn show(
     render(&page)
 }
 
-pub async fn ci_panel(
+pub(super) async fn ci_panel(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -327,7 +348,7 @@ pub async fn ci_panel(
     })
 }
 
-pub async fn cluster_panel(
+pub(super) async fn cluster_panel(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -338,23 +359,18 @@ pub async fn cluster_panel(
     })
 }
 
-#[derive(Deserialize)]
-pub struct MemberForm {
-    #[serde(default)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct MemberForm {
     csrf: String,
-    #[serde(default)]
     username: String,
 }
 
-pub async fn add_member(
-    State(st): State<AppState>,
-    v: Viewer,
+pub(super) async fn add_member(
     Path(name): Path<String>,
-    Form(f): Form<MemberForm>,
+    Post { st, v, form: f }: Post<MemberForm>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    ctx.require_owner(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let ctx = load_for_post(&st, &v, &name, May::Owner, &f.csrf)?;
     let user = st
         .db
         .user_by_name(f.username.trim())?
@@ -363,7 +379,7 @@ pub async fn add_member(
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
 
-pub async fn delete_form(
+pub(super) async fn delete_form(
     State(st): State<AppState>,
     v: Viewer,
     Path(name): Path<String>,
@@ -385,23 +401,18 @@ fn confirm_page(v: &Viewer, project: &str, error: Option<String>) -> ConfirmDele
     }
 }
 
-#[derive(Deserialize)]
-pub struct ConfirmForm {
-    #[serde(default)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ConfirmForm {
     pub csrf: String,
-    #[serde(default)]
     pub confirm: String,
 }
 
-pub async fn delete(
-    State(st): State<AppState>,
-    v: Viewer,
+pub(super) async fn delete(
     Path(name): Path<String>,
-    Form(f): Form<ConfirmForm>,
+    Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    ctx.require_owner(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let ctx = load_for_post(&st, &v, &name, May::Owner, &f.csrf)?;
     if f.confirm != ctx.project.name {
         return render_status(
             StatusCode::BAD_REQUEST,
@@ -438,7 +449,7 @@ async fn project_job(st: &AppState, ctx: &ProjectCtx, id: i64) -> Result<(Job, S
     Ok((job, name))
 }
 
-pub async fn job(
+pub(super) async fn job(
     State(st): State<AppState>,
     v: Viewer,
     Path((name, id)): Path<(String, i64)>,
@@ -464,14 +475,14 @@ pub async fn job(
     })
 }
 
-#[derive(Deserialize)]
-pub struct FollowQuery {
-    #[serde(default)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct FollowQuery {
     follow: Option<String>,
 }
 
 /// Proxies ci_service's log, streamed as it grows when `follow=1`.
-pub async fn job_log(
+pub(super) async fn job_log(
     State(st): State<AppState>,
     v: Viewer,
     Path((name, id)): Path<(String, i64)>,

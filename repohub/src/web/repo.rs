@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect};
 use http::{HeaderMap, StatusCode, header};
@@ -13,10 +12,10 @@ use super::pages::{
     AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, TreeContent,
     TreePage,
 };
-use super::project::{ConfirmForm, ProjectCtx, load};
+use super::project::{ConfirmForm, May, ProjectCtx, load, load_for_post};
 use super::{
-    Viewer, WebError, WebResult, base_url, blocking, enc, enc_path, human_size, render,
-    render_status,
+    CsrfForm, NameForm, Post, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path,
+    human_size, render, render_status,
 };
 use crate::AppState;
 use crate::git;
@@ -41,23 +40,25 @@ fn load_repo(
     Ok((ctx, dir))
 }
 
-#[derive(Deserialize)]
-pub struct NewRepoForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    name: String,
+/// `load_repo` for a form post: the repository, then
+/// [`ProjectCtx::check_post`] (role first, then the CSRF token).
+fn load_repo_for_post(
+    st: &AppState,
+    v: &Viewer,
+    (project, repo): (&str, &str),
+    may: May,
+    csrf: &str,
+) -> Result<(ProjectCtx, PathBuf), WebError> {
+    let (ctx, dir) = load_repo(st, v, project, repo)?;
+    ctx.check_post(v, may, csrf)?;
+    Ok((ctx, dir))
 }
 
-pub async fn create(
-    State(st): State<AppState>,
-    v: Viewer,
+pub(super) async fn create(
     Path(project): Path<String>,
-    Form(f): Form<NewRepoForm>,
+    Post { st, v, form: f }: Post<NameForm>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &project)?;
-    ctx.require_member(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let ctx = load_for_post(&st, &v, &project, May::Member, &f.csrf)?;
     names::validate_name(&f.name).map_err(|e| WebError::BadRequest(e.to_string()))?;
     let id = st.db.create_repo(ctx.project.id, &f.name)?;
     let dir = st.repo_dir(&ctx.project.name, &f.name);
@@ -72,7 +73,7 @@ pub async fn create(
     Ok(Redirect::to(&format!("/{}/{}", ctx.project.name, f.name)).into_response())
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo)): Path<(String, String)>,
@@ -164,7 +165,7 @@ fn confirm_page(v: &Viewer, project: &str, repo: &str, error: Option<String>) ->
     }
 }
 
-pub async fn delete_form(
+pub(super) async fn delete_form(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo)): Path<(String, String)>,
@@ -174,15 +175,11 @@ pub async fn delete_form(
     render(&confirm_page(&v, &ctx.project.name, &repo, None))
 }
 
-pub async fn delete(
-    State(st): State<AppState>,
-    v: Viewer,
+pub(super) async fn delete(
     Path((project, repo)): Path<(String, String)>,
-    Form(f): Form<ConfirmForm>,
+    Post { st, v, form: f }: Post<ConfirmForm>,
 ) -> WebResult {
-    let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    ctx.require_owner(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let (ctx, dir) = load_repo_for_post(&st, &v, (&project, &repo), May::Owner, &f.csrf)?;
     if f.confirm != repo {
         let page = confirm_page(
             &v,
@@ -205,12 +202,11 @@ pub async fn delete(
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
 
-#[derive(Deserialize)]
-pub struct PageQuery {
-    #[serde(default)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct PageQuery {
     page: Option<usize>,
     /// Comma-separated commit ids where this page starts (from "Older").
-    #[serde(default)]
     after: Option<String>,
 }
 
@@ -232,7 +228,7 @@ fn parse_cursor(s: &str) -> Result<Vec<git2::Oid>, WebError> {
         .collect()
 }
 
-pub async fn log(
+pub(super) async fn log(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo, rev)): Path<(String, String, String)>,
@@ -273,7 +269,7 @@ pub async fn log(
     })
 }
 
-pub async fn tree_root(
+pub(super) async fn tree_root(
     st: State<AppState>,
     v: Viewer,
     Path((project, repo, rev)): Path<(String, String, String)>,
@@ -281,7 +277,7 @@ pub async fn tree_root(
     tree_page(st, v, project, repo, rev, String::new()).await
 }
 
-pub async fn tree(
+pub(super) async fn tree(
     st: State<AppState>,
     v: Viewer,
     Path((project, repo, rev, path)): Path<(String, String, String, String)>,
@@ -375,7 +371,7 @@ async fn tree_page(
 
 /// The file's bytes, as an attachment-safe download: never rendered as
 /// HTML by the browser (octet-stream, nosniff, sandboxing CSP).
-pub async fn raw(
+pub(super) async fn raw(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo, rev, path)): Path<(String, String, String, String)>,
@@ -413,7 +409,7 @@ pub async fn raw(
         .into_response())
 }
 
-pub async fn commit(
+pub(super) async fn commit(
     State(st): State<AppState>,
     v: Viewer,
     Path((project, repo, sha)): Path<(String, String, String)>,
@@ -440,22 +436,12 @@ pub async fn commit(
     })
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// Runs autonix on the repository's head and shows the flake it proposes.
-pub async fn autonix(
-    State(st): State<AppState>,
-    v: Viewer,
+pub(super) async fn autonix(
     Path((project, repo)): Path<(String, String)>,
-    Form(f): Form<CsrfForm>,
+    Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
-    let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    ctx.require_member(&v)?;
-    v.check_csrf(&f.csrf)?;
+    let (ctx, dir) = load_repo_for_post(&st, &v, (&project, &repo), May::Member, &f.csrf)?;
     let tmp = tempfile::tempdir().map_err(|e| WebError::Internal(e.to_string()))?;
     // Named after the repository: autonix uses the directory name in the flake.
     let dest = tmp.path().join(&repo);

@@ -3,7 +3,7 @@
 //! control plane (a real `Master` on loopback), and git helpers.
 #![allow(dead_code)]
 
-pub mod webdriver;
+pub(crate) mod webdriver;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
 
 use commands::convert::{ErrorCode, RpcFailure};
@@ -33,16 +33,16 @@ use commands::service::worker::WorkerCap;
 use commands::types::{Resources, VmMetrics, VmState, WorkerId};
 use repohub::{AppState, Config};
 
-pub const CI_SECRET: &str = "test-ci-secret";
+pub(crate) const CI_SECRET: &str = "test-ci-secret";
 
 /// A repohub app on a temp data dir, with cheap argon2 parameters.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub dir: tempfile::TempDir,
     pub state: AppState,
     pub router: Router,
 }
 
-pub fn config(dir: &Path) -> Config {
+pub(crate) fn config(dir: &Path) -> Config {
     let mut c = Config::new(dir.join("data"));
     c.kdf = repohub::auth::KdfParams::insecure_for_tests();
     c.backoff = repohub::notify::Backoff {
@@ -54,7 +54,7 @@ pub fn config(dir: &Path) -> Config {
 }
 
 impl TestApp {
-    pub fn new(edit: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) fn new(edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
         edit(&mut c);
@@ -63,7 +63,7 @@ impl TestApp {
         Self { dir, state, router }
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client {
             router: self.router.clone(),
             cookies: BTreeMap::new(),
@@ -71,14 +71,29 @@ impl TestApp {
     }
 }
 
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
     pub body: String,
 }
 
 impl Resp {
-    pub fn location(&self) -> &str {
+    /// The header `name` as text; panics when it is missing or not text.
+    pub(crate) fn header(&self, name: &str) -> &str {
+        let v = self.headers.get(name);
+        v.unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+    }
+
+    /// Panics, showing the body, unless it contains every one of `needles`.
+    pub(crate) fn assert_contains(&self, needles: &[&str]) {
+        for n in needles {
+            assert!(self.body.contains(n), "{n:?} missing from:\n{}", self.body);
+        }
+    }
+
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
@@ -89,7 +104,7 @@ impl Resp {
 /// A browser-like client over `Router::oneshot`: keeps cookies, fills the
 /// CSRF field of forms from its cookie.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     router: Router,
     pub cookies: BTreeMap<String, String>,
 }
@@ -103,7 +118,7 @@ impl Client {
             .join("; ")
     }
 
-    pub async fn send(&mut self, req: Request<Body>) -> Resp {
+    pub(crate) async fn send(&mut self, req: Request<Body>) -> Resp {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         for sc in resp.headers().get_all(header::SET_COOKIE) {
             let s = sc.to_str().unwrap();
@@ -125,7 +140,7 @@ impl Client {
         }
     }
 
-    pub async fn get(&mut self, path: &str) -> Resp {
+    pub(crate) async fn get(&mut self, path: &str) -> Resp {
         let req = Request::get(path)
             .header(header::COOKIE, self.cookie_header())
             .header(header::HOST, "repohub.test")
@@ -134,12 +149,12 @@ impl Client {
         self.send(req).await
     }
 
-    pub fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         self.cookies.get("rh_csrf").cloned().unwrap_or_default()
     }
 
     /// POSTs a form; the CSRF field is added from the cookie (visit a page first).
-    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
         let csrf = self.csrf();
         let mut all: Vec<(&str, &str)> = vec![("csrf", csrf.as_str())];
         all.extend_from_slice(fields);
@@ -147,7 +162,7 @@ impl Client {
     }
 
     /// POSTs exactly these fields (for forged-CSRF tests).
-    pub async fn post_raw(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn post_raw(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
         let body = serde_urlencoded(fields);
         let req = Request::post(path)
             .header(header::COOKIE, self.cookie_header())
@@ -157,13 +172,13 @@ impl Client {
         self.send(req).await
     }
 
-    pub async fn signup(&mut self, name: &str, password: &str) -> Resp {
+    pub(crate) async fn signup(&mut self, name: &str, password: &str) -> Resp {
         self.get("/signup").await;
         self.post("/signup", &[("username", name), ("password", password)])
             .await
     }
 
-    pub async fn create_project(&mut self, name: &str, public: bool) -> Resp {
+    pub(crate) async fn create_project(&mut self, name: &str, public: bool) -> Resp {
         self.get("/new").await;
         let mut f = vec![("name", name), ("description", "test project")];
         if public {
@@ -172,13 +187,13 @@ impl Client {
         self.post("/new", &f).await
     }
 
-    pub async fn create_repo(&mut self, project: &str, name: &str) -> Resp {
+    pub(crate) async fn create_repo(&mut self, project: &str, name: &str) -> Resp {
         self.post(&format!("/{project}/-/repos"), &[("name", name)])
             .await
     }
 
     /// Creates a token on the tokens page and returns it.
-    pub async fn token(&mut self) -> String {
+    pub(crate) async fn token(&mut self) -> String {
         self.get("/settings/tokens").await;
         let r = self.post("/settings/tokens", &[("name", "git")]).await;
         let start =
@@ -205,18 +220,12 @@ fn serde_urlencoded(fields: &[(&str, &str)]) -> String {
 // ---------------------------------------------------------------- git
 
 /// Runs git with an isolated config and identity; panics with its output on failure.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = git_cmd(dir, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
+    let out = testkit::process::output_ok(&mut git_cmd(dir, args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
+pub(crate) fn git_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("git");
     c.current_dir(dir)
         .args(args)
@@ -233,7 +242,7 @@ pub fn git_cmd(dir: &Path, args: &[&str]) -> Command {
 }
 
 /// A fresh working repository with one commit of `files`, on `main`.
-pub fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathBuf {
+pub(crate) fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathBuf {
     let dir = parent.join(format!("work-{}", rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     git(&dir, &["init", "-q", "-b", "main"]);
@@ -249,21 +258,16 @@ pub fn work_repo(parent: &Path, files: &[(&str, &[u8])], message: &str) -> PathB
 
 /// Commits the index (or nothing) with author and committer time `secs`, so
 /// history order does not depend on how fast the test runs.
-pub fn commit_at(dir: &Path, message: &str, secs: i64) {
+pub(crate) fn commit_at(dir: &Path, message: &str, secs: i64) {
     let date = format!("@{secs} +0000");
-    let out = git_cmd(dir, &["commit", "-q", "--allow-empty", "-m", message])
+    let mut commit = git_cmd(dir, &["commit", "-q", "--allow-empty", "-m", message]);
+    commit
         .env("GIT_AUTHOR_DATE", &date)
-        .env("GIT_COMMITTER_DATE", &date)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "commit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("GIT_COMMITTER_DATE", &date);
+    testkit::process::output_ok(&mut commit);
 }
 
-pub fn rand_suffix() -> String {
+pub(crate) fn rand_suffix() -> String {
     static N: AtomicI64 = AtomicI64::new(0);
     format!(
         "{}-{}",
@@ -274,7 +278,7 @@ pub fn rand_suffix() -> String {
 
 // ---------------------------------------------------------------- ci_service
 
-pub struct FakeCiState {
+pub(crate) struct FakeCiState {
     pub up: AtomicBool,
     pub pushes: Mutex<Vec<Value>>,
     pub jobs: Mutex<Vec<Value>>,
@@ -284,15 +288,26 @@ pub struct FakeCiState {
 
 /// A test ci_service implementing the HTTP contract: push hook (bearer
 /// secret), job list, job detail with vm_specs, and a streamed log.
-pub struct FakeCi {
+pub(crate) struct FakeCi {
     pub addr: SocketAddr,
     pub state: Arc<FakeCiState>,
-    shutdown: CancellationToken,
+    /// Stops the server on drop.
+    _shutdown: DropGuard,
 }
 
-impl Drop for FakeCi {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+impl FakeCi {
+    /// Makes the fake ci_service answer (true) or refuse with 503 (false).
+    pub(crate) fn set_up(&self, up: bool) {
+        self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Points repohub at this ci_service, with the shared hook secret.
+    pub(crate) fn configure(&self) -> impl Fn(&mut Config) + use<> {
+        let url = self.url();
+        move |c| {
+            c.ci_url = Some(url.clone());
+            c.ci_secret = Some(CI_SECRET.into());
+        }
     }
 }
 
@@ -304,7 +319,7 @@ fn now_ms() -> i64 {
 }
 
 impl FakeCi {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let state = Arc::new(FakeCiState {
             up: AtomicBool::new(true),
             pushes: Mutex::new(Vec::new()),
@@ -331,15 +346,15 @@ impl FakeCi {
         Self {
             addr,
             state,
-            shutdown,
+            _shutdown: shutdown.drop_guard(),
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn add_job(&self, repo: &str, state: &str) -> i64 {
+    pub(crate) fn add_job(&self, repo: &str, state: &str) -> i64 {
         let id = self.state.next_id.fetch_add(1, Ordering::SeqCst);
         self.state.jobs.lock().unwrap().push(job_json(
             id,
@@ -351,7 +366,7 @@ impl FakeCi {
         id
     }
 
-    pub fn pushes(&self) -> Vec<Value> {
+    pub(crate) fn pushes(&self) -> Vec<Value> {
         self.state.pushes.lock().unwrap().clone()
     }
 }
@@ -469,7 +484,7 @@ use futures::StreamExt;
 /// A real `Master` on loopback (served by `commands::service::master`)
 /// answering getClusterStatus with two VMs and two workers (one drifted VM,
 /// one unhealthy worker).
-pub struct FakeMaster {
+pub(crate) struct FakeMaster {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -569,7 +584,7 @@ fn fake_status() -> ClusterStatusView {
 }
 
 impl FakeMaster {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -599,21 +614,16 @@ impl FakeMaster {
 
 // ---------------------------------------------------------------- real server
 
-/// `repohub::run` on a loopback port, stopped on drop.
-pub struct Server {
+/// `repohub::run` on a loopback port, stopped on drop (the guard cancels its
+/// token).
+pub(crate) struct Server {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    shutdown: DropGuard,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    pub async fn start(config: Config) -> Self {
+    pub(crate) async fn start(config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -625,31 +635,62 @@ impl Server {
         });
         Self {
             addr,
-            shutdown,
-            task: Some(task),
+            shutdown: shutdown.drop_guard(),
+            task,
         }
     }
 
     /// Stops the server and waits until it (and its notifier) have ended.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
+    pub(crate) async fn stop(self) {
+        drop(self.shutdown);
+        self.task.await.unwrap();
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// A clone URL carrying `user:token` as basic-auth credentials.
-    pub fn auth_url(&self, user: &str, token: &str, path: &str) -> String {
-        format!("http://{user}:{token}@{}{path}", self.addr)
+    pub(crate) fn auth_url(&self, user: &str, token: &str, path: &str) -> String {
+        auth_url(&self.url(""), user, token, path)
+    }
+}
+
+/// `path` on the server at `base` (`http://host:port`), carrying
+/// `user:token` as basic-auth credentials.
+pub(crate) fn auth_url(base: &str, user: &str, token: &str, path: &str) -> String {
+    let host = base.trim_start_matches("http://");
+    format!("http://{user}:{token}@{host}{path}")
+}
+
+/// An app plus a real server on the same data directory, both configured by
+/// `edit` (the app's router shares the SQLite file, as two processes would).
+pub(crate) async fn app_and_server(edit: impl Fn(&mut Config)) -> (TestApp, Server) {
+    let app = TestApp::new(&edit);
+    let mut c = config(app.dir.path());
+    edit(&mut c);
+    let server = Server::start(c).await;
+    (app, server)
+}
+
+/// Pushes `main` of `work` to `url` over HTTP; panics with git's output when
+/// the push fails.
+pub(crate) async fn push_main(work: &Path, url: &str) {
+    let (ok, out) = git_async(work, &["push", url, "main"]).await;
+    assert!(ok, "git push {url}: {out}");
+}
+
+impl TestApp {
+    /// Pushes `main` of `work` straight into the bare repository of
+    /// `project/repo` on disk (no HTTP, no credentials).
+    pub(crate) fn push_direct(&self, work: &Path, project: &str, repo: &str) {
+        let bare = self.state.repo_dir(project, repo);
+        git(work, &["push", "-q", bare.to_str().unwrap(), "main"]);
     }
 }
 
 /// Runs git off the async threads; returns (success, stdout+stderr).
-pub async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
     let dir = dir.to_owned();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -667,7 +708,7 @@ pub async fn git_async(dir: &Path, args: &[&str]) -> (bool, String) {
 }
 
 /// Polls `f` every 50 ms until it is true or `secs` pass.
-pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while std::time::Instant::now() < deadline {
         if f() {

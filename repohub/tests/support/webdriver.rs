@@ -14,10 +14,10 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
-pub const CHROMIUM: &str = "/usr/bin/chromium";
-pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
+pub(crate) const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-pub struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -31,7 +31,7 @@ impl Drop for Driver {
     }
 }
 
-pub struct Session<'d> {
+pub(crate) struct Session<'d> {
     d: &'d Driver,
     id: String,
     pub shots: PathBuf,
@@ -64,7 +64,7 @@ fn require(path: &str) {
 }
 
 impl Driver {
-    pub async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         require(CHROMIUM);
         require(CHROMEDRIVER);
         let port = testkit::fs::free_port().port();
@@ -124,7 +124,7 @@ impl Driver {
         Ok(v)
     }
 
-    pub async fn session(&self, shots: PathBuf) -> Session<'_> {
+    pub(crate) async fn session(&self, shots: PathBuf) -> Session<'_> {
         std::fs::create_dir_all(&shots).unwrap();
         let profile = self._profile.path().to_string_lossy().into_owned();
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -156,28 +156,26 @@ impl Session<'_> {
             .clone()
     }
 
-    pub async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
     }
 
-    pub async fn current_url(&self) -> String {
-        self.cmd("GET", "/url", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    /// A GET command whose value is a string (empty when it is not).
+    async fn get_str(&self, path: &str) -> String {
+        let v = self.cmd("GET", path, None).await;
+        v.as_str().unwrap_or_default().to_owned()
     }
 
-    pub async fn source(&self) -> String {
-        self.cmd("GET", "/source", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    pub(crate) async fn current_url(&self) -> String {
+        self.get_str("/url").await
+    }
+
+    pub(crate) async fn source(&self) -> String {
+        self.get_str("/source").await
     }
 
     /// Waits up to `secs` for an element matching `css`.
-    pub async fn find(&self, css: &str, secs: u64) -> String {
+    pub(crate) async fn find(&self, css: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let p = format!("/session/{}/element", self.id);
@@ -201,17 +199,23 @@ impl Session<'_> {
         }
     }
 
-    pub async fn text(&self, css: &str) -> String {
-        let e = self.find(css, 10).await;
-        self.cmd("GET", &format!("/element/{e}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    pub(crate) async fn text(&self, css: &str) -> String {
+        loop {
+            let e = self.find(css, 10).await;
+            let p = format!("/session/{}/element/{e}/text", self.id);
+            match self.d.call("GET", &p, None).await {
+                Ok(v) => return v["value"].as_str().unwrap_or_default().to_owned(),
+                // A click that navigates can replace the page between finding
+                // the element and reading it; the new page's element is the
+                // one wanted, so find it again.
+                Err(e) if e.contains("stale element reference") => continue,
+                Err(e) => panic!("webdriver: {e}"),
+            }
+        }
     }
 
     /// Waits until the text of `css` contains `needle`.
-    pub async fn wait_text(&self, css: &str, needle: &str, secs: u64) -> String {
+    pub(crate) async fn wait_text(&self, css: &str, needle: &str, secs: u64) -> String {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let t = self.text(css).await;
@@ -226,7 +230,7 @@ impl Session<'_> {
         }
     }
 
-    pub async fn fill(&self, css: &str, text: &str) {
+    pub(crate) async fn fill(&self, css: &str, text: &str) {
         let e = self.find(css, 10).await;
         self.cmd("POST", &format!("/element/{e}/clear"), Some(json!({})))
             .await;
@@ -238,14 +242,14 @@ impl Session<'_> {
         .await;
     }
 
-    pub async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let e = self.find(css, 10).await;
         self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
             .await;
     }
 
     /// Saves a PNG of the viewport as `<shots>/<name>.png`.
-    pub async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(b64.as_str().unwrap())
