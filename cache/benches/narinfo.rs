@@ -2,6 +2,9 @@
 //! paths stored, against the real `cache` binary over loopback keep-alive
 //! connections. Run: `cargo bench -p cache --bench narinfo`.
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

@@ -5,6 +5,9 @@
 //! Needs Debian's nix and nginx (nginx-light). Run:
 //! `cargo bench -p cache --bench pull`.
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

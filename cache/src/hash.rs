@@ -167,6 +167,16 @@ pub struct HashingWriter<W> {
     limit: u64,
 }
 
+// By hand: the writer need not be `Debug`, and the hasher state says nothing.
+impl<W> std::fmt::Debug for HashingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingWriter")
+            .field("count", &self.count)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<W: Write> HashingWriter<W> {
     /// Hashes everything written; fails a write that would pass `limit` bytes.
     pub fn new(inner: W, limit: u64) -> Self {

@@ -47,6 +47,15 @@ pub struct Prepared {
     data_dir: PathBuf,
 }
 
+// By hand: the shared state holds the secret key, which must not be printed.
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Loads the key, opens the store and cleans `tmp/`. Blocking.
 pub fn prepare(config: Config) -> Result<Prepared, Error> {
     let key = SecretKey::load(&config.key_file)?;

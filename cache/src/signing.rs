@@ -48,6 +48,15 @@ pub struct SecretKey {
     key: SigningKey,
 }
 
+// By hand: only the key's name is printed, never the key.
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SecretKey {
     /// Parses `NAME:base64(32-byte seed ‖ 32-byte public key)`.
     pub fn parse(text: &str) -> Result<Self, KeyError> {

@@ -15,6 +15,9 @@
 //!
 //! `PCR_FLEET_WORKERS` (default 1000) and `PCR_FLEET_VMS` (default 10000).
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -23,9 +26,7 @@ use std::time::{Duration, Instant};
 use commands::client::MasterClient;
 use commands::model::{ClusterStatusView, ObservedVm, Registration, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus,
-};
+use commands::types::{Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus};
 use testkit::fixtures::spec_with;
 use testkit::process::usage;
 use testkit::services::ControlPlaneArgs;

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use commands::types::IntentHash;
 use commands::telemetry::now_ms;
+use commands::types::IntentHash;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -41,6 +41,7 @@ pub struct Generation {
     pub specs_json: String,
 }
 
+#[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
 }

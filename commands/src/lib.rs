@@ -1,15 +1,33 @@
 //! Cap'n Proto schemas (generated code) and the domain types they carry.
 
 // Generated code: lints are the generator's business, not ours.
-#[allow(clippy::all, clippy::pedantic, clippy::unimplemented, unused)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unimplemented,
+    unused,
+    missing_debug_implementations
+)]
 pub mod common_capnp {
     include!(concat!(env!("OUT_DIR"), "/common_capnp.rs"));
 }
-#[allow(clippy::all, clippy::pedantic, clippy::unimplemented, unused)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unimplemented,
+    unused,
+    missing_debug_implementations
+)]
 pub mod worker_capnp {
     include!(concat!(env!("OUT_DIR"), "/worker_capnp.rs"));
 }
-#[allow(clippy::all, clippy::pedantic, clippy::unimplemented, unused)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unimplemented,
+    unused,
+    missing_debug_implementations
+)]
 pub mod master_capnp {
     include!(concat!(env!("OUT_DIR"), "/master_capnp.rs"));
 }

@@ -195,6 +195,15 @@ pub struct Connection<T> {
     disconnector: Option<capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>>,
 }
 
+// By hand: neither the capability nor the disconnector is `Debug`.
+impl<T> std::fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("connected", &self.disconnector.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> Connection<T> {
     /// The same connection, now carrying the capability a login returned.
     fn with_client<U>(self, client: U) -> Connection<U> {

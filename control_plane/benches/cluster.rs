@@ -9,15 +9,16 @@
 //! Needs the release binaries of the other packages:
 //! `cargo build --release -p worker -p control_plane && cargo bench -p control_plane --bench cluster`.
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use commands::client::MasterClient;
 use commands::model::{ObservedVm, Registration, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus,
-};
+use commands::types::{Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus};
 use testkit::fixtures::{make_store, spec};
 use testkit::process::{Usage, usage};
 use testkit::services::{ControlPlaneArgs, WorkerArgs, start_worker};
