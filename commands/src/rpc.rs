@@ -343,6 +343,26 @@ fn session_role(
         .map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))
 }
 
+/// Connects with `$login` (a `*_login::Client`), sends `token` and binds the
+/// accepted session reader to `$session` for `$then`. A macro because the
+/// master and worker login interfaces are distinct generated types with no
+/// common trait to be generic over.
+macro_rules! login {
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, |$conn:ident, $session:ident| $then:block) => {{
+        let $conn = connect::<$login>($addr, $timeout).await?;
+        let mut req = $conn.client.login_request();
+        req.get().set_token($token);
+        let reply = await_login($addr, $timeout, req.send().promise).await?;
+        let reply = reply.get().map_err(|e| login_failed($addr, e))?;
+        let $session = crate::convert::result_from_capnp(
+            reply.get_result().map_err(|e| login_failed($addr, e))?,
+        )
+        .map_err(|e| convert_failed($addr, e))?
+        .map_err(|f| refused($addr, f))?;
+        $then
+    }};
+}
+
 /// Connects to a control plane and logs in with `token` (empty when the
 /// caller has none: a server without a token file accepts that). The one
 /// way every client reaches `Master`.
@@ -351,25 +371,24 @@ pub async fn connect_master(
     timeout: Duration,
     token: &str,
 ) -> Result<(Connection<crate::master_capnp::master::Client>, SessionInfo), RpcError> {
-    use crate::master_capnp::master_login;
-    let conn = connect::<master_login::Client>(addr, timeout).await?;
-    let mut req = conn.client.login_request();
-    req.get().set_token(token);
-    let reply = await_login(addr, timeout, req.send().promise).await?;
-    let reply = reply.get().map_err(|e| login_failed(addr, e))?;
-    let session =
-        crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
-            .map_err(|e| convert_failed(addr, e))?
-            .map_err(|f| refused(addr, f))?;
-    let master = session.get_master().map_err(|e| login_failed(addr, e))?;
-    let info = SessionInfo {
-        role: session_role(addr, session.get_role())?,
-        worker_id: Some(
-            crate::convert::text(session.get_worker_id()).map_err(|e| convert_failed(addr, e))?,
-        )
-        .filter(|s| !s.is_empty()),
-    };
-    Ok((conn.with_client(master), info))
+    login!(
+        addr,
+        timeout,
+        token,
+        crate::master_capnp::master_login::Client,
+        |conn, session| {
+            let master = session.get_master().map_err(|e| login_failed(addr, e))?;
+            let info = SessionInfo {
+                role: session_role(addr, session.get_role())?,
+                worker_id: Some(
+                    crate::convert::text(session.get_worker_id())
+                        .map_err(|e| convert_failed(addr, e))?,
+                )
+                .filter(|s| !s.is_empty()),
+            };
+            Ok((conn.with_client(master), info))
+        }
+    )
 }
 
 /// Connects to a worker and logs in with `token` (see [`connect_master`]).
@@ -378,22 +397,20 @@ pub async fn connect_worker(
     timeout: Duration,
     token: &str,
 ) -> Result<(Connection<crate::worker_capnp::worker::Client>, SessionInfo), RpcError> {
-    use crate::worker_capnp::worker_login;
-    let conn = connect::<worker_login::Client>(addr, timeout).await?;
-    let mut req = conn.client.login_request();
-    req.get().set_token(token);
-    let reply = await_login(addr, timeout, req.send().promise).await?;
-    let reply = reply.get().map_err(|e| login_failed(addr, e))?;
-    let session =
-        crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
-            .map_err(|e| convert_failed(addr, e))?
-            .map_err(|f| refused(addr, f))?;
-    let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
-    let info = SessionInfo {
-        role: session_role(addr, session.get_role())?,
-        worker_id: None,
-    };
-    Ok((conn.with_client(worker), info))
+    login!(
+        addr,
+        timeout,
+        token,
+        crate::worker_capnp::worker_login::Client,
+        |conn, session| {
+            let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
+            let info = SessionInfo {
+                role: session_role(addr, session.get_role())?,
+                worker_id: None,
+            };
+            Ok((conn.with_client(worker), info))
+        }
+    )
 }
 
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a
