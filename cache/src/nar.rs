@@ -351,8 +351,8 @@ mod tests {
         assert_eq!(nar, want);
     }
 
-    /// A NAR of directories nested `depth` deep, each entry named `a`.
-    fn nested(depth: usize) -> Vec<u8> {
+    /// A NAR of directories nested `depth` deep, each entry named `name`.
+    fn nested(depth: usize, name: &[u8]) -> Vec<u8> {
         let mut nar = Vec::new();
         write_str(&mut nar, b"nix-archive-1").unwrap();
         for _ in 0..depth {
@@ -363,7 +363,7 @@ mod tests {
                 b"entry",
                 b"(",
                 b"name",
-                b"a",
+                name,
                 b"node",
             ] {
                 write_str(&mut nar, s).unwrap();
@@ -388,7 +388,7 @@ mod tests {
     fn deep_nesting_is_refused_without_overflowing_the_stack() {
         let deepest_ok = MAX_DEPTH;
         let run = |depth| {
-            let nar = nested(depth);
+            let nar = nested(depth, b"a");
             // The stack size of tokio's blocking threads, where uploads are checked.
             std::thread::Builder::new()
                 .stack_size(2 << 20)
@@ -404,35 +404,7 @@ mod tests {
 
     #[test]
     fn overlong_paths_are_refused() {
-        let name = vec![b'n'; 3000];
-        let mut nar = Vec::new();
-        write_str(&mut nar, b"nix-archive-1").unwrap();
-        for _ in 0..2 {
-            for s in [
-                &b"("[..],
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                &name,
-                b"node",
-            ] {
-                write_str(&mut nar, s).unwrap();
-            }
-        }
-        for s in [
-            &b"("[..],
-            b"type",
-            b"directory",
-            b")",
-            b")",
-            b")",
-            b")",
-            b")",
-        ] {
-            write_str(&mut nar, s).unwrap();
-        }
+        let nar = nested(2, &[b'n'; 3000]);
         let err = list(nar.as_slice()).unwrap_err().to_string();
         assert!(err.contains("longer than 4096"), "{err}");
     }
