@@ -40,20 +40,26 @@ struct State {
     cache_info: String,
 }
 
+// By hand: the upload token is redacted.
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("store", &self.store)
+            .field("metrics", &self.metrics)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_upload", &self.max_upload)
+            .field("stall", &self.stall)
+            .field("cache_info", &self.cache_info)
+            .finish()
+    }
+}
+
 /// A cache whose key is loaded, store opened and leftovers of interrupted
 /// uploads removed: ready to serve.
+#[derive(Debug)]
 pub struct Prepared {
     state: Arc<State>,
     data_dir: PathBuf,
-}
-
-// By hand: the shared state holds the secret key, which must not be printed.
-impl std::fmt::Debug for Prepared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prepared")
-            .field("data_dir", &self.data_dir)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Loads the key, opens the store and cleans `tmp/`. Blocking.
