@@ -158,25 +158,24 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-fn text(status: u16, msg: impl Into<String>) -> Response<Body> {
-    let mut msg = msg.into();
-    msg.push('\n');
+/// A complete response: `body` with its type and length.
+fn complete(status: u16, content_type: &'static str, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(CONTENT_LENGTH, msg.len())
-        .body(full(msg))
-        .unwrap_or_else(|_| Response::new(full("")))
-}
-
-fn json(status: u16, v: &serde_json::Value) -> Response<Body> {
-    let body = v.to_string();
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, content_type)
         .header(CONTENT_LENGTH, body.len())
         .body(full(body))
         .unwrap_or_else(|_| Response::new(full("")))
+}
+
+fn text(status: u16, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    complete(status, "text/plain; charset=utf-8", msg)
+}
+
+fn json(status: u16, v: &serde_json::Value) -> Response<Body> {
+    complete(status, "application/json", v.to_string())
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
