@@ -343,14 +343,15 @@ fn session_role(
         .map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))
 }
 
-/// Connects with `$login` (a `*_login::Client`), sends `token` and binds the
-/// accepted session reader to `$session` for `$then`. A macro because the
+/// Connects with `$login` (a `*_login::Client`), sends `token` and returns
+/// the capability `$get` takes from the session, with the session's role and
+/// the worker id `$worker_id` reads from it. A macro because the
 /// master and worker login interfaces are distinct generated types with no
 /// common trait to be generic over.
 macro_rules! login {
-    ($addr:ident, $timeout:ident, $token:ident, $login:ty, |$conn:ident, $session:ident| $then:block) => {{
-        let $conn = connect::<$login>($addr, $timeout).await?;
-        let mut req = $conn.client.login_request();
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident, |$session:ident| $worker_id:expr) => {{
+        let conn = connect::<$login>($addr, $timeout).await?;
+        let mut req = conn.client.login_request();
         req.get().set_token($token);
         let reply = await_login($addr, $timeout, req.send().promise).await?;
         let reply = reply.get().map_err(|e| login_failed($addr, e))?;
@@ -359,7 +360,12 @@ macro_rules! login {
         )
         .map_err(|e| convert_failed($addr, e))?
         .map_err(|f| refused($addr, f))?;
-        $then
+        let capability = $session.$get().map_err(|e| login_failed($addr, e))?;
+        let info = SessionInfo {
+            role: session_role($addr, $session.get_role())?,
+            worker_id: $worker_id,
+        };
+        Ok((conn.with_client(capability), info))
     }};
 }
 
@@ -376,18 +382,10 @@ pub async fn connect_master(
         timeout,
         token,
         crate::master_capnp::master_login::Client,
-        |conn, session| {
-            let master = session.get_master().map_err(|e| login_failed(addr, e))?;
-            let info = SessionInfo {
-                role: session_role(addr, session.get_role())?,
-                worker_id: Some(
-                    crate::convert::text(session.get_worker_id())
-                        .map_err(|e| convert_failed(addr, e))?,
-                )
-                .filter(|s| !s.is_empty()),
-            };
-            Ok((conn.with_client(master), info))
-        }
+        get_master,
+        |session| crate::convert::text(session.get_worker_id())
+            .map_err(|e| convert_failed(addr, e))
+            .map(|id| Some(id).filter(|s| !s.is_empty()))?
     )
 }
 
@@ -402,14 +400,8 @@ pub async fn connect_worker(
         timeout,
         token,
         crate::worker_capnp::worker_login::Client,
-        |conn, session| {
-            let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
-            let info = SessionInfo {
-                role: session_role(addr, session.get_role())?,
-                worker_id: None,
-            };
-            Ok((conn.with_client(worker), info))
-        }
+        get_worker,
+        |session| None
     )
 }
 
