@@ -24,9 +24,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use commands::client::MasterClient;
-use commands::model::{ClusterStatusView, ObservedVm, Registration, WorkerMetricsView};
+use commands::model::{ClusterStatusView, ObservedVm, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus};
+use commands::types::{VmId, VmSpec};
 use testkit::fixtures::spec_with;
 use testkit::process::usage;
 use testkit::services::ControlPlaneArgs;
@@ -69,15 +69,12 @@ async fn sim_worker(
     };
     let m = Rc::new(m);
     let id = format!("sim-{i:04}");
-    let reg = Registration {
-        worker_id: id.parse().expect("id"),
-        address: format!("10.1.{}.{}:6000", i / 250, i % 250),
-        capacity: Resources {
-            cpu: 64,
-            memory_mb: 65536,
-        },
-        labels: Labels::new(),
-    };
+    let reg = testkit::fixtures::registration(
+        &id,
+        format!("10.1.{}.{}:6000", i / 250, i % 250),
+        64,
+        65536,
+    );
     if let Err(e) = m.register(&reg, cap).await {
         eprintln!("worker {i}: register: {e}");
         return;
@@ -117,19 +114,8 @@ async fn sim_worker(
             let running: Vec<ObservedVm> = table
                 .borrow()
                 .iter()
-                .map(|(name, (vid, hash))| ObservedVm {
-                    status: VmStatus {
-                        id: vid.clone(),
-                        name: name.parse().expect("name"),
-                        content_hash: hash.clone(),
-                        state: VmState::Running,
-                        pid: Some(1),
-                        error: String::new(),
-                        created_at_ms: 0,
-                        cpu: 1,
-                        memory_mb: 256,
-                    },
-                    metrics: VmMetrics::default(),
+                .map(|(name, (vid, hash))| {
+                    testkit::fixtures::running_vm(vid.clone(), name, hash, 256)
                 })
                 .collect();
             let metrics = WorkerMetricsView {

@@ -609,19 +609,11 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commands::types::{VmId, VmStatus};
+    use commands::types::VmId;
     use testkit::fixtures::spec;
 
     fn reg(id: &str, addr: &str) -> Registration {
-        Registration {
-            worker_id: id.parse().unwrap(),
-            address: addr.into(),
-            capacity: Resources {
-                cpu: 8,
-                memory_mb: 8192,
-            },
-            labels: Labels::new(),
-        }
+        testkit::fixtures::registration(id, addr.into(), 8, 8192)
     }
 
     fn settings() -> Settings {
@@ -636,20 +628,7 @@ mod tests {
     }
 
     fn observed(name: &str, hash: &str) -> ObservedVm {
-        ObservedVm {
-            status: VmStatus {
-                id: VmId::new_v7(),
-                name: name.parse().unwrap(),
-                content_hash: hash.into(),
-                state: VmState::Running,
-                pid: Some(1),
-                error: String::new(),
-                created_at_ms: 0,
-                cpu: 1,
-                memory_mb: 128,
-            },
-            metrics: VmMetrics::default(),
-        }
+        testkit::fixtures::running_vm(VmId::new_v7(), name, hash, 128)
     }
 
     #[test]
