@@ -76,6 +76,7 @@ pub struct CacheTarget {
     pub netrc: Option<PathBuf>,
 }
 
+#[derive(Debug)]
 pub struct Runner {
     pub db: Arc<Db>,
     pub nix: Nix,
@@ -94,18 +95,6 @@ impl std::fmt::Debug for CacheTarget {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("netrc", &self.netrc)
             .finish()
-    }
-}
-
-// By hand: the Nix runner and database say little; the settings are printed.
-impl std::fmt::Debug for Runner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner")
-            .field("data_dir", &self.data_dir)
-            .field("cache", &self.cache)
-            .field("deploy_ref", &self.deploy_ref)
-            .field("publisher", &self.publisher)
-            .finish_non_exhaustive()
     }
 }
 
