@@ -19,6 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master_capnp::{master, master_login};
+use crate::worker_capnp::{worker, worker_login};
+
 /// The largest message either side reads, in 8-byte words (128 MiB): the
 /// reader refuses a larger segment table before allocating, so this is both
 /// the message size and the traversal bound. 100,000 VmSpecs fit ~20 times.
@@ -343,12 +346,19 @@ fn session_role(
         .map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))
 }
 
+/// What a login gives: the connection carrying the capability, and the session.
+pub type Login<T> = Result<(Connection<T>, SessionInfo), RpcError>;
+
 /// Connects with `$login` (a `*_login::Client`), sends `token` and returns
 /// the capability `$get` takes from the session, with the session's role and
 /// the worker id `$worker_id` reads from it. A macro because the
 /// master and worker login interfaces are distinct generated types with no
 /// common trait to be generic over.
 macro_rules! login {
+    // A session not bound to a worker id.
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident) => {
+        login!($addr, $timeout, $token, $login, $get, |_session| None)
+    };
     ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident, |$session:ident| $worker_id:expr) => {{
         let conn = connect::<$login>($addr, $timeout).await?;
         let mut req = conn.client.login_request();
@@ -372,16 +382,12 @@ macro_rules! login {
 /// Connects to a control plane and logs in with `token` (empty when the
 /// caller has none: a server without a token file accepts that). The one
 /// way every client reaches `Master`.
-pub async fn connect_master(
-    addr: &str,
-    timeout: Duration,
-    token: &str,
-) -> Result<(Connection<crate::master_capnp::master::Client>, SessionInfo), RpcError> {
+pub async fn connect_master(addr: &str, timeout: Duration, token: &str) -> Login<master::Client> {
     login!(
         addr,
         timeout,
         token,
-        crate::master_capnp::master_login::Client,
+        master_login::Client,
         get_master,
         |session| crate::convert::text(session.get_worker_id())
             .map_err(|e| convert_failed(addr, e))
@@ -390,19 +396,8 @@ pub async fn connect_master(
 }
 
 /// Connects to a worker and logs in with `token` (see [`connect_master`]).
-pub async fn connect_worker(
-    addr: &str,
-    timeout: Duration,
-    token: &str,
-) -> Result<(Connection<crate::worker_capnp::worker::Client>, SessionInfo), RpcError> {
-    login!(
-        addr,
-        timeout,
-        token,
-        crate::worker_capnp::worker_login::Client,
-        get_worker,
-        |session| None
-    )
+pub async fn connect_worker(addr: &str, timeout: Duration, token: &str) -> Login<worker::Client> {
+    login!(addr, timeout, token, worker_login::Client, get_worker)
 }
 
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a
