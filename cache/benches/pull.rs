@@ -50,6 +50,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `nix copy` of `top` from the store `src` to `to`.
+fn copy_to(env: &Env, src: &Path, to: &str, top: &str) -> Command {
+    let mut c = env.nix("nix");
+    c.args(["copy", "--store"]).arg(src).args(["--to", to, top]);
+    c
+}
+
 fn timed(env: &Env, cmd: &mut Command) -> f64 {
     let start = Instant::now();
     let out = env.run(cmd, Duration::from_secs(600));
@@ -143,21 +150,11 @@ fn main() {
     for round in 0..ROUNDS {
         let _ = std::fs::remove_dir_all(env.data_dir());
         let server = Server::start(&env, &[]);
-        let mut c = env.nix("nix");
-        c.args(["copy", "--store"]).arg(&src).args([
-            "--to",
-            &format!("{}?compression=zstd", server.url()),
-            &top,
-        ]);
-        ours_push.push(timed(&env, &mut c));
+        let to = format!("{}?compression=zstd", server.url());
+        ours_push.push(timed(&env, &mut copy_to(&env, &src, &to, &top)));
         let dir = env.path().join(format!("filecache-{round}"));
-        let mut c = env.nix("nix");
-        c.args(["copy", "--store"]).arg(&src).args([
-            "--to",
-            &format!("file://{}?compression=zstd", dir.display()),
-            &top,
-        ]);
-        file_push.push(timed(&env, &mut c));
+        let to = format!("file://{}?compression=zstd", dir.display());
+        file_push.push(timed(&env, &mut copy_to(&env, &src, &to, &top)));
     }
     let (op, fp) = (median(ours_push), median(file_push));
     println!(
