@@ -68,13 +68,8 @@ async fn sim_worker(
         return;
     };
     let m = Rc::new(m);
-    let id = format!("sim-{i:04}");
-    let reg = testkit::fixtures::registration(
-        &id,
-        format!("10.1.{}.{}:6000", i / 250, i % 250),
-        64,
-        65536,
-    );
+    let reg = testkit::fixtures::sim_worker(i);
+    let id = reg.worker_id.to_string();
     if let Err(e) = m.register(&reg, cap).await {
         eprintln!("worker {i}: register: {e}");
         return;

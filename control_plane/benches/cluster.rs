@@ -158,13 +158,8 @@ async fn thousand_workers() {
                     .await
                     .expect("connect"),
             );
-            let id = format!("sim-{i:04}");
-            let reg = testkit::fixtures::registration(
-                &id,
-                format!("10.1.{}.{}:6000", i / 250, i % 250),
-                64,
-                65536,
-            );
+            let reg = testkit::fixtures::sim_worker(i);
+            let id = reg.worker_id.to_string();
             m.register(&reg, cap).await.expect("register");
             let poller = {
                 let m = m.clone();

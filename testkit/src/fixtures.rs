@@ -94,6 +94,13 @@ pub fn registration(id: &str, address: String, cpu: u32, memory_mb: u64) -> Regi
     }
 }
 
+/// Simulated worker `i` of a load benchmark: id `sim-NNNN`, its own
+/// 10.1.x.y address, 64 cores and 64 GiB.
+pub fn sim_worker(i: usize) -> Registration {
+    let address = format!("10.1.{}.{}:6000", i / 250, i % 250);
+    registration(&format!("sim-{i:04}"), address, 64, 65536)
+}
+
 /// A running one-core VM `name` at `hash`, as its worker reports it.
 pub fn running_vm(id: VmId, name: &str, hash: &str, memory_mb: u64) -> ObservedVm {
     ObservedVm {
