@@ -482,15 +482,22 @@ mod tests {
         .unwrap();
     }
 
+    /// A hermetic nix with the test flake (marked `marker`) in `flake/`,
+    /// and the flake's `path:` reference.
+    fn hermetic_flake(marker: &str) -> (HermeticNix, String) {
+        let h = HermeticNix::new().unwrap();
+        let dir = h.dir().join("flake");
+        flake(&dir, marker);
+        let f = format!("path:{}", dir.display());
+        (h, f)
+    }
+
     #[tokio::test]
     async fn eval_build_info_verify_and_errors() {
-        let h = HermeticNix::new().unwrap();
-        let nix = h.nix();
-        let dir = h.dir().join("flake");
         // A marker per run keeps this test's store paths its own.
         let marker = format!("{}", std::process::id());
-        flake(&dir, &marker);
-        let f = format!("path:{}", dir.display());
+        let (h, f) = hermetic_flake(&marker);
+        let nix = h.nix();
 
         let v = nix.eval_json(&format!("{f}#value")).await.unwrap();
         assert_eq!(v, serde_json::json!({"a": 1, "b": ["x"]}));
@@ -544,15 +551,10 @@ mod tests {
     /// is exercised by the end-to-end test).
     #[tokio::test]
     async fn copy_to_and_from_a_signed_cache_into_a_store_root() {
-        let h = HermeticNix::new().unwrap();
-        let nix = h.nix();
-        let dir = h.dir().join("flake");
         let marker = format!("copy{}", std::process::id());
-        flake(&dir, &marker);
-        let out = nix
-            .build(&format!("path:{}#good", dir.display()), None)
-            .await
-            .unwrap();
+        let (h, f) = hermetic_flake(&marker);
+        let nix = h.nix();
+        let out = nix.build(&format!("{f}#good"), None).await.unwrap();
 
         let (sk, pk) = (h.dir().join("sk"), h.dir().join("pk"));
         let st = std::process::Command::new("nix-store")
