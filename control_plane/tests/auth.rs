@@ -245,44 +245,23 @@ fn tokens_and_roles_with_the_real_binaries() {
     );
 
     // The worker's own RPC: no token refused, reader reads only, admin all.
-    let e = err_line(&cli(
-        "pcr-worker-test",
-        &["--addr", &w1_addr, "list-vms"],
-        &[],
-    ));
+    let on_w1 = |args: &[&str], env: &[(&str, &str)]| {
+        cli(
+            "pcr-worker-test",
+            &[&["--addr", &w1_addr], args].concat(),
+            env,
+        )
+    };
+    let e = err_line(&on_w1(&["list-vms"], &[]));
     assert!(e.contains("refused the login: no token was given"), "{e}");
-    ok(&cli(
-        "pcr-worker-test",
-        &["--addr", &w1_addr, "list-vms"],
-        &[("PCR_TOKEN", WORKER_READER)],
-    ));
-    let e = err_line(&cli(
-        "pcr-worker-test",
-        &[
-            "--addr",
-            &w1_addr,
-            "create-vm",
-            "--spec",
-            spec.to_str().unwrap(),
-        ],
-        &[("PCR_TOKEN", WORKER_READER)],
-    ));
+    ok(&on_w1(&["list-vms"], &[("PCR_TOKEN", WORKER_READER)]));
+    let create = ["create-vm", "--spec", spec.to_str().unwrap()];
+    let e = err_line(&on_w1(&create, &[("PCR_TOKEN", WORKER_READER)]));
     assert!(e.contains("a reader token may not create VMs"), "{e}");
-    ok(&cli(
-        "pcr-worker-test",
-        &["--addr", &w1_addr, "read"],
-        &[("PCR_TOKEN", WORKER_ADMIN)],
-    ));
+    ok(&on_w1(&["read"], &[("PCR_TOKEN", WORKER_ADMIN)]));
     // The control plane's admin token is not the worker's.
-    let e = err_line(&cli(
-        "pcr-worker-test",
-        &[
-            "--addr",
-            &w1_addr,
-            "read",
-            "--token-file",
-            admin_file.to_str().unwrap(),
-        ],
+    let e = err_line(&on_w1(
+        &["read", "--token-file", admin_file.to_str().unwrap()],
         &[],
     ));
     assert!(e.contains("the token is not valid"), "{e}");
