@@ -125,6 +125,20 @@ fn vms_by_name(cp: &str, workers: &[&str]) -> BTreeMap<String, (String, u64)> {
     out
 }
 
+/// The entries of the JSON array `items` by their string field `key`.
+fn keyed<'a, T>(
+    items: &'a Value,
+    key: &str,
+    value: impl Fn(&'a Value) -> T,
+) -> BTreeMap<&'a str, T> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v[key].as_str().unwrap(), value(v)))
+        .collect()
+}
+
 fn converged(cp: &str, generation: u64, expect_vms: usize) -> Option<Value> {
     let s = json("pcr", cp, &["status"]);
     let ok = s["active"]["number"].as_u64() == Some(generation)
@@ -240,17 +254,9 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
             );
         }
     }
-    let hashes: BTreeMap<&str, &str> = status["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap(),
-                v["observedHash"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let hashes = keyed(&status["vms"], "name", |v| {
+        v["observedHash"].as_str().unwrap()
+    });
     assert_eq!(hashes["web-1"], "g2-web-1");
 
     // ---- metrics reach the status; a crashed CH process is recreated ---------
@@ -310,17 +316,9 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         took < Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 5000),
         "failover took {took:?}"
     );
-    let health: BTreeMap<&str, bool> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["workerId"].as_str().unwrap(),
-                w["healthy"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    let health = keyed(&status["workers"], "workerId", |w| {
+        w["healthy"].as_bool().unwrap()
+    });
     assert!(!health[victim.as_str()]);
     let workers_table = run("pcr", &cp, &["workers"]);
     assert!(workers_table.contains("unhealthy"), "{workers_table}");
