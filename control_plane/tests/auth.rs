@@ -288,37 +288,30 @@ fn refuses(tool: &str, args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{tool}: {err}");
 }
 
+/// [`refuses`], listening on every address.
+fn refuses_public(tool: &str, args: &[&str], needle: &str) {
+    refuses(tool, &[&["--listen", "0.0.0.0:0"], args].concat(), needle);
+}
+
 #[test]
 fn servers_without_tokens_refuse_non_loopback_binds() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    refuses(
+    refuses_public(
         "control_plane",
-        &["--listen", "0.0.0.0:0"],
+        &[],
         "refusing to serve the control plane on non-loopback address 0.0.0.0:",
     );
     let run = d.join("run");
-    refuses(
+    refuses_public(
         "worker",
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--worker-id",
-            "w",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
+        &["--worker-id", "w", "--run-dir", run.to_str().unwrap()],
         "refusing to serve the worker on non-loopback address 0.0.0.0:",
     );
     let data = d.join("ci");
-    refuses(
+    refuses_public(
         "ci_service",
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+        &["--data-dir", data.to_str().unwrap()],
         "without --hook-secret-file",
     );
     // The cache without an upload token: nobody could upload, keep it local.

@@ -139,6 +139,11 @@ fn keyed<'a, T>(
         .collect()
 }
 
+/// Whether `pred` holds for every VM of the status `s`.
+fn all_vms(s: &Value, pred: impl Fn(&Value) -> bool) -> bool {
+    s["vms"].as_array().unwrap().iter().all(pred)
+}
+
 fn converged(cp: &str, generation: u64, expect_vms: usize) -> Option<Value> {
     let s = json("pcr", cp, &["status"]);
     let ok = s["active"]["number"].as_u64() == Some(generation)
@@ -228,13 +233,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     let t = Instant::now();
     publish(&cp, "c2", 2, &dir.join("gen2"));
     let status = wait_until(STEP, "generation 2 converged", || {
-        converged(&cp, 2, 6).filter(|s| {
-            s["vms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|v| v["observedHash"] == v["desiredHash"])
-        })
+        converged(&cp, 2, 6).filter(|s| all_vms(s, |v| v["observedHash"] == v["desiredHash"]))
     });
     eprintln!("generation 2 converged in {:?}", t.elapsed());
     let after = vms_by_name(&cp, &ids);
@@ -262,12 +261,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     // ---- metrics reach the status; a crashed CH process is recreated ---------
     wait_until(STEP, "RSS metrics of every VM", || {
         let s = json("pcr", &cp, &["status"]);
-        s["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0)
-            .then_some(())
+        all_vms(&s, |v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0).then_some(())
     });
     let (crashed_id, crashed_pid) = after["api-0"].clone();
     let _ = Command::new("kill")
@@ -302,13 +296,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     kill_mentioning(&c.run_dir(&victim).display().to_string());
     let survivors: Vec<&str> = ids.iter().copied().filter(|w| *w != victim).collect();
     let status = wait_until(STEP, "VMs of the dead worker running elsewhere", || {
-        converged(&cp, 2, 6).filter(|s| {
-            s["vms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|v| v["workerId"] != victim.as_str())
-        })
+        converged(&cp, 2, 6).filter(|s| all_vms(s, |v| v["workerId"] != victim.as_str()))
     });
     let took = killed_at.elapsed();
     eprintln!("failover of {victim_vms:?} took {took:?}");
