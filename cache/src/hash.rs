@@ -111,13 +111,7 @@ impl StorePathName {
         let name = name
             .strip_prefix('-')
             .ok_or_else(|| HashError::BadHashPart(base.to_owned()))?;
-        let valid = !name.is_empty()
-            && name.len() <= 211
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
-        if !valid {
+        if !commands::types::is_store_name(name) {
             return Err(HashError::BadName(base.to_owned()));
         }
         Ok(Self(base.to_owned()))

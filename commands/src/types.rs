@@ -143,6 +143,17 @@ string_newtype!(
     "store path"
 );
 
+/// Whether `name` is a valid name part of a store path (what follows
+/// `<hash>-`): 1 to 211 characters of `[A-Za-z0-9+-._?=]`, no leading dot.
+pub fn is_store_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 211
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c))
+}
+
 fn validate_store_path(s: &str) -> Result<(), String> {
     let rest = s
         .strip_prefix(STORE_DIR)
@@ -158,13 +169,7 @@ fn validate_store_path(s: &str) -> Result<(), String> {
     let name = name
         .strip_prefix('-')
         .ok_or("lacks the '-' after the hash part")?;
-    let name_ok = !name.is_empty()
-        && name.len() <= 211
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
-    if !name_ok {
+    if !is_store_name(name) {
         return Err("has an invalid name part".into());
     }
     for p in parts {
