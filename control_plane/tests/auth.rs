@@ -315,16 +315,9 @@ fn servers_without_tokens_refuse_non_loopback_binds() {
         "without --hook-secret-file",
     );
     // The cache without an upload token: nobody could upload, keep it local.
-    let keys = d.join("keys");
-    let st = Command::new(bin("cache"))
-        .args(["keygen", "test-1", "--out-dir", keys.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    // (cache_keys also writes a token file, which this command does not name.)
+    testkit::services::cache_keys(d, "test-1", "unused");
+    let keys = d.join("key");
     let cache_dir = d.join("cache");
     refuses(
         "cache",

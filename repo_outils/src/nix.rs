@@ -492,6 +492,17 @@ mod tests {
         (h, f)
     }
 
+    /// Builds `installable`, collecting the log lines nix reports.
+    async fn build_logged(
+        nix: &Nix,
+        installable: &str,
+    ) -> (Result<Vec<String>, NixError>, Vec<String>) {
+        let mut lines = Vec::new();
+        let mut sink = |l: &str| lines.push(l.to_owned());
+        let out = nix.build(installable, Some(&mut sink)).await;
+        (out, lines)
+    }
+
     #[tokio::test]
     async fn eval_build_info_verify_and_errors() {
         // A marker per run keeps this test's store paths its own.
@@ -505,12 +516,8 @@ mod tests {
         let err = nix.eval_json(&format!("{f}#broken")).await.unwrap_err();
         assert!(err.stderr().unwrap().contains("broken on purpose"), "{err}");
 
-        let mut lines = Vec::new();
-        let mut sink = |l: &str| lines.push(l.to_owned());
-        let out = nix
-            .build(&format!("{f}#good"), Some(&mut sink))
-            .await
-            .unwrap();
+        let (out, _) = build_logged(&nix, &format!("{f}#good")).await;
+        let out = out.unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].ends_with(&format!("-top-{marker}")), "{out:?}");
 
@@ -530,12 +537,8 @@ mod tests {
             Err(NixError::Invalid { .. })
         ));
 
-        let mut lines = Vec::new();
-        let mut sink = |l: &str| lines.push(l.to_owned());
-        let err = nix
-            .build(&format!("{f}#bad"), Some(&mut sink))
-            .await
-            .unwrap_err();
+        let (err, lines) = build_logged(&nix, &format!("{f}#bad")).await;
+        let err = err.unwrap_err();
         let tail = err.stderr().unwrap();
         assert!(tail.contains("about to fail"), "{tail}");
         assert!(tail.contains("exit code 3"), "{tail}");
