@@ -337,18 +337,16 @@ mod tests {
         let mut nar = Vec::new();
         dump(&f, &mut nar).unwrap();
         let mut want = Vec::new();
-        for s in [
-            &b"nix-archive-1"[..],
-            b"(",
-            b"type",
-            b"regular",
-            b"contents",
-            b"abc",
-            b")",
-        ] {
-            write_str(&mut want, s).unwrap();
-        }
+        tokens(&mut want, &[b"nix-archive-1", b"(", b"type", b"regular"]);
+        tokens(&mut want, &[b"contents", b"abc", b")"]);
         assert_eq!(nar, want);
+    }
+
+    /// Writes each of `list` as a NAR string.
+    fn tokens(out: &mut Vec<u8>, list: &[&[u8]]) {
+        for s in list {
+            write_str(out, s).unwrap();
+        }
     }
 
     /// A NAR of directories nested `depth` deep, each entry named `name`.
@@ -356,22 +354,10 @@ mod tests {
         let mut nar = Vec::new();
         write_str(&mut nar, b"nix-archive-1").unwrap();
         for _ in 0..depth {
-            for s in [
-                &b"("[..],
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                name,
-                b"node",
-            ] {
-                write_str(&mut nar, s).unwrap();
-            }
+            tokens(&mut nar, &[b"(", b"type", b"directory"]);
+            tokens(&mut nar, &[b"entry", b"(", b"name", name, b"node"]);
         }
-        for s in [&b"("[..], b"type", b"directory", b")"] {
-            write_str(&mut nar, s).unwrap();
-        }
+        tokens(&mut nar, &[b"(", b"type", b"directory", b")"]);
         for _ in 0..depth {
             write_str(&mut nar, b")").unwrap();
             write_str(&mut nar, b")").unwrap();
