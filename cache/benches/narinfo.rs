@@ -2,14 +2,18 @@
 //! paths stored, against the real `cache` binary over loopback keep-alive
 //! connections. Run: `cargo bench -p cache --bench narinfo`.
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use cache::hash::Sha256Hash;
 use cache::nixbase32;
+use testkit::{Log, Proc};
 
 const PATHS: usize = 10_000;
 const TOKEN: &str = "bench-token";
@@ -143,26 +147,16 @@ fn main() {
     let key = cache::signing::SecretKey::generate("bench-1").unwrap();
     std::fs::write(dir.path().join("sk"), key.to_nix_string()).unwrap();
     std::fs::write(dir.path().join("token"), TOKEN).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cache"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cache"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--key-file")
         .arg(dir.path().join("sk"))
         .arg("--upload-token-file")
         .arg(dir.path().join("token"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+        .env("RUST_LOG", "warn");
+    let mut server = Proc::spawn("cache", cmd, Log::Inherit);
+    let addr = server.addr.clone();
 
     // Populate over HTTP like a pusher would (NAR, then narinfo, in dependency order).
     let items: Vec<_> = (0..PATHS).map(item).collect();
@@ -188,6 +182,5 @@ fn main() {
     measure(&addr, &hashes, 1, 20_000);
     measure(&addr, &hashes, 4, 10_000);
     measure(&addr, &hashes, 16, 4_000);
-    let _ = child.kill();
-    let _ = child.wait();
+    server.kill();
 }

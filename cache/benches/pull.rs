@@ -5,6 +5,9 @@
 //! Needs Debian's nix and nginx (nginx-light). Run:
 //! `cargo bench -p cache --bench pull`.
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -45,6 +48,13 @@ fn closure_expr() -> String {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// `nix copy` of `top` from the store `src` to `to`.
+fn copy_to(env: &Env, src: &Path, to: &str, top: &str) -> Command {
+    let mut c = env.nix("nix");
+    c.args(["copy", "--store"]).arg(src).args(["--to", to, top]);
+    c
 }
 
 fn timed(env: &Env, cmd: &mut Command) -> f64 {
@@ -140,21 +150,11 @@ fn main() {
     for round in 0..ROUNDS {
         let _ = std::fs::remove_dir_all(env.data_dir());
         let server = Server::start(&env, &[]);
-        let mut c = env.nix("nix");
-        c.args(["copy", "--store"]).arg(&src).args([
-            "--to",
-            &format!("{}?compression=zstd", server.url()),
-            &top,
-        ]);
-        ours_push.push(timed(&env, &mut c));
+        let to = format!("{}?compression=zstd", server.url());
+        ours_push.push(timed(&env, &mut copy_to(&env, &src, &to, &top)));
         let dir = env.path().join(format!("filecache-{round}"));
-        let mut c = env.nix("nix");
-        c.args(["copy", "--store"]).arg(&src).args([
-            "--to",
-            &format!("file://{}?compression=zstd", dir.display()),
-            &top,
-        ]);
-        file_push.push(timed(&env, &mut c));
+        let to = format!("file://{}?compression=zstd", dir.display());
+        file_push.push(timed(&env, &mut copy_to(&env, &src, &to, &top)));
     }
     let (op, fp) = (median(ours_push), median(file_push));
     println!(

@@ -111,13 +111,7 @@ impl StorePathName {
         let name = name
             .strip_prefix('-')
             .ok_or_else(|| HashError::BadHashPart(base.to_owned()))?;
-        let valid = !name.is_empty()
-            && name.len() <= 211
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
-        if !valid {
+        if !commands::types::is_store_name(name) {
             return Err(HashError::BadName(base.to_owned()));
         }
         Ok(Self(base.to_owned()))
@@ -165,6 +159,16 @@ pub struct HashingWriter<W> {
     hasher: Sha256,
     count: u64,
     limit: u64,
+}
+
+// By hand: the writer need not be `Debug`, and the hasher state says nothing.
+impl<W> std::fmt::Debug for HashingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingWriter")
+            .field("count", &self.count)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<W: Write> HashingWriter<W> {

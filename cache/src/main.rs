@@ -1,6 +1,9 @@
 //! `cache` binary: serve the binary cache, generate keys, and maintain the
 //! data dir (verify, gc, pins, ls, info).
 
+// Stdout is this CLI's output: the listening line and the maintenance reports.
+#![allow(clippy::print_stdout)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

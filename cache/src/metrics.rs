@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 
 /// Counter families, keyed by their label set already rendered.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
 }

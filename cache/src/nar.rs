@@ -337,41 +337,27 @@ mod tests {
         let mut nar = Vec::new();
         dump(&f, &mut nar).unwrap();
         let mut want = Vec::new();
-        for s in [
-            &b"nix-archive-1"[..],
-            b"(",
-            b"type",
-            b"regular",
-            b"contents",
-            b"abc",
-            b")",
-        ] {
-            write_str(&mut want, s).unwrap();
-        }
+        tokens(&mut want, &[b"nix-archive-1", b"(", b"type", b"regular"]);
+        tokens(&mut want, &[b"contents", b"abc", b")"]);
         assert_eq!(nar, want);
     }
 
-    /// A NAR of directories nested `depth` deep, each entry named `a`.
-    fn nested(depth: usize) -> Vec<u8> {
+    /// Writes each of `list` as a NAR string.
+    fn tokens(out: &mut Vec<u8>, list: &[&[u8]]) {
+        for s in list {
+            write_str(out, s).unwrap();
+        }
+    }
+
+    /// A NAR of directories nested `depth` deep, each entry named `name`.
+    fn nested(depth: usize, name: &[u8]) -> Vec<u8> {
         let mut nar = Vec::new();
         write_str(&mut nar, b"nix-archive-1").unwrap();
         for _ in 0..depth {
-            for s in [
-                &b"("[..],
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                b"a",
-                b"node",
-            ] {
-                write_str(&mut nar, s).unwrap();
-            }
+            tokens(&mut nar, &[b"(", b"type", b"directory"]);
+            tokens(&mut nar, &[b"entry", b"(", b"name", name, b"node"]);
         }
-        for s in [&b"("[..], b"type", b"directory", b")"] {
-            write_str(&mut nar, s).unwrap();
-        }
+        tokens(&mut nar, &[b"(", b"type", b"directory", b")"]);
         for _ in 0..depth {
             write_str(&mut nar, b")").unwrap();
             write_str(&mut nar, b")").unwrap();
@@ -388,7 +374,7 @@ mod tests {
     fn deep_nesting_is_refused_without_overflowing_the_stack() {
         let deepest_ok = MAX_DEPTH;
         let run = |depth| {
-            let nar = nested(depth);
+            let nar = nested(depth, b"a");
             // The stack size of tokio's blocking threads, where uploads are checked.
             std::thread::Builder::new()
                 .stack_size(2 << 20)
@@ -404,35 +390,7 @@ mod tests {
 
     #[test]
     fn overlong_paths_are_refused() {
-        let name = vec![b'n'; 3000];
-        let mut nar = Vec::new();
-        write_str(&mut nar, b"nix-archive-1").unwrap();
-        for _ in 0..2 {
-            for s in [
-                &b"("[..],
-                b"type",
-                b"directory",
-                b"entry",
-                b"(",
-                b"name",
-                &name,
-                b"node",
-            ] {
-                write_str(&mut nar, s).unwrap();
-            }
-        }
-        for s in [
-            &b"("[..],
-            b"type",
-            b"directory",
-            b")",
-            b")",
-            b")",
-            b")",
-            b")",
-        ] {
-            write_str(&mut nar, s).unwrap();
-        }
+        let nar = nested(2, &[b'n'; 3000]);
         let err = list(nar.as_slice()).unwrap_err().to_string();
         assert!(err.contains("longer than 4096"), "{err}");
     }

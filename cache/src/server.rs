@@ -40,8 +40,23 @@ struct State {
     cache_info: String,
 }
 
+// By hand: the upload token is redacted.
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("store", &self.store)
+            .field("metrics", &self.metrics)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("max_upload", &self.max_upload)
+            .field("stall", &self.stall)
+            .field("cache_info", &self.cache_info)
+            .finish()
+    }
+}
+
 /// A cache whose key is loaded, store opened and leftovers of interrupted
 /// uploads removed: ready to serve.
+#[derive(Debug)]
 pub struct Prepared {
     state: Arc<State>,
     data_dir: PathBuf,
@@ -143,25 +158,24 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-fn text(status: u16, msg: impl Into<String>) -> Response<Body> {
-    let mut msg = msg.into();
-    msg.push('\n');
+/// A complete response: `body` with its type and length.
+fn complete(status: u16, content_type: &'static str, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
-        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(CONTENT_LENGTH, msg.len())
-        .body(full(msg))
-        .unwrap_or_else(|_| Response::new(full("")))
-}
-
-fn json(status: u16, v: &serde_json::Value) -> Response<Body> {
-    let body = v.to_string();
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, content_type)
         .header(CONTENT_LENGTH, body.len())
         .body(full(body))
         .unwrap_or_else(|_| Response::new(full("")))
+}
+
+fn text(status: u16, msg: impl Into<String>) -> Response<Body> {
+    let mut msg = msg.into();
+    msg.push('\n');
+    complete(status, "text/plain; charset=utf-8", msg)
+}
+
+fn json(status: u16, v: &serde_json::Value) -> Response<Body> {
+    complete(status, "application/json", v.to_string())
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {

@@ -29,10 +29,15 @@ pub enum KeyError {
     },
 }
 
-fn split(text: &str) -> Result<(&str, Vec<u8>), KeyError> {
+/// Splits `NAME:base64(N bytes)` into the name and exactly `N` bytes.
+fn split<const N: usize>(text: &str) -> Result<(String, [u8; N]), KeyError> {
     let (name, b64) = text.trim().split_once(':').ok_or(KeyError::Format)?;
     check_name(name)?;
-    Ok((name, B64.decode(b64).map_err(|_| KeyError::Format)?))
+    let bytes = B64.decode(b64).map_err(|_| KeyError::Format)?;
+    let bytes = bytes
+        .try_into()
+        .map_err(|v: Vec<u8>| KeyError::Length(v.len(), N))?;
+    Ok((name.to_owned(), bytes))
 }
 
 fn check_name(name: &str) -> Result<(), KeyError> {
@@ -42,7 +47,8 @@ fn check_name(name: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// A cache's secret key.
+/// A cache's secret key. `SigningKey`'s `Debug` prints only its public half.
+#[derive(Debug)]
 pub struct SecretKey {
     name: String,
     key: SigningKey,
@@ -51,15 +57,9 @@ pub struct SecretKey {
 impl SecretKey {
     /// Parses `NAME:base64(32-byte seed ‖ 32-byte public key)`.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
-        let (name, bytes) = split(text)?;
-        let bytes: [u8; 64] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| KeyError::Length(v.len(), 64))?;
+        let (name, bytes) = split::<64>(text)?;
         let key = SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Mismatch)?;
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name, key })
     }
 
     /// Reads a secret key file.
@@ -122,15 +122,9 @@ pub struct PublicKey {
 impl PublicKey {
     /// Parses `NAME:base64(32 bytes)`.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
-        let (name, bytes) = split(text)?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| KeyError::Length(v.len(), 32))?;
+        let (name, bytes) = split::<32>(text)?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublic)?;
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name, key })
     }
 
     /// The key name.

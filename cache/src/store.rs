@@ -185,6 +185,7 @@ impl From<IoCtx> for StoreError {
 }
 
 /// A piece of an upload body handed from the HTTP task to the writer thread.
+#[derive(Debug)]
 pub enum Chunk {
     Data(Bytes),
     /// The body ended normally; without it the upload is discarded.
@@ -248,6 +249,17 @@ pub struct Store {
     /// commands (gc, pin, ls) run without it.
     key: Option<SecretKey>,
     conn: Mutex<Connection>,
+}
+
+// By hand: whether a key is loaded is printed, never the key itself.
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.data_dir)
+            .field("store_dir", &self.store_dir)
+            .field("has_key", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `gc` found or did.

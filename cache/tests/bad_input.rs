@@ -199,6 +199,13 @@ impl Item {
         )
     }
 
+    /// An item whose NAR `c` has accepted (its narinfo is not sent).
+    fn with_nar_on(c: &Cache, name: &str, content: &[u8]) -> Self {
+        let it = Self::new(name, content);
+        assert_eq!(it.put_nar(c).0, 200);
+        it
+    }
+
     fn put_nar(&self, c: &Cache) -> (u16, String) {
         put(c, &format!("/nar/{}", self.file()), &self.nar)
     }
@@ -237,8 +244,7 @@ fn reads_have_protocol_content_types_and_lengths() {
             .contains("content-type: text/x-nix-cache-info"),
         "{head}"
     );
-    let it = Item::new("hello", b"hello world");
-    assert_eq!(it.put_nar(&c).0, 200);
+    let it = Item::with_nar_on(&c, "hello", b"hello world");
     assert_eq!(it.put_narinfo(&c, &it.narinfo(&[])).0, 200);
     let (s, head, body) = req(&c.addr, "HEAD", &format!("/nar/{}", it.file()), &[], b"");
     assert_eq!(s, 200);
@@ -310,8 +316,7 @@ fn reads_have_protocol_content_types_and_lengths() {
 #[test]
 fn wrong_nar_hash_and_nar_size_are_refused() {
     let c = Cache::start(1 << 30);
-    let it = Item::new("app", b"the real content");
-    assert_eq!(it.put_nar(&c).0, 200);
+    let it = Item::with_nar_on(&c, "app", b"the real content");
     let good = it.narinfo(&[]);
     let other = Sha256Hash::of(b"something else").to_string();
     let bad_hash = good.replace(
@@ -422,8 +427,7 @@ fn narinfo_with_missing_references_is_refused_until_they_exist() {
 #[test]
 fn bad_paths_and_urls_are_refused() {
     let c = Cache::start(1 << 30);
-    let it = Item::new("ok", b"content");
-    assert_eq!(it.put_nar(&c).0, 200);
+    let it = Item::with_nar_on(&c, "ok", b"content");
     let good = it.narinfo(&[]);
     let cases = [
         good.replace(
@@ -583,8 +587,7 @@ fn concurrent_identical_uploads_end_with_one_copy() {
 #[test]
 fn pin_api_validates_names_and_paths() {
     let c = Cache::start(1 << 30);
-    let it = Item::new("pinned", b"x");
-    assert_eq!(it.put_nar(&c).0, 200);
+    let it = Item::with_nar_on(&c, "pinned", b"x");
     assert_eq!(it.put_narinfo(&c, &it.narinfo(&[])).0, 200);
     let body = format!(r#"{{"paths": ["/nix/store/{}"]}}"#, it.base);
     let (s, _, b) = req(

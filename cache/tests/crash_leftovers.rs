@@ -4,31 +4,22 @@
 //! `cache serve` now removes such uncommitted narinfos before serving (the
 //! uploader never got an answer and uploads again).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use testkit::{Log, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cache");
 
 /// Starts `cache serve`, waits until it is ready (the store is open and
 /// cleaned), kills it.
 fn serve_once(data: &Path, key: &Path) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .arg("--key-file")
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on "), "{line:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+        .arg(key);
+    Proc::spawn("cache", cmd, Log::Quiet).kill();
 }
 
 fn verify(data: &Path, key: &Path) -> (bool, String) {

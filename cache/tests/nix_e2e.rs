@@ -4,11 +4,12 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn narinfo_file(env: &Env, store_path: &str) -> std::path::PathBuf {
+fn narinfo_file(env: &Env, store_path: &str) -> PathBuf {
     let base = store_path.strip_prefix("/nix/store/").unwrap();
     env.data_dir()
         .join("store")
@@ -19,11 +20,57 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Builds the `chain_expr(salt, kib)` closure into the store `src` of `env`;
+/// returns `src` and the top path.
+fn built_chain(env: &Env, salt: &str, kib: u32) -> (PathBuf, String) {
+    let src = env.path().join("src");
+    let top = env.build(&src, "chain.nix", &chain_expr(salt, kib));
+    (src, top)
+}
+
+/// Pushes `top` from `src` to `server` with `compression`; it succeeds.
+fn push_ok(env: &Env, src: &Path, server: &Server, compression: &str, top: &str) {
+    let url = format!("{}?compression={compression}", server.url());
+    let out = env.push(src, &url, &[top]);
+    assert!(out.status.success(), "{compression} push: {}", stderr(&out));
+}
+
+/// Pulls `path` from `server` into the store `dst` under `env`, trusting
+/// `env`'s own key.
+fn pull_from(env: &Env, server: &Server, dst: &str, path: &str) -> std::process::Output {
+    env.pull(
+        &server.url(),
+        &env.path().join(dst),
+        &env.public_key(),
+        &[path],
+    )
+}
+
+/// A fresh `Env` with `chain_expr(salt, kib)` built in its store `src`
+/// and pushed with `compression` to a cache started for it: the env, `src`,
+/// the top path and the running cache.
+fn pushed_chain(salt: &str, kib: u32, compression: &str) -> (Env, PathBuf, String, Server) {
+    let env = Env::new();
+    let (src, top) = built_chain(&env, salt, kib);
+    let server = Server::start(&env, &[]);
+    push_ok(&env, &src, &server, compression, &top);
+    (env, src, top, server)
+}
+
+/// `cache verify` with `args` finds nothing wrong.
+fn assert_verifies(env: &Env, args: &[&str]) {
+    let out = cache_cmd(env, &[&["verify"], args].concat());
+    assert!(
+        out.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn push_then_pull_with_right_key_and_refuse_wrong_key() {
     let env = Env::new();
-    let src = env.path().join("src");
-    let top = env.build(&src, "chain.nix", &chain_expr("e2e", 64));
+    let (src, top) = built_chain(&env, "e2e", 64);
     let paths = closure(&env, &src, &top);
     assert_eq!(paths.len(), 3);
     let server = Server::start(&env, &[]);
@@ -72,8 +119,7 @@ fn push_then_pull_with_right_key_and_refuse_wrong_key() {
     );
 
     // Pushing again uploads nothing new and still succeeds.
-    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
-    assert!(out.status.success(), "re-push: {}", stderr(&out));
+    push_ok(&env, &src, &server, "zstd", &top);
 
     let (status, metrics) = http(&server.addr, "GET", "/metrics", None, b"");
     assert_eq!(status, 200);
@@ -83,29 +129,15 @@ fn push_then_pull_with_right_key_and_refuse_wrong_key() {
     );
     assert!(metrics.contains("cache_paths 3"), "{metrics}");
 
-    let out = cache_cmd(
+    assert_verifies(
         &env,
-        &[
-            "verify",
-            "--key-file",
-            env.secret_key_file().to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "verify: {}",
-        String::from_utf8_lossy(&out.stdout)
+        &["--key-file", env.secret_key_file().to_str().unwrap()],
     );
 }
 
 #[test]
 fn xz_and_uncompressed_pushes_are_accepted() {
-    let env = Env::new();
-    let src = env.path().join("src");
-    let top = env.build(&src, "chain.nix", &chain_expr("comp", 16));
-    let server = Server::start(&env, &[]);
-    let out = env.push(&src, &format!("{}?compression=xz", server.url()), &[&top]);
-    assert!(out.status.success(), "xz push: {}", stderr(&out));
+    let (env, _, top, server) = pushed_chain("comp", 16, "xz");
     let text = std::fs::read_to_string(narinfo_file(&env, &top)).unwrap();
     assert!(
         text.contains("Compression: xz\n") && text.contains(".nar.xz\n"),
@@ -115,37 +147,21 @@ fn xz_and_uncompressed_pushes_are_accepted() {
     let out = env.pull(&server.url(), &dst, &env.public_key(), &[&top]);
     assert!(out.status.success(), "pull: {}", stderr(&out));
 
-    let env2 = Env::new();
-    let src2 = env2.path().join("src");
-    let top2 = env2.build(&src2, "chain.nix", &chain_expr("none", 16));
-    let server2 = Server::start(&env2, &[]);
-    let out = env2.push(
-        &src2,
-        &format!("{}?compression=none", server2.url()),
-        &[&top2],
-    );
-    assert!(out.status.success(), "none push: {}", stderr(&out));
+    let (env2, _, top2, server2) = pushed_chain("none", 16, "none");
     let text = std::fs::read_to_string(narinfo_file(&env2, &top2)).unwrap();
     assert!(text.contains("Compression: none\n"), "{text}");
-    let out = env2.pull(
-        &server2.url(),
-        &env2.path().join("dst"),
-        &env2.public_key(),
-        &[&top2],
-    );
+    let out = pull_from(&env2, &server2, "dst", &top2);
     assert!(out.status.success(), "pull: {}", stderr(&out));
 }
 
 #[test]
 fn tampered_narinfo_and_nar_are_refused_by_nix_and_reported_by_verify() {
     let env = Env::new();
-    let src = env.path().join("src");
-    let top = env.build(&src, "chain.nix", &chain_expr("tamper", 32));
+    let (src, top) = built_chain(&env, "tamper", 32);
     let paths = closure(&env, &src, &top);
     let leaf = paths.iter().find(|p| p.contains("-leaf-")).unwrap().clone();
     let server = Server::start(&env, &[]);
-    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
-    assert!(out.status.success(), "push: {}", stderr(&out));
+    push_ok(&env, &src, &server, "zstd", &top);
 
     // Tamper the top narinfo: claim another NarSize (the signature no longer matches).
     let f = narinfo_file(&env, &top);
@@ -156,23 +172,13 @@ fn tampered_narinfo_and_nar_are_refused_by_nix_and_reported_by_verify() {
         .unwrap()
         .to_owned();
     std::fs::write(&f, text.replace(&size_line, "NarSize: 12345")).unwrap();
-    let out = env.pull(
-        &server.url(),
-        &env.path().join("dst-a"),
-        &env.public_key(),
-        &[&top],
-    );
+    let out = pull_from(&env, &server, "dst-a", &top);
     assert!(
         !out.status.success(),
         "pull of a tampered narinfo succeeded"
     );
     // The untouched leaf still pulls: the cache as a whole is fine.
-    let out = env.pull(
-        &server.url(),
-        &env.path().join("dst-leaf"),
-        &env.public_key(),
-        &[&leaf],
-    );
+    let out = pull_from(&env, &server, "dst-leaf", &leaf);
     assert!(out.status.success(), "pull of leaf: {}", stderr(&out));
 
     // Tamper the leaf NAR: flip one byte of the compressed file.
@@ -186,12 +192,7 @@ fn tampered_narinfo_and_nar_are_refused_by_nix_and_reported_by_verify() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&nar, &bytes).unwrap();
-    let out = env.pull(
-        &server.url(),
-        &env.path().join("dst-leaf2"),
-        &env.public_key(),
-        &[&leaf],
-    );
+    let out = pull_from(&env, &server, "dst-leaf2", &leaf);
     assert!(!out.status.success(), "pull of a tampered NAR succeeded");
 
     let key = env.secret_key_file();
@@ -230,8 +231,7 @@ fn tampered_narinfo_and_nar_are_refused_by_nix_and_reported_by_verify() {
 #[test]
 fn push_with_wrong_or_missing_token_fails_fast_and_stores_nothing() {
     let env = Env::new();
-    let src = env.path().join("src");
-    let top = env.build(&src, "chain.nix", &chain_expr("token", 8));
+    let (src, top) = built_chain(&env, "token", 8);
     let server = Server::start(&env, &[]);
     for pw in ["wrong-token", ""] {
         if pw.is_empty() {
@@ -322,19 +322,9 @@ fn gc_keeps_pinned_closures_and_removes_the_rest() {
     for p in closure(&env, &src, &kept) {
         assert!(narinfo_file(&env, &p).exists(), "{p} was collected: {text}");
     }
-    let out = env.pull(
-        &server.url(),
-        &env.path().join("dst"),
-        &env.public_key(),
-        &[&kept],
-    );
+    let out = pull_from(&env, &server, "dst", &kept);
     assert!(out.status.success(), "pull after gc: {}", stderr(&out));
-    let out = cache_cmd(&env, &["verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_verifies(&env, &[]);
 
     // A grace period protects fresh uploads even when unpinned.
     assert_eq!(
@@ -404,22 +394,12 @@ fn crash_during_upload_leaves_nothing_half_stored() {
     // Restart: the leftover temp file is removed; verify finds nothing wrong.
     let _server = Server::start(&env, &[]);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
-    let out = cache_cmd(&env, &["verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_verifies(&env, &[]);
 }
 
 #[test]
 fn our_signature_equals_nix_store_sign() {
-    let env = Env::new();
-    let src = env.path().join("src");
-    let top = env.build(&src, "chain.nix", &chain_expr("sig", 4));
-    let server = Server::start(&env, &[]);
-    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &[&top]);
-    assert!(out.status.success(), "push: {}", stderr(&out));
+    let (env, src, top, _server) = pushed_chain("sig", 4, "zstd");
     // nix signs the same path with the same key in the source store.
     let mut sign = env.nix("nix");
     sign.args(["store", "sign", "--store"])

@@ -15,17 +15,18 @@
 //!
 //! `PCR_FLEET_WORKERS` (default 1000) and `PCR_FLEET_VMS` (default 10000).
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use commands::client::MasterClient;
-use commands::model::{ClusterStatusView, ObservedVm, Registration, WorkerMetricsView};
+use commands::model::{ClusterStatusView, ObservedVm, PublishOutcomeView, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus,
-};
+use commands::types::{VmId, VmSpec};
 use testkit::fixtures::spec_with;
 use testkit::process::usage;
 use testkit::services::ControlPlaneArgs;
@@ -67,16 +68,8 @@ async fn sim_worker(
         return;
     };
     let m = Rc::new(m);
-    let id = format!("sim-{i:04}");
-    let reg = Registration {
-        worker_id: id.parse().expect("id"),
-        address: format!("10.1.{}.{}:6000", i / 250, i % 250),
-        capacity: Resources {
-            cpu: 64,
-            memory_mb: 65536,
-        },
-        labels: Labels::new(),
-    };
+    let reg = testkit::fixtures::sim_worker(i);
+    let id = reg.worker_id.to_string();
     if let Err(e) = m.register(&reg, cap).await {
         eprintln!("worker {i}: register: {e}");
         return;
@@ -116,19 +109,8 @@ async fn sim_worker(
             let running: Vec<ObservedVm> = table
                 .borrow()
                 .iter()
-                .map(|(name, (vid, hash))| ObservedVm {
-                    status: VmStatus {
-                        id: vid.clone(),
-                        name: name.parse().expect("name"),
-                        content_hash: hash.clone(),
-                        state: VmState::Running,
-                        pid: Some(1),
-                        error: String::new(),
-                        created_at_ms: 0,
-                        cpu: 1,
-                        memory_mb: 256,
-                    },
-                    metrics: VmMetrics::default(),
+                .map(|(name, (vid, hash))| {
+                    testkit::fixtures::running_vm(vid.clone(), name, hash, 256)
                 })
                 .collect();
             let metrics = WorkerMetricsView {
@@ -152,6 +134,44 @@ async fn sim_worker(
 }
 
 /// Polls the status until `done` holds; returns (elapsed, status latencies).
+/// Every one of `vms` VMs runs what generation `generation` wants.
+fn all_running(s: &ClusterStatusView, generation: u64, vms: usize) -> bool {
+    s.active.as_ref().is_some_and(|a| a.number == generation)
+        && s.vms.len() == vms
+        && s.convergence_percent >= 100.0
+        && s.vms.iter().all(|v| v.observed_hash == v.desired_hash)
+}
+
+/// Publishes `specs` as generation `generation` and waits until all run it:
+/// the outcome, how long the publish and the convergence took, and the
+/// latencies of the status calls while waiting.
+async fn publish_until_running(
+    m: &MasterClient,
+    generation: u64,
+    specs: &[VmSpec],
+) -> (PublishOutcomeView, Duration, Duration, Vec<Duration>) {
+    let p = Instant::now();
+    let o = m
+        .publish(
+            &format!("c{generation}"),
+            generation,
+            &format!("i{generation}"),
+            specs,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publish {generation}: {e}"));
+    let publish = p.elapsed();
+    let vms = specs.len();
+    let (conv, lat) = until(
+        m,
+        &format!("generation {generation} converged"),
+        Duration::from_secs(180),
+        |s| all_running(s, generation, vms),
+    )
+    .await;
+    (o, publish, conv, lat)
+}
+
 async fn until(
     m: &MasterClient,
     what: &str,
@@ -238,24 +258,7 @@ async fn fleet() {
     let gen1: Vec<VmSpec> = (0..vms)
         .map(|k| spec(&format!("app{}-{}", k / 10, k % 10), "h1"))
         .collect();
-    let all_running = |generation: u64| {
-        move |s: &ClusterStatusView| {
-            s.active.as_ref().is_some_and(|a| a.number == generation)
-                && s.vms.len() == vms
-                && s.convergence_percent >= 100.0
-                && s.vms.iter().all(|v| v.observed_hash == v.desired_hash)
-        }
-    };
-    let p = Instant::now();
-    let o = m.publish("c1", 1, "i1", &gen1).await.expect("publish 1");
-    let publish1 = p.elapsed();
-    let (conv1, lat1) = until(
-        &m,
-        "generation 1 converged",
-        Duration::from_secs(180),
-        all_running(1),
-    )
-    .await;
+    let (o, publish1, conv1, lat1) = publish_until_running(&m, 1, &gen1).await;
     let (sm, sx) = median_max(lat1);
     println!(
         "generation 1: publish of {vms} VMs {:.0} ms ({} placed, {} unplaced); 100% converged after {:.2} s; status call median {sm:.0} ms max {sx:.0} ms",
@@ -272,16 +275,7 @@ async fn fleet() {
             spec(&format!("app{}-{}", k / 10, k % 10), h)
         })
         .collect();
-    let p = Instant::now();
-    m.publish("c2", 2, "i2", &gen2).await.expect("publish 2");
-    let publish2 = p.elapsed();
-    let (conv2, _) = until(
-        &m,
-        "generation 2 converged",
-        Duration::from_secs(180),
-        all_running(2),
-    )
-    .await;
+    let (_, publish2, conv2, _) = publish_until_running(&m, 2, &gen2).await;
     println!(
         "generation 2 ({} VMs changed): publish {:.0} ms; converged after {:.2} s",
         vms / 10,
@@ -310,7 +304,7 @@ async fn fleet() {
     }
     let k = Instant::now();
     let (conv3, _) = until(&m, "failover converged", Duration::from_secs(120), |s| {
-        s.workers.iter().filter(|w| !w.healthy).count() == lost && all_running(2)(s)
+        s.workers.iter().filter(|w| !w.healthy).count() == lost && all_running(s, 2, vms)
     })
     .await;
     println!(

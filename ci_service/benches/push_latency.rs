@@ -7,6 +7,9 @@
 //!   cargo build --workspace --bins && \
 //!   PCR_BIN_DIR=$PWD/target/debug cargo bench -p ci_service --bench push_latency
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -30,6 +30,20 @@ pub struct AppState {
     pub publisher: Publisher,
 }
 
+// By hand: the hook secret must not be printed.
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "hook_secret",
+                &self.hook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("publisher", &self.publisher)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The largest push event body accepted.
 pub const MAX_HOOK_BODY: usize = 64 * 1024;
 

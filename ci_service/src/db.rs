@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use commands::types::IntentHash;
 use commands::telemetry::now_ms;
+use commands::types::IntentHash;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -41,6 +41,7 @@ pub struct Generation {
     pub specs_json: String,
 }
 
+#[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
 }
@@ -225,30 +226,35 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn set_timings(&self, id: i64, timings: &Timings) -> Result<(), DbError> {
-        self.conn().execute(
-            "UPDATE jobs SET timings = ?1 WHERE id = ?2",
-            params![serde_json::to_string(timings)?, id],
-        )?;
+    /// Runs one statement on a job row.
+    fn update(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), DbError> {
+        self.conn().execute(sql, params)?;
         Ok(())
     }
 
+    /// Ends job `id` now, with `set` (which names `?1`, bound to `value`).
+    fn finish(&self, id: i64, set: &str, value: &str) -> Result<(), DbError> {
+        self.update(
+            &format!("UPDATE jobs SET {set}, finished_at_ms = ?2 WHERE id = ?3"),
+            params![value, now_ms() as i64, id],
+        )
+    }
+
+    pub fn set_timings(&self, id: i64, timings: &Timings) -> Result<(), DbError> {
+        self.update(
+            "UPDATE jobs SET timings = ?1 WHERE id = ?2",
+            params![serde_json::to_string(timings)?, id],
+        )
+    }
+
     pub fn fail(&self, id: i64, error: &str) -> Result<(), DbError> {
-        self.conn().execute(
-            "UPDATE jobs SET state = 'failed', error = ?1, finished_at_ms = ?2 WHERE id = ?3",
-            params![error, now_ms() as i64, id],
-        )?;
-        Ok(())
+        self.finish(id, "state = 'failed', error = ?1", error)
     }
 
     /// A job that built and checked but publishes nothing (a ref that is
     /// not deployed).
     pub fn succeed_without_generation(&self, id: i64, specs_json: &str) -> Result<(), DbError> {
-        self.conn().execute(
-            "UPDATE jobs SET state = 'succeeded', vm_specs = ?1, finished_at_ms = ?2 WHERE id = ?3",
-            params![specs_json, now_ms() as i64, id],
-        )?;
-        Ok(())
+        self.finish(id, "state = 'succeeded', vm_specs = ?1", specs_json)
     }
 
     /// The number the next generation gets: one past both ours and the
@@ -282,43 +288,39 @@ impl Db {
         Ok(self
             .conn()
             .query_row(
-                "SELECT number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms
-                 FROM generations ORDER BY number DESC LIMIT 1",
+                &format!(
+                    "SELECT {GENERATION_COLUMNS} FROM generations ORDER BY number DESC LIMIT 1"
+                ),
                 [],
-                |r| {
-                    Ok(Generation {
-                        number: r.get(0)?,
-                        job_id: r.get(1)?,
-                        commit: r.get(2)?,
-                        intent_hash: IntentHash::from(r.get::<_, String>(3)?),
-                        specs_json: r.get(4)?,
-                        closure: r.get(5)?,
-                        created_at_ms: r.get(6)?,
-                    })
-                },
+                generation_from_row,
             )
             .optional()?)
     }
 
     pub fn generations(&self, limit: u32) -> Result<Vec<Generation>, DbError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms
-             FROM generations ORDER BY number DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok(Generation {
-                number: r.get(0)?,
-                job_id: r.get(1)?,
-                commit: r.get(2)?,
-                intent_hash: IntentHash::from(r.get::<_, String>(3)?),
-                specs_json: r.get(4)?,
-                closure: r.get(5)?,
-                created_at_ms: r.get(6)?,
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {GENERATION_COLUMNS} FROM generations ORDER BY number DESC LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([limit], generation_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The columns `generation_from_row` reads, in its order.
+const GENERATION_COLUMNS: &str =
+    "number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms";
+
+fn generation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
+    Ok(Generation {
+        number: r.get(0)?,
+        job_id: r.get(1)?,
+        commit: r.get(2)?,
+        intent_hash: IntentHash::from(r.get::<_, String>(3)?),
+        specs_json: r.get(4)?,
+        closure: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
 }
 
 #[cfg(test)]

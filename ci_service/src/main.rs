@@ -1,6 +1,9 @@
 //! ci_service binary: the CI server (default), plus `install-hook` (writes
 //! a bare repository's post-receive hook) and `notify` (what the hook runs).
 
+// Stdout is part of the interface: the listening line and install-hook's answer.
+#![allow(clippy::print_stdout)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 

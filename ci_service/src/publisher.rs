@@ -61,6 +61,18 @@ pub struct Publisher {
     republished: Arc<AtomicU64>,
 }
 
+// By hand: the request channel has nothing worth printing; the counters do.
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("enabled", &self.tx.is_some())
+            .field("connected", &self.connected)
+            .field("remote_active", &self.remote_active)
+            .field("republished", &self.republished)
+            .finish()
+    }
+}
+
 impl Publisher {
     /// No control plane configured: publishing always reports unavailable.
     pub fn disabled() -> Self {

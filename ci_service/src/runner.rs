@@ -68,7 +68,7 @@ pub enum JobError {
 }
 
 /// Where closures go: the cache's base URL and its upload token.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CacheTarget {
     pub url: String,
     pub token: Option<String>,
@@ -76,6 +76,7 @@ pub struct CacheTarget {
     pub netrc: Option<PathBuf>,
 }
 
+#[derive(Debug)]
 pub struct Runner {
     pub db: Arc<Db>,
     pub nix: Nix,
@@ -84,6 +85,17 @@ pub struct Runner {
     pub publisher: Publisher,
     pub deploy_ref: String,
     pub wake: Arc<Notify>,
+}
+
+// By hand: the upload token is redacted.
+impl std::fmt::Debug for CacheTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheTarget")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("netrc", &self.netrc)
+            .finish()
+    }
 }
 
 /// Where the log of job `id` is written.
@@ -106,6 +118,7 @@ fn summary(e: &NixError) -> String {
 
 /// Appends lines to a job's log file; each write is flushed so followers
 /// see it at once.
+#[derive(Debug)]
 pub struct JobLog {
     file: std::fs::File,
 }

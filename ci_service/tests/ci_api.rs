@@ -20,6 +20,22 @@ fn start_ci(h: &repo_outils::testing::HermeticNix, data: &std::path::Path, extra
     Proc::spawn("ci_service", cmd, Log::Quiet)
 }
 
+/// Pushes the change `from` → `to` and waits for its job to fail; returns
+/// the job's id and JSON.
+fn failing_push(
+    repo: &Repo,
+    url: &str,
+    from: &str,
+    to: &str,
+    msg: &str,
+) -> (i64, serde_json::Value) {
+    let (commit, _) = repo.change_and_push(from, to, msg);
+    let id = job_for(url, &commit);
+    let job = wait_job(url, id, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    (id, job)
+}
+
 #[test]
 fn push_builds_and_failures_are_explained() {
     let h = repo_outils::testing::HermeticNix::new().unwrap();
@@ -59,14 +75,13 @@ fn push_builds_and_failures_are_explained() {
 
     // An evaluation error: the job fails, the log names the attribute and
     // the reason, and no generation is made.
-    let (c2, _) = repo.change_and_push(
+    let (id2, job) = failing_push(
+        &repo,
+        &url,
         "cpu = 1;\n    memoryMb = 512;",
         "cpu = 0;\n    memoryMb = 512;",
         "bad cpu",
     );
-    let id2 = job_for(&url, &c2);
-    let job = wait_job(&url, id2, Duration::from_secs(60));
-    assert_eq!(job["state"], "failed");
     assert!(job["generation"].is_null());
     let err = job["error"].as_str().unwrap();
     assert!(
@@ -78,14 +93,13 @@ fn push_builds_and_failures_are_explained() {
 
     // A build failure: named derivation and its output in the log.
     git(&repo.work, &["revert", "--no-edit", "HEAD"]);
-    let (c3, _) = repo.change_and_push(
+    let (id3, job) = failing_push(
+        &repo,
+        &url,
         "failBuild = false;",
         "failBuild = true;",
         "break the web image",
     );
-    let id3 = job_for(&url, &c3);
-    let job = wait_job(&url, id3, Duration::from_secs(60));
-    assert_eq!(job["state"], "failed");
     assert!(
         job["error"]
             .as_str()

@@ -258,6 +258,17 @@ mod tests {
         });
     }
 
+    /// Serves `answer` once on `socket` and asks it for `path` with `client`.
+    async fn ask_once(
+        client: HttpClient<UnixConnector>,
+        socket: &Path,
+        path: &str,
+        answer: &'static [u8],
+    ) -> Result<Response, HttpError> {
+        serve_once(socket, answer).await;
+        client.send(get(unix_uri(socket, path))).await
+    }
+
     fn get(uri: Uri) -> Request<Bytes> {
         Request::get(uri)
             .header(http::header::HOST, "localhost")
@@ -269,29 +280,26 @@ mod tests {
     async fn unix_socket_answers_are_buffered_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("a.sock");
-        serve_once(
+        let r = ask_once(
+            HttpClient::unix(),
             &sock,
+            "/x",
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnope\n",
         )
-        .await;
-        let r = HttpClient::unix()
-            .send(get(unix_uri(&sock, "/x")))
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(r.body_text(100), "nope");
 
         let big = dir.path().join("b.sock");
-        serve_once(
+        let err = ask_once(
+            HttpClient::unix().with_body_limit(4),
             &big,
+            "/y",
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
         )
-        .await;
-        let err = HttpClient::unix()
-            .with_body_limit(4)
-            .send(get(unix_uri(&big, "/y")))
-            .await
-            .unwrap_err();
+        .await
+        .unwrap_err();
         assert!(matches!(err, HttpError::TooLarge { limit: 4, .. }), "{err}");
         assert_eq!(
             err.to_string(),

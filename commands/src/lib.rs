@@ -1,18 +1,25 @@
 //! Cap'n Proto schemas (generated code) and the domain types they carry.
 
-// Generated code: lints are the generator's business, not ours.
-#[allow(clippy::all, clippy::pedantic, clippy::unimplemented, unused)]
-pub mod common_capnp {
-    include!(concat!(env!("OUT_DIR"), "/common_capnp.rs"));
+/// Declares a module holding one generated schema file.
+macro_rules! generated {
+    ($name:ident, $file:literal) => {
+        // Generated code: lints are the generator's business, not ours.
+        #[allow(
+            clippy::all,
+            clippy::pedantic,
+            clippy::unimplemented,
+            unused,
+            missing_debug_implementations
+        )]
+        pub mod $name {
+            include!(concat!(env!("OUT_DIR"), $file));
+        }
+    };
 }
-#[allow(clippy::all, clippy::pedantic, clippy::unimplemented, unused)]
-pub mod worker_capnp {
-    include!(concat!(env!("OUT_DIR"), "/worker_capnp.rs"));
-}
-#[allow(clippy::all, clippy::pedantic, clippy::unimplemented, unused)]
-pub mod master_capnp {
-    include!(concat!(env!("OUT_DIR"), "/master_capnp.rs"));
-}
+
+generated!(common_capnp, "/common_capnp.rs");
+generated!(worker_capnp, "/worker_capnp.rs");
+generated!(master_capnp, "/master_capnp.rs");
 
 pub mod auth;
 pub mod ci_api;

@@ -19,6 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::master_capnp::{master, master_login};
+use crate::worker_capnp::{worker, worker_login};
+
 /// The largest message either side reads, in 8-byte words (128 MiB): the
 /// reader refuses a larger segment table before allocating, so this is both
 /// the message size and the traversal bound. 100,000 VmSpecs fit ~20 times.
@@ -195,6 +198,15 @@ pub struct Connection<T> {
     disconnector: Option<capnp_rpc::Disconnector<rpc_twoparty_capnp::Side>>,
 }
 
+// By hand: neither the capability nor the disconnector is `Debug`.
+impl<T> std::fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("connected", &self.disconnector.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T> Connection<T> {
     /// The same connection, now carrying the capability a login returned.
     fn with_client<U>(self, client: U) -> Connection<U> {
@@ -334,57 +346,58 @@ fn session_role(
         .map_err(|e| convert_failed(addr, crate::convert::ConvertError::UnknownEnum(e.0)))
 }
 
+/// What a login gives: the connection carrying the capability, and the session.
+pub type Login<T> = Result<(Connection<T>, SessionInfo), RpcError>;
+
+/// Connects with `$login` (a `*_login::Client`), sends `token` and returns
+/// the capability `$get` takes from the session, with the session's role and
+/// the worker id `$worker_id` reads from it. A macro because the
+/// master and worker login interfaces are distinct generated types with no
+/// common trait to be generic over.
+macro_rules! login {
+    // A session not bound to a worker id.
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident) => {
+        login!($addr, $timeout, $token, $login, $get, |_session| None)
+    };
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident, |$session:ident| $worker_id:expr) => {{
+        let conn = connect::<$login>($addr, $timeout).await?;
+        let mut req = conn.client.login_request();
+        req.get().set_token($token);
+        let reply = await_login($addr, $timeout, req.send().promise).await?;
+        let reply = reply.get().map_err(|e| login_failed($addr, e))?;
+        let $session = crate::convert::result_from_capnp(
+            reply.get_result().map_err(|e| login_failed($addr, e))?,
+        )
+        .map_err(|e| convert_failed($addr, e))?
+        .map_err(|f| refused($addr, f))?;
+        let capability = $session.$get().map_err(|e| login_failed($addr, e))?;
+        let info = SessionInfo {
+            role: session_role($addr, $session.get_role())?,
+            worker_id: $worker_id,
+        };
+        Ok((conn.with_client(capability), info))
+    }};
+}
+
 /// Connects to a control plane and logs in with `token` (empty when the
 /// caller has none: a server without a token file accepts that). The one
 /// way every client reaches `Master`.
-pub async fn connect_master(
-    addr: &str,
-    timeout: Duration,
-    token: &str,
-) -> Result<(Connection<crate::master_capnp::master::Client>, SessionInfo), RpcError> {
-    use crate::master_capnp::master_login;
-    let conn = connect::<master_login::Client>(addr, timeout).await?;
-    let mut req = conn.client.login_request();
-    req.get().set_token(token);
-    let reply = await_login(addr, timeout, req.send().promise).await?;
-    let reply = reply.get().map_err(|e| login_failed(addr, e))?;
-    let session =
-        crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
-            .map_err(|e| convert_failed(addr, e))?
-            .map_err(|f| refused(addr, f))?;
-    let master = session.get_master().map_err(|e| login_failed(addr, e))?;
-    let info = SessionInfo {
-        role: session_role(addr, session.get_role())?,
-        worker_id: Some(
-            crate::convert::text(session.get_worker_id()).map_err(|e| convert_failed(addr, e))?,
-        )
-        .filter(|s| !s.is_empty()),
-    };
-    Ok((conn.with_client(master), info))
+pub async fn connect_master(addr: &str, timeout: Duration, token: &str) -> Login<master::Client> {
+    login!(
+        addr,
+        timeout,
+        token,
+        master_login::Client,
+        get_master,
+        |session| crate::convert::text(session.get_worker_id())
+            .map_err(|e| convert_failed(addr, e))
+            .map(|id| Some(id).filter(|s| !s.is_empty()))?
+    )
 }
 
 /// Connects to a worker and logs in with `token` (see [`connect_master`]).
-pub async fn connect_worker(
-    addr: &str,
-    timeout: Duration,
-    token: &str,
-) -> Result<(Connection<crate::worker_capnp::worker::Client>, SessionInfo), RpcError> {
-    use crate::worker_capnp::worker_login;
-    let conn = connect::<worker_login::Client>(addr, timeout).await?;
-    let mut req = conn.client.login_request();
-    req.get().set_token(token);
-    let reply = await_login(addr, timeout, req.send().promise).await?;
-    let reply = reply.get().map_err(|e| login_failed(addr, e))?;
-    let session =
-        crate::convert::result_from_capnp(reply.get_result().map_err(|e| login_failed(addr, e))?)
-            .map_err(|e| convert_failed(addr, e))?
-            .map_err(|f| refused(addr, f))?;
-    let worker = session.get_worker().map_err(|e| login_failed(addr, e))?;
-    let info = SessionInfo {
-        role: session_role(addr, session.get_role())?,
-        worker_id: None,
-    };
-    Ok((conn.with_client(worker), info))
+pub async fn connect_worker(addr: &str, timeout: Duration, token: &str) -> Login<worker::Client> {
+    login!(addr, timeout, token, worker_login::Client, get_worker)
 }
 
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a

@@ -143,6 +143,17 @@ string_newtype!(
     "store path"
 );
 
+/// Whether `name` is a valid name part of a store path (what follows
+/// `<hash>-`): 1 to 211 characters of `[A-Za-z0-9+-._?=]`, no leading dot.
+pub fn is_store_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 211
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c))
+}
+
 fn validate_store_path(s: &str) -> Result<(), String> {
     let rest = s
         .strip_prefix(STORE_DIR)
@@ -158,13 +169,7 @@ fn validate_store_path(s: &str) -> Result<(), String> {
     let name = name
         .strip_prefix('-')
         .ok_or("lacks the '-' after the hash part")?;
-    let name_ok = !name.is_empty()
-        && name.len() <= 211
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
-    if !name_ok {
+    if !is_store_name(name) {
         return Err("has an invalid name part".into());
     }
     for p in parts {
@@ -198,33 +203,10 @@ impl VmId {
     }
 }
 
-/// The JSON shape Nix writes, before validation. Unknown fields are refused
-/// so that a typo in a Nix module is an error, not a silently ignored knob.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawVmSpec {
-    name: String,
-    toplevel: String,
-    kernel_path: String,
-    #[serde(default)]
-    initrd_path: String,
-    #[serde(default)]
-    disk_image_path: String,
-    #[serde(default)]
-    cmdline: String,
-    cpu: u32,
-    memory_mb: u64,
-    #[serde(default)]
-    network_allowed_domains: Vec<String>,
-    content_hash: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
 /// What one VM boots and needs: the contract between Nix, CI, the control
 /// plane and the worker. Constructed only through validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawVmSpec", into = "RawVmSpec")]
+#[serde(try_from = "VmSpecFields", into = "VmSpecFields")]
 pub struct VmSpec {
     name: VmName,
     toplevel: StorePath,
@@ -239,19 +221,28 @@ pub struct VmSpec {
     labels: BTreeMap<String, String>,
 }
 
-/// Unvalidated fields, for building a spec in code (tests, conversions).
-#[derive(Debug, Clone, Default)]
+/// Unvalidated fields, for building a spec in code (tests, conversions);
+/// also the JSON shape Nix writes, before validation. Unknown fields are
+/// refused so that a typo in a Nix module is an error, not a silently
+/// ignored knob.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmSpecFields {
     pub name: String,
     pub toplevel: String,
     pub kernel_path: String,
+    #[serde(default)]
     pub initrd_path: String,
+    #[serde(default)]
     pub disk_image_path: String,
+    #[serde(default)]
     pub cmdline: String,
     pub cpu: u32,
     pub memory_mb: u64,
+    #[serde(default)]
     pub network_allowed_domains: Vec<String>,
     pub content_hash: String,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -458,41 +449,16 @@ impl VmSpec {
     }
 }
 
-impl TryFrom<RawVmSpec> for VmSpec {
+impl TryFrom<VmSpecFields> for VmSpec {
     type Error = SpecError;
-    fn try_from(r: RawVmSpec) -> Result<Self, SpecError> {
-        VmSpec::new(VmSpecFields {
-            name: r.name,
-            toplevel: r.toplevel,
-            kernel_path: r.kernel_path,
-            initrd_path: r.initrd_path,
-            disk_image_path: r.disk_image_path,
-            cmdline: r.cmdline,
-            cpu: r.cpu,
-            memory_mb: r.memory_mb,
-            network_allowed_domains: r.network_allowed_domains,
-            content_hash: r.content_hash,
-            labels: r.labels,
-        })
+    fn try_from(f: VmSpecFields) -> Result<Self, SpecError> {
+        VmSpec::new(f)
     }
 }
 
-impl From<VmSpec> for RawVmSpec {
-    fn from(s: VmSpec) -> RawVmSpec {
-        let f = s.to_fields();
-        RawVmSpec {
-            name: f.name,
-            toplevel: f.toplevel,
-            kernel_path: f.kernel_path,
-            initrd_path: f.initrd_path,
-            disk_image_path: f.disk_image_path,
-            cmdline: f.cmdline,
-            cpu: f.cpu,
-            memory_mb: f.memory_mb,
-            network_allowed_domains: f.network_allowed_domains,
-            content_hash: f.content_hash,
-            labels: f.labels,
-        }
+impl From<VmSpec> for VmSpecFields {
+    fn from(s: VmSpec) -> VmSpecFields {
+        s.to_fields()
     }
 }
 

@@ -9,15 +9,16 @@
 //! Needs the release binaries of the other packages:
 //! `cargo build --release -p worker -p control_plane && cargo bench -p control_plane --bench cluster`.
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use commands::client::MasterClient;
-use commands::model::{ObservedVm, Registration, WorkerMetricsView};
+use commands::model::{ObservedVm, WorkerMetricsView};
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{
-    Labels, Resources, VmId, VmMetrics, VmSpec, VmState, VmStatus,
-};
+use commands::types::{VmId, VmSpec};
 use testkit::fixtures::{make_store, spec};
 use testkit::process::{Usage, usage};
 use testkit::services::{ControlPlaneArgs, WorkerArgs, start_worker};
@@ -157,16 +158,8 @@ async fn thousand_workers() {
                     .await
                     .expect("connect"),
             );
-            let id = format!("sim-{i:04}");
-            let reg = Registration {
-                worker_id: id.parse().expect("id"),
-                address: format!("10.1.{}.{}:6000", i / 250, i % 250),
-                capacity: Resources {
-                    cpu: 64,
-                    memory_mb: 65536,
-                },
-                labels: Labels::new(),
-            };
+            let reg = testkit::fixtures::sim_worker(i);
+            let id = reg.worker_id.to_string();
             m.register(&reg, cap).await.expect("register");
             let poller = {
                 let m = m.clone();
@@ -187,19 +180,13 @@ async fn thousand_workers() {
                     // Report three VMs, as a small worker would.
                     if running.is_empty() {
                         running = (0..3)
-                            .map(|k| ObservedVm {
-                                status: VmStatus {
-                                    id: VmId::new_v7(),
-                                    name: format!("vm{i}-{k}").parse().expect("name"),
-                                    content_hash: "h".into(),
-                                    state: VmState::Running,
-                                    pid: Some(1),
-                                    error: String::new(),
-                                    created_at_ms: 0,
-                                    cpu: 1,
-                                    memory_mb: 128,
-                                },
-                                metrics: VmMetrics::default(),
+                            .map(|k| {
+                                testkit::fixtures::running_vm(
+                                    VmId::new_v7(),
+                                    &format!("vm{i}-{k}"),
+                                    "h",
+                                    128,
+                                )
                             })
                             .collect();
                     }

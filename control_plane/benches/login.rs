@@ -6,6 +6,9 @@
 //!
 //! `cargo bench -p control_plane --bench login`
 
+// A benchmark's job is to print its figures.
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use commands::auth::{Authenticator, Role};

@@ -1,6 +1,9 @@
 //! `control_plane` binary: parses flags, sets up logging, binds the listener
 //! and hands over to `control_plane::run` on a single-threaded LocalSet.
 
+// Stdout carries the listening line that tests and scripts parse.
+#![allow(clippy::print_stdout)]
+
 use std::time::Duration;
 
 use clap::Parser;

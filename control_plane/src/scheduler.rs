@@ -452,6 +452,18 @@ mod tests {
         .unwrap()
     }
 
+    /// `n` one-core 128 MiB VMs `group-0` … `group-(n-1)`.
+    fn small_vms(group: &str, n: usize) -> Vec<VmSpec> {
+        (0..n)
+            .map(|i| spec(&format!("{group}-{i}"), 1, 128, &[]))
+            .collect()
+    }
+
+    /// Unlabelled workers `a`, `b` and `c` of 8 cores and 8 GiB each.
+    fn workers_abc() -> [WorkerSlot; 3] {
+        ["a", "b", "c"].map(|id| worker(id, 8, 8192, &[]))
+    }
+
     fn worker(id: &str, cpu: u32, mem: u64, labels: &[(&str, &str)]) -> WorkerSlot {
         WorkerSlot {
             id: id.parse().unwrap(),
@@ -480,14 +492,8 @@ mod tests {
 
     #[test]
     fn replicas_spread_across_workers() {
-        let specs: Vec<VmSpec> = (0..3)
-            .map(|i| spec(&format!("web-{i}"), 1, 128, &[]))
-            .collect();
-        let workers = [
-            worker("a", 8, 8192, &[]),
-            worker("b", 8, 8192, &[]),
-            worker("c", 8, 8192, &[]),
-        ];
+        let specs = small_vms("web", 3);
+        let workers = workers_abc();
         let p = schedule(&specs, &workers, &BTreeMap::new());
         let used: BTreeSet<&WorkerId> = p.assigned.values().collect();
         assert_eq!(used.len(), 3, "{p:?}");
@@ -530,14 +536,8 @@ mod tests {
 
     #[test]
     fn vms_of_a_dead_worker_move_and_others_stay() {
-        let specs: Vec<VmSpec> = (0..6)
-            .map(|i| spec(&format!("app-{i}"), 1, 128, &[]))
-            .collect();
-        let all = [
-            worker("a", 8, 8192, &[]),
-            worker("b", 8, 8192, &[]),
-            worker("c", 8, 8192, &[]),
-        ];
+        let specs = small_vms("app", 6);
+        let all = workers_abc();
         let first = schedule(&specs, &all, &BTreeMap::new());
         let second = schedule(&specs, &all[..2], &first.assigned);
         for (vm, w) in &first.assigned {

@@ -609,19 +609,11 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commands::types::{VmId, VmStatus};
+    use commands::types::VmId;
     use testkit::fixtures::spec;
 
     fn reg(id: &str, addr: &str) -> Registration {
-        Registration {
-            worker_id: id.parse().unwrap(),
-            address: addr.into(),
-            capacity: Resources {
-                cpu: 8,
-                memory_mb: 8192,
-            },
-            labels: Labels::new(),
-        }
+        testkit::fixtures::registration(id, addr.into(), 8, 8192)
     }
 
     fn settings() -> Settings {
@@ -631,25 +623,22 @@ mod tests {
         }
     }
 
+    /// Workers `a` and `b` registered at `t`, with `specs` published as
+    /// generation 1.
+    fn two_workers_running(t: Instant, specs: Vec<VmSpec>) -> State {
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        s.publish("c", 1, "i", specs, 0).unwrap();
+        s
+    }
+
     fn wid(s: &str) -> WorkerId {
         s.parse().unwrap()
     }
 
     fn observed(name: &str, hash: &str) -> ObservedVm {
-        ObservedVm {
-            status: VmStatus {
-                id: VmId::new_v7(),
-                name: name.parse().unwrap(),
-                content_hash: hash.into(),
-                state: VmState::Running,
-                pid: Some(1),
-                error: String::new(),
-                created_at_ms: 0,
-                cpu: 1,
-                memory_mb: 128,
-            },
-            metrics: VmMetrics::default(),
-        }
+        testkit::fixtures::running_vm(VmId::new_v7(), name, hash, 128)
     }
 
     #[test]
@@ -706,11 +695,7 @@ mod tests {
     #[test]
     fn silent_worker_loses_its_vms_and_assignments_wake() {
         let t = Instant::now();
-        let mut s = State::new(settings(), t, 1);
-        s.register(reg("a", "x:1"), 1, t).unwrap();
-        s.register(reg("b", "x:2"), 2, t).unwrap();
-        s.publish("c", 1, "i", vec![spec("web-0", "h"), spec("web-1", "h")], 0)
-            .unwrap();
+        let mut s = two_workers_running(t, vec![spec("web-0", "h"), spec("web-1", "h")]);
         let a = s.assignment(&wid("a"), 0, 0).unwrap().unwrap();
         let b = s.assignment(&wid("b"), 0, 0).unwrap().unwrap();
         assert_eq!((a.vms.len(), b.vms.len()), (1, 1));
@@ -844,11 +829,7 @@ mod tests {
     #[test]
     fn both_versions_during_a_replacement_are_one_row() {
         let t = Instant::now();
-        let mut s = State::new(settings(), t, 1);
-        s.register(reg("a", "x"), 1, t).unwrap();
-        s.register(reg("b", "y"), 2, t).unwrap();
-        s.publish("c", 1, "i", vec![spec("web-0", "h1")], 0)
-            .unwrap();
+        let mut s = two_workers_running(t, vec![spec("web-0", "h1")]);
         let on = s
             .placement
             .assigned

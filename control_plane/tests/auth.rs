@@ -245,44 +245,23 @@ fn tokens_and_roles_with_the_real_binaries() {
     );
 
     // The worker's own RPC: no token refused, reader reads only, admin all.
-    let e = err_line(&cli(
-        "pcr-worker-test",
-        &["--addr", &w1_addr, "list-vms"],
-        &[],
-    ));
+    let on_w1 = |args: &[&str], env: &[(&str, &str)]| {
+        cli(
+            "pcr-worker-test",
+            &[&["--addr", &w1_addr], args].concat(),
+            env,
+        )
+    };
+    let e = err_line(&on_w1(&["list-vms"], &[]));
     assert!(e.contains("refused the login: no token was given"), "{e}");
-    ok(&cli(
-        "pcr-worker-test",
-        &["--addr", &w1_addr, "list-vms"],
-        &[("PCR_TOKEN", WORKER_READER)],
-    ));
-    let e = err_line(&cli(
-        "pcr-worker-test",
-        &[
-            "--addr",
-            &w1_addr,
-            "create-vm",
-            "--spec",
-            spec.to_str().unwrap(),
-        ],
-        &[("PCR_TOKEN", WORKER_READER)],
-    ));
+    ok(&on_w1(&["list-vms"], &[("PCR_TOKEN", WORKER_READER)]));
+    let create = ["create-vm", "--spec", spec.to_str().unwrap()];
+    let e = err_line(&on_w1(&create, &[("PCR_TOKEN", WORKER_READER)]));
     assert!(e.contains("a reader token may not create VMs"), "{e}");
-    ok(&cli(
-        "pcr-worker-test",
-        &["--addr", &w1_addr, "read"],
-        &[("PCR_TOKEN", WORKER_ADMIN)],
-    ));
+    ok(&on_w1(&["read"], &[("PCR_TOKEN", WORKER_ADMIN)]));
     // The control plane's admin token is not the worker's.
-    let e = err_line(&cli(
-        "pcr-worker-test",
-        &[
-            "--addr",
-            &w1_addr,
-            "read",
-            "--token-file",
-            admin_file.to_str().unwrap(),
-        ],
+    let e = err_line(&on_w1(
+        &["read", "--token-file", admin_file.to_str().unwrap()],
         &[],
     ));
     assert!(e.contains("the token is not valid"), "{e}");
@@ -309,50 +288,36 @@ fn refuses(tool: &str, args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{tool}: {err}");
 }
 
+/// [`refuses`], listening on every address.
+fn refuses_public(tool: &str, args: &[&str], needle: &str) {
+    refuses(tool, &[&["--listen", "0.0.0.0:0"], args].concat(), needle);
+}
+
 #[test]
 fn servers_without_tokens_refuse_non_loopback_binds() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    refuses(
+    refuses_public(
         "control_plane",
-        &["--listen", "0.0.0.0:0"],
+        &[],
         "refusing to serve the control plane on non-loopback address 0.0.0.0:",
     );
     let run = d.join("run");
-    refuses(
+    refuses_public(
         "worker",
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--worker-id",
-            "w",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
+        &["--worker-id", "w", "--run-dir", run.to_str().unwrap()],
         "refusing to serve the worker on non-loopback address 0.0.0.0:",
     );
     let data = d.join("ci");
-    refuses(
+    refuses_public(
         "ci_service",
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+        &["--data-dir", data.to_str().unwrap()],
         "without --hook-secret-file",
     );
     // The cache without an upload token: nobody could upload, keep it local.
-    let keys = d.join("keys");
-    let st = Command::new(bin("cache"))
-        .args(["keygen", "test-1", "--out-dir", keys.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    // (cache_keys also writes a token file, which this command does not name.)
+    testkit::services::cache_keys(d, "test-1", "unused");
+    let keys = d.join("key");
     let cache_dir = d.join("cache");
     refuses(
         "cache",

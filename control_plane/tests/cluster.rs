@@ -125,6 +125,25 @@ fn vms_by_name(cp: &str, workers: &[&str]) -> BTreeMap<String, (String, u64)> {
     out
 }
 
+/// The entries of the JSON array `items` by their string field `key`.
+fn keyed<'a, T>(
+    items: &'a Value,
+    key: &str,
+    value: impl Fn(&'a Value) -> T,
+) -> BTreeMap<&'a str, T> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v[key].as_str().unwrap(), value(v)))
+        .collect()
+}
+
+/// Whether `pred` holds for every VM of the status `s`.
+fn all_vms(s: &Value, pred: impl Fn(&Value) -> bool) -> bool {
+    s["vms"].as_array().unwrap().iter().all(pred)
+}
+
 fn converged(cp: &str, generation: u64, expect_vms: usize) -> Option<Value> {
     let s = json("pcr", cp, &["status"]);
     let ok = s["active"]["number"].as_u64() == Some(generation)
@@ -214,13 +233,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     let t = Instant::now();
     publish(&cp, "c2", 2, &dir.join("gen2"));
     let status = wait_until(STEP, "generation 2 converged", || {
-        converged(&cp, 2, 6).filter(|s| {
-            s["vms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|v| v["observedHash"] == v["desiredHash"])
-        })
+        converged(&cp, 2, 6).filter(|s| all_vms(s, |v| v["observedHash"] == v["desiredHash"]))
     });
     eprintln!("generation 2 converged in {:?}", t.elapsed());
     let after = vms_by_name(&cp, &ids);
@@ -240,28 +253,15 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
             );
         }
     }
-    let hashes: BTreeMap<&str, &str> = status["vms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap(),
-                v["observedHash"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let hashes = keyed(&status["vms"], "name", |v| {
+        v["observedHash"].as_str().unwrap()
+    });
     assert_eq!(hashes["web-1"], "g2-web-1");
 
     // ---- metrics reach the status; a crashed CH process is recreated ---------
     wait_until(STEP, "RSS metrics of every VM", || {
         let s = json("pcr", &cp, &["status"]);
-        s["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0)
-            .then_some(())
+        all_vms(&s, |v| v["metrics"]["rssBytes"].as_u64().unwrap_or(0) > 0).then_some(())
     });
     let (crashed_id, crashed_pid) = after["api-0"].clone();
     let _ = Command::new("kill")
@@ -296,13 +296,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     kill_mentioning(&c.run_dir(&victim).display().to_string());
     let survivors: Vec<&str> = ids.iter().copied().filter(|w| *w != victim).collect();
     let status = wait_until(STEP, "VMs of the dead worker running elsewhere", || {
-        converged(&cp, 2, 6).filter(|s| {
-            s["vms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|v| v["workerId"] != victim.as_str())
-        })
+        converged(&cp, 2, 6).filter(|s| all_vms(s, |v| v["workerId"] != victim.as_str()))
     });
     let took = killed_at.elapsed();
     eprintln!("failover of {victim_vms:?} took {took:?}");
@@ -310,17 +304,9 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         took < Duration::from_millis(HEARTBEAT_TIMEOUT_MS + 5000),
         "failover took {took:?}"
     );
-    let health: BTreeMap<&str, bool> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["workerId"].as_str().unwrap(),
-                w["healthy"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    let health = keyed(&status["workers"], "workerId", |w| {
+        w["healthy"].as_bool().unwrap()
+    });
     assert!(!health[victim.as_str()]);
     let workers_table = run("pcr", &cp, &["workers"]);
     assert!(workers_table.contains("unhealthy"), "{workers_table}");

@@ -12,7 +12,7 @@ use commands::convert::ErrorCode;
 use commands::model::{Registration, WorkerMetricsView};
 use commands::rpc::RpcError;
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::{Labels, Resources, VmSpec};
+use commands::types::VmSpec;
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -29,15 +29,7 @@ fn spec(name: &str) -> VmSpec {
 }
 
 fn reg(id: &str) -> Registration {
-    Registration {
-        worker_id: id.parse().unwrap(),
-        address: format!("10.0.0.1:{}", id.len()),
-        capacity: Resources {
-            cpu: 8,
-            memory_mb: 4096,
-        },
-        labels: Labels::new(),
-    }
+    testkit::fixtures::registration(id, format!("10.0.0.1:{}", id.len()), 8, 4096)
 }
 
 fn denied(e: ClientError) -> String {

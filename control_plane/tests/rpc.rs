@@ -36,15 +36,7 @@ impl WorkerApi for EchoWorker {
 }
 
 fn reg(id: &str, addr: &str) -> Registration {
-    Registration {
-        worker_id: id.parse().unwrap(),
-        address: addr.into(),
-        capacity: Resources {
-            cpu: 8,
-            memory_mb: 4096,
-        },
-        labels: Labels::new(),
-    }
+    testkit::fixtures::registration(id, addr.into(), 8, 4096)
 }
 
 fn code(e: ClientError) -> ErrorCode {

@@ -482,15 +482,33 @@ mod tests {
         .unwrap();
     }
 
+    /// A hermetic nix with the test flake (marked `marker`) in `flake/`,
+    /// and the flake's `path:` reference.
+    fn hermetic_flake(marker: &str) -> (HermeticNix, String) {
+        let h = HermeticNix::new().unwrap();
+        let dir = h.dir().join("flake");
+        flake(&dir, marker);
+        let f = format!("path:{}", dir.display());
+        (h, f)
+    }
+
+    /// Builds `installable`, collecting the log lines nix reports.
+    async fn build_logged(
+        nix: &Nix,
+        installable: &str,
+    ) -> (Result<Vec<String>, NixError>, Vec<String>) {
+        let mut lines = Vec::new();
+        let mut sink = |l: &str| lines.push(l.to_owned());
+        let out = nix.build(installable, Some(&mut sink)).await;
+        (out, lines)
+    }
+
     #[tokio::test]
     async fn eval_build_info_verify_and_errors() {
-        let h = HermeticNix::new().unwrap();
-        let nix = h.nix();
-        let dir = h.dir().join("flake");
         // A marker per run keeps this test's store paths its own.
         let marker = format!("{}", std::process::id());
-        flake(&dir, &marker);
-        let f = format!("path:{}", dir.display());
+        let (h, f) = hermetic_flake(&marker);
+        let nix = h.nix();
 
         let v = nix.eval_json(&format!("{f}#value")).await.unwrap();
         assert_eq!(v, serde_json::json!({"a": 1, "b": ["x"]}));
@@ -498,12 +516,8 @@ mod tests {
         let err = nix.eval_json(&format!("{f}#broken")).await.unwrap_err();
         assert!(err.stderr().unwrap().contains("broken on purpose"), "{err}");
 
-        let mut lines = Vec::new();
-        let mut sink = |l: &str| lines.push(l.to_owned());
-        let out = nix
-            .build(&format!("{f}#good"), Some(&mut sink))
-            .await
-            .unwrap();
+        let (out, _) = build_logged(&nix, &format!("{f}#good")).await;
+        let out = out.unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].ends_with(&format!("-top-{marker}")), "{out:?}");
 
@@ -523,12 +537,8 @@ mod tests {
             Err(NixError::Invalid { .. })
         ));
 
-        let mut lines = Vec::new();
-        let mut sink = |l: &str| lines.push(l.to_owned());
-        let err = nix
-            .build(&format!("{f}#bad"), Some(&mut sink))
-            .await
-            .unwrap_err();
+        let (err, lines) = build_logged(&nix, &format!("{f}#bad")).await;
+        let err = err.unwrap_err();
         let tail = err.stderr().unwrap();
         assert!(tail.contains("about to fail"), "{tail}");
         assert!(tail.contains("exit code 3"), "{tail}");
@@ -544,15 +554,10 @@ mod tests {
     /// is exercised by the end-to-end test).
     #[tokio::test]
     async fn copy_to_and_from_a_signed_cache_into_a_store_root() {
-        let h = HermeticNix::new().unwrap();
-        let nix = h.nix();
-        let dir = h.dir().join("flake");
         let marker = format!("copy{}", std::process::id());
-        flake(&dir, &marker);
-        let out = nix
-            .build(&format!("path:{}#good", dir.display()), None)
-            .await
-            .unwrap();
+        let (h, f) = hermetic_flake(&marker);
+        let nix = h.nix();
+        let out = nix.build(&format!("{f}#good"), None).await.unwrap();
 
         let (sk, pk) = (h.dir().join("sk"), h.dir().join("pk"));
         let st = std::process::Command::new("nix-store")

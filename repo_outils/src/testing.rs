@@ -54,6 +54,7 @@ pub use crate::nix::write_netrc;
 
 /// A temp directory with `conf/nix.conf` and `cache/` (XDG_CACHE_HOME);
 /// removed when dropped.
+#[derive(Debug)]
 pub struct HermeticNix {
     dir: tempfile::TempDir,
 }

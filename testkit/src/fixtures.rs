@@ -1,9 +1,13 @@
 //! VM spec fixtures: the store paths the example specs name, a store root
-//! holding them, and specs as Rust values and as the JSON Nix writes.
+//! holding them, and specs as Rust values and as the JSON Nix writes; and
+//! what workers send: registrations and running VMs.
 
 use std::path::Path;
 
-use commands::types::{VmSpec, VmSpecFields};
+use commands::model::{ObservedVm, Registration};
+use commands::types::{
+    Labels, Resources, VmId, VmMetrics, VmSpec, VmSpecFields, VmState, VmStatus,
+};
 
 pub const TOPLEVEL: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-nixos-system";
 pub const KERNEL: &str = "/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-linux-6.1/bzImage";
@@ -77,5 +81,40 @@ pub fn write_specs(dir: &Path, names: &[&str], hash_of: impl Fn(&str) -> String)
             "contentHash": hash,
         });
         std::fs::write(dir.join(format!("{name}.json")), spec.to_string()).unwrap();
+    }
+}
+
+/// A worker's registration: `cpu` cores and `memory_mb` of capacity, no labels.
+pub fn registration(id: &str, address: String, cpu: u32, memory_mb: u64) -> Registration {
+    Registration {
+        worker_id: id.parse().expect("worker id"),
+        address,
+        capacity: Resources { cpu, memory_mb },
+        labels: Labels::new(),
+    }
+}
+
+/// Simulated worker `i` of a load benchmark: id `sim-NNNN`, its own
+/// 10.1.x.y address, 64 cores and 64 GiB.
+pub fn sim_worker(i: usize) -> Registration {
+    let address = format!("10.1.{}.{}:6000", i / 250, i % 250);
+    registration(&format!("sim-{i:04}"), address, 64, 65536)
+}
+
+/// A running one-core VM `name` at `hash`, as its worker reports it.
+pub fn running_vm(id: VmId, name: &str, hash: &str, memory_mb: u64) -> ObservedVm {
+    ObservedVm {
+        status: VmStatus {
+            id,
+            name: name.parse().expect("VM name"),
+            content_hash: hash.into(),
+            state: VmState::Running,
+            pid: Some(1),
+            error: String::new(),
+            created_at_ms: 0,
+            cpu: 1,
+            memory_mb,
+        },
+        metrics: VmMetrics::default(),
     }
 }

@@ -11,16 +11,16 @@ use std::time::Duration;
 use testkit::wait::poll_every;
 use testkit::{Log, Proc};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_cache");
-pub const TOKEN: &str = "s3cret-upload-token";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_cache");
+pub(crate) const TOKEN: &str = "s3cret-upload-token";
 
 /// A temp dir with nix.conf, registry, netrc and a signing key.
-pub struct Env {
+pub(crate) struct Env {
     pub dir: tempfile::TempDir,
 }
 
 impl Env {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir_all(p.join("conf")).unwrap();
@@ -43,11 +43,11 @@ impl Env {
         env
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn set_netrc_password(&self, pw: &str) {
+    pub(crate) fn set_netrc_password(&self, pw: &str) {
         std::fs::write(
             self.path().join("netrc"),
             format!("machine 127.0.0.1 login ci password {pw}\n"),
@@ -55,23 +55,23 @@ impl Env {
         .unwrap();
     }
 
-    pub fn public_key(&self) -> String {
+    pub(crate) fn public_key(&self) -> String {
         std::fs::read_to_string(self.path().join("key/public-key"))
             .unwrap()
             .trim()
             .to_owned()
     }
 
-    pub fn secret_key_file(&self) -> PathBuf {
+    pub(crate) fn secret_key_file(&self) -> PathBuf {
         self.path().join("key/secret-key")
     }
 
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.path().join("data")
     }
 
     /// A nix command with this env's configuration.
-    pub fn nix(&self, prog: &str) -> Command {
+    pub(crate) fn nix(&self, prog: &str) -> Command {
         let mut c = Command::new(prog);
         c.env("NIX_CONF_DIR", self.path().join("conf"))
             .env("XDG_CACHE_HOME", self.path().join("xdg"))
@@ -82,7 +82,7 @@ impl Env {
 
     /// Builds `expr` (a nix file's contents) into the store root `store`
     /// and returns the output path.
-    pub fn build(&self, store: &Path, file_name: &str, expr: &str) -> String {
+    pub(crate) fn build(&self, store: &Path, file_name: &str, expr: &str) -> String {
         let f = self.path().join(file_name);
         std::fs::write(&f, expr).unwrap();
         let out = self
@@ -102,12 +102,12 @@ impl Env {
     }
 
     /// Runs a nix command, bounded by `limit`.
-    pub fn run(&self, cmd: &mut Command, limit: Duration) -> Output {
+    pub(crate) fn run(&self, cmd: &mut Command, limit: Duration) -> Output {
         run_with_timeout(cmd, limit)
     }
 
     /// `nix copy --to <cache>` from store root `src`.
-    pub fn push(&self, src: &Path, url: &str, paths: &[&str]) -> Output {
+    pub(crate) fn push(&self, src: &Path, url: &str, paths: &[&str]) -> Output {
         let mut c = self.nix("nix");
         c.args(["copy", "--store"])
             .arg(src)
@@ -117,7 +117,7 @@ impl Env {
     }
 
     /// `nix copy --from <cache> --to <dst>` trusting `key`.
-    pub fn pull(&self, url: &str, dst: &Path, key: &str, paths: &[&str]) -> Output {
+    pub(crate) fn pull(&self, url: &str, dst: &Path, key: &str, paths: &[&str]) -> Output {
         let mut c = self.nix("nix");
         c.args(["copy", "--from", url, "--to"])
             .arg(dst)
@@ -127,7 +127,7 @@ impl Env {
     }
 }
 
-pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+pub(crate) fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -147,7 +147,7 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 
 /// A derivation chain: `top` depends on `mid` depends on `leaf` (3 paths),
 /// each with `kib` KiB of random data. `salt` makes distinct closures.
-pub fn chain_expr(salt: &str, kib: u32) -> String {
+pub(crate) fn chain_expr(salt: &str, kib: u32) -> String {
     format!(
         r#"let
   mk = name: deps: derivation {{
@@ -171,13 +171,13 @@ in top
 }
 
 /// The real `cache serve` on 127.0.0.1:0; stopped on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub proc: Proc,
     pub addr: String,
 }
 
 impl Server {
-    pub fn start(env: &Env, extra: &[&str]) -> Self {
+    pub(crate) fn start(env: &Env, extra: &[&str]) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(env.data_dir())
@@ -192,25 +192,25 @@ impl Server {
         Self { proc, addr }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// SIGKILL now (a crash).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.proc.kill();
     }
 }
 
 /// Runs a `cache` maintenance subcommand on `env`'s data dir.
-pub fn cache_cmd(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn cache_cmd(env: &Env, args: &[&str]) -> Output {
     let mut c = Command::new(BIN);
     c.args(args).arg("--data-dir").arg(env.data_dir());
     run_with_timeout(&mut c, Duration::from_secs(60))
 }
 
 /// Store paths of a closure in `store`, via `nix path-info -r`.
-pub fn closure(env: &Env, store: &Path, path: &str) -> Vec<String> {
+pub(crate) fn closure(env: &Env, store: &Path, path: &str) -> Vec<String> {
     let mut c = env.nix("nix");
     c.args(["path-info", "-r", "--store"]).arg(store).arg(path);
     let out = run_with_timeout(&mut c, Duration::from_secs(30));
@@ -227,7 +227,7 @@ pub fn closure(env: &Env, store: &Path, path: &str) -> Vec<String> {
 }
 
 /// Minimal blocking HTTP/1.1 request over a fresh connection; returns (status, body).
-pub fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     path: &str,

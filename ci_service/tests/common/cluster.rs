@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use commands::client::MasterClient;
 use commands::model::ClusterStatusView;
-pub use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
+pub(crate) use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
 use testkit::services::ControlPlaneArgs;
 
 use super::*;
 
 const TOKEN: &str = "e2e-upload-token";
 
-pub fn status(cp: &str) -> Option<ClusterStatusView> {
+pub(crate) fn status(cp: &str) -> Option<ClusterStatusView> {
     commands::rpc::block_on_local(async {
         let c = MasterClient::connect(cp, Duration::from_secs(2))
             .await
@@ -29,7 +29,7 @@ pub fn status(cp: &str) -> Option<ClusterStatusView> {
 
 /// name → (vm id, worker id) when generation `generation` is active, 100 %
 /// converged and every desired VM runs in `s`; None otherwise.
-pub fn placement(
+pub(crate) fn placement(
     s: &ClusterStatusView,
     generation: u64,
 ) -> Option<BTreeMap<String, (String, String)>> {
@@ -49,7 +49,7 @@ pub fn placement(
 
 /// Waits until generation `gen` is active, 100 % converged, every desired
 /// VM running; returns name → (vm id, worker id).
-pub fn wait_converged(
+pub(crate) fn wait_converged(
     cp: &str,
     generation: u64,
     timeout: Duration,
@@ -75,7 +75,7 @@ pub fn wait_converged(
 
 /// Cache, control plane (3 s heartbeat timeout, `grace_ms` of startup
 /// grace), the given workers and ci_service, on testkit's harness.
-pub fn start_with(workers: Vec<WorkerOpts>, grace_ms: u64) -> Cluster {
+pub(crate) fn start_with(workers: Vec<WorkerOpts>, grace_ms: u64) -> Cluster {
     let mut opts = ClusterOpts::new(workers).with_ci();
     opts.control_plane = ControlPlaneArgs {
         heartbeat_timeout_ms: Some(3000),
@@ -88,7 +88,7 @@ pub fn start_with(workers: Vec<WorkerOpts>, grace_ms: u64) -> Cluster {
 }
 
 /// The end-to-end cluster: two workers (host-a, host-b) on ch-sim.
-pub fn start() -> Cluster {
+pub(crate) fn start() -> Cluster {
     start_with(
         vec![WorkerOpts::new("host-a"), WorkerOpts::new("host-b")],
         300,

@@ -3,17 +3,17 @@
 //! processes, polling and the cluster come from `testkit`.
 #![allow(dead_code)]
 
-pub mod cluster;
+pub(crate) mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use testkit::fs::{copy_tree, example_dir};
-pub use testkit::{bin, wait_until};
+pub(crate) use testkit::{bin, wait_until};
 
 /// Runs git with a fixed identity; panics with its stderr on failure.
-pub fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args([
             "-c",
@@ -43,13 +43,13 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// A bare repository with ci_service's hook, and a work clone holding the
 /// hermetic example, committed but not pushed yet.
-pub struct Repo {
+pub(crate) struct Repo {
     pub bare: PathBuf,
     pub work: PathBuf,
 }
 
 impl Repo {
-    pub fn new(root: &Path, ci_url: &str) -> Repo {
+    pub(crate) fn new(root: &Path, ci_url: &str) -> Repo {
         let bare = root.join("cluster.git");
         let work = root.join("work");
         std::fs::create_dir_all(&bare).unwrap();
@@ -71,7 +71,7 @@ impl Repo {
 
     /// Edits `vms.nix` by replacing `from` with `to`, commits and pushes;
     /// returns the new commit and git's output (with the hook's lines).
-    pub fn change_and_push(&self, from: &str, to: &str, msg: &str) -> (String, String) {
+    pub(crate) fn change_and_push(&self, from: &str, to: &str, msg: &str) -> (String, String) {
         let p = self.work.join("vms.nix");
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains(from), "vms.nix lacks {from:?}");
@@ -80,18 +80,18 @@ impl Repo {
         self.push()
     }
 
-    pub fn push(&self) -> (String, String) {
+    pub(crate) fn push(&self) -> (String, String) {
         let out = git(&self.work, &["push", "-q", "origin", "main"]);
         (self.head(), out)
     }
 
-    pub fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         git(&self.work, &["rev-parse", "HEAD"]).trim().to_owned()
     }
 }
 
 /// Blocking JSON GET (a fresh runtime per call keeps tests simple).
-pub fn get_json(url: &str) -> serde_json::Value {
+pub(crate) fn get_json(url: &str) -> serde_json::Value {
     let (status, body) = get(url);
     assert!(
         status.is_success(),
@@ -101,11 +101,11 @@ pub fn get_json(url: &str) -> serde_json::Value {
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e})"))
 }
 
-pub fn get(url: &str) -> (http::StatusCode, bytes::Bytes) {
+pub(crate) fn get(url: &str) -> (http::StatusCode, bytes::Bytes) {
     request(http::Method::GET, url, &[], None)
 }
 
-pub fn request(
+pub(crate) fn request(
     method: http::Method,
     url: &str,
     headers: &[(http::header::HeaderName, String)],
@@ -135,7 +135,7 @@ pub fn request(
 }
 
 /// Waits until job `id` is final and returns it.
-pub fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
+pub(crate) fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
     wait_until(timeout, &format!("job {id} to finish"), || {
         let j = get_json(&format!("{ci}/jobs/{id}"));
         matches!(
@@ -147,7 +147,7 @@ pub fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
 }
 
 /// The job ci_service created for `commit`.
-pub fn job_for(ci: &str, commit: &str) -> i64 {
+pub(crate) fn job_for(ci: &str, commit: &str) -> i64 {
     wait_until(
         Duration::from_secs(10),
         &format!("a job for {commit}"),
@@ -162,14 +162,14 @@ pub fn job_for(ci: &str, commit: &str) -> i64 {
     )
 }
 
-pub fn log(ci: &str, id: i64) -> String {
+pub(crate) fn log(ci: &str, id: i64) -> String {
     String::from_utf8_lossy(&get(&format!("{ci}/jobs/{id}/log")).1).into_owned()
 }
 
 /// Makes the web image's build wait until the returned gate file exists
 /// (the sandbox is off, so the builder sees the test's temp dir), with a
 /// marker that keeps the derivation unique to this test; commits it.
-pub fn gate_the_build(h: &repo_outils::testing::HermeticNix, repo: &Repo) -> PathBuf {
+pub(crate) fn gate_the_build(h: &repo_outils::testing::HermeticNix, repo: &Repo) -> PathBuf {
     let gate = h.dir().join("gate");
     let marker = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
     let vms = repo.work.join("vms.nix");

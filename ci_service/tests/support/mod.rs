@@ -14,24 +14,24 @@ use std::time::Duration;
 
 use crate::common::cluster::{placement, status, wait_converged};
 use crate::common::*;
-pub use testkit::cluster::{ClusterOpts, WorkerOpts};
-pub use testkit::process::{alive, ch_pids};
+pub(crate) use testkit::cluster::{ClusterOpts, WorkerOpts};
+pub(crate) use testkit::process::{alive, ch_pids};
 use testkit::services::ControlPlaneArgs;
 
-pub const TOKEN: &str = "faults-upload-token";
+pub(crate) const TOKEN: &str = "faults-upload-token";
 /// The control plane's heartbeat threshold in this suite: short, so a cut
 /// worker is noticed quickly, yet 5 × the workers' heartbeat interval.
-pub const HEARTBEAT_TIMEOUT_MS: u64 = 1500;
+pub(crate) const HEARTBEAT_TIMEOUT_MS: u64 = 1500;
 
 // ---- seeded randomness ------------------------------------------------------
 
 /// splitmix64: enough to pick delays reproducibly without a dependency.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     /// Seeded from `PCR_FAULT_SEED` when set, else from the clock; the seed
     /// is printed so a failing run can be replayed.
-    pub fn from_env(scenario: &str) -> Rng {
+    pub(crate) fn from_env(scenario: &str) -> Rng {
         let seed = std::env::var("PCR_FAULT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -45,7 +45,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -54,7 +54,7 @@ impl Rng {
     }
 
     /// A duration in [lo, hi) milliseconds.
-    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+    pub(crate) fn millis(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.next() % (hi - lo).max(1))
     }
 }
@@ -65,7 +65,7 @@ impl Rng {
 /// `cut()` models a partition: bytes in flight stay queued (as TCP would
 /// retransmit them), new connections are accepted but get nowhere; `heal()`
 /// lets everything flow again.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: String,
     cut: Arc<AtomicBool>,
     pub forwarded: Arc<AtomicU64>,
@@ -74,7 +74,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(listen_ip: &str, upstream: String) -> Proxy {
+    pub(crate) fn start(listen_ip: &str, upstream: String) -> Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
         let stop = tokio_util::sync::CancellationToken::new();
@@ -123,11 +123,11 @@ impl Proxy {
         }
     }
 
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
     }
 
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
 }
@@ -170,7 +170,7 @@ async fn pump(
 
 /// A worker as this suite starts it: quick heartbeats (so a cut is seen
 /// soon) and short timeouts (so faults resolve within a scenario).
-pub fn worker(id: &'static str) -> WorkerOpts {
+pub(crate) fn worker(id: &'static str) -> WorkerOpts {
     WorkerOpts::new(id).args([
         "--heartbeat-interval-ms",
         "250",
@@ -185,7 +185,7 @@ pub fn worker(id: &'static str) -> WorkerOpts {
 
 /// testkit's cluster with ci_service, plus the repository whose pushes
 /// drive it; the cluster's pieces are reached through Deref.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub repo: Repo,
     inner: testkit::cluster::Cluster,
 }
@@ -206,7 +206,7 @@ impl DerefMut for Cluster {
 impl Cluster {
     /// Pushes a one-line change of db's message (so db-0 is replaced);
     /// returns the commit.
-    pub fn push_db_change(&self, tag: &str) -> String {
+    pub(crate) fn push_db_change(&self, tag: &str) -> String {
         let p = self.repo.work.join("vms.nix");
         let text = std::fs::read_to_string(&p).unwrap();
         let start = text.find("hello from db").expect("db message");
@@ -221,7 +221,7 @@ impl Cluster {
     /// upload lasts long enough to be hit) and pushes with a new db
     /// message; returns the commit. The sandbox is off, so the builder may
     /// run /bin/dd.
-    pub fn push_big_change(&self, tag: &str, mb: u32) -> String {
+    pub(crate) fn push_big_change(&self, tag: &str, mb: u32) -> String {
         let image = self.repo.work.join("image.nix");
         let text = std::fs::read_to_string(&image).unwrap();
         let big = text.replacen(
@@ -237,7 +237,7 @@ impl Cluster {
     }
 
     /// Pushes, waits for the job to succeed and the generation to converge.
-    pub fn push_and_converge(&self, tag: &str) -> (u64, BTreeMap<String, (String, String)>) {
+    pub(crate) fn push_and_converge(&self, tag: &str) -> (u64, BTreeMap<String, (String, String)>) {
         let ci = self.ci_url();
         let commit = self.push_db_change(tag);
         let id = job_for(&ci, &commit);
@@ -257,7 +257,10 @@ impl Cluster {
     /// - `cache verify` finds every stored path intact and signed.
     ///
     /// Returns the converged placement.
-    pub fn check_invariants(&self, commits: &[String]) -> BTreeMap<String, (String, String)> {
+    pub(crate) fn check_invariants(
+        &self,
+        commits: &[String],
+    ) -> BTreeMap<String, (String, String)> {
         let ci = self.ci_url();
         let jobs = wait_until(Duration::from_secs(90), "every CI job to be final", || {
             let jobs = get_json(&format!("{ci}/jobs?limit=1000"));
@@ -334,7 +337,7 @@ impl Cluster {
         placed
     }
 
-    pub fn cache_verify(&self) {
+    pub(crate) fn cache_verify(&self) {
         let out = Command::new(bin("cache"))
             .args(["verify", "--data-dir"])
             .arg(self.cache_data())
@@ -353,19 +356,25 @@ impl Cluster {
 
 /// name → (vm id, worker id) when generation `generation` is active, 100 %
 /// converged and every VM runs; None otherwise (never panics).
-pub fn converged_now(cp: &str, generation: u64) -> Option<BTreeMap<String, (String, String)>> {
+pub(crate) fn converged_now(
+    cp: &str,
+    generation: u64,
+) -> Option<BTreeMap<String, (String, String)>> {
     placement(&status(cp)?, generation)
 }
 
 /// Starts cache, control plane, the workers (each reaching the control
 /// plane at `cp_addr_for(id, real)`), ci_service and a repository with
 /// the hook; pushes the hermetic example and waits for generation 1.
-pub fn start(workers: Vec<WorkerOpts>, cp_addr_for: impl FnMut(&str, &str) -> String) -> Cluster {
+pub(crate) fn start(
+    workers: Vec<WorkerOpts>,
+    cp_addr_for: impl FnMut(&str, &str) -> String,
+) -> Cluster {
     start_with(workers, cp_addr_for, None)
 }
 
 /// [`start`], with the cache's data dir on a tmpfs of `cache_tmpfs` size.
-pub fn start_with(
+pub(crate) fn start_with(
     workers: Vec<WorkerOpts>,
     cp_addr_for: impl FnMut(&str, &str) -> String,
     cache_tmpfs: Option<&str>,

@@ -22,17 +22,10 @@ use crate::types::VmSpec;
 use super::{ClientError, WorkerClient, len32};
 
 /// A logged-in connection to a control plane.
+#[derive(Debug)]
 pub struct MasterClient {
     conn: Connection<master::Client>,
     session: SessionInfo,
-}
-
-impl std::fmt::Debug for MasterClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterClient")
-            .field("session", &self.session)
-            .finish_non_exhaustive()
-    }
 }
 
 impl MasterClient {

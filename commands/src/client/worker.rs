@@ -11,6 +11,19 @@ use crate::worker_capnp::worker;
 
 use super::ClientError;
 
+/// Sends a request whose only parameter is a VM id and converts the
+/// success with `$from`. A macro because each request is its own generated
+/// type, with no common trait to be generic over.
+macro_rules! call_by_id {
+    ($req:expr, $id:expr, $from:path) => {{
+        let mut req = $req;
+        req.get().set_id($id.as_str());
+        let reply = req.send().promise.await?;
+        let ok = convert::result_from_capnp(reply.get()?.get_result()?)??;
+        Ok($from(ok)?)
+    }};
+}
+
 /// A session with one worker.
 pub struct WorkerClient {
     cap: worker::Client,
@@ -104,29 +117,29 @@ impl WorkerClient {
 
     /// Spec, status, metrics and the hypervisor's view of one VM.
     pub async fn vm_info(&self, id: &VmId) -> Result<VmDetails, ClientError> {
-        let mut req = self.cap.vm_info_request();
-        req.get().set_id(id.as_str());
-        let reply = req.send().promise.await?;
-        let ok = convert::result_from_capnp(reply.get()?.get_result()?)??;
-        Ok(convert::vm_details_from_capnp(ok)?)
+        call_by_id!(
+            self.cap.vm_info_request(),
+            id,
+            convert::vm_details_from_capnp
+        )
     }
 
     /// Pauses a running VM.
     pub async fn pause_vm(&self, id: &VmId) -> Result<VmStatus, ClientError> {
-        let mut req = self.cap.pause_vm_request();
-        req.get().set_id(id.as_str());
-        let reply = req.send().promise.await?;
-        let ok = convert::result_from_capnp(reply.get()?.get_result()?)??;
-        Ok(convert::vm_status_from_capnp(ok)?)
+        call_by_id!(
+            self.cap.pause_vm_request(),
+            id,
+            convert::vm_status_from_capnp
+        )
     }
 
     /// Resumes a paused VM.
     pub async fn resume_vm(&self, id: &VmId) -> Result<VmStatus, ClientError> {
-        let mut req = self.cap.resume_vm_request();
-        req.get().set_id(id.as_str());
-        let reply = req.send().promise.await?;
-        let ok = convert::result_from_capnp(reply.get()?.get_result()?)??;
-        Ok(convert::vm_status_from_capnp(ok)?)
+        call_by_id!(
+            self.cap.resume_vm_request(),
+            id,
+            convert::vm_status_from_capnp
+        )
     }
 
     /// The last `lines` lines of a VM's serial console.
