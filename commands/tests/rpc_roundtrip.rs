@@ -13,7 +13,7 @@ use commands::auth::Authenticator;
 use commands::client::{ClientError, WorkerClient};
 use commands::convert::{ErrorCode, RpcFailure, result_from_capnp};
 use commands::service::worker::{self as adapter, MAX_IN_FLIGHT, WorkerApi};
-use commands::types::{LogTail, Resources, VmId, VmSpec, VmSpecFields, VmStatus, WorkerStatus};
+use commands::types::{LogTail, Resources, VmId, VmSpec, VmStatus, WorkerStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,17 +52,7 @@ impl WorkerApi for TestWorker {
 }
 
 fn spec() -> VmSpec {
-    const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
-    VmSpec::new(VmSpecFields {
-        name: "web-0".into(),
-        toplevel: TOP.into(),
-        kernel_path: format!("{TOP}/kernel"),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: "h".into(),
-        ..Default::default()
-    })
-    .unwrap()
+    testkit::fixtures::spec("web-0", "h")
 }
 
 /// Runs `test` against a `TestWorker` served with `auth` on a loopback

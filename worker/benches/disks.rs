@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use worker::disk::DiskMode;
-use worker::dto::{Resources, VmSpec, VmSpecFields, VmStatus};
+use worker::dto::{Resources, VmSpec, VmStatus};
 use worker::manager::ManagerConfig;
 use worker::node::{CommandSender, Node};
 use worker::rundir::VmFileOptions;
@@ -51,18 +51,12 @@ fn image(root: &Path, name: &str, size: u64) -> String {
 }
 
 fn spec(name: &str, disk: Option<&str>) -> VmSpec {
-    VmSpec::new(VmSpecFields {
-        name: name.into(),
-        toplevel: TOP.into(),
-        kernel_path: format!("{TOP}/kernel"),
-        disk_image_path: disk.unwrap_or_default().into(),
-        cmdline: "console=ttyS0".into(),
-        cpu: 1,
-        memory_mb: 128,
-        content_hash: name.into(),
-        ..Default::default()
+    testkit::fixtures::spec_with(name, name, |f| {
+        f.toplevel = TOP.into();
+        f.kernel_path = format!("{TOP}/kernel");
+        f.disk_image_path = disk.unwrap_or_default().into();
+        f.cmdline = "console=ttyS0".into();
     })
-    .unwrap()
 }
 
 fn start(run_dir: &Path, store: &Path, disk_mode: DiskMode) -> (CommandSender, CancellationToken) {

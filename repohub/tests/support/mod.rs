@@ -311,13 +311,6 @@ impl FakeCi {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 impl FakeCi {
     pub(crate) async fn start() -> Self {
         let state = Arc::new(FakeCiState {
@@ -372,7 +365,7 @@ impl FakeCi {
 }
 
 fn job_json(id: i64, repo: &str, r: &str, commit: &str, state: &str) -> Value {
-    let now = now_ms();
+    let now = commands::telemetry::now_ms() as i64;
     json!({
         "id": id, "repo": repo, "ref": r, "commit": commit, "state": state,
         "created_at_ms": now, "started_at_ms": now, "finished_at_ms": if state == "running" { Value::Null } else { json!(now + 1500) },
