@@ -32,7 +32,7 @@ pub const CLOSURE_ATTR: &str = "procurator.closure";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("git: {0}")]
+    #[error("reading the pushed repository failed")]
     Git(#[from] GitError),
     #[error("evaluating {attr} failed: {summary}")]
     Eval {
@@ -54,7 +54,7 @@ pub enum JobError {
     /// job's one-line error says why the cache refused.
     #[error("pinning the closure in the cache failed: {0}")]
     Pin(PinError),
-    #[error("{0}")]
+    #[error("publishing the generation failed")]
     Publish(#[from] PublishError),
     #[error("job bookkeeping failed")]
     Db(#[from] DbError),
@@ -65,6 +65,21 @@ pub enum JobError {
     },
     #[error("background task failed: {0}")]
     Join(String),
+}
+
+impl JobError {
+    /// The one-line reason recorded for the job and shown in its log. A nix
+    /// failure carries its summary line in its own message and its source is
+    /// nix's whole output, which the job log already shows; every other
+    /// error prints its cause chain (messages never repeat their source).
+    pub fn reason(&self) -> String {
+        match self {
+            JobError::Eval { .. } | JobError::Build { .. } | JobError::Upload { .. } => {
+                self.to_string()
+            }
+            _ => commands::report::error_chain(self),
+        }
+    }
 }
 
 /// Where closures go: the cache's base URL and its upload token.
@@ -221,7 +236,7 @@ impl Runner {
                 ));
             }
             Err(e) => {
-                let msg = e.to_string();
+                let msg = e.reason();
                 log.line(&format!("failed: {msg}"));
                 log.line("nothing was published; the active generation is unchanged");
                 tracing::warn!(error = %msg, "job failed");
