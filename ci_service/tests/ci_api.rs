@@ -225,7 +225,8 @@ fn api_validates_supersedes_and_follows_logs() {
     let (st, body) = get(&format!("{url}/jobs/{newer}/log?follow=1"));
     assert_eq!(st, 200);
     assert!(
-        String::from_utf8_lossy(&body).contains("failed: reading the pushed repository failed: revision"),
+        String::from_utf8_lossy(&body)
+            .contains("failed: reading the pushed repository failed: revision"),
         "{}",
         String::from_utf8_lossy(&body)
     );
