@@ -34,22 +34,17 @@ pub const CLOSURE_ATTR: &str = "procurator.closure";
 pub enum JobError {
     #[error("reading the pushed repository failed")]
     Git(#[from] GitError),
+    /// The nix failures carry only their summary line: nix's whole output
+    /// is already in the job log, so it is not kept as a source to print
+    /// again.
     #[error("evaluating {attr} failed: {summary}")]
-    Eval {
-        attr: &'static str,
-        summary: String,
-        source: NixError,
-    },
+    Eval { attr: &'static str, summary: String },
     #[error("{attr} is not a valid VmSpec list: {reason}")]
     Specs { attr: &'static str, reason: String },
     #[error("building {attr} failed: {summary}")]
-    Build {
-        attr: &'static str,
-        summary: String,
-        source: NixError,
-    },
+    Build { attr: &'static str, summary: String },
     #[error("uploading the closure to the cache failed: {summary}")]
-    Upload { summary: String, source: NixError },
+    Upload { summary: String },
     /// The pin's failure is shown inline (it is not a `source`), so the
     /// job's one-line error says why the cache refused.
     #[error("pinning the closure in the cache failed: {0}")]
@@ -65,21 +60,6 @@ pub enum JobError {
     },
     #[error("background task failed: {0}")]
     Join(String),
-}
-
-impl JobError {
-    /// The one-line reason recorded for the job and shown in its log. A nix
-    /// failure carries its summary line in its own message and its source is
-    /// nix's whole output, which the job log already shows; every other
-    /// error prints its cause chain (messages never repeat their source).
-    pub fn reason(&self) -> String {
-        match self {
-            JobError::Eval { .. } | JobError::Build { .. } | JobError::Upload { .. } => {
-                self.to_string()
-            }
-            _ => commands::report::error_chain(self),
-        }
-    }
 }
 
 /// Where closures go: the cache's base URL and its upload token.
@@ -236,7 +216,8 @@ impl Runner {
                 ));
             }
             Err(e) => {
-                let msg = e.reason();
+                // The one-line reason recorded for the job: the cause chain.
+                let msg = commands::report::error_chain(&e);
                 log.line(&format!("failed: {msg}"));
                 log.line("nothing was published; the active generation is unchanged");
                 tracing::warn!(error = %msg, "job failed");
@@ -398,7 +379,6 @@ pub async fn evaluate(
             return Err(JobError::Eval {
                 attr: SPECS_ATTR,
                 summary: summary(&e),
-                source: e,
             });
         }
     };
@@ -441,7 +421,6 @@ pub async fn build(
     let build_failed = |e: NixError| JobError::Build {
         attr: CLOSURE_ATTR,
         summary: summary(&e),
-        source: e,
     };
     let built = {
         let mut sink = |l: &str| log.line(l);
@@ -498,7 +477,6 @@ pub async fn upload(
     };
     copied.map_err(|e| JobError::Upload {
         summary: summary(&e),
-        source: e,
     })?;
     crate::pin::pin(
         &cache.url,
