@@ -72,9 +72,11 @@ pub fn short_hash(h: &str) -> String {
 /// Copies a cluster status into the panel's rows.
 pub fn view(s: &ClusterStatusView) -> ClusterView {
     let mut v = ClusterView {
-        generation: s.active.as_ref().map_or(0, |g| g.number),
+        generation: s
+            .active(commands::types::DEFAULT_PROJECT)
+            .map_or(0, |g| g.number),
         commit: s
-            .active
+            .active(commands::types::DEFAULT_PROJECT)
             .as_ref()
             .map(|g| g.commit.clone())
             .unwrap_or_default(),
