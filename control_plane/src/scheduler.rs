@@ -160,9 +160,25 @@ pub fn schedule(
     previous: &BTreeMap<VmKey, WorkerId>,
     quotas: &Quotas,
 ) -> Placement {
+    schedule_with_held(specs, workers, previous, &BTreeMap::new(), quotas)
+}
+
+/// [`schedule`], knowing what each previously placed VM `held` (its cpu
+/// and memory when it was placed): VMs that did not grow keep their worker
+/// first, and a VM that grew in place only gets what is left. So a project
+/// that enlarges its VMs can never push another project's unchanged VM off
+/// its worker. Without `held` every kept VM competes in (project, name)
+/// order.
+pub fn schedule_with_held(
+    specs: &[VmSpec],
+    workers: &[WorkerSlot],
+    previous: &BTreeMap<VmKey, WorkerId>,
+    held: &BTreeMap<VmKey, Resources>,
+    quotas: &Quotas,
+) -> Placement {
     let specs = sorted_specs(specs);
     let mut run = Run::new(sorted_workers(workers), quotas);
-    let kept = run.keep_stable(&specs, previous);
+    let kept = run.keep_stable(&specs, previous, held);
     run.place_pending(kept);
     run.out
 }
@@ -276,6 +292,7 @@ impl<'w> Run<'w> {
         &mut self,
         specs: &[&'s VmSpec],
         previous: &BTreeMap<VmKey, WorkerId>,
+        held: &BTreeMap<VmKey, Resources>,
     ) -> Kept<'s> {
         let index_of: HashMap<&WorkerId, usize> = self
             .slots
@@ -287,7 +304,15 @@ impl<'w> Run<'w> {
             by_group: BTreeMap::new(),
             pending: Vec::new(),
         };
-        for &spec in specs {
+        // Two passes: what did not grow first (it fits where it held room
+        // before), then what grew or is of unknown size.
+        let grew = |spec: &VmSpec| {
+            held.get(&spec.key())
+                .is_none_or(|h| spec.cpu() > h.cpu || spec.memory_mb() > h.memory_mb)
+        };
+        let (first, second): (Vec<&'s VmSpec>, Vec<&'s VmSpec>) =
+            specs.iter().partition(|s| !grew(s));
+        for spec in first.into_iter().chain(second) {
             if let Some(why) = self.over_quota(spec) {
                 self.out.unplaced.insert(spec.key(), why);
                 continue;
@@ -714,5 +739,123 @@ mod tests {
                 prop_assert_eq!(second.assigned.get(vm), Some(w), "{} moved", vm);
             }
         }
+
+        #[test]
+        fn projects_and_quotas_hold((specs, workers) in arb_projects_case(), quota_seed in prop::collection::vec((1u32..12, 1u64..8192, 1u32..8), 3), seed in 0usize..1000) {
+            let quotas: Quotas = quota_seed
+                .iter()
+                .enumerate()
+                .take(2) // p2 stays unlimited
+                .map(|(i, (cpu, mem, vms))| {
+                    (format!("p{i}").parse().unwrap(), Limits { cpu: *cpu, memory_mb: *mem, vms: *vms })
+                })
+                .collect();
+            let p = schedule(&specs, &workers, &BTreeMap::new(), &quotas);
+            // Deterministic whatever the order.
+            let mut shuffled = specs.clone();
+            let n = shuffled.len().max(1);
+            shuffled.rotate_left(seed % n);
+            shuffled.reverse();
+            let mut ws = workers.clone();
+            ws.reverse();
+            prop_assert_eq!(&p, &schedule(&shuffled, &ws, &BTreeMap::new(), &quotas));
+            // Every key once, placed or not; quotas and capacity hold.
+            let mut used: BTreeMap<&str, Limits> = BTreeMap::new();
+            let mut on: BTreeMap<&WorkerId, (u64, u64)> = BTreeMap::new();
+            // The spec the scheduler keeps of a duplicated key: the first in its order.
+            let unique: BTreeMap<VmKey, &VmSpec> =
+                sorted_specs(&specs).into_iter().map(|s| (s.key(), s)).collect();
+            for (k, s) in &unique {
+                let placed = p.assigned.get(k);
+                prop_assert!(placed.is_some() != p.unplaced.contains_key(k), "{} both or neither", k);
+                if let Some(w) = placed {
+                    let u = used.entry(s.project()).or_default();
+                    *u = Limits::of([*s]).plus(u);
+                    let c = on.entry(w).or_default();
+                    c.0 += u64::from(s.cpu());
+                    c.1 += s.memory_mb();
+                }
+            }
+            for (proj, u) in &used {
+                if let Some(q) = quotas.get(*proj) {
+                    prop_assert!(u.within(q), "{proj} uses {u}, over {q}");
+                }
+            }
+            for (w, (cpu, mem)) in on {
+                let cap = workers.iter().find(|x| &x.id == w).unwrap().capacity;
+                prop_assert!(cpu <= u64::from(cap.cpu) && mem <= cap.memory_mb, "{w} over capacity");
+            }
+        }
+
+        /// Whatever one project publishes (changes, additions, removals),
+        /// no VM of another project moves.
+        #[test]
+        fn a_project_never_moves_another_projects_vms((specs, workers) in arb_projects_case(), extra in prop::collection::vec((0u16..20, 1u32..4, 1u64..2048), 0..20), drop_every in 1usize..5) {
+            let first = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
+            let mut changed: Vec<VmSpec> = specs
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.project() != "p0" || i % drop_every != 0)
+                .map(|(_, s)| s.clone())
+                .collect();
+            for (n, cpu, mem) in extra {
+                changed.push(spec(&format!("new-{n}"), cpu, mem, &[]).with_project("p0".parse().unwrap()));
+            }
+            // What each VM held: its size in the first run (the scheduler
+            // keeps the smallest spec of a duplicated key).
+            let mut held: BTreeMap<VmKey, Resources> = BTreeMap::new();
+            for s in sorted_specs(&specs) {
+                held.entry(s.key()).or_insert(Resources { cpu: s.cpu(), memory_mb: s.memory_mb() });
+            }
+            let second = schedule_with_held(&changed, &workers, &first.assigned, &held, &Quotas::new());
+            for (vm, w) in first.assigned.iter().filter(|(k, _)| k.project.as_str() != "p0") {
+                prop_assert_eq!(second.assigned.get(vm), Some(w), "{} moved", vm);
+            }
+        }
+    }
+
+    /// Specs of projects p0, p1 and p2 whose names collide across projects.
+    fn arb_projects_case() -> impl Strategy<Value = (Vec<VmSpec>, Vec<WorkerSlot>)> {
+        let specs = prop::collection::vec((0u8..3, 0u8..4, 0u16..10, 1u32..5, 1u64..2048), 0..60)
+            .prop_map(|v| {
+                v.into_iter()
+                    .map(|(p, g, n, cpu, mem)| {
+                        spec(&format!("g{g}-{n}"), cpu, mem, &[])
+                            .with_project(format!("p{p}").parse().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let workers = prop::collection::btree_set(0u8..30, 0..10)
+            .prop_flat_map(|ids| {
+                let n = ids.len();
+                (Just(ids), prop::collection::vec((0u32..16, 0u64..8192), n))
+            })
+            .prop_map(|(ids, caps)| {
+                ids.into_iter()
+                    .zip(caps)
+                    .map(|(id, (cpu, mem))| worker(&format!("w{id}"), cpu, mem, &[]))
+                    .collect::<Vec<_>>()
+            });
+        (specs, workers)
+    }
+
+    #[test]
+    fn ties_break_by_project_then_name() {
+        // One slot of room: the first of (project, name) order wins it.
+        let specs = [
+            spec("web-0", 1, 128, &[]).with_project("b".parse().unwrap()),
+            spec("web-0", 1, 128, &[]).with_project("a".parse().unwrap()),
+            spec("app-0", 1, 128, &[]).with_project("b".parse().unwrap()),
+        ];
+        let p = schedule(
+            &specs,
+            &[worker("w", 1, 8192, &[])],
+            &BTreeMap::new(),
+            &Quotas::new(),
+        );
+        let placed: Vec<String> = p.assigned.keys().map(ToString::to_string).collect();
+        assert_eq!(placed, ["a/web-0"]);
+        let unplaced: Vec<String> = p.unplaced.keys().map(ToString::to_string).collect();
+        assert_eq!(unplaced, ["b/app-0", "b/web-0"]);
     }
 }

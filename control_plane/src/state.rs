@@ -489,7 +489,21 @@ impl State {
                 previous.insert(key.clone(), w.clone());
             }
         }
-        self.placement = scheduler::schedule(&specs, &live, &previous, &quotas);
+        // What each VM held when it was last assigned: a VM that grew in
+        // place must not push another's unchanged VM off its worker.
+        let held: BTreeMap<VmKey, Resources> = self
+            .workers
+            .values()
+            .flat_map(|w| &w.assigned)
+            .map(|s| {
+                let r = Resources {
+                    cpu: s.cpu(),
+                    memory_mb: s.memory_mb(),
+                };
+                (s.key(), r)
+            })
+            .collect();
+        self.placement = scheduler::schedule_with_held(&specs, &live, &previous, &held, &quotas);
 
         let mut per_worker: BTreeMap<&WorkerId, Vec<VmSpec>> = BTreeMap::new();
         for (vm, w) in &self.placement.assigned {
@@ -1067,5 +1081,267 @@ mod tests {
             revision,
             "the assignment did not change"
         );
+    }
+
+    // ---- projects ----------------------------------------------------------
+
+    fn project(p: &str) -> ProjectName {
+        p.parse().unwrap()
+    }
+
+    /// `observed` as a VM of `p`.
+    fn observed_in(p: &str, name: &str, hash: &str) -> ObservedVm {
+        let mut o = observed(name, hash);
+        o.status.project = project(p);
+        o
+    }
+
+    /// (worker, vm id) of every row of project `p`, by name.
+    fn rows_of(s: &State, p: &str, t: Instant) -> BTreeMap<String, (String, String)> {
+        s.cluster_status(t)
+            .vms
+            .into_iter()
+            .filter(|v| v.project == p)
+            .map(|v| (v.name, (v.worker_id, v.vm_id)))
+            .collect()
+    }
+
+    fn limits(cpu: u32, memory_mb: u64, vms: u32) -> Limits {
+        Limits {
+            cpu,
+            memory_mb,
+            vms,
+        }
+    }
+
+    /// Each worker reports the VMs the state assigned to it as running,
+    /// as a worker would: one id per (project, name, hash), kept in `ids`
+    /// across reports.
+    fn report_assigned(s: &mut State, ids: &mut BTreeMap<(VmKey, String), VmId>, t: Instant) {
+        for (id, conn) in [("a", 1), ("b", 2)] {
+            let running: Vec<ObservedVm> = s
+                .current_assignment(&wid(id))
+                .unwrap()
+                .vms
+                .iter()
+                .map(|spec| {
+                    let mut o =
+                        observed_in(spec.project(), spec.name().as_str(), spec.content_hash());
+                    o.status.id = ids
+                        .entry((spec.key(), spec.content_hash().to_owned()))
+                        .or_insert_with(VmId::new_v7)
+                        .clone();
+                    o
+                })
+                .collect();
+            s.push_data(&wid(id), conn, 1, running, WorkerMetricsView::default(), t)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn two_projects_with_the_same_vm_names_are_two_sets_of_vms() {
+        let mut ids = BTreeMap::new();
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let (oa, _) = s
+            .publish(
+                &project("team-a"),
+                "ca",
+                1,
+                "ia",
+                vec![spec("web-0", "h"), spec("web-1", "h")],
+                0,
+            )
+            .unwrap();
+        let (ob, _) = s
+            .publish(
+                &project("team-b"),
+                "cb",
+                1,
+                "ib",
+                vec![spec("web-0", "h")],
+                0,
+            )
+            .unwrap();
+        assert_eq!((oa.project.as_str(), oa.placed), ("team-a", 2));
+        assert_eq!(
+            (ob.project.as_str(), ob.placed),
+            ("team-b", 1),
+            "b's web-0 is not a's"
+        );
+        // Generation numbers are per project: both are at 1.
+        assert_eq!(s.active_generation(&project("team-a")), 1);
+        assert_eq!(s.active_generation(&project("team-b")), 1);
+        let st = s.cluster_status(t);
+        let mut names: Vec<String> = st
+            .vms
+            .iter()
+            .map(|v| format!("{}/{}", v.project, v.name))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["team-a/web-0", "team-a/web-1", "team-b/web-0"]);
+        assert_eq!(st.generations.len(), 2);
+        // Each worker's assignment carries each spec's project.
+        let mut assigned: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|w| s.current_assignment(&wid(w)).unwrap().vms)
+            .map(|v| format!("{}/{}", v.project(), v.name()))
+            .collect();
+        assigned.sort();
+        assert_eq!(assigned, names);
+        // Running reports of both web-0s converge both rows, neither is an orphan.
+        report_assigned(&mut s, &mut ids, t);
+        let st = s.cluster_status(t);
+        assert_eq!(st.convergence_percent, 100.0, "{:?}", st.vms);
+        assert!(st.vms.iter().all(|v| v.drift == Drift::Converged));
+    }
+
+    #[test]
+    fn publishing_a_twice_changes_nothing_of_b() {
+        let mut ids = BTreeMap::new();
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let b_specs = vec![spec("web-0", "hb"), spec("web-1", "hb"), spec("db-0", "hb")];
+        s.publish(&project("b"), "cb", 4, "ib", b_specs, 0).unwrap();
+        s.publish(&project("a"), "c1", 1, "i1", vec![spec("web-0", "h1")], 0)
+            .unwrap();
+        report_assigned(&mut s, &mut ids, t);
+        let b_before = rows_of(&s, "b", t);
+        let b_assigned: Vec<Vec<VmSpec>> = ["a", "b"]
+            .iter()
+            .map(|w| {
+                let mut v = s.current_assignment(&wid(w)).unwrap().vms;
+                v.retain(|x| x.project() == "b");
+                v
+            })
+            .collect();
+        assert!(
+            b_before
+                .values()
+                .all(|(w, id)| !w.is_empty() && !id.is_empty())
+        );
+
+        // A changes its web-0 and adds two VMs, then deletes everything.
+        s.publish(
+            &project("a"),
+            "c2",
+            2,
+            "i2",
+            vec![spec("web-0", "h2"), spec("web-1", "h2"), spec("db-0", "h2")],
+            0,
+        )
+        .unwrap();
+        report_assigned(&mut s, &mut ids, t);
+        assert_eq!(rows_of(&s, "b", t), b_before, "b's placements and VM ids");
+        let (o, _) = s.publish(&project("a"), "c3", 3, "i3", vec![], 0).unwrap();
+        assert_eq!(o.placed, 0);
+        report_assigned(&mut s, &mut ids, t);
+        assert_eq!(rows_of(&s, "b", t), b_before, "b's placements and VM ids");
+        assert!(
+            rows_of(&s, "a", t).is_empty(),
+            "an empty generation deletes a's VMs"
+        );
+        let b_after: Vec<Vec<VmSpec>> = ["a", "b"]
+            .iter()
+            .map(|w| {
+                let mut v = s.current_assignment(&wid(w)).unwrap().vms;
+                v.retain(|x| x.project() == "b");
+                v
+            })
+            .collect();
+        assert_eq!(b_after, b_assigned, "b's assignments");
+        assert_eq!(s.active_generation(&project("b")), 4);
+        assert_eq!(s.generations(Some(&project("a"))).len(), 3);
+        assert_eq!(s.generations(None).len(), 4);
+    }
+
+    #[test]
+    fn over_quota_unknown_project_and_foreign_specs_are_refused_whole() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        let quotas = QuotaConfig::new(None, [(project("a"), limits(2, 1024, 2))].into());
+        s.set_quotas(quotas);
+        s.publish(&project("a"), "c1", 1, "i1", vec![spec("web-0", "h")], 0)
+            .unwrap();
+        let before = s.cluster_status(t);
+
+        let three = vec![
+            spec("web-0", "h2"),
+            spec("web-1", "h2"),
+            spec("web-2", "h2"),
+        ];
+        let err = s
+            .publish(&project("a"), "c2", 2, "i2", three, 0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+        assert_eq!(
+            err.message,
+            "generation 2 of project a needs 3 vCPU, 384 MiB, 3 VMs, over its quota of 2 vCPU, 1024 MiB, 2 VMs; the active generation stays"
+        );
+        let err = s
+            .publish(&project("stranger"), "c1", 1, "i1", vec![spec("x", "h")], 0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(err.message.starts_with("unknown project stranger"), "{err}");
+        let foreign = spec("web-0", "h3").with_project(project("b"));
+        let err = s
+            .publish(&project("a"), "c3", 3, "i3", vec![foreign], 0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            err.message,
+            "vmSpecs: web-0 names project b but is published for project a"
+        );
+        assert_eq!(
+            s.cluster_status(t),
+            before,
+            "refused publishes changed nothing"
+        );
+        assert_eq!(s.active_generation(&project("a")), 1);
+        assert_eq!(s.generations(None).len(), 1);
+    }
+
+    /// A lowered quota (a SIGHUP reload) is never exceeded by the
+    /// scheduler, although the workers have room: the project's VMs past it
+    /// are unplaced with the numbers; another project is unaffected.
+    #[test]
+    fn the_scheduler_never_exceeds_a_quota_even_with_free_capacity() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let four: Vec<VmSpec> = (0..4).map(|i| spec(&format!("web-{i}"), "h")).collect();
+        s.publish(&project("a"), "c1", 1, "i1", four.clone(), 0)
+            .unwrap();
+        s.publish(&project("b"), "c1", 1, "i1", four, 0).unwrap();
+        let e = s.set_quotas(QuotaConfig::new(
+            Some(limits(100, 100_000, 100)),
+            [(project("a"), limits(100, 100_000, 2))].into(),
+        ));
+        assert!(e.assignments_changed);
+        let ps = s.projects(t);
+        let a = ps.iter().find(|p| p.project == "a").unwrap();
+        assert_eq!((a.placed, a.unplaced), (2, 2));
+        assert_eq!(a.quota, limits(100, 100_000, 2));
+        let b = ps.iter().find(|p| p.project == "b").unwrap();
+        assert_eq!((b.placed, b.unplaced), (4, 0));
+        let st = s.cluster_status(t);
+        let why: Vec<&str> = st.unplaced.iter().map(|u| u.reason.as_str()).collect();
+        assert_eq!(
+            why,
+            ["over the quota of project a: placing it would use 3 vCPU, 384 MiB, 3 VMs of 100 vCPU, 100000 MiB, 2 VMs";
+                2]
+        );
+        let free: u32 = st.workers.iter().map(|w| w.free().cpu).sum();
+        assert!(free >= 2, "capacity was free: {free} cpu");
+        // Raised again: everything is placed.
+        s.set_quotas(QuotaConfig::unlimited());
+        assert!(s.cluster_status(t).unplaced.is_empty());
     }
 }
