@@ -461,6 +461,8 @@ impl Db {
                         git_ref: r.get(2)?,
                         old: r.get(3)?,
                         new: r.get(4)?,
+                        project: None,
+                        deploy_ref: None,
                     },
                     attempts: r.get(5)?,
                 })
