@@ -265,18 +265,20 @@ fn two_projects_push_converge_and_never_touch_each_other() {
     assert_eq!(pids(&cp, "team-b"), b_pids, "B's CH processes");
 
     // `pcr projects` shows both with their quota and usage.
-    let out = std::process::Command::new(bin("pcr"))
-        .args(["--control-plane", &cp, "projects"])
-        .env("PCR_TOKEN", ADMIN)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cli = |tool: &str, token: &str, args: &[&str]| {
+        let out = std::process::Command::new(bin(tool))
+            .args(["--control-plane", &cp])
+            .args(args)
+            .env("PCR_TOKEN", token)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), text, err)
+    };
+    let (ok, text, err) = cli("pcr", ADMIN, &["projects"]);
+    assert!(ok, "{text}{err}");
     let rows: Vec<Vec<&str>> = text
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -302,4 +304,57 @@ fn two_projects_push_converge_and_never_touch_each_other() {
         rows[2],
         ["team-b", "3/4", "1024/2048", "3/4", "1", "100.0%", "0"]
     );
+
+    // `pcr vms` has a PROJECT column; --project shows one project only.
+    let (ok, all, err) = cli("pcr", ADMIN, &["vms"]);
+    assert!(ok, "{err}");
+    assert!(all.starts_with("PROJECT  NAME"), "{all}");
+    assert_eq!(
+        all.lines().filter(|l| l.starts_with("team-a ")).count(),
+        3,
+        "{all}"
+    );
+    assert_eq!(
+        all.lines().filter(|l| l.starts_with("team-b ")).count(),
+        3,
+        "{all}"
+    );
+    let (ok, only_b, err) = cli("pcr", ADMIN, &["vms", "--project", "team-b"]);
+    assert!(ok, "{err}");
+    assert!(only_b.starts_with("NAME"), "{only_b}");
+    assert_eq!(
+        only_b.lines().count(),
+        4,
+        "a header and b's three VMs: {only_b}"
+    );
+    let (ok, status_b, _) = cli("pcr", ADMIN, &["status", "--project", "team-b"]);
+    assert!(
+        ok && status_b.contains("generation:  team-b/1"),
+        "{status_b}"
+    );
+    assert!(!status_b.contains("team-a"), "{status_b}");
+    // pcr-test with the ci:team-a token: refused for team-b, by name.
+    let specs = d.join("specs");
+    testkit::fixtures::write_specs(&specs, &["web-0"], |n| format!("x-{n}"));
+    let (ok, _, err) = cli(
+        "pcr-test",
+        CI_TEAM_A,
+        &[
+            "publish-state",
+            "--project",
+            "team-b",
+            "--commit",
+            "c",
+            "--generation",
+            "9",
+            "--specs",
+            specs.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("may publish for project team-a only, not team-b"),
+        "{err}"
+    );
+    assert_eq!(status(&cp).active("team-b").map(|g| g.number), Some(1));
 }
