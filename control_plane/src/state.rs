@@ -603,8 +603,7 @@ impl State {
                 previous.insert(key, w.clone());
             }
         }
-        let mut placed =
-            scheduler::schedule_beside(&specs, &live, &taken, &previous, &held, &quotas);
+        let placed = scheduler::schedule_beside(&specs, &live, &taken, &previous, &held, &quotas);
 
         let mut per_worker: BTreeMap<&WorkerId, Vec<VmSpec>> = BTreeMap::new();
         for (vm, w) in &placed.assigned {
@@ -616,25 +615,34 @@ impl State {
         let mut changed = false;
         for (id, w) in &mut self.workers {
             let now_mine = per_worker.remove(id).unwrap_or_default();
-            if now_mine.is_empty() && w.revision != 0 && !w.assigned.iter().any(|s| mine(s)) {
+            let same = {
+                let mut had = w.assigned.iter().filter(|s| mine(s));
+                had.clone().count() == now_mine.len()
+                    && now_mine.iter().all(|n| had.next() == Some(n))
+            };
+            if same && w.revision != 0 {
                 continue;
             }
-            let mut now_assigned: Vec<VmSpec> =
-                w.assigned.iter().filter(|s| !mine(s)).cloned().collect();
-            now_assigned.extend(now_mine);
-            // The order a full reschedule gives: by (project, name).
-            now_assigned.sort_by(|a, b| (a.project(), a.name()).cmp(&(b.project(), b.name())));
-            if w.assigned != now_assigned || w.revision == 0 {
-                self.revision_counter += 1;
-                w.revision = self.revision_counter;
-                w.assigned = now_assigned;
-                changed = true;
+            if !same {
+                // In place, in the order a full reschedule gives (by
+                // project, then name): the project's specs are one
+                // contiguous run, replaced by the new one; the other
+                // projects' specs are neither copied nor moved.
+                let start = w
+                    .assigned
+                    .partition_point(|s| s.project() < project.as_str());
+                let end = start + w.assigned[start..].iter().take_while(|s| mine(s)).count();
+                w.assigned.splice(start..end, now_mine);
             }
+            self.revision_counter += 1;
+            w.revision = self.revision_counter;
+            changed = true;
         }
         self.placement.assigned.retain(|k, _| k.project != *project);
         self.placement.unplaced.retain(|k, _| k.project != *project);
-        self.placement.assigned.append(&mut placed.assigned);
-        self.placement.unplaced.append(&mut placed.unplaced);
+        // Insert one by one: `append` would rebuild the whole map.
+        self.placement.assigned.extend(placed.assigned);
+        self.placement.unplaced.extend(placed.unplaced);
         Effects {
             assignments_changed: changed,
         }
