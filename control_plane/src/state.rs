@@ -96,6 +96,35 @@ pub struct State {
     revision_counter: u64,
 }
 
+/// The entries of `project` in a map keyed by (project, name): one
+/// contiguous range, found without walking the other projects' entries.
+fn of_project<'a, V>(
+    map: &'a BTreeMap<VmKey, V>,
+    project: &ProjectName,
+) -> impl Iterator<Item = (&'a VmKey, &'a V)> {
+    // "0" sorts before every VM name (a DNS label starts with a-z or 0-9).
+    let first = VmKey::new(project.clone(), "0".parse().expect("a VM name"));
+    let project = project.clone();
+    map.range(first..)
+        .take_while(move |(k, _)| k.project == project)
+}
+
+fn unplaced_view((k, why): (&VmKey, &String)) -> UnplacedView {
+    UnplacedView {
+        project: k.project.to_string(),
+        name: k.name.to_string(),
+        reason: why.clone(),
+    }
+}
+
+/// Removes `project`'s entries from a map keyed by (project, name).
+fn remove_project<V>(map: &mut BTreeMap<VmKey, V>, project: &ProjectName) {
+    let keys: Vec<VmKey> = of_project(map, project).map(|(k, _)| k.clone()).collect();
+    for k in keys {
+        map.remove(&k);
+    }
+}
+
 fn failure(code: ErrorCode, msg: impl Into<String>) -> RpcFailure {
     RpcFailure::new(code, msg)
 }
@@ -235,7 +264,7 @@ impl State {
         }
         entry.history.push_back(record.clone());
         entry.active = Some(record);
-        self.desired.retain(|k, _| k.project != *project);
+        remove_project(&mut self.desired, project);
         self.desired.extend(
             by_name
                 .into_iter()
@@ -259,35 +288,20 @@ impl State {
 
     /// The publish outcome: what the scheduler did with `project`'s VMs.
     fn outcome(&self, project: &ProjectName, generation: u64, noop: bool) -> PublishOutcomeView {
-        let placed = self
-            .placement
-            .assigned
-            .keys()
-            .filter(|k| k.project == *project)
-            .count();
+        let placed = of_project(&self.placement.assigned, project).count();
         PublishOutcomeView {
             project: project.to_string(),
             generation,
             noop,
             placed: u32::try_from(placed).unwrap_or(u32::MAX),
-            unplaced: self
-                .unplaced_views()
-                .into_iter()
-                .filter(|u| u.project == project.as_str())
+            unplaced: of_project(&self.placement.unplaced, project)
+                .map(unplaced_view)
                 .collect(),
         }
     }
 
     fn unplaced_views(&self) -> Vec<UnplacedView> {
-        self.placement
-            .unplaced
-            .iter()
-            .map(|(k, r)| UnplacedView {
-                project: k.project.to_string(),
-                name: k.name.to_string(),
-                reason: r.clone(),
-            })
-            .collect()
+        self.placement.unplaced.iter().map(unplaced_view).collect()
     }
 
     /// The history of `project`, or of every project (by project) when `None`.
@@ -547,10 +561,7 @@ impl State {
     /// cost of this project's VMs instead of every project's.
     fn reschedule_project(&mut self, project: &ProjectName) -> Effects {
         let mine = |s: &VmSpec| s.project() == project.as_str();
-        let specs: Vec<VmSpec> = self
-            .desired
-            .iter()
-            .filter(|(k, _)| k.project == *project)
+        let specs: Vec<VmSpec> = of_project(&self.desired, project)
             .map(|(_, s)| s.clone())
             .collect();
         let quotas: Quotas = match self.quotas.limits(project) {
@@ -638,8 +649,8 @@ impl State {
             w.revision = self.revision_counter;
             changed = true;
         }
-        self.placement.assigned.retain(|k, _| k.project != *project);
-        self.placement.unplaced.retain(|k, _| k.project != *project);
+        remove_project(&mut self.placement.assigned, project);
+        remove_project(&mut self.placement.unplaced, project);
         // Insert one by one: `append` would rebuild the whole map.
         self.placement.assigned.extend(placed.assigned);
         self.placement.unplaced.extend(placed.unplaced);
@@ -844,37 +855,23 @@ impl State {
         names.extend(self.quotas.listed());
         names.sort();
         names.dedup();
+        // (desired, converged) rows per project, in one pass.
+        let mut rows: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for v in status.vms.iter().filter(|v| v.drift != Drift::Orphaned) {
+            let r = rows.entry(v.project.as_str()).or_default();
+            r.0 += 1;
+            r.1 += usize::from(v.drift == Drift::Converged);
+        }
         names
             .into_iter()
             .map(|p| {
-                let rows = status
-                    .vms
-                    .iter()
-                    .filter(|v| v.project == p.as_str() && v.drift != Drift::Orphaned);
-                let (total, converged) = rows.fold((0usize, 0usize), |(t, c), v| {
-                    (t + 1, c + usize::from(v.drift == Drift::Converged))
-                });
-                let placed = self
-                    .placement
-                    .assigned
-                    .keys()
-                    .filter(|k| k.project == *p)
-                    .count();
-                let unplaced = self
-                    .placement
-                    .unplaced
-                    .keys()
-                    .filter(|k| k.project == *p)
-                    .count();
+                let (total, converged) = rows.get(p.as_str()).copied().unwrap_or_default();
+                let placed = of_project(&self.placement.assigned, p).count();
+                let unplaced = of_project(&self.placement.unplaced, p).count();
                 ProjectStatusView {
                     project: p.to_string(),
                     quota: self.quotas.limits(p).ok().flatten().unwrap_or(UNLIMITED),
-                    usage: Limits::of(
-                        self.desired
-                            .iter()
-                            .filter(|(k, _)| k.project == *p)
-                            .map(|(_, s)| s),
-                    ),
+                    usage: Limits::of(of_project(&self.desired, p).map(|(_, s)| s)),
                     generation: self.projects.get(p).and_then(|x| x.active.clone()),
                     convergence_percent: if total == 0 {
                         100.0
