@@ -117,6 +117,8 @@ pub async fn notify(url: &str, repo: &str, secret: Option<&str>, input: impl Buf
             git_ref: r.clone(),
             old,
             new,
+            project: None,
+            deploy_ref: None,
         };
         let sent = match &client {
             Ok(client) => client.push(&event).await,

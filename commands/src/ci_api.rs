@@ -24,6 +24,12 @@ pub struct PushEvent {
     pub git_ref: String,
     pub old: String,
     pub new: String,
+    /// The repohub project this repository belongs to; absent for bare repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Set by repohub only when this repository is its project's deploy repository: that project's deploy ref.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_ref: Option<String>,
 }
 
 /// Why a push event was refused (the 400 answer's message).
@@ -460,6 +466,8 @@ mod tests {
             git_ref: "refs/heads/main".into(),
             old: "0".repeat(40),
             new: "a".repeat(40),
+            project: None,
+            deploy_ref: None,
         };
         assert_eq!(ok.check(), Ok(()));
         assert!(!ok.deletes_ref());

@@ -170,7 +170,14 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(!r.body.contains("<b>x</b>"));
     }
-    assert_eq!(app.state.db.visible_projects(Some(1)).unwrap().len(), 2);
+    assert_eq!(
+        app.state
+            .db
+            .visible_projects(app.state.db.user_by_name("ann").unwrap().as_ref())
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(!app.dir.path().join("data/x").exists());
     // Duplicate.
     assert_eq!(

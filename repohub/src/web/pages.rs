@@ -13,6 +13,8 @@ use crate::git::{Branch, CommitInfo};
 pub struct Nav {
     pub user: Option<String>,
     pub csrf: String,
+    /// Whether to offer "Sign up" to anonymous viewers.
+    pub signup_open: bool,
 }
 
 #[derive(Template)]
@@ -40,6 +42,8 @@ pub(super) struct AccountPage {
     pub action: &'static str,
     pub signup: bool,
     pub username: String,
+    /// Where a login returns to (validated; empty for home).
+    pub next: String,
     pub error: Option<String>,
 }
 
@@ -138,6 +142,8 @@ pub(super) struct ProjectPage {
     pub project: Project,
     pub member: bool,
     pub owner: bool,
+    /// The project's repositories, for the deploy form's choice.
+    pub repo_names: Vec<String>,
     pub repos: Vec<RepoRow>,
     pub members: Vec<(String, String)>,
     pub flake: Option<(String, String)>,

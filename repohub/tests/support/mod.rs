@@ -50,6 +50,13 @@ pub(crate) fn config(dir: &Path) -> Config {
         max: std::time::Duration::from_millis(400),
     };
     c.notify_tick = std::time::Duration::from_millis(50);
+    // Most tests sign up their users and let them create projects; the
+    // tenancy tests close both again. Rate limits stay out of their way
+    // unless a test sets them.
+    c.open_signup = true;
+    c.signup_may_create_projects = true;
+    c.limits.login.per_ip.burst = 10_000;
+    c.limits.login.per_account.burst = 10_000;
     c
 }
 
@@ -67,6 +74,7 @@ impl TestApp {
         Client {
             router: self.router.clone(),
             cookies: BTreeMap::new(),
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -107,6 +115,8 @@ impl Resp {
 pub(crate) struct Client {
     router: Router,
     pub cookies: BTreeMap<String, String>,
+    /// The address requests come from (as the TCP peer would be).
+    pub ip: std::net::IpAddr,
 }
 
 impl Client {
@@ -118,7 +128,9 @@ impl Client {
             .join("; ")
     }
 
-    pub(crate) async fn send(&mut self, req: Request<Body>) -> Resp {
+    pub(crate) async fn send(&mut self, mut req: Request<Body>) -> Resp {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::new(self.ip, 40000)));
         let resp = self.router.clone().oneshot(req).await.unwrap();
         for sc in resp.headers().get_all(header::SET_COOKIE) {
             let s = sc.to_str().unwrap();
@@ -149,8 +161,14 @@ impl Client {
         self.send(req).await
     }
 
+    /// The CSRF token pages embed for this browser: bound to its session,
+    /// or to its pre-session cookie before it logs in.
     pub(crate) fn csrf(&self) -> String {
-        self.cookies.get("rh_csrf").cloned().unwrap_or_default()
+        self.cookies
+            .get("rh_session")
+            .or_else(|| self.cookies.get("rh_csrf"))
+            .map(|c| repohub::auth::csrf_token(c))
+            .unwrap_or_default()
     }
 
     /// POSTs a form; the CSRF field is added from the cookie (visit a page first).
@@ -479,6 +497,8 @@ use futures::StreamExt;
 /// one unhealthy worker).
 pub(crate) struct FakeMaster {
     pub addr: SocketAddr,
+    /// getClusterStatus calls answered so far.
+    pub status_calls: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -492,8 +512,11 @@ impl Drop for FakeMaster {
     }
 }
 
-/// The fake's answers: a fixed cluster status; every other call is refused.
-struct FakeMasterApi;
+/// The fake's answers: a fixed cluster status (counted); every other call
+/// is refused.
+struct FakeMasterApi {
+    status_calls: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 fn not_faked() -> RpcFailure {
     RpcFailure::new(ErrorCode::Internal, "not implemented by the fake master")
@@ -513,6 +536,7 @@ impl MasterApi for FakeMasterApi {
         Err(not_faked())
     }
     fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
+        self.status_calls.fetch_add(1, Ordering::SeqCst);
         fake_status()
     }
     fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
@@ -583,13 +607,17 @@ impl FakeMaster {
         let addr = std_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let status_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = status_calls.clone();
         let thread = std::thread::spawn(move || {
             commands::rpc::block_on_local(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 // Like the real control plane without a token file: any
                 // token logs in as admin.
                 commands::service::master::serve(
-                    std::rc::Rc::new(FakeMasterApi),
+                    std::rc::Rc::new(FakeMasterApi {
+                        status_calls: calls,
+                    }),
                     commands::auth::Authenticator::Open,
                     listener,
                     token,
@@ -599,6 +627,7 @@ impl FakeMaster {
         });
         Self {
             addr,
+            status_calls,
             shutdown,
             thread: Some(thread),
         }
