@@ -5,8 +5,10 @@
 
 use axum::body::Body;
 
-/// The line that replaces what a bounded log view leaves out.
-pub const LOG_TRUNCATED: &str = "[log truncated: showing only the last part]\n";
+/// The line before a log's tail when its head was cut.
+pub const LOG_TRUNCATED: &str = "[log truncated: earlier lines are not shown]\n";
+/// The line after a log's head when its rest was cut.
+pub const REST_TRUNCATED: &str = "[log truncated: the rest is not shown here]\n";
 
 /// The last `max` bytes of a log body, read as it streams (memory stays
 /// at about `2 × max`), starting at a line boundary and preceded by
@@ -62,7 +64,7 @@ pub fn capped(
                 return Some((Ok(item), (stream, n, false)));
             }
             let mut out = item.slice(..room as usize).to_vec();
-            out.extend_from_slice(format!("\n{LOG_TRUNCATED}").as_bytes());
+            out.extend_from_slice(format!("\n{REST_TRUNCATED}").as_bytes());
             Some((Ok(bytes::Bytes::from(out)), (stream, max, true)))
         },
     )
@@ -104,8 +106,8 @@ mod tests {
         let all: Vec<u8> = out.concat();
         let text = String::from_utf8(all).unwrap();
         assert!(text.starts_with("0123456789012345678901234\n"));
-        assert!(text.ends_with(LOG_TRUNCATED));
-        assert_eq!(text.len(), 26 + LOG_TRUNCATED.len());
+        assert!(text.ends_with(REST_TRUNCATED));
+        assert_eq!(text.len(), 26 + REST_TRUNCATED.len());
         let whole: Vec<bytes::Bytes> = capped(body_of(vec!["ab", "cd"]), 4)
             .map(Result::unwrap)
             .collect()

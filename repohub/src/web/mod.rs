@@ -159,7 +159,11 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
         .flatten();
     let mut resp = next.run(req).await;
     if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
+        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
         resp = error_page(&st, session.as_deref(), &token, info, return_to.as_deref());
+        if let Some(v) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
     }
     let h = resp.headers_mut();
     if fresh && !anon.is_empty() {

@@ -301,6 +301,9 @@ pub(crate) struct FakeCiState {
     pub pushes: Mutex<Vec<Value>>,
     pub jobs: Mutex<Vec<Value>>,
     pub unauthorized: AtomicI64,
+    /// When non-zero, every job log is this many bytes of numbered lines
+    /// (a job that prints without end).
+    pub log_bytes: std::sync::atomic::AtomicUsize,
     next_id: AtomicI64,
 }
 
@@ -336,6 +339,7 @@ impl FakeCi {
             pushes: Mutex::new(Vec::new()),
             jobs: Mutex::new(Vec::new()),
             unauthorized: AtomicI64::new(0),
+            log_bytes: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicI64::new(1),
         });
         let app = Router::new()
@@ -468,7 +472,24 @@ async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) ->
     }
 }
 
-async fn ci_log(UrlPath(id): UrlPath<i64>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn ci_log(
+    State(s): State<Arc<FakeCiState>>,
+    UrlPath(id): UrlPath<i64>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let big = s.log_bytes.load(Ordering::SeqCst);
+    if big > 0 {
+        // 64-byte numbered lines, 1,024 to a chunk, up to `big` bytes.
+        let chunks = big.div_ceil(64 * 1024);
+        let stream = futures::stream::iter(0..chunks).map(|c| {
+            let mut chunk = String::with_capacity(64 * 1024);
+            for l in 0..1024 {
+                chunk.push_str(&format!("{:<62}\n", format!("line {}", c * 1024 + l)));
+            }
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk))
+        });
+        return Body::from_stream(stream).into_response();
+    }
     let follow = q.get("follow").is_some_and(|f| f == "1");
     let lines = vec![
         format!("job {id}: evaluating flake\n"),
