@@ -220,10 +220,10 @@ impl SharedStatus {
             return Err(ClusterError::NotConfigured.to_string());
         }
         let mut cache = self.cache.lock().await;
-        if let Some((at, r)) = cache.as_ref() {
-            if at.elapsed() < self.ttl {
-                return r.clone();
-            }
+        if let Some((at, r)) = cache.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return r.clone();
         }
         let r = fetch(self.addr.clone(), self.token.clone())
             .await

@@ -183,10 +183,10 @@ impl AppState {
         mk(&repos_root)?;
         mk(&spool)?;
         let db = db::Db::open(&data.join("repohub.sqlite"))?;
-        if let Some(admin) = &config.admin {
-            if db.set_rights(admin, Some(true), None)? {
-                tracing::info!(user = %admin, "configured admin");
-            }
+        if let Some(admin) = &config.admin
+            && db.set_rights(admin, Some(true), None)?
+        {
+            tracing::info!(user = %admin, "configured admin");
         }
         // Repositories made by an older repohub get the receive checks too.
         for (project, repo) in db.all_repos()? {

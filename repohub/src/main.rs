@@ -136,8 +136,10 @@ fn admin(
                     e,
                 )
             })?;
-            let mut kdf = repohub::auth::KdfParams::default();
-            kdf.memory_kib = kdf_memory_kib;
+            let kdf = repohub::auth::KdfParams {
+                memory_kib: kdf_memory_kib,
+                ..Default::default()
+            };
             let rights = admin::Rights {
                 admin: is_admin,
                 may_create_projects,

@@ -31,9 +31,7 @@ fn closed_app(edit: impl FnOnce(&mut repohub::Config)) -> TestApp {
 async fn login(app: &TestApp, name: &str) -> Client {
     let mut c = app.client();
     c.get("/login").await;
-    let r = c
-        .post("/login", &[("username", name), ("password", PW)])
-        .await;
+    let r = try_login(&mut c, name, PW).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     c
 }
@@ -42,6 +40,18 @@ async fn login(app: &TestApp, name: &str) -> Client {
 fn make_user(app: &TestApp, name: &str, rights: repohub::admin::Rights) {
     let kdf = repohub::auth::KdfParams::insecure_for_tests();
     repohub::admin::create_user(&app.state.db, &kdf, name, PW, rights).unwrap();
+}
+
+/// Posts the deploy form of project `shop`.
+async fn set_deploy(c: &mut Client, repo: &str, git_ref: &str) -> support::Resp {
+    c.post("/shop/-/deploy", &[("repo", repo), ("git_ref", git_ref)])
+        .await
+}
+
+/// Posts the login form as `name` with `password`.
+async fn try_login(c: &mut Client, name: &str, password: &str) -> support::Resp {
+    c.post("/login", &[("username", name), ("password", password)])
+        .await
 }
 
 const ADMIN: repohub::admin::Rights = repohub::admin::Rights {
@@ -226,35 +236,18 @@ async fn the_push_event_carries_the_project_and_only_the_deploy_repository_its_r
 
     // A member who is not the owner cannot move the deploy target.
     bob.get("/shop").await;
-    let r = bob
-        .post(
-            "/shop/-/deploy",
-            &[("repo", "docs"), ("git_ref", "refs/heads/main")],
-        )
-        .await;
+    let r = set_deploy(&mut bob, "docs", "refs/heads/main").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Bad targets are refused with the reason.
-    let r = ann
-        .post(
-            "/shop/-/deploy",
-            &[("repo", "nope"), ("git_ref", "refs/heads/main")],
-        )
-        .await;
+    let r = set_deploy(&mut ann, "nope", "refs/heads/main").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     r.assert_contains(&["no repository named"]);
     for bad in ["main", "refs/heads/a..b", "refs/heads/x y"] {
-        let r = ann
-            .post("/shop/-/deploy", &[("repo", "docs"), ("git_ref", bad)])
-            .await;
+        let r = set_deploy(&mut ann, "docs", bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     // The owner moves it to docs on prod: now docs carries the ref.
-    let r = ann
-        .post(
-            "/shop/-/deploy",
-            &[("repo", "docs"), ("git_ref", "refs/heads/prod")],
-        )
-        .await;
+    let r = set_deploy(&mut ann, "docs", "refs/heads/prod").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     ann.get("/shop")
         .await
@@ -276,8 +269,7 @@ async fn the_push_event_carries_the_project_and_only_the_deploy_repository_its_r
     assert_eq!(docs2["deploy_ref"], "refs/heads/prod");
 
     // Clearing it: nothing deploys.
-    ann.post("/shop/-/deploy", &[("repo", ""), ("git_ref", "")])
-        .await;
+    set_deploy(&mut ann, "", "").await;
     ann.get("/shop")
         .await
         .assert_contains(&["No deploy repository"]);
@@ -404,8 +396,7 @@ async fn a_csrf_token_from_another_session_is_refused() {
     let mut c = app.client();
     c.get("/login").await;
     let anon_token = c.csrf();
-    c.post("/login", &[("username", "ann"), ("password", PW)])
-        .await;
+    try_login(&mut c, "ann", PW).await;
     let r = c
         .post_raw(
             "/p/-/repos",
@@ -443,9 +434,7 @@ async fn a_login_flood_gets_429_per_address_and_per_account() {
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    let r = eve
-        .post("/login", &[("username", "ann"), ("password", PW)])
-        .await;
+    let r = try_login(&mut eve, "ann", PW).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let retry: u64 = r.header("retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
@@ -462,26 +451,17 @@ async fn a_login_flood_gets_429_per_address_and_per_account() {
         let mut c = app.client();
         c.ip = std::net::IpAddr::from([10, 1, 0, i]);
         c.get("/login").await;
-        let r = c
-            .post(
-                "/login",
-                &[("username", "ann"), ("password", "wrong-wrong")],
-            )
-            .await;
+        let r = try_login(&mut c, "ann", "wrong-wrong").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
     let mut c = app.client();
     c.ip = "10.2.0.1".parse().unwrap();
     c.get("/login").await;
-    let r = c
-        .post("/login", &[("username", "ann"), ("password", PW)])
-        .await;
+    let r = try_login(&mut c, "ann", PW).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     // Another account from the same address is not affected.
     make_user(&app, "bob", PLAIN);
-    let r = c
-        .post("/login", &[("username", "bob"), ("password", PW)])
-        .await;
+    let r = try_login(&mut c, "bob", PW).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
 }
 
