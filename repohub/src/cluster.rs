@@ -56,6 +56,8 @@ pub struct ClusterView {
     pub vms: Vec<VmView>,
     pub workers: Vec<WorkerView>,
     pub unplaced: Vec<(String, String)>,
+    /// Whether worker addresses are shown (admins only).
+    pub addresses: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ pub fn short_hash(h: &str) -> String {
 /// only; the generation line only when the project has VMs in it.
 pub fn project_view(s: &ClusterStatusView, project: &str, admin: bool) -> ClusterView {
     let mut v = view(s, |p| p == project);
+    v.addresses = admin;
     if !admin {
         for w in &mut v.workers {
             w.address.clear();
@@ -115,6 +118,7 @@ pub fn view(s: &ClusterStatusView, show: impl Fn(&str) -> bool) -> ClusterView {
             .map(|g| g.commit.clone())
             .unwrap_or_default(),
         convergence: s.convergence_percent,
+        addresses: true,
         ..Default::default()
     };
     for p in s.vms.iter().filter(|p| show(vm_project(p))) {

@@ -306,7 +306,10 @@ async fn tokens_create_list_revoke() {
     let app = TestApp::new(|_| {});
     let mut anon = app.client();
     let r = anon.get("/settings/tokens").await;
-    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/login"));
+    assert_eq!(
+        (r.status, r.location()),
+        (StatusCode::SEE_OTHER, "/login?next=%2Fsettings%2Ftokens")
+    );
     let mut ann = signed_up(&app, "ann").await;
     let t = ann.token().await;
     assert_eq!(t.len(), 43);
@@ -626,14 +629,15 @@ async fn cluster_panel_from_a_real_capnp_master() {
     let app = TestApp::new(|c| c.control_plane = Some(master.addr.to_string()));
     let mut anon = app.client();
     let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    let page = anon.get("/p").await;
+    // The fake's VMs belong to the default project.
+    ann.create_project("default", true).await;
+    let page = anon.get("/default").await;
     assert!(page.body.contains("id=\"cluster-vms\""), "{}", page.body);
     page.assert_contains(&["Generation <strong>7</strong>", "converged 50%"]);
     page.assert_contains(&["web-1", "db-&#60;1&#62;"]);
     page.assert_contains(&["state-drifted", "0123456789ab"]);
     page.assert_contains(&["worker-a", "unhealthy", "0/8"]);
-    let frag = anon.get("/p/-/panel/cluster").await;
+    let frag = anon.get("/default/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }
 

@@ -112,7 +112,32 @@ async fn only_admins_and_allowed_accounts_create_projects() {
         StatusCode::SEE_OTHER
     );
 
-    repohub::admin::set_rights(&app.state.db, "bob", None, Some(true)).unwrap();
+    // bob cannot grant himself the right; the admin grants it on the web.
+    assert!(!bob.get("/").await.body.contains("href=\"/new\""));
+    assert_eq!(bob.get("/-/admin").await.status, StatusCode::FORBIDDEN);
+    let r = bob
+        .post("/-/admin/users/bob", &[("may_create_projects", "1")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        !app.state
+            .db
+            .user_by_name("bob")
+            .unwrap()
+            .unwrap()
+            .may_create_projects
+    );
+    let page = root.get("/-/admin").await;
+    page.assert_contains(&["id=\"users\"", "id=\"allow-bob\""]);
+    let r = root
+        .post("/-/admin/users/bob", &[("may_create_projects", "1")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = root
+        .post("/-/admin/users/ghost", &[("may_create_projects", "1")])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(bob.get("/").await.body.contains("href=\"/new\""));
     assert_eq!(
         bob.create_project("bobs", false).await.status,
         StatusCode::SEE_OTHER

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Redirect};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
-use super::pages::{AccountPage, TokenRow, TokensPage};
+use super::pages::{AccountPage, AdminPage, TokenRow, TokensPage, UserRow};
 use super::{
     CsrfForm, NameForm, Post, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, render,
     render_status,
@@ -258,4 +258,63 @@ pub(super) async fn delete_token(
         return Err(WebError::NotFound);
     }
     Ok(Redirect::to("/settings/tokens").into_response())
+}
+
+/// Admins only; anyone else is told so (the page's existence is no secret).
+fn require_admin(v: &Viewer) -> Result<(), WebError> {
+    v.require_user()?;
+    if v.is_admin() {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden("only admins may do that".into()))
+    }
+}
+
+pub(super) async fn admin_page(State(st): State<AppState>, v: Viewer) -> WebResult {
+    require_admin(&v)?;
+    let users = st
+        .db
+        .users()?
+        .into_iter()
+        .map(|u| UserRow {
+            admin: u.admin || st.admin.as_deref() == Some(u.name.as_str()),
+            name: u.name,
+            may_create_projects: u.may_create_projects,
+        })
+        .collect();
+    render(&AdminPage {
+        title: "Admin".into(),
+        nav: v.nav(),
+        users,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RightsForm {
+    csrf: String,
+    may_create_projects: String,
+}
+
+/// Grants ("1") or revokes ("0") an account's right to create projects.
+pub(super) async fn set_rights(
+    Path(name): Path<String>,
+    Post { st, v, form: f }: Post<RightsForm>,
+) -> WebResult {
+    require_admin(&v)?;
+    v.check_csrf(&f.csrf)?;
+    let allow = match f.may_create_projects.as_str() {
+        "1" => true,
+        "0" => false,
+        other => {
+            return Err(WebError::BadRequest(format!(
+                "may_create_projects must be 0 or 1, not {other:?}"
+            )));
+        }
+    };
+    if !st.db.set_rights(&name, None, Some(allow))? {
+        return Err(WebError::NotFound);
+    }
+    tracing::info!(user = %name, may_create_projects = allow, by = ?v.user.as_ref().map(|u| &u.name), "rights changed");
+    Ok(Redirect::to("/-/admin").into_response())
 }

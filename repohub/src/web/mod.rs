@@ -47,6 +47,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/settings/tokens/{id}/delete", post(account::delete_token))
         .route("/new", get(project::new_form).post(project::create))
+        .route("/-/admin", get(account::admin_page))
+        .route("/-/admin/users/{name}", post(account::set_rights))
         .route("/{project}", get(project::show))
         .route("/{project}/-/repos", post(repo::create))
         .route("/{project}/-/members", post(project::add_member))
@@ -215,9 +217,13 @@ fn error_page(
     let page = pages::ErrorPage {
         title: info.status.canonical_reason().unwrap_or("error").to_owned(),
         nav: pages::Nav {
-            user: user.map(|u| u.name),
+            user: user.as_ref().map(|u| u.name.clone()),
             csrf: csrf.to_owned(),
             signup_open: st.open_signup,
+            may_create: user
+                .as_ref()
+                .is_some_and(|u| u.admin || u.may_create_projects),
+            admin: user.as_ref().is_some_and(|u| u.admin),
         },
         status: info.status.as_u16(),
         message: info.message.clone(),
@@ -350,6 +356,11 @@ impl Viewer {
             user: self.user.as_ref().map(|u| u.name.clone()),
             csrf: self.csrf.clone(),
             signup_open: self.signup_open,
+            may_create: self
+                .user
+                .as_ref()
+                .is_some_and(|u| u.admin || u.may_create_projects),
+            admin: self.is_admin(),
         }
     }
 

@@ -15,6 +15,25 @@ pub struct Nav {
     pub csrf: String,
     /// Whether to offer "Sign up" to anonymous viewers.
     pub signup_open: bool,
+    /// Whether to offer "New project" (admins and allowed accounts).
+    pub may_create: bool,
+    /// Whether to offer the admin page.
+    pub admin: bool,
+}
+
+/// One account on the admin page.
+pub(super) struct UserRow {
+    pub name: String,
+    pub admin: bool,
+    pub may_create_projects: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub(super) struct AdminPage {
+    pub title: String,
+    pub nav: Nav,
+    pub users: Vec<UserRow>,
 }
 
 #[derive(Template)]
