@@ -136,7 +136,7 @@ async fn sim_worker(
 /// Polls the status until `done` holds; returns (elapsed, status latencies).
 /// Every one of `vms` VMs runs what generation `generation` wants.
 fn all_running(s: &ClusterStatusView, generation: u64, vms: usize) -> bool {
-    s.active.as_ref().is_some_and(|a| a.number == generation)
+    s.active("default").is_some_and(|a| a.number == generation)
         && s.vms.len() == vms
         && s.convergence_percent >= 100.0
         && s.vms.iter().all(|v| v.observed_hash == v.desired_hash)
@@ -153,6 +153,7 @@ async fn publish_until_running(
     let p = Instant::now();
     let o = m
         .publish(
+            "default",
             &format!("c{generation}"),
             generation,
             &format!("i{generation}"),

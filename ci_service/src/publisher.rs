@@ -246,10 +246,13 @@ async fn connection_loop(
 }
 
 async fn active_generation(client: &MasterClient) -> Result<u64, String> {
-    let gens = tokio::time::timeout(CALL_TIMEOUT, client.generations())
-        .await
-        .map_err(|_| "listGenerations timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let gens = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.generations(Some(commands::types::DEFAULT_PROJECT)),
+    )
+    .await
+    .map_err(|_| "listGenerations timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
     Ok(gens.iter().map(|g| g.number).max().unwrap_or(0))
 }
 
@@ -259,7 +262,13 @@ async fn publish_once(client: &MasterClient, g: &Generation) -> Result<Published
             number: g.number,
             reason: e.to_string(),
         })?;
-    let call = client.publish(&g.commit, g.number as u64, g.intent_hash.as_str(), &specs);
+    let call = client.publish(
+        commands::types::DEFAULT_PROJECT,
+        &g.commit,
+        g.number as u64,
+        g.intent_hash.as_str(),
+        &specs,
+    );
     let outcome = tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .map_err(|_| PublishError::Unavailable("publishState timed out".into()))?

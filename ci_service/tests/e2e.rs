@@ -131,7 +131,7 @@ fn push_to_running_vms_and_back() {
     assert_eq!(job4["state"], "failed");
     assert!(log(&ci, id4).contains("build failed on purpose"));
     let s = status(&cp).unwrap();
-    assert_eq!(s.active.unwrap().number, 2);
+    assert_eq!(s.active("default").unwrap().number, 2);
     assert_eq!(
         wait_converged(&cp, 2, Duration::from_secs(5)),
         placed2,

@@ -93,7 +93,14 @@ fn cache_killed_mid_upload_fails_or_finishes_the_job_and_stays_consistent() {
                 "{}",
                 log(&ci, id)
             );
-            assert_eq!(status(&c.cp.addr).unwrap().active.unwrap().number, 1);
+            assert_eq!(
+                status(&c.cp.addr)
+                    .unwrap()
+                    .active("default")
+                    .unwrap()
+                    .number,
+                1
+            );
         }
         other => panic!("job {id} ended {other:?}: {job}"),
     }
@@ -146,7 +153,7 @@ fn worker_killed_mid_create_adopts_or_cleans_up() {
     let commit = c.push_db_change(&format!("worker-{}", rng.next()));
     let id = job_for(&ci, &commit);
     wait_until(Duration::from_secs(60), "generation 2 published", || {
-        (status(&c.cp.addr)?.active?.number == 2).then_some(())
+        (status(&c.cp.addr)?.active("default")?.number == 2).then_some(())
     });
     let delay = rng.millis(0, 800);
     std::thread::sleep(delay);
@@ -286,7 +293,14 @@ fn full_disk_under_the_cache_fails_the_upload_cleanly() {
     assert!(err.contains("upload"), "{job}");
     assert!(text.contains("disk is full"), "the log says why:\n{text}");
     assert!(!text.contains(" 500"), "never a 5xx:\n{text}");
-    assert_eq!(status(&c.cp.addr).unwrap().active.unwrap().number, 1);
+    assert_eq!(
+        status(&c.cp.addr)
+            .unwrap()
+            .active("default")
+            .unwrap()
+            .number,
+        1
+    );
     assert_eq!(
         wait_converged(&c.cp.addr, 1, Duration::from_secs(10)),
         before

@@ -20,6 +20,8 @@ struct VmSpec {
   networkAllowedDomains @8 :List(Text);
   contentHash @9 :Text;             # changes exactly when what boots changes
   labels @10 :List(Label);          # placement constraints and grouping
+  project @11 :Text;                # the project it belongs to: "" as Nix writes it,
+                                    # set by the control plane on publish
 }
 
 enum VmState {
@@ -50,6 +52,7 @@ struct VmStatus {
   createdAtMs @6 :UInt64;           # unix ms
   cpu @7 :UInt32;
   memoryMb @8 :UInt64;
+  project @9 :Text;                 # the VM's project ("" = "default")
 }
 
 # What a worker reports it is running (pushData).
@@ -81,13 +84,15 @@ struct WorkerStatus {
   uptimeMs @8 :UInt64;
 }
 
-# A generation: one Git commit's desired state.
+# A generation: one Git commit's desired state of one project. Numbers
+# and intent hashes are per project.
 struct Generation {
   number @0 :UInt64;
   commit @1 :Text;
   intentHash @2 :Text;
   vmCount @3 :UInt32;
   publishedAtMs @4 :UInt64;
+  project @5 :Text;
 }
 
 # Result carrying an error as data for calls whose failure is an ordinary
@@ -117,8 +122,9 @@ struct Result(Ok) {
 struct Empty {}
 
 # What a token lets its holder do (see context/architecture.md, "Trust
-# model"): admin everything; ci publish and read; worker register, poll and
-# report as its own worker id only; reader read status only.
+# model"): admin everything; ci publish (for every project, or for one
+# project only with a `ci:<project>` token) and read; worker register, poll
+# and report as its own worker id only; reader read status only.
 enum Role {
   admin @0;
   ci @1;

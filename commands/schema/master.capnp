@@ -6,11 +6,12 @@
 using Common = import "common.capnp";
 using Worker = import "worker.capnp".Worker;
 
-# What one worker must run: the specs placed on it for a generation.
+# What one worker must run: the specs placed on it, of every project (each
+# spec carries its project).
 struct Assignment {
   workerId @0 :Text;
-  generation @1 :UInt64;
-  commit @2 :Text;
+  generation @1 :UInt64;            # the highest active generation number of any project
+  commit @2 :Text;                  # unused since projects: each project has its own commit
   vms @3 :List(Common.VmSpec);
 }
 
@@ -38,11 +39,13 @@ struct VmPlacement {
   drift @5 :Drift;
   metrics @6 :Common.VmMetrics;
   vmId @7 :Text;
+  project @8 :Text;
 }
 
 struct Unplaced {
   name @0 :Text;
   reason @1 :Text;
+  project @2 :Text;
 }
 
 struct WorkerHealth {
@@ -59,7 +62,7 @@ struct WorkerHealth {
 }
 
 struct ClusterStatus {
-  active @0 :Common.Generation;     # number 0 when nothing was published
+  generations @0 :List(Common.Generation);  # the active generation of each project, by project
   convergencePercent @1 :Float64;
   vms @2 :List(VmPlacement);
   workers @3 :List(WorkerHealth);
@@ -69,13 +72,34 @@ struct ClusterStatus {
 struct PublishOutcome {
   generation @0 :UInt64;
   noop @1 :Bool;                    # same generation and intentHash as the active one
-  placed @2 :UInt32;
-  unplaced @3 :List(Unplaced);
+  placed @2 :UInt32;                # VMs of the project placed
+  unplaced @3 :List(Unplaced);      # VMs of the project not placed
+  project @4 :Text;
+}
+
+# cpu, memory and VM count: a project's quota or its usage.
+struct Limits {
+  cpu @0 :UInt32;
+  memoryMb @1 :UInt64;
+  vms @2 :UInt32;
+}
+
+# One project as `pcr projects` shows it.
+struct ProjectStatus {
+  project @0 :Text;
+  quota @1 :Limits;
+  usage @2 :Limits;                 # what its active generation asks for
+  generation @3 :Common.Generation; # number 0 when nothing was published
+  convergencePercent @4 :Float64;
+  placed @5 :UInt32;
+  unplaced @6 :UInt32;
 }
 
 interface Master {
+  # Replaces the desired state of `project` ("" = "default") and of no
+  # other project; an empty `vmSpecs` deletes the project's VMs.
   publishState @0 (commit :Text, generation :UInt64, intentHash :Text,
-                   vmSpecs :List(Common.VmSpec))
+                   vmSpecs :List(Common.VmSpec), project :Text)
       -> (result :Common.Result(PublishOutcome));
 
   # A worker registers with its capability; calls re-registering the same id
@@ -97,7 +121,12 @@ interface Master {
 
   getWorker @5 (workerId :Text) -> (result :Common.Result(WorkerRef));
 
-  listGenerations @6 () -> (generations :List(Common.Generation));
+  # The generation history of `project`, or of every project when "".
+  listGenerations @6 (project :Text) -> (generations :List(Common.Generation));
+
+  # Every project the control plane knows (has a quota for or a
+  # generation of): quota, usage, active generation and convergence.
+  projects @7 () -> (projects :List(ProjectStatus));
 }
 
 struct AssignmentReply {
@@ -123,4 +152,5 @@ struct MasterSession {
   master @0 :Master;
   role @1 :Common.Role;
   workerId @2 :Text;                # the id a worker token is bound to, "" otherwise
+  project @3 :Text;                 # the one project a `ci:<project>` token may publish for, "" otherwise
 }

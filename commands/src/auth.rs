@@ -1,5 +1,5 @@
 //! Tokens and roles shared by every Cap'n Proto server and client: the
-//! servers' token file (`<role>[:<worker-id>] <token>` per line), the
+//! servers' token file (`<role>[:<worker-id>|<project>] <token>` per line), the
 //! constant-time login check, the clients' token lookup (`--token-file`,
 //! `PCR_TOKEN`, `PCR_TOKEN_FILE`) and the rule that a server without tokens
 //! only listens on loopback.
@@ -90,12 +90,14 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// What a successful login grants: a role, and for `worker` the one worker
-/// id it may act as.
+/// What a successful login grants: a role, for `worker` the one worker id
+/// it may act as, and for a `ci:<project>` token the one project it may
+/// publish for (`ci` alone publishes for every project).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub role: Role,
     pub worker_id: Option<String>,
+    pub project: Option<crate::types::ProjectName>,
 }
 
 impl Grant {
@@ -103,6 +105,22 @@ impl Grant {
         Grant {
             role: Role::Admin,
             worker_id: None,
+            project: None,
+        }
+    }
+
+    /// Whether this grant may publish for `project` (its role aside).
+    pub fn covers_project(&self, project: &crate::types::ProjectName) -> bool {
+        self.project.as_ref().is_none_or(|p| p == project)
+    }
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.worker_id, &self.project) {
+            (Some(id), _) => write!(f, "{}:{id}", self.role),
+            (None, Some(p)) => write!(f, "{}:{p}", self.role),
+            (None, None) => write!(f, "{}", self.role),
         }
     }
 }
@@ -198,7 +216,7 @@ impl Authenticator {
             let (Some(who), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(syntax(
                     line_no,
-                    "expected `<role>[:<worker-id>] <token>`".into(),
+                    "expected `<role>[:<worker-id>|<project>] <token>`".into(),
                 ));
             };
             let (role_s, worker_id) = match who.split_once(':') {
@@ -213,7 +231,9 @@ impl Authenticator {
                 other => {
                     return Err(syntax(
                         line_no,
-                        format!("unknown role {other:?} (admin, ci, worker:<id>, reader)"),
+                        format!(
+                            "unknown role {other:?} (admin, ci, ci:<project>, worker:<id>, reader)"
+                        ),
                     ));
                 }
             };
@@ -227,9 +247,9 @@ impl Authenticator {
                     ),
                 ));
             }
-            let worker_id = match (role, worker_id) {
+            let (worker_id, project) = match (role, worker_id) {
                 (Role::Worker, Some(id)) if id.parse::<crate::types::WorkerId>().is_ok() => {
-                    Some(id.to_owned())
+                    (Some(id.to_owned()), None)
                 }
                 (Role::Worker, Some(id)) => {
                     return Err(syntax(line_no, format!("{id:?} is not a valid worker id")));
@@ -240,13 +260,18 @@ impl Authenticator {
                         "a worker token is bound to an id: `worker:<id> <token>`".into(),
                     ));
                 }
+                // A CI token scoped to one project publishes for it only.
+                (Role::Ci, Some(p)) => match p.parse::<crate::types::ProjectName>() {
+                    Ok(p) => (None, Some(p)),
+                    Err(e) => return Err(syntax(line_no, format!("ci:<project>: {e}"))),
+                },
                 (_, Some(_)) => {
                     return Err(syntax(
                         line_no,
-                        format!("only worker tokens take an id, not {role}"),
+                        format!("only worker and ci tokens take a suffix, not {role}"),
                     ));
                 }
-                (_, None) => None,
+                (_, None) => (None, None),
             };
             if token.len() < MIN_TOKEN_LEN || token.len() > MAX_TOKEN_LEN {
                 return Err(syntax(
@@ -257,7 +282,14 @@ impl Authenticator {
             if entries.iter().any(|(_, t)| t == token.as_bytes()) {
                 return Err(syntax(line_no, "the same token appears twice".into()));
             }
-            entries.push((Grant { role, worker_id }, token.as_bytes().to_vec()));
+            entries.push((
+                Grant {
+                    role,
+                    worker_id,
+                    project,
+                },
+                token.as_bytes().to_vec(),
+            ));
         }
         if entries.is_empty() {
             return Err(AuthError::Empty {
@@ -420,11 +452,23 @@ mod tests {
     fn token_file_grants_each_role() {
         let a = parse(
             "# cluster tokens\n\nadmin aaaaaaaaaaaaaaaaaaaa\nci cccccccccccccccccccc\n\
-             worker:w-1 wwwwwwwwwwwwwwwwwwww\nreader rrrrrrrrrrrrrrrrrrrr\n",
+             worker:w-1 wwwwwwwwwwwwwwwwwwww\nreader rrrrrrrrrrrrrrrrrrrr\n\
+             ci:team-a pppppppppppppppppppp\n",
         )
         .unwrap();
         assert_eq!(a.login("aaaaaaaaaaaaaaaaaaaa").unwrap(), Grant::admin());
-        assert_eq!(a.login("cccccccccccccccccccc").unwrap().role, Role::Ci);
+        let ci = a.login("cccccccccccccccccccc").unwrap();
+        assert_eq!((ci.role, ci.project.as_ref()), (Role::Ci, None));
+        let team_a: crate::types::ProjectName = "team-a".parse().unwrap();
+        assert!(ci.covers_project(&team_a), "ci publishes for every project");
+        let scoped = a.login("pppppppppppppppppppp").unwrap();
+        assert_eq!(
+            (scoped.role, scoped.project.as_ref()),
+            (Role::Ci, Some(&team_a))
+        );
+        assert!(scoped.covers_project(&team_a));
+        assert!(!scoped.covers_project(&"team-b".parse().unwrap()));
+        assert_eq!(scoped.to_string(), "ci:team-a");
         let w = a.login("wwwwwwwwwwwwwwwwwwww").unwrap();
         assert_eq!(
             (w.role, w.worker_id.as_deref()),
@@ -470,7 +514,12 @@ mod tests {
             (
                 "admin:w-1 aaaaaaaaaaaaaaaaaaaa\n",
                 "line 1",
-                "only worker tokens",
+                "only worker and ci tokens",
+            ),
+            (
+                "ci:Team_A aaaaaaaaaaaaaaaaaaaa\n",
+                "line 1",
+                "is not a project name",
             ),
             ("admin aaaaaaaaaaaaaaaaaaaa extra\n", "line 1", "expected"),
             (

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use crate::common_capnp::{self, ErrorCode as CapnpErrorCode};
 use crate::types::{
-    Labels, Resources, SpecError, VmId, VmMetrics, VmName, VmSpec, VmSpecFields, VmState, VmStatus,
+    Labels, ProjectName, Resources, SpecError, VmId, VmMetrics, VmName, VmSpec, VmSpecFields,
+    VmState, VmStatus,
 };
 
 /// Why a message could not be turned into a domain value.
@@ -93,6 +94,7 @@ pub fn labels_from_capnp(
 }
 
 pub fn vm_spec_to_capnp(spec: &VmSpec, mut b: common_capnp::vm_spec::Builder<'_>) {
+    b.set_project(spec.assigned_project().map_or("", |p| p.as_str()));
     b.set_name(spec.name().as_str());
     b.set_toplevel(spec.toplevel().as_str());
     b.set_kernel_path(spec.kernel_path().as_str());
@@ -120,6 +122,7 @@ pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec
         domains.push(text(d)?);
     }
     Ok(VmSpec::new(VmSpecFields {
+        project: text(r.get_project())?,
         name: text(r.get_name())?,
         toplevel: text(r.get_toplevel())?,
         kernel_path: text(r.get_kernel_path())?,
@@ -132,6 +135,16 @@ pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec
         content_hash: text(r.get_content_hash())?,
         labels: labels_from_capnp(r.get_labels()?)?,
     })?)
+}
+
+/// A project name from the wire: empty (a peer from before projects, or a
+/// field left unset) is the default project.
+pub fn project_from_text(s: String) -> Result<ProjectName, ConvertError> {
+    if s.is_empty() {
+        Ok(ProjectName::default())
+    } else {
+        Ok(s.parse::<ProjectName>()?)
+    }
 }
 
 pub fn vm_specs_from_capnp(
@@ -165,6 +178,7 @@ pub fn vm_state_from_capnp(s: common_capnp::VmState) -> VmState {
 
 pub fn vm_status_to_capnp(s: &VmStatus, mut b: common_capnp::vm_status::Builder<'_>) {
     b.set_id(s.id.as_str());
+    b.set_project(s.project.as_str());
     b.set_name(s.name.as_str());
     b.set_content_hash(&s.content_hash);
     b.set_state(vm_state_to_capnp(s.state));
@@ -181,6 +195,7 @@ pub fn vm_status_from_capnp(
     let state = r.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?;
     Ok(VmStatus {
         id: text(r.get_id())?.parse::<VmId>()?,
+        project: project_from_text(text(r.get_project())?)?,
         name: text(r.get_name())?.parse::<VmName>()?,
         content_hash: text(r.get_content_hash())?,
         state: vm_state_from_capnp(state),
@@ -339,6 +354,7 @@ mod tests {
         let mut labels = BTreeMap::new();
         labels.insert("group".to_owned(), "web".to_owned());
         let spec = VmSpec::new(VmSpecFields {
+            project: "team-b".into(),
             name: "web-0".into(),
             toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
             kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
@@ -493,6 +509,7 @@ mod worker_tests {
     #[test]
     fn vm_details_and_log_tail_round_trip() {
         let spec = VmSpec::new(VmSpecFields {
+            project: "team-b".into(),
             name: "web-0".into(),
             toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
             kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
@@ -505,6 +522,7 @@ mod worker_tests {
         let d = VmDetails {
             status: VmStatus {
                 id: VmId::new_v7(),
+                project: "team-b".parse().unwrap(),
                 name: spec.name().clone(),
                 content_hash: "h".into(),
                 state: VmState::Paused,

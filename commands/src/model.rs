@@ -13,6 +13,8 @@ use crate::types::{Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, Work
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerationView {
+    /// The project it belongs to; numbers and intent hashes are per project.
+    pub project: String,
     pub number: u64,
     pub commit: String,
     pub intent_hash: String,
@@ -46,6 +48,7 @@ impl std::fmt::Display for Drift {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VmPlacementView {
+    pub project: String,
     pub name: String,
     /// Empty when the VM is not placed (or, for an orphan, the worker that runs it).
     pub worker_id: String,
@@ -63,6 +66,7 @@ pub struct VmPlacementView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnplacedView {
+    pub project: String,
     pub name: String,
     pub reason: String,
 }
@@ -108,12 +112,19 @@ impl WorkerHealthView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatusView {
-    /// `None` until a generation is published.
-    pub active: Option<GenerationView>,
+    /// The active generation of each project that published one, by project.
+    pub generations: Vec<GenerationView>,
     pub convergence_percent: f64,
     pub vms: Vec<VmPlacementView>,
     pub workers: Vec<WorkerHealthView>,
     pub unplaced: Vec<UnplacedView>,
+}
+
+impl ClusterStatusView {
+    /// The active generation of `project`, if it published one.
+    pub fn active(&self, project: &str) -> Option<&GenerationView> {
+        self.generations.iter().find(|g| g.project == project)
+    }
 }
 
 /// What one worker must run.
@@ -132,10 +143,74 @@ pub struct AssignmentView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishOutcomeView {
+    pub project: String,
     pub generation: u64,
     pub noop: bool,
+    /// The project's VMs placed.
     pub placed: u32,
+    /// The project's VMs not placed, with the reason.
     pub unplaced: Vec<UnplacedView>,
+}
+
+/// cpu, memory and VM count: a project's quota, or what it uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub cpu: u32,
+    pub memory_mb: u64,
+    pub vms: u32,
+}
+
+impl Limits {
+    /// What `specs` ask for together (saturating, so a hostile list cannot wrap).
+    pub fn of<'a>(specs: impl IntoIterator<Item = &'a VmSpec>) -> Limits {
+        specs.into_iter().fold(Limits::default(), |acc, s| {
+            acc.plus(&Limits {
+                cpu: s.cpu(),
+                memory_mb: s.memory_mb(),
+                vms: 1,
+            })
+        })
+    }
+
+    /// The sum of two usages (saturating).
+    pub fn plus(&self, other: &Limits) -> Limits {
+        Limits {
+            cpu: self.cpu.saturating_add(other.cpu),
+            memory_mb: self.memory_mb.saturating_add(other.memory_mb),
+            vms: self.vms.saturating_add(other.vms),
+        }
+    }
+
+    /// Whether `self` (a usage) stays within `quota` on every axis.
+    pub fn within(&self, quota: &Limits) -> bool {
+        self.cpu <= quota.cpu && self.memory_mb <= quota.memory_mb && self.vms <= quota.vms
+    }
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} vCPU, {} MiB, {} VMs",
+            self.cpu, self.memory_mb, self.vms
+        )
+    }
+}
+
+/// One project as `pcr projects` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectStatusView {
+    pub project: String,
+    pub quota: Limits,
+    /// What its active generation asks for.
+    pub usage: Limits,
+    /// `None` until the project publishes.
+    pub generation: Option<GenerationView>,
+    pub convergence_percent: f64,
+    pub placed: u32,
+    pub unplaced: u32,
 }
 
 /// The most VMs one worker may report in one `pushData`.

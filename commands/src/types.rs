@@ -86,6 +86,12 @@ macro_rules! string_newtype {
             }
         }
 
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
@@ -102,6 +108,56 @@ string_newtype!(
     },
     "name"
 );
+
+string_newtype!(
+    /// A project's name: the tenant a generation and its VMs belong to
+    /// (repohub's project slug). 1-63 characters of a-z, 0-9 and '-', not
+    /// starting with '-', so it can be part of a path and a token role.
+    ProjectName,
+    |s| {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 63
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        if ok { Ok(()) } else {
+            Err("is not a project name (1-63 chars of a-z, 0-9, '-', starting with a letter or digit)".into())
+        }
+    },
+    "project"
+);
+
+/// The project of a setup that names none: what a single-project cluster
+/// (and every spec, status or token without a project) belongs to.
+pub const DEFAULT_PROJECT: &str = "default";
+
+impl Default for ProjectName {
+    fn default() -> Self {
+        ProjectName(DEFAULT_PROJECT.to_owned())
+    }
+}
+
+/// A VM's identity across projects: `web-0` of project `a` and `web-0` of
+/// project `b` are different VMs. Orders by project, then name: the order
+/// the scheduler breaks ties in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VmKey {
+    pub project: ProjectName,
+    pub name: VmName,
+}
+
+impl VmKey {
+    pub fn new(project: ProjectName, name: VmName) -> Self {
+        VmKey { project, name }
+    }
+}
+
+/// `project/name`, the qualified name people read.
+impl fmt::Display for VmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.project, self.name)
+    }
+}
 
 string_newtype!(
     /// A worker's id: what it registers as and what assignments are keyed by.
@@ -208,6 +264,9 @@ impl VmId {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "VmSpecFields", into = "VmSpecFields")]
 pub struct VmSpec {
+    /// `None` as Nix writes a spec; the control plane sets the publishing
+    /// project on every spec it accepts, so what a worker gets has one.
+    project: Option<ProjectName>,
     name: VmName,
     toplevel: StorePath,
     kernel_path: StorePath,
@@ -228,6 +287,9 @@ pub struct VmSpec {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VmSpecFields {
+    /// Empty as Nix writes it (the control plane sets it on publish).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
     pub name: String,
     pub toplevel: String,
     pub kernel_path: String,
@@ -271,9 +333,21 @@ fn is_domain(d: &str) -> bool {
         })
 }
 
+impl VmStatus {
+    /// The VM's identity across projects.
+    pub fn key(&self) -> VmKey {
+        VmKey::new(self.project.clone(), self.name.clone())
+    }
+}
+
 impl VmSpec {
     /// Validates every field; the error names the first one that is wrong.
     pub fn new(f: VmSpecFields) -> Result<Self, SpecError> {
+        let project = if f.project.is_empty() {
+            None
+        } else {
+            Some(ProjectName::try_from(f.project)?)
+        };
         let name = VmName::try_from(f.name)?;
         if f.toplevel.is_empty() {
             return Err(SpecError::invalid("toplevel", "is empty"));
@@ -352,6 +426,7 @@ impl VmSpec {
             }
         }
         Ok(VmSpec {
+            project,
             name,
             toplevel,
             kernel_path,
@@ -373,6 +448,28 @@ impl VmSpec {
 
     pub fn name(&self) -> &VmName {
         &self.name
+    }
+    /// The project the spec was published for; `None` before publishing.
+    pub fn assigned_project(&self) -> Option<&ProjectName> {
+        self.project.as_ref()
+    }
+    /// The project the VM belongs to: [`DEFAULT_PROJECT`] when none was set.
+    pub fn project(&self) -> &str {
+        self.project
+            .as_ref()
+            .map_or(DEFAULT_PROJECT, ProjectName::as_str)
+    }
+    /// The VM's identity across projects.
+    pub fn key(&self) -> VmKey {
+        VmKey {
+            project: self.project.clone().unwrap_or_default(),
+            name: self.name.clone(),
+        }
+    }
+    /// The same spec, belonging to `project`.
+    pub fn with_project(mut self, project: ProjectName) -> Self {
+        self.project = Some(project);
+        self
     }
     pub fn toplevel(&self) -> &StorePath {
         &self.toplevel
@@ -426,6 +523,11 @@ impl VmSpec {
     /// Back to plain fields (for a builder or an edited copy in tests).
     pub fn to_fields(&self) -> VmSpecFields {
         VmSpecFields {
+            project: self
+                .project
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             name: self.name.to_string(),
             toplevel: self.toplevel.to_string(),
             kernel_path: self.kernel_path.to_string(),
@@ -513,6 +615,9 @@ pub struct VmMetrics {
 #[serde(rename_all = "camelCase")]
 pub struct VmStatus {
     pub id: VmId,
+    /// The project the VM belongs to (`default` when its spec named none).
+    #[serde(default)]
+    pub project: ProjectName,
     pub name: VmName,
     pub content_hash: String,
     pub state: VmState,

@@ -95,6 +95,7 @@ async fn publish_to_converged() {
             .collect();
         let t = Instant::now();
         m.publish(
+            "default",
             &format!("c{generation}"),
             generation,
             &format!("i{generation}"),
@@ -230,7 +231,10 @@ async fn thousand_workers() {
         .map(|k| spec(&format!("app{}-{}", k / 3, k % 3), "h"))
         .collect();
     let pt = Instant::now();
-    let o = m.publish("c1", 1, "i1", &specs).await.expect("publish");
+    let o = m
+        .publish("default", "c1", 1, "i1", &specs)
+        .await
+        .expect("publish");
     let publish_ms = pt.elapsed().as_secs_f64() * 1e3;
     tokio::time::sleep(window / 2).await;
     let Usage {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use commands::types::{Resources, VmSpec, VmSpecFields};
-use control_plane::scheduler::{WorkerSlot, schedule};
+use control_plane::scheduler::{Quotas, WorkerSlot, schedule};
 
 fn specs(n: usize) -> Vec<VmSpec> {
     (0..n)
@@ -62,13 +62,13 @@ fn main() {
     );
 
     let t = Instant::now();
-    let first = schedule(&specs, &workers, &BTreeMap::new());
+    let first = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
     let fresh = t.elapsed();
     let t = Instant::now();
-    let second = schedule(&specs, &workers, &BTreeMap::new());
+    let second = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
     let again = t.elapsed();
     let t = Instant::now();
-    let steady = schedule(&specs, &workers, &first.assigned);
+    let steady = schedule(&specs, &workers, &first.assigned, &Quotas::new());
     let stable = t.elapsed();
 
     let rate = |d: std::time::Duration| specs.len() as f64 / d.as_secs_f64();
@@ -101,7 +101,7 @@ fn main() {
     // One worker of 1,000 dies: how long to move its VMs.
     let survivors = &workers[1..];
     let t = Instant::now();
-    let failover = schedule(&specs, survivors, &first.assigned);
+    let failover = schedule(&specs, survivors, &first.assigned, &Quotas::new());
     let d = t.elapsed();
     let moved = first
         .assigned

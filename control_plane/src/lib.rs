@@ -8,10 +8,12 @@
 //! `LocalSet` (the RPC objects are `!Send`); `server` implements
 //! `commands::service::master::MasterApi` and that adapter owns the wire.
 
+pub mod quota;
 pub mod scheduler;
 pub mod server;
 pub mod state;
 
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +21,12 @@ use commands::auth::Authenticator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::quota::{QuotaConfig, QuotaError};
 use crate::server::Shared;
 use crate::state::{Settings, State};
 
 /// Runtime settings (from the command line in `main`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// How long `getAssignment` holds when there is nothing new.
     pub long_poll_timeout: Duration,
@@ -32,6 +35,9 @@ pub struct Config {
     /// Assignments are withheld this long after start so workers can
     /// re-register and report their VMs first.
     pub startup_grace: Duration,
+    /// Per-project quotas (see `quota`), read at start and on every
+    /// SIGHUP; `None`: every project known and unlimited.
+    pub quota_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -40,6 +46,7 @@ impl Default for Config {
             long_poll_timeout: Duration::from_secs(25),
             heartbeat_timeout: Duration::from_secs(5),
             startup_grace: Duration::from_secs(5),
+            quota_file: None,
         }
     }
 }
@@ -59,14 +66,32 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     run_with_auth(config, Authenticator::Open, listener, shutdown).await;
 }
 
-/// Like [`run`], with the tokens of `auth` deciding what each caller may do.
+/// The quotas `config` names (unlimited without a file).
+pub fn load_quotas(config: &Config) -> Result<QuotaConfig, QuotaError> {
+    config
+        .quota_file
+        .as_deref()
+        .map_or(Ok(QuotaConfig::unlimited()), QuotaConfig::load)
+}
+
+/// Like [`run`], with the tokens of `auth` deciding what each caller may
+/// do. A quota file that cannot be read is an error here (the caller
+/// checked it with [`load_quotas`] before binding); on SIGHUP it is read
+/// again, and a bad file then keeps the quotas in force.
 pub async fn run_with_auth(
     config: Config,
     auth: Authenticator,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let state = State::new(
+    let quotas = match load_quotas(&config) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!(error = %commands::report::error_chain(&e), "quotas not loaded; refusing to serve");
+            return;
+        }
+    };
+    let mut state = State::new(
         Settings {
             heartbeat_timeout: config.heartbeat_timeout,
             startup_grace: config.startup_grace,
@@ -75,7 +100,11 @@ pub async fn run_with_auth(
         // Revisions of this run never collide with a previous run's.
         commands::telemetry::now_ms().saturating_mul(1000),
     );
+    let _ = state.set_quotas(quotas);
     let shared = Shared::new(state, config.long_poll_timeout);
+    let reloader = config.quota_file.clone().map(|path| {
+        tokio::task::spawn_local(reload_on_sighup(path, shared.clone(), shutdown.clone()))
+    });
 
     // Health checks a few times per threshold, so a silent worker is noticed
     // within ~1.25 × heartbeat_timeout.
@@ -97,4 +126,35 @@ pub async fn run_with_auth(
 
     commands::service::master::serve(Rc::clone(&shared), auth, listener, shutdown).await;
     let _ = ticker.await;
+    if let Some(r) = reloader {
+        let _ = r.await;
+    }
+}
+
+/// Reads the quota file again on every SIGHUP until `shutdown`.
+async fn reload_on_sighup(path: PathBuf, shared: Rc<Shared>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP; quotas will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        match QuotaConfig::load(&path) {
+            Ok(q) => {
+                tracing::info!(file = %path.display(), "quotas reloaded");
+                let effects = shared.state.borrow_mut().set_quotas(q);
+                shared.apply(effects);
+            }
+            Err(e) => {
+                tracing::warn!(error = %commands::report::error_chain(&e), "quota reload refused; the previous quotas stay")
+            }
+        }
+    }
 }

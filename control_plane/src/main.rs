@@ -31,11 +31,19 @@ struct Args {
     /// re-register and report their VMs (default: the heartbeat timeout).
     #[arg(long, env = "PCR_STARTUP_GRACE_MS")]
     startup_grace_ms: Option<u64>,
-    /// Token file: one `<role>[:<worker-id>] <token>` per line (roles admin,
-    /// ci, worker:<id>, reader). Without it every caller is admin, which is
+    /// Token file: one `<role>[:<worker-id>|<project>] <token>` per line
+    /// (roles admin, ci, ci:<project> to publish for that project only,
+    /// worker:<id>, reader). Without it every caller is admin, which is
     /// only allowed on a loopback address.
     #[arg(long, env = "PCR_CONTROL_PLANE_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Per-project quotas (vCPU, memory MiB, VM count): a TOML file (JSON if
+    /// it ends in .json) with an optional `[default]` table for projects not
+    /// listed and `[projects.<name>]` tables; without `[default]`, unlisted
+    /// projects are refused. Re-read on SIGHUP. Without this option every
+    /// project may publish, unlimited.
+    #[arg(long, env = "PCR_QUOTAS")]
+    quotas: Option<std::path::PathBuf>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "PCR_LOG_JSON")]
     log_json: bool,
@@ -53,7 +61,12 @@ fn main() -> std::process::ExitCode {
         startup_grace: Duration::from_millis(
             args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms),
         ),
+        quota_file: args.quotas.clone(),
     };
+    if let Err(e) = control_plane::load_quotas(&config) {
+        eprintln!("error: {}", commands::report::error_chain(&e));
+        return std::process::ExitCode::FAILURE;
+    }
     let auth = match commands::auth::Authenticator::from_optional_file(
         args.token_file.as_deref(),
         control_plane::ROLES,

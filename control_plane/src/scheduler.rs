@@ -1,11 +1,19 @@
-//! The deterministic scheduler: a pure function of (desired specs, live
-//! workers with capacity and labels, previous placement) → placement plus
-//! the VMs that could not be placed, each with a reason.
+//! The deterministic scheduler: a pure function of (desired specs of every
+//! project, live workers with capacity and labels, previous placement,
+//! project quotas) → placement plus the VMs that could not be placed, each
+//! with a reason. VMs are keyed by (project, name): two projects' `web-0`
+//! are two VMs.
 //!
 //! Determinism: the inputs are sorted before use (workers by id, VMs by
-//! group then name), every tie is broken by worker id, and nothing reads a
-//! clock, a random source or a `HashMap`'s iteration order. The same input
-//! gives the same output on any machine, whatever order the slices come in.
+//! project, group, then name), every tie is broken by worker id, and
+//! nothing reads a clock, a random source or a `HashMap`'s iteration order.
+//! The same input gives the same output on any machine, whatever order the
+//! slices come in.
+//!
+//! Tenancy: every project's kept VMs are placed before any project's new
+//! ones, so a project never takes capacity another project's running VMs
+//! hold; and a project's placed VMs never exceed its quota (VMs past it, in
+//! name order, are unplaced with the numbers), even when capacity is free.
 //!
 //! Rules, in priority order:
 //! 1. Stability: a VM that was placed on a worker that is still live, still
@@ -17,9 +25,9 @@
 //! 3. Capacity: the cpu and memory of the VMs placed on a worker never exceed
 //!    its capacity.
 //! 4. Spread: among the workers that qualify, a VM goes to the one holding
-//!    the fewest VMs of its group (label `group`, default: the name without a
-//!    trailing `-<digits>`), then the least loaded (highest of its cpu and
-//!    memory fractions), then the lowest worker id.
+//!    the fewest VMs of its group (its project's label `group`, default: the
+//!    name without a trailing `-<digits>`), then the least loaded (highest
+//!    of its cpu and memory fractions), then the lowest worker id.
 //!
 //! Cost: each VM is placed by walking the workers in (load, id) order kept
 //! in a `BTreeSet`, stopping at the first one that qualifies with the
@@ -28,7 +36,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use commands::types::{Labels, Resources, VmName, VmSpec, WorkerId};
+use commands::model::Limits;
+use commands::types::{Labels, ProjectName, Resources, VmKey, VmSpec, WorkerId};
+
+/// Per-project limits; a project absent from the map has none.
+pub type Quotas = BTreeMap<ProjectName, Limits>;
 
 /// Spec label prefix for placement constraints: `placement.zone=a` means
 /// "only on workers labelled `zone=a`".
@@ -48,14 +60,14 @@ pub struct WorkerSlot {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placement {
     /// Where each placed VM goes.
-    pub assigned: BTreeMap<VmName, WorkerId>,
+    pub assigned: BTreeMap<VmKey, WorkerId>,
     /// VMs that could not be placed, with a one-line reason.
-    pub unplaced: BTreeMap<VmName, String>,
+    pub unplaced: BTreeMap<VmKey, String>,
 }
 
 impl Placement {
-    /// The VM names placed on `worker`, in name order.
-    pub fn on_worker<'a>(&'a self, worker: &'a WorkerId) -> impl Iterator<Item = &'a VmName> + 'a {
+    /// The VMs placed on `worker`, in (project, name) order.
+    pub fn on_worker<'a>(&'a self, worker: &'a WorkerId) -> impl Iterator<Item = &'a VmKey> + 'a {
         self.assigned
             .iter()
             .filter(move |(_, w)| *w == worker)
@@ -92,6 +104,13 @@ pub fn constraints_of(spec: &VmSpec) -> impl Iterator<Item = (&str, &str)> {
 
 fn satisfies(worker_labels: &Labels, spec: &VmSpec) -> bool {
     constraints_of(spec).all(|(k, v)| worker_labels.get(k).is_some_and(|wv| wv == v))
+}
+
+/// A spread group: the project and its group name.
+type Group<'s> = (&'s str, &'s str);
+
+fn group_key(spec: &VmSpec) -> Group<'_> {
+    (spec.project(), group_of(spec))
 }
 
 /// Per-worker bookkeeping during one scheduling run.
@@ -138,11 +157,28 @@ impl Slot<'_> {
 pub fn schedule(
     specs: &[VmSpec],
     workers: &[WorkerSlot],
-    previous: &BTreeMap<VmName, WorkerId>,
+    previous: &BTreeMap<VmKey, WorkerId>,
+    quotas: &Quotas,
+) -> Placement {
+    schedule_with_held(specs, workers, previous, &BTreeMap::new(), quotas)
+}
+
+/// [`schedule`], knowing what each previously placed VM `held` (its cpu
+/// and memory when it was placed): VMs that did not grow keep their worker
+/// first, and a VM that grew in place only gets what is left. So a project
+/// that enlarges its VMs can never push another project's unchanged VM off
+/// its worker. Without `held` every kept VM competes in (project, name)
+/// order.
+pub fn schedule_with_held(
+    specs: &[VmSpec],
+    workers: &[WorkerSlot],
+    previous: &BTreeMap<VmKey, WorkerId>,
+    held: &BTreeMap<VmKey, Resources>,
+    quotas: &Quotas,
 ) -> Placement {
     let specs = sorted_specs(specs);
-    let mut run = Run::new(sorted_workers(workers));
-    let kept = run.keep_stable(&specs, previous);
+    let mut run = Run::new(sorted_workers(workers), quotas);
+    let kept = run.keep_stable(&specs, previous, held);
     run.place_pending(kept);
     run.out
 }
@@ -163,11 +199,12 @@ fn sorted_workers(workers: &[WorkerSlot]) -> Vec<&WorkerSlot> {
     sorted
 }
 
-/// The specs by name, one per name, with the same full-key rule.
+/// The specs by (project, name), one per key, with the same full-key rule.
 fn sorted_specs(specs: &[VmSpec]) -> Vec<&VmSpec> {
     let mut sorted: Vec<&VmSpec> = specs.iter().collect();
     sorted.sort_by(|a, b| {
         (
+            a.project(),
             a.name(),
             a.cpu(),
             a.memory_mb(),
@@ -175,6 +212,7 @@ fn sorted_specs(specs: &[VmSpec]) -> Vec<&VmSpec> {
             a.content_hash(),
         )
             .cmp(&(
+                b.project(),
                 b.name(),
                 b.cpu(),
                 b.memory_mb(),
@@ -182,14 +220,14 @@ fn sorted_specs(specs: &[VmSpec]) -> Vec<&VmSpec> {
                 b.content_hash(),
             ))
     });
-    sorted.dedup_by(|a, b| a.name() == b.name());
+    sorted.dedup_by(|a, b| a.project() == b.project() && a.name() == b.name());
     sorted
 }
 
 /// What the stability step leaves for the placement step.
 struct Kept<'s> {
     /// The workers (slot indices) already holding each group, once per VM.
-    by_group: BTreeMap<&'s str, Vec<usize>>,
+    by_group: BTreeMap<Group<'s>, Vec<usize>>,
     /// The VMs still to place, in name order.
     pending: Vec<&'s VmSpec>,
 }
@@ -199,10 +237,13 @@ struct Kept<'s> {
 struct Run<'w> {
     slots: Vec<Slot<'w>>,
     out: Placement,
+    quotas: &'w Quotas,
+    /// What each limited project's placed VMs use so far.
+    used: HashMap<&'w str, Limits>,
 }
 
 impl<'w> Run<'w> {
-    fn new(workers: Vec<&'w WorkerSlot>) -> Self {
+    fn new(workers: Vec<&'w WorkerSlot>, quotas: &'w Quotas) -> Self {
         let slots = workers
             .into_iter()
             .map(|worker| Slot {
@@ -214,15 +255,34 @@ impl<'w> Run<'w> {
         Run {
             slots,
             out: Placement::default(),
+            quotas,
+            used: HashMap::new(),
         }
     }
 
     /// Puts `spec` on slot `i`.
     fn assign(&mut self, spec: &VmSpec, i: usize) {
         self.slots[i].take(spec);
+        if let Some((p, _)) = self.quotas.get_key_value(spec.project()) {
+            let u = self.used.entry(p.as_str()).or_default();
+            *u = Limits::of([spec]).plus(u);
+        }
         self.out
             .assigned
-            .insert(spec.name().clone(), self.slots[i].worker.id.clone());
+            .insert(spec.key(), self.slots[i].worker.id.clone());
+    }
+
+    /// Why `spec` would take its project past its quota, if it would.
+    fn over_quota(&self, spec: &VmSpec) -> Option<String> {
+        let quota = self.quotas.get(spec.project())?;
+        let used = self.used.get(spec.project()).copied().unwrap_or_default();
+        let with = Limits::of([spec]).plus(&used);
+        (!with.within(quota)).then(|| {
+            format!(
+                "over the quota of project {}: placing it would use {with} of {quota}",
+                spec.project()
+            )
+        })
     }
 
     /// Rule 1, stability: each VM whose previous worker is still live,
@@ -231,7 +291,8 @@ impl<'w> Run<'w> {
     fn keep_stable<'s>(
         &mut self,
         specs: &[&'s VmSpec],
-        previous: &BTreeMap<VmName, WorkerId>,
+        previous: &BTreeMap<VmKey, WorkerId>,
+        held: &BTreeMap<VmKey, Resources>,
     ) -> Kept<'s> {
         let index_of: HashMap<&WorkerId, usize> = self
             .slots
@@ -243,9 +304,21 @@ impl<'w> Run<'w> {
             by_group: BTreeMap::new(),
             pending: Vec::new(),
         };
-        for &spec in specs {
+        // Two passes: what did not grow first (it fits where it held room
+        // before), then what grew or is of unknown size.
+        let grew = |spec: &VmSpec| {
+            held.get(&spec.key())
+                .is_none_or(|h| spec.cpu() > h.cpu || spec.memory_mb() > h.memory_mb)
+        };
+        let (first, second): (Vec<&'s VmSpec>, Vec<&'s VmSpec>) =
+            specs.iter().partition(|s| !grew(s));
+        for spec in first.into_iter().chain(second) {
+            if let Some(why) = self.over_quota(spec) {
+                self.out.unplaced.insert(spec.key(), why);
+                continue;
+            }
             let keep = previous
-                .get(spec.name())
+                .get(&spec.key())
                 .and_then(|w| index_of.get(w).copied())
                 .filter(|&i| {
                     satisfies(&self.slots[i].worker.labels, spec) && self.slots[i].fits(spec)
@@ -253,7 +326,7 @@ impl<'w> Run<'w> {
             match keep {
                 Some(i) => {
                     self.assign(spec, i);
-                    kept.by_group.entry(group_of(spec)).or_default().push(i);
+                    kept.by_group.entry(group_key(spec)).or_default().push(i);
                 }
                 None => kept.pending.push(spec),
             }
@@ -269,8 +342,8 @@ impl<'w> Run<'w> {
             mut pending,
         } = kept;
         pending.sort_by(|a, b| {
-            group_of(a)
-                .cmp(group_of(b))
+            group_key(a)
+                .cmp(&group_key(b))
                 .then_with(|| a.name().cmp(b.name()))
         });
         let mut by_load: BTreeSet<(u64, usize)> = self
@@ -279,13 +352,17 @@ impl<'w> Run<'w> {
             .enumerate()
             .map(|(i, s)| (s.load(), i))
             .collect();
-        for group in pending.chunk_by(|a, b| group_of(a) == group_of(b)) {
+        for group in pending.chunk_by(|a, b| group_key(a) == group_key(b)) {
             let kept_here = by_group
-                .get(group_of(group[0]))
+                .get(&group_key(group[0]))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let mut spread = Spread::new(kept_here, self.slots.len());
             for spec in group {
+                if let Some(why) = self.over_quota(spec) {
+                    self.out.unplaced.insert(spec.key(), why);
+                    continue;
+                }
                 match self.best_worker(spec, &by_load, &spread) {
                     Some(Choice { count, load, slot }) => {
                         by_load.remove(&(load, slot));
@@ -296,7 +373,7 @@ impl<'w> Run<'w> {
                     None => {
                         self.out
                             .unplaced
-                            .insert(spec.name().clone(), unplaced_reason(spec, &self.slots));
+                            .insert(spec.key(), unplaced_reason(spec, &self.slots));
                     }
                 }
             }
@@ -478,8 +555,9 @@ mod tests {
         }
     }
 
-    fn name(s: &str) -> VmName {
-        s.parse().unwrap()
+    /// The key of VM `s` of the default project.
+    fn name(s: &str) -> VmKey {
+        VmKey::new(ProjectName::default(), s.parse().unwrap())
     }
 
     #[test]
@@ -494,7 +572,7 @@ mod tests {
     fn replicas_spread_across_workers() {
         let specs = small_vms("web", 3);
         let workers = workers_abc();
-        let p = schedule(&specs, &workers, &BTreeMap::new());
+        let p = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
         let used: BTreeSet<&WorkerId> = p.assigned.values().collect();
         assert_eq!(used.len(), 3, "{p:?}");
         assert!(p.unplaced.is_empty());
@@ -510,7 +588,7 @@ mod tests {
             worker("a", 8, 8192, &[]),
             worker("b", 8, 8192, &[("disk", "ssd")]),
         ];
-        let p = schedule(&specs, &workers, &BTreeMap::new());
+        let p = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
         assert_eq!(
             p.assigned.get(&name("db-0")).map(WorkerId::as_str),
             Some("b")
@@ -524,13 +602,18 @@ mod tests {
     #[test]
     fn capacity_shortfall_is_explained() {
         let specs = [spec("big", 16, 128, &[])];
-        let p = schedule(&specs, &[worker("a", 4, 8192, &[])], &BTreeMap::new());
+        let p = schedule(
+            &specs,
+            &[worker("a", 4, 8192, &[])],
+            &BTreeMap::new(),
+            &Quotas::new(),
+        );
         let why = p.unplaced.get(&name("big")).unwrap();
         assert!(
             why.starts_with("insufficient capacity: needs 16 cpu"),
             "{why}"
         );
-        let p = schedule(&specs, &[], &BTreeMap::new());
+        let p = schedule(&specs, &[], &BTreeMap::new(), &Quotas::new());
         assert_eq!(p.unplaced.get(&name("big")).unwrap(), "no healthy workers");
     }
 
@@ -538,8 +621,8 @@ mod tests {
     fn vms_of_a_dead_worker_move_and_others_stay() {
         let specs = small_vms("app", 6);
         let all = workers_abc();
-        let first = schedule(&specs, &all, &BTreeMap::new());
-        let second = schedule(&specs, &all[..2], &first.assigned);
+        let first = schedule(&specs, &all, &BTreeMap::new(), &Quotas::new());
+        let second = schedule(&specs, &all[..2], &first.assigned, &Quotas::new());
         for (vm, w) in &first.assigned {
             if w.as_str() != "c" {
                 assert_eq!(second.assigned.get(vm), Some(w), "{vm} moved");
@@ -599,32 +682,32 @@ mod tests {
     proptest! {
         #[test]
         fn deterministic_whatever_the_input_order((specs, workers) in arb_case(), seed in 0usize..1000) {
-            let a = schedule(&specs, &workers, &BTreeMap::new());
+            let a = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
             let mut specs2 = specs.clone();
             let mut workers2 = workers.clone();
             let n = specs2.len().max(1);
             specs2.rotate_left(seed % n);
             specs2.reverse();
             workers2.reverse();
-            let b = schedule(&specs2, &workers2, &BTreeMap::new());
+            let b = schedule(&specs2, &workers2, &BTreeMap::new(), &Quotas::new());
             prop_assert_eq!(&a, &b);
             // And with a previous placement as input.
-            prop_assert_eq!(schedule(&specs, &workers, &a.assigned), schedule(&specs2, &workers2, &a.assigned));
+            prop_assert_eq!(schedule(&specs, &workers, &a.assigned, &Quotas::new()), schedule(&specs2, &workers2, &a.assigned, &Quotas::new()));
         }
 
         #[test]
         fn capacity_and_constraints_never_violated((specs, workers) in arb_case(), prev_seed in 0u8..30) {
             // A hostile previous placement: everything on one worker.
             let w = format!("w{prev_seed}").parse::<WorkerId>().unwrap();
-            let previous: BTreeMap<VmName, WorkerId> = specs.iter().map(|s| (s.name().clone(), w.clone())).collect();
+            let previous: BTreeMap<VmKey, WorkerId> = specs.iter().map(|s| (s.key(), w.clone())).collect();
             let specs = dedup_specs(specs);
-            let p = schedule(&specs, &workers, &previous);
+            let p = schedule(&specs, &workers, &previous, &Quotas::new());
             let mut first: BTreeMap<&WorkerId, &WorkerSlot> = BTreeMap::new();
             for w in &workers { first.entry(&w.id).or_insert(w); }
             let mut used: BTreeMap<&WorkerId, (u64, u64)> = BTreeMap::new();
             for s in &specs {
-                let placed = p.assigned.get(s.name());
-                prop_assert!(placed.is_some() != p.unplaced.contains_key(s.name()), "{} both or neither", s.name());
+                let placed = p.assigned.get(&s.key());
+                prop_assert!(placed.is_some() != p.unplaced.contains_key(&s.key()), "{} both or neither", s.name());
                 if let Some(wid) = placed {
                     let slot = first[wid];
                     prop_assert!(satisfies(&slot.labels, s));
@@ -642,7 +725,7 @@ mod tests {
         #[test]
         fn stable_under_unrelated_changes((specs, workers) in arb_case(), extra_mem in 1u64..512) {
             let specs = dedup_specs(specs);
-            let first = schedule(&specs, &workers, &BTreeMap::new());
+            let first = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
             // An unrelated VM is added and another one's spec changes.
             let mut changed = specs.clone();
             changed.push(spec("unrelated-new", 1, extra_mem, &[]));
@@ -651,10 +734,128 @@ mod tests {
                 f.content_hash = "changed".into();
                 *s = VmSpec::new(f).unwrap();
             }
-            let second = schedule(&changed, &workers, &first.assigned);
+            let second = schedule(&changed, &workers, &first.assigned, &Quotas::new());
             for (vm, w) in &first.assigned {
                 prop_assert_eq!(second.assigned.get(vm), Some(w), "{} moved", vm);
             }
         }
+
+        #[test]
+        fn projects_and_quotas_hold((specs, workers) in arb_projects_case(), quota_seed in prop::collection::vec((1u32..12, 1u64..8192, 1u32..8), 3), seed in 0usize..1000) {
+            let quotas: Quotas = quota_seed
+                .iter()
+                .enumerate()
+                .take(2) // p2 stays unlimited
+                .map(|(i, (cpu, mem, vms))| {
+                    (format!("p{i}").parse().unwrap(), Limits { cpu: *cpu, memory_mb: *mem, vms: *vms })
+                })
+                .collect();
+            let p = schedule(&specs, &workers, &BTreeMap::new(), &quotas);
+            // Deterministic whatever the order.
+            let mut shuffled = specs.clone();
+            let n = shuffled.len().max(1);
+            shuffled.rotate_left(seed % n);
+            shuffled.reverse();
+            let mut ws = workers.clone();
+            ws.reverse();
+            prop_assert_eq!(&p, &schedule(&shuffled, &ws, &BTreeMap::new(), &quotas));
+            // Every key once, placed or not; quotas and capacity hold.
+            let mut used: BTreeMap<&str, Limits> = BTreeMap::new();
+            let mut on: BTreeMap<&WorkerId, (u64, u64)> = BTreeMap::new();
+            // The spec the scheduler keeps of a duplicated key: the first in its order.
+            let unique: BTreeMap<VmKey, &VmSpec> =
+                sorted_specs(&specs).into_iter().map(|s| (s.key(), s)).collect();
+            for (k, s) in &unique {
+                let placed = p.assigned.get(k);
+                prop_assert!(placed.is_some() != p.unplaced.contains_key(k), "{} both or neither", k);
+                if let Some(w) = placed {
+                    let u = used.entry(s.project()).or_default();
+                    *u = Limits::of([*s]).plus(u);
+                    let c = on.entry(w).or_default();
+                    c.0 += u64::from(s.cpu());
+                    c.1 += s.memory_mb();
+                }
+            }
+            for (proj, u) in &used {
+                if let Some(q) = quotas.get(*proj) {
+                    prop_assert!(u.within(q), "{proj} uses {u}, over {q}");
+                }
+            }
+            for (w, (cpu, mem)) in on {
+                let cap = workers.iter().find(|x| &x.id == w).unwrap().capacity;
+                prop_assert!(cpu <= u64::from(cap.cpu) && mem <= cap.memory_mb, "{w} over capacity");
+            }
+        }
+
+        /// Whatever one project publishes (changes, additions, removals),
+        /// no VM of another project moves.
+        #[test]
+        fn a_project_never_moves_another_projects_vms((specs, workers) in arb_projects_case(), extra in prop::collection::vec((0u16..20, 1u32..4, 1u64..2048), 0..20), drop_every in 1usize..5) {
+            let first = schedule(&specs, &workers, &BTreeMap::new(), &Quotas::new());
+            let mut changed: Vec<VmSpec> = specs
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.project() != "p0" || i % drop_every != 0)
+                .map(|(_, s)| s.clone())
+                .collect();
+            for (n, cpu, mem) in extra {
+                changed.push(spec(&format!("new-{n}"), cpu, mem, &[]).with_project("p0".parse().unwrap()));
+            }
+            // What each VM held: its size in the first run (the scheduler
+            // keeps the smallest spec of a duplicated key).
+            let mut held: BTreeMap<VmKey, Resources> = BTreeMap::new();
+            for s in sorted_specs(&specs) {
+                held.entry(s.key()).or_insert(Resources { cpu: s.cpu(), memory_mb: s.memory_mb() });
+            }
+            let second = schedule_with_held(&changed, &workers, &first.assigned, &held, &Quotas::new());
+            for (vm, w) in first.assigned.iter().filter(|(k, _)| k.project.as_str() != "p0") {
+                prop_assert_eq!(second.assigned.get(vm), Some(w), "{} moved", vm);
+            }
+        }
+    }
+
+    /// Specs of projects p0, p1 and p2 whose names collide across projects.
+    fn arb_projects_case() -> impl Strategy<Value = (Vec<VmSpec>, Vec<WorkerSlot>)> {
+        let specs = prop::collection::vec((0u8..3, 0u8..4, 0u16..10, 1u32..5, 1u64..2048), 0..60)
+            .prop_map(|v| {
+                v.into_iter()
+                    .map(|(p, g, n, cpu, mem)| {
+                        spec(&format!("g{g}-{n}"), cpu, mem, &[])
+                            .with_project(format!("p{p}").parse().unwrap())
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let workers = prop::collection::btree_set(0u8..30, 0..10)
+            .prop_flat_map(|ids| {
+                let n = ids.len();
+                (Just(ids), prop::collection::vec((0u32..16, 0u64..8192), n))
+            })
+            .prop_map(|(ids, caps)| {
+                ids.into_iter()
+                    .zip(caps)
+                    .map(|(id, (cpu, mem))| worker(&format!("w{id}"), cpu, mem, &[]))
+                    .collect::<Vec<_>>()
+            });
+        (specs, workers)
+    }
+
+    #[test]
+    fn ties_break_by_project_then_name() {
+        // One slot of room: the first of (project, name) order wins it.
+        let specs = [
+            spec("web-0", 1, 128, &[]).with_project("b".parse().unwrap()),
+            spec("web-0", 1, 128, &[]).with_project("a".parse().unwrap()),
+            spec("app-0", 1, 128, &[]).with_project("b".parse().unwrap()),
+        ];
+        let p = schedule(
+            &specs,
+            &[worker("w", 1, 8192, &[])],
+            &BTreeMap::new(),
+            &Quotas::new(),
+        );
+        let placed: Vec<String> = p.assigned.keys().map(ToString::to_string).collect();
+        assert_eq!(placed, ["a/web-0"]);
+        let unplaced: Vec<String> = p.unplaced.keys().map(ToString::to_string).collect();
+        assert_eq!(unplaced, ["b/app-0", "b/web-0"]);
     }
 }

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, GenerationView, PublishOutcomeView, Registration,
+    AssignmentView, ClusterStatusView, GenerationView, ProjectStatusView, PublishOutcomeView,
+    Registration,
 };
 use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
 use commands::telemetry::now_ms;
-use commands::types::WorkerId;
+use commands::types::{ProjectName, WorkerId};
 use tokio::sync::watch;
 
 use crate::state::{Effects, State};
@@ -63,6 +64,7 @@ impl Shared {
 impl MasterApi for Shared {
     fn publish(&self, _: &Caller, p: Publish) -> Result<PublishOutcomeView, RpcFailure> {
         let (outcome, effects) = self.state.borrow_mut().publish(
+            &p.project,
             &p.commit,
             p.generation,
             &p.intent_hash,
@@ -70,7 +72,7 @@ impl MasterApi for Shared {
             now_ms(),
         )?;
         self.apply(effects);
-        tracing::info!(generation = p.generation, commit = %p.commit, noop = outcome.noop, placed = outcome.placed,
+        tracing::info!(project = %p.project, generation = p.generation, commit = %p.commit, noop = outcome.noop, placed = outcome.placed,
             unplaced = outcome.unplaced.len(), "generation published");
         Ok(outcome)
     }
@@ -140,7 +142,11 @@ impl MasterApi for Shared {
             .ok_or_else(|| RpcFailure::new(ErrorCode::NotFound, format!("unknown worker {worker}")))
     }
 
-    fn generations(&self, _: &Caller) -> Vec<GenerationView> {
-        self.state.borrow().generations()
+    fn generations(&self, _: &Caller, project: Option<&ProjectName>) -> Vec<GenerationView> {
+        self.state.borrow().generations(project)
+    }
+
+    fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
+        self.state.borrow().projects(Instant::now())
     }
 }

@@ -1,6 +1,10 @@
 //! The control plane's whole state, in memory by design, and every rule
 //! that changes it: publishing generations, registering workers, heartbeats
-//! and health, scheduling, and the views clients read.
+//! and health, scheduling, quotas, and the views clients read.
+//!
+//! Tenancy: every project has its own generations (numbers and intent
+//! hashes are per project); a publish replaces its project's desired VMs
+//! and no other's, and VMs are keyed by (project, name) throughout.
 //!
 //! Pure and synchronous: methods take `now` instead of reading a clock, so
 //! the rules are unit-tested without timers. The RPC layer owns one `State`
@@ -13,16 +17,19 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
-use commands::types::{Labels, Resources, VmMetrics, VmName, VmSpec, VmState, WorkerId};
-
-use crate::scheduler::{self, Placement, WorkerSlot};
-use commands::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, MAX_VMS_PER_WORKER, ObservedVm,
-    PublishOutcomeView, Registration, UnplacedView, VmPlacementView, WorkerHealthView,
-    WorkerMetricsView,
+use commands::types::{
+    Labels, ProjectName, Resources, VmKey, VmMetrics, VmSpec, VmState, WorkerId,
 };
 
-/// How many past generations `listGenerations` remembers.
+use crate::quota::{QuotaConfig, UNLIMITED};
+use crate::scheduler::{self, Placement, Quotas, WorkerSlot};
+use commands::model::{
+    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, MAX_VMS_PER_WORKER,
+    ObservedVm, ProjectStatusView, PublishOutcomeView, Registration, UnplacedView, VmPlacementView,
+    WorkerHealthView, WorkerMetricsView,
+};
+
+/// How many past generations `listGenerations` remembers per project.
 const HISTORY: usize = 100;
 /// The most workers the control plane accepts (bounds memory under abuse).
 pub const MAX_WORKERS: usize = 100_000;
@@ -60,10 +67,12 @@ struct WorkerEntry {
     assigned: Vec<VmSpec>,
 }
 
-#[derive(Debug)]
-struct Active {
-    record: GenerationView,
-    specs: BTreeMap<VmName, VmSpec>,
+/// One project's generations.
+#[derive(Debug, Default)]
+struct Project {
+    /// The active generation (its specs live in `State::desired`).
+    active: Option<GenerationView>,
+    history: VecDeque<GenerationView>,
 }
 
 /// What a state change means for the RPC layer.
@@ -78,8 +87,10 @@ pub struct State {
     settings: Settings,
     started: Instant,
     grace_over: bool,
-    active: Option<Active>,
-    history: VecDeque<GenerationView>,
+    projects: BTreeMap<ProjectName, Project>,
+    /// Every project's desired VMs: what the scheduler places.
+    desired: BTreeMap<VmKey, VmSpec>,
+    quotas: QuotaConfig,
     workers: BTreeMap<WorkerId, WorkerEntry>,
     placement: Placement,
     revision_counter: u64,
@@ -108,22 +119,41 @@ impl State {
             settings,
             started: now,
             grace_over: settings.startup_grace.is_zero(),
-            active: None,
-            history: VecDeque::new(),
+            projects: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            quotas: QuotaConfig::unlimited(),
             workers: BTreeMap::new(),
             placement: Placement::default(),
             revision_counter: revision_seed,
         }
     }
 
-    pub fn active_generation(&self) -> u64 {
-        self.active.as_ref().map_or(0, |a| a.record.number)
+    /// The active generation number of `project` (0 before its first publish).
+    pub fn active_generation(&self, project: &ProjectName) -> u64 {
+        self.projects
+            .get(project)
+            .and_then(|p| p.active.as_ref())
+            .map_or(0, |g| g.number)
+    }
+
+    /// Replaces the quotas (a SIGHUP reload) and places again: a lowered
+    /// quota unplaces its project's last VMs by name, a raised one places
+    /// what it refused before.
+    pub fn set_quotas(&mut self, quotas: QuotaConfig) -> Effects {
+        self.quotas = quotas;
+        self.reschedule()
     }
 
     // ---- publish -----------------------------------------------------------
 
+    /// Makes `specs` the desired VMs of `project` as `generation`, leaving
+    /// every other project's as they are. Refused whole (changing nothing)
+    /// for an unknown project, a spec naming another project, a duplicate
+    /// name, an older or conflicting generation number, or a generation
+    /// over the project's quota.
     pub fn publish(
         &mut self,
+        project: &ProjectName,
         commit: &str,
         generation: u64,
         intent_hash: &str,
@@ -135,17 +165,29 @@ impl State {
         if generation == 0 {
             return Err(RpcFailure::invalid("generation: must be at least 1"));
         }
+        let quota = self
+            .quotas
+            .limits(project)
+            .map_err(|why| failure(ErrorCode::NotFound, why))?;
         let mut by_name = BTreeMap::new();
         for s in specs {
+            if let Some(other) = s.assigned_project().filter(|p| *p != project) {
+                return Err(RpcFailure::invalid(format!(
+                    "vmSpecs: {} names project {other} but is published for project {project}",
+                    s.name()
+                )));
+            }
             let name = s.name().clone();
-            if by_name.insert(name.clone(), s).is_some() {
+            if by_name
+                .insert(name.clone(), s.with_project(project.clone()))
+                .is_some()
+            {
                 return Err(RpcFailure::invalid(format!(
                     "vmSpecs: duplicate VM name {name:?}"
                 )));
             }
         }
-        if let Some(a) = &self.active {
-            let cur = &a.record;
+        if let Some(cur) = self.projects.get(project).and_then(|p| p.active.as_ref()) {
             if generation < cur.number {
                 return Err(failure(
                     ErrorCode::FailedPrecondition,
@@ -157,7 +199,7 @@ impl State {
             }
             if generation == cur.number {
                 if intent_hash == cur.intent_hash {
-                    return Ok((self.outcome(generation, true), Effects::default()));
+                    return Ok((self.outcome(project, generation, true), Effects::default()));
                 }
                 return Err(failure(
                     ErrorCode::AlreadyExists,
@@ -168,31 +210,59 @@ impl State {
                 ));
             }
         }
+        if let Some(quota) = quota {
+            let wants = Limits::of(by_name.values());
+            if !wants.within(&quota) {
+                return Err(failure(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "generation {generation} of project {project} needs {wants}, over its quota of {quota}; the active generation stays"
+                    ),
+                ));
+            }
+        }
         let record = GenerationView {
+            project: project.to_string(),
             number: generation,
             commit: commit.to_owned(),
             intent_hash: intent_hash.to_owned(),
             vm_count: u32::try_from(by_name.len()).unwrap_or(u32::MAX),
             published_at_ms: now_ms,
         };
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
+        let entry = self.projects.entry(project.clone()).or_default();
+        if entry.history.len() == HISTORY {
+            entry.history.pop_front();
         }
-        self.history.push_back(record.clone());
-        self.active = Some(Active {
-            record,
-            specs: by_name,
-        });
+        entry.history.push_back(record.clone());
+        entry.active = Some(record);
+        self.desired.retain(|k, _| k.project != *project);
+        self.desired.extend(
+            by_name
+                .into_iter()
+                .map(|(name, spec)| (VmKey::new(project.clone(), name), spec)),
+        );
         let effects = self.reschedule();
-        Ok((self.outcome(generation, false), effects))
+        Ok((self.outcome(project, generation, false), effects))
     }
 
-    fn outcome(&self, generation: u64, noop: bool) -> PublishOutcomeView {
+    /// The publish outcome: what the scheduler did with `project`'s VMs.
+    fn outcome(&self, project: &ProjectName, generation: u64, noop: bool) -> PublishOutcomeView {
+        let placed = self
+            .placement
+            .assigned
+            .keys()
+            .filter(|k| k.project == *project)
+            .count();
         PublishOutcomeView {
+            project: project.to_string(),
             generation,
             noop,
-            placed: u32::try_from(self.placement.assigned.len()).unwrap_or(u32::MAX),
-            unplaced: self.unplaced_views(),
+            placed: u32::try_from(placed).unwrap_or(u32::MAX),
+            unplaced: self
+                .unplaced_views()
+                .into_iter()
+                .filter(|u| u.project == project.as_str())
+                .collect(),
         }
     }
 
@@ -200,15 +270,21 @@ impl State {
         self.placement
             .unplaced
             .iter()
-            .map(|(n, r)| UnplacedView {
-                name: n.to_string(),
+            .map(|(k, r)| UnplacedView {
+                project: k.project.to_string(),
+                name: k.name.to_string(),
                 reason: r.clone(),
             })
             .collect()
     }
 
-    pub fn generations(&self) -> Vec<GenerationView> {
-        self.history.iter().cloned().collect()
+    /// The history of `project`, or of every project (by project) when `None`.
+    pub fn generations(&self, project: Option<&ProjectName>) -> Vec<GenerationView> {
+        self.projects
+            .iter()
+            .filter(|(p, _)| project.is_none_or(|want| want == *p))
+            .flat_map(|(_, p)| p.history.iter().cloned())
+            .collect()
     }
 
     // ---- workers -----------------------------------------------------------
@@ -313,12 +389,11 @@ impl State {
         // A desired VM running here but placed elsewhere (or nowhere): the
         // placement was made before this worker reported (a restarted
         // control plane); placing again adopts it where it runs.
-        let misplaced = self.active.as_ref().is_some_and(|a| {
-            self.workers[worker].running.iter().any(|vm| {
-                vm.status.state != VmState::Failed
-                    && a.specs.contains_key(&vm.status.name)
-                    && self.placement.assigned.get(&vm.status.name) != Some(worker)
-            })
+        let misplaced = self.workers[worker].running.iter().any(|vm| {
+            let key = vm.status.key();
+            vm.status.state != VmState::Failed
+                && self.desired.contains_key(&key)
+                && self.placement.assigned.get(&key) != Some(worker)
         });
         if misplaced {
             return Ok(self.reschedule());
@@ -358,13 +433,24 @@ impl State {
 
     // ---- scheduling --------------------------------------------------------
 
-    /// Runs the scheduler on the active generation and live workers, and
-    /// bumps the revision of every worker whose assigned specs changed.
+    /// Runs the scheduler on every project's desired VMs and the live
+    /// workers, and bumps the revision of every worker whose assigned specs
+    /// changed.
     fn reschedule(&mut self) -> Effects {
-        let Some(active) = &self.active else {
+        if self.projects.is_empty() {
             return Effects::default();
-        };
-        let specs: Vec<VmSpec> = active.specs.values().cloned().collect();
+        }
+        let specs: Vec<VmSpec> = self.desired.values().cloned().collect();
+        let quotas: Quotas = self
+            .projects
+            .keys()
+            .filter_map(|p| match self.quotas.limits(p) {
+                Ok(Some(l)) => Some((p.clone(), l)),
+                Ok(None) => None,
+                // A project the reloaded file no longer knows keeps nothing.
+                Err(_) => Some((p.clone(), Limits::default())),
+            })
+            .collect();
         let live: Vec<WorkerSlot> = self
             .workers
             .iter()
@@ -381,36 +467,50 @@ impl State {
         // plane, before the workers reported). A VM that runs where it was
         // assigned stays there; one running elsewhere on a live worker is
         // adopted there; one running nowhere keeps its earlier decision.
-        let mut observed_on: BTreeMap<&VmName, Vec<&WorkerId>> = BTreeMap::new();
+        let mut observed_on: BTreeMap<VmKey, Vec<&WorkerId>> = BTreeMap::new();
         for (id, w) in self.workers.iter().filter(|(_, w)| w.healthy) {
             for vm in &w.running {
-                if active.specs.contains_key(&vm.status.name) && vm.status.state != VmState::Failed
-                {
-                    observed_on.entry(&vm.status.name).or_default().push(id);
+                let key = vm.status.key();
+                if vm.status.state != VmState::Failed && self.desired.contains_key(&key) {
+                    observed_on.entry(key).or_default().push(id);
                 }
             }
         }
         let mut previous = BTreeMap::new();
-        for name in active.specs.keys() {
-            let assigned = self.placement.assigned.get(name);
-            let observed = observed_on.get(name);
+        for key in self.desired.keys() {
+            let assigned = self.placement.assigned.get(key);
+            let observed = observed_on.get(key);
             let pick = match (assigned, observed) {
                 (Some(a), Some(o)) if o.contains(&a) => Some(a),
                 (_, Some(o)) => o.first().copied(),
                 (a, None) => a,
             };
             if let Some(w) = pick {
-                previous.insert(name.clone(), w.clone());
+                previous.insert(key.clone(), w.clone());
             }
         }
-        self.placement = scheduler::schedule(&specs, &live, &previous);
+        // What each VM held when it was last assigned: a VM that grew in
+        // place must not push another's unchanged VM off its worker.
+        let held: BTreeMap<VmKey, Resources> = self
+            .workers
+            .values()
+            .flat_map(|w| &w.assigned)
+            .map(|s| {
+                let r = Resources {
+                    cpu: s.cpu(),
+                    memory_mb: s.memory_mb(),
+                };
+                (s.key(), r)
+            })
+            .collect();
+        self.placement = scheduler::schedule_with_held(&specs, &live, &previous, &held, &quotas);
 
         let mut per_worker: BTreeMap<&WorkerId, Vec<VmSpec>> = BTreeMap::new();
         for (vm, w) in &self.placement.assigned {
             per_worker
                 .entry(w)
                 .or_default()
-                .push(active.specs[vm].clone());
+                .push(self.desired[vm].clone());
         }
         let mut changed = false;
         for (id, w) in &mut self.workers {
@@ -438,7 +538,7 @@ impl State {
         last_revision: u64,
     ) -> Result<Option<AssignmentView>, RpcFailure> {
         let view = self.current_assignment(worker)?;
-        if !self.grace_over || self.active.is_none() {
+        if !self.grace_over || self.projects.is_empty() {
             return Ok(None);
         }
         if view.generation == last_generation && view.revision == last_revision {
@@ -458,14 +558,20 @@ impl State {
                 format!("unknown worker {worker}: register first"),
             )
         })?;
-        let (generation, commit) = self.active.as_ref().map_or((0, String::new()), |a| {
-            (a.record.number, a.record.commit.clone())
-        });
+        // Generations are per project: the assignment names the highest
+        // active one, which grows whenever any project publishes anew.
+        let generation = self
+            .projects
+            .values()
+            .filter_map(|p| p.active.as_ref())
+            .map(|g| g.number)
+            .max()
+            .unwrap_or(0);
         Ok(AssignmentView {
             changed: false,
             worker_id: worker.to_string(),
             generation,
-            commit,
+            commit: String::new(),
             revision: w.revision,
             vms: if self.grace_over {
                 w.assigned.clone()
@@ -480,7 +586,7 @@ impl State {
     pub fn cluster_status(&self, now: Instant) -> ClusterStatusView {
         let mut vms = Vec::new();
         let mut converged = 0usize;
-        let desired = self.active.as_ref().map(|a| &a.specs);
+        let desired = &self.desired;
         // Observed VMs accounted for by a desired entry, per worker.
         let mut claimed: BTreeMap<&WorkerId, Vec<bool>> = self
             .workers
@@ -488,10 +594,13 @@ impl State {
             .map(|(id, w)| (id, vec![false; w.running.len()]))
             .collect();
 
-        for (name, spec) in desired.into_iter().flatten() {
-            let worker = self.placement.assigned.get(name);
+        for (key, spec) in desired {
+            let worker = self.placement.assigned.get(key);
+            let is_it =
+                |s: &commands::types::VmStatus| s.project == key.project && s.name == key.name;
             let mut view = VmPlacementView {
-                name: name.to_string(),
+                project: key.project.to_string(),
+                name: key.name.to_string(),
                 worker_id: worker.map(ToString::to_string).unwrap_or_default(),
                 desired_hash: spec.content_hash().to_owned(),
                 observed_hash: String::new(),
@@ -508,14 +617,12 @@ impl State {
                 let running = &w.1.running;
                 let pick = running
                     .iter()
-                    .position(|o| {
-                        o.status.name == *name && o.status.content_hash == spec.content_hash()
-                    })
-                    .or_else(|| running.iter().position(|o| o.status.name == *name));
+                    .position(|o| is_it(&o.status) && o.status.content_hash == spec.content_hash())
+                    .or_else(|| running.iter().position(|o| is_it(&o.status)));
                 let mut others = 0usize;
                 if let Some(c) = claimed.get_mut(w.0) {
                     for (j, o) in running.iter().enumerate() {
-                        if o.status.name == *name {
+                        if is_it(&o.status) {
                             c[j] = true;
                             others += usize::from(Some(j) != pick);
                         }
@@ -551,6 +658,7 @@ impl State {
                     continue;
                 }
                 vms.push(VmPlacementView {
+                    project: o.status.project.to_string(),
                     name: o.status.name.to_string(),
                     worker_id: id.to_string(),
                     desired_hash: String::new(),
@@ -562,7 +670,7 @@ impl State {
                 });
             }
         }
-        let total = desired.map_or(0, BTreeMap::len);
+        let total = desired.len();
         let convergence_percent = if total == 0 {
             100.0
         } else {
@@ -570,12 +678,10 @@ impl State {
         };
 
         let mut allocated: BTreeMap<&WorkerId, Resources> = BTreeMap::new();
-        if let Some(d) = desired {
-            for (vm, w) in &self.placement.assigned {
-                let r = allocated.entry(w).or_default();
-                r.cpu = r.cpu.saturating_add(d[vm].cpu());
-                r.memory_mb = r.memory_mb.saturating_add(d[vm].memory_mb());
-            }
+        for (vm, w) in &self.placement.assigned {
+            let r = allocated.entry(w).or_default();
+            r.cpu = r.cpu.saturating_add(desired[vm].cpu());
+            r.memory_mb = r.memory_mb.saturating_add(desired[vm].memory_mb());
         }
         let workers = self
             .workers
@@ -597,12 +703,68 @@ impl State {
             })
             .collect();
         ClusterStatusView {
-            active: self.active.as_ref().map(|a| a.record.clone()),
+            generations: self
+                .projects
+                .values()
+                .filter_map(|p| p.active.clone())
+                .collect(),
             convergence_percent,
             vms,
             workers,
             unplaced: self.unplaced_views(),
         }
+    }
+
+    /// Every project known (listed in the quota file or published):
+    /// quota, usage, active generation and convergence.
+    pub fn projects(&self, now: Instant) -> Vec<ProjectStatusView> {
+        let status = self.cluster_status(now);
+        let mut names: Vec<&ProjectName> = self.projects.keys().collect();
+        names.extend(self.quotas.listed());
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|p| {
+                let rows = status
+                    .vms
+                    .iter()
+                    .filter(|v| v.project == p.as_str() && v.drift != Drift::Orphaned);
+                let (total, converged) = rows.fold((0usize, 0usize), |(t, c), v| {
+                    (t + 1, c + usize::from(v.drift == Drift::Converged))
+                });
+                let placed = self
+                    .placement
+                    .assigned
+                    .keys()
+                    .filter(|k| k.project == *p)
+                    .count();
+                let unplaced = self
+                    .placement
+                    .unplaced
+                    .keys()
+                    .filter(|k| k.project == *p)
+                    .count();
+                ProjectStatusView {
+                    project: p.to_string(),
+                    quota: self.quotas.limits(p).ok().flatten().unwrap_or(UNLIMITED),
+                    usage: Limits::of(
+                        self.desired
+                            .iter()
+                            .filter(|(k, _)| k.project == *p)
+                            .map(|(_, s)| s),
+                    ),
+                    generation: self.projects.get(p).and_then(|x| x.active.clone()),
+                    convergence_percent: if total == 0 {
+                        100.0
+                    } else {
+                        converged as f64 * 100.0 / total as f64
+                    },
+                    placed: u32::try_from(placed).unwrap_or(u32::MAX),
+                    unplaced: u32::try_from(unplaced).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
     }
 }
 
@@ -629,8 +791,13 @@ mod tests {
         let mut s = State::new(settings(), t, 1);
         s.register(reg("a", "x:1"), 1, t).unwrap();
         s.register(reg("b", "x:2"), 2, t).unwrap();
-        s.publish("c", 1, "i", specs, 0).unwrap();
+        s.publish(&dp(), "c", 1, "i", specs, 0).unwrap();
         s
+    }
+
+    /// The default project.
+    fn dp() -> ProjectName {
+        ProjectName::default()
     }
 
     fn wid(s: &str) -> WorkerId {
@@ -647,28 +814,35 @@ mod tests {
         let mut s = State::new(settings(), t, 1);
         s.register(reg("a", "127.0.0.1:1"), 1, t).unwrap();
         let (o, e) = s
-            .publish("c1", 2, "i2", vec![spec("web-0", "h")], 0)
+            .publish(&dp(), "c1", 2, "i2", vec![spec("web-0", "h")], 0)
             .unwrap();
         assert!(!o.noop && o.placed == 1 && e.assignments_changed);
-        let (o, e) = s.publish("c1", 2, "i2", vec![], 0).unwrap();
+        let (o, e) = s.publish(&dp(), "c1", 2, "i2", vec![], 0).unwrap();
         assert!(o.noop && !e.assignments_changed);
-        let err = s.publish("c1", 2, "other", vec![], 0).unwrap_err();
+        let err = s.publish(&dp(), "c1", 2, "other", vec![], 0).unwrap_err();
         assert_eq!(err.code, ErrorCode::AlreadyExists);
-        let err = s.publish("c0", 1, "i1", vec![], 0).unwrap_err();
+        let err = s.publish(&dp(), "c0", 1, "i1", vec![], 0).unwrap_err();
         assert!(
             err.message.contains("older than the active generation 2"),
             "{err}"
         );
         let err = s
-            .publish("c3", 3, "i3", vec![spec("a", "h"), spec("a", "h")], 0)
+            .publish(
+                &dp(),
+                "c3",
+                3,
+                "i3",
+                vec![spec("a", "h"), spec("a", "h")],
+                0,
+            )
             .unwrap_err();
         assert!(err.message.contains("duplicate VM name"), "{err}");
         assert_eq!(
-            s.active_generation(),
+            s.active_generation(&dp()),
             2,
             "refused publishes changed nothing"
         );
-        assert_eq!(s.generations().len(), 1);
+        assert_eq!(s.generations(None).len(), 1);
     }
 
     #[test]
@@ -731,7 +905,7 @@ mod tests {
         // The re-publish arrives before the workers' first reports: its
         // placement (web spread over a and b) is made blind.
         let specs = vec![spec("web-0", "h"), spec("web-1", "h"), spec("web-2", "h")];
-        s.publish("c", 7, "i", specs, 0).unwrap();
+        s.publish(&dp(), "c", 7, "i", specs, 0).unwrap();
         assert!(
             s.assignment(&wid("b"), 7, 5).unwrap().is_none(),
             "withheld during grace"
@@ -759,7 +933,7 @@ mod tests {
         let mut s = State::new(settings(), t, 1000);
         s.register(reg("a", "a"), 1, t).unwrap();
         let specs = vec![spec("web-0", "h"), spec("web-1", "h")];
-        s.publish("c", 3, "i", specs, 0).unwrap();
+        s.publish(&dp(), "c", 3, "i", specs, 0).unwrap();
         // Blind: both on a. Then b registers and reports running both.
         assert_eq!(s.assignment(&wid("a"), 0, 0).unwrap().unwrap().vms.len(), 2);
         s.register(reg("b", "b"), 2, t).unwrap();
@@ -790,6 +964,7 @@ mod tests {
         let mut s = State::new(settings(), t, 1);
         s.register(reg("a", "x"), 1, t).unwrap();
         s.publish(
+            &dp(),
             "c",
             1,
             "i",
@@ -833,7 +1008,7 @@ mod tests {
         let on = s
             .placement
             .assigned
-            .get(&"web-0".parse::<VmName>().unwrap())
+            .get(&VmKey::new(dp(), "web-0".parse().unwrap()))
             .cloned()
             .unwrap();
         let conn = if on == wid("a") { 1 } else { 2 };
@@ -846,7 +1021,7 @@ mod tests {
             t,
         )
         .unwrap();
-        s.publish("c", 2, "i2", vec![spec("web-0", "h2")], 0)
+        s.publish(&dp(), "c", 2, "i2", vec![spec("web-0", "h2")], 0)
             .unwrap();
         let revision = s.assignment(&on, 0, 0).unwrap().unwrap().revision;
 
@@ -906,5 +1081,267 @@ mod tests {
             revision,
             "the assignment did not change"
         );
+    }
+
+    // ---- projects ----------------------------------------------------------
+
+    fn project(p: &str) -> ProjectName {
+        p.parse().unwrap()
+    }
+
+    /// `observed` as a VM of `p`.
+    fn observed_in(p: &str, name: &str, hash: &str) -> ObservedVm {
+        let mut o = observed(name, hash);
+        o.status.project = project(p);
+        o
+    }
+
+    /// (worker, vm id) of every row of project `p`, by name.
+    fn rows_of(s: &State, p: &str, t: Instant) -> BTreeMap<String, (String, String)> {
+        s.cluster_status(t)
+            .vms
+            .into_iter()
+            .filter(|v| v.project == p)
+            .map(|v| (v.name, (v.worker_id, v.vm_id)))
+            .collect()
+    }
+
+    fn limits(cpu: u32, memory_mb: u64, vms: u32) -> Limits {
+        Limits {
+            cpu,
+            memory_mb,
+            vms,
+        }
+    }
+
+    /// Each worker reports the VMs the state assigned to it as running,
+    /// as a worker would: one id per (project, name, hash), kept in `ids`
+    /// across reports.
+    fn report_assigned(s: &mut State, ids: &mut BTreeMap<(VmKey, String), VmId>, t: Instant) {
+        for (id, conn) in [("a", 1), ("b", 2)] {
+            let running: Vec<ObservedVm> = s
+                .current_assignment(&wid(id))
+                .unwrap()
+                .vms
+                .iter()
+                .map(|spec| {
+                    let mut o =
+                        observed_in(spec.project(), spec.name().as_str(), spec.content_hash());
+                    o.status.id = ids
+                        .entry((spec.key(), spec.content_hash().to_owned()))
+                        .or_insert_with(VmId::new_v7)
+                        .clone();
+                    o
+                })
+                .collect();
+            s.push_data(&wid(id), conn, 1, running, WorkerMetricsView::default(), t)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn two_projects_with_the_same_vm_names_are_two_sets_of_vms() {
+        let mut ids = BTreeMap::new();
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let (oa, _) = s
+            .publish(
+                &project("team-a"),
+                "ca",
+                1,
+                "ia",
+                vec![spec("web-0", "h"), spec("web-1", "h")],
+                0,
+            )
+            .unwrap();
+        let (ob, _) = s
+            .publish(
+                &project("team-b"),
+                "cb",
+                1,
+                "ib",
+                vec![spec("web-0", "h")],
+                0,
+            )
+            .unwrap();
+        assert_eq!((oa.project.as_str(), oa.placed), ("team-a", 2));
+        assert_eq!(
+            (ob.project.as_str(), ob.placed),
+            ("team-b", 1),
+            "b's web-0 is not a's"
+        );
+        // Generation numbers are per project: both are at 1.
+        assert_eq!(s.active_generation(&project("team-a")), 1);
+        assert_eq!(s.active_generation(&project("team-b")), 1);
+        let st = s.cluster_status(t);
+        let mut names: Vec<String> = st
+            .vms
+            .iter()
+            .map(|v| format!("{}/{}", v.project, v.name))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["team-a/web-0", "team-a/web-1", "team-b/web-0"]);
+        assert_eq!(st.generations.len(), 2);
+        // Each worker's assignment carries each spec's project.
+        let mut assigned: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|w| s.current_assignment(&wid(w)).unwrap().vms)
+            .map(|v| format!("{}/{}", v.project(), v.name()))
+            .collect();
+        assigned.sort();
+        assert_eq!(assigned, names);
+        // Running reports of both web-0s converge both rows, neither is an orphan.
+        report_assigned(&mut s, &mut ids, t);
+        let st = s.cluster_status(t);
+        assert_eq!(st.convergence_percent, 100.0, "{:?}", st.vms);
+        assert!(st.vms.iter().all(|v| v.drift == Drift::Converged));
+    }
+
+    #[test]
+    fn publishing_a_twice_changes_nothing_of_b() {
+        let mut ids = BTreeMap::new();
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let b_specs = vec![spec("web-0", "hb"), spec("web-1", "hb"), spec("db-0", "hb")];
+        s.publish(&project("b"), "cb", 4, "ib", b_specs, 0).unwrap();
+        s.publish(&project("a"), "c1", 1, "i1", vec![spec("web-0", "h1")], 0)
+            .unwrap();
+        report_assigned(&mut s, &mut ids, t);
+        let b_before = rows_of(&s, "b", t);
+        let b_assigned: Vec<Vec<VmSpec>> = ["a", "b"]
+            .iter()
+            .map(|w| {
+                let mut v = s.current_assignment(&wid(w)).unwrap().vms;
+                v.retain(|x| x.project() == "b");
+                v
+            })
+            .collect();
+        assert!(
+            b_before
+                .values()
+                .all(|(w, id)| !w.is_empty() && !id.is_empty())
+        );
+
+        // A changes its web-0 and adds two VMs, then deletes everything.
+        s.publish(
+            &project("a"),
+            "c2",
+            2,
+            "i2",
+            vec![spec("web-0", "h2"), spec("web-1", "h2"), spec("db-0", "h2")],
+            0,
+        )
+        .unwrap();
+        report_assigned(&mut s, &mut ids, t);
+        assert_eq!(rows_of(&s, "b", t), b_before, "b's placements and VM ids");
+        let (o, _) = s.publish(&project("a"), "c3", 3, "i3", vec![], 0).unwrap();
+        assert_eq!(o.placed, 0);
+        report_assigned(&mut s, &mut ids, t);
+        assert_eq!(rows_of(&s, "b", t), b_before, "b's placements and VM ids");
+        assert!(
+            rows_of(&s, "a", t).is_empty(),
+            "an empty generation deletes a's VMs"
+        );
+        let b_after: Vec<Vec<VmSpec>> = ["a", "b"]
+            .iter()
+            .map(|w| {
+                let mut v = s.current_assignment(&wid(w)).unwrap().vms;
+                v.retain(|x| x.project() == "b");
+                v
+            })
+            .collect();
+        assert_eq!(b_after, b_assigned, "b's assignments");
+        assert_eq!(s.active_generation(&project("b")), 4);
+        assert_eq!(s.generations(Some(&project("a"))).len(), 3);
+        assert_eq!(s.generations(None).len(), 4);
+    }
+
+    #[test]
+    fn over_quota_unknown_project_and_foreign_specs_are_refused_whole() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        let quotas = QuotaConfig::new(None, [(project("a"), limits(2, 1024, 2))].into());
+        s.set_quotas(quotas);
+        s.publish(&project("a"), "c1", 1, "i1", vec![spec("web-0", "h")], 0)
+            .unwrap();
+        let before = s.cluster_status(t);
+
+        let three = vec![
+            spec("web-0", "h2"),
+            spec("web-1", "h2"),
+            spec("web-2", "h2"),
+        ];
+        let err = s
+            .publish(&project("a"), "c2", 2, "i2", three, 0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+        assert_eq!(
+            err.message,
+            "generation 2 of project a needs 3 vCPU, 384 MiB, 3 VMs, over its quota of 2 vCPU, 1024 MiB, 2 VMs; the active generation stays"
+        );
+        let err = s
+            .publish(&project("stranger"), "c1", 1, "i1", vec![spec("x", "h")], 0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(err.message.starts_with("unknown project stranger"), "{err}");
+        let foreign = spec("web-0", "h3").with_project(project("b"));
+        let err = s
+            .publish(&project("a"), "c3", 3, "i3", vec![foreign], 0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            err.message,
+            "vmSpecs: web-0 names project b but is published for project a"
+        );
+        assert_eq!(
+            s.cluster_status(t),
+            before,
+            "refused publishes changed nothing"
+        );
+        assert_eq!(s.active_generation(&project("a")), 1);
+        assert_eq!(s.generations(None).len(), 1);
+    }
+
+    /// A lowered quota (a SIGHUP reload) is never exceeded by the
+    /// scheduler, although the workers have room: the project's VMs past it
+    /// are unplaced with the numbers; another project is unaffected.
+    #[test]
+    fn the_scheduler_never_exceeds_a_quota_even_with_free_capacity() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let four: Vec<VmSpec> = (0..4).map(|i| spec(&format!("web-{i}"), "h")).collect();
+        s.publish(&project("a"), "c1", 1, "i1", four.clone(), 0)
+            .unwrap();
+        s.publish(&project("b"), "c1", 1, "i1", four, 0).unwrap();
+        let e = s.set_quotas(QuotaConfig::new(
+            Some(limits(100, 100_000, 100)),
+            [(project("a"), limits(100, 100_000, 2))].into(),
+        ));
+        assert!(e.assignments_changed);
+        let ps = s.projects(t);
+        let a = ps.iter().find(|p| p.project == "a").unwrap();
+        assert_eq!((a.placed, a.unplaced), (2, 2));
+        assert_eq!(a.quota, limits(100, 100_000, 2));
+        let b = ps.iter().find(|p| p.project == "b").unwrap();
+        assert_eq!((b.placed, b.unplaced), (4, 0));
+        let st = s.cluster_status(t);
+        let why: Vec<&str> = st.unplaced.iter().map(|u| u.reason.as_str()).collect();
+        assert_eq!(
+            why,
+            ["over the quota of project a: placing it would use 3 vCPU, 384 MiB, 3 VMs of 100 vCPU, 100000 MiB, 2 VMs";
+                2]
+        );
+        let free: u32 = st.workers.iter().map(|w| w.free().cpu).sum();
+        assert!(free >= 2, "capacity was free: {free} cpu");
+        // Raised again: everything is placed.
+        s.set_quotas(QuotaConfig::unlimited());
+        assert!(s.cluster_status(t).unplaced.is_empty());
     }
 }

@@ -53,6 +53,7 @@ async fn start() -> (String, CancellationToken) {
         long_poll_timeout: Duration::from_secs(5),
         heartbeat_timeout: Duration::from_secs(5),
         startup_grace: Duration::ZERO,
+        quota_file: None,
     };
     tokio::task::spawn_local(control_plane::run_with_auth(
         config,
@@ -105,13 +106,13 @@ fn logins_grant_roles_and_roles_bound_calls() {
         // Reader: status and generations, nothing else; a refusal changes nothing.
         let m = denied(
             reader
-                .publish("c1", 1, "i1", &[spec("a")])
+                .publish("default", "c1", 1, "i1", &[spec("a")])
                 .await
                 .unwrap_err(),
         );
         assert_eq!(m, "a reader token may not publish a generation");
-        assert_eq!(reader.status().await.unwrap().active, None);
-        assert!(reader.generations().await.unwrap().is_empty());
+        assert_eq!(reader.status().await.unwrap().active("default"), None);
+        assert!(reader.generations(None).await.unwrap().is_empty());
         let cap = WorkerCap::new(NullWorker);
         denied(reader.register(&reg("w1"), cap.clone()).await.unwrap_err());
         denied(reader.get_assignment("w1", 0, 0).await.unwrap_err());
@@ -124,7 +125,11 @@ fn logins_grant_roles_and_roles_bound_calls() {
         assert!(reader.status().await.unwrap().workers.is_empty());
 
         // CI publishes; it may not act as a worker or reach one.
-        assert!(ci.publish("c1", 1, "i1", &[spec("a")]).await.is_ok());
+        assert!(
+            ci.publish("default", "c1", 1, "i1", &[spec("a")])
+                .await
+                .is_ok()
+        );
         denied(ci.register(&reg("w9"), cap.clone()).await.unwrap_err());
         denied(
             ci.push_data("w1", 0, &[], &WorkerMetricsView::default())
@@ -135,7 +140,11 @@ fn logins_grant_roles_and_roles_bound_calls() {
         // A worker token registers, polls and reports only as its own id.
         let m = denied(w1.register(&reg("w2"), cap.clone()).await.unwrap_err());
         assert!(m.contains("belongs to worker w1, not w2"), "{m}");
-        denied(w1.publish("c2", 2, "i2", &[spec("b")]).await.unwrap_err());
+        denied(
+            w1.publish("default", "c2", 2, "i2", &[spec("b")])
+                .await
+                .unwrap_err(),
+        );
         denied(w1.get_assignment("w2", 0, 0).await.unwrap_err());
         denied(w1.worker("w1").await.err().unwrap());
         w1.register(&reg("w1"), cap.clone()).await.unwrap();
@@ -167,7 +176,7 @@ fn oversized_text_and_too_many_long_polls_are_refused() {
         // A 100 KiB commit id: refused by length, before anything changes.
         let long = "c".repeat(100 * 1024);
         let e = admin
-            .publish(&long, 1, "i", &[spec("a")])
+            .publish("default", &long, 1, "i", &[spec("a")])
             .await
             .unwrap_err();
         let ClientError::Refused(f) = e else {
@@ -180,7 +189,7 @@ fn oversized_text_and_too_many_long_polls_are_refused() {
             "{}",
             f.message
         );
-        assert_eq!(admin.status().await.unwrap().active, None);
+        assert_eq!(admin.status().await.unwrap().active("default"), None);
 
         // Long-polls held by one connection are capped; the next one is
         // refused at once and the others keep waiting.
@@ -215,7 +224,10 @@ fn oversized_text_and_too_many_long_polls_are_refused() {
         let other = login(&addr, ADMIN).await;
         assert!(other.status().await.is_ok());
         // Publishing wakes the polls; then the slots are free again.
-        admin.publish("c1", 1, "i1", &[spec("a")]).await.unwrap();
+        admin
+            .publish("default", "c1", 1, "i1", &[spec("a")])
+            .await
+            .unwrap();
         for p in polls {
             assert!(p.await.unwrap().is_ok());
         }

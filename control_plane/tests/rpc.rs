@@ -67,6 +67,7 @@ fn master_over_loopback() {
             long_poll_timeout: Duration::from_secs(3),
             heartbeat_timeout: Duration::from_millis(600),
             startup_grace: Duration::ZERO,
+            quota_file: None,
         };
         let (addr, shutdown) = start(config).await;
         let w1 = connect(&addr).await;
@@ -102,7 +103,13 @@ fn master_over_loopback() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let t = Instant::now();
             let o = cli
-                .publish("c1", 1, "i1", &[spec("web-0", "a"), spec("web-1", "a")])
+                .publish(
+                    "default",
+                    "c1",
+                    1,
+                    "i1",
+                    &[spec("web-0", "a"), spec("web-1", "a")],
+                )
                 .await
                 .unwrap();
             (o, t)
@@ -118,21 +125,27 @@ fn master_over_loopback() {
 
         // Bad input is refused and changes nothing.
         let err = cli
-            .publish("c2", 2, "i2", &[spec("x", "a"), spec("x", "b")])
+            .publish("default", "c2", 2, "i2", &[spec("x", "a"), spec("x", "b")])
             .await
             .unwrap_err();
         assert!(err.to_string().contains("duplicate VM name"), "{err}");
-        let err = cli.publish("c0", 0, "i0", &[]).await.unwrap_err();
+        let err = cli
+            .publish("default", "c0", 0, "i0", &[])
+            .await
+            .unwrap_err();
         assert_eq!(code(err), ErrorCode::InvalidArgument);
-        let err = cli.publish("c1", 1, "other", &[]).await.unwrap_err();
+        let err = cli
+            .publish("default", "c1", 1, "other", &[])
+            .await
+            .unwrap_err();
         assert_eq!(code(err), ErrorCode::AlreadyExists);
         // A spec that does not validate cannot even be expressed with the
         // client's types: `commands::service::master`'s tests send one raw
         // and check that it is refused before it reaches the control plane.
-        let repeat = cli.publish("c1", 1, "i1", &[]).await.unwrap();
+        let repeat = cli.publish("default", "c1", 1, "i1", &[]).await.unwrap();
         assert!(repeat.noop);
         let status = cli.status().await.unwrap();
-        assert_eq!(status.active.as_ref().map(|g| g.number), Some(1));
+        assert_eq!(status.active("default").map(|g| g.number), Some(1));
         assert_eq!(status.vms.len(), 2);
 
         // getWorker proxies to the capability the worker registered.

@@ -111,9 +111,11 @@ pub fn project_view(s: &ClusterStatusView, project: &str, admin: bool) -> Cluste
 /// one of them, into the panel's rows.
 pub fn view(s: &ClusterStatusView, show: impl Fn(&str) -> bool) -> ClusterView {
     let mut v = ClusterView {
-        generation: s.active.as_ref().map_or(0, |g| g.number),
+        generation: s
+            .active(commands::types::DEFAULT_PROJECT)
+            .map_or(0, |g| g.number),
         commit: s
-            .active
+            .active(commands::types::DEFAULT_PROJECT)
             .as_ref()
             .map(|g| g.commit.clone())
             .unwrap_or_default(),

@@ -101,11 +101,18 @@ pub fn sim_worker(i: usize) -> Registration {
     registration(&format!("sim-{i:04}"), address, 64, 65536)
 }
 
-/// A running one-core VM `name` at `hash`, as its worker reports it.
+/// The fixture spec `name` at `hash`, published for `project`.
+pub fn project_spec(project: &str, name: &str, hash: &str) -> VmSpec {
+    spec(name, hash).with_project(project.parse().expect("project name"))
+}
+
+/// A running one-core VM `name` at `hash` of the default project, as its
+/// worker reports it.
 pub fn running_vm(id: VmId, name: &str, hash: &str, memory_mb: u64) -> ObservedVm {
     ObservedVm {
         status: VmStatus {
             id,
+            project: Default::default(),
             name: name.parse().expect("VM name"),
             content_hash: hash.into(),
             state: VmState::Running,

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::disk::{self, DiskError};
 use crate::dto::{
-    Labels, LogTail, Resources, VmDetails, VmId, VmMetrics, VmName, VmRecord, VmSpec, VmStatus,
+    Labels, LogTail, Resources, VmDetails, VmId, VmKey, VmMetrics, VmRecord, VmSpec, VmStatus,
     WorkerId, WorkerStatus,
 };
 use crate::procfs;
@@ -47,7 +47,8 @@ pub enum WorkerError {
         "a VM named {name} with contentHash {content_hash} already exists on this worker (id {id})"
     )]
     AlreadyExists {
-        name: VmName,
+        /// The qualified name, `project/name`.
+        name: VmKey,
         content_hash: String,
         id: VmId,
     },
@@ -246,9 +247,10 @@ pub struct VmManager<B: VmmBackend> {
     config: ManagerConfig,
     run_dir: RunDir,
     vms: BTreeMap<VmId, Entry<B>>,
-    /// (name, contentHash) → id: the key a create must not repeat. Two
-    /// versions of one name may coexist (a replacement in progress).
-    names: HashMap<VmKey, VmId>,
+    /// (project, name, contentHash) → id: the key a create must not
+    /// repeat. Two versions of one name may coexist (a replacement in
+    /// progress), and so may two projects' VMs of the same name.
+    names: HashMap<InstanceKey, VmId>,
     events_tx: mpsc::UnboundedSender<Event<B>>,
     events_rx: mpsc::UnboundedReceiver<Event<B>>,
     next_instance: u64,
@@ -266,11 +268,12 @@ impl<B: VmmBackend> std::fmt::Debug for VmManager<B> {
     }
 }
 
-/// What makes a VM unique on a worker: its name and contentHash.
-type VmKey = (VmName, String);
+/// What makes a VM unique on a worker: its project, name and contentHash
+/// (two projects' `web-0` at the same hash are two VMs).
+type InstanceKey = (VmKey, String);
 
-fn key_of(spec: &VmSpec) -> VmKey {
-    (spec.name().clone(), spec.content_hash().to_owned())
+fn key_of(spec: &VmSpec) -> InstanceKey {
+    (spec.key(), spec.content_hash().to_owned())
 }
 
 const DEFAULT_LOG_LINES: u32 = 100;
@@ -430,6 +433,7 @@ impl<B: VmmBackend> VmManager<B> {
     fn status(&self, id: &VmId, e: &Entry<B>) -> VmStatus {
         VmStatus {
             id: id.clone(),
+            project: e.spec.key().project,
             name: e.spec.name().clone(),
             content_hash: e.spec.content_hash().to_owned(),
             state: e.phase.public(),
@@ -487,7 +491,7 @@ impl<B: VmmBackend> VmManager<B> {
     fn create(&mut self, spec: VmSpec, reply: Reply<VmStatus>) {
         if let Some(id) = self.names.get(&key_of(&spec)) {
             let _ = reply.send(Err(WorkerError::AlreadyExists {
-                name: spec.name().clone(),
+                name: spec.key(),
                 content_hash: spec.content_hash().to_owned(),
                 id: id.clone(),
             }));

@@ -269,7 +269,7 @@ async fn duplicate_name_and_hash_and_unknown_ids_are_refused() {
     assert_eq!(
         err.message(),
         format!(
-            "a VM named a with contentHash hash-a already exists on this worker (id {})",
+            "a VM named default/a with contentHash hash-a already exists on this worker (id {})",
             st.id
         )
     );
@@ -525,6 +525,59 @@ async fn restart_adopts_both_versions_of_a_name() {
             ErrorCode::AlreadyExists
         );
     }
+    w.stop().await;
+}
+
+/// Two projects' `web-0` at the same contentHash are two VMs: each has its
+/// own id, process and run files, each refuses only a repeat of itself,
+/// both are adopted after a restart with their project, and deleting one
+/// leaves the other running.
+#[tokio::test]
+async fn same_name_in_two_projects_coexists_across_a_restart() {
+    let (dir, backend, w) = started(false);
+    let in_project = |p: &str| spec("web-0").with_project(p.parse().unwrap());
+    let a = w.tx.create_vm(in_project("team-a")).await.unwrap();
+    let b = w.tx.create_vm(in_project("team-b")).await.unwrap();
+    assert_ne!(a.id, b.id);
+    assert_ne!(a.pid, b.pid);
+    assert_eq!(
+        (a.project.as_str(), b.project.as_str()),
+        ("team-a", "team-b")
+    );
+    let err = w.tx.create_vm(in_project("team-a")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::AlreadyExists);
+    assert!(err.message().contains("team-a/web-0"), "{}", err.message());
+    let files = run_files(dir.path());
+    for id in [&a.id, &b.id] {
+        assert!(
+            files.iter().any(|f| f.starts_with(id.as_str())),
+            "{id} has no run files: {files:?}"
+        );
+    }
+    w.stop().await;
+
+    let w = start(&backend, dir.path(), false);
+    let mut got: Vec<_> =
+        w.tx.list_vms()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.project.to_string(), v.id, v.state))
+            .collect();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        got,
+        vec![
+            ("team-a".to_owned(), a.id.clone(), VmState::Running),
+            ("team-b".to_owned(), b.id.clone(), VmState::Running),
+        ]
+    );
+    w.tx.delete_vm(a.id.clone()).await.unwrap();
+    let left = w.tx.list_vms().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!((&left[0].id, left[0].state), (&b.id, VmState::Running));
+    assert_eq!(backend.pid_of(&b.id), b.pid);
+    w.tx.delete_vm(b.id).await.unwrap();
     w.stop().await;
 }
 

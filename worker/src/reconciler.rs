@@ -33,7 +33,7 @@ use commands::service::worker::WorkerCap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::dto::{VmId, VmMetrics, VmName, VmSpec, VmState, VmStatus};
+use crate::dto::{VmId, VmKey, VmMetrics, VmSpec, VmState, VmStatus};
 use crate::manager::WorkerError;
 use crate::node::CommandSender;
 
@@ -91,23 +91,24 @@ pub struct Plan {
     pub retry_at: Option<Instant>,
 }
 
-/// Per-(name, hash) failure count and the time the next create is allowed.
+/// Per-(project, name, hash) failure count and the time the next create
+/// is allowed.
 #[derive(Debug, Default)]
 pub struct Backoff {
-    entries: BTreeMap<(VmName, String), (u32, Instant)>,
+    entries: BTreeMap<(VmKey, String), (u32, Instant)>,
     /// Failed instances already counted (a VM is seen failed on every pass
     /// until its delete completes).
     counted: BTreeSet<VmId>,
 }
 
 impl Backoff {
-    fn allowed_at(&self, name: &VmName, hash: &str) -> Option<Instant> {
+    fn allowed_at(&self, name: &VmKey, hash: &str) -> Option<Instant> {
         self.entries
             .get(&(name.clone(), hash.to_owned()))
             .map(|(_, at)| *at)
     }
 
-    fn failed(&mut self, name: &VmName, hash: &str, now: Instant, base: Duration, max: Duration) {
+    fn failed(&mut self, name: &VmKey, hash: &str, now: Instant, base: Duration, max: Duration) {
         let e = self
             .entries
             .entry((name.clone(), hash.to_owned()))
@@ -117,7 +118,7 @@ impl Backoff {
         e.1 = now + delay;
     }
 
-    fn succeeded_long_enough(&mut self, name: &VmName, hash: &str) {
+    fn succeeded_long_enough(&mut self, name: &VmKey, hash: &str) {
         self.entries.remove(&(name.clone(), hash.to_owned()));
     }
 }
@@ -126,8 +127,9 @@ fn is_live(s: VmState) -> bool {
     matches!(s, VmState::Creating | VmState::Running | VmState::Paused)
 }
 
-/// Diffs `desired` against `running` (the manager's list). Pure apart from
-/// bookkeeping in `backoff`, so the rules are unit-tested.
+/// Diffs `desired` against `running` (the manager's list), VMs keyed by
+/// (project, name): two projects' `web-0` never replace each other. Pure
+/// apart from bookkeeping in `backoff`, so the rules are unit-tested.
 pub fn plan(
     desired: &[VmSpec],
     running: &[VmStatus],
@@ -137,10 +139,10 @@ pub fn plan(
     cfg: (Duration, Duration),
 ) -> Plan {
     let mut out = Plan::default();
-    let wanted: BTreeMap<&VmName, &VmSpec> = desired.iter().map(|s| (s.name(), s)).collect();
-    let mut by_name: BTreeMap<&VmName, Vec<&VmStatus>> = BTreeMap::new();
+    let wanted: BTreeMap<VmKey, &VmSpec> = desired.iter().map(|s| (s.key(), s)).collect();
+    let mut by_name: BTreeMap<VmKey, Vec<&VmStatus>> = BTreeMap::new();
     for vm in running {
-        by_name.entry(&vm.name).or_default().push(vm);
+        by_name.entry(vm.key()).or_default().push(vm);
     }
     // Oldest first, so the survivor among duplicates is stable.
     for list in by_name.values_mut() {
@@ -151,7 +153,7 @@ pub fn plan(
         .retain(|id| running.iter().any(|v| v.id == *id));
 
     for vm in running {
-        if vm.state != VmState::Stopping && !wanted.contains_key(&vm.name) {
+        if vm.state != VmState::Stopping && !wanted.contains_key(&vm.key()) {
             out.delete.push((vm.id.clone(), "not in the assignment"));
         }
     }
@@ -323,7 +325,7 @@ async fn pass(
     // keeps running beside the new one until a later pass sees the new one
     // running (plan's "replaced").
     let creates = p.create.iter().map(|spec| async move {
-        tracing::info!(vm = %spec.name(), hash = spec.content_hash(), "reconcile: create");
+        tracing::info!(project = spec.project(), vm = %spec.name(), hash = spec.content_hash(), "reconcile: create");
         (spec, sender.create_vm(spec.clone()).await)
     });
     for (spec, r) in futures::future::join_all(creates).await {
@@ -331,9 +333,9 @@ async fn pass(
             Ok(_) => acted = true,
             Err(WorkerError::ShuttingDown) => return Err(WorkerError::ShuttingDown),
             Err(e) => {
-                tracing::warn!(vm = %spec.name(), error = %error_chain(&e), "reconcile: create failed; backing off");
+                tracing::warn!(project = spec.project(), vm = %spec.name(), error = %error_chain(&e), "reconcile: create failed; backing off");
                 backoff.failed(
-                    spec.name(),
+                    &spec.key(),
                     spec.content_hash(),
                     Instant::now(),
                     cfg.backoff_base,
@@ -586,6 +588,7 @@ mod tests {
     fn vm(name: &str, hash: &str, state: VmState, created: u64) -> VmStatus {
         VmStatus {
             id: VmId::new_v7(),
+            project: Default::default(),
             name: name.parse().unwrap(),
             content_hash: hash.into(),
             state,
@@ -687,6 +690,31 @@ mod tests {
         let f2 = vm("web", "h", VmState::Failed, 2);
         let p = plan_at(&[spec("web", "h")], &[f2], &mut b, later);
         assert_eq!(p.retry_at, Some(later + CFG.0 * 2));
+    }
+
+    /// Two projects' `web-0` at the same hash are two VMs: each is created
+    /// once, neither replaces nor deletes the other, and a project's VM
+    /// leaves only when its own project stops wanting it.
+    #[test]
+    fn same_names_of_two_projects_coexist() {
+        let in_project = |p: &str, s: VmSpec| s.with_project(p.parse().unwrap());
+        let a = in_project("team-a", spec("web-0", "h"));
+        let b = in_project("team-b", spec("web-0", "h"));
+        let p = plan_now(&[a.clone(), b.clone()], &[]);
+        assert_eq!(p.create.len(), 2, "{p:?}");
+        let mut running_a = vm("web-0", "h", VmState::Running, 1);
+        running_a.project = "team-a".parse().unwrap();
+        // b's VM is not a's: still created, and a's one is kept.
+        let p = plan_now(&[a.clone(), b.clone()], std::slice::from_ref(&running_a));
+        assert_eq!(p.create, vec![b.clone()]);
+        assert!(p.delete.is_empty(), "{p:?}");
+        // Only b wanted: a's VM goes, b's is created.
+        let p = plan_now(&[b.clone()], std::slice::from_ref(&running_a));
+        assert_eq!(p.create, vec![b]);
+        assert_eq!(
+            p.delete,
+            vec![(running_a.id.clone(), "not in the assignment")]
+        );
     }
 
     #[test]
@@ -895,7 +923,13 @@ mod tests {
 
             // Generation 1: converge, removing what is not assigned.
             master
-                .publish("c1", 1, "i1", &[spec("web-0", "h1"), spec("web-1", "h1")])
+                .publish(
+                    "default",
+                    "c1",
+                    1,
+                    "i1",
+                    &[spec("web-0", "h1"), spec("web-1", "h1")],
+                )
                 .await
                 .unwrap();
             let g1 = eventually("generation 1", || async {
@@ -906,7 +940,13 @@ mod tests {
 
             // Generation 2: only web-0 changes.
             master
-                .publish("c2", 2, "i2", &[spec("web-0", "h2"), spec("web-1", "h1")])
+                .publish(
+                    "default",
+                    "c2",
+                    2,
+                    "i2",
+                    &[spec("web-0", "h2"), spec("web-1", "h1")],
+                )
                 .await
                 .unwrap();
             let g2 = eventually("generation 2", || async {
@@ -932,6 +972,7 @@ mod tests {
             backend.fault(Step::Boot, Fault::Fail(500));
             master
                 .publish(
+                    "default",
                     "c3",
                     3,
                     "i3",
@@ -983,7 +1024,7 @@ mod tests {
             let h = Harness::start(|_| async {}).await;
             let (tx, backend, master) = (&h.tx, &h.backend, &h.master);
             master
-                .publish("c1", 1, "i1", &[spec("web-0", "h1")])
+                .publish("default", "c1", 1, "i1", &[spec("web-0", "h1")])
                 .await
                 .unwrap();
             let old = eventually("generation 1", || async {
@@ -996,7 +1037,7 @@ mod tests {
             // Generation 2 boots slowly: watch every step of the swap.
             backend.fault(Step::Boot, Fault::Delay(Duration::from_millis(600)));
             master
-                .publish("c2", 2, "i2", &[spec("web-0", "h2")])
+                .publish("default", "c2", 2, "i2", &[spec("web-0", "h2")])
                 .await
                 .unwrap();
             let mut saw_overlap = false;
@@ -1029,7 +1070,7 @@ mod tests {
             backend.fault(Step::Boot, Fault::Fail(500));
             let spawned = backend.spawned();
             master
-                .publish("c3", 3, "i3", &[spec("web-0", "h3")])
+                .publish("default", "c3", 3, "i3", &[spec("web-0", "h3")])
                 .await
                 .unwrap();
             let start = Instant::now();

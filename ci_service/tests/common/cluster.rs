@@ -33,7 +33,7 @@ pub(crate) fn placement(
     s: &ClusterStatusView,
     generation: u64,
 ) -> Option<BTreeMap<String, (String, String)>> {
-    let ok = s.active.as_ref().is_some_and(|g| g.number == generation)
+    let ok = s.active("default").is_some_and(|g| g.number == generation)
         && s.convergence_percent >= 100.0
         && !s.vms.is_empty()
         && s.vms

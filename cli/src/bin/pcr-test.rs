@@ -10,16 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use commands::types::VmSpec;
+use commands::types::{ProjectName, VmSpec};
 
 /// The tool's command line: the shared control-plane options and `Cmd`.
 type Args = cli::master::Cli<Cmd>;
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Publish a generation: the VmSpec JSON files given with --spec and/or
-    /// every *.json file in --specs DIR.
+    /// Publish a generation of one project: the VmSpec JSON files given with
+    /// --spec and/or every *.json file in --specs DIR. Other projects' VMs
+    /// are not touched; an empty --specs DIR deletes the project's VMs.
     PublishState {
+        /// The project the generation belongs to.
+        #[arg(long, default_value = commands::types::DEFAULT_PROJECT)]
+        project: ProjectName,
         #[arg(long)]
         commit: String,
         #[arg(long)]
@@ -45,7 +49,11 @@ enum Cmd {
     /// The whole cluster status.
     ClusterStatus,
     /// Generations published since the control plane started.
-    Generations,
+    Generations {
+        /// Only this project's (default: every project's).
+        #[arg(long)]
+        project: Option<ProjectName>,
+    },
     /// Call a worker through the control plane.
     Worker {
         worker: String,
@@ -118,6 +126,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
     let master = args.master.connect().await?;
     match args.command {
         Cmd::PublishState {
+            project,
             commit,
             generation,
             intent_hash: intent,
@@ -132,7 +141,9 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let list = load_specs(&spec, specs.as_deref())?;
             let intent =
                 intent.unwrap_or_else(|| commands::types::intent_hash(&list).hash.into_string());
-            let o = master.publish(&commit, generation, &intent, &list).await?;
+            let o = master
+                .publish(project.as_str(), &commit, generation, &intent, &list)
+                .await?;
             print_as(args.master.json, &o, |o| {
                 let what = if o.noop {
                     "unchanged (already active)"
@@ -140,7 +151,8 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                     "published"
                 };
                 println!(
-                    "generation {}: {what}; {} placed, {} unplaced",
+                    "project {} generation {}: {what}; {} placed, {} unplaced",
+                    o.project,
                     o.generation,
                     o.placed,
                     o.unplaced.len()
@@ -169,7 +181,8 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 );
                 for s in &a.vms {
                     println!(
-                        "{} {} cpu={} memoryMb={}",
+                        "{}/{} {} cpu={} memoryMb={}",
+                        s.project(),
                         s.name(),
                         s.content_hash(),
                         s.cpu(),
@@ -181,13 +194,16 @@ async fn real_main(args: Args) -> Result<(), CliError> {
         Cmd::ClusterStatus => {
             let s = master.status().await?;
             print_as(args.master.json, &s, |s| {
-                match &s.active {
-                    Some(g) => println!(
-                        "generation {} commit {} converged {:.0}%",
-                        g.number, g.commit, s.convergence_percent
-                    ),
-                    None => println!("no generation published"),
+                if s.generations.is_empty() {
+                    println!("no generation published");
                 }
+                for g in &s.generations {
+                    println!(
+                        "project {} generation {} commit {}",
+                        g.project, g.number, g.commit
+                    );
+                }
+                println!("converged {:.0}%", s.convergence_percent);
                 for w in &s.workers {
                     println!(
                         "worker {} {} healthy={} vms={}",
@@ -196,21 +212,23 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 }
                 for v in &s.vms {
                     println!(
-                        "vm {} worker={} desired={} observed={} drift={}",
-                        v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift
+                        "vm {}/{} worker={} desired={} observed={} drift={}",
+                        v.project, v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift
                     );
                 }
                 for u in &s.unplaced {
-                    println!("unplaced {}: {}", u.name, u.reason);
+                    println!("unplaced {}/{}: {}", u.project, u.name, u.reason);
                 }
             });
         }
-        Cmd::Generations => {
-            let gens = master.generations().await?;
+        Cmd::Generations { project } => {
+            let gens = master
+                .generations(project.as_ref().map(ProjectName::as_str))
+                .await?;
             print_lines(args.master.json, &gens, |g| {
                 format!(
-                    "{} {} {} vms={}",
-                    g.number, g.commit, g.intent_hash, g.vm_count
+                    "{} {} {} {} vms={}",
+                    g.project, g.number, g.commit, g.intent_hash, g.vm_count
                 )
             });
         }
@@ -236,8 +254,8 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                     print_lines(args.master.json, &vms, |v| {
                         let pid = v.pid.unwrap_or(0);
                         format!(
-                            "{} {} {} {} pid={pid}",
-                            v.id, v.name, v.content_hash, v.state
+                            "{} {}/{} {} {} pid={pid}",
+                            v.id, v.project, v.name, v.content_hash, v.state
                         )
                     });
                 }

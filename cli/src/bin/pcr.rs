@@ -1,26 +1,56 @@
-//! `pcr`: the read-only inspection tool — cluster status, workers, VMs and
-//! generations from the control plane, as aligned tables (colour only on a
-//! terminal) or `--json`.
+//! `pcr`: the read-only inspection tool — cluster status, workers, VMs,
+//! generations and projects from the control plane, as aligned tables
+//! (colour only on a terminal) or `--json`. `status`, `vms` and
+//! `generation` show every project (with a PROJECT column) unless
+//! `--project` picks one.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Subcommand;
-use commands::model::{ClusterStatusView, Drift, GenerationView};
+use clap::{Args as ClapArgs, Subcommand};
+use commands::model::{ClusterStatusView, Drift, GenerationView, Limits, ProjectStatusView};
+use commands::types::ProjectName;
 
 /// The tool's command line: the shared control-plane options and `Cmd`.
 type Args = cli::master::Cli<Cmd>;
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Active generation, convergence, worker health and what is unplaced.
-    Status,
+    /// Active generations, convergence, worker health and what is unplaced.
+    Status(Filter),
     /// Every worker with health and free resources.
     Workers,
-    /// Every VM: placement, desired vs observed hash, drift, metrics.
-    Vms,
-    /// The active generation and the ones published before it.
-    Generation,
+    /// Every VM: project, placement, desired vs observed hash, drift, metrics.
+    Vms(Filter),
+    /// The active generation of each project and the ones published before it.
+    Generation(Filter),
+    /// Every project: quota, usage, active generation and convergence.
+    Projects,
+}
+
+/// Which project to show.
+#[derive(Debug, ClapArgs)]
+struct Filter {
+    /// Show only this project's VMs and generations (default: every
+    /// project, with a PROJECT column).
+    #[arg(long)]
+    project: Option<ProjectName>,
+}
+
+/// Keeps only `project`'s generations, VMs and unplaced VMs (workers stay:
+/// they are shared). Convergence is recomputed over what is left.
+fn only_project(s: &mut ClusterStatusView, project: &ProjectName) {
+    let p = project.as_str();
+    s.generations.retain(|g| g.project == p);
+    s.vms.retain(|v| v.project == p);
+    s.unplaced.retain(|u| u.project == p);
+    let desired = s.vms.iter().filter(|v| v.drift != Drift::Orphaned).count();
+    let converged = s.vms.iter().filter(|v| v.drift == Drift::Converged).count();
+    s.convergence_percent = if desired == 0 {
+        100.0
+    } else {
+        converged as f64 * 100.0 / desired as f64
+    };
 }
 
 /// Colours, only when stdout is a terminal and NO_COLOR is unset.
@@ -125,21 +155,23 @@ fn drift_cell(d: Drift, style: &Style) -> String {
 
 fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     let mut out = String::new();
-    match &s.active {
-        Some(g) => {
-            let pct = format!("{:.1}%", s.convergence_percent);
-            let pct = if s.convergence_percent >= 100.0 {
-                style.good(&pct)
-            } else {
-                style.warn(&pct)
-            };
-            out.push_str(&format!(
-                "generation:  {} (commit {})\n",
-                g.number, g.commit
-            ));
-            out.push_str(&format!("converged:   {pct}\n"));
-        }
-        None => out.push_str("generation:  none published\n"),
+    if s.generations.is_empty() {
+        out.push_str("generation:  none published\n");
+    }
+    for g in &s.generations {
+        out.push_str(&format!(
+            "generation:  {}/{} (commit {})\n",
+            g.project, g.number, g.commit
+        ));
+    }
+    if !s.generations.is_empty() {
+        let pct = format!("{:.1}%", s.convergence_percent);
+        let pct = if s.convergence_percent >= 100.0 {
+            style.good(&pct)
+        } else {
+            style.warn(&pct)
+        };
+        out.push_str(&format!("converged:   {pct}\n"));
     }
     let healthy = s.workers.iter().filter(|w| w.healthy).count();
     let ws = format!("{healthy}/{} healthy", s.workers.len());
@@ -163,7 +195,8 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     ));
     out.push_str(&format!("unplaced:    {}\n", s.unplaced.len()));
     for u in &s.unplaced {
-        out.push_str(&format!("  {}: {}\n", style.bad(&u.name), u.reason));
+        let name = format!("{}/{}", u.project, u.name);
+        out.push_str(&format!("  {}: {}\n", style.bad(&name), u.reason));
     }
     out
 }
@@ -213,12 +246,17 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
     )
 }
 
-fn render_vms(s: &ClusterStatusView, style: &Style) -> String {
+/// `with_project`: a PROJECT column first (when no `--project` filters).
+fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> String {
     let rows: Vec<Vec<String>> = s
         .vms
         .iter()
         .map(|v| {
-            vec![
+            let mut row = Vec::with_capacity(9);
+            if with_project {
+                row.push(v.project.clone());
+            }
+            row.extend([
                 v.name.clone(),
                 if v.worker_id.is_empty() {
                     "-".into()
@@ -231,32 +269,87 @@ fn render_vms(s: &ClusterStatusView, style: &Style) -> String {
                 short(&v.observed_hash),
                 format!("{:.1}", v.metrics.cpu_percent),
                 format!("{:.1}", v.metrics.rss_bytes as f64 / (1024.0 * 1024.0)),
-            ]
+            ]);
+            row
         })
         .collect();
-    let mut out = table(
-        &[
-            "NAME",
-            "WORKER",
-            "STATE",
-            "DRIFT",
-            "DESIRED",
-            "OBSERVED",
-            "CPU%",
-            "RSS (MiB)",
-        ],
-        &rows,
-        style,
-    );
+    let header = [
+        "PROJECT",
+        "NAME",
+        "WORKER",
+        "STATE",
+        "DRIFT",
+        "DESIRED",
+        "OBSERVED",
+        "CPU%",
+        "RSS (MiB)",
+    ];
+    let mut out = table(&header[usize::from(!with_project)..], &rows, style);
     for u in &s.unplaced {
-        out.push_str(&format!("unplaced {}: {}\n", style.bad(&u.name), u.reason));
+        let name = format!("{}/{}", u.project, u.name);
+        out.push_str(&format!("unplaced {}: {}\n", style.bad(&name), u.reason));
     }
     out
 }
 
+/// A quota figure, `-` when unlimited.
+fn limit(n: u64, unlimited: bool) -> String {
+    if unlimited { "-".into() } else { n.to_string() }
+}
+
+fn render_projects(ps: &[ProjectStatusView], style: &Style) -> String {
+    if ps.is_empty() {
+        return "no project known\n".into();
+    }
+    let rows: Vec<Vec<String>> = ps
+        .iter()
+        .map(|p| {
+            let used_of =
+                |used: u64, quota: u64, max: u64| format!("{used}/{}", limit(quota, quota == max));
+            let Limits {
+                cpu,
+                memory_mb,
+                vms,
+            } = p.quota;
+            let pct = format!("{:.1}%", p.convergence_percent);
+            vec![
+                p.project.clone(),
+                used_of(u64::from(p.usage.cpu), u64::from(cpu), u64::from(u32::MAX)),
+                used_of(p.usage.memory_mb, memory_mb, u64::MAX),
+                used_of(u64::from(p.usage.vms), u64::from(vms), u64::from(u32::MAX)),
+                p.generation
+                    .as_ref()
+                    .map_or("-".into(), |g| g.number.to_string()),
+                if p.convergence_percent >= 100.0 {
+                    style.good(&pct)
+                } else {
+                    style.warn(&pct)
+                },
+                p.unplaced.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PROJECT",
+            "CPU",
+            "MEM (MiB)",
+            "VMS",
+            "GEN",
+            "CONVERGED",
+            "UNPLACED",
+        ],
+        &rows,
+        style,
+    )
+}
+
+/// `active`: each project's active generation; `with_project` adds the
+/// PROJECT column.
 fn render_generations(
-    active: Option<&GenerationView>,
+    active: &[GenerationView],
     gens: &[GenerationView],
+    with_project: bool,
     style: &Style,
 ) -> String {
     let now = commands::telemetry::now_ms();
@@ -264,8 +357,14 @@ fn render_generations(
         .iter()
         .rev()
         .map(|g| {
-            let is_active = active.is_some_and(|a| a.number == g.number);
-            vec![
+            let is_active = active
+                .iter()
+                .any(|a| a.project == g.project && a.number == g.number);
+            let mut row = Vec::with_capacity(6);
+            if with_project {
+                row.push(g.project.clone());
+            }
+            row.extend([
                 if is_active {
                     style.good(&format!("{} *", g.number))
                 } else {
@@ -275,17 +374,22 @@ fn render_generations(
                 short(&g.intent_hash),
                 g.vm_count.to_string(),
                 format!("{} ago", age(now.saturating_sub(g.published_at_ms))),
-            ]
+            ]);
+            row
         })
         .collect();
     if rows.is_empty() {
         return "no generation published\n".into();
     }
-    table(
-        &["GENERATION", "COMMIT", "INTENT", "VMS", "PUBLISHED"],
-        &rows,
-        style,
-    )
+    let header = [
+        "PROJECT",
+        "GENERATION",
+        "COMMIT",
+        "INTENT",
+        "VMS",
+        "PUBLISHED",
+    ];
+    table(&header[usize::from(!with_project)..], &rows, style)
 }
 
 /// Everything `pcr` can fail with is a connection, login or call error.
@@ -295,8 +399,11 @@ async fn real_main(args: Args) -> Result<String, CliError> {
     let master = args.master.connect().await?;
     let style = Style::detect();
     let out = match args.command {
-        Cmd::Status => {
-            let s = master.status().await?;
+        Cmd::Status(f) => {
+            let mut s = master.status().await?;
+            if let Some(p) = &f.project {
+                only_project(&mut s, p);
+            }
             if args.master.json {
                 to_json(&s)
             } else {
@@ -311,21 +418,37 @@ async fn real_main(args: Args) -> Result<String, CliError> {
                 render_workers(&s, &style)
             }
         }
-        Cmd::Vms => {
-            let s = master.status().await?;
+        Cmd::Vms(f) => {
+            let mut s = master.status().await?;
+            if let Some(p) = &f.project {
+                only_project(&mut s, p);
+            }
             if args.master.json {
                 to_json(&serde_json::json!({ "vms": s.vms, "unplaced": s.unplaced }))
             } else {
-                render_vms(&s, &style)
+                render_vms(&s, f.project.is_none(), &style)
             }
         }
-        Cmd::Generation => {
-            let s = master.status().await?;
-            let gens = master.generations().await?;
+        Cmd::Generation(f) => {
+            let mut s = master.status().await?;
+            if let Some(p) = &f.project {
+                only_project(&mut s, p);
+            }
+            let gens = master
+                .generations(f.project.as_ref().map(ProjectName::as_str))
+                .await?;
             if args.master.json {
-                to_json(&serde_json::json!({ "active": s.active, "generations": gens }))
+                to_json(&serde_json::json!({ "active": s.generations, "generations": gens }))
             } else {
-                render_generations(s.active.as_ref(), &gens, &style)
+                render_generations(&s.generations, &gens, f.project.is_none(), &style)
+            }
+        }
+        Cmd::Projects => {
+            let ps = master.projects().await?;
+            if args.master.json {
+                to_json(&ps)
+            } else {
+                render_projects(&ps, &style)
             }
         }
     };

@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 use crate::convert::master::{
-    assignment_from_capnp, generations_from_capnp, publish_outcome_from_capnp,
+    assignment_from_capnp, generations_from_capnp, projects_from_capnp, publish_outcome_from_capnp,
     registration_to_capnp, running_vms_to_capnp, status_from_capnp, worker_metrics_to_capnp,
 };
 use crate::convert::{result_from_capnp, vm_spec_to_capnp};
 use crate::master_capnp::master;
 use crate::model::{
-    AssignmentView, ClusterStatusView, GenerationView, ObservedVm, PublishOutcomeView,
-    Registration, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, GenerationView, ObservedVm, ProjectStatusView,
+    PublishOutcomeView, Registration, WorkerMetricsView,
 };
 use crate::rpc::{self, Connection, SessionInfo};
 use crate::service::worker::WorkerCap;
@@ -55,9 +55,12 @@ impl MasterClient {
         self.conn.close().await;
     }
 
-    /// Publishes a generation (admin and ci tokens).
+    /// Publishes a generation of `project` (admin and ci tokens; a
+    /// `ci:<project>` token for its own project only). Touches no other
+    /// project; empty `specs` delete the project's VMs.
     pub async fn publish(
         &self,
+        project: &str,
         commit: &str,
         generation: u64,
         intent_hash: &str,
@@ -69,6 +72,7 @@ impl MasterClient {
             p.set_commit(commit);
             p.set_generation(generation);
             p.set_intent_hash(intent_hash);
+            p.set_project(project);
             let mut l = p.init_vm_specs(len32(specs.len()));
             for (i, s) in specs.iter().enumerate() {
                 vm_spec_to_capnp(s, l.reborrow().get(len32(i)));
@@ -147,16 +151,22 @@ impl MasterClient {
         Ok(status_from_capnp(reply.get()?.get_status()?)?)
     }
 
-    /// The generations the control plane remembers, oldest first.
-    pub async fn generations(&self) -> Result<Vec<GenerationView>, ClientError> {
-        let reply = self
-            .conn
-            .client
-            .list_generations_request()
-            .send()
-            .promise
-            .await?;
+    /// The generations the control plane remembers of `project` (every
+    /// project when `None`), oldest first.
+    pub async fn generations(
+        &self,
+        project: Option<&str>,
+    ) -> Result<Vec<GenerationView>, ClientError> {
+        let mut req = self.conn.client.list_generations_request();
+        req.get().set_project(project.unwrap_or(""));
+        let reply = req.send().promise.await?;
         Ok(generations_from_capnp(reply.get()?.get_generations()?)?)
+    }
+
+    /// Every project with its quota, usage, generation and convergence.
+    pub async fn projects(&self) -> Result<Vec<ProjectStatusView>, ClientError> {
+        let reply = self.conn.client.projects_request().send().promise.await?;
+        Ok(projects_from_capnp(reply.get()?.get_projects()?)?)
     }
 
     /// The worker's own capability, proxied through the control plane

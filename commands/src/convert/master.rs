@@ -3,14 +3,15 @@
 //! replies and decodes requests with these, the typed client the reverse.
 
 use crate::convert::{
-    ConvertError, MAX_LIST, check_len, labels_from_capnp, labels_to_capnp, resources_from_capnp,
-    resources_to_capnp, text, vm_metrics_from_capnp, vm_metrics_to_capnp, vm_spec_to_capnp,
-    vm_specs_from_capnp, vm_state_from_capnp, vm_state_to_capnp, vm_status_from_capnp,
-    vm_status_to_capnp,
+    ConvertError, MAX_LIST, check_len, labels_from_capnp, labels_to_capnp, project_from_text,
+    resources_from_capnp, resources_to_capnp, text, vm_metrics_from_capnp, vm_metrics_to_capnp,
+    vm_spec_to_capnp, vm_specs_from_capnp, vm_state_from_capnp, vm_state_to_capnp,
+    vm_status_from_capnp, vm_status_to_capnp,
 };
 use crate::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, ObservedVm, PublishOutcomeView,
-    Registration, UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, ObservedVm,
+    ProjectStatusView, PublishOutcomeView, Registration, UnplacedView, VmPlacementView,
+    WorkerHealthView, WorkerMetricsView,
 };
 use crate::types::VmState;
 use crate::{common_capnp, master_capnp};
@@ -22,6 +23,7 @@ fn len32(n: usize) -> u32 {
 }
 
 pub fn generation_to_capnp(g: &GenerationView, mut b: common_capnp::generation::Builder<'_>) {
+    b.set_project(&g.project);
     b.set_number(g.number);
     b.set_commit(&g.commit);
     b.set_intent_hash(&g.intent_hash);
@@ -72,6 +74,7 @@ pub fn unplaced_to_capnp(
 ) {
     for (i, x) in u.iter().enumerate() {
         let mut e = b.reborrow().get(len32(i));
+        e.set_project(&x.project);
         e.set_name(&x.name);
         e.set_reason(&x.reason);
     }
@@ -84,6 +87,7 @@ fn unplaced_from_capnp(
     r.iter()
         .map(|u| {
             Ok(UnplacedView {
+                project: project_text(u.get_project())?,
                 name: text(u.get_name())?,
                 reason: text(u.get_reason())?,
             })
@@ -92,13 +96,15 @@ fn unplaced_from_capnp(
 }
 
 pub fn status_to_capnp(s: &ClusterStatusView, mut b: master_capnp::cluster_status::Builder<'_>) {
-    if let Some(g) = &s.active {
-        generation_to_capnp(g, b.reborrow().init_active());
+    let mut gens = b.reborrow().init_generations(len32(s.generations.len()));
+    for (i, g) in s.generations.iter().enumerate() {
+        generation_to_capnp(g, gens.reborrow().get(len32(i)));
     }
     b.set_convergence_percent(s.convergence_percent);
     let mut vms = b.reborrow().init_vms(len32(s.vms.len()));
     for (i, v) in s.vms.iter().enumerate() {
         let mut e = vms.reborrow().get(len32(i));
+        e.set_project(&v.project);
         e.set_name(&v.name);
         e.set_worker_id(&v.worker_id);
         e.set_desired_hash(&v.desired_hash);
@@ -142,18 +148,82 @@ pub fn publish_outcome_to_capnp(
     o: &PublishOutcomeView,
     mut b: master_capnp::publish_outcome::Builder<'_>,
 ) {
+    b.set_project(&o.project);
     b.set_generation(o.generation);
     b.set_noop(o.noop);
     b.set_placed(o.placed);
     unplaced_to_capnp(&o.unplaced, b.init_unplaced(len32(o.unplaced.len())));
 }
 
+pub fn limits_to_capnp(l: &Limits, mut b: master_capnp::limits::Builder<'_>) {
+    b.set_cpu(l.cpu);
+    b.set_memory_mb(l.memory_mb);
+    b.set_vms(l.vms);
+}
+
+pub fn projects_to_capnp(
+    ps: &[ProjectStatusView],
+    mut b: capnp::struct_list::Builder<'_, master_capnp::project_status::Owned>,
+) {
+    for (i, p) in ps.iter().enumerate() {
+        let mut e = b.reborrow().get(len32(i));
+        e.set_project(&p.project);
+        limits_to_capnp(&p.quota, e.reborrow().init_quota());
+        limits_to_capnp(&p.usage, e.reborrow().init_usage());
+        if let Some(g) = &p.generation {
+            generation_to_capnp(g, e.reborrow().init_generation());
+        }
+        e.set_convergence_percent(p.convergence_percent);
+        e.set_placed(p.placed);
+        e.set_unplaced(p.unplaced);
+    }
+}
+
 // ---- from capnp -----------------------------------------------------------
+
+/// A project name as text: checked, with "" (a peer or field from before
+/// projects) read as the default project.
+fn project_text(r: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, ConvertError> {
+    Ok(project_from_text(text(r)?)?.to_string())
+}
+
+fn limits_from_capnp(r: master_capnp::limits::Reader<'_>) -> Limits {
+    Limits {
+        cpu: r.get_cpu(),
+        memory_mb: r.get_memory_mb(),
+        vms: r.get_vms(),
+    }
+}
+
+pub fn projects_from_capnp(
+    r: capnp::struct_list::Reader<'_, master_capnp::project_status::Owned>,
+) -> Result<Vec<ProjectStatusView>, ConvertError> {
+    check_len(r.len(), MAX_LIST)?;
+    r.iter()
+        .map(|p| {
+            let generation = if p.has_generation() {
+                Some(generation_from_capnp(p.get_generation()?)?).filter(|g| g.number != 0)
+            } else {
+                None
+            };
+            Ok(ProjectStatusView {
+                project: project_text(p.get_project())?,
+                quota: limits_from_capnp(p.get_quota()?),
+                usage: limits_from_capnp(p.get_usage()?),
+                generation,
+                convergence_percent: p.get_convergence_percent(),
+                placed: p.get_placed(),
+                unplaced: p.get_unplaced(),
+            })
+        })
+        .collect()
+}
 
 fn generation_from_capnp(
     r: common_capnp::generation::Reader<'_>,
 ) -> Result<GenerationView, ConvertError> {
     Ok(GenerationView {
+        project: project_text(r.get_project())?,
         number: r.get_number(),
         commit: text(r.get_commit())?,
         intent_hash: text(r.get_intent_hash())?,
@@ -172,11 +242,7 @@ pub fn generations_from_capnp(
 pub fn status_from_capnp(
     r: master_capnp::cluster_status::Reader<'_>,
 ) -> Result<ClusterStatusView, ConvertError> {
-    let active = if r.has_active() {
-        Some(generation_from_capnp(r.get_active()?)?).filter(|g| g.number != 0)
-    } else {
-        None
-    };
+    let generations = generations_from_capnp(r.get_generations()?)?;
     let vms_r = r.get_vms()?;
     check_len(vms_r.len(), MAX_LIST)?;
     let mut vms = Vec::with_capacity(vms_r.len() as usize);
@@ -190,6 +256,7 @@ pub fn status_from_capnp(
             ))
         };
         vms.push(VmPlacementView {
+            project: project_text(v.get_project())?,
             name: text(v.get_name())?,
             worker_id: text(v.get_worker_id())?,
             desired_hash: text(v.get_desired_hash())?,
@@ -218,7 +285,7 @@ pub fn status_from_capnp(
         });
     }
     Ok(ClusterStatusView {
-        active,
+        generations,
         convergence_percent: r.get_convergence_percent(),
         vms,
         workers,
@@ -244,6 +311,7 @@ pub fn publish_outcome_from_capnp(
     r: master_capnp::publish_outcome::Reader<'_>,
 ) -> Result<PublishOutcomeView, ConvertError> {
     Ok(PublishOutcomeView {
+        project: project_text(r.get_project())?,
         generation: r.get_generation(),
         noop: r.get_noop(),
         placed: r.get_placed(),

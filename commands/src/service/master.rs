@@ -6,11 +6,11 @@
 //! `Master` object carrying the token's grant, and every call checks the
 //! grant first, so a refused call never reaches the implementation. Who may
 //! call what is part of the contract and lives here:
-//! - `publishState`: admin, ci;
+//! - `publishState`: admin, ci; a `ci:<project>` token for its project only;
 //! - `registerWorker`, `getAssignment`, `pushData`: admin, or a worker
 //!   token for its own id;
 //! - `getWorker`: admin;
-//! - `getClusterStatus`, `listGenerations`: any role.
+//! - `getClusterStatus`, `listGenerations`, `projects`: any role.
 //!
 //! Single-threaded by design: capnp objects are `!Send`, so everything runs
 //! on one `LocalSet` and the implementation is shared as an `Rc`.
@@ -25,21 +25,21 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, Grant, Role};
 use crate::common_capnp;
 use crate::convert::master::{
-    assignment_to_capnp, generation_to_capnp, publish_outcome_to_capnp, running_vms_from_capnp,
-    status_to_capnp, worker_metrics_from_capnp,
+    assignment_to_capnp, generation_to_capnp, projects_to_capnp, publish_outcome_to_capnp,
+    running_vms_from_capnp, status_to_capnp, worker_metrics_from_capnp,
 };
 use crate::convert::{
-    ConvertError, ErrorCode, RpcFailure, error_to_capnp, labels_from_capnp, resources_from_capnp,
-    text, vm_specs_from_capnp,
+    ConvertError, ErrorCode, RpcFailure, error_to_capnp, labels_from_capnp, project_from_text,
+    resources_from_capnp, text, vm_specs_from_capnp,
 };
 use crate::master_capnp::{master, master_login};
 use crate::model::{
     AssignmentView, ClusterStatusView, GenerationView, MAX_VMS_PER_WORKER, ObservedVm,
-    PublishOutcomeView, Registration, WorkerMetricsView,
+    ProjectStatusView, PublishOutcomeView, Registration, WorkerMetricsView,
 };
 use crate::rpc::InFlight;
 use crate::service::worker::WorkerCap;
-use crate::types::{VmSpec, WorkerId};
+use crate::types::{ProjectName, VmSpec, WorkerId};
 
 /// Long-polls one connection may hold at once (a worker needs one).
 pub const MAX_IN_FLIGHT_PER_CONNECTION: u32 = 16;
@@ -57,6 +57,7 @@ pub struct Caller {
 /// A published generation, as `publishState` carries it.
 #[derive(Debug, Clone)]
 pub struct Publish {
+    pub project: ProjectName,
     pub commit: String,
     pub generation: u64,
     pub intent_hash: String,
@@ -109,7 +110,10 @@ pub trait MasterApi: 'static {
     /// The capability `worker` registered with.
     fn get_worker(&self, caller: &Caller, worker: &WorkerId) -> Result<WorkerCap, RpcFailure>;
 
-    fn generations(&self, caller: &Caller) -> Vec<GenerationView>;
+    /// The history of `project`, or of every project when `None`.
+    fn generations(&self, caller: &Caller, project: Option<&ProjectName>) -> Vec<GenerationView>;
+
+    fn projects(&self, caller: &Caller) -> Vec<ProjectStatusView>;
 }
 
 /// Serves `api` on `listener` until `shutdown` fires, with the tokens of
@@ -169,11 +173,12 @@ impl<A: MasterApi> master_login::Server for Login<A> {
             let b = results.get().init_result();
             match login {
                 Ok((g, m)) => {
-                    tracing::debug!(%peer, role = %g.role, worker = g.worker_id.as_deref().unwrap_or(""), "login");
+                    tracing::debug!(%peer, grant = %g, "login");
                     let mut ok = b.init_ok();
                     ok.set_master(m);
                     ok.set_role(g.role.to_capnp());
                     ok.set_worker_id(g.worker_id.as_deref().unwrap_or(""));
+                    ok.set_project(g.project.as_ref().map_or("", |p| p.as_str()));
                 }
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "login refused");
@@ -268,7 +273,24 @@ impl<A: MasterApi> master::Server for Session<A> {
             // The role first: a refused caller's specs are never decoded.
             self.allow("publish a generation", &[Role::Admin, Role::Ci])?;
             let p = params.get().map_err(bad)?;
+            let project = project_from_text(text(p.get_project()).map_err(RpcFailure::from)?)
+                .map_err(RpcFailure::from)?;
+            if !self.caller.grant.covers_project(&project) {
+                return Err(RpcFailure::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "this {} token may publish for project {} only, not {project}",
+                        self.caller.grant,
+                        self.caller
+                            .grant
+                            .project
+                            .as_ref()
+                            .map_or("?", |p| p.as_str())
+                    ),
+                ));
+            }
             let publish = Publish {
+                project,
                 commit: text(p.get_commit()).map_err(RpcFailure::from)?,
                 intent_hash: text(p.get_intent_hash()).map_err(RpcFailure::from)?,
                 specs: vm_specs_from_capnp(p.get_vm_specs().map_err(bad)?)
@@ -394,16 +416,47 @@ impl<A: MasterApi> master::Server for Session<A> {
 
     fn list_generations(
         self: CapRc<Self>,
-        _: master::ListGenerationsParams,
+        params: master::ListGenerationsParams,
         mut results: master::ListGenerationsResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
-        let gens = self.api.generations(&self.caller);
+        let project = params
+            .get()
+            .and_then(|p| p.get_project())
+            .map_err(ConvertError::from)
+            .and_then(|t| text(Ok(t)))
+            .and_then(|s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(s.parse::<ProjectName>()?))
+                }
+            });
+        let project = match project {
+            Ok(p) => p,
+            Err(e) => return std::future::ready(Err(capnp::Error::failed(e.to_string()))),
+        };
+        let gens = self.api.generations(&self.caller, project.as_ref());
         let mut b = results
             .get()
             .init_generations(u32::try_from(gens.len()).unwrap_or(u32::MAX));
         for (i, g) in gens.iter().enumerate() {
             generation_to_capnp(g, b.reborrow().get(u32::try_from(i).unwrap_or(u32::MAX)));
         }
+        std::future::ready(Ok(()))
+    }
+
+    fn projects(
+        self: CapRc<Self>,
+        _: master::ProjectsParams,
+        mut results: master::ProjectsResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let ps = self.api.projects(&self.caller);
+        projects_to_capnp(
+            &ps,
+            results
+                .get()
+                .init_projects(u32::try_from(ps.len()).unwrap_or(u32::MAX)),
+        );
         std::future::ready(Ok(()))
     }
 }
@@ -425,6 +478,7 @@ mod tests {
         fn publish(&self, _: &Caller, p: Publish) -> Result<PublishOutcomeView, RpcFailure> {
             self.published.set(self.published.get() + 1);
             Ok(PublishOutcomeView {
+                project: p.project.to_string(),
                 generation: p.generation,
                 noop: false,
                 placed: 0,
@@ -446,7 +500,10 @@ mod tests {
         fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
             unreachable!()
         }
-        fn generations(&self, _: &Caller) -> Vec<GenerationView> {
+        fn generations(&self, _: &Caller, _: Option<&ProjectName>) -> Vec<GenerationView> {
+            unreachable!()
+        }
+        fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
             unreachable!()
         }
     }

@@ -25,12 +25,12 @@ use tower::ServiceExt;
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, PublishOutcomeView, Registration,
-    VmPlacementView, WorkerHealthView, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, Drift, GenerationView, ProjectStatusView,
+    PublishOutcomeView, Registration, VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
 use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
-use commands::types::{Resources, VmMetrics, VmState, WorkerId};
+use commands::types::{ProjectName, Resources, VmMetrics, VmState, WorkerId};
 use repohub::{AppState, Config};
 
 pub(crate) const CI_SECRET: &str = "test-ci-secret";
@@ -563,13 +563,17 @@ impl MasterApi for FakeMasterApi {
     fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
         Err(not_faked())
     }
-    fn generations(&self, _: &Caller) -> Vec<GenerationView> {
+    fn generations(&self, _: &Caller, _: Option<&ProjectName>) -> Vec<GenerationView> {
+        Vec::new()
+    }
+    fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
         Vec::new()
     }
 }
 
 fn fake_status() -> ClusterStatusView {
     let vm = |name: &str, worker: &str, observed: &str, drift| VmPlacementView {
+        project: commands::types::DEFAULT_PROJECT.into(),
         name: name.into(),
         worker_id: worker.into(),
         desired_hash: "0123456789abcdef0123".into(),
@@ -599,13 +603,14 @@ fn fake_status() -> ClusterStatusView {
         metrics: WorkerMetricsView::default(),
     };
     ClusterStatusView {
-        active: Some(GenerationView {
+        generations: vec![GenerationView {
+            project: commands::types::DEFAULT_PROJECT.into(),
             number: 7,
             commit: "abcdef1234567890".into(),
             intent_hash: String::new(),
             vm_count: 0,
             published_at_ms: 0,
-        }),
+        }],
         convergence_percent: 50.0,
         vms: vec![
             vm(
