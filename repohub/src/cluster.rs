@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commands::client::{ClientError, MasterClient};
-use commands::model::ClusterStatusView;
+use commands::model::{ClusterStatusView, ProjectStatusView};
 use commands::types::VmState;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -28,25 +28,13 @@ pub enum ClusterError {
     Connect(ClientError),
     #[error("getClusterStatus failed")]
     Call(#[source] ClientError),
-    #[error("getClusterStatus timed out")]
+    #[error("projects failed")]
+    Projects(#[source] ClientError),
+    #[error("the control plane did not answer in time")]
     Timeout,
     #[error("the RPC thread failed")]
     Join,
 }
-
-/// The project a VM of the status belongs to. Until the control plane
-/// carries projects, every VM is the default project's.
-pub fn vm_project(_vm: &commands::model::VmPlacementView) -> &str {
-    DEFAULT_PROJECT
-}
-
-/// The project of an unplaced VM (see [`vm_project`]).
-pub fn unplaced_project(_u: &commands::model::UnplacedView) -> &str {
-    DEFAULT_PROJECT
-}
-
-/// The project single-project setups deploy to.
-pub const DEFAULT_PROJECT: &str = "default";
 
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
@@ -58,6 +46,25 @@ pub struct ClusterView {
     pub unplaced: Vec<(String, String)>,
     /// Whether worker addresses are shown (admins only).
     pub addresses: bool,
+    /// The project's quota and what its active generation asks for, when
+    /// the control plane reports them.
+    pub quota: Option<QuotaView>,
+}
+
+/// A project's quota next to its usage, as the panel prints them.
+#[derive(Debug, Clone)]
+pub struct QuotaView {
+    pub cpu: String,
+    pub memory: String,
+    pub vms: String,
+}
+
+/// One fetch from the control plane: the cluster status and every
+/// project's quota and usage.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub status: ClusterStatusView,
+    pub projects: Vec<ProjectStatusView>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,42 +95,26 @@ pub fn short_hash(h: &str) -> String {
     h.chars().take(12).collect()
 }
 
-/// What `project`'s page shows of the cluster: its VMs and unplaced VMs,
-/// and the workers that run them. Worker addresses are shown to admins
-/// only; the generation line only when the project has VMs in it.
-pub fn project_view(s: &ClusterStatusView, project: &str, admin: bool) -> ClusterView {
-    let mut v = view(s, |p| p == project);
-    v.addresses = admin;
-    if !admin {
-        for w in &mut v.workers {
-            w.address.clear();
-        }
-    }
-    if v.vms.is_empty() && v.unplaced.is_empty() {
-        v.generation = 0;
-        v.commit.clear();
-        v.convergence = 0.0;
-    }
-    v
-}
-
-/// Copies the VMs of the projects `show` accepts, and the workers that run
-/// one of them, into the panel's rows.
-pub fn view(s: &ClusterStatusView, show: impl Fn(&str) -> bool) -> ClusterView {
+/// What `project`'s page shows of the cluster: its generation, its VMs
+/// and unplaced VMs, the workers that run them, and its quota and usage.
+/// Nothing of another project is shown; worker addresses only to admins.
+pub fn project_view(snap: &Snapshot, project: &str, admin: bool) -> ClusterView {
+    let s = &snap.status;
+    let active = s.active(project);
+    let mine = snap.projects.iter().find(|p| p.project == project);
     let mut v = ClusterView {
-        generation: s
-            .active(commands::types::DEFAULT_PROJECT)
-            .map_or(0, |g| g.number),
-        commit: s
-            .active(commands::types::DEFAULT_PROJECT)
-            .as_ref()
-            .map(|g| g.commit.clone())
-            .unwrap_or_default(),
-        convergence: s.convergence_percent,
-        addresses: true,
+        generation: active.map_or(0, |g| g.number),
+        commit: active.map(|g| g.commit.clone()).unwrap_or_default(),
+        convergence: mine.map_or(0.0, |p| p.convergence_percent),
+        addresses: admin,
+        quota: mine.map(|p| QuotaView {
+            cpu: format!("{}/{}", p.usage.cpu, p.quota.cpu),
+            memory: format!("{}/{} MiB", p.usage.memory_mb, p.quota.memory_mb),
+            vms: format!("{}/{}", p.usage.vms, p.quota.vms),
+        }),
         ..Default::default()
     };
-    for p in s.vms.iter().filter(|p| show(vm_project(p))) {
+    for p in s.vms.iter().filter(|p| p.project == project) {
         v.vms.push(VmView {
             name: p.name.clone(),
             worker: p.worker_id.clone(),
@@ -136,12 +127,22 @@ pub fn view(s: &ClusterStatusView, show: impl Fn(&str) -> bool) -> ClusterView {
             rss_mib: p.metrics.rss_bytes as f64 / (1024.0 * 1024.0),
         });
     }
-    let hosts: std::collections::BTreeSet<String> =
-        v.vms.iter().map(|m| m.worker.clone()).collect();
-    for w in s.workers.iter().filter(|w| hosts.contains(&w.worker_id)) {
+    // Only the workers running this project's VMs, and of them only what
+    // the project's own VMs explain is not another tenant's business; the
+    // allocation shown is the worker's total (what placement sees).
+    let hosts: std::collections::BTreeSet<&str> = v.vms.iter().map(|m| m.worker.as_str()).collect();
+    for w in s
+        .workers
+        .iter()
+        .filter(|w| hosts.contains(w.worker_id.as_str()))
+    {
         v.workers.push(WorkerView {
             id: w.worker_id.clone(),
-            address: w.address.clone(),
+            address: if admin {
+                w.address.clone()
+            } else {
+                String::new()
+            },
             healthy: w.healthy,
             last_seen_ms_ago: w.last_seen_ms_ago,
             cpu: format!("{}/{}", w.allocated.cpu, w.capacity.cpu),
@@ -153,7 +154,7 @@ pub fn view(s: &ClusterStatusView, show: impl Fn(&str) -> bool) -> ClusterView {
     v.unplaced = s
         .unplaced
         .iter()
-        .filter(|u| show(unplaced_project(u)))
+        .filter(|u| u.project == project)
         .map(|u| (u.name.clone(), u.reason.clone()))
         .collect();
     v
@@ -162,7 +163,7 @@ pub fn view(s: &ClusterStatusView, show: impl Fn(&str) -> bool) -> ClusterView {
 async fn fetch_local(
     addr: String,
     token: commands::auth::Secret,
-) -> Result<ClusterStatusView, ClusterError> {
+) -> Result<Snapshot, ClusterError> {
     let client = MasterClient::connect_with_token(&addr, CONNECT_TIMEOUT, token.expose())
         .await
         .map_err(ClusterError::Connect)?;
@@ -170,15 +171,20 @@ async fn fetch_local(
         .await
         .map_err(|_| ClusterError::Timeout)?
         .map_err(ClusterError::Call)?;
+    let projects = tokio::time::timeout(CALL_TIMEOUT, client.projects())
+        .await
+        .map_err(|_| ClusterError::Timeout)?
+        .map_err(ClusterError::Projects)?;
     client.close().await;
-    Ok(status)
+    Ok(Snapshot { status, projects })
 }
 
-/// Fetches the cluster status from the control plane at `addr`.
+/// Fetches the cluster status and the projects from the control plane at
+/// `addr`, over one connection.
 pub async fn fetch(
     addr: Option<String>,
     token: commands::auth::Secret,
-) -> Result<ClusterStatusView, ClusterError> {
+) -> Result<Snapshot, ClusterError> {
     let addr = addr.ok_or(ClusterError::NotConfigured)?;
     tokio::task::spawn_blocking(move || commands::rpc::block_on_local(fetch_local(addr, token)))
         .await
@@ -186,7 +192,7 @@ pub async fn fetch(
 }
 
 /// A status (or the error fetching it, as text) and when it was fetched.
-type Cached = (Instant, Result<Arc<ClusterStatusView>, String>);
+type Cached = (Instant, Result<Arc<Snapshot>, String>);
 
 /// The one cached control-plane status every page shares (see the module
 /// docs). A failed fetch is cached for the TTL too, so a dead control plane
@@ -221,7 +227,7 @@ impl SharedStatus {
     }
 
     /// The cached status if it is younger than the TTL, else a fresh one.
-    pub async fn get(&self) -> Result<Arc<ClusterStatusView>, String> {
+    pub async fn get(&self) -> Result<Arc<Snapshot>, String> {
         if self.addr.is_none() {
             return Err(ClusterError::NotConfigured.to_string());
         }

@@ -93,6 +93,12 @@ pub fn push_event(
     let Some(p) = db.project(&project)? else {
         return Ok(ev);
     };
+    // A project named before names had to be tenant names cannot be one:
+    // its pushes are built as a bare repository's, never deployed.
+    if project.parse::<commands::types::ProjectName>().is_err() {
+        tracing::warn!(%project, "project name is not a valid tenant name; its pushes are not deployed");
+        return Ok(ev);
+    }
     if p.deploy_repo.as_deref() == Some(repo.as_str()) {
         ev.deploy_ref = p.deploy_ref;
     }
@@ -212,6 +218,41 @@ mod tests {
         assert_eq!(b.delay(0), Duration::from_millis(100));
         assert_eq!(b.delay(2), Duration::from_millis(400));
         assert_eq!(b.delay(40), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn events_name_the_project_and_only_the_deploy_repository_gets_its_ref() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let u = db.create_user("ann", "h").unwrap();
+        let shop = db.create_project("shop", "", true, u.id).unwrap();
+        db.create_repo(shop, "infra").unwrap();
+        db.create_repo(shop, "docs").unwrap();
+        let legacy = db.create_project("Old.Proj", "", true, u.id).unwrap();
+        db.create_repo(legacy, "infra").unwrap();
+        let root = Path::new("/srv/repos");
+        let upd = || ("0".repeat(40), "a".repeat(40), "refs/heads/main".to_owned());
+        let ev = |path: &str| push_event(&db, root, path, upd()).unwrap();
+        let infra = ev("/srv/repos/shop/infra.git");
+        assert_eq!(infra.project.as_deref(), Some("shop"));
+        assert_eq!(infra.deploy_ref.as_deref(), Some("refs/heads/main"));
+        let docs = ev("/srv/repos/shop/docs.git");
+        assert_eq!(
+            (docs.project.as_deref(), docs.deploy_ref),
+            (Some("shop"), None)
+        );
+        // Outside repohub's tree, unknown, malformed or not a tenant name: a
+        // bare repository's event, never a deploy.
+        for path in [
+            "/elsewhere/shop/infra.git",
+            "/srv/repos/nope/infra.git",
+            "/srv/repos/shop/infra",
+            "/srv/repos/shop/sub/infra.git",
+            "/srv/repos/Old.Proj/infra.git",
+        ] {
+            let e = ev(path);
+            assert_eq!((e.project, e.deploy_ref), (None, None), "{path}");
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ impl Repohub {
     async fn start(dir: &std::path::Path, ci: &str, control_plane: &str) -> Self {
         let secret = dir.join("ci-secret");
         std::fs::write(&secret, format!("{CI_SECRET}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let port = free_port().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_repohub"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
@@ -186,8 +188,11 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.goto(&url("/shop")).await;
     b.wait_text("#flake", "outputs", 10).await;
     b.wait_text("#ci-panel", "succeeded", 20).await;
-    // The control plane's VMs are the default project's: shop shows none.
-    b.wait_text("#cluster-panel", "No VMs desired", 10).await;
+    // shop's VMs, quota and usage; nothing of the other project.
+    b.wait_text("#cluster-vms", "web-1", 10).await;
+    b.wait_text("#cluster-workers", "unhealthy", 10).await;
+    b.wait_text("#cluster-quota", "4/8 vCPU", 10).await;
+    assert!(!b.source().await.contains("intruder-0"));
     let src = b.source().await;
     assert!(
         src.contains("the &lt;shop&gt; project"),

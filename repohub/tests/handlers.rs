@@ -165,6 +165,11 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
         "x'; DROP TABLE projects; --",
         "a b",
         "r.git",
+        // Not tenant names on the cluster.
+        "Shop",
+        "my.proj",
+        "under_score",
+        &"a".repeat(64),
     ] {
         let r = ann.create_project(bad, true).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
@@ -629,15 +634,14 @@ async fn cluster_panel_from_a_real_capnp_master() {
     let app = TestApp::new(|c| c.control_plane = Some(master.addr.to_string()));
     let mut anon = app.client();
     let mut ann = signed_up(&app, "ann").await;
-    // The fake's VMs belong to the default project.
-    ann.create_project("default", true).await;
-    let page = anon.get("/default").await;
+    ann.create_project("shop", true).await;
+    let page = anon.get("/shop").await;
     assert!(page.body.contains("id=\"cluster-vms\""), "{}", page.body);
     page.assert_contains(&["Generation <strong>7</strong>", "converged 50%"]);
     page.assert_contains(&["web-1", "db-&#60;1&#62;"]);
     page.assert_contains(&["state-drifted", "0123456789ab"]);
     page.assert_contains(&["worker-a", "unhealthy", "0/8"]);
-    let frag = anon.get("/default/-/panel/cluster").await;
+    let frag = anon.get("/shop/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }
 

@@ -312,32 +312,68 @@ async fn the_cluster_panel_shows_a_viewer_only_its_projects_from_one_shared_stat
     make_user(&app, "root", ADMIN);
     let mut ann = app.client();
     ann.signup("ann", PW).await;
-    // The fake's VMs are the default project's (the control plane predates
-    // projects); ann's public project "shop" has none.
-    ann.create_project("default", true).await;
+    let mut bob = app.client();
+    bob.signup("bob", PW).await;
+    // The control plane runs VMs of "shop" (ann's, public) and of "other"
+    // (bob's, private); "empty" has none.
     ann.create_project("shop", true).await;
-    ann.create_project("private", false).await;
+    ann.create_project("empty", true).await;
+    bob.create_project("other", false).await;
     let mut anon = app.client();
+    let others = [
+        "intruder-0",
+        "worker-c",
+        "10.9.9.9",
+        "other-big",
+        "0ther0commit",
+        "Generation <strong>3",
+    ];
+    let shows_nothing_of_other = |body: &str| {
+        for o in others {
+            assert!(!body.contains(o), "{o:?} leaked into:\n{body}");
+        }
+    };
 
-    let shop = anon.get("/shop/-/panel/cluster").await;
-    assert_eq!(shop.status, StatusCode::OK);
-    assert!(!shop.body.contains("web-1") && !shop.body.contains("worker-a"));
-    assert!(!shop.body.contains("Generation <strong>7"), "{}", shop.body);
+    // Anyone may see the public shop's VMs, its generation and quota, but
+    // nothing of other, and no worker address.
+    for c in [&mut anon, &mut ann] {
+        let shop = c.get("/shop/-/panel/cluster").await;
+        shop.assert_contains(&[
+            "web-1",
+            "db-&#60;1&#62;",
+            "worker-a",
+            "Generation <strong>7",
+        ]);
+        shop.assert_contains(&["id=\"cluster-quota\"", "4/8 vCPU", "2/10 VMs"]);
+        shows_nothing_of_other(&shop.body);
+        assert!(!shop.body.contains("127.0.0.1:600"), "{}", shop.body);
+        shows_nothing_of_other(&c.get("/shop").await.body);
+    }
+    let empty = ann.get("/empty/-/panel/cluster").await;
+    assert!(!empty.body.contains("web-1") && !empty.body.contains("worker-a"));
+    shows_nothing_of_other(&empty.body);
+    // other is private: a stranger gets 404, its member sees its VMs.
     assert_eq!(
-        anon.get("/private/-/panel/cluster").await.status,
+        anon.get("/other/-/panel/cluster").await.status,
         StatusCode::NOT_FOUND
     );
-    // The public default project shows its VMs, but no worker address to
-    // anyone but an admin.
-    let def = anon.get("/default/-/panel/cluster").await;
-    def.assert_contains(&["web-1", "worker-a", "Generation <strong>7"]);
-    assert!(!def.body.contains("127.0.0.1:6000"), "{}", def.body);
-    let def = ann.get("/default").await;
-    assert!(!def.body.contains("127.0.0.1:6000"));
+    assert_eq!(
+        ann.get("/other/-/panel/cluster").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let other = bob.get("/other/-/panel/cluster").await;
+    other.assert_contains(&[
+        "intruder-0",
+        "worker-c",
+        "other-big",
+        "no worker has 64 vCPU free",
+    ]);
+    assert!(!other.body.contains("web-1") && !other.body.contains("10.9.9.9"));
+    // An admin sees the addresses.
     let mut root = login(&app, "root").await;
-    root.get("/default/-/panel/cluster")
+    root.get("/shop/-/panel/cluster")
         .await
-        .assert_contains(&["127.0.0.1:6000"]);
+        .assert_contains(&["127.0.0.1:6000", "127.0.0.1:6001"]);
 
     // Many page views, sequential and concurrent: one RPC in all.
     let before = master
@@ -348,7 +384,7 @@ async fn the_cluster_panel_shows_a_viewer_only_its_projects_from_one_shared_stat
         let mut c = app.client();
         async move {
             let path = if i % 2 == 0 {
-                "/default"
+                "/shop"
             } else {
                 "/shop/-/panel/cluster"
             };
@@ -375,11 +411,11 @@ async fn a_stale_status_is_fetched_once_by_concurrent_views() {
     });
     let mut ann = app.client();
     ann.signup("ann", PW).await;
-    ann.create_project("default", true).await;
+    ann.create_project("shop", true).await;
     for round in 1..=3 {
         let views = (0..20).map(|_| {
             let mut c = app.client();
-            async move { c.get("/default/-/panel/cluster").await.body }
+            async move { c.get("/shop/-/panel/cluster").await.body }
         });
         for b in futures::future::join_all(views).await {
             assert!(b.contains("web-1"));

@@ -166,7 +166,7 @@ pub(super) async fn create(Post { st, v, form: f }: Post<NewProjectForm>) -> Web
             },
         )
     };
-    if let Err(e) = names::validate_project_name(&f.name) {
+    if let Err(e) = names::validate_new_project_name(&f.name) {
         return fail(e.to_string());
     }
     if f.description.chars().count() > 500 {
@@ -259,9 +259,9 @@ fn ci_panel_data(project: &str, jobs: &Result<Vec<(Job, String)>, String>) -> Ci
 /// The project's share of the shared cluster status.
 async fn cluster_panel_data(st: &AppState, ctx: &ProjectCtx) -> ClusterPanelData {
     match st.cluster.get().await {
-        Ok(status) => ClusterPanelData {
+        Ok(snap) => ClusterPanelData {
             error: None,
-            view: crate::cluster::project_view(&status, &ctx.project.name, ctx.admin),
+            view: crate::cluster::project_view(&snap, &ctx.project.name, ctx.admin),
         },
         Err(e) => ClusterPanelData {
             error: Some(e),

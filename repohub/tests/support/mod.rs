@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, ProjectStatusView,
+    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, ProjectStatusView,
     PublishOutcomeView, Registration, VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
 use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
@@ -567,13 +567,33 @@ impl MasterApi for FakeMasterApi {
         Vec::new()
     }
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
-        Vec::new()
+        let p = |project: &str, cpu, vms, percent| ProjectStatusView {
+            project: project.into(),
+            quota: Limits {
+                cpu: 8,
+                memory_mb: 16384,
+                vms: 10,
+            },
+            usage: Limits {
+                cpu,
+                memory_mb: 1024,
+                vms,
+            },
+            generation: None,
+            convergence_percent: percent,
+            placed: vms,
+            unplaced: 0,
+        };
+        vec![p("shop", 4, 2, 50.0), p("other", 1, 1, 100.0)]
     }
 }
 
+/// Two VMs of project `shop` (one drifted, on an unhealthy worker) and one
+/// VM and one unplaced VM of project `other` on a worker of its own: what
+/// one tenant's pages must never show of another's.
 fn fake_status() -> ClusterStatusView {
-    let vm = |name: &str, worker: &str, observed: &str, drift| VmPlacementView {
-        project: commands::types::DEFAULT_PROJECT.into(),
+    let vm = |project: &str, name: &str, worker: &str, observed: &str, drift| VmPlacementView {
+        project: project.into(),
         name: name.into(),
         worker_id: worker.into(),
         desired_hash: "0123456789abcdef0123".into(),
@@ -587,9 +607,9 @@ fn fake_status() -> ClusterStatusView {
         },
         vm_id: String::new(),
     };
-    let worker = |id: &str, healthy: bool| WorkerHealthView {
+    let worker = |id: &str, address: &str, healthy: bool| WorkerHealthView {
         worker_id: id.into(),
-        address: "127.0.0.1:6000".into(),
+        address: address.into(),
         healthy,
         last_seen_ms_ago: if healthy { 120 } else { 45_000 },
         capacity: Resources {
@@ -603,26 +623,52 @@ fn fake_status() -> ClusterStatusView {
         metrics: WorkerMetricsView::default(),
     };
     ClusterStatusView {
-        generations: vec![GenerationView {
-            project: commands::types::DEFAULT_PROJECT.into(),
-            number: 7,
-            commit: "abcdef1234567890".into(),
-            intent_hash: String::new(),
-            vm_count: 0,
-            published_at_ms: 0,
-        }],
-        convergence_percent: 50.0,
+        generations: vec![
+            GenerationView {
+                project: "shop".into(),
+                number: 7,
+                commit: "abcdef1234567890".into(),
+                intent_hash: String::new(),
+                vm_count: 2,
+                published_at_ms: 0,
+            },
+            GenerationView {
+                project: "other".into(),
+                number: 3,
+                commit: "0ther0commit".into(),
+                intent_hash: String::new(),
+                vm_count: 1,
+                published_at_ms: 0,
+            },
+        ],
+        convergence_percent: 66.0,
         vms: vec![
             vm(
+                "shop",
                 "web-1",
                 "worker-a",
                 "0123456789abcdef0123",
                 Drift::Converged,
             ),
-            vm("db-<1>", "worker-b", "ffff", Drift::Drifted),
+            vm("shop", "db-<1>", "worker-b", "ffff", Drift::Drifted),
+            vm(
+                "other",
+                "intruder-0",
+                "worker-c",
+                "0123456789abcdef0123",
+                Drift::Converged,
+            ),
         ],
-        workers: vec![worker("worker-a", true), worker("worker-b", false)],
-        unplaced: Vec::new(),
+        workers: vec![
+            worker("worker-a", "127.0.0.1:6000", true),
+            worker("worker-b", "127.0.0.1:6001", false),
+            worker("worker-c", "10.9.9.9:6000", true),
+        ],
+        unplaced: vec![commands::model::UnplacedView {
+            project: "other".into(),
+            name: "other-big".into(),
+            reason: "no worker has 64 vCPU free".into(),
+        }],
     }
 }
 
