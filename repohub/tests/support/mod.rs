@@ -537,6 +537,8 @@ impl Drop for FakeMaster {
 /// is refused.
 struct FakeMasterApi {
     status_calls: Arc<std::sync::atomic::AtomicUsize>,
+    status: ClusterStatusView,
+    projects: Vec<ProjectStatusView>,
 }
 
 fn not_faked() -> RpcFailure {
@@ -558,7 +560,7 @@ impl MasterApi for FakeMasterApi {
     }
     fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
         self.status_calls.fetch_add(1, Ordering::SeqCst);
-        fake_status()
+        self.status.clone()
     }
     fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
         Err(not_faked())
@@ -567,25 +569,30 @@ impl MasterApi for FakeMasterApi {
         Vec::new()
     }
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
-        let p = |project: &str, cpu, vms, percent| ProjectStatusView {
-            project: project.into(),
-            quota: Limits {
-                cpu: 8,
-                memory_mb: 16384,
-                vms: 10,
-            },
-            usage: Limits {
-                cpu,
-                memory_mb: 1024,
-                vms,
-            },
-            generation: None,
-            convergence_percent: percent,
-            placed: vms,
-            unplaced: 0,
-        };
-        vec![p("shop", 4, 2, 50.0), p("other", 1, 1, 100.0)]
+        self.projects.clone()
     }
+}
+
+/// `shop` and `other` with the same quota and their usage.
+fn fake_projects() -> Vec<ProjectStatusView> {
+    let p = |project: &str, cpu, vms, percent| ProjectStatusView {
+        project: project.into(),
+        quota: Limits {
+            cpu: 8,
+            memory_mb: 16384,
+            vms: 10,
+        },
+        usage: Limits {
+            cpu,
+            memory_mb: 1024,
+            vms,
+        },
+        generation: None,
+        convergence_percent: percent,
+        placed: vms,
+        unplaced: 0,
+    };
+    vec![p("shop", 4, 2, 50.0), p("other", 1, 1, 100.0)]
 }
 
 /// Two VMs of project `shop` (one drifted, on an unhealthy worker) and one
@@ -673,7 +680,13 @@ fn fake_status() -> ClusterStatusView {
 }
 
 impl FakeMaster {
+    /// The master of [`fake_status`] and [`fake_projects`].
     pub(crate) fn start() -> Self {
+        Self::start_with(fake_status(), fake_projects())
+    }
+
+    /// A master answering `status` and `projects` (and refusing the rest).
+    pub(crate) fn start_with(status: ClusterStatusView, projects: Vec<ProjectStatusView>) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -689,6 +702,8 @@ impl FakeMaster {
                 commands::service::master::serve(
                     std::rc::Rc::new(FakeMasterApi {
                         status_calls: calls,
+                        status,
+                        projects,
                     }),
                     commands::auth::Authenticator::Open,
                     listener,
