@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use support::{
     Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async, push_main,
     work_repo,
@@ -333,4 +334,30 @@ async fn repositories_check_what_they_receive_and_refuse_oversized_pushes() {
         config_of(&bare, "receive.maxInputSize"),
         st.limits.receive.max_pack_bytes.to_string()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_requests_over_their_bound_get_413_whether_declared_or_streamed() {
+    let app = TestApp::new(|c| c.limits.max_fetch_body = 1024);
+    let (mut ann, _token) = ann_with_p_r(&app).await;
+    let post = |body: Body, len: Option<usize>| {
+        let mut r = http::Request::post("/p/r.git/git-upload-pack").header(
+            http::header::CONTENT_TYPE,
+            "application/x-git-upload-pack-request",
+        );
+        if let Some(n) = len {
+            r = r.header(http::header::CONTENT_LENGTH, n);
+        }
+        r.body(body).unwrap()
+    };
+    // Declared too large: refused before git runs.
+    let r = ann.send(post(Body::empty(), Some(10 * 1024 * 1024))).await;
+    assert_eq!(r.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.body.contains("fetch request too large"), "{}", r.body);
+    // Streamed without a length: cut at the bound, still a 413.
+    let chunks = futures::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'0'; 4096]))),
+    );
+    let r = ann.send(post(Body::from_stream(chunks), None)).await;
+    assert_eq!(r.status, http::StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
 }
