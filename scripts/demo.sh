@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's main command: from a fresh machine to VMs running from a
 # `git push`. Installs what is missing, builds, starts the binary cache, the
-# control plane, two workers and ci_service, creates a bare repository with
-# the CI hook from example/hermetic, pushes it and shows progress until every
-# VM runs. All state lives under .state/demo (wiped at each start); Ctrl-C
-# stops everything, VMs included.
+# control plane, two workers and ci_service, creates two bare repositories
+# with the CI hook from example/hermetic -- the deploy repositories of two
+# projects, team-a and team-b, both with a VM called web-0 -- pushes both and
+# shows progress until every VM of both projects runs. All state lives under
+# .state/demo (wiped at each start); Ctrl-C stops everything, VMs included.
 #
 # Environment knobs:
 #   PCR_DEMO_DIR            state directory (default: <repo>/.state/demo)
@@ -109,38 +110,58 @@ for host in host-a host-b; do
     --closure-source "http://$CACHE_ADDR" --cache-public-key "$PUBLIC_KEY" \
     --control-plane $CP_ADDR --stop-vms-on-exit
 done
+# Deploy rights: each project's deploy repository and ref (a push anywhere
+# else builds but ends built-not-deployed).
+PROJECTS="team-a team-b"
+for p in $PROJECTS; do
+  git init -q --bare -b main "$STATE/repos/$p.git"
+  printf '[[deploy]]\nrepo = "%s"\nproject = "%s"\nref = "refs/heads/main"\n\n' \
+    "$(realpath "$STATE/repos/$p.git")" "$p" >>"$STATE/projects.toml"
+done
 start ci_service "$BIN/ci_service" --listen $CI_ADDR --data-dir "$STATE/ci" \
   --cache "http://$CACHE_ADDR" --cache-token-file "$STATE/cache/upload-token" \
-  --control-plane $CP_ADDR --nix-conf-dir "$STATE/nix"
+  --control-plane $CP_ADDR --nix-conf-dir "$STATE/nix" --projects "$STATE/projects.toml"
 
-say "creating $STATE/repos/cluster.git with the CI hook, pushing example/hermetic"
-git init -q --bare -b main "$STATE/repos/cluster.git"
-"$BIN/ci_service" install-hook --repo "$STATE/repos/cluster.git" --url "http://$CI_ADDR" >/dev/null
-cp -r "$ROOT/example/hermetic" "$STATE/work"
-g() { git -C "$STATE/work" -c user.name=demo -c user.email=demo@localhost "$@"; }
-g init -q -b main
-g add -A
-g commit -q -m "hermetic example cluster"
-g remote add origin "$STATE/repos/cluster.git"
-g push -u origin main 2>&1 | sed 's/^/    /'
+for p in $PROJECTS; do
+  say "project $p: $STATE/repos/$p.git with the CI hook, pushing example/hermetic"
+  "$BIN/ci_service" install-hook --repo "$STATE/repos/$p.git" --url "http://$CI_ADDR" >/dev/null
+  cp -r "$ROOT/example/hermetic" "$STATE/work-$p"
+  g() { git -C "$STATE/work-$p" -c user.name=demo -c user.email=demo@localhost "$@"; }
+  # Both projects run web-0, web-1 and db-0; team-b's db says so.
+  sed -i "s/hello from db v1/hello from $p's db v1/" "$STATE/work-$p/vms.nix"
+  g init -q -b main
+  g add -A
+  g commit -q -m "hermetic example cluster of $p"
+  g remote add origin "$STATE/repos/$p.git"
+  g push -u origin main 2>&1 | sed 's/^/    /'
 
-say "CI job log (following)"
-job=$(curl -fsS "http://$CI_ADDR/jobs?limit=1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p' | head -1)
-[ -n "$job" ] || die "no CI job was created (see $STATE/logs/ci_service.log)"
-curl -fsSN "http://$CI_ADDR/jobs/$job/log?follow=1" | sed 's/^/    /'
-state=$(curl -fsS "http://$CI_ADDR/jobs/$job" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
-[ "$state" = succeeded ] || die "CI job $job $state"
+  say "project $p: CI job log (following)"
+  job=$(curl -fsS "http://$CI_ADDR/jobs?limit=1" | sed -n 's/.*"id":\([0-9]*\).*/\1/p' | head -1)
+  [ -n "$job" ] || die "no CI job was created (see $STATE/logs/ci_service.log)"
+  curl -fsSN "http://$CI_ADDR/jobs/$job/log?follow=1" | sed 's/^/    /'
+  state=$(curl -fsS "http://$CI_ADDR/jobs/$job" | sed -n 's/.*"state":"\([a-z-]*\)".*/\1/p')
+  [ "$state" = succeeded ] || die "CI job $job $state"
+done
 
-say "waiting for the workers to converge"
+say "waiting for the workers to converge (both projects)"
 last=
 for _ in $(seq 600); do
   json=$("$BIN/pcr" --control-plane $CP_ADDR --json status 2>/dev/null || true)
   pct=$(printf '%s' "$json" | grep -o '"convergencePercent": *[0-9.]*' | grep -o '[0-9.]*$' || true)
   if [ "$pct" != "$last" ]; then LC_ALL=C printf '    convergence: %.0f%%\n' "${pct:-0}"; last=$pct; fi
-  case "$pct" in 100|100.0) break ;; esac
+  gens=$(printf '%s' "$json" | grep -c '"project": *"team-' || true)
+  case "$pct" in 100|100.0) [ "$gens" -ge 2 ] && break ;; esac
   sleep 0.2
 done
 "$BIN/pcr" --control-plane $CP_ADDR status | sed 's/^/    /'
+say "projects"
+"$BIN/pcr" --control-plane $CP_ADDR projects | sed 's/^/    /'
+say "VMs of both projects (two web-0s, side by side)"
+"$BIN/pcr" --control-plane $CP_ADDR vms | sed 's/^/    /'
+for p in $PROJECTS; do
+  "$BIN/pcr" --control-plane $CP_ADDR --json status --project "$p" \
+    | grep -q '"convergencePercent": *100' || die "project $p did not converge"
+done
 
 # Each VM's guest (example/hermetic/guest/pvh.S) prints one line naming the
 # VM on its serial console; the worker keeps the console (`logs`). ch-sim
@@ -150,25 +171,28 @@ for host in host-a host-b; do
   addr=$(grep -m1 '^listening on ' "$STATE/logs/worker-$host.log" | cut -d' ' -f3)
   wt() { "$BIN/pcr-worker-test" --addr "$addr" "$@"; }
   for id in $(wt --json list-vms | grep -o '"id": *"[^"]*"' | cut -d'"' -f4); do
+    proj=$(wt --json info "$id" 2>/dev/null | grep -m1 -o '"project": *"[^"]*"' | cut -d'"' -f4 || true)
     line=
     for _ in $(seq 50); do
       line=$(wt logs "$id" | grep -m1 '^pcr-guest: ' || true)
       [ -n "$line" ] && break
       sleep 0.1
     done
-    printf '    %s %s: %s\n' "$host" "$id" "${line:-(no guest line yet)}"
+    printf '    %s %s/%s: %s\n' "$host" "${proj:-?}" "$id" "${line:-(no guest line yet)}"
   done
 done
 
 cat <<NEXT
 
-Every VM runs. Try the loop yourself:
+Every VM of both projects runs. Try the loop yourself:
 
-  cd $STATE/work
-  sed -i 's/hello from db v1/hello from db v2/' vms.nix
-  git commit -am "db v2" && git push          # only db-0 is replaced
+  cd $STATE/work-team-a
+  sed -i 's/db v1/db v2/' vms.nix
+  git commit -am "db v2" && git push          # only team-a's db-0 is replaced
 
-  $BIN/pcr status                 # generation, convergence, VMs, workers
+  $BIN/pcr status                 # generations, convergence, VMs, workers
+  $BIN/pcr projects               # quota, usage, generation per project
+  $BIN/pcr vms --project team-b   # one project's VMs
   curl -s http://$CI_ADDR/jobs    # CI jobs; /jobs/N/log?follow=1 follows one
   logs: $STATE/logs/
 

@@ -107,7 +107,14 @@ async fn push(State(s): State<AppState>, headers: HeaderMap, body: axum::body::B
         return (StatusCode::OK, Json(reply)).into_response();
     }
     let new = ev.new.to_ascii_lowercase();
-    match s.db.enqueue(&ev.repo, &ev.git_ref, &ev.old, &new) {
+    match s.db.enqueue(
+        &ev.repo,
+        &ev.git_ref,
+        &ev.old,
+        &new,
+        ev.project.as_deref(),
+        ev.deploy_ref.as_deref(),
+    ) {
         Ok((id, superseded)) => {
             tracing::info!(job_id = id, repo = %ev.repo, git_ref = %ev.git_ref, commit = %new, superseded, "push queued");
             s.wake.notify_one();
@@ -246,7 +253,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("ci.sqlite");
         let (db, _) = Db::open(&path).unwrap();
-        let (id, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        let (id, _) = db
+            .enqueue("/r", "refs/heads/main", "0", "c1", None, None)
+            .unwrap();
         // A state this build does not know: reading the job fails inside.
         rusqlite::Connection::open(&path)
             .unwrap()

@@ -1,7 +1,8 @@
 //! The job queue and the generation history in SQLite: the only state
-//! ci_service keeps. Jobs move queued → running → succeeded | failed |
-//! superseded; generations are numbered monotonically here, which makes
-//! ci_service (i.e. Git) the source of the control plane's desired state.
+//! ci_service keeps. Jobs move queued → running → succeeded |
+//! built-not-deployed | failed | superseded; generations are numbered
+//! monotonically per project here, which makes ci_service (i.e. Git) the
+//! source of the control plane's desired state.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -28,9 +29,10 @@ pub enum DbError {
 /// `JobState::as_str`, the `timings` column the JSON of `Timings`.
 pub use commands::ci_api::{Job, JobState, Timings};
 
-/// One published (or publishable) generation.
+/// One published (or publishable) generation of one project.
 #[derive(Debug, Clone, Serialize)]
 pub struct Generation {
+    pub project: String,
     pub number: i64,
     pub job_id: i64,
     pub commit: String,
@@ -62,21 +64,65 @@ CREATE TABLE IF NOT EXISTS jobs (
     generation INTEGER,
     error TEXT,
     vm_specs TEXT,
-    timings TEXT NOT NULL DEFAULT '{}'
+    timings TEXT NOT NULL DEFAULT '{}',
+    project TEXT,
+    deploy_ref TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
-CREATE TABLE IF NOT EXISTS generations (
-    number INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS project_generations (
+    project TEXT NOT NULL,
+    number INTEGER NOT NULL,
     job_id INTEGER NOT NULL,
     commit_id TEXT NOT NULL,
     intent_hash TEXT NOT NULL,
     specs_json TEXT NOT NULL,
     closure TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (project, number)
 );
 ";
 
-const JOB_COLUMNS: &str = "id, repo, git_ref, old, commit_id, state, created_at_ms, started_at_ms, finished_at_ms, generation, error, timings";
+/// A database from before projects: its jobs gain the two columns and its
+/// generations become the `default` project's (each statement is a no-op
+/// on a database that has them).
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    let has = |col: &str| -> Result<bool, DbError> {
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+            [col],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    };
+    for col in ["project", "deploy_ref"] {
+        if !has(col)? {
+            conn.execute(&format!("ALTER TABLE jobs ADD COLUMN {col} TEXT"), [])?;
+        }
+    }
+    let old: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'generations'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old > 0 {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO project_generations
+               SELECT 'default', number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms FROM generations;
+             DROP TABLE generations;",
+        )?;
+    }
+    Ok(())
+}
+
+const JOB_COLUMNS: &str = "id, repo, git_ref, old, commit_id, state, created_at_ms, started_at_ms, finished_at_ms, generation, error, timings, project, deploy_ref";
+
+/// A queued job with what its push event claimed about deploy rights
+/// (`Job` shows the project; the claimed deploy ref is for the runner).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    pub deploy_ref: Option<String>,
+}
 
 /// A column's text that does not parse is an error, never a default: a
 /// state this build does not know must not show as something else.
@@ -108,6 +154,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         generation: r.get(9)?,
         error: r.get(10)?,
         timings: parsed(r, 11, |t| serde_json::from_str::<Timings>(t))?,
+        project: r.get(12)?,
         vm_specs: None,
     })
 }
@@ -122,6 +169,7 @@ impl Db {
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let requeued = conn.execute(
             "UPDATE jobs SET state = 'queued', started_at_ms = NULL WHERE state = 'running'",
             [],
@@ -143,12 +191,16 @@ impl Db {
     /// Queues a push; older queued jobs of the same repo and ref are
     /// superseded (only the newest commit of a ref is worth building).
     /// Returns the new id and how many jobs were superseded.
+    /// `project` and `deploy_ref` are what the push event claimed (the
+    /// runner decides what they are worth, see `deploy`).
     pub fn enqueue(
         &self,
         repo: &str,
         git_ref: &str,
         old: &str,
         commit: &str,
+        project: Option<&str>,
+        deploy_ref: Option<&str>,
     ) -> Result<(i64, usize), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -158,8 +210,8 @@ impl Db {
             params![now, repo, git_ref],
         )?;
         tx.execute(
-            "INSERT INTO jobs (repo, git_ref, old, commit_id, state, created_at_ms) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)",
-            params![repo, git_ref, old, commit, now],
+            "INSERT INTO jobs (repo, git_ref, old, commit_id, state, created_at_ms, project, deploy_ref) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+            params![repo, git_ref, old, commit, now, project, deploy_ref],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
@@ -167,7 +219,7 @@ impl Db {
     }
 
     /// Takes the oldest queued job and marks it running.
-    pub fn claim_next(&self) -> Result<Option<Job>, DbError> {
+    pub fn claim_next(&self) -> Result<Option<Claimed>, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let id: Option<i64> = tx
@@ -182,13 +234,18 @@ impl Db {
             "UPDATE jobs SET state = 'running', started_at_ms = ?1 WHERE id = ?2",
             params![now_ms() as i64, id],
         )?;
-        let job = tx.query_row(
+        let claimed = tx.query_row(
             &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
             [id],
-            job_from_row,
+            |r| {
+                Ok(Claimed {
+                    job: job_from_row(r)?,
+                    deploy_ref: r.get(13)?,
+                })
+            },
         )?;
         tx.commit()?;
-        Ok(Some(job))
+        Ok(Some(claimed))
     }
 
     pub fn job(&self, id: i64) -> Result<Option<Job>, DbError> {
@@ -251,18 +308,30 @@ impl Db {
         self.finish(id, "state = 'failed', error = ?1", error)
     }
 
-    /// A job that built and checked but publishes nothing (a ref that is
-    /// not deployed).
-    pub fn succeed_without_generation(&self, id: i64, specs_json: &str) -> Result<(), DbError> {
-        self.finish(id, "state = 'succeeded', vm_specs = ?1", specs_json)
+    /// A job that built and checked but may publish nothing: it ends
+    /// `built-not-deployed`, with `why` as its reason and `project` (when
+    /// known) recorded.
+    pub fn built_not_deployed(
+        &self,
+        id: i64,
+        specs_json: &str,
+        project: Option<&str>,
+        why: &str,
+    ) -> Result<(), DbError> {
+        self.update(
+            "UPDATE jobs SET state = 'built-not-deployed', vm_specs = ?1, error = ?2, project = ?3, finished_at_ms = ?4 WHERE id = ?5",
+            params![specs_json, why, project, now_ms() as i64, id],
+        )
     }
 
-    /// The number the next generation gets: one past both ours and the
-    /// control plane's (it may have been fed by hand with pcr-test).
-    pub fn next_generation(&self, remote_active: u64) -> Result<i64, DbError> {
-        let ours: Option<i64> =
-            self.conn()
-                .query_row("SELECT MAX(number) FROM generations", [], |r| r.get(0))?;
+    /// The number `project`'s next generation gets: one past both ours and
+    /// the control plane's (it may have been fed by hand with pcr-test).
+    pub fn next_generation(&self, project: &str, remote_active: u64) -> Result<i64, DbError> {
+        let ours: Option<i64> = self.conn().query_row(
+            "SELECT MAX(number) FROM project_generations WHERE project = ?1",
+            [project],
+            |r| r.get(0),
+        )?;
         Ok(ours.unwrap_or(0).max(remote_active as i64) + 1)
     }
 
@@ -271,36 +340,36 @@ impl Db {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO generations (number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![g.number, g.job_id, g.commit, g.intent_hash.as_str(), g.specs_json, g.closure, g.created_at_ms],
+            "INSERT OR REPLACE INTO project_generations (project, number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![g.project, g.number, g.job_id, g.commit, g.intent_hash.as_str(), g.specs_json, g.closure, g.created_at_ms],
         )?;
         tx.execute(
-            "UPDATE jobs SET state = 'succeeded', generation = ?1, vm_specs = ?2, finished_at_ms = ?3 WHERE id = ?4",
-            params![g.number, g.specs_json, now_ms() as i64, g.job_id],
+            "UPDATE jobs SET state = 'succeeded', generation = ?1, vm_specs = ?2, project = ?3, finished_at_ms = ?4 WHERE id = ?5",
+            params![g.number, g.specs_json, g.project, now_ms() as i64, g.job_id],
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// The newest good generation: what the control plane must run.
-    pub fn latest_generation(&self) -> Result<Option<Generation>, DbError> {
-        Ok(self
-            .conn()
-            .query_row(
-                &format!(
-                    "SELECT {GENERATION_COLUMNS} FROM generations ORDER BY number DESC LIMIT 1"
-                ),
-                [],
-                generation_from_row,
-            )
-            .optional()?)
+    /// The newest good generation of every project, by project: what the
+    /// control plane must run.
+    pub fn latest_generations(&self) -> Result<Vec<Generation>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {GENERATION_COLUMNS} FROM project_generations g
+             WHERE number = (SELECT MAX(number) FROM project_generations WHERE project = g.project)
+             ORDER BY project"
+        ))?;
+        let rows = stmt.query_map([], generation_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every project's generations, newest first.
     pub fn generations(&self, limit: u32) -> Result<Vec<Generation>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations ORDER BY number DESC LIMIT ?1"
+            "SELECT {GENERATION_COLUMNS} FROM project_generations ORDER BY created_at_ms DESC, project, number DESC LIMIT ?1"
         ))?;
         let rows = stmt.query_map([limit], generation_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -309,7 +378,7 @@ impl Db {
 
 /// The columns `generation_from_row` reads, in its order.
 const GENERATION_COLUMNS: &str =
-    "number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms";
+    "number, job_id, commit_id, intent_hash, specs_json, closure, created_at_ms, project";
 
 fn generation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
     Ok(Generation {
@@ -320,6 +389,7 @@ fn generation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
         specs_json: r.get(4)?,
         closure: r.get(5)?,
         created_at_ms: r.get(6)?,
+        project: r.get(7)?,
     })
 }
 
@@ -333,19 +403,27 @@ mod tests {
         let path = tmp.path().join("ci.sqlite");
         let (db, requeued) = Db::open(&path).unwrap();
         assert_eq!(requeued, 0);
-        let (a, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
-        let (_other, s) = db.enqueue("/r", "refs/heads/dev", "0", "d1").unwrap();
+        let (a, _) = db
+            .enqueue("/r", "refs/heads/main", "0", "c1", None, None)
+            .unwrap();
+        let (_other, s) = db
+            .enqueue("/r", "refs/heads/dev", "0", "d1", None, None)
+            .unwrap();
         assert_eq!(s, 0, "another ref is not superseded");
-        let (b, s) = db.enqueue("/r", "refs/heads/main", "c1", "c2").unwrap();
+        let (b, s) = db
+            .enqueue("/r", "refs/heads/main", "c1", "c2", None, None)
+            .unwrap();
         assert_eq!(s, 1);
         assert_eq!(db.job(a).unwrap().unwrap().state, JobState::Superseded);
-        let claimed = db.claim_next().unwrap().unwrap();
+        let claimed = db.claim_next().unwrap().unwrap().job;
         assert_eq!(claimed.commit, "d1");
-        let claimed = db.claim_next().unwrap().unwrap();
+        let claimed = db.claim_next().unwrap().unwrap().job;
         assert_eq!((claimed.id, claimed.state), (b, JobState::Running));
         assert!(db.claim_next().unwrap().is_none());
         // A running job is not superseded by a newer push: it finishes.
-        let (_c, s) = db.enqueue("/r", "refs/heads/main", "c2", "c3").unwrap();
+        let (_c, s) = db
+            .enqueue("/r", "refs/heads/main", "c2", "c3", None, None)
+            .unwrap();
         assert_eq!(s, 0);
         assert_eq!(db.job(b).unwrap().unwrap().state, JobState::Running);
         drop(db);
@@ -355,13 +433,14 @@ mod tests {
         assert_eq!(requeued, 2);
         assert_eq!(db.job(b).unwrap().unwrap().state, JobState::Queued);
 
-        assert_eq!(db.next_generation(0).unwrap(), 1);
+        assert_eq!(db.next_generation("default", 0).unwrap(), 1);
         assert_eq!(
-            db.next_generation(7).unwrap(),
+            db.next_generation("default", 7).unwrap(),
             8,
             "the control plane's number wins when larger"
         );
         let g = Generation {
+            project: "default".into(),
             number: 1,
             job_id: b,
             commit: "c2".into(),
@@ -371,8 +450,13 @@ mod tests {
             specs_json: "[]".into(),
         };
         db.record_generation(&g).unwrap();
-        assert_eq!(db.next_generation(0).unwrap(), 2);
-        assert_eq!(db.latest_generation().unwrap().unwrap().commit, "c2");
+        assert_eq!(db.next_generation("default", 0).unwrap(), 2);
+        assert_eq!(db.latest_generations().unwrap()[0].commit, "c2");
+        assert_eq!(
+            db.next_generation("team-a", 0).unwrap(),
+            1,
+            "numbers are per project"
+        );
         let job = db.job(b).unwrap().unwrap();
         assert_eq!((job.state, job.generation), (JobState::Succeeded, Some(1)));
         assert_eq!(
@@ -388,7 +472,9 @@ mod tests {
     fn unknown_states_and_timings_are_errors_not_failures() {
         let tmp = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
-        let (id, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        let (id, _) = db
+            .enqueue("/r", "refs/heads/main", "0", "c1", None, None)
+            .unwrap();
         assert_eq!(db.job(id).unwrap().unwrap().timings, Timings::default());
         let t = Timings {
             queue_ms: Some(3),
@@ -415,5 +501,91 @@ mod tests {
             )
             .unwrap();
         assert!(db.job(id).is_err());
+    }
+
+    /// Generations are numbered per project, the latest of each is what a
+    /// reconnect re-publishes, and a not-deployed job records its reason.
+    #[test]
+    fn projects_have_their_own_generations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
+        let gen_of = |project: &str, number: i64, job_id: i64| Generation {
+            project: project.into(),
+            number,
+            job_id,
+            commit: format!("{project}-{number}"),
+            intent_hash: "h".into(),
+            closure: String::new(),
+            created_at_ms: number,
+            specs_json: "[]".into(),
+        };
+        for (project, number) in [("a", 1), ("a", 2), ("b", 1)] {
+            let (id, _) = db
+                .enqueue(
+                    &format!("/{project}"),
+                    "refs/heads/main",
+                    "0",
+                    "c",
+                    Some(project),
+                    Some("refs/heads/main"),
+                )
+                .unwrap();
+            db.record_generation(&gen_of(project, number, id)).unwrap();
+        }
+        let latest: Vec<String> = db
+            .latest_generations()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.commit)
+            .collect();
+        assert_eq!(latest, ["a-2", "b-1"]);
+        assert_eq!(db.next_generation("a", 0).unwrap(), 3);
+        assert_eq!(db.next_generation("b", 0).unwrap(), 2);
+        let (id, _) = db
+            .enqueue("/x", "refs/heads/main", "0", "c", None, None)
+            .unwrap();
+        let claimed = db.claim_next().unwrap().unwrap();
+        assert_eq!((claimed.job.id, claimed.deploy_ref), (id, None));
+        db.built_not_deployed(id, "[]", None, "not a deploy repository")
+            .unwrap();
+        let job = db.job(id).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.error.as_deref(), job.generation),
+            (
+                JobState::BuiltNotDeployed,
+                Some("not a deploy repository"),
+                None
+            )
+        );
+    }
+
+    /// A database from before projects opens: its generations become the
+    /// default project's.
+    #[test]
+    fn a_database_from_before_projects_migrates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ci.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, repo TEXT NOT NULL, git_ref TEXT NOT NULL,
+               old TEXT NOT NULL, commit_id TEXT NOT NULL, state TEXT NOT NULL, created_at_ms INTEGER NOT NULL,
+               started_at_ms INTEGER, finished_at_ms INTEGER, generation INTEGER, error TEXT, vm_specs TEXT,
+               timings TEXT NOT NULL DEFAULT '{}');
+             CREATE TABLE generations (number INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, commit_id TEXT NOT NULL,
+               intent_hash TEXT NOT NULL, specs_json TEXT NOT NULL, closure TEXT NOT NULL, created_at_ms INTEGER NOT NULL);
+             INSERT INTO jobs (repo, git_ref, old, commit_id, state, created_at_ms, generation)
+               VALUES ('/r', 'refs/heads/main', '0', 'c7', 'succeeded', 1, 7);
+             INSERT INTO generations VALUES (7, 1, 'c7', 'h', '[]', '', 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let (db, _) = Db::open(&path).unwrap();
+        let latest = db.latest_generations().unwrap();
+        assert_eq!(
+            (latest[0].project.as_str(), latest[0].number),
+            ("default", 7)
+        );
+        assert_eq!(db.job(1).unwrap().unwrap().state, JobState::Succeeded);
+        assert_eq!(db.next_generation("default", 0).unwrap(), 8);
     }
 }

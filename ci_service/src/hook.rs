@@ -117,6 +117,8 @@ pub async fn notify(url: &str, repo: &str, secret: Option<&str>, input: impl Buf
             git_ref: r.clone(),
             old,
             new,
+            // A bare repository's hook knows no project: ci_service's
+            // --projects file maps it.
             project: None,
             deploy_ref: None,
         };

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod db;
+pub mod deploy;
 pub mod hook;
 pub mod pin;
 pub mod publisher;
@@ -18,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
+use crate::deploy::DeployRights;
 use crate::publisher::Publisher;
 use crate::runner::{CacheTarget, Runner};
 
@@ -53,8 +55,9 @@ pub struct Config {
     pub nix_conf_dir: Option<PathBuf>,
     /// Shared secret the push hook must present (`Authorization: Bearer`).
     pub hook_secret: Option<String>,
-    /// Only pushes to this ref publish a generation; others are built.
-    pub deploy_ref: String,
+    /// Which push may publish for which project (`deploy`): a `--projects`
+    /// file, or the single-project setup with its `--deploy-ref`.
+    pub deploy: DeployRights,
 }
 
 impl Config {
@@ -67,7 +70,7 @@ impl Config {
             control_plane_token: commands::auth::Secret::default(),
             nix_conf_dir: None,
             hook_secret: None,
-            deploy_ref: "refs/heads/main".into(),
+            deploy: DeployRights::single_project("refs/heads/main"),
         }
     }
 }
@@ -145,7 +148,7 @@ pub async fn run(
         data_dir: dd.clone(),
         cache,
         publisher: publisher.clone(),
-        deploy_ref: config.deploy_ref.clone(),
+        deploy: config.deploy.clone(),
         wake: wake.clone(),
     });
     let runner_task = tokio::spawn(runner.run(shutdown.clone()));

@@ -59,9 +59,19 @@ struct ServeArgs {
     /// File holding the shared secret push hooks must present.
     #[arg(long, env = "CI_HOOK_SECRET_FILE")]
     hook_secret_file: Option<PathBuf>,
-    /// Only pushes to this ref publish a generation (others are built).
+    /// Without --projects: every repository deploys the project `default`,
+    /// and only pushes to this ref publish (others are built, not deployed).
     #[arg(long, env = "CI_DEPLOY_REF", default_value = "refs/heads/main")]
     deploy_ref: String,
+    /// Deploy rights for bare repositories (TOML): `[[deploy]]` tables with
+    /// `repo` (as the push hook names it), `project` and `ref`. Only a listed
+    /// repository, on its ref, publishes for its project; the file wins over
+    /// what a push event (repohub) claims for a repository it lists; an
+    /// unlisted repository deploys only when repohub names it its project's
+    /// deploy repository. Without this file every repository deploys
+    /// `default` on --deploy-ref (single-project setup).
+    #[arg(long, env = "CI_PROJECTS")]
+    projects: Option<PathBuf>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "CI_LOG_JSON")]
     log_json: bool,
@@ -178,6 +188,16 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }
+    let deploy = match &a.projects {
+        None => ci_service::deploy::DeployRights::single_project(a.deploy_ref.clone()),
+        Some(p) => match ci_service::deploy::DeployRights::load(p, &a.deploy_ref) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {}", commands::report::error_chain(&e));
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+    };
     let config = ci_service::Config {
         data_dir: a.data_dir,
         cache_url: a.cache,
@@ -186,7 +206,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         control_plane_token,
         nix_conf_dir: a.nix_conf_dir,
         hook_secret,
-        deploy_ref: a.deploy_ref,
+        deploy,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,14 +1,16 @@
-//! The connection to the control plane: publishes generations for the job
-//! runner and, every time the connection is (re)established, re-publishes
-//! the latest good generation, so a restarted control plane gets its
-//! desired state back from Git without anyone pushing.
+//! The connection to the control plane: publishes generations (each for
+//! its project) for the job runner and, every time the connection is
+//! (re)established, re-publishes every project's latest good generation, so
+//! a restarted control plane gets its desired state back from Git without
+//! anyone pushing.
 //!
 //! RPC clients are `!Send`, so the connection lives on its own thread
 //! with a current-thread runtime and a `LocalSet`; the rest of the service
 //! talks to it through a channel.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commands::client::{ClientError, MasterClient};
@@ -57,7 +59,8 @@ struct Request {
 pub struct Publisher {
     tx: Option<mpsc::Sender<Request>>,
     connected: Arc<AtomicBool>,
-    remote_active: Arc<AtomicU64>,
+    /// Each project's active generation on the control plane when last seen.
+    remote_active: Arc<Mutex<BTreeMap<String, u64>>>,
     republished: Arc<AtomicU64>,
 }
 
@@ -79,7 +82,7 @@ impl Publisher {
         Publisher {
             tx: None,
             connected: Arc::new(AtomicBool::new(false)),
-            remote_active: Arc::new(AtomicU64::new(0)),
+            remote_active: Arc::new(Mutex::new(BTreeMap::new())),
             republished: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -110,9 +113,22 @@ impl Publisher {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// The control plane's active generation when last seen (0 = none).
-    pub fn remote_active(&self) -> u64 {
-        self.remote_active.load(Ordering::SeqCst)
+    /// `project`'s active generation on the control plane when last seen
+    /// (0 = none).
+    pub fn remote_active(&self, project: &str) -> u64 {
+        self.active_map().get(project).copied().unwrap_or(0)
+    }
+
+    fn active_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        // A poisoned map holds numbers only: still right to read.
+        self.remote_active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raises `project`'s remembered active generation to at least `n`.
+    fn saw(&self, project: &str, n: u64) {
+        let mut m = self.active_map();
+        let e = m.entry(project.to_owned()).or_default();
+        *e = (*e).max(n);
     }
 
     /// How many times the latest generation was re-published on connect.
@@ -175,8 +191,8 @@ async fn connection_loop(
             }
         };
         // First call doubles as the connection check.
-        match active_generation(&client).await {
-            Ok(active) => state.remote_active.store(active, Ordering::SeqCst),
+        match active_generations(&client).await {
+            Ok(active) => *state.active_map() = active,
             Err(e) => {
                 tracing::debug!(error = %e, "control plane connection failed");
                 tokio::time::sleep(backoff).await;
@@ -188,28 +204,28 @@ async fn connection_loop(
         state.connected.store(true, Ordering::SeqCst);
         tracing::info!(%addr, "connected to the control plane");
 
-        match db.latest_generation() {
-            Ok(Some(g)) => {
-                let number = g.number;
-                match publish_once(&client, &g).await {
-                    Ok(p) => {
-                        state.republished.fetch_add(1, Ordering::SeqCst);
-                        state
-                            .remote_active
-                            .fetch_max(number as u64, Ordering::SeqCst);
-                        tracing::info!(
-                            generation = number,
-                            noop = p.noop,
-                            "re-published the latest good generation"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(generation = number, error = %e, "re-publishing the latest generation failed")
+        match db.latest_generations() {
+            Ok(latest) => {
+                for g in latest {
+                    let number = g.number;
+                    match publish_once(&client, &g).await {
+                        Ok(p) => {
+                            state.republished.fetch_add(1, Ordering::SeqCst);
+                            state.saw(&g.project, number as u64);
+                            tracing::info!(
+                                project = %g.project,
+                                generation = number,
+                                noop = p.noop,
+                                "re-published the latest good generation"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(project = %g.project, generation = number, error = %e, "re-publishing the latest generation failed")
+                        }
                     }
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "cannot read the latest generation"),
+            Err(e) => tracing::error!(error = %e, "cannot read the latest generations"),
         }
 
         let broken = loop {
@@ -223,7 +239,7 @@ async fn connection_loop(
                     let number = req.generation.number;
                     let r = publish_once(&client, &req.generation).await;
                     if r.is_ok() {
-                        state.remote_active.fetch_max(number as u64, Ordering::SeqCst);
+                        state.saw(&req.generation.project, number as u64);
                     }
                     let transport_failed = matches!(r, Err(PublishError::Unavailable(_)));
                     let _ = req.reply.send(r);
@@ -232,8 +248,8 @@ async fn connection_loop(
                     }
                 }
                 () = tokio::time::sleep(HEARTBEAT) => {
-                    match active_generation(&client).await {
-                        Ok(active) => { state.remote_active.store(active, Ordering::SeqCst); }
+                    match active_generations(&client).await {
+                        Ok(active) => { *state.active_map() = active; }
                         Err(_) => break "heartbeat failed",
                     }
                 }
@@ -245,15 +261,18 @@ async fn connection_loop(
     }
 }
 
-async fn active_generation(client: &MasterClient) -> Result<u64, String> {
-    let gens = tokio::time::timeout(
-        CALL_TIMEOUT,
-        client.generations(Some(commands::types::DEFAULT_PROJECT)),
-    )
-    .await
-    .map_err(|_| "listGenerations timed out".to_owned())?
-    .map_err(|e| e.to_string())?;
-    Ok(gens.iter().map(|g| g.number).max().unwrap_or(0))
+/// Each project's highest generation number the control plane remembers.
+async fn active_generations(client: &MasterClient) -> Result<BTreeMap<String, u64>, String> {
+    let gens = tokio::time::timeout(CALL_TIMEOUT, client.generations(None))
+        .await
+        .map_err(|_| "listGenerations timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for g in gens {
+        let e = out.entry(g.project).or_default();
+        *e = (*e).max(g.number);
+    }
+    Ok(out)
 }
 
 async fn publish_once(client: &MasterClient, g: &Generation) -> Result<Published, PublishError> {
@@ -263,7 +282,7 @@ async fn publish_once(client: &MasterClient, g: &Generation) -> Result<Published
             reason: e.to_string(),
         })?;
     let call = client.publish(
-        commands::types::DEFAULT_PROJECT,
+        &g.project,
         &g.commit,
         g.number as u64,
         g.intent_hash.as_str(),

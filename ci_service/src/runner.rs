@@ -6,7 +6,9 @@
 //! record it). Each step is a function with typed input and output that
 //! writes its own lines to the job log; `Runner::pipeline` only chains them
 //! and times them. Any failure stops the pipeline before publish, so a bad
-//! push changes nothing (all or nothing).
+//! push changes nothing (all or nothing). Between build and upload the
+//! deploy rights (`deploy`) decide whether the push may publish, and for
+//! which project; a push that may not ends `built-not-deployed`.
 
 use std::future::Future;
 use std::io::Write;
@@ -21,7 +23,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Db, DbError, Generation, Job, Timings};
+use crate::db::{Claimed, Db, DbError, Generation, Job, Timings};
+use crate::deploy::{Decision, DeployRights};
 use crate::pin::PinError;
 use crate::publisher::{PublishError, Publisher};
 
@@ -78,7 +81,7 @@ pub struct Runner {
     pub data_dir: PathBuf,
     pub cache: Option<CacheTarget>,
     pub publisher: Publisher,
-    pub deploy_ref: String,
+    pub deploy: DeployRights,
     pub wake: Arc<Notify>,
 }
 
@@ -152,7 +155,7 @@ impl Runner {
             }
             let next = self.db.claim_next();
             let job = match next {
-                Ok(Some(job)) => job,
+                Ok(Some(claimed)) => claimed,
                 Ok(None) => {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -168,8 +171,12 @@ impl Runner {
                     continue;
                 }
             };
-            let id = job.id;
-            let span = tracing::info_span!("job", job_id = id, commit = %job.commit);
+            let id = job.job.id;
+            let project = self
+                .deploy
+                .project_of(&job.job.repo, job.job.project.as_deref())
+                .unwrap_or_default();
+            let span = tracing::info_span!("job", job_id = id, commit = %job.job.commit, project = %project);
             let work = tracing::Instrument::instrument(self.clone().run_job(job), span);
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -181,7 +188,8 @@ impl Runner {
         }
     }
 
-    async fn run_job(self: Arc<Self>, job: Job) {
+    async fn run_job(self: Arc<Self>, claimed: Claimed) {
+        let job = &claimed.job;
         let path = log_path(&self.data_dir, job.id);
         let mut log = match JobLog::open(&path) {
             Ok(l) => l,
@@ -202,18 +210,18 @@ impl Runner {
             "job {} for {} {} at {}",
             job.id, job.repo, job.git_ref, job.commit
         ));
-        let result = self.pipeline(&job, &mut log, &mut timings).await;
+        let result = self
+            .pipeline(job, claimed.deploy_ref.as_deref(), &mut log, &mut timings)
+            .await;
         let _ = self.db.set_timings(job.id, &timings);
         match result {
-            Ok(Some(n)) => {
-                log.line(&format!("succeeded: generation {n}"));
+            Ok(Outcome::Published(project, n)) => {
+                log.line(&format!("succeeded: generation {n} of project {project}"));
                 tracing::info!(generation = n, "job succeeded");
             }
-            Ok(None) => {
-                log.line(&format!(
-                    "succeeded: {} is not the deployed ref ({}), nothing published",
-                    job.git_ref, self.deploy_ref
-                ));
+            Ok(Outcome::NotDeployed(why)) => {
+                log.line(&format!("built, not deployed: {why}"));
+                tracing::info!(reason = %why, "job built, not deployed");
             }
             Err(e) => {
                 // The one-line reason recorded for the job: the cause chain.
@@ -233,14 +241,16 @@ impl Runner {
         self.data_dir.join("work").join(format!("job-{id}"))
     }
 
-    /// The steps in order. Returns the published generation's number, or
-    /// `None` for a ref that is built but not deployed.
+    /// The steps in order. Returns the published generation, or why a
+    /// push that built may not deploy. `claimed_deploy_ref` is what the push
+    /// event said (repohub's word; `deploy` decides what it is worth).
     async fn pipeline(
         &self,
         job: &Job,
+        claimed_deploy_ref: Option<&str>,
         log: &mut JobLog,
         timings: &mut Timings,
-    ) -> Result<Option<i64>, JobError> {
+    ) -> Result<Outcome, JobError> {
         let mirror = mirror_dir(&self.data_dir, &job.repo);
         let checkout = timed(
             &mut timings.fetch_ms,
@@ -255,21 +265,40 @@ impl Runner {
         .await?;
 
         let intent = commands::types::intent_hash(&specs);
-        if job.git_ref != self.deploy_ref {
-            self.db
-                .succeed_without_generation(job.id, &intent.canonical_json)?;
-            return Ok(None);
-        }
+        let decision = self.deploy.decide(
+            &job.repo,
+            &job.git_ref,
+            job.project.as_deref(),
+            claimed_deploy_ref,
+        );
+        let project = match decision {
+            Decision::Publish(p) => p,
+            Decision::NotDeployed(why) => {
+                let project = self.deploy.project_of(&job.repo, job.project.as_deref());
+                self.db.built_not_deployed(
+                    job.id,
+                    &intent.canonical_json,
+                    project.as_deref(),
+                    &why,
+                )?;
+                return Ok(Outcome::NotDeployed(why));
+            }
+        };
+        log.line(&format!("deploying project {project}"));
 
         // The generation number is chosen before the upload so the pin can
         // carry it.
-        let number = self.db.next_generation(self.publisher.remote_active())?;
+        let number = self.db.next_generation(
+            project.as_str(),
+            self.publisher.remote_active(project.as_str()),
+        )?;
         timed(
             &mut timings.upload_ms,
             upload(&self.nix, self.cache.as_ref(), &closure, number, log),
         )
         .await?;
         let generation = Generation {
+            project: project.to_string(),
             number,
             job_id: job.id,
             commit: job.commit.clone(),
@@ -283,8 +312,17 @@ impl Runner {
             publish(&self.publisher, &self.db, &generation, log),
         )
         .await?;
-        Ok(Some(number))
+        Ok(Outcome::Published(project, number))
     }
+}
+
+/// How a job that did not fail ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Generation `n` of the project.
+    Published(commands::types::ProjectName, i64),
+    /// Built and checked; why it may not publish.
+    NotDeployed(String),
 }
 
 /// Runs one step and, when it succeeds, records how long it took in `slot`
@@ -690,10 +728,13 @@ mod tests {
     async fn publish_records_the_generation_while_the_control_plane_is_away() {
         let tmp = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
-        let (job, _) = db.enqueue("/r", "refs/heads/main", "0", "c1").unwrap();
+        let (job, _) = db
+            .enqueue("/r", "refs/heads/main", "0", "c1", None, None)
+            .unwrap();
         let specs = parse_specs(serde_json::json!([spec("a", "h1")])).unwrap();
         let intent = intent_hash(&specs);
         let generation = Generation {
+            project: "default".into(),
             number: 1,
             job_id: job,
             commit: "c1".into(),
@@ -714,7 +755,7 @@ mod tests {
                 intent.hash
             )
         );
-        let recorded = db.latest_generation().unwrap().unwrap();
+        let recorded = db.latest_generations().unwrap().remove(0);
         assert_eq!((recorded.number, recorded.intent_hash), (1, intent.hash));
         assert_eq!(
             db.job(job).unwrap().unwrap().state,

@@ -271,7 +271,8 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
     assert_eq!(st, 200);
     let body = String::from_utf8_lossy(&body);
     assert!(
-        body.trim_end().ends_with("succeeded: generation 1"),
+        body.trim_end()
+            .ends_with("succeeded: generation 1 of project default"),
         "{body}"
     );
     let job = wait_job(&ci2.url(), id, Duration::from_secs(180));

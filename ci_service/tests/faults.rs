@@ -17,7 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{status, wait_converged};
+use common::cluster::{active_default, status, wait_converged};
 use common::{get_json, job_for, log, wait_job, wait_until};
 use support::*;
 
@@ -93,14 +93,7 @@ fn cache_killed_mid_upload_fails_or_finishes_the_job_and_stays_consistent() {
                 "{}",
                 log(&ci, id)
             );
-            assert_eq!(
-                status(&c.cp.addr)
-                    .unwrap()
-                    .active("default")
-                    .unwrap()
-                    .number,
-                1
-            );
+            assert_eq!(active_default(&c.cp.addr), Some(1));
         }
         other => panic!("job {id} ended {other:?}: {job}"),
     }
@@ -153,7 +146,7 @@ fn worker_killed_mid_create_adopts_or_cleans_up() {
     let commit = c.push_db_change(&format!("worker-{}", rng.next()));
     let id = job_for(&ci, &commit);
     wait_until(Duration::from_secs(60), "generation 2 published", || {
-        (status(&c.cp.addr)?.active("default")?.number == 2).then_some(())
+        (active_default(&c.cp.addr)? == 2).then_some(())
     });
     let delay = rng.millis(0, 800);
     std::thread::sleep(delay);
@@ -293,14 +286,7 @@ fn full_disk_under_the_cache_fails_the_upload_cleanly() {
     assert!(err.contains("upload"), "{job}");
     assert!(text.contains("disk is full"), "the log says why:\n{text}");
     assert!(!text.contains(" 500"), "never a 5xx:\n{text}");
-    assert_eq!(
-        status(&c.cp.addr)
-            .unwrap()
-            .active("default")
-            .unwrap()
-            .number,
-        1
-    );
+    assert_eq!(active_default(&c.cp.addr), Some(1));
     assert_eq!(
         wait_converged(&c.cp.addr, 1, Duration::from_secs(10)),
         before

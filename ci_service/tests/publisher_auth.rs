@@ -1,7 +1,8 @@
 //! ci_service's control-plane publisher against a control plane with a
 //! token file (the real binary, loopback TCP): the `ci` token publishes, a
-//! `reader` token is refused by the control plane and a wrong token never
-//! gets a session; the publish says why each time.
+//! `reader` token is refused by the control plane, a `ci:team-a` token
+//! publishes for team-a only, and a wrong token never gets a session; the
+//! publish says why each time.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 const ADMIN: &str = "admin-token-0123456789";
 const CI: &str = "ci-token-0123456789abcd";
 const READER: &str = "reader-token-0123456789";
+const CI_TEAM_A: &str = "ci-team-a-token-0123456789";
 
 /// Starts a control plane with tokens (no startup grace), its token file
 /// and log in `dir`.
@@ -22,7 +24,7 @@ fn start_cp(dir: &std::path::Path) -> Proc {
     let tokens = dir.join("cp-tokens");
     std::fs::write(
         &tokens,
-        format!("admin {ADMIN}\nci {CI}\nreader {READER}\n"),
+        format!("admin {ADMIN}\nci {CI}\nreader {READER}\nci:team-a {CI_TEAM_A}\n"),
     )
     .unwrap();
     let cp = ControlPlaneArgs {
@@ -33,12 +35,17 @@ fn start_cp(dir: &std::path::Path) -> Proc {
 }
 
 fn generation(number: i64) -> Generation {
+    generation_of("default", number)
+}
+
+fn generation_of(project: &str, number: i64) -> Generation {
     let spec = serde_json::json!({
         "name": "web", "toplevel": "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys",
         "kernelPath": "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel",
         "cmdline": "", "cpu": 1, "memoryMb": 128, "contentHash": "h",
     });
     Generation {
+        project: project.into(),
         number,
         job_id: 1,
         commit: "a".repeat(40),
@@ -97,7 +104,27 @@ async fn publisher_logs_in_with_its_token() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(ci.remote_active(), 1, "the refused publish changed nothing");
+    assert_eq!(
+        ci.remote_active("default"),
+        1,
+        "the refused publish changed nothing"
+    );
+
+    // A token scoped to team-a publishes for team-a and for nobody else.
+    let team_a = start(CI_TEAM_A);
+    wait_connected(&team_a).await;
+    team_a.publish(generation_of("team-a", 1)).await.unwrap();
+    match team_a.publish(generation_of("team-b", 1)).await {
+        Err(PublishError::Refused(m)) => assert!(
+            m.contains("this ci:team-a token may publish for project team-a only, not team-b"),
+            "{m}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match team_a.publish(generation(2)).await {
+        Err(PublishError::Refused(m)) => assert!(m.contains("not default"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 
     // A wrong token never gets a session: the publish says why.
     let wrong = start("not-the-token-0123456");

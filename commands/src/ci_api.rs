@@ -39,6 +39,10 @@ pub enum PushEventError {
     RepoOrRef,
     #[error("old and new must be 40-hex commit ids")]
     CommitId,
+    #[error("project: {0}")]
+    Project(crate::types::SpecError),
+    #[error("deploy_ref must start with refs/ and name a project")]
+    DeployRef,
 }
 
 fn is_sha(s: &str) -> bool {
@@ -54,6 +58,15 @@ impl PushEvent {
         }
         if !is_sha(&self.old) || !is_sha(&self.new) {
             return Err(PushEventError::CommitId);
+        }
+        if let Some(p) = &self.project {
+            p.parse::<crate::types::ProjectName>()
+                .map_err(PushEventError::Project)?;
+        }
+        if let Some(r) = &self.deploy_ref
+            && (!r.starts_with("refs/") || self.project.is_none())
+        {
+            return Err(PushEventError::DeployRef);
         }
         Ok(())
     }
@@ -72,18 +85,23 @@ pub struct PushReply {
     pub reason: Option<String>,
 }
 
-/// A job's state: queued → running → succeeded | failed | superseded.
+/// A job's state: queued → running → succeeded | built-not-deployed |
+/// failed | superseded. `built-not-deployed`: the push built and checked
+/// but may not change any project's VMs (not a deploy repository, or not
+/// its deploy ref); the job's `error` says why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
     Running,
     Succeeded,
+    #[serde(rename = "built-not-deployed")]
+    BuiltNotDeployed,
     Failed,
     Superseded,
 }
 
-/// A state name that is none of the five.
+/// A state name that is none of the six.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown job state {0:?}")]
 pub struct UnknownJobState(pub String);
@@ -94,16 +112,21 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
+            JobState::BuiltNotDeployed => "built-not-deployed",
             JobState::Failed => "failed",
             JobState::Superseded => "superseded",
         }
     }
 
-    /// Succeeded, failed and superseded jobs never change again.
+    /// Succeeded, built-not-deployed, failed and superseded jobs never
+    /// change again.
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Superseded
+            JobState::Succeeded
+                | JobState::BuiltNotDeployed
+                | JobState::Failed
+                | JobState::Superseded
         )
     }
 }
@@ -116,6 +139,7 @@ impl FromStr for JobState {
             "queued" => JobState::Queued,
             "running" => JobState::Running,
             "succeeded" => JobState::Succeeded,
+            "built-not-deployed" => JobState::BuiltNotDeployed,
             "failed" => JobState::Failed,
             "superseded" => JobState::Superseded,
             other => return Err(UnknownJobState(other.to_owned())),
@@ -168,10 +192,15 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
     #[serde(default)]
     pub generation: Option<i64>,
+    /// Why the job failed, or why a built-not-deployed job published nothing.
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]
     pub timings: Timings,
+    /// The project the push belongs to, when known (repohub's, or
+    /// ci_service's --projects mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// The specs a succeeded job built (VmSpec JSON, as evaluated); only in
     /// `GET /jobs/{id}`, and there only once the job succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -399,6 +428,7 @@ mod tests {
             JobState::Queued,
             JobState::Running,
             JobState::Succeeded,
+            JobState::BuiltNotDeployed,
             JobState::Failed,
             JobState::Superseded,
         ] {
@@ -433,6 +463,7 @@ mod tests {
                 queue_ms: Some(1),
                 ..Timings::default()
             },
+            project: None,
             vm_specs: None,
         };
         let v = serde_json::to_value(&job).unwrap();
@@ -470,6 +501,25 @@ mod tests {
             deploy_ref: None,
         };
         assert_eq!(ok.check(), Ok(()));
+        let deploy = PushEvent {
+            project: Some("team-a".into()),
+            deploy_ref: Some("refs/heads/main".into()),
+            ..ok.clone()
+        };
+        assert_eq!(deploy.check(), Ok(()));
+        let bad_project = PushEvent {
+            project: Some("../etc".into()),
+            ..ok.clone()
+        };
+        assert!(matches!(
+            bad_project.check(),
+            Err(PushEventError::Project(_))
+        ));
+        let orphan_ref = PushEvent {
+            deploy_ref: Some("refs/heads/main".into()),
+            ..ok.clone()
+        };
+        assert_eq!(orphan_ref.check(), Err(PushEventError::DeployRef));
         assert!(!ok.deletes_ref());
         assert_eq!(
             serde_json::to_value(&ok).unwrap(),

@@ -176,8 +176,31 @@ pub fn schedule_with_held(
     held: &BTreeMap<VmKey, Resources>,
     quotas: &Quotas,
 ) -> Placement {
+    schedule_beside(specs, workers, &HashMap::new(), previous, held, quotas)
+}
+
+/// [`schedule_with_held`] for some VMs only, beside VMs that stay where
+/// they are: `taken` is the cpu and memory those already use on each
+/// worker. One project's republish places only its own VMs this way: the
+/// others' placements are inputs, never outputs, so they cannot change.
+/// Gives the same placement as a full run when every other VM would be kept
+/// (unchanged specs on the same live workers) and none is unplaced.
+pub fn schedule_beside(
+    specs: &[VmSpec],
+    workers: &[WorkerSlot],
+    taken: &HashMap<WorkerId, Resources>,
+    previous: &BTreeMap<VmKey, WorkerId>,
+    held: &BTreeMap<VmKey, Resources>,
+    quotas: &Quotas,
+) -> Placement {
     let specs = sorted_specs(specs);
     let mut run = Run::new(sorted_workers(workers), quotas);
+    for slot in &mut run.slots {
+        if let Some(t) = taken.get(&slot.worker.id) {
+            slot.used_cpu = u64::from(t.cpu);
+            slot.used_mem = t.memory_mb;
+        }
+    }
     let kept = run.keep_stable(&specs, previous, held);
     run.place_pending(kept);
     run.out
@@ -306,9 +329,12 @@ impl<'w> Run<'w> {
         };
         // Two passes: what did not grow first (it fits where it held room
         // before), then what grew or is of unknown size.
+        // (An empty map is not searched: a fresh placement allocates no key.)
         let grew = |spec: &VmSpec| {
-            held.get(&spec.key())
-                .is_none_or(|h| spec.cpu() > h.cpu || spec.memory_mb() > h.memory_mb)
+            held.is_empty()
+                || held
+                    .get(&spec.key())
+                    .is_none_or(|h| spec.cpu() > h.cpu || spec.memory_mb() > h.memory_mb)
         };
         let (first, second): (Vec<&'s VmSpec>, Vec<&'s VmSpec>) =
             specs.iter().partition(|s| !grew(s));
@@ -317,8 +343,9 @@ impl<'w> Run<'w> {
                 self.out.unplaced.insert(spec.key(), why);
                 continue;
             }
-            let keep = previous
-                .get(&spec.key())
+            let keep = (!previous.is_empty())
+                .then(|| previous.get(&spec.key()))
+                .flatten()
                 .and_then(|w| index_of.get(w).copied())
                 .filter(|&i| {
                     satisfies(&self.slots[i].worker.labels, spec) && self.slots[i].fits(spec)

@@ -13,7 +13,7 @@
 //!
 //! Invariant: a refused call (any `Err`) changes nothing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
@@ -241,7 +241,19 @@ impl State {
                 .into_iter()
                 .map(|(name, spec)| (VmKey::new(project.clone(), name), spec)),
         );
-        let effects = self.reschedule();
+        // Only this project's VMs need placing, unless another project has
+        // VMs waiting for room (this publish may free some) or the workers
+        // have not reported yet: then everything is placed again.
+        let others_waiting = self
+            .placement
+            .unplaced
+            .keys()
+            .any(|k| k.project != *project);
+        let effects = if self.grace_over && !others_waiting {
+            self.reschedule_project(project)
+        } else {
+            self.reschedule()
+        };
         Ok((self.outcome(project, generation, false), effects))
     }
 
@@ -522,6 +534,107 @@ impl State {
                 changed = true;
             }
         }
+        Effects {
+            assignments_changed: changed,
+        }
+    }
+
+    /// Places `project`'s desired VMs again beside every other project's,
+    /// which stay exactly where they are (their cpu and memory are taken
+    /// out of the workers' capacity first), and bumps the revision of the
+    /// workers whose assignment changed. The same placement as
+    /// [`Self::reschedule`] when no other project has unplaced VMs, at the
+    /// cost of this project's VMs instead of every project's.
+    fn reschedule_project(&mut self, project: &ProjectName) -> Effects {
+        let mine = |s: &VmSpec| s.project() == project.as_str();
+        let specs: Vec<VmSpec> = self
+            .desired
+            .iter()
+            .filter(|(k, _)| k.project == *project)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let quotas: Quotas = match self.quotas.limits(project) {
+            Ok(Some(l)) => [(project.clone(), l)].into(),
+            Ok(None) => Quotas::new(),
+            Err(_) => [(project.clone(), Limits::default())].into(),
+        };
+        let mut live = Vec::new();
+        let mut taken: HashMap<WorkerId, Resources> = HashMap::new();
+        let mut held: BTreeMap<VmKey, Resources> = BTreeMap::new();
+        let mut observed_on: BTreeMap<VmKey, Vec<&WorkerId>> = BTreeMap::new();
+        for (id, w) in &self.workers {
+            for s in w.assigned.iter().filter(|s| mine(s)) {
+                let r = Resources {
+                    cpu: s.cpu(),
+                    memory_mb: s.memory_mb(),
+                };
+                held.insert(s.key(), r);
+            }
+            if !w.healthy {
+                continue;
+            }
+            live.push(WorkerSlot {
+                id: id.clone(),
+                capacity: w.capacity,
+                labels: w.labels.clone(),
+            });
+            let t = taken.entry(id.clone()).or_default();
+            for s in w.assigned.iter().filter(|s| !mine(s)) {
+                t.cpu = t.cpu.saturating_add(s.cpu());
+                t.memory_mb = t.memory_mb.saturating_add(s.memory_mb());
+            }
+            for vm in w.running.iter().filter(|vm| vm.status.project == *project) {
+                let key = vm.status.key();
+                if vm.status.state != VmState::Failed && self.desired.contains_key(&key) {
+                    observed_on.entry(key).or_default().push(id);
+                }
+            }
+        }
+        let mut previous = BTreeMap::new();
+        for s in &specs {
+            let key = s.key();
+            let assigned = self.placement.assigned.get(&key);
+            let pick = match (assigned, observed_on.get(&key)) {
+                (Some(a), Some(o)) if o.contains(&a) => Some(a),
+                (_, Some(o)) => o.first().copied(),
+                (a, None) => a,
+            };
+            if let Some(w) = pick {
+                previous.insert(key, w.clone());
+            }
+        }
+        let mut placed =
+            scheduler::schedule_beside(&specs, &live, &taken, &previous, &held, &quotas);
+
+        let mut per_worker: BTreeMap<&WorkerId, Vec<VmSpec>> = BTreeMap::new();
+        for (vm, w) in &placed.assigned {
+            per_worker
+                .entry(w)
+                .or_default()
+                .push(self.desired[vm].clone());
+        }
+        let mut changed = false;
+        for (id, w) in &mut self.workers {
+            let now_mine = per_worker.remove(id).unwrap_or_default();
+            if now_mine.is_empty() && w.revision != 0 && !w.assigned.iter().any(|s| mine(s)) {
+                continue;
+            }
+            let mut now_assigned: Vec<VmSpec> =
+                w.assigned.iter().filter(|s| !mine(s)).cloned().collect();
+            now_assigned.extend(now_mine);
+            // The order a full reschedule gives: by (project, name).
+            now_assigned.sort_by(|a, b| (a.project(), a.name()).cmp(&(b.project(), b.name())));
+            if w.assigned != now_assigned || w.revision == 0 {
+                self.revision_counter += 1;
+                w.revision = self.revision_counter;
+                w.assigned = now_assigned;
+                changed = true;
+            }
+        }
+        self.placement.assigned.retain(|k, _| k.project != *project);
+        self.placement.unplaced.retain(|k, _| k.project != *project);
+        self.placement.assigned.append(&mut placed.assigned);
+        self.placement.unplaced.append(&mut placed.unplaced);
         Effects {
             assignments_changed: changed,
         }
@@ -1343,5 +1456,41 @@ mod tests {
         // Raised again: everything is placed.
         s.set_quotas(QuotaConfig::unlimited());
         assert!(s.cluster_status(t).unplaced.is_empty());
+    }
+
+    /// A publish places only its project's VMs; a full reschedule right
+    /// after it changes nothing: the same placement, no assignment moves.
+    #[test]
+    fn a_publish_places_the_same_as_a_full_reschedule() {
+        let mut ids = BTreeMap::new();
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let web = |n: usize, h: &str| -> Vec<VmSpec> {
+            (0..n).map(|i| spec(&format!("web-{i}"), h)).collect()
+        };
+        s.publish(&project("b"), "c", 1, "i", web(3, "b1"), 0)
+            .unwrap();
+        s.publish(&project("a"), "c", 1, "i", web(2, "a1"), 0)
+            .unwrap();
+        report_assigned(&mut s, &mut ids, t);
+        for (n, (count, hash)) in [(4, "a2"), (1, "a3"), (5, "a4"), (0, "a5")]
+            .into_iter()
+            .enumerate()
+        {
+            s.publish(&project("a"), "c", 2 + n as u64, hash, web(count, hash), 0)
+                .unwrap();
+            report_assigned(&mut s, &mut ids, t);
+            let placement = s.placement.clone();
+            let revisions: Vec<u64> = s.workers.values().map(|w| w.revision).collect();
+            let e = s.reschedule();
+            assert_eq!(s.placement, placement, "after publishing {count} VMs of a");
+            assert!(!e.assignments_changed);
+            assert_eq!(
+                s.workers.values().map(|w| w.revision).collect::<Vec<_>>(),
+                revisions
+            );
+        }
     }
 }

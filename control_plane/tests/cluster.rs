@@ -146,7 +146,7 @@ fn all_vms(s: &Value, pred: impl Fn(&Value) -> bool) -> bool {
 
 fn converged(cp: &str, generation: u64, expect_vms: usize) -> Option<Value> {
     let s = json("pcr", cp, &["status"]);
-    let ok = s["active"]["number"].as_u64() == Some(generation)
+    let ok = s["generations"][0]["number"].as_u64() == Some(generation)
         && s["convergencePercent"].as_f64() == Some(100.0)
         && s["vms"].as_array().is_some_and(|v| v.len() == expect_vms);
     ok.then_some(s)
@@ -186,7 +186,10 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     let names = ["web-0", "web-1", "web-2", "api-0", "api-1", "api-2"];
     write_specs(&dir.join("gen1"), &names, |n| format!("g1-{n}"));
     let out = publish(&cp, "c1", 1, &dir.join("gen1"));
-    assert_eq!(out.trim(), "generation 1: published; 6 placed, 0 unplaced");
+    assert_eq!(
+        out.trim(),
+        "project default generation 1: published; 6 placed, 0 unplaced"
+    );
     let status = wait_until(STEP, "generation 1 converged", || converged(&cp, 1, 6));
     // Replicas of a group are spread: each worker runs one web and one api.
     for w in &ids {
@@ -204,12 +207,15 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
         );
     }
     let text = run("pcr", &cp, &["status"]);
-    assert!(text.contains("generation:  1 (commit c1)"), "{text}");
+    assert!(
+        text.contains("generation:  default/1 (commit c1)"),
+        "{text}"
+    );
     assert!(text.contains("converged:   100.0%"), "{text}");
     assert!(text.contains("workers:     3/3 healthy"), "{text}");
     assert!(!text.contains('\x1b'), "no colour when not on a terminal");
     let vms_table = run("pcr", &cp, &["vms"]);
-    assert!(vms_table.starts_with("NAME"), "{vms_table}");
+    assert!(vms_table.starts_with("PROJECT  NAME"), "{vms_table}");
     assert_eq!(
         vms_table
             .lines()
@@ -320,7 +326,10 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     // CI re-publishes as soon as the control plane is back, before the
     // workers re-registered: that placement is blind, and must not win.
     let out = publish(&cp, "c2", 2, &dir.join("gen2"));
-    assert!(out.starts_with("generation 2: published;"), "{out}");
+    assert!(
+        out.starts_with("project default generation 2: published;"),
+        "{out}"
+    );
     wait_until(STEP, "workers re-registered with their VMs", || {
         let w = json("pcr", &cp, &["workers"]);
         let ready = w
@@ -350,7 +359,10 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     // ---- the remaining CLI views ----------------------------------------------
     let gens = run("pcr", &cp, &["generation"]);
     assert!(
-        gens.lines().next().unwrap().starts_with("GENERATION"),
+        gens.lines()
+            .next()
+            .unwrap()
+            .starts_with("PROJECT  GENERATION"),
         "{gens}"
     );
     assert!(gens.contains("2 *"), "{gens}");

@@ -65,6 +65,8 @@ pub struct ClusterOpts {
     pub cache_tmpfs: Option<String>,
     /// ci_service wired to the cache and the control plane (needs `cache`).
     pub ci: bool,
+    /// Further ci_service options (`--projects`, a control-plane token).
+    pub ci_args: Vec<String>,
     /// The fixture store paths ([`crate::fixtures::make_store`]) in every
     /// worker's store root.
     pub fixture_store: bool,
@@ -81,6 +83,7 @@ impl ClusterOpts {
             token: "test-upload-token".to_owned(),
             cache_tmpfs: None,
             ci: false,
+            ci_args: Vec::new(),
             fixture_store: false,
         }
     }
@@ -243,13 +246,14 @@ impl Cluster {
     /// Starts ci_service on `listen` (state in the cluster's dir, so a
     /// restart on the same address resumes it).
     pub fn start_ci(&self, listen: &str) -> Proc {
-        let cmd = ci_command(
+        let mut cmd = ci_command(
             self.dir(),
             &self.h.conf_dir(),
             listen,
             &self.cache().url(),
             &self.cp.addr,
         );
+        cmd.args(&self.opts.ci_args);
         Proc::spawn_group("ci_service", cmd, Log::File(self.log("ci_service")))
     }
 

@@ -2,6 +2,7 @@
 //! state transition, and a failure injected at every step of a create
 //! leaving nothing behind.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -557,20 +558,19 @@ async fn same_name_in_two_projects_coexists_across_a_restart() {
     w.stop().await;
 
     let w = start(&backend, dir.path(), false);
-    let mut got: Vec<_> =
+    let adopted: BTreeMap<String, (VmId, VmState)> =
         w.tx.list_vms()
             .await
             .unwrap()
             .into_iter()
-            .map(|v| (v.project.to_string(), v.id, v.state))
+            .map(|v| (v.project.to_string(), (v.id, v.state)))
             .collect();
-    got.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(
-        got,
-        vec![
-            ("team-a".to_owned(), a.id.clone(), VmState::Running),
-            ("team-b".to_owned(), b.id.clone(), VmState::Running),
-        ]
+        adopted,
+        BTreeMap::from([
+            ("team-a".to_owned(), (a.id.clone(), VmState::Running)),
+            ("team-b".to_owned(), (b.id.clone(), VmState::Running)),
+        ])
     );
     w.tx.delete_vm(a.id.clone()).await.unwrap();
     let left = w.tx.list_vms().await.unwrap();

@@ -709,7 +709,7 @@ mod tests {
         assert_eq!(p.create, vec![b.clone()]);
         assert!(p.delete.is_empty(), "{p:?}");
         // Only b wanted: a's VM goes, b's is created.
-        let p = plan_now(&[b.clone()], std::slice::from_ref(&running_a));
+        let p = plan_now(std::slice::from_ref(&b), std::slice::from_ref(&running_a));
         assert_eq!(p.create, vec![b]);
         assert_eq!(
             p.delete,

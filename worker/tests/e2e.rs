@@ -316,7 +316,7 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
         "keep",
         &|_| {},
         &format!(
-            "already exists: a VM named keep with contentHash sha256-keep already exists on this worker (id {keep_id})"
+            "already exists: a VM named default/keep with contentHash sha256-keep already exists on this worker (id {keep_id})"
         ),
     );
     bad(

@@ -27,6 +27,14 @@ pub(crate) fn status(cp: &str) -> Option<ClusterStatusView> {
     })
 }
 
+/// The default project's active generation number, if the control plane
+/// answers and has one.
+pub(crate) fn active_default(cp: &str) -> Option<u64> {
+    status(cp)?
+        .active(commands::types::DEFAULT_PROJECT)
+        .map(|g| g.number)
+}
+
 /// name → (vm id, worker id) when generation `generation` is active, 100 %
 /// converged and every desired VM runs in `s`; None otherwise.
 pub(crate) fn placement(
