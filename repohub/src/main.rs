@@ -85,6 +85,7 @@ enum AdminCommand {
     /// Creates an account. The password is read from --password-file, or
     /// else from stdin (its first line); never from the command line.
     CreateUser {
+        /// The account's name (letters, digits, '.', '_', '-').
         name: String,
         /// Make the account an admin (sees and manages every project).
         #[arg(long)]
@@ -98,9 +99,12 @@ enum AdminCommand {
     },
     /// Grants or revokes an existing account's rights.
     SetRights {
+        /// The account's name.
         name: String,
+        /// Make the account an admin (true) or not (false).
         #[arg(long)]
         admin: Option<bool>,
+        /// Allow the account to create projects (true) or not (false).
         #[arg(long)]
         may_create_projects: Option<bool>,
     },
