@@ -145,7 +145,7 @@ async fn main() {
     let pid = state.db.create_project("bench", "", true, user.id).unwrap();
     state.db.create_repo(pid, "big").unwrap();
     let bare = state.repo_dir("bench", "big");
-    repohub::git::create_bare(&bare, &state.spool).unwrap();
+    repohub::git::create_bare(&bare, &state.spool, state.limits.receive).unwrap();
 
     let t = Instant::now();
     let stream = fast_import_stream();

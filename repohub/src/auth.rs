@@ -18,6 +18,19 @@ pub enum AuthError {
     Hash(String),
     #[error("invalid argon2 parameters: {0}")]
     Params(String),
+    #[error("password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")]
+    PasswordLength,
+}
+
+pub const MIN_PASSWORD: usize = 8;
+pub const MAX_PASSWORD: usize = 1024;
+
+/// A password repohub accepts for a new account.
+pub fn check_password(password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < MIN_PASSWORD || password.len() > MAX_PASSWORD {
+        return Err(AuthError::PasswordLength);
+    }
+    Ok(())
 }
 
 /// Argon2id cost. The default is OWASP's recommendation (19 MiB, 2 passes,
@@ -99,6 +112,15 @@ pub fn dummy_hash(params: &KdfParams) -> String {
     hash_password(params, "repohub-dummy-password").unwrap_or_default()
 }
 
+/// The CSRF token of forms posted with the credential `bound_to` (the
+/// session token of a logged-in browser, the pre-session cookie of an
+/// anonymous one). It is derived, not stored: a token only matches the
+/// session it was made for, and it does not reveal the session token.
+pub fn csrf_token(bound_to: &str) -> String {
+    let d = Sha256::digest(format!("repohub-csrf\0{bound_to}").as_bytes());
+    URL_SAFE_NO_PAD.encode(d)
+}
+
 /// The value of cookie `name` in a `Cookie:` header, if present.
 pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -158,6 +180,14 @@ mod tests {
         assert_ne!(a, b);
         assert!(looks_like_token(&a));
         assert!(!looks_like_token("short"));
+    }
+
+    #[test]
+    fn csrf_tokens_are_bound_to_their_credential() {
+        let s = new_token().unwrap();
+        assert_eq!(csrf_token(&s), csrf_token(&s));
+        assert_ne!(csrf_token(&s), csrf_token(&new_token().unwrap()));
+        assert!(looks_like_token(&csrf_token(&s)) && csrf_token(&s) != s);
     }
 
     #[test]

@@ -80,7 +80,24 @@ const MIGRATIONS: &[&str] = &[
         delivered_at_ms INTEGER
     );
     CREATE INDEX push_events_due ON push_events (delivered_at_ms, next_attempt_ms);",
+    // 3: tenancy. Admins and the admin-granted right to create projects;
+    // each project's deploy repository and ref (existing projects deploy
+    // their first repository's main, which is what they did before); the
+    // project and deploy ref each push event is forwarded with.
+    "ALTER TABLE users ADD COLUMN is_admin INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN may_create_projects INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE projects ADD COLUMN deploy_repo TEXT;
+    ALTER TABLE projects ADD COLUMN deploy_ref TEXT;
+    UPDATE projects SET
+        deploy_repo = (SELECT r.name FROM repositories r WHERE r.project_id = projects.id ORDER BY r.id LIMIT 1),
+        deploy_ref = 'refs/heads/main'
+    WHERE EXISTS (SELECT 1 FROM repositories r WHERE r.project_id = projects.id);
+    ALTER TABLE push_events ADD COLUMN project TEXT;
+    ALTER TABLE push_events ADD COLUMN deploy_ref TEXT;",
 ];
+
+/// The deploy ref a project's first repository gets.
+pub const DEFAULT_DEPLOY_REF: &str = "refs/heads/main";
 
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -91,7 +108,14 @@ pub struct Db {
 pub struct User {
     pub id: i64,
     pub name: String,
+    /// May see and manage every project and grant rights to accounts.
+    pub admin: bool,
+    /// An admin allowed this account to create projects.
+    pub may_create_projects: bool,
 }
+
+/// The columns `user_row` reads, in its order.
+const USER_COLS: &str = "u.id, u.name, u.is_admin, u.may_create_projects";
 
 #[derive(Debug, Clone)]
 pub struct Project {
@@ -100,6 +124,10 @@ pub struct Project {
     pub description: String,
     pub public: bool,
     pub owner: String,
+    /// The repository whose pushes to `deploy_ref` become this project's
+    /// generations; `None` until one is set (see `create_repo`).
+    pub deploy_repo: Option<String>,
+    pub deploy_ref: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,15 +198,37 @@ impl Db {
     // ---- users and sessions ----
 
     pub fn create_user(&self, name: &str, password_hash: &str) -> Result<User, DbError> {
+        self.create_user_with(name, password_hash, false, false)
+    }
+
+    /// An account with its rights set from the start (`repohub admin
+    /// create-user`, or open signup when signed-up accounts may create
+    /// projects).
+    pub fn create_user_with(
+        &self,
+        name: &str,
+        password_hash: &str,
+        admin: bool,
+        may_create_projects: bool,
+    ) -> Result<User, DbError> {
         let c = self.lock();
         let r = c.execute(
-            "INSERT INTO users (name, password_hash, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![name, password_hash, now_ms() as i64],
+            "INSERT INTO users (name, password_hash, created_at_ms, is_admin, may_create_projects)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                name,
+                password_hash,
+                now_ms() as i64,
+                admin,
+                may_create_projects
+            ],
         );
         match r {
             Ok(_) => Ok(User {
                 id: c.last_insert_rowid(),
                 name: name.to_owned(),
+                admin,
+                may_create_projects,
             }),
             Err(e) if is_unique_violation(&e) => Err(DbError::Conflict("user")),
             Err(e) => Err(e.into()),
@@ -189,17 +239,9 @@ impl Db {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, name, password_hash FROM users WHERE name = ?1",
+                &format!("SELECT {USER_COLS}, u.password_hash FROM users u WHERE u.name = ?1"),
                 params![name],
-                |r| {
-                    Ok((
-                        User {
-                            id: r.get(0)?,
-                            name: r.get(1)?,
-                        },
-                        r.get(2)?,
-                    ))
-                },
+                |r| Ok((user_row(r)?, r.get(4)?)),
             )
             .optional()?)
     }
@@ -208,11 +250,35 @@ impl Db {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, name FROM users WHERE name = ?1",
+                &format!("SELECT {USER_COLS} FROM users u WHERE u.name = ?1"),
                 params![name],
                 user_row,
             )
             .optional()?)
+    }
+
+    /// Every account, by name (the admin page).
+    pub fn users(&self) -> Result<Vec<User>, DbError> {
+        self.query_all(
+            &format!("SELECT {USER_COLS} FROM users u ORDER BY u.name"),
+            [],
+            user_row,
+        )
+    }
+
+    /// Sets an account's rights; false when there is no such account.
+    pub fn set_rights(
+        &self,
+        name: &str,
+        admin: Option<bool>,
+        may_create_projects: Option<bool>,
+    ) -> Result<bool, DbError> {
+        Ok(self.lock().execute(
+            "UPDATE users SET is_admin = COALESCE(?2, is_admin),
+                 may_create_projects = COALESCE(?3, may_create_projects)
+             WHERE name = ?1",
+            params![name, admin, may_create_projects],
+        )? > 0)
     }
 
     pub fn create_session(
@@ -238,8 +304,10 @@ impl Db {
         Ok(self
             .lock()
             .query_row(
-                "SELECT u.id, u.name FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
+                &format!(
+                    "SELECT {USER_COLS} FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2"
+                ),
                 params![token_hash, now_ms() as i64],
                 user_row,
             )
@@ -291,7 +359,10 @@ impl Db {
         let c = self.lock();
         let u = c
             .query_row(
-                "SELECT u.id, u.name FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?1",
+                &format!(
+                    "SELECT {USER_COLS} FROM access_tokens t JOIN users u ON u.id = t.user_id
+                     WHERE t.token_hash = ?1"
+                ),
                 params![token_hash],
                 user_row,
             )
@@ -338,7 +409,7 @@ impl Db {
         Ok(self
             .lock()
             .query_row(
-                "SELECT p.id, p.name, p.description, p.public, u.name FROM projects p
+                "SELECT p.id, p.name, p.description, p.public, u.name, p.deploy_repo, p.deploy_ref FROM projects p
                  JOIN users u ON u.id = p.owner_id WHERE p.name = ?1",
                 params![name],
                 project_row,
@@ -346,14 +417,16 @@ impl Db {
             .optional()?)
     }
 
-    /// Projects the viewer may see: public ones and those they belong to.
-    pub fn visible_projects(&self, user_id: Option<i64>) -> Result<Vec<Project>, DbError> {
+    /// Projects the viewer may see: public ones and those they belong to
+    /// (an admin sees every project).
+    pub fn visible_projects(&self, user: Option<&User>) -> Result<Vec<Project>, DbError> {
         self.query_all(
-            "SELECT p.id, p.name, p.description, p.public, u.name FROM projects p
+            "SELECT p.id, p.name, p.description, p.public, u.name, p.deploy_repo, p.deploy_ref FROM projects p
              JOIN users u ON u.id = p.owner_id
-             WHERE p.public = 1 OR EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id AND m.user_id = ?1)
+             WHERE ?2 OR p.public = 1
+                OR EXISTS (SELECT 1 FROM members m WHERE m.project_id = p.id AND m.user_id = ?1)
              ORDER BY p.name",
-            params![user_id.unwrap_or(-1)],
+            params![user.map_or(-1, |u| u.id), user.is_some_and(|u| u.admin)],
             project_row,
         )
     }
@@ -392,16 +465,39 @@ impl Db {
         Ok(())
     }
 
+    /// Creates a repository. A project's first repository becomes its
+    /// deploy repository on `refs/heads/main` (the single-repository setup
+    /// needs no extra step); owners change or clear that on the project page.
     pub fn create_repo(&self, project_id: i64, name: &str) -> Result<i64, DbError> {
-        let c = self.lock();
-        match c.execute(
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        match tx.execute(
             "INSERT INTO repositories (project_id, name, created_at_ms) VALUES (?1, ?2, ?3)",
             params![project_id, name, now_ms() as i64],
         ) {
-            Ok(_) => Ok(c.last_insert_rowid()),
-            Err(e) if is_unique_violation(&e) => Err(DbError::Conflict("repository")),
-            Err(e) => Err(e.into()),
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(DbError::Conflict("repository")),
+            Err(e) => return Err(e.into()),
         }
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "UPDATE projects SET deploy_repo = ?2, deploy_ref = ?3
+             WHERE id = ?1 AND deploy_repo IS NULL
+               AND (SELECT COUNT(*) FROM repositories WHERE project_id = ?1) = 1",
+            params![project_id, name, DEFAULT_DEPLOY_REF],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Sets (or with `None`, clears) the project's deploy repository and ref.
+    pub fn set_deploy(&self, project_id: i64, target: Option<(&str, &str)>) -> Result<(), DbError> {
+        let (repo, r) = target.unzip();
+        self.lock().execute(
+            "UPDATE projects SET deploy_repo = ?2, deploy_ref = ?3 WHERE id = ?1",
+            params![project_id, repo, r],
+        )?;
+        Ok(())
     }
 
     pub fn repos(&self, project_id: i64) -> Result<Vec<Repo>, DbError> {
@@ -423,34 +519,60 @@ impl Db {
             .optional()?)
     }
 
+    /// Deletes a repository; if it was the deploy repository, the project
+    /// deploys nothing until an owner picks another one (a later repository
+    /// with the same name must not inherit the right silently).
     pub fn delete_repo(&self, repo_id: i64) -> Result<(), DbError> {
-        self.lock()
-            .execute("DELETE FROM repositories WHERE id = ?1", params![repo_id])?;
+        let mut c = self.lock();
+        let tx = c.transaction()?;
+        tx.execute(
+            "UPDATE projects SET deploy_repo = NULL, deploy_ref = NULL
+             WHERE deploy_repo = (SELECT name FROM repositories WHERE id = ?1)
+               AND id = (SELECT project_id FROM repositories WHERE id = ?1)",
+            params![repo_id],
+        )?;
+        tx.execute("DELETE FROM repositories WHERE id = ?1", params![repo_id])?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Every repository as (project, repository), for startup upkeep.
+    pub fn all_repos(&self) -> Result<Vec<(String, String)>, DbError> {
+        self.query_all(
+            "SELECT p.name, r.name FROM repositories r JOIN projects p ON p.id = r.project_id
+             ORDER BY p.name, r.name",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     // ---- push events (outbox to ci_service) ----
 
-    pub fn enqueue_push(
-        &self,
-        repo_path: &str,
-        ref_name: &str,
-        old: &str,
-        new: &str,
-    ) -> Result<i64, DbError> {
+    /// Queues `event` as it will be sent: its project and deploy ref are
+    /// fixed when the push is recorded, so a later change of the deploy
+    /// repository does not turn an old push into a deploy.
+    pub fn enqueue_push(&self, event: &commands::ci_api::PushEvent) -> Result<i64, DbError> {
         let c = self.lock();
         let now = now_ms() as i64;
         c.execute(
-            "INSERT INTO push_events (repo_path, ref_name, old, new, received_at_ms, next_attempt_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![repo_path, ref_name, old, new, now],
+            "INSERT INTO push_events (repo_path, ref_name, old, new, received_at_ms, next_attempt_ms, project, deploy_ref)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+            params![
+                event.repo,
+                event.git_ref,
+                event.old,
+                event.new,
+                now,
+                event.project,
+                event.deploy_ref
+            ],
         )?;
         Ok(c.last_insert_rowid())
     }
 
     pub fn due_pushes(&self, limit: i64) -> Result<Vec<QueuedPush>, DbError> {
         self.query_all(
-            "SELECT id, repo_path, ref_name, old, new, attempts FROM push_events
+            "SELECT id, repo_path, ref_name, old, new, attempts, project, deploy_ref FROM push_events
              WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
             params![now_ms() as i64, limit],
             |r| {
@@ -461,8 +583,8 @@ impl Db {
                         git_ref: r.get(2)?,
                         old: r.get(3)?,
                         new: r.get(4)?,
-                        project: None,
-                        deploy_ref: None,
+                        project: r.get(6)?,
+                        deploy_ref: r.get(7)?,
                     },
                     attempts: r.get(5)?,
                 })
@@ -498,11 +620,13 @@ impl Db {
     }
 }
 
-/// `id, name` columns as a user.
+/// [`USER_COLS`] as a user.
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: r.get(0)?,
         name: r.get(1)?,
+        admin: r.get(2)?,
+        may_create_projects: r.get(3)?,
     })
 }
 
@@ -521,6 +645,8 @@ fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
         description: r.get(2)?,
         public: r.get(3)?,
         owner: r.get(4)?,
+        deploy_repo: r.get(5)?,
+        deploy_ref: r.get(6)?,
     })
 }
 

@@ -48,9 +48,33 @@ pub fn repo_dir(repos_root: &Path, project: &str, repo: &str) -> PathBuf {
     repos_root.join(project).join(format!("{repo}.git"))
 }
 
-/// Creates a bare repository with `main` as its default branch and the
-/// post-receive hook that spools push events into `spool`.
-pub fn create_bare(dir: &Path, spool: &Path) -> Result<(), GitError> {
+/// What repohub's repositories accept from a push.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLimits {
+    /// `receive.maxInputSize`: the largest pack `git receive-pack` takes.
+    pub max_pack_bytes: u64,
+}
+
+/// Makes `git receive-pack` check every object it receives (a corrupt or
+/// malformed object, e.g. a tree entry named `..` or `.git`, is refused
+/// before it lands) and refuse packs above the limit. Set on every
+/// repository at creation and again at each startup, so repositories made
+/// by an older repohub get it too.
+pub fn harden(dir: &Path, limits: ReceiveLimits) -> Result<(), GitError> {
+    let repo = open(dir)?;
+    let mut cfg = repo.config()?.open_level(git2::ConfigLevel::Local)?;
+    cfg.set_bool("receive.fsckObjects", true)?;
+    cfg.set_i64(
+        "receive.maxInputSize",
+        i64::try_from(limits.max_pack_bytes).unwrap_or(i64::MAX),
+    )?;
+    Ok(())
+}
+
+/// Creates a bare repository with `main` as its default branch, the
+/// receive checks of [`harden`], and the post-receive hook that spools
+/// push events into `spool`.
+pub fn create_bare(dir: &Path, spool: &Path, limits: ReceiveLimits) -> Result<(), GitError> {
     let mut opts = RepositoryInitOptions::new();
     opts.bare(true)
         .initial_head("main")
@@ -60,6 +84,7 @@ pub fn create_bare(dir: &Path, spool: &Path) -> Result<(), GitError> {
     // pushes only when REMOTE_USER is set, which repohub does for
     // authenticated members only (a second lock behind the Rust check).
     Repository::init_opts(dir, &opts)?;
+    harden(dir, limits)?;
     install_hook(dir, spool)?;
     Ok(())
 }

@@ -2,12 +2,15 @@
 //! repositories in SQLite and on disk, smart HTTP clone/push, push
 //! notifications to ci_service, and pages for code, CI jobs and the cluster.
 
+pub mod admin;
 pub mod auth;
 pub mod ci;
 pub mod cluster;
 pub mod db;
 pub mod flakegen;
 pub mod git;
+pub mod guard;
+pub mod joblog;
 pub mod markdown;
 pub mod names;
 pub mod notify;
@@ -29,6 +32,8 @@ pub enum RunError {
     DataDir(PathBuf, #[source] std::io::Error),
     #[error("opening the database")]
     Db(#[from] db::DbError),
+    #[error("setting the receive checks of {0}")]
+    Harden(PathBuf, #[source] git::GitError),
     #[error("ci_service client")]
     Ci(#[from] ci::CiError),
     #[error("serving HTTP")]
@@ -54,6 +59,55 @@ pub struct Config {
     pub notify_tick: Duration,
     /// Adds `Secure` to cookies (set when served behind HTTPS).
     pub secure_cookies: bool,
+    /// Anyone may create an account at `/signup` (closed by default:
+    /// accounts come from `repohub admin create-user`).
+    pub open_signup: bool,
+    /// Accounts made through open signup may create projects (by default
+    /// only admins and accounts an admin allowed may).
+    pub signup_may_create_projects: bool,
+    /// The account of this name is an admin (promoted at startup if it
+    /// exists, at creation otherwise); signup may never take the name.
+    pub admin: Option<String>,
+    pub limits: Limits,
+}
+
+/// Bounds on what one request, push or client may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub receive: git::ReceiveLimits,
+    /// The largest `git-receive-pack` request body (413 above it).
+    pub max_push_body: u64,
+    /// The largest `git-upload-pack` request body (the client's wants and
+    /// haves; 413 above it).
+    pub max_fetch_body: u64,
+    /// The tail of a job log the job page shows (older lines are cut with a
+    /// "log truncated" line).
+    pub job_log_tail: usize,
+    /// The most bytes the log proxy passes before it ends the stream with a
+    /// "log truncated" line.
+    pub job_log_proxy: u64,
+    pub login: guard::LoginLimits,
+    pub argon2: guard::Argon2Limit,
+    /// How long a cluster status fetched from the control plane is served
+    /// to every page before it is fetched again.
+    pub cluster_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            receive: git::ReceiveLimits {
+                max_pack_bytes: 512 * 1024 * 1024,
+            },
+            max_push_body: 512 * 1024 * 1024 + 1024 * 1024,
+            max_fetch_body: 16 * 1024 * 1024,
+            job_log_tail: 256 * 1024,
+            job_log_proxy: 64 * 1024 * 1024,
+            login: guard::LoginLimits::default(),
+            argon2: guard::Argon2Limit::default(),
+            cluster_ttl: Duration::from_secs(3),
+        }
+    }
 }
 
 impl Config {
@@ -68,6 +122,10 @@ impl Config {
             backoff: notify::Backoff::default(),
             notify_tick: Duration::from_millis(300),
             secure_cookies: false,
+            open_signup: false,
+            signup_may_create_projects: false,
+            admin: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -85,6 +143,16 @@ pub struct AppState {
     pub kdf: auth::KdfParams,
     pub dummy_hash: Arc<String>,
     pub secure_cookies: bool,
+    pub open_signup: bool,
+    pub signup_may_create_projects: bool,
+    pub admin: Option<Arc<str>>,
+    pub limits: Limits,
+    /// Login and signup attempts per client address and per account.
+    pub login_limiter: Arc<guard::RateLimiter>,
+    /// The argon2 runs allowed at once (each takes the KDF's memory).
+    pub argon2_pool: guard::Argon2Pool,
+    /// The one control-plane status every cluster panel is drawn from.
+    pub cluster: cluster::SharedStatus,
 }
 
 /// By hand: the state holds the control-plane token and the CI client (with
@@ -96,6 +164,9 @@ impl std::fmt::Debug for AppState {
             .field("spool", &self.spool)
             .field("control_plane", &self.control_plane)
             .field("secure_cookies", &self.secure_cookies)
+            .field("open_signup", &self.open_signup)
+            .field("admin", &self.admin)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +183,16 @@ impl AppState {
         mk(&repos_root)?;
         mk(&spool)?;
         let db = db::Db::open(&data.join("repohub.sqlite"))?;
+        if let Some(admin) = &config.admin
+            && db.set_rights(admin, Some(true), None)?
+        {
+            tracing::info!(user = %admin, "configured admin");
+        }
+        // Repositories made by an older repohub get the receive checks too.
+        for (project, repo) in db.all_repos()? {
+            let dir = git::repo_dir(&repos_root, &project, &repo);
+            git::harden(&dir, config.limits.receive).map_err(|e| RunError::Harden(dir, e))?;
+        }
         Ok(Self {
             db,
             repos_root,
@@ -122,6 +203,17 @@ impl AppState {
             kdf: config.kdf,
             dummy_hash: Arc::new(auth::dummy_hash(&config.kdf)),
             secure_cookies: config.secure_cookies,
+            open_signup: config.open_signup,
+            signup_may_create_projects: config.signup_may_create_projects,
+            admin: config.admin.as_deref().map(Arc::from),
+            limits: config.limits,
+            login_limiter: Arc::new(guard::RateLimiter::new(config.limits.login)),
+            argon2_pool: guard::Argon2Pool::new(config.limits.argon2),
+            cluster: cluster::SharedStatus::new(
+                config.control_plane.clone(),
+                config.control_plane_token.clone(),
+                config.limits.cluster_ttl,
+            ),
         })
     }
 
@@ -139,6 +231,7 @@ pub async fn run(
     let state = AppState::new(&config)?;
     let notifier = tokio::spawn(notify::run(
         state.spool.clone(),
+        state.repos_root.clone(),
         state.db.clone(),
         state.ci.clone(),
         config.backoff,
@@ -148,7 +241,8 @@ pub async fn run(
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "repohub listening");
     let token = shutdown.clone();
-    axum::serve(listener, app(state))
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
         .map_err(RunError::Serve)?;

@@ -1,19 +1,51 @@
-//! The `repohub` binary: flags and environment to a `Config`, then `run`.
+//! The `repohub` binary: flags and environment to a `Config`, then `run`;
+//! or `repohub admin …` for account administration on the host.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "repohub", about = "Procurator's web UI and git host")]
+#[command(
+    name = "repohub",
+    version,
+    about = "Procurator's web UI and git host",
+    long_about = "Procurator's web UI and git host. Signup is closed by default: create the \
+first account with `repohub admin create-user NAME --admin` (password on stdin), \
+or open signup with --open-signup."
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, env = "REPOHUB_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
     /// Directory for the SQLite database, bare repositories and the push spool.
-    #[arg(long, env = "REPOHUB_DATA_DIR", default_value = "./repohub-data")]
+    #[arg(
+        long,
+        env = "REPOHUB_DATA_DIR",
+        default_value = "./repohub-data",
+        global = true
+    )]
     data_dir: PathBuf,
+    /// Let anyone create an account at /signup (closed by default).
+    #[arg(long, env = "REPOHUB_OPEN_SIGNUP")]
+    open_signup: bool,
+    /// Accounts made through open signup may create projects (by default
+    /// only admins and accounts an admin allowed may).
+    #[arg(long, env = "REPOHUB_SIGNUP_MAY_CREATE_PROJECTS")]
+    signup_may_create_projects: bool,
+    /// The account of this name is an admin (made so at startup; signup can
+    /// never take the name: create it with `repohub admin create-user`).
+    #[arg(long, env = "REPOHUB_ADMIN")]
+    admin: Option<String>,
+    /// The largest pack a push may send, in bytes (git's
+    /// receive.maxInputSize on every repository; the request body is
+    /// refused with 413 a little above it).
+    #[arg(long, env = "REPOHUB_MAX_PUSH_BYTES", default_value_t = 512 * 1024 * 1024)]
+    max_push_bytes: u64,
     /// ci_service base URL.
     #[arg(long, env = "REPOHUB_CI_URL")]
     ci_url: Option<String>,
@@ -41,10 +73,121 @@ struct Args {
     log_json: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Account administration, straight on the database in --data-dir.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Creates an account. The password is read from --password-file, or
+    /// else from stdin (its first line); never from the command line.
+    CreateUser {
+        /// The account's name (letters, digits, '.', '_', '-').
+        name: String,
+        /// Make the account an admin (sees and manages every project).
+        #[arg(long)]
+        admin: bool,
+        /// Allow the account to create projects.
+        #[arg(long)]
+        may_create_projects: bool,
+        /// File whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Grants or revokes an existing account's rights.
+    SetRights {
+        /// The account's name.
+        name: String,
+        /// Make the account an admin (true) or not (false).
+        #[arg(long)]
+        admin: Option<bool>,
+        /// Allow the account to create projects (true) or not (false).
+        #[arg(long)]
+        may_create_projects: Option<bool>,
+    },
+}
+
+/// Runs `repohub admin …`; the exit code says how it went.
+fn admin(
+    data_dir: &std::path::Path,
+    kdf_memory_kib: u32,
+    cmd: AdminCommand,
+) -> std::process::ExitCode {
+    use repohub::admin;
+    let result = admin::open_db(data_dir).and_then(|db| match cmd {
+        AdminCommand::CreateUser {
+            name,
+            admin: is_admin,
+            may_create_projects,
+            password_file,
+        } => {
+            let text = match &password_file {
+                Some(p) => std::fs::read_to_string(p),
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin()
+                        .take(64 * 1024)
+                        .read_to_string(&mut s)
+                        .map(|_| s)
+                }
+            };
+            let text = text.map_err(|e| {
+                admin::AdminError::Password(
+                    password_file.clone().unwrap_or_else(|| "stdin".into()),
+                    e,
+                )
+            })?;
+            let kdf = repohub::auth::KdfParams {
+                memory_kib: kdf_memory_kib,
+                ..Default::default()
+            };
+            let rights = admin::Rights {
+                admin: is_admin,
+                may_create_projects,
+            };
+            let u = admin::create_user(&db, &kdf, &name, admin::password_from(&text), rights)?;
+            Ok(format!(
+                "created user {}{}{}",
+                u.name,
+                if u.admin { " (admin)" } else { "" },
+                if u.may_create_projects {
+                    " (may create projects)"
+                } else {
+                    ""
+                }
+            ))
+        }
+        AdminCommand::SetRights {
+            name,
+            admin: is_admin,
+            may_create_projects,
+        } => {
+            admin::set_rights(&db, &name, is_admin, may_create_projects)?;
+            Ok(format!("updated user {name}"))
+        }
+    });
+    match result {
+        Ok(msg) => {
+            let _ = writeln!(std::io::stdout(), "{msg}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("repohub admin: {}", commands::report::error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     commands::telemetry::init(args.log_json);
+    if let Some(Command::Admin(cmd)) = args.command {
+        return admin(&args.data_dir, args.kdf_memory_kib, cmd);
+    }
     let secret = match &args.ci_secret_file {
         None => None,
         Some(p) => match commands::auth::read_secret_file(p) {
@@ -73,6 +216,12 @@ async fn main() -> std::process::ExitCode {
     config.kdf.memory_kib = args.kdf_memory_kib;
     config.backoff.initial = Duration::from_millis(args.retry_initial_ms);
     config.secure_cookies = args.secure_cookies;
+    config.open_signup = args.open_signup;
+    config.signup_may_create_projects = args.signup_may_create_projects;
+    config.admin = args.admin;
+    config.limits.receive.max_pack_bytes = args.max_push_bytes;
+    // The request body carries the pack plus the ref commands.
+    config.limits.max_push_body = args.max_push_bytes.saturating_add(1024 * 1024);
 
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,

@@ -13,6 +13,10 @@ pub enum NameError {
     Dots,
     #[error("'{0}' is reserved")]
     Reserved(String),
+    #[error(
+        "project names are 1 to 63 characters of a-z, 0-9 and '-', starting with a letter or digit (they name the project's tenant on the cluster)"
+    )]
+    ProjectName,
     #[error("path component '{0}' is not allowed")]
     Path(String),
     #[error("revision is not a branch, tag or commit id")]
@@ -59,6 +63,17 @@ pub fn validate_project_name(name: &str) -> Result<(), NameError> {
     if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
         return Err(NameError::Reserved(name.to_owned()));
     }
+    Ok(())
+}
+
+/// The name of a new project: also the cluster's tenant name
+/// (`commands::types::ProjectName`), so stricter than [`validate_name`].
+/// Projects made before this rule keep their pages but cannot deploy (see
+/// `notify::push_event`).
+pub fn validate_new_project_name(name: &str) -> Result<(), NameError> {
+    validate_project_name(name)?;
+    name.parse::<commands::types::ProjectName>()
+        .map_err(|_| NameError::ProjectName)?;
     Ok(())
 }
 

@@ -30,7 +30,26 @@ pub enum SmartHttpError {
     Read(#[source] std::io::Error),
     #[error("git http-backend sent malformed CGI headers")]
     Headers,
+    #[error("the request body is over its limit")]
+    TooLarge,
 }
+
+/// 413 with a message git shows the user.
+fn too_large(what: &str, limit: u64) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "{what} too large: this repohub accepts at most {} per request\n",
+            commands::model::human_bytes(limit)
+        ),
+    )
+        .into_response()
+}
+
+/// Output of http-backend held back while the request body is still being
+/// fed, so a body that turns out too large can still be answered with 413;
+/// past this, the response streams and an oversized body only cuts it.
+const HELD_OUTPUT: usize = 1024 * 1024;
 
 fn unauthorized(msg: &str) -> Response {
     (
@@ -110,6 +129,21 @@ pub async fn handle(
         };
     }
 
+    // Bound the request body: a push's pack, or a fetch's wants and haves.
+    let (limit, what) = if tail == "git-receive-pack" {
+        (st.limits.max_push_body, "push")
+    } else {
+        (st.limits.max_fetch_body, "fetch request")
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(what, limit);
+    }
+
     let path_info = format!("/{project}/{repo}.git/{tail}");
     let remote_user = if member { user.map(|u| u.name) } else { None };
     match run_backend(
@@ -118,10 +152,12 @@ pub async fn handle(
         &query,
         remote_user.as_deref(),
         req,
+        limit,
     )
     .await
     {
         Ok(r) => r,
+        Err(SmartHttpError::TooLarge) => too_large(what, limit),
         Err(e) => {
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "git http-backend failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "git backend failed\n").into_response()
@@ -135,6 +171,7 @@ async fn run_backend(
     query: &str,
     remote_user: Option<&str>,
     req: Request,
+    limit: u64,
 ) -> Result<Response, SmartHttpError> {
     let (parts, body) = req.into_parts();
     let h = |name: header::HeaderName| {
@@ -194,16 +231,30 @@ async fn run_backend(
     let mut stderr = child.stderr.take().ok_or(SmartHttpError::Headers)?;
 
     // Request body → stdin, concurrently with reading stdout (a large push
-    // would otherwise deadlock on full pipes).
+    // would otherwise deadlock on full pipes). Past `limit` bytes the body
+    // is cut: git then sees a truncated pack and stores nothing.
+    let (fed_tx, mut fed_rx) = tokio::sync::oneshot::channel::<bool>();
     tokio::spawn(async move {
         let mut s = body.into_data_stream();
+        let mut total = 0u64;
+        let mut within = true;
         while let Some(chunk) = s.next().await {
             let Ok(chunk) = chunk else { break };
+            total += chunk.len() as u64;
+            if total > limit {
+                within = false;
+                break;
+            }
             if stdin.write_all(&chunk).await.is_err() {
                 break;
             }
         }
-        let _ = stdin.shutdown().await;
+        drop(if within {
+            stdin.shutdown().await
+        } else {
+            Ok(())
+        });
+        let _ = fed_tx.send(within);
     });
     let path_for_log = path_info.to_owned();
     tokio::spawn(async move {
@@ -215,10 +266,34 @@ async fn run_backend(
         }
     });
 
-    // CGI headers, then the body as it streams.
+    // Both services read their whole request before they answer, so hold
+    // the output back until the body is in (or refused).
     let mut head = Vec::with_capacity(512);
+    let mut eof = false;
+    while head.len() < HELD_OUTPUT {
+        let mut buf = [0u8; 4096];
+        tokio::select! {
+            fed = &mut fed_rx => {
+                if fed == Ok(false) {
+                    return Err(SmartHttpError::TooLarge);
+                }
+                break;
+            }
+            n = stdout.read(&mut buf), if !eof => {
+                let n = n.map_err(SmartHttpError::Read)?;
+                eof = n == 0;
+                head.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    // CGI headers, then the body as it streams.
     let body_start;
     loop {
+        if let Some(i) = find_header_end(&head) {
+            body_start = i;
+            break;
+        }
         let mut buf = [0u8; 4096];
         let n = stdout.read(&mut buf).await.map_err(SmartHttpError::Read)?;
         if n == 0 {

@@ -1,13 +1,15 @@
 //! Browser tests: headless Chromium (Debian's chromium + chromium-driver)
 //! against the real `repohub` binary, with a test ci_service and a real
-//! Cap'n Proto control plane in the test. Sign up, create a project and a
-//! repository, get a token, `git push` over HTTP, see the commit, the CI
+//! Cap'n Proto control plane in the test. Signup is closed (the page says
+//! so); the operator makes the admin with `repohub admin create-user`, who
+//! logs in, creates a project and a repository, get a token, `git push` over HTTP, see the commit, the CI
 //! job (and its live log) and the cluster panel; then the control plane
 //! goes away and the panel says so. A screenshot of each page is kept
 //! under `target/test-artifacts/repohub/`.
 
 mod support;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ impl Repohub {
     async fn start(dir: &std::path::Path, ci: &str, control_plane: &str) -> Self {
         let secret = dir.join("ci-secret");
         std::fs::write(&secret, format!("{CI_SECRET}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let port = free_port().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_repohub"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
@@ -53,6 +57,29 @@ impl Repohub {
     }
 }
 
+/// `repohub admin create-user NAME --admin` on `data`, the password on stdin.
+fn create_admin(data: &std::path::Path, name: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repohub"))
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--kdf-memory-kib",
+            "1024",
+            "admin",
+            "create-user",
+            name,
+            "--admin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "admin create-user failed");
+}
+
 fn artefacts() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -67,6 +94,7 @@ fn artefacts() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
+    create_admin(&dir.path().join("data"), "ann", "correct horse battery");
     let ci = FakeCi::start().await;
     let master = FakeMaster::start();
     let hub = Repohub::start(dir.path(), &ci.url(), &master.addr.to_string()).await;
@@ -74,9 +102,11 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     let b = driver.session(artefacts()).await;
     let url = |p: &str| format!("{}{p}", hub.base);
 
-    // Sign up.
+    // Signup is closed; the admin the operator made logs in.
     b.goto(&url("/signup")).await;
-    b.screenshot("01-signup").await;
+    b.wait_text("main", "Sign-up is closed", 10).await;
+    b.screenshot("01-signup-closed").await;
+    b.goto(&url("/login")).await;
     b.fill("#username", "ann").await;
     b.fill("#password", "correct horse battery").await;
     b.click("#submit").await;
@@ -158,8 +188,11 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     b.goto(&url("/shop")).await;
     b.wait_text("#flake", "outputs", 10).await;
     b.wait_text("#ci-panel", "succeeded", 20).await;
+    // shop's VMs, quota and usage; nothing of the other project.
     b.wait_text("#cluster-vms", "web-1", 10).await;
     b.wait_text("#cluster-workers", "unhealthy", 10).await;
+    b.wait_text("#cluster-quota", "4/8 vCPU", 10).await;
+    assert!(!b.source().await.contains("intruder-0"));
     let src = b.source().await;
     assert!(
         src.contains("the &lt;shop&gt; project"),
@@ -167,6 +200,10 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     );
     assert_eq!(ci.pushes().len(), 1, "one push, one notification");
     assert_eq!(ci.pushes()[0]["ref"], "refs/heads/main");
+    // infra, the project's first repository, is its deploy repository.
+    assert_eq!(ci.pushes()[0]["project"], "shop");
+    assert_eq!(ci.pushes()[0]["deploy_ref"], "refs/heads/main");
+    b.wait_text("#deploy-target", "refs/heads/main", 10).await;
     b.goto(&url("/shop")).await;
     b.wait_text("#vm-specs", "web-1", 10).await;
     b.screenshot("09-project").await;

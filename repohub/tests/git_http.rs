@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use support::{
     Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async, push_main,
     work_repo,
@@ -242,4 +243,121 @@ async fn queued_events_survive_a_restart_and_a_broken_spool_never_fails_a_push()
     .await;
     assert!(ok, "a broken spool must not fail the push: {out}");
     std::fs::remove_file(&spool).unwrap();
+}
+
+/// `git config --get key` of a bare repository.
+fn config_of(dir: &std::path::Path, key: &str) -> String {
+    support::git(dir, &["config", "--get", key])
+        .trim()
+        .to_owned()
+}
+
+/// Bytes no compressor shrinks (xorshift), so a pack is as big as its data.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repositories_check_what_they_receive_and_refuse_oversized_pushes() {
+    let (app, srv) = app_and_server(|c| {
+        c.limits.receive.max_pack_bytes = 256 * 1024;
+        c.limits.max_push_body = 2 * 1024 * 1024;
+    })
+    .await;
+    let (_ann, token) = ann_with_p_r(&app).await;
+    let bare = app.state.repo_dir("p", "r");
+    assert_eq!(config_of(&bare, "receive.fsckObjects"), "true");
+    assert_eq!(config_of(&bare, "receive.maxInputSize"), "262144");
+    let url = srv.auth_url("ann", &token, "/p/r.git");
+
+    // A commit object without an author line: fsck refuses it and no ref moves.
+    let work = work_repo(app.dir.path(), &[("a", b"1")], "good");
+    let tree = support::git(&work, &["rev-parse", "HEAD^{tree}"]);
+    let bad = format!("tree {}\n\nno author\n", tree.trim());
+    let f = work.join("bad-commit");
+    std::fs::write(&f, bad).unwrap();
+    let id = support::git(
+        &work,
+        &[
+            "hash-object",
+            "-t",
+            "commit",
+            "--literally",
+            "-w",
+            f.to_str().unwrap(),
+        ],
+    );
+    support::git(&work, &["update-ref", "refs/heads/bad", id.trim()]);
+    let (ok, out) = git_async(&work, &["push", &url, "bad"]).await;
+    assert!(!ok, "a corrupt object was accepted: {out}");
+    assert!(
+        out.contains("missingAuthor") || out.contains("fsck"),
+        "{out}"
+    );
+    let heads = support::git(&bare, &["for-each-ref", "--format=%(refname)"]);
+    assert!(!heads.contains("refs/heads/bad"), "{heads}");
+
+    // A pack over receive.maxInputSize: git refuses it.
+    std::fs::write(work.join("big.bin"), noise(600 * 1024, 7)).unwrap();
+    support::git(&work, &["add", "big.bin"]);
+    support::git(&work, &["commit", "-qm", "big"]);
+    let (ok, out) = git_async(&work, &["push", &url, "main"]).await;
+    assert!(!ok, "an oversized pack was accepted: {out}");
+    assert!(out.contains("pack exceeds maximum allowed size"), "{out}");
+
+    // A request body over repohub's own bound: 413 (git's own limit raised
+    // so that only repohub's bound is in the way).
+    support::git(&bare, &["config", "receive.maxInputSize", "100000000"]);
+    std::fs::write(work.join("huge.bin"), noise(3 * 1024 * 1024, 11)).unwrap();
+    support::git(&work, &["add", "huge.bin"]);
+    support::git(&work, &["commit", "-qm", "huge"]);
+    let (ok, out) = git_async(&work, &["push", &url, "main"]).await;
+    assert!(!ok, "an oversized body was accepted: {out}");
+    assert!(out.contains("413"), "{out}");
+    let heads = support::git(&bare, &["for-each-ref", "--format=%(refname)"]);
+    assert!(!heads.contains("refs/heads/main"), "{heads}");
+    srv.stop().await;
+
+    // A repository made before these settings gets them at the next start.
+    support::git(&bare, &["config", "--unset", "receive.fsckObjects"]);
+    support::git(&bare, &["config", "--unset", "receive.maxInputSize"]);
+    let st = repohub::AppState::new(&config(app.dir.path())).unwrap();
+    assert_eq!(config_of(&bare, "receive.fsckObjects"), "true");
+    assert_eq!(
+        config_of(&bare, "receive.maxInputSize"),
+        st.limits.receive.max_pack_bytes.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_requests_over_their_bound_get_413_whether_declared_or_streamed() {
+    let app = TestApp::new(|c| c.limits.max_fetch_body = 1024);
+    let (mut ann, _token) = ann_with_p_r(&app).await;
+    let post = |body: Body, len: Option<usize>| {
+        let mut r = http::Request::post("/p/r.git/git-upload-pack").header(
+            http::header::CONTENT_TYPE,
+            "application/x-git-upload-pack-request",
+        );
+        if let Some(n) = len {
+            r = r.header(http::header::CONTENT_LENGTH, n);
+        }
+        r.body(body).unwrap()
+    };
+    // Declared too large: refused before git runs.
+    let r = ann.send(post(Body::empty(), Some(10 * 1024 * 1024))).await;
+    assert_eq!(r.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.body.contains("fetch request too large"), "{}", r.body);
+    // Streamed without a length: cut at the bound, still a 413.
+    let chunks = futures::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'0'; 4096]))),
+    );
+    let r = ann.send(post(Body::from_stream(chunks), None)).await;
+    assert_eq!(r.status, http::StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
 }

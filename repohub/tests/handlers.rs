@@ -165,12 +165,24 @@ async fn projects_create_list_view_private_and_delete_with_confirmation() {
         "x'; DROP TABLE projects; --",
         "a b",
         "r.git",
+        // Not tenant names on the cluster.
+        "Shop",
+        "my.proj",
+        "under_score",
+        &"a".repeat(64),
     ] {
         let r = ann.create_project(bad, true).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(!r.body.contains("<b>x</b>"));
     }
-    assert_eq!(app.state.db.visible_projects(Some(1)).unwrap().len(), 2);
+    assert_eq!(
+        app.state
+            .db
+            .visible_projects(app.state.db.user_by_name("ann").unwrap().as_ref())
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(!app.dir.path().join("data/x").exists());
     // Duplicate.
     assert_eq!(
@@ -299,7 +311,10 @@ async fn tokens_create_list_revoke() {
     let app = TestApp::new(|_| {});
     let mut anon = app.client();
     let r = anon.get("/settings/tokens").await;
-    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/login"));
+    assert_eq!(
+        (r.status, r.location()),
+        (StatusCode::SEE_OTHER, "/login?next=%2Fsettings%2Ftokens")
+    );
     let mut ann = signed_up(&app, "ann").await;
     let t = ann.token().await;
     assert_eq!(t.len(), 43);
@@ -619,14 +634,14 @@ async fn cluster_panel_from_a_real_capnp_master() {
     let app = TestApp::new(|c| c.control_plane = Some(master.addr.to_string()));
     let mut anon = app.client();
     let mut ann = signed_up(&app, "ann").await;
-    ann.create_project("p", true).await;
-    let page = anon.get("/p").await;
+    ann.create_project("shop", true).await;
+    let page = anon.get("/shop").await;
     assert!(page.body.contains("id=\"cluster-vms\""), "{}", page.body);
     page.assert_contains(&["Generation <strong>7</strong>", "converged 50%"]);
     page.assert_contains(&["web-1", "db-&#60;1&#62;"]);
     page.assert_contains(&["state-drifted", "0123456789ab"]);
     page.assert_contains(&["worker-a", "unhealthy", "0/8"]);
-    let frag = anon.get("/p/-/panel/cluster").await;
+    let frag = anon.get("/shop/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }
 

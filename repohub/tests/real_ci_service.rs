@@ -2,7 +2,9 @@
 //! the hermetic example flake through repohub's smart HTTP reaches
 //! ci_service through the hook and the notifier, ci_service evaluates and
 //! builds it, and repohub's project page shows the job, its log and the VM
-//! specs of that good build.
+//! specs of that good build. A push of the same flake to a repository that
+//! is not the project's deploy repository is built but not deployed, with
+//! the reason on its job.
 
 mod support;
 
@@ -35,6 +37,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     ann.signup("ann", PW).await;
     ann.create_project("demo", true).await;
     ann.create_repo("demo", "cluster").await;
+    ann.create_repo("demo", "notes").await;
     let token = ann.token().await;
 
     let work = work_repo(app.dir.path(), &[(".keep", b"")], "empty start");
@@ -44,28 +47,43 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     support::commit_at(&work, "hermetic example", 1_600_000_100);
     push_main(&work, &srv.auth_url("ann", &token, "/demo/cluster.git")).await;
 
-    // Wait for the real job to finish, through repohub's own client.
-    let repo_path = app
-        .state
-        .repo_dir("demo", "cluster")
-        .to_string_lossy()
-        .into_owned();
+    push_main(&work, &srv.auth_url("ann", &token, "/demo/notes.git")).await;
+
     let ci = repohub::ci::client(Some(ci_url.clone()), None).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let job = loop {
-        let jobs = ci.jobs(&repo_path, 5).await.unwrap_or_default();
-        if let Some(j) = jobs
-            .first()
-            .filter(|j| matches!(j.state.as_str(), "succeeded" | "failed"))
-        {
-            break j.clone();
+    // The finished job of `repo`, through repohub's own client.
+    let finished = |repo: &str| {
+        let repo_path = app
+            .state
+            .repo_dir("demo", repo)
+            .to_string_lossy()
+            .into_owned();
+        let ci = &ci;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(240);
+            loop {
+                let jobs = ci.jobs(&repo_path, 5).await.unwrap_or_default();
+                if let Some(j) = jobs.first().filter(|j| {
+                    matches!(
+                        j.state.as_str(),
+                        "succeeded" | "failed" | "built-not-deployed"
+                    )
+                }) {
+                    break j.clone();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no finished job for {repo_path}: {jobs:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no finished job for {repo_path}: {jobs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let job = finished("cluster").await;
+    let notes = finished("notes").await;
+    let notes_full = ci.job(notes.id).await.unwrap();
+    assert_eq!(notes.state.as_str(), "built-not-deployed", "{notes_full:?}");
+    let why = notes_full.error.clone().unwrap_or_default();
+    assert!(why.contains("deploy"), "{why}");
     assert_eq!(job.git_ref, "refs/heads/main");
     let full = ci.job(job.id).await.unwrap();
     assert_eq!(job.state.as_str(), "succeeded", "{full:?}");

@@ -5,10 +5,10 @@ use axum::response::{IntoResponse, Redirect};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
-use super::pages::{AccountPage, TokenRow, TokensPage};
+use super::pages::{AccountPage, AdminPage, TokenRow, TokensPage, UserRow};
 use super::{
-    CsrfForm, NameForm, Post, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult,
-    blocking, render, render_status,
+    CsrfForm, NameForm, Post, SESSION_COOKIE, SESSION_TTL_MS, Viewer, WebError, WebResult, render,
+    render_status,
 };
 use crate::AppState;
 use crate::auth;
@@ -16,48 +16,79 @@ use crate::db::User;
 use crate::git::format_time;
 use crate::names;
 
-const MIN_PASSWORD: usize = 8;
-const MAX_PASSWORD: usize = 1024;
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(super) struct CredentialsForm {
     csrf: String,
     username: String,
     password: String,
+    /// Where to go after logging in (a path on this site).
+    next: String,
 }
 
-fn account_page(v: &Viewer, signup: bool, username: &str, error: Option<String>) -> AccountPage {
+fn account_page(
+    v: &Viewer,
+    signup: bool,
+    username: &str,
+    next: &str,
+    error: Option<String>,
+) -> AccountPage {
     AccountPage {
         title: if signup { "Sign up" } else { "Log in" }.into(),
         nav: v.nav(),
         action: if signup { "/signup" } else { "/login" },
         signup,
         username: username.to_owned(),
+        next: if super::safe_return_to(next) {
+            next.to_owned()
+        } else {
+            String::new()
+        },
         error,
     }
 }
 
-pub(super) async fn signup_form(v: Viewer) -> WebResult {
+const SIGNUP_CLOSED: &str = "Sign-up is closed on this repohub: ask an administrator for an account \
+     (they create it with `repohub admin create-user`).";
+
+pub(super) async fn signup_form(State(st): State<AppState>, v: Viewer) -> WebResult {
     if v.user.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
-    render(&account_page(&v, true, "", None))
+    if !st.open_signup {
+        return Err(WebError::Forbidden(SIGNUP_CLOSED.into()));
+    }
+    render(&account_page(&v, true, "", "", None))
 }
 
-pub(super) async fn login_form(v: Viewer) -> WebResult {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct NextQuery {
+    next: String,
+}
+
+pub(super) async fn login_form(
+    v: Viewer,
+    axum::extract::Query(q): axum::extract::Query<NextQuery>,
+) -> WebResult {
     if v.user.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
-    render(&account_page(&v, false, "", None))
+    render(&account_page(&v, false, "", &q.next, None))
 }
 
-/// Starts a session and redirects home with the cookie set.
-fn logged_in(st: &AppState, user: &User) -> WebResult {
+/// Starts a session and redirects to `next` (home when it is not a path on
+/// this site) with the cookie set.
+fn logged_in(st: &AppState, user: &User, next: &str) -> WebResult {
     let token = auth::new_token()?;
     st.db
         .create_session(&auth::sha256_hex(&token), user.id, SESSION_TTL_MS)?;
-    let mut resp = Redirect::to("/").into_response();
+    let to = if super::safe_return_to(next) {
+        next
+    } else {
+        "/"
+    };
+    let mut resp = Redirect::to(to).into_response();
     let cookie = super::session_cookie(&token, st.secure_cookies);
     resp.headers_mut().append(
         header::SET_COOKIE,
@@ -67,35 +98,53 @@ fn logged_in(st: &AppState, user: &User) -> WebResult {
 }
 
 pub(super) async fn signup(Post { st, v, form: f }: Post<CredentialsForm>) -> WebResult {
+    if !st.open_signup {
+        return Err(WebError::Forbidden(SIGNUP_CLOSED.into()));
+    }
     v.check_csrf(&f.csrf)?;
+    st.login_limiter.attempt(v.ip, &f.username)?;
+    // A signup takes the name's token too: creating names in a loop is
+    // slowed like guessing a password.
+    st.login_limiter.failed(&f.username);
     let fail = |msg: String| {
         render_status(
             StatusCode::BAD_REQUEST,
-            &account_page(&v, true, &f.username, Some(msg)),
+            &account_page(&v, true, &f.username, "", Some(msg)),
         )
     };
     if let Err(e) = names::validate_name(&f.username) {
         return fail(e.to_string());
     }
-    if f.password.chars().count() < MIN_PASSWORD || f.password.len() > MAX_PASSWORD {
-        return fail(format!(
-            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
-        ));
+    // The configured admin's account is made by the operator, never taken
+    // by whoever signs up first.
+    if st.admin.as_deref() == Some(f.username.as_str()) {
+        return fail("that name is taken".into());
+    }
+    if let Err(e) = auth::check_password(&f.password) {
+        return fail(e.to_string());
     }
     let kdf = st.kdf;
     let pw = f.password.clone();
-    let hash = blocking(move || Ok(auth::hash_password(&kdf, &pw)?)).await?;
-    let user = match st.db.create_user(&f.username, &hash) {
-        Ok(u) => u,
-        Err(crate::db::DbError::Conflict(_)) => return fail("that name is taken".into()),
-        Err(e) => return Err(e.into()),
-    };
+    let hash = st
+        .argon2_pool
+        .run(move || auth::hash_password(&kdf, &pw))
+        .await??;
+    let user =
+        match st
+            .db
+            .create_user_with(&f.username, &hash, false, st.signup_may_create_projects)
+        {
+            Ok(u) => u,
+            Err(crate::db::DbError::Conflict(_)) => return fail("that name is taken".into()),
+            Err(e) => return Err(e.into()),
+        };
     tracing::info!(user = %user.name, "user signed up");
-    logged_in(&st, &user)
+    logged_in(&st, &user, "")
 }
 
 pub(super) async fn login(Post { st, v, form: f }: Post<CredentialsForm>) -> WebResult {
     v.check_csrf(&f.csrf)?;
+    st.login_limiter.attempt(v.ip, &f.username)?;
     let found = if names::validate_name(&f.username).is_ok() {
         st.db.user_password(&f.username)?
     } else {
@@ -108,18 +157,25 @@ pub(super) async fn login(Post { st, v, form: f }: Post<CredentialsForm>) -> Web
         .map(|(_, h)| h.clone())
         .unwrap_or_else(|| st.dummy_hash.as_ref().clone());
     let pw = f.password.clone();
-    let ok = blocking(move || Ok(auth::verify_password(&pw, &stored))).await?;
+    let ok = st
+        .argon2_pool
+        .run(move || auth::verify_password(&pw, &stored))
+        .await?;
     match found {
-        Some((user, _)) if ok => logged_in(&st, &user),
-        _ => render_status(
-            StatusCode::UNAUTHORIZED,
-            &account_page(
-                &v,
-                false,
-                &f.username,
-                Some("wrong user name or password".into()),
-            ),
-        ),
+        Some((user, _)) if ok => logged_in(&st, &user, &f.next),
+        _ => {
+            st.login_limiter.failed(&f.username);
+            render_status(
+                StatusCode::UNAUTHORIZED,
+                &account_page(
+                    &v,
+                    false,
+                    &f.username,
+                    &f.next,
+                    Some("wrong user name or password".into()),
+                ),
+            )
+        }
     }
 }
 
@@ -202,4 +258,63 @@ pub(super) async fn delete_token(
         return Err(WebError::NotFound);
     }
     Ok(Redirect::to("/settings/tokens").into_response())
+}
+
+/// Admins only; anyone else is told so (the page's existence is no secret).
+fn require_admin(v: &Viewer) -> Result<(), WebError> {
+    v.require_user()?;
+    if v.is_admin() {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden("only admins may do that".into()))
+    }
+}
+
+pub(super) async fn admin_page(State(st): State<AppState>, v: Viewer) -> WebResult {
+    require_admin(&v)?;
+    let users = st
+        .db
+        .users()?
+        .into_iter()
+        .map(|u| UserRow {
+            admin: u.admin || st.admin.as_deref() == Some(u.name.as_str()),
+            name: u.name,
+            may_create_projects: u.may_create_projects,
+        })
+        .collect();
+    render(&AdminPage {
+        title: "Admin".into(),
+        nav: v.nav(),
+        users,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RightsForm {
+    csrf: String,
+    may_create_projects: String,
+}
+
+/// Grants ("1") or revokes ("0") an account's right to create projects.
+pub(super) async fn set_rights(
+    Path(name): Path<String>,
+    Post { st, v, form: f }: Post<RightsForm>,
+) -> WebResult {
+    require_admin(&v)?;
+    v.check_csrf(&f.csrf)?;
+    let allow = match f.may_create_projects.as_str() {
+        "1" => true,
+        "0" => false,
+        other => {
+            return Err(WebError::BadRequest(format!(
+                "may_create_projects must be 0 or 1, not {other:?}"
+            )));
+        }
+    };
+    if !st.db.set_rights(&name, None, Some(allow))? {
+        return Err(WebError::NotFound);
+    }
+    tracing::info!(user = %name, may_create_projects = allow, by = ?v.user.as_ref().map(|u| &u.name), "rights changed");
+    Ok(Redirect::to("/-/admin").into_response())
 }

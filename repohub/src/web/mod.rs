@@ -47,9 +47,12 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/settings/tokens/{id}/delete", post(account::delete_token))
         .route("/new", get(project::new_form).post(project::create))
+        .route("/-/admin", get(account::admin_page))
+        .route("/-/admin/users/{name}", post(account::set_rights))
         .route("/{project}", get(project::show))
         .route("/{project}/-/repos", post(repo::create))
         .route("/{project}/-/members", post(project::add_member))
+        .route("/{project}/-/deploy", post(project::set_deploy))
         .route(
             "/{project}/-/delete",
             get(project::delete_form).post(project::delete),
@@ -103,29 +106,72 @@ async fn live_js() -> impl IntoResponse {
     )
 }
 
-/// The CSRF token of this browser (double-submit cookie), put in request
-/// extensions by the middleware for forms to embed.
+/// The CSRF token forms must carry, put in request extensions by the
+/// middleware: derived from the session cookie of a logged-in browser and
+/// from the pre-session cookie of an anonymous one, so a token taken from
+/// another session (or another browser) never matches.
 #[derive(Clone)]
 struct CsrfToken(String);
 
-/// Gives every browser a CSRF cookie and every response the security
-/// headers: a CSP that allows only our own scripts and styles (so even an
-/// escaping bug could not run injected script), no sniffing, no framing.
+/// The client's address (the TCP peer; repohub does not trust forwarding
+/// headers), for per-address rate limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// Set on error responses by `WebError`, so the middleware can draw the
+/// error page with the viewer's own header (who is logged in, log out) and
+/// send "log in first" back to the page that asked for it.
+#[derive(Clone, Debug)]
+struct ErrorInfo {
+    status: StatusCode,
+    message: String,
+    login_required: bool,
+}
+
+/// Gives every anonymous browser a pre-session cookie (what its CSRF token
+/// is bound to) and every response the security headers: a CSP that allows
+/// only our own scripts and styles (so even an escaping bug could not run
+/// injected script), no sniffing, no framing. Error pages are drawn here,
+/// with the viewer's header.
 async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let session = auth::cookie(req.headers(), SESSION_COOKIE)
+        .filter(|t| auth::looks_like_token(t))
+        .map(str::to_owned);
     let existing = auth::cookie(req.headers(), CSRF_COOKIE)
         .filter(|t| auth::looks_like_token(t))
         .map(str::to_owned);
-    let (token, fresh) = match existing {
+    let (anon, fresh) = match existing {
         Some(t) => (t, false),
         None => (auth::new_token().unwrap_or_default(), true),
     };
+    let bound_to = session.as_deref().unwrap_or(&anon);
+    let token = if bound_to.is_empty() {
+        String::new()
+    } else {
+        auth::csrf_token(bound_to)
+    };
     req.extensions_mut().insert(CsrfToken(token.clone()));
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    req.extensions_mut().insert(ClientIp(ip));
+    let return_to = (req.method() == http::Method::GET)
+        .then(|| req.uri().path_and_query().map(|p| p.as_str().to_owned()))
+        .flatten();
     let mut resp = next.run(req).await;
+    if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
+        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+        resp = error_page(&st, session.as_deref(), &token, info, return_to.as_deref());
+        if let Some(v) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
     let h = resp.headers_mut();
-    if fresh && !token.is_empty() {
+    if fresh && !anon.is_empty() {
         let secure = if st.secure_cookies { "; Secure" } else { "" };
         if let Ok(v) = HeaderValue::from_str(&format!(
-            "{CSRF_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"
+            "{CSRF_COOKIE}={anon}; Path=/; HttpOnly; SameSite=Strict{secure}"
         )) {
             h.append(header::SET_COOKIE, v);
         }
@@ -146,6 +192,57 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
         HeaderValue::from_static("same-origin"),
     );
     resp
+}
+
+/// The error page for `info`, with the header of whoever holds `session`;
+/// "log in first" is a redirect to the login page that comes back to
+/// `return_to`.
+fn error_page(
+    st: &AppState,
+    session: Option<&str>,
+    csrf: &str,
+    info: ErrorInfo,
+    return_to: Option<&str>,
+) -> Response {
+    if info.login_required {
+        let to = match return_to.filter(|p| safe_return_to(p)) {
+            Some(p) => format!("/login?next={}", enc(p)),
+            None => "/login".to_owned(),
+        };
+        return Redirect::to(&to).into_response();
+    }
+    let user = session
+        .map(auth::sha256_hex)
+        .and_then(|h| st.db.session_user(&h).ok().flatten());
+    let page = pages::ErrorPage {
+        title: info.status.canonical_reason().unwrap_or("error").to_owned(),
+        nav: pages::Nav {
+            user: user.as_ref().map(|u| u.name.clone()),
+            csrf: csrf.to_owned(),
+            signup_open: st.open_signup,
+            may_create: user
+                .as_ref()
+                .is_some_and(|u| u.admin || u.may_create_projects),
+            admin: user.as_ref().is_some_and(|u| u.admin),
+        },
+        status: info.status.as_u16(),
+        message: info.message.clone(),
+    };
+    match page.render() {
+        Ok(html) => (info.status, Html(html)).into_response(),
+        Err(_) => (info.status, info.message).into_response(),
+    }
+}
+
+/// A place on this site to go back to after logging in: a path, never
+/// another origin (`//evil`, `/\\evil`) and nothing a header could not
+/// carry.
+pub fn safe_return_to(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && !p.starts_with("/\\")
+        && p.len() <= 2048
+        && p.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// What every form handler takes: the state, who is posting and the form.
@@ -195,11 +292,14 @@ pub(super) struct NameForm {
     name: String,
 }
 
-/// Who is looking: the logged-in user (if any) and the CSRF token to embed.
+/// Who is looking: the logged-in user (if any), the CSRF token to embed,
+/// and the client's address.
 pub struct Viewer {
     pub user: Option<User>,
     pub csrf: String,
     session_hash: Option<String>,
+    pub ip: std::net::IpAddr,
+    signup_open: bool,
 }
 
 /// By hand: the CSRF token and the session hash are credentials, so they are
@@ -208,6 +308,7 @@ impl std::fmt::Debug for Viewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Viewer")
             .field("user", &self.user)
+            .field("ip", &self.ip)
             .field("csrf", &"<redacted>")
             .field(
                 "session_hash",
@@ -229,13 +330,22 @@ impl FromRequestParts<AppState> for Viewer {
         let session_hash = auth::cookie(&parts.headers, SESSION_COOKIE)
             .filter(|t| auth::looks_like_token(t))
             .map(auth::sha256_hex);
-        let user = session_hash
+        let mut user = session_hash
             .as_deref()
             .and_then(|h| st.db.session_user(h).ok().flatten());
+        if let (Some(u), Some(admin)) = (&mut user, &st.admin) {
+            u.admin |= u.name == **admin;
+        }
+        let ip = parts
+            .extensions
+            .get::<ClientIp>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0);
         Ok(Viewer {
             user,
             csrf,
             session_hash,
+            ip,
+            signup_open: st.open_signup,
         })
     }
 }
@@ -245,10 +355,20 @@ impl Viewer {
         pages::Nav {
             user: self.user.as_ref().map(|u| u.name.clone()),
             csrf: self.csrf.clone(),
+            signup_open: self.signup_open,
+            may_create: self
+                .user
+                .as_ref()
+                .is_some_and(|u| u.admin || u.may_create_projects),
+            admin: self.is_admin(),
         }
     }
 
-    /// The form's token must equal this browser's CSRF cookie.
+    pub fn is_admin(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.admin)
+    }
+
+    /// The form's token must be the one of this browser's session.
     pub fn check_csrf(&self, form_token: &str) -> Result<(), WebError> {
         if self.csrf.is_empty()
             || !commands::auth::ct_eq(self.csrf.as_bytes(), form_token.as_bytes())
@@ -277,6 +397,8 @@ pub enum WebError {
     Csrf,
     #[error("payload too large: {0}")]
     TooLarge(String),
+    #[error(transparent)]
+    Guard(#[from] crate::guard::GuardError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -312,29 +434,48 @@ impl From<askama::Error> for WebError {
     }
 }
 
+/// The page is drawn by the middleware (which knows the viewer); the
+/// response carries what it needs, and a plain-text body should it be
+/// served without the middleware.
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
+        use crate::guard::GuardError;
+        let mut retry_after = None;
         let status = match &self {
             WebError::NotFound => StatusCode::NOT_FOUND,
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            WebError::LoginRequired => return Redirect::to("/login").into_response(),
+            WebError::LoginRequired => StatusCode::SEE_OTHER,
             WebError::Forbidden(_) | WebError::Csrf => StatusCode::FORBIDDEN,
             WebError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            WebError::Internal(m) => {
-                tracing::error!(error = %m, "request failed");
+            WebError::Guard(GuardError::Limited(d)) => {
+                retry_after = Some(d.as_secs().max(1));
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            WebError::Guard(GuardError::Busy) => {
+                retry_after = Some(5);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            WebError::Guard(GuardError::Join) | WebError::Internal(_) => {
+                tracing::error!(error = %self, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let page = pages::ErrorPage {
-            title: status.canonical_reason().unwrap_or("error").to_owned(),
-            nav: pages::Nav::default(),
-            status: status.as_u16(),
-            message: self.to_string(),
+        let login_required = matches!(self, WebError::LoginRequired);
+        let mut resp = if login_required {
+            Redirect::to("/login").into_response()
+        } else {
+            (status, self.to_string()).into_response()
         };
-        match page.render() {
-            Ok(html) => (status, Html(html)).into_response(),
-            Err(_) => (status, self.to_string()).into_response(),
+        if let Some(s) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        resp.extensions_mut().insert(ErrorInfo {
+            status,
+            message: self.to_string(),
+            login_required,
+        });
+        resp
     }
 }
 
@@ -411,6 +552,21 @@ mod tests {
         assert_eq!(enc_path("src/a b.rs"), "src/a%20b.rs");
         assert_eq!(human_size(10), "10 B");
         assert_eq!(human_size(50 * 1024 * 1024), "50.0 MiB");
+    }
+
+    #[test]
+    fn return_to_stays_on_this_site() {
+        assert!(safe_return_to("/p/-/jobs/3?x=1"));
+        for bad in [
+            "//evil.example/",
+            "/\\evil.example",
+            "https://evil",
+            "p",
+            "/a\nb",
+            "/a b",
+        ] {
+            assert!(!safe_return_to(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,27 @@ use crate::git::{Branch, CommitInfo};
 pub struct Nav {
     pub user: Option<String>,
     pub csrf: String,
+    /// Whether to offer "Sign up" to anonymous viewers.
+    pub signup_open: bool,
+    /// Whether to offer "New project" (admins and allowed accounts).
+    pub may_create: bool,
+    /// Whether to offer the admin page.
+    pub admin: bool,
+}
+
+/// One account on the admin page.
+pub(super) struct UserRow {
+    pub name: String,
+    pub admin: bool,
+    pub may_create_projects: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub(super) struct AdminPage {
+    pub title: String,
+    pub nav: Nav,
+    pub users: Vec<UserRow>,
 }
 
 #[derive(Template)]
@@ -40,6 +61,8 @@ pub(super) struct AccountPage {
     pub action: &'static str,
     pub signup: bool,
     pub username: String,
+    /// Where a login returns to (validated; empty for home).
+    pub next: String,
     pub error: Option<String>,
 }
 
@@ -138,6 +161,8 @@ pub(super) struct ProjectPage {
     pub project: Project,
     pub member: bool,
     pub owner: bool,
+    /// The project's repositories, for the deploy form's choice.
+    pub repo_names: Vec<String>,
     pub repos: Vec<RepoRow>,
     pub members: Vec<(String, String)>,
     pub flake: Option<(String, String)>,

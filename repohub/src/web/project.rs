@@ -20,18 +20,20 @@ use crate::names;
 use commands::report::error_chain;
 
 /// A project the viewer may see, and the viewer's role in it.
+/// An admin counts as an owner of every project.
 pub(super) struct ProjectCtx {
     pub project: Project,
     pub role: Option<String>,
+    pub admin: bool,
 }
 
 impl ProjectCtx {
     pub(super) fn member(&self) -> bool {
-        self.role.is_some()
+        self.role.is_some() || self.admin
     }
 
     pub(super) fn owner(&self) -> bool {
-        self.role.as_deref() == Some("owner")
+        self.role.as_deref() == Some("owner") || self.admin
     }
 
     pub(super) fn require_member(&self, v: &Viewer) -> Result<(), WebError> {
@@ -94,14 +96,19 @@ pub(super) fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, 
         Some(u) => st.db.role(project.id, u.id)?,
         None => None,
     };
-    if !project.public && role.is_none() {
+    let admin = v.is_admin();
+    if !project.public && role.is_none() && !admin {
         return Err(WebError::NotFound);
     }
-    Ok(ProjectCtx { project, role })
+    Ok(ProjectCtx {
+        project,
+        role,
+        admin,
+    })
 }
 
 pub(super) async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
-    let projects = st.db.visible_projects(v.user.as_ref().map(|u| u.id))?;
+    let projects = st.db.visible_projects(v.user.as_ref())?;
     render(&IndexPage {
         title: "Projects".into(),
         nav: v.nav(),
@@ -109,8 +116,22 @@ pub(super) async fn index(State(st): State<AppState>, v: Viewer) -> WebResult {
     })
 }
 
+/// Only an admin, or an account an admin allowed, creates projects (each
+/// project is a tenant with its own share of the cluster).
+fn require_project_creator(v: &Viewer) -> Result<(), WebError> {
+    let u = v.require_user()?;
+    if u.admin || u.may_create_projects {
+        Ok(())
+    } else {
+        Err(WebError::Forbidden(
+            "only admins and accounts an admin allowed may create projects; ask an administrator"
+                .into(),
+        ))
+    }
+}
+
 pub(super) async fn new_form(v: Viewer) -> WebResult {
-    v.require_user()?;
+    require_project_creator(&v)?;
     render(&NewProjectPage {
         title: "New project".into(),
         nav: v.nav(),
@@ -131,6 +152,7 @@ pub(super) struct NewProjectForm {
 
 pub(super) async fn create(Post { st, v, form: f }: Post<NewProjectForm>) -> WebResult {
     let user = v.require_user()?.clone();
+    require_project_creator(&v)?;
     v.check_csrf(&f.csrf)?;
     let fail = |msg: String| {
         render_status(
@@ -144,7 +166,7 @@ pub(super) async fn create(Post { st, v, form: f }: Post<NewProjectForm>) -> Web
             },
         )
     };
-    if let Err(e) = names::validate_project_name(&f.name) {
+    if let Err(e) = names::validate_new_project_name(&f.name) {
         return fail(e.to_string());
     }
     if f.description.chars().count() > 500 {
@@ -234,11 +256,15 @@ fn ci_panel_data(project: &str, jobs: &Result<Vec<(Job, String)>, String>) -> Ci
     }
 }
 
-async fn cluster_panel_data(st: &AppState) -> ClusterPanelData {
-    match crate::cluster::fetch(st.control_plane.clone(), st.control_plane_token.clone()).await {
-        Ok(view) => ClusterPanelData { error: None, view },
+/// The project's share of the shared cluster status.
+async fn cluster_panel_data(st: &AppState, ctx: &ProjectCtx) -> ClusterPanelData {
+    match st.cluster.get().await {
+        Ok(snap) => ClusterPanelData {
+            error: None,
+            view: crate::cluster::project_view(&snap, &ctx.project.name, ctx.admin),
+        },
         Err(e) => ClusterPanelData {
-            error: Some(error_chain(&e)),
+            error: Some(e),
             view: Default::default(),
         },
     }
@@ -303,7 +329,7 @@ pub(super) async fn show(
     })
     .await?;
 
-    let (jobs, clp) = tokio::join!(project_jobs(&st, &repos), cluster_panel_data(&st));
+    let (jobs, clp) = tokio::join!(project_jobs(&st, &repos), cluster_panel_data(&st, &ctx));
     // VM specs come from the newest succeeded job.
     let (specs, specs_error) = match &jobs {
         Err(e) => (Vec::new(), Some(format!("ci_service unavailable: {e}"))),
@@ -323,6 +349,7 @@ pub(super) async fn show(
         nav: v.nav(),
         member: ctx.member(),
         owner: ctx.owner(),
+        repo_names: repos.iter().map(|(n, _)| n.clone()).collect(),
         members: st.db.members(p.id)?,
         repos: rows,
         flake,
@@ -353,10 +380,48 @@ pub(super) async fn cluster_panel(
     v: Viewer,
     Path(name): Path<String>,
 ) -> WebResult {
-    load(&st, &v, &name)?;
+    let ctx = load(&st, &v, &name)?;
     render(&ClusterPanel {
-        clp: cluster_panel_data(&st).await,
+        clp: cluster_panel_data(&st, &ctx).await,
     })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct DeployForm {
+    csrf: String,
+    /// A repository of the project, or empty for "deploy nothing".
+    repo: String,
+    git_ref: String,
+}
+
+/// Sets which repository and ref produce this project's generations
+/// (owners and admins only). The ref must be a full, valid ref name.
+pub(super) async fn set_deploy(
+    Path(name): Path<String>,
+    Post { st, v, form: f }: Post<DeployForm>,
+) -> WebResult {
+    let ctx = load_for_post(&st, &v, &name, May::Owner, &f.csrf)?;
+    let repo = f.repo.trim();
+    let git_ref = f.git_ref.trim();
+    let target = if repo.is_empty() {
+        None
+    } else {
+        if st.db.repo(ctx.project.id, repo)?.is_none() {
+            return Err(WebError::BadRequest(format!(
+                "the project has no repository named {repo:?}"
+            )));
+        }
+        if !git_ref.starts_with("refs/") || !git2::Reference::is_valid_name(git_ref) {
+            return Err(WebError::BadRequest(format!(
+                "{git_ref:?} is not a full ref name such as refs/heads/main"
+            )));
+        }
+        Some((repo, git_ref))
+    };
+    st.db.set_deploy(ctx.project.id, target)?;
+    tracing::info!(project = %ctx.project.name, deploy_repo = ?target.map(|t| t.0), deploy_ref = ?target.map(|t| t.1), "deploy target set");
+    Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -456,12 +521,14 @@ pub(super) async fn job(
 ) -> WebResult {
     let ctx = load(&st, &v, &name)?;
     let (job, repo_name) = project_job(&st, &ctx, id).await?;
-    // The log as it is now, so the page is complete without JavaScript.
-    let log = match st.ci.log(id).await {
-        // The last MiB: the page shows the end of a long log.
-        Ok(b) => {
-            let cut = b.len().saturating_sub(1024 * 1024);
-            String::from_utf8_lossy(&b[cut..]).into_owned()
+    // The log as it is now, so the page is complete without JavaScript:
+    // streamed, keeping only its tail, so a huge log never sits in memory.
+    let log = match st.ci.log_stream(id, false).await {
+        Ok(resp) => {
+            match crate::joblog::tail(Body::new(resp.into_body()), st.limits.job_log_tail).await {
+                Ok(t) => t,
+                Err(e) => format!("(log unavailable: {e})"),
+            }
         }
         Err(e) => format!("(log unavailable: {})", error_chain(&e)),
     };
@@ -499,7 +566,10 @@ pub(super) async fn job_log(
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Body::new(resp.into_body()),
+        Body::from_stream(crate::joblog::capped(
+            Body::new(resp.into_body()),
+            st.limits.job_log_proxy,
+        )),
     )
         .into_response())
 }

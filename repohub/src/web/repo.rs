@@ -63,7 +63,9 @@ pub(super) async fn create(
     let id = st.db.create_repo(ctx.project.id, &f.name)?;
     let dir = st.repo_dir(&ctx.project.name, &f.name);
     let spool = st.spool.clone();
-    let made = blocking(move || git::create_bare(&dir, &spool).map_err(WebError::from)).await;
+    let limits = st.limits.receive;
+    let made =
+        blocking(move || git::create_bare(&dir, &spool, limits).map_err(WebError::from)).await;
     if let Err(e) = made {
         // Keep the database and the disk in agreement.
         st.db.delete_repo(id)?;

@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, ProjectStatusView,
+    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, ProjectStatusView,
     PublishOutcomeView, Registration, VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
 use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
@@ -50,6 +50,13 @@ pub(crate) fn config(dir: &Path) -> Config {
         max: std::time::Duration::from_millis(400),
     };
     c.notify_tick = std::time::Duration::from_millis(50);
+    // Most tests sign up their users and let them create projects; the
+    // tenancy tests close both again. Rate limits stay out of their way
+    // unless a test sets them.
+    c.open_signup = true;
+    c.signup_may_create_projects = true;
+    c.limits.login.per_ip.burst = 10_000;
+    c.limits.login.per_account.burst = 10_000;
     c
 }
 
@@ -67,6 +74,7 @@ impl TestApp {
         Client {
             router: self.router.clone(),
             cookies: BTreeMap::new(),
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -107,6 +115,8 @@ impl Resp {
 pub(crate) struct Client {
     router: Router,
     pub cookies: BTreeMap<String, String>,
+    /// The address requests come from (as the TCP peer would be).
+    pub ip: std::net::IpAddr,
 }
 
 impl Client {
@@ -118,7 +128,9 @@ impl Client {
             .join("; ")
     }
 
-    pub(crate) async fn send(&mut self, req: Request<Body>) -> Resp {
+    pub(crate) async fn send(&mut self, mut req: Request<Body>) -> Resp {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::new(self.ip, 40000)));
         let resp = self.router.clone().oneshot(req).await.unwrap();
         for sc in resp.headers().get_all(header::SET_COOKIE) {
             let s = sc.to_str().unwrap();
@@ -149,8 +161,14 @@ impl Client {
         self.send(req).await
     }
 
+    /// The CSRF token pages embed for this browser: bound to its session,
+    /// or to its pre-session cookie before it logs in.
     pub(crate) fn csrf(&self) -> String {
-        self.cookies.get("rh_csrf").cloned().unwrap_or_default()
+        self.cookies
+            .get("rh_session")
+            .or_else(|| self.cookies.get("rh_csrf"))
+            .map(|c| repohub::auth::csrf_token(c))
+            .unwrap_or_default()
     }
 
     /// POSTs a form; the CSRF field is added from the cookie (visit a page first).
@@ -283,6 +301,9 @@ pub(crate) struct FakeCiState {
     pub pushes: Mutex<Vec<Value>>,
     pub jobs: Mutex<Vec<Value>>,
     pub unauthorized: AtomicI64,
+    /// When non-zero, every job log is this many bytes of numbered lines
+    /// (a job that prints without end).
+    pub log_bytes: std::sync::atomic::AtomicUsize,
     next_id: AtomicI64,
 }
 
@@ -318,6 +339,7 @@ impl FakeCi {
             pushes: Mutex::new(Vec::new()),
             jobs: Mutex::new(Vec::new()),
             unauthorized: AtomicI64::new(0),
+            log_bytes: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicI64::new(1),
         });
         let app = Router::new()
@@ -450,7 +472,24 @@ async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) ->
     }
 }
 
-async fn ci_log(UrlPath(id): UrlPath<i64>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn ci_log(
+    State(s): State<Arc<FakeCiState>>,
+    UrlPath(id): UrlPath<i64>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let big = s.log_bytes.load(Ordering::SeqCst);
+    if big > 0 {
+        // 64-byte numbered lines, 1,024 to a chunk, up to `big` bytes.
+        let chunks = big.div_ceil(64 * 1024);
+        let stream = futures::stream::iter(0..chunks).map(|c| {
+            let mut chunk = String::with_capacity(64 * 1024);
+            for l in 0..1024 {
+                chunk.push_str(&format!("{:<62}\n", format!("line {}", c * 1024 + l)));
+            }
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk))
+        });
+        return Body::from_stream(stream).into_response();
+    }
     let follow = q.get("follow").is_some_and(|f| f == "1");
     let lines = vec![
         format!("job {id}: evaluating flake\n"),
@@ -479,6 +518,8 @@ use futures::StreamExt;
 /// one unhealthy worker).
 pub(crate) struct FakeMaster {
     pub addr: SocketAddr,
+    /// getClusterStatus calls answered so far.
+    pub status_calls: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -492,8 +533,13 @@ impl Drop for FakeMaster {
     }
 }
 
-/// The fake's answers: a fixed cluster status; every other call is refused.
-struct FakeMasterApi;
+/// The fake's answers: a fixed cluster status (counted); every other call
+/// is refused.
+struct FakeMasterApi {
+    status_calls: Arc<std::sync::atomic::AtomicUsize>,
+    status: ClusterStatusView,
+    projects: Vec<ProjectStatusView>,
+}
 
 fn not_faked() -> RpcFailure {
     RpcFailure::new(ErrorCode::Internal, "not implemented by the fake master")
@@ -513,7 +559,8 @@ impl MasterApi for FakeMasterApi {
         Err(not_faked())
     }
     fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
-        fake_status()
+        self.status_calls.fetch_add(1, Ordering::SeqCst);
+        self.status.clone()
     }
     fn get_worker(&self, _: &Caller, _: &WorkerId) -> Result<WorkerCap, RpcFailure> {
         Err(not_faked())
@@ -522,13 +569,38 @@ impl MasterApi for FakeMasterApi {
         Vec::new()
     }
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
-        Vec::new()
+        self.projects.clone()
     }
 }
 
+/// `shop` and `other` with the same quota and their usage.
+fn fake_projects() -> Vec<ProjectStatusView> {
+    let p = |project: &str, cpu, vms, percent| ProjectStatusView {
+        project: project.into(),
+        quota: Limits {
+            cpu: 8,
+            memory_mb: 16384,
+            vms: 10,
+        },
+        usage: Limits {
+            cpu,
+            memory_mb: 1024,
+            vms,
+        },
+        generation: None,
+        convergence_percent: percent,
+        placed: vms,
+        unplaced: 0,
+    };
+    vec![p("shop", 4, 2, 50.0), p("other", 1, 1, 100.0)]
+}
+
+/// Two VMs of project `shop` (one drifted, on an unhealthy worker) and one
+/// VM and one unplaced VM of project `other` on a worker of its own: what
+/// one tenant's pages must never show of another's.
 fn fake_status() -> ClusterStatusView {
-    let vm = |name: &str, worker: &str, observed: &str, drift| VmPlacementView {
-        project: commands::types::DEFAULT_PROJECT.into(),
+    let vm = |project: &str, name: &str, worker: &str, observed: &str, drift| VmPlacementView {
+        project: project.into(),
         name: name.into(),
         worker_id: worker.into(),
         desired_hash: "0123456789abcdef0123".into(),
@@ -542,9 +614,9 @@ fn fake_status() -> ClusterStatusView {
         },
         vm_id: String::new(),
     };
-    let worker = |id: &str, healthy: bool| WorkerHealthView {
+    let worker = |id: &str, address: &str, healthy: bool| WorkerHealthView {
         worker_id: id.into(),
-        address: "127.0.0.1:6000".into(),
+        address: address.into(),
         healthy,
         last_seen_ms_ago: if healthy { 120 } else { 45_000 },
         capacity: Resources {
@@ -558,43 +630,81 @@ fn fake_status() -> ClusterStatusView {
         metrics: WorkerMetricsView::default(),
     };
     ClusterStatusView {
-        generations: vec![GenerationView {
-            project: commands::types::DEFAULT_PROJECT.into(),
-            number: 7,
-            commit: "abcdef1234567890".into(),
-            intent_hash: String::new(),
-            vm_count: 0,
-            published_at_ms: 0,
-        }],
-        convergence_percent: 50.0,
+        generations: vec![
+            GenerationView {
+                project: "shop".into(),
+                number: 7,
+                commit: "abcdef1234567890".into(),
+                intent_hash: String::new(),
+                vm_count: 2,
+                published_at_ms: 0,
+            },
+            GenerationView {
+                project: "other".into(),
+                number: 3,
+                commit: "0ther0commit".into(),
+                intent_hash: String::new(),
+                vm_count: 1,
+                published_at_ms: 0,
+            },
+        ],
+        convergence_percent: 66.0,
         vms: vec![
             vm(
+                "shop",
                 "web-1",
                 "worker-a",
                 "0123456789abcdef0123",
                 Drift::Converged,
             ),
-            vm("db-<1>", "worker-b", "ffff", Drift::Drifted),
+            vm("shop", "db-<1>", "worker-b", "ffff", Drift::Drifted),
+            vm(
+                "other",
+                "intruder-0",
+                "worker-c",
+                "0123456789abcdef0123",
+                Drift::Converged,
+            ),
         ],
-        workers: vec![worker("worker-a", true), worker("worker-b", false)],
-        unplaced: Vec::new(),
+        workers: vec![
+            worker("worker-a", "127.0.0.1:6000", true),
+            worker("worker-b", "127.0.0.1:6001", false),
+            worker("worker-c", "10.9.9.9:6000", true),
+        ],
+        unplaced: vec![commands::model::UnplacedView {
+            project: "other".into(),
+            name: "other-big".into(),
+            reason: "no worker has 64 vCPU free".into(),
+        }],
     }
 }
 
 impl FakeMaster {
+    /// The master of [`fake_status`] and [`fake_projects`].
     pub(crate) fn start() -> Self {
+        Self::start_with(fake_status(), fake_projects())
+    }
+
+    /// A master answering `status` and `projects` (and refusing the rest).
+    pub(crate) fn start_with(status: ClusterStatusView, projects: Vec<ProjectStatusView>) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let status_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = status_calls.clone();
         let thread = std::thread::spawn(move || {
             commands::rpc::block_on_local(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 // Like the real control plane without a token file: any
                 // token logs in as admin.
                 commands::service::master::serve(
-                    std::rc::Rc::new(FakeMasterApi),
+                    std::rc::Rc::new(FakeMasterApi {
+                        status_calls: calls,
+                        status,
+                        projects,
+                    }),
                     commands::auth::Authenticator::Open,
                     listener,
                     token,
@@ -604,6 +714,7 @@ impl FakeMaster {
         });
         Self {
             addr,
+            status_calls,
             shutdown,
             thread: Some(thread),
         }
