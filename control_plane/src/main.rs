@@ -32,10 +32,21 @@ struct Args {
     #[arg(long, env = "PCR_STARTUP_GRACE_MS")]
     startup_grace_ms: Option<u64>,
     /// Token file: one `<role>[:<worker-id>] <token>` per line (roles admin,
-    /// ci, worker:<id>, reader). Without it every caller is admin, which is
-    /// only allowed on a loopback address.
+    /// ci, worker:<id>, reader). A worker token registers only its own id.
+    /// Required unless --insecure-no-auth.
     #[arg(long, env = "PCR_CONTROL_PLANE_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Check no tokens: every caller is admin. For development only: only
+    /// on a loopback address, and logged as a warning at startup.
+    #[arg(long, env = "PCR_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// A connection that has not logged in after this long is closed.
+    #[arg(long, env = "PCR_LOGIN_DEADLINE_MS", default_value_t = 10_000)]
+    login_deadline_ms: u64,
+    /// Connections not logged in yet, held at once; a new one beyond this
+    /// closes the oldest waiting one (never a logged-in worker's).
+    #[arg(long, env = "PCR_MAX_WAITING_CONNECTIONS", default_value_t = commands::rpc::MAX_WAITING_FOR_LOGIN)]
+    max_waiting_connections: usize,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "PCR_LOG_JSON")]
     log_json: bool,
@@ -54,8 +65,16 @@ fn main() -> std::process::ExitCode {
             args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms),
         ),
     };
-    let auth = match commands::auth::Authenticator::from_optional_file(
+    let limits = commands::rpc::ConnLimits {
+        login_deadline: Duration::from_millis(args.login_deadline_ms),
+        max_waiting: args.max_waiting_connections,
+        ..commands::rpc::ConnLimits::default()
+    };
+    let auth = match commands::auth::Authenticator::for_server(
+        "the control plane",
+        "--token-file",
         args.token_file.as_deref(),
+        args.insecure_no_auth,
         control_plane::ROLES,
     ) {
         Ok(a) => a,
@@ -73,7 +92,7 @@ fn main() -> std::process::ExitCode {
             }
         };
         if let Ok(bound) = listener.local_addr()
-            && let Err(e) = commands::auth::check_bind(
+            && let Err(e) = commands::auth::check_insecure_bind(
                 "the control plane",
                 bound,
                 !auth.is_open(),
@@ -91,7 +110,7 @@ fn main() -> std::process::ExitCode {
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");
         let shutdown = commands::daemon::shutdown_token();
-        control_plane::run_with_auth(config, auth, listener, shutdown).await;
+        control_plane::run_with_limits(config, auth, limits, listener, shutdown).await;
         std::process::ExitCode::SUCCESS
     })
 }

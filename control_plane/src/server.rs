@@ -143,4 +143,8 @@ impl MasterApi for Shared {
     fn generations(&self, _: &Caller) -> Vec<GenerationView> {
         self.state.borrow().generations()
     }
+
+    fn disconnected(&self, conn: u64) {
+        self.state.borrow_mut().connection_closed(conn);
+    }
 }

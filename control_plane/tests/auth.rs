@@ -294,25 +294,67 @@ fn refuses_public(tool: &str, args: &[&str], needle: &str) {
 }
 
 #[test]
-fn servers_without_tokens_refuse_non_loopback_binds() {
+fn servers_without_tokens_refuse_to_start_unless_told_and_then_only_on_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    let run = d.join("run");
+    let data = d.join("ci");
+    let worker = ["--worker-id", "w", "--run-dir", run.to_str().unwrap()];
+    let ci = ["--data-dir", data.to_str().unwrap()];
+    // No token file and no --insecure-no-auth: not even on loopback.
+    let lo = ["--listen", "127.0.0.1:0"];
+    refuses(
+        "control_plane",
+        &lo,
+        "the control plane needs --token-file: without it every caller would be trusted",
+    );
+    refuses(
+        "worker",
+        &[&lo[..], &worker].concat(),
+        "the worker needs --token-file",
+    );
+    refuses(
+        "ci_service",
+        &[&lo[..], &ci].concat(),
+        "ci_service needs --hook-secret-file",
+    );
+    // --insecure-no-auth is for loopback only.
+    let insecure = ["--insecure-no-auth"];
     refuses_public(
         "control_plane",
-        &[],
+        &insecure,
         "refusing to serve the control plane on non-loopback address 0.0.0.0:",
     );
-    let run = d.join("run");
     refuses_public(
         "worker",
-        &["--worker-id", "w", "--run-dir", run.to_str().unwrap()],
+        &[&worker[..], &insecure].concat(),
         "refusing to serve the worker on non-loopback address 0.0.0.0:",
     );
-    let data = d.join("ci");
     refuses_public(
         "ci_service",
-        &["--data-dir", data.to_str().unwrap()],
+        &[&ci[..], &insecure].concat(),
         "without --hook-secret-file",
+    );
+    // On loopback it starts, and says loudly what it is.
+    let log = d.join("insecure-cp.log");
+    let cp = start_control_plane(&ControlPlaneArgs::default(), Log::File(log.clone()));
+    wait_for("the insecure warning", d, Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("INSECURE: the control plane runs with --insecure-no-auth")
+    });
+    drop(cp);
+    // A token file and --insecure-no-auth together are a mistake.
+    let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
+    refuses(
+        "control_plane",
+        &[
+            &lo[..],
+            &insecure,
+            &["--token-file", tokens.to_str().unwrap()],
+        ]
+        .concat(),
+        "--token-file and --insecure-no-auth exclude each other",
     );
     // The cache without an upload token: nobody could upload, keep it local.
     // (cache_keys also writes a token file, which this command does not name.)
@@ -333,7 +375,6 @@ fn servers_without_tokens_refuse_non_loopback_binds() {
         "without --upload-token-file",
     );
     // With a token file the same bind is fine.
-    let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
     let cp = start_cp("0.0.0.0:0", &tokens, &d.join("cp.log"));
     let addr = cp.addr.clone();
     assert!(addr.starts_with("0.0.0.0:"), "{addr}");
