@@ -31,6 +31,34 @@ pub const MAX_MESSAGE_WORDS: usize = 16 * 1024 * 1024;
 /// warning) so a flood of idle sockets cannot exhaust file descriptors.
 pub const MAX_CONNECTIONS: usize = 16_384;
 
+/// The listen backlog of [`bind`]: connections the kernel completes before
+/// the server accepts them. The default (128) overflows under a burst of
+/// connections whenever the server is off the CPU for a moment, and an
+/// overflow drops the SYN of whoever comes next (a worker included), who
+/// then waits a whole second to retry. The kernel caps it at somaxconn.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a server's listener on `addr` ("host:port") with
+/// [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")
+    }))
+}
+
 /// Limits applied to every incoming message: a hostile peer cannot make us
 /// read or walk more than [`MAX_MESSAGE_WORDS`] or nest deeper than 64 levels.
 pub fn reader_options() -> capnp::message::ReaderOptions {
@@ -263,17 +291,9 @@ pub async fn serve_limited(
             continue;
         }
         make_room(&mut waiting, limits.max_waiting);
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.compat().split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(reader),
-            futures::io::BufWriter::new(writer),
-            rpc_twoparty_capnp::Side::Server,
-            reader_options(),
-        );
         next_conn += 1;
         let conn = Conn::new(next_conn, peer);
-        let system = RpcSystem::new(Box::new(network), Some(make_bootstrap(&conn)));
+        let bootstrap = make_bootstrap(&conn);
         if !conn.is_logged_in() {
             waiting.push_back(conn.clone());
         }
@@ -283,17 +303,39 @@ pub async fn serve_limited(
         let deadline = limits.login_deadline;
         tokio::task::spawn_local(async move {
             let _slot = slot;
+            let ended = async {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = conn.0.evict.cancelled() => {
+                        tracing::debug!(%peer, "closed a connection waiting to log in: newer ones needed the room");
+                    }
+                    () = login_deadline(&conn, deadline) => {
+                        tracing::info!(%peer, secs = deadline.as_secs_f32(), "closed a connection that did not log in in time");
+                    }
+                }
+            };
+            tokio::pin!(ended);
+            // An idle connection costs a socket and this task, nothing
+            // more: the RPC machinery is built once the peer sends a byte.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = stream.peek(&mut first) => if !matches!(r, Ok(1..)) { return },
+                () = &mut ended => return,
+            }
+            let _ = stream.set_nodelay(true);
+            let (reader, writer) = stream.compat().split();
+            let network = twoparty::VatNetwork::new(
+                futures::io::BufReader::new(reader),
+                futures::io::BufWriter::new(writer),
+                rpc_twoparty_capnp::Side::Server,
+                reader_options(),
+            );
+            let system = RpcSystem::new(Box::new(network), Some(bootstrap));
             tokio::select! {
                 r = system => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "rpc connection ended with error");
                 },
-                () = token.cancelled() => {}
-                () = conn.0.evict.cancelled() => {
-                    tracing::debug!(%peer, "closed a connection waiting to log in: newer ones needed the room");
-                }
-                () = login_deadline(&conn, deadline) => {
-                    tracing::info!(%peer, secs = deadline.as_secs_f32(), "closed a connection that did not log in in time");
-                }
+                () = &mut ended => {}
             }
         });
     }

@@ -84,7 +84,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     commands::rpc::block_on_local(async move {
-        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        let listener = match commands::rpc::bind(&args.listen).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot listen on {}: {e}", args.listen);
