@@ -301,40 +301,34 @@ fn servers_without_tokens_refuse_to_start_unless_told_and_then_only_on_loopback(
     let data = d.join("ci");
     let worker = ["--worker-id", "w", "--run-dir", run.to_str().unwrap()];
     let ci = ["--data-dir", data.to_str().unwrap()];
-    // No token file and no --insecure-no-auth: not even on loopback.
     let lo = ["--listen", "127.0.0.1:0"];
-    refuses(
-        "control_plane",
-        &lo,
-        "the control plane needs --token-file: without it every caller would be trusted",
-    );
-    refuses(
-        "worker",
-        &[&lo[..], &worker].concat(),
-        "the worker needs --token-file",
-    );
-    refuses(
-        "ci_service",
-        &[&lo[..], &ci].concat(),
-        "ci_service needs --hook-secret-file",
-    );
-    // --insecure-no-auth is for loopback only.
     let insecure = ["--insecure-no-auth"];
-    refuses_public(
-        "control_plane",
-        &insecure,
-        "refusing to serve the control plane on non-loopback address 0.0.0.0:",
-    );
-    refuses_public(
-        "worker",
-        &[&worker[..], &insecure].concat(),
-        "refusing to serve the worker on non-loopback address 0.0.0.0:",
-    );
-    refuses_public(
-        "ci_service",
-        &[&ci[..], &insecure].concat(),
-        "without --hook-secret-file",
-    );
+    let servers: [(&str, &[&str], &str, &str); 3] = [
+        (
+            "control_plane",
+            &[],
+            "the control plane needs --token-file: without it every caller would be trusted",
+            "refusing to serve the control plane on non-loopback address 0.0.0.0:",
+        ),
+        (
+            "worker",
+            &worker,
+            "the worker needs --token-file",
+            "refusing to serve the worker on non-loopback address 0.0.0.0:",
+        ),
+        (
+            "ci_service",
+            &ci,
+            "ci_service needs --hook-secret-file",
+            "without --hook-secret-file",
+        ),
+    ];
+    for (tool, own, no_token, public) in servers {
+        // No token file and no --insecure-no-auth: not even on loopback.
+        refuses(tool, &[&lo[..], own].concat(), no_token);
+        // --insecure-no-auth is for loopback only.
+        refuses_public(tool, &[own, &insecure].concat(), public);
+    }
     // On loopback it starts, and says loudly what it is.
     let log = d.join("insecure-cp.log");
     let cp = start_control_plane(&ControlPlaneArgs::default(), Log::File(log.clone()));

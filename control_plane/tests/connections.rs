@@ -3,34 +3,23 @@
 //! - 20,000 idle TCP connections to the control plane (more than its
 //!   connection limit) do not stop a real worker from registering and a
 //!   generation from converging, and the control plane's descriptors stay
-//!   bounded;
-//! - a worker's token used on a second connection cannot take over the
-//!   registration while the first connection is open, even reporting the
-//!   same address; a token for w1 cannot register w2; once the first
-//!   connection closes, the worker may register again.
+//!   bounded.
+//!
+//! (A worker token on a second connection: `roles.rs`.)
 
-use std::path::Path;
 use std::process::Command;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use commands::auth::Authenticator;
-use commands::client::{ClientError, MasterClient};
-use commands::convert::ErrorCode;
-use commands::model::WorkerMetricsView;
-use commands::service::worker::{WorkerApi, WorkerCap};
 use serde_json::Value;
-use testkit::fixtures::{make_store, registration, write_specs};
-use testkit::process::{open_fds, raise_nofile_limit_to};
+use testkit::fixtures::{make_store, write_specs};
+use testkit::process::{open_fds, output_ok, raise_nofile_limit_to};
 use testkit::services::{
     ControlPlaneArgs, WorkerArgs, start_control_plane, start_worker, write_token_file,
 };
 use testkit::{Log, Reaper, bin, wait_until};
-use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "admin-token-0123456789";
 const W1: &str = "worker-w1-token-0123456";
-const W2: &str = "worker-w2-token-0123456";
 const WORKER_ADMIN: &str = "worker-admin-token-012345";
 
 const IDLE: usize = 20_000;
@@ -111,17 +100,12 @@ fn flood(addr: &str, procs: usize, n: usize) -> Vec<std::process::Child> {
 /// Runs `tool` against the control plane `cp` with the admin token; its
 /// stdout, panicking with stderr on failure.
 fn admin(tool: &str, cp: &str, args: &[&str]) -> String {
-    let out = Command::new(bin(tool))
-        .args(["--control-plane", cp])
-        .args(args)
-        .env("PCR_TOKEN", ADMIN)
-        .env_remove("PCR_TOKEN_FILE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        Command::new(bin(tool))
+            .args(["--control-plane", cp])
+            .args(args)
+            .env("PCR_TOKEN", ADMIN)
+            .env_remove("PCR_TOKEN_FILE"),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -208,92 +192,4 @@ fn twenty_thousand_idle_connections_do_not_lock_a_worker_out() {
         drop(c.stdin.take());
         assert!(c.wait_with_output().unwrap().status.success());
     }
-}
-
-/// A Worker capability with no methods: registration only needs one.
-struct NullWorker;
-impl WorkerApi for NullWorker {}
-
-fn refused(e: ClientError) -> String {
-    match e {
-        ClientError::Refused(f) => {
-            assert_eq!(f.code, ErrorCode::PermissionDenied, "{f}");
-            f.message
-        }
-        other => panic!("expected permissionDenied, got {other}"),
-    }
-}
-
-#[test]
-fn a_worker_token_on_another_connection_cannot_take_over_the_registration() {
-    commands::rpc::block_on_local(async {
-        let text = format!("admin {ADMIN}\nworker:w1 {W1}\nworker:w2 {W2}\n");
-        let auth = Authenticator::parse(&text, Path::new("t"), control_plane::ROLES).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shutdown = CancellationToken::new();
-        tokio::task::spawn_local(control_plane::run_with_auth(
-            control_plane::Config {
-                startup_grace: Duration::ZERO,
-                ..control_plane::Config::default()
-            },
-            auth,
-            listener,
-            shutdown.clone(),
-        ));
-        let login = |token: &'static str| {
-            let addr = addr.clone();
-            async move {
-                MasterClient::connect_with_token(&addr, Duration::from_secs(5), token)
-                    .await
-                    .unwrap()
-            }
-        };
-        let reg = registration("w1", "10.0.0.1:6000".into(), 8, 4096);
-        let cap = WorkerCap::new(NullWorker);
-        let first = login(W1).await;
-        first.register(&reg, cap.clone()).await.unwrap();
-
-        // The same token on a second connection, reporting the very same
-        // address: refused while the first connection is open.
-        let thief = login(W1).await;
-        let m = refused(thief.register(&reg, cap.clone()).await.unwrap_err());
-        assert!(m.contains("registered on another open connection"), "{m}");
-        let m = refused(
-            thief
-                .push_data("w1", 0, &[], &WorkerMetricsView::default())
-                .await
-                .unwrap_err(),
-        );
-        assert!(m.contains("another connection"), "{m}");
-        // w2's token cannot register as w1, open connection or not.
-        let w2 = login(W2).await;
-        let m = refused(w2.register(&reg, cap.clone()).await.unwrap_err());
-        assert!(m.contains("belongs to worker w2, not w1"), "{m}");
-        // The first connection still reports for w1.
-        first
-            .push_data("w1", 0, &[], &WorkerMetricsView::default())
-            .await
-            .unwrap();
-
-        // Once it closes, w1 (reconnected) registers again.
-        first.close().await;
-        let thief = Rc::new(thief);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match thief.register(&reg, cap.clone()).await {
-                Ok(()) => break,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "the id stayed bound to a closed connection: {e}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        thief
-            .push_data("w1", 0, &[], &WorkerMetricsView::default())
-            .await
-            .unwrap();
-        shutdown.cancel();
-    });
 }
