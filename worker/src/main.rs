@@ -190,7 +190,7 @@ async fn real_main(args: Args) -> Result<(), String> {
             .map_err(|e| format!("--cluster-token-file: {}", error_chain(&e)))?;
     }
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = commands::rpc::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
