@@ -192,6 +192,17 @@ fn count_actions(c: &Cluster, ids: &[&str]) -> usize {
 fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart() {
     let ids = ["w1", "w2", "w3"];
     let mut c = start_cluster(&ids);
+    // Without a token the control plane lets nobody in.
+    let anonymous = Command::new(bin("pcr"))
+        .args(["--control-plane", &c.cp.addr, "status"])
+        .env_remove("PCR_TOKEN")
+        .env_remove("PCR_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("no token was given"),
+        "{anonymous:?}"
+    );
     let dir = c.dir().to_owned();
     let dir = dir.as_path();
     let cp = c.cp.addr.clone();
