@@ -12,6 +12,8 @@
 #   PCR_DEMO_EXIT=1         stop everything once the VMs run (smoke test)
 #   PCR_DEMO_CH=PATH        force a VMM binary (cloud-hypervisor or ch-sim)
 set -euo pipefail
+# Everything the demo writes (tokens, keys, logs, disks) is its user's only.
+umask 077
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=${PCR_DEMO_DIR:-$ROOT/.state/demo}
@@ -74,7 +76,8 @@ say "building (cargo build --workspace --bins)"
 
 say "fresh state in $STATE"
 rm -rf "$STATE"
-mkdir -p "$STATE"/{logs,nix,cache,repos,hosts}
+mkdir -p "$STATE"/{logs,nix,cache,repos,hosts,secrets}
+chmod 700 "$STATE"
 
 # Hermetic nix (design §9): no daemon, no substituters, no network.
 # shellcheck source=hermetic-nix.sh
@@ -96,19 +99,41 @@ else
 fi
 
 say "starting the cache, the control plane, two workers and ci_service"
+# Every service checks tokens: one random secret per role, each in its own
+# 0600 file under $STATE/secrets (mode 0700).
+SECRETS=$STATE/secrets
+new_token() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+ADMIN_TOKEN=$(new_token)
+CI_TOKEN=$(new_token)
+printf '%s\n' "$ADMIN_TOKEN" >"$SECRETS/admin-token"
+printf '%s\n' "$CI_TOKEN" >"$SECRETS/ci-token"
+new_token >"$SECRETS/hook-secret"
+{
+  printf 'admin %s\nci %s\n' "$ADMIN_TOKEN" "$CI_TOKEN"
+  for host in host-a host-b; do
+    t=$(new_token)
+    printf '%s\n' "$t" >"$SECRETS/worker-$host-token"
+    printf 'worker:%s %s\n' "$host" "$t"
+  done
+} >"$SECRETS/control-plane-tokens"
+# The workers' own RPC takes the same admin token.
+printf 'admin %s\n' "$ADMIN_TOKEN" >"$SECRETS/worker-tokens"
+# The CLIs (pcr, pcr-test, pcr-worker-test) read their token from here.
+export PCR_TOKEN_FILE=$SECRETS/admin-token
 "$BIN/cache" keygen demo-cache-1 --out-dir "$STATE/cache/key" >/dev/null
 PUBLIC_KEY=$(cat "$STATE/cache/key/public-key")
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/cache/upload-token"
-chmod 600 "$STATE/cache/upload-token"
+new_token >"$STATE/cache/upload-token"
 start cache "$BIN/cache" serve --listen $CACHE_ADDR --data-dir "$STATE/cache/data" \
   --key-file "$STATE/cache/key/secret-key" --upload-token-file "$STATE/cache/upload-token"
-start control_plane "$BIN/control_plane" --listen $CP_ADDR --startup-grace-ms 500
+start control_plane "$BIN/control_plane" --listen $CP_ADDR --startup-grace-ms 500 \
+  --token-file "$SECRETS/control-plane-tokens"
 for host in host-a host-b; do
   start "worker-$host" "$BIN/worker" --listen 127.0.0.1:0 --worker-id $host \
     --cpu 4 --memory-mb 4096 --ch-binary "$CH" \
     --run-dir "$STATE/hosts/$host/run" --store-root "$STATE/hosts/$host/store" \
     --closure-source "http://$CACHE_ADDR" --cache-public-key "$PUBLIC_KEY" \
-    --control-plane $CP_ADDR --stop-vms-on-exit
+    --control-plane $CP_ADDR --stop-vms-on-exit \
+    --token-file "$SECRETS/worker-tokens" --cluster-token-file "$SECRETS/worker-$host-token"
 done
 # Deploy rights: each project's deploy repository and ref (a push anywhere
 # else builds but ends built-not-deployed).
@@ -120,11 +145,14 @@ for p in $PROJECTS; do
 done
 start ci_service "$BIN/ci_service" --listen $CI_ADDR --data-dir "$STATE/ci" \
   --cache "http://$CACHE_ADDR" --cache-token-file "$STATE/cache/upload-token" \
-  --control-plane $CP_ADDR --nix-conf-dir "$STATE/nix" --projects "$STATE/projects.toml"
+  --control-plane $CP_ADDR --control-plane-token-file "$SECRETS/ci-token" \
+  --nix-conf-dir "$STATE/nix" --hook-secret-file "$SECRETS/hook-secret" \
+  --projects "$STATE/projects.toml"
 
 for p in $PROJECTS; do
   say "project $p: $STATE/repos/$p.git with the CI hook, pushing example/hermetic"
-  "$BIN/ci_service" install-hook --repo "$STATE/repos/$p.git" --url "http://$CI_ADDR" >/dev/null
+  "$BIN/ci_service" install-hook --repo "$STATE/repos/$p.git" --url "http://$CI_ADDR" \
+    --secret-file "$SECRETS/hook-secret" >/dev/null
   cp -r "$ROOT/example/hermetic" "$STATE/work-$p"
   g() { git -C "$STATE/work-$p" -c user.name=demo -c user.email=demo@localhost "$@"; }
   # Both projects run web-0, web-1 and db-0; team-b's db says so.
@@ -190,6 +218,7 @@ Every VM of both projects runs. Try the loop yourself:
   sed -i 's/db v1/db v2/' vms.nix
   git commit -am "db v2" && git push          # only team-a's db-0 is replaced
 
+  export PCR_TOKEN_FILE=$SECRETS/admin-token   # every service checks tokens
   $BIN/pcr status                 # generations, convergence, VMs, workers
   $BIN/pcr projects               # quota, usage, generation per project
   $BIN/pcr vms --project team-b   # one project's VMs

@@ -51,17 +51,21 @@ pub fn install_hook(
     // Fallback when the binary moved away: curl, if the host has it. The
     // repo path goes in as a JSON string built here, single-quoted for sh.
     let repo_json = serde_json::to_string(&repo.display().to_string()).expect("json string");
-    let auth = match secret_file {
-        Some(f) => format!(
-            " -H \"Authorization: Bearer $(cat {})\"",
-            sh_quote(
-                &f.canonicalize()
-                    .unwrap_or_else(|_| f.to_owned())
-                    .display()
-                    .to_string()
+    // The secret reaches curl as a config line on its stdin, written by the
+    // shell's builtin printf: never in any process's argv, which every
+    // local user can read in /proc.
+    let (auth_pipe, auth) = match secret_file {
+        Some(f) => {
+            let f = f.canonicalize().unwrap_or_else(|_| f.to_owned());
+            (
+                format!(
+                    "printf 'header = \"Authorization: Bearer %s\"\\n' \"$(cat {})\" | ",
+                    sh_quote(&f.display().to_string())
+                ),
+                " --config -",
             )
-        ),
-        None => String::new(),
+        }
+        None => (String::new(), ""),
     };
     let script = format!(
         r#"#!/bin/sh
@@ -72,7 +76,7 @@ if [ -x {bin} ]; then
 elif command -v curl >/dev/null 2>&1; then
   while read -r old new ref; do
     body=$(printf '{{"repo":%s,"ref":"%s","old":"%s","new":"%s"}}' {repo_json} "$ref" "$old" "$new")
-    if curl -fsS -m 5 -o /dev/null -H 'Content-Type: application/json'{auth} -d "$body" {url}/hooks/push; then
+    if {auth_pipe}curl -fsS -m 5 -o /dev/null -H 'Content-Type: application/json'{auth} -d "$body" {url}/hooks/push; then
       echo "ci_service: $ref queued" >&2
     else
       echo "warning: ci_service unreachable, $ref not built" >&2
@@ -193,6 +197,90 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o111,
             0o111
         );
+    }
+
+    /// The curl fallback (the ci_service binary gone) sends the secret, and
+    /// no process it starts carries the secret in its argv: a `curl` first
+    /// on PATH records its arguments before running the real one.
+    #[test]
+    fn the_curl_fallback_keeps_the_secret_out_of_argv() {
+        use std::io::{Read, Write};
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        git2::Repository::init_bare(d.join("r.git")).unwrap();
+        let secret = d.join("secret");
+        std::fs::write(&secret, "s3cret-hook-value-0123\n").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hook = install_hook(
+            &d.join("r.git"),
+            &url,
+            Some(&secret),
+            &d.join("gone/ci_service"),
+        )
+        .unwrap();
+        let shim = d.join("bin");
+        std::fs::create_dir_all(&shim).unwrap();
+        let argv_log = d.join("argv");
+        std::fs::write(
+            shim.join("curl"),
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '{}'\nexec /usr/bin/curl \"$@\"\n",
+                argv_log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(shim.join("curl"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        // Answers one request with 200 and hands back what it read.
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&req).contains("\"new\"") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .unwrap();
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        let path = format!(
+            "{}:{}",
+            shim.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = std::process::Command::new(&hook)
+            .env("PATH", path)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = format!("{} {} refs/heads/main\n", "0".repeat(40), "a".repeat(40));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let req = server.join().unwrap();
+        assert!(
+            req.contains("Authorization: Bearer s3cret-hook-value-0123"),
+            "{req}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let argv = std::fs::read_to_string(&argv_log).unwrap();
+        assert!(argv.contains("--config"), "{argv}");
+        assert!(
+            !argv.contains("s3cret"),
+            "the secret was in curl's argv: {argv}"
+        );
+        assert!(!std::fs::read_to_string(&hook).unwrap().contains("s3cret"));
     }
 
     #[tokio::test]

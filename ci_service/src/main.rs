@@ -56,9 +56,15 @@ struct ServeArgs {
     /// NIX_CONF_DIR for nix calls (hermetic runs); default: nix's own.
     #[arg(long, env = "CI_NIX_CONF_DIR")]
     nix_conf_dir: Option<PathBuf>,
-    /// File holding the shared secret push hooks must present.
+    /// File holding the shared secret push hooks must present. Required
+    /// unless --insecure-no-auth.
     #[arg(long, env = "CI_HOOK_SECRET_FILE")]
     hook_secret_file: Option<PathBuf>,
+    /// Take push notifications without a hook secret: anyone who can reach
+    /// the port can start builds. For development only: only on a loopback
+    /// address, and logged as a warning at startup.
+    #[arg(long, env = "CI_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
     /// Without --projects: every repository deploys the project `default`,
     /// and only pushes to this ref publish (others are built, not deployed).
     #[arg(long, env = "CI_DEPLOY_REF", default_value = "refs/heads/main")]
@@ -161,10 +167,25 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         },
         (None, t) => t,
     };
-    let hook_secret = match a.hook_secret_file.as_deref().map(read_secret).transpose() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
+    let hook_secret = match (a.hook_secret_file.as_deref(), a.insecure_no_auth) {
+        (Some(f), false) => match read_secret(f) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        (None, true) => None,
+        (Some(_), true) => {
+            eprintln!("error: --hook-secret-file and --insecure-no-auth exclude each other");
+            return std::process::ExitCode::FAILURE;
+        }
+        (None, false) => {
+            eprintln!(
+                "error: ci_service needs --hook-secret-file: without it anyone who can reach it \
+                 could start builds; pass --hook-secret-file, or --insecure-no-auth for \
+                 development on a loopback address"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -179,7 +200,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
             }
         },
     };
-    if let Err(e) = commands::auth::check_bind(
+    if let Err(e) = commands::auth::check_insecure_bind(
         "ci_service's push hook",
         a.listen,
         hook_secret.is_some(),

@@ -2,7 +2,8 @@
 //! servers' token file (`<role>[:<worker-id>|<project>] <token>` per line), the
 //! constant-time login check, the clients' token lookup (`--token-file`,
 //! `PCR_TOKEN`, `PCR_TOKEN_FILE`) and the rule that a server without tokens
-//! only listens on loopback.
+//! does not start unless told so with `--insecure-no-auth`, and then only
+//! on loopback and with a loud warning.
 //!
 //! Tokens never appear in logs or error messages: errors name the file and
 //! the line, never the text.
@@ -146,6 +147,13 @@ pub enum AuthError {
         source: std::io::Error,
     },
     #[error(
+        "{what} needs {flag}: without it every caller would be trusted; pass {flag}, or \
+         --insecure-no-auth for development on a loopback address"
+    )]
+    NoTokenFile { what: String, flag: String },
+    #[error("{flag} and --insecure-no-auth exclude each other")]
+    TokenFileAndInsecure { flag: String },
+    #[error(
         "refusing to serve {what} on non-loopback address {addr} without {flag}: anyone who can \
          reach it could use it; pass {flag} or listen on 127.0.0.1"
     )]
@@ -165,6 +173,8 @@ pub enum LoginError {
     Missing,
     #[error("the token is not valid for this server")]
     Invalid,
+    #[error("too many refused logins from this address; the next attempt counts in {retry_secs}s")]
+    TooManyRefused { retry_secs: u64 },
 }
 
 /// The tokens a server accepts. `Open` (no token file) takes any token as
@@ -308,11 +318,27 @@ impl Authenticator {
         Self::parse(&text, path, allowed)
     }
 
-    /// `Open` when `path` is `None`, the file's tokens otherwise.
-    pub fn from_optional_file(path: Option<&Path>, allowed: &[Role]) -> Result<Self, AuthError> {
-        match path {
-            None => Ok(Authenticator::Open),
-            Some(p) => Self::load(p, allowed),
+    /// A server's authenticator from its flags: the tokens of `token_file`
+    /// (the option named `flag`), or `Open` only when `insecure_no_auth`
+    /// asks for it; neither is an error, as no token would mean every
+    /// caller is admin. `what` names the server in the error.
+    pub fn for_server(
+        what: &str,
+        flag: &str,
+        token_file: Option<&Path>,
+        insecure_no_auth: bool,
+        allowed: &[Role],
+    ) -> Result<Self, AuthError> {
+        match (token_file, insecure_no_auth) {
+            (Some(p), false) => Self::load(p, allowed),
+            (None, true) => Ok(Authenticator::Open),
+            (Some(_), true) => Err(AuthError::TokenFileAndInsecure {
+                flag: flag.to_owned(),
+            }),
+            (None, false) => Err(AuthError::NoTokenFile {
+                what: what.to_owned(),
+                flag: flag.to_owned(),
+            }),
         }
     }
 
@@ -399,6 +425,26 @@ pub fn check_bind(
             flag: flag.to_owned(),
         })
     }
+}
+
+/// Where a server that checks nothing (`--insecure-no-auth`) may listen:
+/// loopback only; there it starts, with a warning in its log that every
+/// local user can do anything with it. `secured` servers pass untouched.
+pub fn check_insecure_bind(
+    what: &str,
+    addr: SocketAddr,
+    secured: bool,
+    flag: &str,
+) -> Result<(), AuthError> {
+    check_bind(what, addr, secured, flag)?;
+    if !secured {
+        tracing::warn!(
+            %addr,
+            "INSECURE: {what} runs with --insecure-no-auth: every local user and process can \
+             call it with full rights; give it {flag} outside development"
+        );
+    }
+    Ok(())
 }
 
 /// The first token-looking word of a client token file: the first line that
@@ -542,6 +588,35 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("not used by this server"), "{e}");
+    }
+
+    #[test]
+    fn a_server_without_tokens_needs_to_be_told() {
+        let dir = std::env::temp_dir().join(format!("pcr-auth-server-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("tokens");
+        std::fs::write(&p, "admin aaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        let a = Authenticator::for_server("the worker", "--token-file", Some(&p), false, ALL);
+        assert!(!a.unwrap().is_open());
+        let open = Authenticator::for_server("the worker", "--token-file", None, true, ALL);
+        assert!(open.unwrap().is_open());
+        let e = Authenticator::for_server("the worker", "--token-file", None, false, ALL)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the worker needs --token-file") && e.contains("--insecure-no-auth"),
+            "{e}"
+        );
+        let e = Authenticator::for_server("the worker", "--token-file", Some(&p), true, ALL)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exclude each other"), "{e}");
+        let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert!(check_insecure_bind("the worker", any, false, "--token-file").is_err());
+        assert!(check_insecure_bind("the worker", lo, false, "--token-file").is_ok());
+        assert!(check_insecure_bind("the worker", any, true, "--token-file").is_ok());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

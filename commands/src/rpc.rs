@@ -31,6 +31,34 @@ pub const MAX_MESSAGE_WORDS: usize = 16 * 1024 * 1024;
 /// warning) so a flood of idle sockets cannot exhaust file descriptors.
 pub const MAX_CONNECTIONS: usize = 16_384;
 
+/// The listen backlog of [`bind`]: connections the kernel completes before
+/// the server accepts them. The default (128) overflows under a burst of
+/// connections whenever the server is off the CPU for a moment, and an
+/// overflow drops the SYN of whoever comes next (a worker included), who
+/// then waits a whole second to retry. The kernel caps it at somaxconn.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a server's listener on `addr` ("host:port") with
+/// [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address to listen on")
+    }))
+}
+
 /// Limits applied to every incoming message: a hostile peer cannot make us
 /// read or walk more than [`MAX_MESSAGE_WORDS`] or nest deeper than 64 levels.
 pub fn reader_options() -> capnp::message::ReaderOptions {
@@ -106,39 +134,143 @@ pub enum RpcError {
     Refused { addr: String, message: String },
 }
 
+/// How long a connection may stay open without a successful login.
+pub const DEFAULT_LOGIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connections that have not logged in yet, held at once: when a new one
+/// arrives beyond this, the oldest still waiting is closed. Only the
+/// unauthenticated pool is bounded this way, so a flood of idle sockets
+/// evicts its own sockets, never a logged-in worker; and a new worker's
+/// connection, being the newest, is the last one a flood evicts.
+pub const MAX_WAITING_FOR_LOGIN: usize = 1024;
+
+/// Bounds on the connections of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections open at once (logged in or not); more are closed at accept.
+    pub max_connections: usize,
+    /// Connections not logged in yet; see [`MAX_WAITING_FOR_LOGIN`].
+    pub max_waiting: usize,
+    /// A connection without a successful login after this long is closed.
+    pub login_deadline: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: MAX_CONNECTIONS,
+            max_waiting: MAX_WAITING_FOR_LOGIN,
+            login_deadline: DEFAULT_LOGIN_DEADLINE,
+        }
+    }
+}
+
+/// One accepted connection, as its bootstrap capability sees it: its
+/// number, its peer, whether it has logged in, and when it closes. Logins on
+/// it take turns ([`Conn::login_turn`]), so pipelined guesses on one
+/// connection are answered one after the other.
+#[derive(Clone, Debug)]
+pub struct Conn(Rc<ConnInner>);
+
+#[derive(Debug)]
+struct ConnInner {
+    id: u64,
+    peer: SocketAddr,
+    logged_in: Cell<bool>,
+    /// Cancelled when the connection's task ends, for whatever reason.
+    closed: CancellationToken,
+    /// Cancelled by the accept loop to close a connection still waiting to
+    /// log in when newer ones need the room.
+    evict: CancellationToken,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Conn {
+    fn new(id: u64, peer: SocketAddr) -> Conn {
+        Conn(Rc::new(ConnInner {
+            id,
+            peer,
+            logged_in: Cell::new(false),
+            closed: CancellationToken::new(),
+            evict: CancellationToken::new(),
+            turn: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Numbers the connections of one server, from 1, never repeating.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.0.peer
+    }
+
+    /// Called on a successful login: the connection no longer counts
+    /// against the waiting pool and its login deadline no longer applies.
+    pub fn mark_logged_in(&self) {
+        self.0.logged_in.set(true);
+    }
+
+    pub fn is_logged_in(&self) -> bool {
+        self.0.logged_in.get()
+    }
+
+    /// A token cancelled when the connection ends.
+    pub fn closed(&self) -> CancellationToken {
+        self.0.closed.clone()
+    }
+
+    /// Waits for this connection's earlier logins to be answered: a refused
+    /// login holds its turn through its delay.
+    pub async fn login_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.turn.lock().await
+    }
+}
+
 /// Accepts connections until `shutdown` fires; each connection gets its own
 /// RpcSystem whose bootstrap capability is `bootstrap`. Must run inside a
-/// `LocalSet`.
+/// `LocalSet`. The bootstrap must call [`Conn::mark_logged_in`] for the
+/// connection to outlive its login deadline, so this is for servers
+/// without logins: every connection counts as logged in.
 pub async fn serve(
     listener: TcpListener,
     bootstrap: capnp::capability::Client,
     shutdown: CancellationToken,
 ) {
-    serve_per_connection(listener, move |_, _| bootstrap.clone(), shutdown).await;
+    let make = move |c: &Conn| {
+        c.mark_logged_in();
+        bootstrap.clone()
+    };
+    serve_per_connection(listener, make, shutdown).await;
 }
 
-/// Like [`serve`], but asks `make_bootstrap(connection_number, peer)` for
-/// each connection's bootstrap capability, so a server can tell its callers
+/// Like [`serve`], but asks `make_bootstrap(connection)` for each
+/// connection's bootstrap capability, so a server can tell its callers
 /// apart (the control plane binds a worker id to the connection that
-/// registered it). Connection numbers start at 1 and never repeat.
+/// registered it), with the default [`ConnLimits`].
 pub async fn serve_per_connection(
     listener: TcpListener,
-    make_bootstrap: impl FnMut(u64, SocketAddr) -> capnp::capability::Client,
+    make_bootstrap: impl FnMut(&Conn) -> capnp::capability::Client,
     shutdown: CancellationToken,
 ) {
-    serve_limited(listener, make_bootstrap, MAX_CONNECTIONS, shutdown).await;
+    serve_limited(listener, make_bootstrap, ConnLimits::default(), shutdown).await;
 }
 
-/// Like [`serve_per_connection`] with at most `max_connections` open at
-/// once; a connection beyond it is closed as soon as it is accepted.
+/// Like [`serve_per_connection`] within `limits`: a connection beyond
+/// `max_connections` is closed as soon as it is accepted; one beyond
+/// `max_waiting` closes the oldest connection still waiting to log in; and
+/// a connection not logged in after `login_deadline` is closed.
 pub async fn serve_limited(
     listener: TcpListener,
-    mut make_bootstrap: impl FnMut(u64, SocketAddr) -> capnp::capability::Client,
-    max_connections: usize,
+    mut make_bootstrap: impl FnMut(&Conn) -> capnp::capability::Client,
+    limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
     let mut next_conn: u64 = 0;
     let open = Rc::new(Cell::new(0usize));
+    // Oldest first; entries that logged in or closed are dropped lazily.
+    let mut waiting: std::collections::VecDeque<Conn> = std::collections::VecDeque::new();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -153,42 +285,93 @@ pub async fn serve_limited(
                 continue;
             }
         };
-        if open.get() >= max_connections {
-            tracing::warn!(%peer, limit = max_connections, "too many open connections; closing the new one");
+        if open.get() >= limits.max_connections {
+            tracing::warn!(%peer, limit = limits.max_connections, "too many open connections; closing the new one");
             drop(stream);
             continue;
         }
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.compat().split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(reader),
-            futures::io::BufWriter::new(writer),
-            rpc_twoparty_capnp::Side::Server,
-            reader_options(),
-        );
+        make_room(&mut waiting, limits.max_waiting);
         next_conn += 1;
-        let system = RpcSystem::new(Box::new(network), Some(make_bootstrap(next_conn, peer)));
+        let conn = Conn::new(next_conn, peer);
+        let bootstrap = make_bootstrap(&conn);
+        if !conn.is_logged_in() {
+            waiting.push_back(conn.clone());
+        }
         let token = shutdown.clone();
         open.set(open.get() + 1);
-        let slot = ConnSlot(Rc::clone(&open));
+        let slot = ConnSlot(Rc::clone(&open), conn.closed());
+        let deadline = limits.login_deadline;
         tokio::task::spawn_local(async move {
             let _slot = slot;
+            let ended = async {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = conn.0.evict.cancelled() => {
+                        tracing::debug!(%peer, "closed a connection waiting to log in: newer ones needed the room");
+                    }
+                    () = login_deadline(&conn, deadline) => {
+                        tracing::info!(%peer, secs = deadline.as_secs_f32(), "closed a connection that did not log in in time");
+                    }
+                }
+            };
+            tokio::pin!(ended);
+            // An idle connection costs a socket and this task, nothing
+            // more: the RPC machinery is built once the peer sends a byte.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = stream.peek(&mut first) => if !matches!(r, Ok(1..)) { return },
+                () = &mut ended => return,
+            }
+            let _ = stream.set_nodelay(true);
+            let (reader, writer) = stream.compat().split();
+            let network = twoparty::VatNetwork::new(
+                futures::io::BufReader::new(reader),
+                futures::io::BufWriter::new(writer),
+                rpc_twoparty_capnp::Side::Server,
+                reader_options(),
+            );
+            let system = RpcSystem::new(Box::new(network), Some(bootstrap));
             tokio::select! {
                 r = system => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "rpc connection ended with error");
                 },
-                () = token.cancelled() => {}
+                () = &mut ended => {}
             }
         });
     }
 }
 
-/// Frees a connection slot when the connection's task ends.
-struct ConnSlot(Rc<Cell<usize>>);
+/// Resolves when `deadline` has passed without a login; never otherwise.
+async fn login_deadline(conn: &Conn, deadline: Duration) {
+    tokio::time::sleep(deadline).await;
+    if conn.is_logged_in() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Evicts the oldest connections still waiting to log in until one more
+/// fits within `max_waiting`; forgets entries that logged in or closed.
+fn make_room(waiting: &mut std::collections::VecDeque<Conn>, max_waiting: usize) {
+    let still_waiting = |c: &Conn| !c.is_logged_in() && !c.0.closed.is_cancelled();
+    if waiting.len() >= max_waiting {
+        waiting.retain(still_waiting);
+    }
+    while waiting.len() >= max_waiting.max(1) {
+        if let Some(old) = waiting.pop_front()
+            && still_waiting(&old)
+        {
+            old.0.evict.cancel();
+        }
+    }
+}
+
+/// Frees a connection slot and marks the connection closed when its task ends.
+struct ConnSlot(Rc<Cell<usize>>, CancellationToken);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
+        self.1.cancel();
     }
 }
 

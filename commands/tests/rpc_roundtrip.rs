@@ -146,12 +146,17 @@ fn connections_over_the_limit_are_closed_and_slots_come_back() {
         let addr = listener.local_addr().unwrap().to_string();
         let shutdown = CancellationToken::new();
         let api = Rc::new(TestWorker);
-        let auth = Rc::new(Authenticator::Open);
-        let make = move |_, _| adapter::login_bootstrap(Rc::clone(&api), Rc::clone(&auth));
+        let auth = adapter::WorkerAuth::new(Authenticator::Open);
+        let make =
+            move |c: &commands::rpc::Conn| adapter::login_bootstrap(Rc::clone(&api), &auth, c);
+        let limits = commands::rpc::ConnLimits {
+            max_connections: 2,
+            ..commands::rpc::ConnLimits::default()
+        };
         tokio::task::spawn_local(commands::rpc::serve_limited(
             listener,
             make,
-            2,
+            limits,
             shutdown.clone(),
         ));
         let a = connect(&addr, "").await.unwrap();

@@ -2,7 +2,11 @@
 //! loopback. Prints, for a token file of 4 and of 1,000 tokens: a fresh
 //! connection + login + getClusterStatus (what every `pcr` run does), and
 //! getClusterStatus on an open session (what the login adds nothing to);
-//! and a refused login (slowed down on purpose).
+//! and a refused login (slowed down on purpose). Then, under a flood of
+//! 15,000 idle connections (opened from another thread, never sending a
+//! byte; more than the control plane keeps waiting to log in): how fast the
+//! flood is accepted and what connect + login + getClusterStatus costs
+//! while it arrives and once it sits there.
 //!
 //! `cargo bench -p control_plane --bench login`
 
@@ -79,9 +83,72 @@ async fn run(tokens: usize) {
     shutdown.cancel();
 }
 
+/// The flood of `n` idle connections against a control plane with one
+/// admin token; latencies of fresh logins during and after it.
+async fn flood(n: usize) {
+    let token = "admin-token-0123456789";
+    let auth = Authenticator::parse(
+        &format!("admin {token}\n"),
+        std::path::Path::new("bench"),
+        &[Role::Admin],
+    )
+    .unwrap();
+    let listener = commands::rpc::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    tokio::task::spawn_local(control_plane::run_with_auth(
+        control_plane::Config::default(),
+        auth,
+        listener,
+        shutdown.clone(),
+    ));
+    let login = || async {
+        let t = Instant::now();
+        let m = MasterClient::connect_with_token(&addr, Duration::from_secs(30), token)
+            .await
+            .unwrap();
+        m.status().await.unwrap();
+        m.close().await;
+        t.elapsed()
+    };
+    let started = Instant::now();
+    let target = addr.clone();
+    let opener = std::thread::spawn(move || {
+        (0..n)
+            .map(|_| std::net::TcpStream::connect(&target).unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut during = Vec::new();
+    loop {
+        during.push(login().await);
+        if opener.is_finished() {
+            break;
+        }
+    }
+    let idle = opener.join().unwrap();
+    let opened_in = started.elapsed();
+    let mut after = Vec::with_capacity(100);
+    for _ in 0..100 {
+        after.push(login().await);
+    }
+    println!(
+        "{n} idle connections opened in {:.2} s ({:.0}/s); connect+login+status while they arrive p50 {} p99 {} ({} logins), with them held p50 {} p99 {}",
+        opened_in.as_secs_f64(),
+        n as f64 / opened_in.as_secs_f64(),
+        us(pct(during.clone(), 0.5)),
+        us(pct(during.clone(), 0.99)),
+        during.len(),
+        us(pct(after.clone(), 0.5)),
+        us(pct(after, 0.99)),
+    );
+    drop(idle);
+    shutdown.cancel();
+}
+
 fn main() {
     commands::rpc::block_on_local(async {
         run(4).await;
         run(1000).await;
+        flood(15_000).await;
     });
 }

@@ -18,6 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use commands::auth::Authenticator;
+use commands::rpc::ConnLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +85,18 @@ pub async fn run_with_auth(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
+    run_with_limits(config, auth, ConnLimits::default(), listener, shutdown).await;
+}
+
+/// Like [`run_with_auth`] within `limits` (login deadline, connections
+/// waiting to log in, connections in all).
+pub async fn run_with_limits(
+    config: Config,
+    auth: Authenticator,
+    limits: ConnLimits,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let quotas = match load_quotas(&config) {
         Ok(q) => q,
         Err(e) => {
@@ -124,7 +137,8 @@ pub async fn run_with_auth(
         })
     };
 
-    commands::service::master::serve(Rc::clone(&shared), auth, listener, shutdown).await;
+    commands::service::master::serve_limited(Rc::clone(&shared), auth, listener, limits, shutdown)
+        .await;
     let _ = ticker.await;
     if let Some(r) = reloader {
         let _ = r.await;

@@ -33,8 +33,8 @@ struct Args {
     startup_grace_ms: Option<u64>,
     /// Token file: one `<role>[:<worker-id>|<project>] <token>` per line
     /// (roles admin, ci, ci:<project> to publish for that project only,
-    /// worker:<id>, reader). Without it every caller is admin, which is
-    /// only allowed on a loopback address.
+    /// worker:<id>, reader). A worker token registers only its own id.
+    /// Required unless --insecure-no-auth.
     #[arg(long, env = "PCR_CONTROL_PLANE_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
     /// Per-project quotas (vCPU, memory MiB, VM count): a TOML file (JSON if
@@ -44,6 +44,17 @@ struct Args {
     /// project may publish, unlimited.
     #[arg(long, env = "PCR_QUOTAS")]
     quotas: Option<std::path::PathBuf>,
+    /// Check no tokens: every caller is admin. For development only: only
+    /// on a loopback address, and logged as a warning at startup.
+    #[arg(long, env = "PCR_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// A connection that has not logged in after this long is closed.
+    #[arg(long, env = "PCR_LOGIN_DEADLINE_MS", default_value_t = 10_000)]
+    login_deadline_ms: u64,
+    /// Connections not logged in yet, held at once; a new one beyond this
+    /// closes the oldest waiting one (never a logged-in worker's).
+    #[arg(long, env = "PCR_MAX_WAITING_CONNECTIONS", default_value_t = commands::rpc::MAX_WAITING_FOR_LOGIN)]
+    max_waiting_connections: usize,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "PCR_LOG_JSON")]
     log_json: bool,
@@ -67,8 +78,16 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {}", commands::report::error_chain(&e));
         return std::process::ExitCode::FAILURE;
     }
-    let auth = match commands::auth::Authenticator::from_optional_file(
+    let limits = commands::rpc::ConnLimits {
+        login_deadline: Duration::from_millis(args.login_deadline_ms),
+        max_waiting: args.max_waiting_connections,
+        ..commands::rpc::ConnLimits::default()
+    };
+    let auth = match commands::auth::Authenticator::for_server(
+        "the control plane",
+        "--token-file",
         args.token_file.as_deref(),
+        args.insecure_no_auth,
         control_plane::ROLES,
     ) {
         Ok(a) => a,
@@ -78,7 +97,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     commands::rpc::block_on_local(async move {
-        let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        let listener = match commands::rpc::bind(&args.listen).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot listen on {}: {e}", args.listen);
@@ -86,7 +105,7 @@ fn main() -> std::process::ExitCode {
             }
         };
         if let Ok(bound) = listener.local_addr()
-            && let Err(e) = commands::auth::check_bind(
+            && let Err(e) = commands::auth::check_insecure_bind(
                 "the control plane",
                 bound,
                 !auth.is_open(),
@@ -104,7 +123,7 @@ fn main() -> std::process::ExitCode {
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");
         let shutdown = commands::daemon::shutdown_token();
-        control_plane::run_with_auth(config, auth, listener, shutdown).await;
+        control_plane::run_with_limits(config, auth, limits, listener, shutdown).await;
         std::process::ExitCode::SUCCESS
     })
 }

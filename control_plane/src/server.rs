@@ -149,4 +149,8 @@ impl MasterApi for Shared {
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
         self.state.borrow().projects(Instant::now())
     }
+
+    fn disconnected(&self, conn: u64) {
+        self.state.borrow_mut().connection_closed(conn);
+    }
 }

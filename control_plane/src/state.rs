@@ -54,6 +54,12 @@ struct WorkerEntry {
     /// The connection that registered it: only that connection may report
     /// for this id, so one worker cannot speak for another.
     conn: u64,
+    /// Whether that connection is still open. While it is (and the worker
+    /// is healthy) no other connection may register this id, whatever
+    /// address it reports: the id is bound to the connection (and, with a
+    /// token file, to the `worker:<id>` token), never to the address a
+    /// worker says it has.
+    conn_open: bool,
     last_seen: Instant,
     /// Health as of the last `tick`/heartbeat; what the scheduler uses, so
     /// a placement never depends on when exactly a call arrived.
@@ -324,13 +330,18 @@ impl State {
     ) -> Result<Effects, RpcFailure> {
         check_text("address", &reg.address, false)?;
         if let Some(existing) = self.workers.get(&reg.worker_id) {
-            // A live worker keeps its id: another host claiming it is refused.
-            // The same address re-registering is the worker reconnecting.
-            if existing.conn != conn && existing.healthy && existing.address != reg.address {
+            // A live worker keeps its id: another connection claiming it is
+            // refused, even one reporting the same address (an address is
+            // what a caller says, not who it is). A worker that reconnects
+            // takes over once its old connection has closed, or once it has
+            // missed its heartbeats (a connection whose host vanished
+            // without closing it).
+            if existing.conn != conn && existing.conn_open && existing.healthy {
                 return Err(failure(
                     ErrorCode::PermissionDenied,
                     format!(
-                        "worker id {} is already registered by a live worker at {}",
+                        "worker id {} is registered on another open connection (a live worker at {}); \
+                         it can register again once that connection closes",
                         reg.worker_id, existing.address
                     ),
                 ));
@@ -357,6 +368,7 @@ impl State {
                 capacity: reg.capacity,
                 labels: reg.labels,
                 conn,
+                conn_open: true,
                 last_seen: now,
                 healthy: true,
                 observed_generation: previous.as_ref().map_or(0, |p| p.observed_generation),
@@ -371,6 +383,16 @@ impl State {
         } else {
             Effects::default()
         })
+    }
+
+    /// Connection `conn` has closed: the workers registered on it may
+    /// register again from another connection. Changes nothing else (their
+    /// health still follows their heartbeats).
+    pub fn connection_closed(&mut self, conn: u64) {
+        for (id, w) in self.workers.iter_mut().filter(|(_, w)| w.conn == conn) {
+            tracing::info!(worker_id = %id, conn, "worker connection closed");
+            w.conn_open = false;
+        }
     }
 
     /// Heartbeat and observed state from the connection that registered.
@@ -978,10 +1000,22 @@ mod tests {
             .push_data(&wid("zz"), 1, 0, vec![], WorkerMetricsView::default(), t)
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
-        // The same address reconnecting takes over the id.
+        // The same address from another connection is refused while the
+        // first connection is open: an address is only what a caller says.
+        let err = s.register(reg("a", "127.0.0.1:1"), 3, t).unwrap_err();
+        assert_eq!(err.code, ErrorCode::PermissionDenied);
+        assert!(err.message.contains("another open connection"), "{err}");
+        // Closing another connection changes nothing; closing its own frees the id.
+        s.connection_closed(2);
+        assert!(s.register(reg("a", "127.0.0.1:9"), 3, t).is_err());
+        s.connection_closed(1);
         s.register(reg("a", "127.0.0.1:1"), 3, t).unwrap();
         s.push_data(&wid("a"), 3, 0, vec![], WorkerMetricsView::default(), t)
             .unwrap();
+        let err = s
+            .push_data(&wid("a"), 1, 0, vec![], WorkerMetricsView::default(), t)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::PermissionDenied);
     }
 
     #[test]

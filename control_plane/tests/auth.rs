@@ -294,25 +294,61 @@ fn refuses_public(tool: &str, args: &[&str], needle: &str) {
 }
 
 #[test]
-fn servers_without_tokens_refuse_non_loopback_binds() {
+fn servers_without_tokens_refuse_to_start_unless_told_and_then_only_on_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    refuses_public(
-        "control_plane",
-        &[],
-        "refusing to serve the control plane on non-loopback address 0.0.0.0:",
-    );
     let run = d.join("run");
-    refuses_public(
-        "worker",
-        &["--worker-id", "w", "--run-dir", run.to_str().unwrap()],
-        "refusing to serve the worker on non-loopback address 0.0.0.0:",
-    );
     let data = d.join("ci");
-    refuses_public(
-        "ci_service",
-        &["--data-dir", data.to_str().unwrap()],
-        "without --hook-secret-file",
+    let worker = ["--worker-id", "w", "--run-dir", run.to_str().unwrap()];
+    let ci = ["--data-dir", data.to_str().unwrap()];
+    let lo = ["--listen", "127.0.0.1:0"];
+    let insecure = ["--insecure-no-auth"];
+    let servers: [(&str, &[&str], &str, &str); 3] = [
+        (
+            "control_plane",
+            &[],
+            "the control plane needs --token-file: without it every caller would be trusted",
+            "refusing to serve the control plane on non-loopback address 0.0.0.0:",
+        ),
+        (
+            "worker",
+            &worker,
+            "the worker needs --token-file",
+            "refusing to serve the worker on non-loopback address 0.0.0.0:",
+        ),
+        (
+            "ci_service",
+            &ci,
+            "ci_service needs --hook-secret-file",
+            "without --hook-secret-file",
+        ),
+    ];
+    for (tool, own, no_token, public) in servers {
+        // No token file and no --insecure-no-auth: not even on loopback.
+        refuses(tool, &[&lo[..], own].concat(), no_token);
+        // --insecure-no-auth is for loopback only.
+        refuses_public(tool, &[own, &insecure].concat(), public);
+    }
+    // On loopback it starts, and says loudly what it is.
+    let log = d.join("insecure-cp.log");
+    let cp = start_control_plane(&ControlPlaneArgs::default(), Log::File(log.clone()));
+    wait_for("the insecure warning", d, Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("INSECURE: the control plane runs with --insecure-no-auth")
+    });
+    drop(cp);
+    // A token file and --insecure-no-auth together are a mistake.
+    let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
+    refuses(
+        "control_plane",
+        &[
+            &lo[..],
+            &insecure,
+            &["--token-file", tokens.to_str().unwrap()],
+        ]
+        .concat(),
+        "--token-file and --insecure-no-auth exclude each other",
     );
     // The cache without an upload token: nobody could upload, keep it local.
     // (cache_keys also writes a token file, which this command does not name.)
@@ -333,7 +369,6 @@ fn servers_without_tokens_refuse_non_loopback_binds() {
         "without --upload-token-file",
     );
     // With a token file the same bind is fine.
-    let tokens = write(d, "tokens", &format!("admin {ADMIN}\n"));
     let cp = start_cp("0.0.0.0:0", &tokens, &d.join("cp.log"));
     let addr = cp.addr.clone();
     assert!(addr.starts_with("0.0.0.0:"), "{addr}");

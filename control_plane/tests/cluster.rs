@@ -10,6 +10,10 @@
 //! 4. the control plane restarts and the generation is re-published → zero
 //!    create/delete actions on the workers (pids and reconciler logs).
 //!
+//! Every service checks tokens (testkit's `ClusterOpts::tokens`): each
+//! worker registers, and re-registers after its restart, with its own
+//! `worker:<id>` token, and the CLIs are admin.
+//!
 //! The binaries of other packages (worker, ch-sim, pcr, pcr-test) are found
 //! next to this package's `control_plane` binary; `cargo nextest run
 //! --workspace` (or `cargo build --workspace`) builds them.
@@ -58,12 +62,33 @@ fn start_cluster(ids: &[&'static str]) -> Cluster {
         ..ControlPlaneArgs::default()
     };
     opts.fixture_store = true;
-    Cluster::start(opts, |_, real| real.to_owned())
+    // Real tokens: each worker registers (and re-registers after its
+    // restart) with its own `worker:<id>` token; the CLIs are admin.
+    opts.tokens = true;
+    let c = Cluster::start(opts, |_, real| real.to_owned());
+    ADMIN_TOKEN_FILE
+        .set(c.admin_token_file().expect("a cluster with tokens"))
+        .expect("one cluster per test binary");
+    c
+}
+
+/// The admin token file of the one cluster of this test, for the CLIs.
+static ADMIN_TOKEN_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// A CLI against the control plane, as admin.
+fn cli(tool: &str) -> Command {
+    let mut cmd = Command::new(bin(tool));
+    cmd.env(
+        "PCR_TOKEN_FILE",
+        ADMIN_TOKEN_FILE.get().expect("the cluster started"),
+    )
+    .env_remove("PCR_TOKEN");
+    cmd
 }
 
 /// Runs a CLI; stdout on success, panics with stderr otherwise.
 fn run(tool: &str, cp: &str, args: &[&str]) -> String {
-    let out = Command::new(bin(tool))
+    let out = cli(tool)
         .arg("--control-plane")
         .arg(cp)
         .args(args)
@@ -167,6 +192,17 @@ fn count_actions(c: &Cluster, ids: &[&str]) -> usize {
 fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart() {
     let ids = ["w1", "w2", "w3"];
     let mut c = start_cluster(&ids);
+    // Without a token the control plane lets nobody in.
+    let anonymous = Command::new(bin("pcr"))
+        .args(["--control-plane", &c.cp.addr, "status"])
+        .env_remove("PCR_TOKEN")
+        .env_remove("PCR_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("no token was given"),
+        "{anonymous:?}"
+    );
     let dir = c.dir().to_owned();
     let dir = dir.as_path();
     let cp = c.cp.addr.clone();
@@ -379,7 +415,7 @@ fn three_workers_converge_replace_fail_over_and_survive_a_control_plane_restart(
     );
     let cs = json("pcr-test", &cp, &["cluster-status"]);
     assert_eq!(cs["convergencePercent"], 100.0);
-    let err = Command::new(bin("pcr-test"))
+    let err = cli("pcr-test")
         .args(["--control-plane", &cp, "worker", "nope", "read"])
         .output()
         .unwrap();

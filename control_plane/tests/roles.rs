@@ -1,8 +1,10 @@
 //! The control plane's login and role checks over real loopback TCP, with
 //! a real token file: every role is allowed what the trust model says and
 //! refused the rest with permissionDenied, a refused call changes nothing,
-//! a worker token acts only for its own id; and the per-input limits (text
-//! length, long-polls in flight per connection) answer with clear errors.
+//! a worker token acts only for its own id and, while its registering
+//! connection is open, only on that connection; and the per-input limits
+//! (text length, long-polls in flight per connection) answer with clear
+//! errors.
 
 use std::time::Duration;
 
@@ -233,6 +235,51 @@ fn oversized_text_and_too_many_long_polls_are_refused() {
         }
         let a = w1.get_assignment("w1", 0, 0).await.unwrap();
         assert_eq!(a.generation, 1);
+        shutdown.cancel();
+    });
+}
+
+/// A worker's token on a second connection (stolen, or a second process
+/// with the same id) cannot take over the registration while the first
+/// connection is open, even reporting the very same address; once that
+/// connection closes, the worker registers again from a new one.
+#[test]
+fn a_worker_token_on_another_connection_cannot_take_over_the_registration() {
+    commands::rpc::block_on_local(async {
+        let (addr, shutdown) = start().await;
+        let cap = WorkerCap::new(NullWorker);
+        let first = login(&addr, W1).await;
+        first.register(&reg("w1"), cap.clone()).await.unwrap();
+
+        let thief = login(&addr, W1).await;
+        let m = denied(thief.register(&reg("w1"), cap.clone()).await.unwrap_err());
+        assert!(m.contains("registered on another open connection"), "{m}");
+        let m = denied(
+            thief
+                .push_data("w1", 0, &[], &WorkerMetricsView::default())
+                .await
+                .unwrap_err(),
+        );
+        assert!(m.contains("another connection"), "{m}");
+        // The first connection still reports for w1.
+        first
+            .push_data("w1", 0, &[], &WorkerMetricsView::default())
+            .await
+            .unwrap();
+
+        first.close().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Err(e) = thief.register(&reg("w1"), cap.clone()).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the id stayed bound to a closed connection: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        thief
+            .push_data("w1", 0, &[], &WorkerMetricsView::default())
+            .await
+            .unwrap();
         shutdown.cancel();
     });
 }

@@ -11,7 +11,7 @@ import ./service-module.nix "cache" ({ lib, common, cfg, ... }:
       type = lib.types.path;
       description = "Signing key from `cache keygen` or `nix-store --generate-binary-cache-key NAME sk pk` (read as a systemd credential).";
     };
-    uploadTokenFile = common.credentialOption "File holding the token uploaders (CI) present. null: uploads are refused.";
+    uploadTokenFile = common.credentialOption "File holding the token uploaders (CI) present. null: the one generated in ${common.secretsDir} (upload-token), which ci-service uses by default.";
   };
   service = {
     leading = lib.optional cfg.logJson "--log-json" ++ [ "serve" ];
@@ -21,7 +21,7 @@ import ./service-module.nix "cache" ({ lib, common, cfg, ... }:
     };
     credentials = [
       { flag = "key-file"; name = "secret-key"; file = cfg.secretKeyFile; }
-      { flag = "upload-token-file"; name = "upload-token"; file = cfg.uploadTokenFile; }
+      { flag = "upload-token-file"; name = "upload-token"; file = common.orGenerated cfg.uploadTokenFile "upload-token"; }
     ];
     unit = {
       description = "Procurator Nix binary cache";

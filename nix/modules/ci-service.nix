@@ -13,13 +13,13 @@ import ./service-module.nix "ci-service" ({ config, lib, pkgs, common, cfg, ... 
       example = "http://127.0.0.1:5000";
       description = "Binary cache closures are copied to (null: closures stay local).";
     };
-    cacheTokenFile = common.credentialOption "File holding the cache upload token (read as a systemd credential).";
+    cacheTokenFile = common.credentialOption "File holding the cache upload token (read as a systemd credential). null: the one generated in ${common.secretsDir} (upload-token).";
     controlPlane = common.nullableStrOption {
       example = "127.0.0.1:7000";
       description = "Control plane address generations are published to (null: build only).";
     };
-    controlPlaneTokenFile = common.credentialOption "File holding the `ci` token for the control plane (a systemd credential).";
-    hookSecretFile = common.credentialOption "File holding the secret push hooks must present (read as a systemd credential).";
+    controlPlaneTokenFile = common.credentialOption "File holding the `ci` token for the control plane (a systemd credential). null: the one generated in ${common.secretsDir} (ci-token).";
+    hookSecretFile = common.credentialOption "File holding the secret push hooks must present (read as a systemd credential). null: the one generated in ${common.secretsDir} (hook-secret), which repohub uses by default.";
     deployRef = common.option lib.types.str "refs/heads/main" "Only pushes to this ref publish a generation; others are built.";
     nixPackage = lib.mkOption {
       type = lib.types.package;
@@ -48,9 +48,9 @@ import ./service-module.nix "ci-service" ({ config, lib, pkgs, common, cfg, ... 
       deploy-ref = cfg.deployRef;
     };
     credentials = [
-      { flag = "cache-token-file"; name = "cache-token"; file = cfg.cacheTokenFile; }
-      { flag = "hook-secret-file"; name = "hook-secret"; file = cfg.hookSecretFile; }
-      { flag = "control-plane-token-file"; name = "control-plane-token"; file = cfg.controlPlaneTokenFile; }
+      { flag = "cache-token-file"; name = "cache-token"; file = common.orGenerated cfg.cacheTokenFile "upload-token"; }
+      { flag = "hook-secret-file"; name = "hook-secret"; file = common.orGenerated cfg.hookSecretFile "hook-secret"; }
+      { flag = "control-plane-token-file"; name = "control-plane-token"; file = common.orGenerated cfg.controlPlaneTokenFile "ci-token"; }
     ];
     environment = {
       HOME = "/var/lib/procurator-ci";
@@ -69,6 +69,9 @@ import ./service-module.nix "ci-service" ({ config, lib, pkgs, common, cfg, ... 
         # nix raises its stack limit (setrlimit) at start.
         MemoryDenyWriteExecute = false;
         SystemCallFilter = [ "@system-service" "~@privileged" ];
+        # repohub's bare repositories are readable by its group (see
+        # repohub.nix): CI mirrors pushed repositories from there.
+        SupplementaryGroups = lib.optional ((config.services.procurator.repohub or { }).enable or false) "procurator-repohub";
       };
     };
   };

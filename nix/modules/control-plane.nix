@@ -1,14 +1,15 @@
 # NixOS module for the Procurator control plane (`control_plane`): the Master
 # Cap'n Proto server. It keeps desired state in memory (CI re-publishes after
 # a restart), so it needs no state directory and runs fully sandboxed under a
-# dynamic user.
+# dynamic user: no capabilities, no privileged or resource syscalls,
+# IP and unix sockets only, the file system read-only.
 import ./service-module.nix "control-plane" ({ lib, common, cfg, ... }:
 {
   binary = "control_plane";
   defaultListen = "127.0.0.1:7000";
   options = {
     heartbeatTimeoutMs = common.option lib.types.ints.positive 5000 "A worker without a heartbeat for this long is unhealthy and its VMs are rescheduled.";
-    tokenFile = common.credentialOption "Token file (`<role>[:<worker-id>] <token>` per line; read as a systemd credential). null: every caller is admin, and the service refuses a non-loopback listen address.";
+    tokenFile = common.credentialOption "Token file (`<role>[:<worker-id>] <token>` per line; read as a systemd credential). null: the one generated in ${common.secretsDir} (admin, ci, reader and the local worker's token).";
     longPollTimeoutMs = common.option lib.types.ints.positive 25000 "How long getAssignment waits for a change before answering \"nothing new\".";
   };
   service = {
@@ -19,7 +20,7 @@ import ./service-module.nix "control-plane" ({ lib, common, cfg, ... }:
       long-poll-timeout-ms = cfg.longPollTimeoutMs;
     };
     credentials = [
-      { flag = "token-file"; name = "tokens"; file = cfg.tokenFile; }
+      { flag = "token-file"; name = "tokens"; file = common.orGenerated cfg.tokenFile "control-plane-tokens"; }
     ];
     unit = {
       description = "Procurator control plane";

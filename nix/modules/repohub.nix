@@ -1,8 +1,19 @@
 # NixOS module for repohub: the web UI and git hosting (smart HTTP). Bare
 # repositories and the SQLite database live in the state directory; git runs
 # as a child process, so it is on the unit's PATH. A static user owns the
-# repositories so they survive a change of unit settings.
+# repositories so they survive a change of unit settings; its group may read
+# the repositories (ci-service joins it), nothing else of the state.
 import ./service-module.nix "repohub" ({ lib, pkgs, common, cfg, ... }:
+let
+  repos = "/var/lib/procurator-repohub/repos";
+  reposAcl = pkgs.writeShellScript "procurator-repohub-repos-acl" ''
+    set -eu
+    ${pkgs.coreutils}/bin/mkdir -p ${repos}
+    ${pkgs.coreutils}/bin/chown procurator-repohub:procurator-repohub ${repos}
+    ${pkgs.coreutils}/bin/chmod 2750 ${repos}
+    ${pkgs.acl}/bin/setfacl -R -m g:procurator-repohub:rX -m d:g:procurator-repohub:rX ${repos}
+  '';
+in
 {
   binary = "repohub";
   defaultListen = "127.0.0.1:8080";
@@ -11,14 +22,11 @@ import ./service-module.nix "repohub" ({ lib, pkgs, common, cfg, ... }:
       example = "http://127.0.0.1:7100";
       description = "ci_service URL pushes are reported to. null: pushes trigger nothing.";
     };
-    ciSecretFile = common.credentialOption "File holding the bearer secret of ci_service's push hook (read as a systemd credential).";
-    controlPlaneTokenFile = common.credentialOption "File holding a `reader` token for the control plane (a systemd credential).";
+    ciSecretFile = common.credentialOption "File holding the bearer secret of ci_service's push hook (read as a systemd credential). null: the one generated in ${common.secretsDir} (hook-secret).";
+    controlPlaneTokenFile = common.credentialOption "File holding a `reader` token for the control plane (a systemd credential). null: the one generated in ${common.secretsDir} (reader-token).";
     controlPlane = common.nullableStrOption {
       example = "127.0.0.1:7000";
       description = "Control plane address for the cluster page.";
-    };
-    autonix = common.nullableStrOption {
-      description = "Path of the autonix executable (null: beside repohub, then PATH).";
     };
     secureCookies = common.option lib.types.bool false "Mark session cookies Secure (set when served behind HTTPS).";
   };
@@ -37,12 +45,11 @@ import ./service-module.nix "repohub" ({ lib, pkgs, common, cfg, ... }:
       data-dir = "/var/lib/procurator-repohub";
       ci-url = cfg.ciUrl;
       control-plane = cfg.controlPlane;
-      autonix = cfg.autonix;
       secure-cookies = cfg.secureCookies;
     };
     credentials = [
-      { flag = "ci-secret-file"; name = "ci-secret"; file = cfg.ciSecretFile; }
-      { flag = "control-plane-token-file"; name = "control-plane-token"; file = cfg.controlPlaneTokenFile; }
+      { flag = "ci-secret-file"; name = "ci-secret"; file = common.orGenerated cfg.ciSecretFile "hook-secret"; }
+      { flag = "control-plane-token-file"; name = "control-plane-token"; file = common.orGenerated cfg.controlPlaneTokenFile "reader-token"; }
     ];
     environment = { HOME = "/var/lib/procurator-repohub"; };
     unit = {
@@ -54,6 +61,11 @@ import ./service-module.nix "repohub" ({ lib, pkgs, common, cfg, ... }:
         Group = "procurator-repohub";
         StateDirectory = "procurator-repohub";
         StateDirectoryMode = "0750";
+        # The bare repositories (and only they: the database stays 0600)
+        # are readable by the group procurator-ci joins: a default ACL on
+        # repos/ gives the group read access to everything git creates
+        # there, whatever the umask. Runs as root ("+") before the service.
+        ExecStartPre = [ "+${reposAcl}" ];
       };
     };
   };

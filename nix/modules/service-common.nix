@@ -55,6 +55,47 @@ rec {
     inherit description;
   };
 
+  # Where the secrets generated on first start live: root's only (0700
+  # directory, 0600 files), read by systemd as credentials, never in the
+  # store. `procurator-secrets` makes whatever is missing, so the services
+  # of one host share one set of tokens without any configuration:
+  #   admin-token, ci-token, reader-token   one token each (the admin token
+  #                                          is what `pcr` needs:
+  #                                          PCR_TOKEN_FILE=.../admin-token)
+  #   worker-token                          the local worker's `worker:<id>`
+  #   upload-token, hook-secret             the cache's and the push hook's
+  #   control-plane-tokens                  the control plane's token file
+  #   worker-tokens                         the worker's own RPC (admin)
+  # A multi-host cluster copies the tokens it needs, or sets the modules'
+  # *File options to files of its own.
+  secretsDir = "/var/lib/procurator-secrets";
+
+  # A credential option's file, or the generated secret `name` when unset.
+  orGenerated = file: name: if file == null then "${secretsDir}/${name}" else file;
+
+  # The generator (idempotent: existing files are kept; one run at a time).
+  # WORKER_ID: the local worker's id, or empty for the host name the worker
+  # itself defaults to (letters, digits and '-' kept, the rest as '-').
+  secretsScript = ''
+    set -eu
+    umask 077
+    dir=${secretsDir}
+    mkdir -p "$dir"
+    chmod 0700 "$dir"
+    exec 9>"$dir/.lock"
+    flock 9
+    token() { [ -s "$dir/$1" ] || { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; } > "$dir/$1"; }
+    for t in admin-token ci-token reader-token worker-token upload-token hook-secret; do token "$t"; done
+    id=''${WORKER_ID:-$(tr -c 'A-Za-z0-9\n-' '-' < /proc/sys/kernel/hostname)}
+    printf 'admin %s\nci %s\nreader %s\nworker:%s %s\n' \
+      "$(cat "$dir/admin-token")" "$(cat "$dir/ci-token")" "$(cat "$dir/reader-token")" \
+      "$id" "$(cat "$dir/worker-token")" > "$dir/control-plane-tokens.new"
+    mv "$dir/control-plane-tokens.new" "$dir/control-plane-tokens"
+    printf 'admin %s\n' "$(cat "$dir/admin-token")" > "$dir/worker-tokens.new"
+    mv "$dir/worker-tokens.new" "$dir/worker-tokens"
+    chmod 0600 "$dir"/*
+  '';
+
   # An optional address, URL or name; null leaves its flag out.
   nullableStrOption = { description, example ? null }: mkOption ({
     type = types.nullOr types.str;
@@ -77,19 +118,37 @@ rec {
   # nix-daemon (builds, store writes), so NIX_REMOTE points nix at it and
   # the unit starts after its socket and the network (unless `unit` orders
   # itself).
-  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, nixDaemon ? false, unit }:
+  #
+  # Every unit first runs `procurator-<name>-secrets` (a oneshot making the
+  # generated secrets that are missing, see `secretsDir`); `workerId` is
+  # the local worker's id for the control plane's generated token file.
+  mkService = { name, cfg, binary, leading ? [ ], settings, credentials ? [ ], environment ? { }, nixDaemon ? false, unit, workerId ? null, pkgs }:
     let
       set = builtins.filter (c: c.file != null) credentials;
       credentialFlags = builtins.listToAttrs (map (c: {
         name = c.flag;
         value = if c.file == null then null else "%d/${c.name}";
       }) credentials);
+      secretsUnit = "procurator-${name}-secrets.service";
     in
     {
+      systemd.services."procurator-${name}-secrets" = {
+        description = "Procurator ${name}: generate missing secrets in ${secretsDir}";
+        path = [ pkgs.coreutils pkgs.util-linux ];
+        environment = { WORKER_ID = if workerId == null then "" else workerId; };
+        script = secretsScript;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          UMask = "0077";
+        };
+      };
       systemd.services."procurator-${name}" = lib.optionalAttrs nixDaemon {
         after = [ "network-online.target" "nix-daemon.socket" ];
         wants = [ "network-online.target" ];
       } // unit // {
+        after = (unit.after or (lib.optionals nixDaemon [ "network-online.target" "nix-daemon.socket" ])) ++ [ secretsUnit ];
+        requires = [ secretsUnit ];
         wantedBy = [ "multi-user.target" ];
         environment = { RUST_LOG = cfg.logLevel; }
           // lib.optionalAttrs nixDaemon { NIX_REMOTE = "daemon"; }
@@ -132,6 +191,12 @@ rec {
     MemoryDenyWriteExecute = true;
     SystemCallArchitectures = "native";
     SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+    # A filtered call fails (EPERM) instead of killing the daemon: raising
+    # the open-file limit (@resources) then only logs a warning, and
+    # LimitNOFILE below makes it unnecessary.
+    SystemCallErrorNumber = "EPERM";
+    LimitNOFILE = 65536;
+    RemoveIPC = true;
     CapabilityBoundingSet = "";
     AmbientCapabilities = "";
     UMask = "0077";

@@ -25,7 +25,8 @@ in
     inherit (described) binary defaultListen;
   } // described.options;
   config = lib.mkIf cfg.enable ((described.extraConfig or { }) // common.mkService ({
-    inherit name cfg;
+    inherit name cfg pkgs;
     inherit (described) binary;
+    workerId = (config.services.procurator.worker or { }).workerId or null;
   } // described.service));
 }

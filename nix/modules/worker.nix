@@ -35,8 +35,8 @@ in
     cpu = common.option (lib.types.nullOr lib.types.ints.positive) null "vCPUs offered to VMs (null: the host's CPU count).";
     memoryMb = common.option (lib.types.nullOr lib.types.ints.positive) null "Memory in MiB offered to VMs (null: the host's MemTotal).";
     labels = common.option (lib.types.attrsOf lib.types.str) { } "Worker labels for placement (key=value).";
-    tokenFile = common.credentialOption "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: every caller is admin, and the worker refuses a non-loopback listen address.";
-    clusterTokenFile = common.credentialOption "File holding this worker's `worker:<id>` token for the control plane (a systemd credential).";
+    tokenFile = common.credentialOption "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: the one generated in ${common.secretsDir} (worker-tokens: the host's admin token).";
+    clusterTokenFile = common.credentialOption "File holding this worker's `worker:<id>` token for the control plane (a systemd credential). null: the one generated in ${common.secretsDir} (worker-token, which the generated control-plane token file names with this worker's id).";
     cloudHypervisor = lib.mkOption {
       type = lib.types.package;
       default = pkgs.cloud-hypervisor;
@@ -66,8 +66,8 @@ in
       tap-prefix = if host.enable then host.tapPrefix else null;
     };
     credentials = [
-      { flag = "token-file"; name = "tokens"; file = cfg.tokenFile; }
-      { flag = "cluster-token-file"; name = "cluster-token"; file = cfg.clusterTokenFile; }
+      { flag = "token-file"; name = "tokens"; file = common.orGenerated cfg.tokenFile "worker-tokens"; }
+      { flag = "cluster-token-file"; name = "cluster-token"; file = common.orGenerated cfg.clusterTokenFile "worker-token"; }
     ];
     environment = {
       XDG_CACHE_HOME = "/var/cache/procurator-worker";
@@ -83,7 +83,26 @@ in
       serviceConfig = {
         inherit (common.hardening)
           NoNewPrivileges PrivateTmp ProtectHome ProtectKernelModules ProtectKernelLogs
-          ProtectControlGroups ProtectClock LockPersonality SystemCallArchitectures;
+          ProtectControlGroups ProtectClock LockPersonality SystemCallArchitectures
+          ProtectKernelTunables ProtectHostname RestrictRealtime RestrictSUIDSGID RemoveIPC
+          SystemCallErrorNumber UMask;
+        # Root, but only these capabilities (CH processes inherit at most
+        # them): NET_ADMIN creates TAP devices and nftables rules; SETUID,
+        # SETGID, CHOWN, FOWNER and DAC_OVERRIDE start CH as the VM user and
+        # hand it (and take back) its sockets, disks and logs; KILL signals
+        # CH processes running as that user. No SYS_ADMIN, SYS_MODULE,
+        # SYS_PTRACE, SYS_RAWIO or SYS_RESOURCE.
+        CapabilityBoundingSet = [
+          "CAP_NET_ADMIN" "CAP_SETUID" "CAP_SETGID" "CAP_CHOWN" "CAP_FOWNER"
+          "CAP_DAC_OVERRIDE" "CAP_KILL"
+        ];
+        # A deny list rather than @system-service: CH needs KVM's ioctls,
+        # its own seccomp filter, CPU affinity and NUMA calls (@resources),
+        # which an allow list would cut. What no VMM or worker needs goes.
+        SystemCallFilter = [
+          "~@clock" "~@cpu-emulation" "~@debug" "~@module" "~@mount" "~@obsolete"
+          "~@raw-io" "~@reboot" "~@swap"
+        ];
         # VMs outlive worker restarts (adoption, design §1).
         KillMode = "process";
         StateDirectory = "procurator-worker";

@@ -26,6 +26,7 @@ let
       oneOf = ts: { oneOf = ts; };
     };
     optional = c: x: if c then [ x ] else [ ];
+    optionals = c: x: if c then x else [ ];
     optionalAttrs = c: x: if c then x else { };
     inherit concatLists;
     concatMap = f: l: concatLists (map f l);
@@ -36,7 +37,13 @@ let
     last = l: elemAt l (length l - 1);
     splitString = sep: s: filter builtins.isString (split sep s);
   };
-  pkgs = { git = "git"; iproute2 = "iproute2"; cloud-hypervisor = "cloud-hypervisor"; };
+  pkgs = {
+    git = "git"; iproute2 = "iproute2"; cloud-hypervisor = "cloud-hypervisor";
+    coreutils = "/coreutils"; util-linux = "/util-linux"; acl = "/acl";
+    # The script's text rides along in its "path", so a test can read what
+    # a unit runs.
+    writeShellScript = name: text: "/script/${name}:${text}";
+  };
 
   unset = {
     enable = true; package = "/pkg"; listen = "127.0.0.1:9999"; openFirewall = true;
@@ -45,7 +52,7 @@ let
     secretKeyFile = "/run/keys/sk"; uploadTokenFile = null; heartbeatTimeoutMs = 5000; tokenFile = null;
     longPollTimeoutMs = 25000; cacheUrl = null; cacheTokenFile = null; controlPlane = null;
     controlPlaneTokenFile = null; hookSecretFile = null; deployRef = "refs/heads/main"; nixPackage = "nix";
-    ciUrl = null; ciSecretFile = null; autonix = null; secureCookies = false; workerId = null; advertise = null;
+    ciUrl = null; ciSecretFile = null; secureCookies = false; workerId = null; advertise = null;
     cachePublicKey = null; cpu = null; memoryMb = null; labels = { }; clusterTokenFile = null;
     cloudHypervisor = "/ch";
   };
@@ -53,7 +60,7 @@ let
     logJson = false; openFirewall = false; uploadTokenFile = "/run/keys/up"; tokenFile = "/run/keys/tok";
     cacheUrl = "http://c"; cacheTokenFile = "/run/keys/ct"; controlPlane = "cp:7000";
     controlPlaneTokenFile = "/run/keys/cpt"; hookSecretFile = "/run/keys/hs"; ciUrl = "http://ci";
-    ciSecretFile = "/run/keys/cs"; autonix = "/bin/autonix"; secureCookies = true; workerId = "w1";
+    ciSecretFile = "/run/keys/cs"; secureCookies = true; workerId = "w1";
     advertise = "1.2.3.4:6000"; cachePublicKey = "k:1"; cpu = 4; memoryMb = 1024; labels = { zone = "a"; b = "c"; };
     clusterTokenFile = "/run/keys/clt";
   };
@@ -75,29 +82,32 @@ let
     let words = filter builtins.isString (split " " (serviceConfig name cfg).ExecStart);
     in concatStringsSep " " (builtins.tail words);
 
+  # Where the generated secrets live (service-common's secretsDir).
+  gen = "/var/lib/procurator-secrets";
+
   want = {
     args = {
-      cache.unset = "--log-json serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --more";
+      cache.unset = "--log-json serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
       cache.set = "serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
-      control-plane.unset = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --log-json --long-poll-timeout-ms 25000 --more";
+      control-plane.unset = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --log-json --long-poll-timeout-ms 25000 --token-file %d/tokens --more";
       control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --token-file %d/tokens --more";
-      ci-service.unset = "--data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
+      ci-service.unset = "--cache-token-file %d/cache-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --log-json --more";
       ci-service.set = "--cache http://c --cache-token-file %d/cache-token --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --more";
-      repohub.unset = "--data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
-      repohub.set = "--autonix /bin/autonix --ci-secret-file %d/ci-secret --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --secure-cookies --more";
-      worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --more";
+      repohub.unset = "--ci-secret-file %d/ci-secret --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
+      repohub.set = "--ci-secret-file %d/ci-secret --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --secure-cookies --more";
+      worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --cluster-token-file %d/cluster-token --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --token-file %d/tokens --more";
       worker.set = "--advertise 1.2.3.4:6000 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --worker-id w1 --more";
     };
     loadCredential = {
-      cache.unset = [ "secret-key:/run/keys/sk" ];
+      cache.unset = [ "secret-key:/run/keys/sk" "upload-token:${gen}/upload-token" ];
       cache.set = [ "secret-key:/run/keys/sk" "upload-token:/run/keys/up" ];
-      control-plane.unset = [ ];
+      control-plane.unset = [ "tokens:${gen}/control-plane-tokens" ];
       control-plane.set = [ "tokens:/run/keys/tok" ];
-      ci-service.unset = [ ];
+      ci-service.unset = [ "cache-token:${gen}/upload-token" "hook-secret:${gen}/hook-secret" "control-plane-token:${gen}/ci-token" ];
       ci-service.set = [ "cache-token:/run/keys/ct" "hook-secret:/run/keys/hs" "control-plane-token:/run/keys/cpt" ];
-      repohub.unset = [ ];
+      repohub.unset = [ "ci-secret:${gen}/hook-secret" "control-plane-token:${gen}/reader-token" ];
       repohub.set = [ "ci-secret:/run/keys/cs" "control-plane-token:/run/keys/cpt" ];
-      worker.unset = [ ];
+      worker.unset = [ "tokens:${gen}/worker-tokens" "cluster-token:${gen}/worker-token" ];
       worker.set = [ "tokens:/run/keys/tok" "cluster-token:/run/keys/clt" ];
     };
   };
@@ -139,12 +149,16 @@ let
       ];
     }
     {
-      name = "the worker's own sandbox: root with devices, the system read-only, VMs outlive it";
+      name = "the worker's own sandbox: root with a bounded capability set and a syscall deny list, devices, the system read-only, VMs outlive it";
       got = removeAttrs (serviceConfig "worker" unset) [ "ExecStart" "LoadCredential" ];
       want = {
         NoNewPrivileges = true; PrivateTmp = true; ProtectSystem = "full"; ProtectHome = true;
         ProtectKernelModules = true; ProtectKernelLogs = true; ProtectControlGroups = true; ProtectClock = true;
+        ProtectKernelTunables = true; ProtectHostname = true; RestrictRealtime = true; RestrictSUIDSGID = true;
+        RemoveIPC = true; SystemCallErrorNumber = "EPERM"; UMask = "0077";
         LockPersonality = true; SystemCallArchitectures = "native";
+        CapabilityBoundingSet = [ "CAP_NET_ADMIN" "CAP_SETUID" "CAP_SETGID" "CAP_CHOWN" "CAP_FOWNER" "CAP_DAC_OVERRIDE" "CAP_KILL" ];
+        SystemCallFilter = [ "~@clock" "~@cpu-emulation" "~@debug" "~@module" "~@mount" "~@obsolete" "~@raw-io" "~@reboot" "~@swap" ];
         KillMode = "process"; StateDirectory = "procurator-worker"; StateDirectoryMode = "0700";
         CacheDirectory = "procurator-worker";
         DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" ];
@@ -154,10 +168,70 @@ let
       };
     }
     {
+      name = "every other unit: no capabilities, no new privileges, IP and unix sockets only, the system read-only, a private /tmp";
+      got = map (name: with serviceConfig name unset; [
+        CapabilityBoundingSet AmbientCapabilities NoNewPrivileges RestrictAddressFamilies ProtectSystem
+        PrivateTmp ProtectHome RestrictNamespaces SystemCallErrorNumber LimitNOFILE
+      ]) [ "cache" "control-plane" "ci-service" "repohub" ];
+      want = map (_: [ "" "" true [ "AF_INET" "AF_INET6" "AF_UNIX" ] "strict" true true true "EPERM" 65536 ])
+        [ "cache" "control-plane" "ci-service" "repohub" ];
+    }
+    {
+      name = "every unit requires its secrets generator, a root oneshot that keeps existing files and writes 0600 ones in a 0700 directory";
+      got = map (name:
+        let
+          units = (render name unset).config.content.systemd.services;
+          unit = units."procurator-${name}";
+          gen = units."procurator-${name}-secrets";
+          has = needle: builtins.length (split needle gen.script) > 1;
+        in [
+          (builtins.elem "procurator-${name}-secrets.service" unit.requires)
+          (builtins.elem "procurator-${name}-secrets.service" unit.after)
+          gen.serviceConfig.Type gen.serviceConfig.RemainAfterExit gen.serviceConfig.UMask
+          (has "umask 077") (has "chmod 0700 \"[$]dir\"") (has "chmod 0600 \"[$]dir\"/[*]") (has "flock 9")
+          (has "-s \"[$]dir/[$]1\"")
+        ]) modules;
+      want = map (_: [ true true "oneshot" true "0077" true true true true true ]) modules;
+    }
+    {
+      name = "the generated control-plane token file names the local worker's id";
+      got = [
+        ((render "control-plane" unset).config.content.systemd.services."procurator-control-plane-secrets".environment.WORKER_ID)
+        ((import ../modules/control-plane.nix {
+          inherit lib pkgs;
+          config = {
+            services.procurator.control-plane = unset;
+            services.procurator.worker.workerId = "w7";
+            nix.package = "nix";
+          };
+        }).config.content.systemd.services."procurator-control-plane-secrets".environment.WORKER_ID)
+      ];
+      want = [ "" "w7" ];
+    }
+    {
+      name = "repohub's repositories (only) are group-readable by CI, which joins the group when repohub runs";
+      got = [
+        (let pre = builtins.elemAt (serviceConfig "repohub" unset).ExecStartPre 0; in
+          builtins.substring 0 9 pre == "+/script/"
+          && builtins.length (split "setfacl -R -m g:procurator-repohub:rX -m d:g:procurator-repohub:rX /var/lib/procurator-repohub/repos" pre) > 1)
+        (serviceConfig "repohub" unset).UMask
+        (serviceConfig "ci-service" unset).SupplementaryGroups
+        ((import ../modules/ci-service.nix {
+          inherit lib pkgs;
+          config = {
+            services.procurator.ci-service = unset;
+            services.procurator.repohub.enable = true;
+            nix.package = "nix";
+          };
+        }).config.content.systemd.services."procurator-ci-service".serviceConfig.SupplementaryGroups)
+      ];
+      want = [ true "0077" [ ] [ "procurator-repohub" ] ];
+    }
+    {
       name = "credential and optional string options";
       got = with (render "ci-service" unset).options.services.procurator.ci-service; [ hookSecretFile.option controlPlane.option ];
       want = [
-        { type.nullOr = "path"; default = null; description = "File holding the secret push hooks must present (read as a systemd credential)."; }
+        { type.nullOr = "path"; default = null; description = "File holding the secret push hooks must present (read as a systemd credential). null: the one generated in /var/lib/procurator-secrets (hook-secret), which repohub uses by default."; }
         { type.nullOr = "str"; default = null; example = "127.0.0.1:7000"; description = "Control plane address generations are published to (null: build only)."; }
       ];
     }

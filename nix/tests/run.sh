@@ -7,6 +7,9 @@
 #   modules   nix/tests/modules.nix: the service modules' units (ExecStart,
 #             credentials, firewall) rendered with a stand-in for nixpkgs' lib
 #   errors    nix/tests/errors.nix: every validation error and its message
+#   secrets   the modules' secrets generator run for real in a temp dir:
+#             0700 directory, 0600 files, tokens kept across runs, and a
+#             control-plane token file the control plane's parser takes
 #   nft       the host module's nftables ruleset passes `nft -c` (skipped
 #             when nftables is not installed)
 #   hermetic  example/hermetic in a temp git repo: eval the specs and check
@@ -35,7 +38,7 @@ fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 pass() { echo "ok: $*"; }
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval modules errors nft hermetic)
+[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval modules secrets errors nft hermetic)
 
 # --- parse ------------------------------------------------------------------
 run_parse() {
@@ -224,6 +227,46 @@ run_hermetic() {
   cp "$work/vms.nix.good" "$dir/vms.nix"
 }
 
+# --- secrets ----------------------------------------------------------------
+# service-common.nix's generator (what every unit runs first), pointed at a
+# temp dir instead of /var/lib/procurator-secrets.
+run_secrets() {
+  local dir="$work/secrets" script mode t1 t2 bad=0
+  script=$(nix-instantiate --eval --json -E "(import $repo/nix/modules/service-common.nix { lib = { }; }).secretsScript" | jq -r .)
+  script=${script//\/var\/lib\/procurator-secrets/$dir}
+  for run in 1 2; do
+    if ! out=$(WORKER_ID=w-7 bash -c "$script" 2>&1); then
+      fail "secrets: run $run failed: $out"
+      return
+    fi
+    [ "$run" = 1 ] && t1=$(cat "$dir/admin-token")
+  done
+  t2=$(cat "$dir/admin-token")
+  [ "$t1" = "$t2" ] || { fail "secrets: a second run replaced the admin token"; bad=1; }
+  mode=$(stat -c %a "$dir")
+  [ "$mode" = 700 ] || { fail "secrets: the directory is $mode, not 700"; bad=1; }
+  for f in admin-token ci-token reader-token worker-token upload-token hook-secret control-plane-tokens worker-tokens; do
+    mode=$(stat -c %a "$dir/$f" 2>/dev/null || echo missing)
+    [ "$mode" = 600 ] || { fail "secrets: $f is $mode, not 600"; bad=1; }
+  done
+  [ "$(wc -c < "$dir/admin-token")" -ge 33 ] || { fail "secrets: the admin token is short"; bad=1; }
+  grep -qx "worker:w-7 $(cat "$dir/worker-token")" "$dir/control-plane-tokens" \
+    || { fail "secrets: the control-plane token file lacks the worker's line"; bad=1; }
+  grep -qx "admin $t1" "$dir/worker-tokens" || { fail "secrets: worker-tokens lacks the admin token"; bad=1; }
+  # The control plane itself parses the generated file (when it is built).
+  local cp="$repo/target/debug/control_plane"
+  [ -n "${CARGO_TARGET_DIR:-}" ] && cp="$CARGO_TARGET_DIR/debug/control_plane"
+  if [ -x "$cp" ]; then
+    "$cp" --listen 127.0.0.1:0 --token-file "$dir/control-plane-tokens" >"$work/cp.out" 2>&1 &
+    local pid=$! i
+    for i in $(seq 50); do grep -qs "^listening on " "$work/cp.out" && break; sleep 0.1; done
+    grep -q '^listening on ' "$work/cp.out" || { fail "secrets: control_plane refused the generated file: $(cat "$work/cp.out")"; bad=1; }
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  [ "$bad" = 1 ] || pass "secrets: 0700 dir, 0600 files, kept across runs, a token file the control plane takes"
+}
+
 start=$(date +%s)
 for s in "${sections[@]}"; do
   case "$s" in
@@ -231,10 +274,11 @@ for s in "${sections[@]}"; do
     sync) run_sync ;;
     eval) run_cases eval eval.nix ;;
     modules) run_cases modules modules.nix ;;
+    secrets) run_secrets ;;
     errors) run_errors ;;
     nft) run_nft ;;
     hermetic) run_hermetic ;;
-    *) fail "unknown section $s (parse sync eval modules errors nft hermetic)" ;;
+    *) fail "unknown section $s (parse sync eval modules secrets errors nft hermetic)" ;;
   esac
 done
 echo "nix tests: ${sections[*]}: $failures failure(s) in $(( $(date +%s) - start )) s"

@@ -14,6 +14,7 @@ use crate::fs::Tmpfs;
 use crate::process::{Log, Proc, Reaper};
 use crate::services::{
     ControlPlaneArgs, WorkerArgs, cache_command, cache_keys, ci_command, start_worker,
+    write_token_file,
 };
 use crate::wait::wait_until;
 
@@ -70,6 +71,12 @@ pub struct ClusterOpts {
     /// The fixture store paths ([`crate::fixtures::make_store`]) in every
     /// worker's store root.
     pub fixture_store: bool,
+    /// Every Cap'n Proto service checks tokens: the control plane has an
+    /// admin, a ci and a `worker:<id>` token per worker, each worker
+    /// presents its own and takes the admin token on its RPC, ci_service
+    /// presents the ci token. Without it they run `--insecure-no-auth`.
+    /// Clients use [`Cluster::admin_token_file`].
+    pub tokens: bool,
 }
 
 impl ClusterOpts {
@@ -85,6 +92,7 @@ impl ClusterOpts {
             ci: false,
             ci_args: Vec::new(),
             fixture_store: false,
+            tokens: false,
         }
     }
 
@@ -128,9 +136,18 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Starts the cluster, every worker reaching the control plane at
     /// `cp_addr_for(worker id, real address)` (e.g. through a proxy).
-    pub fn start(opts: ClusterOpts, mut cp_addr_for: impl FnMut(&str, &str) -> String) -> Cluster {
+    pub fn start(
+        mut opts: ClusterOpts,
+        mut cp_addr_for: impl FnMut(&str, &str) -> String,
+    ) -> Cluster {
         let h = HermeticNix::new().expect("a hermetic nix temp dir");
         let d = h.dir().to_owned();
+        if opts.tokens {
+            let file = write_tokens(&d.join("tokens"), &opts.workers);
+            opts.control_plane
+                .args
+                .extend(["--token-file".to_owned(), file.display().to_string()]);
+        }
         let reaper = Reaper::new(&d);
         let mounts: Vec<Tmpfs> = opts
             .cache_tmpfs
@@ -187,6 +204,18 @@ impl Cluster {
         self.h.dir()
     }
 
+    /// The file holding the control plane's admin token (also the workers'
+    /// admin token), for a client's `PCR_TOKEN_FILE`; None without
+    /// [`ClusterOpts::tokens`].
+    pub fn admin_token_file(&self) -> Option<PathBuf> {
+        self.opts.tokens.then(|| self.token_file("admin"))
+    }
+
+    /// A token file [`write_tokens`] wrote.
+    fn token_file(&self, name: &str) -> PathBuf {
+        self.dir().join("tokens").join(name)
+    }
+
     /// Worker `id`'s store root.
     pub fn host_root(&self, id: &str) -> PathBuf {
         self.dir().join("hosts").join(id)
@@ -233,6 +262,16 @@ impl Cluster {
             w.args
                 .extend(["--cache-public-key".to_owned(), self.public_key.clone()]);
         }
+        if self.opts.tokens {
+            w.args.extend([
+                "--token-file".to_owned(),
+                self.token_file("worker-rpc").display().to_string(),
+                "--cluster-token-file".to_owned(),
+                self.token_file(&format!("worker-{}", o.id))
+                    .display()
+                    .to_string(),
+            ]);
+        }
         w.args.extend(o.args.iter().cloned());
         for (k, v) in self.h.env() {
             w.env.push((k.to_owned(), v.to_string_lossy().into_owned()));
@@ -254,6 +293,10 @@ impl Cluster {
             &self.cp.addr,
         );
         cmd.args(&self.opts.ci_args);
+        if self.opts.tokens {
+            cmd.arg("--control-plane-token-file")
+                .arg(self.token_file("ci"));
+        }
         Proc::spawn_group("ci_service", cmd, Log::File(self.log("ci_service")))
     }
 
@@ -304,6 +347,35 @@ impl Cluster {
         let ci = respawn("ci_service to restart", || self.start_ci(&addr));
         self.ci = Some(ci);
     }
+}
+
+/// Writes the cluster's tokens into `dir` (0600 files): `admin`, `ci`,
+/// `worker-<id>` (one token each), `control-plane` (the control plane's
+/// token file naming them all) and `worker-rpc` (the workers' own token
+/// file: the admin token). Returns the control plane's file.
+fn write_tokens(dir: &Path, workers: &[WorkerOpts]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let admin = "cluster-admin-token-000000";
+    let ci = "cluster-ci-token-000000000";
+    let mut entries = vec![
+        ("admin".to_owned(), admin.to_owned()),
+        ("ci".to_owned(), ci.to_owned()),
+    ];
+    for w in workers {
+        let token = format!("cluster-worker-token-{}", w.id);
+        crate::fs::write_private(&dir.join(format!("worker-{}", w.id)), &format!("{token}\n"));
+        entries.push((format!("worker:{}", w.id), token));
+    }
+    crate::fs::write_private(&dir.join("admin"), &format!("{admin}\n"));
+    crate::fs::write_private(&dir.join("ci"), &format!("{ci}\n"));
+    write_token_file(&dir.join("worker-rpc"), &[("admin", admin)]);
+    let file = dir.join("control-plane");
+    let refs: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(w, t)| (w.as_str(), t.as_str()))
+        .collect();
+    write_token_file(&file, &refs);
+    file
 }
 
 /// Starts a service again on the address it had: the port may take a

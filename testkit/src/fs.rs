@@ -1,5 +1,6 @@
-//! File-system helpers of the tests: copying a tree, the repository's
-//! example flake, a free loopback port, and a tmpfs for a full disk.
+//! File-system helpers of the tests: copying a tree, a private (0600)
+//! secret file, the repository's example flake, a free loopback port, and
+//! a tmpfs for a full disk.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +19,21 @@ pub fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(e.path(), &dst).unwrap();
         }
     }
+}
+
+/// Writes a secret file readable by its owner only (mode 0600 from the
+/// start, so it is never readable by others even for a moment).
+pub fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap();
 }
 
 /// The hermetic example flake of the repository (`example/hermetic`).

@@ -367,3 +367,37 @@ pub fn usage(pid: u32) -> Usage {
         anon_rss_bytes: kib("RssAnon:"),
     }
 }
+
+/// Raises this process's open-file limit (soft and, where allowed, hard)
+/// to at least `want`; returns the soft limit it ends with. A test that
+/// holds thousands of sockets calls it first; raising the hard limit needs
+/// root (CI runs as root).
+pub fn raise_nofile_limit_to(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let cur = lim.current.unwrap_or(u64::MAX);
+    if cur >= want {
+        return cur;
+    }
+    let max = lim.maximum.unwrap_or(u64::MAX);
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: Some(max.max(want)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        // Not root: as far as the hard limit goes.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// How many file descriptors process `pid` has open (0 once it is gone).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}

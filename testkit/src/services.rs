@@ -22,7 +22,9 @@ pub struct WorkerArgs {
     pub ch_binary: Option<PathBuf>,
     /// `--control-plane`: registers there when set.
     pub control_plane: Option<String>,
-    /// Further options, as given.
+    /// Further options, as given. Without a `--token-file` among them the
+    /// worker starts with `--insecure-no-auth` (its own RPC checks no
+    /// token: tests that are about something else).
     pub args: Vec<String>,
     /// Environment of the worker and so of its CH processes.
     pub env: Vec<(String, String)>,
@@ -75,6 +77,7 @@ impl WorkerArgs {
         if let Some(cp) = &self.control_plane {
             cmd.args(["--control-plane", cp]);
         }
+        insecure_unless_token_file(&mut cmd, &self.args, "--token-file");
         cmd.args(&self.args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -94,7 +97,9 @@ pub struct ControlPlaneArgs {
     pub heartbeat_timeout_ms: Option<u64>,
     pub startup_grace_ms: u64,
     pub long_poll_timeout_ms: Option<u64>,
-    /// Further options, as given.
+    /// Further options, as given. Without a `--token-file` among them the
+    /// control plane starts with `--insecure-no-auth` (every caller is
+    /// admin: tests that are about something else).
     pub args: Vec<String>,
 }
 
@@ -121,9 +126,29 @@ impl ControlPlaneArgs {
         if let Some(ms) = self.long_poll_timeout_ms {
             cmd.args(["--long-poll-timeout-ms", &ms.to_string()]);
         }
+        insecure_unless_token_file(&mut cmd, &self.args, "--token-file");
         cmd.args(&self.args);
         cmd
     }
+}
+
+/// Adds `--insecure-no-auth` unless `args` name the server's token file
+/// (`flag`): the services refuse to start with neither.
+pub fn insecure_unless_token_file(cmd: &mut Command, args: &[String], flag: &str) {
+    if !args.iter().any(|a| a == flag) {
+        cmd.arg("--insecure-no-auth");
+    }
+}
+
+/// Writes a token file `path` (mode 0600) with one `<who> <token>` line per
+/// entry (`admin`, `ci`, `reader`, `worker:<id>`), for a server's
+/// `--token-file`.
+pub fn write_token_file(path: &Path, entries: &[(&str, &str)]) {
+    let text: String = entries
+        .iter()
+        .map(|(who, t)| format!("{who} {t}\n"))
+        .collect();
+    crate::fs::write_private(path, &text);
 }
 
 /// Starts a control plane and waits until it listens.
@@ -141,7 +166,7 @@ pub fn cache_keys(dir: &Path, name: &str, token: &str) -> String {
             .args(["keygen", name, "--out-dir"])
             .arg(dir.join("key")),
     );
-    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+    crate::fs::write_private(&dir.join("token"), &format!("{token}\n"));
     std::fs::read_to_string(dir.join("key/public-key"))
         .unwrap()
         .trim()
@@ -163,7 +188,8 @@ pub fn cache_command(dir: &Path, listen: &str) -> Command {
 
 /// ci_service on `listen` wired to the cache and the control plane, its
 /// state in `dir/ci` (so a restart on the same address resumes it), the
-/// cache token of [`cache_keys`], nix configured by `nix_conf_dir`.
+/// cache token of [`cache_keys`], nix configured by `nix_conf_dir`, with
+/// `--insecure-no-auth` (no hook secret; the hooks tests install have none).
 pub fn ci_command(dir: &Path, nix_conf_dir: &Path, listen: &str, cache: &str, cp: &str) -> Command {
     let mut cmd = Command::new(bin("ci_service"));
     cmd.args(["--listen", listen, "--data-dir"])
@@ -172,6 +198,7 @@ pub fn ci_command(dir: &Path, nix_conf_dir: &Path, listen: &str, cache: &str, cp
         .arg(nix_conf_dir)
         .args(["--cache", cache, "--control-plane", cp])
         .arg("--cache-token-file")
-        .arg(dir.join("token"));
+        .arg(dir.join("token"))
+        .arg("--insecure-no-auth");
     cmd
 }

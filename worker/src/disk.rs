@@ -157,7 +157,7 @@ pub fn make_disk(
 
 const BLOCK: usize = 64 * 1024;
 
-/// Copies `from` to a new writable file `to` (mode 0644), keeping holes.
+/// Copies `from` to a new writable file `to` (mode 0600), keeping holes.
 /// On error `to` is removed.
 pub fn writable_copy(from: &Path, to: &Path) -> Result<(), DiskError> {
     if !from.is_file() {
@@ -178,13 +178,14 @@ pub fn writable_copy(from: &Path, to: &Path) -> Result<(), DiskError> {
     })
 }
 
-/// A new file of mode 0644; `create_new` so that we never clobber a file
-/// we did not make.
+/// A new file of mode 0600 (a VM's disk is its guest's data, no one
+/// else's to read); `create_new` so that we never clobber a file we did
+/// not make.
 fn create_new(to: &Path) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o600)
         .open(to)
 }
 
@@ -347,7 +348,7 @@ mod tests {
         writable_copy(&src, &dst).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);
         let meta = std::fs::metadata(&dst).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert!(
             meta.blocks() * 512 < data.len() as u64,
             "copy should be sparse ({} blocks)",

@@ -86,10 +86,14 @@ struct Args {
     #[arg(long, env = "WORKER_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
     heartbeat_interval_ms: u64,
     /// Token file of this worker's own RPC: `admin <token>` and `reader
-    /// <token>` lines. Without it every caller is admin, which is only
-    /// allowed on a loopback address.
+    /// <token>` lines. Required unless --insecure-no-auth.
     #[arg(long, env = "WORKER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Check no tokens on this worker's own RPC: every caller is admin. For
+    /// development only: only on a loopback address, and logged as a
+    /// warning at startup.
+    #[arg(long, env = "WORKER_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
     /// File holding the token this worker presents to the control plane
     /// (a `worker:<this id>` token in the control plane's token file).
     #[arg(long, env = "WORKER_CLUSTER_TOKEN_FILE")]
@@ -172,8 +176,11 @@ async fn real_main(args: Args) -> Result<(), String> {
     config.control_plane = args.control_plane.clone();
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.closure_public_key = args.cache_public_key.clone();
-    config.auth = commands::auth::Authenticator::from_optional_file(
+    config.auth = commands::auth::Authenticator::for_server(
+        "the worker",
+        "--token-file",
         args.token_file.as_deref(),
+        args.insecure_no_auth,
         worker::server::ROLES,
     )
     .map_err(|e| error_chain(&e))?;
@@ -183,11 +190,11 @@ async fn real_main(args: Args) -> Result<(), String> {
             .map_err(|e| format!("--cluster-token-file: {}", error_chain(&e)))?;
     }
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = commands::rpc::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    commands::auth::check_bind("the worker", addr, !config.auth.is_open(), "--token-file")
+    commands::auth::check_insecure_bind("the worker", addr, !config.auth.is_open(), "--token-file")
         .map_err(|e| error_chain(&e))?;
     // Tests and scripts wait for this line to know the port.
     println!("listening on {addr}");

@@ -16,6 +16,7 @@
 //! on one `LocalSet` and the implementation is shared as an `Rc`.
 
 use capnp::capability::Rc as CapRc;
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -37,7 +38,8 @@ use crate::model::{
     AssignmentView, ClusterStatusView, GenerationView, MAX_VMS_PER_WORKER, ObservedVm,
     ProjectStatusView, PublishOutcomeView, Registration, WorkerMetricsView,
 };
-use crate::rpc::InFlight;
+use crate::rpc::{Conn, ConnLimits, InFlight};
+use crate::service::LoginGate;
 use crate::service::worker::WorkerCap;
 use crate::types::{ProjectName, VmSpec, WorkerId};
 
@@ -114,38 +116,73 @@ pub trait MasterApi: 'static {
     fn generations(&self, caller: &Caller, project: Option<&ProjectName>) -> Vec<GenerationView>;
 
     fn projects(&self, caller: &Caller) -> Vec<ProjectStatusView>;
+
+    /// Connection `conn`, on which someone logged in, has closed: a worker
+    /// registered on it may now register again from a new connection.
+    fn disconnected(&self, conn: u64) {
+        let _ = conn;
+    }
 }
 
 /// Serves `api` on `listener` until `shutdown` fires, with the tokens of
-/// `auth` deciding each connection's grant. Must run inside a `LocalSet`.
+/// `auth` deciding each connection's grant and the default connection
+/// limits. Must run inside a `LocalSet`.
 pub async fn serve<A: MasterApi>(
     api: Rc<A>,
     auth: Authenticator,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let auth = Rc::new(auth);
-    let make = move |conn, peer| {
+    serve_limited(api, auth, listener, ConnLimits::default(), shutdown).await;
+}
+
+/// Like [`serve`] within `limits` (login deadline, connections waiting to
+/// log in, connections in all).
+pub async fn serve_limited<A: MasterApi>(
+    api: Rc<A>,
+    auth: Authenticator,
+    listener: TcpListener,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let gate = Rc::new(LoginGate::new(auth));
+    let make = move |conn: &Conn| {
         let client: master_login::Client = capnp_rpc::new_client(Login {
             api: Rc::clone(&api),
-            auth: Rc::clone(&auth),
-            conn,
-            peer,
+            gate: Rc::clone(&gate),
+            conn: conn.clone(),
+            watching: Cell::new(false),
             in_flight: InFlight::new(MAX_IN_FLIGHT_PER_CONNECTION),
         });
         client.client
     };
-    crate::rpc::serve_per_connection(listener, make, shutdown).await;
+    crate::rpc::serve_limited(listener, make, limits, shutdown).await;
 }
 
 /// The bootstrap of one connection: nothing but `login`.
 struct Login<A> {
     api: Rc<A>,
-    auth: Rc<Authenticator>,
-    conn: u64,
-    peer: SocketAddr,
+    gate: Rc<LoginGate>,
+    conn: Conn,
+    /// Whether the implementation will hear of this connection's end
+    /// (set by the first successful login).
+    watching: Cell<bool>,
     /// Shared by every login of the connection: the limit is per connection.
     in_flight: InFlight,
+}
+
+impl<A: MasterApi> Login<A> {
+    /// Tells the implementation when this logged-in connection closes, once.
+    fn watch_close(&self) {
+        if self.watching.replace(true) {
+            return;
+        }
+        let (api, closed, id) = (Rc::clone(&self.api), self.conn.closed(), self.conn.id());
+        tokio::task::spawn_local(async move {
+            closed.cancelled().await;
+            api.disconnected(id);
+        });
+    }
 }
 
 impl<A: MasterApi> master_login::Server for Login<A> {
@@ -155,35 +192,30 @@ impl<A: MasterApi> master_login::Server for Login<A> {
         mut results: master_login::LoginResults,
     ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
         let token = super::login_token(params.get().and_then(|p| p.get_token()));
-        let login = self.auth.login(&token).map(|g| {
-            let m: master::Client = capnp_rpc::new_client(Session {
-                api: Rc::clone(&self.api),
-                caller: Caller {
-                    grant: g.clone(),
-                    conn: self.conn,
-                    peer: self.peer,
-                },
-                in_flight: self.in_flight.clone(),
-            });
-            (g, m)
-        });
-        drop(token);
-        let peer = self.peer;
         async move {
+            let login = self.gate.login(&self.conn, token).await;
             let b = results.get().init_result();
             match login {
-                Ok((g, m)) => {
-                    tracing::debug!(%peer, grant = %g, "login");
+                Ok(g) => {
+                    let peer = self.conn.peer();
+                    tracing::debug!(%peer, conn = self.conn.id(), grant = %g, "login");
+                    self.watch_close();
+                    let m: master::Client = capnp_rpc::new_client(Session {
+                        api: Rc::clone(&self.api),
+                        caller: Caller {
+                            grant: g.clone(),
+                            conn: self.conn.id(),
+                            peer,
+                        },
+                        in_flight: self.in_flight.clone(),
+                    });
                     let mut ok = b.init_ok();
                     ok.set_master(m);
                     ok.set_role(g.role.to_capnp());
                     ok.set_worker_id(g.worker_id.as_deref().unwrap_or(""));
                     ok.set_project(g.project.as_ref().map_or("", |p| p.as_str()));
                 }
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "login refused");
-                    super::refuse_login(&e, b.init_err()).await;
-                }
+                Err(e) => super::refuse_login(&e, b.init_err()),
             }
             Ok(())
         }
@@ -506,6 +538,184 @@ mod tests {
         fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
             unreachable!()
         }
+    }
+
+    const TOKEN: &str = "admin-token-0123456789";
+
+    /// Serves `Counting` with one admin token within `limits`; its address.
+    async fn start(limits: ConnLimits) -> (String, Rc<Counting>, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let api = Rc::new(Counting::default());
+        let auth = Authenticator::parse(
+            &format!("admin {TOKEN}\n"),
+            std::path::Path::new("t"),
+            &[Role::Admin],
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::task::spawn_local(serve_limited(
+            Rc::clone(&api),
+            auth,
+            listener,
+            limits,
+            shutdown.clone(),
+        ));
+        (addr, api, shutdown)
+    }
+
+    /// A raw connection to the login capability, nothing sent yet.
+    async fn raw(addr: &str) -> crate::rpc::Connection<master_login::Client> {
+        crate::rpc::connect::<master_login::Client>(addr, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    /// Sends one login on `c`; the refusal message, or None when it was let in.
+    fn login_on(
+        c: &master_login::Client,
+        token: &str,
+    ) -> impl Future<Output = Result<Option<String>, capnp::Error>> + use<> {
+        let mut req = c.login_request();
+        req.get().set_token(token);
+        let promise = req.send().promise;
+        async move {
+            let reply = promise.await?;
+            let r = crate::convert::result_from_capnp(reply.get()?.get_result()?)
+                .map_err(|e| capnp::Error::failed(e.to_message()))?;
+            Ok(r.err().map(|f| f.message))
+        }
+    }
+
+    /// Guesses pipelined on one connection are answered one after the
+    /// other, each after the refusal delay: N guesses cost N × the delay.
+    #[test]
+    fn pipelined_wrong_logins_on_one_connection_take_turns() {
+        crate::rpc::block_on_local(async {
+            let (addr, _, shutdown) = start(ConnLimits::default()).await;
+            let c = raw(&addr).await;
+            let n = 5;
+            let t = std::time::Instant::now();
+            let guesses: Vec<_> = (0..n)
+                .map(|i| login_on(&c.client, &format!("wrong-guess-{i:010}")))
+                .collect();
+            for g in futures::future::join_all(guesses).await {
+                let why = g.unwrap().expect("a wrong token was let in");
+                assert!(why.contains("not valid"), "{why}");
+            }
+            let took = t.elapsed();
+            let floor = super::super::LOGIN_FAILURE_DELAY * n;
+            assert!(
+                took >= floor,
+                "{n} pipelined refusals took {took:?}, less than {floor:?}"
+            );
+            // The right token on the same connection still gets in.
+            assert_eq!(login_on(&c.client, TOKEN).await.unwrap(), None);
+            shutdown.cancel();
+        });
+    }
+
+    /// An address that has used up its refusals is refused without its
+    /// token being compared, on any connection; its first refusals were
+    /// answered as wrong tokens.
+    #[test]
+    fn refusals_are_rate_limited_per_peer_address() {
+        crate::rpc::block_on_local(async {
+            let (addr, _, shutdown) = start(ConnLimits::default()).await;
+            let burst = super::super::LOGIN_FAILURE_BURST as usize;
+            let mut conns = Vec::new();
+            for _ in 0..burst + 5 {
+                conns.push(raw(&addr).await);
+            }
+            // In parallel, one guess per connection.
+            let answers = futures::future::join_all(
+                conns
+                    .iter()
+                    .map(|c| login_on(&c.client, "wrong-guess-0123456789")),
+            )
+            .await;
+            let answers: Vec<String> = answers
+                .into_iter()
+                .map(|a| a.unwrap().expect("a wrong token was let in"))
+                .collect();
+            let invalid = answers.iter().filter(|a| a.contains("not valid")).count();
+            let limited = answers
+                .iter()
+                .filter(|a| a.contains("too many refused logins from this address"))
+                .count();
+            assert_eq!(invalid + limited, answers.len(), "{answers:?}");
+            assert!((burst..=burst + 1).contains(&invalid), "{answers:?}");
+            // While limited, even the right token is not compared.
+            let c = raw(&addr).await;
+            let why = login_on(&c.client, TOKEN).await.unwrap();
+            assert!(
+                why.is_some_and(|w| w.contains("too many refused logins")),
+                "a limited address was let in"
+            );
+            shutdown.cancel();
+        });
+    }
+
+    /// A connection that does not log in within the deadline is closed; one
+    /// that did stays.
+    #[test]
+    fn connections_that_do_not_log_in_are_closed_at_the_deadline() {
+        crate::rpc::block_on_local(async {
+            let limits = ConnLimits {
+                login_deadline: Duration::from_millis(300),
+                ..ConnLimits::default()
+            };
+            let (addr, api, shutdown) = start(limits).await;
+            let idle = raw(&addr).await;
+            let (conn, _) = crate::rpc::connect_master(&addr, Duration::from_secs(5), TOKEN)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let e = login_on(&idle.client, TOKEN).await.unwrap_err();
+            assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+            let mut req = conn.client.publish_state_request();
+            req.get().set_commit("c1");
+            req.get().set_generation(1);
+            req.get().set_intent_hash("i1");
+            req.send().promise.await.unwrap();
+            assert_eq!(
+                api.published.get(),
+                1,
+                "the logged-in connection was closed"
+            );
+            conn.close().await;
+            shutdown.cancel();
+        });
+    }
+
+    /// Beyond the waiting pool, the oldest connection still waiting to log
+    /// in is closed, never the newest and never a logged-in one.
+    #[test]
+    fn a_flood_of_idle_connections_evicts_its_oldest() {
+        crate::rpc::block_on_local(async {
+            let limits = ConnLimits {
+                max_waiting: 2,
+                ..ConnLimits::default()
+            };
+            let (addr, _, shutdown) = start(limits).await;
+            let (logged_in, _) = crate::rpc::connect_master(&addr, Duration::from_secs(5), TOKEN)
+                .await
+                .unwrap();
+            let oldest = raw(&addr).await;
+            let second = raw(&addr).await;
+            let newest = raw(&addr).await;
+            assert_eq!(login_on(&newest.client, TOKEN).await.unwrap(), None);
+            let e = login_on(&oldest.client, TOKEN).await.unwrap_err();
+            assert_eq!(e.kind, capnp::ErrorKind::Disconnected, "{e}");
+            assert_eq!(login_on(&second.client, TOKEN).await.unwrap(), None);
+            // The logged-in connection was never a candidate.
+            let mut req = logged_in.client.publish_state_request();
+            req.get().set_commit("c1");
+            req.get().set_intent_hash("i1");
+            req.send().promise.await.unwrap();
+            logged_in.close().await;
+            shutdown.cancel();
+        });
     }
 
     /// A spec that does not validate (only a raw builder can express it) is

@@ -12,7 +12,6 @@
 //! with its control plane ([`WorkerCap`]) needs no login: whoever holds it
 //! was given it.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use tokio::net::TcpListener;
@@ -21,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, Role};
 use crate::common_capnp;
 use crate::convert::{self, ErrorCode, RpcFailure};
-use crate::rpc::InFlight;
+use crate::rpc::{Conn, InFlight};
+use crate::service::LoginGate;
 use crate::types::{LogTail, VmDetails, VmId, VmSpec, VmStatus, WorkerStatus};
 use crate::worker_capnp::{worker, worker_login};
 
@@ -118,38 +118,53 @@ impl WorkerCap {
     }
 }
 
-/// The bootstrap capability of one connection: a `WorkerLogin` over `api`
-/// checking tokens with `auth`. For servers that pick their own accept loop
-/// (`rpc::serve_limited`); [`serve`] is the usual way.
+/// The login checks of a worker's server: its tokens and the refusal
+/// counts of its peers, shared by every connection (see [`login_bootstrap`]).
+#[derive(Debug, Clone)]
+pub struct WorkerAuth(Rc<LoginGate>);
+
+impl WorkerAuth {
+    pub fn new(auth: Authenticator) -> Self {
+        WorkerAuth(Rc::new(LoginGate::new(auth)))
+    }
+}
+
+/// The bootstrap capability of connection `conn`: a `WorkerLogin` over
+/// `api` checking tokens with `auth`. For servers that pick their own
+/// accept loop (`rpc::serve_limited`); [`serve`] is the usual way.
 pub fn login_bootstrap<A: WorkerApi + 'static>(
     api: Rc<A>,
-    auth: Rc<Authenticator>,
+    auth: &WorkerAuth,
+    conn: &Conn,
 ) -> capnp::capability::Client {
     let login: worker_login::Client = capnp_rpc::new_client(WorkerLogin {
         api,
-        auth,
+        gate: Rc::clone(&auth.0),
+        conn: conn.clone(),
         in_flight: InFlight::new(MAX_IN_FLIGHT),
     });
     login.client
 }
 
 /// Serves `api` on `listener` until `shutdown` fires, every connection
-/// starting with a login checked by `auth`. Must run inside a `LocalSet`.
+/// starting with a login checked by `auth`, within the default connection
+/// limits. Must run inside a `LocalSet`.
 pub async fn serve<A: WorkerApi + 'static>(
     listener: TcpListener,
     api: Rc<A>,
     auth: Authenticator,
     shutdown: CancellationToken,
 ) {
-    let auth = Rc::new(auth);
-    let make = move |_: u64, _: SocketAddr| login_bootstrap(Rc::clone(&api), Rc::clone(&auth));
+    let auth = WorkerAuth::new(auth);
+    let make = move |conn: &Conn| login_bootstrap(Rc::clone(&api), &auth, conn);
     crate::rpc::serve_per_connection(listener, make, shutdown).await;
 }
 
 /// The bootstrap of one connection to a worker: nothing but `login`.
 struct WorkerLogin<A> {
     api: Rc<A>,
-    auth: Rc<Authenticator>,
+    gate: Rc<LoginGate>,
+    conn: Conn,
     /// Shared by every session of this connection: logging in again does
     /// not buy more slots.
     in_flight: InFlight,
@@ -162,8 +177,7 @@ impl<A: WorkerApi + 'static> worker_login::Server for WorkerLogin<A> {
         mut results: worker_login::LoginResults,
     ) -> Result<(), capnp::Error> {
         let token = super::login_token(params.get().and_then(|p| p.get_token()));
-        let grant = self.auth.login(&token);
-        drop(token);
+        let grant = self.gate.login(&self.conn, token).await;
         let b = results.get().init_result();
         match grant {
             Ok(g) => {
@@ -175,10 +189,7 @@ impl<A: WorkerApi + 'static> worker_login::Server for WorkerLogin<A> {
                 }));
                 ok.set_role(g.role.to_capnp());
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "login refused");
-                super::refuse_login(&e, b.init_err()).await;
-            }
+            Err(e) => super::refuse_login(&e, b.init_err()),
         }
         Ok(())
     }
