@@ -23,7 +23,10 @@ fn versioned(name: &str, content_hash: &str) -> VmSpec {
     testkit::fixtures::spec_with(name, content_hash, |f| f.cmdline = "console=ttyS0".into())
 }
 
+/// A manager config on `dir`, whose store root holds the fixture store
+/// paths (the manager resolves a spec's files there before any spawn).
 fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {
+    testkit::fixtures::make_store(&dir.join("store"));
     ManagerConfig {
         stop_vms_on_exit,
         shutdown_timeout: Duration::from_millis(200),

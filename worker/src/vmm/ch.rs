@@ -23,6 +23,7 @@ use crate::vmm::config::{
 use crate::vmm::interface::{
     Adopted, ExitInfo, PrepareStep, Vmm, VmmBackend, VmmError, VmmProcess,
 };
+use crate::vmm::store::HostFiles;
 
 /// Settings of the cloud-hypervisor backend.
 #[derive(Debug, Clone)]
@@ -245,14 +246,14 @@ impl VmmBackend for CloudHypervisorBackend {
         Ok(Some(Adopted { vmm, process, info }))
     }
 
-    fn build_config(&self, vm_id: &VmId, spec: &VmSpec, paths: &VmPaths) -> VmConfig {
-        build_vm_config(
-            vm_id,
-            spec,
-            paths,
-            &self.config.store_root,
-            self.config.tap.as_ref(),
-        )
+    fn build_config(
+        &self,
+        vm_id: &VmId,
+        spec: &VmSpec,
+        paths: &VmPaths,
+        files: &HostFiles,
+    ) -> VmConfig {
+        build_vm_config(vm_id, spec, paths, files, self.config.tap.as_ref())
     }
 }
 
