@@ -324,7 +324,7 @@ mod tests {
         std::fs::create_dir(img.join("dir.raw")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &img.join("fifo.raw"),
+            img.join("fifo.raw"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,
