@@ -19,6 +19,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::vmm::user::VmOwner;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("cannot copy disk image {} to {}", from.display(), to.display())]
@@ -88,39 +90,54 @@ impl std::fmt::Display for DiskMode {
 /// `vmm::store` resolved (real, inside the store, a regular file): the
 /// overlay names it as its backing file, so CH opens that file and nothing
 /// a link in the closure points at. On error `to` does not exist.
-pub fn make_disk(mode: DiskMode, base: &Path, to: &Path) -> Result<(), DiskError> {
+/// The disk is mode 0600 and belongs to `owner` (the VM user) when given.
+pub fn make_disk(
+    mode: DiskMode,
+    base: &Path,
+    to: &Path,
+    owner: Option<VmOwner>,
+) -> Result<(), DiskError> {
     match mode {
-        DiskMode::Overlay => create_overlay(base, to),
-        DiskMode::Copy => writable_copy(base, to),
+        DiskMode::Overlay => create_overlay(base, to, owner),
+        DiskMode::Copy => writable_copy(base, to, owner),
     }
 }
 
 const BLOCK: usize = 64 * 1024;
 
-/// Copies `from` to a new writable file `to` (mode 0644), keeping holes.
-/// On error `to` is removed.
-pub fn writable_copy(from: &Path, to: &Path) -> Result<(), DiskError> {
+/// Copies `from` to a new writable file `to` (mode 0600, of `owner`),
+/// keeping holes. On error `to` is removed.
+pub fn writable_copy(from: &Path, to: &Path, owner: Option<VmOwner>) -> Result<(), DiskError> {
     let err = |source| DiskError::Copy {
         from: from.to_owned(),
         to: to.to_owned(),
         source,
     };
     let src = File::open(from).map_err(err)?;
-    let dst = create_new(to).map_err(err)?;
+    let dst = create_new(to, owner).map_err(err)?;
     copy_inner(src, dst).map_err(|source| {
         crate::rundir::remove_if_present(to);
         err(source)
     })
 }
 
-/// A new file of mode 0644; `create_new` so that we never clobber a file
-/// we did not make.
-fn create_new(to: &Path) -> io::Result<File> {
-    OpenOptions::new()
+/// A new file of mode 0600 (a guest's disk is nobody else's to read),
+/// handed to `owner` through its fd. `create_new` (`O_EXCL`, which also
+/// refuses a link in its place) so that we never clobber or follow a file
+/// we did not make: the VM user may write the directory.
+fn create_new(to: &Path, owner: Option<VmOwner>) -> io::Result<File> {
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
-        .open(to)
+        .mode(0o600)
+        .open(to)?;
+    if let Some(o) = owner {
+        if let Err(e) = std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid)) {
+            crate::rundir::remove_if_present(to);
+            return Err(e);
+        }
+    }
+    Ok(f)
 }
 
 fn copy_inner(mut src: File, mut dst: File) -> io::Result<()> {
@@ -148,7 +165,7 @@ fn copy_inner(mut src: File, mut dst: File) -> io::Result<()> {
 /// Writes an empty qcow2 v3 overlay `to` whose backing file is the raw image
 /// `base` (an absolute path) and whose virtual size is `base`'s size. On
 /// error `to` is removed.
-pub fn create_overlay(base: &Path, to: &Path) -> Result<(), DiskError> {
+pub fn create_overlay(base: &Path, to: &Path, owner: Option<VmOwner>) -> Result<(), DiskError> {
     let err = |source| DiskError::Overlay {
         base: base.to_owned(),
         to: to.to_owned(),
@@ -156,7 +173,7 @@ pub fn create_overlay(base: &Path, to: &Path) -> Result<(), DiskError> {
     };
     let size = std::fs::metadata(base).map_err(err)?.len();
     let image = qcow2_overlay(base.as_os_str().as_encoded_bytes(), size).map_err(err)?;
-    let f = create_new(to).map_err(err)?;
+    let f = create_new(to, owner).map_err(err)?;
     // No fsync, as for the VM record: a host crash takes the VM with it.
     image.write_to(&f).map_err(|source| {
         crate::rundir::remove_if_present(to);
@@ -279,10 +296,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, data) = read_only_image(dir.path());
         let dst = dir.path().join("copy");
-        writable_copy(&src, &dst).unwrap();
+        writable_copy(&src, &dst, None).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);
         let meta = std::fs::metadata(&dst).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert!(
             meta.blocks() * 512 < data.len() as u64,
             "copy should be sparse ({} blocks)",
@@ -290,7 +307,7 @@ mod tests {
         );
         // A second copy to the same place is refused, not overwritten.
         assert!(matches!(
-            writable_copy(&src, &dst),
+            writable_copy(&src, &dst, None),
             Err(DiskError::Copy { .. })
         ));
         assert!(
@@ -302,7 +319,7 @@ mod tests {
     #[test]
     fn missing_source_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = writable_copy(&dir.path().join("nope"), &dir.path().join("x")).unwrap_err();
+        let err = writable_copy(&dir.path().join("nope"), &dir.path().join("x"), None).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -339,7 +356,7 @@ mod tests {
         let f = File::create(&base).unwrap();
         f.set_len(3 << 30).unwrap();
         let overlay = dir.path().join("vm.qcow2");
-        create_overlay(&base, &overlay).unwrap();
+        create_overlay(&base, &overlay, None).unwrap();
         let qemu_img = |args: &[&str]| {
             let what = format!("qemu-img {}", args[0]);
             run_ok(&what, Command::new("qemu-img").args(args).arg(&overlay))

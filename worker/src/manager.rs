@@ -858,7 +858,8 @@ async fn create_flow<B: VmmBackend>(
         if let Some(base) = files.disk_image.clone() {
             let to = paths.disk.clone();
             let mode = paths.disk_mode;
-            tokio::task::spawn_blocking(move || disk::make_disk(mode, &base, &to))
+            let owner = run_dir.options().vm_owner;
+            tokio::task::spawn_blocking(move || disk::make_disk(mode, &base, &to, owner))
                 .await
                 .map_err(|e| DiskError::Copy {
                     from: PathBuf::new(),
@@ -866,6 +867,7 @@ async fn create_flow<B: VmmBackend>(
                     source: std::io::Error::other(e),
                 })??;
         }
+        run_dir.make_serial_file(id)?;
         let (vmm, process) = backend
             .spawn(id, &paths)
             .await

@@ -1,11 +1,18 @@
-//! The worker's run directory: per VM `<id>.sock` (CH's API socket, made by
-//! CH), `<id>.sock.lock` (CH's), `<id>.json` (the record written before the
-//! spawn, for adoption), `<id>-serial.log` (CH's serial file, truncated by CH
-//! at every boot), `<id>-console.log` and `<id>-console.log.1` (the console
-//! history the worker keeps across boots, with `<id>-console.pos`, how far
-//! into the serial file it has copied), `<id>.qcow2` (the qcow2 overlay of
-//! the store image) or `<id>.disk` (a raw copy of it) and `<id>-ch.log`
-//! (CH's own stdout/stderr).
+//! The worker's run directory, in three parts by who may write there:
+//! - the root (the worker's only): per VM `<id>.json` (the record written
+//!   before the spawn, for adoption) and `<id>-ch.log` (CH's own
+//!   stdout/stderr);
+//! - `vm/` (mode 0700, owned by `--vm-user` when set: CH creates files
+//!   here): `<id>.sock` (CH's API socket), `<id>.sock.lock` (CH's) and
+//!   `<id>.qcow2` (the qcow2 overlay of the store image) or `<id>.disk` (a
+//!   raw copy of it), made by the worker and given to the VM user;
+//! - `console/` (the worker's; others may only pass through it):
+//!   `<id>-serial.log` (CH's serial file, made by the worker and given to
+//!   the VM user, truncated by CH at every boot), `<id>-console.log` and
+//!   `<id>-console.log.1` (the bounded console history the worker keeps
+//!   across boots) and `<id>-console.pos` (how far into the serial file it
+//!   has copied). The console lives apart from the disks, and the VM user
+//!   cannot create, rename or link anything next to the worker's files.
 //!
 //! The directory is the worker's only persistent state: a restarted worker
 //! rebuilds its table from it.
@@ -17,6 +24,12 @@ use std::path::{Path, PathBuf};
 use crate::disk::DiskMode;
 use crate::dto::{VmId, VmRecord};
 use crate::vmm::config::VmPaths;
+use crate::vmm::user::VmOwner;
+
+/// The subdirectory of files the hypervisor creates (see the module doc).
+const VM_DIR: &str = "vm";
+/// The subdirectory of console files.
+const CONSOLE_DIR: &str = "console";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -41,6 +54,8 @@ pub struct VmFileOptions {
     /// Bound on each console history file; one rotated file is kept, so a
     /// VM's history takes at most twice this.
     pub console_max_bytes: u64,
+    /// Who CH runs as (`--vm-user`); `None`: root, as the worker.
+    pub vm_owner: Option<VmOwner>,
 }
 
 impl Default for VmFileOptions {
@@ -48,6 +63,7 @@ impl Default for VmFileOptions {
         VmFileOptions {
             disk_mode: DiskMode::Overlay,
             console_max_bytes: 1024 * 1024,
+            vm_owner: None,
         }
     }
 }
@@ -64,12 +80,34 @@ impl RunDir {
         Self::open_with(root, VmFileOptions::default())
     }
 
-    /// Uses (and creates) `root`.
+    /// Uses (and creates) `root` and its `vm/` and `console/` parts, and
+    /// (re)sets their owners and modes.
     pub fn open_with(root: &Path, options: VmFileOptions) -> Result<Self, RunDirError> {
+        use std::os::unix::fs::PermissionsExt;
+        let create = |path: &Path, mode: u32, owner: Option<VmOwner>| {
+            let err = |source| RunDirError::Create {
+                path: path.to_owned(),
+                source,
+            };
+            std::fs::create_dir_all(path).map_err(err)?;
+            match owner {
+                Some(o) => o.give(path, mode).map_err(err),
+                None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(err),
+            }
+        };
         std::fs::create_dir_all(root).map_err(|source| RunDirError::Create {
             path: root.to_owned(),
             source,
         })?;
+        create(&root.join(VM_DIR), 0o700, options.vm_owner)?;
+        // The VM user passes through to its serial file, nothing more.
+        let console_mode = if options.vm_owner.is_some() {
+            0o711
+        } else {
+            0o700
+        };
+        create(&root.join(CONSOLE_DIR), console_mode, None)?;
         Ok(RunDir {
             root: root.to_owned(),
             options,
@@ -82,7 +120,7 @@ impl RunDir {
 
     /// The console history of one VM.
     pub fn console(&self, id: &VmId) -> Console {
-        let f = |suffix: &str| self.root.join(format!("{id}{suffix}"));
+        let f = |suffix: &str| self.root.join(CONSOLE_DIR).join(format!("{id}{suffix}"));
         Console {
             serial: f("-serial.log"),
             history: f("-console.log"),
@@ -98,11 +136,12 @@ impl RunDir {
 
     pub fn paths(&self, id: &VmId) -> VmPaths {
         let f = |suffix: &str| self.root.join(format!("{id}{suffix}"));
+        let vm = |suffix: &str| self.root.join(VM_DIR).join(format!("{id}{suffix}"));
         VmPaths {
-            socket: f(".sock"),
+            socket: vm(".sock"),
             metadata: f(".json"),
-            serial_log: f("-serial.log"),
-            disk: f(self.options.disk_mode.file_suffix()),
+            serial_log: self.console(id).serial,
+            disk: vm(self.options.disk_mode.file_suffix()),
             disk_mode: self.options.disk_mode,
             ch_log: f("-ch.log"),
         }
@@ -136,24 +175,55 @@ impl RunDir {
         serde_json::from_slice(&body).map_err(|source| RunDirError::Parse { path, source })
     }
 
+    /// Makes the VM's serial file, empty, for CH to write: owned by the VM
+    /// user, in a directory that user cannot write, so CH can fill it but
+    /// not swap it for a link the worker would then read and punch.
+    pub fn make_serial_file(&self, id: &VmId) -> Result<(), RunDirError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.console(id).serial;
+        let err = |source| RunDirError::Write {
+            path: path.clone(),
+            source,
+        };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(err)?;
+        if let Some(o) = self.options.vm_owner {
+            std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid)).map_err(err)?;
+        }
+        Ok(())
+    }
+
     /// Removes every file of one VM (missing files are fine).
     pub fn remove_vm_files(&self, id: &VmId) {
         let p = self.paths(id);
         let lock = PathBuf::from(format!("{}.lock", p.socket.display()));
         let tmp = p.metadata.with_extension("json.tmp");
         self.console(id).remove();
-        // Both disk names: the VM may predate a change of --disk-mode.
-        let disks = [DiskMode::Overlay, DiskMode::Copy]
-            .map(|m| self.root.join(format!("{id}{}", m.file_suffix())));
-        for f in [
-            &p.socket,
-            &lock,
-            &p.metadata,
-            &tmp,
-            &disks[0],
-            &disks[1],
-            &p.ch_log,
+        let mut files = vec![p.socket.clone(), lock, p.metadata, tmp, p.ch_log];
+        // Both disk names: the VM may predate a change of --disk-mode; and
+        // the names of the flat layout before `vm/` and `console/`.
+        for dir in [self.root.join(VM_DIR), self.root.clone()] {
+            for m in [DiskMode::Overlay, DiskMode::Copy] {
+                files.push(dir.join(format!("{id}{}", m.file_suffix())));
+            }
+        }
+        for suffix in [
+            ".sock",
+            ".sock.lock",
+            "-serial.log",
+            "-console.log",
+            "-console.log.1",
+            "-console.pos",
         ] {
+            files.push(self.root.join(format!("{id}{suffix}")));
+        }
+        for f in &files {
             remove_if_present(f);
         }
     }
@@ -166,13 +236,19 @@ impl RunDir {
             source,
         };
         let mut ids = BTreeSet::new();
-        for entry in std::fs::read_dir(&self.root).map_err(rerr)? {
-            let name = entry.map_err(rerr)?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.len() >= 36
-                && let Ok(id) = name[..36].parse::<VmId>()
-            {
-                ids.insert(id);
+        for dir in [
+            self.root.clone(),
+            self.root.join(VM_DIR),
+            self.root.join(CONSOLE_DIR),
+        ] {
+            for entry in std::fs::read_dir(&dir).map_err(rerr)? {
+                let name = entry.map_err(rerr)?.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.len() >= 36
+                    && let Ok(id) = name[..36].parse::<VmId>()
+                {
+                    ids.insert(id);
+                }
             }
         }
         Ok(ids)
@@ -206,7 +282,11 @@ pub fn remove_if_present(path: &Path) {
 ///
 /// The history is bounded: when a chunk would take it past `max_bytes`,
 /// the history becomes the rotated file (replacing the older one) and a new
-/// history starts, so a VM keeps between `max_bytes` and twice that.
+/// history starts, so a VM keeps between `max_bytes` and twice that. A
+/// chunk longer than `max_bytes` (a guest that prints faster than the
+/// syncs copy) keeps only its end, after a line saying how much was cut
+/// ([`TRUNCATED_MARK`]). So a VM's console takes on disk at most twice
+/// `max_bytes`, plus what its guest writes between two syncs.
 #[derive(Debug, Clone)]
 pub struct Console {
     pub serial: PathBuf,
@@ -216,6 +296,9 @@ pub struct Console {
     pub pos: PathBuf,
     pub max_bytes: u64,
 }
+
+/// The start of the line the history gets where guest output was cut.
+pub const TRUNCATED_MARK: &str = "[worker] console output truncated:";
 
 /// How often the manager copies every VM's new serial output.
 pub const CONSOLE_SYNC_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
@@ -227,10 +310,13 @@ impl Console {
     /// Copies what CH wrote since the last sync into the history.
     pub fn sync(&self) -> io::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
         let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        // Never through a link: the worker reads and punches this file.
         let mut serial = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&self.serial)
         {
             Ok(f) => f,
@@ -256,8 +342,13 @@ impl Console {
         if len > from {
             // Only the last max_bytes of a chunk can survive the rotation.
             let start = from.max(len.saturating_sub(self.max_bytes));
+            let mut chunk = Vec::with_capacity((len - start) as usize + 80);
+            if start > from {
+                chunk.extend_from_slice(
+                    format!("{TRUNCATED_MARK} {} bytes dropped\n", start - from).as_bytes(),
+                );
+            }
             serial.seek(SeekFrom::Start(start))?;
-            let mut chunk = Vec::with_capacity((len - start) as usize);
             Read::by_ref(&mut serial)
                 .take(len - start)
                 .read_to_end(&mut chunk)?;

@@ -66,7 +66,7 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
     let id_b = bc[0]["id"].as_str().unwrap().to_owned();
     let id_c = bc[1]["id"].as_str().unwrap().to_owned();
     // Each VM boots from its own qcow2 overlay of the store image.
-    assert!(d.join("run").join(format!("{id_a}.qcow2")).exists());
+    assert!(d.join("run/vm").join(format!("{id_a}.qcow2")).exists());
 
     // Pause and resume one.
     assert_eq!(w.json(&["pause", &id_a])["state"], "paused");

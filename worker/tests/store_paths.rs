@@ -73,7 +73,7 @@ fn spec_paths_resolve_only_inside_the_store() {
         &write_spec(d, "victim.json", &spec_json("victim", "")),
     ]);
     let victim_id = victim[0]["id"].as_str().unwrap().to_owned();
-    let victim_disk = d.join("run").join(format!("{victim_id}.qcow2"));
+    let victim_disk = d.join("run/vm").join(format!("{victim_id}.qcow2"));
     assert!(victim_disk.exists());
     assert_eq!(ch_starts(d), 1);
 
@@ -87,7 +87,7 @@ fn spec_paths_resolve_only_inside_the_store() {
     symlink("up", evil.join("chain")).unwrap();
     symlink(&victim_disk, evil.join("victim-abs")).unwrap();
     symlink(
-        format!("../../../run/{victim_id}.qcow2"),
+        format!("../../../run/vm/{victim_id}.qcow2"),
         evil.join("victim-rel"),
     )
     .unwrap();
@@ -171,7 +171,7 @@ fn spec_paths_resolve_only_inside_the_store() {
         "CH must get the resolved kernel: {logs}"
     );
     // The overlay's backing file is the resolved image, not the link.
-    let overlay = std::fs::read(d.join("run").join(format!("{id}.qcow2"))).unwrap();
+    let overlay = std::fs::read(d.join("run/vm").join(format!("{id}.qcow2"))).unwrap();
     let real_disk = host(d, DISK).canonicalize().unwrap();
     let name = real_disk.as_os_str().as_encoded_bytes();
     assert!(

@@ -9,6 +9,7 @@ pub mod interface;
 #[cfg(test)]
 pub mod memory;
 pub mod store;
+pub mod user;
 
 pub use ch::{ChBackendConfig, CloudHypervisorBackend};
 pub use interface::{Adopted, ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};

@@ -108,11 +108,15 @@ pub(crate) fn test_dir() -> (tempfile::TempDir, Reaper) {
     (dir, reaper)
 }
 
-/// Names of the files in the run directory.
+/// Names of the files in the run directory and its `vm/` and `console/`.
 pub(crate) fn run_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let run = dir.join("run");
+    ["", "vm", "console"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(run.join(sub)).unwrap())
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
 
