@@ -377,6 +377,7 @@ impl Console {
 
     fn append(&self, chunk: &[u8]) -> io::Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let current = match std::fs::metadata(&self.history) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
@@ -385,9 +386,11 @@ impl Console {
         if current > 0 && current + chunk.len() as u64 > self.max_bytes {
             std::fs::rename(&self.history, &self.rotated)?;
         }
+        // A guest's console is nobody else's to read.
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.history)?
             .write_all(chunk)
     }
