@@ -131,11 +131,11 @@ fn create_new(to: &Path, owner: Option<VmOwner>) -> io::Result<File> {
         .create_new(true)
         .mode(0o600)
         .open(to)?;
-    if let Some(o) = owner {
-        if let Err(e) = std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid)) {
-            crate::rundir::remove_if_present(to);
-            return Err(e);
-        }
+    if let Some(o) = owner
+        && let Err(e) = std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))
+    {
+        crate::rundir::remove_if_present(to);
+        return Err(e);
     }
     Ok(f)
 }
