@@ -377,7 +377,16 @@ impl<B: VmmBackend> VmManager<B> {
                         // Alive but not answering properly (a hung API): find
                         // it by its socket path so it is not orphaned.
                         Err(_) => kill_by_socket(&paths.socket),
-                        Ok(None) => {}
+                        Ok(None) => {
+                            // A hypervisor started before the run directory
+                            // had `vm/` answers on the old socket path; it
+                            // holds a disk and serial file the new layout does
+                            // not name, so it is stopped and its VM recreated.
+                            let legacy = self.run_dir.legacy_socket(&id);
+                            if legacy.exists() {
+                                kill_by_socket(&legacy);
+                            }
+                        }
                     }
                     self.run_dir.remove_vm_files(&id);
                 }

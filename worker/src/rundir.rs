@@ -199,6 +199,11 @@ impl RunDir {
         Ok(())
     }
 
+    /// Where the API socket was before `vm/` existed (flat layout).
+    pub fn legacy_socket(&self, id: &VmId) -> PathBuf {
+        self.root.join(format!("{id}.sock"))
+    }
+
     /// Removes every file of one VM (missing files are fine).
     pub fn remove_vm_files(&self, id: &VmId) {
         let p = self.paths(id);
