@@ -26,7 +26,8 @@ struct Args {
     /// The cloud-hypervisor binary (or ch-sim).
     #[arg(long, env = "WORKER_CH_BINARY", default_value = "cloud-hypervisor")]
     ch_binary: PathBuf,
-    /// Directory for sockets, records, serial logs and disk copies.
+    /// Directory for VM records and CH logs, with `vm/` (API sockets and
+    /// disks, the VM user's) and `console/` (serial files and history).
     #[arg(long, env = "WORKER_RUN_DIR", default_value = "/run/procurator/worker")]
     run_dir: PathBuf,
     /// This worker's id (default: the host name).
@@ -58,7 +59,10 @@ struct Args {
     /// images that must not be shared).
     #[arg(long, env = "WORKER_DISK_MODE", default_value = "overlay")]
     disk_mode: worker::disk::DiskMode,
-    /// Bound on each VM's console history file; one rotated file is kept.
+    /// Bound on each VM's console history file; one rotated file is kept,
+    /// so a VM's console takes at most twice this on disk, plus what its
+    /// guest prints between two copies (every 250 ms). Output beyond that
+    /// is dropped, with a line saying so.
     #[arg(long, env = "WORKER_CONSOLE_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     console_history_bytes: u64,
     /// Run each cloud-hypervisor as this unprivileged user (name or uid),

@@ -23,6 +23,10 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 
 use crate::dto::VmSpec;
 
+/// Links resolve inside the root, and never through `/proc/…/fd`-style
+/// magic links.
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
 /// The spec field a host path came from, named as in the spec's JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecField {
@@ -138,13 +142,13 @@ impl Store {
             root: root.to_owned(),
             source,
         };
-        let root_fd = rustix::fs::open(
-            root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| err(e.into()))?;
-        let store = fd_path(&root_fd).map_err(err)?.join("nix/store");
+        let dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root_fd = rustix::fs::open(root, dir, Mode::empty()).map_err(|e| err(e.into()))?;
+        // The store's real path, as files in it will read back (it may be
+        // a link, e.g. to another disk, on some hosts).
+        let store_fd = rustix::fs::openat2(&root_fd, "nix/store", dir, Mode::empty(), IN_ROOT)
+            .map_err(|e| err(e.into()))?;
+        let store = fd_path(&store_fd).map_err(err)?;
         Ok(Store {
             root: root.to_owned(),
             root_fd,
@@ -168,7 +172,7 @@ impl Store {
             store_path.trim_start_matches('/'),
             OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            IN_ROOT,
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => {
@@ -277,6 +281,26 @@ mod tests {
         // A chain of links, ending in the store.
         symlink("rel.raw", img.join("chain.raw")).unwrap();
         assert_eq!(resolve(&root, "chain.raw").unwrap(), real);
+    }
+
+    /// A store that is itself a link (to another disk, say) is where its
+    /// files are; they are not taken for files outside it.
+    #[test]
+    fn a_linked_store_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let real = root
+            .join("mnt/store")
+            .join(OTHER.trim_start_matches("/nix/store/"));
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::write(real.join("disk.raw"), [0u8; 512]).unwrap();
+        std::fs::create_dir_all(root.join("nix")).unwrap();
+        symlink("/mnt/store", root.join("nix/store")).unwrap();
+        let got = Store::open(&root)
+            .unwrap()
+            .resolve(SpecField::DiskImagePath, &format!("{OTHER}/disk.raw"))
+            .unwrap();
+        assert_eq!(got, real.join("disk.raw").canonicalize().unwrap());
     }
 
     #[test]
