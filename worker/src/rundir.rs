@@ -126,6 +126,7 @@ impl RunDir {
             history: f("-console.log"),
             rotated: f("-console.log.1"),
             pos: f("-console.pos"),
+            dropped: f("-console.dropped"),
             max_bytes: self.options.console_max_bytes.max(1),
         }
     }
@@ -291,7 +292,9 @@ pub fn remove_if_present(path: &Path) {
 /// chunk longer than `max_bytes` (a guest that prints faster than the
 /// syncs copy) keeps only its end, after a line saying how much was cut
 /// ([`TRUNCATED_MARK`]). So a VM's console takes on disk at most twice
-/// `max_bytes`, plus what its guest writes between two syncs.
+/// `max_bytes`, plus what its guest writes between two syncs. A read that
+/// reaches the oldest line kept starts with the same mark when older
+/// output was dropped, cut or rotated away.
 #[derive(Debug, Clone)]
 pub struct Console {
     pub serial: PathBuf,
@@ -299,6 +302,8 @@ pub struct Console {
     pub rotated: PathBuf,
     /// How many bytes of the serial file's current boot are copied (text).
     pub pos: PathBuf,
+    /// How many bytes of guest output are no longer kept (text).
+    pub dropped: PathBuf,
     pub max_bytes: u64,
 }
 
@@ -352,6 +357,7 @@ impl Console {
                 chunk.extend_from_slice(
                     format!("{TRUNCATED_MARK} {} bytes dropped\n", start - from).as_bytes(),
                 );
+                self.add_dropped(start - from)?;
             }
             serial.seek(SeekFrom::Start(start))?;
             Read::by_ref(&mut serial)
@@ -375,7 +381,13 @@ impl Console {
     /// (and one that starts after finds no serial file).
     pub fn remove(&self) {
         let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
-        for f in [&self.serial, &self.history, &self.rotated, &self.pos] {
+        for f in [
+            &self.serial,
+            &self.history,
+            &self.rotated,
+            &self.pos,
+            &self.dropped,
+        ] {
             remove_if_present(f);
         }
     }
@@ -389,6 +401,11 @@ impl Console {
             Err(e) => return Err(e),
         };
         if current > 0 && current + chunk.len() as u64 > self.max_bytes {
+            match std::fs::metadata(&self.rotated) {
+                Ok(m) => self.add_dropped(m.len())?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             std::fs::rename(&self.history, &self.rotated)?;
         }
         // A guest's console is nobody else's to read.
@@ -400,8 +417,21 @@ impl Console {
             .write_all(chunk)
     }
 
+    fn dropped_bytes(&self) -> u64 {
+        std::fs::read_to_string(&self.dropped)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn add_dropped(&self, n: u64) -> io::Result<()> {
+        std::fs::write(&self.dropped, (self.dropped_bytes() + n).to_string())
+    }
+
     /// The last `lines` lines of the console across boots (rotated file,
-    /// then history), after a sync; `true` when older lines exist.
+    /// then history), after a sync; `true` when older lines exist or
+    /// existed. Reaching the oldest line kept after output was dropped, the
+    /// lines start with a [`TRUNCATED_MARK`] line.
     pub fn tail(&self, lines: usize) -> io::Result<(Vec<String>, bool)> {
         self.sync()?;
         let (newer, truncated) = tail_lines(&self.history, lines)?;
@@ -410,6 +440,14 @@ impl Console {
         }
         let (mut older, truncated) = tail_lines(&self.rotated, lines - newer.len())?;
         older.extend(newer);
+        let dropped = self.dropped_bytes();
+        if !truncated && dropped > 0 {
+            older.insert(
+                0,
+                format!("{TRUNCATED_MARK} {dropped} earlier bytes dropped"),
+            );
+            return Ok((older, true));
+        }
         Ok((older, truncated))
     }
 }
@@ -582,6 +620,65 @@ mod tests {
         assert_eq!(c.tail(100).unwrap().0.len(), 12);
         rd.remove_vm_files(&id);
         assert!(rd.scan().unwrap().is_empty());
+    }
+
+    /// Output a guest prints faster than the syncs copy is cut to the bound
+    /// with a mark where it was cut; output rotated away is counted, and a
+    /// read that reaches the oldest line kept says so first.
+    #[test]
+    fn console_marks_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let rd = RunDir::open_with(
+            dir.path(),
+            VmFileOptions {
+                console_max_bytes: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = rd.console(&VmId::new_v7());
+        // 20 lines of 8 bytes between two syncs: only the last 64 bytes
+        // (8 lines) are kept, after the mark.
+        let flood: String = (0..20).map(|i| format!("line {i:02}\n")).collect();
+        std::fs::write(&c.serial, &flood).unwrap();
+        let (lines, truncated) = c.tail(100).unwrap();
+        assert!(truncated);
+        assert_eq!(
+            lines[0],
+            format!("{TRUNCATED_MARK} 96 earlier bytes dropped"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], format!("{TRUNCATED_MARK} 96 bytes dropped"));
+        assert_eq!(lines[2..].first().map(String::as_str), Some("line 12"));
+        assert_eq!(lines.last().map(String::as_str), Some("line 19"));
+        // Two more rotations drop the first history file whole.
+        for round in 0..2 {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&c.serial)
+                .unwrap();
+            let more: String = (0..6).map(|i| format!("more {round}{i}\n")).collect();
+            f.write_all(more.as_bytes()).unwrap();
+            c.sync().unwrap();
+        }
+        let (lines, _) = c.tail(100).unwrap();
+        let kept_first = std::fs::read_to_string(&c.rotated).unwrap();
+        assert!(kept_first.starts_with("more 00"), "{kept_first:?}");
+        assert!(
+            lines[0].starts_with(TRUNCATED_MARK) && lines[0].ends_with("earlier bytes dropped"),
+            "{lines:?}"
+        );
+        let dropped: u64 = std::fs::read_to_string(&c.dropped)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(dropped > 96, "rotation counts what it drops: {dropped}");
+        assert_eq!(lines.last().map(String::as_str), Some("more 15"));
+        // A short read shows only that older lines exist.
+        let (lines, truncated) = c.tail(2).unwrap();
+        assert_eq!(lines, vec!["more 14", "more 15"]);
+        assert!(truncated);
     }
 
     /// Where hole punching is not available, copied data stays in CH's file
