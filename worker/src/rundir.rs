@@ -563,19 +563,22 @@ mod tests {
         );
     }
 
+    /// A run directory in a temp dir whose console history is 64 bytes.
+    fn small_console_run_dir() -> (tempfile::TempDir, RunDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = VmFileOptions {
+            console_max_bytes: 64,
+            ..Default::default()
+        };
+        let rd = RunDir::open_with(dir.path(), options).unwrap();
+        (dir, rd)
+    }
+
     /// What CH writes survives its truncation at the next boot, the history
     /// rotates at its bound, and a read spans the rotated file.
     #[test]
     fn console_keeps_history_across_boots_and_rotates() {
-        let dir = tempfile::tempdir().unwrap();
-        let rd = RunDir::open_with(
-            dir.path(),
-            VmFileOptions {
-                console_max_bytes: 64,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (_dir, rd) = small_console_run_dir();
         let id = VmId::new_v7();
         let c = rd.console(&id);
         assert_eq!(c.tail(10).unwrap(), (vec![], false));
@@ -627,15 +630,7 @@ mod tests {
     /// read that reaches the oldest line kept says so first.
     #[test]
     fn console_marks_what_it_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let rd = RunDir::open_with(
-            dir.path(),
-            VmFileOptions {
-                console_max_bytes: 64,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (_dir, rd) = small_console_run_dir();
         let c = rd.console(&VmId::new_v7());
         // 20 lines of 8 bytes between two syncs: only the last 64 bytes
         // (8 lines) are kept, after the mark.

@@ -2,10 +2,11 @@
 //! design §11): the real worker on ch-sim, driven by `pcr-worker-test`,
 //! gets closures whose kernel, initrd or disk image is a link to a host
 //! file, a chain out through `..`, a link to another VM's overlay in the
-//! run directory, a fifo, a directory or `/dev/null`. Each is refused with
-//! the spec field and path named, and no hypervisor process starts; links
-//! that stay inside the store (absolute `/nix/store/…` and relative) work,
-//! and CH is given the real path they resolve to.
+//! run directory, a fifo, a directory, `/dev/null`, or a qcow2 image whose
+//! backing file is a host file. Each is refused with the spec field and
+//! path named, and no hypervisor process starts; links that stay inside
+//! the store (absolute `/nix/store/…` and relative) work, and CH is given
+//! the real path they resolve to.
 
 mod common;
 
@@ -94,6 +95,13 @@ fn spec_paths_resolve_only_inside_the_store() {
     std::fs::create_dir(evil.join("dir")).unwrap();
     mknod(&evil.join("fifo"), FileType::Fifo, 0);
     symlink("/dev/null", evil.join("null")).unwrap();
+    // A qcow2 image whose backing file is a host file: CH would open it.
+    let mut qcow2 = b"QFI\xfb\0\0\0\x03".to_vec();
+    qcow2.extend_from_slice(&512u64.to_be_bytes());
+    qcow2.extend_from_slice(&(secret.as_os_str().len() as u32).to_be_bytes());
+    qcow2.resize(512, 0);
+    qcow2.extend_from_slice(secret.as_os_str().as_encoded_bytes());
+    std::fs::write(evil.join("backed.qcow2"), &qcow2).unwrap();
     // /dev/null as the store root's own /dev/null: a device, even there.
     std::fs::create_dir_all(d.join("store/dev")).unwrap();
     mknod(
