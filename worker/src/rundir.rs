@@ -39,6 +39,17 @@ pub enum RunDirError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
+    #[error(
+        "the VM user (uid {uid}) cannot pass through {} (mode {mode:04o}, owner {owner}); \
+         allow others to enter it (o+x) or move the run directory",
+        path.display()
+    )]
+    Unreachable {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+        uid: u32,
+    },
     #[error("{} is not a VM record", path.display())]
     Parse {
         path: PathBuf,
@@ -100,6 +111,9 @@ impl RunDir {
             path: root.to_owned(),
             source,
         })?;
+        if let Some(o) = options.vm_owner {
+            reachable_by(root, o)?;
+        }
         create(&root.join(VM_DIR), 0o700, options.vm_owner)?;
         // The VM user passes through to its serial file, nothing more.
         let console_mode = if options.vm_owner.is_some() {
@@ -259,6 +273,40 @@ impl RunDir {
         }
         Ok(ids)
     }
+}
+
+/// Checks that `owner` may pass through `dir` and every directory above it
+/// (CH, as that user, opens its socket and files beneath): a clear error at
+/// start rather than every VM's hypervisor failing to make its socket.
+fn reachable_by(dir: &Path, owner: VmOwner) -> Result<(), RunDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let real = dir.canonicalize().map_err(|source| RunDirError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for d in real.ancestors() {
+        let m = std::fs::metadata(d).map_err(|source| RunDirError::Read {
+            path: d.to_owned(),
+            source,
+        })?;
+        let mode = m.mode() & 0o7777;
+        let may = if m.uid() == owner.uid {
+            mode & 0o100 != 0
+        } else if m.gid() == owner.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !may {
+            return Err(RunDirError::Unreachable {
+                path: d.to_owned(),
+                mode,
+                owner: m.uid(),
+                uid: owner.uid,
+            });
+        }
+    }
+    Ok(())
 }
 
 pub fn remove_if_present(path: &Path) {
@@ -561,6 +609,42 @@ mod tests {
             tail_lines(&p, 10).unwrap(),
             (vec!["a".to_owned(), "b".to_owned()], false)
         );
+    }
+
+    /// With a VM user, the run directory must be reachable by that user:
+    /// a directory it cannot enter is named at start; otherwise `vm/` is
+    /// that user's alone.
+    #[test]
+    fn a_vm_user_gets_vm_dir_and_must_reach_it() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: giving files to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = VmFileOptions {
+            vm_owner: Some(VmOwner {
+                uid: 65534,
+                gid: 65534,
+            }),
+            ..Default::default()
+        };
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = RunDir::open_with(&closed.join("run"), options).unwrap_err();
+        assert!(
+            matches!(&err, RunDirError::Unreachable { path, mode: 0o700, .. } if *path == closed),
+            "{err}"
+        );
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let rd = RunDir::open_with(&closed.join("run"), options).unwrap();
+        let vm = std::fs::metadata(rd.root().join("vm")).unwrap();
+        assert_eq!((vm.uid(), vm.mode() & 0o777), (65534, 0o700));
+        let console = std::fs::metadata(rd.root().join("console")).unwrap();
+        assert_eq!((console.uid(), console.mode() & 0o777), (0, 0o711));
     }
 
     /// A run directory in a temp dir whose console history is 64 bytes.
