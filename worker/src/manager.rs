@@ -62,7 +62,7 @@ pub enum WorkerError {
     },
     #[error("making the VM's disk failed")]
     Disk(#[from] DiskError),
-    #[error("the spec's store files were refused")]
+    #[error("checking the spec's store files failed")]
     Store(#[from] StoreError),
     #[error("run directory")]
     RunDir(#[from] RunDirError),

@@ -50,6 +50,8 @@ impl fmt::Display for SpecField {
 pub enum StoreError {
     #[error("{field} {path} is not on this worker")]
     Missing { field: SpecField, path: String },
+    #[error("{field} {path} is a link to nothing inside the store root")]
+    Dangling { field: SpecField, path: String },
     #[error("{field} {path} is a {kind}, not a regular file")]
     NotRegular {
         field: SpecField,
@@ -176,9 +178,19 @@ impl Store {
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => {
-                return Err(StoreError::Missing {
-                    field,
-                    path: path.clone(),
+                // The name itself may be there: a link whose target, read
+                // inside the root, is not (a host file, a run-dir file).
+                let link = rustix::fs::openat2(
+                    &self.root_fd,
+                    store_path.trim_start_matches('/'),
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    IN_ROOT,
+                );
+                let path = path.clone();
+                return Err(match link {
+                    Ok(_) => StoreError::Dangling { field, path },
+                    Err(_) => StoreError::Missing { field, path },
                 });
             }
             Err(e) => return Err(resolve_err(e.into())),
@@ -314,7 +326,7 @@ mod tests {
         // Resolved in the root, the absolute link names a file that is not
         // there: the host file is never reached.
         let err = resolve(&root, "host.raw").unwrap_err();
-        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+        assert!(matches!(err, StoreError::Dangling { .. }), "{err}");
         assert!(
             err.to_string().starts_with("diskImagePath /nix/store/"),
             "{err}"
@@ -323,6 +335,10 @@ mod tests {
         symlink("../../../../shadow", img.join("up.raw")).unwrap();
         assert!(matches!(
             resolve(&root, "up.raw"),
+            Err(StoreError::Dangling { .. })
+        ));
+        assert!(matches!(
+            resolve(&root, "absent.raw"),
             Err(StoreError::Missing { .. })
         ));
         // A file inside the root but outside its nix/store.
@@ -372,7 +388,7 @@ mod tests {
         // is a character device.
         assert!(matches!(
             resolve(&root, "null.raw"),
-            Err(StoreError::Missing { .. })
+            Err(StoreError::Dangling { .. })
         ));
         let host = Store::open(Path::new("/")).unwrap();
         let err = host
