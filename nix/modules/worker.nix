@@ -1,6 +1,7 @@
 # NixOS module for the Procurator worker: one Cloud Hypervisor process per
 # VM, reconciled to the control plane's assignment. It runs as root because
-# it opens /dev/kvm, creates TAP devices and adds closures to the Nix store.
+# it creates TAP devices, adds closures to the Nix store and makes each VM's
+# files; with `vmUser` set, the CH processes run as that unprivileged user.
 # KillMode=process and a persistent run directory let CH processes and their
 # API sockets outlive a worker restart: the restarted worker adopts the
 # running VMs instead of rebooting them. With `procurator.host` enabled
@@ -37,6 +38,10 @@ in
     labels = common.option (lib.types.attrsOf lib.types.str) { } "Worker labels for placement (key=value).";
     tokenFile = common.credentialOption "Token file of the worker's own RPC (`admin <token>`, `reader <token>` lines; a systemd credential). null: the one generated in ${common.secretsDir} (worker-tokens: the host's admin token).";
     clusterTokenFile = common.credentialOption "File holding this worker's `worker:<id>` token for the control plane (a systemd credential). null: the one generated in ${common.secretsDir} (worker-token, which the generated control-plane token file names with this worker's id).";
+    vmUser = common.nullableStrOption {
+      example = "procurator-vm";
+      description = "Unprivileged user each Cloud Hypervisor process runs as (--vm-user; its group: kvm if the host has it). The user must exist, e.g. users.users.procurator-vm = { isSystemUser = true; group = \"kvm\"; }. null: CH runs as root, as the worker.";
+    };
     cloudHypervisor = lib.mkOption {
       type = lib.types.package;
       default = pkgs.cloud-hypervisor;
@@ -64,6 +69,7 @@ in
       memory-mb = cfg.memoryMb;
       label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
       tap-prefix = if host.enable then host.tapPrefix else null;
+      vm-user = cfg.vmUser;
     };
     credentials = [
       { flag = "token-file"; name = "tokens"; file = common.orGenerated cfg.tokenFile "worker-tokens"; }
@@ -106,7 +112,8 @@ in
         # VMs outlive worker restarts (adoption, design §1).
         KillMode = "process";
         StateDirectory = "procurator-worker";
-        StateDirectoryMode = "0700";
+        # The VM user passes through to its own vm/ and console files.
+        StateDirectoryMode = if cfg.vmUser == null then "0700" else "0711";
         CacheDirectory = "procurator-worker";
         ProtectSystem = "full";
         DeviceAllow = [ "/dev/kvm rw" "/dev/net/tun rw" "/dev/vhost-net rw" ];

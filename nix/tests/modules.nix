@@ -54,7 +54,7 @@ let
     controlPlaneTokenFile = null; hookSecretFile = null; deployRef = "refs/heads/main"; nixPackage = "nix";
     ciUrl = null; ciSecretFile = null; secureCookies = false; workerId = null; advertise = null;
     cachePublicKey = null; cpu = null; memoryMb = null; labels = { }; clusterTokenFile = null;
-    cloudHypervisor = "/ch";
+    cloudHypervisor = "/ch"; vmUser = null;
   };
   set = unset // {
     logJson = false; openFirewall = false; uploadTokenFile = "/run/keys/up"; tokenFile = "/run/keys/tok";
@@ -62,7 +62,7 @@ let
     controlPlaneTokenFile = "/run/keys/cpt"; hookSecretFile = "/run/keys/hs"; ciUrl = "http://ci";
     ciSecretFile = "/run/keys/cs"; secureCookies = true; workerId = "w1";
     advertise = "1.2.3.4:6000"; cachePublicKey = "k:1"; cpu = 4; memoryMb = 1024; labels = { zone = "a"; b = "c"; };
-    clusterTokenFile = "/run/keys/clt";
+    clusterTokenFile = "/run/keys/clt"; vmUser = "procurator-vm";
   };
 
   modules = [ "cache" "control-plane" "ci-service" "repohub" "worker" ];
@@ -96,7 +96,7 @@ let
       repohub.unset = "--ci-secret-file %d/ci-secret --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
       repohub.set = "--ci-secret-file %d/ci-secret --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --secure-cookies --more";
       worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --cluster-token-file %d/cluster-token --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --token-file %d/tokens --more";
-      worker.set = "--advertise 1.2.3.4:6000 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --worker-id w1 --more";
+      worker.set = "--advertise 1.2.3.4:6000 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --vm-user procurator-vm --worker-id w1 --more";
     };
     loadCredential = {
       cache.unset = [ "secret-key:/run/keys/sk" "upload-token:${gen}/upload-token" ];

@@ -128,7 +128,7 @@ async fn main() {
         if space.is_none() {
             let f = dir
                 .path()
-                .join("run-overlay")
+                .join("run-overlay/vm")
                 .join(format!("{}.qcow2", b.id));
             let m = std::fs::metadata(&f).unwrap();
             space = Some((m.len(), m.blocks() * 512));

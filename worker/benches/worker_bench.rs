@@ -102,9 +102,11 @@ fn main() {
             let id = VmId::new_v7();
             let paths = rd.paths(&id);
             let s = spec(&format!("direct-{i}"));
+            // Resolving the spec's files is the worker's work, not CH's.
+            let files = worker::vmm::store::resolve_spec(&d.join("store"), &s).unwrap();
             let t = Instant::now();
             let (vmm, process) = backend.spawn(&id, &paths).await.unwrap();
-            vmm.create(&backend.build_config(&id, &s, &paths))
+            vmm.create(&backend.build_config(&id, &s, &paths, &files))
                 .await
                 .unwrap();
             vmm.boot().await.unwrap();

@@ -19,20 +19,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::vmm::user::VmOwner;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("disk image {} is not on this worker", path.display())]
-    Missing { path: PathBuf },
-    #[error("diskImagePath {} is not a regular file", path.display())]
-    NotRegular { path: PathBuf },
-    #[error("diskImagePath {} resolves to {}, outside the store {}", path.display(), resolved.display(), store.display())]
-    OutsideStore {
-        path: PathBuf,
-        resolved: PathBuf,
-        store: PathBuf,
-    },
-    #[error("cannot resolve diskImagePath {}", path.display())]
-    Resolve { path: PathBuf, source: io::Error },
     #[error("cannot copy disk image {} to {}", from.display(), to.display())]
     Copy {
         from: PathBuf,
@@ -96,97 +86,58 @@ impl std::fmt::Display for DiskMode {
     }
 }
 
-/// Resolves a disk image's host path (symlinks followed) and checks it is a
-/// regular file inside `<store_root>/nix/store`, so an overlay never points
-/// at something the store does not hold.
-pub fn resolve_image(store_root: &Path, image: &Path) -> Result<PathBuf, DiskError> {
-    let resolved = match image.canonicalize() {
-        Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(DiskError::Missing {
-                path: image.to_owned(),
-            });
-        }
-        Err(source) => {
-            return Err(DiskError::Resolve {
-                path: image.to_owned(),
-                source,
-            });
-        }
-    };
-    let store = store_root
-        .join("nix/store")
-        .canonicalize()
-        .map_err(|source| DiskError::Resolve {
-            path: image.to_owned(),
-            source,
-        })?;
-    if !resolved.starts_with(&store) {
-        return Err(DiskError::OutsideStore {
-            path: image.to_owned(),
-            resolved,
-            store,
-        });
-    }
-    let meta = std::fs::metadata(&resolved).map_err(|source| DiskError::Resolve {
-        path: image.to_owned(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(DiskError::NotRegular {
-            path: image.to_owned(),
-        });
-    }
-    Ok(resolved)
-}
-
-/// Makes the VM's writable disk `to` from the store image `image` (a host
-/// path under `store_root`). On error `to` does not exist.
+/// Makes the VM's writable disk `to` from the store image `base`, a path
+/// `vmm::store` resolved (real, inside the store, a regular file): the
+/// overlay names it as its backing file, so CH opens that file and nothing
+/// a link in the closure points at. On error `to` does not exist.
+/// The disk is mode 0600 and belongs to `owner` (the VM user) when given.
 pub fn make_disk(
     mode: DiskMode,
-    store_root: &Path,
-    image: &Path,
+    base: &Path,
     to: &Path,
+    owner: Option<VmOwner>,
 ) -> Result<(), DiskError> {
-    let base = resolve_image(store_root, image)?;
     match mode {
-        DiskMode::Overlay => create_overlay(&base, to),
-        DiskMode::Copy => writable_copy(&base, to),
+        DiskMode::Overlay => create_overlay(base, to, owner),
+        DiskMode::Copy => writable_copy(base, to, owner),
     }
 }
 
 const BLOCK: usize = 64 * 1024;
 
-/// Copies `from` to a new writable file `to` (mode 0600), keeping holes.
-/// On error `to` is removed.
-pub fn writable_copy(from: &Path, to: &Path) -> Result<(), DiskError> {
-    if !from.is_file() {
-        return Err(DiskError::Missing {
-            path: from.to_owned(),
-        });
-    }
+/// Copies `from` to a new writable file `to` (mode 0600, of `owner`),
+/// keeping holes. On error `to` is removed.
+pub fn writable_copy(from: &Path, to: &Path, owner: Option<VmOwner>) -> Result<(), DiskError> {
     let err = |source| DiskError::Copy {
         from: from.to_owned(),
         to: to.to_owned(),
         source,
     };
     let src = File::open(from).map_err(err)?;
-    let dst = create_new(to).map_err(err)?;
+    let dst = create_new(to, owner).map_err(err)?;
     copy_inner(src, dst).map_err(|source| {
         crate::rundir::remove_if_present(to);
         err(source)
     })
 }
 
-/// A new file of mode 0600 (a VM's disk is its guest's data, no one
-/// else's to read); `create_new` so that we never clobber a file we did
-/// not make.
-fn create_new(to: &Path) -> io::Result<File> {
-    OpenOptions::new()
+/// A new file of mode 0600 (a guest's disk is nobody else's to read),
+/// handed to `owner` through its fd. `create_new` (`O_EXCL`, which also
+/// refuses a link in its place) so that we never clobber or follow a file
+/// we did not make: the VM user may write the directory.
+fn create_new(to: &Path, owner: Option<VmOwner>) -> io::Result<File> {
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(to)
+        .open(to)?;
+    if let Some(o) = owner
+        && let Err(e) = std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))
+    {
+        crate::rundir::remove_if_present(to);
+        return Err(e);
+    }
+    Ok(f)
 }
 
 fn copy_inner(mut src: File, mut dst: File) -> io::Result<()> {
@@ -214,7 +165,7 @@ fn copy_inner(mut src: File, mut dst: File) -> io::Result<()> {
 /// Writes an empty qcow2 v3 overlay `to` whose backing file is the raw image
 /// `base` (an absolute path) and whose virtual size is `base`'s size. On
 /// error `to` is removed.
-pub fn create_overlay(base: &Path, to: &Path) -> Result<(), DiskError> {
+pub fn create_overlay(base: &Path, to: &Path, owner: Option<VmOwner>) -> Result<(), DiskError> {
     let err = |source| DiskError::Overlay {
         base: base.to_owned(),
         to: to.to_owned(),
@@ -222,7 +173,7 @@ pub fn create_overlay(base: &Path, to: &Path) -> Result<(), DiskError> {
     };
     let size = std::fs::metadata(base).map_err(err)?.len();
     let image = qcow2_overlay(base.as_os_str().as_encoded_bytes(), size).map_err(err)?;
-    let f = create_new(to).map_err(err)?;
+    let f = create_new(to, owner).map_err(err)?;
     // No fsync, as for the VM record: a host crash takes the VM with it.
     image.write_to(&f).map_err(|source| {
         crate::rundir::remove_if_present(to);
@@ -345,7 +296,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, data) = read_only_image(dir.path());
         let dst = dir.path().join("copy");
-        writable_copy(&src, &dst).unwrap();
+        writable_copy(&src, &dst, None).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), data);
         let meta = std::fs::metadata(&dst).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -356,7 +307,7 @@ mod tests {
         );
         // A second copy to the same place is refused, not overwritten.
         assert!(matches!(
-            writable_copy(&src, &dst),
+            writable_copy(&src, &dst, None),
             Err(DiskError::Copy { .. })
         ));
         assert!(
@@ -368,39 +319,8 @@ mod tests {
     #[test]
     fn missing_source_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = writable_copy(&dir.path().join("nope"), &dir.path().join("x")).unwrap_err();
+        let err = writable_copy(&dir.path().join("nope"), &dir.path().join("x"), None).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
-    }
-
-    fn store(dir: &Path) -> PathBuf {
-        let s = dir.join("root/nix/store/1c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-img");
-        std::fs::create_dir_all(&s).unwrap();
-        s
-    }
-
-    #[test]
-    fn resolve_refuses_what_is_not_a_regular_store_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        let s = store(dir.path());
-        let err = resolve_image(&root, &s).unwrap_err();
-        assert!(matches!(err, DiskError::NotRegular { .. }), "{err}");
-        assert!(err.to_string().starts_with("diskImagePath "), "{err}");
-        let outside = dir.path().join("outside.raw");
-        std::fs::write(&outside, [0u8; 512]).unwrap();
-        std::os::unix::fs::symlink(&outside, s.join("link.raw")).unwrap();
-        let err = resolve_image(&root, &s.join("link.raw")).unwrap_err();
-        assert!(matches!(err, DiskError::OutsideStore { .. }), "{err}");
-        assert!(matches!(
-            resolve_image(&root, &s.join("nope")),
-            Err(DiskError::Missing { .. })
-        ));
-        std::fs::write(s.join("disk.raw"), [0u8; 512]).unwrap();
-        std::os::unix::fs::symlink(s.join("disk.raw"), s.join("in.raw")).unwrap();
-        assert_eq!(
-            resolve_image(&root, &s.join("in.raw")).unwrap(),
-            s.join("disk.raw").canonicalize().unwrap()
-        );
     }
 
     #[test]
@@ -436,7 +356,7 @@ mod tests {
         let f = File::create(&base).unwrap();
         f.set_len(3 << 30).unwrap();
         let overlay = dir.path().join("vm.qcow2");
-        create_overlay(&base, &overlay).unwrap();
+        create_overlay(&base, &overlay, None).unwrap();
         let qemu_img = |args: &[&str]| {
             let what = format!("qemu-img {}", args[0]);
             run_ok(&what, Command::new("qemu-img").args(args).arg(&overlay))

@@ -117,6 +117,7 @@ pub async fn run(
     let mut backend_config = ChBackendConfig::new(config.ch_binary.clone());
     backend_config.store_root = config.store_root.clone();
     backend_config.tap = config.tap.clone();
+    backend_config.vm_owner = config.files.vm_owner;
     backend_config.socket_timeout = config.socket_timeout;
     backend_config.api_timeout = config.api_timeout;
     backend_config.closure_source = config.closure_source.clone();

@@ -26,7 +26,8 @@ struct Args {
     /// The cloud-hypervisor binary (or ch-sim).
     #[arg(long, env = "WORKER_CH_BINARY", default_value = "cloud-hypervisor")]
     ch_binary: PathBuf,
-    /// Directory for sockets, records, serial logs and disk copies.
+    /// Directory for VM records and CH logs, with `vm/` (API sockets and
+    /// disks, the VM user's) and `console/` (serial files and history).
     #[arg(long, env = "WORKER_RUN_DIR", default_value = "/run/procurator/worker")]
     run_dir: PathBuf,
     /// This worker's id (default: the host name).
@@ -58,9 +59,23 @@ struct Args {
     /// images that must not be shared).
     #[arg(long, env = "WORKER_DISK_MODE", default_value = "overlay")]
     disk_mode: worker::disk::DiskMode,
-    /// Bound on each VM's console history file; one rotated file is kept.
+    /// Bound on each VM's console history file; one rotated file is kept,
+    /// so a VM's console takes at most twice this on disk, plus what its
+    /// guest prints between two copies (every 250 ms). Output beyond that
+    /// is dropped, with a line saying so.
     #[arg(long, env = "WORKER_CONSOLE_HISTORY_BYTES", default_value_t = 1024 * 1024)]
     console_history_bytes: u64,
+    /// Run each cloud-hypervisor as this unprivileged user (name or uid),
+    /// so a guest that escapes into its hypervisor is not root. The worker
+    /// itself stays root: it prepares TAP devices and nftables rules,
+    /// pulls into the store and makes each VM's files, handing the VM's
+    /// disk, serial file and socket directory to this user.
+    #[arg(long, env = "WORKER_VM_USER")]
+    vm_user: Option<String>,
+    /// The group cloud-hypervisor runs with, the one that may open
+    /// /dev/kvm (default: `kvm` if the host has it, else the user's own).
+    #[arg(long, env = "WORKER_VM_GROUP", requires = "vm_user")]
+    vm_group: Option<String>,
     /// Stop every VM when the worker exits (default: leave them running for adoption).
     #[arg(long, env = "WORKER_STOP_VMS_ON_EXIT")]
     stop_vms_on_exit: bool,
@@ -167,7 +182,20 @@ async fn real_main(args: Args) -> Result<(), String> {
     config.files = worker::rundir::VmFileOptions {
         disk_mode: args.disk_mode,
         console_max_bytes: args.console_history_bytes,
+        vm_owner: match &args.vm_user {
+            Some(user) => Some(
+                worker::vmm::user::VmOwner::lookup(user, args.vm_group.as_deref())
+                    .map_err(|e| error_chain(&e))?,
+            ),
+            None => None,
+        },
     };
+    if args.vm_user.is_none() && rustix::process::geteuid().is_root() {
+        tracing::warn!(
+            "cloud-hypervisor will run as root: a guest that escapes into it owns the host; \
+             give --vm-user an unprivileged account"
+        );
+    }
     config.stop_vms_on_exit = args.stop_vms_on_exit;
     config.socket_timeout = Duration::from_millis(args.socket_timeout_ms);
     config.shutdown_timeout = Duration::from_millis(args.shutdown_timeout_ms);

@@ -33,8 +33,9 @@ use crate::dto::{
 use crate::procfs;
 use crate::rundir::{self, RunDir, RunDirError, VmFileOptions};
 use crate::state::{InvalidTransition, VmEvent, VmPhase};
-use crate::vmm::config::{ChVmState, host_path};
+use crate::vmm::config::ChVmState;
 use crate::vmm::interface::{ExitInfo, Vmm, VmmBackend, VmmError, VmmProcess};
+use crate::vmm::store::{self, StoreError};
 
 /// Why a command failed; `code()` is what goes over the wire.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ pub enum WorkerError {
     },
     #[error("making the VM's disk failed")]
     Disk(#[from] DiskError),
+    #[error("checking the spec's store files failed")]
+    Store(#[from] StoreError),
     #[error("run directory")]
     RunDir(#[from] RunDirError),
     #[error("cannot read the serial log {}", path.display())]
@@ -80,11 +83,7 @@ impl WorkerError {
             WorkerError::NotFound(_) => ErrorCode::NotFound,
             WorkerError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             WorkerError::WrongState { .. } => ErrorCode::FailedPrecondition,
-            WorkerError::Disk(
-                DiskError::Missing { .. }
-                | DiskError::NotRegular { .. }
-                | DiskError::OutsideStore { .. },
-            ) => ErrorCode::FailedPrecondition,
+            WorkerError::Store(e) if e.is_spec_error() => ErrorCode::FailedPrecondition,
             WorkerError::Vmm {
                 source: VmmError::MissingStorePath { .. },
                 ..
@@ -381,7 +380,16 @@ impl<B: VmmBackend> VmManager<B> {
                         // Alive but not answering properly (a hung API): find
                         // it by its socket path so it is not orphaned.
                         Err(_) => kill_by_socket(&paths.socket),
-                        Ok(None) => {}
+                        Ok(None) => {
+                            // A hypervisor started before the run directory
+                            // had `vm/` answers on the old socket path; it
+                            // holds a disk and serial file the new layout does
+                            // not name, so it is stopped and its VM recreated.
+                            let legacy = self.run_dir.legacy_socket(&id);
+                            if legacy.exists() {
+                                kill_by_socket(&legacy);
+                            }
+                        }
                     }
                     self.run_dir.remove_vm_files(&id);
                 }
@@ -849,12 +857,22 @@ async fn create_flow<B: VmmBackend>(
             .prepare(spec)
             .await
             .map_err(WorkerError::step("preparing the closure"))?;
-        if let Some(image) = spec.disk_image_path() {
-            let from = host_path(store_root, image.as_str());
+        // Every host file the spec names is resolved before anything is
+        // made from it or any hypervisor starts; CH gets only these paths.
+        let files = {
+            let (root, spec) = (store_root.to_owned(), spec.clone());
+            tokio::task::spawn_blocking(move || store::resolve_spec(&root, &spec))
+                .await
+                .map_err(|e| StoreError::Root {
+                    root: store_root.to_owned(),
+                    source: std::io::Error::other(e),
+                })??
+        };
+        if let Some(base) = files.disk_image.clone() {
             let to = paths.disk.clone();
             let mode = paths.disk_mode;
-            let root = store_root.to_owned();
-            tokio::task::spawn_blocking(move || disk::make_disk(mode, &root, &from, &to))
+            let owner = run_dir.options().vm_owner;
+            tokio::task::spawn_blocking(move || disk::make_disk(mode, &base, &to, owner))
                 .await
                 .map_err(|e| DiskError::Copy {
                     from: PathBuf::new(),
@@ -862,11 +880,12 @@ async fn create_flow<B: VmmBackend>(
                     source: std::io::Error::other(e),
                 })??;
         }
+        run_dir.make_serial_file(id)?;
         let (vmm, process) = backend
             .spawn(id, &paths)
             .await
             .map_err(WorkerError::step("starting cloud-hypervisor"))?;
-        let config = backend.build_config(id, spec, &paths);
+        let config = backend.build_config(id, spec, &paths, &files);
         let booted = async {
             vmm.create(&config)
                 .await

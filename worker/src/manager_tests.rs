@@ -24,7 +24,10 @@ fn versioned(name: &str, content_hash: &str) -> VmSpec {
     testkit::fixtures::spec_with(name, content_hash, |f| f.cmdline = "console=ttyS0".into())
 }
 
+/// A manager config on `dir`, whose store root holds the fixture store
+/// paths (the manager resolves a spec's files there before any spawn).
 fn config(dir: &Path, stop_vms_on_exit: bool) -> ManagerConfig {
+    testkit::fixtures::make_store(&dir.join("store"));
     ManagerConfig {
         stop_vms_on_exit,
         shutdown_timeout: Duration::from_millis(200),
@@ -76,9 +79,13 @@ async fn two_versions(w: &Running) -> (VmStatus, VmStatus) {
 
 /// Names of the files in the run directory.
 fn run_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let run = dir.join("run");
+    let mut v: Vec<String> = ["", "vm", "console"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(run.join(sub)).unwrap())
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();
     v
@@ -242,9 +249,13 @@ async fn disk_image_is_copied_writable_and_removed_on_delete() {
         let st = w.tx.create_vm(with_disk).await.unwrap();
         let disk = dir
             .path()
-            .join("run")
+            .join("run/vm")
             .join(format!("{}{}", st.id, mode.file_suffix()));
         let bytes = std::fs::read(&disk).unwrap();
+        // A guest's disk is nobody else's to read.
+        use std::os::unix::fs::PermissionsExt;
+        let perm = std::fs::metadata(&disk).unwrap().permissions().mode();
+        assert_eq!(perm & 0o777, 0o600);
         match mode {
             DiskMode::Copy => assert_eq!(bytes, b"bootsector"),
             DiskMode::Overlay => {
@@ -397,7 +408,7 @@ async fn dead_process_marks_the_vm_failed_and_delete_cleans_it() {
     assert_eq!(failed.pid, None);
     assert!(
         !dir.path()
-            .join("run")
+            .join("run/vm")
             .join(format!("{}.sock", a.id))
             .exists(),
         "stale socket removed"
@@ -594,7 +605,11 @@ async fn restart_adopts_live_vms_and_cleans_dead_ones() {
 
     backend.crash(&c.id); // died while no worker watched
     backend.set_state(&d.id, None); // alive but never created: half a create
-    std::fs::write(dir.path().join("run").join(format!("{}.sock", c.id)), b"").unwrap();
+    std::fs::write(
+        dir.path().join("run/vm").join(format!("{}.sock", c.id)),
+        b"",
+    )
+    .unwrap();
 
     let w = start(&backend, dir.path(), false);
     let list = w.tx.list_vms().await.unwrap();

@@ -847,6 +847,7 @@ mod tests {
 
             let dir = tempfile::tempdir().unwrap();
             let backend = MemoryBackend::default();
+            testkit::fixtures::make_store(&dir.path().join("store"));
             let manager_config = ManagerConfig {
                 stop_vms_on_exit: true,
                 shutdown_timeout: Duration::from_millis(100),

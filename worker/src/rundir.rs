@@ -1,11 +1,18 @@
-//! The worker's run directory: per VM `<id>.sock` (CH's API socket, made by
-//! CH), `<id>.sock.lock` (CH's), `<id>.json` (the record written before the
-//! spawn, for adoption), `<id>-serial.log` (CH's serial file, truncated by CH
-//! at every boot), `<id>-console.log` and `<id>-console.log.1` (the console
-//! history the worker keeps across boots, with `<id>-console.pos`, how far
-//! into the serial file it has copied), `<id>.qcow2` (the qcow2 overlay of
-//! the store image) or `<id>.disk` (a raw copy of it) and `<id>-ch.log`
-//! (CH's own stdout/stderr).
+//! The worker's run directory, in three parts by who may write there:
+//! - the root (the worker's only): per VM `<id>.json` (the record written
+//!   before the spawn, for adoption) and `<id>-ch.log` (CH's own
+//!   stdout/stderr);
+//! - `vm/` (mode 0700, owned by `--vm-user` when set: CH creates files
+//!   here): `<id>.sock` (CH's API socket), `<id>.sock.lock` (CH's) and
+//!   `<id>.qcow2` (the qcow2 overlay of the store image) or `<id>.disk` (a
+//!   raw copy of it), made by the worker and given to the VM user;
+//! - `console/` (the worker's; others may only pass through it):
+//!   `<id>-serial.log` (CH's serial file, made by the worker and given to
+//!   the VM user, truncated by CH at every boot), `<id>-console.log` and
+//!   `<id>-console.log.1` (the bounded console history the worker keeps
+//!   across boots) and `<id>-console.pos` (how far into the serial file it
+//!   has copied). The console lives apart from the disks, and the VM user
+//!   cannot create, rename or link anything next to the worker's files.
 //!
 //! The directory is the worker's only persistent state: a restarted worker
 //! rebuilds its table from it.
@@ -17,6 +24,12 @@ use std::path::{Path, PathBuf};
 use crate::disk::DiskMode;
 use crate::dto::{VmId, VmRecord};
 use crate::vmm::config::VmPaths;
+use crate::vmm::user::VmOwner;
+
+/// The subdirectory of files the hypervisor creates (see the module doc).
+const VM_DIR: &str = "vm";
+/// The subdirectory of console files.
+const CONSOLE_DIR: &str = "console";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -26,6 +39,17 @@ pub enum RunDirError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
+    #[error(
+        "the VM user (uid {uid}) cannot pass through {} (mode {mode:04o}, owner {owner}); \
+         allow others to enter it (o+x) or move the run directory",
+        path.display()
+    )]
+    Unreachable {
+        path: PathBuf,
+        mode: u32,
+        owner: u32,
+        uid: u32,
+    },
     #[error("{} is not a VM record", path.display())]
     Parse {
         path: PathBuf,
@@ -41,6 +65,8 @@ pub struct VmFileOptions {
     /// Bound on each console history file; one rotated file is kept, so a
     /// VM's history takes at most twice this.
     pub console_max_bytes: u64,
+    /// Who CH runs as (`--vm-user`); `None`: root, as the worker.
+    pub vm_owner: Option<VmOwner>,
 }
 
 impl Default for VmFileOptions {
@@ -48,6 +74,7 @@ impl Default for VmFileOptions {
         VmFileOptions {
             disk_mode: DiskMode::Overlay,
             console_max_bytes: 1024 * 1024,
+            vm_owner: None,
         }
     }
 }
@@ -64,12 +91,37 @@ impl RunDir {
         Self::open_with(root, VmFileOptions::default())
     }
 
-    /// Uses (and creates) `root`.
+    /// Uses (and creates) `root` and its `vm/` and `console/` parts, and
+    /// (re)sets their owners and modes.
     pub fn open_with(root: &Path, options: VmFileOptions) -> Result<Self, RunDirError> {
+        use std::os::unix::fs::PermissionsExt;
+        let create = |path: &Path, mode: u32, owner: Option<VmOwner>| {
+            let err = |source| RunDirError::Create {
+                path: path.to_owned(),
+                source,
+            };
+            std::fs::create_dir_all(path).map_err(err)?;
+            match owner {
+                Some(o) => o.give(path, mode).map_err(err),
+                None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(err),
+            }
+        };
         std::fs::create_dir_all(root).map_err(|source| RunDirError::Create {
             path: root.to_owned(),
             source,
         })?;
+        if let Some(o) = options.vm_owner {
+            reachable_by(root, o)?;
+        }
+        create(&root.join(VM_DIR), 0o700, options.vm_owner)?;
+        // The VM user passes through to its serial file, nothing more.
+        let console_mode = if options.vm_owner.is_some() {
+            0o711
+        } else {
+            0o700
+        };
+        create(&root.join(CONSOLE_DIR), console_mode, None)?;
         Ok(RunDir {
             root: root.to_owned(),
             options,
@@ -82,12 +134,13 @@ impl RunDir {
 
     /// The console history of one VM.
     pub fn console(&self, id: &VmId) -> Console {
-        let f = |suffix: &str| self.root.join(format!("{id}{suffix}"));
+        let f = |suffix: &str| self.root.join(CONSOLE_DIR).join(format!("{id}{suffix}"));
         Console {
             serial: f("-serial.log"),
             history: f("-console.log"),
             rotated: f("-console.log.1"),
             pos: f("-console.pos"),
+            dropped: f("-console.dropped"),
             max_bytes: self.options.console_max_bytes.max(1),
         }
     }
@@ -98,11 +151,12 @@ impl RunDir {
 
     pub fn paths(&self, id: &VmId) -> VmPaths {
         let f = |suffix: &str| self.root.join(format!("{id}{suffix}"));
+        let vm = |suffix: &str| self.root.join(VM_DIR).join(format!("{id}{suffix}"));
         VmPaths {
-            socket: f(".sock"),
+            socket: vm(".sock"),
             metadata: f(".json"),
-            serial_log: f("-serial.log"),
-            disk: f(self.options.disk_mode.file_suffix()),
+            serial_log: self.console(id).serial,
+            disk: vm(self.options.disk_mode.file_suffix()),
             disk_mode: self.options.disk_mode,
             ch_log: f("-ch.log"),
         }
@@ -136,24 +190,60 @@ impl RunDir {
         serde_json::from_slice(&body).map_err(|source| RunDirError::Parse { path, source })
     }
 
+    /// Makes the VM's serial file, empty, for CH to write: owned by the VM
+    /// user, in a directory that user cannot write, so CH can fill it but
+    /// not swap it for a link the worker would then read and punch.
+    pub fn make_serial_file(&self, id: &VmId) -> Result<(), RunDirError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.console(id).serial;
+        let err = |source| RunDirError::Write {
+            path: path.clone(),
+            source,
+        };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(err)?;
+        if let Some(o) = self.options.vm_owner {
+            std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid)).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Where the API socket was before `vm/` existed (flat layout).
+    pub fn legacy_socket(&self, id: &VmId) -> PathBuf {
+        self.root.join(format!("{id}.sock"))
+    }
+
     /// Removes every file of one VM (missing files are fine).
     pub fn remove_vm_files(&self, id: &VmId) {
         let p = self.paths(id);
         let lock = PathBuf::from(format!("{}.lock", p.socket.display()));
         let tmp = p.metadata.with_extension("json.tmp");
         self.console(id).remove();
-        // Both disk names: the VM may predate a change of --disk-mode.
-        let disks = [DiskMode::Overlay, DiskMode::Copy]
-            .map(|m| self.root.join(format!("{id}{}", m.file_suffix())));
-        for f in [
-            &p.socket,
-            &lock,
-            &p.metadata,
-            &tmp,
-            &disks[0],
-            &disks[1],
-            &p.ch_log,
+        let mut files = vec![p.socket.clone(), lock, p.metadata, tmp, p.ch_log];
+        // Both disk names: the VM may predate a change of --disk-mode; and
+        // the names of the flat layout before `vm/` and `console/`.
+        for dir in [self.root.join(VM_DIR), self.root.clone()] {
+            for m in [DiskMode::Overlay, DiskMode::Copy] {
+                files.push(dir.join(format!("{id}{}", m.file_suffix())));
+            }
+        }
+        for suffix in [
+            ".sock",
+            ".sock.lock",
+            "-serial.log",
+            "-console.log",
+            "-console.log.1",
+            "-console.pos",
         ] {
+            files.push(self.root.join(format!("{id}{suffix}")));
+        }
+        for f in &files {
             remove_if_present(f);
         }
     }
@@ -166,17 +256,57 @@ impl RunDir {
             source,
         };
         let mut ids = BTreeSet::new();
-        for entry in std::fs::read_dir(&self.root).map_err(rerr)? {
-            let name = entry.map_err(rerr)?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.len() >= 36
-                && let Ok(id) = name[..36].parse::<VmId>()
-            {
-                ids.insert(id);
+        for dir in [
+            self.root.clone(),
+            self.root.join(VM_DIR),
+            self.root.join(CONSOLE_DIR),
+        ] {
+            for entry in std::fs::read_dir(&dir).map_err(rerr)? {
+                let name = entry.map_err(rerr)?.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.len() >= 36
+                    && let Ok(id) = name[..36].parse::<VmId>()
+                {
+                    ids.insert(id);
+                }
             }
         }
         Ok(ids)
     }
+}
+
+/// Checks that `owner` may pass through `dir` and every directory above it
+/// (CH, as that user, opens its socket and files beneath): a clear error at
+/// start rather than every VM's hypervisor failing to make its socket.
+fn reachable_by(dir: &Path, owner: VmOwner) -> Result<(), RunDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let real = dir.canonicalize().map_err(|source| RunDirError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for d in real.ancestors() {
+        let m = std::fs::metadata(d).map_err(|source| RunDirError::Read {
+            path: d.to_owned(),
+            source,
+        })?;
+        let mode = m.mode() & 0o7777;
+        let may = if m.uid() == owner.uid {
+            mode & 0o100 != 0
+        } else if m.gid() == owner.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !may {
+            return Err(RunDirError::Unreachable {
+                path: d.to_owned(),
+                mode,
+                owner: m.uid(),
+                uid: owner.uid,
+            });
+        }
+    }
+    Ok(())
 }
 
 pub fn remove_if_present(path: &Path) {
@@ -206,7 +336,13 @@ pub fn remove_if_present(path: &Path) {
 ///
 /// The history is bounded: when a chunk would take it past `max_bytes`,
 /// the history becomes the rotated file (replacing the older one) and a new
-/// history starts, so a VM keeps between `max_bytes` and twice that.
+/// history starts, so a VM keeps between `max_bytes` and twice that. A
+/// chunk longer than `max_bytes` (a guest that prints faster than the
+/// syncs copy) keeps only its end, after a line saying how much was cut
+/// ([`TRUNCATED_MARK`]). So a VM's console takes on disk at most twice
+/// `max_bytes`, plus what its guest writes between two syncs. A read that
+/// reaches the oldest line kept starts with the same mark when older
+/// output was dropped, cut or rotated away.
 #[derive(Debug, Clone)]
 pub struct Console {
     pub serial: PathBuf,
@@ -214,8 +350,13 @@ pub struct Console {
     pub rotated: PathBuf,
     /// How many bytes of the serial file's current boot are copied (text).
     pub pos: PathBuf,
+    /// How many bytes of guest output are no longer kept (text).
+    pub dropped: PathBuf,
     pub max_bytes: u64,
 }
+
+/// The start of the line the history gets where guest output was cut.
+pub const TRUNCATED_MARK: &str = "[worker] console output truncated:";
 
 /// How often the manager copies every VM's new serial output.
 pub const CONSOLE_SYNC_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
@@ -227,10 +368,13 @@ impl Console {
     /// Copies what CH wrote since the last sync into the history.
     pub fn sync(&self) -> io::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
         let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        // Never through a link: the worker reads and punches this file.
         let mut serial = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&self.serial)
         {
             Ok(f) => f,
@@ -256,8 +400,14 @@ impl Console {
         if len > from {
             // Only the last max_bytes of a chunk can survive the rotation.
             let start = from.max(len.saturating_sub(self.max_bytes));
+            let mut chunk = Vec::with_capacity((len - start) as usize + 80);
+            if start > from {
+                chunk.extend_from_slice(
+                    format!("{TRUNCATED_MARK} {} bytes dropped\n", start - from).as_bytes(),
+                );
+                self.add_dropped(start - from)?;
+            }
             serial.seek(SeekFrom::Start(start))?;
-            let mut chunk = Vec::with_capacity((len - start) as usize);
             Read::by_ref(&mut serial)
                 .take(len - start)
                 .read_to_end(&mut chunk)?;
@@ -279,30 +429,57 @@ impl Console {
     /// (and one that starts after finds no serial file).
     pub fn remove(&self) {
         let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
-        for f in [&self.serial, &self.history, &self.rotated, &self.pos] {
+        for f in [
+            &self.serial,
+            &self.history,
+            &self.rotated,
+            &self.pos,
+            &self.dropped,
+        ] {
             remove_if_present(f);
         }
     }
 
     fn append(&self, chunk: &[u8]) -> io::Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let current = match std::fs::metadata(&self.history) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
         if current > 0 && current + chunk.len() as u64 > self.max_bytes {
+            match std::fs::metadata(&self.rotated) {
+                Ok(m) => self.add_dropped(m.len())?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             std::fs::rename(&self.history, &self.rotated)?;
         }
+        // A guest's console is nobody else's to read.
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.history)?
             .write_all(chunk)
     }
 
+    fn dropped_bytes(&self) -> u64 {
+        std::fs::read_to_string(&self.dropped)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn add_dropped(&self, n: u64) -> io::Result<()> {
+        std::fs::write(&self.dropped, (self.dropped_bytes() + n).to_string())
+    }
+
     /// The last `lines` lines of the console across boots (rotated file,
-    /// then history), after a sync; `true` when older lines exist.
+    /// then history), after a sync; `true` when older lines exist or
+    /// existed. Reaching the oldest line kept after output was dropped, the
+    /// lines start with a [`TRUNCATED_MARK`] line.
     pub fn tail(&self, lines: usize) -> io::Result<(Vec<String>, bool)> {
         self.sync()?;
         let (newer, truncated) = tail_lines(&self.history, lines)?;
@@ -311,6 +488,14 @@ impl Console {
         }
         let (mut older, truncated) = tail_lines(&self.rotated, lines - newer.len())?;
         older.extend(newer);
+        let dropped = self.dropped_bytes();
+        if !truncated && dropped > 0 {
+            older.insert(
+                0,
+                format!("{TRUNCATED_MARK} {dropped} earlier bytes dropped"),
+            );
+            return Ok((older, true));
+        }
         Ok((older, truncated))
     }
 }
@@ -426,19 +611,58 @@ mod tests {
         );
     }
 
+    /// With a VM user, the run directory must be reachable by that user:
+    /// a directory it cannot enter is named at start; otherwise `vm/` is
+    /// that user's alone.
+    #[test]
+    fn a_vm_user_gets_vm_dir_and_must_reach_it() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIP: giving files to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = VmFileOptions {
+            vm_owner: Some(VmOwner {
+                uid: 65534,
+                gid: 65534,
+            }),
+            ..Default::default()
+        };
+        let closed = dir.path().join("closed");
+        std::fs::create_dir(&closed).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = RunDir::open_with(&closed.join("run"), options).unwrap_err();
+        assert!(
+            matches!(&err, RunDirError::Unreachable { path, mode: 0o700, .. } if *path == closed),
+            "{err}"
+        );
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let rd = RunDir::open_with(&closed.join("run"), options).unwrap();
+        let vm = std::fs::metadata(rd.root().join("vm")).unwrap();
+        assert_eq!((vm.uid(), vm.mode() & 0o777), (65534, 0o700));
+        let console = std::fs::metadata(rd.root().join("console")).unwrap();
+        assert_eq!((console.uid(), console.mode() & 0o777), (0, 0o711));
+    }
+
+    /// A run directory in a temp dir whose console history is 64 bytes.
+    fn small_console_run_dir() -> (tempfile::TempDir, RunDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = VmFileOptions {
+            console_max_bytes: 64,
+            ..Default::default()
+        };
+        let rd = RunDir::open_with(dir.path(), options).unwrap();
+        (dir, rd)
+    }
+
     /// What CH writes survives its truncation at the next boot, the history
     /// rotates at its bound, and a read spans the rotated file.
     #[test]
     fn console_keeps_history_across_boots_and_rotates() {
-        let dir = tempfile::tempdir().unwrap();
-        let rd = RunDir::open_with(
-            dir.path(),
-            VmFileOptions {
-                console_max_bytes: 64,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (_dir, rd) = small_console_run_dir();
         let id = VmId::new_v7();
         let c = rd.console(&id);
         assert_eq!(c.tail(10).unwrap(), (vec![], false));
@@ -483,6 +707,57 @@ mod tests {
         assert_eq!(c.tail(100).unwrap().0.len(), 12);
         rd.remove_vm_files(&id);
         assert!(rd.scan().unwrap().is_empty());
+    }
+
+    /// Output a guest prints faster than the syncs copy is cut to the bound
+    /// with a mark where it was cut; output rotated away is counted, and a
+    /// read that reaches the oldest line kept says so first.
+    #[test]
+    fn console_marks_what_it_dropped() {
+        let (_dir, rd) = small_console_run_dir();
+        let c = rd.console(&VmId::new_v7());
+        // 20 lines of 8 bytes between two syncs: only the last 64 bytes
+        // (8 lines) are kept, after the mark.
+        let flood: String = (0..20).map(|i| format!("line {i:02}\n")).collect();
+        std::fs::write(&c.serial, &flood).unwrap();
+        let (lines, truncated) = c.tail(100).unwrap();
+        assert!(truncated);
+        assert_eq!(
+            lines[0],
+            format!("{TRUNCATED_MARK} 96 earlier bytes dropped"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], format!("{TRUNCATED_MARK} 96 bytes dropped"));
+        assert_eq!(lines[2..].first().map(String::as_str), Some("line 12"));
+        assert_eq!(lines.last().map(String::as_str), Some("line 19"));
+        // Two more rotations drop the first history file whole.
+        for round in 0..2 {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&c.serial)
+                .unwrap();
+            let more: String = (0..6).map(|i| format!("more {round}{i}\n")).collect();
+            f.write_all(more.as_bytes()).unwrap();
+            c.sync().unwrap();
+        }
+        let (lines, _) = c.tail(100).unwrap();
+        let kept_first = std::fs::read_to_string(&c.rotated).unwrap();
+        assert!(kept_first.starts_with("more 00"), "{kept_first:?}");
+        assert!(
+            lines[0].starts_with(TRUNCATED_MARK) && lines[0].ends_with("earlier bytes dropped"),
+            "{lines:?}"
+        );
+        let dropped: u64 = std::fs::read_to_string(&c.dropped)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(dropped > 96, "rotation counts what it drops: {dropped}");
+        assert_eq!(lines.last().map(String::as_str), Some("more 15"));
+        // A short read shows only that older lines exist.
+        let (lines, truncated) = c.tail(2).unwrap();
+        assert_eq!(lines, vec!["more 14", "more 15"]);
+        assert!(truncated);
     }
 
     /// Where hole punching is not available, copied data stays in CH's file

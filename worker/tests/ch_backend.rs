@@ -13,6 +13,7 @@ use testkit::{Proc, alive, kill9, poll};
 use worker::dto::{VmId, VmSpec, VmSpecFields};
 use worker::rundir::RunDir;
 use worker::vmm::config::{ChVmState, VmPaths};
+use worker::vmm::store::{HostFiles, resolve_spec};
 use worker::vmm::{ChBackendConfig, CloudHypervisorBackend, Vmm, VmmBackend, VmmError, VmmProcess};
 
 const TOP: &str = "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys";
@@ -44,13 +45,14 @@ fn store(dir: &Path) -> VmSpec {
     .unwrap()
 }
 
-/// A temp dir with the spec's store (see `store`) and a ch-sim backend
-/// over it.
-fn ch_sim_setup() -> (tempfile::TempDir, VmSpec, CloudHypervisorBackend) {
+/// A temp dir with the spec's store (see `store`), the spec's files
+/// resolved in it, and a ch-sim backend over it.
+fn ch_sim_setup() -> (tempfile::TempDir, VmSpec, HostFiles, CloudHypervisorBackend) {
     let dir = tempfile::tempdir().unwrap();
     let spec = store(dir.path());
+    let files = resolve_spec(&dir.path().join("store"), &spec).unwrap();
     let b = backend(&ch_sim(), &dir.path().join("store"));
-    (dir, spec, b)
+    (dir, spec, files, b)
 }
 
 fn paths(dir: &Path) -> (VmId, VmPaths) {
@@ -62,7 +64,7 @@ fn paths(dir: &Path) -> (VmId, VmPaths) {
 
 #[tokio::test]
 async fn spawn_and_every_rest_call() {
-    let (dir, spec, b) = ch_sim_setup();
+    let (dir, spec, files, b) = ch_sim_setup();
     b.prepare(&spec).await.unwrap();
     let (id, p) = paths(dir.path());
     let t = Instant::now();
@@ -92,7 +94,7 @@ async fn spawn_and_every_rest_call() {
         }
         e => panic!("{e}"),
     }
-    let config = b.build_config(&id, &spec, &p);
+    let config = b.build_config(&id, &spec, &p, &files);
     vmm.create(&config).await.unwrap();
     let info = vmm.info().await.unwrap();
     assert_eq!(info.state, ChVmState::Created);
@@ -132,7 +134,7 @@ async fn spawn_and_every_rest_call() {
 
 #[tokio::test]
 async fn ch_error_bodies_become_typed_errors() {
-    let (dir, spec, b) = ch_sim_setup();
+    let (dir, spec, files, b) = ch_sim_setup();
     let (id, p) = paths(dir.path());
     let (vmm, proc_) = b.spawn(&id, &p).await.unwrap();
     let e = vmm.boot().await.unwrap_err();
@@ -162,14 +164,16 @@ async fn ch_error_bodies_become_typed_errors() {
             .join("kernel"),
     )
     .unwrap();
-    vmm.create(&b.build_config(&id, &spec, &p)).await.unwrap();
+    vmm.create(&b.build_config(&id, &spec, &p, &files))
+        .await
+        .unwrap();
     let e = vmm.boot().await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "vm.boot answered 500: Error from API: The VM could not boot: Cannot open kernel file: No such file or directory (os error 2)"
     );
     let e = vmm
-        .create(&b.build_config(&id, &spec, &p))
+        .create(&b.build_config(&id, &spec, &p, &files))
         .await
         .unwrap_err();
     assert!(e.to_string().ends_with("VM is already created"), "{e}");
@@ -246,7 +250,7 @@ async fn socket_wait_times_out_exits_early_and_bad_answers_are_cleaned_up() {
 
 #[tokio::test]
 async fn adopts_a_live_ch_and_sees_it_die() {
-    let (dir, spec, b) = ch_sim_setup();
+    let (dir, spec, files, b) = ch_sim_setup();
     let (id, p) = paths(dir.path());
     // Started by someone else (a previous worker): not our child.
     let child = Command::new(ch_sim())
@@ -263,7 +267,9 @@ async fn adopts_a_live_ch_and_sees_it_die() {
     .unwrap();
     {
         let vmm = b.client_for(&p.socket);
-        vmm.create(&b.build_config(&id, &spec, &p)).await.unwrap();
+        vmm.create(&b.build_config(&id, &spec, &p, &files))
+            .await
+            .unwrap();
         vmm.boot().await.unwrap();
     }
     let a = b.adopt(&id, &p).await.unwrap().expect("live CH adopted");

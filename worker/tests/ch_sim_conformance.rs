@@ -288,7 +288,7 @@ fn disk_files() -> (tempfile::TempDir, std::path::PathBuf) {
         .set_len(64 << 20)
         .unwrap();
     for name in ["a.qcow2", "b.qcow2"] {
-        worker::disk::create_overlay(&base, &run.join(name)).unwrap();
+        worker::disk::create_overlay(&base, &run.join(name), None).unwrap();
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o444)).unwrap();

@@ -73,7 +73,7 @@ fn spec_with_image(dir: &Path, name: &str, size: u64) -> VmSpec {
 }
 
 fn overlay(dir: &Path, id: &impl std::fmt::Display) -> PathBuf {
-    dir.join("run").join(format!("{id}.qcow2"))
+    dir.join("run/vm").join(format!("{id}.qcow2"))
 }
 
 // It prints each image's figures (create time, overlay size) for the log.
@@ -111,7 +111,7 @@ async fn overlay_is_o1_kept_by_adoption_and_removed_by_delete() {
     );
 
     // CH sees a qcow2 with its backing file enabled.
-    let socket = dir.path().join("run").join(format!("{}.sock", ids[1]));
+    let socket = dir.path().join("run/vm").join(format!("{}.sock", ids[1]));
     let client =
         CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
     let (_, body) = client.raw(Method::GET, "vm.info", None).await.unwrap();
@@ -146,7 +146,7 @@ async fn logs_keep_the_console_across_a_reboot() {
     let (dir, _reap, w) = started();
     let spec: VmSpec = serde_json::from_value(spec_json("con", "console=ttyS0")).unwrap();
     let st = w.tx.create_vm(spec).await.unwrap();
-    let socket = dir.path().join("run").join(format!("{}.sock", st.id));
+    let socket = dir.path().join("run/vm").join(format!("{}.sock", st.id));
     let client =
         CloudHypervisorBackend::new(ChBackendConfig::new("unused".into())).client_for(&socket);
     // Let the manager copy the first boot's output, then reboot (CH
@@ -154,9 +154,12 @@ async fn logs_keep_the_console_across_a_reboot() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (status, _) = client.raw(Method::PUT, "vm.reboot", None).await.unwrap();
     assert_eq!(status.as_u16(), 204);
-    let serial =
-        std::fs::read_to_string(dir.path().join("run").join(format!("{}-serial.log", st.id)))
-            .unwrap();
+    let serial = std::fs::read_to_string(
+        dir.path()
+            .join("run/console")
+            .join(format!("{}-serial.log", st.id)),
+    )
+    .unwrap();
     assert_eq!(serial.lines().count(), 1, "CH truncated it: {serial}");
     let tail = w.tx.logs(st.id.clone(), 0).await.unwrap();
     let boots = tail

@@ -6,104 +6,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::ch_sim;
+use common::{run_files, start_worker, test_dir, write_spec};
 use serde_json::{Value, json};
-use testkit::fixtures::{make_store, spec_json};
-use testkit::services::WorkerArgs;
-use testkit::{Log, Proc, Reaper, alive, bin, kill9, poll};
-
-/// A worker process plus its address; stopped (not its VMs) on drop.
-struct Worker {
-    proc: Proc,
-    addr: String,
-}
-
-fn start_worker(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Worker {
-    let mut w = WorkerArgs::new("e2e", &dir.join("run"), &dir.join("store"))
-        .args(["--label", "zone=a", "--shutdown-timeout-ms", "500"])
-        .args(extra.iter().copied())
-        .env("WORKER_CH_BINARY", ch_sim().display().to_string())
-        .env("WORKER_SOCKET_TIMEOUT_MS", "2000");
-    // The CH binary comes from the environment, so a test may pass its own.
-    w.ch_binary = None;
-    w.cpu = 16;
-    w.memory_mb = 16384;
-    for (k, v) in env {
-        w = w.env(*k, *v);
-    }
-    let proc = testkit::services::start_worker(&w, Log::File(dir.join("worker.log")));
-    let addr = proc.addr.clone();
-    Worker { proc, addr }
-}
-
-impl Worker {
-    /// Runs pcr-worker-test; Ok(stdout) on success, Err(stderr) otherwise.
-    fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(bin("pcr-worker-test"))
-            .arg("--addr")
-            .arg(&self.addr)
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            assert_eq!(stderr.lines().count(), 1, "errors are one line: {stderr:?}");
-            Err(stderr.trim().to_owned())
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let out = self
-            .cli(&a)
-            .unwrap_or_else(|e| panic!("{args:?} failed: {e}"));
-        serde_json::from_str(&out).unwrap()
-    }
-
-    fn list(&self) -> Vec<Value> {
-        self.json(&["list-vms"]).as_array().unwrap().clone()
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(mut self) {
-        let st = self
-            .proc
-            .terminate(Duration::from_secs(10))
-            .expect("worker exits on SIGTERM");
-        assert!(st.success(), "worker exit status {st}");
-    }
-}
-
-/// A temp dir with a store, and the reaper of the ch-sim processes of its
-/// run directory (bound after the dir, so it runs before the dir goes).
-fn test_dir() -> (tempfile::TempDir, Reaper) {
-    let dir = tempfile::tempdir().unwrap();
-    let reaper = Reaper(dir.path().join("run").display().to_string());
-    make_store(&dir.path().join("store"));
-    (dir, reaper)
-}
-
-/// Names of the files in the run directory.
-fn run_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir.join("run"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-fn write_spec(dir: &Path, file: &str, v: &Value) -> String {
-    let p = dir.join(file);
-    std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
-    p.display().to_string()
-}
+use testkit::fixtures::spec_json;
+use testkit::{alive, bin, kill9, poll};
 
 fn state_of(list: &[Value], id: &str) -> String {
     list.iter()
@@ -157,7 +66,7 @@ fn worker_lifecycle_failure_and_adoption_through_the_cli() {
     let id_b = bc[0]["id"].as_str().unwrap().to_owned();
     let id_c = bc[1]["id"].as_str().unwrap().to_owned();
     // Each VM boots from its own qcow2 overlay of the store image.
-    assert!(d.join("run").join(format!("{id_a}.qcow2")).exists());
+    assert!(d.join("run/vm").join(format!("{id_a}.qcow2")).exists());
 
     // Pause and resume one.
     assert_eq!(w.json(&["pause", &id_a])["state"], "paused");

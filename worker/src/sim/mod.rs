@@ -12,7 +12,8 @@
 //! - `CH_SIM_NO_SOCKET=1` / `--sim-no-socket`: runs but never opens its socket.
 //! - `CH_SIM_POWEROFF_AFTER_MS=N` / `--sim-poweroff-after-ms` /
 //!   `ch_sim.poweroff_after_ms=N`: the guest powers off N ms after boot.
-//! - `CH_SIM_TICK_MS=N` / `ch_sim.tick_ms=N`: the guest writes a serial line every N ms.
+//! - `CH_SIM_TICK_MS=N` / `ch_sim.tick_ms=N`: the guest writes a serial line every N ms
+//!   (`ch_sim.tick_lines=L`: L lines each time, a guest that floods its console).
 
 mod disk;
 mod guest;

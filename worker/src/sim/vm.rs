@@ -20,6 +20,9 @@ pub(crate) struct Faults {
     pub boot_delay_ms: u64,
     pub poweroff_after_ms: Option<u64>,
     pub tick_ms: Option<u64>,
+    /// Lines per tick (default 1): a guest that prints without end, as fast
+    /// as a test needs.
+    pub tick_lines: Option<u64>,
 }
 
 impl Faults {
@@ -65,6 +68,7 @@ impl Faults {
                 "boot_delay_ms" => f.boot_delay_ms = v.parse().unwrap_or(0),
                 "poweroff_after_ms" => f.poweroff_after_ms = v.parse().ok(),
                 "tick_ms" => f.tick_ms = v.parse().ok(),
+                "tick_lines" => f.tick_lines = v.parse().ok(),
                 _ => {}
             }
         }
@@ -613,12 +617,13 @@ pub(super) async fn dispatch(
                 s.boot_gen,
                 vmf.poweroff_after_ms.or(s.faults.poweroff_after_ms),
                 vmf.tick_ms.or(s.faults.tick_ms),
+                vmf.tick_lines.unwrap_or(1).max(1),
                 s.socket.clone(),
             )
         });
         (o, timers)
     };
-    if let Some((gen_at_boot, poweroff, tick, socket)) = timers {
+    if let Some((gen_at_boot, poweroff, tick, tick_lines, socket)) = timers {
         if let Some(ms) = poweroff {
             let sim = sim.clone();
             tokio::spawn(async move {
@@ -640,8 +645,13 @@ pub(super) async fn dispatch(
                     let Ok(s) = sim.lock() else { return };
                     match s.running_gen() {
                         Some(g) if g == gen_at_boot => {
-                            n += 1;
-                            s.append_serial(&format!("[sim] tick {n}"));
+                            let lines: Vec<String> = (0..tick_lines)
+                                .map(|_| {
+                                    n += 1;
+                                    format!("[sim] tick {n}")
+                                })
+                                .collect();
+                            s.append_serial(&lines.join("\n"));
                         }
                         // Paused guests are silent; a new boot has its own timer.
                         None if s.boot_gen == gen_at_boot => {}

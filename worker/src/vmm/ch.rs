@@ -23,6 +23,8 @@ use crate::vmm::config::{
 use crate::vmm::interface::{
     Adopted, ExitInfo, PrepareStep, Vmm, VmmBackend, VmmError, VmmProcess,
 };
+use crate::vmm::store::HostFiles;
+use crate::vmm::user::VmOwner;
 
 /// Settings of the cloud-hypervisor backend.
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub struct ChBackendConfig {
     pub nix: repo_outils::nix::Nix,
     /// How often an adopted (not our child) process is checked.
     pub adopted_poll: Duration,
+    /// Who CH runs as (`--vm-user`); `None`: as the worker.
+    pub vm_owner: Option<VmOwner>,
 }
 
 impl ChBackendConfig {
@@ -62,6 +66,7 @@ impl ChBackendConfig {
             closure_public_key: None,
             nix: repo_outils::nix::Nix::new(),
             adopted_poll: Duration::from_millis(250),
+            vm_owner: None,
         }
     }
 }
@@ -168,7 +173,13 @@ impl VmmBackend for CloudHypervisorBackend {
         };
         let log = std::fs::File::create(&paths.ch_log).map_err(spawn_err)?;
         let log2 = log.try_clone().map_err(spawn_err)?;
-        let mut child = tokio::process::Command::new(&self.config.binary)
+        let mut cmd = tokio::process::Command::new(&self.config.binary);
+        if let Some(o) = self.config.vm_owner {
+            // The standard library drops supplementary groups with the uid:
+            // CH keeps exactly this uid and gid (see `vmm::user`).
+            cmd.uid(o.uid).gid(o.gid);
+        }
+        let mut child = cmd
             .arg("--api-socket")
             .arg(format!("path={}", paths.socket.display()))
             .stdin(Stdio::null())
@@ -245,14 +256,14 @@ impl VmmBackend for CloudHypervisorBackend {
         Ok(Some(Adopted { vmm, process, info }))
     }
 
-    fn build_config(&self, vm_id: &VmId, spec: &VmSpec, paths: &VmPaths) -> VmConfig {
-        build_vm_config(
-            vm_id,
-            spec,
-            paths,
-            &self.config.store_root,
-            self.config.tap.as_ref(),
-        )
+    fn build_config(
+        &self,
+        vm_id: &VmId,
+        spec: &VmSpec,
+        paths: &VmPaths,
+        files: &HostFiles,
+    ) -> VmConfig {
+        build_vm_config(vm_id, spec, paths, files, self.config.tap.as_ref())
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::DiskMode;
 use crate::dto::{VmId, VmSpec};
+use crate::vmm::store::HostFiles;
 
 /// `VmConfig`: what `vm.create` takes and `vm.info` returns under `config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,29 +192,30 @@ impl TapConfig {
     }
 }
 
-/// Resolves a store path to where it is on this host: under `store_root`
-/// (`/` in production; a temp dir in tests, like `nix copy --to DIR`).
+/// Where a store path would be on this host: under `store_root` (`/` in
+/// production; a temp dir in tests, like `nix copy --to DIR`). A plain
+/// join, for presence checks only: a file handed to CH is resolved by
+/// `store::resolve_spec`.
 pub fn host_path(store_root: &Path, store_path: &str) -> PathBuf {
     store_root.join(store_path.trim_start_matches('/'))
 }
 
-/// Maps a spec to CH's VmConfig: kernel and initrd in place in the store,
-/// the VM's own writable disk (a qcow2 overlay of the store image, or a raw
-/// copy), serial console to the run directory.
+/// Maps a spec to CH's VmConfig: kernel and initrd in place in the store
+/// (their resolved paths, `files`), the VM's own writable disk (a qcow2
+/// overlay of the store image, or a raw copy), serial console to the run
+/// directory.
 pub fn build_vm_config(
     id: &VmId,
     spec: &VmSpec,
     paths: &VmPaths,
-    store_root: &Path,
+    files: &HostFiles,
     tap: Option<&TapConfig>,
 ) -> VmConfig {
     let path_str = |p: &Path| p.to_string_lossy().into_owned();
     VmConfig {
         payload: PayloadConfig {
-            kernel: path_str(&host_path(store_root, spec.kernel_path().as_str())),
-            initramfs: spec
-                .initrd_path()
-                .map(|p| path_str(&host_path(store_root, p.as_str()))),
+            kernel: path_str(&files.kernel),
+            initramfs: files.initrd.as_deref().map(path_str),
             cmdline: Some(spec.cmdline().to_owned()).filter(|c| !c.is_empty()),
         },
         cpus: CpusConfig {
@@ -223,8 +225,9 @@ pub fn build_vm_config(
         memory: MemoryConfig {
             size: spec.memory_mb() * 1024 * 1024,
         },
-        disks: spec
-            .disk_image_path()
+        disks: files
+            .disk_image
+            .as_ref()
             .map(|_| {
                 vec![DiskConfig {
                     path: path_str(&paths.disk),
@@ -283,6 +286,16 @@ mod tests {
         .unwrap()
     }
 
+    /// The spec's files as resolved beneath `root` (links-free already).
+    fn files(root: &str, spec: &VmSpec) -> HostFiles {
+        let at = |p: &str| Path::new(root).join(p.trim_start_matches('/'));
+        HostFiles {
+            kernel: at(spec.kernel_path().as_str()),
+            initrd: spec.initrd_path().map(|p| at(p.as_str())),
+            disk_image: spec.disk_image_path().map(|p| at(p.as_str())),
+        }
+    }
+
     fn paths() -> VmPaths {
         VmPaths {
             socket: "/run/pcr/a.sock".into(),
@@ -297,7 +310,13 @@ mod tests {
     #[test]
     fn config_matches_the_shape_ch_accepts() {
         let id = VmId::new_v7();
-        let c = build_vm_config(&id, &spec(true), &paths(), Path::new("/tmp/root"), None);
+        let c = build_vm_config(
+            &id,
+            &spec(true),
+            &paths(),
+            &files("/tmp/root", &spec(true)),
+            None,
+        );
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(
             v["payload"]["kernel"],
@@ -322,7 +341,7 @@ mod tests {
             disk_mode: DiskMode::Copy,
             ..paths()
         };
-        let c = build_vm_config(&id, &spec(true), &copy, Path::new("/"), None);
+        let c = build_vm_config(&id, &spec(true), &copy, &files("/", &spec(true)), None);
         assert_eq!(
             serde_json::to_value(&c.disks).unwrap(),
             serde_json::json!([{"path": "/run/pcr/a.disk", "image_type": "Raw"}])
@@ -344,7 +363,13 @@ mod tests {
         let tap = TapConfig {
             prefix: "pcr".into(),
         };
-        let c = build_vm_config(&id, &spec(false), &paths(), Path::new("/"), Some(&tap));
+        let c = build_vm_config(
+            &id,
+            &spec(false),
+            &paths(),
+            &files("/", &spec(false)),
+            Some(&tap),
+        );
         assert!(c.disks.is_empty());
         assert_eq!(
             c.payload.kernel,

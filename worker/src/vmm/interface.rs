@@ -14,6 +14,7 @@ use repo_outils::nix::NixError;
 
 use crate::dto::{VmId, VmSpec};
 use crate::vmm::config::{VmConfig, VmCounters, VmInfoResponse, VmPaths, VmmPingResponse};
+use crate::vmm::store::HostFiles;
 
 /// Why a hypervisor operation failed. `Api` carries CH's own error chain.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,14 @@ pub trait VmmBackend: Send + Sync + 'static {
         paths: &VmPaths,
     ) -> impl Future<Output = Result<Option<Adopted<Self>>, VmmError>> + Send;
 
-    /// Maps a spec to the hypervisor's VM configuration.
-    fn build_config(&self, vm_id: &VmId, spec: &VmSpec, paths: &VmPaths) -> VmConfig;
+    /// Maps a spec to the hypervisor's VM configuration; `files` are the
+    /// spec's store files as resolved beneath the store root, the only
+    /// host paths of the store the hypervisor is given.
+    fn build_config(
+        &self,
+        vm_id: &VmId,
+        spec: &VmSpec,
+        paths: &VmPaths,
+        files: &HostFiles,
+    ) -> VmConfig;
 }

@@ -3,7 +3,6 @@
 //! made to fail, hang or crash on request.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use crate::vmm::config::{
 use crate::vmm::interface::{
     Adopted, ExitInfo, PrepareStep, Vmm, VmmBackend, VmmError, VmmProcess,
 };
+use crate::vmm::store::HostFiles;
 
 /// A step a fault can be attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -391,7 +391,13 @@ impl VmmBackend for MemoryBackend {
         Ok(Some(Adopted { vmm, process, info }))
     }
 
-    fn build_config(&self, vm_id: &VmId, spec: &VmSpec, paths: &VmPaths) -> VmConfig {
-        build_vm_config(vm_id, spec, paths, Path::new("/"), None)
+    fn build_config(
+        &self,
+        vm_id: &VmId,
+        spec: &VmSpec,
+        paths: &VmPaths,
+        files: &HostFiles,
+    ) -> VmConfig {
+        build_vm_config(vm_id, spec, paths, files, None)
     }
 }
