@@ -1,0 +1,311 @@
+//! The worker's nftables tables, driven through the `nft` tool (each
+//! change one atomic `nft -f -` batch; reads with `nft -j`).
+//!
+//! Two tables named `<table>`, owned by the worker and rebuilt at start:
+//! - `inet <table>`: traffic entering from the bridge jumps to
+//!   `vm_egress` (forwarded) or `vm_to_host` (to the host). A packet is
+//!   accepted if it continues a connection, if `(VM address, destination)`
+//!   is in the `allow` set (elements time out with the DNS answer's TTL),
+//!   or, towards the host, if it is DNS to the worker's forwarder. What
+//!   is left is dropped; packets from a known VM are dropped by a rule
+//!   that looks them up in `vms`, a set with per-element counters, so
+//!   each VM's drops are counted on its own element.
+//! - `bridge <table>`: a TAP may send IPv4 only from its VM's address
+//!   (`ports`: TAP name . address), so one VM cannot borrow another's
+//!   allowlist by forging its source; IPv6 from TAPs is dropped.
+//!
+//! Adding a VM adds two set elements and no rule or chain, so the cost of
+//! an install does not grow with the number of VMs (nft fetches no set
+//! contents for an element add).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::NetError;
+
+/// The longest a DNS answer keeps an address allowed (a day), whatever
+/// TTL the upstream gave; the shortest is one second (0 would mean "never
+/// expires" to nftables).
+pub const MAX_ALLOW_SECS: u32 = 86_400;
+
+/// One worker's tables: their name, the bridge and TAP prefix they match.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub nft: String,
+    pub table: String,
+    pub bridge: String,
+    pub tap_prefix: String,
+}
+
+impl Tables {
+    /// Replaces whatever tables of this name exist with empty ones: the
+    /// worker rebuilds every VM's elements after this.
+    pub async fn reset(&self, dns: SocketAddr) -> Result<(), NetError> {
+        let t = &self.table;
+        let br = &self.bridge;
+        let (dns_ip, dns_port) = (dns.ip(), dns.port());
+        let pfx = &self.tap_prefix;
+        let script = format!(
+            r#"add table inet {t}
+delete table inet {t}
+add table bridge {t}
+delete table bridge {t}
+table inet {t} {{
+  set vms {{ type ipv4_addr; counter; }}
+  set allow {{ type ipv4_addr . ipv4_addr; flags timeout; }}
+  chain forward {{ type filter hook forward priority -10; policy accept;
+    iifname "{br}" jump vm_egress
+  }}
+  chain input {{ type filter hook input priority -10; policy accept;
+    iifname "{br}" jump vm_to_host
+  }}
+  chain vm_egress {{
+    ct state established,related accept
+    ip saddr . ip daddr @allow accept
+    ip saddr @vms drop
+    drop
+  }}
+  chain vm_to_host {{
+    ip daddr {dns_ip} udp dport {dns_port} accept
+    ip saddr @vms drop
+    drop
+  }}
+}}
+table bridge {t} {{
+  set ports {{ type ifname . ipv4_addr; }}
+  chain prerouting {{ type filter hook prerouting priority -200; policy accept;
+    iifname "{pfx}*" ether type ip iifname . ip saddr != @ports drop
+    iifname "{pfx}*" ether type ip6 drop
+  }}
+}}
+"#
+        );
+        self.run("creating the egress tables", &script).await
+    }
+
+    /// Removes both tables (tests and benches clean up with it).
+    pub async fn remove(&self) -> Result<(), NetError> {
+        let t = &self.table;
+        self.run(
+            "removing the egress tables",
+            &format!(
+                "add table inet {t}\ndelete table inet {t}\nadd table bridge {t}\ndelete table bridge {t}\n"
+            ),
+        )
+        .await
+    }
+
+    /// Makes `addr` a VM behind `tap`: its drops are counted, its TAP may
+    /// send from it. Adding an element that exists changes nothing.
+    pub async fn add_vm(&self, tap: &str, addr: Ipv4Addr) -> Result<(), NetError> {
+        let t = &self.table;
+        self.run(
+            "adding a VM to the egress tables",
+            &format!(
+                "add element inet {t} vms {{ {addr} }}\nadd element bridge {t} ports {{ \"{tap}\" . {addr} }}\n"
+            ),
+        )
+        .await
+    }
+
+    /// Forgets a VM: its address, its TAP binding and every destination
+    /// it was allowed. Elements already gone are not an error.
+    pub async fn remove_vm(&self, tap: &str, addr: Ipv4Addr) -> Result<(), NetError> {
+        let t = &self.table;
+        self.forget_allowed(addr).await?;
+        for (what, element) in [
+            (format!("inet {t} vms"), addr.to_string()),
+            (format!("bridge {t} ports"), format!("\"{tap}\" . {addr}")),
+        ] {
+            // Deleted one by one: a batch fails whole if one is missing.
+            if let Err(e) = self
+                .run(
+                    "removing a VM from the egress tables",
+                    &format!("delete element {what} {{ {element} }}\n"),
+                )
+                .await
+                && !e.is_missing_element()
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Allows `vm` to reach each of `dests` for its own number of seconds.
+    pub async fn allow(&self, vm: Ipv4Addr, dests: &[(Ipv4Addr, u32)]) -> Result<(), NetError> {
+        if dests.is_empty() {
+            return Ok(());
+        }
+        let elems: Vec<String> = dests
+            .iter()
+            .map(|(d, ttl)| format!("{vm} . {d} timeout {}s", ttl.clamp(&1, &MAX_ALLOW_SECS)))
+            .collect();
+        self.run(
+            "allowing resolved addresses",
+            &format!(
+                "add element inet {} allow {{ {} }}\n",
+                self.table,
+                elems.join(", ")
+            ),
+        )
+        .await
+    }
+
+    /// The destinations `vm` may reach now.
+    pub async fn allowed(&self, vm: Ipv4Addr) -> Result<Vec<Ipv4Addr>, NetError> {
+        let json = self
+            .read(&["list", "set", "inet", &self.table, "allow"])
+            .await?;
+        Ok(set_elements(&json)
+            .filter_map(|e| {
+                let pair = e.get("concat")?.as_array()?;
+                let src: Ipv4Addr = pair.first()?.as_str()?.parse().ok()?;
+                let dst: Ipv4Addr = pair.get(1)?.as_str()?.parse().ok()?;
+                (src == vm).then_some(dst)
+            })
+            .collect())
+    }
+
+    /// Removes every destination `vm` was allowed. An element can expire
+    /// between the listing and the delete, so a failed batch is listed
+    /// again (a few times at most).
+    pub async fn forget_allowed(&self, vm: Ipv4Addr) -> Result<(), NetError> {
+        let mut last = None;
+        for _ in 0..3 {
+            let dests = self.allowed(vm).await?;
+            if dests.is_empty() {
+                return Ok(());
+            }
+            let elems: Vec<String> = dests.iter().map(|d| format!("{vm} . {d}")).collect();
+            match self
+                .run(
+                    "forgetting allowed addresses",
+                    &format!(
+                        "delete element inet {} allow {{ {} }}\n",
+                        self.table,
+                        elems.join(", ")
+                    ),
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_missing_element() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(NetError::Nft {
+            what: "forgetting allowed addresses",
+            stderr: String::new(),
+        }))
+    }
+
+    /// Packets dropped from `vm` so far (its element's counter). `get
+    /// element` reads the one element, whatever the set's size; nft 1.0.6
+    /// prints it as text even with `-j`, later versions as JSON, so both
+    /// are read.
+    pub async fn dropped(&self, vm: Ipv4Addr) -> Result<u64, NetError> {
+        let out = self
+            .output(&[
+                "-j",
+                "get",
+                "element",
+                "inet",
+                &self.table,
+                "vms",
+                &format!("{{ {vm} }}"),
+            ])
+            .await?;
+        let text = String::from_utf8_lossy(&out);
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+            return Ok(set_elements(&json)
+                .filter_map(|e| e.get("elem")?.get("counter")?.get("packets")?.as_u64())
+                .sum());
+        }
+        text.split_once("counter packets ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| NetError::Nft {
+                what: "reading a VM's drop counter",
+                stderr: format!("no counter in nft's answer: {}", text.trim()),
+            })
+    }
+
+    async fn run(&self, what: &'static str, script: &str) -> Result<(), NetError> {
+        let spawn = |source| NetError::Spawn {
+            program: self.nft.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).await.map_err(spawn)?;
+        }
+        let out = child.wait_with_output().await.map_err(spawn)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NetError::Nft {
+                what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+
+    async fn read(&self, args: &[&str]) -> Result<serde_json::Value, NetError> {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        let out = self.output(&all).await?;
+        serde_json::from_slice(&out).map_err(|e| NetError::Nft {
+            what: "reading the egress tables",
+            stderr: format!("nft printed JSON this worker cannot read: {e}"),
+        })
+    }
+
+    /// nft's standard output for `args`.
+    async fn output(&self, args: &[&str]) -> Result<Vec<u8>, NetError> {
+        let out = Command::new(&self.nft)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| NetError::Spawn {
+                program: self.nft.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(NetError::Nft {
+                what: "reading the egress tables",
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// The `elem` entries of every set (or element listing) in `nft -j` output:
+/// each is either a bare value or `{"elem": {"val": …, "counter": …}}`;
+/// this yields the `val` (or the bare value) for lists and the whole
+/// object for counters, so callers look up what they need.
+fn set_elements(json: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    json.get("nftables")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("set")?.get("elem")?.as_array())
+        .flatten()
+        .flat_map(|e| {
+            // Counters live beside the value; concatenations inside it.
+            let val = e.get("elem").and_then(|x| x.get("val"));
+            [Some(e), val].into_iter().flatten()
+        })
+}

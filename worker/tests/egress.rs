@@ -1,0 +1,578 @@
+//! Egress that follows the push, for real: network namespaces, nftables,
+//! a bridge, dnsmasq standing in for the internet's DNS and TCP listeners
+//! standing in for its servers, and a veth whose far end is the "guest".
+//!
+//! Topology (per test, uniquely named namespaces, removed by a guard):
+//! ```text
+//!  guest ns            host ns (worker's egress runs here)        internet ns
+//!  eth0 ──veth── <tap> ─ br0 10.77.0.1/24        up0 198.18.0.1 ── wan0 198.18.0.2
+//!  (VM address)          forwarder 10.77.0.1:53   ip_forward        dnsmasq :53
+//!                        nft tables                                 listeners .10 .11 .12 :8080
+//! ```
+//! Needs root, `nft`, `ip` and `dnsmasq`; without them each test prints
+//! SKIP and passes (CI runs as root with scripts/install-deps.sh).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use simple_dns::rdata::RData;
+use simple_dns::{CLASS, Name, Packet, PacketFlag, Question, RCODE, TYPE};
+use tokio_util::sync::CancellationToken;
+use worker::dto::VmId;
+use worker::net::{Egress, NetConfig};
+
+const ALLOWED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+const WILD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
+const INTERNET_DNS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const PORT: u16 = 8080;
+
+fn skip_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    for tool in ["nft", "ip", "dnsmasq"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("{tool} is not installed (scripts/install-deps.sh)"));
+        }
+    }
+    None
+}
+
+macro_rules! require_root_and_tools {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIP: egress tests need root, nft, ip and dnsmasq: {why}");
+            return;
+        }
+    };
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Three namespaces and what runs in them; dropping it kills dnsmasq and
+/// removes the namespaces (and so every link and table in them).
+struct Net {
+    host: String,
+    internet: String,
+    guest: String,
+    dnsmasq: Option<std::process::Child>,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.dnsmasq.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        for ns in [&self.host, &self.internet, &self.guest] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Net {
+    fn new() -> Net {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let base = format!("pcr6-{}-{n}", std::process::id());
+        let mut net = Net {
+            host: format!("{base}-h"),
+            internet: format!("{base}-i"),
+            guest: format!("{base}-g"),
+            dnsmasq: None,
+        };
+        let (h, i) = (net.host.clone(), net.internet.clone());
+        for ns in [&net.host, &net.internet, &net.guest] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "-n", &h, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &h, "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+        sh(&["ip", "-n", &h, "link", "set", "br0", "up"]);
+        sh(&[
+            "ip", "-n", &h, "link", "add", "up0", "type", "veth", "peer", "name", "wan0", "netns",
+            &i,
+        ]);
+        sh(&["ip", "-n", &h, "addr", "add", "198.18.0.1/24", "dev", "up0"]);
+        sh(&["ip", "-n", &h, "link", "set", "up0", "up"]);
+        for a in [
+            "198.18.0.2/24",
+            "198.18.0.10/24",
+            "198.18.0.11/24",
+            "198.18.0.12/24",
+        ] {
+            sh(&["ip", "-n", &i, "addr", "add", a, "dev", "wan0"]);
+        }
+        sh(&["ip", "-n", &i, "link", "set", "wan0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &i,
+            "route",
+            "add",
+            "10.77.0.0/24",
+            "via",
+            "198.18.0.1",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &h,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        // The internet: fixed records, a TTL long enough for a test, and
+        // gone.test that does not exist.
+        let dnsmasq = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &i,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=198.18.0.2",
+            ])
+            .args(["--user=root", "--pid-file=", "--local-ttl=300"])
+            .args([
+                "--address=/allowed.test/198.18.0.10",
+                "--address=/other.test/198.18.0.11",
+            ])
+            .args(["--address=/wild.test/198.18.0.12", "--address=/gone.test/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("dnsmasq");
+        net.dnsmasq = Some(dnsmasq);
+        // Servers on the internet: each answers its own address and closes.
+        let internet = net.internet.clone();
+        std::thread::spawn(move || {
+            enter(&internet);
+            for a in [ALLOWED, OTHER, WILD] {
+                let l = TcpListener::bind((a, PORT)).unwrap();
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        use std::io::Write;
+                        let _ = (&s).write_all(a.to_string().as_bytes());
+                    }
+                });
+            }
+        })
+        .join()
+        .unwrap();
+        let ready = in_ns(&net.internet, || {
+            (0..100).any(|_| {
+                let ok = query(SocketAddr::from((INTERNET_DNS, 53)), "allowed.test")
+                    .is_ok_and(|(rc, a)| rc == RCODE::NoError && a == [ALLOWED]);
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                ok
+            })
+        });
+        assert!(ready, "dnsmasq did not come up");
+        net
+    }
+
+    fn config(&self) -> NetConfig {
+        NetConfig::new(
+            "br0".into(),
+            "10.77.0.0/24".parse().unwrap(),
+            SocketAddr::from((INTERNET_DNS, 53)),
+        )
+    }
+
+    /// Plugs the guest namespace in as VM `id`: its veth's host end gets
+    /// the TAP name the worker uses, so `attach` finds it and bridges it.
+    fn plug_guest(&self, id: &VmId) {
+        let tap = self.config().tap().tap_name(id);
+        sh(&[
+            "ip",
+            "-n",
+            &self.host,
+            "link",
+            "add",
+            &tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.guest,
+        ]);
+    }
+
+    /// Gives the guest its address once the worker has chosen it.
+    fn address_guest(&self, addr: Ipv4Addr) {
+        let g = &self.guest;
+        sh(&[
+            "ip",
+            "-n",
+            g,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", g, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", g, "route", "add", "default", "via", "10.77.0.1"]);
+    }
+
+    /// The elements of the worker's sets (VMs, TAP bindings, allowed
+    /// destinations), as nft prints them.
+    fn elements(&self) -> String {
+        let mut all = String::new();
+        for (family, set) in [("inet", "vms"), ("inet", "allow"), ("bridge", "ports")] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.host, "nft", "list", "set", family])
+                .args(["procurator", set])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            all.push_str(text.split_once("elements = ").map_or("", |(_, e)| e));
+        }
+        all
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.host, "link", "show", "dev", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+/// Moves this thread into network namespace `ns`.
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    rustix::thread::move_into_link_name_space(
+        f.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .unwrap();
+}
+
+/// Runs `f` on a thread inside `ns` (sockets it makes live there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The worker's egress, started inside the host namespace on a thread of
+/// its own (its nft and ip children and its sockets are then there too).
+struct HostEgress {
+    egress: Egress,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostEgress {
+    fn start(net: &Net, run_dir: &std::path::Path) -> HostEgress {
+        let (ns, config, run_dir) = (net.host.clone(), net.config(), run_dir.to_owned());
+        let stop = CancellationToken::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let token = stop.clone();
+        let thread = std::thread::spawn(move || {
+            enter(&ns);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let started = Egress::start(config, &run_dir, token.clone()).await;
+                let ok = started.is_ok();
+                tx.send(started).unwrap();
+                if ok {
+                    token.cancelled().await;
+                }
+            });
+        });
+        let egress = rx.recv().unwrap().expect("egress starts");
+        HostEgress {
+            egress,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HostEgress {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One A query; the answer's rcode and addresses.
+fn query(server: SocketAddr, name: &str) -> Result<(RCODE, Vec<Ipv4Addr>), String> {
+    let mut q = Packet::new_query(0x5eed);
+    q.set_flags(PacketFlag::RECURSION_DESIRED);
+    q.questions.push(Question::new(
+        Name::new(name).unwrap(),
+        TYPE::A.into(),
+        CLASS::IN.into(),
+        false,
+    ));
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    sock.send_to(&q.build_bytes_vec().unwrap(), server)
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
+    let p = Packet::parse(&buf[..n]).map_err(|e| e.to_string())?;
+    let addrs = p
+        .answers
+        .iter()
+        .filter_map(|rr| match &rr.rdata {
+            RData::A(a) => Some(Ipv4Addr::from(a.address)),
+            _ => None,
+        })
+        .collect();
+    Ok((p.rcode(), addrs))
+}
+
+/// Connects to `to:PORT`; what the server said, or `None` if it could not.
+fn connect(to: Ipv4Addr) -> Option<String> {
+    use std::io::Read;
+    let target = SocketAddr::V4(SocketAddrV4::new(to, PORT));
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(800)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(800))).ok()?;
+    let mut said = String::new();
+    s.read_to_string(&mut said).ok()?;
+    Some(said)
+}
+
+fn forwarder() -> SocketAddr {
+    SocketAddr::from((GATEWAY, 53))
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..50 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_reaches_only_what_its_domains_resolve_to() {
+    require_root_and_tools!();
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostEgress::start(&net, dir.path());
+    let id = VmId::new_v7();
+    net.plug_guest(&id);
+    let domains = vec![
+        "allowed.test".to_owned(),
+        "*.wild.test".to_owned(),
+        "gone.test".to_owned(),
+    ];
+    let vm = host.egress.attach(&id, &domains).await.unwrap();
+    assert!(vm.address.octets()[..3] == [10, 77, 0] && vm.address != GATEWAY);
+    net.address_guest(vm.address);
+    let g = net.guest.clone();
+
+    // An allowed name resolves through the forwarder and connects.
+    let (rc, addrs) = in_ns(&g, || query(forwarder(), "allowed.test")).unwrap();
+    assert_eq!((rc, addrs), (RCODE::NoError, vec![ALLOWED]));
+    assert_eq!(
+        in_ns(&g, || connect(ALLOWED)).as_deref(),
+        Some("198.18.0.10")
+    );
+    // A wildcard allows names below it, not its apex.
+    let (rc, addrs) = in_ns(&g, || query(forwarder(), "a.wild.test")).unwrap();
+    assert_eq!((rc, addrs), (RCODE::NoError, vec![WILD]));
+    assert!(in_ns(&g, || connect(WILD)).is_some());
+    assert_eq!(
+        in_ns(&g, || query(forwarder(), "wild.test")).unwrap().0,
+        RCODE::Refused
+    );
+    // A name that is not allowed gets no answer.
+    let (rc, addrs) = in_ns(&g, || query(forwarder(), "other.test")).unwrap();
+    assert_eq!((rc, addrs), (RCODE::Refused, vec![]));
+    // Nor does a direct connection to an address no allowed name gave.
+    assert_eq!(in_ns(&g, || connect(OTHER)), None);
+    // DNS to any other resolver is dropped.
+    let direct = in_ns(&g, || {
+        query(SocketAddr::from((INTERNET_DNS, 53)), "other.test")
+    });
+    assert!(
+        direct.is_err(),
+        "DNS around the forwarder answered: {direct:?}"
+    );
+    // An allowed name that does not exist: the VM runs on, without it.
+    assert_eq!(
+        in_ns(&g, || query(forwarder(), "gone.test")).unwrap().0,
+        RCODE::NameError
+    );
+    // Drops are counted for this VM.
+    let dropped = host.egress.dropped_packets(&id).await.unwrap();
+    assert!(dropped >= 2, "dropped {dropped}");
+
+    // A forged source (another address in the subnet) does not get out.
+    sh(&[
+        "ip",
+        "-n",
+        &g,
+        "addr",
+        "add",
+        "10.77.0.250/24",
+        "dev",
+        "eth0",
+    ]);
+    let forged = in_ns(&g, || {
+        let sock = std::net::UdpSocket::bind("10.77.0.250:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        let mut q = Packet::new_query(9);
+        q.questions.push(Question::new(
+            Name::new("allowed.test").unwrap(),
+            TYPE::A.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        sock.send_to(&q.build_bytes_vec().unwrap(), forwarder())
+            .unwrap();
+        sock.recv(&mut [0u8; 512]).is_ok()
+    });
+    assert!(!forged, "a forged source reached the forwarder");
+
+    // A new generation adds a domain: allowed at once, nothing restarted.
+    let mut more = domains.clone();
+    more.push("other.test".into());
+    host.egress.update(&id, &more).await.unwrap();
+    let (rc, addrs) = in_ns(&g, || query(forwarder(), "other.test")).unwrap();
+    assert_eq!((rc, addrs), (RCODE::NoError, vec![OTHER]));
+    assert!(in_ns(&g, || connect(OTHER)).is_some());
+    // And one that takes it away again: the address is no longer allowed.
+    host.egress.update(&id, &domains).await.unwrap();
+    assert_eq!(
+        in_ns(&g, || query(forwarder(), "other.test")).unwrap().0,
+        RCODE::Refused
+    );
+    assert_eq!(in_ns(&g, || connect(OTHER)), None);
+    // The plain name kept is resolved again by the worker itself.
+    eventually("allowed.test re-allowed", || {
+        in_ns(&g, || connect(ALLOWED)).is_some()
+    })
+    .await;
+
+    // A worker restart: tables reset, the VM attached again keeps its
+    // address and gets its rules back.
+    drop(host);
+    let host = HostEgress::start(&net, dir.path());
+    assert!(
+        !net.elements().contains(&vm.address.to_string()),
+        "a restart starts from empty tables"
+    );
+    let again = host.egress.attach(&id, &domains).await.unwrap();
+    assert_eq!(again, vm, "the recorded address and TAP are kept");
+    eventually("rules restored after a restart", || {
+        in_ns(&g, || connect(ALLOWED)).is_some()
+    })
+    .await;
+    assert_eq!(
+        in_ns(&g, || query(forwarder(), "other.test")).unwrap().0,
+        RCODE::Refused
+    );
+
+    // Deleting the VM removes its rules, its TAP and its record.
+    host.egress.detach(&id).await.unwrap();
+    let left = net.elements();
+    assert!(!left.contains(&vm.address.to_string()), "{left}");
+    assert!(!net.link_exists(&vm.tap));
+    assert!(!dir.path().join(format!("net/{id}.json")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_are_distinct_and_a_missing_bridge_is_refused() {
+    require_root_and_tools!();
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostEgress::start(&net, dir.path());
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let id = VmId::new_v7();
+        let vm = host.egress.attach(&id, &[]).await.unwrap();
+        assert!(seen.insert(vm.address), "{} given twice", vm.address);
+        assert!(
+            net.link_exists(&vm.tap),
+            "the worker made the TAP {}",
+            vm.tap
+        );
+        ids.push(id);
+    }
+    for id in &ids {
+        host.egress.detach(id).await.unwrap();
+    }
+    assert_eq!(net.elements(), "", "every VM's elements are gone");
+    drop(host);
+
+    let mut config = net.config();
+    config.bridge = "nobr0".into();
+    let ns = net.host.clone();
+    let run_dir = dir.path().to_owned();
+    let err = in_ns(&ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(Egress::start(config, &run_dir, CancellationToken::new()))
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        err.contains("nobr0") && err.contains("does not exist"),
+        "{err}"
+    );
+}
