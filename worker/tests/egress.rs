@@ -576,3 +576,152 @@ async fn addresses_are_distinct_and_a_missing_bridge_is_refused() {
         "{err}"
     );
 }
+
+/// The real `worker` binary, run inside the host namespace (`ip netns
+/// exec` execs it, so the pid is the worker's), on ch-sim.
+struct NetWorker {
+    proc: testkit::Proc,
+    ns: String,
+}
+
+impl NetWorker {
+    fn start(net: &Net, dir: &std::path::Path) -> NetWorker {
+        let w = testkit::services::WorkerArgs::new("egress", &dir.join("run"), &dir.join("store"))
+            .args(["--bridge", "br0", "--vm-subnet", "10.77.0.0/24"])
+            .args([
+                "--dns-upstream",
+                "198.18.0.2:53",
+                "--shutdown-timeout-ms",
+                "500",
+            ]);
+        let inner = w.command();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.host])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        let proc = testkit::Proc::spawn("worker", cmd, testkit::Log::File(dir.join("worker.log")));
+        NetWorker {
+            proc,
+            ns: net.host.clone(),
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(testkit::bin("pcr-worker-test"))
+            .args(["--addr", &self.proc.addr, "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn stop(mut self) {
+        let st = self
+            .proc
+            .terminate(Duration::from_secs(10))
+            .expect("worker exits");
+        assert!(st.success(), "worker exit status {st}");
+    }
+}
+
+fn poll(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..50 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[test]
+fn the_worker_binary_networks_its_vms_and_follows_their_generations() {
+    require_root_and_tools!();
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let _reaper = testkit::Reaper::new(&dir.path().join("run"));
+    testkit::fixtures::make_store(&dir.path().join("store"));
+    let spec = |hash: &str, domains: &[&str]| {
+        let mut s = testkit::fixtures::spec_json("web", "console=ttyS0");
+        s["contentHash"] = hash.into();
+        s["networkAllowedDomains"] = domains.iter().map(|d| (*d).to_owned()).collect();
+        let path = dir.path().join(format!("{hash}.json"));
+        std::fs::write(&path, s.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let w = NetWorker::start(&net, dir.path());
+    let created = w.json(&["create-vm", "--spec", &spec("h1", &["allowed.test"])]);
+    let id: VmId = created[0]["id"].as_str().unwrap().parse().unwrap();
+    let pid = created[0]["pid"].as_u64().unwrap();
+    let record: worker::net::VmNet = serde_json::from_slice(
+        &std::fs::read(dir.path().join(format!("run/net/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record.tap, net.config().tap().tap_name(&id));
+    // The worker made the TAP, on the bridge, and CH was given it.
+    let link = Command::new("ip")
+        .args(["-n", &net.host, "link", "show", "dev", &record.tap])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("master br0"));
+    let socket = dir.path().join(format!("run/{id}.sock"));
+    let info = Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(&socket)
+        .arg("http://localhost/api/v1/vm.info")
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["config"]["net"][0]["tap"], record.tap.as_str());
+    assert_eq!(info["config"]["net"][0]["mac"], record.mac.as_str());
+    // Its address is a VM and its allowed name was resolved by the worker.
+    poll("allowed.test resolved at create", || {
+        let e = net.elements();
+        e.contains(&record.address.to_string()) && e.contains("198.18.0.10")
+    });
+    let details = w.json(&["info", id.as_str()]);
+    assert_eq!(details["metrics"]["egressDroppedPackets"], 0);
+
+    // A generation that only adds a domain: same VM, same process.
+    let again = w.json(&[
+        "create-vm",
+        "--spec",
+        &spec("h2", &["allowed.test", "other.test"]),
+    ]);
+    assert_eq!(again[0]["id"], id.as_str());
+    assert_eq!(again[0]["pid"].as_u64(), Some(pid));
+    poll("other.test allowed without a restart", || {
+        net.elements().contains("198.18.0.11")
+    });
+
+    // A worker restart: the VM is adopted and its rules come back.
+    w.stop();
+    let w = NetWorker::start(&net, dir.path());
+    poll("rules restored after a restart", || {
+        let e = net.elements();
+        e.contains(&record.address.to_string())
+            && e.contains("198.18.0.10")
+            && e.contains("198.18.0.11")
+    });
+    let list = w.json(&["list-vms"]);
+    assert_eq!(list[0]["pid"].as_u64(), Some(pid), "adopted, not restarted");
+
+    // Deleting the VM removes its rules, its TAP and its record.
+    w.json(&["delete-vm", id.as_str()]);
+    assert_eq!(net.elements(), "");
+    assert!(!net.link_exists(&record.tap));
+    assert!(!dir.path().join(format!("run/net/{id}.json")).exists());
+    w.stop();
+}
