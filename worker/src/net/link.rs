@@ -4,6 +4,7 @@
 
 use std::process::Stdio;
 
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::NetError;
@@ -27,14 +28,47 @@ impl Links {
 
     /// Makes `tap` a TAP device (unless a link of that name exists: one the
     /// worker made before a restart, or a test's veth standing in for a
-    /// guest), puts it on the bridge and brings it up.
+    /// guest), puts it on the bridge and brings it up. The usual case is
+    /// one `ip -batch` process; an existing link costs two more.
     pub async fn attach(&self, tap: &str) -> Result<(), NetError> {
-        if !self.exists(tap).await? {
-            self.run(&["tuntap", "add", "dev", tap, "mode", "tap"])
-                .await?;
+        let br = &self.bridge;
+        let batch = format!("tuntap add dev {tap} mode tap\nlink set dev {tap} master {br} up\n");
+        if self.batch(&batch).await.is_ok() {
+            return Ok(());
         }
-        self.run(&["link", "set", "dev", tap, "master", &self.bridge, "up"])
+        if !self.exists(tap).await? {
+            // Not there, and not made: say why.
+            return self.batch(&batch).await;
+        }
+        self.run(&["link", "set", "dev", tap, "master", br, "up"])
             .await
+    }
+
+    async fn batch(&self, commands: &str) -> Result<(), NetError> {
+        let spawn = |source| NetError::Spawn {
+            program: self.ip.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.ip)
+            .args(["-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(commands.as_bytes()).await.map_err(spawn)?;
+        }
+        let out = child.wait_with_output().await.map_err(spawn)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NetError::Ip {
+                args: commands.trim().replace('\n', "; "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
     }
 
     /// Removes `tap` if it exists.

@@ -374,11 +374,13 @@ impl Actor {
         };
         // Recorded first: whatever fails next, detach finds what to undo.
         self.write_record(id, &net)?;
-        let installed = async {
-            self.links.attach(&net.tap).await?;
-            self.tables.add_vm(&net.tap, net.address).await
-        }
-        .await;
+        // Independent (the rules name the TAP, they do not need it to
+        // exist), so the two processes run side by side.
+        let (linked, ruled) = tokio::join!(
+            self.links.attach(&net.tap),
+            self.tables.add_vm(&net.tap, net.address)
+        );
+        let installed = linked.and(ruled);
         if let Err(e) = installed {
             let _ = self.links.remove(&net.tap).await;
             let _ = std::fs::remove_file(self.record_path(id));
