@@ -61,7 +61,16 @@ fn main() {
     let ns = Ns(format!("pcr6-bench-{}", std::process::id()));
     sh(&["ip", "netns", "add", &ns.0]);
     sh(&["ip", "-n", &ns.0, "link", "add", "br0", "type", "bridge"]);
-    sh(&["ip", "-n", &ns.0, "addr", "add", "10.88.0.1/20", "dev", "br0"]);
+    sh(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        "10.88.0.1/20",
+        "dev",
+        "br0",
+    ]);
     sh(&["ip", "-n", &ns.0, "link", "set", "br0", "up"]);
     let name = ns.0.clone();
     std::thread::spawn(move || {
@@ -100,7 +109,9 @@ async fn run(n: usize) {
         .await
         .expect("egress starts");
 
-    println!("egress: {n} VMs on one host (attach = TAP on the bridge + nftables elements + record)");
+    println!(
+        "egress: {n} VMs on one host (attach = TAP on the bridge + nftables elements + record)"
+    );
     let mut ids = Vec::with_capacity(n);
     let mut attach = Vec::with_capacity(n);
     let started = Instant::now();
@@ -112,7 +123,10 @@ async fn run(n: usize) {
         ids.push(id);
     }
     let total = started.elapsed();
-    println!("  attach, VMs 1-{WINDOW}:            {}", stats(&attach[..WINDOW]));
+    println!(
+        "  attach, VMs 1-{WINDOW}:            {}",
+        stats(&attach[..WINDOW])
+    );
     println!(
         "  attach, VMs {}-{n}:        {}",
         n - WINDOW + 1,
@@ -125,7 +139,10 @@ async fn run(n: usize) {
     );
 
     // The rules alone, in a second pair of tables: one nft batch per VM.
-    tables.reset(SocketAddr::from(([10, 88, 0, 1], 53))).await.unwrap();
+    tables
+        .reset(SocketAddr::from(([10, 88, 0, 1], 53)))
+        .await
+        .unwrap();
     let mut rules = Vec::with_capacity(n);
     for i in 0..n {
         let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 89, 0, 2)) + i as u32);
@@ -133,7 +150,10 @@ async fn run(n: usize) {
         tables.add_vm(&format!("pcrt{i:011}"), addr).await.unwrap();
         rules.push(t.elapsed());
     }
-    println!("  rules only, VMs 1-{WINDOW}:        {}", stats(&rules[..WINDOW]));
+    println!(
+        "  rules only, VMs 1-{WINDOW}:        {}",
+        stats(&rules[..WINDOW])
+    );
     println!(
         "  rules only, VMs {}-{n}:    {}",
         n - WINDOW + 1,

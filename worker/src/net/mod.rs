@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
@@ -219,6 +220,7 @@ impl Egress {
             records,
             vms: BTreeMap::new(),
             view: view_tx,
+            drops: None,
             config,
         };
         tokio::spawn(actor.run(rx, shutdown));
@@ -295,7 +297,12 @@ struct Actor {
     records: PathBuf,
     vms: BTreeMap<VmId, Attached>,
     view: watch::Sender<DnsView>,
+    /// Every VM's drop counter as last read, and when.
+    drops: Option<(Instant, HashMap<Ipv4Addr, u64>)>,
 }
+
+/// How long one reading of the drop counters serves.
+const DROPS_FRESH: Duration = Duration::from_millis(500);
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
@@ -315,14 +322,30 @@ impl Actor {
                     let _ = reply.send(self.detach(&id).await);
                 }
                 Msg::Dropped { id, reply } => {
-                    let r = match self.vms.get(&id) {
-                        Some(a) => self.tables.dropped(a.net.address).await,
-                        None => Ok(0),
-                    };
-                    let _ = reply.send(r);
+                    let _ = reply.send(self.dropped(&id).await);
                 }
             }
         }
+    }
+
+    /// The VM's drop counter, from a reading of all of them at most
+    /// `DROPS_FRESH` old.
+    async fn dropped(&mut self, id: &VmId) -> Result<u64, NetError> {
+        let Some(addr) = self.vms.get(id).map(|a| a.net.address) else {
+            return Ok(0);
+        };
+        let fresh = self
+            .drops
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < DROPS_FRESH);
+        if !fresh {
+            self.drops = Some((Instant::now(), self.tables.dropped().await?));
+        }
+        Ok(self
+            .drops
+            .as_ref()
+            .and_then(|(_, m)| m.get(&addr).copied())
+            .unwrap_or(0))
     }
 
     fn record_path(&self, id: &VmId) -> PathBuf {
