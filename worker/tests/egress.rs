@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use simple_dns::rdata::RData;
-use simple_dns::{CLASS, Name, Packet, PacketFlag, Question, RCODE, TYPE};
+use simple_dns::{Packet, RCODE};
 use tokio_util::sync::CancellationToken;
 use worker::dto::VmId;
 use worker::net::{Egress, NetConfig};
@@ -57,8 +57,9 @@ macro_rules! require_root_and_tools {
     };
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
+/// Runs a command that must succeed; its standard output.
+fn sh<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let out = Command::new(&args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
         .output()
@@ -68,6 +69,7 @@ fn sh(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Three namespaces and what runs in them; dropping it kills dnsmasq and
@@ -254,17 +256,19 @@ impl Net {
     fn elements(&self) -> String {
         let mut all = String::new();
         for (family, set) in [("inet", "vms"), ("inet", "allow"), ("bridge", "ports")] {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.host, "nft", "list", "set", family])
-                .args(["procurator", set])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let h = &self.host;
+            let text = sh(&[
+                "ip",
+                "netns",
+                "exec",
+                h,
+                "nft",
+                "list",
+                "set",
+                family,
+                "procurator",
+                set,
+            ]);
             all.push_str(text.split_once("elements = ").map_or("", |(_, e)| e));
         }
         all
@@ -351,18 +355,19 @@ impl Drop for HostEgress {
 
 /// One A query; the answer's rcode and addresses.
 fn query(server: SocketAddr, name: &str) -> Result<(RCODE, Vec<Ipv4Addr>), String> {
-    let mut q = Packet::new_query(0x5eed);
-    q.set_flags(PacketFlag::RECURSION_DESIRED);
-    q.questions.push(Question::new(
-        Name::new(name).unwrap(),
-        TYPE::A.into(),
-        CLASS::IN.into(),
-        false,
-    ));
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    query_from(Ipv4Addr::UNSPECIFIED, server, name)
+}
+
+/// One A query sent from address `from`.
+fn query_from(
+    from: Ipv4Addr,
+    server: SocketAddr,
+    name: &str,
+) -> Result<(RCODE, Vec<Ipv4Addr>), String> {
+    let sock = UdpSocket::bind((from, 0)).map_err(|e| e.to_string())?;
     sock.set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
-    sock.send_to(&q.build_bytes_vec().unwrap(), server)
+    sock.send_to(&worker::net::dns::a_query(0x5eed, name).unwrap(), server)
         .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).map_err(|e| format!("no answer: {e}"))?;
@@ -389,18 +394,13 @@ fn connect(to: Ipv4Addr) -> Option<String> {
     Some(said)
 }
 
-fn forwarder() -> SocketAddr {
-    SocketAddr::from((GATEWAY, 53))
+/// Waits up to 5 s for `f` to hold.
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    testkit::wait_until(Duration::from_secs(5), what, || f().then_some(()));
 }
 
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..50 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within 5 s");
+fn forwarder() -> SocketAddr {
+    SocketAddr::from((GATEWAY, 53))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,21 +470,12 @@ async fn a_vm_reaches_only_what_its_domains_resolve_to() {
         "eth0",
     ]);
     let forged = in_ns(&g, || {
-        let sock = std::net::UdpSocket::bind("10.77.0.250:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(800)))
-            .unwrap();
-        let mut q = Packet::new_query(9);
-        q.questions.push(Question::new(
-            Name::new("allowed.test").unwrap(),
-            TYPE::A.into(),
-            CLASS::IN.into(),
-            false,
-        ));
-        sock.send_to(&q.build_bytes_vec().unwrap(), forwarder())
-            .unwrap();
-        sock.recv(&mut [0u8; 512]).is_ok()
+        query_from(Ipv4Addr::new(10, 77, 0, 250), forwarder(), "allowed.test")
     });
-    assert!(!forged, "a forged source reached the forwarder");
+    assert!(
+        forged.is_err(),
+        "a forged source reached the forwarder: {forged:?}"
+    );
 
     // A new generation adds a domain: allowed at once, nothing restarted.
     let mut more = domains.clone();
@@ -501,10 +492,9 @@ async fn a_vm_reaches_only_what_its_domains_resolve_to() {
     );
     assert_eq!(in_ns(&g, || connect(OTHER)), None);
     // The plain name kept is resolved again by the worker itself.
-    eventually("allowed.test re-allowed", || {
+    wait("allowed.test re-allowed", || {
         in_ns(&g, || connect(ALLOWED)).is_some()
-    })
-    .await;
+    });
 
     // A worker restart: tables reset, the VM attached again keeps its
     // address and gets its rules back.
@@ -516,10 +506,9 @@ async fn a_vm_reaches_only_what_its_domains_resolve_to() {
     );
     let again = host.egress.attach(&id, &domains).await.unwrap();
     assert_eq!(again, vm, "the recorded address and TAP are kept");
-    eventually("rules restored after a restart", || {
+    wait("rules restored after a restart", || {
         in_ns(&g, || connect(ALLOWED)).is_some()
-    })
-    .await;
+    });
     assert_eq!(
         in_ns(&g, || query(forwarder(), "other.test")).unwrap().0,
         RCODE::Refused
@@ -612,19 +601,11 @@ impl NetWorker {
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(testkit::bin("pcr-worker-test"))
-            .args(["--addr", &self.proc.addr, "--json"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let cli = testkit::bin("pcr-worker-test").display().to_string();
+        let mut all = vec!["ip", "netns", "exec", &self.ns, &cli];
+        all.extend(["--addr", &self.proc.addr, "--json"]);
+        all.extend_from_slice(args);
+        serde_json::from_str(&sh(&all)).unwrap()
     }
 
     fn stop(mut self) {
@@ -634,16 +615,6 @@ impl NetWorker {
             .expect("worker exits");
         assert!(st.success(), "worker exit status {st}");
     }
-}
-
-fn poll(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..50 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within 5 s");
 }
 
 #[test]
@@ -687,7 +658,7 @@ fn the_worker_binary_networks_its_vms_and_follows_their_generations() {
     assert_eq!(info["config"]["net"][0]["tap"], record.tap.as_str());
     assert_eq!(info["config"]["net"][0]["mac"], record.mac.as_str());
     // Its address is a VM and its allowed name was resolved by the worker.
-    poll("allowed.test resolved at create", || {
+    wait("allowed.test resolved at create", || {
         let e = net.elements();
         e.contains(&record.address.to_string()) && e.contains("198.18.0.10")
     });
@@ -702,14 +673,14 @@ fn the_worker_binary_networks_its_vms_and_follows_their_generations() {
     ]);
     assert_eq!(again[0]["id"], id.as_str());
     assert_eq!(again[0]["pid"].as_u64(), Some(pid));
-    poll("other.test allowed without a restart", || {
+    wait("other.test allowed without a restart", || {
         net.elements().contains("198.18.0.11")
     });
 
     // A worker restart: the VM is adopted and its rules come back.
     w.stop();
     let w = NetWorker::start(&net, dir.path());
-    poll("rules restored after a restart", || {
+    wait("rules restored after a restart", || {
         let e = net.elements();
         e.contains(&record.address.to_string())
             && e.contains("198.18.0.10")

@@ -135,7 +135,22 @@ pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<Vec<(Ipv4Addr, 
         name: name.to_owned(),
         why,
     };
-    let mut q = Packet::new_query(rand_id());
+    let bytes = a_query(rand_id(), name)?;
+    let answer = exchange(upstream, &bytes).await?;
+    let parsed = Packet::parse(&answer).map_err(|e| bad(format!("unreadable answer: {e}")))?;
+    match parsed.rcode() {
+        RCODE::NoError => Ok(a_records(&answer)),
+        rcode => Err(bad(format!("the upstream answered {rcode:?}"))),
+    }
+}
+
+/// An A query for `name` (recursion desired), as sent on the wire.
+pub fn a_query(id: u16, name: &str) -> Result<Vec<u8>, NetError> {
+    let bad = |why: String| NetError::Dns {
+        name: name.to_owned(),
+        why,
+    };
+    let mut q = Packet::new_query(id);
     q.set_flags(PacketFlag::RECURSION_DESIRED);
     q.questions.push(Question::new(
         Name::new(name).map_err(|e| bad(e.to_string()))?,
@@ -143,13 +158,7 @@ pub async fn resolve(upstream: SocketAddr, name: &str) -> Result<Vec<(Ipv4Addr, 
         CLASS::IN.into(),
         false,
     ));
-    let bytes = q.build_bytes_vec().map_err(|e| bad(e.to_string()))?;
-    let answer = exchange(upstream, &bytes).await?;
-    let parsed = Packet::parse(&answer).map_err(|e| bad(format!("unreadable answer: {e}")))?;
-    match parsed.rcode() {
-        RCODE::NoError => Ok(a_records(&answer)),
-        rcode => Err(bad(format!("the upstream answered {rcode:?}"))),
-    }
+    q.build_bytes_vec().map_err(|e| bad(e.to_string()))
 }
 
 /// Sends `query` to `upstream` and waits for the answer with its id.
@@ -261,17 +270,10 @@ mod tests {
 
     #[test]
     fn refusals_echo_the_question_and_answers_give_their_a_records() {
-        let mut q = Packet::new_query(77);
-        q.questions.push(Question::new(
-            Name::new("x.example.org").unwrap(),
-            TYPE::A.into(),
-            CLASS::IN.into(),
-            false,
-        ));
-        let bytes = q.build_bytes_vec().unwrap();
+        let bytes = a_query(77, "x.example.org").unwrap();
         assert_eq!(single_question(&bytes).as_deref(), Some("x.example.org"));
         let mut r = Packet::new_reply(77);
-        r.questions = q.questions.clone();
+        r.questions = Packet::parse(&bytes).unwrap().questions;
         r.answers.push(simple_dns::ResourceRecord::new(
             Name::new("x.example.org").unwrap(),
             CLASS::IN,

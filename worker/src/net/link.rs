@@ -2,12 +2,7 @@
 //! made once per VM; a process per change costs a few milliseconds, far
 //! less than the VM's own start).
 
-use std::process::Stdio;
-
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
-use super::NetError;
+use super::{NetError, run_tool};
 
 /// The `ip` tool and the bridge the VMs' TAPs join.
 #[derive(Debug, Clone)]
@@ -45,30 +40,13 @@ impl Links {
     }
 
     async fn batch(&self, commands: &str) -> Result<(), NetError> {
-        let spawn = |source| NetError::Spawn {
-            program: self.ip.clone(),
-            source,
-        };
-        let mut child = Command::new(&self.ip)
-            .args(["-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(commands.as_bytes()).await.map_err(spawn)?;
-        }
-        let out = child.wait_with_output().await.map_err(spawn)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetError::Ip {
+        run_tool(&self.ip, &["-batch", "-"], Some(commands))
+            .await?
+            .map(drop)
+            .map_err(|stderr| NetError::Ip {
                 args: commands.trim().replace('\n', "; "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                stderr,
             })
-        }
     }
 
     /// Removes `tap` if it exists.
@@ -80,39 +58,18 @@ impl Links {
     }
 
     pub async fn exists(&self, name: &str) -> Result<bool, NetError> {
-        let status = Command::new(&self.ip)
-            .args(["link", "show", "dev", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .map_err(|source| NetError::Spawn {
-                program: self.ip.clone(),
-                source,
-            })?;
-        Ok(status.success())
+        Ok(run_tool(&self.ip, &["link", "show", "dev", name], None)
+            .await?
+            .is_ok())
     }
 
     async fn run(&self, args: &[&str]) -> Result<(), NetError> {
-        let out = Command::new(&self.ip)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|source| NetError::Spawn {
-                program: self.ip.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetError::Ip {
+        run_tool(&self.ip, args, None)
+            .await?
+            .map(drop)
+            .map_err(|stderr| NetError::Ip {
                 args: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                stderr,
             })
-        }
     }
 }

@@ -88,6 +88,42 @@ impl NetError {
     }
 }
 
+/// Runs `program args` with `stdin` (if any) as its input. The outer
+/// error: it could not run; the inner one: it failed, with its stderr.
+async fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<Result<Vec<u8>, String>, NetError> {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+    let spawn = |source| NetError::Spawn {
+        program: program.to_owned(),
+        source,
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).await.map_err(spawn)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn)?;
+    Ok(if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    })
+}
+
 /// How VMs are networked on this host.
 #[derive(Debug, Clone)]
 pub struct NetConfig {

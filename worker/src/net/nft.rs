@@ -18,14 +18,9 @@
 //! an install does not grow with the number of VMs (nft fetches no set
 //! contents for an element add).
 
+use super::{NetError, run_tool};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
-
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
-use super::NetError;
 
 /// The longest a DNS answer keeps an address allowed (a day), whatever
 /// TTL the upstream gave; the shortest is one second (0 would mean "never
@@ -221,61 +216,23 @@ table bridge {t} {{
     }
 
     async fn run(&self, what: &'static str, script: &str) -> Result<(), NetError> {
-        let spawn = |source| NetError::Spawn {
-            program: self.nft.clone(),
-            source,
-        };
-        let mut child = Command::new(&self.nft)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes()).await.map_err(spawn)?;
-        }
-        let out = child.wait_with_output().await.map_err(spawn)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(NetError::Nft {
-                what,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
+        run_tool(&self.nft, &["-f", "-"], Some(script))
+            .await?
+            .map(drop)
+            .map_err(|stderr| NetError::Nft { what, stderr })
     }
 
     async fn read(&self, args: &[&str]) -> Result<serde_json::Value, NetError> {
+        let what = "reading the egress tables";
         let mut all = vec!["-j"];
         all.extend_from_slice(args);
-        let out = self.output(&all).await?;
+        let out = run_tool(&self.nft, &all, None)
+            .await?
+            .map_err(|stderr| NetError::Nft { what, stderr })?;
         serde_json::from_slice(&out).map_err(|e| NetError::Nft {
-            what: "reading the egress tables",
+            what,
             stderr: format!("nft printed JSON this worker cannot read: {e}"),
         })
-    }
-
-    /// nft's standard output for `args`.
-    async fn output(&self, args: &[&str]) -> Result<Vec<u8>, NetError> {
-        let out = Command::new(&self.nft)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|source| NetError::Spawn {
-                program: self.nft.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(NetError::Nft {
-                what: "reading the egress tables",
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(out.stdout)
     }
 }
 
