@@ -973,14 +973,22 @@ async fn create_flow<B: VmmBackend>(
                 })??;
         }
         // The TAP must exist and be on the bridge before CH opens it.
-        if let Some(eg) = egress {
-            eg.attach(id, spec.network_allowed_domains()).await?;
-        }
+        let guest_ip = match egress {
+            Some(eg) => {
+                let net = eg.attach(id, spec.network_allowed_domains()).await?;
+                Some(eg.guest_cmdline(&net))
+            }
+            None => None,
+        };
         let (vmm, process) = backend
             .spawn(id, &paths)
             .await
             .map_err(WorkerError::step("starting cloud-hypervisor"))?;
-        let config = backend.build_config(id, spec, &paths);
+        let mut config = backend.build_config(id, spec, &paths);
+        if let Some(ip) = guest_ip {
+            let cmdline = config.payload.cmdline.take().unwrap_or_default();
+            config.payload.cmdline = Some(format!("{cmdline} {ip}").trim_start().to_owned());
+        }
         let booted = async {
             vmm.create(&config)
                 .await

@@ -657,6 +657,15 @@ fn the_worker_binary_networks_its_vms_and_follows_their_generations() {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["config"]["net"][0]["tap"], record.tap.as_str());
     assert_eq!(info["config"]["net"][0]["mac"], record.mac.as_str());
+    // The guest is told its address, gateway and DNS server on its command line.
+    let ip = format!(
+        "ip={}::10.77.0.1:255.255.255.0:::off:10.77.0.1",
+        record.address
+    );
+    assert_eq!(
+        info["config"]["payload"]["cmdline"],
+        format!("console=ttyS0 {ip}").as_str()
+    );
     // Its address is a VM and its allowed name was resolved by the worker.
     wait("allowed.test resolved at create", || {
         let e = net.elements();

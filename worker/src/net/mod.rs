@@ -210,6 +210,8 @@ enum Msg {
 pub struct Egress {
     tx: mpsc::Sender<Msg>,
     tap: TapConfig,
+    subnet: Subnet,
+    dns: SocketAddr,
 }
 
 impl Egress {
@@ -250,6 +252,7 @@ impl Egress {
         ));
         let (tx, rx) = mpsc::channel(64);
         let tap = config.tap();
+        let (subnet, dns) = (config.subnet, config.dns_listen);
         let actor = Actor {
             links,
             tables,
@@ -261,7 +264,12 @@ impl Egress {
         };
         tokio::spawn(actor.run(rx, shutdown));
         tracing::info!("egress filtering on");
-        Ok(Egress { tx, tap })
+        Ok(Egress {
+            tx,
+            tap,
+            subnet,
+            dns,
+        })
     }
 
     /// Gives `id` its TAP, address and rules (again, after a restart: the
@@ -301,6 +309,19 @@ impl Egress {
             reply,
         })
         .await
+    }
+
+    /// The kernel's `ip=` argument that configures the guest's NIC with
+    /// its fixed address, the bridge as gateway and the forwarder as its
+    /// only DNS server (no DHCP on the bridge: the worker decides).
+    pub fn guest_cmdline(&self, net: &VmNet) -> String {
+        format!(
+            "ip={}::{}:{}:::off:{}",
+            net.address,
+            self.subnet.gateway(),
+            self.subnet.mask(),
+            self.dns.ip()
+        )
     }
 
     /// The TAP naming the VMs' NICs use.
