@@ -205,6 +205,23 @@ impl Net {
         net
     }
 
+    /// Only the host namespace with its bridge (no internet, no guest).
+    fn bare() -> Net {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let host = format!("pcr6-{}-{n}-h", std::process::id());
+        let net = Net {
+            internet: format!("{host}-unused-i"),
+            guest: format!("{host}-unused-g"),
+            host,
+            dnsmasq: None,
+        };
+        sh(&["ip", "netns", "add", &net.host]);
+        sh(&[
+            "ip", "-n", &net.host, "link", "add", "br0", "type", "bridge",
+        ]);
+        net
+    }
+
     fn config(&self) -> NetConfig {
         NetConfig::new(
             "br0".into(),
@@ -704,4 +721,47 @@ fn the_worker_binary_networks_its_vms_and_follows_their_generations() {
     assert!(!net.link_exists(&record.tap));
     assert!(!dir.path().join(format!("run/net/{id}.json")).exists());
     w.stop();
+}
+
+#[test]
+fn a_new_answer_renews_an_allowed_address_for_its_ttl() {
+    require_root_and_tools!();
+    let ns = Net::bare();
+    let expires = in_ns(&ns.host, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tables = worker::net::nft::Tables {
+                nft: "nft".into(),
+                table: "procurator".into(),
+                bridge: "br0".into(),
+                tap_prefix: "pcrt".into(),
+            };
+            tables.reset(forwarder()).await.unwrap();
+            let vm = Ipv4Addr::new(10, 77, 0, 9);
+            let d = Ipv4Addr::new(192, 0, 2, 1);
+            tables.allow(vm, &[(d, 2)]).await.unwrap();
+            // Renewed with a longer TTL, and given twice in one answer.
+            tables.allow(vm, &[(d, 600), (d, 300)]).await.unwrap();
+            // TTL 0 would mean "never expires" to nft: it is one second.
+            tables
+                .allow(vm, &[(Ipv4Addr::new(192, 0, 2, 2), 0)])
+                .await
+                .unwrap();
+            assert_eq!(tables.allowed(vm).await.unwrap().len(), 2);
+        });
+        sh(&["nft", "-j", "list", "set", "inet", "procurator", "allow"])
+    });
+    let json: serde_json::Value = serde_json::from_str(&expires).unwrap();
+    let elems = json["nftables"][1]["set"]["elem"].as_array().unwrap();
+    let timeout_of = |ip: &str| {
+        elems
+            .iter()
+            .find(|e| e["elem"]["val"]["concat"][1] == ip)
+            .map(|e| e["elem"]["timeout"].as_u64().unwrap())
+    };
+    assert_eq!(timeout_of("192.0.2.1"), Some(600), "{json}");
+    assert_eq!(timeout_of("192.0.2.2"), Some(1), "{json}");
 }

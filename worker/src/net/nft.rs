@@ -131,21 +131,29 @@ table bridge {t} {{
         Ok(())
     }
 
-    /// Allows `vm` to reach each of `dests` for its own number of seconds.
+    /// Allows `vm` to reach each of `dests` for its own number of seconds,
+    /// counted from now: an element that exists gets the new timeout (nft
+    /// leaves an existing element's timeout alone on `add`, so the batch
+    /// adds, deletes and adds again, atomically: no moment without it).
     pub async fn allow(&self, vm: Ipv4Addr, dests: &[(Ipv4Addr, u32)]) -> Result<(), NetError> {
+        // One element per destination (an answer may repeat one): the
+        // longest TTL given for it.
+        let mut dests = dests.to_vec();
+        dests.sort_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
+        dests.dedup_by_key(|d| d.0);
         if dests.is_empty() {
             return Ok(());
         }
-        let elems: Vec<String> = dests
+        let timed: Vec<String> = dests
             .iter()
             .map(|(d, ttl)| format!("{vm} . {d} timeout {}s", ttl.clamp(&1, &MAX_ALLOW_SECS)))
             .collect();
+        let keys: Vec<String> = dests.iter().map(|(d, _)| format!("{vm} . {d}")).collect();
+        let (t, timed, keys) = (&self.table, timed.join(", "), keys.join(", "));
         self.run(
             "allowing resolved addresses",
             &format!(
-                "add element inet {} allow {{ {} }}\n",
-                self.table,
-                elems.join(", ")
+                "add element inet {t} allow {{ {timed} }}\ndelete element inet {t} allow {{ {keys} }}\nadd element inet {t} allow {{ {timed} }}\n"
             ),
         )
         .await
