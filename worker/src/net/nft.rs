@@ -10,9 +10,10 @@
 //!   is left is dropped; packets from a known VM are dropped by a rule
 //!   that looks them up in `vms`, a set with per-element counters, so
 //!   each VM's drops are counted on its own element.
-//! - `bridge <table>`: a TAP may send IPv4 only from its VM's address
-//!   (`ports`: TAP name . address), so one VM cannot borrow another's
-//!   allowlist by forging its source; IPv6 from TAPs is dropped.
+//! - `bridge <table>`: a TAP may send IPv4 and ARP only from its VM's
+//!   address (`ports`: TAP name . address), so one VM cannot borrow
+//!   another's allowlist by forging its source or take its address over
+//!   ARP; IPv6 from TAPs is dropped.
 //!
 //! Adding a VM adds two set elements and no rule or chain, so the cost of
 //! an install does not grow with the number of VMs (nft fetches no set
@@ -74,6 +75,7 @@ table bridge {t} {{
   set ports {{ type ifname . ipv4_addr; }}
   chain prerouting {{ type filter hook prerouting priority -200; policy accept;
     iifname "{pfx}*" ether type ip iifname . ip saddr != @ports drop
+    iifname "{pfx}*" ether type arp iifname . arp saddr ip != @ports drop
     iifname "{pfx}*" ether type ip6 drop
   }}
 }}
