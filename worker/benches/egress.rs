@@ -98,12 +98,7 @@ async fn run(n: usize) {
         "10.88.0.0/20".parse().unwrap(),
         SocketAddr::from((Ipv4Addr::LOCALHOST, 53)),
     );
-    let tables = Tables {
-        nft: "nft".into(),
-        table: "pcrbench".into(),
-        bridge: "br0".into(),
-        tap_prefix: "pcrt".into(),
-    };
+    let tables = Tables::new("nft", "pcrbench", "br0", "pcrt");
     let stop = CancellationToken::new();
     let egress = Egress::start(config, dir.path(), stop.clone())
         .await

@@ -733,12 +733,7 @@ fn a_new_answer_renews_an_allowed_address_for_its_ttl() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let tables = worker::net::nft::Tables {
-                nft: "nft".into(),
-                table: "procurator".into(),
-                bridge: "br0".into(),
-                tap_prefix: "pcrt".into(),
-            };
+            let tables = worker::net::nft::Tables::new("nft", "procurator", "br0", "pcrt");
             tables.reset(forwarder()).await.unwrap();
             let vm = Ipv4Addr::new(10, 77, 0, 9);
             let d = Ipv4Addr::new(192, 0, 2, 1);

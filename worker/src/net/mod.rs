@@ -167,12 +167,7 @@ impl NetConfig {
     }
 
     fn tables(&self) -> Tables {
-        Tables {
-            nft: self.nft.clone(),
-            table: self.table.clone(),
-            bridge: self.bridge.clone(),
-            tap_prefix: self.tap_prefix.clone(),
-        }
+        Tables::new(&self.nft, &self.table, &self.bridge, &self.tap_prefix)
     }
 }
 

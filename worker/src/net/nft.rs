@@ -22,6 +22,8 @@
 use super::{NetError, run_tool};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The longest a DNS answer keeps an address allowed (a day), whatever
 /// TTL the upstream gave; the shortest is one second (0 would mean "never
@@ -31,13 +33,38 @@ pub const MAX_ALLOW_SECS: u32 = 86_400;
 /// One worker's tables: their name, the bridge and TAP prefix they match.
 #[derive(Debug, Clone)]
 pub struct Tables {
-    pub nft: String,
-    pub table: String,
-    pub bridge: String,
-    pub tap_prefix: String,
+    nft: String,
+    table: String,
+    bridge: String,
+    tap_prefix: String,
+    /// When each (VM, destination) this worker allowed expires. Deleting
+    /// an element costs nft a kernel grace period (~15 ms against ~3 ms
+    /// for an add), so an answer renews an element only when it extends
+    /// it, and a first answer is a plain add.
+    expiry: Arc<Mutex<HashMap<(Ipv4Addr, Ipv4Addr), Instant>>>,
 }
 
+/// An answer renews an allowed address only if it extends it by more.
+const RENEW_SLACK: Duration = Duration::from_secs(5);
+
 impl Tables {
+    /// The tables named `table` (inet and bridge), matching traffic from
+    /// `bridge` and TAPs named `tap_prefix*`, changed with the `nft` program.
+    pub fn new(nft: &str, table: &str, bridge: &str, tap_prefix: &str) -> Tables {
+        Tables {
+            nft: nft.to_owned(),
+            table: table.to_owned(),
+            bridge: bridge.to_owned(),
+            tap_prefix: tap_prefix.to_owned(),
+            expiry: Arc::default(),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<(Ipv4Addr, Ipv4Addr), Instant>> {
+        // A panic while holding it leaves a map that is still consistent.
+        self.expiry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Replaces whatever tables of this name exist with empty ones: the
     /// worker rebuilds every VM's elements after this.
     pub async fn reset(&self, dns: SocketAddr) -> Result<(), NetError> {
@@ -81,6 +108,7 @@ table bridge {t} {{
 }}
 "#
         );
+        self.known().clear();
         self.run("creating the egress tables", &script).await
     }
 
@@ -134,31 +162,66 @@ table bridge {t} {{
     }
 
     /// Allows `vm` to reach each of `dests` for its own number of seconds,
-    /// counted from now: an element that exists gets the new timeout (nft
-    /// leaves an existing element's timeout alone on `add`, so the batch
-    /// adds, deletes and adds again, atomically: no moment without it).
+    /// counted from now. A new destination is added; one allowed already
+    /// is renewed only if the answer extends it (nft leaves an existing
+    /// element's timeout alone on `add`, so a renewal adds, deletes and
+    /// adds again in one atomic batch: there is no moment without it).
     pub async fn allow(&self, vm: Ipv4Addr, dests: &[(Ipv4Addr, u32)]) -> Result<(), NetError> {
-        // One element per destination (an answer may repeat one): the
-        // longest TTL given for it.
+        // One element per destination (an answer may repeat one): its
+        // longest TTL.
         let mut dests = dests.to_vec();
         dests.sort_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
         dests.dedup_by_key(|d| d.0);
-        if dests.is_empty() {
+        let now = Instant::now();
+        let (mut fresh, mut renew) = (Vec::new(), Vec::new());
+        {
+            let mut known = self.known();
+            known.retain(|_, until| *until > now);
+            for (d, ttl) in dests {
+                let secs = ttl.clamp(1, MAX_ALLOW_SECS);
+                let until = now + Duration::from_secs(u64::from(secs));
+                match known.get(&(vm, d)) {
+                    Some(old) if until <= *old + RENEW_SLACK => continue,
+                    Some(_) => renew.push((d, secs)),
+                    None => fresh.push((d, secs)),
+                }
+                known.insert((vm, d), until);
+            }
+        }
+        let t = &self.table;
+        let timed = |l: &[(Ipv4Addr, u32)]| {
+            l.iter()
+                .map(|(d, secs)| format!("{vm} . {d} timeout {secs}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut script = String::new();
+        if !fresh.is_empty() {
+            script.push_str(&format!(
+                "add element inet {t} allow {{ {} }}\n",
+                timed(&fresh)
+            ));
+        }
+        if !renew.is_empty() {
+            let keys: Vec<String> = renew.iter().map(|(d, _)| format!("{vm} . {d}")).collect();
+            let timed = timed(&renew);
+            script.push_str(&format!(
+                "add element inet {t} allow {{ {timed} }}\ndelete element inet {t} allow {{ {} }}\nadd element inet {t} allow {{ {timed} }}\n",
+                keys.join(", ")
+            ));
+        }
+        if script.is_empty() {
             return Ok(());
         }
-        let timed: Vec<String> = dests
-            .iter()
-            .map(|(d, ttl)| format!("{vm} . {d} timeout {}s", ttl.clamp(&1, &MAX_ALLOW_SECS)))
-            .collect();
-        let keys: Vec<String> = dests.iter().map(|(d, _)| format!("{vm} . {d}")).collect();
-        let (t, timed, keys) = (&self.table, timed.join(", "), keys.join(", "));
-        self.run(
-            "allowing resolved addresses",
-            &format!(
-                "add element inet {t} allow {{ {timed} }}\ndelete element inet {t} allow {{ {keys} }}\nadd element inet {t} allow {{ {timed} }}\n"
-            ),
-        )
-        .await
+        let r = self.run("allowing resolved addresses", &script).await;
+        if r.is_err() {
+            // Unknown state: the next answer installs them again.
+            let mut known = self.known();
+            for (d, _) in fresh.iter().chain(&renew) {
+                known.remove(&(vm, *d));
+            }
+        }
+        r
     }
 
     /// The destinations `vm` may reach now.
@@ -180,6 +243,7 @@ table bridge {t} {{
     /// between the listing and the delete, so a failed batch is listed
     /// again (a few times at most).
     pub async fn forget_allowed(&self, vm: Ipv4Addr) -> Result<(), NetError> {
+        self.known().retain(|(v, _), _| *v != vm);
         let mut last = None;
         for _ in 0..3 {
             let dests = self.allowed(vm).await?;
