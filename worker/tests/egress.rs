@@ -453,6 +453,19 @@ async fn a_vm_reaches_only_what_its_domains_resolve_to() {
         in_ns(&g, || query(forwarder(), "wild.test")).unwrap().0,
         RCODE::Refused
     );
+    // Garbage gets FORMERR, and the forwarder serves on.
+    let garbage = in_ns(&g, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        sock.send_to(b"\x12\x34 not a DNS message", forwarder())
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).unwrap();
+        buf[..n].to_vec()
+    });
+    assert_eq!(&garbage[..2], b"\x12\x34", "the reply keeps the id");
+    assert_eq!(garbage[3] & 0x0f, 1, "FORMERR");
     // A name that is not allowed gets no answer.
     let (rc, addrs) = in_ns(&g, || query(forwarder(), "other.test")).unwrap();
     assert_eq!((rc, addrs), (RCODE::Refused, vec![]));
