@@ -24,6 +24,11 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 if [ "${PCR_SKIP_QEMU:-0}" != 1 ]; then
   command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 fi
+# Worker egress (and its tests, in network namespaces as root): nft, ip,
+# and dnsmasq as the tests' stand-in for the internet's DNS.
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v cargo-nextest >/dev/null 2>&1 || command -v cargo >/dev/null 2>&1 || {
   echo "install-deps: a Rust toolchain (cargo) is required" >&2; exit 1; }
 

@@ -40,6 +40,7 @@ struct VmMetrics {
   diskWriteBytes @3 :UInt64;
   netRxBytes @4 :UInt64;
   netTxBytes @5 :UInt64;
+  egressDroppedPackets @6 :UInt64;  # packets the worker's egress rules dropped (not allowed, or DNS elsewhere)
 }
 
 struct VmStatus {

@@ -214,6 +214,7 @@ pub fn vm_metrics_to_capnp(m: &VmMetrics, mut b: common_capnp::vm_metrics::Build
     b.set_disk_write_bytes(m.disk_write_bytes);
     b.set_net_rx_bytes(m.net_rx_bytes);
     b.set_net_tx_bytes(m.net_tx_bytes);
+    b.set_egress_dropped_packets(m.egress_dropped_packets);
 }
 
 pub fn vm_metrics_from_capnp(r: common_capnp::vm_metrics::Reader<'_>) -> VmMetrics {
@@ -224,6 +225,7 @@ pub fn vm_metrics_from_capnp(r: common_capnp::vm_metrics::Reader<'_>) -> VmMetri
         disk_write_bytes: r.get_disk_write_bytes(),
         net_rx_bytes: r.get_net_rx_bytes(),
         net_tx_bytes: r.get_net_tx_bytes(),
+        egress_dropped_packets: r.get_egress_dropped_packets(),
     }
 }
 
@@ -535,6 +537,7 @@ mod worker_tests {
             spec,
             metrics: VmMetrics {
                 rss_bytes: 5,
+                egress_dropped_packets: 3,
                 ..Default::default()
             },
             ch_state: "Paused".into(),

@@ -608,6 +608,10 @@ pub struct VmMetrics {
     pub disk_write_bytes: u64,
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
+    /// Packets the worker's egress rules dropped: addresses no allowed
+    /// domain resolved to, and DNS to any resolver but the worker's.
+    #[serde(default)]
+    pub egress_dropped_packets: u64,
 }
 
 /// What a worker says about one of its VMs.

@@ -68,8 +68,13 @@ in
       cpu = cfg.cpu;
       memory-mb = cfg.memoryMb;
       label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
+      # With the host network, the worker networks each VM and owns its
+      # egress rules (modules/host.nix keeps only the host-wide parts).
+      bridge = if host.enable then host.bridge else null;
+      vm-subnet = if host.enable then host.subnet else null;
       tap-prefix = if host.enable then host.tapPrefix else null;
       vm-user = cfg.vmUser;
+      dns-upstream = if host.enable then host.upstreamDns else null;
     };
     credentials = [
       { flag = "token-file"; name = "tokens"; file = common.orGenerated cfg.tokenFile "worker-tokens"; }
@@ -82,7 +87,7 @@ in
     nixDaemon = true;
     unit = {
       description = "Procurator worker (Cloud Hypervisor VMs)";
-      path = [ config.nix.package pkgs.iproute2 ];
+      path = [ config.nix.package pkgs.iproute2 pkgs.nftables ];
       # Only part of `hardening`: the worker runs as root with KVM and TAP
       # access (devices, privileges, netlink); the rest of the system stays
       # read-only.

@@ -73,7 +73,10 @@ let
     config = {
       services.procurator.${name} = cfg;
       nix.package = "nix";
-      procurator.host = { enable = cfg == set; tapPrefix = "pcrt"; };
+      procurator.host = {
+        enable = cfg == set; bridge = "pcrbr0"; tapPrefix = "pcrt";
+        subnet = "10.100.0.0/24"; upstreamDns = null;
+      };
     };
   };
   serviceConfig = name: cfg: (render name cfg).config.content.systemd.services."procurator-${name}".serviceConfig;
@@ -96,7 +99,7 @@ let
       repohub.unset = "--ci-secret-file %d/ci-secret --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
       repohub.set = "--ci-secret-file %d/ci-secret --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --secure-cookies --more";
       worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --cluster-token-file %d/cluster-token --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --token-file %d/tokens --more";
-      worker.set = "--advertise 1.2.3.4:6000 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --vm-user procurator-vm --worker-id w1 --more";
+      worker.set = "--advertise 1.2.3.4:6000 --bridge pcrbr0 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --vm-subnet 10.100.0.0/24 --vm-user procurator-vm --worker-id w1 --more";
     };
     loadCredential = {
       cache.unset = [ "secret-key:/run/keys/sk" "upload-token:${gen}/upload-token" ];

@@ -11,6 +11,7 @@
 pub mod disk;
 pub mod dto;
 pub mod manager;
+pub mod net;
 pub mod node;
 pub mod procfs;
 pub mod reconciler;
@@ -28,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use crate::dto::{Labels, Resources, WorkerId};
 pub use crate::manager::{ManagerConfig, WorkerError};
 pub use crate::node::{CommandSender, Node};
-use crate::vmm::config::TapConfig;
 use crate::vmm::{ChBackendConfig, CloudHypervisorBackend};
 
 /// The crate version, reported by `Worker.read`.
@@ -46,8 +46,9 @@ pub struct Config {
     pub store_root: PathBuf,
     pub capacity: Resources,
     pub labels: Labels,
-    /// TAP NIC per VM; `None` unless the host module set up the network.
-    pub tap: Option<TapConfig>,
+    /// A TAP on the bridge, a fixed address and egress rules per VM;
+    /// `None` (the default): VMs get no NIC.
+    pub net: Option<net::NetConfig>,
     /// How VM disks are made (overlay or copy) and console history bounded.
     pub files: rundir::VmFileOptions,
     pub stop_vms_on_exit: bool,
@@ -82,7 +83,7 @@ impl Config {
                 memory_mb: procfs::host_memory_mb(),
             },
             labels: Labels::new(),
-            tap: None,
+            net: None,
             files: rundir::VmFileOptions::default(),
             stop_vms_on_exit: false,
             socket_timeout: Duration::from_secs(5),
@@ -114,9 +115,15 @@ pub async fn run(
             .map(|a| a.to_string())
             .unwrap_or_default(),
     };
+    // Networking comes up before any VM is adopted, so adoption can
+    // restore every VM's rules.
+    let egress = match config.net.clone() {
+        Some(net) => Some(net::Egress::start(net, &config.run_dir, shutdown.clone()).await?),
+        None => None,
+    };
     let mut backend_config = ChBackendConfig::new(config.ch_binary.clone());
     backend_config.store_root = config.store_root.clone();
-    backend_config.tap = config.tap.clone();
+    backend_config.tap = egress.as_ref().map(|e| e.tap_config().clone());
     backend_config.vm_owner = config.files.vm_owner;
     backend_config.socket_timeout = config.socket_timeout;
     backend_config.api_timeout = config.api_timeout;
@@ -141,7 +148,10 @@ pub async fn run(
         capacity: config.capacity,
         labels: config.labels.clone(),
     };
-    let node = Node::new(backend, manager_config)?;
+    let mut node = Node::new(backend, manager_config)?;
+    if let Some(egress) = egress {
+        node.set_egress(egress);
+    }
     let span = tracing::info_span!("worker", worker_id = %config.worker_id);
     let _g = span.enter();
     tracing::info!(run_dir = %config.run_dir.display(), ch = %config.ch_binary.display(), "worker starting");

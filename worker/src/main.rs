@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::Parser;
 use commands::report::error_chain;
 use worker::dto::{Labels, Resources, WorkerId};
-use worker::vmm::config::TapConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,9 +49,28 @@ struct Args {
         default_value = "/"
     )]
     store_root: PathBuf,
-    /// Attach a TAP NIC named <prefix><id tail> per VM (hosts set up by the nix host module only).
-    #[arg(long, env = "WORKER_TAP_PREFIX")]
-    tap_prefix: Option<String>,
+    /// Network the VMs on this bridge (it must exist; the host module makes
+    /// it): each VM gets a TAP on it, a fixed address in --vm-subnet and
+    /// default-deny egress that lets it reach only what its
+    /// networkAllowedDomains resolve to. Needs root, `nft` and `ip`.
+    /// Without it VMs get no NIC.
+    #[arg(long, env = "WORKER_BRIDGE")]
+    bridge: Option<String>,
+    /// The VM subnet; the bridge has its first address, VMs the others.
+    #[arg(long, env = "WORKER_VM_SUBNET", default_value = "10.100.0.0/24")]
+    vm_subnet: String,
+    /// Prefix of the VMs' TAP names (<prefix><VM id tail>, at most 15 bytes).
+    #[arg(long, env = "WORKER_TAP_PREFIX", default_value = "pcrt")]
+    tap_prefix: String,
+    /// Where the VMs' DNS forwarder listens (default: the bridge address, port 53).
+    #[arg(long, env = "WORKER_DNS_LISTEN")]
+    dns_listen: Option<std::net::SocketAddr>,
+    /// The resolver the forwarder asks (default: the first nameserver of /etc/resolv.conf).
+    #[arg(long, env = "WORKER_DNS_UPSTREAM")]
+    dns_upstream: Option<std::net::SocketAddr>,
+    /// Name of the worker's nftables tables (inet and bridge families).
+    #[arg(long, env = "WORKER_NFT_TABLE", default_value = "procurator")]
+    nft_table: String,
     /// How each VM's disk is made from its store image: `overlay`, a qcow2
     /// overlay backed by the read-only image (O(1), shares the image's
     /// blocks), or `copy`, a full raw copy (costs the image's size; for
@@ -129,6 +147,49 @@ fn parse_labels(raw: &[String]) -> Result<Labels, String> {
     Ok(labels)
 }
 
+fn net_config(args: &Args) -> Result<Option<worker::net::NetConfig>, String> {
+    let Some(bridge) = args.bridge.clone() else {
+        return Ok(None);
+    };
+    let subnet: worker::net::Subnet = args
+        .vm_subnet
+        .parse()
+        .map_err(|e| format!("--vm-subnet: {e}"))?;
+    let upstream = match args.dns_upstream {
+        Some(u) => u,
+        None => resolv_conf_nameserver()
+            .ok_or("--dns-upstream: not given and /etc/resolv.conf names no IPv4 nameserver")?,
+    };
+    let prefix_ok = !args.tap_prefix.is_empty()
+        && args.tap_prefix.len() <= 8
+        && args
+            .tap_prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !prefix_ok || bridge.starts_with(&args.tap_prefix) {
+        return Err(format!(
+            "--tap-prefix: {:?} must be 1-8 of a-z, 0-9 and not begin the bridge's name {bridge:?}",
+            args.tap_prefix
+        ));
+    }
+    let mut net = worker::net::NetConfig::new(bridge, subnet, upstream);
+    net.tap_prefix = args.tap_prefix.clone();
+    net.table = args.nft_table.clone();
+    if let Some(l) = args.dns_listen {
+        net.dns_listen = l;
+    }
+    Ok(Some(net))
+}
+
+/// The first IPv4 `nameserver` of /etc/resolv.conf, port 53.
+fn resolv_conf_nameserver() -> Option<std::net::SocketAddr> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    conf.lines().find_map(|l| {
+        let ip: std::net::Ipv4Addr = l.strip_prefix("nameserver")?.trim().parse().ok()?;
+        Some(std::net::SocketAddr::from((ip, 53)))
+    })
+}
+
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let id: String = host
@@ -178,7 +239,7 @@ async fn real_main(args: Args) -> Result<(), String> {
         memory_mb: args.memory_mb.unwrap_or(config.capacity.memory_mb),
     };
     config.labels = parse_labels(&args.labels).map_err(|e| format!("--label: {e}"))?;
-    config.tap = args.tap_prefix.clone().map(|prefix| TapConfig { prefix });
+    config.net = net_config(&args)?;
     config.files = worker::rundir::VmFileOptions {
         disk_mode: args.disk_mode,
         console_max_bytes: args.console_history_bytes,

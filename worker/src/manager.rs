@@ -30,6 +30,7 @@ use crate::dto::{
     Labels, LogTail, Resources, VmDetails, VmId, VmKey, VmMetrics, VmRecord, VmSpec, VmStatus,
     WorkerId, WorkerStatus,
 };
+use crate::net::{Egress, NetError};
 use crate::procfs;
 use crate::rundir::{self, RunDir, RunDirError, VmFileOptions};
 use crate::state::{InvalidTransition, VmEvent, VmPhase};
@@ -67,6 +68,8 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("run directory")]
     RunDir(#[from] RunDirError),
+    #[error("setting up the VM's network failed")]
+    Net(#[from] NetError),
     #[error("cannot read the serial log {}", path.display())]
     Logs {
         path: PathBuf,
@@ -256,6 +259,8 @@ pub struct VmManager<B: VmmBackend> {
     started: Instant,
     /// A console sync round is running (see `sync_consoles`).
     console_sync_busy: Arc<AtomicBool>,
+    /// VM networking and egress rules; `None` when the host has no bridge.
+    egress: Option<Egress>,
 }
 
 impl<B: VmmBackend> std::fmt::Debug for VmManager<B> {
@@ -295,7 +300,15 @@ impl<B: VmmBackend> VmManager<B> {
             next_instance: 0,
             started: Instant::now(),
             console_sync_busy: Arc::new(AtomicBool::new(false)),
+            egress: None,
         })
+    }
+
+    /// Networks every VM from now on: a TAP, a fixed address and egress
+    /// rules per VM (set before `adopt_existing`, which attaches the VMs it
+    /// adopts again).
+    pub fn set_egress(&mut self, egress: Egress) {
+        self.egress = Some(egress);
     }
 
     /// Rebuilds the table from the run directory: VMs whose hypervisor still
@@ -361,6 +374,12 @@ impl<B: VmmBackend> VmManager<B> {
                         },
                     );
                     self.attach(&id, a.vmm, a.process);
+                    if let Some(eg) = &self.egress {
+                        let domains = self.vms[&id].spec.network_allowed_domains().to_vec();
+                        if let Err(e) = eg.attach(&id, &domains).await {
+                            tracing::error!(error = %error_chain(&e), "cannot restore the adopted VM's network");
+                        }
+                    }
                 }
                 (record, adopted) => {
                     let why = match (&record, &adopted) {
@@ -392,6 +411,7 @@ impl<B: VmmBackend> VmManager<B> {
                         }
                     }
                     self.run_dir.remove_vm_files(&id);
+                    detach_network(self.egress.as_ref(), &id).await;
                 }
             }
         }
@@ -431,7 +451,11 @@ impl<B: VmmBackend> VmManager<B> {
             .into_iter()
             .map(|(id, e)| {
                 let run_dir = self.run_dir.clone();
-                async move { delete_flow::<B>(e.vmm, e.process, &run_dir, &id, timeout).await }
+                let egress = self.egress.clone();
+                async move {
+                    delete_flow::<B>(e.vmm, e.process, &run_dir, egress.as_ref(), &id, timeout)
+                        .await
+                }
             })
             .collect();
         futures::future::join_all(jobs).await;
@@ -505,6 +529,10 @@ impl<B: VmmBackend> VmManager<B> {
             }));
             return;
         }
+        if let Some(id) = self.differs_only_in_domains(&spec) {
+            self.retarget(id, spec, reply);
+            return;
+        }
         let id = VmId::new_v7();
         let record = VmRecord {
             id: id.clone(),
@@ -531,9 +559,11 @@ impl<B: VmmBackend> VmManager<B> {
         let run_dir = self.run_dir.clone();
         let store_root = self.config.store_root.clone();
         let events = self.events_tx.clone();
+        let egress = self.egress.clone();
         tokio::spawn(
             async move {
-                let result = create_flow(&*backend, &run_dir, &record, &store_root).await;
+                let result =
+                    create_flow(&*backend, &run_dir, egress.as_ref(), &record, &store_root).await;
                 match &result {
                     Ok(_) => tracing::info!("VM is running"),
                     Err(e) => tracing::warn!(error = %e.message(), "create failed; everything it started was removed"),
@@ -545,7 +575,80 @@ impl<B: VmmBackend> VmManager<B> {
                 {
                     teardown(&vmm, &process).await;
                     run_dir.remove_vm_files(&id);
+                    detach_network(egress.as_ref(), &id).await;
                 }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The live VM `spec` would replace although only its domains differ
+    /// (same name and everything that boots; hence another contentHash).
+    /// Such a generation needs no new VM: the running one gets the new
+    /// allowlist in place.
+    fn differs_only_in_domains(&self, spec: &VmSpec) -> Option<VmId> {
+        let boot = |s: &VmSpec| {
+            let mut f = s.to_fields();
+            f.network_allowed_domains.clear();
+            f.content_hash.clear();
+            f.labels.clear();
+            // Compared as JSON: every field, including any added later.
+            serde_json::to_value(f).ok()
+        };
+        let want = boot(spec);
+        self.vms
+            .iter()
+            .find(|(_, e)| {
+                matches!(e.phase, VmPhase::Running | VmPhase::Paused)
+                    && e.spec.network_allowed_domains() != spec.network_allowed_domains()
+                    && boot(&e.spec) == want
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Gives the running VM `id` the spec of a new generation that changes
+    /// only its domains: the table, its record (so a restart adopts it with
+    /// them) and its egress allowlist, without restarting it.
+    fn retarget(&mut self, id: VmId, spec: VmSpec, reply: Reply<VmStatus>) {
+        let Some(e) = self.vms.get_mut(&id) else {
+            let _ = reply.send(Err(WorkerError::NotFound(id)));
+            return;
+        };
+        let old_key = key_of(&e.spec);
+        e.spec = spec.clone();
+        let record = VmRecord {
+            id: id.clone(),
+            spec,
+            created_at_ms: e.created_at_ms,
+            worker_id: self.config.worker_id.clone(),
+        };
+        if self.names.get(&old_key) == Some(&id) {
+            self.names.remove(&old_key);
+        }
+        self.names.insert(key_of(&record.spec), id.clone());
+        let status = self.status(&id, &self.vms[&id]);
+        let run_dir = self.run_dir.clone();
+        let egress = self.egress.clone();
+        let span = tracing::info_span!("retarget_vm", worker_id = %self.config.worker_id, vm_id = %id, name = %record.spec.name());
+        tokio::spawn(
+            async move {
+                let result: Result<VmStatus, WorkerError> = async {
+                    run_dir.write_record(&record)?;
+                    if let Some(eg) = &egress {
+                        eg.update(&record.id, record.spec.network_allowed_domains())
+                            .await?;
+                    }
+                    Ok(status)
+                }
+                .await;
+                match &result {
+                    Ok(_) => tracing::info!(
+                        hash = record.spec.content_hash(),
+                        "new domains applied to the running VM"
+                    ),
+                    Err(e) => tracing::error!(error = %e.message(), "cannot apply the new domains"),
+                }
+                let _ = reply.send(result);
             }
             .instrument(span),
         );
@@ -574,11 +677,12 @@ impl<B: VmmBackend> VmManager<B> {
         let run_dir = self.run_dir.clone();
         let events = self.events_tx.clone();
         let timeout = self.config.shutdown_timeout;
+        let egress = self.egress.clone();
         let span =
             tracing::info_span!("delete_vm", worker_id = %self.config.worker_id, vm_id = %id);
         tokio::spawn(
             async move {
-                delete_flow::<B>(vmm, process, &run_dir, &id, timeout).await;
+                delete_flow::<B>(vmm, process, &run_dir, egress.as_ref(), &id, timeout).await;
                 tracing::info!("VM deleted");
                 let _ = events.send(Event::Deleted {
                     id,
@@ -646,7 +750,16 @@ impl<B: VmmBackend> VmManager<B> {
             .vmm
             .clone()
             .filter(|_| matches!(e.phase, VmPhase::Running | VmPhase::Paused));
+        let egress = self.egress.clone();
         tokio::spawn(async move {
+            if let Some(eg) = &egress {
+                match eg.dropped_packets(&details.status.id).await {
+                    Ok(n) => details.metrics.egress_dropped_packets = n,
+                    Err(e) => {
+                        tracing::warn!(vm_id = %details.status.id, error = %error_chain(&e), "cannot read the VM's egress drop counter")
+                    }
+                }
+            }
             if let Some(vmm) = vmm {
                 if let Ok(Ok(info)) = tokio::time::timeout(STEP_TIMEOUT, vmm.info()).await {
                     details.ch_state = info.state.as_str().to_owned();
@@ -843,6 +956,7 @@ fn wrong_state(id: &VmId, t: InvalidTransition) -> WorkerError {
 async fn create_flow<B: VmmBackend>(
     backend: &B,
     run_dir: &RunDir,
+    egress: Option<&Egress>,
     record: &VmRecord,
     store_root: &std::path::Path,
 ) -> Result<(B::Vmm, B::Process), WorkerError> {
@@ -881,11 +995,23 @@ async fn create_flow<B: VmmBackend>(
                 })??;
         }
         run_dir.make_serial_file(id)?;
+        // The TAP must exist and be on the bridge before CH opens it.
+        let guest_ip = match egress {
+            Some(eg) => {
+                let net = eg.attach(id, spec.network_allowed_domains()).await?;
+                Some(eg.guest_cmdline(&net))
+            }
+            None => None,
+        };
         let (vmm, process) = backend
             .spawn(id, &paths)
             .await
             .map_err(WorkerError::step("starting cloud-hypervisor"))?;
-        let config = backend.build_config(id, spec, &paths, &files);
+        let mut config = backend.build_config(id, spec, &paths, &files);
+        if let Some(ip) = guest_ip {
+            let cmdline = config.payload.cmdline.take().unwrap_or_default();
+            config.payload.cmdline = Some(format!("{cmdline} {ip}").trim_start().to_owned());
+        }
         let booted = async {
             vmm.create(&config)
                 .await
@@ -906,8 +1032,19 @@ async fn create_flow<B: VmmBackend>(
     .await;
     if result.is_err() {
         run_dir.remove_vm_files(id);
+        detach_network(egress, id).await;
     }
     result
+}
+
+/// Removes a VM's network (if the worker networks VMs); never fails: what
+/// cannot be removed is logged.
+async fn detach_network(egress: Option<&Egress>, id: &VmId) {
+    if let Some(eg) = egress
+        && let Err(e) = eg.detach(id).await
+    {
+        tracing::error!(vm_id = %id, error = %error_chain(&e), "cannot remove the VM's network");
+    }
 }
 
 /// SIGKILLs every process started with this API socket path.
@@ -944,6 +1081,7 @@ async fn delete_flow<B: VmmBackend>(
     vmm: Option<Arc<B::Vmm>>,
     process: Option<Arc<B::Process>>,
     run_dir: &RunDir,
+    egress: Option<&Egress>,
     id: &VmId,
     graceful: Duration,
 ) {
@@ -965,6 +1103,7 @@ async fn delete_flow<B: VmmBackend>(
             process.cleanup();
         }
     }
+    detach_network(egress, id).await;
     let run_dir = run_dir.clone();
     let id = id.clone();
     let _ = tokio::task::spawn_blocking(move || run_dir.remove_vm_files(&id)).await;

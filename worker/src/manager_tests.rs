@@ -663,3 +663,52 @@ async fn stop_vms_on_exit_stops_everything_and_late_commands_are_refused() {
     assert_eq!(err.code(), ErrorCode::Unavailable);
     assert_eq!(err.message(), "the worker is shutting down");
 }
+
+#[tokio::test]
+async fn a_generation_that_changes_only_domains_keeps_the_running_vm() {
+    let (dir, backend, w) = started(false);
+    let with = |hash: &str, domains: &[&str]| {
+        testkit::fixtures::spec_with("web", hash, |f| {
+            f.cmdline = "console=ttyS0".into();
+            f.network_allowed_domains = domains.iter().map(|d| (*d).to_owned()).collect();
+        })
+    };
+    let v1 = w.tx.create_vm(with("h1", &["a.example"])).await.unwrap();
+    let v2 =
+        w.tx.create_vm(with("h2", &["a.example", "*.b.example"]))
+            .await
+            .unwrap();
+    assert_eq!(v2.id, v1.id, "the same VM, not a replacement");
+    assert_eq!(v2.pid, v1.pid, "not restarted");
+    assert_eq!(v2.content_hash, "h2");
+    let d = w.tx.vm_info(v1.id.clone()).await.unwrap();
+    assert_eq!(
+        d.spec.network_allowed_domains(),
+        ["a.example", "*.b.example"]
+    );
+    // The old key is free again and the new one taken.
+    assert_eq!(
+        w.tx.create_vm(with("h2", &["a.example", "*.b.example"]))
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::AlreadyExists
+    );
+    // Anything else that boots differently is a second VM, as before.
+    let other = testkit::fixtures::spec_with("web", "h3", |f| {
+        f.cmdline = "console=ttyS0 quiet".into();
+        f.network_allowed_domains = vec!["c.example".into()];
+    });
+    let v3 = w.tx.create_vm(other).await.unwrap();
+    assert_ne!(v3.id, v1.id);
+    // A restart adopts the VM with the domains of its last generation.
+    w.stop().await;
+    let w = start(&backend, dir.path(), false);
+    let d = w.tx.vm_info(v1.id.clone()).await.unwrap();
+    assert_eq!(d.status.content_hash, "h2");
+    assert_eq!(
+        d.spec.network_allowed_domains(),
+        ["a.example", "*.b.example"]
+    );
+    w.stop().await;
+}

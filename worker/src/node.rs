@@ -80,6 +80,11 @@ impl<B: VmmBackend> Node<B> {
         })
     }
 
+    /// Networks the VMs (see `VmManager::set_egress`).
+    pub fn set_egress(&mut self, egress: crate::net::Egress) {
+        self.manager.set_egress(egress);
+    }
+
     pub fn sender(&self) -> CommandSender {
         self.sender.clone()
     }

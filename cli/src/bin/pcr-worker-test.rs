@@ -310,6 +310,10 @@ async fn info(w: &WorkerClient, id: &str, json: bool) -> Result<(), CliError> {
                 output::bytes(d.metrics.net_tx_bytes)
             ),
         ),
+        (
+            "egress dropped",
+            format!("{} packets", d.metrics.egress_dropped_packets),
+        ),
         ("api socket", d.socket_path.clone()),
         ("serial log", d.serial_log_path.clone()),
     ]));

@@ -106,6 +106,8 @@ struct CreateBody {
     #[serde(default)]
     disks: Option<Vec<Disk>>,
     #[serde(default)]
+    net: Option<Vec<Net>>,
+    #[serde(default)]
     serial: Option<Console>,
     #[serde(default)]
     console: Option<Console>,
@@ -142,6 +144,31 @@ struct Disk {
     image_type: Option<ImageType>,
     #[serde(default)]
     backing_files: Option<bool>,
+}
+/// The `NetConfig` fields the worker sets (`tap`, `mac`) and those CH
+/// fills in, with CH's types: a value of another type fails
+/// deserialization as in CH. ch-sim opens no TAP and carries no frames.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Net {
+    #[serde(default)]
+    tap: Option<String>,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    host_mac: Option<String>,
+    #[serde(default)]
+    ip: Option<std::net::IpAddr>,
+    #[serde(default)]
+    mask: Option<std::net::IpAddr>,
+    #[serde(default)]
+    mtu: Option<u16>,
+    #[serde(default)]
+    num_queues: Option<usize>,
+    #[serde(default)]
+    queue_size: Option<u16>,
+    #[serde(default)]
+    id: Option<String>,
 }
 /// CH's `ImageType`: another value fails deserialization, as in CH.
 #[derive(Deserialize)]
@@ -804,6 +831,39 @@ mod tests {
             Outcome::Reply(s, _) | Outcome::ExitAfterReply(s, _) => *s,
             Outcome::Hang => 0,
         }
+    }
+
+    #[test]
+    fn net_entries_are_type_checked_filled_in_and_counted() {
+        let (_dir, mut sim, cfg) = sim_with_files();
+        let mut bad: Value = serde_json::from_str(&cfg).unwrap();
+        bad["net"] = json!([{"tap": 7}]);
+        let o = sim.handle("PUT", "vm.create", bad.to_string().as_bytes());
+        assert_eq!(status(&o), 400, "a tap that is not a string");
+        bad["net"] = json!([{"tap": "pcrt0", "ip": "not-an-ip"}]);
+        let o = sim.handle("PUT", "vm.create", bad.to_string().as_bytes());
+        assert_eq!(status(&o), 400, "an ip that is not an address");
+        let mut good: Value = serde_json::from_str(&cfg).unwrap();
+        good["net"] = json!([{"tap": "pcrt0123456789a", "mac": "02:01:02:03:04:05"}]);
+        assert_eq!(
+            status(&sim.handle("PUT", "vm.create", good.to_string().as_bytes())),
+            204
+        );
+        assert_eq!(status(&sim.handle("PUT", "vm.boot", b"")), 204);
+        let Outcome::Reply(200, Some(info)) = sim.handle("GET", "vm.info", b"") else {
+            panic!("vm.info")
+        };
+        let net = &info["config"]["net"][0];
+        assert_eq!(net["tap"], "pcrt0123456789a");
+        assert_eq!(net["mac"], "02:01:02:03:04:05");
+        assert_eq!(
+            net["id"], "_net1",
+            "ids follow the disks, as CH numbers them"
+        );
+        let Outcome::Reply(200, Some(c)) = sim.handle("GET", "vm.counters", b"") else {
+            panic!("vm.counters")
+        };
+        assert!(c.get("_net1").is_some(), "{c}");
     }
 
     #[test]

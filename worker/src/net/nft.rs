@@ -1,0 +1,329 @@
+//! The worker's nftables tables, driven through the `nft` tool (each
+//! change one atomic `nft -f -` batch; reads with `nft -j`).
+//!
+//! Two tables named `<table>`, owned by the worker and rebuilt at start:
+//! - `inet <table>`: traffic entering from the bridge jumps to
+//!   `vm_egress` (forwarded) or `vm_to_host` (to the host). A packet is
+//!   accepted if it continues a connection, if `(VM address, destination)`
+//!   is in the `allow` set (elements time out with the DNS answer's TTL),
+//!   or, towards the host, if it is DNS to the worker's forwarder. What
+//!   is left is dropped; packets from a known VM are dropped by a rule
+//!   that looks them up in `vms`, a set with per-element counters, so
+//!   each VM's drops are counted on its own element.
+//! - `bridge <table>`: a TAP may send IPv4 and ARP only from its VM's
+//!   address (`ports`: TAP name . address), so one VM cannot borrow
+//!   another's allowlist by forging its source or take its address over
+//!   ARP; IPv6 from TAPs is dropped.
+//!
+//! Adding a VM adds two set elements and no rule or chain, so the cost of
+//! an install does not grow with the number of VMs (nft fetches no set
+//! contents for an element add).
+
+use super::{NetError, run_tool};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest a DNS answer keeps an address allowed (a day), whatever
+/// TTL the upstream gave; the shortest is one second (0 would mean "never
+/// expires" to nftables).
+pub const MAX_ALLOW_SECS: u32 = 86_400;
+
+/// One worker's tables: their name, the bridge and TAP prefix they match.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    nft: String,
+    table: String,
+    bridge: String,
+    tap_prefix: String,
+    /// When each (VM, destination) this worker allowed expires. Deleting
+    /// an element costs nft a kernel grace period (~15 ms against ~3 ms
+    /// for an add), so an answer renews an element only when it extends
+    /// it, and a first answer is a plain add.
+    expiry: Arc<Mutex<HashMap<(Ipv4Addr, Ipv4Addr), Instant>>>,
+}
+
+/// An answer renews an allowed address only if it extends it by more.
+const RENEW_SLACK: Duration = Duration::from_secs(5);
+
+impl Tables {
+    /// The tables named `table` (inet and bridge), matching traffic from
+    /// `bridge` and TAPs named `tap_prefix*`, changed with the `nft` program.
+    pub fn new(nft: &str, table: &str, bridge: &str, tap_prefix: &str) -> Tables {
+        Tables {
+            nft: nft.to_owned(),
+            table: table.to_owned(),
+            bridge: bridge.to_owned(),
+            tap_prefix: tap_prefix.to_owned(),
+            expiry: Arc::default(),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<(Ipv4Addr, Ipv4Addr), Instant>> {
+        // A panic while holding it leaves a map that is still consistent.
+        self.expiry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces whatever tables of this name exist with empty ones: the
+    /// worker rebuilds every VM's elements after this.
+    pub async fn reset(&self, dns: SocketAddr) -> Result<(), NetError> {
+        let t = &self.table;
+        let br = &self.bridge;
+        let (dns_ip, dns_port) = (dns.ip(), dns.port());
+        let pfx = &self.tap_prefix;
+        let script = format!(
+            r#"add table inet {t}
+delete table inet {t}
+add table bridge {t}
+delete table bridge {t}
+table inet {t} {{
+  set vms {{ type ipv4_addr; counter; }}
+  set allow {{ type ipv4_addr . ipv4_addr; flags timeout; }}
+  chain forward {{ type filter hook forward priority -10; policy accept;
+    iifname "{br}" jump vm_egress
+  }}
+  chain input {{ type filter hook input priority -10; policy accept;
+    iifname "{br}" jump vm_to_host
+  }}
+  chain vm_egress {{
+    ct state established,related accept
+    ip saddr . ip daddr @allow accept
+    ip saddr @vms drop
+    drop
+  }}
+  chain vm_to_host {{
+    ip daddr {dns_ip} udp dport {dns_port} accept
+    ip saddr @vms drop
+    drop
+  }}
+}}
+table bridge {t} {{
+  set ports {{ type ifname . ipv4_addr; }}
+  chain prerouting {{ type filter hook prerouting priority -200; policy accept;
+    iifname "{pfx}*" ether type ip iifname . ip saddr != @ports drop
+    iifname "{pfx}*" ether type arp iifname . arp saddr ip != @ports drop
+    iifname "{pfx}*" ether type ip6 drop
+  }}
+}}
+"#
+        );
+        self.known().clear();
+        self.run("creating the egress tables", &script).await
+    }
+
+    /// Removes both tables (tests and benches clean up with it).
+    pub async fn remove(&self) -> Result<(), NetError> {
+        let t = &self.table;
+        self.run(
+            "removing the egress tables",
+            &format!(
+                "add table inet {t}\ndelete table inet {t}\nadd table bridge {t}\ndelete table bridge {t}\n"
+            ),
+        )
+        .await
+    }
+
+    /// Makes `addr` a VM behind `tap`: its drops are counted, its TAP may
+    /// send from it. Adding an element that exists changes nothing.
+    pub async fn add_vm(&self, tap: &str, addr: Ipv4Addr) -> Result<(), NetError> {
+        let t = &self.table;
+        self.run(
+            "adding a VM to the egress tables",
+            &format!(
+                "add element inet {t} vms {{ {addr} }}\nadd element bridge {t} ports {{ \"{tap}\" . {addr} }}\n"
+            ),
+        )
+        .await
+    }
+
+    /// Forgets a VM: its address, its TAP binding and every destination
+    /// it was allowed. Elements already gone are not an error.
+    pub async fn remove_vm(&self, tap: &str, addr: Ipv4Addr) -> Result<(), NetError> {
+        let t = &self.table;
+        self.forget_allowed(addr).await?;
+        for (what, element) in [
+            (format!("inet {t} vms"), addr.to_string()),
+            (format!("bridge {t} ports"), format!("\"{tap}\" . {addr}")),
+        ] {
+            // Deleted one by one: a batch fails whole if one is missing.
+            if let Err(e) = self
+                .run(
+                    "removing a VM from the egress tables",
+                    &format!("delete element {what} {{ {element} }}\n"),
+                )
+                .await
+                && !e.is_missing_element()
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Allows `vm` to reach each of `dests` for its own number of seconds,
+    /// counted from now. A new destination is added; one allowed already
+    /// is renewed only if the answer extends it (nft leaves an existing
+    /// element's timeout alone on `add`, so a renewal adds, deletes and
+    /// adds again in one atomic batch: there is no moment without it).
+    pub async fn allow(&self, vm: Ipv4Addr, dests: &[(Ipv4Addr, u32)]) -> Result<(), NetError> {
+        // One element per destination (an answer may repeat one): its
+        // longest TTL.
+        let mut dests = dests.to_vec();
+        dests.sort_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
+        dests.dedup_by_key(|d| d.0);
+        let now = Instant::now();
+        let (mut fresh, mut renew) = (Vec::new(), Vec::new());
+        {
+            let mut known = self.known();
+            known.retain(|_, until| *until > now);
+            for (d, ttl) in dests {
+                let secs = ttl.clamp(1, MAX_ALLOW_SECS);
+                let until = now + Duration::from_secs(u64::from(secs));
+                match known.get(&(vm, d)) {
+                    Some(old) if until <= *old + RENEW_SLACK => continue,
+                    Some(_) => renew.push((d, secs)),
+                    None => fresh.push((d, secs)),
+                }
+                known.insert((vm, d), until);
+            }
+        }
+        let t = &self.table;
+        let timed = |l: &[(Ipv4Addr, u32)]| {
+            l.iter()
+                .map(|(d, secs)| format!("{vm} . {d} timeout {secs}s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut script = String::new();
+        if !fresh.is_empty() {
+            script.push_str(&format!(
+                "add element inet {t} allow {{ {} }}\n",
+                timed(&fresh)
+            ));
+        }
+        if !renew.is_empty() {
+            let keys: Vec<String> = renew.iter().map(|(d, _)| format!("{vm} . {d}")).collect();
+            let timed = timed(&renew);
+            script.push_str(&format!(
+                "add element inet {t} allow {{ {timed} }}\ndelete element inet {t} allow {{ {} }}\nadd element inet {t} allow {{ {timed} }}\n",
+                keys.join(", ")
+            ));
+        }
+        if script.is_empty() {
+            return Ok(());
+        }
+        let r = self.run("allowing resolved addresses", &script).await;
+        if r.is_err() {
+            // Unknown state: the next answer installs them again.
+            let mut known = self.known();
+            for (d, _) in fresh.iter().chain(&renew) {
+                known.remove(&(vm, *d));
+            }
+        }
+        r
+    }
+
+    /// The destinations `vm` may reach now.
+    pub async fn allowed(&self, vm: Ipv4Addr) -> Result<Vec<Ipv4Addr>, NetError> {
+        let json = self
+            .read(&["list", "set", "inet", &self.table, "allow"])
+            .await?;
+        Ok(set_elements(&json)
+            .filter_map(|e| {
+                let pair = e.get("concat")?.as_array()?;
+                let src: Ipv4Addr = pair.first()?.as_str()?.parse().ok()?;
+                let dst: Ipv4Addr = pair.get(1)?.as_str()?.parse().ok()?;
+                (src == vm).then_some(dst)
+            })
+            .collect())
+    }
+
+    /// Removes every destination `vm` was allowed. An element can expire
+    /// between the listing and the delete, so a failed batch is listed
+    /// again (a few times at most).
+    pub async fn forget_allowed(&self, vm: Ipv4Addr) -> Result<(), NetError> {
+        self.known().retain(|(v, _), _| *v != vm);
+        let mut last = None;
+        for _ in 0..3 {
+            let dests = self.allowed(vm).await?;
+            if dests.is_empty() {
+                return Ok(());
+            }
+            let elems: Vec<String> = dests.iter().map(|d| format!("{vm} . {d}")).collect();
+            match self
+                .run(
+                    "forgetting allowed addresses",
+                    &format!(
+                        "delete element inet {} allow {{ {} }}\n",
+                        self.table,
+                        elems.join(", ")
+                    ),
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_missing_element() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(NetError::Nft {
+            what: "forgetting allowed addresses",
+            stderr: String::new(),
+        }))
+    }
+
+    /// Packets dropped so far from each VM (its element's counter), all
+    /// in one listing: metrics are read for every VM about once a second,
+    /// and one process per VM would not scale.
+    pub async fn dropped(&self) -> Result<HashMap<Ipv4Addr, u64>, NetError> {
+        let json = self
+            .read(&["list", "set", "inet", &self.table, "vms"])
+            .await?;
+        Ok(set_elements(&json)
+            .filter_map(|e| {
+                let elem = e.get("elem")?;
+                let addr: Ipv4Addr = elem.get("val")?.as_str()?.parse().ok()?;
+                Some((addr, elem.get("counter")?.get("packets")?.as_u64()?))
+            })
+            .collect())
+    }
+
+    async fn run(&self, what: &'static str, script: &str) -> Result<(), NetError> {
+        run_tool(&self.nft, &["-f", "-"], Some(script))
+            .await?
+            .map(drop)
+            .map_err(|stderr| NetError::Nft { what, stderr })
+    }
+
+    async fn read(&self, args: &[&str]) -> Result<serde_json::Value, NetError> {
+        let what = "reading the egress tables";
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        let out = run_tool(&self.nft, &all, None)
+            .await?
+            .map_err(|stderr| NetError::Nft { what, stderr })?;
+        serde_json::from_slice(&out).map_err(|e| NetError::Nft {
+            what,
+            stderr: format!("nft printed JSON this worker cannot read: {e}"),
+        })
+    }
+}
+
+/// The `elem` entries of every set (or element listing) in `nft -j` output:
+/// each is either a bare value or `{"elem": {"val": …, "counter": …}}`;
+/// this yields the `val` (or the bare value) for lists and the whole
+/// object for counters, so callers look up what they need.
+fn set_elements(json: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    json.get("nftables")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("set")?.get("elem")?.as_array())
+        .flatten()
+        .flat_map(|e| {
+            // Counters live beside the value; concatenations inside it.
+            let val = e.get("elem").and_then(|x| x.get("val"));
+            [Some(e), val].into_iter().flatten()
+        })
+}
