@@ -349,7 +349,7 @@ pub async fn fetch(
     );
     tokio::task::spawn_blocking(move || -> Result<String, GitError> {
         let repo = git::fetch_mirror(&repo_url, &mirror)?;
-        git::checkout_commit(&repo, &rev, &dest)
+        git::checkout_commit(&repo, &rev, &dest, &git::TreeLimits::default())
     })
     .await
     .map_err(|e| JobError::Join(e.to_string()))??;
