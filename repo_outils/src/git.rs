@@ -491,9 +491,12 @@ mod tests {
         assert!(matches!(err, GitError::Fetch { .. }), "{err}");
     }
 
+    /// One raw tree entry: mode, name, object.
+    type RawEntry<'a> = (&'a str, &'a [u8], Oid);
+
     /// A raw tree object: git2's TreeBuilder keeps names unique and sane,
     /// an attacker's `git push` does not have to.
-    fn raw_tree(repo: &Repository, entries: &[(&str, &[u8], Oid)]) -> Oid {
+    fn raw_tree(repo: &Repository, entries: &[RawEntry<'_>]) -> Oid {
         let mut data = Vec::new();
         for (mode, name, oid) in entries {
             data.extend_from_slice(mode.as_bytes());
@@ -598,7 +601,7 @@ mod tests {
         let repo = Repository::init_bare(tmp.path().join("r.git")).unwrap();
         let blob = repo.blob(b"x").unwrap();
         let hooks = raw_tree(&repo, &[("100755", b"post-checkout", blob)]);
-        let cases: Vec<(Vec<(&str, &[u8], Oid)>, &str)> = vec![
+        let cases: Vec<(Vec<RawEntry<'_>>, &str)> = vec![
             (vec![("100644", b"..", blob)], ".."),
             (vec![("100644", b".", blob)], "."),
             (vec![("40000", b".git", hooks)], ".git"),
