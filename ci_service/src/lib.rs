@@ -12,7 +12,8 @@ pub mod runner;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use repo_outils::nix::Nix;
+use repo_outils::git::TreeLimits;
+use repo_outils::nix::{Nix, NixError, RunAs};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,18 @@ pub enum ServiceError {
     CacheUrl(String),
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot evaluate as --eval-user")]
+    EvalUser(#[source] NixError),
+    #[error("cannot give {path} to the evaluation user")]
+    EvalHome {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
+
+/// The default bound of a job's log: room for any real build's output
+/// (nixpkgs builds print a few hundred KiB), small next to a disk.
+pub const DEFAULT_MAX_JOB_LOG_BYTES: u64 = 4 << 20;
 
 /// Everything `run` needs; `main` fills it from flags and environment.
 #[derive(Debug, Clone)]
@@ -55,6 +67,18 @@ pub struct Config {
     pub hook_secret: Option<String>,
     /// Only pushes to this ref publish a generation; others are built.
     pub deploy_ref: String,
+    /// Who may read jobs, logs, specs and generations (`reader` and
+    /// `admin` tokens); `Open` lets anyone on loopback read.
+    pub api_auth: commands::auth::Authenticator,
+    /// The unprivileged user nix evaluates and builds pushed flakes as
+    /// (needs ci_service to run as root and a nix daemon); none: nix runs
+    /// as ci_service's own user, bounded by the restricted settings and
+    /// the build sandbox only.
+    pub eval_user: Option<String>,
+    /// Bytes a job's log may hold (and a build may print).
+    pub max_job_log_bytes: u64,
+    /// Bounds on a pushed commit's checked-out tree.
+    pub tree_limits: TreeLimits,
 }
 
 impl Config {
@@ -68,6 +92,10 @@ impl Config {
             nix_conf_dir: None,
             hook_secret: None,
             deploy_ref: "refs/heads/main".into(),
+            api_auth: commands::auth::Authenticator::Open,
+            eval_user: None,
+            max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
+            tree_limits: TreeLimits::default(),
         }
     }
 }
@@ -80,6 +108,48 @@ fn url_host(url: &str) -> Option<String> {
     let authority = rest.split('/').next()?;
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// The nix that evaluates and builds pushed flakes (see
+/// `Nix::untrusted`). With `--eval-user` it runs as that user, whose home
+/// and cache are its own directory under the data dir; the data dir and
+/// the work dir become traversable (0711, not listable) so it can read the
+/// checkout by its path, while the logs, mirrors, database and netrc stay
+/// ci_service's alone.
+fn untrusted_nix(nix: &Nix, config: &Config) -> Result<Nix, ServiceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dd = &config.data_dir;
+    let Some(name) = &config.eval_user else {
+        if rustix::process::geteuid().is_root() {
+            tracing::warn!(
+                "ci_service runs as root without --eval-user: pushed flakes are evaluated as root, \
+                 bounded only by restricted evaluation and the build sandbox; give CI an \
+                 unprivileged evaluation user"
+            );
+        }
+        return Ok(nix.clone().untrusted(None, config.max_job_log_bytes));
+    };
+    let user = RunAs::lookup(name).map_err(ServiceError::EvalUser)?;
+    let home = dd.join("eval-home");
+    let fail = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source: std::io::Error| ServiceError::EvalHome { path, source }
+    };
+    std::fs::create_dir_all(&home).map_err(fail(&home))?;
+    rustix::fs::chown(
+        &home,
+        Some(rustix::fs::Uid::from_raw(user.uid)),
+        Some(rustix::fs::Gid::from_raw(user.gid)),
+    )
+    .map_err(|e| fail(&home)(e.into()))?;
+    for d in [dd.clone(), dd.join("work")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).map_err(fail(&d))?;
+    }
+    tracing::info!(user = %user.name, uid = user.uid, "pushed flakes are evaluated and built as the evaluation user");
+    Ok(nix
+        .clone()
+        .with_cache_home(home)
+        .untrusted(Some(user), config.max_job_log_bytes))
 }
 
 /// Serves the API on `listener` and runs jobs until `shutdown`.
@@ -103,6 +173,7 @@ pub async fn run(
     if let Some(c) = &config.nix_conf_dir {
         nix = nix.with_conf_dir(c);
     }
+    let eval_nix = untrusted_nix(&nix, &config)?;
     let cache = match &config.cache_url {
         None => None,
         Some(url) => {
@@ -142,6 +213,9 @@ pub async fn run(
     let runner = Arc::new(Runner {
         db: db.clone(),
         nix,
+        eval_nix,
+        tree_limits: config.tree_limits,
+        max_log_bytes: config.max_job_log_bytes,
         data_dir: dd.clone(),
         cache,
         publisher: publisher.clone(),
@@ -154,6 +228,7 @@ pub async fn run(
         db,
         data_dir: dd.clone(),
         hook_secret: config.hook_secret.clone(),
+        readers: config.api_auth.clone(),
         wake,
         publisher,
     });

@@ -62,6 +62,30 @@ struct ServeArgs {
     /// Only pushes to this ref publish a generation (others are built).
     #[arg(long, env = "CI_DEPLOY_REF", default_value = "refs/heads/main")]
     deploy_ref: String,
+    /// Token file (`reader <token>` / `admin <token>` lines, the control
+    /// plane's format) for reading jobs, logs, specs and generations
+    /// (`Authorization: Bearer <token>`). Without it the read API is open
+    /// and ci_service only listens on loopback.
+    #[arg(long, env = "CI_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Unprivileged user that evaluates and builds pushed flakes (nix then
+    /// talks to the nix daemon). Needs ci_service to run as root (or with
+    /// CAP_SETUID/CAP_SETGID). Without it nix runs as ci_service's user,
+    /// with restricted evaluation, the build sandbox and a scrubbed
+    /// environment as the only boundary.
+    #[arg(long, env = "CI_EVAL_USER")]
+    eval_user: Option<String>,
+    /// A job's log holds at most this many bytes (then one "log truncated"
+    /// line); a build printing more is stopped by nix.
+    #[arg(long, env = "CI_MAX_JOB_LOG_BYTES", default_value_t = ci_service::DEFAULT_MAX_JOB_LOG_BYTES)]
+    max_job_log_bytes: u64,
+    /// A pushed commit's tree may hold at most this many bytes when
+    /// written out (a blob counts each time the tree names it).
+    #[arg(long, env = "CI_MAX_CHECKOUT_BYTES", default_value_t = repo_outils::git::TreeLimits::default().max_bytes)]
+    max_checkout_bytes: u64,
+    /// A pushed commit's tree may hold at most this many entries.
+    #[arg(long, env = "CI_MAX_CHECKOUT_ENTRIES", default_value_t = repo_outils::git::TreeLimits::default().max_entries)]
+    max_checkout_entries: u64,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "CI_LOG_JSON")]
     log_json: bool,
@@ -169,14 +193,32 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
             }
         },
     };
-    if let Err(e) = commands::auth::check_bind(
-        "ci_service's push hook",
-        a.listen,
-        hook_secret.is_some(),
-        "--hook-secret-file",
+    let api_auth = match commands::auth::Authenticator::from_optional_file(
+        a.api_token_file.as_deref(),
+        ci_service::api::API_ROLES,
     ) {
-        eprintln!("error: {e}");
-        return std::process::ExitCode::FAILURE;
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {}", commands::report::error_chain(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    for (what, secured, flag) in [
+        (
+            "ci_service's push hook",
+            hook_secret.is_some(),
+            "--hook-secret-file",
+        ),
+        (
+            "ci_service's read API",
+            !api_auth.is_open(),
+            "--api-token-file",
+        ),
+    ] {
+        if let Err(e) = commands::auth::check_bind(what, a.listen, secured, flag) {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     }
     let config = ci_service::Config {
         data_dir: a.data_dir,
@@ -187,6 +229,14 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         nix_conf_dir: a.nix_conf_dir,
         hook_secret,
         deploy_ref: a.deploy_ref,
+        api_auth,
+        eval_user: a.eval_user,
+        max_job_log_bytes: a.max_job_log_bytes,
+        tree_limits: repo_outils::git::TreeLimits {
+            max_bytes: a.max_checkout_bytes,
+            max_entries: a.max_checkout_entries,
+            ..repo_outils::git::TreeLimits::default()
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
