@@ -119,8 +119,12 @@ fn check_declared(root: &Path, name: &str, spec: &Value) -> Result<bool, InputEr
                 }
             }
             if attrs.contains_key("url") || attrs.contains_key("type") {
-                check_attrs(root, attrs)
-                    .map_err(|why| refused(Value::from(attrs.clone()).to_string(), why))?;
+                // The URL names the input best; other forms show as JSON.
+                let shown = attrs
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| Value::from(attrs.clone()).to_string(), str::to_owned);
+                check_attrs(root, attrs).map_err(|why| refused(shown, why))?;
             } else if attrs.contains_key("follows") {
                 return Ok(false);
             } else {
