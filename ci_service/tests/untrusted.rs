@@ -14,28 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::{Log, Proc};
 
 /// The upload token ci_service holds; every attack tries to print it.
 const UPLOAD_TOKEN: &str = "upload-token-7f3a9c1e5b2d4086";
-
-fn start_ci(
-    h: &repo_outils::testing::HermeticNix,
-    data: &Path,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Proc {
-    let mut cmd = Command::new(bin("ci_service"));
-    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--nix-conf-dir")
-        .arg(h.conf_dir())
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc::spawn("ci_service", cmd, Log::Quiet)
-}
 
 /// Replaces the work clone's flake.nix (and flake.lock, when given),
 /// commits and pushes; returns the job's final JSON and its log.

@@ -90,6 +90,26 @@ impl Repo {
     }
 }
 
+/// ci_service on a free loopback port with the hermetic nix of `h`, its
+/// data in `data`, `extra` flags and `env` variables.
+pub(crate) fn start_ci(
+    h: &repo_outils::testing::HermeticNix,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> testkit::Proc {
+    let mut cmd = Command::new(bin("ci_service"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--nix-conf-dir")
+        .arg(h.conf_dir())
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    testkit::Proc::spawn("ci_service", cmd, testkit::Log::Quiet)
+}
+
 /// Blocking JSON GET (a fresh runtime per call keeps tests simple).
 pub(crate) fn get_json(url: &str) -> serde_json::Value {
     let (status, body) = get(url);
