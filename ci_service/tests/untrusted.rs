@@ -417,6 +417,22 @@ fn the_read_api_needs_a_reader_token() {
             }
         }
     }
+    // The typed client (repohub's) carries the read token.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = |t: Option<&str>| {
+        commands::ci_api::CiClient::new(Some(url.clone()), None, Duration::from_secs(10))
+            .unwrap()
+            .with_read_token(t.map(str::to_owned))
+    };
+    let job = rt.block_on(client(Some(reader)).job(id)).unwrap();
+    assert_eq!(job.id, id);
+    let log = rt.block_on(client(Some(reader)).log(id)).unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("failed: "));
+    let err = rt.block_on(client(None).jobs("", 10)).unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
     let (s, _) = request(http::Method::GET, &format!("{url}/healthz"), &[], None);
     assert_eq!(s, http::StatusCode::OK, "health stays open for probes");
 }
