@@ -648,3 +648,50 @@ fn pin_api_validates_names_and_paths() {
         404
     );
 }
+
+/// Issue 14 point 3, played: an upload-token holder tries to replace a
+/// path the cache already serves with other content, by every route the
+/// protocol offers (a new NAR under the same store path; the original NAR
+/// name with other bytes; the same narinfo claiming the other NAR's
+/// hashes). Each is refused and the original narinfo and NAR are served
+/// byte for byte as before.
+#[test]
+fn an_existing_path_is_never_replaced() {
+    let c = Cache::start(1 << 30);
+    let good = Item::with_nar_on(&c, "victim", b"the build CI made");
+    assert_eq!(good.put_narinfo(&c, &good.narinfo(&[])).0, 200);
+    let get = |path: &str| {
+        let (s, _, b) = req(&c.addr, "GET", path, &[], b"");
+        assert_eq!(s, 200, "{path}");
+        b
+    };
+    let narinfo_path = format!("/{}.narinfo", good.hash_part());
+    let served_narinfo = get(&narinfo_path);
+    let served_nar = get(&format!("/nar/{}", good.file()));
+    assert_eq!(served_nar, good.nar);
+
+    // The same store path with a poisoned NAR.
+    let mut evil = Item::new("victim", b"a backdoor");
+    evil.base = good.base.clone();
+    assert_eq!(evil.put_nar(&c).0, 200, "an unreferenced NAR is harmless");
+    let (s, msg) = evil.put_narinfo(&c, &evil.narinfo(&[]));
+    assert_eq!(s, 409, "{msg}");
+    assert!(msg.contains("already stored with a different NarHash"), "{msg}");
+
+    // The original NAR's name with other bytes: its name is its hash.
+    let (s, msg) = put(&c, &format!("/nar/{}", good.file()), &evil.nar);
+    assert_eq!(s, 400, "{msg}");
+
+    // The narinfo naming the original NAR but the poisoned hashes.
+    let lying = good
+        .narinfo(&[])
+        .replace(&good.nar_hash.to_string(), &evil.nar_hash.to_string());
+    let (s, msg) = good.put_narinfo(&c, &lying);
+    assert!(s == 400 || s == 409, "{s} {msg}");
+
+    // Sending the original again is a no-op.
+    assert_eq!(good.put_narinfo(&c, &good.narinfo(&[])).0, 200);
+
+    assert_eq!(get(&narinfo_path), served_narinfo, "narinfo unchanged");
+    assert_eq!(get(&format!("/nar/{}", good.file())), good.nar, "NAR unchanged");
+}
