@@ -75,6 +75,9 @@ pub struct Config {
     /// as ci_service's own user, bounded by the restricted settings and
     /// the build sandbox only.
     pub eval_user: Option<String>,
+    /// The nix daemon the evaluation user's nix talks to (`NIX_REMOTE`):
+    /// `daemon` (the system's) or `unix:///path/to/socket`.
+    pub eval_nix_remote: String,
     /// Bytes a job's log may hold (and a build may print).
     pub max_job_log_bytes: u64,
     /// Bounds on a pushed commit's checked-out tree.
@@ -94,6 +97,7 @@ impl Config {
             deploy_ref: "refs/heads/main".into(),
             api_auth: commands::auth::Authenticator::Open,
             eval_user: None,
+            eval_nix_remote: "daemon".into(),
             max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
             tree_limits: TreeLimits::default(),
         }
@@ -129,7 +133,10 @@ fn untrusted_nix(nix: &Nix, config: &Config) -> Result<Nix, ServiceError> {
         }
         return Ok(nix.clone().untrusted(None, config.max_job_log_bytes));
     };
-    let user = RunAs::lookup(name).map_err(ServiceError::EvalUser)?;
+    let user = RunAs {
+        remote: config.eval_nix_remote.clone(),
+        ..RunAs::lookup(name).map_err(ServiceError::EvalUser)?
+    };
     let home = dd.join("eval-home");
     let fail = |path: &std::path::Path| {
         let path = path.to_owned();

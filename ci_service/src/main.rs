@@ -75,6 +75,10 @@ struct ServeArgs {
     /// environment as the only boundary.
     #[arg(long, env = "CI_EVAL_USER")]
     eval_user: Option<String>,
+    /// The nix daemon the evaluation user's nix talks to: `daemon` (the
+    /// system's socket) or `unix:///path/to/socket`.
+    #[arg(long, env = "CI_EVAL_NIX_REMOTE", default_value = "daemon")]
+    eval_nix_remote: String,
     /// A job's log holds at most this many bytes (then one "log truncated"
     /// line); a build printing more is stopped by nix.
     #[arg(long, env = "CI_MAX_JOB_LOG_BYTES", default_value_t = ci_service::DEFAULT_MAX_JOB_LOG_BYTES)]
@@ -231,6 +235,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         deploy_ref: a.deploy_ref,
         api_auth,
         eval_user: a.eval_user,
+        eval_nix_remote: a.eval_nix_remote,
         max_job_log_bytes: a.max_job_log_bytes,
         tree_limits: repo_outils::git::TreeLimits {
             max_bytes: a.max_checkout_bytes,

@@ -436,3 +436,102 @@ fn the_read_api_needs_a_reader_token() {
     let (s, _) = request(http::Method::GET, &format!("{url}/healthz"), &[], None);
     assert_eq!(s, http::StatusCode::OK, "health stays open for probes");
 }
+
+/// With `--eval-user`, nix evaluates and builds pushed flakes as that
+/// unprivileged user through a nix daemon (a real `nix-daemon` on its own
+/// socket here): a normal flake still builds, every file nix made for the
+/// job belongs to that user, and the token's netrc is not readable by it.
+/// Needs root (to switch users) and the `nobody` user; says so and
+/// returns otherwise.
+#[test]
+fn evaluation_runs_as_the_eval_user_through_the_daemon() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        eprintln!("skipped: switching to the evaluation user needs root");
+        return;
+    }
+    let Ok(nobody) = repo_outils::nix::RunAs::lookup("nobody") else {
+        eprintln!("skipped: no user nobody");
+        return;
+    };
+    let h = repo_outils::testing::HermeticNix::new().unwrap();
+    // The evaluation user reaches the checkout and nix.conf by path only.
+    std::fs::set_permissions(h.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let daemon_conf = h.dir().join("daemon-conf");
+    repo_outils::testing::write_nix_conf(
+        &daemon_conf,
+        "sandbox = true\nsandbox-fallback = false\n",
+    )
+    .unwrap();
+    let socket = h.dir().join("daemon").join("socket");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut cmd = Command::new("nix-daemon");
+    cmd.env("NIX_CONF_DIR", &daemon_conf)
+        .env("NIX_DAEMON_SOCKET_PATH", &socket);
+    let _daemon = testkit::Proc::start("nix-daemon", cmd, testkit::Log::Quiet);
+    testkit::wait_until(Duration::from_secs(10), "the nix daemon's socket", || {
+        socket.exists().then_some(())
+    });
+
+    let data = h.dir().join("ci");
+    let remote = format!("unix://{}", socket.display());
+    let ci = start_ci(
+        &h,
+        &data,
+        &[
+            "--eval-user",
+            "nobody",
+            "--eval-nix-remote",
+            &remote,
+            "--cache",
+            "http://127.0.0.1:9",
+            "--deploy-ref",
+            "refs/heads/deploy",
+        ],
+        &[("CI_CACHE_TOKEN", UPLOAD_TOKEN)],
+    );
+    let url = ci.url();
+    let repo = Repo::new(h.dir(), &url);
+    let (commit, _) = repo.push();
+    let id = job_for(&url, &commit);
+    let job = wait_job(&url, id, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&url, id));
+
+    let home = data.join("eval-home");
+    let made: Vec<PathBuf> = walk_all(&home);
+    assert!(
+        !made.is_empty(),
+        "nix wrote nothing under {}",
+        home.display()
+    );
+    for f in &made {
+        let m = std::fs::symlink_metadata(f).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (nobody.uid, nobody.gid),
+            "{}",
+            f.display()
+        );
+    }
+    let netrc = std::fs::metadata(data.join("cache.netrc")).unwrap();
+    assert_eq!((netrc.uid(), netrc.mode() & 0o777), (0, 0o600));
+}
+
+/// Every file and directory under `dir`.
+fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                todo.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out
+}

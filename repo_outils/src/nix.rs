@@ -103,12 +103,15 @@ struct BuildResult {
 /// works (build output, "copying path …", errors), for a live job log.
 pub type LineSink<'a> = &'a mut (dyn FnMut(&str) + Send);
 
-/// An unprivileged user nix runs as when it evaluates untrusted code.
+/// An unprivileged user nix runs as when it evaluates untrusted code, and
+/// the nix daemon it then talks to (`NIX_REMOTE`: `daemon`, or
+/// `unix:///path/to/socket`), as such a user cannot write the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    pub remote: String,
 }
 
 impl RunAs {
@@ -130,6 +133,7 @@ impl RunAs {
                 name: name.to_owned(),
                 uid,
                 gid,
+                remote: "daemon".to_owned(),
             }),
             _ => Err(NixError::NoSuchUser(name.to_owned())),
         }
@@ -211,9 +215,10 @@ impl Nix {
     /// minimal environment (`PATH`, `HOME`, `TMPDIR`, `NIX_CONF_DIR`,
     /// `XDG_CACHE_HOME`): no token a parent holds in its environment, no
     /// descriptor (Rust opens every file close-on-exec). With `run_as`,
-    /// nix runs as that user and talks to the nix daemon
-    /// (`NIX_REMOTE=daemon`), as an unprivileged user cannot write the
-    /// store; then it cannot read files only the service's user can.
+    /// nix runs as that user (supplementary groups dropped) and talks to
+    /// the nix daemon (`RunAs::remote`), as an unprivileged user cannot
+    /// write the store; then it cannot read files only the service's user
+    /// can.
     pub fn untrusted(mut self, run_as: Option<RunAs>, max_build_log_bytes: u64) -> Self {
         self.options.extend(untrusted_options(max_build_log_bytes));
         self.untrusted = Some(Untrusted { run_as });
@@ -523,7 +528,7 @@ impl Nix {
                     .unwrap_or(Path::new("/var/empty")),
             );
             if let Some(r) = &u.run_as {
-                cmd.uid(r.uid).gid(r.gid).env("NIX_REMOTE", "daemon");
+                cmd.uid(r.uid).gid(r.gid).env("NIX_REMOTE", &r.remote);
             }
         }
         if let Some(d) = &self.conf_dir {
@@ -900,7 +905,8 @@ mod tests {
             RunAs {
                 name: "ci-eval".into(),
                 uid: 990,
-                gid: 985
+                gid: 985,
+                remote: "daemon".into(),
             }
         );
         assert!(matches!(
