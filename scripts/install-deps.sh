@@ -8,6 +8,8 @@ command -v capnp >/dev/null 2>&1 || need+=(capnproto)
 command -v nix >/dev/null 2>&1 || need+=(nix-bin)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# ci_service evaluates pushed flakes in a bubblewrap jail.
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 if [ "${PCR_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

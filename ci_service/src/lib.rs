@@ -37,6 +37,11 @@ pub enum ServiceError {
     Serve(#[source] std::io::Error),
     #[error("cannot evaluate as --eval-user")]
     EvalUser(#[source] NixError),
+    #[error(
+        "bwrap (bubblewrap) is not on PATH: pushed flakes are evaluated in its jail; install it, \
+         or pass --no-eval-jail to evaluate without one"
+    )]
+    NoJail,
     #[error("cannot give {path} to the evaluation user")]
     EvalHome {
         path: PathBuf,
@@ -82,6 +87,10 @@ pub struct Config {
     pub max_job_log_bytes: u64,
     /// Bounds on a pushed commit's checked-out tree.
     pub tree_limits: TreeLimits,
+    /// Evaluate in a bubblewrap jail that sees only the checkouts, the
+    /// store and nix's own files (`Nix::jailed`); off only where the host
+    /// has no bubblewrap or no namespaces.
+    pub eval_jail: bool,
 }
 
 impl Config {
@@ -100,6 +109,7 @@ impl Config {
             eval_nix_remote: "daemon".into(),
             max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
             tree_limits: TreeLimits::default(),
+            eval_jail: true,
         }
     }
 }
@@ -121,6 +131,26 @@ fn url_host(url: &str) -> Option<String> {
 /// checkout by its path, while the logs, mirrors, database and netrc stay
 /// ci_service's alone.
 fn untrusted_nix(nix: &Nix, config: &Config) -> Result<Nix, ServiceError> {
+    let eval = untrusted_user_nix(nix, config)?;
+    if !config.eval_jail {
+        tracing::warn!(
+            "--no-eval-jail: pushed flakes are evaluated without the jail; a fetcher pointed at a \
+             host path (builtins.getFlake with a commit id) can read what ci_service's user can"
+        );
+        return Ok(eval);
+    }
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .any(|d| d.join("bwrap").is_file());
+    if !on_path {
+        return Err(ServiceError::NoJail);
+    }
+    Ok(eval.jailed(vec![config.data_dir.join("work")]))
+}
+
+/// The untrusted nix, as the evaluation user when there is one.
+fn untrusted_user_nix(nix: &Nix, config: &Config) -> Result<Nix, ServiceError> {
     use std::os::unix::fs::PermissionsExt;
     let dd = &config.data_dir;
     let Some(name) = &config.eval_user else {

@@ -79,6 +79,12 @@ struct ServeArgs {
     /// system's socket) or `unix:///path/to/socket`.
     #[arg(long, env = "CI_EVAL_NIX_REMOTE", default_value = "daemon")]
     eval_nix_remote: String,
+    /// Evaluate pushed flakes without the bubblewrap jail (for hosts
+    /// without bubblewrap or namespaces). The jail is what keeps a fetcher
+    /// pointed at a host path (`builtins.getFlake "git+file:///…?rev=…"`)
+    /// from reading another repository on this host.
+    #[arg(long, env = "CI_NO_EVAL_JAIL")]
+    no_eval_jail: bool,
     /// A job's log holds at most this many bytes (then one "log truncated"
     /// line); a build printing more is stopped by nix.
     #[arg(long, env = "CI_MAX_JOB_LOG_BYTES", default_value_t = ci_service::DEFAULT_MAX_JOB_LOG_BYTES)]
@@ -236,6 +242,7 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         api_auth,
         eval_user: a.eval_user,
         eval_nix_remote: a.eval_nix_remote,
+        eval_jail: !a.no_eval_jail,
         max_job_log_bytes: a.max_job_log_bytes,
         tree_limits: repo_outils::git::TreeLimits {
             max_bytes: a.max_checkout_bytes,

@@ -185,6 +185,28 @@ pub struct Nix {
 #[derive(Debug, Clone)]
 struct Untrusted {
     run_as: Option<RunAs>,
+    /// When set, evaluations run in a bubblewrap jail that sees only
+    /// these directories (read-only) besides the system's programs, the
+    /// store, nix's configuration and cache: see [`Nix::jailed`].
+    jail: Option<Vec<PathBuf>>,
+}
+
+/// Where bubblewrap is looked for when no `PATH` entry has it.
+const BWRAP: &str = "bwrap";
+
+/// The program `name` resolved through `PATH` to its real path (on NixOS
+/// `nix` is a link into the store; the jail sees the store, not `/run`).
+fn resolve_program(name: &Path) -> PathBuf {
+    if name.components().count() > 1 {
+        return name.canonicalize().unwrap_or_else(|_| name.to_owned());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| name.to_owned())
 }
 
 impl Default for Nix {
@@ -221,8 +243,90 @@ impl Nix {
     /// can.
     pub fn untrusted(mut self, run_as: Option<RunAs>, max_build_log_bytes: u64) -> Self {
         self.options.extend(untrusted_options(max_build_log_bytes));
-        self.untrusted = Some(Untrusted { run_as });
+        self.untrusted = Some(Untrusted { run_as, jail: None });
         self
+    }
+
+    /// Runs every evaluation of this untrusted nix (`eval`, reading a
+    /// flake's inputs, computing what `build` builds) in a bubblewrap
+    /// jail: a fresh mount and PID namespace that holds `/nix`, the
+    /// system's programs and libraries, the few `/etc` files nix needs
+    /// (users, DNS, CA certificates), nix's configuration and cache, a
+    /// private `/tmp`, and `readable` (the checkouts), and nothing else. A
+    /// fetcher pointed at a host path (`path:`, `git+file:`,
+    /// `builtins.getFlake`, a transitive input the lock omits) finds
+    /// nothing there. Builds run outside it, by derivation path, in nix's
+    /// own sandbox. Needs `bwrap` (bubblewrap) on `PATH`.
+    pub fn jailed(mut self, readable: Vec<PathBuf>) -> Self {
+        if let Some(u) = &mut self.untrusted {
+            u.jail = Some(readable);
+        }
+        self
+    }
+
+    /// The bubblewrap arguments that build the jail, up to `--`.
+    fn jail_args(&self, readable: &[PathBuf]) -> Vec<OsString> {
+        let mut a: Vec<OsString> = [
+            "--die-with-parent",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            "/nix",
+            "/nix",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        let mut ro: Vec<PathBuf> = [
+            "/usr",
+            "/bin",
+            "/sbin",
+            "/lib",
+            "/lib32",
+            "/lib64",
+            "/etc/passwd",
+            "/etc/group",
+            "/etc/nsswitch.conf",
+            "/etc/resolv.conf",
+            "/etc/hosts",
+            "/etc/ssl",
+            "/etc/pki",
+            "/etc/ca-certificates",
+            "/etc/static/ssl",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+        if self.conf_dir.is_none() {
+            ro.push("/etc/nix".into());
+        }
+        ro.extend(self.conf_dir.iter().cloned());
+        ro.extend(readable.iter().cloned());
+        for p in ro {
+            a.extend(["--ro-bind-try".into(), p.clone().into(), p.into()]);
+        }
+        let mut rw: Vec<PathBuf> = self.cache_home.iter().cloned().collect();
+        if let Some(sock) = self
+            .untrusted
+            .as_ref()
+            .and_then(|u| u.run_as.as_ref())
+            .and_then(|r| r.remote.strip_prefix("unix://"))
+            .and_then(|p| Path::new(p).parent())
+        {
+            rw.push(sock.to_owned());
+        }
+        for p in rw {
+            a.extend(["--bind-try".into(), p.clone().into(), p.into()]);
+        }
+        a.extend(["--chdir".into(), "/".into(), "--".into()]);
+        a
     }
 
     /// Use another nix binary.
@@ -306,7 +410,20 @@ impl Nix {
         .map(Into::into)
         .collect();
         args.extend(self.lock_flags());
-        args.push(installable.into());
+        if self.untrusted.as_ref().is_some_and(|u| u.jail.is_some()) {
+            // Evaluate in the jail, build what it names outside.
+            let drv = self.eval_raw(&format!("{installable}.drvPath")).await?;
+            if !drv.starts_with('/') || !drv.ends_with(".drv") || drv.contains(char::is_whitespace)
+            {
+                return Err(NixError::Output {
+                    command: self.describe(&["eval", installable]),
+                    detail: format!("{installable} is not a derivation ({drv:?})"),
+                });
+            }
+            args.push(drv.into());
+        } else {
+            args.push(installable.into());
+        }
         let out = self.run(args, true, sink).await?;
         let command = self.describe(&["build", installable]);
         let results: Vec<BuildResult> =
@@ -325,6 +442,15 @@ impl Nix {
             });
         }
         Ok(paths)
+    }
+
+    /// `nix eval --raw INSTALLABLE`.
+    async fn eval_raw(&self, installable: &str) -> Result<String, NixError> {
+        let mut args: Vec<OsString> = vec!["eval".into(), "--raw".into()];
+        args.extend(self.lock_flags());
+        args.push(installable.into());
+        let out = self.run(args, false, None).await?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
     }
 
     /// `--no-update-lock-file` for untrusted code: an input missing from
@@ -506,7 +632,22 @@ impl Nix {
         for (k, v) in &self.options {
             args.splice(1..1, [OsString::from("--option"), k.into(), v.into()]);
         }
-        let mut cmd = Command::new(&self.program);
+        // Evaluations of untrusted code run jailed; builds by derivation
+        // path and store queries do not evaluate anything.
+        let jail = self
+            .untrusted
+            .as_ref()
+            .and_then(|u| u.jail.as_ref())
+            .filter(|_| matches!(args[0].to_str(), Some("eval" | "hash")));
+        let mut cmd = match jail {
+            Some(readable) => {
+                let mut c = Command::new(BWRAP);
+                c.args(self.jail_args(readable))
+                    .arg(resolve_program(&self.program));
+                c
+            }
+            None => Command::new(&self.program),
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -514,10 +655,18 @@ impl Nix {
             .kill_on_drop(true);
         if let Some(u) = &self.untrusted {
             cmd.env_clear();
-            for k in ["PATH", "TMPDIR"] {
-                if let Some(v) = std::env::var_os(k) {
-                    cmd.env(k, v);
+            if let Some(v) = std::env::var_os("PATH") {
+                cmd.env("PATH", v);
+            }
+            // A jailed nix has its own /tmp; the host's TMPDIR may not exist there.
+            match std::env::var_os("TMPDIR") {
+                Some(_) if jail.is_some() => {
+                    cmd.env("TMPDIR", "/tmp");
                 }
+                Some(v) => {
+                    cmd.env("TMPDIR", v);
+                }
+                None => {}
             }
             // nix reads ~/.config/nix and writes ~/.cache when HOME is set;
             // point it at the cache dir, never the service's own home.
@@ -895,6 +1044,70 @@ mod tests {
                 "{attr} leaked the secret: {tail}"
             );
         }
+    }
+
+    /// `builtins.getFlake` with a commit id fetches any repository the
+    /// nix process can read, pure mode or not: without the jail a pushed
+    /// flake reads another local repository's files; in the jail the
+    /// repository is not there. A normal flake evaluates and builds jailed.
+    #[tokio::test]
+    async fn the_jail_hides_host_repositories_from_evaluation() {
+        if resolve_program(Path::new(BWRAP)) == Path::new(BWRAP) {
+            panic!("bwrap (bubblewrap) is required: scripts/install-deps.sh installs it");
+        }
+        let h = HermeticNix::new().unwrap();
+        let secret_text = format!("OTHER-PROJECT-{}-{}", std::process::id(), line!());
+        let other = h.dir().join("other");
+        let repo = git2::Repository::init(&other).unwrap();
+        std::fs::write(other.join("flake.nix"), "{ outputs = { self }: { }; }").unwrap();
+        std::fs::write(other.join("secret"), &secret_text).unwrap();
+        let mut idx = repo.index().unwrap();
+        idx.add_path(Path::new("flake.nix")).unwrap();
+        idx.add_path(Path::new("secret")).unwrap();
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        let rev = repo
+            .commit(Some("HEAD"), &sig, &sig, "c", &tree, &[])
+            .unwrap();
+
+        let dir = h.dir().join("flake");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                r#"{{ outputs = {{ self }}: {{
+  steal = builtins.readFile ((builtins.getFlake "git+file://{}?rev={rev}").outPath + "/secret");
+  good = derivation {{ name = "jailed-{}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; }};
+}}; }}"#,
+                other.display(),
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        let steal = format!("path:{}#steal", dir.display());
+        // Jailed first: a fetch made outside the jail would be in nix's
+        // fetcher cache and the store already.
+        let jailed = h.nix().untrusted(None, 1 << 20).jailed(vec![dir.clone()]);
+        let err = jailed.eval_json(&steal).await.unwrap_err();
+        let tail = err.stderr().unwrap();
+        assert!(!tail.contains(&secret_text), "{tail}");
+        assert!(tail.contains("error:"), "{tail}");
+        let open = h.nix().untrusted(None, 1 << 20);
+        assert_eq!(
+            open.eval_json(&steal).await.unwrap(),
+            serde_json::json!(secret_text),
+            "without the jail the attack works (so the refusal above means something)"
+        );
+        let built = jailed
+            .build(&format!("path:{}#good", dir.display()), None)
+            .await
+            .unwrap();
+        assert!(
+            built[0].ends_with(&format!("-jailed-{}", std::process::id())),
+            "{built:?}"
+        );
+        let inputs = jailed.declared_flake_inputs(&dir).await.unwrap();
+        assert_eq!(inputs, serde_json::json!({}));
     }
 
     #[test]
