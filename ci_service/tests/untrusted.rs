@@ -18,6 +18,24 @@ use common::*;
 /// The upload token ci_service holds; every attack tries to print it.
 const UPLOAD_TOKEN: &str = "upload-token-7f3a9c1e5b2d4086";
 
+/// ci_service holding the upload token, with a cache it never reaches:
+/// pushes to main build but do not deploy (so never upload); what matters
+/// is the netrc ci_service writes with the token at start.
+fn start_ci_holding_the_token(
+    h: &repo_outils::testing::HermeticNix,
+    data: &Path,
+    extra: &[&str],
+) -> testkit::Proc {
+    let mut args = vec![
+        "--cache",
+        "http://127.0.0.1:9",
+        "--deploy-ref",
+        "refs/heads/deploy",
+    ];
+    args.extend_from_slice(extra);
+    start_ci(h, data, &args, &[("CI_CACHE_TOKEN", UPLOAD_TOKEN)])
+}
+
 /// Replaces the work clone's flake.nix (and flake.lock, when given),
 /// commits and pushes; returns the job's final JSON and its log.
 fn push_flake(
@@ -82,20 +100,7 @@ fn visible(url: &str, job: &serde_json::Value, log: &str) -> String {
 fn pushed_flakes_cannot_read_the_hosts_secrets() {
     let h = repo_outils::testing::HermeticNix::new().unwrap();
     let data = h.dir().join("ci");
-    // A cache ci_service never reaches: pushes to main build but do not
-    // deploy (so never upload); what matters is the netrc ci_service
-    // writes with the token at start.
-    let ci = start_ci(
-        &h,
-        &data,
-        &[
-            "--cache",
-            "http://127.0.0.1:9",
-            "--deploy-ref",
-            "refs/heads/deploy",
-        ],
-        &[("CI_CACHE_TOKEN", UPLOAD_TOKEN)],
-    );
+    let ci = start_ci_holding_the_token(&h, &data, &[]);
     let url = ci.url();
     let netrc = data.join("cache.netrc");
     testkit::wait_until(Duration::from_secs(10), "the netrc", || {
@@ -512,20 +517,10 @@ fn evaluation_runs_as_the_eval_user_through_the_daemon() {
 
     let data = h.dir().join("ci");
     let remote = format!("unix://{}", socket.display());
-    let ci = start_ci(
+    let ci = start_ci_holding_the_token(
         &h,
         &data,
-        &[
-            "--eval-user",
-            "nobody",
-            "--eval-nix-remote",
-            &remote,
-            "--cache",
-            "http://127.0.0.1:9",
-            "--deploy-ref",
-            "refs/heads/deploy",
-        ],
-        &[("CI_CACHE_TOKEN", UPLOAD_TOKEN)],
+        &["--eval-user", "nobody", "--eval-nix-remote", &remote],
     );
     let url = ci.url();
     let repo = Repo::new(h.dir(), &url);
