@@ -10,6 +10,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
+# ci_service evaluates pushed flakes in a bubblewrap jail.
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 if [ "${PCR_SKIP_BROWSER:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)

@@ -16,7 +16,7 @@ use cache::nixbase32;
 use testkit::{Log, Proc};
 
 const PATHS: usize = 10_000;
-const TOKEN: &str = "bench-token";
+const TOKEN: &str = "bench-upload-token-0001";
 
 /// Minimal keep-alive HTTP/1.1 client.
 struct Conn {

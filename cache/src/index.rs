@@ -98,7 +98,56 @@ pub fn open(path: &Path) -> Result<Connection, IndexError> {
     // (verify reports it, gc removes it), never a narinfo without its NAR.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    // Columns later versions added: who uploaded a path, whose a pin is
+    // (NULL: the all-projects token, or an index older than these).
+    for (table, column) in [("paths", "uploaded_by"), ("pins", "owner")] {
+        let has: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+        }
+    }
     Ok(conn)
+}
+
+/// Records which project's token uploaded a path (`None`: all projects).
+pub fn set_uploader(
+    conn: &Connection,
+    hash_part: &str,
+    project: Option<&str>,
+) -> Result<(), IndexError> {
+    conn.execute(
+        "UPDATE paths SET uploaded_by = ?2 WHERE hash_part = ?1",
+        params![hash_part, project],
+    )?;
+    Ok(())
+}
+
+/// The project whose token uploaded a path: `Some(None)` for the
+/// all-projects token, `None` when the path is not stored.
+pub fn uploader(conn: &Connection, hash_part: &str) -> Result<Option<Option<String>>, IndexError> {
+    Ok(conn
+        .query_row(
+            "SELECT uploaded_by FROM paths WHERE hash_part = ?1",
+            [hash_part],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The owner of pin `name`: `Some(None)` for an all-projects pin, `None`
+/// when there is no such pin.
+pub fn pin_owner(conn: &Connection, name: &str) -> Result<Option<Option<String>>, IndexError> {
+    Ok(conn
+        .query_row(
+            "SELECT owner FROM pins WHERE name = ?1 LIMIT 1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 fn path_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PathRow> {
@@ -211,19 +260,21 @@ pub fn delete_nar(conn: &Connection, file: &str) -> Result<(), IndexError> {
     Ok(())
 }
 
-/// Replaces the paths of pin `name`.
+/// Replaces the paths of pin `name`, owned by `owner` (a project, or
+/// `None` for the all-projects token).
 pub fn set_pin(
     conn: &Connection,
     name: &str,
     store_paths: &[String],
+    owner: Option<&str>,
     now: i64,
 ) -> Result<(), IndexError> {
     conn.execute("DELETE FROM pins WHERE name = ?1", [name])?;
     let mut st = conn.prepare_cached(
-        "INSERT OR IGNORE INTO pins (name, store_path, pinned_at) VALUES (?1, ?2, ?3)",
+        "INSERT OR IGNORE INTO pins (name, store_path, pinned_at, owner) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for p in store_paths {
-        st.execute(params![name, p, now])?;
+        st.execute(params![name, p, now, owner])?;
     }
     Ok(())
 }

@@ -44,7 +44,10 @@ struct ServeArgs {
     /// Secret key file (Nix format) used to sign narinfos.
     #[arg(long, env = "CACHE_KEY_FILE")]
     key_file: PathBuf,
-    /// File holding the upload token (HTTP basic auth password); without it uploads are refused.
+    /// File holding the upload tokens (HTTP basic auth passwords), one a
+    /// line: `<token>` uploads for every project, `<project> <token>` for
+    /// one project (its uploads are recorded as that project's and it may
+    /// only touch its own pins). Without it uploads are refused.
     #[arg(long, env = "CACHE_UPLOAD_TOKEN_FILE")]
     upload_token_file: Option<PathBuf>,
     /// Largest accepted NAR upload in bytes.
@@ -183,11 +186,11 @@ fn serve(args: ServeArgs) -> Outcome {
     config.max_upload_bytes = args.max_upload_bytes;
     config.priority = args.priority;
     if let Some(f) = &args.upload_token_file {
-        config.upload_token = Some(commands::auth::read_secret_file(f)?);
+        config.upload_tokens = cache::UploadTokens::load(f)?;
     }
     // Open the store (and clean up interrupted uploads) before announcing
     // the address, so "listening" means ready.
-    let secured = config.upload_token.is_some();
+    let secured = !config.upload_tokens.is_empty();
     let prepared = cache::server::prepare(config)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -270,13 +273,13 @@ fn gc(dir: &DataDir, grace: Duration, yes: bool) -> Outcome {
 }
 
 fn pin(dir: &DataDir, name: &str, paths: &[String]) -> Outcome {
-    open(dir, None)?.set_pin(name, paths)?;
+    open(dir, None)?.set_pin(name, paths, None)?;
     println!("pinned {} paths as {name}", paths.len());
     Ok(ExitCode::SUCCESS)
 }
 
 fn unpin(dir: &DataDir, name: &str) -> Outcome {
-    if open(dir, None)?.delete_pin(name)? {
+    if open(dir, None)?.delete_pin(name, None)? {
         println!("unpinned {name}");
         Ok(ExitCode::SUCCESS)
     } else {

@@ -33,20 +33,20 @@ type Body = BoxBody<Bytes, io::Error>;
 struct State {
     store: Arc<Store>,
     metrics: Metrics,
-    token: Option<String>,
+    tokens: crate::UploadTokens,
     max_upload: u64,
     /// See `Config::upload_stall_timeout`.
     stall: std::time::Duration,
     cache_info: String,
 }
 
-// By hand: the upload token is redacted.
+// By hand: only the token holders' projects are shown.
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
             .field("store", &self.store)
             .field("metrics", &self.metrics)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tokens", &self.tokens)
             .field("max_upload", &self.max_upload)
             .field("stall", &self.stall)
             .field("cache_info", &self.cache_info)
@@ -81,7 +81,7 @@ pub fn prepare(config: Config) -> Result<Prepared, Error> {
         ),
         store: Arc::new(store),
         metrics: Metrics::default(),
-        token: config.upload_token.clone(),
+        tokens: config.upload_tokens.clone(),
         max_upload: config.max_upload_bytes,
         stall: config.upload_stall_timeout,
     });
@@ -115,7 +115,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let Prepared { state, data_dir } = prepared;
     let addr = listener.local_addr().ok();
-    tracing::info!(?addr, data_dir = %data_dir.display(), uploads = state.token.is_some(), "cache serving");
+    tracing::info!(?addr, data_dir = %data_dir.display(), uploads = !state.tokens.is_empty(), "cache serving");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -450,10 +450,11 @@ fn file_body(file: std::io::Take<std::fs::File>) -> Body {
     StreamBody::new(stream.map_ok(Frame::data)).boxed()
 }
 
-/// Checks HTTP basic auth; the password must equal the upload token.
+/// Checks HTTP basic auth; the password must be an upload token. Returns
+/// whose it is.
 #[allow(clippy::result_large_err)] // the Err is the response itself, returned at once
-fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response<Body>> {
-    let Some(token) = &state.token else {
+fn authorize(state: &State, headers: &HeaderMap) -> Result<crate::Uploader, Response<Body>> {
+    if state.tokens.is_empty() {
         state.metrics.upload_failure("uploads_disabled");
         return Err(text(
             403,
@@ -471,9 +472,9 @@ fn authorize(state: &State, headers: &HeaderMap) -> Result<(), Response<Body>> {
         })
         .and_then(|d| String::from_utf8(d).ok())
         .and_then(|s| s.split_once(':').map(|(_, p)| p.to_owned()));
-    let (reason, msg) = match password {
-        Some(p) if commands::auth::ct_eq(p.as_bytes(), token.as_bytes()) => return Ok(()),
-        Some(_) => ("wrong_token", "wrong upload token"),
+    let (reason, msg) = match password.map(|p| state.tokens.check(&p)) {
+        Some(Some(uploader)) => return Ok(uploader),
+        Some(None) => ("wrong_token", "wrong upload token"),
         None => (
             "no_token",
             "upload token required (HTTP basic auth; password = token)",
@@ -631,29 +632,37 @@ async fn put_nar(state: &State, file: String, req: Request<Incoming>) -> Respons
 }
 
 async fn put_narinfo(state: &State, hash: String, req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = authorize(state, req.headers()) {
-        return r;
-    }
+    let uploader = match authorize(state, req.headers()) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
     let body = match read_small_body(state, req, 1 << 20).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let store = state.store.clone();
     let h = hash.clone();
-    let result = tokio::task::spawn_blocking(move || store.put_narinfo(&h, &body))
-        .await
-        .unwrap_or_else(|e| {
-            Err(UploadError::Io {
-                context: "narinfo writer".into(),
-                source: io::Error::other(e),
-            })
-        });
+    let project = uploader.project.clone();
+    let result =
+        tokio::task::spawn_blocking(move || store.put_narinfo(&h, &body, project.as_deref()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(UploadError::Io {
+                    context: "narinfo writer".into(),
+                    source: io::Error::other(e),
+                })
+            });
     match result {
         Ok(outcome) => {
             state
                 .metrics
                 .add("cache_uploads_total", "kind=\"narinfo\"".into(), 1);
-            tracing::info!(hash, ?outcome, "narinfo stored");
+            tracing::info!(
+                hash,
+                ?outcome,
+                project = uploader.project.as_deref().unwrap_or("*"),
+                "narinfo stored"
+            );
             text(
                 200,
                 if outcome == PutOutcome::Created {
@@ -673,14 +682,16 @@ struct PinBody {
 }
 
 async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Body> {
-    if let Err(r) = authorize(state, req.headers()) {
-        return r;
-    }
+    let project = match authorize(state, req.headers()) {
+        Ok(u) => u.project,
+        Err(r) => return r,
+    };
     let store = state.store.clone();
     let name = rest.strip_prefix('/').unwrap_or("").to_owned();
     let store_err = |e: StoreError| match e {
         StoreError::BadPinName(_) | StoreError::BadPath(_) => text(400, e.to_string()),
         StoreError::NotFound(_) => text(400, e.to_string()),
+        StoreError::PinOwned { .. } => text(403, e.to_string()),
         other => {
             tracing::error!(error = %other, source = ?std::error::Error::source(&other), "pin operation failed");
             text(500, "pin operation failed")
@@ -727,10 +738,12 @@ async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Bod
             };
             let n = parsed.paths.len();
             let nm = name.clone();
-            match tokio::task::spawn_blocking(move || store.set_pin(&nm, &parsed.paths))
-                .await
-                .map_err(join_err)
-                .and_then(|r| r)
+            match tokio::task::spawn_blocking(move || {
+                store.set_pin(&nm, &parsed.paths, project.as_deref())
+            })
+            .await
+            .map_err(join_err)
+            .and_then(|r| r)
             {
                 Ok(()) => {
                     tracing::info!(pin = name, paths = n, "pinned");
@@ -741,7 +754,7 @@ async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Bod
         }
         (Method::DELETE, false) => {
             let nm = name.clone();
-            match tokio::task::spawn_blocking(move || store.delete_pin(&nm))
+            match tokio::task::spawn_blocking(move || store.delete_pin(&nm, project.as_deref()))
                 .await
                 .map_err(join_err)
                 .and_then(|r| r)

@@ -47,6 +47,33 @@ pub enum StoreError {
     NotFound(String),
     #[error("reading NAR")]
     Nar(#[from] NarError),
+    #[error(
+        "pin {name:?} belongs to {owner}; a token of project {project} may only change its own pins"
+    )]
+    PinOwned {
+        name: String,
+        owner: String,
+        project: String,
+    },
+}
+
+/// Refuses a project token touching a pin that is not its project's.
+fn check_pin_owner(
+    name: &str,
+    existing: Option<Option<String>>,
+    project: Option<&str>,
+) -> Result<(), StoreError> {
+    match (project, existing) {
+        (Some(p), Some(owner)) if owner.as_deref() != Some(p) => Err(StoreError::PinOwned {
+            name: name.to_owned(),
+            owner: owner.map_or_else(
+                || "the all-projects token".to_owned(),
+                |o| format!("project {o}"),
+            ),
+            project: p.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why an upload was refused. Client mistakes map to 4xx; only our own
@@ -533,8 +560,16 @@ impl Store {
 
     /// Accepts a narinfo upload for `hash_part` after checking it against
     /// its uploaded NAR and the presence of its references, signs it with
-    /// the cache key and makes it visible.
-    pub fn put_narinfo(&self, hash_part: &str, body: &[u8]) -> Result<PutOutcome, UploadError> {
+    /// the cache key and makes it visible, recording `project` (whose
+    /// token uploaded it; `None`: the all-projects token). A path already
+    /// stored is never replaced: the same content is a no-op, other
+    /// content a conflict.
+    pub fn put_narinfo(
+        &self,
+        hash_part: &str,
+        body: &[u8],
+        project: Option<&str>,
+    ) -> Result<PutOutcome, UploadError> {
         let text = std::str::from_utf8(body).map_err(|_| UploadError::NotUtf8)?;
         let ni = NarInfo::parse(text, &self.store_dir)?;
         if ni.store_path.hash_part() != hash_part {
@@ -659,6 +694,7 @@ impl Store {
                 uploaded_at: now(),
             },
         )?;
+        index::set_uploader(&tx, hash_part, project)?;
         // The narinfo file is the commit marker clients see. It is written
         // while the transaction holds the lock; a crash between rename and
         // commit leaves a narinfo whose NAR exists but that the index lacks
@@ -692,8 +728,15 @@ impl Store {
     }
 
     /// Pins (replacing) `name` to the given full store paths, which must be
-    /// in the cache; their closures survive gc.
-    pub fn set_pin(&self, name: &str, paths: &[String]) -> Result<(), StoreError> {
+    /// in the cache; their closures survive gc. The pin belongs to
+    /// `project` (`None`: the all-projects token, which may replace any
+    /// pin); a project may not replace another's.
+    pub fn set_pin(
+        &self,
+        name: &str,
+        paths: &[String],
+        project: Option<&str>,
+    ) -> Result<(), StoreError> {
         check_pin_name(name)?;
         let mut bases = Vec::new();
         for p in paths {
@@ -714,16 +757,32 @@ impl Store {
         if !missing.is_empty() {
             return Err(StoreError::NotFound(missing.join(" ")));
         }
+        check_pin_owner(name, index::pin_owner(&tx, name)?, project)?;
         let names: Vec<String> = bases.iter().map(ToString::to_string).collect();
-        index::set_pin(&tx, name, &names, now())?;
+        index::set_pin(&tx, name, &names, project, now())?;
         tx.commit().map_err(IndexError::from)?;
         Ok(())
     }
 
-    /// Removes pin `name`; false when there was none.
-    pub fn delete_pin(&self, name: &str) -> Result<bool, StoreError> {
+    /// Removes pin `name`; false when there was none. A project may only
+    /// remove its own pins.
+    pub fn delete_pin(&self, name: &str, project: Option<&str>) -> Result<bool, StoreError> {
         check_pin_name(name)?;
-        Ok(index::delete_pin(&self.conn(), name)?)
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(IndexError::from)?;
+        check_pin_owner(name, index::pin_owner(&tx, name)?, project)?;
+        let deleted = index::delete_pin(&tx, name)?;
+        tx.commit().map_err(IndexError::from)?;
+        Ok(deleted)
+    }
+
+    /// Which project's token uploaded a stored path (`/nix/store/h-n`,
+    /// `h-n` or `h`): `None` for the all-projects token.
+    pub fn uploader(&self, arg: &str) -> Result<Option<String>, StoreError> {
+        let row = self.lookup(arg)?;
+        Ok(index::uploader(&self.conn(), &row.hash_part)?.flatten())
     }
 
     /// All pins as (name, full store path).

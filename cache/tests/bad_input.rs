@@ -26,11 +26,18 @@ struct Cache {
 
 impl Cache {
     fn start(max_upload: u64) -> Self {
+        Self::start_with(max_upload, |c| c.with_upload_token(TOKEN))
+    }
+
+    /// A cache whose config `setup` finishes (upload tokens).
+    fn start_with(max_upload: u64, setup: impl FnOnce(cache::Config) -> cache::Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = cache::signing::SecretKey::generate("bad-input-1").unwrap();
         std::fs::write(dir.path().join("sk"), key.to_nix_string()).unwrap();
-        let mut config = cache::Config::new(dir.path().join("data"), dir.path().join("sk"))
-            .with_upload_token(TOKEN);
+        let mut config = setup(cache::Config::new(
+            dir.path().join("data"),
+            dir.path().join("sk"),
+        ));
         config.max_upload_bytes = max_upload;
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -646,5 +653,193 @@ fn pin_api_validates_names_and_paths() {
     assert_eq!(
         req(&c.addr, "DELETE", "/_pcr/pins/gen-7", &[auth(TOKEN)], b"").0,
         404
+    );
+}
+
+/// Issue 14 point 3, played: an upload-token holder tries to replace a
+/// path the cache already serves with other content, by every route the
+/// protocol offers (a new NAR under the same store path; the original NAR
+/// name with other bytes; the same narinfo claiming the other NAR's
+/// hashes). Each is refused and the original narinfo and NAR are served
+/// byte for byte as before.
+#[test]
+fn an_existing_path_is_never_replaced() {
+    let c = Cache::start(1 << 30);
+    let good = Item::with_nar_on(&c, "victim", b"the build CI made");
+    assert_eq!(good.put_narinfo(&c, &good.narinfo(&[])).0, 200);
+    let get = |path: &str| {
+        let (s, _, b) = req(&c.addr, "GET", path, &[], b"");
+        assert_eq!(s, 200, "{path}");
+        b
+    };
+    let narinfo_path = format!("/{}.narinfo", good.hash_part());
+    let served_narinfo = get(&narinfo_path);
+    let served_nar = get(&format!("/nar/{}", good.file()));
+    assert_eq!(served_nar, good.nar);
+
+    // The same store path with a poisoned NAR.
+    let mut evil = Item::new("victim", b"a backdoor");
+    evil.base = good.base.clone();
+    assert_eq!(evil.put_nar(&c).0, 200, "an unreferenced NAR is harmless");
+    let (s, msg) = evil.put_narinfo(&c, &evil.narinfo(&[]));
+    assert_eq!(s, 409, "{msg}");
+    assert!(
+        msg.contains("already stored with a different NarHash"),
+        "{msg}"
+    );
+
+    // The original NAR's name with other bytes: its name is its hash.
+    let (s, msg) = put(&c, &format!("/nar/{}", good.file()), &evil.nar);
+    assert_eq!(s, 400, "{msg}");
+
+    // The narinfo naming the original NAR but the poisoned hashes.
+    let lying = good
+        .narinfo(&[])
+        .replace(&good.nar_hash.to_string(), &evil.nar_hash.to_string());
+    let (s, msg) = good.put_narinfo(&c, &lying);
+    assert!(s == 400 || s == 409, "{s} {msg}");
+
+    // Sending the original again is a no-op.
+    assert_eq!(good.put_narinfo(&c, &good.narinfo(&[])).0, 200);
+
+    assert_eq!(get(&narinfo_path), served_narinfo, "narinfo unchanged");
+    assert_eq!(
+        get(&format!("/nar/{}", good.file())),
+        good.nar,
+        "NAR unchanged"
+    );
+}
+
+/// Per-project upload tokens: uploads are recorded as the project's, and a
+/// project's token cannot replace or delete a pin that is not its own (so
+/// it cannot make gc collect another project's live closures); the
+/// all-projects token can.
+#[test]
+fn project_tokens_record_their_uploads_and_touch_only_their_own_pins() {
+    const ALL: &str = "all-projects-token-0001";
+    const SHOP: &str = "shop-upload-token-0001";
+    const BLOG: &str = "blog-upload-token-0001";
+    let tokens = cache::UploadTokens::parse(
+        &format!("{ALL}\nshop {SHOP}\nblog {BLOG}\n"),
+        std::path::Path::new("tokens"),
+    )
+    .unwrap();
+    let c = Cache::start_with(1 << 30, |mut cfg| {
+        cfg.upload_tokens = tokens;
+        cfg
+    });
+    let as_who = |token: &str, method: &str, path: &str, body: &[u8]| {
+        let (s, _, b) = req(&c.addr, method, path, &[auth(token)], body);
+        (s, String::from_utf8_lossy(&b).into_owned())
+    };
+    let shop_path = Item::new("shop-app", b"shop's build");
+    assert_eq!(
+        as_who(
+            SHOP,
+            "PUT",
+            &format!("/nar/{}", shop_path.file()),
+            &shop_path.nar
+        )
+        .0,
+        200
+    );
+    let (s, m) = as_who(
+        SHOP,
+        "PUT",
+        &format!("/{}.narinfo", shop_path.hash_part()),
+        shop_path.narinfo(&[]).as_bytes(),
+    );
+    assert_eq!(s, 200, "{m}");
+    let all_path = Item::new("shared-lib", b"uploaded with the all-projects token");
+    assert_eq!(
+        as_who(
+            ALL,
+            "PUT",
+            &format!("/nar/{}", all_path.file()),
+            &all_path.nar
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        as_who(
+            ALL,
+            "PUT",
+            &format!("/{}.narinfo", all_path.hash_part()),
+            all_path.narinfo(&[]).as_bytes()
+        )
+        .0,
+        200
+    );
+    let store = cache::store::Store::open(&c.data, "/nix/store", None).unwrap();
+    assert_eq!(
+        store.uploader(&shop_path.base).unwrap().as_deref(),
+        Some("shop")
+    );
+    assert_eq!(store.uploader(&all_path.base).unwrap(), None);
+
+    let pin = |p: &Item| format!(r#"{{"paths": ["/nix/store/{}"]}}"#, p.base);
+    assert_eq!(
+        as_who(
+            SHOP,
+            "PUT",
+            "/_pcr/pins/shop-gen-1",
+            pin(&shop_path).as_bytes()
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        as_who(ALL, "PUT", "/_pcr/pins/gen-9", pin(&all_path).as_bytes()).0,
+        200
+    );
+    // blog plays the attacker: repoint, then delete, shop's pin; delete
+    // the all-projects pin.
+    let (s, m) = as_who(
+        BLOG,
+        "PUT",
+        "/_pcr/pins/shop-gen-1",
+        pin(&all_path).as_bytes(),
+    );
+    assert_eq!(s, 403, "{m}");
+    assert!(
+        m.contains("pin \"shop-gen-1\" belongs to project shop"),
+        "{m}"
+    );
+    assert_eq!(as_who(BLOG, "DELETE", "/_pcr/pins/shop-gen-1", b"").0, 403);
+    let (s, m) = as_who(SHOP, "DELETE", "/_pcr/pins/gen-9", b"");
+    assert_eq!(s, 403, "{m}");
+    assert!(m.contains("belongs to the all-projects token"), "{m}");
+    let (_, _, body) = req(&c.addr, "GET", "/_pcr/pins", &[auth(ALL)], b"");
+    let pins: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        pins["pins"],
+        serde_json::json!({
+            "gen-9": [format!("/nix/store/{}", all_path.base)],
+            "shop-gen-1": [format!("/nix/store/{}", shop_path.base)],
+        })
+    );
+    // The owner may change its pin; the all-projects token may remove it.
+    assert_eq!(
+        as_who(
+            SHOP,
+            "PUT",
+            "/_pcr/pins/shop-gen-1",
+            pin(&all_path).as_bytes()
+        )
+        .0,
+        200
+    );
+    assert_eq!(as_who(ALL, "DELETE", "/_pcr/pins/shop-gen-1", b"").0, 200);
+    // A wrong token is still refused outright.
+    assert_eq!(
+        as_who(
+            "blog-upload-token-0002",
+            "PUT",
+            "/_pcr/pins/x",
+            pin(&shop_path).as_bytes()
+        )
+        .0,
+        401
     );
 }

@@ -1,6 +1,10 @@
 //! The HTTP API (axum): push hooks in, job list, job detail and job logs
-//! out (followed live as a chunked text stream). repohub and the CLI code
-//! against these shapes; see context/architecture.md.
+//! out (streamed from the file, or followed live as a chunked text
+//! stream). repohub and the CLI code against these shapes; see
+//! context/architecture.md. Reading jobs, logs, specs and generations
+//! needs a `reader` (or `admin`) token of `--api-token-file` as
+//! `Authorization: Bearer`; the push hook has its own secret; `/healthz`
+//! is open.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -9,6 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,6 +31,8 @@ pub struct AppState {
     pub db: Arc<Db>,
     pub data_dir: std::path::PathBuf,
     pub hook_secret: Option<String>,
+    /// The tokens that may read (`reader`, `admin`).
+    pub readers: commands::auth::Authenticator,
     pub wake: Arc<Notify>,
     pub publisher: Publisher,
 }
@@ -47,7 +54,21 @@ impl std::fmt::Debug for AppState {
 /// The largest push event body accepted.
 pub const MAX_HOOK_BODY: usize = 64 * 1024;
 
+/// The roles a `--api-token-file` may hold.
+pub const API_ROLES: &[commands::auth::Role] =
+    &[commands::auth::Role::Reader, commands::auth::Role::Admin];
+
+/// How much of a log one chunk of a followed stream carries: a log is
+/// never read whole into memory.
+const LOG_CHUNK: u64 = 64 * 1024;
+
 pub fn router(state: AppState) -> Router {
+    let reads = Router::new()
+        .route("/jobs", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .route("/jobs/{id}/log", get(job_log))
+        .route("/generations", get(generations))
+        .route_layer(middleware::from_fn_with_state(state.clone(), need_reader));
     Router::new()
         // A push event is a few hundred bytes; anything larger is refused
         // with 413 before it is buffered.
@@ -55,12 +76,36 @@ pub fn router(state: AppState) -> Router {
             "/hooks/push",
             post(push).layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY)),
         )
-        .route("/jobs", get(jobs))
-        .route("/jobs/{id}", get(job))
-        .route("/jobs/{id}/log", get(job_log))
-        .route("/generations", get(generations))
         .route("/healthz", get(health))
+        .merge(reads)
         .with_state(state)
+}
+
+/// Lets a request through when its bearer token is a reader's or an
+/// admin's (any request, when ci_service has no API token file).
+async fn need_reader(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    match s.readers.login(given) {
+        Ok(_) => next.run(req).await,
+        Err(e) => {
+            let mut resp = error(StatusCode::UNAUTHORIZED, e.to_string());
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            resp
+        }
+    }
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -194,8 +239,18 @@ async fn job_log(
     let path = crate::runner::log_path(&s.data_dir, id);
     let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
     if !follow {
-        let text = tokio::fs::read(&path).await.unwrap_or_default();
-        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
+        // Streamed from the file as it is now, in chunks.
+        let body = match tokio::fs::File::open(&path).await {
+            Ok(f) => {
+                let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                    f.take(len),
+                    LOG_CHUNK as usize,
+                ))
+            }
+            Err(_) => Body::empty(),
+        };
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
     }
     // Follow: stream what is there, then what is appended, until the job
     // is final and the file is drained.
@@ -225,7 +280,7 @@ async fn job_log(
             if let Ok(mut f) = tokio::fs::File::open(&st.path).await
                 && f.seek(SeekFrom::Start(st.offset)).await.is_ok()
             {
-                let _ = f.read_to_end(&mut chunk).await;
+                let _ = f.take(LOG_CHUNK).read_to_end(&mut chunk).await;
             }
             if !chunk.is_empty() {
                 st.offset += chunk.len() as u64;
@@ -265,6 +320,7 @@ mod tests {
             db: Arc::new(db),
             data_dir: tmp.path().to_owned(),
             hook_secret: None,
+            readers: commands::auth::Authenticator::Open,
             wake: Arc::new(Notify::new()),
             publisher: Publisher::disabled(),
         });

@@ -13,7 +13,8 @@ pub mod runner;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use repo_outils::nix::Nix;
+use repo_outils::git::TreeLimits;
+use repo_outils::nix::{Nix, NixError, RunAs};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,23 @@ pub enum ServiceError {
     CacheUrl(String),
     #[error("HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot evaluate as --eval-user")]
+    EvalUser(#[source] NixError),
+    #[error(
+        "bwrap (bubblewrap) is not on PATH: pushed flakes are evaluated in its jail; install it, \
+         or pass --no-eval-jail to evaluate without one"
+    )]
+    NoJail,
+    #[error("cannot give {path} to the evaluation user")]
+    EvalHome {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
+
+/// The default bound of a job's log: room for any real build's output
+/// (nixpkgs builds print a few hundred KiB), small next to a disk.
+pub const DEFAULT_MAX_JOB_LOG_BYTES: u64 = 4 << 20;
 
 /// Everything `run` needs; `main` fills it from flags and environment.
 #[derive(Debug, Clone)]
@@ -58,6 +75,25 @@ pub struct Config {
     /// Which push may publish for which project (`deploy`): a `--projects`
     /// file, or the single-project setup with its `--deploy-ref`.
     pub deploy: DeployRights,
+    /// Who may read jobs, logs, specs and generations (`reader` and
+    /// `admin` tokens); `Open` lets anyone on loopback read.
+    pub api_auth: commands::auth::Authenticator,
+    /// The unprivileged user nix evaluates and builds pushed flakes as
+    /// (needs ci_service to run as root and a nix daemon); none: nix runs
+    /// as ci_service's own user, bounded by the restricted settings and
+    /// the build sandbox only.
+    pub eval_user: Option<String>,
+    /// The nix daemon the evaluation user's nix talks to (`NIX_REMOTE`):
+    /// `daemon` (the system's) or `unix:///path/to/socket`.
+    pub eval_nix_remote: String,
+    /// Bytes a job's log may hold (and a build may print).
+    pub max_job_log_bytes: u64,
+    /// Bounds on a pushed commit's checked-out tree.
+    pub tree_limits: TreeLimits,
+    /// Evaluate in a bubblewrap jail that sees only the checkouts, the
+    /// store and nix's own files (`Nix::jailed`); off only where the host
+    /// has no bubblewrap or no namespaces.
+    pub eval_jail: bool,
 }
 
 impl Config {
@@ -71,6 +107,12 @@ impl Config {
             nix_conf_dir: None,
             hook_secret: None,
             deploy: DeployRights::single_project("refs/heads/main"),
+            api_auth: commands::auth::Authenticator::Open,
+            eval_user: None,
+            eval_nix_remote: "daemon".into(),
+            max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
+            tree_limits: TreeLimits::default(),
+            eval_jail: true,
         }
     }
 }
@@ -83,6 +125,71 @@ fn url_host(url: &str) -> Option<String> {
     let authority = rest.split('/').next()?;
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// The nix that evaluates and builds pushed flakes (see
+/// `Nix::untrusted`). With `--eval-user` it runs as that user, whose home
+/// and cache are its own directory under the data dir; the data dir and
+/// the work dir become traversable (0711, not listable) so it can read the
+/// checkout by its path, while the logs, mirrors, database and netrc stay
+/// ci_service's alone.
+fn untrusted_nix(nix: &Nix, config: &Config) -> Result<Nix, ServiceError> {
+    let eval = untrusted_user_nix(nix, config)?;
+    if !config.eval_jail {
+        tracing::warn!(
+            "--no-eval-jail: pushed flakes are evaluated without the jail; a fetcher pointed at a \
+             host path (builtins.getFlake with a commit id) can read what ci_service's user can"
+        );
+        return Ok(eval);
+    }
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .any(|d| d.join("bwrap").is_file());
+    if !on_path {
+        return Err(ServiceError::NoJail);
+    }
+    Ok(eval.jailed(vec![config.data_dir.join("work")]))
+}
+
+/// The untrusted nix, as the evaluation user when there is one.
+fn untrusted_user_nix(nix: &Nix, config: &Config) -> Result<Nix, ServiceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dd = &config.data_dir;
+    let Some(name) = &config.eval_user else {
+        if rustix::process::geteuid().is_root() {
+            tracing::warn!(
+                "ci_service runs as root without --eval-user: pushed flakes are evaluated as root, \
+                 bounded only by restricted evaluation and the build sandbox; give CI an \
+                 unprivileged evaluation user"
+            );
+        }
+        return Ok(nix.clone().untrusted(None, config.max_job_log_bytes));
+    };
+    let user = RunAs {
+        remote: config.eval_nix_remote.clone(),
+        ..RunAs::lookup(name).map_err(ServiceError::EvalUser)?
+    };
+    let home = dd.join("eval-home");
+    let fail = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source: std::io::Error| ServiceError::EvalHome { path, source }
+    };
+    std::fs::create_dir_all(&home).map_err(fail(&home))?;
+    rustix::fs::chown(
+        &home,
+        Some(rustix::fs::Uid::from_raw(user.uid)),
+        Some(rustix::fs::Gid::from_raw(user.gid)),
+    )
+    .map_err(|e| fail(&home)(e.into()))?;
+    for d in [dd.clone(), dd.join("work")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).map_err(fail(&d))?;
+    }
+    tracing::info!(user = %user.name, uid = user.uid, "pushed flakes are evaluated and built as the evaluation user");
+    Ok(nix
+        .clone()
+        .with_cache_home(home)
+        .untrusted(Some(user), config.max_job_log_bytes))
 }
 
 /// Serves the API on `listener` and runs jobs until `shutdown`.
@@ -106,6 +213,7 @@ pub async fn run(
     if let Some(c) = &config.nix_conf_dir {
         nix = nix.with_conf_dir(c);
     }
+    let eval_nix = untrusted_nix(&nix, &config)?;
     let cache = match &config.cache_url {
         None => None,
         Some(url) => {
@@ -145,6 +253,9 @@ pub async fn run(
     let runner = Arc::new(Runner {
         db: db.clone(),
         nix,
+        eval_nix,
+        tree_limits: config.tree_limits,
+        max_log_bytes: config.max_job_log_bytes,
         data_dir: dd.clone(),
         cache,
         publisher: publisher.clone(),
@@ -157,6 +268,7 @@ pub async fn run(
         db,
         data_dir: dd.clone(),
         hook_secret: config.hook_secret.clone(),
+        readers: config.api_auth.clone(),
         wake,
         publisher,
     });

@@ -78,6 +78,40 @@ struct ServeArgs {
     /// `default` on --deploy-ref (single-project setup).
     #[arg(long, env = "CI_PROJECTS")]
     projects: Option<PathBuf>,
+    /// Token file (`reader <token>` / `admin <token>` lines, the control
+    /// plane's format) for reading jobs, logs, specs and generations
+    /// (`Authorization: Bearer <token>`). Without it the read API is open
+    /// and ci_service only listens on loopback.
+    #[arg(long, env = "CI_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Unprivileged user that evaluates and builds pushed flakes (nix then
+    /// talks to the nix daemon). Needs ci_service to run as root (or with
+    /// CAP_SETUID/CAP_SETGID). Without it nix runs as ci_service's user,
+    /// with restricted evaluation, the build sandbox and a scrubbed
+    /// environment as the only boundary.
+    #[arg(long, env = "CI_EVAL_USER")]
+    eval_user: Option<String>,
+    /// The nix daemon the evaluation user's nix talks to: `daemon` (the
+    /// system's socket) or `unix:///path/to/socket`.
+    #[arg(long, env = "CI_EVAL_NIX_REMOTE", default_value = "daemon")]
+    eval_nix_remote: String,
+    /// Evaluate pushed flakes without the bubblewrap jail (for hosts
+    /// without bubblewrap or namespaces). The jail is what keeps a fetcher
+    /// pointed at a host path (`builtins.getFlake "git+file:///…?rev=…"`)
+    /// from reading another repository on this host.
+    #[arg(long, env = "CI_NO_EVAL_JAIL")]
+    no_eval_jail: bool,
+    /// A job's log holds at most this many bytes (then one "log truncated"
+    /// line); a build printing more is stopped by nix.
+    #[arg(long, env = "CI_MAX_JOB_LOG_BYTES", default_value_t = ci_service::DEFAULT_MAX_JOB_LOG_BYTES)]
+    max_job_log_bytes: u64,
+    /// A pushed commit's tree may hold at most this many bytes when
+    /// written out (a blob counts each time the tree names it).
+    #[arg(long, env = "CI_MAX_CHECKOUT_BYTES", default_value_t = repo_outils::git::TreeLimits::default().max_bytes)]
+    max_checkout_bytes: u64,
+    /// A pushed commit's tree may hold at most this many entries.
+    #[arg(long, env = "CI_MAX_CHECKOUT_ENTRIES", default_value_t = repo_outils::git::TreeLimits::default().max_entries)]
+    max_checkout_entries: u64,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "CI_LOG_JSON")]
     log_json: bool,
@@ -209,6 +243,26 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }
+    // The read API is open without a token file, on loopback only.
+    let api_auth = match a.api_token_file.as_deref().map_or(
+        Ok(commands::auth::Authenticator::Open),
+        |p| commands::auth::Authenticator::load(p, ci_service::api::API_ROLES),
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {}", commands::report::error_chain(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = commands::auth::check_bind(
+        "ci_service's read API",
+        a.listen,
+        !api_auth.is_open(),
+        "--api-token-file",
+    ) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let deploy = match &a.projects {
         None => ci_service::deploy::DeployRights::single_project(a.deploy_ref.clone()),
         Some(p) => match ci_service::deploy::DeployRights::load(p, &a.deploy_ref) {
@@ -228,6 +282,16 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         nix_conf_dir: a.nix_conf_dir,
         hook_secret,
         deploy,
+        api_auth,
+        eval_user: a.eval_user,
+        eval_nix_remote: a.eval_nix_remote,
+        eval_jail: !a.no_eval_jail,
+        max_job_log_bytes: a.max_job_log_bytes,
+        tree_limits: repo_outils::git::TreeLimits {
+            max_bytes: a.max_checkout_bytes,
+            max_entries: a.max_checkout_entries,
+            ..repo_outils::git::TreeLimits::default()
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use commands::types::VmSpec;
-use repo_outils::git::{self, GitError};
+use repo_outils::flake::InputError;
+use repo_outils::git::{self, GitError, TreeLimits};
 use repo_outils::nix::{Nix, NixError};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -37,6 +38,8 @@ pub const CLOSURE_ATTR: &str = "procurator.closure";
 pub enum JobError {
     #[error("reading the pushed repository failed")]
     Git(#[from] GitError),
+    #[error("the flake's inputs are refused")]
+    Inputs(#[from] InputError),
     /// The nix failures carry only their summary line: nix's whole output
     /// is already in the job log, so it is not kept as a source to print
     /// again.
@@ -77,7 +80,17 @@ pub struct CacheTarget {
 #[derive(Debug)]
 pub struct Runner {
     pub db: Arc<Db>,
+    /// nix for the trusted steps: copying the closure to the cache (with
+    /// the upload token's netrc) and querying the store.
     pub nix: Nix,
+    /// nix for the pushed flake, which is untrusted code
+    /// (`Nix::untrusted`): evaluation, input reading, builds. It never
+    /// sees the upload token or the control-plane token.
+    pub eval_nix: Nix,
+    /// Bounds on the checked-out tree.
+    pub tree_limits: TreeLimits,
+    /// Bytes a job log may hold before it is truncated.
+    pub max_log_bytes: u64,
     pub data_dir: PathBuf,
     pub cache: Option<CacheTarget>,
     pub publisher: Publisher,
@@ -114,15 +127,23 @@ fn summary(e: &NixError) -> String {
         .map_or_else(|| e.to_string(), |l| l.trim().to_owned())
 }
 
-/// Appends lines to a job's log file; each write is flushed so followers
-/// see it at once.
+/// Appends lines to a job's log file as they come (each write goes
+/// straight to the file, so followers see it at once). The log is bounded:
+/// once `limit` bytes are written, one "log truncated" line says so and
+/// further lines are dropped, except the job's final lines
+/// ([`JobLog::final_line`]), which are few and short.
 #[derive(Debug)]
 pub struct JobLog {
     file: std::fs::File,
+    written: u64,
+    limit: u64,
+    truncated: bool,
 }
 
 impl JobLog {
-    fn open(path: &Path) -> std::io::Result<Self> {
+    /// Opens (appending to) the log at `path`; what is already there
+    /// counts towards `limit` (a re-queued job keeps its first attempt).
+    pub fn open(path: &Path, limit: u64) -> std::io::Result<Self> {
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p)?;
         }
@@ -130,13 +151,45 @@ impl JobLog {
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(JobLog { file })
+        let written = file.metadata()?.len();
+        Ok(JobLog {
+            file,
+            written,
+            limit,
+            truncated: false,
+        })
     }
 
     pub fn line(&mut self, s: &str) {
+        if self.truncated {
+            return;
+        }
+        if self.written + s.len() as u64 + 1 > self.limit {
+            self.truncated = true;
+            self.final_line(&format!(
+                "log truncated: this job's output passed the job log limit of {} bytes \
+                 (--max-job-log-bytes); the rest is dropped",
+                self.limit
+            ));
+            return;
+        }
+        self.write(s);
+    }
+
+    /// A line written even past the limit: how the job ended.
+    pub fn final_line(&mut self, s: &str) {
+        self.write(s);
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    fn write(&mut self, s: &str) {
         // A log write failure must not fail the build; tracing keeps it.
-        if let Err(e) = writeln!(self.file, "{s}") {
-            tracing::warn!(error = %e, "cannot write job log");
+        match writeln!(self.file, "{s}") {
+            Ok(()) => self.written += s.len() as u64 + 1,
+            Err(e) => tracing::warn!(error = %e, "cannot write job log"),
         }
     }
 }
@@ -191,7 +244,7 @@ impl Runner {
     async fn run_job(self: Arc<Self>, claimed: Claimed) {
         let job = &claimed.job;
         let path = log_path(&self.data_dir, job.id);
-        let mut log = match JobLog::open(&path) {
+        let mut log = match JobLog::open(&path, self.max_log_bytes) {
             Ok(l) => l,
             Err(e) => {
                 let _ = self
@@ -216,18 +269,18 @@ impl Runner {
         let _ = self.db.set_timings(job.id, &timings);
         match result {
             Ok(Outcome::Published(project, n)) => {
-                log.line(&format!("succeeded: generation {n} of project {project}"));
+                log.final_line(&format!("succeeded: generation {n} of project {project}"));
                 tracing::info!(generation = n, "job succeeded");
             }
             Ok(Outcome::NotDeployed(why)) => {
-                log.line(&format!("built, not deployed: {why}"));
+                log.final_line(&format!("built, not deployed: {why}"));
                 tracing::info!(reason = %why, "job built, not deployed");
             }
             Err(e) => {
                 // The one-line reason recorded for the job: the cause chain.
                 let msg = commands::report::error_chain(&e);
-                log.line(&format!("failed: {msg}"));
-                log.line("nothing was published; the active generation is unchanged");
+                log.final_line(&format!("failed: {msg}"));
+                log.final_line("nothing was published; the active generation is unchanged");
                 tracing::warn!(error = %msg, "job failed");
                 if let Err(e) = self.db.fail(job.id, &msg) {
                     tracing::error!(error = %e, "cannot record the failure");
@@ -254,13 +307,24 @@ impl Runner {
         let mirror = mirror_dir(&self.data_dir, &job.repo);
         let checkout = timed(
             &mut timings.fetch_ms,
-            fetch(&job.repo, &job.commit, &mirror, &self.work_dir(job.id), log),
+            fetch(
+                &job.repo,
+                &job.commit,
+                &mirror,
+                &self.work_dir(job.id),
+                &self.tree_limits,
+                log,
+            ),
         )
         .await?;
-        let specs = timed(&mut timings.eval_ms, evaluate(&self.nix, &checkout, log)).await?;
+        let specs = timed(
+            &mut timings.eval_ms,
+            evaluate(&self.eval_nix, &checkout, log),
+        )
+        .await?;
         let closure = timed(
             &mut timings.build_ms,
-            build(&self.nix, &checkout, &specs, log),
+            build(&self.eval_nix, &checkout, &specs, log),
         )
         .await?;
 
@@ -374,20 +438,22 @@ pub async fn fetch(
     commit: &str,
     mirror: &Path,
     work_dir: &Path,
+    limits: &TreeLimits,
     log: &mut JobLog,
 ) -> Result<Checkout, JobError> {
     let t = Instant::now();
     let _ = std::fs::remove_dir_all(work_dir);
     log.line(&format!("fetching {repo}"));
-    let (repo_url, rev, mirror, dest) = (
+    let (repo_url, rev, mirror, dest, limits) = (
         repo.to_owned(),
         commit.to_owned(),
         mirror.to_owned(),
         work_dir.to_owned(),
+        *limits,
     );
     tokio::task::spawn_blocking(move || -> Result<String, GitError> {
         let repo = git::fetch_mirror(&repo_url, &mirror)?;
-        git::checkout_commit(&repo, &rev, &dest)
+        git::checkout_commit(&repo, &rev, &dest, &limits)
     })
     .await
     .map_err(|e| JobError::Join(e.to_string()))??;
@@ -405,21 +471,12 @@ pub async fn evaluate(
     log: &mut JobLog,
 ) -> Result<Vec<VmSpec>, JobError> {
     let t = Instant::now();
+    check_inputs(nix, checkout, log).await?;
     log.line(&format!("evaluating {SPECS_ATTR}"));
-    let value = match nix.eval_json(&checkout.flake_attr(SPECS_ATTR)).await {
-        Ok(v) => v,
-        Err(e) => {
-            if let Some(s) = e.stderr() {
-                for l in s.lines() {
-                    log.line(l);
-                }
-            }
-            return Err(JobError::Eval {
-                attr: SPECS_ATTR,
-                summary: summary(&e),
-            });
-        }
-    };
+    let value = nix
+        .eval_json(&checkout.flake_attr(SPECS_ATTR))
+        .await
+        .map_err(|e| eval_failed(SPECS_ATTR, &e, log))?;
     let specs = parse_specs(value)?;
     log.line(&format!(
         "evaluated {} VM(s): {} ({} ms)",
@@ -432,6 +489,33 @@ pub async fn evaluate(
         ms(t.elapsed())
     ));
     Ok(specs)
+}
+
+/// Copies nix's stderr into the log and makes the job's error of it.
+fn eval_failed(attr: &'static str, e: &NixError, log: &mut JobLog) -> JobError {
+    if let Some(s) = e.stderr() {
+        for l in s.lines() {
+            log.line(l);
+        }
+    }
+    JobError::Eval {
+        attr,
+        summary: summary(e),
+    }
+}
+
+/// The flake's inputs, read from flake.lock and flake.nix without
+/// fetching any, must all be of an allowed kind (`repo_outils::flake`)
+/// before nix evaluates the flake and would fetch them.
+async fn check_inputs(nix: &Nix, checkout: &Checkout, log: &mut JobLog) -> Result<(), JobError> {
+    const INPUTS: &str = "the inputs of flake.nix";
+    let declared = nix
+        .declared_flake_inputs(&checkout.dir)
+        .await
+        .map_err(|e| eval_failed(INPUTS, &e, log))?;
+    let n = repo_outils::flake::check_inputs(&checkout.dir, &declared)?;
+    log.line(&format!("checked {n} flake input(s) and lock node(s)"));
+    Ok(())
 }
 
 /// Every store path the specs boot, sorted and without repeats.
@@ -634,7 +718,7 @@ mod tests {
     /// A job log in a temp dir and a way to read it back.
     fn temp_log(dir: &Path) -> (JobLog, PathBuf) {
         let path = dir.join("job.log");
-        (JobLog::open(&path).unwrap(), path)
+        (JobLog::open(&path, 1 << 20).unwrap(), path)
     }
 
     /// A repository with one commit holding `flake.nix`.
@@ -677,6 +761,7 @@ mod tests {
             &commit,
             &tmp.path().join("mirrors/m.git"),
             &work,
+            &TreeLimits::default(),
             &mut log,
         )
         .await
@@ -701,6 +786,7 @@ mod tests {
             &"b".repeat(40),
             &tmp.path().join("mirrors/m.git"),
             &work,
+            &TreeLimits::default(),
             &mut log,
         )
         .await
@@ -761,6 +847,35 @@ mod tests {
             db.job(job).unwrap().unwrap().state,
             crate::db::JobState::Succeeded
         );
+    }
+
+    /// The log stops growing at its limit with one line saying so; the
+    /// job's final lines still land after it.
+    #[test]
+    fn the_job_log_is_bounded_and_says_where_it_was_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("job.log");
+        let mut log = JobLog::open(&path, 1000).unwrap();
+        for i in 0..10_000 {
+            log.line(&format!("line {i:05} of a build that never stops talking"));
+        }
+        assert!(log.is_truncated());
+        log.final_line("failed: the build printed too much");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 1000 + 300, "{} bytes", text.len());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("line 00000"), "{text}");
+        assert!(
+            lines[lines.len() - 2].starts_with(
+                "log truncated: this job's output passed the job log limit of 1000 bytes"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines[lines.len() - 1], "failed: the build printed too much");
+        // Reopened (a re-queued job), what is there counts.
+        let mut again = JobLog::open(&path, 1000).unwrap();
+        again.line("more");
+        assert!(again.is_truncated());
     }
 
     #[tokio::test]

@@ -8,20 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use testkit::{Log, Proc};
 
-fn start_ci(h: &repo_outils::testing::HermeticNix, data: &std::path::Path, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(bin("ci_service"));
-    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--nix-conf-dir")
-        .arg(h.conf_dir())
-        .args(extra);
-    if !extra.contains(&"--hook-secret-file") {
-        cmd.arg("--insecure-no-auth");
-    }
-    Proc::spawn("ci_service", cmd, Log::Quiet)
-}
 
 /// Pushes the change `from` → `to` and waits for its job to fail; returns
 /// the job's id and JSON.
@@ -43,7 +30,7 @@ fn failing_push(
 fn push_builds_and_failures_are_explained() {
     let h = repo_outils::testing::HermeticNix::new().unwrap();
     let data = h.dir().join("ci");
-    let ci = start_ci(&h, &data, &[]);
+    let ci = start_ci(&h, &data, &[], &[]);
     let url = ci.url();
     let repo = Repo::new(h.dir(), &url);
 
@@ -131,7 +118,12 @@ fn api_validates_supersedes_and_follows_logs() {
     let secret = h.dir().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     let data = h.dir().join("ci");
-    let ci = start_ci(&h, &data, &["--hook-secret-file", secret.to_str().unwrap()]);
+    let ci = start_ci(
+        &h,
+        &data,
+        &["--hook-secret-file", secret.to_str().unwrap()],
+        &[],
+    );
     let url = ci.url();
     let push = |commit: &str, auth: Option<&str>| {
         let headers: Vec<_> = auth
@@ -239,7 +231,7 @@ fn api_validates_supersedes_and_follows_logs() {
 fn a_job_interrupted_by_a_crash_completes_after_restart() {
     let h = repo_outils::testing::HermeticNix::new().unwrap();
     let data = h.dir().join("ci");
-    let mut ci = start_ci(&h, &data, &[]);
+    let mut ci = start_ci(&h, &data, &[], &[]);
     let repo = Repo::new(h.dir(), &ci.url());
     let gate = gate_the_build(&h, &repo);
     let (c, _) = repo.push();
@@ -255,7 +247,7 @@ fn a_job_interrupted_by_a_crash_completes_after_restart() {
 
     // Restart on the same data dir (a new port): the job is re-queued and
     // runs again from the start, and completes once the build may finish.
-    let ci2 = start_ci(&h, &data, &[]);
+    let ci2 = start_ci(&h, &data, &[], &[]);
     let url2 = ci2.url();
     wait_until(Duration::from_secs(30), "the job to run again", || {
         (log(&url2, id).matches(&format!("job {id} for")).count() == 2).then_some(())
@@ -297,6 +289,7 @@ fn hook_falls_back_to_curl_when_the_binary_is_gone() {
         &h,
         &h.dir().join("ci"),
         &["--hook-secret-file", secret.to_str().unwrap()],
+        &[],
     );
     let url = ci.url();
     let repo = Repo::new(h.dir(), &url);

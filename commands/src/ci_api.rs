@@ -280,6 +280,8 @@ const LOG_LIMIT: usize = 256 * 1024 * 1024;
 pub struct CiClient {
     base: Option<String>,
     secret: Option<String>,
+    /// A `reader` token of ci_service's `--api-token-file`, sent on reads.
+    token: Option<String>,
     http: HttpClient,
 }
 
@@ -301,8 +303,16 @@ impl CiClient {
         Ok(CiClient {
             base,
             secret,
+            token: None,
             http: HttpClient::tcp().with_timeout(timeout),
         })
+    }
+
+    /// Sends `token` (a `reader` token of ci_service's `--api-token-file`)
+    /// as the bearer of every read: jobs, logs, specs.
+    pub fn with_read_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub fn configured(&self) -> bool {
@@ -310,7 +320,7 @@ impl CiClient {
     }
 
     /// A request to `path`; a JSON `body` is what the push hook sends, so
-    /// it carries the hook secret.
+    /// it carries the hook secret; a read carries the read token.
     fn request(
         &self,
         method: Method,
@@ -326,6 +336,8 @@ impl CiClient {
             if let Some(s) = &self.secret {
                 req = req.header(header::AUTHORIZATION, crate::http::bearer(s));
             }
+        } else if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, crate::http::bearer(t));
         }
         req.body(Bytes::from(body.unwrap_or_default()))
             .map_err(|_| CiError::Url(url))

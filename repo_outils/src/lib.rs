@@ -2,6 +2,7 @@
 //! repohub, each with its own typed error that carries what went wrong
 //! (for nix: the useful tail of its stderr).
 
+pub mod flake;
 pub mod git;
 pub mod nix;
 pub mod nixlog;

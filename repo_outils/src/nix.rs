@@ -42,6 +42,10 @@ pub enum NixError {
     Timeout { command: String, secs: u64 },
     #[error("paths are not valid in {store}: {paths:?}")]
     Invalid { store: String, paths: Vec<String> },
+    #[error("no user {0:?} in /etc/passwd")]
+    NoSuchUser(String),
+    #[error("user {0:?} is root; untrusted code must run as an unprivileged user")]
+    RootUser(String),
 }
 
 impl NixError {
@@ -99,6 +103,71 @@ struct BuildResult {
 /// works (build output, "copying path …", errors), for a live job log.
 pub type LineSink<'a> = &'a mut (dyn FnMut(&str) + Send);
 
+/// An unprivileged user nix runs as when it evaluates untrusted code, and
+/// the nix daemon it then talks to (`NIX_REMOTE`: `daemon`, or
+/// `unix:///path/to/socket`), as such a user cannot write the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub remote: String,
+}
+
+impl RunAs {
+    /// Looks `name` up in `/etc/passwd` (NixOS and Debian keep system
+    /// users there); refuses root.
+    pub fn lookup(name: &str) -> Result<RunAs, NixError> {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        Self::from_passwd(&passwd, name)
+    }
+
+    fn from_passwd(passwd: &str, name: &str) -> Result<RunAs, NixError> {
+        let found = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name).then(|| (f[2].parse::<u32>(), f[3].parse::<u32>()))
+        });
+        match found {
+            Some((Ok(0), _)) => Err(NixError::RootUser(name.to_owned())),
+            Some((Ok(uid), Ok(gid))) => Ok(RunAs {
+                name: name.to_owned(),
+                uid,
+                gid,
+                remote: "daemon".to_owned(),
+            }),
+            _ => Err(NixError::NoSuchUser(name.to_owned())),
+        }
+    }
+}
+
+/// The settings that make nix treat a flake as untrusted code (design
+/// §11): pure evaluation that may read only the flake's own sources and
+/// its locked inputs, no import-from-derivation, no fetching during
+/// evaluation (empty `allowed-uris`), no `nixConfig` from the flake, no
+/// native code, builds in the sandbox and never outside it (no fallback),
+/// build output capped, and nix's own copy of build logs not kept (the
+/// job log is the bounded record).
+fn untrusted_options(max_build_log_bytes: u64) -> Vec<(String, String)> {
+    [
+        ("pure-eval", "true".to_owned()),
+        ("restrict-eval", "true".to_owned()),
+        ("allowed-uris", String::new()),
+        ("allow-import-from-derivation", "false".to_owned()),
+        ("accept-flake-config", "false".to_owned()),
+        (
+            "allow-unsafe-native-code-during-evaluation",
+            "false".to_owned(),
+        ),
+        ("sandbox", "true".to_owned()),
+        ("sandbox-fallback", "false".to_owned()),
+        ("max-build-log-size", max_build_log_bytes.to_string()),
+        ("keep-build-log", "false".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// The nix command with its environment. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Nix {
@@ -108,6 +177,36 @@ pub struct Nix {
     store_root: Option<PathBuf>,
     options: Vec<(String, String)>,
     timeout: Option<Duration>,
+    /// Set for untrusted code: the restricted settings, a scrubbed
+    /// environment, locked inputs only, and maybe another user.
+    untrusted: Option<Untrusted>,
+}
+
+#[derive(Debug, Clone)]
+struct Untrusted {
+    run_as: Option<RunAs>,
+    /// When set, evaluations run in a bubblewrap jail that sees only
+    /// these directories (read-only) besides the system's programs, the
+    /// store, nix's configuration and cache: see [`Nix::jailed`].
+    jail: Option<Vec<PathBuf>>,
+}
+
+/// Where bubblewrap is looked for when no `PATH` entry has it.
+const BWRAP: &str = "bwrap";
+
+/// The program `name` resolved through `PATH` to its real path (on NixOS
+/// `nix` is a link into the store; the jail sees the store, not `/run`).
+fn resolve_program(name: &Path) -> PathBuf {
+    if name.components().count() > 1 {
+        return name.canonicalize().unwrap_or_else(|_| name.to_owned());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .unwrap_or_else(|| name.to_owned())
 }
 
 impl Default for Nix {
@@ -127,7 +226,107 @@ impl Nix {
             store_root: None,
             options: Vec::new(),
             timeout: None,
+            untrusted: None,
         }
+    }
+
+    /// This nix, for evaluating and building a pushed flake: the
+    /// restricted settings of [`untrusted_options`], `--no-update-lock-file`
+    /// on every evaluation and build (the locked-inputs policy of
+    /// `crate::flake`), and a child process that inherits nothing but a
+    /// minimal environment (`PATH`, `HOME`, `TMPDIR`, `NIX_CONF_DIR`,
+    /// `XDG_CACHE_HOME`): no token a parent holds in its environment, no
+    /// descriptor (Rust opens every file close-on-exec). With `run_as`,
+    /// nix runs as that user (supplementary groups dropped) and talks to
+    /// the nix daemon (`RunAs::remote`), as an unprivileged user cannot
+    /// write the store; then it cannot read files only the service's user
+    /// can.
+    pub fn untrusted(mut self, run_as: Option<RunAs>, max_build_log_bytes: u64) -> Self {
+        self.options.extend(untrusted_options(max_build_log_bytes));
+        self.untrusted = Some(Untrusted { run_as, jail: None });
+        self
+    }
+
+    /// Runs every evaluation of this untrusted nix (`eval`, reading a
+    /// flake's inputs, computing what `build` builds) in a bubblewrap
+    /// jail: a fresh mount and PID namespace that holds `/nix`, the
+    /// system's programs and libraries, the few `/etc` files nix needs
+    /// (users, DNS, CA certificates), nix's configuration and cache, a
+    /// private `/tmp`, and `readable` (the checkouts), and nothing else. A
+    /// fetcher pointed at a host path (`path:`, `git+file:`,
+    /// `builtins.getFlake`, a transitive input the lock omits) finds
+    /// nothing there. Builds run outside it, by derivation path, in nix's
+    /// own sandbox. Needs `bwrap` (bubblewrap) on `PATH`.
+    pub fn jailed(mut self, readable: Vec<PathBuf>) -> Self {
+        if let Some(u) = &mut self.untrusted {
+            u.jail = Some(readable);
+        }
+        self
+    }
+
+    /// The bubblewrap arguments that build the jail, up to `--`.
+    fn jail_args(&self, readable: &[PathBuf]) -> Vec<OsString> {
+        let mut a: Vec<OsString> = [
+            "--die-with-parent",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            "/nix",
+            "/nix",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        let mut ro: Vec<PathBuf> = [
+            "/usr",
+            "/bin",
+            "/sbin",
+            "/lib",
+            "/lib32",
+            "/lib64",
+            "/etc/passwd",
+            "/etc/group",
+            "/etc/nsswitch.conf",
+            "/etc/resolv.conf",
+            "/etc/hosts",
+            "/etc/ssl",
+            "/etc/pki",
+            "/etc/ca-certificates",
+            "/etc/static/ssl",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+        if self.conf_dir.is_none() {
+            ro.push("/etc/nix".into());
+        }
+        ro.extend(self.conf_dir.iter().cloned());
+        ro.extend(readable.iter().cloned());
+        for p in ro {
+            a.extend(["--ro-bind-try".into(), p.clone().into(), p.into()]);
+        }
+        let mut rw: Vec<PathBuf> = self.cache_home.iter().cloned().collect();
+        if let Some(sock) = self
+            .untrusted
+            .as_ref()
+            .and_then(|u| u.run_as.as_ref())
+            .and_then(|r| r.remote.strip_prefix("unix://"))
+            .and_then(|p| Path::new(p).parent())
+        {
+            rw.push(sock.to_owned());
+        }
+        for p in rw {
+            a.extend(["--bind-try".into(), p.clone().into(), p.into()]);
+        }
+        a.extend(["--chdir".into(), "/".into(), "--".into()]);
+        a
     }
 
     /// Use another nix binary.
@@ -182,7 +381,9 @@ impl Nix {
 
     /// `nix eval --json INSTALLABLE`, parsed.
     pub async fn eval_json(&self, installable: &str) -> Result<serde_json::Value, NixError> {
-        let args: Vec<OsString> = vec!["eval".into(), "--json".into(), installable.into()];
+        let mut args: Vec<OsString> = vec!["eval".into(), "--json".into()];
+        args.extend(self.lock_flags());
+        args.push(installable.into());
         let out = self.run(args, false, None).await?;
         serde_json::from_slice(&out).map_err(|e| NixError::Output {
             command: self.describe(&["eval", installable]),
@@ -197,18 +398,32 @@ impl Nix {
         installable: &str,
         sink: Option<LineSink<'_>>,
     ) -> Result<Vec<String>, NixError> {
-        let args: Vec<OsString> = [
+        let mut args: Vec<OsString> = [
             "build",
             "--json",
             "--no-link",
             "-L",
             "--log-format",
             "internal-json",
-            installable,
         ]
         .into_iter()
         .map(Into::into)
         .collect();
+        args.extend(self.lock_flags());
+        if self.untrusted.as_ref().is_some_and(|u| u.jail.is_some()) {
+            // Evaluate in the jail, build what it names outside.
+            let drv = self.eval_raw(&format!("{installable}.drvPath")).await?;
+            if !drv.starts_with('/') || !drv.ends_with(".drv") || drv.contains(char::is_whitespace)
+            {
+                return Err(NixError::Output {
+                    command: self.describe(&["eval", installable]),
+                    detail: format!("{installable} is not a derivation ({drv:?})"),
+                });
+            }
+            args.push(drv.into());
+        } else {
+            args.push(installable.into());
+        }
         let out = self.run(args, true, sink).await?;
         let command = self.describe(&["build", installable]);
         let results: Vec<BuildResult> =
@@ -227,6 +442,51 @@ impl Nix {
             });
         }
         Ok(paths)
+    }
+
+    /// `nix eval --raw INSTALLABLE`.
+    async fn eval_raw(&self, installable: &str) -> Result<String, NixError> {
+        let mut args: Vec<OsString> = vec!["eval".into(), "--raw".into()];
+        args.extend(self.lock_flags());
+        args.push(installable.into());
+        let out = self.run(args, false, None).await?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    }
+
+    /// `--no-update-lock-file` for untrusted code: an input missing from
+    /// flake.lock is an error, never resolved.
+    fn lock_flags(&self) -> Vec<OsString> {
+        if self.untrusted.is_some() {
+            vec!["--no-update-lock-file".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The `inputs` attribute of `dir/flake.nix` as JSON, read without
+    /// fetching any of them: `dir` is added to the store by its NAR hash
+    /// (a locked `path` fetch, allowed in pure mode) and `flake.nix` is
+    /// imported with this value's settings, so a restricted nix evaluates
+    /// it exactly as purely as nix's own flake loader (no `currentTime`,
+    /// no environment, no host paths) and cannot be shown other inputs.
+    pub async fn declared_flake_inputs(&self, dir: &Path) -> Result<serde_json::Value, NixError> {
+        let hash_args: Vec<OsString> =
+            vec!["hash".into(), "path".into(), dir.as_os_str().to_owned()];
+        let out = self.run(hash_args, false, None).await?;
+        let hash = String::from_utf8_lossy(&out).trim().to_owned();
+        let dir_json = serde_json::to_string(&dir.display().to_string()).expect("a JSON string");
+        let hash_json = serde_json::to_string(&hash).expect("a JSON string");
+        let expr = format!(
+            "let src = builtins.fetchTree {{ type = \"path\"; path = {dir_json}; narHash = {hash_json}; }}; \
+             in (import (src + \"/flake.nix\")).inputs or {{ }}"
+        );
+        let args: Vec<OsString> =
+            vec!["eval".into(), "--json".into(), "--expr".into(), expr.into()];
+        let out = self.run(args, false, None).await?;
+        serde_json::from_slice(&out).map_err(|e| NixError::Output {
+            command: self.describe(&["eval", "flake.nix inputs"]),
+            detail: e.to_string(),
+        })
     }
 
     /// `nix copy --to CACHE_URL PATHS` (with their closures), compressing
@@ -372,12 +632,54 @@ impl Nix {
         for (k, v) in &self.options {
             args.splice(1..1, [OsString::from("--option"), k.into(), v.into()]);
         }
-        let mut cmd = Command::new(&self.program);
+        // Evaluations of untrusted code run jailed; builds by derivation
+        // path and store queries do not evaluate anything.
+        let jail = self
+            .untrusted
+            .as_ref()
+            .and_then(|u| u.jail.as_ref())
+            .filter(|_| matches!(args[0].to_str(), Some("eval" | "hash")));
+        let mut cmd = match jail {
+            Some(readable) => {
+                let mut c = Command::new(BWRAP);
+                c.args(self.jail_args(readable))
+                    .arg(resolve_program(&self.program));
+                c
+            }
+            None => Command::new(&self.program),
+        };
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(u) = &self.untrusted {
+            cmd.env_clear();
+            if let Some(v) = std::env::var_os("PATH") {
+                cmd.env("PATH", v);
+            }
+            // A jailed nix has its own /tmp; the host's TMPDIR may not exist there.
+            match std::env::var_os("TMPDIR") {
+                Some(_) if jail.is_some() => {
+                    cmd.env("TMPDIR", "/tmp");
+                }
+                Some(v) => {
+                    cmd.env("TMPDIR", v);
+                }
+                None => {}
+            }
+            // nix reads ~/.config/nix and writes ~/.cache when HOME is set;
+            // point it at the cache dir, never the service's own home.
+            cmd.env(
+                "HOME",
+                self.cache_home
+                    .as_deref()
+                    .unwrap_or(Path::new("/var/empty")),
+            );
+            if let Some(r) = &u.run_as {
+                cmd.uid(r.uid).gid(r.gid).env("NIX_REMOTE", &r.remote);
+            }
+        }
         if let Some(d) = &self.conf_dir {
             cmd.env("NIX_CONF_DIR", d);
         }
@@ -628,6 +930,211 @@ mod tests {
             std::fs::read_to_string(file)
                 .unwrap()
                 .contains(&format!("leaf-{marker}"))
+        );
+    }
+
+    /// A child nix for untrusted code sees none of the parent's
+    /// environment (cargo's variables stand in for a token there), only
+    /// the minimal set.
+    #[tokio::test]
+    async fn untrusted_nix_runs_with_a_scrubbed_environment() {
+        let h = HermeticNix::new().unwrap();
+        let dump = h.dir().join("env.txt");
+        let script = h.dir().join("fake-nix");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\n/usr/bin/env > {}\necho null\n", dump.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            std::env::var_os("CARGO_PKG_NAME").is_some(),
+            "cargo sets it for tests"
+        );
+
+        let trusted = h.nix().with_program(&script);
+        trusted.eval_json("x").await.unwrap();
+        let seen = std::fs::read_to_string(&dump).unwrap();
+        assert!(
+            seen.contains("CARGO_PKG_NAME="),
+            "a trusted call inherits: {seen}"
+        );
+
+        h.nix()
+            .with_program(&script)
+            .untrusted(None, 1 << 20)
+            .eval_json("x")
+            .await
+            .unwrap();
+        let seen = std::fs::read_to_string(&dump).unwrap();
+        let mut keys: Vec<&str> = seen
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .filter(|k| *k != "PWD" && *k != "SHLVL" && *k != "_")
+            .collect();
+        keys.sort_unstable();
+        let mut allowed = vec!["HOME", "NIX_CONF_DIR", "PATH", "XDG_CACHE_HOME"];
+        if std::env::var_os("TMPDIR").is_some() {
+            allowed.push("TMPDIR");
+            allowed.sort_unstable();
+        }
+        assert_eq!(keys, allowed, "{seen}");
+    }
+
+    /// What a pushed flake tries, each through the restricted nix: reading
+    /// a host file by absolute path, through a symlink in the repository,
+    /// and by import-from-derivation. Each fails with nix's reason and the
+    /// secret is in no output; the flake's declared inputs are read without
+    /// fetching them (the secret's `path:` input lands nowhere).
+    #[tokio::test]
+    async fn untrusted_nix_refuses_host_files_and_import_from_derivation() {
+        let h = HermeticNix::new().unwrap();
+        let secret_text = format!("SECRET-{}-{}", std::process::id(), line!());
+        let secret = h.dir().join("secret");
+        std::fs::write(&secret, &secret_text).unwrap();
+        let dir = h.dir().join("flake");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("link")).unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                r#"{{
+  inputs.s = {{ url = "path:{secret}"; flake = false; }};
+  inputs.t.url = if builtins ? currentTime then "github:impure/view" else "github:pure/view";
+  outputs = {{ self, ... }}: let
+    ifd = derivation {{ name = "ifd-{marker}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "/bin/cat {secret} > $out" ]; }};
+  in {{
+    abs = throw (builtins.readFile {secret});
+    link = throw (builtins.readFile ./link);
+    ifd = throw (builtins.readFile ifd);
+  }};
+}}"#,
+                secret = secret.display(),
+                marker = std::process::id(),
+            ),
+        )
+        .unwrap();
+        let nix = h.nix().untrusted(None, 1 << 20);
+        let inputs = nix.declared_flake_inputs(&dir).await.unwrap();
+        assert_eq!(inputs["s"]["url"], format!("path:{}", secret.display()));
+        assert_eq!(
+            inputs["t"]["url"], "github:pure/view",
+            "read as purely as nix reads it"
+        );
+
+        // Without inputs (the policy refuses `s` before this point), each
+        // attempt is refused by nix itself.
+        let text = std::fs::read_to_string(dir.join("flake.nix")).unwrap();
+        let body = text.split_once("outputs").unwrap().1;
+        std::fs::write(dir.join("flake.nix"), format!("{{\n  outputs{body}")).unwrap();
+        for (attr, why) in [
+            ("abs", "forbidden in pure eval mode"),
+            ("link", "forbidden in restricted mode"),
+            ("ifd", "'allow-import-from-derivation' is disabled"),
+        ] {
+            let err = nix
+                .eval_json(&format!("path:{}#{attr}", dir.display()))
+                .await
+                .unwrap_err();
+            let tail = err.stderr().unwrap();
+            assert!(tail.contains(why), "{attr}: {tail}");
+            assert!(
+                !tail.contains(&secret_text),
+                "{attr} leaked the secret: {tail}"
+            );
+        }
+    }
+
+    /// `builtins.getFlake` with a commit id fetches any repository the
+    /// nix process can read, pure mode or not: without the jail a pushed
+    /// flake reads another local repository's files; in the jail the
+    /// repository is not there. A normal flake evaluates and builds jailed.
+    #[tokio::test]
+    async fn the_jail_hides_host_repositories_from_evaluation() {
+        if resolve_program(Path::new(BWRAP)) == Path::new(BWRAP) {
+            panic!("bwrap (bubblewrap) is required: scripts/install-deps.sh installs it");
+        }
+        let h = HermeticNix::new().unwrap();
+        let secret_text = format!("OTHER-PROJECT-{}-{}", std::process::id(), line!());
+        let other = h.dir().join("other");
+        let repo = git2::Repository::init(&other).unwrap();
+        std::fs::write(other.join("flake.nix"), "{ outputs = { self }: { }; }").unwrap();
+        std::fs::write(other.join("secret"), &secret_text).unwrap();
+        let mut idx = repo.index().unwrap();
+        idx.add_path(Path::new("flake.nix")).unwrap();
+        idx.add_path(Path::new("secret")).unwrap();
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        let rev = repo
+            .commit(Some("HEAD"), &sig, &sig, "c", &tree, &[])
+            .unwrap();
+
+        let dir = h.dir().join("flake");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                r#"{{ outputs = {{ self }}: {{
+  steal = builtins.readFile ((builtins.getFlake "git+file://{}?rev={rev}").outPath + "/secret");
+  good = derivation {{ name = "jailed-{}"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo ok > $out" ]; }};
+}}; }}"#,
+                other.display(),
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        let steal = format!("path:{}#steal", dir.display());
+        // Jailed first: a fetch made outside the jail would be in nix's
+        // fetcher cache and the store already.
+        let jailed = h.nix().untrusted(None, 1 << 20).jailed(vec![dir.clone()]);
+        let err = jailed.eval_json(&steal).await.unwrap_err();
+        let tail = err.stderr().unwrap();
+        assert!(!tail.contains(&secret_text), "{tail}");
+        assert!(tail.contains("error:"), "{tail}");
+        let open = h.nix().untrusted(None, 1 << 20);
+        assert_eq!(
+            open.eval_json(&steal).await.unwrap(),
+            serde_json::json!(secret_text),
+            "without the jail the attack works (so the refusal above means something)"
+        );
+        let built = jailed
+            .build(&format!("path:{}#good", dir.display()), None)
+            .await
+            .unwrap();
+        assert!(
+            built[0].ends_with(&format!("-jailed-{}", std::process::id())),
+            "{built:?}"
+        );
+        let inputs = jailed.declared_flake_inputs(&dir).await.unwrap();
+        assert_eq!(inputs, serde_json::json!({}));
+    }
+
+    #[test]
+    fn run_as_comes_from_passwd_and_is_never_root() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nci-eval:x:990:985::/var/empty:/bin/false\nbad:x:y:1::/:/\n";
+        assert_eq!(
+            RunAs::from_passwd(passwd, "ci-eval").unwrap(),
+            RunAs {
+                name: "ci-eval".into(),
+                uid: 990,
+                gid: 985,
+                remote: "daemon".into(),
+            }
+        );
+        assert!(matches!(
+            RunAs::from_passwd(passwd, "root"),
+            Err(NixError::RootUser(_))
+        ));
+        assert!(matches!(
+            RunAs::from_passwd(passwd, "bad"),
+            Err(NixError::NoSuchUser(_))
+        ));
+        assert_eq!(
+            RunAs::from_passwd(passwd, "nobody-here")
+                .unwrap_err()
+                .to_string(),
+            "no user \"nobody-here\" in /etc/passwd"
         );
     }
 

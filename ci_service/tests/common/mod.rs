@@ -90,6 +90,30 @@ impl Repo {
     }
 }
 
+/// ci_service on a free loopback port with the hermetic nix of `h`, its
+/// data in `data`, `extra` flags and `env` variables.
+pub(crate) fn start_ci(
+    h: &repo_outils::testing::HermeticNix,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> testkit::Proc {
+    let mut cmd = Command::new(bin("ci_service"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--nix-conf-dir")
+        .arg(h.conf_dir())
+        .args(extra);
+    // Tests about something else than the hook's secret run without one.
+    if !extra.contains(&"--hook-secret-file") {
+        cmd.arg("--insecure-no-auth");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    testkit::Proc::spawn("ci_service", cmd, testkit::Log::Quiet)
+}
+
 /// Blocking JSON GET (a fresh runtime per call keeps tests simple).
 pub(crate) fn get_json(url: &str) -> serde_json::Value {
     let (status, body) = get(url);
@@ -166,11 +190,19 @@ pub(crate) fn log(ci: &str, id: i64) -> String {
     String::from_utf8_lossy(&get(&format!("{ci}/jobs/{id}/log")).1).into_owned()
 }
 
-/// Makes the web image's build wait until the returned gate file exists
-/// (the sandbox is off, so the builder sees the test's temp dir), with a
-/// marker that keeps the derivation unique to this test; commits it.
+/// Makes the web image's build wait until the returned gate file exists,
+/// with a marker that keeps the derivation unique to this test; commits
+/// it. ci_service builds in the sandbox, so the gate's directory is made
+/// visible there through the host's nix.conf (`extra-sandbox-paths`, the
+/// administrator's setting, never the pusher's).
 pub(crate) fn gate_the_build(h: &repo_outils::testing::HermeticNix, repo: &Repo) -> PathBuf {
-    let gate = h.dir().join("gate");
+    let gates = h.dir().join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let conf = h.conf_dir().join("nix.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("extra-sandbox-paths = {}\n", gates.display()));
+    std::fs::write(&conf, text).unwrap();
+    let gate = gates.join("gate");
     let marker = format!("{}-{}", std::process::id(), commands::telemetry::now_ms());
     let vms = repo.work.join("vms.nix");
     let text = std::fs::read_to_string(&vms).unwrap().replacen(

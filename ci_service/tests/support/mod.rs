@@ -219,8 +219,9 @@ impl Cluster {
 
     /// Makes every disk image `mb` MiB of random data bigger (so the
     /// upload lasts long enough to be hit) and pushes with a new db
-    /// message; returns the commit. The sandbox is off, so the builder may
-    /// run /bin/dd.
+    /// message; returns the commit. The build sandbox has /dev and the
+    /// host tools (nix.conf's extra-sandbox-paths), so the builder may run
+    /// /bin/dd.
     pub(crate) fn push_big_change(&self, tag: &str, mb: u32) -> String {
         let image = self.repo.work.join("image.nix");
         let text = std::fs::read_to_string(&image).unwrap();
