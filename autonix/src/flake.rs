@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use crate::plan::{Builder, Package, Plan, nix_path};
 
+mod stacks;
+
 /// A Nix string literal (`"…"`).
 pub fn nix_str(s: &str) -> String {
     let mut out = String::from("\"");
@@ -229,6 +231,7 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
         Builder::BundlerEnv => ruby(pkg),
         Builder::Maven => maven(pkg).into(),
         Builder::Gradle => gradle(pkg).into(),
+        _ => stacks::render(pkg),
     };
     let mut out: Vec<Binding> = deps.into_iter().collect();
     out.push(Binding {
@@ -663,6 +666,11 @@ pub fn generate(plan: &Plan) -> String {
             "          {} = pkgs.mkShell {{ inputsFrom = [ self.packages.${{system}}.{} ]; }};",
             pkg.attr, pkg.attr
         );
+    }
+    for pkg in &plan.shells {
+        for line in stacks::shell(pkg) {
+            let _ = writeln!(s, "          {line}");
+        }
     }
     s.push_str("        }\n      );\n\n");
 

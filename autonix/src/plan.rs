@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Language, Project, Scan, rel_dir};
 
+mod stacks;
+pub use stacks::StackOptions;
+
 /// The nixpkgs builder a package uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Builder {
@@ -39,12 +42,47 @@ pub enum Builder {
     Maven,
     #[serde(rename = "stdenv.mkDerivation+gradle.fetchDeps")]
     Gradle,
+    #[serde(rename = "buildDotnetModule")]
+    Dotnet,
+    #[serde(rename = "php.buildComposerProject2")]
+    Composer,
+    #[serde(rename = "stdenv.mkDerivation+cmake")]
+    CMake,
+    #[serde(rename = "stdenv.mkDerivation+meson")]
+    Meson,
+    #[serde(rename = "stdenv.mkDerivation+autoreconfHook")]
+    Autotools,
+    #[serde(rename = "stdenv.mkDerivation+make")]
+    Make,
+    #[serde(rename = "stdenv.mkDerivation+zig.hook")]
+    Zig,
+    #[serde(rename = "beamPackages.mixRelease")]
+    MixRelease,
+    #[serde(rename = "haskellPackages.callCabal2nix")]
+    Haskell,
+    #[serde(rename = "flutter.buildFlutterApplication")]
+    Flutter,
+    #[serde(rename = "buildDartApplication")]
+    Dart,
+    #[serde(rename = "swiftPackages.stdenv.mkDerivation+swiftpm")]
+    Swift,
+    #[serde(rename = "writeShellApplication")]
+    ShellApplication,
+    /// nixpkgs has no builder (sbt, Deno, conda): a dev shell and a note,
+    /// no package.
+    #[serde(rename = "mkShell")]
+    DevShell,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
     pub packages: Vec<Package>,
+    /// Projects nixpkgs has no builder for: each gets a dev shell
+    /// (`nix develop .#<attr>`) and a note saying how to build it, never a
+    /// package that cannot build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shells: Vec<Package>,
     /// nixpkgs attributes for the default dev shell (every toolchain).
     pub dev_shell: Vec<String>,
     /// Other versions of a language already in the default shell, as
@@ -143,6 +181,10 @@ pub struct Options {
     /// Rust: a pinned toolchain file exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rust_toolchain_file: Option<String>,
+    /// The stacks beyond the first six (.NET, PHP, C/C++, Zig, Elixir,
+    /// Haskell, Scala, Dart, Swift, Deno, shell, conda).
+    #[serde(default, skip_serializing_if = "StackOptions::is_empty")]
+    pub stack: StackOptions,
 }
 
 /// Nix path literal for a root-relative path.
@@ -175,6 +217,7 @@ pub fn attr_name(name: &str) -> String {
 
 pub fn plan(scan: &Scan) -> Plan {
     let mut packages = Vec::new();
+    let mut shells = Vec::new();
     let mut shell: Vec<String> = Vec::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
     let mut shadowed: Vec<String> = Vec::new();
@@ -242,10 +285,17 @@ pub fn plan(scan: &Scan) -> Plan {
         }
         let mut pkg = package(p, tc, &p.name, &mut taken);
         placeholders(&mut pkg);
-        packages.push(pkg);
+        if pkg.builder == Builder::DevShell {
+            shells.push(pkg);
+        } else {
+            packages.push(pkg);
+        }
     }
     let mut notes = Vec::new();
-    for pkg in &packages {
+    for pkg in packages.iter().chain(&shells) {
+        if let Some(n) = &pkg.options.stack.note {
+            notes.push(format!("{}: {n}", pkg.attr));
+        }
         for ph in &pkg.placeholders {
             notes.push(format!(
                 "{}: {} is a placeholder; {}",
@@ -259,6 +309,7 @@ pub fn plan(scan: &Scan) -> Plan {
     Plan {
         name: scan.name.clone(),
         packages,
+        shells,
         dev_shell: runtimes.into_iter().chain(shell).collect(),
         dev_shell_omitted: shadowed,
         notes,
@@ -284,10 +335,12 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
         (Language::Node, "bun") => Builder::Bun,
         (Language::Node, _) if p.lockfile_version.unwrap_or(0) >= 2 => Builder::NpmImportLock,
         (Language::Node, _) => Builder::NpmDepsHash,
+        (Language::Python, "conda") => Builder::DevShell,
         (Language::Python, _) => Builder::PythonApplication,
         (Language::Ruby, _) => Builder::BundlerEnv,
         (Language::Java, "maven") => Builder::Maven,
         (Language::Java, _) => Builder::Gradle,
+        _ => stacks::builder(p),
     };
     let mut inputs: Vec<String> = p.lockfile.iter().cloned().collect();
     let mut options = Options {
@@ -360,6 +413,7 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
                 inputs.push(crate::scan::join(&dir, "deps.json"));
             }
         }
+        _ => program = stacks::options(p, builder, &attr, &toolchain, &mut options, &mut inputs),
     }
     Package {
         attr,
@@ -427,7 +481,7 @@ fn placeholders(pkg: &mut Package) {
                 crate::scan::join(&dir, "deps.json")
             ),
         }),
-        _ => {}
+        _ => stacks::placeholders(pkg, &dir, &cd),
     }
 }
 
@@ -450,6 +504,7 @@ pub fn python_attr(name: &str) -> String {
 /// The unversioned nixpkgs attribute a language falls back to.
 fn is_default_attr(attr: &str) -> bool {
     matches!(attr, "rustc" | "go" | "nodejs" | "python3" | "ruby" | "jdk")
+        || stacks::is_default_attr(attr)
 }
 
 /// Major and minor numbers of a version string that names one version
@@ -516,6 +571,7 @@ fn toolchain(p: &Project) -> Toolchain {
                 "poetry" => vec!["poetry"],
                 "pdm" => vec!["pdm"],
                 "pipenv" => vec!["pipenv"],
+                "conda" => vec!["conda"],
                 _ => vec![],
             },
         ),
@@ -538,6 +594,7 @@ fn toolchain(p: &Project) -> Toolchain {
                 vec!["gradle"]
             },
         ),
+        _ => stacks::toolchain(p, mm),
     };
     let mut tools: Vec<String> = tools.into_iter().map(String::from).collect();
     // pnpm's lockfile and yarn berry's cache formats change between

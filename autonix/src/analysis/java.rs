@@ -220,7 +220,7 @@ fn after(text: &str, needle: &str) -> Option<String> {
 }
 
 /// Every `'…'` or `"…"` string on a line.
-fn quoted(s: &str) -> Vec<String> {
+pub(crate) fn quoted(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -237,7 +237,7 @@ fn quoted(s: &str) -> Vec<String> {
     out
 }
 
-fn strip_comments(xml: &str) -> String {
+pub(crate) fn strip_comments(xml: &str) -> String {
     let mut out = String::with_capacity(xml.len());
     let mut rest = xml;
     while let Some(i) = rest.find("<!--") {
@@ -252,7 +252,7 @@ fn strip_comments(xml: &str) -> String {
 }
 
 /// Content of the first `<name>…</name>` element.
-fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
     let close = format!("</{name}>");
     let start = xml.find(&open)? + open.len();
@@ -260,7 +260,7 @@ fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     Some(&xml[start..end])
 }
 
-fn tags<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+pub(crate) fn tags<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
     let mut out = Vec::new();
     let mut rest = xml;
     while let Some(v) = tag(rest, name) {

@@ -3,14 +3,27 @@
 //! it came from, workspace members, build/run commands), CI files, container
 //! files and tasks. Never fails: malformed input becomes a warning.
 
+mod conda;
+mod cfamily;
+mod dart;
+mod deno;
+mod dotnet;
+mod elixir;
 mod extras;
 mod go;
+mod haskell;
 mod java;
 mod node;
+mod php;
 mod python;
 mod ruby;
 mod rust;
+mod scala;
+mod shell;
+pub(crate) mod stacks;
+mod swift;
 pub(crate) mod versions;
+mod zig;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +41,21 @@ pub enum Language {
     Python,
     Ruby,
     Java,
+    /// C# / F# / VB on .NET (solutions and project files).
+    Dotnet,
+    Php,
+    C,
+    Cpp,
+    Zig,
+    Elixir,
+    Haskell,
+    Scala,
+    /// Dart, with Flutter as its framework.
+    Dart,
+    Swift,
+    Deno,
+    /// Shell-script tools (bash, sh) with no other manifest.
+    Shell,
 }
 
 impl Language {
@@ -39,6 +67,18 @@ impl Language {
             Language::Python => "python",
             Language::Ruby => "ruby",
             Language::Java => "java",
+            Language::Dotnet => "dotnet",
+            Language::Php => "php",
+            Language::C => "c",
+            Language::Cpp => "cpp",
+            Language::Zig => "zig",
+            Language::Elixir => "elixir",
+            Language::Haskell => "haskell",
+            Language::Scala => "scala",
+            Language::Dart => "dart",
+            Language::Swift => "swift",
+            Language::Deno => "deno",
+            Language::Shell => "shell",
         }
     }
 }
@@ -92,8 +132,15 @@ pub struct Project {
     /// Executables the build produces (cargo bins, go mains, python scripts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binaries: Vec<String>,
+    /// The file the build starts from when it is not the manifest: the
+    /// runnable project a .NET solution publishes, the script a shell tool
+    /// runs, the package with the executables in a Haskell workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
     /// Declared runtime dependencies, where the builder needs them by name
-    /// (Python and Ruby).
+    /// (Python and Ruby; the libraries a C/C++ build looks for; PHP
+    /// extensions; for a Haskell workspace, its local packages as
+    /// `name=dir`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<String>,
     /// PEP 517 build backends (Python).
@@ -281,21 +328,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Why a manifest found at `dir` is not a project, judging by its path.
-fn not_a_project(dir: &str) -> Option<&'static str> {
-    for comp in dir.split('/') {
-        match comp {
-            "vendor" | "third_party" | "third-party" | "thirdparty" | "external" | "extern" => {
-                return Some("vendored code");
-            }
-            "fixtures" | "fixture" | "__fixtures__" | "testdata" | "test-data" | "test_data"
-            | "tests" | "test" | "__tests__" | "spec" => return Some("test code or fixture"),
-            "examples" | "example" | "samples" | "sample" => return Some("example"),
-            _ => {}
-        }
-    }
-    None
-}
+pub(crate) use crate::scan::not_a_project;
 
 /// A language detector's view of one directory.
 pub(crate) struct Candidate {
@@ -343,6 +376,25 @@ pub fn analyse(tree: &Tree) -> Scan {
         candidates.extend(python::detect(&mut ctx, dir));
         candidates.extend(ruby::detect(&mut ctx, dir));
         candidates.extend(java::detect(&mut ctx, dir));
+        candidates.extend(dotnet::detect(&mut ctx, dir));
+        candidates.extend(php::detect(&mut ctx, dir));
+        candidates.extend(cfamily::detect(&mut ctx, dir));
+        candidates.extend(zig::detect(&mut ctx, dir));
+        candidates.extend(elixir::detect(&mut ctx, dir));
+        candidates.extend(haskell::detect(&mut ctx, dir));
+        candidates.extend(scala::detect(&mut ctx, dir));
+        candidates.extend(dart::detect(&mut ctx, dir));
+        candidates.extend(swift::detect(&mut ctx, dir));
+        candidates.extend(deno::detect(&mut ctx, dir));
+        candidates.extend(conda::detect(&mut ctx, dir));
+    }
+    // A repository of shell scripts has no manifest: it is a project only
+    // when nothing else is.
+    if candidates
+        .iter()
+        .all(|c| not_a_project(&rel_dir(&c.project.path)).is_some())
+    {
+        candidates.extend(shell::detect(&mut ctx));
     }
 
     // Members claimed by a workspace of the same language are part of it.
@@ -379,10 +431,12 @@ pub fn analyse(tree: &Tree) -> Scan {
             });
             continue;
         }
-        if let Some(reason) = not_a_project(&key.1) {
+        if let Some(rule) = not_a_project(&key.1)
+            && !(rule.unless_runnable && runnable_on_its_own(&c.project))
+        {
             ignored.push(Ignored {
                 path: c.project.manifest.clone(),
-                reason: reason.into(),
+                reason: rule.reason.into(),
             });
             continue;
         }
@@ -438,6 +492,16 @@ pub fn analyse(tree: &Tree) -> Scan {
     }
 }
 
+/// An example or documentation site is a project after all when it is
+/// installed and started on its own: it pins its own dependencies (a
+/// lockfile of its own, not the enclosing workspace's) and has a run command.
+fn runnable_on_its_own(p: &Project) -> bool {
+    p.run.is_some()
+        && p.lockfile
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&format!("{}/", rel_dir(&p.path))))
+}
+
 /// `.` → `""`, others unchanged: the tree's directory keys.
 pub fn rel_dir(path: &str) -> String {
     if path == "." {
@@ -482,6 +546,7 @@ fn new_project(
         build: None,
         run: None,
         binaries: Vec::new(),
+        entry: None,
         dependencies: Vec::new(),
         build_system: Vec::new(),
         vendored: false,

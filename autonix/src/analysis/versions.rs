@@ -60,6 +60,7 @@ fn language_files(lang: Language) -> &'static [&'static str] {
         Language::Python => &[".python-version", "runtime.txt"],
         Language::Ruby => &[".ruby-version"],
         Language::Java => &[".java-version", "system.properties"],
+        other => super::stacks::version_files(other),
     }
 }
 
@@ -72,6 +73,7 @@ fn tool_names(lang: Language) -> &'static [&'static str] {
         Language::Python => &["python"],
         Language::Ruby => &["ruby"],
         Language::Java => &["java"],
+        other => super::stacks::tool_names(other),
     }
 }
 
@@ -161,6 +163,7 @@ pub(crate) fn normalize(lang: Language, raw: &str) -> String {
             _ => v,
         },
         Language::Rust => v,
+        other => super::stacks::normalize(other, v),
     };
     v.to_string()
 }
