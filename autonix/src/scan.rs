@@ -107,7 +107,9 @@ pub fn not_a_project(dir: &str) -> Option<NotAProject> {
                 return rule("vendored code", false);
             }
             "fixtures" | "fixture" | "__fixtures__" | "testdata" | "test-data" | "test_data"
-            | "tests" | "test" | "__tests__" | "spec" => return rule("test code or fixture", false),
+            | "tests" | "test" | "__tests__" | "spec" => {
+                return rule("test code or fixture", false);
+            }
             "examples" | "example" | "samples" | "sample" => return rule("example", true),
             "docs" | "doc" | "documentation" => return rule("documentation tooling", true),
             _ => {}
@@ -466,9 +468,7 @@ fn is_stack_output(path: &Path, name: &str) -> bool {
     match name {
         "deps" => sibling("mix.exs"),
         "obj" => path.join("project.assets.json").exists() || dotnet_project(),
-        "bin" => {
-            (path.join("Debug").is_dir() || path.join("Release").is_dir()) && dotnet_project()
-        }
+        "bin" => (path.join("Debug").is_dir() || path.join("Release").is_dir()) && dotnet_project(),
         "target" => sibling("build.sbt") || parent.file_name().is_some_and(|n| n == "project"),
         "vendor" => sibling("composer.json") && path.join("autoload.php").exists(),
         "build" => sibling("pubspec.yaml"),

@@ -48,7 +48,9 @@ fn calls(text: &str, name: &str) -> Vec<Vec<String>> {
         {
             continue;
         }
-        let Some(end) = text[from..].find(')') else { break };
+        let Some(end) = text[from..].find(')') else {
+            break;
+        };
         let args = text[from..from + end]
             .lines()
             .map(|l| l.split('#').next().unwrap_or(""))
@@ -84,25 +86,30 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     if let Some(n) = proj.first().filter(|n| !n.contains("${")) {
         project.name = n.clone();
     }
-    project.version = proj
-        .iter()
-        .skip_while(|a| *a != "VERSION")
-        .nth(1)
-        .cloned();
+    project.version = proj.iter().skip_while(|a| *a != "VERSION").nth(1).cloned();
     project.package_manager_version = calls(&text, "cmake_minimum_required")
         .into_iter()
         .next()
         .and_then(|a| a.iter().skip_while(|x| *x != "VERSION").nth(1).cloned())
         .map(|v| v.split("...").next().unwrap_or(&v).to_string());
     let mut versions = Vec::new();
-    let std_var = if cpp { "CMAKE_CXX_STANDARD" } else { "CMAKE_C_STANDARD" };
+    let std_var = if cpp {
+        "CMAKE_CXX_STANDARD"
+    } else {
+        "CMAKE_C_STANDARD"
+    };
     if let Some(std) = calls(&text, "set")
         .into_iter()
         .find(|a| a.first().is_some_and(|v| v == std_var))
         .and_then(|a| a.get(1).cloned())
     {
         let prefix = if cpp { "c++" } else { "c" };
-        versions.push(constraint(&format!("{prefix}{std}"), dir, "CMakeLists.txt", std_var));
+        versions.push(constraint(
+            &format!("{prefix}{std}"),
+            dir,
+            "CMakeLists.txt",
+            std_var,
+        ));
     }
     // Follow add_subdirectory(): executables anywhere in the build, and
     // the subprojects it pulls in are part of this one.
@@ -110,11 +117,22 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let mut bins: Vec<(String, String)> = Vec::new();
     let mut libs: Vec<String> = Vec::new();
     let mut install = false;
-    let mut queue = vec![(dir.to_string(), text)];
-    while let Some((d, t)) = queue.pop() {
-        let rel = d.strip_prefix(dir).unwrap_or(&d).trim_start_matches('/').to_string();
-        for a in calls(&t, "add_executable") {
-            if let Some(n) = a.first().filter(|n| !n.contains("${") && !a.contains(&"IMPORTED".to_string())) {
+    // Breadth first, in the order the build adds directories: the first
+    // executable found is the main program.
+    let mut queue = std::collections::VecDeque::from([(dir.to_string(), text)]);
+    while let Some((d, t)) = queue.pop_front() {
+        let rel = d
+            .strip_prefix(dir)
+            .unwrap_or(&d)
+            .trim_start_matches('/')
+            .to_string();
+        // Test and example programs are built but are not what ships.
+        let shipped = crate::scan::not_a_project(&rel).is_none();
+        for a in calls(&t, "add_executable").into_iter().filter(|_| shipped) {
+            if let Some(n) = a
+                .first()
+                .filter(|n| !n.contains("${") && !a.contains(&"IMPORTED".to_string()))
+            {
                 bins.push((rel.clone(), n.clone()));
             }
         }
@@ -125,7 +143,9 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         }
         install |= !calls(&t, "install").is_empty();
         for a in calls(&t, "add_subdirectory") {
-            let Some(sub) = a.first().and_then(|s| super::stacks::normalize_path(&join(&d, s)))
+            let Some(sub) = a
+                .first()
+                .and_then(|s| super::stacks::normalize_path(&join(&d, s)))
             else {
                 continue;
             };
@@ -134,14 +154,13 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
             }
             if let Some(st) = ctx.text(&sub, "CMakeLists.txt") {
                 claims.push(sub.clone());
-                queue.push((sub, st.to_string()));
+                queue.push_back((sub, st.to_string()));
             }
         }
     }
     libs.retain(|l| l != "Threads");
     project.dependencies = libs;
-    project.build =
-        Some("cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build".into());
+    project.build = Some("cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build".into());
     set_binaries(&mut project, bins, "build", install);
     claims.sort();
     Some(Candidate::new(project, claims, versions))
@@ -152,7 +171,11 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
 /// copy the program itself: `entry` then holds its path in the build tree.
 fn set_binaries(project: &mut Project, bins: Vec<(String, String)>, out: &str, install: bool) {
     let path = |(d, n): &(String, String)| {
-        if d.is_empty() { n.clone() } else { format!("{d}/{n}") }
+        if d.is_empty() {
+            n.clone()
+        } else {
+            format!("{d}/{n}")
+        }
     };
     project.run = bins.first().map(|b| format!("./{out}/{}", path(b)));
     if !install {
@@ -175,17 +198,28 @@ fn meson(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let mut versions = Vec::new();
     let std_key = if cpp { "cpp_std=" } else { "c_std=" };
     if let Some(std) = positional.iter().find_map(|o| o.strip_prefix(std_key)) {
-        versions.push(constraint(std, dir, "meson.build", &std_key[..std_key.len() - 1]));
+        versions.push(constraint(
+            std,
+            dir,
+            "meson.build",
+            &std_key[..std_key.len() - 1],
+        ));
     }
     let mut claims = Vec::new();
     let mut bins = Vec::new();
     let mut libs = Vec::new();
     let mut install = false;
-    let mut queue = vec![(dir.to_string(), text)];
-    while let Some((d, t)) = queue.pop() {
-        let rel = d.strip_prefix(dir).unwrap_or(&d).trim_start_matches('/').to_string();
-        for n in strings_after(&t.replace('\'', "\""), "executable(") {
-            bins.push((rel.clone(), n));
+    let mut queue = std::collections::VecDeque::from([(dir.to_string(), text)]);
+    while let Some((d, t)) = queue.pop_front() {
+        let rel = d
+            .strip_prefix(dir)
+            .unwrap_or(&d)
+            .trim_start_matches('/')
+            .to_string();
+        if crate::scan::not_a_project(&rel).is_none() {
+            for n in strings_after(&t.replace('\'', "\""), "executable(") {
+                bins.push((rel.clone(), n));
+            }
         }
         for n in strings_after(&t.replace('\'', "\""), "dependency(") {
             if !libs.contains(&n) && n != "threads" {
@@ -197,7 +231,7 @@ fn meson(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
             let sub = join(&d, &s);
             if let Some(st) = ctx.text(&sub, "meson.build") {
                 claims.push(sub.clone());
-                queue.push((sub, st.to_string()));
+                queue.push_back((sub, st.to_string()));
             }
         }
     }
@@ -229,7 +263,9 @@ fn meson_call(text: &str, name: &str) -> Option<String> {
 
 /// `key: 'value'` inside a Meson call.
 fn keyword(args: &str, key: &str) -> Option<String> {
-    let i = args.find(&format!("{key}:")).or_else(|| args.find(&format!("{key} :")))?;
+    let i = args
+        .find(&format!("{key}:"))
+        .or_else(|| args.find(&format!("{key} :")))?;
     super::java::quoted(&args[i..]).into_iter().next()
 }
 
@@ -246,7 +282,12 @@ fn autotools(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
                 let end = text[i..].find(')').map_or(text.len(), |e| i + e);
                 text[i..end]
                     .split(',')
-                    .map(|a| a.trim().trim_start_matches('[').trim_end_matches(']').to_string())
+                    .map(|a| {
+                        a.trim()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -260,15 +301,25 @@ fn autotools(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
     let mut bins = Vec::new();
     let mut queue = vec![dir.to_string()];
     while let Some(d) = queue.pop() {
-        let Some(am) = ctx.text(&d, "Makefile.am") else { continue };
-        let rel = d.strip_prefix(dir).unwrap_or(&d).trim_start_matches('/').to_string();
+        let Some(am) = ctx.text(&d, "Makefile.am") else {
+            continue;
+        };
+        let rel = d
+            .strip_prefix(dir)
+            .unwrap_or(&d)
+            .trim_start_matches('/')
+            .to_string();
         for line in am.lines() {
             if let Some((k, v)) = line.split_once('=') {
                 let k = k.trim().trim_end_matches('+');
                 if k.trim() == "bin_PROGRAMS" {
                     bins.extend(v.split_whitespace().map(|b| (rel.clone(), b.to_string())));
                 } else if k.trim() == "SUBDIRS" {
-                    queue.extend(v.split_whitespace().filter(|s| *s != ".").map(|s| join(&d, s)));
+                    queue.extend(
+                        v.split_whitespace()
+                            .filter(|s| *s != ".")
+                            .map(|s| join(&d, s)),
+                    );
                 }
             }
         }
@@ -324,7 +375,8 @@ fn make(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
 /// `word` in `text` as a whole token: `.c` in `%.c` or `main.c` but not
 /// in `%.css`, `gcc` but not `gccgo`.
 fn mentions(text: &str, word: &str) -> bool {
-    let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '+'));
+    let boundary =
+        |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '+'));
     text.match_indices(word).any(|(i, _)| {
         let after = text[i + word.len()..].chars().next();
         let before = text[..i].chars().next_back();
@@ -340,7 +392,10 @@ mod tests {
     fn cmake_and_meson_calls() {
         let t = "cmake_minimum_required(VERSION 3.20...3.28)\nproject(\n  tiler VERSION 1.4.0\n  LANGUAGES CXX)\nmy_add_executable(x)\nadd_executable(tiler main.cpp) # main\n";
         assert_eq!(calls(t, "add_executable"), vec![vec!["tiler", "main.cpp"]]);
-        assert_eq!(calls(t, "project")[0], vec!["tiler", "VERSION", "1.4.0", "LANGUAGES", "CXX"]);
+        assert_eq!(
+            calls(t, "project")[0],
+            vec!["tiler", "VERSION", "1.4.0", "LANGUAGES", "CXX"]
+        );
         let m = "project('gsh', 'c', version : '0.3.1',\n  default_options : ['c_std=c11', 'warning_level=3'], meson_version : '>=0.60.0')\n";
         let args = meson_call(m, "project").unwrap();
         assert_eq!(keyword(&args, "version").as_deref(), Some("0.3.1"));

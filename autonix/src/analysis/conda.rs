@@ -15,10 +15,9 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         .find(|f| ctx.has(dir, f))?;
     let mut project = ctx.project(dir, Language::Python, "conda", file);
     let y = ctx.yaml(dir, file)?;
-    if y.get("dependencies").is_none() {
-        // Some other tool's environment.yml (Ansible, CI matrices).
-        return None;
-    }
+    // Without dependencies it is some other tool's environment.yml
+    // (Ansible, CI matrices).
+    y.get("dependencies")?;
     if let Some(n) = y.get("name").and_then(Yaml::as_str) {
         project.name = n.to_string();
     }

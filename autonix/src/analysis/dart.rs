@@ -34,12 +34,10 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let mut versions = Vec::new();
     if flutter {
         project.framework = Some("flutter".into());
-        if let Some(v) = super::stacks::nearest(ctx, dir, ".fvmrc")
-            .and_then(|d| {
-                let v: serde_json::Value = serde_json::from_str(ctx.text(&d, ".fvmrc")?).ok()?;
-                Some((d, v.get("flutter")?.as_str()?.to_string()))
-            })
-        {
+        if let Some(v) = super::stacks::nearest(ctx, dir, ".fvmrc").and_then(|d| {
+            let v: serde_json::Value = serde_json::from_str(ctx.text(&d, ".fvmrc")?).ok()?;
+            Some((d, v.get("flutter")?.as_str()?.to_string()))
+        }) {
             versions.push(pin(&v.1, &v.0, ".fvmrc", "flutter"));
         }
         if let Some(v) = s(env.and_then(|e| e.get("flutter"))) {
@@ -73,7 +71,10 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         }
     } else {
         let mut exes: Vec<String> = match y.get("executables").and_then(Yaml::as_mapping) {
-            Some(m) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+            Some(m) => m
+                .keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect(),
             None => ctx
                 .tree
                 .dirs
@@ -94,4 +95,18 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project.binaries = exes;
     }
     Some(Candidate::new(project, claims, versions))
+}
+
+/// The platform directories `flutter create` generates next to a Flutter
+/// app's pubspec.yaml (`android/`, `linux/`, …) hold runners for the app,
+/// with their own Gradle and CMake files: not projects of their own.
+pub(crate) fn platform_runner(ctx: &Ctx<'_>, dir: &str) -> bool {
+    const PLATFORMS: &[&str] = &["android", "ios", "linux", "macos", "windows", "web"];
+    let comps: Vec<&str> = dir.split('/').collect();
+    (0..comps.len()).any(|i| {
+        PLATFORMS.contains(&comps[i])
+            && ctx
+                .text(&comps[..i].join("/"), "pubspec.yaml")
+                .is_some_and(|t| t.contains("sdk: flutter"))
+    })
 }

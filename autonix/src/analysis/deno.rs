@@ -21,23 +21,26 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         }
     };
     if let Some(n) = v.get("name").and_then(Value::as_str) {
-        project.name = n.trim_start_matches('@').rsplit('/').next().unwrap_or(n).to_string();
+        project.name = n
+            .trim_start_matches('@')
+            .rsplit('/')
+            .next()
+            .unwrap_or(n)
+            .to_string();
     }
     project.version = v.get("version").and_then(Value::as_str).map(String::from);
     if ctx.has(dir, "deno.lock") {
         project.lockfile = Some(join(dir, "deno.lock"));
-        project.lockfile_version = ctx
-            .text(dir, "deno.lock")
-            .and_then(|t| {
-                let i = t.find("\"version\"")?;
-                let rest = &t[i + 9..];
-                let digits: String = rest
-                    .chars()
-                    .skip_while(|c| !c.is_ascii_digit())
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                digits.parse().ok()
-            });
+        project.lockfile_version = ctx.text(dir, "deno.lock").and_then(|t| {
+            let i = t.find("\"version\"")?;
+            let rest = &t[i + 9..];
+            let digits: String = rest
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        });
     }
     let imports = v.get("imports").map(|i| i.to_string()).unwrap_or_default();
     project.framework = if imports.contains("$fresh/") || imports.contains("@fresh/core") {

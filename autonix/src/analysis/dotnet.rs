@@ -81,9 +81,15 @@ fn solution(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
         }
     }
     let mut projects = Vec::new();
-    for p in paths.iter().filter(|p| PROJECT_EXTS.iter().any(|e| p.ends_with(e))) {
+    for p in paths
+        .iter()
+        .filter(|p| PROJECT_EXTS.iter().any(|e| p.ends_with(e)))
+    {
         let Some(rel) = normalize_path(&join(dir, p)) else {
-            ctx.warn(&project.manifest, format!("project {p} is outside the repository"));
+            ctx.warn(
+                &project.manifest,
+                format!("project {p} is outside the repository"),
+            );
             continue;
         };
         let pdir = parent_dir(&rel).to_string();
@@ -101,7 +107,10 @@ fn solution(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
         return None;
     }
     projects.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut members: Vec<String> = projects.iter().map(|p| parent_dir(&p.path).to_string()).collect();
+    let mut members: Vec<String> = projects
+        .iter()
+        .map(|p| parent_dir(&p.path).to_string())
+        .collect();
     members.dedup();
     members.retain(|m| m != dir);
     project.members = members.clone();
@@ -109,6 +118,11 @@ fn solution(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
         .iter()
         .find(|p| p.executable && !p.test)
         .map(|p| p.path.clone());
+    // The solution ships what its runnable project publishes.
+    project.version = projects
+        .iter()
+        .find(|p| Some(&p.path) == main.as_ref())
+        .and_then(|p| p.version.clone());
     project.entry = main;
     finish(ctx, &mut project, dir, &projects);
     let versions = versions(ctx, dir, &projects);
@@ -117,12 +131,18 @@ fn solution(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
 
 /// Build, run, framework and lockfile from the project files.
 fn finish(ctx: &Ctx<'_>, project: &mut Project, dir: &str, projects: &[ProjectFile]) {
-    let runnable: Vec<&ProjectFile> = projects.iter().filter(|p| p.executable && !p.test).collect();
+    let runnable: Vec<&ProjectFile> = projects
+        .iter()
+        .filter(|p| p.executable && !p.test)
+        .collect();
     project.binaries = runnable.iter().map(|p| p.assembly.clone()).collect();
     if projects.iter().any(|p| p.sdk == "Microsoft.NET.Sdk.Web") {
         project.framework = Some("aspnetcore".into());
     }
-    let target = project.entry.clone().unwrap_or_else(|| project.manifest.clone());
+    let target = project
+        .entry
+        .clone()
+        .unwrap_or_else(|| project.manifest.clone());
     let rel = target
         .strip_prefix(&format!("{dir}/"))
         .filter(|_| !dir.is_empty())
@@ -158,7 +178,12 @@ fn versions(ctx: &Ctx<'_>, dir: &str, projects: &[ProjectFile]) -> Vec<super::ve
     if let Some(p) = main
         && let (Some(tfm), Some((file, field))) = (&p.target_framework, &p.tfm_source)
     {
-        out.push(constraint(tfm, parent_dir(file), file.rsplit('/').next().unwrap_or(file), field));
+        out.push(constraint(
+            tfm,
+            parent_dir(file),
+            file.rsplit('/').next().unwrap_or(file),
+            field,
+        ));
     }
     out
 }
@@ -171,7 +196,11 @@ fn framework_version(tfm: &str) -> String {
         .or_else(|| tfm.strip_prefix("net"))
         .unwrap_or(tfm);
     let v = v.split('-').next().unwrap_or(v);
-    if v.contains('.') { v.to_string() } else { tfm.to_string() }
+    if v.contains('.') {
+        v.to_string()
+    } else {
+        tfm.to_string()
+    }
 }
 
 fn read_project(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<ProjectFile> {
@@ -186,7 +215,11 @@ fn read_project(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<ProjectFile>
     }
     let sdk = string_after(&text, "<Project Sdk=").unwrap_or_default();
     let stem = file.rsplit_once('.').map_or(file, |(n, _)| n).to_string();
-    let field = |t: &str| tag(&text, t).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let field = |t: &str| {
+        tag(&text, t)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let mut tfm = field("TargetFramework")
         .map(|t| (t, "TargetFramework"))
         .or_else(|| {
@@ -211,8 +244,10 @@ fn read_project(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<ProjectFile>
     let output = field("OutputType").unwrap_or_default();
     let test = field("IsTestProject").as_deref() == Some("true")
         || text.contains("Include=\"Microsoft.NET.Test.Sdk\"");
-    let executable = matches!(sdk.as_str(), "Microsoft.NET.Sdk.Web" | "Microsoft.NET.Sdk.Worker")
-        || output.eq_ignore_ascii_case("exe")
+    let executable = matches!(
+        sdk.as_str(),
+        "Microsoft.NET.Sdk.Web" | "Microsoft.NET.Sdk.Worker"
+    ) || output.eq_ignore_ascii_case("exe")
         || output.eq_ignore_ascii_case("winexe");
     Some(ProjectFile {
         assembly: field("AssemblyName").unwrap_or(stem),

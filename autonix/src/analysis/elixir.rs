@@ -43,7 +43,10 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         project.members = claims.clone();
         for m in &claims {
             if let Some(t) = ctx.text(m, "mix.exs") {
-                deps.extend(t.lines().filter_map(|l| atom_after(l.trim_start().strip_prefix('{')?, "")));
+                deps.extend(
+                    t.lines()
+                        .filter_map(|l| atom_after(l.trim_start().strip_prefix('{')?, "")),
+                );
             }
         }
         deps.sort();
@@ -56,7 +59,11 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let assets = phoenix && text.contains("\"assets.deploy\"");
     project.build = Some(format!(
         "mix deps.get --only prod && MIX_ENV=prod mix compile{} && MIX_ENV=prod mix release",
-        if assets { " && MIX_ENV=prod mix assets.deploy" } else { "" }
+        if assets {
+            " && MIX_ENV=prod mix assets.deploy"
+        } else {
+            ""
+        }
     ));
     let release = format!("_build/prod/rel/{0}/bin/{0}", project.name);
     project.run = Some(if phoenix {
@@ -86,8 +93,14 @@ mod tests {
 
     #[test]
     fn atoms() {
-        assert_eq!(atom_after("      app: :hello_web,", "app:").as_deref(), Some("hello_web"));
-        assert_eq!(atom_after(":phoenix, \"~> 1.7.10\"},", "").as_deref(), Some("phoenix"));
+        assert_eq!(
+            atom_after("      app: :hello_web,", "app:").as_deref(),
+            Some("hello_web")
+        );
+        assert_eq!(
+            atom_after(":phoenix, \"~> 1.7.10\"},", "").as_deref(),
+            Some("phoenix")
+        );
         assert_eq!(atom_after("app: \"x\"", "app:"), None);
     }
 }

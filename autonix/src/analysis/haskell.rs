@@ -56,8 +56,7 @@ fn parse_cabal(text: &str) -> Cabal {
 /// `GHC ==9.4.8 || ==9.6.4` → the newest version tested.
 fn tested_ghc(v: &str) -> Option<String> {
     v.split(['|', ',', ' ', '='])
-        .filter(|s| s.starts_with(|c: char| c.is_ascii_digit()))
-        .next_back()
+        .rfind(|s| s.starts_with(|c: char| c.is_ascii_digit()))
         .map(String::from)
 }
 
@@ -88,7 +87,12 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
 
 fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
     let stack = file == "stack.yaml";
-    let mut project = ctx.project(dir, Language::Haskell, if stack { "stack" } else { "cabal" }, file);
+    let mut project = ctx.project(
+        dir,
+        Language::Haskell,
+        if stack { "stack" } else { "cabal" },
+        file,
+    );
     let mut versions = Vec::new();
     let mut package_dirs: Vec<String> = Vec::new();
     if stack {
@@ -111,7 +115,10 @@ fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
             }
         }
         package_dirs = match y.get("packages").and_then(Yaml::as_sequence) {
-            Some(s) => s.iter().filter_map(|p| p.as_str().map(String::from)).collect(),
+            Some(s) => s
+                .iter()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect(),
             None => vec![".".into()],
         };
         if ctx.has(dir, "stack.yaml.lock") {
@@ -127,7 +134,12 @@ fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
             }
             let l = line.trim();
             if let Some(v) = l.strip_prefix("with-compiler:") {
-                versions.push(pin(v.trim().trim_start_matches("ghc-"), dir, file, "with-compiler"));
+                versions.push(pin(
+                    v.trim().trim_start_matches("ghc-"),
+                    dir,
+                    file,
+                    "with-compiler",
+                ));
             } else if let Some(v) = l.strip_prefix("packages:") {
                 in_packages = true;
                 package_dirs.extend(v.split_whitespace().map(String::from));
@@ -200,7 +212,12 @@ fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
         })
         .collect();
     project.members = members.iter().map(|(d, _, _)| d.clone()).collect();
-    let claims: Vec<String> = project.members.iter().filter(|m| *m != dir).cloned().collect();
+    let claims: Vec<String> = project
+        .members
+        .iter()
+        .filter(|m| *m != dir)
+        .cloned()
+        .collect();
     commands(&mut project);
     Some(Candidate::new(project, claims, versions))
 }
@@ -221,9 +238,14 @@ mod tests {
 
     #[test]
     fn cabal_fields() {
-        let c = parse_cabal("cabal-version: 3.0\nname:    todo-api\nversion: 0.2.0\ntested-with: GHC ==9.4.8 || ==9.6.4\n\nexecutable todo-api\n  main-is: Main.hs\n");
+        let c = parse_cabal(
+            "cabal-version: 3.0\nname:    todo-api\nversion: 0.2.0\ntested-with: GHC ==9.4.8 || ==9.6.4\n\nexecutable todo-api\n  main-is: Main.hs\n",
+        );
         assert_eq!(c.name.as_deref(), Some("todo-api"));
         assert_eq!(c.executables, vec!["todo-api"]);
-        assert_eq!(tested_ghc(c.tested_with.as_deref().unwrap()).as_deref(), Some("9.6.4"));
+        assert_eq!(
+            tested_ghc(c.tested_with.as_deref().unwrap()).as_deref(),
+            Some("9.6.4")
+        );
     }
 }

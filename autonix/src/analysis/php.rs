@@ -54,7 +54,10 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     };
     project.binaries = match c.get("bin") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|b| b.as_str().map(String::from)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|b| b.as_str().map(String::from))
+            .collect(),
         _ => Vec::new(),
     }
     .iter()

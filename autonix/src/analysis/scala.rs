@@ -17,7 +17,10 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
             .find(|(k, _)| k.trim() == "sbt.version")
             .map(|(_, v)| v.trim().to_string())
     });
-    let plugins = ctx.text(&project_dir, "plugins.sbt").unwrap_or("").to_string();
+    let plugins = ctx
+        .text(&project_dir, "plugins.sbt")
+        .unwrap_or("")
+        .to_string();
     let mut versions = Vec::new();
     // sbt downloads exactly this compiler: a pin.
     if let Some(v) = string_after(&text, "scalaVersion :=") {

@@ -9,8 +9,21 @@ use crate::scan::join;
 
 /// Scripts that set a repository up rather than being what it ships.
 const HELPERS: &[&str] = &[
-    "install", "uninstall", "setup", "bootstrap", "build", "test", "tests", "configure",
-    "autogen", "release", "deploy", "lint", "format", "ci", "update",
+    "install",
+    "uninstall",
+    "setup",
+    "bootstrap",
+    "build",
+    "test",
+    "tests",
+    "configure",
+    "autogen",
+    "release",
+    "deploy",
+    "lint",
+    "format",
+    "ci",
+    "update",
 ];
 
 /// Commands scripts commonly need that are not in coreutils, by the
@@ -41,18 +54,28 @@ fn shell_of(text: &str) -> Option<&str> {
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>) -> Option<Candidate> {
     let mut entries: Vec<(String, String)> = Vec::new();
-    let mut shells = Vec::new();
     for dir in ["bin", ""] {
-        let Some(names) = ctx.tree.dirs.get(dir) else { continue };
+        let Some(names) = ctx.tree.dirs.get(dir) else {
+            continue;
+        };
         for name in names {
-            let stem = name.strip_suffix(".sh").or(name.strip_suffix(".bash")).unwrap_or(name);
+            let stem = name
+                .strip_suffix(".sh")
+                .or(name.strip_suffix(".bash"))
+                .unwrap_or(name);
             if HELPERS.contains(&stem) {
                 continue;
             }
             let path = join(dir, name);
-            if let Some(sh) = ctx.tree.files.get(&path).and_then(|t| t.as_deref()).and_then(shell_of) {
-                entries.push((path, stem.to_string()));
-                shells.push(sh.to_string());
+            if ctx
+                .tree
+                .files
+                .get(&path)
+                .and_then(|t| t.as_deref())
+                .and_then(shell_of)
+                .is_some()
+            {
+                entries.push((path, name.clone()));
             }
         }
         // Scripts in bin/ are the entries; root scripts only count when
@@ -62,11 +85,12 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>) -> Option<Candidate> {
         }
     }
     let (main_path, _) = entries.first()?.clone();
+    // The script file names: the plan installs each as a command.
     let root = root_name(ctx.tree);
     // The script named after the repository is the main one.
     let main = entries
         .iter()
-        .find(|(_, s)| *s == root)
+        .find(|(_, n)| command_name(n) == root)
         .map(|(p, _)| p.clone())
         .unwrap_or(main_path);
     let mut project = ctx.project("", Language::Shell, "none", &main);
@@ -75,7 +99,12 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>) -> Option<Candidate> {
     project.run = Some(format!("./{main}"));
     let mut needs: Vec<String> = Vec::new();
     for (p, _) in &entries {
-        let text = ctx.tree.files.get(p).and_then(|t| t.as_deref()).unwrap_or("");
+        let text = ctx
+            .tree
+            .files
+            .get(p)
+            .and_then(|t| t.as_deref())
+            .unwrap_or("");
         for (cmd, attr) in TOOLS {
             if uses(text, cmd) && !needs.iter().any(|n| n == attr) {
                 needs.push(attr.to_string());
@@ -83,10 +112,14 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>) -> Option<Candidate> {
         }
     }
     project.dependencies = needs;
-    shells.sort();
-    shells.dedup();
-    project.framework = shells.first().cloned();
     Some(Candidate::new(project, Vec::new(), Vec::new()))
+}
+
+/// The command a script installs as: its name without `.sh` / `.bash`.
+pub(crate) fn command_name(file: &str) -> &str {
+    file.strip_suffix(".sh")
+        .or(file.strip_suffix(".bash"))
+        .unwrap_or(file)
 }
 
 /// `cmd` used as a command: at the start of a line or after a pipe,

@@ -217,7 +217,10 @@ mod tests {
         .unwrap();
         assert_eq!(v["a"], "http://x");
         assert_eq!(v["b"][1], 2);
-        assert_eq!(normalize_path("src\\Web/../Api/Api.csproj").as_deref(), Some("src/Api/Api.csproj"));
+        assert_eq!(
+            normalize_path("src\\Web/../Api/Api.csproj").as_deref(),
+            Some("src/Api/Api.csproj")
+        );
         assert_eq!(normalize_path("../x"), None);
         assert_eq!(normalize(Language::Elixir, "1.16.2-otp-26"), "1.16.2");
         assert_eq!(normalize(Language::Haskell, "ghc-9.6.4"), "9.6.4");

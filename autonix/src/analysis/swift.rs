@@ -20,12 +20,20 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     {
         versions.push(constraint(&v, dir, "Package.swift", "swift-tools-version"));
     } else {
-        ctx.warn(&project.manifest, "no swift-tools-version line: SwiftPM refuses it");
+        ctx.warn(
+            &project.manifest,
+            "no swift-tools-version line: SwiftPM refuses it",
+        );
     }
     if let Some(n) = string_after(&text, "name:") {
         project.name = n;
     }
-    let one_line = text.replace('\n', " ");
+    // Without whitespace, `.executableTarget(\n  name: "App"` reads as one token.
+    let one_line: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .flat_map(str::split_whitespace)
+        .collect();
     let mut exes = strings_after(&one_line, ".executable(name:");
     for t in strings_after(&one_line, ".executableTarget(name:") {
         if !exes.contains(&t) {

@@ -29,7 +29,10 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     }
     project.binaries = names_in_exe_calls(&build);
     project.build = Some("zig build -Doptimize=ReleaseSafe".into());
-    project.run = project.binaries.first().map(|b| format!("./zig-out/bin/{b}"));
+    project.run = project
+        .binaries
+        .first()
+        .map(|b| format!("./zig-out/bin/{b}"));
     Some(Candidate::new(project, Vec::new(), versions))
 }
 

@@ -69,10 +69,18 @@ fn composer(pkg: &Package) -> String {
         let share = format!("$out/share/php/{}", pkg.pname);
         a.script(
             "postInstall",
-            &launcher(&pkg.attr, &share, user_command(run), std::slice::from_ref(&php)),
+            &launcher(
+                &pkg.attr,
+                &share,
+                user_command(run),
+                std::slice::from_ref(&php),
+            ),
         );
     }
-    a.render(&format!("{php}.buildComposerProject2 (finalAttrs: {{"), "})")
+    a.render(
+        &format!("{php}.buildComposerProject2 (finalAttrs: {{"),
+        "})",
+    )
 }
 
 /// stdenv.mkDerivation with the build system's setup hook (cmake, meson +
@@ -143,7 +151,10 @@ fn mix(pkg: &Package) -> String {
     if pinned {
         a.set("elixir", &tc);
     }
-    a.set("mixFodDeps", d.render("pkgs.beamPackages.fetchMixDeps {", "}"));
+    a.set(
+        "mixFodDeps",
+        d.render("pkgs.beamPackages.fetchMixDeps {", "}"),
+    );
     a.render("pkgs.beamPackages.mixRelease {", "}")
 }
 
@@ -162,12 +173,19 @@ fn haskell(pkg: &Package) -> Rendered {
             .local_packages
             .first()
             .map_or(pkg.src.clone(), |(_, p)| p.clone());
-        return wrap(format!("{set}.callCabal2nix {} {src} {{ }}", nix_str(&main))).into();
+        return wrap(format!(
+            "{set}.callCabal2nix {} {src} {{ }}",
+            nix_str(&main)
+        ))
+        .into();
     }
     let name = format!("{}-haskell-packages", pkg.attr);
     let mut l = Attrs::default();
     for (n, path) in &o.local_packages {
-        l.set(&nix_str(n), format!("self.callCabal2nix {} {path} {{ }}", nix_str(n)));
+        l.set(
+            &nix_str(n),
+            format!("self.callCabal2nix {} {path} {{ }}", nix_str(n)),
+        );
     }
     let deps = Binding {
         name: name.clone(),

@@ -80,8 +80,18 @@ pub(super) fn builder(p: &Project) -> Builder {
 pub(super) fn is_default_attr(attr: &str) -> bool {
     matches!(
         attr,
-        "dotnet-sdk" | "php" | "gcc" | "zig" | "elixir" | "ghc" | "scala" | "flutter" | "dart"
-            | "swift" | "deno" | "bash"
+        "dotnet-sdk"
+            | "php"
+            | "gcc"
+            | "zig"
+            | "elixir"
+            | "ghc"
+            | "scala"
+            | "flutter"
+            | "dart"
+            | "swift"
+            | "deno"
+            | "bash"
     )
 }
 
@@ -173,6 +183,7 @@ fn library_attr(name: &str) -> Option<&'static str> {
         "boost" => "boost",
         "openssl" => "openssl",
         "zlib" => "zlib",
+        "png" | "libpng" => "libpng",
         "curl" => "curl",
         "libcurl" => "curl",
         "sqlite3" => "sqlite",
@@ -241,14 +252,18 @@ pub(super) fn options(
             o.native_build_inputs = match builder {
                 Builder::CMake => vec!["cmake".into()],
                 Builder::Meson => vec!["meson".into(), "ninja".into()],
-                Builder::Autotools if !p.build.as_deref().unwrap_or("").starts_with("./configure") => {
+                Builder::Autotools
+                    if !p.build.as_deref().unwrap_or("").starts_with("./configure") =>
+                {
                     vec!["autoreconfHook".into()]
                 }
                 _ => vec![],
             };
             for lib in &p.dependencies {
                 match library_attr(lib) {
-                    Some(a) if !o.build_inputs.iter().any(|b| b == a) => o.build_inputs.push(a.into()),
+                    Some(a) if !o.build_inputs.iter().any(|b| b == a) => {
+                        o.build_inputs.push(a.into())
+                    }
                     Some(_) => {}
                     None => o.unknown_libraries.push(lib.clone()),
                 }
@@ -283,7 +298,9 @@ pub(super) fn options(
                 toolchain
                     .nix_attr
                     .strip_prefix("haskell.compiler.")
-                    .map_or("haskellPackages".into(), |g| format!("haskell.packages.{g}")),
+                    .map_or("haskellPackages".into(), |g| {
+                        format!("haskell.packages.{g}")
+                    }),
             );
             o.local_packages = p
                 .dependencies
@@ -294,7 +311,10 @@ pub(super) fn options(
             if o.local_packages.is_empty() {
                 o.local_packages = vec![(p.name.clone(), nix_path(&dir))];
             }
-            let main_dir = p.entry.as_deref().map(|e| e.rsplit_once('/').map_or("", |(d, _)| d));
+            let main_dir = p
+                .entry
+                .as_deref()
+                .map(|e| e.rsplit_once('/').map_or("", |(d, _)| d));
             o.main_package = o
                 .local_packages
                 .iter()
@@ -306,10 +326,15 @@ pub(super) fn options(
         Builder::Flutter | Builder::Dart => {
             if p.build.as_deref().is_some_and(|b| b.contains("build web")) {
                 o.target_platform = Some("web".into());
-                o.note = Some("a Flutter web build is static files: serve $out with any web server".into());
+                o.note = Some(
+                    "a Flutter web build is static files: serve $out with any web server".into(),
+                );
             }
             if p.lockfile.is_none() {
-                o.note = Some("no pubspec.lock: run `dart pub get` and commit it, the builder reads it".into());
+                o.note = Some(
+                    "no pubspec.lock: run `dart pub get` and commit it, the builder reads it"
+                        .into(),
+                );
             }
             first
         }
@@ -322,18 +347,17 @@ pub(super) fn options(
             first
         }
         Builder::ShellApplication => {
-            o.scripts = p
-                .binaries
-                .iter()
-                .zip(script_paths(p))
-                .map(|(n, path)| (n.clone(), nix_path(&path)))
+            let first = first.as_deref().map(crate::analysis::shell_command_name);
+            o.scripts = script_paths(p)
+                .into_iter()
+                .map(|(n, path)| (n, nix_path(&path)))
                 .collect();
             o.runtime_inputs = p.dependencies.clone();
             o.note = Some(
                 "writeShellApplication runs shellcheck on every script and adds `set -euo pipefail`; scripts that source files beside them need stdenv.mkDerivation with makeWrapper instead"
                     .into(),
             );
-            first
+            first.map(String::from)
         }
         _ => {
             o.note = Some(no_builder_note(p));
@@ -342,22 +366,16 @@ pub(super) fn options(
     }
 }
 
-/// The scripts of a shell tool: the entry's directory holds them all.
-fn script_paths(p: &Project) -> Vec<String> {
-    let entry = p.entry.clone().unwrap_or_default();
-    let dir = entry.rsplit_once('/').map_or("", |(d, _)| d).to_string();
-    let ext = entry.rsplit_once('.').map(|(_, e)| format!(".{e}")).filter(|e| !e.contains('/'));
+/// The scripts of a shell tool, as (command, root-relative path): they
+/// sit in the entry's directory, `binaries` holds their file names.
+fn script_paths(p: &Project) -> Vec<(String, String)> {
+    let entry = p.entry.as_deref().unwrap_or("");
+    let dir = entry.rsplit_once('/').map_or("", |(d, _)| d);
     p.binaries
         .iter()
         .map(|b| {
-            // The entry keeps its own name; the others share its suffix.
-            if entry.ends_with(&format!("/{b}")) || entry == *b {
-                entry.clone()
-            } else if entry.rsplit('/').next().is_some_and(|n| n.starts_with(&format!("{b}."))) {
-                entry.clone()
-            } else {
-                join(&dir, &format!("{b}{}", ext.clone().unwrap_or_default()))
-            }
+            let command = crate::analysis::shell_command_name(b).to_string();
+            (command, join(dir, b))
         })
         .collect()
 }
@@ -377,7 +395,9 @@ fn no_builder_note(p: &Project) -> String {
             "nixpkgs cannot build conda environments: enter {shell}, then `conda-shell` and `{}`",
             p.build.as_deref().unwrap_or("conda env create")
         ),
-        (Language::Dart, _) => format!("a Dart library has no executable to package: work on it in {shell}"),
+        (Language::Dart, _) => {
+            format!("a Dart library has no executable to package: work on it in {shell}")
+        }
         _ => format!("no nixpkgs builder: use {shell}"),
     }
 }
@@ -403,11 +423,15 @@ pub(super) fn placeholders(pkg: &mut Package, dir: &str, cd: &str) {
         ),
         Builder::Composer => add(
             "vendorHash",
-            format!("run `nix build .#{attr}` and copy the hash printed after `got:` into flake.nix"),
+            format!(
+                "run `nix build .#{attr}` and copy the hash printed after `got:` into flake.nix"
+            ),
         ),
         Builder::MixRelease => add(
             "mixFodDeps.hash",
-            format!("run `nix build .#{attr}` and copy the hash printed after `got:` into flake.nix"),
+            format!(
+                "run `nix build .#{attr}` and copy the hash printed after `got:` into flake.nix"
+            ),
         ),
         Builder::Zig if generated => add(
             "build.zig.zon.nix",
