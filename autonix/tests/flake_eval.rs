@@ -440,12 +440,37 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
         ],
     );
     m.insert(
+        "autotools-c",
+        vec![
+            ("/packages/jql/builder", json!("stdenv.mkDerivation")),
+            (
+                "/packages/jql/args/nativeBuildInputs",
+                json!(["pkgs:autoreconfHook", "pkgs:pkg-config"]),
+            ),
+            ("/packages/jql/args/buildInputs", json!(["pkgs:oniguruma"])),
+            ("/packages/jql/args/version", json!("1.2.0")),
+            // The plain Makefile installs with PREFIX=$out.
+            (
+                "/packages/jql-fuzz/args/src",
+                json!("path:./contrib/jql-fuzz"),
+            ),
+            (
+                "/packages/jql-fuzz/args/makeFlags",
+                json!(["PREFIX=$(out)"]),
+            ),
+            (
+                "/apps/jql-fuzz/program",
+                json!("/nix/store/00000000000000000000000000000000-jql-fuzz/bin/jql-fuzz"),
+            ),
+        ],
+    );
+    m.insert(
         "meson-c",
         vec![
             ("/packages/gsh/builder", json!("stdenv.mkDerivation")),
             (
                 "/packages/gsh/args/nativeBuildInputs",
-                json!(["pkgs:meson", "pkgs:ninja"]),
+                json!(["pkgs:meson", "pkgs:ninja", "pkgs:pkg-config"]),
             ),
             ("/packages/gsh/args/buildInputs", json!(["pkgs:readline"])),
             ("/packages/gsh/args/version", json!("0.3.1")),

@@ -113,57 +113,71 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     }
     // Follow add_subdirectory(): executables anywhere in the build, and
     // the subprojects it pulls in are part of this one.
-    let mut claims = Vec::new();
     let mut bins: Vec<(String, String)> = Vec::new();
     let mut libs: Vec<String> = Vec::new();
     let mut install = false;
-    // Breadth first, in the order the build adds directories: the first
-    // executable found is the main program.
-    let mut queue = std::collections::VecDeque::from([(dir.to_string(), text)]);
-    while let Some((d, t)) = queue.pop_front() {
-        let rel = d
-            .strip_prefix(dir)
-            .unwrap_or(&d)
-            .trim_start_matches('/')
-            .to_string();
-        // Test and example programs are built but are not what ships.
-        let shipped = crate::scan::not_a_project(&rel).is_none();
-        for a in calls(&t, "add_executable").into_iter().filter(|_| shipped) {
-            if let Some(n) = a
-                .first()
-                .filter(|n| !n.contains("${") && !a.contains(&"IMPORTED".to_string()))
-            {
-                bins.push((rel.clone(), n.clone()));
+    let claims = walk_build(ctx, dir, "CMakeLists.txt", text, |rel, t, shipped| {
+        if shipped {
+            for a in calls(t, "add_executable") {
+                if let Some(n) = a
+                    .first()
+                    .filter(|n| !n.contains("${") && !a.iter().any(|x| x == "IMPORTED"))
+                {
+                    bins.push((rel.to_string(), n.clone()));
+                }
             }
         }
-        for a in calls(&t, "find_package") {
+        for a in calls(t, "find_package") {
             if let Some(n) = a.first().filter(|n| !libs.contains(n)) {
                 libs.push(n.clone());
             }
         }
-        install |= !calls(&t, "install").is_empty();
-        for a in calls(&t, "add_subdirectory") {
-            let Some(sub) = a
-                .first()
-                .and_then(|s| super::stacks::normalize_path(&join(&d, s)))
-            else {
-                continue;
-            };
-            if sub == d || claims.contains(&sub) {
-                continue;
-            }
-            if let Some(st) = ctx.text(&sub, "CMakeLists.txt") {
-                claims.push(sub.clone());
-                queue.push_back((sub, st.to_string()));
-            }
-        }
-    }
+        install |= !calls(t, "install").is_empty();
+        calls(t, "add_subdirectory")
+            .into_iter()
+            .filter_map(|a| a.into_iter().next())
+            .collect()
+    });
     libs.retain(|l| l != "Threads");
     project.dependencies = libs;
     project.build = Some("cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build".into());
     set_binaries(&mut project, bins, "build", install);
-    claims.sort();
     Some(Candidate::new(project, claims, versions))
+}
+
+/// Visits a build's directories breadth first, in the order the build adds
+/// them (so the first executable found is the main program). `visit` gets
+/// each directory relative to the project, the text of its build `file`
+/// and whether it ships (test and example programs are built, not
+/// shipped), and returns the subdirectories it adds. Returns every
+/// directory reached below the project: they are part of it.
+fn walk_build(
+    ctx: &Ctx<'_>,
+    dir: &str,
+    file: &str,
+    text: String,
+    mut visit: impl FnMut(&str, &str, bool) -> Vec<String>,
+) -> Vec<String> {
+    let mut reached: Vec<String> = Vec::new();
+    let mut queue = std::collections::VecDeque::from([(dir.to_string(), text)]);
+    while let Some((d, t)) = queue.pop_front() {
+        let rel = d.strip_prefix(dir).unwrap_or(&d).trim_start_matches('/');
+        let shipped = crate::scan::not_a_project(rel).is_none();
+        for sub in visit(rel, &t, shipped) {
+            let Some(sub) = super::stacks::normalize_path(&join(&d, &sub)) else {
+                continue;
+            };
+            if sub == d || reached.contains(&sub) {
+                continue;
+            }
+            if let Some(st) = ctx.text(&sub, file) {
+                reached.push(sub.clone());
+                queue.push_back((sub, st.to_string()));
+            }
+        }
+    }
+    reached.sort();
+    reached
 }
 
 /// Records the executables (`(subdirectory, name)`) and the run command
@@ -205,40 +219,27 @@ fn meson(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
             &std_key[..std_key.len() - 1],
         ));
     }
-    let mut claims = Vec::new();
     let mut bins = Vec::new();
     let mut libs = Vec::new();
     let mut install = false;
-    let mut queue = std::collections::VecDeque::from([(dir.to_string(), text)]);
-    while let Some((d, t)) = queue.pop_front() {
-        let rel = d
-            .strip_prefix(dir)
-            .unwrap_or(&d)
-            .trim_start_matches('/')
-            .to_string();
-        if crate::scan::not_a_project(&rel).is_none() {
-            for n in strings_after(&t.replace('\'', "\""), "executable(") {
-                bins.push((rel.clone(), n));
+    let claims = walk_build(ctx, dir, "meson.build", text, |rel, t, shipped| {
+        let t = t.replace('\'', "\"");
+        if shipped {
+            for n in strings_after(&t, "executable(") {
+                bins.push((rel.to_string(), n));
             }
         }
-        for n in strings_after(&t.replace('\'', "\""), "dependency(") {
+        for n in strings_after(&t, "dependency(") {
             if !libs.contains(&n) && n != "threads" {
                 libs.push(n);
             }
         }
         install |= t.contains("install: true") || t.contains("install : true");
-        for s in strings_after(&t.replace('\'', "\""), "subdir(") {
-            let sub = join(&d, &s);
-            if let Some(st) = ctx.text(&sub, "meson.build") {
-                claims.push(sub.clone());
-                queue.push_back((sub, st.to_string()));
-            }
-        }
-    }
+        strings_after(&t, "subdir(")
+    });
     project.dependencies = libs;
     project.build = Some("meson setup build --buildtype=release && meson compile -C build".into());
     set_binaries(&mut project, bins, "build", install);
-    claims.sort();
     Some(Candidate::new(project, claims, versions))
 }
 
@@ -298,6 +299,23 @@ fn autotools(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
     }
     project.version = init.get(1).cloned().filter(|v| !v.is_empty());
     project.package_manager_version = bracketed("AC_PREREQ").first().cloned();
+    // PKG_CHECK_MODULES([ONIG], [oniguruma >= 6.9]): the pkg-config module.
+    let mut from = 0;
+    while let Some(i) = text[from..].find("PKG_CHECK_MODULES(") {
+        let start = from + i + "PKG_CHECK_MODULES(".len();
+        from = start;
+        let end = text[start..].find(')').map_or(text.len(), |e| start + e);
+        if let Some(module) = text[start..end]
+            .split(',')
+            .nth(1)
+            .and_then(|m| m.trim().trim_start_matches('[').split_whitespace().next())
+        {
+            let module = module.trim_end_matches(']').to_string();
+            if !project.dependencies.contains(&module) {
+                project.dependencies.push(module);
+            }
+        }
+    }
     let mut bins = Vec::new();
     let mut queue = vec![dir.to_string()];
     while let Some(d) = queue.pop() {

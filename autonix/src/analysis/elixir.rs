@@ -2,7 +2,7 @@
 //! requirement, dependencies), `mix.lock`, umbrella projects
 //! (`apps_path`) and Phoenix, whose release is started with `PHX_SERVER`.
 
-use super::stacks::{constraint, string_after};
+use super::stacks::{constraint, identifier_after, string_after};
 use super::{Candidate, Ctx, Language};
 use crate::scan::join;
 
@@ -78,13 +78,7 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
 /// The atom after `key` (`app: :my_app` → `my_app`; with an empty key, a
 /// dependency tuple's first element `:phoenix, "~> 1.7"` → `phoenix`).
 fn atom_after(text: &str, key: &str) -> Option<String> {
-    let i = text.find(key)? + key.len();
-    let rest = text[i..].trim_start().strip_prefix(':')?;
-    let atom: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
-    (!atom.is_empty()).then_some(atom)
+    identifier_after(text, key, ':')
 }
 
 #[cfg(test)]

@@ -79,6 +79,19 @@ pub(crate) fn strings_after(text: &str, key: &str) -> Vec<String> {
     out
 }
 
+/// The identifier after `key` and a sigil: Elixir atoms (`app: :my_app`
+/// → `my_app`), Zig enum literals (`.name = .hello` → `hello`). With an
+/// empty key, the text must start with the sigil.
+pub(crate) fn identifier_after(text: &str, key: &str, sigil: char) -> Option<String> {
+    let i = text.find(key)? + key.len();
+    let rest = text[i..].trim_start().strip_prefix(sigil)?;
+    let name: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
 /// JSON with comments (deno.jsonc, VS Code style): strips `//` and `/* */`
 /// comments outside strings and trailing commas, so serde_json reads it.
 pub(crate) fn strip_jsonc(text: &str) -> String {

@@ -2,7 +2,7 @@
 //! `minimum_zig_version`, fetched dependencies) and the executables
 //! `build.zig` adds.
 
-use super::stacks::{constraint, string_after};
+use super::stacks::{constraint, identifier_after, string_after};
 use super::{Candidate, Ctx, Language};
 use crate::scan::join;
 
@@ -15,7 +15,9 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let mut versions = Vec::new();
     if let Some(zon) = ctx.text(dir, "build.zig.zon").map(String::from) {
         // `.name = "x"` before 0.14, `.name = .x` since.
-        if let Some(n) = string_after(&zon, ".name =").or_else(|| enum_literal(&zon, ".name =")) {
+        if let Some(n) =
+            string_after(&zon, ".name =").or_else(|| identifier_after(&zon, ".name =", '.'))
+        {
             project.name = n;
         }
         project.version = string_after(&zon, ".version =");
@@ -34,17 +36,6 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         .first()
         .map(|b| format!("./zig-out/bin/{b}"));
     Some(Candidate::new(project, Vec::new(), versions))
-}
-
-/// `.name = .hello,` → `hello`.
-fn enum_literal(text: &str, key: &str) -> Option<String> {
-    let i = text.find(key)? + key.len();
-    let rest = text[i..].trim_start().strip_prefix('.')?;
-    let name: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .collect();
-    (!name.is_empty()).then_some(name)
 }
 
 /// `b.addExecutable(.{ .name = "x", … })` written over several lines.

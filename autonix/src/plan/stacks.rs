@@ -191,6 +191,7 @@ fn library_attr(name: &str) -> Option<&'static str> {
         "gtest" => "gtest",
         "catch2" => "catch2_3",
         "libuv" => "libuv",
+        "oniguruma" => "oniguruma",
         "readline" => "readline",
         "ncurses" => "ncurses",
         "glib-2.0" => "glib",
@@ -259,6 +260,11 @@ pub(super) fn options(
                 }
                 _ => vec![],
             };
+            // Meson's dependency() and autoconf's PKG_CHECK_MODULES ask pkg-config.
+            if !p.dependencies.is_empty() && matches!(builder, Builder::Meson | Builder::Autotools)
+            {
+                o.native_build_inputs.push("pkg-config".into());
+            }
             for lib in &p.dependencies {
                 match library_attr(lib) {
                     Some(a) if !o.build_inputs.iter().any(|b| b == a) => {

@@ -74,7 +74,7 @@ plain [
 // plain [
   "dotnet-sdk" "dotnet-runtime" "dotnet-aspnetcore" "gcc" "cmake" "meson" "ninja" "gnumake"
   "autoconf" "automake" "libtool" "autoreconfHook" "pkg-config" "fmt" "spdlog" "boost" "openssl"
-  "zlib" "libpng" "curl" "sqlite" "nlohmann_json" "gtest" "catch2_3" "libuv" "readline" "ncurses" "glib"
+  "zlib" "libpng" "curl" "sqlite" "nlohmann_json" "gtest" "catch2_3" "libuv" "oniguruma" "readline" "ncurses" "glib"
   "gtk4" "SDL2" "elixir" "elixir_1_14" "elixir_1_15" "elixir_1_16" "elixir_1_17" "erlang" "ghc"
   "cabal-install" "stack" "sbt" "scala" "scala_2_12" "scala_2_13" "scala_3" "dart" "swift"
   "swiftpm" "deno" "bash" "shellcheck" "jq" "git" "rsync" "wget" "fzf" "openssh" "gawk" "conda"

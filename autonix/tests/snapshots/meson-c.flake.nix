@@ -21,7 +21,7 @@
             pname = "gsh";
             version = "0.3.1";
             src = ./.;
-            nativeBuildInputs = [ pkgs.meson pkgs.ninja ];
+            nativeBuildInputs = [ pkgs.meson pkgs.ninja pkgs.pkg-config ];
             buildInputs = [ pkgs.readline ];
           };
         in
