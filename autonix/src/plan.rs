@@ -415,6 +415,9 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
         }
         _ => program = stacks::options(p, builder, &attr, &toolchain, &mut options, &mut inputs),
     }
+    if builder == Builder::DevShell {
+        options.stack.note = Some(stacks::no_builder_note(p));
+    }
     Package {
         attr,
         project: p.path.clone(),

@@ -73,13 +73,21 @@ fn cmake(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     let text = ctx.text(dir, "CMakeLists.txt")?.to_string();
     // A CMakeLists.txt without project() is a part of an enclosing build.
     let proj = calls(&text, "project").into_iter().next()?;
-    let langs: Vec<String> = proj
-        .iter()
-        .skip_while(|a| *a != "LANGUAGES")
-        .skip(1)
-        .take_while(|a| !matches!(a.as_str(), "VERSION" | "DESCRIPTION" | "HOMEPAGE_URL"))
-        .cloned()
-        .collect();
+    // `project(name LANGUAGES C CXX)` or `project(name C CXX)`.
+    let keywords = ["VERSION", "DESCRIPTION", "HOMEPAGE_URL", "LANGUAGES"];
+    let langs: Vec<String> = match proj.iter().position(|a| a == "LANGUAGES") {
+        Some(i) => proj[i + 1..]
+            .iter()
+            .take_while(|a| !keywords.contains(&a.as_str()))
+            .cloned()
+            .collect(),
+        None => proj
+            .iter()
+            .skip(1)
+            .take_while(|a| !keywords.contains(&a.as_str()))
+            .cloned()
+            .collect(),
+    };
     // Without LANGUAGES, CMake enables C and C++.
     let cpp = langs.is_empty() || langs.iter().any(|l| l == "CXX");
     let mut project = ctx.project(dir, language(cpp), "cmake", "CMakeLists.txt");
@@ -167,7 +175,14 @@ fn walk_build(
             let Some(sub) = super::stacks::normalize_path(&join(&d, &sub)) else {
                 continue;
             };
-            if sub == d || reached.contains(&sub) {
+            // Only directories below the project are part of it: `..`
+            // and cycles back to the top are not followed.
+            let below = if dir.is_empty() {
+                !sub.is_empty()
+            } else {
+                sub.starts_with(&format!("{dir}/"))
+            };
+            if !below || reached.contains(&sub) {
                 continue;
             }
             if let Some(st) = ctx.text(&sub, file) {

@@ -365,10 +365,8 @@ pub(super) fn options(
             );
             first.map(String::from)
         }
-        _ => {
-            o.note = Some(no_builder_note(p));
-            None
-        }
+        // DevShell: plan.rs adds the note for every stack without a builder.
+        _ => None,
     }
 }
 
@@ -387,7 +385,7 @@ fn script_paths(p: &Project) -> Vec<(String, String)> {
 }
 
 /// What to do for a project nixpkgs cannot build.
-fn no_builder_note(p: &Project) -> String {
+pub(super) fn no_builder_note(p: &Project) -> String {
     let shell = format!("`nix develop .#{}`", crate::plan::attr_name(&p.name));
     match (p.language, p.package_manager.as_str()) {
         (Language::Scala, _) => format!(
