@@ -270,6 +270,7 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | "mix.exs"
         | "cabal.project"
         | "stack.yaml"
+        | "package.yaml"
         | "build.sbt"
         | "build.properties"
         | "plugins.sbt"

@@ -192,6 +192,11 @@ fn a_solution_naming_files_outside_the_repository_is_warned_not_followed() {
                 "<Solution>\n  <Project Path=\"src/Cli/Cli.fsproj\" />\n</Solution>\n",
             ),
             ("lib/Lib.csproj", "this is not msbuild"),
+            // Visual Studio saves it with a byte-order mark.
+            (
+                "global.json",
+                "\u{feff}{ \"sdk\": { \"version\": \"9.0.100\" } }",
+            ),
         ],
     );
     let s = scan(&root);
@@ -201,10 +206,10 @@ fn a_solution_naming_files_outside_the_repository_is_warned_not_followed() {
     let app = s.projects.iter().find(|p| p.manifest == "App.sln").unwrap();
     assert_eq!(app.binaries, vec!["acme"]);
     assert_eq!(app.run.as_deref(), Some("dotnet out/acme.dll"));
-    assert_eq!(app.toolchain_version.as_deref(), Some("9.0"));
+    assert_eq!(app.toolchain_version.as_deref(), Some("9.0.100"));
     assert_eq!(
         app.version_source.as_deref(),
-        Some("src/Cli/Cli.fsproj (TargetFramework)")
+        Some("global.json (sdk.version)")
     );
     // The .slnx lists the same project, in the new XML format.
     let slnx = s
@@ -350,4 +355,38 @@ fn no_builder_means_a_dev_shell_and_a_note_never_a_package() {
     let flake = autonix::generate(&plan);
     assert!(flake.contains("svc = pkgs.mkShell { packages = [ pkgs.scala_2_13 pkgs.sbt ]; };"));
     assert!(!flake.contains("inherit svc"));
+}
+
+#[test]
+fn stack_packages_described_by_hpack_alone_are_members() {
+    let (_t, root) = tree(
+        "hpack",
+        &[
+            (
+                "stack.yaml",
+                "snapshot: lts-21.25\npackages:\n  - server\n  - missing\n",
+            ),
+            (
+                "server/package.yaml",
+                "name: shortener\nversion: 0.1.0\nexecutables:\n  shortener-exe:\n    main: Main.hs\n",
+            ),
+        ],
+    );
+    let s = scan(&root);
+    let p = &s.projects[0];
+    assert_eq!(p.members, vec!["server"]);
+    assert_eq!(p.binaries, vec!["shortener-exe"]);
+    assert_eq!(p.dependencies, vec!["shortener=server"]);
+    assert_eq!(p.entry.as_deref(), Some("server/package.yaml"));
+    assert_eq!(p.toolchain_version.as_deref(), Some("9.4"));
+    assert_warned(
+        &s,
+        "stack.yaml",
+        "package missing has no .cabal file or package.yaml",
+    );
+    let plan = autonix::plan(&s);
+    assert_eq!(
+        plan.packages[0].options.stack.package_set.as_deref(),
+        Some("haskell.packages.ghc94")
+    );
 }

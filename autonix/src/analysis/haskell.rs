@@ -172,17 +172,17 @@ fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
             vec![crate::glob::under(dir, &pdir)]
         };
         for d in candidates {
-            let Some(f) = files_with_ext(ctx, &d, &[".cabal"]).into_iter().next() else {
-                if !pdir.contains('*') {
-                    ctx.warn(&project.manifest, format!("package {p} has no .cabal file"));
-                }
-                continue;
-            };
             if members.iter().any(|(md, _, _)| *md == d) {
                 continue;
             }
-            let c = parse_cabal(ctx.text(&d, &f).unwrap_or(""));
-            members.push((d, f, c));
+            match package_in(ctx, &d) {
+                Some((f, c)) => members.push((d, f, c)),
+                None if !pdir.contains('*') => ctx.warn(
+                    &project.manifest,
+                    format!("package {p} has no .cabal file or package.yaml"),
+                ),
+                None => {}
+            }
         }
     }
     members.sort_by(|a, b| a.0.cmp(&b.0));
@@ -204,10 +204,14 @@ fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
     project.dependencies = members
         .iter()
         .map(|(d, f, c)| {
-            c.name
-                .clone()
-                .unwrap_or_else(|| f.trim_end_matches(".cabal").to_string())
-                + "="
+            c.name.clone().unwrap_or_else(|| {
+                let stem = f.trim_end_matches(".cabal");
+                if stem == "package.yaml" {
+                    d.rsplit('/').next().unwrap_or(d).to_string()
+                } else {
+                    stem.to_string()
+                }
+            }) + "="
                 + d
         })
         .collect();
@@ -220,6 +224,38 @@ fn workspace(ctx: &mut Ctx<'_>, dir: &str, file: &str) -> Option<Candidate> {
         .collect();
     commands(&mut project);
     Some(Candidate::new(project, claims, versions))
+}
+
+/// A package directory's description: its `.cabal` file, else hpack's
+/// `package.yaml` (Stack projects often commit only that; cabal2nix runs
+/// hpack itself).
+fn package_in(ctx: &mut Ctx<'_>, dir: &str) -> Option<(String, Cabal)> {
+    if let Some(f) = files_with_ext(ctx, dir, &[".cabal"]).into_iter().next() {
+        let c = parse_cabal(ctx.text(dir, &f).unwrap_or(""));
+        return Some((f, c));
+    }
+    if !ctx.has(dir, "package.yaml") {
+        return None;
+    }
+    let y = ctx.yaml(dir, "package.yaml")?;
+    let s = |k: &str| y.get(k).and_then(Yaml::as_str).map(String::from);
+    let mut executables: Vec<String> = y
+        .get("executables")
+        .and_then(Yaml::as_mapping)
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    executables.sort();
+    let c = Cabal {
+        name: s("name"),
+        version: s("version"),
+        executables,
+        tested_with: s("tested-with"),
+    };
+    Some(("package.yaml".into(), c))
 }
 
 fn commands(project: &mut super::Project) {

@@ -96,7 +96,8 @@ pub(crate) fn identifier_after(text: &str, key: &str, sigil: char) -> Option<Str
 /// comments outside strings and trailing commas, so serde_json reads it.
 pub(crate) fn strip_jsonc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
+    // Visual Studio writes global.json and friends with a byte-order mark.
+    let mut chars = text.trim_start_matches('\u{feff}').chars().peekable();
     let mut in_str = false;
     while let Some(c) = chars.next() {
         if in_str {
