@@ -109,8 +109,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     path: target.clone(),
                     source,
                 })?;
+                let shells = match plan.shells.len() {
+                    0 => String::new(),
+                    n => format!(", {n} dev shells for projects nixpkgs cannot build"),
+                };
                 eprintln!(
-                    "wrote {} ({} packages)",
+                    "wrote {} ({} packages{shells})",
                     target.display(),
                     plan.packages.len()
                 );

@@ -771,3 +771,21 @@ fn plan_cli_prints_builders_inputs_and_toolchains() {
             .contains("rust-overlay")
     );
 }
+
+#[test]
+fn generate_says_which_projects_only_get_a_dev_shell_and_why() {
+    let (_tmp, dir) = fixture_copy("sbt-multi");
+    let out = autonix(&["generate", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("(0 packages, 1 dev shells for projects nixpkgs cannot build)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "shop: nixpkgs has no sbt builder: build in `nix develop .#shop` with `sbt api/stage`"
+        ),
+        "{stderr}"
+    );
+}
