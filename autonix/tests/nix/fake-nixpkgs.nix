@@ -6,13 +6,17 @@
 let
   fakeHash = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
   storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
+  # `type = "derivation"` as real packages have: the Procurator library
+  # accepts only derivations (or store paths) in a VM's packages.
   pkg = name: {
     __autonix_pkg = name;
+    type = "derivation";
     outPath = storePath name;
   };
   result = builder: args: {
     __autonix_builder = builder;
     inherit args;
+    type = "derivation";
     outPath = storePath (args.pname or args.name or builder);
   };
   # A builder that can also be `.override`n (buildGoModule.override { go = …; }).
