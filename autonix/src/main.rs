@@ -134,7 +134,10 @@ fn print_summary(scan: &autonix::Scan) {
     let _ = writeln!(out, "{}: {} project(s)", scan.name, scan.projects.len());
     for p in &scan.projects {
         let version = match (&p.toolchain_version, &p.version_source) {
-            (Some(v), Some(s)) => format!(" {} {v} (from {s})", p.language.as_str()),
+            (Some(v), Some(s)) => match &p.toolchain_range {
+                Some(r) => format!(" {} {v} ({r}, from {s})", p.language.as_str()),
+                None => format!(" {} {v} (from {s})", p.language.as_str()),
+            },
             _ => String::new(),
         };
         let _ = writeln!(

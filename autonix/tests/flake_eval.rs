@@ -251,7 +251,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/portal/args/dependencies",
-                json!(["pkgs:python3.pkgs.django", "pkgs:python3.pkgs.psycopg2"]),
+                json!(["pkgs:python312.pkgs.django", "pkgs:python312.pkgs.psycopg2"]),
             ),
             (
                 "/packages/pipenv/builder",
@@ -375,6 +375,30 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             (
                 "/packages/mise-rb/args/buildInputs/0/args/ruby",
                 json!("pkgs:ruby_3_2"),
+            ),
+        ],
+    );
+    m.insert(
+        "version-sources",
+        vec![
+            // rust-toolchain.toml says `stable`: the MSRV decides.
+            (
+                "/packages/acmectl/builder",
+                json!("rustPlatform.buildRustPackage"),
+            ),
+            ("/packages/acmectl/args/version", json!("0.4.1")),
+            // engines >=24 beats the Dockerfile's node:22 it contradicts.
+            ("/packages/web/args/nodejs", json!("pkgs:nodejs_24")),
+            ("/packages/acme-api/args/nodejs", json!("pkgs:nodejs_22")),
+            (
+                "/packages/worker/builder",
+                json!("python311.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/svc/override/go", json!("pkgs:go_1_21")),
+            ("/packages/billing/args/mvnJdk", json!("pkgs:jdk21")),
+            (
+                "/packages/store/args/buildInputs/0/args/ruby",
+                json!("pkgs:ruby_3_3"),
             ),
         ],
     );

@@ -78,6 +78,10 @@ pub struct Project {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockfile_version: Option<u32>,
     pub toolchain_version: Option<String>,
+    /// The range `toolchain_version` is the lowest version of, when the
+    /// deciding source gave a range (`>=24` → version `24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain_range: Option<String>,
     /// Where `toolchain_version` came from: `file` or `file (field)`.
     pub version_source: Option<String>,
     /// Workspace member directories relative to the root.
@@ -166,6 +170,8 @@ pub struct Task {
 pub(crate) struct Ctx<'a> {
     pub tree: &'a Tree,
     pub warnings: Vec<Warning>,
+    /// Versions the CI files state, read once per scan.
+    pub tool_pins: Vec<versions::ToolPin>,
 }
 
 impl Ctx<'_> {
@@ -334,7 +340,9 @@ pub fn analyse(tree: &Tree) -> Scan {
     let mut ctx = Ctx {
         tree,
         warnings: tree.warnings.clone(),
+        tool_pins: Vec::new(),
     };
+    ctx.tool_pins = versions::ci_tool_pins(&mut ctx);
     let mut candidates: Vec<Candidate> = Vec::new();
     for dir in tree.dirs.keys() {
         candidates.extend(rust::detect(&mut ctx, dir));
@@ -475,6 +483,7 @@ fn new_project(
         lockfile: None,
         lockfile_version: None,
         toolchain_version: None,
+        toolchain_range: None,
         version_source: None,
         members: Vec::new(),
         default_members: Vec::new(),
