@@ -151,12 +151,27 @@ fn user_command(run: &str) -> String {
     nix_indented(&heredoc_escape(run))
 }
 
-fn build_phase(cmd: &str) -> Vec<String> {
-    vec![
-        "runHook preBuild".into(),
-        cmd.into(),
-        "runHook postBuild".into(),
-    ]
+/// The build script, run in the workspace member's directory when the
+/// package is one (in a subshell, so installPhase starts at the root).
+fn build_phase(pkg: &Package, cmd: &str) -> Vec<String> {
+    let cmd = match &pkg.options.member_dir {
+        Some(m) => format!("(cd {m} && {cmd})"),
+        None => cmd.to_string(),
+    };
+    vec!["runHook preBuild".into(), cmd, "runHook postBuild".into()]
+}
+
+/// A tree without a manifest (a Dockerfile-only service): installed as is,
+/// with a launcher that has the runtime on its PATH.
+fn script(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let mut a = Attrs::package(pkg);
+    a.comment(
+        "No manifest: the tree is installed as is (the Dockerfile's command is the launcher).",
+    );
+    a.set("dontBuild", "true");
+    a.script("installPhase", &install_tree(pkg, &[tc]));
+    a.render("pkgs.stdenv.mkDerivation {", "}")
 }
 
 fn placeholder_comment(a: &mut Attrs, pkg: &Package, attr: &str) {
@@ -229,6 +244,7 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
         Builder::BundlerEnv => ruby(pkg),
         Builder::Maven => maven(pkg).into(),
         Builder::Gradle => gradle(pkg).into(),
+        Builder::Script => script(pkg).into(),
     };
     let mut out: Vec<Binding> = deps.into_iter().collect();
     out.push(Binding {
@@ -242,6 +258,12 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
 /// rustPlatform.buildRustPackage, from Cargo.lock when there is one.
 fn rust(pkg: &Package) -> String {
     let mut a = Attrs::package(pkg);
+    if let Some(member) = &pkg.options.cargo_package {
+        a.comment("A member of the Cargo workspace in src: build only this package.");
+        let flags = format!("[ \"-p\" {} ]", nix_str(member));
+        a.set("cargoBuildFlags", &flags);
+        a.set("cargoTestFlags", &flags);
+    }
     match &pkg.options.lockfile {
         Some(l) => {
             a.set("cargoLock.lockFile", l);
@@ -306,6 +328,10 @@ fn npm(pkg: &Package) -> String {
     } else {
         fake_hash(&mut a, pkg, "npmDepsHash");
     }
+    if let Some(m) = &pkg.options.member_dir {
+        a.comment("A member of the npm workspace in src: build only this workspace.");
+        a.set("npmWorkspace", nix_str(m));
+    }
     if !pkg.options.build_script {
         a.set("dontNpmBuild", "true");
     }
@@ -350,8 +376,9 @@ fn yarn(pkg: &Package) -> String {
         (true, false) => {
             a.set("dontYarnBuild", "true");
         }
-        (false, true) => {
-            a.script("buildPhase", &build_phase("yarn run build"));
+        // yarnBuildHook builds at the root; a member builds in its directory.
+        (false, true) | (true, true) if !classic || pkg.options.member_dir.is_some() => {
+            a.script("buildPhase", &build_phase(pkg, "yarn run build"));
         }
         _ => {}
     }
@@ -378,7 +405,7 @@ fn pnpm(pkg: &Package) -> String {
         format!("[ {tc} {pnpm} pkgs.pnpmConfigHook ]"),
     );
     if pkg.options.build_script {
-        a.script("buildPhase", &build_phase("pnpm run build"));
+        a.script("buildPhase", &build_phase(pkg, "pnpm run build"));
     }
     a.script("installPhase", &install_tree(pkg, &[tc, pnpm]));
     a.render("pkgs.stdenv.mkDerivation {", "}")
@@ -425,7 +452,7 @@ fn bun(pkg: &Package) -> Rendered {
         ],
     );
     if pkg.options.build_script {
-        a.script("buildPhase", &build_phase("bun run build"));
+        a.script("buildPhase", &build_phase(pkg, "bun run build"));
     }
     a.script("installPhase", &install_tree(pkg, &["pkgs.bun".into()]));
     a.comment(&format!(

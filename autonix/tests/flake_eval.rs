@@ -101,6 +101,17 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ("/packages/experimental/args/cargoHash", json!(FAKE_HASH)),
             ("/packages/default/builder", json!("symlinkJoin")),
             ("/apps/rust-workspace/type", json!("app")),
+            // A member with its own binary is a package of its own, built
+            // from the workspace with its lockfile.
+            ("/packages/nx-cli/args/src", json!("path:./.")),
+            (
+                "/packages/nx-cli/args/cargoBuildFlags",
+                json!(["-p", "nx-cli"]),
+            ),
+            (
+                "/packages/nx-cli/args/cargoLock/lockFile",
+                json!("path:./Cargo.lock"),
+            ),
             (
                 "/devShells/default/args/packages",
                 json!([
@@ -116,28 +127,19 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
     m.insert(
         "go-workspace",
         vec![
-            ("/packages/go-workspace-api/builder", json!("buildGoModule")),
-            (
-                "/packages/go-workspace-api/override/go",
-                json!("pkgs:go_1_22"),
-            ),
-            ("/packages/go-workspace-api/args/src", json!("path:./.")),
-            ("/packages/go-workspace-api/args/modRoot", json!("api")),
-            ("/packages/go-workspace-api/args/env/GOWORK", json!("off")),
-            (
-                "/packages/go-workspace-api/args/vendorHash",
-                json!(FAKE_HASH),
-            ),
-            (
-                "/packages/go-workspace-worker/args/modRoot",
-                json!("worker"),
-            ),
+            ("/packages/api/builder", json!("buildGoModule")),
+            ("/packages/api/override/go", json!("pkgs:go_1_22")),
+            ("/packages/api/args/src", json!("path:./.")),
+            ("/packages/api/args/modRoot", json!("api")),
+            ("/packages/api/args/env/GOWORK", json!("off")),
+            ("/packages/api/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/worker/args/modRoot", json!("worker")),
             ("/packages/legacy/args/vendorHash", Value::Null),
             ("/packages/legacy/override/go", json!("pkgs:go_1_21")),
             ("/packages/gen/args/vendorHash", Value::Null),
             (
-                "/apps/go-workspace-worker/program",
-                json!("/nix/store/00000000000000000000000000000000-go-workspace-worker/bin/worker"),
+                "/apps/worker/program",
+                json!("/nix/store/00000000000000000000000000000000-worker/bin/worker"),
             ),
         ],
     );
@@ -214,6 +216,11 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                     "pkgs:yarn-berry_4",
                     "pkgs:yarn-berry_4.yarnBerryConfigHook"
                 ]),
+            ),
+            ("/packages/pnpm-apps-web/args/src", json!("path:./pnpm")),
+            (
+                "/packages/pnpm-apps-web/args/buildPhase",
+                json!("runHook preBuild\n(cd apps/web && pnpm run build)\nrunHook postBuild\n"),
             ),
             (
                 "/packages/edge-fn/args/nativeBuildInputs",
@@ -534,7 +541,7 @@ fn generate_tells_how_to_fill_placeholder_hashes() {
     let flake = std::fs::read_to_string(dir.join("flake.nix")).unwrap();
     assert!(flake.contains("# Placeholder: run `nix build .#legacy-admin`"));
     // importNpmLock needs no hash, so the npm project has no placeholder.
-    assert!(!stderr.contains("web: "), "{stderr}");
+    assert!(!stderr.contains("\n  - web: "), "{stderr}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod node;
 mod python;
 mod ruby;
 mod rust;
+mod shapes;
 pub(crate) mod versions;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,6 +110,17 @@ pub struct Project {
     /// The enclosing project's path when this one sits inside another's tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nested_in: Option<String>,
+    /// The workspace root's path when this project is a workspace member
+    /// reported on its own (it runs on its own, or it is a Go module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Of several build systems for one tree, the one CI or the README uses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preferred: bool,
+    /// Field → why it has its value and which file decided it
+    /// (`autonix scan --explain`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decided_by: BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -353,7 +365,17 @@ pub fn analyse(tree: &Tree) -> Scan {
         candidates.extend(java::detect(&mut ctx, dir));
     }
 
-    // Members claimed by a workspace of the same language are part of it.
+    // A Dockerfile where no manifest is may be a service of its own.
+    let taken: BTreeSet<String> = candidates
+        .iter()
+        .map(|c| rel_dir(&c.project.path))
+        .chain(candidates.iter().flat_map(|c| c.claims.iter().cloned()))
+        .collect();
+    candidates.extend(shapes::dockerfile_services(&ctx, &taken));
+
+    // Members claimed by a workspace of the same language are part of it;
+    // those that run on their own are also projects of their own.
+    let workspaces = shapes::workspaces(&candidates);
     let mut claimed: BTreeSet<(Language, String)> = BTreeSet::new();
     let mut excluded: BTreeMap<(Language, String), String> = BTreeMap::new();
     for c in &candidates {
@@ -373,10 +395,15 @@ pub fn analyse(tree: &Tree) -> Scan {
         })
         .collect();
     let mut projects = Vec::new();
-    for c in candidates {
+    for mut c in candidates {
         let key = (c.project.language, rel_dir(&c.project.path));
         if claimed.contains(&key) {
-            continue;
+            match workspaces.get(&key) {
+                Some(ws) if shapes::member_is_project(&c.project) && ws.path != c.project.path => {
+                    shapes::adopt(&mut c, ws)
+                }
+                _ => continue,
+            }
         }
         // A workspace claimed by another workspace stays claimed, but a
         // project that only sits below another is a project of its own.
@@ -408,8 +435,10 @@ pub fn analyse(tree: &Tree) -> Scan {
             );
         }
         versions::resolve(&mut ctx, &mut project, c.versions);
+        explain(&mut project);
         projects.push(project);
     }
+    shapes::mark_preferred(&ctx, &mut projects);
 
     // Nesting: the closest enclosing project directory.
     let dirs: Vec<String> = projects.iter().map(|p| rel_dir(&p.path)).collect();
@@ -443,6 +472,52 @@ pub fn analyse(tree: &Tree) -> Scan {
         container_files,
         tasks,
         warnings,
+    }
+}
+
+/// Fills `decided_by` for what every project has, where its detector did
+/// not say more: why it is a project, and which file decided its package
+/// manager, lockfile, toolchain version, members and commands.
+fn explain(p: &mut Project) {
+    let mut set = |k: &str, v: String| {
+        p.decided_by.entry(k.to_string()).or_insert(v);
+    };
+    set(
+        "project",
+        format!(
+            "{} is a {} manifest outside vendored code, fixtures and examples",
+            p.manifest,
+            p.language.as_str()
+        ),
+    );
+    let pm = match (&p.lockfile, &p.workspace) {
+        (Some(l), Some(ws)) => format!("the workspace's ({ws}) lockfile {l}"),
+        (Some(l), None) => format!("lockfile {l}"),
+        (None, _) => format!("no lockfile; the default for {}", p.manifest),
+    };
+    set("package_manager", pm);
+    if let (Some(v), Some(src)) = (&p.toolchain_version, &p.version_source) {
+        let why = match &p.toolchain_range {
+            Some(r) => format!(
+                "{src} says {r}; {v} is the lowest version it allows (no exact version stated, or none that satisfies it)"
+            ),
+            None => format!(
+                "{src} (first exact version by precedence: manifest pin, version files nearest first, manifest constraints, CI, Dockerfile)"
+            ),
+        };
+        set("toolchain_version", why);
+    }
+    if !p.members.is_empty() {
+        set(
+            "members",
+            format!("{} member(s) listed by {}", p.members.len(), p.manifest),
+        );
+    }
+    if let Some(b) = p.build.clone() {
+        set("build", format!("{b}: from {}", p.manifest));
+    }
+    if let Some(r) = p.run.clone() {
+        set("run", format!("{r}: from {}", p.manifest));
     }
 }
 
@@ -495,6 +570,9 @@ fn new_project(
         build_system: Vec::new(),
         vendored: false,
         nested_in: None,
+        workspace: None,
+        preferred: false,
+        decided_by: BTreeMap::new(),
     }
 }
 
