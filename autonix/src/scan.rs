@@ -189,7 +189,12 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | ".drone.yml"
         | ".woodpecker.yml"
         | "flake.nix"
-        | "setup.py" => Some(Content),
+        | "setup.py"
+        // READMEs say which of two build systems is the one in use.
+        | "README.md"
+        | "README"
+        | "readme.md"
+        | "README.rst" => Some(Content),
         "Cargo.lock"
         | "go.sum"
         | "go.work.sum"

@@ -410,6 +410,62 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
         ],
     );
     m.insert(
+        "dual-build",
+        vec![
+            ("/packages/ledger/builder", json!("maven.buildMavenPackage")),
+            ("/packages/ledger/args/mvnJdk", json!("pkgs:jdk17")),
+            (
+                "/packages/ledger-gradle/args/nativeBuildInputs",
+                json!(["pkgs:gradle", "pkgs:jdk21"]),
+            ),
+        ],
+    );
+    m.insert(
+        "docker-services",
+        vec![
+            ("/packages/worker/builder", json!("stdenv.mkDerivation")),
+            ("/packages/worker/args/src", json!("path:./worker")),
+            ("/packages/worker/args/dontBuild", json!(true)),
+            ("/packages/notifier/args/src", json!("path:./notifier")),
+            ("/packages/cron/args/version", json!("0-unstable")),
+            (
+                "/apps/worker/program",
+                json!("/nix/store/00000000000000000000000000000000-worker/bin/worker"),
+            ),
+        ],
+    );
+    m.insert(
+        "go-work-root",
+        vec![
+            ("/packages/gateway/args/src", json!("path:./.")),
+            ("/packages/gateway/override/go", json!("pkgs:go_1_23")),
+            ("/packages/billing/args/src", json!("path:./.")),
+            ("/packages/billing/args/modRoot", json!("services/billing")),
+            ("/packages/billing/args/env/GOWORK", json!("off")),
+            ("/packages/billing/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/migrate/args/modRoot", json!("tools/migrate")),
+            ("/packages/migrate/args/vendorHash", Value::Null),
+        ],
+    );
+    m.insert(
+        "uv-workspace",
+        vec![
+            (
+                "/packages/acme-api/builder",
+                json!("python312.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/acme-api/args/src", json!("path:./packages/api")),
+            (
+                "/packages/acme-api/args/dependencies",
+                json!(["pkgs:python312.pkgs.fastapi", "pkgs:python312.pkgs.uvicorn"]),
+            ),
+            (
+                "/packages/acme-jobs/args/src",
+                json!("path:./packages/jobs"),
+            ),
+        ],
+    );
+    m.insert(
         "broken",
         vec![
             (

@@ -371,7 +371,12 @@ pub fn analyse(tree: &Tree) -> Scan {
         .map(|c| rel_dir(&c.project.path))
         .chain(candidates.iter().flat_map(|c| c.claims.iter().cloned()))
         .collect();
-    candidates.extend(shapes::dockerfile_services(&ctx, &taken));
+    let mut docker_ignored = Vec::new();
+    candidates.extend(shapes::dockerfile_services(
+        &ctx,
+        &taken,
+        &mut docker_ignored,
+    ));
 
     // Members claimed by a workspace of the same language are part of it;
     // those that run on their own are also projects of their own.
@@ -393,6 +398,7 @@ pub fn analyse(tree: &Tree) -> Scan {
             path: d.clone(),
             reason: "dependency or build output directory, not scanned".into(),
         })
+        .chain(docker_ignored)
         .collect();
     let mut projects = Vec::new();
     for mut c in candidates {
@@ -424,6 +430,7 @@ pub fn analyse(tree: &Tree) -> Scan {
         ctx.warnings.extend(c.warnings);
         let mut project = c.project;
         if project.lockfile.is_none()
+            && project.package_manager != "none"
             && matches!(
                 project.language,
                 Language::Rust | Language::Node | Language::Ruby

@@ -74,7 +74,8 @@ pub(crate) fn adopt(c: &mut Candidate, ws: &Workspace) {
         .unwrap_or(&dir)
         .to_string();
     p.workspace = Some(ws.path.clone());
-    if p.lockfile.is_none() {
+    // A Go module's go.sum is its own; another module's says nothing of it.
+    if p.lockfile.is_none() && p.language != Language::Go {
         p.lockfile = ws.lockfile.clone();
         p.lockfile_version = ws.lockfile_version;
     }
@@ -280,7 +281,11 @@ pub(crate) fn container_command(text: &str) -> Option<String> {
 /// interpreted languages qualify (a compiled service without a manifest
 /// cannot be built outside its image); other images are left to the
 /// report's container list.
-pub(crate) fn dockerfile_services(ctx: &Ctx<'_>, taken: &BTreeSet<String>) -> Vec<Candidate> {
+pub(crate) fn dockerfile_services(
+    ctx: &Ctx<'_>,
+    taken: &BTreeSet<String>,
+    ignored: &mut Vec<super::Ignored>,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (dir, names) in &ctx.tree.dirs {
         if taken.contains(dir) || not_a_project(dir).is_some() {
@@ -313,6 +318,13 @@ pub(crate) fn dockerfile_services(ctx: &Ctx<'_>, taken: &BTreeSet<String>) -> Ve
                 })
                 .map(|l| (i.clone(), l))
         }) else {
+            ignored.push(super::Ignored {
+                path: join(dir, file),
+                reason: format!(
+                    "no manifest, and its base image ({}) names no language autonix builds",
+                    images.last().map(String::as_str).unwrap_or("none")
+                ),
+            });
             continue;
         };
         let mut project = ctx.project(dir, language, "none", file);
