@@ -203,6 +203,10 @@ fn set_web(projects: &mut [Project], dir: &str, cmd: &str) {
     here.sort_by_key(|p| p.language == Language::Node);
     if let Some(p) = here.into_iter().next() {
         p.run = Some(cmd.to_string());
+        p.decided_by.insert(
+            "run".into(),
+            format!("the Procfile's web process ({})", join(dir, "Procfile")),
+        );
     }
 }
 

@@ -179,6 +179,15 @@ fn set_commands(project: &mut Project) {
         format!("go build -o bin/{} .", project.name)
     });
     project.run = project.binaries.first().map(|b| format!("./bin/{b}"));
+    if !project.binaries.is_empty() {
+        project.decided_by.insert(
+            "run".into(),
+            format!(
+                "main packages (main.go, cmd/*/main.go): {}",
+                project.binaries.join(", ")
+            ),
+        );
+    }
 }
 
 use super::Project;

@@ -503,17 +503,6 @@ fn explain(p: &mut Project) {
         (None, _) => format!("no lockfile; the default for {}", p.manifest),
     };
     set("package_manager", pm);
-    if let (Some(v), Some(src)) = (&p.toolchain_version, &p.version_source) {
-        let why = match &p.toolchain_range {
-            Some(r) => format!(
-                "{src} says {r}; {v} is the lowest version it allows (no exact version stated, or none that satisfies it)"
-            ),
-            None => format!(
-                "{src} (first exact version by precedence: manifest pin, version files nearest first, manifest constraints, CI, Dockerfile)"
-            ),
-        };
-        set("toolchain_version", why);
-    }
     if !p.members.is_empty() {
         set(
             "members",

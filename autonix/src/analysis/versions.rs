@@ -296,6 +296,27 @@ pub(crate) fn resolve(ctx: &mut Ctx<'_>, project: &mut Project, manifest: Vec<Ca
             );
         }
     }
+    let rule = match &kinds[i] {
+        Kind::Exact if i > 0 => {
+            "the first exact version by precedence, one that satisfies the ranges before it"
+        }
+        Kind::Exact => "the first source by precedence",
+        Kind::Range(Some(_)) => {
+            "no exact version satisfies it: the lowest version the range allows"
+        }
+        _ => "no source names a version, only a channel",
+    };
+    let others: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, c)| format!("{} ({})", c.value, c.source))
+        .collect();
+    let mut why = format!("{} says {}: {rule}", winner.source, winner.value);
+    if !others.is_empty() {
+        why.push_str(&format!("; also stated: {}", others.join(", ")));
+    }
+    project.decided_by.insert("toolchain_version".into(), why);
     match &kinds[i] {
         Kind::Range(Some(low)) => {
             project.toolchain_version = Some(low.clone());
