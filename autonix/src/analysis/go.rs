@@ -69,9 +69,11 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Vec<Candidate> {
         None
     };
     match (work, module) {
-        // The root module is one of the workspace's (`use .`): one project,
-        // the module, listing the other modules; go.work's versions first.
-        (Some(w), Some(mut m)) if w.project.members.iter().any(|d| d == dir) => {
+        // A go.work beside a go.mod: one project, the module, listing the
+        // workspace's other modules (whether or not it `use`s `.`, two
+        // projects in one directory would be one too many); go.work's
+        // versions first.
+        (Some(w), Some(mut m)) => {
             m.project.members = w
                 .project
                 .members
@@ -91,6 +93,11 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Vec<Candidate> {
             versions.append(&mut m.versions);
             m.versions = versions;
             vec![m]
+        }
+        // A workspace of no module builds nothing and is not a project.
+        (Some(w), None) if w.project.members.is_empty() => {
+            ctx.warn(&w.project.manifest, "uses no module with a go.mod");
+            Vec::new()
         }
         (w, m) => w.into_iter().chain(m).collect(),
     }
