@@ -25,7 +25,9 @@ fn service(root: &Path, dir: &str, name: &str, lang: usize) -> &'static str {
         0 => {
             w(
                 "Cargo.toml",
-                &format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.80\"\n"),
+                &format!(
+                    "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\nrust-version = \"1.80\"\n"
+                ),
             );
             w("Cargo.lock", "version = 3\n");
             w("src/main.rs", "fn main() {}\n");

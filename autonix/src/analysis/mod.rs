@@ -446,6 +446,7 @@ pub fn analyse(tree: &Tree) -> Scan {
         projects.push(project);
     }
     shapes::mark_preferred(&ctx, &mut projects);
+    shapes::fold_rails_assets(&mut projects, &mut ignored);
 
     // Nesting: the closest enclosing project directory.
     let dirs: Vec<String> = projects.iter().map(|p| rel_dir(&p.path)).collect();

@@ -235,6 +235,31 @@ pub(crate) fn mark_preferred(ctx: &Ctx<'_>, projects: &mut [Project]) {
     }
 }
 
+/// A package.json beside a Rails app that cannot run on its own is the
+/// app's asset bundling (jsbundling-rails, cssbundling-rails: `rails
+/// assets:precompile` runs its build script), not a project of its own.
+pub(crate) fn fold_rails_assets(projects: &mut Vec<Project>, ignored: &mut Vec<super::Ignored>) {
+    let rails: BTreeSet<String> = projects
+        .iter()
+        .filter(|p| p.language == Language::Ruby && p.framework.as_deref() == Some("rails"))
+        .map(|p| p.path.clone())
+        .collect();
+    projects.retain(|p| {
+        let fold = p.language == Language::Node
+            && p.run.is_none()
+            && p.members.is_empty()
+            && rails.contains(&p.path);
+        if fold {
+            ignored.push(super::Ignored {
+                path: p.manifest.clone(),
+                reason: "asset bundling of the Rails app beside it (no run command of its own)"
+                    .into(),
+            });
+        }
+        !fold
+    });
+}
+
 /// Language of a base image's tool (`python`, `node`, …), for services
 /// that only have a Dockerfile.
 fn image_language(tool: &str) -> Option<Language> {
