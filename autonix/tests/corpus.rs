@@ -104,22 +104,29 @@ fn corpus_meets_the_goal() {
             match reported.get(l.manifest.as_str()) {
                 Some(p) if p.language.as_str() == l.language => {
                     t.found += 1;
-                    if p.package_manager == l.package_manager {
-                        t.package_manager += 1;
-                    } else {
-                        misses.push(format!(
-                            "{name}/{}: package manager {} (expected {})",
-                            l.manifest, p.package_manager, l.package_manager
-                        ));
-                    }
-                    if p.toolchain_version == l.toolchain {
-                        t.toolchain += 1;
-                    } else {
-                        misses.push(format!(
-                            "{name}/{}: toolchain {:?} (expected {:?})",
-                            l.manifest, p.toolchain_version, l.toolchain
-                        ));
-                    }
+                    // Counts a field that matches its label, else says how it differs.
+                    let mut check = |field: &str, got: String, want: String, n: &mut usize| {
+                        if got == want {
+                            *n += 1;
+                        } else {
+                            misses.push(format!(
+                                "{name}/{}: {field} {got} (expected {want})",
+                                l.manifest
+                            ));
+                        }
+                    };
+                    check(
+                        "package manager",
+                        p.package_manager.clone(),
+                        l.package_manager.clone(),
+                        &mut t.package_manager,
+                    );
+                    check(
+                        "toolchain",
+                        format!("{:?}", p.toolchain_version),
+                        format!("{:?}", l.toolchain),
+                        &mut t.toolchain,
+                    );
                 }
                 _ => misses.push(format!("{name}/{}: not found", l.manifest)),
             }
