@@ -72,6 +72,10 @@ pub enum Builder {
     /// no package.
     #[serde(rename = "mkShell")]
     DevShell,
+    /// No manifest (a Dockerfile-only service): the tree is installed as
+    /// is, with a launcher that has the runtime on its PATH.
+    #[serde(rename = "stdenv.mkDerivation+script")]
+    Script,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +189,13 @@ pub struct Options {
     /// Haskell, Scala, Dart, Swift, Deno, shell, conda).
     #[serde(default, skip_serializing_if = "StackOptions::is_empty")]
     pub stack: StackOptions,
+    /// Rust: the workspace member package this package builds (`-p`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo_package: Option<String>,
+    /// Node: the workspace member directory, relative to `src` (the
+    /// workspace root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_dir: Option<String>,
 }
 
 /// Nix path literal for a root-relative path.
@@ -260,27 +271,8 @@ pub fn plan(scan: &Scan) -> Plan {
             }
         }
         if p.language == Language::Go && p.manifest.ends_with("go.work") {
-            // buildGoModule does not understand go.work: one package per
-            // module, built from the workspace source so `replace ../x` works.
-            for m in &p.members {
-                let rel = m
-                    .strip_prefix(&format!("{}/", rel_dir(&p.path)))
-                    .unwrap_or(m);
-                let base = m.rsplit('/').next().unwrap_or(m);
-                let mut pkg = package(p, tc.clone(), &format!("{}-{base}", p.name), &mut taken);
-                pkg.options.mod_root = Some(rel.to_string());
-                pkg.options.sub_packages = Vec::new();
-                pkg.program = p
-                    .binaries
-                    .iter()
-                    .find(|b| *b == base)
-                    .cloned()
-                    .or_else(|| Some(base.to_string()));
-                pkg.inputs = vec![format!("{m}/go.mod")];
-                pkg.options.no_dependencies = false;
-                placeholders(&mut pkg);
-                packages.push(pkg);
-            }
+            // buildGoModule does not understand go.work: its modules are
+            // projects of their own, each a package built with modRoot.
             continue;
         }
         let mut pkg = package(p, tc, &p.name, &mut taken);
@@ -318,15 +310,38 @@ pub fn plan(scan: &Scan) -> Plan {
 
 fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<String>) -> Package {
     let mut attr = attr_name(name);
-    if attr == "default" {
-        attr = "default-pkg".into();
+    // `default` is the flake's own; the others are bindings of the
+    // packages' `let` that a package of that name would shadow.
+    if matches!(
+        attr.as_str(),
+        "default" | "lib" | "pkgs" | "system" | "self" | "nixpkgs"
+    ) {
+        attr.push_str("-pkg");
     }
     while taken.contains(&attr) {
         attr.push_str("-2");
     }
     taken.insert(attr.clone());
     let dir = rel_dir(&p.path);
+    // A workspace member builds from the workspace root (its lockfile and
+    // sibling packages live there), except Python, whose member has its
+    // own pyproject.
+    let ws = p
+        .workspace
+        .as_deref()
+        .filter(|_| p.language != Language::Python)
+        .map(rel_dir);
+    let member_rel = ws.as_ref().map(|w| {
+        dir.strip_prefix(&format!("{w}/"))
+            .filter(|_| !w.is_empty())
+            .unwrap_or(&dir)
+            .to_string()
+    });
     let builder = match (p.language, p.package_manager.as_str()) {
+        // A shell tool has no package manager either, but its scripts are
+        // the program: writeShellApplication, not an installed tree.
+        (Language::Shell, _) => Builder::ShellApplication,
+        (_, "none") => Builder::Script,
         (Language::Rust, _) => Builder::RustPackage,
         (Language::Go, _) => Builder::GoModule,
         (Language::Node, "yarn") => Builder::YarnClassic,
@@ -349,8 +364,14 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
     };
     let mut program = None;
     match p.language {
+        _ if builder == Builder::Script => {
+            program = p.run.as_ref().map(|_| attr.clone());
+        }
         Language::Rust => {
             program = p.binaries.first().cloned();
+            if ws.is_some() {
+                options.cargo_package = Some(p.name.clone());
+            }
             if p.version_source
                 .as_deref()
                 .is_some_and(|s| s.contains("rust-toolchain"))
@@ -359,7 +380,15 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
             }
         }
         Language::Go => {
-            program = p.binaries.first().cloned();
+            // The main package named after the module is the service; the
+            // other `cmd/*` are its tools.
+            program = p
+                .binaries
+                .iter()
+                .find(|b| **b == p.name)
+                .or(p.binaries.first())
+                .cloned();
+            options.mod_root = member_rel.clone();
             options.vendored = p.vendored;
             options.no_dependencies = p.lockfile.is_none();
             let cmds: Vec<String> = p
@@ -376,7 +405,8 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
             }
         }
         Language::Node => {
-            options.build_script = p.build.as_deref().is_some_and(|b| b.contains("run build"));
+            options.member_dir = member_rel.clone();
+            options.build_script = p.build.as_deref().is_some_and(|b| b.contains(" build"));
             if p.run.is_some() {
                 program = Some(attr.clone());
             }
@@ -426,7 +456,7 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
         builder,
         pname: name.to_string(),
         version: p.version.clone().unwrap_or_else(|| "0-unstable".into()),
-        src: nix_path(&dir),
+        src: nix_path(ws.as_deref().unwrap_or(&dir)),
         inputs,
         commands: Commands {
             build: p.build.clone(),

@@ -282,7 +282,12 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | "deno.jsonc"
         | ".dvmrc"
         | "environment.yml"
-        | "environment.yaml" => Some(Content),
+        | "environment.yaml"
+        // READMEs say which of two build systems is the one in use.
+        | "README.md"
+        | "README"
+        | "readme.md"
+        | "README.rst" => Some(Content),
         "Cargo.lock"
         | "go.sum"
         | "go.work.sum"

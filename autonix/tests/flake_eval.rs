@@ -101,6 +101,17 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ("/packages/experimental/args/cargoHash", json!(FAKE_HASH)),
             ("/packages/default/builder", json!("symlinkJoin")),
             ("/apps/rust-workspace/type", json!("app")),
+            // A member with its own binary is a package of its own, built
+            // from the workspace with its lockfile.
+            ("/packages/nx-cli/args/src", json!("path:./.")),
+            (
+                "/packages/nx-cli/args/cargoBuildFlags",
+                json!(["-p", "nx-cli"]),
+            ),
+            (
+                "/packages/nx-cli/args/cargoLock/lockFile",
+                json!("path:./Cargo.lock"),
+            ),
             (
                 "/devShells/default/args/packages",
                 json!([
@@ -116,28 +127,19 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
     m.insert(
         "go-workspace",
         vec![
-            ("/packages/go-workspace-api/builder", json!("buildGoModule")),
-            (
-                "/packages/go-workspace-api/override/go",
-                json!("pkgs:go_1_22"),
-            ),
-            ("/packages/go-workspace-api/args/src", json!("path:./.")),
-            ("/packages/go-workspace-api/args/modRoot", json!("api")),
-            ("/packages/go-workspace-api/args/env/GOWORK", json!("off")),
-            (
-                "/packages/go-workspace-api/args/vendorHash",
-                json!(FAKE_HASH),
-            ),
-            (
-                "/packages/go-workspace-worker/args/modRoot",
-                json!("worker"),
-            ),
+            ("/packages/api/builder", json!("buildGoModule")),
+            ("/packages/api/override/go", json!("pkgs:go_1_22")),
+            ("/packages/api/args/src", json!("path:./.")),
+            ("/packages/api/args/modRoot", json!("api")),
+            ("/packages/api/args/env/GOWORK", json!("off")),
+            ("/packages/api/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/worker/args/modRoot", json!("worker")),
             ("/packages/legacy/args/vendorHash", Value::Null),
             ("/packages/legacy/override/go", json!("pkgs:go_1_21")),
             ("/packages/gen/args/vendorHash", Value::Null),
             (
-                "/apps/go-workspace-worker/program",
-                json!("/nix/store/00000000000000000000000000000000-go-workspace-worker/bin/worker"),
+                "/apps/worker/program",
+                json!("/nix/store/00000000000000000000000000000000-worker/bin/worker"),
             ),
         ],
     );
@@ -215,6 +217,11 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                     "pkgs:yarn-berry_4.yarnBerryConfigHook"
                 ]),
             ),
+            ("/packages/pnpm-apps-web/args/src", json!("path:./pnpm")),
+            (
+                "/packages/pnpm-apps-web/args/buildPhase",
+                json!("runHook preBuild\n(cd apps/web && pnpm run build)\nrunHook postBuild\n"),
+            ),
             (
                 "/packages/edge-fn/args/nativeBuildInputs",
                 json!(["pkgs:bun"]),
@@ -251,7 +258,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/portal/args/dependencies",
-                json!(["pkgs:python3.pkgs.django", "pkgs:python3.pkgs.psycopg2"]),
+                json!(["pkgs:python312.pkgs.django", "pkgs:python312.pkgs.psycopg2"]),
             ),
             (
                 "/packages/pipenv/builder",
@@ -302,10 +309,6 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                 json!("fetchPnpmDeps"),
             ),
             ("/packages/notifier/override/go", json!("pkgs:go_1_22")),
-            (
-                "/packages/app/args/yarnOfflineCache/args/yarnLock",
-                json!("path:./yarn.lock"),
-            ),
         ],
     );
     m.insert(
@@ -379,6 +382,86 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
         ],
     );
     m.insert(
+        "version-sources",
+        vec![
+            // rust-toolchain.toml says `stable`: the MSRV decides.
+            (
+                "/packages/acmectl/builder",
+                json!("rustPlatform.buildRustPackage"),
+            ),
+            ("/packages/acmectl/args/version", json!("0.4.1")),
+            // engines >=24 beats the Dockerfile's node:22 it contradicts.
+            ("/packages/web/args/nodejs", json!("pkgs:nodejs_24")),
+            ("/packages/acme-api/args/nodejs", json!("pkgs:nodejs_22")),
+            (
+                "/packages/worker/builder",
+                json!("python311.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/svc/override/go", json!("pkgs:go_1_21")),
+            ("/packages/billing/args/mvnJdk", json!("pkgs:jdk21")),
+            (
+                "/packages/store/args/buildInputs/0/args/ruby",
+                json!("pkgs:ruby_3_3"),
+            ),
+        ],
+    );
+    m.insert(
+        "dual-build",
+        vec![
+            ("/packages/ledger/builder", json!("maven.buildMavenPackage")),
+            ("/packages/ledger/args/mvnJdk", json!("pkgs:jdk17")),
+            (
+                "/packages/ledger-gradle/args/nativeBuildInputs",
+                json!(["pkgs:gradle", "pkgs:jdk21"]),
+            ),
+        ],
+    );
+    m.insert(
+        "docker-services",
+        vec![
+            ("/packages/worker/builder", json!("stdenv.mkDerivation")),
+            ("/packages/worker/args/src", json!("path:./worker")),
+            ("/packages/worker/args/dontBuild", json!(true)),
+            ("/packages/notifier/args/src", json!("path:./notifier")),
+            ("/packages/cron/args/version", json!("0-unstable")),
+            (
+                "/apps/worker/program",
+                json!("/nix/store/00000000000000000000000000000000-worker/bin/worker"),
+            ),
+        ],
+    );
+    m.insert(
+        "go-work-root",
+        vec![
+            ("/packages/gateway/args/src", json!("path:./.")),
+            ("/packages/gateway/override/go", json!("pkgs:go_1_23")),
+            ("/packages/billing/args/src", json!("path:./.")),
+            ("/packages/billing/args/modRoot", json!("services/billing")),
+            ("/packages/billing/args/env/GOWORK", json!("off")),
+            ("/packages/billing/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/migrate/args/modRoot", json!("tools/migrate")),
+            ("/packages/migrate/args/vendorHash", Value::Null),
+        ],
+    );
+    m.insert(
+        "uv-workspace",
+        vec![
+            (
+                "/packages/acme-api/builder",
+                json!("python312.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/acme-api/args/src", json!("path:./packages/api")),
+            (
+                "/packages/acme-api/args/dependencies",
+                json!(["pkgs:python312.pkgs.fastapi", "pkgs:python312.pkgs.uvicorn"]),
+            ),
+            (
+                "/packages/acme-jobs/args/src",
+                json!("path:./packages/jobs"),
+            ),
+        ],
+    );
+    m.insert(
         "dotnet-solution",
         vec![
             ("/packages/TodoApp/builder", json!("buildDotnetModule")),
@@ -411,7 +494,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
         vec![
             (
                 "/packages/laravel/builder",
-                json!("php.buildComposerProject2"),
+                json!("php82.buildComposerProject2"),
             ),
             ("/packages/laravel/args/vendorHash", json!(FAKE_HASH)),
             ("/packages/laravel/args/src", json!("path:./.")),
@@ -419,7 +502,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ("/packages/php-laravel/builder", json!("buildNpmPackage")),
             (
                 "/devShells/default/args/packages",
-                json!(["pkgs:nodejs", "pkgs:php", "pkgs:phpPackages.composer"]),
+                json!(["pkgs:nodejs", "pkgs:php82", "pkgs:phpPackages.composer"]),
             ),
         ],
     );
@@ -644,6 +727,8 @@ fn every_fixture_flake_parses_and_evaluates_to_the_expected_builders() {
             !packages.is_empty() || v["devShells"].as_object().unwrap().len() > 1,
             "{name}: no packages and no project shells"
         );
+        // The Rails app's root package.json is its asset bundling, no package.
+        assert!(name != "rails-monorepo" || !packages.contains_key("app"));
         for attr in packages
             .keys()
             .filter(|k| *k != "default" && !k.ends_with("-node-modules"))
@@ -749,7 +834,7 @@ fn generate_tells_how_to_fill_placeholder_hashes() {
     let flake = std::fs::read_to_string(dir.join("flake.nix")).unwrap();
     assert!(flake.contains("# Placeholder: run `nix build .#legacy-admin`"));
     // importNpmLock needs no hash, so the npm project has no placeholder.
-    assert!(!stderr.contains("web: "), "{stderr}");
+    assert!(!stderr.contains("\n  - web: "), "{stderr}");
 }
 
 #[test]

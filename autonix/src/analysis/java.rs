@@ -6,9 +6,13 @@ use super::versions::Candidate as Version;
 use super::{Candidate, Ctx, Language};
 use crate::scan::{Warning, join};
 
-pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
+/// Maven and Gradle are both reported when one tree has both (a migration
+/// in progress, or CI building with each); `shapes::mark_preferred` then
+/// says which one CI or the README uses.
+pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Vec<Candidate> {
+    let mut out = Vec::new();
     if ctx.has(dir, "pom.xml") {
-        return Some(maven(ctx, dir));
+        out.push(maven(ctx, dir));
     }
     let manifest = [
         "build.gradle.kts",
@@ -17,8 +21,16 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         "settings.gradle",
     ]
     .into_iter()
-    .find(|f| ctx.has(dir, f))?;
-    Some(gradle(ctx, dir, manifest))
+    .find(|f| ctx.has(dir, f));
+    if let Some(manifest) = manifest {
+        let mut g = gradle(ctx, dir, manifest);
+        if !out.is_empty() {
+            // Two packages of one name would collide in the flake.
+            g.project.name = format!("{}-gradle", g.project.name);
+        }
+        out.push(g);
+    }
+    out
 }
 
 fn maven(ctx: &mut Ctx<'_>, dir: &str) -> Candidate {

@@ -19,6 +19,7 @@ mod python;
 mod ruby;
 mod rust;
 mod scala;
+mod shapes;
 mod shell;
 pub(crate) mod stacks;
 mod swift;
@@ -118,6 +119,10 @@ pub struct Project {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockfile_version: Option<u32>,
     pub toolchain_version: Option<String>,
+    /// The range `toolchain_version` is the lowest version of, when the
+    /// deciding source gave a range (`>=24` → version `24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain_range: Option<String>,
     /// Where `toolchain_version` came from: `file` or `file (field)`.
     pub version_source: Option<String>,
     /// Workspace member directories relative to the root.
@@ -152,6 +157,17 @@ pub struct Project {
     /// The enclosing project's path when this one sits inside another's tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nested_in: Option<String>,
+    /// The workspace root's path when this project is a workspace member
+    /// reported on its own (it runs on its own, or it is a Go module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Of several build systems for one tree, the one CI or the README uses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preferred: bool,
+    /// Field → why it has its value and which file decided it
+    /// (`autonix scan --explain`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decided_by: BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -213,6 +229,8 @@ pub struct Task {
 pub(crate) struct Ctx<'a> {
     pub tree: &'a Tree,
     pub warnings: Vec<Warning>,
+    /// Versions the CI files state, read once per scan.
+    pub tool_pins: Vec<versions::ToolPin>,
 }
 
 impl Ctx<'_> {
@@ -368,7 +386,9 @@ pub fn analyse(tree: &Tree) -> Scan {
     let mut ctx = Ctx {
         tree,
         warnings: tree.warnings.clone(),
+        tool_pins: Vec::new(),
     };
+    ctx.tool_pins = versions::ci_tool_pins(&mut ctx);
     let mut candidates: Vec<Candidate> = Vec::new();
     for dir in tree.dirs.keys() {
         candidates.extend(rust::detect(&mut ctx, dir));
@@ -398,7 +418,22 @@ pub fn analyse(tree: &Tree) -> Scan {
         candidates.extend(shell::detect(&mut ctx));
     }
 
-    // Members claimed by a workspace of the same language are part of it.
+    // A Dockerfile where no manifest is may be a service of its own.
+    let taken: BTreeSet<String> = candidates
+        .iter()
+        .map(|c| rel_dir(&c.project.path))
+        .chain(candidates.iter().flat_map(|c| c.claims.iter().cloned()))
+        .collect();
+    let mut docker_ignored = Vec::new();
+    candidates.extend(shapes::dockerfile_services(
+        &ctx,
+        &taken,
+        &mut docker_ignored,
+    ));
+
+    // Members claimed by a workspace of the same language are part of it;
+    // those that run on their own are also projects of their own.
+    let workspaces = shapes::workspaces(&candidates);
     let mut claimed: BTreeSet<(Language, String)> = BTreeSet::new();
     let mut excluded: BTreeMap<(Language, String), String> = BTreeMap::new();
     for c in &candidates {
@@ -416,12 +451,18 @@ pub fn analyse(tree: &Tree) -> Scan {
             path: d.clone(),
             reason: "dependency or build output directory, not scanned".into(),
         })
+        .chain(docker_ignored)
         .collect();
     let mut projects = Vec::new();
-    for c in candidates {
+    for mut c in candidates {
         let key = (c.project.language, rel_dir(&c.project.path));
         if claimed.contains(&key) {
-            continue;
+            match workspaces.get(&key) {
+                Some(ws) if shapes::member_is_project(&c.project) && ws.path != c.project.path => {
+                    shapes::adopt(&mut c, ws)
+                }
+                _ => continue,
+            }
         }
         // A workspace claimed by another workspace stays claimed, but a
         // project that only sits below another is a project of its own.
@@ -451,6 +492,7 @@ pub fn analyse(tree: &Tree) -> Scan {
         ctx.warnings.extend(c.warnings);
         let mut project = c.project;
         if project.lockfile.is_none()
+            && project.package_manager != "none"
             && matches!(
                 project.language,
                 Language::Rust | Language::Node | Language::Ruby
@@ -462,8 +504,11 @@ pub fn analyse(tree: &Tree) -> Scan {
             );
         }
         versions::resolve(&mut ctx, &mut project, c.versions);
+        explain(&mut project);
         projects.push(project);
     }
+    shapes::mark_preferred(&ctx, &mut projects);
+    shapes::fold_rails_assets(&mut projects, &mut ignored);
 
     // Nesting: the closest enclosing project directory.
     let dirs: Vec<String> = projects.iter().map(|p| rel_dir(&p.path)).collect();
@@ -510,6 +555,41 @@ fn runnable_on_its_own(p: &Project) -> bool {
             .is_some_and(|l| l.starts_with(&format!("{}/", rel_dir(&p.path))))
 }
 
+/// Fills `decided_by` for what every project has, where its detector did
+/// not say more: why it is a project, and which file decided its package
+/// manager, lockfile, toolchain version, members and commands.
+fn explain(p: &mut Project) {
+    let mut set = |k: &str, v: String| {
+        p.decided_by.entry(k.to_string()).or_insert(v);
+    };
+    set(
+        "project",
+        format!(
+            "{} is a {} manifest outside vendored code, fixtures and examples",
+            p.manifest,
+            p.language.as_str()
+        ),
+    );
+    let pm = match (&p.lockfile, &p.workspace) {
+        (Some(l), Some(ws)) => format!("the workspace's ({ws}) lockfile {l}"),
+        (Some(l), None) => format!("lockfile {l}"),
+        (None, _) => format!("no lockfile; the default for {}", p.manifest),
+    };
+    set("package_manager", pm);
+    if !p.members.is_empty() {
+        set(
+            "members",
+            format!("{} member(s) listed by {}", p.members.len(), p.manifest),
+        );
+    }
+    if let Some(b) = p.build.clone() {
+        set("build", format!("{b}: from {}", p.manifest));
+    }
+    if let Some(r) = p.run.clone() {
+        set("run", format!("{r}: from {}", p.manifest));
+    }
+}
+
 /// `.` → `""`, others unchanged: the tree's directory keys.
 pub fn rel_dir(path: &str) -> String {
     if path == "." {
@@ -547,6 +627,7 @@ fn new_project(
         lockfile: None,
         lockfile_version: None,
         toolchain_version: None,
+        toolchain_range: None,
         version_source: None,
         members: Vec::new(),
         default_members: Vec::new(),
@@ -559,6 +640,9 @@ fn new_project(
         build_system: Vec::new(),
         vendored: false,
         nested_in: None,
+        workspace: None,
+        preferred: false,
+        decided_by: BTreeMap::new(),
     }
 }
 

@@ -6,13 +6,17 @@
 let
   fakeHash = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
   storePath = name: "/nix/store/00000000000000000000000000000000-${name}";
+  # `type = "derivation"` as real packages have: the Procurator library
+  # accepts only derivations (or store paths) in a VM's packages.
   pkg = name: {
     __autonix_pkg = name;
+    type = "derivation";
     outPath = storePath name;
   };
   result = builder: args: {
     __autonix_builder = builder;
     inherit args;
+    type = "derivation";
     outPath = storePath (args.pname or args.name or builder);
   };
   # A builder that can also be `.override`n (buildGoModule.override { go = …; }).
@@ -30,7 +34,7 @@ let
 
   pythonNames = [
     "fastapi" "uvicorn" "django" "psycopg2" "flask" "requests" "gunicorn" "pandas"
-    "typing-extensions" "click" "hatchling" "poetry-core" "pdm-backend" "setuptools"
+    "typing-extensions" "click" "celery" "redis" "hatchling" "poetry-core" "pdm-backend" "setuptools"
   ];
   python = name:
     (pkg name) // {
@@ -61,7 +65,7 @@ let
 in
 plain [
   "rustc" "cargo" "clippy" "rustfmt" "rust-analyzer" "go" "go_1_20" "go_1_21" "go_1_22" "go_1_23"
-  "gopls" "nodejs" "nodejs_18" "nodejs_20" "nodejs_22" "yarn" "bun" "uv" "poetry" "pdm"
+  "gopls" "nodejs" "nodejs_18" "nodejs_20" "nodejs_22" "nodejs_24" "yarn" "bun" "uv" "poetry" "pdm"
   "pipenv" "ruby" "ruby_3_1" "ruby_3_2" "ruby_3_3" "bundix" "jdk" "jdk8" "jdk11" "jdk17" "jdk21"
   "yarnConfigHook" "yarnBuildHook" "runtimeShell"
 ]

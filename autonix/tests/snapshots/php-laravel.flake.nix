@@ -31,8 +31,8 @@
             npmConfigHook = pkgs.importNpmLock.npmConfigHook;
           };
 
-          # . (php, composer): php ^8.2 from composer.json (require.php)
-          laravel = pkgs.php.buildComposerProject2 (finalAttrs: {
+          # . (php, composer): php 8.2 from composer.json (require.php)
+          laravel = pkgs.php82.buildComposerProject2 (finalAttrs: {
             pname = "laravel";
             version = "0-unstable";
             src = ./.;
@@ -42,7 +42,7 @@
               mkdir -p $out/bin
               cat > $out/bin/laravel <<EOF
               #!${pkgs.runtimeShell}
-              export PATH=${lib.makeBinPath [ pkgs.php ]}:\$PATH
+              export PATH=${lib.makeBinPath [ pkgs.php82 ]}:\$PATH
               cd $out/share/php/laravel
               php artisan serve --host=0.0.0.0 --port=8000
               EOF
@@ -63,7 +63,7 @@
         system: pkgs: {
           # Every project's toolchain and package manager.
           default = pkgs.mkShell {
-            packages = [ pkgs.nodejs pkgs.php pkgs.phpPackages.composer ];
+            packages = [ pkgs.nodejs pkgs.php82 pkgs.phpPackages.composer ];
           };
           php-laravel = pkgs.mkShell { inputsFrom = [ self.packages.${system}.php-laravel ]; };
           laravel = pkgs.mkShell { inputsFrom = [ self.packages.${system}.laravel ]; };

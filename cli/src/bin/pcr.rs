@@ -21,6 +21,9 @@ enum Cmd {
     Vms,
     /// The active generation and the ones published before it.
     Generation,
+    /// Scan a repository with autonix and write its flake.nix and Procurator
+    /// cluster file (procurator.nix); needs no control plane.
+    Init(cli::init::InitArgs),
 }
 
 /// Colours, only when stdout is a terminal and NO_COLOR is unset.
@@ -319,6 +322,8 @@ async fn real_main(args: Args) -> Result<String, CliError> {
                 render_vms(&s, &style)
             }
         }
+        // main runs `init` itself, before any connection is made.
+        Cmd::Init(_) => String::new(),
         Cmd::Generation => {
             let s = master.status().await?;
             let gens = master.generations().await?;
@@ -341,7 +346,20 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse_as("pcr", "Inspect a Procurator cluster (read-only)");
+    let args = Args::parse_as(
+        "pcr",
+        "Inspect a Procurator cluster (read-only), or set a repository up for it (init)",
+    );
+    // `init` works on a local directory: no control plane, no runtime.
+    if let Cmd::Init(init) = &args.command {
+        return match cli::init::run(init) {
+            Ok(report) => {
+                cli::output::print_str(&report);
+                ExitCode::SUCCESS
+            }
+            Err(e) => cli::output::fail(cli::output::error_chain(&e)),
+        };
+    }
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(out) => {
             cli::output::print_str(&out);
