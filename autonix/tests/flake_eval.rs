@@ -498,11 +498,10 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             ("/packages/laravel/args/vendorHash", json!(FAKE_HASH)),
             ("/packages/laravel/args/src", json!("path:./.")),
-            // The Vite assets beside it are a project of their own.
-            ("/packages/php-laravel/builder", json!("buildNpmPackage")),
+            // The Vite assets beside it are the app's asset bundling, not a package.
             (
                 "/devShells/default/args/packages",
-                json!(["pkgs:nodejs", "pkgs:php82", "pkgs:phpPackages.composer"]),
+                json!(["pkgs:php82", "pkgs:phpPackages.composer"]),
             ),
         ],
     );

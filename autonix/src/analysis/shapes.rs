@@ -245,21 +245,31 @@ pub(crate) fn mark_preferred(ctx: &Ctx<'_>, projects: &mut [Project]) {
 /// app's asset bundling (jsbundling-rails, cssbundling-rails: `rails
 /// assets:precompile` runs its build script), not a project of its own.
 pub(crate) fn fold_rails_assets(projects: &mut Vec<Project>, ignored: &mut Vec<super::Ignored>) {
-    let rails: BTreeSet<String> = projects
+    // Laravel and Symfony bundle their assets with Vite or Encore the same way.
+    let rails: BTreeMap<String, &'static str> = projects
         .iter()
-        .filter(|p| p.language == Language::Ruby && p.framework.as_deref() == Some("rails"))
-        .map(|p| p.path.clone())
+        .filter_map(|p| {
+            let app = match (p.language, p.framework.as_deref()) {
+                (Language::Ruby, Some("rails")) => "Rails",
+                (Language::Php, Some("laravel")) => "Laravel",
+                (Language::Php, Some("symfony")) => "Symfony",
+                _ => return None,
+            };
+            Some((p.path.clone(), app))
+        })
         .collect();
     projects.retain(|p| {
         let fold = p.language == Language::Node
             && p.run.is_none()
             && p.members.is_empty()
-            && rails.contains(&p.path);
+            && rails.contains_key(&p.path);
         if fold {
             ignored.push(super::Ignored {
                 path: p.manifest.clone(),
-                reason: "asset bundling of the Rails app beside it (no run command of its own)"
-                    .into(),
+                reason: format!(
+                    "asset bundling of the {} app beside it (no run command of its own)",
+                    rails[&p.path]
+                ),
             });
         }
         !fold

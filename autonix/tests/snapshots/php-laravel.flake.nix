@@ -20,17 +20,6 @@
         let
           lib = pkgs.lib;
 
-          # . (node, npm)
-          php-laravel = pkgs.buildNpmPackage {
-            pname = "php-laravel";
-            version = "0-unstable";
-            src = ./.;
-            nodejs = pkgs.nodejs;
-            # Dependencies come from package-lock.json itself: no hash to maintain.
-            npmDeps = pkgs.importNpmLock { npmRoot = ./.; };
-            npmConfigHook = pkgs.importNpmLock.npmConfigHook;
-          };
-
           # . (php, composer): php 8.2 from composer.json (require.php)
           laravel = pkgs.php82.buildComposerProject2 (finalAttrs: {
             pname = "laravel";
@@ -51,11 +40,8 @@
           });
         in
         {
-          inherit php-laravel laravel;
-          default = pkgs.symlinkJoin {
-            name = "php-laravel";
-            paths = [ php-laravel laravel ];
-          };
+          inherit laravel;
+          default = laravel;
         }
       );
 
@@ -63,9 +49,8 @@
         system: pkgs: {
           # Every project's toolchain and package manager.
           default = pkgs.mkShell {
-            packages = [ pkgs.nodejs pkgs.php82 pkgs.phpPackages.composer ];
+            packages = [ pkgs.php82 pkgs.phpPackages.composer ];
           };
-          php-laravel = pkgs.mkShell { inputsFrom = [ self.packages.${system}.php-laravel ]; };
           laravel = pkgs.mkShell { inputsFrom = [ self.packages.${system}.laravel ]; };
         }
       );
