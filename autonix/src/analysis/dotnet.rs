@@ -29,18 +29,12 @@ struct ProjectFile {
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Vec<Candidate> {
     let mut out = Vec::new();
-    let solutions = files_with_ext(ctx, dir, &[".sln", ".slnx"]);
-    let mut listed: Vec<String> = Vec::new();
-    for sln in &solutions {
-        if let Some(c) = solution(ctx, dir, sln) {
-            listed.extend(c.claims.iter().cloned());
-            listed.push(c.project.entry.clone().unwrap_or_default());
-            out.push(c);
-        }
+    for sln in files_with_ext(ctx, dir, &[".sln", ".slnx"]) {
+        out.extend(solution(ctx, dir, &sln));
     }
     for file in files_with_ext(ctx, dir, PROJECT_EXTS) {
-        // A solution in the same directory already covers its projects.
-        if !solutions.is_empty() && listed.iter().any(|l| !l.is_empty()) {
+        // A solution beside a project file builds it: one project, not two.
+        if !out.is_empty() {
             continue;
         }
         let Some(p) = read_project(ctx, dir, &file) else {

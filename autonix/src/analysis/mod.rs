@@ -139,7 +139,9 @@ pub struct Project {
     pub binaries: Vec<String>,
     /// The file the build starts from when it is not the manifest: the
     /// runnable project a .NET solution publishes, the script a shell tool
-    /// runs, the package with the executables in a Haskell workspace.
+    /// runs, the package with the executables in a Haskell workspace; for
+    /// a C/C++ build without install rules, its program's path in the
+    /// build tree (the package copies it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
     /// Declared runtime dependencies, where the builder needs them by name
