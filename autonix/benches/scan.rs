@@ -1,5 +1,6 @@
 //! Scan benchmark: generates a 100,000-file tree with 200 projects (all six
-//! languages, workspaces, nested source directories) in a temp dir, then
+//! languages, nested source directories, Dockerfiles and a CI workflow that
+//! state versions) in a temp dir, then
 //! prints how long `autonix::scan` takes and the peak memory (VmHWM).
 //! Run with `cargo bench -p autonix`; the goal is under 1 s.
 
@@ -53,7 +54,10 @@ fn manifest(root: &Path, i: usize) -> usize {
                 ),
             );
             w("uv.lock", "version = 1\n");
-            w(".python-version", "3.12\n");
+            w(
+                "Dockerfile",
+                "FROM python:3.12-slim\nCOPY . /app\nCMD [\"python\", \"/app/main.py\"]\n",
+            );
             3
         }
         4 => {
@@ -74,7 +78,14 @@ fn manifest(root: &Path, i: usize) -> usize {
 }
 
 fn generate(root: &Path) -> usize {
-    let mut files = 0;
+    // CI that states versions (read once per scan, applied to every project).
+    fs::create_dir_all(root.join(".github/workflows")).unwrap();
+    fs::write(
+        root.join(".github/workflows/ci.yml"),
+        "jobs:\n  test:\n    strategy:\n      matrix:\n        node: [20, 22]\n    steps:\n      - uses: actions/setup-node@v4\n        with:\n          node-version: ${{ matrix.node }}\n      - uses: actions/setup-go@v5\n        with:\n          go-version: '1.22'\n",
+    )
+    .unwrap();
+    let mut files = 1;
     for i in 0..PROJECTS {
         files += manifest(root, i);
     }

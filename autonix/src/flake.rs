@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use crate::plan::{Builder, Package, Plan, nix_path};
 
+mod stacks;
+
 /// A Nix string literal (`"…"`).
 pub fn nix_str(s: &str) -> String {
     let mut out = String::from("\"");
@@ -151,12 +153,27 @@ fn user_command(run: &str) -> String {
     nix_indented(&heredoc_escape(run))
 }
 
-fn build_phase(cmd: &str) -> Vec<String> {
-    vec![
-        "runHook preBuild".into(),
-        cmd.into(),
-        "runHook postBuild".into(),
-    ]
+/// The build script, run in the workspace member's directory when the
+/// package is one (in a subshell, so installPhase starts at the root).
+fn build_phase(pkg: &Package, cmd: &str) -> Vec<String> {
+    let cmd = match &pkg.options.member_dir {
+        Some(m) => format!("(cd {m} && {cmd})"),
+        None => cmd.to_string(),
+    };
+    vec!["runHook preBuild".into(), cmd, "runHook postBuild".into()]
+}
+
+/// A tree without a manifest (a Dockerfile-only service): installed as is,
+/// with a launcher that has the runtime on its PATH.
+fn script(pkg: &Package) -> String {
+    let tc = toolchain(pkg);
+    let mut a = Attrs::package(pkg);
+    a.comment(
+        "No manifest: the tree is installed as is (the Dockerfile's command is the launcher).",
+    );
+    a.set("dontBuild", "true");
+    a.script("installPhase", &install_tree(pkg, &[tc]));
+    a.render("pkgs.stdenv.mkDerivation {", "}")
 }
 
 fn placeholder_comment(a: &mut Attrs, pkg: &Package, attr: &str) {
@@ -229,6 +246,8 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
         Builder::BundlerEnv => ruby(pkg),
         Builder::Maven => maven(pkg).into(),
         Builder::Gradle => gradle(pkg).into(),
+        Builder::Script => script(pkg).into(),
+        _ => stacks::render(pkg),
     };
     let mut out: Vec<Binding> = deps.into_iter().collect();
     out.push(Binding {
@@ -242,6 +261,12 @@ fn bindings(pkg: &Package) -> Vec<Binding> {
 /// rustPlatform.buildRustPackage, from Cargo.lock when there is one.
 fn rust(pkg: &Package) -> String {
     let mut a = Attrs::package(pkg);
+    if let Some(member) = &pkg.options.cargo_package {
+        a.comment("A member of the Cargo workspace in src: build only this package.");
+        let flags = format!("[ \"-p\" {} ]", nix_str(member));
+        a.set("cargoBuildFlags", &flags);
+        a.set("cargoTestFlags", &flags);
+    }
     match &pkg.options.lockfile {
         Some(l) => {
             a.set("cargoLock.lockFile", l);
@@ -306,6 +331,10 @@ fn npm(pkg: &Package) -> String {
     } else {
         fake_hash(&mut a, pkg, "npmDepsHash");
     }
+    if let Some(m) = &pkg.options.member_dir {
+        a.comment("A member of the npm workspace in src: build only this workspace.");
+        a.set("npmWorkspace", nix_str(m));
+    }
     if !pkg.options.build_script {
         a.set("dontNpmBuild", "true");
     }
@@ -350,8 +379,9 @@ fn yarn(pkg: &Package) -> String {
         (true, false) => {
             a.set("dontYarnBuild", "true");
         }
-        (false, true) => {
-            a.script("buildPhase", &build_phase("yarn run build"));
+        // yarnBuildHook builds at the root; a member builds in its directory.
+        (false, true) | (true, true) if !classic || pkg.options.member_dir.is_some() => {
+            a.script("buildPhase", &build_phase(pkg, "yarn run build"));
         }
         _ => {}
     }
@@ -378,7 +408,7 @@ fn pnpm(pkg: &Package) -> String {
         format!("[ {tc} {pnpm} pkgs.pnpmConfigHook ]"),
     );
     if pkg.options.build_script {
-        a.script("buildPhase", &build_phase("pnpm run build"));
+        a.script("buildPhase", &build_phase(pkg, "pnpm run build"));
     }
     a.script("installPhase", &install_tree(pkg, &[tc, pnpm]));
     a.render("pkgs.stdenv.mkDerivation {", "}")
@@ -425,7 +455,7 @@ fn bun(pkg: &Package) -> Rendered {
         ],
     );
     if pkg.options.build_script {
-        a.script("buildPhase", &build_phase("bun run build"));
+        a.script("buildPhase", &build_phase(pkg, "bun run build"));
     }
     a.script("installPhase", &install_tree(pkg, &["pkgs.bun".into()]));
     a.comment(&format!(
@@ -586,6 +616,29 @@ fn indent(text: &str, by: usize) -> String {
 
 /// Renders the flake.
 pub fn generate(plan: &Plan) -> String {
+    render(plan, None)
+}
+
+/// Where the cluster half of a flake comes from: the Procurator library's
+/// flake URL and the cluster file next to flake.nix (`pcr init`).
+#[derive(Debug, Clone)]
+pub struct ClusterRef {
+    /// Flake URL of Procurator's `nix/` directory (its `lib`).
+    pub procurator_url: String,
+    /// The cluster file, relative to flake.nix (`procurator.nix`).
+    pub file: String,
+    /// The system the VMs are built for.
+    pub system: String,
+}
+
+/// Renders the flake with the `procurator` output of the flake contract
+/// (`procurator.vmSpecs`, `procurator.closure`), evaluated from the cluster
+/// file by the Procurator library's `evalNixosCluster`.
+pub fn generate_with_cluster(plan: &Plan, cluster: &ClusterRef) -> String {
+    render(plan, Some(cluster))
+}
+
+fn render(plan: &Plan, cluster: Option<&ClusterRef>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -605,8 +658,22 @@ pub fn generate(plan: &Plan) -> String {
         nix_str(&format!("{} (generated by autonix)", plan.name))
     );
     s.push('\n');
-    s.push_str("  inputs.nixpkgs.url = \"github:NixOS/nixpkgs/nixos-unstable\";\n\n");
-    s.push_str("  outputs =\n    { self, nixpkgs }:\n    let\n");
+    s.push_str("  inputs.nixpkgs.url = \"github:NixOS/nixpkgs/nixos-unstable\";\n");
+    if let Some(c) = cluster {
+        s.push_str("  # Procurator's Nix library (the nix/ directory of its repository).\n");
+        let _ = writeln!(
+            s,
+            "  inputs.procurator = {{\n    url = {};\n    inputs.nixpkgs.follows = \"nixpkgs\";\n  }};",
+            nix_str(&c.procurator_url)
+        );
+    }
+    s.push('\n');
+    let args = if cluster.is_some() {
+        "self, nixpkgs, procurator"
+    } else {
+        "self, nixpkgs"
+    };
+    let _ = write!(s, "  outputs =\n    {{ {args} }}:\n    let\n");
     s.push_str("      systems = [ \"x86_64-linux\" \"aarch64-linux\" \"x86_64-darwin\" \"aarch64-darwin\" ];\n");
     s.push_str("      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});\n");
     s.push_str("    in\n    {\n");
@@ -664,6 +731,11 @@ pub fn generate(plan: &Plan) -> String {
             pkg.attr, pkg.attr
         );
     }
+    for pkg in &plan.shells {
+        for line in stacks::shell(pkg) {
+            let _ = writeln!(s, "          {line}");
+        }
+    }
     s.push_str("        }\n      );\n\n");
 
     // apps
@@ -681,7 +753,17 @@ pub fn generate(plan: &Plan) -> String {
             pkg.attr, pkg.attr, program
         );
     }
-    s.push_str("        }\n      );\n    };\n}\n");
+    s.push_str("        }\n      );\n");
+    if let Some(c) = cluster {
+        let file = nix_path(&c.file);
+        let system = nix_str(&c.system);
+        let _ = write!(
+            s,
+            "\n      # The cluster CI deploys (flake contract: procurator.vmSpecs and\n      # procurator.closure): one VM group per runnable package, in {}.\n      procurator =\n        let\n          system = {system};\n        in\n        (procurator.lib.evalNixosCluster (\n          {{ inherit system; }}\n          // import {file} {{\n            pkgs = nixpkgs.legacyPackages.${{system}};\n            packages = self.packages.${{system}};\n          }}\n        )).procurator;\n",
+            c.file
+        );
+    }
+    s.push_str("    };\n}\n");
     s
 }
 

@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod flake;
 mod glob;
+pub mod init;
 pub mod plan;
 pub mod scan;
 
@@ -31,4 +32,14 @@ pub fn plan(scan: &Scan) -> Plan {
 /// Renders the flake.nix for a plan.
 pub fn generate(plan: &Plan) -> String {
     flake::generate(plan)
+}
+
+/// Scans the repository at `root` and returns its flake.nix, its Procurator
+/// cluster file and what was found and left undecided (`pcr init`,
+/// repohub's "Generate flake"). `procurator_url` is the flake URL of
+/// Procurator's `nix/` directory.
+pub fn init(root: impl AsRef<Path>, procurator_url: &str) -> Result<init::Init, ScanError> {
+    let scan = scan(root)?;
+    let plan = plan::plan(&scan);
+    Ok(init::init(&scan, &plan, procurator_url))
 }

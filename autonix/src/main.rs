@@ -28,6 +28,10 @@ enum Command {
         /// Print the full report as JSON.
         #[arg(long)]
         json: bool,
+        /// Say why each project was reported, which file decided each of
+        /// its fields, and why each skipped manifest is not a project.
+        #[arg(long, conflicts_with = "json")]
+        explain: bool,
     },
     /// Print the build plan as JSON.
     Plan { path: PathBuf },
@@ -77,10 +81,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Scan { path, json } => {
+        Command::Scan {
+            path,
+            json,
+            explain,
+        } => {
             let scan = autonix::scan(&path)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&scan)?);
+            } else if explain {
+                print!("{}", explain_text(&scan));
             } else {
                 print_summary(&scan);
             }
@@ -109,8 +119,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     path: target.clone(),
                     source,
                 })?;
+                let shells = match plan.shells.len() {
+                    0 => String::new(),
+                    n => format!(", {n} dev shells for projects nixpkgs cannot build"),
+                };
                 eprintln!(
-                    "wrote {} ({} packages)",
+                    "wrote {} ({} packages{shells})",
                     target.display(),
                     plan.packages.len()
                 );
@@ -134,7 +148,10 @@ fn print_summary(scan: &autonix::Scan) {
     let _ = writeln!(out, "{}: {} project(s)", scan.name, scan.projects.len());
     for p in &scan.projects {
         let version = match (&p.toolchain_version, &p.version_source) {
-            (Some(v), Some(s)) => format!(" {} {v} (from {s})", p.language.as_str()),
+            (Some(v), Some(s)) => match &p.toolchain_range {
+                Some(r) => format!(" {} {v} ({r}, from {s})", p.language.as_str()),
+                None => format!(" {} {v} (from {s})", p.language.as_str()),
+            },
             _ => String::new(),
         };
         let _ = writeln!(
@@ -169,4 +186,70 @@ fn print_summary(scan: &autonix::Scan) {
     for w in &scan.warnings {
         let _ = writeln!(out, "warning: {}: {}", w.path, w.message);
     }
+}
+
+/// `scan --explain`: per project, why it is one and, field by field, its
+/// value and what decided it; then every manifest or directory that is not
+/// a project, with the rule that excluded it.
+fn explain_text(scan: &autonix::Scan) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: {} project(s)", scan.name, scan.projects.len());
+    for p in &scan.projects {
+        let _ = writeln!(
+            s,
+            "\n{} ({}, {}) at {}",
+            p.name,
+            p.language.as_str(),
+            p.package_manager,
+            p.path
+        );
+        let why = |k: &str| p.decided_by.get(k).cloned();
+        let mut line = |field: &str, value: Option<String>, key: &str| {
+            let value = value.unwrap_or_else(|| "-".into());
+            match why(key) {
+                Some(w) => {
+                    let _ = writeln!(s, "  {field:<18} {value}\n  {:<18} because: {w}", "");
+                }
+                None => {
+                    let _ = writeln!(s, "  {field:<18} {value}");
+                }
+            }
+        };
+        line("reported", Some(p.manifest.clone()), "project");
+        line(
+            "package manager",
+            Some(p.package_manager.clone()),
+            "package_manager",
+        );
+        line("lockfile", p.lockfile.clone(), "lockfile");
+        line(
+            "toolchain",
+            p.toolchain_version
+                .as_ref()
+                .map(|v| match &p.toolchain_range {
+                    Some(r) => format!("{v} ({r})"),
+                    None => v.clone(),
+                }),
+            "toolchain_version",
+        );
+        if p.workspace.is_some() {
+            line("workspace", p.workspace.clone(), "workspace");
+        }
+        if !p.members.is_empty() {
+            line("members", Some(p.members.join(", ")), "members");
+        }
+        if p.decided_by.contains_key("preferred") {
+            line("preferred", Some(p.preferred.to_string()), "preferred");
+        }
+        line("build", p.build.clone(), "");
+        line("run", p.run.clone(), "run");
+    }
+    if !scan.ignored.is_empty() {
+        s.push_str("\nnot projects:\n");
+        for i in &scan.ignored {
+            let _ = writeln!(s, "  {}: {}", i.path, i.reason);
+        }
+    }
+    s
 }

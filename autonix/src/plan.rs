@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Language, Project, Scan, rel_dir};
 
+mod stacks;
+pub use stacks::StackOptions;
+
 /// The nixpkgs builder a package uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Builder {
@@ -39,12 +42,51 @@ pub enum Builder {
     Maven,
     #[serde(rename = "stdenv.mkDerivation+gradle.fetchDeps")]
     Gradle,
+    #[serde(rename = "buildDotnetModule")]
+    Dotnet,
+    #[serde(rename = "php.buildComposerProject2")]
+    Composer,
+    #[serde(rename = "stdenv.mkDerivation+cmake")]
+    CMake,
+    #[serde(rename = "stdenv.mkDerivation+meson")]
+    Meson,
+    #[serde(rename = "stdenv.mkDerivation+autoreconfHook")]
+    Autotools,
+    #[serde(rename = "stdenv.mkDerivation+make")]
+    Make,
+    #[serde(rename = "stdenv.mkDerivation+zig.hook")]
+    Zig,
+    #[serde(rename = "beamPackages.mixRelease")]
+    MixRelease,
+    #[serde(rename = "haskellPackages.callCabal2nix")]
+    Haskell,
+    #[serde(rename = "flutter.buildFlutterApplication")]
+    Flutter,
+    #[serde(rename = "buildDartApplication")]
+    Dart,
+    #[serde(rename = "swiftPackages.stdenv.mkDerivation+swiftpm")]
+    Swift,
+    #[serde(rename = "writeShellApplication")]
+    ShellApplication,
+    /// nixpkgs has no builder (sbt, Deno, conda): a dev shell and a note,
+    /// no package.
+    #[serde(rename = "mkShell")]
+    DevShell,
+    /// No manifest (a Dockerfile-only service): the tree is installed as
+    /// is, with a launcher that has the runtime on its PATH.
+    #[serde(rename = "stdenv.mkDerivation+script")]
+    Script,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub name: String,
     pub packages: Vec<Package>,
+    /// Projects nixpkgs has no builder for: each gets a dev shell
+    /// (`nix develop .#<attr>`) and a note saying how to build it, never a
+    /// package that cannot build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shells: Vec<Package>,
     /// nixpkgs attributes for the default dev shell (every toolchain).
     pub dev_shell: Vec<String>,
     /// Other versions of a language already in the default shell, as
@@ -143,6 +185,17 @@ pub struct Options {
     /// Rust: a pinned toolchain file exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rust_toolchain_file: Option<String>,
+    /// The stacks beyond the first six (.NET, PHP, C/C++, Zig, Elixir,
+    /// Haskell, Scala, Dart, Swift, Deno, shell, conda).
+    #[serde(default, skip_serializing_if = "StackOptions::is_empty")]
+    pub stack: StackOptions,
+    /// Rust: the workspace member package this package builds (`-p`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cargo_package: Option<String>,
+    /// Node: the workspace member directory, relative to `src` (the
+    /// workspace root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_dir: Option<String>,
 }
 
 /// Nix path literal for a root-relative path.
@@ -175,6 +228,7 @@ pub fn attr_name(name: &str) -> String {
 
 pub fn plan(scan: &Scan) -> Plan {
     let mut packages = Vec::new();
+    let mut shells = Vec::new();
     let mut shell: Vec<String> = Vec::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
     let mut shadowed: Vec<String> = Vec::new();
@@ -217,35 +271,23 @@ pub fn plan(scan: &Scan) -> Plan {
             }
         }
         if p.language == Language::Go && p.manifest.ends_with("go.work") {
-            // buildGoModule does not understand go.work: one package per
-            // module, built from the workspace source so `replace ../x` works.
-            for m in &p.members {
-                let rel = m
-                    .strip_prefix(&format!("{}/", rel_dir(&p.path)))
-                    .unwrap_or(m);
-                let base = m.rsplit('/').next().unwrap_or(m);
-                let mut pkg = package(p, tc.clone(), &format!("{}-{base}", p.name), &mut taken);
-                pkg.options.mod_root = Some(rel.to_string());
-                pkg.options.sub_packages = Vec::new();
-                pkg.program = p
-                    .binaries
-                    .iter()
-                    .find(|b| *b == base)
-                    .cloned()
-                    .or_else(|| Some(base.to_string()));
-                pkg.inputs = vec![format!("{m}/go.mod")];
-                pkg.options.no_dependencies = false;
-                placeholders(&mut pkg);
-                packages.push(pkg);
-            }
+            // buildGoModule does not understand go.work: its modules are
+            // projects of their own, each a package built with modRoot.
             continue;
         }
         let mut pkg = package(p, tc, &p.name, &mut taken);
         placeholders(&mut pkg);
-        packages.push(pkg);
+        if pkg.builder == Builder::DevShell {
+            shells.push(pkg);
+        } else {
+            packages.push(pkg);
+        }
     }
     let mut notes = Vec::new();
-    for pkg in &packages {
+    for pkg in packages.iter().chain(&shells) {
+        if let Some(n) = &pkg.options.stack.note {
+            notes.push(format!("{}: {n}", pkg.attr));
+        }
         for ph in &pkg.placeholders {
             notes.push(format!(
                 "{}: {} is a placeholder; {}",
@@ -259,6 +301,7 @@ pub fn plan(scan: &Scan) -> Plan {
     Plan {
         name: scan.name.clone(),
         packages,
+        shells,
         dev_shell: runtimes.into_iter().chain(shell).collect(),
         dev_shell_omitted: shadowed,
         notes,
@@ -267,15 +310,38 @@ pub fn plan(scan: &Scan) -> Plan {
 
 fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<String>) -> Package {
     let mut attr = attr_name(name);
-    if attr == "default" {
-        attr = "default-pkg".into();
+    // `default` is the flake's own; the others are bindings of the
+    // packages' `let` that a package of that name would shadow.
+    if matches!(
+        attr.as_str(),
+        "default" | "lib" | "pkgs" | "system" | "self" | "nixpkgs"
+    ) {
+        attr.push_str("-pkg");
     }
     while taken.contains(&attr) {
         attr.push_str("-2");
     }
     taken.insert(attr.clone());
     let dir = rel_dir(&p.path);
+    // A workspace member builds from the workspace root (its lockfile and
+    // sibling packages live there), except Python, whose member has its
+    // own pyproject.
+    let ws = p
+        .workspace
+        .as_deref()
+        .filter(|_| p.language != Language::Python)
+        .map(rel_dir);
+    let member_rel = ws.as_ref().map(|w| {
+        dir.strip_prefix(&format!("{w}/"))
+            .filter(|_| !w.is_empty())
+            .unwrap_or(&dir)
+            .to_string()
+    });
     let builder = match (p.language, p.package_manager.as_str()) {
+        // A shell tool has no package manager either, but its scripts are
+        // the program: writeShellApplication, not an installed tree.
+        (Language::Shell, _) => Builder::ShellApplication,
+        (_, "none") => Builder::Script,
         (Language::Rust, _) => Builder::RustPackage,
         (Language::Go, _) => Builder::GoModule,
         (Language::Node, "yarn") => Builder::YarnClassic,
@@ -284,10 +350,12 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
         (Language::Node, "bun") => Builder::Bun,
         (Language::Node, _) if p.lockfile_version.unwrap_or(0) >= 2 => Builder::NpmImportLock,
         (Language::Node, _) => Builder::NpmDepsHash,
+        (Language::Python, "conda") => Builder::DevShell,
         (Language::Python, _) => Builder::PythonApplication,
         (Language::Ruby, _) => Builder::BundlerEnv,
         (Language::Java, "maven") => Builder::Maven,
         (Language::Java, _) => Builder::Gradle,
+        _ => stacks::builder(p),
     };
     let mut inputs: Vec<String> = p.lockfile.iter().cloned().collect();
     let mut options = Options {
@@ -296,8 +364,14 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
     };
     let mut program = None;
     match p.language {
+        _ if builder == Builder::Script => {
+            program = p.run.as_ref().map(|_| attr.clone());
+        }
         Language::Rust => {
             program = p.binaries.first().cloned();
+            if ws.is_some() {
+                options.cargo_package = Some(p.name.clone());
+            }
             if p.version_source
                 .as_deref()
                 .is_some_and(|s| s.contains("rust-toolchain"))
@@ -306,7 +380,15 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
             }
         }
         Language::Go => {
-            program = p.binaries.first().cloned();
+            // The main package named after the module is the service; the
+            // other `cmd/*` are its tools.
+            program = p
+                .binaries
+                .iter()
+                .find(|b| **b == p.name)
+                .or(p.binaries.first())
+                .cloned();
+            options.mod_root = member_rel.clone();
             options.vendored = p.vendored;
             options.no_dependencies = p.lockfile.is_none();
             let cmds: Vec<String> = p
@@ -323,7 +405,8 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
             }
         }
         Language::Node => {
-            options.build_script = p.build.as_deref().is_some_and(|b| b.contains("run build"));
+            options.member_dir = member_rel.clone();
+            options.build_script = p.build.as_deref().is_some_and(|b| b.contains(" build"));
             if p.run.is_some() {
                 program = Some(attr.clone());
             }
@@ -360,6 +443,10 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
                 inputs.push(crate::scan::join(&dir, "deps.json"));
             }
         }
+        _ => program = stacks::options(p, builder, &attr, &toolchain, &mut options, &mut inputs),
+    }
+    if builder == Builder::DevShell {
+        options.stack.note = Some(stacks::no_builder_note(p));
     }
     Package {
         attr,
@@ -369,7 +456,7 @@ fn package(p: &Project, toolchain: Toolchain, name: &str, taken: &mut BTreeSet<S
         builder,
         pname: name.to_string(),
         version: p.version.clone().unwrap_or_else(|| "0-unstable".into()),
-        src: nix_path(&dir),
+        src: nix_path(ws.as_deref().unwrap_or(&dir)),
         inputs,
         commands: Commands {
             build: p.build.clone(),
@@ -427,7 +514,7 @@ fn placeholders(pkg: &mut Package) {
                 crate::scan::join(&dir, "deps.json")
             ),
         }),
-        _ => {}
+        _ => stacks::placeholders(pkg, &dir, &cd),
     }
 }
 
@@ -450,6 +537,7 @@ pub fn python_attr(name: &str) -> String {
 /// The unversioned nixpkgs attribute a language falls back to.
 fn is_default_attr(attr: &str) -> bool {
     matches!(attr, "rustc" | "go" | "nodejs" | "python3" | "ruby" | "jdk")
+        || stacks::is_default_attr(attr)
 }
 
 /// Major and minor numbers of a version string that names one version
@@ -516,6 +604,7 @@ fn toolchain(p: &Project) -> Toolchain {
                 "poetry" => vec!["poetry"],
                 "pdm" => vec!["pdm"],
                 "pipenv" => vec!["pipenv"],
+                "conda" => vec!["conda"],
                 _ => vec![],
             },
         ),
@@ -538,6 +627,7 @@ fn toolchain(p: &Project) -> Toolchain {
                 vec!["gradle"]
             },
         ),
+        _ => stacks::toolchain(p, mm),
     };
     let mut tools: Vec<String> = tools.into_iter().map(String::from).collect();
     // pnpm's lockfile and yarn berry's cache formats change between

@@ -37,6 +37,23 @@ const DEPENDENCY_DIRS: &[&str] = &[
     ".svelte-kit",
     ".turbo",
     ".direnv",
+    // Build output and dependency caches of the stacks beyond the first six.
+    "_build",
+    ".stack-work",
+    "dist-newstyle",
+    "zig-out",
+    ".zig-cache",
+    "zig-cache",
+    ".dart_tool",
+    ".pub-cache",
+    ".build",
+    ".swiftpm",
+    "Pods",
+    "Carthage",
+    ".bsp",
+    ".bloop",
+    ".metals",
+    ".elixir_ls",
 ];
 /// Directories skipped silently: VCS metadata and caches that never hold a
 /// project.
@@ -51,6 +68,55 @@ const SILENT_DIRS: &[&str] = &[
     ".idea",
     ".cache",
 ];
+
+/// Why a directory's manifests are not projects (see [`not_a_project`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAProject {
+    pub reason: &'static str,
+    /// Reported anyway when runnable on its own (own lockfile and a run
+    /// command): examples and documentation sites can be real deployables.
+    pub unless_runnable: bool,
+}
+
+/// The precision rule, in one place. A manifest is not a project when any
+/// component of its directory says the code is not the repository's own
+/// runnable software:
+/// - vendored code (`vendor`, `third_party`, `external`, …): never;
+/// - tests and their fixtures (`tests`, `fixtures`, `testdata`, `spec`, …):
+///   never, a fixture is built by the test that uses it;
+/// - examples and samples: not unless runnable on their own;
+/// - documentation tooling (`docs`, `doc`, `documentation`: Sphinx
+///   requirements, a docs site's package.json): not unless runnable on
+///   their own.
+///
+/// Dependency and build-output directories (`node_modules`, `_build`,
+/// `.stack-work`, `zig-out`, Composer's `vendor`, …) are not even walked:
+/// see `DEPENDENCY_DIRS` and `is_build_output`. Generated directories are
+/// recognised by those markers, never by a name like `gen` alone, which
+/// often holds a generator's own sources.
+pub fn not_a_project(dir: &str) -> Option<NotAProject> {
+    let rule = |reason, unless_runnable| {
+        Some(NotAProject {
+            reason,
+            unless_runnable,
+        })
+    };
+    for comp in dir.split('/') {
+        match comp {
+            "vendor" | "third_party" | "third-party" | "thirdparty" | "external" | "extern" => {
+                return rule("vendored code", false);
+            }
+            "fixtures" | "fixture" | "__fixtures__" | "testdata" | "test-data" | "test_data"
+            | "tests" | "test" | "__tests__" | "spec" => {
+                return rule("test code or fixture", false);
+            }
+            "examples" | "example" | "samples" | "sample" => return rule("example", true),
+            "docs" | "doc" | "documentation" => return rule("documentation tooling", true),
+            _ => {}
+        }
+    }
+    None
+}
 
 /// Errors that stop a scan before it starts; everything inside the tree
 /// becomes a warning instead.
@@ -189,7 +255,39 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | ".drone.yml"
         | ".woodpecker.yml"
         | "flake.nix"
-        | "setup.py" => Some(Content),
+        | "setup.py"
+        | "global.json"
+        | "Directory.Build.props"
+        | "composer.json"
+        | ".php-version"
+        | "CMakeLists.txt"
+        | "meson.build"
+        | "configure.ac"
+        | "configure.in"
+        | "Makefile.am"
+        | "build.zig"
+        | "build.zig.zon"
+        | "mix.exs"
+        | "cabal.project"
+        | "stack.yaml"
+        | "package.yaml"
+        | "build.sbt"
+        | "build.properties"
+        | "plugins.sbt"
+        | "pubspec.yaml"
+        | ".fvmrc"
+        | "Package.swift"
+        | ".swift-version"
+        | "deno.json"
+        | "deno.jsonc"
+        | ".dvmrc"
+        | "environment.yml"
+        | "environment.yaml"
+        // READMEs say which of two build systems is the one in use.
+        | "README.md"
+        | "README"
+        | "readme.md"
+        | "README.rst" => Some(Content),
         "Cargo.lock"
         | "go.sum"
         | "go.work.sum"
@@ -201,11 +299,21 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
         | "uv.lock"
         | "poetry.lock"
         | "pdm.lock"
-        | "Pipfile.lock" => Some(Head),
+        | "Pipfile.lock"
+        | "packages.lock.json"
+        | "composer.lock"
+        | "mix.lock"
+        | "stack.yaml.lock"
+        | "cabal.project.freeze"
+        | "pubspec.lock"
+        | "Package.resolved"
+        | "deno.lock"
+        | "conda-lock.yml" => Some(Head),
         "bun.lockb" | "manage.py" | "main.py" | "app.py" | "wsgi.py" | "main.go" | "config.ru"
         | "gradlew" | "mvnw" | "server.js" | "index.js" | "main.rs" | "modules.txt"
         | "default.nix" | "shell.nix" | "rails" | "next.config.js" | "next.config.mjs"
-        | "next.config.ts" | "vite.config.ts" | "vite.config.js" | "deps.json" | "gemset.nix" => {
+        | "next.config.ts" | "vite.config.ts" | "vite.config.js" | "deps.json" | "gemset.nix"
+        | "configure" | "artisan" | "index.php" | "main.ts" | "main.tsx" | "mod.ts" => {
             Some(Presence)
         }
         _ => None,
@@ -220,6 +328,25 @@ fn interest(dir: &str, name: &str) -> Option<Interest> {
     );
     if ci_dir && (name.ends_with(".yml") || name.ends_with(".yaml")) {
         return Some(Content);
+    }
+    // Manifests named after their project: .NET project files and
+    // solutions, cabal package descriptions.
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    if matches!(
+        ext,
+        Some("csproj" | "fsproj" | "vbproj" | "sln" | "slnx" | "cabal")
+    ) {
+        return Some(Content);
+    }
+    let last = dir.rsplit('/').next().unwrap_or("");
+    // Dart executables live in `bin/<name>.dart`.
+    if last == "bin" && ext == Some("dart") {
+        return Some(Presence);
+    }
+    // A shell tool's entry: a script at the root or in its `bin/`. Only
+    // the head is read, for the shebang.
+    if (dir.is_empty() || dir == "bin") && matches!(ext, None | Some("sh" | "bash")) {
+        return Some(Head);
     }
     // Dockerfile variants: Dockerfile.dev, api.Dockerfile.
     if name.starts_with("Dockerfile.")
@@ -323,6 +450,34 @@ fn is_build_output(path: &Path, name: &str) -> bool {
     match name {
         "target" => path.join("CACHEDIR.TAG").exists() || path.join(".rustc_info.json").exists(),
         "env" | ".env" => path.join("pyvenv.cfg").exists(),
+        _ => is_stack_output(path, name),
+    }
+}
+
+/// Output and dependency directories that only their build tool's
+/// manifest next to them identifies: Mix's `deps`, .NET's `bin`/`obj`,
+/// sbt's `target`, Composer's `vendor`, Flutter's `build`.
+fn is_stack_output(path: &Path, name: &str) -> bool {
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let sibling = |f: &str| parent.join(f).exists();
+    let dotnet_project = || {
+        fs::read_dir(parent).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok()).any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".csproj") || n.ends_with(".fsproj") || n.ends_with(".vbproj")
+            })
+        })
+    };
+    match name {
+        "deps" => sibling("mix.exs"),
+        "obj" => path.join("project.assets.json").exists() || dotnet_project(),
+        "bin" => (path.join("Debug").is_dir() || path.join("Release").is_dir()) && dotnet_project(),
+        "target" => sibling("build.sbt") || parent.file_name().is_some_and(|n| n == "project"),
+        "vendor" => sibling("composer.json") && path.join("autoload.php").exists(),
+        "build" => sibling("pubspec.yaml"),
         _ => false,
     }
 }

@@ -101,6 +101,17 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ("/packages/experimental/args/cargoHash", json!(FAKE_HASH)),
             ("/packages/default/builder", json!("symlinkJoin")),
             ("/apps/rust-workspace/type", json!("app")),
+            // A member with its own binary is a package of its own, built
+            // from the workspace with its lockfile.
+            ("/packages/nx-cli/args/src", json!("path:./.")),
+            (
+                "/packages/nx-cli/args/cargoBuildFlags",
+                json!(["-p", "nx-cli"]),
+            ),
+            (
+                "/packages/nx-cli/args/cargoLock/lockFile",
+                json!("path:./Cargo.lock"),
+            ),
             (
                 "/devShells/default/args/packages",
                 json!([
@@ -116,28 +127,19 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
     m.insert(
         "go-workspace",
         vec![
-            ("/packages/go-workspace-api/builder", json!("buildGoModule")),
-            (
-                "/packages/go-workspace-api/override/go",
-                json!("pkgs:go_1_22"),
-            ),
-            ("/packages/go-workspace-api/args/src", json!("path:./.")),
-            ("/packages/go-workspace-api/args/modRoot", json!("api")),
-            ("/packages/go-workspace-api/args/env/GOWORK", json!("off")),
-            (
-                "/packages/go-workspace-api/args/vendorHash",
-                json!(FAKE_HASH),
-            ),
-            (
-                "/packages/go-workspace-worker/args/modRoot",
-                json!("worker"),
-            ),
+            ("/packages/api/builder", json!("buildGoModule")),
+            ("/packages/api/override/go", json!("pkgs:go_1_22")),
+            ("/packages/api/args/src", json!("path:./.")),
+            ("/packages/api/args/modRoot", json!("api")),
+            ("/packages/api/args/env/GOWORK", json!("off")),
+            ("/packages/api/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/worker/args/modRoot", json!("worker")),
             ("/packages/legacy/args/vendorHash", Value::Null),
             ("/packages/legacy/override/go", json!("pkgs:go_1_21")),
             ("/packages/gen/args/vendorHash", Value::Null),
             (
-                "/apps/go-workspace-worker/program",
-                json!("/nix/store/00000000000000000000000000000000-go-workspace-worker/bin/worker"),
+                "/apps/worker/program",
+                json!("/nix/store/00000000000000000000000000000000-worker/bin/worker"),
             ),
         ],
     );
@@ -215,6 +217,11 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                     "pkgs:yarn-berry_4.yarnBerryConfigHook"
                 ]),
             ),
+            ("/packages/pnpm-apps-web/args/src", json!("path:./pnpm")),
+            (
+                "/packages/pnpm-apps-web/args/buildPhase",
+                json!("runHook preBuild\n(cd apps/web && pnpm run build)\nrunHook postBuild\n"),
+            ),
             (
                 "/packages/edge-fn/args/nativeBuildInputs",
                 json!(["pkgs:bun"]),
@@ -251,7 +258,7 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
             ),
             (
                 "/packages/portal/args/dependencies",
-                json!(["pkgs:python3.pkgs.django", "pkgs:python3.pkgs.psycopg2"]),
+                json!(["pkgs:python312.pkgs.django", "pkgs:python312.pkgs.psycopg2"]),
             ),
             (
                 "/packages/pipenv/builder",
@@ -302,10 +309,6 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
                 json!("fetchPnpmDeps"),
             ),
             ("/packages/notifier/override/go", json!("pkgs:go_1_22")),
-            (
-                "/packages/app/args/yarnOfflineCache/args/yarnLock",
-                json!("path:./yarn.lock"),
-            ),
         ],
     );
     m.insert(
@@ -379,6 +382,320 @@ fn expectations() -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
         ],
     );
     m.insert(
+        "version-sources",
+        vec![
+            // rust-toolchain.toml says `stable`: the MSRV decides.
+            (
+                "/packages/acmectl/builder",
+                json!("rustPlatform.buildRustPackage"),
+            ),
+            ("/packages/acmectl/args/version", json!("0.4.1")),
+            // engines >=24 beats the Dockerfile's node:22 it contradicts.
+            ("/packages/web/args/nodejs", json!("pkgs:nodejs_24")),
+            ("/packages/acme-api/args/nodejs", json!("pkgs:nodejs_22")),
+            (
+                "/packages/worker/builder",
+                json!("python311.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/svc/override/go", json!("pkgs:go_1_21")),
+            ("/packages/billing/args/mvnJdk", json!("pkgs:jdk21")),
+            (
+                "/packages/store/args/buildInputs/0/args/ruby",
+                json!("pkgs:ruby_3_3"),
+            ),
+        ],
+    );
+    m.insert(
+        "dual-build",
+        vec![
+            ("/packages/ledger/builder", json!("maven.buildMavenPackage")),
+            ("/packages/ledger/args/mvnJdk", json!("pkgs:jdk17")),
+            (
+                "/packages/ledger-gradle/args/nativeBuildInputs",
+                json!(["pkgs:gradle", "pkgs:jdk21"]),
+            ),
+        ],
+    );
+    m.insert(
+        "docker-services",
+        vec![
+            ("/packages/worker/builder", json!("stdenv.mkDerivation")),
+            ("/packages/worker/args/src", json!("path:./worker")),
+            ("/packages/worker/args/dontBuild", json!(true)),
+            ("/packages/notifier/args/src", json!("path:./notifier")),
+            ("/packages/cron/args/version", json!("0-unstable")),
+            (
+                "/apps/worker/program",
+                json!("/nix/store/00000000000000000000000000000000-worker/bin/worker"),
+            ),
+        ],
+    );
+    m.insert(
+        "go-work-root",
+        vec![
+            ("/packages/gateway/args/src", json!("path:./.")),
+            ("/packages/gateway/override/go", json!("pkgs:go_1_23")),
+            ("/packages/billing/args/src", json!("path:./.")),
+            ("/packages/billing/args/modRoot", json!("services/billing")),
+            ("/packages/billing/args/env/GOWORK", json!("off")),
+            ("/packages/billing/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/migrate/args/modRoot", json!("tools/migrate")),
+            ("/packages/migrate/args/vendorHash", Value::Null),
+        ],
+    );
+    m.insert(
+        "uv-workspace",
+        vec![
+            (
+                "/packages/acme-api/builder",
+                json!("python312.pkgs.buildPythonApplication"),
+            ),
+            ("/packages/acme-api/args/src", json!("path:./packages/api")),
+            (
+                "/packages/acme-api/args/dependencies",
+                json!(["pkgs:python312.pkgs.fastapi", "pkgs:python312.pkgs.uvicorn"]),
+            ),
+            (
+                "/packages/acme-jobs/args/src",
+                json!("path:./packages/jobs"),
+            ),
+        ],
+    );
+    m.insert(
+        "dotnet-solution",
+        vec![
+            ("/packages/TodoApp/builder", json!("buildDotnetModule")),
+            (
+                "/packages/TodoApp/args/projectFile",
+                json!("src/TodoApp.Web/TodoApp.Web.csproj"),
+            ),
+            (
+                "/packages/TodoApp/args/dotnet-sdk",
+                json!("pkgs:dotnetCorePackages.sdk_8_0"),
+            ),
+            (
+                "/packages/TodoApp/args/dotnet-runtime",
+                json!("pkgs:dotnetCorePackages.aspnetcore_8_0"),
+            ),
+            (
+                "/packages/TodoApp/args/nugetDeps",
+                json!("path:./deps.json"),
+            ),
+            ("/packages/TodoApp/args/executables", json!(["TodoApp.Web"])),
+            ("/packages/TodoApp/args/version", json!("1.3.0")),
+            (
+                "/apps/TodoApp/program",
+                json!("/nix/store/00000000000000000000000000000000-TodoApp/bin/TodoApp.Web"),
+            ),
+        ],
+    );
+    m.insert(
+        "php-laravel",
+        vec![
+            (
+                "/packages/laravel/builder",
+                json!("php82.buildComposerProject2"),
+            ),
+            ("/packages/laravel/args/vendorHash", json!(FAKE_HASH)),
+            ("/packages/laravel/args/src", json!("path:./.")),
+            // The Vite assets beside it are the app's asset bundling, not a package.
+            (
+                "/devShells/default/args/packages",
+                json!(["pkgs:php82", "pkgs:phpPackages.composer"]),
+            ),
+        ],
+    );
+    m.insert(
+        "cmake-cpp",
+        vec![
+            ("/packages/tiler/builder", json!("stdenv.mkDerivation")),
+            ("/packages/tiler/args/nativeBuildInputs", json!(["pkgs:cmake"])),
+            (
+                "/packages/tiler/args/buildInputs",
+                json!(["pkgs:fmt", "pkgs:libpng"]),
+            ),
+            (
+                "/packages/tiler/args/installPhase",
+                json!("runHook preInstall\ninstall -Dm755 src/tiler $out/bin/tiler\nrunHook postInstall\n"),
+            ),
+            ("/packages/tiler/args/version", json!("1.4.0")),
+        ],
+    );
+    m.insert(
+        "autotools-c",
+        vec![
+            ("/packages/jql/builder", json!("stdenv.mkDerivation")),
+            (
+                "/packages/jql/args/nativeBuildInputs",
+                json!(["pkgs:autoreconfHook", "pkgs:pkg-config"]),
+            ),
+            ("/packages/jql/args/buildInputs", json!(["pkgs:oniguruma"])),
+            ("/packages/jql/args/version", json!("1.2.0")),
+            // The plain Makefile installs with PREFIX=$out.
+            (
+                "/packages/jql-fuzz/args/src",
+                json!("path:./contrib/jql-fuzz"),
+            ),
+            (
+                "/packages/jql-fuzz/args/makeFlags",
+                json!(["PREFIX=$(out)"]),
+            ),
+            (
+                "/apps/jql-fuzz/program",
+                json!("/nix/store/00000000000000000000000000000000-jql-fuzz/bin/jql-fuzz"),
+            ),
+        ],
+    );
+    m.insert(
+        "meson-c",
+        vec![
+            ("/packages/gsh/builder", json!("stdenv.mkDerivation")),
+            (
+                "/packages/gsh/args/nativeBuildInputs",
+                json!(["pkgs:meson", "pkgs:ninja", "pkgs:pkg-config"]),
+            ),
+            ("/packages/gsh/args/buildInputs", json!(["pkgs:readline"])),
+            ("/packages/gsh/args/version", json!("0.3.1")),
+        ],
+    );
+    m.insert(
+        "zig-app",
+        vec![
+            ("/packages/zigfetch/builder", json!("stdenv.mkDerivation")),
+            (
+                "/packages/zigfetch/args/nativeBuildInputs",
+                json!(["pkgs:zig_0_13.hook"]),
+            ),
+            (
+                "/packages/zigfetch/args/postPatch",
+                json!("ln -s /nix/store/00000000000000000000000000000000-callPackage build.zig.zon.nix $ZIG_GLOBAL_CACHE_DIR/p\n"),
+            ),
+        ],
+    );
+    m.insert(
+        "phoenix-app",
+        vec![
+            ("/packages/hello/builder", json!("beamPackages.mixRelease")),
+            ("/packages/hello/args/elixir", json!("pkgs:elixir_1_16")),
+            (
+                "/packages/hello/args/mixFodDeps/builder",
+                json!("beamPackages.fetchMixDeps"),
+            ),
+            (
+                "/packages/hello/args/mixFodDeps/args/hash",
+                json!(FAKE_HASH),
+            ),
+            (
+                "/packages/hello/args/mixFodDeps/args/pname",
+                json!("mix-deps-hello"),
+            ),
+        ],
+    );
+    m.insert(
+        "haskell-stack",
+        vec![
+            (
+                "/packages/haskell-stack/builder",
+                json!("haskell.lib.justStaticExecutables"),
+            ),
+            (
+                "/packages/haskell-stack/args/drv/builder",
+                json!("haskell.packages.ghc96.callCabal2nix"),
+            ),
+            (
+                "/packages/haskell-stack/args/drv/args/src",
+                json!("path:./todo-api"),
+            ),
+            (
+                "/devShells/default/args/packages",
+                json!(["pkgs:haskell.compiler.ghc96", "pkgs:stack"]),
+            ),
+        ],
+    );
+    m.insert(
+        "sbt-multi",
+        vec![
+            ("/devShells/shop/builder", json!("mkShell")),
+            (
+                "/devShells/shop/args/packages",
+                json!(["pkgs:scala_3", "pkgs:sbt"]),
+            ),
+        ],
+    );
+    m.insert(
+        "flutter-app",
+        vec![
+            (
+                "/packages/weather_app/builder",
+                json!("flutter324.buildFlutterApplication"),
+            ),
+            (
+                "/packages/weather_app/args/autoPubspecLock",
+                json!("path:./pubspec.lock"),
+            ),
+        ],
+    );
+    m.insert(
+        "swiftpm-package",
+        vec![
+            (
+                "/packages/TodoServer/builder",
+                json!("swiftPackages.stdenv.mkDerivation"),
+            ),
+            (
+                "/packages/TodoServer/args/nativeBuildInputs",
+                json!(["pkgs:swiftPackages.swift", "pkgs:swiftPackages.swiftpm"]),
+            ),
+            (
+                "/packages/TodoServer/args/configurePhase",
+                json!("swiftpm2nix configure from nix"),
+            ),
+            (
+                "/apps/TodoServer/program",
+                json!("/nix/store/00000000000000000000000000000000-TodoServer/bin/App"),
+            ),
+        ],
+    );
+    m.insert(
+        "deno-app",
+        vec![
+            ("/devShells/links/builder", json!("mkShell")),
+            ("/devShells/links/args/packages", json!(["pkgs:deno"])),
+        ],
+    );
+    m.insert(
+        "bash-tool",
+        vec![
+            ("/packages/bash-tool/builder", json!("symlinkJoin")),
+            (
+                "/packages/bash-tool/args/paths/0/builder",
+                json!("writeShellApplication"),
+            ),
+            (
+                "/packages/bash-tool/args/paths/0/args/name",
+                json!("gitsync"),
+            ),
+            (
+                "/packages/bash-tool/args/paths/0/args/runtimeInputs",
+                json!(["pkgs:curl", "pkgs:jq", "pkgs:git", "pkgs:gawk"]),
+            ),
+            (
+                "/packages/bash-tool/args/paths/1/args/name",
+                json!("gitsync-report"),
+            ),
+        ],
+    );
+    m.insert(
+        "conda-env",
+        vec![
+            ("/devShells/forecast/builder", json!("mkShell")),
+            (
+                "/devShells/forecast/args/packages",
+                json!(["pkgs:python311", "pkgs:conda"]),
+            ),
+        ],
+    );
+    m.insert(
         "broken",
         vec![
             (
@@ -404,7 +721,13 @@ fn every_fixture_flake_parses_and_evaluates_to_the_expected_builders() {
         // Every package has a dev shell built from its inputs, and every app
         // points into a package.
         let packages = v["packages"].as_object().unwrap();
-        assert!(!packages.is_empty(), "{name}: no packages");
+        // A project nixpkgs cannot build has a dev shell instead.
+        assert!(
+            !packages.is_empty() || v["devShells"].as_object().unwrap().len() > 1,
+            "{name}: no packages and no project shells"
+        );
+        // The Rails app's root package.json is its asset bundling, no package.
+        assert!(name != "rails-monorepo" || !packages.contains_key("app"));
         for attr in packages
             .keys()
             .filter(|k| *k != "default" && !k.ends_with("-node-modules"))
@@ -416,11 +739,11 @@ fn every_fixture_flake_parses_and_evaluates_to_the_expected_builders() {
         }
         for (app, def) in v["apps"].as_object().unwrap() {
             let program = def["program"].as_str().unwrap();
+            // writeShellApplication and symlinkJoin take `name`, not `pname`.
+            let args = &v["packages"][app]["args"];
+            let pname = args["pname"].as_str().or(args["name"].as_str()).unwrap();
             assert!(
-                program.contains(&format!(
-                    "-{}/bin/",
-                    v["packages"][app]["args"]["pname"].as_str().unwrap()
-                )),
+                program.contains(&format!("-{pname}/bin/")),
                 "{name}: app {app} runs {program}"
             );
         }
@@ -510,7 +833,7 @@ fn generate_tells_how_to_fill_placeholder_hashes() {
     let flake = std::fs::read_to_string(dir.join("flake.nix")).unwrap();
     assert!(flake.contains("# Placeholder: run `nix build .#legacy-admin`"));
     // importNpmLock needs no hash, so the npm project has no placeholder.
-    assert!(!stderr.contains("web: "), "{stderr}");
+    assert!(!stderr.contains("\n  - web: "), "{stderr}");
 }
 
 #[test]
@@ -530,5 +853,23 @@ fn plan_cli_prints_builders_inputs_and_toolchains() {
             .as_str()
             .unwrap()
             .contains("rust-overlay")
+    );
+}
+
+#[test]
+fn generate_says_which_projects_only_get_a_dev_shell_and_why() {
+    let (_tmp, dir) = fixture_copy("sbt-multi");
+    let out = autonix(&["generate", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("(0 packages, 1 dev shells for projects nixpkgs cannot build)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "shop: nixpkgs has no sbt builder: build in `nix develop .#shop` with `sbt api/stage`"
+        ),
+        "{stderr}"
     );
 }

@@ -177,7 +177,7 @@ fn human_summary_lists_projects_and_versions() {
     let out = autonix(&["scan", dir.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("rails-monorepo: 4 project(s)"), "{text}");
+    assert!(text.contains("rails-monorepo: 3 project(s)"), "{text}");
     assert!(text.contains("ruby 3.2.2 (from Gemfile (ruby))"), "{text}");
     assert!(
         text.contains("ci: .github/workflows/ci.yml (github-actions)"),
@@ -185,6 +185,10 @@ fn human_summary_lists_projects_and_versions() {
     );
     assert!(
         text.contains("ignored: vendor/bundle/ruby/3.2.0/gems/rack-3.0.0/Gemfile (vendored code)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ignored: package.json (asset bundling of the Rails app beside it (no run command of its own))"),
         "{text}"
     );
 }

@@ -1,5 +1,6 @@
 //! Shared code of Procurator's command-line tools (`pcr`, `pcr-test`,
 //! `pcr-worker-test`): output formatting and error reporting.
 
+pub mod init;
 pub mod master;
 pub mod output;

@@ -65,6 +65,34 @@ const CONTENT: &[&str] = &[
     // Only interesting in a CI directory, or as a Dockerfile variant.
     "ci.yml",
     "Dockerfile.dev",
+    // The stacks beyond the first six.
+    "App.sln",
+    "App.slnx",
+    "Web.csproj",
+    "Lib.fsproj",
+    "global.json",
+    "Directory.Build.props",
+    "composer.json",
+    "CMakeLists.txt",
+    "meson.build",
+    "configure.ac",
+    "Makefile.am",
+    "build.zig",
+    "build.zig.zon",
+    "mix.exs",
+    "stack.yaml",
+    "cabal.project",
+    "pkg.cabal",
+    "package.yaml",
+    "build.sbt",
+    "build.properties",
+    "pubspec.yaml",
+    ".fvmrc",
+    "Package.swift",
+    "deno.json",
+    "deno.jsonc",
+    "environment.yml",
+    "tool",
 ];
 /// Lockfiles: only their head is read.
 const HEAD: &[&str] = &[
@@ -80,6 +108,14 @@ const HEAD: &[&str] = &[
     "poetry.lock",
     "pdm.lock",
     "Pipfile.lock",
+    "packages.lock.json",
+    "composer.lock",
+    "mix.lock",
+    "stack.yaml.lock",
+    "pubspec.lock",
+    "Package.resolved",
+    "deno.lock",
+    "conda-lock.yml",
 ];
 /// Files whose presence alone matters.
 const PRESENCE: &[&str] = &[
@@ -96,6 +132,10 @@ const PRESENCE: &[&str] = &[
     "rails",
     "next.config.js",
     "vite.config.ts",
+    "configure",
+    "artisan",
+    "index.php",
+    "main.ts",
 ];
 /// Directories (relative to the root, `""` is the root).
 const DIRS: &[&str] = &[
@@ -111,6 +151,9 @@ const DIRS: &[&str] = &[
     "cmd/server",
     ".circleci",
     "services/api",
+    "bin",
+    "docs",
+    "linux",
 ];
 
 fn add_file(tree: &mut Tree, name_byte: u8, dir_byte: u8, content: &[u8]) {

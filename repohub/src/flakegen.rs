@@ -1,6 +1,7 @@
 //! "Generate flake": exports a repository's head into a temporary directory
-//! and runs autonix (scan → plan → generate) on it, returning the flake it
-//! proposes. Nothing is committed: the user reviews the text and pushes it.
+//! and runs autonix on it (`autonix::init`, the code behind `pcr init`),
+//! returning the flake.nix and procurator.nix it proposes and what it could
+//! not decide. Nothing is committed: the user reviews the text and pushes it.
 //!
 //! autonix only reads the checkout; it runs on a blocking thread under a
 //! timeout so a huge repository cannot hold a request forever.
@@ -20,12 +21,10 @@ pub enum FlakegenError {
     Panicked,
 }
 
-/// Scans the checkout at `dir` and returns the generated `flake.nix` text.
-pub async fn generate(dir: PathBuf) -> Result<String, FlakegenError> {
-    let work = tokio::task::spawn_blocking(move || -> Result<String, FlakegenError> {
-        let scan = autonix::scan(&dir)?;
-        let plan = autonix::plan(&scan);
-        Ok(autonix::generate(&plan))
+/// Scans the checkout at `dir` and returns the generated files and report.
+pub async fn generate(dir: PathBuf) -> Result<autonix::init::Init, FlakegenError> {
+    let work = tokio::task::spawn_blocking(move || -> Result<_, FlakegenError> {
+        Ok(autonix::init(&dir, autonix::init::DEFAULT_PROCURATOR_URL)?)
     });
     match tokio::time::timeout(TIMEOUT, work).await {
         Err(_) => Err(FlakegenError::Timeout(TIMEOUT)),

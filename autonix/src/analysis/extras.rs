@@ -203,6 +203,10 @@ fn set_web(projects: &mut [Project], dir: &str, cmd: &str) {
     here.sort_by_key(|p| p.language == Language::Node);
     if let Some(p) = here.into_iter().next() {
         p.run = Some(cmd.to_string());
+        p.decided_by.insert(
+            "run".into(),
+            format!("the Procfile's web process ({})", join(dir, "Procfile")),
+        );
     }
 }
 
@@ -330,11 +334,7 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
         if not_a_project(dir).is_some() {
             return None;
         }
-        let dockerfile = name == "Dockerfile"
-            || name == "Containerfile"
-            || name.starts_with("Dockerfile.")
-            || name.ends_with(".Dockerfile")
-            || name.ends_with(".dockerfile");
+        let dockerfile = super::versions::is_dockerfile(name);
         let compose = matches!(
             name,
             "docker-compose.yml"
@@ -346,30 +346,17 @@ pub(crate) fn container_files(ctx: &mut Ctx<'_>) -> Vec<ContainerFile> {
         );
         if dockerfile {
             let text = ctx.text(dir, name).unwrap_or("");
-            let mut base_images = Vec::new();
-            let mut exposed_ports = Vec::new();
-            // `FROM base` after `FROM x AS base` names a stage, not an image.
-            let mut stages: Vec<String> = Vec::new();
-            for line in text.lines() {
-                let mut w = line.split_whitespace();
-                match w.next().map(|s| s.to_ascii_uppercase()).as_deref() {
-                    Some("FROM") => {
-                        let rest: Vec<&str> = w.filter(|t| !t.starts_with("--")).collect();
-                        let img = rest.first().copied().unwrap_or("");
-                        if !img.is_empty()
-                            && !stages.iter().any(|s| s.eq_ignore_ascii_case(img))
-                            && !base_images.iter().any(|b| b == img)
-                        {
-                            base_images.push(img.to_string());
-                        }
-                        if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("as") {
-                            stages.push(rest[2].to_string());
-                        }
-                    }
-                    Some("EXPOSE") => exposed_ports.extend(w.map(String::from)),
-                    _ => {}
-                }
-            }
+            let base_images = super::versions::from_images(text);
+            let exposed_ports: Vec<String> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    w.next()
+                        .is_some_and(|k| k.eq_ignore_ascii_case("EXPOSE"))
+                        .then(|| w.map(String::from).collect::<Vec<_>>())
+                })
+                .flatten()
+                .collect();
             Some(ContainerFile {
                 path: path.to_string(),
                 kind: "dockerfile".into(),

@@ -58,14 +58,49 @@ fn unquote(s: &str) -> String {
 }
 
 pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    if ctx.has(dir, "go.work") {
-        out.extend(detect_work(ctx, dir));
+    let work = if ctx.has(dir, "go.work") {
+        detect_work(ctx, dir)
+    } else {
+        None
+    };
+    let module = if ctx.has(dir, "go.mod") {
+        detect_mod(ctx, dir)
+    } else {
+        None
+    };
+    match (work, module) {
+        // A go.work beside a go.mod: one project, the module, listing the
+        // workspace's other modules (whether or not it `use`s `.`, two
+        // projects in one directory would be one too many); go.work's
+        // versions first.
+        (Some(w), Some(mut m)) => {
+            m.project.members = w
+                .project
+                .members
+                .iter()
+                .filter(|d| *d != dir)
+                .cloned()
+                .collect();
+            m.claims = m.project.members.clone();
+            m.project.decided_by.insert(
+                "members".into(),
+                format!(
+                    "go.work uses this module and {} other(s)",
+                    m.project.members.len()
+                ),
+            );
+            let mut versions = w.versions;
+            versions.append(&mut m.versions);
+            m.versions = versions;
+            vec![m]
+        }
+        // A workspace of no module builds nothing and is not a project.
+        (Some(w), None) if w.project.members.is_empty() => {
+            ctx.warn(&w.project.manifest, "uses no module with a go.mod");
+            Vec::new()
+        }
+        (w, m) => w.into_iter().chain(m).collect(),
     }
-    if ctx.has(dir, "go.mod") {
-        out.extend(detect_mod(ctx, dir));
-    }
-    out
 }
 
 fn directive_versions(f: &GoFile, manifest: &str) -> Vec<Version> {
@@ -115,18 +150,12 @@ fn detect_work(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     }
     members.sort();
     members.dedup();
-    for m in &members {
-        if let Some(t) = ctx.text(m, "go.mod") {
-            let module = parse(t).module.unwrap_or_default();
-            let name = module.rsplit('/').next().unwrap_or(&module).to_string();
-            project.binaries.extend(mains(ctx, m, &name));
-        }
-    }
+    // The workspace builds nothing itself: each module is a project of its
+    // own (see shapes::adopt), built with GOWORK=off from the workspace root.
     project.members = members.clone();
     if ctx.has(dir, "go.work.sum") {
         project.lockfile = Some(join(dir, "go.work.sum"));
     }
-    set_commands(&mut project);
     let versions = directive_versions(&f, &project.manifest);
     Some(Candidate::new(project, members, versions))
 }
@@ -151,20 +180,21 @@ fn mains(ctx: &Ctx<'_>, dir: &str, module_name: &str) -> Vec<String> {
 }
 
 fn set_commands(project: &mut Project) {
-    project.build = Some(if !project.members.is_empty() {
-        let base = super::rel_dir(&project.path);
-        let pkgs: Vec<String> = project
-            .members
-            .iter()
-            .map(|m| format!("./{}/...", m.strip_prefix(&format!("{base}/")).unwrap_or(m)))
-            .collect();
-        format!("go build -o bin/ {}", pkgs.join(" "))
-    } else if project.binaries.len() > 1 {
+    project.build = Some(if project.binaries.len() > 1 {
         "go build -o bin/ ./...".into()
     } else {
         format!("go build -o bin/{} .", project.name)
     });
     project.run = project.binaries.first().map(|b| format!("./bin/{b}"));
+    if !project.binaries.is_empty() {
+        project.decided_by.insert(
+            "run".into(),
+            format!(
+                "main packages (main.go, cmd/*/main.go): {}",
+                project.binaries.join(", ")
+            ),
+        );
+    }
 }
 
 use super::Project;

@@ -6,9 +6,13 @@ use super::versions::Candidate as Version;
 use super::{Candidate, Ctx, Language};
 use crate::scan::{Warning, join};
 
-pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
+/// Maven and Gradle are both reported when one tree has both (a migration
+/// in progress, or CI building with each); `shapes::mark_preferred` then
+/// says which one CI or the README uses.
+pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Vec<Candidate> {
+    let mut out = Vec::new();
     if ctx.has(dir, "pom.xml") {
-        return Some(maven(ctx, dir));
+        out.push(maven(ctx, dir));
     }
     let manifest = [
         "build.gradle.kts",
@@ -17,8 +21,16 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         "settings.gradle",
     ]
     .into_iter()
-    .find(|f| ctx.has(dir, f))?;
-    Some(gradle(ctx, dir, manifest))
+    .find(|f| ctx.has(dir, f));
+    if let Some(manifest) = manifest {
+        let mut g = gradle(ctx, dir, manifest);
+        if !out.is_empty() {
+            // Two packages of one name would collide in the flake.
+            g.project.name = format!("{}-gradle", g.project.name);
+        }
+        out.push(g);
+    }
+    out
 }
 
 fn maven(ctx: &mut Ctx<'_>, dir: &str) -> Candidate {
@@ -220,7 +232,7 @@ fn after(text: &str, needle: &str) -> Option<String> {
 }
 
 /// Every `'…'` or `"…"` string on a line.
-fn quoted(s: &str) -> Vec<String> {
+pub(crate) fn quoted(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -237,7 +249,7 @@ fn quoted(s: &str) -> Vec<String> {
     out
 }
 
-fn strip_comments(xml: &str) -> String {
+pub(crate) fn strip_comments(xml: &str) -> String {
     let mut out = String::with_capacity(xml.len());
     let mut rest = xml;
     while let Some(i) = rest.find("<!--") {
@@ -252,7 +264,7 @@ fn strip_comments(xml: &str) -> String {
 }
 
 /// Content of the first `<name>…</name>` element.
-fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
     let close = format!("</{name}>");
     let start = xml.find(&open)? + open.len();
@@ -260,7 +272,7 @@ fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     Some(&xml[start..end])
 }
 
-fn tags<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+pub(crate) fn tags<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
     let mut out = Vec::new();
     let mut rest = xml;
     while let Some(v) = tag(rest, name) {

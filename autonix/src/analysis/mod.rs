@@ -3,14 +3,28 @@
 //! it came from, workspace members, build/run commands), CI files, container
 //! files and tasks. Never fails: malformed input becomes a warning.
 
+mod cfamily;
+mod conda;
+mod dart;
+mod deno;
+mod dotnet;
+mod elixir;
 mod extras;
 mod go;
+mod haskell;
 mod java;
 mod node;
+mod php;
 mod python;
 mod ruby;
 mod rust;
+mod scala;
+mod shapes;
+mod shell;
+pub(crate) mod stacks;
+mod swift;
 pub(crate) mod versions;
+mod zig;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +42,21 @@ pub enum Language {
     Python,
     Ruby,
     Java,
+    /// C# / F# / VB on .NET (solutions and project files).
+    Dotnet,
+    Php,
+    C,
+    Cpp,
+    Zig,
+    Elixir,
+    Haskell,
+    Scala,
+    /// Dart, with Flutter as its framework.
+    Dart,
+    Swift,
+    Deno,
+    /// Shell-script tools (bash, sh) with no other manifest.
+    Shell,
 }
 
 impl Language {
@@ -39,6 +68,18 @@ impl Language {
             Language::Python => "python",
             Language::Ruby => "ruby",
             Language::Java => "java",
+            Language::Dotnet => "dotnet",
+            Language::Php => "php",
+            Language::C => "c",
+            Language::Cpp => "cpp",
+            Language::Zig => "zig",
+            Language::Elixir => "elixir",
+            Language::Haskell => "haskell",
+            Language::Scala => "scala",
+            Language::Dart => "dart",
+            Language::Swift => "swift",
+            Language::Deno => "deno",
+            Language::Shell => "shell",
         }
     }
 }
@@ -78,6 +119,10 @@ pub struct Project {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockfile_version: Option<u32>,
     pub toolchain_version: Option<String>,
+    /// The range `toolchain_version` is the lowest version of, when the
+    /// deciding source gave a range (`>=24` → version `24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain_range: Option<String>,
     /// Where `toolchain_version` came from: `file` or `file (field)`.
     pub version_source: Option<String>,
     /// Workspace member directories relative to the root.
@@ -92,8 +137,17 @@ pub struct Project {
     /// Executables the build produces (cargo bins, go mains, python scripts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binaries: Vec<String>,
+    /// The file the build starts from when it is not the manifest: the
+    /// runnable project a .NET solution publishes, the script a shell tool
+    /// runs, the package with the executables in a Haskell workspace; for
+    /// a C/C++ build without install rules, its program's path in the
+    /// build tree (the package copies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
     /// Declared runtime dependencies, where the builder needs them by name
-    /// (Python and Ruby).
+    /// (Python and Ruby; the libraries a C/C++ build looks for; PHP
+    /// extensions; for a Haskell workspace, its local packages as
+    /// `name=dir`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<String>,
     /// PEP 517 build backends (Python).
@@ -105,6 +159,17 @@ pub struct Project {
     /// The enclosing project's path when this one sits inside another's tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nested_in: Option<String>,
+    /// The workspace root's path when this project is a workspace member
+    /// reported on its own (it runs on its own, or it is a Go module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Of several build systems for one tree, the one CI or the README uses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preferred: bool,
+    /// Field → why it has its value and which file decided it
+    /// (`autonix scan --explain`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub decided_by: BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -166,6 +231,8 @@ pub struct Task {
 pub(crate) struct Ctx<'a> {
     pub tree: &'a Tree,
     pub warnings: Vec<Warning>,
+    /// Versions the CI files state, read once per scan.
+    pub tool_pins: Vec<versions::ToolPin>,
 }
 
 impl Ctx<'_> {
@@ -281,21 +348,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Why a manifest found at `dir` is not a project, judging by its path.
-fn not_a_project(dir: &str) -> Option<&'static str> {
-    for comp in dir.split('/') {
-        match comp {
-            "vendor" | "third_party" | "third-party" | "thirdparty" | "external" | "extern" => {
-                return Some("vendored code");
-            }
-            "fixtures" | "fixture" | "__fixtures__" | "testdata" | "test-data" | "test_data"
-            | "tests" | "test" | "__tests__" | "spec" => return Some("test code or fixture"),
-            "examples" | "example" | "samples" | "sample" => return Some("example"),
-            _ => {}
-        }
-    }
-    None
-}
+pub(crate) use crate::scan::not_a_project;
+pub(crate) use shell::command_name as shell_command_name;
 
 /// A language detector's view of one directory.
 pub(crate) struct Candidate {
@@ -334,7 +388,9 @@ pub fn analyse(tree: &Tree) -> Scan {
     let mut ctx = Ctx {
         tree,
         warnings: tree.warnings.clone(),
+        tool_pins: Vec::new(),
     };
+    ctx.tool_pins = versions::ci_tool_pins(&mut ctx);
     let mut candidates: Vec<Candidate> = Vec::new();
     for dir in tree.dirs.keys() {
         candidates.extend(rust::detect(&mut ctx, dir));
@@ -343,9 +399,43 @@ pub fn analyse(tree: &Tree) -> Scan {
         candidates.extend(python::detect(&mut ctx, dir));
         candidates.extend(ruby::detect(&mut ctx, dir));
         candidates.extend(java::detect(&mut ctx, dir));
+        candidates.extend(dotnet::detect(&mut ctx, dir));
+        candidates.extend(php::detect(&mut ctx, dir));
+        candidates.extend(cfamily::detect(&mut ctx, dir));
+        candidates.extend(zig::detect(&mut ctx, dir));
+        candidates.extend(elixir::detect(&mut ctx, dir));
+        candidates.extend(haskell::detect(&mut ctx, dir));
+        candidates.extend(scala::detect(&mut ctx, dir));
+        candidates.extend(dart::detect(&mut ctx, dir));
+        candidates.extend(swift::detect(&mut ctx, dir));
+        candidates.extend(deno::detect(&mut ctx, dir));
+        candidates.extend(conda::detect(&mut ctx, dir));
+    }
+    // A repository of shell scripts has no manifest: it is a project only
+    // when nothing else is.
+    if candidates
+        .iter()
+        .all(|c| not_a_project(&rel_dir(&c.project.path)).is_some())
+    {
+        candidates.extend(shell::detect(&mut ctx));
     }
 
-    // Members claimed by a workspace of the same language are part of it.
+    // A Dockerfile where no manifest is may be a service of its own.
+    let taken: BTreeSet<String> = candidates
+        .iter()
+        .map(|c| rel_dir(&c.project.path))
+        .chain(candidates.iter().flat_map(|c| c.claims.iter().cloned()))
+        .collect();
+    let mut docker_ignored = Vec::new();
+    candidates.extend(shapes::dockerfile_services(
+        &ctx,
+        &taken,
+        &mut docker_ignored,
+    ));
+
+    // Members claimed by a workspace of the same language are part of it;
+    // those that run on their own are also projects of their own.
+    let workspaces = shapes::workspaces(&candidates);
     let mut claimed: BTreeSet<(Language, String)> = BTreeSet::new();
     let mut excluded: BTreeMap<(Language, String), String> = BTreeMap::new();
     for c in &candidates {
@@ -363,12 +453,18 @@ pub fn analyse(tree: &Tree) -> Scan {
             path: d.clone(),
             reason: "dependency or build output directory, not scanned".into(),
         })
+        .chain(docker_ignored)
         .collect();
     let mut projects = Vec::new();
-    for c in candidates {
+    for mut c in candidates {
         let key = (c.project.language, rel_dir(&c.project.path));
         if claimed.contains(&key) {
-            continue;
+            match workspaces.get(&key) {
+                Some(ws) if shapes::member_is_project(&c.project) && ws.path != c.project.path => {
+                    shapes::adopt(&mut c, ws)
+                }
+                _ => continue,
+            }
         }
         // A workspace claimed by another workspace stays claimed, but a
         // project that only sits below another is a project of its own.
@@ -379,16 +475,26 @@ pub fn analyse(tree: &Tree) -> Scan {
             });
             continue;
         }
-        if let Some(reason) = not_a_project(&key.1) {
+        if dart::platform_runner(&ctx, &key.1) {
             ignored.push(Ignored {
                 path: c.project.manifest.clone(),
-                reason: reason.into(),
+                reason: "Flutter platform runner, generated by flutter create".into(),
+            });
+            continue;
+        }
+        if let Some(rule) = not_a_project(&key.1)
+            && !(rule.unless_runnable && runnable_on_its_own(&c.project))
+        {
+            ignored.push(Ignored {
+                path: c.project.manifest.clone(),
+                reason: rule.reason.into(),
             });
             continue;
         }
         ctx.warnings.extend(c.warnings);
         let mut project = c.project;
         if project.lockfile.is_none()
+            && project.package_manager != "none"
             && matches!(
                 project.language,
                 Language::Rust | Language::Node | Language::Ruby
@@ -400,8 +506,11 @@ pub fn analyse(tree: &Tree) -> Scan {
             );
         }
         versions::resolve(&mut ctx, &mut project, c.versions);
+        explain(&mut project);
         projects.push(project);
     }
+    shapes::mark_preferred(&ctx, &mut projects);
+    shapes::fold_rails_assets(&mut projects, &mut ignored);
 
     // Nesting: the closest enclosing project directory.
     let dirs: Vec<String> = projects.iter().map(|p| rel_dir(&p.path)).collect();
@@ -435,6 +544,51 @@ pub fn analyse(tree: &Tree) -> Scan {
         container_files,
         tasks,
         warnings,
+    }
+}
+
+/// An example or documentation site is a project after all when it is
+/// installed and started on its own: it pins its own dependencies (a
+/// lockfile of its own, not the enclosing workspace's) and has a run command.
+fn runnable_on_its_own(p: &Project) -> bool {
+    p.run.is_some()
+        && p.lockfile
+            .as_deref()
+            .is_some_and(|l| l.starts_with(&format!("{}/", rel_dir(&p.path))))
+}
+
+/// Fills `decided_by` for what every project has, where its detector did
+/// not say more: why it is a project, and which file decided its package
+/// manager, lockfile, toolchain version, members and commands.
+fn explain(p: &mut Project) {
+    let mut set = |k: &str, v: String| {
+        p.decided_by.entry(k.to_string()).or_insert(v);
+    };
+    set(
+        "project",
+        format!(
+            "{} is a {} manifest outside vendored code, fixtures and examples",
+            p.manifest,
+            p.language.as_str()
+        ),
+    );
+    let pm = match (&p.lockfile, &p.workspace) {
+        (Some(l), Some(ws)) => format!("the workspace's ({ws}) lockfile {l}"),
+        (Some(l), None) => format!("lockfile {l}"),
+        (None, _) => format!("no lockfile; the default for {}", p.manifest),
+    };
+    set("package_manager", pm);
+    if !p.members.is_empty() {
+        set(
+            "members",
+            format!("{} member(s) listed by {}", p.members.len(), p.manifest),
+        );
+    }
+    if let Some(b) = p.build.clone() {
+        set("build", format!("{b}: from {}", p.manifest));
+    }
+    if let Some(r) = p.run.clone() {
+        set("run", format!("{r}: from {}", p.manifest));
     }
 }
 
@@ -475,6 +629,7 @@ fn new_project(
         lockfile: None,
         lockfile_version: None,
         toolchain_version: None,
+        toolchain_range: None,
         version_source: None,
         members: Vec::new(),
         default_members: Vec::new(),
@@ -482,10 +637,14 @@ fn new_project(
         build: None,
         run: None,
         binaries: Vec::new(),
+        entry: None,
         dependencies: Vec::new(),
         build_system: Vec::new(),
         vendored: false,
         nested_in: None,
+        workspace: None,
+        preferred: false,
+        decided_by: BTreeMap::new(),
     }
 }
 

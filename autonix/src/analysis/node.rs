@@ -82,6 +82,17 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         .and_then(|s| s.split_once('@'))
         .map(|(n, v)| (n.to_string(), v.to_string()));
     let from_lock = lock.as_ref().map(|(pm, _)| pm.clone());
+    let pm_reason = match (&declared, &lock) {
+        (Some((n, v)), _) => {
+            format!("package.json packageManager says {n}@{v} (corepack enforces it)")
+        }
+        (None, Some((_, f))) => format!("lockfile {}", join(dir, f)),
+        (None, None) if pnpm_ws => "pnpm-workspace.yaml, no lockfile".to_string(),
+        (None, None) => "no lockfile and no packageManager field: npm by default".to_string(),
+    };
+    project
+        .decided_by
+        .insert("package_manager".into(), pm_reason);
     let pm = match &declared {
         Some((name, version)) => {
             project.package_manager_version = Some(version.clone());
@@ -133,6 +144,18 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     } else {
         install.to_string()
     });
+    let run_reason = if has_script("start") {
+        "package.json scripts.start"
+    } else if pkg.get("main").is_some() {
+        "package.json main (no start script)"
+    } else if ctx.has(dir, "server.js") {
+        "server.js (no start script)"
+    } else {
+        "index.js (no start script)"
+    };
+    project
+        .decided_by
+        .insert("run".into(), run_reason.to_string());
     project.run = if has_script("start") {
         Some(format!(
             "{runner} {}start",

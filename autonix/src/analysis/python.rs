@@ -202,6 +202,19 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
         .to_string(),
     );
     let entry = |f: &str| ctx.has(dir, f);
+    let run_reason = if entry("manage.py") {
+        Some("manage.py (Django)".to_string())
+    } else if let Some(s) = project.binaries.first() {
+        Some(format!("the first [project.scripts] entry, {s}"))
+    } else {
+        ["main.py", "app.py"]
+            .into_iter()
+            .find(|f| entry(f))
+            .map(|f| format!("{f} (no scripts declared)"))
+    };
+    if let Some(r) = run_reason {
+        project.decided_by.insert("run".into(), r);
+    }
     project.run = if entry("manage.py") {
         Some(format!("{prefix}python manage.py runserver 0.0.0.0:8000"))
     } else if let Some(s) = project.binaries.first() {

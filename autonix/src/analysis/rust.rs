@@ -68,6 +68,13 @@ pub(crate) fn detect(ctx: &mut Ctx<'_>, dir: &str) -> Option<Candidate> {
     bins.dedup();
     if let Some(first) = bins.first() {
         project.run = Some(format!("./target/release/{first}"));
+        project.decided_by.insert(
+            "run".into(),
+            format!(
+                "the first of the binaries ({}) that [[bin]] or src/main.rs declare",
+                bins.join(", ")
+            ),
+        );
     }
     project.binaries = bins;
     Some(Candidate::new(project, claims, versions))

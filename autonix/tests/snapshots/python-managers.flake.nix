@@ -123,22 +123,22 @@
             dependencies = with pkgs.python3.pkgs; [ click ];
           };
 
-          # uv (python, uv): python >=3.12 from uv/pyproject.toml (project.requires-python)
-          portal = pkgs.python3.pkgs.buildPythonApplication {
+          # uv (python, uv): python 3.12 from uv/pyproject.toml (project.requires-python)
+          portal = pkgs.python312.pkgs.buildPythonApplication {
             pname = "portal";
             version = "0.5.0";
             src = ./uv;
             pyproject = true;
-            build-system = with pkgs.python3.pkgs; [ hatchling ];
+            build-system = with pkgs.python312.pkgs; [ hatchling ];
             # Names follow nixpkgs' python packages; adjust any that differ from PyPI.
-            dependencies = with pkgs.python3.pkgs; [ django psycopg2 ];
+            dependencies = with pkgs.python312.pkgs; [ django psycopg2 ];
             postInstall = ''
               mkdir -p $out/share/portal
               cp -r . $out/share/portal
               mkdir -p $out/bin
               cat > $out/bin/portal <<EOF
               #!${pkgs.runtimeShell}
-              export PATH=${lib.makeBinPath [ pkgs.python3 ]}:\$PATH
+              export PATH=${lib.makeBinPath [ pkgs.python312 ]}:\$PATH
               cd $out/share/portal
               python manage.py runserver 0.0.0.0:8000
               EOF
@@ -158,7 +158,7 @@
       devShells = forAllSystems (
         system: pkgs: {
           # Every project's toolchain and package manager.
-          # Also in use, in each project's own shell (`nix develop .#<name>`): python312 (pdm), python310 (pipenv), python3 (setuppy), python3 (uv).
+          # Also in use, in each project's own shell (`nix develop .#<name>`): python312 (pdm), python310 (pipenv), python3 (setuppy), python312 (uv).
           default = pkgs.mkShell {
             packages = [ pkgs.python311 pkgs.pdm pkgs.pipenv pkgs.poetry pkgs.uv ];
           };

@@ -26,6 +26,9 @@ enum Cmd {
     Generation(Filter),
     /// Every project: quota, usage, active generation and convergence.
     Projects,
+    /// Scan a repository with autonix and write its flake.nix and Procurator
+    /// cluster file (procurator.nix); needs no control plane.
+    Init(cli::init::InitArgs),
 }
 
 /// Which project to show.
@@ -429,6 +432,8 @@ async fn real_main(args: Args) -> Result<String, CliError> {
                 render_vms(&s, f.project.is_none(), &style)
             }
         }
+        // main runs `init` itself, before any connection is made.
+        Cmd::Init(_) => String::new(),
         Cmd::Generation(f) => {
             let mut s = master.status().await?;
             if let Some(p) = &f.project {
@@ -464,7 +469,20 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse_as("pcr", "Inspect a Procurator cluster (read-only)");
+    let args = Args::parse_as(
+        "pcr",
+        "Inspect a Procurator cluster (read-only), or set a repository up for it (init)",
+    );
+    // `init` works on a local directory: no control plane, no runtime.
+    if let Cmd::Init(init) = &args.command {
+        return match cli::init::run(init) {
+            Ok(report) => {
+                cli::output::print_str(&report);
+                ExitCode::SUCCESS
+            }
+            Err(e) => cli::output::fail(cli::output::error_chain(&e)),
+        };
+    }
     match commands::rpc::block_on_local(real_main(args)) {
         Ok(out) => {
             cli::output::print_str(&out);

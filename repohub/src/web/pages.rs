@@ -265,5 +265,5 @@ pub(super) struct AutonixPage {
     pub nav: Nav,
     pub project: String,
     pub repo: String,
-    pub result: Result<String, String>,
+    pub result: Result<autonix::init::Init, String>,
 }
