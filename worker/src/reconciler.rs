@@ -797,6 +797,7 @@ mod tests {
                 .args(["--long-poll-timeout-ms", "2000"])
                 .args(["--heartbeat-timeout-ms", "2000"])
                 .args(["--startup-grace-ms", "0"])
+                .arg("--insecure-no-auth")
                 .env_remove("PCR_CONTROL_PLANE_TOKEN_FILE")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())

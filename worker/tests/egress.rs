@@ -677,7 +677,7 @@ fn the_worker_binary_networks_its_vms_and_follows_their_generations() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&link.stdout).contains("master br0"));
-    let socket = dir.path().join(format!("run/{id}.sock"));
+    let socket = dir.path().join(format!("run/vm/{id}.sock"));
     let info = Command::new("curl")
         .args(["-sf", "--unix-socket"])
         .arg(&socket)
