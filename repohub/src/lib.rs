@@ -191,7 +191,15 @@ impl AppState {
         // Repositories made by an older repohub get the receive checks too.
         for (project, repo) in db.all_repos()? {
             let dir = git::repo_dir(&repos_root, &project, &repo);
-            git::harden(&dir, config.limits.receive).map_err(|e| RunError::Harden(dir, e))?;
+            match git::harden(&dir, config.limits.receive) {
+                // A row whose directory is gone (removed by hand, or still
+                // being created) has nothing a push could reach: serving the
+                // other repositories matters more than refusing to start.
+                Err(git::GitError::NotFound) => {
+                    tracing::warn!(dir = %dir.display(), "repository in the database has no directory; skipped");
+                }
+                r => r.map_err(|e| RunError::Harden(dir, e))?,
+            }
         }
         Ok(Self {
             db,
