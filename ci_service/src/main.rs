@@ -244,10 +244,12 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     // The read API is open without a token file, on loopback only.
-    let api_auth = match a.api_token_file.as_deref().map_or(
-        Ok(commands::auth::Authenticator::Open),
-        |p| commands::auth::Authenticator::load(p, ci_service::api::API_ROLES),
-    ) {
+    let api_auth = match a
+        .api_token_file
+        .as_deref()
+        .map_or(Ok(commands::auth::Authenticator::Open), |p| {
+            commands::auth::Authenticator::load(p, ci_service::api::API_ROLES)
+        }) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {}", commands::report::error_chain(&e));

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-
 /// Pushes the change `from` → `to` and waits for its job to fail; returns
 /// the job's id and JSON.
 fn failing_push(

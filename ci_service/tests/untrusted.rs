@@ -122,7 +122,12 @@ fn pushed_flakes_cannot_read_the_hosts_secrets() {
     let (c1, _) = repo.push();
     let id = job_for(&url, &c1);
     let job = wait_job(&url, id, Duration::from_secs(120));
-    assert_eq!(job["state"], "built-not-deployed", "{job}\n{}", log(&url, id));
+    assert_eq!(
+        job["state"],
+        "built-not-deployed",
+        "{job}\n{}",
+        log(&url, id)
+    );
     assert!(log(&url, id).contains("checked 0 flake input(s)"));
 
     let n = netrc.display();
@@ -528,7 +533,12 @@ fn evaluation_runs_as_the_eval_user_through_the_daemon() {
     let (commit, _) = repo.push();
     let id = job_for(&url, &commit);
     let job = wait_job(&url, id, Duration::from_secs(120));
-    assert_eq!(job["state"], "built-not-deployed", "{job}\n{}", log(&url, id));
+    assert_eq!(
+        job["state"],
+        "built-not-deployed",
+        "{job}\n{}",
+        log(&url, id)
+    );
 
     let home = data.join("eval-home");
     let made: Vec<PathBuf> = walk_all(&home);
