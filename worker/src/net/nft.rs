@@ -25,6 +25,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 /// The longest a DNS answer keeps an address allowed (a day), whatever
 /// TTL the upstream gave; the shortest is one second (0 would mean "never
 /// expires" to nftables).
@@ -37,11 +39,30 @@ pub struct Tables {
     table: String,
     bridge: String,
     tap_prefix: String,
-    /// When each (VM, destination) this worker allowed expires. Deleting
-    /// an element costs nft a kernel grace period (~15 ms against ~3 ms
-    /// for an add), so an answer renews an element only when it extends
-    /// it, and a first answer is a plain add.
-    expiry: Arc<Mutex<HashMap<(Ipv4Addr, Ipv4Addr), Instant>>>,
+    /// When each (VM, destination) this worker allowed expires, and
+    /// whether the batch that put it there has returned. Deleting an
+    /// element costs nft a kernel grace period (~15 ms against ~3 ms for an
+    /// add), so an answer renews an element only when it extends it, and a
+    /// first answer is a plain add.
+    expiry: Arc<Mutex<HashMap<(Ipv4Addr, Ipv4Addr), Allowed>>>,
+}
+
+/// One (VM, destination) as this worker last set it.
+#[derive(Debug)]
+struct Allowed {
+    until: Instant,
+    /// `true` once the nft batch that added or renewed it has returned
+    /// successfully. Its sender is dropped without `true` if the batch
+    /// failed or was abandoned.
+    installed: watch::Receiver<bool>,
+}
+
+impl Allowed {
+    /// The batch meant to install it failed or was dropped half-way: the
+    /// element may be missing, so it counts as unknown.
+    fn abandoned(&self) -> bool {
+        !*self.installed.borrow() && self.installed.has_changed().is_err()
+    }
 }
 
 /// An answer renews an allowed address only if it extends it by more.
@@ -60,7 +81,7 @@ impl Tables {
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<(Ipv4Addr, Ipv4Addr), Instant>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<(Ipv4Addr, Ipv4Addr), Allowed>> {
         // A panic while holding it leaves a map that is still consistent.
         self.expiry.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -162,30 +183,72 @@ table bridge {t} {{
     }
 
     /// Allows `vm` to reach each of `dests` for its own number of seconds,
-    /// counted from now. A new destination is added; one allowed already
-    /// is renewed only if the answer extends it (nft leaves an existing
-    /// element's timeout alone on `add`, so a renewal adds, deletes and
-    /// adds again in one atomic batch: there is no moment without it).
+    /// counted from now, and returns once every one of them is in the
+    /// kernel's set: the forwarder passes the answer on, and the VM
+    /// connects, right after. A new destination is added; one allowed
+    /// already is renewed only if the answer extends it (nft leaves an
+    /// existing element's timeout alone on `add`, so a renewal adds,
+    /// deletes and adds again in one atomic batch: there is no moment
+    /// without it). A destination that another call (the worker's own
+    /// lookup, or an answer to another query) is installing right now is
+    /// waited for, not taken as done: its batch may still be running.
     pub async fn allow(&self, vm: Ipv4Addr, dests: &[(Ipv4Addr, u32)]) -> Result<(), NetError> {
         // One element per destination (an answer may repeat one): its
         // longest TTL.
         let mut dests = dests.to_vec();
         dests.sort_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
         dests.dedup_by_key(|d| d.0);
+        // If a batch this call waited for failed, its entries are gone (or
+        // abandoned), and the next round installs them itself.
+        for _ in 0..3 {
+            let pending = self.install(vm, &dests).await?;
+            let mut all_in = true;
+            for mut other in pending {
+                all_in &= other.wait_for(|done| *done).await.is_ok();
+            }
+            if all_in {
+                return Ok(());
+            }
+        }
+        Err(NetError::Nft {
+            what: "allowing resolved addresses",
+            stderr: "concurrent batches installing the same addresses kept failing".into(),
+        })
+    }
+
+    /// Runs the batch that adds or renews what of `dests` needs it; the
+    /// other batches still installing the rest (waited for by `allow`).
+    async fn install(
+        &self,
+        vm: Ipv4Addr,
+        dests: &[(Ipv4Addr, u32)],
+    ) -> Result<Vec<watch::Receiver<bool>>, NetError> {
         let now = Instant::now();
-        let (mut fresh, mut renew) = (Vec::new(), Vec::new());
+        let (done, installed) = watch::channel(false);
+        let (mut fresh, mut renew, mut pending) = (Vec::new(), Vec::new(), Vec::new());
         {
             let mut known = self.known();
-            known.retain(|_, until| *until > now);
-            for (d, ttl) in dests {
+            known.retain(|_, a| a.until > now && !a.abandoned());
+            for &(d, ttl) in dests {
                 let secs = ttl.clamp(1, MAX_ALLOW_SECS);
                 let until = now + Duration::from_secs(u64::from(secs));
                 match known.get(&(vm, d)) {
-                    Some(old) if until <= *old + RENEW_SLACK => continue,
+                    Some(old) if until <= old.until + RENEW_SLACK => {
+                        if !*old.installed.borrow() {
+                            pending.push(old.installed.clone());
+                        }
+                        continue;
+                    }
                     Some(_) => renew.push((d, secs)),
                     None => fresh.push((d, secs)),
                 }
-                known.insert((vm, d), until);
+                known.insert(
+                    (vm, d),
+                    Allowed {
+                        until,
+                        installed: installed.clone(),
+                    },
+                );
             }
         }
         let t = &self.table;
@@ -211,17 +274,23 @@ table bridge {t} {{
             ));
         }
         if script.is_empty() {
-            return Ok(());
+            return Ok(pending);
         }
-        let r = self.run("allowing resolved addresses", &script).await;
-        if r.is_err() {
-            // Unknown state: the next answer installs them again.
-            let mut known = self.known();
-            for (d, _) in fresh.iter().chain(&renew) {
-                known.remove(&(vm, *d));
+        // Dropped half-way (the caller was cancelled), `done` goes without
+        // `true` and the entries count as abandoned.
+        match self.run("allowing resolved addresses", &script).await {
+            Ok(()) => {
+                done.send_replace(true);
+                Ok(pending)
+            }
+            Err(e) => {
+                // Unknown state: the next answer installs them again (and
+                // whoever waits on this batch, at once).
+                self.known()
+                    .retain(|_, a| !a.installed.same_channel(&installed));
+                Err(e)
             }
         }
-        r
     }
 
     /// The destinations `vm` may reach now.
@@ -326,4 +395,82 @@ fn set_elements(json: &serde_json::Value) -> impl Iterator<Item = &serde_json::V
             let val = e.get("elem").and_then(|x| x.get("val"));
             [Some(e), val].into_iter().flatten()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A stand-in `nft` that takes 300 ms over a batch and then records it
+    /// as applied (one line in `applied`), or fails if `fail` exists (once).
+    fn slow_nft(dir: &Path) -> PathBuf {
+        let path = dir.join("nft");
+        let d = dir.display();
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\ncat >/dev/null\ntouch {d}/started\nsleep 0.3\n\
+                 if [ -e {d}/fail ]; then rm {d}/fail; echo refused >&2; exit 1; fi\n\
+                 echo applied >> {d}/applied\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn applied(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("applied"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Starts `tables.allow(vm, d)` and returns once its nft is running.
+    async fn first_allow(
+        tables: &Tables,
+        dir: &Path,
+        vm: Ipv4Addr,
+        d: Ipv4Addr,
+    ) -> tokio::task::JoinHandle<Result<(), NetError>> {
+        let t = tables.clone();
+        let first = tokio::spawn(async move { t.allow(vm, &[(d, 300)]).await });
+        while !dir.join("started").exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        first
+    }
+
+    #[tokio::test]
+    async fn an_answer_waits_for_the_batch_already_adding_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let nft = slow_nft(dir.path());
+        let tables = Tables::new(nft.to_str().unwrap(), "t", "br0", "pcrt");
+        let (vm, d) = (Ipv4Addr::new(10, 77, 0, 9), Ipv4Addr::new(198, 18, 0, 11));
+        // The worker's own lookup is adding the address when the VM's
+        // query is answered with it: the answer must not go out before
+        // the element is in the set (the VM's SYN would be dropped).
+        let first = first_allow(&tables, dir.path(), vm, d).await;
+        tables.allow(vm, &[(d, 300)]).await.unwrap();
+        assert_eq!(applied(dir.path()), 1, "allowed before the batch applied");
+        first.await.unwrap().unwrap();
+        assert_eq!(applied(dir.path()), 1, "one batch for both");
+        // Once in, it is known: no batch at all.
+        tables.allow(vm, &[(d, 300)]).await.unwrap();
+        assert_eq!(applied(dir.path()), 1);
+    }
+
+    #[tokio::test]
+    async fn when_the_batch_waited_for_fails_the_waiter_installs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let nft = slow_nft(dir.path());
+        std::fs::write(dir.path().join("fail"), "").unwrap();
+        let tables = Tables::new(nft.to_str().unwrap(), "t", "br0", "pcrt");
+        let (vm, d) = (Ipv4Addr::new(10, 77, 0, 9), Ipv4Addr::new(198, 18, 0, 11));
+        let first = first_allow(&tables, dir.path(), vm, d).await;
+        tables.allow(vm, &[(d, 300)]).await.unwrap();
+        assert_eq!(applied(dir.path()), 1, "the waiter ran its own batch");
+        assert!(first.await.unwrap().is_err());
+    }
 }
