@@ -6,7 +6,10 @@
 //! Allowed queries go to the upstream resolver as they are; the A records
 //! of the answer are added to the VM's allowlist with the answer's TTL
 //! before the answer is passed back, so the connection that follows is
-//! already allowed. Everything else is answered REFUSED: the name's
+//! already allowed (also when the worker's own lookup of the same name is
+//! adding them at that moment: the answer waits for it). An answer that
+//! comes after the VM's allowlist was cleared counts only if the VM may
+//! still resolve the name; if not, it is REFUSED. Everything else is answered REFUSED: the name's
 //! existence is not denied (NXDOMAIN would be cached as a fact by the
 //! guest's resolver), the policy is said to refuse it. Messages are parsed
 //! and built with the `simple-dns` crate.
@@ -26,7 +29,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::NetError;
-use super::nft::Tables;
+use super::nft::{Epoch, Tables};
 use crate::dto::VmId;
 
 /// How long the upstream may take to answer one query.
@@ -83,11 +86,16 @@ pub async fn serve(
             },
         };
         let query = buf[..n].to_vec();
+        // The epoch before the view: an allowlist cleared after this reading
+        // (the view it follows is then older) makes the answer add nothing.
         let vm = match from.ip() {
-            IpAddr::V4(a) => view.borrow().get(&a).cloned().map(|v| (a, v)),
+            IpAddr::V4(a) => {
+                let epoch = tables.epoch(a);
+                view.borrow().get(&a).cloned().map(|v| (a, v, epoch))
+            }
             IpAddr::V6(_) => None,
         };
-        let Some((vm_addr, vm)) = vm else {
+        let Some((vm_addr, vm, epoch)) = vm else {
             tracing::debug!(%from, "DNS query from an address that is no VM: refused");
             reply_with(&socket, from, &query, RCODE::Refused).await;
             continue;
@@ -105,16 +113,24 @@ pub async fn serve(
             reply_with(&socket, from, &query, RCODE::ServerFailure).await;
             continue;
         };
-        let (socket, tables) = (socket.clone(), tables.clone());
+        let (socket, tables, view) = (socket.clone(), tables.clone(), view.clone());
         tokio::spawn(async move {
             let _permit = permit;
             match exchange(upstream, &query).await {
                 Ok(answer) => {
                     let addrs = a_records(&answer);
-                    if let Err(e) = tables.allow(vm_addr, &addrs).await {
-                        tracing::error!(vm_id = %vm.vm_id, %name, error = %commands::report::error_chain(&e), "cannot allow the answer's addresses");
-                        reply_with(&socket, from, &query, RCODE::ServerFailure).await;
-                        return;
+                    match allow_answer(&tables, &view, vm_addr, epoch, &name, &addrs).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::info!(vm_id = %vm.vm_id, %name, "the VM's allowlist changed while resolving; the name is no longer allowed: refused");
+                            reply_with(&socket, from, &query, RCODE::Refused).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(vm_id = %vm.vm_id, %name, error = %commands::report::error_chain(&e), "cannot allow the answer's addresses");
+                            reply_with(&socket, from, &query, RCODE::ServerFailure).await;
+                            return;
+                        }
                     }
                     tracing::debug!(vm_id = %vm.vm_id, %name, addresses = addrs.len(), "DNS answer allowed");
                     let _ = socket.send_to(&answer, from).await;
@@ -126,6 +142,34 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Allows an answer's addresses for the VM at `vm`, which could resolve
+/// `name` in `epoch`. If its allowlist was cleared meanwhile (a new
+/// generation took a domain away), the answer counts only if the VM may
+/// still resolve `name`; `false` if not.
+async fn allow_answer(
+    tables: &Tables,
+    view: &watch::Receiver<DnsView>,
+    vm: Ipv4Addr,
+    mut epoch: Epoch,
+    name: &str,
+    addrs: &[(Ipv4Addr, u32)],
+) -> Result<bool, NetError> {
+    for _ in 0..3 {
+        if tables.allow_since(vm, epoch, addrs).await? {
+            return Ok(true);
+        }
+        epoch = tables.epoch(vm);
+        let still = view
+            .borrow()
+            .get(&vm)
+            .is_some_and(|v| allows(&v.domains, name));
+        if !still {
+            return Ok(false);
+        }
+    }
+    Ok(false)
 }
 
 /// Resolves `name`'s A records through `upstream` (the worker's own

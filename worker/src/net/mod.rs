@@ -11,7 +11,9 @@
 //! the VM's own queries. A new generation that changes only a VM's domains
 //! changes its allowlist in place; deleting the VM removes its elements,
 //! its TAP and its record; a worker restart resets the tables and attaches
-//! every adopted VM again.
+//! every adopted VM again. A lookup still in flight when a VM's allowlist
+//! is cleared (a domain taken away, the VM deleted) adds nothing when its
+//! answer comes (`nft::Epoch`).
 //!
 //! `Egress` is an actor: a cloneable handle sends commands on a bounded
 //! channel and waits for a oneshot reply; one task owns the allocation
@@ -549,17 +551,26 @@ impl Actor {
             return;
         }
         let (upstream, tables, id) = (self.config.dns_upstream, self.tables.clone(), id.clone());
+        // Taken now, after any clearing of the allowlist: if a later
+        // generation clears it again, what is still being resolved here
+        // adds nothing (that generation resolves its own names).
+        let epoch = tables.epoch(vm);
         tokio::spawn(async move {
             for name in names {
                 match dns::resolve(upstream, &name).await {
                     Ok(addrs) if addrs.is_empty() => {
                         tracing::warn!(vm_id = %id, domain = %name, "allowed domain has no IPv4 address; the VM gets none for it")
                     }
-                    Ok(addrs) => {
-                        if let Err(e) = tables.allow(vm, &addrs).await {
+                    Ok(addrs) => match tables.allow_since(vm, epoch, &addrs).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::debug!(vm_id = %id, "the VM's allowlist changed: its earlier lookups stop");
+                            return;
+                        }
+                        Err(e) => {
                             tracing::error!(vm_id = %id, domain = %name, error = %commands::report::error_chain(&e), "cannot allow a domain's addresses");
                         }
-                    }
+                    },
                     Err(e) => {
                         tracing::warn!(vm_id = %id, domain = %name, error = %commands::report::error_chain(&e), "allowed domain does not resolve; the VM runs without an address for it")
                     }
