@@ -98,20 +98,17 @@
         };
         limits = { cpu = 16; memoryMb = 16384; };
       };
-
-      # The host network for every VM of the cluster: one slot per VM in name
-      # order (stable as long as VMs are only appended).
-      hostVms = procurator.lib.vmsFromSpecs cluster.vmSpecs;
     in
     {
       procurator = cluster.procurator;
       vmSpecsJson = cluster.vmSpecsJson;
       packages.${system}.default = cluster.closure;
 
-      # A host that runs the VMs: bridge, TAPs, NAT, dnsmasq and allowlists,
-      # plus the worker (its TAP prefix comes from the host module). The
-      # control plane VM is the first slot (control-plane-0: .10). Adjust the
-      # uplink, file systems and boot loader.
+      # A host that runs the VMs: the host module makes the bridge, forwarding
+      # and NAT; the worker makes each VM's TAP, gives it a fixed address in
+      # the subnet (derived from the VM's id) and installs its egress
+      # allowlist as the VMs come and go. Adjust the control plane's address,
+      # the uplink, file systems and boot loader.
       nixosConfigurations.host = nixpkgs.lib.nixosSystem {
         inherit system;
         modules = [
@@ -121,7 +118,6 @@
             procurator.host = {
               enable = true;
               externalInterface = "eth0";
-              vms = hostVms;
             };
             services.procurator.worker = {
               enable = true;

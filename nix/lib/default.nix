@@ -4,8 +4,8 @@
 #
 # Four layers (design §8): mkVmProfile (validated guest settings),
 # mkVmImage (NixOS guest, disk image, kernel, initrd, vmSpec and its JSON),
-# evalCluster (topology to VmSpecs), and the host NixOS module (nix/modules,
-# whose addresses and nftables rules come from hostNetwork in network.nix).
+# evalCluster (topology to VmSpecs), and the NixOS modules (nix/modules: the
+# host-wide network; the worker networks each VM and owns its egress rules).
 # Everything except the image layer is builtins only (`pure.nix`), so
 # `import ./nix/lib { }` works without nixpkgs for profiles, specs and
 # clusters whose images come from elsewhere.
@@ -17,7 +17,6 @@ let
   image = if nixpkgs == null then null else import ./image.nix { inherit nixpkgs; };
 in
 pure // {
-  inherit (import ./network.nix) hostNetwork vmsFromSpecs;
   mkVmImage = if image == null then needNixpkgs "mkVmImage" else image.mkVmImage;
   mkVmSystem = if image == null then needNixpkgs "mkVmSystem" else image.mkVmSystem;
   nixosImage = if image == null then needNixpkgs "nixosImage" else image.nixosImage;

@@ -28,6 +28,13 @@ in
       example = "127.0.0.1:7000";
       description = "Control plane address for the cluster page.";
     };
+    ciTokenFile = common.credentialOption "File holding a `reader` token of ci_service's read API, sent by the CI panels (--ci-token-file; a systemd credential). null: the one generated in ${common.secretsDir} (reader-token, which ci-service's generated API token file names).";
+    openSignup = common.option lib.types.bool false "Let anyone create an account at /signup (--open-signup). Closed by default: create accounts with `repohub admin create-user`.";
+    admin = common.nullableStrOption {
+      example = "alice";
+      description = "The account of this name is an admin (--admin; made so at start, never taken by signup).";
+    };
+    maxPushBytes = common.option (lib.types.nullOr lib.types.ints.positive) null "The largest pack a push may send, in bytes (--max-push-bytes). null: repohub's default (512 MiB).";
     secureCookies = common.option lib.types.bool false "Mark session cookies Secure (set when served behind HTTPS).";
   };
   extraConfig = {
@@ -46,10 +53,14 @@ in
       ci-url = cfg.ciUrl;
       control-plane = cfg.controlPlane;
       secure-cookies = cfg.secureCookies;
+      open-signup = cfg.openSignup;
+      admin = cfg.admin;
+      max-push-bytes = cfg.maxPushBytes;
     };
     credentials = [
       { flag = "ci-secret-file"; name = "ci-secret"; file = common.orGenerated cfg.ciSecretFile "hook-secret"; }
       { flag = "control-plane-token-file"; name = "control-plane-token"; file = common.orGenerated cfg.controlPlaneTokenFile "reader-token"; }
+      { flag = "ci-token-file"; name = "ci-token"; file = common.orGenerated cfg.ciTokenFile "reader-token"; }
     ];
     environment = { HOME = "/var/lib/procurator-repohub"; };
     unit = {

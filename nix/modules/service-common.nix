@@ -45,6 +45,11 @@ rec {
     environment = option (types.attrsOf types.str) { } "Extra environment variables.";
   };
 
+  # A path option's value as a flag: a path in the configuration is copied
+  # to the store (the daemon reads it there), a string is taken as it is
+  # (a file managed on the host, e.g. under /etc), null drops the flag.
+  storePath = p: if p == null then null else "${p}";
+
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
 
   # A secret file the unit reads as a systemd credential (never copied to
@@ -65,6 +70,8 @@ rec {
   #   worker-token                          the local worker's `worker:<id>`
   #   upload-token, hook-secret             the cache's and the push hook's
   #   control-plane-tokens                  the control plane's token file
+  #   ci-api-tokens                         ci_service's read API (admin
+  #                                          and reader tokens)
   #   worker-tokens                         the worker's own RPC (admin)
   # A multi-host cluster copies the tokens it needs, or sets the modules'
   # *File options to files of its own.
@@ -91,6 +98,8 @@ rec {
       "$(cat "$dir/admin-token")" "$(cat "$dir/ci-token")" "$(cat "$dir/reader-token")" \
       "$id" "$(cat "$dir/worker-token")" > "$dir/control-plane-tokens.new"
     mv "$dir/control-plane-tokens.new" "$dir/control-plane-tokens"
+    printf 'admin %s\nreader %s\n' "$(cat "$dir/admin-token")" "$(cat "$dir/reader-token")" > "$dir/ci-api-tokens.new"
+    mv "$dir/ci-api-tokens.new" "$dir/ci-api-tokens"
     printf 'admin %s\n' "$(cat "$dir/admin-token")" > "$dir/worker-tokens.new"
     mv "$dir/worker-tokens.new" "$dir/worker-tokens"
     chmod 0600 "$dir"/*

@@ -14,7 +14,6 @@ let
   spec = args: (lib.mkVmSpec ({
     name = "vm-0"; toplevel = store "system"; kernelPath = store "kernel"; cpu = 1; memoryMb = 64;
   } // args)).contentHash;
-  net = args: (lib.hostNetwork args).json;
   cluster = args: (lib.evalCluster ({ mkImage = image; } // args)).vmSpecs;
   web = entry: cluster { vms.web = { profile = { }; } // entry; };
   many = n: f: builtins.listToAttrs (builtins.genList (i: { name = "k${toString i}"; value = f i; }) n);
@@ -107,23 +106,6 @@ in
   cluster-over-vms = { expr = cluster { vms.web = { profile = { }; replicas = 3; }; limits.maxVms = 2; }; msg = "evalCluster: the cluster needs 3 VMs but limits.maxVms is 2"; };
   cluster-over-cpu = { expr = cluster { vms.web = { profile.cpu = 3; replicas = 2; }; limits.cpu = 5; }; msg = "evalCluster: the cluster needs 6 cpu but limits.cpu is 5"; };
   cluster-over-memory = { expr = cluster { vms.web = { profile.memoryMb = 1024; replicas = 2; }; limits.memoryMb = 2000; }; msg = "evalCluster: the cluster needs 2048 memoryMb but limits.memoryMb is 2000"; };
-
-  # --- hostNetwork ---
-  net-bridge = { expr = net { bridge = "a-very-long-bridge-name"; }; msg = "hostNetwork: bridge must be an interface name"; };
-  net-tap-prefix = { expr = net { tapPrefix = "tap-"; }; msg = "hostNetwork: tapPrefix must be 1-8 of a-z, 0-9 starting with a letter, got \"tap-\""; };
-  net-tap-prefix-bridge = { expr = net { tapPrefix = "pcr"; }; msg = "hostNetwork: bridge \"pcrbr0\" must not start with tapPrefix \"pcr\""; };
-  net-from-specs-many = { expr = lib.vmsFromSpecs (builtins.genList (i: { name = "v-${toString i}"; networkAllowedDomains = [ ]; }) 91); msg = "vmsFromSpecs: 91 VMs, more than the 90 fixed addresses of a /24"; };
-  net-prefix = { expr = net { subnetPrefix = "10.100"; }; msg = "hostNetwork: subnetPrefix must be three octets like \"10.100.0\", got \"10.100\""; };
-  net-prefix-octet = { expr = net { subnetPrefix = "10.300.0"; }; msg = "subnetPrefix must be three octets"; };
-  net-vms-type = { expr = net { vms = [ ]; }; msg = "hostNetwork: vms must be an attribute set of VMs, got a list"; };
-  net-vm-name = { expr = net { vms.Web = { index = 0; }; }; msg = "hostNetwork: VM name \"Web\" is not a DNS label"; };
-  net-vm-type = { expr = net { vms.web-0 = 0; }; msg = "hostNetwork: vms.web-0 must be an attribute set, got 0"; };
-  net-vm-unknown = { expr = net { vms.web-0 = { index = 0; domains = [ ]; }; }; msg = "vms.web-0 has unknown attribute \"domains\""; };
-  net-index-missing = { expr = net { vms.web-0 = { }; }; msg = "vms.web-0.index must be an integer between 0 and 89, got null"; };
-  net-index-range = { expr = net { vms.web-0 = { index = 90; }; }; msg = "vms.web-0.index must be an integer between 0 and 89, got 90"; };
-  net-index-duplicate = { expr = net { vms = { web-0 = { index = 3; }; web-1 = { index = 3; }; }; }; msg = "hostNetwork: index 3 is used by more than one VM (web-0, web-1)"; };
-  net-domains-type = { expr = net { vms.web-0 = { index = 0; allowedDomains = "example.com"; }; }; msg = "vms.web-0.allowedDomains must be a list"; };
-  net-domain = { expr = net { vms.web-0 = { index = 0; allowedDomains = [ "Example.com" ]; }; }; msg = "vms.web-0.allowedDomains: \"Example.com\" is not a lowercase domain name"; };
 
   # --- library entry point ---
   image-needs-nixpkgs = { expr = lib.mkVmImage { profile = { }; }; msg = "procurator: mkVmImage needs nixpkgs"; };

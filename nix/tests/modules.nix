@@ -38,7 +38,7 @@ let
     splitString = sep: s: filter builtins.isString (split sep s);
   };
   pkgs = {
-    git = "git"; iproute2 = "iproute2"; cloud-hypervisor = "cloud-hypervisor";
+    git = "git"; bubblewrap = "bubblewrap"; iproute2 = "iproute2"; cloud-hypervisor = "cloud-hypervisor";
     coreutils = "/coreutils"; util-linux = "/util-linux"; acl = "/acl";
     # The script's text rides along in its "path", so a test can read what
     # a unit runs.
@@ -55,6 +55,8 @@ let
     ciUrl = null; ciSecretFile = null; secureCookies = false; workerId = null; advertise = null;
     cachePublicKey = null; cpu = null; memoryMb = null; labels = { }; clusterTokenFile = null;
     cloudHypervisor = "/ch"; vmUser = null;
+    quotasFile = null; projectsFile = null; apiTokenFile = null; evalUser = "procurator-ci-eval";
+    maxJobLogBytes = null; ciTokenFile = null; openSignup = false; admin = null; maxPushBytes = null;
   };
   set = unset // {
     logJson = false; openFirewall = false; uploadTokenFile = "/run/keys/up"; tokenFile = "/run/keys/tok";
@@ -63,7 +65,12 @@ let
     ciSecretFile = "/run/keys/cs"; secureCookies = true; workerId = "w1";
     advertise = "1.2.3.4:6000"; cachePublicKey = "k:1"; cpu = 4; memoryMb = 1024; labels = { zone = "a"; b = "c"; };
     clusterTokenFile = "/run/keys/clt"; vmUser = "procurator-vm";
+    quotasFile = "/etc/pcr/quotas.toml"; projectsFile = "/etc/pcr/projects.toml"; apiTokenFile = "/run/keys/api";
+    evalUser = "eval"; maxJobLogBytes = 1000; ciTokenFile = "/run/keys/cit"; openSignup = true; admin = "alice";
+    maxPushBytes = 2048;
   };
+  # ci-service without an evaluation user: the unit keeps the baseline.
+  cfgOf = name: if name == "ci-service" then unset // { evalUser = null; } else unset;
 
   modules = [ "cache" "control-plane" "ci-service" "repohub" "worker" ];
   # The module `name` evaluated with `cfg` as its settings (and, for the
@@ -93,11 +100,11 @@ let
       cache.unset = "--log-json serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
       cache.set = "serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
       control-plane.unset = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --log-json --long-poll-timeout-ms 25000 --token-file %d/tokens --more";
-      control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --token-file %d/tokens --more";
-      ci-service.unset = "--cache-token-file %d/cache-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --log-json --more";
-      ci-service.set = "--cache http://c --cache-token-file %d/cache-token --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --more";
-      repohub.unset = "--ci-secret-file %d/ci-secret --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
-      repohub.set = "--ci-secret-file %d/ci-secret --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --secure-cookies --more";
+      control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --quotas /etc/pcr/quotas.toml --token-file %d/tokens --more";
+      ci-service.unset = "--api-token-file %d/api-tokens --cache-token-file %d/cache-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --eval-user procurator-ci-eval --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --log-json --more";
+      ci-service.set = "--api-token-file %d/api-tokens --cache http://c --cache-token-file %d/cache-token --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --eval-user eval --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --max-job-log-bytes 1000 --projects /etc/pcr/projects.toml --more";
+      repohub.unset = "--ci-secret-file %d/ci-secret --ci-token-file %d/ci-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
+      repohub.set = "--admin alice --ci-secret-file %d/ci-secret --ci-token-file %d/ci-token --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --max-push-bytes 2048 --open-signup --secure-cookies --more";
       worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --cluster-token-file %d/cluster-token --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --token-file %d/tokens --more";
       worker.set = "--advertise 1.2.3.4:6000 --bridge pcrbr0 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --vm-subnet 10.100.0.0/24 --vm-user procurator-vm --worker-id w1 --more";
     };
@@ -106,10 +113,10 @@ let
       cache.set = [ "secret-key:/run/keys/sk" "upload-token:/run/keys/up" ];
       control-plane.unset = [ "tokens:${gen}/control-plane-tokens" ];
       control-plane.set = [ "tokens:/run/keys/tok" ];
-      ci-service.unset = [ "cache-token:${gen}/upload-token" "hook-secret:${gen}/hook-secret" "control-plane-token:${gen}/ci-token" ];
-      ci-service.set = [ "cache-token:/run/keys/ct" "hook-secret:/run/keys/hs" "control-plane-token:/run/keys/cpt" ];
-      repohub.unset = [ "ci-secret:${gen}/hook-secret" "control-plane-token:${gen}/reader-token" ];
-      repohub.set = [ "ci-secret:/run/keys/cs" "control-plane-token:/run/keys/cpt" ];
+      ci-service.unset = [ "cache-token:${gen}/upload-token" "hook-secret:${gen}/hook-secret" "control-plane-token:${gen}/ci-token" "api-tokens:${gen}/ci-api-tokens" ];
+      ci-service.set = [ "cache-token:/run/keys/ct" "hook-secret:/run/keys/hs" "control-plane-token:/run/keys/cpt" "api-tokens:/run/keys/api" ];
+      repohub.unset = [ "ci-secret:${gen}/hook-secret" "control-plane-token:${gen}/reader-token" "ci-token:${gen}/reader-token" ];
+      repohub.set = [ "ci-secret:/run/keys/cs" "control-plane-token:/run/keys/cpt" "ci-token:/run/keys/cit" ];
       worker.unset = [ "tokens:${gen}/worker-tokens" "cluster-token:${gen}/worker-token" ];
       worker.set = [ "tokens:/run/keys/tok" "cluster-token:/run/keys/clt" ];
     };
@@ -142,7 +149,7 @@ let
     }
     {
       name = "the hardened units keep the sandbox baseline; CI relaxes only what nix needs";
-      got = map (name: with serviceConfig name unset; [ ProtectSystem PrivateDevices MemoryDenyWriteExecute SystemCallFilter UMask ])
+      got = map (name: with serviceConfig name (cfgOf name); [ ProtectSystem PrivateDevices MemoryDenyWriteExecute SystemCallFilter UMask ])
         [ "cache" "control-plane" "ci-service" "repohub" ];
       want = [
         [ "strict" true true [ "@system-service" "~@privileged" "~@resources" ] "0077" ]
@@ -172,12 +179,36 @@ let
     }
     {
       name = "every other unit: no capabilities, no new privileges, IP and unix sockets only, the system read-only, a private /tmp";
-      got = map (name: with serviceConfig name unset; [
+      got = map (name: with serviceConfig name (cfgOf name); [
         CapabilityBoundingSet AmbientCapabilities NoNewPrivileges RestrictAddressFamilies ProtectSystem
         PrivateTmp ProtectHome RestrictNamespaces SystemCallErrorNumber LimitNOFILE
       ]) [ "cache" "control-plane" "ci-service" "repohub" ];
       want = map (_: [ "" "" true [ "AF_INET" "AF_INET6" "AF_UNIX" ] "strict" true true true "EPERM" 65536 ])
         [ "cache" "control-plane" "ci-service" "repohub" ];
+    }
+    {
+      name = "CI with an evaluation user (the default): root bounded to SETUID, SETGID and CHOWN, namespaces and a fully visible /proc for bubblewrap, which is on its PATH";
+      got = let u = (render "ci-service" unset).config.content.systemd.services.procurator-ci-service; in
+        with u.serviceConfig; [
+          User Group CapabilityBoundingSet AmbientCapabilities SystemCallFilter RestrictNamespaces ProtectProc
+          ProcSubset ProtectKernelTunables ProtectKernelLogs NoNewPrivileges ProtectSystem
+          (builtins.elem "bubblewrap" u.path)
+        ];
+      want = [
+        "root" "root" [ "CAP_SETUID" "CAP_SETGID" "CAP_CHOWN" ] "" [ "@system-service" "@mount" ] false "default"
+        "all" false false true "strict" true
+      ];
+    }
+    {
+      name = "CI without an evaluation user runs as procurator-ci; the default evaluation user (only) is made";
+      got = [
+        (serviceConfig "ci-service" (cfgOf "ci-service")).User
+        (serviceConfig "ci-service" (cfgOf "ci-service")).CapabilityBoundingSet
+        (attrNames (render "ci-service" unset).config.content.users.users)
+        (attrNames (render "ci-service" set).config.content.users.users)
+        (attrNames (render "ci-service" (cfgOf "ci-service")).config.content.users.groups)
+      ];
+      want = [ "procurator-ci" "" [ "procurator-ci" "procurator-ci-eval" ] [ "procurator-ci" ] [ "procurator-ci" ] ];
     }
     {
       name = "every unit requires its secrets generator, a root oneshot that keeps existing files and writes 0600 ones in a 0700 directory";

@@ -9,9 +9,7 @@
 #   errors    nix/tests/errors.nix: every validation error and its message
 #   secrets   the modules' secrets generator run for real in a temp dir:
 #             0700 directory, 0600 files, tokens kept across runs, and a
-#             control-plane token file the control plane's parser takes
-#   nft       the host module's nftables ruleset passes `nft -c` (skipped
-#             when nftables is not installed)
+#             control-plane and CI API token files their daemons take
 #   hermetic  example/hermetic in a temp git repo: eval the specs and check
 #             them, build the closure, change one VM, break eval and build
 #
@@ -38,7 +36,7 @@ fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 pass() { echo "ok: $*"; }
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval modules secrets errors nft hermetic)
+[ ${#sections[@]} -gt 0 ] || sections=(parse sync eval modules secrets errors hermetic)
 
 # --- parse ------------------------------------------------------------------
 run_parse() {
@@ -114,33 +112,6 @@ run_errors() {
     fail "errors: $bad of $n cases"
   else
     pass "errors: $n cases fail with their message"
-  fi
-}
-
-# --- nft ---------------------------------------------------------------------
-# The host module's nftables ruleset (from nix/lib/network.nix) through
-# `nft -c` (parse and evaluate, nothing installed). Needs the nftables package;
-# without it the section reports a skip and does not count as a pass.
-run_nft() {
-  if ! command -v nft >/dev/null 2>&1; then
-    echo "skip: nft: nftables is not installed (apt-get install nftables)"
-    return
-  fi
-  if ! nix eval --raw --impure --expr "
-    ((import $repo/nix/lib/network.nix).hostNetwork {
-      vms = {
-        web-0 = { index = 0; allowedDomains = [ \"example.com\" \"*.pypi.org\" ]; };
-        web-1 = { index = 1; allowedDomains = [ \"example.com\" ]; };
-        db-0 = { index = 89; };
-      };
-    }).ruleset" > "$work/ruleset.nft" 2>"$work/nft-eval.err"; then
-    fail "nft: the ruleset did not evaluate: $(cat "$work/nft-eval.err")"
-    return
-  fi
-  if out=$(nft -c -f "$work/ruleset.nft" 2>&1); then
-    pass "nft: the host ruleset passes nft -c"
-  else
-    fail "nft: the host ruleset is refused by nft -c: $out"
   fi
 }
 
@@ -245,7 +216,7 @@ run_secrets() {
   [ "$t1" = "$t2" ] || { fail "secrets: a second run replaced the admin token"; bad=1; }
   mode=$(stat -c %a "$dir")
   [ "$mode" = 700 ] || { fail "secrets: the directory is $mode, not 700"; bad=1; }
-  for f in admin-token ci-token reader-token worker-token upload-token hook-secret control-plane-tokens worker-tokens; do
+  for f in admin-token ci-token reader-token worker-token upload-token hook-secret control-plane-tokens ci-api-tokens worker-tokens; do
     mode=$(stat -c %a "$dir/$f" 2>/dev/null || echo missing)
     [ "$mode" = 600 ] || { fail "secrets: $f is $mode, not 600"; bad=1; }
   done
@@ -253,18 +224,28 @@ run_secrets() {
   grep -qx "worker:w-7 $(cat "$dir/worker-token")" "$dir/control-plane-tokens" \
     || { fail "secrets: the control-plane token file lacks the worker's line"; bad=1; }
   grep -qx "admin $t1" "$dir/worker-tokens" || { fail "secrets: worker-tokens lacks the admin token"; bad=1; }
-  # The control plane itself parses the generated file (when it is built).
-  local cp="$repo/target/debug/control_plane"
-  [ -n "${CARGO_TARGET_DIR:-}" ] && cp="$CARGO_TARGET_DIR/debug/control_plane"
-  if [ -x "$cp" ]; then
-    "$cp" --listen 127.0.0.1:0 --token-file "$dir/control-plane-tokens" >"$work/cp.out" 2>&1 &
-    local pid=$! i
-    for i in $(seq 50); do grep -qs "^listening on " "$work/cp.out" && break; sleep 0.1; done
-    grep -q '^listening on ' "$work/cp.out" || { fail "secrets: control_plane refused the generated file: $(cat "$work/cp.out")"; bad=1; }
+  # ci_service's read API: repohub sends the reader token (reader-token).
+  [ "$(cat "$dir/ci-api-tokens")" = "$(printf 'admin %s\nreader %s' "$t1" "$(cat "$dir/reader-token")")" ] \
+    || { fail "secrets: ci-api-tokens is not the admin and reader tokens: $(cat "$dir/ci-api-tokens")"; bad=1; }
+  # The daemons themselves parse the generated files (when they are built):
+  # the control plane its token file, ci_service its read API's.
+  local bin="$repo/target/debug"
+  [ -n "${CARGO_TARGET_DIR:-}" ] && bin="$CARGO_TARGET_DIR/debug"
+  takes() {
+    local what=$1 exe=$bin/$2 pid i
+    shift 2
+    [ -x "$exe" ] || return 0
+    "$exe" --listen 127.0.0.1:0 "$@" >"$work/$what.out" 2>&1 &
+    pid=$!
+    for i in $(seq 50); do grep -qs "^listening on " "$work/$what.out" && break; sleep 0.1; done
+    grep -q '^listening on ' "$work/$what.out" || { fail "secrets: $what refused the generated file: $(cat "$work/$what.out")"; bad=1; }
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-  fi
-  [ "$bad" = 1 ] || pass "secrets: 0700 dir, 0600 files, kept across runs, a token file the control plane takes"
+  }
+  takes control_plane control_plane --token-file "$dir/control-plane-tokens"
+  takes ci_service ci_service --data-dir "$work/ci-data" --api-token-file "$dir/ci-api-tokens" \
+    --hook-secret-file "$dir/hook-secret"
+  [ "$bad" = 1 ] || pass "secrets: 0700 dir, 0600 files, kept across runs, token files the control plane and ci_service take"
 }
 
 start=$(date +%s)
@@ -276,9 +257,8 @@ for s in "${sections[@]}"; do
     modules) run_cases modules modules.nix ;;
     secrets) run_secrets ;;
     errors) run_errors ;;
-    nft) run_nft ;;
     hermetic) run_hermetic ;;
-    *) fail "unknown section $s (parse sync eval modules secrets errors nft hermetic)" ;;
+    *) fail "unknown section $s (parse sync eval modules secrets errors hermetic)" ;;
   esac
 done
 echo "nix tests: ${sections[*]}: $failures failure(s) in $(( $(date +%s) - start )) s"

@@ -49,6 +49,10 @@ pub struct Config {
     pub ci_url: Option<String>,
     /// Bearer secret for `POST /hooks/push`.
     pub ci_secret: Option<String>,
+    /// A `reader` token of ci_service's `--api-token-file`, sent on the
+    /// reads behind the CI panels (jobs, logs); empty when its read API is
+    /// open.
+    pub ci_token: commands::auth::Secret,
     /// Control plane `host:port` (Cap'n Proto `Master`).
     pub control_plane: Option<String>,
     /// Token for the control plane's login (a `reader` token is enough).
@@ -116,6 +120,7 @@ impl Config {
             data_dir: data_dir.into(),
             ci_url: None,
             ci_secret: None,
+            ci_token: commands::auth::Secret::default(),
             control_plane: None,
             control_plane_token: commands::auth::Secret::default(),
             kdf: auth::KdfParams::default(),
@@ -205,7 +210,8 @@ impl AppState {
             db,
             repos_root,
             spool,
-            ci: ci::client(config.ci_url.clone(), config.ci_secret.clone())?,
+            ci: ci::client(config.ci_url.clone(), config.ci_secret.clone())?
+                .with_read_token(Some(config.ci_token.expose().to_owned())),
             control_plane: config.control_plane.clone(),
             control_plane_token: config.control_plane_token.clone(),
             kdf: config.kdf,

@@ -52,6 +52,11 @@ struct Args {
     /// File holding the bearer secret for ci_service's push hook.
     #[arg(long, env = "REPOHUB_CI_SECRET_FILE")]
     ci_secret_file: Option<PathBuf>,
+    /// File holding a `reader` token of ci_service's --api-token-file, sent
+    /// when the CI panels read jobs and logs (needed when ci_service has an
+    /// API token file).
+    #[arg(long, env = "REPOHUB_CI_TOKEN_FILE")]
+    ci_token_file: Option<PathBuf>,
     /// Control plane address (Cap'n Proto Master), host:port.
     #[arg(long, env = "REPOHUB_CONTROL_PLANE")]
     control_plane: Option<String>,
@@ -203,6 +208,16 @@ async fn main() -> std::process::ExitCode {
     config.ci_url = args.ci_url;
     config.ci_secret = secret;
     config.control_plane = args.control_plane;
+    if let Some(p) = &args.ci_token_file {
+        match commands::auth::read_secret_file(p) {
+            Ok(t) => config.ci_token = commands::auth::Secret::new(t),
+            Err(e) => {
+                let e = commands::report::error_chain(&e);
+                eprintln!("repohub: --ci-token-file: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     if let Some(p) = &args.control_plane_token_file {
         match commands::auth::client_token(Some(p)) {
             Ok(t) => config.control_plane_token = commands::auth::Secret::new(t),

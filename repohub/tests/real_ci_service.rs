@@ -4,7 +4,9 @@
 //! builds it, and repohub's project page shows the job, its log and the VM
 //! specs of that good build. A push of the same flake to a repository that
 //! is not the project's deploy repository is built but not deployed, with
-//! the reason on its job.
+//! the reason on its job. ci_service's read API wants a token: repohub
+//! sends its reader token (`--ci-token-file`), a client without one is
+//! refused.
 
 mod support;
 
@@ -14,6 +16,8 @@ use support::{CI_SECRET, app_and_server, git_async, push_main, work_repo};
 use testkit::fs::{copy_tree, example_dir};
 
 const PW: &str = "correct horse battery";
+/// The `reader` token of ci_service's read API that repohub is given.
+const CI_READER: &str = "ci-read-api-reader-token-0123456789abcdef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
@@ -21,6 +25,12 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     let mut ci_config = ci_service::Config::new(nix.dir().join("ci"));
     ci_config.nix_conf_dir = Some(nix.conf_dir());
     ci_config.hook_secret = Some(CI_SECRET.into());
+    ci_config.api_auth = commands::auth::Authenticator::parse(
+        &format!("reader {CI_READER}\n"),
+        std::path::Path::new("ci-api-tokens"),
+        ci_service::api::API_ROLES,
+    )
+    .unwrap();
     let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ci_url = format!("http://{}", ci_listener.local_addr().unwrap());
     let ci_stop = tokio_util::sync::CancellationToken::new();
@@ -30,6 +40,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     let edit = |c: &mut repohub::Config| {
         c.ci_url = Some(ci_url.clone());
         c.ci_secret = Some(CI_SECRET.into());
+        c.ci_token = commands::auth::Secret::new(CI_READER);
     };
     let (app, srv) = app_and_server(edit).await;
 
@@ -49,7 +60,8 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
 
     push_main(&work, &srv.auth_url("ann", &token, "/demo/notes.git")).await;
 
-    let ci = repohub::ci::client(Some(ci_url.clone()), None).unwrap();
+    let anonymous = repohub::ci::client(Some(ci_url.clone()), None).unwrap();
+    let ci = anonymous.clone().with_read_token(Some(CI_READER.into()));
     // The finished job of `repo`, through repohub's own client.
     let finished = |repo: &str| {
         let repo_path = app
@@ -79,6 +91,16 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
         }
     };
     let job = finished("cluster").await;
+    let cluster_path = app.state.repo_dir("demo", "cluster");
+    let refused = anonymous
+        .jobs(&cluster_path.to_string_lossy(), 5)
+        .await
+        .expect_err("ci_service's read API answered a client without a token");
+    assert!(
+        matches!(refused, repohub::ci::CiError::Status { status: 401, .. }),
+        "{}",
+        commands::report::error_chain(&refused)
+    );
     let notes = finished("notes").await;
     let notes_full = ci.job(notes.id).await.unwrap();
     assert_eq!(notes.state.as_str(), "built-not-deployed", "{notes_full:?}");

@@ -117,8 +117,12 @@ pub async fn run(
     };
     // Networking comes up before any VM is adopted, so adoption can
     // restore every VM's rules.
+    // CH runs as the VM owner when there is one: its TAPs are made its.
     let egress = match config.net.clone() {
-        Some(net) => Some(net::Egress::start(net, &config.run_dir, shutdown.clone()).await?),
+        Some(mut net) => {
+            net.tap_owner = config.files.vm_owner;
+            Some(net::Egress::start(net, &config.run_dir, shutdown.clone()).await?)
+        }
         None => None,
     };
     let mut backend_config = ChBackendConfig::new(config.ch_binary.clone());

@@ -773,3 +773,51 @@ fn a_new_answer_renews_an_allowed_address_for_its_ttl() {
     assert_eq!(timeout_of("192.0.2.1"), Some(600), "{json}");
     assert_eq!(timeout_of("192.0.2.2"), Some(1), "{json}");
 }
+
+/// With a VM user (`--vm-user`), CH runs unprivileged and opens its TAP by
+/// name: the kernel lets only the TAP's owner do that, so the worker makes
+/// each TAP the VM user's.
+#[test]
+fn a_vm_users_tap_belongs_to_it() {
+    require_root_and_tools!();
+    let net = Net::bare();
+    let h = &net.host;
+    sh(&["ip", "-n", h, "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+    sh(&["ip", "-n", h, "link", "set", "br0", "up"]);
+    let mut config = net.config();
+    config.tap_owner = Some(worker::vmm::user::VmOwner {
+        uid: 4242,
+        gid: 4343,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().to_owned();
+    let tap = in_ns(h, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let egress = Egress::start(config, &run_dir, CancellationToken::new())
+                    .await
+                    .unwrap();
+                egress.attach(&VmId::new_v7(), &[]).await.unwrap().tap
+            })
+    });
+    // `ip netns exec` mounts the namespace's own /sys.
+    let read = |what: &str| {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            h,
+            "cat",
+            &format!("/sys/class/net/{tap}/{what}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(
+        (read("owner"), read("group")),
+        ("4242".into(), "4343".into())
+    );
+}

@@ -41,6 +41,7 @@ use self::link::Links;
 use self::nft::Tables;
 use crate::dto::VmId;
 use crate::vmm::config::TapConfig;
+use crate::vmm::user::VmOwner;
 
 /// Why a network step failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +145,9 @@ pub struct NetConfig {
     /// The `nft` and `ip` programs.
     pub nft: String,
     pub ip: String,
+    /// The owner of the TAPs: the VM user's uid and gid when CH runs as
+    /// one (`--vm-user`), so it can open them; `None`: root's.
+    pub tap_owner: Option<VmOwner>,
 }
 
 impl NetConfig {
@@ -159,6 +163,7 @@ impl NetConfig {
             table: "procurator".into(),
             nft: "nft".into(),
             ip: "ip".into(),
+            tap_owner: None,
         }
     }
 
@@ -224,6 +229,7 @@ impl Egress {
         let links = Links {
             ip: config.ip.clone(),
             bridge: config.bridge.clone(),
+            owner: config.tap_owner,
         };
         links.check_bridge().await?;
         let tables = config.tables();
