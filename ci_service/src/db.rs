@@ -1,6 +1,7 @@
 //! The job queue and the generation history in SQLite: the only state
 //! ci_service keeps. Jobs move queued → running → succeeded |
-//! built-not-deployed | failed | superseded; generations are numbered
+//! built-not-deployed | failed | superseded | cancelled; finished jobs
+//! older than the retention period are pruned; generations are numbered
 //! monotonically per project here, which makes ci_service (i.e. Git) the
 //! source of the control plane's desired state.
 
@@ -306,6 +307,42 @@ impl Db {
 
     pub fn fail(&self, id: i64, error: &str) -> Result<(), DbError> {
         self.finish(id, "state = 'failed', error = ?1", error)
+    }
+
+    /// Cancels job `id` if it is queued (it ends `cancelled` at once) and
+    /// otherwise leaves it be. Returns the job as it is afterwards (a
+    /// running job stays `running` until the runner stops it), or none
+    /// when there is no such job.
+    pub fn cancel_queued(&self, id: i64) -> Result<Option<Job>, DbError> {
+        self.update(
+            "UPDATE jobs SET state = 'cancelled', finished_at_ms = ?1, error = 'cancelled while queued' WHERE id = ?2 AND state = 'queued'",
+            params![now_ms() as i64, id],
+        )?;
+        self.job(id)
+    }
+
+    /// A running job the runner stopped on request ends `cancelled`.
+    pub fn cancelled(&self, id: i64, why: &str) -> Result<(), DbError> {
+        self.finish(id, "state = 'cancelled', error = ?1", why)
+    }
+
+    /// Deletes the finished jobs that ended before `before_ms`; returns
+    /// their ids (their logs go with them, see `runner::prune`). Queued
+    /// and running jobs stay however old they are, and so do generations
+    /// (the control plane's history), whose `job_id` then names a pruned
+    /// job.
+    pub fn prune_finished_before(&self, before_ms: i64) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids = {
+            let mut stmt = tx.prepare(
+                "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND finished_at_ms < ?1 RETURNING id",
+            )?;
+            stmt.query_map([before_ms], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?
+        };
+        tx.commit()?;
+        Ok(ids)
     }
 
     /// A job that built and checked but may publish nothing: it ends
