@@ -164,7 +164,7 @@ pub(crate) fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Valu
         let j = get_json(&format!("{ci}/jobs/{id}"));
         matches!(
             j["state"].as_str(),
-            Some("succeeded" | "built-not-deployed" | "failed" | "superseded")
+            Some("succeeded" | "built-not-deployed" | "failed" | "superseded" | "cancelled")
         )
         .then_some(j)
     })
