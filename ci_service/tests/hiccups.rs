@@ -51,23 +51,6 @@ fn cancel(ci: &str, id: i64, token: Option<&str>) -> (http::StatusCode, serde_js
     (status, json)
 }
 
-/// Posts a push event for `commit` of `repo` on `git_ref`; the job's id.
-fn post_push(ci: &str, repo: &str, git_ref: &str, commit: &str) -> i64 {
-    let event = serde_json::json!({
-        "repo": repo, "ref": git_ref, "old": "0".repeat(40), "new": commit,
-    });
-    let (status, body) = request(
-        http::Method::POST,
-        &format!("{ci}/hooks/push"),
-        &[],
-        Some(event),
-    );
-    assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
-    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
-        .as_i64()
-        .unwrap()
-}
-
 #[test]
 fn a_job_survives_the_cache_restarting_mid_upload() {
     let h = repo_outils::testing::HermeticNix::new().unwrap();
@@ -280,39 +263,29 @@ fn cancelling_stops_queued_and_running_jobs_and_leaves_no_nix_behind() {
         &[],
     );
     let url = ci.url();
+    const READER: &str = "reader-token-0123456789abcdef";
     let admin = Some("admin-token-0123456789abcdef");
-    let reader = Some("reader-token-0123456789abcdef");
+    let reader = Some(READER);
     let repo = Repo::new(h.dir(), &url);
     let gate = gate_the_build(&h, &repo);
     let marker = gate.display().to_string();
     let bare = repo.bare.to_str().unwrap().to_owned();
     let (commit, _) = repo.push();
-    // Reads need a token here; job_for and log go through these.
-    let get_job = |id: i64| {
+    // Reads need a token here.
+    let read = |path: String| {
         let (s, b) = request(
             http::Method::GET,
-            &format!("{url}/jobs/{id}"),
-            &[(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", reader.unwrap()),
-            )],
+            &format!("{url}{path}"),
+            &[(http::header::AUTHORIZATION, format!("Bearer {READER}"))],
             None,
         );
-        assert_eq!(s, 200, "{b:?}");
-        serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        assert_eq!(s, 200, "{path}: {b:?}");
+        b
     };
-    let job_log = |id: i64| {
-        let (_, b) = request(
-            http::Method::GET,
-            &format!("{url}/jobs/{id}/log"),
-            &[(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", reader.unwrap()),
-            )],
-            None,
-        );
-        String::from_utf8_lossy(&b).into_owned()
+    let get_job = |id: i64| {
+        serde_json::from_slice::<serde_json::Value>(&read(format!("/jobs/{id}"))).unwrap()
     };
+    let job_log = |id: i64| String::from_utf8_lossy(&read(format!("/jobs/{id}/log"))).into_owned();
     // The hook's job is the first.
     let running = 1;
     assert_eq!(get_job(running)["commit"], commit);
