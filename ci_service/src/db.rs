@@ -625,4 +625,42 @@ mod tests {
         assert_eq!(db.job(1).unwrap().unwrap().state, JobState::Succeeded);
         assert_eq!(db.next_generation("default", 0).unwrap(), 8);
     }
+
+    #[test]
+    fn cancel_and_prune() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
+        let (a, _) = db
+            .enqueue("/r", "refs/heads/a", "0", "c1", None, None)
+            .unwrap();
+        let (b, _) = db
+            .enqueue("/r", "refs/heads/b", "0", "c2", None, None)
+            .unwrap();
+        let (c, _) = db
+            .enqueue("/r", "refs/heads/c", "0", "c3", None, None)
+            .unwrap();
+        assert_eq!(db.claim_next().unwrap().unwrap().job.id, a);
+        // A running job is left to the runner; a queued one ends now.
+        assert_eq!(
+            db.cancel_queued(a).unwrap().unwrap().state,
+            JobState::Running
+        );
+        assert_eq!(
+            db.cancel_queued(b).unwrap().unwrap().state,
+            JobState::Cancelled
+        );
+        assert!(db.cancel_queued(99).unwrap().is_none());
+        db.cancelled(a, "cancelled during build").unwrap();
+        let job = db.job(a).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Cancelled);
+        assert!(job.finished_at_ms.is_some());
+        // Only finished jobs that ended before the cut go.
+        let later = now_ms() as i64 + 1000;
+        let mut pruned = db.prune_finished_before(later).unwrap();
+        pruned.sort();
+        assert_eq!(pruned, vec![a, b]);
+        assert!(db.job(a).unwrap().is_none());
+        assert_eq!(db.job(c).unwrap().unwrap().state, JobState::Queued);
+        assert!(db.prune_finished_before(0).unwrap().is_empty());
+    }
 }

@@ -1159,4 +1159,93 @@ mod tests {
         assert!(t.fetch_ms.is_some());
         assert_eq!(t.eval_ms, None);
     }
+
+    #[test]
+    fn only_an_unavailable_cache_or_control_plane_is_transient() {
+        let transient = [
+            JobError::CacheUnavailable {
+                why: "cannot connect".into(),
+                summary: "x".into(),
+            },
+            JobError::Pin(PinError::Refused {
+                url: "u".into(),
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                body: String::new(),
+            }),
+            JobError::Pin(PinError::Http(commands::http::HttpError::Timeout {
+                target: "c".into(),
+                ms: 1,
+            })),
+            JobError::Publish(PublishError::Unavailable("gone".into())),
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e}");
+        }
+        let deterministic = [
+            JobError::Upload {
+                summary: "403".into(),
+            },
+            JobError::Pin(PinError::Refused {
+                url: "u".into(),
+                status: http::StatusCode::FORBIDDEN,
+                body: String::new(),
+            }),
+            JobError::Build {
+                attr: CLOSURE_ATTR,
+                summary: "x".into(),
+            },
+            JobError::Eval {
+                attr: SPECS_ATTR,
+                summary: "x".into(),
+            },
+            JobError::Publish(PublishError::Refused("quota".into())),
+            JobError::Cancelled { step: "build" },
+        ];
+        for e in &deterministic {
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
+
+    #[test]
+    fn retries_back_off_and_stop() {
+        let p = RetryPolicy {
+            retries: 3,
+            backoff: Duration::from_millis(100),
+        };
+        assert_eq!(p.delay(1), Duration::from_millis(100));
+        assert_eq!(p.delay(3), Duration::from_millis(400));
+        assert_eq!(p.delay(40), MAX_BACKOFF);
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, path) = temp_log(tmp.path());
+        let away = JobError::CacheUnavailable {
+            why: "cannot connect to c".into(),
+            summary: "copy failed".into(),
+        };
+        assert_eq!(
+            retry_after(p, "upload", 1, &away, &mut log),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(retry_after(p, "upload", 4, &away, &mut log), None);
+        let refused = JobError::Upload {
+            summary: "403".into(),
+        };
+        assert_eq!(retry_after(p, "upload", 1, &refused, &mut log), None);
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "upload attempt 1 of 4 failed, transient: uploading the closure to the cache failed \
+             (cannot connect to c): copy failed; retrying in 100 ms\n"
+        );
+    }
+
+    #[test]
+    fn a_cancel_before_the_runner_starts_the_job_still_lands() {
+        let c = Cancels::default();
+        c.cancel(7);
+        assert!(c.start(7).is_cancelled(), "asked while claimed");
+        c.end();
+        assert!(!c.start(8).is_cancelled());
+        c.cancel(8);
+        let t = c.start(9);
+        assert!(!t.is_cancelled(), "another job's cancel is not this one's");
+    }
 }
