@@ -4,7 +4,8 @@
 //! context/architecture.md. Reading jobs, logs, specs and generations
 //! needs a `reader` (or `admin`) token of `--api-token-file` as
 //! `Authorization: Bearer`; the push hook has its own secret; `/healthz`
-//! is open.
+//! is open. `DELETE /jobs/{id}` cancels a job and needs an `admin` token
+//! (anyone on loopback when there is no token file, as for reads).
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -15,16 +16,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Notify;
 
-use commands::ci_api::{ErrorBody, JobState, PushEvent, PushReply};
+use commands::auth::{Grant, Role};
+use commands::ci_api::{CancelReply, ErrorBody, JobState, PushEvent, PushReply};
 
 use crate::db::Db;
 use crate::publisher::Publisher;
+use crate::runner::Cancels;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,6 +38,8 @@ pub struct AppState {
     pub readers: commands::auth::Authenticator,
     pub wake: Arc<Notify>,
     pub publisher: Publisher,
+    /// Where `DELETE /jobs/{id}` reaches the running job.
+    pub cancels: Cancels,
 }
 
 // By hand: the hook secret must not be printed.
@@ -54,9 +59,9 @@ impl std::fmt::Debug for AppState {
 /// The largest push event body accepted.
 pub const MAX_HOOK_BODY: usize = 64 * 1024;
 
-/// The roles a `--api-token-file` may hold.
-pub const API_ROLES: &[commands::auth::Role] =
-    &[commands::auth::Role::Reader, commands::auth::Role::Admin];
+/// The roles a `--api-token-file` may hold: `reader` reads, `admin`
+/// reads and cancels jobs.
+pub const API_ROLES: &[Role] = &[Role::Reader, Role::Admin];
 
 /// How much of a log one chunk of a followed stream carries: a log is
 /// never read whole into memory.
@@ -67,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", get(jobs))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/log", get(job_log))
+        .route("/jobs/{id}", delete(cancel))
         .route("/generations", get(generations))
         .route_layer(middleware::from_fn_with_state(state.clone(), need_reader));
     Router::new()
@@ -96,7 +102,11 @@ async fn need_reader(
         .unwrap_or_default()
         .trim();
     match s.readers.login(given) {
-        Ok(_) => next.run(req).await,
+        Ok(grant) => {
+            let mut req = req;
+            req.extensions_mut().insert(grant);
+            next.run(req).await
+        }
         Err(e) => {
             let mut resp = error(StatusCode::UNAUTHORIZED, e.to_string());
             resp.headers_mut().insert(
@@ -203,6 +213,72 @@ async fn job(State(s): State<AppState>, Path(id): Path<i64>) -> Response {
         }
     }
     Json(job).into_response()
+}
+
+/// `DELETE /jobs/{id}`: a queued job ends `cancelled` now; a running one
+/// is stopped by the runner (202, `running`) and ends `cancelled` once its
+/// nix is gone, unless it already reached publish, which it finishes. A
+/// finished job answers 409 with its state.
+async fn cancel(
+    State(s): State<AppState>,
+    axum::Extension(grant): axum::Extension<Grant>,
+    Path(id): Path<i64>,
+) -> Response {
+    let job = match s.db.job(id) {
+        Ok(Some(j)) => j,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => return internal(Some(id), &e),
+    };
+    if grant.role != Role::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("a {grant} token may not cancel job {id}: cancelling needs an admin token"),
+        );
+    }
+    if job.state.is_final() {
+        return (
+            StatusCode::CONFLICT,
+            Json(ErrorBody {
+                error: format!("job {id} already ended {}", job.state),
+            }),
+        )
+            .into_response();
+    }
+    let job = match s.db.cancel_queued(id) {
+        Ok(Some(j)) => j,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => return internal(Some(id), &e),
+    };
+    match job.state {
+        JobState::Cancelled => {
+            tracing::info!(job_id = id, by = %grant, "queued job cancelled");
+            (
+                StatusCode::OK,
+                Json(CancelReply {
+                    id,
+                    state: job.state,
+                }),
+            )
+                .into_response()
+        }
+        JobState::Running => {
+            tracing::info!(job_id = id, by = %grant, "cancelling running job");
+            s.cancels.cancel(id);
+            (
+                StatusCode::ACCEPTED,
+                Json(CancelReply {
+                    id,
+                    state: job.state,
+                }),
+            )
+                .into_response()
+        }
+        // It ended between the two reads.
+        other => error(
+            StatusCode::CONFLICT,
+            format!("job {id} already ended {other}"),
+        ),
+    }
 }
 
 async fn generations(State(s): State<AppState>) -> Response {
@@ -323,6 +399,7 @@ mod tests {
             readers: commands::auth::Authenticator::Open,
             wake: Arc::new(Notify::new()),
             publisher: Publisher::disabled(),
+            cancels: Cancels::default(),
         });
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());

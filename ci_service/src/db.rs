@@ -1,6 +1,7 @@
 //! The job queue and the generation history in SQLite: the only state
 //! ci_service keeps. Jobs move queued → running → succeeded |
-//! built-not-deployed | failed | superseded; generations are numbered
+//! built-not-deployed | failed | superseded | cancelled; finished jobs
+//! older than the retention period are pruned; generations are numbered
 //! monotonically per project here, which makes ci_service (i.e. Git) the
 //! source of the control plane's desired state.
 
@@ -308,6 +309,42 @@ impl Db {
         self.finish(id, "state = 'failed', error = ?1", error)
     }
 
+    /// Cancels job `id` if it is queued (it ends `cancelled` at once) and
+    /// otherwise leaves it be. Returns the job as it is afterwards (a
+    /// running job stays `running` until the runner stops it), or none
+    /// when there is no such job.
+    pub fn cancel_queued(&self, id: i64) -> Result<Option<Job>, DbError> {
+        self.update(
+            "UPDATE jobs SET state = 'cancelled', finished_at_ms = ?1, error = 'cancelled while queued' WHERE id = ?2 AND state = 'queued'",
+            params![now_ms() as i64, id],
+        )?;
+        self.job(id)
+    }
+
+    /// A running job the runner stopped on request ends `cancelled`.
+    pub fn cancelled(&self, id: i64, why: &str) -> Result<(), DbError> {
+        self.finish(id, "state = 'cancelled', error = ?1", why)
+    }
+
+    /// Deletes the finished jobs that ended before `before_ms`; returns
+    /// their ids (their logs go with them, see `runner::prune`). Queued
+    /// and running jobs stay however old they are, and so do generations
+    /// (the control plane's history), whose `job_id` then names a pruned
+    /// job.
+    pub fn prune_finished_before(&self, before_ms: i64) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids = {
+            let mut stmt = tx.prepare(
+                "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND finished_at_ms < ?1 RETURNING id",
+            )?;
+            stmt.query_map([before_ms], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?
+        };
+        tx.commit()?;
+        Ok(ids)
+    }
+
     /// A job that built and checked but may publish nothing: it ends
     /// `built-not-deployed`, with `why` as its reason and `project` (when
     /// known) recorded.
@@ -587,5 +624,43 @@ mod tests {
         );
         assert_eq!(db.job(1).unwrap().unwrap().state, JobState::Succeeded);
         assert_eq!(db.next_generation("default", 0).unwrap(), 8);
+    }
+
+    #[test]
+    fn cancel_and_prune() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(&tmp.path().join("ci.sqlite")).unwrap();
+        let (a, _) = db
+            .enqueue("/r", "refs/heads/a", "0", "c1", None, None)
+            .unwrap();
+        let (b, _) = db
+            .enqueue("/r", "refs/heads/b", "0", "c2", None, None)
+            .unwrap();
+        let (c, _) = db
+            .enqueue("/r", "refs/heads/c", "0", "c3", None, None)
+            .unwrap();
+        assert_eq!(db.claim_next().unwrap().unwrap().job.id, a);
+        // A running job is left to the runner; a queued one ends now.
+        assert_eq!(
+            db.cancel_queued(a).unwrap().unwrap().state,
+            JobState::Running
+        );
+        assert_eq!(
+            db.cancel_queued(b).unwrap().unwrap().state,
+            JobState::Cancelled
+        );
+        assert!(db.cancel_queued(99).unwrap().is_none());
+        db.cancelled(a, "cancelled during build").unwrap();
+        let job = db.job(a).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Cancelled);
+        assert!(job.finished_at_ms.is_some());
+        // Only finished jobs that ended before the cut go.
+        let later = now_ms() as i64 + 1000;
+        let mut pruned = db.prune_finished_before(later).unwrap();
+        pruned.sort();
+        assert_eq!(pruned, vec![a, b]);
+        assert!(db.job(a).unwrap().is_none());
+        assert_eq!(db.job(c).unwrap().unwrap().state, JobState::Queued);
+        assert!(db.prune_finished_before(0).unwrap().is_empty());
     }
 }

@@ -12,6 +12,7 @@ pub mod runner;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use repo_outils::git::TreeLimits;
 use repo_outils::nix::{Nix, NixError, RunAs};
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Db;
 use crate::deploy::DeployRights;
 use crate::publisher::Publisher;
-use crate::runner::{CacheTarget, Runner};
+use crate::runner::{CacheTarget, Cancels, RetryPolicy, Runner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -94,7 +95,17 @@ pub struct Config {
     /// store and nix's own files (`Nix::jailed`); off only where the host
     /// has no bubblewrap or no namespaces.
     pub eval_jail: bool,
+    /// How transient failures inside a job are retried.
+    pub retry: RetryPolicy,
+    /// How long finished jobs and their logs are kept.
+    pub job_retention: Duration,
 }
+
+/// The default of `--job-retention-days`.
+pub const DEFAULT_JOB_RETENTION_DAYS: u64 = 30;
+
+/// How often old jobs are pruned (and once at start).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -113,6 +124,8 @@ impl Config {
             max_job_log_bytes: DEFAULT_MAX_JOB_LOG_BYTES,
             tree_limits: TreeLimits::default(),
             eval_jail: true,
+            retry: RetryPolicy::default(),
+            job_retention: Duration::from_secs(DEFAULT_JOB_RETENTION_DAYS * 86_400),
         }
     }
 }
@@ -250,6 +263,7 @@ pub async fn run(
         None => Publisher::disabled(),
     };
     let wake = Arc::new(Notify::new());
+    let cancels = Cancels::default();
     let runner = Arc::new(Runner {
         db: db.clone(),
         nix,
@@ -261,8 +275,16 @@ pub async fn run(
         publisher: publisher.clone(),
         deploy: config.deploy.clone(),
         wake: wake.clone(),
+        retry: config.retry,
+        cancels: cancels.clone(),
     });
     let runner_task = tokio::spawn(runner.run(shutdown.clone()));
+    tokio::spawn(prune_jobs(
+        db.clone(),
+        dd.clone(),
+        config.job_retention,
+        shutdown.clone(),
+    ));
 
     let app = api::router(api::AppState {
         db,
@@ -271,6 +293,7 @@ pub async fn run(
         readers: config.api_auth.clone(),
         wake,
         publisher,
+        cancels,
     });
     let token = shutdown.clone();
     let served = axum::serve(listener, app)
@@ -279,6 +302,34 @@ pub async fn run(
     shutdown.cancel();
     let _ = runner_task.await;
     served.map_err(ServiceError::Serve)
+}
+
+/// Prunes the finished jobs older than `retention`, with their logs, now
+/// and every `PRUNE_INTERVAL` until `shutdown`.
+async fn prune_jobs(
+    db: Arc<Db>,
+    data_dir: PathBuf,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match runner::prune(&db, &data_dir, retention) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                pruned = n,
+                days = retention.as_secs() / 86_400,
+                "pruned finished jobs past the retention period"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %commands::report::error_chain(&e), "cannot prune old jobs")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

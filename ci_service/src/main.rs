@@ -112,6 +112,19 @@ struct ServeArgs {
     /// A pushed commit's tree may hold at most this many entries.
     #[arg(long, env = "CI_MAX_CHECKOUT_ENTRIES", default_value_t = repo_outils::git::TreeLimits::default().max_entries)]
     max_checkout_entries: u64,
+    /// How many times a step is tried again after a transient failure
+    /// inside a job (the cache unreachable, restarting or answering 5xx);
+    /// build and evaluation failures are never retried. 0: no retries.
+    #[arg(long, env = "CI_RETRIES", default_value_t = ci_service::runner::RetryPolicy::default().retries)]
+    retries: u32,
+    /// The wait before the first retry, in ms; it doubles each time (at
+    /// most 30 s).
+    #[arg(long, env = "CI_RETRY_BACKOFF_MS", default_value_t = ci_service::runner::RetryPolicy::default().backoff.as_millis() as u64)]
+    retry_backoff_ms: u64,
+    /// Finished jobs and their logs are deleted this many days after they
+    /// ended (checked at start and hourly); generations are kept.
+    #[arg(long, env = "CI_JOB_RETENTION_DAYS", default_value_t = ci_service::DEFAULT_JOB_RETENTION_DAYS, value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    job_retention_days: u64,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "CI_LOG_JSON")]
     log_json: bool,
@@ -294,6 +307,11 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
             max_entries: a.max_checkout_entries,
             ..repo_outils::git::TreeLimits::default()
         },
+        retry: ci_service::runner::RetryPolicy {
+            retries: a.retries,
+            backoff: std::time::Duration::from_millis(a.retry_backoff_ms),
+        },
+        job_retention: std::time::Duration::from_secs(a.job_retention_days * 86_400),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,14 @@
 //! push changes nothing (all or nothing). Between build and upload the
 //! deploy rights (`deploy`) decide whether the push may publish, and for
 //! which project; a push that may not ends `built-not-deployed`.
+//!
+//! Hiccups are retried inside the job: a step that fails for a transient
+//! reason (`JobError::is_transient`: the cache unreachable or answering
+//! 5xx) runs again after a backoff, up to `RetryPolicy::retries` times,
+//! each attempt in the log; a deterministic failure (an eval error, a
+//! build failure, a 4xx) ends the job at once. A job can be cancelled
+//! (`Cancels`) until it reaches publish: its step is dropped, which stops
+//! nix's process group, and it ends `cancelled`.
 
 use std::future::Future;
 use std::io::Write;
@@ -51,6 +59,12 @@ pub enum JobError {
     Build { attr: &'static str, summary: String },
     #[error("uploading the closure to the cache failed: {summary}")]
     Upload { summary: String },
+    /// The upload failed and the cache, asked right after, was not
+    /// reachable or answered 5xx: worth another attempt.
+    #[error("uploading the closure to the cache failed ({why}): {summary}")]
+    CacheUnavailable { why: String, summary: String },
+    #[error("cancelled during {step}")]
+    Cancelled { step: &'static str },
     /// The pin's failure is shown inline (it is not a `source`), so the
     /// job's one-line error says why the cache refused.
     #[error("pinning the closure in the cache failed: {0}")]
@@ -66,6 +80,115 @@ pub enum JobError {
     },
     #[error("background task failed: {0}")]
     Join(String),
+}
+
+impl JobError {
+    /// Whether the failure says nothing about the push and may pass if
+    /// the step runs again: the cache down, restarting or overloaded.
+    /// Evaluation and build failures, refusals (4xx) and bad specs are the
+    /// push's own and fail the same way every time. (A control plane that
+    /// is away does not fail a job at all: `publish` records the
+    /// generation and the publisher hands it over on reconnect.)
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JobError::CacheUnavailable { .. } => true,
+            JobError::Pin(PinError::Http(e)) => http_is_transient(e),
+            JobError::Pin(PinError::Refused { status, .. }) => status.is_server_error(),
+            JobError::Publish(PublishError::Unavailable(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Connection refused or reset, no answer in time: the peer is away, not
+/// saying no.
+fn http_is_transient(e: &commands::http::HttpError) -> bool {
+    use commands::http::HttpError as H;
+    matches!(
+        e,
+        H::Connect { .. } | H::Exchange { .. } | H::Body { .. } | H::Timeout { .. }
+    )
+}
+
+/// How often and how patiently a transient failure is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub retries: u32,
+    /// The wait before the first retry; it doubles each time, capped at
+    /// `MAX_BACKOFF`.
+    pub backoff: Duration,
+}
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl RetryPolicy {
+    /// The wait before retry number `n` (1-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            retries: 5,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The running job and the switch that cancels it; shared by the runner
+/// (which sets it per job) and the API (`DELETE /jobs/{id}`).
+#[derive(Debug, Clone, Default)]
+pub struct Cancels {
+    state: Arc<std::sync::Mutex<CancelState>>,
+}
+
+#[derive(Debug, Default)]
+struct CancelState {
+    current: Option<(i64, CancellationToken)>,
+    /// Jobs the API saw `running` before the runner set them current (it
+    /// claims a job, then starts it): cancelled as they start.
+    early: std::collections::HashSet<i64>,
+}
+
+impl Cancels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancelState> {
+        // The state is two plain fields; a panic cannot leave it half set.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels running job `id`, now if the runner is on it, else as soon
+    /// as it starts it.
+    pub fn cancel(&self, id: i64) {
+        let mut st = self.lock();
+        match &st.current {
+            Some((running, token)) if *running == id => token.cancel(),
+            _ => {
+                st.early.insert(id);
+            }
+        }
+    }
+
+    fn start(&self, id: i64) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut st = self.lock();
+        if st.early.remove(&id) {
+            token.cancel();
+        }
+        st.current = Some((id, token.clone()));
+        token
+    }
+
+    fn end(&self) {
+        let mut st = self.lock();
+        st.current = None;
+        st.early.clear();
+    }
 }
 
 /// Where closures go: the cache's base URL and its upload token.
@@ -96,6 +219,8 @@ pub struct Runner {
     pub publisher: Publisher,
     pub deploy: DeployRights,
     pub wake: Arc<Notify>,
+    pub retry: RetryPolicy,
+    pub cancels: Cancels,
 }
 
 // By hand: the upload token is redacted.
@@ -263,9 +388,17 @@ impl Runner {
             "job {} for {} {} at {}",
             job.id, job.repo, job.git_ref, job.commit
         ));
+        let cancel = self.cancels.start(job.id);
         let result = self
-            .pipeline(job, claimed.deploy_ref.as_deref(), &mut log, &mut timings)
+            .pipeline(
+                job,
+                claimed.deploy_ref.as_deref(),
+                &cancel,
+                &mut log,
+                &mut timings,
+            )
             .await;
+        self.cancels.end();
         let _ = self.db.set_timings(job.id, &timings);
         match result {
             Ok(Outcome::Published(project, n)) => {
@@ -275,6 +408,15 @@ impl Runner {
             Ok(Outcome::NotDeployed(why)) => {
                 log.final_line(&format!("built, not deployed: {why}"));
                 tracing::info!(reason = %why, "job built, not deployed");
+            }
+            Err(e @ JobError::Cancelled { .. }) => {
+                let msg = e.to_string();
+                log.final_line(&format!("{msg}: nix was stopped"));
+                log.final_line("nothing was published; the active generation is unchanged");
+                tracing::info!("job cancelled");
+                if let Err(e) = self.db.cancelled(job.id, &msg) {
+                    tracing::error!(error = %e, "cannot record the cancellation");
+                }
             }
             Err(e) => {
                 // The one-line reason recorded for the job: the cause chain.
@@ -301,30 +443,40 @@ impl Runner {
         &self,
         job: &Job,
         claimed_deploy_ref: Option<&str>,
+        cancel: &CancellationToken,
         log: &mut JobLog,
         timings: &mut Timings,
     ) -> Result<Outcome, JobError> {
         let mirror = mirror_dir(&self.data_dir, &job.repo);
+        let work_dir = self.work_dir(job.id);
         let checkout = timed(
             &mut timings.fetch_ms,
-            fetch(
-                &job.repo,
-                &job.commit,
-                &mirror,
-                &self.work_dir(job.id),
-                &self.tree_limits,
-                log,
+            cancellable(
+                cancel,
+                "fetch",
+                fetch(
+                    &job.repo,
+                    &job.commit,
+                    &mirror,
+                    &work_dir,
+                    &self.tree_limits,
+                    log,
+                ),
             ),
         )
         .await?;
         let specs = timed(
             &mut timings.eval_ms,
-            evaluate(&self.eval_nix, &checkout, log),
+            cancellable(cancel, "evaluate", evaluate(&self.eval_nix, &checkout, log)),
         )
         .await?;
         let closure = timed(
             &mut timings.build_ms,
-            build(&self.eval_nix, &checkout, &specs, log),
+            cancellable(
+                cancel,
+                "build",
+                build(&self.eval_nix, &checkout, &specs, log),
+            ),
         )
         .await?;
 
@@ -358,9 +510,22 @@ impl Runner {
         )?;
         timed(
             &mut timings.upload_ms,
-            upload(&self.nix, self.cache.as_ref(), &closure, number, log),
+            cancellable(
+                cancel,
+                "upload",
+                upload_retried(
+                    &self.nix,
+                    self.cache.as_ref(),
+                    &closure,
+                    number,
+                    self.retry,
+                    log,
+                ),
+            ),
         )
         .await?;
+        // From here on the job runs to its end: a generation the control
+        // plane may already hold is recorded, never abandoned halfway.
         let generation = Generation {
             project: project.to_string(),
             number,
@@ -399,6 +564,84 @@ async fn timed<T>(
     let out = step.await?;
     *slot = Some(ms(t.elapsed()));
     Ok(out)
+}
+
+/// Deletes the finished jobs that ended more than `retention` ago and
+/// their log files; returns how many jobs went. A log that is already
+/// gone is not an error.
+pub fn prune(db: &Db, data_dir: &Path, retention: Duration) -> Result<usize, DbError> {
+    let before = commands::telemetry::now_ms() as i64 - retention.as_millis() as i64;
+    let ids = db.prune_finished_before(before)?;
+    for id in &ids {
+        let path = log_path(data_dir, *id);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(job_id = id, error = %e, path = %path.display(), "cannot remove a pruned job's log");
+        }
+    }
+    Ok(ids.len())
+}
+
+/// Runs `step` unless `cancel` fires first, in which case the step is
+/// dropped (stopping the nix it runs, see `repo_outils::nix`) and the job
+/// fails with `JobError::Cancelled`.
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    step: &'static str,
+    work: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(JobError::Cancelled { step }),
+        out = work => out,
+    }
+}
+
+/// After attempt `n` (1-based) of `step` failed with `e`: how long to wait
+/// before the next one, written to the log with the failure, or none
+/// when `e` is not transient or the retries are used up.
+fn retry_after(
+    policy: RetryPolicy,
+    step: &str,
+    n: u32,
+    e: &JobError,
+    log: &mut JobLog,
+) -> Option<Duration> {
+    if !e.is_transient() || n > policy.retries {
+        return None;
+    }
+    let wait = policy.delay(n);
+    let why = commands::report::error_chain(e);
+    log.line(&format!(
+        "{step} attempt {n} of {} failed, transient: {why}; retrying in {} ms",
+        policy.retries + 1,
+        ms(wait)
+    ));
+    tracing::warn!(step, attempt = n, error = %why, "transient failure, retrying");
+    Some(wait)
+}
+
+/// Step `upload`, retried while it fails for a transient reason.
+async fn upload_retried(
+    nix: &Nix,
+    cache: Option<&CacheTarget>,
+    closure: &Closure,
+    number: i64,
+    policy: RetryPolicy,
+    log: &mut JobLog,
+) -> Result<(), JobError> {
+    let mut n = 1;
+    loop {
+        match upload(nix, cache, closure, number, log).await {
+            Err(e) => match retry_after(policy, "upload", n, &e, log) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(e),
+            },
+            Ok(()) => return Ok(()),
+        }
+        n += 1;
+    }
 }
 
 /// The bare mirror a repository is fetched into: one per repository URL,
@@ -597,9 +840,13 @@ pub async fn upload(
         )
         .await
     };
-    copied.map_err(|e| JobError::Upload {
-        summary: summary(&e),
-    })?;
+    if let Err(e) = copied {
+        let summary = summary(&e);
+        return Err(match probe_cache(&cache.url).await {
+            Some(why) => JobError::CacheUnavailable { why, summary },
+            None => JobError::Upload { summary },
+        });
+    }
     crate::pin::pin(
         &cache.url,
         cache.token.as_deref(),
@@ -613,6 +860,30 @@ pub async fn upload(
         ms(t.elapsed())
     ));
     Ok(())
+}
+
+/// How long the cache may take to answer the probe after a failed copy.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the cache for `/nix-cache-info` after nix failed to copy to it:
+/// why the cache is unavailable (unreachable, no answer, 5xx), or none
+/// when it answers, so the failure was the upload's own (a 4xx, a refused
+/// path, a full disk reported as such). nix's own message is text; this
+/// answer is typed.
+async fn probe_cache(url: &str) -> Option<String> {
+    let req = http::Request::get(format!("{url}/nix-cache-info"))
+        .body(bytes::Bytes::new())
+        .ok()?;
+    match commands::http::HttpClient::tcp()
+        .with_timeout(PROBE_TIMEOUT)
+        .send(req)
+        .await
+    {
+        Ok(r) if r.status.is_server_error() => Some(format!("the cache answers {}", r.status)),
+        Ok(_) => None,
+        Err(e) if http_is_transient(&e) => Some(commands::report::error_chain(&e)),
+        Err(_) => None,
+    }
 }
 
 /// Step `publish`: hands the generation to the control plane and records
@@ -887,5 +1158,94 @@ mod tests {
         assert!(failed.is_err());
         assert!(t.fetch_ms.is_some());
         assert_eq!(t.eval_ms, None);
+    }
+
+    #[test]
+    fn only_an_unavailable_cache_or_control_plane_is_transient() {
+        let transient = [
+            JobError::CacheUnavailable {
+                why: "cannot connect".into(),
+                summary: "x".into(),
+            },
+            JobError::Pin(PinError::Refused {
+                url: "u".into(),
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                body: String::new(),
+            }),
+            JobError::Pin(PinError::Http(commands::http::HttpError::Timeout {
+                target: "c".into(),
+                ms: 1,
+            })),
+            JobError::Publish(PublishError::Unavailable("gone".into())),
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e}");
+        }
+        let deterministic = [
+            JobError::Upload {
+                summary: "403".into(),
+            },
+            JobError::Pin(PinError::Refused {
+                url: "u".into(),
+                status: http::StatusCode::FORBIDDEN,
+                body: String::new(),
+            }),
+            JobError::Build {
+                attr: CLOSURE_ATTR,
+                summary: "x".into(),
+            },
+            JobError::Eval {
+                attr: SPECS_ATTR,
+                summary: "x".into(),
+            },
+            JobError::Publish(PublishError::Refused("quota".into())),
+            JobError::Cancelled { step: "build" },
+        ];
+        for e in &deterministic {
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
+
+    #[test]
+    fn retries_back_off_and_stop() {
+        let p = RetryPolicy {
+            retries: 3,
+            backoff: Duration::from_millis(100),
+        };
+        assert_eq!(p.delay(1), Duration::from_millis(100));
+        assert_eq!(p.delay(3), Duration::from_millis(400));
+        assert_eq!(p.delay(40), MAX_BACKOFF);
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, path) = temp_log(tmp.path());
+        let away = JobError::CacheUnavailable {
+            why: "cannot connect to c".into(),
+            summary: "copy failed".into(),
+        };
+        assert_eq!(
+            retry_after(p, "upload", 1, &away, &mut log),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(retry_after(p, "upload", 4, &away, &mut log), None);
+        let refused = JobError::Upload {
+            summary: "403".into(),
+        };
+        assert_eq!(retry_after(p, "upload", 1, &refused, &mut log), None);
+        assert_eq!(
+            std::fs::read_to_string(path).unwrap(),
+            "upload attempt 1 of 4 failed, transient: uploading the closure to the cache failed \
+             (cannot connect to c): copy failed; retrying in 100 ms\n"
+        );
+    }
+
+    #[test]
+    fn a_cancel_before_the_runner_starts_the_job_still_lands() {
+        let c = Cancels::default();
+        c.cancel(7);
+        assert!(c.start(7).is_cancelled(), "asked while claimed");
+        c.end();
+        assert!(!c.start(8).is_cancelled());
+        c.cancel(8);
+        let t = c.start(9);
+        assert!(!t.is_cancelled(), "another job's cancel is not this one's");
     }
 }

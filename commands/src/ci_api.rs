@@ -86,8 +86,9 @@ pub struct PushReply {
 }
 
 /// A job's state: queued → running → succeeded | built-not-deployed |
-/// failed | superseded. `built-not-deployed`: the push built and checked
-/// but may not change any project's VMs (not a deploy repository, or not
+/// failed | superseded | cancelled (`DELETE /jobs/{id}`).
+/// `built-not-deployed`: the push built and checked but may not change any
+/// project's VMs (not a deploy repository, or not
 /// its deploy ref); the job's `error` says why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,9 +100,10 @@ pub enum JobState {
     BuiltNotDeployed,
     Failed,
     Superseded,
+    Cancelled,
 }
 
-/// A state name that is none of the six.
+/// A state name that is none of the seven.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown job state {0:?}")]
 pub struct UnknownJobState(pub String);
@@ -115,11 +117,12 @@ impl JobState {
             JobState::BuiltNotDeployed => "built-not-deployed",
             JobState::Failed => "failed",
             JobState::Superseded => "superseded",
+            JobState::Cancelled => "cancelled",
         }
     }
 
-    /// Succeeded, built-not-deployed, failed and superseded jobs never
-    /// change again.
+    /// Succeeded, built-not-deployed, failed, superseded and cancelled
+    /// jobs never change again.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -127,6 +130,7 @@ impl JobState {
                 | JobState::BuiltNotDeployed
                 | JobState::Failed
                 | JobState::Superseded
+                | JobState::Cancelled
         )
     }
 }
@@ -142,6 +146,7 @@ impl FromStr for JobState {
             "built-not-deployed" => JobState::BuiltNotDeployed,
             "failed" => JobState::Failed,
             "superseded" => JobState::Superseded,
+            "cancelled" => JobState::Cancelled,
             other => return Err(UnknownJobState(other.to_owned())),
         })
     }
@@ -172,6 +177,15 @@ pub struct Timings {
     pub upload_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_ms: Option<u64>,
+}
+
+/// What `DELETE /jobs/{id}` answers: the job's state after the request
+/// (`cancelled` for a job that was queued, `running` while a running job's
+/// nix process is being stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub id: i64,
+    pub state: JobState,
 }
 
 /// A job as `GET /jobs` and `GET /jobs/{id}` show it.
@@ -385,6 +399,15 @@ impl CiClient {
             .await
     }
 
+    /// `DELETE /jobs/{id}` (with the read API's token, which must be an
+    /// `admin`'s): a queued job ends `cancelled` at once, a running one as
+    /// soon as its nix process is gone. A finished job answers 409 with its
+    /// state.
+    pub async fn cancel(&self, id: i64) -> Result<CancelReply, CiError> {
+        self.json(self.request(Method::DELETE, &format!("/jobs/{id}"), None)?)
+            .await
+    }
+
     /// `GET /jobs/{id}/log`: the log as it is now.
     pub async fn log(&self, id: i64) -> Result<Bytes, CiError> {
         let req = self.request(Method::GET, &format!("/jobs/{id}/log"), None)?;
@@ -443,6 +466,7 @@ mod tests {
             JobState::BuiltNotDeployed,
             JobState::Failed,
             JobState::Superseded,
+            JobState::Cancelled,
         ] {
             assert_eq!(s.as_str().parse::<JobState>(), Ok(s));
             assert_eq!(

@@ -652,7 +652,9 @@ impl Nix {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            // Its own process group, so a cancelled job stops nix and
+            // everything nix started (see `GroupGuard`).
+            .process_group(0);
         if let Some(u) = &self.untrusted {
             cmd.env_clear();
             if let Some(v) = std::env::var_os("PATH") {
@@ -691,6 +693,7 @@ impl Nix {
             program: self.program.display().to_string(),
             source,
         })?;
+        let mut group = GroupGuard(child.id());
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -734,6 +737,8 @@ impl Nix {
                 })?,
             None => work.await,
         };
+        // Reaped: its pid (and so the group id) may be reused.
+        group.0 = None;
         let status = status.map_err(|source| NixError::Spawn {
             program: self.program.display().to_string(),
             source,
@@ -754,6 +759,49 @@ impl Nix {
             status: status.to_string(),
             stderr,
         })
+    }
+}
+
+/// A nix process group that is still running when its call is dropped
+/// (a cancelled job, a timeout): interrupted first, so nix stops its
+/// builders (which run in sessions of their own) and removes its locks,
+/// then killed whole after a grace period.
+struct GroupGuard(Option<u32>);
+
+/// How long an interrupted nix may take to stop its builders.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        use rustix::process::{
+            Pid, Signal, WaitOptions, kill_process_group, test_kill_process_group, waitpid,
+        };
+        let Some(pid) = self.0.and_then(|p| Pid::from_raw(p as i32)) else {
+            return;
+        };
+        if kill_process_group(pid, Signal::TERM).is_err() {
+            return;
+        }
+        // Off the async runtime: the drop must not block it. nix itself is
+        // reaped here (an error means tokio reaped it first), so it leaves
+        // no zombie behind.
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + INTERRUPT_GRACE;
+            let mut reaped = false;
+            while std::time::Instant::now() < deadline {
+                if !reaped {
+                    reaped = !matches!(waitpid(Some(pid), WaitOptions::NOHANG), Ok(None));
+                }
+                if reaped && test_kill_process_group(pid).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill_process_group(pid, Signal::KILL);
+            if !reaped {
+                let _ = waitpid(Some(pid), WaitOptions::empty());
+            }
+        });
     }
 }
 

@@ -6,7 +6,8 @@
 //! is not the project's deploy repository is built but not deployed, with
 //! the reason on its job. ci_service's read API wants a token: repohub
 //! sends its reader token (`--ci-token-file`), a client without one is
-//! refused.
+//! refused. The job page's Cancel button reaches ci_service's
+//! `DELETE /jobs/{id}`.
 
 mod support;
 
@@ -125,6 +126,19 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     assert!(page.body.contains("id=\"flake\""));
     let jp = ann.get(&format!("/demo/-/jobs/{}", job.id)).await;
     assert!(jp.body.contains("evaluated 3 VM(s)"), "{}", jp.body);
+    // A finished job shows no Cancel button; a cancel posted anyway is
+    // answered by ci_service's 409, shown as such.
+    let cancel = format!("/demo/-/jobs/{}/cancel", job.id);
+    assert!(!jp.body.contains(&cancel), "{}", jp.body);
+    let r = ann.post(&cancel, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("has already ended"), "{}", r.body);
+    // Someone outside the project may not post it at all.
+    let mut bob = app.client();
+    bob.signup("bob", PW).await;
+    let r = bob.post(&cancel, &[]).await;
+    assert!(r.status.is_client_error(), "{}", r.body);
+    assert!(!r.body.contains("has already ended"), "{}", r.body);
     let log = ann
         .get(&format!("/demo/-/jobs/{}/log?follow=1", job.id))
         .await;

@@ -158,13 +158,30 @@ pub(crate) fn request(
     (resp.status, resp.body)
 }
 
+/// Posts a push event for `commit` of `repo` on `git_ref`; the job's id.
+pub(crate) fn post_push(ci: &str, repo: &str, git_ref: &str, commit: &str) -> i64 {
+    let event = serde_json::json!({
+        "repo": repo, "ref": git_ref, "old": "0".repeat(40), "new": commit,
+    });
+    let (status, body) = request(
+        http::Method::POST,
+        &format!("{ci}/hooks/push"),
+        &[],
+        Some(event),
+    );
+    assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+        .as_i64()
+        .unwrap()
+}
+
 /// Waits until job `id` is final and returns it.
 pub(crate) fn wait_job(ci: &str, id: i64, timeout: Duration) -> serde_json::Value {
     wait_until(timeout, &format!("job {id} to finish"), || {
         let j = get_json(&format!("{ci}/jobs/{id}"));
         matches!(
             j["state"].as_str(),
-            Some("succeeded" | "built-not-deployed" | "failed" | "superseded")
+            Some("succeeded" | "built-not-deployed" | "failed" | "superseded" | "cancelled")
         )
         .then_some(j)
     })

@@ -61,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .route("/{project}/-/panel/cluster", get(project::cluster_panel))
         .route("/{project}/-/jobs/{id}", get(project::job))
         .route("/{project}/-/jobs/{id}/log", get(project::job_log))
+        .route("/{project}/-/jobs/{id}/cancel", post(project::cancel_job))
         .route("/{project}/{repo}", get(repo::show))
         .route(
             "/{project}/{repo}/delete",

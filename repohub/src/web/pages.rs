@@ -254,6 +254,8 @@ pub(super) struct JobPage {
     pub nav: Nav,
     pub project: String,
     pub repo_name: String,
+    /// A project member sees a Cancel button while the job may still run.
+    pub can_cancel: bool,
     pub job: Job,
     pub log: String,
 }

@@ -11,7 +11,9 @@ use super::pages::{
     CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage,
     JobRow, NewProjectPage, ProjectPage, RepoRow, SpecRow,
 };
-use super::{Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status};
+use super::{
+    CsrfForm, Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status,
+};
 use crate::AppState;
 use crate::ci::{Job, JobState};
 use crate::db::Project;
@@ -537,9 +539,34 @@ pub(super) async fn job(
         nav: v.nav(),
         project: ctx.project.name.clone(),
         repo_name,
+        can_cancel: ctx.member() && !job.state.is_final(),
         job,
         log,
     })
+}
+
+/// The job page's Cancel button: a project member asks ci_service to
+/// cancel one of the project's jobs (`DELETE /jobs/{id}`, with repohub's
+/// ci_service token, which must be an `admin` one of its
+/// `--api-token-file`), then sees the job page again.
+pub(super) async fn cancel_job(
+    Path((name, id)): Path<(String, i64)>,
+    Post { st, v, form: f }: Post<CsrfForm>,
+) -> WebResult {
+    let ctx = load_for_post(&st, &v, &name, May::Member, &f.csrf)?;
+    project_job(&st, &ctx, id).await?;
+    st.ci.cancel(id).await.map_err(|e| match e {
+        crate::ci::CiError::Status { status: 409, .. } => {
+            WebError::BadRequest(format!("job #{id} has already ended"))
+        }
+        crate::ci::CiError::Status { status: 403, .. } => WebError::BadRequest(
+            "ci_service refused: repohub's ci_service token may read jobs but not cancel them \
+             (cancelling needs an admin token of ci_service's --api-token-file)"
+                .into(),
+        ),
+        e => WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))),
+    })?;
+    Ok(Redirect::to(&format!("/{}/-/jobs/{id}", ctx.project.name)).into_response())
 }
 
 #[derive(Deserialize, Default)]
