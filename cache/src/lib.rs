@@ -24,6 +24,11 @@ pub use server::run;
 /// Default limit for one uploaded (compressed) NAR file: 8 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 << 30;
 
+/// Largest accepted build log (`PUT /log/<drv>`): 64 MiB. CI keeps its
+/// own job log bounded too; a log past this is refused whole (413) rather
+/// than stored cut.
+pub const MAX_LOG_BYTES: usize = 64 << 20;
+
 /// Default for [`Config::upload_stall_timeout`].
 pub const DEFAULT_UPLOAD_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 

@@ -23,7 +23,7 @@ const HELP: &[(&str, &str)] = &[
     ("cache_upload_bytes_total", "Bytes of accepted NAR uploads."),
     (
         "cache_uploads_total",
-        "Accepted uploads by kind (nar, narinfo).",
+        "Accepted uploads by kind (nar, narinfo, log).",
     ),
     ("cache_upload_failures_total", "Refused uploads by reason."),
 ];

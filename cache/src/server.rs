@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::hash::is_hash_part;
 use crate::metrics::Metrics;
 use crate::signing::SecretKey;
-use crate::store::{Chunk, PutOutcome, Store, StoreError, UploadError, parse_nar_file_name};
+use crate::store::{
+    Chunk, PutOutcome, Store, StoreError, UploadError, parse_log_name, parse_nar_file_name,
+};
 use crate::{Config, Error};
 
 type Body = BoxBody<Bytes, io::Error>;
@@ -252,6 +254,26 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
     if let Some(rest) = path.strip_prefix("/_pcr/pins") {
         return ("pins", pins(state, req, rest).await);
     }
+    if let Some(drv) = path.strip_prefix("/log/") {
+        let valid = parse_log_name(drv).is_some();
+        return (
+            "log",
+            match m {
+                _ if get && valid => {
+                    serve_file(
+                        state.store.log_path(drv),
+                        "text/plain; charset=utf-8",
+                        head,
+                        None,
+                    )
+                    .await
+                }
+                _ if get => text(404, "no such build log"),
+                Method::PUT => put_log(state, drv.to_owned(), req).await,
+                _ => text(405, "method not allowed"),
+            },
+        );
+    }
     if let Some(file) = path.strip_prefix("/nar/") {
         let valid = parse_nar_file_name(file).is_some();
         return (
@@ -301,7 +323,9 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
                 state.metrics.upload_failure("bad_path");
                 text(
                     400,
-                    format!("{path} is not an upload target (only nar/<file> and <hash>.narinfo)"),
+                    format!(
+                        "{path} is not an upload target (only nar/<file>, <hash>.narinfo and log/<drv>)"
+                    ),
                 )
             }
             _ => text(405, "method not allowed"),
@@ -662,6 +686,57 @@ async fn put_narinfo(state: &State, hash: String, req: Request<Incoming>) -> Res
                 ?outcome,
                 project = uploader.project.as_deref().unwrap_or("*"),
                 "narinfo stored"
+            );
+            text(
+                200,
+                if outcome == PutOutcome::Created {
+                    "stored"
+                } else {
+                    "already present"
+                },
+            )
+        }
+        Err(e) => upload_refused(state, &e),
+    }
+}
+
+/// `PUT /log/<drv base name>`: a build log, as `nix store copy-log --to`
+/// sends it (uncompressed text), bounded by [`crate::MAX_LOG_BYTES`].
+async fn put_log(state: &State, drv: String, req: Request<Incoming>) -> Response<Body> {
+    let uploader = match authorize(state, req.headers()) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    // Checked before the body is read: a bad name costs the client nothing.
+    if parse_log_name(&drv).is_none() {
+        return upload_refused(state, &UploadError::BadLogName(drv));
+    }
+    let body = match read_small_body(state, req, crate::MAX_LOG_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let store = state.store.clone();
+    let name = drv.clone();
+    let len = body.len() as u64;
+    let result = tokio::task::spawn_blocking(move || store.put_log(&name, &body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(UploadError::Io {
+                context: "log writer".into(),
+                source: io::Error::other(e),
+            })
+        });
+    match result {
+        Ok(outcome) => {
+            state
+                .metrics
+                .add("cache_uploads_total", "kind=\"log\"".into(), 1);
+            tracing::info!(
+                drv,
+                bytes = len,
+                ?outcome,
+                project = uploader.project.as_deref().unwrap_or("*"),
+                "build log stored"
             );
             text(
                 200,

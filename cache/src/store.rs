@@ -8,6 +8,7 @@
 //! - `index.sqlite` — the index (see `index.rs`)
 //! - `store/<hash>.narinfo` — signed narinfo, served as is
 //! - `store/nar/<filehash>.nar[.zst|.xz]` — NAR files, served as uploaded
+//! - `store/log/<drv base name>` — build logs, served as uploaded
 //! - `tmp/` — uploads in progress (same filesystem, so rename is atomic)
 //! - `quarantine/` — what `verify --quarantine` moved aside
 
@@ -127,6 +128,10 @@ pub enum UploadError {
     Index(#[from] IndexError),
     #[error("the cache has no signing key loaded")]
     NoKey,
+    #[error("invalid build log name {0:?} (expected log/<32 base32 chars>-<name>.drv)")]
+    BadLogName(String),
+    #[error("a different build log of {0} is already stored")]
+    LogConflict(String),
 }
 
 impl UploadError {
@@ -138,7 +143,7 @@ impl UploadError {
         }
         match self {
             Self::TooLarge(_) => 413,
-            Self::Conflict(_) => 409,
+            Self::Conflict(_) | Self::LogConflict(_) => 409,
             Self::Io { .. } | Self::Index(_) | Self::NoKey => 500,
             _ => 400,
         }
@@ -165,7 +170,10 @@ impl UploadError {
             return "disk_full";
         }
         match self {
-            Self::BadNarName(_) | Self::HashPartMismatch { .. } | Self::BadUrl(_) => "bad_path",
+            Self::BadNarName(_)
+            | Self::HashPartMismatch { .. }
+            | Self::BadUrl(_)
+            | Self::BadLogName(_) => "bad_path",
             Self::UnsupportedCompression(_) => "unsupported_compression",
             Self::TooLarge(_) => "too_large",
             Self::Truncated => "truncated",
@@ -185,7 +193,7 @@ impl UploadError {
             } => "file_size_mismatch",
             Self::Mismatch { .. } => "file_hash_mismatch",
             Self::MissingReferences(_) => "missing_reference",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(_) | Self::LogConflict(_) => "conflict",
             Self::Io { .. } | Self::Index(_) | Self::NoKey => "internal",
         }
     }
@@ -329,7 +337,7 @@ impl Store {
         store_dir: &str,
         key: Option<SecretKey>,
     ) -> Result<Self, StoreError> {
-        for sub in ["store/nar", "tmp", "quarantine"] {
+        for sub in ["store/nar", "store/log", "tmp", "quarantine"] {
             let d = data_dir.join(sub);
             fs::create_dir_all(&d).map_err(io_ctx(format!("creating {}", d.display())))?;
         }
@@ -367,6 +375,48 @@ impl Store {
     /// File of a NAR.
     pub fn nar_path(&self, file: &str) -> PathBuf {
         self.data_dir.join("store/nar").join(file)
+    }
+
+    /// File of a build log, by the derivation's base name (validate it
+    /// with [`parse_log_name`] first).
+    pub fn log_path(&self, drv: &str) -> PathBuf {
+        self.data_dir.join("store/log").join(drv)
+    }
+
+    /// Stores the build log of derivation `drv` (a base name, checked
+    /// here). A stored log is never replaced by a different one, so one
+    /// project's token cannot rewrite what another's build printed; the
+    /// same log again (nix re-uploads) is accepted.
+    pub fn put_log(&self, drv: &str, data: &[u8]) -> Result<PutOutcome, UploadError> {
+        if parse_log_name(drv).is_none() {
+            return Err(UploadError::BadLogName(drv.to_owned()));
+        }
+        let dest = self.log_path(drv);
+        match fs::read(&dest) {
+            Ok(old) if old == data => return Ok(PutOutcome::AlreadyPresent),
+            Ok(_) => return Err(UploadError::LogConflict(drv.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_ctx(format!("reading {}", dest.display()))(e).into()),
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())
+            .map_err(io_ctx("creating a temp file"))?;
+        tmp.write_all(data).map_err(io_ctx("writing a build log"))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_ctx("syncing a build log"))?;
+        // No-clobber rename: of two racing uploads of the same log, the
+        // first one stays.
+        match tmp.persist_noclobber(&dest) {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                if fs::read(&dest).is_ok_and(|old| old == data) {
+                    Ok(PutOutcome::AlreadyPresent)
+                } else {
+                    Err(UploadError::LogConflict(drv.to_owned()))
+                }
+            }
+            Err(e) => Err(io_ctx("storing a build log")(e.error).into()),
+        }
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -1087,6 +1137,14 @@ fn check_accepted(c: Compression) -> Result<(), UploadError> {
         Compression::None | Compression::Zstd | Compression::Xz => Ok(()),
         other => Err(UploadError::UnsupportedCompression(other.as_str())),
     }
+}
+
+/// A build log's name: the base name of a store derivation
+/// (`<hash>-<name>.drv`), which is what nix puts after `log/`.
+pub fn parse_log_name(name: &str) -> Option<StorePathName> {
+    StorePathName::parse(name)
+        .ok()
+        .filter(|n| n.as_str().ends_with(".drv"))
 }
 
 fn check_pin_name(name: &str) -> Result<(), StoreError> {
