@@ -40,6 +40,8 @@ struct State {
     /// See `Config::upload_stall_timeout`.
     stall: std::time::Duration,
     cache_info: String,
+    gc_interval: Option<Duration>,
+    gc_policy: crate::store::GcPolicy,
 }
 
 // By hand: only the token holders' projects are shown.
@@ -52,6 +54,8 @@ impl std::fmt::Debug for State {
             .field("max_upload", &self.max_upload)
             .field("stall", &self.stall)
             .field("cache_info", &self.cache_info)
+            .field("gc_interval", &self.gc_interval)
+            .field("gc_policy", &self.gc_policy)
             .finish()
     }
 }
@@ -86,6 +90,8 @@ pub fn prepare(config: Config) -> Result<Prepared, Error> {
         tokens: config.upload_tokens.clone(),
         max_upload: config.max_upload_bytes,
         stall: config.upload_stall_timeout,
+        gc_interval: config.gc_interval,
+        gc_policy: config.gc_policy,
     });
     Ok(Prepared {
         state,
@@ -118,6 +124,9 @@ pub async fn serve(
     let Prepared { state, data_dir } = prepared;
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %data_dir.display(), uploads = !state.tokens.is_empty(), "cache serving");
+    if let Some(every) = state.gc_interval {
+        tokio::spawn(gc_loop(state.clone(), every, shutdown.clone()));
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -154,6 +163,51 @@ pub async fn serve(
     }
     tracing::info!("cache stopped");
     Ok(())
+}
+
+/// Scheduled gc: one collection every `every` (the first one after the
+/// first interval, so a restart loop does not collect in a loop), each in
+/// a blocking task holding the index's write lock as the CLI's does.
+async fn gc_loop(state: Arc<State>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = state.store.clone();
+        let policy = state.gc_policy;
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.gc(&policy, true)).await;
+        match result {
+            Ok(Ok(r)) => {
+                state.metrics.gc_done(&r);
+                tracing::info!(
+                    unpinned = r.unpinned.len(),
+                    paths = r.deleted.len(),
+                    nar_files = r.nar_files.len(),
+                    logs = r.logs.len(),
+                    freed_bytes = r.freed_bytes,
+                    kept = r.kept,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "scheduled gc"
+                );
+            }
+            Ok(Err(e)) => {
+                state
+                    .metrics
+                    .add("cache_gc_failures_total", String::new(), 1);
+                tracing::error!(error = %commands::report::error_chain(&e), "scheduled gc failed");
+            }
+            Err(e) => {
+                state
+                    .metrics
+                    .add("cache_gc_failures_total", String::new(), 1);
+                tracing::error!(error = %e, "scheduled gc task failed");
+            }
+        }
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -228,14 +282,14 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
     }
     if path == "/metrics" && get {
         let store = state.store.clone();
-        let paths = tokio::task::spawn_blocking(move || store.count_paths().ok())
-            .await
-            .ok()
-            .flatten();
+        let (paths, bytes) =
+            tokio::task::spawn_blocking(move || (store.count_paths().ok(), store.nar_bytes().ok()))
+                .await
+                .unwrap_or((None, None));
         return (
             "metrics",
             file_like(
-                state.metrics.render(paths).into(),
+                state.metrics.render(paths, bytes).into(),
                 "text/plain; version=0.0.4",
                 head,
             ),
@@ -766,7 +820,7 @@ async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Bod
     let store_err = |e: StoreError| match e {
         StoreError::BadPinName(_) | StoreError::BadPath(_) => text(400, e.to_string()),
         StoreError::NotFound(_) => text(400, e.to_string()),
-        StoreError::PinOwned { .. } => text(403, e.to_string()),
+        StoreError::PinOwned { .. } | StoreError::PinPrefix { .. } => text(403, e.to_string()),
         other => {
             tracing::error!(error = %other, source = ?std::error::Error::source(&other), "pin operation failed");
             text(500, "pin operation failed")
