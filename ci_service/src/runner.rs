@@ -118,7 +118,7 @@ pub use commands::types::intent_hash;
 
 /// The last line of nix's stderr that starts with `error:`, or the last
 /// line: the one-line reason shown in the job list.
-fn summary(e: &NixError) -> String {
+pub(crate) fn summary(e: &NixError) -> String {
     let text = e.stderr().unwrap_or_default();
     text.lines()
         .rev()
@@ -358,7 +358,14 @@ impl Runner {
         )?;
         timed(
             &mut timings.upload_ms,
-            upload(&self.nix, self.cache.as_ref(), &closure, number, log),
+            upload(
+                &self.nix,
+                self.cache.as_ref(),
+                &closure,
+                project.as_str(),
+                number,
+                log,
+            ),
         )
         .await?;
         let generation = Generation {
@@ -571,12 +578,15 @@ pub async fn build(
     Ok(Closure { paths })
 }
 
-/// Step `upload`: copies the closure to the cache and pins it as
-/// `generation-<number>`; without a cache the closure stays local.
+/// Step `upload`: copies the closure and its build logs to the cache and
+/// pins it as `<project>/generation-<number>` (the cache keeps the last
+/// `--keep-generations` of each project); without a cache the closure
+/// stays local.
 pub async fn upload(
     nix: &Nix,
     cache: Option<&CacheTarget>,
     closure: &Closure,
+    project: &str,
     number: i64,
     log: &mut JobLog,
 ) -> Result<(), JobError> {
@@ -600,18 +610,20 @@ pub async fn upload(
     copied.map_err(|e| JobError::Upload {
         summary: summary(&e),
     })?;
-    crate::pin::pin(
-        &cache.url,
-        cache.token.as_deref(),
-        &format!("generation-{number}"),
-        &closure.paths,
-    )
-    .await
-    .map_err(JobError::Pin)?;
-    log.line(&format!(
-        "pinned as generation-{number} ({} ms)",
-        ms(t.elapsed())
-    ));
+    match crate::build_logs::upload(nix, &cache.url, cache.netrc.as_deref(), &closure.paths).await {
+        Ok(r) => {
+            log.line(&format!("uploaded {} build logs", r.uploaded.len()));
+            for (drv, why) in &r.skipped {
+                log.line(&format!("no build log uploaded for {drv}: {why}"));
+            }
+        }
+        Err(e) => log.line(&format!("build logs not uploaded: {}", summary(&e))),
+    }
+    let pin = format!("{project}/generation-{number}");
+    crate::pin::pin(&cache.url, cache.token.as_deref(), &pin, &closure.paths)
+        .await
+        .map_err(JobError::Pin)?;
+    log.line(&format!("pinned as {pin} ({} ms)", ms(t.elapsed())));
     Ok(())
 }
 
@@ -801,7 +813,7 @@ mod tests {
         let closure = Closure {
             paths: vec!["/nix/store/x".into()],
         };
-        upload(&Nix::new(), None, &closure, 1, &mut log)
+        upload(&Nix::new(), None, &closure, "default", 1, &mut log)
             .await
             .unwrap();
         assert_eq!(
