@@ -308,19 +308,20 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
     if let Some(rest) = path.strip_prefix("/_pcr/pins") {
         return ("pins", pins(state, req, rest).await);
     }
+    // NARs and logs honour a single Range (curl resumes with one).
+    let range = req
+        .headers()
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if let Some(drv) = path.strip_prefix("/log/") {
         let valid = parse_log_name(drv).is_some();
+        let file = state.store.log_path(drv);
         return (
             "log",
             match m {
                 _ if get && valid => {
-                    serve_file(
-                        state.store.log_path(drv),
-                        "text/plain; charset=utf-8",
-                        head,
-                        None,
-                    )
-                    .await
+                    serve_file(file, "text/plain; charset=utf-8", head, range.as_deref()).await
                 }
                 _ if get => text(404, "no such build log"),
                 Method::PUT => put_log(state, drv.to_owned(), req).await,
@@ -334,17 +335,8 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
             "nar",
             match m {
                 _ if get && valid => {
-                    let range = req
-                        .headers()
-                        .get(http::header::RANGE)
-                        .and_then(|v| v.to_str().ok());
-                    serve_file(
-                        state.store.nar_path(file),
-                        "application/x-nix-nar",
-                        head,
-                        range,
-                    )
-                    .await
+                    let path = state.store.nar_path(file);
+                    serve_file(path, "application/x-nix-nar", head, range.as_deref()).await
                 }
                 _ if get => text(404, "no such NAR"),
                 Method::PUT if valid => put_nar(state, file.to_owned(), req).await,
@@ -732,26 +724,31 @@ async fn put_narinfo(state: &State, hash: String, req: Request<Incoming>) -> Res
             });
     match result {
         Ok(outcome) => {
-            state
-                .metrics
-                .add("cache_uploads_total", "kind=\"narinfo\"".into(), 1);
             tracing::info!(
                 hash,
                 ?outcome,
                 project = uploader.project.as_deref().unwrap_or("*"),
                 "narinfo stored"
             );
-            text(
-                200,
-                if outcome == PutOutcome::Created {
-                    "stored"
-                } else {
-                    "already present"
-                },
-            )
+            stored(state, "narinfo", outcome)
         }
         Err(e) => upload_refused(state, &e),
     }
+}
+
+/// Counts an accepted upload of `kind` and answers it.
+fn stored(state: &State, kind: &str, outcome: PutOutcome) -> Response<Body> {
+    state
+        .metrics
+        .add("cache_uploads_total", format!("kind=\"{kind}\""), 1);
+    text(
+        200,
+        if outcome == PutOutcome::Created {
+            "stored"
+        } else {
+            "already present"
+        },
+    )
 }
 
 /// `PUT /log/<drv base name>`: a build log, as `nix store copy-log --to`
@@ -782,9 +779,6 @@ async fn put_log(state: &State, drv: String, req: Request<Incoming>) -> Response
         });
     match result {
         Ok(outcome) => {
-            state
-                .metrics
-                .add("cache_uploads_total", "kind=\"log\"".into(), 1);
             tracing::info!(
                 drv,
                 bytes = len,
@@ -792,14 +786,7 @@ async fn put_log(state: &State, drv: String, req: Request<Incoming>) -> Response
                 project = uploader.project.as_deref().unwrap_or("*"),
                 "build log stored"
             );
-            text(
-                200,
-                if outcome == PutOutcome::Created {
-                    "stored"
-                } else {
-                    "already present"
-                },
-            )
+            stored(state, "log", outcome)
         }
         Err(e) => upload_refused(state, &e),
     }

@@ -1030,25 +1030,11 @@ impl Store {
         let known: HashSet<&str> = rows.iter().map(|r| r.hash_part.as_str()).collect();
 
         let store = self.root();
-        let mut doomed_nars = Vec::new();
         let nar_dir = store.join("nar");
-        for e in fs::read_dir(&nar_dir).map_err(io_ctx("listing nar dir"))? {
-            let e = e.map_err(io_ctx("listing nar dir"))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if kept_urls.contains(format!("nar/{name}").as_str()) {
-                continue;
-            }
-            let meta = e.metadata().map_err(io_ctx("stat nar"))?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs() as i64);
-            if mtime.is_none_or(|m| m <= cutoff) {
-                report.freed_bytes += meta.len();
-                doomed_nars.push(name);
-            }
-        }
+        let (doomed_nars, nar_bytes) = stale_files(&nar_dir, cutoff, |name| {
+            kept_urls.contains(format!("nar/{name}").as_str())
+        })?;
+        report.freed_bytes += nar_bytes;
         for e in fs::read_dir(&store).map_err(io_ctx("listing store dir"))? {
             let e = e.map_err(io_ctx("listing store dir"))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -1068,23 +1054,9 @@ impl Store {
             .map(str::trim)
             .collect();
         let log_dir = store.join("log");
-        for e in fs::read_dir(&log_dir).map_err(io_ctx("listing log dir"))? {
-            let e = e.map_err(io_ctx("listing log dir"))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if derivers.contains(name.as_str()) {
-                continue;
-            }
-            let meta = e.metadata().map_err(io_ctx("stat log"))?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs() as i64);
-            if mtime.is_none_or(|m| m <= cutoff) {
-                report.freed_bytes += meta.len();
-                report.logs.push(name);
-            }
-        }
+        let (logs, log_bytes) = stale_files(&log_dir, cutoff, |name| derivers.contains(name))?;
+        report.freed_bytes += log_bytes;
+        report.logs = logs;
         report.unpinned = unpinned;
         if !delete {
             return Ok(report);
@@ -1409,6 +1381,36 @@ fn check_pin_name(name: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::BadPinName(name.to_owned()))
     }
+}
+
+/// Files of `dir` that `kept` does not claim and that were last written
+/// at or before `cutoff` (seconds): their names and total size.
+fn stale_files(
+    dir: &Path,
+    cutoff: i64,
+    kept: impl Fn(&str) -> bool,
+) -> Result<(Vec<String>, u64), StoreError> {
+    let listing = || io_ctx(format!("listing {}", dir.display()));
+    let mut names = Vec::new();
+    let mut bytes = 0;
+    for e in fs::read_dir(dir).map_err(listing())? {
+        let e = e.map_err(listing())?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if kept(&name) {
+            continue;
+        }
+        let meta = e.metadata().map_err(io_ctx(format!("stat {name}")))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        if mtime.is_none_or(|m| m <= cutoff) {
+            bytes += meta.len();
+            names.push(name);
+        }
+    }
+    Ok((names, bytes))
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), StoreError> {
