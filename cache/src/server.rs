@@ -125,6 +125,16 @@ pub async fn serve(
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %data_dir.display(), uploads = !state.tokens.is_empty(), "cache serving");
     if let Some(every) = state.gc_interval {
+        // Zeros from the start, so a scrape before the first run sees the series.
+        for name in [
+            "cache_gc_runs_total",
+            "cache_gc_failures_total",
+            "cache_gc_freed_bytes_total",
+            "cache_gc_deleted_paths_total",
+            "cache_gc_unpinned_total",
+        ] {
+            state.metrics.add(name, String::new(), 0);
+        }
         tokio::spawn(gc_loop(state.clone(), every, shutdown.clone()));
     }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -142,6 +142,8 @@ fn scheduled_gc_keeps_the_last_generations_of_each_project() {
             "2",
         ],
     );
+    // The series exist before the first run (1 s away).
+    assert_eq!(metric(&server.addr, "cache_gc_runs_total"), Some(0));
     wait_until(Duration::from_secs(20), "a scheduled gc", || {
         metric(&server.addr, "cache_gc_runs_total").filter(|n| *n >= 1)
     });
