@@ -284,6 +284,24 @@ pub fn delete_pin(conn: &Connection, name: &str) -> Result<bool, IndexError> {
     Ok(conn.execute("DELETE FROM pins WHERE name = ?1", [name])? > 0)
 }
 
+/// Every pin name with its owner (`None`: the all-projects token).
+pub fn pin_names(conn: &Connection) -> Result<Vec<(String, Option<String>)>, IndexError> {
+    let mut st = conn.prepare("SELECT DISTINCT name, owner FROM pins ORDER BY name")?;
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Bytes of the NAR files the index knows (what the cache holds on disk,
+/// narinfos and logs aside).
+pub fn nar_bytes(conn: &Connection) -> Result<u64, IndexError> {
+    let n: i64 = conn.query_row("SELECT coalesce(sum(file_size), 0) FROM nars", [], |r| {
+        r.get(0)
+    })?;
+    Ok(n.max(0) as u64)
+}
+
 /// All pins as (name, store path base name).
 pub fn all_pins(conn: &Connection) -> Result<Vec<(String, String)>, IndexError> {
     let mut st = conn.prepare("SELECT name, store_path FROM pins ORDER BY name, store_path")?;

@@ -24,6 +24,14 @@ pub use server::run;
 /// Default limit for one uploaded (compressed) NAR file: 8 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 << 30;
 
+/// Largest accepted build log (`PUT /log/<drv>`): 64 MiB. CI keeps its
+/// own job log bounded too; a log past this is refused whole (413) rather
+/// than stored cut.
+pub const MAX_LOG_BYTES: usize = 64 << 20;
+
+/// Default grace period of gc: paths uploaded within it are kept unpinned.
+pub const DEFAULT_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Default for [`Config::upload_stall_timeout`].
 pub const DEFAULT_UPLOAD_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -46,10 +54,15 @@ pub struct Config {
     /// nix 2.8 retries a failed PUT (connection reset, 5xx) without
     /// re-sending its body, and would otherwise wait on us for minutes.
     pub upload_stall_timeout: std::time::Duration,
+    /// Run gc this often while serving; `None` (the default) never does.
+    pub gc_interval: Option<std::time::Duration>,
+    /// What a scheduled gc keeps besides pins.
+    pub gc_policy: store::GcPolicy,
 }
 
 impl Config {
-    /// A config with defaults: no uploads, 8 GiB limit, priority 40, `/nix/store`.
+    /// A config with defaults: no uploads, 8 GiB limit, priority 40,
+    /// `/nix/store`, no scheduled gc.
     pub fn new(data_dir: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -59,6 +72,11 @@ impl Config {
             priority: 40,
             store_dir: "/nix/store".into(),
             upload_stall_timeout: DEFAULT_UPLOAD_STALL_TIMEOUT,
+            gc_interval: None,
+            gc_policy: store::GcPolicy {
+                grace: DEFAULT_GC_GRACE,
+                keep_generations: Some(store::DEFAULT_KEEP_GENERATIONS),
+            },
         }
     }
 
@@ -102,7 +120,7 @@ impl std::fmt::Debug for UploadTokens {
 }
 
 /// A project name as repohub makes them: `^[a-z0-9][a-z0-9-]{0,62}$`.
-fn is_project_name(s: &str) -> bool {
+pub(crate) fn is_project_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

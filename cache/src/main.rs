@@ -1,5 +1,5 @@
 //! `cache` binary: serve the binary cache, generate keys, and maintain the
-//! data dir (verify, gc, pins, ls, info).
+//! data dir (verify, gc, du, pins, ls, info).
 
 // Stdout is this CLI's output: the listening line and the maintenance reports.
 #![allow(clippy::print_stdout)]
@@ -59,6 +59,33 @@ struct ServeArgs {
     /// Also write the bound port to this file.
     #[arg(long, env = "CACHE_PORT_FILE")]
     port_file: Option<PathBuf>,
+    /// Collect garbage this often while serving (as `cache gc --yes` would,
+    /// with --gc-grace and --keep-generations): e.g. 1h, 6h, 1d. 0 (the
+    /// default) never collects: deleting is left to an explicit choice,
+    /// since a cache whose paths nobody pins would lose them all.
+    #[arg(long, env = "CACHE_GC_INTERVAL", default_value = "0", value_parser = parse_duration)]
+    gc_interval: Duration,
+    /// Scheduled gc keeps paths uploaded within this period, pinned or not.
+    #[arg(long, env = "CACHE_GC_GRACE", default_value = "24h", value_parser = parse_duration)]
+    gc_grace: Duration,
+    #[command(flatten)]
+    retention: Retention,
+}
+
+#[derive(clap::Args)]
+struct Retention {
+    /// Generation pins kept per project: of the pins named
+    /// `<project>/generation-<N>` (and the older unprefixed
+    /// `generation-<N>`), gc drops all but the N highest of each project;
+    /// other pins are always kept. 0 keeps every generation pin.
+    #[arg(long, env = "CACHE_KEEP_GENERATIONS", default_value_t = cache::store::DEFAULT_KEEP_GENERATIONS)]
+    keep_generations: usize,
+}
+
+impl Retention {
+    fn keep(&self) -> Option<usize> {
+        (self.keep_generations > 0).then_some(self.keep_generations)
+    }
 }
 
 #[derive(Subcommand)]
@@ -83,13 +110,17 @@ enum Cmd {
         #[arg(long)]
         quarantine: bool,
     },
-    /// Delete paths outside the closures of pins and of recent uploads (dry run unless --yes).
+    /// Drop generation pins past --keep-generations, then delete paths
+    /// outside the closures of pins and of recent uploads, and build logs
+    /// of derivations no kept path came from (dry run unless --yes).
     Gc {
         #[command(flatten)]
         dir: DataDir,
         /// Keep paths uploaded within this period: e.g. 30s, 15m, 24h, 7d.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         grace: Duration,
+        #[command(flatten)]
+        retention: Retention,
         /// Actually delete.
         #[arg(long)]
         yes: bool,
@@ -107,6 +138,12 @@ enum Cmd {
         #[command(flatten)]
         dir: DataDir,
         name: String,
+    },
+    /// Show NAR bytes per project and per pin (closure, and what only that
+    /// pin holds), and what no pin holds.
+    Du {
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// List pins.
     Pins {
@@ -167,7 +204,13 @@ fn main() -> ExitCode {
             key_file,
             quarantine,
         } => verify(&dir, key_file.as_deref(), quarantine),
-        Cmd::Gc { dir, grace, yes } => gc(&dir, grace, yes),
+        Cmd::Gc {
+            dir,
+            grace,
+            retention,
+            yes,
+        } => gc(&dir, grace, retention.keep(), yes),
+        Cmd::Du { dir } => du(&dir),
         Cmd::Pin { dir, name, paths } => pin(&dir, &name, &paths),
         Cmd::Unpin { dir, name } => unpin(&dir, &name),
         Cmd::Pins { dir } => pins(&dir),
@@ -185,6 +228,11 @@ fn serve(args: ServeArgs) -> Outcome {
     config.store_dir = args.dir.store_dir;
     config.max_upload_bytes = args.max_upload_bytes;
     config.priority = args.priority;
+    config.gc_interval = (!args.gc_interval.is_zero()).then_some(args.gc_interval);
+    config.gc_policy = cache::store::GcPolicy {
+        grace: args.gc_grace,
+        keep_generations: args.retention.keep(),
+    };
     if let Some(f) = &args.upload_token_file {
         config.upload_tokens = cache::UploadTokens::load(f)?;
     }
@@ -243,10 +291,20 @@ fn verify(dir: &DataDir, key_file: Option<&Path>, quarantine: bool) -> Outcome {
     })
 }
 
-fn gc(dir: &DataDir, grace: Duration, yes: bool) -> Outcome {
+fn gc(dir: &DataDir, grace: Duration, keep_generations: Option<usize>, yes: bool) -> Outcome {
     let store = open(dir, None)?;
-    let r = store.gc(grace, yes)?;
+    let policy = cache::store::GcPolicy {
+        grace,
+        keep_generations,
+    };
+    let r = store.gc(&policy, yes)?;
     let verb = if yes { "deleted" } else { "would delete" };
+    for p in &r.unpinned {
+        println!("{} {p}", if yes { "unpinned" } else { "would unpin" });
+    }
+    for l in &r.logs {
+        println!("{verb} log/{l}");
+    }
     for p in &r.deleted {
         println!("{verb} {}/{p}", dir.store_dir);
     }
@@ -268,6 +326,36 @@ fn gc(dir: &DataDir, grace: Duration, yes: bool) -> Outcome {
         } else {
             " (dry run; --yes to delete)"
         }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn du(dir: &DataDir) -> Outcome {
+    let r = open(dir, None)?.du()?;
+    let project = |p: &Option<String>| p.clone().unwrap_or_else(|| "-".to_owned());
+    println!("{:<24} {:>8} {:>14}", "PROJECT", "PATHS", "BYTES");
+    for (p, paths, bytes) in &r.projects {
+        println!("{:<24} {paths:>8} {bytes:>14}", project(p));
+    }
+    println!();
+    println!(
+        "{:<24} {:<32} {:>8} {:>14} {:>14}",
+        "PROJECT", "PIN", "PATHS", "BYTES", "UNIQUE_BYTES"
+    );
+    for u in &r.pins {
+        println!(
+            "{:<24} {:<32} {:>8} {:>14} {:>14}",
+            project(&u.project),
+            u.name,
+            u.paths,
+            u.bytes,
+            u.unique_bytes
+        );
+    }
+    println!();
+    println!(
+        "total {} bytes; {} bytes in no pin (kept only within the gc grace period)",
+        r.total_bytes, r.unpinned_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

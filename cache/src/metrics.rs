@@ -23,9 +23,23 @@ const HELP: &[(&str, &str)] = &[
     ("cache_upload_bytes_total", "Bytes of accepted NAR uploads."),
     (
         "cache_uploads_total",
-        "Accepted uploads by kind (nar, narinfo).",
+        "Accepted uploads by kind (nar, narinfo, log).",
     ),
     ("cache_upload_failures_total", "Refused uploads by reason."),
+    ("cache_gc_runs_total", "Completed scheduled gc runs."),
+    ("cache_gc_failures_total", "Scheduled gc runs that failed."),
+    (
+        "cache_gc_freed_bytes_total",
+        "Bytes of NAR files and build logs scheduled gc deleted.",
+    ),
+    (
+        "cache_gc_deleted_paths_total",
+        "Store paths scheduled gc deleted.",
+    ),
+    (
+        "cache_gc_unpinned_total",
+        "Generation pins scheduled gc dropped past --keep-generations.",
+    ),
 ];
 
 impl Metrics {
@@ -60,8 +74,25 @@ impl Metrics {
         );
     }
 
-    /// Renders the text exposition format, with `paths` as a gauge.
-    pub fn render(&self, paths: Option<u64>) -> String {
+    /// Counts one finished scheduled gc.
+    pub fn gc_done(&self, r: &crate::store::GcReport) {
+        self.add("cache_gc_runs_total", String::new(), 1);
+        self.add("cache_gc_freed_bytes_total", String::new(), r.freed_bytes);
+        self.add(
+            "cache_gc_deleted_paths_total",
+            String::new(),
+            r.deleted.len() as u64,
+        );
+        self.add(
+            "cache_gc_unpinned_total",
+            String::new(),
+            r.unpinned.len() as u64,
+        );
+    }
+
+    /// Renders the text exposition format, with `paths` and `bytes` (NAR
+    /// bytes held) as gauges.
+    pub fn render(&self, paths: Option<u64>, bytes: Option<u64>) -> String {
         let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for (name, help) in HELP {
@@ -82,6 +113,12 @@ impl Metrics {
                 "# HELP cache_paths Store paths in the index.\n# TYPE cache_paths gauge\ncache_paths {p}"
             );
         }
+        if let Some(b) = bytes {
+            let _ = writeln!(
+                out,
+                "# HELP cache_bytes Bytes of NAR files the cache holds.\n# TYPE cache_bytes gauge\ncache_bytes {b}"
+            );
+        }
         out
     }
 }
@@ -96,7 +133,16 @@ mod tests {
         m.request("narinfo", "GET", 200, 300);
         m.request("narinfo", "GET", 200, 300);
         m.upload_failure("nar_hash_mismatch");
-        let text = m.render(Some(3));
+        m.gc_done(&crate::store::GcReport {
+            freed_bytes: 4096,
+            deleted: vec!["a".into(), "b".into()],
+            ..Default::default()
+        });
+        let text = m.render(Some(3), Some(12345));
+        assert!(text.contains("cache_gc_runs_total 1\n"), "{text}");
+        assert!(text.contains("cache_gc_freed_bytes_total 4096\n"), "{text}");
+        assert!(text.contains("cache_gc_deleted_paths_total 2\n"), "{text}");
+        assert!(text.contains("cache_bytes 12345\n"), "{text}");
         assert!(text.contains(
             "cache_http_requests_total{route=\"narinfo\",method=\"GET\",status=\"200\"} 2\n"
         ));

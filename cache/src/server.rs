@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::hash::is_hash_part;
 use crate::metrics::Metrics;
 use crate::signing::SecretKey;
-use crate::store::{Chunk, PutOutcome, Store, StoreError, UploadError, parse_nar_file_name};
+use crate::store::{
+    Chunk, PutOutcome, Store, StoreError, UploadError, parse_log_name, parse_nar_file_name,
+};
 use crate::{Config, Error};
 
 type Body = BoxBody<Bytes, io::Error>;
@@ -38,6 +40,8 @@ struct State {
     /// See `Config::upload_stall_timeout`.
     stall: std::time::Duration,
     cache_info: String,
+    gc_interval: Option<Duration>,
+    gc_policy: crate::store::GcPolicy,
 }
 
 // By hand: only the token holders' projects are shown.
@@ -50,6 +54,8 @@ impl std::fmt::Debug for State {
             .field("max_upload", &self.max_upload)
             .field("stall", &self.stall)
             .field("cache_info", &self.cache_info)
+            .field("gc_interval", &self.gc_interval)
+            .field("gc_policy", &self.gc_policy)
             .finish()
     }
 }
@@ -84,6 +90,8 @@ pub fn prepare(config: Config) -> Result<Prepared, Error> {
         tokens: config.upload_tokens.clone(),
         max_upload: config.max_upload_bytes,
         stall: config.upload_stall_timeout,
+        gc_interval: config.gc_interval,
+        gc_policy: config.gc_policy,
     });
     Ok(Prepared {
         state,
@@ -116,6 +124,19 @@ pub async fn serve(
     let Prepared { state, data_dir } = prepared;
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, data_dir = %data_dir.display(), uploads = !state.tokens.is_empty(), "cache serving");
+    if let Some(every) = state.gc_interval {
+        // Zeros from the start, so a scrape before the first run sees the series.
+        for name in [
+            "cache_gc_runs_total",
+            "cache_gc_failures_total",
+            "cache_gc_freed_bytes_total",
+            "cache_gc_deleted_paths_total",
+            "cache_gc_unpinned_total",
+        ] {
+            state.metrics.add(name, String::new(), 0);
+        }
+        tokio::spawn(gc_loop(state.clone(), every, shutdown.clone()));
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -152,6 +173,51 @@ pub async fn serve(
     }
     tracing::info!("cache stopped");
     Ok(())
+}
+
+/// Scheduled gc: one collection every `every` (the first one after the
+/// first interval, so a restart loop does not collect in a loop), each in
+/// a blocking task holding the index's write lock as the CLI's does.
+async fn gc_loop(state: Arc<State>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = state.store.clone();
+        let policy = state.gc_policy;
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || store.gc(&policy, true)).await;
+        match result {
+            Ok(Ok(r)) => {
+                state.metrics.gc_done(&r);
+                tracing::info!(
+                    unpinned = r.unpinned.len(),
+                    paths = r.deleted.len(),
+                    nar_files = r.nar_files.len(),
+                    logs = r.logs.len(),
+                    freed_bytes = r.freed_bytes,
+                    kept = r.kept,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "scheduled gc"
+                );
+            }
+            Ok(Err(e)) => {
+                state
+                    .metrics
+                    .add("cache_gc_failures_total", String::new(), 1);
+                tracing::error!(error = %commands::report::error_chain(&e), "scheduled gc failed");
+            }
+            Err(e) => {
+                state
+                    .metrics
+                    .add("cache_gc_failures_total", String::new(), 1);
+                tracing::error!(error = %e, "scheduled gc task failed");
+            }
+        }
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -226,14 +292,14 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
     }
     if path == "/metrics" && get {
         let store = state.store.clone();
-        let paths = tokio::task::spawn_blocking(move || store.count_paths().ok())
-            .await
-            .ok()
-            .flatten();
+        let (paths, bytes) =
+            tokio::task::spawn_blocking(move || (store.count_paths().ok(), store.nar_bytes().ok()))
+                .await
+                .unwrap_or((None, None));
         return (
             "metrics",
             file_like(
-                state.metrics.render(paths).into(),
+                state.metrics.render(paths, bytes).into(),
                 "text/plain; version=0.0.4",
                 head,
             ),
@@ -252,23 +318,35 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
     if let Some(rest) = path.strip_prefix("/_pcr/pins") {
         return ("pins", pins(state, req, rest).await);
     }
+    // NARs and logs honour a single Range (curl resumes with one).
+    let range = req
+        .headers()
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(drv) = path.strip_prefix("/log/") {
+        let valid = parse_log_name(drv).is_some();
+        let file = state.store.log_path(drv);
+        return (
+            "log",
+            match m {
+                _ if get && valid => {
+                    serve_file(file, "text/plain; charset=utf-8", head, range.as_deref()).await
+                }
+                _ if get => text(404, "no such build log"),
+                Method::PUT => put_log(state, drv.to_owned(), req).await,
+                _ => text(405, "method not allowed"),
+            },
+        );
+    }
     if let Some(file) = path.strip_prefix("/nar/") {
         let valid = parse_nar_file_name(file).is_some();
         return (
             "nar",
             match m {
                 _ if get && valid => {
-                    let range = req
-                        .headers()
-                        .get(http::header::RANGE)
-                        .and_then(|v| v.to_str().ok());
-                    serve_file(
-                        state.store.nar_path(file),
-                        "application/x-nix-nar",
-                        head,
-                        range,
-                    )
-                    .await
+                    let path = state.store.nar_path(file);
+                    serve_file(path, "application/x-nix-nar", head, range.as_deref()).await
                 }
                 _ if get => text(404, "no such NAR"),
                 Method::PUT if valid => put_nar(state, file.to_owned(), req).await,
@@ -301,7 +379,9 @@ async fn route(state: &State, req: Request<Incoming>) -> (&'static str, Response
                 state.metrics.upload_failure("bad_path");
                 text(
                     400,
-                    format!("{path} is not an upload target (only nar/<file> and <hash>.narinfo)"),
+                    format!(
+                        "{path} is not an upload target (only nar/<file>, <hash>.narinfo and log/<drv>)"
+                    ),
                 )
             }
             _ => text(405, "method not allowed"),
@@ -654,23 +734,69 @@ async fn put_narinfo(state: &State, hash: String, req: Request<Incoming>) -> Res
             });
     match result {
         Ok(outcome) => {
-            state
-                .metrics
-                .add("cache_uploads_total", "kind=\"narinfo\"".into(), 1);
             tracing::info!(
                 hash,
                 ?outcome,
                 project = uploader.project.as_deref().unwrap_or("*"),
                 "narinfo stored"
             );
-            text(
-                200,
-                if outcome == PutOutcome::Created {
-                    "stored"
-                } else {
-                    "already present"
-                },
-            )
+            stored(state, "narinfo", outcome)
+        }
+        Err(e) => upload_refused(state, &e),
+    }
+}
+
+/// Counts an accepted upload of `kind` and answers it.
+fn stored(state: &State, kind: &str, outcome: PutOutcome) -> Response<Body> {
+    state
+        .metrics
+        .add("cache_uploads_total", format!("kind=\"{kind}\""), 1);
+    text(
+        200,
+        if outcome == PutOutcome::Created {
+            "stored"
+        } else {
+            "already present"
+        },
+    )
+}
+
+/// `PUT /log/<drv base name>`: a build log, as `nix store copy-log --to`
+/// sends it (uncompressed text), bounded by [`crate::MAX_LOG_BYTES`].
+async fn put_log(state: &State, drv: String, req: Request<Incoming>) -> Response<Body> {
+    let uploader = match authorize(state, req.headers()) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    // Checked before the body is read: a bad name costs the client nothing.
+    if parse_log_name(&drv).is_none() {
+        return upload_refused(state, &UploadError::BadLogName(drv));
+    }
+    let body = match read_small_body(state, req, crate::MAX_LOG_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let store = state.store.clone();
+    let name = drv.clone();
+    let len = body.len() as u64;
+    let result = tokio::task::spawn_blocking(move || store.put_log(&name, &body))
+        .await
+        .unwrap_or_else(|e| {
+            Err(UploadError::Io {
+                context: "log writer".into(),
+                source: io::Error::other(e),
+            })
+        });
+    match result {
+        Ok(outcome) => {
+            tracing::info!(
+                drv,
+                bytes = len,
+                ?outcome,
+                project = uploader.project.as_deref().unwrap_or("*"),
+                "build log stored"
+            );
+            stored(state, "log", outcome)
         }
         Err(e) => upload_refused(state, &e),
     }
@@ -691,7 +817,7 @@ async fn pins(state: &State, req: Request<Incoming>, rest: &str) -> Response<Bod
     let store_err = |e: StoreError| match e {
         StoreError::BadPinName(_) | StoreError::BadPath(_) => text(400, e.to_string()),
         StoreError::NotFound(_) => text(400, e.to_string()),
-        StoreError::PinOwned { .. } => text(403, e.to_string()),
+        StoreError::PinOwned { .. } | StoreError::PinPrefix { .. } => text(403, e.to_string()),
         other => {
             tracing::error!(error = %other, source = ?std::error::Error::source(&other), "pin operation failed");
             text(500, "pin operation failed")

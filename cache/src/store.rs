@@ -8,10 +8,11 @@
 //! - `index.sqlite` — the index (see `index.rs`)
 //! - `store/<hash>.narinfo` — signed narinfo, served as is
 //! - `store/nar/<filehash>.nar[.zst|.xz]` — NAR files, served as uploaded
+//! - `store/log/<drv base name>` — build logs, served as uploaded
 //! - `tmp/` — uploads in progress (same filesystem, so rename is atomic)
 //! - `quarantine/` — what `verify --quarantine` moved aside
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,8 +40,14 @@ pub enum StoreError {
     },
     #[error("index")]
     Index(#[from] IndexError),
-    #[error("pin name {0:?} is invalid (use 1-128 of A-Z a-z 0-9 . _ -)")]
+    #[error(
+        "pin name {0:?} is invalid (use 1-128 of A-Z a-z 0-9 . _ -, optionally after `<project>/`)"
+    )]
     BadPinName(String),
+    #[error(
+        "pin {name:?} is under another project's prefix; a token of project {project} may only pin under {project}/"
+    )]
+    PinPrefix { name: String, project: String },
     #[error("{0}")]
     BadPath(String),
     #[error("not in the cache: {0}")]
@@ -57,12 +64,21 @@ pub enum StoreError {
     },
 }
 
-/// Refuses a project token touching a pin that is not its project's.
+/// Refuses a project token touching a pin that is not its project's: one
+/// another owner made, or one named under another project's prefix.
 fn check_pin_owner(
     name: &str,
     existing: Option<Option<String>>,
     project: Option<&str>,
 ) -> Result<(), StoreError> {
+    if let (Some(p), Some((prefix, _))) = (project, name.split_once('/'))
+        && prefix != p
+    {
+        return Err(StoreError::PinPrefix {
+            name: name.to_owned(),
+            project: p.to_owned(),
+        });
+    }
     match (project, existing) {
         (Some(p), Some(owner)) if owner.as_deref() != Some(p) => Err(StoreError::PinOwned {
             name: name.to_owned(),
@@ -127,6 +143,10 @@ pub enum UploadError {
     Index(#[from] IndexError),
     #[error("the cache has no signing key loaded")]
     NoKey,
+    #[error("invalid build log name {0:?} (expected log/<32 base32 chars>-<name>.drv)")]
+    BadLogName(String),
+    #[error("a different build log of {0} is already stored")]
+    LogConflict(String),
 }
 
 impl UploadError {
@@ -138,7 +158,7 @@ impl UploadError {
         }
         match self {
             Self::TooLarge(_) => 413,
-            Self::Conflict(_) => 409,
+            Self::Conflict(_) | Self::LogConflict(_) => 409,
             Self::Io { .. } | Self::Index(_) | Self::NoKey => 500,
             _ => 400,
         }
@@ -165,7 +185,10 @@ impl UploadError {
             return "disk_full";
         }
         match self {
-            Self::BadNarName(_) | Self::HashPartMismatch { .. } | Self::BadUrl(_) => "bad_path",
+            Self::BadNarName(_)
+            | Self::HashPartMismatch { .. }
+            | Self::BadUrl(_)
+            | Self::BadLogName(_) => "bad_path",
             Self::UnsupportedCompression(_) => "unsupported_compression",
             Self::TooLarge(_) => "too_large",
             Self::Truncated => "truncated",
@@ -185,7 +208,7 @@ impl UploadError {
             } => "file_size_mismatch",
             Self::Mismatch { .. } => "file_hash_mismatch",
             Self::MissingReferences(_) => "missing_reference",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(_) | Self::LogConflict(_) => "conflict",
             Self::Io { .. } | Self::Index(_) | Self::NoKey => "internal",
         }
     }
@@ -289,9 +312,127 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// What `gc` keeps besides pins.
+#[derive(Debug, Clone, Copy)]
+pub struct GcPolicy {
+    /// Paths uploaded within this period are kept, with their closures.
+    pub grace: Duration,
+    /// Of the generation pins (`[<project>/]generation-<N>`), only the K
+    /// highest numbers of each group are kept; the others are unpinned.
+    /// `None` keeps every pin.
+    pub keep_generations: Option<usize>,
+}
+
+/// Default for [`GcPolicy::keep_generations`] (`--keep-generations`).
+pub const DEFAULT_KEEP_GENERATIONS: usize = 10;
+
+/// The generation number of a generation pin: `<project>/generation-<N>`,
+/// or `generation-<N>` as CI named them before pins were per project.
+pub fn generation_of_pin(name: &str) -> Option<u64> {
+    let base = name.rsplit_once('/').map_or(name, |(_, b)| b);
+    let n = base.strip_prefix("generation-")?;
+    if n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Which generation pins retention drops: per group, all but the `keep`
+/// highest numbers. A group is the project prefix of the name, or, for
+/// unprefixed (older) names, the pin's owner, so no token's pins can push
+/// another owner's generations out.
+fn excess_generation_pins(pins: &[(String, Option<String>)], keep: usize) -> Vec<String> {
+    /// Whose generations compete for the `keep` places.
+    #[derive(PartialEq, Eq, Hash)]
+    enum Group<'a> {
+        Prefix(&'a str),
+        Owner(Option<&'a str>),
+    }
+    let mut groups: HashMap<Group<'_>, Vec<(u64, &str)>> = HashMap::new();
+    for (name, owner) in pins {
+        let Some(n) = generation_of_pin(name) else {
+            continue;
+        };
+        let key = match name.split_once('/') {
+            Some((project, _)) => Group::Prefix(project),
+            None => Group::Owner(owner.as_deref()),
+        };
+        groups.entry(key).or_default().push((n, name));
+    }
+    let mut out = Vec::new();
+    for mut list in groups.into_values() {
+        list.sort_unstable_by(|a, b| b.cmp(a));
+        out.extend(list.into_iter().skip(keep).map(|(_, n)| n.to_owned()));
+    }
+    out.sort();
+    out
+}
+
+/// Everything reachable from `roots` through references, within `by_name`.
+fn closure_of<'a>(
+    roots: impl IntoIterator<Item = &'a str>,
+    by_name: &HashMap<&'a str, &'a PathRow>,
+) -> HashSet<&'a str> {
+    let mut keep: HashSet<&str> = HashSet::new();
+    let mut queue: VecDeque<&str> = roots.into_iter().collect();
+    while let Some(p) = queue.pop_front() {
+        if keep.insert(p)
+            && let Some(row) = by_name.get(p)
+        {
+            queue.extend(row.references().filter(|r| by_name.contains_key(r)));
+        }
+    }
+    keep
+}
+
+/// Bytes of the distinct NAR files of `paths` (two paths never share one in
+/// practice, but a NAR is counted once if they do).
+fn nar_bytes_of<'a>(
+    paths: impl IntoIterator<Item = &'a str>,
+    by_name: &HashMap<&'a str, &'a PathRow>,
+) -> u64 {
+    let mut seen = HashSet::new();
+    paths
+        .into_iter()
+        .filter_map(|p| by_name.get(p))
+        .filter(|r| seen.insert(r.url.as_str()))
+        .map(|r| r.file_size)
+        .sum()
+}
+
+/// The size of one pin's closure (`cache du`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinUsage {
+    pub name: String,
+    /// The prefix of `<project>/...`, else the owning project, else `None`.
+    pub project: Option<String>,
+    pub paths: usize,
+    /// NAR bytes of the closure.
+    pub bytes: u64,
+    /// NAR bytes no other pin's closure holds: what unpinning frees (after
+    /// the grace period).
+    pub unique_bytes: u64,
+}
+
+/// What `cache du` reports: per project and per pin.
+#[derive(Debug, Default)]
+pub struct DuReport {
+    pub pins: Vec<PinUsage>,
+    /// (project or `None`, paths, NAR bytes of the union of its pins' closures).
+    pub projects: Vec<(Option<String>, usize, u64)>,
+    /// NAR bytes of every stored path.
+    pub total_bytes: u64,
+    /// NAR bytes outside every pin's closure (kept only by the grace period).
+    pub unpinned_bytes: u64,
+}
+
 /// What `gc` found or did.
 #[derive(Debug, Default)]
 pub struct GcReport {
+    /// Generation pins beyond the kept number, removed (or that would be).
+    pub unpinned: Vec<String>,
+    /// Build logs removed: of derivations no kept path was built by.
+    pub logs: Vec<String>,
     pub roots: usize,
     pub kept: usize,
     /// Store path base names deleted (or that would be).
@@ -329,7 +470,7 @@ impl Store {
         store_dir: &str,
         key: Option<SecretKey>,
     ) -> Result<Self, StoreError> {
-        for sub in ["store/nar", "tmp", "quarantine"] {
+        for sub in ["store/nar", "store/log", "tmp", "quarantine"] {
             let d = data_dir.join(sub);
             fs::create_dir_all(&d).map_err(io_ctx(format!("creating {}", d.display())))?;
         }
@@ -367,6 +508,48 @@ impl Store {
     /// File of a NAR.
     pub fn nar_path(&self, file: &str) -> PathBuf {
         self.data_dir.join("store/nar").join(file)
+    }
+
+    /// File of a build log, by the derivation's base name (validate it
+    /// with [`parse_log_name`] first).
+    pub fn log_path(&self, drv: &str) -> PathBuf {
+        self.data_dir.join("store/log").join(drv)
+    }
+
+    /// Stores the build log of derivation `drv` (a base name, checked
+    /// here). A stored log is never replaced by a different one, so one
+    /// project's token cannot rewrite what another's build printed; the
+    /// same log again (nix re-uploads) is accepted.
+    pub fn put_log(&self, drv: &str, data: &[u8]) -> Result<PutOutcome, UploadError> {
+        if parse_log_name(drv).is_none() {
+            return Err(UploadError::BadLogName(drv.to_owned()));
+        }
+        let dest = self.log_path(drv);
+        match fs::read(&dest) {
+            Ok(old) if old == data => return Ok(PutOutcome::AlreadyPresent),
+            Ok(_) => return Err(UploadError::LogConflict(drv.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_ctx(format!("reading {}", dest.display()))(e).into()),
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())
+            .map_err(io_ctx("creating a temp file"))?;
+        tmp.write_all(data).map_err(io_ctx("writing a build log"))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_ctx("syncing a build log"))?;
+        // No-clobber rename: of two racing uploads of the same log, the
+        // first one stays.
+        match tmp.persist_noclobber(&dest) {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                if fs::read(&dest).is_ok_and(|old| old == data) {
+                    Ok(PutOutcome::AlreadyPresent)
+                } else {
+                    Err(UploadError::LogConflict(drv.to_owned()))
+                }
+            }
+            Err(e) => Err(io_ctx("storing a build log")(e.error).into()),
+        }
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -795,10 +978,12 @@ impl Store {
     }
 
     /// Deletes what is neither in the closure of a pinned path nor in the
-    /// closure of a path uploaded within `grace`; also NAR files no kept
-    /// narinfo uses (older than `grace`) and narinfo files the index lacks.
+    /// closure of a path uploaded within the grace period, after dropping
+    /// the generation pins past `keep_generations`; also NAR files no kept
+    /// narinfo uses and build logs no kept path names as its deriver (both
+    /// older than the grace period) and narinfo files the index lacks.
     /// With `delete == false` only reports.
-    pub fn gc(&self, grace: Duration, delete: bool) -> Result<GcReport, StoreError> {
+    pub fn gc(&self, policy: &GcPolicy, delete: bool) -> Result<GcReport, StoreError> {
         let mut conn = self.conn();
         // The write lock is held for the whole collection, so no upload can
         // add a reference to a victim or name a NAR file being removed.
@@ -808,10 +993,16 @@ impl Store {
         let rows = index::all_paths(&tx)?;
         let by_name: HashMap<&str, &PathRow> =
             rows.iter().map(|r| (r.store_path.as_str(), r)).collect();
-        let cutoff = now() - grace.as_secs() as i64;
+        let cutoff = now() - policy.grace.as_secs() as i64;
+        let unpinned = match policy.keep_generations {
+            Some(k) => excess_generation_pins(&index::pin_names(&tx)?, k),
+            None => Vec::new(),
+        };
+        let dropped: HashSet<&str> = unpinned.iter().map(String::as_str).collect();
         let pins = index::all_pins(&tx)?;
         let mut roots: BTreeSet<&str> = pins
             .iter()
+            .filter(|(n, _)| !dropped.contains(n.as_str()))
             .map(|(_, p)| p.as_str())
             .filter(|p| by_name.contains_key(p))
             .collect();
@@ -824,15 +1015,7 @@ impl Store {
             roots: roots.len(),
             ..GcReport::default()
         };
-        let mut keep: HashSet<&str> = HashSet::new();
-        let mut queue: VecDeque<&str> = roots.into_iter().collect();
-        while let Some(p) = queue.pop_front() {
-            if keep.insert(p)
-                && let Some(row) = by_name.get(p)
-            {
-                queue.extend(row.references().filter(|r| by_name.contains_key(r)));
-            }
-        }
+        let keep = closure_of(roots, &by_name);
         report.kept = keep.len();
         let victims: Vec<&PathRow> = rows
             .iter()
@@ -847,25 +1030,11 @@ impl Store {
         let known: HashSet<&str> = rows.iter().map(|r| r.hash_part.as_str()).collect();
 
         let store = self.root();
-        let mut doomed_nars = Vec::new();
         let nar_dir = store.join("nar");
-        for e in fs::read_dir(&nar_dir).map_err(io_ctx("listing nar dir"))? {
-            let e = e.map_err(io_ctx("listing nar dir"))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if kept_urls.contains(format!("nar/{name}").as_str()) {
-                continue;
-            }
-            let meta = e.metadata().map_err(io_ctx("stat nar"))?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs() as i64);
-            if mtime.is_none_or(|m| m <= cutoff) {
-                report.freed_bytes += meta.len();
-                doomed_nars.push(name);
-            }
-        }
+        let (doomed_nars, nar_bytes) = stale_files(&nar_dir, cutoff, |name| {
+            kept_urls.contains(format!("nar/{name}").as_str())
+        })?;
+        report.freed_bytes += nar_bytes;
         for e in fs::read_dir(&store).map_err(io_ctx("listing store dir"))? {
             let e = e.map_err(io_ctx("listing store dir"))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -876,8 +1045,27 @@ impl Store {
             }
         }
         report.nar_files = doomed_nars.clone();
+        // A log stays while a kept path names its derivation as deriver,
+        // and through the grace period (CI uploads logs before pinning).
+        let derivers: HashSet<&str> = rows
+            .iter()
+            .filter(|r| keep.contains(r.store_path.as_str()))
+            .filter_map(|r| r.narinfo.lines().find_map(|l| l.strip_prefix("Deriver: ")))
+            .map(str::trim)
+            .collect();
+        let log_dir = store.join("log");
+        let (logs, log_bytes) = stale_files(&log_dir, cutoff, |name| derivers.contains(name))?;
+        report.freed_bytes += log_bytes;
+        report.logs = logs;
+        report.unpinned = unpinned;
         if !delete {
             return Ok(report);
+        }
+        for name in &report.unpinned {
+            index::delete_pin(&tx, name)?;
+        }
+        for l in &report.logs {
+            remove_if_exists(&log_dir.join(l))?;
         }
         // Order: narinfo files first (stop serving), then rows, then NARs.
         for v in &victims {
@@ -894,6 +1082,82 @@ impl Store {
             index::delete_nar(&tx, n)?;
         }
         tx.commit().map_err(IndexError::from)?;
+        Ok(report)
+    }
+
+    /// NAR bytes the cache holds (the `cache_bytes` gauge).
+    pub fn nar_bytes(&self) -> Result<u64, StoreError> {
+        Ok(index::nar_bytes(&self.conn())?)
+    }
+
+    /// Sizes per pin and per project (`cache du`).
+    pub fn du(&self) -> Result<DuReport, StoreError> {
+        let conn = self.conn();
+        let rows = index::all_paths(&conn)?;
+        let by_name: HashMap<&str, &PathRow> =
+            rows.iter().map(|r| (r.store_path.as_str(), r)).collect();
+        let owners: HashMap<String, Option<String>> =
+            index::pin_names(&conn)?.into_iter().collect();
+        let mut pin_roots: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, path) in index::all_pins(&conn)? {
+            pin_roots.entry(name).or_default().push(path);
+        }
+        drop(conn);
+        let closures: Vec<(&String, HashSet<&str>)> = pin_roots
+            .iter()
+            .map(|(n, roots)| {
+                let c = closure_of(
+                    roots
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|p| by_name.contains_key(p)),
+                    &by_name,
+                );
+                (n, c)
+            })
+            .collect();
+        let mut holders: HashMap<&str, usize> = HashMap::new();
+        for (_, c) in &closures {
+            for p in c {
+                *holders.entry(p).or_insert(0) += 1;
+            }
+        }
+        let mut report = DuReport {
+            total_bytes: nar_bytes_of(by_name.keys().copied(), &by_name),
+            ..DuReport::default()
+        };
+        let mut per_project: BTreeMap<Option<String>, HashSet<&str>> = BTreeMap::new();
+        for (name, c) in &closures {
+            let project = name
+                .split_once('/')
+                .map(|(p, _)| p.to_owned())
+                .or_else(|| owners.get(*name).cloned().flatten());
+            report.pins.push(PinUsage {
+                name: (*name).clone(),
+                project: project.clone(),
+                paths: c.len(),
+                bytes: nar_bytes_of(c.iter().copied(), &by_name),
+                unique_bytes: nar_bytes_of(
+                    c.iter().copied().filter(|p| holders.get(p) == Some(&1)),
+                    &by_name,
+                ),
+            });
+            per_project
+                .entry(project)
+                .or_default()
+                .extend(c.iter().copied());
+        }
+        report.projects = per_project
+            .into_iter()
+            .map(|(p, c)| {
+                let bytes = nar_bytes_of(c.iter().copied(), &by_name);
+                (p, c.len(), bytes)
+            })
+            .collect();
+        report.unpinned_bytes = nar_bytes_of(
+            by_name.keys().copied().filter(|p| !holders.contains_key(p)),
+            &by_name,
+        );
         Ok(report)
     }
 
@@ -1089,19 +1353,64 @@ fn check_accepted(c: Compression) -> Result<(), UploadError> {
     }
 }
 
+/// A build log's name: the base name of a store derivation
+/// (`<hash>-<name>.drv`), which is what nix puts after `log/`.
+pub fn parse_log_name(name: &str) -> Option<StorePathName> {
+    StorePathName::parse(name)
+        .ok()
+        .filter(|n| n.as_str().ends_with(".drv"))
+}
+
+/// A pin name: `<name>` or `<project>/<name>` (one project prefix, as
+/// CI's `<project>/generation-<N>`), each name of A-Z a-z 0-9 . _ -.
 fn check_pin_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
+    let (prefix_ok, rest) = match name.split_once('/') {
+        Some((p, rest)) => (crate::is_project_name(p), rest),
+        None => (true, name),
+    };
+    let ok = prefix_ok
+        && !rest.is_empty()
         && name.len() <= 128
-        && name
+        && rest
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
-        && name != "."
-        && name != "..";
+        && rest != "."
+        && rest != "..";
     if ok {
         Ok(())
     } else {
         Err(StoreError::BadPinName(name.to_owned()))
     }
+}
+
+/// Files of `dir` that `kept` does not claim and that were last written
+/// at or before `cutoff` (seconds): their names and total size.
+fn stale_files(
+    dir: &Path,
+    cutoff: i64,
+    kept: impl Fn(&str) -> bool,
+) -> Result<(Vec<String>, u64), StoreError> {
+    let listing = || io_ctx(format!("listing {}", dir.display()));
+    let mut names = Vec::new();
+    let mut bytes = 0;
+    for e in fs::read_dir(dir).map_err(listing())? {
+        let e = e.map_err(listing())?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if kept(&name) {
+            continue;
+        }
+        let meta = e.metadata().map_err(io_ctx(format!("stat {name}")))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        if mtime.is_none_or(|m| m <= cutoff) {
+            bytes += meta.len();
+            names.push(name);
+        }
+    }
+    Ok((names, bytes))
 }
 
 fn remove_if_exists(p: &Path) -> Result<(), StoreError> {
@@ -1228,5 +1537,68 @@ mod upload_error_tests {
         };
         assert!(!other.is_disk_full());
         assert_eq!(other.status(), 500);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_take_one_project_prefix() {
+        for ok in ["gen-1", "shop/generation-3", "a.b_c-d", "shop-2/live"] {
+            assert!(check_pin_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "..", "shop/..", "shop/", "/x", "Shop/x", "a/b/c", "shop/a b", "x/y\n",
+        ] {
+            assert!(check_pin_name(bad).is_err(), "{bad:?}");
+        }
+        // A project token stays under its own prefix.
+        assert!(check_pin_owner("shop/generation-1", None, Some("shop")).is_ok());
+        let e = check_pin_owner("blog/generation-1", None, Some("shop")).unwrap_err();
+        assert!(e.to_string().contains("may only pin under shop/"), "{e}");
+        assert!(check_pin_owner("blog/generation-1", None, None).is_ok());
+    }
+
+    #[test]
+    fn retention_drops_all_but_the_highest_generations_of_each_group() {
+        assert_eq!(generation_of_pin("shop/generation-12"), Some(12));
+        assert_eq!(generation_of_pin("generation-3"), Some(3));
+        for not in [
+            "shop/generation-",
+            "generation-x",
+            "gen-1",
+            "shop/live",
+            "generation-+1",
+        ] {
+            assert_eq!(generation_of_pin(not), None, "{not}");
+        }
+        let shop = Some("shop".to_owned());
+        let pins: Vec<(String, Option<String>)> = vec![
+            ("shop/generation-1".into(), shop.clone()),
+            ("shop/generation-2".into(), shop.clone()),
+            ("shop/generation-10".into(), shop.clone()),
+            ("shop/generation-9".into(), None),
+            ("shop/live".into(), shop.clone()),
+            ("blog/generation-1".into(), None),
+            // Unprefixed pins group by owner: shop's token cannot push the
+            // all-projects token's old generations out.
+            ("generation-1".into(), None),
+            ("generation-2".into(), None),
+            ("generation-50".into(), shop.clone()),
+            ("generation-51".into(), shop.clone()),
+            ("generation-52".into(), shop.clone()),
+        ];
+        assert_eq!(
+            excess_generation_pins(&pins, 2),
+            vec![
+                "generation-50".to_owned(),
+                "shop/generation-1".to_owned(),
+                "shop/generation-2".to_owned(),
+            ]
+        );
+        assert!(excess_generation_pins(&pins, 3).contains(&"shop/generation-1".to_owned()));
+        assert_eq!(excess_generation_pins(&pins, 3).len(), 1);
     }
 }

@@ -75,7 +75,7 @@ impl Cache {
         let mut v: Vec<String> = std::fs::read_dir(self.data.join(sub))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "nar")
+            .filter(|n| n != "nar" && n != "log")
             .collect();
         v.sort();
         v

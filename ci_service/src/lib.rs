@@ -3,6 +3,7 @@
 //! binary cache and publishes the generation to the control plane.
 
 pub mod api;
+pub mod build_logs;
 pub mod db;
 pub mod deploy;
 pub mod hook;

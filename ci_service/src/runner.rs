@@ -243,7 +243,7 @@ pub use commands::types::intent_hash;
 
 /// The last line of nix's stderr that starts with `error:`, or the last
 /// line: the one-line reason shown in the job list.
-fn summary(e: &NixError) -> String {
+pub(crate) fn summary(e: &NixError) -> String {
     let text = e.stderr().unwrap_or_default();
     text.lines()
         .rev()
@@ -517,6 +517,7 @@ impl Runner {
                     &self.nix,
                     self.cache.as_ref(),
                     &closure,
+                    project.as_str(),
                     number,
                     self.retry,
                     log,
@@ -627,13 +628,14 @@ async fn upload_retried(
     nix: &Nix,
     cache: Option<&CacheTarget>,
     closure: &Closure,
+    project: &str,
     number: i64,
     policy: RetryPolicy,
     log: &mut JobLog,
 ) -> Result<(), JobError> {
     let mut n = 1;
     loop {
-        match upload(nix, cache, closure, number, log).await {
+        match upload(nix, cache, closure, project, number, log).await {
             Err(e) => match retry_after(policy, "upload", n, &e, log) {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None => return Err(e),
@@ -814,12 +816,15 @@ pub async fn build(
     Ok(Closure { paths })
 }
 
-/// Step `upload`: copies the closure to the cache and pins it as
-/// `generation-<number>`; without a cache the closure stays local.
+/// Step `upload`: copies the closure and its build logs to the cache and
+/// pins it as `<project>/generation-<number>` (the cache keeps the last
+/// `--keep-generations` of each project); without a cache the closure
+/// stays local.
 pub async fn upload(
     nix: &Nix,
     cache: Option<&CacheTarget>,
     closure: &Closure,
+    project: &str,
     number: i64,
     log: &mut JobLog,
 ) -> Result<(), JobError> {
@@ -847,18 +852,20 @@ pub async fn upload(
             None => JobError::Upload { summary },
         });
     }
-    crate::pin::pin(
-        &cache.url,
-        cache.token.as_deref(),
-        &format!("generation-{number}"),
-        &closure.paths,
-    )
-    .await
-    .map_err(JobError::Pin)?;
-    log.line(&format!(
-        "pinned as generation-{number} ({} ms)",
-        ms(t.elapsed())
-    ));
+    match crate::build_logs::upload(nix, &cache.url, cache.netrc.as_deref(), &closure.paths).await {
+        Ok(r) => {
+            log.line(&format!("uploaded {} build logs", r.uploaded.len()));
+            for (drv, why) in &r.skipped {
+                log.line(&format!("no build log uploaded for {drv}: {why}"));
+            }
+        }
+        Err(e) => log.line(&format!("build logs not uploaded: {}", summary(&e))),
+    }
+    let pin = format!("{project}/generation-{number}");
+    crate::pin::pin(&cache.url, cache.token.as_deref(), &pin, &closure.paths)
+        .await
+        .map_err(JobError::Pin)?;
+    log.line(&format!("pinned as {pin} ({} ms)", ms(t.elapsed())));
     Ok(())
 }
 
@@ -1072,7 +1079,7 @@ mod tests {
         let closure = Closure {
             paths: vec!["/nix/store/x".into()],
         };
-        upload(&Nix::new(), None, &closure, 1, &mut log)
+        upload(&Nix::new(), None, &closure, "default", 1, &mut log)
             .await
             .unwrap();
         assert_eq!(

@@ -87,6 +87,48 @@ fn push_to_running_vms_and_back() {
         }
     }
 
+    // 2b. Pinned per project, and the build logs of what CI built are in
+    // the cache: served at /log/<deriver> and read by the real `nix log`.
+    let cache_url = c.cache().url();
+    let pins = request(
+        http::Method::GET,
+        &format!("{cache_url}/_pcr/pins"),
+        &[(
+            http::header::AUTHORIZATION,
+            commands::http::basic_auth("t", TOKEN),
+        )],
+        None,
+    );
+    let pins = String::from_utf8_lossy(&pins.1).into_owned();
+    assert!(pins.contains("\"default/generation-1\""), "{pins}");
+    assert!(text.contains("pinned as default/generation-1"), "{text}");
+    let uploaded = text
+        .lines()
+        .find_map(|l| l.split("uploaded ").nth(1)?.strip_suffix(" build logs"))
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(uploaded.is_some_and(|n| n > 0), "{text}");
+    let top = &roots["web-0"][0];
+    let hash = &top["/nix/store/".len().."/nix/store/".len() + 32];
+    let narinfo =
+        String::from_utf8_lossy(&get(&format!("{cache_url}/{hash}.narinfo")).1).into_owned();
+    let deriver = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Deriver: "))
+        .unwrap_or_else(|| panic!("no deriver: {narinfo}"));
+    let (log_status, body) = get(&format!("{cache_url}/log/{deriver}"));
+    assert_eq!(log_status.as_u16(), 200, "no log of {deriver}");
+    let out = std::process::Command::new("nix")
+        .envs(c.h.env())
+        .args(["log", "--store", &cache_url, top])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nix log: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, body.to_vec(), "nix log shows the stored log");
+
     // 3. Generation 1 active, 100 % converged, every VM running.
     let placed = wait_converged(&cp, 1, Duration::from_secs(60));
     assert_eq!(

@@ -73,6 +73,20 @@ pub struct PathInfo {
     pub references: Vec<String>,
     #[serde(default)]
     pub signatures: Vec<String>,
+    /// The derivation that built the path, when the store knows it.
+    #[serde(default)]
+    pub deriver: Option<String>,
+}
+
+/// `--option netrc-file FILE` when there is one: the cache's upload token.
+fn netrc_option(netrc: Option<&Path>) -> Vec<OsString> {
+    netrc.map_or_else(Vec::new, |n| {
+        vec![
+            "--option".into(),
+            "netrc-file".into(),
+            n.as_os_str().to_owned(),
+        ]
+    })
 }
 
 /// Writes a netrc file giving `password` to `host`, mode 0600 (nix's
@@ -503,19 +517,40 @@ impl Nix {
         let sep = if cache_url.contains('?') { '&' } else { '?' };
         let mut args: Vec<OsString> =
             vec!["copy".into(), "--log-format".into(), "internal-json".into()];
-        if let Some(n) = netrc {
-            args.extend([
-                "--option".into(),
-                "netrc-file".into(),
-                n.as_os_str().to_owned(),
-            ]);
-        }
+        args.extend(netrc_option(netrc));
         args.extend([
             "--to".into(),
             format!("{cache_url}{sep}compression={compression}").into(),
         ]);
         args.extend(paths.iter().map(OsString::from));
         self.run(args, true, sink).await.map(drop)
+    }
+
+    /// `nix path-info -r --json PATHS`: every path of their closures.
+    pub async fn closure_info(&self, paths: &[String]) -> Result<Vec<PathInfo>, NixError> {
+        let mut args: Vec<OsString> = vec!["path-info".into(), "-r".into(), "--json".into()];
+        args.extend(paths.iter().map(OsString::from));
+        let out = self.run(args, false, None).await?;
+        serde_json::from_slice(&out).map_err(|e| NixError::Output {
+            command: self.describe(&["path-info", "-r", "--json"]),
+            detail: e.to_string(),
+        })
+    }
+
+    /// `nix store copy-log --to CACHE_URL DRVS`: uploads the build logs this
+    /// store keeps of the derivations `drvs` (`PUT log/<drv>`). Fails on the
+    /// first derivation without a log.
+    pub async fn copy_log_to(
+        &self,
+        cache_url: &str,
+        drvs: &[String],
+        netrc: Option<&Path>,
+    ) -> Result<(), NixError> {
+        let mut args: Vec<OsString> = vec!["store".into(), "copy-log".into()];
+        args.extend(netrc_option(netrc));
+        args.extend(["--to".into(), cache_url.into()]);
+        args.extend(drvs.iter().map(OsString::from));
+        self.run(args, false, None).await.map(drop)
     }
 
     /// `nix copy --from CACHE_URL PATHS` into this value's store, accepting

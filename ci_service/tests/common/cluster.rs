@@ -14,7 +14,8 @@ use testkit::services::ControlPlaneArgs;
 
 use super::*;
 
-const TOKEN: &str = "e2e-upload-token";
+/// The cache's upload token in these clusters.
+pub(crate) const TOKEN: &str = "e2e-upload-token";
 
 pub(crate) fn status(cp: &str) -> Option<ClusterStatusView> {
     commands::rpc::block_on_local(async {
