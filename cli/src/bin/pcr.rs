@@ -129,15 +129,6 @@ fn table(header: &[&str], rows: &[Vec<String>], style: &Style) -> String {
     out
 }
 
-fn short(hash: &str) -> String {
-    let h = hash.strip_prefix("sha256:").unwrap_or(hash);
-    if h.is_empty() {
-        "-".into()
-    } else {
-        h.chars().take(12).collect()
-    }
-}
-
 fn age(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
@@ -251,16 +242,20 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
 
 /// `with_project`: a PROJECT column first (when no `--project` filters).
 fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> String {
+    if s.vms.is_empty() && s.unplaced.is_empty() {
+        return "No VMs\n".into();
+    }
     let rows: Vec<Vec<String>> = s
         .vms
         .iter()
         .map(|v| {
-            let mut row = Vec::with_capacity(9);
+            let mut row = Vec::with_capacity(10);
             if with_project {
                 row.push(v.project.clone());
             }
             row.extend([
                 v.name.clone(),
+                cli::output::or_dash(&v.vm_id),
                 if v.worker_id.is_empty() {
                     "-".into()
                 } else {
@@ -268,8 +263,8 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
                 },
                 v.state.map_or("-".into(), |st| st.to_string()),
                 drift_cell(v.drift, style),
-                short(&v.desired_hash),
-                short(&v.observed_hash),
+                cli::output::short_hash(&v.desired_hash),
+                cli::output::short_hash(&v.observed_hash),
                 format!("{:.1}", v.metrics.cpu_percent),
                 format!("{:.1}", v.metrics.rss_bytes as f64 / (1024.0 * 1024.0)),
             ]);
@@ -279,6 +274,7 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
     let header = [
         "PROJECT",
         "NAME",
+        "ID",
         "WORKER",
         "STATE",
         "DRIFT",
@@ -358,7 +354,6 @@ fn render_generations(
     let now = commands::telemetry::now_ms();
     let rows: Vec<Vec<String>> = gens
         .iter()
-        .rev()
         .map(|g| {
             let is_active = active
                 .iter()
@@ -374,7 +369,7 @@ fn render_generations(
                     g.number.to_string()
                 },
                 g.commit.clone(),
-                short(&g.intent_hash),
+                cli::output::short_hash(&g.intent_hash),
                 g.vm_count.to_string(),
                 format!("{} ago", age(now.saturating_sub(g.published_at_ms))),
             ]);
@@ -439,9 +434,11 @@ async fn real_main(args: Args) -> Result<String, CliError> {
             if let Some(p) = &f.project {
                 only_project(&mut s, p);
             }
-            let gens = master
+            let mut gens = master
                 .generations(f.project.as_ref().map(ProjectName::as_str))
                 .await?;
+            // Newest first, in the table and in --json alike.
+            gens.reverse();
             if args.master.json {
                 to_json(&serde_json::json!({ "active": s.generations, "generations": gens }))
             } else {
@@ -511,10 +508,8 @@ mod tests {
     }
 
     #[test]
-    fn ages_and_hashes_shorten() {
+    fn ages_shorten() {
         assert_eq!(age(999), "999ms");
         assert_eq!(age(61_000), "61s");
-        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
-        assert_eq!(short(""), "-");
     }
 }

@@ -1,0 +1,278 @@
+//! Errors a person understands, played against the real binaries: every
+//! row of issue 18's table of cryptic errors (a control plane address that
+//! answers HTTP, a worker tool pointed at a control plane, a dead worker
+//! reached through the control plane, a URL where host:port is expected,
+//! a malformed store path, empty and wrongly shaped spec files), with the
+//! message asserted; `--version` on every binary; and the renamed flags'
+//! old names still accepted.
+//!
+//! Needs the workspace's binaries (`cargo build --workspace --bins`).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
+use testkit::services::ControlPlaneArgs;
+use testkit::{bin, wait_until};
+
+/// Runs `tool` with `args`; its output, whatever the exit status.
+fn run(tool: &str, args: &[&str]) -> Output {
+    Command::new(bin(tool))
+        .args(args)
+        .env_remove("PCR_TOKEN")
+        .env_remove("PCR_TOKEN_FILE")
+        .env_remove("PCR_CONTROL_PLANE")
+        .env_remove("PCR_WORKER_ADDR")
+        .output()
+        .unwrap()
+}
+
+/// `tool args` must fail; its stderr, which must contain `want`.
+fn fails_with(tool: &str, args: &[&str], want: &str) -> String {
+    let out = run(tool, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{tool} {args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains(want),
+        "{tool} {args:?}: want {want:?} in {err:?}"
+    );
+    err
+}
+
+/// `tool args` must succeed; its stdout.
+fn ok(tool: &str, args: &[&str]) -> String {
+    let out = run(tool, args);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_binary_has_version() {
+    for tool in [
+        "pcr",
+        "pcr-test",
+        "pcr-worker-test",
+        "cache",
+        "ci_service",
+        "control_plane",
+        "worker",
+        "repohub",
+        "autonix",
+    ] {
+        let out = ok(tool, &["--version"]);
+        let want = format!("{tool} {}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(out.trim(), want, "{tool} --version");
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// An address nothing listens on.
+const NOWHERE: &str = "127.0.0.1:1";
+
+/// `pcr-test publish-state` of `spec` as generation 1 to [`NOWHERE`].
+fn publish_args(spec: &str) -> Vec<&str> {
+    vec![
+        "--control-plane",
+        NOWHERE,
+        "publish-state",
+        "--commit",
+        "c",
+        "--generation",
+        "1",
+        "--spec",
+        spec,
+    ]
+}
+
+#[test]
+fn spec_files_that_are_empty_or_of_the_wrong_shape_are_refused_with_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let empty = write(d.path(), "empty.json", "[]");
+    let number = write(d.path(), "number.json", "42");
+    let strings = write(d.path(), "strings.json", r#"["web-0"]"#);
+    let object = write(d.path(), "object.json", r#"{"vms": []}"#);
+    // Local input is checked before any connection: no server is needed,
+    // and the unreachable address proves no call was made.
+    let nowhere = NOWHERE;
+    let err = fails_with(
+        "pcr-test",
+        &publish_args(&empty),
+        &format!(
+            "no VMs in {empty}; to remove every VM of project default publish with --allow-empty"
+        ),
+    );
+    assert!(!err.contains("RawVmSpec"), "{err}");
+    fails_with(
+        "pcr-test",
+        &publish_args(&number),
+        &format!(
+            "{number}: expected a VmSpec object or a JSON array of VmSpec objects, found a number"
+        ),
+    );
+    fails_with(
+        "pcr-test",
+        &publish_args(&strings),
+        "found an array holding a string",
+    );
+    fails_with(
+        "pcr-test",
+        &publish_args(&object),
+        &format!("{object}: the object is not a VM spec: unknown field `vms`"),
+    );
+    // create-vm with nothing to create fails instead of exiting 0 silently.
+    fails_with(
+        "pcr-worker-test",
+        &["--worker", nowhere, "create-vm", "--spec", &empty],
+        &format!("no VMs in {empty}: nothing to create"),
+    );
+    fails_with(
+        "pcr-worker-test",
+        &["--worker", nowhere, "create-vm", "--spec", &number],
+        "expected a VmSpec object or a JSON array of VmSpec objects, found a number",
+    );
+}
+
+#[test]
+fn a_url_where_an_address_is_expected_gets_the_fix() {
+    fails_with(
+        "pcr",
+        &["--control-plane", "http://127.0.0.1:7000/", "status"],
+        "drop the scheme: 127.0.0.1:7000",
+    );
+    fails_with(
+        "pcr-worker-test",
+        &["--worker", "http://127.0.0.1:6000", "read"],
+        "drop the scheme: 127.0.0.1:6000",
+    );
+}
+
+/// A control plane with workers host-a and host-b (heartbeat timeout 1 s)
+/// and a cache: a real HTTP server on loopback.
+fn cluster() -> Cluster {
+    let mut opts = ClusterOpts::new(vec![WorkerOpts::new("host-a"), WorkerOpts::new("host-b")]);
+    opts.control_plane = ControlPlaneArgs {
+        heartbeat_timeout_ms: Some(1000),
+        ..ControlPlaneArgs::default()
+    };
+    opts.cache = true;
+    Cluster::start(opts, |_, real| real.to_owned())
+}
+
+#[test]
+fn the_wrong_server_and_a_dead_worker_are_named() {
+    let mut c = cluster();
+    let cp = c.cp.addr.clone();
+    let http = c.cache().addr.clone();
+    let host_a = c.workers["host-a"].1.addr.clone();
+    wait_until(Duration::from_secs(30), "2 healthy workers", || {
+        let out = ok("pcr", &["--control-plane", &cp, "--json", "workers"]);
+        let w: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (w.as_array()?
+            .iter()
+            .filter(|w| w["healthy"] == true)
+            .count()
+            == 2)
+            .then_some(())
+    });
+
+    // An HTTP server where a control plane or a worker is expected.
+    fails_with(
+        "pcr",
+        &["--control-plane", &http, "status"],
+        &format!("{http} is not a Procurator control plane (it answered HTTP)"),
+    );
+    fails_with(
+        "pcr-worker-test",
+        &["--worker", &http, "read"],
+        &format!("{http} is not a Procurator worker (it answered HTTP)"),
+    );
+    // The other Procurator service, both ways; `--addr` is the old name
+    // of `--worker` and still works.
+    for flag in ["--worker", "--addr"] {
+        fails_with(
+            "pcr-worker-test",
+            &[flag, &cp, "list-vms"],
+            &format!("{cp} is a control plane, not a worker"),
+        );
+    }
+    fails_with(
+        "pcr",
+        &["--control-plane", &host_a, "status"],
+        &format!("{host_a} is a worker, not a control plane"),
+    );
+    // The right one, under both names; a worker without VMs says so.
+    for flag in ["--worker", "--addr"] {
+        assert_eq!(
+            ok("pcr-worker-test", &[flag, &host_a, "list-vms"]),
+            "No VMs\n"
+        );
+    }
+    assert_eq!(ok("pcr", &["--control-plane", &cp, "vms"]), "No VMs\n");
+    // An explicit empty generation is accepted with --allow-empty.
+    let d = tempfile::tempdir().unwrap();
+    let empty = write(d.path(), "empty.json", "[]");
+    let out = ok(
+        "pcr-test",
+        &[
+            "--control-plane",
+            &cp,
+            "publish-state",
+            "--commit",
+            "c",
+            "--generation",
+            "1",
+            "--spec",
+            &empty,
+            "--allow-empty",
+        ],
+    );
+    assert!(out.contains("generation 1: published; 0 placed"), "{out}");
+
+    // A dead worker reached through the control plane is named, with when
+    // it was last seen, instead of "Peer disconnected".
+    ok(
+        "pcr-test",
+        &["--control-plane", &cp, "worker", "host-b", "read"],
+    );
+    c.kill_worker("host-b");
+    let err = wait_until(Duration::from_secs(15), "host-b seen as gone", || {
+        let out = run(
+            "pcr-test",
+            &["--control-plane", &cp, "worker", "host-b", "read"],
+        );
+        (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    assert!(
+        err.contains("worker host-b is not connected (last seen "),
+        "{err}"
+    );
+    assert!(!err.contains("Peer disconnected"), "{err}");
+
+    // `cache info` of something that is not a store path says what one is.
+    let data = c.cache_data();
+    let err = fails_with(
+        "cache",
+        &[
+            "info",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "/nix/store/zzzz",
+        ],
+        "/nix/store/zzzz is not a store path: expected /nix/store/HASH-NAME",
+    );
+    assert!(err.contains("32 characters of Nix base32"), "{err}");
+}
