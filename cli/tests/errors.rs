@@ -83,11 +83,11 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// An address nothing listens on.
 const NOWHERE: &str = "127.0.0.1:1";
 
-/// `pcr-test publish-state` of `spec` as generation 1 to [`NOWHERE`].
-fn publish_args(spec: &str) -> Vec<&str> {
+/// `pcr-test publish-state` of `spec` as generation 1 to `cp`.
+fn publish_to<'a>(cp: &'a str, spec: &'a str) -> Vec<&'a str> {
     vec![
         "--control-plane",
-        NOWHERE,
+        cp,
         "publish-state",
         "--commit",
         "c",
@@ -110,7 +110,7 @@ fn spec_files_that_are_empty_or_of_the_wrong_shape_are_refused_with_the_reason()
     let nowhere = NOWHERE;
     let err = fails_with(
         "pcr-test",
-        &publish_args(&empty),
+        &publish_to(NOWHERE, &empty),
         &format!(
             "no VMs in {empty}; to remove every VM of project default publish with --allow-empty"
         ),
@@ -118,19 +118,19 @@ fn spec_files_that_are_empty_or_of_the_wrong_shape_are_refused_with_the_reason()
     assert!(!err.contains("RawVmSpec"), "{err}");
     fails_with(
         "pcr-test",
-        &publish_args(&number),
+        &publish_to(NOWHERE, &number),
         &format!(
             "{number}: expected a VmSpec object or a JSON array of VmSpec objects, found a number"
         ),
     );
     fails_with(
         "pcr-test",
-        &publish_args(&strings),
+        &publish_to(NOWHERE, &strings),
         "found an array holding a string",
     );
     fails_with(
         "pcr-test",
-        &publish_args(&object),
+        &publish_to(NOWHERE, &object),
         &format!("{object}: the object is not a VM spec: unknown field `vms`"),
     );
     // create-vm with nothing to create fails instead of exiting 0 silently.
@@ -189,31 +189,49 @@ fn the_wrong_server_and_a_dead_worker_are_named() {
             .then_some(())
     });
 
-    // An HTTP server where a control plane or a worker is expected.
-    fails_with(
-        "pcr",
-        &["--control-plane", &http, "status"],
-        &format!("{http} is not a Procurator control plane (it answered HTTP)"),
-    );
-    fails_with(
-        "pcr-worker-test",
-        &["--worker", &http, "read"],
-        &format!("{http} is not a Procurator worker (it answered HTTP)"),
-    );
-    // The other Procurator service, both ways; `--addr` is the old name
-    // of `--worker` and still works.
-    for flag in ["--worker", "--addr"] {
-        fails_with(
+    // An HTTP server where a control plane or a worker is expected, and
+    // the other Procurator service, both ways; `--addr` is the old name of
+    // `--worker` and still works.
+    let cases = [
+        (
+            "pcr",
+            "--control-plane",
+            &http,
+            "status",
+            format!("{http} is not a Procurator control plane (it answered HTTP)"),
+        ),
+        (
             "pcr-worker-test",
-            &[flag, &cp, "list-vms"],
-            &format!("{cp} is a control plane, not a worker"),
-        );
+            "--worker",
+            &http,
+            "read",
+            format!("{http} is not a Procurator worker (it answered HTTP)"),
+        ),
+        (
+            "pcr-worker-test",
+            "--worker",
+            &cp,
+            "list-vms",
+            format!("{cp} is a control plane, not a worker"),
+        ),
+        (
+            "pcr-worker-test",
+            "--addr",
+            &cp,
+            "list-vms",
+            format!("{cp} is a control plane, not a worker"),
+        ),
+        (
+            "pcr",
+            "--control-plane",
+            &host_a,
+            "status",
+            format!("{host_a} is a worker, not a control plane"),
+        ),
+    ];
+    for (tool, flag, addr, verb, want) in &cases {
+        fails_with(tool, &[flag, addr, verb], want);
     }
-    fails_with(
-        "pcr",
-        &["--control-plane", &host_a, "status"],
-        &format!("{host_a} is a worker, not a control plane"),
-    );
     // The right one, under both names; a worker without VMs says so.
     for flag in ["--worker", "--addr"] {
         assert_eq!(
@@ -225,21 +243,9 @@ fn the_wrong_server_and_a_dead_worker_are_named() {
     // An explicit empty generation is accepted with --allow-empty.
     let d = tempfile::tempdir().unwrap();
     let empty = write(d.path(), "empty.json", "[]");
-    let out = ok(
-        "pcr-test",
-        &[
-            "--control-plane",
-            &cp,
-            "publish-state",
-            "--commit",
-            "c",
-            "--generation",
-            "1",
-            "--spec",
-            &empty,
-            "--allow-empty",
-        ],
-    );
+    let mut args = publish_to(&cp, &empty);
+    args.push("--allow-empty");
+    let out = ok("pcr-test", &args);
     assert!(out.contains("generation 1: published; 0 placed"), "{out}");
 
     // A dead worker reached through the control plane is named, with when

@@ -122,7 +122,7 @@ fn parse_id(s: &str) -> Result<VmId, CliError> {
 /// Reads one spec or a list of specs; errors name the file and the field.
 /// A file without a spec is refused: creating nothing is never what the
 /// caller meant.
-fn read_specs(path: &PathBuf) -> Result<Vec<VmSpec>, CliError> {
+fn read_specs(path: &std::path::Path) -> Result<Vec<VmSpec>, CliError> {
     let specs =
         cli::specs::read_spec_file(path).map_err(|e| CliError::Input(output::error_chain(&e)))?;
     if specs.is_empty() {
