@@ -172,6 +172,48 @@ fn cluster() -> Cluster {
     Cluster::start(opts, |_, real| real.to_owned())
 }
 
+/// Runs `pcr status --watch --interval 1` until it printed `n` statuses
+/// (or 20 s passed); how many it printed.
+fn watch_status(cp: &str, n: usize) -> usize {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("pcr"))
+        .args([
+            "--control-plane",
+            cp,
+            "status",
+            "--watch",
+            "--interval",
+            "1",
+        ])
+        .env_remove("PCR_TOKEN")
+        .env_remove("PCR_TOKEN_FILE")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("workers:") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while seen < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if rx.recv_timeout(left).is_err() {
+            break;
+        }
+        seen += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seen
+}
+
 #[test]
 fn the_wrong_server_and_a_dead_worker_are_named() {
     let mut c = cluster();
@@ -240,6 +282,23 @@ fn the_wrong_server_and_a_dead_worker_are_named() {
         );
     }
     assert_eq!(ok("pcr", &["--control-plane", &cp, "vms"]), "No VMs\n");
+    // `workers --wide` adds the allocated side and what workers report.
+    let wide = ok("pcr", &["--control-plane", &cp, "workers", "--wide"]);
+    let header = wide.lines().next().unwrap();
+    for col in [
+        "CPU FREE",
+        "CPU ALLOC",
+        "MEM ALLOC (MiB)",
+        "LOAD",
+        "MEM USED (MiB)",
+    ] {
+        assert!(header.contains(col), "{wide}");
+    }
+    assert!(wide.contains("0/4"), "nothing allocated yet: {wide}");
+    let narrow = ok("pcr", &["--control-plane", &cp, "workers"]);
+    assert!(!narrow.contains("CPU ALLOC"), "{narrow}");
+    // `status --watch` keeps fetching: two statuses within a few seconds.
+    assert_eq!(watch_status(&cp, 2), 2);
     // An explicit empty generation is accepted with --allow-empty.
     let d = tempfile::tempdir().unwrap();
     let empty = write(d.path(), "empty.json", "[]");
@@ -267,6 +326,12 @@ fn the_wrong_server_and_a_dead_worker_are_named() {
         "{err}"
     );
     assert!(!err.contains("Peer disconnected"), "{err}");
+    // `pcr status` names the dead worker once the heartbeat timeout passed.
+    wait_until(Duration::from_secs(15), "host-b named unhealthy", || {
+        let out = ok("pcr", &["--control-plane", &cp, "status"]);
+        out.contains("workers:     1/2 healthy\n  host-b unhealthy: last seen ")
+            .then_some(())
+    });
 
     // `cache info` of something that is not a store path says what one is.
     let data = c.cache_data();

@@ -17,9 +17,9 @@ type Args = cli::master::Cli<Cmd>;
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Active generations, convergence, worker health and what is unplaced.
-    Status(Filter),
+    Status(StatusArgs),
     /// Every worker with health and free resources.
-    Workers,
+    Workers(WorkersArgs),
     /// Every VM: project, placement, desired vs observed hash, drift, metrics.
     Vms(Filter),
     /// The active generation of each project and the ones published before it.
@@ -38,6 +38,29 @@ struct Filter {
     /// project, with a PROJECT column).
     #[arg(long)]
     project: Option<ProjectName>,
+}
+
+/// `status`: which project, and whether to keep watching.
+#[derive(Debug, ClapArgs)]
+struct StatusArgs {
+    #[command(flatten)]
+    filter: Filter,
+    /// Keep showing the status, fetched again every --interval seconds,
+    /// until interrupted (on a terminal the screen is redrawn in place).
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between two fetches with --watch.
+    #[arg(long, default_value_t = 2, requires = "watch")]
+    interval: u64,
+}
+
+/// `workers`: how many columns.
+#[derive(Debug, ClapArgs)]
+struct WorkersArgs {
+    /// Also show what the scheduler allocated on each worker (the used side
+    /// of FREE) and what the worker reports: load average and memory used.
+    #[arg(long)]
+    wide: bool,
 }
 
 /// Keeps only `project`'s generations, VMs and unplaced VMs (workers stay:
@@ -177,6 +200,14 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
             style.bad(&ws)
         }
     ));
+    // Name each dead worker: a count alone sends the user hunting.
+    for w in s.workers.iter().filter(|w| !w.healthy) {
+        out.push_str(&format!(
+            "  {} unhealthy: last seen {} ago\n",
+            style.bad(&w.worker_id),
+            age(w.last_seen_ms_ago)
+        ));
+    }
     let count = |d: Drift| s.vms.iter().filter(|v| v.drift == d).count();
     out.push_str(&format!(
         "vms:         {} desired, {} converged, {} pending, {} drifted, {} failed, {} orphaned\n",
@@ -195,14 +226,14 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     out
 }
 
-fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
+fn render_workers(s: &ClusterStatusView, wide: bool, style: &Style) -> String {
     let rows: Vec<Vec<String>> = s
         .workers
         .iter()
         .map(|w| {
             let free = w.free();
             let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            vec![
+            let mut row = vec![
                 w.worker_id.clone(),
                 w.address.clone(),
                 if w.healthy {
@@ -213,6 +244,16 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
                 age(w.last_seen_ms_ago),
                 format!("{}/{}", free.cpu, w.capacity.cpu),
                 format!("{}/{}", free.memory_mb, w.capacity.memory_mb),
+            ];
+            if wide {
+                row.extend([
+                    format!("{}/{}", w.allocated.cpu, w.capacity.cpu),
+                    format!("{}/{}", w.allocated.memory_mb, w.capacity.memory_mb),
+                    format!("{:.2}", w.metrics.load_average),
+                    w.metrics.memory_used_mb.to_string(),
+                ]);
+            }
+            row.extend([
                 w.vm_count.to_string(),
                 w.observed_generation.to_string(),
                 if labels.is_empty() {
@@ -220,24 +261,23 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
                 } else {
                     labels.join(",")
                 },
-            ]
+            ]);
+            row
         })
         .collect();
-    table(
-        &[
-            "WORKER",
-            "ADDRESS",
-            "HEALTH",
-            "SEEN",
-            "CPU FREE",
-            "MEM FREE (MiB)",
-            "VMS",
-            "GEN",
-            "LABELS",
-        ],
-        &rows,
-        style,
-    )
+    let mut header = vec![
+        "WORKER",
+        "ADDRESS",
+        "HEALTH",
+        "SEEN",
+        "CPU FREE",
+        "MEM FREE (MiB)",
+    ];
+    if wide {
+        header.extend(["CPU ALLOC", "MEM ALLOC (MiB)", "LOAD", "MEM USED (MiB)"]);
+    }
+    header.extend(["VMS", "GEN", "LABELS"]);
+    table(&header, &rows, style)
 }
 
 /// `with_project`: a PROJECT column first (when no `--project` filters).
@@ -397,23 +437,40 @@ async fn real_main(args: Args) -> Result<String, CliError> {
     let master = args.master.connect().await?;
     let style = Style::detect();
     let out = match args.command {
-        Cmd::Status(f) => {
-            let mut s = master.status().await?;
-            if let Some(p) = &f.project {
-                only_project(&mut s, p);
+        Cmd::Status(a) => {
+            let show = |mut s: ClusterStatusView| {
+                if let Some(p) = &a.filter.project {
+                    only_project(&mut s, p);
+                }
+                if args.master.json {
+                    to_json(&s)
+                } else {
+                    render_status(&s, &style)
+                }
+            };
+            if a.watch {
+                // Until interrupted; a failed fetch ends it with the error.
+                let clear = std::io::stdout().is_terminal();
+                loop {
+                    let text = show(master.status().await?);
+                    if clear {
+                        cli::output::print_str("\x1b[H\x1b[2J");
+                    }
+                    cli::output::print_str(&text);
+                    if !clear {
+                        cli::output::print_str("\n");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(a.interval)).await;
+                }
             }
-            if args.master.json {
-                to_json(&s)
-            } else {
-                render_status(&s, &style)
-            }
+            show(master.status().await?)
         }
-        Cmd::Workers => {
+        Cmd::Workers(w) => {
             let s = master.status().await?;
             if args.master.json {
                 to_json(&s.workers)
             } else {
-                render_workers(&s, &style)
+                render_workers(&s, w.wide, &style)
             }
         }
         Cmd::Vms(f) => {
