@@ -161,7 +161,8 @@ async fn worker_call<T>(
     }
 }
 
-use cli::output::{print_as, print_lines};
+// Human lines shorten hashes as every table does; --json keeps them whole.
+use cli::output::{print_as, print_lines, short_hash};
 
 /// The specs `publish-state` sends, read and checked before connecting so
 /// bad input fails fast, whatever the server.
@@ -247,7 +248,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                         "{}/{} {} cpu={} memoryMb={}",
                         s.project(),
                         s.name(),
-                        s.content_hash(),
+                        short_hash(s.content_hash()),
                         s.cpu(),
                         s.memory_mb()
                     );
@@ -276,7 +277,12 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 for v in &s.vms {
                     println!(
                         "vm {}/{} worker={} desired={} observed={} drift={}",
-                        v.project, v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift
+                        v.project,
+                        v.name,
+                        v.worker_id,
+                        short_hash(&v.desired_hash),
+                        short_hash(&v.observed_hash),
+                        v.drift
                     );
                 }
                 for u in &s.unplaced {
@@ -293,7 +299,11 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             print_lines(args.master.json, &gens, |g| {
                 format!(
                     "{} {} {} {} vms={}",
-                    g.project, g.number, g.commit, g.intent_hash, g.vm_count
+                    g.project,
+                    g.number,
+                    g.commit,
+                    short_hash(&g.intent_hash),
+                    g.vm_count
                 )
             });
         }
@@ -320,7 +330,11 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                         let pid = v.pid.unwrap_or(0);
                         format!(
                             "{} {}/{} {} {} pid={pid}",
-                            v.id, v.project, v.name, v.content_hash, v.state
+                            v.id,
+                            v.project,
+                            v.name,
+                            short_hash(&v.content_hash),
+                            v.state
                         )
                     });
                 }
