@@ -160,15 +160,17 @@ fn a_url_where_an_address_is_expected_gets_the_fix() {
     );
 }
 
-/// A control plane with workers host-a and host-b (heartbeat timeout 1 s)
+/// A control plane with workers host-a and host-b (heartbeat timeout 3 s,
+/// three heartbeats: no flapping on a loaded machine)
 /// and a cache: a real HTTP server on loopback.
 fn cluster() -> Cluster {
     let mut opts = ClusterOpts::new(vec![WorkerOpts::new("host-a"), WorkerOpts::new("host-b")]);
     opts.control_plane = ControlPlaneArgs {
-        heartbeat_timeout_ms: Some(1000),
+        heartbeat_timeout_ms: Some(3000),
         ..ControlPlaneArgs::default()
     };
     opts.cache = true;
+    opts.fixture_store = true;
     Cluster::start(opts, |_, real| real.to_owned())
 }
 
@@ -307,6 +309,42 @@ fn the_wrong_server_and_a_dead_worker_are_named() {
     let out = ok("pcr-test", &args);
     assert!(out.contains("generation 1: published; 0 placed"), "{out}");
 
+    // `pcr vms` shows each VM's id, the one pcr-worker-test takes.
+    let specs = d.path().join("specs");
+    testkit::fixtures::write_specs(&specs, &["web-0"], |n| {
+        format!("sha256:{n}0123456789abcdef")
+    });
+    ok(
+        "pcr-test",
+        &[
+            "--control-plane",
+            &cp,
+            "publish-state",
+            "--commit",
+            "c2",
+            "--generation",
+            "2",
+            "--specs",
+            specs.to_str().unwrap(),
+        ],
+    );
+    let (vm_id, on) = wait_until(Duration::from_secs(30), "web-0 running", || {
+        let out = ok("pcr", &["--control-plane", &cp, "--json", "vms"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let vm = &v["vms"][0];
+        let id = vm["vmId"].as_str().filter(|id| !id.is_empty())?;
+        (vm["drift"] == "converged")
+            .then(|| (id.to_owned(), vm["workerId"].as_str().unwrap().to_owned()))
+    });
+    let table = ok("pcr", &["--control-plane", &cp, "vms"]);
+    assert!(table.starts_with("PROJECT  NAME   ID "), "{table}");
+    assert!(table.contains(&vm_id), "{table}");
+    // The human table shortens the hash to 12 characters, --json keeps it.
+    assert!(table.contains(" web-00123456 "), "{table}");
+    let addr = c.workers[on.as_str()].1.addr.clone();
+    let info = ok("pcr-worker-test", &["--worker", &addr, "info", &vm_id]);
+    assert!(info.contains("web-0"), "{info}");
+
     // A dead worker reached through the control plane is named, with when
     // it was last seen, instead of "Peer disconnected".
     ok(
@@ -327,7 +365,7 @@ fn the_wrong_server_and_a_dead_worker_are_named() {
     );
     assert!(!err.contains("Peer disconnected"), "{err}");
     // `pcr status` names the dead worker once the heartbeat timeout passed.
-    wait_until(Duration::from_secs(15), "host-b named unhealthy", || {
+    wait_until(Duration::from_secs(30), "host-b named unhealthy", || {
         let out = ok("pcr", &["--control-plane", &cp, "status"]);
         out.contains("workers:     1/2 healthy\n  host-b unhealthy: last seen ")
             .then_some(())
