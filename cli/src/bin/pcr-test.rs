@@ -26,8 +26,11 @@ enum Cmd {
         /// The project the generation belongs to.
         #[arg(long, default_value = commands::types::DEFAULT_PROJECT)]
         project: ProjectName,
+        /// The commit the generation was built from (shown by `pcr generation`).
         #[arg(long)]
         commit: String,
+        /// The generation number: higher than the project's active one, or
+        /// equal with the same intent hash (an idempotent re-publish).
         #[arg(long)]
         generation: u64,
         /// Default: sha256 of the specs (sorted by name, as JSON).
@@ -36,6 +39,7 @@ enum Cmd {
         /// VmSpec JSON files (`--spec a.json b.json` or repeated).
         #[arg(long = "spec", num_args = 1..)]
         spec: Vec<PathBuf>,
+        /// A directory: every *.json file in it is read, in name order.
         #[arg(long)]
         specs: Option<PathBuf>,
         /// Publish even when the files hold no VM: the generation then
@@ -46,9 +50,12 @@ enum Cmd {
     /// A worker's assignment (long-poll: waits while nothing is newer than
     /// --last-generation/--last-revision).
     GetAssignment {
+        /// The worker id (as `pcr workers` lists it).
         worker: String,
+        /// The generation the worker already has (0: none).
         #[arg(long, default_value_t = 0)]
         last_generation: u64,
+        /// The assignment revision the worker already has (0: none).
         #[arg(long, default_value_t = 0)]
         last_revision: u64,
     },
@@ -62,6 +69,7 @@ enum Cmd {
     },
     /// Call a worker through the control plane.
     Worker {
+        /// The worker id (as `pcr workers` lists it).
         worker: String,
         #[command(subcommand)]
         call: WorkerCall,

@@ -62,20 +62,27 @@ enum Cmd {
     },
     /// Stop and remove a VM.
     DeleteVm {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
     /// Everything the worker knows about a VM.
     Info {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
+    /// Pause a running VM (its vCPUs stop; memory is kept).
     Pause {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
+    /// Resume a paused VM.
     Resume {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
     /// The end of a VM's serial console.
     Logs {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
         /// How many lines (0: the worker's default).
         #[arg(short = 'n', long, default_value_t = 0)]
