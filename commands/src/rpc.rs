@@ -121,7 +121,7 @@ pub enum RpcError {
     },
     #[error("timed out connecting to {addr} after {secs}s")]
     Timeout { addr: String, secs: u64 },
-    #[error("{addr} is a URL, but a host:port address is expected: drop the scheme: {hint}")]
+    #[error("{addr} is a URL, but a host:port address is expected (drop the scheme: {hint})")]
     Url { addr: String, hint: String },
     #[error("{addr} is not a Procurator {expected} ({why})")]
     NotProcurator {
@@ -672,6 +672,38 @@ pub fn block_on_local<F: std::future::Future>(f: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_failures_name_the_peer_that_is_not_what_was_expected() {
+        let say = |e: capnp::Error| {
+            classify_login_failure("h:1", "control plane", "worker", e).to_string()
+        };
+        // What capnp reports when an HTTP server answers the bootstrap.
+        let http = capnp::Error::failed(format!("Too many segments: {HTTP_AS_SEGMENT_COUNT}"));
+        assert_eq!(
+            say(http),
+            "h:1 is not a Procurator control plane (it answered HTTP)"
+        );
+        let other = capnp::Error::failed("Too many segments: 70000".into());
+        assert_eq!(
+            say(other),
+            "h:1 is not a Procurator control plane (it does not speak Cap'n Proto)"
+        );
+        let unimplemented = capnp::Error::unimplemented("Method not implemented.".into());
+        assert_eq!(say(unimplemented), "h:1 is a worker, not a control plane");
+        // Anything else keeps capnp's words.
+        let gone = capnp::Error::disconnected("Peer disconnected.".into());
+        assert_eq!(say(gone), "login to h:1 failed: Peer disconnected.");
+    }
+
+    #[tokio::test]
+    async fn a_url_for_an_address_gets_the_address_to_use() {
+        let e = resolve("http://127.0.0.1:7000/").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "http://127.0.0.1:7000/ is a URL, but a host:port address is expected (drop the scheme: 127.0.0.1:7000)"
+        );
+    }
 
     #[test]
     fn a_message_over_the_size_limit_is_refused_before_its_body_is_read() {
