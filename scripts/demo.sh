@@ -21,6 +21,9 @@ BIN=$ROOT/target/debug
 CACHE_ADDR=127.0.0.1:5000
 CP_ADDR=127.0.0.1:7000
 CI_ADDR=127.0.0.1:7100
+# host-a listens on pcr-worker-test's default address (the worker's own
+# default --listen), so `pcr-worker-test list-vms` needs no --worker.
+worker_addr() { case $1 in host-a) echo 127.0.0.1:6000 ;; *) echo 127.0.0.1:6001 ;; esac; }
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -128,7 +131,7 @@ start cache "$BIN/cache" serve --listen $CACHE_ADDR --data-dir "$STATE/cache/dat
 start control_plane "$BIN/control_plane" --listen $CP_ADDR --startup-grace-ms 500 \
   --token-file "$SECRETS/control-plane-tokens"
 for host in host-a host-b; do
-  start "worker-$host" "$BIN/worker" --listen 127.0.0.1:0 --worker-id $host \
+  start "worker-$host" "$BIN/worker" --listen "$(worker_addr $host)" --worker-id $host \
     --cpu 4 --memory-mb 4096 --ch-binary "$CH" \
     --run-dir "$STATE/hosts/$host/run" --store-root "$STATE/hosts/$host/store" \
     --closure-source "http://$CACHE_ADDR" --cache-public-key "$PUBLIC_KEY" \
@@ -197,7 +200,7 @@ done
 say "each VM's serial console says"
 for host in host-a host-b; do
   addr=$(grep -m1 '^listening on ' "$STATE/logs/worker-$host.log" | cut -d' ' -f3)
-  wt() { "$BIN/pcr-worker-test" --addr "$addr" "$@"; }
+  wt() { "$BIN/pcr-worker-test" --worker "$addr" "$@"; }
   for id in $(wt --json list-vms | grep -o '"id": *"[^"]*"' | cut -d'"' -f4); do
     proj=$(wt --json info "$id" 2>/dev/null | grep -m1 -o '"project": *"[^"]*"' | cut -d'"' -f4 || true)
     line=
@@ -222,6 +225,7 @@ Every VM of both projects runs. Try the loop yourself:
   $BIN/pcr status                 # generations, convergence, VMs, workers
   $BIN/pcr projects               # quota, usage, generation per project
   $BIN/pcr vms --project team-b   # one project's VMs
+  $BIN/pcr-worker-test list-vms   # host-a's VMs (--worker 127.0.0.1:6001: host-b's)
   curl -s http://$CI_ADDR/jobs    # CI jobs; /jobs/N/log?follow=1 follows one
   logs: $STATE/logs/
 

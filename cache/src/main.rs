@@ -15,7 +15,11 @@ use cache::{Config, nar::EntryKind};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cache", about = "Procurator's Nix binary cache server")]
+#[command(
+    name = "cache",
+    version,
+    about = "Procurator's Nix binary cache server"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "CACHE_LOG_JSON")]

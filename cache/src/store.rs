@@ -898,10 +898,15 @@ impl Store {
             .strip_prefix(&self.store_dir)
             .map(|s| s.trim_start_matches('/'))
             .unwrap_or(arg);
-        let hash = base
-            .get(..32)
-            .filter(|h| is_hash_part(h))
-            .ok_or_else(|| StoreError::BadPath(arg.to_owned()))?;
+        // Say what a store path looks like: the bare argument alone
+        // ("error: /nix/store/zzzz") left the user guessing.
+        let hash = base.get(..32).filter(|h| is_hash_part(h)).ok_or_else(|| {
+            StoreError::BadPath(format!(
+                "{arg} is not a store path: expected {}/HASH-NAME, HASH-NAME or HASH, \
+                     where HASH is 32 characters of Nix base32 (0-9 and a-z without e, o, u, t)",
+                self.store_dir
+            ))
+        })?;
         let row = index::get_path(&self.conn(), hash)?
             .ok_or_else(|| StoreError::NotFound(arg.to_owned()))?;
         if base.len() > 32 && row.store_path != base {

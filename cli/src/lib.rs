@@ -4,3 +4,4 @@
 pub mod init;
 pub mod master;
 pub mod output;
+pub mod specs;

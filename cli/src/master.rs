@@ -32,6 +32,7 @@ pub struct MasterArgs {
 // doc comment as every tool's help text; each tool gives its own through
 // `parse_as`.)
 #[derive(Debug, clap::Parser)]
+#[command(version)]
 pub struct Cli<C: clap::Subcommand> {
     #[command(flatten)]
     pub master: MasterArgs,

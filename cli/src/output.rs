@@ -191,9 +191,31 @@ pub fn labels<'a>(it: impl IntoIterator<Item = (&'a String, &'a String)>) -> Str
     }
 }
 
+/// The length every human table shortens a hash to (`--json` keeps the
+/// whole hash).
+pub const SHORT_HASH: usize = 12;
+
+/// A hash as human tables show it: without its `sha256:` prefix, the first
+/// [`SHORT_HASH`] characters, `-` when empty.
+pub fn short_hash(hash: &str) -> String {
+    let h = hash.strip_prefix("sha256:").unwrap_or(hash);
+    if h.is_empty() {
+        "-".into()
+    } else {
+        h.chars().take(SHORT_HASH).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_shorten_to_one_length() {
+        assert_eq!(short_hash("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_hash(&"f".repeat(64)).len(), SHORT_HASH);
+        assert_eq!(short_hash(""), "-");
+    }
 
     #[test]
     fn table_aligns_without_trailing_spaces() {

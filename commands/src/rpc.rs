@@ -121,6 +121,20 @@ pub enum RpcError {
     },
     #[error("timed out connecting to {addr} after {secs}s")]
     Timeout { addr: String, secs: u64 },
+    #[error("{addr} is a URL, but a host:port address is expected (drop the scheme: {hint})")]
+    Url { addr: String, hint: String },
+    #[error("{addr} is not a Procurator {expected} ({why})")]
+    NotProcurator {
+        addr: String,
+        expected: &'static str,
+        why: &'static str,
+    },
+    #[error("{addr} is a {actual}, not a {expected}")]
+    WrongService {
+        addr: String,
+        actual: &'static str,
+        expected: &'static str,
+    },
     #[error("cannot resolve {addr}")]
     Resolve {
         addr: String,
@@ -420,6 +434,14 @@ impl<T> Connection<T> {
 
 /// Resolves `addr` ("host:port") to its first socket address.
 pub async fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
+    // A URL where host:port is expected is a common slip (the HTTP services
+    // take URLs); name the fix instead of failing to resolve "http".
+    if let Some((_, rest)) = addr.split_once("://") {
+        return Err(RpcError::Url {
+            addr: addr.to_owned(),
+            hint: rest.trim_end_matches('/').to_owned(),
+        });
+    }
     let mut it = tokio::net::lookup_host(addr)
         .await
         .map_err(|source| RpcError::Resolve {
@@ -491,9 +513,53 @@ fn login_failed(addr: &str, source: capnp::Error) -> RpcError {
     }
 }
 
+/// The first four bytes of an HTTP answer ("HTTP") read as a Cap'n Proto
+/// frame header give this segment count (the header stores count − 1).
+const HTTP_AS_SEGMENT_COUNT: &str = "1347703881";
+
+/// What a failed login says about the peer. A server that is not Cap'n
+/// Proto answers bytes that do not frame (an HTTP server answers "HTTP/1.1
+/// 400", read as a huge segment count); the other Procurator service
+/// answers the login call with "unimplemented", its bootstrap interface
+/// being the other login. Both are named instead of capnp's wording.
+fn classify_login_failure(
+    addr: &str,
+    expected: &'static str,
+    other: &'static str,
+    source: capnp::Error,
+) -> RpcError {
+    let text = &source.extra;
+    if text.contains(HTTP_AS_SEGMENT_COUNT) {
+        return RpcError::NotProcurator {
+            addr: addr.to_owned(),
+            expected,
+            why: "it answered HTTP",
+        };
+    }
+    if text.contains("Too many segments")
+        || text.contains("Message ends prematurely")
+        || text.contains("too large")
+    {
+        return RpcError::NotProcurator {
+            addr: addr.to_owned(),
+            expected,
+            why: "it does not speak Cap'n Proto",
+        };
+    }
+    if source.kind == capnp::ErrorKind::Unimplemented {
+        return RpcError::WrongService {
+            addr: addr.to_owned(),
+            actual: other,
+            expected,
+        };
+    }
+    login_failed(addr, source)
+}
+
 /// Awaits a login reply within `timeout`.
 async fn await_login<T>(
     addr: &str,
+    (expected, other): (&'static str, &'static str),
     timeout: Duration,
     promise: capnp::capability::Promise<capnp::capability::Response<T>, capnp::Error>,
 ) -> Result<capnp::capability::Response<T>, RpcError>
@@ -505,7 +571,7 @@ where
             addr: addr.to_owned(),
             secs: timeout.as_secs(),
         }),
-        Ok(r) => r.map_err(|e| login_failed(addr, e)),
+        Ok(r) => r.map_err(|e| classify_login_failure(addr, expected, other, e)),
     }
 }
 
@@ -539,14 +605,16 @@ pub type Login<T> = Result<(Connection<T>, SessionInfo), RpcError>;
 /// common trait to be generic over.
 macro_rules! login {
     // A session not bound to a worker id.
-    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident) => {
-        login!($addr, $timeout, $token, $login, $get, |_session| None)
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $kinds:expr, $get:ident) => {
+        login!($addr, $timeout, $token, $login, $kinds, $get, |_session| {
+            None
+        })
     };
-    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $get:ident, |$session:ident| $worker_id:expr) => {{
+    ($addr:ident, $timeout:ident, $token:ident, $login:ty, $kinds:expr, $get:ident, |$session:ident| $worker_id:expr) => {{
         let conn = connect::<$login>($addr, $timeout).await?;
         let mut req = conn.client.login_request();
         req.get().set_token($token);
-        let reply = await_login($addr, $timeout, req.send().promise).await?;
+        let reply = await_login($addr, $kinds, $timeout, req.send().promise).await?;
         let reply = reply.get().map_err(|e| login_failed($addr, e))?;
         let $session = crate::convert::result_from_capnp(
             reply.get_result().map_err(|e| login_failed($addr, e))?,
@@ -571,6 +639,7 @@ pub async fn connect_master(addr: &str, timeout: Duration, token: &str) -> Login
         timeout,
         token,
         master_login::Client,
+        ("control plane", "worker"),
         get_master,
         |session| crate::convert::text(session.get_worker_id())
             .map_err(|e| convert_failed(addr, e))
@@ -580,7 +649,14 @@ pub async fn connect_master(addr: &str, timeout: Duration, token: &str) -> Login
 
 /// Connects to a worker and logs in with `token` (see [`connect_master`]).
 pub async fn connect_worker(addr: &str, timeout: Duration, token: &str) -> Login<worker::Client> {
-    login!(addr, timeout, token, worker_login::Client, get_worker)
+    login!(
+        addr,
+        timeout,
+        token,
+        worker_login::Client,
+        ("worker", "control plane"),
+        get_worker
+    )
 }
 
 /// Runs `f` on a fresh current-thread runtime inside a `LocalSet`: what a
@@ -596,6 +672,38 @@ pub fn block_on_local<F: std::future::Future>(f: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_failures_name_the_peer_that_is_not_what_was_expected() {
+        let say = |e: capnp::Error| {
+            classify_login_failure("h:1", "control plane", "worker", e).to_string()
+        };
+        // What capnp reports when an HTTP server answers the bootstrap.
+        let http = capnp::Error::failed(format!("Too many segments: {HTTP_AS_SEGMENT_COUNT}"));
+        assert_eq!(
+            say(http),
+            "h:1 is not a Procurator control plane (it answered HTTP)"
+        );
+        let other = capnp::Error::failed("Too many segments: 70000".into());
+        assert_eq!(
+            say(other),
+            "h:1 is not a Procurator control plane (it does not speak Cap'n Proto)"
+        );
+        let unimplemented = capnp::Error::unimplemented("Method not implemented.".into());
+        assert_eq!(say(unimplemented), "h:1 is a worker, not a control plane");
+        // Anything else keeps capnp's words.
+        let gone = capnp::Error::disconnected("Peer disconnected.".into());
+        assert_eq!(say(gone), "login to h:1 failed: Peer disconnected.");
+    }
+
+    #[tokio::test]
+    async fn a_url_for_an_address_gets_the_address_to_use() {
+        let e = resolve("http://127.0.0.1:7000/").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "http://127.0.0.1:7000/ is a URL, but a host:port address is expected (drop the scheme: 127.0.0.1:7000)"
+        );
+    }
 
     #[test]
     fn a_message_over_the_size_limit_is_refused_before_its_body_is_read() {

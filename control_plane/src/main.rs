@@ -11,6 +11,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "control_plane",
+    version,
     about = "Procurator control plane (Master RPC server)"
 )]
 struct Args {

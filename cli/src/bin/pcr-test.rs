@@ -18,14 +18,19 @@ type Args = cli::master::Cli<Cmd>;
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Publish a generation of one project: the VmSpec JSON files given with
-    /// --spec and/or every *.json file in --specs DIR. Other projects' VMs
-    /// are not touched; an empty --specs DIR deletes the project's VMs.
+    /// --spec and/or every *.json file in --specs DIR (each file one spec
+    /// object or an array of them). Other projects' VMs are not touched; a
+    /// generation without VMs (deleting the project's VMs) needs
+    /// --allow-empty.
     PublishState {
         /// The project the generation belongs to.
         #[arg(long, default_value = commands::types::DEFAULT_PROJECT)]
         project: ProjectName,
+        /// The commit the generation was built from (shown by `pcr generation`).
         #[arg(long)]
         commit: String,
+        /// The generation number: higher than the project's active one, or
+        /// equal with the same intent hash (an idempotent re-publish).
         #[arg(long)]
         generation: u64,
         /// Default: sha256 of the specs (sorted by name, as JSON).
@@ -34,21 +39,29 @@ enum Cmd {
         /// VmSpec JSON files (`--spec a.json b.json` or repeated).
         #[arg(long = "spec", num_args = 1..)]
         spec: Vec<PathBuf>,
+        /// A directory: every *.json file in it is read, in name order.
         #[arg(long)]
         specs: Option<PathBuf>,
+        /// Publish even when the files hold no VM: the generation then
+        /// removes every VM of the project.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// A worker's assignment (long-poll: waits while nothing is newer than
     /// --last-generation/--last-revision).
     GetAssignment {
+        /// The worker id (as `pcr workers` lists it).
         worker: String,
+        /// The generation the worker already has (0: none).
         #[arg(long, default_value_t = 0)]
         last_generation: u64,
+        /// The assignment revision the worker already has (0: none).
         #[arg(long, default_value_t = 0)]
         last_revision: u64,
     },
     /// The whole cluster status.
     ClusterStatus,
-    /// Generations published since the control plane started.
+    /// Generations published since the control plane started, newest first.
     Generations {
         /// Only this project's (default: every project's).
         #[arg(long)]
@@ -56,6 +69,7 @@ enum Cmd {
     },
     /// Call a worker through the control plane.
     Worker {
+        /// The worker id (as `pcr workers` lists it).
         worker: String,
         #[command(subcommand)]
         call: WorkerCall,
@@ -81,11 +95,14 @@ enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{} is not a VM spec", path.display())]
-    Spec {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Spec(#[from] cli::specs::SpecFileError),
+    #[error(
+        "no VMs in {files}; to remove every VM of project {project} publish with --allow-empty"
+    )]
+    Empty { files: String, project: ProjectName },
+    #[error("worker {worker} is not connected ({seen})")]
+    WorkerGone { worker: String, seen: String },
     #[error(transparent)]
     Client(#[from] commands::client::ClientError),
 }
@@ -105,24 +122,86 @@ fn load_specs(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<VmSpec>, CliE
         found.sort();
         paths.extend(found);
     }
-    paths
-        .iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(p).map_err(|source| CliError::Read {
-                path: p.clone(),
-                source,
-            })?;
-            VmSpec::from_json(&text).map_err(|source| CliError::Spec {
-                path: p.clone(),
-                source,
-            })
-        })
-        .collect()
+    let mut specs = Vec::new();
+    for p in &paths {
+        specs.extend(cli::specs::read_spec_file(p)?);
+    }
+    Ok(specs)
 }
 
-use cli::output::{print_as, print_lines};
+/// Names the files a publish read, for the "no VMs" error.
+fn describe(files: &[PathBuf], dir: Option<&Path>) -> String {
+    let mut names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    if let Some(d) = dir {
+        names.push(format!("{} (every *.json)", d.display()));
+    }
+    names.join(", ")
+}
+
+/// A worker call that failed because the worker's connection is gone is
+/// named as such, with when the control plane last heard from the worker,
+/// instead of capnp's "Peer disconnected".
+async fn worker_call<T>(
+    master: &commands::client::MasterClient,
+    worker: &str,
+    r: Result<T, commands::client::ClientError>,
+) -> Result<T, CliError> {
+    match r {
+        Err(e) if e.is_disconnected() => {
+            let seen = match master.status().await {
+                Ok(s) => s.workers.iter().find(|w| w.worker_id == worker).map_or(
+                    "the control plane no longer lists it".to_owned(),
+                    |w| {
+                        format!(
+                            "last seen {} ago",
+                            cli::output::duration_ms(w.last_seen_ms_ago)
+                        )
+                    },
+                ),
+                Err(_) => "its connection to the control plane is closed".to_owned(),
+            };
+            Err(CliError::WorkerGone {
+                worker: worker.to_owned(),
+                seen,
+            })
+        }
+        r => Ok(r?),
+    }
+}
+
+// Human lines shorten hashes as every table does; --json keeps them whole.
+use cli::output::{print_as, print_lines, short_hash};
+
+/// The specs `publish-state` sends, read and checked before connecting so
+/// bad input fails fast, whatever the server.
+fn publish_specs(cmd: &Cmd) -> Result<Vec<VmSpec>, CliError> {
+    let Cmd::PublishState {
+        project,
+        spec,
+        specs,
+        allow_empty,
+        ..
+    } = cmd
+    else {
+        return Ok(Vec::new());
+    };
+    if spec.is_empty() && specs.is_none() {
+        return Err(CliError::Usage(
+            "give --spec FILE (repeatable) or --specs DIR".into(),
+        ));
+    }
+    let list = load_specs(spec, specs.as_deref())?;
+    if list.is_empty() && !allow_empty {
+        return Err(CliError::Empty {
+            files: describe(spec, specs.as_deref()),
+            project: project.clone(),
+        });
+    }
+    Ok(list)
+}
 
 async fn real_main(args: Args) -> Result<(), CliError> {
+    let list = publish_specs(&args.command)?;
     let master = args.master.connect().await?;
     match args.command {
         Cmd::PublishState {
@@ -130,15 +209,8 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             commit,
             generation,
             intent_hash: intent,
-            spec,
-            specs,
+            ..
         } => {
-            if spec.is_empty() && specs.is_none() {
-                return Err(CliError::Usage(
-                    "give --spec FILE (repeatable) or --specs DIR".into(),
-                ));
-            }
-            let list = load_specs(&spec, specs.as_deref())?;
             let intent =
                 intent.unwrap_or_else(|| commands::types::intent_hash(&list).hash.into_string());
             let o = master
@@ -184,7 +256,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                         "{}/{} {} cpu={} memoryMb={}",
                         s.project(),
                         s.name(),
-                        s.content_hash(),
+                        short_hash(s.content_hash()),
                         s.cpu(),
                         s.memory_mb()
                     );
@@ -213,7 +285,12 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                 for v in &s.vms {
                     println!(
                         "vm {}/{} worker={} desired={} observed={} drift={}",
-                        v.project, v.name, v.worker_id, v.desired_hash, v.observed_hash, v.drift
+                        v.project,
+                        v.name,
+                        v.worker_id,
+                        short_hash(&v.desired_hash),
+                        short_hash(&v.observed_hash),
+                        v.drift
                     );
                 }
                 for u in &s.unplaced {
@@ -222,13 +299,19 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             });
         }
         Cmd::Generations { project } => {
-            let gens = master
+            let mut gens = master
                 .generations(project.as_ref().map(ProjectName::as_str))
                 .await?;
+            // Newest first, as `pcr generation` lists them.
+            gens.reverse();
             print_lines(args.master.json, &gens, |g| {
                 format!(
                     "{} {} {} {} vms={}",
-                    g.project, g.number, g.commit, g.intent_hash, g.vm_count
+                    g.project,
+                    g.number,
+                    g.commit,
+                    short_hash(&g.intent_hash),
+                    g.vm_count
                 )
             });
         }
@@ -236,7 +319,7 @@ async fn real_main(args: Args) -> Result<(), CliError> {
             let w = master.worker(&worker).await?;
             match call {
                 WorkerCall::Read => {
-                    let st = w.read().await?;
+                    let st = worker_call(&master, &worker, w.read().await).await?;
                     print_as(args.master.json, &st, |st| {
                         println!(
                             "worker {} {} vms={} cpu={} memoryMb={} version={}",
@@ -250,12 +333,16 @@ async fn real_main(args: Args) -> Result<(), CliError> {
                     });
                 }
                 WorkerCall::ListVms => {
-                    let vms = w.list_vms().await?;
+                    let vms = worker_call(&master, &worker, w.list_vms().await).await?;
                     print_lines(args.master.json, &vms, |v| {
                         let pid = v.pid.unwrap_or(0);
                         format!(
                             "{} {}/{} {} {} pid={pid}",
-                            v.id, v.project, v.name, v.content_hash, v.state
+                            v.id,
+                            v.project,
+                            v.name,
+                            short_hash(&v.content_hash),
+                            v.state
                         )
                     });
                 }

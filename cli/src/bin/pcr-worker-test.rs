@@ -19,17 +19,20 @@ use commands::types::{Resources, VmId, VmSpec, VmStatus};
 #[derive(Debug, Parser)]
 #[command(
     name = "pcr-worker-test",
+    version,
     about = "Call a Procurator worker directly (testing and debugging)"
 )]
 struct Args {
-    /// The worker's Cap'n Proto address.
+    /// The worker's Cap'n Proto address (host:port, what its --listen or
+    /// --advertise says; `pcr workers` lists them). `--addr` is the old name.
     #[arg(
-        long,
+        long = "worker",
+        alias = "addr",
         global = true,
         env = "PCR_WORKER_ADDR",
         default_value = "127.0.0.1:6000"
     )]
-    addr: String,
+    worker: String,
     /// File holding the token to log in with (else $PCR_TOKEN, else the
     /// file $PCR_TOKEN_FILE names; none is needed on a loopback server
     /// without a token file).
@@ -59,20 +62,27 @@ enum Cmd {
     },
     /// Stop and remove a VM.
     DeleteVm {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
     /// Everything the worker knows about a VM.
     Info {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
+    /// Pause a running VM (its vCPUs stop; memory is kept).
     Pause {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
+    /// Resume a paused VM.
     Resume {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
     },
     /// The end of a VM's serial console.
     Logs {
+        /// The VM id (`list-vms`, or the ID column of `pcr vms`).
         id: String,
         /// How many lines (0: the worker's default).
         #[arg(short = 'n', long, default_value_t = 0)]
@@ -117,24 +127,18 @@ fn parse_id(s: &str) -> Result<VmId, CliError> {
 }
 
 /// Reads one spec or a list of specs; errors name the file and the field.
-fn read_specs(path: &PathBuf) -> Result<Vec<VmSpec>, CliError> {
-    let text = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| CliError::Input(format!("cannot read stdin: {e}")))?
-    } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| CliError::Input(format!("cannot read {}: {e}", path.display())))?
-    };
-    let bad =
-        |e: serde_json::Error| CliError::Input(format!("{}: invalid VM spec: {e}", path.display()));
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
-    match value {
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .map(|v| serde_json::from_value::<VmSpec>(v).map_err(bad))
-            .collect(),
-        v => Ok(vec![serde_json::from_value::<VmSpec>(v).map_err(bad)?]),
+/// A file without a spec is refused: creating nothing is never what the
+/// caller meant.
+fn read_specs(path: &std::path::Path) -> Result<Vec<VmSpec>, CliError> {
+    let specs =
+        cli::specs::read_spec_file(path).map_err(|e| CliError::Input(output::error_chain(&e)))?;
+    if specs.is_empty() {
+        return Err(CliError::Input(format!(
+            "no VMs in {}: nothing to create",
+            path.display()
+        )));
     }
+    Ok(specs)
 }
 
 fn vm_table(vms: &[VmStatus]) -> Table {
@@ -151,7 +155,7 @@ fn vm_table(vms: &[VmStatus]) -> Table {
             v.cpu.to_string(),
             format!("{} MiB", v.memory_mb),
             output::age(v.created_at_ms, now),
-            v.content_hash.clone(),
+            output::short_hash(&v.content_hash),
             output::or_dash(&v.error),
         ]);
     }
@@ -167,7 +171,7 @@ async fn run(args: &Args) -> Result<(), CliError> {
     let token = commands::auth::client_token(args.token_file.as_deref())
         .map_err(|e| CliError::Rpc(output::error_chain(&e)))?;
     let w = WorkerClient::connect(
-        &args.addr,
+        &args.worker,
         Duration::from_secs(args.connect_timeout_secs),
         &token,
     )
@@ -215,7 +219,7 @@ async fn list_vms(w: &WorkerClient, json: bool) -> Result<(), CliError> {
     if json {
         output::print_json(&vms);
     } else if vms.is_empty() {
-        output::print_str("no VMs\n");
+        output::print_str("No VMs\n");
     } else {
         vm_table(&vms).print();
     }

@@ -17,9 +17,9 @@ type Args = cli::master::Cli<Cmd>;
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Active generations, convergence, worker health and what is unplaced.
-    Status(Filter),
+    Status(StatusArgs),
     /// Every worker with health and free resources.
-    Workers,
+    Workers(WorkersArgs),
     /// Every VM: project, placement, desired vs observed hash, drift, metrics.
     Vms(Filter),
     /// The active generation of each project and the ones published before it.
@@ -38,6 +38,29 @@ struct Filter {
     /// project, with a PROJECT column).
     #[arg(long)]
     project: Option<ProjectName>,
+}
+
+/// `status`: which project, and whether to keep watching.
+#[derive(Debug, ClapArgs)]
+struct StatusArgs {
+    #[command(flatten)]
+    filter: Filter,
+    /// Keep showing the status, fetched again every --interval seconds,
+    /// until interrupted (on a terminal the screen is redrawn in place).
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between two fetches with --watch.
+    #[arg(long, default_value_t = 2, requires = "watch")]
+    interval: u64,
+}
+
+/// `workers`: how many columns.
+#[derive(Debug, ClapArgs)]
+struct WorkersArgs {
+    /// Also show what the scheduler allocated on each worker (the used side
+    /// of FREE) and what the worker reports: load average and memory used.
+    #[arg(long)]
+    wide: bool,
 }
 
 /// Keeps only `project`'s generations, VMs and unplaced VMs (workers stay:
@@ -129,15 +152,6 @@ fn table(header: &[&str], rows: &[Vec<String>], style: &Style) -> String {
     out
 }
 
-fn short(hash: &str) -> String {
-    let h = hash.strip_prefix("sha256:").unwrap_or(hash);
-    if h.is_empty() {
-        "-".into()
-    } else {
-        h.chars().take(12).collect()
-    }
-}
-
 fn age(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
@@ -186,6 +200,14 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
             style.bad(&ws)
         }
     ));
+    // Name each dead worker: a count alone sends the user hunting.
+    for w in s.workers.iter().filter(|w| !w.healthy) {
+        out.push_str(&format!(
+            "  {} unhealthy: last seen {} ago\n",
+            style.bad(&w.worker_id),
+            age(w.last_seen_ms_ago)
+        ));
+    }
     let count = |d: Drift| s.vms.iter().filter(|v| v.drift == d).count();
     out.push_str(&format!(
         "vms:         {} desired, {} converged, {} pending, {} drifted, {} failed, {} orphaned\n",
@@ -204,14 +226,14 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     out
 }
 
-fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
+fn render_workers(s: &ClusterStatusView, wide: bool, style: &Style) -> String {
     let rows: Vec<Vec<String>> = s
         .workers
         .iter()
         .map(|w| {
             let free = w.free();
             let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            vec![
+            let mut row = vec![
                 w.worker_id.clone(),
                 w.address.clone(),
                 if w.healthy {
@@ -222,6 +244,16 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
                 age(w.last_seen_ms_ago),
                 format!("{}/{}", free.cpu, w.capacity.cpu),
                 format!("{}/{}", free.memory_mb, w.capacity.memory_mb),
+            ];
+            if wide {
+                row.extend([
+                    format!("{}/{}", w.allocated.cpu, w.capacity.cpu),
+                    format!("{}/{}", w.allocated.memory_mb, w.capacity.memory_mb),
+                    format!("{:.2}", w.metrics.load_average),
+                    w.metrics.memory_used_mb.to_string(),
+                ]);
+            }
+            row.extend([
                 w.vm_count.to_string(),
                 w.observed_generation.to_string(),
                 if labels.is_empty() {
@@ -229,38 +261,41 @@ fn render_workers(s: &ClusterStatusView, style: &Style) -> String {
                 } else {
                     labels.join(",")
                 },
-            ]
+            ]);
+            row
         })
         .collect();
-    table(
-        &[
-            "WORKER",
-            "ADDRESS",
-            "HEALTH",
-            "SEEN",
-            "CPU FREE",
-            "MEM FREE (MiB)",
-            "VMS",
-            "GEN",
-            "LABELS",
-        ],
-        &rows,
-        style,
-    )
+    let mut header = vec![
+        "WORKER",
+        "ADDRESS",
+        "HEALTH",
+        "SEEN",
+        "CPU FREE",
+        "MEM FREE (MiB)",
+    ];
+    if wide {
+        header.extend(["CPU ALLOC", "MEM ALLOC (MiB)", "LOAD", "MEM USED (MiB)"]);
+    }
+    header.extend(["VMS", "GEN", "LABELS"]);
+    table(&header, &rows, style)
 }
 
 /// `with_project`: a PROJECT column first (when no `--project` filters).
 fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> String {
+    if s.vms.is_empty() && s.unplaced.is_empty() {
+        return "No VMs\n".into();
+    }
     let rows: Vec<Vec<String>> = s
         .vms
         .iter()
         .map(|v| {
-            let mut row = Vec::with_capacity(9);
+            let mut row = Vec::with_capacity(10);
             if with_project {
                 row.push(v.project.clone());
             }
             row.extend([
                 v.name.clone(),
+                cli::output::or_dash(&v.vm_id),
                 if v.worker_id.is_empty() {
                     "-".into()
                 } else {
@@ -268,8 +303,8 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
                 },
                 v.state.map_or("-".into(), |st| st.to_string()),
                 drift_cell(v.drift, style),
-                short(&v.desired_hash),
-                short(&v.observed_hash),
+                cli::output::short_hash(&v.desired_hash),
+                cli::output::short_hash(&v.observed_hash),
                 format!("{:.1}", v.metrics.cpu_percent),
                 format!("{:.1}", v.metrics.rss_bytes as f64 / (1024.0 * 1024.0)),
             ]);
@@ -279,6 +314,7 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
     let header = [
         "PROJECT",
         "NAME",
+        "ID",
         "WORKER",
         "STATE",
         "DRIFT",
@@ -358,7 +394,6 @@ fn render_generations(
     let now = commands::telemetry::now_ms();
     let rows: Vec<Vec<String>> = gens
         .iter()
-        .rev()
         .map(|g| {
             let is_active = active
                 .iter()
@@ -374,7 +409,7 @@ fn render_generations(
                     g.number.to_string()
                 },
                 g.commit.clone(),
-                short(&g.intent_hash),
+                cli::output::short_hash(&g.intent_hash),
                 g.vm_count.to_string(),
                 format!("{} ago", age(now.saturating_sub(g.published_at_ms))),
             ]);
@@ -402,23 +437,40 @@ async fn real_main(args: Args) -> Result<String, CliError> {
     let master = args.master.connect().await?;
     let style = Style::detect();
     let out = match args.command {
-        Cmd::Status(f) => {
-            let mut s = master.status().await?;
-            if let Some(p) = &f.project {
-                only_project(&mut s, p);
+        Cmd::Status(a) => {
+            let show = |mut s: ClusterStatusView| {
+                if let Some(p) = &a.filter.project {
+                    only_project(&mut s, p);
+                }
+                if args.master.json {
+                    to_json(&s)
+                } else {
+                    render_status(&s, &style)
+                }
+            };
+            if a.watch {
+                // Until interrupted; a failed fetch ends it with the error.
+                let clear = std::io::stdout().is_terminal();
+                loop {
+                    let text = show(master.status().await?);
+                    if clear {
+                        cli::output::print_str("\x1b[H\x1b[2J");
+                    }
+                    cli::output::print_str(&text);
+                    if !clear {
+                        cli::output::print_str("\n");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(a.interval)).await;
+                }
             }
-            if args.master.json {
-                to_json(&s)
-            } else {
-                render_status(&s, &style)
-            }
+            show(master.status().await?)
         }
-        Cmd::Workers => {
+        Cmd::Workers(w) => {
             let s = master.status().await?;
             if args.master.json {
                 to_json(&s.workers)
             } else {
-                render_workers(&s, &style)
+                render_workers(&s, w.wide, &style)
             }
         }
         Cmd::Vms(f) => {
@@ -439,9 +491,11 @@ async fn real_main(args: Args) -> Result<String, CliError> {
             if let Some(p) = &f.project {
                 only_project(&mut s, p);
             }
-            let gens = master
+            let mut gens = master
                 .generations(f.project.as_ref().map(ProjectName::as_str))
                 .await?;
+            // Newest first, in the table and in --json alike.
+            gens.reverse();
             if args.master.json {
                 to_json(&serde_json::json!({ "active": s.generations, "generations": gens }))
             } else {
@@ -511,10 +565,8 @@ mod tests {
     }
 
     #[test]
-    fn ages_and_hashes_shorten() {
+    fn ages_shorten() {
         assert_eq!(age(999), "999ms");
         assert_eq!(age(61_000), "61s");
-        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
-        assert_eq!(short(""), "-");
     }
 }

@@ -35,6 +35,12 @@ impl ClientError {
     pub fn is_overloaded(&self) -> bool {
         matches!(self, ClientError::Rpc(e) if e.kind == capnp::ErrorKind::Overloaded)
     }
+
+    /// The connection the call travelled on is gone (for a worker reached
+    /// through the control plane: the worker's connection to it).
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, ClientError::Rpc(e) if e.kind == capnp::ErrorKind::Disconnected)
+    }
 }
 
 pub(crate) fn len32(n: usize) -> u32 {
