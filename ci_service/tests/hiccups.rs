@@ -100,7 +100,7 @@ fn a_job_survives_the_cache_restarting_mid_upload() {
     let job = wait_job(&url, id, Duration::from_secs(120));
     let text = log(&url, id);
     assert_eq!(job["state"], "succeeded", "{job}\n{text}");
-    assert!(text.contains("pinned as generation-1"), "{text}");
+    assert!(text.contains("pinned as default/generation-1"), "{text}");
     let lines: Vec<&str> = text.lines().collect();
     let last_retry = lines
         .iter()
