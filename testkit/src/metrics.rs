@@ -45,24 +45,50 @@ pub async fn scrape_async(url: &str) -> Scrape {
 }
 
 /// The value of sample `name` whose labels include every pair of `labels`
-/// (counters and gauges; a histogram's `_count`), summed over the series
-/// that match; 0 when none does.
+/// (counters and gauges), summed over the series that match; 0 when none
+/// does. A histogram's `<name>_count` is read from its `+Inf` bucket when
+/// the parser kept no separate sample for it (it drops an unlabelled one).
 pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let direct: Vec<f64> = matching(scrape, name, labels)
+        .filter_map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    if !direct.is_empty() {
+        return direct.iter().sum();
+    }
+    let Some(base) = name.strip_suffix("_count") else {
+        return 0.0;
+    };
+    matching(scrape, base, labels)
+        .map(|s| match &s.value {
+            Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// The samples of `name` whose labels include every pair of `labels`.
+fn matching<'a>(
+    scrape: &'a Scrape,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a prometheus_parse::Sample> + 'a {
     scrape
         .samples
         .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
-            Value::Summary(_) => 0.0,
-        })
-        .sum()
+        .filter(move |s| s.metric == name)
+        .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
 }
 
 /// Whether the scrape has a sample named `name` at all (HELP/TYPE alone
 /// do not count).
 pub fn has(scrape: &Scrape, name: &str) -> bool {
     scrape.samples.iter().any(|s| s.metric == name)
+}
+
+/// How many series of `name` have labels including every pair of `labels`.
+pub fn series(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> usize {
+    matching(scrape, name, labels).count()
 }
