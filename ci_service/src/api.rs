@@ -4,7 +4,7 @@
 //! context/architecture.md. Reading jobs, logs, specs and generations
 //! needs a `reader` (or `admin`) token of `--api-token-file` as
 //! `Authorization: Bearer`; the push hook has its own secret; `/healthz`
-//! is open.
+//! and `/metrics` (counts and durations only) are open.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub readers: commands::auth::Authenticator,
     pub wake: Arc<Notify>,
     pub publisher: Publisher,
+    /// Served on `/metrics`; the runner observes step durations into it.
+    pub metrics: crate::metrics::CiMetrics,
 }
 
 // By hand: the hook secret must not be printed.
@@ -77,6 +79,9 @@ pub fn router(state: AppState) -> Router {
             post(push).layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY)),
         )
         .route("/healthz", get(health))
+        // Open like /healthz: counts and durations, no names (see
+        // crate::metrics).
+        .route("/metrics", get(metrics))
         .merge(reads)
         .with_state(state)
 }
@@ -221,6 +226,20 @@ async fn health(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
+async fn metrics(State(st): State<AppState>) -> Response {
+    let db = st.db.clone();
+    let metrics = st.metrics.clone();
+    // SQLite is blocking: count off the async threads.
+    match tokio::task::spawn_blocking(move || metrics.render(&db)).await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, commands::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     follow: Option<String>,
@@ -317,6 +336,7 @@ mod tests {
             .execute("UPDATE jobs SET state = 'exploded'", [])
             .unwrap();
         let app = router(AppState {
+            metrics: crate::metrics::CiMetrics::default(),
             db: Arc::new(db),
             data_dir: tmp.path().to_owned(),
             hook_secret: None,

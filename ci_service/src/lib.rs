@@ -6,6 +6,7 @@ pub mod api;
 pub mod db;
 pub mod deploy;
 pub mod hook;
+pub mod metrics;
 pub mod pin;
 pub mod publisher;
 pub mod runner;
@@ -250,7 +251,9 @@ pub async fn run(
         None => Publisher::disabled(),
     };
     let wake = Arc::new(Notify::new());
+    let metrics = metrics::CiMetrics::default();
     let runner = Arc::new(Runner {
+        metrics: metrics.clone(),
         db: db.clone(),
         nix,
         eval_nix,
@@ -271,6 +274,7 @@ pub async fn run(
         readers: config.api_auth.clone(),
         wake,
         publisher,
+        metrics,
     });
     let token = shutdown.clone();
     let served = axum::serve(listener, app)

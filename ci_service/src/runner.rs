@@ -96,6 +96,8 @@ pub struct Runner {
     pub publisher: Publisher,
     pub deploy: DeployRights,
     pub wake: Arc<Notify>,
+    /// Step durations are observed here when a job ends.
+    pub metrics: crate::metrics::CiMetrics,
 }
 
 // By hand: the upload token is redacted.
@@ -267,6 +269,7 @@ impl Runner {
             .pipeline(job, claimed.deploy_ref.as_deref(), &mut log, &mut timings)
             .await;
         let _ = self.db.set_timings(job.id, &timings);
+        self.metrics.job_finished(&timings);
         match result {
             Ok(Outcome::Published(project, n)) => {
                 log.final_line(&format!("succeeded: generation {n} of project {project}"));
