@@ -87,17 +87,7 @@ fn metrics_need_no_token_when_reads_do() {
 
     // A push event for a repository that does not exist: a job is queued
     // and fails; either way the jobs gauge counts one.
-    let event = serde_json::json!({
-        "repo": h.dir().join("missing.git").display().to_string(),
-        "ref": "refs/heads/main", "old": "0".repeat(40), "new": "a".repeat(40),
-    });
-    let (status, body) = request(
-        http::Method::POST,
-        &format!("{url}/hooks/push"),
-        &[],
-        Some(event),
-    );
-    assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
+    push_event_for_missing_repo(&h, &url);
     let after = scrape(&format!("{url}/metrics"));
     assert_eq!(value(&after, "procurator_ci_jobs", &[]), 1.0);
 }

@@ -389,20 +389,7 @@ fn the_read_api_needs_a_reader_token() {
     );
     let url = ci.url();
     // The hook is not a reader: it pushes with its own secret (none here).
-    let event = serde_json::json!({
-        "repo": h.dir().join("missing.git").display().to_string(),
-        "ref": "refs/heads/main", "old": "0".repeat(40), "new": "a".repeat(40),
-    });
-    let (status, body) = request(
-        http::Method::POST,
-        &format!("{url}/hooks/push"),
-        &[],
-        Some(event),
-    );
-    assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
-    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
-        .as_i64()
-        .unwrap();
+    let id = push_event_for_missing_repo(&h, &url);
 
     let bearer = |t: &str| vec![(http::header::AUTHORIZATION, format!("Bearer {t}"))];
     let reads = [

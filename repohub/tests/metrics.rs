@@ -6,20 +6,14 @@
 
 mod support;
 
-use support::{FakeCi, app_and_server, git_async, push_main, work_repo};
+use support::{FakeCi, ann_with_p_r, app_and_server, git_async, push_main, work_repo};
 use testkit::metrics::{scrape_async, series, value};
-
-const PW: &str = "correct horse battery";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_views_and_pushes_move_the_repohub_metrics() {
     let ci = FakeCi::start().await;
     let (app, srv) = app_and_server(ci.configure()).await;
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
+    let (_ann, token) = ann_with_p_r(&app).await;
     let metrics = srv.url("/metrics");
     let requests = "procurator_repohub_http_requests_total";
     let page = [
