@@ -90,6 +90,21 @@ impl Metrics {
         f
     }
 
+    /// Registers one counter without labels (a family keyed by no labels
+    /// would render `name{}`, which some parsers refuse).
+    pub fn counter(&mut self, name: &str, help: &str) -> Counter {
+        let c = Counter::default();
+        self.registry.register(name, help, c.clone());
+        c
+    }
+
+    /// Registers one latency histogram without labels; observe seconds.
+    pub fn latency(&mut self, name: &str, help: &str) -> Histogram {
+        let h = latency_histogram();
+        self.registry.register(name, help, h.clone());
+        h
+    }
+
     /// Registers a gauge family.
     pub fn gauges(&mut self, name: &str, help: &str) -> Gauges {
         let f = Gauges::default();

@@ -40,31 +40,24 @@ pub async fn scrape_async(url: &str) -> Scrape {
         ctype.starts_with("text/plain"),
         "GET {url}: content-type {ctype:?}"
     );
-    Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .unwrap_or_else(|e| panic!("{url} is not Prometheus text ({e}):\n{body}"))
+    parse(&body)
+}
+
+/// Parses Prometheus text (a registry rendered in-process, say); panics
+/// with the text when it is not.
+pub fn parse(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
 }
 
 /// The value of sample `name` whose labels include every pair of `labels`
-/// (counters and gauges), summed over the series that match; 0 when none
-/// does. A histogram's `<name>_count` is read from its `+Inf` bucket when
-/// the parser kept no separate sample for it (it drops an unlabelled one).
+/// (counters, gauges, a histogram's `_count` or `_sum`), summed over the
+/// series that match; 0 when none does.
 pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let direct: Vec<f64> = matching(scrape, name, labels)
-        .filter_map(|s| match &s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
-            _ => None,
-        })
-        .collect();
-    if !direct.is_empty() {
-        return direct.iter().sum();
-    }
-    let Some(base) = name.strip_suffix("_count") else {
-        return 0.0;
-    };
-    matching(scrape, base, labels)
+    matching(scrape, name, labels)
         .map(|s| match &s.value {
-            Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
-            _ => 0.0,
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(_) | Value::Summary(_) => 0.0,
         })
         .sum()
 }

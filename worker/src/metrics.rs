@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use commands::metrics::{Counters, FloatGauges, Gauges, Latencies, Metrics, labels};
+use commands::metrics::{
+    Counter, Counters, FloatGauges, Gauges, Histogram, Latencies, Metrics, labels,
+};
 use commands::types::{VmDetails, VmState};
 
 use crate::manager::WorkerError;
@@ -19,9 +21,9 @@ use crate::vmm::VmmError;
 pub struct WorkerMetrics {
     registry: Arc<Metrics>,
     create_seconds: Latencies,
-    delete_seconds: Latencies,
+    delete_seconds: Histogram,
     ch_api_errors: Counters,
-    pull_bytes: Counters,
+    pull_bytes: Counter,
     pull_seconds: Latencies,
     vms: Gauges,
     vm_cpu_seconds: FloatGauges,
@@ -38,7 +40,7 @@ impl Default for WorkerMetrics {
             "vm_create_seconds",
             "Time from create request to a booted VM (or the failure), by outcome.",
         );
-        let delete_seconds = m.latencies(
+        let delete_seconds = m.latency(
             "vm_delete_seconds",
             "Time to shut a VM down and remove its files.",
         );
@@ -46,7 +48,7 @@ impl Default for WorkerMetrics {
             "ch_api_errors",
             "Failed calls to a cloud-hypervisor process (its API, socket or process), by step.",
         );
-        let pull_bytes = m.counters(
+        let pull_bytes = m.counter(
             "closure_pull_bytes",
             "Bytes of store paths pulled from the binary cache.",
         );
@@ -121,9 +123,7 @@ impl WorkerMetrics {
 
     /// Records a delete that took `took`.
     pub fn deleted(&self, took: Duration) {
-        self.delete_seconds
-            .get_or_create(&Vec::new())
-            .observe(took.as_secs_f64());
+        self.delete_seconds.observe(took.as_secs_f64());
     }
 
     /// Records a closure pull of `bytes` that took `took`.
@@ -132,7 +132,7 @@ impl WorkerMetrics {
         self.pull_seconds
             .get_or_create(&labels([("outcome", outcome)]))
             .observe(took.as_secs_f64());
-        self.pull_bytes.get_or_create(&Vec::new()).inc_by(bytes);
+        self.pull_bytes.inc_by(bytes);
     }
 
     /// Sets the VM gauges from the manager's answers (called before each
