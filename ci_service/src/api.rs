@@ -4,8 +4,9 @@
 //! context/architecture.md. Reading jobs, logs, specs and generations
 //! needs a `reader` (or `admin`) token of `--api-token-file` as
 //! `Authorization: Bearer`; the push hook has its own secret; `/healthz`
-//! is open. `DELETE /jobs/{id}` cancels a job and needs an `admin` token
-//! (anyone on loopback when there is no token file, as for reads).
+//! and `/metrics` (counts and durations only) are open. `DELETE
+//! /jobs/{id}` cancels a job and needs an `admin` token (anyone on
+//! loopback when there is no token file, as for reads).
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Where `DELETE /jobs/{id}` reaches the running job.
     pub cancels: Cancels,
+    /// Served on `/metrics`; the runner observes step durations into it.
+    pub metrics: crate::metrics::CiMetrics,
 }
 
 // By hand: the hook secret must not be printed.
@@ -83,6 +86,9 @@ pub fn router(state: AppState) -> Router {
             post(push).layer(axum::extract::DefaultBodyLimit::max(MAX_HOOK_BODY)),
         )
         .route("/healthz", get(health))
+        // Open like /healthz: counts and durations, no names (see
+        // crate::metrics).
+        .route("/metrics", get(metrics))
         .merge(reads)
         .with_state(state)
 }
@@ -297,6 +303,20 @@ async fn health(State(s): State<AppState>) -> Response {
     .into_response()
 }
 
+async fn metrics(State(st): State<AppState>) -> Response {
+    let db = st.db.clone();
+    let metrics = st.metrics.clone();
+    // SQLite is blocking: count off the async threads.
+    match tokio::task::spawn_blocking(move || metrics.render(&db)).await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, commands::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
 #[derive(Deserialize)]
 struct LogQuery {
     follow: Option<String>,
@@ -393,6 +413,7 @@ mod tests {
             .execute("UPDATE jobs SET state = 'exploded'", [])
             .unwrap();
         let app = router(AppState {
+            metrics: crate::metrics::CiMetrics::default(),
             db: Arc::new(db),
             data_dir: tmp.path().to_owned(),
             hook_secret: None,

@@ -284,6 +284,15 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many jobs are in each state (states with none are absent).
+    pub fn count_by_state(&self) -> Result<Vec<(String, u64)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|r| r.map(|(s, n)| (s, n.max(0) as u64)).map_err(DbError::from))
+            .collect()
+    }
+
     /// Runs one statement on a job row.
     fn update(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), DbError> {
         self.conn().execute(sql, params)?;

@@ -7,6 +7,7 @@ pub mod build_logs;
 pub mod db;
 pub mod deploy;
 pub mod hook;
+pub mod metrics;
 pub mod pin;
 pub mod publisher;
 pub mod runner;
@@ -265,7 +266,9 @@ pub async fn run(
     };
     let wake = Arc::new(Notify::new());
     let cancels = Cancels::default();
+    let metrics = metrics::CiMetrics::default();
     let runner = Arc::new(Runner {
+        metrics: metrics.clone(),
         db: db.clone(),
         nix,
         eval_nix,
@@ -295,6 +298,7 @@ pub async fn run(
         wake,
         publisher,
         cancels,
+        metrics,
     });
     let token = shutdown.clone();
     let served = axum::serve(listener, app)

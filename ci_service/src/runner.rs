@@ -221,6 +221,8 @@ pub struct Runner {
     pub wake: Arc<Notify>,
     pub retry: RetryPolicy,
     pub cancels: Cancels,
+    /// Step durations are observed here when a job ends.
+    pub metrics: crate::metrics::CiMetrics,
 }
 
 // By hand: the upload token is redacted.
@@ -400,6 +402,7 @@ impl Runner {
             .await;
         self.cancels.end();
         let _ = self.db.set_timings(job.id, &timings);
+        self.metrics.job_finished(&timings);
         match result {
             Ok(Outcome::Published(project, n)) => {
                 log.final_line(&format!("succeeded: generation {n} of project {project}"));

@@ -389,12 +389,7 @@ fn the_read_api_needs_a_reader_token() {
     );
     let url = ci.url();
     // The hook is not a reader: it pushes with its own secret (none here).
-    let id = post_push(
-        &url,
-        &h.dir().join("missing.git").display().to_string(),
-        "refs/heads/main",
-        &"a".repeat(40),
-    );
+    let id = push_event_for_missing_repo(&h, &url);
 
     let bearer = |t: &str| vec![(http::header::AUTHORIZATION, format!("Bearer {t}"))];
     let reads = [

@@ -27,6 +27,7 @@ pub mod client;
 pub mod convert;
 pub mod daemon;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod report;
 pub mod rpc;

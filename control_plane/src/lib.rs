@@ -8,6 +8,7 @@
 //! `LocalSet` (the RPC objects are `!Send`); `server` implements
 //! `commands::service::master::MasterApi` and that adapter owns the wire.
 
+pub mod metrics;
 pub mod quota;
 pub mod scheduler;
 pub mod server;
@@ -97,6 +98,19 @@ pub async fn run_with_limits(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
+    run_with_metrics(config, auth, limits, listener, None, shutdown).await;
+}
+
+/// Like [`run_with_limits`], also answering `GET /metrics` on
+/// `metrics_listener` when given (`--metrics-listen`).
+pub async fn run_with_metrics(
+    config: Config,
+    auth: Authenticator,
+    limits: ConnLimits,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) {
     let quotas = match load_quotas(&config) {
         Ok(q) => q,
         Err(e) => {
@@ -117,6 +131,21 @@ pub async fn run_with_limits(
     let shared = Shared::new(state, config.long_poll_timeout);
     let reloader = config.quota_file.clone().map(|path| {
         tokio::task::spawn_local(reload_on_sighup(path, shared.clone(), shutdown.clone()))
+    });
+
+    let metrics_server = metrics_listener.map(|l| {
+        let shared = Rc::clone(&shared);
+        let registry = shared.metrics.registry();
+        tokio::task::spawn_local(commands::metrics::serve(
+            l,
+            registry,
+            move || {
+                let status = shared.state.borrow().cluster_status(Instant::now());
+                shared.metrics.refresh(&status);
+                std::future::ready(())
+            },
+            shutdown.clone(),
+        ))
     });
 
     // Health checks a few times per threshold, so a silent worker is noticed
@@ -140,6 +169,9 @@ pub async fn run_with_limits(
     commands::service::master::serve_limited(Rc::clone(&shared), auth, listener, limits, shutdown)
         .await;
     let _ = ticker.await;
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     if let Some(r) = reloader {
         let _ = r.await;
     }

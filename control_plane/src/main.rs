@@ -56,6 +56,13 @@ struct Args {
     /// closes the oldest waiting one (never a logged-in worker's).
     #[arg(long, env = "PCR_MAX_WAITING_CONNECTIONS", default_value_t = commands::rpc::MAX_WAITING_FOR_LOGIN)]
     max_waiting_connections: usize,
+    /// Serve Prometheus metrics (`GET /metrics`: generations, VMs by
+    /// project and drift, placements, publish latency, workers by health,
+    /// RPC calls and errors) on this address. Off unless given; given
+    /// without a value it listens on loopback 127.0.0.1:9464. The endpoint
+    /// needs no token, so only name a non-loopback address on purpose.
+    #[arg(long, env = "PCR_CONTROL_PLANE_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "PCR_LOG_JSON")]
     log_json: bool,
@@ -120,11 +127,25 @@ fn main() -> std::process::ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or(args.listen.clone());
+        let metrics_listener = match args.metrics_listen {
+            None => None,
+            Some(at) => match commands::metrics::bind(at).await {
+                Ok(l) => {
+                    tracing::info!(addr = %at, "metrics listening");
+                    Some(l)
+                }
+                Err(e) => {
+                    eprintln!("error: {}", commands::report::error_chain(&e));
+                    return std::process::ExitCode::FAILURE;
+                }
+            },
+        };
         // Tests and scripts parse this line to learn the port.
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");
         let shutdown = commands::daemon::shutdown_token();
-        control_plane::run_with_limits(config, auth, limits, listener, shutdown).await;
+        control_plane::run_with_metrics(config, auth, limits, listener, metrics_listener, shutdown)
+            .await;
         std::process::ExitCode::SUCCESS
     })
 }

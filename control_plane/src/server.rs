@@ -24,6 +24,7 @@ use commands::telemetry::now_ms;
 use commands::types::{ProjectName, WorkerId};
 use tokio::sync::watch;
 
+use crate::metrics::ControlPlaneMetrics;
 use crate::state::{Effects, State};
 
 /// State shared by every connection's `Master` object.
@@ -35,6 +36,8 @@ pub struct Shared {
     /// Bumped whenever any assignment changes; long-polls wait on it.
     changes: watch::Sender<u64>,
     long_poll_timeout: Duration,
+    /// Counted here, per RPC method; served on `--metrics-listen`.
+    pub metrics: ControlPlaneMetrics,
 }
 
 impl Shared {
@@ -44,6 +47,7 @@ impl Shared {
             caps: RefCell::new(BTreeMap::new()),
             changes: watch::channel(0).0,
             long_poll_timeout,
+            metrics: ControlPlaneMetrics::default(),
         })
     }
 
@@ -63,14 +67,23 @@ impl Shared {
 
 impl MasterApi for Shared {
     fn publish(&self, _: &Caller, p: Publish) -> Result<PublishOutcomeView, RpcFailure> {
-        let (outcome, effects) = self.state.borrow_mut().publish(
+        let started = Instant::now();
+        let published = self.state.borrow_mut().publish(
             &p.project,
             &p.commit,
             p.generation,
             &p.intent_hash,
             p.specs,
             now_ms(),
-        )?;
+        );
+        self.metrics.call("publish", &published);
+        let (outcome, effects) = published?;
+        self.metrics.published(
+            p.project.as_str(),
+            outcome.noop,
+            outcome.placed,
+            started.elapsed(),
+        );
         self.apply(effects);
         tracing::info!(project = %p.project, generation = p.generation, commit = %p.commit, noop = outcome.noop, placed = outcome.placed,
             unplaced = outcome.unplaced.len(), "generation published");
@@ -84,10 +97,12 @@ impl MasterApi for Shared {
         worker: WorkerCap,
     ) -> Result<(), RpcFailure> {
         let id = reg.worker_id.clone();
-        let effects = self
+        let registered = self
             .state
             .borrow_mut()
-            .register(reg, caller.conn, Instant::now())?;
+            .register(reg, caller.conn, Instant::now());
+        self.metrics.call("register", &registered);
+        let effects = registered?;
         self.caps.borrow_mut().insert(id, worker);
         self.apply(effects);
         Ok(())
@@ -97,6 +112,56 @@ impl MasterApi for Shared {
     /// seen, otherwise as soon as an assignment changes, otherwise after the
     /// long-poll timeout with `changed = false`.
     async fn get_assignment(&self, _: &Caller, poll: Poll) -> Result<AssignmentView, RpcFailure> {
+        let answer = self.long_poll(poll).await;
+        self.metrics.call("getAssignment", &answer);
+        answer
+    }
+
+    fn push_data(&self, caller: &Caller, report: Report) -> Result<(), RpcFailure> {
+        let pushed = self.state.borrow_mut().push_data(
+            &report.worker_id,
+            caller.conn,
+            report.observed_generation,
+            report.running,
+            report.metrics,
+            Instant::now(),
+        );
+        self.metrics.call("pushData", &pushed);
+        self.apply(pushed?);
+        Ok(())
+    }
+
+    fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
+        self.metrics.call::<()>("clusterStatus", &Ok(()));
+        self.state.borrow().cluster_status(Instant::now())
+    }
+
+    fn get_worker(&self, _: &Caller, worker: &WorkerId) -> Result<WorkerCap, RpcFailure> {
+        let cap = self.caps.borrow().get(worker).cloned().ok_or_else(|| {
+            RpcFailure::new(ErrorCode::NotFound, format!("unknown worker {worker}"))
+        });
+        self.metrics.call("getWorker", &cap);
+        cap
+    }
+
+    fn generations(&self, _: &Caller, project: Option<&ProjectName>) -> Vec<GenerationView> {
+        self.metrics.call::<()>("generations", &Ok(()));
+        self.state.borrow().generations(project)
+    }
+
+    fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
+        self.metrics.call::<()>("projects", &Ok(()));
+        self.state.borrow().projects(Instant::now())
+    }
+
+    fn disconnected(&self, conn: u64) {
+        self.state.borrow_mut().connection_closed(conn);
+    }
+}
+
+impl Shared {
+    /// `getAssignment`'s long poll (see [`MasterApi::get_assignment`]).
+    async fn long_poll(&self, poll: Poll) -> Result<AssignmentView, RpcFailure> {
         let deadline = tokio::time::Instant::now() + self.long_poll_timeout;
         // Subscribe before checking, so a change between the check and the
         // wait is not missed.
@@ -115,42 +180,5 @@ impl MasterApi for Shared {
                 _ => return self.state.borrow().current_assignment(&poll.worker_id),
             }
         }
-    }
-
-    fn push_data(&self, caller: &Caller, report: Report) -> Result<(), RpcFailure> {
-        let effects = self.state.borrow_mut().push_data(
-            &report.worker_id,
-            caller.conn,
-            report.observed_generation,
-            report.running,
-            report.metrics,
-            Instant::now(),
-        )?;
-        self.apply(effects);
-        Ok(())
-    }
-
-    fn cluster_status(&self, _: &Caller) -> ClusterStatusView {
-        self.state.borrow().cluster_status(Instant::now())
-    }
-
-    fn get_worker(&self, _: &Caller, worker: &WorkerId) -> Result<WorkerCap, RpcFailure> {
-        self.caps
-            .borrow()
-            .get(worker)
-            .cloned()
-            .ok_or_else(|| RpcFailure::new(ErrorCode::NotFound, format!("unknown worker {worker}")))
-    }
-
-    fn generations(&self, _: &Caller, project: Option<&ProjectName>) -> Vec<GenerationView> {
-        self.state.borrow().generations(project)
-    }
-
-    fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
-        self.state.borrow().projects(Instant::now())
-    }
-
-    fn disconnected(&self, conn: u64) {
-        self.state.borrow_mut().connection_closed(conn);
     }
 }

@@ -33,6 +33,10 @@ in
       example = "cache.example.org-1:AbC...=";
       description = "The cache's public key (name:base64); pulled paths must carry its signature.";
     };
+    metricsListen = common.nullableStrOption {
+      example = "127.0.0.1:9465";
+      description = "Serve Prometheus metrics (GET /metrics, no token) on this address (--metrics-listen). null: off. Keep it on loopback or a monitoring network.";
+    };
     cpu = common.option (lib.types.nullOr lib.types.ints.positive) null "vCPUs offered to VMs (null: the host's CPU count).";
     memoryMb = common.option (lib.types.nullOr lib.types.ints.positive) null "Memory in MiB offered to VMs (null: the host's MemTotal).";
     labels = common.option (lib.types.attrsOf lib.types.str) { } "Worker labels for placement (key=value).";
@@ -67,6 +71,7 @@ in
       run-dir = runDir;
       cpu = cfg.cpu;
       memory-mb = cfg.memoryMb;
+      metrics-listen = cfg.metricsListen;
       label = lib.mapAttrsToList (k: v: "${k}=${v}") cfg.labels;
       # With the host network, the worker networks each VM and owns its
       # egress rules (modules/host.nix keeps only the host-wide parts).

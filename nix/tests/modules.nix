@@ -54,7 +54,7 @@ let
     controlPlaneTokenFile = null; hookSecretFile = null; deployRef = "refs/heads/main"; nixPackage = "nix";
     ciUrl = null; ciSecretFile = null; secureCookies = false; workerId = null; advertise = null;
     cachePublicKey = null; cpu = null; memoryMb = null; labels = { }; clusterTokenFile = null;
-    cloudHypervisor = "/ch"; vmUser = null;
+    cloudHypervisor = "/ch"; vmUser = null; metricsListen = null;
     quotasFile = null; projectsFile = null; apiTokenFile = null; evalUser = "procurator-ci-eval";
     maxJobLogBytes = null; ciTokenFile = null; openSignup = false; admin = null; maxPushBytes = null;
   };
@@ -64,7 +64,7 @@ let
     controlPlaneTokenFile = "/run/keys/cpt"; hookSecretFile = "/run/keys/hs"; ciUrl = "http://ci";
     ciSecretFile = "/run/keys/cs"; secureCookies = true; workerId = "w1";
     advertise = "1.2.3.4:6000"; cachePublicKey = "k:1"; cpu = 4; memoryMb = 1024; labels = { zone = "a"; b = "c"; };
-    clusterTokenFile = "/run/keys/clt"; vmUser = "procurator-vm";
+    clusterTokenFile = "/run/keys/clt"; vmUser = "procurator-vm"; metricsListen = "127.0.0.1:9464";
     quotasFile = "/etc/pcr/quotas.toml"; projectsFile = "/etc/pcr/projects.toml"; apiTokenFile = "/run/keys/api";
     evalUser = "eval"; maxJobLogBytes = 1000; ciTokenFile = "/run/keys/cit"; openSignup = true; admin = "alice";
     maxPushBytes = 2048;
@@ -100,13 +100,13 @@ let
       cache.unset = "--log-json serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
       cache.set = "serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
       control-plane.unset = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --log-json --long-poll-timeout-ms 25000 --token-file %d/tokens --more";
-      control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --quotas /etc/pcr/quotas.toml --token-file %d/tokens --more";
+      control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --metrics-listen 127.0.0.1:9464 --quotas /etc/pcr/quotas.toml --token-file %d/tokens --more";
       ci-service.unset = "--api-token-file %d/api-tokens --cache-token-file %d/cache-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --eval-user procurator-ci-eval --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --log-json --more";
       ci-service.set = "--api-token-file %d/api-tokens --cache http://c --cache-token-file %d/cache-token --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --eval-user eval --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --max-job-log-bytes 1000 --projects /etc/pcr/projects.toml --more";
       repohub.unset = "--ci-secret-file %d/ci-secret --ci-token-file %d/ci-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --log-json --more";
       repohub.set = "--admin alice --ci-secret-file %d/ci-secret --ci-token-file %d/ci-token --ci-url http://ci --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-repohub --extra-flag x --listen 127.0.0.1:9999 --max-push-bytes 2048 --open-signup --secure-cookies --more";
       worker.unset = "--ch-binary /ch/bin/cloud-hypervisor --cluster-token-file %d/cluster-token --extra-flag x --listen 127.0.0.1:9999 --log-json --run-dir /var/lib/procurator-worker --token-file %d/tokens --more";
-      worker.set = "--advertise 1.2.3.4:6000 --bridge pcrbr0 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --vm-subnet 10.100.0.0/24 --vm-user procurator-vm --worker-id w1 --more";
+      worker.set = "--advertise 1.2.3.4:6000 --bridge pcrbr0 --cache-public-key k:1 --ch-binary /ch/bin/cloud-hypervisor --closure-source http://c --cluster-token-file %d/cluster-token --control-plane cp:7000 --cpu 4 --extra-flag x --label b=c --label zone=a --listen 127.0.0.1:9999 --memory-mb 1024 --metrics-listen 127.0.0.1:9464 --run-dir /var/lib/procurator-worker --tap-prefix pcrt --token-file %d/tokens --vm-subnet 10.100.0.0/24 --vm-user procurator-vm --worker-id w1 --more";
     };
     loadCredential = {
       cache.unset = [ "secret-key:/run/keys/sk" "upload-token:${gen}/upload-token" ];

@@ -12,6 +12,7 @@ pub mod git;
 pub mod guard;
 pub mod joblog;
 pub mod markdown;
+pub mod metrics;
 pub mod names;
 pub mod notify;
 pub mod smart_http;
@@ -158,6 +159,8 @@ pub struct AppState {
     pub argon2_pool: guard::Argon2Pool,
     /// The one control-plane status every cluster panel is drawn from.
     pub cluster: cluster::SharedStatus,
+    /// Requests and pushes, served on `/metrics`.
+    pub metrics: metrics::HubMetrics,
 }
 
 /// By hand: the state holds the control-plane token and the CI client (with
@@ -228,6 +231,7 @@ impl AppState {
                 config.control_plane_token.clone(),
                 config.limits.cluster_ttl,
             ),
+            metrics: metrics::HubMetrics::default(),
         })
     }
 

@@ -34,6 +34,7 @@ const RESERVED: &[&str] = &[
     "static",
     "api",
     "health",
+    "metrics",
     "favicon.ico",
 ];
 
@@ -134,6 +135,11 @@ mod tests {
         }
         assert!(matches!(
             validate_project_name("Login"),
+            Err(NameError::Reserved(_))
+        ));
+        // `/metrics` is the scrape endpoint: a project there would be hidden.
+        assert!(matches!(
+            validate_project_name("metrics"),
             Err(NameError::Reserved(_))
         ));
         assert!(validate_name(&"a".repeat(65)).is_err());

@@ -10,23 +10,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use support::{
-    Client, FakeCi, Server, TestApp, app_and_server, config, eventually, git_async, push_main,
-    work_repo,
+    FakeCi, Server, TestApp, ann_with_p_r, app_and_server, config, eventually, git_async,
+    push_main, work_repo,
 };
 
 const PW: &str = "correct horse battery";
 
 /// `ann` with a public project `p` holding repository `r`, and her push
 /// token.
-async fn ann_with_p_r(app: &TestApp) -> (Client, String) {
-    let mut ann = app.client();
-    ann.signup("ann", PW).await;
-    ann.create_project("p", true).await;
-    ann.create_repo("p", "r").await;
-    let token = ann.token().await;
-    (ann, token)
-}
-
 /// `git clone -q url dest` from the test's directory; (success, output).
 async fn clone(app: &TestApp, url: &str, dest: &std::path::Path) -> (bool, String) {
     let dest = dest.to_str().unwrap();

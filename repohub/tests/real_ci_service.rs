@@ -133,7 +133,11 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     assert!(!jp.body.contains(&cancel), "{}", jp.body);
     let r = ann.post(&cancel, &[]).await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("may read jobs but not cancel them"), "{}", r.body);
+    assert!(
+        r.body.contains("may read jobs but not cancel them"),
+        "{}",
+        r.body
+    );
     // Someone outside the project may not post it at all.
     let mut bob = app.client();
     bob.signup("bob", PW).await;

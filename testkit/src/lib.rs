@@ -11,6 +11,7 @@ pub mod bins;
 pub mod cluster;
 pub mod fixtures;
 pub mod fs;
+pub mod metrics;
 pub mod process;
 pub mod services;
 pub mod wait;

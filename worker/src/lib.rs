@@ -11,6 +11,7 @@
 pub mod disk;
 pub mod dto;
 pub mod manager;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod procfs;
@@ -108,6 +109,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// Like [`run`], also answering `GET /metrics` on `metrics_listener` when
+/// given (`--metrics-listen`).
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let metrics = metrics::WorkerMetrics::default();
     let address = match &config.advertise {
         Some(a) => a.clone(),
         None => listener
@@ -133,6 +146,7 @@ pub async fn run(
     backend_config.api_timeout = config.api_timeout;
     backend_config.closure_source = config.closure_source.clone();
     backend_config.closure_public_key = config.closure_public_key.clone();
+    backend_config.metrics = metrics.clone();
     let backend = CloudHypervisorBackend::new(backend_config);
     let manager_config = ManagerConfig {
         worker_id: config.worker_id.clone(),
@@ -156,6 +170,19 @@ pub async fn run(
     if let Some(egress) = egress {
         node.set_egress(egress);
     }
+    node.set_metrics(metrics.clone());
+    let metrics_server = metrics_listener.map(|l| {
+        let sender = node.sender();
+        tokio::spawn(commands::metrics::serve(
+            l,
+            metrics.registry(),
+            move || {
+                let (metrics, sender) = (metrics.clone(), sender.clone());
+                async move { metrics.refresh(&sender).await }
+            },
+            shutdown.clone(),
+        ))
+    });
     let span = tracing::info_span!("worker", worker_id = %config.worker_id);
     let _g = span.enter();
     tracing::info!(run_dir = %config.run_dir.display(), ch = %config.ch_binary.display(), "worker starting");
@@ -187,6 +214,9 @@ pub async fn run(
                 let _ = r.await;
             }
             let _ = node_task.await;
+            if let Some(m) = metrics_server {
+                let _ = m.await;
+            }
         })
         .await;
     Ok(())

@@ -131,6 +131,13 @@ struct Args {
     /// (a `worker:<this id>` token in the control plane's token file).
     #[arg(long, env = "WORKER_CLUSTER_TOKEN_FILE")]
     cluster_token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`: VMs by state, create and
+    /// delete latency, CH API errors, closure pulls, per-VM CPU, RSS, disk,
+    /// network and egress drops) on this address. Off unless given; given
+    /// without a value it listens on loopback 127.0.0.1:9465. The endpoint
+    /// needs no token, so only name a non-loopback address on purpose.
+    #[arg(long, env = "WORKER_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9465")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log JSON lines instead of human-readable ones.
     #[arg(long, env = "WORKER_LOG_JSON")]
     log_json: bool,
@@ -285,11 +292,24 @@ async fn real_main(args: Args) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     commands::auth::check_insecure_bind("the worker", addr, !config.auth.is_open(), "--token-file")
         .map_err(|e| error_chain(&e))?;
+    let metrics_listener = match args.metrics_listen {
+        Some(at) => Some(
+            commands::metrics::bind(at)
+                .await
+                .map_err(|e| error_chain(&e))?,
+        ),
+        None => None,
+    };
     // Tests and scripts wait for this line to know the port.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    worker::run(config, listener, commands::daemon::shutdown_token())
-        .await
-        .map_err(|e| e.message())
+    worker::run_with_metrics(
+        config,
+        listener,
+        metrics_listener,
+        commands::daemon::shutdown_token(),
+    )
+    .await
+    .map_err(|e| e.message())
 }

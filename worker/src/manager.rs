@@ -30,6 +30,7 @@ use crate::dto::{
     Labels, LogTail, Resources, VmDetails, VmId, VmKey, VmMetrics, VmRecord, VmSpec, VmStatus,
     WorkerId, WorkerStatus,
 };
+use crate::metrics::WorkerMetrics;
 use crate::net::{Egress, NetError};
 use crate::procfs;
 use crate::rundir::{self, RunDir, RunDirError, VmFileOptions};
@@ -261,6 +262,8 @@ pub struct VmManager<B: VmmBackend> {
     console_sync_busy: Arc<AtomicBool>,
     /// VM networking and egress rules; `None` when the host has no bridge.
     egress: Option<Egress>,
+    /// Create/delete latency and CH failures are counted here.
+    metrics: WorkerMetrics,
 }
 
 impl<B: VmmBackend> std::fmt::Debug for VmManager<B> {
@@ -301,7 +304,13 @@ impl<B: VmmBackend> VmManager<B> {
             started: Instant::now(),
             console_sync_busy: Arc::new(AtomicBool::new(false)),
             egress: None,
+            metrics: WorkerMetrics::default(),
         })
+    }
+
+    /// Counts into `metrics` (the registry the worker serves) from now on.
+    pub fn set_metrics(&mut self, metrics: WorkerMetrics) {
+        self.metrics = metrics;
     }
 
     /// Networks every VM from now on: a TAP, a fixed address and egress
@@ -560,10 +569,13 @@ impl<B: VmmBackend> VmManager<B> {
         let store_root = self.config.store_root.clone();
         let events = self.events_tx.clone();
         let egress = self.egress.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(
             async move {
+                let started = Instant::now();
                 let result =
                     create_flow(&*backend, &run_dir, egress.as_ref(), &record, &store_root).await;
+                metrics.created(&result, started.elapsed());
                 match &result {
                     Ok(_) => tracing::info!("VM is running"),
                     Err(e) => tracing::warn!(error = %e.message(), "create failed; everything it started was removed"),
@@ -680,9 +692,12 @@ impl<B: VmmBackend> VmManager<B> {
         let egress = self.egress.clone();
         let span =
             tracing::info_span!("delete_vm", worker_id = %self.config.worker_id, vm_id = %id);
+        let metrics = self.metrics.clone();
         tokio::spawn(
             async move {
+                let started = Instant::now();
                 delete_flow::<B>(vmm, process, &run_dir, egress.as_ref(), &id, timeout).await;
+                metrics.deleted(started.elapsed());
                 tracing::info!("VM deleted");
                 let _ = events.send(Event::Deleted {
                     id,

@@ -85,6 +85,11 @@ impl<B: VmmBackend> Node<B> {
         self.manager.set_egress(egress);
     }
 
+    /// Counts into `metrics` (see `VmManager::set_metrics`).
+    pub fn set_metrics(&mut self, metrics: crate::metrics::WorkerMetrics) {
+        self.manager.set_metrics(metrics);
+    }
+
     pub fn sender(&self) -> CommandSender {
         self.sender.clone()
     }

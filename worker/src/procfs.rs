@@ -57,6 +57,19 @@ fn read_kib_field(path: impl AsRef<Path>, key: &str) -> Option<u64> {
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+pub const TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3, so field 14 is index 11.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

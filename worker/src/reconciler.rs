@@ -492,7 +492,6 @@ struct Sampler {
 }
 
 /// USER_HZ: /proc reports CPU times in these ticks (100 on every Linux ABI).
-const TICKS_PER_SEC: f64 = 100.0;
 /// Metrics are refreshed at most this often; pushes in between reuse them.
 const METRICS_EVERY: Duration = Duration::from_millis(900);
 
@@ -512,13 +511,14 @@ impl Sampler {
             Ok(d) => d.metrics,
             Err(_) => VmMetrics::default(),
         };
-        let ticks = cpu_ticks(pid).unwrap_or(0);
+        let ticks = crate::procfs::cpu_ticks(pid).unwrap_or(0);
         if let Some((p, t0, at, _)) = self.last.get(&status.id)
             && *p == pid
         {
             let secs = now.duration_since(*at).as_secs_f64();
             if secs > 0.0 {
-                m.cpu_percent = ticks.saturating_sub(*t0) as f64 / TICKS_PER_SEC / secs * 100.0;
+                m.cpu_percent =
+                    ticks.saturating_sub(*t0) as f64 / crate::procfs::TICKS_PER_SEC / secs * 100.0;
             }
         }
         self.last.insert(status.id.clone(), (pid, ticks, now, m));
@@ -529,16 +529,6 @@ impl Sampler {
         self.last
             .retain(|id, _| running.iter().any(|v| v.status.id == *id));
     }
-}
-
-/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/<pid>/stat).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields start after its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3, so field 14 is index 11.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 fn host_metrics(vm_count: u32) -> WorkerMetricsView {
@@ -1119,7 +1109,7 @@ mod tests {
 
     #[test]
     fn proc_readers_work_on_this_process() {
-        assert!(cpu_ticks(std::process::id()).is_some());
+        assert!(crate::procfs::cpu_ticks(std::process::id()).is_some());
         let m = host_metrics(3);
         assert_eq!(m.vm_count, 3);
         assert!(m.memory_used_mb > 0);

@@ -74,8 +74,22 @@ in {{
     .await
     .unwrap();
 
+    // One registry for every backend below, as one worker has.
+    let metrics = worker::metrics::WorkerMetrics::default();
+    let pulls = |outcome: &str| {
+        let s = testkit::metrics::parse(&metrics.registry().render());
+        (
+            testkit::metrics::value(
+                &s,
+                "procurator_worker_closure_pull_seconds_count",
+                &[("outcome", outcome)],
+            ),
+            testkit::metrics::value(&s, "procurator_worker_closure_pull_bytes_total", &[]),
+        )
+    };
     let backend = |root: &str, key: Option<&str>| {
         let mut c = ChBackendConfig::new("/nonexistent/ch".into());
+        c.metrics = metrics.clone();
         c.store_root = d.join(root);
         c.closure_source = Some(cache.clone());
         c.closure_public_key = key.map(str::to_owned);
@@ -98,6 +112,11 @@ in {{
         !d.join("host-wrong")
             .join(a.trim_start_matches('/'))
             .exists()
+    );
+    assert_eq!(
+        pulls("failed"),
+        (1.0, 0.0),
+        "a failed pull is timed, adds no bytes"
     );
 
     // No key configured: refused before any pull.
@@ -123,7 +142,23 @@ in {{
             .is_empty()
     );
     host_nix.verify(&[a.clone(), b.clone()]).await.unwrap();
+    // What was pulled is counted: at least the two disks' bytes.
+    let (ok, bytes) = pulls("ok");
+    assert!(ok >= 1.0, "{ok} pulls");
+    let disks: u64 = [&a, &b]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(d.join("host-a").join(p.trim_start_matches('/')))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(
+        bytes >= disks as f64,
+        "{bytes} bytes counted, the disks alone are {disks}"
+    );
     // Already valid: prepare is a no-op even with the cache gone.
     std::fs::remove_dir_all(d.join("bc")).unwrap();
     host.prepare(&spec("vm-a", &kernel, &a)).await.unwrap();
+    assert_eq!(pulls("ok"), (ok, bytes), "nothing pulled, nothing counted");
 }

@@ -241,3 +241,22 @@ pub(crate) fn gate_the_build(h: &repo_outils::testing::HermeticNix, repo: &Repo)
     git(&repo.work, &["commit", "-q", "-am", "slow build"]);
     gate
 }
+
+/// Posts a push event (no hook secret) for a repository that does not
+/// exist under `h`; the job it queues fails at fetch. Returns its id.
+pub(crate) fn push_event_for_missing_repo(h: &repo_outils::testing::HermeticNix, url: &str) -> i64 {
+    let event = serde_json::json!({
+        "repo": h.dir().join("missing.git").display().to_string(),
+        "ref": "refs/heads/main", "old": "0".repeat(40), "new": "a".repeat(40),
+    });
+    let (status, body) = request(
+        http::Method::POST,
+        &format!("{url}/hooks/push"),
+        &[],
+        Some(event),
+    );
+    assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+        .as_i64()
+        .unwrap()
+}

@@ -36,6 +36,7 @@ pub const SESSION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(project::index))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/static/style.css", get(style_css))
         .route("/static/live.js", get(live_js))
         .route("/signup", get(account::signup_form).post(account::signup))
@@ -84,6 +85,10 @@ pub fn app(state: AppState) -> Router {
         )
         .fallback(|| async { WebError::NotFound })
         .layer(from_fn_with_state(state.clone(), csrf_and_headers))
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
+        ))
         .with_state(state)
 }
 

@@ -827,3 +827,14 @@ pub(crate) async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// ann signed up (password `correct horse battery`) with public project
+/// `p` holding repository `r`, and an access token of hers.
+pub(crate) async fn ann_with_p_r(app: &TestApp) -> (Client, String) {
+    let mut ann = app.client();
+    ann.signup("ann", "correct horse battery").await;
+    ann.create_project("p", true).await;
+    ann.create_repo("p", "r").await;
+    let token = ann.token().await;
+    (ann, token)
+}

@@ -52,6 +52,8 @@ pub struct ChBackendConfig {
     pub adopted_poll: Duration,
     /// Who CH runs as (`--vm-user`); `None`: as the worker.
     pub vm_owner: Option<VmOwner>,
+    /// Pulls (bytes, time) are counted here.
+    pub metrics: crate::metrics::WorkerMetrics,
 }
 
 impl ChBackendConfig {
@@ -67,6 +69,7 @@ impl ChBackendConfig {
             nix: repo_outils::nix::Nix::new(),
             adopted_poll: Duration::from_millis(250),
             vm_owner: None,
+            metrics: crate::metrics::WorkerMetrics::default(),
         }
     }
 }
@@ -149,15 +152,28 @@ impl VmmBackend for CloudHypervisorBackend {
             return Ok(());
         }
         tracing::info!(paths = ?missing, %src, "pulling closures");
-        nix.copy_from(src, &missing, key, None)
+        let started = std::time::Instant::now();
+        let pulled = nix.copy_from(src, &missing, key, None).await;
+        let bytes = if pulled.is_ok() {
+            let (root, paths) = (self.config.store_root.clone(), missing.clone());
+            tokio::task::spawn_blocking(move || {
+                paths.iter().map(|p| tree_bytes(&host_path(&root, p))).sum()
+            })
             .await
-            .map_err(|e| VmmError::Prepare {
-                step: PrepareStep::Pull {
-                    paths: missing.clone(),
-                    cache: src.clone(),
-                },
-                source: Some(Box::new(e)),
-            })?;
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        self.config
+            .metrics
+            .pulled(pulled.is_ok(), bytes, started.elapsed());
+        pulled.map_err(|e| VmmError::Prepare {
+            step: PrepareStep::Pull {
+                paths: missing.clone(),
+                cache: src.clone(),
+            },
+            source: Some(Box::new(e)),
+        })?;
         Ok(())
     }
 
@@ -547,4 +563,23 @@ fn unreachable_exit() -> ExitInfo {
         description: "is no longer watched".into(),
         code: None,
     }
+}
+
+/// Bytes of the files under `path` (symlinks not followed): what a pull
+/// added to the store for that path.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| tree_bytes(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -1,0 +1,140 @@
+//! The control plane's Prometheus metrics: counters bumped where the
+//! counted thing happens (publishes, placements, RPC calls and errors by
+//! method) and gauges set from the cluster status before each scrape
+//! (active generation per project, VMs by project and drift state,
+//! workers by health), so a gauge never disagrees with `pcr status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commands::convert::RpcFailure;
+use commands::metrics::{Counters, Gauges, Latencies, Metrics, labels};
+use commands::model::ClusterStatusView;
+
+/// Handles on every family; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneMetrics {
+    registry: Arc<Metrics>,
+    generations: Counters,
+    placements: Counters,
+    publish_seconds: Latencies,
+    rpc_calls: Counters,
+    rpc_errors: Counters,
+    active_generation: Gauges,
+    vms: Gauges,
+    workers: Gauges,
+}
+
+impl Default for ControlPlaneMetrics {
+    fn default() -> Self {
+        let mut m = Metrics::new("control_plane");
+        let generations = m.counters(
+            "generations_published",
+            "Generations published (no-op publishes excluded), by project.",
+        );
+        let placements = m.counters(
+            "placements",
+            "VMs placed on a worker by the scheduler at publish, by project.",
+        );
+        let publish_seconds = m.latencies(
+            "publish_seconds",
+            "Time to validate, schedule and record a publish, by project.",
+        );
+        let rpc_calls = m.counters("rpc_calls", "Master RPC calls served, by method.");
+        let rpc_errors = m.counters(
+            "rpc_errors",
+            "Master RPC calls answered with an error, by method and error code.",
+        );
+        let active_generation = m.gauges(
+            "active_generation",
+            "Number of the active generation, by project.",
+        );
+        let vms = m.gauges(
+            "vms",
+            "Desired or orphaned VMs, by project and drift state.",
+        );
+        let workers = m.gauges(
+            "workers",
+            "Registered workers, by health (healthy, unhealthy).",
+        );
+        ControlPlaneMetrics {
+            registry: Arc::new(m),
+            generations,
+            placements,
+            publish_seconds,
+            rpc_calls,
+            rpc_errors,
+            active_generation,
+            vms,
+            workers,
+        }
+    }
+}
+
+impl ControlPlaneMetrics {
+    /// The registry to serve.
+    pub fn registry(&self) -> Arc<Metrics> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Counts one RPC call of `method` and, when it failed, its error.
+    pub fn call<T>(&self, method: &str, result: &Result<T, RpcFailure>) {
+        self.rpc_calls
+            .get_or_create(&labels([("method", method)]))
+            .inc();
+        if let Err(e) = result {
+            self.rpc_errors
+                .get_or_create(&labels([
+                    ("method", method),
+                    ("code", &format!("{:?}", e.code)),
+                ]))
+                .inc();
+        }
+    }
+
+    /// Records a publish of `project` that took `took` and placed `placed` VMs.
+    pub fn published(&self, project: &str, noop: bool, placed: u32, took: Duration) {
+        let l = labels([("project", project)]);
+        self.publish_seconds
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+        // A no-op publish reports the placements already made: not new ones.
+        if !noop {
+            self.generations.get_or_create(&l).inc();
+            self.placements.get_or_create(&l).inc_by(u64::from(placed));
+        }
+    }
+
+    /// Sets the state gauges from `status` (called before each scrape).
+    pub fn refresh(&self, status: &ClusterStatusView) {
+        // Cleared first, so a project or drift state that is gone stops
+        // being reported instead of keeping its last value.
+        self.vms.clear();
+        self.workers.clear();
+        self.active_generation.clear();
+        for g in &status.generations {
+            self.active_generation
+                .get_or_create(&labels([("project", &g.project)]))
+                .set(i64::try_from(g.number).unwrap_or(i64::MAX));
+        }
+        for vm in &status.vms {
+            self.vms
+                .get_or_create(&labels([
+                    ("project", &vm.project),
+                    ("drift", &vm.drift.to_string()),
+                ]))
+                .inc();
+        }
+        for health in ["healthy", "unhealthy"] {
+            self.workers
+                .get_or_create(&labels([("health", health)]))
+                .set(0);
+        }
+        for w in &status.workers {
+            let health = if w.healthy { "healthy" } else { "unhealthy" };
+            self.workers
+                .get_or_create(&labels([("health", health)]))
+                .inc();
+        }
+    }
+}
