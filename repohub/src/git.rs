@@ -29,6 +29,10 @@ pub enum GitError {
     Hook(#[from] repo_outils::git::GitError),
     #[error("not found")]
     NotFound,
+    /// The tree cannot be written out safely or within its bounds (an
+    /// entry colliding with a symlink, an unsafe name, too many bytes).
+    #[error("the repository's tree cannot be exported")]
+    Export(#[source] repo_outils::git::GitError),
     #[error(transparent)]
     BadInput(#[from] names::NameError),
 }
@@ -438,17 +442,70 @@ pub fn has_root_entry(repo: &Repository, commit: Oid, name: &str) -> Result<bool
 }
 
 /// Writes `commit`'s tree into `dest` (for autonix to scan).
+/// Writes the tree of `commit` into `dest` (empty or missing) with the
+/// same checks as CI's checkout: never through a symlink, no colliding or
+/// unsafe entries, and within `TreeLimits` (a blob counts each time the
+/// tree names it), so a small push cannot make repohub write gigabytes or
+/// outside `dest`.
 pub fn export_tree(repo: &Repository, commit: Oid, dest: &Path) -> Result<(), GitError> {
     let tree = repo.find_commit(commit)?.tree()?;
-    let mut co = git2::build::CheckoutBuilder::new();
-    co.target_dir(dest).force();
-    repo.checkout_tree(tree.as_object(), Some(&mut co))?;
-    Ok(())
+    repo_outils::git::write_tree(repo, &tree, dest, &repo_outils::git::TreeLimits::default())
+        .map_err(GitError::Export)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tree "Generate flake" exports comes from a push: a symlink `a`
+    /// to a host directory plus an entry `a/x` is refused before anything
+    /// is written, inside or outside the export (libgit2's checkout used to
+    /// write `x` through the link).
+    #[test]
+    fn export_refuses_a_symlink_with_a_colliding_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("target");
+        std::fs::create_dir(&outside).unwrap();
+        let repo = Repository::init_bare(tmp.path().join("r.git")).unwrap();
+        let raw_tree = |entries: &[(&str, &[u8], Oid)]| {
+            let mut data = Vec::new();
+            for (mode, name, oid) in entries {
+                data.extend_from_slice(mode.as_bytes());
+                data.push(b' ');
+                data.extend_from_slice(name);
+                data.push(0);
+                data.extend_from_slice(oid.as_bytes());
+            }
+            repo.odb()
+                .unwrap()
+                .write(git2::ObjectType::Tree, &data)
+                .unwrap()
+        };
+        let link = repo.blob(outside.to_str().unwrap().as_bytes()).unwrap();
+        let x = repo.blob(b"written through the link").unwrap();
+        let sub = raw_tree(&[("100644", b"x", x)]);
+        let root = raw_tree(&[("120000", b"a", link), ("40000", b"a", sub)]);
+        let sig = git2::Signature::now("Attacker", "a@example.com").unwrap();
+        let tree = repo.find_tree(root).unwrap();
+        let commit = repo
+            .commit(None, &sig, &sig, "crafted", &tree, &[])
+            .unwrap();
+        let dest = tmp.path().join("export");
+        let err = export_tree(&repo, commit, &dest).unwrap_err();
+        assert!(matches!(err, GitError::Export(_)), "{err}");
+        assert!(
+            commands::report::error_chain(&err).contains("appears twice"),
+            "{}",
+            commands::report::error_chain(&err)
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "wrote outside"
+        );
+        let written = std::fs::read_dir(&dest).map_or(0, |d| d.count());
+        assert_eq!(written, 0, "wrote into the export");
+    }
 
     #[test]
     fn time_format() {

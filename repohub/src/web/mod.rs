@@ -423,6 +423,8 @@ impl From<GitError> for WebError {
         match e {
             GitError::NotFound => WebError::NotFound,
             GitError::BadInput(n) => WebError::BadRequest(n.to_string()),
+            // What the pushed tree holds is the pusher's doing: say why.
+            e @ GitError::Export(_) => WebError::BadRequest(commands::report::error_chain(&e)),
             e => WebError::Internal(commands::report::error_chain(&e)),
         }
     }
