@@ -63,6 +63,22 @@ pub struct VmPlacementView {
     pub vm_id: String,
 }
 
+/// Percent of the desired VMs among `vms` (every row but orphans) that run
+/// their desired version; 100 when nothing is desired. The one definition
+/// the cluster, each project and `pcr --project` report.
+pub fn convergence_percent<'a>(vms: impl IntoIterator<Item = &'a VmPlacementView>) -> f64 {
+    let (mut desired, mut converged) = (0usize, 0usize);
+    for v in vms.into_iter().filter(|v| v.drift != Drift::Orphaned) {
+        desired += 1;
+        converged += usize::from(v.drift == Drift::Converged);
+    }
+    if desired == 0 {
+        100.0
+    } else {
+        converged as f64 * 100.0 / desired as f64
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnplacedView {

@@ -739,7 +739,6 @@ impl State {
 
     pub fn cluster_status(&self, now: Instant) -> ClusterStatusView {
         let mut vms = Vec::new();
-        let mut converged = 0usize;
         let desired = &self.desired;
         // Observed VMs accounted for by a desired entry, per worker.
         let mut claimed: BTreeMap<&WorkerId, Vec<bool>> = self
@@ -793,7 +792,6 @@ impl State {
                     } else if o.status.content_hash != spec.content_hash() {
                         Drift::Drifted
                     } else if o.status.state == VmState::Running && others == 0 {
-                        converged += 1;
                         Drift::Converged
                     } else {
                         // Booting, paused, or running while the old version
@@ -824,12 +822,7 @@ impl State {
                 });
             }
         }
-        let total = desired.len();
-        let convergence_percent = if total == 0 {
-            100.0
-        } else {
-            converged as f64 * 100.0 / total as f64
-        };
+        let convergence_percent = commands::model::convergence_percent(&vms);
 
         let mut allocated: BTreeMap<&WorkerId, Resources> = BTreeMap::new();
         for (vm, w) in &self.placement.assigned {
@@ -877,17 +870,14 @@ impl State {
         names.extend(self.quotas.listed());
         names.sort();
         names.dedup();
-        // (desired, converged) rows per project, in one pass.
-        let mut rows: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for v in status.vms.iter().filter(|v| v.drift != Drift::Orphaned) {
-            let r = rows.entry(v.project.as_str()).or_default();
-            r.0 += 1;
-            r.1 += usize::from(v.drift == Drift::Converged);
+        // Each project's rows, grouped in one pass.
+        let mut rows: BTreeMap<&str, Vec<&VmPlacementView>> = BTreeMap::new();
+        for v in &status.vms {
+            rows.entry(v.project.as_str()).or_default().push(v);
         }
         names
             .into_iter()
             .map(|p| {
-                let (total, converged) = rows.get(p.as_str()).copied().unwrap_or_default();
                 let placed = of_project(&self.placement.assigned, p).count();
                 let unplaced = of_project(&self.placement.unplaced, p).count();
                 ProjectStatusView {
@@ -895,11 +885,9 @@ impl State {
                     quota: self.quotas.limits(p).ok().flatten().unwrap_or(UNLIMITED),
                     usage: Limits::of(of_project(&self.desired, p).map(|(_, s)| s)),
                     generation: self.projects.get(p).and_then(|x| x.active.clone()),
-                    convergence_percent: if total == 0 {
-                        100.0
-                    } else {
-                        converged as f64 * 100.0 / total as f64
-                    },
+                    convergence_percent: commands::model::convergence_percent(
+                        rows.get(p.as_str()).into_iter().flatten().copied(),
+                    ),
                     placed: u32::try_from(placed).unwrap_or(u32::MAX),
                     unplaced: u32::try_from(unplaced).unwrap_or(u32::MAX),
                 }

@@ -70,13 +70,7 @@ fn only_project(s: &mut ClusterStatusView, project: &ProjectName) {
     s.generations.retain(|g| g.project == p);
     s.vms.retain(|v| v.project == p);
     s.unplaced.retain(|u| u.project == p);
-    let desired = s.vms.iter().filter(|v| v.drift != Drift::Orphaned).count();
-    let converged = s.vms.iter().filter(|v| v.drift == Drift::Converged).count();
-    s.convergence_percent = if desired == 0 {
-        100.0
-    } else {
-        converged as f64 * 100.0 / desired as f64
-    };
+    s.convergence_percent = commands::model::convergence_percent(&s.vms);
 }
 
 /// Colours, only when stdout is a terminal and NO_COLOR is unset.
