@@ -756,63 +756,6 @@ mod tests {
             })
     }
 
-    /// The real `control_plane` binary on loopback, killed on drop. The
-    /// worker does not depend on the control plane's crate, so its tests
-    /// drive the binary cargo built beside this test executable (run
-    /// `cargo build -p control_plane` first when testing the worker alone).
-    struct ControlPlane {
-        child: std::process::Child,
-        addr: String,
-    }
-
-    impl ControlPlane {
-        fn start() -> ControlPlane {
-            use std::io::BufRead;
-            use std::process::{Command, Stdio};
-
-            // target/<profile>/deps/worker-<hash> → target/<profile>/control_plane
-            let exe = std::env::current_exe().unwrap();
-            let bin = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .unwrap()
-                .join("control_plane");
-            assert!(
-                bin.exists(),
-                "{} is missing: run `cargo build -p control_plane` first",
-                bin.display()
-            );
-            let mut child = Command::new(&bin)
-                .args(["--listen", "127.0.0.1:0"])
-                .args(["--long-poll-timeout-ms", "2000"])
-                .args(["--heartbeat-timeout-ms", "2000"])
-                .args(["--startup-grace-ms", "0"])
-                .arg("--insecure-no-auth")
-                .env_remove("PCR_CONTROL_PLANE_TOKEN_FILE")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let addr = line
-                .trim()
-                .strip_prefix("listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line from control_plane: {line:?}"))
-                .to_owned();
-            ControlPlane { child, addr }
-        }
-    }
-
-    impl Drop for ControlPlane {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
     /// A real control plane on loopback, a real Node/VmManager over the
     /// in-memory backend, and the reconciler between them.
     struct Harness {
@@ -822,7 +765,7 @@ mod tests {
         shutdown: CancellationToken,
         reconciler: tokio::task::JoinHandle<()>,
         node_task: tokio::task::JoinHandle<()>,
-        _control_plane: ControlPlane,
+        _control_plane: testkit::Proc,
         _dir: tempfile::TempDir,
     }
 
@@ -849,7 +792,16 @@ mod tests {
             let shutdown = CancellationToken::new();
             let node_task = tokio::spawn(node.run(shutdown.clone()));
 
-            let control_plane = ControlPlane::start();
+            // The real control_plane binary (the worker does not link its
+            // crate), through the test kit like every other test.
+            let control_plane = testkit::services::start_control_plane(
+                &testkit::services::ControlPlaneArgs {
+                    heartbeat_timeout_ms: Some(2000),
+                    long_poll_timeout_ms: Some(2000),
+                    ..Default::default()
+                },
+                testkit::Log::Quiet,
+            );
             let addr = control_plane.addr.clone();
 
             before(tx.clone()).await;
