@@ -56,6 +56,7 @@ async fn start() -> (String, CancellationToken) {
         heartbeat_timeout: Duration::from_secs(5),
         startup_grace: Duration::ZERO,
         quota_file: None,
+        state_dir: None,
     };
     tokio::task::spawn_local(control_plane::run_with_auth(
         config,
