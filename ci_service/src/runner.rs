@@ -1071,7 +1071,10 @@ mod tests {
         assert_eq!(one_line("fix\tthe\u{7}bell  "), "fix the bell");
         let long = "é".repeat(150);
         let cut = one_line(&long);
-        assert!(cut.len() <= META_MAX && cut.chars().all(|c| c == 'é'), "{cut}");
+        assert!(
+            cut.len() <= META_MAX && cut.chars().all(|c| c == 'é'),
+            "{cut}"
+        );
     }
 
     #[test]
