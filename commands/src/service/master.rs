@@ -316,19 +316,42 @@ impl<A> Session<A> {
 }
 
 impl<A> Session<A> {
+    /// The project a request names, refused unless the token covers it
+    /// (a `ci:<project>` token covers its project only); `what` is the
+    /// verb the refusal uses ("publish for").
+    fn covered_project(
+        &self,
+        r: capnp::Result<capnp::text::Reader<'_>>,
+        what: &str,
+    ) -> Result<ProjectName, RpcFailure> {
+        let project =
+            project_from_text(text(r).map_err(RpcFailure::from)?).map_err(RpcFailure::from)?;
+        if self.caller.grant.covers_project(&project) {
+            Ok(project)
+        } else {
+            Err(self.not_your_project(what, &project))
+        }
+    }
+
+    fn not_your_project(&self, what: &str, project: &ProjectName) -> RpcFailure {
+        let grant = &self.caller.grant;
+        RpcFailure::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "this {grant} token may {what} project {} only, not {project}",
+                grant.project.as_ref().map_or("?", |p| p.as_str())
+            ),
+        )
+    }
+
     /// What a `listEvents` caller may see of `asked` (None = everything):
     /// a `ci:<project>` token its project only (asking for another is
     /// refused), a worker token its own worker's events.
     fn event_filter(&self, asked: Option<ProjectName>) -> Result<EventFilter, RpcFailure> {
         let grant = &self.caller.grant;
         let project = match (&grant.project, asked) {
-            (Some(mine), Some(p)) if *mine != p => {
-                return Err(RpcFailure::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "this {grant} token may read the events of project {mine} only, not {p}"
-                    ),
-                ));
+            (Some(_), Some(p)) if !grant.covers_project(&p) => {
+                return Err(self.not_your_project("read the events of", &p));
             }
             (Some(mine), _) => Some(mine.clone()),
             (None, asked) => asked,
@@ -392,22 +415,7 @@ impl<A: MasterApi> master::Server for Session<A> {
             // The role first: a refused caller's specs are never decoded.
             self.allow("publish a generation", &[Role::Admin, Role::Ci])?;
             let p = params.get().map_err(bad)?;
-            let project = project_from_text(text(p.get_project()).map_err(RpcFailure::from)?)
-                .map_err(RpcFailure::from)?;
-            if !self.caller.grant.covers_project(&project) {
-                return Err(RpcFailure::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "this {} token may publish for project {} only, not {project}",
-                        self.caller.grant,
-                        self.caller
-                            .grant
-                            .project
-                            .as_ref()
-                            .map_or("?", |p| p.as_str())
-                    ),
-                ));
-            }
+            let project = self.covered_project(p.get_project(), "publish for")?;
             let publish = Publish {
                 project,
                 commit: text(p.get_commit()).map_err(RpcFailure::from)?,
@@ -605,22 +613,7 @@ impl<A: MasterApi> master::Server for Session<A> {
                 &[Role::Admin, Role::Reader, Role::Ci],
             )?;
             let p = params.get().map_err(bad)?;
-            let project = project_from_text(text(p.get_project()).map_err(RpcFailure::from)?)
-                .map_err(RpcFailure::from)?;
-            if !self.caller.grant.covers_project(&project) {
-                return Err(RpcFailure::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "this {} token may read project {} only, not {project}",
-                        self.caller.grant,
-                        self.caller
-                            .grant
-                            .project
-                            .as_ref()
-                            .map_or("?", |p| p.as_str())
-                    ),
-                ));
-            }
+            let project = self.covered_project(p.get_project(), "read")?;
             self.api.generation(&self.caller, &project, p.get_number())
         })();
         self.log_refusal("getGeneration", &r);
