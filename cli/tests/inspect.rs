@@ -12,11 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use commands::client::MasterClient;
 use commands::model::PublishMeta;
 use commands::types::VmSpec;
-use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
-use testkit::services::ControlPlaneArgs;
+use testkit::cluster::{Cluster, ClusterOpts};
 use testkit::{bin, wait_until};
 
 const STEP: Duration = Duration::from_secs(30);
@@ -28,20 +26,9 @@ struct Env {
 
 impl Env {
     fn start() -> Env {
-        let mut opts = ClusterOpts::new(
-            ["w1", "w2"]
-                .into_iter()
-                .map(|id| WorkerOpts::new(id).args(["--heartbeat-interval-ms", "200"]))
-                .collect(),
-        );
-        opts.control_plane = ControlPlaneArgs {
-            heartbeat_timeout_ms: Some(1500),
-            long_poll_timeout_ms: Some(3000),
-            ..ControlPlaneArgs::default()
-        };
-        opts.fixture_store = true;
-        opts.tokens = true;
-        let c = Cluster::start(opts, |_, real| real.to_owned());
+        let c = Cluster::start(ClusterOpts::quick(&["w1", "w2"], &[]), |_, real| {
+            real.to_owned()
+        });
         let token = c.admin_token_file().unwrap();
         Env { c, token }
     }
@@ -79,18 +66,13 @@ impl Env {
     }
 
     fn publish(&self, n: u64, specs: &[VmSpec], author: &str, message: &str) {
-        let token = std::fs::read_to_string(&self.token).unwrap();
-        let addr = self.c.cp.addr.clone();
         let meta = PublishMeta {
             author: author.into(),
             message: message.into(),
             job_id: 40 + n,
         };
         let intent = commands::types::intent_hash(specs);
-        commands::rpc::block_on_local(async move {
-            let m = MasterClient::connect_with_token(&addr, STEP, token.trim())
-                .await
-                .unwrap();
+        self.c.with_admin(async |m| {
             m.publish_with_meta(
                 "default",
                 &format!("{n}0123456789abcdef"),
@@ -100,8 +82,7 @@ impl Env {
                 &meta,
             )
             .await
-            .unwrap();
-            m.close().await;
+            .unwrap()
         });
     }
 

@@ -13,44 +13,22 @@ use std::time::Duration;
 use commands::client::MasterClient;
 use commands::model::{ClusterStatusView, EventView, PublishMeta, event_kind};
 use commands::types::{ProjectName, VmSpec};
-use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
+use testkit::cluster::{Cluster, ClusterOpts};
 use testkit::fixtures::spec;
-use testkit::services::ControlPlaneArgs;
 use testkit::{bin, wait_until};
 
 const STEP: Duration = Duration::from_secs(30);
 
 fn start(state_dir: &std::path::Path) -> Cluster {
-    let mut opts = ClusterOpts::new(
-        ["w1", "w2"]
-            .into_iter()
-            .map(|id| WorkerOpts::new(id).args(["--heartbeat-interval-ms", "200"]))
-            .collect(),
-    );
-    opts.control_plane = ControlPlaneArgs {
-        heartbeat_timeout_ms: Some(1500),
-        startup_grace_ms: 0,
-        long_poll_timeout_ms: Some(3000),
-        args: vec!["--state-dir".to_owned(), state_dir.display().to_string()],
-        ..ControlPlaneArgs::default()
-    };
-    opts.fixture_store = true;
-    opts.tokens = true;
-    Cluster::start(opts, |_, real| real.to_owned())
+    let dir = state_dir.display().to_string();
+    Cluster::start(
+        ClusterOpts::quick(&["w1", "w2"], &["--state-dir", &dir]),
+        |_, real| real.to_owned(),
+    )
 }
 
-/// Runs `f` with an admin client of the control plane at `addr`.
 fn with_admin<T>(c: &Cluster, f: impl AsyncFnOnce(&MasterClient) -> T) -> T {
-    let token = std::fs::read_to_string(c.admin_token_file().unwrap()).unwrap();
-    let addr = c.cp.addr.clone();
-    commands::rpc::block_on_local(async move {
-        let m = MasterClient::connect_with_token(&addr, Duration::from_secs(5), token.trim())
-            .await
-            .unwrap();
-        let out = f(&m).await;
-        m.close().await;
-        out
-    })
+    c.with_admin(f)
 }
 
 fn status(c: &Cluster) -> ClusterStatusView {
