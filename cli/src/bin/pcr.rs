@@ -482,6 +482,16 @@ fn render_generations(
                 cli::output::short_hash(&g.intent_hash),
                 g.vm_count.to_string(),
                 format!("{} ago", age(now.saturating_sub(g.published_at_ms))),
+                if g.converged_at_ms == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ago", age(now.saturating_sub(g.converged_at_ms)))
+                },
+                if g.job_id == 0 {
+                    "-".into()
+                } else {
+                    g.job_id.to_string()
+                },
             ]);
             row
         })
@@ -496,6 +506,8 @@ fn render_generations(
         "INTENT",
         "VMS",
         "PUBLISHED",
+        "CONVERGED",
+        "JOB",
     ];
     table(&header[usize::from(!with_project)..], &rows, style)
 }
