@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commands::convert::RpcFailure;
-use commands::metrics::{Counters, Gauges, Latencies, Metrics, labels};
+use commands::metrics::{Counter, Counters, Gauges, Latencies, Metrics, labels};
 use commands::model::ClusterStatusView;
 
 /// Handles on every family; cheap to clone.
@@ -24,7 +24,7 @@ pub struct ControlPlaneMetrics {
     vms: Gauges,
     workers: Gauges,
     events: Counters,
-    store_errors: Counters,
+    store_errors: Counter,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -60,7 +60,7 @@ impl Default for ControlPlaneMetrics {
             "Registered workers, by health (healthy, unhealthy).",
         );
         let events = m.counters("events", "Events recorded in the event log, by kind.");
-        let store_errors = m.counters(
+        let store_errors = m.counter(
             "store_errors",
             "Writes to the state file (--state-dir) that failed; the change stayed in memory.",
         );
@@ -121,7 +121,7 @@ impl ControlPlaneMetrics {
 
     /// Counts one failed write to the state file.
     pub fn store_error(&self) {
-        self.store_errors.get_or_create(&labels([])).inc();
+        self.store_errors.inc();
     }
 
     /// Sets the state gauges from `status` (called before each scrape).

@@ -5,7 +5,8 @@
 //! message, job and converged time; the events recorded before are there
 //! with their ids; the active generation is known, and after the startup
 //! grace the cluster is converged with the same VM ids (nothing was
-//! restarted). A state file that is not ours is refused and kept.
+//! restarted). A state file that is not ours is refused and kept; a full
+//! disk costs the unwritten change's persistence only, counted in /metrics.
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use commands::model::{ClusterStatusView, EventView, PublishMeta, event_kind};
 use commands::types::{ProjectName, VmSpec};
 use testkit::cluster::{Cluster, ClusterOpts};
 use testkit::fixtures::spec;
+use testkit::process::Log;
+use testkit::services::{ControlPlaneArgs, start_control_plane};
 use testkit::{bin, wait_until};
 
 const STEP: Duration = Duration::from_secs(30);
@@ -222,4 +225,85 @@ fn a_foreign_state_file_is_refused_not_replaced() {
     assert!(err.contains("not a database"), "{err}");
     assert!(err.contains("move it away"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), garbage);
+}
+
+/// A state file that cannot be written (its file system is full) costs
+/// the persistence of that change only: the publish is accepted and
+/// served from memory, the failure is logged and counted in /metrics, and
+/// writes resume once there is room again.
+#[test]
+fn a_full_disk_is_counted_and_loses_nothing_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = testkit::fs::Tmpfs::mount(&dir.path().join("state"), "2m");
+    let metrics = testkit::fs::free_port();
+    let log = dir.path().join("cp.log");
+    let args = ControlPlaneArgs {
+        args: vec![
+            "--state-dir".into(),
+            fs.0.display().to_string(),
+            "--metrics-listen".into(),
+            metrics.to_string(),
+        ],
+        ..ControlPlaneArgs::default()
+    };
+    let mut cp = start_control_plane(&args, Log::File(log.clone()));
+    let url = format!("http://{metrics}/metrics");
+    let publish = |n: u64| {
+        let addr = cp.addr.clone();
+        commands::rpc::block_on_local(async move {
+            let m = MasterClient::connect(&addr, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let specs: Vec<VmSpec> = (0..50)
+                .map(|i| spec(&format!("web-{i}"), &format!("h{n}")))
+                .collect();
+            m.publish("default", &format!("c{n}"), n, &format!("i{n}"), &specs)
+                .await
+                .unwrap();
+            let gens = m.generations(None).await.unwrap();
+            m.close().await;
+            gens.iter().map(|g| g.number).collect::<Vec<u64>>()
+        })
+    };
+    let errors = || {
+        testkit::metrics::value(
+            &testkit::metrics::scrape(&url),
+            "procurator_control_plane_store_errors_total",
+            &[],
+        )
+    };
+    assert_eq!(publish(1), [1]);
+    assert_eq!(errors(), 0.0);
+    let filler = fs.fill();
+    // Accepted and served from memory, though not written.
+    assert_eq!(publish(2), [1, 2]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        errors() >= 1.0,
+        "the failed write was not counted: {text}\n{:?}",
+        testkit::metrics::scrape(&url)
+    );
+    assert!(text.contains("state not persisted"), "{text}");
+    std::fs::remove_file(filler).unwrap();
+    let before = errors();
+    assert_eq!(publish(3), [1, 2, 3]);
+    assert_eq!(errors(), before, "writes did not resume");
+
+    // After a restart only the unwritten generation is missing.
+    cp.kill();
+    let mut args = args;
+    args.listen = cp.addr.clone();
+    let cp = testkit::cluster::respawn("the control plane to restart", || {
+        start_control_plane(&args, Log::File(log.clone()))
+    });
+    let gens = commands::rpc::block_on_local(async move {
+        let m = MasterClient::connect(&cp.addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let g = m.generations(None).await.unwrap();
+        m.close().await;
+        g
+    });
+    assert_eq!(gens.iter().map(|g| g.number).collect::<Vec<_>>(), [1, 3]);
+    drop(fs);
 }
