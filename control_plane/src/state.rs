@@ -190,7 +190,10 @@ impl State {
         std::mem::take(&mut self.events)
     }
 
-    fn event(
+    /// Records an event (one of `commands::model::event_kind`) for the
+    /// caller to take: what every rule here uses, and what a rollout
+    /// driver records its `rollout-*` kinds with.
+    pub fn event(
         &mut self,
         kind: &'static str,
         project: &str,
