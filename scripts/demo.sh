@@ -129,7 +129,7 @@ new_token >"$STATE/cache/upload-token"
 start cache "$BIN/cache" serve --listen $CACHE_ADDR --data-dir "$STATE/cache/data" \
   --key-file "$STATE/cache/key/secret-key" --upload-token-file "$STATE/cache/upload-token"
 start control_plane "$BIN/control_plane" --listen $CP_ADDR --startup-grace-ms 500 \
-  --token-file "$SECRETS/control-plane-tokens"
+  --token-file "$SECRETS/control-plane-tokens" --state-dir "$STATE/control-plane"
 for host in host-a host-b; do
   start "worker-$host" "$BIN/worker" --listen "$(worker_addr $host)" --worker-id $host \
     --cpu 4 --memory-mb 4096 --ch-binary "$CH" \

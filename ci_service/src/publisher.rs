@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commands::client::{ClientError, MasterClient};
+use commands::model::PublishMeta;
 use commands::types::VmSpec;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,8 @@ pub struct Published {
 
 struct Request {
     generation: Generation,
+    /// Author, message and job of the commit it was built from.
+    meta: PublishMeta,
     reply: oneshot::Sender<Result<Published, PublishError>>,
 }
 
@@ -137,15 +140,33 @@ impl Publisher {
     }
 
     pub async fn publish(&self, generation: Generation) -> Result<Published, PublishError> {
+        let meta = PublishMeta {
+            job_id: u64::try_from(generation.job_id).unwrap_or(0),
+            ..PublishMeta::default()
+        };
+        self.publish_with_meta(generation, meta).await
+    }
+
+    /// Like [`Self::publish`], with the commit's author and message (the
+    /// control plane's history shows them).
+    pub async fn publish_with_meta(
+        &self,
+        generation: Generation,
+        meta: PublishMeta,
+    ) -> Result<Published, PublishError> {
         let Some(tx) = &self.tx else {
             return Err(PublishError::Unavailable(
                 "no --control-plane configured".into(),
             ));
         };
         let (reply, rx) = oneshot::channel();
-        tx.send(Request { generation, reply })
-            .await
-            .map_err(|_| PublishError::Unavailable("publisher stopped".into()))?;
+        tx.send(Request {
+            generation,
+            meta,
+            reply,
+        })
+        .await
+        .map_err(|_| PublishError::Unavailable("publisher stopped".into()))?;
         match tokio::time::timeout(CALL_TIMEOUT + CONNECT_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(PublishError::Unavailable("publisher stopped".into())),
@@ -208,7 +229,14 @@ async fn connection_loop(
             Ok(latest) => {
                 for g in latest {
                     let number = g.number;
-                    match publish_once(&client, &g).await {
+                    // A re-publish of the same intent is a no-op: only the
+                    // job travels, the commit's author and message were
+                    // given with the first publish.
+                    let meta = PublishMeta {
+                        job_id: u64::try_from(g.job_id).unwrap_or(0),
+                        ..PublishMeta::default()
+                    };
+                    match publish_once(&client, &g, &meta).await {
                         Ok(p) => {
                             state.republished.fetch_add(1, Ordering::SeqCst);
                             state.saw(&g.project, number as u64);
@@ -237,7 +265,7 @@ async fn connection_loop(
                 req = rx.recv() => {
                     let Some(req) = req else { return };
                     let number = req.generation.number;
-                    let r = publish_once(&client, &req.generation).await;
+                    let r = publish_once(&client, &req.generation, &req.meta).await;
                     if r.is_ok() {
                         state.saw(&req.generation.project, number as u64);
                     }
@@ -275,18 +303,23 @@ async fn active_generations(client: &MasterClient) -> Result<BTreeMap<String, u6
     Ok(out)
 }
 
-async fn publish_once(client: &MasterClient, g: &Generation) -> Result<Published, PublishError> {
+async fn publish_once(
+    client: &MasterClient,
+    g: &Generation,
+    meta: &PublishMeta,
+) -> Result<Published, PublishError> {
     let specs: Vec<VmSpec> =
         serde_json::from_str(&g.specs_json).map_err(|e| PublishError::BadSpecs {
             number: g.number,
             reason: e.to_string(),
         })?;
-    let call = client.publish(
+    let call = client.publish_with_meta(
         &g.project,
         &g.commit,
         g.number as u64,
         g.intent_hash.as_str(),
         &specs,
+        meta,
     );
     let outcome = tokio::time::timeout(CALL_TIMEOUT, call)
         .await

@@ -540,9 +540,14 @@ impl Runner {
             created_at_ms: commands::telemetry::now_ms() as i64,
             specs_json: intent.canonical_json,
         };
+        let meta = commands::model::PublishMeta {
+            author: checkout.author.clone(),
+            message: checkout.summary.clone(),
+            job_id: u64::try_from(job.id).unwrap_or(0),
+        };
         timed(
             &mut timings.publish_ms,
-            publish(&self.publisher, &self.db, &generation, log),
+            publish(&self.publisher, &self.db, &generation, &meta, log),
         )
         .await?;
         Ok(Outcome::Published(project, number))
@@ -660,9 +665,34 @@ fn mirror_dir(data_dir: &Path, repo: &str) -> PathBuf {
 
 /// A commit's tree written out as plain files: what the flake is
 /// evaluated and built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Checkout {
     pub dir: PathBuf,
+    /// The commit's author name, one line (what `pcr history` shows).
+    pub author: String,
+    /// The first line of the commit's message.
+    pub summary: String,
+}
+
+/// The most bytes of an author or message line handed to the control
+/// plane (it refuses more than 256).
+const META_MAX: usize = 200;
+
+/// `s` as one line of at most `META_MAX` bytes: control characters become
+/// spaces, and a cut falls on a character boundary.
+fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > META_MAX {
+        let mut end = META_MAX;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out.trim().to_owned()
 }
 
 impl Checkout {
@@ -699,15 +729,30 @@ pub async fn fetch(
         work_dir.to_owned(),
         *limits,
     );
-    tokio::task::spawn_blocking(move || -> Result<String, GitError> {
+    let (author, summary) = tokio::task::spawn_blocking(move || -> Result<_, GitError> {
         let repo = git::fetch_mirror(&repo_url, &mirror)?;
-        git::checkout_commit(&repo, &rev, &dest, &limits)
+        let id = git::checkout_commit(&repo, &rev, &dest, &limits)?;
+        // Who wrote it and why, for the generation's history; a commit
+        // whose author or message cannot be read publishes without them.
+        let meta = repo
+            .revparse_single(&id)
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| {
+                (
+                    one_line(c.author().name().unwrap_or_default()),
+                    one_line(c.summary().unwrap_or_default()),
+                )
+            })
+            .unwrap_or_default();
+        Ok(meta)
     })
     .await
     .map_err(|e| JobError::Join(e.to_string()))??;
     log.line(&format!("checked out {commit} ({} ms)", ms(t.elapsed())));
     Ok(Checkout {
         dir: work_dir.to_owned(),
+        author,
+        summary,
     })
 }
 
@@ -918,6 +963,7 @@ pub async fn publish(
     publisher: &Publisher,
     db: &Db,
     generation: &Generation,
+    meta: &commands::model::PublishMeta,
     log: &mut JobLog,
 ) -> Result<(), JobError> {
     let number = generation.number;
@@ -925,7 +971,10 @@ pub async fn publish(
         "publishing generation {number} (intentHash {})",
         generation.intent_hash
     ));
-    match publisher.publish(generation.clone()).await {
+    match publisher
+        .publish_with_meta(generation.clone(), meta.clone())
+        .await
+    {
         Ok(p) => {
             log.line(&format!(
                 "control plane accepted generation {number}: {} placed{}{}",
@@ -1030,6 +1079,19 @@ mod tests {
             .to_string()
     }
 
+    /// An author or message line is one line within the control plane's
+    /// bound, cut on a character boundary, whatever the commit holds.
+    #[test]
+    fn commit_meta_is_one_bounded_line() {
+        assert_eq!(one_line("fix\tthe\u{7}bell  "), "fix the bell");
+        let long = "é".repeat(150);
+        let cut = one_line(&long);
+        assert!(
+            cut.len() <= META_MAX && cut.chars().all(|c| c == 'é'),
+            "{cut}"
+        );
+    }
+
     #[test]
     fn mirrors_are_named_by_repository() {
         let a = mirror_dir(Path::new("/d"), "/srv/a.git");
@@ -1039,6 +1101,7 @@ mod tests {
         assert_eq!(a.file_name().unwrap().len(), "0123456789abcdef.git".len());
         let c = Checkout {
             dir: PathBuf::from("/w/job-1"),
+            ..Checkout::default()
         };
         assert_eq!(c.flake_attr(SPECS_ATTR), "path:/w/job-1#procurator.vmSpecs");
     }
@@ -1063,6 +1126,11 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(checkout.dir, work);
+        // Who and why, one line each, for the generation's history.
+        assert_eq!(
+            (checkout.author.as_str(), checkout.summary.as_str()),
+            ("T", "one")
+        );
         assert_eq!(
             std::fs::read_to_string(work.join("flake.nix")).unwrap(),
             "{ }"
@@ -1126,7 +1194,8 @@ mod tests {
             specs_json: intent.canonical_json,
         };
         let (mut log, log_file) = temp_log(tmp.path());
-        publish(&Publisher::disabled(), &db, &generation, &mut log)
+        let meta = commands::model::PublishMeta::default();
+        publish(&Publisher::disabled(), &db, &generation, &meta, &mut log)
             .await
             .unwrap();
         let text = std::fs::read_to_string(&log_file).unwrap();

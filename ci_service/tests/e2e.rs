@@ -156,6 +156,21 @@ fn push_to_running_vms_and_back() {
     assert_ne!(placed2["db-0"].0, placed["db-0"].0, "db-0 was replaced");
     assert_eq!(placed2["web-0"], placed["web-0"], "web-0 untouched");
     assert_eq!(placed2["web-1"], placed["web-1"], "web-1 untouched");
+    // The control plane's history says who pushed it, why, and which job.
+    let history = commands::rpc::block_on_local(async {
+        let m = commands::client::MasterClient::connect(&cp, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let g = m.generations(None).await.unwrap();
+        m.close().await;
+        g
+    });
+    let g2 = history.iter().find(|g| g.number == 2).unwrap();
+    assert_eq!(
+        (g2.author.as_str(), g2.message.as_str(), g2.job_id),
+        ("Test", "db says v2", u64::try_from(id2).unwrap()),
+        "{g2:?}"
+    );
 
     // 6. An evaluation error, then a build failure: jobs fail with useful
     // logs; the active generation and every VM stay.

@@ -2,6 +2,7 @@
 //! `pcr-worker-test`): output formatting and error reporting.
 
 pub mod init;
+pub mod inspect;
 pub mod master;
 pub mod output;
 pub mod specs;

@@ -8,11 +8,13 @@
 //! `LocalSet` (the RPC objects are `!Send`); `server` implements
 //! `commands::service::master::MasterApi` and that adapter owns the wire.
 
+pub mod events;
 pub mod metrics;
 pub mod quota;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod store;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -23,9 +25,11 @@ use commands::rpc::ConnLimits;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EventLog;
 use crate::quota::{QuotaConfig, QuotaError};
 use crate::server::Shared;
 use crate::state::{Settings, State};
+use crate::store::{Store, StoreError};
 
 /// Runtime settings (from the command line in `main`).
 #[derive(Debug, Clone)]
@@ -40,6 +44,9 @@ pub struct Config {
     /// Per-project quotas (see `quota`), read at start and on every
     /// SIGHUP; `None`: every project known and unlimited.
     pub quota_file: Option<PathBuf>,
+    /// Where generations and events persist (`state.sqlite`); `None`:
+    /// in memory only, forgotten at exit.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -49,6 +56,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(5),
             startup_grace: Duration::from_secs(5),
             quota_file: None,
+            state_dir: None,
         }
     }
 }
@@ -60,6 +68,15 @@ pub const ROLES: &[commands::auth::Role] = &[
     commands::auth::Role::Worker,
     commands::auth::Role::Reader,
 ];
+
+/// Opens the state file `config` names (none without `--state-dir`).
+pub fn open_store(config: &Config) -> Result<Option<Store>, StoreError> {
+    config
+        .state_dir
+        .as_deref()
+        .map(|dir| Store::open(dir, state::HISTORY, events::EVENTS_PER_PROJECT))
+        .transpose()
+}
 
 /// Serves the Master interface on `listener` until `shutdown` is cancelled,
 /// taking any token as admin (no token file: loopback use and tests).
@@ -128,7 +145,26 @@ pub async fn run_with_metrics(
         commands::telemetry::now_ms().saturating_mul(1000),
     );
     let _ = state.set_quotas(quotas);
-    let shared = Shared::new(state, config.long_poll_timeout);
+    let mut log = EventLog::default();
+    let store = match open_store(&config)
+        .and_then(|s| s.map(|s| s.load().map(|l| (s, l))).transpose())
+    {
+        Ok(Some((store, loaded))) => {
+            tracing::info!(file = %store.path().display(), generations = loaded.generations.len(),
+                events = loaded.events.len(), "state loaded");
+            let _ = state.restore(loaded.generations);
+            for e in loaded.events {
+                log.restore(e);
+            }
+            Some(store)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %commands::report::error_chain(&e), "state not loaded; refusing to serve");
+            return;
+        }
+    };
+    let shared = Shared::with_store(state, log, store, config.long_poll_timeout);
     let reloader = config.quota_file.clone().map(|path| {
         tokio::task::spawn_local(reload_on_sighup(path, shared.clone(), shutdown.clone()))
     });

@@ -45,6 +45,14 @@ struct Args {
     /// project may publish, unlimited.
     #[arg(long, env = "PCR_QUOTAS")]
     quotas: Option<std::path::PathBuf>,
+    /// Keep the generation history (with each generation's specs, author,
+    /// message and CI job) and the event log in DIR/state.sqlite, so that
+    /// `pcr history`, `pcr events` and each project's active generation
+    /// survive a restart. Created when missing; a file that is not a
+    /// control-plane state file is refused, never replaced. Without this
+    /// option everything is in memory and forgotten at exit.
+    #[arg(long, env = "PCR_CONTROL_PLANE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// Check no tokens: every caller is admin. For development only: only
     /// on a loopback address, and logged as a warning at startup.
     #[arg(long, env = "PCR_INSECURE_NO_AUTH")]
@@ -81,8 +89,16 @@ fn main() -> std::process::ExitCode {
             args.startup_grace_ms.unwrap_or(args.heartbeat_timeout_ms),
         ),
         quota_file: args.quotas.clone(),
+        state_dir: args.state_dir.clone(),
     };
     if let Err(e) = control_plane::load_quotas(&config) {
+        eprintln!("error: {}", commands::report::error_chain(&e));
+        return std::process::ExitCode::FAILURE;
+    }
+    // A state file that cannot be read stops the start here, before the
+    // port is taken, with the file named; it is never replaced.
+    if let Err(e) = control_plane::open_store(&config).and_then(|s| s.map(|s| s.load()).transpose())
+    {
         eprintln!("error: {}", commands::report::error_chain(&e));
         return std::process::ExitCode::FAILURE;
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commands::convert::RpcFailure;
-use commands::metrics::{Counters, Gauges, Latencies, Metrics, labels};
+use commands::metrics::{Counter, Counters, Gauges, Latencies, Metrics, labels};
 use commands::model::ClusterStatusView;
 
 /// Handles on every family; cheap to clone.
@@ -23,6 +23,8 @@ pub struct ControlPlaneMetrics {
     active_generation: Gauges,
     vms: Gauges,
     workers: Gauges,
+    events: Counters,
+    store_errors: Counter,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -57,8 +59,15 @@ impl Default for ControlPlaneMetrics {
             "workers",
             "Registered workers, by health (healthy, unhealthy).",
         );
+        let events = m.counters("events", "Events recorded in the event log, by kind.");
+        let store_errors = m.counter(
+            "store_errors",
+            "Writes to the state file (--state-dir) that failed; the change stayed in memory.",
+        );
         ControlPlaneMetrics {
             registry: Arc::new(m),
+            events,
+            store_errors,
             generations,
             placements,
             publish_seconds,
@@ -103,6 +112,16 @@ impl ControlPlaneMetrics {
             self.generations.get_or_create(&l).inc();
             self.placements.get_or_create(&l).inc_by(u64::from(placed));
         }
+    }
+
+    /// Counts one recorded event of `kind`.
+    pub fn event(&self, kind: &str) {
+        self.events.get_or_create(&labels([("kind", kind)])).inc();
+    }
+
+    /// Counts one failed write to the state file.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
     }
 
     /// Sets the state gauges from `status` (called before each scrape).

@@ -15,22 +15,28 @@ use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, GenerationView, ProjectStatusView, PublishOutcomeView,
-    Registration,
+    AssignmentView, ClusterStatusView, EventView, GenerationDetailView, GenerationView,
+    ProjectStatusView, PublishOutcomeView, Registration, event_kind,
 };
-use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
+use commands::service::master::{Caller, EventFilter, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
 use commands::telemetry::now_ms;
 use commands::types::{ProjectName, WorkerId};
 use tokio::sync::watch;
 
+use crate::events::EventLog;
 use crate::metrics::ControlPlaneMetrics;
 use crate::state::{Effects, State};
+use crate::store::{Store, StoreError};
 
 /// State shared by every connection's `Master` object.
 #[derive(Debug)]
 pub struct Shared {
     pub state: RefCell<State>,
+    /// Numbered, stamped events (what `State` recorded), bounded.
+    log: RefCell<EventLog>,
+    /// Where accepted changes are written through (`--state-dir`).
+    store: RefCell<Option<Store>>,
     /// Worker capabilities by id (the latest registration's).
     caps: RefCell<BTreeMap<WorkerId, WorkerCap>>,
     /// Bumped whenever any assignment changes; long-polls wait on it.
@@ -42,8 +48,21 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(state: State, long_poll_timeout: Duration) -> Rc<Self> {
+        Self::with_store(state, EventLog::default(), None, long_poll_timeout)
+    }
+
+    /// Like [`Self::new`], with the events a previous run left and the
+    /// store to write accepted changes to.
+    pub fn with_store(
+        state: State,
+        log: EventLog,
+        store: Option<Store>,
+        long_poll_timeout: Duration,
+    ) -> Rc<Self> {
         Rc::new(Shared {
             state: RefCell::new(state),
+            log: RefCell::new(log),
+            store: RefCell::new(store),
             caps: RefCell::new(BTreeMap::new()),
             changes: watch::channel(0).0,
             long_poll_timeout,
@@ -51,10 +70,58 @@ impl Shared {
         })
     }
 
-    /// Wakes the long-polls if an assignment changed.
+    /// Wakes the long-polls if an assignment changed, and records what
+    /// the change left in the event log (and the store).
     pub fn apply(&self, effects: Effects) {
         if effects.assignments_changed {
             self.changes.send_modify(|n| *n += 1);
+        }
+        self.record_events();
+    }
+
+    /// Numbers and stamps the events `State` left, counts them, stamps a
+    /// convergence on its generation, and writes them through.
+    fn record_events(&self) {
+        let drafts = self.state.borrow_mut().take_events();
+        if drafts.is_empty() {
+            return;
+        }
+        let at = now_ms();
+        let mut recorded = Vec::with_capacity(drafts.len());
+        {
+            let mut log = self.log.borrow_mut();
+            for d in drafts {
+                let e = log.record(d, at);
+                self.metrics.event(&e.kind);
+                tracing::info!(event_id = e.id, kind = %e.kind, project = %e.project, vm = %e.vm,
+                    worker_id = %e.worker_id, generation = e.generation, "{}", e.message);
+                recorded.push(e);
+            }
+        }
+        for e in recorded
+            .iter()
+            .filter(|e| e.kind == event_kind::GENERATION_CONVERGED)
+        {
+            if let Ok(p) = e.project.parse::<ProjectName>() {
+                self.state.borrow_mut().mark_converged(&p, e.generation, at);
+            }
+            self.persist("convergence", |s| {
+                s.set_converged(&e.project, e.generation, at)
+            });
+        }
+        self.persist("events", |s| s.save_events(&recorded));
+    }
+
+    /// Runs `write` on the store, if there is one. A failed write is
+    /// logged and counted (`control_plane_store_errors_total`); the change
+    /// stays in memory and is served, only a restart would forget it.
+    fn persist(&self, what: &str, write: impl FnOnce(&mut Store) -> Result<(), StoreError>) {
+        if let Some(store) = self.store.borrow_mut().as_mut()
+            && let Err(e) = write(store)
+        {
+            self.metrics.store_error();
+            tracing::error!(what, error = %commands::report::error_chain(&e),
+                "state not persisted; it stays in memory until a restart");
         }
     }
 
@@ -68,12 +135,13 @@ impl Shared {
 impl MasterApi for Shared {
     fn publish(&self, _: &Caller, p: Publish) -> Result<PublishOutcomeView, RpcFailure> {
         let started = Instant::now();
-        let published = self.state.borrow_mut().publish(
+        let published = self.state.borrow_mut().publish_with_meta(
             &p.project,
             &p.commit,
             p.generation,
             &p.intent_hash,
             p.specs,
+            &p.meta,
             now_ms(),
         );
         self.metrics.call("publish", &published);
@@ -84,6 +152,16 @@ impl MasterApi for Shared {
             outcome.placed,
             started.elapsed(),
         );
+        if !outcome.noop {
+            let record = self
+                .state
+                .borrow()
+                .generation(&p.project, p.generation)
+                .cloned();
+            if let Some(g) = record {
+                self.persist("generation", |s| s.save_generation(&g));
+            }
+        }
         self.apply(effects);
         tracing::info!(project = %p.project, generation = p.generation, commit = %p.commit, noop = outcome.noop, placed = outcome.placed,
             unplaced = outcome.unplaced.len(), "generation published");
@@ -152,6 +230,44 @@ impl MasterApi for Shared {
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
         self.metrics.call::<()>("projects", &Ok(()));
         self.state.borrow().projects(Instant::now())
+    }
+
+    fn events(
+        &self,
+        _: &Caller,
+        filter: &EventFilter,
+        after_id: u64,
+        limit: u32,
+    ) -> Vec<EventView> {
+        self.metrics.call::<()>("listEvents", &Ok(()));
+        self.log.borrow().list(filter, after_id, limit)
+    }
+
+    fn generation(
+        &self,
+        _: &Caller,
+        project: &ProjectName,
+        number: u64,
+    ) -> Result<GenerationDetailView, RpcFailure> {
+        let state = self.state.borrow();
+        let found = state.generation(project, number).cloned().ok_or_else(|| {
+            let known: Vec<String> = state
+                .generations(Some(project))
+                .iter()
+                .map(|g| g.number.to_string())
+                .collect();
+            let known = if known.is_empty() {
+                format!("project {project} has published none")
+            } else {
+                format!("remembered: {}", known.join(", "))
+            };
+            RpcFailure::new(
+                ErrorCode::NotFound,
+                format!("no generation {number} of project {project}; {known}"),
+            )
+        });
+        self.metrics.call("getGeneration", &found);
+        found
     }
 
     fn disconnected(&self, conn: u64) {

@@ -12,8 +12,13 @@
 //! awaits, so a borrow never spans a suspension point.
 //!
 //! Invariant: a refused call (any `Err`) changes nothing.
+//!
+//! Events: every accepted change leaves [`EventDraft`]s (published,
+//! converged, placed, replaced, removed, failed, unplaced, worker joined,
+//! unhealthy, healthy) that the caller takes with [`State::take_events`],
+//! numbers, stamps and persists; the state itself keeps no clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
@@ -21,16 +26,17 @@ use commands::types::{
     Labels, ProjectName, Resources, VmKey, VmMetrics, VmSpec, VmState, WorkerId,
 };
 
+use crate::events::EventDraft;
 use crate::quota::{QuotaConfig, UNLIMITED};
 use crate::scheduler::{self, Placement, Quotas, WorkerSlot};
 use commands::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, MAX_VMS_PER_WORKER,
-    ObservedVm, ProjectStatusView, PublishOutcomeView, Registration, UnplacedView, VmPlacementView,
-    WorkerHealthView, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, Drift, GenerationDetailView, GenerationView, Limits,
+    MAX_VMS_PER_WORKER, ObservedVm, ProjectStatusView, PublishMeta, PublishOutcomeView,
+    Registration, UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView, event_kind,
 };
 
 /// How many past generations `listGenerations` remembers per project.
-const HISTORY: usize = 100;
+pub const HISTORY: usize = 100;
 /// The most workers the control plane accepts (bounds memory under abuse).
 pub const MAX_WORKERS: usize = 100_000;
 const MAX_TEXT: usize = 256;
@@ -78,8 +84,13 @@ struct WorkerEntry {
 struct Project {
     /// The active generation (its specs live in `State::desired`).
     active: Option<GenerationView>,
-    history: VecDeque<GenerationView>,
+    /// The remembered generations with their specs, oldest first.
+    history: VecDeque<GenerationDetailView>,
 }
+
+/// Where each VM in scope stood before a change: its worker (if placed),
+/// desired content hash and why it is unplaced (if it is).
+type PlacementSnapshot = BTreeMap<VmKey, (Option<WorkerId>, String, Option<String>)>;
 
 /// What a state change means for the RPC layer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +111,10 @@ pub struct State {
     workers: BTreeMap<WorkerId, WorkerEntry>,
     placement: Placement,
     revision_counter: u64,
+    /// Projects whose active generation has not converged yet.
+    converging: BTreeSet<ProjectName>,
+    /// What happened since the caller last took the events.
+    events: Vec<EventDraft>,
 }
 
 /// The entries of `project` in a map keyed by (project, name): one
@@ -131,6 +146,11 @@ fn remove_project<V>(map: &mut BTreeMap<VmKey, V>, project: &ProjectName) {
     }
 }
 
+/// The first 12 characters of a hash or commit, as every table shows them.
+fn short(s: &str) -> &str {
+    s.get(..12).unwrap_or(s)
+}
+
 fn failure(code: ErrorCode, msg: impl Into<String>) -> RpcFailure {
     RpcFailure::new(code, msg)
 }
@@ -160,6 +180,99 @@ impl State {
             workers: BTreeMap::new(),
             placement: Placement::default(),
             revision_counter: revision_seed,
+            converging: BTreeSet::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The events recorded since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<EventDraft> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Records an event (one of `commands::model::event_kind`) for the
+    /// caller to take: what every rule here uses, and what a rollout
+    /// driver records its `rollout-*` kinds with.
+    pub fn event(
+        &mut self,
+        kind: &'static str,
+        project: &str,
+        vm: &str,
+        worker: &str,
+        generation: u64,
+        message: String,
+    ) {
+        self.events.push(EventDraft {
+            kind,
+            project: project.to_owned(),
+            vm: vm.to_owned(),
+            worker_id: worker.to_owned(),
+            generation,
+            message,
+        });
+    }
+
+    /// Puts back the generations a previous run persisted (any order): each
+    /// project's newest `HISTORY` are remembered and its newest becomes the
+    /// active one again, its specs the desired VMs. Nothing is handed out
+    /// before the startup grace ends, so running VMs stay where they run.
+    /// Records no events (they were recorded when it happened).
+    pub fn restore(&mut self, mut generations: Vec<GenerationDetailView>) -> Effects {
+        generations.sort_by(|a, b| {
+            (&a.generation.project, a.generation.number)
+                .cmp(&(&b.generation.project, b.generation.number))
+        });
+        for g in generations {
+            let Ok(project) = g.generation.project.parse::<ProjectName>() else {
+                tracing::warn!(project = %g.generation.project, "stored generation of an invalid project skipped");
+                continue;
+            };
+            let entry = self.projects.entry(project.clone()).or_default();
+            if entry.history.len() == HISTORY {
+                entry.history.pop_front();
+            }
+            entry.active = Some(g.generation.clone());
+            entry.history.push_back(g);
+        }
+        for (name, p) in &self.projects {
+            let Some(active) = p.history.back() else {
+                continue;
+            };
+            remove_project(&mut self.desired, name);
+            self.desired.extend(active.specs.iter().map(|s| {
+                let s = s.clone().with_project(name.clone());
+                (VmKey::new(name.clone(), s.name().clone()), s)
+            }));
+            if active.generation.converged_at_ms == 0 {
+                self.converging.insert(name.clone());
+            }
+        }
+        let effects = self.reschedule();
+        // Placement after a restore is not news.
+        self.events.clear();
+        effects
+    }
+
+    /// Generation `number` of `project` with its specs, if remembered.
+    pub fn generation(&self, project: &ProjectName, number: u64) -> Option<&GenerationDetailView> {
+        self.projects
+            .get(project)?
+            .history
+            .iter()
+            .find(|g| g.generation.number == number)
+    }
+
+    /// Records that `project`'s generation `number` converged at `at_ms`
+    /// (wall clock, from the caller), once.
+    pub fn mark_converged(&mut self, project: &ProjectName, number: u64, at_ms: u64) {
+        let Some(p) = self.projects.get_mut(project) else {
+            return;
+        };
+        if let Some(a) = p.active.as_mut().filter(|a| a.number == number) {
+            a.converged_at_ms = at_ms;
+        }
+        if let Some(h) = p.history.iter_mut().find(|g| g.generation.number == number) {
+            h.generation.converged_at_ms = at_ms;
         }
     }
 
@@ -195,8 +308,35 @@ impl State {
         specs: Vec<VmSpec>,
         now_ms: u64,
     ) -> Result<(PublishOutcomeView, Effects), RpcFailure> {
+        let meta = PublishMeta::default();
+        self.publish_with_meta(
+            project,
+            commit,
+            generation,
+            intent_hash,
+            specs,
+            &meta,
+            now_ms,
+        )
+    }
+
+    /// [`Self::publish`] with where the generation came from (author,
+    /// message, CI job), which its history and events show.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_with_meta(
+        &mut self,
+        project: &ProjectName,
+        commit: &str,
+        generation: u64,
+        intent_hash: &str,
+        specs: Vec<VmSpec>,
+        meta: &PublishMeta,
+        now_ms: u64,
+    ) -> Result<(PublishOutcomeView, Effects), RpcFailure> {
         check_text("commit", commit, false)?;
         check_text("intentHash", intent_hash, false)?;
+        check_text("meta.author", &meta.author, true)?;
+        check_text("meta.message", &meta.message, true)?;
         if generation == 0 {
             return Err(RpcFailure::invalid("generation: must be at least 1"));
         }
@@ -263,19 +403,11 @@ impl State {
             intent_hash: intent_hash.to_owned(),
             vm_count: u32::try_from(by_name.len()).unwrap_or(u32::MAX),
             published_at_ms: now_ms,
+            author: meta.author.clone(),
+            message: meta.message.clone(),
+            job_id: meta.job_id,
+            converged_at_ms: 0,
         };
-        let entry = self.projects.entry(project.clone()).or_default();
-        if entry.history.len() == HISTORY {
-            entry.history.pop_front();
-        }
-        entry.history.push_back(record.clone());
-        entry.active = Some(record);
-        remove_project(&mut self.desired, project);
-        self.desired.extend(
-            by_name
-                .into_iter()
-                .map(|(name, spec)| (VmKey::new(project.clone(), name), spec)),
-        );
         // Only this project's VMs need placing, unless another project has
         // VMs waiting for room (this publish may free some) or the workers
         // have not reported yet: then everything is placed again.
@@ -284,11 +416,53 @@ impl State {
             .unplaced
             .keys()
             .any(|k| k.project != *project);
-        let effects = if self.grace_over && !others_waiting {
+        let partial = self.grace_over && !others_waiting;
+        let before = self.snapshot(partial.then_some(project));
+        let entry = self.projects.entry(project.clone()).or_default();
+        if entry.history.len() == HISTORY {
+            entry.history.pop_front();
+        }
+        entry.history.push_back(GenerationDetailView {
+            generation: record.clone(),
+            specs: by_name.values().cloned().collect(),
+        });
+        entry.active = Some(record);
+        let by = if meta.author.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", meta.author)
+        };
+        let job = if meta.job_id == 0 {
+            String::new()
+        } else {
+            format!(", CI job {}", meta.job_id)
+        };
+        self.event(
+            event_kind::GENERATION_PUBLISHED,
+            project.as_str(),
+            "",
+            "",
+            generation,
+            format!(
+                "generation {generation} published from commit {}{by}{job}: {} VMs",
+                short(commit),
+                by_name.len()
+            ),
+        );
+        self.converging.insert(project.clone());
+        remove_project(&mut self.desired, project);
+        self.desired.extend(
+            by_name
+                .into_iter()
+                .map(|(name, spec)| (VmKey::new(project.clone(), name), spec)),
+        );
+        let effects = if partial {
             self.reschedule_project(project)
         } else {
-            self.reschedule()
+            self.place_all()
         };
+        self.record_placement(before, partial.then_some(project));
+        self.check_converged();
         Ok((self.outcome(project, generation, false), effects))
     }
 
@@ -315,8 +489,145 @@ impl State {
         self.projects
             .iter()
             .filter(|(p, _)| project.is_none_or(|want| want == *p))
-            .flat_map(|(_, p)| p.history.iter().cloned())
+            .flat_map(|(_, p)| p.history.iter().map(|g| g.generation.clone()))
             .collect()
+    }
+
+    // ---- events ------------------------------------------------------------
+
+    /// Where the VMs of `scope` (every project when `None`) stand now.
+    fn snapshot(&self, scope: Option<&ProjectName>) -> PlacementSnapshot {
+        let row = |(k, s): (&VmKey, &VmSpec)| {
+            (
+                k.clone(),
+                (
+                    self.placement.assigned.get(k).cloned(),
+                    s.content_hash().to_owned(),
+                    self.placement.unplaced.get(k).cloned(),
+                ),
+            )
+        };
+        match scope {
+            Some(p) => of_project(&self.desired, p).map(row).collect(),
+            None => self.desired.iter().map(row).collect(),
+        }
+    }
+
+    /// Records what changed for the VMs of `scope` since `before`: placed
+    /// (or moved), replaced (a new version on the same worker), removed,
+    /// unplaced. Nothing during the startup grace: placements then are
+    /// provisional, made before the workers reported what they run.
+    fn record_placement(&mut self, before: PlacementSnapshot, scope: Option<&ProjectName>) {
+        if !self.grace_over {
+            return;
+        }
+        let after = self.snapshot(scope);
+        let generation_of = |s: &Self, p: &ProjectName| s.active_generation(p);
+        for (k, (worker, hash, why)) in &after {
+            let g = generation_of(self, &k.project);
+            let old = before.get(k);
+            let (old_worker, old_hash, old_why) = match old {
+                Some((w, h, y)) => (w.as_ref(), Some(h), y.as_ref()),
+                None => (None, None, None),
+            };
+            let (p, n) = (k.project.as_str(), k.name.as_str());
+            match (worker, old_worker) {
+                (Some(w), Some(ow)) if w == ow => {
+                    if old_hash.is_some_and(|h| h != hash) {
+                        let msg = format!(
+                            "{n} replaced on {w}: {} → {}",
+                            short(old_hash.map_or("", |h| h)),
+                            short(hash)
+                        );
+                        self.event(event_kind::VM_REPLACED, p, n, w.as_str(), g, msg);
+                    }
+                }
+                (Some(w), Some(ow)) => {
+                    let msg = format!("{n} moved from {ow} to {w}");
+                    self.event(event_kind::VM_PLACED, p, n, w.as_str(), g, msg);
+                }
+                (Some(w), None) => {
+                    let msg = format!("{n} placed on {w}");
+                    self.event(event_kind::VM_PLACED, p, n, w.as_str(), g, msg);
+                }
+                (None, _) => {
+                    if let Some(why) = why.as_ref().filter(|y| Some(*y) != old_why) {
+                        let msg = format!("{n} not placed: {why}");
+                        let w = old_worker.map_or(String::new(), ToString::to_string);
+                        self.event(event_kind::VM_UNPLACED, p, n, &w, g, msg);
+                    }
+                }
+            }
+        }
+        for (k, (worker, _, _)) in before.iter().filter(|(k, _)| !after.contains_key(*k)) {
+            let g = generation_of(self, &k.project);
+            let w = worker.as_ref().map_or(String::new(), ToString::to_string);
+            let msg = if w.is_empty() {
+                format!("{} removed", k.name)
+            } else {
+                format!("{} removed from {w}", k.name)
+            };
+            self.event(
+                event_kind::VM_REMOVED,
+                k.project.as_str(),
+                k.name.as_str(),
+                &w,
+                g,
+                msg,
+            );
+        }
+    }
+
+    /// Records `generation-converged` for each project whose active
+    /// generation now runs everywhere: every desired VM running its
+    /// desired version on the worker it is placed on.
+    fn check_converged(&mut self) {
+        if self.converging.is_empty() {
+            return;
+        }
+        let mut running: HashSet<(&WorkerId, &VmKey, &str)> = HashSet::new();
+        let keys: Vec<(&WorkerId, VmKey, &str)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.healthy)
+            .flat_map(|(id, w)| {
+                w.running
+                    .iter()
+                    .filter(|vm| {
+                        vm.status.state == VmState::Running
+                            && self.converging.contains(&vm.status.project)
+                    })
+                    .map(move |vm| (id, vm.status.key(), vm.status.content_hash.as_str()))
+            })
+            .collect();
+        for (w, k, h) in &keys {
+            running.insert((w, k, h));
+        }
+        let done: Vec<(ProjectName, u64)> = self
+            .converging
+            .iter()
+            .filter(|p| {
+                of_project(&self.desired, p).all(|(k, s)| {
+                    self.placement
+                        .assigned
+                        .get(k)
+                        .is_some_and(|w| running.contains(&(w, k, s.content_hash())))
+                })
+            })
+            .map(|p| (p.clone(), self.active_generation(p)))
+            .collect();
+        for (p, g) in done {
+            self.converging.remove(&p);
+            let n = of_project(&self.desired, &p).count();
+            self.event(
+                event_kind::GENERATION_CONVERGED,
+                p.as_str(),
+                "",
+                "",
+                g,
+                format!("generation {g} converged: {n} of {n} VMs run it"),
+            );
+        }
     }
 
     // ---- workers -----------------------------------------------------------
@@ -359,6 +670,28 @@ impl State {
         let changed_shape = previous
             .as_ref()
             .is_none_or(|p| !p.healthy || p.capacity != reg.capacity || p.labels != reg.labels);
+        match &previous {
+            None => self.event(
+                event_kind::WORKER_JOINED,
+                "",
+                "",
+                reg.worker_id.as_str(),
+                0,
+                format!(
+                    "{} joined from {} ({} vCPU, {} MiB)",
+                    reg.worker_id, reg.address, reg.capacity.cpu, reg.capacity.memory_mb
+                ),
+            ),
+            Some(p) if !p.healthy => self.event(
+                event_kind::WORKER_HEALTHY,
+                "",
+                "",
+                reg.worker_id.as_str(),
+                0,
+                format!("{} healthy again: registered again", reg.worker_id),
+            ),
+            Some(_) => {}
+        }
         tracing::info!(worker_id = %reg.worker_id, address = %reg.address, cpu = reg.capacity.cpu,
             memory_mb = reg.capacity.memory_mb, "worker registered");
         self.workers.insert(
@@ -425,14 +758,60 @@ impl State {
                 ),
             ));
         }
+        let silent = now.saturating_duration_since(entry.last_seen);
+        let failed_before: HashSet<commands::types::VmId> = entry
+            .running
+            .iter()
+            .filter(|vm| vm.status.state == VmState::Failed)
+            .map(|vm| vm.status.id.clone())
+            .collect();
         entry.last_seen = now;
         entry.observed_generation = observed_generation;
         entry.running = running;
         entry.metrics = metrics;
-        if !entry.healthy {
+        let newly_failed: Vec<(VmKey, String)> = entry
+            .running
+            .iter()
+            .filter(|vm| {
+                vm.status.state == VmState::Failed && !failed_before.contains(&vm.status.id)
+            })
+            .map(|vm| (vm.status.key(), vm.status.error.clone()))
+            .collect();
+        let was_healthy = entry.healthy;
+        entry.healthy = true;
+        for (k, error) in newly_failed {
+            let g = self.active_generation(&k.project);
+            let why = if error.is_empty() {
+                String::new()
+            } else {
+                format!(": {error}")
+            };
+            let msg = format!("{} failed on {worker}{why}", k.name);
+            self.event(
+                event_kind::VM_FAILED,
+                k.project.as_str(),
+                k.name.as_str(),
+                worker.as_str(),
+                g,
+                msg,
+            );
+        }
+        if !was_healthy {
             tracing::info!(worker_id = %worker, "worker healthy again");
-            entry.healthy = true;
-            return Ok(self.reschedule());
+            self.event(
+                event_kind::WORKER_HEALTHY,
+                "",
+                "",
+                worker.as_str(),
+                0,
+                format!(
+                    "{worker} healthy again: heartbeat after {} s",
+                    silent.as_secs()
+                ),
+            );
+            let effects = self.reschedule();
+            self.check_converged();
+            return Ok(effects);
         }
         // A desired VM running here but placed elsewhere (or nowhere): the
         // placement was made before this worker reported (a restarted
@@ -443,23 +822,38 @@ impl State {
                 && self.desired.contains_key(&key)
                 && self.placement.assigned.get(&key) != Some(worker)
         });
-        if misplaced {
-            return Ok(self.reschedule());
-        }
-        Ok(Effects::default())
+        let effects = if misplaced {
+            self.reschedule()
+        } else {
+            Effects::default()
+        };
+        self.check_converged();
+        Ok(effects)
     }
 
     /// Periodic: marks silent workers unhealthy (moving their VMs) and ends
     /// the startup grace period.
     pub fn tick(&mut self, now: Instant) -> Effects {
         let mut changed = false;
+        let mut went_silent = Vec::new();
         for (id, w) in &mut self.workers {
             let silent = now.saturating_duration_since(w.last_seen);
             if w.healthy && silent > self.settings.heartbeat_timeout {
                 tracing::warn!(worker_id = %id, silent_ms = silent.as_millis() as u64, "worker unhealthy; moving its VMs");
                 w.healthy = false;
                 changed = true;
+                went_silent.push((id.clone(), silent));
             }
+        }
+        for (id, silent) in went_silent {
+            self.event(
+                event_kind::WORKER_UNHEALTHY,
+                "",
+                "",
+                id.as_str(),
+                0,
+                format!("{id} unhealthy: no heartbeat for {} s", silent.as_secs()),
+            );
         }
         let mut effects = if changed {
             self.reschedule()
@@ -485,6 +879,14 @@ impl State {
     /// workers, and bumps the revision of every worker whose assigned specs
     /// changed.
     fn reschedule(&mut self) -> Effects {
+        let before = self.snapshot(None);
+        let effects = self.place_all();
+        self.record_placement(before, None);
+        effects
+    }
+
+    /// [`Self::reschedule`] without recording events.
+    fn place_all(&mut self) -> Effects {
         if self.projects.is_empty() {
             return Effects::default();
         }
@@ -934,6 +1336,176 @@ mod tests {
 
     fn observed(name: &str, hash: &str) -> ObservedVm {
         testkit::fixtures::running_vm(VmId::new_v7(), name, hash, 128)
+    }
+
+    /// The kinds and messages of the events taken from `s`.
+    fn events(s: &mut State) -> Vec<(&'static str, String)> {
+        s.take_events()
+            .into_iter()
+            .map(|e| (e.kind, e.message))
+            .collect()
+    }
+
+    /// A generation's life as events: published and placed, converged
+    /// once its VMs run, a new version replaced in place, a silent
+    /// worker named with how long it was silent and its VMs moved, a
+    /// failed VM, a removed VM; a restored state records none of it again.
+    #[test]
+    fn changes_are_recorded_as_events() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.register(reg("b", "x:2"), 2, t).unwrap();
+        let joined = events(&mut s);
+        assert_eq!(
+            joined[0],
+            (
+                "worker-joined",
+                "a joined from x:1 (8 vCPU, 8192 MiB)".into()
+            )
+        );
+        let meta = PublishMeta {
+            author: "Ada".into(),
+            message: "two webs".into(),
+            job_id: 12,
+        };
+        s.publish_with_meta(
+            &dp(),
+            "0123456789abcdef",
+            1,
+            "i1",
+            vec![spec("web-0", "h1"), spec("web-1", "h1")],
+            &meta,
+            5,
+        )
+        .unwrap();
+        let ev = events(&mut s);
+        assert_eq!(
+            ev[0],
+            (
+                "generation-published",
+                "generation 1 published from commit 0123456789ab by Ada, CI job 12: 2 VMs".into()
+            )
+        );
+        let placed: Vec<_> = ev.iter().filter(|e| e.0 == "vm-placed").collect();
+        assert_eq!(placed.len(), 2, "{ev:?}");
+        let where_is = |s: &State, n: &str| {
+            s.placement.assigned[&VmKey::new(dp(), n.parse().unwrap())].clone()
+        };
+        let (w0, w1) = (where_is(&s, "web-0"), where_is(&s, "web-1"));
+        let conn = |w: &WorkerId| if w.as_str() == "a" { 1 } else { 2 };
+        // Only one VM runs: not converged yet.
+        s.push_data(
+            &w0,
+            conn(&w0),
+            1,
+            vec![observed("web-0", "h1")],
+            WorkerMetricsView::default(),
+            t,
+        )
+        .unwrap();
+        assert!(events(&mut s).is_empty());
+        let both = w0 == w1;
+        let mut on_w1 = vec![observed("web-1", "h1")];
+        if both {
+            on_w1.push(observed("web-0", "h1"));
+        }
+        s.push_data(&w1, conn(&w1), 1, on_w1, WorkerMetricsView::default(), t)
+            .unwrap();
+        assert_eq!(
+            events(&mut s),
+            [(
+                "generation-converged",
+                "generation 1 converged: 2 of 2 VMs run it".into()
+            )]
+        );
+        s.mark_converged(&dp(), 1, 77);
+        assert_eq!(s.generations(None)[0].converged_at_ms, 77);
+        assert_eq!(s.generations(None)[0].author, "Ada");
+
+        s.publish(
+            &dp(),
+            "c2",
+            2,
+            "i2",
+            vec![spec("web-0", "h2"), spec("web-1", "h1")],
+            6,
+        )
+        .unwrap();
+        let ev = events(&mut s);
+        assert!(
+            ev.contains(&("vm-replaced", format!("web-0 replaced on {w0}: h1 → h2"))),
+            "{ev:?}"
+        );
+
+        // b falls silent: named with how long, its VMs move to a.
+        let later = t + Duration::from_secs(7);
+        s.push_data(&wid("a"), 1, 2, vec![], WorkerMetricsView::default(), later)
+            .unwrap();
+        s.tick(later);
+        let ev = events(&mut s);
+        assert!(
+            ev.contains(&(
+                "worker-unhealthy",
+                "b unhealthy: no heartbeat for 7 s".into()
+            )),
+            "{ev:?}"
+        );
+        let moved: Vec<_> = ev
+            .iter()
+            .filter(|e| e.1.contains("moved from b to a"))
+            .collect();
+        assert!(
+            !moved.is_empty() || (w0.as_str() == "a" && w1.as_str() == "a"),
+            "{ev:?}"
+        );
+
+        let mut failed = observed("web-1", "h1");
+        failed.status.state = VmState::Failed;
+        failed.status.error = "cloud-hypervisor exited with status 1".into();
+        s.push_data(
+            &wid("a"),
+            1,
+            2,
+            vec![failed.clone()],
+            WorkerMetricsView::default(),
+            later,
+        )
+        .unwrap();
+        assert!(events(&mut s).contains(&(
+            "vm-failed",
+            "web-1 failed on a: cloud-hypervisor exited with status 1".into()
+        )));
+        // The same failure reported again is not news.
+        s.push_data(
+            &wid("a"),
+            1,
+            2,
+            vec![failed],
+            WorkerMetricsView::default(),
+            later,
+        )
+        .unwrap();
+        assert!(events(&mut s).iter().all(|e| e.0 != "vm-failed"));
+
+        s.publish(&dp(), "c3", 3, "i3", vec![spec("web-0", "h2")], 7)
+            .unwrap();
+        assert!(events(&mut s).contains(&("vm-removed", "web-1 removed from a".into())));
+
+        // A restart's restore: the active generation and its specs are
+        // back, and nothing is recorded again.
+        let history: Vec<GenerationDetailView> = [1, 2, 3]
+            .iter()
+            .map(|n| s.generation(&dp(), *n).unwrap().clone())
+            .collect();
+        let mut r = State::new(settings(), later, 2);
+        r.register(reg("a", "x:1"), 1, later).unwrap();
+        r.take_events();
+        r.restore(history);
+        assert!(r.take_events().is_empty());
+        assert_eq!(r.active_generation(&dp()), 3);
+        assert_eq!(r.generations(Some(&dp())).len(), 3);
+        assert_eq!(r.snapshot(None).len(), 1);
     }
 
     #[test]

@@ -80,6 +80,15 @@ fn publish_moves_the_control_plane_metrics() {
             ),
             1.0
         );
+        // One event per thing that happened, by kind.
+        let events = "procurator_control_plane_events_total";
+        for (kind, n) in [
+            ("worker-joined", 1.0),
+            ("generation-published", 1.0),
+            ("vm-placed", 2.0),
+        ] {
+            assert_eq!(value(&after, events, &[("kind", kind)]), n, "{kind}");
+        }
         // Placed on w1, which reports nothing yet: both pending.
         assert_eq!(
             value(

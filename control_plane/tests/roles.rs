@@ -4,23 +4,27 @@
 //! a worker token acts only for its own id and, while its registering
 //! connection is open, only on that connection; and the per-input limits
 //! (text length, long-polls in flight per connection) answer with clear
-//! errors.
+//! errors. `listEvents` gives each role what it may see: a reader and an
+//! admin every project's events, a `ci:<project>` token its own project's
+//! only (asking for another is refused), a worker token only the events
+//! of its own worker id; paging with afterId walks the log once.
 
 use std::time::Duration;
 
 use commands::auth::{Authenticator, Role};
 use commands::client::{ClientError, MasterClient};
 use commands::convert::ErrorCode;
-use commands::model::{Registration, WorkerMetricsView};
+use commands::model::{EventView, Registration, WorkerMetricsView, event_kind};
 use commands::rpc::RpcError;
 use commands::service::worker::{WorkerApi, WorkerCap};
-use commands::types::VmSpec;
+use commands::types::{ProjectName, VmSpec};
 use tokio_util::sync::CancellationToken;
 
 const ADMIN: &str = "admin-token-0123456789";
 const CI: &str = "ci-token-0123456789abcd";
 const W1: &str = "worker-w1-token-0123456";
 const READER: &str = "reader-token-0123456789";
+const SHOP_CI: &str = "ci-shop-token-0123456789";
 
 /// A Worker capability with no methods: registration only needs one.
 struct NullWorker;
@@ -45,7 +49,8 @@ fn denied(e: ClientError) -> String {
 }
 
 async fn start() -> (String, CancellationToken) {
-    let text = format!("admin {ADMIN}\nci {CI}\nworker:w1 {W1}\nreader {READER}\n");
+    let text =
+        format!("admin {ADMIN}\nci {CI}\nworker:w1 {W1}\nreader {READER}\nci:shop {SHOP_CI}\n");
     let auth =
         Authenticator::parse(&text, std::path::Path::new("test"), control_plane::ROLES).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -56,6 +61,7 @@ async fn start() -> (String, CancellationToken) {
         heartbeat_timeout: Duration::from_secs(5),
         startup_grace: Duration::ZERO,
         quota_file: None,
+        state_dir: None,
     };
     tokio::task::spawn_local(control_plane::run_with_auth(
         config,
@@ -280,6 +286,76 @@ fn a_worker_token_on_another_connection_cannot_take_over_the_registration() {
             .push_data("w1", 0, &[], &WorkerMetricsView::default())
             .await
             .unwrap();
+        shutdown.cancel();
+    });
+}
+
+fn projects(events: &[EventView]) -> Vec<&str> {
+    let mut p: Vec<&str> = events.iter().map(|e| e.project.as_str()).collect();
+    p.sort_unstable();
+    p.dedup();
+    p
+}
+
+#[test]
+fn each_role_sees_only_its_events() {
+    commands::rpc::block_on_local(async {
+        let (addr, shutdown) = start().await;
+        let admin = login(&addr, ADMIN).await;
+        let w1 = login(&addr, W1).await;
+        w1.register(
+            &testkit::fixtures::registration("w1", "127.0.0.1:1".into(), 8, 8192),
+            WorkerCap::new(NullWorker),
+        )
+        .await
+        .unwrap();
+        for p in ["shop", "other"] {
+            let specs = [testkit::fixtures::project_spec(p, "web-0", "h1")];
+            admin.publish(p, "c1", 1, "i1", &specs).await.unwrap();
+        }
+
+        let all = admin.list_events(None, 0, 0).await.unwrap();
+        assert_eq!(projects(&all), ["", "other", "shop"], "{all:?}");
+        let reader = login(&addr, READER).await;
+        assert_eq!(reader.list_events(None, 0, 0).await.unwrap(), all);
+
+        // ci:shop: its project, whether it names it or not.
+        let ci = login(&addr, SHOP_CI).await;
+        let mine = ci.list_events(None, 0, 0).await.unwrap();
+        assert_eq!(projects(&mine), ["shop"]);
+        assert!(
+            mine.iter()
+                .any(|e| e.kind == event_kind::GENERATION_PUBLISHED)
+        );
+        let other: ProjectName = "other".parse().unwrap();
+        let e = ci.list_events(Some(&other), 0, 0).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("may read the events of project shop only, not other"),
+            "{e}"
+        );
+
+        // The worker: the events naming it, of any project, nothing else.
+        let its = w1.list_events(None, 0, 0).await.unwrap();
+        assert!(!its.is_empty());
+        assert!(its.iter().all(|e| e.worker_id == "w1"), "{its:?}");
+        assert!(its.iter().any(|e| e.kind == event_kind::WORKER_JOINED));
+        assert!(its.iter().any(|e| e.kind == event_kind::VM_PLACED));
+
+        // Pages of two walk every event once, in order.
+        let mut after = 0;
+        let mut paged = Vec::new();
+        loop {
+            let page = admin.list_events(None, after, 2).await.unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            paged.extend(page);
+        }
+        assert_eq!(paged, all);
+        for c in [admin, w1, reader, ci] {
+            c.close().await;
+        }
         shutdown.cancel();
     });
 }

@@ -68,6 +68,7 @@ fn master_over_loopback() {
             heartbeat_timeout: Duration::from_millis(600),
             startup_grace: Duration::ZERO,
             quota_file: None,
+            state_dir: None,
         };
         let (addr, shutdown) = start(config).await;
         let w1 = connect(&addr).await;

@@ -1,8 +1,10 @@
 # NixOS module for the Procurator control plane (`control_plane`): the Master
-# Cap'n Proto server. It keeps desired state in memory (CI re-publishes after
-# a restart), so it needs no state directory and runs fully sandboxed under a
-# dynamic user: no capabilities, no privileged or resource syscalls,
-# IP and unix sockets only, the file system read-only.
+# Cap'n Proto server. It keeps the generation history (with each
+# generation's specs) and the event log in /var/lib/procurator-control-plane/
+# state.sqlite (--state-dir), so history, events and each project's active
+# generation survive a restart, and runs fully sandboxed under a dynamic
+# user: no capabilities, no privileged or resource syscalls, IP and unix
+# sockets only, the file system read-only but for its state directory.
 import ./service-module.nix "control-plane" ({ lib, common, cfg, ... }:
 {
   binary = "control_plane";
@@ -25,6 +27,7 @@ import ./service-module.nix "control-plane" ({ lib, common, cfg, ... }:
       long-poll-timeout-ms = cfg.longPollTimeoutMs;
       quotas = common.storePath cfg.quotasFile;
       metrics-listen = cfg.metricsListen;
+      state-dir = "/var/lib/procurator-control-plane";
     };
     credentials = [
       { flag = "token-file"; name = "tokens"; file = common.orGenerated cfg.tokenFile "control-plane-tokens"; }
@@ -35,6 +38,8 @@ import ./service-module.nix "control-plane" ({ lib, common, cfg, ... }:
       wants = [ "network-online.target" ];
       serviceConfig = common.hardening // {
         DynamicUser = true;
+        StateDirectory = "procurator-control-plane";
+        StateDirectoryMode = "0700";
       };
     };
   };

@@ -96,6 +96,27 @@ impl ClusterOpts {
         }
     }
 
+    /// Control plane and ch-sim workers `ids` with the fixture store,
+    /// every service checking tokens, 200 ms heartbeats against a 1.5 s
+    /// timeout, 3 s long-polls, no startup grace; `cp_args` go to the
+    /// control plane. The quick cluster of the history and CLI tests.
+    pub fn quick(ids: &[&'static str], cp_args: &[&str]) -> ClusterOpts {
+        let mut opts = ClusterOpts::new(
+            ids.iter()
+                .map(|id| WorkerOpts::new(id).args(["--heartbeat-interval-ms", "200"]))
+                .collect(),
+        );
+        opts.control_plane = ControlPlaneArgs {
+            heartbeat_timeout_ms: Some(1500),
+            long_poll_timeout_ms: Some(3000),
+            args: cp_args.iter().map(|a| (*a).to_owned()).collect(),
+            ..ControlPlaneArgs::default()
+        };
+        opts.fixture_store = true;
+        opts.tokens = true;
+        opts
+    }
+
     /// With a cache and ci_service too.
     pub fn with_ci(mut self) -> ClusterOpts {
         self.cache = true;
@@ -209,6 +230,25 @@ impl Cluster {
     /// [`ClusterOpts::tokens`].
     pub fn admin_token_file(&self) -> Option<PathBuf> {
         self.opts.tokens.then(|| self.token_file("admin"))
+    }
+
+    /// Runs `f` with a control-plane client logged in as admin (a cluster
+    /// with [`ClusterOpts::tokens`]), on a `LocalSet` of its own.
+    pub fn with_admin<T>(&self, f: impl AsyncFnOnce(&commands::client::MasterClient) -> T) -> T {
+        let token = std::fs::read_to_string(self.token_file("admin")).unwrap();
+        let addr = self.cp.addr.clone();
+        commands::rpc::block_on_local(async move {
+            let m = commands::client::MasterClient::connect_with_token(
+                &addr,
+                Duration::from_secs(5),
+                token.trim(),
+            )
+            .await
+            .unwrap();
+            let out = f(&m).await;
+            m.close().await;
+            out
+        })
     }
 
     /// A token file [`write_tokens`] wrote.

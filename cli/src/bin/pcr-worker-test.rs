@@ -350,15 +350,6 @@ fn print_state(vm: &VmStatus, json: bool) {
 /// `logs`: the end of a VM's serial console, one line per line.
 async fn logs(w: &WorkerClient, id: &str, lines: u32, json: bool) -> Result<(), CliError> {
     let tail = w.logs(&parse_id(id)?, lines).await?;
-    if json {
-        output::print_json(&tail);
-        return Ok(());
-    }
-    let mut s = String::new();
-    for l in &tail.lines {
-        s.push_str(l);
-        s.push('\n');
-    }
-    output::print_str(&s);
+    output::print_str(&cli::inspect::render_tail(&tail, json));
     Ok(())
 }

@@ -2,13 +2,16 @@
 //! generations and projects from the control plane, as aligned tables
 //! (colour only on a terminal) or `--json`. `status`, `vms` and
 //! `generation` show every project (with a PROJECT column) unless
-//! `--project` picks one.
+//! `--project` picks one. `history`, `diff`, `events`, `vm` and `logs`
+//! live in `cli::inspect`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Args as ClapArgs, Subcommand};
+use cli::inspect;
 use commands::model::{ClusterStatusView, Drift, GenerationView, Limits, ProjectStatusView};
+use commands::telemetry::now_ms;
 use commands::types::ProjectName;
 
 /// The tool's command line: the shared control-plane options and `Cmd`.
@@ -26,6 +29,21 @@ enum Cmd {
     Generation(Filter),
     /// Every project: quota, usage, active generation and convergence.
     Projects,
+    /// Each project's generations, newest first: commit, author, message,
+    /// CI job, when published and how long until converged.
+    History(Filter),
+    /// What generation B changed against generation A: the VMs added,
+    /// replaced (another content hash) and removed.
+    Diff(DiffArgs),
+    /// The control plane's event log, newest last: generations published
+    /// and converged, VMs placed, replaced, removed, failed or unplaced,
+    /// workers joining or going silent (with why).
+    Events(EventsArgs),
+    /// One VM: placement, worker, state, drift, its spec, and its latest events.
+    Vm(VmArgs),
+    /// A VM's serial console, read from its worker through the control
+    /// plane (needs an admin token).
+    Logs(LogsArgs),
     /// Scan a repository with autonix and write its flake.nix and Procurator
     /// cluster file (procurator.nix); needs no control plane.
     Init(cli::init::InitArgs),
@@ -38,6 +56,64 @@ struct Filter {
     /// project, with a PROJECT column).
     #[arg(long)]
     project: Option<ProjectName>,
+}
+
+/// `diff A B`.
+#[derive(Debug, ClapArgs)]
+struct DiffArgs {
+    /// The older generation number.
+    a: u64,
+    /// The newer generation number.
+    b: u64,
+    /// The project (default: the only project with generations).
+    #[arg(long)]
+    project: Option<ProjectName>,
+}
+
+/// `events`: which project, how many, and whether to keep watching.
+#[derive(Debug, ClapArgs)]
+struct EventsArgs {
+    #[command(flatten)]
+    filter: Filter,
+    /// How many of the newest events to show.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Keep printing new events as they happen (polled every --interval
+    /// seconds) until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between two polls with --watch.
+    #[arg(long, default_value_t = 2, requires = "watch")]
+    interval: u64,
+}
+
+/// `vm NAME`.
+#[derive(Debug, ClapArgs)]
+struct VmArgs {
+    /// The VM's name.
+    name: String,
+    /// Its project (default: the only project with a VM of that name).
+    #[arg(long)]
+    project: Option<ProjectName>,
+    /// How many of its latest events to show.
+    #[arg(long, default_value_t = 10)]
+    events: usize,
+}
+
+/// `logs NAME`.
+#[derive(Debug, ClapArgs)]
+struct LogsArgs {
+    /// The VM's name.
+    name: String,
+    /// Its project (default: the only project with a VM of that name).
+    #[arg(long)]
+    project: Option<ProjectName>,
+    /// How many of the last console lines to show.
+    #[arg(long, default_value_t = 100)]
+    lines: u32,
+    /// Keep printing new console lines until interrupted.
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 /// `status`: which project, and whether to keep watching.
@@ -406,6 +482,16 @@ fn render_generations(
                 cli::output::short_hash(&g.intent_hash),
                 g.vm_count.to_string(),
                 format!("{} ago", age(now.saturating_sub(g.published_at_ms))),
+                if g.converged_at_ms == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ago", age(now.saturating_sub(g.converged_at_ms)))
+                },
+                if g.job_id == 0 {
+                    "-".into()
+                } else {
+                    g.job_id.to_string()
+                },
             ]);
             row
         })
@@ -420,12 +506,15 @@ fn render_generations(
         "INTENT",
         "VMS",
         "PUBLISHED",
+        "CONVERGED",
+        "JOB",
     ];
     table(&header[usize::from(!with_project)..], &rows, style)
 }
 
-/// Everything `pcr` can fail with is a connection, login or call error.
-type CliError = cli::master::ConnectError;
+/// Everything `pcr` can fail with: a connection, login or call error, or
+/// something named that does not exist.
+type CliError = cli::inspect::InspectError;
 
 async fn real_main(args: Args) -> Result<String, CliError> {
     let master = args.master.connect().await?;
@@ -504,17 +593,61 @@ async fn real_main(args: Args) -> Result<String, CliError> {
                 render_projects(&ps, &style)
             }
         }
+        Cmd::History(f) => {
+            let gens = inspect::history(&master, f.project.as_ref()).await?;
+            if args.master.json {
+                to_json(&gens)
+            } else {
+                inspect::render_history(&gens, f.project.is_none(), now_ms())
+            }
+        }
+        Cmd::Diff(d) => {
+            let diff = inspect::diff_generations(&master, d.project.as_ref(), d.a, d.b).await?;
+            if args.master.json {
+                to_json(&diff)
+            } else {
+                inspect::render_diff(&diff)
+            }
+        }
+        Cmd::Events(e) => {
+            let project = e.filter.project.as_ref();
+            let events = inspect::events_after(&master, project, 0).await?;
+            let shown = &events[events.len().saturating_sub(e.limit)..];
+            let text = if args.master.json {
+                to_json(shown)
+            } else {
+                inspect::render_events(&events, e.limit, now_ms())
+            };
+            if e.watch {
+                cli::output::print_str(&text);
+                let after = events.last().map_or(0, |l| l.id);
+                let every = std::time::Duration::from_secs(e.interval);
+                inspect::watch_events(&master, project, after, every, args.master.json).await?;
+            }
+            text
+        }
+        Cmd::Vm(v) => {
+            let view = inspect::vm(&master, v.project.as_ref(), &v.name, v.events).await?;
+            if args.master.json {
+                to_json(&view)
+            } else {
+                inspect::render_vm(&view, now_ms())
+            }
+        }
+        Cmd::Logs(l) => {
+            if l.follow {
+                let every = std::time::Duration::from_millis(500);
+                inspect::follow_logs(&master, l.project.as_ref(), &l.name, l.lines, every).await?;
+            }
+            let tail = inspect::logs(&master, l.project.as_ref(), &l.name, l.lines).await?;
+            inspect::render_tail(&tail, args.master.json)
+        }
     };
     master.close().await;
     Ok(out)
 }
 
-/// Pretty JSON with a final newline, what `--json` prints.
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-    s.push('\n');
-    s
-}
+use cli::inspect::to_json;
 
 fn main() -> ExitCode {
     let args = Args::parse_as(
