@@ -22,6 +22,23 @@ struct VmSpec {
   labels @10 :List(Label);          # placement constraints and grouping
   project @11 :Text;                # the project it belongs to: "" as Nix writes it,
                                     # set by the control plane on publish
+  healthCheck @12 :HealthCheck;     # unset = no check (running counts as healthy);
+                                    # not part of contentHash: it does not change what boots
+}
+
+# How a worker decides that a VM it started is healthy: a line on the VM's
+# serial console that contains `consoleLine`, seen within `deadlineMs` of boot.
+struct HealthCheck {
+  consoleLine @0 :Text;             # 1-256 printable characters
+  deadlineMs @1 :UInt64;            # 1..=3600000
+}
+
+# A VM's health as its worker judges it.
+enum Health {
+  none @0;                          # the spec has no health check: running counts as healthy
+  pending @1;                       # checking: the line has not been seen, the deadline not passed
+  healthy @2;                       # the line was seen in time
+  unhealthy @3;                     # the deadline passed without it, or the VM failed
 }
 
 enum VmState {
@@ -54,6 +71,9 @@ struct VmStatus {
   cpu @7 :UInt32;
   memoryMb @8 :UInt64;
   project @9 :Text;                 # the VM's project ("" = "default")
+  health @10 :Health;
+  healthDetail @11 :Text;           # why unhealthy (one line), "" otherwise
+  healthySinceMs @12 :UInt64;       # unix ms the check passed, 0 unless healthy
 }
 
 # What a worker reports it is running (pushData).

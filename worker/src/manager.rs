@@ -483,6 +483,9 @@ impl<B: VmmBackend> VmManager<B> {
             created_at_ms: e.created_at_ms,
             cpu: e.spec.cpu(),
             memory_mb: e.spec.memory_mb(),
+            health: Default::default(),
+            health_detail: String::new(),
+            healthy_since_ms: None,
         }
     }
 

@@ -587,6 +587,9 @@ mod tests {
             created_at_ms: created,
             cpu: 1,
             memory_mb: 64,
+            health: Default::default(),
+            health_detail: String::new(),
+            healthy_since_ms: None,
         }
     }
 
