@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use crate::common_capnp::{self, ErrorCode as CapnpErrorCode};
 use crate::types::{
-    Health, HealthCheck, Labels, ProjectName, Resources, SpecError, VmId, VmMetrics, VmName,
-    VmSpec, VmSpecFields, VmState, VmStatus,
+    Health, HealthCheck, Labels, ProjectName, Resources, SpecError, UpdatePolicy, VmId, VmMetrics,
+    VmName, VmSpec, VmSpecFields, VmState, VmStatus,
 };
 
 /// Why a message could not be turned into a domain value.
@@ -116,10 +116,34 @@ pub fn vm_spec_to_capnp(spec: &VmSpec, mut b: common_capnp::vm_spec::Builder<'_>
         b.reborrow().init_labels(spec.labels().len() as u32),
     );
     if let Some(hc) = spec.health_check() {
-        let mut h = b.init_health_check();
+        let mut h = b.reborrow().init_health_check();
         h.set_console_line(&hc.console_line);
         h.set_deadline_ms(hc.deadline_ms);
     }
+    if let Some(p) = spec.update() {
+        let mut u = b.init_update();
+        u.set_group(&p.group);
+        u.set_max_parallel(p.max_parallel);
+        u.set_min_healthy_ms(p.min_healthy_ms);
+        u.set_auto_revert(p.auto_revert);
+    }
+}
+
+/// An unset `update` pointer is "no policy" (replace at once), as a peer
+/// from before rollouts sends it.
+fn update_from_capnp(
+    r: common_capnp::vm_spec::Reader<'_>,
+) -> Result<Option<UpdatePolicy>, ConvertError> {
+    if !r.has_update() {
+        return Ok(None);
+    }
+    let u = r.get_update()?;
+    Ok(Some(UpdatePolicy {
+        group: text(u.get_group())?,
+        max_parallel: u.get_max_parallel(),
+        min_healthy_ms: u.get_min_healthy_ms(),
+        auto_revert: u.get_auto_revert(),
+    }))
 }
 
 /// An unset `healthCheck` pointer is "no check" (a peer from before checks
@@ -158,6 +182,7 @@ pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec
         content_hash: text(r.get_content_hash())?,
         labels: labels_from_capnp(r.get_labels()?)?,
         health_check: health_check_from_capnp(r)?,
+        update: update_from_capnp(r)?,
     })?)
 }
 
@@ -421,6 +446,12 @@ mod tests {
                 console_line: "READY".into(),
                 deadline_ms: 30_000,
             }),
+            update: Some(UpdatePolicy {
+                group: "web".into(),
+                max_parallel: 3,
+                min_healthy_ms: 10_000,
+                auto_revert: true,
+            }),
         })
         .unwrap();
         let mut msg = capnp::message::Builder::new_default();
@@ -462,7 +493,36 @@ mod tests {
             .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
             .unwrap();
         assert!(!r.has_health_check());
-        assert_eq!(vm_spec_from_capnp(r).unwrap().health_check(), None);
+        assert!(!r.has_update());
+        let back = vm_spec_from_capnp(r).unwrap();
+        assert_eq!(back.health_check(), None);
+        assert_eq!(back.update(), None);
+    }
+
+    #[test]
+    fn hostile_update_policy_over_capnp_is_refused_with_field() {
+        for (parallel, healthy, want) in [
+            (0, 0, "update.maxParallel: must be 1..=1000, got 0"),
+            (1, u64::MAX, "update.minHealthyMs"),
+        ] {
+            let mut msg = capnp::message::Builder::new_default();
+            let mut b = msg.init_root::<common_capnp::vm_spec::Builder<'_>>();
+            b.set_name("web-0");
+            b.set_toplevel("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys");
+            b.set_kernel_path("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel");
+            b.set_cpu(1);
+            b.set_memory_mb(64);
+            b.set_content_hash("h");
+            let mut u = b.init_update();
+            u.set_group("web");
+            u.set_max_parallel(parallel);
+            u.set_min_healthy_ms(healthy);
+            let r = msg
+                .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
+                .unwrap();
+            let err = vm_spec_from_capnp(r).unwrap_err().to_message();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

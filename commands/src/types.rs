@@ -36,6 +36,11 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_HEALTH_LINE_CHARS: usize = 256;
 /// The longest `healthCheck.deadlineMs`: one hour.
 pub const MAX_HEALTH_DEADLINE_MS: u64 = 3_600_000;
+/// The most replicas an update policy may replace at once (nix/lib's bound
+/// on replicas).
+pub const MAX_PARALLEL: u32 = 1000;
+/// The longest `update.minHealthyMs`: one hour.
+pub const MAX_MIN_HEALTHY_MS: u64 = 3_600_000;
 const STORE_DIR: &str = "/nix/store/";
 const NIX32_ALPHABET: &str = "0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -283,6 +288,49 @@ pub struct VmSpec {
     content_hash: String,
     labels: BTreeMap<String, String>,
     health_check: Option<HealthCheck>,
+    update: Option<UpdatePolicy>,
+}
+
+/// How a new generation replaces the replicas of one VM group (see
+/// `UpdatePolicy` in common.capnp). Like the health check, not part of the
+/// content hash but part of the canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePolicy {
+    pub group: String,
+    pub max_parallel: u32,
+    pub min_healthy_ms: u64,
+    pub auto_revert: bool,
+}
+
+impl UpdatePolicy {
+    /// The bounds nix/lib checks at evaluation, again at every edge: a
+    /// policy that replaces nothing at a time would never finish, and an
+    /// absurd wait would park a rollout for days.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_dns_label(&self.group) {
+            return Err(SpecError::invalid(
+                "update.group",
+                format!("{:?} is not a DNS label", self.group),
+            ));
+        }
+        if self.max_parallel == 0 || self.max_parallel > MAX_PARALLEL {
+            return Err(SpecError::invalid(
+                "update.maxParallel",
+                format!("must be 1..={MAX_PARALLEL}, got {}", self.max_parallel),
+            ));
+        }
+        if self.min_healthy_ms > MAX_MIN_HEALTHY_MS {
+            return Err(SpecError::invalid(
+                "update.minHealthyMs",
+                format!(
+                    "must be 0..={MAX_MIN_HEALTHY_MS} (one hour), got {}",
+                    self.min_healthy_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How the worker tells that a VM it started is healthy: a console line
@@ -357,6 +405,10 @@ pub struct VmSpecFields {
     /// hash of a spec without one is what it was before checks existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Absent = replace at once; omitted from JSON when absent, for the
+    /// same reason as `health_check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdatePolicy>,
 }
 
 fn optional_store_path(field: &str, s: String) -> Result<Option<StorePath>, SpecError> {
@@ -479,6 +531,9 @@ impl VmSpec {
         if let Some(hc) = &f.health_check {
             hc.validate()?;
         }
+        if let Some(u) = &f.update {
+            u.validate()?;
+        }
         Ok(VmSpec {
             project,
             name,
@@ -493,6 +548,7 @@ impl VmSpec {
             content_hash: f.content_hash,
             labels: f.labels,
             health_check: f.health_check,
+            update: f.update,
         })
     }
 
@@ -560,6 +616,10 @@ impl VmSpec {
     pub fn health_check(&self) -> Option<&HealthCheck> {
         self.health_check.as_ref()
     }
+    /// The group's rollout policy; `None` = replaced at once.
+    pub fn update(&self) -> Option<&UpdatePolicy> {
+        self.update.as_ref()
+    }
 
     /// Every top-level store path this VM boots from, deduplicated and
     /// sorted: the closure roots a worker must have before starting it.
@@ -607,6 +667,7 @@ impl VmSpec {
             content_hash: self.content_hash.clone(),
             labels: self.labels.clone(),
             health_check: self.health_check.clone(),
+            update: self.update.clone(),
         }
     }
 }
@@ -950,6 +1011,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `deadline`"), "{err}");
+    }
+
+    fn policy(max_parallel: u32, min_healthy_ms: u64) -> UpdatePolicy {
+        UpdatePolicy {
+            group: "web".into(),
+            max_parallel,
+            min_healthy_ms,
+            auto_revert: true,
+        }
+    }
+
+    #[test]
+    fn bad_update_policies_are_refused_with_the_setting_named() {
+        let cases: [(UpdatePolicy, &str); 4] = [
+            (policy(0, 0), "update.maxParallel: must be 1..=1000, got 0"),
+            (
+                policy(1001, 0),
+                "update.maxParallel: must be 1..=1000, got 1001",
+            ),
+            (
+                policy(1, 3_600_001),
+                "update.minHealthyMs: must be 0..=3600000 (one hour), got 3600001",
+            ),
+            (
+                UpdatePolicy {
+                    group: "Web Servers".into(),
+                    ..policy(1, 0)
+                },
+                "update.group: \"Web Servers\" is not a DNS label",
+            ),
+        ];
+        for (p, want) in cases {
+            let mut f = fields();
+            f.update = Some(p);
+            let err = VmSpec::new(f).unwrap_err().to_string();
+            assert_eq!(err, want);
+        }
+        let mut f = fields();
+        f.update = Some(policy(1000, 3_600_000));
+        assert!(VmSpec::new(f).is_ok(), "the bounds themselves pass");
+    }
+
+    #[test]
+    fn update_policy_is_camel_case_json_absent_when_unset_and_not_in_the_content_hash() {
+        let plain = VmSpec::new(fields()).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("update"));
+        let mut f = fields();
+        f.update = Some(policy(2, 10_000));
+        let rolled = VmSpec::new(f).unwrap();
+        let json = serde_json::to_string(&rolled).unwrap();
+        assert!(
+            json.contains(
+                r#""update":{"group":"web","maxParallel":2,"minHealthyMs":10000,"autoRevert":true}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(VmSpec::from_json(&json).unwrap(), rolled);
+        assert_eq!(rolled.content_hash(), plain.content_hash());
+        assert_ne!(intent_hash(&[rolled]).hash, intent_hash(&[plain]).hash);
+        let err = VmSpec::from_json(&json.replace("maxParallel", "parallel"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `parallel`"), "{err}");
+        let err = VmSpec::from_json(&json.replace(r#""maxParallel":2"#, r#""maxParallel":-1"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maxParallel") || err.contains("-1"), "{err}");
     }
 
     #[test]

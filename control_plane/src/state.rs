@@ -733,6 +733,7 @@ impl State {
             } else {
                 Vec::new()
             },
+            hold: Vec::new(),
         })
     }
 
@@ -860,6 +861,7 @@ impl State {
             vms,
             workers,
             unplaced: self.unplaced_views(),
+            rollouts: Vec::new(),
         }
     }
 
