@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod quota;
+pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod state;
@@ -126,7 +127,8 @@ pub async fn run_with_metrics(
         Instant::now(),
         // Revisions of this run never collide with a previous run's.
         commands::telemetry::now_ms().saturating_mul(1000),
-    );
+    )
+    .with_wall_clock(commands::telemetry::now_ms());
     let _ = state.set_quotas(quotas);
     let shared = Shared::new(state, config.long_poll_timeout);
     let reloader = config.quota_file.clone().map(|path| {

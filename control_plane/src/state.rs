@@ -13,20 +13,22 @@
 //!
 //! Invariant: a refused call (any `Err`) changes nothing.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::types::{
-    Labels, ProjectName, Resources, VmKey, VmMetrics, VmSpec, VmState, WorkerId,
+    Labels, ProjectName, Resources, UpdatePolicy, VmKey, VmMetrics, VmName, VmSpec, VmState,
+    WorkerId,
 };
 
 use crate::quota::{QuotaConfig, UNLIMITED};
+use crate::rollout::{self, Action};
 use crate::scheduler::{self, Placement, Quotas, WorkerSlot};
 use commands::model::{
     AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, MAX_VMS_PER_WORKER,
-    ObservedVm, ProjectStatusView, PublishOutcomeView, Registration, UnplacedView, VmPlacementView,
-    WorkerHealthView, WorkerMetricsView,
+    ObservedVm, ProjectStatusView, PublishOutcomeView, Registration, RolloutStatusView,
+    UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
 
 /// How many past generations `listGenerations` remembers per project.
@@ -81,11 +83,46 @@ struct Project {
     history: VecDeque<GenerationView>,
 }
 
+/// What a rollout tells a replica's worker instead of its desired spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Override {
+    /// Keep whatever runs under the name (`Assignment.hold`).
+    Hold,
+    /// Run this spec: the previous generation's (a revert).
+    Revert(VmSpec),
+}
+
+/// One VM group of one project: the key of a rollout.
+type GroupKey = (ProjectName, String);
+
+/// The spec a worker is told to run for `key`: its desired one unless a
+/// rollout reverted it.
+fn effective(
+    desired: &BTreeMap<VmKey, VmSpec>,
+    overrides: &BTreeMap<VmKey, Override>,
+    key: &VmKey,
+) -> VmSpec {
+    match overrides.get(key) {
+        Some(Override::Revert(spec)) => spec.clone(),
+        _ => desired[key].clone(),
+    }
+}
+
 /// What a state change means for the RPC layer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Effects {
     /// Some worker's assignment changed: wake the long-polls.
     pub assignments_changed: bool,
+}
+
+impl Effects {
+    /// Both effects.
+    #[must_use]
+    pub fn or(self, other: Effects) -> Effects {
+        Effects {
+            assignments_changed: self.assignments_changed || other.assignments_changed,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +137,18 @@ pub struct State {
     workers: BTreeMap<WorkerId, WorkerEntry>,
     placement: Placement,
     revision_counter: u64,
+    /// Unix ms at `started`: rollouts compare the workers' timestamps
+    /// (unix ms) with `now`.
+    started_ms: u64,
+    /// Per VM of a project with update policies: the spec it ran before
+    /// the active generation (what a revert goes back to). In memory only.
+    previous: BTreeMap<VmKey, VmSpec>,
+    /// Projects whose active generation has a group with a policy: the
+    /// only ones the rollout driver looks at.
+    rolling_projects: BTreeSet<ProjectName>,
+    rollouts: BTreeMap<GroupKey, rollout::Record>,
+    rollout_status: BTreeMap<GroupKey, RolloutStatusView>,
+    overrides: BTreeMap<VmKey, Override>,
 }
 
 /// The entries of `project` in a map keyed by (project, name): one
@@ -160,7 +209,28 @@ impl State {
             workers: BTreeMap::new(),
             placement: Placement::default(),
             revision_counter: revision_seed,
+            started_ms: 0,
+            previous: BTreeMap::new(),
+            rolling_projects: BTreeSet::new(),
+            rollouts: BTreeMap::new(),
+            rollout_status: BTreeMap::new(),
+            overrides: BTreeMap::new(),
         }
+    }
+
+    /// Sets the wall clock: `unix_ms` is the time of the `now` given to
+    /// [`State::new`]. Rollouts judge how long a VM has been healthy by
+    /// the workers' timestamps, so the control plane needs real time.
+    pub fn with_wall_clock(mut self, unix_ms: u64) -> Self {
+        self.started_ms = unix_ms;
+        self
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        self.started_ms.saturating_add(
+            u64::try_from(now.saturating_duration_since(self.started).as_millis())
+                .unwrap_or(u64::MAX),
+        )
     }
 
     /// The active generation number of `project` (0 before its first publish).
@@ -222,6 +292,24 @@ impl State {
                 )));
             }
         }
+        // A rollout is per group: its replicas must agree on how.
+        let mut policies: BTreeMap<&str, (&VmName, &UpdatePolicy)> = BTreeMap::new();
+        for s in by_name.values() {
+            let Some(u) = s.update() else { continue };
+            match policies.get(u.group.as_str()) {
+                Some((first, p)) if *p != u => {
+                    return Err(RpcFailure::invalid(format!(
+                        "vmSpecs: {} and {first} carry different update policies for group {:?}; every replica of a group must carry the same",
+                        s.name(),
+                        u.group
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    policies.insert(&u.group, (s.name(), u));
+                }
+            }
+        }
         if let Some(cur) = self.projects.get(project).and_then(|p| p.active.as_ref()) {
             if generation < cur.number {
                 return Err(failure(
@@ -271,6 +359,22 @@ impl State {
         }
         entry.history.push_back(record.clone());
         entry.active = Some(record);
+        // What each VM runs now is what a rollout of the new generation
+        // reverts to: only kept for projects with a policy.
+        let remembered: Vec<(VmKey, VmSpec)> = if policies.is_empty() {
+            Vec::new()
+        } else {
+            of_project(&self.desired, project)
+                .map(|(k, old)| (k.clone(), self.remembered_spec(k, old)))
+                .collect()
+        };
+        remove_project(&mut self.previous, project);
+        self.previous.extend(remembered);
+        if policies.is_empty() {
+            self.rolling_projects.remove(project);
+        } else {
+            self.rolling_projects.insert(project.clone());
+        }
         remove_project(&mut self.desired, project);
         self.desired.extend(
             by_name
@@ -285,11 +389,15 @@ impl State {
             .unplaced
             .keys()
             .any(|k| k.project != *project);
+        // The rollout decides first what each replica is told, so that no
+        // assignment ever hands out the whole new group at once.
+        let changed = self.update_rollouts(now_ms);
         let effects = if self.grace_over && !others_waiting {
             self.reschedule_project(project)
         } else {
             self.reschedule()
         };
+        let effects = effects.or(self.patch_assignments(changed));
         Ok((self.outcome(project, generation, false), effects))
     }
 
@@ -433,7 +541,8 @@ impl State {
         if !entry.healthy {
             tracing::info!(worker_id = %worker, "worker healthy again");
             entry.healthy = true;
-            return Ok(self.reschedule());
+            let effects = self.reschedule();
+            return Ok(effects.or(self.drive(now)));
         }
         // A desired VM running here but placed elsewhere (or nowhere): the
         // placement was made before this worker reported (a restarted
@@ -445,9 +554,10 @@ impl State {
                 && self.placement.assigned.get(&key) != Some(worker)
         });
         if misplaced {
-            return Ok(self.reschedule());
+            let effects = self.reschedule();
+            return Ok(effects.or(self.drive(now)));
         }
-        Ok(Effects::default())
+        Ok(self.drive(now))
     }
 
     /// Periodic: marks silent workers unhealthy (moving their VMs) and ends
@@ -474,10 +584,228 @@ impl State {
             tracing::info!("startup grace over; handing out assignments");
             // Placement now sees every worker that re-registered and
             // reported its VMs; every long-poll gets its first answer.
+            // Rollouts first: a replica a rollout has not reached is held
+            // from the very first assignment.
+            let now_ms = self.now_ms(now);
+            self.update_rollouts(now_ms);
             self.reschedule();
             effects.assignments_changed = true;
         }
-        effects
+        effects.or(self.drive(now))
+    }
+
+    // ---- rollouts ----------------------------------------------------------
+
+    /// The spec `key` runs now, to revert to later: the version its worker
+    /// reports running among what it was told (its desired spec, or what
+    /// a rollout held or reverted it to), else its desired spec.
+    fn remembered_spec(&self, key: &VmKey, desired: &VmSpec) -> VmSpec {
+        let running: Vec<&str> = self
+            .placement
+            .assigned
+            .get(key)
+            .and_then(|w| self.workers.get(w))
+            .map(|w| {
+                w.running
+                    .iter()
+                    .filter(|o| o.status.key() == *key && o.status.state == VmState::Running)
+                    .map(|o| o.status.content_hash.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reverted = match self.overrides.get(key) {
+            Some(Override::Revert(s)) => Some(s),
+            _ => None,
+        };
+        let candidates = [Some(desired), reverted, self.previous.get(key)];
+        candidates
+            .iter()
+            .flatten()
+            .find(|s| running.contains(&s.content_hash()))
+            .or(match self.overrides.get(key) {
+                Some(_) => candidates[2].as_ref().or(candidates[1].as_ref()),
+                None => None,
+            })
+            .map_or_else(|| desired.clone(), |s| (*s).clone())
+    }
+
+    /// Steps every rollout at `now` and re-tells the workers whose
+    /// replicas' instructions changed.
+    fn drive(&mut self, now: Instant) -> Effects {
+        let now_ms = self.now_ms(now);
+        let changed = self.update_rollouts(now_ms);
+        self.patch_assignments(changed)
+    }
+
+    /// Steps the rollout of every group with a policy (see `rollout`) and
+    /// records what each replica is told; returns the VMs whose
+    /// instruction changed. Nothing during the startup grace: the workers
+    /// have not reported yet, and nothing is handed out anyway.
+    fn update_rollouts(&mut self, now_ms: u64) -> BTreeSet<VmKey> {
+        if !self.grace_over {
+            return BTreeSet::new();
+        }
+        let mut overrides = BTreeMap::new();
+        let mut statuses = BTreeMap::new();
+        let mut records = BTreeMap::new();
+        for project in &self.rolling_projects {
+            let Some(generation) = self
+                .projects
+                .get(project)
+                .and_then(|p| p.active.as_ref())
+                .map(|g| g.number)
+            else {
+                continue;
+            };
+            type GroupReplicas = (UpdatePolicy, Option<u64>, Vec<rollout::Replica>);
+            let mut groups: BTreeMap<&str, GroupReplicas> = BTreeMap::new();
+            for (key, spec) in of_project(&self.desired, project) {
+                let Some(u) = spec.update() else { continue };
+                let g = groups
+                    .entry(u.group.as_str())
+                    .or_insert_with(|| (u.clone(), None, Vec::new()));
+                if let Some(hc) = spec.health_check() {
+                    g.1 = Some(g.1.map_or(hc.deadline_ms, |d| d.max(hc.deadline_ms)));
+                }
+                let instances = self
+                    .placement
+                    .assigned
+                    .get(key)
+                    .and_then(|w| self.workers.get(w))
+                    .map(|w| {
+                        w.running
+                            .iter()
+                            .filter(|o| o.status.key() == *key)
+                            .map(|o| rollout::Instance {
+                                hash: o.status.content_hash.clone(),
+                                state: o.status.state,
+                                health: o.status.health,
+                                detail: if o.status.health_detail.is_empty() {
+                                    o.status.error.clone()
+                                } else {
+                                    o.status.health_detail.clone()
+                                },
+                                created_at_ms: o.status.created_at_ms,
+                                healthy_since_ms: o.status.healthy_since_ms,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                g.2.push(rollout::Replica {
+                    name: key.name.clone(),
+                    new_hash: spec.content_hash().to_owned(),
+                    can_revert: self.previous.contains_key(key),
+                    instances,
+                });
+            }
+            for (group, (policy, deadline, replicas)) in groups {
+                let gk: GroupKey = (project.clone(), group.to_owned());
+                let mut record = self.rollouts.remove(&gk);
+                let step = rollout::step(
+                    &mut record,
+                    rollout::Group {
+                        policy: &policy,
+                        check_deadline_ms: deadline,
+                        generation,
+                        replicas: &replicas,
+                    },
+                    now_ms,
+                );
+                for t in &step.transitions {
+                    // The event log (h2) records these; until then, logs.
+                    tracing::info!(project = %project, group, generation, kind = t.kind, "{}", t.message);
+                }
+                for (name, action) in step.actions {
+                    let key = VmKey::new(project.clone(), name);
+                    match action {
+                        Action::New => {}
+                        Action::Hold => {
+                            overrides.insert(key, Override::Hold);
+                        }
+                        Action::Revert => {
+                            if let Some(prev) = self.previous.get(&key) {
+                                overrides.insert(key, Override::Revert(prev.clone()));
+                            }
+                        }
+                    }
+                }
+                if let Some(r) = record {
+                    records.insert(gk.clone(), r);
+                }
+                statuses.insert(
+                    gk,
+                    RolloutStatusView {
+                        project: project.to_string(),
+                        ..step.status
+                    },
+                );
+            }
+        }
+        for project in &self.rolling_projects {
+            let line = rollout::summary(
+                statuses
+                    .iter()
+                    .filter(|((p, _), _)| p == project)
+                    .map(|(_, s)| s),
+            );
+            if let Some(p) = self.projects.get_mut(project) {
+                let number = p.active.as_ref().map(|g| g.number);
+                for g in p.active.iter_mut().chain(
+                    p.history
+                        .iter_mut()
+                        .rev()
+                        .take(1)
+                        .filter(|g| Some(g.number) == number),
+                ) {
+                    g.rollout.clone_from(&line);
+                }
+            }
+        }
+        self.rollouts = records;
+        self.rollout_status = statuses;
+        let mut changed: BTreeSet<VmKey> = BTreeSet::new();
+        for (k, v) in &overrides {
+            if self.overrides.get(k) != Some(v) {
+                changed.insert(k.clone());
+            }
+        }
+        for k in self.overrides.keys() {
+            if !overrides.contains_key(k) {
+                changed.insert(k.clone());
+            }
+        }
+        self.overrides = overrides;
+        changed
+    }
+
+    /// Tells the workers of `changed` VMs their new instruction (spec and
+    /// hold) and bumps those workers' revisions.
+    fn patch_assignments(&mut self, changed: BTreeSet<VmKey>) -> Effects {
+        let mut touched: BTreeSet<WorkerId> = BTreeSet::new();
+        for key in changed {
+            if !self.desired.contains_key(&key) {
+                continue;
+            }
+            let Some(w) = self.placement.assigned.get(&key) else {
+                continue;
+            };
+            let spec = effective(&self.desired, &self.overrides, &key);
+            if let Some(entry) = self.workers.get_mut(w) {
+                if let Some(slot) = entry.assigned.iter_mut().find(|s| s.key() == key) {
+                    *slot = spec;
+                }
+                touched.insert(w.clone());
+            }
+        }
+        for id in &touched {
+            if let Some(w) = self.workers.get_mut(id) {
+                self.revision_counter += 1;
+                w.revision = self.revision_counter;
+            }
+        }
+        Effects {
+            assignments_changed: !touched.is_empty(),
+        }
     }
 
     // ---- scheduling --------------------------------------------------------
@@ -559,7 +887,7 @@ impl State {
             per_worker
                 .entry(w)
                 .or_default()
-                .push(self.desired[vm].clone());
+                .push(effective(&self.desired, &self.overrides, vm));
         }
         let mut changed = false;
         for (id, w) in &mut self.workers {
@@ -644,7 +972,7 @@ impl State {
             per_worker
                 .entry(w)
                 .or_default()
-                .push(self.desired[vm].clone());
+                .push(effective(&self.desired, &self.overrides, vm));
         }
         let mut changed = false;
         for (id, w) in &mut self.workers {
@@ -733,7 +1061,15 @@ impl State {
             } else {
                 Vec::new()
             },
-            hold: Vec::new(),
+            hold: if self.grace_over {
+                w.assigned
+                    .iter()
+                    .map(VmSpec::key)
+                    .filter(|k| self.overrides.get(k) == Some(&Override::Hold))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -861,7 +1197,12 @@ impl State {
             vms,
             workers,
             unplaced: self.unplaced_views(),
-            rollouts: Vec::new(),
+            rollouts: self
+                .rollout_status
+                .values()
+                .filter(|r| r.state != "rolled")
+                .cloned()
+                .collect(),
         }
     }
 
