@@ -359,3 +359,398 @@ pub fn summary<'a>(statuses: impl IntoIterator<Item = &'a RolloutStatusView>) ->
         parts.join("; ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "old";
+    const NEW: &str = "new";
+
+    fn policy(max_parallel: u32, min_healthy_ms: u64, auto_revert: bool) -> UpdatePolicy {
+        UpdatePolicy {
+            group: "web".into(),
+            max_parallel,
+            min_healthy_ms,
+            auto_revert,
+        }
+    }
+
+    fn running(hash: &str, created_at_ms: u64) -> Instance {
+        Instance {
+            hash: hash.into(),
+            state: VmState::Running,
+            health: Health::None,
+            detail: String::new(),
+            created_at_ms,
+            healthy_since_ms: None,
+        }
+    }
+
+    fn replica(i: usize, instances: Vec<Instance>) -> Replica {
+        Replica {
+            name: format!("web-{i}").parse().unwrap(),
+            new_hash: NEW.into(),
+            can_revert: true,
+            instances,
+        }
+    }
+
+    /// `n` replicas, all running the old version since time 0.
+    fn all_old(n: usize) -> Vec<Replica> {
+        (0..n).map(|i| replica(i, vec![running(OLD, 0)])).collect()
+    }
+
+    fn run(
+        rec: &mut Option<Record>,
+        p: &UpdatePolicy,
+        deadline: Option<u64>,
+        replicas: &[Replica],
+        now_ms: u64,
+    ) -> Step {
+        step(
+            rec,
+            Group {
+                policy: p,
+                check_deadline_ms: deadline,
+                generation: 2,
+                replicas,
+            },
+            now_ms,
+        )
+    }
+
+    fn actions(s: &Step) -> Vec<(String, Action)> {
+        s.actions.iter().map(|(n, a)| (n.to_string(), *a)).collect()
+    }
+
+    fn act(s: &Step, name: &str) -> Action {
+        s.actions[&name.parse::<VmName>().unwrap()]
+    }
+
+    fn of(list: &[(&str, Action)]) -> Vec<(String, Action)> {
+        list.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect()
+    }
+
+    fn batch(rec: &Option<Record>) -> Vec<String> {
+        rec.as_ref()
+            .unwrap()
+            .batch
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_new_generation_starts_rolling_with_the_first_max_parallel_replicas_by_name() {
+        let mut rec = None;
+        let p = policy(2, 1000, false);
+        let s = run(&mut rec, &p, None, &all_old(5), 100);
+        assert_eq!(rec.as_ref().unwrap().phase, Phase::Rolling);
+        assert_eq!(batch(&rec), ["web-0", "web-1"]);
+        assert_eq!(
+            actions(&s),
+            of(&[
+                ("web-0", Action::New),
+                ("web-1", Action::New),
+                ("web-2", Action::Hold),
+                ("web-3", Action::Hold),
+                ("web-4", Action::Hold),
+            ])
+        );
+        assert_eq!(s.transitions[0].kind, "rollout-batch");
+        assert_eq!(
+            (
+                s.status.batch,
+                s.status.batches,
+                s.status.healthy,
+                s.status.total
+            ),
+            (1, 3, 0, 5)
+        );
+        assert_eq!(s.status.state, "rolling");
+    }
+
+    #[test]
+    fn a_batch_waits_while_its_replicas_have_not_been_healthy_for_min_healthy_ms() {
+        let mut rec = None;
+        let p = policy(2, 1000, false);
+        let mut r = all_old(3);
+        run(&mut rec, &p, None, &r, 0);
+        // web-0 runs the new version (the old one is gone), web-1 runs both.
+        r[0].instances = vec![running(NEW, 100)];
+        r[1].instances.push(running(NEW, 100));
+        let s = run(&mut rec, &p, None, &r, 1099);
+        assert_eq!(batch(&rec), ["web-0", "web-1"]);
+        assert!(s.transitions.is_empty());
+        assert_eq!(act(&s, "web-2"), Action::Hold);
+        assert_eq!(s.status.healthy, 0);
+    }
+
+    #[test]
+    fn done_replicas_leave_the_batch_and_the_next_batch_starts() {
+        let mut rec = None;
+        let p = policy(2, 1000, false);
+        let mut r = all_old(3);
+        run(&mut rec, &p, None, &r, 0);
+        r[0].instances = vec![running(NEW, 100)];
+        r[1].instances = vec![running(NEW, 100)];
+        let s = run(&mut rec, &p, None, &r, 1100);
+        assert_eq!(batch(&rec), ["web-2"]);
+        assert_eq!(rec.as_ref().unwrap().batch_started_ms, 1100);
+        assert_eq!(act(&s, "web-2"), Action::New);
+        assert_eq!(
+            (s.status.batch, s.status.batches, s.status.healthy),
+            (2, 2, 2)
+        );
+    }
+
+    #[test]
+    fn with_a_health_check_only_healthy_counts_and_the_wait_starts_when_it_passed() {
+        let mut rec = None;
+        let p = policy(1, 1000, false);
+        let mut r = all_old(2);
+        run(&mut rec, &p, Some(5000), &r, 0);
+        r[0].instances = vec![Instance {
+            health: Health::Pending,
+            ..running(NEW, 100)
+        }];
+        run(&mut rec, &p, Some(5000), &r, 3000);
+        assert_eq!(batch(&rec), ["web-0"], "pending is not healthy");
+        r[0].instances = vec![Instance {
+            health: Health::Healthy,
+            healthy_since_ms: Some(2500),
+            ..running(NEW, 100)
+        }];
+        run(&mut rec, &p, Some(5000), &r, 3400);
+        assert_eq!(batch(&rec), ["web-0"], "healthy for 900 ms only");
+        run(&mut rec, &p, Some(5000), &r, 3500);
+        assert_eq!(batch(&rec), ["web-1"]);
+    }
+
+    #[test]
+    fn an_unhealthy_replica_pauses_and_the_untouched_stay_held() {
+        let mut rec = None;
+        let p = policy(1, 1000, false);
+        let mut r = all_old(3);
+        run(&mut rec, &p, Some(5000), &r, 0);
+        r[0].instances = vec![Instance {
+            health: Health::Unhealthy,
+            detail: "no READY within 5000 ms".into(),
+            ..running(NEW, 100)
+        }];
+        let s = run(&mut rec, &p, Some(5000), &r, 5200);
+        assert_eq!(
+            rec.as_ref().unwrap().phase,
+            Phase::Paused("web-0 unhealthy: no READY within 5000 ms".into())
+        );
+        assert_eq!(s.transitions[0].kind, "rollout-paused");
+        assert_eq!(
+            actions(&s),
+            of(&[
+                ("web-0", Action::New),
+                ("web-1", Action::Hold),
+                ("web-2", Action::Hold),
+            ])
+        );
+        assert_eq!(s.status.state, "paused");
+        assert_eq!(s.status.reason, "web-0 unhealthy: no READY within 5000 ms");
+    }
+
+    #[test]
+    fn a_failed_replica_with_auto_revert_reverts_the_batch() {
+        let mut rec = None;
+        let p = policy(2, 0, true);
+        let mut r = all_old(3);
+        run(&mut rec, &p, None, &r, 0);
+        r[1].instances.push(Instance {
+            state: VmState::Failed,
+            detail: "kernel panic".into(),
+            ..running(NEW, 100)
+        });
+        let s = run(&mut rec, &p, None, &r, 200);
+        assert_eq!(
+            rec.as_ref().unwrap().phase,
+            Phase::Reverted("web-1 failed: kernel panic".into())
+        );
+        assert_eq!(s.transitions[0].kind, "rollout-reverted");
+        assert_eq!(
+            actions(&s),
+            of(&[
+                ("web-0", Action::Revert),
+                ("web-1", Action::Revert),
+                ("web-2", Action::Hold),
+            ])
+        );
+        assert_eq!(s.status.state, "reverted");
+    }
+
+    #[test]
+    fn auto_revert_without_the_previous_spec_pauses_and_says_why() {
+        let mut rec = None;
+        let p = policy(1, 0, true);
+        let mut r = all_old(2);
+        r[0].can_revert = false;
+        run(&mut rec, &p, None, &r, 0);
+        r[0].instances = vec![Instance {
+            state: VmState::Failed,
+            ..running(NEW, 100)
+        }];
+        let s = run(&mut rec, &p, None, &r, 200);
+        assert_eq!(s.status.state, "paused");
+        assert!(
+            s.status.reason.starts_with("web-0 failed; cannot revert"),
+            "{}",
+            s.status.reason
+        );
+        assert_eq!(act(&s, "web-0"), Action::New);
+    }
+
+    #[test]
+    fn a_batch_not_healthy_within_the_deadline_pauses() {
+        let mut rec = None;
+        let p = policy(1, 1000, false);
+        let mut r = all_old(2);
+        run(&mut rec, &p, Some(5000), &r, 0);
+        r[0].instances.push(Instance {
+            health: Health::Pending,
+            ..running(NEW, 100)
+        });
+        run(&mut rec, &p, Some(5000), &r, 6000);
+        assert_eq!(
+            rec.as_ref().unwrap().phase,
+            Phase::Rolling,
+            "6000 ms is the deadline"
+        );
+        let s = run(&mut rec, &p, Some(5000), &r, 6001);
+        assert_eq!(s.status.reason, "web-0 not healthy within 6000 ms");
+        // Without a check the deadline is the default start time.
+        let mut rec = None;
+        let r = all_old(1);
+        run(&mut rec, &p, None, &r, 0);
+        let s = run(&mut rec, &p, None, &r, DEFAULT_START_DEADLINE_MS + 1001);
+        assert_eq!(s.status.state, "paused");
+    }
+
+    #[test]
+    fn nothing_left_on_an_old_version_is_rolled_and_every_replica_runs_new() {
+        let mut rec = None;
+        let p = policy(2, 0, false);
+        let r: Vec<Replica> = (0..2).map(|i| replica(i, vec![running(NEW, 0)])).collect();
+        let s = run(&mut rec, &p, None, &r, 10);
+        assert_eq!(rec.as_ref().unwrap().phase, Phase::Rolled);
+        assert_eq!(s.transitions[0].kind, "rollout-done");
+        assert!(s.actions.values().all(|a| *a == Action::New));
+        assert_eq!((s.status.healthy, s.status.total), (2, 2));
+        // Rolled stays rolled: a replica that later runs an old version
+        // (its worker lost it and another brought it back) is not held.
+        let r = all_old(2);
+        let s = run(&mut rec, &p, None, &r, 20);
+        assert_eq!(s.status.state, "rolled");
+        assert!(s.actions.values().all(|a| *a == Action::New));
+    }
+
+    #[test]
+    fn paused_and_reverted_stay_until_the_next_generation() {
+        let mut rec = Some(Record {
+            phase: Phase::Paused("web-0 failed".into()),
+            batch: ["web-0".parse().unwrap()].into(),
+            ..Record::new(2, 0)
+        });
+        let p = policy(1, 0, false);
+        let mut r = all_old(2);
+        r[0].instances = vec![running(NEW, 0)];
+        let s = run(&mut rec, &p, None, &r, 10_000);
+        assert_eq!(
+            s.status.state, "paused",
+            "a healthy replica does not resume it"
+        );
+        assert_eq!(act(&s, "web-1"), Action::Hold);
+        rec.as_mut().unwrap().phase = Phase::Reverted("web-0 failed".into());
+        let s = run(&mut rec, &p, None, &r, 20_000);
+        assert_eq!(s.status.state, "reverted");
+        assert_eq!(act(&s, "web-0"), Action::Revert);
+        // Generation 3: a new rollout.
+        let s = step(
+            &mut rec,
+            Group {
+                policy: &p,
+                check_deadline_ms: None,
+                generation: 3,
+                replicas: &all_old(2),
+            },
+            30_000,
+        );
+        assert_eq!(s.status.state, "rolling");
+        assert_eq!(batch(&rec), ["web-0"]);
+    }
+
+    #[test]
+    fn a_restart_adopts_what_the_workers_run_and_starts_nothing_new_meanwhile() {
+        // Two of five done, web-2 and web-3 half-way: the batch the lost
+        // record had. No new batch until they are done.
+        let p = policy(2, 1000, false);
+        let mut r = all_old(5);
+        r[0].instances = vec![running(NEW, 0)];
+        r[1].instances = vec![running(NEW, 0)];
+        r[2].instances = vec![running(OLD, 0), running(NEW, 9_500)];
+        r[3].instances = vec![running(NEW, 9_600)];
+        let mut rec = None;
+        let s = run(&mut rec, &p, None, &r, 10_000);
+        assert_eq!(batch(&rec), ["web-2", "web-3"]);
+        assert!(s.transitions.is_empty());
+        assert_eq!(
+            actions(&s),
+            of(&[
+                ("web-0", Action::New),
+                ("web-1", Action::New),
+                ("web-2", Action::New),
+                ("web-3", Action::New),
+                ("web-4", Action::Hold),
+            ])
+        );
+        assert_eq!((s.status.batch, s.status.healthy), (2, 2));
+    }
+
+    #[test]
+    fn replicas_running_nothing_get_the_new_version_at_once() {
+        let mut rec = None;
+        let p = policy(1, 0, false);
+        let mut r = all_old(3);
+        r[2].instances.clear();
+        let s = run(&mut rec, &p, None, &r, 0);
+        assert_eq!(batch(&rec), ["web-0"]);
+        assert_eq!(act(&s, "web-2"), Action::New);
+        assert_eq!(act(&s, "web-1"), Action::Hold);
+    }
+
+    #[test]
+    fn the_summary_line_names_what_is_not_rolled() {
+        let st = |group: &str, state: &str, reason: &str| RolloutStatusView {
+            group: group.into(),
+            batch: 2,
+            batches: 5,
+            state: state.into(),
+            reason: reason.into(),
+            ..Default::default()
+        };
+        assert_eq!(summary([]), "");
+        assert_eq!(summary([&st("web", "rolled", "")]), "rolled");
+        assert_eq!(
+            summary([&st("db", "rolled", ""), &st("web", "rolling", "")]),
+            "rolling web 2/5"
+        );
+        assert_eq!(
+            summary([&st(
+                "web",
+                "paused",
+                "web-1 unhealthy: no READY within 30000 ms"
+            )]),
+            "paused: web-1 unhealthy: no READY within 30000 ms"
+        );
+        assert_eq!(
+            summary([&st("a", "reverted", "a-0 failed"), &st("b", "rolling", "")]),
+            "reverted: a-0 failed; rolling b 2/5"
+        );
+    }
+}
