@@ -1280,6 +1280,161 @@ mod tests {
         testkit::fixtures::running_vm(VmId::new_v7(), name, hash, 128)
     }
 
+    fn rolled_spec(name: &str, hash: &str, max_parallel: u32) -> VmSpec {
+        testkit::fixtures::spec_with(name, hash, |f| {
+            f.update = Some(UpdatePolicy {
+                group: "web".into(),
+                max_parallel,
+                min_healthy_ms: 1000,
+                auto_revert: true,
+            });
+        })
+    }
+
+    fn web(hash: &str) -> Vec<VmSpec> {
+        (0..4)
+            .map(|i| rolled_spec(&format!("web-{i}"), hash, 2))
+            .collect()
+    }
+
+    /// What worker `a` reports: each (name, hash, state) created at `at_ms`.
+    fn report(s: &mut State, vms: &[(&str, &str, VmState)], at_ms: u64, now: Instant) {
+        let running = vms
+            .iter()
+            .map(|(n, h, st)| {
+                let mut o = observed(n, h);
+                o.status.state = *st;
+                o.status.created_at_ms = at_ms;
+                o
+            })
+            .collect();
+        s.push_data(&wid("a"), 1, 1, running, WorkerMetricsView::default(), now)
+            .unwrap();
+    }
+
+    /// (name, hash, held) of worker `a`'s assignment.
+    fn told(s: &State) -> Vec<(String, String, bool)> {
+        let a = s.current_assignment(&wid("a")).unwrap();
+        a.vms
+            .iter()
+            .map(|v| {
+                (
+                    v.name().to_string(),
+                    v.content_hash().to_owned(),
+                    a.hold.contains(&v.key()),
+                )
+            })
+            .collect()
+    }
+
+    fn row(name: &str, hash: &str, held: bool) -> (String, String, bool) {
+        (name.into(), hash.into(), held)
+    }
+
+    #[test]
+    fn a_rollout_goes_batch_by_batch_through_the_assignments_and_reverts_a_bad_version() {
+        const T0: u64 = 1_000_000;
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let mut s = State::new(settings(), t, 1).with_wall_clock(T0);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.publish(&dp(), "c1", 1, "i1", web("v1"), T0).unwrap();
+        // The first generation has nothing to protect: all at once.
+        assert!(told(&s).iter().all(|(_, h, held)| h == "v1" && !held));
+        let all = |h: &'static str| -> Vec<(&'static str, &'static str, VmState)> {
+            ["web-0", "web-1", "web-2", "web-3"]
+                .into_iter()
+                .map(|n| (n, h, VmState::Running))
+                .collect()
+        };
+        report(&mut s, &all("v1"), T0, at(10));
+        report(&mut s, &all("v1"), T0, at(1000));
+        assert_eq!(s.generations(None)[0].rollout, "rolled");
+
+        // Generation 2: web-0 and web-1 first, the others held.
+        s.publish(&dp(), "c2", 2, "i2", web("v2"), T0 + 2000)
+            .unwrap();
+        assert_eq!(
+            told(&s),
+            [
+                row("web-0", "v2", false),
+                row("web-1", "v2", false),
+                row("web-2", "v2", true),
+                row("web-3", "v2", true),
+            ]
+        );
+        let st = s.cluster_status(at(2000));
+        assert_eq!(st.rollouts.len(), 1);
+        let r = &st.rollouts[0];
+        assert_eq!(
+            (
+                r.group.as_str(),
+                r.batch,
+                r.batches,
+                r.healthy,
+                r.total,
+                r.state.as_str()
+            ),
+            ("web", 1, 2, 0, 4, "rolling")
+        );
+        assert_eq!(st.generations[0].rollout, "rolling web 1/2");
+        let mut vms = all("v1");
+        vms[0].1 = "v2";
+        vms[1].1 = "v2";
+        report(&mut s, &vms, T0 + 2100, at(2100));
+        report(&mut s, &vms, T0 + 2100, at(3099));
+        assert!(told(&s)[2].2, "healthy for 999 ms only: web-2 still held");
+        report(&mut s, &vms, T0 + 2100, at(3100));
+        assert_eq!(
+            told(&s),
+            [
+                row("web-0", "v2", false),
+                row("web-1", "v2", false),
+                row("web-2", "v2", false),
+                row("web-3", "v2", false),
+            ]
+        );
+        report(&mut s, &all("v2"), T0 + 3200, at(3200));
+        report(&mut s, &all("v2"), T0 + 3200, at(4200));
+        assert!(s.cluster_status(at(4200)).rollouts.is_empty());
+        assert_eq!(s.generations(None)[1].rollout, "rolled");
+
+        // Generation 3 fails on web-1: the batch goes back to v2, the
+        // others never leave it.
+        s.publish(&dp(), "c3", 3, "i3", web("v3"), T0 + 5000)
+            .unwrap();
+        let mut vms = all("v2");
+        vms.push(("web-1", "v3", VmState::Failed));
+        report(&mut s, &vms, T0 + 5100, at(5100));
+        assert_eq!(
+            told(&s),
+            [
+                row("web-0", "v2", false),
+                row("web-1", "v2", false),
+                row("web-2", "v3", true),
+                row("web-3", "v3", true),
+            ]
+        );
+        let st = s.cluster_status(at(5100));
+        assert_eq!(st.rollouts[0].state, "reverted");
+        assert_eq!(st.generations[0].rollout, "reverted: web-1 failed");
+        assert_eq!(s.generations(None)[2].rollout, "reverted: web-1 failed");
+    }
+
+    #[test]
+    fn replicas_of_a_group_must_agree_on_the_policy() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        let specs = vec![rolled_spec("web-0", "h", 1), rolled_spec("web-1", "h", 2)];
+        let err = s.publish(&dp(), "c", 1, "i", specs, 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            err.message,
+            "vmSpecs: web-1 and web-0 carry different update policies for group \"web\"; every replica of a group must carry the same"
+        );
+        assert_eq!(s.active_generation(&dp()), 0, "refused whole");
+    }
+
     #[test]
     fn generation_rules() {
         let t = Instant::now();
