@@ -22,8 +22,9 @@
 //!
 //! The states and their transitions (one unit test each below):
 //! - Rolling, no batch → the next `maxParallel` replicas still on an old
-//!   version become the batch (`rollout-batch`); none left → Rolled
-//!   (`rollout-done`).
+//!   version become the batch (`rollout-batch`); none left and every
+//!   replica done → Rolled (`rollout-done`); else (replicas not started
+//!   yet) it waits.
 //! - Rolling, batch → each member done leaves the batch; a member whose
 //!   new version failed or is unhealthy, or that is not done within the
 //!   deadline, fails the batch: Paused (`rollout-paused`), or Reverted with
@@ -264,14 +265,14 @@ pub fn step(record: &mut Option<Record>, g: Group<'_>, now_ms: u64) -> Step {
                 .take(policy.max_parallel as usize)
                 .map(|(n, _)| (*n).clone())
                 .collect();
-            if next.is_empty() {
+            if next.is_empty() && seen.values().all(|s| *s == Seen::Done) {
                 tracing::info!(group = %group, generation = g.generation, "rollout done");
                 transitions.push(Transition {
                     kind: "rollout-done",
                     message: format!("{group}: every replica runs generation {}", g.generation),
                 });
                 rec.phase = Phase::Rolled;
-            } else {
+            } else if !next.is_empty() {
                 let names: Vec<&str> = next.iter().map(VmName::as_str).collect();
                 tracing::info!(group = %group, generation = g.generation, replicas = %names.join(","), "rollout batch");
                 transitions.push(Transition {
@@ -710,6 +711,25 @@ mod tests {
             ])
         );
         assert_eq!((s.status.batch, s.status.healthy), (2, 2));
+    }
+
+    #[test]
+    fn replicas_not_started_yet_keep_it_rolling() {
+        let mut rec = None;
+        let p = policy(10, 0, false);
+        let mut r = all_old(2);
+        for x in &mut r {
+            x.instances.clear();
+        }
+        let s = run(&mut rec, &p, None, &r, 0);
+        assert_eq!(s.status.state, "rolling", "nothing runs yet");
+        assert!(s.transitions.is_empty());
+        r[0].instances = vec![running(NEW, 0)];
+        let s = run(&mut rec, &p, None, &r, 10);
+        assert_eq!(s.status.state, "rolling", "web-1 is not up");
+        r[1].instances = vec![running(NEW, 0)];
+        let s = run(&mut rec, &p, None, &r, 20);
+        assert_eq!(s.status.state, "rolled");
     }
 
     #[test]
