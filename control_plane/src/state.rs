@@ -88,8 +88,9 @@ struct Project {
 enum Override {
     /// Keep whatever runs under the name (`Assignment.hold`).
     Hold,
-    /// Run this spec: the previous generation's (a revert).
-    Revert(VmSpec),
+    /// Run this spec: the previous generation's (a revert). Boxed: most
+    /// overrides are holds.
+    Revert(Box<VmSpec>),
 }
 
 /// One VM group of one project: the key of a rollout.
@@ -103,7 +104,7 @@ fn effective(
     key: &VmKey,
 ) -> VmSpec {
     match overrides.get(key) {
-        Some(Override::Revert(spec)) => spec.clone(),
+        Some(Override::Revert(spec)) => (**spec).clone(),
         _ => desired[key].clone(),
     }
 }
@@ -614,7 +615,7 @@ impl State {
             })
             .unwrap_or_default();
         let reverted = match self.overrides.get(key) {
-            Some(Override::Revert(s)) => Some(s),
+            Some(Override::Revert(s)) => Some(&**s),
             _ => None,
         };
         let candidates = [Some(desired), reverted, self.previous.get(key)];
@@ -724,7 +725,7 @@ impl State {
                         }
                         Action::Revert => {
                             if let Some(prev) = self.previous.get(&key) {
-                                overrides.insert(key, Override::Revert(prev.clone()));
+                                overrides.insert(key, Override::Revert(Box::new(prev.clone())));
                             }
                         }
                     }
