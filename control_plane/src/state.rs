@@ -597,23 +597,27 @@ impl State {
 
     // ---- rollouts ----------------------------------------------------------
 
+    /// What the worker `key` is placed on reports under its name (every
+    /// instance: during a replacement there are two).
+    fn reported<'a>(&'a self, key: &'a VmKey) -> impl Iterator<Item = &'a ObservedVm> {
+        self.placement
+            .assigned
+            .get(key)
+            .and_then(|w| self.workers.get(w))
+            .into_iter()
+            .flat_map(|w| &w.running)
+            .filter(move |o| o.status.key() == *key)
+    }
+
     /// The spec `key` runs now, to revert to later: the version its worker
     /// reports running among what it was told (its desired spec, or what
     /// a rollout held or reverted it to), else its desired spec.
     fn remembered_spec(&self, key: &VmKey, desired: &VmSpec) -> VmSpec {
         let running: Vec<&str> = self
-            .placement
-            .assigned
-            .get(key)
-            .and_then(|w| self.workers.get(w))
-            .map(|w| {
-                w.running
-                    .iter()
-                    .filter(|o| o.status.key() == *key && o.status.state == VmState::Running)
-                    .map(|o| o.status.content_hash.as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
+            .reported(key)
+            .filter(|o| o.status.state == VmState::Running)
+            .map(|o| o.status.content_hash.as_str())
+            .collect();
         let reverted = match self.overrides.get(key) {
             Some(Override::Revert(s)) => Some(&**s),
             _ => None,
@@ -669,29 +673,20 @@ impl State {
                     g.1 = Some(g.1.map_or(hc.deadline_ms, |d| d.max(hc.deadline_ms)));
                 }
                 let instances = self
-                    .placement
-                    .assigned
-                    .get(key)
-                    .and_then(|w| self.workers.get(w))
-                    .map(|w| {
-                        w.running
-                            .iter()
-                            .filter(|o| o.status.key() == *key)
-                            .map(|o| rollout::Instance {
-                                hash: o.status.content_hash.clone(),
-                                state: o.status.state,
-                                health: o.status.health,
-                                detail: if o.status.health_detail.is_empty() {
-                                    o.status.error.clone()
-                                } else {
-                                    o.status.health_detail.clone()
-                                },
-                                created_at_ms: o.status.created_at_ms,
-                                healthy_since_ms: o.status.healthy_since_ms,
-                            })
-                            .collect()
+                    .reported(key)
+                    .map(|o| rollout::Instance {
+                        hash: o.status.content_hash.clone(),
+                        state: o.status.state,
+                        health: o.status.health,
+                        detail: if o.status.health_detail.is_empty() {
+                            o.status.error.clone()
+                        } else {
+                            o.status.health_detail.clone()
+                        },
+                        created_at_ms: o.status.created_at_ms,
+                        healthy_since_ms: o.status.healthy_since_ms,
                     })
-                    .unwrap_or_default();
+                    .collect();
                 g.2.push(rollout::Replica {
                     name: key.name.clone(),
                     new_hash: spec.content_hash().to_owned(),
@@ -1313,23 +1308,21 @@ mod tests {
             .unwrap();
     }
 
-    /// (name, hash, held) of worker `a`'s assignment.
-    fn told(s: &State) -> Vec<(String, String, bool)> {
+    /// Worker `a`'s assignment, one "name hash" per VM, " held" added
+    /// when it is held.
+    fn told(s: &State) -> Vec<String> {
         let a = s.current_assignment(&wid("a")).unwrap();
         a.vms
             .iter()
             .map(|v| {
-                (
-                    v.name().to_string(),
-                    v.content_hash().to_owned(),
-                    a.hold.contains(&v.key()),
-                )
+                let held = if a.hold.contains(&v.key()) {
+                    " held"
+                } else {
+                    ""
+                };
+                format!("{} {}{held}", v.name(), v.content_hash())
             })
             .collect()
-    }
-
-    fn row(name: &str, hash: &str, held: bool) -> (String, String, bool) {
-        (name.into(), hash.into(), held)
     }
 
     #[test]
@@ -1341,7 +1334,7 @@ mod tests {
         s.register(reg("a", "x:1"), 1, t).unwrap();
         s.publish(&dp(), "c1", 1, "i1", web("v1"), T0).unwrap();
         // The first generation has nothing to protect: all at once.
-        assert!(told(&s).iter().all(|(_, h, held)| h == "v1" && !held));
+        assert_eq!(told(&s), ["web-0 v1", "web-1 v1", "web-2 v1", "web-3 v1"]);
         let all = |h: &'static str| -> Vec<(&'static str, &'static str, VmState)> {
             ["web-0", "web-1", "web-2", "web-3"]
                 .into_iter()
@@ -1357,12 +1350,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             told(&s),
-            [
-                row("web-0", "v2", false),
-                row("web-1", "v2", false),
-                row("web-2", "v2", true),
-                row("web-3", "v2", true),
-            ]
+            ["web-0 v2", "web-1 v2", "web-2 v2 held", "web-3 v2 held",]
         );
         let st = s.cluster_status(at(2000));
         assert_eq!(st.rollouts.len(), 1);
@@ -1384,17 +1372,9 @@ mod tests {
         vms[1].1 = "v2";
         report(&mut s, &vms, T0 + 2100, at(2100));
         report(&mut s, &vms, T0 + 2100, at(3099));
-        assert!(told(&s)[2].2, "healthy for 999 ms only: web-2 still held");
+        assert_eq!(told(&s)[2], "web-2 v2 held", "healthy for 999 ms only");
         report(&mut s, &vms, T0 + 2100, at(3100));
-        assert_eq!(
-            told(&s),
-            [
-                row("web-0", "v2", false),
-                row("web-1", "v2", false),
-                row("web-2", "v2", false),
-                row("web-3", "v2", false),
-            ]
-        );
+        assert_eq!(told(&s), ["web-0 v2", "web-1 v2", "web-2 v2", "web-3 v2",]);
         report(&mut s, &all("v2"), T0 + 3200, at(3200));
         report(&mut s, &all("v2"), T0 + 3200, at(4200));
         assert!(s.cluster_status(at(4200)).rollouts.is_empty());
@@ -1409,12 +1389,7 @@ mod tests {
         report(&mut s, &vms, T0 + 5100, at(5100));
         assert_eq!(
             told(&s),
-            [
-                row("web-0", "v2", false),
-                row("web-1", "v2", false),
-                row("web-2", "v3", true),
-                row("web-3", "v3", true),
-            ]
+            ["web-0 v2", "web-1 v2", "web-2 v3 held", "web-3 v3 held",]
         );
         let st = s.cluster_status(at(5100));
         assert_eq!(st.rollouts[0].state, "reverted");

@@ -629,11 +629,21 @@ mod tests {
         }
     }
 
-    fn held(names: &[&str]) -> BTreeSet<VmKey> {
-        names
+    /// One pass now, without a failure history, holding `names`.
+    fn plan_holding(desired: &[VmSpec], names: &[&str], running: &[VmStatus]) -> Plan {
+        let hold: BTreeSet<VmKey> = names
             .iter()
             .map(|n| VmKey::new(Default::default(), n.parse().unwrap()))
-            .collect()
+            .collect();
+        plan_held(
+            desired,
+            &hold,
+            running,
+            &mut Backoff::default(),
+            Instant::now(),
+            10,
+            CFG,
+        )
     }
 
     #[test]
@@ -646,15 +656,7 @@ mod tests {
             vm("web-1", "new", VmState::Running, 2),
         ];
         let desired = [spec("web-0", "new"), spec("web-1", "new")];
-        let p = plan_held(
-            &desired,
-            &held(&["web-0", "web-1"]),
-            &running,
-            &mut Backoff::default(),
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_holding(&desired, &["web-0", "web-1"], &running);
         assert_eq!(p, Plan::default());
         // Without the hold, the same state replaces web-0 and ends web-1's.
         let p = plan_now(&desired, &running);
@@ -670,15 +672,7 @@ mod tests {
             vm("web-1", "old", VmState::Creating, 2),
         ];
         let desired = [spec("web-0", "new"), spec("web-1", "new")];
-        let p = plan_held(
-            &desired,
-            &held(&["web-0", "web-1"]),
-            &running,
-            &mut Backoff::default(),
-            Instant::now(),
-            10,
-            CFG,
-        );
+        let p = plan_holding(&desired, &["web-0", "web-1"], &running);
         assert_eq!(p.create.len(), 1);
         assert_eq!(p.create[0].name().as_str(), "web-0");
         assert_eq!(p.create[0].content_hash(), "new");
