@@ -166,7 +166,11 @@ fn classify(r: &Replica, min_healthy_ms: u64, now_ms: u64) -> Seen {
         .collect();
     let done = new.iter().any(|i| {
         let since = i.healthy_since_ms.unwrap_or(i.created_at_ms);
-        i.health.is_ok(i.state) && now_ms.saturating_sub(since) >= min_healthy_ms
+        // Running, whatever the check says: a guest that passed its check
+        // and then crashed is not healthy.
+        i.state == VmState::Running
+            && i.health.is_ok(i.state)
+            && now_ms.saturating_sub(since) >= min_healthy_ms
     });
     if done {
         return Seen::Done;
@@ -527,6 +531,23 @@ mod tests {
         assert_eq!(batch(&rec), ["web-0"], "healthy for 900 ms only");
         run(&mut rec, &p, Some(5000), &r, 3500);
         assert_eq!(batch(&rec), ["web-1"]);
+    }
+
+    #[test]
+    fn a_replica_that_passed_its_check_counts_only_while_running() {
+        let mut rec = None;
+        let p = policy(1, 0, false);
+        let mut r = all_old(2);
+        run(&mut rec, &p, Some(5000), &r, 0);
+        r[0].instances = vec![Instance {
+            state: VmState::Stopped,
+            health: Health::Healthy,
+            healthy_since_ms: Some(50),
+            ..running(NEW, 10)
+        }];
+        let s = run(&mut rec, &p, Some(5000), &r, 100);
+        assert_eq!(batch(&rec), ["web-0"], "a stopped VM is not done");
+        assert_eq!(s.status.healthy, 0);
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!    creates happen for the whole rollout;
 //! 4. generation 4 (its guest never prints READY) stops after the first
 //!    batch and reverts it to generation 3; the other replicas never run
-//!    generation 4.
+//!    generation 4;
+//! 5. generation 5 (its guest crashes 600 ms after boot, after READY),
+//!    without autoRevert: paused after the first batch, the others stay on
+//!    generation 3.
 //!
 //! The binaries of other packages (worker, ch-sim, pcr, pcr-test) are found
 //! next to this package's `control_plane` binary (`cargo build --workspace
@@ -101,20 +104,22 @@ fn json_of(tool: &str, cp: &str, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{tool} {args:?}: {e}: {out}"))
 }
 
+/// A guest that prints READY 200 ms after boot.
+const GOOD: &str = " pcr.sim.ready=200";
+
 /// Writes generation `version`'s specs: six `web` replicas whose guest
-/// prints READY 200 ms after boot when `ready`, never otherwise.
-fn write_generation(dir: &Path, version: &str, ready: bool) {
+/// behaves as `guest` (ch-sim's kernel command line words) says.
+fn write_generation(dir: &Path, version: &str, guest: &str, auto_revert: bool) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..REPLICAS {
         let name = format!("web-{i}");
         let hash = format!("{version}-{name}");
-        let guest = if ready { " pcr.sim.ready=200" } else { "" };
         let spec = json!({
             "name": name, "toplevel": TOPLEVEL, "kernelPath": KERNEL, "initrdPath": INITRD,
             "cmdline": format!("console=ttyS0 build={hash}{guest}"), "cpu": 1, "memoryMb": 128,
             "contentHash": hash, "labels": { "group": "web" },
             "healthCheck": { "consoleLine": "READY", "deadlineMs": 3000 },
-            "update": { "group": "web", "maxParallel": 2, "minHealthyMs": MIN_HEALTHY_MS, "autoRevert": true },
+            "update": { "group": "web", "maxParallel": 2, "minHealthyMs": MIN_HEALTHY_MS, "autoRevert": auto_revert },
         });
         std::fs::write(dir.join(format!("{name}.json")), spec.to_string()).unwrap();
     }
@@ -269,7 +274,7 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
     wait_for_workers(&cp);
 
     // ---- 1: the first generation has nothing to protect -----------------
-    write_generation(&dir.join("g1"), "v1", true);
+    write_generation(&dir.join("g1"), "v1", GOOD, true);
     publish(&cp, 1, &dir.join("g1"));
     wait_until(STEP, "generation 1 rolled", || {
         (all_on(&instances(&cp), "v1")
@@ -278,7 +283,7 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
     });
 
     // ---- 2: a good version rolls two at a time ---------------------------
-    write_generation(&dir.join("g2"), "v2", true);
+    write_generation(&dir.join("g2"), "v2", GOOD, true);
     publish(&cp, 2, &dir.join("g2"));
     let (switched, rows) = watch_rollout(&cp, 2, "v2");
     let seen = order(&switched);
@@ -319,7 +324,7 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
 
     // ---- 3: a restart mid-rollout carries on without restarting VMs -----
     let creates_before = count_creates(&c);
-    write_generation(&dir.join("g3"), "v3", true);
+    write_generation(&dir.join("g3"), "v3", GOOD, true);
     publish(&cp, 3, &dir.join("g3"));
     // Kill the control plane once the first batch is done and the second
     // is under way.
@@ -367,7 +372,7 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
     );
 
     // ---- 4: a bad version stops after one batch and reverts it ----------
-    write_generation(&dir.join("g4"), "v4", false);
+    write_generation(&dir.join("g4"), "v4", "", true);
     publish(&cp, 4, &dir.join("g4"));
     let start = Instant::now();
     let reverted = loop {
@@ -404,4 +409,49 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
     // It stays reverted: the untouched replicas are still held a while later.
     std::thread::sleep(Duration::from_millis(2 * MIN_HEALTHY_MS));
     assert!(all_on(&instances(&cp), "v3"));
+
+    // ---- 5: a version that crashes after passing its check pauses -------
+    // Without autoRevert the failed batch stays as it is (its worker keeps
+    // retrying it) and the rollout goes no further.
+    write_generation(
+        &dir.join("g5"),
+        "v5",
+        " pcr.sim.ready=200 pcr.sim.crash_after_ms=600",
+        false,
+    );
+    publish(&cp, 5, &dir.join("g5"));
+    let start = Instant::now();
+    let paused = loop {
+        let vms = instances(&cp);
+        for (name, v) in &vms {
+            if !["web-0", "web-1"].contains(&name.as_str()) {
+                assert!(
+                    v.iter().all(|i| i.version == "v3"),
+                    "{name} left generation 3: {vms:?}"
+                );
+            }
+        }
+        let s = status(&cp);
+        if rollout_line(&s, 5).is_some_and(|l| l.starts_with("paused: ")) {
+            break s;
+        }
+        assert!(start.elapsed() < STEP, "no pause: {s}\n{vms:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reason = paused["rollouts"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("web-0 ") || reason.starts_with("web-1 "),
+        "{reason}"
+    );
+    std::thread::sleep(Duration::from_millis(2 * MIN_HEALTHY_MS));
+    let vms = instances(&cp);
+    for name in ["web-2", "web-3", "web-4", "web-5"] {
+        assert!(
+            vms[name]
+                .iter()
+                .all(|i| i.version == "v3" && i.state == "running"),
+            "{name}: {vms:?}"
+        );
+    }
+    assert_eq!(status(&cp)["rollouts"][0]["state"], "paused");
 }
