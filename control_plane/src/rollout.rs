@@ -121,6 +121,33 @@ impl Record {
             batch_started_ms: now_ms,
         }
     }
+
+    /// The record of `group`'s rollout to `generation` as a restarted
+    /// control plane can rebuild it from the generation's recorded outcome
+    /// (`Generation.rollout`, once generations are persisted): a rollout
+    /// that paused or reverted stays so, instead of trying the bad version
+    /// again on its first batch. Every reason names its replica first
+    /// ("web-1 unhealthy: …"), which tells the group. `None` when the line
+    /// says nothing about this group.
+    pub fn resume(generation: u64, group: &str, line: &str, now_ms: u64) -> Option<Self> {
+        let (phase, reason): (fn(String) -> Phase, &str) =
+            if let Some(r) = line.strip_prefix("paused: ") {
+                (Phase::Paused, r)
+            } else if let Some(r) = line.strip_prefix("reverted: ") {
+                (Phase::Reverted, r)
+            } else {
+                return None;
+            };
+        let replica = reason.split_whitespace().next()?;
+        let (of, index) = replica.rsplit_once('-')?;
+        if of != group || index.parse::<u32>().is_err() {
+            return None;
+        }
+        Some(Record {
+            phase: phase(reason.to_owned()),
+            ..Record::new(generation, now_ms)
+        })
+    }
 }
 
 /// A transition worth an event (h2's event log; logged with `tracing`).
@@ -763,6 +790,38 @@ mod tests {
         assert_eq!(batch(&rec), ["web-0"]);
         assert_eq!(act(&s, "web-2"), Action::New);
         assert_eq!(act(&s, "web-1"), Action::Hold);
+    }
+
+    #[test]
+    fn a_recorded_pause_or_revert_resumes_as_it_was() {
+        let r = Record::resume(
+            4,
+            "web",
+            "reverted: web-1 unhealthy: no READY within 3000 ms",
+            9,
+        )
+        .unwrap();
+        assert_eq!(
+            r.phase,
+            Phase::Reverted("web-1 unhealthy: no READY within 3000 ms".into())
+        );
+        assert_eq!((r.generation, r.batch.len()), (4, 0));
+        let r = Record::resume(4, "web", "paused: web-0 failed", 9).unwrap();
+        assert_eq!(r.phase, Phase::Paused("web-0 failed".into()));
+        for other in [
+            "rolled",
+            "rolling web 2/3",
+            "",
+            "paused: db-0 failed",
+            "paused: web-x failed",
+        ] {
+            assert_eq!(Record::resume(4, "web", other, 9), None, "{other}");
+        }
+        // Resumed reverted: the replicas back on the old version stay held.
+        let mut rec = Record::resume(2, "web", "reverted: web-0 failed", 0);
+        let s = run(&mut rec, &policy(2, 0, true), None, &all_old(3), 10);
+        assert!(s.actions.values().all(|a| *a == Action::Hold), "{s:?}");
+        assert_eq!(s.status.state, "reverted");
     }
 
     #[test]

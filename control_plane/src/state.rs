@@ -654,11 +654,11 @@ impl State {
         let mut statuses = BTreeMap::new();
         let mut records = BTreeMap::new();
         for project in &self.rolling_projects {
-            let Some(generation) = self
+            let Some((generation, line)) = self
                 .projects
                 .get(project)
                 .and_then(|p| p.active.as_ref())
-                .map(|g| g.number)
+                .map(|g| (g.number, g.rollout.as_str()))
             else {
                 continue;
             };
@@ -696,7 +696,12 @@ impl State {
             }
             for (group, (policy, deadline, replicas)) in groups {
                 let gk: GroupKey = (project.clone(), group.to_owned());
-                let mut record = self.rollouts.remove(&gk);
+                // No record (a restart): a recorded pause or revert of
+                // this generation holds as it was.
+                let mut record = self
+                    .rollouts
+                    .remove(&gk)
+                    .or_else(|| rollout::Record::resume(generation, group, line, now_ms));
                 let step = rollout::step(
                     &mut record,
                     rollout::Group {
