@@ -22,6 +22,38 @@ struct VmSpec {
   labels @10 :List(Label);          # placement constraints and grouping
   project @11 :Text;                # the project it belongs to: "" as Nix writes it,
                                     # set by the control plane on publish
+  healthCheck @12 :HealthCheck;     # unset = no check (running counts as healthy);
+                                    # not part of contentHash: it does not change what boots
+  update @13 :UpdatePolicy;         # the group's rollout policy; unset = a new
+                                    # generation replaces every changed replica at once;
+                                    # not part of contentHash either
+}
+
+# How a new generation replaces the replicas of one VM group (nix/lib's
+# `vms.<group>.update`): at most `maxParallel` at a time, each batch waiting
+# until its replicas have run (and passed their health check) for
+# `minHealthyMs`. Every replica of a group carries the same policy.
+struct UpdatePolicy {
+  group @0 :Text;                   # the group it governs (a DNS label)
+  maxParallel @1 :UInt32;           # 1..=1000
+  minHealthyMs @2 :UInt64;          # 0..=3600000
+  autoRevert @3 :Bool;              # on failure, the failed batch goes back to
+                                    # the previous generation's spec
+}
+
+# How a worker decides that a VM it started is healthy: a line on the VM's
+# serial console that contains `consoleLine`, seen within `deadlineMs` of boot.
+struct HealthCheck {
+  consoleLine @0 :Text;             # 1-256 printable characters
+  deadlineMs @1 :UInt64;            # 1..=3600000
+}
+
+# A VM's health as its worker judges it.
+enum Health {
+  none @0;                          # the spec has no health check: running counts as healthy
+  pending @1;                       # checking: the line has not been seen, the deadline not passed
+  healthy @2;                       # the line was seen in time
+  unhealthy @3;                     # the deadline passed without it, or the VM failed
 }
 
 enum VmState {
@@ -54,6 +86,9 @@ struct VmStatus {
   cpu @7 :UInt32;
   memoryMb @8 :UInt64;
   project @9 :Text;                 # the VM's project ("" = "default")
+  health @10 :Health;
+  healthDetail @11 :Text;           # why unhealthy (one line), "" otherwise
+  healthySinceMs @12 :UInt64;       # unix ms the check passed, 0 unless healthy
 }
 
 # What a worker reports it is running (pushData).
@@ -98,6 +133,8 @@ struct Generation {
   message @7 :Text;                 # the first line of the commit message
   jobId @8 :UInt64;                 # the CI job that published it (0 when none)
   convergedAtMs @9 :UInt64;         # when every VM first ran it (0 until then)
+  rollout @10 :Text;                # its rollouts in one line: "" (no policy), "rolling web 2/5",
+                                    # "rolled", "paused: web-1 unhealthy: …", "reverted: …"
 }
 
 # Result carrying an error as data for calls whose failure is an ordinary

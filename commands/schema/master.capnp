@@ -13,6 +13,16 @@ struct Assignment {
   generation @1 :UInt64;            # the highest active generation number of any project
   commit @2 :Text;                  # unused since projects: each project has its own commit
   vms @3 :List(Common.VmSpec);
+  # VMs to keep as they run, whatever version that is: a replica a rollout
+  # has not reached yet. For a held name the worker keeps every live
+  # instance it runs and creates nothing; only when it runs none does it
+  # create the spec in `vms` (a held name always has one there).
+  hold @4 :List(HeldVm);
+}
+
+struct HeldVm {
+  project @0 :Text;
+  name @1 :Text;
 }
 
 struct WorkerRegistration {
@@ -67,6 +77,20 @@ struct ClusterStatus {
   vms @2 :List(VmPlacement);
   workers @3 :List(WorkerHealth);
   unplaced @4 :List(Unplaced);
+  rollouts @5 :List(RolloutStatus); # the rollouts not yet done (rolling, paused, reverted)
+}
+
+# One group's rollout to its project's active generation.
+struct RolloutStatus {
+  project @0 :Text;
+  group @1 :Text;
+  generation @2 :UInt64;
+  batch @3 :UInt32;                 # the batch being replaced, 1-based
+  batches @4 :UInt32;               # ceil(replicas / maxParallel)
+  healthy @5 :UInt32;               # replicas on the new version, healthy for minHealthyMs
+  total @6 :UInt32;                 # replicas of the group
+  state @7 :Text;                   # rolling, paused, reverted, rolled
+  reason @8 :Text;                  # why paused or reverted ("" otherwise)
 }
 
 struct PublishOutcome {

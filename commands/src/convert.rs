@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use crate::common_capnp::{self, ErrorCode as CapnpErrorCode};
 use crate::types::{
-    Labels, ProjectName, Resources, SpecError, VmId, VmMetrics, VmName, VmSpec, VmSpecFields,
-    VmState, VmStatus,
+    Health, HealthCheck, Labels, ProjectName, Resources, SpecError, UpdatePolicy, VmId, VmMetrics,
+    VmName, VmSpec, VmSpecFields, VmState, VmStatus,
 };
 
 /// Why a message could not be turned into a domain value.
@@ -111,7 +111,54 @@ pub fn vm_spec_to_capnp(spec: &VmSpec, mut b: common_capnp::vm_spec::Builder<'_>
         d.set(i as u32, dom);
     }
     b.set_content_hash(spec.content_hash());
-    labels_to_capnp(spec.labels(), b.init_labels(spec.labels().len() as u32));
+    labels_to_capnp(
+        spec.labels(),
+        b.reborrow().init_labels(spec.labels().len() as u32),
+    );
+    if let Some(hc) = spec.health_check() {
+        let mut h = b.reborrow().init_health_check();
+        h.set_console_line(&hc.console_line);
+        h.set_deadline_ms(hc.deadline_ms);
+    }
+    if let Some(p) = spec.update() {
+        let mut u = b.init_update();
+        u.set_group(&p.group);
+        u.set_max_parallel(p.max_parallel);
+        u.set_min_healthy_ms(p.min_healthy_ms);
+        u.set_auto_revert(p.auto_revert);
+    }
+}
+
+/// An unset `update` pointer is "no policy" (replace at once), as a peer
+/// from before rollouts sends it.
+fn update_from_capnp(
+    r: common_capnp::vm_spec::Reader<'_>,
+) -> Result<Option<UpdatePolicy>, ConvertError> {
+    if !r.has_update() {
+        return Ok(None);
+    }
+    let u = r.get_update()?;
+    Ok(Some(UpdatePolicy {
+        group: text(u.get_group())?,
+        max_parallel: u.get_max_parallel(),
+        min_healthy_ms: u.get_min_healthy_ms(),
+        auto_revert: u.get_auto_revert(),
+    }))
+}
+
+/// An unset `healthCheck` pointer is "no check" (a peer from before checks
+/// existed sends none).
+fn health_check_from_capnp(
+    r: common_capnp::vm_spec::Reader<'_>,
+) -> Result<Option<HealthCheck>, ConvertError> {
+    if !r.has_health_check() {
+        return Ok(None);
+    }
+    let h = r.get_health_check()?;
+    Ok(Some(HealthCheck {
+        console_line: text(h.get_console_line())?,
+        deadline_ms: h.get_deadline_ms(),
+    }))
 }
 
 pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec, ConvertError> {
@@ -134,6 +181,8 @@ pub fn vm_spec_from_capnp(r: common_capnp::vm_spec::Reader<'_>) -> Result<VmSpec
         network_allowed_domains: domains,
         content_hash: text(r.get_content_hash())?,
         labels: labels_from_capnp(r.get_labels()?)?,
+        health_check: health_check_from_capnp(r)?,
+        update: update_from_capnp(r)?,
     })?)
 }
 
@@ -176,6 +225,24 @@ pub fn vm_state_from_capnp(s: common_capnp::VmState) -> VmState {
     }
 }
 
+pub fn health_to_capnp(h: Health) -> common_capnp::Health {
+    match h {
+        Health::None => common_capnp::Health::None,
+        Health::Pending => common_capnp::Health::Pending,
+        Health::Healthy => common_capnp::Health::Healthy,
+        Health::Unhealthy => common_capnp::Health::Unhealthy,
+    }
+}
+
+pub fn health_from_capnp(h: common_capnp::Health) -> Health {
+    match h {
+        common_capnp::Health::None => Health::None,
+        common_capnp::Health::Pending => Health::Pending,
+        common_capnp::Health::Healthy => Health::Healthy,
+        common_capnp::Health::Unhealthy => Health::Unhealthy,
+    }
+}
+
 pub fn vm_status_to_capnp(s: &VmStatus, mut b: common_capnp::vm_status::Builder<'_>) {
     b.set_id(s.id.as_str());
     b.set_project(s.project.as_str());
@@ -187,12 +254,16 @@ pub fn vm_status_to_capnp(s: &VmStatus, mut b: common_capnp::vm_status::Builder<
     b.set_created_at_ms(s.created_at_ms);
     b.set_cpu(s.cpu);
     b.set_memory_mb(s.memory_mb);
+    b.set_health(health_to_capnp(s.health));
+    b.set_health_detail(&s.health_detail);
+    b.set_healthy_since_ms(s.healthy_since_ms.unwrap_or(0));
 }
 
 pub fn vm_status_from_capnp(
     r: common_capnp::vm_status::Reader<'_>,
 ) -> Result<VmStatus, ConvertError> {
     let state = r.get_state().map_err(|e| ConvertError::UnknownEnum(e.0))?;
+    let health = r.get_health().map_err(|e| ConvertError::UnknownEnum(e.0))?;
     Ok(VmStatus {
         id: text(r.get_id())?.parse::<VmId>()?,
         project: project_from_text(text(r.get_project())?)?,
@@ -204,6 +275,9 @@ pub fn vm_status_from_capnp(
         created_at_ms: r.get_created_at_ms(),
         cpu: r.get_cpu(),
         memory_mb: r.get_memory_mb(),
+        health: health_from_capnp(health),
+        health_detail: text(r.get_health_detail())?,
+        healthy_since_ms: Some(r.get_healthy_since_ms()).filter(|t| *t != 0),
     })
 }
 
@@ -368,6 +442,16 @@ mod tests {
             network_allowed_domains: vec!["example.com".into()],
             content_hash: "h1".into(),
             labels,
+            health_check: Some(HealthCheck {
+                console_line: "READY".into(),
+                deadline_ms: 30_000,
+            }),
+            update: Some(UpdatePolicy {
+                group: "web".into(),
+                max_parallel: 3,
+                min_healthy_ms: 10_000,
+                auto_revert: true,
+            }),
         })
         .unwrap();
         let mut msg = capnp::message::Builder::new_default();
@@ -389,6 +473,76 @@ mod tests {
             .unwrap();
         let err = vm_spec_from_capnp(r).unwrap_err().to_message();
         assert!(err.contains("toplevel"), "{err}");
+    }
+
+    #[test]
+    fn spec_without_health_check_stays_without_one() {
+        let spec = VmSpec::new(VmSpecFields {
+            name: "web-0".into(),
+            toplevel: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys".into(),
+            kernel_path: "/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel".into(),
+            cpu: 1,
+            memory_mb: 64,
+            content_hash: "h".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut msg = capnp::message::Builder::new_default();
+        vm_spec_to_capnp(&spec, msg.init_root());
+        let r = msg
+            .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
+            .unwrap();
+        assert!(!r.has_health_check());
+        assert!(!r.has_update());
+        let back = vm_spec_from_capnp(r).unwrap();
+        assert_eq!(back.health_check(), None);
+        assert_eq!(back.update(), None);
+    }
+
+    #[test]
+    fn hostile_update_policy_over_capnp_is_refused_with_field() {
+        for (parallel, healthy, want) in [
+            (0, 0, "update.maxParallel: must be 1..=1000, got 0"),
+            (1, u64::MAX, "update.minHealthyMs"),
+        ] {
+            let mut msg = capnp::message::Builder::new_default();
+            let mut b = msg.init_root::<common_capnp::vm_spec::Builder<'_>>();
+            b.set_name("web-0");
+            b.set_toplevel("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys");
+            b.set_kernel_path("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel");
+            b.set_cpu(1);
+            b.set_memory_mb(64);
+            b.set_content_hash("h");
+            let mut u = b.init_update();
+            u.set_group("web");
+            u.set_max_parallel(parallel);
+            u.set_min_healthy_ms(healthy);
+            let r = msg
+                .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
+                .unwrap();
+            let err = vm_spec_from_capnp(r).unwrap_err().to_message();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn hostile_health_check_over_capnp_is_refused_with_field() {
+        let mut msg = capnp::message::Builder::new_default();
+        let mut b = msg.init_root::<common_capnp::vm_spec::Builder<'_>>();
+        b.set_name("web-0");
+        b.set_toplevel("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys");
+        b.set_kernel_path("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel");
+        b.set_cpu(1);
+        b.set_memory_mb(64);
+        b.set_content_hash("h");
+        let mut h = b.init_health_check();
+        h.set_console_line("");
+        h.set_deadline_ms(u64::MAX);
+        let r = msg
+            .get_root_as_reader::<common_capnp::vm_spec::Reader<'_>>()
+            .unwrap();
+        let err = vm_spec_from_capnp(r).unwrap_err().to_message();
+        assert!(err.contains("healthCheck.consoleLine"), "{err}");
     }
 }
 
@@ -533,6 +687,9 @@ mod worker_tests {
                 created_at_ms: 1,
                 cpu: 1,
                 memory_mb: 128,
+                health: Health::Unhealthy,
+                health_detail: "no READY on the console within 30000 ms".into(),
+                healthy_since_ms: None,
             },
             spec,
             metrics: VmMetrics {

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
+use crate::types::{Labels, Resources, VmKey, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -32,6 +32,10 @@ pub struct GenerationView {
     /// When every VM of it first ran its desired version (0 until then).
     #[serde(default)]
     pub converged_at_ms: u64,
+    /// Its rollouts in one line: "" (no group has a policy), "rolling web
+    /// 2/5", "rolled", "paused: …", "reverted: …".
+    #[serde(default)]
+    pub rollout: String,
 }
 
 /// Where a published generation came from, as CI knows it.
@@ -234,6 +238,29 @@ pub struct ClusterStatusView {
     pub vms: Vec<VmPlacementView>,
     pub workers: Vec<WorkerHealthView>,
     pub unplaced: Vec<UnplacedView>,
+    /// The rollouts not yet done (rolling, paused or reverted).
+    #[serde(default)]
+    pub rollouts: Vec<RolloutStatusView>,
+}
+
+/// One VM group's rollout to its project's active generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatusView {
+    pub project: String,
+    pub group: String,
+    pub generation: u64,
+    /// The batch being replaced, from 1.
+    pub batch: u32,
+    /// ceil(replicas / maxParallel).
+    pub batches: u32,
+    /// Replicas on the new version that stayed healthy for minHealthyMs.
+    pub healthy: u32,
+    pub total: u32,
+    /// rolling, paused, reverted or rolled.
+    pub state: String,
+    /// Why it paused or reverted; empty otherwise.
+    pub reason: String,
 }
 
 impl ClusterStatusView {
@@ -254,6 +281,11 @@ pub struct AssignmentView {
     pub commit: String,
     pub revision: u64,
     pub vms: Vec<VmSpec>,
+    /// VMs to keep as they run, whatever version (a replica a rollout has
+    /// not reached): the worker keeps every live instance of a held name
+    /// and creates the spec in `vms` only when it runs none.
+    #[serde(default)]
+    pub hold: Vec<VmKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,15 @@ pub const MAX_MEMORY_MB: u64 = 4 * 1024 * 1024;
 pub const MAX_CMDLINE_LEN: usize = 4096;
 pub const MAX_DOMAINS: usize = 256;
 pub const MAX_LABELS: usize = 64;
+/// The longest `healthCheck.consoleLine`, in characters.
+pub const MAX_HEALTH_LINE_CHARS: usize = 256;
+/// The longest `healthCheck.deadlineMs`: one hour.
+pub const MAX_HEALTH_DEADLINE_MS: u64 = 3_600_000;
+/// The most replicas an update policy may replace at once (nix/lib's bound
+/// on replicas).
+pub const MAX_PARALLEL: u32 = 1000;
+/// The longest `update.minHealthyMs`: one hour.
+pub const MAX_MIN_HEALTHY_MS: u64 = 3_600_000;
 const STORE_DIR: &str = "/nix/store/";
 const NIX32_ALPHABET: &str = "0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -278,6 +287,92 @@ pub struct VmSpec {
     network_allowed_domains: Vec<String>,
     content_hash: String,
     labels: BTreeMap<String, String>,
+    health_check: Option<HealthCheck>,
+    update: Option<UpdatePolicy>,
+}
+
+/// How a new generation replaces the replicas of one VM group (see
+/// `UpdatePolicy` in common.capnp). Like the health check, not part of the
+/// content hash but part of the canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePolicy {
+    pub group: String,
+    pub max_parallel: u32,
+    pub min_healthy_ms: u64,
+    pub auto_revert: bool,
+}
+
+impl UpdatePolicy {
+    /// The bounds nix/lib checks at evaluation, again at every edge: a
+    /// policy that replaces nothing at a time would never finish, and an
+    /// absurd wait would park a rollout for days.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_dns_label(&self.group) {
+            return Err(SpecError::invalid(
+                "update.group",
+                format!("{:?} is not a DNS label", self.group),
+            ));
+        }
+        if self.max_parallel == 0 || self.max_parallel > MAX_PARALLEL {
+            return Err(SpecError::invalid(
+                "update.maxParallel",
+                format!("must be 1..={MAX_PARALLEL}, got {}", self.max_parallel),
+            ));
+        }
+        if self.min_healthy_ms > MAX_MIN_HEALTHY_MS {
+            return Err(SpecError::invalid(
+                "update.minHealthyMs",
+                format!(
+                    "must be 0..={MAX_MIN_HEALTHY_MS} (one hour), got {}",
+                    self.min_healthy_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the worker tells that a VM it started is healthy: a console line
+/// that contains `console_line`, seen within `deadline_ms` of boot. Not part
+/// of the content hash (it does not change what boots), but part of the
+/// spec's canonical JSON, so changing it is a new intent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    pub console_line: String,
+    pub deadline_ms: u64,
+}
+
+impl HealthCheck {
+    /// Checks the bounds a hostile spec could abuse: an empty line (every
+    /// line would match), one with control characters (it could never be
+    /// one console line), or a deadline beyond an hour.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let n = self.console_line.chars().count();
+        if n == 0 || n > MAX_HEALTH_LINE_CHARS {
+            return Err(SpecError::invalid(
+                "healthCheck.consoleLine",
+                format!("must be 1..={MAX_HEALTH_LINE_CHARS} characters, got {n}"),
+            ));
+        }
+        if self.console_line.chars().any(char::is_control) {
+            return Err(SpecError::invalid(
+                "healthCheck.consoleLine",
+                "must be printable (no control characters)",
+            ));
+        }
+        if self.deadline_ms == 0 || self.deadline_ms > MAX_HEALTH_DEADLINE_MS {
+            return Err(SpecError::invalid(
+                "healthCheck.deadlineMs",
+                format!(
+                    "must be 1..={MAX_HEALTH_DEADLINE_MS}, got {}",
+                    self.deadline_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Unvalidated fields, for building a spec in code (tests, conversions);
@@ -306,6 +401,14 @@ pub struct VmSpecFields {
     pub content_hash: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Absent = no check; omitted from JSON when absent, so the intent
+    /// hash of a spec without one is what it was before checks existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Absent = replace at once; omitted from JSON when absent, for the
+    /// same reason as `health_check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdatePolicy>,
 }
 
 fn optional_store_path(field: &str, s: String) -> Result<Option<StorePath>, SpecError> {
@@ -425,6 +528,12 @@ impl VmSpec {
                 ));
             }
         }
+        if let Some(hc) = &f.health_check {
+            hc.validate()?;
+        }
+        if let Some(u) = &f.update {
+            u.validate()?;
+        }
         Ok(VmSpec {
             project,
             name,
@@ -438,6 +547,8 @@ impl VmSpec {
             network_allowed_domains: f.network_allowed_domains,
             content_hash: f.content_hash,
             labels: f.labels,
+            health_check: f.health_check,
+            update: f.update,
         })
     }
 
@@ -501,6 +612,14 @@ impl VmSpec {
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
     }
+    /// The health check the worker runs; `None` = running counts as healthy.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.health_check.as_ref()
+    }
+    /// The group's rollout policy; `None` = replaced at once.
+    pub fn update(&self) -> Option<&UpdatePolicy> {
+        self.update.as_ref()
+    }
 
     /// Every top-level store path this VM boots from, deduplicated and
     /// sorted: the closure roots a worker must have before starting it.
@@ -547,6 +666,8 @@ impl VmSpec {
             network_allowed_domains: self.network_allowed_domains.clone(),
             content_hash: self.content_hash.clone(),
             labels: self.labels.clone(),
+            health_check: self.health_check.clone(),
+            update: self.update.clone(),
         }
     }
 }
@@ -586,6 +707,44 @@ impl fmt::Display for VmState {
             VmState::Stopping => "stopping",
             VmState::Failed => "failed",
             VmState::Stopped => "stopped",
+        })
+    }
+}
+
+/// A VM's health as its worker judges it (see [`HealthCheck`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The spec has no health check: a running VM counts as healthy.
+    #[default]
+    None,
+    /// Checking: the line has not been seen and the deadline has not passed.
+    Pending,
+    /// The line was seen in time.
+    Healthy,
+    /// The deadline passed without the line, or the VM failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// Whether the VM counts as healthy for a rollout: checked and passed,
+    /// or unchecked and running.
+    pub fn is_ok(self, state: VmState) -> bool {
+        match self {
+            Health::Healthy => true,
+            Health::None => state == VmState::Running,
+            Health::Pending | Health::Unhealthy => false,
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::None => "none",
+            Health::Pending => "pending",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
         })
     }
 }
@@ -632,6 +791,15 @@ pub struct VmStatus {
     pub created_at_ms: u64,
     pub cpu: u32,
     pub memory_mb: u64,
+    /// `None` when the spec has no health check.
+    #[serde(default)]
+    pub health: Health,
+    /// Why the VM is unhealthy (one line); empty otherwise.
+    #[serde(default)]
+    pub health_detail: String,
+    /// Unix ms the check passed; `None` unless `health` is `Healthy`.
+    #[serde(default)]
+    pub healthy_since_ms: Option<u64>,
 }
 
 /// A label of a worker (placement constraint target).
@@ -771,6 +939,26 @@ mod tests {
                 },
                 "labels",
             ),
+            (
+                |f| f.health_check = Some(check("", 1000)),
+                "healthCheck.consoleLine: must be 1..=256",
+            ),
+            (
+                |f| f.health_check = Some(check(&"x".repeat(257), 1000)),
+                "healthCheck.consoleLine: must be 1..=256 characters, got 257",
+            ),
+            (
+                |f| f.health_check = Some(check("READY\nfake", 1000)),
+                "healthCheck.consoleLine: must be printable",
+            ),
+            (
+                |f| f.health_check = Some(check("READY", 0)),
+                "healthCheck.deadlineMs: must be 1..=3600000, got 0",
+            ),
+            (
+                |f| f.health_check = Some(check("READY", 3_600_001)),
+                "healthCheck.deadlineMs",
+            ),
         ];
         for (mutate, want) in cases {
             let mut f = fields();
@@ -778,6 +966,131 @@ mod tests {
             let err = VmSpec::new(f).unwrap_err().to_string();
             assert!(err.starts_with(want), "{err:?} should start with {want:?}");
         }
+    }
+
+    fn check(line: &str, deadline_ms: u64) -> HealthCheck {
+        HealthCheck {
+            console_line: line.into(),
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn health_check_is_camel_case_json_and_absent_when_unset() {
+        let plain = VmSpec::new(fields()).unwrap();
+        let json = serde_json::to_string(&plain).unwrap();
+        // Specs without a check serialize as they did before checks existed,
+        // so the intent hashes of existing generations do not change.
+        assert!(!json.contains("healthCheck"), "{json}");
+        let intent = intent_hash(std::slice::from_ref(&plain));
+        assert_eq!(
+            intent.canonical_json,
+            format!(
+                r#"[{{"name":"web-0","toplevel":"{TOP}","kernelPath":"{KERNEL}","initrdPath":"","diskImagePath":"","cmdline":"console=ttyS0","cpu":1,"memoryMb":256,"networkAllowedDomains":[],"contentHash":"abc123","labels":{{}}}}]"#
+            )
+        );
+        assert_eq!(
+            intent.hash.as_str(),
+            "99111d3ae102bb4f0e2b929a43c90a376d8430fc103fd20e3484561f310401e6"
+        );
+
+        let mut f = fields();
+        f.health_check = Some(check("READY", 30_000));
+        let checked = VmSpec::new(f).unwrap();
+        let json = serde_json::to_string(&checked).unwrap();
+        assert!(
+            json.contains(r#""healthCheck":{"consoleLine":"READY","deadlineMs":30000}"#),
+            "{json}"
+        );
+        assert_eq!(VmSpec::from_json(&json).unwrap(), checked);
+        // Part of the intent, not of what boots.
+        assert_eq!(checked.content_hash(), plain.content_hash());
+        assert_ne!(intent_hash(&[checked]).hash, intent_hash(&[plain]).hash);
+
+        let err = VmSpec::from_json(&json.replace("deadlineMs", "deadline"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `deadline`"), "{err}");
+    }
+
+    fn policy(max_parallel: u32, min_healthy_ms: u64) -> UpdatePolicy {
+        UpdatePolicy {
+            group: "web".into(),
+            max_parallel,
+            min_healthy_ms,
+            auto_revert: true,
+        }
+    }
+
+    #[test]
+    fn bad_update_policies_are_refused_with_the_setting_named() {
+        let cases: [(UpdatePolicy, &str); 4] = [
+            (policy(0, 0), "update.maxParallel: must be 1..=1000, got 0"),
+            (
+                policy(1001, 0),
+                "update.maxParallel: must be 1..=1000, got 1001",
+            ),
+            (
+                policy(1, 3_600_001),
+                "update.minHealthyMs: must be 0..=3600000 (one hour), got 3600001",
+            ),
+            (
+                UpdatePolicy {
+                    group: "Web Servers".into(),
+                    ..policy(1, 0)
+                },
+                "update.group: \"Web Servers\" is not a DNS label",
+            ),
+        ];
+        for (p, want) in cases {
+            let mut f = fields();
+            f.update = Some(p);
+            let err = VmSpec::new(f).unwrap_err().to_string();
+            assert_eq!(err, want);
+        }
+        let mut f = fields();
+        f.update = Some(policy(1000, 3_600_000));
+        assert!(VmSpec::new(f).is_ok(), "the bounds themselves pass");
+    }
+
+    #[test]
+    fn update_policy_is_camel_case_json_absent_when_unset_and_not_in_the_content_hash() {
+        let plain = VmSpec::new(fields()).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("update"));
+        let mut f = fields();
+        f.update = Some(policy(2, 10_000));
+        let rolled = VmSpec::new(f).unwrap();
+        let json = serde_json::to_string(&rolled).unwrap();
+        assert!(
+            json.contains(
+                r#""update":{"group":"web","maxParallel":2,"minHealthyMs":10000,"autoRevert":true}"#
+            ),
+            "{json}"
+        );
+        assert_eq!(VmSpec::from_json(&json).unwrap(), rolled);
+        assert_eq!(rolled.content_hash(), plain.content_hash());
+        assert_ne!(intent_hash(&[rolled]).hash, intent_hash(&[plain]).hash);
+        let err = VmSpec::from_json(&json.replace("maxParallel", "parallel"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `parallel`"), "{err}");
+        let err = VmSpec::from_json(&json.replace(r#""maxParallel":2"#, r#""maxParallel":-1"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maxParallel") || err.contains("-1"), "{err}");
+    }
+
+    #[test]
+    fn health_counts_as_ok_only_when_checked_or_running() {
+        assert!(Health::Healthy.is_ok(VmState::Running));
+        assert!(Health::None.is_ok(VmState::Running));
+        assert!(!Health::None.is_ok(VmState::Creating));
+        assert!(!Health::Pending.is_ok(VmState::Running));
+        assert!(!Health::Unhealthy.is_ok(VmState::Running));
+        assert_eq!(
+            serde_json::to_string(&Health::Unhealthy).unwrap(),
+            "\"unhealthy\""
+        );
     }
 
     #[test]

@@ -191,6 +191,75 @@ fn hermetic_vm_spec_json_round_trips_through_capnp() {
     assert_eq!(specs[1].network_allowed_domains(), ["example.com"]);
 }
 
+/// A group's update policy and health check as nix/lib's `evalCluster`
+/// writes them are what the Rust side reads: same names, same values, and
+/// back to the same JSON after a Cap'n Proto round trip.
+#[test]
+fn update_policy_and_health_check_from_nix_round_trip() {
+    let tmp = TempDir::new("policy");
+    let (conf, cache) = nix_env(&tmp.0);
+    let lib = repo_root().join("nix/lib");
+    let expr = format!(
+        r#"let
+          lib = import {lib} {{ }};
+          store = n: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-${{n}}";
+        in (lib.evalCluster {{
+          mkImage = {{ group, profile }}: {{
+            toplevel = store "system"; kernelPath = store "kernel"; initrdPath = "";
+            diskImagePath = ""; cmdline = "console=ttyS0";
+          }};
+          vms.web = {{
+            profile = {{ }};
+            replicas = 2;
+            update = {{
+              maxParallel = 1; minHealthyMs = 10000; autoRevert = true;
+              healthCheck = {{ consoleLine = "READY"; deadlineMs = 30000; }};
+            }};
+          }};
+          vms.db = {{ profile = {{ }}; }};
+        }}).vmSpecs"#,
+        lib = lib.display()
+    );
+    let out = Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json", "-E", &expr])
+        .env("NIX_CONF_DIR", &conf)
+        .env("XDG_CACHE_HOME", &cache)
+        .env_remove("NIX_PATH")
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON list");
+    let specs: Vec<VmSpec> = serde_json::from_slice(&out.stdout).expect("VmSpecs");
+    let names: Vec<&str> = specs.iter().map(|s| s.name().as_str()).collect();
+    assert_eq!(names, ["db-0", "web-0", "web-1"]);
+    assert_eq!(specs[0].update(), None, "db has no policy");
+    assert_eq!(specs[0].health_check(), None);
+    let u = specs[1].update().expect("web's policy");
+    assert_eq!(
+        (
+            u.group.as_str(),
+            u.max_parallel,
+            u.min_healthy_ms,
+            u.auto_revert
+        ),
+        ("web", 1, 10_000, true)
+    );
+    let hc = specs[1].health_check().expect("web's check");
+    assert_eq!(
+        (hc.console_line.as_str(), hc.deadline_ms),
+        ("READY", 30_000)
+    );
+    for (spec, raw) in specs.iter().zip(&raw) {
+        let back = capnp_round_trip(spec);
+        assert_eq!(&back, spec);
+        assert_eq!(&serde_json::to_value(&back).expect("serialize"), raw);
+    }
+}
+
 /// Runs one section of nix/tests/run.sh and shows its output on failure.
 fn run_nix_section(section: &str) {
     let script = repo_root().join("nix/tests/run.sh");

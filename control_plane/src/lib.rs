@@ -11,6 +11,7 @@
 pub mod events;
 pub mod metrics;
 pub mod quota;
+pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod state;
@@ -143,7 +144,8 @@ pub async fn run_with_metrics(
         Instant::now(),
         // Revisions of this run never collide with a previous run's.
         commands::telemetry::now_ms().saturating_mul(1000),
-    );
+    )
+    .with_wall_clock(commands::telemetry::now_ms());
     let _ = state.set_quotas(quotas);
     let mut log = EventLog::default();
     let store = match open_store(&config)

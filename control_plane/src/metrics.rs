@@ -2,7 +2,8 @@
 //! counted thing happens (publishes, placements, RPC calls and errors by
 //! method) and gauges set from the cluster status before each scrape
 //! (active generation per project, VMs by project and drift state,
-//! workers by health), so a gauge never disagrees with `pcr status`.
+//! workers by health, rollouts not yet done by state), so a gauge never
+//! disagrees with `pcr status`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub struct ControlPlaneMetrics {
     workers: Gauges,
     events: Counters,
     store_errors: Counter,
+    rollouts: Gauges,
+    rollout_healthy: Gauges,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -64,6 +67,14 @@ impl Default for ControlPlaneMetrics {
             "store_errors",
             "Writes to the state file (--state-dir) that failed; the change stayed in memory.",
         );
+        let rollouts = m.gauges(
+            "rollouts",
+            "Rollouts not yet done (1 each), by project, group and state (rolling, paused, reverted).",
+        );
+        let rollout_healthy = m.gauges(
+            "rollout_healthy_replicas",
+            "Replicas of a rollout not yet done that run the new version healthy for minHealthyMs, by project and group.",
+        );
         ControlPlaneMetrics {
             registry: Arc::new(m),
             events,
@@ -76,6 +87,8 @@ impl Default for ControlPlaneMetrics {
             active_generation,
             vms,
             workers,
+            rollouts,
+            rollout_healthy,
         }
     }
 }
@@ -131,6 +144,20 @@ impl ControlPlaneMetrics {
         self.vms.clear();
         self.workers.clear();
         self.active_generation.clear();
+        self.rollouts.clear();
+        self.rollout_healthy.clear();
+        for r in &status.rollouts {
+            self.rollouts
+                .get_or_create(&labels([
+                    ("project", &r.project),
+                    ("group", &r.group),
+                    ("state", &r.state),
+                ]))
+                .set(1);
+            self.rollout_healthy
+                .get_or_create(&labels([("project", &r.project), ("group", &r.group)]))
+                .set(i64::from(r.healthy));
+        }
         for g in &status.generations {
             self.active_generation
                 .get_or_create(&labels([("project", &g.project)]))
@@ -155,5 +182,52 @@ impl ControlPlaneMetrics {
                 .get_or_create(&labels([("health", health)]))
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commands::model::RolloutStatusView;
+
+    #[test]
+    fn rollouts_not_done_are_gauges_and_vanish_when_done() {
+        let m = ControlPlaneMetrics::default();
+        let mut status = ClusterStatusView {
+            generations: Vec::new(),
+            convergence_percent: 100.0,
+            vms: Vec::new(),
+            workers: Vec::new(),
+            unplaced: Vec::new(),
+            rollouts: vec![RolloutStatusView {
+                project: "shop".into(),
+                group: "web".into(),
+                generation: 3,
+                batch: 2,
+                batches: 5,
+                healthy: 4,
+                total: 10,
+                state: "paused".into(),
+                reason: "web-4 failed".into(),
+            }],
+        };
+        m.refresh(&status);
+        let text = m.registry().render();
+        assert!(
+            text.contains(
+                r#"procurator_control_plane_rollouts{project="shop",group="web",state="paused"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"procurator_control_plane_rollout_healthy_replicas{project="shop",group="web"} 4"#
+            ),
+            "{text}"
+        );
+        status.rollouts.clear();
+        m.refresh(&status);
+        let text = m.registry().render();
+        assert!(!text.contains(r#"state="paused""#), "{text}");
     }
 }

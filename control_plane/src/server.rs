@@ -109,6 +109,23 @@ impl Shared {
                 s.set_converged(&e.project, e.generation, at)
             });
         }
+        // A rollout's step changed its generation's line: kept, so a
+        // restart resumes a paused or reverted rollout as it was.
+        let mut rollouts: Vec<(&str, u64)> = recorded
+            .iter()
+            .filter(|e| e.kind.starts_with("rollout-"))
+            .map(|e| (e.project.as_str(), e.generation))
+            .collect();
+        rollouts.dedup();
+        for (project, number) in rollouts {
+            let line = project.parse::<ProjectName>().ok().and_then(|p| {
+                let st = self.state.borrow();
+                st.generation(&p, number).map(|g| g.generation.rollout.clone())
+            });
+            if let Some(line) = line {
+                self.persist("rollout", |s| s.set_rollout(project, number, &line));
+            }
+        }
         self.persist("events", |s| s.save_events(&recorded));
     }
 

@@ -23,16 +23,19 @@ use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::types::{
-    Labels, ProjectName, Resources, VmKey, VmMetrics, VmSpec, VmState, WorkerId,
+    Labels, ProjectName, Resources, UpdatePolicy, VmKey, VmMetrics, VmName, VmSpec, VmState,
+    WorkerId,
 };
 
 use crate::events::EventDraft;
 use crate::quota::{QuotaConfig, UNLIMITED};
+use crate::rollout::{self, Action};
 use crate::scheduler::{self, Placement, Quotas, WorkerSlot};
 use commands::model::{
     AssignmentView, ClusterStatusView, Drift, GenerationDetailView, GenerationView, Limits,
     MAX_VMS_PER_WORKER, ObservedVm, ProjectStatusView, PublishMeta, PublishOutcomeView,
-    Registration, UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView, event_kind,
+    Registration, RolloutStatusView, UnplacedView, VmPlacementView, WorkerHealthView,
+    WorkerMetricsView, event_kind,
 };
 
 /// How many past generations `listGenerations` remembers per project.
@@ -92,11 +95,47 @@ struct Project {
 /// desired content hash and why it is unplaced (if it is).
 type PlacementSnapshot = BTreeMap<VmKey, (Option<WorkerId>, String, Option<String>)>;
 
+/// What a rollout tells a replica's worker instead of its desired spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Override {
+    /// Keep whatever runs under the name (`Assignment.hold`).
+    Hold,
+    /// Run this spec: the previous generation's (a revert). Boxed: most
+    /// overrides are holds.
+    Revert(Box<VmSpec>),
+}
+
+/// One VM group of one project: the key of a rollout.
+type GroupKey = (ProjectName, String);
+
+/// The spec a worker is told to run for `key`: its desired one unless a
+/// rollout reverted it.
+fn effective(
+    desired: &BTreeMap<VmKey, VmSpec>,
+    overrides: &BTreeMap<VmKey, Override>,
+    key: &VmKey,
+) -> VmSpec {
+    match overrides.get(key) {
+        Some(Override::Revert(spec)) => (**spec).clone(),
+        _ => desired[key].clone(),
+    }
+}
+
 /// What a state change means for the RPC layer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Effects {
     /// Some worker's assignment changed: wake the long-polls.
     pub assignments_changed: bool,
+}
+
+impl Effects {
+    /// Both effects.
+    #[must_use]
+    pub fn or(self, other: Effects) -> Effects {
+        Effects {
+            assignments_changed: self.assignments_changed || other.assignments_changed,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -115,6 +154,18 @@ pub struct State {
     converging: BTreeSet<ProjectName>,
     /// What happened since the caller last took the events.
     events: Vec<EventDraft>,
+    /// Unix ms at `started`: rollouts compare the workers' timestamps
+    /// (unix ms) with `now`.
+    started_ms: u64,
+    /// Per VM of a project with update policies: the spec it ran before
+    /// the active generation (what a revert goes back to). In memory only.
+    previous: BTreeMap<VmKey, VmSpec>,
+    /// Projects whose active generation has a group with a policy: the
+    /// only ones the rollout driver looks at.
+    rolling_projects: BTreeSet<ProjectName>,
+    rollouts: BTreeMap<GroupKey, rollout::Record>,
+    rollout_status: BTreeMap<GroupKey, RolloutStatusView>,
+    overrides: BTreeMap<VmKey, Override>,
 }
 
 /// The entries of `project` in a map keyed by (project, name): one
@@ -182,6 +233,12 @@ impl State {
             revision_counter: revision_seed,
             converging: BTreeSet::new(),
             events: Vec::new(),
+            started_ms: 0,
+            previous: BTreeMap::new(),
+            rolling_projects: BTreeSet::new(),
+            rollouts: BTreeMap::new(),
+            rollout_status: BTreeMap::new(),
+            overrides: BTreeMap::new(),
         }
     }
 
@@ -246,6 +303,17 @@ impl State {
             if active.generation.converged_at_ms == 0 {
                 self.converging.insert(name.clone());
             }
+            // A rollout carries on where the workers are; what a revert goes
+            // back to is the generation before, the closest a restart knows
+            // to what each replica ran before.
+            if active.specs.iter().any(|s| s.update().is_some()) {
+                self.rolling_projects.insert(name.clone());
+                let before = p.history.iter().rev().nth(1);
+                self.previous.extend(before.into_iter().flat_map(|g| &g.specs).map(|s| {
+                    let s = s.clone().with_project(name.clone());
+                    (VmKey::new(name.clone(), s.name().clone()), s)
+                }));
+            }
         }
         let effects = self.reschedule();
         // Placement after a restore is not news.
@@ -274,6 +342,21 @@ impl State {
         if let Some(h) = p.history.iter_mut().find(|g| g.generation.number == number) {
             h.generation.converged_at_ms = at_ms;
         }
+    }
+
+    /// Sets the wall clock: `unix_ms` is the time of the `now` given to
+    /// [`State::new`]. Rollouts judge how long a VM has been healthy by
+    /// the workers' timestamps, so the control plane needs real time.
+    pub fn with_wall_clock(mut self, unix_ms: u64) -> Self {
+        self.started_ms = unix_ms;
+        self
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        self.started_ms.saturating_add(
+            u64::try_from(now.saturating_duration_since(self.started).as_millis())
+                .unwrap_or(u64::MAX),
+        )
     }
 
     /// The active generation number of `project` (0 before its first publish).
@@ -362,6 +445,24 @@ impl State {
                 )));
             }
         }
+        // A rollout is per group: its replicas must agree on how.
+        let mut policies: BTreeMap<&str, (&VmName, &UpdatePolicy)> = BTreeMap::new();
+        for s in by_name.values() {
+            let Some(u) = s.update() else { continue };
+            match policies.get(u.group.as_str()) {
+                Some((first, p)) if *p != u => {
+                    return Err(RpcFailure::invalid(format!(
+                        "vmSpecs: {} and {first} carry different update policies for group {:?}; every replica of a group must carry the same",
+                        s.name(),
+                        u.group
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    policies.insert(&u.group, (s.name(), u));
+                }
+            }
+        }
         if let Some(cur) = self.projects.get(project).and_then(|p| p.active.as_ref()) {
             if generation < cur.number {
                 return Err(failure(
@@ -407,6 +508,7 @@ impl State {
             message: meta.message.clone(),
             job_id: meta.job_id,
             converged_at_ms: 0,
+            rollout: String::new(),
         };
         // Only this project's VMs need placing, unless another project has
         // VMs waiting for room (this publish may free some) or the workers
@@ -418,6 +520,22 @@ impl State {
             .any(|k| k.project != *project);
         let partial = self.grace_over && !others_waiting;
         let before = self.snapshot(partial.then_some(project));
+        // What each VM runs now is what a rollout of the new generation
+        // reverts to: only kept for projects with a policy.
+        let remembered: Vec<(VmKey, VmSpec)> = if policies.is_empty() {
+            Vec::new()
+        } else {
+            of_project(&self.desired, project)
+                .map(|(k, old)| (k.clone(), self.remembered_spec(k, old)))
+                .collect()
+        };
+        remove_project(&mut self.previous, project);
+        self.previous.extend(remembered);
+        if policies.is_empty() {
+            self.rolling_projects.remove(project);
+        } else {
+            self.rolling_projects.insert(project.clone());
+        }
         let entry = self.projects.entry(project.clone()).or_default();
         if entry.history.len() == HISTORY {
             entry.history.pop_front();
@@ -456,11 +574,15 @@ impl State {
                 .into_iter()
                 .map(|(name, spec)| (VmKey::new(project.clone(), name), spec)),
         );
+        // The rollout decides first what each replica is told, so that no
+        // assignment ever hands out the whole new group at once.
+        let changed = self.update_rollouts(now_ms);
         let effects = if partial {
             self.reschedule_project(project)
         } else {
             self.place_all()
         };
+        let effects = effects.or(self.patch_assignments(changed));
         self.record_placement(before, partial.then_some(project));
         self.check_converged();
         Ok((self.outcome(project, generation, false), effects))
@@ -811,7 +933,7 @@ impl State {
             );
             let effects = self.reschedule();
             self.check_converged();
-            return Ok(effects);
+            return Ok(effects.or(self.drive(now)));
         }
         // A desired VM running here but placed elsewhere (or nowhere): the
         // placement was made before this worker reported (a restarted
@@ -828,7 +950,7 @@ impl State {
             Effects::default()
         };
         self.check_converged();
-        Ok(effects)
+        Ok(effects.or(self.drive(now)))
     }
 
     /// Periodic: marks silent workers unhealthy (moving their VMs) and ends
@@ -867,10 +989,234 @@ impl State {
             tracing::info!("startup grace over; handing out assignments");
             // Placement now sees every worker that re-registered and
             // reported its VMs; every long-poll gets its first answer.
+            // Rollouts first: a replica a rollout has not reached is held
+            // from the very first assignment.
+            let now_ms = self.now_ms(now);
+            self.update_rollouts(now_ms);
             self.reschedule();
             effects.assignments_changed = true;
         }
-        effects
+        effects.or(self.drive(now))
+    }
+
+    // ---- rollouts ----------------------------------------------------------
+
+    /// What the worker `key` is placed on reports under its name (every
+    /// instance: during a replacement there are two).
+    fn reported<'a>(&'a self, key: &'a VmKey) -> impl Iterator<Item = &'a ObservedVm> {
+        self.placement
+            .assigned
+            .get(key)
+            .and_then(|w| self.workers.get(w))
+            .into_iter()
+            .flat_map(|w| &w.running)
+            .filter(move |o| o.status.key() == *key)
+    }
+
+    /// The spec `key` runs now, to revert to later: the version its worker
+    /// reports running among what it was told (its desired spec, or what
+    /// a rollout held or reverted it to), else its desired spec.
+    fn remembered_spec(&self, key: &VmKey, desired: &VmSpec) -> VmSpec {
+        let running: Vec<&str> = self
+            .reported(key)
+            .filter(|o| o.status.state == VmState::Running)
+            .map(|o| o.status.content_hash.as_str())
+            .collect();
+        let reverted = match self.overrides.get(key) {
+            Some(Override::Revert(s)) => Some(&**s),
+            _ => None,
+        };
+        let candidates = [Some(desired), reverted, self.previous.get(key)];
+        candidates
+            .iter()
+            .flatten()
+            .find(|s| running.contains(&s.content_hash()))
+            .or(match self.overrides.get(key) {
+                Some(_) => candidates[2].as_ref().or(candidates[1].as_ref()),
+                None => None,
+            })
+            .map_or_else(|| desired.clone(), |s| (*s).clone())
+    }
+
+    /// Steps every rollout at `now` and re-tells the workers whose
+    /// replicas' instructions changed.
+    fn drive(&mut self, now: Instant) -> Effects {
+        let now_ms = self.now_ms(now);
+        let changed = self.update_rollouts(now_ms);
+        self.patch_assignments(changed)
+    }
+
+    /// Steps the rollout of every group with a policy (see `rollout`) and
+    /// records what each replica is told; returns the VMs whose
+    /// instruction changed. Nothing during the startup grace: the workers
+    /// have not reported yet, and nothing is handed out anyway.
+    fn update_rollouts(&mut self, now_ms: u64) -> BTreeSet<VmKey> {
+        if !self.grace_over {
+            return BTreeSet::new();
+        }
+        let mut overrides = BTreeMap::new();
+        let mut statuses = BTreeMap::new();
+        let mut records = BTreeMap::new();
+        // (project, generation, kind, message): recorded as events once the
+        // borrows of this loop end.
+        let mut transitions = Vec::new();
+        for project in &self.rolling_projects {
+            let Some((generation, line)) = self
+                .projects
+                .get(project)
+                .and_then(|p| p.active.as_ref())
+                .map(|g| (g.number, g.rollout.as_str()))
+            else {
+                continue;
+            };
+            type GroupReplicas = (UpdatePolicy, Option<u64>, Vec<rollout::Replica>);
+            let mut groups: BTreeMap<&str, GroupReplicas> = BTreeMap::new();
+            for (key, spec) in of_project(&self.desired, project) {
+                let Some(u) = spec.update() else { continue };
+                let g = groups
+                    .entry(u.group.as_str())
+                    .or_insert_with(|| (u.clone(), None, Vec::new()));
+                if let Some(hc) = spec.health_check() {
+                    g.1 = Some(g.1.map_or(hc.deadline_ms, |d| d.max(hc.deadline_ms)));
+                }
+                let instances = self
+                    .reported(key)
+                    .map(|o| rollout::Instance {
+                        hash: o.status.content_hash.clone(),
+                        state: o.status.state,
+                        health: o.status.health,
+                        detail: if o.status.health_detail.is_empty() {
+                            o.status.error.clone()
+                        } else {
+                            o.status.health_detail.clone()
+                        },
+                        created_at_ms: o.status.created_at_ms,
+                        healthy_since_ms: o.status.healthy_since_ms,
+                    })
+                    .collect();
+                g.2.push(rollout::Replica {
+                    name: key.name.clone(),
+                    new_hash: spec.content_hash().to_owned(),
+                    can_revert: self.previous.contains_key(key),
+                    instances,
+                });
+            }
+            for (group, (policy, deadline, replicas)) in groups {
+                let gk: GroupKey = (project.clone(), group.to_owned());
+                // No record (a restart): a recorded pause or revert of
+                // this generation holds as it was.
+                let mut record = self
+                    .rollouts
+                    .remove(&gk)
+                    .or_else(|| rollout::Record::resume(generation, group, line, now_ms));
+                let step = rollout::step(
+                    &mut record,
+                    rollout::Group {
+                        policy: &policy,
+                        check_deadline_ms: deadline,
+                        generation,
+                        replicas: &replicas,
+                    },
+                    now_ms,
+                );
+                for t in &step.transitions {
+                    transitions.push((project.clone(), generation, t.kind, t.message.clone()));
+                }
+                for (name, action) in step.actions {
+                    let key = VmKey::new(project.clone(), name);
+                    match action {
+                        Action::New => {}
+                        Action::Hold => {
+                            overrides.insert(key, Override::Hold);
+                        }
+                        Action::Revert => {
+                            if let Some(prev) = self.previous.get(&key) {
+                                overrides.insert(key, Override::Revert(Box::new(prev.clone())));
+                            }
+                        }
+                    }
+                }
+                if let Some(r) = record {
+                    records.insert(gk.clone(), r);
+                }
+                statuses.insert(
+                    gk,
+                    RolloutStatusView {
+                        project: project.to_string(),
+                        ..step.status
+                    },
+                );
+            }
+        }
+        for project in &self.rolling_projects {
+            let line = rollout::summary(
+                statuses
+                    .iter()
+                    .filter(|((p, _), _)| p == project)
+                    .map(|(_, s)| s),
+            );
+            if let Some(p) = self.projects.get_mut(project) {
+                let number = p.active.as_ref().map(|g| g.number);
+                for g in p.active.iter_mut().chain(
+                    p.history
+                        .iter_mut()
+                        .rev()
+                        .take(1)
+                        .map(|g| &mut g.generation)
+                        .filter(|g| Some(g.number) == number),
+                ) {
+                    g.rollout.clone_from(&line);
+                }
+            }
+        }
+        self.rollouts = records;
+        self.rollout_status = statuses;
+        for (project, generation, kind, message) in transitions {
+            self.event(kind, project.as_str(), "", "", generation, message);
+        }
+        let mut changed: BTreeSet<VmKey> = BTreeSet::new();
+        for (k, v) in &overrides {
+            if self.overrides.get(k) != Some(v) {
+                changed.insert(k.clone());
+            }
+        }
+        for k in self.overrides.keys() {
+            if !overrides.contains_key(k) {
+                changed.insert(k.clone());
+            }
+        }
+        self.overrides = overrides;
+        changed
+    }
+
+    /// Tells the workers of `changed` VMs their new instruction (spec and
+    /// hold) and bumps those workers' revisions.
+    fn patch_assignments(&mut self, changed: BTreeSet<VmKey>) -> Effects {
+        let mut touched: BTreeSet<WorkerId> = BTreeSet::new();
+        for key in changed {
+            if !self.desired.contains_key(&key) {
+                continue;
+            }
+            let Some(w) = self.placement.assigned.get(&key) else {
+                continue;
+            };
+            let spec = effective(&self.desired, &self.overrides, &key);
+            if let Some(entry) = self.workers.get_mut(w) {
+                if let Some(slot) = entry.assigned.iter_mut().find(|s| s.key() == key) {
+                    *slot = spec;
+                }
+                touched.insert(w.clone());
+            }
+        }
+        for id in &touched {
+            if let Some(w) = self.workers.get_mut(id) {
+                self.revision_counter += 1;
+                w.revision = self.revision_counter;
+            }
+        }
+        Effects {
+            assignments_changed: !touched.is_empty(),
+        }
     }
 
     // ---- scheduling --------------------------------------------------------
@@ -960,7 +1306,7 @@ impl State {
             per_worker
                 .entry(w)
                 .or_default()
-                .push(self.desired[vm].clone());
+                .push(effective(&self.desired, &self.overrides, vm));
         }
         let mut changed = false;
         for (id, w) in &mut self.workers {
@@ -1045,7 +1391,7 @@ impl State {
             per_worker
                 .entry(w)
                 .or_default()
-                .push(self.desired[vm].clone());
+                .push(effective(&self.desired, &self.overrides, vm));
         }
         let mut changed = false;
         for (id, w) in &mut self.workers {
@@ -1131,6 +1477,15 @@ impl State {
             revision: w.revision,
             vms: if self.grace_over {
                 w.assigned.clone()
+            } else {
+                Vec::new()
+            },
+            hold: if self.grace_over {
+                w.assigned
+                    .iter()
+                    .map(VmSpec::key)
+                    .filter(|k| self.overrides.get(k) == Some(&Override::Hold))
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -1261,6 +1616,12 @@ impl State {
             vms,
             workers,
             unplaced: self.unplaced_views(),
+            rollouts: self
+                .rollout_status
+                .values()
+                .filter(|r| r.state != "rolled")
+                .cloned()
+                .collect(),
         }
     }
 
@@ -1506,6 +1867,141 @@ mod tests {
         assert_eq!(r.active_generation(&dp()), 3);
         assert_eq!(r.generations(Some(&dp())).len(), 3);
         assert_eq!(r.snapshot(None).len(), 1);
+    }
+
+    fn rolled_spec(name: &str, hash: &str, max_parallel: u32) -> VmSpec {
+        testkit::fixtures::spec_with(name, hash, |f| {
+            f.update = Some(UpdatePolicy {
+                group: "web".into(),
+                max_parallel,
+                min_healthy_ms: 1000,
+                auto_revert: true,
+            });
+        })
+    }
+
+    fn web(hash: &str) -> Vec<VmSpec> {
+        (0..4)
+            .map(|i| rolled_spec(&format!("web-{i}"), hash, 2))
+            .collect()
+    }
+
+    /// What worker `a` reports: each (name, hash, state) created at `at_ms`.
+    fn report(s: &mut State, vms: &[(&str, &str, VmState)], at_ms: u64, now: Instant) {
+        let running = vms
+            .iter()
+            .map(|(n, h, st)| {
+                let mut o = observed(n, h);
+                o.status.state = *st;
+                o.status.created_at_ms = at_ms;
+                o
+            })
+            .collect();
+        s.push_data(&wid("a"), 1, 1, running, WorkerMetricsView::default(), now)
+            .unwrap();
+    }
+
+    /// Worker `a`'s assignment, one "name hash" per VM, " held" added
+    /// when it is held.
+    fn told(s: &State) -> Vec<String> {
+        let a = s.current_assignment(&wid("a")).unwrap();
+        a.vms
+            .iter()
+            .map(|v| {
+                let held = if a.hold.contains(&v.key()) {
+                    " held"
+                } else {
+                    ""
+                };
+                format!("{} {}{held}", v.name(), v.content_hash())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rollout_goes_batch_by_batch_through_the_assignments_and_reverts_a_bad_version() {
+        const T0: u64 = 1_000_000;
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let mut s = State::new(settings(), t, 1).with_wall_clock(T0);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        s.publish(&dp(), "c1", 1, "i1", web("v1"), T0).unwrap();
+        // The first generation has nothing to protect: all at once.
+        assert_eq!(told(&s), ["web-0 v1", "web-1 v1", "web-2 v1", "web-3 v1"]);
+        let all = |h: &'static str| -> Vec<(&'static str, &'static str, VmState)> {
+            ["web-0", "web-1", "web-2", "web-3"]
+                .into_iter()
+                .map(|n| (n, h, VmState::Running))
+                .collect()
+        };
+        report(&mut s, &all("v1"), T0, at(10));
+        report(&mut s, &all("v1"), T0, at(1000));
+        assert_eq!(s.generations(None)[0].rollout, "rolled");
+
+        // Generation 2: web-0 and web-1 first, the others held.
+        s.publish(&dp(), "c2", 2, "i2", web("v2"), T0 + 2000)
+            .unwrap();
+        assert_eq!(
+            told(&s),
+            ["web-0 v2", "web-1 v2", "web-2 v2 held", "web-3 v2 held",]
+        );
+        let st = s.cluster_status(at(2000));
+        assert_eq!(st.rollouts.len(), 1);
+        let r = &st.rollouts[0];
+        assert_eq!(
+            (
+                r.group.as_str(),
+                r.batch,
+                r.batches,
+                r.healthy,
+                r.total,
+                r.state.as_str()
+            ),
+            ("web", 1, 2, 0, 4, "rolling")
+        );
+        assert_eq!(st.generations[0].rollout, "rolling web 1/2");
+        let mut vms = all("v1");
+        vms[0].1 = "v2";
+        vms[1].1 = "v2";
+        report(&mut s, &vms, T0 + 2100, at(2100));
+        report(&mut s, &vms, T0 + 2100, at(3099));
+        assert_eq!(told(&s)[2], "web-2 v2 held", "healthy for 999 ms only");
+        report(&mut s, &vms, T0 + 2100, at(3100));
+        assert_eq!(told(&s), ["web-0 v2", "web-1 v2", "web-2 v2", "web-3 v2",]);
+        report(&mut s, &all("v2"), T0 + 3200, at(3200));
+        report(&mut s, &all("v2"), T0 + 3200, at(4200));
+        assert!(s.cluster_status(at(4200)).rollouts.is_empty());
+        assert_eq!(s.generations(None)[1].rollout, "rolled");
+
+        // Generation 3 fails on web-1: the batch goes back to v2, the
+        // others never leave it.
+        s.publish(&dp(), "c3", 3, "i3", web("v3"), T0 + 5000)
+            .unwrap();
+        let mut vms = all("v2");
+        vms.push(("web-1", "v3", VmState::Failed));
+        report(&mut s, &vms, T0 + 5100, at(5100));
+        assert_eq!(
+            told(&s),
+            ["web-0 v2", "web-1 v2", "web-2 v3 held", "web-3 v3 held",]
+        );
+        let st = s.cluster_status(at(5100));
+        assert_eq!(st.rollouts[0].state, "reverted");
+        assert_eq!(st.generations[0].rollout, "reverted: web-1 failed");
+        assert_eq!(s.generations(None)[2].rollout, "reverted: web-1 failed");
+    }
+
+    #[test]
+    fn replicas_of_a_group_must_agree_on_the_policy() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        let specs = vec![rolled_spec("web-0", "h", 1), rolled_spec("web-1", "h", 2)];
+        let err = s.publish(&dp(), "c", 1, "i", specs, 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            err.message,
+            "vmSpecs: web-1 and web-0 carry different update policies for group \"web\"; every replica of a group must carry the same"
+        );
+        assert_eq!(s.active_generation(&dp()), 0, "refused whole");
     }
 
     #[test]

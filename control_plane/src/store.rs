@@ -181,6 +181,7 @@ impl Store {
                          message TEXT NOT NULL,
                          job_id INTEGER NOT NULL,
                          specs TEXT NOT NULL,
+                         rollout TEXT NOT NULL DEFAULT '',
                          PRIMARY KEY (project, number)
                      );
                      CREATE TABLE events (
@@ -209,7 +210,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT project, number, commit_id, intent_hash, vm_count, published_at_ms,
-                        converged_at_ms, author, message, job_id, specs
+                        converged_at_ms, author, message, job_id, specs, rollout
                  FROM generations ORDER BY project, number",
             )
             .map_err(sql("read the generations"))?;
@@ -227,6 +228,7 @@ impl Store {
                         author: r.get(7)?,
                         message: r.get(8)?,
                         job_id: to_u64(r.get(9)?),
+                        rollout: r.get(11)?,
                     },
                     r.get::<_, String>(10)?,
                 ))
@@ -284,8 +286,9 @@ impl Store {
         let tx = self.conn.transaction().map_err(sql("write a generation"))?;
         tx.execute(
             "INSERT OR REPLACE INTO generations (project, number, commit_id, intent_hash,
-                 vm_count, published_at_ms, converged_at_ms, author, message, job_id, specs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 vm_count, published_at_ms, converged_at_ms, author, message, job_id, specs,
+                 rollout)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 v.project,
                 to_i64(v.number),
@@ -298,6 +301,7 @@ impl Store {
                 v.message,
                 to_i64(v.job_id),
                 specs,
+                v.rollout,
             ],
         )
         .map_err(sql("write a generation"))?;
@@ -323,6 +327,19 @@ impl Store {
                 params![project, to_i64(number), to_i64(at_ms)],
             )
             .map_err(sql("record a convergence"))?;
+        Ok(())
+    }
+
+    /// Records generation `number` of `project`'s rollout line (see
+    /// `GenerationView::rollout`), so a restart resumes a paused or
+    /// reverted rollout as it was.
+    pub fn set_rollout(&mut self, project: &str, number: u64, line: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE generations SET rollout = ?3 WHERE project = ?1 AND number = ?2",
+                params![project, to_i64(number), line],
+            )
+            .map_err(sql("record a rollout"))?;
         Ok(())
     }
 
@@ -404,6 +421,7 @@ mod tests {
                 message: "first line".into(),
                 job_id: 7,
                 converged_at_ms: 0,
+                rollout: String::new(),
             },
             specs: vec![testkit::fixtures::spec("web-0", &format!("h{number}"))],
         }
@@ -433,6 +451,7 @@ mod tests {
             }
             s.save_generation(&generation("b", 1)).unwrap();
             s.set_converged("a", 5, 99).unwrap();
+            s.set_rollout("a", 5, "paused: web-1 unhealthy").unwrap();
             let evs: Vec<EventView> = (1..=10).map(|i| event(i, "a")).collect();
             s.save_events(&evs).unwrap();
             s.save_events(&[event(11, "b")]).unwrap();
@@ -451,6 +470,7 @@ mod tests {
         );
         let a5 = &loaded.generations[2];
         assert_eq!(a5.generation.converged_at_ms, 99);
+        assert_eq!(a5.generation.rollout, "paused: web-1 unhealthy");
         assert_eq!(a5.generation.author, "Ada");
         assert_eq!(a5.specs, generation("a", 5).specs);
         let ids: Vec<u64> = loaded.events.iter().map(|e| e.id).collect();

@@ -140,6 +140,33 @@ fn master_over_loopback() {
             .await
             .unwrap_err();
         assert_eq!(code(err), ErrorCode::AlreadyExists);
+        // Replicas of one group that disagree on their update policy.
+        let policy = |max_parallel| {
+            Some(commands::types::UpdatePolicy {
+                group: "web".into(),
+                max_parallel,
+                min_healthy_ms: 0,
+                auto_revert: false,
+            })
+        };
+        let err = cli
+            .publish(
+                "default",
+                "c2",
+                2,
+                "i2",
+                &[
+                    testkit::fixtures::spec_with("web-0", "a", |f| f.update = policy(1)),
+                    testkit::fixtures::spec_with("web-1", "a", |f| f.update = policy(2)),
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("web-1 and web-0 carry different update policies for group \"web\""),
+            "{err}"
+        );
         // A spec that does not validate cannot even be expressed with the
         // client's types: `commands::service::master`'s tests send one raw
         // and check that it is refused before it reaches the control plane.

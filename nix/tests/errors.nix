@@ -107,6 +107,23 @@ in
   cluster-over-cpu = { expr = cluster { vms.web = { profile.cpu = 3; replicas = 2; }; limits.cpu = 5; }; msg = "evalCluster: the cluster needs 6 cpu but limits.cpu is 5"; };
   cluster-over-memory = { expr = cluster { vms.web = { profile.memoryMb = 1024; replicas = 2; }; limits.memoryMb = 2000; }; msg = "evalCluster: the cluster needs 2048 memoryMb but limits.memoryMb is 2000"; };
 
+  # --- update policy (evalCluster) ---
+  update-type = { expr = web { update = 3; }; msg = "evalCluster: vms.web.update must be an attribute set, got 3"; };
+  update-unknown = { expr = web { update.maxParalel = 2; }; msg = "evalCluster: vms.web.update has unknown attribute \"maxParalel\" (known: maxParallel, minHealthyMs, autoRevert, healthCheck)"; };
+  update-parallel-zero = { expr = web { update.maxParallel = 0; }; msg = "vms.web.update.maxParallel must be an integer between 1 and 1000, got 0"; };
+  update-parallel-string = { expr = web { update.maxParallel = "2"; }; msg = "vms.web.update.maxParallel must be an integer between 1 and 1000, got \"2\""; };
+  update-parallel-float = { expr = web { update.maxParallel = 1.5; }; msg = "vms.web.update.maxParallel must be an integer between 1 and 1000, got a float"; };
+  update-healthy-negative = { expr = web { update.minHealthyMs = -1; }; msg = "vms.web.update.minHealthyMs must be an integer between 0 and 3600000 (one hour), got -1"; };
+  update-healthy-absurd = { expr = web { update.minHealthyMs = 3600001; }; msg = "vms.web.update.minHealthyMs must be an integer between 0 and 3600000 (one hour), got 3600001"; };
+  update-revert-type = { expr = web { update.autoRevert = "yes"; }; msg = "vms.web.update.autoRevert must be a boolean, got \"yes\""; };
+  update-check-type = { expr = web { update.healthCheck = "READY"; }; msg = "vms.web.update.healthCheck must be an attribute set, got \"READY\""; };
+  update-check-kind = { expr = web { update.healthCheck = { httpGet = "/health"; }; }; msg = "vms.web.update.healthCheck: unknown check kind \"httpGet\" (known: consoleLine, with deadlineMs)"; };
+  update-check-none = { expr = web { update.healthCheck = { deadlineMs = 5; }; }; msg = "vms.web.update.healthCheck needs a check kind (known: consoleLine)"; };
+  update-check-line = { expr = web { update.healthCheck.consoleLine = ""; }; msg = "vms.web.update.healthCheck.consoleLine must be a non-empty line of at most 256 characters, got \"\""; };
+  update-check-line-newline = { expr = web { update.healthCheck.consoleLine = "A\nB"; }; msg = "vms.web.update.healthCheck.consoleLine must be a non-empty line"; };
+  update-check-deadline = { expr = web { update.healthCheck = { consoleLine = "READY"; deadlineMs = 0; }; }; msg = "vms.web.update.healthCheck.deadlineMs must be an integer between 1 and 3600000, got 0"; };
+  update-zero-replicas = { expr = web { replicas = 0; update.maxParallel = 0; }; msg = "vms.web.update.maxParallel must be an integer between 1 and 1000, got 0"; };
+
   # --- library entry point ---
   image-needs-nixpkgs = { expr = lib.mkVmImage { profile = { }; }; msg = "procurator: mkVmImage needs nixpkgs"; };
 }

@@ -260,6 +260,49 @@ let
       want = { vms = 2; cpu = 4; memoryMb = 512; };
     }
     {
+      name = "update policy: specs carry update (with group) and healthCheck; not in contentHash";
+      got = let
+        c = policy: lib.evalCluster { mkImage = fakeImage "a"; vms.web = { profile = { }; replicas = 2; } // policy; };
+        with' = c { update = { maxParallel = 2; minHealthyMs = 10000; autoRevert = true; healthCheck = { consoleLine = "READY"; deadlineMs = 5000; }; }; };
+        without = c { };
+        s = builtins.head with'.vmSpecs;
+      in [
+        s.update
+        s.healthCheck
+        (map (x: x.contentHash) with'.vmSpecs == map (x: x.contentHash) without.vmSpecs)
+        (attrNames (builtins.head without.vmSpecs) == sort (a: b: a < b) specLib.fields)
+        (attrNames s == sort (a: b: a < b) (specLib.fields ++ specLib.optionalFields))
+      ];
+      want = [
+        { group = "web"; maxParallel = 2; minHealthyMs = 10000; autoRevert = true; }
+        { consoleLine = "READY"; deadlineMs = 5000; }
+        true true true
+      ];
+    }
+    {
+      name = "update policy defaults: one at a time, no wait, no revert, no check";
+      got = map (s: [ (s.update or null) (s.healthCheck or null) ]) (lib.evalCluster {
+        mkImage = fakeImage "a";
+        vms.web = { profile = { }; update = { }; };
+        vms.db = { profile = { }; update = { healthCheck.consoleLine = "UP"; }; };
+        vms.cache = { profile = { }; update = null; };
+      }).vmSpecs;
+      want = [
+        [ null null ]
+        [ { group = "db"; maxParallel = 1; minHealthyMs = 0; autoRevert = false; } { consoleLine = "UP"; deadlineMs = 30000; } ]
+        [ { group = "web"; maxParallel = 1; minHealthyMs = 0; autoRevert = false; } null ]
+      ];
+    }
+    {
+      name = "update policy at the boundaries passes";
+      got = map (s: s.update.maxParallel) (lib.evalCluster {
+        mkImage = fakeImage "a";
+        vms.a = { profile = { }; update = { maxParallel = 1; minHealthyMs = 0; }; };
+        vms.b = { profile = { }; update = { maxParallel = 1000; minHealthyMs = 3600000; healthCheck = { consoleLine = "READY"; deadlineMs = 3600000; }; }; };
+      }).vmSpecs;
+      want = [ 1 1000 ];
+    }
+    {
       name = "an empty cluster is valid";
       got = (lib.evalCluster { mkImage = fakeImage "a"; }).vmSpecs;
       want = [ ];

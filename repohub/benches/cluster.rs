@@ -105,6 +105,7 @@ fn cluster() -> (ClusterStatusView, Vec<ProjectStatusView>) {
         vms,
         workers,
         unplaced: Vec::new(),
+        rollouts: Vec::new(),
     };
     (status, projects)
 }

@@ -121,6 +121,9 @@ pub fn running_vm(id: VmId, name: &str, hash: &str, memory_mb: u64) -> ObservedV
             created_at_ms: 0,
             cpu: 1,
             memory_mb,
+            health: Default::default(),
+            health_detail: String::new(),
+            healthy_since_ms: None,
         },
         metrics: VmMetrics::default(),
     }

@@ -2,8 +2,8 @@
 //! ids, statuses; ADR-002) re-exported, plus what only the worker keeps.
 
 pub use commands::types::{
-    Labels, LogTail, Resources, SpecError, StorePath, VmDetails, VmId, VmKey, VmMetrics, VmName,
-    VmSpec, VmSpecFields, VmState, VmStatus, WorkerId, WorkerStatus,
+    Health, HealthCheck, Labels, LogTail, Resources, SpecError, StorePath, VmDetails, VmId, VmKey,
+    VmMetrics, VmName, VmSpec, VmSpecFields, VmState, VmStatus, WorkerId, WorkerStatus,
 };
 
 use serde::{Deserialize, Serialize};

@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod dto;
+pub mod health;
 pub mod manager;
 pub mod metrics;
 pub mod net;

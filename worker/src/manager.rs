@@ -27,9 +27,10 @@ use tracing::Instrument;
 
 use crate::disk::{self, DiskError};
 use crate::dto::{
-    Labels, LogTail, Resources, VmDetails, VmId, VmKey, VmMetrics, VmRecord, VmSpec, VmStatus,
-    WorkerId, WorkerStatus,
+    Health, Labels, LogTail, Resources, VmDetails, VmId, VmKey, VmMetrics, VmRecord, VmSpec,
+    VmStatus, WorkerId, WorkerStatus,
 };
+use crate::health::HealthWatch;
 use crate::metrics::WorkerMetrics;
 use crate::net::{Egress, NetError};
 use crate::procfs;
@@ -189,6 +190,10 @@ enum Event<B: VmmBackend> {
         instance: u64,
         info: ExitInfo,
     },
+    /// A console-sync round scanned these VMs' health checks.
+    HealthScanned {
+        watches: Vec<(VmId, HealthWatch)>,
+    },
 }
 
 /// The static facts a manager reports and the knobs of its flows.
@@ -243,6 +248,8 @@ struct Entry<B: VmmBackend> {
     process: Option<Arc<B::Process>>,
     /// Tells a stale exit event (of an earlier process) from a current one.
     instance: u64,
+    /// The spec's health check; `None` when it has none.
+    health: Option<HealthWatch>,
 }
 
 pub struct VmManager<B: VmmBackend> {
@@ -369,6 +376,15 @@ impl<B: VmmBackend> VmManager<B> {
                     self.names
                         .entry(key_of(&record.spec))
                         .or_insert_with(|| id.clone());
+                    // The verdict the previous worker kept, else the check
+                    // again from the history, its deadline from the create.
+                    let health = record.spec.health_check().map(|c| {
+                        HealthWatch::adopted(
+                            c.clone(),
+                            record.created_at_ms,
+                            &self.run_dir.console(&id),
+                        )
+                    });
                     self.vms.insert(
                         id.clone(),
                         Entry {
@@ -380,6 +396,7 @@ impl<B: VmmBackend> VmManager<B> {
                             vmm: None,
                             process: None,
                             instance: 0,
+                            health,
                         },
                     );
                     self.attach(&id, a.vmm, a.process);
@@ -472,6 +489,10 @@ impl<B: VmmBackend> VmManager<B> {
     }
 
     fn status(&self, id: &VmId, e: &Entry<B>) -> VmStatus {
+        let (health, health_detail, healthy_since_ms) = e
+            .health
+            .as_ref()
+            .map_or((Health::None, String::new(), None), HealthWatch::report);
         VmStatus {
             id: id.clone(),
             project: e.spec.key().project,
@@ -483,6 +504,9 @@ impl<B: VmmBackend> VmManager<B> {
             created_at_ms: e.created_at_ms,
             cpu: e.spec.cpu(),
             memory_mb: e.spec.memory_mb(),
+            health,
+            health_detail,
+            healthy_since_ms,
         }
     }
 
@@ -550,6 +574,7 @@ impl<B: VmmBackend> VmManager<B> {
             worker_id: self.config.worker_id.clone(),
         };
         self.names.insert(key_of(&spec), id.clone());
+        let health = spec.health_check().cloned().map(HealthWatch::new);
         self.vms.insert(
             id.clone(),
             Entry {
@@ -561,6 +586,7 @@ impl<B: VmmBackend> VmManager<B> {
                 vmm: None,
                 process: None,
                 instance: 0,
+                health,
             },
         );
         let span = tracing::info_span!("create_vm", worker_id = %self.config.worker_id, vm_id = %id, name = %record.spec.name());
@@ -825,22 +851,70 @@ impl<B: VmmBackend> VmManager<B> {
     }
 
     /// Copies every VM's new serial output into its history before CH can
-    /// truncate it at the guest's next reboot. Skipped while the previous
-    /// round still runs, so a slow disk never piles up tasks.
+    /// truncate it at the guest's next reboot, and scans what the pending
+    /// health checks have not read yet (on copies of their watches, which
+    /// come back as an event). Skipped while the previous round still runs,
+    /// so a slow disk never piles up tasks.
     fn sync_consoles(&mut self) {
         if self.vms.is_empty() || self.console_sync_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let consoles: Vec<_> = self.vms.keys().map(|id| self.run_dir.console(id)).collect();
+        let consoles: Vec<_> = self
+            .vms
+            .iter()
+            .map(|(id, e)| {
+                let watch = e.health.clone().filter(|w| {
+                    w.wants_scan() && matches!(e.phase, VmPhase::Running | VmPhase::Paused)
+                });
+                (id.clone(), self.run_dir.console(id), watch)
+            })
+            .collect();
         let busy = self.console_sync_busy.clone();
+        let events = self.events_tx.clone();
         tokio::task::spawn_blocking(move || {
-            for c in consoles {
-                if let Err(e) = c.sync() {
-                    tracing::debug!(path = %c.serial.display(), error = %e, "cannot copy console output");
+            let now = now_ms();
+            let mut watches = Vec::new();
+            for (id, c, watch) in consoles {
+                let result = match watch {
+                    Some(mut w) => {
+                        let r = w.scan(&c, now);
+                        watches.push((id.clone(), w));
+                        r.map_err(|e| error_chain(&e))
+                    }
+                    None => c.sync().map_err(|e| e.to_string()),
+                };
+                if let Err(e) = result {
+                    tracing::debug!(vm_id = %id, path = %c.serial.display(), error = %e, "cannot copy console output");
                 }
+            }
+            if !watches.is_empty() {
+                let _ = events.send(Event::HealthScanned { watches });
             }
             busy.store(false, Ordering::Release);
         });
+    }
+
+    /// Keeps what a scan made of the watches that are still pending (a VM
+    /// that failed meanwhile keeps its failure).
+    fn on_health_scanned(&mut self, watches: Vec<(VmId, HealthWatch)>) {
+        for (id, scanned) in watches {
+            let Some(e) = self.vms.get_mut(&id) else {
+                continue;
+            };
+            let Some(current) = e.health.as_mut().filter(|w| w.wants_scan()) else {
+                continue;
+            };
+            if scanned.verdict() != current.verdict() {
+                let (health, detail, _) = scanned.report();
+                match health {
+                    Health::Unhealthy => {
+                        tracing::warn!(vm_id = %id, name = %e.spec.name(), %detail, "VM is unhealthy");
+                    }
+                    _ => tracing::info!(vm_id = %id, name = %e.spec.name(), %health, "VM health"),
+                }
+            }
+            *current = scanned;
+        }
     }
 
     /// Drops `id` from the table; its key passes to another VM with the same
@@ -892,7 +966,14 @@ impl<B: VmmBackend> VmManager<B> {
                         return;
                     };
                     match e.phase.next(VmEvent::Booted) {
-                        Ok(p) => e.phase = p,
+                        Ok(p) => {
+                            e.phase = p;
+                            // The deadline runs from the boot, not from the
+                            // create (which may have copied a closure).
+                            if let Some(w) = &mut e.health {
+                                w.booted(now_ms());
+                            }
+                        }
                         Err(t) => {
                             tracing::error!(vm_id = %id, error = %t, "impossible transition after create")
                         }
@@ -946,6 +1027,9 @@ impl<B: VmmBackend> VmManager<B> {
                     if next == VmPhase::Failed && e.phase != VmPhase::Failed {
                         e.error = format!("cloud-hypervisor {}", info.description);
                         tracing::warn!(vm_id = %id, error = %e.error, "VM failed");
+                        if let Some(w) = &mut e.health {
+                            w.failed(&e.error);
+                        }
                         e.pid = None;
                         // CH leaves its socket behind when killed.
                         if let Some(p) = &e.process {
@@ -955,6 +1039,7 @@ impl<B: VmmBackend> VmManager<B> {
                     e.phase = next;
                 }
             }
+            Event::HealthScanned { watches } => self.on_health_scanned(watches),
         }
     }
 }

@@ -712,3 +712,122 @@ async fn a_generation_that_changes_only_domains_keeps_the_running_vm() {
     );
     w.stop().await;
 }
+
+/// `name` with a health check waiting `deadline_ms` for `READY`.
+fn checked(name: &str, deadline_ms: u64) -> VmSpec {
+    testkit::fixtures::spec_with(name, &format!("hash-{name}"), |f| {
+        f.health_check = Some(crate::dto::HealthCheck {
+            console_line: "READY".into(),
+            deadline_ms,
+        });
+    })
+}
+
+/// Polls `vm_info` until `done` holds for the VM's status (5 s at most).
+async fn wait_status(w: &Running, id: &VmId, done: impl Fn(&VmStatus) -> bool) -> VmStatus {
+    let t = std::time::Instant::now();
+    loop {
+        let st = w.tx.vm_info(id.clone()).await.unwrap().status;
+        if done(&st) {
+            return st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "still {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the guest of `id` prints on its serial console.
+fn guest_prints(dir: &Path, id: &VmId, line: &str) {
+    use std::io::Write;
+    let serial = dir.join("run/console").join(format!("{id}-serial.log"));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(serial)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+#[tokio::test]
+async fn health_checks_report_pending_healthy_and_unhealthy() {
+    let (dir, backend, w) = started(false);
+    let plain = w.tx.create_vm(spec("plain")).await.unwrap();
+    assert_eq!(plain.health, crate::dto::Health::None);
+
+    let ok = w.tx.create_vm(checked("ok", 30_000)).await.unwrap();
+    let slow = w.tx.create_vm(checked("slow", 400)).await.unwrap();
+    assert_eq!(ok.health, crate::dto::Health::Pending);
+    // Another VM's READY is not this one's.
+    guest_prints(dir.path(), &plain.id, "READY");
+    guest_prints(dir.path(), &ok.id, "[   0.5] systemd[1]: READY");
+    let t0 = commands::telemetry::now_ms();
+    let ok = wait_status(&w, &ok.id, |s| s.health != crate::dto::Health::Pending).await;
+    assert_eq!(ok.health, crate::dto::Health::Healthy);
+    let since = ok.healthy_since_ms.unwrap();
+    assert!(since >= ok.created_at_ms && since <= commands::telemetry::now_ms());
+    // A scan takes its time before it syncs, so it may date the line up
+    // to one sync period before it was printed, never earlier.
+    assert!(
+        since + rundir::CONSOLE_SYNC_PERIOD.as_millis() as u64 >= t0,
+        "{since} vs {t0}"
+    );
+    assert_eq!(ok.health_detail, "");
+
+    let slow = wait_status(&w, &slow.id, |s| s.health != crate::dto::Health::Pending).await;
+    assert_eq!(slow.health, crate::dto::Health::Unhealthy);
+    assert_eq!(
+        slow.health_detail,
+        r#"no "READY" on the console within 400 ms"#
+    );
+    // The list (what pushData reports) says the same.
+    let list = w.tx.list_vms().await.unwrap();
+    let in_list = |id: &VmId| list.iter().find(|s| &s.id == id).unwrap().health;
+    assert_eq!(in_list(&ok.id), crate::dto::Health::Healthy);
+    assert_eq!(in_list(&slow.id), crate::dto::Health::Unhealthy);
+    assert_eq!(in_list(&plain.id), crate::dto::Health::None);
+
+    // A healthy VM whose hypervisor dies is unhealthy with the reason.
+    backend.crash(&ok.id);
+    let dead = wait_status(&w, &ok.id, |s| s.state == VmState::Failed).await;
+    assert_eq!(dead.health, crate::dto::Health::Unhealthy);
+    assert_eq!(
+        dead.health_detail,
+        "the VM failed: cloud-hypervisor was killed by signal 9"
+    );
+    assert_eq!(dead.healthy_since_ms, None);
+
+    // Recreated (what the reconciler does with a failed VM): a new VM,
+    // pending again, and healthy once its own guest is ready.
+    w.tx.delete_vm(dead.id.clone()).await.unwrap();
+    let again = w.tx.create_vm(checked("ok", 30_000)).await.unwrap();
+    assert_eq!(again.health, crate::dto::Health::Pending);
+    guest_prints(dir.path(), &again.id, "READY");
+    wait_status(&w, &again.id, |s| s.health == crate::dto::Health::Healthy).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_worker_keeps_health_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = MemoryBackend::default();
+    let w = start(&backend, dir.path(), false);
+    let ok = w.tx.create_vm(checked("ok", 30_000)).await.unwrap();
+    guest_prints(dir.path(), &ok.id, "READY");
+    let ok = wait_status(&w, &ok.id, |s| s.health == crate::dto::Health::Healthy).await;
+    let waiting = w.tx.create_vm(checked("waiting", 30_000)).await.unwrap();
+    w.stop().await;
+
+    // Adopted: the verdict comes back as it was (its console may have
+    // rotated the line away since); the pending check goes on.
+    let w = start(&backend, dir.path(), false);
+    let list = w.tx.list_vms().await.unwrap();
+    let adopted = list.iter().find(|s| s.id == ok.id).unwrap();
+    assert_eq!(
+        (adopted.health, adopted.healthy_since_ms),
+        (crate::dto::Health::Healthy, ok.healthy_since_ms)
+    );
+    let still = list.iter().find(|s| s.id == waiting.id).unwrap();
+    assert_eq!(still.health, crate::dto::Health::Pending);
+    guest_prints(dir.path(), &waiting.id, "READY");
+    wait_status(&w, &waiting.id, |s| s.health == crate::dto::Health::Healthy).await;
+    w.stop().await;
+}

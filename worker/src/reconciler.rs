@@ -14,6 +14,9 @@
 //!   the old one is deleted only once the new one is Running or Paused. A
 //!   new version that fails is retried with backoff while the old one keeps
 //!   running; a bad version never takes down the good one.
+//! - A name the assignment holds (a replica a rollout has not reached yet)
+//!   keeps whatever live instances run under it, whatever their version;
+//!   only when none is live is its spec created.
 //! - A failed VM is deleted and recreated with exponential backoff per
 //!   (name, hash), so a VM that cannot boot does not spin.
 //! - Losing the control plane stops nothing: the reconciler reconnects with
@@ -138,6 +141,31 @@ pub fn plan(
     now_ms: u64,
     cfg: (Duration, Duration),
 ) -> Plan {
+    plan_held(
+        desired,
+        &BTreeSet::new(),
+        running,
+        backoff,
+        now,
+        now_ms,
+        cfg,
+    )
+}
+
+/// [`plan`] with the assignment's held names: a rollout has not reached
+/// them, so whatever live instances run under a held name stay exactly as
+/// they are (no replacement, no duplicate removal); only a failed instance
+/// is removed, and a held name that runs nothing live is created from its
+/// spec like any other.
+pub fn plan_held(
+    desired: &[VmSpec],
+    hold: &BTreeSet<VmKey>,
+    running: &[VmStatus],
+    backoff: &mut Backoff,
+    now: Instant,
+    now_ms: u64,
+    cfg: (Duration, Duration),
+) -> Plan {
     let mut out = Plan::default();
     let wanted: BTreeMap<VmKey, &VmSpec> = desired.iter().map(|s| (s.key(), s)).collect();
     let mut by_name: BTreeMap<VmKey, Vec<&VmStatus>> = BTreeMap::new();
@@ -161,6 +189,12 @@ pub fn plan(
     for (name, spec) in &wanted {
         let hash = spec.content_hash();
         let instances = by_name.get(name).map(Vec::as_slice).unwrap_or_default();
+        if hold.contains(name) && instances.iter().any(|v| is_live(v.state)) {
+            for v in instances.iter().filter(|v| v.state == VmState::Failed) {
+                out.delete.push((v.id.clone(), "failed"));
+            }
+            continue;
+        }
         let mut good = instances
             .iter()
             .filter(|v| v.content_hash == hash && is_live(v.state));
@@ -296,8 +330,10 @@ async fn pass(
     backoff: &mut Backoff,
 ) -> Result<PassOutcome, WorkerError> {
     let running = sender.list_vms().await?;
-    let p = plan(
+    let hold: BTreeSet<VmKey> = a.hold.iter().cloned().collect();
+    let p = plan_held(
         &a.vms,
+        &hold,
         &running,
         backoff,
         Instant::now(),
@@ -587,7 +623,63 @@ mod tests {
             created_at_ms: created,
             cpu: 1,
             memory_mb: 64,
+            health: Default::default(),
+            health_detail: String::new(),
+            healthy_since_ms: None,
         }
+    }
+
+    /// One pass now, without a failure history, holding `names`.
+    fn plan_holding(desired: &[VmSpec], names: &[&str], running: &[VmStatus]) -> Plan {
+        let hold: BTreeSet<VmKey> = names
+            .iter()
+            .map(|n| VmKey::new(Default::default(), n.parse().unwrap()))
+            .collect();
+        plan_held(
+            desired,
+            &hold,
+            running,
+            &mut Backoff::default(),
+            Instant::now(),
+            10,
+            CFG,
+        )
+    }
+
+    #[test]
+    fn a_held_name_keeps_what_it_runs_whatever_the_version() {
+        // web-0 runs the old version, web-1 runs two (a replacement the
+        // rollout stopped halfway): a hold touches neither.
+        let running = [
+            vm("web-0", "old", VmState::Running, 1),
+            vm("web-1", "old", VmState::Running, 1),
+            vm("web-1", "new", VmState::Running, 2),
+        ];
+        let desired = [spec("web-0", "new"), spec("web-1", "new")];
+        let p = plan_holding(&desired, &["web-0", "web-1"], &running);
+        assert_eq!(p, Plan::default());
+        // Without the hold, the same state replaces web-0 and ends web-1's.
+        let p = plan_now(&desired, &running);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.delete, vec![(running[1].id.clone(), "replaced")]);
+    }
+
+    #[test]
+    fn a_held_name_running_nothing_live_is_created_and_its_failed_instance_removed() {
+        let running = [
+            vm("web-0", "old", VmState::Failed, 1),
+            vm("web-1", "old", VmState::Failed, 1),
+            vm("web-1", "old", VmState::Creating, 2),
+        ];
+        let desired = [spec("web-0", "new"), spec("web-1", "new")];
+        let p = plan_holding(&desired, &["web-0", "web-1"], &running);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].name().as_str(), "web-0");
+        assert_eq!(p.create[0].content_hash(), "new");
+        let deleted: Vec<_> = p.delete.iter().map(|(id, _)| id.clone()).collect();
+        assert!(deleted.contains(&running[0].id));
+        assert!(deleted.contains(&running[1].id));
+        assert!(!deleted.contains(&running[2].id), "the live instance stays");
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl RunDir {
             rotated: f("-console.log.1"),
             pos: f("-console.pos"),
             dropped: f("-console.dropped"),
+            health: f("-health"),
             max_bytes: self.options.console_max_bytes.max(1),
         }
     }
@@ -352,6 +353,9 @@ pub struct Console {
     pub pos: PathBuf,
     /// How many bytes of guest output are no longer kept (text).
     pub dropped: PathBuf,
+    /// The worker's verdict on the VM's health check, kept so a restarted
+    /// worker adopts it with the VM (see `health`).
+    pub health: PathBuf,
     pub max_bytes: u64,
 }
 
@@ -367,9 +371,22 @@ static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Console {
     /// Copies what CH wrote since the last sync into the history.
     pub fn sync(&self) -> io::Result<()> {
+        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_locked()
+    }
+
+    /// Syncs, then runs `f` before any other sync can copy or rotate: a
+    /// reader that follows the history across rotations sees the files as
+    /// the sync left them.
+    pub fn sync_then<R>(&self, f: impl FnOnce(&Console) -> R) -> io::Result<R> {
+        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_locked()?;
+        Ok(f(self))
+    }
+
+    fn sync_locked(&self) -> io::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
         use std::os::unix::fs::OpenOptionsExt;
-        let _g = SYNC.lock().unwrap_or_else(|p| p.into_inner());
         // Never through a link: the worker reads and punches this file.
         let mut serial = match std::fs::OpenOptions::new()
             .read(true)
@@ -435,6 +452,7 @@ impl Console {
             &self.rotated,
             &self.pos,
             &self.dropped,
+            &self.health,
         ] {
             remove_if_present(f);
         }

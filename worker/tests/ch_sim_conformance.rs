@@ -274,6 +274,103 @@ async fn guest_power_off_ends_the_process_like_ch() {
     assert!(log.ends_with("[sim] reboot: Power down\n"), "{log}");
 }
 
+/// A VM booted in its own ch-sim with `cmdline`; the process, its API
+/// client, the socket and the serial file.
+async fn booted_guest(
+    dir: &Path,
+    cmdline: &str,
+) -> (Proc, ChClient, std::path::PathBuf, std::path::PathBuf) {
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, b"k").unwrap();
+    let socket = dir.join("g.sock");
+    let sim = start_sim(&socket);
+    let client = client_for(&socket);
+    let serial = dir.join("g-serial.log");
+    let cfg = serde_json::json!({"payload": {"kernel": kernel, "cmdline": cmdline},
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1}, "memory": {"size": 1 << 27},
+        "serial": {"mode": "File", "file": serial}, "console": {"mode": "Off"}});
+    assert_eq!(create_and_boot(&client, &cfg).await, 204);
+    (sim, client, socket, serial)
+}
+
+fn lines(serial: &Path) -> Vec<String> {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn guest_prints_ready_after_the_cmdline_delay_at_every_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sim, client, _socket, serial) =
+        booted_guest(dir.path(), "console=ttyS0 pcr.sim.ready=300").await;
+    let booted = std::time::Instant::now();
+    assert!(!lines(&serial).contains(&"READY".to_owned()), "not at boot");
+    poll(Duration::from_secs(5), || {
+        lines(&serial).contains(&"READY".to_owned()).then_some(())
+    })
+    .expect("READY on the console");
+    assert!(
+        booted.elapsed() >= Duration::from_millis(250),
+        "READY came {:?} after boot",
+        booted.elapsed()
+    );
+    // A reboot truncates the console and the guest is ready again later.
+    let (st, _) = client.raw(Method::PUT, "vm.reboot", None).await.unwrap();
+    assert_eq!(st.as_u16(), 204);
+    assert!(!lines(&serial).contains(&"READY".to_owned()));
+    poll(Duration::from_secs(5), || {
+        lines(&serial).contains(&"READY".to_owned()).then_some(())
+    })
+    .expect("READY after the reboot");
+}
+
+#[tokio::test]
+async fn guest_ready_line_is_configurable_and_paused_guests_stay_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sim, client, _socket, serial) =
+        booted_guest(dir.path(), "ch_sim.ready=150 pcr.sim.ready_line=app-up").await;
+    let (st, _) = client.raw(Method::PUT, "vm.pause", None).await.unwrap();
+    assert_eq!(st.as_u16(), 204);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !lines(&serial).iter().any(|l| l == "app-up"),
+        "{:?}",
+        lines(&serial)
+    );
+    // Its timer belongs to the boot; resuming does not start another.
+    let (st, _) = client.raw(Method::PUT, "vm.resume", None).await.unwrap();
+    assert_eq!(st.as_u16(), 204);
+    let (st, _) = client.raw(Method::PUT, "vm.reboot", None).await.unwrap();
+    assert_eq!(st.as_u16(), 204);
+    poll(Duration::from_secs(5), || {
+        lines(&serial).iter().any(|l| l == "app-up").then_some(())
+    })
+    .expect("the configured line after the reboot");
+    assert!(!lines(&serial).contains(&"READY".to_owned()));
+}
+
+#[tokio::test]
+async fn guest_crash_ends_the_process_like_ch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sim, _client, socket, serial) =
+        booted_guest(dir.path(), "pcr.sim.ready=20 pcr.sim.crash_after_ms=200").await;
+    let status =
+        poll(Duration::from_secs(10), || sim.child.try_wait().unwrap()).expect("guest crashed");
+    // Design §10: a guest crash exits 0 like a power-off; only the
+    // console tells them apart.
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists(), "the crash removes the socket");
+    let log = lines(&serial);
+    assert!(log.contains(&"READY".to_owned()), "{log:?}");
+    assert!(
+        log.last().unwrap().contains("Kernel panic - not syncing"),
+        "{log:?}"
+    );
+}
+
 /// The files of the disk recording: `base.raw` (read-only, 64 MiB sparse),
 /// overlays `a.qcow2` and `b.qcow2` of it, and `tiny.img` (shorter than a
 /// sector), in a new temp dir; returns the dir and the kernel's path.

@@ -146,6 +146,7 @@ fn only_project(s: &mut ClusterStatusView, project: &ProjectName) {
     s.generations.retain(|g| g.project == p);
     s.vms.retain(|v| v.project == p);
     s.unplaced.retain(|u| u.project == p);
+    s.rollouts.retain(|r| r.project == p);
     s.convergence_percent = commands::model::convergence_percent(&s.vms);
 }
 
@@ -247,8 +248,15 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     }
     for g in &s.generations {
         out.push_str(&format!(
-            "generation:  {}/{} (commit {})\n",
-            g.project, g.number, g.commit
+            "generation:  {}/{} (commit {}){}\n",
+            g.project,
+            g.number,
+            g.commit,
+            if g.rollout.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", g.rollout)
+            }
         ));
     }
     if !s.generations.is_empty() {
@@ -292,6 +300,39 @@ fn render_status(s: &ClusterStatusView, style: &Style) -> String {
     for u in &s.unplaced {
         let name = format!("{}/{}", u.project, u.name);
         out.push_str(&format!("  {}: {}\n", style.bad(&name), u.reason));
+    }
+    out.push_str(&render_rollouts(s, style));
+    out
+}
+
+/// One line per rollout not yet done: group, batch i/n, healthy/total,
+/// and why it paused or reverted.
+fn render_rollouts(s: &ClusterStatusView, style: &Style) -> String {
+    let mut out = String::new();
+    if s.rollouts.is_empty() {
+        return out;
+    }
+    out.push_str(&format!("rollouts:    {}\n", s.rollouts.len()));
+    for r in &s.rollouts {
+        let state = match r.state.as_str() {
+            "rolling" => style.warn(&r.state),
+            _ => style.bad(&r.state),
+        };
+        out.push_str(&format!(
+            "  {}/{} generation {}: {state}, batch {}/{}, {}/{} healthy{}\n",
+            r.project,
+            r.group,
+            r.generation,
+            r.batch,
+            r.batches,
+            r.healthy,
+            r.total,
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            }
+        ));
     }
     out
 }
@@ -689,6 +730,45 @@ mod tests {
         let t = table(&["N", "S"], &rows, &Style { on: false });
         assert_eq!(t, "N       S\na       \u{1b}[32mok\u{1b}[0m\nlonger  x\n");
         assert_eq!(visible_len(&style.bad("abc")), 3);
+    }
+
+    #[test]
+    fn rollouts_show_group_batch_health_and_why() {
+        let mut s = ClusterStatusView {
+            generations: Vec::new(),
+            convergence_percent: 100.0,
+            vms: Vec::new(),
+            workers: Vec::new(),
+            unplaced: Vec::new(),
+            rollouts: Vec::new(),
+        };
+        assert_eq!(render_rollouts(&s, &Style { on: false }), "");
+        let r = |project: &str, state: &str, reason: &str| commands::model::RolloutStatusView {
+            project: project.into(),
+            group: "web".into(),
+            generation: 7,
+            batch: 2,
+            batches: 5,
+            healthy: 2,
+            total: 5,
+            state: state.into(),
+            reason: reason.into(),
+        };
+        s.rollouts = vec![
+            r("shop", "rolling", ""),
+            r(
+                "blog",
+                "paused",
+                "web-2 unhealthy: no READY within 30000 ms",
+            ),
+        ];
+        assert_eq!(
+            render_rollouts(&s, &Style { on: false }),
+            "rollouts:    2\n  shop/web generation 7: rolling, batch 2/5, 2/5 healthy\n  \
+             blog/web generation 7: paused, batch 2/5, 2/5 healthy: web-2 unhealthy: no READY within 30000 ms\n"
+        );
+        only_project(&mut s, &"blog".parse().unwrap());
+        assert_eq!(s.rollouts.len(), 1);
     }
 
     #[test]

@@ -11,9 +11,9 @@ use crate::convert::{
 use crate::model::{
     AssignmentView, ClusterStatusView, Drift, EventView, GenerationDetailView, GenerationView,
     Limits, ObservedVm, ProjectStatusView, PublishMeta, PublishOutcomeView, Registration,
-    UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView,
+    RolloutStatusView, UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
-use crate::types::VmState;
+use crate::types::{VmKey, VmState};
 use crate::{common_capnp, master_capnp};
 
 // ---- to capnp -------------------------------------------------------------
@@ -33,6 +33,7 @@ pub fn generation_to_capnp(g: &GenerationView, mut b: common_capnp::generation::
     b.set_message(&g.message);
     b.set_job_id(g.job_id);
     b.set_converged_at_ms(g.converged_at_ms);
+    b.set_rollout(&g.rollout);
 }
 
 pub fn publish_meta_to_capnp(m: &PublishMeta, mut b: master_capnp::publish_meta::Builder<'_>) {
@@ -166,7 +167,44 @@ pub fn status_to_capnp(s: &ClusterStatusView, mut b: master_capnp::cluster_statu
         labels_to_capnp(&w.labels, e.reborrow().init_labels(len32(w.labels.len())));
         worker_metrics_to_capnp(&w.metrics, e.init_metrics());
     }
-    unplaced_to_capnp(&s.unplaced, b.init_unplaced(len32(s.unplaced.len())));
+    unplaced_to_capnp(
+        &s.unplaced,
+        b.reborrow().init_unplaced(len32(s.unplaced.len())),
+    );
+    let mut rs = b.init_rollouts(len32(s.rollouts.len()));
+    for (i, r) in s.rollouts.iter().enumerate() {
+        let mut e = rs.reborrow().get(len32(i));
+        e.set_project(&r.project);
+        e.set_group(&r.group);
+        e.set_generation(r.generation);
+        e.set_batch(r.batch);
+        e.set_batches(r.batches);
+        e.set_healthy(r.healthy);
+        e.set_total(r.total);
+        e.set_state(&r.state);
+        e.set_reason(&r.reason);
+    }
+}
+
+fn rollouts_from_capnp(
+    r: capnp::struct_list::Reader<'_, master_capnp::rollout_status::Owned>,
+) -> Result<Vec<RolloutStatusView>, ConvertError> {
+    check_len(r.len(), MAX_LIST)?;
+    r.iter()
+        .map(|e| {
+            Ok(RolloutStatusView {
+                project: project_text(e.get_project())?,
+                group: text(e.get_group())?,
+                generation: e.get_generation(),
+                batch: e.get_batch(),
+                batches: e.get_batches(),
+                healthy: e.get_healthy(),
+                total: e.get_total(),
+                state: text(e.get_state())?,
+                reason: text(e.get_reason())?,
+            })
+        })
+        .collect()
 }
 
 pub fn assignment_to_capnp(a: &AssignmentView, mut b: master_capnp::assignment_reply::Builder<'_>) {
@@ -176,9 +214,15 @@ pub fn assignment_to_capnp(a: &AssignmentView, mut b: master_capnp::assignment_r
     asg.set_worker_id(&a.worker_id);
     asg.set_generation(a.generation);
     asg.set_commit(&a.commit);
-    let mut vms = asg.init_vms(len32(a.vms.len()));
+    let mut vms = asg.reborrow().init_vms(len32(a.vms.len()));
     for (i, s) in a.vms.iter().enumerate() {
         vm_spec_to_capnp(s, vms.reborrow().get(len32(i)));
+    }
+    let mut hold = asg.init_hold(len32(a.hold.len()));
+    for (i, k) in a.hold.iter().enumerate() {
+        let mut e = hold.reborrow().get(len32(i));
+        e.set_project(k.project.as_str());
+        e.set_name(k.name.as_str());
     }
 }
 
@@ -271,6 +315,7 @@ fn generation_from_capnp(
         message: text(r.get_message())?,
         job_id: r.get_job_id(),
         converged_at_ms: r.get_converged_at_ms(),
+        rollout: text(r.get_rollout())?,
     })
 }
 
@@ -371,6 +416,7 @@ pub fn status_from_capnp(
         vms,
         workers,
         unplaced: unplaced_from_capnp(r.get_unplaced()?)?,
+        rollouts: rollouts_from_capnp(r.get_rollouts()?)?,
     })
 }
 
@@ -385,6 +431,18 @@ pub fn assignment_from_capnp(
         generation: a.get_generation(),
         commit: text(a.get_commit())?,
         vms: vm_specs_from_capnp(a.get_vms()?)?,
+        hold: {
+            let h = a.get_hold()?;
+            check_len(h.len(), MAX_LIST)?;
+            h.iter()
+                .map(|e| {
+                    Ok(VmKey::new(
+                        project_text(e.get_project())?.parse()?,
+                        text(e.get_name())?.parse()?,
+                    ))
+                })
+                .collect::<Result<_, ConvertError>>()?
+        },
     })
 }
 

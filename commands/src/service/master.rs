@@ -909,6 +909,39 @@ mod tests {
             };
             assert!(e.message.contains("toplevel"), "{e}");
             assert_eq!(api.published.get(), 0);
+
+            // A valid spec whose update policy would replace nothing at a
+            // time (or wait for days) is refused the same way.
+            for (parallel, healthy, field) in [
+                (0, 0, "update.maxParallel"),
+                (1, u64::MAX, "update.minHealthyMs"),
+            ] {
+                let mut req = conn.client.publish_state_request();
+                let mut p = req.get();
+                p.set_commit("c9");
+                p.set_generation(9);
+                p.set_intent_hash("i9");
+                let mut s = p.init_vm_specs(1).get(0);
+                s.set_name("web-0");
+                s.set_toplevel("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys");
+                s.set_kernel_path("/nix/store/0c0ykmjh8n0jm6dbb6r6d5mp5bmk1s9d-sys/kernel");
+                s.set_cpu(1);
+                s.set_memory_mb(64);
+                s.set_content_hash("h");
+                let mut u = s.init_update();
+                u.set_group("web");
+                u.set_max_parallel(parallel);
+                u.set_min_healthy_ms(healthy);
+                let reply = req.send().promise.await.unwrap();
+                let r =
+                    crate::convert::result_from_capnp(reply.get().unwrap().get_result().unwrap())
+                        .unwrap();
+                let Err(e) = r else {
+                    panic!("update {parallel}/{healthy} was accepted")
+                };
+                assert!(e.message.contains(field), "{e}");
+            }
+            assert_eq!(api.published.get(), 0);
             conn.close().await;
             shutdown.cancel();
         });

@@ -11,7 +11,8 @@
 #     mkImage = { group, profile }: { toplevel; kernelPath; initrdPath;
 #                                     diskImagePath; cmdline; };
 #     vms.<group> = { profile = <mkVmProfile result or raw settings>;
-#                     replicas = 1; labels = { }; };
+#                     replicas = 1; labels = { };
+#                     update = { ... }; };             # optional, see below
 #     limits = { maxVms = null; cpu = null; memoryMb = null; };  # optional
 #   }
 #
@@ -20,11 +21,25 @@
 # (systemd.hostname=) unless the profile pins a hostname. A group name that
 # passes the checks can never collide with another group's replica name: the
 # part after the last '-' is the index.
+#
+# A group's update policy (absent: a new generation replaces every changed
+# replica at once, as it always did):
+#   update = {
+#     maxParallel = 1;        # replicas replaced at once, 1..1000
+#     minHealthyMs = 0;       # how long a new replica must stay running (and
+#                             # healthy, with a check) before the next batch,
+#                             # 0..3600000
+#     autoRevert = false;     # on failure, put the failed batch back on the
+#                             # previous generation's spec
+#     healthCheck = { consoleLine = "READY"; deadlineMs = 30000; };  # optional
+#   };
+# Every replica's spec carries `update` (with `group`) and `healthCheck`
+# (context/architecture.md, "Rollouts"); the control plane checks them again.
 let
   inherit (builtins)
     attrNames concatLists concatStringsSep elem filter foldl' genList head
-    isAttrs isFunction isInt isString length listToAttrs sort stringLength
-    toJSON typeOf;
+    isAttrs isBool isFunction isInt isString length listToAttrs match sort
+    stringLength toJSON typeOf;
 
   profileLib = import ./profile.nix;
   specLib = import ./spec.nix;
@@ -32,7 +47,52 @@ let
   fail = msg: throw "procurator: evalCluster: ${msg}";
   show = v: if isString v || isInt v || v == null then toJSON v else "a ${typeOf v}";
 
-  groupKeys = [ "profile" "replicas" "labels" ];
+  groupKeys = [ "profile" "replicas" "labels" "update" ];
+  updateKeys = [ "maxParallel" "minHealthyMs" "autoRevert" "healthCheck" ];
+  checkKinds = [ "consoleLine" ];
+  checkKeys = checkKinds ++ [ "deadlineMs" ];
+  maxMinHealthyMs = 3600000;
+
+  # The group's update policy as the spec carries it ({ update; healthCheck; },
+  # each null when not set), or an evaluation error naming the setting.
+  evalUpdate = where: entry:
+    let
+      u = entry.update;
+      at = "${where}.update";
+      unknown = filter (k: !(elem k updateKeys)) (attrNames u);
+      maxParallel = u.maxParallel or 1;
+      minHealthyMs = u.minHealthyMs or 0;
+      autoRevert = u.autoRevert or false;
+      check = u.healthCheck or null;
+      unknownCheck = filter (k: !(elem k checkKeys)) (attrNames check);
+      deadlineMs = check.deadlineMs or 30000;
+      line = check.consoleLine or null;
+    in
+    if !(entry ? update) || u == null then { update = null; healthCheck = null; }
+    else if !(isAttrs u) then
+      fail "${at} must be an attribute set, got ${show u}"
+    else if unknown != [ ] then
+      fail "${at} has unknown attribute ${show (head unknown)} (known: ${concatStringsSep ", " updateKeys})"
+    else if !(isInt maxParallel) || maxParallel < 1 || maxParallel > 1000 then
+      fail "${at}.maxParallel must be an integer between 1 and 1000, got ${show maxParallel}"
+    else if !(isInt minHealthyMs) || minHealthyMs < 0 || minHealthyMs > maxMinHealthyMs then
+      fail "${at}.minHealthyMs must be an integer between 0 and ${toString maxMinHealthyMs} (one hour), got ${show minHealthyMs}"
+    else if !(isBool autoRevert) then
+      fail "${at}.autoRevert must be a boolean, got ${show autoRevert}"
+    else if check != null && !(isAttrs check) then
+      fail "${at}.healthCheck must be an attribute set, got ${show check}"
+    else if check != null && unknownCheck != [ ] then
+      fail "${at}.healthCheck: unknown check kind ${show (head unknownCheck)} (known: ${concatStringsSep ", " checkKinds}, with deadlineMs)"
+    else if check != null && !(check ? consoleLine) then
+      fail "${at}.healthCheck needs a check kind (known: ${concatStringsSep ", " checkKinds})"
+    else if check != null && !(isString line && line != "" && stringLength line <= 256 && match "[^\n\r]*" line != null) then
+      fail "${at}.healthCheck.consoleLine must be a non-empty line of at most 256 characters, got ${show line}"
+    else if check != null && (!(isInt deadlineMs) || deadlineMs < 1 || deadlineMs > maxMinHealthyMs) then
+      fail "${at}.healthCheck.deadlineMs must be an integer between 1 and ${toString maxMinHealthyMs}, got ${show deadlineMs}"
+    else {
+      update = { inherit maxParallel minHealthyMs autoRevert; group = null; };
+      healthCheck = if check == null then null else { consoleLine = line; inherit deadlineMs; };
+    };
   clusterKeys = [ "system" "mkImage" "vms" "limits" ];
   limitKeys = [ "maxVms" "cpu" "memoryMb" ];
 
@@ -67,6 +127,7 @@ let
       fail "${where}.labels.${head badLabel} must be a string, got ${show labels.${head badLabel}}"
     else
       let
+        policy = evalUpdate where entry;
         profile = profileLib.mkVmProfile entry.profile;
         image = mkImage { inherit group profile; };
         imageKeys = [ "toplevel" "kernelPath" "initrdPath" "diskImagePath" "cmdline" ];
@@ -88,6 +149,8 @@ let
               inherit (profile) cpu memoryMb;
               networkAllowedDomains = profile.allowedDomains;
               labels = labels // { inherit group; };
+              inherit (policy) healthCheck;
+              update = if policy.update == null then null else policy.update // { inherit group; };
             };
           };
       in
@@ -96,7 +159,7 @@ let
       else if missing != [ ] then
         fail "${where}: mkImage result lacks ${show (head missing)} (needs ${concatStringsSep ", " imageKeys})"
       else
-        genList instance replicas;
+        builtins.seq policy (genList instance replicas);
 
   evalCluster = args:
     let

@@ -27,11 +27,18 @@ let
   isLabelKey = k: match "[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?" k != null;
   isLabelValue = v: isString v && match "([a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?)?" v != null;
 
-  # The exact field list of the Cap'n Proto VmSpec, in schema order.
+  # The exact field list of the Cap'n Proto VmSpec, in schema order
+  # (`project` is set by the control plane, never by Nix).
   fields = [
     "name" "toplevel" "kernelPath" "initrdPath" "diskImagePath" "cmdline"
     "cpu" "memoryMb" "networkAllowedDomains" "contentHash" "labels"
   ];
+
+  # Fields written only when set (an absent one keeps the spec's JSON, and
+  # so the generation's intent hash, what it was before they existed).
+  # Neither is part of contentHash: how a VM is checked and rolled out is
+  # not what it boots.
+  optionalFields = [ "healthCheck" "update" ];
 
   # What boots: every field except the name, the labels and the hash itself.
   # A label change is placement, not boot content, so it keeps the hash.
@@ -58,6 +65,10 @@ let
     , memoryMb
     , networkAllowedDomains ? [ ]
     , labels ? { }
+      # { consoleLine; deadlineMs; } or null (validated by evalCluster)
+    , healthCheck ? null
+      # { group; maxParallel; minHealthyMs; autoRevert; } or null
+    , update ? null
     }:
     let
       where = "VM ${show name}";
@@ -67,6 +78,8 @@ let
           memoryMb labels;
         networkAllowedDomains = sort (a: b: a < b) networkAllowedDomains;
       };
+      optional = (if healthCheck == null then { } else { inherit healthCheck; })
+        // (if update == null then { } else { inherit update; });
     in
     if !(isDnsLabel name) then
       fail "name must be a DNS label ([a-z0-9-], at most 63 characters, no leading or trailing dash), got ${show name}"
@@ -94,8 +107,12 @@ let
       fail "${where}: labels has more than 64 entries"
     else if badLabel != [ ] then
       fail "${where}: label ${show (head badLabel)} = ${show labels.${head badLabel}} is not a valid label (key and value: letters, digits, '.', '_', '-', at most 63 characters)"
+    else if !(healthCheck == null || isAttrs healthCheck) then
+      fail "${where}: healthCheck must be null or an attribute set, got ${show healthCheck}"
+    else if !(update == null || isAttrs update) then
+      fail "${where}: update must be null or an attribute set, got ${show update}"
     else
-      spec // { contentHash = contentHashOf spec; };
+      spec // optional // { contentHash = contentHashOf spec; };
 
   # The store paths a spec references ("" means none).
   specPaths = spec:
@@ -125,5 +142,5 @@ let
     };
 in
 {
-  inherit mkVmSpec mkClosure contentHashOf fields bootFields isStorePath;
+  inherit mkVmSpec mkClosure contentHashOf fields optionalFields bootFields isStorePath;
 }

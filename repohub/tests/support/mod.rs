@@ -690,6 +690,7 @@ fn fake_status() -> ClusterStatusView {
             name: "other-big".into(),
             reason: "no worker has 64 vCPU free".into(),
         }],
+        rollouts: Vec::new(),
     }
 }
 

@@ -14,6 +14,15 @@
 //!   `ch_sim.poweroff_after_ms=N`: the guest powers off N ms after boot.
 //! - `CH_SIM_TICK_MS=N` / `ch_sim.tick_ms=N`: the guest writes a serial line every N ms
 //!   (`ch_sim.tick_lines=L`: L lines each time, a guest that floods its console).
+//!
+//! Guest behaviour, per VM on the kernel command line (`pcr.sim.` or
+//! `ch_sim.`, the same keys), counted from each boot or reboot:
+//! - `pcr.sim.ready=N`: the guest prints `READY` (or `pcr.sim.ready_line=TEXT`,
+//!   one word) on its serial console N ms after boot: what a health check waits for.
+//! - `pcr.sim.crash_after_ms=N`: the guest panics N ms after boot: a kernel
+//!   panic line on the console, then CH exits 0 and removes its socket, as
+//!   the real v53 does when its guest dies (design §10; the recording has no
+//!   guest crash, so this follows the design's measured process behaviour).
 
 mod disk;
 mod guest;

@@ -23,7 +23,21 @@ pub(crate) struct Faults {
     /// Lines per tick (default 1): a guest that prints without end, as fast
     /// as a test needs.
     pub tick_lines: Option<u64>,
+    /// The guest prints its ready line this many ms after each boot.
+    pub ready_ms: Option<u64>,
+    /// The ready line (default [`READY_LINE`]); one command-line word, so
+    /// it has no spaces.
+    pub ready_line: Option<String>,
+    /// The guest crashes this many ms after each boot.
+    pub crash_after_ms: Option<u64>,
 }
+
+/// What the simulated guest prints when it is ready, unless told otherwise.
+pub(crate) const READY_LINE: &str = "READY";
+
+/// What a crashing Linux guest's last words look like on its console.
+pub(crate) const PANIC_LINE: &str =
+    "[sim] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b";
 
 impl Faults {
     /// `endpoint:status[,endpoint:status…]`.
@@ -53,11 +67,18 @@ impl Faults {
         self.hang.contains(endpoint)
     }
 
-    /// Faults a VM carries on its kernel command line (`ch_sim.fail=…`).
+    /// Faults and guest behaviour a VM carries on its kernel command line:
+    /// `ch_sim.KEY=VALUE`, or `pcr.sim.KEY=VALUE` (the same keys; the
+    /// spelling a Nix module or test writes for the guest's behaviour:
+    /// `pcr.sim.ready=200`, `pcr.sim.ready_line=UP`, `pcr.sim.crash_after_ms=N`).
     fn from_cmdline(cmdline: &str) -> Faults {
         let mut f = Faults::default();
         for tok in cmdline.split_whitespace() {
-            let Some((k, v)) = tok.strip_prefix("ch_sim.").and_then(|t| t.split_once('=')) else {
+            let Some((k, v)) = tok
+                .strip_prefix("ch_sim.")
+                .or_else(|| tok.strip_prefix("pcr.sim."))
+                .and_then(|t| t.split_once('='))
+            else {
                 continue;
             };
             match k {
@@ -69,6 +90,9 @@ impl Faults {
                 "poweroff_after_ms" => f.poweroff_after_ms = v.parse().ok(),
                 "tick_ms" => f.tick_ms = v.parse().ok(),
                 "tick_lines" => f.tick_lines = v.parse().ok(),
+                "ready" => f.ready_ms = v.parse().ok(),
+                "ready_line" if !v.is_empty() => f.ready_line = Some(v.to_owned()),
+                "crash_after_ms" => f.crash_after_ms = v.parse().ok(),
                 _ => {}
             }
         }
@@ -646,11 +670,39 @@ pub(super) async fn dispatch(
                 vmf.tick_ms.or(s.faults.tick_ms),
                 vmf.tick_lines.unwrap_or(1).max(1),
                 s.socket.clone(),
+                vmf,
             )
         });
         (o, timers)
     };
-    if let Some((gen_at_boot, poweroff, tick, tick_lines, socket)) = timers {
+    if let Some((gen_at_boot, poweroff, tick, tick_lines, socket, vmf)) = timers {
+        if let Some(ms) = vmf.ready_ms {
+            let sim = sim.clone();
+            let line = vmf.ready_line.unwrap_or_else(|| READY_LINE.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let Ok(s) = sim.lock() else { return };
+                // Only the boot that set the timer, and only while it runs:
+                // a paused guest prints nothing.
+                if s.running_gen() == Some(gen_at_boot) {
+                    s.append_serial(&line);
+                }
+            });
+        }
+        if let Some(ms) = vmf.crash_after_ms {
+            let sim = sim.clone();
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let Ok(s) = sim.lock() else { return };
+                if s.running_gen() == Some(gen_at_boot) {
+                    s.append_serial(PANIC_LINE);
+                    // Design §10: a guest crash ends CH as a power-off does,
+                    // exit 0 and socket removed; only the console tells.
+                    super::exit_now(&socket, 0, true);
+                }
+            });
+        }
         if let Some(ms) = poweroff {
             let sim = sim.clone();
             tokio::spawn(async move {
@@ -897,6 +949,21 @@ mod tests {
             sim.handle("PUT", "vmm.shutdown", b""),
             Outcome::ExitAfterReply(200, 0)
         ));
+    }
+
+    #[test]
+    fn guest_behaviour_comes_from_either_cmdline_prefix() {
+        let f = Faults::from_cmdline(
+            "console=ttyS0 pcr.sim.ready=200 pcr.sim.ready_line=UP ch_sim.crash_after_ms=9",
+        );
+        assert_eq!(f.ready_ms, Some(200));
+        assert_eq!(f.ready_line.as_deref(), Some("UP"));
+        assert_eq!(f.crash_after_ms, Some(9));
+        let f =
+            Faults::from_cmdline("pcr.sim.ready=soon pcr.sim.ready_line= pcr.sim.boot_delay_ms=5");
+        assert_eq!((f.ready_ms, f.ready_line, f.boot_delay_ms), (None, None, 5));
+        let f = Faults::from_cmdline("pcr.simulated.ready=1 xpcr.sim.ready=1");
+        assert_eq!(f.ready_ms, None, "only the two prefixes count");
     }
 
     #[test]
