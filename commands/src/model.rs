@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
+use crate::types::{Health, Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -61,6 +61,12 @@ pub struct VmPlacementView {
     pub drift: Drift,
     pub metrics: VmMetrics,
     pub vm_id: String,
+    /// The observed VM's health (`none` when it has no check or is not observed).
+    #[serde(default)]
+    pub health: Health,
+    /// Why it is unhealthy; empty otherwise.
+    #[serde(default)]
+    pub health_detail: String,
 }
 
 /// Percent of the desired VMs among `vms` (every row but orphans) that run
