@@ -11,7 +11,8 @@
 #     mkImage = { group, profile }: { toplevel; kernelPath; initrdPath;
 #                                     diskImagePath; cmdline; };
 #     vms.<group> = { profile = <mkVmProfile result or raw settings>;
-#                     replicas = 1; labels = { }; };
+#                     replicas = 1; labels = { };
+#                     healthCheck = null; };  # or { consoleLine = "READY"; deadlineMs = 30000; }
 #     limits = { maxVms = null; cpu = null; memoryMb = null; };  # optional
 #   }
 #
@@ -32,7 +33,7 @@ let
   fail = msg: throw "procurator: evalCluster: ${msg}";
   show = v: if isString v || isInt v || v == null then toJSON v else "a ${typeOf v}";
 
-  groupKeys = [ "profile" "replicas" "labels" ];
+  groupKeys = [ "profile" "replicas" "labels" "healthCheck" ];
   clusterKeys = [ "system" "mkImage" "vms" "limits" ];
   limitKeys = [ "maxVms" "cpu" "memoryMb" ];
 
@@ -88,6 +89,7 @@ let
               inherit (profile) cpu memoryMb;
               networkAllowedDomains = profile.allowedDomains;
               labels = labels // { inherit group; };
+              healthCheck = entry.healthCheck or null;
             };
           };
       in
