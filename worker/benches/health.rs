@@ -12,8 +12,9 @@
 // A benchmark's job is printing its figures on stdout.
 #![allow(clippy::print_stdout)]
 
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use testkit::bench::stats;
 
 use worker::dto::{HealthCheck, VmId};
 use worker::health::HealthWatch;
@@ -21,26 +22,8 @@ use worker::rundir::{Console, RunDir};
 
 const ROUNDS: usize = 30;
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and 90th percentile of `v`, in ms.
-fn stats(v: &[Duration]) -> String {
-    let mut v = v.to_vec();
-    v.sort();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    format!("median {:7.2} ms  p90 {:7.2} ms", ms(at(0.5)), ms(at(0.9)))
-}
-
 fn append(c: &Console, bytes: &[u8]) {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&c.serial)
-        .unwrap()
-        .write_all(bytes)
-        .unwrap();
+    testkit::fs::append(&c.serial, bytes);
 }
 
 /// A watch that never finds its line and whose deadline never passes.

@@ -370,14 +370,7 @@ mod tests {
 
     /// What the guest writes: appended to CH's serial file.
     fn guest_writes(c: &Console, bytes: &[u8]) {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&c.serial)
-            .unwrap()
-            .write_all(bytes)
-            .unwrap();
+        testkit::fs::append(&c.serial, bytes);
     }
 
     fn booted_watch(line: &str, deadline_ms: u64) -> HealthWatch {

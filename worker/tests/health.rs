@@ -13,7 +13,7 @@ use common::{start_worker, test_dir, write_spec};
 use serde_json::{Value, json};
 use testkit::fixtures::spec_json;
 use testkit::services::{ControlPlaneArgs, WorkerArgs, start_control_plane};
-use testkit::{Log, bin, poll};
+use testkit::{Log, bin, poll, run_ok};
 
 /// The fixture spec `name` with `cmdline` and a check for `READY` within
 /// `deadline_ms`.
@@ -136,22 +136,16 @@ fn ready_silent_and_crashing_guests_through_the_cli() {
     w.stop();
 }
 
-/// Runs `pcr` against `cp`; stdout on success, panics with stderr otherwise.
-fn pcr(cp: &str, args: &[&str]) -> String {
-    let out = Command::new(bin("pcr"))
-        .arg("--control-plane")
+/// Runs `tool` (pcr, pcr-test) against the control plane `cp` without a
+/// token (it checks none); its stdout, or a panic with what failed.
+fn against(cp: &str, tool: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(bin(tool));
+    cmd.arg("--control-plane")
         .arg(cp)
         .args(args)
         .env_remove("PCR_TOKEN")
-        .env_remove("PCR_TOKEN_FILE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pcr {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .env_remove("PCR_TOKEN_FILE");
+    String::from_utf8_lossy(&run_ok(tool, &mut cmd).stdout).into_owned()
 }
 
 #[test]
@@ -182,27 +176,23 @@ fn the_control_plane_shows_what_the_worker_judged() {
         "web-1.json",
         &checked("web-1", "console=ttyS0", 1_000),
     );
-    let out = Command::new(bin("pcr-test"))
-        .args([
-            "--control-plane",
-            &cp.addr,
+    let specs_dir = specs.to_str().unwrap();
+    against(
+        &cp.addr,
+        "pcr-test",
+        &[
             "publish-state",
             "--commit",
             "c1",
-        ])
-        .args(["--generation", "1", "--specs", specs.to_str().unwrap()])
-        .env_remove("PCR_TOKEN")
-        .env_remove("PCR_TOKEN_FILE")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "publish: {}",
-        String::from_utf8_lossy(&out.stderr)
+            "--generation",
+            "1",
+            "--specs",
+            specs_dir,
+        ],
     );
 
     let vms = || -> Vec<Value> {
-        let v: Value = serde_json::from_str(&pcr(&cp.addr, &["--json", "vms"])).unwrap();
+        let v: Value = serde_json::from_str(&against(&cp.addr, "pcr", &["--json", "vms"])).unwrap();
         v["vms"].as_array().unwrap().clone()
     };
     wait_health(vms, "web-0", "healthy");
@@ -211,7 +201,7 @@ fn the_control_plane_shows_what_the_worker_judged() {
         bad["healthDetail"],
         r#"no "READY" on the console within 1000 ms"#
     );
-    let human = pcr(&cp.addr, &["vms"]);
+    let human = against(&cp.addr, "pcr", &["vms"]);
     assert!(human.lines().next().unwrap().contains("HEALTH"), "{human}");
     assert!(
         human
