@@ -3,7 +3,11 @@
 //! its boot, and unhealthy when the deadline passes without one or the VM
 //! fails. The verdict is final for that VM (a line printed after the
 //! deadline does not make it healthy again); a recreated VM is a new VM id
-//! with a new watch, so a restart starts from pending.
+//! with a new watch, so a restart starts from pending. The deadline is wall
+//! time from the boot the worker saw (paused time counts: a paused guest
+//! is not serving); a reboot the guest starts itself does not reset it.
+//! A line is a match when it contains `consoleLine` (guests prefix their
+//! output with timestamps and unit names; an exact match would rarely fit).
 //!
 //! The watch follows the console history the worker keeps (see
 //! [`crate::rundir::Console`]), never CH's serial file, and reads only what
