@@ -33,27 +33,6 @@ let
     "cpu" "memoryMb" "networkAllowedDomains" "contentHash" "labels"
   ];
 
-  # Fields a spec carries only when set (absent = the Rust side's default,
-  # so specs without them keep their intent hash).
-  optionalFields = [ "healthCheck" ];
-
-  healthCheckKeys = [ "consoleLine" "deadlineMs" ];
-
-  # null, or { consoleLine; deadlineMs; } within the Rust side's bounds
-  # (commands::types::HealthCheck); the error text, or null when fine.
-  healthCheckError = hc:
-    if hc == null then null
-    else if !(isAttrs hc) then "healthCheck must be null or { consoleLine; deadlineMs; }, got ${show hc}"
-    else if filter (k: !(builtins.elem k healthCheckKeys)) (attrNames hc) != [ ] then
-      "healthCheck has unknown attribute ${show (head (filter (k: !(builtins.elem k healthCheckKeys)) (attrNames hc)))} (known: consoleLine, deadlineMs)"
-    else if !(hc ? consoleLine && hc ? deadlineMs) then
-      "healthCheck needs consoleLine and deadlineMs"
-    else if !(isString hc.consoleLine) || match "[^[:cntrl:]]{1,256}" hc.consoleLine == null then
-      "healthCheck.consoleLine must be 1 to 256 printable characters, got ${show hc.consoleLine}"
-    else if !(isInt hc.deadlineMs) || hc.deadlineMs < 1 || hc.deadlineMs > 3600000 then
-      "healthCheck.deadlineMs must be an integer between 1 and 3600000, got ${show hc.deadlineMs}"
-    else null;
-
   # What boots: every field except the name, the labels and the hash itself.
   # A label change is placement, not boot content, so it keeps the hash.
   bootFields = [
@@ -79,7 +58,6 @@ let
     , memoryMb
     , networkAllowedDomains ? [ ]
     , labels ? { }
-    , healthCheck ? null
     }:
     let
       where = "VM ${show name}";
@@ -116,14 +94,8 @@ let
       fail "${where}: labels has more than 64 entries"
     else if badLabel != [ ] then
       fail "${where}: label ${show (head badLabel)} = ${show labels.${head badLabel}} is not a valid label (key and value: letters, digits, '.', '_', '-', at most 63 characters)"
-    else if healthCheckError healthCheck != null then
-      fail "${where}: ${healthCheckError healthCheck}"
     else
-      # The health check is not part of what boots: it keeps the hash.
-      spec // { contentHash = contentHashOf spec; }
-      // (if healthCheck == null then { } else {
-        healthCheck = { inherit (healthCheck) consoleLine deadlineMs; };
-      });
+      spec // { contentHash = contentHashOf spec; };
 
   # The store paths a spec references ("" means none).
   specPaths = spec:
@@ -153,5 +125,5 @@ let
     };
 in
 {
-  inherit mkVmSpec mkClosure contentHashOf fields optionalFields bootFields isStorePath;
+  inherit mkVmSpec mkClosure contentHashOf fields bootFields isStorePath;
 }

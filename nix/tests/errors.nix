@@ -77,15 +77,6 @@ in
   spec-labels-many = { expr = spec { labels = many 65 (i: "v"); }; msg = "labels has more than 64 entries"; };
   spec-label-key = { expr = spec { labels."bad key" = "v"; }; msg = "label \"bad key\" = \"v\" is not a valid label"; };
   spec-label-value = { expr = spec { labels.tier = "front end"; }; msg = "label \"tier\" = \"front end\" is not a valid label"; };
-  spec-health-type = { expr = spec { healthCheck = "READY"; }; msg = "VM \"vm-0\": healthCheck must be null or { consoleLine; deadlineMs; }, got \"READY\""; };
-  spec-health-unknown = { expr = spec { healthCheck = { consoleLine = "READY"; deadlineMs = 1; deadline = 2; }; }; msg = "healthCheck has unknown attribute \"deadline\""; };
-  spec-health-missing = { expr = spec { healthCheck = { consoleLine = "READY"; }; }; msg = "healthCheck needs consoleLine and deadlineMs"; };
-  spec-health-line-empty = { expr = spec { healthCheck = { consoleLine = ""; deadlineMs = 1; }; }; msg = "healthCheck.consoleLine must be 1 to 256 printable characters, got \"\""; };
-  spec-health-line-newline = { expr = spec { healthCheck = { consoleLine = "READY\nfake"; deadlineMs = 1; }; }; msg = "healthCheck.consoleLine must be 1 to 256 printable characters"; };
-  spec-health-line-long = { expr = spec { healthCheck = { consoleLine = builtins.concatStringsSep "" (builtins.genList (_: long) 5); deadlineMs = 1; }; }; msg = "healthCheck.consoleLine must be 1 to 256 printable characters"; };
-  spec-health-deadline = { expr = spec { healthCheck = { consoleLine = "READY"; deadlineMs = 0; }; }; msg = "healthCheck.deadlineMs must be an integer between 1 and 3600000, got 0"; };
-  spec-health-deadline-big = { expr = spec { healthCheck = { consoleLine = "READY"; deadlineMs = 3600001; }; }; msg = "healthCheck.deadlineMs must be an integer between 1 and 3600000, got 3600001"; };
-  cluster-health-bad = { expr = web { healthCheck = { consoleLine = "READY"; deadlineMs = "30s"; }; }; msg = "VM \"web-0\": healthCheck.deadlineMs must be an integer between 1 and 3600000, got \"30s\""; };
 
   # --- evalCluster ---
   cluster-not-attrs = { expr = (lib.evalCluster 1).vmSpecs; msg = "evalCluster: arguments must be an attribute set, got 1"; };

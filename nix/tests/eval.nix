@@ -150,21 +150,6 @@ let
       want = { initrdPath = ""; diskImagePath = ""; cmdline = ""; networkAllowedDomains = [ ]; labels = { }; };
     }
     {
-      name = "vmSpec healthCheck: carried when set, absent otherwise, outside the contentHash";
-      got = let checked = lib.mkVmSpec (baseSpec // { healthCheck = { consoleLine = "READY"; deadlineMs = 30000; }; }); in
-        [ checked.healthCheck (checked.contentHash == spec0.contentHash) (spec0 ? healthCheck) specLib.optionalFields ];
-      want = [ { consoleLine = "READY"; deadlineMs = 30000; } true false [ "healthCheck" ] ];
-    }
-    {
-      name = "evalCluster passes a group's healthCheck to each replica";
-      got = map (s: s.healthCheck or null) (lib.evalCluster {
-        mkImage = fakeImage "a";
-        vms.web = { profile = { }; replicas = 2; healthCheck = { consoleLine = "app up"; deadlineMs = 5000; }; };
-        vms.db = { profile = { }; };
-      }).vmSpecs;
-      want = [ null { consoleLine = "app up"; deadlineMs = 5000; } { consoleLine = "app up"; deadlineMs = 5000; } ];
-    }
-    {
       name = "contentHash is sha256 hex";
       got = match "[0-9a-f]{64}" spec0.contentHash != null;
       want = true;

@@ -11,8 +11,7 @@
 #     mkImage = { group, profile }: { toplevel; kernelPath; initrdPath;
 #                                     diskImagePath; cmdline; };
 #     vms.<group> = { profile = <mkVmProfile result or raw settings>;
-#                     replicas = 1; labels = { };
-#                     healthCheck = null; };  # or { consoleLine = "READY"; deadlineMs = 30000; }
+#                     replicas = 1; labels = { }; };
 #     limits = { maxVms = null; cpu = null; memoryMb = null; };  # optional
 #   }
 #
@@ -33,7 +32,7 @@ let
   fail = msg: throw "procurator: evalCluster: ${msg}";
   show = v: if isString v || isInt v || v == null then toJSON v else "a ${typeOf v}";
 
-  groupKeys = [ "profile" "replicas" "labels" "healthCheck" ];
+  groupKeys = [ "profile" "replicas" "labels" ];
   clusterKeys = [ "system" "mkImage" "vms" "limits" ];
   limitKeys = [ "maxVms" "cpu" "memoryMb" ];
 
@@ -89,7 +88,6 @@ let
               inherit (profile) cpu memoryMb;
               networkAllowedDomains = profile.allowedDomains;
               labels = labels // { inherit group; };
-              healthCheck = entry.healthCheck or null;
             };
           };
       in
