@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Health, Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
+use crate::types::{Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,7 +63,7 @@ pub struct VmPlacementView {
     pub vm_id: String,
     /// The observed VM's health (`none` when it has no check or is not observed).
     #[serde(default)]
-    pub health: Health,
+    pub health: crate::types::Health,
     /// Why it is unhealthy; empty otherwise.
     #[serde(default)]
     pub health_detail: String,
