@@ -412,19 +412,20 @@ mod tests {
             health,
             health_detail: detail.into(),
         };
-        let s = ClusterStatusView {
-            generations: Vec::new(),
-            convergence_percent: 100.0,
-            vms: vec![
-                row(
-                    Health::Unhealthy,
-                    r#"no "READY" on the console within 500 ms"#,
-                ),
-                row(Health::Pending, ""),
-            ],
-            workers: Vec::new(),
-            unplaced: Vec::new(),
-        };
+        // From JSON, so that fields other views gain with a serde default
+        // need no edit here.
+        let mut s: ClusterStatusView = serde_json::from_value(serde_json::json!({
+            "generations": [], "convergencePercent": 100.0, "vms": [], "workers": [],
+            "unplaced": [],
+        }))
+        .unwrap();
+        s.vms = vec![
+            row(
+                Health::Unhealthy,
+                r#"no "READY" on the console within 500 ms"#,
+            ),
+            row(Health::Pending, ""),
+        ];
         let mut msg = capnp::message::Builder::new_default();
         status_to_capnp(&s, msg.init_root());
         let r = msg
