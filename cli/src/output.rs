@@ -206,9 +206,40 @@ pub fn short_hash(hash: &str) -> String {
     }
 }
 
+/// A VM's health as tables show it: `-` when its spec has no check (a
+/// running VM then counts as healthy; the STATE column says whether it runs).
+pub fn health(h: commands::types::Health) -> String {
+    match h {
+        commands::types::Health::None => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The health cell with its reason: `unhealthy (no "READY" on the console
+/// within 30000 ms)`.
+pub fn health_with_detail(h: commands::types::Health, detail: &str) -> String {
+    if detail.is_empty() {
+        health(h)
+    } else {
+        format!("{} ({})", health(h), one_line(detail))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_cells() {
+        use commands::types::Health;
+        assert_eq!(health(Health::None), "-");
+        assert_eq!(health(Health::Pending), "pending");
+        assert_eq!(health_with_detail(Health::Healthy, ""), "healthy");
+        assert_eq!(
+            health_with_detail(Health::Unhealthy, "no \"READY\" within 5 ms"),
+            "unhealthy (no \"READY\" within 5 ms)"
+        );
+    }
 
     #[test]
     fn hashes_shorten_to_one_length() {

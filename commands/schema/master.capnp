@@ -50,6 +50,8 @@ struct VmPlacement {
   metrics @6 :Common.VmMetrics;
   vmId @7 :Text;
   project @8 :Text;
+  health @9 :Common.Health;         # as the worker reports it; none when not observed
+  healthDetail @10 :Text;           # why unhealthy, "" otherwise
 }
 
 struct Unplaced {

@@ -156,6 +156,12 @@ pub struct VmPlacementView {
     pub drift: Drift,
     pub metrics: VmMetrics,
     pub vm_id: String,
+    /// The observed VM's health (`none` when it has no check or is not observed).
+    #[serde(default)]
+    pub health: crate::types::Health,
+    /// Why it is unhealthy; empty otherwise.
+    #[serde(default)]
+    pub health_detail: String,
 }
 
 /// Percent of the desired VMs among `vms` (every row but orphans) that run

@@ -1518,6 +1518,8 @@ impl State {
                 drift: Drift::Pending,
                 metrics: VmMetrics::default(),
                 vm_id: String::new(),
+                health: Default::default(),
+                health_detail: String::new(),
             };
             if let Some(w) = worker.and_then(|w| self.workers.get_key_value(w)) {
                 // During a replacement the worker runs two versions of the
@@ -1544,6 +1546,8 @@ impl State {
                     view.state = Some(o.status.state);
                     view.metrics = o.metrics;
                     view.vm_id = o.status.id.to_string();
+                    view.health = o.status.health;
+                    view.health_detail = o.status.health_detail.clone();
                     view.drift = if o.status.state == VmState::Failed {
                         Drift::Failed
                     } else if o.status.content_hash != spec.content_hash() {
@@ -1576,6 +1580,8 @@ impl State {
                     drift: Drift::Orphaned,
                     metrics: o.metrics,
                     vm_id: o.status.id.to_string(),
+                    health: o.status.health,
+                    health_detail: o.status.health_detail.clone(),
                 });
             }
         }

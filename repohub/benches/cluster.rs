@@ -50,6 +50,8 @@ fn cluster() -> (ClusterStatusView, Vec<ProjectStatusView>) {
                 drift: Drift::Converged,
                 metrics: VmMetrics::default(),
                 vm_id: format!("vm-{p}-{v}"),
+                health: Default::default(),
+                health_detail: String::new(),
             });
         }
         generations.push(GenerationView {

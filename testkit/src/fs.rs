@@ -21,6 +21,18 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Appends `bytes` to `path` (created when missing): what a guest writes
+/// to its serial file, in tests and benches.
+pub fn append(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .unwrap_or_else(|e| panic!("cannot append to {}: {e}", path.display()));
+}
+
 /// Writes a secret file readable by its owner only (mode 0600 from the
 /// start, so it is never readable by others even for a moment).
 pub fn write_private(path: &Path, text: &str) {

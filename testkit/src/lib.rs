@@ -7,6 +7,7 @@
 //! It runs the services as processes from the target directory and never
 //! links them, so that every crate, the services' own included, can use it.
 
+pub mod bench;
 pub mod bins;
 pub mod cluster;
 pub mod fixtures;

@@ -14,8 +14,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use testkit::bench::{ms, stats};
 use tokio_util::sync::CancellationToken;
 use worker::dto::VmId;
 use worker::net::nft::Tables;
@@ -34,18 +35,6 @@ impl Drop for Ns {
 fn sh(args: &[&str]) {
     let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
     assert!(st.success(), "{args:?}");
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Median and 90th percentile of `v`, in ms.
-fn stats(v: &[Duration]) -> String {
-    let mut v = v.to_vec();
-    v.sort();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    format!("median {:6.2} ms  p90 {:6.2} ms", ms(at(0.5)), ms(at(0.9)))
 }
 
 fn main() {

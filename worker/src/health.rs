@@ -3,7 +3,11 @@
 //! its boot, and unhealthy when the deadline passes without one or the VM
 //! fails. The verdict is final for that VM (a line printed after the
 //! deadline does not make it healthy again); a recreated VM is a new VM id
-//! with a new watch, so a restart starts from pending.
+//! with a new watch, so a restart starts from pending. The deadline is wall
+//! time from the boot the worker saw (paused time counts: a paused guest
+//! is not serving); a reboot the guest starts itself does not reset it.
+//! A line is a match when it contains `consoleLine` (guests prefix their
+//! output with timestamps and unit names; an exact match would rarely fit).
 //!
 //! The watch follows the console history the worker keeps (see
 //! [`crate::rundir::Console`]), never CH's serial file, and reads only what
@@ -262,23 +266,27 @@ impl HealthWatch {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((false, true)),
             Err(e) => return Err(e),
         };
-        let hist_ino = history.metadata()?.ino();
+        // Under the sync lock: the history does not grow while it is read.
+        let meta = history.metadata()?;
+        let (hist_ino, len) = (meta.ino(), meta.len());
         if self.cursor.ino != Some(hist_ino) {
             // The cursor's file was rotated (or nothing was read yet).
             let rotated = match std::fs::File::open(&console.rotated) {
-                Ok(f) => Some(f),
+                Ok(f) => {
+                    let m = f.metadata()?;
+                    Some((f, m.ino(), m.len()))
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             };
             let from = match (&rotated, self.cursor.ino) {
-                (Some(r), Some(ino)) if r.metadata()?.ino() == ino => Some(self.cursor.offset),
+                (Some((_, r_ino, _)), Some(ino)) if *r_ino == ino => Some(self.cursor.offset),
                 (Some(_), None) => Some(0),
                 _ => None,
             };
             match (rotated, from) {
-                (Some(r), Some(from)) => {
-                    let ino = r.metadata()?.ino();
-                    let (found, read) = self.read_file(r, from, budget)?;
+                (Some((r, ino, r_len)), Some(from)) => {
+                    let (found, read) = self.read_file(r, r_len, from, budget)?;
                     budget -= read;
                     if found || budget == 0 {
                         self.cursor = Cursor {
@@ -298,17 +306,18 @@ impl HealthWatch {
             };
         }
         let from = self.cursor.offset;
-        let len = history.metadata()?.len();
-        let (found, read) = self.read_file(history, from, budget)?;
+        let (found, read) = self.read_file(history, len, from, budget)?;
         self.cursor.offset = from + read;
         Ok((found, found || self.cursor.offset >= len))
     }
 
-    /// Feeds `file` from `from` to its end (at most `budget` bytes) to the
-    /// finder; returns whether it matched and how many bytes were read.
+    /// Feeds `file` (`len` bytes) from `from` to its end, at most `budget`
+    /// bytes, to the finder; returns whether it matched and how many bytes
+    /// were read.
     fn read_file(
         &mut self,
         file: std::fs::File,
+        len: u64,
         from: u64,
         budget: u64,
     ) -> io::Result<(bool, u64)> {
@@ -316,7 +325,9 @@ impl HealthWatch {
         let mut file = file;
         file.seek(SeekFrom::Start(from))?;
         let mut limited = file.take(budget);
-        let mut buf = vec![0u8; 64 * 1024];
+        // Most scans read one line or none: no 64 KiB buffer for those.
+        let size = len.saturating_sub(from).min(budget).clamp(1, 64 * 1024);
+        let mut buf = vec![0u8; size as usize];
         let mut read = 0u64;
         loop {
             let n = limited.read(&mut buf)?;
@@ -363,14 +374,7 @@ mod tests {
 
     /// What the guest writes: appended to CH's serial file.
     fn guest_writes(c: &Console, bytes: &[u8]) {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&c.serial)
-            .unwrap()
-            .write_all(bytes)
-            .unwrap();
+        testkit::fs::append(&c.serial, bytes);
     }
 
     fn booted_watch(line: &str, deadline_ms: u64) -> HealthWatch {

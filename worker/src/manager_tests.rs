@@ -738,13 +738,8 @@ async fn wait_status(w: &Running, id: &VmId, done: impl Fn(&VmStatus) -> bool) -
 
 /// What the guest of `id` prints on its serial console.
 fn guest_prints(dir: &Path, id: &VmId, line: &str) {
-    use std::io::Write;
     let serial = dir.join("run/console").join(format!("{id}-serial.log"));
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(serial)
-        .unwrap();
-    writeln!(f, "{line}").unwrap();
+    testkit::fs::append(&serial, format!("{line}\n").as_bytes());
 }
 
 #[tokio::test]

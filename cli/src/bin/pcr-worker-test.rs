@@ -144,19 +144,25 @@ fn read_specs(path: &std::path::Path) -> Result<Vec<VmSpec>, CliError> {
 fn vm_table(vms: &[VmStatus]) -> Table {
     let now = now_ms();
     let mut t = Table::new(&[
-        "ID", "NAME", "STATE", "PID", "CPU", "MEMORY", "AGE", "HASH", "ERROR",
+        "ID", "NAME", "STATE", "HEALTH", "PID", "CPU", "MEMORY", "AGE", "HASH", "ERROR",
     ]);
     for v in vms {
         t.row([
             v.id.to_string(),
             v.name.to_string(),
             v.state.to_string(),
+            output::health(v.health),
             v.pid.map_or("-".into(), |p| p.to_string()),
             v.cpu.to_string(),
             format!("{} MiB", v.memory_mb),
             output::age(v.created_at_ms, now),
             output::short_hash(&v.content_hash),
-            output::or_dash(&v.error),
+            // Why it failed, else why it is unhealthy.
+            output::or_dash(if v.error.is_empty() {
+                &v.health_detail
+            } else {
+                &v.error
+            }),
         ]);
     }
     t
@@ -287,6 +293,21 @@ async fn info(w: &WorkerClient, id: &str, json: bool) -> Result<(), CliError> {
         ("hypervisor state", output::or_dash(&d.ch_state)),
         ("pid", s.pid.map_or("-".into(), |p| p.to_string())),
         ("error", output::or_dash(&s.error)),
+        (
+            "health",
+            output::health_with_detail(s.health, &s.health_detail),
+        ),
+        (
+            "healthy since",
+            s.healthy_since_ms
+                .map_or("-".into(), |t| output::age(t, now_ms()) + " ago"),
+        ),
+        (
+            "health check",
+            sp.health_check().map_or("-".into(), |c| {
+                format!("{:?} within {} ms", c.console_line, c.deadline_ms)
+            }),
+        ),
         ("age", output::age(s.created_at_ms, now_ms())),
         ("cpu", sp.cpu().to_string()),
         ("memory", format!("{} MiB", sp.memory_mb())),

@@ -413,6 +413,7 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
                     v.worker_id.clone()
                 },
                 v.state.map_or("-".into(), |st| st.to_string()),
+                cli::output::health(v.health),
                 drift_cell(v.drift, style),
                 cli::output::short_hash(&v.desired_hash),
                 cli::output::short_hash(&v.observed_hash),
@@ -428,6 +429,7 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
         "ID",
         "WORKER",
         "STATE",
+        "HEALTH",
         "DRIFT",
         "DESIRED",
         "OBSERVED",

@@ -3,10 +3,10 @@
 //! replies and decodes requests with these, the typed client the reverse.
 
 use crate::convert::{
-    ConvertError, MAX_LIST, check_len, labels_from_capnp, labels_to_capnp, project_from_text,
-    resources_from_capnp, resources_to_capnp, text, vm_metrics_from_capnp, vm_metrics_to_capnp,
-    vm_spec_to_capnp, vm_specs_from_capnp, vm_state_from_capnp, vm_state_to_capnp,
-    vm_status_from_capnp, vm_status_to_capnp,
+    ConvertError, MAX_LIST, check_len, health_from_capnp, health_to_capnp, labels_from_capnp,
+    labels_to_capnp, project_from_text, resources_from_capnp, resources_to_capnp, text,
+    vm_metrics_from_capnp, vm_metrics_to_capnp, vm_spec_to_capnp, vm_specs_from_capnp,
+    vm_state_from_capnp, vm_state_to_capnp, vm_status_from_capnp, vm_status_to_capnp,
 };
 use crate::model::{
     AssignmentView, ClusterStatusView, Drift, EventView, GenerationDetailView, GenerationView,
@@ -152,6 +152,8 @@ pub fn status_to_capnp(s: &ClusterStatusView, mut b: master_capnp::cluster_statu
         e.set_drift(drift_to_capnp(v.drift));
         vm_metrics_to_capnp(&v.metrics, e.reborrow().init_metrics());
         e.set_vm_id(&v.vm_id);
+        e.set_health(health_to_capnp(v.health));
+        e.set_health_detail(&v.health_detail);
     }
     let mut ws = b.reborrow().init_workers(len32(s.workers.len()));
     for (i, w) in s.workers.iter().enumerate() {
@@ -391,6 +393,8 @@ pub fn status_from_capnp(
             drift: drift_from_capnp(v.get_drift().map_err(|e| ConvertError::UnknownEnum(e.0))?),
             metrics: vm_metrics_from_capnp(v.get_metrics()?),
             vm_id: text(v.get_vm_id())?,
+            health: health_from_capnp(v.get_health().map_err(|e| ConvertError::UnknownEnum(e.0))?),
+            health_detail: text(v.get_health_detail())?,
         });
     }
     let ws_r = r.get_workers()?;
@@ -495,4 +499,77 @@ pub fn running_vms_from_capnp(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Health, VmId, VmMetrics, VmStatus};
+
+    #[test]
+    fn health_crosses_push_data_and_cluster_status() {
+        let status = VmStatus {
+            id: VmId::new_v7(),
+            project: "shop".parse().unwrap(),
+            name: "web-0".parse().unwrap(),
+            content_hash: "h".into(),
+            state: VmState::Running,
+            pid: Some(9),
+            error: String::new(),
+            created_at_ms: 5,
+            cpu: 1,
+            memory_mb: 64,
+            health: Health::Healthy,
+            health_detail: String::new(),
+            healthy_since_ms: Some(1_700_000_000_000),
+        };
+        let running = vec![ObservedVm {
+            status: status.clone(),
+            metrics: VmMetrics::default(),
+        }];
+        let mut msg = capnp::message::Builder::new_default();
+        let list = msg
+            .initn_root::<capnp::struct_list::Builder<'_, common_capnp::running_vm::Owned>>(len32(
+                running.len(),
+            ));
+        running_vms_to_capnp(&running, list);
+        let r = msg
+            .get_root_as_reader::<capnp::struct_list::Reader<'_, common_capnp::running_vm::Owned>>()
+            .unwrap();
+        assert_eq!(running_vms_from_capnp(r, 10).unwrap(), running);
+
+        let row = |health, detail: &str| VmPlacementView {
+            project: "shop".into(),
+            name: "web-0".into(),
+            worker_id: "w-1".into(),
+            desired_hash: "h".into(),
+            observed_hash: "h".into(),
+            state: Some(VmState::Running),
+            drift: Drift::Converged,
+            metrics: VmMetrics::default(),
+            vm_id: status.id.to_string(),
+            health,
+            health_detail: detail.into(),
+        };
+        // From JSON, so that fields other views gain with a serde default
+        // need no edit here.
+        let mut s: ClusterStatusView = serde_json::from_value(serde_json::json!({
+            "generations": [], "convergencePercent": 100.0, "vms": [], "workers": [],
+            "unplaced": [],
+        }))
+        .unwrap();
+        s.vms = vec![
+            row(
+                Health::Unhealthy,
+                r#"no "READY" on the console within 500 ms"#,
+            ),
+            row(Health::Pending, ""),
+        ];
+        let mut msg = capnp::message::Builder::new_default();
+        status_to_capnp(&s, msg.init_root());
+        let r = msg
+            .get_root_as_reader::<master_capnp::cluster_status::Reader<'_>>()
+            .unwrap();
+        assert_eq!(status_from_capnp(r).unwrap(), s);
+    }
 }

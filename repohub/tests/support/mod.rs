@@ -625,6 +625,8 @@ fn fake_status() -> ClusterStatusView {
             ..Default::default()
         },
         vm_id: String::new(),
+        health: Default::default(),
+        health_detail: String::new(),
     };
     let worker = |id: &str, address: &str, healthy: bool| WorkerHealthView {
         worker_id: id.into(),
