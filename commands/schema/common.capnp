@@ -94,6 +94,10 @@ struct Generation {
   vmCount @3 :UInt32;
   publishedAtMs @4 :UInt64;
   project @5 :Text;
+  author @6 :Text;                  # the commit's author name ("" when unknown)
+  message @7 :Text;                 # the first line of the commit message
+  jobId @8 :UInt64;                 # the CI job that published it (0 when none)
+  convergedAtMs @9 :UInt64;         # when every VM first ran it (0 until then)
 }
 
 # Result carrying an error as data for calls whose failure is an ordinary

@@ -99,7 +99,8 @@ interface Master {
   # Replaces the desired state of `project` ("" = "default") and of no
   # other project; an empty `vmSpecs` deletes the project's VMs.
   publishState @0 (commit :Text, generation :UInt64, intentHash :Text,
-                   vmSpecs :List(Common.VmSpec), project :Text)
+                   vmSpecs :List(Common.VmSpec), project :Text,
+                   meta :PublishMeta)
       -> (result :Common.Result(PublishOutcome));
 
   # A worker registers with its capability; calls re-registering the same id
@@ -127,6 +128,46 @@ interface Master {
   # Every project the control plane knows (has a quota for or a
   # generation of): quota, usage, active generation and convergence.
   projects @7 () -> (projects :List(ProjectStatus));
+
+  # The event log, oldest first: events with an id above `afterId`, at
+  # most `limit` (0 = the server's page size), of `project` ("" = every
+  # project the caller may see). A `ci:<project>` token sees its project
+  # only; a worker token the events of its own worker id.
+  listEvents @8 (project :Text, afterId :UInt64, limit :UInt32)
+      -> (events :List(Event));
+
+  # One remembered generation of `project` with the specs it published
+  # (`pcr diff`, the VM pages).
+  getGeneration @9 (project :Text, number :UInt64)
+      -> (result :Common.Result(GenerationDetail));
+}
+
+# Where a generation came from, as CI knows it.
+struct PublishMeta {
+  author @0 :Text;                  # the commit's author name
+  message @1 :Text;                 # the first line of the commit message
+  jobId @2 :UInt64;                 # the CI job (0 for a hand publish)
+}
+
+# One thing that happened in the cluster. `kind` is one of
+# generation-published, generation-converged, vm-placed, vm-replaced,
+# vm-removed, vm-failed, vm-unplaced, worker-joined, worker-unhealthy,
+# worker-healthy, rollout-batch, rollout-paused, rollout-reverted,
+# rollout-done; the fields a kind has no use for are empty (0).
+struct Event {
+  id @0 :UInt64;                    # increasing, never reused by one control plane's state
+  atMs @1 :UInt64;                  # wall clock, ms since the Unix epoch
+  project @2 :Text;                 # "" for a worker's events
+  kind @3 :Text;
+  vm @4 :Text;
+  workerId @5 :Text;
+  generation @6 :UInt64;
+  message @7 :Text;                 # one line a person reads
+}
+
+struct GenerationDetail {
+  generation @0 :Common.Generation;
+  vmSpecs @1 :List(Common.VmSpec);
 }
 
 struct AssignmentReply {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::{Labels, Resources, VmMetrics, VmSpec, VmState, VmStatus, WorkerId};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerationView {
     /// The project it belongs to; numbers and intent hashes are per project.
@@ -20,7 +20,98 @@ pub struct GenerationView {
     pub intent_hash: String,
     pub vm_count: u32,
     pub published_at_ms: u64,
+    /// The commit's author name ("" when the publisher did not say).
+    #[serde(default)]
+    pub author: String,
+    /// The first line of the commit message.
+    #[serde(default)]
+    pub message: String,
+    /// The CI job that published it (0 for a hand publish).
+    #[serde(default)]
+    pub job_id: u64,
+    /// When every VM of it first ran its desired version (0 until then).
+    #[serde(default)]
+    pub converged_at_ms: u64,
 }
+
+/// Where a published generation came from, as CI knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishMeta {
+    /// The commit's author name.
+    pub author: String,
+    /// The first line of the commit message.
+    pub message: String,
+    /// The CI job (0 for a hand publish).
+    pub job_id: u64,
+}
+
+/// One remembered generation with the specs it published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationDetailView {
+    pub generation: GenerationView,
+    pub specs: Vec<VmSpec>,
+}
+
+/// What happened, as an event's `kind` names it.
+pub mod event_kind {
+    pub const GENERATION_PUBLISHED: &str = "generation-published";
+    pub const GENERATION_CONVERGED: &str = "generation-converged";
+    pub const VM_PLACED: &str = "vm-placed";
+    pub const VM_REPLACED: &str = "vm-replaced";
+    pub const VM_REMOVED: &str = "vm-removed";
+    pub const VM_FAILED: &str = "vm-failed";
+    pub const VM_UNPLACED: &str = "vm-unplaced";
+    pub const WORKER_JOINED: &str = "worker-joined";
+    pub const WORKER_UNHEALTHY: &str = "worker-unhealthy";
+    pub const WORKER_HEALTHY: &str = "worker-healthy";
+    pub const ROLLOUT_BATCH: &str = "rollout-batch";
+    pub const ROLLOUT_PAUSED: &str = "rollout-paused";
+    pub const ROLLOUT_REVERTED: &str = "rollout-reverted";
+    pub const ROLLOUT_DONE: &str = "rollout-done";
+
+    /// Every kind, in the order above.
+    pub const ALL: [&str; 14] = [
+        GENERATION_PUBLISHED,
+        GENERATION_CONVERGED,
+        VM_PLACED,
+        VM_REPLACED,
+        VM_REMOVED,
+        VM_FAILED,
+        VM_UNPLACED,
+        WORKER_JOINED,
+        WORKER_UNHEALTHY,
+        WORKER_HEALTHY,
+        ROLLOUT_BATCH,
+        ROLLOUT_PAUSED,
+        ROLLOUT_REVERTED,
+        ROLLOUT_DONE,
+    ];
+}
+
+/// One entry of the control plane's event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    /// Increasing; `listEvents` pages with it (`afterId`).
+    pub id: u64,
+    /// Wall clock, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// "" for a worker's events.
+    pub project: String,
+    /// One of [`event_kind::ALL`].
+    pub kind: String,
+    pub vm: String,
+    pub worker_id: String,
+    pub generation: u64,
+    /// One line a person reads ("host-b unhealthy: no heartbeat for 15 s").
+    pub message: String,
+}
+
+/// The most events one `listEvents` answer carries (and its page size
+/// when the caller asks for 0).
+pub const MAX_EVENTS_PER_PAGE: u32 = 1000;
 
 /// How a desired VM compares with what its worker reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, GenerationView, ProjectStatusView, PublishOutcomeView,
-    Registration,
+    AssignmentView, ClusterStatusView, EventView, GenerationDetailView, GenerationView,
+    ProjectStatusView, PublishOutcomeView, Registration,
 };
-use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
+use commands::service::master::{Caller, EventFilter, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
 use commands::telemetry::now_ms;
 use commands::types::{ProjectName, WorkerId};
@@ -152,6 +152,23 @@ impl MasterApi for Shared {
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
         self.metrics.call::<()>("projects", &Ok(()));
         self.state.borrow().projects(Instant::now())
+    }
+
+    fn events(&self, _: &Caller, _: &EventFilter, _: u64, _: u32) -> Vec<EventView> {
+        // Recorded from the next commit on; the contract lands first.
+        Vec::new()
+    }
+
+    fn generation(
+        &self,
+        _: &Caller,
+        project: &ProjectName,
+        number: u64,
+    ) -> Result<GenerationDetailView, RpcFailure> {
+        Err(RpcFailure::new(
+            ErrorCode::NotFound,
+            format!("generation {number} of project {project} is not remembered"),
+        ))
     }
 
     fn disconnected(&self, conn: u64) {

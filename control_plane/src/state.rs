@@ -263,6 +263,7 @@ impl State {
             intent_hash: intent_hash.to_owned(),
             vm_count: u32::try_from(by_name.len()).unwrap_or(u32::MAX),
             published_at_ms: now_ms,
+            ..GenerationView::default()
         };
         let entry = self.projects.entry(project.clone()).or_default();
         if entry.history.len() == HISTORY {

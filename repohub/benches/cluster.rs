@@ -59,6 +59,7 @@ fn cluster() -> (ClusterStatusView, Vec<ProjectStatusView>) {
             intent_hash: String::new(),
             vm_count: VMS_PER_PROJECT as u32,
             published_at_ms: 0,
+            ..Default::default()
         });
         projects.push(ProjectStatusView {
             project: project(p),

@@ -6,18 +6,19 @@
 use std::time::Duration;
 
 use crate::convert::master::{
-    assignment_from_capnp, generations_from_capnp, projects_from_capnp, publish_outcome_from_capnp,
-    registration_to_capnp, running_vms_to_capnp, status_from_capnp, worker_metrics_to_capnp,
+    assignment_from_capnp, events_from_capnp, generation_detail_from_capnp, generations_from_capnp,
+    projects_from_capnp, publish_meta_to_capnp, publish_outcome_from_capnp, registration_to_capnp,
+    running_vms_to_capnp, status_from_capnp, worker_metrics_to_capnp,
 };
 use crate::convert::{result_from_capnp, vm_spec_to_capnp};
 use crate::master_capnp::master;
 use crate::model::{
-    AssignmentView, ClusterStatusView, GenerationView, ObservedVm, ProjectStatusView,
-    PublishOutcomeView, Registration, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, EventView, GenerationDetailView, GenerationView, ObservedVm,
+    ProjectStatusView, PublishMeta, PublishOutcomeView, Registration, WorkerMetricsView,
 };
 use crate::rpc::{self, Connection, SessionInfo};
 use crate::service::worker::WorkerCap;
-use crate::types::VmSpec;
+use crate::types::{ProjectName, VmSpec};
 
 use super::{ClientError, WorkerClient, len32};
 
@@ -66,6 +67,28 @@ impl MasterClient {
         intent_hash: &str,
         specs: &[VmSpec],
     ) -> Result<PublishOutcomeView, ClientError> {
+        self.publish_with_meta(
+            project,
+            commit,
+            generation,
+            intent_hash,
+            specs,
+            &PublishMeta::default(),
+        )
+        .await
+    }
+
+    /// Like [`Self::publish`], saying where the generation came from
+    /// (author, message, CI job): `pcr history` shows it.
+    pub async fn publish_with_meta(
+        &self,
+        project: &str,
+        commit: &str,
+        generation: u64,
+        intent_hash: &str,
+        specs: &[VmSpec],
+        meta: &PublishMeta,
+    ) -> Result<PublishOutcomeView, ClientError> {
         let mut req = self.conn.client.publish_state_request();
         {
             let mut p = req.get();
@@ -73,6 +96,7 @@ impl MasterClient {
             p.set_generation(generation);
             p.set_intent_hash(intent_hash);
             p.set_project(project);
+            publish_meta_to_capnp(meta, p.reborrow().init_meta());
             let mut l = p.init_vm_specs(len32(specs.len()));
             for (i, s) in specs.iter().enumerate() {
                 vm_spec_to_capnp(s, l.reborrow().get(len32(i)));
@@ -161,6 +185,43 @@ impl MasterClient {
         req.get().set_project(project.unwrap_or(""));
         let reply = req.send().promise.await?;
         Ok(generations_from_capnp(reply.get()?.get_generations()?)?)
+    }
+
+    /// The event log, oldest first: events after `after_id`, at most
+    /// `limit` (0 = the server's page size), of `project` (every project
+    /// the token may see when `None`).
+    pub async fn list_events(
+        &self,
+        project: Option<&ProjectName>,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<EventView>, ClientError> {
+        let mut req = self.conn.client.list_events_request();
+        {
+            let mut p = req.get();
+            p.set_project(project.map_or("", |p| p.as_str()));
+            p.set_after_id(after_id);
+            p.set_limit(limit);
+        }
+        let reply = req.send().promise.await?;
+        Ok(events_from_capnp(reply.get()?.get_events()?)?)
+    }
+
+    /// Generation `number` of `project` with the specs it published.
+    pub async fn generation(
+        &self,
+        project: &ProjectName,
+        number: u64,
+    ) -> Result<GenerationDetailView, ClientError> {
+        let mut req = self.conn.client.get_generation_request();
+        {
+            let mut p = req.get();
+            p.set_project(project.as_str());
+            p.set_number(number);
+        }
+        let reply = req.send().promise.await?;
+        let ok = result_from_capnp(reply.get()?.get_result()?)??;
+        Ok(generation_detail_from_capnp(ok)?)
     }
 
     /// Every project with its quota, usage, generation and convergence.

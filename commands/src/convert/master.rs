@@ -9,9 +9,9 @@ use crate::convert::{
     vm_status_from_capnp, vm_status_to_capnp,
 };
 use crate::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, ObservedVm,
-    ProjectStatusView, PublishOutcomeView, Registration, UnplacedView, VmPlacementView,
-    WorkerHealthView, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, Drift, EventView, GenerationDetailView, GenerationView,
+    Limits, ObservedVm, ProjectStatusView, PublishMeta, PublishOutcomeView, Registration,
+    UnplacedView, VmPlacementView, WorkerHealthView, WorkerMetricsView,
 };
 use crate::types::VmState;
 use crate::{common_capnp, master_capnp};
@@ -29,6 +29,44 @@ pub fn generation_to_capnp(g: &GenerationView, mut b: common_capnp::generation::
     b.set_intent_hash(&g.intent_hash);
     b.set_vm_count(g.vm_count);
     b.set_published_at_ms(g.published_at_ms);
+    b.set_author(&g.author);
+    b.set_message(&g.message);
+    b.set_job_id(g.job_id);
+    b.set_converged_at_ms(g.converged_at_ms);
+}
+
+pub fn publish_meta_to_capnp(m: &PublishMeta, mut b: master_capnp::publish_meta::Builder<'_>) {
+    b.set_author(&m.author);
+    b.set_message(&m.message);
+    b.set_job_id(m.job_id);
+}
+
+pub fn events_to_capnp(
+    events: &[EventView],
+    mut b: capnp::struct_list::Builder<'_, master_capnp::event::Owned>,
+) {
+    for (i, e) in events.iter().enumerate() {
+        let mut x = b.reborrow().get(len32(i));
+        x.set_id(e.id);
+        x.set_at_ms(e.at_ms);
+        x.set_project(&e.project);
+        x.set_kind(&e.kind);
+        x.set_vm(&e.vm);
+        x.set_worker_id(&e.worker_id);
+        x.set_generation(e.generation);
+        x.set_message(&e.message);
+    }
+}
+
+pub fn generation_detail_to_capnp(
+    d: &GenerationDetailView,
+    mut b: master_capnp::generation_detail::Builder<'_>,
+) {
+    generation_to_capnp(&d.generation, b.reborrow().init_generation());
+    let mut l = b.init_vm_specs(len32(d.specs.len()));
+    for (i, s) in d.specs.iter().enumerate() {
+        vm_spec_to_capnp(s, l.reborrow().get(len32(i)));
+    }
 }
 
 fn drift_to_capnp(d: Drift) -> master_capnp::Drift {
@@ -229,6 +267,49 @@ fn generation_from_capnp(
         intent_hash: text(r.get_intent_hash())?,
         vm_count: r.get_vm_count(),
         published_at_ms: r.get_published_at_ms(),
+        author: text(r.get_author())?,
+        message: text(r.get_message())?,
+        job_id: r.get_job_id(),
+        converged_at_ms: r.get_converged_at_ms(),
+    })
+}
+
+pub fn publish_meta_from_capnp(
+    r: master_capnp::publish_meta::Reader<'_>,
+) -> Result<PublishMeta, ConvertError> {
+    Ok(PublishMeta {
+        author: text(r.get_author())?,
+        message: text(r.get_message())?,
+        job_id: r.get_job_id(),
+    })
+}
+
+pub fn events_from_capnp(
+    r: capnp::struct_list::Reader<'_, master_capnp::event::Owned>,
+) -> Result<Vec<EventView>, ConvertError> {
+    check_len(r.len(), MAX_LIST)?;
+    r.iter()
+        .map(|e| {
+            Ok(EventView {
+                id: e.get_id(),
+                at_ms: e.get_at_ms(),
+                project: text(e.get_project())?,
+                kind: text(e.get_kind())?,
+                vm: text(e.get_vm())?,
+                worker_id: text(e.get_worker_id())?,
+                generation: e.get_generation(),
+                message: text(e.get_message())?,
+            })
+        })
+        .collect()
+}
+
+pub fn generation_detail_from_capnp(
+    r: master_capnp::generation_detail::Reader<'_>,
+) -> Result<GenerationDetailView, ConvertError> {
+    Ok(GenerationDetailView {
+        generation: generation_from_capnp(r.get_generation()?)?,
+        specs: vm_specs_from_capnp(r.get_vm_specs()?)?,
     })
 }
 

@@ -10,7 +10,11 @@
 //! - `registerWorker`, `getAssignment`, `pushData`: admin, or a worker
 //!   token for its own id;
 //! - `getWorker`: admin;
-//! - `getClusterStatus`, `listGenerations`, `projects`: any role.
+//! - `getClusterStatus`, `listGenerations`, `projects`: any role;
+//! - `listEvents`: any role, filtered: a `ci:<project>` token sees its
+//!   project's events only, a worker token those of its own worker id;
+//! - `getGeneration`: admin, reader, ci (a `ci:<project>` token for its
+//!   project only).
 //!
 //! Single-threaded by design: capnp objects are `!Send`, so everything runs
 //! on one `LocalSet` and the implementation is shared as an `Rc`.
@@ -26,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Authenticator, Grant, Role};
 use crate::common_capnp;
 use crate::convert::master::{
-    assignment_to_capnp, generation_to_capnp, projects_to_capnp, publish_outcome_to_capnp,
-    running_vms_from_capnp, status_to_capnp, worker_metrics_from_capnp,
+    assignment_to_capnp, events_to_capnp, generation_detail_to_capnp, generation_to_capnp,
+    projects_to_capnp, publish_meta_from_capnp, publish_outcome_to_capnp, running_vms_from_capnp,
+    status_to_capnp, worker_metrics_from_capnp,
 };
 use crate::convert::{
     ConvertError, ErrorCode, RpcFailure, error_to_capnp, labels_from_capnp, project_from_text,
@@ -35,8 +40,9 @@ use crate::convert::{
 };
 use crate::master_capnp::{master, master_login};
 use crate::model::{
-    AssignmentView, ClusterStatusView, GenerationView, MAX_VMS_PER_WORKER, ObservedVm,
-    ProjectStatusView, PublishOutcomeView, Registration, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, EventView, GenerationDetailView, GenerationView,
+    MAX_EVENTS_PER_PAGE, MAX_VMS_PER_WORKER, ObservedVm, ProjectStatusView, PublishMeta,
+    PublishOutcomeView, Registration, WorkerMetricsView,
 };
 use crate::rpc::{Conn, ConnLimits, InFlight};
 use crate::service::LoginGate;
@@ -64,6 +70,26 @@ pub struct Publish {
     pub generation: u64,
     pub intent_hash: String,
     pub specs: Vec<VmSpec>,
+    /// Author, message and CI job, as the publisher tells them.
+    pub meta: PublishMeta,
+}
+
+/// Which events a `listEvents` caller gets: the project it asked for (or
+/// the only one its token may see), and for a worker token its own id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub project: Option<ProjectName>,
+    pub worker: Option<String>,
+}
+
+impl EventFilter {
+    /// Whether `e` passes.
+    pub fn admits(&self, e: &EventView) -> bool {
+        self.project
+            .as_ref()
+            .is_none_or(|p| e.project == p.as_str())
+            && self.worker.as_ref().is_none_or(|w| e.worker_id == *w)
+    }
 }
 
 /// A worker's long-poll, as `getAssignment` carries it: what it has seen.
@@ -116,6 +142,24 @@ pub trait MasterApi: 'static {
     fn generations(&self, caller: &Caller, project: Option<&ProjectName>) -> Vec<GenerationView>;
 
     fn projects(&self, caller: &Caller) -> Vec<ProjectStatusView>;
+
+    /// The events `filter` admits with an id above `after_id`, oldest
+    /// first, at most `limit` (never 0 here).
+    fn events(
+        &self,
+        caller: &Caller,
+        filter: &EventFilter,
+        after_id: u64,
+        limit: u32,
+    ) -> Vec<EventView>;
+
+    /// Generation `number` of `project`, with its specs, if remembered.
+    fn generation(
+        &self,
+        caller: &Caller,
+        project: &ProjectName,
+        number: u64,
+    ) -> Result<GenerationDetailView, RpcFailure>;
 
     /// Connection `conn`, on which someone logged in, has closed: a worker
     /// registered on it may now register again from a new connection.
@@ -271,6 +315,49 @@ impl<A> Session<A> {
     }
 }
 
+impl<A> Session<A> {
+    /// What a `listEvents` caller may see of `asked` (None = everything):
+    /// a `ci:<project>` token its project only (asking for another is
+    /// refused), a worker token its own worker's events.
+    fn event_filter(&self, asked: Option<ProjectName>) -> Result<EventFilter, RpcFailure> {
+        let grant = &self.caller.grant;
+        let project = match (&grant.project, asked) {
+            (Some(mine), Some(p)) if *mine != p => {
+                return Err(RpcFailure::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "this {grant} token may read the events of project {mine} only, not {p}"
+                    ),
+                ));
+            }
+            (Some(mine), _) => Some(mine.clone()),
+            (None, asked) => asked,
+        };
+        let worker = match grant.role {
+            Role::Worker => Some(grant.worker_id.clone().unwrap_or_default()),
+            _ => None,
+        };
+        Ok(EventFilter { project, worker })
+    }
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A project named in a request, "" meaning none.
+fn optional_project(
+    r: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<Option<ProjectName>, RpcFailure> {
+    let s = text(r).map_err(RpcFailure::from)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<ProjectName>()
+        .map(Some)
+        .map_err(|e| RpcFailure::invalid(format!("project: {e}")))
+}
+
 fn bad(e: capnp::Error) -> RpcFailure {
     RpcFailure::from(ConvertError::from(e))
 }
@@ -328,6 +415,11 @@ impl<A: MasterApi> master::Server for Session<A> {
                 specs: vm_specs_from_capnp(p.get_vm_specs().map_err(bad)?)
                     .map_err(RpcFailure::from)?,
                 generation: p.get_generation(),
+                meta: if p.has_meta() {
+                    publish_meta_from_capnp(p.get_meta().map_err(bad)?).map_err(RpcFailure::from)?
+                } else {
+                    PublishMeta::default()
+                },
             };
             self.api.publish(&self.caller, publish)
         })();
@@ -477,6 +569,67 @@ impl<A: MasterApi> master::Server for Session<A> {
         std::future::ready(Ok(()))
     }
 
+    fn list_events(
+        self: CapRc<Self>,
+        params: master::ListEventsParams,
+        mut results: master::ListEventsResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let asked = (|| {
+            let p = params.get().map_err(bad)?;
+            let project = optional_project(p.get_project())?;
+            let filter = self.event_filter(project)?;
+            let limit = match p.get_limit() {
+                0 => MAX_EVENTS_PER_PAGE,
+                n => n.min(MAX_EVENTS_PER_PAGE),
+            };
+            Ok::<_, RpcFailure>((filter, p.get_after_id(), limit))
+        })();
+        self.log_refusal("listEvents", &asked);
+        let (filter, after_id, limit) = match asked {
+            Ok(a) => a,
+            Err(e) => return std::future::ready(Err(capnp::Error::failed(e.to_string()))),
+        };
+        let events = self.api.events(&self.caller, &filter, after_id, limit);
+        events_to_capnp(&events, results.get().init_events(len32(events.len())));
+        std::future::ready(Ok(()))
+    }
+
+    fn get_generation(
+        self: CapRc<Self>,
+        params: master::GetGenerationParams,
+        mut results: master::GetGenerationResults,
+    ) -> impl Future<Output = Result<(), capnp::Error>> + 'static {
+        let r = (|| {
+            self.allow(
+                "read a generation's specs",
+                &[Role::Admin, Role::Reader, Role::Ci],
+            )?;
+            let p = params.get().map_err(bad)?;
+            let project = project_from_text(text(p.get_project()).map_err(RpcFailure::from)?)
+                .map_err(RpcFailure::from)?;
+            if !self.caller.grant.covers_project(&project) {
+                return Err(RpcFailure::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "this {} token may read project {} only, not {project}",
+                        self.caller.grant,
+                        self.caller
+                            .grant
+                            .project
+                            .as_ref()
+                            .map_or("?", |p| p.as_str())
+                    ),
+                ));
+            }
+            self.api.generation(&self.caller, &project, p.get_number())
+        })();
+        self.log_refusal("getGeneration", &r);
+        write_result(results.get().init_result(), r, |d, b| {
+            generation_detail_to_capnp(&d, b)
+        });
+        std::future::ready(Ok(()))
+    }
+
     fn projects(
         self: CapRc<Self>,
         _: master::ProjectsParams,
@@ -536,6 +689,17 @@ mod tests {
             unreachable!()
         }
         fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
+            unreachable!()
+        }
+        fn events(&self, _: &Caller, _: &EventFilter, _: u64, _: u32) -> Vec<EventView> {
+            unreachable!()
+        }
+        fn generation(
+            &self,
+            _: &Caller,
+            _: &ProjectName,
+            _: u64,
+        ) -> Result<GenerationDetailView, RpcFailure> {
             unreachable!()
         }
     }

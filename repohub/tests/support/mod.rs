@@ -25,10 +25,11 @@ use tower::ServiceExt;
 
 use commands::convert::{ErrorCode, RpcFailure};
 use commands::model::{
-    AssignmentView, ClusterStatusView, Drift, GenerationView, Limits, ProjectStatusView,
-    PublishOutcomeView, Registration, VmPlacementView, WorkerHealthView, WorkerMetricsView,
+    AssignmentView, ClusterStatusView, Drift, EventView, GenerationDetailView, GenerationView,
+    Limits, ProjectStatusView, PublishOutcomeView, Registration, VmPlacementView, WorkerHealthView,
+    WorkerMetricsView,
 };
-use commands::service::master::{Caller, MasterApi, Poll, Publish, Report};
+use commands::service::master::{Caller, EventFilter, MasterApi, Poll, Publish, Report};
 use commands::service::worker::WorkerCap;
 use commands::types::{ProjectName, Resources, VmMetrics, VmState, WorkerId};
 use repohub::{AppState, Config};
@@ -571,6 +572,17 @@ impl MasterApi for FakeMasterApi {
     fn projects(&self, _: &Caller) -> Vec<ProjectStatusView> {
         self.projects.clone()
     }
+    fn events(&self, _: &Caller, _: &EventFilter, _: u64, _: u32) -> Vec<EventView> {
+        Vec::new()
+    }
+    fn generation(
+        &self,
+        _: &Caller,
+        _: &ProjectName,
+        _: u64,
+    ) -> Result<GenerationDetailView, RpcFailure> {
+        Err(not_faked())
+    }
 }
 
 /// `shop` and `other` with the same quota and their usage.
@@ -638,6 +650,7 @@ fn fake_status() -> ClusterStatusView {
                 intent_hash: String::new(),
                 vm_count: 2,
                 published_at_ms: 0,
+                ..Default::default()
             },
             GenerationView {
                 project: "other".into(),
@@ -646,6 +659,7 @@ fn fake_status() -> ClusterStatusView {
                 intent_hash: String::new(),
                 vm_count: 1,
                 published_at_ms: 0,
+                ..Default::default()
             },
         ],
         convergence_percent: 66.0,
