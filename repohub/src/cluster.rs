@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use commands::client::{ClientError, MasterClient};
 use commands::model::{
-    ClusterStatusView, Drift, ProjectStatusView, VmPlacementView, WorkerHealthView,
+    ClusterStatusView, Drift, EventView, ProjectStatusView, VmPlacementView, WorkerHealthView,
 };
 use commands::types::{LogTail, VmDetails, VmId};
 
@@ -41,6 +41,8 @@ pub enum ClusterError {
     Call(#[source] ClientError),
     #[error("projects failed")]
     Projects(#[source] ClientError),
+    #[error("listEvents failed")]
+    Events(#[source] ClientError),
     #[error("the control plane did not answer in time")]
     Timeout,
     #[error("the RPC thread failed")]
@@ -87,6 +89,9 @@ pub struct QuotaView {
 pub struct Snapshot {
     pub status: ClusterStatusView,
     pub projects: Vec<ProjectStatusView>,
+    /// Events logged since the previous fetch (they go to the shared
+    /// [`EventLog`]), or why they could not be read.
+    pub new_events: Result<Vec<EventView>, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +288,58 @@ pub struct GenerationRow {
     pub number: u64,
     pub commit: String,
     pub vm_count: u32,
+    /// The CI job that published it (0: published by hand).
+    pub job_id: u64,
+    pub message: String,
+}
+
+impl GenerationRow {
+    fn of(g: &commands::model::GenerationView) -> GenerationRow {
+        GenerationRow {
+            project: g.project.clone(),
+            number: g.number,
+            commit: g.commit.clone(),
+            vm_count: g.vm_count,
+            job_id: g.job_id,
+            message: g.message.clone(),
+        }
+    }
+}
+
+/// One event as the feeds show it.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub when: String,
+    pub kind: String,
+    pub project: String,
+    pub vm: String,
+    pub worker: String,
+    pub generation: u64,
+    pub message: String,
+    /// Whether the viewer may open the VM's page.
+    pub link: bool,
+}
+
+/// The rows of `events` at `now_ms`; `member` says which projects' VM
+/// pages the viewer may open.
+pub fn event_rows(
+    events: &[EventView],
+    now_ms: u64,
+    member: impl Fn(&str) -> bool,
+) -> Vec<EventRow> {
+    events
+        .iter()
+        .map(|e| EventRow {
+            when: ago(now_ms.saturating_sub(e.at_ms)),
+            kind: e.kind.clone(),
+            project: e.project.clone(),
+            vm: e.vm.clone(),
+            worker: e.worker_id.clone(),
+            generation: e.generation,
+            message: e.message.clone(),
+            link: !e.vm.is_empty() && !e.project.is_empty() && member(&e.project),
+        })
+        .collect()
 }
 
 /// The cluster page: workers, their VMs, unplaced VMs, generations, with
@@ -345,12 +402,7 @@ pub fn cluster_page(snap: &Snapshot, scope: &Scope, only: Option<&str>) -> Clust
             .generations
             .iter()
             .filter(|g| shown(&g.project))
-            .map(|g| GenerationRow {
-                project: g.project.clone(),
-                number: g.number,
-                commit: g.commit.clone(),
-                vm_count: g.vm_count,
-            })
+            .map(GenerationRow::of)
             .collect(),
         addresses: scope.admin,
     }
@@ -435,12 +487,7 @@ pub fn vm_place(snap: &Snapshot, project: &str, name: &str, admin: bool) -> Opti
             .iter()
             .find(|u| u.project == project && u.name == name)
             .map(|u| u.reason.clone()),
-        generation: s.active(project).map(|g| GenerationRow {
-            project: g.project.clone(),
-            number: g.number,
-            commit: g.commit.clone(),
-            vm_count: g.vm_count,
-        }),
+        generation: s.active(project).map(GenerationRow::of),
         metrics: p.metrics,
     })
 }
@@ -677,9 +724,14 @@ async fn vm_detail_local(
     r
 }
 
+/// `listEvents` pages read per fetch: a first fetch reads the log's tail up
+/// to this many pages, later ones only what is new.
+const EVENT_PAGES: usize = 10;
+
 async fn fetch_local(
     addr: String,
     token: commands::auth::Secret,
+    after_id: u64,
 ) -> Result<Snapshot, ClusterError> {
     let client = MasterClient::connect_with_token(&addr, CONNECT_TIMEOUT, token.expose())
         .await
@@ -692,8 +744,36 @@ async fn fetch_local(
         .await
         .map_err(|_| ClusterError::Timeout)?
         .map_err(ClusterError::Projects)?;
+    // The event feed is an extra: the pages work without it.
+    let mut new_events = Ok(Vec::new());
+    let mut after = after_id;
+    for _ in 0..EVENT_PAGES {
+        match tokio::time::timeout(CALL_TIMEOUT, client.list_events(None, after, 0)).await {
+            Err(_) => {
+                new_events = Err(ClusterError::Timeout.to_string());
+                break;
+            }
+            Ok(Err(e)) => {
+                new_events = Err(commands::report::error_chain(&ClusterError::Events(e)));
+                break;
+            }
+            Ok(Ok(page)) => {
+                let Some(last) = page.last().map(|e| e.id) else {
+                    break;
+                };
+                after = last;
+                if let Ok(all) = &mut new_events {
+                    all.extend(page);
+                }
+            }
+        }
+    }
     client.close().await;
-    Ok(Snapshot { status, projects })
+    Ok(Snapshot {
+        status,
+        projects,
+        new_events,
+    })
 }
 
 /// Fetches the cluster status and the projects from the control plane at
@@ -701,11 +781,50 @@ async fn fetch_local(
 pub async fn fetch(
     addr: Option<String>,
     token: commands::auth::Secret,
+    after_event: u64,
 ) -> Result<Snapshot, ClusterError> {
     let addr = addr.ok_or(ClusterError::NotConfigured)?;
-    tokio::task::spawn_blocking(move || commands::rpc::block_on_local(fetch_local(addr, token)))
-        .await
-        .map_err(|_| ClusterError::Join)?
+    tokio::task::spawn_blocking(move || {
+        commands::rpc::block_on_local(fetch_local(addr, token, after_event))
+    })
+    .await
+    .map_err(|_| ClusterError::Join)?
+}
+
+/// A lock that outlives a panicking holder (the data are plain values).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The control plane's newest events as repohub last read them: at most
+/// [`EventLog::KEEP`], oldest first.
+#[derive(Debug, Default)]
+pub struct EventLog {
+    events: VecDeque<EventView>,
+    last_id: u64,
+    error: Option<String>,
+}
+
+impl EventLog {
+    pub const KEEP: usize = 2000;
+
+    fn add(&mut self, new: &Result<Vec<EventView>, String>) {
+        match new {
+            Ok(new) => {
+                self.error = None;
+                for e in new {
+                    if e.id > self.last_id {
+                        self.last_id = e.id;
+                        self.events.push_back(e.clone());
+                    }
+                }
+                while self.events.len() > Self::KEEP {
+                    self.events.pop_front();
+                }
+            }
+            Err(e) => self.error = Some(e.clone()),
+        }
+    }
 }
 
 /// A status (or the error fetching it, as text) and when it was fetched.
@@ -725,6 +844,8 @@ pub struct SharedStatus {
     cache: Arc<tokio::sync::Mutex<Option<Cached>>>,
     /// Every fresh snapshot, sampled.
     timeline: Arc<Mutex<Timeline>>,
+    /// The control plane's newest events.
+    events: Arc<Mutex<EventLog>>,
     /// Console reads in flight (each holds a connection and a thread).
     console_reads: Arc<tokio::sync::Semaphore>,
 }
@@ -771,15 +892,33 @@ impl SharedStatus {
                 TIMELINE_HORIZON,
             ))),
             console_reads: Arc::new(tokio::sync::Semaphore::new(CONSOLE_READS)),
+            events: Arc::new(Mutex::new(EventLog::default())),
         }
     }
 
     /// The convergence series of the projects `sees` accepts.
     pub fn series(&self, sees: impl Fn(&str) -> bool) -> Series {
-        self.timeline
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .series(sees)
+        lock(&self.timeline).series(sees)
+    }
+
+    /// The newest `n` events `sees` admits, newest first, and why the
+    /// last read failed (if it did).
+    pub fn events(
+        &self,
+        n: usize,
+        sees: impl Fn(&EventView) -> bool,
+    ) -> (Vec<EventView>, Option<String>) {
+        let log = lock(&self.events);
+        (
+            log.events
+                .iter()
+                .rev()
+                .filter(|e| sees(e))
+                .take(n)
+                .cloned()
+                .collect(),
+            log.error.clone(),
+        )
     }
 
     /// Fetches the status every TTL until `shutdown`, so the timeline is
@@ -843,15 +982,14 @@ impl SharedStatus {
         {
             return r.clone();
         }
-        let r = fetch(self.addr.clone(), self.token.clone())
+        let after = lock(&self.events).last_id;
+        let r = fetch(self.addr.clone(), self.token.clone(), after)
             .await
             .map(Arc::new)
             .map_err(|e| commands::report::error_chain(&e));
         if let Ok(snap) = &r {
-            self.timeline
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .sample(&snap.status, commands::telemetry::now_ms());
+            lock(&self.timeline).sample(&snap.status, commands::telemetry::now_ms());
+            lock(&self.events).add(&snap.new_events);
         }
         *cache = Some((Instant::now(), r.clone()));
         r

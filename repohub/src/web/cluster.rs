@@ -22,8 +22,12 @@ use super::project::{ProjectCtx, load};
 use super::{Viewer, WebError, WebResult, render};
 use crate::AppState;
 use crate::cluster::{
-    CHART_H, CHART_W, Chart, ClusterPage, Scope, VmPlace, chart, cluster_page, vm_place,
+    CHART_H, CHART_W, Chart, ClusterPage, EventRow, Scope, VmPlace, chart, cluster_page,
+    event_rows, vm_place,
 };
+
+/// Events a feed shows.
+const FEED: usize = 50;
 
 /// Console lines a VM page shows, and the most `?lines=` may ask for.
 const CONSOLE_LINES: u32 = 200;
@@ -53,6 +57,8 @@ pub(super) struct ClusterPageT {
     pub page: ClusterPage,
     pub chart: Chart,
     pub chart_box: ChartBox,
+    pub events: Vec<EventRow>,
+    pub events_error: Option<String>,
 }
 
 /// The spec as the VM page lists it.
@@ -86,6 +92,8 @@ pub(super) struct VmPageT {
     pub console_error: Option<String>,
     pub console_lines: u32,
     pub rss: String,
+    pub events: Vec<EventRow>,
+    pub events_error: Option<String>,
 }
 
 /// The projects `v` may see and those it belongs to.
@@ -115,9 +123,21 @@ async fn draw(st: &AppState, v: &Viewer, scope: Scope, ctx: Option<&ProjectCtx>)
         Ok(snap) => (None, cluster_page(&snap, &scope, only)),
         Err(e) => (Some(e), ClusterPage::default()),
     };
-    let series = st
-        .cluster
-        .series(|p| only.map_or(scope.admin || scope.visible.contains(p), |o| o == p));
+    let sees = |p: &str| only.map_or(scope.admin || scope.visible.contains(p), |o| o == p);
+    let series = st.cluster.series(sees);
+    // A worker's own events (no project) go to those shown the worker.
+    let hosts: std::collections::BTreeSet<&str> =
+        page.workers.iter().map(|w| w.id.as_str()).collect();
+    let (events, events_error) = st.cluster.events(FEED, |e| {
+        if e.project.is_empty() {
+            hosts.contains(e.worker_id.as_str())
+        } else {
+            sees(&e.project)
+        }
+    });
+    let events = event_rows(&events, commands::telemetry::now_ms(), |p| {
+        scope.admin || scope.member.contains(p)
+    });
     render(&ClusterPageT {
         title: only.map_or_else(|| "Cluster".to_owned(), |p| format!("{p} · cluster")),
         nav: v.nav(),
@@ -127,6 +147,8 @@ async fn draw(st: &AppState, v: &Viewer, scope: Scope, ctx: Option<&ProjectCtx>)
         page,
         chart: chart(&series),
         chart_box: CHART_BOX,
+        events,
+        events_error,
     })
 }
 
@@ -203,7 +225,14 @@ pub(super) async fn vm(
             commands::model::human_bytes(p.metrics.rss_bytes)
         }),
         place,
+        events: Vec::new(),
+        events_error: None,
     };
+    let (events, events_error) = st
+        .cluster
+        .events(FEED, |e| e.project == ctx.project.name && e.vm == name);
+    page.events = event_rows(&events, commands::telemetry::now_ms(), |_| true);
+    page.events_error = events_error;
     match page
         .place
         .as_ref()
