@@ -638,6 +638,8 @@ pub struct Chart {
 
 pub const CHART_W: f64 = 600.0;
 pub const CHART_H: f64 = 120.0;
+/// Room above 100 % and below 0, so a line there is not hidden by the box.
+const CHART_PAD: f64 = 4.0;
 
 pub fn chart(s: &Series) -> Chart {
     let (Some(&first), Some(&last)) = (s.at_ms.first(), s.at_ms.last()) else {
@@ -656,7 +658,10 @@ pub fn chart(s: &Series) -> Chart {
         s.at_ms
             .iter()
             .zip(ys)
-            .map(|(t, y)| format!("{:.1},{:.1}", x(*t), CHART_H - y * CHART_H))
+            .map(|(t, y)| {
+                let y = CHART_H - CHART_PAD - y * (CHART_H - 2.0 * CHART_PAD);
+                format!("{:.1},{y:.1}", x(*t))
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -993,5 +998,144 @@ impl SharedStatus {
         }
         *cache = Some((Instant::now(), r.clone()));
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commands::model::UnplacedView;
+
+    fn status(converged: &[(&str, bool)], unplaced: &[&str]) -> ClusterStatusView {
+        ClusterStatusView {
+            generations: Vec::new(),
+            convergence_percent: 0.0,
+            vms: converged
+                .iter()
+                .enumerate()
+                .map(|(i, (project, ok))| VmPlacementView {
+                    project: (*project).into(),
+                    name: format!("vm-{i}"),
+                    worker_id: "w".into(),
+                    desired_hash: "h".into(),
+                    observed_hash: "h".into(),
+                    state: None,
+                    drift: if *ok {
+                        Drift::Converged
+                    } else {
+                        Drift::Pending
+                    },
+                    metrics: Default::default(),
+                    vm_id: String::new(),
+                })
+                .collect(),
+            workers: Vec::new(),
+            unplaced: unplaced
+                .iter()
+                .map(|p| UnplacedView {
+                    project: (*p).into(),
+                    name: "u".into(),
+                    reason: "r".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_timeline_stays_bounded_and_spans_from_the_first_sample() {
+        let mut t = Timeline::new(Duration::from_secs(3), Duration::from_secs(6 * 3600));
+        let s = status(&[("a", true)], &[]);
+        // 10 hours of samples every 3 s.
+        let start = 1_000_000_000u64;
+        for i in 0..12_000u64 {
+            t.sample(&s, start + i * 3_000);
+            assert!(
+                t.len() <= Timeline::POINTS,
+                "{} points at sample {i}",
+                t.len()
+            );
+        }
+        let series = t.series(|_| true);
+        let (first, last) = (series.at_ms[0], *series.at_ms.last().unwrap());
+        assert_eq!(last, start + 11_999 * 3_000, "the newest sample is kept");
+        let span = last - first;
+        assert!(span <= 6 * 3600 * 1000, "older than the horizon: {span}");
+        assert!(
+            span >= 5 * 3600 * 1000,
+            "the ring covers most of the horizon: {span}"
+        );
+        assert!(t.len() > Timeline::POINTS / 4, "{} points", t.len());
+    }
+
+    #[test]
+    fn a_sample_within_the_bucket_replaces_the_newest_point() {
+        let mut t = Timeline::new(Duration::from_secs(3), Duration::from_secs(3600));
+        t.sample(&status(&[("a", false)], &[]), 3_000);
+        t.sample(&status(&[("a", true)], &[]), 4_000);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.series(|_| true).percent, vec![100.0]);
+        t.sample(&status(&[("a", false)], &[]), 6_000);
+        assert_eq!(t.series(|_| true).percent, vec![100.0, 0.0]);
+    }
+
+    #[test]
+    fn the_series_sums_only_the_projects_the_viewer_sees() {
+        let mut t = Timeline::new(Duration::from_secs(3), Duration::from_secs(3600));
+        t.sample(
+            &status(
+                &[("a", true), ("a", false), ("b", false), ("b", false)],
+                &["b"],
+            ),
+            3_000,
+        );
+        let a = t.series(|p| p == "a");
+        assert_eq!(a.percent, vec![50.0]);
+        assert_eq!(
+            a.counts[0],
+            Counts {
+                desired: 2,
+                converged: 1,
+                unplaced: 0
+            }
+        );
+        let all = t.series(|_| true);
+        assert_eq!(all.percent, vec![25.0]);
+        assert_eq!(all.counts[0].unplaced, 1);
+        // Nothing visible: nothing desired, so 100 % (the one definition).
+        assert_eq!(t.series(|_| false).percent, vec![100.0]);
+    }
+
+    #[test]
+    fn the_chart_maps_percent_to_the_box() {
+        let s = Series {
+            at_ms: vec![0, 60_000],
+            percent: vec![0.0, 100.0],
+            counts: vec![
+                Counts {
+                    desired: 2,
+                    ..Counts::default()
+                },
+                Counts {
+                    desired: 4,
+                    ..Counts::default()
+                },
+            ],
+        };
+        let c = chart(&s);
+        assert_eq!(c.percent, "0.0,116.0 600.0,4.0");
+        assert_eq!(c.desired, "0.0,60.0 600.0,4.0");
+        assert_eq!(c.max_vms, 4);
+        assert_eq!(c.span, "last 60 s");
+        assert_eq!(chart(&Series::default()).points, 0);
+    }
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        assert_eq!(ago(850), "850 ms ago");
+        assert_eq!(ago(12_400), "12 s ago");
+        assert_eq!(ago(117_577), "117 s ago");
+        assert_eq!(ago(240_000), "4 min ago");
+        assert_eq!(ago(3 * 3_600_000), "3 h ago");
+        assert_eq!(ago(3 * 86_400_000), "3 d ago");
     }
 }
