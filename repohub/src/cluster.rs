@@ -357,8 +357,16 @@ pub struct ClusterPage {
 }
 
 /// The cluster as `scope` may see it; `only` narrows it to one project
-/// (the project's cluster page).
-pub fn cluster_page(snap: &Snapshot, scope: &Scope, only: Option<&str>) -> ClusterPage {
+/// (the project's cluster page). `recent` names workers that ran a shown
+/// VM lately ([`SharedStatus::recent_hosts`]): they are shown too, so a
+/// worker that died and lost its VMs to others is still named, unhealthy,
+/// to the projects it ran.
+pub fn cluster_page(
+    snap: &Snapshot,
+    scope: &Scope,
+    only: Option<&str>,
+    recent: &BTreeSet<String>,
+) -> ClusterPage {
     let s = &snap.status;
     let shown = |project: &str| scope.sees(project) && only.is_none_or(|o| o == project);
     let vms: Vec<&VmPlacementView> = s.vms.iter().filter(|v| shown(&v.project)).collect();
@@ -375,7 +383,10 @@ pub fn cluster_page(snap: &Snapshot, scope: &Scope, only: Option<&str>) -> Clust
     let mut workers = Vec::new();
     for w in &s.workers {
         let groups = by_worker.remove(w.worker_id.as_str());
-        if groups.is_some() || (scope.admin && only.is_none()) {
+        if groups.is_some()
+            || (scope.admin && only.is_none())
+            || recent.contains(w.worker_id.as_str())
+        {
             workers.push(worker_card(w, scope.admin, groups));
         }
     }
@@ -796,6 +807,25 @@ pub async fn fetch(
     .map_err(|_| ClusterError::Join)?
 }
 
+/// How long a worker stays on a project's cluster page after it last ran
+/// one of the project's VMs.
+pub const HOST_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Notes which workers run which projects' VMs at `now_ms`, and forgets
+/// what is older than [`HOST_MEMORY`] (so the map is bounded by projects
+/// times workers seen within it).
+pub fn remember_hosts(
+    hosts: &mut BTreeMap<(String, String), u64>,
+    status: &ClusterStatusView,
+    now_ms: u64,
+) {
+    for v in status.vms.iter().filter(|v| !v.worker_id.is_empty()) {
+        hosts.insert((v.project.clone(), v.worker_id.clone()), now_ms);
+    }
+    let oldest = now_ms.saturating_sub(HOST_MEMORY.as_millis() as u64);
+    hosts.retain(|_, at| *at >= oldest);
+}
+
 /// A lock that outlives a panicking holder (the data are plain values).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -851,6 +881,8 @@ pub struct SharedStatus {
     timeline: Arc<Mutex<Timeline>>,
     /// The control plane's newest events.
     events: Arc<Mutex<EventLog>>,
+    /// (project, worker) → when the worker last ran a VM of the project.
+    hosts: Arc<Mutex<BTreeMap<(String, String), u64>>>,
     /// Console reads in flight (each holds a connection and a thread).
     console_reads: Arc<tokio::sync::Semaphore>,
 }
@@ -898,12 +930,23 @@ impl SharedStatus {
             ))),
             console_reads: Arc::new(tokio::sync::Semaphore::new(CONSOLE_READS)),
             events: Arc::new(Mutex::new(EventLog::default())),
+            hosts: Arc::default(),
         }
     }
 
     /// The convergence series of the projects `sees` accepts.
     pub fn series(&self, sees: impl Fn(&str) -> bool) -> Series {
         lock(&self.timeline).series(sees)
+    }
+
+    /// The workers that ran a VM of a project `sees` admits within the
+    /// last [`HOST_MEMORY`].
+    pub fn recent_hosts(&self, sees: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        lock(&self.hosts)
+            .keys()
+            .filter(|(p, _)| sees(p))
+            .map(|(_, w)| w.clone())
+            .collect()
     }
 
     /// The newest `n` events `sees` admits, newest first, and why the
@@ -995,6 +1038,11 @@ impl SharedStatus {
         if let Ok(snap) = &r {
             lock(&self.timeline).sample(&snap.status, commands::telemetry::now_ms());
             lock(&self.events).add(&snap.new_events);
+            remember_hosts(
+                &mut lock(&self.hosts),
+                &snap.status,
+                commands::telemetry::now_ms(),
+            );
         }
         *cache = Some((Instant::now(), r.clone()));
         r
@@ -1127,6 +1175,58 @@ mod tests {
         assert_eq!(c.max_vms, 4);
         assert_eq!(c.span, "last 60 s");
         assert_eq!(chart(&Series::default()).points, 0);
+    }
+
+    #[test]
+    fn a_dead_worker_stays_named_to_the_projects_it_ran() {
+        let worker = |id: &str, healthy: bool| WorkerHealthView {
+            worker_id: id.into(),
+            address: "10.1.1.1:1".into(),
+            healthy,
+            last_seen_ms_ago: if healthy { 100 } else { 20_000 },
+            capacity: Default::default(),
+            allocated: Default::default(),
+            observed_generation: 0,
+            vm_count: 0,
+            labels: Default::default(),
+            metrics: Default::default(),
+        };
+        let mut before = status(&[("a", true)], &[]);
+        before.vms[0].worker_id = "w1".into();
+        before.workers = vec![worker("w1", true), worker("w2", true), worker("w3", true)];
+        let mut hosts = BTreeMap::new();
+        remember_hosts(&mut hosts, &before, 1_000);
+        // w1 dies; a's VM moves to w2; w3 ran another project only.
+        let mut after = before.clone();
+        after.vms[0].worker_id = "w2".into();
+        after.workers[0] = worker("w1", false);
+        remember_hosts(&mut hosts, &after, 20_000);
+        let recent: BTreeSet<String> = hosts
+            .keys()
+            .filter(|(p, _)| p == "a")
+            .map(|(_, w)| w.clone())
+            .collect();
+        let snap = Snapshot {
+            status: after.clone(),
+            projects: Vec::new(),
+            new_events: Ok(Vec::new()),
+        };
+        let scope = Scope {
+            visible: ["a".to_owned()].into(),
+            ..Scope::default()
+        };
+        let page = cluster_page(&snap, &scope, None, &recent);
+        let ids: Vec<(&str, bool)> = page
+            .workers
+            .iter()
+            .map(|w| (w.id.as_str(), w.healthy))
+            .collect();
+        assert_eq!(ids, vec![("w1", false), ("w2", true)]);
+        assert!(page.workers[0].cpu.unavailable);
+        assert!(page.workers.iter().all(|w| w.address.is_empty()));
+        // An hour later w1 is forgotten.
+        remember_hosts(&mut hosts, &after, 20_000 + HOST_MEMORY.as_millis() as u64);
+        assert!(!hosts.keys().any(|(_, w)| w == "w1"));
     }
 
     #[test]

@@ -119,11 +119,14 @@ fn scope(st: &AppState, v: &Viewer) -> Result<Scope, WebError> {
 
 async fn draw(st: &AppState, v: &Viewer, scope: Scope, ctx: Option<&ProjectCtx>) -> WebResult {
     let only = ctx.map(|c| c.project.name.as_str());
+    let sees = |p: &str| only.map_or(scope.admin || scope.visible.contains(p), |o| o == p);
     let (error, page) = match st.cluster.get().await {
-        Ok(snap) => (None, cluster_page(&snap, &scope, only)),
+        Ok(snap) => {
+            let recent = st.cluster.recent_hosts(sees);
+            (None, cluster_page(&snap, &scope, only, &recent))
+        }
         Err(e) => (Some(e), ClusterPage::default()),
     };
-    let sees = |p: &str| only.map_or(scope.admin || scope.visible.contains(p), |o| o == p);
     let series = st.cluster.series(sees);
     // A worker's own events (no project) go to those shown the worker.
     let hosts: std::collections::BTreeSet<&str> =
