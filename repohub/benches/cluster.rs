@@ -123,37 +123,64 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
     (p(0.5), p(0.99), ms(*v.last().unwrap()))
 }
 
-/// One view of project `i`'s cluster panel; its server time.
-async fn view(router: &axum::Router, i: usize) -> Duration {
-    let req = Request::get(format!("/p{:03}/-/panel/cluster", i % PROJECTS))
+/// Serves `path` with `cookie`: the server time and the body.
+async fn serve(router: &axum::Router, path: &str, cookie: &str) -> (Duration, String) {
+    let req = Request::get(path)
         .header("host", "bench")
+        .header("cookie", cookie)
         .body(Body::empty())
         .unwrap();
     let t = Instant::now();
     let resp = router.clone().oneshot(req).await.unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(std::str::from_utf8(&body).unwrap().contains("web-9"));
-    t.elapsed()
+    let e = t.elapsed();
+    (e, String::from_utf8(body.to_vec()).unwrap())
 }
 
-async fn run(label: &str, ttl: Duration) {
-    let (status, projects) = cluster();
-    let master = support::FakeMaster::start_with(status, projects);
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = repohub::Config::new(dir.path().join("data"));
+/// One view of project `i`'s cluster panel; its server time.
+async fn view(router: &axum::Router, i: usize) -> Duration {
+    let path = format!("/p{:03}/-/panel/cluster", i % PROJECTS);
+    let (t, body) = serve(router, &path, "").await;
+    assert!(body.contains("web-9"));
+    t
+}
+
+/// A repohub on `master` with status TTL `ttl`, an admin `bench` with a
+/// session, and the cluster's projects (public, owned by bench); the
+/// session's cookie.
+fn hub(
+    master: &support::FakeMaster,
+    dir: &std::path::Path,
+    ttl: Duration,
+) -> (axum::Router, String) {
+    let mut config = repohub::Config::new(dir.join("data"));
     config.kdf = repohub::auth::KdfParams::insecure_for_tests();
     config.control_plane = Some(master.addr.to_string());
     config.limits.cluster_ttl = ttl;
+    config.admin = Some("bench".into());
     let state = repohub::AppState::new(&config).unwrap();
     let user = state.db.create_user("bench", "x").unwrap();
+    state.db.set_rights("bench", Some(true), None).unwrap();
+    let session = "bench-session-token-00000000000000000000000";
+    state
+        .db
+        .create_session(&repohub::auth::sha256_hex(session), user.id, 3_600_000)
+        .unwrap();
     for p in 0..PROJECTS {
         state
             .db
             .create_project(&format!("p{p:03}"), "", true, user.id)
             .unwrap();
     }
-    let router = repohub::app(state);
+    (repohub::app(state), format!("rh_session={session}"))
+}
+
+async fn run(label: &str, ttl: Duration) {
+    let (status, projects) = cluster();
+    let master = support::FakeMaster::start_with(status, projects);
+    let dir = tempfile::tempdir().unwrap();
+    let (router, _) = hub(&master, dir.path(), ttl);
     // Warm up (and the first fetch).
     for i in 0..20 {
         view(&router, i).await;
@@ -204,23 +231,13 @@ async fn time_page(router: &axum::Router, path: &str, cookie: &str) -> (Vec<Dura
     let mut times = Vec::with_capacity(PAGE_VIEWS);
     let mut size = 0;
     for i in 0..PAGE_VIEWS + 10 {
-        let req = Request::get(path)
-            .header("host", "bench")
-            .header("cookie", cookie)
-            .body(Body::empty())
-            .unwrap();
-        let t = Instant::now();
-        let resp = router.clone().oneshot(req).await.unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let e = t.elapsed();
-        let text = std::str::from_utf8(&body).unwrap();
+        let (t, text) = serve(router, path, cookie).await;
         assert!(text.contains("worker-"));
         // An admin's view shows addresses: the session was honoured.
         assert_eq!(text.contains("10.0.0."), !cookie.is_empty(), "{path}");
-        size = body.len();
+        size = text.len();
         if i >= 10 {
-            times.push(e);
+            times.push(t);
         }
     }
     (times, size)
@@ -231,26 +248,7 @@ async fn pages() {
     let (status, projects) = cluster();
     let master = support::FakeMaster::start_with(status, projects);
     let dir = tempfile::tempdir().unwrap();
-    let mut config = repohub::Config::new(dir.path().join("data"));
-    config.kdf = repohub::auth::KdfParams::insecure_for_tests();
-    config.control_plane = Some(master.addr.to_string());
-    config.admin = Some("bench".into());
-    let state = repohub::AppState::new(&config).unwrap();
-    let user = state.db.create_user("bench", "x").unwrap();
-    state.db.set_rights("bench", Some(true), None).unwrap();
-    let session = "bench-session-token-00000000000000000000000";
-    state
-        .db
-        .create_session(&repohub::auth::sha256_hex(session), user.id, 3_600_000)
-        .unwrap();
-    for p in 0..PROJECTS {
-        state
-            .db
-            .create_project(&format!("p{p:03}"), "", true, user.id)
-            .unwrap();
-    }
-    let router = repohub::app(state);
-    let admin = format!("rh_session={session}");
+    let (router, admin) = hub(&master, dir.path(), Duration::from_secs(3));
     println!(
         "\ncluster pages, {PAGE_VIEWS} views each, cached status ({} VMs on {WORKERS} workers)",
         PROJECTS * VMS_PER_PROJECT

@@ -66,7 +66,7 @@ pub struct ClusterView {
     pub commit: String,
     pub convergence: f64,
     pub vms: Vec<VmView>,
-    pub workers: Vec<WorkerView>,
+    pub workers: Vec<WorkerCard>,
     pub unplaced: Vec<(String, String)>,
     /// Whether worker addresses are shown (admins only).
     pub addresses: bool,
@@ -109,19 +109,6 @@ pub struct VmView {
     pub rss_mib: f64,
 }
 
-#[derive(Debug, Clone)]
-pub struct WorkerView {
-    pub id: String,
-    pub address: String,
-    pub healthy: bool,
-    /// "12 s ago".
-    pub last_seen: String,
-    pub cpu: String,
-    pub memory: String,
-    pub vm_count: u32,
-    pub load: f64,
-}
-
 pub fn short_hash(h: &str) -> String {
     h.chars().take(12).collect()
 }
@@ -159,20 +146,7 @@ pub fn project_view(snap: &Snapshot, project: &str, admin: bool, member: bool) -
         .iter()
         .filter(|w| hosts.contains(w.worker_id.as_str()))
     {
-        v.workers.push(WorkerView {
-            id: w.worker_id.clone(),
-            address: if admin {
-                w.address.clone()
-            } else {
-                String::new()
-            },
-            healthy: w.healthy,
-            last_seen: ago(w.last_seen_ms_ago),
-            cpu: format!("{}/{}", w.allocated.cpu, w.capacity.cpu),
-            memory: format!("{}/{} MiB", w.allocated.memory_mb, w.capacity.memory_mb),
-            vm_count: w.vm_count,
-            load: w.metrics.load_average,
-        });
+        v.workers.push(worker_card(w, admin, None));
     }
     v.unplaced = s
         .unplaced
@@ -249,6 +223,21 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// The bar's words, the same on every page.
+    pub fn text(&self) -> String {
+        if self.unavailable {
+            format!(
+                "{} {} unavailable (worker unhealthy)",
+                self.capacity, self.unit
+            )
+        } else {
+            format!(
+                "{} used, {} free of {} {}",
+                self.used, self.free, self.capacity, self.unit
+            )
+        }
+    }
+
     fn new(used: u64, capacity: u64, free: u64, healthy: bool, unit: &'static str) -> Usage {
         Usage {
             used,
@@ -271,6 +260,8 @@ pub struct WorkerCard {
     pub cpu: Usage,
     pub memory: Usage,
     pub load: f64,
+    /// VMs the worker reports running (every project's).
+    pub vm_count: u32,
     pub groups: Vec<(String, Vec<VmView>)>,
 }
 
@@ -456,6 +447,7 @@ fn worker_card(
             "MiB",
         ),
         load: w.metrics.load_average,
+        vm_count: w.vm_count,
         groups: groups
             .unwrap_or_default()
             .into_iter()

@@ -10,12 +10,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::webdriver::Driver;
+use support::{artefacts, create_admin};
 use testkit::cluster::{Cluster, ClusterOpts, WorkerOpts};
 use testkit::fs::free_port;
 use testkit::process::kill_mentioning;
@@ -109,41 +109,12 @@ async fn start_repohub(dir: &Path, c: &Cluster) -> (Proc, String) {
     (p, format!("http://127.0.0.1:{port}"))
 }
 
-/// `repohub admin create-user NAME --admin`, the password on stdin.
-fn make_admin(data: &Path, name: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repohub"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--kdf-memory-kib",
-            "1024",
-            "admin",
-            "create-user",
-            name,
-            "--admin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success(), "admin create-user failed");
-}
-
-fn artefacts() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("test-artifacts")
-        .join("repohub")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_page_names_a_dead_worker_and_the_vm_page_follows_the_console() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = start_cluster();
     publish(&c, dir.path());
-    make_admin(&dir.path().join("data"), "ops", "correct horse battery");
+    create_admin(&dir.path().join("data"), "ops", "correct horse battery");
     let (_hub, base) = start_repohub(dir.path(), &c).await;
     let url = |p: &str| format!("{base}{p}");
     let driver = Driver::start().await;

@@ -414,7 +414,7 @@ async fn the_cluster_page_shows_each_viewer_only_what_it_may_see() {
     // unavailable, not free.
     r.assert_contains(&[
         "id=\"capacity-definition\"",
-        "3 used, 5 free of 8",
+        "3 used, 5 free of 8 vCPU",
         "8 vCPU unavailable (worker unhealthy)",
     ]);
     assert!(
