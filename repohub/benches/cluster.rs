@@ -5,8 +5,15 @@
 //! (the default, a 3 s TTL) and with no cache (TTL 0: one fetch per view,
 //! what repohub did before), sequentially and with 32 viewers at once.
 //!
+//! Then the cluster pages drawn from the cached status: `/-/cluster` as an
+//! admin (every worker and VM: the biggest page) and as nobody (the public
+//! projects' VMs and their hosts), and one project's `/p000/-/cluster`,
+//! with their sizes (goal: p99 < 50 ms).
+//!
 //! Run: `cargo bench -p repohub --bench cluster`. Server time is measured in
-//! process (router + oneshot), without the browser's TCP hop.
+//! process (router + oneshot), without the browser's TCP hop. Left out: the
+//! fetch itself (one per TTL, measured above as RPCs), the browser's
+//! rendering, and the VM page's console, which is a worker RPC per view.
 
 // The figures printed on stdout are what this benchmark is for.
 #![allow(clippy::print_stdout)]
@@ -119,37 +126,64 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
     (p(0.5), p(0.99), ms(*v.last().unwrap()))
 }
 
-/// One view of project `i`'s cluster panel; its server time.
-async fn view(router: &axum::Router, i: usize) -> Duration {
-    let req = Request::get(format!("/p{:03}/-/panel/cluster", i % PROJECTS))
+/// Serves `path` with `cookie`: the server time and the body.
+async fn serve(router: &axum::Router, path: &str, cookie: &str) -> (Duration, String) {
+    let req = Request::get(path)
         .header("host", "bench")
+        .header("cookie", cookie)
         .body(Body::empty())
         .unwrap();
     let t = Instant::now();
     let resp = router.clone().oneshot(req).await.unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert!(std::str::from_utf8(&body).unwrap().contains("web-9"));
-    t.elapsed()
+    let e = t.elapsed();
+    (e, String::from_utf8(body.to_vec()).unwrap())
 }
 
-async fn run(label: &str, ttl: Duration) {
-    let (status, projects) = cluster();
-    let master = support::FakeMaster::start_with(status, projects);
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = repohub::Config::new(dir.path().join("data"));
+/// One view of project `i`'s cluster panel; its server time.
+async fn view(router: &axum::Router, i: usize) -> Duration {
+    let path = format!("/p{:03}/-/panel/cluster", i % PROJECTS);
+    let (t, body) = serve(router, &path, "").await;
+    assert!(body.contains("web-9"));
+    t
+}
+
+/// A repohub on `master` with status TTL `ttl`, an admin `bench` with a
+/// session, and the cluster's projects (public, owned by bench); the
+/// session's cookie.
+fn hub(
+    master: &support::FakeMaster,
+    dir: &std::path::Path,
+    ttl: Duration,
+) -> (axum::Router, String) {
+    let mut config = repohub::Config::new(dir.join("data"));
     config.kdf = repohub::auth::KdfParams::insecure_for_tests();
     config.control_plane = Some(master.addr.to_string());
     config.limits.cluster_ttl = ttl;
+    config.admin = Some("bench".into());
     let state = repohub::AppState::new(&config).unwrap();
     let user = state.db.create_user("bench", "x").unwrap();
+    state.db.set_rights("bench", Some(true), None).unwrap();
+    let session = "bench-session-token-00000000000000000000000";
+    state
+        .db
+        .create_session(&repohub::auth::sha256_hex(session), user.id, 3_600_000)
+        .unwrap();
     for p in 0..PROJECTS {
         state
             .db
             .create_project(&format!("p{p:03}"), "", true, user.id)
             .unwrap();
     }
-    let router = repohub::app(state);
+    (repohub::app(state), format!("rh_session={session}"))
+}
+
+async fn run(label: &str, ttl: Duration) {
+    let (status, projects) = cluster();
+    let master = support::FakeMaster::start_with(status, projects);
+    let dir = tempfile::tempdir().unwrap();
+    let (router, _) = hub(&master, dir.path(), ttl);
     // Warm up (and the first fetch).
     for i in 0..20 {
         view(&router, i).await;
@@ -193,6 +227,54 @@ async fn run(label: &str, ttl: Duration) {
     );
 }
 
+const PAGE_VIEWS: usize = 500;
+
+/// Server time of `PAGE_VIEWS` views of `path` with `cookie`; and its size.
+async fn time_page(router: &axum::Router, path: &str, cookie: &str) -> (Vec<Duration>, usize) {
+    let mut times = Vec::with_capacity(PAGE_VIEWS);
+    let mut size = 0;
+    for i in 0..PAGE_VIEWS + 10 {
+        let (t, text) = serve(router, path, cookie).await;
+        assert!(text.contains("worker-"));
+        // An admin's view shows addresses: the session was honoured.
+        assert_eq!(text.contains("10.0.0."), !cookie.is_empty(), "{path}");
+        size = text.len();
+        if i >= 10 {
+            times.push(t);
+        }
+    }
+    (times, size)
+}
+
+/// The cluster pages from the shared, cached status.
+async fn pages() {
+    let (status, projects) = cluster();
+    let master = support::FakeMaster::start_with(status, projects);
+    let dir = tempfile::tempdir().unwrap();
+    let (router, admin) = hub(&master, dir.path(), Duration::from_secs(3));
+    println!(
+        "\ncluster pages, {PAGE_VIEWS} views each, cached status ({} VMs on {WORKERS} workers)",
+        PROJECTS * VMS_PER_PROJECT
+    );
+    println!(
+        "{:<32} {:>7} {:>7} {:>8} {:>9}",
+        "page", "p50 ms", "p99 ms", "max ms", "bytes"
+    );
+    for (label, path, cookie) in [
+        (
+            "/-/cluster (admin: everything)",
+            "/-/cluster",
+            admin.as_str(),
+        ),
+        ("/-/cluster (anonymous)", "/-/cluster", ""),
+        ("/p000/-/cluster (admin)", "/p000/-/cluster", admin.as_str()),
+    ] {
+        let (times, size) = time_page(&router, path, cookie).await;
+        let (p50, p99, max) = stats(times);
+        println!("{label:<32} {p50:>7.2} {p99:>7.2} {max:>8.2} {size:>9}");
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     println!(
@@ -205,4 +287,5 @@ async fn main() {
     );
     run("shared, 3 s TTL", Duration::from_secs(3)).await;
     run("no cache (TTL 0)", Duration::ZERO).await;
+    pages().await;
 }

@@ -58,6 +58,10 @@ pub struct Config {
     pub control_plane: Option<String>,
     /// Token for the control plane's login (a `reader` token is enough).
     pub control_plane_token: commands::auth::Secret,
+    /// Token for the VM pages' spec and serial console, which reach the
+    /// VM's worker through the control plane's `getWorker` (admin tokens
+    /// only); empty: `control_plane_token`.
+    pub control_plane_console_token: commands::auth::Secret,
     pub kdf: auth::KdfParams,
     pub backoff: notify::Backoff,
     /// How often the spool is drained and due notifications are sent.
@@ -124,6 +128,7 @@ impl Config {
             ci_token: commands::auth::Secret::default(),
             control_plane: None,
             control_plane_token: commands::auth::Secret::default(),
+            control_plane_console_token: commands::auth::Secret::default(),
             kdf: auth::KdfParams::default(),
             backoff: notify::Backoff::default(),
             notify_tick: Duration::from_millis(300),
@@ -229,6 +234,7 @@ impl AppState {
             cluster: cluster::SharedStatus::new(
                 config.control_plane.clone(),
                 config.control_plane_token.clone(),
+                config.control_plane_console_token.clone(),
                 config.limits.cluster_ttl,
             ),
             metrics: metrics::HubMetrics::default(),
@@ -256,6 +262,8 @@ pub async fn run(
         config.notify_tick,
         shutdown.clone(),
     ));
+    // The convergence timeline is sampled whether or not anyone looks.
+    let sampler = tokio::spawn(state.cluster.clone().sample_forever(shutdown.clone()));
     let addr = listener.local_addr().map_err(RunError::Serve)?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "repohub listening");
     let token = shutdown.clone();
@@ -266,5 +274,6 @@ pub async fn run(
         .map_err(RunError::Serve)?;
     shutdown.cancel();
     let _ = notifier.await;
+    let _ = sampler.await;
     Ok(())
 }

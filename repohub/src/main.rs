@@ -64,6 +64,13 @@ struct Args {
     /// token; needed when the control plane has a token file).
     #[arg(long, env = "REPOHUB_CONTROL_PLANE_TOKEN_FILE")]
     control_plane_token_file: Option<PathBuf>,
+    /// File holding the token for the VM pages' spec and serial console,
+    /// which reach the VM's worker through the control plane (`getWorker`
+    /// needs an `admin` token). Default: the --control-plane-token-file
+    /// token; with a `reader` token there, the VM pages say the console is
+    /// refused and show the rest.
+    #[arg(long, env = "REPOHUB_CONTROL_PLANE_CONSOLE_TOKEN_FILE")]
+    control_plane_console_token_file: Option<PathBuf>,
     /// Argon2id memory cost in KiB (default 19456, OWASP's minimum; lower only for tests).
     #[arg(long, env = "REPOHUB_KDF_MEMORY_KIB", default_value_t = 19 * 1024)]
     kdf_memory_kib: u32,
@@ -224,6 +231,16 @@ async fn main() -> std::process::ExitCode {
             Err(e) => {
                 let e = commands::report::error_chain(&e);
                 eprintln!("repohub: --control-plane-token-file: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(p) = &args.control_plane_console_token_file {
+        match commands::auth::client_token(Some(p)) {
+            Ok(t) => config.control_plane_console_token = commands::auth::Secret::new(t),
+            Err(e) => {
+                let e = commands::report::error_chain(&e);
+                eprintln!("repohub: --control-plane-console-token-file: {e}");
                 return std::process::ExitCode::from(2);
             }
         }

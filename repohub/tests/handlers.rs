@@ -640,7 +640,9 @@ async fn cluster_panel_from_a_real_capnp_master() {
     page.assert_contains(&["Generation <strong>7</strong>", "converged 50%"]);
     page.assert_contains(&["web-1", "db-&#60;1&#62;"]);
     page.assert_contains(&["state-drifted", "0123456789ab"]);
-    page.assert_contains(&["worker-a", "unhealthy", "0/8"]);
+    // One capacity wording everywhere; the dead worker-b has none free.
+    page.assert_contains(&["worker-a", "unhealthy", "0 used, 8 free of 8 vCPU"]);
+    page.assert_contains(&["8 vCPU unavailable (worker unhealthy)"]);
     let frag = anon.get("/shop/-/panel/cluster").await;
     assert!(frag.body.contains("id=\"cluster-workers\""));
 }

@@ -19,6 +19,7 @@ fn deployed_at(commit: &str) -> ClusterStatusView {
             intent_hash: String::new(),
             vm_count: 0,
             published_at_ms: 0,
+            ..Default::default()
         }],
         convergence_percent: 100.0,
         vms: Vec::new(),

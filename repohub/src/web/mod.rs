@@ -3,6 +3,7 @@
 //! `account`, `project` and `repo`.
 
 mod account;
+mod cluster;
 mod pages;
 mod project;
 mod repo;
@@ -39,6 +40,9 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::serve))
         .route("/static/style.css", get(style_css))
         .route("/static/live.js", get(live_js))
+        .route("/static/cluster.js", get(cluster::cluster_js))
+        .route("/static/cluster.css", get(cluster::cluster_css))
+        .route("/-/cluster", get(cluster::cluster))
         .route("/signup", get(account::signup_form).post(account::signup))
         .route("/login", get(account::login_form).post(account::login))
         .route("/logout", post(account::logout))
@@ -60,6 +64,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/{project}/-/panel/ci", get(project::ci_panel))
         .route("/{project}/-/panel/cluster", get(project::cluster_panel))
+        .route("/{project}/-/cluster", get(cluster::project_cluster))
+        .route("/{project}/-/vms/{name}", get(cluster::vm))
+        .route("/{project}/-/vms/{name}/console", get(cluster::console))
         .route("/{project}/-/jobs/{id}", get(project::job))
         .route("/{project}/-/jobs/{id}/log", get(project::job_log))
         .route("/{project}/-/jobs/{id}/cancel", post(project::cancel_job))

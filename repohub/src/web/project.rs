@@ -263,7 +263,7 @@ async fn cluster_panel_data(st: &AppState, ctx: &ProjectCtx) -> ClusterPanelData
     match st.cluster.get().await {
         Ok(snap) => ClusterPanelData {
             error: None,
-            view: crate::cluster::project_view(&snap, &ctx.project.name, ctx.admin),
+            view: crate::cluster::project_view(&snap, &ctx.project.name, ctx.admin, ctx.member()),
         },
         Err(e) => ClusterPanelData {
             error: Some(e),

@@ -738,6 +738,46 @@ impl FakeMaster {
     }
 }
 
+// ---------------------------------------------------------------- browser tests
+
+/// `repohub admin create-user NAME --admin` on `data` (the real binary, as
+/// an operator runs it), the password on stdin.
+pub(crate) fn create_admin(data: &Path, name: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repohub"))
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--kdf-memory-kib",
+            "1024",
+            "admin",
+            "create-user",
+            name,
+            "--admin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "admin create-user failed");
+}
+
+/// Where the browser tests keep their screenshots:
+/// `<target>/test-artifacts/repohub/`.
+pub(crate) fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join("test-artifacts").join("repohub")
+}
+
 // ---------------------------------------------------------------- real server
 
 /// `repohub::run` on a loopback port, stopped on drop (the guard cancels its

@@ -248,6 +248,21 @@ impl Session<'_> {
             .await;
     }
 
+    /// How many CSS pixels the page is wider than the viewport (0: no
+    /// horizontal scroll), for the cluster pages' layout check.
+    pub(crate) async fn horizontal_overflow(&self) -> i64 {
+        let script =
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;";
+        let v = self
+            .cmd(
+                "POST",
+                "/execute/sync",
+                Some(json!({ "script": script, "args": [] })),
+            )
+            .await;
+        v.as_i64().expect("a number of pixels")
+    }
+
     /// Saves a PNG of the viewport as `<shots>/<name>.png`.
     pub(crate) async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
