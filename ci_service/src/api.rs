@@ -6,7 +6,8 @@
 //! `Authorization: Bearer`; the push hook has its own secret; `/healthz`
 //! and `/metrics` (counts and durations only) are open. `DELETE
 //! /jobs/{id}` cancels a job and needs an `admin` token (anyone on
-//! loopback when there is no token file, as for reads).
+//! loopback when there is no token file, as for reads); so does `POST
+//! /jobs/{id}/rerun`, which queues an ended job's push again.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/log", get(job_log))
         .route("/jobs/{id}", delete(cancel))
+        .route("/jobs/{id}/rerun", post(rerun))
         .route("/generations", get(generations))
         .route_layer(middleware::from_fn_with_state(state.clone(), need_reader));
     Router::new()
@@ -284,6 +286,51 @@ async fn cancel(
             StatusCode::CONFLICT,
             format!("job {id} already ended {other}"),
         ),
+    }
+}
+
+/// `POST /jobs/{id}/rerun` (admin): queues the job's push again, the same
+/// commit of the same ref, as a new job (202 with its id, as a push
+/// answers). Re-running is the push again rather than a reset of the old
+/// job, so the old job's log and state stay as they ended. A job that has
+/// not ended answers 409: it is still going to build that commit.
+async fn rerun(
+    State(s): State<AppState>,
+    axum::Extension(grant): axum::Extension<Grant>,
+    Path(id): Path<i64>,
+) -> Response {
+    let job = match s.db.job(id) {
+        Ok(Some(j)) => j,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => return internal(Some(id), &e),
+    };
+    if grant.role != Role::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("a {grant} token may not re-run job {id}: re-running needs an admin token"),
+        );
+    }
+    if !job.state.is_final() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("job {id} is still {}; it has not ended", job.state),
+        );
+    }
+    match s.db.requeue(id) {
+        Ok(Some(new)) => {
+            tracing::info!(job_id = new, rerun_of = id, by = %grant, commit = %job.commit, "job re-run");
+            s.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(PushReply {
+                    job_id: Some(new),
+                    reason: None,
+                }),
+            )
+                .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => internal(Some(id), &e),
     }
 }
 
