@@ -304,6 +304,8 @@ pub(crate) struct FakeCiState {
     /// When non-zero, every job log is this many bytes of numbered lines
     /// (a job that prints without end).
     pub log_bytes: std::sync::atomic::AtomicUsize,
+    /// Cancels and re-runs asked of it ("cancel 3", "rerun 3"), in order.
+    pub actions: Mutex<Vec<String>>,
     next_id: AtomicI64,
 }
 
@@ -340,12 +342,14 @@ impl FakeCi {
             jobs: Mutex::new(Vec::new()),
             unauthorized: AtomicI64::new(0),
             log_bytes: std::sync::atomic::AtomicUsize::new(0),
+            actions: Mutex::new(Vec::new()),
             next_id: AtomicI64::new(1),
         });
         let app = Router::new()
             .route("/hooks/push", post(ci_push))
             .route("/jobs", get(ci_jobs))
-            .route("/jobs/{id}", get(ci_job))
+            .route("/jobs/{id}", get(ci_job).delete(ci_cancel))
+            .route("/jobs/{id}/rerun", post(ci_rerun))
             .route("/jobs/{id}/log", get(ci_log))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -379,6 +383,21 @@ impl FakeCi {
             state,
         ));
         id
+    }
+
+    /// A job of `repo` that built `commit`, ending (or not) in `state`.
+    pub(crate) fn add_commit_job(&self, repo: &str, commit: &str, state: &str) -> i64 {
+        let id = self.state.next_id.fetch_add(1, Ordering::SeqCst);
+        self.state
+            .jobs
+            .lock()
+            .unwrap()
+            .push(job_json(id, repo, "refs/heads/main", commit, state));
+        id
+    }
+
+    pub(crate) fn actions(&self) -> Vec<String> {
+        self.state.actions.lock().unwrap().clone()
     }
 
     pub(crate) fn pushes(&self) -> Vec<Value> {
@@ -426,6 +445,38 @@ async fn ci_push(
     (StatusCode::ACCEPTED, axum::Json(json!({ "job_id": id }))).into_response()
 }
 
+/// `DELETE /jobs/{id}`: a running job is being cancelled (202), as
+/// ci_service answers.
+async fn ci_cancel(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
+    s.actions.lock().unwrap().push(format!("cancel {id}"));
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "id": id, "state": "running" })),
+    )
+        .into_response()
+}
+
+/// `POST /jobs/{id}/rerun`: the same push again as a new, queued job.
+async fn ci_rerun(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
+    s.actions.lock().unwrap().push(format!("rerun {id}"));
+    let old = s
+        .jobs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .cloned();
+    let Some(old) = old else {
+        return (StatusCode::NOT_FOUND, "no such job").into_response();
+    };
+    let new = s.next_id.fetch_add(1, Ordering::SeqCst);
+    let mut j = old;
+    j["id"] = json!(new);
+    j["state"] = json!("queued");
+    s.jobs.lock().unwrap().push(j);
+    (StatusCode::ACCEPTED, axum::Json(json!({ "jobId": new }))).into_response()
+}
+
 async fn ci_jobs(
     State(s): State<Arc<FakeCiState>>,
     Query(q): Query<BTreeMap<String, String>>,
@@ -449,6 +500,9 @@ async fn ci_jobs(
 }
 
 async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
+    if !s.up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
     let found = s
         .jobs
         .lock()
