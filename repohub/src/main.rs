@@ -218,6 +218,13 @@ async fn main() -> std::process::ExitCode {
     let mut config = repohub::Config::new(args.data_dir);
     config.ci_url = args.ci_url;
     config.ci_secret = secret;
+    // The links go into pages as they are: only a web address may.
+    if let Some(u) = args.cache_url.as_deref().filter(|u| {
+        !(u.starts_with("http://") || u.starts_with("https://")) || u.parse::<http::Uri>().is_err()
+    }) {
+        eprintln!("repohub: --cache-url: {u:?} is not an http:// or https:// URL");
+        return std::process::ExitCode::from(2);
+    }
     config.cache_url = args.cache_url;
     config.control_plane = args.control_plane;
     if let Some(p) = &args.ci_token_file {

@@ -608,8 +608,10 @@ async fn ci_panel_jobs_specs_job_page_and_log_proxy() {
             .contains("nix build failed: &#60;b&#62;boom&#60;/b&#62;")
     );
     job.assert_contains(&["evaluating flake", "&#60;script&#62;alert(1)"]);
-    // The job has ended: its log is on the page whole, nothing to follow.
-    assert!(!job.body.contains("data-follow="));
+    assert!(
+        job.body
+            .contains(&format!("data-follow=\"/p/-/jobs/{failed}/log?follow=1\""))
+    );
     let log = ann.get(&format!("/p/-/jobs/{failed}/log?follow=1")).await;
     assert_eq!(log.status, StatusCode::OK);
     assert!(log.header("content-type").starts_with("text/plain"));

@@ -73,10 +73,11 @@ fn step_ms(t: &commands::ci_api::Timings) -> [Option<u64>; 6] {
     ]
 }
 
-/// "0.4 s", "12 s", "3 min 5 s".
+/// "8 ms", "1.4 s", "12 s", "3 min 5 s".
 fn human_ms(ms: u64) -> String {
     match ms {
-        0..10_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        0..1_000 => format!("{ms} ms"),
+        1_000..10_000 => format!("{:.1} s", ms as f64 / 1000.0),
         10_000..120_000 => format!("{} s", ms / 1000),
         _ => format!("{} min {} s", ms / 60_000, ms / 1000 % 60),
     }
@@ -514,7 +515,7 @@ mod tests {
         let s = stages(&job(JobState::Succeeded, t), 0);
         assert_eq!(s.len(), 6);
         assert!(s.iter().all(|s| s.state == "done"));
-        assert_eq!(s[5].label, "publish 0.1 s");
+        assert_eq!(s[5].label, "publish 60 ms");
         let mut q = job(JobState::Queued, Timings::default());
         q.started_at_ms = None;
         q.finished_at_ms = None;
@@ -545,7 +546,8 @@ mod tests {
 
     #[test]
     fn durations_read_as_people_say_them() {
-        assert_eq!(human_ms(420), "0.4 s");
+        assert_eq!(human_ms(420), "420 ms");
+        assert_eq!(human_ms(1_420), "1.4 s");
         assert_eq!(human_ms(12_300), "12 s");
         assert_eq!(human_ms(185_000), "3 min 5 s");
     }

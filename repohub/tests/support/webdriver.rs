@@ -249,6 +249,22 @@ impl Session<'_> {
     }
 
     /// Saves a PNG of the viewport as `<shots>/<name>.png`.
+    /// The CI pages' layout check: the page scrolls only vertically (at
+    /// the session's 1280 px width).
+    pub(crate) async fn ci_page_fits_width(&self) -> bool {
+        let v = self
+            .cmd(
+                "POST",
+                "/execute/sync",
+                Some(json!({
+                    "script": "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;",
+                    "args": []
+                })),
+            )
+            .await;
+        v == Value::Bool(true)
+    }
+
     pub(crate) async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
