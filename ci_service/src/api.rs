@@ -223,6 +223,33 @@ async fn job(State(s): State<AppState>, Path(id): Path<i64>) -> Response {
     Json(job).into_response()
 }
 
+/// Job `id` for an action only an admin may take (`what`: the verb and
+/// its -ing form, for the refusal); 404 before 403, as for reads.
+fn admin_job(
+    s: &AppState,
+    grant: &Grant,
+    id: i64,
+    (verb, doing): (&str, &str),
+) -> Result<commands::ci_api::Job, Box<Response>> {
+    let job = match s.db.job(id) {
+        Ok(Some(j)) => j,
+        Ok(None) => {
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("no job {id}"),
+            )));
+        }
+        Err(e) => return Err(Box::new(internal(Some(id), &e))),
+    };
+    if grant.role != Role::Admin {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            format!("a {grant} token may not {verb} job {id}: {doing} needs an admin token"),
+        )));
+    }
+    Ok(job)
+}
+
 /// `DELETE /jobs/{id}`: a queued job ends `cancelled` now; a running one
 /// is stopped by the runner (202, `running`) and ends `cancelled` once its
 /// nix is gone, unless it already reached publish, which it finishes. A
@@ -232,17 +259,10 @@ async fn cancel(
     axum::Extension(grant): axum::Extension<Grant>,
     Path(id): Path<i64>,
 ) -> Response {
-    let job = match s.db.job(id) {
-        Ok(Some(j)) => j,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(Some(id), &e),
+    let job = match admin_job(&s, &grant, id, ("cancel", "cancelling")) {
+        Ok(j) => j,
+        Err(resp) => return *resp,
     };
-    if grant.role != Role::Admin {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("a {grant} token may not cancel job {id}: cancelling needs an admin token"),
-        );
-    }
     if job.state.is_final() {
         return (
             StatusCode::CONFLICT,
@@ -299,17 +319,10 @@ async fn rerun(
     axum::Extension(grant): axum::Extension<Grant>,
     Path(id): Path<i64>,
 ) -> Response {
-    let job = match s.db.job(id) {
-        Ok(Some(j)) => j,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(Some(id), &e),
+    let job = match admin_job(&s, &grant, id, ("re-run", "re-running")) {
+        Ok(j) => j,
+        Err(resp) => return *resp,
     };
-    if grant.role != Role::Admin {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("a {grant} token may not re-run job {id}: re-running needs an admin token"),
-        );
-    }
     if !job.state.is_final() {
         return error(
             StatusCode::CONFLICT,

@@ -10,11 +10,10 @@
 mod support;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::webdriver::Driver;
+use support::webdriver::{Driver, artefacts};
 use support::{CI_SECRET, FakeCi, FakeMaster, auth_url, push_main, work_repo};
 use testkit::fs::free_port;
 use testkit::{Log, Proc};
@@ -78,17 +77,6 @@ fn create_admin(data: &std::path::Path, name: &str, password: &str) {
     writeln!(stdin, "{password}").unwrap();
     drop(stdin);
     assert!(child.wait().unwrap().success(), "admin create-user failed");
-}
-
-fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("test-artifacts").join("repohub")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

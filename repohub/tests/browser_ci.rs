@@ -11,27 +11,15 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::webdriver::{Driver, Session};
-use support::{CI_SECRET, app_and_server, git_async, push_main, work_repo};
+use support::webdriver::{Driver, Session, artefacts};
+use support::{app_and_server, git_async, push_main, work_repo};
 use testkit::fs::{copy_tree, example_dir};
 
 const PW: &str = "correct horse battery";
 /// An `admin` token of ci_service's API: repohub may cancel and re-run.
 const CI_ADMIN: &str = "ci-api-admin-token-for-repohub-0123456789ab";
-
-fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("test-artifacts").join("repohub")
-}
 
 /// The newest job of the repository at `repo` that satisfies `pred`.
 async fn job_where(
@@ -63,30 +51,12 @@ async fn shot(b: &Session<'_>, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_from_push_to_success_and_a_flake_generated_and_committed_from_the_page() {
     let nix = repo_outils::testing::HermeticNix::new().unwrap();
-    let mut ci_config = ci_service::Config::new(nix.dir().join("ci"));
-    ci_config.nix_conf_dir = Some(nix.conf_dir());
-    ci_config.hook_secret = Some(CI_SECRET.into());
-    ci_config.api_auth = commands::auth::Authenticator::parse(
-        &format!("admin {CI_ADMIN}\n"),
-        std::path::Path::new("ci-api-tokens"),
-        ci_service::api::API_ROLES,
-    )
-    .unwrap();
-    let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ci_url = format!("http://{}", ci_listener.local_addr().unwrap());
-    let ci_stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(ci_service::run(ci_config, ci_listener, ci_stop.clone()));
-    let _stop = ci_stop.drop_guard();
+    let (ci_url, _stop) = support::real_ci_service(&nix, &format!("admin {CI_ADMIN}\n")).await;
     let ci = repohub::ci::client(Some(ci_url.clone()), None)
         .unwrap()
         .with_read_token(Some(CI_ADMIN.into()));
 
-    let edit = |c: &mut repohub::Config| {
-        c.ci_url = Some(ci_url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-        c.ci_token = commands::auth::Secret::new(CI_ADMIN);
-    };
-    let (app, srv) = app_and_server(edit).await;
+    let (app, srv) = app_and_server(support::ci_at(&ci_url, CI_ADMIN)).await;
     let mut ann = app.client();
     ann.signup("ann", PW).await;
     ann.create_project("demo", true).await;

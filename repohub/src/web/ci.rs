@@ -59,6 +59,20 @@ async fn project_job(st: &AppState, ctx: &ProjectCtx, id: i64) -> Result<(Job, S
     Ok((job, name))
 }
 
+/// The project `name` as `v` may see it and its job `id` (as written in
+/// the URL), with the job's repository name.
+async fn viewed_job(
+    st: &AppState,
+    v: &Viewer,
+    name: &str,
+    id: &str,
+) -> Result<(ProjectCtx, Job, String), WebError> {
+    let ctx = load(st, v, name)?;
+    let id = job_id(id)?;
+    let (job, repo) = project_job(st, &ctx, id).await?;
+    Ok((ctx, job, repo))
+}
+
 /// The steps of a job in order, as `Timings` names them.
 const STEPS: [&str; 6] = ["queue", "fetch", "eval", "build", "upload", "publish"];
 
@@ -210,9 +224,8 @@ pub(super) async fn job(
     v: Viewer,
     Path((name, id)): Path<(String, String)>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    let id = job_id(&id)?;
-    let (job, repo_name) = project_job(&st, &ctx, id).await?;
+    let (ctx, job, repo_name) = viewed_job(&st, &v, &name, &id).await?;
+    let id = job.id;
     // The log as it is now, so the page is complete without JavaScript:
     // streamed, keeping only its tail, so a huge log never sits in memory.
     let log = match st.ci.log_stream(id, false).await {
@@ -254,9 +267,7 @@ pub(super) async fn job_summary(
     v: Viewer,
     Path((name, id)): Path<(String, String)>,
 ) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    let id = job_id(&id)?;
-    let (job, repo_name) = project_job(&st, &ctx, id).await?;
+    let (ctx, job, repo_name) = viewed_job(&st, &v, &name, &id).await?;
     let mut resp = render(&JobSummaryPart {
         s: summary(&v, &ctx, &job, &repo_name),
     })?;
@@ -288,6 +299,21 @@ fn refused(id: i64, what: &str, e: &CiError) -> WebError {
     }
 }
 
+/// A member's form post about job `id` (from the URL) of project `name`:
+/// who may post is checked first, then that the job is the project's.
+async fn posted_job(
+    st: &AppState,
+    v: &Viewer,
+    name: &str,
+    id: &str,
+    csrf: &str,
+) -> Result<(ProjectCtx, i64), WebError> {
+    let ctx = load_for_post(st, v, name, May::Member, csrf)?;
+    let id = job_id(id)?;
+    project_job(st, &ctx, id).await?;
+    Ok((ctx, id))
+}
+
 /// The job page's Cancel button: a project member asks ci_service to
 /// cancel one of the project's jobs (`DELETE /jobs/{id}`, with repohub's
 /// ci_service token, which must be an `admin` one of its
@@ -296,9 +322,7 @@ pub(super) async fn cancel_job(
     Path((name, id)): Path<(String, String)>,
     Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
-    let ctx = load_for_post(&st, &v, &name, May::Member, &f.csrf)?;
-    let id = job_id(&id)?;
-    project_job(&st, &ctx, id).await?;
+    let (ctx, id) = posted_job(&st, &v, &name, &id, &f.csrf).await?;
     st.ci
         .cancel(id)
         .await
@@ -314,9 +338,7 @@ pub(super) async fn rerun_job(
     Path((name, id)): Path<(String, String)>,
     Post { st, v, form: f }: Post<CsrfForm>,
 ) -> WebResult {
-    let ctx = load_for_post(&st, &v, &name, May::Member, &f.csrf)?;
-    let id = job_id(&id)?;
-    project_job(&st, &ctx, id).await?;
+    let (ctx, id) = posted_job(&st, &v, &name, &id, &f.csrf).await?;
     let reply = st
         .ci
         .rerun(id)

@@ -296,6 +296,40 @@ pub(crate) fn rand_suffix() -> String {
 
 // ---------------------------------------------------------------- ci_service
 
+/// The real ci_service in process, on loopback, with `nix`'s hermetic
+/// configuration, the hook secret [`CI_SECRET`] and `api_tokens` (lines
+/// of its `--api-token-file`); returns its URL and a guard that stops it.
+pub(crate) async fn real_ci_service(
+    nix: &repo_outils::testing::HermeticNix,
+    api_tokens: &str,
+) -> (String, DropGuard) {
+    let mut ci_config = ci_service::Config::new(nix.dir().join("ci"));
+    ci_config.nix_conf_dir = Some(nix.conf_dir());
+    ci_config.hook_secret = Some(CI_SECRET.into());
+    ci_config.api_auth = commands::auth::Authenticator::parse(
+        api_tokens,
+        Path::new("ci-api-tokens"),
+        ci_service::api::API_ROLES,
+    )
+    .unwrap();
+    let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ci_url = format!("http://{}", ci_listener.local_addr().unwrap());
+    let ci_stop = CancellationToken::new();
+    tokio::spawn(ci_service::run(ci_config, ci_listener, ci_stop.clone()));
+    (ci_url, ci_stop.drop_guard())
+}
+
+/// Points repohub at the ci_service at `url` with the hook secret and
+/// `token` for its API.
+pub(crate) fn ci_at(url: &str, token: &str) -> impl Fn(&mut Config) + use<> {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    move |c| {
+        c.ci_url = Some(url.clone());
+        c.ci_secret = Some(CI_SECRET.into());
+        c.ci_token = commands::auth::Secret::new(token.clone());
+    }
+}
+
 pub(crate) struct FakeCiState {
     pub up: AtomicBool,
     pub pushes: Mutex<Vec<Value>>,
@@ -445,6 +479,17 @@ async fn ci_push(
     (StatusCode::ACCEPTED, axum::Json(json!({ "job_id": id }))).into_response()
 }
 
+impl FakeCiState {
+    fn job(&self, id: i64) -> Option<Value> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .cloned()
+    }
+}
+
 /// `DELETE /jobs/{id}`: a running job is being cancelled (202), as
 /// ci_service answers.
 async fn ci_cancel(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
@@ -459,14 +504,7 @@ async fn ci_cancel(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>)
 /// `POST /jobs/{id}/rerun`: the same push again as a new, queued job.
 async fn ci_rerun(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
     s.actions.lock().unwrap().push(format!("rerun {id}"));
-    let old = s
-        .jobs
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"] == id)
-        .cloned();
-    let Some(old) = old else {
+    let Some(old) = s.job(id) else {
         return (StatusCode::NOT_FOUND, "no such job").into_response();
     };
     let new = s.next_id.fetch_add(1, Ordering::SeqCst);
@@ -503,14 +541,7 @@ async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) ->
     if !s.up.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
-    let found = s
-        .jobs
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"] == id)
-        .cloned();
-    match found {
+    match s.job(id) {
         None => (StatusCode::NOT_FOUND, "no such job").into_response(),
         Some(mut j) => {
             if j["state"] == "succeeded" {

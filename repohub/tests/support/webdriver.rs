@@ -63,6 +63,19 @@ fn require(path: &str) {
     );
 }
 
+/// Where browser tests keep their screenshots (CI artifacts):
+/// `<target>/test-artifacts/repohub/`.
+pub(crate) fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join("test-artifacts").join("repohub")
+}
+
 impl Driver {
     pub(crate) async fn start() -> Driver {
         require(CHROMIUM);
