@@ -357,7 +357,7 @@ async fn generations(State(s): State<AppState>) -> Response {
 async fn health(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({
         "ok": true,
-        "control_plane_connected": s.publisher.is_connected(),
+        "controlPlaneConnected": s.publisher.is_connected(),
         "republished": s.publisher.republish_count(),
     }))
     .into_response()

@@ -30,8 +30,11 @@ pub enum DbError {
 /// `JobState::as_str`, the `timings` column the JSON of `Timings`.
 pub use commands::ci_api::{Job, JobState, Timings};
 
-/// One published (or publishable) generation of one project.
+/// One published (or publishable) generation of one project; `GET
+/// /generations` shows it camelCase (`jobId`, `intentHash`,
+/// `createdAtMs`) like every Procurator JSON.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Generation {
     pub project: String,
     pub number: i64,

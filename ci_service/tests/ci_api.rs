@@ -155,6 +155,9 @@ fn push_builds_and_failures_are_explained() {
         1,
         "failures made no generation: {gens}"
     );
+    // camelCase, as every Procurator JSON.
+    assert_eq!(gens[0]["jobId"], id, "{gens}");
+    assert!(gens[0]["intentHash"].is_string() && gens[0]["createdAtMs"].is_i64());
     let jobs = get_json(&format!("{url}/jobs?limit=2"));
     assert_eq!(jobs.as_array().unwrap().len(), 2);
     assert_eq!(jobs[0]["id"], id5, "newest first");

@@ -340,6 +340,8 @@ pub(crate) struct FakeCiState {
     pub log_bytes: std::sync::atomic::AtomicUsize,
     /// Cancels and re-runs asked of it ("cancel 3", "rerun 3"), in order.
     pub actions: Mutex<Vec<String>>,
+    /// How many job lists (`GET /jobs`) it answered.
+    pub list_calls: AtomicI64,
     next_id: AtomicI64,
 }
 
@@ -377,6 +379,7 @@ impl FakeCi {
             unauthorized: AtomicI64::new(0),
             log_bytes: std::sync::atomic::AtomicUsize::new(0),
             actions: Mutex::new(Vec::new()),
+            list_calls: AtomicI64::new(0),
             next_id: AtomicI64::new(1),
         });
         let app = Router::new()
@@ -522,6 +525,7 @@ async fn ci_jobs(
     if !s.up.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
+    s.list_calls.fetch_add(1, Ordering::SeqCst);
     let repo = q.get("repo").cloned().unwrap_or_default();
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
     let jobs: Vec<Value> = s
