@@ -119,7 +119,9 @@ async fn main() {
             assert!(resp.status().is_success(), "{path}: {}", resp.status());
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             times.push(t.elapsed());
-            badges = String::from_utf8_lossy(&body).matches("class=\"badge ").count();
+            badges = String::from_utf8_lossy(&body)
+                .matches("class=\"badge ")
+                .count();
         }
         let calls = ci.state.list_calls.load(Ordering::SeqCst) - calls0;
         let (p50, p99, max) = stats(times);

@@ -188,3 +188,29 @@ async fn commits_and_branches_show_their_ci_state_from_one_job_list() {
     assert_eq!(log.status, StatusCode::OK);
     log.assert_contains(&["id=\"ci-badges-unavailable\"", "CI status unavailable"]);
 }
+
+#[tokio::test]
+async fn built_derivations_link_their_logs_at_the_cache_once_uploaded() {
+    let ci = FakeCi::start().await;
+    let app = TestApp::new(|c| {
+        c.ci_url = Some(ci.url());
+        c.cache_url = Some("http://cache.example:7200/".into());
+    });
+    let mut ann = ann_with_repo(&app).await;
+    let path = app.state.repo_dir("p", "r").to_string_lossy().into_owned();
+    let drv = "0123456789abcdfghijklmnpqrsvwxyz-web-disk.img.drv";
+    // Not deployed (no upload step): named, not linked.
+    let failed = ci.add_job(&path, "failed");
+    let page = ann.get(&format!("/p/-/jobs/{failed}")).await;
+    page.assert_contains(&["id=\"drv-logs\"", drv, "id=\"drv-logs-note\""]);
+    assert!(!page.body.contains("cache.example"), "{}", page.body);
+    // Succeeded with its upload step: each links the cache's /log/<drv>.
+    let ok = ci.add_job(&path, "succeeded");
+    for j in ci.state.jobs.lock().unwrap().iter_mut() {
+        if j["id"] == ok {
+            j["timings"] = serde_json::json!({"uploadMs": 5});
+        }
+    }
+    let page = ann.get(&format!("/p/-/jobs/{ok}")).await;
+    page.assert_contains(&[&format!("href=\"http://cache.example:7200/log/{drv}\"")]);
+}

@@ -583,6 +583,7 @@ async fn ci_log(
     let lines = vec![
         format!("job {id}: evaluating flake\n"),
         "building 1 derivation <script>alert(1)</script>\n".to_owned(),
+        "building '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-web-disk.img.drv'...\n".to_owned(),
         "published generation\n".to_owned(),
     ];
     let stream = futures::stream::iter(lines).then(move |l| async move {
