@@ -223,8 +223,22 @@ pub async fn run(
         tracing::warn!(requeued, "re-queued jobs a previous run left running");
     }
     let db = Arc::new(db);
+    // A previous run killed with `kill -9` left its nix children running
+    // (they have process groups of their own); the jobs it ran are re-queued
+    // above, so its `nix copy` would race theirs to the cache.
+    let groups = dd.join("nix-groups");
+    let registry = groups.clone();
+    let stopped =
+        tokio::task::spawn_blocking(move || repo_outils::nix::stop_leftover_groups(&registry))
+            .await
+            .unwrap_or(0);
+    if stopped > 0 {
+        tracing::warn!(stopped, "stopped nix processes a previous run left running");
+    }
 
-    let mut nix = Nix::new().with_cache_home(dd.join("nix-cache"));
+    let mut nix = Nix::new()
+        .with_cache_home(dd.join("nix-cache"))
+        .with_group_registry(groups);
     if let Some(c) = &config.nix_conf_dir {
         nix = nix.with_conf_dir(c);
     }

@@ -914,23 +914,35 @@ pub async fn upload(
         return Ok(());
     };
     log.line(&format!("copying the closure to {} (zstd)", cache.url));
-    let copied = {
-        let mut sink = |l: &str| log.line(l);
-        nix.copy_to(
-            &cache.url,
-            &closure.paths,
-            "zstd",
-            cache.netrc.as_deref(),
-            Some(&mut sink),
-        )
-        .await
-    };
-    if let Err(e) = copied {
+    // A copy that fails while the cache answers is tried once more at once:
+    // nix 2.8 aborts a copy ("coroutine has finished") when another client
+    // uploads one of the same paths meanwhile (two projects building one
+    // derivation), and the second copy skips what is now there.
+    let mut attempt = 1;
+    loop {
+        let copied = {
+            let mut sink = |l: &str| log.line(l);
+            nix.copy_to(
+                &cache.url,
+                &closure.paths,
+                "zstd",
+                cache.netrc.as_deref(),
+                Some(&mut sink),
+            )
+            .await
+        };
+        let Err(e) = copied else { break };
         let summary = summary(&e);
-        return Err(match probe_cache(&cache.url).await {
-            Some(why) => JobError::CacheUnavailable { why, summary },
-            None => JobError::Upload { summary },
-        });
+        match probe_cache(&cache.url).await {
+            Some(why) => return Err(JobError::CacheUnavailable { why, summary }),
+            None if attempt < COPY_ATTEMPTS => {
+                log.line(&format!(
+                    "copy failed while the cache answers ({summary}); copying again"
+                ));
+                attempt += 1;
+            }
+            None => return Err(JobError::Upload { summary }),
+        }
     }
     match crate::build_logs::upload(nix, &cache.url, cache.netrc.as_deref(), &closure.paths).await {
         Ok(r) => {
@@ -948,6 +960,9 @@ pub async fn upload(
     log.line(&format!("pinned as {pin} ({} ms)", ms(t.elapsed())));
     Ok(())
 }
+
+/// Copies tried while the cache answers (see `upload`).
+const COPY_ATTEMPTS: u32 = 2;
 
 /// How long the cache may take to answer the probe after a failed copy.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

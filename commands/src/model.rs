@@ -113,8 +113,17 @@ pub struct WorkerHealthView {
 }
 
 impl WorkerHealthView {
-    /// Capacity not yet allocated by the scheduler.
+    /// Capacity the scheduler can still place on: capacity minus what is
+    /// allocated on a healthy worker, nothing on an unhealthy one (its VMs
+    /// are moved away and nothing new goes there). Every surface (`pcr
+    /// workers`, repohub's cluster page) shows this one number as free.
     pub fn free(&self) -> Resources {
+        if !self.healthy {
+            return Resources {
+                cpu: 0,
+                memory_mb: 0,
+            };
+        }
         Resources {
             cpu: self.capacity.cpu.saturating_sub(self.allocated.cpu),
             memory_mb: self
@@ -263,5 +272,38 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(healthy: bool) -> WorkerHealthView {
+        WorkerHealthView {
+            worker_id: "host-a".into(),
+            address: "127.0.0.1:6000".into(),
+            healthy,
+            last_seen_ms_ago: 0,
+            capacity: Resources {
+                cpu: 4,
+                memory_mb: 4096,
+            },
+            allocated: Resources {
+                cpu: 1,
+                memory_mb: 1024,
+            },
+            observed_generation: 1,
+            vm_count: 1,
+            labels: Labels::default(),
+            metrics: WorkerMetricsView::default(),
+        }
+    }
+
+    #[test]
+    fn free_is_unallocated_capacity_of_a_healthy_worker_and_none_of_a_dead_one() {
+        let free = |w: WorkerHealthView| (w.free().cpu, w.free().memory_mb);
+        assert_eq!(free(worker(true)), (3, 3072));
+        assert_eq!(free(worker(false)), (0, 0));
     }
 }

@@ -191,6 +191,10 @@ pub struct Nix {
     store_root: Option<PathBuf>,
     options: Vec<(String, String)>,
     timeout: Option<Duration>,
+    /// Where each running nix process group is recorded, so that the next
+    /// run of the service stops the groups a crashed run left behind (see
+    /// [`Nix::with_group_registry`]).
+    registry: Option<PathBuf>,
     /// Set for untrusted code: the restricted settings, a scrubbed
     /// environment, locked inputs only, and maybe another user.
     untrusted: Option<Untrusted>,
@@ -240,6 +244,7 @@ impl Nix {
             store_root: None,
             options: Vec::new(),
             timeout: None,
+            registry: None,
             untrusted: None,
         }
     }
@@ -376,6 +381,17 @@ impl Nix {
     }
 
     /// Kills a call that runs longer than this.
+    /// Records every nix process group this nix starts as a file in `dir`
+    /// (named by its process id, holding the process's start time) while
+    /// it runs. A service killed with `kill -9` cannot stop its nix
+    /// children, which run in process groups of their own; its next run
+    /// calls [`stop_leftover_groups`] on the same directory, so a job it
+    /// resumes never races the dead run's `nix copy` to the cache.
+    pub fn with_group_registry(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.registry = Some(dir.into());
+        self
+    }
+
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -728,7 +744,10 @@ impl Nix {
             program: self.program.display().to_string(),
             source,
         })?;
-        let mut group = GroupGuard(child.id());
+        let mut group = GroupGuard(child.id(), None);
+        if let (Some(dir), Some(pid)) = (&self.registry, child.id()) {
+            group.1 = register_group(dir, pid);
+        }
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -774,6 +793,9 @@ impl Nix {
         };
         // Reaped: its pid (and so the group id) may be reused.
         group.0 = None;
+        if let Some(entry) = group.1.take() {
+            let _ = std::fs::remove_file(entry);
+        }
         let status = status.map_err(|source| NixError::Spawn {
             program: self.program.display().to_string(),
             source,
@@ -800,8 +822,80 @@ impl Nix {
 /// A nix process group that is still running when its call is dropped
 /// (a cancelled job, a timeout): interrupted first, so nix stops its
 /// builders (which run in sessions of their own) and removes its locks,
-/// then killed whole after a grace period.
-struct GroupGuard(Option<u32>);
+/// then killed whole after a grace period. The second field is the
+/// group's entry in the registry, removed once the group is gone.
+struct GroupGuard(Option<u32>, Option<PathBuf>);
+
+/// The start time of process `pid` in clock ticks since boot (field 22
+/// of `/proc/PID/stat`): with the pid, it names one process for good, as
+/// a pid alone is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Writes `pid`'s registry entry; a failure only loses the cleanup after
+/// a crash, so it is logged and the run goes on.
+fn register_group(dir: &Path, pid: u32) -> Option<PathBuf> {
+    let start = start_time(pid)?;
+    let entry = dir.join(pid.to_string());
+    match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&entry, start.to_string())) {
+        Ok(()) => Some(entry),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot record a nix process group");
+            None
+        }
+    }
+}
+
+/// Stops the nix process groups a previous run of the service recorded in
+/// `dir` (see [`Nix::with_group_registry`]) and that still run: each is
+/// interrupted, then killed after a grace period. An entry whose process
+/// is gone, or whose pid now names another process (its start time
+/// differs), is only removed. Returns how many groups were stopped.
+pub fn stop_leftover_groups(dir: &Path) -> usize {
+    use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut stopped = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let recorded = std::fs::read_to_string(&path).ok();
+        let live = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|&pid| {
+                recorded
+                    .as_deref()
+                    .map(str::trim)
+                    .and_then(|r| r.parse().ok())
+                    == start_time(pid)
+            })
+            .and_then(|pid| Pid::from_raw(pid as i32));
+        if let Some(pid) = live
+            && kill_process_group(pid, Signal::TERM).is_ok()
+        {
+            tracing::warn!(
+                pid = pid.as_raw_nonzero().get(),
+                "stopping a nix process group left by a previous run"
+            );
+            stopped.push(pid);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let deadline = std::time::Instant::now() + INTERRUPT_GRACE;
+    for pid in &stopped {
+        while test_kill_process_group(*pid).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = kill_process_group(*pid, Signal::KILL);
+    }
+    stopped.len()
+}
 
 /// How long an interrupted nix may take to stop its builders.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
@@ -811,10 +905,14 @@ impl Drop for GroupGuard {
         use rustix::process::{
             Pid, Signal, WaitOptions, kill_process_group, test_kill_process_group, waitpid,
         };
+        let entry = self.1.take();
         let Some(pid) = self.0.and_then(|p| Pid::from_raw(p as i32)) else {
             return;
         };
         if kill_process_group(pid, Signal::TERM).is_err() {
+            if let Some(e) = entry {
+                let _ = std::fs::remove_file(e);
+            }
             return;
         }
         // Off the async runtime: the drop must not block it. nix itself is
@@ -823,18 +921,25 @@ impl Drop for GroupGuard {
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + INTERRUPT_GRACE;
             let mut reaped = false;
+            let mut gone = false;
             while std::time::Instant::now() < deadline {
                 if !reaped {
                     reaped = !matches!(waitpid(Some(pid), WaitOptions::NOHANG), Ok(None));
                 }
                 if reaped && test_kill_process_group(pid).is_err() {
-                    return;
+                    gone = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = kill_process_group(pid, Signal::KILL);
-            if !reaped {
-                let _ = waitpid(Some(pid), WaitOptions::empty());
+            if !gone {
+                let _ = kill_process_group(pid, Signal::KILL);
+                if !reaped {
+                    let _ = waitpid(Some(pid), WaitOptions::empty());
+                }
+            }
+            if let Some(e) = entry {
+                let _ = std::fs::remove_file(e);
             }
         });
     }
@@ -844,6 +949,66 @@ impl Drop for GroupGuard {
 mod tests {
     use super::*;
     use crate::testing::HermeticNix;
+
+    /// A `sleep` in a process group of its own, as nix runs.
+    fn grouped_sleep() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn leftover_groups_are_stopped_and_reused_pids_spared() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("groups");
+        // What a crashed run left: a live group it recorded.
+        let mut left = grouped_sleep();
+        let entry = register_group(&reg, left.id()).expect("recorded");
+        // A pid recorded with another start time is another process now.
+        let mut other = grouped_sleep();
+        std::fs::write(reg.join(other.id().to_string()), "1").unwrap();
+        // And an entry whose process is gone.
+        std::fs::write(reg.join("999999999"), "1").unwrap();
+
+        // Reaped as init reaps an orphan, so the group is gone once it dies.
+        let reaper = std::thread::spawn(move || left.wait().unwrap());
+        assert_eq!(stop_leftover_groups(&reg), 1);
+        let status = reaper.join().unwrap();
+        assert!(
+            !status.success(),
+            "the leftover group was stopped: {status}"
+        );
+        assert!(!entry.exists());
+        assert_eq!(
+            std::fs::read_dir(&reg).unwrap().count(),
+            0,
+            "every entry is removed"
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "a reused pid is never signalled"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_finished_call_leaves_no_registry_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("groups");
+        let nix = Nix::new().with_program("sleep").with_group_registry(&reg);
+        let count = || std::fs::read_dir(&reg).map(|d| d.count()).unwrap_or(0);
+        let (out, during) = tokio::join!(nix.run(vec!["0.5".into()], false, None), async {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            count()
+        });
+        out.unwrap();
+        assert_eq!(during, 1, "a running group is recorded");
+        assert_eq!(count(), 0, "and forgotten once reaped");
+    }
 
     /// A flake with one good and one failing builtins-only derivation.
     fn flake(dir: &Path, marker: &str) {

@@ -174,6 +174,8 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     // The project page: the flake, the CI job the push created (the panel
     // refreshes itself), the VM specs and the cluster from the control plane.
     b.goto(&url("/shop")).await;
+    // The flake and the specs are folded away below CI and the cluster.
+    b.click("#flake-details summary").await;
     b.wait_text("#flake", "outputs", 10).await;
     b.wait_text("#ci-panel", "succeeded", 20).await;
     // shop's VMs, quota and usage; nothing of the other project.
@@ -193,6 +195,9 @@ async fn a_user_signs_up_pushes_and_watches_ci_and_the_cluster() {
     assert_eq!(ci.pushes()[0]["deploy_ref"], "refs/heads/main");
     b.wait_text("#deploy-target", "refs/heads/main", 10).await;
     b.goto(&url("/shop")).await;
+    // The fake control plane's generation is not shop's head commit.
+    b.wait_text("#sync", "Out of sync", 10).await;
+    b.click("#specs-details summary").await;
     b.wait_text("#vm-specs", "web-1", 10).await;
     b.screenshot("09-project").await;
 

@@ -152,6 +152,21 @@ pub(super) struct SpecRow {
     pub toplevel: String,
 }
 
+/// The deployed generation against the head of the deploy ref.
+#[derive(Default)]
+pub(super) struct SyncView {
+    /// "synced", "out-of-sync", "unknown", or "" when the project deploys
+    /// nothing.
+    pub state: &'static str,
+    pub text: String,
+    /// The deploy repository, for commit links.
+    pub repo: Option<String>,
+    /// The commit of the active generation.
+    pub deployed: Option<String>,
+    /// The newest CI job of the head commit: id and state.
+    pub head_job: Option<(i64, String)>,
+}
+
 #[derive(Template)]
 #[template(path = "project.html")]
 pub(super) struct ProjectPage {
@@ -167,6 +182,7 @@ pub(super) struct ProjectPage {
     pub flake: Option<(String, String)>,
     pub specs: Vec<SpecRow>,
     pub specs_error: Option<String>,
+    pub sync: SyncView,
     pub cip: CiPanelData,
     pub clp: ClusterPanelData,
 }

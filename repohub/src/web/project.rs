@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::pages::{
     CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobRow,
-    NewProjectPage, ProjectPage, RepoRow, SpecRow,
+    NewProjectPage, ProjectPage, RepoRow, SpecRow, SyncView,
 };
 use super::{Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
@@ -288,6 +288,109 @@ fn spec_rows(specs: &[serde_json::Value]) -> Vec<SpecRow> {
         .collect()
 }
 
+/// Whether the deployed generation is the head of the deploy ref: Argo
+/// CD's "Synced"/"OutOfSync", with how far the head is ahead and what CI
+/// is doing about it.
+async fn sync_view(
+    p: &Project,
+    repos: &[(String, String)],
+    clp: &ClusterPanelData,
+    jobs: &Result<Vec<(Job, String)>, String>,
+) -> Result<SyncView, WebError> {
+    let (Some(repo), Some(git_ref)) = (p.deploy_repo.clone(), p.deploy_ref.clone()) else {
+        return Ok(SyncView::default());
+    };
+    let Some((_, dir)) = repos.iter().find(|(n, _)| *n == repo) else {
+        return Ok(SyncView::default());
+    };
+    let deployed =
+        (clp.error.is_none() && !clp.view.commit.is_empty()).then(|| clp.view.commit.clone());
+    let dir = std::path::PathBuf::from(dir);
+    let (head, ahead) = {
+        let deployed = deployed.clone();
+        let git_ref = git_ref.clone();
+        blocking(move || {
+            let Ok(r) = git::open(&dir) else {
+                return Ok((None, None));
+            };
+            // The deploy ref is a full ref name (refs/heads/main).
+            let Ok(head) = r
+                .find_reference(&git_ref)
+                .and_then(|f| f.peel_to_commit())
+                .map(|c| c.id())
+            else {
+                return Ok((None, None));
+            };
+            let ahead = deployed
+                .and_then(|d| git2::Oid::from_str(&d).ok())
+                .and_then(|d| r.graph_ahead_behind(head, d).ok());
+            Ok((Some(head.to_string()), ahead))
+        })
+        .await?
+    };
+    let branch = git_ref
+        .strip_prefix("refs/heads/")
+        .unwrap_or(&git_ref)
+        .to_owned();
+    let short = |c: &str| c[..12.min(c.len())].to_owned();
+    let head_job = head.as_ref().and_then(|h| {
+        jobs.as_ref()
+            .ok()?
+            .iter()
+            .find(|(j, r)| j.commit == *h && *r == repo)
+            .map(|(j, _)| (j.id, j.state.to_string()))
+    });
+    let (state, text) = match (&head, &deployed) {
+        (None, _) => ("unknown", format!("{branch} has no commits yet")),
+        (Some(_), None) if clp.error.is_some() => (
+            "unknown",
+            "the control plane is unavailable: what runs is unknown".to_owned(),
+        ),
+        (Some(h), None) => (
+            "out-of-sync",
+            format!("nothing deployed yet; {branch} is at {}", short(h)),
+        ),
+        (Some(h), Some(d)) if h == d => (
+            "synced",
+            format!(
+                "generation {} is the head of {branch} ({})",
+                clp.view.generation,
+                short(h)
+            ),
+        ),
+        (Some(h), Some(d)) => match ahead {
+            Some((n, 0)) => (
+                "out-of-sync",
+                format!(
+                    "{branch} ({}) is {n} commit{} ahead of generation {} ({})",
+                    short(h),
+                    if n == 1 { "" } else { "s" },
+                    clp.view.generation,
+                    short(d)
+                ),
+            ),
+            _ => (
+                "out-of-sync",
+                format!(
+                    "generation {} ({}) is not an ancestor of {branch} ({}): the branch was rewritten or the deploy target changed",
+                    clp.view.generation,
+                    short(d),
+                    short(h)
+                ),
+            ),
+        },
+    };
+    // The deployed commit is linked only where it is known to be on the branch.
+    let on_branch = head == deployed || matches!(ahead, Some((_, 0)));
+    Ok(SyncView {
+        state,
+        text,
+        repo: Some(repo),
+        deployed: deployed.filter(|_| on_branch),
+        head_job,
+    })
+}
+
 pub(super) async fn show(
     State(st): State<AppState>,
     v: Viewer,
@@ -330,6 +433,7 @@ pub(super) async fn show(
     .await?;
 
     let (jobs, clp) = tokio::join!(project_jobs(&st, &repos), cluster_panel_data(&st, &ctx));
+    let sync = sync_view(&p, &repos, &clp, &jobs).await?;
     // VM specs come from the newest succeeded job.
     let (specs, specs_error) = match &jobs {
         Err(e) => (Vec::new(), Some(format!("ci_service unavailable: {e}"))),
@@ -355,6 +459,7 @@ pub(super) async fn show(
         flake,
         specs,
         specs_error,
+        sync,
         cip: ci_panel_data(&p.name, &jobs),
         clp,
         project: p,
