@@ -214,3 +214,69 @@ async fn built_derivations_link_their_logs_at_the_cache_once_uploaded() {
     let page = ann.get(&format!("/p/-/jobs/{ok}")).await;
     page.assert_contains(&[&format!("href=\"http://cache.example:7200/log/{drv}\"")]);
 }
+
+#[tokio::test]
+async fn only_members_commit_a_generated_flake_and_never_over_a_moved_branch() {
+    let app = TestApp::new(|_| {});
+    let mut ann = ann_with_repo(&app).await;
+    let work = support::work_repo(app.dir.path(), &[("bin/hello", b"echo hi\n")], "script");
+    app.push_direct(&work, "p", "r");
+    let head = support::git(&work, &["rev-parse", "HEAD"])
+        .trim()
+        .to_owned();
+    let branch = |app: &TestApp| {
+        let dir = app.state.repo_dir("p", "r");
+        support::git(&dir, &["rev-parse", "refs/heads/main"])
+            .trim()
+            .to_owned()
+    };
+    // Outsiders of the public project, anonymous visitors and forged
+    // forms change nothing.
+    let mut bob = signed_up(&app, "bob").await;
+    let r = bob
+        .post("/p/r/autonix/commit", &[("base", head.as_str())])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = ann
+        .post_raw(
+            "/p/r/autonix/commit",
+            &[("csrf", "forged"), ("base", head.as_str())],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A base the branch is not at: refused, naming why.
+    let r = ann
+        .post("/p/r/autonix/commit", &[("base", &"0".repeat(40))])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    r.assert_contains(&["main moved since the flake was generated"]);
+    assert_eq!(branch(&app), head);
+    // The member, from where the review saw it: one commit on main.
+    let r = ann
+        .post("/p/r/autonix/commit", &[("base", head.as_str())])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let new = branch(&app);
+    assert_ne!(new, head);
+    assert_eq!(r.location(), format!("/p/r/commit/{new}"));
+    let dir = app.state.repo_dir("p", "r");
+    let files = support::git(&dir, &["ls-tree", "--name-only", "main"]);
+    assert!(
+        files.contains("flake.nix") && files.contains("procurator.nix"),
+        "{files}"
+    );
+    // The push event CI gets, as the hook would have recorded it.
+    let queued = app.state.db.due_pushes(100).unwrap();
+    assert!(
+        queued
+            .iter()
+            .any(|p| p.event.new == new && p.event.old == head),
+        "{queued:?}"
+    );
+    // Again from the same page: the branch moved and has a flake now.
+    let r = ann
+        .post("/p/r/autonix/commit", &[("base", new.as_str())])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    r.assert_contains(&["main already has a flake.nix"]);
+}
