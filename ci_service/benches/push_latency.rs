@@ -63,19 +63,19 @@ fn main() {
         let converged = t0.elapsed().as_secs_f64() * 1000.0;
         let t = &job["timings"];
         let f = |k: &str| t[k].as_f64().unwrap_or(0.0);
-        let hook = job["created_at_ms"].as_f64().unwrap() - t0_ms;
+        let hook = job["createdAtMs"].as_f64().unwrap() - t0_ms;
         // `converge`: from the job seen finished to every VM running the
         // new generation (the control plane's long-poll wake-up, the
         // worker's pull from the cache, CH create/boot, its report).
         let converge = converged - (finished - t0).as_secs_f64() * 1000.0;
         let row = [
             hook,
-            f("queue_ms"),
-            f("fetch_ms"),
-            f("eval_ms"),
-            f("build_ms"),
-            f("upload_ms"),
-            f("publish_ms"),
+            f("queueMs"),
+            f("fetchMs"),
+            f("evalMs"),
+            f("buildMs"),
+            f("uploadMs"),
+            f("publishMs"),
             converge,
             converged,
         ];
@@ -84,7 +84,7 @@ fn main() {
         }
         eprintln!(
             "push {i}: total {converged:.0} ms (build {:.0} ms)",
-            f("build_ms")
+            f("buildMs")
         );
     }
     println!("push-to-converged latency, median of {n} one-VM changes (ms):");

@@ -124,11 +124,8 @@ fn main() {
             continue;
         };
         let state = j["state"].as_str().unwrap_or("?").to_owned();
-        let end = j["finished_at_ms"]
-            .as_f64()
-            .or_else(|| j["updated_at_ms"].as_f64())
-            .unwrap_or(0.0);
-        let created = j["created_at_ms"].as_f64().unwrap_or(0.0);
+        let end = j["finishedAtMs"].as_f64().unwrap_or(0.0);
+        let created = j["createdAtMs"].as_f64().unwrap_or(0.0);
         let queued_ms = (end - created).max(0.0);
         let _ = at;
         lat.entry(state).or_default().push(queued_ms);

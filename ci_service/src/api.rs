@@ -6,7 +6,8 @@
 //! `Authorization: Bearer`; the push hook has its own secret; `/healthz`
 //! and `/metrics` (counts and durations only) are open. `DELETE
 //! /jobs/{id}` cancels a job and needs an `admin` token (anyone on
-//! loopback when there is no token file, as for reads).
+//! loopback when there is no token file, as for reads); so does `POST
+//! /jobs/{id}/rerun`, which queues an ended job's push again.
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/log", get(job_log))
         .route("/jobs/{id}", delete(cancel))
+        .route("/jobs/{id}/rerun", post(rerun))
         .route("/generations", get(generations))
         .route_layer(middleware::from_fn_with_state(state.clone(), need_reader));
     Router::new()
@@ -221,6 +223,33 @@ async fn job(State(s): State<AppState>, Path(id): Path<i64>) -> Response {
     Json(job).into_response()
 }
 
+/// Job `id` for an action only an admin may take (`what`: the verb and
+/// its -ing form, for the refusal); 404 before 403, as for reads.
+fn admin_job(
+    s: &AppState,
+    grant: &Grant,
+    id: i64,
+    (verb, doing): (&str, &str),
+) -> Result<commands::ci_api::Job, Box<Response>> {
+    let job = match s.db.job(id) {
+        Ok(Some(j)) => j,
+        Ok(None) => {
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("no job {id}"),
+            )));
+        }
+        Err(e) => return Err(Box::new(internal(Some(id), &e))),
+    };
+    if grant.role != Role::Admin {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            format!("a {grant} token may not {verb} job {id}: {doing} needs an admin token"),
+        )));
+    }
+    Ok(job)
+}
+
 /// `DELETE /jobs/{id}`: a queued job ends `cancelled` now; a running one
 /// is stopped by the runner (202, `running`) and ends `cancelled` once its
 /// nix is gone, unless it already reached publish, which it finishes. A
@@ -230,17 +259,10 @@ async fn cancel(
     axum::Extension(grant): axum::Extension<Grant>,
     Path(id): Path<i64>,
 ) -> Response {
-    let job = match s.db.job(id) {
-        Ok(Some(j)) => j,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => return internal(Some(id), &e),
+    let job = match admin_job(&s, &grant, id, ("cancel", "cancelling")) {
+        Ok(j) => j,
+        Err(resp) => return *resp,
     };
-    if grant.role != Role::Admin {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("a {grant} token may not cancel job {id}: cancelling needs an admin token"),
-        );
-    }
     if job.state.is_final() {
         return (
             StatusCode::CONFLICT,
@@ -287,6 +309,44 @@ async fn cancel(
     }
 }
 
+/// `POST /jobs/{id}/rerun` (admin): queues the job's push again, the same
+/// commit of the same ref, as a new job (202 with its id, as a push
+/// answers). Re-running is the push again rather than a reset of the old
+/// job, so the old job's log and state stay as they ended. A job that has
+/// not ended answers 409: it is still going to build that commit.
+async fn rerun(
+    State(s): State<AppState>,
+    axum::Extension(grant): axum::Extension<Grant>,
+    Path(id): Path<i64>,
+) -> Response {
+    let job = match admin_job(&s, &grant, id, ("re-run", "re-running")) {
+        Ok(j) => j,
+        Err(resp) => return *resp,
+    };
+    if !job.state.is_final() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("job {id} is still {}; it has not ended", job.state),
+        );
+    }
+    match s.db.requeue(id) {
+        Ok(Some(new)) => {
+            tracing::info!(job_id = new, rerun_of = id, by = %grant, commit = %job.commit, "job re-run");
+            s.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(PushReply {
+                    job_id: Some(new),
+                    reason: None,
+                }),
+            )
+                .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => internal(Some(id), &e),
+    }
+}
+
 async fn generations(State(s): State<AppState>) -> Response {
     match s.db.generations(100) {
         Ok(g) => Json(g).into_response(),
@@ -297,7 +357,7 @@ async fn generations(State(s): State<AppState>) -> Response {
 async fn health(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({
         "ok": true,
-        "control_plane_connected": s.publisher.is_connected(),
+        "controlPlaneConnected": s.publisher.is_connected(),
         "republished": s.publisher.republish_count(),
     }))
     .into_response()

@@ -30,8 +30,11 @@ pub enum DbError {
 /// `JobState::as_str`, the `timings` column the JSON of `Timings`.
 pub use commands::ci_api::{Job, JobState, Timings};
 
-/// One published (or publishable) generation of one project.
+/// One published (or publishable) generation of one project; `GET
+/// /generations` shows it camelCase (`jobId`, `intentHash`,
+/// `createdAtMs`) like every Procurator JSON.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Generation {
     pub project: String,
     pub number: i64,
@@ -328,6 +331,42 @@ impl Db {
             params![now_ms() as i64, id],
         )?;
         self.job(id)
+    }
+
+    /// Queues job `id`'s push again (same repository, ref, commits and
+    /// claimed project and deploy ref) as a new job, which supersedes
+    /// older queued jobs of that ref as any push does. Returns the new id,
+    /// or none when there is no job `id`.
+    pub fn requeue(&self, id: i64) -> Result<Option<i64>, DbError> {
+        let push = self
+            .conn()
+            .query_row(
+                "SELECT repo, git_ref, old, commit_id, project, deploy_ref FROM jobs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((repo, git_ref, old, commit, project, deploy_ref)) = push else {
+            return Ok(None);
+        };
+        let (new, _) = self.enqueue(
+            &repo,
+            &git_ref,
+            &old,
+            &commit,
+            project.as_deref(),
+            deploy_ref.as_deref(),
+        )?;
+        Ok(Some(new))
     }
 
     /// A running job the runner stopped on request ends `cancelled`.

@@ -42,12 +42,20 @@ use crate::publisher::{PublishError, Publisher};
 pub const SPECS_ATTR: &str = "procurator.vmSpecs";
 pub const CLOSURE_ATTR: &str = "procurator.closure";
 
+/// A push without a flake: the job's error, naming what CI evaluates.
+pub const NO_FLAKE: &str = "no flake.nix at the repository root; CI evaluates \
+     procurator.vmSpecs and procurator.closure of it";
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("reading the pushed repository failed")]
     Git(#[from] GitError),
     #[error("the flake's inputs are refused")]
     Inputs(#[from] InputError),
+    /// Said in full (repohub matches its first words to offer "Generate
+    /// flake"): what CI looks for, so the pusher knows what to add.
+    #[error("{NO_FLAKE}")]
+    NoFlake,
     /// The nix failures carry only their summary line: nix's whole output
     /// is already in the job log, so it is not kept as a source to print
     /// again.
@@ -243,15 +251,64 @@ pub fn log_path(data_dir: &Path, id: i64) -> PathBuf {
 
 pub use commands::types::intent_hash;
 
-/// The last line of nix's stderr that starts with `error:`, or the last
-/// line: the one-line reason shown in the job list.
+/// The one-line reason shown in the job list: for a failed build, the
+/// failing builder's line with the last lines of its log (nix's last
+/// `error:` is then the generic "1 dependencies of derivation … failed to
+/// build", which names the wrong derivation and no cause); otherwise the
+/// last line of nix's stderr that starts with `error:`, or the last line.
 pub(crate) fn summary(e: &NixError) -> String {
     let text = e.stderr().unwrap_or_default();
+    if let Some(line) = builder_failure(text) {
+        return line;
+    }
     text.lines()
         .rev()
         .find(|l| l.trim_start().starts_with("error:"))
         .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
         .map_or_else(|| e.to_string(), |l| l.trim().to_owned())
+}
+
+/// How many of the failed builder's last log lines the summary carries.
+const SUMMARY_LOG_LINES: usize = 3;
+
+/// "builder for '/nix/store/…drv' failed with exit code 1; last log lines:
+/// a | b" from nix's report of the first failed builder: its `error:
+/// builder for` line and the `> ` lines nix quotes under it.
+fn builder_failure(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines().skip_while(|l| {
+        !l.trim_start()
+            .strip_prefix("error:")
+            .is_some_and(|r| r.trim_start().starts_with("builder for "))
+    });
+    let head = lines.next()?.trim_start().strip_prefix("error:")?.trim();
+    let head = head.trim_end_matches(';');
+    // In nix's plain log format the quoted log lines follow, indented,
+    // until "For full logs". With `-L --log-format internal-json` (how CI
+    // builds) nix quotes nothing: the builder's lines came before, each
+    // rendered as "<name>> line" (repo_outils::nixlog).
+    let mut quoted: Vec<&str> = lines
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.trim_start().strip_prefix('>'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if quoted.is_empty()
+        && let Some(name) = failed_drv_name(head)
+    {
+        let prefix = format!("{name}> ");
+        quoted = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+    }
+    let last = &quoted[quoted.len().saturating_sub(SUMMARY_LOG_LINES)..];
+    Some(if last.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}; last log lines: {}", last.join(" | "))
+    })
 }
 
 /// Appends lines to a job's log file as they come (each write goes
@@ -390,6 +447,9 @@ impl Runner {
             "job {} for {} {} at {}",
             job.id, job.repo, job.git_ref, job.commit
         ));
+        // Each step's time is stored as the step ends, so a page shows a
+        // running job's progress (the stage bar) and not only its end.
+        self.progress(job.id, &timings);
         let cancel = self.cancels.start(job.id);
         let result = self
             .pipeline(
@@ -435,6 +495,14 @@ impl Runner {
         let _ = std::fs::remove_dir_all(self.work_dir(job.id));
     }
 
+    /// Stores the step times so far; a failure to store them costs only
+    /// the live view, never the job.
+    fn progress(&self, id: i64, timings: &Timings) {
+        if let Err(e) = self.db.set_timings(id, timings) {
+            tracing::warn!(error = %e, "cannot record step timings");
+        }
+    }
+
     fn work_dir(&self, id: i64) -> PathBuf {
         self.data_dir.join("work").join(format!("job-{id}"))
     }
@@ -468,11 +536,13 @@ impl Runner {
             ),
         )
         .await?;
+        self.progress(job.id, timings);
         let specs = timed(
             &mut timings.eval_ms,
             cancellable(cancel, "evaluate", evaluate(&self.eval_nix, &checkout, log)),
         )
         .await?;
+        self.progress(job.id, timings);
         let closure = timed(
             &mut timings.build_ms,
             cancellable(
@@ -482,6 +552,7 @@ impl Runner {
             ),
         )
         .await?;
+        self.progress(job.id, timings);
 
         let intent = commands::types::intent_hash(&specs);
         let decision = self.deploy.decide(
@@ -528,6 +599,7 @@ impl Runner {
             ),
         )
         .await?;
+        self.progress(job.id, timings);
         // From here on the job runs to its end: a generation the control
         // plane may already hold is recorded, never abandoned halfway.
         let generation = Generation {
@@ -764,6 +836,11 @@ pub async fn evaluate(
     log: &mut JobLog,
 ) -> Result<Vec<VmSpec>, JobError> {
     let t = Instant::now();
+    // nix's own words for this are "path '…/flake.nix' does not exist".
+    if !checkout.dir.join("flake.nix").is_file() {
+        log.line(NO_FLAKE);
+        return Err(JobError::NoFlake);
+    }
     check_inputs(nix, checkout, log).await?;
     log.line(&format!("evaluating {SPECS_ATTR}"));
     let value = nix
@@ -1022,6 +1099,13 @@ fn parse_specs(value: serde_json::Value) -> Result<Vec<VmSpec>, JobError> {
     Ok(specs)
 }
 
+/// "web" of "builder for '/nix/store/<hash>-web.drv' failed …".
+fn failed_drv_name(head: &str) -> Option<&str> {
+    let path = head.split('\'').nth(1)?;
+    let base = path.strip_prefix("/nix/store/")?.strip_suffix(".drv")?;
+    base.split_once('-').map(|(_, n)| n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1058,6 +1142,40 @@ mod tests {
             .to_string();
         assert!(err.contains("appears twice"), "{err}");
         assert!(parse_specs(serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn a_build_failure_is_summed_up_by_its_failing_builder() {
+        // nix 2.8's stderr for a closure whose dependency failed.
+        let stderr = "building '/nix/store/0dxr-failing-step.drv'...\n\
+error: builder for '/nix/store/0dxr-failing-step.drv' failed with exit code 1;\n       \
+last 4 log lines:\n       > compiling\n       > a\n       > b\n       \
+> main.c:3: undefined reference to foo\n       \
+For full logs, run 'nix log /nix/store/0dxr-failing-step.drv'.\n\
+error: 1 dependencies of derivation '/nix/store/8sd1-outer.drv' failed to build\n";
+        assert_eq!(
+            builder_failure(stderr).unwrap(),
+            "builder for '/nix/store/0dxr-failing-step.drv' failed with exit code 1; \
+             last log lines: a | b | main.c:3: undefined reference to foo"
+        );
+        assert_eq!(builder_failure("error: attribute 'x' missing\n"), None);
+        // How CI's nix (-L, internal-json) reports it: the builder's lines
+        // came first, prefixed with its name; other builders' lines are
+        // not its own.
+        let rendered = "building '/nix/store/0dxr-web.drv'\n\
+web> compiling\nweb-db> fine\nweb> main.c:3: undefined reference to foo\n\
+error: builder for '/nix/store/0dxr-web.drv' failed with exit code 1\n\
+error: 1 dependencies of derivation '/nix/store/8sd1-outer.drv' failed to build\n";
+        assert_eq!(
+            builder_failure(rendered).unwrap(),
+            "builder for '/nix/store/0dxr-web.drv' failed with exit code 1; \
+             last log lines: compiling | main.c:3: undefined reference to foo"
+        );
+        assert_eq!(
+            builder_failure("error: builder for '/nix/store/q.drv' failed with exit code 2\n")
+                .unwrap(),
+            "builder for '/nix/store/q.drv' failed with exit code 2"
+        );
     }
 
     /// A job log in a temp dir and a way to read it back.

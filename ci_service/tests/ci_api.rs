@@ -44,14 +44,14 @@ fn push_builds_and_failures_are_explained() {
     assert_eq!(job["state"], "succeeded", "{job}\n{}", log(&url, id));
     assert_eq!(job["generation"], 1);
     assert_eq!(job["ref"], "refs/heads/main");
-    let names: Vec<&str> = job["vm_specs"]
+    let names: Vec<&str> = job["vmSpecs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["db-0", "web-0", "web-1"]);
-    for k in ["queue_ms", "fetch_ms", "eval_ms", "build_ms", "publish_ms"] {
+    for k in ["queueMs", "fetchMs", "evalMs", "buildMs", "publishMs"] {
         assert!(
             job["timings"][k].is_u64(),
             "{k} missing: {}",
@@ -99,6 +99,55 @@ fn push_builds_and_failures_are_explained() {
     let text = log(&url, id3);
     assert!(text.contains("build failed on purpose"), "{text}");
     assert!(text.contains("web-disk.img"), "{text}");
+    // The job's one line names the failing builder and quotes its last
+    // output, not nix's generic "1 dependencies of derivation … failed".
+    let err = job["error"].as_str().unwrap();
+    assert!(
+        err.contains("builder for '/nix/store/") && err.contains("web-disk.img.drv' failed"),
+        "{err}"
+    );
+    assert!(err.contains("last log lines:"), "{err}");
+    assert!(err.contains("build failed on purpose"), "{err}");
+    assert!(!err.contains("dependencies of derivation"), "{err}");
+
+    // A repository without flake.nix: CI says what it looks for.
+    git(&repo.work, &["revert", "--no-edit", "HEAD"]);
+    git(&repo.work, &["rm", "-q", "flake.nix"]);
+    git(&repo.work, &["commit", "-q", "-m", "no flake"]);
+    let (c4, _) = repo.push();
+    let id4 = job_for(&url, &c4);
+    let job = wait_job(&url, id4, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(
+        job["error"],
+        "no flake.nix at the repository root; CI evaluates procurator.vmSpecs and \
+         procurator.closure of it"
+    );
+
+    // Re-run: the same commit is built again as a new job, and fails the
+    // same way; a job still running cannot be re-run.
+    let (status, body) = request(
+        http::Method::POST,
+        &format!("{url}/jobs/{id4}/rerun"),
+        &[],
+        None,
+    );
+    assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
+    let id5 = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["jobId"]
+        .as_i64()
+        .unwrap();
+    assert!(id5 > id4);
+    let job5 = wait_job(&url, id5, Duration::from_secs(60));
+    assert_eq!(job5["commit"], c4.as_str());
+    assert_eq!(job5["ref"], job["ref"]);
+    assert_eq!(job5["error"], job["error"]);
+    let (status, _) = request(
+        http::Method::POST,
+        &format!("{url}/jobs/999999/rerun"),
+        &[],
+        None,
+    );
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
 
     let gens = get_json(&format!("{url}/generations"));
     assert_eq!(
@@ -106,9 +155,12 @@ fn push_builds_and_failures_are_explained() {
         1,
         "failures made no generation: {gens}"
     );
+    // camelCase, as every Procurator JSON.
+    assert_eq!(gens[0]["jobId"], id, "{gens}");
+    assert!(gens[0]["intentHash"].is_string() && gens[0]["createdAtMs"].is_i64());
     let jobs = get_json(&format!("{url}/jobs?limit=2"));
     assert_eq!(jobs.as_array().unwrap().len(), 2);
-    assert_eq!(jobs[0]["id"], id3, "newest first");
+    assert_eq!(jobs[0]["id"], id5, "newest first");
 }
 
 #[test]
@@ -179,7 +231,7 @@ fn api_validates_supersedes_and_follows_logs() {
             Some(body),
         );
         assert_eq!(st, 202);
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["jobId"]
             .as_i64()
             .unwrap()
     };

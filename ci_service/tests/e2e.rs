@@ -23,7 +23,7 @@ fn narinfo_status(cache: &str, store_path: &str) -> u16 {
 }
 
 fn spec_roots(job: &serde_json::Value) -> BTreeMap<String, Vec<String>> {
-    job["vm_specs"]
+    job["vmSpecs"]
         .as_array()
         .unwrap()
         .iter()

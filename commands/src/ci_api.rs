@@ -79,7 +79,9 @@ impl PushEvent {
 
 /// The answer to a push: the queued job, or none with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PushReply {
+    #[serde(alias = "job_id")]
     pub job_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -161,21 +163,24 @@ impl fmt::Display for JobState {
 /// How long each phase of a job took, in ms; a phase the job did not reach
 /// is absent (so `{}` for a job that never ran). A phase this build does
 /// not know is ignored when read: it misreports nothing, and a newer
-/// ci_service must not break an older reader's panel.
+/// ci_service must not break an older reader's panel. camelCase on the
+/// wire like every Procurator JSON (`buildMs`); the snake_case names of
+/// older ci_service builds are still read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Timings {
     /// From the push to the runner claiming the job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "queue_ms")]
     pub queue_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "fetch_ms")]
     pub fetch_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "eval_ms")]
     pub eval_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "build_ms")]
     pub build_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "upload_ms")]
     pub upload_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "publish_ms")]
     pub publish_ms: Option<u64>,
 }
 
@@ -188,8 +193,11 @@ pub struct CancelReply {
     pub state: JobState,
 }
 
-/// A job as `GET /jobs` and `GET /jobs/{id}` show it.
+/// A job as `GET /jobs` and `GET /jobs/{id}` show it: camelCase
+/// (`createdAtMs`, `timings.buildMs`), reading the snake_case of older
+/// ci_service builds too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Job {
     pub id: i64,
     pub repo: String,
@@ -201,8 +209,11 @@ pub struct Job {
     pub old: String,
     pub commit: String,
     pub state: JobState,
+    #[serde(alias = "created_at_ms")]
     pub created_at_ms: i64,
+    #[serde(alias = "started_at_ms")]
     pub started_at_ms: Option<i64>,
+    #[serde(alias = "finished_at_ms")]
     pub finished_at_ms: Option<i64>,
     #[serde(default)]
     pub generation: Option<i64>,
@@ -217,7 +228,7 @@ pub struct Job {
     pub project: Option<String>,
     /// The specs a succeeded job built (VmSpec JSON, as evaluated); only in
     /// `GET /jobs/{id}`, and there only once the job succeeded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "vm_specs")]
     pub vm_specs: Option<Vec<serde_json::Value>>,
 }
 
@@ -408,6 +419,14 @@ impl CiClient {
             .await
     }
 
+    /// `POST /jobs/{id}/rerun` (with the read API's token, which must be
+    /// an `admin`'s): queues an ended job's push again; returns the new
+    /// job's id. A job that has not ended answers 409.
+    pub async fn rerun(&self, id: i64) -> Result<PushReply, CiError> {
+        self.json(self.request(Method::POST, &format!("/jobs/{id}/rerun"), None)?)
+            .await
+    }
+
     /// `GET /jobs/{id}/log`: the log as it is now.
     pub async fn log(&self, id: i64) -> Result<Bytes, CiError> {
         let req = self.request(Method::GET, &format!("/jobs/{id}/log"), None)?;
@@ -505,25 +524,36 @@ mod tests {
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!(v["ref"], "refs/heads/main");
         assert_eq!(v["state"], "running");
-        assert_eq!(v["timings"], serde_json::json!({ "queue_ms": 1 }));
-        assert!(v.get("vm_specs").is_none(), "only the detail carries specs");
+        assert_eq!(v["timings"], serde_json::json!({ "queueMs": 1 }));
+        assert_eq!(v["createdAtMs"], 1);
+        assert_eq!(v["startedAtMs"], 2);
+        assert!(v.get("finishedAtMs").is_some() && v.get("created_at_ms").is_none());
+        assert!(v.get("vmSpecs").is_none(), "only the detail carries specs");
         assert_eq!(serde_json::from_value::<Job>(v).unwrap(), job);
         job.vm_specs = Some(vec![]);
         assert_eq!(
-            serde_json::to_value(&job).unwrap()["vm_specs"],
+            serde_json::to_value(&job).unwrap()["vmSpecs"],
             serde_json::json!([])
         );
+        // What an older ci_service answered (snake_case) still reads.
+        let old = serde_json::json!({
+            "id": 3, "repo": "/r.git", "ref": "refs/heads/main", "old": "0".repeat(40),
+            "commit": "a".repeat(40), "state": "running", "created_at_ms": 1,
+            "started_at_ms": 2, "finished_at_ms": null, "timings": {"queue_ms": 1},
+            "vm_specs": []
+        });
+        assert_eq!(serde_json::from_value::<Job>(old).unwrap(), job);
         assert_eq!(job.branch(), "main");
         assert_eq!(job.short_commit(), "aaaaaaaaaa");
         assert_eq!(job.duration(), "running");
         assert_eq!(
-            serde_json::from_str::<Timings>(r#"{"nap_ms":1,"eval_ms":2}"#).unwrap(),
+            serde_json::from_str::<Timings>(r#"{"napMs":1,"evalMs":2}"#).unwrap(),
             Timings {
                 eval_ms: Some(2),
                 ..Timings::default()
             }
         );
-        assert!(serde_json::from_str::<Timings>(r#"{"eval_ms":"slow"}"#).is_err());
+        assert!(serde_json::from_str::<Timings>(r#"{"evalMs":"slow"}"#).is_err());
     }
 
     #[test]
@@ -582,7 +612,7 @@ mod tests {
                 reason: Some("ref deleted".into())
             })
             .unwrap(),
-            serde_json::json!({"job_id": null, "reason": "ref deleted"})
+            serde_json::json!({"jobId": null, "reason": "ref deleted"})
         );
         assert_eq!(
             serde_json::to_value(PushReply {
@@ -590,7 +620,14 @@ mod tests {
                 reason: None
             })
             .unwrap(),
-            serde_json::json!({"job_id": 4})
+            serde_json::json!({"jobId": 4})
+        );
+        assert_eq!(
+            serde_json::from_str::<PushReply>(r#"{"job_id": 4}"#).unwrap(),
+            PushReply {
+                job_id: Some(4),
+                reason: None
+            }
         );
     }
 

@@ -41,6 +41,7 @@ fn generation(p: usize, n: u64) -> GenerationDetailView {
             message: "a change of some length, as commit summaries go".into(),
             job_id: n,
             converged_at_ms: 0,
+            ..GenerationView::default()
         },
         specs,
     }

@@ -1067,9 +1067,12 @@ mod tests {
                     },
                     metrics: Default::default(),
                     vm_id: String::new(),
+                    health: Default::default(),
+                    health_detail: String::new(),
                 })
                 .collect(),
             workers: Vec::new(),
+            rollouts: Vec::new(),
             unplaced: unplaced
                 .iter()
                 .map(|p| UnplacedView {

@@ -54,6 +54,9 @@ pub struct Config {
     /// reads behind the CI panels (jobs, logs); empty when its read API is
     /// open.
     pub ci_token: commands::auth::Secret,
+    /// The binary cache's public base URL, e.g. `http://127.0.0.1:7200`:
+    /// job pages link each built derivation's log at `<url>/log/<drv>`.
+    pub cache_url: Option<String>,
     /// Control plane `host:port` (Cap'n Proto `Master`).
     pub control_plane: Option<String>,
     /// Token for the control plane's login (a `reader` token is enough).
@@ -126,6 +129,7 @@ impl Config {
             ci_url: None,
             ci_secret: None,
             ci_token: commands::auth::Secret::default(),
+            cache_url: None,
             control_plane: None,
             control_plane_token: commands::auth::Secret::default(),
             control_plane_console_token: commands::auth::Secret::default(),
@@ -149,6 +153,10 @@ pub struct AppState {
     pub repos_root: PathBuf,
     pub spool: PathBuf,
     pub ci: ci::CiClient,
+    /// Each repository's newest jobs, shared by the CI badges.
+    pub ci_jobs: ci::JobsCache,
+    /// The cache's public URL, for build-log links (no trailing slash).
+    pub cache_url: Option<Arc<str>>,
     pub control_plane: Option<String>,
     pub control_plane_token: commands::auth::Secret,
     pub kdf: auth::KdfParams,
@@ -220,6 +228,11 @@ impl AppState {
             spool,
             ci: ci::client(config.ci_url.clone(), config.ci_secret.clone())?
                 .with_read_token(Some(config.ci_token.expose().to_owned())),
+            ci_jobs: ci::JobsCache::default(),
+            cache_url: config
+                .cache_url
+                .as_deref()
+                .map(|u| Arc::from(u.trim_end_matches('/'))),
             control_plane: config.control_plane.clone(),
             control_plane_token: config.control_plane_token.clone(),
             kdf: config.kdf,

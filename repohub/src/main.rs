@@ -52,11 +52,22 @@ struct Args {
     /// File holding the bearer secret for ci_service's push hook.
     #[arg(long, env = "REPOHUB_CI_SECRET_FILE")]
     ci_secret_file: Option<PathBuf>,
-    /// File holding a `reader` token of ci_service's --api-token-file, sent
-    /// when the CI panels read jobs and logs (needed when ci_service has an
-    /// API token file).
-    #[arg(long, env = "REPOHUB_CI_TOKEN_FILE")]
+    /// File holding a token of ci_service's --api-token-file, sent when
+    /// the CI panels read jobs and logs (needed when ci_service has an API
+    /// token file). A `reader` token only reads; an `admin` token also lets
+    /// project members cancel and re-run their jobs from the job page.
+    #[arg(
+        long,
+        visible_alias = "ci-api-token-file",
+        env = "REPOHUB_CI_TOKEN_FILE"
+    )]
     ci_token_file: Option<PathBuf>,
+    /// The binary cache's public URL (http://host:port): job pages link
+    /// each built derivation's build log there (`/log/<drv>`, which the
+    /// cache serves to anyone). Without it the derivations are listed
+    /// without links.
+    #[arg(long, env = "REPOHUB_CACHE_URL")]
+    cache_url: Option<String>,
     /// Control plane address (Cap'n Proto Master), host:port.
     #[arg(long, env = "REPOHUB_CONTROL_PLANE")]
     control_plane: Option<String>,
@@ -214,6 +225,14 @@ async fn main() -> std::process::ExitCode {
     let mut config = repohub::Config::new(args.data_dir);
     config.ci_url = args.ci_url;
     config.ci_secret = secret;
+    // The links go into pages as they are: only a web address may.
+    if let Some(u) = args.cache_url.as_deref().filter(|u| {
+        !(u.starts_with("http://") || u.starts_with("https://")) || u.parse::<http::Uri>().is_err()
+    }) {
+        eprintln!("repohub: --cache-url: {u:?} is not an http:// or https:// URL");
+        return std::process::ExitCode::from(2);
+    }
+    config.cache_url = args.cache_url;
     config.control_plane = args.control_plane;
     if let Some(p) = &args.ci_token_file {
         match commands::auth::read_secret_file(p) {

@@ -3,15 +3,28 @@
 // inserted as text (log) or as our own server-escaped HTML (panels).
 (function () {
   "use strict";
+  // A fragment that marks itself final (data-final) stops its refresh.
+  function refresh(el, url, timer) {
+    fetch(url, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html === null) { return; }
+        el.innerHTML = html;
+        if (timer && el.querySelector("[data-final]")) { clearInterval(timer.id); }
+      })
+      .catch(function () {});
+  }
   document.querySelectorAll("[data-refresh]").forEach(function (el) {
     var url = el.getAttribute("data-refresh");
-    setInterval(function () {
-      fetch(url, { credentials: "same-origin" })
-        .then(function (r) { return r.ok ? r.text() : null; })
-        .then(function (html) { if (html !== null) { el.innerHTML = html; } })
-        .catch(function () {});
-    }, 3000);
+    var timer = {};
+    timer.id = setInterval(function () { refresh(el, url, timer); }, 3000);
   });
+  // The job page's state is re-read the moment its followed log ends
+  // (ci_service ends the stream once the job is final).
+  function jobEnded() {
+    var s = document.querySelector("[data-job-summary]");
+    if (s) { refresh(s, s.getAttribute("data-job-summary"), null); }
+  }
   var log = document.querySelector("[data-follow]");
   if (log && window.fetch && window.TextDecoder) {
     fetch(log.getAttribute("data-follow"), { credentials: "same-origin" }).then(function (r) {
@@ -22,7 +35,7 @@
       log.setAttribute("data-state", "following");
       function pump() {
         return reader.read().then(function (res) {
-          if (res.done) { log.setAttribute("data-state", "done"); return; }
+          if (res.done) { log.setAttribute("data-state", "done"); jobEnded(); return; }
           if (first) { log.textContent = ""; first = false; }
           log.textContent += dec.decode(res.value, { stream: true });
           log.scrollTop = log.scrollHeight;

@@ -59,6 +59,9 @@ impl WorkerApi for FakeWorker {
                 created_at_ms: 0,
                 cpu: 1,
                 memory_mb: 128,
+                health: Default::default(),
+                health_detail: String::new(),
+                healthy_since_ms: None,
             },
             spec,
             metrics: VmMetrics::default(),
@@ -164,6 +167,8 @@ fn vm(
         drift,
         metrics: VmMetrics::default(),
         vm_id: id.into(),
+        health: Default::default(),
+        health_detail: String::new(),
     }
 }
 
@@ -247,6 +252,7 @@ fn start_master() -> (std::net::SocketAddr, Asked, CancellationToken) {
             name: "big".into(),
             reason: "no healthy worker has 64 vCPU free".into(),
         }],
+        rollouts: Vec::new(),
     };
     let events = vec![
         event(1, "", "worker-joined", "", "w-c", "w-c joined"),

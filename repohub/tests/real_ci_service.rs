@@ -13,7 +13,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{CI_SECRET, app_and_server, git_async, push_main, work_repo};
+use support::{app_and_server, git_async, push_main, work_repo};
 use testkit::fs::{copy_tree, example_dir};
 
 const PW: &str = "correct horse battery";
@@ -23,27 +23,9 @@ const CI_READER: &str = "ci-read-api-reader-token-0123456789abcdef";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     let nix = repo_outils::testing::HermeticNix::new().unwrap();
-    let mut ci_config = ci_service::Config::new(nix.dir().join("ci"));
-    ci_config.nix_conf_dir = Some(nix.conf_dir());
-    ci_config.hook_secret = Some(CI_SECRET.into());
-    ci_config.api_auth = commands::auth::Authenticator::parse(
-        &format!("reader {CI_READER}\n"),
-        std::path::Path::new("ci-api-tokens"),
-        ci_service::api::API_ROLES,
-    )
-    .unwrap();
-    let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ci_url = format!("http://{}", ci_listener.local_addr().unwrap());
-    let ci_stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(ci_service::run(ci_config, ci_listener, ci_stop.clone()));
-    let _stop = ci_stop.drop_guard();
+    let (ci_url, _stop) = support::real_ci_service(&nix, &format!("reader {CI_READER}\n")).await;
 
-    let edit = |c: &mut repohub::Config| {
-        c.ci_url = Some(ci_url.clone());
-        c.ci_secret = Some(CI_SECRET.into());
-        c.ci_token = commands::auth::Secret::new(CI_READER);
-    };
-    let (app, srv) = app_and_server(edit).await;
+    let (app, srv) = app_and_server(support::ci_at(&ci_url, CI_READER)).await;
 
     let mut ann = app.client();
     ann.signup("ann", PW).await;
@@ -132,7 +114,7 @@ async fn a_push_through_repohub_is_built_by_ci_service_and_shown() {
     let cancel = format!("/demo/-/jobs/{}/cancel", job.id);
     assert!(!jp.body.contains(&cancel), "{}", jp.body);
     let r = ann.post(&cancel, &[]).await;
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.status, 502, "{}", r.body);
     assert!(
         r.body.contains("may read jobs but not cancel them"),
         "{}",

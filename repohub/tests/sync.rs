@@ -25,6 +25,7 @@ fn deployed_at(commit: &str) -> ClusterStatusView {
         vms: Vec::new(),
         workers: Vec::new(),
         unplaced: Vec::new(),
+        rollouts: Vec::new(),
     }
 }
 

@@ -170,7 +170,7 @@ pub(crate) fn post_push(ci: &str, repo: &str, git_ref: &str, commit: &str) -> i6
         Some(event),
     );
     assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
-    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["jobId"]
         .as_i64()
         .unwrap()
 }
@@ -256,7 +256,7 @@ pub(crate) fn push_event_for_missing_repo(h: &repo_outils::testing::HermeticNix,
         Some(event),
     );
     assert_eq!(status, http::StatusCode::ACCEPTED, "{body:?}");
-    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["job_id"]
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["jobId"]
         .as_i64()
         .unwrap()
 }

@@ -3,6 +3,7 @@
 //! `account`, `project` and `repo`.
 
 mod account;
+mod ci;
 mod cluster;
 mod pages;
 mod project;
@@ -67,15 +68,18 @@ pub fn app(state: AppState) -> Router {
         .route("/{project}/-/cluster", get(cluster::project_cluster))
         .route("/{project}/-/vms/{name}", get(cluster::vm))
         .route("/{project}/-/vms/{name}/console", get(cluster::console))
-        .route("/{project}/-/jobs/{id}", get(project::job))
-        .route("/{project}/-/jobs/{id}/log", get(project::job_log))
-        .route("/{project}/-/jobs/{id}/cancel", post(project::cancel_job))
+        .route("/{project}/-/jobs/{id}", get(ci::job))
+        .route("/{project}/-/jobs/{id}/summary", get(ci::job_summary))
+        .route("/{project}/-/jobs/{id}/log", get(ci::job_log))
+        .route("/{project}/-/jobs/{id}/cancel", post(ci::cancel_job))
+        .route("/{project}/-/jobs/{id}/rerun", post(ci::rerun_job))
         .route("/{project}/{repo}", get(repo::show))
         .route(
             "/{project}/{repo}/delete",
             get(repo::delete_form).post(repo::delete),
         )
         .route("/{project}/{repo}/autonix", post(repo::autonix))
+        .route("/{project}/{repo}/autonix/commit", post(ci::commit_flake))
         .route("/{project}/{repo}/log/{rev}", get(repo::log))
         .route("/{project}/{repo}/tree/{rev}", get(repo::tree_root))
         .route("/{project}/{repo}/tree/{rev}/{*path}", get(repo::tree))
@@ -400,6 +404,13 @@ impl Viewer {
 pub enum WebError {
     #[error("page not found")]
     NotFound,
+    /// A 404 that says what is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// A service behind the page (ci_service) is down or answered
+    /// nonsense: 502 with the reason.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("log in first")]
@@ -457,7 +468,8 @@ impl IntoResponse for WebError {
         use crate::guard::GuardError;
         let mut retry_after = None;
         let status = match &self {
-            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::NotFound | WebError::Missing(_) => StatusCode::NOT_FOUND,
+            WebError::Unavailable(_) => StatusCode::BAD_GATEWAY,
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::LoginRequired => StatusCode::SEE_OTHER,
             WebError::Forbidden(_) | WebError::Csrf => StatusCode::FORBIDDEN,

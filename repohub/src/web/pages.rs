@@ -4,7 +4,6 @@
 
 use askama::Template;
 
-use crate::ci::Job;
 use crate::cluster::ClusterView;
 use crate::db::Project;
 use crate::git::{Branch, CommitInfo};
@@ -203,6 +202,7 @@ pub(super) struct RepoPage {
     pub readme: Option<(String, String)>,
     pub has_flake: bool,
     pub member: bool,
+    pub badges: super::ci::Badges,
 }
 
 #[derive(Template)]
@@ -217,6 +217,7 @@ pub(super) struct LogPage {
     pub page: usize,
     /// Query string of the next (older) page, if any.
     pub older: Option<String>,
+    pub badges: super::ci::Badges,
 }
 
 pub(super) struct EntryRow {
@@ -261,6 +262,40 @@ pub(super) struct CommitPage {
     pub repo: String,
     pub c: CommitInfo,
     pub files: Vec<(char, String)>,
+    pub badges: super::ci::Badges,
+}
+
+/// One step of a job's stage bar (see `ci::stages`).
+pub(super) struct Stage {
+    pub name: &'static str,
+    /// "done", "running", "failed" or "cancelled".
+    pub state: &'static str,
+    /// "build 6.0 s (failed)".
+    pub label: String,
+    /// Where the step starts and how wide it is, in % of the bar.
+    pub x: String,
+    pub width: String,
+}
+
+/// What the job page shows of a job's state, redrawn while it runs.
+pub(super) struct JobSummary {
+    pub project: String,
+    pub repo: String,
+    pub id: i64,
+    pub state: String,
+    pub is_final: bool,
+    pub duration: String,
+    pub generation: Option<i64>,
+    pub error: Option<String>,
+    pub stages: Vec<Stage>,
+    /// A project member sees Cancel while the job may still run...
+    pub can_cancel: bool,
+    /// ...and Re-run once it ended.
+    pub can_rerun: bool,
+    /// The job failed for want of a flake.nix: offer "Generate flake".
+    pub no_flake: bool,
+    pub member: bool,
+    pub csrf: String,
 }
 
 #[derive(Template)]
@@ -268,12 +303,22 @@ pub(super) struct CommitPage {
 pub(super) struct JobPage {
     pub title: String,
     pub nav: Nav,
-    pub project: String,
-    pub repo_name: String,
-    /// A project member sees a Cancel button while the job may still run.
-    pub can_cancel: bool,
-    pub job: Job,
+    pub s: JobSummary,
+    pub commit: String,
+    pub short_commit: String,
+    pub branch: String,
+    pub created: String,
+    /// Store basenames of the derivations the log says were built.
+    pub drvs: Vec<String>,
+    /// `<cache>/log/` when the cache has this job's build logs.
+    pub drv_base: Option<String>,
     pub log: String,
+}
+
+#[derive(Template)]
+#[template(path = "job_summary.html")]
+pub(super) struct JobSummaryPart {
+    pub s: JobSummary,
 }
 
 #[derive(Template)]
@@ -284,4 +329,8 @@ pub(super) struct AutonixPage {
     pub project: String,
     pub repo: String,
     pub result: Result<autonix::init::Init, String>,
+    /// The default branch and the commit the flake was generated from
+    /// (what "Commit" checks the branch is still at).
+    pub branch: String,
+    pub base: String,
 }

@@ -1,19 +1,17 @@
 //! Project pages: the list, creation, the project page with its flake,
-//! VM specs, CI and cluster panels, members, deletion, and CI job views.
+//! VM specs, CI and cluster panels, members and deletion (CI job views are
+//! in `ci`).
 
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
-use http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::pages::{
-    CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobPage,
-    JobRow, NewProjectPage, ProjectPage, RepoRow, SpecRow, SyncView,
+    CiPanel, CiPanelData, ClusterPanel, ClusterPanelData, ConfirmDeletePage, IndexPage, JobRow,
+    NewProjectPage, ProjectPage, RepoRow, SpecRow, SyncView,
 };
-use super::{
-    CsrfForm, Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status,
-};
+use super::{Post, Viewer, WebError, WebResult, base_url, blocking, render, render_status};
 use crate::AppState;
 use crate::ci::{Job, JobState};
 use crate::db::Project;
@@ -190,7 +188,7 @@ pub(super) async fn create(Post { st, v, form: f }: Post<NewProjectForm>) -> Web
     Ok(Redirect::to(&format!("/{}", f.name)).into_response())
 }
 
-fn job_row(j: &Job, repo_name: &str) -> JobRow {
+pub(super) fn job_row(j: &Job, repo_name: &str) -> JobRow {
     JobRow {
         id: j.id,
         repo: repo_name.to_owned(),
@@ -203,7 +201,7 @@ fn job_row(j: &Job, repo_name: &str) -> JobRow {
 }
 
 /// (repo name, absolute path) of each repository of the project.
-fn repo_paths(st: &AppState, p: &Project) -> Result<Vec<(String, String)>, WebError> {
+pub(super) fn repo_paths(st: &AppState, p: &Project) -> Result<Vec<(String, String)>, WebError> {
     Ok(st
         .db
         .repos(p.id)?
@@ -604,104 +602,4 @@ pub(super) async fn delete(
     }
     tracing::info!(project = %ctx.project.name, "project deleted");
     Ok(Redirect::to("/").into_response())
-}
-
-/// A CI job, only if it belongs to one of this project's repositories.
-async fn project_job(st: &AppState, ctx: &ProjectCtx, id: i64) -> Result<(Job, String), WebError> {
-    let repos = repo_paths(st, &ctx.project)?;
-    let job = st.ci.job(id).await.map_err(|e| match e {
-        crate::ci::CiError::Status { status: 404, .. } => WebError::NotFound,
-        e => WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))),
-    })?;
-    let name = repos
-        .into_iter()
-        .find(|(_, p)| *p == job.repo)
-        .map(|(n, _)| n)
-        .ok_or(WebError::NotFound)?;
-    Ok((job, name))
-}
-
-pub(super) async fn job(
-    State(st): State<AppState>,
-    v: Viewer,
-    Path((name, id)): Path<(String, i64)>,
-) -> WebResult {
-    let ctx = load(&st, &v, &name)?;
-    let (job, repo_name) = project_job(&st, &ctx, id).await?;
-    // The log as it is now, so the page is complete without JavaScript:
-    // streamed, keeping only its tail, so a huge log never sits in memory.
-    let log = match st.ci.log_stream(id, false).await {
-        Ok(resp) => {
-            match crate::joblog::tail(Body::new(resp.into_body()), st.limits.job_log_tail).await {
-                Ok(t) => t,
-                Err(e) => format!("(log unavailable: {e})"),
-            }
-        }
-        Err(e) => format!("(log unavailable: {})", error_chain(&e)),
-    };
-    render(&JobPage {
-        title: format!("Job #{id}"),
-        nav: v.nav(),
-        project: ctx.project.name.clone(),
-        repo_name,
-        can_cancel: ctx.member() && !job.state.is_final(),
-        job,
-        log,
-    })
-}
-
-/// The job page's Cancel button: a project member asks ci_service to
-/// cancel one of the project's jobs (`DELETE /jobs/{id}`, with repohub's
-/// ci_service token, which must be an `admin` one of its
-/// `--api-token-file`), then sees the job page again.
-pub(super) async fn cancel_job(
-    Path((name, id)): Path<(String, i64)>,
-    Post { st, v, form: f }: Post<CsrfForm>,
-) -> WebResult {
-    let ctx = load_for_post(&st, &v, &name, May::Member, &f.csrf)?;
-    project_job(&st, &ctx, id).await?;
-    st.ci.cancel(id).await.map_err(|e| match e {
-        crate::ci::CiError::Status { status: 409, .. } => {
-            WebError::BadRequest(format!("job #{id} has already ended"))
-        }
-        crate::ci::CiError::Status { status: 403, .. } => WebError::BadRequest(
-            "ci_service refused: repohub's ci_service token may read jobs but not cancel them \
-             (cancelling needs an admin token of ci_service's --api-token-file)"
-                .into(),
-        ),
-        e => WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e))),
-    })?;
-    Ok(Redirect::to(&format!("/{}/-/jobs/{id}", ctx.project.name)).into_response())
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(super) struct FollowQuery {
-    follow: Option<String>,
-}
-
-/// Proxies ci_service's log, streamed as it grows when `follow=1`.
-pub(super) async fn job_log(
-    State(st): State<AppState>,
-    v: Viewer,
-    Path((name, id)): Path<(String, i64)>,
-    axum::extract::Query(q): axum::extract::Query<FollowQuery>,
-) -> Result<Response, WebError> {
-    let ctx = load(&st, &v, &name)?;
-    project_job(&st, &ctx, id).await?;
-    let follow = q.follow.as_deref() == Some("1");
-    let resp = st.ci.log_stream(id, follow).await.map_err(|e| {
-        WebError::BadRequest(format!("ci_service unavailable: {}", error_chain(&e)))
-    })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        Body::from_stream(crate::joblog::capped(
-            Body::new(resp.into_body()),
-            st.limits.job_log_proxy,
-        )),
-    )
-        .into_response())
 }

@@ -25,7 +25,7 @@ use crate::names;
 const MAX_RAW: usize = 64 * 1024 * 1024;
 
 /// The project context and the repository's directory, if it exists.
-fn load_repo(
+pub(super) fn load_repo(
     st: &AppState,
     v: &Viewer,
     project: &str,
@@ -42,7 +42,7 @@ fn load_repo(
 
 /// `load_repo` for a form post: the repository, then
 /// [`ProjectCtx::check_post`] (role first, then the CSRF token).
-fn load_repo_for_post(
+pub(super) fn load_repo_for_post(
     st: &AppState,
     v: &Viewer,
     (project, repo): (&str, &str),
@@ -83,6 +83,7 @@ pub(super) async fn show(
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     let clone_url = format!("{}/{}/{}.git", base_url(&headers), ctx.project.name, repo);
+    let badges = super::ci::badges(&st, &ctx.project.name, &dir).await;
     let data = blocking(move || {
         let r = git::open(&dir)?;
         if git::is_empty(&r) {
@@ -128,6 +129,7 @@ pub(super) async fn show(
             readme: None,
             has_flake: false,
             member,
+            badges,
         },
         Some((head, branches, readme, has_flake)) => RepoPage {
             title: format!("{}/{repo}", ctx.project.name),
@@ -141,6 +143,7 @@ pub(super) async fn show(
             readme,
             has_flake,
             member,
+            badges,
         },
     };
     render(&page)
@@ -239,6 +242,7 @@ pub(super) async fn log(
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     let page = q.page.unwrap_or(0).min(1_000_000);
     let cursor = q.after.as_deref().map(parse_cursor).transpose()?;
+    let badges = super::ci::badges(&st, &ctx.project.name, &dir).await;
     let r2 = rev.clone();
     let lp = blocking(move || {
         let r = git::open(&dir)?;
@@ -268,6 +272,7 @@ pub(super) async fn log(
         commits: lp.commits,
         page,
         older,
+        badges,
     })
 }
 
@@ -422,6 +427,7 @@ pub(super) async fn commit(
             "a commit id is 4 to 40 hex digits".into(),
         ));
     }
+    let badges = super::ci::badges(&st, &ctx.project.name, &dir).await;
     let (c, files) = blocking(move || {
         let r = git::open(&dir)?;
         let oid = git::resolve(&r, &sha)?;
@@ -435,6 +441,7 @@ pub(super) async fn commit(
         repo,
         c,
         files,
+        badges,
     })
 }
 
@@ -448,12 +455,13 @@ pub(super) async fn autonix(
     // Named after the repository: autonix uses the directory name in the flake.
     let dest = tmp.path().join(&repo);
     let d2 = dest.clone();
-    blocking(move || {
+    let (branch, base) = blocking(move || {
         let r = git::open(&dir)?;
         let head = git::default_branch(&r).ok_or(WebError::NotFound)?;
         let oid = git::resolve(&r, &head)?;
         std::fs::create_dir_all(&d2).map_err(|e| WebError::Internal(e.to_string()))?;
-        Ok(git::export_tree(&r, oid, &d2)?)
+        git::export_tree(&r, oid, &d2)?;
+        Ok((head, oid.to_string()))
     })
     .await?;
     let result = crate::flakegen::generate(dest)
@@ -465,5 +473,7 @@ pub(super) async fn autonix(
         project: ctx.project.name,
         repo,
         result,
+        branch,
+        base,
     })
 }

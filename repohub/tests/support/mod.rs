@@ -297,6 +297,40 @@ pub(crate) fn rand_suffix() -> String {
 
 // ---------------------------------------------------------------- ci_service
 
+/// The real ci_service in process, on loopback, with `nix`'s hermetic
+/// configuration, the hook secret [`CI_SECRET`] and `api_tokens` (lines
+/// of its `--api-token-file`); returns its URL and a guard that stops it.
+pub(crate) async fn real_ci_service(
+    nix: &repo_outils::testing::HermeticNix,
+    api_tokens: &str,
+) -> (String, DropGuard) {
+    let mut ci_config = ci_service::Config::new(nix.dir().join("ci"));
+    ci_config.nix_conf_dir = Some(nix.conf_dir());
+    ci_config.hook_secret = Some(CI_SECRET.into());
+    ci_config.api_auth = commands::auth::Authenticator::parse(
+        api_tokens,
+        Path::new("ci-api-tokens"),
+        ci_service::api::API_ROLES,
+    )
+    .unwrap();
+    let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ci_url = format!("http://{}", ci_listener.local_addr().unwrap());
+    let ci_stop = CancellationToken::new();
+    tokio::spawn(ci_service::run(ci_config, ci_listener, ci_stop.clone()));
+    (ci_url, ci_stop.drop_guard())
+}
+
+/// Points repohub at the ci_service at `url` with the hook secret and
+/// `token` for its API.
+pub(crate) fn ci_at(url: &str, token: &str) -> impl Fn(&mut Config) + use<> {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    move |c| {
+        c.ci_url = Some(url.clone());
+        c.ci_secret = Some(CI_SECRET.into());
+        c.ci_token = commands::auth::Secret::new(token.clone());
+    }
+}
+
 pub(crate) struct FakeCiState {
     pub up: AtomicBool,
     pub pushes: Mutex<Vec<Value>>,
@@ -305,6 +339,10 @@ pub(crate) struct FakeCiState {
     /// When non-zero, every job log is this many bytes of numbered lines
     /// (a job that prints without end).
     pub log_bytes: std::sync::atomic::AtomicUsize,
+    /// Cancels and re-runs asked of it ("cancel 3", "rerun 3"), in order.
+    pub actions: Mutex<Vec<String>>,
+    /// How many job lists (`GET /jobs`) it answered.
+    pub list_calls: AtomicI64,
     next_id: AtomicI64,
 }
 
@@ -341,12 +379,15 @@ impl FakeCi {
             jobs: Mutex::new(Vec::new()),
             unauthorized: AtomicI64::new(0),
             log_bytes: std::sync::atomic::AtomicUsize::new(0),
+            actions: Mutex::new(Vec::new()),
+            list_calls: AtomicI64::new(0),
             next_id: AtomicI64::new(1),
         });
         let app = Router::new()
             .route("/hooks/push", post(ci_push))
             .route("/jobs", get(ci_jobs))
-            .route("/jobs/{id}", get(ci_job))
+            .route("/jobs/{id}", get(ci_job).delete(ci_cancel))
+            .route("/jobs/{id}/rerun", post(ci_rerun))
             .route("/jobs/{id}/log", get(ci_log))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -380,6 +421,21 @@ impl FakeCi {
             state,
         ));
         id
+    }
+
+    /// A job of `repo` that built `commit`, ending (or not) in `state`.
+    pub(crate) fn add_commit_job(&self, repo: &str, commit: &str, state: &str) -> i64 {
+        let id = self.state.next_id.fetch_add(1, Ordering::SeqCst);
+        self.state
+            .jobs
+            .lock()
+            .unwrap()
+            .push(job_json(id, repo, "refs/heads/main", commit, state));
+        id
+    }
+
+    pub(crate) fn actions(&self) -> Vec<String> {
+        self.state.actions.lock().unwrap().clone()
     }
 
     pub(crate) fn pushes(&self) -> Vec<Value> {
@@ -427,6 +483,42 @@ async fn ci_push(
     (StatusCode::ACCEPTED, axum::Json(json!({ "job_id": id }))).into_response()
 }
 
+impl FakeCiState {
+    fn job(&self, id: i64) -> Option<Value> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .cloned()
+    }
+}
+
+/// `DELETE /jobs/{id}`: a running job is being cancelled (202), as
+/// ci_service answers.
+async fn ci_cancel(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
+    s.actions.lock().unwrap().push(format!("cancel {id}"));
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "id": id, "state": "running" })),
+    )
+        .into_response()
+}
+
+/// `POST /jobs/{id}/rerun`: the same push again as a new, queued job.
+async fn ci_rerun(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
+    s.actions.lock().unwrap().push(format!("rerun {id}"));
+    let Some(old) = s.job(id) else {
+        return (StatusCode::NOT_FOUND, "no such job").into_response();
+    };
+    let new = s.next_id.fetch_add(1, Ordering::SeqCst);
+    let mut j = old;
+    j["id"] = json!(new);
+    j["state"] = json!("queued");
+    s.jobs.lock().unwrap().push(j);
+    (StatusCode::ACCEPTED, axum::Json(json!({ "jobId": new }))).into_response()
+}
+
 async fn ci_jobs(
     State(s): State<Arc<FakeCiState>>,
     Query(q): Query<BTreeMap<String, String>>,
@@ -434,6 +526,7 @@ async fn ci_jobs(
     if !s.up.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
     }
+    s.list_calls.fetch_add(1, Ordering::SeqCst);
     let repo = q.get("repo").cloned().unwrap_or_default();
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(50);
     let jobs: Vec<Value> = s
@@ -450,14 +543,10 @@ async fn ci_jobs(
 }
 
 async fn ci_job(State(s): State<Arc<FakeCiState>>, UrlPath(id): UrlPath<i64>) -> Response {
-    let found = s
-        .jobs
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|j| j["id"] == id)
-        .cloned();
-    match found {
+    if !s.up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
+    match s.job(id) {
         None => (StatusCode::NOT_FOUND, "no such job").into_response(),
         Some(mut j) => {
             if j["state"] == "succeeded" {
@@ -495,6 +584,7 @@ async fn ci_log(
     let lines = vec![
         format!("job {id}: evaluating flake\n"),
         "building 1 derivation <script>alert(1)</script>\n".to_owned(),
+        "building '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-web-disk.img.drv'...\n".to_owned(),
         "published generation\n".to_owned(),
     ];
     let stream = futures::stream::iter(lines).then(move |l| async move {
