@@ -39,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::serve))
         .route("/static/style.css", get(style_css))
         .route("/static/live.js", get(live_js))
+        .route("/static/copy.js", get(copy_js))
         .route("/signup", get(account::signup_form).post(account::signup))
         .route("/login", get(account::login_form).post(account::login))
         .route("/logout", post(account::logout))
@@ -68,7 +69,10 @@ pub fn app(state: AppState) -> Router {
             "/{project}/{repo}/delete",
             get(repo::delete_form).post(repo::delete),
         )
-        .route("/{project}/{repo}/autonix", post(repo::autonix))
+        .route(
+            "/{project}/{repo}/autonix",
+            get(repo::autonix_reload).post(repo::autonix),
+        )
         .route("/{project}/{repo}/log/{rev}", get(repo::log))
         .route("/{project}/{repo}/tree/{rev}", get(repo::tree_root))
         .route("/{project}/{repo}/tree/{rev}/{*path}", get(repo::tree))
@@ -83,7 +87,9 @@ pub fn app(state: AppState) -> Router {
             "/{project}/{repo}/git-receive-pack",
             post(smart_http::handle),
         )
-        .fallback(|| async { WebError::NotFound })
+        .fallback(|uri: http::Uri| async move {
+            WebError::Missing(format!("no page at {}", bounded_path(uri.path())))
+        })
         .layer(from_fn_with_state(state.clone(), csrf_and_headers))
         .layer(from_fn_with_state(
             state.clone(),
@@ -109,6 +115,16 @@ async fn live_js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("../../static/live.js"),
+    )
+}
+
+async fn copy_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/copy.js"),
     )
 }
 
@@ -165,8 +181,29 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
     let return_to = (req.method() == http::Method::GET)
         .then(|| req.uri().path_and_query().map(|p| p.as_str().to_owned()))
         .flatten();
+    let method = req.method().clone();
     let mut resp = next.run(req).await;
-    if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && resp.extensions().get::<ErrorInfo>().is_none()
+    {
+        // The router's own 405 has an empty body: say what the address takes.
+        let allowed = resp.headers().get(header::ALLOW).cloned();
+        let info = ErrorInfo {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!(
+                "this address does not answer {method} (it answers {})",
+                allowed
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("other methods")
+            ),
+            login_required: false,
+        };
+        resp = error_page(&st, session.as_deref(), &token, info, None);
+        if let Some(v) = allowed {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+    } else if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
         resp = error_page(&st, session.as_deref(), &token, info, return_to.as_deref());
         if let Some(v) = retry_after {
@@ -217,26 +254,63 @@ fn error_page(
         };
         return Redirect::to(&to).into_response();
     }
-    let user = session
-        .map(auth::sha256_hex)
-        .and_then(|h| st.db.session_user(&h).ok().flatten());
+    let user = session_user(st, session.map(auth::sha256_hex).as_deref());
     let page = pages::ErrorPage {
         title: info.status.canonical_reason().unwrap_or("error").to_owned(),
-        nav: pages::Nav {
-            user: user.as_ref().map(|u| u.name.clone()),
-            csrf: csrf.to_owned(),
-            signup_open: st.open_signup,
-            may_create: user
-                .as_ref()
-                .is_some_and(|u| u.admin || u.may_create_projects),
-            admin: user.as_ref().is_some_and(|u| u.admin),
-        },
+        nav: nav_for(st, user.as_ref(), csrf, return_to),
         status: info.status.as_u16(),
         message: info.message.clone(),
     };
     match page.render() {
         Ok(html) => (info.status, Html(html)).into_response(),
         Err(_) => (info.status, info.message).into_response(),
+    }
+}
+
+/// The logged-in user of a session (by the hash of its cookie), with the
+/// configured admin made an admin.
+fn session_user(st: &AppState, session_hash: Option<&str>) -> Option<User> {
+    let mut user = session_hash.and_then(|h| st.db.session_user(h).ok().flatten());
+    if let (Some(u), Some(admin)) = (&mut user, &st.admin) {
+        u.admin |= u.name == **admin;
+    }
+    user
+}
+
+/// The header of a page drawn outside a handler (the error pages): the
+/// same as [`Viewer::nav`] gives the handlers.
+fn nav_for(st: &AppState, user: Option<&User>, csrf: &str, here: Option<&str>) -> pages::Nav {
+    pages::Nav {
+        user: user.map(|u| u.name.clone()),
+        csrf: csrf.to_owned(),
+        signup_open: st.open_signup,
+        may_create: user.is_some_and(|u| u.admin || u.may_create_projects),
+        admin: user.is_some_and(|u| u.admin),
+        login_next: login_next(here),
+    }
+}
+
+/// The `next` value (encoded) the "Log in" link carries: the page being
+/// shown, unless that is the login or signup page itself or not a safe path.
+fn login_next(here: Option<&str>) -> String {
+    match here {
+        Some(p)
+            if safe_return_to(p)
+                && p != "/"
+                && !p.starts_with("/login")
+                && !p.starts_with("/signup") =>
+        {
+            enc(p)
+        }
+        _ => String::new(),
+    }
+}
+
+/// A request path short enough to quote in a message.
+fn bounded_path(p: &str) -> String {
+    match p.char_indices().nth(200) {
+        None => p.to_owned(),
+        Some((i, _)) => format!("{}…", &p[..i]),
     }
 }
 
@@ -270,9 +344,11 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Post<T> {
             Err(never) => match never {},
         };
         let req = Request::from_parts(parts, body);
-        let Form(form) = Form::<T>::from_request(req, st)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        // A form that cannot be read gets the error page too, saying why.
+        let Form(form) = Form::<T>::from_request(req, st).await.map_err(|e| {
+            WebError::BadRequest(format!("the form could not be read: {}", e.body_text()))
+                .into_response()
+        })?;
         Ok(Post {
             st: st.clone(),
             v,
@@ -306,6 +382,8 @@ pub struct Viewer {
     session_hash: Option<String>,
     pub ip: std::net::IpAddr,
     signup_open: bool,
+    /// The page being shown (GET only), for the "Log in" link to return to.
+    here: Option<String>,
 }
 
 /// By hand: the CSRF token and the session hash are credentials, so they are
@@ -336,12 +414,10 @@ impl FromRequestParts<AppState> for Viewer {
         let session_hash = auth::cookie(&parts.headers, SESSION_COOKIE)
             .filter(|t| auth::looks_like_token(t))
             .map(auth::sha256_hex);
-        let mut user = session_hash
-            .as_deref()
-            .and_then(|h| st.db.session_user(h).ok().flatten());
-        if let (Some(u), Some(admin)) = (&mut user, &st.admin) {
-            u.admin |= u.name == **admin;
-        }
+        let user = session_user(st, session_hash.as_deref());
+        let here = (parts.method == http::Method::GET)
+            .then(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
+            .flatten();
         let ip = parts
             .extensions
             .get::<ClientIp>()
@@ -352,6 +428,7 @@ impl FromRequestParts<AppState> for Viewer {
             session_hash,
             ip,
             signup_open: st.open_signup,
+            here,
         })
     }
 }
@@ -367,6 +444,7 @@ impl Viewer {
                 .as_ref()
                 .is_some_and(|u| u.admin || u.may_create_projects),
             admin: self.is_admin(),
+            login_next: login_next(self.here.as_deref()),
         }
     }
 
@@ -393,6 +471,9 @@ impl Viewer {
 pub enum WebError {
     #[error("page not found")]
     NotFound,
+    /// A 404 that says what is missing ("no repository team-a/web").
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("log in first")]
@@ -450,7 +531,7 @@ impl IntoResponse for WebError {
         use crate::guard::GuardError;
         let mut retry_after = None;
         let status = match &self {
-            WebError::NotFound => StatusCode::NOT_FOUND,
+            WebError::NotFound | WebError::Missing(_) => StatusCode::NOT_FOUND,
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::LoginRequired => StatusCode::SEE_OTHER,
             WebError::Forbidden(_) | WebError::Csrf => StatusCode::FORBIDDEN,

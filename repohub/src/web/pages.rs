@@ -7,7 +7,7 @@ use askama::Template;
 use crate::ci::Job;
 use crate::cluster::ClusterView;
 use crate::db::Project;
-use crate::git::{Branch, CommitInfo};
+use crate::git::{Branch, CommitDiff, CommitInfo};
 
 #[derive(Debug, Clone, Default)]
 pub struct Nav {
@@ -19,6 +19,8 @@ pub struct Nav {
     pub may_create: bool,
     /// Whether to offer the admin page.
     pub admin: bool,
+    /// Where "Log in" comes back to (percent-encoded; empty for home).
+    pub login_next: String,
 }
 
 /// One account on the admin page.
@@ -99,6 +101,8 @@ pub(super) struct ConfirmDeletePage {
     pub title: String,
     pub nav: Nav,
     pub what: &'static str,
+    /// What deleting removes, one sentence.
+    pub consequence: &'static str,
     pub name: String,
     pub action: String,
     pub error: Option<String>,
@@ -184,9 +188,22 @@ pub(super) struct RepoPage {
     pub rev_enc: String,
     /// (encoded name, branch)
     pub branches: Vec<(String, Branch)>,
+    pub tag_count: usize,
     pub readme: Option<(String, String)>,
     pub has_flake: bool,
     pub member: bool,
+}
+
+/// The branch/tag switcher of the tree and log pages: plain links (a
+/// `<details>` list), so it works without JavaScript.
+pub(super) struct Switcher {
+    pub current: String,
+    /// (name, href) of each branch, then of each tag.
+    pub branches: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+    /// Refs past the switcher's bound.
+    pub more_branches: usize,
+    pub more_tags: usize,
 }
 
 #[derive(Template)]
@@ -197,10 +214,16 @@ pub(super) struct LogPage {
     pub project: String,
     pub repo: String,
     pub rev: String,
+    pub switcher: Switcher,
     pub commits: Vec<CommitInfo>,
+    /// 1-based, as in the URL.
     pub page: usize,
+    /// Query string of the previous (newer) page, if any.
+    pub newer: Option<String>,
     /// Query string of the next (older) page, if any.
     pub older: Option<String>,
+    /// Set when the page is past the end: what there is instead.
+    pub past_end: Option<String>,
 }
 
 pub(super) struct EntryRow {
@@ -231,6 +254,7 @@ pub(super) struct TreePage {
     pub repo: String,
     pub rev: String,
     pub rev_enc: String,
+    pub switcher: Switcher,
     /// (component, href)
     pub crumbs: Vec<(String, String)>,
     pub content: TreeContent,
@@ -244,7 +268,25 @@ pub(super) struct CommitPage {
     pub project: String,
     pub repo: String,
     pub c: CommitInfo,
-    pub files: Vec<(char, String)>,
+    pub diff: CommitDiff,
+}
+
+/// A one-field form shown again after it failed (a new repository, a new
+/// member), with the error and what was typed, in the normal layout.
+#[derive(Template)]
+#[template(path = "form.html")]
+pub(super) struct FormPage {
+    pub title: String,
+    pub nav: Nav,
+    pub heading: String,
+    pub error: String,
+    pub action: String,
+    pub label: &'static str,
+    pub field: &'static str,
+    pub value: String,
+    pub submit: &'static str,
+    /// (text, href) of the page the form lives on.
+    pub back: (String, String),
 }
 
 #[derive(Template)]
@@ -268,4 +310,8 @@ pub(super) struct AutonixPage {
     pub project: String,
     pub repo: String,
     pub result: Result<autonix::init::Init, String>,
+    /// The scan's warnings (files it could not read, …), apart from
+    /// `decisions`, what the user has to decide.
+    pub warnings: Vec<String>,
+    pub decisions: Vec<String>,
 }
