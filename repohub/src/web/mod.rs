@@ -186,23 +186,21 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
     if resp.status() == StatusCode::METHOD_NOT_ALLOWED
         && resp.extensions().get::<ErrorInfo>().is_none()
     {
-        // The router's own 405 has an empty body: say what the address takes.
-        let allowed = resp.headers().get(header::ALLOW).cloned();
+        // The router's own 405 has an empty body. (axum adds the Allow
+        // header outside this middleware, to this page as well.)
         let info = ErrorInfo {
             status: StatusCode::METHOD_NOT_ALLOWED,
             message: format!(
-                "this address does not answer {method} (it answers {})",
-                allowed
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("other methods")
+                "this address does not answer {method}{}",
+                if method == http::Method::GET {
+                    ": it is where a form sends what it posts"
+                } else {
+                    ""
+                }
             ),
             login_required: false,
         };
         resp = error_page(&st, session.as_deref(), &token, info, None);
-        if let Some(v) = allowed {
-            resp.headers_mut().insert(header::ALLOW, v);
-        }
     } else if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
         resp = error_page(&st, session.as_deref(), &token, info, return_to.as_deref());
