@@ -188,7 +188,7 @@ async fn main() {
     );
     for path in [
         "/bench/big/log/main",
-        "/bench/big/log/main?page=1",
+        "/bench/big/log/main?page=2",
         "/bench/big/log/main?page=100",
         cursor_url.as_str(),
         "/bench/big/tree/main",

@@ -255,7 +255,7 @@ fn error_page(
     let user = session_user(st, session.map(auth::sha256_hex).as_deref());
     let page = pages::ErrorPage {
         title: info.status.canonical_reason().unwrap_or("error").to_owned(),
-        nav: nav_for(st, user.as_ref(), csrf, return_to),
+        nav: nav_for(user.as_ref(), csrf, st.open_signup, return_to),
         status: info.status.as_u16(),
         message: info.message.clone(),
     };
@@ -275,13 +275,13 @@ fn session_user(st: &AppState, session_hash: Option<&str>) -> Option<User> {
     user
 }
 
-/// The header of a page drawn outside a handler (the error pages): the
-/// same as [`Viewer::nav`] gives the handlers.
-fn nav_for(st: &AppState, user: Option<&User>, csrf: &str, here: Option<&str>) -> pages::Nav {
+/// The page header for `user`: the handlers' (through [`Viewer::nav`]) and
+/// the error pages' alike.
+fn nav_for(user: Option<&User>, csrf: &str, signup_open: bool, here: Option<&str>) -> pages::Nav {
     pages::Nav {
         user: user.map(|u| u.name.clone()),
         csrf: csrf.to_owned(),
-        signup_open: st.open_signup,
+        signup_open,
         may_create: user.is_some_and(|u| u.admin || u.may_create_projects),
         admin: user.is_some_and(|u| u.admin),
         login_next: login_next(here),
@@ -433,17 +433,12 @@ impl FromRequestParts<AppState> for Viewer {
 
 impl Viewer {
     pub fn nav(&self) -> pages::Nav {
-        pages::Nav {
-            user: self.user.as_ref().map(|u| u.name.clone()),
-            csrf: self.csrf.clone(),
-            signup_open: self.signup_open,
-            may_create: self
-                .user
-                .as_ref()
-                .is_some_and(|u| u.admin || u.may_create_projects),
-            admin: self.is_admin(),
-            login_next: login_next(self.here.as_deref()),
-        }
+        nav_for(
+            self.user.as_ref(),
+            &self.csrf,
+            self.signup_open,
+            self.here.as_deref(),
+        )
     }
 
     pub fn is_admin(&self) -> bool {

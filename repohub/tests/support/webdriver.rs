@@ -248,6 +248,22 @@ impl Session<'_> {
             .await;
     }
 
+    /// Whether the git page on screen scrolls sideways (its document wider
+    /// than the window): wide diffs and long names must scroll inside
+    /// their own boxes, never the page.
+    pub(crate) async fn git_page_scrolls_sideways(&self) -> bool {
+        let script =
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth;";
+        let v = self
+            .cmd(
+                "POST",
+                "/execute/sync",
+                Some(json!({ "script": script, "args": [] })),
+            )
+            .await;
+        v.as_bool().expect("a boolean from the page")
+    }
+
     /// Saves a PNG of the viewport as `<shots>/<name>.png`.
     pub(crate) async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
