@@ -13,12 +13,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use http::Request;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+#[path = "common/timing.rs"]
+mod timing;
 
 const ITERATIONS: usize = 300;
 const GOAL_P99_MS: f64 = 50.0;
@@ -70,37 +67,6 @@ fn commit_with_changes(work: &Path, files: usize, replaced: usize) -> String {
     git(work, &["rev-parse", "HEAD"])
 }
 
-fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p = |q: f64| ms(v[((v.len() as f64 * q).ceil() as usize).min(v.len()) - 1]);
-    (p(0.5), p(0.99), ms(*v.last().unwrap()))
-}
-
-async fn time_page(router: &axum::Router, path: &str) -> (f64, f64, f64, String) {
-    let mut times = Vec::with_capacity(ITERATIONS);
-    let mut body = String::new();
-    for i in 0..ITERATIONS + 10 {
-        let req = Request::get(path)
-            .header("host", "bench")
-            .body(Body::empty())
-            .unwrap();
-        let t = Instant::now();
-        let resp = router.clone().oneshot(req).await.unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let e = t.elapsed();
-        if i == 0 {
-            body = String::from_utf8_lossy(&bytes).into_owned();
-        }
-        if i >= 10 {
-            times.push(e);
-        }
-    }
-    let (p50, p99, max) = stats(times);
-    (p50, p99, max, body)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,7 +107,8 @@ async fn main() {
     );
     let mut goal_met = true;
     for (path, changed) in &cases {
-        let (p50, p99, max, body) = time_page(&router, path).await;
+        let (p50, p99, max, body) = timing::time_page(&router, path, ITERATIONS).await;
+        let body = String::from_utf8_lossy(&body);
         assert!(body.contains("fstatus-renamed"), "the rename is detected");
         let label = path.split("/commit/").next().unwrap_or(path);
         println!(

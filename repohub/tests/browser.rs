@@ -9,13 +9,13 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::webdriver::Driver;
-use support::{CI_SECRET, FakeCi, FakeMaster, auth_url, push_main, work_repo};
+use support::{
+    CI_SECRET, FakeCi, FakeMaster, artefacts, auth_url, create_admin, push_main, work_repo,
+};
 use testkit::fs::free_port;
 use testkit::{Log, Proc};
 
@@ -55,40 +55,6 @@ impl Repohub {
         }
         me
     }
-}
-
-/// `repohub admin create-user NAME --admin` on `data`, the password on stdin.
-fn create_admin(data: &std::path::Path, name: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repohub"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--kdf-memory-kib",
-            "1024",
-            "admin",
-            "create-user",
-            name,
-            "--admin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{password}").unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "admin create-user failed");
-}
-
-fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("test-artifacts").join("repohub")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

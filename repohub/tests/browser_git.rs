@@ -8,55 +8,19 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use support::webdriver::Driver;
-use support::{auth_url, commit_at, git, push_main, work_repo};
+use support::{artefacts, auth_url, commit_at, create_admin, git, push_main, work_repo};
 use testkit::{Log, Proc};
 
 const PW: &str = "correct horse battery";
-
-fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("test-artifacts").join("repohub")
-}
-
-/// `repohub admin create-user NAME --admin` on `data`, the password on stdin.
-fn create_admin(data: &std::path::Path, name: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repohub"))
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--kdf-memory-kib",
-            "1024",
-            "admin",
-            "create-user",
-            name,
-            "--admin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{PW}").unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "admin create-user failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_diff_switcher_and_clone_url_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    create_admin(&data, "ann");
+    create_admin(&data, "ann", PW);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_repohub"));
     cmd.args(["--listen", "127.0.0.1:0", "--kdf-memory-kib", "1024"])
         .arg("--data-dir")

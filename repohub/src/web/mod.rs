@@ -571,6 +571,28 @@ pub fn render_status<T: Template>(status: StatusCode, t: &T) -> WebResult {
     Ok((status, Html(t.render()?)).into_response())
 }
 
+/// A project's one-field form (`form`) drawn again with `error` and the
+/// `value` typed, as a 400.
+fn form_again(
+    v: &Viewer,
+    project: &str,
+    form: &'static pages::OneField,
+    value: &str,
+    error: String,
+) -> WebResult {
+    render_status(
+        StatusCode::BAD_REQUEST,
+        &pages::FormPage {
+            title: format!("{} {project}", form.heading),
+            nav: v.nav(),
+            project: project.to_owned(),
+            form,
+            error,
+            value: value.to_owned(),
+        },
+    )
+}
+
 /// Runs blocking work (git2, argon2) off the async threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, WebError> + Send + 'static,

@@ -278,16 +278,38 @@ pub(super) struct CommitPage {
 pub(super) struct FormPage {
     pub title: String,
     pub nav: Nav,
-    pub heading: String,
+    pub project: String,
+    pub form: &'static OneField,
     pub error: String,
-    pub action: String,
+    pub value: String,
+}
+
+/// What a one-field form of a project page is: its heading, where it
+/// posts (under `/{project}/`), its field and its button.
+#[derive(Debug)]
+pub(super) struct OneField {
+    pub heading: &'static str,
+    pub path: &'static str,
     pub label: &'static str,
     pub field: &'static str,
-    pub value: String,
     pub submit: &'static str,
-    /// (text, href) of the page the form lives on.
-    pub back: (String, String),
 }
+
+pub(super) const NEW_REPO_FORM: OneField = OneField {
+    heading: "New repository in",
+    path: "-/repos",
+    label: "Repository name",
+    field: "name",
+    submit: "Create repository",
+};
+
+pub(super) const ADD_MEMBER_FORM: OneField = OneField {
+    heading: "Add a member to",
+    path: "-/members",
+    label: "User name",
+    field: "username",
+    submit: "Add member",
+};
 
 #[derive(Template)]
 #[template(path = "job.html")]

@@ -443,20 +443,12 @@ pub(super) async fn add_member(
     let username = f.username.trim();
     // A failure shows the form again, with the error and what was typed.
     let fail = |error: String| {
-        render_status(
-            StatusCode::BAD_REQUEST,
-            &super::pages::FormPage {
-                title: format!("Add member · {}", ctx.project.name),
-                nav: v.nav(),
-                heading: format!("Add a member to {}", ctx.project.name),
-                error,
-                action: format!("/{}/-/members", ctx.project.name),
-                label: "User name",
-                field: "username",
-                value: username.to_owned(),
-                submit: "Add member",
-                back: (ctx.project.name.clone(), format!("/{}", ctx.project.name)),
-            },
+        super::form_again(
+            &v,
+            &ctx.project.name,
+            &super::pages::ADD_MEMBER_FORM,
+            username,
+            error,
         )
     };
     let Some(user) = st.db.user_by_name(username)? else {

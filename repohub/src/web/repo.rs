@@ -9,13 +9,13 @@ use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
 use super::pages::{
-    AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, FormPage, LogPage, RepoPage,
-    Switcher, TreeContent, TreePage,
+    AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, Switcher,
+    TreeContent, TreePage,
 };
 use super::project::{ConfirmForm, May, ProjectCtx, load, load_for_post};
 use super::{
     CsrfForm, NameForm, Post, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path,
-    human_size, render, render_status,
+    form_again, human_size, pages, render, render_status,
 };
 use crate::AppState;
 use crate::git;
@@ -108,23 +108,8 @@ pub(super) async fn create(
     Post { st, v, form: f }: Post<NameForm>,
 ) -> WebResult {
     let ctx = load_for_post(&st, &v, &project, May::Member, &f.csrf)?;
-    let fail = |error: String| {
-        render_status(
-            StatusCode::BAD_REQUEST,
-            &FormPage {
-                title: format!("New repository · {}", ctx.project.name),
-                nav: v.nav(),
-                heading: format!("New repository in {}", ctx.project.name),
-                error,
-                action: format!("/{}/-/repos", ctx.project.name),
-                label: "Repository name",
-                field: "name",
-                value: f.name.clone(),
-                submit: "Create repository",
-                back: (ctx.project.name.clone(), format!("/{}", ctx.project.name)),
-            },
-        )
-    };
+    let fail =
+        |error: String| form_again(&v, &ctx.project.name, &pages::NEW_REPO_FORM, &f.name, error);
     if let Err(e) = names::validate_name(&f.name) {
         return fail(e.to_string());
     }
@@ -159,10 +144,10 @@ pub(super) async fn show(
     headers: HeaderMap,
 ) -> WebResult {
     // The clone URL pasted into a browser: the repository's page.
-    if let Some(bare) = repo.strip_suffix(".git") {
-        if names::validate_name(bare).is_ok() {
-            return Ok(Redirect::to(&format!("/{}/{}", enc(&project), enc(bare))).into_response());
-        }
+    if let Some(bare) = repo.strip_suffix(".git")
+        && names::validate_name(bare).is_ok()
+    {
+        return Ok(Redirect::to(&format!("/{}/{}", enc(&project), enc(bare))).into_response());
     }
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     let clone_url = format!("{}/{}/{}.git", base_url(&headers), ctx.project.name, repo);

@@ -838,3 +838,43 @@ pub(crate) async fn ann_with_p_r(app: &TestApp) -> (Client, String) {
     let token = ann.token().await;
     (ann, token)
 }
+
+// ---------------------------------------------------------------- browser tests
+
+/// Where the browser tests keep their screenshots (CI artifacts):
+/// `<target>/test-artifacts/repohub/`.
+pub(crate) fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
+    target.join("test-artifacts").join("repohub")
+}
+
+/// `repohub admin create-user NAME --admin` on `data`, the password on stdin
+/// (how an operator makes the first account when signup is closed).
+pub(crate) fn create_admin(data: &Path, name: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_repohub"))
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--kdf-memory-kib",
+            "1024",
+            "admin",
+            "create-user",
+            name,
+            "--admin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "admin create-user failed");
+}
