@@ -70,11 +70,7 @@ fn commit_with_changes(work: &Path, files: usize, replaced: usize) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = repohub::Config::new(dir.path().join("data"));
-    config.kdf = repohub::auth::KdfParams::insecure_for_tests();
-    let state = repohub::AppState::new(&config).unwrap();
-    let user = state.db.create_user("bench", "x").unwrap();
-    let pid = state.db.create_project("bench", "", true, user.id).unwrap();
+    let (_, state, pid) = timing::bench_project(dir.path());
 
     let mut cases = Vec::new();
     // (repository, files, lines replaced per file): 10 × 50 = 1,000

@@ -107,11 +107,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = repohub::Config::new(dir.path().join("data"));
-    config.kdf = repohub::auth::KdfParams::insecure_for_tests();
-    let state = repohub::AppState::new(&config).unwrap();
-    let user = state.db.create_user("bench", "x").unwrap();
-    let pid = state.db.create_project("bench", "", true, user.id).unwrap();
+    let (config, state, pid) = timing::bench_project(dir.path());
     state.db.create_repo(pid, "big").unwrap();
     let bare = state.repo_dir("bench", "big");
     repohub::git::create_bare(&bare, &state.spool, state.limits.receive).unwrap();

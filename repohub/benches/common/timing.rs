@@ -1,6 +1,7 @@
-//! Page timing shared by repohub's page benches: server time of one page
-//! through the router in process (routing, SQLite, git2, templates; no TCP
-//! hop), as p50/p99/max over many requests after a warm-up.
+//! Shared by repohub's page benches: the app on a temporary data directory
+//! with a public project `bench`, and the server time of one page through
+//! the router in process (routing, SQLite, git2, templates; no TCP hop), as
+//! p50/p99/max over many requests after a warm-up.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,17 @@ use axum::body::Body;
 use http::Request;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
+
+/// The configuration, the state on `dir` (cheap KDF) and the id of the
+/// public project `bench`, owned by user `bench`.
+pub(crate) fn bench_project(dir: &std::path::Path) -> (repohub::Config, repohub::AppState, i64) {
+    let mut config = repohub::Config::new(dir.join("data"));
+    config.kdf = repohub::auth::KdfParams::insecure_for_tests();
+    let state = repohub::AppState::new(&config).unwrap();
+    let user = state.db.create_user("bench", "x").unwrap();
+    let pid = state.db.create_project("bench", "", true, user.id).unwrap();
+    (config, state, pid)
+}
 
 /// Requests made and dropped before timing starts.
 const WARM_UP: usize = 10;
