@@ -457,6 +457,37 @@ async fn autonix_reload_delete_wording_and_the_clone_copy_button() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     r.assert_contains(&["no repository p/nope"]);
 
+    // The scan's warnings are listed apart from what is left to decide.
+    std::fs::write(
+        work.join("Cargo.toml"),
+        "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::write(work.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::os::unix::fs::symlink("nowhere/<b>", work.join("dangling")).unwrap();
+    git(&work, &["add", "-A"]);
+    commit_at(&work, "a crate and a dangling link", 1_600_000_300);
+    app.push_direct(&work, "p", "r");
+    ann.get("/p/r").await;
+    let r = ann.post("/p/r/autonix", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let warnings = &r.body[r
+        .body
+        .find("id=\"autonix-warnings\"")
+        .expect("a warnings list")..];
+    let warnings = &warnings[..warnings.find("</ul>").unwrap()];
+    assert!(
+        warnings.contains("dangling") && warnings.contains("broken symbolic link"),
+        "{warnings}"
+    );
+    r.assert_contains(&["id=\"autonix-found\"", "hello"]);
+    let undecided = r
+        .body
+        .find("id=\"autonix-undecided\"")
+        .map(|i| &r.body[i..]);
+    assert!(undecided.is_none_or(|u| !u[..u.find("</ul>").unwrap()].contains("warning:")));
+
     let d = ann.get("/p/r/delete").await;
     d.assert_contains(&[
         "This removes the repository and its whole history (every branch and tag) from disk.",
