@@ -260,7 +260,7 @@ async fn log_paging_past_the_end_names_the_last_page() {
     assert_eq!(past.status, StatusCode::NOT_FOUND);
     past.assert_contains(&[
         "no commits on page 99: the history of main has 3 pages (120 commits)",
-        "href=\"?page=3\" id=\"newer\"",
+        "href=\"?page=3\" id=\"newer\">← Last page</a>",
         "Log out",
     ]);
     assert!(!past.body.contains("page 100"));
