@@ -120,7 +120,8 @@ impl Shared {
         for (project, number) in rollouts {
             let line = project.parse::<ProjectName>().ok().and_then(|p| {
                 let st = self.state.borrow();
-                st.generation(&p, number).map(|g| g.generation.rollout.clone())
+                st.generation(&p, number)
+                    .map(|g| g.generation.rollout.clone())
             });
             if let Some(line) = line {
                 self.persist("rollout", |s| s.set_rollout(project, number, &line));

@@ -309,10 +309,11 @@ impl State {
             if active.specs.iter().any(|s| s.update().is_some()) {
                 self.rolling_projects.insert(name.clone());
                 let before = p.history.iter().rev().nth(1);
-                self.previous.extend(before.into_iter().flat_map(|g| &g.specs).map(|s| {
-                    let s = s.clone().with_project(name.clone());
-                    (VmKey::new(name.clone(), s.name().clone()), s)
-                }));
+                self.previous
+                    .extend(before.into_iter().flat_map(|g| &g.specs).map(|s| {
+                        let s = s.clone().with_project(name.clone());
+                        (VmKey::new(name.clone(), s.name().clone()), s)
+                    }));
             }
         }
         let effects = self.reschedule();

@@ -333,7 +333,12 @@ impl Store {
     /// Records generation `number` of `project`'s rollout line (see
     /// `GenerationView::rollout`), so a restart resumes a paused or
     /// reverted rollout as it was.
-    pub fn set_rollout(&mut self, project: &str, number: u64, line: &str) -> Result<(), StoreError> {
+    pub fn set_rollout(
+        &mut self,
+        project: &str,
+        number: u64,
+        line: &str,
+    ) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE generations SET rollout = ?3 WHERE project = ?1 AND number = ?2",

@@ -15,10 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use http::Request;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+#[path = "common/timing.rs"]
+mod timing;
 
 const COMMITS: usize = 10_000;
 const DIRS: usize = 50;
@@ -88,35 +86,6 @@ fn fast_import_stream() -> Vec<u8> {
     s
 }
 
-fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p = |q: f64| ms(v[((v.len() as f64 * q).ceil() as usize).min(v.len()) - 1]);
-    (p(0.5), p(0.99), ms(*v.last().unwrap()))
-}
-
-async fn time_page(router: &axum::Router, path: &str) -> (f64, f64, f64, usize) {
-    let mut times = Vec::with_capacity(ITERATIONS);
-    let mut size = 0;
-    for i in 0..ITERATIONS + 10 {
-        let req = Request::get(path)
-            .header("host", "bench")
-            .body(Body::empty())
-            .unwrap();
-        let t = Instant::now();
-        let resp = router.clone().oneshot(req).await.unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let e = t.elapsed();
-        size = body.len();
-        if i >= 10 {
-            times.push(e);
-        }
-    }
-    let (p50, p99, max) = stats(times);
-    (p50, p99, max, size)
-}
-
 fn git(dir: &Path, args: &[&str]) -> Duration {
     let t = Instant::now();
     testkit::process::output_ok(
@@ -138,11 +107,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = repohub::Config::new(dir.path().join("data"));
-    config.kdf = repohub::auth::KdfParams::insecure_for_tests();
-    let state = repohub::AppState::new(&config).unwrap();
-    let user = state.db.create_user("bench", "x").unwrap();
-    let pid = state.db.create_project("bench", "", true, user.id).unwrap();
+    let (config, state, pid) = timing::bench_project(dir.path());
     state.db.create_repo(pid, "big").unwrap();
     let bare = state.repo_dir("bench", "big");
     repohub::git::create_bare(&bare, &state.spool, state.limits.receive).unwrap();
@@ -188,7 +153,7 @@ async fn main() {
     );
     for path in [
         "/bench/big/log/main",
-        "/bench/big/log/main?page=1",
+        "/bench/big/log/main?page=2",
         "/bench/big/log/main?page=100",
         cursor_url.as_str(),
         "/bench/big/tree/main",
@@ -197,7 +162,8 @@ async fn main() {
         "/bench/big/tree/main/d07/file042.txt",
         "/bench/big",
     ] {
-        let (p50, p99, max, size) = time_page(&router, path).await;
+        let (p50, p99, max, body) = timing::time_page(&router, path, ITERATIONS).await;
+        let size = body.len();
         let label = if path.contains("after=") {
             "/bench/big/log/main?page=100&after=<cursor>"
         } else {

@@ -1,5 +1,6 @@
 //! Bare repositories on disk (git2): creation with the post-receive hook,
-//! and the read-only views the pages show (branches, log, tree, blobs).
+//! and the read-only views the pages show (branches and tags, log, tree,
+//! blobs, commit diffs with renames).
 //!
 //! Every lookup starts from a validated revision and validated path
 //! components (see `names`), and reads objects from the object database
@@ -200,6 +201,45 @@ pub fn branches(repo: &Repository) -> Result<Vec<Branch>, GitError> {
     Ok(out)
 }
 
+/// The most branches, and tags, the switcher lists.
+pub const MAX_SWITCHER_REFS: usize = 100;
+
+/// Branch and tag names for the switcher, sorted, each list cut at
+/// `max`; the counts say how many there are in all.
+#[derive(Debug, Clone, Default)]
+pub struct RefNames {
+    pub branches: Vec<String>,
+    pub tags: Vec<String>,
+    pub branch_count: usize,
+    pub tag_count: usize,
+}
+
+pub fn ref_names(repo: &Repository, max: usize) -> Result<RefNames, GitError> {
+    let names = |glob: &str, prefix: &str| -> Result<(Vec<String>, usize), GitError> {
+        let mut all: Vec<String> = repo
+            .references_glob(glob)?
+            .names()
+            .filter_map(|n| {
+                n.ok()
+                    .and_then(|n| n.strip_prefix(prefix))
+                    .map(str::to_owned)
+            })
+            .collect();
+        all.sort();
+        let count = all.len();
+        all.truncate(max);
+        Ok((all, count))
+    };
+    let (branches, branch_count) = names("refs/heads/*", "refs/heads/")?;
+    let (tags, tag_count) = names("refs/tags/*", "refs/tags/")?;
+    Ok(RefNames {
+        branches,
+        tags,
+        branch_count,
+        tag_count,
+    })
+}
+
 /// A branch, tag or hex commit id to a commit.
 pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, GitError> {
     names::validate_rev(rev)?;
@@ -227,6 +267,9 @@ pub struct LogPage {
     /// and it is small enough to put in a URL.
     pub next: Option<Vec<Oid>>,
     pub more: bool,
+    /// Commits walked, skipped pages included: when the walk ran out before
+    /// the page, the whole history's length.
+    pub walked: usize,
 }
 
 /// One page of history, newest first by committer time (git log's default
@@ -273,30 +316,277 @@ pub fn log(repo: &Repository, starts: &[Oid], skip: usize) -> Result<LogPage, Gi
         commits,
         next,
         more,
+        walked: emitted,
     })
 }
 
-pub fn commit(repo: &Repository, id: Oid) -> Result<(CommitInfo, Vec<(char, String)>), GitError> {
+/// What a commit page shows at most: past these the page says how much it
+/// left out, so a commit that rewrites a whole tree costs a bounded page.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffLimits {
+    /// Files listed with their counts.
+    pub files: usize,
+    /// Diff lines (context, added, removed) drawn, over all files.
+    pub lines: usize,
+    /// Characters kept of one line.
+    pub line_chars: usize,
+    /// Blobs above this many bytes are named, not diffed.
+    pub blob_bytes: u64,
+}
+
+impl Default for DiffLimits {
+    fn default() -> Self {
+        DiffLimits {
+            files: 300,
+            lines: 5000,
+            line_chars: 1000,
+            blob_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// How a file changed in a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    Added,
+    Modified,
+    Deleted,
+    Renamed,
+    Copied,
+    /// Only the mode changed (e.g. made executable), or the type.
+    ModeChanged,
+}
+
+impl FileStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            FileStatus::Added => "added",
+            FileStatus::Modified => "modified",
+            FileStatus::Deleted => "deleted",
+            FileStatus::Renamed => "renamed",
+            FileStatus::Copied => "copied",
+            FileStatus::ModeChanged => "mode changed",
+        }
+    }
+
+    /// The label as a CSS class suffix.
+    pub fn css(self) -> &'static str {
+        match self {
+            FileStatus::ModeChanged => "mode",
+            s => s.label(),
+        }
+    }
+}
+
+/// One line of a hunk: `kind` is ' ' (context), '+' or '-', or '\\' for
+/// git's "no newline at end of file".
+#[derive(Debug, Clone)]
+pub struct DiffLine {
+    pub kind: char,
+    pub old_no: Option<u32>,
+    pub new_no: Option<u32>,
+    pub text: String,
+}
+
+impl DiffLine {
+    /// The CSS class of the line's row.
+    pub fn css(&self) -> &'static str {
+        match self.kind {
+            '+' => "ladd",
+            '-' => "ldel",
+            '\\' => "leof",
+            _ => "lctx",
+        }
+    }
+
+    /// What precedes the text, as in `git diff`.
+    pub fn prefix(&self) -> &'static str {
+        match self.kind {
+            '+' => "+",
+            '-' => "-",
+            '\\' => "\\ ",
+            _ => " ",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Hunk {
+    /// `@@ -a,b +c,d @@ context`
+    pub header: String,
+    pub lines: Vec<DiffLine>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileDiff {
+    pub status: FileStatus,
+    /// The path before the change (differs from `path` for renames and copies).
+    pub old_path: String,
+    pub path: String,
+    pub additions: usize,
+    pub deletions: usize,
+    pub binary: bool,
+    pub hunks: Vec<Hunk>,
+    /// Lines of this file's diff left out by the page's line bound.
+    pub lines_not_shown: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommitDiff {
+    pub files: Vec<FileDiff>,
+    /// Changed files past the file bound (not listed at all).
+    pub files_not_shown: usize,
+    /// Diff lines left out over all listed files.
+    pub lines_not_shown: usize,
+    pub additions: usize,
+    pub deletions: usize,
+    pub limits: DiffLimits,
+}
+
+/// The commit and its diff against its first parent (the empty tree for a
+/// root commit), with renames detected (`git diff -M`) and within `limits`.
+pub fn commit(
+    repo: &Repository,
+    id: Oid,
+    limits: DiffLimits,
+) -> Result<(CommitInfo, CommitDiff), GitError> {
     let c = repo.find_commit(id).map_err(GitError::from_lookup)?;
     let tree = c.tree()?;
     let parent = c.parents().next().map(|p| p.tree()).transpose()?;
-    let diff = repo.diff_tree_to_tree(parent.as_ref(), Some(&tree), None)?;
-    let mut files = Vec::new();
-    for d in diff.deltas().take(1000) {
-        let status = match d.status() {
-            git2::Delta::Added => 'A',
-            git2::Delta::Deleted => 'D',
-            git2::Delta::Renamed => 'R',
-            _ => 'M',
+    let mut opts = git2::DiffOptions::new();
+    // Larger blobs count as binary: named, never loaded for a line diff.
+    opts.max_size(i64::try_from(limits.blob_bytes).unwrap_or(i64::MAX));
+    let mut diff = repo.diff_tree_to_tree(parent.as_ref(), Some(&tree), Some(&mut opts))?;
+    let mut find = git2::DiffFindOptions::new();
+    find.renames(true).copies(false);
+    diff.find_similar(Some(&mut find))?;
+    Ok((commit_info(&c), commit_diff(&diff, limits)?))
+}
+
+fn commit_diff(diff: &git2::Diff<'_>, limits: DiffLimits) -> Result<CommitDiff, GitError> {
+    let total = diff.deltas().len();
+    let mut out = CommitDiff {
+        files: Vec::new(),
+        files_not_shown: total.saturating_sub(limits.files),
+        lines_not_shown: 0,
+        additions: 0,
+        deletions: 0,
+        limits,
+    };
+    let mut budget = limits.lines;
+    for idx in 0..total.min(limits.files) {
+        let Some(delta) = diff.get_delta(idx) else {
+            continue;
         };
-        let p = d
-            .new_file()
-            .path()
-            .or(d.old_file().path())
-            .map(|p| p.to_string_lossy().into_owned());
-        files.push((status, p.unwrap_or_default()));
+        let status = match delta.status() {
+            git2::Delta::Added => FileStatus::Added,
+            git2::Delta::Deleted => FileStatus::Deleted,
+            git2::Delta::Renamed => FileStatus::Renamed,
+            git2::Delta::Copied => FileStatus::Copied,
+            git2::Delta::Typechange => FileStatus::ModeChanged,
+            _ if delta.old_file().mode() != delta.new_file().mode()
+                && delta.old_file().id() == delta.new_file().id() =>
+            {
+                FileStatus::ModeChanged
+            }
+            _ => FileStatus::Modified,
+        };
+        let path_of = |f: git2::DiffFile<'_>| {
+            f.path()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let old_path = path_of(delta.old_file());
+        let new_path = path_of(delta.new_file());
+        let path = if status == FileStatus::Deleted {
+            old_path.clone()
+        } else {
+            new_path
+        };
+        let mut file = FileDiff {
+            status,
+            old_path,
+            path,
+            additions: 0,
+            deletions: 0,
+            binary: delta.flags().is_binary(),
+            hunks: Vec::new(),
+            lines_not_shown: 0,
+        };
+        if let Some(patch) = git2::Patch::from_diff(diff, idx)? {
+            let pd = patch.delta();
+            file.binary |= pd.flags().is_binary();
+            let (_, adds, dels) = patch.line_stats()?;
+            file.additions = adds;
+            file.deletions = dels;
+            if !file.binary {
+                file_hunks(&patch, &mut file, &mut budget, limits.line_chars)?;
+            }
+        }
+        out.additions += file.additions;
+        out.deletions += file.deletions;
+        out.lines_not_shown += file.lines_not_shown;
+        out.files.push(file);
     }
-    Ok((commit_info(&c), files))
+    Ok(out)
+}
+
+/// Copies the patch's hunks into `file` while `budget` lasts; what is left
+/// is counted in `file.lines_not_shown`.
+fn file_hunks(
+    patch: &git2::Patch<'_>,
+    file: &mut FileDiff,
+    budget: &mut usize,
+    line_chars: usize,
+) -> Result<(), GitError> {
+    for h in 0..patch.num_hunks() {
+        let (hunk, n) = patch.hunk(h)?;
+        if *budget == 0 {
+            file.lines_not_shown += n;
+            continue;
+        }
+        let mut out = Hunk {
+            header: String::from_utf8_lossy(hunk.header()).trim_end().to_owned(),
+            lines: Vec::with_capacity(n.min(*budget)),
+        };
+        for l in 0..n {
+            if *budget == 0 {
+                file.lines_not_shown += n - l;
+                break;
+            }
+            let line = patch.line_in_hunk(h, l)?;
+            let kind = match line.origin() {
+                '+' | '-' | ' ' => line.origin(),
+                // '=', '>', '<': the end-of-file newline markers.
+                _ => '\\',
+            };
+            let text = if kind == '\\' {
+                "No newline at end of file".to_owned()
+            } else {
+                let t = String::from_utf8_lossy(line.content());
+                let t = t.strip_suffix('\n').unwrap_or(&t);
+                let t = t.strip_suffix('\r').unwrap_or(t);
+                bounded(t, line_chars)
+            };
+            out.lines.push(DiffLine {
+                kind,
+                old_no: line.old_lineno(),
+                new_no: line.new_lineno(),
+                text,
+            });
+            *budget -= 1;
+        }
+        file.hunks.push(out);
+    }
+    Ok(())
+}
+
+/// At most `max` characters of `s`, with "…" when cut.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
 }
 
 #[derive(Debug, Clone)]

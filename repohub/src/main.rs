@@ -1,5 +1,6 @@
 //! The `repohub` binary: flags and environment to a `Config`, then `run`;
 //! or `repohub admin …` for account administration on the host.
+#![allow(clippy::print_stdout)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -281,6 +282,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Parsed by tests and scripts that start us on port 0, as the other
+    // services print it.
+    if let Ok(addr) = listener.local_addr() {
+        println!("listening on {addr}");
+        let _ = std::io::stdout().flush();
+    }
     match repohub::run(config, listener, commands::daemon::shutdown_token()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

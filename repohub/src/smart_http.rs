@@ -60,22 +60,26 @@ fn unauthorized(msg: &str) -> Response {
         .into_response()
 }
 
-/// `/{project}/{repo}.git/info/refs`, `/git-upload-pack`, `/git-receive-pack`.
+/// `/{project}/{repo}.git/info/refs`, `/git-upload-pack`, `/git-receive-pack`
+/// (also without the `.git`).
 pub async fn handle(
     State(st): State<AppState>,
     UrlPath((project, repo_git)): UrlPath<(String, String)>,
     RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
-    let tail = req
-        .uri()
-        .path()
-        .rsplit_once(".git/")
-        .map(|(_, t)| t.to_owned())
-        .unwrap_or_default();
-    let Some(repo) = repo_git.strip_suffix(".git") else {
+    // The routes end in one of the three service paths; the repository
+    // may be named with or without `.git` (as GitHub and Gitea accept).
+    // Repository names never end in `.git` themselves, so both spellings
+    // name the same repository.
+    let path = req.uri().path();
+    let Some(tail) = ["info/refs", "git-upload-pack", "git-receive-pack"]
+        .into_iter()
+        .find(|t| path.ends_with(&format!("/{t}")))
+    else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let repo = repo_git.strip_suffix(".git").unwrap_or(&repo_git);
     if names::validate_project_name(&project).is_err() || names::validate_name(repo).is_err() {
         return StatusCode::NOT_FOUND.into_response();
     }

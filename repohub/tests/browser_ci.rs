@@ -13,7 +13,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::webdriver::{Driver, Session, artefacts};
+use support::artefacts;
+use support::webdriver::{Driver, Session};
 use support::{app_and_server, git_async, push_main, work_repo};
 use testkit::fs::{copy_tree, example_dir};
 

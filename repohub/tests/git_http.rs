@@ -352,3 +352,86 @@ async fn fetch_requests_over_their_bound_get_413_whether_declared_or_streamed() 
     let r = ann.send(post(Body::from_stream(chunks), None)).await;
     assert_eq!(r.status, http::StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
 }
+
+/// `git clone http://host/P/R` (no `.git`) works like `/P/R.git`, for fetch
+/// and push, behind the same checks: anonymous pushes, non-members and
+/// private projects are refused the same way under both spellings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_urls_work_without_dot_git_with_the_same_auth() {
+    let (app, srv) = app_and_server(|_| {}).await;
+    let (mut ann, ann_token) = ann_with_p_r(&app).await;
+    ann.create_project("s", false).await;
+    ann.create_repo("s", "hidden").await;
+    let mut bob = app.client();
+    bob.signup("bob", PW).await;
+    let bob_token = bob.token().await;
+    let work = work_repo(
+        app.dir.path(),
+        &[("README.md", b"# no dot git\n")],
+        "pushed without .git",
+    );
+
+    // Anonymous and non-member pushes to the .git-less URL fail.
+    let (ok, out) = git_async(&work, &["push", &srv.url("/p/r"), "main"]).await;
+    assert!(!ok, "anonymous push must fail: {out}");
+    let (ok, out) = git_async(
+        &work,
+        &["push", &srv.auth_url("bob", &bob_token, "/p/r"), "main"],
+    )
+    .await;
+    assert!(!ok && out.contains("403"), "{out}");
+    assert!(
+        support::git(&work, &["ls-remote", &srv.url("/p/r")])
+            .trim()
+            .is_empty(),
+        "refused pushes stored nothing"
+    );
+
+    // The member pushes without .git; anyone clones without .git.
+    push_main(&work, &srv.auth_url("ann", &ann_token, "/p/r")).await;
+    let dest = app.dir.path().join("clone-no-dot-git");
+    let (ok, out) = clone(&app, &srv.url("/p/r"), &dest).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("README.md")).unwrap(),
+        "# no dot git\n"
+    );
+    // Both spellings see the same refs.
+    let with = support::git(&work, &["ls-remote", &srv.url("/p/r.git")]);
+    let without = support::git(&work, &["ls-remote", &srv.url("/p/r")]);
+    assert!(
+        with.contains("refs/heads/main") && with == without,
+        "{with} / {without}"
+    );
+
+    // A private repository stays hidden without .git too.
+    let (ok, out) = clone(
+        &app,
+        &srv.url("/s/hidden"),
+        &app.dir.path().join("anon-hidden"),
+    )
+    .await;
+    // Asked for credentials (git cannot prompt here), as with .git.
+    assert!(!ok && out.contains("could not read Username"), "{out}");
+    let (ok, out) = clone(
+        &app,
+        &srv.auth_url("bob", &bob_token, "/s/hidden"),
+        &app.dir.path().join("bob-hidden"),
+    )
+    .await;
+    assert!(!ok && out.contains("not found"), "{out}");
+    let (ok, out) = clone(
+        &app,
+        &srv.auth_url("ann", &ann_token, "/s/hidden"),
+        &app.dir.path().join("ann-hidden"),
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    // The clone URL pasted into a browser goes to the repository's page.
+    let r = ann.get("/p/r.git").await;
+    assert_eq!(
+        (r.status, r.location()),
+        (http::StatusCode::SEE_OTHER, "/p/r")
+    );
+}

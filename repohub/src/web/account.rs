@@ -72,7 +72,13 @@ pub(super) async fn login_form(
     axum::extract::Query(q): axum::extract::Query<NextQuery>,
 ) -> WebResult {
     if v.user.is_some() {
-        return Ok(Redirect::to("/").into_response());
+        // Already logged in (another tab did it): go where the link meant to.
+        let to = if super::safe_return_to(&q.next) {
+            q.next.as_str()
+        } else {
+            "/"
+        };
+        return Ok(Redirect::to(to).into_response());
     }
     render(&account_page(&v, false, "", &q.next, None))
 }

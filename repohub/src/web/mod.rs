@@ -44,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/static/cluster.js", get(cluster::cluster_js))
         .route("/static/cluster.css", get(cluster::cluster_css))
         .route("/-/cluster", get(cluster::cluster))
+        .route("/static/copy.js", get(copy_js))
         .route("/signup", get(account::signup_form).post(account::signup))
         .route("/login", get(account::login_form).post(account::login))
         .route("/logout", post(account::logout))
@@ -78,7 +79,10 @@ pub fn app(state: AppState) -> Router {
             "/{project}/{repo}/delete",
             get(repo::delete_form).post(repo::delete),
         )
-        .route("/{project}/{repo}/autonix", post(repo::autonix))
+        .route(
+            "/{project}/{repo}/autonix",
+            get(repo::autonix_reload).post(repo::autonix),
+        )
         .route("/{project}/{repo}/autonix/commit", post(ci::commit_flake))
         .route("/{project}/{repo}/log/{rev}", get(repo::log))
         .route("/{project}/{repo}/tree/{rev}", get(repo::tree_root))
@@ -94,7 +98,9 @@ pub fn app(state: AppState) -> Router {
             "/{project}/{repo}/git-receive-pack",
             post(smart_http::handle),
         )
-        .fallback(|| async { WebError::NotFound })
+        .fallback(|uri: http::Uri| async move {
+            WebError::Missing(format!("no page at {}", bounded_path(uri.path())))
+        })
         .layer(from_fn_with_state(state.clone(), csrf_and_headers))
         .layer(from_fn_with_state(
             state.clone(),
@@ -120,6 +126,16 @@ async fn live_js() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("../../static/live.js"),
+    )
+}
+
+async fn copy_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/copy.js"),
     )
 }
 
@@ -176,8 +192,27 @@ async fn csrf_and_headers(State(st): State<AppState>, mut req: Request, next: Ne
     let return_to = (req.method() == http::Method::GET)
         .then(|| req.uri().path_and_query().map(|p| p.as_str().to_owned()))
         .flatten();
+    let method = req.method().clone();
     let mut resp = next.run(req).await;
-    if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && resp.extensions().get::<ErrorInfo>().is_none()
+    {
+        // The router's own 405 has an empty body. (axum adds the Allow
+        // header outside this middleware, to this page as well.)
+        let info = ErrorInfo {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!(
+                "this address does not answer {method}{}",
+                if method == http::Method::GET {
+                    ": it is where a form sends what it posts"
+                } else {
+                    ""
+                }
+            ),
+            login_required: false,
+        };
+        resp = error_page(&st, session.as_deref(), &token, info, None);
+    } else if let Some(info) = resp.extensions_mut().remove::<ErrorInfo>() {
         let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
         resp = error_page(&st, session.as_deref(), &token, info, return_to.as_deref());
         if let Some(v) = retry_after {
@@ -228,26 +263,63 @@ fn error_page(
         };
         return Redirect::to(&to).into_response();
     }
-    let user = session
-        .map(auth::sha256_hex)
-        .and_then(|h| st.db.session_user(&h).ok().flatten());
+    let user = session_user(st, session.map(auth::sha256_hex).as_deref());
     let page = pages::ErrorPage {
         title: info.status.canonical_reason().unwrap_or("error").to_owned(),
-        nav: pages::Nav {
-            user: user.as_ref().map(|u| u.name.clone()),
-            csrf: csrf.to_owned(),
-            signup_open: st.open_signup,
-            may_create: user
-                .as_ref()
-                .is_some_and(|u| u.admin || u.may_create_projects),
-            admin: user.as_ref().is_some_and(|u| u.admin),
-        },
+        nav: nav_for(user.as_ref(), csrf, st.open_signup, return_to),
         status: info.status.as_u16(),
         message: info.message.clone(),
     };
     match page.render() {
         Ok(html) => (info.status, Html(html)).into_response(),
         Err(_) => (info.status, info.message).into_response(),
+    }
+}
+
+/// The logged-in user of a session (by the hash of its cookie), with the
+/// configured admin made an admin.
+fn session_user(st: &AppState, session_hash: Option<&str>) -> Option<User> {
+    let mut user = session_hash.and_then(|h| st.db.session_user(h).ok().flatten());
+    if let (Some(u), Some(admin)) = (&mut user, &st.admin) {
+        u.admin |= u.name == **admin;
+    }
+    user
+}
+
+/// The page header for `user`: the handlers' (through [`Viewer::nav`]) and
+/// the error pages' alike.
+fn nav_for(user: Option<&User>, csrf: &str, signup_open: bool, here: Option<&str>) -> pages::Nav {
+    pages::Nav {
+        user: user.map(|u| u.name.clone()),
+        csrf: csrf.to_owned(),
+        signup_open,
+        may_create: user.is_some_and(|u| u.admin || u.may_create_projects),
+        admin: user.is_some_and(|u| u.admin),
+        login_next: login_next(here),
+    }
+}
+
+/// The `next` value (encoded) the "Log in" link carries: the page being
+/// shown, unless that is the login or signup page itself or not a safe path.
+fn login_next(here: Option<&str>) -> String {
+    match here {
+        Some(p)
+            if safe_return_to(p)
+                && p != "/"
+                && !p.starts_with("/login")
+                && !p.starts_with("/signup") =>
+        {
+            enc(p)
+        }
+        _ => String::new(),
+    }
+}
+
+/// A request path short enough to quote in a message.
+fn bounded_path(p: &str) -> String {
+    match p.char_indices().nth(200) {
+        None => p.to_owned(),
+        Some((i, _)) => format!("{}…", &p[..i]),
     }
 }
 
@@ -281,9 +353,11 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Post<T> {
             Err(never) => match never {},
         };
         let req = Request::from_parts(parts, body);
-        let Form(form) = Form::<T>::from_request(req, st)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        // A form that cannot be read gets the error page too, saying why.
+        let Form(form) = Form::<T>::from_request(req, st).await.map_err(|e| {
+            WebError::BadRequest(format!("the form could not be read: {}", e.body_text()))
+                .into_response()
+        })?;
         Ok(Post {
             st: st.clone(),
             v,
@@ -317,6 +391,8 @@ pub struct Viewer {
     session_hash: Option<String>,
     pub ip: std::net::IpAddr,
     signup_open: bool,
+    /// The page being shown (GET only), for the "Log in" link to return to.
+    here: Option<String>,
 }
 
 /// By hand: the CSRF token and the session hash are credentials, so they are
@@ -347,12 +423,10 @@ impl FromRequestParts<AppState> for Viewer {
         let session_hash = auth::cookie(&parts.headers, SESSION_COOKIE)
             .filter(|t| auth::looks_like_token(t))
             .map(auth::sha256_hex);
-        let mut user = session_hash
-            .as_deref()
-            .and_then(|h| st.db.session_user(h).ok().flatten());
-        if let (Some(u), Some(admin)) = (&mut user, &st.admin) {
-            u.admin |= u.name == **admin;
-        }
+        let user = session_user(st, session_hash.as_deref());
+        let here = (parts.method == http::Method::GET)
+            .then(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
+            .flatten();
         let ip = parts
             .extensions
             .get::<ClientIp>()
@@ -363,22 +437,19 @@ impl FromRequestParts<AppState> for Viewer {
             session_hash,
             ip,
             signup_open: st.open_signup,
+            here,
         })
     }
 }
 
 impl Viewer {
     pub fn nav(&self) -> pages::Nav {
-        pages::Nav {
-            user: self.user.as_ref().map(|u| u.name.clone()),
-            csrf: self.csrf.clone(),
-            signup_open: self.signup_open,
-            may_create: self
-                .user
-                .as_ref()
-                .is_some_and(|u| u.admin || u.may_create_projects),
-            admin: self.is_admin(),
-        }
+        nav_for(
+            self.user.as_ref(),
+            &self.csrf,
+            self.signup_open,
+            self.here.as_deref(),
+        )
     }
 
     pub fn is_admin(&self) -> bool {
@@ -514,6 +585,28 @@ pub fn render<T: Template>(t: &T) -> WebResult {
 
 pub fn render_status<T: Template>(status: StatusCode, t: &T) -> WebResult {
     Ok((status, Html(t.render()?)).into_response())
+}
+
+/// A project's one-field form (`form`) drawn again with `error` and the
+/// `value` typed, as a 400.
+fn form_again(
+    v: &Viewer,
+    project: &str,
+    form: &'static pages::OneField,
+    value: &str,
+    error: String,
+) -> WebResult {
+    render_status(
+        StatusCode::BAD_REQUEST,
+        &pages::FormPage {
+            title: format!("{} {project}", form.heading),
+            nav: v.nav(),
+            project: project.to_owned(),
+            form,
+            error,
+            value: value.to_owned(),
+        },
+    )
 }
 
 /// Runs blocking work (git2, argon2) off the async threads.

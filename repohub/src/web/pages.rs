@@ -6,7 +6,7 @@ use askama::Template;
 
 use crate::cluster::ClusterView;
 use crate::db::Project;
-use crate::git::{Branch, CommitInfo};
+use crate::git::{Branch, CommitDiff, CommitInfo};
 
 #[derive(Debug, Clone, Default)]
 pub struct Nav {
@@ -18,6 +18,8 @@ pub struct Nav {
     pub may_create: bool,
     /// Whether to offer the admin page.
     pub admin: bool,
+    /// Where "Log in" comes back to (percent-encoded; empty for home).
+    pub login_next: String,
 }
 
 /// One account on the admin page.
@@ -98,6 +100,8 @@ pub(super) struct ConfirmDeletePage {
     pub title: String,
     pub nav: Nav,
     pub what: &'static str,
+    /// What deleting removes, one sentence.
+    pub consequence: &'static str,
     pub name: String,
     pub action: String,
     pub error: Option<String>,
@@ -199,10 +203,23 @@ pub(super) struct RepoPage {
     pub rev_enc: String,
     /// (encoded name, branch)
     pub branches: Vec<(String, Branch)>,
+    pub tag_count: usize,
     pub readme: Option<(String, String)>,
     pub has_flake: bool,
     pub member: bool,
     pub badges: super::ci::Badges,
+}
+
+/// The branch/tag switcher of the tree and log pages: plain links (a
+/// `<details>` list), so it works without JavaScript.
+pub(super) struct Switcher {
+    pub current: String,
+    /// (name, href) of each branch, then of each tag.
+    pub branches: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+    /// Refs past the switcher's bound.
+    pub more_branches: usize,
+    pub more_tags: usize,
 }
 
 #[derive(Template)]
@@ -213,11 +230,17 @@ pub(super) struct LogPage {
     pub project: String,
     pub repo: String,
     pub rev: String,
+    pub switcher: Switcher,
     pub commits: Vec<CommitInfo>,
+    /// 1-based, as in the URL.
     pub page: usize,
+    /// Query string of the previous (newer) page, if any.
+    pub newer: Option<String>,
     /// Query string of the next (older) page, if any.
     pub older: Option<String>,
     pub badges: super::ci::Badges,
+    /// Set when the page is past the end: what there is instead.
+    pub past_end: Option<String>,
 }
 
 pub(super) struct EntryRow {
@@ -248,6 +271,7 @@ pub(super) struct TreePage {
     pub repo: String,
     pub rev: String,
     pub rev_enc: String,
+    pub switcher: Switcher,
     /// (component, href)
     pub crumbs: Vec<(String, String)>,
     pub content: TreeContent,
@@ -261,7 +285,7 @@ pub(super) struct CommitPage {
     pub project: String,
     pub repo: String,
     pub c: CommitInfo,
-    pub files: Vec<(char, String)>,
+    pub diff: CommitDiff,
     pub badges: super::ci::Badges,
 }
 
@@ -298,6 +322,46 @@ pub(super) struct JobSummary {
     pub csrf: String,
 }
 
+/// A one-field form shown again after it failed (a new repository, a new
+/// member), with the error and what was typed, in the normal layout.
+#[derive(Template)]
+#[template(path = "form.html")]
+pub(super) struct FormPage {
+    pub title: String,
+    pub nav: Nav,
+    pub project: String,
+    pub form: &'static OneField,
+    pub error: String,
+    pub value: String,
+}
+
+/// What a one-field form of a project page is: its heading, where it
+/// posts (under `/{project}/`), its field and its button.
+#[derive(Debug)]
+pub(super) struct OneField {
+    pub heading: &'static str,
+    pub path: &'static str,
+    pub label: &'static str,
+    pub field: &'static str,
+    pub submit: &'static str,
+}
+
+pub(super) const NEW_REPO_FORM: OneField = OneField {
+    heading: "New repository in",
+    path: "-/repos",
+    label: "Repository name",
+    field: "name",
+    submit: "Create repository",
+};
+
+pub(super) const ADD_MEMBER_FORM: OneField = OneField {
+    heading: "Add a member to",
+    path: "-/members",
+    label: "User name",
+    field: "username",
+    submit: "Add member",
+};
+
 #[derive(Template)]
 #[template(path = "job.html")]
 pub(super) struct JobPage {
@@ -333,4 +397,8 @@ pub(super) struct AutonixPage {
     /// (what "Commit" checks the branch is still at).
     pub branch: String,
     pub base: String,
+    /// The scan's warnings (files it could not read, …), apart from
+    /// `decisions`, what the user has to decide.
+    pub warnings: Vec<String>,
+    pub decisions: Vec<String>,
 }

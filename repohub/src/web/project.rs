@@ -90,15 +90,17 @@ fn require(v: &Viewer, allowed: bool, who: &str) -> Result<(), WebError> {
 
 /// Private projects are invisible (404) to non-members.
 pub(super) fn load(st: &AppState, v: &Viewer, name: &str) -> Result<ProjectCtx, WebError> {
-    names::validate_project_name(name).map_err(|_| WebError::NotFound)?;
-    let project = st.db.project(name)?.ok_or(WebError::NotFound)?;
+    // The same words whether the project does not exist or is private.
+    let missing = || WebError::Missing(format!("no project {name}"));
+    names::validate_project_name(name).map_err(|_| missing())?;
+    let project = st.db.project(name)?.ok_or_else(missing)?;
     let role = match &v.user {
         Some(u) => st.db.role(project.id, u.id)?,
         None => None,
     };
     let admin = v.is_admin();
     if !project.public && role.is_none() && !admin {
-        return Err(WebError::NotFound);
+        return Err(missing());
     }
     Ok(ProjectCtx {
         project,
@@ -541,10 +543,21 @@ pub(super) async fn add_member(
     Post { st, v, form: f }: Post<MemberForm>,
 ) -> WebResult {
     let ctx = load_for_post(&st, &v, &name, May::Owner, &f.csrf)?;
-    let user = st
-        .db
-        .user_by_name(f.username.trim())?
-        .ok_or_else(|| WebError::BadRequest("no user of that name".into()))?;
+    let username = f.username.trim();
+    // A failure shows the form again, with the error and what was typed.
+    let fail = |error: String| {
+        super::form_again(
+            &v,
+            &ctx.project.name,
+            &super::pages::ADD_MEMBER_FORM,
+            username,
+            error,
+        )
+    };
+    let Some(user) = st.db.user_by_name(username)? else {
+        return fail(format!("no user named {username:?}"));
+    };
+    // Adding a member twice changes nothing (the database ignores it).
     st.db.add_member(ctx.project.id, user.id)?;
     Ok(Redirect::to(&format!("/{}", ctx.project.name)).into_response())
 }
@@ -565,6 +578,7 @@ fn confirm_page(v: &Viewer, project: &str, error: Option<String>) -> ConfirmDele
         title: format!("Delete {project}"),
         nav: v.nav(),
         what: "project",
+        consequence: "This removes the project with all its repositories (and their history) and its member list.",
         action: format!("/{project}/-/delete"),
         name: project.to_owned(),
         error,

@@ -9,13 +9,13 @@ use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
 use super::pages::{
-    AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, TreeContent,
-    TreePage,
+    AutonixPage, CommitPage, ConfirmDeletePage, EntryRow, FileView, LogPage, RepoPage, Switcher,
+    TreeContent, TreePage,
 };
 use super::project::{ConfirmForm, May, ProjectCtx, load, load_for_post};
 use super::{
     CsrfForm, NameForm, Post, Viewer, WebError, WebResult, base_url, blocking, enc, enc_path,
-    human_size, render, render_status,
+    form_again, human_size, pages, render, render_status,
 };
 use crate::AppState;
 use crate::git;
@@ -32,12 +32,61 @@ pub(super) fn load_repo(
     repo: &str,
 ) -> Result<(ProjectCtx, PathBuf), WebError> {
     let ctx = load(st, v, project)?;
-    names::validate_name(repo).map_err(|_| WebError::NotFound)?;
-    st.db
-        .repo(ctx.project.id, repo)?
-        .ok_or(WebError::NotFound)?;
+    let missing = || WebError::Missing(format!("no repository {}/{repo}", ctx.project.name));
+    names::validate_name(repo).map_err(|_| missing())?;
+    st.db.repo(ctx.project.id, repo)?.ok_or_else(missing)?;
     let dir = st.repo_dir(&ctx.project.name, repo);
     Ok((ctx, dir))
+}
+
+/// A git lookup's "not found", saying what was looked for.
+fn missing(what: String) -> impl FnOnce(WebError) -> WebError {
+    move |e| match e {
+        WebError::NotFound => WebError::Missing(what),
+        e => e,
+    }
+}
+
+/// `resolve`, with a 404 that names the revision and the repository.
+fn resolve_rev(
+    r: &git2::Repository,
+    rev: &str,
+    project: &str,
+    repo: &str,
+) -> Result<git2::Oid, WebError> {
+    git::resolve(r, rev)
+        .map_err(WebError::from)
+        .map_err(missing(format!(
+            "no branch, tag or commit {rev} in {project}/{repo}"
+        )))
+}
+
+/// The switcher's links: each branch and tag, to `view` (`tree` or `log`)
+/// with `path` kept.
+fn switcher(
+    r: &git2::Repository,
+    base: &str,
+    view: &str,
+    current: &str,
+    path: &str,
+) -> Result<Switcher, WebError> {
+    let refs = git::ref_names(r, git::MAX_SWITCHER_REFS)?;
+    let tail = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", enc_path(path))
+    };
+    let link = |n: String| {
+        let href = format!("{base}/{view}/{}{tail}", enc(&n));
+        (n, href)
+    };
+    Ok(Switcher {
+        current: current.to_owned(),
+        more_branches: refs.branch_count - refs.branches.len(),
+        more_tags: refs.tag_count - refs.tags.len(),
+        branches: refs.branches.into_iter().map(link).collect(),
+        tags: refs.tags.into_iter().map(link).collect(),
+    })
 }
 
 /// `load_repo` for a form post: the repository, then
@@ -59,8 +108,21 @@ pub(super) async fn create(
     Post { st, v, form: f }: Post<NameForm>,
 ) -> WebResult {
     let ctx = load_for_post(&st, &v, &project, May::Member, &f.csrf)?;
-    names::validate_name(&f.name).map_err(|e| WebError::BadRequest(e.to_string()))?;
-    let id = st.db.create_repo(ctx.project.id, &f.name)?;
+    let fail =
+        |error: String| form_again(&v, &ctx.project.name, &pages::NEW_REPO_FORM, &f.name, error);
+    if let Err(e) = names::validate_name(&f.name) {
+        return fail(e.to_string());
+    }
+    let id = match st.db.create_repo(ctx.project.id, &f.name) {
+        Ok(id) => id,
+        Err(crate::db::DbError::Conflict(_)) => {
+            return fail(format!(
+                "{}/{} already exists: pick another name",
+                ctx.project.name, f.name
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let dir = st.repo_dir(&ctx.project.name, &f.name);
     let spool = st.spool.clone();
     let limits = st.limits.receive;
@@ -81,6 +143,12 @@ pub(super) async fn show(
     Path((project, repo)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> WebResult {
+    // The clone URL pasted into a browser: the repository's page.
+    if let Some(bare) = repo.strip_suffix(".git")
+        && names::validate_name(bare).is_ok()
+    {
+        return Ok(Redirect::to(&format!("/{}/{}", enc(&project), enc(bare))).into_response());
+    }
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     let clone_url = format!("{}/{}/{}.git", base_url(&headers), ctx.project.name, repo);
     let badges = super::ci::badges(&st, &ctx.project.name, &dir).await;
@@ -112,7 +180,8 @@ pub(super) async fn show(
             )
         });
         let has_flake = git::has_root_entry(&r, oid, "flake.nix")?;
-        Ok(Some((head, branches, readme, has_flake)))
+        let tag_count = git::ref_names(&r, 0)?.tag_count;
+        Ok(Some((head, branches, readme, has_flake, tag_count)))
     })
     .await?;
     let member = ctx.member();
@@ -126,12 +195,13 @@ pub(super) async fn show(
             empty: true,
             rev_enc: String::new(),
             branches: Vec::new(),
+            tag_count: 0,
             readme: None,
             has_flake: false,
             member,
             badges,
         },
-        Some((head, branches, readme, has_flake)) => RepoPage {
+        Some((head, branches, readme, has_flake, tag_count)) => RepoPage {
             title: format!("{}/{repo}", ctx.project.name),
             nav: v.nav(),
             project: ctx.project.name,
@@ -140,6 +210,7 @@ pub(super) async fn show(
             empty: false,
             rev_enc: enc(&head),
             branches: branches.into_iter().map(|b| (enc(&b.name), b)).collect(),
+            tag_count,
             readme,
             has_flake,
             member,
@@ -164,6 +235,7 @@ fn confirm_page(v: &Viewer, project: &str, repo: &str, error: Option<String>) ->
         title: format!("Delete {project}/{repo}"),
         nav: v.nav(),
         what: "repository",
+        consequence: "This removes the repository and its whole history (every branch and tag) from disk.",
         name: repo.to_owned(),
         action: format!("/{project}/{repo}/delete"),
         error,
@@ -233,6 +305,11 @@ fn parse_cursor(s: &str) -> Result<Vec<git2::Oid>, WebError> {
         .collect()
 }
 
+/// The highest page number a URL may name without a cursor: page N walks
+/// N × PAGE_SIZE commits, so deeper history is reached through the
+/// "Older" links (which carry where they start).
+pub(super) const MAX_PAGE: usize = 2000;
+
 pub(super) async fn log(
     State(st): State<AppState>,
     v: Viewer,
@@ -240,22 +317,50 @@ pub(super) async fn log(
     Query(q): Query<PageQuery>,
 ) -> WebResult {
     let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
-    let page = q.page.unwrap_or(0).min(1_000_000);
     let cursor = q.after.as_deref().map(parse_cursor).transpose()?;
     let badges = super::ci::badges(&st, &ctx.project.name, &dir).await;
-    let r2 = rev.clone();
-    let lp = blocking(move || {
+    // Pages are numbered from 1, in the URL as on the page.
+    let page = q.page.unwrap_or(1).clamp(1, 1_000_000);
+    if cursor.is_none() && page > MAX_PAGE {
+        return Err(WebError::BadRequest(format!(
+            "page numbers go up to {MAX_PAGE}; follow the \"Older\" links for older history"
+        )));
+    }
+    let base = format!("/{}/{repo}", ctx.project.name);
+    let (r2, b2, name, rn) = (
+        rev.clone(),
+        base.clone(),
+        ctx.project.name.clone(),
+        repo.clone(),
+    );
+    let (lp, switcher) = blocking(move || {
         let r = git::open(&dir)?;
-        let head = git::resolve(&r, &r2)?;
+        let head = resolve_rev(&r, &r2, &name, &rn)?;
         // With a cursor the page starts where the previous one ended;
         // without one (a typed URL), earlier pages are walked and dropped.
         let (starts, skip) = match cursor {
             Some(c) => (c, 0),
-            None => (vec![head], page),
+            None => (vec![head], page - 1),
         };
-        Ok(git::log(&r, &starts, skip)?)
+        let lp = git::log(&r, &starts, skip)?;
+        Ok((lp, switcher(&r, &b2, "log", &r2, "")?))
     })
     .await?;
+    let mut status = StatusCode::OK;
+    let mut past_end = None;
+    let mut newer = (page > 1 && page - 1 <= MAX_PAGE).then(|| format!("?page={}", page - 1));
+    if lp.commits.is_empty() && page > 1 {
+        // Past the end: the walk ran out, so it counted the whole history.
+        let pages = lp.walked.div_ceil(git::PAGE_SIZE).max(1);
+        status = StatusCode::NOT_FOUND;
+        past_end = Some(format!(
+            "no commits on page {page}: the history of {rev} has {pages} page{} ({} commit{})",
+            if pages == 1 { "" } else { "s" },
+            lp.walked,
+            if lp.walked == 1 { "" } else { "s" },
+        ));
+        newer = Some(format!("?page={pages}"));
+    }
     let older = lp.more.then(|| match &lp.next {
         Some(ids) => {
             let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
@@ -263,17 +368,23 @@ pub(super) async fn log(
         }
         None => format!("?page={}", page + 1),
     });
-    render(&LogPage {
-        title: format!("Commits · {}/{repo}", ctx.project.name),
-        nav: v.nav(),
-        project: ctx.project.name,
-        repo,
-        rev,
-        commits: lp.commits,
-        page,
-        older,
-        badges,
-    })
+    render_status(
+        status,
+        &LogPage {
+            title: format!("Commits · {}/{repo}", ctx.project.name),
+            nav: v.nav(),
+            project: ctx.project.name,
+            repo,
+            rev,
+            switcher,
+            commits: lp.commits,
+            page,
+            newer,
+            older,
+            past_end,
+            badges,
+        },
+    )
 }
 
 pub(super) async fn tree_root(
@@ -309,14 +420,25 @@ async fn tree_page(
         .map(str::to_owned)
         .collect();
     let clean = comps.join("/");
-    let (r2, c2) = (rev.clone(), clean.clone());
-    let node = blocking(move || {
+    let base = format!("/{}/{}", ctx.project.name, repo);
+    let (r2, c2, b2, name, rn) = (
+        rev.clone(),
+        clean.clone(),
+        base.clone(),
+        ctx.project.name.clone(),
+        repo.clone(),
+    );
+    let (node, switcher) = blocking(move || {
         let r = git::open(&dir)?;
-        let oid = git::resolve(&r, &r2)?;
-        Ok(git::node(&r, oid, &c2)?)
+        let oid = resolve_rev(&r, &r2, &name, &rn)?;
+        let node = git::node(&r, oid, &c2)
+            .map_err(WebError::from)
+            .map_err(missing(format!(
+                "no file or directory {c2} at {r2} in {name}/{rn}"
+            )))?;
+        Ok((node, switcher(&r, &b2, "tree", &r2, &c2)?))
     })
     .await?;
-    let base = format!("/{}/{}", ctx.project.name, repo);
     let rev_enc = enc(&rev);
     let mut crumbs = Vec::new();
     let mut acc = String::new();
@@ -371,6 +493,7 @@ async fn tree_page(
         repo,
         rev,
         rev_enc,
+        switcher,
         crumbs,
         content,
     })
@@ -383,12 +506,15 @@ pub(super) async fn raw(
     v: Viewer,
     Path((project, repo, rev, path)): Path<(String, String, String, String)>,
 ) -> WebResult {
-    let (_, dir) = load_repo(&st, &v, &project, &repo)?;
+    let (ctx, dir) = load_repo(&st, &v, &project, &repo)?;
     names::tree_path(&path).map_err(|e| WebError::BadRequest(e.to_string()))?;
+    let name = ctx.project.name;
     let bytes = blocking(move || {
         let r = git::open(&dir)?;
-        let oid = git::resolve(&r, &rev)?;
-        Ok(git::raw(&r, oid, &path, MAX_RAW)?)
+        let oid = resolve_rev(&r, &rev, &name, &repo)?;
+        git::raw(&r, oid, &path, MAX_RAW)
+            .map_err(WebError::from)
+            .map_err(missing(format!("no file {path} at {rev} in {name}/{repo}")))
     })
     .await?
     .ok_or_else(|| {
@@ -428,10 +554,11 @@ pub(super) async fn commit(
         ));
     }
     let badges = super::ci::badges(&st, &ctx.project.name, &dir).await;
-    let (c, files) = blocking(move || {
+    let (name, rn) = (ctx.project.name.clone(), repo.clone());
+    let (c, diff) = blocking(move || {
         let r = git::open(&dir)?;
-        let oid = git::resolve(&r, &sha)?;
-        Ok(git::commit(&r, oid)?)
+        let oid = resolve_rev(&r, &sha, &name, &rn)?;
+        Ok(git::commit(&r, oid, git::DiffLimits::default())?)
     })
     .await?;
     render(&CommitPage {
@@ -440,9 +567,21 @@ pub(super) async fn commit(
         project: ctx.project.name,
         repo,
         c,
-        files,
+        diff,
         badges,
     })
+}
+
+/// `GET …/autonix` (a reload of the generated flake, a shared link): the
+/// scan runs only on the repository page's button (a POST with its CSRF
+/// token), so this goes back there.
+pub(super) async fn autonix_reload(
+    State(st): State<AppState>,
+    v: Viewer,
+    Path((project, repo)): Path<(String, String)>,
+) -> WebResult {
+    let (ctx, _) = load_repo(&st, &v, &project, &repo)?;
+    Ok(Redirect::to(&format!("/{}/{}", ctx.project.name, enc(&repo))).into_response())
 }
 
 /// Runs autonix on the repository's head and shows the flake it proposes.
@@ -467,6 +606,16 @@ pub(super) async fn autonix(
     let result = crate::flakegen::generate(dest)
         .await
         .map_err(|e| commands::report::error_chain(&e));
+    // autonix folds the scan's warnings into what is undecided, each
+    // prefixed "warning: "; the page lists them apart.
+    let (warnings, decisions) = match &result {
+        Ok(init) => init
+            .undecided
+            .iter()
+            .cloned()
+            .partition(|u| u.starts_with("warning: ")),
+        Err(_) => (Vec::new(), Vec::new()),
+    };
     render(&AutonixPage {
         title: format!("Generated flake · {}/{repo}", ctx.project.name),
         nav: v.nav(),
@@ -475,5 +624,7 @@ pub(super) async fn autonix(
         result,
         branch,
         base,
+        warnings,
+        decisions,
     })
 }

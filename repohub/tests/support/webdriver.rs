@@ -63,19 +63,6 @@ fn require(path: &str) {
     );
 }
 
-/// Where browser tests keep their screenshots (CI artifacts):
-/// `<target>/test-artifacts/repohub/`.
-pub(crate) fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target")
-        });
-    target.join("test-artifacts").join("repohub")
-}
-
 impl Driver {
     pub(crate) async fn start() -> Driver {
         require(CHROMIUM);
@@ -276,23 +263,20 @@ impl Session<'_> {
         v.as_i64().expect("a number of pixels")
     }
 
-    /// Saves a PNG of the viewport as `<shots>/<name>.png`.
+    /// Whether the git page on screen scrolls sideways (its document wider
+    /// than the window): wide diffs and long names must scroll inside
+    /// their own boxes, never the page.
+    pub(crate) async fn git_page_scrolls_sideways(&self) -> bool {
+        self.horizontal_overflow().await > 0
+    }
+
     /// The CI pages' layout check: the page scrolls only vertically (at
     /// the session's 1280 px width).
     pub(crate) async fn ci_page_fits_width(&self) -> bool {
-        let v = self
-            .cmd(
-                "POST",
-                "/execute/sync",
-                Some(json!({
-                    "script": "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;",
-                    "args": []
-                })),
-            )
-            .await;
-        v == Value::Bool(true)
+        self.horizontal_overflow().await <= 0
     }
 
+    /// Saves a PNG of the viewport as `<shots>/<name>.png`.
     pub(crate) async fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
