@@ -58,6 +58,17 @@ pub struct Config {
     pub gc_interval: Option<std::time::Duration>,
     /// What a scheduled gc keeps besides pins.
     pub gc_policy: store::GcPolicy,
+    /// Where a scheduled gc learns which generations workers still run
+    /// (their pins are kept however old); `None` keeps only the newest.
+    pub live_generations_from: Option<LiveSource>,
+}
+
+/// A control plane to ask for `ProjectStatus.liveGenerations`, with a
+/// token that may read (reader).
+#[derive(Debug, Clone)]
+pub struct LiveSource {
+    pub control_plane: String,
+    pub token: commands::auth::Secret,
 }
 
 impl Config {
@@ -77,6 +88,7 @@ impl Config {
                 grace: DEFAULT_GC_GRACE,
                 keep_generations: Some(store::DEFAULT_KEEP_GENERATIONS),
             },
+            live_generations_from: None,
         }
     }
 

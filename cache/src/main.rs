@@ -74,6 +74,19 @@ struct ServeArgs {
     gc_grace: Duration,
     #[command(flatten)]
     retention: Retention,
+    /// A control plane (host:port) that scheduled gc asks which generations
+    /// workers still run: their pins are kept however old (a paused
+    /// rollout's old replicas). When it cannot be asked, that round drops
+    /// no generation pin. Unset: only the newest --keep-generations count.
+    #[arg(long, env = "CACHE_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// The token (a reader's is enough) for --control-plane.
+    #[arg(
+        long,
+        env = "CACHE_CONTROL_PLANE_TOKEN_FILE",
+        requires = "control_plane"
+    )]
+    control_plane_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -239,6 +252,13 @@ fn serve(args: ServeArgs) -> Outcome {
     };
     if let Some(f) = &args.upload_token_file {
         config.upload_tokens = cache::UploadTokens::load(f)?;
+    }
+    if let Some(addr) = &args.control_plane {
+        let token = commands::auth::client_token(args.control_plane_token_file.as_deref())?;
+        config.live_generations_from = Some(cache::LiveSource {
+            control_plane: addr.clone(),
+            token: commands::auth::Secret::new(token),
+        });
     }
     // Open the store (and clean up interrupted uploads) before announcing
     // the address, so "listening" means ready.

@@ -40,6 +40,10 @@ const HELP: &[(&str, &str)] = &[
         "cache_gc_unpinned_total",
         "Generation pins scheduled gc dropped past --keep-generations.",
     ),
+    (
+        "cache_gc_live_unknown_total",
+        "Scheduled gc runs that could not ask --control-plane which generations still run (no generation pin dropped).",
+    ),
 ];
 
 impl Metrics {

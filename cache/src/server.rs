@@ -42,6 +42,7 @@ struct State {
     cache_info: String,
     gc_interval: Option<Duration>,
     gc_policy: crate::store::GcPolicy,
+    live_from: Option<crate::LiveSource>,
 }
 
 // By hand: only the token holders' projects are shown.
@@ -56,6 +57,7 @@ impl std::fmt::Debug for State {
             .field("cache_info", &self.cache_info)
             .field("gc_interval", &self.gc_interval)
             .field("gc_policy", &self.gc_policy)
+            .field("live_from", &self.live_from)
             .finish()
     }
 }
@@ -92,6 +94,7 @@ pub fn prepare(config: Config) -> Result<Prepared, Error> {
         stall: config.upload_stall_timeout,
         gc_interval: config.gc_interval,
         gc_policy: config.gc_policy,
+        live_from: config.live_generations_from,
     });
     Ok(Prepared {
         state,
@@ -132,6 +135,7 @@ pub async fn serve(
             "cache_gc_freed_bytes_total",
             "cache_gc_deleted_paths_total",
             "cache_gc_unpinned_total",
+            "cache_gc_live_unknown_total",
         ] {
             state.metrics.add(name, String::new(), 0);
         }
@@ -187,9 +191,25 @@ async fn gc_loop(state: Arc<State>, every: Duration, shutdown: CancellationToken
             _ = tick.tick() => {}
         }
         let store = state.store.clone();
-        let policy = state.gc_policy;
+        let mut policy = state.gc_policy;
+        let mut live = crate::store::LiveGenerations::new();
+        if let Some(src) = &state.live_from {
+            match live_generations(src.clone()).await {
+                Ok(l) => live = l,
+                Err(why) => {
+                    // Not knowing what runs, drop no generation pin this round.
+                    policy.keep_generations = None;
+                    state
+                        .metrics
+                        .add("cache_gc_live_unknown_total", String::new(), 1);
+                    tracing::warn!(control_plane = %src.control_plane, error = %why,
+                        "live generations unknown: every generation pin is kept this round");
+                }
+            }
+        }
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || store.gc(&policy, true)).await;
+        let result =
+            tokio::task::spawn_blocking(move || store.gc_keeping(&policy, &live, true)).await;
         match result {
             Ok(Ok(r)) => {
                 state.metrics.gc_done(&r);
@@ -218,6 +238,41 @@ async fn gc_loop(state: Arc<State>, every: Duration, shutdown: CancellationToken
             }
         }
     }
+}
+
+/// How long asking the control plane for live generations may take.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The generations workers still run, by project, from `src`'s
+/// `projects()` (on a blocking thread with its own local runtime: Cap'n
+/// Proto objects are not `Send`); the error is the chain, printed once.
+pub async fn live_generations(
+    src: crate::LiveSource,
+) -> Result<crate::store::LiveGenerations, String> {
+    let chain = |e: commands::client::ClientError| commands::report::error_chain(&e);
+    let projects = tokio::task::spawn_blocking(move || {
+        commands::rpc::block_on_local(async move {
+            let client = commands::client::MasterClient::connect_with_token(
+                &src.control_plane,
+                LIVE_TIMEOUT,
+                src.token.expose(),
+            )
+            .await
+            .map_err(chain)?;
+            let projects = tokio::time::timeout(LIVE_TIMEOUT, client.projects()).await;
+            client.close().await;
+            match projects {
+                Ok(r) => r.map_err(chain),
+                Err(_) => Err(format!("no answer within {} s", LIVE_TIMEOUT.as_secs())),
+            }
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(projects
+        .into_iter()
+        .map(|p| (p.project, p.live_generations.into_iter().collect()))
+        .collect())
 }
 
 fn full(b: impl Into<Bytes>) -> Body {

@@ -323,6 +323,11 @@ pub struct GcPolicy {
     pub keep_generations: Option<usize>,
 }
 
+/// Generation numbers some worker still runs, by project (the control
+/// plane's `ProjectStatus.liveGenerations`): their pins are kept beside the
+/// newest `keep_generations`.
+pub type LiveGenerations = BTreeMap<String, BTreeSet<u64>>;
+
 /// Default for [`GcPolicy::keep_generations`] (`--keep-generations`).
 pub const DEFAULT_KEEP_GENERATIONS: usize = 10;
 
@@ -338,10 +343,15 @@ pub fn generation_of_pin(name: &str) -> Option<u64> {
 }
 
 /// Which generation pins retention drops: per group, all but the `keep`
-/// highest numbers. A group is the project prefix of the name, or, for
-/// unprefixed (older) names, the pin's owner, so no token's pins can push
-/// another owner's generations out.
-fn excess_generation_pins(pins: &[(String, Option<String>)], keep: usize) -> Vec<String> {
+/// highest numbers, and never a generation in `live` (an unprefixed pin
+/// counts as project "default"'s). A group is the project prefix of the
+/// name, or, for unprefixed (older) names, the pin's owner, so no token's
+/// pins can push another owner's generations out.
+fn excess_generation_pins(
+    pins: &[(String, Option<String>)],
+    keep: usize,
+    live: &LiveGenerations,
+) -> Vec<String> {
     /// Whose generations compete for the `keep` places.
     #[derive(PartialEq, Eq, Hash)]
     enum Group<'a> {
@@ -359,10 +369,19 @@ fn excess_generation_pins(pins: &[(String, Option<String>)], keep: usize) -> Vec
         };
         groups.entry(key).or_default().push((n, name));
     }
+    let is_live = |name: &str, n: u64| {
+        let project = name.split_once('/').map_or("default", |(p, _)| p);
+        live.get(project).is_some_and(|l| l.contains(&n))
+    };
     let mut out = Vec::new();
     for mut list in groups.into_values() {
         list.sort_unstable_by(|a, b| b.cmp(a));
-        out.extend(list.into_iter().skip(keep).map(|(_, n)| n.to_owned()));
+        out.extend(
+            list.into_iter()
+                .skip(keep)
+                .filter(|(n, name)| !is_live(name, *n))
+                .map(|(_, n)| n.to_owned()),
+        );
     }
     out.sort();
     out
@@ -989,6 +1008,17 @@ impl Store {
     /// older than the grace period) and narinfo files the index lacks.
     /// With `delete == false` only reports.
     pub fn gc(&self, policy: &GcPolicy, delete: bool) -> Result<GcReport, StoreError> {
+        self.gc_keeping(policy, &LiveGenerations::new(), delete)
+    }
+
+    /// [`Self::gc`], keeping the pins of the generations in `live` however
+    /// old they are.
+    pub fn gc_keeping(
+        &self,
+        policy: &GcPolicy,
+        live: &LiveGenerations,
+        delete: bool,
+    ) -> Result<GcReport, StoreError> {
         let mut conn = self.conn();
         // The write lock is held for the whole collection, so no upload can
         // add a reference to a victim or name a NAR file being removed.
@@ -1000,7 +1030,7 @@ impl Store {
             rows.iter().map(|r| (r.store_path.as_str(), r)).collect();
         let cutoff = now() - policy.grace.as_secs() as i64;
         let unpinned = match policy.keep_generations {
-            Some(k) => excess_generation_pins(&index::pin_names(&tx)?, k),
+            Some(k) => excess_generation_pins(&index::pin_names(&tx)?, k, live),
             None => Vec::new(),
         };
         let dropped: HashSet<&str> = unpinned.iter().map(String::as_str).collect();
@@ -1595,15 +1625,28 @@ mod tests {
             ("generation-51".into(), shop.clone()),
             ("generation-52".into(), shop.clone()),
         ];
+        let none = LiveGenerations::new();
         assert_eq!(
-            excess_generation_pins(&pins, 2),
+            excess_generation_pins(&pins, 2, &none),
             vec![
                 "generation-50".to_owned(),
                 "shop/generation-1".to_owned(),
                 "shop/generation-2".to_owned(),
             ]
         );
-        assert!(excess_generation_pins(&pins, 3).contains(&"shop/generation-1".to_owned()));
-        assert_eq!(excess_generation_pins(&pins, 3).len(), 1);
+        assert!(excess_generation_pins(&pins, 3, &none).contains(&"shop/generation-1".to_owned()));
+        assert_eq!(excess_generation_pins(&pins, 3, &none).len(), 1);
+        // A generation some worker still runs keeps its pin however old;
+        // another project's live numbers protect nothing of shop's.
+        let live: LiveGenerations = [
+            ("shop".to_owned(), [1].into()),
+            ("blog".to_owned(), [2].into()),
+            ("default".to_owned(), [50].into()),
+        ]
+        .into();
+        assert_eq!(
+            excess_generation_pins(&pins, 2, &live),
+            vec!["shop/generation-2".to_owned()]
+        );
     }
 }

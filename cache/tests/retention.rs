@@ -206,3 +206,82 @@ fn scheduled_gc_keeps_the_last_generations_of_each_project() {
     );
     assert!(!out.status.success(), "a collected generation still pulled");
 }
+
+/// Scheduled gc asks a control plane which generations workers still run
+/// (a real one with no worker: none) and then drops by age; when it cannot
+/// ask, that round drops no generation pin and says so in `/metrics`.
+/// Which generations are live is the control plane's
+/// `State::live_generations` (unit-tested there); keeping them is
+/// `excess_generation_pins` (unit-tested in the store).
+#[test]
+fn scheduled_gc_asks_the_control_plane_and_keeps_every_generation_when_it_cannot() {
+    let env = Env::new();
+    let src = env.path().join("src");
+    let gens: Vec<String> = (1..=3)
+        .map(|n| {
+            env.build(
+                &src,
+                &format!("l{n}.nix"),
+                &generation_expr(&format!("live-{n}")),
+            )
+        })
+        .collect();
+    let server = Server::start(&env, &[]);
+    let all: Vec<&str> = gens.iter().map(String::as_str).collect();
+    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &all);
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, top) in gens.iter().enumerate() {
+        let (s, m) = pin(
+            &server.addr,
+            TOKEN,
+            &format!("shop/generation-{}", i + 1),
+            top,
+        );
+        assert_eq!(s, 200, "{m}");
+    }
+    drop(server);
+    let scheduled = |control_plane: &str| {
+        Server::start(
+            &env,
+            &[
+                "--gc-interval",
+                "1s",
+                "--gc-grace",
+                "0s",
+                "--keep-generations",
+                "1",
+                "--control-plane",
+                control_plane,
+            ],
+        )
+    };
+    let first_run = |server: &Server| {
+        wait_until(Duration::from_secs(30), "a scheduled gc", || {
+            metric(&server.addr, "cache_gc_runs_total").filter(|n| *n >= 1)
+        });
+    };
+
+    // Nobody answers there: every generation pin stays.
+    let nobody = testkit::fs::free_port().to_string();
+    let server = scheduled(&nobody);
+    first_run(&server);
+    assert!(metric(&server.addr, "cache_gc_live_unknown_total").unwrap() >= 1);
+    assert_eq!(metric(&server.addr, "cache_gc_unpinned_total"), Some(0));
+    drop(server);
+    assert!(gens.iter().all(|g| stored(&env, g)));
+
+    // A real control plane that runs nothing: the two older pins go.
+    let cp = testkit::services::start_control_plane(
+        &testkit::services::ControlPlaneArgs::default(),
+        testkit::Log::Quiet,
+    );
+    let server = scheduled(&cp.addr);
+    first_run(&server);
+    assert_eq!(metric(&server.addr, "cache_gc_live_unknown_total"), Some(0));
+    assert_eq!(metric(&server.addr, "cache_gc_unpinned_total"), Some(2));
+    assert!(stored(&env, &gens[2]) && !stored(&env, &gens[0]));
+}

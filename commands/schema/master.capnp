@@ -119,6 +119,10 @@ struct ProjectStatus {
   convergencePercent @4 :Float64;
   placed @5 :UInt32;
   unplaced @6 :UInt32;
+  # Generations some worker still runs a VM of (for each running VM, the
+  # newest remembered generation whose specs have its name and content
+  # hash): what the cache's retention keeps beside the newest K.
+  liveGenerations @7 :List(UInt64);
 }
 
 interface Master {

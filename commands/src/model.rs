@@ -365,6 +365,10 @@ pub struct ProjectStatusView {
     pub convergence_percent: f64,
     pub placed: u32,
     pub unplaced: u32,
+    /// Generations some worker still runs a VM of, ascending (see
+    /// `ProjectStatus.liveGenerations`); a cache keeps their pins.
+    #[serde(default)]
+    pub live_generations: Vec<u64>,
 }
 
 /// The most VMs one worker may report in one `pushData`.

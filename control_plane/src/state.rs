@@ -1660,9 +1660,37 @@ impl State {
                     ),
                     placed: u32::try_from(placed).unwrap_or(u32::MAX),
                     unplaced: u32::try_from(unplaced).unwrap_or(u32::MAX),
+                    live_generations: self.live_generations(p),
                 }
             })
             .collect()
+    }
+
+    /// The generations of `project` some worker still runs a VM of: for
+    /// each VM a worker reports running (healthy workers and silent ones
+    /// alike, as their VMs may still run), the newest remembered
+    /// generation whose specs have its name and content hash. A paused
+    /// rollout's old replicas keep their generation live however many
+    /// generations came since.
+    pub fn live_generations(&self, project: &ProjectName) -> Vec<u64> {
+        let Some(p) = self.projects.get(project) else {
+            return Vec::new();
+        };
+        let mut live = BTreeSet::new();
+        for vm in self.workers.values().flat_map(|w| &w.running) {
+            if vm.status.project != *project || vm.status.state == VmState::Failed {
+                continue;
+            }
+            let found = p.history.iter().rev().find(|g| {
+                g.specs.iter().any(|s| {
+                    s.name() == &vm.status.name && s.content_hash() == vm.status.content_hash
+                })
+            });
+            if let Some(g) = found {
+                live.insert(g.generation.number);
+            }
+        }
+        live.into_iter().collect()
     }
 }
 
@@ -1704,6 +1732,68 @@ mod tests {
 
     fn observed(name: &str, hash: &str) -> ObservedVm {
         testkit::fixtures::running_vm(VmId::new_v7(), name, hash, 128)
+    }
+
+    /// A generation is live while a worker runs a VM of it: the newest
+    /// generation holding that (name, hash), for each running VM; a failed
+    /// VM keeps nothing live.
+    #[test]
+    fn live_generations_follow_what_workers_run() {
+        let t = Instant::now();
+        let mut s = State::new(settings(), t, 1);
+        s.register(reg("a", "x:1"), 1, t).unwrap();
+        let run = |s: &mut State, vms: Vec<ObservedVm>| {
+            s.push_data(&wid("a"), 1, 1, vms, WorkerMetricsView::default(), t)
+                .unwrap();
+            s.live_generations(&dp())
+        };
+        s.publish(
+            &dp(),
+            "c1",
+            1,
+            "i1",
+            vec![spec("web-0", "h1"), spec("web-1", "h1")],
+            0,
+        )
+        .unwrap();
+        assert_eq!(run(&mut s, vec![]), Vec::<u64>::new());
+        assert_eq!(
+            run(
+                &mut s,
+                vec![observed("web-0", "h1"), observed("web-1", "h1")]
+            ),
+            [1]
+        );
+        // Generation 2 changes web-0 only: web-1's h1 is generation 2's too.
+        s.publish(
+            &dp(),
+            "c2",
+            2,
+            "i2",
+            vec![spec("web-0", "h2"), spec("web-1", "h1")],
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            run(
+                &mut s,
+                vec![observed("web-0", "h1"), observed("web-1", "h1")]
+            ),
+            [1, 2]
+        );
+        s.publish(
+            &dp(),
+            "c3",
+            3,
+            "i3",
+            vec![spec("web-0", "h3"), spec("web-1", "h3")],
+            0,
+        )
+        .unwrap();
+        let mut failed = observed("web-0", "h3");
+        failed.status.state = VmState::Failed;
+        assert_eq!(run(&mut s, vec![failed, observed("web-1", "h1")]), [2]);
+        assert_eq!(s.projects(t)[0].live_generations, [2]);
     }
 
     /// The kinds and messages of the events taken from `s`.

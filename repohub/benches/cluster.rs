@@ -86,6 +86,7 @@ fn cluster() -> (ClusterStatusView, Vec<ProjectStatusView>) {
             convergence_percent: 100.0,
             placed: VMS_PER_PROJECT as u32,
             unplaced: 0,
+            live_generations: Vec::new(),
         });
     }
     let workers = (0..WORKERS)

@@ -260,6 +260,10 @@ pub fn projects_to_capnp(
         e.set_convergence_percent(p.convergence_percent);
         e.set_placed(p.placed);
         e.set_unplaced(p.unplaced);
+        let mut live = e.init_live_generations(len32(p.live_generations.len()));
+        for (j, n) in p.live_generations.iter().enumerate() {
+            live.set(len32(j), *n);
+        }
     }
 }
 
@@ -298,6 +302,11 @@ pub fn projects_from_capnp(
                 convergence_percent: p.get_convergence_percent(),
                 placed: p.get_placed(),
                 unplaced: p.get_unplaced(),
+                live_generations: {
+                    let l = p.get_live_generations()?;
+                    check_len(l.len(), MAX_LIST)?;
+                    l.iter().collect()
+                },
             })
         })
         .collect()

@@ -693,6 +693,7 @@ fn fake_projects() -> Vec<ProjectStatusView> {
         convergence_percent: percent,
         placed: vms,
         unplaced: 0,
+        live_generations: Vec::new(),
     };
     vec![p("shop", 4, 2, 50.0), p("other", 1, 1, 100.0)]
 }
