@@ -370,12 +370,20 @@ impl Cluster {
 
     /// kill -9 the cache and start it again on its address.
     pub fn restart_cache(&mut self) {
+        self.restart_cache_with(&[]);
+    }
+
+    /// [`Self::restart_cache`], the cache started with `extra` options
+    /// (e.g. a gc schedule).
+    pub fn restart_cache_with(&mut self, extra: &[&str]) {
         let cache = self.cache.as_mut().expect("a cluster with a cache");
         let addr = cache.addr.clone();
         cache.kill();
         let (dir, log) = (self.dir().to_owned(), self.log("cache"));
         self.cache = Some(respawn("the cache to restart", || {
-            Proc::spawn_group("cache", cache_command(&dir, &addr), Log::File(log.clone()))
+            let mut cmd = cache_command(&dir, &addr);
+            cmd.args(extra);
+            Proc::spawn_group("cache", cmd, Log::File(log.clone()))
         }));
     }
 

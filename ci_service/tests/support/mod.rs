@@ -15,6 +15,8 @@ use std::time::Duration;
 use crate::common::cluster::{placement, status, wait_converged};
 use crate::common::*;
 pub(crate) use testkit::cluster::{ClusterOpts, WorkerOpts};
+// For the suites that count CH processes; not every suite does.
+#[allow(unused_imports)]
 pub(crate) use testkit::process::{alive, ch_pids};
 use testkit::services::ControlPlaneArgs;
 
