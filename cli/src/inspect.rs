@@ -73,6 +73,7 @@ pub fn render_history(gens: &[GenerationView], with_project: bool, now_ms: u64) 
         "JOB",
         "PUBLISHED",
         "CONVERGED",
+        "ROLLOUT",
     ];
     if with_project {
         header.insert(0, "PROJECT");
@@ -103,6 +104,7 @@ pub fn render_history(gens: &[GenerationView], with_project: bool, now_ms: u64) 
             },
             format!("{} ago", age(g.published_at_ms, now_ms)),
             converged,
+            or_dash(&g.rollout),
         ]);
         t.row(row);
     }
@@ -658,13 +660,14 @@ mod tests {
             job_id: 17,
             published_at_ms: 10_000,
             converged_at_ms: 13_000,
+            rollout: "paused: web-1 unhealthy".into(),
             ..GenerationView::default()
         };
         let t = render_history(&[g], false, 70_000);
         assert_eq!(
             t,
-            "GENERATION  COMMIT        AUTHOR  MESSAGE          JOB  PUBLISHED  CONVERGED\n\
-             4           0123456789ab  Ada     faster checkout  17   1m00s ago  after 3s\n"
+            "GENERATION  COMMIT        AUTHOR  MESSAGE          JOB  PUBLISHED  CONVERGED  ROLLOUT\n\
+             4           0123456789ab  Ada     faster checkout  17   1m00s ago  after 3s   paused: web-1 unhealthy\n"
         );
     }
 }

@@ -73,6 +73,9 @@ pub struct ClusterView {
     /// The project's quota and what its active generation asks for, when
     /// the control plane reports them.
     pub quota: Option<QuotaView>,
+    /// The project's rollouts not yet done, one line each: "web: paused,
+    /// batch 1/3, 0/6 healthy: web-0 unhealthy: …".
+    pub rollouts: Vec<String>,
 }
 
 /// A project's quota next to its usage, as the panel prints them.
@@ -153,6 +156,22 @@ pub fn project_view(snap: &Snapshot, project: &str, admin: bool, member: bool) -
         .iter()
         .filter(|u| u.project == project)
         .map(|u| (u.name.clone(), u.reason.clone()))
+        .collect();
+    v.rollouts = s
+        .rollouts
+        .iter()
+        .filter(|r| r.project == project)
+        .map(|r| {
+            let why = if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            };
+            format!(
+                "{} (generation {}): {}, batch {}/{}, {}/{} healthy{why}",
+                r.group, r.generation, r.state, r.batch, r.batches, r.healthy, r.total
+            )
+        })
         .collect();
     v
 }

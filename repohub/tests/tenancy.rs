@@ -345,6 +345,11 @@ async fn the_cluster_panel_shows_a_viewer_only_its_projects_from_one_shared_stat
             "Generation <strong>7",
         ]);
         shop.assert_contains(&["id=\"cluster-quota\"", "4/8 vCPU", "2/10 VMs"]);
+        // Its own rollout, paused and why; never the other project's.
+        shop.assert_contains(&[
+            "shop-web (generation 7): paused, batch 1/2, 0/2 healthy: shop-web-0 unhealthy",
+        ]);
+        assert!(!shop.body.contains("other-web"), "{}", shop.body);
         shows_nothing_of_other(&shop.body);
         assert!(!shop.body.contains("127.0.0.1:600"), "{}", shop.body);
         shows_nothing_of_other(&c.get("/shop").await.body);

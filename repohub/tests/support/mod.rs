@@ -783,7 +783,20 @@ fn fake_status() -> ClusterStatusView {
             name: "other-big".into(),
             reason: "no worker has 64 vCPU free".into(),
         }],
-        rollouts: Vec::new(),
+        rollouts: ["shop", "other"]
+            .into_iter()
+            .map(|p| commands::model::RolloutStatusView {
+                project: p.into(),
+                group: format!("{p}-web"),
+                generation: 7,
+                batch: 1,
+                batches: 2,
+                healthy: 0,
+                total: 2,
+                state: "paused".into(),
+                reason: format!("{p}-web-0 unhealthy: no READY within 30000 ms"),
+            })
+            .collect(),
     }
 }
 
