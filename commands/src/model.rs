@@ -164,6 +164,19 @@ pub struct VmPlacementView {
     pub health_detail: String,
 }
 
+impl VmPlacementView {
+    /// The state every surface prints: what the worker reports, else
+    /// "unplaced" (no worker was chosen) or "unknown" (its worker does not
+    /// report it); never "stopped", a state only a worker reports.
+    pub fn state_word(&self) -> String {
+        match self.state {
+            Some(s) => s.to_string(),
+            None if self.worker_id.is_empty() => "unplaced".to_owned(),
+            None => "unknown".to_owned(),
+        }
+    }
+}
+
 /// Percent of the desired VMs among `vms` (every row but orphans) that run
 /// their desired version; 100 when nothing is desired. The one definition
 /// the cluster, each project and `pcr --project` report.
@@ -431,6 +444,26 @@ mod tests {
             labels: Labels::default(),
             metrics: WorkerMetricsView::default(),
         }
+    }
+
+    #[test]
+    fn a_vm_without_a_reported_state_is_unplaced_or_unknown_never_stopped() {
+        let v = |worker: &str, state| VmPlacementView {
+            project: "p".into(),
+            name: "web-0".into(),
+            worker_id: worker.into(),
+            desired_hash: "h".into(),
+            observed_hash: String::new(),
+            state,
+            drift: Drift::Pending,
+            metrics: VmMetrics::default(),
+            vm_id: String::new(),
+            health: Default::default(),
+            health_detail: String::new(),
+        };
+        assert_eq!(v("", None).state_word(), "unplaced");
+        assert_eq!(v("host-a", None).state_word(), "unknown");
+        assert_eq!(v("host-a", Some(VmState::Running)).state_word(), "running");
     }
 
     #[test]

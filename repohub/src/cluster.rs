@@ -180,11 +180,7 @@ pub fn project_view(snap: &Snapshot, project: &str, admin: bool, member: bool) -
 /// whose worker does not report it "unknown"; never "stopped", which is a
 /// state a worker reports.
 fn vm_view(p: &VmPlacementView, link: bool) -> VmView {
-    let state = match p.state {
-        Some(s) => s.to_string(),
-        None if p.worker_id.is_empty() => "unplaced".to_owned(),
-        None => "unknown".to_owned(),
-    };
+    let state = p.state_word();
     VmView {
         project: p.project.clone(),
         name: p.name.clone(),

@@ -412,7 +412,7 @@ fn render_vms(s: &ClusterStatusView, with_project: bool, style: &Style) -> Strin
                 } else {
                     v.worker_id.clone()
                 },
-                v.state.map_or("-".into(), |st| st.to_string()),
+                v.state_word(),
                 cli::output::health(v.health),
                 drift_cell(v.drift, style),
                 cli::output::short_hash(&v.desired_hash),
