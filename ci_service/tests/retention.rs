@@ -2,7 +2,8 @@
 //! workers on ch-sim, ci_service, git pushes): six generations published
 //! by CI, a scheduled gc with `--keep-generations 2` asking the control
 //! plane what still runs. A worker cut off after generation 1 keeps its
-//! VMs running, so generation 1 stays live; generations 2–4 go.
+//! VMs running, so generation 1 stays live; generations 2–4 go, and the
+//! real nix client pulls exactly the kept ones.
 
 mod common;
 mod support;
@@ -90,25 +91,32 @@ fn retention_keeps_the_newest_generations_and_what_a_cut_off_worker_still_runs()
         ],
         "the newest two and the one the cut-off worker runs"
     );
-    // The real nix client still finds every kept closure in the cache;
+    // The real nix client still pulls every kept closure from the cache;
     // a dropped generation's unique top is gone.
-    let path_info = |path: &str| {
+    let dst = tempfile::tempdir().unwrap();
+    let pull = |path: &str| {
         Command::new("nix")
             .args([
                 "--extra-experimental-features",
                 "nix-command",
-                "path-info",
-                "--store",
+                "copy",
+                "--from",
             ])
             .arg(&cache)
+            .arg("--to")
+            .arg(dst.path())
+            .args(["--option", "trusted-public-keys", &c.public_key])
             .arg(path)
             .output()
             .unwrap()
-            .status
-            .success()
     };
     for (name, path) in &before {
-        let expect = kept.contains(name);
-        assert_eq!(path_info(path), expect, "{name} {path}");
+        let out = pull(path);
+        assert_eq!(
+            out.status.success(),
+            kept.contains(name),
+            "{name} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
