@@ -274,10 +274,12 @@ fn serve(args: ServeArgs) -> Outcome {
         if let Some(p) = &args.port_file {
             std::fs::write(p, format!("{}\n", addr.port()))?;
         }
+        // Signals are watched before the port is announced: a SIGTERM right
+        // after "listening on" must stop us cleanly, not kill us.
+        let shutdown = commands::daemon::shutdown_token();
         // Parsed by tests and scripts that start us on port 0.
         println!("listening on {addr}");
         std::io::stdout().flush()?;
-        let shutdown = commands::daemon::shutdown_token();
         cache::server::serve(prepared, listener, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })

@@ -329,8 +329,11 @@ fn serve(a: ServeArgs) -> std::process::ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // Signals are watched before the port is announced: a SIGTERM right
+        // after "listening on" must stop us cleanly, not kill us.
+        let shutdown = commands::daemon::shutdown_token();
         println!("listening on {addr}");
-        match ci_service::run(config, listener, commands::daemon::shutdown_token()).await {
+        match ci_service::run(config, listener, shutdown).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {}", commands::report::error_chain(&e));

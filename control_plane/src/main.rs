@@ -156,10 +156,12 @@ fn main() -> std::process::ExitCode {
                 }
             },
         };
+        // Signals are watched before the port is announced: a SIGTERM right
+        // after "listening on" must stop us cleanly, not kill us.
+        let shutdown = commands::daemon::shutdown_token();
         // Tests and scripts parse this line to learn the port.
         println!("listening on {addr}");
         tracing::info!(%addr, "control plane listening");
-        let shutdown = commands::daemon::shutdown_token();
         control_plane::run_with_metrics(config, auth, limits, listener, metrics_listener, shutdown)
             .await;
         std::process::ExitCode::SUCCESS

@@ -282,13 +282,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Signals are watched before the port is announced: a SIGTERM right
+    // after "listening on" must stop us cleanly, not kill us.
+    let shutdown = commands::daemon::shutdown_token();
     // Parsed by tests and scripts that start us on port 0, as the other
     // services print it.
     if let Ok(addr) = listener.local_addr() {
         println!("listening on {addr}");
         let _ = std::io::stdout().flush();
     }
-    match repohub::run(config, listener, commands::daemon::shutdown_token()).await {
+    match repohub::run(config, listener, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("repohub: {}", commands::report::error_chain(&e));

@@ -300,16 +300,14 @@ async fn real_main(args: Args) -> Result<(), String> {
         ),
         None => None,
     };
+    // Signals are watched before the port is announced: a SIGTERM right
+    // after "listening on" must stop us cleanly, not kill us.
+    let shutdown = commands::daemon::shutdown_token();
     // Tests and scripts wait for this line to know the port.
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    worker::run_with_metrics(
-        config,
-        listener,
-        metrics_listener,
-        commands::daemon::shutdown_token(),
-    )
-    .await
-    .map_err(|e| e.message())
+    worker::run_with_metrics(config, listener, metrics_listener, shutdown)
+        .await
+        .map_err(|e| e.message())
 }
