@@ -57,6 +57,7 @@ let
     cloudHypervisor = "/ch"; vmUser = null; metricsListen = null;
     quotasFile = null; projectsFile = null; apiTokenFile = null; evalUser = "procurator-ci-eval";
     maxJobLogBytes = null; ciTokenFile = null; openSignup = false; admin = null; maxPushBytes = null;
+    gcInterval = null; keepGenerations = null;
   };
   set = unset // {
     logJson = false; openFirewall = false; uploadTokenFile = "/run/keys/up"; tokenFile = "/run/keys/tok";
@@ -67,7 +68,7 @@ let
     clusterTokenFile = "/run/keys/clt"; vmUser = "procurator-vm"; metricsListen = "127.0.0.1:9464";
     quotasFile = "/etc/pcr/quotas.toml"; projectsFile = "/etc/pcr/projects.toml"; apiTokenFile = "/run/keys/api";
     evalUser = "eval"; maxJobLogBytes = 1000; ciTokenFile = "/run/keys/cit"; openSignup = true; admin = "alice";
-    maxPushBytes = 2048;
+    maxPushBytes = 2048; gcInterval = "6h"; keepGenerations = 5;
   };
   # ci-service without an evaluation user: the unit keeps the baseline.
   cfgOf = name: if name == "ci-service" then unset // { evalUser = null; } else unset;
@@ -98,7 +99,7 @@ let
   want = {
     args = {
       cache.unset = "--log-json serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
-      cache.set = "serve --data-dir /var/lib/procurator-cache --extra-flag x --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
+      cache.set = "serve --control-plane cp:7000 --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-cache --extra-flag x --gc-interval 6h --keep-generations 5 --key-file %d/secret-key --listen 127.0.0.1:9999 --upload-token-file %d/upload-token --more";
       control-plane.unset = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --log-json --long-poll-timeout-ms 25000 --state-dir /var/lib/procurator-control-plane --token-file %d/tokens --more";
       control-plane.set = "--extra-flag x --heartbeat-timeout-ms 5000 --listen 127.0.0.1:9999 --long-poll-timeout-ms 25000 --metrics-listen 127.0.0.1:9464 --quotas /etc/pcr/quotas.toml --state-dir /var/lib/procurator-control-plane --token-file %d/tokens --more";
       ci-service.unset = "--api-token-file %d/api-tokens --cache-token-file %d/cache-token --control-plane-token-file %d/control-plane-token --data-dir /var/lib/procurator-ci --deploy-ref refs/heads/main --eval-user procurator-ci-eval --extra-flag x --hook-secret-file %d/hook-secret --listen 127.0.0.1:9999 --log-json --more";
@@ -110,7 +111,7 @@ let
     };
     loadCredential = {
       cache.unset = [ "secret-key:/run/keys/sk" "upload-token:${gen}/upload-token" ];
-      cache.set = [ "secret-key:/run/keys/sk" "upload-token:/run/keys/up" ];
+      cache.set = [ "secret-key:/run/keys/sk" "upload-token:/run/keys/up" "control-plane-token:/run/keys/cpt" ];
       control-plane.unset = [ "tokens:${gen}/control-plane-tokens" ];
       control-plane.set = [ "tokens:/run/keys/tok" ];
       ci-service.unset = [ "cache-token:${gen}/upload-token" "hook-secret:${gen}/hook-secret" "control-plane-token:${gen}/ci-token" "api-tokens:${gen}/ci-api-tokens" ];
