@@ -448,6 +448,29 @@ fn the_read_api_needs_a_reader_token() {
             }
         }
     }
+    // Re-running queues a build: an admin's call. Without a token or with
+    // a reader's it is refused and nothing is queued.
+    let rerun = format!("{url}/jobs/{id}/rerun");
+    let (s, _) = request(http::Method::POST, &rerun, &[], None);
+    assert_eq!(s, http::StatusCode::UNAUTHORIZED);
+    let (s, b) = request(http::Method::POST, &rerun, &bearer(reader), None);
+    assert_eq!(s, http::StatusCode::FORBIDDEN, "{b:?}");
+    let jobs = |token: &str| {
+        let (_, b) = request(
+            http::Method::GET,
+            &format!("{url}/jobs"),
+            &bearer(token),
+            None,
+        );
+        serde_json::from_slice::<serde_json::Value>(&b)
+            .unwrap()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(jobs(reader), 1, "a refused re-run queued nothing");
+    let (s, b) = request(http::Method::POST, &rerun, &bearer(admin), None);
+    assert_eq!(s, http::StatusCode::ACCEPTED, "{b:?}");
+    assert_eq!(jobs(reader), 2);
     // The typed client (repohub's) carries the read token.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -24,7 +24,9 @@ fn stops_cleanly(name: &str, rounds: usize, cmd: impl Fn() -> std::process::Comm
 
 #[test]
 fn a_sigterm_right_after_listening_is_a_clean_stop() {
-    stops_cleanly("control_plane", 10, || ControlPlaneArgs::default().command());
+    stops_cleanly("control_plane", 10, || {
+        ControlPlaneArgs::default().command()
+    });
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
