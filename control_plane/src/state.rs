@@ -1645,6 +1645,7 @@ impl State {
         for v in &status.vms {
             rows.entry(v.project.as_str()).or_default().push(v);
         }
+        let mut live = self.all_live_generations();
         names
             .into_iter()
             .map(|p| {
@@ -1660,37 +1661,60 @@ impl State {
                     ),
                     placed: u32::try_from(placed).unwrap_or(u32::MAX),
                     unplaced: u32::try_from(unplaced).unwrap_or(u32::MAX),
-                    live_generations: self.live_generations(p),
+                    live_generations: live
+                        .remove(p)
+                        .map(|l| l.into_iter().collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect()
     }
 
-    /// The generations of `project` some worker still runs a VM of: for
+    /// The generations of `project` some worker still runs a VM of (see
+    /// [`Self::all_live_generations`]).
+    pub fn live_generations(&self, project: &ProjectName) -> Vec<u64> {
+        self.all_live_generations()
+            .remove(project)
+            .map(|l| l.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Per project, the generations some worker still runs a VM of: for
     /// each VM a worker reports running (healthy workers and silent ones
     /// alike, as their VMs may still run), the newest remembered
     /// generation whose specs have its name and content hash. A paused
     /// rollout's old replicas keep their generation live however many
-    /// generations came since.
-    pub fn live_generations(&self, project: &ProjectName) -> Vec<u64> {
-        let Some(p) = self.projects.get(project) else {
-            return Vec::new();
-        };
-        let mut live = BTreeSet::new();
-        for vm in self.workers.values().flat_map(|w| &w.running) {
-            if vm.status.project != *project || vm.status.state == VmState::Failed {
-                continue;
-            }
-            let found = p.history.iter().rev().find(|g| {
-                g.specs.iter().any(|s| {
-                    s.name() == &vm.status.name && s.content_hash() == vm.status.content_hash
-                })
-            });
-            if let Some(g) = found {
-                live.insert(g.generation.number);
+    /// generations came since. One pass over the histories and one over
+    /// the reports: `projects()` is read every few seconds.
+    fn all_live_generations(&self) -> BTreeMap<&ProjectName, BTreeSet<u64>> {
+        // (project, name, hash) → the newest generation with that spec;
+        // histories run oldest first, so later ones overwrite.
+        let mut newest: HashMap<(&ProjectName, &str, &str), u64> = HashMap::new();
+        for (project, p) in &self.projects {
+            for g in &p.history {
+                for s in &g.specs {
+                    newest.insert(
+                        (project, s.name().as_str(), s.content_hash()),
+                        g.generation.number,
+                    );
+                }
             }
         }
-        live.into_iter().collect()
+        let mut live: BTreeMap<&ProjectName, BTreeSet<u64>> = BTreeMap::new();
+        for vm in self.workers.values().flat_map(|w| &w.running) {
+            if vm.status.state == VmState::Failed {
+                continue;
+            }
+            let key = (
+                &vm.status.project,
+                vm.status.name.as_str(),
+                vm.status.content_hash.as_str(),
+            );
+            if let Some((&(project, _, _), &n)) = newest.get_key_value(&key) {
+                live.entry(project).or_default().insert(n);
+            }
+        }
+        live
     }
 }
 
