@@ -40,19 +40,7 @@ const STEP: Duration = Duration::from_secs(30);
 fn start_cluster(ids: &[&'static str]) -> Cluster {
     let mut opts = ClusterOpts::new(
         ids.iter()
-            .map(|id| {
-                WorkerOpts {
-                    cpu: 8,
-                    memory_mb: 4096,
-                    ..WorkerOpts::new(id)
-                }
-                .args([
-                    "--heartbeat-interval-ms",
-                    "200",
-                    "--shutdown-timeout-ms",
-                    "500",
-                ])
-            })
+            .map(|id| WorkerOpts::quick(id, 8, 4096))
             .collect(),
     );
     opts.control_plane = ControlPlaneArgs {

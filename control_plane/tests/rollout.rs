@@ -44,19 +44,7 @@ fn start_cluster() -> Cluster {
     let mut opts = ClusterOpts::new(
         WORKERS
             .iter()
-            .map(|id| {
-                WorkerOpts {
-                    cpu: 8,
-                    memory_mb: 4096,
-                    ..WorkerOpts::new(id)
-                }
-                .args([
-                    "--heartbeat-interval-ms",
-                    "200",
-                    "--shutdown-timeout-ms",
-                    "500",
-                ])
-            })
+            .map(|id| WorkerOpts::quick(id, 8, 4096))
             .collect(),
     );
     opts.control_plane = ControlPlaneArgs {

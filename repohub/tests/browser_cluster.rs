@@ -32,19 +32,7 @@ fn start_cluster() -> Cluster {
     let mut opts = ClusterOpts::new(
         ["host-a", "host-b"]
             .into_iter()
-            .map(|id| {
-                WorkerOpts {
-                    cpu: 4,
-                    memory_mb: 2048,
-                    ..WorkerOpts::new(id)
-                }
-                .args([
-                    "--heartbeat-interval-ms",
-                    "200",
-                    "--shutdown-timeout-ms",
-                    "500",
-                ])
-            })
+            .map(|id| WorkerOpts::quick(id, 4, 2048))
             .collect(),
     );
     opts.control_plane = ControlPlaneArgs {

@@ -45,6 +45,23 @@ impl WorkerOpts {
         }
     }
 
+    /// Worker `id` with `cpu` and `memory_mb`, heartbeating every 200 ms
+    /// and giving a stopping CH 500 ms: the quick worker of the tests that
+    /// watch a cluster react.
+    pub fn quick(id: &'static str, cpu: u32, memory_mb: u64) -> WorkerOpts {
+        WorkerOpts {
+            cpu,
+            memory_mb,
+            ..WorkerOpts::new(id)
+        }
+        .args([
+            "--heartbeat-interval-ms",
+            "200",
+            "--shutdown-timeout-ms",
+            "500",
+        ])
+    }
+
     pub fn args<S: Into<String>>(mut self, a: impl IntoIterator<Item = S>) -> Self {
         self.args.extend(a.into_iter().map(Into::into));
         self
