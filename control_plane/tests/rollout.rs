@@ -163,6 +163,40 @@ fn instances(cp: &str) -> BTreeMap<String, Vec<Vm>> {
 }
 
 /// Whether every replica runs exactly one instance, of `version`.
+/// Polls until generation `generation`'s rollout line starts with
+/// `outcome` and `settled` holds for the replicas, asserting all along that
+/// the replicas past the first batch (web-2 onwards) never leave `old`;
+/// returns `pcr status` then.
+fn wait_outcome(
+    cp: &str,
+    generation: u64,
+    outcome: &str,
+    old: &str,
+    settled: impl Fn(&BTreeMap<String, Vec<Vm>>) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        let vms = instances(cp);
+        for (name, v) in &vms {
+            if !["web-0", "web-1"].contains(&name.as_str()) {
+                assert!(
+                    v.iter().all(|i| i.version == old),
+                    "{name} left the old version {old}: {vms:?}"
+                );
+            }
+        }
+        let s = status(cp);
+        if rollout_line(&s, generation).is_some_and(|l| l.starts_with(outcome)) && settled(&vms) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < STEP,
+            "generation {generation} never {outcome}: {s}\n{vms:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn all_on(vms: &BTreeMap<String, Vec<Vm>>, version: &str) -> bool {
     vms.len() == REPLICAS
         && vms
@@ -371,25 +405,7 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
     // ---- 4: a bad version stops after one batch and reverts it ----------
     write_generation(&dir.join("g4"), "v4", "", true);
     publish(&cp, 4, &dir.join("g4"));
-    let start = Instant::now();
-    let reverted = loop {
-        let vms = instances(&cp);
-        for (name, v) in &vms {
-            if !["web-0", "web-1"].contains(&name.as_str()) {
-                assert!(
-                    v.iter().all(|i| i.version == "v3"),
-                    "{name} left generation 3: {vms:?}"
-                );
-            }
-        }
-        let s = status(&cp);
-        let line = rollout_line(&s, 4).unwrap_or_default();
-        if line.starts_with("reverted: ") && all_on(&vms, "v3") {
-            break s;
-        }
-        assert!(start.elapsed() < STEP, "no revert: {s}\n{vms:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let reverted = wait_outcome(&cp, 4, "reverted: ", "v3", |vms| all_on(vms, "v3"));
     let r = &reverted["rollouts"][0];
     assert_eq!(r["state"], "reverted");
     let reason = r["reason"].as_str().unwrap();
@@ -417,24 +433,7 @@ fn rollouts_go_batch_by_batch_survive_a_restart_and_revert_a_bad_version() {
         false,
     );
     publish(&cp, 5, &dir.join("g5"));
-    let start = Instant::now();
-    let paused = loop {
-        let vms = instances(&cp);
-        for (name, v) in &vms {
-            if !["web-0", "web-1"].contains(&name.as_str()) {
-                assert!(
-                    v.iter().all(|i| i.version == "v3"),
-                    "{name} left generation 3: {vms:?}"
-                );
-            }
-        }
-        let s = status(&cp);
-        if rollout_line(&s, 5).is_some_and(|l| l.starts_with("paused: ")) {
-            break s;
-        }
-        assert!(start.elapsed() < STEP, "no pause: {s}\n{vms:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let paused = wait_outcome(&cp, 5, "paused: ", "v3", |_| true);
     let reason = paused["rollouts"][0]["reason"].as_str().unwrap().to_owned();
     assert!(
         reason.starts_with("web-0 ") || reason.starts_with("web-1 "),
