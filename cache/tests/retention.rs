@@ -58,21 +58,50 @@ fn pin(addr: &str, token: &str, name: &str, path: &str) -> (u16, String) {
     )
 }
 
+/// Builds generations 1..=`n` of project `tag` (each its own top over a
+/// shared base) with nix; their output paths, in order.
+fn build_generations(env: &Env, src: &std::path::Path, tag: &str, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            env.build(
+                src,
+                &format!("{tag}{i}.nix"),
+                &generation_expr(&format!("{tag}-{i}")),
+            )
+        })
+        .collect()
+}
+
+/// Pushes `paths` to `server` (zstd) with the all-projects token.
+fn push_all(env: &Env, src: &std::path::Path, server: &Server, paths: &[&str]) {
+    let out = env.push(src, &format!("{}?compression=zstd", server.url()), paths);
+    assert!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pins `tops[i]` as `shop/generation-<i+1>` with `token`.
+fn pin_generations(server: &Server, token: &str, tops: &[String]) {
+    for (i, top) in tops.iter().enumerate() {
+        let (s, m) = pin(
+            &server.addr,
+            token,
+            &format!("shop/generation-{}", i + 1),
+            top,
+        );
+        assert_eq!(s, 200, "{m}");
+    }
+}
+
 #[test]
 fn scheduled_gc_keeps_the_last_generations_of_each_project() {
     let env = Env::new();
     // The all-projects token (nix's netrc) uploads; shop's own token pins.
     std::fs::write(env.path().join("token"), format!("{TOKEN}\nshop {SHOP}\n")).unwrap();
     let src = env.path().join("src");
-    let gens: Vec<String> = (1..=6)
-        .map(|n| {
-            env.build(
-                &src,
-                &format!("g{n}.nix"),
-                &generation_expr(&format!("shop-{n}")),
-            )
-        })
-        .collect();
+    let gens = build_generations(&env, &src, "shop", 6);
     let blog = env.build(&src, "blog.nix", &generation_expr("blog-1"));
     let base = closure(&env, &src, &gens[0])
         .into_iter()
@@ -82,21 +111,8 @@ fn scheduled_gc_keeps_the_last_generations_of_each_project() {
     let server = Server::start(&env, &[]);
     let mut all: Vec<&str> = gens.iter().map(String::as_str).collect();
     all.push(&blog);
-    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &all);
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (i, top) in gens.iter().enumerate() {
-        let (s, m) = pin(
-            &server.addr,
-            SHOP,
-            &format!("shop/generation-{}", i + 1),
-            top,
-        );
-        assert_eq!(s, 200, "{m}");
-    }
+    push_all(&env, &src, &server, &all);
+    pin_generations(&server, SHOP, &gens);
     // shop's token cannot pin (or crowd out) another project's generations.
     let (s, m) = pin(&server.addr, SHOP, "blog/generation-99", &gens[0]);
     assert_eq!(s, 403, "{m}");
@@ -217,32 +233,11 @@ fn scheduled_gc_keeps_the_last_generations_of_each_project() {
 fn scheduled_gc_asks_the_control_plane_and_keeps_every_generation_when_it_cannot() {
     let env = Env::new();
     let src = env.path().join("src");
-    let gens: Vec<String> = (1..=3)
-        .map(|n| {
-            env.build(
-                &src,
-                &format!("l{n}.nix"),
-                &generation_expr(&format!("live-{n}")),
-            )
-        })
-        .collect();
+    let gens = build_generations(&env, &src, "live", 3);
     let server = Server::start(&env, &[]);
     let all: Vec<&str> = gens.iter().map(String::as_str).collect();
-    let out = env.push(&src, &format!("{}?compression=zstd", server.url()), &all);
-    assert!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (i, top) in gens.iter().enumerate() {
-        let (s, m) = pin(
-            &server.addr,
-            TOKEN,
-            &format!("shop/generation-{}", i + 1),
-            top,
-        );
-        assert_eq!(s, 200, "{m}");
-    }
+    push_all(&env, &src, &server, &all);
+    pin_generations(&server, TOKEN, &gens);
     drop(server);
     let scheduled = |control_plane: &str| {
         Server::start(
